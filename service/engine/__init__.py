@@ -1,0 +1,85 @@
+"""The loss engine: pure NumPy, no HTTP. `compute` is its one entry point.
+
+>>> compute("mse", [[1.0, 2.0]], [[1.0, 4.0]]).mean
+2.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from service.engine import losses as _losses  # noqa: F401  (fills the catalogue)
+from service.engine.checks import check_not_empty
+from service.engine.conventions import CONVENTIONS, DTYPES, Convention, DType
+from service.engine.errors import LossInputError, UnknownLossError
+from service.engine.reduction import Array, Reduced, reduce
+from service.engine.registry import LossSpec, OptionSpec, catalogue, resolve
+
+__all__ = [
+    "CONVENTIONS",
+    "DTYPES",
+    "Convention",
+    "DType",
+    "LossInputError",
+    "LossSpec",
+    "OptionSpec",
+    "Reduced",
+    "UnknownLossError",
+    "catalogue",
+    "compute",
+    "resolve",
+]
+
+
+def compute(
+    loss: str,
+    predictions: ArrayLike,
+    labels: ArrayLike,
+    *,
+    options: Mapping[str, Any] | None = None,
+    sample_weight: ArrayLike | None = None,
+    dtype: DType = "float64",
+    convention: Convention = "keras",
+) -> Reduced:
+    """Per-sample losses and their reductions for one batch, as `convention` computes them in `dtype`."""
+    spec = resolve(loss)
+    if convention not in CONVENTIONS:
+        raise LossInputError("convention", f"must be one of {list(CONVENTIONS)}, got {convention!r}")
+    if dtype not in DTYPES:
+        raise LossInputError("dtype", f"must be one of {list(DTYPES)}, got {dtype!r}")
+    bound = spec.bind(options, convention)
+    working = np.dtype(dtype)
+    x = _as_working_array(predictions, "predictions", working)
+    check_not_empty(x)
+    y = _as_working_array(labels, "labels", working)
+    weight = None if sample_weight is None else _as_working_array(sample_weight, "sample_weight", working)
+    if weight is not None and (weight < 0).any():
+        index = tuple(int(i) for i in np.argwhere(weight < 0)[0])
+        raise LossInputError("sample_weight", "weights must be >= 0", index)
+    with np.errstate(over="ignore", under="ignore"):
+        values = spec.function(x, y, convention, **bound)
+        return reduce(values, weight, convention)
+
+
+def _as_working_array(values: ArrayLike, field: str, dtype: np.dtype[Any]) -> Array:
+    """Convert to the working dtype, refusing values that are or become non-finite."""
+    array = np.asarray(values)
+    if array.dtype.kind not in "fiu":
+        raise LossInputError(field, f"must hold numbers, got an array of {array.dtype}")
+    _check_finite(array, field, "is not a finite number")
+    with np.errstate(over="ignore"):
+        converted = array.astype(dtype, copy=False)
+    _check_finite(converted, field, f"overflows {dtype} (magnitude above {np.finfo(dtype).max:.4g})")
+    return converted
+
+
+def _check_finite(array: np.ndarray[Any, Any], field: str, reason: str) -> None:
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        if not finite.all():
+            index = tuple(int(i) for i in np.argwhere(~finite)[0])
+            raise LossInputError(field, f"{array[index]!r} {reason}", index)

@@ -1,0 +1,80 @@
+"""Input checks shared by the losses. Each raises `LossInputError` naming the first bad position."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service.engine.errors import LossInputError
+
+Array = NDArray[np.floating]
+
+
+def _first(where: NDArray[np.bool_]) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argwhere(where)[0])
+
+
+def check_not_empty(predictions: Array) -> None:
+    if predictions.ndim == 0:
+        raise LossInputError("predictions", "must be an array with a batch axis, got a scalar")
+    if predictions.size == 0:
+        raise LossInputError("predictions", "the batch is empty; send at least one sample")
+
+
+def check_same_shape(predictions: Array, labels: Array, *, label_field: str = "labels") -> None:
+    if predictions.shape != labels.shape:
+        raise LossInputError(
+            label_field,
+            f"shape {list(labels.shape)} does not match predictions shape {list(predictions.shape)}",
+        )
+
+
+def check_min_rank(array: Array, rank: int, field: str, meaning: str) -> None:
+    if array.ndim < rank:
+        raise LossInputError(field, f"must have at least {rank} dimensions ({meaning}), got shape {list(array.shape)}")
+
+
+def check_in_range(array: Array, field: str, low: float, high: float, meaning: str) -> None:
+    bad = (array < low) | (array > high)
+    if bad.any():
+        index = _first(bad)
+        raise LossInputError(field, f"{meaning} must lie in [{low:g}, {high:g}], got {array[index]!r}", index)
+
+
+def check_positive(array: Array, field: str, meaning: str, *, allow_zero: bool = False) -> None:
+    bad = array < 0 if allow_zero else array <= 0
+    if bad.any():
+        index = _first(bad)
+        bound = ">= 0" if allow_zero else "> 0"
+        raise LossInputError(field, f"{meaning} must be {bound}, got {array[index]!r}", index)
+
+
+def check_class_indices(labels: Array, num_classes: int, ignore_index: int | None) -> NDArray[np.intp]:
+    """Integer class labels in [0, num_classes), or equal to `ignore_index`."""
+    not_integer = labels != np.floor(labels)
+    if not_integer.any():
+        index = _first(not_integer)
+        raise LossInputError("labels", f"class labels must be integers, got {labels[index]!r}", index)
+    ignored = labels == ignore_index if ignore_index is not None else np.zeros(labels.shape, bool)
+    out_of_range = ((labels < 0) | (labels >= num_classes)) & ~ignored
+    if out_of_range.any():
+        index = _first(out_of_range)
+        hint = "" if ignore_index is None else f" or the ignore index {ignore_index}"
+        raise LossInputError(
+            "labels",
+            f"class label {int(labels[index])} is outside [0, {num_classes - 1}]{hint}",
+            index,
+        )
+    return labels.astype(np.intp)
+
+
+def check_values_in(labels: Array, allowed: tuple[float, ...], field: str, meaning: str) -> None:
+    bad = ~np.isin(labels, allowed)
+    if bad.any():
+        index = _first(bad)
+        raise LossInputError(field, f"{meaning} must be one of {list(allowed)}, got {labels[index]!r}", index)
+
+
+def check_class_vector(values: list[float] | None, num_classes: int, option: str) -> None:
+    if values is not None and len(values) != num_classes:
+        raise LossInputError(f"options.{option}", f"needs one value per class ({num_classes}), got {len(values)}")

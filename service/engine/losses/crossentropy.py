@@ -1,0 +1,271 @@
+"""The cross-entropy family: binary, categorical and sparse categorical.
+
+Keras source followed: keras/src/losses/losses.py (binary_crossentropy, categorical_crossentropy,
+sparse_categorical_crossentropy) and keras/src/backend/*/nn.py. PyTorch source followed:
+torch/nn/functional.py (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy)
+and aten/src/ATen/native/Loss.cpp, LossNLL.cpp.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+
+from service.engine.checks import (
+    check_class_indices,
+    check_in_range,
+    check_min_rank,
+    check_same_shape,
+)
+from service.engine.conventions import TORCH_IGNORE_INDEX, TORCH_LOG_CLAMP, Convention, class_axis
+from service.engine.errors import LossInputError
+from service.engine.losses._shared import along_axis, class_weights, per_sample_mean
+from service.engine.numerics import (
+    keras_class_log_probabilities,
+    keras_clip,
+    log_sigmoid,
+    log_softmax,
+    torch_clamped_log,
+)
+from service.engine.options import Aliases, Doc, NonNegative, OnlyUnder, Probability
+from service.engine.reduction import Array, LossValues
+from service.engine.registry import register
+
+FromLogits = Annotated[bool, Doc("predictions are unnormalised logits rather than probabilities")]
+LabelSmoothing = Annotated[float, Probability, Doc("mix the targets with the uniform distribution")]
+ClassWeight = Annotated[
+    list[float] | None,
+    NonNegative,
+    Doc("one weight per class: PyTorch's `weight`, or Keras's `class_weight` of fit() under keras"),
+]
+
+
+def _check_probabilities(predictions: Array, from_logits: bool) -> None:
+    if not from_logits:
+        check_in_range(predictions, "predictions", 0.0, 1.0, "probabilities (from_logits is false)")
+
+
+def _class_log_probabilities(predictions: Array, from_logits: bool, convention: Convention, axis: int) -> Array:
+    if from_logits:
+        return log_softmax(predictions, axis)
+    if convention == "torch":
+        return torch_clamped_log(predictions)
+    row_sums = predictions.sum(axis=axis)
+    if (row_sums == 0).any():
+        index = tuple(int(i) for i in np.argwhere(row_sums == 0)[0])
+        raise LossInputError("predictions", "the class probabilities of this sample sum to 0", index)
+    return keras_class_log_probabilities(predictions, axis)
+
+
+@register("binary_crossentropy", aliases=("bce", "binary_cross_entropy"))
+def binary_crossentropy(
+    predictions: Array,
+    labels: Array,
+    convention: Convention,
+    /,
+    *,
+    from_logits: FromLogits = False,
+    label_smoothing: Annotated[
+        float, Probability, OnlyUnder("keras"), Doc("squeeze targets towards 0.5: y(1 - ls) + ls/2")
+    ] = 0.0,
+    pos_weight: Annotated[
+        list[float] | None,
+        NonNegative,
+        OnlyUnder("torch"),
+        Doc("weight of positive targets per output, broadcast over the last axis (BCEWithLogitsLoss)"),
+    ] = None,
+    weight: Annotated[
+        list[float] | None,
+        NonNegative,
+        OnlyUnder("torch"),
+        Doc("rescaling weight per output, broadcast over the last axis (BCELoss `weight`)"),
+    ] = None,
+) -> LossValues:
+    """Binary cross-entropy between probabilities (or logits) and targets in [0, 1].
+
+    Formula:
+        keras, probabilities: mean_last(-(y log p' + (1 - y) log(1 - p'))), p' = clip(p, 1e-7, 1 - 1e-7)
+        keras, logits:        mean_last(max(x, 0) - x y + log1p(exp(-|x|)))
+        with label_smoothing: y <- y (1 - ls) + ls / 2
+        torch, probabilities: w ((y - 1) max(log1p(-p), -100) - y max(log p, -100))
+        torch, logits:        w ((1 - y) x - (1 + (pos_weight - 1) y) log_sigmoid(x))
+
+    Shapes:
+        predictions: (N,) or (N, ..., L); labels: the same shape.
+        per_sample: keras (N, ...) (mean over the last axis; (N,) stays (N,)); torch as predictions.
+
+    Follows:
+        keras/src/losses/losses.py binary_crossentropy with the TensorFlow backend's
+        sigmoid_cross_entropy_with_logits; torch/nn/functional.py binary_cross_entropy and
+        binary_cross_entropy_with_logits (aten/src/ATen/native/Loss.cpp).
+    """
+    check_same_shape(predictions, labels)
+    check_in_range(labels, "labels", 0.0, 1.0, "binary targets")
+    _check_probabilities(predictions, from_logits)
+    outputs = predictions.shape[-1]
+    for option, vector in (("pos_weight", pos_weight), ("weight", weight)):
+        if vector is not None and len(vector) not in (1, outputs):
+            raise LossInputError(f"options.{option}", f"needs 1 or {outputs} values (the last axis), got {len(vector)}")
+    if pos_weight is not None and not from_logits:
+        raise LossInputError("options.pos_weight", "applies only with from_logits=true, as in BCEWithLogitsLoss")
+
+    x, y = predictions, labels
+    if convention == "keras":
+        if label_smoothing:
+            y = y * (1.0 - label_smoothing) + 0.5 * label_smoothing
+        if from_logits:
+            elementwise = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
+        else:
+            p = keras_clip(x)
+            elementwise = -(y * np.log(p) + (1.0 - y) * np.log(1.0 - p))
+        return LossValues(per_sample_mean(elementwise, convention))
+
+    if from_logits:
+        log_weight = 1.0 if pos_weight is None else (np.asarray(pos_weight, x.dtype) - 1.0) * y + 1.0
+        elementwise = (1.0 - y) * x - log_weight * log_sigmoid(x)
+    else:
+        with np.errstate(divide="ignore"):
+            elementwise = (y - 1.0) * np.maximum(np.log1p(-x), TORCH_LOG_CLAMP) - y * np.maximum(
+                np.log(x), TORCH_LOG_CLAMP
+            )
+    if weight is not None:
+        elementwise = elementwise * np.asarray(weight, x.dtype)
+    return LossValues(elementwise)
+
+
+@register("categorical_crossentropy", aliases=("cce", "categorical_cross_entropy"))
+def categorical_crossentropy(
+    predictions: Array,
+    labels: Array,
+    convention: Convention,
+    /,
+    *,
+    from_logits: FromLogits = False,
+    label_smoothing: LabelSmoothing = 0.0,
+    class_weight: ClassWeight = None,
+) -> LossValues:
+    """Categorical cross-entropy between predicted class distributions and one-hot or soft targets.
+
+    Formula:
+        y <- y (1 - ls) + ls / C
+        keras: -sum_c y_c log p'_c, p' = clip(p / sum(p), 1e-7, 1 - 1e-7), or log_softmax(x);
+               class_weight scales each sample by the weight of its argmax class (fit()'s rule)
+        torch: -sum_c w_c y_c log_softmax(x)_c; from probabilities log p is clamped at -100;
+               the mean divides by N even with class weights (probability targets)
+
+    Shapes:
+        predictions: keras (N, ..., C), torch (N, C, ...); labels: the same shape.
+        per_sample: the predictions' shape without the class axis.
+
+    Follows:
+        keras/src/losses/losses.py categorical_crossentropy and keras/src/backend/numpy/nn.py;
+        torch/nn/functional.py cross_entropy with class-probability targets
+        (aten/src/ATen/native/LossNLL.cpp cross_entropy_loss_prob_target).
+    """
+    check_same_shape(predictions, labels)
+    check_min_rank(predictions, 2, "predictions", "a batch axis and a class axis")
+    check_in_range(labels, "labels", 0.0, 1.0, "target probabilities")
+    _check_probabilities(predictions, from_logits)
+    axis = class_axis(convention)
+    num_classes = predictions.shape[axis]
+    weights = class_weights(class_weight, num_classes, "class_weight", predictions)
+    targets = labels * (1.0 - label_smoothing) + label_smoothing / num_classes if label_smoothing else labels
+    log_p = _class_log_probabilities(predictions, from_logits, convention, axis)
+
+    if convention == "keras":
+        values = -(targets * log_p).sum(axis=axis)
+        if weights is not None:
+            values = values * weights[labels.argmax(axis=axis)]
+        return LossValues(values)
+    if weights is not None:
+        return LossValues(-(log_p * targets * along_axis(weights, axis, log_p.ndim)).sum(axis=axis))
+    return LossValues(-(log_p * targets).sum(axis=axis))
+
+
+@register("sparse_categorical_crossentropy", aliases=("scce", "sparse_categorical_cross_entropy", "cross_entropy"))
+def sparse_categorical_crossentropy(
+    predictions: Array,
+    labels: Array,
+    convention: Convention,
+    /,
+    *,
+    from_logits: FromLogits = False,
+    ignore_index: Annotated[
+        int | None,
+        Aliases(("ignore_class",)),
+        Doc("targets equal to this class are left out of the loss and the mean; default none (keras), -100 (torch)"),
+    ] = None,
+    label_smoothing: LabelSmoothing = 0.0,
+    class_weight: ClassWeight = None,
+) -> LossValues:
+    """Cross-entropy between predicted class distributions and integer class labels.
+
+    Formula:
+        nll = -log p'_y with p' as in categorical_crossentropy (clip / log_softmax / clamped log)
+        keras: (1 - ls) nll + (ls / C) sum_c -log p'_c, times class_weight[y]; ignored targets
+               are masked out of the mean (Keras's ignore_class mask)
+        torch: (1 - ls) w_y nll + (ls / C) sum_c w_c (-log p_c); mean = sum / sum of w_y over
+               non-ignored targets (CrossEntropyLoss); an all-ignored batch is an error, not NaN
+
+    Shapes:
+        predictions: keras (N, ..., C), torch (N, C, ...); labels: integers, predictions' shape
+        without the class axis (keras also takes a trailing axis of 1).
+        per_sample: the labels' shape.
+
+    Follows:
+        keras/src/losses/losses.py sparse_categorical_crossentropy; torch/nn/functional.py
+        cross_entropy (aten/src/ATen/native/LossNLL.cpp cross_entropy_loss_label_smoothing, nll_loss).
+    """
+    check_min_rank(predictions, 2, "predictions", "a batch axis and a class axis")
+    axis = class_axis(convention)
+    if convention == "keras" and labels.ndim == predictions.ndim and labels.shape[-1] == 1:
+        labels = labels[..., 0]
+    expected = tuple(d for i, d in enumerate(predictions.shape) if i != axis % predictions.ndim)
+    if labels.shape != expected:
+        raise LossInputError(
+            "labels", f"shape {list(labels.shape)} should be {list(expected)} for predictions {list(predictions.shape)}"
+        )
+    _check_probabilities(predictions, from_logits)
+    num_classes = predictions.shape[axis]
+    weights = class_weights(class_weight, num_classes, "class_weight", predictions)
+    ignore = ignore_index if ignore_index is not None or convention == "keras" else TORCH_IGNORE_INDEX
+    targets = check_class_indices(labels, num_classes, ignore)
+    mask = None if ignore is None else targets != ignore
+    if mask is not None:
+        targets = np.where(mask, targets, 0)
+        if convention == "keras" and not from_logits:
+            # Keras zeroes ignored rows before the log; only their (discarded) values change.
+            predictions = np.where(np.expand_dims(mask, axis), predictions, 1.0)
+
+    log_p = _class_log_probabilities(predictions, from_logits, convention, axis)
+    picked = -np.take_along_axis(log_p, np.expand_dims(targets, axis), axis=axis).squeeze(axis)
+    zero = predictions.dtype.type(0)
+
+    if convention == "keras":
+        values = picked
+        if label_smoothing:
+            values = (1.0 - label_smoothing) * picked + (label_smoothing / num_classes) * -log_p.sum(axis=axis)
+        if weights is not None:
+            values = values * weights[targets]
+        if mask is not None:
+            values = np.where(mask, values, zero)
+        return LossValues(values, mask=mask)
+
+    target_weight = weights[targets] if weights is not None else None
+    nll = picked if target_weight is None else target_weight * picked
+    if label_smoothing:
+        smooth = (
+            -(log_p * along_axis(weights, axis, log_p.ndim)).sum(axis=axis)
+            if weights is not None
+            else -log_p.sum(axis=axis)
+        )
+        values = (1.0 - label_smoothing) * nll + smooth * (label_smoothing / num_classes)
+    else:
+        values = nll
+    if mask is not None:
+        values = np.where(mask, values, zero)
+    denominator = None
+    if target_weight is not None:
+        denominator = target_weight if mask is None else np.where(mask, target_weight, zero)
+    return LossValues(values, denominator=denominator, mask=mask)

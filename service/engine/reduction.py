@@ -1,0 +1,121 @@
+"""How a batch of unreduced losses becomes `per_sample`, `sum` and `mean` under each convention.
+
+This is the only place that weights and averages. A loss returns `LossValues`; it never reduces.
+
+- keras: `sum_over_batch_size` (keras/src/losses/loss.py `reduce_weighted_values`): multiply by
+  the sample weight, then divide the sum by the number of values. Masked (ignored) entries get
+  Keras's mask weight `total / valid`, so the mean is over valid entries; with none valid, 0.
+- torch: reduction='mean' divides by the summed weight of the non-ignored targets
+  (`nll_loss`'s `total_weight`) when the loss has class weights, else by the number of values.
+  A per-sample weight multiplies both numerator and denominator, `sum(w*l) / sum(w*d)`, which
+  is the weighted mean PyTorch users write by hand from reduction='none'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service.engine.conventions import Convention
+from service.engine.errors import LossInputError
+
+Array = NDArray[np.floating]
+
+
+@dataclass(frozen=True)
+class LossValues:
+    """A loss's unreduced output, before any sample weight or reduction.
+
+    `values` has the framework's unreduced shape with the loss's own weights applied.
+    `denominator` is the per-value weight PyTorch divides by in its mean (class weights of the
+    targets); None means every value counts once. `mask` is False where a target is ignored.
+    """
+
+    values: Array
+    denominator: Array | None = None
+    mask: NDArray[np.bool_] | None = None
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """The answer for one loss over one batch."""
+
+    per_sample: Array
+    sum: float
+    mean: float
+    count: int
+
+
+def broadcast_sample_weight(sample_weight: Array, shape: tuple[int, ...]) -> Array:
+    """One weight per sample (N,) applies to every value of that sample; a full-shape weight as is."""
+    if sample_weight.shape == shape:
+        return sample_weight
+    if sample_weight.ndim == 1 and len(shape) >= 1 and sample_weight.shape[0] == shape[0]:
+        return sample_weight.reshape(sample_weight.shape + (1,) * (len(shape) - 1))
+    raise LossInputError(
+        "sample_weight",
+        f"shape {list(sample_weight.shape)} fits neither the batch ({shape[0] if shape else 0} samples) "
+        f"nor the per-sample loss shape {list(shape)}",
+    )
+
+
+def reduce(loss: LossValues, sample_weight: Array | None, convention: Convention) -> Reduced:
+    values = loss.values
+    weight = None if sample_weight is None else broadcast_sample_weight(sample_weight, values.shape)
+    if convention == "keras":
+        per_sample, mean = _keras_reduce(values, weight, loss.mask)
+    else:
+        per_sample, mean = _torch_reduce(values, weight, loss)
+    total = per_sample.sum()
+    _check_finite(per_sample, total, mean)
+    return Reduced(per_sample=per_sample, sum=float(total), mean=float(mean), count=int(per_sample.size))
+
+
+def _keras_reduce(values: Array, weight: Array | None, mask: NDArray[np.bool_] | None) -> tuple[Array, Array]:
+    count = values.size
+    per_sample = values if weight is None else values * weight
+    if mask is None:
+        return per_sample, per_sample.sum() / count
+    valid = np.count_nonzero(mask)
+    # keras apply_mask: valid entries weigh total/valid (divide_no_nan), ignored ones 0.
+    mask_weight = values.dtype.type(count / valid if valid else 0.0)
+    float_mask = np.where(mask, mask_weight, values.dtype.type(0))
+    mean_weight = float_mask if weight is None else weight * float_mask
+    per_sample = np.where(mask, per_sample, values.dtype.type(0))
+    return per_sample, (values * mean_weight).sum() / count
+
+
+def _torch_reduce(values: Array, weight: Array | None, loss: LossValues) -> tuple[Array, Array]:
+    if loss.denominator is not None:
+        denominator = loss.denominator
+    elif loss.mask is not None:
+        denominator = loss.mask.astype(values.dtype)
+    else:
+        denominator = None
+    if weight is not None:
+        values = values * weight
+        denominator = weight if denominator is None else denominator * weight
+    if denominator is None:
+        return values, values.sum() / values.size
+    divisor = denominator.sum()
+    if divisor == 0:
+        if loss.mask is not None and not loss.mask.any():
+            raise LossInputError("labels", "every target equals the ignore index; PyTorch's mean would be 0/0 (NaN)")
+        raise LossInputError("sample_weight", "the weights of the counted targets sum to 0; the mean would be 0/0")
+    return values, values.sum() / divisor
+
+
+def _check_finite(per_sample: Array, total: Array, mean: Array) -> None:
+    """The last guard: a 200 never carries inf or NaN, whatever a formula did."""
+    bad = ~np.isfinite(per_sample)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise LossInputError(
+            "predictions",
+            f"the loss of this sample is not finite ({per_sample[index]!r}); it overflows the dtype",
+            index,
+        )
+    if not (np.isfinite(total) and np.isfinite(mean)):
+        raise LossInputError("predictions", "the sum of the losses overflows the dtype; use float64")

@@ -1,0 +1,198 @@
+"""The catalogue: one entry per loss, built from the loss function itself.
+
+`@register` reads a loss's name, aliases, docstring sections (summary, Formula, Shapes, Follows)
+and keyword-only options (types, defaults and `Annotated` markers) so that nothing about a loss
+is written down twice.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from service.engine.conventions import Convention
+from service.engine.errors import LossInputError, UnknownLossError
+from service.engine.options import Aliases, Doc, OnlyUnder, Range
+from service.engine.reduction import Array, LossValues
+
+
+class LossFunction(Protocol):
+    __name__: str
+    __doc__: str | None
+
+    def __call__(self, predictions: Array, labels: Array, convention: Convention, /, **options: Any) -> LossValues: ...
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    name: str
+    type: Any
+    default: Any
+    doc: str
+    range: Range | None = None
+    only_under: Convention | None = None
+    aliases: tuple[str, ...] = ()
+
+    def type_name(self) -> str:
+        return _type_name(self.type)
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    name: str
+    aliases: tuple[str, ...]
+    function: LossFunction
+    summary: str
+    formula: str
+    shapes: str
+    follows: str
+    options: tuple[OptionSpec, ...]
+
+    def bind(self, options: Mapping[str, Any] | None, convention: Convention) -> dict[str, Any]:
+        """Check option names, ranges and conventions; return every option with its value."""
+        given = dict(options or {})
+        by_name = {o.name: o for o in self.options}
+        for option in self.options:
+            for alias in option.aliases:
+                if alias in given:
+                    if option.name in given:
+                        raise LossInputError(f"options.{alias}", f"is an alias of {option.name!r}; give only one")
+                    given[option.name] = given.pop(alias)
+        unknown = sorted(set(given) - set(by_name))
+        if unknown:
+            valid = ", ".join(by_name) or "none"
+            raise LossInputError(f"options.{unknown[0]}", f"is not an option of {self.name}; its options: {valid}")
+        bound = {}
+        for option in self.options:
+            value = given.get(option.name, option.default)
+            if value != option.default and option.only_under not in (None, convention):
+                raise LossInputError(
+                    f"options.{option.name}",
+                    f"exists only under convention {option.only_under!r}; this request uses {convention!r}",
+                )
+            _check_range(option, value)
+            bound[option.name] = value
+        return bound
+
+
+def _check_range(option: OptionSpec, value: Any) -> None:
+    if option.range is None or value is None:
+        return
+    r = option.range
+    for v in value if isinstance(value, list) else [value]:
+        if (
+            (r.ge is not None and v < r.ge)
+            or (r.gt is not None and v <= r.gt)
+            or (r.le is not None and v > r.le)
+            or (r.lt is not None and v >= r.lt)
+        ):
+            raise LossInputError(f"options.{option.name}", f"must be {r.describe()}, got {v!r}")
+
+
+_REGISTRY: dict[str, LossSpec] = {}
+_LOOKUP: dict[str, str] = {}
+
+
+def register(
+    name: str, *, aliases: tuple[str, ...] = ()
+) -> Callable[[Callable[..., LossValues]], Callable[..., LossValues]]:
+    """Add a loss function to the catalogue under `name` and its `aliases`."""
+
+    def decorate(function: Callable[..., LossValues]) -> Callable[..., LossValues]:
+        doc = inspect.cleandoc(function.__doc__ or "")
+        sections = _sections(doc)
+        spec = LossSpec(
+            name=name,
+            aliases=aliases,
+            function=typing.cast(LossFunction, function),
+            summary=doc.splitlines()[0] if doc else name,
+            formula=sections.get("Formula", ""),
+            shapes=sections.get("Shapes", ""),
+            follows=sections.get("Follows", ""),
+            options=_options_of(function),
+        )
+        if not (spec.formula and spec.shapes and spec.follows):
+            raise TypeError(f"{function.__name__}: docstring needs Formula, Shapes and Follows sections")
+        for key in (name, *aliases):
+            if key in _LOOKUP:
+                raise ValueError(f"loss name {key!r} registered twice")
+            _LOOKUP[key] = name
+        _REGISTRY[name] = spec
+        return function
+
+    return decorate
+
+
+def _sections(doc: str) -> dict[str, str]:
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in doc.splitlines()[1:]:
+        if line and not line[0].isspace() and line.endswith(":"):
+            current = sections.setdefault(line[:-1], [])
+        elif current is not None:
+            current.append(line)
+    return {key: inspect.cleandoc("\n".join(lines)) for key, lines in sections.items()}
+
+
+def _options_of(function: Callable[..., Any]) -> tuple[OptionSpec, ...]:
+    hints = typing.get_type_hints(function, include_extras=True)
+    options = []
+    for parameter in inspect.signature(function).parameters.values():
+        if parameter.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        hint = hints[parameter.name]
+        base, metadata = hint, ()
+        if typing.get_origin(hint) is typing.Annotated:
+            base, *extra = typing.get_args(hint)
+            metadata = tuple(extra)
+        doc_marker = _marker(metadata, Doc)
+        if doc_marker is None:
+            raise TypeError(f"{function.__name__}: option {parameter.name!r} needs a Doc(...)")
+        options.append(
+            OptionSpec(
+                name=parameter.name,
+                type=base,
+                default=parameter.default,
+                doc=doc_marker.text,
+                range=_marker(metadata, Range),
+                only_under=getattr(_marker(metadata, OnlyUnder), "convention", None),
+                aliases=getattr(_marker(metadata, Aliases), "names", ()),
+            )
+        )
+    return tuple(options)
+
+
+M = typing.TypeVar("M")
+
+
+def _marker(metadata: tuple[Any, ...], kind: type[M]) -> M | None:
+    return next((item for item in metadata if isinstance(item, kind)), None)
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_name(a) for a in args)}]"
+    return str(annotation)
+
+
+def resolve(name: str) -> LossSpec:
+    try:
+        return _REGISTRY[_LOOKUP[name]]
+    except KeyError:
+        raise UnknownLossError(name, sorted(_REGISTRY)) from None
+
+
+def catalogue() -> tuple[LossSpec, ...]:
+    return tuple(_REGISTRY[name] for name in sorted(_REGISTRY))
