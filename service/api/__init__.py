@@ -1,0 +1,1 @@
+"""The HTTP layer: schemas, routes and error handling. It knows nothing of the math."""

@@ -1,0 +1,113 @@
+"""JSON arrays to NumPy in one step, with an exact location for anything that is not a number.
+
+The fast path is a single `np.array(nested_list)` in C. Only when that fails, or yields a
+non-numeric dtype, does a Python walk find the first offending element, so a valid
+million-float body never pays for per-element checks.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import ValidationInfo
+from pydantic.functional_validators import PlainValidator
+from pydantic.json_schema import WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+# Set by the body parser when the raw JSON contains `true`/`false` tokens: NumPy would read a
+# boolean beside numbers as 0/1, so those bodies take the exact walk instead.
+BOOLEANS_PRESENT = "booleans_present"
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _expected_shape(value: Any) -> list[int]:
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
+def _first_problem(value: Any, shape: list[int], path: tuple[int, ...] = ()) -> tuple[tuple[int, ...], str] | None:
+    depth = len(path)
+    if depth < len(shape):
+        if not isinstance(value, list):
+            return path, f"expected an array of {shape[depth]} elements, got {_kind(value)}"
+        if len(value) != shape[depth]:
+            return path, f"ragged array: expected {shape[depth]} elements like its siblings, got {len(value)}"
+        for i, item in enumerate(value):
+            found = _first_problem(item, shape, (*path, i))
+            if found:
+                return found
+        return None
+    if not _is_number(value):
+        return path, f"expected a number, got {_kind(value)}"
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        return path, "integer is too large (beyond 64 bits)"
+    return None
+
+
+def _fail(value: Any) -> PydanticCustomError:
+    found = _first_problem(value, _expected_shape(value))
+    index, message = found if found else ((), "expected a (nested) array of numbers")
+    return PydanticCustomError("array_value", message, {"index": list(index)})
+
+
+def to_array(value: Any, info: ValidationInfo) -> np.ndarray[Any, Any]:
+    if not isinstance(value, list):
+        raise PydanticCustomError("array_type", f"expected an array of numbers, got {_kind(value)}", {"index": []})
+    if info.context and info.context.get(BOOLEANS_PRESENT):
+        problem = _first_problem(value, _expected_shape(value))
+        if problem:
+            raise PydanticCustomError("array_value", problem[1], {"index": list(problem[0])})
+    try:
+        array = np.array(value)
+    except (ValueError, OverflowError, TypeError):
+        raise _fail(value) from None
+    if array.dtype.kind not in "fiu":
+        raise _fail(value)
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        if not finite.all():
+            index = [int(i) for i in np.argwhere(~finite)[0]]
+            raise PydanticCustomError(
+                "array_value",
+                "numbers must be finite, got {value}",
+                {"index": index, "value": repr(float(array[tuple(index)]))},
+            )
+    return array
+
+
+NumericArray = Annotated[
+    np.ndarray,
+    PlainValidator(to_array),
+    WithJsonSchema(
+        {
+            "type": "array",
+            "minItems": 1,
+            "items": {"anyOf": [{"type": "number"}, {"type": "array"}]},
+            "description": "A rectangular (nested) array of finite numbers; the first axis is the batch.",
+        },
+        mode="validation",
+    ),
+]

@@ -1,0 +1,127 @@
+"""Every failure becomes RFC 9457 `application/problem+json`; no traceback reaches a client."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.api.schemas import loss_names
+from service.engine import LossInputError, UnknownLossError
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+log = logging.getLogger("service.api")
+
+
+class ProblemError(Exception):
+    """An HTTP error with problem details, raised by the HTTP layer."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers
+
+
+def problem_response(
+    status: int, detail: str, errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None
+) -> Response:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def _summary(errors: list[dict[str, Any]]) -> str:
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"][1:]) or "body"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+def validation_problem(exc: ValidationError) -> ProblemError:
+    """Pydantic errors as problem details; malformed JSON is a 400, everything else a 422."""
+    raw = exc.errors(include_url=False, include_input=False)
+    if any(e["type"] == "json_invalid" for e in raw):
+        detail = next(e["msg"] for e in raw if e["type"] == "json_invalid")
+        return ProblemError(400, f"malformed JSON: {detail.removeprefix('Invalid JSON: ')}")
+    tags = loss_names()
+    errors = []
+    for e in raw:
+        loc = list(e["loc"])
+        # A tagged union puts the loss name in the location; a client wants the field path.
+        loc = [part for i, part in enumerate(loc) if not (part in tags and i < len(loc) - 1)]
+        msg = e["msg"]
+        if e["type"] == "union_tag_invalid":
+            loc.append("loss")
+            msg = f"unknown loss {e['ctx']['tag']!r}; valid names: {e['ctx']['expected_tags']}"
+        elif e["type"] == "union_tag_not_found":
+            loc.append("loss")
+            msg = "field required: the loss to compute"
+        index = (e.get("ctx") or {}).get("index")
+        if index:
+            loc.extend(index)
+        errors.append({"loc": ["body", *loc], "msg": msg})
+    return ProblemError(422, _summary(errors), errors=errors)
+
+
+def engine_problem(exc: LossInputError) -> ProblemError:
+    path = [int(part) if part.isdigit() else part for part in exc.field.split(".")]
+    loc = ["body", *path, *exc.index]
+    errors = [{"loc": loc, "msg": exc.reason}]
+    return ProblemError(422, _summary(errors), errors=errors)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_problem(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProblemError)
+        return problem_response(exc.status, exc.detail, exc.errors, exc.headers)
+
+    async def on_loss_input(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, LossInputError)
+        problem = engine_problem(exc)
+        return problem_response(problem.status, problem.detail, problem.errors)
+
+    async def on_unknown_loss(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, UnknownLossError)
+        return problem_response(404, f"no loss named {exc.name!r}; valid names: {', '.join(exc.valid)}")
+
+    async def on_http(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return problem_response(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+
+    async def on_request_validation(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        return problem_response(422, _summary(errors) if errors else "invalid request", errors)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(500, "internal error; the request was logged")
+
+    app.add_exception_handler(ProblemError, on_problem)
+    app.add_exception_handler(LossInputError, on_loss_input)
+    app.add_exception_handler(UnknownLossError, on_unknown_loss)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_request_validation)
+    app.add_exception_handler(Exception, on_unexpected)

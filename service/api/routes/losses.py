@@ -1,0 +1,191 @@
+"""The v1 loss endpoints. Routes parse, call the engine, and shape the response."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from service.api.body import read_json, validate_json
+from service.api.schemas import (
+    Catalogue,
+    EvaluateResult,
+    LossInfo,
+    LossResult,
+    evaluate_request_model,
+    loss_info,
+    loss_request_adapter,
+)
+from service.engine import LossInputError, Reduced, catalogue, compute, resolve
+
+router = APIRouter(prefix="/v1", tags=["losses"])
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": description,
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    for status, description in {
+        400: "Malformed JSON",
+        415: "Content-Type is not application/json",
+        422: "Invalid input: the errors name each field, index and reason",
+    }.items()
+}
+
+
+def _json_body(schema: str, examples: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{schema}"},
+                    "examples": {name: {"value": value} for name, value in examples.items()},
+                }
+            },
+        }
+    }
+
+
+LOSS_EXAMPLES = {
+    "sparse_categorical_crossentropy": {
+        "loss": "sparse_categorical_crossentropy",
+        "predictions": [[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]],
+        "labels": [1, 2],
+        "options": {"from_logits": False},
+        "model": "fraud-v3",
+    },
+    "binary_crossentropy_torch_logits": {
+        "loss": "bce",
+        "predictions": [[2.0, -1.0], [0.5, 3.0]],
+        "labels": [[1, 0], [0, 1]],
+        "options": {"from_logits": True, "pos_weight": [2.0, 1.0]},
+        "convention": "torch",
+        "dtype": "float32",
+    },
+    "mean_squared_error": {"loss": "mse", "predictions": [[1.0, 2.0], [3.0, 4.0]], "labels": [[1.5, 2.0], [2.0, 4.0]]},
+}
+EVALUATE_EXAMPLES = {
+    "three_losses": {
+        "predictions": [[2.0, 0.5, -1.0], [0.1, 1.2, 0.3]],
+        "labels": [0, 1],
+        "convention": "torch",
+        "losses": [
+            {"loss": "sparse_categorical_crossentropy", "options": {"from_logits": True}},
+            {"loss": "sparse_categorical_crossentropy", "options": {"from_logits": True, "label_smoothing": 0.1}},
+        ],
+    }
+}
+
+
+def _result(name: str, reduced: Reduced, dtype: str, convention: str) -> dict[str, Any]:
+    # float32 values widen exactly to float64, so clients read the framework's float32 number.
+    return {
+        "loss": name,
+        "per_sample": reduced.per_sample.astype(np.float64, copy=False),
+        "mean": reduced.mean,
+        "sum": reduced.sum,
+        "count": reduced.count,
+        "dtype": dtype,
+        "convention": convention,
+    }
+
+
+def _json(content: Any) -> Response:
+    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+
+async def _off_loop(request: Request, size: int, work: Callable[[], Any]) -> Any:
+    """Large bodies are parsed and computed in a worker thread so the event loop keeps serving."""
+    if size > request.app.state.settings.offload_bytes:
+        return await anyio.to_thread.run_sync(work)
+    return work()
+
+
+def _compute_one(body: bytes) -> dict[str, Any]:
+    request = validate_json(loss_request_adapter(), body)
+    name = resolve(request.loss).name
+    reduced = compute(
+        name,
+        request.predictions,
+        request.labels,
+        options=request.options.model_dump(),
+        sample_weight=request.sample_weight,
+        dtype=request.dtype,
+        convention=request.convention,
+    )
+    return _result(name, reduced, request.dtype, request.convention)
+
+
+def _compute_many(body: bytes) -> dict[str, Any]:
+    request = validate_json(evaluate_request_model(), body)
+    results = []
+    for position, call in enumerate(request.losses):
+        name = resolve(call.loss).name
+        try:
+            reduced = compute(
+                name,
+                request.predictions,
+                request.labels,
+                options=call.options.model_dump(),
+                sample_weight=request.sample_weight,
+                dtype=request.dtype,
+                convention=request.convention,
+            )
+        except LossInputError as exc:
+            if exc.field.startswith("options."):
+                raise LossInputError(f"losses.{position}.{exc.field}", exc.reason, exc.index) from None
+            raise
+        results.append(_result(name, reduced, request.dtype, request.convention))
+    return {"results": results}
+
+
+@router.post(
+    "/loss",
+    summary="Per-sample losses and their mean for one batch",
+    response_model=LossResult,
+    responses=PROBLEM_RESPONSES,
+    openapi_extra=_json_body("LossRequest", LOSS_EXAMPLES),
+)
+async def loss(request: Request) -> Response:
+    body = await read_json(request)
+    return _json(await _off_loop(request, len(body), lambda: _compute_one(body)))
+
+
+@router.post(
+    "/evaluate",
+    summary="Several losses over one batch",
+    response_model=EvaluateResult,
+    responses=PROBLEM_RESPONSES,
+    openapi_extra=_json_body("EvaluateRequest", EVALUATE_EXAMPLES),
+)
+async def evaluate(request: Request) -> Response:
+    body = await read_json(request)
+    return _json(await _off_loop(request, len(body), lambda: _compute_many(body)))
+
+
+@router.get(
+    "/losses", summary="The loss catalogue: names, aliases, formulas, shapes and options", response_model=Catalogue
+)
+async def losses() -> Catalogue:
+    return Catalogue(losses=[loss_info(spec) for spec in catalogue()])
+
+
+@router.get(
+    "/losses/{name}",
+    summary="One catalogue entry, by name or alias",
+    response_model=LossInfo,
+    responses={
+        404: {
+            "description": "No such loss",
+            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+    },
+)
+async def loss_entry(name: str) -> LossInfo:
+    return loss_info(resolve(name))

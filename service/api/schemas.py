@@ -1,0 +1,228 @@
+"""Request and response models. Each loss's options model is generated from its engine signature."""
+
+from __future__ import annotations
+
+import types
+import typing
+from functools import cache
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, create_model
+
+from service.api.arrays import NumericArray
+from service.engine import CONVENTIONS, Convention, DType, LossSpec, OptionSpec, catalogue
+
+MODEL_LABEL_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+MAX_LOSSES_PER_EVALUATE = 32
+
+
+class Batch(BaseModel):
+    """The arrays and settings shared by /v1/loss and /v1/evaluate."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    predictions: NumericArray = Field(description="Model outputs: probabilities, logits or values, one row per sample.")
+    labels: NumericArray = Field(description="Targets: class indices, one-hot/soft vectors or values, per the loss.")
+    sample_weight: NumericArray | None = Field(
+        default=None, description="Optional weight >= 0 per sample (N,), or one per per-sample value."
+    )
+    dtype: DType = Field(
+        default="float64", description="Working precision; float32 reproduces the frameworks' float32 numbers."
+    )
+    convention: Convention = Field(
+        default="keras", description="Whose numerics to reproduce where Keras and PyTorch differ."
+    )
+    model: Annotated[str, Field(pattern=MODEL_LABEL_PATTERN)] | None = Field(
+        default=None, description="Label under which monitoring records this batch (1-64 of A-Z a-z 0-9 _ . : -)."
+    )
+
+
+class LossResult(BaseModel):
+    loss: str = Field(description="The catalogue name of the loss (aliases are resolved).")
+    per_sample: list[Any] = Field(
+        description="The framework's unreduced loss, sample weights applied; nested for multi-axis outputs."
+    )
+    mean: float = Field(description="The convention's default reduction: Keras sum_over_batch_size, PyTorch 'mean'.")
+    sum: float = Field(description="Sum of per_sample.")
+    count: int = Field(description="Number of values in per_sample.")
+    dtype: DType
+    convention: Convention
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "loss": "sparse_categorical_crossentropy",
+                    "per_sample": [0.0512932943875505, 2.302585092994045],
+                    "mean": 1.176939193690798,
+                    "sum": 2.353878387381596,
+                    "count": 2,
+                    "dtype": "float64",
+                    "convention": "keras",
+                }
+            ]
+        }
+    )
+
+
+class EvaluateResult(BaseModel):
+    results: list[LossResult]
+
+
+class OptionInfo(BaseModel):
+    name: str
+    type: str
+    default: Any
+    description: str
+    range: str | None = None
+    only_under: Convention | None = None
+    aliases: list[str] = []
+
+
+class LossInfo(BaseModel):
+    name: str
+    aliases: list[str]
+    summary: str
+    formula: str
+    shapes: str
+    follows: str
+    conventions: list[Convention]
+    options: list[OptionInfo]
+
+
+class Catalogue(BaseModel):
+    losses: list[LossInfo]
+
+
+class ProblemItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[ProblemItem] | None = None
+
+
+def loss_info(spec: LossSpec) -> LossInfo:
+    return LossInfo(
+        name=spec.name,
+        aliases=list(spec.aliases),
+        summary=spec.summary,
+        formula=spec.formula,
+        shapes=spec.shapes,
+        follows=spec.follows,
+        conventions=list(CONVENTIONS),
+        options=[
+            OptionInfo(
+                name=o.name,
+                type=o.type_name(),
+                default=o.default,
+                description=o.doc,
+                range=o.range.describe() if o.range else None,
+                only_under=o.only_under,
+                aliases=list(o.aliases),
+            )
+            for o in spec.options
+        ],
+    )
+
+
+def _bounded(annotation: Any, bounds: dict[str, float]) -> Any:
+    """Attach numeric bounds to the numbers inside `annotation` (float, list[float], float | None)."""
+    if not bounds:
+        return annotation
+    if annotation in (int, float):
+        return Annotated[annotation, Field(**bounds)]  # type: ignore[call-overload]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_bounded(a, bounds) for a in args)]  # noqa: UP007
+    if origin is list:
+        return list[_bounded(args[0], bounds)]  # type: ignore[misc]
+    return annotation
+
+
+def _option_field(option: OptionSpec) -> tuple[Any, Any]:
+    bounds = {}
+    if option.range is not None:
+        bounds = {k: v for k, v in vars(option.range).items() if v is not None}
+    description = option.doc
+    if option.only_under:
+        description += f" (only under convention {option.only_under!r})"
+    alias = AliasChoices(option.name, *option.aliases) if option.aliases else None
+    return _bounded(option.type, bounds), Field(default=option.default, description=description, validation_alias=alias)
+
+
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+@cache
+def options_model(spec: LossSpec) -> type[BaseModel]:
+    fields = {o.name: _option_field(o) for o in spec.options}
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        f"{_camel(spec.name)}Options",
+        __config__=ConfigDict(extra="forbid", strict=True, populate_by_name=True),
+        __doc__=f"Options of {spec.name}.",
+        **fields,
+    )
+
+
+def _loss_field(spec: LossSpec) -> tuple[Any, Any]:
+    names = (spec.name, *spec.aliases)
+    return Literal[names], Field(description=f"{spec.summary} Also accepted: {', '.join(spec.aliases) or 'no alias'}.")
+
+
+@cache
+def loss_call_model(spec: LossSpec) -> type[BaseModel]:
+    """`{"loss": ..., "options": {...}}` for one loss: an item of /v1/evaluate's `losses`."""
+    options = options_model(spec)
+    return create_model(
+        f"{_camel(spec.name)}Call",
+        __config__=ConfigDict(extra="forbid"),
+        loss=_loss_field(spec),
+        options=(options, Field(default_factory=options)),
+    )
+
+
+@cache
+def loss_request_model(spec: LossSpec) -> type[BaseModel]:
+    """The whole /v1/loss body for one loss."""
+    options = options_model(spec)
+    return create_model(
+        f"{_camel(spec.name)}Request",
+        __base__=Batch,
+        loss=_loss_field(spec),
+        options=(options, Field(default_factory=options)),
+    )
+
+
+def _union(models: list[type[BaseModel]]) -> Any:
+    return Annotated[typing.Union[tuple(models)], Field(discriminator="loss")]  # noqa: UP007
+
+
+@cache
+def loss_request_adapter() -> TypeAdapter[Any]:
+    return TypeAdapter(_union([loss_request_model(s) for s in catalogue()]))
+
+
+@cache
+def evaluate_request_model() -> type[BaseModel]:
+    call: Any = _union([loss_call_model(s) for s in catalogue()])
+    return create_model(
+        "EvaluateRequest",
+        __base__=Batch,
+        losses=(
+            list[call],
+            Field(min_length=1, max_length=MAX_LOSSES_PER_EVALUATE, description="The losses to compute."),
+        ),
+    )
+
+
+def loss_names() -> set[str]:
+    return {name for spec in catalogue() for name in (spec.name, *spec.aliases)}
