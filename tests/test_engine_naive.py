@@ -1,0 +1,213 @@
+"""The engine against the naive float64 reference (tests/reference/naive.py), both conventions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.engine import LossInputError, compute
+from tests.reference import naive
+from tests.tolerance import assert_close
+
+RNG = np.random.default_rng(7)
+N, C = 9, 4
+LOGITS = RNG.normal(0, 3, (N, C)).tolist()
+RAW = RNG.random((N, C)) + 0.01
+PROBABILITIES = (RAW / RAW.sum(1, keepdims=True)).tolist()
+UNNORMALISED = (RAW * 1.7).clip(0, 1).tolist()  # Keras renormalises these rows
+ONE_HOT = np.eye(C)[RNG.integers(0, C, N)].tolist()
+SOFT = PROBABILITIES[::-1]
+LABELS = RNG.integers(0, C, N).tolist()
+BINARY = RNG.integers(0, 2, (N, C)).astype(float).tolist()
+VALUES = RNG.normal(0, 2, (N, C)).tolist()
+TARGETS = RNG.normal(0, 2, (N, C)).tolist()
+WEIGHTS = [0.5, 2.0, 1.0, 0.25]
+
+Case = tuple[str, str, dict[str, Any], Any, Any, Callable[[], tuple[Any, float]]]
+
+CASES: list[Case] = [
+    ("bce", "keras", {}, PROBABILITIES, BINARY, lambda: naive.bce_keras(PROBABILITIES, BINARY)),
+    ("bce", "keras", {"from_logits": True}, LOGITS, BINARY, lambda: naive.bce_keras(LOGITS, BINARY, from_logits=True)),
+    (
+        "bce",
+        "keras",
+        {"label_smoothing": 0.2},
+        PROBABILITIES,
+        BINARY,
+        lambda: naive.bce_keras(PROBABILITIES, BINARY, label_smoothing=0.2),
+    ),
+    ("bce", "torch", {}, PROBABILITIES, BINARY, lambda: naive.bce_torch(PROBABILITIES, BINARY)),
+    (
+        "bce",
+        "torch",
+        {"from_logits": True, "pos_weight": WEIGHTS, "weight": WEIGHTS[::-1]},
+        LOGITS,
+        BINARY,
+        lambda: naive.bce_torch(LOGITS, BINARY, from_logits=True, pos_weight=WEIGHTS, weight=WEIGHTS[::-1]),
+    ),
+    ("cce", "keras", {}, UNNORMALISED, ONE_HOT, lambda: naive.cce(UNNORMALISED, ONE_HOT, "keras")),
+    (
+        "cce",
+        "keras",
+        {"from_logits": True, "label_smoothing": 0.1, "class_weight": WEIGHTS},
+        LOGITS,
+        ONE_HOT,
+        lambda: naive.cce(LOGITS, ONE_HOT, "keras", True, 0.1, WEIGHTS),
+    ),
+    ("cce", "torch", {}, PROBABILITIES, SOFT, lambda: naive.cce(PROBABILITIES, SOFT, "torch")),
+    (
+        "cce",
+        "torch",
+        {"from_logits": True, "label_smoothing": 0.3, "class_weight": WEIGHTS},
+        LOGITS,
+        SOFT,
+        lambda: naive.cce(LOGITS, SOFT, "torch", True, 0.3, WEIGHTS),
+    ),
+    ("scce", "keras", {}, UNNORMALISED, LABELS, lambda: naive.scce(UNNORMALISED, LABELS, "keras")),
+    (
+        "scce",
+        "keras",
+        {"from_logits": True, "ignore_class": LABELS[0], "class_weight": WEIGHTS},
+        LOGITS,
+        LABELS,
+        lambda: naive.scce(LOGITS, LABELS, "keras", True, ignore_index=LABELS[0], class_weight=WEIGHTS),
+    ),
+    (
+        "scce",
+        "keras",
+        {"from_logits": True, "label_smoothing": 0.2},
+        LOGITS,
+        LABELS,
+        lambda: naive.scce(LOGITS, LABELS, "keras", True, label_smoothing=0.2),
+    ),
+    (
+        "scce",
+        "torch",
+        {"from_logits": True, "ignore_index": LABELS[1], "class_weight": WEIGHTS, "label_smoothing": 0.25},
+        LOGITS,
+        LABELS,
+        lambda: naive.scce(LOGITS, LABELS, "torch", True, LABELS[1], 0.25, WEIGHTS),
+    ),
+    ("scce", "torch", {}, PROBABILITIES, LABELS, lambda: naive.scce(PROBABILITIES, LABELS, "torch")),
+    ("mse", "keras", {}, VALUES, TARGETS, lambda: naive.mse(VALUES, TARGETS, "keras")),
+    ("mse", "torch", {}, VALUES, TARGETS, lambda: naive.mse(VALUES, TARGETS, "torch")),
+    ("mae", "keras", {}, VALUES, TARGETS, lambda: naive.mae(VALUES, TARGETS, "keras")),
+    ("mae", "torch", {}, VALUES, TARGETS, lambda: naive.mae(VALUES, TARGETS, "torch")),
+]
+
+
+@pytest.mark.parametrize(
+    ("loss", "convention", "options", "predictions", "labels", "reference"),
+    CASES,
+    ids=[f"{c[0]}-{c[1]}-{'-'.join(c[2]) or 'default'}" for c in CASES],
+)
+def test_matches_naive_reference(
+    loss: str, convention: str, options: dict[str, Any], predictions: Any, labels: Any, reference: Any
+) -> None:
+    expected_per_sample, expected_mean = reference()
+    result = compute(loss, predictions, labels, options=options, convention=convention)  # type: ignore[arg-type]
+    assert_close(result.per_sample, expected_per_sample, "float64", what="per_sample")
+    assert_close(result.mean, expected_mean, "float64", what="mean")
+    assert_close(result.sum, np.sum(expected_per_sample), "float64", what="sum")
+
+
+def test_keras_sample_weight_divides_by_batch_size_and_torch_by_weight_sum() -> None:
+    weights = [1.0, 0.0, 3.0, 2.0, 1.0, 1.0, 0.5, 0.5, 1.0]
+    per_sample, _ = naive.scce(LOGITS, LABELS, "keras", True)
+    keras = compute("scce", LOGITS, LABELS, options={"from_logits": True}, sample_weight=weights)
+    weighted = [w * v for w, v in zip(weights, per_sample, strict=True)]
+    assert_close(keras.per_sample, weighted, "float64")
+    assert_close(keras.mean, sum(weighted) / N, "float64")
+    torch = compute("scce", LOGITS, LABELS, options={"from_logits": True}, sample_weight=weights, convention="torch")
+    assert_close(torch.mean, sum(weighted) / sum(weights), "float64")
+
+
+def test_keras_all_ignored_batch_means_zero_and_torch_refuses() -> None:
+    labels = [2] * N
+    keras = compute("scce", LOGITS, labels, options={"from_logits": True, "ignore_class": 2})
+    assert keras.mean == 0.0
+    assert not keras.per_sample.any()
+    with pytest.raises(LossInputError, match="every target equals the ignore index"):
+        compute("scce", LOGITS, [-100] * N, options={"from_logits": True}, convention="torch")
+
+
+def test_extreme_logits_stay_finite_and_exact() -> None:
+    result = compute("scce", [[1e4, -1e4, 0.0]], [1], options={"from_logits": True})
+    assert result.per_sample[0] == 2e4
+    bce = compute("bce", [[1e4, -1e4]], [[0.0, 1.0]], options={"from_logits": True}, convention="torch")
+    assert bce.per_sample.tolist() == [[1e4, 1e4]]
+
+
+def test_true_class_probability_zero_is_capped_by_each_convention() -> None:
+    keras = compute("scce", [[0.0, 1.0]], [0])
+    assert keras.per_sample[0] == pytest.approx(-np.log(1e-7), rel=1e-12)
+    torch = compute("scce", [[0.0, 1.0]], [0], convention="torch")
+    assert torch.per_sample[0] == 100.0
+
+
+def test_one_element_batch_and_one_class() -> None:
+    assert compute("mse", [3.0], [1.0]).per_sample.tolist() == [4.0]
+    single = compute("scce", [[5.0]], [0], options={"from_logits": True})
+    assert single.per_sample.tolist() == [0.0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "message"),
+    [
+        ({"loss": "mse", "predictions": [], "labels": []}, "predictions", "empty"),
+        ({"loss": "mse", "predictions": [[1.0, 2.0]], "labels": [[1.0]]}, "labels", "does not match"),
+        ({"loss": "scce", "predictions": [[0.5, 0.5]], "labels": [2]}, "labels", "outside [0, 1]"),
+        ({"loss": "scce", "predictions": [[0.5, 0.5]], "labels": [0.5]}, "labels", "must be integers"),
+        ({"loss": "bce", "predictions": [[1.5]], "labels": [[1.0]]}, "predictions", "must lie in [0, 1]"),
+        ({"loss": "bce", "predictions": [[0.5]], "labels": [[2.0]]}, "labels", "must lie in [0, 1]"),
+        ({"loss": "mse", "predictions": [[np.nan]], "labels": [[1.0]]}, "predictions", "not a finite"),
+        (
+            {"loss": "mse", "predictions": [[1e39]], "labels": [[1.0]], "dtype": "float32"},
+            "predictions",
+            "overflows float32",
+        ),
+        ({"loss": "scce", "predictions": [[0.0, 0.0]], "labels": [0]}, "predictions", "sum to 0"),
+        ({"loss": "mse", "predictions": [[1.0]], "labels": [[1.0]], "sample_weight": [-1.0]}, "sample_weight", ">= 0"),
+        (
+            {"loss": "mse", "predictions": [[1.0]], "labels": [[1.0]], "sample_weight": [1.0, 2.0]},
+            "sample_weight",
+            "fits",
+        ),
+        ({"loss": "cce", "predictions": [0.5, 0.5], "labels": [1.0, 0.0]}, "predictions", "at least 2 dimensions"),
+        (
+            {"loss": "scce", "predictions": [[0.5, 0.5]], "labels": [0], "options": {"bogus": 1}},
+            "options.bogus",
+            "not an option",
+        ),
+        (
+            {"loss": "scce", "predictions": [[0.5, 0.5]], "labels": [0], "options": {"class_weight": [1.0]}},
+            "options.class_weight",
+            "one value per class",
+        ),
+        (
+            {
+                "loss": "bce",
+                "predictions": [[0.5]],
+                "labels": [[1.0]],
+                "options": {"label_smoothing": 0.1},
+                "convention": "torch",
+            },
+            "options.label_smoothing",
+            "only under convention 'keras'",
+        ),
+        (
+            {"loss": "bce", "predictions": [[0.5]], "labels": [[1.0]], "options": {"label_smoothing": 1.5}},
+            "options.label_smoothing",
+            "<= 1",
+        ),
+    ],
+)
+def test_bad_input_names_field_and_reason(kwargs: dict[str, Any], field: str, message: str) -> None:
+    loss, predictions, labels = kwargs.pop("loss"), kwargs.pop("predictions"), kwargs.pop("labels")
+    with pytest.raises(LossInputError) as caught:
+        compute(loss, predictions, labels, **kwargs)
+    assert caught.value.field == field
+    assert message in caught.value.reason

@@ -1,0 +1,125 @@
+"""The engine against PyTorch CPU: committed fixtures always, live random inputs when torch is installed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service.engine import compute
+from tests.reference.torch_cases import torch_reference
+from tests.tolerance import FLOAT32_MEAN_ULPS, assert_close
+
+FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "torch_reference.json").read_text())
+
+
+@pytest.mark.parametrize("case", FIXTURE["cases"], ids=lambda c: c["id"])
+def test_matches_committed_torch_numbers(case: dict[str, Any]) -> None:
+    result = compute(
+        case["loss"],
+        case["predictions"],
+        case["labels"],
+        options=case["options"],
+        dtype=case["dtype"],
+        convention="torch",
+    )
+    assert_close(result.per_sample, case["expected"]["per_sample"], case["dtype"], what="per_sample")
+    assert_close(result.mean, case["expected"]["mean"], case["dtype"], what="mean", ulps=FLOAT32_MEAN_ULPS)
+
+
+torch = pytest.importorskip("torch", reason="live PyTorch comparisons need torch (pip install torch==2.13.0)")
+torch.set_num_threads(1)
+
+
+def test_fixtures_are_current() -> None:
+    for case in FIXTURE["cases"]:
+        per_sample, mean = torch_reference(case)
+        assert_close(per_sample, case["expected"]["per_sample"], case["dtype"], what=case["id"])
+        assert_close(mean, case["expected"]["mean"], case["dtype"], what=case["id"])
+
+
+@st.composite
+def classification_batches(draw: st.DrawFn) -> dict[str, Any]:
+    n = draw(st.integers(1, 12))
+    c = draw(st.integers(1, 7))
+    scale = draw(st.sampled_from([1e-3, 1.0, 30.0, 1e4]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, scale, (n, c))
+    labels = rng.integers(0, c, n)
+    options: dict[str, Any] = {"from_logits": True}
+    if draw(st.booleans()):
+        options["label_smoothing"] = draw(st.sampled_from([0.05, 0.3, 1.0]))
+    if draw(st.booleans()):
+        options["class_weight"] = rng.uniform(0.1, 3.0, c).round(3).tolist()
+    if draw(st.booleans()) and n > 1:
+        labels[rng.random(n) < 0.3] = -100
+        labels[0] = 0
+    dtype = draw(st.sampled_from(["float64", "float32"]))
+    return {"predictions": logits.astype(dtype).tolist(), "labels": labels.tolist(), "options": options, "dtype": dtype}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(classification_batches())
+def test_sparse_cross_entropy_matches_torch_live(batch: dict[str, Any]) -> None:
+    case = {**batch, "loss": "sparse_categorical_crossentropy", "convention": "torch"}
+    per_sample, mean = torch_reference(case)
+    result = compute(
+        case["loss"],
+        batch["predictions"],
+        batch["labels"],
+        options=batch["options"],
+        dtype=batch["dtype"],
+        convention="torch",
+    )
+    assert_close(result.per_sample, per_sample, batch["dtype"], what="per_sample")
+    assert_close(result.mean, mean, batch["dtype"], what="mean", ulps=FLOAT32_MEAN_ULPS)
+
+
+@st.composite
+def binary_batches(draw: st.DrawFn) -> dict[str, Any]:
+    n = draw(st.integers(1, 10))
+    width = draw(st.integers(1, 4))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    from_logits = draw(st.booleans())
+    if from_logits:
+        predictions = rng.normal(0, draw(st.sampled_from([0.1, 5.0, 1e4])), (n, width))
+    else:
+        predictions = rng.random((n, width))
+        predictions[rng.random((n, width)) < 0.1] = 0.0
+        predictions[rng.random((n, width)) < 0.1] = 1.0
+    options: dict[str, Any] = {"from_logits": from_logits}
+    if from_logits and draw(st.booleans()):
+        options["pos_weight"] = rng.uniform(0.1, 4.0, width).round(3).tolist()
+    if draw(st.booleans()):
+        options["weight"] = rng.uniform(0.1, 4.0, width).round(3).tolist()
+    dtype = draw(st.sampled_from(["float64", "float32"]))
+    labels = rng.integers(0, 2, (n, width)).astype(float)
+    return {
+        "predictions": predictions.astype(dtype).tolist(),
+        "labels": labels.tolist(),
+        "options": options,
+        "dtype": dtype,
+    }
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(binary_batches())
+def test_binary_cross_entropy_matches_torch_live(batch: dict[str, Any]) -> None:
+    case = {**batch, "loss": "binary_crossentropy", "convention": "torch"}
+    per_sample, mean = torch_reference(case)
+    result = compute(
+        case["loss"],
+        batch["predictions"],
+        batch["labels"],
+        options=batch["options"],
+        dtype=batch["dtype"],
+        convention="torch",
+    )
+    assert_close(result.per_sample, per_sample, batch["dtype"], what="per_sample")
+    assert_close(result.mean, mean, batch["dtype"], what="mean", ulps=FLOAT32_MEAN_ULPS)

@@ -1,0 +1,27 @@
+"""openapi.json is generated from the app; this fails when the committed file is stale."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from service.app import create_app
+
+COMMITTED = Path(__file__).resolve().parent.parent / "openapi.json"
+
+
+def test_committed_openapi_matches_the_app() -> None:
+    generated = create_app().openapi()
+    committed = json.loads(COMMITTED.read_text())
+    assert committed == json.loads(json.dumps(generated)), "openapi.json is stale: run `make openapi`"
+
+
+def test_openapi_has_a_schema_per_loss_options_and_examples() -> None:
+    schema = create_app().openapi()
+    components = schema["components"]["schemas"]
+    assert {"SparseCategoricalCrossentropyOptions", "BinaryCrossentropyOptions", "LossRequest", "Problem"} <= set(
+        components
+    )
+    assert components["LossRequest"]["discriminator"]["propertyName"] == "loss"
+    body = schema["paths"]["/v1/loss"]["post"]["requestBody"]["content"]["application/json"]
+    assert "sparse_categorical_crossentropy" in body["examples"]
