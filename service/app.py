@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,9 +12,10 @@ from fastapi.openapi.utils import get_openapi
 
 from service import __version__
 from service.api.errors import install_error_handlers
-from service.api.routes import health, losses
+from service.api.routes import health, losses, metrics
 from service.api.schemas import Problem, evaluate_request_model, loss_request_adapter
 from service.config import Settings
+from service.monitoring import MetricsMiddleware, Monitor, mark_worker_dead
 
 DESCRIPTION = """Per-sample and mean losses for batches of predictions and labels, computed exactly as
 Keras (`convention: keras`) or PyTorch (`convention: torch`) compute them, in float64 or float32.
@@ -25,6 +27,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.lifecycle = "ready"
     yield
     app.state.lifecycle = "draining"
+    mark_worker_dead(os.getpid())
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -37,9 +40,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.lifecycle = "starting"
+    app.state.monitor = Monitor(settings)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(losses.router)
+    app.include_router(metrics.router)
+    app.add_middleware(MetricsMiddleware, monitor=app.state.monitor)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

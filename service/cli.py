@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import orjson
 
@@ -13,10 +17,19 @@ from service import __version__
 from service.config import Settings
 
 
+def _prepare_metrics_dir(directory: Path) -> None:
+    """Every worker writes its metrics here; a fresh start must not inherit a previous run's counts."""
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = Settings()
+    _prepare_metrics_dir(Path(settings.metrics_dir or Path(tempfile.gettempdir()) / "loss-service-metrics"))
     # uvicorn drains, then re-raises the signal that stopped it; a clean drain should exit 0
     # (orchestrators read a signal exit as a crash), so these handlers absorb that re-raise.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import itertools
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Per-sample loss histogram buckets: log-spaced, three per decade from 1e-4 to 1e2.
+DEFAULT_LOSS_BUCKETS = [round(m * 10.0**e, 12) for e in range(-4, 2) for m in (1.0, 2.5, 5.0)] + [100.0]
 
 
 class Settings(BaseSettings):
@@ -20,3 +24,30 @@ class Settings(BaseSettings):
         ge=0,
         description="Bodies larger than this are parsed and computed in a worker thread, off the event loop.",
     )
+    max_models: int = Field(
+        default=100, ge=1, description="Distinct `model` label values per worker; later ones are counted as 'other'."
+    )
+    model_allowlist: Annotated[list[str] | None, NoDecode] = Field(
+        default=None, description="Comma-separated model names; when set, any other model is counted as 'other'."
+    )
+    loss_buckets: Annotated[list[float], NoDecode] = Field(
+        default=DEFAULT_LOSS_BUCKETS, description="Comma-separated upper bounds of the per-sample loss histogram."
+    )
+    metrics_dir: str | None = Field(
+        default=None,
+        description="Directory for multi-worker metrics, wiped at start (default: <tmp>/loss-service-metrics).",
+    )
+
+    @field_validator("model_allowlist", "loss_buckets", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()] or None
+        return value
+
+    @field_validator("loss_buckets")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if not value or any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError("loss buckets must be a non-empty, strictly increasing list")
+        return value

@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 # Set by the body parser when the raw JSON contains `true`/`false` tokens: NumPy would read a
 # boolean beside numbers as 0/1, so those bodies take the exact walk instead.
 BOOLEANS_PRESENT = "booleans_present"
+NON_FINITE = "non_finite"
 
 
 def _kind(value: Any) -> str:
@@ -91,7 +92,7 @@ def to_array(value: Any, info: ValidationInfo) -> np.ndarray[Any, Any]:
         if not finite.all():
             index = [int(i) for i in np.argwhere(~finite)[0]]
             raise PydanticCustomError(
-                "array_value",
+                NON_FINITE,
                 "numbers must be finite, got {value}",
                 {"index": index, "value": repr(float(array[tuple(index)]))},
             )

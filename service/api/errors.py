@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.api.arrays import NON_FINITE
 from service.api.schemas import loss_names
 from service.engine import LossInputError, UnknownLossError
 
@@ -36,6 +37,7 @@ class ProblemError(Exception):
         self.detail = detail
         self.errors = errors
         self.headers = headers
+        self.nonfinite_fields: list[str] = []
 
 
 def problem_response(
@@ -67,11 +69,14 @@ def validation_problem(exc: ValidationError) -> ProblemError:
         return ProblemError(400, f"malformed JSON: {detail.removeprefix('Invalid JSON: ')}")
     tags = loss_names()
     errors = []
+    nonfinite_fields = []
     for e in raw:
         loc = list(e["loc"])
         # A tagged union puts the loss name in the location; a client wants the field path.
         loc = [part for i, part in enumerate(loc) if not (part in tags and i < len(loc) - 1)]
         msg = e["msg"]
+        if e["type"] == NON_FINITE:
+            nonfinite_fields.append(str(loc[0]))
         if e["type"] == "union_tag_invalid":
             loc.append("loss")
             msg = f"unknown loss {e['ctx']['tag']!r}; valid names: {e['ctx']['expected_tags']}"
@@ -82,7 +87,9 @@ def validation_problem(exc: ValidationError) -> ProblemError:
         if index:
             loc.extend(index)
         errors.append({"loc": ["body", *loc], "msg": msg})
-    return ProblemError(422, _summary(errors), errors=errors)
+    problem = ProblemError(422, _summary(errors), errors=errors)
+    problem.nonfinite_fields = nonfinite_fields
+    return problem
 
 
 def engine_problem(exc: LossInputError) -> ProblemError:

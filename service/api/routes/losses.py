@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.api.body import read_json, validate_json
+from service.api.errors import ProblemError
 from service.api.schemas import (
     Catalogue,
     EvaluateResult,
@@ -22,6 +23,7 @@ from service.api.schemas import (
     loss_request_adapter,
 )
 from service.engine import LossInputError, Reduced, catalogue, compute, resolve
+from service.monitoring import Monitor
 
 router = APIRouter(prefix="/v1", tags=["losses"])
 
@@ -107,8 +109,16 @@ async def _off_loop(request: Request, size: int, work: Callable[[], Any]) -> Any
     return work()
 
 
-def _compute_one(body: bytes) -> dict[str, Any]:
-    request = validate_json(loss_request_adapter(), body)
+def _validate(schema: Any, body: bytes, monitor: Monitor) -> Any:
+    try:
+        return validate_json(schema, body)
+    except ProblemError as problem:
+        monitor.record_nonfinite(problem.nonfinite_fields)
+        raise
+
+
+def _compute_one(body: bytes, monitor: Monitor) -> dict[str, Any]:
+    request = _validate(loss_request_adapter(), body, monitor)
     name = resolve(request.loss).name
     reduced = compute(
         name,
@@ -119,11 +129,12 @@ def _compute_one(body: bytes) -> dict[str, Any]:
         dtype=request.dtype,
         convention=request.convention,
     )
+    monitor.observe_batch(request.model, name, reduced.per_sample, reduced.mean)
     return _result(name, reduced, request.dtype, request.convention)
 
 
-def _compute_many(body: bytes) -> dict[str, Any]:
-    request = validate_json(evaluate_request_model(), body)
+def _compute_many(body: bytes, monitor: Monitor) -> dict[str, Any]:
+    request = _validate(evaluate_request_model(), body, monitor)
     results = []
     for position, call in enumerate(request.losses):
         name = resolve(call.loss).name
@@ -141,8 +152,11 @@ def _compute_many(body: bytes) -> dict[str, Any]:
             if exc.field.startswith("options."):
                 raise LossInputError(f"losses.{position}.{exc.field}", exc.reason, exc.index) from None
             raise
-        results.append(_result(name, reduced, request.dtype, request.convention))
-    return {"results": results}
+        results.append((name, reduced))
+    # Observed only once every loss succeeded, so a refused request leaves no partial trace.
+    for name, reduced in results:
+        monitor.observe_batch(request.model, name, reduced.per_sample, reduced.mean)
+    return {"results": [_result(name, reduced, request.dtype, request.convention) for name, reduced in results]}
 
 
 @router.post(
@@ -154,7 +168,8 @@ def _compute_many(body: bytes) -> dict[str, Any]:
 )
 async def loss(request: Request) -> Response:
     body = await read_json(request)
-    return _json(await _off_loop(request, len(body), lambda: _compute_one(body)))
+    monitor = request.app.state.monitor
+    return _json(await _off_loop(request, len(body), lambda: _compute_one(body, monitor)))
 
 
 @router.post(
@@ -166,7 +181,8 @@ async def loss(request: Request) -> Response:
 )
 async def evaluate(request: Request) -> Response:
     body = await read_json(request)
-    return _json(await _off_loop(request, len(body), lambda: _compute_many(body)))
+    monitor = request.app.state.monitor
+    return _json(await _off_loop(request, len(body), lambda: _compute_many(body, monitor)))
 
 
 @router.get(

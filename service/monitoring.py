@@ -1,0 +1,226 @@
+"""Prometheus metrics: service health and model quality. The only module that knows Prometheus.
+
+Single process: metrics live in the app's own registry. Under `loss-service serve`, the CLI points
+PROMETHEUS_MULTIPROC_DIR at a fresh directory before workers start, so every worker writes its
+values there and /metrics merges them (prometheus-client multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.config import Settings
+
+OTHER_MODEL = "other"
+UNLABELLED_MODEL = "unlabelled"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BODY_BUCKETS = tuple(float(10**e) for e in range(2, 10))  # 100 B .. 1 GB
+REJECTION_REASONS = {
+    413: "too_large",
+    400: "invalid",
+    415: "invalid",
+    422: "invalid",
+    401: "unauthorised",
+    403: "unauthorised",
+}
+OVERLOAD_STATUSES = {429, 503, 504}
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Monitor:
+    """The metrics of one app, and the bounded set of `model` label values it has seen."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._max_models = settings.max_models
+        self._allowlist = frozenset(settings.model_allowlist) if settings.model_allowlist else None
+        self._models: set[str] = set()
+        self._models_lock = threading.Lock()
+        r = self.registry
+        self.requests = Counter(
+            "loss_service_http_requests_total",
+            "HTTP requests by route template, method and status class.",
+            ["route", "method", "status_class"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "loss_service_http_request_duration_seconds",
+            "Time from request start to the last response byte.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.body_size = Histogram(
+            "loss_service_http_request_body_bytes",
+            "Size of request bodies as received.",
+            ["route"],
+            buckets=BODY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "loss_service_http_requests_in_flight", "Requests being served.", registry=r, multiprocess_mode="livesum"
+        )
+        self.rejected = Counter(
+            "loss_service_http_requests_rejected_total",
+            "Requests refused, by reason: too_large, invalid, unauthorised, overloaded.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("too_large", "invalid", "unauthorised", "overloaded"):
+            self.rejected.labels(reason)
+        self.sample_loss = Histogram(
+            "loss_service_sample_loss",
+            "Per-sample loss values by model and loss; _sum / _count is the mean over any window.",
+            ["model", "loss"],
+            buckets=tuple(settings.loss_buckets),
+            registry=r,
+        )
+        self.samples = Counter(
+            "loss_service_samples_total", "Per-sample loss values computed.", ["model", "loss"], registry=r
+        )
+        self.batches = Counter("loss_service_batches_total", "Batches computed.", ["model", "loss"], registry=r)
+        self.last_mean = Gauge(
+            "loss_service_last_batch_mean_loss",
+            "The mean loss of the most recent batch.",
+            ["model", "loss"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.nonfinite = Counter(
+            "loss_service_nonfinite_inputs_total",
+            "Requests refused because an input held NaN or an infinity, by field.",
+            ["field"],
+            registry=r,
+        )
+        for field in ("predictions", "labels", "sample_weight"):
+            self.nonfinite.labels(field)
+        self.overflowed = Counter(
+            "loss_service_model_label_overflow_total",
+            f"Batches counted under model={OTHER_MODEL!r}: past the label limit or outside the allow-list.",
+            registry=r,
+        )
+
+    def model_label(self, model: str | None) -> str:
+        """Bound the `model` label's cardinality: an allow-list if set, else the first N names seen."""
+        if model is None:
+            return UNLABELLED_MODEL
+        if self._allowlist is not None:
+            if model in self._allowlist:
+                return model
+            self.overflowed.inc()
+            return OTHER_MODEL
+        with self._models_lock:
+            if model in self._models:
+                return model
+            if len(self._models) < self._max_models:
+                self._models.add(model)
+                return model
+        self.overflowed.inc()
+        return OTHER_MODEL
+
+    def observe_batch(self, model: str | None, loss: str, per_sample: np.ndarray[Any, Any], mean: float) -> None:
+        label = self.model_label(model)
+        values = per_sample.ravel()
+        histogram = self.sample_loss.labels(label, loss)
+        _observe_many(histogram, values)
+        self.samples.labels(label, loss).inc(values.size)
+        self.batches.labels(label, loss).inc()
+        self.last_mean.labels(label, loss).set(mean)
+
+    def record_request(self, route: str, method: str, status: int, seconds: float, body_bytes: int) -> None:
+        self.requests.labels(route, method, f"{status // 100}xx").inc()
+        self.latency.labels(route, method).observe(seconds)
+        self.body_size.labels(route).observe(body_bytes)
+        reason = "overloaded" if status in OVERLOAD_STATUSES and route != "/readyz" else REJECTION_REASONS.get(status)
+        if reason:
+            self.rejected.labels(reason).inc()
+
+    def record_nonfinite(self, fields: Iterable[str]) -> None:
+        for field in fields:
+            self.nonfinite.labels(field).inc()
+
+    def exposition(self) -> tuple[bytes, str]:
+        if multiprocess_dir():
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _observe_many(histogram: Histogram, values: np.ndarray[Any, Any]) -> None:
+    """Histogram.observe for a whole array at once.
+
+    prometheus-client has no batch observe, and a Python call per value costs ~1 s per million
+    samples. Its per-bucket counters (`_buckets`, non-cumulative: observe() bumps the first bucket
+    whose bound >= value) and `_sum` are incremented here directly; test_monitoring checks this
+    equals calling observe() value by value.
+    """
+    bounds = np.asarray(histogram._upper_bounds)
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=bounds.size)
+    for bucket, count in zip(histogram._buckets, counts, strict=True):
+        if count:
+            bucket.inc(int(count))
+    histogram._sum.inc(float(values.sum(dtype=np.float64)))
+
+
+class MetricsMiddleware:
+    """Records every HTTP request: route template (not the raw path), status, latency, body size."""
+
+    def __init__(self, app: ASGIApp, monitor: Monitor) -> None:
+        self.app = app
+        self.monitor = monitor
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+            return message
+
+        async def status_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.monitor.in_flight.inc()
+        try:
+            await self.app(scope, counting_receive, status_send)
+        finally:
+            self.monitor.in_flight.dec()
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.monitor.record_request(template, scope["method"], status, time.perf_counter() - started, received)
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Drop a stopped worker's live gauges (in-flight) from the merged view."""
+    if multiprocess_dir():
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
