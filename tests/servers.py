@@ -1,0 +1,58 @@
+"""Start real processes on free loopback ports for tests: the service and Prometheus."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout} s")
+
+
+def loss_service_executable() -> str:
+    return shutil.which("loss-service", path=str(Path(sys.executable).parent)) or "loss-service"
+
+
+@contextmanager
+def served(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`loss-service serve` on a free port; yields its base URL; SIGTERM on exit, which must exit 0."""
+    port = free_port()
+    process = subprocess.Popen(
+        [loss_service_executable(), "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+        env={**os.environ, "LOSS_SERVICE_LOG_LEVEL": "warning", **(env or {})},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{url}/readyz", process)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+    assert code == 0, f"loss-service exited with {code} after SIGTERM"

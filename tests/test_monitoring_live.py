@@ -1,0 +1,160 @@
+"""Monitoring against real processes: two workers, the dashboard's metric names, a real Prometheus."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.servers import free_port, served, wait_for
+from tests.test_monitoring import samples, value
+
+pytestmark = pytest.mark.slow
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "loss-service.json"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+RULES = DEPLOY / "prometheus" / "rules" / "loss-service.yml"
+METRIC = re.compile(r"\b(loss_service_[a-z_]+)")
+
+FRAUD = {
+    "loss": "mse",
+    "model": "fraud-v3",
+    "predictions": [[0.0]] * 4,
+    "labels": [[1.0], [2.0], [3.0], [4.0]],
+}  # mean 7.5
+CHURN = {"loss": "mae", "model": "churn-v1", "predictions": [[0.0]] * 2, "labels": [[1.0], [3.0]]}  # mean 2
+
+
+def send(url: str, body: dict[str, Any], times: int) -> None:
+    def one(_: int) -> int:
+        return httpx.post(f"{url}/v1/loss", json=body, timeout=10).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(one, range(times))) == {200}
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    metrics_dir = tmp_path_factory.mktemp("metrics")
+    with served("--workers", "2", env={"LOSS_SERVICE_METRICS_DIR": str(metrics_dir)}) as url:
+        yield url, metrics_dir
+
+
+def test_two_workers_report_exactly_the_samples_sent(two_workers: tuple[str, Path]) -> None:
+    url, metrics_dir = two_workers
+    send(url, {**FRAUD, "model": "count-check"}, 200)
+    scrape = samples(httpx.get(f"{url}/metrics").text)
+    labels = {"model": "count-check", "loss": "mean_squared_error"}
+    assert value(scrape, "loss_service_samples_total", **labels) == 800
+    assert value(scrape, "loss_service_batches_total", **labels) == 200
+    assert value(scrape, "loss_service_sample_loss_sum", **labels) == 200 * 30.0
+    worker_pids = {path.stem.rsplit("_", 1)[-1] for path in metrics_dir.glob("*.db")}
+    assert len(worker_pids) >= 2, f"expected files from two worker processes, found {sorted(worker_pids)}"
+
+
+def dashboard_expressions() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_every_metric_the_dashboard_and_alerts_use_is_exported(two_workers: tuple[str, Path]) -> None:
+    url, _ = two_workers
+    send(url, FRAUD, 1)
+    exported = {name for name, _ in samples(httpx.get(f"{url}/metrics").text)}
+    rules = yaml.safe_load(RULES.read_text())
+    rule_expressions = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    used = {m for expr in dashboard_expressions() + rule_expressions for m in METRIC.findall(expr)}
+    assert used, "no metric names found in the dashboard"
+    assert used <= exported, f"not exported: {sorted(used - exported)}"
+
+
+def test_dashboard_has_datasource_and_model_variables() -> None:
+    variables = {v["name"]: v for v in json.loads(DASHBOARD.read_text())["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert "model" in variables["model"]["definition"]
+    assert all('model=~"$model"' in e for e in dashboard_expressions() if "sample_loss" in e or "samples_total" in e)
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.skip("promtool is not installed (apt-get install prometheus); .ci/run installs it")
+    return path
+
+
+def test_promtool_accepts_config_and_rules_and_the_rule_unit_tests_pass(promtool: str) -> None:
+    for args in (
+        ["check", "config", str(PROMETHEUS_CONFIG)],
+        ["check", "rules", str(RULES)],
+        ["test", "rules", str(RULES.with_suffix(".test.yml"))],
+    ):
+        result = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert response["status"] == "success", response
+    return list(response["data"]["result"])
+
+
+def wait_for_scraped_count(prometheus: str, expected: float, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = query(prometheus, 'sum(loss_service_samples_total{model=~"fraud-v3|churn-v1"})')
+        if result and float(result[0]["value"][1]) == expected:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"Prometheus never scraped a total of {expected} samples")
+
+
+def test_prometheus_computes_the_dashboards_mean_loss_per_model(tmp_path: Path) -> None:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus is not installed (apt-get install prometheus); .ci/run installs it")
+    with served() as url:
+        config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+        # Only the target's address changes (and the rule file's path, now that the config moves).
+        config["scrape_configs"][0]["static_configs"][0]["targets"] = [url.removeprefix("http://")]
+        config["rule_files"] = [str(RULES)]
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        port = free_port()
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        prometheus = f"http://127.0.0.1:{port}"
+        try:
+            wait_for(f"{prometheus}/-/ready", process)
+            send(url, FRAUD, 5)
+            send(url, CHURN, 5)
+            wait_for_scraped_count(prometheus, 5 * 4 + 5 * 2)
+            send(url, FRAUD, 10)
+            send(url, CHURN, 10)
+            wait_for_scraped_count(prometheus, 15 * 4 + 15 * 2)
+            mean_panel = dashboard_expressions()[0]
+            expr = mean_panel.replace("$model", "fraud-v3|churn-v1").replace("$__rate_interval", "5m")
+            means = {r["metric"]["model"]: float(r["value"][1]) for r in query(prometheus, expr)}
+            assert means == {"fraud-v3": pytest.approx(7.5, rel=1e-9), "churn-v1": pytest.approx(2.0, rel=1e-9)}
+            rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
+            assert sum(len(g["rules"]) for g in rules) == 7
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
