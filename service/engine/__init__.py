@@ -55,7 +55,7 @@ def compute(
     working = np.dtype(dtype)
     x = _as_working_array(predictions, "predictions", working)
     check_not_empty(x)
-    y = _as_working_array(labels, "labels", working)
+    y = _as_class_indices(labels) if spec.class_labels else _as_working_array(labels, "labels", working)
     weight = None if sample_weight is None else _as_working_array(sample_weight, "sample_weight", working)
     if weight is not None and (weight < 0).any():
         index = tuple(int(i) for i in np.argwhere(weight < 0)[0])
@@ -77,8 +77,25 @@ def _as_working_array(values: ArrayLike, field: str, dtype: np.dtype[Any]) -> Ar
     return converted
 
 
+def _as_class_indices(values: ArrayLike) -> np.ndarray[Any, np.dtype[np.intp]]:
+    """Integer class labels as np.intp; integral floats (1.0) are accepted, fractions are not."""
+    array = np.asarray(values)
+    if array.dtype.kind in "iu":
+        return array.astype(np.intp, copy=False)
+    if array.dtype.kind != "f":
+        raise LossInputError("labels", f"must hold integer class indices, got an array of {array.dtype}")
+    _check_finite(array, "labels", "is not a finite number")
+    fractional = array != np.floor(array)
+    if fractional.any():
+        index = tuple(int(i) for i in np.argwhere(fractional)[0])
+        raise LossInputError("labels", f"class labels must be integers, got {array[index]!r}", index)
+    return array.astype(np.intp)
+
+
 def _check_finite(array: np.ndarray[Any, Any], field: str, reason: str) -> None:
-    if array.dtype.kind == "f":
+    # One summation answers for the whole array: a NaN or an infinity makes the sum non-finite.
+    # Only then (or when finite values overflow the sum) is the element-wise search paid for.
+    if array.dtype.kind == "f" and not np.isfinite(array.sum()):
         finite = np.isfinite(array)
         if not finite.all():
             index = tuple(int(i) for i in np.argwhere(~finite)[0])

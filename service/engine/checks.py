@@ -49,14 +49,12 @@ def check_positive(array: Array, field: str, meaning: str, *, allow_zero: bool =
         raise LossInputError(field, f"{meaning} must be {bound}, got {array[index]!r}", index)
 
 
-def check_class_indices(labels: Array, num_classes: int, ignore_index: int | None) -> NDArray[np.intp]:
+def check_class_indices(labels: NDArray[np.intp], num_classes: int, ignore_index: int | None) -> NDArray[np.intp]:
     """Integer class labels in [0, num_classes), or equal to `ignore_index`."""
-    not_integer = labels != np.floor(labels)
-    if not_integer.any():
-        index = _first(not_integer)
-        raise LossInputError("labels", f"class labels must be integers, got {labels[index]!r}", index)
-    ignored = labels == ignore_index if ignore_index is not None else np.zeros(labels.shape, bool)
-    out_of_range = ((labels < 0) | (labels >= num_classes)) & ~ignored
+    # Viewed as unsigned, a negative label is huge, so one comparison finds both bounds.
+    out_of_range = labels.view(np.uintp) >= num_classes
+    if ignore_index is not None:
+        out_of_range &= labels != ignore_index
     if out_of_range.any():
         index = _first(out_of_range)
         hint = "" if ignore_index is None else f" or the ignore index {ignore_index}"
@@ -65,7 +63,7 @@ def check_class_indices(labels: Array, num_classes: int, ignore_index: int | Non
             f"class label {int(labels[index])} is outside [0, {num_classes - 1}]{hint}",
             index,
         )
-    return labels.astype(np.intp)
+    return labels
 
 
 def check_values_in(labels: Array, allowed: tuple[float, ...], field: str, meaning: str) -> None:

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+
 from service.engine.conventions import Convention
 from service.engine.errors import LossInputError, UnknownLossError
 from service.engine.options import Aliases, Doc, OnlyUnder, Range
@@ -24,7 +26,9 @@ class LossFunction(Protocol):
     __name__: str
     __doc__: str | None
 
-    def __call__(self, predictions: Array, labels: Array, convention: Convention, /, **options: Any) -> LossValues: ...
+    def __call__(
+        self, predictions: Array, labels: np.ndarray[Any, Any], convention: Convention, /, **options: Any
+    ) -> LossValues: ...
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class LossSpec:
     shapes: str
     follows: str
     options: tuple[OptionSpec, ...]
+    class_labels: bool = False
 
     def bind(self, options: Mapping[str, Any] | None, convention: Convention) -> dict[str, Any]:
         """Check option names, ranges and conventions; return every option with its value."""
@@ -98,9 +103,12 @@ _LOOKUP: dict[str, str] = {}
 
 
 def register(
-    name: str, *, aliases: tuple[str, ...] = ()
+    name: str, *, aliases: tuple[str, ...] = (), class_labels: bool = False
 ) -> Callable[[Callable[..., LossValues]], Callable[..., LossValues]]:
-    """Add a loss function to the catalogue under `name` and its `aliases`."""
+    """Add a loss function to the catalogue under `name` and its `aliases`.
+
+    `class_labels`: the labels are integer class indices, passed to the function as `np.intp`.
+    """
 
     def decorate(function: Callable[..., LossValues]) -> Callable[..., LossValues]:
         doc = inspect.cleandoc(function.__doc__ or "")
@@ -114,6 +122,7 @@ def register(
             shapes=sections.get("Shapes", ""),
             follows=sections.get("Follows", ""),
             options=_options_of(function),
+            class_labels=class_labels,
         )
         if not (spec.formula and spec.shapes and spec.follows):
             raise TypeError(f"{function.__name__}: docstring needs Formula, Shapes and Follows sections")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
+from numpy.typing import NDArray
 
 from service.engine.checks import (
     check_class_indices,
@@ -26,6 +27,7 @@ from service.engine.numerics import (
     keras_clip,
     log_sigmoid,
     log_softmax,
+    nll_of_logits,
     torch_clamped_log,
 )
 from service.engine.options import Aliases, Doc, NonNegative, OnlyUnder, Probability
@@ -183,10 +185,14 @@ def categorical_crossentropy(
     return LossValues(-(log_p * targets).sum(axis=axis))
 
 
-@register("sparse_categorical_crossentropy", aliases=("scce", "sparse_categorical_cross_entropy", "cross_entropy"))
+@register(
+    "sparse_categorical_crossentropy",
+    aliases=("scce", "sparse_categorical_cross_entropy", "cross_entropy"),
+    class_labels=True,
+)
 def sparse_categorical_crossentropy(
     predictions: Array,
-    labels: Array,
+    labels: NDArray[np.intp],
     convention: Convention,
     /,
     *,
@@ -238,13 +244,20 @@ def sparse_categorical_crossentropy(
             # Keras zeroes ignored rows before the log; only their (discarded) values change.
             predictions = np.where(np.expand_dims(mask, axis), predictions, 1.0)
 
-    log_p = _class_log_probabilities(predictions, from_logits, convention, axis)
-    picked = -np.take_along_axis(log_p, np.expand_dims(targets, axis), axis=axis).squeeze(axis)
     zero = predictions.dtype.type(0)
+    if from_logits and not label_smoothing:
+        # The common case takes the fused kernel; it never builds the log-probability matrix.
+        last = predictions if axis % predictions.ndim == predictions.ndim - 1 else np.moveaxis(predictions, axis, -1)
+        rows = last.reshape(-1, num_classes)
+        picked = nll_of_logits(rows, targets.reshape(-1)).reshape(targets.shape)
+        log_p = None
+    else:
+        log_p = _class_log_probabilities(predictions, from_logits, convention, axis)
+        picked = -np.take_along_axis(log_p, np.expand_dims(targets, axis), axis=axis).squeeze(axis)
 
     if convention == "keras":
         values = picked
-        if label_smoothing:
+        if log_p is not None and label_smoothing:
             values = (1.0 - label_smoothing) * picked + (label_smoothing / num_classes) * -log_p.sum(axis=axis)
         if weights is not None:
             values = values * weights[targets]
@@ -254,7 +267,7 @@ def sparse_categorical_crossentropy(
 
     target_weight = weights[targets] if weights is not None else None
     nll = picked if target_weight is None else target_weight * picked
-    if label_smoothing:
+    if log_p is not None and label_smoothing:
         smooth = (
             -(log_p * along_axis(weights, axis, log_p.ndim)).sum(axis=axis)
             if weights is not None

@@ -1,0 +1,88 @@
+"""Engine speed against baselines measured in the same run. Medians of repeated runs; ratios > 1 mean faster.
+
+    make bench        (or: .venv/bin/python bench/engine.py [--repeats N])
+
+Cross-entropy from logits, float32, per-sample (reduction='none'):
+  torch   torch.nn.functional.cross_entropy on one thread (torch.set_num_threads(1))
+  loss    the engine's loss function alone (label checks, fused kernel)
+  compute service.engine.compute(): conversion, finiteness and option checks, loss, reduction
+MSE, float32, (N, 10): compute() against one read pass over both inputs (np.add.reduce of each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from service.engine import compute
+from service.engine.losses.crossentropy import sparse_categorical_crossentropy
+
+SIZES = [(1_000, 10), (100_000, 10), (10_000, 1_000), (1_000_000, 10)]
+
+
+def median_seconds(work: Callable[[], Any], repeats: int) -> float:
+    work()  # warm-up: first-touch page faults and lazy imports are not what is measured
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=21)
+    args = parser.parse_args()
+    try:
+        import torch
+        import torch.nn.functional as F  # noqa: N812
+
+        torch.set_num_threads(1)
+    except ImportError:
+        torch = None
+    rng = np.random.default_rng(0)
+    print(f"# {platform.processor() or platform.machine()}, numpy {np.__version__}", end="")
+    print(f", torch {torch.__version__} (1 thread)" if torch else ", torch absent", f", median of {args.repeats}")
+    print("\n| N x C | torch ms | loss ms | compute ms | loss / torch | compute / torch |")
+    print("|---|---|---|---|---|---|")
+    for n, c in SIZES:
+        logits = rng.normal(0, 3, (n, c)).astype(np.float32)
+        labels = rng.integers(0, c, n)
+        loss_s = median_seconds(
+            lambda: sparse_categorical_crossentropy(logits, labels, "torch", from_logits=True), args.repeats
+        )
+        compute_s = median_seconds(
+            lambda: compute("scce", logits, labels, options={"from_logits": True}, dtype="float32", convention="torch"),
+            args.repeats,
+        )
+        if torch is not None:
+            tl, ty = torch.from_numpy(logits), torch.from_numpy(labels)
+            torch_s = median_seconds(lambda: F.cross_entropy(tl, ty, reduction="none"), args.repeats)
+            print(
+                f"| {n:,} x {c:,} | {torch_s * 1e3:.3f} | {loss_s * 1e3:.3f} | {compute_s * 1e3:.3f} "
+                f"| {torch_s / loss_s:.2f}x | {torch_s / compute_s:.2f}x |"
+            )
+        else:
+            print(f"| {n:,} x {c:,} | - | {loss_s * 1e3:.3f} | {compute_s * 1e3:.3f} | - | - |")
+
+    print("\n| MSE N x 10 | read pass ms | compute ms | compute / read pass |")
+    print("|---|---|---|---|")
+    for n in (100_000, 1_000_000):
+        predictions = rng.normal(size=(n, 10)).astype(np.float32)
+        targets = rng.normal(size=(n, 10)).astype(np.float32)
+        read_s = median_seconds(
+            lambda: (np.add.reduce(predictions, axis=None), np.add.reduce(targets, axis=None)), args.repeats
+        )
+        mse_s = median_seconds(lambda: compute("mse", predictions, targets, dtype="float32"), args.repeats)
+        print(f"| {n:,} x 10 | {read_s * 1e3:.3f} | {mse_s * 1e3:.3f} | {mse_s / read_s:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
