@@ -71,7 +71,7 @@ BLOCK_VALUES = 1 << 17
 CLASS_MAJOR_LIMIT = 128
 
 
-def _pairwise_class_sum(columns: Array, out: Array) -> Array:
+def pairwise_class_sum(columns: Array, out: Array) -> Array:
     """Sum over axis 0 of a class-major block, in NumPy's pairwise order for a row of C values.
 
     `x.sum(axis=-1)` sums each row in NumPy's pairwise order (8 accumulators combined as
@@ -120,7 +120,7 @@ def nll_of_logits(logits: Array, targets: NDArray[np.intp]) -> Array:
             np.subtract(view, peak[:n], out=view)
             target_shifted = view[targets[start : start + n], positions[:n]]
             np.exp(view, out=view)
-            sums = _pairwise_class_sum(view, total[:n])
+            sums = pairwise_class_sum(view, total[:n])
             np.subtract(np.log(sums, out=sums), target_shifted, out=out[start : start + n])
         return out
     scratch = np.empty((block, classes), dtype=logits.dtype)

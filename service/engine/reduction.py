@@ -14,6 +14,7 @@ This is the only place that weights and averages. A loss returns `LossValues`; i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -65,29 +66,33 @@ def reduce(loss: LossValues, sample_weight: Array | None, convention: Convention
     values = loss.values
     weight = None if sample_weight is None else broadcast_sample_weight(sample_weight, values.shape)
     if convention == "keras":
-        per_sample, mean = _keras_reduce(values, weight, loss.mask)
+        per_sample, total, mean = _keras_reduce(values, weight, loss.mask)
     else:
-        per_sample, mean = _torch_reduce(values, weight, loss)
-    total = per_sample.sum()
+        per_sample, total, mean = _torch_reduce(values, weight, loss)
     _check_finite(per_sample, total, mean)
     return Reduced(per_sample=per_sample, sum=float(total), mean=float(mean), count=int(per_sample.size))
 
 
-def _keras_reduce(values: Array, weight: Array | None, mask: NDArray[np.bool_] | None) -> tuple[Array, Array]:
+def _keras_reduce(
+    values: Array, weight: Array | None, mask: NDArray[np.bool_] | None
+) -> tuple[Array, np.floating[Any], np.floating[Any]]:
     count = values.size
     per_sample = values if weight is None else values * weight
     if mask is None:
-        return per_sample, per_sample.sum() / count
+        total = per_sample.sum()
+        return per_sample, total, total / count
     valid = np.count_nonzero(mask)
     # keras apply_mask: valid entries weigh total/valid (divide_no_nan), ignored ones 0.
     mask_weight = values.dtype.type(count / valid if valid else 0.0)
     float_mask = np.where(mask, mask_weight, values.dtype.type(0))
     mean_weight = float_mask if weight is None else weight * float_mask
     per_sample = np.where(mask, per_sample, values.dtype.type(0))
-    return per_sample, (values * mean_weight).sum() / count
+    return per_sample, per_sample.sum(), (values * mean_weight).sum() / count
 
 
-def _torch_reduce(values: Array, weight: Array | None, loss: LossValues) -> tuple[Array, Array]:
+def _torch_reduce(
+    values: Array, weight: Array | None, loss: LossValues
+) -> tuple[Array, np.floating[Any], np.floating[Any]]:
     if loss.denominator is not None:
         denominator = loss.denominator
     elif loss.mask is not None:
@@ -97,19 +102,21 @@ def _torch_reduce(values: Array, weight: Array | None, loss: LossValues) -> tupl
     if weight is not None:
         values = values * weight
         denominator = weight if denominator is None else denominator * weight
+    total = values.sum()
     if denominator is None:
-        return values, values.sum() / values.size
+        return values, total, total / values.size
     divisor = denominator.sum()
     if divisor == 0:
         if loss.mask is not None and not loss.mask.any():
             raise LossInputError("labels", "every target equals the ignore index; PyTorch's mean would be 0/0 (NaN)")
         raise LossInputError("sample_weight", "the weights of the counted targets sum to 0; the mean would be 0/0")
-    return values, values.sum() / divisor
+    return values, total, total / divisor
 
 
-def _check_finite(per_sample: Array, total: Array, mean: Array) -> None:
+def _check_finite(per_sample: Array, total: np.floating[Any], mean: np.floating[Any]) -> None:
     """The last guard: a 200 never carries inf or NaN, whatever a formula did."""
-    bad = ~np.isfinite(per_sample)
+    # A finite sum means finite elements; only a non-finite one pays for the element-wise search.
+    bad = np.zeros(0, bool) if np.isfinite(total) else ~np.isfinite(per_sample)
     if bad.any():
         index = tuple(int(i) for i in np.argwhere(bad)[0])
         raise LossInputError(

@@ -1,12 +1,17 @@
-"""Small shape rules that several losses share."""
+"""Shape rules and evaluation helpers that several losses share."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from service.engine.checks import check_class_vector
+from service.engine.checks import check_class_vector, check_same_shape
 from service.engine.conventions import Convention
+from service.engine.numerics import BLOCK_VALUES, CLASS_MAJOR_LIMIT, pairwise_class_sum
 from service.engine.reduction import Array
+
+Formula = Callable[[Array, Array], Array]
 
 
 def per_sample_mean(elementwise: Array, convention: Convention) -> Array:
@@ -19,6 +24,37 @@ def per_sample_mean(elementwise: Array, convention: Convention) -> Array:
         return elementwise
     mean: Array = elementwise.mean(axis=-1)
     return mean
+
+
+def elementwise_loss(predictions: Array, labels: Array, convention: Convention, formula: Formula) -> Array:
+    """`per_sample_mean(formula(predictions, labels))`, evaluated in cache-sized row blocks.
+
+    Under keras each block's rows are averaged as soon as they are computed, so no full-size
+    temporary is ever built; the row sums repeat NumPy's pairwise order, so the result equals
+    `formula(...).mean(axis=-1)` bit for bit.
+    """
+    check_same_shape(predictions, labels)
+    if convention == "torch" or predictions.ndim == 1:
+        return formula(predictions, labels)
+    width = predictions.shape[-1]
+    rows_p = predictions.reshape(-1, width)
+    rows_y = labels.reshape(-1, width)
+    rows = rows_p.shape[0]
+    out = np.empty(rows, dtype=predictions.dtype)
+    block = min(rows, max(1, BLOCK_VALUES // max(width, 1)))
+    columns = np.empty((width, block), dtype=predictions.dtype) if width <= CLASS_MAJOR_LIMIT else None
+    for start in range(0, rows, block):
+        n = min(block, rows - start)
+        values = formula(rows_p[start : start + n], rows_y[start : start + n])
+        target = out[start : start + n]
+        if columns is not None:
+            view = columns[:, :n]
+            np.copyto(view, values.T)
+            pairwise_class_sum(view, target)
+        else:
+            np.sum(values, axis=1, out=target)
+        target /= width
+    return out.reshape(predictions.shape[:-1])
 
 
 def class_weights(values: list[float] | None, num_classes: int, option: str, like: Array) -> Array | None:

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.engine.checks import check_same_shape
 from service.engine.conventions import Convention
-from service.engine.losses._shared import per_sample_mean
+from service.engine.losses._shared import elementwise_loss
 from service.engine.reduction import Array, LossValues
 from service.engine.registry import register
+
+
+def _squared_error(p: Array, y: Array) -> Array:
+    error = y - p
+    return np.multiply(error, error, out=error)
 
 
 @register("mean_squared_error", aliases=("mse",))
@@ -29,8 +33,7 @@ def mean_squared_error(predictions: Array, labels: Array, convention: Convention
     Follows:
         keras/src/losses/losses.py mean_squared_error; torch/nn/functional.py mse_loss.
     """
-    check_same_shape(predictions, labels)
-    return LossValues(per_sample_mean(np.square(labels - predictions), convention))
+    return LossValues(elementwise_loss(predictions, labels, convention, _squared_error))
 
 
 @register("mean_absolute_error", aliases=("mae", "l1"))
@@ -47,5 +50,4 @@ def mean_absolute_error(predictions: Array, labels: Array, convention: Conventio
     Follows:
         keras/src/losses/losses.py mean_absolute_error; torch/nn/functional.py l1_loss.
     """
-    check_same_shape(predictions, labels)
-    return LossValues(per_sample_mean(np.abs(labels - predictions), convention))
+    return LossValues(elementwise_loss(predictions, labels, convention, lambda p, y: np.abs(y - p)))
