@@ -17,6 +17,8 @@ ulp of the weighted value, which is within 2.5 of these weighted units.
 Values that are sums over C classes (label smoothing's uniform term) are added in a different
 order by each library; reordering C positive terms may move a float32 sum by up to 2(C - 1) ulp,
 and the limit for them is 2 + (C - 1) / 2 ulp (`class_sum_ulps`), checked over many seeds.
+Formulas whose terms cancel (Poisson NLL's exp(x) - y x) are compared like weighted ones, in
+units of the largest term's magnitude: their float32 error is relative to the terms.
 """
 
 from __future__ import annotations

@@ -32,11 +32,14 @@ class LossValues:
     `values` has the framework's unreduced shape with the loss's own weights applied.
     `denominator` is the per-value weight PyTorch divides by in its mean (class weights of the
     targets); None means every value counts once. `mask` is False where a target is ignored.
+    `weighted_average`: the loss's own library averages as sum(w*l) / sum(w) under either
+    convention (scikit-learn's np.average).
     """
 
     values: Array
     denominator: Array | None = None
     mask: NDArray[np.bool_] | None = None
+    weighted_average: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ def broadcast_sample_weight(sample_weight: Array, shape: tuple[int, ...]) -> Arr
 def reduce(loss: LossValues, sample_weight: Array | None, convention: Convention) -> Reduced:
     values = loss.values
     weight = None if sample_weight is None else broadcast_sample_weight(sample_weight, values.shape)
-    if convention == "keras":
+    if convention == "keras" and not loss.weighted_average:
         per_sample, total, mean = _keras_reduce(values, weight, loss.mask)
     else:
         per_sample, total, mean = _torch_reduce(values, weight, loss)

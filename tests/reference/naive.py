@@ -133,3 +133,112 @@ def mse(p, y, convention):
 
 def mae(p, y, convention):
     return elementwise(p, y, convention, lambda a, b: abs(a - b))
+
+
+def _rows(p, y, fn):
+    """Keras's per-sample mean over the last axis of an element-wise formula."""
+    per = [_mean([fn(a, b) for a, b in zip(prow, yrow, strict=True)]) for prow, yrow in zip(p, y, strict=True)]
+    return per, _mean(per)
+
+
+def mape(p, y):
+    return _rows(p, y, lambda a, b: 100 * abs((b - a) / max(abs(b), EPS)))
+
+
+def msle(p, y):
+    return _rows(p, y, lambda a, b: (math.log(max(a, EPS) + 1) - math.log(max(b, EPS) + 1)) ** 2)
+
+
+def huber_keras(p, y, delta):
+    def one(a, b):
+        e = abs(a - b)
+        return 0.5 * e * e if e <= delta else delta * e - 0.5 * delta * delta
+
+    return _rows(p, y, one)
+
+
+def log_cosh(p, y):
+    return _rows(p, y, lambda a, b: math.log(math.cosh(a - b)))
+
+
+def poisson(p, y):
+    return _rows(p, y, lambda a, b: a - b * math.log(a + EPS))
+
+
+def kl_keras(p, y):
+    per = []
+    for prow, yrow in zip(p, y, strict=True):
+        total = 0.0
+        for a, b in zip(prow, yrow, strict=True):
+            a, b = min(max(a, EPS), 1), min(max(b, EPS), 1)
+            total += b * math.log(b / a)
+        per.append(total)
+    return per, _mean(per)
+
+
+def cosine_keras(p, y):
+    per = []
+    for prow, yrow in zip(p, y, strict=True):
+        np_ = math.sqrt(max(sum(a * a for a in prow), EPS * EPS))
+        ny = math.sqrt(max(sum(b * b for b in yrow), EPS * EPS))
+        per.append(-sum(a * b for a, b in zip(prow, yrow, strict=True)) / (np_ * ny))
+    return per, _mean(per)
+
+
+def _signs(y):
+    flat = [v for row in y for v in row]
+    binary = all(v in (0, 1) for v in flat)
+    return [[2 * v - 1 for v in row] for row in y] if binary else y
+
+
+def hinge(p, y):
+    return _rows(p, _signs(y), lambda a, b: max(1 - a * b, 0))
+
+
+def squared_hinge(p, y):
+    return _rows(p, _signs(y), lambda a, b: max(1 - a * b, 0) ** 2)
+
+
+def categorical_hinge(p, y):
+    per = []
+    for prow, yrow in zip(p, y, strict=True):
+        pos = sum(a * b for a, b in zip(prow, yrow, strict=True))
+        neg = max((1 - b) * a for a, b in zip(prow, yrow, strict=True))
+        per.append(max(neg - pos + 1, 0))
+    return per, _mean(per)
+
+
+def binary_focal(p, y, gamma, alpha, balance, from_logits, label_smoothing):
+    def one(x, t):
+        t = t * (1 - label_smoothing) + 0.5 * label_smoothing
+        q = 1 / (1 + math.exp(-x)) if from_logits else x
+        c = _clip(q)
+        bce = -(t * math.log(c) + (1 - t) * math.log(1 - c))
+        p_t = t * q + (1 - t) * (1 - q)
+        value = (1 - p_t) ** gamma * bce
+        return value * (t * alpha + (1 - t) * (1 - alpha)) if balance else value
+
+    return _rows(p, y, one)
+
+
+def categorical_focal(p, y, alpha, gamma, from_logits):
+    per = []
+    for prow, yrow in zip(p, y, strict=True):
+        q = [math.exp(v) for v in _log_softmax(prow)] if from_logits else prow
+        s = sum(q)
+        total = 0.0
+        for k, (qk, yk) in enumerate(zip(q, yrow, strict=True)):
+            o = _clip(qk / s)
+            a = alpha[k] if isinstance(alpha, list) else alpha
+            total += a * (1 - o) ** gamma * (-yk * math.log(o))
+        per.append(total)
+    return per, _mean(per)
+
+
+def poly1(p, y, epsilon):
+    per = []
+    for prow, yrow in zip(p, y, strict=True):
+        lp = _log_softmax(prow)
+        ce = -sum(b * a for a, b in zip(lp, yrow, strict=True))
+        per.append(ce + epsilon * sum(b * (1 - math.exp(a)) for a, b in zip(lp, yrow, strict=True)))
+    return per, _mean(per)

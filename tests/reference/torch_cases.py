@@ -22,7 +22,17 @@ def cases() -> list[Case]:
     rng = np.random.default_rng(20261122)
     out: list[Case] = []
 
-    def add(loss: str, options: dict[str, Any], predictions: np.ndarray, labels: np.ndarray, tag: str) -> None:
+    def add(
+        loss: str,
+        options: dict[str, Any],
+        predictions: np.ndarray,
+        labels: np.ndarray,
+        tag: str,
+        terms: int = 1,
+        scale: float = 1.0,
+    ) -> None:
+        """`terms`: how many values each per-sample loss sums; `scale`: the largest intermediate term
+        where a formula subtracts terms that cancel. Both set the float32 tolerance."""
         for dtype in ("float64", "float32"):
             out.append(
                 {
@@ -31,8 +41,10 @@ def cases() -> list[Case]:
                     "options": options,
                     "dtype": dtype,
                     "convention": "torch",
+                    "terms": terms,
+                    "scale": scale,
                     "predictions": predictions.astype(dtype).tolist(),
-                    "labels": labels.tolist(),
+                    "labels": labels.astype(dtype).tolist() if labels.dtype.kind == "f" else labels.tolist(),
                 }
             )
 
@@ -41,7 +53,7 @@ def cases() -> list[Case]:
     logits[0, 0], logits[1, 1] = 1e4, -1e4
     targets = rng.integers(0, c, n)
     add("sparse_categorical_crossentropy", {"from_logits": True}, logits, targets, "logits")
-    add("sparse_categorical_crossentropy", {"from_logits": True, "label_smoothing": 0.1}, logits, targets, "smooth")
+    add("sparse_categorical_crossentropy", {"from_logits": True, "label_smoothing": 0.1}, logits, targets, "smooth", c)
     weighted = {"from_logits": True, "class_weight": [0.5, 1.0, 2.0, 0.1, 3.0]}
     add("sparse_categorical_crossentropy", weighted, logits, targets, "weighted")
     ignored = targets.copy()
@@ -54,13 +66,14 @@ def cases() -> list[Case]:
     probabilities[2, targets[2]] = 0.0
     add("sparse_categorical_crossentropy", {}, probabilities, targets, "probabilities")
     soft = _probs(rng, n, c)
-    add("categorical_crossentropy", {"from_logits": True}, logits, soft, "soft")
+    add("categorical_crossentropy", {"from_logits": True}, logits, soft, "soft", c)
     add(
         "categorical_crossentropy",
         {"from_logits": True, "label_smoothing": 0.15, "class_weight": [1.0, 2.0, 0.5, 1.5, 1.0]},
         logits,
         soft,
         "smooth-weight",
+        c,
     )
     image_logits = rng.normal(0, 2, (4, 3, 2, 5))  # N, C, H, W
     image_targets = rng.integers(0, 3, (4, 2, 5))
@@ -86,6 +99,70 @@ def cases() -> list[Case]:
     regression_y = rng.normal(0, 2, (n, 4))
     add("mean_squared_error", {}, regression_p, regression_y, "normal")
     add("mean_absolute_error", {}, regression_p, regression_y, "normal")
+    add("huber", {"delta": 1.5}, regression_p, regression_y, "delta")
+    add("smooth_l1", {"beta": 0.5}, regression_p, regression_y, "beta")
+    add("smooth_l1", {"beta": 0.0}, regression_p, regression_y, "l1")
+    add("cosine_similarity", {}, regression_p, regression_y, "vectors", 4)
+
+    log_probabilities = (
+        logits
+        - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True))
+        - logits.max(1, keepdims=True)
+    )
+    add("nll", {"weight": [0.5, 1.0, 2.0, 0.1, 3.0]}, log_probabilities, ignored, "weighted-ignore")
+    add("nll", {"ignore_index": 1}, log_probabilities, targets, "ignore-1")
+
+    rates = rng.uniform(0.0, 6.0, (n, 3))
+    counts = rng.poisson(2.0, (n, 3)).astype(float)
+    log_rates = rng.normal(0, 1, (n, 3))
+    add(
+        "poisson_nll",
+        {},
+        log_rates,
+        counts,
+        "log-input",
+        2,
+        float(max(np.exp(log_rates).max(), np.abs(counts * log_rates).max())),
+    )
+    stirling_scale = float((counts * np.log(np.maximum(counts, 1)) + counts + 3).max())
+    add("poisson_nll", {"log_input": False, "full": True}, rates, counts, "rates-full", 3, stirling_scale)
+    means = rng.normal(0, 2, (n, 3))
+    variances = rng.uniform(0.0, 3.0, (n, 3))
+    variances[0, 0] = 0.0  # raised to eps
+    add("gaussian_nll", {"full": True}, np.stack([means, variances], axis=-1), rng.normal(0, 2, (n, 3)), "full")
+
+    target_distribution = _probs(rng, n, c)
+    target_distribution[0, 0] = 0.0
+    target_distribution[0] /= target_distribution[0].sum()
+    add("kl_divergence", {}, _probs(rng, n, c), target_distribution, "probabilities", c)
+    add(
+        "kl_divergence",
+        {"log_input": True, "log_target": True},
+        np.log(_probs(rng, n, c)),
+        np.log(_probs(rng, n, c)),
+        "logs",
+        c,
+    )
+
+    add("multi_margin", {}, logits, targets, "default", c)
+    add("multi_margin", {"p": 2, "margin": 0.5, "weight": [0.5, 1.0, 2.0, 0.1, 3.0]}, logits, targets, "p2-weight", c)
+    signs = rng.choice([-1.0, 1.0], n)
+    add("margin_ranking", {"margin": 0.3}, rng.normal(0, 1, (n, 2)), signs, "margin")
+    add("hinge_embedding", {"margin": 1.5}, rng.uniform(0, 3, (n, 3)), rng.choice([-1.0, 1.0], (n, 3)), "margin")
+    add("cosine_embedding", {"margin": 0.2}, rng.normal(0, 1, (n, 2, 6)), signs, "margin", 6)
+    add("triplet_margin", {}, rng.normal(0, 1, (n, 6)), rng.normal(0, 1, (n, 2, 6)), "default", 6)
+    add(
+        "triplet_margin",
+        {"p": 1.0, "swap": True, "margin": 0.5},
+        rng.normal(0, 1, (n, 6)),
+        rng.normal(0, 1, (n, 2, 6)),
+        "swap",
+        6,
+    )
+    add("multilabel_soft_margin", {"weight": [1.0, 0.5, 2.0]}, bl, by, "weighted", 3)
+    add("soft_margin", {}, rng.normal(0, 3, (n, 3)), rng.choice([-1.0, 1.0], (n, 3)), "default")
+    add("sigmoid_focal", {}, bl, by, "default")
+    add("sigmoid_focal", {"alpha": None, "gamma": 0.5}, bl, rng.random((n, 3)), "no-alpha")
     return out
 
 
@@ -124,6 +201,12 @@ def torch_reference(case: Case) -> tuple[Any, float]:
                 log_p, y, weight=vector("class_weight"), ignore_index=ignore, reduction=reduction
             )
         )
+    if loss == "nll":
+        targets = torch.tensor(case["labels"], dtype=torch.long)
+        ignore = options.get("ignore_index", -100)
+        return both(
+            lambda reduction: F.nll_loss(x, targets, weight=vector("weight"), ignore_index=ignore, reduction=reduction)
+        )
     y = torch.tensor(case["labels"], dtype=dtype)
     if loss == "categorical_crossentropy":
         return both(
@@ -147,4 +230,79 @@ def torch_reference(case: Case) -> tuple[Any, float]:
         return both(lambda reduction: F.mse_loss(x, y, reduction=reduction))
     if loss == "mean_absolute_error":
         return both(lambda reduction: F.l1_loss(x, y, reduction=reduction))
+    if loss == "huber":
+        return both(lambda reduction: F.huber_loss(x, y, reduction=reduction, delta=options["delta"]))
+    if loss == "smooth_l1":
+        return both(lambda reduction: F.smooth_l1_loss(x, y, reduction=reduction, beta=options["beta"]))
+    if loss == "cosine_similarity":
+        values = -F.cosine_similarity(x, y, dim=-1, eps=1e-8)
+        return values.tolist(), float(values.mean())
+    if loss == "poisson_nll":
+        return both(
+            lambda reduction: F.poisson_nll_loss(
+                x, y, log_input=options.get("log_input", True), full=options.get("full", False), reduction=reduction
+            )
+        )
+    if loss == "gaussian_nll":
+        return both(
+            lambda reduction: F.gaussian_nll_loss(
+                x[..., 0], y, x[..., 1], full=options.get("full", False), reduction=reduction
+            )
+        )
+    if loss == "kl_divergence":
+        log_input = x if options.get("log_input") else torch.log(x)
+        log_target = options.get("log_target", False)
+        pointwise = F.kl_div(log_input, y, reduction="none", log_target=log_target)
+        return pointwise.sum(-1).tolist(), float(F.kl_div(log_input, y, reduction="batchmean", log_target=log_target))
+    if loss == "multi_margin":
+        labels = torch.tensor(case["labels"], dtype=torch.long)
+        return both(
+            lambda reduction: F.multi_margin_loss(
+                x,
+                labels,
+                p=options.get("p", 1),
+                margin=options.get("margin", 1.0),
+                weight=vector("weight"),
+                reduction=reduction,
+            )
+        )
+    if loss == "margin_ranking":
+        return both(
+            lambda reduction: F.margin_ranking_loss(x[:, 0], x[:, 1], y, margin=options["margin"], reduction=reduction)
+        )
+    if loss == "hinge_embedding":
+        return both(lambda reduction: F.hinge_embedding_loss(x, y, margin=options["margin"], reduction=reduction))
+    if loss == "cosine_embedding":
+        return both(
+            lambda reduction: F.cosine_embedding_loss(
+                x[:, 0], x[:, 1], y, margin=options["margin"], reduction=reduction
+            )
+        )
+    if loss == "triplet_margin":
+        return both(
+            lambda reduction: F.triplet_margin_loss(
+                x,
+                y[:, 0],
+                y[:, 1],
+                margin=options.get("margin", 1.0),
+                p=options.get("p", 2.0),
+                swap=options.get("swap", False),
+                reduction=reduction,
+            )
+        )
+    if loss == "multilabel_soft_margin":
+        return both(lambda reduction: F.multilabel_soft_margin_loss(x, y, weight=vector("weight"), reduction=reduction))
+    if loss == "soft_margin":
+        return both(lambda reduction: F.soft_margin_loss(x, y, reduction=reduction))
+    if loss == "sigmoid_focal":
+        # torchvision.ops.sigmoid_focal_loss, written out in torch ops (torchvision does not install beside
+        # this torch build); the formula is torchvision's published one.
+        alpha, gamma = options.get("alpha", 0.25), options.get("gamma", 2.0)
+        p = torch.sigmoid(x)
+        ce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+        p_t = p * y + (1 - p) * (1 - y)
+        values = ce * ((1 - p_t) ** gamma)
+        if alpha is not None:
+            values = (alpha * y + (1 - alpha) * (1 - y)) * values
+        return values.tolist(), float(values.mean())
     raise KeyError(loss)

@@ -1,5 +1,5 @@
-"""The loss functions. Importing this package fills the catalogue."""
+"""The loss functions, one module per family. Importing this package fills the catalogue."""
 
-from service.engine.losses import crossentropy, regression
+from service.engine.losses import crossentropy, distribution, margin, regression, scoring
 
-__all__ = ["crossentropy", "regression"]
+__all__ = ["crossentropy", "distribution", "margin", "regression", "scoring"]

@@ -6,10 +6,15 @@ Keras averages each sample's errors over the last axis; PyTorch's reduction='non
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 
-from service.engine.conventions import Convention
+from service.engine.checks import check_min_rank, check_same_shape
+from service.engine.conventions import KERAS_EPSILON, Convention
 from service.engine.losses._shared import elementwise_loss
+from service.engine.numerics import softplus
+from service.engine.options import Doc, NonNegative, Positive
 from service.engine.reduction import Array, LossValues
 from service.engine.registry import register
 
@@ -51,3 +56,168 @@ def mean_absolute_error(predictions: Array, labels: Array, convention: Conventio
         keras/src/losses/losses.py mean_absolute_error; torch/nn/functional.py l1_loss.
     """
     return LossValues(elementwise_loss(predictions, labels, convention, lambda p, y: np.abs(y - p)))
+
+
+@register("mean_absolute_percentage_error", aliases=("mape",))
+def mean_absolute_percentage_error(predictions: Array, labels: Array, convention: Convention, /) -> LossValues:
+    """Mean absolute percentage error.
+
+    Formula:
+        100 * mean_last(|y - p| / max(|y|, 1e-7)); torch: per element (PyTorch has no MAPE)
+
+    Shapes:
+        predictions: (N, ...); labels: the same shape.
+        per_sample: keras (N, ...) without the last axis; torch as predictions.
+
+    Follows:
+        keras/src/losses/losses.py mean_absolute_percentage_error.
+    """
+    values = elementwise_loss(
+        predictions, labels, convention, lambda p, y: np.abs((y - p) / np.maximum(np.abs(y), KERAS_EPSILON))
+    )
+    return LossValues(100.0 * values)
+
+
+@register("mean_squared_logarithmic_error", aliases=("msle",))
+def mean_squared_logarithmic_error(predictions: Array, labels: Array, convention: Convention, /) -> LossValues:
+    """Mean squared logarithmic error; values below 1e-7 are raised to 1e-7, as Keras does.
+
+    Formula:
+        mean_last((log(max(p, 1e-7) + 1) - log(max(y, 1e-7) + 1))^2); torch: per element
+
+    Shapes:
+        predictions: (N, ...); labels: the same shape.
+        per_sample: keras (N, ...) without the last axis; torch as predictions.
+
+    Follows:
+        keras/src/losses/losses.py mean_squared_logarithmic_error.
+    """
+
+    def formula(p: Array, y: Array) -> Array:
+        log_ratio: Array = np.log(np.maximum(p, KERAS_EPSILON) + 1.0) - np.log(np.maximum(y, KERAS_EPSILON) + 1.0)
+        return np.square(log_ratio)
+
+    return LossValues(elementwise_loss(predictions, labels, convention, formula))
+
+
+@register("huber", aliases=("huber_loss",))
+def huber(
+    predictions: Array,
+    labels: Array,
+    convention: Convention,
+    /,
+    *,
+    delta: Annotated[float, Positive, Doc("where the loss turns from quadratic to linear")] = 1.0,
+) -> LossValues:
+    """Huber loss: quadratic for small errors, linear beyond `delta`.
+
+    Formula:
+        e = p - y
+        keras: mean_last(0.5 e^2 if |e| <= delta else delta |e| - 0.5 delta^2)
+        torch: 0.5 e^2 if |e| < delta else delta (|e| - 0.5 delta), per element
+
+    Shapes:
+        predictions: (N, ...); labels: the same shape.
+        per_sample: keras (N, ...) without the last axis; torch as predictions.
+
+    Follows:
+        keras/src/losses/losses.py huber; torch/nn/functional.py huber_loss.
+    """
+
+    def keras_form(p: Array, y: Array) -> Array:
+        error = np.abs(p - y)
+        return np.where(error <= delta, 0.5 * np.square(error), delta * error - 0.5 * delta**2)
+
+    def torch_form(p: Array, y: Array) -> Array:
+        error = np.abs(p - y)
+        return np.where(error < delta, 0.5 * error * error, delta * (error - 0.5 * delta))
+
+    formula = keras_form if convention == "keras" else torch_form
+    return LossValues(elementwise_loss(predictions, labels, convention, formula))
+
+
+@register("smooth_l1", aliases=("smooth_l1_loss",))
+def smooth_l1(
+    predictions: Array,
+    labels: Array,
+    convention: Convention,
+    /,
+    *,
+    beta: Annotated[float, NonNegative, Doc("width of the quadratic zone; 0 gives the L1 loss")] = 1.0,
+) -> LossValues:
+    """Smooth L1 loss (PyTorch): Huber divided by beta.
+
+    Formula:
+        z = |p - y|; 0.5 z^2 / beta if z < beta else z - 0.5 beta (per element; keras: mean_last)
+
+    Shapes:
+        predictions: (N, ...); labels: the same shape.
+        per_sample: keras (N, ...) without the last axis; torch as predictions.
+
+    Follows:
+        torch/nn/functional.py smooth_l1_loss (aten/src/ATen/native/cpu/BinaryOpsKernel.cpp).
+    """
+
+    def formula(p: Array, y: Array) -> Array:
+        z = np.abs(p - y)
+        if beta == 0:
+            return z
+        return np.where(z < beta, 0.5 * z * z / beta, z - 0.5 * beta)
+
+    return LossValues(elementwise_loss(predictions, labels, convention, formula))
+
+
+@register("log_cosh", aliases=("logcosh",))
+def log_cosh(predictions: Array, labels: Array, convention: Convention, /) -> LossValues:
+    """Logarithm of the hyperbolic cosine of the error, computed without overflow.
+
+    Formula:
+        x = p - y; log(cosh(x)) = x + softplus(-2x) - log(2); keras: mean_last; torch: per element
+
+    Shapes:
+        predictions: (N, ...); labels: the same shape.
+        per_sample: keras (N, ...) without the last axis; torch as predictions.
+
+    Follows:
+        keras/src/losses/losses.py log_cosh (the softplus form keeps cosh from overflowing).
+    """
+
+    def formula(p: Array, y: Array) -> Array:
+        x = p - y
+        log_cosh_x: Array = x + softplus(x * -2.0) - p.dtype.type(np.log(2.0))
+        return log_cosh_x
+
+    return LossValues(elementwise_loss(predictions, labels, convention, formula))
+
+
+@register("cosine_similarity", aliases=("cosine",))
+def cosine_similarity(predictions: Array, labels: Array, convention: Convention, /) -> LossValues:
+    """Negative cosine similarity between each prediction and its target vector.
+
+    Formula:
+        keras: -sum_last(l2n(y) l2n(p)), l2n(x) = x / sqrt(max(sum(x^2), 1e-14)) (a zero vector gives 0)
+        torch: -sum_last((p / max(||p||, 1e-8)) (y / max(||y||, 1e-8))), i.e. -F.cosine_similarity
+
+    Shapes:
+        predictions: (N, ..., D); labels: the same shape.
+        per_sample: (N, ...).
+
+    Follows:
+        keras/src/losses/losses.py cosine_similarity with keras/src/ops/nn.py normalize;
+        torch/nn/functional.py cosine_similarity (aten/src/ATen/native/Distance.cpp).
+    """
+    check_same_shape(predictions, labels)
+    check_min_rank(predictions, 2, "predictions", "a batch axis and a vector axis")
+    if convention == "keras":
+
+        def normalise(x: Array) -> Array:
+            inverse_norm: Array = 1.0 / np.sqrt(np.maximum(np.square(x).sum(axis=-1, keepdims=True), KERAS_EPSILON**2))
+            return x * inverse_norm
+
+        return LossValues(-(normalise(labels) * normalise(predictions)).sum(axis=-1))
+
+    def unit(x: Array) -> Array:
+        norm: Array = np.maximum(np.sqrt(np.square(x).sum(axis=-1, keepdims=True)), 1e-8)
+        return x / norm
+
+    return LossValues(-(unit(predictions) * unit(labels)).sum(axis=-1))

@@ -1,0 +1,106 @@
+"""Probabilistic scoring rules with scikit-learn's conventions (sklearn/metrics/_classification.py).
+
+Their mean is scikit-learn's `np.average`: with sample weights, sum(w l) / sum(w) under either
+convention.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service.engine.checks import check_in_range
+from service.engine.conventions import Convention
+from service.engine.errors import LossInputError
+from service.engine.numerics import xlogy
+from service.engine.options import Aliases, Doc
+from service.engine.reduction import Array, LossValues
+from service.engine.registry import register
+
+ClassValues = Annotated[
+    list[float] | None,
+    Aliases(("labels",)),
+    Doc("the class values (scikit-learn's `labels`), in column order; default: the sorted distinct labels"),
+]
+
+
+def _one_hot(predictions: Array, labels: Array, classes: list[float] | None) -> tuple[Array, Array]:
+    """scikit-learn's (targets one-hot, probabilities) pair; a 1-D input is P(the greater class)."""
+    check_in_range(predictions, "predictions", 0.0, 1.0, "probabilities")
+    if predictions.ndim not in (1, 2):
+        raise LossInputError(
+            "predictions", f"must be (N,) or (N, C) probabilities, got shape {list(predictions.shape)}"
+        )
+    if labels.shape != predictions.shape[:1]:
+        raise LossInputError("labels", f"shape {list(labels.shape)} should be [{predictions.shape[0]}]")
+    values = np.asarray(sorted(set(classes)) if classes is not None else np.unique(labels), dtype=labels.dtype)
+    unknown = ~np.isin(labels, values)
+    if unknown.any():
+        index = int(np.argwhere(unknown)[0][0])
+        raise LossInputError("labels", f"{labels[index]!r} is not one of the classes {values.tolist()}", (index,))
+    probabilities = predictions[:, None] if predictions.ndim == 1 else predictions
+    if probabilities.shape[1] == 1:
+        probabilities = np.concatenate([1 - probabilities, probabilities], axis=1)
+    if values.size != probabilities.shape[1]:
+        where = "options.classes" if classes is not None else "labels"
+        raise LossInputError(
+            where,
+            f"{values.size} classes {values.tolist()} but predictions have {probabilities.shape[1]} columns; "
+            "name every class in options.classes",
+        )
+    one_hot = (labels[:, None] == values[None, :]).astype(predictions.dtype)
+    return one_hot, probabilities
+
+
+@register("log_loss", aliases=("logistic_loss",))
+def log_loss(
+    predictions: Array, labels: Array, convention: Convention, /, *, classes: ClassValues = None
+) -> LossValues:
+    """Log loss (cross-entropy) with scikit-learn's conventions.
+
+    Formula:
+        -sum_c [y = c] log(clip(p_c, eps, 1 - eps)), eps = the dtype's machine epsilon
+
+    Shapes:
+        predictions: (N,) probability of the greater class, or (N, C) probabilities; labels: class values (N,).
+        per_sample: (N,).
+
+    Follows:
+        sklearn/metrics/_classification.py log_loss.
+    """
+    one_hot, probabilities = _one_hot(predictions, labels, classes)
+    eps = np.finfo(probabilities.dtype).eps
+    clipped = np.clip(probabilities, eps, 1 - eps)
+    return LossValues(-xlogy(one_hot, clipped).sum(axis=1), weighted_average=True)
+
+
+@register("brier_score", aliases=("brier_score_loss", "brier"))
+def brier_score(
+    predictions: Array,
+    labels: Array,
+    convention: Convention,
+    /,
+    *,
+    classes: ClassValues = None,
+    scale_by_half: Annotated[
+        bool | None, Doc("halve the score; default (null): halve when there are fewer than 3 classes")
+    ] = None,
+) -> LossValues:
+    """Brier score with scikit-learn's conventions.
+
+    Formula:
+        sum_c ([y = c] - p_c)^2, halved for binary problems (scale_by_half)
+
+    Shapes:
+        predictions: (N,) probability of the greater class, or (N, C) probabilities; labels: class values (N,).
+        per_sample: (N,).
+
+    Follows:
+        sklearn/metrics/_classification.py brier_score_loss.
+    """
+    one_hot, probabilities = _one_hot(predictions, labels, classes)
+    values: NDArray[np.floating] = ((one_hot - probabilities) ** 2).sum(axis=1)
+    halve = probabilities.shape[1] < 3 if scale_by_half is None else scale_by_half
+    return LossValues(values * 0.5 if halve else values, weighted_average=True)
