@@ -1,0 +1,268 @@
+"""Regenerate tests/fixtures/keras_reference.json from Keras 3 itself (JAX backend, CPU).
+
+Keras is not a dependency of the project; run this in a separate environment:
+
+    python -m venv /tmp/k && /tmp/k/bin/pip install keras jax scipy numpy
+    KERAS_BACKEND=jax JAX_ENABLE_X64=1 /tmp/k/bin/python tests/reference/generate_keras_fixtures.py
+
+Per-sample values are the loss with reduction=None (sample weights applied, as Keras does);
+means are Keras's default reduction, sum_over_batch_size.
+
+Only float32, Keras's default dtype: with dtype="float64", Keras 3.15 on JAX was seen to return
+some last-axis means (MeanAbsoluteError, after a weighted call to another loss) at float32
+precision, so float64 is checked against the naive float64 formulas (tests/reference/naive.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "keras_reference.json"
+
+
+def main() -> None:
+    rng = np.random.default_rng(20261122)
+    n, c = 12, 5
+    logits = rng.normal(0, 3, (n, c))
+    raw = rng.random((n, c)) + 0.01
+    unnormalised = np.clip(raw * 1.5, 0, 1)
+    unnormalised[0, 0] = 0.0
+    probabilities = raw / raw.sum(1, keepdims=True)
+    one_hot = np.eye(c)[rng.integers(0, c, n)]
+    soft = probabilities[::-1].copy()
+    sparse = rng.integers(0, c, n)
+    binary = rng.integers(0, 2, (n, 3)).astype(float)
+    binary_p = rng.random((n, 3))
+    binary_p[0, 0], binary_p[1, 1] = 0.0, 1.0
+    binary_logits = rng.normal(0, 4, (n, 3))
+    values, targets = rng.normal(0, 2, (n, 4)), rng.normal(0, 2, (n, 4))
+    positive, counts = rng.uniform(0, 5, (n, 4)), rng.poisson(2.0, (n, 4)).astype(float)
+    weights = rng.uniform(0, 2, n)
+    seq_logits, seq_labels = rng.normal(0, 2, (4, 3, c)), rng.integers(0, c, (4, 3))
+
+    L = keras.losses
+    specs: list[tuple[str, str, dict[str, Any], Any, np.ndarray, np.ndarray, Any, int]] = [
+        # (our name, tag, our options, keras factory(dtype), predictions, labels, sample_weight, terms)
+        (
+            "binary_crossentropy",
+            "probabilities",
+            {},
+            lambda d: L.BinaryCrossentropy(dtype=d, reduction=None),
+            binary_p,
+            binary,
+            None,
+            3,
+        ),
+        (
+            "binary_crossentropy",
+            "logits-smooth",
+            {"from_logits": True, "label_smoothing": 0.2},
+            lambda d: L.BinaryCrossentropy(from_logits=True, label_smoothing=0.2, dtype=d, reduction=None),
+            binary_logits,
+            binary,
+            None,
+            3,
+        ),
+        (
+            "categorical_crossentropy",
+            "unnormalised",
+            {},
+            lambda d: L.CategoricalCrossentropy(dtype=d, reduction=None),
+            unnormalised,
+            one_hot,
+            None,
+            c,
+        ),
+        (
+            "categorical_crossentropy",
+            "logits-smooth",
+            {"from_logits": True, "label_smoothing": 0.1},
+            lambda d: L.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1, dtype=d, reduction=None),
+            logits,
+            soft,
+            None,
+            c,
+        ),
+        (
+            "sparse_categorical_crossentropy",
+            "probabilities-weighted",
+            {},
+            lambda d: L.SparseCategoricalCrossentropy(dtype=d, reduction=None),
+            probabilities,
+            sparse,
+            weights,
+            1,
+        ),
+        (
+            "sparse_categorical_crossentropy",
+            "logits-ignore",
+            {"from_logits": True, "ignore_class": int(sparse[0])},
+            lambda d: L.SparseCategoricalCrossentropy(
+                from_logits=True, ignore_class=int(sparse[0]), dtype=d, reduction=None
+            ),
+            logits,
+            sparse,
+            None,
+            1,
+        ),
+        (
+            "sparse_categorical_crossentropy",
+            "sequence",
+            {"from_logits": True},
+            lambda d: L.SparseCategoricalCrossentropy(from_logits=True, dtype=d, reduction=None),
+            seq_logits,
+            seq_labels,
+            None,
+            1,
+        ),
+        (
+            "mean_squared_error",
+            "weighted",
+            {},
+            lambda d: L.MeanSquaredError(dtype=d, reduction=None),
+            values,
+            targets,
+            weights,
+            4,
+        ),
+        (
+            "mean_absolute_error",
+            "default",
+            {},
+            lambda d: L.MeanAbsoluteError(dtype=d, reduction=None),
+            values,
+            targets,
+            None,
+            4,
+        ),
+        (
+            "mean_absolute_percentage_error",
+            "default",
+            {},
+            lambda d: L.MeanAbsolutePercentageError(dtype=d, reduction=None),
+            values,
+            targets,
+            None,
+            4,
+        ),
+        (
+            "mean_squared_logarithmic_error",
+            "default",
+            {},
+            lambda d: L.MeanSquaredLogarithmicError(dtype=d, reduction=None),
+            positive,
+            counts,
+            None,
+            4,
+        ),
+        (
+            "huber",
+            "delta",
+            {"delta": 0.8},
+            lambda d: L.Huber(delta=0.8, dtype=d, reduction=None),
+            values,
+            targets,
+            None,
+            4,
+        ),
+        ("log_cosh", "default", {}, lambda d: L.LogCosh(dtype=d, reduction=None), values, targets, None, 4),
+        ("poisson", "default", {}, lambda d: L.Poisson(dtype=d, reduction=None), positive, counts, None, 4),
+        (
+            "kl_divergence",
+            "default",
+            {},
+            lambda d: L.KLDivergence(dtype=d, reduction=None),
+            probabilities,
+            soft,
+            None,
+            c,
+        ),
+        (
+            "cosine_similarity",
+            "default",
+            {},
+            lambda d: L.CosineSimilarity(dtype=d, reduction=None),
+            values,
+            targets,
+            None,
+            4,
+        ),
+        ("hinge", "binary", {}, lambda d: L.Hinge(dtype=d, reduction=None), values[:, :3], binary, None, 3),
+        (
+            "squared_hinge",
+            "binary",
+            {},
+            lambda d: L.SquaredHinge(dtype=d, reduction=None),
+            values[:, :3],
+            binary,
+            None,
+            3,
+        ),
+        (
+            "categorical_hinge",
+            "default",
+            {},
+            lambda d: L.CategoricalHinge(dtype=d, reduction=None),
+            logits,
+            one_hot,
+            None,
+            c,
+        ),
+        (
+            "binary_focal_crossentropy",
+            "balanced-logits",
+            {"apply_class_balancing": True, "alpha": 0.3, "gamma": 1.5, "from_logits": True},
+            lambda d: L.BinaryFocalCrossentropy(
+                apply_class_balancing=True, alpha=0.3, gamma=1.5, from_logits=True, dtype=d, reduction=None
+            ),
+            binary_logits,
+            binary,
+            None,
+            3,
+        ),
+        (
+            "categorical_focal_crossentropy",
+            "default",
+            {},
+            lambda d: L.CategoricalFocalCrossentropy(dtype=d, reduction=None),
+            probabilities,
+            one_hot,
+            None,
+            c,
+        ),
+    ]
+    records = []
+    for name, tag, options, factory, predictions, labels, sample_weight, terms in specs:
+        for dtype in ("float32",):
+            loss = factory(dtype)
+            y_pred = predictions.astype(dtype)
+            y_true = labels if labels.dtype.kind == "i" else labels.astype(dtype)
+            sw = None if sample_weight is None else sample_weight.astype(dtype)
+            per_sample = np.asarray(loss(y_true, y_pred, sample_weight=sw))
+            loss.reduction = "sum_over_batch_size"
+            mean = float(np.asarray(loss(y_true, y_pred, sample_weight=sw)))
+            records.append(
+                {
+                    "id": f"{name}-{tag}-{dtype}",
+                    "loss": name,
+                    "options": options,
+                    "dtype": dtype,
+                    "terms": terms,
+                    "predictions": y_pred.tolist(),
+                    "labels": y_true.tolist(),
+                    "sample_weight": None if sw is None else sw.tolist(),
+                    "expected": {"per_sample": per_sample.astype(np.float64).tolist(), "mean": mean},
+                }
+            )
+    meta = {"keras": keras.__version__, "backend": keras.backend.backend()}
+    FIXTURE.write_text(json.dumps({**meta, "cases": records}, indent=1) + "\n")
+    print(f"wrote {len(records)} cases to {FIXTURE} ({meta})")
+
+
+if __name__ == "__main__":
+    main()
