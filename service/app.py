@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import FrameType
 from typing import Any
 
 from fastapi import FastAPI
@@ -25,9 +28,40 @@ Errors are RFC 9457 problem details naming the field, index and reason."""
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.lifecycle = "ready"
-    yield
-    app.state.lifecycle = "draining"
-    mark_worker_dead(os.getpid())
+    restore_signals = _drain_on_stop_signal(app)
+    try:
+        yield
+    finally:
+        app.state.lifecycle = "draining"
+        restore_signals()
+        mark_worker_dead(os.getpid())
+
+
+def _drain_on_stop_signal(app: FastAPI) -> Callable[[], None]:
+    """Turn /readyz to 503 the moment SIGTERM or SIGINT arrives, then let the server shut down.
+
+    uvicorn installs its own handlers before the lifespan starts and drains in-flight requests
+    (up to LOSS_SERVICE_SHUTDOWN_TIMEOUT) before the lifespan ends; chaining onto its handlers
+    lets load balancers see the worker leave before its listening socket closes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def on_stop(sig: int, frame: FrameType | None) -> None:
+        app.state.lifecycle = "draining"
+        handler = previous[signal.Signals(sig)]
+        if callable(handler):
+            handler(sig, frame)
+
+    for sig in previous:
+        signal.signal(sig, on_stop)
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

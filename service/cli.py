@@ -43,6 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         http="httptools",
         loop="uvloop",
+        timeout_graceful_shutdown=int(settings.shutdown_timeout) or None,
     )
     return 0
 

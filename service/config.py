@@ -24,6 +24,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Bodies larger than this are parsed and computed in a worker thread, off the event loop.",
     )
+    shutdown_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds that in-flight requests get to finish after SIGTERM before they are cut off.",
+    )
     max_models: int = Field(
         default=100, ge=1, description="Distinct `model` label values per worker; later ones are counted as 'other'."
     )
