@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint openapi bench clean
+.PHONY: serve test lint openapi lock bench clean
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test: lint
 
 openapi: $(VENV)/.runtime
 	$(BIN)/loss-service openapi > openapi.json
+
+lock: $(VENV)/.dev
+	$(BIN)/python scripts/lock.py
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/engine.py

@@ -1,0 +1,148 @@
+"""Deployment files checked offline: the lock, the Dockerfile, Compose and Kubernetes manifests."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+from scripts.lock import LOCK, STAMP, dependencies_digest
+from service.app import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "deploy" / "k8s"
+BIN = Path(sys.executable).parent
+
+
+def test_lock_was_made_from_the_dependencies_pyproject_declares() -> None:
+    lines = LOCK.read_text().splitlines()
+    assert lines[0] == f"{STAMP}{dependencies_digest()}", "requirements.lock is stale: run `make lock`"
+    pinned = {
+        m.group(1).lower().replace("_", "-"): m.group(2)
+        for m in (re.match(r"^([A-Za-z0-9_.-]+)==([^ ;\\]+)", line) for line in lines)
+        if m
+    }
+    for dependency in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        requirement = Requirement(dependency)
+        name = requirement.name.lower().replace("_", "-")
+        assert name in pinned, f"{name} is not in requirements.lock"
+        assert requirement.specifier.contains(pinned[name]), f"{name}=={pinned[name]} violates {requirement}"
+    entries = re.split(r"\n(?=\S)", LOCK.read_text())
+    unhashed = [e.split()[0] for e in entries if "==" in e and "--hash=sha256:" not in e]
+    assert not unhashed, f"entries without hashes: {unhashed}"
+
+
+def test_dockerfile_follows_the_container_contract() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM (\S+)", dockerfile, re.MULTILINE)
+    assert stages == ["python:3.11-slim", "python:3.11-slim"]  # multi-stage, official base
+    assert "--require-hashes" in dockerfile
+    assert re.search(r"^USER 10001", dockerfile, re.MULTILINE)
+    assert re.search(r'^CMD \["loss-service", "serve", "--host", "0.0.0.0"\]', dockerfile, re.MULTILINE)
+    assert "EXPOSE 8000" in dockerfile
+    assert "HEALTHCHECK" in dockerfile
+    assert "curl" not in dockerfile
+    assert "PYTHONDONTWRITEBYTECODE=1" in dockerfile
+    assert "PYTHONUNBUFFERED=1" in dockerfile
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "tests"} <= set(ignored)
+
+
+def test_compose_file_is_valid_against_the_compose_specification() -> None:
+    checker = shutil.which("check-jsonschema", path=str(BIN)) or "check-jsonschema"
+    result = subprocess.run(
+        [checker, "--builtin-schema", "vendor.compose-spec", str(ROOT / "docker-compose.yml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert set(services) == {"api", "prometheus", "grafana"}
+    api = services["api"]
+    assert api["healthcheck"]["test"][0] == "CMD"
+    assert api["restart"] == "unless-stopped"
+    assert api["read_only"] is True
+    assert "/tmp" in api["tmpfs"]
+    assert api["deploy"]["resources"]["limits"]["memory"]
+    for service in ("prometheus", "grafana"):
+        for volume in services[service]["volumes"]:
+            assert (ROOT / volume.split(":")[0]).exists(), volume
+
+
+def manifests() -> dict[str, dict[str, Any]]:
+    return {path.stem: yaml.safe_load(path.read_text()) for path in sorted(K8S.glob("*.yaml"))}
+
+
+@pytest.mark.parametrize("name", ["deployment", "service", "hpa", "pdb"])
+def test_kubernetes_manifests_validate_against_the_kubernetes_schemas(name: str) -> None:
+    validator = shutil.which("kubernetes-validate", path=str(BIN)) or "kubernetes-validate"
+    result = subprocess.run(
+        [validator, "--strict", "--quiet", str(K8S / f"{name}.yaml")], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_kubernetes_manifests_agree_with_each_other_and_the_service() -> None:
+    m = manifests()
+    pod = m["deployment"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    drain = float(env["LOSS_SERVICE_SHUTDOWN_TIMEOUT"]) + container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod["terminationGracePeriodSeconds"] > drain, "the kubelet would kill a draining worker"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {v["mountPath"] for v in container["volumeMounts"]} == {"/tmp"}
+    labels = m["deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert m["service"]["spec"]["selector"].items() <= labels.items()
+    assert m["pdb"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert m["hpa"]["spec"]["scaleTargetRef"]["name"] == m["deployment"]["metadata"]["name"]
+    port_names = {p["name"] for p in container["ports"]}
+    assert {p["targetPort"] for p in m["service"]["spec"]["ports"]} <= port_names
+
+
+def test_service_monitor_scrapes_the_service() -> None:
+    """kubernetes-validate has no schemas for CRDs; this checks what the Prometheus Operator needs."""
+    m = manifests()
+    monitor = m["servicemonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["kind"] == "ServiceMonitor"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= m["service"]["metadata"]["labels"].items()
+    service_ports = {p["name"] for p in m["service"]["spec"]["ports"]}
+    for endpoint in monitor["spec"]["endpoints"]:
+        assert endpoint["port"] in service_ports
+        assert endpoint["path"] == "/metrics"
+        assert re.fullmatch(r"\d+[smh]", endpoint["interval"])
+
+
+@pytest.mark.anyio
+async def test_readiness_turns_503_when_a_stop_signal_arrives() -> None:
+    app = create_app()
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda sig, _: received.append(sig))  # stands in for uvicorn's
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://d") as client:
+                assert (await client.get("/readyz")).status_code == 200
+                os.kill(os.getpid(), signal.SIGTERM)
+                response = await client.get("/readyz")
+                assert response.status_code == 503
+                assert response.json() == {"status": "draining"}
+                assert (await client.get("/livez")).status_code == 200
+        assert received == [signal.SIGTERM], "the server's own handler must still run"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
