@@ -10,11 +10,14 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import orjson
 
 from service import __version__
 from service.config import Settings
+from service.files import READABLE, WRITABLE, FileFormatError, read_array, write_array
 
 
 def _prepare_metrics_dir(directory: Path) -> None:
@@ -67,6 +70,117 @@ def _losses(_: argparse.Namespace) -> int:
     return 0
 
 
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INVALID, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+
+
+def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """`k=v` pairs; each value is read as JSON (true, 0.1, [1, 2]) and otherwise kept as text."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise FileFormatError(f"--option {pair!r}: expected key=value")
+        try:
+            options[key] = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            options[key] = raw
+    return options
+
+
+def _compute_locally(args: argparse.Namespace, arrays: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    from service.api.schemas import options_model
+    from service.engine import compute, resolve
+
+    spec = resolve(args.loss)
+    checked = options_model(spec).model_validate(options).model_dump()
+    reduced = compute(spec.name, **arrays, options=checked, dtype=args.dtype, convention=args.convention)
+    return {
+        "loss": spec.name,
+        "per_sample": reduced.per_sample.astype(np.float64),
+        "mean": reduced.mean,
+        "sum": reduced.sum,
+        "count": reduced.count,
+        "denominator": reduced.denominator,
+        "dtype": args.dtype,
+        "convention": args.convention,
+    }
+
+
+def _compute_remotely(args: argparse.Namespace, arrays: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    from service.client import LossClient
+
+    with LossClient(args.url, api_key=args.api_key, chunk_size=args.chunk_size, progress=args.progress) as client:
+        result = client.loss(
+            args.loss, dtype=args.dtype, convention=args.convention, model=args.model, **arrays, **options
+        )
+    return dict(vars(result))
+
+
+def _report(result: dict[str, Any], head: int) -> str:
+    per_sample = result["per_sample"]
+    shown = np.array2string(per_sample.ravel()[:head], precision=6, separator=", ")
+    more = f" ... ({per_sample.size - head} more)" if per_sample.size > head else ""
+    rows = [
+        ("loss", f"{result['loss']} ({result['convention']}, {result['dtype']})"),
+        ("count", str(result["count"])),
+        ("mean", repr(result["mean"])),
+        ("sum", repr(result["sum"])),
+        ("per_sample", shown + more),
+    ]
+    return "\n".join(f"{name:<11} {value}" for name, value in rows)
+
+
+def _compute(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from service.client import InvalidInputError, LossServiceError, NotFoundError, UnreachableError
+    from service.engine import LossInputError, UnknownLossError
+
+    try:
+        arrays = {
+            "predictions": read_array(args.predictions, "predictions"),
+            "labels": read_array(args.labels, "labels"),
+            "sample_weight": read_array(args.sample_weight, "sample_weight") if args.sample_weight else None,
+        }
+        options = _parse_options(args.option)
+        suffix = Path(args.out).suffix.lower() if args.out else None
+        if suffix is not None and suffix not in WRITABLE:
+            raise FileFormatError(f"{args.out}: cannot write {suffix or '(none)'}; use one of {', '.join(WRITABLE)}")
+    except FileFormatError as exc:
+        print(f"loss-service: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        result = (_compute_remotely if args.url else _compute_locally)(args, arrays, options)
+    except (LossInputError, UnknownLossError) as exc:
+        print(f"loss-service: invalid input: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except ValidationError as exc:
+        details = "; ".join(f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"loss-service: invalid input: {details}", file=sys.stderr)
+        return EXIT_INVALID
+    except (InvalidInputError, NotFoundError) as exc:
+        details = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors) or str(exc)
+        print(f"loss-service: invalid input: {details}", file=sys.stderr)
+        return EXIT_INVALID
+    except UnreachableError as exc:
+        print(f"loss-service: {exc.problem['detail']}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except LossServiceError as exc:
+        print(f"loss-service: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.out:
+        try:
+            write_array(Path(args.out), result["per_sample"])
+        except FileFormatError as exc:
+            print(f"loss-service: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    if args.json:
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+    else:
+        print(_report(result, args.head))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loss-service", description=__doc__)
     parser.add_argument("--version", action="version", version=f"loss-service {__version__}")
@@ -77,6 +191,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default LOSS_SERVICE_PORT or 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default LOSS_SERVICE_WORKERS or 1)")
     serve.set_defaults(run=_serve)
+
+    compute = commands.add_parser(
+        "compute",
+        help="per-sample losses from files, locally with the engine or through a running service (--url)",
+        description="Exit codes: 0 ok, 1 other service error, 2 usage, 3 invalid input, 4 unreachable service.",
+    )
+    compute.add_argument("--loss", required=True, help="catalogue name or alias")
+    compute.add_argument("--predictions", required=True, metavar="FILE", help=f"one of {', '.join(READABLE)}")
+    compute.add_argument("--labels", required=True, metavar="FILE", help="as --predictions")
+    compute.add_argument("--sample-weight", metavar="FILE", help="optional, one weight per sample")
+    compute.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a loss option (repeat)")
+    compute.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    compute.add_argument("--convention", choices=["keras", "torch"], default="keras")
+    compute.add_argument("--model", help="monitoring label (with --url)")
+    compute.add_argument("--url", help="compute through this service instead of locally")
+    compute.add_argument("--api-key", help="bearer token for --url")
+    compute.add_argument("--chunk-size", type=int, default=100_000, help="samples per request with --url")
+    compute.add_argument("--progress", action="store_true", help="a progress bar for --url (needs tqdm)")
+    compute.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    compute.add_argument("--out", metavar="FILE", help="write per-sample losses (.npy, .csv, .jsonl, .json)")
+    compute.add_argument("--head", type=int, default=10, help="per-sample values shown in the table")
+    compute.set_defaults(run=_compute)
 
     commands.add_parser("openapi", help="print the OpenAPI document as JSON").set_defaults(run=_openapi)
     commands.add_parser("losses", help="list the loss catalogue and options").set_defaults(run=_losses)

@@ -37,6 +37,7 @@ async def test_loss_returns_the_documented_answer(client: httpx.AsyncClient) -> 
         "mean": pytest.approx(1.176939193690798, rel=1e-15),
         "sum": pytest.approx(2.353878387381596, rel=1e-15),
         "count": 2,
+        "denominator": 2.0,
         "dtype": "float64",
         "convention": "keras",
     }
@@ -219,3 +220,10 @@ async def test_unknown_route_and_method_are_problems(client: httpx.AsyncClient) 
     problem(await client.get("/v1/nothing"), 404)
     problem(await client.get("/v1/loss"), 405)
     problem(await client.get("/v1/losses/nothing"), 404)
+
+
+async def test_chunk_flag_turns_an_all_ignored_torch_batch_into_denominator_zero(client: httpx.AsyncClient) -> None:
+    body = {"loss": "scce", "predictions": [[1.0, 2.0]], "labels": [-100], "options": {"from_logits": True}}
+    problem(await client.post("/v1/loss", json={**body, "convention": "torch"}), 422)
+    answer = (await client.post("/v1/loss", json={**body, "convention": "torch", "chunk": True})).json()
+    assert (answer["mean"], answer["denominator"], answer["per_sample"]) == (0.0, 0.0, [0.0])

@@ -211,3 +211,27 @@ def test_bad_input_names_field_and_reason(kwargs: dict[str, Any], field: str, me
         compute(loss, predictions, labels, **kwargs)
     assert caught.value.field == field
     assert message in caught.value.reason
+
+
+def test_denominator_lets_chunks_recombine_the_mean() -> None:
+    labels = list(LABELS)
+    labels[2] = labels[5] = 1
+    for convention, options in (
+        ("keras", {"from_logits": True, "ignore_class": 1}),
+        ("torch", {"from_logits": True, "ignore_index": 1, "class_weight": WEIGHTS}),
+    ):
+        whole = compute("scce", LOGITS, labels, options=options, convention=convention)  # type: ignore[arg-type]
+        parts = [
+            compute("scce", LOGITS[a:b], labels[a:b], options=options, convention=convention)  # type: ignore[arg-type]
+            for a, b in ((0, 4), (4, N))
+        ]
+        assert whole.mean == pytest.approx(sum(p.sum for p in parts) / sum(p.denominator for p in parts), rel=1e-14)
+        assert whole.denominator == sum(p.denominator for p in parts)
+
+
+def test_a_chunk_with_nothing_to_count_reports_denominator_zero() -> None:
+    all_ignored = [-100] * N
+    chunk = compute("scce", LOGITS, all_ignored, options={"from_logits": True}, convention="torch", chunk=True)
+    assert (chunk.mean, chunk.sum, chunk.denominator) == (0.0, 0.0, 0.0)
+    with pytest.raises(LossInputError, match="every target equals the ignore index"):
+        compute("scce", LOGITS, all_ignored, options={"from_logits": True}, convention="torch")

@@ -32,6 +32,11 @@ class Batch(BaseModel):
     convention: Convention = Field(
         default="keras", description="Whose numerics to reproduce where Keras and PyTorch differ."
     )
+    chunk: bool = Field(
+        default=False,
+        description="This batch is one chunk of a larger one (the bundled client sets it): a chunk whose "
+        "targets are all ignored or weighted 0 answers mean 0 with denominator 0 instead of a 422.",
+    )
     model: Annotated[str, Field(pattern=MODEL_LABEL_PATTERN)] | None = Field(
         default=None, description="Label under which monitoring records this batch (1-64 of A-Z a-z 0-9 _ . : -)."
     )
@@ -45,6 +50,10 @@ class LossResult(BaseModel):
     mean: float = Field(description="The convention's default reduction: Keras sum_over_batch_size, PyTorch 'mean'.")
     sum: float = Field(description="Sum of per_sample.")
     count: int = Field(description="Number of values in per_sample.")
+    denominator: float = Field(
+        description="What `mean` divides `sum` by: the number of values, of non-ignored targets, or the summed "
+        "weights (PyTorch). Chunks of one batch combine as sum(sums) / sum(denominators)."
+    )
     dtype: DType
     convention: Convention
 
@@ -57,6 +66,7 @@ class LossResult(BaseModel):
                     "mean": 1.176939193690798,
                     "sum": 2.353878387381596,
                     "count": 2,
+                    "denominator": 2.0,
                     "dtype": "float64",
                     "convention": "keras",
                 }

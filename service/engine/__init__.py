@@ -44,8 +44,12 @@ def compute(
     sample_weight: ArrayLike | None = None,
     dtype: DType = "float64",
     convention: Convention = "keras",
+    chunk: bool = False,
 ) -> Reduced:
-    """Per-sample losses and their reductions for one batch, as `convention` computes them in `dtype`."""
+    """Per-sample losses and their reductions for one batch, as `convention` computes them in `dtype`.
+
+    `chunk`: the batch is one part of a larger batch; see `reduction.reduce`.
+    """
     spec = resolve(loss)
     if convention not in CONVENTIONS:
         raise LossInputError("convention", f"must be one of {list(CONVENTIONS)}, got {convention!r}")
@@ -62,7 +66,7 @@ def compute(
         raise LossInputError("sample_weight", "weights must be >= 0", index)
     with np.errstate(over="ignore", under="ignore"):
         values = spec.function(x, y, convention, **bound)
-        return reduce(values, weight, convention)
+        return reduce(values, weight, convention, chunk=chunk)
 
 
 def _as_working_array(values: ArrayLike, field: str, dtype: np.dtype[Any]) -> Array:

@@ -50,6 +50,7 @@ class Reduced:
     sum: float
     mean: float
     count: int
+    denominator: float  # what the mean divides the sum by: values, valid targets, or summed weights
 
 
 def broadcast_sample_weight(sample_weight: Array, shape: tuple[int, ...]) -> Array:
@@ -65,37 +66,45 @@ def broadcast_sample_weight(sample_weight: Array, shape: tuple[int, ...]) -> Arr
     )
 
 
-def reduce(loss: LossValues, sample_weight: Array | None, convention: Convention) -> Reduced:
+def reduce(loss: LossValues, sample_weight: Array | None, convention: Convention, *, chunk: bool = False) -> Reduced:
+    """`chunk`: this batch is part of a larger one, so a zero denominator (every target ignored or
+    weighted 0) gives mean 0 and denominator 0 for the caller to combine, not an error."""
     values = loss.values
     weight = None if sample_weight is None else broadcast_sample_weight(sample_weight, values.shape)
     if convention == "keras" and not loss.weighted_average:
-        per_sample, total, mean = _keras_reduce(values, weight, loss.mask)
+        per_sample, total, mean, denominator = _keras_reduce(values, weight, loss.mask)
     else:
-        per_sample, total, mean = _torch_reduce(values, weight, loss)
+        per_sample, total, mean, denominator = _torch_reduce(values, weight, loss, chunk)
     _check_finite(per_sample, total, mean)
-    return Reduced(per_sample=per_sample, sum=float(total), mean=float(mean), count=int(per_sample.size))
+    return Reduced(
+        per_sample=per_sample,
+        sum=float(total),
+        mean=float(mean),
+        count=int(per_sample.size),
+        denominator=float(denominator),
+    )
 
 
 def _keras_reduce(
     values: Array, weight: Array | None, mask: NDArray[np.bool_] | None
-) -> tuple[Array, np.floating[Any], np.floating[Any]]:
+) -> tuple[Array, np.floating[Any], np.floating[Any], float]:
     count = values.size
     per_sample = values if weight is None else values * weight
     if mask is None:
         total = per_sample.sum()
-        return per_sample, total, total / count
+        return per_sample, total, total / count, count
     valid = np.count_nonzero(mask)
     # keras apply_mask: valid entries weigh total/valid (divide_no_nan), ignored ones 0.
     mask_weight = values.dtype.type(count / valid if valid else 0.0)
     float_mask = np.where(mask, mask_weight, values.dtype.type(0))
     mean_weight = float_mask if weight is None else weight * float_mask
     per_sample = np.where(mask, per_sample, values.dtype.type(0))
-    return per_sample, per_sample.sum(), (values * mean_weight).sum() / count
+    return per_sample, per_sample.sum(), (values * mean_weight).sum() / count, float(valid)
 
 
 def _torch_reduce(
-    values: Array, weight: Array | None, loss: LossValues
-) -> tuple[Array, np.floating[Any], np.floating[Any]]:
+    values: Array, weight: Array | None, loss: LossValues, chunk: bool
+) -> tuple[Array, np.floating[Any], np.floating[Any], float]:
     if loss.denominator is not None:
         denominator = loss.denominator
     elif loss.mask is not None:
@@ -107,13 +116,15 @@ def _torch_reduce(
         denominator = weight if denominator is None else denominator * weight
     total = values.sum()
     if denominator is None:
-        return values, total, total / values.size
+        return values, total, total / values.size, values.size
     divisor = denominator.sum()
+    if divisor == 0 and chunk:
+        return values, total, values.dtype.type(0), 0.0
     if divisor == 0:
         if loss.mask is not None and not loss.mask.any():
             raise LossInputError("labels", "every target equals the ignore index; PyTorch's mean would be 0/0 (NaN)")
         raise LossInputError("sample_weight", "the weights of the counted targets sum to 0; the mean would be 0/0")
-    return values, total, total / divisor
+    return values, total, total / divisor, divisor
 
 
 def _check_finite(per_sample: Array, total: np.floating[Any], mean: np.floating[Any]) -> None:

@@ -93,6 +93,7 @@ def _result(name: str, reduced: Reduced, dtype: str, convention: str) -> dict[st
         "mean": reduced.mean,
         "sum": reduced.sum,
         "count": reduced.count,
+        "denominator": reduced.denominator,
         "dtype": dtype,
         "convention": convention,
     }
@@ -128,6 +129,7 @@ def _compute_one(body: bytes, monitor: Monitor) -> dict[str, Any]:
         sample_weight=request.sample_weight,
         dtype=request.dtype,
         convention=request.convention,
+        chunk=request.chunk,
     )
     monitor.observe_batch(request.model, name, reduced.per_sample, reduced.mean)
     return _result(name, reduced, request.dtype, request.convention)
@@ -147,6 +149,7 @@ def _compute_many(body: bytes, monitor: Monitor) -> dict[str, Any]:
                 sample_weight=request.sample_weight,
                 dtype=request.dtype,
                 convention=request.convention,
+                chunk=request.chunk,
             )
         except LossInputError as exc:
             if exc.field.startswith("options."):

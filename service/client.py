@@ -1,0 +1,481 @@
+"""Python client for loss-service: NumPy in, NumPy out, typed errors, retries, chunking.
+
+    >>> from service.client import LossClient
+    >>> with LossClient("http://127.0.0.1:8000") as client:
+    ...     result = client.loss("scce", logits, labels, from_logits=True, model="fraud-v3")
+    ...     result.per_sample, result.mean
+
+`AsyncLossClient` has the same methods as coroutines. Large batches are split into chunks of
+`chunk_size` samples, sent in order and reassembled; the mean is recombined exactly from each
+chunk's sum and denominator. Requests are retried, with exponential backoff, only when they
+cannot have been processed (connection failures) or when the server asks (503 with Retry-After).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import httpx
+import numpy as np
+import orjson
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_CHUNK_SIZE = 100_000
+RETRYABLE_STATUSES = {503}
+
+
+class LossServiceError(Exception):
+    """The service refused or failed a request; `problem` holds its RFC 9457 details."""
+
+    def __init__(self, status: int, problem: Mapping[str, Any]) -> None:
+        self.status = status
+        self.problem = dict(problem)
+        self.errors: list[dict[str, Any]] = list(problem.get("errors") or [])
+        super().__init__(f"{status} {problem.get('title', '')}: {problem.get('detail', '')}".strip())
+
+
+class InvalidInputError(LossServiceError):
+    """400, 413, 415 or 422: the request itself is wrong; `errors` names each field and index."""
+
+
+class UnauthorizedError(LossServiceError):
+    """401 or 403."""
+
+
+class NotFoundError(LossServiceError):
+    """404: an unknown route or loss."""
+
+
+class OverloadedError(LossServiceError):
+    """429, 503 or 504 after the retries were spent."""
+
+
+class ServerError(LossServiceError):
+    """Any other 5xx."""
+
+
+class UnreachableError(LossServiceError):
+    """No HTTP answer at all (connection refused, DNS, timeout) after the retries were spent."""
+
+    def __init__(self, url: str, cause: Exception) -> None:
+        super().__init__(0, {"title": "Unreachable", "detail": f"{url}: {cause!r}"})
+
+
+_ERRORS: dict[int, type[LossServiceError]] = {
+    400: InvalidInputError,
+    413: InvalidInputError,
+    415: InvalidInputError,
+    422: InvalidInputError,
+    401: UnauthorizedError,
+    403: UnauthorizedError,
+    404: NotFoundError,
+    429: OverloadedError,
+    503: OverloadedError,
+    504: OverloadedError,
+}
+
+
+@dataclass(frozen=True)
+class LossResult:
+    loss: str
+    per_sample: np.ndarray[Any, np.dtype[np.float64]]
+    mean: float
+    sum: float
+    count: int
+    denominator: float
+    dtype: str
+    convention: str
+
+
+def as_array(values: Any) -> np.ndarray[Any, Any]:
+    """NumPy arrays, nested lists, pandas Series/DataFrames and pyarrow (chunked) arrays."""
+    if isinstance(values, np.ndarray):
+        return values
+    if hasattr(values, "combine_chunks"):  # pyarrow.ChunkedArray
+        values = values.combine_chunks()
+    if hasattr(values, "flatten") and hasattr(values, "type") and hasattr(values.type, "list_size"):
+        # pyarrow FixedSizeListArray: one fixed-length row per sample
+        return np.asarray(values.flatten().to_numpy(zero_copy_only=False)).reshape(len(values), values.type.list_size)
+    if hasattr(values, "to_numpy"):  # pandas, pyarrow.Array
+        converted = values.to_numpy()
+        if converted.dtype == object:  # a column of lists
+            return np.stack([np.asarray(row) for row in converted])
+        return np.asarray(converted)
+    return np.asarray(values)
+
+
+def _check_numbers(array: np.ndarray[Any, Any], field: str) -> np.ndarray[Any, Any]:
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{field} must hold numbers, got an array of {array.dtype}")
+    # orjson serialises C-contiguous arrays of native dtypes directly.
+    return np.ascontiguousarray(array.astype(np.int64) if array.dtype.kind in "bu" else array)
+
+
+def _batch(
+    predictions: Any, labels: Any, sample_weight: Any, dtype: str, convention: str, model: str | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "predictions": _check_numbers(as_array(predictions), "predictions"),
+        "labels": _check_numbers(as_array(labels), "labels"),
+        "dtype": dtype,
+        "convention": convention,
+    }
+    if sample_weight is not None:
+        body["sample_weight"] = _check_numbers(as_array(sample_weight), "sample_weight")
+    if model is not None:
+        body["model"] = model
+    return body
+
+
+def _chunks(body: dict[str, Any], chunk_size: int) -> Iterator[dict[str, Any]]:
+    """The batch split along its first axis; everything else is shared."""
+    samples = len(body["predictions"])
+    arrays = [key for key in ("predictions", "labels", "sample_weight") if key in body]
+    if samples <= chunk_size:
+        yield body
+        return
+    for start in range(0, samples, chunk_size):
+        yield {**body, "chunk": True, **{key: body[key][start : start + chunk_size] for key in arrays}}
+
+
+def _result(payload: Mapping[str, Any]) -> LossResult:
+    return LossResult(
+        loss=payload["loss"],
+        per_sample=np.asarray(payload["per_sample"], dtype=np.float64),
+        mean=float(payload["mean"]),
+        sum=float(payload["sum"]),
+        count=int(payload["count"]),
+        denominator=float(payload["denominator"]),
+        dtype=payload["dtype"],
+        convention=payload["convention"],
+    )
+
+
+def _combine(parts: Sequence[LossResult]) -> LossResult:
+    """Chunks of one batch reassembled in order; the mean from the summed sums and denominators."""
+    if len(parts) == 1:
+        return parts[0]
+    total = sum(p.sum for p in parts)
+    denominator = sum(p.denominator for p in parts)
+    first = parts[0]
+    return LossResult(
+        loss=first.loss,
+        per_sample=np.concatenate([p.per_sample for p in parts]),
+        # Keras divides with divide_no_nan; a batch whose every target is ignored has mean 0.
+        mean=total / denominator if denominator else 0.0,
+        sum=total,
+        count=sum(p.count for p in parts),
+        denominator=denominator,
+        dtype=first.dtype,
+        convention=first.convention,
+    )
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = {"title": response.reason_phrase, "detail": response.text[:500]}
+    kind = _ERRORS.get(response.status_code, ServerError if response.status_code >= 500 else LossServiceError)
+    raise kind(response.status_code, problem)
+
+
+def _safe_to_repeat(method: str, exc: httpx.TransportError) -> bool:
+    """A POST is repeated only when it cannot have reached the server (so no batch is counted twice)."""
+    return method == "GET" or isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
+def _retry_delay(attempt: int, backoff: float, response: httpx.Response | None) -> float | None:
+    """Seconds to wait before the next attempt, or None if this outcome must not be retried."""
+    if response is not None:
+        if response.status_code not in RETRYABLE_STATUSES or "retry-after" not in response.headers:
+            return None
+        try:
+            return max(0.0, float(response.headers["retry-after"]))
+        except ValueError:
+            return None
+    return backoff * 2.0**attempt
+
+
+def _planned(body: dict[str, Any], chunk_size: int, progress: bool) -> Iterator[dict[str, Any]]:
+    """The chunks to send, in order, advancing an optional tqdm bar as each one is done."""
+    total = len(body["predictions"])
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+        except ImportError as exc:
+            raise ImportError("progress=True needs tqdm: pip install tqdm") from exc
+        bar = tqdm(total=total, unit="sample")
+    try:
+        for chunk in _chunks(body, chunk_size):
+            yield chunk
+            if bar is not None:
+                bar.update(len(chunk["predictions"]))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _per_loss(responses: Sequence[Mapping[str, Any]], losses: int) -> list[LossResult]:
+    """/v1/evaluate answers for each chunk, regrouped as one combined result per loss."""
+    return [_combine([_result(response["results"][i]) for response in responses]) for i in range(losses)]
+
+
+def _loss_item(item: str | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(item, str):
+        return {"loss": item, "options": {}}
+    return {"loss": item["loss"], "options": dict(item.get("options", {}))}
+
+
+class _Base:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None,
+        timeout: float,
+        retries: int,
+        backoff: float,
+        chunk_size: int,
+        progress: bool,
+    ) -> None:
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
+        self.base_url = base_url.rstrip("/")
+        self.retries = retries
+        self.backoff = backoff
+        self.chunk_size = chunk_size
+        self.progress = progress
+        self._headers = {"accept": "application/json"}
+        if api_key:
+            self._headers["authorization"] = f"Bearer {api_key}"
+        self._timeout = timeout
+
+
+class LossClient(_Base):
+    """Synchronous client. Use as a context manager, or call `close()`."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        progress: bool = False,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            api_key=api_key,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            chunk_size=chunk_size,
+            progress=progress,
+        )
+        self._http = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        content = None if body is None else orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+        headers = None if body is None else {"content-type": "application/json"}
+        for attempt in range(self.retries + 1):
+            response: httpx.Response | None = None
+            try:
+                response = self._http.request(method, path, content=content, headers=headers)
+            except httpx.TransportError as exc:
+                if attempt == self.retries or not _safe_to_repeat(method, exc):
+                    raise UnreachableError(self.base_url, exc) from exc
+            if response is not None:
+                delay = _retry_delay(attempt, self.backoff, response) if attempt < self.retries else None
+                if delay is None:
+                    _raise_for_status(response)
+                    return response.json()
+            time.sleep(_retry_delay(attempt, self.backoff, response) or 0.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def loss(
+        self,
+        loss: str,
+        predictions: Any,
+        labels: Any,
+        *,
+        sample_weight: Any = None,
+        dtype: str = "float64",
+        convention: str = "keras",
+        model: str | None = None,
+        **options: Any,
+    ) -> LossResult:
+        """One loss over a batch; keyword arguments other than these are the loss's options."""
+        body = {
+            **_batch(predictions, labels, sample_weight, dtype, convention, model),
+            "loss": loss,
+            "options": options,
+        }
+        return _combine(
+            [_result(self._send("POST", "/v1/loss", c)) for c in _planned(body, self.chunk_size, self.progress)]
+        )
+
+    def evaluate(
+        self,
+        predictions: Any,
+        labels: Any,
+        losses: Sequence[str | Mapping[str, Any]],
+        *,
+        sample_weight: Any = None,
+        dtype: str = "float64",
+        convention: str = "keras",
+        model: str | None = None,
+    ) -> list[LossResult]:
+        """Several losses over one batch: names, or {"loss": name, "options": {...}} items."""
+        body = {
+            **_batch(predictions, labels, sample_weight, dtype, convention, model),
+            "losses": [_loss_item(item) for item in losses],
+        }
+        chunks = _planned(body, self.chunk_size, self.progress)
+        return _per_loss([self._send("POST", "/v1/evaluate", c) for c in chunks], len(body["losses"]))
+
+    def losses(self) -> list[dict[str, Any]]:
+        """The catalogue: every loss with its formula, shapes and options."""
+        return list(self._send("GET", "/v1/losses")["losses"])
+
+    def health(self) -> dict[str, Any]:
+        """Liveness and readiness; a 503 from /readyz reads as {"ready": False, ...}."""
+        live = self._send("GET", "/livez")
+        try:
+            ready = self._http.get("/readyz").json()
+        except httpx.TransportError as exc:
+            raise UnreachableError(self.base_url, exc) from exc
+        return {
+            "live": live.get("status") == "ok",
+            "ready": ready.get("status") == "ready",
+            "status": ready.get("status"),
+        }
+
+
+class AsyncLossClient(_Base):
+    """The same API as `LossClient`, as coroutines. Use with `async with`, or `await aclose()`."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        progress: bool = False,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            api_key=api_key,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            chunk_size=chunk_size,
+            progress=progress,
+        )
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=self._headers, timeout=timeout, transport=transport
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        content = None if body is None else orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+        headers = None if body is None else {"content-type": "application/json"}
+        for attempt in range(self.retries + 1):
+            response: httpx.Response | None = None
+            try:
+                response = await self._http.request(method, path, content=content, headers=headers)
+            except httpx.TransportError as exc:
+                if attempt == self.retries or not _safe_to_repeat(method, exc):
+                    raise UnreachableError(self.base_url, exc) from exc
+            if response is not None:
+                delay = _retry_delay(attempt, self.backoff, response) if attempt < self.retries else None
+                if delay is None:
+                    _raise_for_status(response)
+                    return response.json()
+            await anyio.sleep(_retry_delay(attempt, self.backoff, response) or 0.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def loss(
+        self,
+        loss: str,
+        predictions: Any,
+        labels: Any,
+        *,
+        sample_weight: Any = None,
+        dtype: str = "float64",
+        convention: str = "keras",
+        model: str | None = None,
+        **options: Any,
+    ) -> LossResult:
+        body = {
+            **_batch(predictions, labels, sample_weight, dtype, convention, model),
+            "loss": loss,
+            "options": options,
+        }
+        chunks = _planned(body, self.chunk_size, self.progress)
+        return _combine([_result(await self._send("POST", "/v1/loss", c)) for c in chunks])
+
+    async def evaluate(
+        self,
+        predictions: Any,
+        labels: Any,
+        losses: Sequence[str | Mapping[str, Any]],
+        *,
+        sample_weight: Any = None,
+        dtype: str = "float64",
+        convention: str = "keras",
+        model: str | None = None,
+    ) -> list[LossResult]:
+        body = {
+            **_batch(predictions, labels, sample_weight, dtype, convention, model),
+            "losses": [_loss_item(item) for item in losses],
+        }
+        chunks = _planned(body, self.chunk_size, self.progress)
+        return _per_loss([await self._send("POST", "/v1/evaluate", c) for c in chunks], len(body["losses"]))
+
+    async def losses(self) -> list[dict[str, Any]]:
+        return list((await self._send("GET", "/v1/losses"))["losses"])
+
+    async def health(self) -> dict[str, Any]:
+        live = await self._send("GET", "/livez")
+        try:
+            ready = (await self._http.get("/readyz")).json()
+        except httpx.TransportError as exc:
+            raise UnreachableError(self.base_url, exc) from exc
+        return {
+            "live": live.get("status") == "ok",
+            "ready": ready.get("status") == "ready",
+            "status": ready.get("status"),
+        }
