@@ -5,7 +5,8 @@
     ...     result = client.loss("scce", logits, labels, from_logits=True, model="fraud-v3")
     ...     result.per_sample, result.mean
 
-`AsyncLossClient` has the same methods as coroutines. Large batches are split into chunks of
+`AsyncLossClient` has the same methods as coroutines. Batches of 4,096 values or more go as npz
+(binary, no JSON parsing on either side); large ones are split into chunks of
 `chunk_size` samples, sent in order and reassembled; the mean is recombined exactly from each
 chunk's sum and denominator. Requests are retried, with exponential backoff, only when they
 cannot have been processed (connection failures) or when the server asks (503 with Retry-After).
@@ -13,6 +14,7 @@ cannot have been processed (connection failures) or when the server asks (503 wi
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,9 +26,16 @@ import httpx
 import numpy as np
 import orjson
 
+from service.columns import as_array
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_CHUNK_SIZE = 100_000
 RETRYABLE_STATUSES = {503}
+JSON = "application/json"
+NPZ = "application/x-npz"
+# From this many prediction values on, "auto" sends npz: parsing JSON numbers dominates beyond it.
+NPZ_THRESHOLD = 4096
+ARRAY_FIELDS = ("predictions", "labels", "sample_weight")
 
 
 class LossServiceError(Exception):
@@ -92,23 +101,6 @@ class LossResult:
     convention: str
 
 
-def as_array(values: Any) -> np.ndarray[Any, Any]:
-    """NumPy arrays, nested lists, pandas Series/DataFrames and pyarrow (chunked) arrays."""
-    if isinstance(values, np.ndarray):
-        return values
-    if hasattr(values, "combine_chunks"):  # pyarrow.ChunkedArray
-        values = values.combine_chunks()
-    if hasattr(values, "flatten") and hasattr(values, "type") and hasattr(values.type, "list_size"):
-        # pyarrow FixedSizeListArray: one fixed-length row per sample
-        return np.asarray(values.flatten().to_numpy(zero_copy_only=False)).reshape(len(values), values.type.list_size)
-    if hasattr(values, "to_numpy"):  # pandas, pyarrow.Array
-        converted = values.to_numpy()
-        if converted.dtype == object:  # a column of lists
-            return np.stack([np.asarray(row) for row in converted])
-        return np.asarray(converted)
-    return np.asarray(values)
-
-
 def _check_numbers(array: np.ndarray[Any, Any], field: str) -> np.ndarray[Any, Any]:
     if array.dtype.kind not in "biuf":
         raise TypeError(f"{field} must hold numbers, got an array of {array.dtype}")
@@ -141,6 +133,27 @@ def _chunks(body: dict[str, Any], chunk_size: int) -> Iterator[dict[str, Any]]:
         return
     for start in range(0, samples, chunk_size):
         yield {**body, "chunk": True, **{key: body[key][start : start + chunk_size] for key in arrays}}
+
+
+def _encode(body: Mapping[str, Any], binary: bool) -> tuple[bytes, dict[str, str], dict[str, str]]:
+    """The request's content, headers and query parameters, as JSON or as npz + query."""
+    if not binary:
+        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), {"content-type": JSON}, {}
+    buffer = io.BytesIO()
+    np.savez(buffer, **{key: body[key] for key in ARRAY_FIELDS if key in body})
+    params = {
+        key: orjson.dumps(value).decode() if key == "options" or isinstance(value, bool) else str(value)
+        for key, value in body.items()
+        if key not in ARRAY_FIELDS
+    }
+    return buffer.getvalue(), {"content-type": NPZ, "accept": NPZ}, params
+
+
+def _decode(response: httpx.Response) -> Any:
+    if response.headers.get("content-type", "").startswith(NPZ):
+        with np.load(io.BytesIO(response.content), allow_pickle=False) as archive:
+            return {key: archive[key].item() if archive[key].ndim == 0 else archive[key] for key in archive.files}
+    return response.json()
 
 
 def _result(payload: Mapping[str, Any]) -> LossResult:
@@ -246,7 +259,11 @@ class _Base:
         backoff: float,
         chunk_size: int,
         progress: bool,
+        body_format: str,
     ) -> None:
+        if body_format not in ("auto", "json", "npz"):
+            raise ValueError("body_format must be 'auto', 'json' or 'npz'")
+        self.body_format = body_format
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
         self.base_url = base_url.rstrip("/")
@@ -258,6 +275,12 @@ class _Base:
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
         self._timeout = timeout
+
+    def _binary(self, body: Mapping[str, Any]) -> bool:
+        """npz for large batches ("auto"), as asked otherwise; /v1/evaluate always speaks JSON."""
+        if self.body_format == "auto":
+            return bool(body["predictions"].size >= NPZ_THRESHOLD)
+        return self.body_format == "npz"
 
 
 class LossClient(_Base):
@@ -273,6 +296,7 @@ class LossClient(_Base):
         backoff: float = 0.25,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         progress: bool = False,
+        body_format: str = "auto",
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         super().__init__(
@@ -283,6 +307,7 @@ class LossClient(_Base):
             backoff=backoff,
             chunk_size=chunk_size,
             progress=progress,
+            body_format=body_format,
         )
         self._http = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=timeout, transport=transport)
 
@@ -295,13 +320,12 @@ class LossClient(_Base):
     def close(self) -> None:
         self._http.close()
 
-    def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        content = None if body is None else orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-        headers = None if body is None else {"content-type": "application/json"}
+    def _send(self, method: str, path: str, body: dict[str, Any] | None = None, binary: bool = False) -> Any:
+        content, headers, params = _encode(body, binary) if body is not None else (None, None, None)
         for attempt in range(self.retries + 1):
             response: httpx.Response | None = None
             try:
-                response = self._http.request(method, path, content=content, headers=headers)
+                response = self._http.request(method, path, content=content, headers=headers, params=params)
             except httpx.TransportError as exc:
                 if attempt == self.retries or not _safe_to_repeat(method, exc):
                     raise UnreachableError(self.base_url, exc) from exc
@@ -309,7 +333,7 @@ class LossClient(_Base):
                 delay = _retry_delay(attempt, self.backoff, response) if attempt < self.retries else None
                 if delay is None:
                     _raise_for_status(response)
-                    return response.json()
+                    return _decode(response)
             time.sleep(_retry_delay(attempt, self.backoff, response) or 0.0)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -331,9 +355,9 @@ class LossClient(_Base):
             "loss": loss,
             "options": options,
         }
-        return _combine(
-            [_result(self._send("POST", "/v1/loss", c)) for c in _planned(body, self.chunk_size, self.progress)]
-        )
+        binary = self._binary(body)
+        chunks = _planned(body, self.chunk_size, self.progress)
+        return _combine([_result(self._send("POST", "/v1/loss", c, binary)) for c in chunks])
 
     def evaluate(
         self,
@@ -385,6 +409,7 @@ class AsyncLossClient(_Base):
         backoff: float = 0.25,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         progress: bool = False,
+        body_format: str = "auto",
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(
@@ -395,6 +420,7 @@ class AsyncLossClient(_Base):
             backoff=backoff,
             chunk_size=chunk_size,
             progress=progress,
+            body_format=body_format,
         )
         self._http = httpx.AsyncClient(
             base_url=self.base_url, headers=self._headers, timeout=timeout, transport=transport
@@ -409,13 +435,12 @@ class AsyncLossClient(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        content = None if body is None else orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-        headers = None if body is None else {"content-type": "application/json"}
+    async def _send(self, method: str, path: str, body: dict[str, Any] | None = None, binary: bool = False) -> Any:
+        content, headers, params = _encode(body, binary) if body is not None else (None, None, None)
         for attempt in range(self.retries + 1):
             response: httpx.Response | None = None
             try:
-                response = await self._http.request(method, path, content=content, headers=headers)
+                response = await self._http.request(method, path, content=content, headers=headers, params=params)
             except httpx.TransportError as exc:
                 if attempt == self.retries or not _safe_to_repeat(method, exc):
                     raise UnreachableError(self.base_url, exc) from exc
@@ -423,7 +448,7 @@ class AsyncLossClient(_Base):
                 delay = _retry_delay(attempt, self.backoff, response) if attempt < self.retries else None
                 if delay is None:
                     _raise_for_status(response)
-                    return response.json()
+                    return _decode(response)
             await anyio.sleep(_retry_delay(attempt, self.backoff, response) or 0.0)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -445,7 +470,8 @@ class AsyncLossClient(_Base):
             "options": options,
         }
         chunks = _planned(body, self.chunk_size, self.progress)
-        return _combine([_result(await self._send("POST", "/v1/loss", c)) for c in chunks])
+        binary = self._binary(body)
+        return _combine([_result(await self._send("POST", "/v1/loss", c, binary)) for c in chunks])
 
     async def evaluate(
         self,

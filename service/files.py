@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from service.columns import as_array
+
 READABLE = (".npy", ".npz", ".csv", ".parquet", ".jsonl")
 WRITABLE = (".npy", ".csv", ".jsonl", ".json")
 
@@ -62,11 +64,7 @@ def _from_csv(path: Path) -> np.ndarray[Any, Any]:
 
 
 def _from_parquet(path: Path) -> np.ndarray[Any, Any]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise FileFormatError(f"{path}: reading Parquet needs pyarrow (pip install 'loss-service[parquet]')") from exc
-    from service.client import as_array
+    import pyarrow.parquet as pq
 
     table = pq.read_table(path)
     columns = [as_array(column) for column in table.columns]

@@ -201,3 +201,32 @@ async def test_async_client_matches_the_sync_client(url: str) -> None:
 def test_unreachable_server_is_reported_after_retries() -> None:
     with LossClient("http://127.0.0.1:1", retries=1, backoff=0.0) as client, pytest.raises(UnreachableError):
         client.loss("mse", [[1.0]], [[0.0]])
+
+
+def test_large_batches_go_as_npz_and_small_ones_as_json() -> None:
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=OK)
+
+    with LossClient("http://mock", transport=httpx.MockTransport(handle)) as client:
+        client.loss("mse", np.zeros((10, 1)), np.zeros((10, 1)))
+        client.loss("mse", np.zeros((5000, 1)), np.zeros((5000, 1)), delta=1.0, model="m")
+    assert seen[0].headers["content-type"] == "application/json"
+    assert seen[1].headers["content-type"] == "application/x-npz"
+    assert seen[1].headers["accept"] == "application/x-npz"
+    assert seen[1].url.params["loss"] == "mse"
+    assert seen[1].url.params["model"] == "m"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("body_format", ["json", "npz"])
+def test_both_body_formats_give_the_same_answer(url: str, body_format: str) -> None:
+    big = np.random.default_rng(1).normal(size=(3000, 4))
+    labels = np.random.default_rng(2).integers(0, 4, 3000)
+    with LossClient(url, body_format=body_format, chunk_size=1000) as client:
+        result = client.loss("scce", big, labels, from_logits=True, dtype="float32", convention="torch")
+    expected = compute("scce", big, labels, options={"from_logits": True}, dtype="float32", convention="torch")
+    np.testing.assert_array_equal(result.per_sample, expected.per_sample.astype(np.float64))
+    assert result.mean == pytest.approx(expected.mean, rel=1e-6)

@@ -74,7 +74,24 @@ def _fail(value: Any) -> PydanticCustomError:
     return PydanticCustomError("array_value", message, {"index": list(index)})
 
 
+def _finite(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        if not finite.all():
+            index = [int(i) for i in np.argwhere(~finite)[0]]
+            raise PydanticCustomError(
+                NON_FINITE,
+                "numbers must be finite, got {value}",
+                {"index": index, "value": repr(float(array[tuple(index)]))},
+            )
+    return array
+
+
 def to_array(value: Any, info: ValidationInfo) -> np.ndarray[Any, Any]:
+    if isinstance(value, np.ndarray):  # from a binary body (npz, Arrow)
+        if value.dtype.kind not in "iuf":
+            raise PydanticCustomError("array_type", f"expected numbers, got an array of {value.dtype}", {"index": []})
+        return _finite(value)
     if not isinstance(value, list):
         raise PydanticCustomError("array_type", f"expected an array of numbers, got {_kind(value)}", {"index": []})
     if info.context and info.context.get(BOOLEANS_PRESENT):
@@ -87,16 +104,7 @@ def to_array(value: Any, info: ValidationInfo) -> np.ndarray[Any, Any]:
         raise _fail(value) from None
     if array.dtype.kind not in "fiu":
         raise _fail(value)
-    if array.dtype.kind == "f":
-        finite = np.isfinite(array)
-        if not finite.all():
-            index = [int(i) for i in np.argwhere(~finite)[0]]
-            raise PydanticCustomError(
-                NON_FINITE,
-                "numbers must be finite, got {value}",
-                {"index": index, "value": repr(float(array[tuple(index)]))},
-            )
-    return array
+    return _finite(array)
 
 
 NumericArray = Annotated[

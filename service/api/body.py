@@ -1,28 +1,89 @@
-"""Reading a JSON request body: content type, raw bytes, one validation pass."""
+"""Reading request bodies: content type, raw bytes, one validation pass.
+
+JSON bodies carry every field. Binary bodies (npz, Arrow IPC stream) carry the arrays
+`predictions`, `labels` and optionally `sample_weight`; the other fields come as query
+parameters, `options` as a JSON object. Both go through the same Pydantic models.
+"""
 
 from __future__ import annotations
 
+import io
+import zipfile
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
+import numpy as np
+import orjson
 from fastapi import Request
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from service.api.arrays import BOOLEANS_PRESENT
 from service.api.errors import ProblemError, validation_problem
+from service.columns import as_array
 
 JSON_MEDIA_TYPE = "application/json"
+NPZ_MEDIA_TYPE = "application/x-npz"
+ARROW_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
+BATCH_MEDIA_TYPES = (JSON_MEDIA_TYPE, NPZ_MEDIA_TYPE, ARROW_MEDIA_TYPE)
+ARRAY_FIELDS = ("predictions", "labels", "sample_weight")
 T = TypeVar("T")
 
 
-async def read_json(request: Request) -> bytes:
+async def read_body(request: Request, accepted: tuple[str, ...] = (JSON_MEDIA_TYPE,)) -> tuple[str, bytes]:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != JSON_MEDIA_TYPE:
+    if media_type not in accepted:
         shown = media_type or "none"
-        raise ProblemError(415, f"Content-Type must be {JSON_MEDIA_TYPE}, got {shown}")
+        raise ProblemError(415, f"Content-Type must be {' or '.join(accepted)}, got {shown}")
     body = await request.body()
     if not body.strip():
-        raise ProblemError(400, "malformed JSON: the request body is empty")
-    return body
+        raise ProblemError(400, "the request body is empty")
+    return media_type, body
+
+
+def validate_binary(schema: TypeAdapter[Any], media_type: str, body: bytes, query: Mapping[str, str]) -> Any:
+    """A binary body's arrays plus the query's fields, validated like a JSON body."""
+    arrays = _npz_arrays(body) if media_type == NPZ_MEDIA_TYPE else _arrow_arrays(body)
+    unexpected = sorted(set(arrays) - set(ARRAY_FIELDS))
+    if unexpected:
+        raise ProblemError(
+            422,
+            f"body: unexpected array {unexpected[0]!r}; expected {', '.join(ARRAY_FIELDS)}",
+            errors=[{"loc": ["body", unexpected[0]], "msg": f"unexpected array; expected {', '.join(ARRAY_FIELDS)}"}],
+        )
+    fields: dict[str, Any] = {key: value for key, value in query.items() if key not in ARRAY_FIELDS}
+    if "options" in fields:
+        try:
+            fields["options"] = orjson.loads(fields["options"])
+        except orjson.JSONDecodeError as exc:
+            raise ProblemError(400, f"query parameter options: malformed JSON: {exc}") from None
+    try:
+        return schema.validate_python({**fields, **arrays}, context={})
+    except ValidationError as exc:
+        problem = validation_problem(exc)
+        for error in problem.errors or []:
+            if error["loc"][1] not in ARRAY_FIELDS:
+                error["loc"][0] = "query"  # with a binary body, every other field is a query parameter
+        raise problem from None
+
+
+def _npz_arrays(body: bytes) -> dict[str, np.ndarray[Any, Any]]:
+    if not body.startswith(b"PK"):
+        raise ProblemError(400, "malformed npz: not a zip archive (an npz body starts with the bytes PK)")
+    try:
+        with np.load(io.BytesIO(body), allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ProblemError(400, f"malformed npz: {exc}") from None
+
+
+def _arrow_arrays(body: bytes) -> dict[str, np.ndarray[Any, Any]]:
+    import pyarrow as pa
+
+    try:
+        table = pa.ipc.open_stream(body).read_all()
+        return {name: as_array(table.column(name)) for name in table.column_names}
+    except (pa.ArrowException, ValueError) as exc:
+        raise ProblemError(400, f"malformed Arrow stream: {exc}") from None
 
 
 def validate_json(schema: type[BaseModel] | TypeAdapter[Any], body: bytes) -> Any:

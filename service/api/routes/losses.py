@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,15 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.body import read_json, validate_json
+from service.api.body import (
+    ARROW_MEDIA_TYPE,
+    BATCH_MEDIA_TYPES,
+    JSON_MEDIA_TYPE,
+    NPZ_MEDIA_TYPE,
+    read_body,
+    validate_binary,
+    validate_json,
+)
 from service.api.errors import ProblemError
 from service.api.schemas import (
     Catalogue,
@@ -40,18 +49,39 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _json_body(schema: str, examples: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {"$ref": f"#/components/schemas/{schema}"},
-                    "examples": {name: {"value": value} for name, value in examples.items()},
-                }
-            },
+def _json_body(schema: str, examples: dict[str, Any], binary: bool = False) -> dict[str, Any]:
+    content: dict[str, Any] = {
+        "application/json": {
+            "schema": {"$ref": f"#/components/schemas/{schema}"},
+            "examples": {name: {"value": value} for name, value in examples.items()},
         }
     }
+    extra: dict[str, Any] = {}
+    if binary:
+        for media_type, what in ((NPZ_MEDIA_TYPE, "an npz archive"), (ARROW_MEDIA_TYPE, "an Arrow IPC stream")):
+            content[media_type] = {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": f"{what} with arrays predictions, labels and optionally sample_weight; "
+                    "the other fields as query parameters",
+                }
+            }
+        extra["parameters"] = [
+            {"name": name, "in": "query", "required": False, "schema": {"type": "string"}, "description": text}
+            for name, text in BINARY_QUERY_PARAMETERS.items()
+        ]
+    return {"requestBody": {"required": True, "content": content}, **extra}
+
+
+BINARY_QUERY_PARAMETERS = {
+    "loss": "With a binary body: the loss (required).",
+    "options": 'With a binary body: the options as a JSON object, e.g. {"from_logits": true}.',
+    "dtype": "With a binary body: float64 or float32.",
+    "convention": "With a binary body: keras or torch.",
+    "model": "With a binary body: the monitoring label.",
+    "chunk": "With a binary body: true when the batch is one chunk of a larger one.",
+}
 
 
 LOSS_EXAMPLES = {
@@ -103,6 +133,18 @@ def _json(content: Any) -> Response:
     return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
+def _npz(result: dict[str, Any]) -> Response:
+    """The result as an npz archive: arrays, 0-d numbers and 0-d strings (no pickles)."""
+    buffer = io.BytesIO()
+    arrays: dict[str, Any] = {key: np.asarray(value) for key, value in result.items()}
+    np.savez(buffer, **arrays)
+    return Response(buffer.getvalue(), media_type=NPZ_MEDIA_TYPE)
+
+
+def _wants_npz(request: Request) -> bool:
+    return NPZ_MEDIA_TYPE in request.headers.get("accept", "")
+
+
 async def _off_loop(request: Request, size: int, work: Callable[[], Any]) -> Any:
     """Large bodies are parsed and computed in a worker thread so the event loop keeps serving."""
     if size > request.app.state.settings.offload_bytes:
@@ -110,16 +152,18 @@ async def _off_loop(request: Request, size: int, work: Callable[[], Any]) -> Any
     return work()
 
 
-def _validate(schema: Any, body: bytes, monitor: Monitor) -> Any:
+def _validate(schema: Any, body: bytes, monitor: Monitor, media_type: str = JSON_MEDIA_TYPE, query: Any = None) -> Any:
     try:
-        return validate_json(schema, body)
+        if media_type == JSON_MEDIA_TYPE:
+            return validate_json(schema, body)
+        return validate_binary(schema, media_type, body, query or {})
     except ProblemError as problem:
         monitor.record_nonfinite(problem.nonfinite_fields)
         raise
 
 
-def _compute_one(body: bytes, monitor: Monitor) -> dict[str, Any]:
-    request = _validate(loss_request_adapter(), body, monitor)
+def _compute_one(body: bytes, monitor: Monitor, media_type: str, query: Any) -> dict[str, Any]:
+    request = _validate(loss_request_adapter(), body, monitor, media_type, query)
     name = resolve(request.loss).name
     reduced = compute(
         name,
@@ -164,15 +208,22 @@ def _compute_many(body: bytes, monitor: Monitor) -> dict[str, Any]:
 
 @router.post(
     "/loss",
-    summary="Per-sample losses and their mean for one batch",
+    summary="Per-sample losses and their mean for one batch (JSON, npz or Arrow body)",
     response_model=LossResult,
-    responses=PROBLEM_RESPONSES,
-    openapi_extra=_json_body("LossRequest", LOSS_EXAMPLES),
+    responses={
+        **PROBLEM_RESPONSES,
+        200: {
+            "description": "The result; as an npz archive of the same fields when Accept is application/x-npz",
+            "content": {NPZ_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+        },
+    },
+    openapi_extra=_json_body("LossRequest", LOSS_EXAMPLES, binary=True),
 )
 async def loss(request: Request) -> Response:
-    body = await read_json(request)
-    monitor = request.app.state.monitor
-    return _json(await _off_loop(request, len(body), lambda: _compute_one(body, monitor)))
+    media_type, body = await read_body(request, BATCH_MEDIA_TYPES)
+    monitor, query = request.app.state.monitor, request.query_params
+    result = await _off_loop(request, len(body), lambda: _compute_one(body, monitor, media_type, query))
+    return _npz(result) if _wants_npz(request) else _json(result)
 
 
 @router.post(
@@ -183,7 +234,7 @@ async def loss(request: Request) -> Response:
     openapi_extra=_json_body("EvaluateRequest", EVALUATE_EXAMPLES),
 )
 async def evaluate(request: Request) -> Response:
-    body = await read_json(request)
+    _, body = await read_body(request)
     monitor = request.app.state.monitor
     return _json(await _off_loop(request, len(body), lambda: _compute_many(body, monitor)))
 

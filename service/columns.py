@@ -1,0 +1,24 @@
+"""Columns from other libraries as NumPy arrays: pandas, pyarrow (incl. fixed-size lists), lists."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def as_array(values: Any) -> np.ndarray[Any, Any]:
+    """NumPy arrays, nested lists, pandas Series/DataFrames and pyarrow (chunked) arrays."""
+    if isinstance(values, np.ndarray):
+        return values
+    if hasattr(values, "combine_chunks"):  # pyarrow.ChunkedArray
+        values = values.combine_chunks()
+    if hasattr(values, "flatten") and hasattr(values, "type") and hasattr(values.type, "list_size"):
+        # pyarrow FixedSizeListArray: one fixed-length row per sample
+        return np.asarray(values.flatten().to_numpy(zero_copy_only=False)).reshape(len(values), values.type.list_size)
+    if hasattr(values, "to_numpy"):  # pandas, pyarrow.Array
+        converted = values.to_numpy()
+        if converted.dtype == object:  # a column of variable-length lists
+            return np.stack([np.asarray(row) for row in converted])
+        return np.asarray(converted)
+    return np.asarray(values)
