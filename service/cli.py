@@ -32,22 +32,30 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = Settings()
-    _prepare_metrics_dir(Path(settings.metrics_dir or Path(tempfile.gettempdir()) / "loss-service-metrics"))
+    # Without a configured directory, each server gets its own, so two services on one host
+    # never wipe or merge each other's metrics; it is removed when the server stops.
+    own_directory = settings.metrics_dir is None
+    metrics_dir = Path(settings.metrics_dir or Path(tempfile.gettempdir()) / f"loss-service-metrics-{os.getpid()}")
+    _prepare_metrics_dir(metrics_dir)
     # uvicorn drains, then re-raises the signal that stopped it; a clean drain should exit 0
     # (orchestrators read a signal exit as a crash), so these handlers absorb that re-raise.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, lambda *_: None)
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        host=args.host or settings.host,
-        port=args.port if args.port is not None else settings.port,
-        workers=args.workers or settings.workers,
-        log_level=settings.log_level,
-        http="httptools",
-        loop="uvloop",
-        timeout_graceful_shutdown=int(settings.shutdown_timeout) or None,
-    )
+    try:
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            host=args.host or settings.host,
+            port=args.port if args.port is not None else settings.port,
+            workers=args.workers or settings.workers,
+            log_level=settings.log_level,
+            http="httptools",
+            loop="uvloop",
+            timeout_graceful_shutdown=int(settings.shutdown_timeout) or None,
+        )
+    finally:
+        if own_directory:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

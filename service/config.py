@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     )
     metrics_dir: str | None = Field(
         default=None,
-        description="Directory for multi-worker metrics, wiped at start (default: <tmp>/loss-service-metrics).",
+        description="Directory for multi-worker metrics, wiped at start (default: <tmp>/loss-service-metrics-<pid>).",
     )
 
     @field_validator("model_allowlist", "loss_buckets", mode="before")

@@ -158,3 +158,21 @@ def test_prometheus_computes_the_dashboards_mean_loss_per_model(tmp_path: Path) 
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+def test_two_servers_on_one_host_keep_their_own_metrics() -> None:
+    """Each server's default metrics directory is its own: starting another does not wipe it."""
+    import tempfile
+
+    with served() as first:
+        send(first, {**FRAUD, "model": "host-a"}, 3)
+        with served() as second:
+            send(second, {**FRAUD, "model": "host-b"}, 1)
+            scrape_second = samples(httpx.get(f"{second}/metrics").text)
+        scrape_first = samples(httpx.get(f"{first}/metrics").text)
+        labels = {"loss": "mean_squared_error"}
+        assert value(scrape_first, "loss_service_batches_total", model="host-a", **labels) == 3
+        assert ("loss_service_batches_total", (("loss", "mean_squared_error"), ("model", "host-b"))) not in scrape_first
+        assert value(scrape_second, "loss_service_batches_total", model="host-b", **labels) == 1
+        directories = set(Path(tempfile.gettempdir()).glob("loss-service-metrics-*"))
+    assert not directories & set(Path(tempfile.gettempdir()).glob("loss-service-metrics-*")), "left behind"
