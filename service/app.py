@@ -15,7 +15,7 @@ from fastapi.openapi.utils import get_openapi
 
 from service import __version__
 from service.api.errors import install_error_handlers
-from service.api.routes import health, losses, metrics
+from service.api.routes import health, inference, losses, metrics
 from service.api.schemas import Problem, evaluate_request_model, loss_request_adapter
 from service.config import Settings
 from service.monitoring import MetricsMiddleware, Monitor, mark_worker_dead
@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(losses.router)
+    app.include_router(inference.router)
     app.include_router(metrics.router)
     app.add_middleware(MetricsMiddleware, monitor=app.state.monitor)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from typing import Any
 
-import anyio.to_thread
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from service.api.batches import off_loop, run_loss
 from service.api.body import (
     ARROW_MEDIA_TYPE,
     BATCH_MEDIA_TYPES,
@@ -145,13 +144,6 @@ def _wants_npz(request: Request) -> bool:
     return NPZ_MEDIA_TYPE in request.headers.get("accept", "")
 
 
-async def _off_loop(request: Request, size: int, work: Callable[[], Any]) -> Any:
-    """Large bodies are parsed and computed in a worker thread so the event loop keeps serving."""
-    if size > request.app.state.settings.offload_bytes:
-        return await anyio.to_thread.run_sync(work)
-    return work()
-
-
 def _validate(schema: Any, body: bytes, monitor: Monitor, media_type: str = JSON_MEDIA_TYPE, query: Any = None) -> Any:
     try:
         if media_type == JSON_MEDIA_TYPE:
@@ -164,18 +156,7 @@ def _validate(schema: Any, body: bytes, monitor: Monitor, media_type: str = JSON
 
 def _compute_one(body: bytes, monitor: Monitor, media_type: str, query: Any) -> dict[str, Any]:
     request = _validate(loss_request_adapter(), body, monitor, media_type, query)
-    name = resolve(request.loss).name
-    reduced = compute(
-        name,
-        request.predictions,
-        request.labels,
-        options=request.options.model_dump(),
-        sample_weight=request.sample_weight,
-        dtype=request.dtype,
-        convention=request.convention,
-        chunk=request.chunk,
-    )
-    monitor.observe_batch(request.model, name, reduced.per_sample, reduced.mean)
+    name, reduced = run_loss(request, monitor)
     return _result(name, reduced, request.dtype, request.convention)
 
 
@@ -222,7 +203,7 @@ def _compute_many(body: bytes, monitor: Monitor) -> dict[str, Any]:
 async def loss(request: Request) -> Response:
     media_type, body = await read_body(request, BATCH_MEDIA_TYPES)
     monitor, query = request.app.state.monitor, request.query_params
-    result = await _off_loop(request, len(body), lambda: _compute_one(body, monitor, media_type, query))
+    result = await off_loop(request, len(body), lambda: _compute_one(body, monitor, media_type, query))
     return _npz(result) if _wants_npz(request) else _json(result)
 
 
@@ -236,7 +217,7 @@ async def loss(request: Request) -> Response:
 async def evaluate(request: Request) -> Response:
     _, body = await read_body(request)
     monitor = request.app.state.monitor
-    return _json(await _off_loop(request, len(body), lambda: _compute_many(body, monitor)))
+    return _json(await off_loop(request, len(body), lambda: _compute_many(body, monitor)))
 
 
 @router.get(

@@ -1,0 +1,318 @@
+"""Open Inference Protocol v2 (KServe V2 / Triton HTTP), where each catalogue loss is a "model".
+
+Inputs `predictions`, `labels` and optionally `sample_weight`, as JSON tensors or with the binary
+tensor data extension; request `parameters` carry the loss's options plus `convention`, `dtype`
+and `model` (validated like v1). Outputs `per_sample` and `mean`. Errors are `{"error": "..."}`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from service import __version__
+from service.api.batches import off_loop, run_loss
+from service.api.errors import validation_problem
+from service.api.schemas import loss_request_adapter
+from service.engine import LossInputError, UnknownLossError, resolve
+from service.monitoring import Monitor
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+
+HEADER_LENGTH = "inference-header-content-length"
+INPUTS = ("predictions", "labels", "sample_weight")
+BATCH_PARAMETERS = ("convention", "dtype", "model")
+DATATYPES: dict[str, np.dtype[Any]] = {
+    name: np.dtype(kind).newbyteorder("<")
+    for name, kind in {
+        "BOOL": np.bool_,
+        "INT8": np.int8,
+        "INT16": np.int16,
+        "INT32": np.int32,
+        "INT64": np.int64,
+        "UINT8": np.uint8,
+        "UINT16": np.uint16,
+        "UINT32": np.uint32,
+        "UINT64": np.uint64,
+        "FP16": np.float16,
+        "FP32": np.float32,
+        "FP64": np.float64,
+    }.items()
+}
+
+
+class InferenceError(Exception):
+    """An inference protocol error: answered as {"error": message} with `status`."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _error(message: str, status: int) -> Response:
+    return Response(orjson.dumps({"error": message}), status_code=status, media_type="application/json")
+
+
+def _json(content: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+
+
+def _catalogue_name(loss: str) -> str:
+    try:
+        return resolve(loss).name
+    except UnknownLossError as exc:
+        raise InferenceError(str(exc), 404) from None
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata() -> Response:
+    return _json({"name": "loss-service", "version": __version__, "extensions": ["binary_tensor_data"]})
+
+
+@router.get("/health/live", summary="Server liveness")
+async def server_live() -> Response:
+    return _json({"live": True})
+
+
+@router.get("/health/ready", summary="Server readiness: 503 while starting or draining")
+async def server_ready(request: Request) -> Response:
+    ready = request.app.state.lifecycle == "ready"
+    return _json({"ready": ready}, 200 if ready else 503)
+
+
+def _tensor_spec(name: str, required: bool) -> dict[str, Any]:
+    return {"name": name, "datatype": "FP64", "shape": [-1, -1], "optional": not required}
+
+
+@router.get("/models/{loss}", summary="Model metadata: a catalogue loss as a model")
+async def model_metadata(loss: str) -> Response:
+    try:
+        name = _catalogue_name(loss)
+    except InferenceError as exc:
+        return _error(str(exc), exc.status)
+    return _json(
+        {
+            "name": name,
+            "versions": ["1"],
+            "platform": "loss-service",
+            "inputs": [
+                _tensor_spec("predictions", True),
+                _tensor_spec("labels", True),
+                {"name": "sample_weight", "datatype": "FP64", "shape": [-1], "optional": True},
+            ],
+            "outputs": [
+                {"name": "per_sample", "datatype": "FP64", "shape": [-1]},
+                {"name": "mean", "datatype": "FP64", "shape": [1]},
+            ],
+        }
+    )
+
+
+@router.get("/models/{loss}/ready", summary="Model readiness")
+async def model_ready(loss: str, request: Request) -> Response:
+    try:
+        name = _catalogue_name(loss)
+    except InferenceError as exc:
+        return _error(str(exc), exc.status)
+    ready = request.app.state.lifecycle == "ready"
+    return _json({"name": name, "ready": ready}, 200 if ready else 503)
+
+
+@router.post(
+    "/models/{loss}/infer",
+    summary="Per-sample losses and their mean (JSON tensors or the binary tensor data extension)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+)
+async def infer(loss: str, request: Request) -> Response:
+    body = await request.body()
+    monitor: Monitor = request.app.state.monitor
+    header_length = request.headers.get(HEADER_LENGTH)
+    try:
+        return await off_loop(request, len(body), lambda: _infer(loss, body, header_length, monitor))  # type: ignore[no-any-return]
+    except InferenceError as exc:
+        return _error(str(exc), exc.status)
+
+
+def _infer(loss: str, body: bytes, header_length: str | None, monitor: Monitor) -> Response:
+    name = _catalogue_name(loss)
+    header, binary = _split(body, header_length)
+    request_parameters = header.get("parameters") or {}
+    if not isinstance(request_parameters, dict):
+        raise InferenceError("parameters must be an object")
+    arrays = _inputs(header.get("inputs"), binary)
+    fields = {key: request_parameters[key] for key in BATCH_PARAMETERS if key in request_parameters}
+    options = {
+        key: value
+        for key, value in request_parameters.items()
+        if key not in BATCH_PARAMETERS and key != "binary_data_output"
+    }
+    try:
+        validated = loss_request_adapter().validate_python(
+            {"loss": name, **fields, **arrays, "options": options}, context={}
+        )
+        computed, reduced = run_loss(validated, monitor)
+    except ValidationError as exc:
+        problem = validation_problem(exc)
+        monitor.record_nonfinite(problem.nonfinite_fields)
+        raise InferenceError(_oip_message(problem.errors or [])) from None
+    except LossInputError as exc:
+        field = exc.field.replace("options.", "parameters.", 1)
+        where = field if field.startswith("parameters.") else f"input {field}"
+        raise InferenceError(f"{where}{''.join(f'[{i}]' for i in exc.index)}: {exc.reason}") from None
+    out_dtype = np.float32 if validated.dtype == "float32" else np.float64
+    outputs = {
+        "per_sample": reduced.per_sample.astype(out_dtype),
+        "mean": np.asarray([reduced.mean], dtype=out_dtype),
+    }
+    extra = {
+        "sum": reduced.sum,
+        "count": reduced.count,
+        "denominator": reduced.denominator,
+        "convention": validated.convention,
+        "dtype": validated.dtype,
+    }
+    return _response(computed, header, outputs, extra, bool(request_parameters.get("binary_data_output")))
+
+
+def _oip_message(errors: list[dict[str, Any]]) -> str:
+    """Problem details in the protocol's one-string form, with v2's own names for the fields."""
+    parts = []
+    for error in errors:
+        loc = [str(part) for part in error["loc"][1:]]
+        if loc and loc[0] == "options":
+            loc[0] = "parameters"
+        elif loc and loc[0] in (*BATCH_PARAMETERS, "loss"):
+            loc.insert(0, "parameters")
+        elif loc and loc[0] in INPUTS:
+            loc = [f"input {loc[0]}", *loc[1:]]
+        parts.append(f"{'.'.join(loc) or 'request'}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
+    """The JSON inference header and the binary tensor data after it."""
+    if header_length is None:
+        size = len(body)
+    else:
+        try:
+            size = int(header_length)
+        except ValueError:
+            raise InferenceError("Inference-Header-Content-Length must be an integer") from None
+        if not 0 < size <= len(body):
+            raise InferenceError(f"Inference-Header-Content-Length {size} does not fit a body of {len(body)} bytes")
+    try:
+        header = orjson.loads(body[:size])
+    except orjson.JSONDecodeError as exc:
+        raise InferenceError(f"malformed inference request JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise InferenceError("the inference request must be a JSON object")
+    return header, memoryview(body)[size:]
+
+
+def _inputs(specs: Any, binary: memoryview) -> dict[str, np.ndarray[Any, Any]]:
+    if not isinstance(specs, list) or not specs:
+        raise InferenceError("inputs must be a non-empty list of tensors")
+    arrays: dict[str, np.ndarray[Any, Any]] = {}
+    offset = 0
+    for spec in specs:
+        if not isinstance(spec, dict):
+            raise InferenceError("each input must be an object with name, shape, datatype")
+        name = spec.get("name")
+        if name not in INPUTS:
+            raise InferenceError(f"unexpected input {name!r}; inputs are {', '.join(INPUTS)}")
+        if name in arrays:
+            raise InferenceError(f"input {name!r} given twice")
+        array, offset = _tensor(spec, binary, offset)
+        # Class labels and 0/1 targets may come as BOOL; the loss reads them as numbers.
+        arrays[name] = array.astype(np.int64) if array.dtype == np.bool_ else array
+    if offset != len(binary):
+        raise InferenceError(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
+    return arrays
+
+
+def _tensor(spec: dict[str, Any], binary: memoryview, offset: int) -> tuple[np.ndarray[Any, Any], int]:
+    name, shape, datatype = spec["name"], spec.get("shape"), spec.get("datatype")
+    if datatype not in DATATYPES:
+        raise InferenceError(f"input {name}: unsupported datatype {datatype!r}; use one of {', '.join(DATATYPES)}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise InferenceError(f"input {name}: shape must be a list of non-negative integers, got {shape!r}")
+    dtype = DATATYPES[datatype]
+    count = math.prod(shape)
+    size = (spec.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        expected = count * dtype.itemsize
+        if size != expected:
+            raise InferenceError(
+                f"input {name}: binary_data_size {size} but shape {shape} of {datatype} needs {expected}"
+            )
+        if offset + size > len(binary):
+            raise InferenceError(f"input {name}: the body ends before its {size} bytes of binary data")
+        array = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
+        return array, offset + size
+    if "data" not in spec:
+        raise InferenceError(f"input {name}: needs data, or binary_data_size with the binary extension")
+    try:
+        array = np.asarray(spec["data"])
+    except ValueError as exc:
+        raise InferenceError(f"input {name}: data is not a rectangular array: {exc}") from None
+    if array.dtype.kind not in "biuf" or array.size != count:
+        raise InferenceError(f"input {name}: data must hold {count} numbers for shape {shape}")
+    converted = array.astype(dtype)
+    if not np.array_equal(converted, array, equal_nan=True):
+        raise InferenceError(f"input {name}: data does not fit datatype {datatype} without changing values")
+    return converted.reshape(shape), offset
+
+
+def _response(
+    model: str,
+    header: dict[str, Any],
+    outputs: dict[str, np.ndarray[Any, Any]],
+    parameters: dict[str, Any],
+    binary_by_default: bool,
+) -> Response:
+    requested = header.get("outputs")
+    if requested is None:
+        wanted = dict.fromkeys(outputs, binary_by_default)
+    else:
+        wanted = {}
+        for item in requested:
+            if not isinstance(item, dict) or item.get("name") not in outputs:
+                raise InferenceError(f"unknown output {item!r}; outputs are {', '.join(outputs)}")
+            wanted[item["name"]] = bool((item.get("parameters") or {}).get("binary_data", binary_by_default))
+    datatype = "FP32" if next(iter(outputs.values())).dtype == np.float32 else "FP64"
+    tensors, chunks = [], []
+    for name, binary in wanted.items():
+        array = outputs[name]
+        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if binary:
+            raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            tensor["data"] = array.ravel().tolist()
+        tensors.append(tensor)
+    result: dict[str, Any] = {"model_name": model, "model_version": "1", "parameters": parameters, "outputs": tensors}
+    if "id" in header:
+        result["id"] = header["id"]
+    encoded = orjson.dumps(result)
+    if not chunks:
+        return Response(encoded, media_type="application/json")
+    return Response(
+        encoded + b"".join(chunks),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(encoded))},
+    )

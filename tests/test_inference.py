@@ -1,0 +1,204 @@
+"""Open Inference Protocol v2: the real tritonclient against a served process, and the edge cases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from service.engine import compute
+from tests.servers import served
+
+RNG = np.random.default_rng(4)
+LOGITS = RNG.normal(0, 2, (8, 5)).astype(np.float32)
+LABELS = RNG.integers(0, 5, 8)
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    with served() as base:
+        yield base
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_gets_the_engines_numbers(url: str, binary: bool) -> None:
+    http = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http]")
+    client = http.InferenceServerClient(url=url.removeprefix("http://"))
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("scce")
+    assert client.get_model_metadata("scce")["name"] == "sparse_categorical_crossentropy"
+    predictions = http.InferInput("predictions", list(LOGITS.shape), "FP32")
+    predictions.set_data_from_numpy(LOGITS, binary_data=binary)
+    labels = http.InferInput("labels", list(LABELS.shape), "INT64")
+    labels.set_data_from_numpy(LABELS.astype(np.int64), binary_data=binary)
+    outputs = [http.InferRequestedOutput(name, binary_data=binary) for name in ("per_sample", "mean")]
+    parameters = {
+        "from_logits": True,
+        "label_smoothing": 0.1,
+        "convention": "torch",
+        "dtype": "float32",
+        "model": "oip",
+    }
+    result = client.infer(
+        "sparse_categorical_crossentropy", [predictions, labels], outputs=outputs, parameters=parameters
+    )
+    expected = compute(
+        "scce",
+        LOGITS,
+        LABELS,
+        options={"from_logits": True, "label_smoothing": 0.1},
+        dtype="float32",
+        convention="torch",
+    )
+    np.testing.assert_array_equal(result.as_numpy("per_sample"), expected.per_sample)
+    assert result.as_numpy("mean").tolist() == [np.float32(expected.mean)]
+    assert result.get_response()["parameters"]["count"] == 8
+    with pytest.raises(Exception, match=r"\[400\] parameters.from_logits"):
+        client.infer("scce", [predictions, labels], parameters={"from_logits": "yes"})
+    with pytest.raises(Exception, match=r"\[404\] unknown loss 'nope'"):
+        client.infer("nope", [predictions, labels])
+
+
+def tensor(name: str, array: np.ndarray[Any, Any], datatype: str, binary: bool = False) -> tuple[dict[str, Any], bytes]:
+    spec: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype}
+    if binary:
+        raw = array.tobytes()
+        spec["parameters"] = {"binary_data_size": len(raw)}
+        return spec, raw
+    spec["data"] = array.tolist()
+    return spec, b""
+
+
+async def infer(
+    client: httpx.AsyncClient, loss: str, tensors: list[tuple[dict[str, Any], bytes]], **request: Any
+) -> httpx.Response:
+    header = orjson.dumps({"inputs": [spec for spec, _ in tensors], **request})
+    blobs = b"".join(raw for _, raw in tensors)
+    headers = {"inference-header-content-length": str(len(header))} if blobs else {}
+    return await client.post(f"/v2/models/{loss}/infer", content=header + blobs, headers=headers)
+
+
+@pytest.mark.anyio
+async def test_server_and_model_endpoints(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/v2")).json()["extensions"] == ["binary_tensor_data"]
+    assert (await client.get("/v2/health/live")).json() == {"live": True}
+    assert (await client.get("/v2/health/ready")).json() == {"ready": True}
+    assert (await client.get("/v2/models/mse/ready")).json() == {"name": "mean_squared_error", "ready": True}
+    missing = await client.get("/v2/models/nope")
+    assert missing.status_code == 404
+    assert "unknown loss 'nope'" in missing.json()["error"]
+
+
+@pytest.mark.anyio
+async def test_json_tensors_nested_data_bool_labels_and_fp16(client: httpx.AsyncClient) -> None:
+    predictions = np.array([[0.25, 0.5], [0.75, 1.0]], dtype=np.float16)
+    labels = np.array([[True, False], [False, True]])
+    response = await infer(
+        client,
+        "bce",
+        [tensor("predictions", predictions, "FP16"), tensor("labels", labels, "BOOL", binary=True)],
+        parameters={"dtype": "float64"},
+    )
+    assert response.status_code == 200, response.text
+    # binary_data_output is not set and no outputs are named: a plain JSON answer
+    assert "inference-header-content-length" not in response.headers
+    assert response.headers["content-type"] == "application/json"
+    body = orjson.loads(response.content)
+    expected = compute("bce", predictions.astype(np.float64), labels.astype(float))
+    assert body["outputs"][0]["data"] == pytest.approx(expected.per_sample.tolist(), rel=1e-15)
+    assert body["outputs"][1] == {"name": "mean", "datatype": "FP64", "shape": [1], "data": [expected.mean]}
+
+
+@pytest.mark.anyio
+async def test_binary_outputs_on_request(client: httpx.AsyncClient) -> None:
+    response = await infer(
+        client,
+        "scce",
+        [tensor("predictions", LOGITS, "FP32", binary=True), tensor("labels", LABELS.astype(np.int32), "INT32")],
+        parameters={"from_logits": True, "binary_data_output": True},
+        id="r-1",
+    )
+    size = int(response.headers["inference-header-content-length"])
+    header = orjson.loads(response.content[:size])
+    assert header["id"] == "r-1"
+    per_sample_bytes = header["outputs"][0]["parameters"]["binary_data_size"]
+    per_sample = np.frombuffer(response.content[size : size + per_sample_bytes], dtype="<f8")
+    np.testing.assert_array_equal(per_sample, compute("scce", LOGITS, LABELS, options={"from_logits": True}).per_sample)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("tensors", "request_fields", "message"),
+    [
+        ([tensor("predictions", LOGITS, "FP32")], {}, "input labels: Field required"),
+        ([tensor("predictions", LOGITS, "FP32"), tensor("extra", LABELS, "INT64")], {}, "unexpected input 'extra'"),
+        ([tensor("predictions", LOGITS, "FP33"), tensor("labels", LABELS, "INT64")], {}, "unsupported datatype 'FP33'"),
+        (
+            [
+                ({"name": "predictions", "shape": [8, 5], "datatype": "FP32", "data": [1.0]}, b""),
+                tensor("labels", LABELS, "INT64"),
+            ],
+            {},
+            "must hold 40 numbers",
+        ),
+        (
+            [
+                tensor("predictions", LOGITS, "FP32"),
+                ({"name": "labels", "shape": [8], "datatype": "INT64", "data": [0.5] * 8}, b""),
+            ],
+            {},
+            "without changing values",
+        ),
+        (
+            [tensor("predictions", LOGITS, "FP32"), tensor("labels", LABELS + 9, "INT64")],
+            {"parameters": {"from_logits": True}},
+            "input labels[0]: class label",
+        ),
+        (
+            [tensor("predictions", LOGITS, "FP32"), tensor("labels", LABELS, "INT64")],
+            {"parameters": {"convention": "jax"}},
+            "parameters.convention",
+        ),
+        (
+            [tensor("predictions", LOGITS, "FP32"), tensor("labels", LABELS, "INT64")],
+            {"parameters": {"from_logits": True}, "outputs": [{"name": "loss"}]},
+            "unknown output",
+        ),
+    ],
+)
+async def test_inference_errors_are_400_with_an_error_field(
+    client: httpx.AsyncClient, tensors: list[tuple[dict[str, Any], bytes]], request_fields: dict[str, Any], message: str
+) -> None:
+    response = await infer(client, "scce", tensors, **request_fields)
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+
+
+@pytest.mark.anyio
+async def test_binary_framing_errors(client: httpx.AsyncClient) -> None:
+    spec, raw = tensor("predictions", LOGITS, "FP32", binary=True)
+    header = orjson.dumps({"inputs": [spec, tensor("labels", LABELS, "INT64")[0]]})
+    short = await client.post(
+        "/v2/models/scce/infer",
+        content=header + raw[:-4],
+        headers={"inference-header-content-length": str(len(header))},
+    )
+    assert "ends before" in short.json()["error"]
+    extra = await client.post(
+        "/v2/models/scce/infer",
+        content=header + raw + b"xx",
+        headers={"inference-header-content-length": str(len(header))},
+    )
+    assert "not claimed" in extra.json()["error"]
+    wrong = await client.post(
+        "/v2/models/scce/infer", content=header + raw, headers={"inference-header-content-length": "99999"}
+    )
+    assert "does not fit" in wrong.json()["error"]
+    broken = await client.post("/v2/models/scce/infer", content=b"{nope")
+    assert "malformed inference request JSON" in broken.json()["error"]
