@@ -10,24 +10,31 @@ from typing import Any
 
 import anyio.to_thread
 from fastapi import Request
+from pydantic import BaseModel
 
 from service.engine import Reduced, compute, resolve
 from service.monitoring import Monitor
 
 
-def run_loss(request: Any, monitor: Monitor) -> tuple[str, Reduced]:
-    """Compute a validated loss request (a generated `<Loss>Request` model) and record it."""
-    name = resolve(request.loss).name
+def compute_loss(batch: Any, loss: str, options: BaseModel) -> tuple[str, Reduced]:
+    """One loss over a validated batch (any `Batch` model): its catalogue name and result."""
+    name = resolve(loss).name
     reduced = compute(
         name,
-        request.predictions,
-        request.labels,
-        options=request.options.model_dump(),
-        sample_weight=request.sample_weight,
-        dtype=request.dtype,
-        convention=request.convention,
-        chunk=request.chunk,
+        batch.predictions,
+        batch.labels,
+        options=options.model_dump(),
+        sample_weight=batch.sample_weight,
+        dtype=batch.dtype,
+        convention=batch.convention,
+        chunk=batch.chunk,
     )
+    return name, reduced
+
+
+def run_loss(request: Any, monitor: Monitor) -> tuple[str, Reduced]:
+    """Compute a validated loss request (a generated `<Loss>Request` model) and record it."""
+    name, reduced = compute_loss(request, request.loss, request.options)
     monitor.observe_batch(request.model, name, reduced.per_sample, reduced.mean)
     return name, reduced
 

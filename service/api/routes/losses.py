@@ -10,7 +10,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.batches import off_loop, run_loss
+from service.api.batches import compute_loss, off_loop, run_loss
 from service.api.body import (
     ARROW_MEDIA_TYPE,
     BATCH_MEDIA_TYPES,
@@ -30,7 +30,7 @@ from service.api.schemas import (
     loss_info,
     loss_request_adapter,
 )
-from service.engine import LossInputError, Reduced, catalogue, compute, resolve
+from service.engine import LossInputError, Reduced, catalogue, resolve
 from service.monitoring import Monitor
 
 router = APIRouter(prefix="/v1", tags=["losses"])
@@ -164,18 +164,8 @@ def _compute_many(body: bytes, monitor: Monitor) -> dict[str, Any]:
     request = _validate(evaluate_request_model(), body, monitor)
     results = []
     for position, call in enumerate(request.losses):
-        name = resolve(call.loss).name
         try:
-            reduced = compute(
-                name,
-                request.predictions,
-                request.labels,
-                options=call.options.model_dump(),
-                sample_weight=request.sample_weight,
-                dtype=request.dtype,
-                convention=request.convention,
-                chunk=request.chunk,
-            )
+            name, reduced = compute_loss(request, call.loss, call.options)
         except LossInputError as exc:
             if exc.field.startswith("options."):
                 raise LossInputError(f"losses.{position}.{exc.field}", exc.reason, exc.index) from None

@@ -1,0 +1,272 @@
+"""HTTP benchmarks: loss-service against a bare FastAPI app and in-process floors, in one run.
+
+    make bench        (needs wrk: apt-get install wrk)
+
+Both servers run as one uvicorn worker with httptools and uvloop on loopback. Reported figures are
+medians of repeated runs; ratios compare numbers measured in this same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pyarrow as pa
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def server(command: list[str], env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    process = subprocess.Popen(
+        [*command, "--port", str(port)],
+        env={**os.environ, "LOSS_SERVICE_LOG_LEVEL": "warning", **(env or {})},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.post(f"{url}/v1/loss", content=b"{}", headers={"content-type": "application/json"}, timeout=1)
+            break
+        except httpx.TransportError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{command[0]} did not start") from None
+            time.sleep(0.1)
+    try:
+        yield url, process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def loss_service() -> list[str]:
+    return [str(BIN / "loss-service"), "serve", "--host", "127.0.0.1", "--workers", "1"]
+
+
+def bare_app() -> list[str]:
+    return [
+        str(BIN / "uvicorn"),
+        "bench.bare_app:app",
+        "--http",
+        "httptools",
+        "--loop",
+        "uvloop",
+        "--log-level",
+        "warning",
+    ]
+
+
+def wrk(url: str, body: bytes, seconds: int, connections: int) -> tuple[float, float, float]:
+    """Requests/s, p50 and p99 latency in ms, from wrk with one thread (the other core serves)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = [==[{body.decode()}]==]\n"
+        )
+    try:
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, f"{url}/v1/loss"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        os.unlink(script.name)
+    if "Non-2xx" in out:
+        raise RuntimeError(f"wrk saw errors:\n{out}")
+
+    def latency(percent: str) -> float:
+        value, unit = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\b", out, re.MULTILINE).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return rate, latency("50"), latency("99")
+
+
+def median_seconds(work: Callable[[], Any], repeats: int) -> float:
+    work()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def bodies(n: int, c: int) -> dict[str, tuple[str, bytes, dict[str, str], dict[str, str]]]:
+    """(path, body, headers, query) per format for one n x c cross-entropy batch."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(n, c))
+    labels = rng.integers(0, c, n)
+    json_body = orjson.dumps(
+        {"loss": "scce", "predictions": logits, "labels": labels, "options": {"from_logits": True}},
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+    npz = io.BytesIO()
+    np.savez(npz, predictions=logits, labels=labels)
+    table = pa.table({"predictions": pa.FixedSizeListArray.from_arrays(pa.array(logits.ravel()), c), "labels": labels})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "predictions",
+                    "shape": [n, c],
+                    "datatype": "FP64",
+                    "parameters": {"binary_data_size": logits.nbytes},
+                },
+                {
+                    "name": "labels",
+                    "shape": [n],
+                    "datatype": "INT64",
+                    "parameters": {"binary_data_size": labels.nbytes},
+                },
+            ],
+            "parameters": {"from_logits": True, "binary_data_output": True},
+        }
+    )
+    query = {"loss": "scce", "options": '{"from_logits": true}'}
+    return {
+        "JSON": ("/v1/loss", json_body, {"content-type": "application/json"}, {}),
+        "npz": ("/v1/loss", npz.getvalue(), {"content-type": "application/x-npz"}, query),
+        "Arrow": (
+            "/v1/loss",
+            sink.getvalue().to_pybytes(),
+            {"content-type": "application/vnd.apache.arrow.stream"},
+            query,
+        ),
+        "OIP binary": (
+            "/v2/models/scce/infer",
+            header + logits.tobytes() + labels.tobytes(),
+            {"inference-header-content-length": str(len(header))},
+            {},
+        ),
+    }
+
+
+def peak_rss_bytes(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
+    parser.add_argument("--repeats", type=int, default=3, help="wrk runs per server (medians reported)")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench/http.py needs wrk as its load generator: apt-get install wrk")
+    print(f"# {os.cpu_count()} cores, {sys.platform}; medians; loopback; one uvicorn worker each\n")
+
+    small = orjson.dumps(
+        {
+            "loss": "scce",
+            "predictions": np.random.default_rng(1).normal(size=(32, 10)),
+            "labels": np.random.default_rng(2).integers(0, 10, 32),
+            "options": {"from_logits": True},
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+    rows = {}
+    for name, command in (("bare FastAPI", bare_app()), ("loss-service", loss_service())):
+        with server(command) as (url, _):
+            runs = [wrk(url, small, args.seconds, 8) for _ in range(args.repeats)]
+        rows[name] = tuple(statistics.median(r[i] for r in runs) for i in range(3))
+    bare_rate = rows["bare FastAPI"][0]
+    print("Small requests: 32 x 10 cross-entropy from logits, JSON, concurrency 8 (wrk, 1 thread)\n")
+    print("| server | requests/s | p50 ms | p99 ms | throughput vs bare |")
+    print("|---|---|---|---|---|")
+    for name, (rate, p50, p99) in rows.items():
+        print(f"| {name} | {rate:,.0f} | {p50:.2f} | {p99:.2f} | {rate / bare_rate:.0%} |")
+
+    n, c = 10_000, 100
+    formats = bodies(n, c)
+    print(f"\nLarge requests: {n:,} x {c} cross-entropy from logits (median of 7, one client)\n")
+    print("| format | body MB | loss-service ms | bare app receives ms | ratio to bare | ratio to parse floor |")
+    print("|---|---|---|---|---|---|")
+    json_body = formats["JSON"][1]
+
+    def parse_floor() -> None:
+        parsed = orjson.loads(json_body)
+        np.asarray(parsed["predictions"])
+        np.asarray(parsed["labels"])
+
+    floor = median_seconds(parse_floor, 7)
+    timings: dict[str, dict[str, float]] = {}
+    for name, command in (("bare", bare_app()), ("service", loss_service())):
+        with server(command) as (url, _), httpx.Client(base_url=url, timeout=120) as client:
+            for fmt, (path, body, headers, query) in formats.items():
+
+                def post(
+                    path: str = path,
+                    body: bytes = body,
+                    headers: dict[str, str] = headers,
+                    query: dict[str, str] = query,
+                ) -> None:
+                    response = client.post(path, content=body, headers=headers, params=query)
+                    response.raise_for_status()
+
+                timings.setdefault(fmt, {})[name] = median_seconds(post, 7)
+    for fmt, (_, body, _, _) in formats.items():
+        service_s, bare_s = timings[fmt]["service"], timings[fmt]["bare"]
+        floor_ratio = f"{service_s / floor:.2f}x (floor {floor * 1e3:.1f} ms)" if fmt == "JSON" else "-"
+        cells = [
+            f"{len(body) / 1e6:.1f}",
+            f"{service_s * 1e3:.1f}",
+            f"{bare_s * 1e3:.1f}",
+            f"{service_s / bare_s:.2f}x",
+        ]
+        print(f"| {fmt} | {' | '.join(cells)} | {floor_ratio} |")
+
+    rows_100mb = 1_000_000
+    big = orjson.dumps(
+        {
+            "loss": "mse",
+            "predictions": np.random.default_rng(3).normal(size=(rows_100mb, 5)),
+            "labels": np.random.default_rng(4).normal(size=(rows_100mb, 5)),
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+    with server(loss_service()) as (url, pid):
+        before = peak_rss_bytes(pid)
+        httpx.post(
+            f"{url}/v1/loss", content=big, headers={"content-type": "application/json"}, timeout=300
+        ).raise_for_status()
+        peak = peak_rss_bytes(pid)
+    print(f"\nPeak RSS for one {len(big) / 1e6:.0f} MB JSON request (MSE, {rows_100mb:,} x 5 twice)\n")
+    print("| RSS before MB | peak RSS MB | peak / body size |")
+    print("|---|---|---|")
+    print(f"| {before / 1e6:.0f} | {peak / 1e6:.0f} | {peak / len(big):.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
