@@ -40,6 +40,21 @@ async def read_body(request: Request, accepted: tuple[str, ...] = (JSON_MEDIA_TY
     return media_type, body
 
 
+def _booleans_outside_arrays(data: Any) -> int:
+    def count(value: Any) -> int:
+        if isinstance(value, bool):
+            return 1
+        if isinstance(value, dict):
+            return sum(count(v) for v in value.values())
+        if isinstance(value, list):
+            return sum(count(v) for v in value)
+        return 0
+
+    if not isinstance(data, dict):
+        return count(data)
+    return sum(count(value) for key, value in data.items() if key not in ARRAY_FIELDS)
+
+
 def validate_binary(schema: TypeAdapter[Any], media_type: str, body: bytes, query: Mapping[str, str]) -> Any:
     """A binary body's arrays plus the query's fields, validated like a JSON body."""
     arrays = _npz_arrays(body) if media_type == NPZ_MEDIA_TYPE else _arrow_arrays(body)
@@ -87,11 +102,27 @@ def _arrow_arrays(body: bytes) -> dict[str, np.ndarray[Any, Any]]:
 
 
 def validate_json(schema: type[BaseModel] | TypeAdapter[Any], body: bytes) -> Any:
-    """Parse and validate in one pass (pydantic-core's JSON parser, arrays straight to NumPy)."""
-    context = {BOOLEANS_PRESENT: b"true" in body or b"false" in body}
+    """Parse with orjson, validate the objects with the Pydantic models, arrays straight to NumPy.
+
+    orjson builds a 1e6-number body's lists ~4x faster than pydantic-core's JSON mode builds them
+    for a validator (measured: 93 ms against 478 ms for 20 MB). Bodies orjson refuses are parsed by
+    pydantic-core instead: it reports malformed JSON precisely and reads NaN, Infinity and 1e400,
+    which the array validator then refuses by field and index instead of a vague 400.
+    """
+    tokens = body.count(b"true") + body.count(b"false")
+    context = {BOOLEANS_PRESENT: tokens > 0}
     try:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            if isinstance(schema, TypeAdapter):
+                return schema.validate_json(body, context=context)
+            return schema.model_validate_json(body, context=context)
+        # Booleans in the small fields (options, chunk) account for their tokens; only tokens left
+        # over can be booleans inside the arrays, which need the exact per-element walk.
+        context[BOOLEANS_PRESENT] = tokens > _booleans_outside_arrays(data)
         if isinstance(schema, TypeAdapter):
-            return schema.validate_json(body, context=context)
-        return schema.model_validate_json(body, context=context)
+            return schema.validate_python(data, context=context)
+        return schema.model_validate(data, context=context)
     except ValidationError as exc:
         raise validation_problem(exc) from None

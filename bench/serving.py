@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="wrk runs per server (medians reported)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
-        sys.exit("bench/http.py needs wrk as its load generator: apt-get install wrk")
+        sys.exit("bench/serving.py needs wrk as its load generator: apt-get install wrk")
     print(f"# {os.cpu_count()} cores, {sys.platform}; medians; loopback; one uvicorn worker each\n")
 
     small = orjson.dumps(
@@ -247,7 +247,7 @@ def main() -> None:
         ]
         print(f"| {fmt} | {' | '.join(cells)} | {floor_ratio} |")
 
-    rows_100mb = 1_000_000
+    rows_100mb = 500_000  # two (rows, 5) float64 arrays: ~100 MB of JSON
     big = orjson.dumps(
         {
             "loss": "mse",
