@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -11,10 +12,12 @@ from types import FrameType
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from service import __version__
 from service.api.errors import install_error_handlers
+from service.api.guards import ApiKeys, BodyLimit, ConcurrencyLimit, RequestLog
 from service.api.routes import health, inference, losses, metrics
 from service.api.schemas import Problem, evaluate_request_model, loss_request_adapter
 from service.config import Settings
@@ -80,9 +83,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(losses.router)
     app.include_router(inference.router)
     app.include_router(metrics.router)
+    # Outermost last: the request log sees everything, metrics count the guards' refusals.
+    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiKeys, keys=settings.api_keys or [], protect_metrics=settings.metrics_auth)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])
     app.add_middleware(MetricsMiddleware, monitor=app.state.monitor)
+    app.add_middleware(RequestLog)
+    _log_to_stderr(settings)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _log_to_stderr(settings: Settings) -> None:
+    """Access lines go to stderr as JSON, one per request (uvicorn's own access log is off)."""
+    logger = logging.getLogger("loss_service.access")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO if settings.log_level in ("info", "debug") else logging.WARNING)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

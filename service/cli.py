@@ -52,6 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
             http="httptools",
             loop="uvloop",
             timeout_graceful_shutdown=int(settings.shutdown_timeout) or None,
+            access_log=False,  # the app logs one JSON line per request instead
         )
     finally:
         if own_directory:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
@@ -29,6 +30,21 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds that in-flight requests get to finish after SIGTERM before they are cut off.",
     )
+    max_body_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1, description="Largest request body, after gzip inflation; larger gets 413."
+    )
+    max_concurrent: int = Field(
+        default=8, ge=1, description="Heavy requests computed at once per worker; more get 503 with Retry-After."
+    )
+    api_keys: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="Comma-separated API keys, or the path of a file with one per line; when set, /v1 and /v2 "
+        "require Authorization: Bearer <key>.",
+    )
+    metrics_auth: bool = Field(default=False, description="Require an API key for /metrics too.")
+    cors_origins: Annotated[list[str] | None, NoDecode] = Field(
+        default=None, description="Comma-separated origins allowed by CORS; unset: CORS off."
+    )
     max_models: int = Field(
         default=100, ge=1, description="Distinct `model` label values per worker; later ones are counted as 'other'."
     )
@@ -43,7 +59,17 @@ class Settings(BaseSettings):
         description="Directory for multi-worker metrics, wiped at start (default: <tmp>/loss-service-metrics-<pid>).",
     )
 
-    @field_validator("model_allowlist", "loss_buckets", mode="before")
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys_or_key_file(cls, value: Any) -> Any:
+        """A file path (one key per line) or comma-separated keys."""
+        if isinstance(value, str) and value.strip() and Path(value.strip()).is_file():
+            return [line.strip() for line in Path(value.strip()).read_text().splitlines() if line.strip()] or None
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()] or None
+        return value
+
+    @field_validator("model_allowlist", "loss_buckets", "cors_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):

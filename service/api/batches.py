@@ -32,10 +32,15 @@ def compute_loss(batch: Any, loss: str, options: BaseModel) -> tuple[str, Reduce
     return name, reduced
 
 
-def run_loss(request: Any, monitor: Monitor) -> tuple[str, Reduced]:
-    """Compute a validated loss request (a generated `<Loss>Request` model) and record it."""
+def run_loss(request: Any, monitor: Monitor, log: dict[str, Any] | None = None) -> tuple[str, Reduced]:
+    """Compute a validated loss request (a generated `<Loss>Request` model) and record it.
+
+    `log`: the request's scope state, where the access log finds model, loss and batch size.
+    """
     name, reduced = compute_loss(request, request.loss, request.options)
     monitor.observe_batch(request.model, name, reduced.per_sample, reduced.mean)
+    if log is not None:
+        log.update(model=request.model, loss=name, batch_size=len(request.predictions))
     return name, reduced
 
 

@@ -142,12 +142,13 @@ async def infer(loss: str, request: Request) -> Response:
     monitor: Monitor = request.app.state.monitor
     header_length = request.headers.get(HEADER_LENGTH)
     try:
-        return await off_loop(request, len(body), lambda: _infer(loss, body, header_length, monitor))  # type: ignore[no-any-return]
+        log = request.scope.setdefault("state", {})
+        return await off_loop(request, len(body), lambda: _infer(loss, body, header_length, monitor, log))  # type: ignore[no-any-return]
     except InferenceError as exc:
         return _error(str(exc), exc.status)
 
 
-def _infer(loss: str, body: bytes, header_length: str | None, monitor: Monitor) -> Response:
+def _infer(loss: str, body: bytes, header_length: str | None, monitor: Monitor, log: dict[str, Any]) -> Response:
     name = _catalogue_name(loss)
     header, binary = _split(body, header_length)
     request_parameters = header.get("parameters") or {}
@@ -164,7 +165,7 @@ def _infer(loss: str, body: bytes, header_length: str | None, monitor: Monitor) 
         validated = loss_request_adapter().validate_python(
             {"loss": name, **fields, **arrays, "options": options}, context={}
         )
-        computed, reduced = run_loss(validated, monitor)
+        computed, reduced = run_loss(validated, monitor, log)
     except ValidationError as exc:
         problem = validation_problem(exc)
         monitor.record_nonfinite(problem.nonfinite_fields)

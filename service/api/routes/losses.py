@@ -154,9 +154,9 @@ def _validate(schema: Any, body: bytes, monitor: Monitor, media_type: str = JSON
         raise
 
 
-def _compute_one(body: bytes, monitor: Monitor, media_type: str, query: Any) -> dict[str, Any]:
+def _compute_one(body: bytes, monitor: Monitor, media_type: str, query: Any, log: dict[str, Any]) -> dict[str, Any]:
     request = _validate(loss_request_adapter(), body, monitor, media_type, query)
-    name, reduced = run_loss(request, monitor)
+    name, reduced = run_loss(request, monitor, log)
     return _result(name, reduced, request.dtype, request.convention)
 
 
@@ -193,7 +193,8 @@ def _compute_many(body: bytes, monitor: Monitor) -> dict[str, Any]:
 async def loss(request: Request) -> Response:
     media_type, body = await read_body(request, BATCH_MEDIA_TYPES)
     monitor, query = request.app.state.monitor, request.query_params
-    result = await off_loop(request, len(body), lambda: _compute_one(body, monitor, media_type, query))
+    log = request.scope.setdefault("state", {})
+    result = await off_loop(request, len(body), lambda: _compute_one(body, monitor, media_type, query, log))
     return _npz(result) if _wants_npz(request) else _json(result)
 
 

@@ -1,0 +1,232 @@
+"""Request guards, as pure ASGI middleware: request ids and access logs, API keys, body limits
+(gzip included) and a bound on concurrent heavy requests.
+
+Each refuses with RFC 9457 problem details before the body is read in full.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+import anyio
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.errors import ProblemError, problem_response
+
+HEAVY_PREFIXES = ("/v1/loss", "/v1/evaluate", "/v2/models/")
+PROTECTED_PREFIXES = ("/v1/", "/v2")
+access_log = logging.getLogger("loss_service.access")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _refused(status: int, detail: str, headers: dict[str, str] | None = None) -> ProblemError:
+    # Raised while a route reads the body, a ProblemError reaches the app's own handler (a
+    # generic exception would become a 500); raised before the app runs, it is sent by `_refuse`.
+    return ProblemError(status, detail, headers=headers)
+
+
+async def _refuse(send: Send, refusal: ProblemError, scope: Scope) -> None:
+    response = problem_response(refusal.status, refusal.detail, headers=refusal.headers)
+    await response(scope, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.disconnect"}
+
+
+class RequestLog:
+    """Accepts or generates X-Request-ID, echoes it, and logs one JSON line per request.
+
+    The line holds id, method, route template, status, duration, body size, and the `model`
+    and `loss` the route recorded in `scope["state"]`; never payload data or credentials.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, b"x-request-id")
+        request_id = given if given and len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started, status, size = time.perf_counter(), 500, 0
+
+        async def counting() -> Message:
+            nonlocal size
+            message = await receive()
+            size += len(message.get("body", b""))
+            return message
+
+        async def tagging(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, counting, tagging)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            state = scope.get("state", {})
+            access_log.info(
+                orjson.dumps(
+                    {
+                        "request_id": request_id,
+                        "method": scope["method"],
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1e3, 3),
+                        "body_bytes": size,
+                        "model": state.get("model"),
+                        "loss": state.get("loss"),
+                        "batch_size": state.get("batch_size"),
+                    }
+                ).decode()
+            )
+
+
+class ApiKeys:
+    """Bearer API keys on /v1 and /v2 (and /metrics if asked); health endpoints stay open."""
+
+    def __init__(self, app: ASGIApp, keys: Iterable[str], protect_metrics: bool) -> None:
+        self.app = app
+        self.keys = [key.encode() for key in keys]
+        self.protect_metrics = protect_metrics
+
+    def _protected(self, path: str) -> bool:
+        if path.startswith("/v2/health/"):
+            return False  # probes stay open, as /livez and /readyz do
+        return path.startswith(PROTECTED_PREFIXES) or (self.protect_metrics and path == "/metrics")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys or not self._protected(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        header = _header(scope, b"authorization") or ""
+        scheme, _, token = header.partition(" ")
+        # compare_digest against every key: the time taken says nothing about which key is near.
+        matched = scheme.lower() == "bearer" and any(
+            [hmac.compare_digest(token.strip().encode(), key) for key in self.keys]  # noqa: C419 (no short circuit)
+        )
+        if not matched:
+            challenge = 'Bearer realm="loss-service"' + ("" if not header else ', error="invalid_token"')
+            detail = "an API key is required: Authorization: Bearer <key>" if not header else "the API key is not valid"
+            await _refuse(send, _refused(401, detail, {"WWW-Authenticate": challenge}), scope)
+            return
+        await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """Refuses bodies over `max_bytes` (413): by Content-Length at once, else while streaming.
+
+    `Content-Encoding: gzip` bodies are inflated here, with the limit applied to the inflated
+    size, so a small compressed bomb is refused after at most `max_bytes` of output.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await _refuse(send, _refused(413, self._too_large(int(length))), scope)
+            return
+        encoding = (_header(scope, b"content-encoding") or "identity").strip().lower()
+        if encoding not in ("identity", "gzip"):
+            await _refuse(send, _refused(415, f"Content-Encoding {encoding!r} is not supported; use gzip"), scope)
+            return
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding == "gzip" else None
+        if inflater is not None:
+            # Downstream sees the inflated body: its length and encoding are no longer those headers.
+            scope = {
+                **scope,
+                "headers": [(k, v) for k, v in scope["headers"] if k not in (b"content-length", b"content-encoding")],
+            }
+        received = 0
+        started = False
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] != "http.request":
+                return message
+            chunk = message.get("body", b"")
+            if inflater is not None:
+                chunk = self._inflate(inflater, chunk, received, more=message.get("more_body", False))
+            received += len(chunk)
+            if received > self.max_bytes:
+                raise _refused(413, self._too_large(received, streaming=True))
+            return {**message, "body": chunk}
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, tracking)
+        except ProblemError as refusal:
+            if started:
+                raise
+            await _refuse(send, refusal, scope)
+
+    def _inflate(self, inflater: Any, chunk: bytes, received: int, *, more: bool) -> bytes:
+        try:
+            out: bytes = inflater.decompress(chunk, self.max_bytes - received + 1)
+            if inflater.unconsumed_tail:
+                raise _refused(413, self._too_large(received + len(out), streaming=True))
+            if not more and not inflater.eof:
+                raise _refused(400, "malformed gzip body: it ends before the gzip stream does")
+        except zlib.error as exc:
+            raise _refused(400, f"malformed gzip body: {exc}") from None
+        return out
+
+    def _too_large(self, size: int, streaming: bool = False) -> str:
+        what = "more than" if streaming else ""
+        return (
+            f"the request body is {what} {size:,} bytes; the limit is {self.max_bytes:,} (LOSS_SERVICE_MAX_BODY_BYTES)"
+        )
+
+
+class ConcurrencyLimit:
+    """At most `limit` heavy requests at once per worker; beyond it 503 with Retry-After, never a queue."""
+
+    def __init__(self, app: ASGIApp, limit: int, retry_after: int = 1) -> None:
+        self.app = app
+        self.slots = anyio.CapacityLimiter(limit)
+        self.retry_after = retry_after
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith(HEAVY_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        try:
+            self.slots.acquire_nowait()
+        except anyio.WouldBlock:
+            detail = f"{int(self.slots.total_tokens)} requests are already being computed; retry shortly"
+            await _refuse(send, _refused(503, detail, {"Retry-After": str(self.retry_after)}), scope)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.slots.release()

@@ -1,0 +1,184 @@
+"""Request guards: body limits (gzip included), API keys, the concurrency bound, request ids and logs."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from service.app import create_app
+from service.config import Settings
+from tests.test_api import problem
+from tests.test_monitoring import samples, value
+
+pytestmark = pytest.mark.anyio
+BODY = {"loss": "mse", "predictions": [[1.0], [2.0]], "labels": [[1.0], [4.0]], "model": "guarded"}
+JSON = {"content-type": "application/json"}
+
+
+async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://g") as c:
+        yield c
+
+
+@pytest.fixture
+async def limited() -> AsyncIterator[httpx.AsyncClient]:
+    async for c in client_for(Settings(max_body_bytes=1000)):
+        yield c
+
+
+async def test_a_declared_oversize_body_is_refused_before_reading(limited: httpx.AsyncClient) -> None:
+    body = problem(await limited.post("/v1/loss", content=b"x" * 1001, headers=JSON), 413)
+    assert "limit is 1,000" in body["detail"]
+    assert "LOSS_SERVICE_MAX_BODY_BYTES" in body["detail"]
+
+
+async def test_a_streamed_oversize_body_is_refused_while_reading(limited: httpx.AsyncClient) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b" " * 100
+
+    response = await limited.post("/v1/loss", content=chunks(), headers=JSON)
+    assert "content-length" not in response.request.headers
+    assert "more than" in problem(response, 413)["detail"]
+    scrape = samples((await limited.get("/metrics")).text)
+    assert value(scrape, "loss_service_http_requests_rejected_total", reason="too_large") == 1
+
+
+async def test_gzip_bodies_are_inflated(limited: httpx.AsyncClient) -> None:
+    plain = await limited.post("/v1/loss", json=BODY)
+    zipped = await limited.post(
+        "/v1/loss", content=gzip.compress(json.dumps(BODY).encode()), headers={**JSON, "content-encoding": "gzip"}
+    )
+    assert zipped.status_code == 200
+    assert zipped.json() == plain.json()
+
+
+async def test_a_gzip_bomb_is_refused_at_the_inflated_limit(limited: httpx.AsyncClient) -> None:
+    bomb = gzip.compress(b" " * 10_000_000)
+    assert len(bomb) < 1000 * 20
+    response = await limited.post("/v1/loss", content=bomb, headers={**JSON, "content-encoding": "gzip"})
+    assert "limit is 1,000" in problem(response, 413)["detail"]
+
+
+async def test_truncated_gzip_and_unknown_encodings(limited: httpx.AsyncClient) -> None:
+    truncated = gzip.compress(json.dumps(BODY).encode())[:-10]
+    body = problem(await limited.post("/v1/loss", content=truncated, headers={**JSON, "content-encoding": "gzip"}), 400)
+    assert "malformed gzip" in body["detail"]
+    body = problem(await limited.post("/v1/loss", content=b"{}", headers={**JSON, "content-encoding": "br"}), 415)
+    assert "use gzip" in body["detail"]
+
+
+PROTECTED = [
+    ("POST", "/v1/loss"),
+    ("POST", "/v1/evaluate"),
+    ("GET", "/v1/losses"),
+    ("GET", "/v1/losses/mse"),
+    ("GET", "/v2"),
+    ("GET", "/v2/models/mse"),
+    ("POST", "/v2/models/mse/infer"),
+]
+
+
+@pytest.fixture
+async def keyed(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    key_file = tmp_path / "keys"
+    key_file.write_text("first-key\nsecond-key\n")
+    async for c in client_for(Settings(api_keys=str(key_file))):  # type: ignore[arg-type]
+        yield c
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+async def test_protected_routes_need_a_valid_key(keyed: httpx.AsyncClient, method: str, path: str) -> None:
+    missing = await keyed.request(method, path, json=BODY)
+    assert problem(missing, 401)["detail"].startswith("an API key is required")
+    assert missing.headers["www-authenticate"] == 'Bearer realm="loss-service"'
+    wrong = await keyed.request(method, path, json=BODY, headers={"authorization": "Bearer nope"})
+    assert problem(wrong, 401)["detail"] == "the API key is not valid"
+    assert "invalid_token" in wrong.headers["www-authenticate"]
+    right = await keyed.request(method, path, json=BODY, headers={"authorization": "Bearer second-key"})
+    assert right.status_code not in (401, 403)
+
+
+async def test_health_and_metrics_stay_open_unless_metrics_auth(keyed: httpx.AsyncClient) -> None:
+    for path in ("/livez", "/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"):
+        assert (await keyed.get(path)).status_code == 200, path
+    async for strict in client_for(Settings(api_keys=["k"], metrics_auth=True)):
+        problem(await strict.get("/metrics"), 401)
+        assert (await strict.get("/metrics", headers={"authorization": "Bearer k"})).status_code == 200
+
+
+async def test_heavy_requests_beyond_the_limit_get_503_with_retry_after() -> None:
+    release = anyio.Event()
+    arrived = anyio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield json.dumps(BODY).encode()[:10]
+        arrived.set()
+        await release.wait()
+        yield json.dumps(BODY).encode()[10:]
+
+    results: dict[str, httpx.Response] = {}
+
+    async def first(c: httpx.AsyncClient) -> None:
+        results["first"] = await c.post("/v1/loss", content=slow_body(), headers=JSON)
+
+    async for c in client_for(Settings(max_concurrent=1)):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(first, c)
+            await arrived.wait()
+            second = await c.post("/v1/loss", json=BODY)
+            assert problem(second, 503)["detail"].startswith("1 requests are already being computed")
+            assert second.headers["retry-after"] == "1"
+            assert (await c.get("/v1/losses/mse")).status_code == 200  # light requests are not limited
+            release.set()
+        assert results["first"].status_code == 200
+        assert (await c.post("/v1/loss", json=BODY)).status_code == 200  # the slot was released
+
+
+async def test_request_ids_and_one_json_log_line_per_request(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = logging.getLogger("loss_service.access")
+    logger.addHandler(caplog.handler)
+    try:
+        echoed = await client.post(
+            "/v1/loss", json=BODY, headers={"x-request-id": "abc-123", "authorization": "Bearer secret"}
+        )
+        generated = await client.get("/livez")
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert echoed.headers["x-request-id"] == "abc-123"
+    assert len(generated.headers["x-request-id"]) == 32
+    lines = [json.loads(record.getMessage()) for record in caplog.records if record.name == "loss_service.access"]
+    assert lines[0] == {
+        "request_id": "abc-123",
+        "method": "POST",
+        "route": "/v1/loss",
+        "status": 200,
+        "duration_ms": lines[0]["duration_ms"],
+        "body_bytes": lines[0]["body_bytes"],
+        "model": "guarded",
+        "loss": "mean_squared_error",
+        "batch_size": 2,
+    }
+    assert lines[0]["body_bytes"] > 0
+    assert "secret" not in caplog.text
+    assert "predictions" not in caplog.text
+    assert lines[1]["route"] == "/livez"
+
+
+async def test_cors_is_off_by_default_and_configurable(client: httpx.AsyncClient) -> None:
+    preflight = {"origin": "https://dash.example", "access-control-request-method": "POST"}
+    assert "access-control-allow-origin" not in (await client.options("/v1/loss", headers=preflight)).headers
+    async for c in client_for(Settings(cors_origins=["https://dash.example"])):
+        response = await c.options("/v1/loss", headers=preflight)
+        assert response.headers["access-control-allow-origin"] == "https://dash.example"
