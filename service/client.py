@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import anyio
 import httpx
@@ -248,13 +248,34 @@ def _loss_item(item: str | Mapping[str, Any]) -> dict[str, Any]:
     return {"loss": item["loss"], "options": dict(item.get("options", {}))}
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One HTTP exchange a client operation needs; `raw` returns the JSON whatever the status."""
+
+    method: str
+    path: str
+    body: dict[str, Any] | None = None
+    binary: bool = False
+    raw: bool = False
+
+
+T = TypeVar("T")
+Plan = Generator[_Call, Any, T]
+
+
 class _Base:
+    """What both clients share: settings, and each operation as a plan of HTTP calls.
+
+    A plan is a generator that yields the calls it needs and receives their decoded answers;
+    `LossClient` runs plans with blocking I/O and `AsyncLossClient` with `await`, so each
+    operation is written once.
+    """
+
     def __init__(
         self,
         base_url: str,
         *,
         api_key: str | None,
-        timeout: float,
         retries: int,
         backoff: float,
         chunk_size: int,
@@ -263,7 +284,6 @@ class _Base:
     ) -> None:
         if body_format not in ("auto", "json", "npz"):
             raise ValueError("body_format must be 'auto', 'json' or 'npz'")
-        self.body_format = body_format
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
         self.base_url = base_url.rstrip("/")
@@ -271,16 +291,77 @@ class _Base:
         self.backoff = backoff
         self.chunk_size = chunk_size
         self.progress = progress
+        self.body_format = body_format
         self._headers = {"accept": "application/json"}
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
-        self._timeout = timeout
 
     def _binary(self, body: Mapping[str, Any]) -> bool:
         """npz for large batches ("auto"), as asked otherwise; /v1/evaluate always speaks JSON."""
         if self.body_format == "auto":
             return bool(body["predictions"].size >= NPZ_THRESHOLD)
         return self.body_format == "npz"
+
+    def _delay(
+        self, attempt: int, method: str, response: httpx.Response | None, error: Exception | None
+    ) -> float | None:
+        """Seconds before another attempt, or None when this outcome is final."""
+        if attempt == self.retries:
+            return None
+        if error is not None:
+            return _retry_delay(attempt, self.backoff, None) if _safe_to_repeat(method, error) else None  # type: ignore[arg-type]
+        return _retry_delay(attempt, self.backoff, response)
+
+    def _outcome(self, call: _Call, response: httpx.Response | None, error: Exception | None) -> Any:
+        """The final answer of an exchange: its decoded body, or the typed error."""
+        if error is not None:
+            raise UnreachableError(self.base_url, error) from error
+        assert response is not None
+        if not call.raw:
+            _raise_for_status(response)
+        return _decode(response)
+
+    def _loss_plan(
+        self,
+        loss: str,
+        arrays: tuple[Any, Any, Any],
+        dtype: str,
+        convention: str,
+        model: str | None,
+        options: dict[str, Any],
+    ) -> Plan[LossResult]:
+        body = {**_batch(*arrays, dtype, convention, model), "loss": loss, "options": options}
+        binary = self._binary(body)
+        parts = []
+        for chunk in _planned(body, self.chunk_size, self.progress):
+            parts.append(_result((yield _Call("POST", "/v1/loss", chunk, binary))))
+        return _combine(parts)
+
+    def _evaluate_plan(
+        self,
+        arrays: tuple[Any, Any, Any],
+        losses: Sequence[str | Mapping[str, Any]],
+        dtype: str,
+        convention: str,
+        model: str | None,
+    ) -> Plan[list[LossResult]]:
+        body = {**_batch(*arrays, dtype, convention, model), "losses": [_loss_item(item) for item in losses]}
+        responses = []
+        for chunk in _planned(body, self.chunk_size, self.progress):
+            responses.append((yield _Call("POST", "/v1/evaluate", chunk)))
+        return _per_loss(responses, len(body["losses"]))
+
+    def _losses_plan(self) -> Plan[list[dict[str, Any]]]:
+        return list((yield _Call("GET", "/v1/losses"))["losses"])
+
+    def _health_plan(self) -> Plan[dict[str, Any]]:
+        live = yield _Call("GET", "/livez")
+        ready = yield _Call("GET", "/readyz", raw=True)  # 503 while starting or draining is an answer
+        return {
+            "live": live.get("status") == "ok",
+            "ready": ready.get("status") == "ready",
+            "status": ready.get("status"),
+        }
 
 
 class LossClient(_Base):
@@ -302,7 +383,6 @@ class LossClient(_Base):
         super().__init__(
             base_url,
             api_key=api_key,
-            timeout=timeout,
             retries=retries,
             backoff=backoff,
             chunk_size=chunk_size,
@@ -320,22 +400,27 @@ class LossClient(_Base):
     def close(self) -> None:
         self._http.close()
 
-    def _send(self, method: str, path: str, body: dict[str, Any] | None = None, binary: bool = False) -> Any:
-        content, headers, params = _encode(body, binary) if body is not None else (None, None, None)
+    def _exchange(self, call: _Call) -> Any:
+        content, headers, params = _encode(call.body, call.binary) if call.body is not None else (None, None, None)
         for attempt in range(self.retries + 1):
-            response: httpx.Response | None = None
+            response, error = None, None
             try:
-                response = self._http.request(method, path, content=content, headers=headers, params=params)
+                response = self._http.request(call.method, call.path, content=content, headers=headers, params=params)
             except httpx.TransportError as exc:
-                if attempt == self.retries or not _safe_to_repeat(method, exc):
-                    raise UnreachableError(self.base_url, exc) from exc
-            if response is not None:
-                delay = _retry_delay(attempt, self.backoff, response) if attempt < self.retries else None
-                if delay is None:
-                    _raise_for_status(response)
-                    return _decode(response)
-            time.sleep(_retry_delay(attempt, self.backoff, response) or 0.0)
+                error = exc
+            delay = self._delay(attempt, call.method, response, error)
+            if delay is None:
+                return self._outcome(call, response, error)
+            time.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _run(self, plan: Plan[T]) -> T:
+        try:
+            call = next(plan)
+            while True:
+                call = plan.send(self._exchange(call))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
     def loss(
         self,
@@ -350,14 +435,7 @@ class LossClient(_Base):
         **options: Any,
     ) -> LossResult:
         """One loss over a batch; keyword arguments other than these are the loss's options."""
-        body = {
-            **_batch(predictions, labels, sample_weight, dtype, convention, model),
-            "loss": loss,
-            "options": options,
-        }
-        binary = self._binary(body)
-        chunks = _planned(body, self.chunk_size, self.progress)
-        return _combine([_result(self._send("POST", "/v1/loss", c, binary)) for c in chunks])
+        return self._run(self._loss_plan(loss, (predictions, labels, sample_weight), dtype, convention, model, options))
 
     def evaluate(
         self,
@@ -371,29 +449,15 @@ class LossClient(_Base):
         model: str | None = None,
     ) -> list[LossResult]:
         """Several losses over one batch: names, or {"loss": name, "options": {...}} items."""
-        body = {
-            **_batch(predictions, labels, sample_weight, dtype, convention, model),
-            "losses": [_loss_item(item) for item in losses],
-        }
-        chunks = _planned(body, self.chunk_size, self.progress)
-        return _per_loss([self._send("POST", "/v1/evaluate", c) for c in chunks], len(body["losses"]))
+        return self._run(self._evaluate_plan((predictions, labels, sample_weight), losses, dtype, convention, model))
 
     def losses(self) -> list[dict[str, Any]]:
         """The catalogue: every loss with its formula, shapes and options."""
-        return list(self._send("GET", "/v1/losses")["losses"])
+        return self._run(self._losses_plan())
 
     def health(self) -> dict[str, Any]:
         """Liveness and readiness; a 503 from /readyz reads as {"ready": False, ...}."""
-        live = self._send("GET", "/livez")
-        try:
-            ready = self._http.get("/readyz").json()
-        except httpx.TransportError as exc:
-            raise UnreachableError(self.base_url, exc) from exc
-        return {
-            "live": live.get("status") == "ok",
-            "ready": ready.get("status") == "ready",
-            "status": ready.get("status"),
-        }
+        return self._run(self._health_plan())
 
 
 class AsyncLossClient(_Base):
@@ -415,7 +479,6 @@ class AsyncLossClient(_Base):
         super().__init__(
             base_url,
             api_key=api_key,
-            timeout=timeout,
             retries=retries,
             backoff=backoff,
             chunk_size=chunk_size,
@@ -435,22 +498,29 @@ class AsyncLossClient(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _send(self, method: str, path: str, body: dict[str, Any] | None = None, binary: bool = False) -> Any:
-        content, headers, params = _encode(body, binary) if body is not None else (None, None, None)
+    async def _exchange(self, call: _Call) -> Any:
+        content, headers, params = _encode(call.body, call.binary) if call.body is not None else (None, None, None)
         for attempt in range(self.retries + 1):
-            response: httpx.Response | None = None
+            response, error = None, None
             try:
-                response = await self._http.request(method, path, content=content, headers=headers, params=params)
+                response = await self._http.request(
+                    call.method, call.path, content=content, headers=headers, params=params
+                )
             except httpx.TransportError as exc:
-                if attempt == self.retries or not _safe_to_repeat(method, exc):
-                    raise UnreachableError(self.base_url, exc) from exc
-            if response is not None:
-                delay = _retry_delay(attempt, self.backoff, response) if attempt < self.retries else None
-                if delay is None:
-                    _raise_for_status(response)
-                    return _decode(response)
-            await anyio.sleep(_retry_delay(attempt, self.backoff, response) or 0.0)
+                error = exc
+            delay = self._delay(attempt, call.method, response, error)
+            if delay is None:
+                return self._outcome(call, response, error)
+            await anyio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run(self, plan: Plan[T]) -> T:
+        try:
+            call = next(plan)
+            while True:
+                call = plan.send(await self._exchange(call))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
     async def loss(
         self,
@@ -464,14 +534,9 @@ class AsyncLossClient(_Base):
         model: str | None = None,
         **options: Any,
     ) -> LossResult:
-        body = {
-            **_batch(predictions, labels, sample_weight, dtype, convention, model),
-            "loss": loss,
-            "options": options,
-        }
-        chunks = _planned(body, self.chunk_size, self.progress)
-        binary = self._binary(body)
-        return _combine([_result(await self._send("POST", "/v1/loss", c, binary)) for c in chunks])
+        return await self._run(
+            self._loss_plan(loss, (predictions, labels, sample_weight), dtype, convention, model, options)
+        )
 
     async def evaluate(
         self,
@@ -484,24 +549,12 @@ class AsyncLossClient(_Base):
         convention: str = "keras",
         model: str | None = None,
     ) -> list[LossResult]:
-        body = {
-            **_batch(predictions, labels, sample_weight, dtype, convention, model),
-            "losses": [_loss_item(item) for item in losses],
-        }
-        chunks = _planned(body, self.chunk_size, self.progress)
-        return _per_loss([await self._send("POST", "/v1/evaluate", c) for c in chunks], len(body["losses"]))
+        return await self._run(
+            self._evaluate_plan((predictions, labels, sample_weight), losses, dtype, convention, model)
+        )
 
     async def losses(self) -> list[dict[str, Any]]:
-        return list((await self._send("GET", "/v1/losses"))["losses"])
+        return await self._run(self._losses_plan())
 
     async def health(self) -> dict[str, Any]:
-        live = await self._send("GET", "/livez")
-        try:
-            ready = (await self._http.get("/readyz")).json()
-        except httpx.TransportError as exc:
-            raise UnreachableError(self.base_url, exc) from exc
-        return {
-            "live": live.get("status") == "ok",
-            "ready": ready.get("status") == "ready",
-            "status": ready.get("status"),
-        }
+        return await self._run(self._health_plan())

@@ -194,8 +194,8 @@ async def test_async_client_matches_the_sync_client(url: str) -> None:
         evaluated = await client.evaluate(LOGITS, LABELS, [{"loss": "scce", "options": {"from_logits": True}}])
         assert evaluated[0].count == 50
         assert len(await client.losses()) == 32
-        with pytest.raises(NotFoundError):
-            await client._send("GET", "/v1/losses/nothing")
+        with pytest.raises(InvalidInputError, match="unknown loss 'nothing'"):
+            await client.loss("nothing", LOGITS, LABELS)
 
 
 def test_unreachable_server_is_reported_after_retries() -> None:
