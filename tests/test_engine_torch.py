@@ -11,46 +11,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.engine import compute
 from tests.reference.torch_cases import torch_reference
-from tests.tolerance import FLOAT32_MEAN_ULPS, FLOAT32_ULPS, assert_close, class_sum_ulps
-
-
-def largest_weight(options: dict[str, Any]) -> float:
-    """The largest factor a weighting option can multiply a loss by (see tests/tolerance.py)."""
-    factor = 1.0
-    for name in ("class_weight", "weight", "pos_weight"):
-        if options.get(name):
-            factor *= max(1.0, *options[name])
-    return factor
-
+from tests.tolerance import assert_matches_reference
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "torch_reference.json").read_text())
 
 
 @pytest.mark.parametrize("case", FIXTURE["cases"], ids=lambda c: c["id"])
 def test_matches_committed_torch_numbers(case: dict[str, Any]) -> None:
-    result = compute(
-        case["loss"],
-        case["predictions"],
-        case["labels"],
-        options=case["options"],
-        dtype=case["dtype"],
-        convention="torch",
-    )
-    weight = max(largest_weight(case["options"]), case["scale"])
-    extra = class_sum_ulps(case["terms"]) - FLOAT32_ULPS
     expected = case["expected"]
-    assert_close(
-        result.per_sample,
-        expected["per_sample"],
-        case["dtype"],
-        what="per_sample",
-        weight=weight,
-        ulps=FLOAT32_ULPS + extra,
-    )
-    assert_close(
-        result.mean, expected["mean"], case["dtype"], what="mean", ulps=FLOAT32_MEAN_ULPS + extra, weight=weight
+    assert_matches_reference(
+        case, expected["per_sample"], expected["mean"], convention="torch", weight=case["scale"], terms=case["terms"]
     )
 
 
@@ -91,22 +62,8 @@ def classification_batches(draw: st.DrawFn) -> dict[str, Any]:
 def test_sparse_cross_entropy_matches_torch_live(batch: dict[str, Any]) -> None:
     case = {**batch, "loss": "sparse_categorical_crossentropy", "convention": "torch"}
     per_sample, mean = torch_reference(case)
-    result = compute(
-        case["loss"],
-        batch["predictions"],
-        batch["labels"],
-        options=batch["options"],
-        dtype=batch["dtype"],
-        convention="torch",
-    )
-    weight = largest_weight(batch["options"])
-    extra = (
-        class_sum_ulps(len(batch["predictions"][0])) - FLOAT32_ULPS if batch["options"].get("label_smoothing") else 0
-    )
-    assert_close(
-        result.per_sample, per_sample, batch["dtype"], what="per_sample", weight=weight, ulps=FLOAT32_ULPS + extra
-    )
-    assert_close(result.mean, mean, batch["dtype"], what="mean", ulps=FLOAT32_MEAN_ULPS + extra, weight=weight)
+    classes = len(batch["predictions"][0]) if batch["options"].get("label_smoothing") else 1
+    assert_matches_reference(case, per_sample, mean, convention="torch", terms=classes)
 
 
 @st.composite
@@ -141,14 +98,4 @@ def binary_batches(draw: st.DrawFn) -> dict[str, Any]:
 def test_binary_cross_entropy_matches_torch_live(batch: dict[str, Any]) -> None:
     case = {**batch, "loss": "binary_crossentropy", "convention": "torch"}
     per_sample, mean = torch_reference(case)
-    result = compute(
-        case["loss"],
-        batch["predictions"],
-        batch["labels"],
-        options=batch["options"],
-        dtype=batch["dtype"],
-        convention="torch",
-    )
-    weight = largest_weight(batch["options"])
-    assert_close(result.per_sample, per_sample, batch["dtype"], what="per_sample", weight=weight)
-    assert_close(result.mean, mean, batch["dtype"], what="mean", ulps=FLOAT32_MEAN_ULPS, weight=weight)
+    assert_matches_reference(case, per_sample, mean, convention="torch")

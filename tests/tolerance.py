@@ -54,3 +54,35 @@ def assert_close(
         assert worst <= ulps, f"{what}: {worst:.1f} ulp apart (limit {ulps})\n{a}\n{e}"
     else:
         np.testing.assert_allclose(a, e, rtol=FLOAT64_RTOL, atol=FLOAT64_ATOL, err_msg=what)
+
+
+def largest_weight(options: dict[str, Any]) -> float:
+    """The largest factor a weighting option can multiply a loss by (see the module docstring)."""
+    factor = 1.0
+    for name in ("class_weight", "weight", "pos_weight"):
+        if options.get(name):
+            factor *= max(1.0, *options[name])
+    return factor
+
+
+def assert_matches_reference(
+    case: dict[str, Any], per_sample: Any, mean: float, *, convention: str, weight: float = 1.0, terms: int = 1
+) -> None:
+    """Compute `case` with the engine and compare it with a reference's per-sample values and mean."""
+    from service.engine import compute
+
+    result = compute(
+        case["loss"],
+        case["predictions"],
+        case["labels"],
+        options=case["options"],
+        sample_weight=case.get("sample_weight"),
+        dtype=case["dtype"],
+        convention=convention,  # type: ignore[arg-type]
+    )
+    weight = max(weight, largest_weight(case["options"]))
+    extra = class_sum_ulps(terms) - FLOAT32_ULPS
+    assert_close(
+        result.per_sample, per_sample, case["dtype"], what="per_sample", weight=weight, ulps=FLOAT32_ULPS + extra
+    )
+    assert_close(result.mean, mean, case["dtype"], what="mean", ulps=FLOAT32_MEAN_ULPS + extra, weight=weight)
