@@ -66,11 +66,12 @@ def validate_binary(schema: TypeAdapter[Any], media_type: str, body: bytes, quer
             errors=[{"loc": ["body", unexpected[0]], "msg": f"unexpected array; expected {', '.join(ARRAY_FIELDS)}"}],
         )
     fields: dict[str, Any] = {key: value for key, value in query.items() if key not in ARRAY_FIELDS}
-    if "options" in fields:
-        try:
-            fields["options"] = orjson.loads(fields["options"])
-        except orjson.JSONDecodeError as exc:
-            raise ProblemError(400, f"query parameter options: malformed JSON: {exc}") from None
+    for key in ("options", "chunk"):  # a JSON object and a JSON boolean, written in the query
+        if key in fields:
+            try:
+                fields[key] = orjson.loads(fields[key])
+            except orjson.JSONDecodeError as exc:
+                raise ProblemError(400, f"query parameter {key}: malformed JSON: {exc}") from None
     try:
         return schema.validate_python({**fields, **arrays}, context={})
     except ValidationError as exc:

@@ -19,7 +19,8 @@ MAX_LOSSES_PER_EVALUATE = 32
 class Batch(BaseModel):
     """The arrays and settings shared by /v1/loss and /v1/evaluate."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    # strict: `"chunk": 0` or `"dtype": 1` are refused, not coerced.
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, strict=True)
 
     predictions: NumericArray = Field(description="Model outputs: probabilities, logits or values, one row per sample.")
     labels: NumericArray = Field(description="Targets: class indices, one-hot/soft vectors or values, per the loss.")

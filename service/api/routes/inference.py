@@ -80,7 +80,11 @@ async def server_live() -> Response:
     return _json({"live": True})
 
 
-@router.get("/health/ready", summary="Server readiness: 503 while starting or draining")
+@router.get(
+    "/health/ready",
+    summary="Server readiness: 503 while starting or draining",
+    responses={503: {"description": "Not ready"}},
+)
 async def server_ready(request: Request) -> Response:
     ready = request.app.state.lifecycle == "ready"
     return _json({"ready": ready}, 200 if ready else 503)
@@ -90,7 +94,13 @@ def _tensor_spec(name: str, required: bool) -> dict[str, Any]:
     return {"name": name, "datatype": "FP64", "shape": [-1, -1], "optional": not required}
 
 
-@router.get("/models/{loss}", summary="Model metadata: a catalogue loss as a model")
+ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such loss", "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+}
+
+
+@router.get("/models/{loss}", summary="Model metadata: a catalogue loss as a model", responses=NOT_FOUND)
 async def model_metadata(loss: str) -> Response:
     try:
         name = _catalogue_name(loss)
@@ -114,7 +124,9 @@ async def model_metadata(loss: str) -> Response:
     )
 
 
-@router.get("/models/{loss}/ready", summary="Model readiness")
+@router.get(
+    "/models/{loss}/ready", summary="Model readiness", responses={**NOT_FOUND, 503: {"description": "Not ready"}}
+)
 async def model_ready(loss: str, request: Request) -> Response:
     try:
         name = _catalogue_name(loss)
@@ -127,6 +139,10 @@ async def model_ready(loss: str, request: Request) -> Response:
 @router.post(
     "/models/{loss}/infer",
     summary="Per-sample losses and their mean (JSON tensors or the binary tensor data extension)",
+    responses={
+        **NOT_FOUND,
+        400: {"description": "Invalid inference request", "content": {"application/json": {"schema": ERROR_SCHEMA}}},
+    },
     openapi_extra={
         "requestBody": {
             "required": True,

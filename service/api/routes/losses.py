@@ -41,9 +41,12 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
     }
     for status, description in {
-        400: "Malformed JSON",
-        415: "Content-Type is not application/json",
+        400: "Malformed JSON, npz, Arrow or gzip body",
+        401: "Missing or invalid API key (when LOSS_SERVICE_API_KEYS is set)",
+        413: "Body larger than LOSS_SERVICE_MAX_BODY_BYTES (after gzip inflation)",
+        415: "Unsupported Content-Type or Content-Encoding",
         422: "Invalid input: the errors name each field, index and reason",
+        503: "Overloaded: more than LOSS_SERVICE_MAX_CONCURRENT heavy requests; see Retry-After",
     }.items()
 }
 
