@@ -18,6 +18,8 @@ from pydantic_core import PydanticCustomError
 # Set by the body parser when the raw JSON contains `true`/`false` tokens: NumPy would read a
 # boolean beside numbers as 0/1, so those bodies take the exact walk instead.
 BOOLEANS_PRESENT = "booleans_present"
+# Deeper arrays are refused before any recursive look at them (NumPy itself stops at 64).
+MAX_DIMENSIONS = 32
 NON_FINITE = "non_finite"
 
 
@@ -37,6 +39,17 @@ def _kind(value: Any) -> str:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists nest, following first elements and stopping past the limit (no recursion)."""
+    depth = 0
+    while isinstance(value, list) and depth <= MAX_DIMENSIONS:
+        depth += 1
+        if not value:
+            break
+        value = value[0]
+    return depth
 
 
 def _expected_shape(value: Any) -> list[int]:
@@ -94,6 +107,11 @@ def to_array(value: Any, info: ValidationInfo) -> np.ndarray[Any, Any]:
         return _finite(value)
     if not isinstance(value, list):
         raise PydanticCustomError("array_type", f"expected an array of numbers, got {_kind(value)}", {"index": []})
+    depth = _depth(value)
+    if depth > MAX_DIMENSIONS:
+        raise PydanticCustomError(
+            "array_value", f"nested {depth}+ levels deep; at most {MAX_DIMENSIONS} dimensions", {"index": []}
+        )
     if info.context and info.context.get(BOOLEANS_PRESENT):
         problem = _first_problem(value, _expected_shape(value))
         if problem:

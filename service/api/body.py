@@ -41,18 +41,19 @@ async def read_body(request: Request, accepted: tuple[str, ...] = (JSON_MEDIA_TY
 
 
 def _booleans_outside_arrays(data: Any) -> int:
-    def count(value: Any) -> int:
+    """Booleans anywhere in `data` except the top-level array fields; iterative, so no nesting
+    depth a client sends can exhaust the interpreter's stack."""
+    pending = [data] if not isinstance(data, dict) else [v for k, v in data.items() if k not in ARRAY_FIELDS]
+    found = 0
+    while pending:
+        value = pending.pop()
         if isinstance(value, bool):
-            return 1
-        if isinstance(value, dict):
-            return sum(count(v) for v in value.values())
-        if isinstance(value, list):
-            return sum(count(v) for v in value)
-        return 0
-
-    if not isinstance(data, dict):
-        return count(data)
-    return sum(count(value) for key, value in data.items() if key not in ARRAY_FIELDS)
+            found += 1
+        elif isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return found
 
 
 def validate_binary(schema: TypeAdapter[Any], media_type: str, body: bytes, query: Mapping[str, str]) -> Any:

@@ -92,7 +92,11 @@ def _as_class_indices(values: ArrayLike) -> np.ndarray[Any, np.dtype[np.intp]]:
     fractional = array != np.floor(array)
     if fractional.any():
         index = tuple(int(i) for i in np.argwhere(fractional)[0])
-        raise LossInputError("labels", f"class labels must be integers, got {array[index]!r}", index)
+        raise LossInputError("labels", f"class labels must be integers, got {array[index].item()!r}", index)
+    huge = np.abs(array) >= 2.0**62  # would not survive the cast to an integer index
+    if huge.any():
+        index = tuple(int(i) for i in np.argwhere(huge)[0])
+        raise LossInputError("labels", f"{array[index].item()!r} is too large to be a class index", index)
     return array.astype(np.intp)
 
 
@@ -103,4 +107,4 @@ def _check_finite(array: np.ndarray[Any, Any], field: str, reason: str) -> None:
         finite = np.isfinite(array)
         if not finite.all():
             index = tuple(int(i) for i in np.argwhere(~finite)[0])
-            raise LossInputError(field, f"{array[index]!r} {reason}", index)
+            raise LossInputError(field, f"{array[index].item()!r} {reason}", index)

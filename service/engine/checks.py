@@ -38,7 +38,7 @@ def check_in_range(array: Array, field: str, low: float, high: float, meaning: s
     bad = (array < low) | (array > high)
     if bad.any():
         index = _first(bad)
-        raise LossInputError(field, f"{meaning} must lie in [{low:g}, {high:g}], got {array[index]!r}", index)
+        raise LossInputError(field, f"{meaning} must lie in [{low:g}, {high:g}], got {array[index].item()!r}", index)
 
 
 def check_positive(array: Array, field: str, meaning: str, *, allow_zero: bool = False) -> None:
@@ -46,7 +46,7 @@ def check_positive(array: Array, field: str, meaning: str, *, allow_zero: bool =
     if bad.any():
         index = _first(bad)
         bound = ">= 0" if allow_zero else "> 0"
-        raise LossInputError(field, f"{meaning} must be {bound}, got {array[index]!r}", index)
+        raise LossInputError(field, f"{meaning} must be {bound}, got {array[index].item()!r}", index)
 
 
 def check_class_indices(labels: NDArray[np.intp], num_classes: int, ignore_index: int | None) -> NDArray[np.intp]:
@@ -70,7 +70,7 @@ def check_values_in(labels: Array, allowed: tuple[float, ...], field: str, meani
     bad = ~np.isin(labels, allowed)
     if bad.any():
         index = _first(bad)
-        raise LossInputError(field, f"{meaning} must be one of {list(allowed)}, got {labels[index]!r}", index)
+        raise LossInputError(field, f"{meaning} must be one of {list(allowed)}, got {labels[index].item()!r}", index)
 
 
 def check_class_vector(values: list[float] | None, num_classes: int, option: str) -> None:

@@ -135,7 +135,7 @@ def _check_finite(per_sample: Array, total: np.floating[Any], mean: np.floating[
         index = tuple(int(i) for i in np.argwhere(bad)[0])
         raise LossInputError(
             "predictions",
-            f"the loss of this sample is not finite ({per_sample[index]!r}); it overflows the dtype",
+            f"the loss of this sample is not finite ({per_sample[index].item()!r}); it overflows the dtype",
             index,
         )
     if not (np.isfinite(total) and np.isfinite(mean)):

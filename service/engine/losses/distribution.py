@@ -107,7 +107,7 @@ def gaussian_nll(
     check_same_shape(mean, labels)
     if (variance < 0).any():
         index = tuple(int(i) for i in np.argwhere(variance < 0)[0])
-        raise LossInputError("predictions", f"variance must be >= 0, got {variance[index]!r}", (*index, 1))
+        raise LossInputError("predictions", f"variance must be >= 0, got {variance[index].item()!r}", (*index, 1))
     v = np.maximum(variance, eps)
     loss = 0.5 * (np.log(v) + (mean - labels) ** 2 / v)
     if full:

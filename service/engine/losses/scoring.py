@@ -39,7 +39,8 @@ def _one_hot(predictions: Array, labels: Array, classes: list[float] | None) -> 
     unknown = ~np.isin(labels, values)
     if unknown.any():
         index = int(np.argwhere(unknown)[0][0])
-        raise LossInputError("labels", f"{labels[index]!r} is not one of the classes {values.tolist()}", (index,))
+        shown = labels[index].item()
+        raise LossInputError("labels", f"{shown!r} is not one of the classes {values.tolist()}", (index,))
     probabilities = predictions[:, None] if predictions.ndim == 1 else predictions
     if probabilities.shape[1] == 1:
         probabilities = np.concatenate([1 - probabilities, probabilities], axis=1)
