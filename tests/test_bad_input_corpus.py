@@ -1,0 +1,290 @@
+"""A corpus of malformed requests: each gets its documented 4xx as problem+json; none gets a 5xx."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from service.app import create_app
+from service.config import Settings
+
+pytestmark = pytest.mark.anyio
+JSON = "application/json"
+GOOD = {"loss": "scce", "predictions": [[0.2, 0.8], [0.6, 0.4]], "labels": [1, 0]}
+Case = tuple[str, str, bytes, dict[str, str], int]  # id, path, body, headers, expected status
+
+
+def body(**changes: Any) -> bytes:
+    return json.dumps({**GOOD, **changes}).encode()
+
+
+def without(*keys: str) -> bytes:
+    return json.dumps({k: v for k, v in GOOD.items() if k not in keys}).encode()
+
+
+def npz(**arrays: Any) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def corpus() -> Iterator[Case]:
+    j = {"content-type": JSON}
+    # Malformed JSON (400).
+    for i, raw in enumerate(
+        [b"{", b"}", b"[", b'{"loss": "mse",', b'{"loss": mse}', b"{'loss': 'mse'}", b'{"a": 1,}', b"nul", b"\xff\xfe",
+         b'{"loss": "mse"} trailing', b'{"loss": "\\x00"}', b'"unterminated', b"{}{}", b"\x00", b"{\"a\":1e}", b"--"]
+    ):  # fmt: skip
+        yield f"malformed-json-{i}", "/v1/loss", raw, j, 400
+    yield "empty-body", "/v1/loss", b"", j, 400
+    yield "blank-body", "/v1/loss", b"   \n", j, 400
+    # Wrong content types (415).
+    for i, ctype in enumerate(
+        [
+            "text/plain",
+            "application/xml",
+            "multipart/form-data",
+            "application/x-www-form-urlencoded",
+            "",
+            "application/jsonx",
+            "image/png",
+        ]
+    ):
+        yield f"content-type-{i}", "/v1/loss", body(), {"content-type": ctype} if ctype else {}, 415
+    yield (
+        "evaluate-npz",
+        "/v1/evaluate",
+        npz(predictions=np.ones((2, 2)), labels=np.ones(2)),
+        {"content-type": "application/x-npz"},
+        415,
+    )
+    # Valid JSON, wrong shapes of request (422).
+    for i, raw in enumerate([b"[]", b"1", b'"text"', b"null", b"true", b"[1, 2, 3]"]):
+        yield f"not-an-object-{i}", "/v1/loss", raw, j, 422
+    for key in ("loss", "predictions", "labels"):
+        yield f"missing-{key}", "/v1/loss", without(key), j, 422
+    yield "unknown-field", "/v1/loss", body(bogus=1), j, 422
+    for i, loss in enumerate(
+        ["", "MSE", "mse ", "huberr", 1, None, True, ["mse"], {"name": "mse"}, "../etc/passwd", "x" * 5000]
+    ):
+        yield f"bad-loss-{i}", "/v1/loss", body(loss=loss), j, 422
+    # Arrays: ragged, non-numeric, non-finite, huge, empty, wrong types (422).
+    bad_arrays: list[Any] = [
+        [[0.2, 0.8], [0.6]], [[0.2, 0.8], 0.6], [0.2, [0.8]], [[0.2, "0.8"], [0.6, 0.4]], [[0.2, None], [0.6, 0.4]],
+        [[0.2, True], [0.6, 0.4]], [[0.2, {}], [0.6, 0.4]], [[0.2, []], [0.6, 0.4]], [], [[]], [[], []], "0.2", 0.2, None,
+        {"a": 1}, [[10**30, 0.8], [0.6, 0.4]], [[2**64, 0.8], [0.6, 0.4]], [[-(2**70), 0.8], [0.6, 0.4]],
+        [[[0.2, 0.8]], [[0.6, 0.4]]], [[1.5, -0.5], [0.6, 0.4]], [[-0.1, 1.1], [0.6, 0.4]],
+    ]  # fmt: skip
+    for i, value in enumerate(bad_arrays):
+        yield f"bad-predictions-{i}", "/v1/loss", body(predictions=value), j, 422
+    bad_labels: list[Any] = [
+        [1], [1, 0, 1], [2, 0], [-1, 0], [0.5, 0], ["1", 0], [None, 0], [True, 0], [[1], [0], [1]], [], 1, [1e300, 0],
+        [[1, 0], [0, 1]],
+    ]  # fmt: skip
+    for i, value in enumerate(bad_labels):
+        yield f"bad-labels-{i}", "/v1/loss", body(labels=value), j, 422
+    for i, literal in enumerate([b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e400", b"1e309"]):
+        raw = b'{"loss": "mse", "predictions": [[1.0, ' + literal + b']], "labels": [[1.0, 1.0]]}'
+        yield f"non-finite-{i}", "/v1/loss", raw, j, 422
+    yield (
+        "minus-nan",
+        "/v1/loss",
+        b'{"loss": "mse", "predictions": [[-NaN]], "labels": [[1.0]]}',
+        j,
+        400,
+    )  # no JSON reads it
+    for i, weight in enumerate([[1.0], [1.0, 2.0, 3.0], [-1.0, 1.0], ["1", 1.0], [None, 1.0], [[1.0, 2.0]], "x", 1.0]):
+        yield f"bad-sample-weight-{i}", "/v1/loss", body(sample_weight=weight), j, 422
+    for i, (field, value) in enumerate(
+        [("dtype", "float16"), ("dtype", 64), ("dtype", None), ("convention", "jax"), ("convention", ""), ("convention", 1),
+         ("model", "a b"), ("model", "x" * 65), ("model", ""), ("model", 5), ("model", "é"), ("chunk", 0), ("chunk", "yes")]
+    ):  # fmt: skip
+        yield f"bad-{field}-{i}", "/v1/loss", body(**{field: value}), j, 422
+    # Options: unknown, wrong type, out of range, wrong convention (422).
+    bad_options: list[tuple[str, dict[str, Any], str]] = [
+        ("scce", {"bogus": 1}, "keras"), ("scce", {"from_logits": "true"}, "keras"), ("scce", {"from_logits": 1}, "keras"),
+        ("scce", {"label_smoothing": -0.1}, "keras"), ("scce", {"label_smoothing": 1.5}, "keras"),
+        ("scce", {"label_smoothing": "0.1"}, "keras"), ("scce", {"ignore_index": 1.5}, "keras"),
+        ("scce", {"class_weight": [1.0]}, "keras"), ("scce", {"class_weight": [-1.0, 1.0]}, "keras"),
+        ("scce", {"class_weight": "x"}, "keras"), ("scce", {"ignore_index": 1, "ignore_class": 1}, "keras"),
+        ("bce", {"pos_weight": [2.0]}, "keras"), ("bce", {"label_smoothing": 0.1}, "torch"),
+        ("bce", {"pos_weight": [2.0]}, "torch"), ("huber", {"delta": 0}, "keras"), ("huber", {"delta": -1}, "keras"),
+        ("kld", {"log_input": True}, "keras"), ("multi_margin", {"p": 3}, "torch"), ("multi_margin", {"form": "x"}, "torch"),
+        ("triplet_margin", {"p": 0}, "torch"), ("smooth_l1", {"beta": -1.0}, "torch"),
+    ]  # fmt: skip
+    for i, (loss, options, convention) in enumerate(bad_options):
+        yield f"bad-options-{i}", "/v1/loss", body(loss=loss, options=options, convention=convention), j, 422
+    yield "options-not-object", "/v1/loss", body(options=[1]), j, 422
+    # Loss-specific input rules (422).
+    specific: list[dict[str, Any]] = [
+        {"loss": "mse", "predictions": [[1.0, 2.0]], "labels": [[1.0]]},
+        {"loss": "cce", "predictions": [0.5, 0.5], "labels": [1.0, 0.0]},
+        {"loss": "cce", "predictions": [[0.5, 0.5]], "labels": [[1.0, 2.0]]},
+        {"loss": "scce", "predictions": [[0.0, 0.0]], "labels": [0]},
+        {"loss": "bce", "predictions": [[0.5]], "labels": [[2.0]]},
+        {"loss": "poisson", "predictions": [[-1.0]], "labels": [[1.0]]},
+        {"loss": "poisson_nll", "predictions": [[1.0]], "labels": [[-1.0]], "options": {"log_input": False}},
+        {"loss": "gaussian_nll", "predictions": [[1.0, -1.0]], "labels": [1.0]},
+        {"loss": "gaussian_nll", "predictions": [1.0, 2.0], "labels": [1.0, 2.0]},
+        {"loss": "hinge", "predictions": [[1.0]], "labels": [[3.0]]},
+        {"loss": "margin_ranking", "predictions": [[1.0, 2.0, 3.0]], "labels": [1.0]},
+        {"loss": "margin_ranking", "predictions": [[1.0, 2.0]], "labels": [0.0]},
+        {"loss": "cosine_embedding", "predictions": [[1.0, 2.0]], "labels": [1.0]},
+        {"loss": "triplet_margin", "predictions": [[1.0, 2.0]], "labels": [[1.0, 2.0]]},
+        {"loss": "multi_margin", "predictions": [[1.0, 2.0]], "labels": [5]},
+        {"loss": "nll", "predictions": [[-0.1, -2.0]], "labels": [2]},
+        {"loss": "kld", "predictions": [[0.5, 1.5]], "labels": [[0.5, 0.5]]},
+        {"loss": "log_loss", "predictions": [0.2, 0.8], "labels": [0.0, 0.0]},
+        {"loss": "log_loss", "predictions": [[0.2, 0.8]], "labels": [5.0], "options": {"classes": [0.0, 1.0]}},
+        {"loss": "brier", "predictions": [[[0.2]]], "labels": [0.0]},
+        {
+            "loss": "scce",
+            "predictions": [[1.0, 2.0]],
+            "labels": [-100],
+            "options": {"from_logits": True},
+            "convention": "torch",
+        },
+        {"loss": "mse", "predictions": [[1e200]], "labels": [[-1e200]]},
+        {"loss": "mse", "predictions": [[1e39]], "labels": [[1.0]], "dtype": "float32"},
+        {"loss": "mse", "predictions": [[1.0]], "labels": [[1.0]], "sample_weight": [0.0], "convention": "torch"},
+    ]
+    for i, request in enumerate(specific):
+        yield f"loss-rule-{i}", "/v1/loss", json.dumps(request).encode(), j, 422
+    # /v1/evaluate (422).
+    for i, change in enumerate([{"losses": []}, {"losses": "scce"}, {"losses": [{"loss": "nope"}]},
+                                {"losses": [{"loss": "scce", "options": {"x": 1}}]}, {"losses": [{"options": {}}]},
+                                {"losses": [{"loss": "scce"}] * 33}]):  # fmt: skip
+        yield (
+            f"evaluate-{i}",
+            "/v1/evaluate",
+            json.dumps({**{k: v for k, v in GOOD.items() if k != "loss"}, **change}).encode(),
+            j,
+            422,
+        )
+    # Binary bodies (400 / 422).
+    n = {"content-type": "application/x-npz"}
+    a = {"content-type": "application/vnd.apache.arrow.stream"}
+    yield "npz-garbage", "/v1/loss?loss=mse", b"garbage", n, 400
+    yield "npz-truncated", "/v1/loss?loss=mse", npz(predictions=np.ones((2, 2)), labels=np.ones((2, 2)))[:50], n, 400
+    yield (
+        "npz-extra-array",
+        "/v1/loss?loss=mse",
+        npz(predictions=np.ones((2, 2)), labels=np.ones((2, 2)), x=np.ones(1)),
+        n,
+        422,
+    )
+    yield "npz-no-loss", "/v1/loss", npz(predictions=np.ones((2, 2)), labels=np.ones((2, 2))), n, 422
+    yield "npz-strings", "/v1/loss?loss=mse", npz(predictions=np.array([["a"]]), labels=np.ones((1, 1))), n, 422
+    yield "npz-bool", "/v1/loss?loss=mse", npz(predictions=np.ones((1, 1), bool), labels=np.ones((1, 1))), n, 422
+    yield "npz-nan", "/v1/loss?loss=mse", npz(predictions=np.full((1, 1), np.nan), labels=np.ones((1, 1))), n, 422
+    yield (
+        "npz-bad-options",
+        "/v1/loss?loss=mse&options={",
+        npz(predictions=np.ones((1, 1)), labels=np.ones((1, 1))),
+        n,
+        400,
+    )
+    yield (
+        "npz-bad-chunk",
+        "/v1/loss?loss=mse&chunk=maybe",
+        npz(predictions=np.ones((1, 1)), labels=np.ones((1, 1))),
+        n,
+        400,
+    )
+    yield (
+        "npz-chunk-number",
+        "/v1/loss?loss=mse&chunk=1",
+        npz(predictions=np.ones((1, 1)), labels=np.ones((1, 1))),
+        n,
+        422,
+    )
+    yield "arrow-garbage", "/v1/loss?loss=mse", b"\xff\xff\xff\xff\x00\x00", a, 400
+    # Gzip and limits (400 / 413 / 415).
+    g = {"content-type": JSON, "content-encoding": "gzip"}
+    yield "gzip-not-gzip", "/v1/loss", body(), g, 400
+    yield "gzip-truncated", "/v1/loss", gzip.compress(body())[:-8], g, 400
+    yield "gzip-of-garbage", "/v1/loss", gzip.compress(b"{"), g, 400
+    yield "gzip-bomb", "/v1/loss", gzip.compress(b" " * 3_000_000), g, 413
+    yield "deflate", "/v1/loss", body(), {"content-type": JSON, "content-encoding": "deflate"}, 415
+    yield "oversize", "/v1/loss", b" " * 2_000_001, {"content-type": JSON}, 413
+    # Deep nesting and long strings (4xx, never a crash).
+    for depth in (33, 65, 100, 1000, 20000):
+        for label, inner in (("", b"1"), ("empty-", b"")):
+            nested = b"[" * depth + inner + b"]" * depth
+            raw = b'{"loss": "mse", "predictions": ' + nested + b', "labels": [1]}'
+            yield f"deep-{label}{depth}", "/v1/loss", raw, j, 0
+    hidden = (
+        b'{"loss": "mse", "predictions": [[1.0], ' + b"[" * 900 + b"1" + b"]" * 900 + b'], "labels": [[1.0], [1.0]]}'
+    )
+    yield "deep-behind-a-shallow-row", "/v1/loss", hidden, j, 422
+    deep_tensor = (
+        b'{"inputs": [{"name": "predictions", "shape": [1], "datatype": "FP64", "data": '
+        + b"[" * 900
+        + b"1"
+        + b"]" * 900
+        + b"}]}"
+    )
+    yield "oip-deep-data", "/v2/models/mse/infer", deep_tensor, j, 400
+    deep_options = json.loads("[" * 500 + "]" * 500)
+    yield "deep-options", "/v1/loss", body(options={"a": deep_options}), j, 422
+    yield "long-string", "/v1/loss", body(model="m" * 1_000_000), j, 422
+    # Open Inference Protocol (400 / 404).
+    oip_bad = [b"{", b"[]", b'{"inputs": []}', b'{"inputs": [1]}', b'{"inputs": [{"name": "x"}]}',
+               b'{"inputs": [{"name": "predictions", "shape": [1], "datatype": "FP64"}]}',
+               b'{"inputs": [{"name": "predictions", "shape": [-1], "datatype": "FP64", "data": [1]}]}',
+               b'{"inputs": [{"name": "predictions", "shape": [2], "datatype": "STR", "data": [1, 2]}]}',
+               b'{"inputs": [{"name": "predictions", "shape": [2], "datatype": "FP64", "data": [1, "a"]}]}',
+               b'{"inputs": [{"name": "predictions", "shape": [1], "datatype": "FP64", "data": [1]}], "parameters": []}']  # fmt: skip
+    for i, raw in enumerate(oip_bad):
+        yield f"oip-{i}", "/v2/models/mse/infer", raw, {"content-type": JSON}, 400
+    yield "oip-unknown-model", "/v2/models/nope/infer", b"{}", {"content-type": JSON}, 404
+    yield "oip-bad-header-length", "/v2/models/mse/infer", b"{}", {"inference-header-content-length": "abc"}, 400
+    # Routes and methods (404 / 405).
+    for i, (path, status) in enumerate([("/v1/nope", 404), ("/v1", 404), ("/v1/losses/../x", 404), ("/v3/x", 404)]):
+        yield f"route-{i}", path, b"", {}, status
+
+
+CORPUS = list(corpus())
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+async def limited() -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(Settings(max_body_bytes=2_000_000))
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://bad") as c:
+        yield c
+
+
+def test_the_corpus_has_at_least_200_cases() -> None:
+    assert len(CORPUS) >= 200
+    assert len({case[0] for case in CORPUS}) == len(CORPUS)
+
+
+@pytest.mark.parametrize(("name", "path", "content", "headers", "status"), CORPUS, ids=[c[0] for c in CORPUS])
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # e.g. an overflowing cast would mean a wrong message
+async def test_bad_input_gets_its_documented_4xx(
+    limited: httpx.AsyncClient, name: str, path: str, content: bytes, headers: dict[str, str], status: int
+) -> None:
+    method = "GET" if name.startswith("route-") else "POST"
+    response = await limited.request(method, path, content=content or None, headers=headers)
+    assert 400 <= response.status_code < 500, f"{name}: {response.status_code} {response.text[:300]}"
+    if status:
+        assert response.status_code == status, f"{name}: {response.status_code} {response.text[:300]}"
+    if (path.startswith("/v2/") and response.status_code != 404) or path.startswith("/v2/models/nope"):
+        assert "error" in response.json()
+    else:
+        assert response.headers["content-type"] == "application/problem+json", name
+        assert response.json()["detail"], name
+    assert "Traceback" not in response.text
