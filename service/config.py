@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1, description="Largest request body, after gzip inflation; larger gets 413."
     )
+    max_elements: int = Field(
+        default=20_000_000, ge=1, description="Most numbers in one array; larger gets 413 before NumPy allocates it."
+    )
     max_concurrent: int = Field(
         default=8, ge=1, description="Heavy requests computed at once per worker; more get 503 with Retry-After."
     )

@@ -7,6 +7,7 @@ million-float body never pays for per-element checks.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 import numpy as np
@@ -15,9 +16,12 @@ from pydantic.functional_validators import PlainValidator
 from pydantic.json_schema import WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from service.api.problems import ProblemError
+
 # Set by the body parser when the raw JSON contains `true`/`false` tokens: NumPy would read a
 # boolean beside numbers as 0/1, so those bodies take the exact walk instead.
 BOOLEANS_PRESENT = "booleans_present"
+MAX_ELEMENTS = "max_elements"
 # Deeper arrays are refused before any recursive look at them (NumPy itself stops at 64).
 MAX_DIMENSIONS = 32
 NON_FINITE = "non_finite"
@@ -87,6 +91,11 @@ def _fail(value: Any) -> PydanticCustomError:
     return PydanticCustomError("array_value", message, {"index": list(index)})
 
 
+def _too_many(count: int, limit: int) -> ProblemError:
+    # Not a validation error: Pydantic lets other exceptions through, and this one is a 413.
+    return ProblemError(413, f"an array holds {count:,} numbers; the limit is {limit:,} (LOSS_SERVICE_MAX_ELEMENTS)")
+
+
 def _finite(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     if array.dtype.kind == "f":
         finite = np.isfinite(array)
@@ -101,7 +110,10 @@ def _finite(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 
 
 def to_array(value: Any, info: ValidationInfo) -> np.ndarray[Any, Any]:
+    limit = (info.context or {}).get(MAX_ELEMENTS)
     if isinstance(value, np.ndarray):  # from a binary body (npz, Arrow)
+        if limit is not None and value.size > limit:
+            raise _too_many(value.size, limit)
         if value.dtype.kind not in "iuf":
             raise PydanticCustomError("array_type", f"expected numbers, got an array of {value.dtype}", {"index": []})
         return _finite(value)
@@ -112,6 +124,10 @@ def to_array(value: Any, info: ValidationInfo) -> np.ndarray[Any, Any]:
         raise PydanticCustomError(
             "array_value", f"nested {depth}+ levels deep; at most {MAX_DIMENSIONS} dimensions", {"index": []}
         )
+    if limit is not None:
+        count = math.prod(_expected_shape(value))
+        if count > limit:
+            raise _too_many(count, limit)
     if info.context and info.context.get(BOOLEANS_PRESENT):
         problem = _first_problem(value, _expected_shape(value))
         if problem:

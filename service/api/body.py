@@ -17,8 +17,9 @@ import orjson
 from fastapi import Request
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from service.api.arrays import BOOLEANS_PRESENT
-from service.api.errors import ProblemError, validation_problem
+from service.api.arrays import BOOLEANS_PRESENT, MAX_ELEMENTS
+from service.api.errors import validation_problem
+from service.api.problems import ProblemError
 from service.columns import as_array
 
 JSON_MEDIA_TYPE = "application/json"
@@ -56,7 +57,9 @@ def _booleans_outside_arrays(data: Any) -> int:
     return found
 
 
-def validate_binary(schema: TypeAdapter[Any], media_type: str, body: bytes, query: Mapping[str, str]) -> Any:
+def validate_binary(
+    schema: TypeAdapter[Any], media_type: str, body: bytes, query: Mapping[str, str], max_elements: int | None = None
+) -> Any:
     """A binary body's arrays plus the query's fields, validated like a JSON body."""
     arrays = _npz_arrays(body) if media_type == NPZ_MEDIA_TYPE else _arrow_arrays(body)
     unexpected = sorted(set(arrays) - set(ARRAY_FIELDS))
@@ -74,7 +77,7 @@ def validate_binary(schema: TypeAdapter[Any], media_type: str, body: bytes, quer
             except orjson.JSONDecodeError as exc:
                 raise ProblemError(400, f"query parameter {key}: malformed JSON: {exc}") from None
     try:
-        return schema.validate_python({**fields, **arrays}, context={})
+        return schema.validate_python({**fields, **arrays}, context={MAX_ELEMENTS: max_elements})
     except ValidationError as exc:
         problem = validation_problem(exc)
         for error in problem.errors or []:
@@ -103,7 +106,7 @@ def _arrow_arrays(body: bytes) -> dict[str, np.ndarray[Any, Any]]:
         raise ProblemError(400, f"malformed Arrow stream: {exc}") from None
 
 
-def validate_json(schema: type[BaseModel] | TypeAdapter[Any], body: bytes) -> Any:
+def validate_json(schema: type[BaseModel] | TypeAdapter[Any], body: bytes, max_elements: int | None = None) -> Any:
     """Parse with orjson, validate the objects with the Pydantic models, arrays straight to NumPy.
 
     orjson builds a 1e6-number body's lists ~4x faster than pydantic-core's JSON mode builds them
@@ -112,7 +115,7 @@ def validate_json(schema: type[BaseModel] | TypeAdapter[Any], body: bytes) -> An
     which the array validator then refuses by field and index instead of a vague 400.
     """
     tokens = body.count(b"true") + body.count(b"false")
-    context = {BOOLEANS_PRESENT: tokens > 0}
+    context: dict[str, Any] = {BOOLEANS_PRESENT: tokens > 0, MAX_ELEMENTS: max_elements}
     try:
         try:
             data = orjson.loads(body)

@@ -14,30 +14,12 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.arrays import NON_FINITE
+from service.api.problems import ProblemError
 from service.api.schemas import loss_names
 from service.engine import LossInputError, UnknownLossError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("service.api")
-
-
-class ProblemError(Exception):
-    """An HTTP error with problem details, raised by the HTTP layer."""
-
-    def __init__(
-        self,
-        status: int,
-        detail: str,
-        *,
-        errors: list[dict[str, Any]] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.errors = errors
-        self.headers = headers
-        self.nonfinite_fields: list[str] = []
 
 
 def problem_response(

@@ -18,7 +18,8 @@ import anyio
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import ProblemError, problem_response
+from service.api.errors import problem_response
+from service.api.problems import ProblemError
 
 HEAVY_PREFIXES = ("/v1/loss", "/v1/evaluate", "/v2/models/")
 PROTECTED_PREFIXES = ("/v1/", "/v2")

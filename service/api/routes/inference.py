@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from service import __version__
+from service.api.arrays import MAX_ELEMENTS
 from service.api.batches import off_loop, run_loss
 from service.api.errors import validation_problem
 from service.api.schemas import loss_request_adapter
@@ -159,18 +160,21 @@ async def infer(loss: str, request: Request) -> Response:
     header_length = request.headers.get(HEADER_LENGTH)
     try:
         log = request.scope.setdefault("state", {})
-        return await off_loop(request, len(body), lambda: _infer(loss, body, header_length, monitor, log))  # type: ignore[no-any-return]
+        limit = request.app.state.settings.max_elements
+        return await off_loop(request, len(body), lambda: _infer(loss, body, header_length, monitor, log, limit))  # type: ignore[no-any-return]
     except InferenceError as exc:
         return _error(str(exc), exc.status)
 
 
-def _infer(loss: str, body: bytes, header_length: str | None, monitor: Monitor, log: dict[str, Any]) -> Response:
+def _infer(
+    loss: str, body: bytes, header_length: str | None, monitor: Monitor, log: dict[str, Any], limit: int
+) -> Response:
     name = _catalogue_name(loss)
     header, binary = _split(body, header_length)
     request_parameters = header.get("parameters") or {}
     if not isinstance(request_parameters, dict):
         raise InferenceError("parameters must be an object")
-    arrays = _inputs(header.get("inputs"), binary)
+    arrays = _inputs(header.get("inputs"), binary, limit)
     fields = {key: request_parameters[key] for key in BATCH_PARAMETERS if key in request_parameters}
     options = {
         key: value
@@ -179,7 +183,7 @@ def _infer(loss: str, body: bytes, header_length: str | None, monitor: Monitor, 
     }
     try:
         validated = loss_request_adapter().validate_python(
-            {"loss": name, **fields, **arrays, "options": options}, context={}
+            {"loss": name, **fields, **arrays, "options": options}, context={MAX_ELEMENTS: limit}
         )
         computed, reduced = run_loss(validated, monitor, log)
     except ValidationError as exc:
@@ -240,7 +244,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memo
     return header, memoryview(body)[size:]
 
 
-def _inputs(specs: Any, binary: memoryview) -> dict[str, np.ndarray[Any, Any]]:
+def _inputs(specs: Any, binary: memoryview, limit: int) -> dict[str, np.ndarray[Any, Any]]:
     if not isinstance(specs, list) or not specs:
         raise InferenceError("inputs must be a non-empty list of tensors")
     arrays: dict[str, np.ndarray[Any, Any]] = {}
@@ -253,7 +257,7 @@ def _inputs(specs: Any, binary: memoryview) -> dict[str, np.ndarray[Any, Any]]:
             raise InferenceError(f"unexpected input {name!r}; inputs are {', '.join(INPUTS)}")
         if name in arrays:
             raise InferenceError(f"input {name!r} given twice")
-        array, offset = _tensor(spec, binary, offset)
+        array, offset = _tensor(spec, binary, offset, limit)
         # Class labels and 0/1 targets may come as BOOL; the loss reads them as numbers.
         arrays[name] = array.astype(np.int64) if array.dtype == np.bool_ else array
     if offset != len(binary):
@@ -261,7 +265,7 @@ def _inputs(specs: Any, binary: memoryview) -> dict[str, np.ndarray[Any, Any]]:
     return arrays
 
 
-def _tensor(spec: dict[str, Any], binary: memoryview, offset: int) -> tuple[np.ndarray[Any, Any], int]:
+def _tensor(spec: dict[str, Any], binary: memoryview, offset: int, limit: int) -> tuple[np.ndarray[Any, Any], int]:
     name, shape, datatype = spec["name"], spec.get("shape"), spec.get("datatype")
     if datatype not in DATATYPES:
         raise InferenceError(f"input {name}: unsupported datatype {datatype!r}; use one of {', '.join(DATATYPES)}")
@@ -269,6 +273,10 @@ def _tensor(spec: dict[str, Any], binary: memoryview, offset: int) -> tuple[np.n
         raise InferenceError(f"input {name}: shape must be a list of non-negative integers, got {shape!r}")
     dtype = DATATYPES[datatype]
     count = math.prod(shape)
+    if count > limit:
+        raise InferenceError(
+            f"input {name}: {count:,} numbers; the limit is {limit:,} (LOSS_SERVICE_MAX_ELEMENTS)", 413
+        )
     size = (spec.get("parameters") or {}).get("binary_data_size")
     if size is not None:
         expected = count * dtype.itemsize

@@ -20,7 +20,7 @@ from service.api.body import (
     validate_binary,
     validate_json,
 )
-from service.api.errors import ProblemError
+from service.api.problems import ProblemError
 from service.api.schemas import (
     Catalogue,
     EvaluateResult,
@@ -147,24 +147,28 @@ def _wants_npz(request: Request) -> bool:
     return NPZ_MEDIA_TYPE in request.headers.get("accept", "")
 
 
-def _validate(schema: Any, body: bytes, monitor: Monitor, media_type: str = JSON_MEDIA_TYPE, query: Any = None) -> Any:
+def _validate(
+    schema: Any, body: bytes, monitor: Monitor, limit: int, media_type: str = JSON_MEDIA_TYPE, query: Any = None
+) -> Any:
     try:
         if media_type == JSON_MEDIA_TYPE:
-            return validate_json(schema, body)
-        return validate_binary(schema, media_type, body, query or {})
+            return validate_json(schema, body, limit)
+        return validate_binary(schema, media_type, body, query or {}, limit)
     except ProblemError as problem:
         monitor.record_nonfinite(problem.nonfinite_fields)
         raise
 
 
-def _compute_one(body: bytes, monitor: Monitor, media_type: str, query: Any, log: dict[str, Any]) -> dict[str, Any]:
-    request = _validate(loss_request_adapter(), body, monitor, media_type, query)
+def _compute_one(
+    body: bytes, monitor: Monitor, limit: int, media_type: str, query: Any, log: dict[str, Any]
+) -> dict[str, Any]:
+    request = _validate(loss_request_adapter(), body, monitor, limit, media_type, query)
     name, reduced = run_loss(request, monitor, log)
     return _result(name, reduced, request.dtype, request.convention)
 
 
-def _compute_many(body: bytes, monitor: Monitor) -> dict[str, Any]:
-    request = _validate(evaluate_request_model(), body, monitor)
+def _compute_many(body: bytes, monitor: Monitor, limit: int) -> dict[str, Any]:
+    request = _validate(evaluate_request_model(), body, monitor, limit)
     results = []
     for position, call in enumerate(request.losses):
         try:
@@ -197,7 +201,8 @@ async def loss(request: Request) -> Response:
     media_type, body = await read_body(request, BATCH_MEDIA_TYPES)
     monitor, query = request.app.state.monitor, request.query_params
     log = request.scope.setdefault("state", {})
-    result = await off_loop(request, len(body), lambda: _compute_one(body, monitor, media_type, query, log))
+    limit = request.app.state.settings.max_elements
+    result = await off_loop(request, len(body), lambda: _compute_one(body, monitor, limit, media_type, query, log))
     return _npz(result) if _wants_npz(request) else _json(result)
 
 
@@ -211,7 +216,8 @@ async def loss(request: Request) -> Response:
 async def evaluate(request: Request) -> Response:
     _, body = await read_body(request)
     monitor = request.app.state.monitor
-    return _json(await off_loop(request, len(body), lambda: _compute_many(body, monitor)))
+    limit = request.app.state.settings.max_elements
+    return _json(await off_loop(request, len(body), lambda: _compute_many(body, monitor, limit)))
 
 
 @router.get(
