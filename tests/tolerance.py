@@ -9,8 +9,10 @@ get 4 ulp: the frameworks sum in another order (vectorised cascades) than NumPy'
 and PyTorch reduces label smoothing's two terms separately before adding them.
 
 Weighted losses (class weights, pos_weight, element weights up to W) multiply a value that carries
-those 2 ulp at the unweighted magnitude: the unit is then W ulp of |value| / W, plus half an ulp for
-each weighting multiplication (BCE with pos_weight and weight has two). Measured over 360,000
+those 2 ulp at the unweighted magnitude: the unit is then W ulp of |value| / W, plus one unit for
+each weighting multiplication (BCE with pos_weight and weight has two): both implementations round
+the product, each by up to half a unit, possibly in opposite directions. Measured over 4,000 random
+BCE batches: 2.42 units with `weight` on probabilities, 1.64 on logits, 1.58 with pos_weight. Measured over 360,000
 rows of torch.nn.functional.cross_entropy in float32: unweighted per-sample values at most 2.0 ulp
 apart; with class weights in [0.1, 3], at most 5.5 ulp of the weighted value, which is within 2.5
 of these weighted units.
@@ -56,7 +58,7 @@ def assert_close(
         scale = max(weight, 1.0)
         unit = np.spacing(np.maximum(np.abs(e32) / np.float32(scale), np.float32(1.0))).astype(np.float64) * scale
         distance = np.abs(a32.astype(np.float64) - e32.astype(np.float64)) / unit
-        ulps += 0.5 * roundings
+        ulps += 1.0 * roundings
         worst = float(distance.max()) if distance.size else 0.0
         assert worst <= ulps, f"{what}: {worst:.1f} ulp apart (limit {ulps})\n{a}\n{e}"
     else:
@@ -88,7 +90,7 @@ def assert_matches_reference(
         convention=convention,  # type: ignore[arg-type]
     )
     option_weight = largest_weight(case["options"])
-    # Half an ulp per weighting multiplication: each weight option given, and the caller's
+    # One unit per weighting multiplication: each weight option given, and the caller's
     # weight (sample weights, or the scale of terms that cancel) when it exceeds theirs.
     roundings = sum(1 for name in ("class_weight", "weight", "pos_weight") if case["options"].get(name))
     roundings += int(weight > option_weight)
