@@ -39,6 +39,10 @@ from service.engine.registry import register
 
 FromLogits = Annotated[bool, Doc("predictions are unnormalised logits rather than probabilities")]
 LabelSmoothing = Annotated[float, Probability, Doc("mix the targets with the uniform distribution")]
+IgnoreIndex = Annotated[
+    int | None,
+    Doc("targets equal to this class are left out of the loss and the mean; default none (keras), -100 (torch)"),
+]
 ClassWeight = Annotated[
     list[float] | None,
     NonNegative,
@@ -200,11 +204,7 @@ def sparse_categorical_crossentropy(
     /,
     *,
     from_logits: FromLogits = False,
-    ignore_index: Annotated[
-        int | None,
-        Aliases(("ignore_class",)),
-        Doc("targets equal to this class are left out of the loss and the mean; default none (keras), -100 (torch)"),
-    ] = None,
+    ignore_index: Annotated[IgnoreIndex, Aliases(("ignore_class",))] = None,
     label_smoothing: LabelSmoothing = 0.0,
     class_weight: ClassWeight = None,
 ) -> LossValues:
@@ -323,10 +323,7 @@ def nll(
     /,
     *,
     weight: ClassWeight = None,
-    ignore_index: Annotated[
-        int | None,
-        Doc("targets equal to this class are left out of the loss and the mean; default none (keras), -100 (torch)"),
-    ] = None,
+    ignore_index: IgnoreIndex = None,
 ) -> LossValues:
     """Negative log-likelihood of log-probability inputs (PyTorch NLLLoss).
 
