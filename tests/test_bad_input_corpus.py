@@ -35,6 +35,18 @@ def npz(**arrays: Any) -> bytes:
     return buffer.getvalue()
 
 
+REPEATED_KEYS = [
+    b'{"loss": "mse", "loss": "mae", "predictions": [1.0], "labels": [2.0]}',
+    b'{"loss": "mse", "predictions": [1.0], "labels": [2.0], "predictions": [3.0]}',
+    b'{"loss": "huber", "options": {"delta": 1.0, "delta": 2.0}, "predictions": [1.0], "labels": [2.0]}',
+    b'{"loss": "mse", "\\u006coss": "mae", "predictions": [1.0], "labels": [2.0]}',
+    b'{"loss": "mse", "model": "a", "model": "b", "predictions": [NaN], "labels": [2.0]}',
+    b'{"losses": [{"loss": "mse", "loss": "mae"}], "predictions": [1.0], "labels": [2.0]}',
+]
+# Where each repeated key is reported: the path of the object, then the key.
+REPEATED_AT = [["loss"], ["predictions"], ["options", "delta"], ["loss"], ["model"], ["losses", 0, "loss"]]
+
+
 def corpus() -> Iterator[Case]:
     j = {"content-type": JSON}
     # Malformed JSON (400).
@@ -235,6 +247,16 @@ def corpus() -> Iterator[Case]:
     deep_options = json.loads("[" * 500 + "]" * 500)
     yield "deep-options", "/v1/loss", body(options={"a": deep_options}), j, 422
     yield "long-string", "/v1/loss", body(model="m" * 1_000_000), j, 422
+    # Repeated keys: which value was meant is unknowable, so none is taken (422 / 400 on v2).
+    for i, raw in enumerate(REPEATED_KEYS):
+        yield f"repeated-key-{i}", "/v1/loss", raw, j, 422
+    yield (
+        "oip-repeated-key",
+        "/v2/models/mse/infer",
+        b'{"inputs": [{"name": "predictions", "shape": [1], "datatype": "FP64", "data": [1.0], "data": [2.0]}]}',
+        j,
+        400,
+    )
     # Open Inference Protocol (400 / 404).
     oip_bad = [b"{", b"[]", b'{"inputs": []}', b'{"inputs": [1]}', b'{"inputs": [{"name": "x"}]}',
                b'{"inputs": [{"name": "predictions", "shape": [1], "datatype": "FP64"}]}',
@@ -288,3 +310,30 @@ async def test_bad_input_gets_its_documented_4xx(
         assert response.headers["content-type"] == "application/problem+json", name
         assert response.json()["detail"], name
     assert "Traceback" not in response.text
+    assert len(response.content) < 4096, f"{name}: {len(response.content)} bytes; echoes must be bounded"
+
+
+@pytest.mark.parametrize(("raw", "at"), list(zip(REPEATED_KEYS, REPEATED_AT, strict=True)))
+async def test_a_repeated_key_is_named_where_it_repeats(limited: httpx.AsyncClient, raw: bytes, at: list[Any]) -> None:
+    path = "/v1/evaluate" if b'"losses"' in raw else "/v1/loss"
+    response = await limited.post(path, content=raw, headers={"content-type": JSON})
+    assert response.status_code == 422
+    assert response.json()["errors"] == [{"loc": ["body", *at], "msg": "repeated key"}]
+    assert f"key {at[-1]!r} appears more than once" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b'{"loss": "mse", "model": "a\\u0041", "predictions": [1.0], "labels": [2.0]}', 200),
+        (b'{"loss": "mse", "model": "a\\"b", "predictions": [1.0], "labels": [2.0]}', 422),  # the label pattern
+        (b'{"loss": "mse", "options": {}, "predictions": [[1.0], [2.0]], "labels": [[2.0], [3.0]], "model": "m"}', 200),
+        (b'{"loss": "mse", "predictions": [1.0, "a"], "labels": [2.0, 1.0]}', 422),  # a string the quick count skips
+    ],
+)
+async def test_escapes_and_distinct_keys_are_not_mistaken_for_repeats(
+    limited: httpx.AsyncClient, raw: bytes, status: int
+) -> None:
+    response = await limited.post("/v1/loss", content=raw, headers={"content-type": JSON})
+    assert response.status_code == status, response.text
+    assert "appears more than once" not in response.text

@@ -8,6 +8,7 @@ parameters, `options` as a JSON object. Both go through the same Pydantic models
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -19,7 +20,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from service.api.arrays import BOOLEANS_PRESENT, MAX_ELEMENTS
 from service.api.errors import validation_problem
-from service.api.problems import ProblemError
+from service.api.problems import ProblemError, shown
 from service.columns import as_array
 
 JSON_MEDIA_TYPE = "application/json"
@@ -55,6 +56,97 @@ def _booleans_outside_arrays(data: Any) -> int:
         elif isinstance(value, list):
             pending.extend(value)
     return found
+
+
+class RepeatedKeyError(ValueError):
+    """A JSON object names the same key twice; which value the client meant is unknowable."""
+
+    def __init__(self, path: list[str | int], key: str) -> None:
+        self.path = [*path, key]
+        where = ".".join(str(part) for part in path) or "the top-level object"
+        super().__init__(f"key {shown(key)} appears more than once in {where}")
+
+
+class _RepeatedKeys(dict[str, Any]):
+    repeated: str
+
+
+def loads(body: bytes) -> Any:
+    """`orjson.loads` that refuses objects with a repeated key instead of keeping the last one.
+
+    Each key and string value in the parsed tree accounts for two quote bytes in the body; a
+    repeated key, an escaped quote or a string inside a skipped array leaves quotes unaccounted
+    for. Only then does the exact, slower parse run, so equal counts prove no key repeats.
+    """
+    data = orjson.loads(body)
+    expected = 2 * _strings_in(data)
+    if _quotes(body, expected + 1) != expected:
+        refuse_repeated_keys(body)
+    return data
+
+
+def _strings_in(data: Any) -> int:
+    """Keys and strings in parsed JSON, skipping any array whose first leaf is a number: those are
+    the megabytes of numbers, and a string hidden further in one only costs the exact parse."""
+    pending, found = [data], 0
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            found += 1
+        elif isinstance(value, dict):
+            found += len(value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            leaf = value
+            while isinstance(leaf, list) and leaf:
+                leaf = leaf[0]
+            if not isinstance(leaf, (int, float)):
+                pending.extend(value)
+    return found
+
+
+def _quotes(body: bytes, limit: int) -> int:
+    """Quote bytes in `body`, counted up to `limit`. A few quotes around megabytes of numbers are
+    found by `find` (memchr: 2 ms for 38 MB) faster than `count` reads every byte (12 ms)."""
+    if limit > 64:
+        return body.count(b'"')
+    found, at = 0, body.find(b'"')
+    while at >= 0 and found < limit:
+        found, at = found + 1, body.find(b'"', at + 1)
+    return found
+
+
+def refuse_repeated_keys(body: bytes) -> None:
+    """Raise `RepeatedKeyError` naming the first repeated key and where it is; bodies that are not
+    JSON pass, for the caller's parser to report."""
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        built = dict(items)
+        if len(built) == len(items):
+            return built
+        keys = [key for key, _ in items]
+        marked = _RepeatedKeys(items)
+        marked.repeated = next(key for index, key in enumerate(keys) if key in keys[:index])
+        repeated.append(marked.repeated)
+        return marked
+
+    try:
+        data = json.loads(body, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return
+    if not repeated:
+        return
+    pending: list[tuple[Any, list[str | int]]] = [(data, [])]
+    while pending:
+        value, path = pending.pop()
+        if isinstance(value, _RepeatedKeys):
+            raise RepeatedKeyError(path, value.repeated)
+        if isinstance(value, dict):
+            pending.extend((item, [*path, key]) for key, item in value.items())
+        elif isinstance(value, list) and value and isinstance(value[0], (dict, list)):
+            pending.extend((item, [*path, index]) for index, item in enumerate(value))
+    raise RepeatedKeyError([], repeated[0])
 
 
 def validate_binary(
@@ -118,8 +210,9 @@ def validate_json(schema: type[BaseModel] | TypeAdapter[Any], body: bytes, max_e
     context: dict[str, Any] = {BOOLEANS_PRESENT: tokens > 0, MAX_ELEMENTS: max_elements}
     try:
         try:
-            data = orjson.loads(body)
+            data = loads(body)
         except orjson.JSONDecodeError:
+            refuse_repeated_keys(body)  # pydantic-core, like orjson, would keep the last value
             if isinstance(schema, TypeAdapter):
                 return schema.validate_json(body, context=context)
             return schema.model_validate_json(body, context=context)
@@ -131,3 +224,6 @@ def validate_json(schema: type[BaseModel] | TypeAdapter[Any], body: bytes, max_e
         return schema.model_validate(data, context=context)
     except ValidationError as exc:
         raise validation_problem(exc) from None
+    except RepeatedKeyError as exc:
+        loc = ["body", *exc.path]
+        raise ProblemError(422, str(exc), errors=[{"loc": loc, "msg": "repeated key"}]) from None

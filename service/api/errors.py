@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.arrays import NON_FINITE
-from service.api.problems import ProblemError
+from service.api.problems import ProblemError, shown
 from service.api.schemas import loss_names
 from service.engine import LossInputError, UnknownLossError
 
@@ -61,7 +61,7 @@ def validation_problem(exc: ValidationError) -> ProblemError:
             nonfinite_fields.append(str(loc[0]))
         if e["type"] == "union_tag_invalid":
             loc.append("loss")
-            msg = f"unknown loss {e['ctx']['tag']!r}; valid names: {e['ctx']['expected_tags']}"
+            msg = f"unknown loss {shown(e['ctx']['tag'])}; valid names: {e['ctx']['expected_tags']}"
         elif e["type"] == "union_tag_not_found":
             loc.append("loss")
             msg = "field required: the loss to compute"
@@ -93,7 +93,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_unknown_loss(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, UnknownLossError)
-        return problem_response(404, f"no loss named {exc.name!r}; valid names: {', '.join(exc.valid)}")
+        return problem_response(404, f"no loss named {shown(exc.name)}; valid names: {', '.join(exc.valid)}")
 
     async def on_http(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)

@@ -22,3 +22,9 @@ class ProblemError(Exception):
         self.errors = errors
         self.headers = headers
         self.nonfinite_fields: list[str] = []
+
+
+def shown(value: object, limit: int = 64) -> str:
+    """`repr(value)` cut to `limit` characters, so an error never echoes a client's megabyte back."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"

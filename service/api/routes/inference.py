@@ -19,7 +19,9 @@ from pydantic import ValidationError
 from service import __version__
 from service.api.arrays import MAX_ELEMENTS
 from service.api.batches import off_loop, run_loss
+from service.api.body import RepeatedKeyError, loads
 from service.api.errors import validation_problem
+from service.api.problems import shown
 from service.api.schemas import loss_request_adapter
 from service.engine import LossInputError, UnknownLossError, resolve
 from service.monitoring import Monitor
@@ -68,7 +70,7 @@ def _catalogue_name(loss: str) -> str:
     try:
         return resolve(loss).name
     except UnknownLossError as exc:
-        raise InferenceError(str(exc), 404) from None
+        raise InferenceError(f"unknown loss {shown(loss)}; valid names: {', '.join(exc.valid)}", 404) from None
 
 
 @router.get("", summary="Server metadata")
@@ -236,9 +238,11 @@ def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memo
         if not 0 < size <= len(body):
             raise InferenceError(f"Inference-Header-Content-Length {size} does not fit a body of {len(body)} bytes")
     try:
-        header = orjson.loads(body[:size])
+        header = loads(body[:size])
     except orjson.JSONDecodeError as exc:
         raise InferenceError(f"malformed inference request JSON: {exc}") from None
+    except RepeatedKeyError as exc:
+        raise InferenceError(f"inference request JSON: {exc}") from None
     if not isinstance(header, dict):
         raise InferenceError("the inference request must be a JSON object")
     return header, memoryview(body)[size:]
@@ -254,9 +258,9 @@ def _inputs(specs: Any, binary: memoryview, limit: int) -> dict[str, np.ndarray[
             raise InferenceError("each input must be an object with name, shape, datatype")
         name = spec.get("name")
         if name not in INPUTS:
-            raise InferenceError(f"unexpected input {name!r}; inputs are {', '.join(INPUTS)}")
+            raise InferenceError(f"unexpected input {shown(name)}; inputs are {', '.join(INPUTS)}")
         if name in arrays:
-            raise InferenceError(f"input {name!r} given twice")
+            raise InferenceError(f"input {shown(name)} given twice")
         array, offset = _tensor(spec, binary, offset, limit)
         # Class labels and 0/1 targets may come as BOOL; the loss reads them as numbers.
         arrays[name] = array.astype(np.int64) if array.dtype == np.bool_ else array
@@ -268,9 +272,9 @@ def _inputs(specs: Any, binary: memoryview, limit: int) -> dict[str, np.ndarray[
 def _tensor(spec: dict[str, Any], binary: memoryview, offset: int, limit: int) -> tuple[np.ndarray[Any, Any], int]:
     name, shape, datatype = spec["name"], spec.get("shape"), spec.get("datatype")
     if datatype not in DATATYPES:
-        raise InferenceError(f"input {name}: unsupported datatype {datatype!r}; use one of {', '.join(DATATYPES)}")
+        raise InferenceError(f"input {name}: unsupported datatype {shown(datatype)}; use one of {', '.join(DATATYPES)}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise InferenceError(f"input {name}: shape must be a list of non-negative integers, got {shape!r}")
+        raise InferenceError(f"input {name}: shape must be a list of non-negative integers, got {shown(shape)}")
     dtype = DATATYPES[datatype]
     count = math.prod(shape)
     if count > limit:
@@ -316,7 +320,7 @@ def _response(
         wanted = {}
         for item in requested:
             if not isinstance(item, dict) or item.get("name") not in outputs:
-                raise InferenceError(f"unknown output {item!r}; outputs are {', '.join(outputs)}")
+                raise InferenceError(f"unknown output {shown(item)}; outputs are {', '.join(outputs)}")
             wanted[item["name"]] = bool((item.get("parameters") or {}).get("binary_data", binary_by_default))
     datatype = "FP32" if next(iter(outputs.values())).dtype == np.float32 else "FP64"
     tensors, chunks = [], []
