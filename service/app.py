@@ -17,7 +17,7 @@ from fastapi.openapi.utils import get_openapi
 
 from service import __version__
 from service.api.errors import install_error_handlers
-from service.api.guards import ApiKeys, BodyLimit, ConcurrencyLimit, RequestLog
+from service.api.guards import ApiKeys, BodyLimit, HeavyRequests, RequestLog
 from service.api.routes import health, inference, losses, metrics
 from service.api.schemas import Problem, evaluate_request_model, loss_request_adapter
 from service.config import Settings
@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(inference.router)
     app.include_router(metrics.router)
     # Outermost last: the request log sees everything, metrics count the guards' refusals.
-    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent)
+    app.add_middleware(HeavyRequests, limit=settings.max_concurrent, timeout=settings.request_timeout)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApiKeys, keys=settings.api_keys or [], protect_metrics=settings.metrics_auth)
     if settings.cors_origins:

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     max_concurrent: int = Field(
         default=8, ge=1, description="Heavy requests computed at once per worker; more get 503 with Retry-After."
     )
+    request_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a heavy request may take, body upload included: 408 if the body is still "
+        "arriving, 504 if the loss is still computing.",
+    )
     api_keys: Annotated[list[str] | None, NoDecode] = Field(
         default=None,
         description="Comma-separated API keys, or the path of a file with one per line; when set, /v1 and /v2 "

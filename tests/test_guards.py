@@ -5,11 +5,13 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import httpx
+import numpy as np
 import pytest
 
 from service.app import create_app
@@ -142,6 +144,40 @@ async def test_heavy_requests_beyond_the_limit_get_503_with_retry_after() -> Non
             release.set()
         assert results["first"].status_code == 200
         assert (await c.post("/v1/loss", json=BODY)).status_code == 200  # the slot was released
+
+
+async def test_a_body_still_arriving_at_the_deadline_gets_408_and_frees_its_slot() -> None:
+    async def stalled_body() -> AsyncIterator[bytes]:
+        yield json.dumps(BODY).encode()[:10]
+        await anyio.sleep(60)
+
+    async for c in client_for(Settings(request_timeout=0.2, max_concurrent=1)):
+        with anyio.fail_after(10):
+            response = await c.post("/v1/loss", content=stalled_body(), headers=JSON)
+        body = problem(response, 408)
+        assert body["detail"] == "the request body did not arrive within 0.2 s (LOSS_SERVICE_REQUEST_TIMEOUT)"
+        assert response.headers["connection"] == "close"
+        assert (await c.post("/v1/loss", json=BODY)).status_code == 200
+
+
+async def test_a_computation_past_the_deadline_gets_504_and_its_thread_keeps_the_slot() -> None:
+    # 2e6 numbers, 20 MB: parsing alone takes ~100 ms, well past the 20 ms deadline, in a worker thread.
+    values = np.random.default_rng(0).random((100_000, 10)).round(6).tolist()
+    heavy = json.dumps({"loss": "mse", "predictions": values, "labels": values}).encode()
+    async for c in client_for(Settings(request_timeout=0.02, max_concurrent=1)):
+        started = time.perf_counter()
+        body = problem(await c.post("/v1/loss", content=heavy, headers=JSON), 504)
+        assert (
+            body["detail"]
+            == "the loss was not computed within 0.02 s (LOSS_SERVICE_REQUEST_TIMEOUT); try a smaller batch"
+        )
+        answered = time.perf_counter() - started
+        # The abandoned thread still holds the only slot: the next request is refused, not queued.
+        assert problem(await c.post("/v1/loss", json=BODY), 503)["detail"].startswith("1 requests are already")
+        with anyio.fail_after(30):
+            while (await c.post("/v1/loss", json=BODY)).status_code == 503:
+                await anyio.sleep(0.02)
+        assert time.perf_counter() - started > answered  # the slot came back only when the thread finished
 
 
 async def test_request_ids_and_one_json_log_line_per_request(

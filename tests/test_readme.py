@@ -34,3 +34,16 @@ async def test_readme_example_output_is_what_the_service_answers(
     else:
         response = await client.get(example["path"])
     assert response.json() == json.loads(example["output"])
+
+
+def test_the_configuration_table_lists_every_setting_with_its_default() -> None:
+    from service.config import Settings
+
+    rows = dict(re.findall(r"^\| `LOSS_SERVICE_(\w+)` \| ([^|]+) \|", README, re.MULTILINE))
+    assert set(rows) == {name.upper() for name in Settings.model_fields}
+    for name, field in Settings.model_fields.items():
+        shown = rows[name.upper()].strip().split()[0].strip("`")
+        if isinstance(field.default, str):
+            assert shown == field.default, name
+        elif isinstance(field.default, (int, float)) and not isinstance(field.default, bool):
+            assert float(shown) == float(field.default), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import httpx
@@ -40,3 +41,24 @@ def test_served_errors_are_problem_json(url: str) -> None:
     response = httpx.post(f"{url}/v1/loss", content=b"{", headers={"content-type": "application/json"})
     assert response.status_code == 400
     assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_a_client_that_stalls_mid_body_gets_408_and_the_connection_closes() -> None:
+    with served(env={"LOSS_SERVICE_REQUEST_TIMEOUT": "0.5"}) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.sendall(
+                b"POST /v1/loss HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 1000\r\n\r\n{"loss": "mse", '
+            )
+            received = b""
+            while chunk := connection.recv(65536):  # b"" once the server closes the connection
+                received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), head
+        assert b"connection: close" in head.lower()
+        assert b"did not arrive within 0.5 s" in body
+        assert (
+            httpx.post(f"{base}/v1/loss", json={"loss": "mse", "predictions": [1.0], "labels": [2.0]}).json()["mean"]
+            == 1.0
+        )

@@ -12,6 +12,7 @@ import anyio.to_thread
 from fastapi import Request
 from pydantic import BaseModel
 
+from service.api.guards import HEAVY_SLOT, Slot
 from service.engine import Reduced, compute, resolve
 from service.monitoring import Monitor
 
@@ -45,7 +46,22 @@ def run_loss(request: Any, monitor: Monitor, log: dict[str, Any] | None = None) 
 
 
 async def off_loop(request: Request, size: int, work: Callable[[], Any]) -> Any:
-    """Large bodies are parsed and computed in a worker thread so the event loop keeps serving."""
-    if size > request.app.state.settings.offload_bytes:
+    """Large bodies are parsed and computed in a worker thread so the event loop keeps serving.
+
+    A request that times out stops waiting for its thread, which cannot be interrupted; the
+    thread keeps the request's concurrency slot until it is done.
+    """
+    if size <= request.app.state.settings.offload_bytes:
+        return work()
+    slot: Slot | None = request.scope.get("state", {}).get(HEAVY_SLOT)
+    if slot is None:
         return await anyio.to_thread.run_sync(work)
-    return work()
+    slot.hold()
+
+    def holding_the_slot() -> Any:
+        try:
+            return work()
+        finally:
+            slot.release()
+
+    return await anyio.to_thread.run_sync(holding_the_slot, abandon_on_cancel=True)

@@ -1,5 +1,5 @@
 """Request guards, as pure ASGI middleware: request ids and access logs, API keys, body limits
-(gzip included) and a bound on concurrent heavy requests.
+(gzip included) and bounds on heavy requests in number and time.
 
 Each refuses with RFC 9457 problem details before the body is read in full.
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
+import threading
 import time
 import uuid
 import zlib
@@ -209,25 +211,89 @@ class BodyLimit:
         )
 
 
-class ConcurrencyLimit:
-    """At most `limit` heavy requests at once per worker; beyond it 503 with Retry-After, never a queue."""
+HEAVY_SLOT = "heavy_slot"  # scope state key: the request's `Slot`, for work that outlives it
 
-    def __init__(self, app: ASGIApp, limit: int, retry_after: int = 1) -> None:
+
+class Slot:
+    """One heavy request's claim on the concurrency bound, shared with any thread it starts.
+
+    A timed-out request answers 504 at once, but its thread cannot be stopped; the thread holds
+    the slot until it finishes, so abandoned work still counts against the bound.
+    """
+
+    def __init__(self, limiter: HeavyRequests) -> None:
+        self.limiter = limiter
+        self.holders = 1
+
+    def hold(self) -> None:
+        with self.limiter.lock:
+            self.holders += 1
+
+    def release(self) -> None:
+        with self.limiter.lock:
+            self.holders -= 1
+            if self.holders == 0:
+                self.limiter.busy -= 1
+
+
+class HeavyRequests:
+    """Bounds heavy requests (loss computations) per worker in number and in time.
+
+    Beyond `limit` at once: 503 with Retry-After, never a queue. Past `timeout` seconds: 408 if
+    the body has not fully arrived (a slow client, answered with Connection: close), else 504.
+    A response already started is left to finish.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, timeout: float, retry_after: int = 1) -> None:
         self.app = app
-        self.slots = anyio.CapacityLimiter(limit)
+        self.limit = limit
+        self.timeout = timeout
         self.retry_after = retry_after
+        self.busy = 0
+        self.lock = threading.Lock()  # worker threads release slots too
+
+    def _claim(self) -> Slot | None:
+        with self.lock:
+            if self.busy >= self.limit:
+                return None
+            self.busy += 1
+        return Slot(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith(HEAVY_PREFIXES):
             await self.app(scope, receive, send)
             return
-        try:
-            self.slots.acquire_nowait()
-        except anyio.WouldBlock:
-            detail = f"{int(self.slots.total_tokens)} requests are already being computed; retry shortly"
+        slot = self._claim()
+        if slot is None:
+            detail = f"{self.limit} requests are already being computed; retry shortly"
             await _refuse(send, _refused(503, detail, {"Retry-After": str(self.retry_after)}), scope)
             return
+        scope.setdefault("state", {})[HEAVY_SLOT] = slot
+        body_received = responding = False
+
+        async def receiving() -> Message:
+            nonlocal body_received
+            message = await receive()
+            body_received = body_received or not message.get("more_body", False)
+            return message
+
+        async def sending(message: Message) -> None:
+            nonlocal responding
+            if message["type"] == "http.response.start":
+                responding = True
+                deadline.deadline = math.inf
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            with anyio.move_on_after(self.timeout) as deadline:
+                await self.app(scope, receiving, sending)
         finally:
-            self.slots.release()
+            slot.release()
+        if deadline.cancelled_caught and not responding:
+            await _refuse(send, self._timed_out(body_received), scope)
+
+    def _timed_out(self, body_received: bool) -> ProblemError:
+        limit = f"{self.timeout:g} s (LOSS_SERVICE_REQUEST_TIMEOUT)"
+        if not body_received:
+            return _refused(408, f"the request body did not arrive within {limit}", {"Connection": "close"})
+        return _refused(504, f"the loss was not computed within {limit}; try a smaller batch")

@@ -44,9 +44,11 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         400: "Malformed JSON, npz, Arrow or gzip body",
         401: "Missing or invalid API key (when LOSS_SERVICE_API_KEYS is set)",
         413: "Body larger than LOSS_SERVICE_MAX_BODY_BYTES (after gzip inflation)",
+        408: "The body did not arrive within LOSS_SERVICE_REQUEST_TIMEOUT (the connection is closed)",
         415: "Unsupported Content-Type or Content-Encoding",
         422: "Invalid input: the errors name each field, index and reason",
         503: "Overloaded: more than LOSS_SERVICE_MAX_CONCURRENT heavy requests; see Retry-After",
+        504: "The loss was not computed within LOSS_SERVICE_REQUEST_TIMEOUT",
     }.items()
 }
 
