@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import shutil
 import signal
@@ -28,6 +29,27 @@ def _prepare_metrics_dir(directory: Path) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
+MALLOC_ARENAS = "2"
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def _limit_malloc_arenas() -> None:
+    """Cap glibc's malloc arenas at 2, in this process and (by environment) in spawned workers.
+
+    Requests computed in worker threads each get a malloc arena by default (up to 8 per core),
+    and freed memory stays in them: under the load test, workers grew from 173 to 237 MB and
+    246 to 307 MB in 120 s without levelling off; with 2 arenas they stayed at 172-193 MB at the
+    same throughput. A MALLOC_ARENA_MAX the operator set is left alone.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    os.environ["MALLOC_ARENA_MAX"] = MALLOC_ARENAS
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, int(MALLOC_ARENAS))
+    except (OSError, AttributeError):
+        pass  # not glibc: its allocator has its own policy
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -37,6 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
     own_directory = settings.metrics_dir is None
     metrics_dir = Path(settings.metrics_dir or Path(tempfile.gettempdir()) / f"loss-service-metrics-{os.getpid()}")
     _prepare_metrics_dir(metrics_dir)
+    _limit_malloc_arenas()
     # uvicorn drains, then re-raises the signal that stopped it; a clean drain should exit 0
     # (orchestrators read a signal exit as a crash), so these handlers absorb that re-raise.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
