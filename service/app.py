@@ -21,7 +21,7 @@ from service.api.guards import ApiKeys, BodyLimit, HeavyRequests, RequestLog
 from service.api.routes import health, inference, losses, metrics
 from service.api.schemas import Problem, evaluate_request_model, loss_request_adapter
 from service.config import Settings
-from service.monitoring import MetricsMiddleware, Monitor, mark_worker_dead
+from service.monitoring import MetricsMiddleware, Monitor, forget_killed_workers, mark_worker_dead
 
 DESCRIPTION = """Per-sample and mean losses for batches of predictions and labels, computed exactly as
 Keras (`convention: keras`) or PyTorch (`convention: torch`) compute them, in float64 or float32.
@@ -30,6 +30,7 @@ Errors are RFC 9457 problem details naming the field, index and reason."""
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    forget_killed_workers()
     app.state.lifecycle = "ready"
     restore_signals = _drain_on_stop_signal(app)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import os
 import shutil
@@ -44,10 +45,8 @@ def _limit_malloc_arenas() -> None:
     if "MALLOC_ARENA_MAX" in os.environ:
         return
     os.environ["MALLOC_ARENA_MAX"] = MALLOC_ARENAS
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: its allocator has its own policy
         ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, int(MALLOC_ARENAS))
-    except (OSError, AttributeError):
-        pass  # not glibc: its allocator has its own policy
 
 
 def _serve(args: argparse.Namespace) -> int:

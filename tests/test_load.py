@@ -8,14 +8,19 @@ is numerically right, every invalid one gets its documented 4xx, the only 5xx is
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
+import os
 import random
+import signal
+import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -169,3 +174,172 @@ def test_a_burst_of_mixed_requests_is_answered_correctly_with_stable_memory(
     assert tally.sent >= 20_000
     assert not [status for status in tally.statuses if status >= 500 and status != 503]
     assert end <= warm * 1.10, [(round(at), value >> 20) for at, value in rss]
+
+
+def workers_of(process: subprocess.Popen[bytes]) -> set[int]:
+    """uvicorn's worker processes (spawned by multiprocessing), not its resource tracker."""
+    found = set()
+    for pid in descendants(process.pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.add(pid)
+        except OSError:
+            pass
+    return found
+
+
+def access_log(path: Path) -> dict[str, int]:
+    """request id -> status, from the server's JSON access lines."""
+    logged = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("{") and '"request_id"' in line:
+            entry = json.loads(line)
+            logged[entry["request_id"]] = entry["status"]
+    return logged
+
+
+# Room for the 36 connections below: a slow upload must be in flight, not refused with 503.
+DRAIN_ENV = {"LOSS_SERVICE_LOG_LEVEL": "info", "LOSS_SERVICE_MAX_CONCURRENT": "32"}
+
+
+def test_sigterm_under_load_drains_every_request_the_server_began(tmp_path: Path) -> None:
+    case = next(c for c in valid_cases() if c.name == "scce-400x20")  # ~100 KB, computed in a thread
+    answered: dict[str, int] = {}
+    unanswered: list[str] = []
+    slow_statuses: list[int] = []
+    log_path = tmp_path / "server.log"
+    with (
+        log_path.open("wb") as log,
+        serving("--workers", "2", env=DRAIN_ENV, stderr=log) as (
+            url,
+            process,
+        ),
+    ):
+        port = int(url.rsplit(":", 1)[1])
+
+        async def steady(worker: int, stop_at: float) -> None:
+            connection = Connection("127.0.0.1", port)
+            for sequence in itertools.count():
+                if time.monotonic() > stop_at:
+                    break
+                request_id = f"steady-{worker}-{sequence}"
+                try:
+                    answer = await connection.request(
+                        "POST", case.path, case.body, {**JSON, "X-Request-ID": request_id}
+                    )
+                except (ConnectionError, OSError):
+                    unanswered.append(request_id)
+                    await asyncio.sleep(0.05)  # the listener is closing; retrying fast only spins
+                    continue
+                answered[request_id] = answer.status
+                assert verdict(case, answer.status, answer.body) is None
+            connection.close()
+
+        async def slow_upload(index: int, terminated: asyncio.Event) -> None:
+            # Half the body before SIGTERM, the rest 0.5 s after it: in flight across the signal.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            head = (
+                f"POST /v1/loss HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"X-Request-ID: slow-{index}\r\nContent-Length: {len(case.body)}\r\n\r\n"
+            ).encode()
+            writer.write(head + case.body[: len(case.body) // 2])
+            await writer.drain()
+            await terminated.wait()
+            await asyncio.sleep(0.5)
+            writer.write(case.body[len(case.body) // 2 :])
+            await writer.drain()
+            status_line = await reader.readuntil(b"\r\n")
+            slow_statuses.append(int(status_line.split()[1]))
+            writer.close()
+
+        async def scenario() -> None:
+            terminated = asyncio.Event()
+            stop_at = time.monotonic() + 8.0
+            # The slow uploads claim their slots first: one worker may still be starting, and
+            # 32 steady connections could otherwise fill the other's 32 slots.
+            tasks = [asyncio.create_task(slow_upload(i, terminated)) for i in range(4)]
+            await asyncio.sleep(0.2)
+            tasks += [asyncio.create_task(steady(i, stop_at)) for i in range(32)]
+            await asyncio.sleep(3.0)
+            process.send_signal(signal.SIGTERM)
+            terminated.set()
+            await asyncio.gather(*tasks)
+
+        asyncio.run(scenario())
+        assert process.wait(timeout=60) == 0
+    logged = access_log(log_path)
+    in_flight_at_sigterm = {rid for rid in logged if rid.startswith("slow-")}
+    print(
+        f"\nsigterm: {len(answered):,} answered ({Counter(answered.values())}), {len(unanswered)} never began "
+        f"(connection closed by the draining server), slow uploads {slow_statuses}; server logged {len(logged):,}"
+    )
+    assert slow_statuses == [200] * 4, "requests in flight at SIGTERM must complete"
+    assert in_flight_at_sigterm == {f"slow-{i}" for i in range(4)}
+    # Everything the server began was answered, whole, with the status it logged: nothing cut off.
+    assert {rid: status for rid, status in logged.items() if rid.startswith("steady-")} == answered
+    assert set(answered.values()) <= {200, 503}
+    assert not set(unanswered) & set(logged)
+
+
+def test_a_worker_killed_with_sigkill_is_replaced_and_the_service_keeps_answering() -> None:
+    case = next(c for c in valid_cases() if c.name == "scce-32x10")
+    with serving("--workers", "2") as (url, process):
+        port = int(url.rsplit(":", 1)[1])
+        before = workers_of(process)
+        assert len(before) == 2
+        tally = Tally(Counter(), [])
+        answered_after_kill = 0
+        replaced_at: list[float] = []
+        killed = min(before)
+
+        async def keep_asking(stop_at: float, killed_at: asyncio.Event) -> None:
+            nonlocal answered_after_kill
+            connection = Connection("127.0.0.1", port)
+            while time.monotonic() < stop_at:
+                tally.sent += 1
+                try:
+                    answer = await connection.request("POST", case.path, case.body, JSON)
+                except ConnectionError:
+                    tally.failed += 1
+                    continue
+                tally.statuses[answer.status] += 1
+                if verdict(case, answer.status, answer.body):
+                    tally.wrong.append(str(verdict(case, answer.status, answer.body)))
+                answered_after_kill += killed_at.is_set()
+            connection.close()
+
+        async def kill_and_watch(killed_at: asyncio.Event) -> None:
+            await asyncio.sleep(2.0)
+            os.kill(killed, signal.SIGKILL)
+            killed_at.set()
+            started = time.monotonic()
+            while time.monotonic() - started < 20:
+                current = workers_of(process)
+                if len(current) == 2 and killed not in current:
+                    replaced_at.append(time.monotonic() - started)
+                    return
+                await asyncio.sleep(0.1)
+
+        async def scenario() -> None:
+            killed_at = asyncio.Event()
+            stop_at = time.monotonic() + 8.0
+            await asyncio.gather(kill_and_watch(killed_at), *(keep_asking(stop_at, killed_at) for _ in range(16)))
+
+        asyncio.run(scenario())
+        after = workers_of(process)
+        metrics = httpx.get(f"{url}/metrics").text
+    print(
+        f"\nsigkill: worker {killed} replaced in {replaced_at[0] if replaced_at else 'never'} s; "
+        f"{tally.sent:,} requests, {answered_after_kill:,} answered after the kill, {tally.failed} cut with the worker"
+    )
+    assert replaced_at, f"worker {killed} was not replaced: workers {after}"
+    assert len(after) == 2
+    assert killed not in after
+    assert tally.wrong == []
+    assert set(tally.statuses) == {200}
+    assert tally.failed <= 16, "only requests the killed worker held can fail, at most one per connection"
+    assert answered_after_kill > 100
+    # The killed worker's in-flight requests do not haunt the gauge: only this scrape is in flight.
+    assert "loss_service_http_requests_in_flight 1.0" in metrics, [
+        line for line in metrics.splitlines() if "in_flight" in line
+    ]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -146,3 +149,19 @@ def test_settings_read_comma_separated_lists(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("LOSS_SERVICE_LOSS_BUCKETS", "1, 0.5")
     with pytest.raises(ValueError, match="strictly increasing"):
         Settings()
+
+
+def test_a_killed_workers_live_gauges_are_forgotten_by_its_replacement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.monitoring import forget_killed_workers
+
+    child = subprocess.Popen(["true"])
+    child.wait()  # reaped: its pid no longer names a process
+    dead = child.pid
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    for name in (f"gauge_livesum_{dead}.db", f"gauge_livesum_{os.getpid()}.db", f"counter_{dead}.db"):
+        (tmp_path / name).write_bytes(b"")
+    assert forget_killed_workers() == [dead]
+    # Its counts are history and stay; only its in-flight gauge, stuck where it died, goes.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"counter_{dead}.db", f"gauge_livesum_{os.getpid()}.db"]
