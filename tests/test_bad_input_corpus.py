@@ -247,6 +247,27 @@ def corpus() -> Iterator[Case]:
     deep_options = json.loads("[" * 500 + "]" * 500)
     yield "deep-options", "/v1/loss", body(options={"a": deep_options}), j, 422
     yield "long-string", "/v1/loss", body(model="m" * 1_000_000), j, 422
+    long_key = "k" * 100_000  # echoed in the error's location, so it must come back clipped
+    yield "long-key", "/v1/loss", body(**{long_key: 1}), j, 422
+    yield "long-option-key", "/v1/loss", body(options={long_key: 1}), j, 422
+    yield "long-repeated-key", "/v1/loss", body()[:-1] + f', "{long_key}": 1, "{long_key}": 2}}'.encode(), j, 422
+    yield (
+        "long-query-key",
+        "/v1/loss?loss=mse&" + "q" * 5000 + "=1",
+        npz(predictions=np.ones(2), labels=np.ones(2)),
+        n,
+        422,
+    )
+    yield (
+        "long-array-name",
+        "/v1/loss?loss=mse",
+        npz(predictions=np.ones(2), labels=np.ones(2), **{"z" * 5000: np.ones(1)}),
+        n,
+        422,
+    )
+    oip_long = {"inputs": [{"name": "predictions", "shape": [1], "datatype": "FP64", "data": [1.0]},
+                           {"name": "labels", "shape": [1], "datatype": "FP64", "data": [1.0]}], "parameters": {long_key: 1}}  # fmt: skip
+    yield "oip-long-parameter", "/v2/models/mse/infer", json.dumps(oip_long).encode(), j, 400
     # Repeated keys: which value was meant is unknowable, so none is taken (422 / 400 on v2).
     for i, raw in enumerate(REPEATED_KEYS):
         yield f"repeated-key-{i}", "/v1/loss", raw, j, 422

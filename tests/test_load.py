@@ -202,7 +202,9 @@ def access_log(path: Path) -> dict[str, int]:
 DRAIN_ENV = {"LOSS_SERVICE_LOG_LEVEL": "info", "LOSS_SERVICE_MAX_CONCURRENT": "32"}
 
 
-def test_sigterm_under_load_drains_every_request_the_server_began(tmp_path: Path) -> None:
+def test_sigterm_under_load_drains_every_request_the_server_began(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     case = next(c for c in valid_cases() if c.name == "scce-400x20")  # ~100 KB, computed in a thread
     answered: dict[str, int] = {}
     unanswered: list[str] = []
@@ -269,10 +271,11 @@ def test_sigterm_under_load_drains_every_request_the_server_began(tmp_path: Path
         assert process.wait(timeout=60) == 0
     logged = access_log(log_path)
     in_flight_at_sigterm = {rid for rid in logged if rid.startswith("slow-")}
-    print(
-        f"\nsigterm: {len(answered):,} answered ({Counter(answered.values())}), {len(unanswered)} never began "
-        f"(connection closed by the draining server), slow uploads {slow_statuses}; server logged {len(logged):,}"
-    )
+    with capsys.disabled():
+        print(
+            f"\nsigterm: {len(answered):,} answered ({Counter(answered.values())}), {len(unanswered)} never began "
+            f"(connection closed by the draining server), slow uploads {slow_statuses}; server logged {len(logged):,}"
+        )
     assert slow_statuses == [200] * 4, "requests in flight at SIGTERM must complete"
     assert in_flight_at_sigterm == {f"slow-{i}" for i in range(4)}
     # Everything the server began was answered, whole, with the status it logged: nothing cut off.
@@ -281,7 +284,9 @@ def test_sigterm_under_load_drains_every_request_the_server_began(tmp_path: Path
     assert not set(unanswered) & set(logged)
 
 
-def test_a_worker_killed_with_sigkill_is_replaced_and_the_service_keeps_answering() -> None:
+def test_a_worker_killed_with_sigkill_is_replaced_and_the_service_keeps_answering(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     case = next(c for c in valid_cases() if c.name == "scce-32x10")
     with serving("--workers", "2") as (url, process):
         port = int(url.rsplit(":", 1)[1])
@@ -328,10 +333,12 @@ def test_a_worker_killed_with_sigkill_is_replaced_and_the_service_keeps_answerin
         asyncio.run(scenario())
         after = workers_of(process)
         metrics = httpx.get(f"{url}/metrics").text
-    print(
-        f"\nsigkill: worker {killed} replaced in {replaced_at[0] if replaced_at else 'never'} s; "
-        f"{tally.sent:,} requests, {answered_after_kill:,} answered after the kill, {tally.failed} cut with the worker"
-    )
+    with capsys.disabled():
+        print(
+            f"\nsigkill: worker {killed} replaced in {replaced_at[0] if replaced_at else 'never'} s; "
+            f"{tally.sent:,} requests, {answered_after_kill:,} answered after the kill, "
+            f"{tally.failed} cut with the worker"
+        )
     assert replaced_at, f"worker {killed} was not replaced: workers {after}"
     assert len(after) == 2
     assert killed not in after

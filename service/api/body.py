@@ -20,7 +20,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from service.api.arrays import BOOLEANS_PRESENT, MAX_ELEMENTS
 from service.api.errors import validation_problem
-from service.api.problems import ProblemError, shown
+from service.api.problems import ProblemError, clipped, shown
 from service.columns import as_array
 
 JSON_MEDIA_TYPE = "application/json"
@@ -62,8 +62,8 @@ class RepeatedKeyError(ValueError):
     """A JSON object names the same key twice; which value the client meant is unknowable."""
 
     def __init__(self, path: list[str | int], key: str) -> None:
-        self.path = [*path, key]
-        where = ".".join(str(part) for part in path) or "the top-level object"
+        self.path = [clipped(part) if isinstance(part, str) else part for part in (*path, key)]
+        where = ".".join(str(part) for part in self.path[:-1]) or "the top-level object"
         super().__init__(f"key {shown(key)} appears more than once in {where}")
 
 
@@ -158,8 +158,13 @@ def validate_binary(
     if unexpected:
         raise ProblemError(
             422,
-            f"body: unexpected array {unexpected[0]!r}; expected {', '.join(ARRAY_FIELDS)}",
-            errors=[{"loc": ["body", unexpected[0]], "msg": f"unexpected array; expected {', '.join(ARRAY_FIELDS)}"}],
+            f"body: unexpected array {shown(unexpected[0])}; expected {', '.join(ARRAY_FIELDS)}",
+            errors=[
+                {
+                    "loc": ["body", clipped(unexpected[0])],
+                    "msg": f"unexpected array; expected {', '.join(ARRAY_FIELDS)}",
+                }
+            ],
         )
     fields: dict[str, Any] = {key: value for key, value in query.items() if key not in ARRAY_FIELDS}
     for key in ("options", "chunk"):  # a JSON object and a JSON boolean, written in the query

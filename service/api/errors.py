@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.arrays import NON_FINITE
-from service.api.problems import ProblemError, shown
+from service.api.problems import ProblemError, clipped, shown
 from service.api.schemas import loss_names
 from service.engine import LossInputError, UnknownLossError
 
@@ -56,6 +56,7 @@ def validation_problem(exc: ValidationError) -> ProblemError:
         loc = list(e["loc"])
         # A tagged union puts the loss name in the location; a client wants the field path.
         loc = [part for i, part in enumerate(loc) if not (part in tags and i < len(loc) - 1)]
+        loc = [clipped(part) if isinstance(part, str) else part for part in loc]  # unknown keys are echoed
         msg = e["msg"]
         if e["type"] == NON_FINITE:
             nonfinite_fields.append(str(loc[0]))

@@ -24,7 +24,11 @@ class ProblemError(Exception):
         self.nonfinite_fields: list[str] = []
 
 
-def shown(value: object, limit: int = 64) -> str:
-    """`repr(value)` cut to `limit` characters, so an error never echoes a client's megabyte back."""
-    text = repr(value)
+def clipped(text: str, limit: int = 64) -> str:
+    """`text` cut to `limit` characters, so an error never echoes a client's megabyte back."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def shown(value: object, limit: int = 64) -> str:
+    """`repr(value)`, clipped."""
+    return clipped(repr(value), limit)
