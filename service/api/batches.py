@@ -5,6 +5,7 @@ Shared by /v1/loss and the Open Inference Protocol routes so they cannot drift a
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -49,7 +50,8 @@ async def off_loop(request: Request, size: int, work: Callable[[], Any]) -> Any:
     """Large bodies are parsed and computed in a worker thread so the event loop keeps serving.
 
     A request that times out stops waiting for its thread, which cannot be interrupted; the
-    thread keeps the request's concurrency slot until it is done.
+    thread keeps the request's concurrency slot until it is done. Work abandoned before any
+    thread picked it up never runs (anyio drops it), so then the request gives the slot back.
     """
     if size <= request.app.state.settings.offload_bytes:
         return work()
@@ -57,11 +59,18 @@ async def off_loop(request: Request, size: int, work: Callable[[], Any]) -> Any:
     if slot is None:
         return await anyio.to_thread.run_sync(work)
     slot.hold()
+    releaser = threading.Lock()  # taken once: by the thread as it starts, or by the request
 
     def holding_the_slot() -> Any:
+        if not releaser.acquire(blocking=False):
+            return None  # the request already gave up and released the hold
         try:
             return work()
         finally:
             slot.release()
 
-    return await anyio.to_thread.run_sync(holding_the_slot, abandon_on_cancel=True)
+    try:
+        return await anyio.to_thread.run_sync(holding_the_slot, abandon_on_cancel=True)
+    finally:
+        if releaser.acquire(blocking=False):
+            slot.release()  # no thread started the work, and none will
