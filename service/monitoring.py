@@ -7,6 +7,7 @@ values there and /metrics merges them (prometheus-client multiprocess mode).
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -41,6 +42,7 @@ REJECTION_REASONS = {
     403: "unauthorised",
 }
 OVERLOAD_STATUSES = {429, 503, 504}
+STATUS_CLASSES = [f"{first}xx" for first in range(10)]
 
 
 def multiprocess_dir() -> str | None:
@@ -56,6 +58,7 @@ class Monitor:
         self._allowlist = frozenset(settings.model_allowlist) if settings.model_allowlist else None
         self._models: set[str] = set()
         self._models_lock = threading.Lock()
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "loss_service_http_requests_total",
@@ -138,22 +141,31 @@ class Monitor:
         self.overflowed.inc()
         return OTHER_MODEL
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, remembered: prometheus-client validates and locks on every
+        call (7 per loss request, ~30 us in all). The label sets are bounded (route templates,
+        HTTP methods, statuses, bounded model names), so the cache is too."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def observe_batch(self, model: str | None, loss: str, per_sample: np.ndarray[Any, Any], mean: float) -> None:
         label = self.model_label(model)
         values = per_sample.ravel()
-        histogram = self.sample_loss.labels(label, loss)
-        _observe_many(histogram, values)
-        self.samples.labels(label, loss).inc(values.size)
-        self.batches.labels(label, loss).inc()
-        self.last_mean.labels(label, loss).set(mean)
+        _observe_many(self._child(self.sample_loss, label, loss), values)
+        self._child(self.samples, label, loss).inc(values.size)
+        self._child(self.batches, label, loss).inc()
+        self._child(self.last_mean, label, loss).set(mean)
 
     def record_request(self, route: str, method: str, status: int, seconds: float, body_bytes: int) -> None:
-        self.requests.labels(route, method, f"{status // 100}xx").inc()
-        self.latency.labels(route, method).observe(seconds)
-        self.body_size.labels(route).observe(body_bytes)
+        self._child(self.requests, route, method, STATUS_CLASSES[status // 100]).inc()
+        self._child(self.latency, route, method).observe(seconds)
+        self._child(self.body_size, route).observe(body_bytes)
         reason = "overloaded" if status in OVERLOAD_STATUSES and route != "/readyz" else REJECTION_REASONS.get(status)
         if reason:
-            self.rejected.labels(reason).inc()
+            self._child(self.rejected, reason).inc()
 
     def record_nonfinite(self, fields: Iterable[str]) -> None:
         for field in fields:
@@ -175,12 +187,17 @@ def _observe_many(histogram: Histogram, values: np.ndarray[Any, Any]) -> None:
     whose bound >= value) and `_sum` are incremented here directly; test_monitoring checks this
     equals calling observe() value by value.
     """
-    bounds = np.asarray(histogram._upper_bounds)
+    bounds = _bounds(tuple(histogram._upper_bounds))
     counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=bounds.size)
     for bucket, count in zip(histogram._buckets, counts, strict=True):
         if count:
             bucket.inc(int(count))
     histogram._sum.inc(float(values.sum(dtype=np.float64)))
+
+
+@functools.cache
+def _bounds(upper_bounds: tuple[float, ...]) -> np.ndarray[Any, Any]:
+    return np.asarray(upper_bounds)
 
 
 class MetricsMiddleware:

@@ -77,7 +77,8 @@ def _as_working_array(values: ArrayLike, field: str, dtype: np.dtype[Any]) -> Ar
     _check_finite(array, field, "is not a finite number")
     with np.errstate(over="ignore"):
         converted = array.astype(dtype, copy=False)
-    _check_finite(converted, field, f"overflows {dtype} (magnitude above {np.finfo(dtype).max:.4g})")
+    if array.dtype.kind == "f" and array.dtype.itemsize > dtype.itemsize:  # only narrowing overflows
+        _check_finite(converted, field, f"overflows {dtype} (magnitude above {np.finfo(dtype).max:.4g})")
     return converted
 
 
