@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -92,6 +93,42 @@ PROTECTED = [
 ]
 
 
+def refusal(response: httpx.Response, status: int) -> str:
+    """The refusal's message: problem details on /v1, the Open Inference Protocol's error on /v2."""
+    if response.request.url.path.startswith("/v2"):
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == "application/json"
+        assert set(response.json()) == {"error"}
+        return str(response.json()["error"])
+    return str(problem(response, status)["detail"])
+
+
+async def test_oip_routes_refuse_in_the_protocols_error_shape() -> None:
+    infer = "/v2/models/mse/infer"
+    async for c in client_for(Settings(max_body_bytes=1000)):
+        assert "limit is 1,000" in refusal(await c.post(infer, content=b"x" * 1001), 413)
+
+        async def oversize_stream() -> AsyncIterator[bytes]:
+            yield b"x" * 1001
+
+        assert "limit is 1,000" in refusal(await c.post(infer, content=oversize_stream()), 413)
+    release, arrived = anyio.Event(), anyio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        arrived.set()
+        await release.wait()
+        yield b"{}"
+
+    async for c in client_for(Settings(max_concurrent=1)):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(partial(c.post, "/v1/loss", content=slow_body(), headers=JSON))
+            await arrived.wait()
+            overloaded = await c.post(infer, content=b"{}")
+            assert refusal(overloaded, 503).startswith("1 requests are already being computed")
+            assert overloaded.headers["retry-after"] == "1"
+            release.set()
+
+
 @pytest.fixture
 async def keyed(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     key_file = tmp_path / "keys"
@@ -103,10 +140,10 @@ async def keyed(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.mark.parametrize(("method", "path"), PROTECTED)
 async def test_protected_routes_need_a_valid_key(keyed: httpx.AsyncClient, method: str, path: str) -> None:
     missing = await keyed.request(method, path, json=BODY)
-    assert problem(missing, 401)["detail"].startswith("an API key is required")
+    assert refusal(missing, 401).startswith("an API key is required")
     assert missing.headers["www-authenticate"] == 'Bearer realm="loss-service"'
     wrong = await keyed.request(method, path, json=BODY, headers={"authorization": "Bearer nope"})
-    assert problem(wrong, 401)["detail"] == "the API key is not valid"
+    assert refusal(wrong, 401) == "the API key is not valid"
     assert "invalid_token" in wrong.headers["www-authenticate"]
     right = await keyed.request(method, path, json=BODY, headers={"authorization": "Bearer second-key"})
     assert right.status_code not in (401, 403)

@@ -1,7 +1,8 @@
 """Request guards, as pure ASGI middleware: request ids and access logs, API keys, body limits
 (gzip included) and bounds on heavy requests in number and time.
 
-Each refuses with RFC 9457 problem details before the body is read in full.
+Each refuses before the body is read in full: with RFC 9457 problem details, or on the Open
+Inference Protocol's /v2 routes with its `{"error": "..."}` body.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import anyio
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import problem_response
+from service.api.errors import refusal_response
 from service.api.problems import ProblemError
 
 HEAVY_PREFIXES = ("/v1/loss", "/v1/evaluate", "/v2/models/")
@@ -42,7 +43,7 @@ def _refused(status: int, detail: str, headers: dict[str, str] | None = None) ->
 
 
 async def _refuse(send: Send, refusal: ProblemError, scope: Scope) -> None:
-    response = problem_response(refusal.status, refusal.detail, headers=refusal.headers)
+    response = refusal_response(scope["path"], refusal.status, refusal.detail, refusal.headers)
     await response(scope, _no_body, send)
 
 
