@@ -358,3 +358,50 @@ async def test_escapes_and_distinct_keys_are_not_mistaken_for_repeats(
     response = await limited.post("/v1/loss", content=raw, headers={"content-type": JSON})
     assert response.status_code == status, response.text
     assert "appears more than once" not in response.text
+
+
+FIELDWISE_ALSO = [
+    body(),
+    body(options={"from_logits": False}, model="m-1", dtype="float32", convention="torch"),
+    body(sample_weight=[1.0, 0.5]),
+    body(predictions=[[0.2, True], [0.6, 0.4]]),
+    b'{"loss": "scce", "predictions": [[0.2, 0.8], [0.6, 0.4]], "labels": [1, 0], "model": "a\\u0041"}',
+    json.dumps({"losses": [{"loss": "scce"}, {"loss": "scce", "options": {"label_smoothing": 0.1}}], **GOOD}).encode(),
+    json.dumps({"losses": [{"loss": "scce", "options": {"from_logits": True}}], **{k: v for k, v in GOOD.items() if k != "loss"}}).encode(),
+]  # fmt: skip
+
+
+async def test_bodies_decoded_field_by_field_get_the_same_answers(
+    limited: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large bodies take another decoder; every corpus case and a few valid ones must not notice."""
+    from service.api import body as body_module
+
+    cases = [(path, content, headers) for _, path, content, headers, _ in CORPUS if headers == {"content-type": JSON}]
+    cases += [
+        ("/v1/evaluate" if b'"losses"' in raw else "/v1/loss", raw, {"content-type": JSON}) for raw in FIELDWISE_ALSO
+    ]
+
+    async def answers() -> list[tuple[int, bytes]]:
+        return [
+            ((r := await limited.post(path, content=content, headers=headers)).status_code, r.content)
+            for path, content, headers in cases
+        ]
+
+    ordinary = await answers()
+    decoded: list[bool] = []
+    fieldwise_decode = body_module._fieldwise
+
+    def spy(*args: Any) -> Any:
+        result = fieldwise_decode(*args)
+        decoded.append(result is not None)
+        return result
+
+    monkeypatch.setattr(body_module, "FIELDWISE_BYTES", 0)
+    monkeypatch.setattr(body_module, "_fieldwise", spy)
+    fieldwise = await answers()
+    assert sum(decoded) >= 30, "the field-by-field decoder must itself answer, not only hand over"
+    assert len(cases) > 150
+    assert sum(status == 200 for status, _ in ordinary) >= 4
+    for (path, content, _), one, other in zip(cases, ordinary, fieldwise, strict=True):
+        assert one == other, (path, content[:200])
