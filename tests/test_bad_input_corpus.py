@@ -405,3 +405,15 @@ async def test_bodies_decoded_field_by_field_get_the_same_answers(
     assert sum(status == 200 for status, _ in ordinary) >= 4
     for (path, content, _), one, other in zip(cases, ordinary, fieldwise, strict=True):
         assert one == other, (path, content[:200])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"", b"true", b"tttrue", b"[true, false, true]", b'{"t": "truetrue"}', b"t" * 200 + b"true",
+     b'{"model": "' + b"tr" * 100 + b'", "x": [true, 1.5, false]}', b"x" * 100_000 + b"true" + b"t"],
+)  # fmt: skip
+@pytest.mark.parametrize("token", [b"true", b"false", b'"', b"t"])
+def test_counting_by_first_byte_equals_bytes_count(text: bytes, token: bytes) -> None:
+    from service.api.body import _count
+
+    assert _count(text, token) == text.count(token)
