@@ -250,6 +250,9 @@ def _fieldwise(body: bytes, max_elements: int | None) -> dict[str, Any] | None:
 def validate_json(schema: type[BaseModel] | TypeAdapter[Any], body: bytes, max_elements: int | None = None) -> Any:
     """Parse with orjson, validate the objects with the Pydantic models, arrays straight to NumPy.
 
+    Bodies of FIELDWISE_BYTES and more are first tried field by field (`_fieldwise`), which
+    bounds their peak memory; whatever that decoder does not accept comes back here.
+
     orjson builds a 1e6-number body's lists ~4x faster than pydantic-core's JSON mode builds them
     for a validator (measured: 93 ms against 478 ms for 20 MB). Bodies orjson refuses are parsed by
     pydantic-core instead: it reports malformed JSON precisely and reads NaN, Infinity and 1e400,

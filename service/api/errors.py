@@ -36,14 +36,20 @@ def problem_response(
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
-def refusal_response(path: str, status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+def refusal_response(
+    path: str,
+    status: int,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> Response:
     """A refusal in the shape the route's protocol promises: Open Inference Protocol routes (/v2)
     answer `{"error": "..."}` as the protocol requires, every other route problem details."""
     if path.startswith("/v2"):
         return Response(
             orjson.dumps({"error": detail}), status_code=status, media_type="application/json", headers=headers
         )
-    return problem_response(status, detail, headers=headers)
+    return problem_response(status, detail, errors, headers)
 
 
 def _summary(errors: list[dict[str, Any]]) -> str:
@@ -95,9 +101,7 @@ def engine_problem(exc: LossInputError) -> ProblemError:
 def install_error_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProblemError)
-        if request.url.path.startswith("/v2"):
-            return refusal_response(request.url.path, exc.status, exc.detail, exc.headers)
-        return problem_response(exc.status, exc.detail, exc.errors, exc.headers)
+        return refusal_response(request.url.path, exc.status, exc.detail, exc.headers, exc.errors)
 
     async def on_loss_input(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, LossInputError)

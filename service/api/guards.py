@@ -24,6 +24,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.errors import refusal_response
 from service.api.problems import ProblemError
 
+# What each guard's refusal means, for the routes' OpenAPI responses.
+REFUSALS = {
+    401: "Missing or invalid API key (when LOSS_SERVICE_API_KEYS is set)",
+    408: "The body did not arrive within LOSS_SERVICE_REQUEST_TIMEOUT (the connection is closed)",
+    413: "Body larger than LOSS_SERVICE_MAX_BODY_BYTES (after gzip inflation), or an array over "
+    "LOSS_SERVICE_MAX_ELEMENTS numbers",
+    503: "Overloaded: more than LOSS_SERVICE_MAX_CONCURRENT heavy requests; see Retry-After",
+    504: "The loss was not computed within LOSS_SERVICE_REQUEST_TIMEOUT",
+}
 HEAVY_PREFIXES = ("/v1/loss", "/v1/evaluate", "/v2/models/")
 PROTECTED_PREFIXES = ("/v1/", "/v2")
 access_log = logging.getLogger("loss_service.access")

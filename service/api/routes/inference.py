@@ -21,6 +21,7 @@ from service.api.arrays import MAX_ELEMENTS
 from service.api.batches import off_loop, run_loss
 from service.api.body import RepeatedKeyError, loads
 from service.api.errors import validation_problem
+from service.api.guards import REFUSALS
 from service.api.problems import shown
 from service.api.schemas import loss_request_adapter
 from service.engine import LossInputError, UnknownLossError, resolve
@@ -97,14 +98,6 @@ def _tensor_spec(name: str, required: bool) -> dict[str, Any]:
     return {"name": name, "datatype": "FP64", "shape": [-1, -1], "optional": not required}
 
 
-# The guards' refusals, in the protocol's error shape on these routes.
-GUARD_REFUSALS = {
-    401: "Missing or invalid API key (when LOSS_SERVICE_API_KEYS is set)",
-    408: "The body did not arrive within LOSS_SERVICE_REQUEST_TIMEOUT (the connection is closed)",
-    413: "Body larger than LOSS_SERVICE_MAX_BODY_BYTES, or a tensor over LOSS_SERVICE_MAX_ELEMENTS",
-    503: "Overloaded: more than LOSS_SERVICE_MAX_CONCURRENT heavy requests; see Retry-After",
-    504: "The loss was not computed within LOSS_SERVICE_REQUEST_TIMEOUT",
-}
 ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such loss", "content": {"application/json": {"schema": ERROR_SCHEMA}}}
@@ -155,7 +148,7 @@ async def model_ready(loss: str, request: Request) -> Response:
         400: {"description": "Invalid inference request", "content": {"application/json": {"schema": ERROR_SCHEMA}}},
         **{
             status: {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
-            for status, description in GUARD_REFUSALS.items()
+            for status, description in REFUSALS.items()  # the guards', in this protocol's shape
         },
     },
     openapi_extra={

@@ -20,6 +20,7 @@ from service.api.body import (
     validate_binary,
     validate_json,
 )
+from service.api.guards import REFUSALS
 from service.api.problems import ProblemError
 from service.api.schemas import (
     Catalogue,
@@ -40,16 +41,14 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": description,
         "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
     }
-    for status, description in {
-        400: "Malformed JSON, npz, Arrow or gzip body",
-        401: "Missing or invalid API key (when LOSS_SERVICE_API_KEYS is set)",
-        413: "Body larger than LOSS_SERVICE_MAX_BODY_BYTES (after gzip inflation)",
-        408: "The body did not arrive within LOSS_SERVICE_REQUEST_TIMEOUT (the connection is closed)",
-        415: "Unsupported Content-Type or Content-Encoding",
-        422: "Invalid input: the errors name each field, index and reason",
-        503: "Overloaded: more than LOSS_SERVICE_MAX_CONCURRENT heavy requests; see Retry-After",
-        504: "The loss was not computed within LOSS_SERVICE_REQUEST_TIMEOUT",
-    }.items()
+    for status, description in sorted(
+        {
+            400: "Malformed JSON, npz, Arrow or gzip body",
+            415: "Unsupported Content-Type or Content-Encoding",
+            422: "Invalid input: the errors name each field, index and reason",
+            **REFUSALS,
+        }.items()
+    )
 }
 
 
