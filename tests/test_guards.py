@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -311,3 +312,24 @@ async def test_arrays_over_max_elements_get_413_before_numpy_allocates() -> None
             headers={"inference-header-content-length": str(len(header))},
         )
         assert raw.status_code == 413
+
+
+async def test_a_deadline_passed_while_the_loop_was_busy_still_answers_504() -> None:
+    """Synchronous work blocks the loop past the deadline; the timer fires at the app's next await,
+    and the client gets the whole 504, nothing of the late response, and the slot back."""
+    from service.api.guards import HeavyRequests
+
+    async def busy_app(scope: Any, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        time.sleep(0.05)  # blocks the loop: the 10 ms deadline can fire only at the next await
+        await anyio.sleep(0.001)  # a real suspension, as when a route awaits its thread
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"late"})
+
+    guarded = HeavyRequests(busy_app, limit=1, timeout=0.01)
+    transport = httpx.ASGITransport(app=guarded)
+    async with httpx.AsyncClient(transport=transport, base_url="http://g") as c:
+        response = await c.post("/v1/loss", content=b"{}")
+        assert "not computed within 0.01 s" in problem(response, 504)["detail"]
+        assert guarded.busy == 0
