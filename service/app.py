@@ -17,11 +17,11 @@ from fastapi.openapi.utils import get_openapi
 
 from service import __version__
 from service.api.errors import install_error_handlers
-from service.api.guards import ApiKeys, BodyLimit, HeavyRequests, RequestLog
+from service.api.guards import ApiKeys, BodyLimit, HeavyRequests
 from service.api.routes import health, inference, losses, metrics
 from service.api.schemas import Problem, evaluate_request_model, loss_request_adapter
 from service.config import Settings
-from service.monitoring import MetricsMiddleware, Monitor, forget_killed_workers, mark_worker_dead
+from service.monitoring import Monitor, RequestMonitor, access_log, forget_killed_workers, mark_worker_dead
 
 DESCRIPTION = """Per-sample and mean losses for batches of predictions and labels, computed exactly as
 Keras (`convention: keras`) or PyTorch (`convention: torch`) compute them, in float64 or float32.
@@ -84,14 +84,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(losses.router)
     app.include_router(inference.router)
     app.include_router(metrics.router)
-    # Outermost last: the request log sees everything, metrics count the guards' refusals.
+    # Outermost last: the request monitor sees everything, the guards' refusals included.
     app.add_middleware(HeavyRequests, limit=settings.max_concurrent, timeout=settings.request_timeout)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApiKeys, keys=settings.api_keys or [], protect_metrics=settings.metrics_auth)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])
-    app.add_middleware(MetricsMiddleware, monitor=app.state.monitor)
-    app.add_middleware(RequestLog)
+    app.add_middleware(RequestMonitor, monitor=app.state.monitor)
     _log_to_stderr(settings)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -99,13 +98,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _log_to_stderr(settings: Settings) -> None:
     """Access lines go to stderr as JSON, one per request (uvicorn's own access log is off)."""
-    logger = logging.getLogger("loss_service.access")
-    if not logger.handlers:
+    if not access_log.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
-    logger.setLevel(logging.INFO if settings.log_level in ("info", "debug") else logging.WARNING)
+        access_log.addHandler(handler)
+        access_log.propagate = False
+    access_log.setLevel(logging.INFO if settings.log_level in ("info", "debug") else logging.WARNING)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

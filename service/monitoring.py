@@ -8,14 +8,17 @@ values there and /metrics merges them (prometheus-client multiprocess mode).
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -25,6 +28,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.config import Settings
@@ -43,6 +47,9 @@ REJECTION_REASONS = {
 }
 OVERLOAD_STATUSES = {429, 503, 504}
 STATUS_CLASSES = [f"{first}xx" for first in range(10)]
+
+
+access_log = logging.getLogger("loss_service.access")
 
 
 def multiprocess_dir() -> str | None:
@@ -200,8 +207,14 @@ def _bounds(upper_bounds: tuple[float, ...]) -> np.ndarray[Any, Any]:
     return np.asarray(upper_bounds)
 
 
-class MetricsMiddleware:
-    """Records every HTTP request: route template (not the raw path), status, latency, body size."""
+class RequestMonitor:
+    """Observes every HTTP request once: metrics (route template, not the raw path; status,
+    latency, body size, in flight), one JSON access line, and an X-Request-ID accepted or
+    generated and echoed.
+
+    The line holds id, method, route template, status, duration, body size, and the `model`,
+    `loss` and batch size the route recorded in `scope["state"]`; never payload data or credentials.
+    """
 
     def __init__(self, app: ASGIApp, monitor: Monitor) -> None:
         self.app = app
@@ -211,9 +224,10 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
-        status = 500
-        received = 0
+        given = Headers(scope=scope).get("x-request-id")
+        request_id = given if given and len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started, status, received = time.perf_counter(), 500, 0
 
         async def counting_receive() -> Message:
             nonlocal received
@@ -222,20 +236,35 @@ class MetricsMiddleware:
                 received += len(message.get("body", b""))
             return message
 
-        async def status_send(message: Message) -> None:
+        async def tagging_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
         self.monitor.in_flight.inc()
         try:
-            await self.app(scope, counting_receive, status_send)
+            await self.app(scope, counting_receive, tagging_send)
         finally:
             self.monitor.in_flight.dec()
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            self.monitor.record_request(template, scope["method"], status, time.perf_counter() - started, received)
+            seconds = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.monitor.record_request(route, scope["method"], status, seconds, received)
+            if access_log.isEnabledFor(logging.INFO):  # the line is not built for a level that drops it
+                state = scope.get("state", {})
+                line = {
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(seconds * 1e3, 3),
+                    "body_bytes": received,
+                    "model": state.get("model"),
+                    "loss": state.get("loss"),
+                    "batch_size": state.get("batch_size"),
+                }
+                access_log.info(orjson.dumps(line).decode())
 
 
 def mark_worker_dead(pid: int) -> None:

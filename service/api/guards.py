@@ -1,5 +1,5 @@
-"""Request guards, as pure ASGI middleware: request ids and access logs, API keys, body limits
-(gzip included) and bounds on heavy requests in number and time.
+"""Request guards, as pure ASGI middleware: API keys, body limits (gzip included) and bounds on
+heavy requests in number and time. (Request ids and access logs are monitoring's.)
 
 Each refuses before the body is read in full: with RFC 9457 problem details, or on the Open
 Inference Protocol's /v2 routes with its `{"error": "..."}` body.
@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import logging
 import threading
-import time
-import uuid
 import zlib
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import refusal_response
@@ -34,7 +30,6 @@ REFUSALS = {
 }
 HEAVY_PREFIXES = ("/v1/loss", "/v1/evaluate", "/v2/models/")
 PROTECTED_PREFIXES = ("/v1/", "/v2")
-access_log = logging.getLogger("loss_service.access")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -57,65 +52,6 @@ async def _refuse(send: Send, refusal: ProblemError, scope: Scope) -> None:
 
 async def _no_body() -> Message:
     return {"type": "http.disconnect"}
-
-
-class RequestLog:
-    """Accepts or generates X-Request-ID, echoes it, and logs one JSON line per request.
-
-    The line holds id, method, route template, status, duration, body size, and the `model`
-    and `loss` the route recorded in `scope["state"]`; never payload data or credentials.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = _header(scope, b"x-request-id")
-        request_id = given if given and len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        started, status, size = time.perf_counter(), 500, 0
-
-        async def counting() -> Message:
-            nonlocal size
-            message = await receive()
-            size += len(message.get("body", b""))
-            return message
-
-        async def tagging(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, counting, tagging)
-        finally:
-            if access_log.isEnabledFor(logging.INFO):  # the line is not built for a level that drops it
-                self._log(scope, request_id, status, started, size)
-
-    @staticmethod
-    def _log(scope: Scope, request_id: str, status: int, started: float, size: int) -> None:
-        route = getattr(scope.get("route"), "path", None) or "unmatched"
-        state = scope.get("state", {})
-        access_log.info(
-            orjson.dumps(
-                {
-                    "request_id": request_id,
-                    "method": scope["method"],
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1e3, 3),
-                    "body_bytes": size,
-                    "model": state.get("model"),
-                    "loss": state.get("loss"),
-                    "batch_size": state.get("batch_size"),
-                }
-            ).decode()
-        )
 
 
 class ApiKeys:
