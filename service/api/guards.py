@@ -235,8 +235,9 @@ class HeavyRequests:
             if responding:  # past the deadline (the loop was busy), the 504 answers instead
                 await send(message)
 
-        # asyncio's own timeout, not anyio's CancelScope: measured in-process, the scope cost ~35 us
-        # of a 430 us small request. uvicorn runs the app on asyncio (uvloop) in any case.
+        # asyncio's own timeout, not anyio's CancelScope: measured in-process, this layer cost
+        # ~40 us of a ~430 us small request with the scope, ~25 us without. uvicorn runs the app
+        # on asyncio (uvloop) in any case.
         try:
             async with asyncio.timeout(self.timeout) as deadline:
                 await self.app(scope, receiving, sending)
