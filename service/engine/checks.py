@@ -53,7 +53,7 @@ def check_class_indices(labels: NDArray[np.intp], num_classes: int, ignore_index
     """Integer class labels in [0, num_classes), or equal to `ignore_index`."""
     # Viewed as unsigned, a negative label is huge, so one comparison finds both bounds.
     out_of_range = labels.view(np.uintp) >= num_classes
-    if ignore_index is not None:
+    if out_of_range.any() and ignore_index is not None:
         out_of_range &= labels != ignore_index
     if out_of_range.any():
         index = _first(out_of_range)

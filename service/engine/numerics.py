@@ -108,31 +108,49 @@ def nll_of_logits(logits: Array, targets: NDArray[np.intp]) -> Array:
     log-probability matrix: only the target's shifted logit and the row's log-sum-exp are needed.
     """
     rows, classes = logits.shape
+    if classes <= CLASS_MAJOR_LIMIT and rows >= CLASS_MAJOR_MIN_ROWS:
+        return _nll_of_logits_class_major(logits, targets)
     out = np.empty(rows, dtype=logits.dtype)
     block = min(rows, max(1, BLOCK_VALUES // classes))
     positions = np.arange(block)
     total = np.empty(block, dtype=logits.dtype)
-    if classes <= CLASS_MAJOR_LIMIT and rows >= CLASS_MAJOR_MIN_ROWS:
-        columns = np.empty((classes, block), dtype=logits.dtype)
-        peak = np.empty(block, dtype=logits.dtype)
-        for start in range(0, rows, block):
-            n = min(block, rows - start)
-            view = columns[:, :n]
-            np.copyto(view, logits[start : start + n].T)
-            np.max(view, axis=0, out=peak[:n])
-            np.subtract(view, peak[:n], out=view)
-            target_shifted = view[targets[start : start + n], positions[:n]]
-            np.exp(view, out=view)
-            sums = pairwise_class_sum(view, total[:n])
-            np.subtract(np.log(sums, out=sums), target_shifted, out=out[start : start + n])
-        return out
     scratch = np.empty((block, classes), dtype=logits.dtype)
     for start in range(0, rows, block):
         n = min(block, rows - start)
         chunk, view = logits[start : start + n], scratch[:n]
         np.subtract(chunk, chunk.max(axis=1, keepdims=True), out=view)
-        target_shifted = view[positions[:n], targets[start : start + n]]
+        shifted_target = view[positions[:n], targets[start : start + n]]
         np.exp(view, out=view)
         sums = np.sum(view, axis=1, out=total[:n])
-        np.subtract(np.log(sums, out=sums), target_shifted, out=out[start : start + n])
+        np.subtract(np.log(sums, out=sums), shifted_target, out=out[start : start + n])
+    return out
+
+
+def _nll_of_logits_class_major(logits: Array, targets: NDArray[np.intp]) -> Array:
+    """nll_of_logits with each block transposed to (C, rows), for few classes and many rows."""
+    rows, classes = logits.shape
+    out = np.empty(rows, dtype=logits.dtype)
+    block = min(rows, BLOCK_VALUES // classes)
+    columns = np.empty((classes, block), dtype=logits.dtype)
+    peak, total, target_shifted = np.empty((3, block), dtype=logits.dtype)
+    # Each target logit is read from the row-major chunk by one flat `take` (row start + class):
+    # 4x cheaper than indexing the class-major block with two index arrays (13,107 x 10: 12 against 49 us).
+    row_starts = np.arange(0, block * classes, classes)
+    flat_index = np.empty(block, dtype=np.intp)
+    for start in range(0, rows, block):
+        stop = min(start + block, rows)
+        if stop - start < block:  # the last, shorter block: shrink every buffer once
+            n = stop - start
+            columns, peak, total, target_shifted = columns[:, :n], peak[:n], total[:n], target_shifted[:n]
+            row_starts, flat_index = row_starts[:n], flat_index[:n]
+        chunk = logits[start:stop]
+        np.copyto(columns, chunk.T)
+        np.max(columns, axis=0, out=peak)
+        np.subtract(columns, peak, out=columns)
+        np.add(row_starts, targets[start:stop], out=flat_index)
+        np.take(chunk.ravel(), flat_index, out=target_shifted, mode="clip")
+        np.subtract(target_shifted, peak, out=target_shifted)
+        np.exp(columns, out=columns)
+        sums = pairwise_class_sum(columns, total)
+        np.subtract(np.log(sums, out=sums), target_shifted, out=out[start:stop])
     return out

@@ -278,6 +278,9 @@ def _class_targets(
     if ignore is None:
         return axis, num_classes, targets, None
     mask = targets != ignore
+    if mask.all():
+        # PyTorch always has an ignore index (-100); a batch without it needs no masking later.
+        return axis, num_classes, targets, None
     return axis, num_classes, np.where(mask, targets, 0), mask
 
 
