@@ -203,7 +203,7 @@ async def test_a_body_still_arriving_at_the_deadline_gets_408_and_frees_its_slot
 async def test_a_computation_past_the_deadline_gets_504_and_its_thread_keeps_the_slot() -> None:
     # 2e6 numbers, 20 MB: parsing alone takes ~100 ms, well past the 50 ms deadline, in a worker thread.
     values = np.random.default_rng(0).random((100_000, 10)).round(6).tolist()
-    heavy = json.dumps({"loss": "mse", "predictions": values, "labels": values}).encode()
+    heavy = json.dumps({"loss": "mse", "predictions": values, "labels": values, "model": "late"}).encode()
     async for c in client_for(Settings(request_timeout=0.05, max_concurrent=1)):
         started = time.perf_counter()
         body = problem(await c.post("/v1/loss", content=heavy, headers=JSON), 504)
@@ -218,6 +218,10 @@ async def test_a_computation_past_the_deadline_gets_504_and_its_thread_keeps_the
             while (await c.post("/v1/loss", json=BODY)).status_code == 503:
                 await anyio.sleep(0.02)
         assert time.perf_counter() - started > answered  # the slot came back only when the thread finished
+        # The thread computed the batch, but its client got a 504: the loss metrics must not count it.
+        scrape = samples((await c.get("/metrics")).text)
+        assert value(scrape, "loss_service_batches_total", model="guarded", loss="mean_squared_error") >= 1
+        assert not [key for key in scrape if ("model", "late") in key[1]]
 
 
 async def test_work_abandoned_before_a_thread_took_it_gives_its_slot_back() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import anyio.to_thread
@@ -40,17 +41,30 @@ def run_loss(request: Any, monitor: Monitor, log: dict[str, Any] | None = None) 
     `log`: the request's scope state, where the access log finds model, loss and batch size.
     """
     name, reduced = compute_loss(request, request.loss, request.options)
-    monitor.observe_batch(request.model, name, reduced.per_sample, reduced.mean)
+    record_batch(monitor, request.model, name, reduced)
     if log is not None:
         log.update(model=request.model, loss=name, batch_size=len(request.predictions))
     return name, reduced
+
+
+# Set in a worker thread's context: the event is set once its request stopped waiting (504).
+_abandoned: ContextVar[threading.Event | None] = ContextVar("abandoned", default=None)
+
+
+def record_batch(monitor: Monitor, model: str | None, name: str, reduced: Reduced) -> None:
+    """Observe a computed batch in the loss metrics, unless its request already answered 504:
+    that client never saw these losses and will likely send the same batch again."""
+    abandoned = _abandoned.get()
+    if abandoned is None or not abandoned.is_set():
+        monitor.observe_batch(model, name, reduced.per_sample, reduced.mean)
 
 
 async def off_loop(request: Request, size: int, work: Callable[[], Any]) -> Any:
     """Large bodies are parsed and computed in a worker thread so the event loop keeps serving.
 
     A request that times out stops waiting for its thread, which cannot be interrupted; the
-    thread keeps the request's concurrency slot until it is done. Work abandoned before any
+    thread keeps the request's concurrency slot until it is done, and does not record its batch
+    in the loss metrics (unless it was already recording when the deadline passed). Work abandoned before any
     thread picked it up never runs (anyio drops it), so then the request gives the slot back.
     """
     if size <= request.app.state.settings.offload_bytes:
@@ -60,17 +74,23 @@ async def off_loop(request: Request, size: int, work: Callable[[], Any]) -> Any:
         return await anyio.to_thread.run_sync(work)
     slot.hold()
     releaser = threading.Lock()  # taken once: by the thread as it starts, or by the request
+    abandoned = threading.Event()
 
     def holding_the_slot() -> Any:
         if not releaser.acquire(blocking=False):
             return None  # the request already gave up and released the hold
+        token = _abandoned.set(abandoned)
         try:
             return work()
         finally:
+            _abandoned.reset(token)
             slot.release()
 
     try:
         return await anyio.to_thread.run_sync(holding_the_slot, abandon_on_cancel=True)
+    except BaseException:
+        abandoned.set()  # cancelled by the deadline
+        raise
     finally:
         if releaser.acquire(blocking=False):
             slot.release()  # no thread started the work, and none will

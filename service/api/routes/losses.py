@@ -10,7 +10,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.batches import compute_loss, off_loop, run_loss
+from service.api.batches import compute_loss, off_loop, record_batch, run_loss
 from service.api.body import (
     ARROW_MEDIA_TYPE,
     BATCH_MEDIA_TYPES,
@@ -181,7 +181,7 @@ def _compute_many(body: bytes, monitor: Monitor, limit: int) -> dict[str, Any]:
         results.append((name, reduced))
     # Observed only once every loss succeeded, so a refused request leaves no partial trace.
     for name, reduced in results:
-        monitor.observe_batch(request.model, name, reduced.per_sample, reduced.mean)
+        record_batch(monitor, request.model, name, reduced)
     return {"results": [_result(name, reduced, request.dtype, request.convention) for name, reduced in results]}
 
 
