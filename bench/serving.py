@@ -120,13 +120,15 @@ def median_seconds(work: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def bodies(n: int, c: int) -> dict[str, tuple[str, bytes, dict[str, str], dict[str, str]]]:
-    """(path, body, headers, query) per format for one n x c cross-entropy batch."""
+def bodies(n: int, c: int, dtype: str = "float64") -> dict[str, tuple[str, bytes, dict[str, str], dict[str, str]]]:
+    """(path, body, headers, query) per format for one n x c cross-entropy batch.
+
+    float32: the logits are sent as float32 and the loss is computed in float32 (`dtype`)."""
     rng = np.random.default_rng(0)
-    logits = rng.normal(size=(n, c))
+    logits = rng.normal(size=(n, c)).astype(dtype)
     labels = rng.integers(0, c, n)
     json_body = orjson.dumps(
-        {"loss": "scce", "predictions": logits, "labels": labels, "options": {"from_logits": True}},
+        {"loss": "scce", "predictions": logits, "labels": labels, "options": {"from_logits": True}, "dtype": dtype},
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
     npz = io.BytesIO()
@@ -141,7 +143,7 @@ def bodies(n: int, c: int) -> dict[str, tuple[str, bytes, dict[str, str], dict[s
                 {
                     "name": "predictions",
                     "shape": [n, c],
-                    "datatype": "FP64",
+                    "datatype": "FP64" if dtype == "float64" else "FP32",
                     "parameters": {"binary_data_size": logits.nbytes},
                 },
                 {
@@ -151,10 +153,10 @@ def bodies(n: int, c: int) -> dict[str, tuple[str, bytes, dict[str, str], dict[s
                     "parameters": {"binary_data_size": labels.nbytes},
                 },
             ],
-            "parameters": {"from_logits": True, "binary_data_output": True},
+            "parameters": {"from_logits": True, "binary_data_output": True, "dtype": dtype},
         }
     )
-    query = {"loss": "scce", "options": '{"from_logits": true}'}
+    query = {"loss": "scce", "options": '{"from_logits": true}', "dtype": dtype}
     return {
         "JSON": ("/v1/loss", json_body, {"content-type": "application/json"}, {}),
         "npz": ("/v1/loss", npz.getvalue(), {"content-type": "application/x-npz"}, query),
@@ -210,6 +212,8 @@ def main() -> None:
 
     n, c = 10_000, 100
     formats = bodies(n, c)
+    # What a client sending a model's float32 logits gets: half the bytes, float32 arithmetic.
+    formats.update({f"{fmt}, float32": body for fmt, body in bodies(n, c, "float32").items() if fmt != "JSON"})
     print(f"\nLarge requests: {n:,} x {c} cross-entropy from logits (median of 7, one client)\n")
     print("| format | body MB | loss-service ms | bare app receives ms | ratio to bare | ratio to parse floor |")
     print("|---|---|---|---|---|---|")
