@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -31,6 +32,9 @@ Errors are RFC 9457 problem details naming the field, index and reason."""
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     forget_killed_workers()
+    # Everything alive now (modules, the app, its schemas) lives as long as the worker: moved out
+    # of the collector's generations, a full collection no longer walks ~110,000 of them.
+    gc.freeze()
     app.state.lifecycle = "ready"
     restore_signals = _drain_on_stop_signal(app)
     try:

@@ -7,10 +7,13 @@ parameters, `options` as a JSON object. Both go through the same Pydantic models
 
 from __future__ import annotations
 
+import gc
 import io
 import json
+import threading
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import msgspec
@@ -70,6 +73,41 @@ class RepeatedKeyError(ValueError):
 
 class _RepeatedKeys(dict[str, Any]):
     repeated: str
+
+
+# Bodies from this size are parsed with the cyclic garbage collector paused.
+COLLECTOR_PAUSE_BYTES = 1 << 20
+_pauses = 0
+_pauses_lock = threading.Lock()
+_resume_collector = False
+
+
+@contextmanager
+def collector_paused(size: int) -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a large JSON body is lists.
+
+    Every few hundred lists built start a young-generation collection that walks each list
+    built so far, item by item: for a 20 MB body (10^4 rows of 100) that was ~15 ms of 122, and
+    an occasional full collection added ~45 ms. Parsed JSON holds no reference cycles, so
+    reference counting frees it all the same; the pause must last until the lists are freed, or
+    the first collection after it walks them anyway. Concurrent parses share one pause (a count).
+    """
+    global _pauses, _resume_collector
+    if size < COLLECTOR_PAUSE_BYTES:
+        yield
+        return
+    with _pauses_lock:
+        _pauses += 1
+        if _pauses == 1:
+            _resume_collector = gc.isenabled()
+            gc.disable()
+    try:
+        yield
+    finally:
+        with _pauses_lock:
+            _pauses -= 1
+            if _pauses == 0 and _resume_collector:
+                gc.enable()
 
 
 def loads(body: bytes) -> Any:
@@ -248,6 +286,12 @@ def _fieldwise(body: bytes, max_elements: int | None) -> dict[str, Any] | None:
 
 
 def validate_json(schema: type[BaseModel] | TypeAdapter[Any], body: bytes, max_elements: int | None = None) -> Any:
+    """Parse and validate `body` (see `_validate_json`), with the collector paused until its lists are freed."""
+    with collector_paused(len(body)):
+        return _validate_json(schema, body, max_elements)
+
+
+def _validate_json(schema: type[BaseModel] | TypeAdapter[Any], body: bytes, max_elements: int | None) -> Any:
     """Parse with orjson, validate the objects with the Pydantic models, arrays straight to NumPy.
 
     Bodies of FIELDWISE_BYTES and more are first tried field by field (`_fieldwise`), which

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from service import __version__
 from service.api.arrays import MAX_ELEMENTS
 from service.api.batches import off_loop, run_loss
-from service.api.body import RepeatedKeyError, loads
+from service.api.body import RepeatedKeyError, collector_paused, loads
 from service.api.errors import validation_problem
 from service.api.guards import REFUSALS
 from service.api.problems import shown
@@ -168,9 +168,17 @@ async def infer(loss: str, request: Request) -> Response:
     try:
         log = request.scope.setdefault("state", {})
         limit = request.app.state.settings.max_elements
-        return await off_loop(request, len(body), lambda: _infer(loss, body, header_length, monitor, log, limit))  # type: ignore[no-any-return]
+        return await off_loop(request, len(body), lambda: _infer_paused(loss, body, header_length, monitor, log, limit))  # type: ignore[no-any-return]
     except InferenceError as exc:
         return _error(str(exc), exc.status)
+
+
+def _infer_paused(
+    loss: str, body: bytes, header_length: str | None, monitor: Monitor, log: dict[str, Any], limit: int
+) -> Response:
+    # JSON tensors are lists until the request is validated (see collector_paused).
+    with collector_paused(len(body)):
+        return _infer(loss, body, header_length, monitor, log, limit)
 
 
 def _infer(
