@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -175,3 +177,51 @@ def test_multi_margin_crammer_singer_takes_the_largest_violation() -> None:
     scores = [[2.0, 1.5, -1.0], [0.0, 3.0, 2.9]]
     result = compute("multi_margin", scores, [0, 1], options={"form": "crammer_singer"})
     assert result.per_sample.tolist() == pytest.approx([max(0, 1 - 2.0 + 1.5), max(0, 1 - 3.0 + 2.9)], rel=1e-15)
+
+
+READ_ONLY_CASES = [
+    (case, convention)
+    for fixture, convention in (("torch_reference.json", "torch"), ("keras_reference.json", "keras"))
+    for case in json.loads((Path(__file__).parent / "fixtures" / fixture).read_text())["cases"]
+] + [
+    # The losses the framework fixtures do not cover (scikit-learn's and Optax's forms).
+    ({"id": f"{loss}-{dtype}", "loss": loss, "options": {}, "dtype": dtype, **inputs}, "keras")
+    for dtype in ("float32", "float64")
+    for loss, inputs in {
+        "brier_score": {"predictions": [[0.2, 0.5, 0.3], [0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], "labels": [1, 0, 2]},
+        "log_loss": {"predictions": [[0.2, 0.5, 0.3], [0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], "labels": [2, 0, 1]},
+        "poly1_cross_entropy": {"predictions": [[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]], "labels": [[1, 0, 0], [0, 0, 1]]},
+    }.items()
+]
+
+
+@pytest.mark.parametrize(("case", "convention"), READ_ONLY_CASES, ids=lambda c: c["id"] if isinstance(c, dict) else c)
+def test_no_loss_writes_into_its_inputs(case: dict[str, Any], convention: str) -> None:
+    """Binary bodies arrive as read-only views of the request's bytes (OIP, npz): every loss must
+    leave its inputs alone, and give the same numbers as with private writable copies."""
+
+    def arrays(writable: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for field in ("predictions", "labels", "sample_weight"):
+            if case.get(field) is not None:
+                array = np.array(case[field])
+                array = array.astype(case["dtype"]) if array.dtype.kind == "f" else array
+                array.setflags(write=writable)
+                out[field] = array
+        return out
+
+    def run(writable: bool) -> Any:
+        given = arrays(writable)
+        return compute(
+            case["loss"],
+            given["predictions"],
+            given["labels"],
+            options=case["options"],
+            sample_weight=given.get("sample_weight"),
+            dtype=case["dtype"],
+            convention=convention,  # type: ignore[arg-type]
+        )
+
+    read_only, writable = run(False), run(True)
+    np.testing.assert_array_equal(read_only.per_sample, writable.per_sample)
+    assert read_only.mean == writable.mean
