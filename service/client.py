@@ -5,8 +5,9 @@
     ...     result = client.loss("scce", logits, labels, from_logits=True, model="fraud-v3")
     ...     result.per_sample, result.mean
 
-`AsyncLossClient` has the same methods as coroutines. Batches of 4,096 values or more go as npz
-(binary, no JSON parsing on either side); large ones are split into chunks of
+`AsyncLossClient` has the same methods as coroutines. Batches of 4,096 values or more go as an
+Arrow stream when every array has one or two axes, as npz otherwise (binary: no JSON parsing on
+either side; bench/serving.py measures Arrow fastest); large ones are split into chunks of
 `chunk_size` samples, sent in order and reassembled; the mean is recombined exactly from each
 chunk's sum and denominator. Requests are retried, with exponential backoff, only when they
 cannot have been processed (connection failures) or when the server asks (503 with Retry-After).
@@ -33,8 +34,10 @@ DEFAULT_CHUNK_SIZE = 100_000
 RETRYABLE_STATUSES = {503}
 JSON = "application/json"
 NPZ = "application/x-npz"
-# From this many prediction values on, "auto" sends npz: parsing JSON numbers dominates beyond it.
-NPZ_THRESHOLD = 4096
+ARROW = "application/vnd.apache.arrow.stream"
+BODY_FORMATS = ("auto", "json", "arrow", "npz")
+# From this many prediction values on, "auto" sends a binary body: parsing JSON numbers dominates.
+BINARY_THRESHOLD = 4096
 ARRAY_FIELDS = ("predictions", "labels", "sample_weight")
 
 
@@ -135,18 +138,47 @@ def _chunks(body: dict[str, Any], chunk_size: int) -> Iterator[dict[str, Any]]:
         yield {**body, "chunk": True, **{key: body[key][start : start + chunk_size] for key in arrays}}
 
 
-def _encode(body: Mapping[str, Any], binary: bool) -> tuple[bytes, dict[str, str], dict[str, str]]:
-    """The request's content, headers and query parameters, as JSON or as npz + query."""
-    if not binary:
+def _encode(body: Mapping[str, Any], body_format: str) -> tuple[bytes, dict[str, str], dict[str, str]]:
+    """The request's content, headers and query parameters: JSON, or an Arrow or npz body + query."""
+    if body_format == "json":
         return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), {"content-type": JSON}, {}
-    buffer = io.BytesIO()
-    np.savez(buffer, **{key: body[key] for key in ARRAY_FIELDS if key in body})
+    arrays = {key: body[key] for key in ARRAY_FIELDS if key in body}
+    content, media_type = (_arrow(arrays), ARROW) if body_format == "arrow" else (_npz(arrays), NPZ)
     params = {
         key: orjson.dumps(value).decode() if key == "options" or isinstance(value, bool) else str(value)
         for key, value in body.items()
         if key not in ARRAY_FIELDS
     }
-    return buffer.getvalue(), {"content-type": NPZ, "accept": NPZ}, params
+    return content, {"content-type": media_type, "accept": NPZ}, params
+
+
+def _npz(arrays: Mapping[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _fits_arrow(array: np.ndarray[Any, Any]) -> bool:
+    """One value per sample, or a fixed-size list of them: what the service reads from Arrow."""
+    return array.ndim == 1 or (array.ndim == 2 and array.shape[1] > 0)
+
+
+def _arrow(arrays: Mapping[str, np.ndarray[Any, Any]]) -> bytes:
+    """An Arrow IPC stream, one column per array: 8 MB of float64 in ~0.3 ms, where np.savez's
+    CRC-32 and copies take ~8 ms, and the service reads the columns without a checksum pass."""
+    import pyarrow as pa
+
+    columns = {
+        name: pa.array(array)
+        if array.ndim == 1
+        else pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), array.shape[1])
+        for name, array in arrays.items()
+    }
+    table = pa.table(columns)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
 
 
 def _decode(response: httpx.Response) -> Any:
@@ -255,7 +287,7 @@ class _Call:
     method: str
     path: str
     body: dict[str, Any] | None = None
-    binary: bool = False
+    body_format: str = "json"
     raw: bool = False
 
 
@@ -282,8 +314,8 @@ class _Base:
         progress: bool,
         body_format: str,
     ) -> None:
-        if body_format not in ("auto", "json", "npz"):
-            raise ValueError("body_format must be 'auto', 'json' or 'npz'")
+        if body_format not in BODY_FORMATS:
+            raise ValueError(f"body_format must be one of {', '.join(map(repr, BODY_FORMATS))}")
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
         self.base_url = base_url.rstrip("/")
@@ -296,11 +328,19 @@ class _Base:
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
 
-    def _binary(self, body: Mapping[str, Any]) -> bool:
-        """npz for large batches ("auto"), as asked otherwise; /v1/evaluate always speaks JSON."""
-        if self.body_format == "auto":
-            return bool(body["predictions"].size >= NPZ_THRESHOLD)
-        return self.body_format == "npz"
+    def _body_format(self, body: Mapping[str, Any]) -> str:
+        """ "auto": JSON for small batches, Arrow for large ones when every array fits it, else npz.
+        /v1/evaluate always speaks JSON."""
+        arrays = [body[key] for key in ARRAY_FIELDS if key in body]
+        fits_arrow = all(_fits_arrow(array) for array in arrays)
+        if self.body_format == "arrow" and not fits_arrow:
+            shapes = ", ".join(str(list(array.shape)) for array in arrays)
+            raise ValueError(f"body_format 'arrow' takes arrays of one or two axes, got shapes {shapes}; use 'npz'")
+        if self.body_format != "auto":
+            return self.body_format
+        if body["predictions"].size < BINARY_THRESHOLD:
+            return "json"
+        return "arrow" if fits_arrow else "npz"
 
     def _delay(
         self, attempt: int, method: str, response: httpx.Response | None, error: Exception | None
@@ -331,10 +371,10 @@ class _Base:
         options: dict[str, Any],
     ) -> Plan[LossResult]:
         body = {**_batch(*arrays, dtype, convention, model), "loss": loss, "options": options}
-        binary = self._binary(body)
+        body_format = self._body_format(body)
         parts = []
         for chunk in _planned(body, self.chunk_size, self.progress):
-            parts.append(_result((yield _Call("POST", "/v1/loss", chunk, binary))))
+            parts.append(_result((yield _Call("POST", "/v1/loss", chunk, body_format))))
         return _combine(parts)
 
     def _evaluate_plan(
@@ -401,7 +441,7 @@ class LossClient(_Base):
         self._http.close()
 
     def _exchange(self, call: _Call) -> Any:
-        content, headers, params = _encode(call.body, call.binary) if call.body is not None else (None, None, None)
+        content, headers, params = _encode(call.body, call.body_format) if call.body is not None else (None, None, None)
         for attempt in range(self.retries + 1):
             response, error = None, None
             try:
@@ -499,7 +539,7 @@ class AsyncLossClient(_Base):
         await self._http.aclose()
 
     async def _exchange(self, call: _Call) -> Any:
-        content, headers, params = _encode(call.body, call.binary) if call.body is not None else (None, None, None)
+        content, headers, params = _encode(call.body, call.body_format) if call.body is not None else (None, None, None)
         for attempt in range(self.retries + 1):
             response, error = None, None
             try:

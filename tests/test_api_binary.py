@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zipfile
 from typing import Any
 
 import httpx
@@ -10,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from service.api.body import _stored_npz_arrays
 from tests.test_api import problem
 
 pytestmark = pytest.mark.anyio
@@ -41,6 +43,51 @@ async def test_npz_body_gives_the_json_answer(client: httpx.AsyncClient) -> None
     )
     assert response.status_code == 200
     assert response.json() == expected
+
+
+def npz_compressed(**arrays: Any) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        npz(predictions=np.asfortranarray(PREDICTIONS), labels=LABELS),
+        npz(predictions=PREDICTIONS.astype(">f8"), labels=LABELS.astype(">i4")),
+        npz_compressed(predictions=PREDICTIONS, labels=LABELS),  # not stored: np.load reads it
+    ],
+    ids=["fortran-order", "big-endian", "compressed"],
+)
+async def test_every_npz_layout_gives_the_json_answer(client: httpx.AsyncClient, body: bytes) -> None:
+    expected = (
+        await client.post("/v1/loss", json={"loss": "scce", "predictions": PREDICTIONS.tolist(), "labels": [1, 2]})
+    ).json()
+    response = await client.post("/v1/loss", params={"loss": "scce"}, content=body, headers=NPZ)
+    assert response.json() == expected
+
+
+def test_stored_npz_arrays_are_read_only_views_of_the_body() -> None:
+    body = npz(predictions=PREDICTIONS, labels=LABELS)
+    arrays = _stored_npz_arrays(body)
+    assert arrays is not None
+    for name, expected in {"predictions": PREDICTIONS, "labels": LABELS}.items():
+        np.testing.assert_array_equal(arrays[name], expected)
+        assert np.shares_memory(arrays[name], np.frombuffer(body, np.uint8))
+        assert not arrays[name].flags.writeable
+    assert _stored_npz_arrays(npz_compressed(predictions=PREDICTIONS)) is None
+    corrupted = bytearray(body)
+    corrupted[corrupted.find(b"NUMPY") + 130] ^= 0x01
+    with pytest.raises(zipfile.BadZipFile, match=r"Bad CRC-32 for file 'predictions\.npy'"):
+        _stored_npz_arrays(bytes(corrupted))  # the views are checked where they lie, not trusted
+
+
+async def test_a_corrupted_npz_member_fails_its_crc_check(client: httpx.AsyncClient) -> None:
+    body = bytearray(npz(predictions=PREDICTIONS, labels=LABELS))
+    body[body.find(b"NUMPY") + 130] ^= 0x01  # one bit inside the predictions' data
+    response = await client.post("/v1/loss", params={"loss": "scce"}, content=bytes(body), headers=NPZ)
+    assert problem(response, 400)["detail"] == "malformed npz: Bad CRC-32 for file 'predictions.npy'"
 
 
 async def test_npz_float32_with_options_and_weights(client: httpx.AsyncClient) -> None:

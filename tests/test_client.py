@@ -203,7 +203,7 @@ def test_unreachable_server_is_reported_after_retries() -> None:
         client.loss("mse", [[1.0]], [[0.0]])
 
 
-def test_large_batches_go_as_npz_and_small_ones_as_json() -> None:
+def test_large_batches_go_as_arrow_or_npz_and_small_ones_as_json() -> None:
     seen: list[httpx.Request] = []
 
     def handle(request: httpx.Request) -> httpx.Response:
@@ -213,20 +213,43 @@ def test_large_batches_go_as_npz_and_small_ones_as_json() -> None:
     with LossClient("http://mock", transport=httpx.MockTransport(handle)) as client:
         client.loss("mse", np.zeros((10, 1)), np.zeros((10, 1)))
         client.loss("mse", np.zeros((5000, 1)), np.zeros((5000, 1)), delta=1.0, model="m")
+        client.loss("mse", np.zeros((500, 3, 4)), np.zeros((500, 3, 4)))  # three axes: Arrow cannot say it
     assert seen[0].headers["content-type"] == "application/json"
-    assert seen[1].headers["content-type"] == "application/x-npz"
+    assert seen[1].headers["content-type"] == "application/vnd.apache.arrow.stream"
     assert seen[1].headers["accept"] == "application/x-npz"
     assert seen[1].url.params["loss"] == "mse"
     assert seen[1].url.params["model"] == "m"
+    assert seen[2].headers["content-type"] == "application/x-npz"
+
+
+def test_arrow_asked_for_arrays_of_three_axes_is_refused_before_sending() -> None:
+    with (
+        LossClient(
+            "http://mock", body_format="arrow", transport=httpx.MockTransport(lambda r: httpx.Response(500))
+        ) as c,
+        pytest.raises(ValueError, match=r"one or two axes, got shapes \[2, 3, 4\], \[2, 3, 4\]; use 'npz'"),
+    ):
+        c.loss("mse", np.zeros((2, 3, 4)), np.zeros((2, 3, 4)))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("body_format", ["json", "npz"])
-def test_both_body_formats_give_the_same_answer(url: str, body_format: str) -> None:
+@pytest.mark.parametrize("body_format", ["json", "npz", "arrow"])
+def test_every_body_format_gives_the_same_answer(url: str, body_format: str) -> None:
     big = np.random.default_rng(1).normal(size=(3000, 4))
     labels = np.random.default_rng(2).integers(0, 4, 3000)
+    weights = np.random.default_rng(3).random(3000)
     with LossClient(url, body_format=body_format, chunk_size=1000) as client:
-        result = client.loss("scce", big, labels, from_logits=True, dtype="float32", convention="torch")
-    expected = compute("scce", big, labels, options={"from_logits": True}, dtype="float32", convention="torch")
+        result = client.loss(
+            "scce", big, labels, sample_weight=weights, from_logits=True, dtype="float32", convention="torch"
+        )
+    expected = compute(
+        "scce",
+        big,
+        labels,
+        options={"from_logits": True},
+        sample_weight=weights,
+        dtype="float32",
+        convention="torch",
+    )
     np.testing.assert_array_equal(result.per_sample, expected.per_sample.astype(np.float64))
     assert result.mean == pytest.approx(expected.mean, rel=1e-6)

@@ -10,8 +10,11 @@ from __future__ import annotations
 import gc
 import io
 import json
+import math
+import struct
 import threading
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -229,10 +232,68 @@ def _npz_arrays(body: bytes) -> dict[str, np.ndarray[Any, Any]]:
     if not body.startswith(b"PK"):
         raise ProblemError(400, "malformed npz: not a zip archive (an npz body starts with the bytes PK)")
     try:
+        stored = _stored_npz_arrays(body)
+        if stored is not None:
+            return stored
         with np.load(io.BytesIO(body), allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ProblemError(400, f"malformed npz: {exc}") from None
+
+
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, (fixed fields), name length, extra length
+
+
+def _stored_npz_arrays(body: bytes) -> dict[str, np.ndarray[Any, Any]] | None:
+    """The arrays of an uncompressed npz (what np.savez writes) as read-only views of `body`.
+
+    np.load copies each member out of the archive (~1 ms for 8 MB, plus page faults); here the
+    CRC-32 is checked over the bytes where they lie and each array is a view of them. Anything
+    else (compression, another .npy version, object arrays, odd names) returns None for np.load,
+    which reads or refuses it as before.
+    """
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        members = archive.infolist()
+    names = [member.filename.removesuffix(".npy") for member in members]
+    if len(set(names)) != len(names) or not all(member.filename.endswith(".npy") for member in members):
+        return None
+    view = memoryview(body)
+    arrays = {}
+    for name, member in zip(names, members, strict=True):
+        if member.compress_type != zipfile.ZIP_STORED or member.flag_bits & 0x1:  # compressed or encrypted
+            return None
+        local = view[member.header_offset : member.header_offset + _LOCAL_HEADER.size]
+        if len(local) < _LOCAL_HEADER.size:
+            return None
+        signature, name_length, extra_length = _LOCAL_HEADER.unpack(local)
+        start = member.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+        data = view[start : start + member.file_size]
+        if signature != b"PK\x03\x04" or len(data) != member.file_size:
+            return None
+        if zlib.crc32(data) != member.CRC:
+            raise zipfile.BadZipFile(f"Bad CRC-32 for file {member.filename!r}")
+        array = _npy_view(data)
+        if array is None:
+            return None
+        arrays[name] = array
+    return arrays
+
+
+def _npy_view(data: memoryview) -> np.ndarray[Any, Any] | None:
+    """A .npy file's array as a view of its bytes; None for what np.load should handle."""
+    header = io.BytesIO(data[:65_536])  # the header only: format 1.0/2.0 headers are far shorter
+    version = np.lib.format.read_magic(header)
+    if version == (1, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(header)
+    elif version == (2, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(header)
+    else:
+        return None
+    count = math.prod(shape)
+    if dtype.hasobject or len(data) - header.tell() != count * dtype.itemsize:
+        return None
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=header.tell())
+    return array.reshape(shape[::-1]).T if fortran_order else array.reshape(shape)
 
 
 def _arrow_arrays(body: bytes) -> dict[str, np.ndarray[Any, Any]]:
