@@ -22,10 +22,21 @@ order by each library; reordering C positive terms may move a float32 sum by up 
 and the limit for them is 2 + (C - 1) / 2 ulp (`class_sum_ulps`), checked over many seeds.
 Formulas whose terms cancel (Poisson NLL's exp(x) - y x) are compared like weighted ones, in
 units of the largest term's magnitude: their float32 error is relative to the terms.
+
+These limits hold for the committed fixtures. On fresh random batches (the live Hypothesis test
+over every torch case) they do not always: BCE with logits subtracts log_sigmoid(x) from x, focal
+loss raises 1 - p to gamma, triplet margin subtracts two distances, and where NumPy's and PyTorch's
+exp or log1p differ by an ulp the results land 4-6 ulp apart, each 2-4 ulp from the exact value
+on opposite sides. There the float32 comparison is by accuracy (`assert_as_accurate_as_reference`):
+the engine may be no further from PyTorch's float64 result on the same float32 inputs than
+PyTorch's float32 result is, plus the limits above, plus gamma x 1.5 ulp for focal loss's power
+and, for a mean of N values, log2 N ulp. Checked over 1,200 batches (seeds 0-299, N = 8, 17, 31,
+48), every case in both dtypes: none beyond these limits.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -55,14 +66,64 @@ def assert_close(
     assert a.shape == e.shape, f"{what}: shape {a.shape} != expected {e.shape}"
     if dtype == "float32":
         a32, e32 = a.astype(np.float32), e.astype(np.float32)
-        scale = max(weight, 1.0)
-        unit = np.spacing(np.maximum(np.abs(e32) / np.float32(scale), np.float32(1.0))).astype(np.float64) * scale
-        distance = np.abs(a32.astype(np.float64) - e32.astype(np.float64)) / unit
+        distance = np.abs(a32.astype(np.float64) - e32.astype(np.float64)) / float32_unit(e, weight)
         ulps += 1.0 * roundings
         worst = float(distance.max()) if distance.size else 0.0
         assert worst <= ulps, f"{what}: {worst:.1f} ulp apart (limit {ulps})\n{a}\n{e}"
     else:
         np.testing.assert_allclose(a, e, rtol=FLOAT64_RTOL, atol=FLOAT64_ATOL, err_msg=what)
+
+
+def float32_unit(expected: Any, weight: float = 1.0) -> Any:
+    """The float32 unit at each expected value: its ulp, at least the ulp of 1.0, scaled by `weight`."""
+    e32 = np.asarray(expected, dtype=np.float64).astype(np.float32)
+    scale = max(weight, 1.0)
+    return np.spacing(np.maximum(np.abs(e32) / np.float32(scale), np.float32(1.0))).astype(np.float64) * scale
+
+
+def assert_as_accurate_as_reference(
+    case: dict[str, Any],
+    reference: tuple[Any, float],
+    exact: tuple[Any, float],
+    *,
+    convention: str,
+    weight: float = 1.0,
+    terms: int = 1,
+) -> None:
+    """float32 by accuracy: the engine's distance from `exact` (the reference's float64 result on
+    the same float32 inputs) exceeds the reference's own float32 distance by at most the limits
+    `assert_matches_reference` puts on the distance between the two.
+
+    Where a formula cancels or compounds roundings, the two libraries' exp and log1p, each within
+    an ulp but not always the same ulp, put their float32 results several ulps apart, on either
+    side of the exact value; what can be promised there is PyTorch's own accuracy.
+    """
+    from service.engine import compute
+
+    result = compute(
+        case["loss"],
+        case["predictions"],
+        case["labels"],
+        options=case["options"],
+        sample_weight=case.get("sample_weight"),
+        dtype="float32",
+        convention=convention,  # type: ignore[arg-type]
+    )
+    weight = max(weight, largest_weight(case["options"]))
+    extra = class_sum_ulps(terms) - FLOAT32_ULPS + case.get("extra_ulps", 0.0)
+    # Summed in another order, a mean of N values may be up to about log2(N) ulp further from the
+    # exact sum (pairwise and cascade summation bounds), on top of its values' own errors.
+    mean_slack = max(FLOAT32_MEAN_ULPS, FLOAT32_ULPS + math.log2(max(result.count, 2)))
+    for what, ours, theirs, truth, slack in (
+        ("per_sample", result.per_sample, reference[0], exact[0], FLOAT32_ULPS + extra),
+        ("mean", result.mean, reference[1], exact[1], mean_slack + extra),
+    ):
+        truth = np.asarray(truth, dtype=np.float64)
+        own = np.abs(np.asarray(ours, dtype=np.float64) - truth)
+        theirs_error = np.abs(np.asarray(theirs, dtype=np.float64) - truth)
+        excess = (own - theirs_error) / float32_unit(truth, weight)
+        worst = float(excess.max()) if excess.size else 0.0
+        assert worst <= slack, f"{case['id']} {what}: {worst:.2f} units less accurate than the reference"
 
 
 def largest_weight(options: dict[str, Any]) -> float:
@@ -95,7 +156,7 @@ def assert_matches_reference(
     roundings = sum(1 for name in ("class_weight", "weight", "pos_weight") if case["options"].get(name))
     roundings += int(weight > option_weight)
     weight = max(weight, option_weight)
-    extra = class_sum_ulps(terms) - FLOAT32_ULPS
+    extra = class_sum_ulps(terms) - FLOAT32_ULPS + case.get("extra_ulps", 0.0)
     common = {"weight": weight, "roundings": roundings}
     assert_close(result.per_sample, per_sample, case["dtype"], what="per_sample", ulps=FLOAT32_ULPS + extra, **common)
     assert_close(result.mean, mean, case["dtype"], what="mean", ulps=FLOAT32_MEAN_ULPS + extra, **common)
