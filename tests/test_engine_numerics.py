@@ -5,16 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from service.engine import compute
 from service.engine.numerics import BLOCK_VALUES, log_softmax, nll_of_logits
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     ("rows", "classes"),
-    # Row-major below 128 rows, class-major from 128 rows up to 128 classes, row-major above;
-    # several blocks when rows x classes passes BLOCK_VALUES; every pairwise-sum remainder.
-    [(1, 1), (5, 3), (127, 10), (128, 10), (300, 7), (1000, 8), (500, 9), (256, 128), (200, 129),
-     (BLOCK_VALUES // 10 + 17, 10), (64, 1000), (3, 17)],
+    # Row-major below 128 rows, class-major from 128 rows up to 384-byte rows (96 classes in
+    # float32, 48 in float64), row-major above; several blocks when rows x classes passes
+    # BLOCK_VALUES; every pairwise-sum remainder.
+    [(1, 1), (5, 3), (127, 10), (128, 10), (300, 7), (1000, 8), (500, 9), (256, 48), (256, 49),
+     (256, 96), (200, 97), (256, 128), (BLOCK_VALUES // 10 + 17, 10), (64, 1000), (3, 17)],
 )  # fmt: skip
 def test_the_fused_kernel_equals_minus_log_softmax_at_the_target(rows: int, classes: int, dtype: type) -> None:
     rng = np.random.default_rng(rows * 1000 + classes)
@@ -23,4 +25,20 @@ def test_the_fused_kernel_equals_minus_log_softmax_at_the_target(rows: int, clas
     expected = -log_softmax(logits, axis=1)[np.arange(rows), targets]
     got = nll_of_logits(logits, targets)
     assert got.dtype == dtype
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    ("rows", "width"),
+    # Class-major row sums up to 96-byte rows (24 values in float32, 12 in float64), row-major
+    # above; several blocks when rows x width passes BLOCK_VALUES.
+    [(7, 1), (300, 10), (300, 12), (300, 13), (300, 24), (300, 25), (BLOCK_VALUES // 10 + 5, 10), (50, 128)],
+)
+def test_blocked_row_means_equal_the_plain_mean(rows: int, width: int, dtype: type) -> None:
+    rng = np.random.default_rng(rows + width)
+    predictions = rng.normal(size=(rows, width)).astype(dtype)
+    labels = rng.normal(size=(rows, width)).astype(dtype)
+    expected = np.square(predictions - labels).mean(axis=-1)
+    got = compute("mse", predictions, labels, dtype=np.dtype(dtype).name, convention="keras").per_sample
     np.testing.assert_array_equal(got, expected)
