@@ -42,3 +42,14 @@ def test_blocked_row_means_equal_the_plain_mean(rows: int, width: int, dtype: ty
     expected = np.square(predictions - labels).mean(axis=-1)
     got = compute("mse", predictions, labels, dtype=np.dtype(dtype).name, convention="keras").per_sample
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("rows", [64, 300, BLOCK_VALUES // 10 + 17])
+def test_the_fused_kernel_reads_any_memory_layout(rows: int) -> None:
+    """npz members in Fortran order and OIP tensors arrive as views; the kernel takes them as they are."""
+    rng = np.random.default_rng(rows)
+    logits = rng.normal(size=(rows, 10)).astype(np.float32)
+    targets = rng.integers(0, 10, rows)
+    expected = nll_of_logits(logits, targets)
+    for layout in (np.asfortranarray(logits), np.repeat(logits, 2, axis=1)[:, ::2]):
+        np.testing.assert_array_equal(nll_of_logits(layout, targets), expected)
