@@ -64,7 +64,12 @@ def cases(seed: int = 20261122, n: int = 16) -> list[Case]:
     ignored = targets.copy()
     ignored[::3] = -100
     add(
-        "sparse_categorical_crossentropy", {**weighted, "label_smoothing": 0.2}, logits, ignored, "ignore-smooth-weight"
+        "sparse_categorical_crossentropy",
+        {**weighted, "label_smoothing": 0.2},
+        logits,
+        ignored,
+        "ignore-smooth-weight",
+        c,  # label smoothing sums over the classes
     )
     add("sparse_categorical_crossentropy", {"from_logits": True, "ignore_index": 2}, logits, targets, "ignore-2")
     probabilities = _probs(rng, n, c)
