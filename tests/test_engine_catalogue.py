@@ -15,7 +15,7 @@ from sklearn.metrics import log_loss as sklearn_log_loss
 
 from service.engine import LossInputError, catalogue, compute
 from tests.reference import naive
-from tests.tolerance import assert_close
+from tests.tolerance import assert_close, compute_case
 
 RNG = np.random.default_rng(11)
 N, C = 7, 4
@@ -210,18 +210,7 @@ def test_no_loss_writes_into_its_inputs(case: dict[str, Any], convention: str) -
                 out[field] = array
         return out
 
-    def run(writable: bool) -> Any:
-        given = arrays(writable)
-        return compute(
-            case["loss"],
-            given["predictions"],
-            given["labels"],
-            options=case["options"],
-            sample_weight=given.get("sample_weight"),
-            dtype=case["dtype"],
-            convention=convention,  # type: ignore[arg-type]
-        )
-
-    read_only, writable = run(False), run(True)
+    read_only = compute_case({**case, **arrays(writable=False)}, convention)
+    writable = compute_case({**case, **arrays(writable=True)}, convention)
     np.testing.assert_array_equal(read_only.per_sample, writable.per_sample)
     assert read_only.mean == writable.mean

@@ -99,17 +99,7 @@ def assert_as_accurate_as_reference(
     an ulp but not always the same ulp, put their float32 results several ulps apart, on either
     side of the exact value; what can be promised there is PyTorch's own accuracy.
     """
-    from service.engine import compute
-
-    result = compute(
-        case["loss"],
-        case["predictions"],
-        case["labels"],
-        options=case["options"],
-        sample_weight=case.get("sample_weight"),
-        dtype="float32",
-        convention=convention,  # type: ignore[arg-type]
-    )
+    result = compute_case({**case, "dtype": "float32"}, convention)
     weight = max(weight, largest_weight(case["options"]))
     extra = class_sum_ulps(terms) - FLOAT32_ULPS + case.get("extra_ulps", 0.0)
     # Summed in another order, a mean of N values may be up to about log2(N) ulp further from the
@@ -127,6 +117,21 @@ def assert_as_accurate_as_reference(
         assert worst <= slack, f"{case['id']} {what}: {worst:.2f} units less accurate than the reference"
 
 
+def compute_case(case: dict[str, Any], convention: str) -> Any:
+    """The engine's result for a reference case (its loss, inputs, options and dtype)."""
+    from service.engine import compute
+
+    return compute(
+        case["loss"],
+        case["predictions"],
+        case["labels"],
+        options=case["options"],
+        sample_weight=case.get("sample_weight"),
+        dtype=case["dtype"],
+        convention=convention,  # type: ignore[arg-type]
+    )
+
+
 def largest_weight(options: dict[str, Any]) -> float:
     """The largest factor a weighting option can multiply a loss by (see the module docstring)."""
     factor = 1.0
@@ -140,17 +145,7 @@ def assert_matches_reference(
     case: dict[str, Any], per_sample: Any, mean: float, *, convention: str, weight: float = 1.0, terms: int = 1
 ) -> None:
     """Compute `case` with the engine and compare it with a reference's per-sample values and mean."""
-    from service.engine import compute
-
-    result = compute(
-        case["loss"],
-        case["predictions"],
-        case["labels"],
-        options=case["options"],
-        sample_weight=case.get("sample_weight"),
-        dtype=case["dtype"],
-        convention=convention,  # type: ignore[arg-type]
-    )
+    result = compute_case(case, convention)
     option_weight = largest_weight(case["options"])
     # One unit per weighting multiplication: each weight option given, and the caller's
     # weight (sample weights, or the scale of terms that cancel) when it exceeds theirs.
