@@ -64,8 +64,9 @@ async def off_loop(request: Request, size: int, work: Callable[[], Any]) -> Any:
 
     A request that times out stops waiting for its thread, which cannot be interrupted; the
     thread keeps the request's concurrency slot until it is done, and does not record its batch
-    in the loss metrics (unless it was already recording when the deadline passed). Work abandoned before any
-    thread picked it up never runs (anyio drops it), so then the request gives the slot back.
+    in the loss metrics (unless it was already recording when the deadline passed). Work
+    abandoned before any thread picked it up never runs (anyio drops it), so then the request
+    gives the slot back.
     """
     if size <= request.app.state.settings.offload_bytes:
         return work()
