@@ -65,7 +65,8 @@ class Settings(BaseSettings):
     )
     metrics_dir: str | None = Field(
         default=None,
-        description="Directory for multi-worker metrics, wiped at start (default: <tmp>/loss-service-metrics-<pid>).",
+        description="Directory where workers share metrics when there is more than one, wiped at start "
+        "(default: <tmp>/loss-service-metrics-<pid>). One worker keeps its metrics in memory.",
     )
 
     @field_validator("api_keys", mode="before")

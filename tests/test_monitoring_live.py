@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -161,18 +162,34 @@ def test_prometheus_computes_the_dashboards_mean_loss_per_model(tmp_path: Path) 
 
 
 def test_two_servers_on_one_host_keep_their_own_metrics() -> None:
-    """Each server's default metrics directory is its own: starting another does not wipe it."""
-    import tempfile
-
-    with served() as first:
+    """Each multi-worker server's default metrics directory is its own: starting another does not wipe it."""
+    with served("--workers", "2") as first:
         send(first, {**FRAUD, "model": "host-a"}, 3)
-        with served() as second:
+        with served("--workers", "2") as second:
             send(second, {**FRAUD, "model": "host-b"}, 1)
             scrape_second = samples(httpx.get(f"{second}/metrics").text)
+            directories = set(Path(tempfile.gettempdir()).glob("loss-service-metrics-*"))
+            assert len(directories) >= 2
         scrape_first = samples(httpx.get(f"{first}/metrics").text)
         labels = {"loss": "mean_squared_error"}
         assert value(scrape_first, "loss_service_batches_total", model="host-a", **labels) == 3
         assert ("loss_service_batches_total", (("loss", "mean_squared_error"), ("model", "host-b"))) not in scrape_first
         assert value(scrape_second, "loss_service_batches_total", model="host-b", **labels) == 1
-        directories = set(Path(tempfile.gettempdir()).glob("loss-service-metrics-*"))
     assert not directories & set(Path(tempfile.gettempdir()).glob("loss-service-metrics-*")), "left behind"
+
+
+def test_one_worker_keeps_its_metrics_in_memory(tmp_path: Path) -> None:
+    """One worker shares nothing, so it writes no metrics files, even when a directory is
+    configured or PROMETHEUS_MULTIPROC_DIR is inherited, and still counts every batch."""
+    configured, inherited = tmp_path / "configured", tmp_path / "inherited"
+    inherited.mkdir()
+    before = set(Path(tempfile.gettempdir()).glob("loss-service-metrics-*"))
+    env = {"LOSS_SERVICE_METRICS_DIR": str(configured), "PROMETHEUS_MULTIPROC_DIR": str(inherited)}
+    with served(env=env) as url:
+        send(url, FRAUD, 5)
+        scrape = samples(httpx.get(f"{url}/metrics").text)
+        assert not configured.exists()
+        assert not any(inherited.iterdir())
+        assert set(Path(tempfile.gettempdir()).glob("loss-service-metrics-*")) == before
+    assert value(scrape, "loss_service_batches_total", model="fraud-v3", loss="mean_squared_error") == 5
+    assert value(scrape, "loss_service_samples_total", model="fraud-v3", loss="mean_squared_error") == 20
