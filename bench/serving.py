@@ -32,6 +32,8 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
+from service.cli import MALLOC_SETTINGS
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -71,6 +73,12 @@ def server(command: list[str], env: dict[str, str] | None = None) -> Iterator[tu
 
 def loss_service() -> list[str]:
     return [str(BIN / "loss-service"), "serve", "--host", "127.0.0.1", "--workers", "1"]
+
+
+# The bare app gets the glibc malloc settings `loss-service serve` gives itself: with glibc's
+# defaults it page-faults a large body's buffers in on every request (4 MB: 7.3 against 3.6 ms),
+# and a ceiling that slow would flatter the ratios.
+BARE_MALLOC = {variable: str(value) for variable, _, value in MALLOC_SETTINGS}
 
 
 def bare_app() -> list[str]:
@@ -229,7 +237,7 @@ def main() -> None:
     # (its loopback speed varies up to 3x over minutes) hits both sides of each ratio alike.
     with contextlib.ExitStack() as stack:
         urls = {
-            "bare FastAPI": stack.enter_context(server(bare_app()))[0],
+            "bare FastAPI": stack.enter_context(server(bare_app(), env=BARE_MALLOC))[0],
             "loss-service": stack.enter_context(server(loss_service()))[0],
         }
         runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in urls}
@@ -265,8 +273,8 @@ def main() -> None:
     timings: dict[str, dict[str, float]] = {}
     with contextlib.ExitStack() as stack:
         clients = {
-            name: stack.enter_context(httpx.Client(base_url=stack.enter_context(server(command))[0], timeout=120))
-            for name, command in (("bare", bare_app()), ("service", loss_service()))
+            name: stack.enter_context(httpx.Client(base_url=stack.enter_context(server(command, env))[0], timeout=120))
+            for name, command, env in (("bare", bare_app(), BARE_MALLOC), ("service", loss_service(), None))
         }
         for fmt, (path, body, headers, query) in formats.items():
             for name, seconds in alternating_medians(
