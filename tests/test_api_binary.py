@@ -182,3 +182,22 @@ async def test_evaluate_still_takes_json_only(client: httpx.AsyncClient) -> None
         await client.post("/v1/evaluate", content=npz(predictions=PREDICTIONS, labels=LABELS), headers=NPZ), 415
     )
     assert "application/json" in body["detail"]
+
+
+async def test_misaligned_npz_members_reach_the_engine_aligned(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An npz member lies wherever the archive put it; a misaligned one is copied once, aligned."""
+    from tests.test_inference import engine_inputs
+
+    seen = engine_inputs(monkeypatch)
+    predictions = np.random.default_rng(0).normal(size=(64, 7))
+    body = npz(predictions=predictions, labels=np.arange(64) % 7)
+    view = _stored_npz_arrays(body)["predictions"]
+    assert not view.flags.aligned  # np.savez's layout, so this test checks what it claims to
+    response = await client.post(
+        "/v1/loss", params={"loss": "scce", "options": '{"from_logits": true}'}, content=body, headers=NPZ
+    )
+    assert response.status_code == 200
+    assert seen[0].flags.aligned
+    np.testing.assert_array_equal(seen[0], predictions)

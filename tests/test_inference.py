@@ -202,3 +202,83 @@ async def test_binary_framing_errors(client: httpx.AsyncClient) -> None:
     assert "does not fit" in wrong.json()["error"]
     broken = await client.post("/v2/models/scce/infer", content=b"{nope")
     assert "malformed inference request JSON" in broken.json()["error"]
+
+
+def engine_inputs(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray[Any, Any]]:
+    """Every `predictions` array the routes hand to the engine, recorded as it passes."""
+    import service.api.batches
+
+    seen: list[np.ndarray[Any, Any]] = []
+    real = service.api.batches.compute
+
+    def recording(loss: str, predictions: Any, labels: Any, **kwargs: Any) -> Any:
+        seen.append(predictions)
+        return real(loss, predictions, labels, **kwargs)
+
+    monkeypatch.setattr(service.api.batches, "compute", recording)
+    return seen
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("padding", range(8))
+async def test_binary_tensors_reach_the_engine_aligned_whatever_the_header_length(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, padding: int
+) -> None:
+    """NumPy is slower over misaligned data; the body is received so the tensors start on 64 bytes."""
+    seen = engine_inputs(monkeypatch)
+    tensors = [tensor("predictions", LOGITS, "FP32", binary=True), tensor("labels", LABELS, "INT64", binary=True)]
+    response = await infer(
+        client, "scce", tensors, parameters={"from_logits": True, "dtype": "float32"}, id=" " * padding
+    )
+    assert response.status_code == 200, response.text
+    (predictions,) = seen
+    assert predictions.ctypes.data % 64 == 0
+    expected = compute("scce", LOGITS, LABELS, options={"from_logits": True}, dtype="float32")
+    assert response.json()["outputs"][0]["data"] == expected.per_sample.tolist()
+
+
+async def call_asgi(app: Any, path: str, headers: dict[str, str], chunks: list[bytes]) -> tuple[int, bytes]:
+    """One request straight into the ASGI app, its body in `chunks`: framing no HTTP client would send."""
+    messages = [
+        {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1} for i, chunk in enumerate(chunks)
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("loss-service", 80),
+    }
+    await app(scope, receive, send)
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+@pytest.mark.anyio
+async def test_a_body_that_disagrees_with_its_content_length_is_refused() -> None:
+    from service.app import create_app
+
+    app = create_app()
+    spec, raw = tensor("predictions", LOGITS, "FP32", binary=True)
+    header = orjson.dumps({"inputs": [spec, tensor("labels", LABELS, "INT64")[0]]})
+    body = header + raw
+    for declared, message in ((len(body) - 10, "longer than its Content-Length"), (len(body) + 10, "ended after")):
+        headers = {"content-length": str(declared), "inference-header-content-length": str(len(header))}
+        async with app.router.lifespan_context(app):
+            status, answer = await call_asgi(app, "/v2/models/scce/infer", headers, [body[:100], body[100:]])
+        assert status == 400
+        assert message in orjson.loads(answer)["error"]

@@ -49,6 +49,39 @@ async def read_body(request: Request, accepted: tuple[str, ...] = (JSON_MEDIA_TY
     return media_type, body
 
 
+# Binary tensors after a JSON header of any length are placed on this boundary as they arrive.
+TENSOR_ALIGNMENT = 64
+
+
+async def read_body_aligned(request: Request, offset: int) -> bytes | memoryview:
+    """The body, received into a buffer where byte `offset` starts a 64-byte boundary.
+
+    Open Inference Protocol tensors follow a JSON header of any length, so in a plain bytes body
+    they are rarely aligned for their dtype, and NumPy's loops over misaligned data are slower:
+    10,000 x 100 cross-entropy took 4.0-4.2 against 3.5-3.7 ms in float32 (finiteness check and
+    compute), 9.1-9.2 against 8.4-8.5 ms in float64. Receiving into an aligned buffer copies
+    each chunk once, as joining them into bytes does. Without a Content-Length (a chunked body,
+    or a gzip one, which BodyLimit inflates), or with `offset` beyond it, the plain body.
+    """
+    declared = request.headers.get("content-length", "")
+    length = int(declared) if declared.isdigit() else None
+    if length is None or not 0 <= offset <= length:
+        return await request.body()
+    buffer = np.empty(length + TENSOR_ALIGNMENT, dtype=np.uint8)
+    start = -(buffer.ctypes.data + offset) % TENSOR_ALIGNMENT
+    body = memoryview(buffer.data)[start : start + length]
+    received = 0
+    async for chunk in request.stream():
+        end = received + len(chunk)
+        if end > length:
+            raise ProblemError(400, f"the body is longer than its Content-Length ({length:,} bytes)")
+        body[received:end] = chunk
+        received = end
+    if received != length:
+        raise ProblemError(400, f"the body ended after {received:,} of its Content-Length {length:,} bytes")
+    return body
+
+
 def _booleans_outside_arrays(data: Any) -> int:
     """Booleans anywhere in `data` except the top-level array fields; iterative, so no nesting
     depth a client sends can exhaust the interpreter's stack."""

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from service import __version__
 from service.api.arrays import MAX_ELEMENTS
 from service.api.batches import off_loop, run_loss
-from service.api.body import RepeatedKeyError, collector_paused, loads
+from service.api.body import RepeatedKeyError, collector_paused, loads, read_body_aligned
 from service.api.errors import validation_problem
 from service.api.guards import REFUSALS
 from service.api.problems import shown
@@ -30,6 +30,7 @@ from service.monitoring import Monitor
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
 HEADER_LENGTH = "inference-header-content-length"
+Body = bytes | memoryview  # memoryview: received with its tensors aligned (read_body_aligned)
 INPUTS = ("predictions", "labels", "sample_weight")
 BATCH_PARAMETERS = ("convention", "dtype", "model")
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -162,9 +163,12 @@ async def model_ready(loss: str, request: Request) -> Response:
     },
 )
 async def infer(loss: str, request: Request) -> Response:
-    body = await request.body()
-    monitor: Monitor = request.app.state.monitor
     header_length = request.headers.get(HEADER_LENGTH)
+    if header_length is not None and header_length.isdigit():
+        body = await read_body_aligned(request, int(header_length))  # the tensors start there
+    else:
+        body = await request.body()
+    monitor: Monitor = request.app.state.monitor
     try:
         log = request.scope.setdefault("state", {})
         limit = request.app.state.settings.max_elements
@@ -174,7 +178,7 @@ async def infer(loss: str, request: Request) -> Response:
 
 
 def _infer_paused(
-    loss: str, body: bytes, header_length: str | None, monitor: Monitor, log: dict[str, Any], limit: int
+    loss: str, body: Body, header_length: str | None, monitor: Monitor, log: dict[str, Any], limit: int
 ) -> Response:
     # JSON tensors are lists until the request is validated (see collector_paused).
     with collector_paused(len(body)):
@@ -182,7 +186,7 @@ def _infer_paused(
 
 
 def _infer(
-    loss: str, body: bytes, header_length: str | None, monitor: Monitor, log: dict[str, Any], limit: int
+    loss: str, body: Body, header_length: str | None, monitor: Monitor, log: dict[str, Any], limit: int
 ) -> Response:
     name = _catalogue_name(loss)
     header, binary = _split(body, header_length)
@@ -239,7 +243,7 @@ def _oip_message(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
-def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
+def _split(body: Body, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
     """The JSON inference header and the binary tensor data after it."""
     if header_length is None:
         size = len(body)
@@ -251,7 +255,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memo
         if not 0 < size <= len(body):
             raise InferenceError(f"Inference-Header-Content-Length {size} does not fit a body of {len(body)} bytes")
     try:
-        header = loads(body[:size])
+        header = loads(bytes(body[:size]))
     except orjson.JSONDecodeError as exc:
         raise InferenceError(f"malformed inference request JSON: {exc}") from None
     except RepeatedKeyError as exc:
