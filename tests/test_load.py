@@ -226,7 +226,8 @@ def test_a_large_body_does_not_fault_its_memory_in_again_on_every_request() -> N
             infer()
         per_request = (minor_page_faults(process.pid) - before) / 10
     pages = len(body) / os.sysconf("SC_PAGE_SIZE")
-    assert per_request < 0.05 * pages, f"{per_request:.0f} page faults per request for a body of {pages:.0f} pages"
+    # Tuned, ~0-75 faults remain (NumPy's huge-page advice and heap layout vary); untuned, ~2 per page.
+    assert per_request < 0.25 * pages, f"{per_request:.0f} page faults per request for a body of {pages:.0f} pages"
 
 
 def workers_of(process: subprocess.Popen[bytes]) -> set[int]:
