@@ -12,7 +12,9 @@ def as_array(values: Any) -> np.ndarray[Any, Any]:
     if isinstance(values, np.ndarray):
         return values
     if hasattr(values, "combine_chunks"):  # pyarrow.ChunkedArray
-        values = values.combine_chunks()
+        # combine_chunks copies even a single chunk (4 MB: 0.13 ms and the pages); one chunk is
+        # read as it is, so a column of an Arrow request body stays a view of the body.
+        values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
     if hasattr(values, "flatten") and hasattr(values, "type") and hasattr(values.type, "list_size"):
         # pyarrow FixedSizeListArray: one fixed-length row per sample
         return np.asarray(values.flatten().to_numpy(zero_copy_only=False)).reshape(len(values), values.type.list_size)

@@ -201,3 +201,20 @@ async def test_misaligned_npz_members_reach_the_engine_aligned(
     assert response.status_code == 200
     assert seen[0].flags.aligned
     np.testing.assert_array_equal(seen[0], predictions)
+
+
+def test_arrow_columns_are_views_of_the_body() -> None:
+    """A one-batch Arrow stream's columns are read in place: no copy of a large body's arrays."""
+    from service.api.body import _arrow_arrays
+
+    predictions = np.random.default_rng(0).normal(size=(50, 4))
+    table = pa.table(
+        {"predictions": pa.FixedSizeListArray.from_arrays(pa.array(predictions.ravel()), 4), "labels": np.arange(50)}
+    )
+    body = arrow(table)
+    arrays = _arrow_arrays(body)
+    whole = np.frombuffer(body, dtype=np.uint8)
+    assert np.shares_memory(arrays["predictions"], whole)
+    assert np.shares_memory(arrays["labels"], whole)
+    np.testing.assert_array_equal(arrays["predictions"], predictions)
+    np.testing.assert_array_equal(arrays["labels"], np.arange(50))
