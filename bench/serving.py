@@ -81,10 +81,10 @@ def loss_service() -> list[str]:
 BARE_MALLOC = {variable: str(value) for variable, _, value in MALLOC_SETTINGS}
 
 
-def bare_app() -> list[str]:
+def bare_app(module: str = "bench.bare_app") -> list[str]:
     return [
         str(BIN / "uvicorn"),
-        "bench.bare_app:app",
+        f"{module}:app",
         "--http",
         "httptools",
         "--loop",
@@ -238,6 +238,9 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         urls = {
             "bare FastAPI": stack.enter_context(server(bare_app(), env=BARE_MALLOC))[0],
+            "unvalidated NumPy endpoint": stack.enter_context(server(bare_app("bench.minimal_app"), env=BARE_MALLOC))[
+                0
+            ],
             "loss-service": stack.enter_context(server(loss_service()))[0],
         }
         runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in urls}
