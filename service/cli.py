@@ -60,8 +60,8 @@ def _tune_malloc() -> None:
         if variable in os.environ:
             continue
         os.environ[variable] = str(value)
-        with contextlib.suppress(AttributeError):
-            if libc is not None:
+        if libc is not None:
+            with contextlib.suppress(AttributeError):  # a libc without mallopt
                 libc.mallopt(parameter, value)
 
 

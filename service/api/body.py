@@ -282,9 +282,8 @@ def _stored_npz_arrays(body: bytes) -> dict[str, np.ndarray[Any, Any]] | None:
 
     np.load copies each member out of the archive (~1 ms for 8 MB, plus page faults); here the
     CRC-32 is checked over the bytes where they lie (by ISA-L, 3.4x zlib's speed) and each array
-    is a view of them. Anything
-    else (compression, another .npy version, object arrays, odd names) returns None for np.load,
-    which reads or refuses it as before.
+    is a view of them. Anything else (compression, another .npy version, object arrays, odd
+    names) returns None for np.load, which reads or refuses it as before.
     """
     with zipfile.ZipFile(io.BytesIO(body)) as archive:
         members = archive.infolist()
