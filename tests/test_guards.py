@@ -200,6 +200,22 @@ async def test_a_body_still_arriving_at_the_deadline_gets_408_and_frees_its_slot
         assert (await c.post("/v1/loss", json=BODY)).status_code == 200
 
 
+async def test_an_oip_binary_body_still_arriving_at_the_deadline_gets_408() -> None:
+    """The aligned receive of OIP tensors (a declared Content-Length) honours the same deadline."""
+    header = b'{"inputs": []}'
+    declared = {"content-length": str(len(header) + 400), "inference-header-content-length": str(len(header))}
+
+    async def stalled_body() -> AsyncIterator[bytes]:
+        yield header + b"\0" * 100
+        await anyio.sleep(60)
+
+    async for c in client_for(Settings(request_timeout=0.2, max_concurrent=1)):
+        with anyio.fail_after(10):
+            response = await c.post("/v2/models/mse/infer", content=stalled_body(), headers=declared)
+        assert refusal(response, 408) == "the request body did not arrive within 0.2 s (LOSS_SERVICE_REQUEST_TIMEOUT)"
+        assert response.headers["connection"] == "close"
+
+
 async def test_a_computation_past_the_deadline_gets_504_and_its_thread_keeps_the_slot() -> None:
     # 2e6 numbers, 20 MB: parsing alone takes ~100 ms, well past the 50 ms deadline, in a worker thread.
     values = np.random.default_rng(0).random((100_000, 10)).round(6).tolist()
