@@ -51,9 +51,10 @@ async def read_body(request: Request, accepted: tuple[str, ...] = (JSON_MEDIA_TY
 
 # Binary tensors after a JSON header of any length are placed on this boundary as they arrive.
 TENSOR_ALIGNMENT = 64
+Body = bytes | memoryview  # memoryview: received with its tensors aligned (read_body_aligned)
 
 
-async def read_body_aligned(request: Request, offset: int) -> bytes | memoryview:
+async def read_body_aligned(request: Request, offset: int) -> Body:
     """The body, received into a buffer where byte `offset` starts a 64-byte boundary.
 
     Open Inference Protocol tensors follow a JSON header of any length, so in a plain bytes body

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from service import __version__
 from service.api.arrays import MAX_ELEMENTS
 from service.api.batches import off_loop, run_loss
-from service.api.body import RepeatedKeyError, collector_paused, loads, read_body_aligned
+from service.api.body import Body, RepeatedKeyError, collector_paused, loads, read_body_aligned
 from service.api.errors import validation_problem
 from service.api.guards import REFUSALS
 from service.api.problems import shown
@@ -30,7 +30,6 @@ from service.monitoring import Monitor
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
 HEADER_LENGTH = "inference-header-content-length"
-Body = bytes | memoryview  # memoryview: received with its tensors aligned (read_body_aligned)
 INPUTS = ("predictions", "labels", "sample_weight")
 BATCH_PARAMETERS = ("convention", "dtype", "model")
 DATATYPES: dict[str, np.dtype[Any]] = {
