@@ -1,0 +1,34 @@
+"""The delayed-labels store: SQL only, no HTTP and no loss math.
+
+`Store.open(url)` connects to SQLite (`sqlite:///PATH`, the embedded default) or PostgreSQL
+(`postgresql://...`, for replicas on several hosts), creates or checks the schema, and offers
+the operations the service needs, each one transaction.
+"""
+
+from service.store.database import redacted
+from service.store.errors import (
+    RowShapeError,
+    SchemaVersionError,
+    StoreError,
+    TooManyPendingError,
+    UnknownModelError,
+)
+from service.store.schema import SCHEMA_VERSION
+from service.store.store import DTYPES, Logged, Model, Pairs, Side, Store, Swept
+
+__all__ = [
+    "DTYPES",
+    "SCHEMA_VERSION",
+    "Logged",
+    "Model",
+    "Pairs",
+    "RowShapeError",
+    "SchemaVersionError",
+    "Side",
+    "Store",
+    "StoreError",
+    "Swept",
+    "TooManyPendingError",
+    "UnknownModelError",
+    "redacted",
+]

@@ -1,0 +1,189 @@
+"""Connections and transactions for the two databases the store runs on, and the few places
+where their SQL differs. Everything else is the same plain SQL, written with `?` placeholders.
+
+- SQLite (stdlib `sqlite3`): one connection per process in WAL mode, so several worker
+  processes on one host share the file; `BEGIN IMMEDIATE` takes the database's write lock at
+  the start of every writing transaction, which serialises writers across processes.
+- PostgreSQL (psycopg 3 with its connection pool): replicas on several hosts share one
+  database; a writing transaction locks its model's row (`SELECT ... FOR UPDATE`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    placeholder: str
+    # Appended to the SELECT that reads a model's row in a writing transaction.
+    lock_row: str
+    # `id <in_list>` with one parameter holding the whole list of ids.
+    in_list: str
+    # Column types and table options for the DDL.
+    types: dict[str, str]
+
+    def list_parameter(self, values: Sequence[str]) -> Any:
+        return orjson.dumps(list(values)).decode() if self.name == "sqlite" else list(values)
+
+
+SQLITE = Dialect(
+    name="sqlite",
+    placeholder="?",
+    # The whole database is already locked by BEGIN IMMEDIATE.
+    lock_row="",
+    in_list="IN (SELECT value FROM json_each(?))",
+    types={
+        "serial": "INTEGER PRIMARY KEY",
+        "int": "INTEGER",
+        "real": "REAL",
+        "blob": "BLOB",
+        "small": "INTEGER",
+        # The primary key is the table: no hidden rowid and no second copy of (model, id).
+        "rows_table_options": "WITHOUT ROWID",
+    },
+)
+POSTGRES = Dialect(
+    name="postgresql",
+    placeholder="%s",
+    lock_row=" FOR UPDATE",
+    in_list="= ANY(?)",
+    types={
+        "serial": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        "int": "BIGINT",
+        "real": "DOUBLE PRECISION",
+        "blob": "BYTEA",
+        "small": "SMALLINT",
+        "rows_table_options": "",
+    },
+)
+
+
+class Cursor(Protocol):
+    def execute(self, sql: Any, params: Any = ...) -> Any: ...
+    def executemany(self, sql: Any, params_seq: Any) -> Any: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> Any: ...
+
+
+class Transaction:
+    """One open transaction. SQL is written with `?` placeholders for both databases."""
+
+    def __init__(self, cursor: Cursor, dialect: Dialect) -> None:
+        self._cursor = cursor
+        self.dialect = dialect
+
+    def _sql(self, sql: str) -> str:
+        return sql if self.dialect.placeholder == "?" else sql.replace("?", self.dialect.placeholder)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._cursor.execute(self._sql(sql), params)
+
+    def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._cursor.executemany(self._sql(sql), rows)
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        self._cursor.execute(self._sql(sql), params)
+        row = self._cursor.fetchone()
+        return None if row is None else tuple(row)
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self._cursor.execute(self._sql(sql), params)
+        return [tuple(row) for row in self._cursor.fetchall()]
+
+
+class Database(Protocol):
+    dialect: Dialect
+    url: str
+
+    def transaction(self, *, write: bool = True) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class SQLiteDatabase:
+    """A SQLite file shared by the worker processes of one host (WAL mode)."""
+
+    dialect = SQLITE
+
+    def __init__(self, url: str, path: str) -> None:
+        self.url = url
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are begun and ended here, explicitly. The timeout
+        # is how long a writer waits for another process's write lock before giving up.
+        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        # NORMAL: a commit is in the WAL file before it returns, so a killed process loses no
+        # answered request; only an operating-system crash or power loss can lose the last ones.
+        self._connection.execute("PRAGMA synchronous=NORMAL")
+        self._lock = threading.Lock()  # one connection, used by one thread at a time
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[Transaction]:
+        with self._lock:
+            cursor = self._connection.cursor()
+            cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield Transaction(cursor, self.dialect)
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+
+class PostgresDatabase:
+    """A PostgreSQL database shared by every replica, through a pool of connections."""
+
+    dialect = POSTGRES
+
+    def __init__(self, url: str, max_connections: int) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self.url = url
+        # Connection failures surface here, at start-up, not at the first request.
+        self._pool = ConnectionPool(url, min_size=1, max_size=max_connections, open=False)
+        self._pool.open(wait=True, timeout=30.0)
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[Transaction]:
+        # The pool's context commits when the block ends and rolls back when it raises.
+        with self._pool.connection() as connection, connection.cursor() as cursor:
+            yield Transaction(cursor, self.dialect)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def connect(url: str, max_connections: int = 10) -> Database:
+    """A database from a URL: `sqlite:///relative/path`, `sqlite:////absolute/path`, or
+    `postgresql://user:password@host:port/database` (also `postgres://`)."""
+    if url.startswith("sqlite:///"):
+        return SQLiteDatabase(url, url.removeprefix("sqlite:///"))
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresDatabase(url, max_connections)
+    raise ValueError(
+        f"unsupported store URL {redacted(url)!r}: use sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DATABASE"
+    )
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for logs and errors."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"

@@ -1,0 +1,45 @@
+"""The store's own exceptions: what went wrong in terms of models and rows, never SQL or HTTP."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class of the store's errors."""
+
+
+class UnknownModelError(StoreError):
+    def __init__(self, model: str) -> None:
+        super().__init__(f"no model named {model!r} is configured")
+        self.model = model
+
+
+class RowShapeError(StoreError):
+    """Rows of a shape other than the one the model's first rows of that side fixed."""
+
+    def __init__(self, side: str, expected: tuple[int, ...], got: tuple[int, ...]) -> None:
+        super().__init__(
+            f"each row of {side} must have shape {list(expected)}, as the model's first {side} had; got {list(got)}"
+        )
+        self.side, self.expected, self.got = side, expected, got
+
+
+class TooManyPendingError(StoreError):
+    """Storing the rows would leave more unjoined rows for the model than allowed."""
+
+    def __init__(self, model: str, pending: int, limit: int) -> None:
+        super().__init__(
+            f"model {model!r} would hold {pending:,} rows waiting for their other half; the limit is {limit:,} "
+            "(LOSS_SERVICE_MAX_PENDING); nothing of this request was stored"
+        )
+        self.model, self.pending, self.limit = model, pending, limit
+
+
+class SchemaVersionError(StoreError):
+    """The database was written by a newer loss-service than this one."""
+
+    def __init__(self, found: int, known: int) -> None:
+        super().__init__(
+            f"the store's schema version is {found}, newer than the {known} this loss-service knows; "
+            "upgrade loss-service (downgrading a store is not supported)"
+        )
+        self.found, self.known = found, known

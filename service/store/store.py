@@ -1,0 +1,377 @@
+"""The delayed-labels store: configured models, their predictions and labels, joined once.
+
+Each operation is one transaction. Concurrency rules, where they are enforced:
+- `(model_id, id)` is the primary key of each row table and rows are inserted with
+  `ON CONFLICT DO NOTHING`: a repeated id never overwrites the first row (first write wins).
+- Every writing transaction first locks its model's row (`_locked_model`): on SQLite by
+  `BEGIN IMMEDIATE`, on PostgreSQL by `SELECT ... FOR UPDATE`. Two requests that complete the
+  same pair from opposite sides therefore run one after the other, and the second sees the
+  first's row: each pair is joined by exactly one transaction, whatever the order, retries,
+  workers or replicas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Generic, Literal, TypeVar
+
+import numpy as np
+import orjson
+
+from service.store.database import Database, Transaction, connect
+from service.store.errors import RowShapeError, TooManyPendingError, UnknownModelError
+from service.store.schema import migrate
+
+Side = Literal["predictions", "labels"]
+T = TypeVar("T")
+# The dtype of a stored row's payload, by the small integer kept beside it.
+DTYPES: dict[int, np.dtype[Any]] = {0: np.dtype(np.float64), 1: np.dtype(np.float32), 2: np.dtype(np.int64)}
+_CODES = {dtype: code for code, dtype in DTYPES.items()}
+_TABLE = {"predictions": "loss_predictions", "labels": "loss_labels"}
+_MODEL_COLUMNS = (
+    "id, name, config, retention_seconds, created_at, updated_at, prediction_shape, label_shape, "
+    "pending_predictions, pending_labels, joined, expired_predictions, expired_labels"
+)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A configured model: its configuration (opaque to the store), retention and counters."""
+
+    name: str
+    config: dict[str, Any]
+    retention_seconds: float
+    created_at: float
+    updated_at: float
+    prediction_shape: tuple[int, ...] | None
+    label_shape: tuple[int, ...] | None
+    pending_predictions: int
+    pending_labels: int
+    joined: int
+    expired_predictions: int
+    expired_labels: int
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """The pairs one request completed, in the order of its ids."""
+
+    ids: list[str]
+    predictions: np.ndarray[Any, Any]
+    labels: np.ndarray[Any, Any]
+    # One per pair; None where the label was logged without a weight.
+    weights: list[float | None]
+    # Label arrival minus prediction time, in seconds.
+    delays: np.ndarray[Any, np.dtype[np.float64]]
+
+
+@dataclass(frozen=True)
+class Logged(Generic[T]):
+    """What logging one side's rows did."""
+
+    accepted: int
+    duplicate_ids: list[str]
+    pairs: Pairs
+    # What the caller's `on_join` returned for the pairs (None when none were completed).
+    joined_result: T | None
+    model: Model
+
+
+@dataclass(frozen=True)
+class Swept:
+    """Rows one retention sweep removed from a model; `expired_*` counts the unjoined ones."""
+
+    model: str
+    expired_predictions: int
+    expired_labels: int
+    pending_predictions: int
+    pending_labels: int
+
+
+def _model(row: tuple[Any, ...]) -> Model:
+    return Model(
+        name=row[1],
+        config=orjson.loads(row[2]),
+        retention_seconds=float(row[3]),
+        created_at=float(row[4]),
+        updated_at=float(row[5]),
+        prediction_shape=None if row[6] is None else tuple(orjson.loads(row[6])),
+        label_shape=None if row[7] is None else tuple(orjson.loads(row[7])),
+        pending_predictions=int(row[8]),
+        pending_labels=int(row[9]),
+        joined=int(row[10]),
+        expired_predictions=int(row[11]),
+        expired_labels=int(row[12]),
+    )
+
+
+def _decode(payloads: Sequence[bytes], codes: Sequence[int], shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
+    """Stored rows back as one array of shape (len(payloads), *shape)."""
+    if len(set(codes)) <= 1:
+        dtype = DTYPES[codes[0]] if codes else np.dtype(np.float64)
+        return np.frombuffer(b"".join(payloads), dtype=dtype).reshape((len(payloads), *shape))
+    # Rows stored under different dtypes (the model's dtype was changed in between): NumPy
+    # widens them to their common type, exactly.
+    return np.stack([np.frombuffer(p, dtype=DTYPES[c]).reshape(shape) for p, c in zip(payloads, codes, strict=True)])
+
+
+class Store:
+    """The operations the service performs on its database, each one transaction."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        migrate(database)
+
+    @classmethod
+    def open(cls, url: str, max_connections: int = 10) -> Store:
+        return cls(connect(url, max_connections))
+
+    def close(self) -> None:
+        self.database.close()
+
+    # -- models ---------------------------------------------------------------------------------
+
+    def configure_model(self, name: str, config: dict[str, Any], retention_seconds: float, now: float) -> Model:
+        """Create the model, or replace its configuration; its rows and counters stay."""
+        with self.database.transaction() as tx:
+            tx.execute(
+                "INSERT INTO loss_models (name, config, retention_seconds, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "config = excluded.config, retention_seconds = excluded.retention_seconds, "
+                "updated_at = excluded.updated_at",
+                [name, orjson.dumps(config).decode(), retention_seconds, now, now],
+            )
+            row = tx.one(f"SELECT {_MODEL_COLUMNS} FROM loss_models WHERE name = ?", [name])
+        assert row is not None
+        return _model(row)
+
+    def model(self, name: str) -> Model | None:
+        with self.database.transaction(write=False) as tx:
+            row = tx.one(f"SELECT {_MODEL_COLUMNS} FROM loss_models WHERE name = ?", [name])
+        return None if row is None else _model(row)
+
+    def models(self) -> list[Model]:
+        with self.database.transaction(write=False) as tx:
+            rows = tx.all(f"SELECT {_MODEL_COLUMNS} FROM loss_models ORDER BY name")
+        return [_model(row) for row in rows]
+
+    def oldest_pending(self, name: str) -> float | None:
+        """Arrival time of the model's oldest row still waiting for its other half."""
+        with self.database.transaction(write=False) as tx:
+            found = [
+                tx.one(
+                    f"SELECT min(r.arrived) FROM {table} r JOIN loss_models m ON m.id = r.model_id "
+                    "WHERE m.name = ? AND r.joined_at IS NULL",
+                    [name],
+                )
+                for table in _TABLE.values()
+            ]
+        times = [row[0] for row in found if row is not None and row[0] is not None]
+        return min(times) if times else None
+
+    def delete_model(self, name: str) -> bool:
+        """Remove the model and every row stored for it; False if there was no such model."""
+        with self.database.transaction() as tx:
+            found = tx.one(f"SELECT id FROM loss_models WHERE name = ?{tx.dialect.lock_row}", [name])
+            if found is None:
+                return False
+            for table in _TABLE.values():
+                tx.execute(f"DELETE FROM {table} WHERE model_id = ?", [found[0]])
+            tx.execute("DELETE FROM loss_models WHERE id = ?", [found[0]])
+        return True
+
+    # -- rows -----------------------------------------------------------------------------------
+
+    def log(
+        self,
+        side: Side,
+        name: str,
+        ids: Sequence[str],
+        rows: np.ndarray[Any, Any],
+        *,
+        now: float,
+        max_pending: int,
+        timestamps: Sequence[float] | None = None,
+        weights: Sequence[float] | None = None,
+        on_join: Callable[[Model, Pairs], T],
+    ) -> Logged[T]:
+        """Store one side's rows (ids must be distinct) and join those whose other half is waiting.
+
+        `rows`: one row per id, in a dtype of `DTYPES`. `timestamps` (predictions only): each
+        prediction's time, default `now`; `weights` (labels only): each label's sample weight.
+        `on_join(model, pairs)` runs inside the transaction on the pairs this call completed,
+        with the model's configuration as it is now; if it raises, nothing is stored.
+        """
+        other: Side = "labels" if side == "predictions" else "predictions"
+        with self.database.transaction() as tx:
+            found = tx.one(f"SELECT {_MODEL_COLUMNS} FROM loss_models WHERE name = ?{tx.dialect.lock_row}", [name])
+            if found is None:
+                raise UnknownModelError(name)
+            model_id, model = found[0], _model(found)
+            model = self._fix_shape(tx, model_id, model, side, tuple(rows.shape[1:]))
+            existing = {
+                row[0]
+                for row in tx.all(
+                    f"SELECT id FROM {_TABLE[side]} WHERE model_id = ? AND id {tx.dialect.in_list}",
+                    [model_id, tx.dialect.list_parameter(ids)],
+                )
+            }
+            fresh = [i for i, row_id in enumerate(ids) if row_id not in existing]
+            self._insert(tx, side, model_id, ids, rows, fresh, now, timestamps, weights)
+            partners = self._waiting_partners(tx, other, model_id, [ids[i] for i in fresh])
+            joined = [i for i in fresh if ids[i] in partners]
+            pairs = self._pairs(side, model, ids, rows, joined, partners, now, timestamps, weights)
+            if joined:
+                for table in _TABLE.values():
+                    tx.execute(
+                        f"UPDATE {table} SET joined_at = ?, payload = NULL "
+                        f"WHERE model_id = ? AND id {tx.dialect.in_list}",
+                        [now, model_id, tx.dialect.list_parameter(pairs.ids)],
+                    )
+            model = self._count(tx, model_id, model, side, len(fresh), len(joined), max_pending)
+            joined_result = on_join(model, pairs) if joined else None
+        duplicates = [ids[i] for i in range(len(ids)) if ids[i] in existing]
+        return Logged(len(fresh), duplicates, pairs, joined_result, model)
+
+    @staticmethod
+    def _fix_shape(tx: Transaction, model_id: int, model: Model, side: Side, shape: tuple[int, ...]) -> Model:
+        """The first rows of a side fix its per-row shape for good."""
+        column = "prediction_shape" if side == "predictions" else "label_shape"
+        fixed = getattr(model, column)
+        if fixed is None:
+            tx.execute(f"UPDATE loss_models SET {column} = ? WHERE id = ?", [orjson.dumps(shape).decode(), model_id])
+            if side == "predictions":
+                return replace(model, prediction_shape=shape)
+            return replace(model, label_shape=shape)
+        if fixed != shape:
+            raise RowShapeError(side, fixed, shape)
+        return model
+
+    @staticmethod
+    def _insert(
+        tx: Transaction,
+        side: Side,
+        model_id: int,
+        ids: Sequence[str],
+        rows: np.ndarray[Any, Any],
+        fresh: list[int],
+        now: float,
+        timestamps: Sequence[float] | None,
+        weights: Sequence[float] | None,
+    ) -> None:
+        if not fresh:
+            return
+        rows = np.ascontiguousarray(rows)
+        code, raw, size = _CODES[rows.dtype], rows.tobytes(), rows[0].nbytes
+        payloads = [raw[i * size : (i + 1) * size] for i in fresh]
+        if side == "predictions":
+            ats = [None if timestamps is None else timestamps[i] for i in fresh]
+            tx.many(
+                "INSERT INTO loss_predictions (model_id, id, arrived, at, dtype, payload) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                [(model_id, ids[i], now, at, code, p) for i, at, p in zip(fresh, ats, payloads, strict=True)],
+            )
+        else:
+            given = [None if weights is None else weights[i] for i in fresh]
+            tx.many(
+                "INSERT INTO loss_labels (model_id, id, arrived, weight, dtype, payload) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                [(model_id, ids[i], now, w, code, p) for i, w, p in zip(fresh, given, payloads, strict=True)],
+            )
+
+    @staticmethod
+    def _waiting_partners(tx: Transaction, other: Side, model_id: int, ids: list[str]) -> dict[str, tuple[Any, ...]]:
+        """The other side's unjoined rows with these ids: id -> (time, dtype code, payload, weight)."""
+        if not ids:
+            return {}
+        time, weight = ("coalesce(at, arrived)", "NULL") if other == "predictions" else ("arrived", "weight")
+        rows = tx.all(
+            f"SELECT id, {time}, dtype, payload, {weight} FROM {_TABLE[other]} "
+            f"WHERE model_id = ? AND joined_at IS NULL AND id {tx.dialect.in_list}",
+            [model_id, tx.dialect.list_parameter(ids)],
+        )
+        return {row[0]: row[1:] for row in rows}
+
+    @staticmethod
+    def _pairs(
+        side: Side,
+        model: Model,
+        ids: Sequence[str],
+        rows: np.ndarray[Any, Any],
+        joined: list[int],
+        partners: dict[str, tuple[Any, ...]],
+        now: float,
+        timestamps: Sequence[float] | None,
+        weights: Sequence[float] | None,
+    ) -> Pairs:
+        joined_ids = [ids[i] for i in joined]
+        mine = rows[joined]
+        found = [partners[row_id] for row_id in joined_ids]
+        other_shape = model.label_shape if side == "predictions" else model.prediction_shape
+        theirs = _decode([f[2] for f in found], [f[1] for f in found], other_shape or ())
+        if side == "predictions":
+            times = [now if timestamps is None else timestamps[i] for i in joined]
+            delays = np.array([f[0] for f in found], dtype=np.float64) - np.array(times, dtype=np.float64)
+            return Pairs(joined_ids, mine, theirs, [f[3] for f in found], delays)
+        label_weights = [None if weights is None else float(weights[i]) for i in joined]
+        delays = now - np.array([f[0] for f in found], dtype=np.float64)
+        return Pairs(joined_ids, theirs, mine, label_weights, delays)
+
+    @staticmethod
+    def _count(tx: Transaction, model_id: int, model: Model, side: Side, stored: int, joined: int, limit: int) -> Model:
+        pending = {"predictions": model.pending_predictions, "labels": model.pending_labels}
+        other: Side = "labels" if side == "predictions" else "predictions"
+        before = sum(pending.values())
+        pending[side] += stored - joined
+        pending[other] -= joined
+        after = sum(pending.values())
+        if after > limit and after > before:  # a request that only drains pending rows always passes
+            raise TooManyPendingError(model.name, after, limit)
+        tx.execute(
+            "UPDATE loss_models SET pending_predictions = ?, pending_labels = ?, joined = joined + ? WHERE id = ?",
+            [pending["predictions"], pending["labels"], joined, model_id],
+        )
+        return replace(
+            model,
+            pending_predictions=pending["predictions"],
+            pending_labels=pending["labels"],
+            joined=model.joined + joined,
+        )
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def sweep_expired(self, now: float) -> list[Swept]:
+        """Delete every row that arrived more than its model's retention ago, one model at a time."""
+        with self.database.transaction(write=False) as tx:
+            names = [row[0] for row in tx.all("SELECT name FROM loss_models ORDER BY name")]
+        swept = []
+        for name in names:
+            with self.database.transaction() as tx:
+                found = tx.one(
+                    "SELECT id, retention_seconds, pending_predictions, pending_labels FROM loss_models "
+                    f"WHERE name = ?{tx.dialect.lock_row}",
+                    [name],
+                )
+                if found is None:
+                    continue  # deleted meanwhile
+                model_id, retention, pending_predictions, pending_labels = found
+                cutoff = now - float(retention)
+                expired = []
+                for table in _TABLE.values():
+                    row = tx.one(
+                        f"SELECT count(*) FROM {table} WHERE model_id = ? AND arrived < ? AND joined_at IS NULL",
+                        [model_id, cutoff],
+                    )
+                    expired.append(int(row[0]) if row else 0)
+                    tx.execute(f"DELETE FROM {table} WHERE model_id = ? AND arrived < ?", [model_id, cutoff])
+                if any(expired):
+                    tx.execute(
+                        "UPDATE loss_models SET pending_predictions = pending_predictions - ?, "
+                        "pending_labels = pending_labels - ?, expired_predictions = expired_predictions + ?, "
+                        "expired_labels = expired_labels + ? WHERE id = ?",
+                        [expired[0], expired[1], expired[0], expired[1], model_id],
+                    )
+            left = (int(pending_predictions) - expired[0], int(pending_labels) - expired[1])
+            swept.append(Swept(name, expired[0], expired[1], *left))
+        return swept
