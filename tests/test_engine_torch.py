@@ -12,7 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.reference.torch_cases import cases, torch_reference
-from tests.tolerance import assert_as_accurate_as_reference, assert_matches_reference
+from tests.tolerance import (
+    FLOAT32_MEAN_ULPS,
+    assert_as_accurate_as_reference,
+    assert_close,
+    assert_matches_reference,
+)
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "torch_reference.json").read_text())
 
@@ -30,10 +35,12 @@ torch.set_num_threads(1)
 
 
 def test_fixtures_are_current() -> None:
+    """PyTorch on this CPU still gives the committed numbers, within the documented tolerance:
+    its SIMD paths (AVX2, AVX-512, NEON) differ in the last bit or two, so never bit for bit."""
     for case in FIXTURE["cases"]:
         per_sample, mean = torch_reference(case)
-        np.testing.assert_array_equal(per_sample, case["expected"]["per_sample"], err_msg=case["id"])
-        assert mean == case["expected"]["mean"], case["id"]
+        assert_close(per_sample, case["expected"]["per_sample"], case["dtype"], what=f"{case['id']} per_sample")
+        assert_close(mean, case["expected"]["mean"], case["dtype"], what=f"{case['id']} mean", ulps=FLOAT32_MEAN_ULPS)
 
 
 @st.composite
