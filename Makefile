@@ -16,6 +16,7 @@ $(VENV)/.dev: $(VENV)/.runtime
 	touch $@
 
 serve: $(VENV)/.runtime
+	mkdir -p data
 	$(BIN)/loss-service serve
 
 lint: $(VENV)/.dev

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -12,6 +13,7 @@ from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
@@ -19,10 +21,21 @@ from fastapi.openapi.utils import get_openapi
 from service import __version__
 from service.api.errors import install_error_handlers
 from service.api.guards import ApiKeys, BodyLimit, HeavyRequests
-from service.api.routes import health, inference, losses, metrics
-from service.api.schemas import Problem, evaluate_request_model, loss_request_adapter
+from service.api.ingest import sweep_forever
+from service.api.routes import health, inference, losses, metrics, models
+from service.api.schemas import (
+    LabelsLog,
+    PredictionsLog,
+    Problem,
+    evaluate_request_model,
+    loss_request_adapter,
+    model_config_request_model,
+)
 from service.config import Settings
 from service.monitoring import Monitor, RequestMonitor, access_log, forget_killed_workers, mark_worker_dead
+from service.store import Store, redacted
+
+log = logging.getLogger("service.app")
 
 DESCRIPTION = """Per-sample and mean losses for batches of predictions and labels, computed exactly as
 Keras (`convention: keras`) or PyTorch (`convention: torch`) compute them, in float64 or float32.
@@ -32,6 +45,9 @@ Errors are RFC 9457 problem details naming the field, index and reason."""
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     forget_killed_workers()
+    settings: Settings = app.state.settings
+    app.state.store = await anyio.to_thread.run_sync(_open_store, settings)
+    sweeper = asyncio.create_task(sweep_forever(app.state.store, app.state.monitor, settings.sweep_interval))
     # Everything alive now (modules, the app, its schemas) lives as long as the worker: moved out
     # of the collector's generations, a full collection no longer walks ~110,000 of them.
     gc.freeze()
@@ -42,7 +58,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         app.state.lifecycle = "draining"
         restore_signals()
+        sweeper.cancel()
+        app.state.store.close()
         mark_worker_dead(os.getpid())
+
+
+def _open_store(settings: Settings) -> Store:
+    try:
+        return Store.open(settings.store_url, settings.store_connections)
+    except Exception as exc:
+        # The URL may hold a password: the log names it without.
+        log.error("cannot open the store at %s: %s", redacted(settings.store_url), exc)
+        raise
 
 
 def _drain_on_stop_signal(app: FastAPI) -> Callable[[], None]:
@@ -86,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(losses.router)
+    app.include_router(models.router)
     app.include_router(inference.router)
     app.include_router(metrics.router)
     # Outermost last: the request monitor sees everything, the guards' refusals included.
@@ -93,7 +121,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApiKeys, keys=settings.api_keys or [], protect_metrics=settings.metrics_auth)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "PUT", "DELETE"]
+        )
     app.add_middleware(RequestMonitor, monitor=app.state.monitor)
     _log_to_stderr(settings)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -120,6 +150,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     for name, body in (
         ("LossRequest", loss_request_adapter().json_schema(ref_template=template)),
         ("EvaluateRequest", evaluate_request_model().model_json_schema(ref_template=template)),
+        ("ModelConfigRequest", model_config_request_model().model_json_schema(ref_template=template)),
+        ("PredictionsLog", PredictionsLog.model_json_schema(ref_template=template)),
+        ("LabelsLog", LabelsLog.model_json_schema(ref_template=template)),
         ("Problem", Problem.model_json_schema(ref_template=template)),
     ):
         components.update(body.pop("$defs", {}))

@@ -69,6 +69,24 @@ class Settings(BaseSettings):
         "(default: <tmp>/loss-service-metrics-<pid>). One worker keeps its metrics in memory.",
     )
 
+    store_url: str = Field(
+        default="sqlite:///data/loss-service.sqlite3",
+        description="Where predictions and labels wait for each other: sqlite:///PATH (a file, relative to the "
+        "working directory; sqlite:////PATH for an absolute path) for one host, postgresql://USER:PASSWORD@HOST/DB "
+        "for replicas on several hosts.",
+    )
+    store_connections: int = Field(
+        default=10, ge=1, description="Most PostgreSQL connections each worker keeps open (its pool's size)."
+    )
+    max_pending: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Most rows per model waiting for their other half (predictions + labels); more get 429.",
+    )
+    sweep_interval: float = Field(
+        default=60.0, gt=0, description="Seconds between sweeps that remove rows older than their model's retention."
+    )
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _keys_or_key_file(cls, value: Any) -> Any:

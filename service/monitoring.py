@@ -37,6 +37,25 @@ OTHER_MODEL = "other"
 UNLABELLED_MODEL = "unlabelled"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BODY_BUCKETS = tuple(float(10**e) for e in range(2, 10))  # 100 B .. 1 GB
+# Label delay: a second to 90 days (clicks arrive in minutes, fraud verdicts in weeks).
+_HOUR, _DAY = 3600.0, 86400.0
+DELAY_BUCKETS = (
+    1.0,
+    10.0,
+    60.0,
+    300.0,
+    900.0,
+    _HOUR,
+    4 * _HOUR,
+    12 * _HOUR,
+    _DAY,
+    3 * _DAY,
+    7 * _DAY,
+    14 * _DAY,
+    30 * _DAY,
+    90 * _DAY,
+)
+ROW_KINDS = ("predictions", "labels")
 REJECTION_REASONS = {
     413: "too_large",
     400: "invalid",
@@ -124,6 +143,41 @@ class Monitor:
         )
         for field in ("predictions", "labels", "sample_weight"):
             self.nonfinite.labels(field)
+        self.logged = Counter(
+            "loss_service_logged_total",
+            "Rows stored to wait for their other half, by model and kind (predictions, labels).",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "loss_service_duplicates_total",
+            "Rows not stored because their id was already stored on the same side, by model and kind.",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.joined = Counter(
+            "loss_service_joined_total", "Prediction-label pairs joined and recorded, by model.", ["model"], registry=r
+        )
+        self.label_delay = Histogram(
+            "loss_service_label_delay_seconds",
+            "Per joined pair: label arrival minus prediction time (0 when the label came first).",
+            ["model"],
+            buckets=DELAY_BUCKETS,
+            registry=r,
+        )
+        self.pending = Gauge(
+            "loss_service_pending",
+            "Rows waiting for their other half, by model and kind, as the store counted at its last write or sweep.",
+            ["model", "kind"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.expired = Counter(
+            "loss_service_expired_total",
+            "Rows removed by retention before their other half came, by model and kind.",
+            ["model", "kind"],
+            registry=r,
+        )
         self.overflowed = Counter(
             "loss_service_model_label_overflow_total",
             f"Batches counted under model={OTHER_MODEL!r}: past the label limit or outside the allow-list.",
@@ -165,6 +219,37 @@ class Monitor:
         self._child(self.samples, label, loss).inc(values.size)
         self._child(self.batches, label, loss).inc()
         self._child(self.last_mean, label, loss).set(mean)
+
+    def observe_log(
+        self,
+        model: str,
+        kind: str,
+        accepted: int,
+        duplicates: int,
+        delays: np.ndarray[Any, Any],
+        pending: tuple[int, int],
+    ) -> None:
+        """One request's rows for the delayed-labels store, after its transaction committed."""
+        label = self.model_label(model)
+        self._child(self.logged, label, kind).inc(accepted)
+        if duplicates:
+            self._child(self.duplicates, label, kind).inc(duplicates)
+        if delays.size:
+            self._child(self.joined, label).inc(delays.size)
+            _observe_many(self._child(self.label_delay, label), np.maximum(delays, 0.0))
+        self.set_pending(model, pending)
+
+    def observe_expired(self, model: str, expired: tuple[int, int], pending: tuple[int, int]) -> None:
+        label = self.model_label(model)
+        for kind, count in zip(ROW_KINDS, expired, strict=True):
+            if count:
+                self._child(self.expired, label, kind).inc(count)
+        self.set_pending(model, pending)
+
+    def set_pending(self, model: str, pending: tuple[int, int]) -> None:
+        label = self.model_label(model)
+        for kind, count in zip(ROW_KINDS, pending, strict=True):
+            self._child(self.pending, label, kind).set(count)
 
     def record_request(self, route: str, method: str, status: int, seconds: float, body_bytes: int) -> None:
         self._child(self.requests, route, method, STATUS_CLASSES[status // 100]).inc()

@@ -8,6 +8,7 @@ that labels must be class indices below the class count, so schema-valid bodies 
 from __future__ import annotations
 
 import logging
+import tempfile
 
 import pytest
 import schemathesis
@@ -15,9 +16,12 @@ from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
 from service.app import create_app
+from service.store import Store
 
 app = create_app()
 app.state.lifecycle = "ready"
+# The lifespan (which opens the store) does not run under schemathesis's ASGI calls.
+app.state.store = Store.open(f"sqlite:///{tempfile.mkdtemp(prefix='loss-service-schemathesis-')}/store.sqlite3")
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 

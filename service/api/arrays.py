@@ -27,7 +27,7 @@ MAX_DIMENSIONS = 32
 NON_FINITE = "non_finite"
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -70,7 +70,7 @@ def _first_problem(value: Any, shape: list[int], path: tuple[int, ...] = ()) -> 
     depth = len(path)
     if depth < len(shape):
         if not isinstance(value, list):
-            return path, f"expected an array of {shape[depth]} elements, got {_kind(value)}"
+            return path, f"expected an array of {shape[depth]} elements, got {kind_of(value)}"
         if len(value) != shape[depth]:
             return path, f"ragged array: expected {shape[depth]} elements like its siblings, got {len(value)}"
         for i, item in enumerate(value):
@@ -79,7 +79,7 @@ def _first_problem(value: Any, shape: list[int], path: tuple[int, ...] = ()) -> 
                 return found
         return None
     if not _is_number(value):
-        return path, f"expected a number, got {_kind(value)}"
+        return path, f"expected a number, got {kind_of(value)}"
     if isinstance(value, int) and not -(2**63) <= value < 2**63:
         return path, "integer is too large (beyond 64 bits)"
     return None
@@ -126,7 +126,7 @@ def to_array(value: Any, info: ValidationInfo) -> np.ndarray[Any, Any]:
             value = np.require(value, requirements="A")
         return _finite(value)
     if not isinstance(value, list):
-        raise PydanticCustomError("array_type", f"expected an array of numbers, got {_kind(value)}", {"index": []})
+        raise PydanticCustomError("array_type", f"expected an array of numbers, got {kind_of(value)}", {"index": []})
     depth = _depth(value)
     if depth > MAX_DIMENSIONS:
         raise PydanticCustomError(

@@ -59,8 +59,9 @@ def record_batch(monitor: Monitor, model: str | None, name: str, reduced: Reduce
         monitor.observe_batch(model, name, reduced.per_sample, reduced.mean)
 
 
-async def off_loop(request: Request, size: int, work: Callable[[], Any]) -> Any:
-    """Large bodies are parsed and computed in a worker thread so the event loop keeps serving.
+async def off_loop(request: Request, size: int, work: Callable[[], Any], *, waits_on_io: bool = False) -> Any:
+    """Large bodies are parsed and computed in a worker thread so the event loop keeps serving;
+    so is any work that `waits_on_io` (a database), whatever its size.
 
     A request that times out stops waiting for its thread, which cannot be interrupted; the
     thread keeps the request's concurrency slot until it is done, and does not record its batch
@@ -68,7 +69,7 @@ async def off_loop(request: Request, size: int, work: Callable[[], Any]) -> Any:
     abandoned before any thread picked it up never runs (anyio drops it), so then the request
     gives the slot back.
     """
-    if size <= request.app.state.settings.offload_bytes:
+    if size <= request.app.state.settings.offload_bytes and not waits_on_io:
         return work()
     slot: Slot | None = request.scope.get("state", {}).get(HEAVY_SLOT)
     if slot is None:

@@ -28,7 +28,7 @@ REFUSALS = {
     503: "Overloaded: more than LOSS_SERVICE_MAX_CONCURRENT heavy requests; see Retry-After",
     504: "The loss was not computed within LOSS_SERVICE_REQUEST_TIMEOUT",
 }
-HEAVY_PREFIXES = ("/v1/loss", "/v1/evaluate", "/v2/models/")
+HEAVY_PREFIXES = ("/v1/loss", "/v1/evaluate", "/v1/models/", "/v2/models/")
 PROTECTED_PREFIXES = ("/v1/", "/v2")
 
 

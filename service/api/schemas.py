@@ -8,8 +8,12 @@ from functools import cache
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, create_model
+from pydantic.functional_validators import PlainValidator
+from pydantic.json_schema import WithJsonSchema
+from pydantic_core import PydanticCustomError
 
-from service.api.arrays import NumericArray
+from service.api.arrays import NumericArray, kind_of
+from service.api.problems import shown
 from service.engine import CONVENTIONS, Convention, DType, LossSpec, OptionSpec, catalogue
 
 MODEL_LABEL_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
@@ -237,3 +241,154 @@ def evaluate_request_model() -> type[BaseModel]:
 
 def loss_names() -> set[str]:
     return {name for spec in catalogue() for name in (spec.name, *spec.aliases)}
+
+
+# -- delayed labels: models, and the predictions and labels logged for them ----------------------
+
+MAX_ID_LENGTH = 128
+DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
+MAX_RETENTION_SECONDS = 10 * 365 * 24 * 3600
+
+
+def _id_error(message: str, index: int) -> PydanticCustomError:
+    return PydanticCustomError("row_id", message, {"index": [index]})
+
+
+def to_ids(value: Any) -> list[str]:
+    """Row ids as strings: a string of 1-128 characters, or a non-negative integer (7 is the id "7").
+    An id repeated within one request is refused at its second occurrence."""
+    if not isinstance(value, list):
+        raise PydanticCustomError("row_ids", "expected an array of ids, got {kind}", {"kind": kind_of(value)})
+    if not value:
+        raise PydanticCustomError("row_ids", "expected at least one id", {"index": []})
+    ids: list[str] = []
+    seen: dict[str, int] = {}
+    for index, item in enumerate(value):
+        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+            text = str(item)
+        elif isinstance(item, str):
+            text = item
+        else:
+            raise _id_error(
+                f"an id is a string of 1-{MAX_ID_LENGTH} characters or a non-negative integer, got "
+                + (shown(item) if isinstance(item, int | float) and not isinstance(item, bool) else kind_of(item)),
+                index,
+            )
+        if not 1 <= len(text) <= MAX_ID_LENGTH:
+            raise _id_error(f"an id has 1 to {MAX_ID_LENGTH} characters, this one {len(text):,}", index)
+        if text in seen:
+            raise _id_error(f"repeats the id at ids[{seen[text]}] ({shown(text)}); each id once per request", index)
+        seen[text] = index
+        ids.append(text)
+    return ids
+
+
+RowIds = Annotated[
+    list[str],
+    PlainValidator(to_ids),
+    WithJsonSchema(
+        {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "anyOf": [
+                    {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
+                    {"type": "integer", "minimum": 0},
+                ]
+            },
+            "description": "One id per row, each once: a string of 1-128 characters or a non-negative integer "
+            '(the integer 7 is the id "7").',
+        },
+        mode="validation",
+    ),
+]
+
+
+class PredictionsLog(BaseModel):
+    """Predictions to keep until their labels arrive."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, strict=True)
+
+    ids: RowIds
+    predictions: NumericArray = Field(description="One row per id; the model's first predictions fix the row shape.")
+    timestamps: NumericArray | None = Field(
+        default=None, description="When each prediction was made (Unix seconds); default: its arrival."
+    )
+
+
+class LabelsLog(BaseModel):
+    """Labels for predictions logged before or after them."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, strict=True)
+
+    ids: RowIds
+    labels: NumericArray = Field(description="One label row per id; the model's first labels fix the row shape.")
+    sample_weight: NumericArray | None = Field(
+        default=None, description="One weight >= 0 per label; a label without one counts with weight 1."
+    )
+
+
+@cache
+def model_config_request_model() -> type[BaseModel]:
+    """The body of PUT /v1/models/{model}: the losses to compute when pairs join, as /v1/evaluate takes them."""
+    call: Any = _union([loss_call_model(s) for s in catalogue()])
+    return create_model(
+        "ModelConfigRequest",
+        __config__=ConfigDict(extra="forbid", strict=True),
+        losses=(
+            list[call],
+            Field(min_length=1, max_length=MAX_LOSSES_PER_EVALUATE, description="The losses to compute per join."),
+        ),
+        convention=(Convention, Field(default="keras", description="Whose numerics to reproduce.")),
+        dtype=(DType, Field(default="float64", description="Working precision; also the precision rows are kept in.")),
+        retention_seconds=(
+            float,
+            Field(
+                default=DEFAULT_RETENTION_SECONDS,
+                gt=0,
+                le=MAX_RETENTION_SECONDS,
+                description="How long a row waits for its other half (and a joined id is remembered).",
+            ),
+        ),
+    )
+
+
+class ConfiguredLoss(BaseModel):
+    loss: str = Field(description="The catalogue name.")
+    options: dict[str, Any] = Field(description="The options given; the others take their defaults.")
+
+
+class ModelConfig(BaseModel):
+    model: str
+    losses: list[ConfiguredLoss]
+    convention: Convention
+    dtype: DType
+    retention_seconds: float
+    created_at: float = Field(description="Unix seconds.")
+    updated_at: float = Field(description="Unix seconds of the last PUT.")
+
+
+class ModelStatus(ModelConfig):
+    pending_predictions: int = Field(description="Predictions waiting for their label.")
+    pending_labels: int = Field(description="Labels waiting for their prediction.")
+    joined: int = Field(description="Pairs joined and recorded.")
+    expired_predictions: int = Field(description="Predictions removed by retention before a label came.")
+    expired_labels: int = Field(description="Labels removed by retention before their prediction came.")
+    oldest_pending_seconds: float | None = Field(description="Age of the oldest row still waiting; null if none.")
+    prediction_shape: list[int] | None = Field(description="Per-row shape fixed by the first predictions.")
+    label_shape: list[int] | None = Field(description="Per-row shape fixed by the first labels.")
+
+
+class ModelList(BaseModel):
+    models: list[ModelConfig]
+
+
+class LogResult(BaseModel):
+    accepted: int = Field(description="Rows stored by this request.")
+    duplicates: int = Field(description="Rows whose id this side already had: counted, never stored again.")
+    duplicate_ids: list[str] = Field(description="The first 100 of them.")
+    joined: int = Field(description="Pairs this request completed.")
+    joined_ids: list[str] = Field(description="Their ids, in request order; `per_sample` follows this order.")
+    results: list[LossResult] = Field(description="Each configured loss over the pairs completed; empty if none.")
+    pending_predictions: int
+    pending_labels: int

@@ -6,13 +6,11 @@ import io
 from typing import Any
 
 import numpy as np
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.api.batches import compute_loss, off_loop, record_batch, run_loss
 from service.api.body import (
-    ARROW_MEDIA_TYPE,
     BATCH_MEDIA_TYPES,
     JSON_MEDIA_TYPE,
     NPZ_MEDIA_TYPE,
@@ -20,8 +18,8 @@ from service.api.body import (
     validate_binary,
     validate_json,
 )
-from service.api.guards import REFUSALS
 from service.api.problems import ProblemError
+from service.api.responses import PROBLEM_RESPONSES, json_body, json_response, loss_result
 from service.api.schemas import (
     Catalogue,
     EvaluateResult,
@@ -31,61 +29,10 @@ from service.api.schemas import (
     loss_info,
     loss_request_adapter,
 )
-from service.engine import LossInputError, Reduced, catalogue, resolve
+from service.engine import LossInputError, catalogue, resolve
 from service.monitoring import Monitor
 
 router = APIRouter(prefix="/v1", tags=["losses"])
-
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {
-        "description": description,
-        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
-    }
-    for status, description in sorted(
-        {
-            400: "Malformed JSON, npz, Arrow or gzip body",
-            415: "Unsupported Content-Type or Content-Encoding",
-            422: "Invalid input: the errors name each field, index and reason",
-            **REFUSALS,
-        }.items()
-    )
-}
-
-
-def _json_body(schema: str, examples: dict[str, Any], binary: bool = False) -> dict[str, Any]:
-    content: dict[str, Any] = {
-        "application/json": {
-            "schema": {"$ref": f"#/components/schemas/{schema}"},
-            "examples": {name: {"value": value} for name, value in examples.items()},
-        }
-    }
-    extra: dict[str, Any] = {}
-    if binary:
-        for media_type, what in ((NPZ_MEDIA_TYPE, "an npz archive"), (ARROW_MEDIA_TYPE, "an Arrow IPC stream")):
-            content[media_type] = {
-                "schema": {
-                    "type": "string",
-                    "format": "binary",
-                    "description": f"{what} with arrays predictions, labels and optionally sample_weight; "
-                    "the other fields as query parameters",
-                }
-            }
-        extra["parameters"] = [
-            {"name": name, "in": "query", "required": False, "schema": {"type": "string"}, "description": text}
-            for name, text in BINARY_QUERY_PARAMETERS.items()
-        ]
-    return {"requestBody": {"required": True, "content": content}, **extra}
-
-
-BINARY_QUERY_PARAMETERS = {
-    "loss": "With a binary body: the loss (required).",
-    "options": 'With a binary body: the options as a JSON object, e.g. {"from_logits": true}.',
-    "dtype": "With a binary body: float64 or float32.",
-    "convention": "With a binary body: keras or torch.",
-    "model": "With a binary body: the monitoring label.",
-    "chunk": "With a binary body: true when the batch is one chunk of a larger one.",
-}
-
 
 LOSS_EXAMPLES = {
     "sparse_categorical_crossentropy": {
@@ -118,24 +65,6 @@ EVALUATE_EXAMPLES = {
 }
 
 
-def _result(name: str, reduced: Reduced, dtype: str, convention: str) -> dict[str, Any]:
-    # float32 values widen exactly to float64, so clients read the framework's float32 number.
-    return {
-        "loss": name,
-        "per_sample": reduced.per_sample.astype(np.float64, copy=False),
-        "mean": reduced.mean,
-        "sum": reduced.sum,
-        "count": reduced.count,
-        "denominator": reduced.denominator,
-        "dtype": dtype,
-        "convention": convention,
-    }
-
-
-def _json(content: Any) -> Response:
-    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
-
-
 def _npz(result: dict[str, Any]) -> Response:
     """The result as an npz archive: arrays, 0-d numbers and 0-d strings (no pickles)."""
     buffer = io.BytesIO()
@@ -165,7 +94,7 @@ def _compute_one(
 ) -> dict[str, Any]:
     request = _validate(loss_request_adapter(), body, monitor, limit, media_type, query)
     name, reduced = run_loss(request, monitor, log)
-    return _result(name, reduced, request.dtype, request.convention)
+    return loss_result(name, reduced, request.dtype, request.convention)
 
 
 def _compute_many(body: bytes, monitor: Monitor, limit: int) -> dict[str, Any]:
@@ -182,7 +111,7 @@ def _compute_many(body: bytes, monitor: Monitor, limit: int) -> dict[str, Any]:
     # Observed only once every loss succeeded, so a refused request leaves no partial trace.
     for name, reduced in results:
         record_batch(monitor, request.model, name, reduced)
-    return {"results": [_result(name, reduced, request.dtype, request.convention) for name, reduced in results]}
+    return {"results": [loss_result(name, reduced, request.dtype, request.convention) for name, reduced in results]}
 
 
 @router.post(
@@ -196,7 +125,7 @@ def _compute_many(body: bytes, monitor: Monitor, limit: int) -> dict[str, Any]:
             "content": {NPZ_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
         },
     },
-    openapi_extra=_json_body("LossRequest", LOSS_EXAMPLES, binary=True),
+    openapi_extra=json_body("LossRequest", LOSS_EXAMPLES, binary=True),
 )
 async def loss(request: Request) -> Response:
     media_type, body = await read_body(request, BATCH_MEDIA_TYPES)
@@ -204,7 +133,7 @@ async def loss(request: Request) -> Response:
     log = request.scope.setdefault("state", {})
     limit = request.app.state.settings.max_elements
     result = await off_loop(request, len(body), lambda: _compute_one(body, monitor, limit, media_type, query, log))
-    return _npz(result) if _wants_npz(request) else _json(result)
+    return _npz(result) if _wants_npz(request) else json_response(result)
 
 
 @router.post(
@@ -212,13 +141,13 @@ async def loss(request: Request) -> Response:
     summary="Several losses over one batch",
     response_model=EvaluateResult,
     responses=PROBLEM_RESPONSES,
-    openapi_extra=_json_body("EvaluateRequest", EVALUATE_EXAMPLES),
+    openapi_extra=json_body("EvaluateRequest", EVALUATE_EXAMPLES),
 )
 async def evaluate(request: Request) -> Response:
     _, body = await read_body(request)
     monitor = request.app.state.monitor
     limit = request.app.state.settings.max_elements
-    return _json(await off_loop(request, len(body), lambda: _compute_many(body, monitor, limit)))
+    return json_response(await off_loop(request, len(body), lambda: _compute_many(body, monitor, limit)))
 
 
 @router.get(

@@ -1,0 +1,228 @@
+"""What the delayed-labels routes do once a body has arrived: validate it, keep the rows in the
+store, compute the configured losses over the pairs a request completes, and record them.
+
+The store decides which pairs a request completes (once, in one transaction); the engine
+computes their losses inside that transaction, so a pair the engine refuses leaves nothing
+stored; the metrics are recorded only after the transaction committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+
+from service.api.body import validate_json
+from service.api.errors import engine_problem
+from service.api.problems import ProblemError, shown
+from service.api.responses import loss_result
+from service.api.schemas import LabelsLog, PredictionsLog, model_config_request_model
+from service.engine import LossInputError, Reduced, compute, resolve
+from service.monitoring import Monitor
+from service.store import (
+    Model,
+    Pairs,
+    RowShapeError,
+    Side,
+    Store,
+    TooManyPendingError,
+    UnknownModelError,
+)
+
+log = logging.getLogger("service.api")
+SHOWN_DUPLICATES = 100
+
+
+def unknown_model(name: str) -> ProblemError:
+    return ProblemError(404, f"no model named {shown(name)} is configured; PUT /v1/models/{name} configures it")
+
+
+def configure(store: Store, name: str, body: bytes, now: float) -> dict[str, Any]:
+    """PUT /v1/models/{name}: the losses are checked as /v1/evaluate checks them, then stored."""
+    request = validate_json(model_config_request_model(), body)
+    losses = []
+    for position, call in enumerate(request.losses):
+        spec = resolve(call.loss)
+        options = call.options.model_dump(exclude_unset=True)
+        try:
+            spec.bind(options, request.convention)
+        except LossInputError as exc:
+            raise engine_problem(LossInputError(f"losses.{position}.{exc.field}", exc.reason, exc.index)) from None
+        losses.append({"loss": spec.name, "options": options})
+    config = {"losses": losses, "convention": request.convention, "dtype": request.dtype}
+    return model_config(store.configure_model(name, config, request.retention_seconds, now))
+
+
+def model_config(model: Model) -> dict[str, Any]:
+    return {
+        "model": model.name,
+        **model.config,
+        "retention_seconds": model.retention_seconds,
+        "created_at": model.created_at,
+        "updated_at": model.updated_at,
+    }
+
+
+def model_status(store: Store, name: str, now: float) -> dict[str, Any]:
+    model = store.model(name)
+    if model is None:
+        raise unknown_model(name)
+    oldest = store.oldest_pending(name)
+    return {
+        **model_config(model),
+        "pending_predictions": model.pending_predictions,
+        "pending_labels": model.pending_labels,
+        "joined": model.joined,
+        "expired_predictions": model.expired_predictions,
+        "expired_labels": model.expired_labels,
+        "oldest_pending_seconds": None if oldest is None else max(0.0, now - oldest),
+        "prediction_shape": None if model.prediction_shape is None else list(model.prediction_shape),
+        "label_shape": None if model.label_shape is None else list(model.label_shape),
+    }
+
+
+def _problem(field: str, message: str, index: list[int] | None = None) -> ProblemError:
+    loc: list[str | int] = ["body", field, *(index or [])]
+    return ProblemError(422, f"{'.'.join(map(str, loc[1:]))}: {message}", errors=[{"loc": loc, "msg": message}])
+
+
+def _per_row(values: np.ndarray[Any, Any] | None, field: str, count: int) -> list[float] | None:
+    """Timestamps or weights: one finite number >= 0 per id (finiteness is the array validator's)."""
+    if values is None:
+        return None
+    if values.ndim != 1 or values.shape[0] != count:
+        raise _problem(field, f"expected one number per id ({count}), got an array of shape {list(values.shape)}")
+    negative = np.flatnonzero(values < 0)
+    if negative.size:
+        raise _problem(field, f"must be >= 0, got {values[negative[0]].item()!r}", [int(negative[0])])
+    return [float(v) for v in values.astype(np.float64)]
+
+
+def _stored_rows(rows: np.ndarray[Any, Any], field: str, dtype: str) -> np.ndarray[Any, Any]:
+    """Rows in the precision the store keeps them in: the model's dtype, which is what the engine
+    converts them to anyway, or int64 for integer labels (class indices stay exact)."""
+    if field == "labels" and rows.dtype.kind in "iu":
+        if rows.dtype.kind == "u" and rows.size and rows.max() > np.iinfo(np.int64).max:
+            index = [int(i) for i in np.unravel_index(int(rows.argmax()), rows.shape)]
+            raise _problem(field, "integer is too large (beyond 64 bits)", index)
+        return rows.astype(np.int64)
+    with np.errstate(over="ignore"):
+        converted = rows.astype(dtype)
+    if not np.isfinite(converted).all():
+        index = [int(i) for i in np.argwhere(~np.isfinite(converted))[0]]
+        value = rows[tuple(index)].item()
+        raise _problem(field, f"{value!r} overflows {dtype} (magnitude above {np.finfo(dtype).max:.4g})", index)
+    return converted
+
+
+def log_rows(
+    store: Store, monitor: Monitor, max_pending: int, name: str, side: Side, body: bytes, state: dict[str, Any]
+) -> dict[str, Any]:
+    """POST /v1/models/{name}/predictions or /labels."""
+    schema = PredictionsLog if side == "predictions" else LabelsLog
+    request = validate_json(schema, body)
+    ids: list[str] = request.ids
+    rows = request.predictions if side == "predictions" else request.labels
+    if rows.shape[0] != len(ids):
+        raise _problem(side, f"has {rows.shape[0]} rows and ids has {len(ids)}: one row per id")
+    timestamps = _per_row(getattr(request, "timestamps", None), "timestamps", len(ids))
+    weights = _per_row(getattr(request, "sample_weight", None), "sample_weight", len(ids))
+    state.update(model=name, batch_size=len(ids))
+    current = store.model(name)
+    if current is None:
+        raise unknown_model(name)
+    stored = _stored_rows(rows, side, current.config["dtype"])
+    position = {row_id: index for index, row_id in enumerate(ids)}
+
+    def join(model: Model, pairs: Pairs) -> list[tuple[str, Reduced]]:
+        return _compute_pairs(model, pairs, side, position)
+
+    try:
+        logged = store.log(
+            side,
+            name,
+            ids,
+            stored,
+            now=time.time(),
+            max_pending=max_pending,
+            timestamps=timestamps,
+            weights=weights,
+            on_join=join,
+        )
+    except UnknownModelError:
+        raise unknown_model(name) from None
+    except RowShapeError as exc:
+        raise _problem(side, str(exc)) from None
+    except TooManyPendingError as exc:
+        raise ProblemError(429, str(exc)) from None
+    # Committed: from here on the pairs are joined for good, and recorded exactly once.
+    model, results = logged.model, logged.joined_result or []
+    for loss, reduced in results:
+        monitor.observe_batch(name, loss, reduced.per_sample, reduced.mean)
+    pending = (model.pending_predictions, model.pending_labels)
+    monitor.observe_log(name, side, logged.accepted, len(logged.duplicate_ids), logged.pairs.delays, pending)
+    dtype, convention = model.config["dtype"], model.config["convention"]
+    return {
+        "accepted": logged.accepted,
+        "duplicates": len(logged.duplicate_ids),
+        "duplicate_ids": logged.duplicate_ids[:SHOWN_DUPLICATES],
+        "joined": len(logged.pairs.ids),
+        "joined_ids": logged.pairs.ids,
+        "results": [loss_result(loss, reduced, dtype, convention) for loss, reduced in results],
+        "pending_predictions": model.pending_predictions,
+        "pending_labels": model.pending_labels,
+    }
+
+
+def _compute_pairs(model: Model, pairs: Pairs, side: Side, position: dict[str, int]) -> list[tuple[str, Reduced]]:
+    """Each configured loss over the completed pairs, by the engine, one call per loss."""
+    config = model.config
+    given = [w for w in pairs.weights if w is not None]
+    weights = None if not given else np.array([1.0 if w is None else w for w in pairs.weights])
+    results = []
+    for call in config["losses"]:
+        try:
+            reduced = compute(
+                call["loss"],
+                pairs.predictions,
+                pairs.labels,
+                options=call["options"],
+                sample_weight=weights,
+                dtype=config["dtype"],
+                convention=config["convention"],
+            )
+        except LossInputError as exc:
+            raise _join_problem(exc, call["loss"], pairs, side, position) from None
+        results.append((call["loss"], reduced))
+    return results
+
+
+def _join_problem(exc: LossInputError, loss: str, pairs: Pairs, side: Side, position: dict[str, int]) -> ProblemError:
+    other = "labels" if side == "predictions" else "predictions"
+    where = f"{exc.field}{list(exc.index[1:]) if len(exc.index) > 1 else ''}"
+    if not exc.index:
+        message = f"the {len(pairs.ids)} pairs this request completes: {where}: {exc.reason} ({loss}); nothing stored"
+        return ProblemError(422, message, errors=[{"loc": ["body", "ids"], "msg": message}])
+    row_id = pairs.ids[exc.index[0]]
+    message = f"id {shown(row_id)} does not fit its stored {other}: {where}: {exc.reason} ({loss}); nothing stored"
+    loc: list[str | int] = ["body", "ids", position[row_id]]
+    return ProblemError(422, f"ids.{position[row_id]}: {message}", errors=[{"loc": loc, "msg": message}])
+
+
+async def sweep_forever(store: Store, monitor: Monitor, interval: float) -> None:
+    """Remove rows past their model's retention every `interval` seconds, first at once (which
+    also reports every model's pending rows after a restart). A failed sweep is logged and retried."""
+    while True:
+        try:
+            swept = await anyio.to_thread.run_sync(store.sweep_expired, time.time())
+        except Exception:
+            log.exception("the retention sweep failed; retrying in %s s", interval)
+        else:
+            for result in swept:
+                expired = (result.expired_predictions, result.expired_labels)
+                monitor.observe_expired(result.model, expired, (result.pending_predictions, result.pending_labels))
+        await asyncio.sleep(interval)

@@ -1,0 +1,137 @@
+"""Delayed labels: configure a model, log its predictions now and its labels when they arrive;
+each pair's losses are computed once, when its second half arrives. Routes parse and hand over
+to `service.api.ingest`; the store's I/O always runs in a worker thread."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import Response
+
+from service.api import ingest
+from service.api.batches import off_loop
+from service.api.body import read_body
+from service.api.responses import PROBLEM_RESPONSES, json_body, json_response
+from service.api.schemas import MODEL_LABEL_PATTERN, LogResult, ModelConfig, ModelList, ModelStatus
+from service.store import Side, Store
+
+router = APIRouter(prefix="/v1/models", tags=["delayed labels"])
+
+ModelName = Annotated[
+    str, Path(pattern=MODEL_LABEL_PATTERN, description="The model's name (1-64 of A-Z a-z 0-9 _ . : -).")
+]
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {
+        "description": "No such model",
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+}
+TOO_MANY_PENDING: dict[int | str, dict[str, Any]] = {
+    429: {
+        "description": "The model already holds LOSS_SERVICE_MAX_PENDING rows waiting for their other half",
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+}
+CONFIG_EXAMPLES = {
+    "fraud": {
+        "losses": [
+            {"loss": "sparse_categorical_crossentropy", "options": {"from_logits": True}},
+            {"loss": "sparse_categorical_crossentropy", "options": {"from_logits": True, "label_smoothing": 0.1}},
+        ],
+        "convention": "torch",
+        "dtype": "float32",
+        "retention_seconds": 604800,
+    }
+}
+PREDICTION_EXAMPLES = {
+    "two": {"ids": ["tx-1", 2], "predictions": [[2.0, -1.0, 0.5], [0.1, 1.2, 0.3]], "timestamps": [1.7e9, 1.7e9]}
+}
+LABEL_EXAMPLES = {"two": {"ids": ["tx-1", 2], "labels": [0, 1]}}
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+@router.put(
+    "/{model}",
+    summary="Configure a model: the losses to compute when its pairs join",
+    response_model=ModelConfig,
+    responses=PROBLEM_RESPONSES,
+    openapi_extra=json_body("ModelConfigRequest", CONFIG_EXAMPLES),
+)
+async def configure_model(model: ModelName, request: Request) -> Response:
+    _, body = await read_body(request)
+    store = _store(request)
+    return json_response(await anyio.to_thread.run_sync(lambda: ingest.configure(store, model, body, time.time())))
+
+
+@router.get("", summary="The configured models", response_model=ModelList)
+async def list_models(request: Request) -> Response:
+    models = await anyio.to_thread.run_sync(_store(request).models)
+    return json_response({"models": [ingest.model_config(m) for m in models]})
+
+
+@router.get(
+    "/{model}",
+    summary="A model's configuration and its counts of pending, joined and expired rows",
+    response_model=ModelStatus,
+    responses={**PROBLEM_RESPONSES, **NOT_FOUND},
+)
+async def model_status(model: ModelName, request: Request) -> Response:
+    store = _store(request)
+    return json_response(await anyio.to_thread.run_sync(lambda: ingest.model_status(store, model, time.time())))
+
+
+@router.delete(
+    "/{model}",
+    summary="Remove a model and everything stored for it",
+    status_code=204,
+    response_class=Response,
+    responses={**PROBLEM_RESPONSES, **NOT_FOUND},
+)
+async def delete_model(model: ModelName, request: Request) -> Response:
+    if not await anyio.to_thread.run_sync(_store(request).delete_model, model):
+        raise ingest.unknown_model(model)
+    request.app.state.monitor.set_pending(model, (0, 0))
+    return Response(status_code=204)
+
+
+async def _log(request: Request, model: str, side: Side) -> Response:
+    _, body = await read_body(request)
+    store, monitor = _store(request), request.app.state.monitor
+    max_pending = request.app.state.settings.max_pending
+    state = request.scope.setdefault("state", {})
+    result = await off_loop(
+        request,
+        len(body),
+        lambda: ingest.log_rows(store, monitor, max_pending, model, side, body, state),
+        waits_on_io=True,
+    )
+    return json_response(result)
+
+
+@router.post(
+    "/{model}/predictions",
+    summary="Log predictions; those whose labels are waiting join now",
+    response_model=LogResult,
+    responses={**PROBLEM_RESPONSES, **NOT_FOUND, **TOO_MANY_PENDING},
+    openapi_extra=json_body("PredictionsLog", PREDICTION_EXAMPLES),
+)
+async def log_predictions(model: ModelName, request: Request) -> Response:
+    return await _log(request, model, "predictions")
+
+
+@router.post(
+    "/{model}/labels",
+    summary="Log labels; those whose predictions are waiting join now",
+    response_model=LogResult,
+    responses={**PROBLEM_RESPONSES, **NOT_FOUND, **TOO_MANY_PENDING},
+    openapi_extra=json_body("LabelsLog", LABEL_EXAMPLES),
+)
+async def log_labels(model: ModelName, request: Request) -> Response:
+    return await _log(request, model, "labels")
