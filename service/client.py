@@ -20,7 +20,7 @@ import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
 import httpx
@@ -28,6 +28,9 @@ import numpy as np
 import orjson
 
 from service.columns import as_array
+
+if TYPE_CHECKING:
+    from service.logger import PredictionLogger
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_CHUNK_SIZE = 100_000
@@ -102,6 +105,42 @@ class LossResult:
     denominator: float
     dtype: str
     convention: str
+
+
+@dataclass(frozen=True)
+class LogResult:
+    """The answer to logging predictions or labels (all chunks of one call together)."""
+
+    accepted: int
+    duplicates: int
+    # The first 100 ids of each chunk that this side already had.
+    duplicate_ids: list[str]
+    # The pairs this call completed, in the order of its ids; `results` follow this order.
+    joined_ids: list[str]
+    # One per configured loss over the completed pairs; empty when none was completed.
+    results: list[LossResult]
+    pending_predictions: int
+    pending_labels: int
+
+
+def _row_ids(ids: Any) -> list[Any]:
+    """Ids as JSON values: strings, or non-negative integers (NumPy's included)."""
+    values = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+    return [int(v) if isinstance(v, np.integer) else v for v in values]
+
+
+def _combined_log(answers: Sequence[Mapping[str, Any]]) -> LogResult:
+    joined = [answer for answer in answers if answer["results"]]
+    losses = len(joined[0]["results"]) if joined else 0
+    return LogResult(
+        accepted=sum(a["accepted"] for a in answers),
+        duplicates=sum(a["duplicates"] for a in answers),
+        duplicate_ids=[row_id for a in answers for row_id in a["duplicate_ids"]],
+        joined_ids=[row_id for a in answers for row_id in a["joined_ids"]],
+        results=[_combine([_result(a["results"][i]) for a in joined]) for i in range(losses)],
+        pending_predictions=answers[-1]["pending_predictions"],
+        pending_labels=answers[-1]["pending_labels"],
+    )
 
 
 def _check_numbers(array: np.ndarray[Any, Any], field: str) -> np.ndarray[Any, Any]:
@@ -182,6 +221,8 @@ def _arrow(arrays: Mapping[str, np.ndarray[Any, Any]]) -> bytes:
 
 
 def _decode(response: httpx.Response) -> Any:
+    if response.status_code == 204:
+        return None
     if response.headers.get("content-type", "").startswith(NPZ):
         with np.load(io.BytesIO(response.content), allow_pickle=False) as archive:
             # Indexing the archive reads and parses the member every time: once each halves the
@@ -235,9 +276,13 @@ def _raise_for_status(response: httpx.Response) -> None:
     raise kind(response.status_code, problem)
 
 
-def _safe_to_repeat(method: str, exc: httpx.TransportError) -> bool:
-    """A POST is repeated only when it cannot have reached the server (so no batch is counted twice)."""
-    return method == "GET" or isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+def _safe_to_repeat(call: _Call, exc: httpx.TransportError) -> bool:
+    """A POST is repeated only when it cannot have reached the server (so no batch is counted twice),
+    unless repeating it is harmless: a logged row sent again is a duplicate, never stored or
+    recorded twice, and a configuration PUT again is the same configuration."""
+    if call.idempotent or call.method in ("GET", "PUT"):
+        return True
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
 def _retry_delay(attempt: int, backoff: float, response: httpx.Response | None) -> float | None:
@@ -292,6 +337,7 @@ class _Call:
     body: dict[str, Any] | None = None
     body_format: str = "json"
     raw: bool = False
+    idempotent: bool = False
 
 
 T = TypeVar("T")
@@ -346,13 +392,13 @@ class _Base:
         return "arrow" if fits_arrow else "npz"
 
     def _delay(
-        self, attempt: int, method: str, response: httpx.Response | None, error: Exception | None
+        self, attempt: int, call: _Call, response: httpx.Response | None, error: Exception | None
     ) -> float | None:
         """Seconds before another attempt, or None when this outcome is final."""
         if attempt == self.retries:
             return None
         if error is not None:
-            return _retry_delay(attempt, self.backoff, None) if _safe_to_repeat(method, error) else None  # type: ignore[arg-type]
+            return _retry_delay(attempt, self.backoff, None) if _safe_to_repeat(call, error) else None  # type: ignore[arg-type]
         return _retry_delay(attempt, self.backoff, response)
 
     def _outcome(self, call: _Call, response: httpx.Response | None, error: Exception | None) -> Any:
@@ -394,8 +440,44 @@ class _Base:
             responses.append((yield _Call("POST", "/v1/evaluate", chunk)))
         return _per_loss(responses, len(body["losses"]))
 
+    def _configure_plan(
+        self,
+        model: str,
+        losses: Sequence[str | Mapping[str, Any]],
+        convention: str,
+        dtype: str,
+        retention_seconds: float | None,
+    ) -> Plan[dict[str, Any]]:
+        body: dict[str, Any] = {
+            "losses": [_loss_item(item) for item in losses],
+            "convention": convention,
+            "dtype": dtype,
+        }
+        if retention_seconds is not None:
+            body["retention_seconds"] = retention_seconds
+        return dict((yield _Call("PUT", f"/v1/models/{model}", body)))
+
+    def _log_plan(self, model: str, side: str, ids: Any, rows: Any, extra: Mapping[str, Any]) -> Plan[LogResult]:
+        """Rows sent in chunks of `chunk_size`; each chunk may be retried, since a row sent
+        again is a duplicate: never stored, joined or recorded twice."""
+        row_ids = _row_ids(ids)
+        arrays = {side: _check_numbers(as_array(rows), side)}
+        arrays.update({key: _check_numbers(as_array(v), key) for key, v in extra.items() if v is not None})
+        for key, array in arrays.items():
+            if array.ndim == 0 or len(array) != len(row_ids):
+                raise ValueError(f"{key} must have one row per id ({len(row_ids)}), got shape {list(array.shape)}")
+        answers = []
+        for start in range(0, len(row_ids), self.chunk_size):
+            part = slice(start, start + self.chunk_size)
+            body = {"ids": row_ids[part], **{key: array[part] for key, array in arrays.items()}}
+            answers.append((yield _Call("POST", f"/v1/models/{model}/{side}", body, idempotent=True)))
+        return _combined_log(answers)
+
     def _losses_plan(self) -> Plan[list[dict[str, Any]]]:
         return list((yield _Call("GET", "/v1/losses"))["losses"])
+
+    def _single(self, method: str, path: str) -> Plan[Any]:
+        return (yield _Call(method, path))
 
     def _health_plan(self) -> Plan[dict[str, Any]]:
         live = yield _Call("GET", "/livez")
@@ -451,7 +533,7 @@ class LossClient(_Base):
                 response = self._http.request(call.method, call.path, content=content, headers=headers, params=params)
             except httpx.TransportError as exc:
                 error = exc
-            delay = self._delay(attempt, call.method, response, error)
+            delay = self._delay(attempt, call, response, error)
             if delay is None:
                 return self._outcome(call, response, error)
             time.sleep(delay)
@@ -502,6 +584,45 @@ class LossClient(_Base):
         """Liveness and readiness; a 503 from /readyz reads as {"ready": False, ...}."""
         return self._run(self._health_plan())
 
+    def configure_model(
+        self,
+        model: str,
+        losses: Sequence[str | Mapping[str, Any]],
+        *,
+        convention: str = "keras",
+        dtype: str = "float64",
+        retention_seconds: float | None = None,
+    ) -> dict[str, Any]:
+        """Create or replace a model's configuration: the losses computed when its pairs join
+        (names, or {"loss": name, "options": {...}} items). Retention defaults to 7 days."""
+        return self._run(self._configure_plan(model, losses, convention, dtype, retention_seconds))
+
+    def model_status(self, model: str) -> dict[str, Any]:
+        """The model's configuration and its pending, joined and expired counts."""
+        return self._run(self._single("GET", f"/v1/models/{model}"))
+
+    def models(self) -> list[dict[str, Any]]:
+        return list(self._run(self._single("GET", "/v1/models"))["models"])
+
+    def delete_model(self, model: str) -> None:
+        """Remove the model and everything stored for it."""
+        self._run(self._single("DELETE", f"/v1/models/{model}"))
+
+    def log_predictions(self, model: str, ids: Any, predictions: Any, *, timestamps: Any = None) -> LogResult:
+        """Store predictions until their labels arrive; those whose labels wait already join now.
+        `timestamps`: when each prediction was made (Unix seconds), default its arrival."""
+        return self._run(self._log_plan(model, "predictions", ids, predictions, {"timestamps": timestamps}))
+
+    def log_labels(self, model: str, ids: Any, labels: Any, *, sample_weight: Any = None) -> LogResult:
+        """Store labels; those whose predictions wait join now, and their losses come back."""
+        return self._run(self._log_plan(model, "labels", ids, labels, {"sample_weight": sample_weight}))
+
+    def logger(self, model: str, **settings: Any) -> PredictionLogger:
+        """A buffered logger for services that see one prediction at a time; see `PredictionLogger`."""
+        from service.logger import PredictionLogger
+
+        return PredictionLogger(self, model, **settings)
+
 
 class AsyncLossClient(_Base):
     """The same API as `LossClient`, as coroutines. Use with `async with`, or `await aclose()`."""
@@ -551,7 +672,7 @@ class AsyncLossClient(_Base):
                 )
             except httpx.TransportError as exc:
                 error = exc
-            delay = self._delay(attempt, call.method, response, error)
+            delay = self._delay(attempt, call, response, error)
             if delay is None:
                 return self._outcome(call, response, error)
             await anyio.sleep(delay)
@@ -601,3 +722,29 @@ class AsyncLossClient(_Base):
 
     async def health(self) -> dict[str, Any]:
         return await self._run(self._health_plan())
+
+    async def configure_model(
+        self,
+        model: str,
+        losses: Sequence[str | Mapping[str, Any]],
+        *,
+        convention: str = "keras",
+        dtype: str = "float64",
+        retention_seconds: float | None = None,
+    ) -> dict[str, Any]:
+        return await self._run(self._configure_plan(model, losses, convention, dtype, retention_seconds))
+
+    async def model_status(self, model: str) -> dict[str, Any]:
+        return await self._run(self._single("GET", f"/v1/models/{model}"))
+
+    async def models(self) -> list[dict[str, Any]]:
+        return list((await self._run(self._single("GET", "/v1/models")))["models"])
+
+    async def delete_model(self, model: str) -> None:
+        await self._run(self._single("DELETE", f"/v1/models/{model}"))
+
+    async def log_predictions(self, model: str, ids: Any, predictions: Any, *, timestamps: Any = None) -> LogResult:
+        return await self._run(self._log_plan(model, "predictions", ids, predictions, {"timestamps": timestamps}))
+
+    async def log_labels(self, model: str, ids: Any, labels: Any, *, sample_weight: Any = None) -> LogResult:
+        return await self._run(self._log_plan(model, "labels", ids, labels, {"sample_weight": sample_weight}))
