@@ -47,7 +47,8 @@ def send(url: str, body: dict[str, Any], times: int) -> None:
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     metrics_dir = tmp_path_factory.mktemp("metrics")
-    with served("--workers", "2", env={"LOSS_SERVICE_METRICS_DIR": str(metrics_dir)}) as url:
+    env = {"LOSS_SERVICE_METRICS_DIR": str(metrics_dir), "LOSS_SERVICE_SWEEP_INTERVAL": "0.2"}
+    with served("--workers", "2", env=env) as url:
         yield url, metrics_dir
 
 
@@ -68,9 +69,21 @@ def dashboard_expressions() -> list[str]:
     return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
 
 
+def use_the_delayed_labels_store(url: str) -> None:
+    """Joins, a label delay, pending rows and an expired one, so that their series exist."""
+    config = {"losses": [{"loss": "mse"}], "retention_seconds": 0.5}
+    httpx.put(f"{url}/v1/models/delayed", json=config).raise_for_status()
+    httpx.post(f"{url}/v1/models/delayed/predictions", json={"ids": [1, 2], "predictions": [[0.0], [1.0]]})
+    httpx.post(f"{url}/v1/models/delayed/labels", json={"ids": [1], "labels": [[1.0]]}).raise_for_status()
+    deadline = time.monotonic() + 10
+    while "loss_service_expired_total{" not in httpx.get(f"{url}/metrics").text and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def test_every_metric_the_dashboard_and_alerts_use_is_exported(two_workers: tuple[str, Path]) -> None:
     url, _ = two_workers
     send(url, FRAUD, 1)
+    use_the_delayed_labels_store(url)
     exported = {name for name, _ in samples(httpx.get(f"{url}/metrics").text)}
     rules = yaml.safe_load(RULES.read_text())
     rule_expressions = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
@@ -155,7 +168,8 @@ def test_prometheus_computes_the_dashboards_mean_loss_per_model(tmp_path: Path) 
             means = {r["metric"]["model"]: float(r["value"][1]) for r in query(prometheus, expr)}
             assert means == {"fraud-v3": pytest.approx(7.5, rel=1e-9), "churn-v1": pytest.approx(2.0, rel=1e-9)}
             rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
-            assert sum(len(g["rules"]) for g in rules) == 7
+            in_file = sum(len(g["rules"]) for g in yaml.safe_load(RULES.read_text())["groups"])
+            assert sum(len(g["rules"]) for g in rules) == in_file == 8, "Prometheus loaded every rule of the file"
         finally:
             process.terminate()
             process.wait(timeout=30)
