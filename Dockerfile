@@ -10,14 +10,18 @@ COPY service ./service
 RUN /opt/venv/bin/pip install --no-deps .
 
 # Runtime stage: the venv only, run as an unprivileged user. It works with a read-only root
-# filesystem when /tmp is writable (the multi-worker metrics directory lives there).
+# filesystem when /tmp is writable (the multi-worker metrics directory lives there) and
+# /var/lib/loss-service is a volume (the delayed-labels SQLite file; unused with PostgreSQL).
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
     LOSS_SERVICE_HOST=0.0.0.0 \
-    LOSS_SERVICE_METRICS_DIR=/tmp/loss-service-metrics
-RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin app
+    LOSS_SERVICE_METRICS_DIR=/tmp/loss-service-metrics \
+    LOSS_SERVICE_STORE_URL=sqlite:////var/lib/loss-service/loss-service.sqlite3
+RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin app \
+    && install -d -o 10001 -g 10001 /var/lib/loss-service
+VOLUME /var/lib/loss-service
 COPY --from=build /opt/venv /opt/venv
 USER 10001:10001
 EXPOSE 8000

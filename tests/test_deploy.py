@@ -68,9 +68,15 @@ def test_compose_file_is_valid_against_the_compose_specification() -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
-    assert set(services) == {"api", "prometheus", "grafana"}
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"api", "prometheus", "grafana", "postgres"}
+    assert services["postgres"]["profiles"] == ["postgres"], "PostgreSQL starts only when asked for"
     api = services["api"]
+    # The SQLite store lives on a named volume, so it outlives the container and the read-only root.
+    assert "loss-service-data:/var/lib/loss-service" in api["volumes"]
+    assert "loss-service-data" in compose["volumes"]
+    assert "/var/lib/loss-service/" in api["environment"]["LOSS_SERVICE_STORE_URL"]
     assert api["healthcheck"]["test"][0] == "CMD"
     assert api["restart"] == "unless-stopped"
     assert api["read_only"] is True
@@ -85,7 +91,7 @@ def manifests() -> dict[str, dict[str, Any]]:
     return {path.stem: yaml.safe_load(path.read_text()) for path in sorted(K8S.glob("*.yaml"))}
 
 
-@pytest.mark.parametrize("name", ["deployment", "service", "hpa", "pdb"])
+@pytest.mark.parametrize("name", ["deployment", "service", "hpa", "pdb", "secret"])
 def test_kubernetes_manifests_validate_against_the_kubernetes_schemas(name: str) -> None:
     validator = shutil.which("kubernetes-validate", path=str(BIN)) or "kubernetes-validate"
     result = subprocess.run(
@@ -98,7 +104,11 @@ def test_kubernetes_manifests_agree_with_each_other_and_the_service() -> None:
     m = manifests()
     pod = m["deployment"]["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    store = next(e for e in container["env"] if e["name"] == "LOSS_SERVICE_STORE_URL")["valueFrom"]["secretKeyRef"]
+    # Replicas share PostgreSQL, never a SQLite file: the URL comes from the Secret, and it is PostgreSQL's.
+    assert store["name"] == m["secret"]["metadata"]["name"]
+    assert m["secret"]["stringData"][store["key"]].startswith("postgresql://")
     drain = float(env["LOSS_SERVICE_SHUTDOWN_TIMEOUT"]) + container["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert pod["terminationGracePeriodSeconds"] > drain, "the kubelet would kill a draining worker"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
