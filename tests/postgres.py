@@ -36,8 +36,9 @@ def _as_owner(command: list[str], user: str | None) -> list[str]:
 
 
 @contextmanager
-def cluster() -> Iterator[str]:
-    """A running cluster; yields the URL of its `postgres` database (trust authentication on loopback)."""
+def cluster(fsync: bool = False) -> Iterator[str]:
+    """A running cluster; yields the URL of its `postgres` database (trust authentication on loopback).
+    `fsync`: PostgreSQL's default durability, for benchmarks; tests turn it off."""
     bindir = binaries()
     assert bindir is not None, MISSING
     user = "postgres" if os.geteuid() == 0 else None
@@ -51,9 +52,11 @@ def cluster() -> Iterator[str]:
         check=True,
         capture_output=True,
     )
-    # fsync off: these clusters hold test data only; the service's own durability is its
-    # commits, which a killed loss-service process cannot undo either way.
-    options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    # fsync off for tests: these clusters hold test data only, and a killed loss-service process
+    # cannot undo a commit either way.
+    options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c max_connections=200"
+    if not fsync:
+        options += " -c fsync=off"
     start = [str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(directory / "log"), "-w", "start"]
     subprocess.run(_as_owner(start, user), check=True, capture_output=True)
     try:

@@ -218,17 +218,17 @@ class Store:
                 )
             }
             fresh = [i for i, row_id in enumerate(ids) if row_id not in existing]
-            self._insert(tx, side, model_id, ids, rows, fresh, now, timestamps, weights)
             partners = self._waiting_partners(tx, other, model_id, [ids[i] for i in fresh])
             joined = [i for i in fresh if ids[i] in partners]
+            # Rows that join now are stored joined, so only the other side's rows are updated.
+            self._insert(tx, side, model_id, ids, rows, fresh, set(joined), now, timestamps, weights)
             pairs = self._pairs(side, model, ids, rows, joined, partners, now, timestamps, weights)
             if joined:
-                for table in _TABLE.values():
-                    tx.execute(
-                        f"UPDATE {table} SET joined_at = ?, payload = NULL "
-                        f"WHERE model_id = ? AND id {tx.dialect.in_list}",
-                        [now, model_id, tx.dialect.list_parameter(pairs.ids)],
-                    )
+                tx.execute(
+                    f"UPDATE {_TABLE[other]} SET joined_at = ?, payload = NULL "
+                    f"WHERE model_id = ? AND id {tx.dialect.in_list}",
+                    [now, model_id, tx.dialect.list_parameter(pairs.ids)],
+                )
             model = self._count(tx, model_id, model, side, len(fresh), len(joined), max_pending)
             joined_result = on_join(model, pairs) if joined else None
         duplicates = [ids[i] for i in range(len(ids)) if ids[i] in existing]
@@ -256,10 +256,12 @@ class Store:
         ids: Sequence[str],
         rows: np.ndarray[Any, Any],
         fresh: list[int],
+        joining: set[int],
         now: float,
         timestamps: Sequence[float] | None,
         weights: Sequence[float] | None,
     ) -> None:
+        """Store the rows at `fresh`; those at `joining` already joined, without their payload."""
         if not fresh:
             return
         rows = np.ascontiguousarray(rows)
@@ -267,18 +269,21 @@ class Store:
         payloads = [raw[i * size : (i + 1) * size] for i in fresh]
         if side == "predictions":
             ats = [None if timestamps is None else timestamps[i] for i in fresh]
-            tx.many(
-                "INSERT INTO loss_predictions (model_id, id, arrived, at, dtype, payload) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT DO NOTHING",
-                [(model_id, ids[i], now, at, code, p) for i, at, p in zip(fresh, ats, payloads, strict=True)],
-            )
+            columns = [("model_id", "int"), ("id", "text"), ("arrived", "real"), ("at", "real")]
+            extra = ats
         else:
-            given = [None if weights is None else weights[i] for i in fresh]
-            tx.many(
-                "INSERT INTO loss_labels (model_id, id, arrived, weight, dtype, payload) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT DO NOTHING",
-                [(model_id, ids[i], now, w, code, p) for i, w, p in zip(fresh, given, payloads, strict=True)],
-            )
+            columns = [("model_id", "int"), ("id", "text"), ("arrived", "real"), ("weight", "real")]
+            extra = [None if weights is None else weights[i] for i in fresh]
+        tx.insert_new(
+            _TABLE[side],
+            [*columns, ("joined_at", "real"), ("dtype", "small"), ("payload", "blob")],
+            [
+                (model_id, ids[i], now, e, now, code, None)
+                if i in joining
+                else (model_id, ids[i], now, e, None, code, p)
+                for i, e, p in zip(fresh, extra, payloads, strict=True)
+            ],
+        )
 
     @staticmethod
     def _waiting_partners(tx: Transaction, other: Side, model_id: int, ids: list[str]) -> dict[str, tuple[Any, ...]]:
