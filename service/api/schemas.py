@@ -261,6 +261,15 @@ def to_ids(value: Any) -> list[str]:
         raise PydanticCustomError("row_ids", "expected an array of ids, got {kind}", {"kind": kind_of(value)})
     if not value:
         raise PydanticCustomError("row_ids", "expected at least one id", {"index": []})
+    # The common cases in one pass each: all strings, or all non-negative integers, none repeated.
+    if all(type(item) is str and 0 < len(item) <= MAX_ID_LENGTH for item in value):
+        texts: list[str] = value
+    elif all(type(item) is int and item >= 0 for item in value):
+        texts = [str(item) for item in value]
+    else:
+        texts = []
+    if texts and len(set(texts)) == len(texts) and all(len(text) <= MAX_ID_LENGTH for text in texts):
+        return texts
     ids: list[str] = []
     seen: dict[str, int] = {}
     for index, item in enumerate(value):

@@ -274,16 +274,15 @@ class Store:
         else:
             columns = [("model_id", "int"), ("id", "text"), ("arrived", "real"), ("weight", "real")]
             extra = [None if weights is None else weights[i] for i in fresh]
-        tx.insert_new(
-            _TABLE[side],
-            [*columns, ("joined_at", "real"), ("dtype", "small"), ("payload", "blob")],
-            [
-                (model_id, ids[i], now, e, now, code, None)
-                if i in joining
-                else (model_id, ids[i], now, e, None, code, p)
-                for i, e, p in zip(fresh, extra, payloads, strict=True)
-            ],
-        )
+        # Joining rows and waiting ones differ in joined_at and payload: one insert for each group.
+        groups: dict[bool, list[tuple[Any, ...]]] = {True: [], False: []}
+        for i, e, p in zip(fresh, extra, payloads, strict=True):
+            joins = i in joining
+            groups[joins].append((model_id, ids[i], now, e, now if joins else None, code, None if joins else p))
+        all_columns = [*columns, ("joined_at", "real"), ("dtype", "small"), ("payload", "blob")]
+        for group in groups.values():
+            if group:
+                tx.insert_new(_TABLE[side], all_columns, group)
 
     @staticmethod
     def _waiting_partners(tx: Transaction, other: Side, model_id: int, ids: list[str]) -> dict[str, tuple[Any, ...]]:
