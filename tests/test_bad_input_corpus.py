@@ -289,6 +289,56 @@ def corpus() -> Iterator[Case]:
         yield f"oip-{i}", "/v2/models/mse/infer", raw, {"content-type": JSON}, 400
     yield "oip-unknown-model", "/v2/models/nope/infer", b"{}", {"content-type": JSON}, 404
     yield "oip-bad-header-length", "/v2/models/mse/infer", b"{}", {"inference-header-content-length": "abc"}, 400
+    # Delayed labels (the module's fixture configures "corpus" and fixes its prediction rows at 2 values).
+    logs = "/v1/models/corpus/predictions"
+    good_log = {"ids": ["x"], "predictions": [[0.2, 0.8]]}
+    for i, raw in enumerate([b"{", b"[]", b'{"ids": ["a"], "ids": ["b"], "predictions": [[0.2, 0.8]]}']):
+        yield f"log-raw-{i}", logs, raw, j, 400 if i == 0 else 422
+    yield "log-content-type", logs, json.dumps(good_log).encode(), {"content-type": "text/plain"}, 415
+    yield "log-no-ids", logs, json.dumps({"predictions": [[0.2, 0.8]]}).encode(), j, 422
+    bad_ids: list[Any] = [[], "x", [True], [1.5], [-1], [""], ["x" * 129], [None], [{}], [["a"]], ["a", "a"], [1, "1"]]
+    for i, ids in enumerate(bad_ids):
+        yield (
+            f"log-bad-ids-{i}",
+            logs,
+            json.dumps(
+                {**good_log, "ids": ids, "predictions": [[0.2, 0.8]] * max(1, len(ids) if isinstance(ids, list) else 1)}
+            ).encode(),
+            j,
+            422,
+        )
+    bad_rows: list[Any] = [
+        [[0.2, 0.8, 0.0]],
+        [[0.2]],
+        [0.2],
+        [[0.2, "x"]],
+        [[0.2, None]],
+        [[0.2, 0.8], [0.1, 0.9]],
+        [[1e39, 0.0]],
+    ]
+    for i, rows in enumerate(bad_rows):
+        yield f"log-bad-predictions-{i}", logs, json.dumps({**good_log, "predictions": rows}).encode(), j, 422
+    yield "log-nan", logs, b'{"ids": ["x"], "predictions": [[NaN, 0.8]]}', j, 422
+    for i, stamps in enumerate([[-1.0], [1.0, 2.0], ["now"], [[1.0]]]):
+        yield f"log-bad-timestamps-{i}", logs, json.dumps({**good_log, "timestamps": stamps}).encode(), j, 422
+    labels = "/v1/models/corpus/labels"
+    for i, weight in enumerate([[-1.0], [1.0, 2.0], ["1"], [[1.0, 2.0]]]):
+        yield (
+            f"log-bad-weight-{i}",
+            labels,
+            json.dumps({"ids": ["y"], "labels": [1], "sample_weight": weight}).encode(),
+            j,
+            422,
+        )
+    yield "log-unknown-model", "/v1/models/nope/predictions", json.dumps(good_log).encode(), j, 404
+    yield "log-bad-model-name", "/v1/models/a%20b/predictions", json.dumps(good_log).encode(), j, 422
+    yield "log-unknown-field", logs, json.dumps({**good_log, "model": "x"}).encode(), j, 422
+    configs: list[Any] = [{}, {"losses": []}, {"losses": [{"loss": "nope"}]}, {"losses": ["mse"]}, {"losses": [{"loss": "mse"}], "retention_seconds": -1},
+                          {"losses": [{"loss": "bce", "options": {"pos_weight": [2.0]}}]}, {"losses": [{"loss": "mse"}], "dtype": "float16"}, [1]]  # fmt: skip
+    for i, config in enumerate(configs):
+        yield f"put-bad-config-{i}", "/v1/models/corpus-new", json.dumps(config).encode(), j, 422
+    yield "put-malformed", "/v1/models/corpus-new", b"{", j, 400
+    yield "route-unknown-model", "/v1/models/nope", b"", {}, 404
     # Routes and methods (404 / 405).
     for i, (path, status) in enumerate([("/v1/nope", 404), ("/v1", 404), ("/v1/losses/../x", 404), ("/v3/x", 404)]):
         yield f"route-{i}", path, b"", {}, status
@@ -307,6 +357,9 @@ async def limited() -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(Settings(max_body_bytes=2_000_000))
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://bad") as c:
+        configured = await c.put("/v1/models/corpus", json={"losses": [{"loss": "scce"}]})
+        assert configured.status_code == 200, configured.text
+        await c.post("/v1/models/corpus/predictions", json={"ids": ["first"], "predictions": [[0.2, 0.8]]})
         yield c
 
 
@@ -320,7 +373,7 @@ def test_the_corpus_has_at_least_200_cases() -> None:
 async def test_bad_input_gets_its_documented_4xx(
     limited: httpx.AsyncClient, name: str, path: str, content: bytes, headers: dict[str, str], status: int
 ) -> None:
-    method = "GET" if name.startswith("route-") else "POST"
+    method = "GET" if name.startswith("route-") else "PUT" if name.startswith("put-") else "POST"
     response = await limited.request(method, path, content=content or None, headers=headers)
     assert 400 <= response.status_code < 500, f"{name}: {response.status_code} {response.text[:300]}"
     if status:
