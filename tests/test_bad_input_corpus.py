@@ -357,7 +357,7 @@ async def limited() -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(Settings(max_body_bytes=2_000_000))
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://bad") as c:
-        configured = await c.put("/v1/models/corpus", json={"losses": [{"loss": "scce"}]})
+        configured = await c.put("/v1/models/corpus", json={"losses": [{"loss": "scce"}], "dtype": "float32"})
         assert configured.status_code == 200, configured.text
         await c.post("/v1/models/corpus/predictions", json={"ids": ["first"], "predictions": [[0.2, 0.8]]})
         yield c
