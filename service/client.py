@@ -20,17 +20,40 @@ import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import anyio
 import httpx
 import numpy as np
 import orjson
 
+from service.client_errors import (
+    _ERRORS,
+    InvalidInputError,
+    LossServiceError,
+    NotFoundError,
+    OverloadedError,
+    ServerError,
+    UnauthorizedError,
+    UnreachableError,
+)
 from service.columns import as_array
+from service.logger import PredictionLogger
 
-if TYPE_CHECKING:
-    from service.logger import PredictionLogger
+__all__ = [
+    "AsyncLossClient",
+    "InvalidInputError",
+    "LogResult",
+    "LossClient",
+    "LossResult",
+    "LossServiceError",
+    "NotFoundError",
+    "OverloadedError",
+    "PredictionLogger",
+    "ServerError",
+    "UnauthorizedError",
+    "UnreachableError",
+]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_CHUNK_SIZE = 100_000
@@ -42,57 +65,6 @@ BODY_FORMATS = ("auto", "json", "arrow", "npz")
 # From this many prediction values on, "auto" sends a binary body: parsing JSON numbers dominates.
 BINARY_THRESHOLD = 4096
 ARRAY_FIELDS = ("predictions", "labels", "sample_weight")
-
-
-class LossServiceError(Exception):
-    """The service refused or failed a request; `problem` holds its RFC 9457 details."""
-
-    def __init__(self, status: int, problem: Mapping[str, Any]) -> None:
-        self.status = status
-        self.problem = dict(problem)
-        self.errors: list[dict[str, Any]] = list(problem.get("errors") or [])
-        super().__init__(f"{status} {problem.get('title', '')}: {problem.get('detail', '')}".strip())
-
-
-class InvalidInputError(LossServiceError):
-    """400, 413, 415 or 422: the request itself is wrong; `errors` names each field and index."""
-
-
-class UnauthorizedError(LossServiceError):
-    """401 or 403."""
-
-
-class NotFoundError(LossServiceError):
-    """404: an unknown route or loss."""
-
-
-class OverloadedError(LossServiceError):
-    """429, 503 or 504 after the retries were spent."""
-
-
-class ServerError(LossServiceError):
-    """Any other 5xx."""
-
-
-class UnreachableError(LossServiceError):
-    """No HTTP answer at all (connection refused, DNS, timeout) after the retries were spent."""
-
-    def __init__(self, url: str, cause: Exception) -> None:
-        super().__init__(0, {"title": "Unreachable", "detail": f"{url}: {cause!r}"})
-
-
-_ERRORS: dict[int, type[LossServiceError]] = {
-    400: InvalidInputError,
-    413: InvalidInputError,
-    415: InvalidInputError,
-    422: InvalidInputError,
-    401: UnauthorizedError,
-    403: UnauthorizedError,
-    404: NotFoundError,
-    429: OverloadedError,
-    503: OverloadedError,
-    504: OverloadedError,
-}
 
 
 @dataclass(frozen=True)
@@ -619,8 +591,6 @@ class LossClient(_Base):
 
     def logger(self, model: str, **settings: Any) -> PredictionLogger:
         """A buffered logger for services that see one prediction at a time; see `PredictionLogger`."""
-        from service.logger import PredictionLogger
-
         return PredictionLogger(self, model, **settings)
 
 

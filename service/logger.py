@@ -20,16 +20,26 @@ import threading
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Protocol, Self
 
 import numpy as np
 
-from service.client import InvalidInputError, LossServiceError, NotFoundError
-
-if TYPE_CHECKING:
-    from service.client import LossClient
+from service.client_errors import InvalidInputError, LossServiceError, NotFoundError
 
 log = logging.getLogger("loss_service.logger")
+
+
+class _Answer(Protocol):
+    @property
+    def joined_ids(self) -> list[str]: ...
+
+
+class Sender(Protocol):
+    """What the logger needs of a client (`LossClient` is one)."""
+
+    def log_predictions(self, model: str, ids: Any, predictions: Any, *, timestamps: Any = None) -> _Answer: ...
+
+    def log_labels(self, model: str, ids: Any, labels: Any, *, sample_weight: Any = None) -> _Answer: ...
 
 
 @dataclass
@@ -64,7 +74,7 @@ class PredictionLogger:
 
     def __init__(
         self,
-        client: LossClient,
+        client: Sender,
         model: str,
         *,
         batch_size: int = 1000,
