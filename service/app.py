@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -19,6 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from service import __version__
+from service.api.access import KeyRing
 from service.api.errors import install_error_handlers
 from service.api.guards import ApiKeys, BodyLimit, HeavyRequests
 from service.api.ingest import sweep_forever
@@ -48,6 +50,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     app.state.store = await anyio.to_thread.run_sync(_open_store, settings)
     sweeper = asyncio.create_task(sweep_forever(app.state.store, app.state.monitor, settings.sweep_interval))
+    watcher = asyncio.create_task(_watch_keys(app.state.keys, app.state.monitor))
     # Everything alive now (modules, the app, its schemas) lives as long as the worker: moved out
     # of the collector's generations, a full collection no longer walks ~110,000 of them.
     gc.freeze()
@@ -59,8 +62,34 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.lifecycle = "draining"
         restore_signals()
         sweeper.cancel()
+        watcher.cancel()
         app.state.store.close()
         mark_worker_dead(os.getpid())
+
+
+async def _watch_keys(keys: KeyRing, monitor: Monitor, interval: float = 1.0) -> None:
+    """Reload the keys file on SIGHUP and whenever it changes on disk (checked every `interval`).
+
+    A file that cannot be used keeps the keys in force; `loss_service_api_keys_reload_failed`
+    says so until a reload succeeds.
+    """
+    if keys.file is None:
+        return
+    hangup = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if threading.current_thread() is threading.main_thread():
+        loop.add_signal_handler(signal.SIGHUP, hangup.set)
+    try:
+        while True:
+            monitor.set_keys(len(keys.names()), keys.reload_failed)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(hangup.wait(), interval)
+            if hangup.is_set() or keys.changed_on_disk():
+                hangup.clear()
+                await anyio.to_thread.run_sync(keys.reload)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            loop.remove_signal_handler(signal.SIGHUP)
 
 
 def _open_store(settings: Settings) -> Store:
@@ -119,7 +148,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: the request monitor sees everything, the guards' refusals included.
     app.add_middleware(HeavyRequests, limit=settings.max_concurrent, timeout=settings.request_timeout)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(ApiKeys, keys=settings.api_keys or [], protect_metrics=settings.metrics_auth)
+    app.state.keys = KeyRing(settings.api_keys or [], settings.api_keys_file)
+    app.add_middleware(ApiKeys, keys=app.state.keys, protect_metrics=settings.metrics_auth)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "PUT", "DELETE"]

@@ -88,6 +88,8 @@ def _serve(args: argparse.Namespace) -> int:
             loop="uvloop",
             timeout_graceful_shutdown=int(settings.shutdown_timeout) or None,
             access_log=False,  # the app logs one JSON line per request instead
+            ssl_certfile=args.ssl_certfile or settings.ssl_certfile,
+            ssl_keyfile=args.ssl_keyfile or settings.ssl_keyfile,
         )
     finally:
         if metrics_dir is not None and settings.metrics_dir is None:
@@ -109,6 +111,28 @@ def _metrics_dir(settings: Settings, workers: int) -> Path | None:
     directory = Path(settings.metrics_dir or Path(tempfile.gettempdir()) / f"loss-service-metrics-{os.getpid()}")
     _prepare_metrics_dir(directory)
     return directory
+
+
+def _new_key(args: argparse.Namespace) -> int:
+    from service.api.access import KeyEntry, digest, new_key
+
+    key = new_key()
+    fields: dict[str, Any] = {
+        "name": args.name,
+        "key_sha256": digest(key),
+        "scopes": [part.strip() for part in args.scopes.split(",") if part.strip()],
+    }
+    if args.models:
+        fields["models"] = [part.strip() for part in args.models.split(",") if part.strip()]
+    try:
+        KeyEntry.model_validate(fields)
+    except ValueError as exc:
+        print(f"loss-service keys new: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"key (shown once; give it to {args.name}, store it nowhere else): {key}", file=sys.stderr)
+    lines = ["[[keys]]"] + [f"{name} = {orjson.dumps(value).decode()}" for name, value in fields.items()]
+    print("\n".join(lines))
+    return EXIT_OK
 
 
 def _openapi(_: argparse.Namespace) -> int:
@@ -250,7 +274,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default LOSS_SERVICE_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default LOSS_SERVICE_PORT or 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default LOSS_SERVICE_WORKERS or 1)")
+    serve.add_argument(
+        "--ssl-certfile", help="serve HTTPS with this PEM certificate (default LOSS_SERVICE_SSL_CERTFILE)"
+    )
+    serve.add_argument("--ssl-keyfile", help="its PEM private key (default LOSS_SERVICE_SSL_KEYFILE)")
     serve.set_defaults(run=_serve)
+
+    keys = commands.add_parser("keys", help="API keys for the keys file (LOSS_SERVICE_API_KEYS_FILE)")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    new = key_commands.add_parser("new", help="print a fresh random key once, and the entry to paste into the file")
+    new.add_argument("name", help="the key's name, shown in logs and metrics (1-64 of A-Z a-z 0-9 _ . : -)")
+    new.add_argument("--scopes", default="compute,ingest,read", help="comma-separated (default compute,ingest,read)")
+    new.add_argument("--models", help="comma-separated glob patterns (default: every model)")
+    new.set_defaults(run=_new_key)
 
     compute = commands.add_parser(
         "compute",

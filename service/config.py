@@ -50,7 +50,14 @@ class Settings(BaseSettings):
         description="Comma-separated API keys, or the path of a file with one per line; when set, /v1 and /v2 "
         "require Authorization: Bearer <key>.",
     )
+    api_keys_file: str | None = Field(
+        default=None,
+        description="A TOML file of scoped keys ([[keys]] with name, key_sha256, scopes, models, rate limits); "
+        "reloaded on SIGHUP and when it changes.",
+    )
     metrics_auth: bool = Field(default=False, description="Require an API key for /metrics too.")
+    ssl_certfile: str | None = Field(default=None, description="TLS certificate (PEM) for `loss-service serve`.")
+    ssl_keyfile: str | None = Field(default=None, description="TLS private key (PEM) for `loss-service serve`.")
     cors_origins: Annotated[list[str] | None, NoDecode] = Field(
         default=None, description="Comma-separated origins allowed by CORS; unset: CORS off."
     )

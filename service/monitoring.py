@@ -111,11 +111,11 @@ class Monitor:
         )
         self.rejected = Counter(
             "loss_service_http_requests_rejected_total",
-            "Requests refused, by reason: too_large, invalid, unauthorised, overloaded.",
+            "Requests refused, by reason: too_large, invalid, unauthorised, overloaded, rate_limited.",
             ["reason"],
             registry=r,
         )
-        for reason in ("too_large", "invalid", "unauthorised", "overloaded"):
+        for reason in ("too_large", "invalid", "unauthorised", "overloaded", "rate_limited"):
             self.rejected.labels(reason)
         self.sample_loss = Histogram(
             "loss_service_sample_loss",
@@ -177,6 +177,21 @@ class Monitor:
             "Rows removed by retention before their other half came, by model and kind.",
             ["model", "kind"],
             registry=r,
+        )
+        self.key_requests = Counter(
+            "loss_service_api_key_requests_total",
+            "Requests by the name of the API key that made them (never the key), and status class.",
+            ["key", "status_class"],
+            registry=r,
+        )
+        self.keys_in_force = Gauge(
+            "loss_service_api_keys", "API keys in force.", registry=r, multiprocess_mode="mostrecent"
+        )
+        self.keys_reload_failed = Gauge(
+            "loss_service_api_keys_reload_failed",
+            "1 while the keys file could not be reloaded (the previous keys stay in force), else 0.",
+            registry=r,
+            multiprocess_mode="max",
         )
         self.overflowed = Counter(
             "loss_service_model_label_overflow_total",
@@ -251,11 +266,30 @@ class Monitor:
         for kind, count in zip(ROW_KINDS, pending, strict=True):
             self._child(self.pending, label, kind).set(count)
 
-    def record_request(self, route: str, method: str, status: int, seconds: float, body_bytes: int) -> None:
+    def set_keys(self, count: int, reload_failed: bool) -> None:
+        self.keys_in_force.set(count)
+        self.keys_reload_failed.set(1 if reload_failed else 0)
+
+    def record_request(
+        self,
+        route: str,
+        method: str,
+        status: int,
+        seconds: float,
+        body_bytes: int,
+        key: str | None = None,
+        refusal: str | None = None,
+    ) -> None:
+        """`key`: the name of the API key that made the request; `refusal`: a reason the route
+        gave for refusing it, which overrides the one read from the status."""
         self._child(self.requests, route, method, STATUS_CLASSES[status // 100]).inc()
+        if key is not None:
+            self._child(self.key_requests, key, STATUS_CLASSES[status // 100]).inc()
         self._child(self.latency, route, method).observe(seconds)
         self._child(self.body_size, route).observe(body_bytes)
-        reason = "overloaded" if status in OVERLOAD_STATUSES and route != "/readyz" else REJECTION_REASONS.get(status)
+        reason = refusal or (
+            "overloaded" if status in OVERLOAD_STATUSES and route != "/readyz" else REJECTION_REASONS.get(status)
+        )
         if reason:
             self._child(self.rejected, reason).inc()
 
@@ -336,7 +370,10 @@ class RequestMonitor:
             self.monitor.in_flight.dec()
             seconds = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.monitor.record_request(route, scope["method"], status, seconds, received)
+            state = scope.get("state", {})
+            self.monitor.record_request(
+                route, scope["method"], status, seconds, received, state.get("key"), state.get("refusal")
+            )
             if access_log.isEnabledFor(logging.INFO):  # the line is not built for a level that drops it
                 state = scope.get("state", {})
                 line = {

@@ -14,6 +14,7 @@ import anyio.to_thread
 from fastapi import Request
 from pydantic import BaseModel
 
+from service.api.access import authorize
 from service.api.guards import HEAVY_SLOT, Slot
 from service.engine import Reduced, compute, resolve
 from service.monitoring import Monitor
@@ -38,13 +39,20 @@ def compute_loss(batch: Any, loss: str, options: BaseModel) -> tuple[str, Reduce
 def run_loss(request: Any, monitor: Monitor, log: dict[str, Any] | None = None) -> tuple[str, Reduced]:
     """Compute a validated loss request (a generated `<Loss>Request` model) and record it.
 
-    `log`: the request's scope state, where the access log finds model, loss and batch size.
+    `log`: the request's scope state, where the access log finds model, loss and batch size, and
+    where the request's API key is checked for the model and its value budget.
     """
+    authorize(log, request.model, request_values(request))
     name, reduced = compute_loss(request, request.loss, request.options)
     record_batch(monitor, request.model, name, reduced)
     if log is not None:
         log.update(model=request.model, loss=name, batch_size=len(request.predictions))
     return name, reduced
+
+
+def request_values(batch: Any) -> int:
+    """Numbers in predictions and labels: what a key's values-per-second budget counts."""
+    return int(batch.predictions.size + batch.labels.size)
 
 
 # Set in a worker thread's context: the event is set once its request stopped waiting (504).

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from service.api.access import AccessRefusedError, audit, retry_after
 from service.api.arrays import NON_FINITE
 from service.api.problems import ProblemError, clipped, shown
 from service.api.schemas import loss_names
@@ -137,11 +138,21 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
         return problem_response(422, _summary(errors) if errors else "invalid request", errors)
 
+    async def on_access_refused(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, AccessRefusedError)
+        state = request.scope.setdefault("state", {})
+        if exc.status == 429:
+            state["refusal"] = "rate_limited"
+        audit(exc.status, state.get("key", "unknown"), request.url.path, exc.model, exc.reason)
+        headers = {"Retry-After": retry_after(exc.retry_after)} if exc.retry_after else None
+        return refusal_response(request.url.path, exc.status, exc.detail, headers)
+
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(500, "internal error; the request was logged")
 
     app.add_exception_handler(ProblemError, on_problem)
+    app.add_exception_handler(AccessRefusedError, on_access_refused)
     app.add_exception_handler(LossInputError, on_loss_input)
     app.add_exception_handler(UnknownLossError, on_unknown_loss)
     app.add_exception_handler(StarletteHTTPException, on_http)

@@ -8,20 +8,21 @@ Inference Protocol's /v2 routes with its `{"error": "..."}` body.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import threading
 import zlib
-from collections.abc import Iterable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.access import PRINCIPAL, KeyRing, audit, path_model, required_scope, retry_after
 from service.api.errors import refusal_response
-from service.api.problems import ProblemError
+from service.api.problems import ProblemError, clipped
 
 # What each guard's refusal means, for the routes' OpenAPI responses.
 REFUSALS = {
-    401: "Missing or invalid API key (when LOSS_SERVICE_API_KEYS is set)",
+    401: "Missing or invalid API key (when API keys are configured)",
+    403: "The API key lacks the scope this route needs, or may not use the model named",
+    429: "The API key is over its requests or values per second; see Retry-After",
     408: "The body did not arrive within LOSS_SERVICE_REQUEST_TIMEOUT (the connection is closed)",
     413: "Body larger than LOSS_SERVICE_MAX_BODY_BYTES (after gzip inflation), or an array over "
     "LOSS_SERVICE_MAX_ELEMENTS numbers",
@@ -55,11 +56,16 @@ async def _no_body() -> Message:
 
 
 class ApiKeys:
-    """Bearer API keys on /v1 and /v2 (and /metrics if asked); health endpoints stay open."""
+    """Bearer API keys on /v1 and /v2 (and /metrics if asked); health endpoints stay open.
 
-    def __init__(self, app: ASGIApp, keys: Iterable[str], protect_metrics: bool) -> None:
+    A valid key must hold the scope its route needs and may name only its models in the path;
+    its requests-per-second bucket is taken from here. Models named in a body, and the values a
+    body carries, are checked once the route has parsed it (`access.authorize`).
+    """
+
+    def __init__(self, app: ASGIApp, keys: KeyRing, protect_metrics: bool) -> None:
         self.app = app
-        self.keys = [key.encode() for key in keys]
+        self.keys = keys
         self.protect_metrics = protect_metrics
 
     def _protected(self, path: str) -> bool:
@@ -68,20 +74,39 @@ class ApiKeys:
         return path.startswith(PROTECTED_PREFIXES) or (self.protect_metrics and path == "/metrics")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or not self._protected(scope["path"]):
+        if scope["type"] != "http" or not self.keys.enabled or not self._protected(scope["path"]):
             await self.app(scope, receive, send)
             return
+        path, state = scope["path"], scope.setdefault("state", {})
         header = _header(scope, b"authorization") or ""
         scheme, _, token = header.partition(" ")
-        # compare_digest against every key: the time taken says nothing about which key is near.
-        matched = scheme.lower() == "bearer" and any(
-            [hmac.compare_digest(token.strip().encode(), key) for key in self.keys]  # noqa: C419 (no short circuit)
-        )
-        if not matched:
+        principal = self.keys.match(token.strip()) if scheme.lower() == "bearer" else None
+        if principal is None:
             challenge = 'Bearer realm="loss-service"' + ("" if not header else ', error="invalid_token"')
             detail = "an API key is required: Authorization: Bearer <key>" if not header else "the API key is not valid"
+            audit(401, "unknown", clipped(path, 200), None, "missing_key" if not header else "invalid_key")
             await _refuse(send, _refused(401, detail, {"WWW-Authenticate": challenge}), scope)
             return
+        state["key"] = principal.name
+        needed = required_scope(scope["method"], path)
+        model = path_model(path)
+        refusal = None
+        if needed is not None and needed not in principal.scopes:
+            refusal = _refused(403, f"the API key {principal.name!r} lacks the scope {needed!r} this route needs")
+            reason = "scope"
+        elif model is not None and not principal.may_use(model):
+            refusal = _refused(403, f"the API key {principal.name!r} may not use model {model!r}")
+            reason = "model"
+        elif principal.requests is not None and (wait := principal.requests.take(1)):
+            rate = f"{principal.requests.rate:g}"
+            refusal = _refused(429, f"the API key {principal.name!r} is over its {rate} requests per second", None)
+            refusal.headers = {"Retry-After": retry_after(wait)}
+            reason, state["refusal"] = "requests_rate", "rate_limited"
+        if refusal is not None:
+            audit(refusal.status, principal.name, clipped(path, 200), model, reason)
+            await _refuse(send, refusal, scope)
+            return
+        state[PRINCIPAL] = principal
         await self.app(scope, receive, send)
 
 

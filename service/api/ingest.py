@@ -16,6 +16,7 @@ from typing import Any
 import anyio.to_thread
 import numpy as np
 
+from service.api.access import authorize
 from service.api.body import validate_json
 from service.api.errors import engine_problem
 from service.api.problems import ProblemError, shown
@@ -132,6 +133,7 @@ def log_rows(
     timestamps = _per_row(getattr(request, "timestamps", None), "timestamps", len(ids))
     weights = _per_row(getattr(request, "sample_weight", None), "sample_weight", len(ids))
     state.update(model=name, batch_size=len(ids))
+    authorize(state, name, rows.size)
     current = store.model(name)
     if current is None:
         raise unknown_model(name)

@@ -9,7 +9,8 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.batches import compute_loss, off_loop, record_batch, run_loss
+from service.api.access import authorize
+from service.api.batches import compute_loss, off_loop, record_batch, request_values, run_loss
 from service.api.body import (
     BATCH_MEDIA_TYPES,
     JSON_MEDIA_TYPE,
@@ -97,8 +98,9 @@ def _compute_one(
     return loss_result(name, reduced, request.dtype, request.convention)
 
 
-def _compute_many(body: bytes, monitor: Monitor, limit: int) -> dict[str, Any]:
+def _compute_many(body: bytes, monitor: Monitor, limit: int, state: dict[str, Any]) -> dict[str, Any]:
     request = _validate(evaluate_request_model(), body, monitor, limit)
+    authorize(state, request.model, request_values(request))
     results = []
     for position, call in enumerate(request.losses):
         try:
@@ -147,7 +149,8 @@ async def evaluate(request: Request) -> Response:
     _, body = await read_body(request)
     monitor = request.app.state.monitor
     limit = request.app.state.settings.max_elements
-    return json_response(await off_loop(request, len(body), lambda: _compute_many(body, monitor, limit)))
+    state = request.scope.setdefault("state", {})
+    return json_response(await off_loop(request, len(body), lambda: _compute_many(body, monitor, limit, state)))
 
 
 @router.get(

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
 from service.api import ingest
+from service.api.access import visible
 from service.api.batches import off_loop
 from service.api.body import read_body
 from service.api.responses import PROBLEM_RESPONSES, json_body, json_response
@@ -70,10 +71,11 @@ async def configure_model(model: ModelName, request: Request) -> Response:
     return json_response(await anyio.to_thread.run_sync(lambda: ingest.configure(store, model, body, time.time())))
 
 
-@router.get("", summary="The configured models", response_model=ModelList)
+@router.get("", summary="The configured models (those the API key may use)", response_model=ModelList)
 async def list_models(request: Request) -> Response:
     models = await anyio.to_thread.run_sync(_store(request).models)
-    return json_response({"models": [ingest.model_config(m) for m in models]})
+    allowed = set(visible(request.scope.get("state"), [m.name for m in models]))
+    return json_response({"models": [ingest.model_config(m) for m in models if m.name in allowed]})
 
 
 @router.get(

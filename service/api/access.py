@@ -1,0 +1,299 @@
+"""Who may do what: API keys with scopes, model patterns and rate limits, read from a TOML file.
+
+    [[keys]]
+    name = "fraud-team"                      # shown in logs and metrics; never the key
+    key_sha256 = "<64 hex digits>"           # SHA-256 of the key; the key itself is stored nowhere
+    scopes = ["compute", "ingest", "read"]   # any of compute, ingest, read, admin, metrics
+    models = ["fraud-*"]                     # glob patterns; omitted = every model
+    requests_per_second = 50                 # optional
+    values_per_second = 5e6                  # optional: numbers in predictions + labels
+
+Keys from `LOSS_SERVICE_API_KEYS` (a plain list) mean full access. Rate limits are token buckets
+holding one second's worth, kept per worker process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import os
+import re
+import secrets
+import threading
+import time
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+Scope = Literal["compute", "ingest", "read", "admin", "metrics"]
+SCOPES: tuple[Scope, ...] = ("compute", "ingest", "read", "admin", "metrics")
+PRINCIPAL = "principal"  # scope state key of the request's Principal
+audit_log = logging.getLogger("loss_service.audit")
+log = logging.getLogger("service.api")
+
+
+class KeyEntry(BaseModel):
+    """One `[[keys]]` table of the keys file."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    key_sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    scopes: list[Scope] = Field(min_length=1)
+    models: list[str] | None = Field(default=None, min_length=1)
+    requests_per_second: float | None = Field(default=None, gt=0)
+    values_per_second: float | None = Field(default=None, gt=0)
+
+
+class KeysFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    keys: list[KeyEntry] = Field(min_length=1)
+
+
+class KeysFileError(ValueError):
+    """The keys file cannot be used; the message says where and why (never a key or a hash)."""
+
+
+@dataclass
+class TokenBucket:
+    """`rate` tokens a second, holding at most one second's worth. A take larger than the whole
+    bucket is allowed once the bucket is full, leaving it in debt, so no request is refused forever."""
+
+    rate: float
+    tokens: float = field(init=False)
+    updated: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.rate
+
+    def take(self, amount: float) -> float:
+        """Take `amount` tokens and return 0, or take none and return the seconds until possible."""
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            needed = min(amount, self.rate)
+            if self.tokens >= needed:
+                self.tokens -= amount
+                return 0.0
+            return (needed - self.tokens) / self.rate
+
+
+@dataclass
+class Principal:
+    """An authenticated key: its name, what it may do, and its buckets (shared by its requests)."""
+
+    name: str
+    scopes: frozenset[str]
+    models: tuple[str, ...] | None
+    requests: TokenBucket | None = None
+    values: TokenBucket | None = None
+
+    def may_use(self, model: str | None) -> bool:
+        """A key restricted to models must name one of them; an unrestricted key may name any or none."""
+        if self.models is None:
+            return True
+        return model is not None and any(fnmatchcase(model, pattern) for pattern in self.models)
+
+
+FULL_ACCESS = frozenset(SCOPES)
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    """A fresh random key: 32 bytes from the operating system's CSPRNG, URL-safe."""
+    return "lsk_" + secrets.token_urlsafe(32)
+
+
+class KeyRing:
+    """The keys in force, swapped whole on reload; buckets of a key that stays keep their state."""
+
+    def __init__(self, plain_keys: Iterable[str] = (), file: str | None = None) -> None:
+        self.file = Path(file) if file else None
+        self._plain = [(digest(key), Principal(f"key-{n}", FULL_ACCESS, None)) for n, key in enumerate(plain_keys, 1)]
+        self._entries: list[tuple[str, Principal]] = list(self._plain)
+        self._signature: tuple[float, int, int] | None = None
+        self.reload_failed = False
+        if self.file is not None:
+            self._entries = self._plain + self._load(self.file, {})
+            self._signature = _signature(self.file)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._entries) or self.file is not None
+
+    def names(self) -> list[str]:
+        return [principal.name for _, principal in self._entries]
+
+    def match(self, token: str) -> Principal | None:
+        wanted = digest(token).encode()
+        found = None
+        # compare_digest against every entry: the time taken says nothing about which key is near.
+        for hashed, principal in self._entries:
+            if hmac.compare_digest(wanted, hashed.encode()) and found is None:
+                found = principal
+        return found
+
+    def reload(self) -> bool:
+        """Read the keys file again; a file that cannot be used keeps the keys in force. True if changed."""
+        if self.file is None:
+            return False
+        try:
+            signature = _signature(self.file)
+            previous = {principal.name: principal for _, principal in self._entries}
+            entries = self._plain + self._load(self.file, previous)
+        except (OSError, KeysFileError) as exc:
+            self.reload_failed = True
+            logging.getLogger("service.api").error(
+                "keys file %s not reloaded, the previous keys stay: %s", self.file, exc
+            )
+            return False
+        self._entries, self._signature, self.reload_failed = entries, signature, False
+        return True
+
+    def changed_on_disk(self) -> bool:
+        if self.file is None:
+            return False
+        try:
+            return _signature(self.file) != self._signature
+        except OSError:
+            return self._signature is not None
+
+    @staticmethod
+    def _load(path: Path, previous: dict[str, Principal]) -> list[tuple[str, Principal]]:
+        try:
+            parsed = KeysFile.model_validate(tomllib.loads(path.read_text()))
+        except tomllib.TOMLDecodeError as exc:
+            raise KeysFileError(f"not TOML: {exc}") from None
+        except ValidationError as exc:
+            first = exc.errors(include_url=False, include_input=False)[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise KeysFileError(f"{where}: {first['msg']} ({exc.error_count()} error(s))") from None
+        names = [entry.name for entry in parsed.keys]
+        hashes = [entry.key_sha256.lower() for entry in parsed.keys]
+        for what, values in (("name", names), ("key_sha256", hashes)):
+            seen: set[str] = set()
+            for index, value in enumerate(values):
+                if value in seen:
+                    shown = f" {names[index]!r}" if what == "name" else ""  # a hash is never shown
+                    raise KeysFileError(f"keys.{index}: {what}{shown} appears more than once")
+                seen.add(value)
+        entries = []
+        for entry, hashed in zip(parsed.keys, hashes, strict=True):
+            old = previous.get(entry.name)
+            principal = Principal(
+                entry.name,
+                frozenset(entry.scopes),
+                tuple(entry.models) if entry.models else None,
+                _bucket(entry.requests_per_second, old.requests if old else None),
+                _bucket(entry.values_per_second, old.values if old else None),
+            )
+            entries.append((hashed, principal))
+        return entries
+
+
+def _bucket(rate: float | None, old: TokenBucket | None) -> TokenBucket | None:
+    if rate is None:
+        return None
+    return old if old is not None and old.rate == rate else TokenBucket(rate)
+
+
+def _signature(path: Path) -> tuple[float, int, int]:
+    stat = os.stat(path)
+    return (stat.st_mtime, stat.st_size, stat.st_ino)
+
+
+# -- routes to scopes -----------------------------------------------------------------------------
+
+_STORE_ROWS = re.compile(r"^/v1/models/[^/]+/(predictions|labels)$")
+
+
+def required_scope(method: str, path: str) -> Scope | None:
+    """The scope a request needs; None where any valid key will do (the catalogue, OIP metadata)."""
+    if path == "/metrics":
+        return "metrics"
+    if method == "POST" and (
+        path in ("/v1/loss", "/v1/evaluate") or (path.startswith("/v2/") and path.endswith("/infer"))
+    ):
+        return "compute"
+    if path == "/v1/models" or path.startswith("/v1/models/"):
+        if method == "POST" and _STORE_ROWS.match(path):
+            return "ingest"
+        if method in ("PUT", "DELETE"):
+            return "admin"
+        return "read"
+    return None
+
+
+def path_model(path: str) -> str | None:
+    """The model a /v1/models/{model}... path names."""
+    parts = path.split("/")
+    return parts[3] if len(parts) > 3 and parts[:3] == ["", "v1", "models"] and parts[3] else None
+
+
+# -- checks once a body is parsed ------------------------------------------------------------------
+
+
+class AccessRefusedError(Exception):
+    """An authorisation refusal raised after the body was read: 403 or 429, with its audit reason."""
+
+    def __init__(
+        self, status: int, detail: str, reason: str, model: str | None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.reason, self.model = status, detail, reason, model
+        self.retry_after = retry_after
+
+
+def authorize(state: dict[str, Any] | None, model: str | None, values: int = 0) -> None:
+    """The request's key may use `model`, and its value budget covers `values` numbers."""
+    principal: Principal | None = (state or {}).get(PRINCIPAL)
+    if principal is None:
+        return
+    if not principal.may_use(model):
+        named = "names no model" if model is None else f"names model {model!r}"
+        detail = f"the API key {principal.name!r} may not use this model: the request {named}"
+        raise AccessRefusedError(403, detail, "model", model)
+    if values and principal.values is not None:
+        wait = principal.values.take(values)
+        if wait:
+            raise AccessRefusedError(
+                429,
+                f"the API key {principal.name!r} is over its {principal.values.rate:g} values per second",
+                "values_rate",
+                model,
+                wait,
+            )
+
+
+def visible(state: dict[str, Any] | None, models: Sequence[str]) -> list[str]:
+    principal: Principal | None = (state or {}).get(PRINCIPAL)
+    return list(models) if principal is None else [m for m in models if principal.may_use(m)]
+
+
+def audit(status: int, key: str, route: str, model: str | None, reason: str) -> None:
+    """One line per refusal: who (the key's name, or "unknown"), where, what, why; never a key."""
+    audit_log.warning(
+        '{"event":"refused","status":%d,"key":"%s","route":"%s","model":%s,"reason":"%s"}',
+        status,
+        key,
+        route.replace('"', "%22"),
+        "null" if model is None else '"' + model.replace('"', "%22") + '"',
+        reason,
+    )
+
+
+def retry_after(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))
