@@ -22,7 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from service import __version__
 from service.api.access import KeyRing
 from service.api.errors import install_error_handlers
-from service.api.guards import ApiKeys, BodyLimit, HeavyRequests
+from service.api.guards import KEY_REFUSALS, ApiKeys, BodyLimit, HeavyRequests
 from service.api.ingest import sweep_forever
 from service.api.routes import health, inference, losses, metrics, models
 from service.api.schemas import (
@@ -149,7 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HeavyRequests, limit=settings.max_concurrent, timeout=settings.request_timeout)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.state.keys = KeyRing(settings.api_keys or [], settings.api_keys_file)
-    app.add_middleware(ApiKeys, keys=app.state.keys, protect_metrics=settings.metrics_auth)
+    app.add_middleware(ApiKeys, keys=app.state.keys, protect_metrics=settings.metrics_auth, router=app.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "PUT", "DELETE"]
@@ -187,8 +187,24 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     ):
         components.update(body.pop("$defs", {}))
         components[name] = body
+    _document_key_refusals(schema)
     app.openapi_schema = schema
     return schema
+
+
+def _document_key_refusals(schema: dict[str, Any]) -> None:
+    """Every route behind API keys may answer 401, 403 and 429 (the ApiKeys guard), in its
+    protocol's shape: problem details on /v1 and /metrics, `{"error"}` on /v2."""
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    oip_error = {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}
+    for path, operations in schema.get("paths", {}).items():
+        if not (path.startswith(("/v1/", "/v2")) or path == "/metrics") or path.startswith("/v2/health/"):
+            continue
+        content = oip_error if path.startswith("/v2") else problem
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            for status, description in KEY_REFUSALS.items():
+                responses.setdefault(str(status), {"description": description, "content": content})
 
 
 app = create_app()

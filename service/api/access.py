@@ -233,8 +233,9 @@ def required_scope(method: str, path: str) -> Scope | None:
             return "ingest"
         if method in ("PUT", "DELETE"):
             return "admin"
-        return "read"
-    return None
+        if method in ("GET", "HEAD"):
+            return "read"
+    return None  # any other method: the router answers (405 where a route has no such method)
 
 
 def path_model(path: str) -> str | None:

@@ -12,6 +12,7 @@ import threading
 import zlib
 from typing import Any
 
+from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.access import PRINCIPAL, KeyRing, audit, path_model, required_scope, retry_after
@@ -19,10 +20,13 @@ from service.api.errors import refusal_response
 from service.api.problems import ProblemError, clipped
 
 # What each guard's refusal means, for the routes' OpenAPI responses.
-REFUSALS = {
+KEY_REFUSALS = {
     401: "Missing or invalid API key (when API keys are configured)",
     403: "The API key lacks the scope this route needs, or may not use the model named",
     429: "The API key is over its requests or values per second; see Retry-After",
+}
+REFUSALS = {
+    **KEY_REFUSALS,
     408: "The body did not arrive within LOSS_SERVICE_REQUEST_TIMEOUT (the connection is closed)",
     413: "Body larger than LOSS_SERVICE_MAX_BODY_BYTES (after gzip inflation), or an array over "
     "LOSS_SERVICE_MAX_ELEMENTS numbers",
@@ -63,10 +67,15 @@ class ApiKeys:
     body carries, are checked once the route has parsed it (`access.authorize`).
     """
 
-    def __init__(self, app: ASGIApp, keys: KeyRing, protect_metrics: bool) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyRing, protect_metrics: bool, router: Router) -> None:
         self.app = app
         self.keys = keys
         self.protect_metrics = protect_metrics
+        self.router = router
+
+    def _routed(self, scope: Scope) -> bool:
+        """A route answers this method at this path; otherwise the router's 404 or 405 is the answer."""
+        return any(route.matches(scope)[0] == Match.FULL for route in self.router.routes)
 
     def _protected(self, path: str) -> bool:
         if path.startswith("/v2/health/"):
@@ -88,6 +97,9 @@ class ApiKeys:
             await _refuse(send, _refused(401, detail, {"WWW-Authenticate": challenge}), scope)
             return
         state["key"] = principal.name
+        if not self._routed(scope):
+            await self.app(scope, receive, send)
+            return
         needed = required_scope(scope["method"], path)
         model = path_model(path)
         refusal = None
