@@ -140,7 +140,7 @@ def test_every_loss_documents_formula_shapes_and_source() -> None:
         ("gaussian_nll", [[1.0, -0.5]], [1.0], {}, "predictions", "variance must be >= 0"),
         ("gaussian_nll", [[1.0, 0.5, 2.0]], [1.0], {}, "predictions", "last axis of 2"),
         ("hinge", [[1.0]], [[2.0]], {}, "labels", "must be one of"),
-        ("margin_ranking", [[1.0, 2.0, 3.0]], [1.0], {}, "predictions", "(N, 2)"),
+        ("margin_ranking", [[1.0, 2.0, 3.0]], [1.0], {}, "predictions", "(N, ..., 2)"),
         ("margin_ranking", [[1.0, 2.0]], [0.5], {}, "labels", "must be one of [-1.0, 1.0]"),
         ("cosine_embedding", [[1.0, 2.0]], [1.0], {}, "predictions", "(N, 2, D)"),
         ("triplet_margin", [[1.0, 2.0]], [[1.0, 2.0]], {}, "labels", "[positive, negative]"),

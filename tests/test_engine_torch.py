@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.reference.torch_cases import cases, torch_reference
+from tests.reference.torch_cases import cases, torch_reductions, torch_reference
 from tests.tolerance import (
     FLOAT32_MEAN_ULPS,
     assert_as_accurate_as_reference,
@@ -26,7 +26,13 @@ FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "torch_reference.json
 def test_matches_committed_torch_numbers(case: dict[str, Any]) -> None:
     expected = case["expected"]
     assert_matches_reference(
-        case, expected["per_sample"], expected["mean"], convention="torch", weight=case["scale"], terms=case["terms"]
+        case,
+        expected["per_sample"],
+        expected["mean"],
+        convention="torch",
+        weight=case["scale"],
+        terms=case["terms"],
+        total=expected["sum"],
     )
 
 
@@ -37,9 +43,11 @@ torch.set_num_threads(1)
 def test_fixtures_are_current() -> None:
     """PyTorch on this CPU still gives the committed numbers, within the documented tolerance:
     its SIMD paths (AVX2, AVX-512, NEON) differ in the last bit or two, so never bit for bit."""
+    assert [case["id"] for case in cases()] == [case["id"] for case in FIXTURE["cases"]], "regenerate the fixture"
     for case in FIXTURE["cases"]:
-        per_sample, mean = torch_reference(case)
+        per_sample, mean, total = torch_reductions(case)
         assert_close(per_sample, case["expected"]["per_sample"], case["dtype"], what=f"{case['id']} per_sample")
+        assert_close(total, case["expected"]["sum"], case["dtype"], what=f"{case['id']} sum", ulps=FLOAT32_MEAN_ULPS)
         assert_close(mean, case["expected"]["mean"], case["dtype"], what=f"{case['id']} mean", ulps=FLOAT32_MEAN_ULPS)
 
 
@@ -127,9 +135,12 @@ def test_every_torch_case_matches_torch_live_on_fresh_batches(seed: int, n: int)
     found BCE with logits, sigmoid focal and triplet margin 4-6 ulp from PyTorch's float32 on some
     batches, each library 2-4 ulp from the exact value, on opposite sides."""
     for case in cases(seed, n):
-        reference = torch_reference(case)
+        per_sample, mean, total = torch_reductions(case)
+        reference = per_sample, mean
         if case["dtype"] == "float64":
-            assert_matches_reference(case, *reference, convention="torch", weight=case["scale"], terms=case["terms"])
+            assert_matches_reference(
+                case, *reference, convention="torch", weight=case["scale"], terms=case["terms"], total=total
+            )
         else:
             exact = torch_reference(_upcast(case))
             assert_as_accurate_as_reference(

@@ -142,9 +142,18 @@ def largest_weight(options: dict[str, Any]) -> float:
 
 
 def assert_matches_reference(
-    case: dict[str, Any], per_sample: Any, mean: float, *, convention: str, weight: float = 1.0, terms: int = 1
+    case: dict[str, Any],
+    per_sample: Any,
+    mean: float,
+    *,
+    convention: str,
+    weight: float = 1.0,
+    terms: int = 1,
+    total: float | None = None,
 ) -> None:
-    """Compute `case` with the engine and compare it with a reference's per-sample values and mean."""
+    """Compute `case` with the engine and compare it with a reference's per-sample values and mean,
+    and with its sum (`total`) where given: then the engine's denominator must be what the
+    reference's mean divides by, sum / mean."""
     result = compute_case(case, convention)
     option_weight = largest_weight(case["options"])
     # One unit per weighting multiplication: each weight option given, and the caller's
@@ -156,3 +165,11 @@ def assert_matches_reference(
     common = {"weight": weight, "roundings": roundings}
     assert_close(result.per_sample, per_sample, case["dtype"], what="per_sample", ulps=FLOAT32_ULPS + extra, **common)
     assert_close(result.mean, mean, case["dtype"], what="mean", ulps=FLOAT32_MEAN_ULPS + extra, **common)
+    if total is not None:
+        summed = {"weight": weight * max(1.0, abs(total) / max(abs(mean), 1e-300)), "roundings": roundings}
+        assert_close(result.sum, total, case["dtype"], what="sum", ulps=FLOAT32_MEAN_ULPS + extra, **summed)
+        if mean:
+            rtol = 1e-5 if case["dtype"] == "float32" else 1e-9
+            assert math.isclose(result.denominator, total / mean, rel_tol=rtol), (
+                f"denominator {result.denominator} != the reference's sum / mean = {total / mean}"
+            )

@@ -33,13 +33,15 @@ class LossValues:
     `denominator` is the per-value weight PyTorch divides by in its mean (class weights of the
     targets); None means every value counts once. `mask` is False where a target is ignored.
     `weighted_average`: the loss's own library averages as sum(w*l) / sum(w) under either
-    convention (scikit-learn's np.average).
+    convention (scikit-learn's np.average). `batch_mean`: under torch the mean divides the sum by
+    the batch size N, however many values each sample has (KLDivLoss reduction='batchmean').
     """
 
     values: Array
     denominator: Array | None = None
     mask: NDArray[np.bool_] | None = None
     weighted_average: bool = False
+    batch_mean: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ def _keras_reduce(
 def _torch_reduce(
     values: Array, weight: Array | None, loss: LossValues, chunk: bool
 ) -> tuple[Array, np.floating[Any], np.floating[Any], float]:
+    if loss.batch_mean:
+        return _batch_mean(values, weight)
     if loss.denominator is not None:
         denominator = loss.denominator
     elif loss.mask is not None:
@@ -125,6 +129,21 @@ def _torch_reduce(
             raise LossInputError("labels", "every target equals the ignore index; PyTorch's mean would be 0/0 (NaN)")
         raise LossInputError("sample_weight", "the weights of the counted targets sum to 0; the mean would be 0/0")
     return values, total, total / divisor, divisor
+
+
+def _batch_mean(values: Array, weight: Array | None) -> tuple[Array, np.floating[Any], np.floating[Any], float]:
+    """sum / N, N the batch size. Weighted, each sample counts with its weight once, however many
+    values it has: the divisor is the summed weight over the values of a sample, `size / N`."""
+    samples = values.shape[0]
+    if weight is None:
+        total = values.sum()
+        return values, total, total / samples, samples
+    values = values * weight
+    total = values.sum()
+    divisor = np.broadcast_to(weight, values.shape).sum() / (values.size // samples)
+    if divisor == 0:
+        raise LossInputError("sample_weight", "the weights sum to 0; the mean would be 0/0")
+    return values, total, total / divisor, float(divisor)
 
 
 def _check_finite(per_sample: Array, total: np.floating[Any], mean: np.floating[Any]) -> None:

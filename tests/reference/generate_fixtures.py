@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from tests.reference.torch_cases import cases, torch_reference
+from tests.reference.torch_cases import cases, torch_reductions
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "torch_reference.json"
 
@@ -19,8 +19,8 @@ def main() -> None:
     torch.set_num_threads(1)
     records = []
     for case in cases():
-        per_sample, mean = torch_reference(case)
-        records.append({**case, "expected": {"per_sample": per_sample, "mean": mean}})
+        per_sample, mean, total = torch_reductions(case)
+        records.append({**case, "expected": {"per_sample": per_sample, "mean": mean, "sum": total}})
     FIXTURE.write_text(json.dumps({"torch": torch.__version__, "cases": records}, indent=1) + "\n")
     print(f"wrote {len(records)} cases to {FIXTURE} (torch {torch.__version__})")
 

@@ -171,10 +171,73 @@ def cases(seed: int = 20261122, n: int = 16) -> list[Case]:
     # (1 - p_t)^gamma carries gamma times p's relative error (an ulp of exp and one of the division).
     add("sigmoid_focal", {}, bl, by, "default", extra_ulps=1.5 * 2.0)
     add("sigmoid_focal", {"alpha": None, "gamma": 0.5}, bl, rng.random((n, 3)), "no-alpha", extra_ulps=1.5 * 0.5)
+    _add_nd(add, rng, n, c)
     return out
 
 
+def _add_nd(add: Any, rng: np.random.Generator, n: int, c: int) -> None:
+    """The same losses on inputs of one, three and four axes, where PyTorch takes them: class axis 1
+    for the cross-entropies, the last axis for distances and distributions, element-wise otherwise."""
+    t, h = 3, 2
+    seq_logits = rng.normal(0, 3, (n, c, t))
+    seq_targets = rng.integers(0, c, (n, t))
+    add("sparse_categorical_crossentropy", {"from_logits": True}, seq_logits, seq_targets, "3d")
+    seq_ignored = seq_targets.copy()
+    seq_ignored[::2, 0] = -100
+    weighted = {"from_logits": True, "class_weight": [0.5, 1.0, 2.0, 0.1, 3.0][:c]}
+    add("sparse_categorical_crossentropy", weighted, seq_logits, seq_ignored, "3d-weighted-ignore")
+    seq_soft = rng.random((n, c, t)) + 1e-3
+    seq_soft /= seq_soft.sum(axis=1, keepdims=True)
+    add("categorical_crossentropy", {"from_logits": True}, seq_logits, seq_soft, "3d-soft", c)
+    seq_log_p = seq_logits - np.log(np.exp(seq_logits).sum(axis=1, keepdims=True))
+    add("nll", {"weight": [0.5, 1.0, 2.0, 0.1, 3.0][:c]}, seq_log_p, seq_ignored, "3d-weighted-ignore")
+    x3, x4 = rng.normal(0, 3, (n, t, 4)), rng.normal(0, 3, (n, t, h, 4))
+    y3, y4 = rng.integers(0, 2, (n, t, 4)).astype(float), rng.integers(0, 2, (n, t, h, 4)).astype(float)
+    add("binary_crossentropy", {"from_logits": True, "pos_weight": [2.0, 0.5, 1.0, 3.0]}, x3, y3, "3d-pos")
+    add("binary_crossentropy", {}, rng.random((n, t, h, 4)), y4, "4d-probabilities")
+    add("binary_crossentropy", {"from_logits": True}, rng.normal(0, 3, n), rng.integers(0, 2, n).astype(float), "1d")
+    r3, r4 = rng.normal(0, 2, (n, t, 4)), rng.normal(0, 2, (n, t, h, 4))
+    add("mean_squared_error", {}, x3, r3, "3d")
+    add("mean_squared_error", {}, rng.normal(0, 2, n), rng.normal(0, 2, n), "1d")
+    add("mean_absolute_error", {}, x4, r4, "4d")
+    add("huber", {"delta": 1.5}, x3, r3, "3d")
+    add("smooth_l1", {"beta": 0.5}, x4, r4, "4d")
+    add("cosine_similarity", {}, x3, r3, "3d", 4)
+    log_rates, counts = rng.normal(0, 1, (n, t, 4)), rng.poisson(2.0, (n, t, 4)).astype(float)
+    add(
+        "poisson_nll",
+        {},
+        log_rates,
+        counts,
+        "3d",
+        2,
+        float(max(np.exp(log_rates).max(), np.abs(counts * log_rates).max())),
+    )
+    add("gaussian_nll", {"full": True}, np.stack([r3, rng.uniform(0.1, 3.0, (n, t, 4))], axis=-1), x3, "3d")
+    for shape, tag in (((n, t, c), "3d"), ((n, t, h, c), "4d")):
+        p_dist, q_dist = rng.random(shape) + 1e-3, rng.random(shape) + 1e-3
+        p_dist /= p_dist.sum(axis=-1, keepdims=True)
+        q_dist /= q_dist.sum(axis=-1, keepdims=True)
+        add("kl_divergence", {}, p_dist, q_dist, tag, c)
+        add("kl_divergence", {"log_input": True, "log_target": True}, np.log(p_dist), np.log(q_dist), f"{tag}-logs", c)
+    add("hinge_embedding", {"margin": 1.5}, rng.uniform(0, 3, (n, t, 4)), rng.choice([-1.0, 1.0], (n, t, 4)), "3d")
+    add("soft_margin", {}, x4, rng.choice([-1.0, 1.0], (n, t, h, 4)), "4d")
+    add("multilabel_soft_margin", {"weight": [1.0, 0.5, 2.0, 1.0]}, x3, y3, "3d", 4)
+    add("margin_ranking", {"margin": 0.3}, rng.normal(0, 1, (n, t, 2)), rng.choice([-1.0, 1.0], (n, t)), "3d")
+    anchors, pairs = rng.normal(0, 1, (n, t, 6)), rng.normal(0, 1, (n, 2, t, 6))
+    distances = np.linalg.norm(anchors[:, None] - pairs, axis=-1)
+    add("triplet_margin", {}, anchors, pairs, "3d", 6, float(distances.max()) + 1.0)
+    add("sigmoid_focal", {}, x3, y3, "3d", extra_ulps=1.5 * 2.0)
+
+
 def torch_reference(case: Case) -> tuple[Any, float]:
+    """PyTorch's (reduction='none', the convention's mean) for a case."""
+    per_sample, mean, _ = torch_reductions(case)
+    return per_sample, mean
+
+
+def torch_reductions(case: Case) -> tuple[Any, float, float]:
+    """PyTorch's reduction='none', its mean ('mean', or 'batchmean' for KL) and 'sum'."""
     import torch
     import torch.nn.functional as F  # noqa: N812
 
@@ -186,8 +249,8 @@ def torch_reference(case: Case) -> tuple[Any, float]:
     def vector(name: str) -> Any:
         return None if options.get(name) is None else torch.tensor(options[name], dtype=dtype)
 
-    def both(fn: Any) -> tuple[Any, float]:
-        return fn(reduction="none").tolist(), float(fn(reduction="mean"))
+    def both(fn: Any) -> tuple[Any, float, float]:
+        return fn(reduction="none").tolist(), float(fn(reduction="mean")), float(fn(reduction="sum"))
 
     if loss == "sparse_categorical_crossentropy":
         y = torch.tensor(case["labels"], dtype=torch.long)
@@ -244,7 +307,7 @@ def torch_reference(case: Case) -> tuple[Any, float]:
         return both(lambda reduction: F.smooth_l1_loss(x, y, reduction=reduction, beta=options["beta"]))
     if loss == "cosine_similarity":
         values = -F.cosine_similarity(x, y, dim=-1, eps=1e-8)
-        return values.tolist(), float(values.mean())
+        return values.tolist(), float(values.mean()), float(values.sum())
     if loss == "poisson_nll":
         return both(
             lambda reduction: F.poisson_nll_loss(
@@ -261,7 +324,9 @@ def torch_reference(case: Case) -> tuple[Any, float]:
         log_input = x if options.get("log_input") else torch.log(x)
         log_target = options.get("log_target", False)
         pointwise = F.kl_div(log_input, y, reduction="none", log_target=log_target)
-        return pointwise.sum(-1).tolist(), float(F.kl_div(log_input, y, reduction="batchmean", log_target=log_target))
+        batchmean = F.kl_div(log_input, y, reduction="batchmean", log_target=log_target)
+        total = F.kl_div(log_input, y, reduction="sum", log_target=log_target)
+        return pointwise.sum(-1).tolist(), float(batchmean), float(total)
     if loss == "multi_margin":
         labels = torch.tensor(case["labels"], dtype=torch.long)
         return both(
@@ -276,7 +341,9 @@ def torch_reference(case: Case) -> tuple[Any, float]:
         )
     if loss == "margin_ranking":
         return both(
-            lambda reduction: F.margin_ranking_loss(x[:, 0], x[:, 1], y, margin=options["margin"], reduction=reduction)
+            lambda reduction: F.margin_ranking_loss(
+                x[..., 0], x[..., 1], y, margin=options["margin"], reduction=reduction
+            )
         )
     if loss == "hinge_embedding":
         return both(lambda reduction: F.hinge_embedding_loss(x, y, margin=options["margin"], reduction=reduction))
@@ -312,5 +379,5 @@ def torch_reference(case: Case) -> tuple[Any, float]:
         values = ce * ((1 - p_t) ** gamma)
         if alpha is not None:
             values = (alpha * y + (1 - alpha) * (1 - y)) * values
-        return values.tolist(), float(values.mean())
+        return values.tolist(), float(values.mean()), float(values.sum())
     raise KeyError(loss)

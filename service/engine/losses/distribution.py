@@ -132,7 +132,8 @@ def kl_divergence(
     Formula:
         keras: sum_last(y' log(y' / p')), y' = clip(y, 1e-7, 1), p' = clip(p, 1e-7, 1)
         torch: sum_last(xlogy(y, y) - y log p), or exp(y) (y - log p) with log_target;
-               the mean divides by N: reduction='batchmean'
+               the mean divides the sum by N, the batch size, whatever the number of axes:
+               reduction='batchmean'
 
     Shapes:
         predictions: distributions (N, ..., C); labels: the same shape.
@@ -156,4 +157,4 @@ def kl_divergence(
         log_p = predictions if log_input else np.log(predictions)
     with np.errstate(invalid="ignore"):
         pointwise = np.exp(labels) * (labels - log_p) if log_target else xlogy(labels, labels) - labels * log_p
-    return LossValues(pointwise.sum(axis=-1))
+    return LossValues(pointwise.sum(axis=-1), batch_mean=True)

@@ -161,16 +161,16 @@ def margin_ranking(
         max(0, -y (x1 - x2) + margin)
 
     Shapes:
-        predictions: score pairs (N, 2) = [x1, x2]; labels: -1/+1, (N,).
-        per_sample: (N,).
+        predictions: score pairs (N, ..., 2) = [x1, x2] on the last axis; labels: -1/+1, (N, ...).
+        per_sample: (N, ...).
 
     Follows:
-        torch/nn/functional.py margin_ranking_loss.
+        torch/nn/functional.py margin_ranking_loss (element-wise over x1, x2 and y of any one shape).
     """
-    if predictions.ndim != 2 or predictions.shape[1] != 2:
-        raise LossInputError("predictions", f"must be (N, 2) score pairs, got shape {list(predictions.shape)}")
-    _signs(labels, predictions.shape[:1])
-    return LossValues(np.maximum(-labels * (predictions[:, 0] - predictions[:, 1]) + margin, 0.0))
+    if predictions.ndim < 2 or predictions.shape[-1] != 2:
+        raise LossInputError("predictions", f"must be (N, ..., 2) score pairs, got shape {list(predictions.shape)}")
+    _signs(labels, predictions.shape[:-1])
+    return LossValues(np.maximum(-labels * (predictions[..., 0] - predictions[..., 1]) + margin, 0.0))
 
 
 @register("hinge_embedding", aliases=("hinge_embedding_loss",))
@@ -255,15 +255,15 @@ def triplet_margin(
         swap: d(anchor, neg) <- min(d(anchor, neg), d(pos, neg))
 
     Shapes:
-        predictions: anchors (N, D); labels: (N, 2, D) = [positive, negative] per anchor.
-        per_sample: (N,).
+        predictions: anchors (N, ..., D); labels: (N, 2, ..., D) = [positive, negative] per anchor.
+        per_sample: (N, ...), distances taken over the last axis.
 
     Follows:
         torch/nn/functional.py triplet_margin_loss and pairwise_distance.
     """
-    if predictions.ndim != 2:
-        raise LossInputError("predictions", f"must be (N, D) anchors, got shape {list(predictions.shape)}")
-    expected = (predictions.shape[0], 2, predictions.shape[1])
+    if predictions.ndim < 2:
+        raise LossInputError("predictions", f"must be (N, ..., D) anchors, got shape {list(predictions.shape)}")
+    expected = (predictions.shape[0], 2, *predictions.shape[1:])
     if labels.shape != expected:
         raise LossInputError("labels", f"shape {list(labels.shape)} should be {list(expected)} ([positive, negative])")
     positive, negative = labels[:, 0], labels[:, 1]
