@@ -117,7 +117,8 @@ def _torch_reduce(
         denominator = None
     if weight is not None:
         values = values * weight
-        denominator = weight if denominator is None else denominator * weight
+        # A per-sample weight (N, 1, ...) counts once for every value of its sample.
+        denominator = np.broadcast_to(weight, values.shape) if denominator is None else denominator * weight
     total = values.sum()
     if denominator is None:
         return values, total, total / values.size, values.size

@@ -186,6 +186,14 @@ def _add_nd(add: Any, rng: np.random.Generator, n: int, c: int) -> None:
     seq_ignored[::2, 0] = -100
     weighted = {"from_logits": True, "class_weight": [0.5, 1.0, 2.0, 0.1, 3.0][:c]}
     add("sparse_categorical_crossentropy", weighted, seq_logits, seq_ignored, "3d-weighted-ignore")
+    add(
+        "sparse_categorical_crossentropy",
+        {"from_logits": True, "label_smoothing": 0.1},
+        seq_logits,
+        seq_targets,
+        "3d-smooth",
+        c,
+    )
     seq_soft = rng.random((n, c, t)) + 1e-3
     seq_soft /= seq_soft.sum(axis=1, keepdims=True)
     add("categorical_crossentropy", {"from_logits": True}, seq_logits, seq_soft, "3d-soft", c)

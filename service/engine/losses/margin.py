@@ -289,8 +289,8 @@ def multilabel_soft_margin(
         -sum_c w_c (y_c log_sigmoid(x_c) + (1 - y_c) log_sigmoid(-x_c)) / C
 
     Shapes:
-        predictions: logits (N, C); labels: 0/1, the same shape.
-        per_sample: (N,).
+        predictions: logits (N, ..., C); labels: 0/1, the same shape.
+        per_sample: (N, ...), averaged over the last axis.
 
     Follows:
         torch/nn/functional.py multilabel_soft_margin_loss.
