@@ -215,6 +215,11 @@ def _report(result: dict[str, Any], head: int) -> str:
 
 
 def _compute(args: argparse.Namespace) -> int:
+    if args.dataset:
+        return _compute_dataset(args)
+    if not (args.predictions and args.labels):
+        print("loss-service: compute needs --predictions and --labels, or --dataset", file=sys.stderr)
+        return EXIT_USAGE
     from pydantic import ValidationError
 
     from service.client import InvalidInputError, LossServiceError, NotFoundError, UnreachableError
@@ -265,6 +270,90 @@ def _compute(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _compute_dataset(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from service.api.schemas import options_model
+    from service.datasets import DatasetError, Spec, evaluate_dask, evaluate_dataset
+    from service.engine import UnknownLossError, resolve
+
+    if not (args.predictions_column and args.labels_column):
+        print("loss-service: --dataset needs --predictions-column and --labels-column", file=sys.stderr)
+        return EXIT_USAGE
+    if args.url or args.out:
+        print("loss-service: --dataset computes locally; use --per-sample-out, not --url or --out", file=sys.stderr)
+        return EXIT_USAGE
+    if args.per_sample_out and not args.per_sample_out.endswith(".parquet"):
+        print("loss-service: --per-sample-out writes Parquet: name a .parquet file", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        options = options_model(resolve(args.loss)).model_validate(_parse_options(args.option)).model_dump()
+        spec = Spec(
+            args.loss,
+            args.predictions_column,
+            args.labels_column,
+            args.weight_column,
+            options,
+            args.dtype,
+            args.convention,
+            tuple(args.group_by),
+        )
+        if args.scheduler:
+            result = evaluate_dask(args.dataset, spec, scheduler=args.scheduler)
+        else:
+            with _progress_bar(args, spec) as advance:
+                result = evaluate_dataset(
+                    args.dataset, spec, per_sample_out=args.per_sample_out, batch_rows=args.batch_rows, progress=advance
+                )
+    except (DatasetError, UnknownLossError, FileFormatError) as exc:
+        print(f"loss-service: invalid input: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except ValidationError as exc:
+        details = "; ".join(f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"loss-service: invalid input: {details}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.json:
+        sys.stdout.write(orjson.dumps(result.as_dict()).decode() + "\n")
+    else:
+        print(_dataset_report(result.as_dict()))
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _progress_bar(args: argparse.Namespace, spec: Any) -> Any:
+    """rows/s and ETA on a terminal (tqdm, the `progress` extra); nothing for --json or a pipe."""
+    if args.json or not sys.stderr.isatty():
+        yield None
+        return
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        yield None
+        return
+    from service.datasets import open_dataset
+
+    with tqdm(total=open_dataset(args.dataset, spec).count_rows(), unit="row", unit_scale=True) as bar:
+        yield bar.update
+
+
+def _dataset_report(result: dict[str, Any]) -> str:
+    rows = [
+        ("loss", f"{result['loss']} ({result['convention']}, {result['dtype']})"),
+        ("rows", f"{result['rows']:,}"),
+        ("count", f"{result['count']:,}"),
+        ("mean", repr(result["mean"])),
+        ("sum", repr(result["sum"])),
+    ]
+    lines = [f"{name:<11} {value}" for name, value in rows]
+    for group in result.get("groups") or []:
+        key = ", ".join(f"{name}={value}" for name, value in group["key"].items())
+        lines.append(
+            f"  {key}: rows {group['rows']:,}  mean {group['mean']:.6g}  sum {group['sum']:.6g}  "
+            f"p50 {group['p50']:.4g}  p90 {group['p90']:.4g}  p99 {group['p99']:.4g}"
+        )
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loss-service", description=__doc__)
     parser.add_argument("--version", action="version", version=f"loss-service {__version__}")
@@ -294,8 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exit codes: 0 ok, 1 other service error, 2 usage, 3 invalid input, 4 unreachable service.",
     )
     compute.add_argument("--loss", required=True, help="catalogue name or alias")
-    compute.add_argument("--predictions", required=True, metavar="FILE", help=f"one of {', '.join(READABLE)}")
-    compute.add_argument("--labels", required=True, metavar="FILE", help="as --predictions")
+    compute.add_argument("--predictions", metavar="FILE", help=f"one of {', '.join(READABLE)}")
+    compute.add_argument("--labels", metavar="FILE", help="as --predictions")
     compute.add_argument("--sample-weight", metavar="FILE", help="optional, one weight per sample")
     compute.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a loss option (repeat)")
     compute.add_argument("--dtype", choices=["float64", "float32"], default="float64")
@@ -306,6 +395,17 @@ def build_parser() -> argparse.ArgumentParser:
     compute.add_argument("--chunk-size", type=int, default=100_000, help="samples per request with --url")
     compute.add_argument("--progress", action="store_true", help="a progress bar for --url (needs tqdm)")
     compute.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    dataset = compute.add_argument_group(
+        "datasets larger than memory", "instead of --predictions/--labels: columns of a Parquet or Arrow dataset"
+    )
+    dataset.add_argument("--dataset", metavar="PATH", help="a file, a directory or a glob of .parquet/.arrow files")
+    dataset.add_argument("--predictions-column", metavar="NAME", help="numbers, or (fixed-size) lists for vectors")
+    dataset.add_argument("--labels-column", metavar="NAME")
+    dataset.add_argument("--weight-column", metavar="NAME", help="one sample weight per row (optional)")
+    dataset.add_argument("--group-by", action="append", default=[], metavar="COLUMN", help="loss per segment (repeat)")
+    dataset.add_argument("--per-sample-out", metavar="FILE.parquet", help="stream per-sample values with row index")
+    dataset.add_argument("--scheduler", metavar="ADDRESS", help="compute on this Dask scheduler (loss-service[dask])")
+    dataset.add_argument("--batch-rows", type=int, default=65_536, help="rows per record batch (default 65536)")
     compute.add_argument("--out", metavar="FILE", help="write per-sample losses (.npy, .csv, .jsonl, .json)")
     compute.add_argument("--head", type=int, default=10, help="per-sample values shown in the table")
     compute.set_defaults(run=_compute)

@@ -1,0 +1,459 @@
+"""Losses over datasets larger than memory: Parquet or Arrow files scanned in record batches.
+
+    >>> result = evaluate_dataset("evals/*.parquet", loss="scce", predictions="logits", labels="label",
+    ...                           options={"from_logits": True}, group_by=["country"])
+    >>> result.mean, result.groups[0]
+
+Each record batch is computed by the engine on its own, exactly as `/v1/loss` computes those rows,
+and the batches combine exactly: mean = sum of sums / sum of denominators. Memory stays bounded by
+the batch size whatever the dataset's size. `group_by` gives the same numbers per segment, with
+percentiles of the per-sample values from a log-bucket sketch (relative error at most
+`SKETCH_ACCURACY`), which merges across batches and across Dask partitions alike.
+
+`evaluate_dask` runs the same per-partition computation on a Dask cluster (`pip install
+'loss-service[dask]'`) and combines the partitions' sums the same way.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.engine import Convention, DType, LossInputError, Reduced, compute, resolve
+
+# Percentiles are read from buckets whose bounds grow by GAMMA: any value is within this relative
+# error of its bucket's representative (DDSketch's construction, vectorised).
+SKETCH_ACCURACY = 0.005
+_GAMMA = (1 + SKETCH_ACCURACY) / (1 - SKETCH_ACCURACY)
+_LOG_GAMMA = math.log(_GAMMA)
+_TINY = 1e-300  # magnitudes below count as zero
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
+DEFAULT_BATCH_ROWS = 65_536
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be evaluated; the message names the file, row and column where it can."""
+
+
+@dataclass
+class Sketch:
+    """Counts of values by signed log bucket: mergeable, bounded by the range of magnitudes seen."""
+
+    counts: dict[int, int] = field(default_factory=dict)
+    zeros: int = 0
+
+    def add(self, values: np.ndarray[Any, Any]) -> None:
+        values = values.ravel().astype(np.float64, copy=False)
+        magnitude = np.abs(values)
+        small = magnitude < _TINY
+        self.zeros += int(small.sum())
+        index = np.ceil(np.log(magnitude[~small]) / _LOG_GAMMA).astype(np.int64)
+        signed = np.where(values[~small] > 0, index + (1 << 20), -(index + (1 << 20)))
+        keys, counts = np.unique(signed, return_counts=True)
+        for key, count in zip(keys.tolist(), counts.tolist(), strict=True):
+            self.counts[key] = self.counts.get(key, 0) + count
+
+    def merge(self, other: Sketch) -> None:
+        self.zeros += other.zeros
+        for key, count in other.counts.items():
+            self.counts[key] = self.counts.get(key, 0) + count
+
+    def quantile(self, q: float) -> float:
+        """The value at rank q (0..1), within SKETCH_ACCURACY relative error."""
+        total = self.zeros + sum(self.counts.values())
+        if not total:
+            return math.nan
+        entries = [(self._value(key), count) for key, count in self.counts.items()] + [(0.0, self.zeros)]
+        entries.sort()
+        rank, seen = q * (total - 1), 0
+        for value, count in entries:
+            seen += count
+            if seen > rank:
+                return value
+        return entries[-1][0]
+
+    @staticmethod
+    def _value(key: int) -> float:
+        index = abs(key) - (1 << 20)
+        # The bucket (gamma^(i-1), gamma^i] is represented by the point of equal relative error.
+        value = 2 * _GAMMA**index / (_GAMMA + 1)
+        return value if key > 0 else -value
+
+
+@dataclass
+class Totals:
+    """What combines across batches and partitions: sums, denominators and counts, and the sketch."""
+
+    sum: float = 0.0
+    denominator: float = 0.0
+    count: int = 0
+    rows: int = 0
+    sketch: Sketch = field(default_factory=Sketch)
+
+    def add(self, reduced: Reduced, rows: int) -> None:
+        self.sum += reduced.sum
+        self.denominator += reduced.denominator
+        self.count += reduced.count
+        self.rows += rows
+        self.sketch.add(reduced.per_sample)
+
+    def merge(self, other: Totals) -> None:
+        self.sum += other.sum
+        self.denominator += other.denominator
+        self.count += other.count
+        self.rows += other.rows
+        self.sketch.merge(other.sketch)
+
+    def mean(self) -> float:
+        # Keras divides with divide_no_nan: nothing counted means a mean of 0 (the engine's chunk rule).
+        return self.sum / self.denominator if self.denominator else 0.0
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What to compute: the loss and the columns it reads."""
+
+    loss: str
+    predictions: str
+    labels: str
+    weight: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    dtype: DType = "float64"
+    convention: Convention = "keras"
+    group_by: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> list[str]:
+        names = [self.predictions, self.labels, *([self.weight] if self.weight else []), *self.group_by]
+        return list(dict.fromkeys(names))
+
+
+@dataclass
+class DatasetResult:
+    loss: str
+    mean: float
+    sum: float
+    count: int
+    denominator: float
+    rows: int
+    dtype: str
+    convention: str
+    groups: list[dict[str, Any]] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {key: value for key, value in vars(self).items() if key != "groups"}
+        if self.groups is not None:
+            out["groups"] = self.groups
+        return out
+
+
+def dataset_files(path: str | Sequence[str]) -> list[str]:
+    """A file, a directory (its Parquet/Arrow files, recursively) or a glob, as a sorted list of files."""
+    if not isinstance(path, str):
+        return sorted(str(p) for p in path)
+    if any(char in path for char in "*?["):
+        found = sorted(glob.glob(path, recursive=True))
+    elif os.path.isdir(path):
+        found = sorted(
+            str(p) for p in Path(path).rglob("*") if p.is_file() and p.suffix in (".parquet", ".arrow", ".feather")
+        )
+    else:
+        found = [path] if os.path.exists(path) else []
+    if not found:
+        raise DatasetError(f"{path}: no Parquet or Arrow files there")
+    return found
+
+
+def _format(files: Sequence[str]) -> str:
+    return "parquet" if all(f.endswith(".parquet") for f in files) else "ipc"
+
+
+def open_dataset(path: str | Sequence[str], spec: Spec) -> Any:
+    import pyarrow.dataset as ds
+
+    files = dataset_files(path)
+    try:
+        dataset = ds.dataset(files, format=_format(files))
+    except Exception as exc:  # pyarrow raises several types for unreadable files
+        raise DatasetError(f"cannot read the dataset at {path}: {exc}") from None
+    # Each file is read with its own schema (a dataset's is its first file's, and another file's
+    # columns would be cast to it, or scanned as nulls where missing), so check each file's names.
+    for fragment in dataset.get_fragments():
+        names = fragment.physical_schema.names
+        missing = [name for name in spec.columns if name not in names]
+        if missing:
+            raise DatasetError(f"{fragment.path}: no column {missing[0]!r}; it has {', '.join(names)}")
+    return dataset
+
+
+def _column(batch: Any, name: str, where: Callable[[int], str]) -> np.ndarray[Any, Any]:
+    """A record batch column as NumPy: numbers one per row, or (fixed-size) lists as a 2-D array."""
+    import pyarrow as pa
+    import pyarrow.types as pt
+
+    column = batch.column(name)
+    kind = column.type
+    if pt.is_fixed_size_list(kind) or pt.is_list(kind) or pt.is_large_list(kind):
+        if column.null_count:
+            raise DatasetError(f"{where(_first_null(column))}, column {name!r}: a missing row (null)")
+        if not pt.is_fixed_size_list(kind):
+            lengths = np.diff(np.asarray(column.offsets))
+            if lengths.size and (lengths != lengths[0]).any():
+                row = int(np.argmax(lengths != lengths[0]))
+                raise DatasetError(
+                    f"{where(row)}, column {name!r}: ragged rows: {int(lengths[row])} values where the batch's "
+                    f"first row has {int(lengths[0])}"
+                )
+            width = int(lengths[0]) if lengths.size else 0
+        else:
+            width = kind.list_size
+        values = column.flatten()
+        if not (pt.is_integer(values.type) or pt.is_floating(values.type)):
+            raise DatasetError(f"{where(0)}, column {name!r}: lists of {values.type}, not numbers")
+        return np.asarray(values.to_numpy(zero_copy_only=False)).reshape(len(column), width)
+    if not (pt.is_integer(kind) or pt.is_floating(kind) or pt.is_boolean(kind)):
+        raise DatasetError(f"{where(0)}, column {name!r}: {kind}, not numbers or lists of numbers")
+    if column.null_count:
+        raise DatasetError(f"{where(_first_null(column))}, column {name!r}: a missing value (null)")
+    array = column.to_numpy(zero_copy_only=False)
+    return np.asarray(array.astype(np.int64) if isinstance(column, pa.BooleanArray) else array)
+
+
+def _first_null(column: Any) -> int:
+    return int(np.flatnonzero(np.asarray(column.is_null()))[0])
+
+
+def _compute(spec: Spec, arrays: Mapping[str, np.ndarray[Any, Any]]) -> Reduced:
+    return compute(
+        spec.loss,
+        arrays["predictions"],
+        arrays["labels"],
+        options=dict(spec.options),
+        sample_weight=arrays.get("sample_weight"),
+        dtype=spec.dtype,
+        convention=spec.convention,
+        chunk=True,  # a batch whose targets are all ignored counts 0 / 0, to be combined
+    )
+
+
+def evaluate_batch(
+    spec: Spec, batch: Any, where: Callable[[int], str]
+) -> tuple[Reduced, dict[tuple[Any, ...], Totals]]:
+    """One record batch: the engine's result for all its rows, and totals per group."""
+    arrays = {"predictions": _column(batch, spec.predictions, where), "labels": _column(batch, spec.labels, where)}
+    if spec.weight:
+        arrays["sample_weight"] = _column(batch, spec.weight, where)
+    try:
+        reduced = _compute(spec, arrays)
+    except LossInputError as exc:
+        column = {"predictions": spec.predictions, "labels": spec.labels, "sample_weight": spec.weight}.get(
+            exc.field, exc.field
+        )
+        located = f"{where(exc.index[0])}, " if exc.index else ""
+        raise DatasetError(f"{located}column {column!r}: {exc.reason}") from None
+    groups: dict[tuple[Any, ...], Totals] = {}
+    if spec.group_by:
+        keys = [batch.column(name).to_pylist() for name in spec.group_by]
+        rows_of: dict[tuple[Any, ...], list[int]] = {}
+        for row, key in enumerate(zip(*keys, strict=True)):
+            rows_of.setdefault(key, []).append(row)
+        for key, rows in rows_of.items():
+            index = np.asarray(rows)
+            part = {name: values[index] for name, values in arrays.items()}
+            totals = groups[key] = Totals()
+            totals.add(_compute(spec, part), len(rows))
+    return reduced, groups
+
+
+def _batches(dataset: Any, spec: Spec, batch_rows: int) -> Iterator[tuple[Any, Callable[[int], str], int]]:
+    """Record batches with, for error messages, where their row i lies (file and row in it)."""
+    import pyarrow as pa
+
+    start = 0
+    for fragment in dataset.get_fragments():
+        path, first = fragment.path, 0
+        batches = fragment.to_batches(schema=fragment.physical_schema, columns=spec.columns, batch_size=batch_rows)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except pa.ArrowException as exc:
+                raise DatasetError(f"{path}: from row {first}: {exc}") from None
+
+            def where(row: int, path: str = path, first: int = first) -> str:
+                return f"{path}: row {first + row}"
+
+            yield batch, where, start
+            first += batch.num_rows
+            start += batch.num_rows
+
+
+def evaluate_dataset(
+    path: str | Sequence[str],
+    spec: Spec,
+    *,
+    per_sample_out: str | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    progress: Callable[[int], None] | None = None,
+) -> DatasetResult:
+    """Stream the dataset through the engine; see the module docstring.
+
+    `per_sample_out`: a Parquet file that receives `row` (the row's index in scan order: files in
+    sorted order, rows in file order) and `per_sample`; written to a temporary file beside it and
+    moved into place only when the whole dataset was computed, so a failure leaves no partial file.
+    `progress(rows)` is called after each batch.
+    """
+    resolve(spec.loss)  # an unknown loss fails before any file is read
+    dataset = open_dataset(path, spec)
+    totals, groups = Totals(), dict[tuple[Any, ...], Totals]()
+    writer = _PerSampleWriter(per_sample_out) if per_sample_out else None
+    try:
+        for batch, where, start in _batches(dataset, spec, batch_rows):
+            reduced, batch_groups = evaluate_batch(spec, batch, where)
+            totals.add(reduced, batch.num_rows)
+            for key, part in batch_groups.items():
+                groups.setdefault(key, Totals()).merge(part)
+            if writer is not None:
+                writer.write(start, reduced.per_sample)
+            if progress is not None:
+                progress(batch.num_rows)
+        _check_counted(totals, spec)
+    except BaseException:
+        if writer is not None:
+            writer.abandon()
+        raise
+    if writer is not None:
+        writer.finish()
+    return result_of(spec, totals, groups)
+
+
+def _check_counted(totals: Totals, spec: Spec) -> None:
+    if totals.rows == 0:
+        raise DatasetError("the dataset has no rows")
+    if not totals.denominator and spec.convention == "torch":
+        raise DatasetError("every target is ignored or weighted 0: PyTorch's mean would be 0/0 (NaN)")
+
+
+def result_of(spec: Spec, totals: Totals, groups: Mapping[tuple[Any, ...], Totals]) -> DatasetResult:
+    result = DatasetResult(
+        loss=resolve(spec.loss).name,
+        mean=totals.mean(),
+        sum=totals.sum,
+        count=totals.count,
+        denominator=totals.denominator,
+        rows=totals.rows,
+        dtype=spec.dtype,
+        convention=spec.convention,
+    )
+    if spec.group_by:
+        result.groups = [
+            {
+                "key": dict(zip(spec.group_by, key, strict=True)),
+                "rows": part.rows,
+                "count": part.count,
+                "sum": part.sum,
+                "mean": part.mean(),
+                "denominator": part.denominator,
+                **{name: part.sketch.quantile(q) for name, q in QUANTILES.items()},
+            }
+            for key, part in sorted(groups.items(), key=lambda item: _sortable(item[0]))
+        ]
+    return result
+
+
+def _sortable(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    # None sorts first; values of different types sort by type name, then value.
+    return tuple((value is not None, type(value).__name__, value) for value in key)
+
+
+class _PerSampleWriter:
+    """Per-sample values to Parquet, as they are computed, atomically placed at the end."""
+
+    def __init__(self, destination: str) -> None:
+        self.destination = Path(destination)
+        handle, name = tempfile.mkstemp(prefix=f".{self.destination.name}.", dir=self.destination.parent or ".")
+        os.close(handle)
+        self.temporary = Path(name)
+        self.writer: Any = None
+
+    def write(self, start: int, per_sample: np.ndarray[Any, Any]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = np.arange(start, start + per_sample.shape[0], dtype=np.int64)
+        values = per_sample.astype(np.float64, copy=False)
+        if values.ndim == 1:
+            column = pa.array(values)
+        else:
+            width = int(np.prod(values.shape[1:]))
+            column = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), width)
+        table = pa.table({"row": rows, "per_sample": column})
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.temporary, table.schema)
+        self.writer.write_table(table)
+
+    def finish(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        os.replace(self.temporary, self.destination)
+
+    def abandon(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.temporary.unlink(missing_ok=True)
+
+
+# -- Dask ------------------------------------------------------------------------------------------
+
+
+def _partition_totals(frame: Any, spec: Spec) -> Any:
+    """One Dask partition (a pandas DataFrame) as one row holding its pickled Totals per group."""
+    import pandas as pd
+    import pyarrow as pa
+
+    batch = pa.RecordBatch.from_pandas(frame, preserve_index=False)
+    if batch.num_rows == 0:
+        return pd.DataFrame({"totals": pd.Series([], dtype=object)})
+    reduced, groups = evaluate_batch(spec, batch, lambda row: f"partition row {row}")
+    totals = Totals()
+    totals.add(reduced, batch.num_rows)
+    return pd.DataFrame({"totals": [(totals, groups)]})
+
+
+def evaluate_dask(data: Any, spec: Spec, *, scheduler: str | None = None) -> DatasetResult:
+    """The same evaluation on Dask: `data` is a `dask.dataframe` or a dataset path (read with
+    `dask.dataframe.read_parquet`), computed on the scheduler at `scheduler` (a `dask.distributed`
+    address) or on whatever Dask is configured to use; partitions combine exactly as batches do."""
+    try:
+        import dask.dataframe as dd
+    except ImportError as exc:
+        raise ImportError("Dask is an optional extra: pip install 'loss-service[dask]'") from exc
+    resolve(spec.loss)
+    frame = dd.read_parquet(dataset_files(data), columns=spec.columns) if isinstance(data, str | list) else data
+    missing = [name for name in spec.columns if name not in frame.columns]
+    if missing:
+        raise DatasetError(f"no column {missing[0]!r}; the data has {', '.join(map(str, frame.columns))}")
+    parts = frame[spec.columns].map_partitions(_partition_totals, spec, meta={"totals": object})
+    if scheduler is not None:
+        from distributed import Client
+
+        with Client(scheduler) as client:  # type: ignore[no-untyped-call]
+            computed = client.compute(parts).result()
+    else:
+        computed = parts.compute()
+    totals, groups = Totals(), dict[tuple[Any, ...], Totals]()
+    for part_totals, part_groups in computed["totals"]:
+        totals.merge(part_totals)
+        for key, part in part_groups.items():
+            groups.setdefault(key, Totals()).merge(part)
+    _check_counted(totals, spec)
+    return result_of(spec, totals, groups)
