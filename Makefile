@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint openapi lock bench bench-store clean
+.PHONY: serve test lint openapi lock bench bench-store bench-dataset clean
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ lock: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/serving.py
+
+bench-dataset: $(VENV)/.dev
+	$(BIN)/python bench/dataset.py
 
 bench-store: $(VENV)/.dev
 	$(BIN)/python bench/store.py

@@ -37,6 +37,9 @@ _LOG_GAMMA = math.log(_GAMMA)
 _TINY = 1e-300  # magnitudes below count as zero
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 DEFAULT_BATCH_ROWS = 65_536
+# Record batches decoded ahead of the one computed: pyarrow reads ahead 16 by default, which held
+# ~200 MB of decoded row groups for no speed the engine could use.
+READAHEAD = 2
 
 
 class DatasetError(ValueError):
@@ -273,6 +276,15 @@ def evaluate_batch(
     return reduced, groups
 
 
+def _scan_options(fragment: Any) -> Any:
+    """Parquet without pre-buffering: it fetches whole row groups ahead, which pays on high-latency
+    stores but on a local disk held ~80 MB more and was no faster (2 files of 2e6 rows: pool peak
+    132 -> 57 MB, process peak 374 -> 294 MB)."""
+    import pyarrow.dataset as ds
+
+    return ds.ParquetFragmentScanOptions(pre_buffer=False) if isinstance(fragment, ds.ParquetFileFragment) else None
+
+
 def _batches(dataset: Any, spec: Spec, batch_rows: int) -> Iterator[tuple[Any, Callable[[int], str], int]]:
     """Record batches with, for error messages, where their row i lies (file and row in it)."""
     import pyarrow as pa
@@ -280,7 +292,14 @@ def _batches(dataset: Any, spec: Spec, batch_rows: int) -> Iterator[tuple[Any, C
     start = 0
     for fragment in dataset.get_fragments():
         path, first = fragment.path, 0
-        batches = fragment.to_batches(schema=fragment.physical_schema, columns=spec.columns, batch_size=batch_rows)
+        batches = fragment.to_batches(
+            schema=fragment.physical_schema,
+            columns=spec.columns,
+            batch_size=batch_rows,
+            batch_readahead=READAHEAD,
+            fragment_readahead=1,
+            fragment_scan_options=_scan_options(fragment),
+        )
         while True:
             try:
                 batch = next(batches)
@@ -431,14 +450,20 @@ def _partition_totals(frame: Any, spec: Spec) -> Any:
 
 def evaluate_dask(data: Any, spec: Spec, *, scheduler: str | None = None) -> DatasetResult:
     """The same evaluation on Dask: `data` is a `dask.dataframe` or a dataset path (read with
-    `dask.dataframe.read_parquet`), computed on the scheduler at `scheduler` (a `dask.distributed`
-    address) or on whatever Dask is configured to use; partitions combine exactly as batches do."""
+    `dask.dataframe.read_parquet`, Arrow-backed), computed on the scheduler at `scheduler` (a
+    `dask.distributed` address) or on whatever Dask is configured to use; partitions combine
+    exactly as batches do. A dataframe of your own is fastest with `dtype_backend="pyarrow"`."""
     try:
         import dask.dataframe as dd
     except ImportError as exc:
         raise ImportError("Dask is an optional extra: pip install 'loss-service[dask]'") from exc
     resolve(spec.loss)
-    frame = dd.read_parquet(dataset_files(data), columns=spec.columns) if isinstance(data, str | list) else data
+    if isinstance(data, str | list):
+        # Arrow-backed partitions reach the engine without a pandas conversion of the list columns:
+        # 2 files of 2e6 rows, 0.24 s against 2.5 s with NumPy-backed (object) columns.
+        frame = dd.read_parquet(dataset_files(data), columns=spec.columns, dtype_backend="pyarrow")
+    else:
+        frame = data
     missing = [name for name in spec.columns if name not in frame.columns]
     if missing:
         raise DatasetError(f"no column {missing[0]!r}; the data has {', '.join(map(str, frame.columns))}")
