@@ -31,7 +31,7 @@ CLASSES = 10
 ROWS_PER_FILE = 2_000_000
 
 MEASURE = r"""
-import json, resource, sys, time
+import json, sys, time
 import pyarrow.dataset as ds
 from service.datasets import Spec, evaluate_dask, evaluate_dataset
 kind, path = sys.argv[1], sys.argv[2]
@@ -52,7 +52,10 @@ else:
             result = evaluate_dask(path, spec, scheduler=cluster.scheduler_address)
     out = {"rows": result.rows, "mean": result.mean}
 out["seconds"] = time.perf_counter() - started
-out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across exec, so a child would report
+# the RSS of the (large) benchmark process it was forked from.
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+out["peak_rss_mb"] = int(status["VmHWM"].split()[0]) / 1024
 print(json.dumps(out))
 """
 

@@ -15,7 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from service.cli import main as cli
-from service.datasets import SKETCH_ACCURACY, DatasetError, Spec, evaluate_dask, evaluate_dataset
+from service.datasets import (
+    SKETCH_ACCURACY,
+    DatasetError,
+    Spec,
+    evaluate_dask,
+    evaluate_dataset,
+    per_sample_dask,
+)
 from tests.servers import served
 from tests.tolerance import FLOAT32_MEAN_ULPS, assert_close
 
@@ -153,14 +160,18 @@ def test_dask_on_two_workers_gives_the_same_numbers(data: tuple[Path, dict[str, 
             assert ours["p50"] == theirs["p50"]  # the same sketch, merged in another order
 
 
-def test_a_dask_dataframe_in_the_python_api(data: tuple[Path, dict[str, Any]]) -> None:
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_dask_dataframe_in_the_python_api(data: tuple[Path, dict[str, Any]], api: httpx.Client, dtype: str) -> None:
     import dask.dataframe as dd
 
-    directory, _ = data
-    spec = Spec("scce", "logits", "label", None, SCCE, "float64", "torch")
-    frame = dd.read_parquet(str(directory))
+    directory, columns = data
+    spec = Spec("scce", "logits", "label", "weight", SCCE, dtype, "torch")  # type: ignore[arg-type]
+    frame = dd.read_parquet(str(directory), dtype_backend="pyarrow")
     assert frame.npartitions >= 2
-    assert math.isclose(evaluate_dask(frame, spec).mean, evaluate_dataset(str(directory), spec).mean, rel_tol=1e-12)
+    whole = v1_loss(api, columns, slice(None), dtype, True)
+    # Per sample on Dask, too: bit for bit what /v1/loss answers.
+    np.testing.assert_array_equal(per_sample_dask(frame, spec).compute().to_numpy(), np.asarray(whole["per_sample"]))
+    assert_close(evaluate_dask(frame, spec).mean, whole["mean"], dtype, what="mean", ulps=FLOAT32_MEAN_ULPS)
 
 
 def malformed(directory: Path, kind: str) -> None:
