@@ -103,8 +103,10 @@ def test_exit_codes(files: dict[str, Path], tmp_path: Path, capsys: pytest.Captu
     assert (code, "no such file" in err) == (2, True)
     code, _, err = run(capsys, *base, "--option", "from_logits=true", "--out", str(tmp_path / "x.xlsx"))
     assert (code, "cannot write .xlsx" in err) == (2, True)
+    code, _, err = run(capsys, "compute", "--loss", "mse")
+    assert (code, "needs --predictions and --labels, or --dataset" in err) == (2, True)
     with pytest.raises(SystemExit) as usage:
-        main(["compute", "--loss", "mse"])
+        main(["compute", "--predictions", "p.npy"])  # no --loss: argparse's own usage error
     assert usage.value.code == 2
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,16 @@ def api() -> Iterator[httpx.Client]:
 
 
 SCCE = {"from_logits": True, "label_smoothing": 0.1}
+
+
+@pytest.fixture(autouse=True)
+def environment_kept() -> Iterator[None]:
+    """dask.distributed sets variables such as MALLOC_TRIM_THRESHOLD_ in this process's environment
+    for its workers; servers that later tests start would inherit them."""
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)
 
 
 def v1_loss(api: httpx.Client, columns: dict[str, Any], rows: Any, dtype: str, weighted: bool) -> dict[str, Any]:
