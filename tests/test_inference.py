@@ -282,3 +282,36 @@ async def test_a_body_that_disagrees_with_its_content_length_is_refused() -> Non
             status, answer = await call_asgi(app, "/v2/models/scce/infer", headers, [body[:100], body[100:]])
         assert status == 400
         assert message in orjson.loads(answer)["error"]
+
+
+@pytest.mark.anyio
+async def test_an_inference_is_recorded_once_and_its_sum_is_the_sum(client: httpx.AsyncClient) -> None:
+    """Numbers from the naive float64 reference, not from the engine under test; one request adds
+    one batch of exactly its samples to the loss metrics."""
+    from tests.reference import naive
+
+    predictions = [[0.5, 2.0], [1.5, -1.0], [3.0, 0.0]]
+    labels = [[1.0, 1.0], [1.0, 0.0], [2.0, 2.0]]
+    per_sample, mean = naive.mse(predictions, labels, "keras")
+
+    def counted(text: str, name: str) -> float:
+        found = [line for line in text.splitlines() if line.startswith(name + "{") and 'model="oip-once"' in line]
+        return float(found[0].rsplit(" ", 1)[1]) if found else 0.0
+
+    before = (await client.get("/metrics")).text
+    body = {
+        "inputs": [
+            {"name": "predictions", "shape": [3, 2], "datatype": "FP64", "data": np.ravel(predictions).tolist()},
+            {"name": "labels", "shape": [3, 2], "datatype": "FP64", "data": np.ravel(labels).tolist()},
+        ],
+        "parameters": {"model": "oip-once"},
+    }
+    response = (await client.post("/v2/models/mse/infer", json=body)).json()
+    after = (await client.get("/metrics")).text
+    outputs = {output["name"]: output["data"] for output in response["outputs"]}
+    np.testing.assert_allclose(outputs["per_sample"], per_sample, rtol=1e-12)
+    assert response["parameters"]["sum"] == pytest.approx(sum(per_sample), rel=1e-12)
+    assert outputs["mean"] == [pytest.approx(mean, rel=1e-12)]
+    assert response["parameters"]["sum"] != pytest.approx(mean)
+    for name, added in (("loss_service_batches_total", 1), ("loss_service_samples_total", 3)):
+        assert counted(after, name) - counted(before, name) == added, name

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.servers import free_port, served, wait_for
+from tests.servers import free_port, served, serving, wait_for
 from tests.test_monitoring import samples, value
 
 pytestmark = pytest.mark.slow
@@ -177,19 +177,24 @@ def test_prometheus_computes_the_dashboards_mean_loss_per_model(tmp_path: Path) 
 
 def test_two_servers_on_one_host_keep_their_own_metrics() -> None:
     """Each multi-worker server's default metrics directory is its own: starting another does not wipe it."""
-    with served("--workers", "2") as first:
+
+    def own_directory(process: subprocess.Popen[bytes]) -> Path:
+        return Path(tempfile.gettempdir()) / f"loss-service-metrics-{process.pid}"
+
+    with serving("--workers", "2") as (first, first_process):
         send(first, {**FRAUD, "model": "host-a"}, 3)
-        with served("--workers", "2") as second:
+        with serving("--workers", "2") as (second, second_process):
             send(second, {**FRAUD, "model": "host-b"}, 1)
             scrape_second = samples(httpx.get(f"{second}/metrics").text)
-            directories = set(Path(tempfile.gettempdir()).glob("loss-service-metrics-*"))
-            assert len(directories) >= 2
+            # Only these two servers' directories are looked at: others on the machine are not ours.
+            directories = {own_directory(first_process), own_directory(second_process)}
+            assert all(directory.is_dir() for directory in directories)
         scrape_first = samples(httpx.get(f"{first}/metrics").text)
         labels = {"loss": "mean_squared_error"}
         assert value(scrape_first, "loss_service_batches_total", model="host-a", **labels) == 3
         assert ("loss_service_batches_total", (("loss", "mean_squared_error"), ("model", "host-b"))) not in scrape_first
         assert value(scrape_second, "loss_service_batches_total", model="host-b", **labels) == 1
-    assert not directories & set(Path(tempfile.gettempdir()).glob("loss-service-metrics-*")), "left behind"
+    assert not any(directory.exists() for directory in directories), "left behind"
 
 
 def test_one_worker_keeps_its_metrics_in_memory(tmp_path: Path) -> None:

@@ -192,9 +192,9 @@ class BodyLimit:
         return out
 
     def _too_large(self, size: int, streaming: bool = False) -> str:
-        what = "more than" if streaming else ""
+        what = "more than " if streaming else ""
         return (
-            f"the request body is {what} {size:,} bytes; the limit is {self.max_bytes:,} (LOSS_SERVICE_MAX_BODY_BYTES)"
+            f"the request body is {what}{size:,} bytes; the limit is {self.max_bytes:,} (LOSS_SERVICE_MAX_BODY_BYTES)"
         )
 
 
