@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -61,6 +62,34 @@ def _summary(errors: list[dict[str, Any]]) -> str:
     return f"{where}: {first['msg']}{more}"
 
 
+# Pydantic's names for the branches of a union it tried: "constrained-float", "list[float]", ...
+_BRANCH = re.compile(r"^(constrained-)?(float|int|str|bool|list|dict)(\[.*\])?$")
+
+
+def _union_branches_that_fit(raw: list[Any]) -> list[Any]:
+    """Errors of a union's branches, without those saying only that the input is not of that
+    branch's type when another branch got further (`{"1": -1.0}` for `list[float] | dict[str, float]`
+    is "must be >= 0", not "should be a valid list")."""
+
+    def branch_of(error: Any) -> tuple[Any, ...]:
+        return tuple(part for part in error["loc"] if not (isinstance(part, str) and _BRANCH.match(part)))
+
+    def wrong_type(error: Any) -> bool:
+        return str(error["type"]).endswith("_type") and any(
+            isinstance(p, str) and _BRANCH.match(p) for p in error["loc"]
+        )
+
+    kept = []
+    for error in raw:
+        place = branch_of(error)
+        further = any(
+            other is not error and not wrong_type(other) and branch_of(other)[: len(place)] == place for other in raw
+        )
+        if not (wrong_type(error) and further):
+            kept.append(error)
+    return kept
+
+
 def validation_problem(exc: ValidationError) -> ProblemError:
     """Pydantic errors as problem details; malformed JSON is a 400, everything else a 422."""
     raw = exc.errors(include_url=False, include_input=False)
@@ -70,10 +99,12 @@ def validation_problem(exc: ValidationError) -> ProblemError:
     tags = loss_names()
     errors = []
     nonfinite_fields = []
-    for e in raw:
+    for e in _union_branches_that_fit(raw):
         loc = list(e["loc"])
         # A tagged union puts the loss name in the location; a client wants the field path.
         loc = [part for i, part in enumerate(loc) if not (part in tags and i < len(loc) - 1)]
+        # So does a plain union (`float | list[float]`) the name of the branch that was tried.
+        loc = [part for part in loc if not (isinstance(part, str) and _BRANCH.match(part))]
         loc = [clipped(part) if isinstance(part, str) else part for part in loc]  # unknown keys are echoed
         msg = e["msg"]
         if e["type"] == NON_FINITE:

@@ -159,6 +159,8 @@ def _bounded(annotation: Any, bounds: dict[str, float]) -> Any:
         return typing.Union[tuple(_bounded(a, bounds) for a in args)]  # noqa: UP007
     if origin is list:
         return list[_bounded(args[0], bounds)]  # type: ignore[misc]
+    if origin is dict:
+        return dict[args[0], _bounded(args[1], bounds)]  # type: ignore[misc,valid-type]
     return annotation
 
 

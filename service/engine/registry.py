@@ -88,7 +88,8 @@ def _check_range(option: OptionSpec, value: Any) -> None:
     if option.range is None or value is None:
         return
     r = option.range
-    for v in value if isinstance(value, list) else [value]:
+    values = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+    for v in values:
         if (
             (r.ge is not None and v < r.ge)
             or (r.gt is not None and v <= r.gt)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from service.engine.checks import check_class_vector, check_same_shape
 from service.engine.conventions import Convention
+from service.engine.errors import LossInputError
 from service.engine.numerics import BLOCK_VALUES, pairwise_class_sum
 from service.engine.reduction import Array
 
@@ -65,8 +67,23 @@ def elementwise_loss(predictions: Array, labels: Array, convention: Convention, 
     return out.reshape(predictions.shape[:-1])
 
 
-def class_weights(values: list[float] | None, num_classes: int, option: str, like: Array) -> Array | None:
-    """A per-class weight vector as an array of the working dtype, after its length is checked."""
+def class_weights(
+    values: list[float] | Mapping[Any, float] | None, num_classes: int, option: str, like: Array
+) -> Array | None:
+    """A per-class weight vector as an array of the working dtype, after its length is checked.
+
+    A mapping {class: weight} is read as Keras's fit() reads `class_weight`: classes left out
+    weigh 1; a key that is not a class index of this batch is refused."""
+    if isinstance(values, Mapping):
+        vector = [1.0] * num_classes
+        for key, weight in values.items():
+            index = int(key) if isinstance(key, int) or (isinstance(key, str) and key.isdigit()) else -1
+            if not 0 <= index < num_classes:
+                raise LossInputError(
+                    f"options.{option}.{key}", f"is not a class index: the predictions have {num_classes} classes"
+                )
+            vector[index] = weight
+        values = vector
     check_class_vector(values, num_classes, option)
     return None if values is None else np.asarray(values, dtype=like.dtype)
 

@@ -44,9 +44,12 @@ IgnoreIndex = Annotated[
     Doc("targets equal to this class are left out of the loss and the mean; default none (keras), -100 (torch)"),
 ]
 ClassWeight = Annotated[
-    list[float] | None,
+    list[float] | dict[str, float] | None,
     NonNegative,
-    Doc("one weight per class: PyTorch's `weight`, or Keras's `class_weight` of fit() under keras"),
+    Doc(
+        "one weight per class: PyTorch's `weight`, or Keras's `class_weight` of fit() under keras; "
+        'also {"class": weight} as fit() takes it, classes left out weighing 1'
+    ),
 ]
 
 
@@ -79,16 +82,16 @@ def binary_crossentropy(
         float, Probability, OnlyUnder("keras"), Doc("squeeze targets towards 0.5: y(1 - ls) + ls/2")
     ] = 0.0,
     pos_weight: Annotated[
-        list[float] | None,
+        float | list[float] | None,
         NonNegative,
         OnlyUnder("torch"),
-        Doc("weight of positive targets per output, broadcast over the last axis (BCEWithLogitsLoss)"),
+        Doc("weight of positive targets per output, or one for all, broadcast over the last axis (BCEWithLogitsLoss)"),
     ] = None,
     weight: Annotated[
-        list[float] | None,
+        float | list[float] | None,
         NonNegative,
         OnlyUnder("torch"),
-        Doc("rescaling weight per output, broadcast over the last axis (BCELoss `weight`)"),
+        Doc("rescaling weight per output, or one for all, broadcast over the last axis (BCELoss `weight`)"),
     ] = None,
 ) -> LossValues:
     """Binary cross-entropy between probabilities (or logits) and targets in [0, 1].
@@ -113,6 +116,9 @@ def binary_crossentropy(
     check_in_range(labels, "labels", 0.0, 1.0, "binary targets")
     _check_probabilities(predictions, from_logits)
     outputs = predictions.shape[-1]
+    # One number broadcasts as a one-element vector does (PyTorch takes a 0-d tensor alike).
+    pos_weight = [pos_weight] if isinstance(pos_weight, int | float) else pos_weight
+    weight = [weight] if isinstance(weight, int | float) else weight
     for option, vector in (("pos_weight", pos_weight), ("weight", weight)):
         if vector is not None and len(vector) not in (1, outputs):
             raise LossInputError(f"options.{option}", f"needs 1 or {outputs} values (the last axis), got {len(vector)}")
