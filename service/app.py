@@ -48,6 +48,7 @@ Errors are RFC 9457 problem details naming the field, index and reason."""
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     forget_killed_workers()
     settings: Settings = app.state.settings
+    _log_authentication(app.state.keys, settings)
     app.state.store = await anyio.to_thread.run_sync(_open_store, settings)
     sweeper = asyncio.create_task(sweep_forever(app.state.store, app.state.monitor, settings.sweep_interval))
     watcher = asyncio.create_task(_watch_keys(app.state.keys, app.state.monitor))
@@ -65,6 +66,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         watcher.cancel()
         app.state.store.close()
         mark_worker_dead(os.getpid())
+
+
+def _log_authentication(keys: KeyRing, settings: Settings) -> None:
+    """Say at start whether /v1 and /v2 need a key, so that a service open to anyone is never a surprise."""
+    if keys.enabled:
+        metrics = ", and /metrics" if settings.metrics_auth else ""
+        log.warning("authentication is on: /v1 and /v2%s need one of %d API keys", metrics, len(keys.names()))
+    else:
+        log.warning("authentication is off: anyone who reaches this service may call /v1 and /v2")
 
 
 async def _watch_keys(keys: KeyRing, monitor: Monitor, interval: float = 1.0) -> None:
@@ -135,6 +145,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # A redirect to the slash-less path is built from the request's Host header: a client
+        # could be sent anywhere. A path with a trailing slash is a 404 instead.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.lifecycle = "starting"

@@ -97,12 +97,26 @@ class Settings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _keys_or_key_file(cls, value: Any) -> Any:
-        """A file path (one key per line) or comma-separated keys."""
-        if isinstance(value, str) and value.strip() and Path(value.strip()).is_file():
-            return [line.strip() for line in Path(value.strip()).read_text().splitlines() if line.strip()] or None
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()] or None
-        return value
+        """A file path (one key per line; blank lines and `#` comments skipped) or comma-separated
+        keys. A setting that yields no key, or a path (anything with a `/`) that names no file, is
+        refused: set to nothing, authentication would silently be off, and a missing secrets file
+        would become a key."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if "/" in text:
+            path = Path(text)
+            if not path.is_file():
+                raise ValueError(f"no keys file at {text}")
+            keys = [line.strip() for line in path.read_text().splitlines()]
+            keys = [key for key in keys if key and not key.startswith("#")]
+            if not keys:
+                raise ValueError(f"the keys file {text} holds no key (blank lines and # comments are skipped)")
+            return keys
+        keys = [part.strip() for part in text.split(",") if part.strip()]
+        if not keys:
+            raise ValueError("set but holds no key; unset it to run without authentication")
+        return keys
 
     @field_validator("model_allowlist", "loss_buckets", "cors_origins", mode="before")
     @classmethod

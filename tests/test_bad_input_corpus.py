@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 import httpx
 import numpy as np
 import pytest
@@ -32,6 +33,32 @@ def without(*keys: str) -> bytes:
 def npz(**arrays: Any) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def npz_declaring(shape: tuple[int, ...]) -> bytes:
+    """An npz whose predictions.npy has a header declaring `shape` and no data at all."""
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("predictions.npy", header.getvalue())
+        archive.writestr("labels.npy", _npy(np.ones(1)))
+    return buffer.getvalue()
+
+
+def _npy(array: np.ndarray[Any, Any]) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def compressed_zeros(count: int) -> bytes:
+    """np.savez_compressed of `count` int8 zeros: a few KB that inflate to `count` bytes."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, predictions=np.zeros(count, np.int8), labels=np.zeros(count, np.int8))
     return buffer.getvalue()
 
 
@@ -339,6 +366,16 @@ def corpus() -> Iterator[Case]:
         yield f"put-bad-config-{i}", "/v1/models/corpus-new", json.dumps(config).encode(), j, 422
     yield "put-malformed", "/v1/models/corpus-new", b"{", j, 400
     yield "route-unknown-model", "/v1/models/nope", b"", {}, 404
+    # Inputs that once reached a 500 (MemoryError, ValueError, TypeError in the OIP route).
+    yield "npz-declares-1e13", "/v1/loss?loss=mse", npz_declaring((10**13,)), n, 413
+    yield "npz-compressed-zeros", "/v1/loss?loss=mse", compressed_zeros(25_000_000), n, 413
+    oip_huge = {"inputs": [{"name": "predictions", "shape": [2**40, 2**40, 0], "datatype": "FP64", "data": []},
+                           {"name": "labels", "shape": [0], "datatype": "FP64", "data": []}]}  # fmt: skip
+    yield "oip-huge-empty-shape", "/v2/models/mse/infer", json.dumps(oip_huge).encode(), j, 413
+    oip_outputs = {**oip_long, "parameters": {}, "outputs": 5}
+    yield "oip-outputs-not-a-list", "/v2/models/mse/infer", json.dumps(oip_outputs).encode(), j, 400
+    superscript = {**j, "inference-header-content-length": b"\xb2"}  # type: ignore[dict-item]  # latin-1 "²"
+    yield "oip-superscript-header-length", "/v2/models/mse/infer", json.dumps(oip_long).encode(), superscript, 400
     # Routes and methods (404 / 405).
     for i, (path, status) in enumerate([("/v1/nope", 404), ("/v1", 404), ("/v1/losses/../x", 404), ("/v3/x", 404)]):
         yield f"route-{i}", path, b"", {}, status
@@ -470,3 +507,26 @@ def test_counting_by_first_byte_equals_bytes_count(text: bytes, token: bytes) ->
     from service.api.body import _count
 
     assert _count(text, token) == text.count(token)
+
+
+async def test_a_repeated_key_among_many_is_found_in_linear_time(limited: httpx.AsyncClient) -> None:
+    """64K distinct option keys and one repeat (0.9 MB): the search for the repeat was quadratic
+    (~55 s of CPU, threads running on after their 504s); linear, it is milliseconds of the request."""
+    keys = ", ".join(f'"k{i}": 1' for i in range(65_536))
+    raw = ('{"loss": "mse", "options": {' + keys + ', "k7": 2}, "predictions": [1.0], "labels": [1.0]}').encode()
+    with anyio.fail_after(5):
+        response = await limited.post("/v1/loss", content=raw, headers={"content-type": JSON})
+    assert response.status_code == 422
+    assert response.json()["detail"] == "key 'k7' appears more than once in options"
+
+
+async def test_a_compressed_npz_is_refused_by_its_declared_size_before_inflating(limited: httpx.AsyncClient) -> None:
+    """25 KB of deflated zeros declaring 2.5e7 numbers: refused from the .npy header, not after
+    inflating 25 MB per member (10^8 zeros in 1.5 MB used to peak at 1.6 GB)."""
+    response = await limited.post(
+        "/v1/loss?loss=mse", content=compressed_zeros(25_000_000), headers={"content-type": "application/x-npz"}
+    )
+    assert response.status_code == 413
+    assert response.json()["detail"] == (
+        "array 'predictions' declares 25,000,000 numbers; the limit is 20,000,000 (LOSS_SERVICE_MAX_ELEMENTS)"
+    )

@@ -423,3 +423,38 @@ async def test_a_deadline_passed_while_the_loop_was_busy_still_answers_504() -> 
         response = await c.post("/v1/loss", content=b"{}")
         assert "not computed within 0.01 s" in problem(response, 504)["detail"]
         assert guarded.busy == 0
+
+
+@pytest.mark.parametrize("setting", ["", ",", " , ", "/run/secrets/no-such-file"])
+def test_a_key_setting_that_yields_no_key_stops_the_start(setting: str) -> None:
+    """Set to nothing, authentication would silently be off; a missing secrets file would become a
+    key itself (`Bearer /run/secrets/...` let in)."""
+    with pytest.raises(ValueError, match=r"holds no key|no keys file"):
+        Settings(api_keys=setting)  # type: ignore[arg-type]
+
+
+async def test_comment_lines_in_a_key_file_are_not_keys(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    key_file = tmp_path / "keys"
+    key_file.write_text("# the fraud team\nfirst-key\n\n   # rotated on 2026-11-01\n")
+    caplog.set_level(logging.WARNING)
+    async for c in client_for(Settings(api_keys=str(key_file))):  # type: ignore[arg-type]
+        for comment in ("# the fraud team", "#"):
+            refusal(await c.post("/v1/loss", json=BODY, headers={"authorization": f"Bearer {comment}"}), 401)
+        assert (await c.post("/v1/loss", json=BODY, headers={"authorization": "Bearer first-key"})).status_code == 200
+    assert "authentication is on: /v1 and /v2 need one of 1 API keys" in caplog.text
+    key_file.write_text("# nothing but comments\n")
+    with pytest.raises(ValueError, match="holds no key"):
+        Settings(api_keys=str(key_file))  # type: ignore[arg-type]
+
+
+async def test_the_start_says_when_authentication_is_off(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    async for _ in client_for(Settings()):
+        pass
+    assert "authentication is off: anyone who reaches this service may call /v1 and /v2" in caplog.text
+
+
+async def test_a_trailing_slash_is_not_redirected_to_the_host_the_client_named(limited: httpx.AsyncClient) -> None:
+    response = await limited.post("/v1/loss/", json=BODY, headers={"host": "evil.example"}, follow_redirects=False)
+    assert response.status_code == 404
+    assert "location" not in response.headers

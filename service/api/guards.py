@@ -138,7 +138,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         length = _header(scope, b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+        if length is not None and length.isascii() and length.isdigit() and int(length) > self.max_bytes:
             await _refuse(send, _refused(413, self._too_large(int(length))), scope)
             return
         encoding = (_header(scope, b"content-encoding") or "identity").strip().lower()

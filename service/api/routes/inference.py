@@ -163,7 +163,7 @@ async def model_ready(loss: str, request: Request) -> Response:
 )
 async def infer(loss: str, request: Request) -> Response:
     header_length = request.headers.get(HEADER_LENGTH)
-    if header_length is not None and header_length.isdigit():
+    if header_length is not None and header_length.isascii() and header_length.isdigit():
         body = await read_body_aligned(request, int(header_length))  # the tensors start there
     else:
         body = await request.body()
@@ -297,6 +297,10 @@ def _tensor(spec: dict[str, Any], binary: memoryview, offset: int, limit: int) -
         raise InferenceError(
             f"input {name}: {count:,} numbers; the limit is {limit:,} (LOSS_SERVICE_MAX_ELEMENTS)", 413
         )
+    if any(d > limit for d in shape):  # [2**40, 2**40, 0] holds no number, but no array has that shape
+        raise InferenceError(
+            f"input {name}: shape {shown(shape)} has a dimension over {limit:,} (LOSS_SERVICE_MAX_ELEMENTS)", 413
+        )
     size = (spec.get("parameters") or {}).get("binary_data_size")
     if size is not None:
         expected = count * dtype.itemsize
@@ -330,6 +334,8 @@ def _response(
     binary_by_default: bool,
 ) -> Response:
     requested = header.get("outputs")
+    if requested is not None and not isinstance(requested, list):
+        raise InferenceError(f"outputs must be a list of {{name}} objects, got {shown(requested)}")
     if requested is None:
         wanted = dict.fromkeys(outputs, binary_by_default)
     else:
