@@ -80,6 +80,10 @@ def test_compose_file_is_valid_against_the_compose_specification() -> None:
     assert api["healthcheck"]["test"][0] == "CMD"
     assert api["restart"] == "unless-stopped"
     assert api["read_only"] is True
+    assert api["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in api["security_opt"]
+    for service in services.values():  # published on the host's loopback only
+        assert all(str(port).startswith("127.0.0.1:") for port in service.get("ports", [])), service
     assert "/tmp" in api["tmpfs"]
     assert api["deploy"]["resources"]["limits"]["memory"]
     for service in ("prometheus", "grafana"):
@@ -91,7 +95,7 @@ def manifests() -> dict[str, dict[str, Any]]:
     return {path.stem: yaml.safe_load(path.read_text()) for path in sorted(K8S.glob("*.yaml"))}
 
 
-@pytest.mark.parametrize("name", ["deployment", "service", "hpa", "pdb", "secret"])
+@pytest.mark.parametrize("name", ["deployment", "service", "hpa", "pdb", "secret", "networkpolicy"])
 def test_kubernetes_manifests_validate_against_the_kubernetes_schemas(name: str) -> None:
     validator = shutil.which("kubernetes-validate", path=str(BIN)) or "kubernetes-validate"
     result = subprocess.run(
@@ -114,6 +118,11 @@ def test_kubernetes_manifests_agree_with_each_other_and_the_service() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    policy = m["networkpolicy"]["spec"]
+    pod_labels = m["deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert {port["port"] for rule in policy["ingress"] for port in rule["ports"]} == {"http"}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert {v["mountPath"] for v in container["volumeMounts"]} == {"/tmp"}
     labels = m["deployment"]["spec"]["template"]["metadata"]["labels"]
