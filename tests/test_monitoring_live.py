@@ -212,3 +212,38 @@ def test_one_worker_keeps_its_metrics_in_memory(tmp_path: Path) -> None:
         assert set(Path(tempfile.gettempdir()).glob("loss-service-metrics-*")) == before
     assert value(scrape, "loss_service_batches_total", model="fraud-v3", loss="mean_squared_error") == 5
     assert value(scrape, "loss_service_samples_total", model="fraud-v3", loss="mean_squared_error") == 20
+
+
+def test_liveness_answers_within_100_ms_while_a_large_metrics_page_is_scraped_in_a_loop() -> None:
+    """4,500 series of per-sample histograms (~10 MB of exposition, ~1 s to render): four scrapers
+    in a loop for 5 s, and /livez, asked every 50 ms, still answers within 100 ms each time. The
+    page renders in a worker thread, once for all the scrapes that arrive while it renders."""
+    with served(env={"LOSS_SERVICE_MAX_MODELS": "3000"}) as url:
+        losses = [{"loss": "mse"}, {"loss": "mae"}, {"loss": "huber"}]
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for number in range(1500):
+                body = {"predictions": [[0.5]], "labels": [[1.0]], "losses": losses, "model": f"m{number}"}
+                assert client.post("/v1/evaluate", json=body).status_code == 200
+            assert len(client.get("/metrics").content) > 5_000_000
+        stop = time.monotonic() + 5.0
+
+        def scrape() -> int:
+            scrapes = 0
+            with httpx.Client(base_url=url, timeout=30) as scraper:
+                while time.monotonic() < stop:
+                    assert scraper.get("/metrics").status_code == 200
+                    scrapes += 1
+            return scrapes
+
+        with ThreadPoolExecutor(4) as pool:
+            scrapers = [pool.submit(scrape) for _ in range(4)]
+            time.sleep(0.5)  # the scrapers are under way
+            latencies = []
+            with httpx.Client(base_url=url, timeout=30) as probe:
+                while time.monotonic() < stop - 0.5:
+                    started = time.perf_counter()
+                    assert probe.get("/livez").status_code == 200
+                    latencies.append(time.perf_counter() - started)
+                    time.sleep(0.05)
+            assert sum(scraper.result() for scraper in scrapers) >= 4
+    assert max(latencies) < 0.1, f"slowest /livez {max(latencies) * 1e3:.0f} ms of {len(latencies)}"
