@@ -214,6 +214,16 @@ def _report(result: dict[str, Any], head: int) -> str:
     return "\n".join(f"{name:<11} {value}" for name, value in rows)
 
 
+def _invalid(details: str) -> int:
+    print(f"loss-service: invalid input: {details}", file=sys.stderr)
+    return EXIT_INVALID
+
+
+def _option_errors(exc: Any) -> str:
+    """Pydantic's errors for --option values, each with its options.<name> path."""
+    return "; ".join(f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+
+
 def _compute(args: argparse.Namespace) -> int:
     if args.dataset:
         return _compute_dataset(args)
@@ -241,16 +251,11 @@ def _compute(args: argparse.Namespace) -> int:
     try:
         result = (_compute_remotely if args.url else _compute_locally)(args, arrays, options)
     except (LossInputError, UnknownLossError) as exc:
-        print(f"loss-service: invalid input: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+        return _invalid(str(exc))
     except ValidationError as exc:
-        details = "; ".join(f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        print(f"loss-service: invalid input: {details}", file=sys.stderr)
-        return EXIT_INVALID
+        return _invalid(_option_errors(exc))
     except (InvalidInputError, NotFoundError) as exc:
-        details = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors) or str(exc)
-        print(f"loss-service: invalid input: {details}", file=sys.stderr)
-        return EXIT_INVALID
+        return _invalid("; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors) or str(exc))
     except UnreachableError as exc:
         print(f"loss-service: {exc.problem['detail']}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -306,12 +311,9 @@ def _compute_dataset(args: argparse.Namespace) -> int:
                     args.dataset, spec, per_sample_out=args.per_sample_out, batch_rows=args.batch_rows, progress=advance
                 )
     except (DatasetError, UnknownLossError, FileFormatError) as exc:
-        print(f"loss-service: invalid input: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+        return _invalid(str(exc))
     except ValidationError as exc:
-        details = "; ".join(f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        print(f"loss-service: invalid input: {details}", file=sys.stderr)
-        return EXIT_INVALID
+        return _invalid(_option_errors(exc))
     if args.json:
         sys.stdout.write(orjson.dumps(result.as_dict()).decode() + "\n")
     else:
