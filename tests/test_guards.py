@@ -8,7 +8,8 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -177,21 +178,6 @@ async def test_oip_routes_refuse_in_the_protocols_error_shape() -> None:
             yield b"x" * 1001
 
         assert "limit is 1,000" in refusal(await c.post(infer, content=oversize_stream()), 413)
-    release, arrived = anyio.Event(), anyio.Event()
-
-    async def slow_body() -> AsyncIterator[bytes]:
-        arrived.set()
-        await release.wait()
-        yield b"{}"
-
-    async for c in client_for(Settings(max_concurrent=1)):
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(partial(c.post, "/v1/loss", content=slow_body(), headers=JSON))
-            await arrived.wait()
-            overloaded = await c.post(infer, content=b"{}")
-            assert refusal(overloaded, 503).startswith("1 requests are already being computed")
-            assert overloaded.headers["retry-after"] == "1"
-            release.set()
 
 
 @pytest.fixture
@@ -231,32 +217,72 @@ async def test_health_and_metrics_stay_open_unless_metrics_auth(keyed: httpx.Asy
         assert (await strict.get("/metrics", headers={"authorization": "Bearer k"})).status_code == 200
 
 
-async def test_heavy_requests_beyond_the_limit_get_503_with_retry_after() -> None:
-    release = anyio.Event()
-    arrived = anyio.Event()
+@contextmanager
+def computations_held(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """Every loss computation waits, in its worker thread, until `release` is set; `entered` is set
+    once one waits. With offload_bytes=0 every request computes in a worker thread."""
+    from service.api import batches
 
-    async def slow_body() -> AsyncIterator[bytes]:
-        yield json.dumps(BODY).encode()[:10]
-        arrived.set()
-        await release.wait()
-        yield json.dumps(BODY).encode()[10:]
+    entered, release = threading.Event(), threading.Event()
+    real = batches.compute
 
+    def held(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batches, "compute", held)
+    try:
+        yield entered, release
+    finally:
+        release.set()
+
+
+async def wait_for_event(event: threading.Event) -> None:
+    with anyio.fail_after(10):
+        while not event.is_set():
+            await anyio.sleep(0.01)
+
+
+async def test_heavy_requests_beyond_the_limit_get_503_with_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
     results: dict[str, httpx.Response] = {}
 
     async def first(c: httpx.AsyncClient) -> None:
-        results["first"] = await c.post("/v1/loss", content=slow_body(), headers=JSON)
+        results["first"] = await c.post("/v1/loss", json=BODY)
 
-    async for c in client_for(Settings(max_concurrent=1)):
+    with computations_held(monkeypatch) as (entered, release):
+        async for c in client_for(Settings(max_concurrent=1, offload_bytes=0)):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(first, c)
+                await wait_for_event(entered)  # the first request holds the only slot, computing
+                second = await c.post("/v1/loss", json=BODY)
+                assert problem(second, 503)["detail"].startswith("1 requests are already being computed")
+                assert second.headers["retry-after"] == "1"
+                assert (await c.get("/v1/losses/mse")).status_code == 200  # light requests are not limited
+                oip = await c.post("/v2/models/mse/infer", content=b"{}", headers=JSON)
+                assert refusal(oip, 503).startswith("1 requests are already being computed")
+                release.set()
+            assert results["first"].status_code == 200
+            assert (await c.post("/v1/loss", json=BODY)).status_code == 200  # the slot was released
+
+
+async def test_bodies_still_arriving_hold_no_slot() -> None:
+    """Eight connections that send a first byte and then nothing: with two slots, an ordinary
+    request is still computed at once (the slot is claimed when a body has fully arrived)."""
+    stalled = anyio.Event()
+
+    async def one_byte_then_nothing() -> AsyncIterator[bytes]:
+        yield b"{"
+        await stalled.wait()
+
+    async for c in client_for(Settings(max_concurrent=2, request_timeout=30)):
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(first, c)
-            await arrived.wait()
-            second = await c.post("/v1/loss", json=BODY)
-            assert problem(second, 503)["detail"].startswith("1 requests are already being computed")
-            assert second.headers["retry-after"] == "1"
-            assert (await c.get("/v1/losses/mse")).status_code == 200  # light requests are not limited
-            release.set()
-        assert results["first"].status_code == 200
-        assert (await c.post("/v1/loss", json=BODY)).status_code == 200  # the slot was released
+            for _ in range(8):
+                tasks.start_soon(partial(c.post, "/v1/loss", content=one_byte_then_nothing(), headers=JSON))
+            await anyio.sleep(0.2)
+            with anyio.fail_after(5):
+                assert (await c.post("/v1/loss", json=BODY)).status_code == 200
+            tasks.cancel_scope.cancel()
 
 
 async def test_a_body_still_arriving_at_the_deadline_gets_408_and_frees_its_slot() -> None:

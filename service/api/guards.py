@@ -226,7 +226,8 @@ class Slot:
 class HeavyRequests:
     """Bounds heavy requests (loss computations) per worker in number and in time.
 
-    Beyond `limit` at once: 503 with Retry-After, never a queue. Past `timeout` seconds: 408 if
+    Beyond `limit` at once, counted from when a body has fully arrived: 503 with Retry-After,
+    never a queue. Past `timeout` seconds: 408 if
     the body has not fully arrived (a slow client, answered with Connection: close), else 504.
     A response already started is left to finish.
     """
@@ -250,18 +251,23 @@ class HeavyRequests:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith(HEAVY_PREFIXES):
             await self.app(scope, receive, send)
             return
-        slot = self._claim()
-        if slot is None:
-            detail = f"{self.limit} requests are already being computed; retry shortly"
-            await _refuse(send, _refused(503, detail, {"Retry-After": str(self.retry_after)}), scope)
-            return
-        scope.setdefault("state", {})[HEAVY_SLOT] = slot
+        state = scope.setdefault("state", {})
+        slot: Slot | None = None
         body_received = responding = False
 
         async def receiving() -> Message:
-            nonlocal body_received
+            # The slot is claimed when the body's last byte is in, not when its headers are: a
+            # client that sends headers and a byte, and then nothing, holds no slot (eight such
+            # connections kept every other request at 503 until their deadline).
+            nonlocal body_received, slot
             message = await receive()
-            body_received = body_received or not message.get("more_body", False)
+            if message["type"] == "http.request" and not message.get("more_body", False) and not body_received:
+                body_received = True
+                slot = self._claim()
+                if slot is None:
+                    detail = f"{self.limit} requests are already being computed; retry shortly"
+                    raise _refused(503, detail, {"Retry-After": str(self.retry_after)})
+                state[HEAVY_SLOT] = slot
             return message
 
         async def sending(message: Message) -> None:
@@ -282,7 +288,8 @@ class HeavyRequests:
             if not deadline.expired():
                 raise  # the app's own TimeoutError, not this deadline
         finally:
-            slot.release()
+            if slot is not None:
+                slot.release()
         if deadline.expired() and not responding:
             await _refuse(send, self._timed_out(body_received), scope)
 
