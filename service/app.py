@@ -25,6 +25,7 @@ from service.api.errors import install_error_handlers
 from service.api.guards import KEY_REFUSALS, ApiKeys, BodyLimit, HeavyRequests
 from service.api.ingest import sweep_forever
 from service.api.routes import health, inference, losses, metrics, models
+from service.api.routes.inference import HEADER_LENGTH
 from service.api.schemas import (
     LabelsLog,
     PredictionsLog,
@@ -165,7 +166,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ApiKeys, keys=app.state.keys, protect_metrics=settings.metrics_auth, router=app.router)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "PUT", "DELETE"]
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            # A browser asks before it sends a key or a body type of ours; without these, it never does.
+            allow_headers=["Authorization", "Content-Type", "Content-Encoding", "X-Request-ID", HEADER_LENGTH],
+            expose_headers=["X-Request-ID", "Retry-After", HEADER_LENGTH],
         )
     app.add_middleware(RequestMonitor, monitor=app.state.monitor)
     _log_to_stderr(settings)

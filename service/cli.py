@@ -393,7 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     compute.add_argument("--convention", choices=["keras", "torch"], default="keras")
     compute.add_argument("--model", help="monitoring label (with --url)")
     compute.add_argument("--url", help="compute through this service instead of locally")
-    compute.add_argument("--api-key", help="bearer token for --url")
+    compute.add_argument(
+        "--api-key",
+        default=os.environ.get("LOSS_SERVICE_API_KEY"),
+        help="bearer token for --url (default LOSS_SERVICE_API_KEY, which keeps it out of the process list)",
+    )
     compute.add_argument("--chunk-size", type=int, default=100_000, help="samples per request with --url")
     compute.add_argument("--progress", action="store_true", help="a progress bar for --url (needs tqdm)")
     compute.add_argument("--json", action="store_true", help="print the whole result as JSON")

@@ -144,3 +144,17 @@ def test_losses_openapi_and_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert version.value.code == 0
     assert __version__ in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_key_may_come_from_the_environment_not_the_command_line(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key given as --api-key shows in every process list; LOSS_SERVICE_API_KEY does not."""
+    args = ["compute", "--loss", "mse", "--predictions", str(files["p.npy"]), "--labels", str(files["p.npy"])]
+    with served(env={"LOSS_SERVICE_API_KEYS": "cli-key"}) as url:
+        monkeypatch.delenv("LOSS_SERVICE_API_KEY", raising=False)
+        code, _, err = run(capsys, *args, "--url", url)
+        assert (code, "401" in err) == (1, True)
+        monkeypatch.setenv("LOSS_SERVICE_API_KEY", "cli-key")
+        assert run(capsys, *args, "--url", url)[0] == 0

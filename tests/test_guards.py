@@ -484,3 +484,25 @@ async def test_a_trailing_slash_is_not_redirected_to_the_host_the_client_named(l
     response = await limited.post("/v1/loss/", json=BODY, headers={"host": "evil.example"}, follow_redirects=False)
     assert response.status_code == 404
     assert "location" not in response.headers
+
+
+async def test_a_browser_may_send_a_key_across_origins() -> None:
+    async for c in client_for(Settings(cors_origins=["https://app.example"], api_keys=["k"])):  # type: ignore[arg-type]
+        preflight = await c.options(
+            "/v1/loss",
+            headers={
+                "origin": "https://app.example",
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "authorization, content-type",
+            },
+        )
+        assert preflight.status_code == 200
+        allowed = preflight.headers["access-control-allow-headers"].lower()
+        assert "authorization" in allowed
+        assert "content-type" in allowed
+        answer = await c.post(
+            "/v1/loss", json=BODY, headers={"origin": "https://app.example", "authorization": "Bearer k"}
+        )
+        assert answer.status_code == 200
+        assert answer.headers["access-control-allow-origin"] == "https://app.example"
+        assert "x-request-id" in answer.headers["access-control-expose-headers"].lower()
