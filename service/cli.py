@@ -21,12 +21,19 @@ from service import __version__
 from service.config import Settings
 from service.files import READABLE, WRITABLE, FileFormatError, read_array, write_array
 
+# prometheus-client's multiprocess files: counter_<pid>.db, gauge_livesum_<pid>.db, ...
+METRICS_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
+
 
 def _prepare_metrics_dir(directory: Path) -> None:
-    """Every worker writes its metrics here; a fresh start must not inherit a previous run's counts."""
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
+    """Every worker writes its metrics here; a fresh start must not inherit a previous run's counts.
+
+    Only prometheus-client's own files are removed, never the directory or anything else in it:
+    LOSS_SERVICE_METRICS_DIR set by mistake to a directory that matters must not cost its contents."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for pattern in METRICS_FILES:
+        for stale in directory.glob(pattern):
+            stale.unlink(missing_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 

@@ -72,8 +72,8 @@ class Settings(BaseSettings):
     )
     metrics_dir: str | None = Field(
         default=None,
-        description="Directory where workers share metrics when there is more than one, wiped at start "
-        "(default: <tmp>/loss-service-metrics-<pid>). One worker keeps its metrics in memory.",
+        description="Directory where workers share metrics when there is more than one; its metrics files are "
+        "removed at start (default: <tmp>/loss-service-metrics-<pid>). One worker keeps its metrics in memory.",
     )
 
     store_url: str = Field(

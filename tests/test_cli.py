@@ -158,3 +158,16 @@ def test_the_key_may_come_from_the_environment_not_the_command_line(
         assert (code, "401" in err) == (1, True)
         monkeypatch.setenv("LOSS_SERVICE_API_KEY", "cli-key")
         assert run(capsys, *args, "--url", url)[0] == 0
+
+
+def test_starting_clears_only_metrics_files_from_the_metrics_directory(tmp_path: Path) -> None:
+    from service.cli import _prepare_metrics_dir
+
+    (tmp_path / "notes.txt").write_text("keep me")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "counter_1.db").write_bytes(b"x")
+    for stale in ("counter_12.db", "gauge_livesum_12.db", "histogram_12.db"):
+        (tmp_path / stale).write_bytes(b"x")
+    _prepare_metrics_dir(tmp_path)
+    left = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*"))
+    assert left == ["notes.txt", "sub", "sub/counter_1.db"]
