@@ -160,8 +160,14 @@ def test_the_key_may_come_from_the_environment_not_the_command_line(
         assert run(capsys, *args, "--url", url)[0] == 0
 
 
-def test_starting_clears_only_metrics_files_from_the_metrics_directory(tmp_path: Path) -> None:
+def test_starting_clears_only_metrics_files_from_the_metrics_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from service.cli import _prepare_metrics_dir
+
+    # It points PROMETHEUS_MULTIPROC_DIR at the directory; later tests' apps must not inherit that.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "unset by monkeypatch at the end")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
 
     (tmp_path / "notes.txt").write_text("keep me")
     (tmp_path / "sub").mkdir()
