@@ -253,12 +253,12 @@ def corpus() -> Iterator[Case]:
     yield "gzip-bomb", "/v1/loss", gzip.compress(b" " * 3_000_000), g, 413
     yield "deflate", "/v1/loss", body(), {"content-type": JSON, "content-encoding": "deflate"}, 415
     yield "oversize", "/v1/loss", b" " * 2_000_001, {"content-type": JSON}, 413
-    # Deep nesting and long strings (4xx, never a crash).
+    # Deep nesting: past 32 dimensions a 422 naming the field; past what JSON parsers recurse into, a 400.
     for depth in (33, 65, 100, 1000, 20000):
         for label, inner in (("", b"1"), ("empty-", b"")):
             nested = b"[" * depth + inner + b"]" * depth
             raw = b'{"loss": "mse", "predictions": ' + nested + b', "labels": [1]}'
-            yield f"deep-{label}{depth}", "/v1/loss", raw, j, 0
+            yield f"deep-{label}{depth}", "/v1/loss", raw, j, 400 if depth > 1000 else 422
     hidden = (
         b'{"loss": "mse", "predictions": [[1.0], ' + b"[" * 900 + b"1" + b"]" * 900 + b'], "labels": [[1.0], [1.0]]}'
     )
@@ -412,9 +412,7 @@ async def test_bad_input_gets_its_documented_4xx(
 ) -> None:
     method = "GET" if name.startswith("route-") else "PUT" if name.startswith("put-") else "POST"
     response = await limited.request(method, path, content=content or None, headers=headers)
-    assert 400 <= response.status_code < 500, f"{name}: {response.status_code} {response.text[:300]}"
-    if status:
-        assert response.status_code == status, f"{name}: {response.status_code} {response.text[:300]}"
+    assert response.status_code == status, f"{name}: {response.status_code} {response.text[:300]}"
     if (path.startswith("/v2/") and response.status_code != 404) or path.startswith("/v2/models/nope"):
         assert "error" in response.json()
     else:
