@@ -22,7 +22,7 @@ from service.api.errors import engine_problem
 from service.api.problems import ProblemError, shown
 from service.api.responses import loss_result
 from service.api.schemas import LabelsLog, PredictionsLog, model_config_request_model
-from service.engine import LossInputError, Reduced, compute, resolve
+from service.engine import LossInputError, Reduced, as_working_array, compute, resolve
 from service.monitoring import Monitor
 from service.store import (
     Model,
@@ -87,8 +87,7 @@ def model_status(store: Store, name: str, now: float) -> dict[str, Any]:
 
 
 def _problem(field: str, message: str, index: list[int] | None = None) -> ProblemError:
-    loc: list[str | int] = ["body", field, *(index or [])]
-    return ProblemError(422, f"{'.'.join(map(str, loc[1:]))}: {message}", errors=[{"loc": loc, "msg": message}])
+    return engine_problem(LossInputError(field, message, index or ()))
 
 
 def _per_row(values: np.ndarray[Any, Any] | None, field: str, count: int) -> list[float] | None:
@@ -111,13 +110,10 @@ def _stored_rows(rows: np.ndarray[Any, Any], field: str, dtype: str) -> np.ndarr
             index = [int(i) for i in np.unravel_index(int(rows.argmax()), rows.shape)]
             raise _problem(field, "integer is too large (beyond 64 bits)", index)
         return rows.astype(np.int64)
-    with np.errstate(over="ignore"):
-        converted = rows.astype(dtype)
-    if not np.isfinite(converted).all():
-        index = [int(i) for i in np.argwhere(~np.isfinite(converted))[0]]
-        value = rows[tuple(index)].item()
-        raise _problem(field, f"{value!r} overflows {dtype} (magnitude above {np.finfo(dtype).max:.4g})", index)
-    return converted
+    try:
+        return as_working_array(rows, field, np.dtype(dtype))  # the engine's own conversion and overflow check
+    except LossInputError as exc:
+        raise engine_problem(exc) from None
 
 
 def log_rows(

@@ -29,6 +29,7 @@ __all__ = [
     "OptionSpec",
     "Reduced",
     "UnknownLossError",
+    "as_working_array",
     "catalogue",
     "compute",
     "resolve",
@@ -57,10 +58,10 @@ def compute(
         raise LossInputError("dtype", f"must be one of {list(DTYPES)}, got {dtype!r}")
     bound = spec.bind(options, convention)
     working = np.dtype(dtype)
-    x = _as_working_array(predictions, "predictions", working)
+    x = as_working_array(predictions, "predictions", working)
     check_not_empty(x)
-    y = _as_class_indices(labels) if spec.class_labels else _as_working_array(labels, "labels", working)
-    weight = None if sample_weight is None else _as_working_array(sample_weight, "sample_weight", working)
+    y = _as_class_indices(labels) if spec.class_labels else as_working_array(labels, "labels", working)
+    weight = None if sample_weight is None else as_working_array(sample_weight, "sample_weight", working)
     if weight is not None and (weight < 0).any():
         index = tuple(int(i) for i in np.argwhere(weight < 0)[0])
         raise LossInputError("sample_weight", "weights must be >= 0", index)
@@ -69,7 +70,7 @@ def compute(
         return reduce(values, weight, convention, chunk=chunk)
 
 
-def _as_working_array(values: ArrayLike, field: str, dtype: np.dtype[Any]) -> Array:
+def as_working_array(values: ArrayLike, field: str, dtype: np.dtype[Any]) -> Array:
     """Convert to the working dtype, refusing values that are or become non-finite."""
     array = np.asarray(values)
     if array.dtype.kind not in "fiu":
