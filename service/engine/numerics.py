@@ -60,7 +60,13 @@ def torch_clamped_log(probabilities: Array) -> Array:
 def xlogy(x: Array, y: Array) -> Array:
     """x * log(y) with 0 * log(0) = 0, as torch.xlogy and scipy.special.xlogy define it."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(x == 0, np.zeros_like(x), x * np.log(y))
+        product = np.log(y)
+        if product.shape == np.broadcast_shapes(x.shape, y.shape) and product.dtype == np.result_type(x, product):
+            np.multiply(x, product, out=product)  # in place: one array of the batch's size, not three
+        else:
+            product = x * product
+        np.copyto(product, 0.0, where=x == 0)
+        return product
 
 
 # Rows are processed in blocks of about this many values (512 KiB in float32), so every
