@@ -160,7 +160,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(inference.router)
     app.include_router(metrics.router)
     # Outermost last: the request monitor sees everything, the guards' refusals included.
-    app.add_middleware(HeavyRequests, limit=settings.max_concurrent, timeout=settings.request_timeout)
+    app.add_middleware(
+        HeavyRequests,
+        limit=settings.max_concurrent,
+        timeout=settings.request_timeout,
+        memory_budget=settings.memory_budget,
+    )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.state.keys = KeyRing(settings.api_keys or [], settings.api_keys_file)
     app.add_middleware(ApiKeys, keys=app.state.keys, protect_metrics=settings.metrics_auth, router=app.router)

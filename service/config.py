@@ -21,9 +21,10 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64, description="Worker processes for `loss-service serve`.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(default="info")
     offload_bytes: int = Field(
-        default=64 * 1024,
+        default=1024 * 1024,
         ge=0,
-        description="Bodies larger than this are parsed and computed in a worker thread, off the event loop.",
+        description="Requests estimated to decode to more than this (parsed arrays; for /v1/evaluate times its "
+        "losses) are parsed and computed in a worker thread, off the event loop.",
     )
     shutdown_timeout: float = Field(
         default=30.0,
@@ -35,6 +36,14 @@ class Settings(BaseSettings):
     )
     max_elements: int = Field(
         default=20_000_000, ge=1, description="Most numbers in one array; larger gets 413 before NumPy allocates it."
+    )
+    memory_budget: int = Field(
+        default=1024 * 1024 * 1024,
+        ge=1,
+        description="Bytes of estimated memory (parsed body, the engine's working arrays, the answer) that one "
+        "worker's heavy requests may hold at once: a request that needs more alone gets 413, one that does not "
+        "fit beside the others 503 with Retry-After. The default leaves half of the 2 GiB the deploy files "
+        "give one worker for the process itself.",
     )
     max_concurrent: int = Field(
         default=8, ge=1, description="Heavy requests computed at once per worker; more get 503 with Retry-After."

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from service.api.access import authorize
 from service.api.guards import HEAVY_SLOT, Slot
-from service.engine import Reduced, compute, resolve
+from service.engine import Reduced, compute, resolve, working_bytes
 from service.monitoring import Monitor
 
 
@@ -43,11 +43,32 @@ def run_loss(request: Any, monitor: Monitor, log: dict[str, Any] | None = None) 
     where the request's API key is checked for the model and its value budget.
     """
     authorize(log, request.model, request_values(request))
+    reserve(log, compute_bytes(request), "this request")
     name, reduced = compute_loss(request, request.loss, request.options)
     record_batch(monitor, request.model, name, reduced)
     if log is not None:
         log.update(model=request.model, loss=name, batch_size=len(request.predictions))
     return name, reduced
+
+
+# An answer's per-sample value: the float64 array and its JSON text (orjson writes up to 24 characters).
+ANSWER_BYTES_PER_VALUE = 32
+
+
+def compute_bytes(batch: Any, losses: int = 1) -> int:
+    """What computing `losses` losses over a validated batch holds at most: its arrays, the
+    engine's working arrays (one loss at a time) and every loss's per-sample answer."""
+    elements = int(batch.predictions.size)
+    arrays = sum(array.nbytes for array in (batch.predictions, batch.labels, batch.sample_weight) if array is not None)
+    return int(arrays) + working_bytes(elements, batch.dtype) + losses * elements * ANSWER_BYTES_PER_VALUE
+
+
+def reserve(state: dict[str, Any] | None, nbytes: int, purpose: str) -> None:
+    """Hold `nbytes` of the worker's memory budget for the request whose scope state this is
+    (see `Slot.reserve`); requests outside the heavy-request guard hold none."""
+    slot: Slot | None = (state or {}).get(HEAVY_SLOT)
+    if slot is not None:
+        slot.reserve(nbytes, purpose)
 
 
 def request_values(batch: Any) -> int:
@@ -67,9 +88,23 @@ def record_batch(monitor: Monitor, model: str | None, name: str, reduced: Reduce
         monitor.observe_batch(model, name, reduced.per_sample, reduced.mean)
 
 
-async def off_loop(request: Request, size: int, work: Callable[[], Any], *, waits_on_io: bool = False) -> Any:
-    """Large bodies are parsed and computed in a worker thread so the event loop keeps serving;
-    so is any work that `waits_on_io` (a database), whatever its size.
+async def off_loop(
+    request: Request,
+    size: int,
+    decoded: Callable[[], int],
+    work: Callable[[], Any],
+    *,
+    losses: Callable[[], int] | None = None,
+    waits_on_io: bool = False,
+) -> Any:
+    """Run `work` (parse a body of `size` bytes, then compute) with the memory that parsing needs,
+    `decoded()` bytes, held from the worker's budget; in a worker thread, so the event loop keeps
+    serving, when the decoded body times its `losses()` is larger than `offload_bytes`, and
+    whenever the work `waits_on_io` (a database).
+
+    The decision is by decoded size, not body size: a small compressed npz or a short
+    /v1/evaluate body with many losses is heavy work. Bodies larger than `offload_bytes` go to
+    the thread without being counted on the loop.
 
     A request that times out stops waiting for its thread, which cannot be interrupted; the
     thread keeps the request's concurrency slot until it is done, and does not record its batch
@@ -77,11 +112,21 @@ async def off_loop(request: Request, size: int, work: Callable[[], Any], *, wait
     abandoned before any thread picked it up never runs (anyio drops it), so then the request
     gives the slot back.
     """
-    if size <= request.app.state.settings.offload_bytes and not waits_on_io:
+    state = request.scope.setdefault("state", {})
+    offload = request.app.state.settings.offload_bytes
+    if size <= offload and not waits_on_io:
+        needed = decoded()
+        if needed * (losses() if losses is not None else 1) <= offload:
+            reserve(state, needed, "parsing this body")
+            return work()
+
+    def parsing_reserved() -> Any:
+        reserve(state, decoded(), "parsing this body")
         return work()
-    slot: Slot | None = request.scope.get("state", {}).get(HEAVY_SLOT)
+
+    slot: Slot | None = state.get(HEAVY_SLOT)
     if slot is None:
-        return await anyio.to_thread.run_sync(work)
+        return await anyio.to_thread.run_sync(parsing_reserved)
     slot.hold()
     releaser = threading.Lock()  # taken once: by the thread as it starts, or by the request
     abandoned = threading.Event()
@@ -91,7 +136,7 @@ async def off_loop(request: Request, size: int, work: Callable[[], Any], *, wait
             return None  # the request already gave up and released the hold
         token = _abandoned.set(abandoned)
         try:
-            return work()
+            return parsing_reserved()
         finally:
             _abandoned.reset(token)
             slot.release()

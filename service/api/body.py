@@ -292,6 +292,16 @@ def _npz_arrays(body: bytes, max_elements: int | None = None) -> dict[str, np.nd
 def _check_declared_sizes(body: bytes, limit: int) -> None:
     """Refuse members whose .npy header declares more numbers than `limit`, before any is read or
     inflated: 1.5 MB of compressed zeros can declare 10^8 of them, and a header alone 10^13."""
+    for name, count, _ in _declared_members(body):
+        if count > limit:
+            raise ProblemError(
+                413, f"array {name!r} declares {count:,} numbers; the limit is {limit:,} (LOSS_SERVICE_MAX_ELEMENTS)"
+            )
+
+
+def _declared_members(body: bytes) -> Iterator[tuple[str, int, int]]:
+    """(name, numbers, bytes per number) of each .npy member, from its header alone; members
+    without a readable .npy header are skipped, for np.load to refuse."""
     with zipfile.ZipFile(io.BytesIO(body)) as archive:
         for member in archive.infolist():
             with archive.open(member) as raw:
@@ -299,20 +309,44 @@ def _check_declared_sizes(body: bytes, limit: int) -> None:
             try:
                 version = np.lib.format.read_magic(header)
                 if version == (1, 0):
-                    shape = np.lib.format.read_array_header_1_0(header)[0]
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(header)
                 elif version == (2, 0):
-                    shape = np.lib.format.read_array_header_2_0(header)[0]
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(header)
                 else:
                     continue  # np.load reads or refuses the others
             except ValueError:
                 continue  # not an .npy member: np.load refuses it
-            count = math.prod(shape)
-            if count > limit:
-                name = clipped(member.filename.removesuffix(".npy"))
-                raise ProblemError(
-                    413,
-                    f"array {name!r} declares {count:,} numbers; the limit is {limit:,} (LOSS_SERVICE_MAX_ELEMENTS)",
-                )
+            yield clipped(member.filename.removesuffix(".npy")), math.prod(shape), dtype.itemsize
+
+
+# Parsing a JSON body holds, at its peak, up to this much per number and per array in its text
+# (a Python float, its list slot, list objects, the NumPy copies): the upper bounds measured by
+# tests/test_budget.py over flat bodies, rows, one-element rows, integers and short decimals.
+JSON_BYTES_PER_NUMBER = 96
+JSON_BYTES_PER_ARRAY = 96
+
+
+def decoded_bytes(media_type: str, body: Body) -> int:
+    """An upper bound on the memory that parsing and validating `body` holds, the body included.
+
+    Counting commas and brackets costs ~0.5 ms per MB; it is what tells a body of one-element
+    rows (20x its size once parsed) from one of long rows (1.3x).
+    """
+    if media_type == JSON_MEDIA_TYPE:
+        return json_decoded_bytes(body)
+    if media_type == NPZ_MEDIA_TYPE:
+        try:
+            declared = sum(count * itemsize for _, count, itemsize in _declared_members(bytes(body)))
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+            declared = 0  # malformed: the parser refuses it
+        return len(body) + 2 * declared  # inflated, then an aligned or converted copy
+    return 2 * len(body)  # Arrow: uncompressed columns are views of the body, plus a conversion
+
+
+def json_decoded_bytes(text: Body) -> int:
+    """`decoded_bytes` of JSON text."""
+    data = text if isinstance(text, bytes) else bytes(text)
+    return len(data) + JSON_BYTES_PER_NUMBER * (data.count(b",") + 1) + JSON_BYTES_PER_ARRAY * data.count(b"[")
 
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, (fixed fields), name length, extra length
@@ -374,10 +408,79 @@ def _arrow_arrays(body: bytes) -> dict[str, np.ndarray[Any, Any]]:
     import pyarrow as pa
 
     try:
+        _check_arrow_stream(body)
         table = pa.ipc.open_stream(body).read_all()
         return {name: as_array(table.column(name)) for name in table.column_names}
-    except (pa.ArrowException, ValueError) as exc:
+    except (pa.ArrowException, ValueError, struct.error, IndexError) as exc:
         raise ProblemError(400, f"malformed Arrow stream: {exc}") from None
+
+
+def _check_arrow_stream(body: bytes) -> None:
+    """Refuse, before any column is decoded, what an Arrow stream could expand from a few bytes:
+    buffer compression (98 KB of zstd held 2x10^8 zeros) and column types that are not numbers
+    or lists of them (a null or dictionary column declares any length with no data). What is
+    left has every value in the body, so the body limit bounds it."""
+    import pyarrow as pa
+
+    for message in pa.ipc.MessageReader.open_stream(body):
+        if message.type == "schema":
+            schema = pa.ipc.read_schema(message)
+            for field in schema:
+                if not _numeric_arrow_type(field.type):
+                    raise ProblemError(
+                        422,
+                        f"body: Arrow column {shown(field.name)} has type {field.type}; columns must be numbers "
+                        "or (fixed-size) lists of numbers",
+                        errors=[{"loc": ["body", clipped(field.name)], "msg": f"unsupported Arrow type {field.type}"}],
+                    )
+        elif message.type in ("record batch", "dictionary batch") and _arrow_compressed(message.metadata.to_pybytes()):
+            raise ProblemError(
+                415,
+                "Arrow buffer compression (LZ4, ZSTD) is not accepted: its decoded size is unknown until it is "
+                "decoded. Send the stream uncompressed, with Content-Encoding: gzip if the transfer size matters",
+            )
+
+
+def _numeric_arrow_type(arrow_type: Any) -> bool:
+    import pyarrow.types as pt
+
+    if pt.is_list(arrow_type) or pt.is_large_list(arrow_type) or pt.is_fixed_size_list(arrow_type):
+        return _numeric_arrow_type(arrow_type.value_type)
+    return bool(pt.is_integer(arrow_type) or pt.is_floating(arrow_type))
+
+
+def _arrow_compressed(metadata: bytes) -> bool:
+    """Whether an Arrow IPC message (its flatbuffer `Message`) declares body compression: the
+    `compression` field of its RecordBatch (or of a DictionaryBatch's RecordBatch)."""
+    root = _U32.unpack_from(metadata, 0)[0]
+    header_type = _flatbuffer_field(metadata, root, 1)
+    if header_type is None or metadata[header_type] not in (_RECORD_BATCH, _DICTIONARY_BATCH):
+        return False
+    batch = _flatbuffer_table(metadata, root, 2)
+    if metadata[header_type] == _DICTIONARY_BATCH:
+        batch = _flatbuffer_table(metadata, batch, 1)  # DictionaryBatch.data
+    return _flatbuffer_field(metadata, batch, 3) is not None  # RecordBatch.compression
+
+
+_U32, _I32, _U16 = struct.Struct("<I"), struct.Struct("<i"), struct.Struct("<H")
+_DICTIONARY_BATCH, _RECORD_BATCH = 2, 3  # Arrow's MessageHeader union
+
+
+def _flatbuffer_field(buffer: bytes, table: int, index: int) -> int | None:
+    """Where field `index` of the flatbuffer table at `table` lies, or None when it is absent."""
+    vtable = table - _I32.unpack_from(buffer, table)[0]
+    if 4 + 2 * index >= _U16.unpack_from(buffer, vtable)[0]:
+        return None
+    offset = _U16.unpack_from(buffer, vtable + 4 + 2 * index)[0]
+    return table + offset if offset else None
+
+
+def _flatbuffer_table(buffer: bytes, table: int, index: int) -> int:
+    """The table that field `index` of the table at `table` refers to."""
+    field = _flatbuffer_field(buffer, table, index)
+    if field is None:
+        raise ValueError("an Arrow message without its header")
+    return field + int(_U32.unpack_from(buffer, field)[0])
 
 
 # From this size on, a body is decoded one top-level field at a time (msgspec, which builds no

@@ -28,9 +28,10 @@ KEY_REFUSALS = {
 REFUSALS = {
     **KEY_REFUSALS,
     408: "The body did not arrive within LOSS_SERVICE_REQUEST_TIMEOUT (the connection is closed)",
-    413: "Body larger than LOSS_SERVICE_MAX_BODY_BYTES (after gzip inflation), or an array over "
-    "LOSS_SERVICE_MAX_ELEMENTS numbers",
-    503: "Overloaded: more than LOSS_SERVICE_MAX_CONCURRENT heavy requests; see Retry-After",
+    413: "Body larger than LOSS_SERVICE_MAX_BODY_BYTES (after gzip inflation), an array over "
+    "LOSS_SERVICE_MAX_ELEMENTS numbers, or a request estimated to need more than LOSS_SERVICE_MEMORY_BUDGET",
+    503: "Overloaded: more than LOSS_SERVICE_MAX_CONCURRENT heavy requests, or not enough of "
+    "LOSS_SERVICE_MEMORY_BUDGET free; see Retry-After",
     504: "The loss was not computed within LOSS_SERVICE_REQUEST_TIMEOUT",
 }
 HEAVY_PREFIXES = ("/v1/loss", "/v1/evaluate", "/v1/models/", "/v2/models/")
@@ -211,6 +212,7 @@ class Slot:
     def __init__(self, limiter: HeavyRequests) -> None:
         self.limiter = limiter
         self.holders = 1
+        self.reserved = 0  # bytes of the worker's memory budget
 
     def hold(self) -> None:
         with self.limiter.lock:
@@ -221,23 +223,58 @@ class Slot:
             self.holders -= 1
             if self.holders == 0:
                 self.limiter.busy -= 1
+                self.limiter.reserved -= self.reserved
+                self.reserved = 0
+
+    def reserve(self, nbytes: int, purpose: str) -> None:
+        """Hold `nbytes` of the worker's memory budget for this request, in place of what it held.
+
+        More than the whole budget: 413, the request can never run here. More than is free beside
+        the other requests: 503 with Retry-After. Shrinking always succeeds.
+        """
+        limiter = self.limiter
+        if nbytes > limiter.memory_budget:
+            raise _refused(
+                413,
+                f"{purpose} needs an estimated {_mib(nbytes)} of memory; one worker's requests may hold "
+                f"{_mib(limiter.memory_budget)} (LOSS_SERVICE_MEMORY_BUDGET): send fewer samples, or fewer losses",
+            )
+        with limiter.lock:
+            if nbytes > self.reserved and limiter.reserved - self.reserved + nbytes > limiter.memory_budget:
+                free = limiter.memory_budget - limiter.reserved
+                detail = (
+                    f"{purpose} needs an estimated {_mib(nbytes)} of memory and {_mib(free)} of this worker's "
+                    "budget is free; retry shortly"
+                )
+                raise _refused(503, detail, {"Retry-After": str(limiter.retry_after)})
+            limiter.reserved += nbytes - self.reserved
+            self.reserved = nbytes
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:,.1f} MiB"
 
 
 class HeavyRequests:
-    """Bounds heavy requests (loss computations) per worker in number and in time.
+    """Bounds heavy requests (loss computations) per worker in number, memory and time.
 
-    Beyond `limit` at once, counted from when a body has fully arrived: 503 with Retry-After,
-    never a queue. Past `timeout` seconds: 408 if
-    the body has not fully arrived (a slow client, answered with Connection: close), else 504.
-    A response already started is left to finish.
+    Beyond `limit` at once, counted from when a body has fully arrived, or beyond
+    `memory_budget` bytes of estimated memory held at once (`Slot.reserve`): 503 with
+    Retry-After, never a queue. Past `timeout` seconds: 408 if the body has not fully arrived (a
+    slow client, answered with Connection: close), else 504. A response already started is left
+    to finish.
     """
 
-    def __init__(self, app: ASGIApp, limit: int, timeout: float, retry_after: int = 1) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int, timeout: float, memory_budget: int = 2**62, retry_after: int = 1
+    ) -> None:
         self.app = app
         self.limit = limit
         self.timeout = timeout
+        self.memory_budget = memory_budget
         self.retry_after = retry_after
         self.busy = 0
+        self.reserved = 0
         self.lock = threading.Lock()  # worker threads release slots too
 
     def _claim(self) -> Slot | None:

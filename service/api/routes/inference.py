@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from service import __version__
 from service.api.arrays import MAX_ELEMENTS
 from service.api.batches import off_loop, run_loss
-from service.api.body import Body, RepeatedKeyError, collector_paused, loads, read_body_aligned
+from service.api.body import Body, RepeatedKeyError, collector_paused, json_decoded_bytes, loads, read_body_aligned
 from service.api.errors import validation_problem
 from service.api.guards import REFUSALS
 from service.api.problems import shown
@@ -171,9 +171,27 @@ async def infer(loss: str, request: Request) -> Response:
     try:
         log = request.scope.setdefault("state", {})
         limit = request.app.state.settings.max_elements
-        return await off_loop(request, len(body), lambda: _infer_paused(loss, body, header_length, monitor, log, limit))  # type: ignore[no-any-return]
+        return await off_loop(  # type: ignore[no-any-return]
+            request,
+            len(body),
+            lambda: _decoded_bytes(body, header_length),
+            lambda: _infer_paused(loss, body, header_length, monitor, log, limit),
+        )
     except InferenceError as exc:
         return _error(str(exc), exc.status)
+
+
+def _decoded_bytes(body: Body, header_length: str | None) -> int:
+    """Parsing's memory: the JSON header's (see `json_decoded_bytes`), and binary tensors viewed in
+    place plus one conversion each."""
+    split = (
+        int(header_length)
+        if header_length is not None and header_length.isascii() and header_length.isdigit()
+        else None
+    )
+    if split is None or split > len(body):
+        return json_decoded_bytes(body)
+    return json_decoded_bytes(body[:split]) + 2 * (len(body) - split)
 
 
 def _infer_paused(

@@ -10,11 +10,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.api.access import authorize
-from service.api.batches import compute_loss, off_loop, record_batch, request_values, run_loss
+from service.api.batches import compute_bytes, compute_loss, off_loop, record_batch, request_values, reserve, run_loss
 from service.api.body import (
     BATCH_MEDIA_TYPES,
     JSON_MEDIA_TYPE,
     NPZ_MEDIA_TYPE,
+    decoded_bytes,
+    json_decoded_bytes,
     read_body,
     validate_binary,
     validate_json,
@@ -101,6 +103,7 @@ def _compute_one(
 def _compute_many(body: bytes, monitor: Monitor, limit: int, state: dict[str, Any]) -> dict[str, Any]:
     request = _validate(evaluate_request_model(), body, monitor, limit)
     authorize(state, request.model, request_values(request))
+    reserve(state, compute_bytes(request, len(request.losses)), f"this request ({len(request.losses)} losses)")
     results = []
     for position, call in enumerate(request.losses):
         try:
@@ -134,7 +137,12 @@ async def loss(request: Request) -> Response:
     monitor, query = request.app.state.monitor, request.query_params
     log = request.scope.setdefault("state", {})
     limit = request.app.state.settings.max_elements
-    result = await off_loop(request, len(body), lambda: _compute_one(body, monitor, limit, media_type, query, log))
+    result = await off_loop(
+        request,
+        len(body),
+        lambda: decoded_bytes(media_type, body),
+        lambda: _compute_one(body, monitor, limit, media_type, query, log),
+    )
     return _npz(result) if _wants_npz(request) else json_response(result)
 
 
@@ -150,7 +158,14 @@ async def evaluate(request: Request) -> Response:
     monitor = request.app.state.monitor
     limit = request.app.state.settings.max_elements
     state = request.scope.setdefault("state", {})
-    return json_response(await off_loop(request, len(body), lambda: _compute_many(body, monitor, limit, state)))
+    result = await off_loop(
+        request,
+        len(body),
+        lambda: json_decoded_bytes(body),
+        lambda: _compute_many(body, monitor, limit, state),
+        losses=lambda: max(1, body.count(b'"loss"')),  # each loss is an object with this key
+    )
+    return json_response(result)
 
 
 @router.get(

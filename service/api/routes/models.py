@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from service.api import ingest
 from service.api.access import visible
 from service.api.batches import off_loop
-from service.api.body import read_body
+from service.api.body import json_decoded_bytes, read_body
 from service.api.responses import PROBLEM_RESPONSES, json_body, json_response
 from service.api.schemas import MODEL_LABEL_PATTERN, LogResult, ModelConfig, ModelList, ModelStatus
 from service.store import Side, Store
@@ -111,6 +111,7 @@ async def _log(request: Request, model: str, side: Side) -> Response:
     result = await off_loop(
         request,
         len(body),
+        lambda: json_decoded_bytes(body),
         lambda: ingest.log_rows(store, monitor, max_pending, model, side, body, state),
         waits_on_io=True,
     )
