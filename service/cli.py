@@ -75,6 +75,8 @@ def _tune_malloc() -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service.protocol import HeaderDeadlineProtocol
+
     settings = Settings()
     workers = args.workers or settings.workers
     metrics_dir = _metrics_dir(settings, workers)
@@ -91,7 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port if args.port is not None else settings.port,
             workers=workers,
             log_level=settings.log_level,
-            http="httptools",
+            http=HeaderDeadlineProtocol,
             loop="uvloop",
             timeout_graceful_shutdown=int(settings.shutdown_timeout) or None,
             access_log=False,  # the app logs one JSON line per request instead

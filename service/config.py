@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     max_concurrent: int = Field(
         default=8, ge=1, description="Heavy requests computed at once per worker; more get 503 with Retry-After."
     )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a connection may take to send a request's headers, from when it opens or from the "
+        "request's first byte; then 408 and the connection is closed.",
+    )
     request_timeout: float = Field(
         default=30.0,
         gt=0,

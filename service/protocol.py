@@ -1,0 +1,71 @@
+"""uvicorn's httptools protocol with a deadline for request headers.
+
+uvicorn closes a keep-alive connection that stays idle after a response, but not one that opens
+and sends nothing, nor one that sends part of a request line or headers and stops: 4,000 such
+connections stayed open for as long as they liked, a file descriptor each. Here every request's
+headers must be complete within `LOSS_SERVICE_HEADER_TIMEOUT` seconds of the connection opening
+or of the request's first byte; otherwise the connection is answered 408 and closed. (The body
+has its own deadline, `LOSS_SERVICE_REQUEST_TIMEOUT`, kept by the app's guards.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.config import Settings
+
+REQUEST_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 43\r\nconnection: close\r\n\r\nthe request headers did not arrive in time\n"
+)
+
+
+@functools.cache
+def _header_timeout() -> float:
+    return Settings().header_timeout
+
+
+class HeaderDeadlineProtocol(HttpToolsProtocol):
+    """`HttpToolsProtocol` that closes connections whose request headers do not arrive in time."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout = _header_timeout()
+        self.header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()  # a request's headers get the whole timeout from its first byte
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self.header_deadline = self.loop.call_later(self.header_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self.header_deadline is not None:
+            self.header_deadline.cancel()
+            self.header_deadline = None
+
+    def _expired(self) -> None:
+        self.header_deadline = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:  # no response of ours is under way
+            self.transport.write(REQUEST_TIMEOUT_RESPONSE)
+        self.transport.close()

@@ -1,0 +1,80 @@
+"""Connections that never finish their headers are closed; ordinary requests are served meanwhile."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from urllib.parse import urlsplit
+
+import httpx
+
+from tests.servers import serving
+
+BODY = {"loss": "mse", "predictions": [[1.0]], "labels": [[2.0]]}
+
+
+def _connect(url: str) -> socket.socket:
+    parts = urlsplit(url)
+    return socket.create_connection((parts.hostname, parts.port), timeout=10)
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = b""
+    while chunk := sock.recv(4096):
+        received += chunk
+    return received
+
+
+def test_unfinished_headers_get_408_and_their_connections_close() -> None:
+    with serving(env={"LOSS_SERVICE_HEADER_TIMEOUT": "0.5"}) as (url, _):
+        silent = [_connect(url) for _ in range(10)]
+        partial = [_connect(url) for _ in range(10)]
+        for sock in partial:
+            sock.sendall(b"POST /v1/loss HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        trickling = _connect(url)
+        stop = threading.Event()
+
+        def trickle() -> None:  # a byte every 0.1 s: each arrives in time, the headers never do
+            for byte in b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+                if stop.is_set():
+                    return
+                try:
+                    trickling.send(bytes([byte]))
+                except OSError:
+                    return
+                time.sleep(0.1)
+
+        thread = threading.Thread(target=trickle)
+        thread.start()
+        started = time.monotonic()
+        try:
+            with httpx.Client(base_url=url) as client:
+                for _ in range(5):  # served meanwhile, on connections of their own
+                    assert client.post("/v1/loss", json=BODY).status_code == 200
+            answers = [_answer(sock) for sock in [*silent, *partial, trickling]]
+            elapsed = time.monotonic() - started
+        finally:
+            stop.set()
+            thread.join()
+            for sock in [*silent, *partial, trickling]:
+                sock.close()
+    assert all(answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n") for answer in answers), answers[:3]
+    assert elapsed < 3.0  # the trickler too: its deadline counts from its first byte, not its last
+
+
+def test_headers_in_time_and_a_slower_body_are_not_cut_off() -> None:
+    """The header deadline ends with the headers: a body may take longer (its own deadline is the request timeout)."""
+    with serving(env={"LOSS_SERVICE_HEADER_TIMEOUT": "0.5"}) as (url, _):
+        sock = _connect(url)
+        body = b'{"loss": "mse", "predictions": [[1.0]], "labels": [[2.0]]}'
+        sock.sendall(
+            b"POST /v1/loss HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        )
+        time.sleep(1.0)
+        sock.sendall(body)
+        answer = _answer(sock)
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:200]
