@@ -77,7 +77,16 @@ class Settings(BaseSettings):
         default=None, description="Comma-separated origins allowed by CORS; unset: CORS off."
     )
     max_models: int = Field(
-        default=100, ge=1, description="Distinct `model` label values per worker; later ones are counted as 'other'."
+        default=100,
+        ge=1,
+        description="Distinct `model` label values per worker; past it, a new name takes the label of a model "
+        "idle for LOSS_SERVICE_MODEL_LABEL_IDLE, or is counted as 'other'.",
+    )
+    model_label_idle: float = Field(
+        default=3600.0,
+        ge=0,
+        description="Seconds a model may go without a batch before, with all LOSS_SERVICE_MAX_MODELS labels taken, "
+        "a new model name takes its label (and its series are removed).",
     )
     model_allowlist: Annotated[list[str] | None, NoDecode] = Field(
         default=None, description="Comma-separated model names; when set, any other model is counted as 'other'."

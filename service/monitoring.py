@@ -8,13 +8,14 @@ values there and /metrics merges them (prometheus-client multiprocess mode).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +80,14 @@ def multiprocess_dir() -> str | None:
 class Monitor:
     """The metrics of one app, and the bounded set of `model` label values it has seen."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._max_models = settings.max_models
+        self._model_idle = settings.model_label_idle
         self._allowlist = frozenset(settings.model_allowlist) if settings.model_allowlist else None
-        self._models: set[str] = set()
+        self._models: dict[str, float] = {}  # label -> when a batch last used it, least recent first
         self._models_lock = threading.Lock()
+        self._clock = clock
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._flight_lock = threading.Lock()
         self._flight: concurrent.futures.Future[tuple[bytes, str]] | None = None
@@ -196,6 +199,21 @@ class Monitor:
             registry=r,
             multiprocess_mode="max",
         )
+        self._by_model = {
+            id(metric)
+            for metric in (
+                self.sample_loss,
+                self.samples,
+                self.batches,
+                self.last_mean,
+                self.logged,
+                self.duplicates,
+                self.joined,
+                self.label_delay,
+                self.pending,
+                self.expired,
+            )
+        }
         self.overflowed = Counter(
             "loss_service_model_label_overflow_total",
             f"Batches counted under model={OTHER_MODEL!r}: past the label limit or outside the allow-list.",
@@ -203,7 +221,15 @@ class Monitor:
         )
 
     def model_label(self, model: str | None) -> str:
-        """Bound the `model` label's cardinality: an allow-list if set, else the first N names seen."""
+        """Bound the `model` label's cardinality: an allow-list if set, else at most `max_models`
+        names, each kept while it is in use.
+
+        Only batches that were computed (or rows that were stored) reach here, so refused requests
+        claim no label. When every label is taken, a new name takes the place of the label unused
+        for longest, if that one has been idle for `model_label_idle` seconds, and that model's
+        series are removed; otherwise the new name counts as 'other'. A burst of junk names thus
+        keeps real models out for at most that long, and never pushes out a model in use.
+        """
         if model is None:
             return UNLABELLED_MODEL
         if self._allowlist is not None:
@@ -211,14 +237,30 @@ class Monitor:
                 return model
             self.overflowed.inc()
             return OTHER_MODEL
+        now = self._clock()
         with self._models_lock:
             if model in self._models:
+                del self._models[model]  # re-inserted last: the dict stays ordered by last use
+                self._models[model] = now
                 return model
-            if len(self._models) < self._max_models:
-                self._models.add(model)
-                return model
-        self.overflowed.inc()
-        return OTHER_MODEL
+            if len(self._models) >= self._max_models:
+                idlest, last_used = next(iter(self._models.items()))
+                if now - last_used < self._model_idle:
+                    self.overflowed.inc()
+                    return OTHER_MODEL
+                del self._models[idlest]
+                self._remove_series(idlest)
+            self._models[model] = now
+            return model
+
+    def _remove_series(self, model: str) -> None:
+        """Drop every series labelled with `model` (with several workers, its files keep them in
+        /metrics until the workers restart: prometheus-client cannot remove multiprocess values)."""
+        for key in [key for key in self._children if key[1] and key[1][0] == model and id(key[0]) in self._by_model]:
+            metric, labels = key
+            del self._children[key]
+            with contextlib.suppress(KeyError):
+                metric.remove(*labels)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, remembered: prometheus-client validates and locks on every
