@@ -19,6 +19,7 @@ from packaging.requirements import Requirement
 
 from scripts.lock import LOCK, STAMP, dependencies_digest
 from service.app import create_app
+from tests.servers import loss_service_executable, served
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -86,6 +87,11 @@ def test_compose_file_is_valid_against_the_compose_specification() -> None:
         assert all(str(port).startswith("127.0.0.1:") for port in service.get("ports", [])), service
     assert "/tmp" in api["tmpfs"]
     assert api["deploy"]["resources"]["limits"]["memory"]
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-}"
+    assert "GF_SECURITY_ADMIN_PASSWORD" in services["grafana"]["entrypoint"][-1], "no start on the default password"
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "${GRAFANA_ANONYMOUS_VIEWERS:-false}"
+    assert grafana["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
     for service in ("prometheus", "grafana"):
         for volume in services[service]["volumes"]:
             assert (ROOT / volume.split(":")[0]).exists(), volume
@@ -124,7 +130,20 @@ def test_kubernetes_manifests_agree_with_each_other_and_the_service() -> None:
     assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert {port["port"] for rule in policy["ingress"] for port in rule["ports"]} == {"http"}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert {v["mountPath"] for v in container["volumeMounts"]} == {"/tmp"}
+    mounts = {v["name"]: v for v in container["volumeMounts"]}
+    assert set(mounts) == {"tmp", "keys"}
+    # Keys come from a Secret the operator makes; the server needs them for /metrics too, and the
+    # ServiceMonitor brings its own.
+    keys_file = Path(env["LOSS_SERVICE_API_KEYS_FILE"])
+    assert mounts["keys"]["mountPath"] == str(keys_file.parent)
+    assert mounts["keys"]["readOnly"] is True
+    keys_volume = next(v for v in pod["volumes"] if v["name"] == "keys")
+    assert keys_volume["secret"]["secretName"] == "loss-service-keys"
+    assert "optional" not in keys_volume["secret"], "without its keys the pod must not start"
+    assert keys_volume["secret"]["defaultMode"] & 0o007 == 0, "no one outside the group reads the keys"
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    assert env["LOSS_SERVICE_METRICS_AUTH"] == "true"
+    assert f"--from-file={keys_file.name}" in (K8S / "secret.yaml").read_text()
     labels = m["deployment"]["spec"]["template"]["metadata"]["labels"]
     assert m["service"]["spec"]["selector"].items() <= labels.items()
     assert m["pdb"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -145,6 +164,8 @@ def test_service_monitor_scrapes_the_service() -> None:
         assert endpoint["port"] in service_ports
         assert endpoint["path"] == "/metrics"
         assert re.fullmatch(r"\d+[smh]", endpoint["interval"])
+        assert endpoint["authorization"]["type"] == "Bearer"
+        assert endpoint["authorization"]["credentials"]["name"] == "loss-service-metrics-key"
 
 
 @pytest.mark.anyio
@@ -165,3 +186,30 @@ async def test_readiness_turns_503_when_a_stop_signal_arrives() -> None:
         assert received == [signal.SIGTERM], "the server's own handler must still run"
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_deployments_settings_serve_metrics_only_to_the_scrapers_key(tmp_path: Path) -> None:
+    """The Deployment's environment, with a keys file made as secret.yaml says: Prometheus's key
+    (scope metrics) scrapes, no key and a compute key do not."""
+    made = [
+        subprocess.run(
+            [loss_service_executable(), "keys", "new", name, "--scopes", scopes],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        for name, scopes in (("prometheus", "metrics"), ("team-a", "compute"))
+    ]
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text("".join(result.stdout for result in made))
+    scraper, team = (result.stderr.split()[-1] for result in made)
+    container = manifests()["deployment"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    env["LOSS_SERVICE_API_KEYS_FILE"] = str(keys_file)  # where the Secret is mounted, here
+    with served(env=env) as url:
+        assert httpx.get(f"{url}/metrics").status_code == 401
+        assert httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {team}"}).status_code == 403
+        scrape = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {scraper}"})
+        assert scrape.status_code == 200
+        assert "loss_service_http_requests_total" in scrape.text
+        assert httpx.get(f"{url}/livez").status_code == 200  # probes need no key
