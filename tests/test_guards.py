@@ -506,3 +506,36 @@ async def test_a_browser_may_send_a_key_across_origins() -> None:
         assert answer.status_code == 200
         assert answer.headers["access-control-allow-origin"] == "https://app.example"
         assert "x-request-id" in answer.headers["access-control-expose-headers"].lower()
+
+
+async def test_a_client_that_leaves_mid_body_is_no_error(caplog: pytest.LogCaptureFixture) -> None:
+    """A client gone before its body arrived logged a traceback and a 500 ("unhandled error")."""
+    app = create_app(Settings())
+    messages = iter([{"type": "http.request", "body": b'{"loss": ', "more_body": True}, {"type": "http.disconnect"}])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages, {"type": "http.disconnect"})
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/loss",
+        "raw_path": b"/v1/loss",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"200")],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("t", 80),
+        "client": ("c", 1),
+        "root_path": "",
+    }
+    with caplog.at_level(logging.INFO):
+        async with app.router.lifespan_context(app):
+            await app(scope, receive, send)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    assert sent[0]["status"] == 400
+    assert any("client disconnected before its request body arrived" in r.getMessage() for r in caplog.records)

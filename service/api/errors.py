@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from service.api.access import AccessRefusedError, audit, retry_after
@@ -178,6 +179,12 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {"Retry-After": retry_after(exc.retry_after)} if exc.retry_after else None
         return refusal_response(request.url.path, exc.status, exc.detail, headers)
 
+    async def on_disconnect(request: Request, _: Exception) -> Response:
+        # The client left before its body arrived: nobody reads this answer, and it is no fault
+        # of the service (a traceback here would page someone for a closed laptop).
+        log.info("client disconnected before its request body arrived: %s %s", request.method, request.url.path)
+        return problem_response(400, "the client closed the connection before the request body arrived")
+
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(500, "internal error; the request was logged")
@@ -188,4 +195,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(UnknownLossError, on_unknown_loss)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_request_validation)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(Exception, on_unexpected)
