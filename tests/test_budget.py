@@ -45,6 +45,14 @@ SHAPES = {
     "small integers": lambda: _body(
         RNG.integers(0, 10, (50000, 20)).tolist(), RNG.integers(0, 10, (50000, 20)).tolist()
     ),
+    "an escaped quote in a string (parsed twice)": lambda: orjson.dumps(
+        {
+            "loss": "mse",
+            "model": 'say "hi"',
+            "predictions": RNG.random((200000, 1)).tolist(),
+            "labels": [[1.0]] * 200000,
+        }
+    ),
     "flat, short decimals": lambda: _body(
         np.round(RNG.random(10**6), 1).tolist(), np.round(RNG.random(10**6), 1).tolist()
     ),
@@ -64,7 +72,10 @@ def peak():
 validate_json(loss_request_adapter(), b'{"loss": "mse", "predictions": [[1.0]], "labels": [[1.0]]}', 10**9)
 body = Path(sys.argv[1]).read_bytes()
 before = peak()
-validate_json(loss_request_adapter(), body, 10**9)
+try:
+    validate_json(loss_request_adapter(), body, 10**9)
+except Exception:  # a refusal once parsed: the parse is what is measured
+    pass
 print(peak() - before)
 """
 

