@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint openapi lock bench bench-store bench-dataset clean
+.PHONY: serve test lint docs openapi lock bench bench-store bench-dataset clean
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ lint: $(VENV)/.dev
 
 test: lint
 	$(BIN)/pytest
+
+docs: $(VENV)/.dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 openapi: $(VENV)/.runtime
 	$(BIN)/loss-service openapi > openapi.json

@@ -19,7 +19,9 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address `loss-service serve` binds to.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port `loss-service serve` listens on.")
     workers: int = Field(default=1, ge=1, le=64, description="Worker processes for `loss-service serve`.")
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(default="info")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        default="info", description="uvicorn's and the service's log level; `info` writes one access line per request."
+    )
     offload_bytes: int = Field(
         default=1024 * 1024,
         ge=0,

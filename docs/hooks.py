@@ -1,0 +1,61 @@
+"""MkDocs hooks: the pages that must not drift from the code are written from it at build time.
+
+- losses.md: the catalogue, from the engine's registry (`service.engine.catalogue`).
+- configuration.md: every setting, from `service.config.Settings`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CATALOGUE_MARKER = "<!-- catalogue -->"
+SETTINGS_MARKER = "<!-- settings -->"
+
+
+def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
+    if CATALOGUE_MARKER in markdown:
+        markdown = markdown.replace(CATALOGUE_MARKER, _catalogue())
+    if SETTINGS_MARKER in markdown:
+        markdown = markdown.replace(SETTINGS_MARKER, _settings())
+    return markdown
+
+
+def _cell(text: object) -> str:
+    # A pipe would end the table cell, escaped or not inside a code span: unions read "or".
+    return str(text).replace(" | ", " or ").replace("|", "/").replace("\n", " ")
+
+
+def _catalogue() -> str:
+    from service.engine import catalogue
+
+    parts = []
+    for spec in catalogue():
+        aliases = f" ({', '.join(f'`{alias}`' for alias in spec.aliases)})" if spec.aliases else ""
+        parts.append(f"## `{spec.name}`{aliases}\n\n{spec.summary}\n")
+        parts.append(f"```text\n{spec.formula}\n```\n")
+        parts.append(f"**Shapes.** {spec.shapes}\n".replace("\n", "  \n", spec.shapes.count("\n")))
+        parts.append(f"**Follows.** {spec.follows}\n")
+        if spec.options:
+            rows = ["| option | type | default | range | applies | meaning |", "|---|---|---|---|---|---|"]
+            for option in spec.options:
+                name = f"`{option.name}`" + (f" (also `{'`, `'.join(option.aliases)}`)" if option.aliases else "")
+                rows.append(
+                    f"| {name} | `{_cell(option.type_name())}` | `{_cell(option.default)}` | "
+                    f"{_cell(option.range.describe()) if option.range else ''} | {option.only_under or 'both'} | "
+                    f"{_cell(option.doc)} |"
+                )
+            parts.append("\n".join(rows) + "\n")
+        else:
+            parts.append("No options.\n")
+    return "\n".join(parts)
+
+
+def _settings() -> str:
+    from service.config import Settings
+
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = ",".join(str(item) for item in default) if isinstance(default, list) else default
+        rows.append(f"| `LOSS_SERVICE_{name.upper()}` | `{_cell(shown)}` | {_cell(field.description or '')} |")
+    return "\n".join(rows) + "\n"
