@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint docs openapi lock bench bench-store bench-dataset clean
+.PHONY: serve test lint docs screenshots openapi lock bench bench-store bench-dataset clean
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test: lint
 
 docs: $(VENV)/.dev
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+screenshots: $(VENV)/.dev
+	LOSS_SERVICE_SCREENSHOTS=docs/images $(BIN)/pytest -q tests/test_pages.py
 
 openapi: $(VENV)/.runtime
 	$(BIN)/loss-service openapi > openapi.json

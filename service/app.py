@@ -24,7 +24,7 @@ from service.api.access import KeyRing
 from service.api.errors import install_error_handlers
 from service.api.guards import KEY_REFUSALS, ApiKeys, BodyLimit, HeavyRequests
 from service.api.ingest import sweep_forever
-from service.api.routes import health, inference, losses, metrics, models
+from service.api.routes import health, inference, losses, metrics, models, pages
 from service.api.routes.inference import HEADER_LENGTH
 from service.api.schemas import (
     LabelsLog,
@@ -149,6 +149,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # A redirect to the slash-less path is built from the request's Host header: a client
         # could be sent anywhere. A path with a trailing slash is a 404 instead.
         redirect_slashes=False,
+        # Served by routes/pages.py from bundled assets: FastAPI's own pages load theirs from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.lifecycle = "starting"
@@ -159,6 +162,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(inference.router)
     app.include_router(metrics.router)
+    app.include_router(pages.router)
+    pages.mount_assets(app)
     # Outermost last: the request monitor sees everything, the guards' refusals included.
     app.add_middleware(
         HeavyRequests,
