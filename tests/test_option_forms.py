@@ -65,3 +65,20 @@ async def test_class_weight_as_fit_takes_it(client: httpx.AsyncClient) -> None:
         )
         assert refused.status_code == 422
         assert refused.json()["detail"] == detail
+
+
+async def test_multilabel_soft_margin_takes_one_weight_for_every_label(client: httpx.AsyncClient) -> None:
+    """PyTorch's `loss * weight` broadcasts a 0-d tensor over the labels."""
+    per_sample, mean = naive.multilabel_soft_margin(LOGITS, TARGETS, weight=0.75)
+    response = await loss(
+        client, loss="multilabel_soft_margin", predictions=LOGITS, labels=TARGETS, options={"weight": 0.75}
+    )
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(response.json()["per_sample"], per_sample, rtol=1e-12)
+    assert response.json()["mean"] == pytest.approx(mean, rel=1e-12)
+    unweighted, _ = naive.multilabel_soft_margin(LOGITS, TARGETS)
+    assert per_sample != pytest.approx(unweighted)  # the weight is applied, not dropped
+    too_many = await loss(
+        client, loss="multilabel_soft_margin", predictions=LOGITS, labels=TARGETS, options={"weight": [1.0, 2.0]}
+    )
+    assert too_many.status_code == 422

@@ -242,3 +242,17 @@ def poly1(p, y, epsilon):
         ce = -sum(b * a for a, b in zip(lp, yrow, strict=True))
         per.append(ce + epsilon * sum(b * (1 - math.exp(a)) for a, b in zip(lp, yrow, strict=True)))
     return per, _mean(per)
+
+
+def multilabel_soft_margin(p, y, weight=None):
+    """torch.nn.functional.multilabel_soft_margin_loss, one sample and one label at a time."""
+    per_sample = []
+    for row, targets in zip(p, y, strict=True):
+        weights = weight if isinstance(weight, list) else [1.0 if weight is None else weight] * len(row)
+        total = 0.0
+        for x, t, w in zip(row, targets, weights, strict=True):
+            log_sigmoid = -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+            log_sigmoid_negative = log_sigmoid - x
+            total += -w * (t * log_sigmoid + (1 - t) * log_sigmoid_negative)
+        per_sample.append(total / len(row))
+    return per_sample, _mean(per_sample)

@@ -281,7 +281,9 @@ def multilabel_soft_margin(
     convention: Convention,
     /,
     *,
-    weight: Annotated[list[float] | None, NonNegative, Doc("one weight per label")] = None,
+    weight: Annotated[
+        float | list[float] | None, NonNegative, Doc("one weight per label, or one for all (PyTorch broadcasts it)")
+    ] = None,
 ) -> LossValues:
     """Multi-label one-versus-all logistic loss, averaged over the labels.
 
@@ -299,7 +301,10 @@ def multilabel_soft_margin(
     check_min_rank(predictions, 2, "predictions", "a batch axis and a label axis")
     classes = predictions.shape[-1]
     loss = -(labels * log_sigmoid(predictions) + (1.0 - labels) * log_sigmoid(-predictions))
-    weights = class_weights(weight, classes, "weight", predictions)
+    # One number scales every label, as PyTorch's `loss * weight` broadcasts a 0-d tensor.
+    weights = np.asarray(weight, predictions.dtype) if isinstance(weight, int | float) else None
+    if weights is None:
+        weights = class_weights(weight, classes, "weight", predictions)
     if weights is not None:
         loss = loss * weights
     return LossValues(loss.sum(axis=-1) / classes)
