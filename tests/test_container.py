@@ -82,6 +82,15 @@ def test_image_runs_read_only_as_non_root_and_serves(container: tuple[str, str])
     assert response.json()["mean"] == pytest.approx(1.176939193690798, rel=1e-15)
     metrics = httpx.get(f"{url}/metrics", timeout=10).text
     assert 'loss_service_samples_total{loss="sparse_categorical_crossentropy",model="c1"} 2.0' in metrics
+    # The pages and their bundled assets are in the image (package data, the pinned wheel).
+    for path in (
+        "/",
+        "/assets/try.js",
+        "/docs",
+        "/assets/vendor/swagger-ui-bundle.js",
+        "/assets/vendor/redoc.standalone.js",
+    ):
+        assert httpx.get(f"{url}{path}", timeout=10).status_code == 200, path
 
 
 def test_sigterm_lets_the_in_flight_request_finish_then_exits_0(container: tuple[str, str]) -> None:
