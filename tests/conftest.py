@@ -22,6 +22,40 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+# In CI every test runs: a skip there means that something .ci/run should install did not, and it
+# fails the run. What CI cannot have is listed here, as a test id prefix and the reason.
+CI_MAY_SKIP: dict[str, str] = {}
+_skipped: list[tuple[str, str]] = []
+
+
+def _reason(report: pytest.CollectReport | pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    return str(longrepr[-1]) if isinstance(longrepr, tuple) else str(longrepr)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _skipped.append((report.nodeid, _reason(report)))
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped:  # a whole module skipped (pytest.importorskip, allow_module_level)
+        _skipped.append((report.nodeid, _reason(report)))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not os.environ.get("CI"):
+        return
+    unexpected = [(node, why) for node, why in _skipped if not any(node.startswith(p) for p in CI_MAY_SKIP)]
+    if unexpected:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_sep("=", f"{len(unexpected)} unexpected skips in CI (see CI_MAY_SKIP in tests/conftest.py)")
+            for node, why in unexpected:
+                reporter.write_line(f"{node}: {why}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

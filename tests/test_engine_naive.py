@@ -206,9 +206,10 @@ def test_one_element_batch_and_one_class() -> None:
     ],
 )
 def test_bad_input_names_field_and_reason(kwargs: dict[str, Any], field: str, message: str) -> None:
-    loss, predictions, labels = kwargs.pop("loss"), kwargs.pop("predictions"), kwargs.pop("labels")
+    rest = dict(kwargs)  # the parameter is shared by every run of this test: left as it came
+    loss, predictions, labels = rest.pop("loss"), rest.pop("predictions"), rest.pop("labels")
     with pytest.raises(LossInputError) as caught:
-        compute(loss, predictions, labels, **kwargs)
+        compute(loss, predictions, labels, **rest)
     assert caught.value.field == field
     assert message in caught.value.reason
 
