@@ -164,10 +164,10 @@ async def test_binary_outputs_on_request(client: httpx.AsyncClient) -> None:
         (
             [
                 tensor("predictions", LOGITS, "FP32"),
-                ({"name": "labels", "shape": [8], "datatype": "INT64", "data": [0.5] * 8}, b""),
+                ({"name": "labels", "shape": [8], "datatype": "INT64", "data": [1.0] * 7 + [0.5]}, b""),
             ],
             {},
-            "without changing values",
+            "input labels[7]: 0.5 is not an integer or is outside the range of INT64",
         ),
         (
             [tensor("predictions", LOGITS, "FP32"), tensor("labels", LABELS + 9, "INT64")],
@@ -329,3 +329,58 @@ async def test_an_inference_is_recorded_once_and_its_sum_is_the_sum(client: http
     assert response["parameters"]["sum"] != pytest.approx(mean)
     for name, added in (("loss_service_batches_total", 1), ("loss_service_samples_total", 3)):
         assert counted(after, name) - counted(before, name) == added, name
+
+
+def _json_infer_body(predictions: Any, datatype: str, labels: list[int], **dumps: Any) -> bytes:
+    shape = list(np.shape(predictions))
+    return orjson.dumps(
+        {
+            "inputs": [
+                {"name": "predictions", "shape": shape, "datatype": datatype, "data": predictions},
+                {"name": "labels", "shape": [len(labels)], "datatype": "INT64", "data": labels},
+            ],
+            "parameters": {"from_logits": True},
+        },
+        **dumps,
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("writer", ["by hand", "orjson from float32"])
+async def test_fp32_json_tensors_at_float32s_shortest_decimals_are_rounded_to_fp32(
+    client: httpx.AsyncClient, writer: str
+) -> None:
+    """What orjson, JavaScript and most languages write for float32 (0.1, not 0.10000000149011612):
+    rounded to FP32, as Triton, KServe and MLServer do, then computed like the same binary tensor."""
+    if writer == "by hand":
+        body = _json_infer_body([[0.1, 0.2, 0.3], [2.5, -1.7, 0.3]], "FP32", [2, 0])
+        rounded = np.array([[0.1, 0.2, 0.3], [2.5, -1.7, 0.3]], dtype=np.float32)
+        labels = [2, 0]
+    else:
+        rounded = LOGITS
+        labels = LABELS.tolist()
+        body = _json_infer_body(LOGITS, "FP32", labels, option=orjson.OPT_SERIALIZE_NUMPY)
+        assert b"0000000" not in body  # written at float32's shortest decimals
+    response = await client.post("/v2/models/scce/infer", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    expected, _ = naive.scce(rounded.astype(np.float64).tolist(), labels, "keras", from_logits=True)
+    np.testing.assert_allclose(orjson.loads(response.content)["outputs"][0]["data"], expected, rtol=1e-12)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("datatype", "data", "error"),
+    [
+        ("FP32", [[0.5, 1e39, 0.1]], "input predictions[0][1]: 1e+39 overflows FP32 to infinity"),
+        ("FP16", [[0.5, 0.25, 70000.0]], "input predictions[0][2]: 70000.0 overflows FP16 to infinity"),
+        ("UINT8", [[1, 300, 2]], "input predictions[0][1]: 300 is not a value of UINT8"),
+        ("INT8", [[1, 2, -3.5]], "input predictions[0][2]: -3.5 is not an integer or is outside the range of INT8"),
+    ],
+)
+async def test_json_numbers_that_the_datatype_cannot_hold_are_refused_by_index(
+    client: httpx.AsyncClient, datatype: str, data: list[list[float]], error: str
+) -> None:
+    body = _json_infer_body(data, datatype, [0])
+    response = await client.post("/v2/models/scce/infer", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json() == {"error": error}

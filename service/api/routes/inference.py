@@ -338,10 +338,29 @@ def _tensor(spec: dict[str, Any], binary: memoryview, offset: int, limit: int) -
         raise InferenceError(f"input {name}: data is not a rectangular array: {exc}") from None
     if array.dtype.kind not in "biuf" or array.size != count:
         raise InferenceError(f"input {name}: data must hold {count} numbers for shape {shape}")
-    converted = array.astype(dtype)
-    if not np.array_equal(converted, array, equal_nan=True):
-        raise InferenceError(f"input {name}: data does not fit datatype {datatype} without changing values")
-    return converted.reshape(shape), offset
+    return _as_datatype(array, dtype, name, datatype).reshape(shape), offset
+
+
+def _as_datatype(array: np.ndarray[Any, Any], dtype: np.dtype[Any], name: str, datatype: str) -> np.ndarray[Any, Any]:
+    """JSON numbers as the tensor's datatype. Floats are rounded to it, as Triton, KServe and
+    MLServer do: clients write FP32 tensors at float32's shortest decimals (0.1, not
+    0.10000000149011612). Refused: a finite number that overflows the datatype to infinity, and
+    for integer and BOOL datatypes any number that would change (a fraction, out of range)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = array.astype(dtype)
+    if dtype.kind == "f":
+        changed = np.isfinite(array) & ~np.isfinite(converted) if array.dtype.kind == "f" else ~np.isfinite(converted)
+        reason = f"overflows {datatype} to infinity"
+    else:
+        changed = converted != array
+        reason = f"is not a value of {datatype}"
+        if array.dtype.kind == "f" and dtype.kind in "iu":
+            reason = f"is not an integer or is outside the range of {datatype}"
+    if changed.any():
+        index = tuple(int(i) for i in np.argwhere(changed)[0])
+        where = "".join(f"[{i}]" for i in index)
+        raise InferenceError(f"input {name}{where}: {array[index].item()!r} {reason}")
+    return converted
 
 
 def _response(

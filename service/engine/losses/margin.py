@@ -302,8 +302,10 @@ def multilabel_soft_margin(
     classes = predictions.shape[-1]
     loss = -(labels * log_sigmoid(predictions) + (1.0 - labels) * log_sigmoid(-predictions))
     # One number scales every label, as PyTorch's `loss * weight` broadcasts a 0-d tensor.
-    weights = np.asarray(weight, predictions.dtype) if isinstance(weight, int | float) else None
-    if weights is None:
+    weights: Array | None
+    if isinstance(weight, int | float):
+        weights = np.asarray(weight, predictions.dtype)
+    else:
         weights = class_weights(weight, classes, "weight", predictions)
     if weights is not None:
         loss = loss * weights
