@@ -203,3 +203,25 @@ def test_a_killed_workers_live_gauges_are_forgotten_by_its_replacement(
     assert forget_killed_workers() == [dead]
     # Its counts are history and stay; only its in-flight gauge, stuck where it died, goes.
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"counter_{dead}.db", f"gauge_livesum_{os.getpid()}.db"]
+
+
+def test_the_docs_metrics_table_is_what_the_registry_exposes() -> None:
+    """Name, type and labels of every metric, as docs/monitoring.md lists them (the dashboard and
+    alerts are written against those names; a renamed metric or label fails here)."""
+    import re
+    from pathlib import Path
+
+    from prometheus_client.metrics import MetricWrapperBase
+
+    table = (Path(__file__).resolve().parent.parent / "docs" / "monitoring.md").read_text()
+    rows = re.findall(r"^\| `(loss_service_\w+)` \| (\w+) \|([^|]*)\|", table, re.MULTILINE)
+    documented = {name.removesuffix("_total"): (kind, re.findall(r"`(\w+)`", labels)) for name, kind, labels in rows}
+    monitor = Monitor(Settings())
+    metrics = [value for value in vars(monitor).values() if isinstance(value, MetricWrapperBase)]
+    exposed = {metric._name: (metric._type, list(metric._labelnames)) for metric in metrics}
+    assert len(exposed) == len(rows) >= 20
+    for name, (kind, labels) in documented.items():
+        assert exposed.get(name) is not None, f"{name} is documented but not exposed"
+        assert exposed[name][0] == kind, name
+        # The table also names label values (reason: too_large, ...): the label names come first.
+        assert labels[: len(exposed[name][1])] == exposed[name][1], name
