@@ -35,6 +35,7 @@ from service.api.schemas import (
     model_config_request_model,
 )
 from service.config import Settings
+from service.engine import available_cores, set_threads
 from service.monitoring import Monitor, RequestMonitor, access_log, forget_killed_workers, mark_worker_dead
 from service.store import Store, redacted
 
@@ -156,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.lifecycle = "starting"
     app.state.monitor = Monitor(settings)
+    set_threads(settings.engine_threads or max(1, available_cores() // settings.workers))
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(losses.router)

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     max_elements: int = Field(
         default=20_000_000, ge=1, description="Most numbers in one array; larger gets 413 before NumPy allocates it."
     )
+    engine_threads: int = Field(
+        default=0,
+        ge=0,
+        description="Threads that compute one large batch (from 262,144 values) in parts, bit for bit as one "
+        "thread would; 0: the cores this process may use (CPU affinity and cgroup quota) divided among the workers.",
+    )
     memory_budget: int = Field(
         default=1024 * 1024 * 1024,
         ge=1,

@@ -16,6 +16,7 @@ from service.engine import losses as _losses  # noqa: F401  (fills the catalogue
 from service.engine.checks import check_not_empty
 from service.engine.conventions import CONVENTIONS, DTYPES, Convention, DType
 from service.engine.errors import LossInputError, UnknownLossError
+from service.engine.parallel import available_cores, loss_values, set_threads
 from service.engine.reduction import Array, Reduced, reduce
 from service.engine.registry import LossSpec, OptionSpec, catalogue, resolve
 
@@ -30,9 +31,11 @@ __all__ = [
     "Reduced",
     "UnknownLossError",
     "as_working_array",
+    "available_cores",
     "catalogue",
     "compute",
     "resolve",
+    "set_threads",
     "working_bytes",
 ]
 
@@ -74,7 +77,7 @@ def compute(
         index = tuple(int(i) for i in np.argwhere(weight < 0)[0])
         raise LossInputError("sample_weight", "weights must be >= 0", index)
     with np.errstate(over="ignore", under="ignore"):
-        values = spec.function(x, y, convention, **bound)
+        values = loss_values(spec, x, y, convention, bound)
         return reduce(values, weight, convention, chunk=chunk)
 
 

@@ -56,6 +56,7 @@ class LossSpec:
     follows: str
     options: tuple[OptionSpec, ...]
     class_labels: bool = False
+    whole_batch: bool = False
 
     def bind(self, options: Mapping[str, Any] | None, convention: Convention) -> dict[str, Any]:
         """Check option names, ranges and conventions; return every option with its value."""
@@ -104,11 +105,13 @@ _LOOKUP: dict[str, str] = {}
 
 
 def register(
-    name: str, *, aliases: tuple[str, ...] = (), class_labels: bool = False
+    name: str, *, aliases: tuple[str, ...] = (), class_labels: bool = False, whole_batch: bool = False
 ) -> Callable[[Callable[..., LossValues]], Callable[..., LossValues]]:
     """Add a loss function to the catalogue under `name` and its `aliases`.
 
     `class_labels`: the labels are integer class indices, passed to the function as `np.intp`.
+    `whole_batch`: a sample's loss depends on the rest of the batch (classes read from all its
+    labels), so the batch is never split across threads.
     """
 
     def decorate(function: Callable[..., LossValues]) -> Callable[..., LossValues]:
@@ -124,6 +127,7 @@ def register(
             follows=sections.get("Follows", ""),
             options=_options_of(function),
             class_labels=class_labels,
+            whole_batch=whole_batch,
         )
         if not (spec.formula and spec.shapes and spec.follows):
             raise TypeError(f"{function.__name__}: docstring needs Formula, Shapes and Follows sections")
