@@ -9,6 +9,8 @@ Cross-entropy from logits, float32, per-sample (reduction='none'):
   floor   the fewest NumPy calls that compute it (class-major, one block, no checks): what any
           NumPy engine pays at minimum, so loss / torch cannot pass floor / torch
 MSE, float32, (N, 10): compute() against one read pass over both inputs (np.add.reduce of each).
+All cores: compute() with the engine on every core this process may use (LOSS_SERVICE_ENGINE_THREADS'
+default) against torch at its default thread count, cross-entropy from logits, both dtypes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from service.engine import compute
+from service.engine import available_cores, compute, set_threads
 from service.engine.losses.crossentropy import sparse_categorical_crossentropy
 
 SIZES = [(1_000, 10), (100_000, 10), (10_000, 1_000), (1_000_000, 10)]
@@ -56,9 +58,11 @@ def main() -> None:
         import torch
         import torch.nn.functional as F  # noqa: N812
 
+        torch_default_threads = torch.get_num_threads()
         torch.set_num_threads(1)
     except ImportError:
         torch = None
+    set_threads(1)
     rng = np.random.default_rng(0)
     print(f"# {platform.processor() or platform.machine()}, numpy {np.__version__}", end="")
     print(f", torch {torch.__version__} (1 thread)" if torch else ", torch absent", f", median of {args.repeats}")
@@ -95,6 +99,29 @@ def main() -> None:
         )
         mse_s = median_seconds(lambda: compute("mse", predictions, targets, dtype="float32"), args.repeats)
         print(f"| {n:,} x 10 | {read_s * 1e3:.3f} | {mse_s * 1e3:.3f} | {mse_s / read_s:.2f}x |")
+
+    if torch is None:
+        return
+    cores = available_cores()
+    set_threads(cores)
+    torch.set_num_threads(torch_default_threads)
+    print(
+        f"\n| all cores: engine {cores} threads, torch {torch_default_threads} | dtype | torch ms | compute ms ", end=""
+    )
+    print("| compute / torch |")
+    print("|---|---|---|---|---|")
+    for n, c in SIZES[1:]:
+        for dtype in ("float32", "float64"):
+            logits = rng.normal(0, 3, (n, c)).astype(dtype)
+            labels = rng.integers(0, c, n)
+            compute_s = median_seconds(
+                lambda: compute("scce", logits, labels, options={"from_logits": True}, dtype=dtype, convention="torch"),
+                args.repeats,
+            )
+            tl, ty = torch.from_numpy(logits), torch.from_numpy(labels)
+            torch_s = median_seconds(lambda: F.cross_entropy(tl, ty, reduction="none"), args.repeats)
+            ratio = torch_s / compute_s
+            print(f"| {n:,} x {c:,} | {dtype} | {torch_s * 1e3:.3f} | {compute_s * 1e3:.3f} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":
