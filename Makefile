@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint docs screenshots openapi lock bench bench-store bench-dataset clean
+.PHONY: serve test lint docs screenshots mutation openapi lock bench bench-store bench-dataset bench-peers clean
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ openapi: $(VENV)/.runtime
 
 lock: $(VENV)/.dev
 	$(BIN)/python scripts/lock.py
+
+bench-peers: $(VENV)/.dev
+	$(BIN)/python bench/peers.py
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/engine.py

@@ -1,0 +1,365 @@
+"""loss-service against the servers a team would otherwise use to serve a loss over the Open
+Inference Protocol: KServe's model server and MLServer, each with a custom model that computes the
+same cross-entropy from logits with NumPy. Ratios > 1 mean loss-service is faster.
+
+    make bench-peers     (or: .venv/bin/python bench/peers.py [--rounds 3] [--seconds 10])
+
+Each peer gets its own virtual environment, made once and cached in ~/.cache/loss-service-bench
+(from the package index). Every server first answers the same request through tritonclient and
+must return the same per-sample values. Then, in rounds, each server in turn is started alone on
+this machine and measured with the same request bytes:
+
+  32 x 10 JSON       requests/s from wrk, 8 connections, one wrk thread
+  10,000 x 100 JSON  median latency of sequential requests on one keep-alive connection
+  binary f32 / f64   the same with the binary tensor extension (MLServer has none)
+
+Defaults everywhere: loss-service with one worker and its access log, KServe with one worker and
+its request logging, MLServer with inference in its main process (parallel_workers=0; its default
+of one separate worker process is slower, and measured too). Ratios are taken within each round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "loss-service-bench"
+# MLServer 1.7's worker processes call asyncio.get_event_loop() without a loop, which uvloop 0.22
+# and later refuse: its default (one inference worker process) crashes at start without the pin.
+PEERS = {"kserve": ["kserve==0.21.*"], "mlserver": ["mlserver==1.7.*", "uvloop<0.22"]}
+MODEL = "sparse_categorical_crossentropy"
+PARAMETERS = {"from_logits": True, "convention": "torch", "dtype": "float32"}
+
+CROSS_ENTROPY = '''
+import numpy as np
+
+
+def cross_entropy(logits, labels):
+    """-log_softmax(logits)[label] per sample, max-subtracted, in the logits' dtype."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(labels.shape[0]), labels]
+'''
+
+KSERVE_MODEL = (
+    CROSS_ENTROPY
+    + """
+import sys
+import uuid
+
+from kserve import InferOutput, InferResponse, Model, ModelServer
+
+
+class Loss(Model):
+    def __init__(self):
+        super().__init__("sparse_categorical_crossentropy")
+        self.ready = True
+
+    async def predict(self, payload, headers=None, response_headers=None):
+        inputs = {tensor.name: tensor.as_numpy() for tensor in payload.inputs}
+        per_sample = cross_entropy(inputs["predictions"], inputs["labels"].astype(np.int64))
+        binary = bool((payload.parameters or {}).get("binary_data_output"))
+        datatype = "FP32" if per_sample.dtype == np.float32 else "FP64"
+        outputs = []
+        for name, array in (("per_sample", per_sample), ("mean", np.asarray([per_sample.mean()], per_sample.dtype))):
+            output = InferOutput(name, list(array.shape), datatype)
+            output.set_data_from_numpy(array, binary_data=binary)
+            outputs.append(output)
+        response_id = payload.id or str(uuid.uuid4())
+        return InferResponse(model_name=self.name, infer_outputs=outputs, response_id=response_id)
+
+
+if __name__ == "__main__":
+    ModelServer(http_port=int(sys.argv[1]), workers=1, enable_grpc=False).start([Loss()])
+"""
+)
+
+MLSERVER_MODEL = (
+    CROSS_ENTROPY
+    + """
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceResponse
+
+
+class Loss(MLModel):
+    async def predict(self, payload):
+        inputs = {tensor.name: NumpyCodec.decode_input(tensor) for tensor in payload.inputs}
+        per_sample = cross_entropy(inputs["predictions"], inputs["labels"].astype(np.int64).ravel())
+        mean = np.asarray([per_sample.mean()], per_sample.dtype)
+        outputs = [NumpyCodec.encode_output("per_sample", per_sample), NumpyCodec.encode_output("mean", mean)]
+        return InferenceResponse(model_name=self.name, outputs=outputs)
+"""
+)
+
+
+def peer_python(name: str) -> Path:
+    """The peer's virtual environment's Python, made and installed once."""
+    venv = CACHE / name
+    python = venv / "bin" / "python"
+    marker = venv / ".installed"
+    if not marker.exists():
+        print(f"# installing {' '.join(PEERS[name])} into {venv} (once)", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *PEERS[name]], check=True)
+        marker.write_text(" ".join(PEERS[name]))
+    return python
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running(command: list[str], port: int, env: dict[str, str] | None = None, cwd: Path | None = None) -> Iterator[str]:
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/v2/models/{MODEL}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None:
+                raise RuntimeError(f"{command[0]} exited with {process.returncode}")
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"{command} did not become ready")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def loss_service(workdir: Path) -> Callable[[], object]:
+    port = free_port()
+    env = {"LOSS_SERVICE_STORE_URL": f"sqlite:///{workdir}/store.sqlite3"}
+    return lambda: running([str(ROOT / ".venv" / "bin" / "loss-service"), "serve", "--port", str(port)], port, env)
+
+
+def kserve(workdir: Path) -> Callable[[], object]:
+    python, port = peer_python("kserve"), free_port()
+    (workdir / "kserve_model.py").write_text(KSERVE_MODEL)
+    return lambda: running([str(python), str(workdir / "kserve_model.py"), str(port)], port, cwd=workdir)
+
+
+def mlserver(workdir: Path, parallel_workers: int) -> Callable[[], object]:
+    python, port = peer_python("mlserver"), free_port()
+    folder = workdir / f"mlserver-{parallel_workers}"
+    folder.mkdir(exist_ok=True)
+    (folder / "model.py").write_text(MLSERVER_MODEL)
+    settings = {
+        "http_port": port,
+        "grpc_port": free_port(),
+        "metrics_port": free_port(),
+        "parallel_workers": parallel_workers,
+    }
+    (folder / "settings.json").write_text(json.dumps(settings))
+    (folder / "model-settings.json").write_text(json.dumps({"name": MODEL, "implementation": "model.Loss"}))
+    mlserver_bin = python.parent / "mlserver"
+    return lambda: running([str(mlserver_bin), "start", str(folder)], port, cwd=folder)
+
+
+def json_body(logits: np.ndarray, labels: np.ndarray) -> bytes:
+    datatype = "FP32" if logits.dtype == np.float32 else "FP64"
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "predictions",
+                    "shape": list(logits.shape),
+                    "datatype": datatype,
+                    "data": logits.ravel().tolist(),
+                },
+                {"name": "labels", "shape": [labels.size], "datatype": "INT64", "data": labels.tolist()},
+            ],
+            "parameters": PARAMETERS,
+        }
+    ).encode()
+
+
+def binary_body(logits: np.ndarray, labels: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    datatype = "FP32" if logits.dtype == np.float32 else "FP64"
+    parameters = {**PARAMETERS, "dtype": "float32" if logits.dtype == np.float32 else "float64"}
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "predictions",
+                    "shape": list(logits.shape),
+                    "datatype": datatype,
+                    "parameters": {"binary_data_size": logits.nbytes},
+                },
+                {
+                    "name": "labels",
+                    "shape": [labels.size],
+                    "datatype": "INT64",
+                    "parameters": {"binary_data_size": labels.nbytes},
+                },
+            ],
+            "parameters": {**parameters, "binary_data_output": True},
+        }
+    ).encode()
+    headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+    return header + logits.tobytes() + labels.astype(np.int64).tobytes(), headers
+
+
+def same_answers(url: str, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The server's per-sample values for one request through tritonclient (JSON tensors)."""
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(url=url.removeprefix("http://"))
+    predictions = triton.InferInput("predictions", list(logits.shape), "FP32")
+    predictions.set_data_from_numpy(logits, binary_data=False)
+    targets = triton.InferInput("labels", [labels.size], "INT64")
+    targets.set_data_from_numpy(labels.astype(np.int64), binary_data=False)
+    # KServe reads a body without this Content-Type as binary tensors; tritonclient sends none.
+    headers = {"Content-Type": "application/json"}
+    result = client.infer(MODEL, [predictions, targets], parameters=PARAMETERS, headers=headers)
+    return np.asarray(result.as_numpy("per_sample"), dtype=np.float64).ravel()
+
+
+def requests_per_second(url: str, body: bytes, seconds: float) -> float:
+    script = Path(tempfile.mkdtemp()) / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(body.decode())}\n"
+    )
+    run = subprocess.run(
+        ["wrk", "-t1", "-c8", f"-d{seconds:g}s", "-s", str(script), f"{url}/v2/models/{MODEL}/infer"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line = next(line for line in run.stdout.splitlines() if line.startswith("Requests/sec:"))
+    errors = [line for line in run.stdout.splitlines() if "Non-2xx" in line or "Socket errors" in line]
+    if errors:
+        raise RuntimeError(f"{url}: {errors}")
+    return float(line.split()[1])
+
+
+def median_ms(url: str, body: bytes, headers: dict[str, str], repeats: int) -> float:
+    times = []
+    with httpx.Client(timeout=120) as client:
+        for attempt in range(repeats + 2):
+            started = time.perf_counter()
+            response = client.post(f"{url}/v2/models/{MODEL}/infer", content=body, headers=headers)
+            elapsed = time.perf_counter() - started
+            if response.status_code != 200:
+                raise RuntimeError(f"{url}: {response.status_code} {response.text[:200]}")
+            if attempt >= 2:  # two warm-up requests
+                times.append(elapsed)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="loss-service-peers-"))
+    servers = {
+        "loss-service": loss_service(workdir),
+        "KServe": kserve(workdir),
+        "MLServer (in-process)": mlserver(workdir, 0),
+        "MLServer (default)": mlserver(workdir, 1),
+    }
+    rng = np.random.default_rng(0)
+    small = (rng.normal(0, 2, (32, 10)).astype(np.float32), rng.integers(0, 10, 32))
+    large = (rng.normal(0, 2, (10_000, 100)).astype(np.float32), rng.integers(0, 100, 10_000))
+    small_json, large_json = json_body(*small), json_body(*large)
+    binaries = {dtype: binary_body(large[0].astype(dtype), large[1]) for dtype in ("float32", "float64")}
+    json_headers = {"Content-Type": "application/json"}
+
+    reference = None
+    for name, start in servers.items():
+        with start() as url:
+            answer = same_answers(url, *small)
+            if reference is None:
+                reference = answer
+            np.testing.assert_allclose(answer, reference, rtol=2e-6, atol=1e-6, err_msg=name)
+    print(f"# every server returned the same {reference.size} per-sample values (tritonclient, JSON tensors)")
+
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+    for round_number in range(args.rounds):
+        order = list(servers)[round_number % len(servers) :] + list(servers)[: round_number % len(servers)]
+        for name in order:
+            with servers[name]() as url:
+                measured = {
+                    "small": requests_per_second(url, small_json, args.seconds),
+                    "large": median_ms(url, large_json, json_headers, args.repeats),
+                }
+                if not name.startswith("MLServer"):  # no binary tensor extension
+                    for dtype, (body, headers) in binaries.items():
+                        measured[dtype] = median_ms(url, body, headers, args.repeats)
+                rows[name].append(measured)
+            print(f"# round {round_number + 1}: {name} {measured}", file=sys.stderr)
+
+    def ratio_range(workload: str, higher_is_better: bool) -> str:
+        ratios = []
+        for index in range(args.rounds):
+            ours = rows["loss-service"][index][workload]
+            peers = [
+                rows[name][index][workload]
+                for name in servers
+                if name != "loss-service" and workload in rows[name][index]
+            ]
+            best = max(peers) if higher_is_better else min(peers)
+            ratios.append(ours / best if higher_is_better else best / ours)
+        return f"{min(ratios):.2f}–{max(ratios):.2f}x"
+
+    def cell(name: str, workload: str, fmt: str) -> str:
+        values = [row[workload] for row in rows[name] if workload in row]
+        return "–" if not values else format(statistics.median(values), fmt)
+
+    print(f"\n# 2 cores, loopback, medians over {args.rounds} rounds; ratio: loss-service against the fastest peer")
+    print("| workload (OIP) | " + " | ".join(servers) + " | ratio (min–max over rounds) |")
+    print("|---|" + "---|" * (len(servers) + 1))
+    print(
+        "| 32 x 10 JSON, req/s, wrk -c8 | "
+        + " | ".join(cell(name, "small", ",.0f") for name in servers)
+        + f" | {ratio_range('small', True)} |"
+    )
+    print(
+        "| 10,000 x 100 JSON, ms | "
+        + " | ".join(cell(name, "large", ".1f") for name in servers)
+        + f" | {ratio_range('large', False)} |"
+    )
+    for dtype in ("float32", "float64"):
+        print(
+            f"| 10,000 x 100 binary {dtype}, ms | "
+            + " | ".join(cell(name, dtype, ".1f") for name in servers)
+            + f" | {ratio_range(dtype, False)} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
