@@ -39,6 +39,13 @@ openapi: $(VENV)/.runtime
 lock: $(VENV)/.dev
 	$(BIN)/python scripts/lock.py
 
+# Mutation testing of the guards, body readers, OIP route, reduction and monitoring ([tool.mutmut]
+# in pyproject.toml); the score and what survives are in docs/testing.md.
+mutation: $(VENV)/.dev
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2
+	$(BIN)/python scripts/mutation_score.py
+
 bench-peers: $(VENV)/.dev
 	$(BIN)/python bench/peers.py
 

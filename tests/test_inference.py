@@ -384,3 +384,49 @@ async def test_json_numbers_that_the_datatype_cannot_hold_are_refused_by_index(
     response = await client.post("/v2/models/scce/infer", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 400, response.text
     assert response.json() == {"error": error}
+
+
+@pytest.mark.anyio
+async def test_metadata_and_readiness_answers_as_the_protocol_describes(client: httpx.AsyncClient) -> None:
+    metadata = await client.get("/v2/models/scce")
+    assert metadata.status_code == 200
+    assert metadata.headers["content-type"] == "application/json"
+    assert metadata.json() == {
+        "name": "sparse_categorical_crossentropy",
+        "versions": ["1"],
+        "platform": "loss-service",
+        "inputs": [
+            {"name": "predictions", "datatype": "FP64", "shape": [-1, -1], "optional": False},
+            {"name": "labels", "datatype": "FP64", "shape": [-1, -1], "optional": False},
+            {"name": "sample_weight", "datatype": "FP64", "shape": [-1], "optional": True},
+        ],
+        "outputs": [
+            {"name": "per_sample", "datatype": "FP64", "shape": [-1]},
+            {"name": "mean", "datatype": "FP64", "shape": [1]},
+        ],
+    }
+    server = await client.get("/v2")
+    assert server.headers["content-type"] == "application/json"
+    assert server.json()["name"] == "loss-service"
+    missing = await client.get("/v2/models/nope/ready")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/json"
+
+
+@pytest.mark.anyio
+async def test_readiness_is_503_while_the_service_is_not_ready() -> None:
+    from service.app import create_app
+
+    app = create_app()
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://o") as client:
+            app.state.lifecycle = "draining"
+            for path, body in (("/v2/health/ready", {"ready": False}), ("/v2/models/mse/ready", None)):
+                answer = await client.get(path)
+                assert answer.status_code == 503, path
+                assert answer.headers["content-type"] == "application/json"
+                if body is not None:
+                    assert answer.json() == body
+            assert (await client.get("/v2/models/mse/ready")).json() == {"name": "mean_squared_error", "ready": False}
+            assert (await client.get("/v2/health/live")).status_code == 200
