@@ -160,7 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     set_threads(settings.engine_threads or max(1, available_cores() // settings.workers))
     install_error_handlers(app)
     # FastAPI tries routers in this order and every route of a router before the next: the routes
-    # that carry the traffic come first (measured: ~40 us less per OIP request than last).
+    # that carry the traffic come first (measured: ~17 us less per OIP request than fourth).
     app.include_router(inference.router)
     app.include_router(losses.router)
     app.include_router(models.router)
