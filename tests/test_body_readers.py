@@ -1,0 +1,206 @@
+"""The body readers' edges, each found by mutation testing (make mutation) to be unguarded: pickles,
+npz headers of format 2.0, limits met exactly, members in any order, the field-by-field JSON path,
+Arrow column types, and the exact words of each refusal."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from service.api import body as body_module
+from service.api.body import _npz_arrays, validate_json
+from service.api.problems import ProblemError
+from service.api.schemas import loss_request_adapter
+from tests.test_api import problem
+
+pytestmark = pytest.mark.anyio
+NPZ = {"content-type": "application/x-npz"}
+ARROW = {"content-type": "application/vnd.apache.arrow.stream"}
+PREDICTIONS = np.array([[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]])
+LABELS = np.array([1, 2])
+
+
+def npy(array: np.ndarray, version: tuple[int, int] = (1, 0)) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, version=version, allow_pickle=True)
+    return buffer.getvalue()
+
+
+def npz_of(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+class _Touch:
+    """Unpickling this creates a file: proof that a pickle was loaded."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path(self.path).touch, ())
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+async def test_a_pickled_member_is_never_loaded(client: httpx.AsyncClient, tmp_path: Path, compression: int) -> None:
+    marker = tmp_path / "unpickled"
+    objects = np.empty(2, dtype=object)
+    objects[0], objects[1] = _Touch(str(marker)), 1
+    body = npz_of({"predictions.npy": npy(objects), "labels.npy": npy(LABELS)}, compression)
+    response = await client.post("/v1/loss", params={"loss": "mse"}, content=body, headers=NPZ)
+    assert problem(response, 400)["detail"] == ("malformed npz: Object arrays cannot be loaded when allow_pickle=False")
+    assert not marker.exists()
+    assert pickle.dumps(objects)  # the payload itself is a working pickle
+
+
+def test_declared_sizes_are_read_from_format_2_headers_too() -> None:
+    huge_header = npy(np.zeros(3), version=(2, 0)).replace(b"(3,)", b"(10000000000000,)")
+    body = npz_of({"predictions.npy": huge_header, "labels.npy": npy(LABELS)})
+    with pytest.raises(ProblemError) as refused:
+        _npz_arrays(body, max_elements=100)
+    assert refused.value.status == 413
+    assert refused.value.detail == (
+        "array 'predictions' declares 10,000,000,000,000 numbers; the limit is 100 (LOSS_SERVICE_MAX_ELEMENTS)"
+    )
+
+
+def test_a_member_of_exactly_the_limit_is_read_and_one_more_is_not() -> None:
+    body = npz_of({"predictions.npy": npy(np.zeros(6)), "labels.npy": npy(np.zeros(6))})
+    assert _npz_arrays(body, max_elements=6)["predictions"].size == 6
+    with pytest.raises(ProblemError, match="declares 6 numbers; the limit is 5"):
+        _npz_arrays(body, max_elements=5)
+
+
+def test_members_are_checked_whatever_comes_before_them() -> None:
+    """A member that is not .npy, or of another .npy version, does not end the check of the rest."""
+    huge = npy(np.zeros(3)).replace(b"(3,)", b"(10000000000,)")
+    other_version = npy(np.zeros(2), version=(3, 0))
+    for first in (b"not an npy file", other_version):
+        body = npz_of({"notes.txt": first, "predictions.npy": huge})
+        with pytest.raises(ProblemError, match="array 'predictions' declares 10,000,000,000 numbers"):
+            _npz_arrays(body, max_elements=1000)
+
+
+def test_a_stored_npz_is_read_in_place_and_a_compressed_one_is_not() -> None:
+    stored = npz_of({"predictions.npy": npy(PREDICTIONS), "labels.npy": npy(LABELS)})
+    arrays = _npz_arrays(stored)
+    assert all(np.shares_memory(array, np.frombuffer(stored, np.uint8)) for array in arrays.values())
+    np.testing.assert_array_equal(arrays["predictions"], PREDICTIONS)
+    compressed = npz_of({"predictions.npy": npy(PREDICTIONS), "labels.npy": npy(LABELS)}, zipfile.ZIP_DEFLATED)
+    np.testing.assert_array_equal(_npz_arrays(compressed)["predictions"], PREDICTIONS)
+
+
+def test_a_member_whose_data_is_shorter_than_its_header_says_is_not_a_view() -> None:
+    """The in-place reader takes an array only when its bytes are exactly what the header declares."""
+    short = npy(np.arange(4.0))[:-8]  # one number missing
+    body = npz_of({"predictions.npy": short})
+    with pytest.raises(ProblemError) as refused:
+        _npz_arrays(body)
+    assert refused.value.status == 400
+    assert refused.value.detail.startswith("malformed npz: ")
+
+
+async def test_malformed_binary_bodies_are_named(client: httpx.AsyncClient) -> None:
+    not_zip = await client.post("/v1/loss", params={"loss": "mse"}, content=b"not a zip", headers=NPZ)
+    assert problem(not_zip, 400)["detail"] == "malformed npz: not a zip archive (an npz body starts with the bytes PK)"
+    garbage = await client.post("/v1/loss", params={"loss": "mse"}, content=b"\xff\xff\xff\xff garbage", headers=ARROW)
+    assert problem(garbage, 400)["detail"].startswith("malformed Arrow stream: ")
+
+
+def _arrow(table: pa.Table, compression: str | None = None) -> bytes:
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+@pytest.mark.parametrize(
+    "predictions",
+    [
+        pa.array([[0.5, 0.5], [0.25, 0.75]], type=pa.list_(pa.float64())),
+        pa.array([[0.5, 0.5], [0.25, 0.75]], type=pa.large_list(pa.float64())),
+        pa.array([[0.5, 0.5], [0.25, 0.75]], type=pa.list_(pa.float32(), 2)),
+    ],
+    ids=["list", "large_list", "fixed_size_list"],
+)
+async def test_arrow_lists_of_numbers_are_columns(client: httpx.AsyncClient, predictions: pa.Array) -> None:
+    body = _arrow(pa.table({"predictions": predictions, "labels": pa.array([[1.0, 0.0], [0.0, 1.0]])}))
+    response = await client.post("/v1/loss", params={"loss": "mse"}, content=body, headers=ARROW)
+    assert response.status_code == 200, response.text
+    assert response.json()["per_sample"] == pytest.approx([0.25, 0.0625])
+
+
+async def test_arrow_refusals_say_what_and_why(client: httpx.AsyncClient) -> None:
+    strings = _arrow(pa.table({"predictions": pa.array([["a"], ["b"]]), "labels": pa.array([1.0, 0.0])}))
+    answer = problem(await client.post("/v1/loss", params={"loss": "mse"}, content=strings, headers=ARROW), 422)
+    assert answer["detail"] == (
+        "body: Arrow column 'predictions' has type list<item: string>; columns must be numbers "
+        "or (fixed-size) lists of numbers"
+    )
+    assert answer["errors"] == [{"loc": ["body", "predictions"], "msg": "unsupported Arrow type list<item: string>"}]
+    zeros = pa.array(np.zeros(4))
+    compressed = _arrow(pa.table({"predictions": zeros, "labels": zeros}), "zstd")
+    answer = problem(await client.post("/v1/loss", params={"loss": "mse"}, content=compressed, headers=ARROW), 415)
+    assert answer["detail"] == (
+        "Arrow buffer compression (LZ4, ZSTD) is not accepted: its decoded size is unknown until it is "
+        "decoded. Send the stream uncompressed, with Content-Encoding: gzip if the transfer size matters"
+    )
+
+
+@pytest.fixture
+def fieldwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every body takes the field-by-field path, which otherwise starts at 32 MiB."""
+    monkeypatch.setattr(body_module, "FIELDWISE_BYTES", 0)
+
+
+def test_the_fieldwise_path_refuses_a_boolean_in_an_array_by_index(fieldwise: None) -> None:
+    for text, index in ((b"[[0.5, true], [0.25, 0.75]]", [0, 1]), (b"[[0.5, 0.5], [false, 0.75]]", [1, 0])):
+        body = b'{"loss": "mse", "options": {}, "predictions": ' + text + b', "labels": [[1, 0], [0, 1]]}'
+        with pytest.raises(ProblemError) as refused:
+            validate_json(loss_request_adapter(), body)
+        assert refused.value.errors is not None
+        assert refused.value.errors[0]["loc"] == ["body", "predictions", *index]
+        assert refused.value.errors[0]["msg"] == "expected a number, got a boolean"
+
+
+def test_the_fieldwise_path_counts_booleans_outside_the_arrays(fieldwise: None) -> None:
+    body = (
+        b'{"loss": "bce", "options": {"from_logits": false}, "predictions": [[0.5, 0.25]], '
+        b'"labels": [[1, 0]], "chunk": false}'
+    )
+    request = validate_json(loss_request_adapter(), body)
+    np.testing.assert_array_equal(request.predictions, [[0.5, 0.25]])
+
+
+def test_the_fieldwise_path_names_a_repeated_key(fieldwise: None) -> None:
+    body = b'{"loss": "mse", "predictions": [[0.5]], "labels": [[1.0]], "labels": [[0.0]]}'
+    with pytest.raises(ProblemError) as refused:
+        validate_json(loss_request_adapter(), body)
+    assert refused.value.status == 422
+    assert refused.value.detail == "key 'labels' appears more than once in the top-level object"
+
+
+def test_the_fieldwise_path_reads_strings_inside_arrays_as_the_ordinary_one(fieldwise: None) -> None:
+    body = b'{"loss": "mse", "predictions": [[0.5, "x"]], "labels": [[1.0, 0.0]]}'
+    with pytest.raises(ProblemError) as refused:
+        validate_json(loss_request_adapter(), body)
+    assert refused.value.errors is not None
+    assert refused.value.errors[0]["loc"] == ["body", "predictions", 0, 1]
+
+
+async def test_an_arrow_list_column_with_ragged_rows_is_refused_by_row(client: httpx.AsyncClient) -> None:
+    ragged = pa.array([[0.5, 0.5], [0.25, 0.5, 0.25]], type=pa.list_(pa.float64()))
+    body = _arrow(pa.table({"predictions": ragged, "labels": pa.array([1.0, 0.0])}))
+    answer = problem(await client.post("/v1/loss", params={"loss": "mse"}, content=body, headers=ARROW), 400)
+    assert answer["detail"] == ("malformed Arrow stream: row 1 has 3 values and row 0 has 2: rows must be equally long")
