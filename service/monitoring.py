@@ -8,7 +8,6 @@ values there and /metrics merges them (prometheus-client multiprocess mode).
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import functools
 import logging
 import os
@@ -264,8 +263,7 @@ class Monitor:
         for key in [key for key in self._children if key[1] and key[1][0] == model and id(key[0]) in self._by_model]:
             metric, labels = key
             del self._children[key]
-            with contextlib.suppress(KeyError):
-                metric.remove(*labels)
+            metric.remove(*labels)  # made by _child, so it is there
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, remembered: prometheus-client validates and locks on every

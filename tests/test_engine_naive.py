@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -236,3 +237,22 @@ def test_a_chunk_with_nothing_to_count_reports_denominator_zero() -> None:
     assert (chunk.mean, chunk.sum, chunk.denominator) == (0.0, 0.0, 0.0)
     with pytest.raises(LossInputError, match="every target equals the ignore index"):
         compute("scce", LOGITS, all_ignored, options={"from_logits": True}, convention="torch")
+
+
+def test_kl_divergence_under_torch_is_batchmean_weighted_or_not() -> None:
+    """KLDivLoss(reduction='batchmean'): the sum over all values divided by N; with sample weights,
+    by their sum. Per sample: sum_c y (log y - log p), from the published formula."""
+    p = [[0.2, 0.5, 0.3], [0.6, 0.3, 0.1]]
+    y = [[0.1, 0.6, 0.3], [0.5, 0.25, 0.25]]
+    per_sample = [
+        sum(t * (math.log(t) - math.log(q)) for q, t in zip(row_p, row_y, strict=True))
+        for row_p, row_y in zip(p, y, strict=True)
+    ]
+    result = compute("kl_divergence", p, y, convention="torch")
+    assert_close(result.per_sample, per_sample, "float64")
+    assert result.mean == pytest.approx(sum(per_sample) / 2, rel=1e-12)
+    weighted = compute("kl_divergence", p, y, convention="torch", sample_weight=[3.0, 1.0])
+    assert weighted.mean == pytest.approx((3 * per_sample[0] + per_sample[1]) / 4, rel=1e-12)
+    with pytest.raises(LossInputError) as caught:
+        compute("kl_divergence", p, y, convention="torch", sample_weight=[0.0, 0.0])
+    assert (caught.value.field, caught.value.reason) == ("sample_weight", "the weights sum to 0; the mean would be 0/0")

@@ -430,3 +430,26 @@ async def test_readiness_is_503_while_the_service_is_not_ready() -> None:
                     assert answer.json() == body
             assert (await client.get("/v2/models/mse/ready")).json() == {"name": "mean_squared_error", "ready": False}
             assert (await client.get("/v2/health/live")).status_code == 200
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("parameters", "labels", "error"),
+    [
+        ({"label_smoothing": 2.0}, LABELS, "parameters.label_smoothing: Input should be less than or equal to 1"),
+        ({"dtype": "float16"}, LABELS, "parameters.dtype: Input should be 'float64' or 'float32'"),
+        ({"bogus": 1}, LABELS, "parameters.bogus: Extra inputs are not permitted"),
+    ],
+)
+async def test_validation_errors_use_the_protocols_names(
+    client: httpx.AsyncClient, parameters: dict[str, Any], labels: np.ndarray[Any, Any], error: str
+) -> None:
+    """Options are the request's `parameters`, batch fields too; arrays are `input <name>`."""
+    response = await infer(
+        client,
+        "scce",
+        [tensor("predictions", LOGITS, "FP32"), tensor("labels", labels, "INT64")],
+        parameters=parameters,
+    )
+    assert response.status_code == 400, response.text
+    assert response.json() == {"error": error}

@@ -124,8 +124,8 @@ def test_a_burst_of_names_keeps_real_models_out_only_until_it_goes_idle() -> Non
     assert monitor.model_label("real-2") == "other"
     now[0] = 300.0
     observe("real-1")  # in use: it must never be pushed out
-    now[0] = 601.0
-    observe("real-2")  # junk-1 has been idle for 601 s: real-2 takes its label
+    now[0] = 600.0
+    observe("real-2")  # junk-1 has been idle for exactly 600 s: real-2 takes its label
     observe("junk-5")  # junk-2 likewise
     now[0] = 700.0
     for junk in ("junk-6", "junk-7", "junk-8"):

@@ -437,7 +437,7 @@ def _check_arrow_stream(body: bytes) -> None:
                         "or (fixed-size) lists of numbers",
                         errors=[{"loc": ["body", clipped(field.name)], "msg": f"unsupported Arrow type {field.type}"}],
                     )
-        elif message.type in ("record batch", "dictionary batch") and _arrow_compressed(message.metadata.to_pybytes()):
+        elif message.type == "record batch" and _arrow_compressed(message.metadata.to_pybytes()):
             raise ProblemError(
                 415,
                 "Arrow buffer compression (LZ4, ZSTD) is not accepted: its decoded size is unknown until it is "
@@ -454,20 +454,15 @@ def _numeric_arrow_type(arrow_type: Any) -> bool:
 
 
 def _arrow_compressed(metadata: bytes) -> bool:
-    """Whether an Arrow IPC message (its flatbuffer `Message`) declares body compression: the
-    `compression` field of its RecordBatch (or of a DictionaryBatch's RecordBatch)."""
+    """Whether a record batch message (its flatbuffer `Message`) declares body compression: the
+    `compression` field of its RecordBatch. (Dictionary batches never get here: a dictionary
+    column is refused with the schema.)"""
     root = _U32.unpack_from(metadata, 0)[0]
-    header_type = _flatbuffer_field(metadata, root, 1)
-    if header_type is None or metadata[header_type] not in (_RECORD_BATCH, _DICTIONARY_BATCH):
-        return False
-    batch = _flatbuffer_table(metadata, root, 2)
-    if metadata[header_type] == _DICTIONARY_BATCH:
-        batch = _flatbuffer_table(metadata, batch, 1)  # DictionaryBatch.data
+    batch = _flatbuffer_table(metadata, root, 2)  # Message.header
     return _flatbuffer_field(metadata, batch, 3) is not None  # RecordBatch.compression
 
 
 _U32, _I32, _U16 = struct.Struct("<I"), struct.Struct("<i"), struct.Struct("<H")
-_DICTIONARY_BATCH, _RECORD_BATCH = 2, 3  # Arrow's MessageHeader union
 
 
 def _flatbuffer_field(buffer: bytes, table: int, index: int) -> int | None:
