@@ -80,6 +80,7 @@ print(peak() - before)
 """
 
 
+@pytest.mark.slow  # a fresh interpreter per shape
 @pytest.mark.parametrize("shape", SHAPES)
 def test_the_json_estimate_bounds_what_parsing_holds(shape: str, tmp_path: Path) -> None:
     body = SHAPES[shape]()
@@ -252,6 +253,7 @@ def _peak_rss(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
+@pytest.mark.slow  # starts a server
 def test_the_served_probe_is_refused_without_the_memory_it_would_take() -> None:
     """The probe, scaled down: 32 losses over 5 x 10^5 numbers would answer ~400 MB of JSON; with
     a 256 MiB budget it gets 413 and the server's peak RSS hardly moves."""

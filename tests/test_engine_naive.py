@@ -256,3 +256,17 @@ def test_kl_divergence_under_torch_is_batchmean_weighted_or_not() -> None:
     with pytest.raises(LossInputError) as caught:
         compute("kl_divergence", p, y, convention="torch", sample_weight=[0.0, 0.0])
     assert (caught.value.field, caught.value.reason) == ("sample_weight", "the weights sum to 0; the mean would be 0/0")
+
+
+def test_a_loss_that_overflows_is_refused_not_answered_with_inf() -> None:
+    """The reduction's last guard: inputs that are finite but whose loss overflows the dtype."""
+    with pytest.raises(LossInputError) as per_sample:
+        compute("mse", [[1.0], [3e20]], [[0.0], [0.0]], dtype="float32")  # (3e20)^2 overflows float32
+    assert (per_sample.value.field, per_sample.value.index) == ("predictions", (1,))
+    assert per_sample.value.reason == "the loss of this sample is not finite (inf); it overflows the dtype"
+    big = 1e19  # each square is finite in float32 (1e38), their sum is not
+    with pytest.raises(LossInputError) as total:
+        compute("mse", [[big], [big], [big], [big]], [[0.0]] * 4, dtype="float32", convention="torch")
+    assert (total.value.field, total.value.index) == ("predictions", ())
+    assert total.value.reason == "the sum of the losses overflows the dtype; use float64"
+    assert compute("mse", [[big], [big], [big], [big]], [[0.0]] * 4, convention="torch").mean == pytest.approx(1e38)

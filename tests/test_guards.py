@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import re
 import threading
 import time
 import zlib
@@ -385,10 +386,48 @@ async def test_request_ids_and_one_json_log_line_per_request(
         "loss": "mean_squared_error",
         "batch_size": 2,
     }
-    assert lines[0]["body_bytes"] > 0
+    assert lines[0]["body_bytes"] == len(json.dumps(BODY, separators=(",", ":")).encode())
+    assert 0 < lines[0]["duration_ms"] < 10_000
+    assert round(lines[0]["duration_ms"], 3) == lines[0]["duration_ms"]  # microseconds, no finer
     assert "secret" not in caplog.text
     assert "predictions" not in caplog.text
     assert lines[1]["route"] == "/livez"
+
+
+@pytest.mark.parametrize(("given", "kept"), [("a" * 128, True), ("a" * 129, False), ("bad\tid", False)])
+async def test_a_request_id_is_kept_only_if_short_and_printable(
+    client: httpx.AsyncClient, given: str, kept: bool
+) -> None:
+    echoed = (await client.get("/livez", headers={"x-request-id": given})).headers["x-request-id"]
+    assert (echoed == given) is kept
+    if not kept:
+        assert re.fullmatch(r"[0-9a-f]{32}", echoed)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [Settings(), Settings(api_keys=["k"], cors_origins=["http://x"], metrics_auth=True)],
+    ids=["defaults", "keys-and-cors"],
+)
+async def test_the_lifespan_passes_through_every_middleware(settings: Settings) -> None:
+    """uvicorn sends the app its lifespan events through the whole middleware stack."""
+    app = create_app(settings)
+    events = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        if events:
+            return events.pop(0)
+        await anyio.sleep_forever()
+        return {}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["type"])
+
+    with anyio.fail_after(10):
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert app.state.lifecycle in ("ready", "draining", "stopped")
 
 
 async def test_cors_is_off_by_default_and_configurable(client: httpx.AsyncClient) -> None:
