@@ -270,3 +270,19 @@ def test_a_loss_that_overflows_is_refused_not_answered_with_inf() -> None:
     assert (total.value.field, total.value.index) == ("predictions", ())
     assert total.value.reason == "the sum of the losses overflows the dtype; use float64"
     assert compute("mse", [[big], [big], [big], [big]], [[0.0]] * 4, convention="torch").mean == pytest.approx(1e38)
+
+
+def test_torch_refusals_for_a_mean_of_nothing_in_their_words() -> None:
+    logits = [[2.0, 0.5, -1.0], [0.1, 1.2, 0.3]]
+    with pytest.raises(LossInputError) as ignored:
+        compute("scce", logits, [1, 1], options={"from_logits": True, "ignore_index": 1}, convention="torch")
+    assert (ignored.value.field, ignored.value.reason) == (
+        "labels",
+        "every target equals the ignore index; PyTorch's mean would be 0/0 (NaN)",
+    )
+    with pytest.raises(LossInputError) as weights:
+        compute("scce", logits, [0, 2], options={"from_logits": True}, convention="torch", sample_weight=[0.0, 0.0])
+    assert (weights.value.field, weights.value.reason) == (
+        "sample_weight",
+        "the weights of the counted targets sum to 0; the mean would be 0/0",
+    )

@@ -583,3 +583,32 @@ async def test_a_client_that_leaves_mid_body_is_no_error(caplog: pytest.LogCaptu
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
     assert sent[0]["status"] == 400
     assert any("client disconnected before its request body arrived" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_gzip_body_streamed_in_chunks_is_inflated_whole(limited: httpx.AsyncClient) -> None:
+    """Chunk by chunk, as a client streams it: the end of the gzip stream is only checked at the
+    end of the body, and a stream cut short in its last chunk is still caught."""
+    compressed = gzip.compress(json.dumps(BODY).encode())
+
+    async def chunks(data: bytes) -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 7):
+            yield data[start : start + 7]
+
+    headers = {**JSON, "content-encoding": "gzip"}
+    answer = await limited.post("/v1/loss", content=chunks(compressed), headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["mean"] == 2.0
+    cut = await limited.post("/v1/loss", content=chunks(compressed[:-10]), headers=headers)
+    assert problem(cut, 400)["detail"] == "malformed gzip body: it ends before the gzip stream does"
+
+
+async def test_content_type_and_empty_body_refusals_in_their_words(client: httpx.AsyncClient) -> None:
+    text = await client.post("/v1/loss", content=b"{}", headers={"content-type": "text/plain; charset=utf-8"})
+    assert problem(text, 415)["detail"] == (
+        "Content-Type must be application/json or application/x-npz or application/vnd.apache.arrow.stream, "
+        "got text/plain"
+    )
+    missing = await client.post("/v1/evaluate", content=b"{}", headers={"content-type": ""})
+    assert problem(missing, 415)["detail"] == "Content-Type must be application/json, got none"
+    empty = await client.post("/v1/loss", content=b"  ", headers=JSON)
+    assert problem(empty, 400)["detail"] == "the request body is empty"
