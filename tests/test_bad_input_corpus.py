@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import httpx
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from service.app import create_app
@@ -53,6 +54,14 @@ def _npy(array: np.ndarray[Any, Any]) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
+
+
+def arrow_stream(columns: dict[str, Any], compression: str | None = None) -> bytes:
+    table = pa.table(columns)
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
 
 
 def compressed_zeros(count: int) -> bytes:
@@ -245,6 +254,16 @@ def corpus() -> Iterator[Case]:
         422,
     )
     yield "arrow-garbage", "/v1/loss?loss=mse", b"\xff\xff\xff\xff\x00\x00", a, 400
+    # Arrow that expands from a few bytes: refused before any column is decoded.
+    zeros = pa.array(np.zeros(100_000))
+    yield "arrow-zstd", "/v1/loss?loss=mse", arrow_stream({"predictions": zeros, "labels": zeros}, "zstd"), a, 415
+    yield "arrow-lz4", "/v1/loss?loss=mse", arrow_stream({"predictions": zeros, "labels": zeros}, "lz4"), a, 415
+    nulls = pa.nulls(10**7)
+    yield "arrow-null-column", "/v1/loss?loss=mse", arrow_stream({"predictions": nulls, "labels": nulls}), a, 422
+    words = pa.array(["a", "b"])
+    yield "arrow-string-column", "/v1/loss?loss=mse", arrow_stream({"predictions": words, "labels": words}), a, 422
+    ragged = pa.array([[1.0], [1.0, 2.0]])
+    yield "arrow-ragged-lists", "/v1/loss?loss=mse", arrow_stream({"predictions": ragged, "labels": ragged}), a, 400
     # Gzip and limits (400 / 413 / 415).
     g = {"content-type": JSON, "content-encoding": "gzip"}
     yield "gzip-not-gzip", "/v1/loss", body(), g, 400
@@ -311,7 +330,11 @@ def corpus() -> Iterator[Case]:
                b'{"inputs": [{"name": "predictions", "shape": [-1], "datatype": "FP64", "data": [1]}]}',
                b'{"inputs": [{"name": "predictions", "shape": [2], "datatype": "STR", "data": [1, 2]}]}',
                b'{"inputs": [{"name": "predictions", "shape": [2], "datatype": "FP64", "data": [1, "a"]}]}',
-               b'{"inputs": [{"name": "predictions", "shape": [1], "datatype": "FP64", "data": [1]}], "parameters": []}']  # fmt: skip
+               b'{"inputs": [{"name": "predictions", "shape": [1], "datatype": "FP64", "data": [1]}], "parameters": []}',
+               b'{"inputs": [{"name": "predictions", "shape": [1], "datatype": "FP32", "data": [1e39]}]}',
+               b'{"inputs": [{"name": "predictions", "shape": [1], "datatype": "FP16", "data": [70000]}]}',
+               b'{"inputs": [{"name": "labels", "shape": [1], "datatype": "UINT8", "data": [256]}]}',
+               b'{"inputs": [{"name": "labels", "shape": [1], "datatype": "INT32", "data": [0.5]}]}']  # fmt: skip
     for i, raw in enumerate(oip_bad):
         yield f"oip-{i}", "/v2/models/mse/infer", raw, {"content-type": JSON}, 400
     yield "oip-unknown-model", "/v2/models/nope/infer", b"{}", {"content-type": JSON}, 404
