@@ -417,7 +417,6 @@ class RequestMonitor:
             return
         given = Headers(scope=scope).get("x-request-id")
         request_id = given if given and len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
         started, status, received = time.perf_counter(), 500, 0
 
         async def counting_receive() -> Message:

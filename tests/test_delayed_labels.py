@@ -353,3 +353,24 @@ async def test_a_store_with_a_newer_schema_stops_the_start(tmp_path: Path) -> No
     with pytest.raises(Exception, match="newer than"):
         async with app.router.lifespan_context(app):
             pass
+
+
+async def test_pending_counts_by_kind_and_a_label_before_its_prediction_counts_no_delay(
+    api: httpx.AsyncClient,
+) -> None:
+    """loss_service_pending carries the store's counts per model and kind; a label that arrived
+    before its prediction (clock skew, a negative delay) is observed as 0 s, not less."""
+    await configure(api)
+    import time
+
+    await post(api, "predictions", {"ids": ["a", "b", "c"], "predictions": [[0.0, 1.0]] * 3})
+    await post(api, "labels", {"ids": ["x", "y"], "labels": [1, 0]})
+    text = (await api.get("/metrics")).text
+    assert metric(text, "loss_service_pending", model="fraud", kind="predictions") == 3
+    assert metric(text, "loss_service_pending", model="fraud", kind="labels") == 2
+    await post(api, "predictions", {"ids": ["x"], "predictions": [[0.0, 1.0]], "timestamps": [time.time() + 3600]})
+    text = (await api.get("/metrics")).text
+    assert metric(text, "loss_service_pending", model="fraud", kind="predictions") == 3
+    assert metric(text, "loss_service_pending", model="fraud", kind="labels") == 1
+    assert metric(text, "loss_service_label_delay_seconds_count", model="fraud") == 1
+    assert metric(text, "loss_service_label_delay_seconds_sum", model="fraud") == 0.0
