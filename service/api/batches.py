@@ -114,14 +114,14 @@ async def off_loop(
     """
     state = request.scope.setdefault("state", {})
     offload = request.app.state.settings.offload_bytes
-    if size <= offload and not waits_on_io:
-        needed = decoded()
-        if needed * (losses() if losses is not None else 1) <= offload:
-            reserve(state, needed, "parsing this body")
-            return work()
+    counted = decoded() if size <= offload and not waits_on_io else None
+    if counted is not None and counted * (losses() if losses is not None else 1) <= offload:
+        reserve(state, counted, "parsing this body")
+        return work()
 
     def parsing_reserved() -> Any:
-        reserve(state, decoded(), "parsing this body")
+        # Counted on the loop already for a small body; a large one is counted here, off the loop.
+        reserve(state, counted if counted is not None else decoded(), "parsing this body")
         return work()
 
     slot: Slot | None = state.get(HEAVY_SLOT)

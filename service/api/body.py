@@ -311,16 +311,24 @@ def _declared_members(body: bytes) -> Iterator[tuple[str, int, int]]:
             with archive.open(member) as raw:
                 header = io.BytesIO(raw.read(65_536))  # .npy headers are far shorter
             try:
-                version = np.lib.format.read_magic(header)
-                if version == (1, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_1_0(header)
-                elif version == (2, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_2_0(header)
-                else:
-                    continue  # np.load reads or refuses the others
+                read = _npy_header(header)
             except ValueError:
                 continue  # not an .npy member: np.load refuses it
+            if read is None:
+                continue  # np.load reads or refuses the others
+            shape, _, dtype = read
             yield clipped(member.filename.removesuffix(".npy")), math.prod(shape), dtype.itemsize
+
+
+def _npy_header(header: io.BytesIO) -> tuple[tuple[int, ...], bool, np.dtype[Any]] | None:
+    """(shape, Fortran order, dtype) of a format 1.0 or 2.0 .npy header, read from `header`,
+    which is left at the start of the data; None for another version."""
+    version = np.lib.format.read_magic(header)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(header)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(header)
+    return None
 
 
 # Parsing a JSON body holds, at its peak, up to this much per number and per array in its text
@@ -394,13 +402,10 @@ def _stored_npz_arrays(body: bytes) -> dict[str, np.ndarray[Any, Any]] | None:
 def _npy_view(data: memoryview) -> np.ndarray[Any, Any] | None:
     """A .npy file's array as a view of its bytes; None for what np.load should handle."""
     header = io.BytesIO(data[:65_536])  # the header only: format 1.0/2.0 headers are far shorter
-    version = np.lib.format.read_magic(header)
-    if version == (1, 0):
-        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(header)
-    elif version == (2, 0):
-        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(header)
-    else:
+    read = _npy_header(header)
+    if read is None:
         return None
+    shape, fortran_order, dtype = read
     count = math.prod(shape)
     if dtype.hasobject or len(data) - header.tell() != count * dtype.itemsize:
         return None
