@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pyarrow as pa
 import pytest
 
 from service.api import body as body_module
-from service.api.body import _npz_arrays, validate_json
+from service.api.body import _npz_arrays, decoded_bytes, json_decoded_bytes, validate_json
 from service.api.problems import ProblemError
 from service.api.schemas import loss_request_adapter
+from service.config import Settings
 from tests.test_api import problem
+from tests.test_guards import client_for
 
 pytestmark = pytest.mark.anyio
 NPZ = {"content-type": "application/x-npz"}
@@ -204,3 +208,112 @@ async def test_an_arrow_list_column_with_ragged_rows_is_refused_by_row(client: h
     body = _arrow(pa.table({"predictions": ragged, "labels": pa.array([1.0, 0.0])}))
     answer = problem(await client.post("/v1/loss", params={"loss": "mse"}, content=body, headers=ARROW), 400)
     assert answer["detail"] == ("malformed Arrow stream: row 1 has 3 values and row 0 has 2: rows must be equally long")
+
+
+def test_the_quote_count_accounts_for_every_key_and_string_exactly() -> None:
+    """`loads` trusts orjson's tree only when the body's quotes are exactly two per key and string
+    in it: counted too few, every such body takes the slow exact parse; too many, a repeated key
+    could hide behind a string counted twice."""
+    bodies = [
+        b'{"loss": "mse", "predictions": [[0.5]], "labels": [[1.0]]}',
+        b'{"ids": ["a", "b", "c"], "predictions": [[0.5], [0.25], [1]]}',
+        b'{"rows": [["x", 1], ["y", 2]], "nested": [[["deep", "er"]]], "empty": []}',
+        b'{"objects": [{"k": "v"}, {"k": ["w", "z"]}], "n": null, "t": true, "s": ""}',
+        b'["top", {"level": "list"}]',
+        b'"just a string"',
+    ]
+    for body in bodies:
+        assert body_module._count(body, b'"') == 2 * body_module._strings_in(orjson.loads(body)), body
+    # Never too many: a repeated key, or a string inside an array of numbers (not looked for, it
+    # only costs the exact parse), leaves quotes over.
+    for body in (b'{"ids": ["a"], "ids": ["b"], "predictions": [[0.5]]}', b'{"predictions": [[0.5, "x"]]}'):
+        assert body_module._count(body, b'"') > 2 * body_module._strings_in(orjson.loads(body)), body
+
+
+def test_an_escaped_quote_takes_the_exact_parse_and_reads_the_same() -> None:
+    body = b'{"loss": "mse", "model": "say \\"hi\\"", "predictions": [[0.5]], "labels": [[1.0]]}'
+    assert body_module.loads(body) == orjson.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b'{"options": {"class_weight": {"0": 1, "0": 2}}}', "key '0' appears more than once in options.class_weight"),
+        (b'{"predictions": [1, {"a": 1, "a": 2}]}', "key 'a' appears more than once in predictions.1"),
+        (b'{"rows": [[0.5], [{"b": 1, "b": 2}]]}', "key 'b' appears more than once in rows.1.0"),
+    ],
+)
+def test_a_repeated_key_is_named_where_it_is(body: bytes, detail: str) -> None:
+    with pytest.raises(body_module.RepeatedKeyError, match=re.escape(detail) + "$"):
+        body_module.loads(body)
+
+
+def test_the_fieldwise_path_tells_booleans_in_the_arrays_from_booleans_beside_them(fieldwise: None) -> None:
+    body = b'{"loss": "bce", "options": {"from_logits": false}, "predictions": [[0.5, true]], "labels": [[1, 0]]}'
+    with pytest.raises(ProblemError) as refused:
+        validate_json(loss_request_adapter(), body)
+    assert refused.value.errors == [{"loc": ["body", "predictions", 0, 1], "msg": "expected a number, got a boolean"}]
+
+
+def test_the_fieldwise_path_counts_elements_against_the_limit(fieldwise: None) -> None:
+    body = b'{"loss": "mse", "predictions": [[0.5, 0.5], [0.5, 0.5]], "labels": [[1, 0], [0, 1]]}'
+    assert validate_json(loss_request_adapter(), body, max_elements=4).predictions.shape == (2, 2)
+    with pytest.raises(ProblemError) as refused:
+        validate_json(loss_request_adapter(), body, max_elements=3)
+    assert refused.value.status == 413
+
+
+def test_a_body_orjson_refuses_is_still_checked_for_booleans_and_the_element_limit() -> None:
+    """NaN and Infinity literals are not JSON; pydantic-core reads them so that they are named by
+    index, and the other checks still apply on that path."""
+    one_boolean = b'{"loss": "mse", "predictions": [[Infinity, true]], "labels": [[1, 0]]}'
+    with pytest.raises(ProblemError) as refused:
+        validate_json(loss_request_adapter(), one_boolean)
+    assert refused.value.errors is not None
+    assert {"loc": ["body", "predictions", 0, 1], "msg": "expected a number, got a boolean"} in refused.value.errors
+    four = b'{"loss": "mse", "predictions": [[1, 2, 3, Infinity]], "labels": [[1, 0, 1, 1]]}'
+    with pytest.raises(ProblemError) as too_many:
+        validate_json(loss_request_adapter(), four, max_elements=3)
+    assert (too_many.value.status, too_many.value.detail) == (
+        413,
+        "an array holds 4 numbers; the limit is 3 (LOSS_SERVICE_MAX_ELEMENTS)",
+    )
+
+
+async def test_an_unexpected_array_is_named_with_the_ones_expected(client: httpx.AsyncClient) -> None:
+    body = npz_of({"predictions.npy": npy(PREDICTIONS), "labels.npy": npy(LABELS), "weights.npy": npy(LABELS)})
+    answer = problem(await client.post("/v1/loss", params={"loss": "scce"}, content=body, headers=NPZ), 422)
+    assert answer["detail"] == "body: unexpected array 'weights'; expected predictions, labels, sample_weight"
+    assert answer["errors"] == [
+        {"loc": ["body", "weights"], "msg": "unexpected array; expected predictions, labels, sample_weight"}
+    ]
+
+
+async def test_an_arrow_body_is_held_to_the_element_limit() -> None:
+    body = _arrow(pa.table({"predictions": pa.array([0.5] * 4), "labels": pa.array([1.0] * 4)}))
+    async for c in client_for(Settings(max_elements=3)):
+        answer = problem(await c.post("/v1/loss", params={"loss": "mse"}, content=body, headers=ARROW), 413)
+        assert answer["detail"] == "an array holds 4 numbers; the limit is 3 (LOSS_SERVICE_MAX_ELEMENTS)"
+    async for c in client_for(Settings(max_elements=4)):
+        assert (await c.post("/v1/loss", params={"loss": "mse"}, content=body, headers=ARROW)).status_code == 200
+
+
+def test_a_format_2_member_is_read_in_place() -> None:
+    stored = npz_of({"predictions.npy": npy(PREDICTIONS, (2, 0)), "labels.npy": npy(LABELS, (2, 0))})
+    arrays = _npz_arrays(stored)
+    assert all(np.shares_memory(array, np.frombuffer(stored, np.uint8)) for array in arrays.values())
+    np.testing.assert_array_equal(arrays["predictions"], PREDICTIONS)
+    np.testing.assert_array_equal(arrays["labels"], LABELS)
+
+
+def test_the_memory_estimate_of_binary_bodies_is_its_formula() -> None:
+    """npz: the body, plus twice what the members declare (inflated, then an aligned or converted
+    copy); a malformed one counts the body only. Arrow: the body and one conversion."""
+    body = npz_of({"predictions.npy": npy(PREDICTIONS), "labels.npy": npy(LABELS)}, zipfile.ZIP_DEFLATED)
+    declared = PREDICTIONS.nbytes + LABELS.nbytes
+    assert decoded_bytes("application/x-npz", body) == len(body) + 2 * declared
+    assert decoded_bytes("application/x-npz", b"PK not a zip") == len(b"PK not a zip")
+    arrow = _arrow(pa.table({"predictions": pa.array([0.5] * 4), "labels": pa.array([1.0] * 4)}))
+    assert decoded_bytes("application/vnd.apache.arrow.stream", arrow) == 2 * len(arrow)
+    assert json_decoded_bytes(b"[[1,2],[3,4]]") == 13 + 96 * 4 + 96 * 3
+    assert json_decoded_bytes(memoryview(b"[1]")) == 3 + 96 + 96

@@ -112,26 +112,36 @@ def test_a_compressed_npz_is_estimated_by_what_it_declares() -> None:
 
 
 def test_a_slot_reserves_within_the_budget_and_gives_it_back() -> None:
-    limiter = HeavyRequests(app=None, limit=8, timeout=1, memory_budget=100)  # type: ignore[arg-type]
+    mib = 2**20
+    limiter = HeavyRequests(app=None, limit=8, timeout=1, memory_budget=100 * mib)  # type: ignore[arg-type]
     first, second = limiter._claim(), limiter._claim()
     assert isinstance(first, Slot)
     assert isinstance(second, Slot)
-    first.reserve(60, "the first")
+    first.reserve(60 * mib, "the first")
     with pytest.raises(ProblemError) as refused:
-        second.reserve(60, "the second")
+        second.reserve(60 * mib, "the second")
     assert refused.value.status == 503
     assert refused.value.headers == {"Retry-After": "1"}
-    assert "the second needs an estimated 0.0 MiB" in refused.value.detail
-    second.reserve(40, "the second")  # what is free fits
-    first.reserve(10, "the first")  # shrinking always succeeds, and frees the difference
-    second.reserve(90, "the second")
+    assert refused.value.detail == (
+        "the second needs an estimated 60.0 MiB of memory and 40.0 MiB of this worker's budget is free; retry shortly"
+    )
+    second.reserve(40 * mib, "the second")  # what is free fits
+    first.reserve(10 * mib, "the first")  # shrinking always succeeds, and frees the difference
+    second.reserve(90 * mib, "the second")
     with pytest.raises(ProblemError) as alone:
-        first.reserve(101, "the first")
+        first.reserve(100 * mib + 1, "the first")
     assert alone.value.status == 413
-    assert "LOSS_SERVICE_MEMORY_BUDGET" in alone.value.detail
+    assert alone.value.detail == (
+        "the first needs an estimated 100.0 MiB of memory; one worker's requests may hold 100.0 MiB "
+        "(LOSS_SERVICE_MEMORY_BUDGET): send fewer samples, or fewer losses"
+    )
     first.release()
     second.release()
     assert (limiter.reserved, limiter.busy) == (0, 0)
+    alone_now = limiter._claim()
+    assert alone_now is not None
+    alone_now.reserve(100 * mib, "the whole budget")  # exactly the budget is allowed
+    alone_now.release()
 
 
 @pytest.mark.anyio

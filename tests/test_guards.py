@@ -608,7 +608,147 @@ async def test_content_type_and_empty_body_refusals_in_their_words(client: httpx
         "Content-Type must be application/json or application/x-npz or application/vnd.apache.arrow.stream, "
         "got text/plain"
     )
-    missing = await client.post("/v1/evaluate", content=b"{}", headers={"content-type": ""})
-    assert problem(missing, 415)["detail"] == "Content-Type must be application/json, got none"
+    for headers in ({"content-type": ""}, {}):
+        missing = await client.post("/v1/evaluate", content=b"{}", headers=headers)
+        assert "content-type" not in missing.request.headers or not headers["content-type"]
+        assert problem(missing, 415)["detail"] == "Content-Type must be application/json, got none"
     empty = await client.post("/v1/loss", content=b"  ", headers=JSON)
     assert problem(empty, 400)["detail"] == "the request body is empty"
+
+
+async def drive(app: Any, messages: list[dict[str, Any]], headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+    """Call an ASGI app once with these request messages (as a server might send them, optional
+    keys left out); return what it sent."""
+    pending, sent = list(messages), []
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/loss", "headers": headers, "query_string": b""}
+    await app(scope, receive, send)
+    return sent
+
+
+class Recorder:
+    """An app that reads the whole body and answers 200, keeping what it saw."""
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+        self.state: dict[str, Any] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.headers, self.state = scope["headers"], scope.get("state", {})
+        while True:
+            message = await receive()
+            self.body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def test_downstream_sees_the_inflated_body_and_not_the_compressed_bodys_headers() -> None:
+    from service.api.guards import BodyLimit
+
+    raw = json.dumps(BODY).encode()
+    zipped = gzip.compress(raw)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(zipped))]
+    recorder = Recorder()
+    # One message with no more_body: ASGI's default, the whole body.
+    gzipped = [*headers, (b"content-encoding", b"gzip")]
+    sent = await drive(BodyLimit(recorder, 1000), [{"type": "http.request", "body": zipped}], gzipped)
+    assert sent[0]["status"] == 200
+    assert recorder.body == raw
+    assert recorder.headers == [(b"content-type", b"application/json")]
+    recorder = Recorder()
+    await drive(BodyLimit(recorder, 1000), [{"type": "http.request"}], headers)  # a message without a body
+    assert (recorder.body, recorder.headers) == (b"", headers)
+
+
+async def test_a_truncated_gzip_body_in_one_message_is_refused() -> None:
+    from service.api.guards import BodyLimit
+
+    truncated = gzip.compress(json.dumps(BODY).encode())[:-10]
+    sent = await drive(
+        BodyLimit(Recorder(), 1000), [{"type": "http.request", "body": truncated}], [(b"content-encoding", b"gzip")]
+    )
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"])["detail"] == "malformed gzip body: it ends before the gzip stream does"
+
+
+async def test_a_zlib_body_is_not_gzip(limited: httpx.AsyncClient) -> None:
+    headers = {**JSON, "content-encoding": "gzip"}
+    response = await limited.post("/v1/loss", content=zlib.compress(json.dumps(BODY).encode()), headers=headers)
+    detail = problem(response, 400)["detail"]
+    assert detail == "malformed gzip body: Error -3 while decompressing data: incorrect header check"
+
+
+async def test_a_refusal_after_the_response_started_is_raised_not_sent() -> None:
+    """A second response cannot follow a first: the error goes to the server, which closes the
+    connection, instead of a 413 sent after a 200's headers."""
+    from service.api.guards import BodyLimit
+    from service.api.problems import ProblemError
+
+    async def answers_first(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await receive()
+
+    with pytest.raises(ProblemError):
+        await drive(BodyLimit(answers_first, 10), [{"type": "http.request", "body": b"x" * 11}], [])
+
+
+async def test_a_gzip_body_whose_later_chunk_is_a_bomb_is_inflated_no_further_than_the_limit(
+    limited: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """600 bytes inflated from the first chunk leave 400 (and the one that proves the excess) for
+    the rest, whatever the rest would inflate to."""
+    produced: list[int] = []
+    make = zlib.decompressobj
+
+    class Counting:
+        def __init__(self, *args: Any) -> None:
+            self.inner = make(*args)
+
+        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+            out = self.inner.decompress(data, max_length)
+            produced.append(len(out))
+            return out
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    writer = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+    first = writer.compress(padded(600)) + writer.flush(zlib.Z_SYNC_FLUSH)  # all 600 bytes inflate from it
+    rest = writer.compress(b"\0" * 10_000_000) + writer.flush()
+    monkeypatch.setattr(zlib, "decompressobj", Counting)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield first
+        yield rest
+
+    response = await limited.post("/v1/loss", content=chunks(), headers={**JSON, "content-encoding": "gzip"})
+    problem(response, 413)
+    assert produced[0] == 600
+    assert sum(produced) == 1001
+
+
+async def test_the_slot_is_claimed_by_a_last_message_that_leaves_out_more_body() -> None:
+    from service.api.guards import HEAVY_SLOT, HeavyRequests, Slot
+
+    recorder = Recorder()
+    guarded = HeavyRequests(recorder, limit=1, timeout=5)
+    await drive(guarded, [{"type": "http.request", "body": b"{}"}], [])
+    assert isinstance(recorder.state.get(HEAVY_SLOT), Slot)
+    assert guarded.busy == 0
+
+
+def test_a_size_header_is_plain_ascii_digits_or_nothing() -> None:
+    from service.api.headers import byte_count
+
+    assert [byte_count(v) for v in ("0", "12", "0012")] == [0, 12, 12]
+    for header in (None, "", "+1", " 1", "1 ", "-1", "1.0", "0x10", "\u0661"):
+        assert byte_count(header) is None, repr(header)

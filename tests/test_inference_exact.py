@@ -219,6 +219,25 @@ async def test_a_header_as_long_as_the_body_is_all_json(client: httpx.AsyncClien
 def test_the_memory_estimate_counts_json_and_binary_parts() -> None:
     header = b'{"inputs": [1, 2, 3]}'
     binary = b"\0" * 1000
-    assert _decoded_bytes(header + binary, str(len(header))) == _decoded_bytes(header, None) + 2000
+    assert _decoded_bytes(header + binary, len(header)) == _decoded_bytes(header, None) + 2000
     assert _decoded_bytes(header + binary, None) > _decoded_bytes(header, None)
-    assert _decoded_bytes(header, str(len(header) + 5)) == _decoded_bytes(header, None)
+    assert _decoded_bytes(header, len(header) + 5) == _decoded_bytes(header, None)
+
+
+async def test_binary_tensors_streamed_without_a_content_length_are_read_whole(client: httpx.AsyncClient) -> None:
+    """A chunked body has no Content-Length to align the tensors by: it is read as it comes."""
+    tensors = [tensor("predictions", LOGITS.astype(np.float32), "FP32", binary=True), tensor("labels", LABELS, "INT64")]
+    header = orjson.dumps({"inputs": [spec for spec, _ in tensors], "parameters": {"from_logits": True}})
+    body = header + tensors[0][1]
+
+    async def chunks() -> Any:
+        for start in range(0, len(body), 7):
+            yield body[start : start + 7]
+
+    response = await client.post(
+        "/v2/models/scce/infer", content=chunks(), headers={"inference-header-content-length": str(len(header))}
+    )
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 200, response.text
+    outputs = {output["name"]: output for output in response.json()["outputs"]}
+    np.testing.assert_allclose(outputs["per_sample"]["data"], PER_SAMPLE, rtol=1e-6)

@@ -28,6 +28,7 @@ KEYS = {
     "reader": ("reader-key-012345678", ["read"], None, {}),
     "metrics-bot": ("metrics-key-01234567", ["metrics"], None, {}),
     "limited": ("limited-key-0123456", ["compute"], None, {"requests_per_second": 20, "values_per_second": 1000}),
+    "burst": ("burst-key-012345678", ["read"], None, {"requests_per_second": 2}),
 }
 
 
@@ -161,7 +162,8 @@ async def test_refusals_are_audited_by_key_name_and_never_show_a_key(
     audit = [r.getMessage() for r in caplog.records if r.name == "loss_service.audit"]
     assert len(audit) == 4
     assert '"key":"fraud-team","route":"/v1/loss","model":"churn-v1","reason":"model"' in audit[0]
-    assert '"key":"unknown","route":"/v1/loss","model":null,"reason":"invalid_key"' in audit[1]
+    assert '"status":403,"key":"fraud-team"' in audit[0]
+    assert '"status":401,"key":"unknown","route":"/v1/loss","model":null,"reason":"invalid_key"' in audit[1]
     assert '"reason":"missing_key"' in audit[2]
     assert '"key":"reader","route":"/metrics","model":null,"reason":"scope"' in audit[3]
     everything = "\n".join(r.getMessage() for r in caplog.records) + "".join(r.text for r in responses)
@@ -183,6 +185,51 @@ async def test_a_values_budget_refuses_with_retry_after(api: httpx.AsyncClient) 
     assert 'loss_service_api_key_requests_total{key="limited",status_class="4xx"} 1.0' in await scrape(api)
     await asyncio.sleep(0.7)
     assert (await api.post("/v1/loss", json=big, headers=limited)).status_code == 200
+
+
+async def test_a_key_over_its_requests_per_second_is_refused_at_once_and_audited(
+    api: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    burst = auth("burst")
+    statuses = [(await api.get("/v1/models/m-1", headers=burst)).status_code for _ in range(2)]
+    assert statuses == [404, 404]  # the bucket holds one second's worth: two requests
+    refused = await api.get("/v1/models/m-1", headers=burst)
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["detail"] == "the API key 'burst' is over its 2 requests per second"
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "loss_service.audit"]
+    assert line.endswith('"status":429,"key":"burst","route":"/v1/models/m-1","model":"m-1","reason":"requests_rate"}')
+    assert 'loss_service_http_requests_rejected_total{reason="rate_limited"} 1.0' in await scrape(api)
+
+
+async def test_an_unknown_route_is_the_routers_404_whatever_the_keys_models_and_scopes(
+    api: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a request a route would answer is checked against the key's scopes and models; others
+    get the router's answer (nothing of another team's is reached either way)."""
+    caplog.set_level(logging.INFO)
+    fraud = auth("fraud-team")
+    assert (await api.get("/v1/models/churn-v1/no-such-thing", headers=fraud)).status_code == 404
+    assert (await api.post("/v1/no-such-route", json=LOSS, headers=auth("reader"))).status_code == 404
+    assert not [r for r in caplog.records if r.name == "loss_service.audit"]
+
+
+async def test_a_401_says_why_in_its_challenge_and_audits_a_long_path_clipped(
+    api: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    long_path = "/v1/models/" + "m" * 300
+    missing = await api.get(long_path)
+    assert missing.headers["www-authenticate"] == 'Bearer realm="loss-service"'
+    wrong = await api.get(long_path, headers={"authorization": "Bearer not-a-key"})
+    assert wrong.headers["www-authenticate"] == 'Bearer realm="loss-service", error="invalid_token"'
+    lines = [r.getMessage() for r in caplog.records if r.name == "loss_service.audit"]
+    route = f"{long_path[:200]}... (311 characters)"
+    assert lines == [
+        f'{{"event":"refused","status":401,"key":"unknown","route":"{route}","model":null,"reason":"missing_key"}}',
+        f'{{"event":"refused","status":401,"key":"unknown","route":"{route}","model":null,"reason":"invalid_key"}}',
+    ]
 
 
 @pytest.mark.slow
@@ -279,7 +326,7 @@ async def test_malformed_credentials_are_401(api: httpx.AsyncClient, header: str
 async def test_a_malformed_keys_file_stops_the_start(tmp_path: Path) -> None:
     keys_file = tmp_path / "keys.toml"
     keys_file.write_text(keys_toml(KEYS) + keys_toml({"reader": KEYS["reader"]}))
-    with pytest.raises(ValueError, match=r"keys\.5: name 'reader' appears more than once"):
+    with pytest.raises(ValueError, match=r"keys\.6: name 'reader' appears more than once"):
         create_app(Settings(api_keys_file=str(keys_file)))
 
 

@@ -27,6 +27,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from service.api.arrays import BOOLEANS_PRESENT, MAX_ELEMENTS, NumericArray
 from service.api.errors import validation_problem
+from service.api.headers import byte_count
 from service.api.problems import ProblemError, clipped, shown
 from service.columns import as_array
 
@@ -64,8 +65,7 @@ async def read_body_aligned(request: Request, offset: int) -> Body:
     each chunk once, as joining them into bytes does. Without a Content-Length (a chunked body,
     or a gzip one, which BodyLimit inflates), or with `offset` beyond it, the plain body.
     """
-    declared = request.headers.get("content-length", "")
-    length = int(declared) if declared.isascii() and declared.isdigit() else None
+    length = byte_count(request.headers.get("content-length"))
     if length is None or not 0 <= offset <= length:
         return await request.body()
     buffer = np.empty(length + TENSOR_ALIGNMENT, dtype=np.uint8)
@@ -209,9 +209,10 @@ def _count(body: bytes, token: bytes, candidates: int = 64) -> int:
 def refuse_repeated_keys(body: bytes) -> None:
     """Raise `RepeatedKeyError` naming the first repeated key and where it is; bodies that are not
     JSON pass, for the caller's parser to report."""
-    repeated: list[str] = []
+    repeated = False
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal repeated
         built = dict(items)
         if len(built) == len(items):
             return built
@@ -223,7 +224,7 @@ def refuse_repeated_keys(body: bytes) -> None:
                 marked.repeated = key
                 break
             seen.add(key)
-        repeated.append(marked.repeated)
+        repeated = True
         return marked
 
     try:
@@ -232,6 +233,8 @@ def refuse_repeated_keys(body: bytes) -> None:
         return
     if not repeated:
         return
+    # Every object that repeats a key is in the tree: the walk reaches the first of them, whatever
+    # array holds it (an object may follow numbers: `[1, {"a": 1, "a": 2}]`).
     pending: list[tuple[Any, list[str | int]]] = [(data, [])]
     while pending:
         value, path = pending.pop()
@@ -239,9 +242,8 @@ def refuse_repeated_keys(body: bytes) -> None:
             raise RepeatedKeyError(path, value.repeated)
         if isinstance(value, dict):
             pending.extend((item, [*path, key]) for key, item in value.items())
-        elif isinstance(value, list) and value and isinstance(value[0], (dict, list)):
-            pending.extend((item, [*path, index]) for index, item in enumerate(value))
-    raise RepeatedKeyError([], repeated[0])
+        elif isinstance(value, list):
+            pending.extend((item, [*path, index]) for index, item in enumerate(value) if isinstance(item, (dict, list)))
 
 
 def validate_binary(

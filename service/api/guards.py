@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.access import PRINCIPAL, KeyRing, audit, path_model, required_scope, retry_after
 from service.api.errors import refusal_response
+from service.api.headers import byte_count
 from service.api.problems import ProblemError, clipped
 
 # What each guard's refusal means, for the routes' OpenAPI responses.
@@ -138,9 +139,9 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = _header(scope, b"content-length")
-        if length is not None and length.isascii() and length.isdigit() and int(length) > self.max_bytes:
-            await _refuse(send, _refused(413, self._too_large(int(length))), scope)
+        length = byte_count(_header(scope, b"content-length"))
+        if length is not None and length > self.max_bytes:
+            await _refuse(send, _refused(413, self._too_large(length)), scope)
             return
         encoding = (_header(scope, b"content-encoding") or "identity").strip().lower()
         if encoding not in ("identity", "gzip"):

@@ -22,6 +22,7 @@ from service.api.batches import off_loop, run_loss
 from service.api.body import Body, RepeatedKeyError, collector_paused, json_decoded_bytes, loads, read_body_aligned
 from service.api.errors import validation_problem
 from service.api.guards import REFUSALS
+from service.api.headers import byte_count
 from service.api.problems import shown
 from service.api.schemas import loss_request_adapter
 from service.engine import LossInputError, UnknownLossError, resolve
@@ -163,8 +164,9 @@ async def model_ready(loss: str, request: Request) -> Response:
 )
 async def infer(loss: str, request: Request) -> Response:
     header_length = request.headers.get(HEADER_LENGTH)
-    if header_length is not None and header_length.isascii() and header_length.isdigit():
-        body = await read_body_aligned(request, int(header_length))  # the tensors start there
+    split = byte_count(header_length)
+    if split is not None:
+        body = await read_body_aligned(request, split)  # the tensors start there
     else:
         body = await request.body()
     monitor: Monitor = request.app.state.monitor
@@ -174,21 +176,16 @@ async def infer(loss: str, request: Request) -> Response:
         return await off_loop(  # type: ignore[no-any-return]
             request,
             len(body),
-            lambda: _decoded_bytes(body, header_length),
+            lambda: _decoded_bytes(body, split),
             lambda: _infer_paused(loss, body, header_length, monitor, log, limit),
         )
     except InferenceError as exc:
         return _error(str(exc), exc.status)
 
 
-def _decoded_bytes(body: Body, header_length: str | None) -> int:
+def _decoded_bytes(body: Body, split: int | None) -> int:
     """Parsing's memory: the JSON header's (see `json_decoded_bytes`), and binary tensors viewed in
     place plus one conversion each."""
-    split = (
-        int(header_length)
-        if header_length is not None and header_length.isascii() and header_length.isdigit()
-        else None
-    )
     if split is None or split > len(body):
         return json_decoded_bytes(body)
     return json_decoded_bytes(body[:split]) + 2 * (len(body) - split)
