@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.config import DEFAULT_LOSS_BUCKETS, Settings
-from service.monitoring import Monitor, _observe_many
+from service.monitoring import BatchedStderr, Monitor, _observe_many
 
 pytestmark = pytest.mark.anyio
 
@@ -225,3 +228,56 @@ def test_the_docs_metrics_table_is_what_the_registry_exposes() -> None:
         assert exposed[name][0] == kind, name
         # The table also names label values (reason: too_large, ...): the label names come first.
         assert labels[: len(exposed[name][1])] == exposed[name][1], name
+
+
+class _Writes(io.StringIO):
+    """A stream that counts the writes it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_access_lines_are_written_a_batch_at_a_time_and_none_is_lost() -> None:
+    stream = _Writes()
+    handler = BatchedStderr(stream, flush_after=0.2, batch_bytes=100)
+    for number in range(3):
+        handler.write_line(f"line {number}")
+    assert stream.getvalue() == ""  # waiting for the batch to fill or the time to pass
+    deadline = time.monotonic() + 5
+    while not stream.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stream.getvalue() == "line 0\nline 1\nline 2\n"
+    assert stream.writes == 1
+    handler.write_line("x" * 60)
+    handler.write_line("y" * 60)  # 122 bytes waiting: over the batch, written at once
+    assert stream.getvalue().endswith("x" * 60 + "\n" + "y" * 60 + "\n")
+    handler.write_line("last")
+    handler.flush()  # as logging.shutdown does at exit
+    assert stream.getvalue().endswith("y" * 60 + "\nlast\n")
+    assert stream.writes == 3
+
+
+def test_requests_write_their_access_line_without_a_log_record_only_when_nothing_else_listens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from service import monitoring
+
+    handler = BatchedStderr(io.StringIO())
+    monkeypatch.setattr(monitoring.access_log, "handlers", [handler])
+    monkeypatch.setattr(monitoring.access_log, "propagate", False)
+    assert monitoring._direct_access_handler() is handler
+    monkeypatch.setattr(monitoring.access_log, "propagate", True)  # an ancestor's handlers (caplog) listen too
+    assert monitoring._direct_access_handler() is None
+    monkeypatch.setattr(monitoring.access_log, "propagate", False)
+    monkeypatch.setattr(monitoring.access_log, "handlers", [handler, logging.NullHandler()])
+    assert monitoring._direct_access_handler() is None
+    monkeypatch.setattr(monitoring.access_log, "handlers", [logging.StreamHandler(io.StringIO())])
+    assert monitoring._direct_access_handler() is None
+    monkeypatch.setattr(monitoring.access_log, "handlers", [handler])
+    handler.addFilter(lambda record: False)
+    assert monitoring._direct_access_handler() is None

@@ -20,6 +20,7 @@ from service import __version__
 from service.api.arrays import MAX_ELEMENTS
 from service.api.batches import off_loop, run_loss
 from service.api.body import Body, RepeatedKeyError, collector_paused, json_decoded_bytes, loads, read_body_aligned
+from service.api.direct import DirectRoute
 from service.api.errors import validation_problem
 from service.api.guards import REFUSALS
 from service.api.headers import byte_count
@@ -28,7 +29,7 @@ from service.api.schemas import loss_request_adapter
 from service.engine import LossInputError, UnknownLossError, resolve
 from service.monitoring import Monitor
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=DirectRoute)
 
 HEADER_LENGTH = "inference-header-content-length"
 INPUTS = ("predictions", "labels", "sample_weight")

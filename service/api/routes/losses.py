@@ -21,6 +21,7 @@ from service.api.body import (
     validate_binary,
     validate_json,
 )
+from service.api.direct import DirectRoute
 from service.api.problems import ProblemError
 from service.api.responses import PROBLEM_RESPONSES, json_body, json_response, loss_result
 from service.api.schemas import (
@@ -36,6 +37,7 @@ from service.engine import LossInputError, catalogue, resolve
 from service.monitoring import Monitor
 
 router = APIRouter(prefix="/v1", tags=["losses"])
+compute_router = APIRouter(prefix="/v1", tags=["losses"], route_class=DirectRoute)  # the traffic
 
 LOSS_EXAMPLES = {
     "sparse_categorical_crossentropy": {
@@ -119,7 +121,7 @@ def _compute_many(body: bytes, monitor: Monitor, limit: int, state: dict[str, An
     return {"results": [loss_result(name, reduced, request.dtype, request.convention) for name, reduced in results]}
 
 
-@router.post(
+@compute_router.post(
     "/loss",
     summary="Per-sample losses and their mean for one batch (JSON, npz or Arrow body)",
     response_model=LossResult,
@@ -146,7 +148,7 @@ async def loss(request: Request) -> Response:
     return _npz(result) if _wants_npz(request) else json_response(result)
 
 
-@router.post(
+@compute_router.post(
     "/evaluate",
     summary="Several losses over one batch",
     response_model=EvaluateResult,
