@@ -317,3 +317,60 @@ def test_the_memory_estimate_of_binary_bodies_is_its_formula() -> None:
     assert decoded_bytes("application/vnd.apache.arrow.stream", arrow) == 2 * len(arrow)
     assert json_decoded_bytes(b"[[1,2],[3,4]]") == 13 + 96 * 4 + 96 * 3
     assert json_decoded_bytes(memoryview(b"[1]")) == 3 + 96 + 96
+
+
+def _with_flag(body: bytes, offset: int, flag: int) -> bytes:
+    """`body` with general-purpose flag bits set in the member's local and central headers."""
+    raw = bytearray(body)
+    raw[offset + 6] |= flag  # the local header's flag field
+    central = raw.rfind(b"PK\x01\x02")
+    raw[central + 8] |= flag
+    return bytes(raw)
+
+
+def test_a_member_whose_local_header_is_damaged_is_not_read_in_place() -> None:
+    """The central directory says where a member is; its local header must agree, or the body is
+    left to np.load, which refuses it."""
+    stored = npz_of({"predictions.npy": npy(PREDICTIONS)})
+    assert stored.startswith(b"PK\x03\x04")
+    damaged = b"PK\x03\x05" + stored[4:]
+    with pytest.raises(ProblemError) as refused:
+        _npz_arrays(damaged)
+    assert refused.value.detail.startswith("malformed npz: ")
+
+
+def test_an_encrypted_member_is_not_read_as_plain_data() -> None:
+    stored = npz_of({"predictions.npy": npy(PREDICTIONS)})
+    with pytest.raises(ProblemError) as refused:
+        _npz_arrays(_with_flag(stored, 0, 0x1))
+    assert refused.value.detail.startswith("malformed npz: ")
+    assert "encrypted" in refused.value.detail
+
+
+@pytest.mark.parametrize("flag_and_method", [(0x1, None), (0, 99)], ids=["encrypted", "unknown-compression"])
+async def test_members_zipfile_cannot_read_are_a_400_not_a_500(
+    client: httpx.AsyncClient, flag_and_method: tuple[int, int | None]
+) -> None:
+    flag, method = flag_and_method
+    body = bytearray(npz_of({"predictions.npy": npy(PREDICTIONS), "labels.npy": npy(LABELS)}))
+    for signature, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        at = body.find(signature)
+        while at >= 0:
+            body[at + flag_at] |= flag
+            if method is not None:
+                body[at + method_at : at + method_at + 2] = method.to_bytes(2, "little")
+            at = body.find(signature, at + 4)
+    answer = problem(await client.post("/v1/loss", params={"loss": "scce"}, content=bytes(body), headers=NPZ), 400)
+    assert answer["detail"].startswith("malformed npz: ")
+
+
+def test_an_evaluate_body_orjson_refuses_is_held_to_the_element_limit() -> None:
+    from service.api.schemas import evaluate_request_model
+
+    body = b'{"losses": [{"loss": "mse"}], "predictions": [[1, 2, 3, Infinity]], "labels": [[1, 0, 1, 1]]}'
+    with pytest.raises(ProblemError) as too_many:
+        validate_json(evaluate_request_model(), body, max_elements=3)
+    assert too_many.value.status == 413
+    with pytest.raises(ProblemError) as non_finite:
+        validate_json(evaluate_request_model(), body, max_elements=4)
+    assert non_finite.value.status == 422
