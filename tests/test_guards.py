@@ -6,6 +6,7 @@ import gzip
 import json
 import logging
 import re
+import sys
 import threading
 import time
 import zlib
@@ -270,6 +271,18 @@ async def test_heavy_requests_beyond_the_limit_get_503_with_retry_after(monkeypa
                 release.set()
             assert results["first"].status_code == 200
             assert (await c.post("/v1/loss", json=BODY)).status_code == 200  # the slot was released
+            scrape = samples((await c.get("/metrics")).text)
+            assert value(scrape, "loss_service_http_requests_rejected_total", reason="overloaded") == 2
+
+
+async def test_a_draining_readiness_probe_is_not_counted_as_overload() -> None:
+    app = create_app(Settings())
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://g") as c:
+        app.state.lifecycle = "draining"
+        assert (await c.get("/readyz")).status_code == 503
+        scrape = samples((await c.get("/metrics")).text)
+        assert value(scrape, "loss_service_http_requests_rejected_total", reason="overloaded") == 0
 
 
 async def test_bodies_still_arriving_hold_no_slot() -> None:
@@ -752,3 +765,25 @@ def test_a_size_header_is_plain_ascii_digits_or_nothing() -> None:
     assert [byte_count(v) for v in ("0", "12", "0012")] == [0, 12, 12]
     for header in (None, "", "+1", " 1", "1 ", "-1", "1.0", "0x10", "\u0661"):
         assert byte_count(header) is None, repr(header)
+
+
+async def test_the_access_line_gives_the_duration_in_milliseconds_to_the_microsecond(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service import monitoring
+
+    clock, real = iter([100.0, 100.0123456]), time.perf_counter
+
+    def perf_counter() -> float:  # the monitor's two readings; httpx's own timing as it was
+        return next(clock) if sys._getframe(1).f_globals["__name__"] == "service.monitoring" else real()
+
+    monkeypatch.setattr(monitoring.time, "perf_counter", perf_counter)
+    logger = logging.getLogger("loss_service.access")
+    logger.addHandler(caplog.handler)
+    try:
+        await client.get("/livez")
+    finally:
+        logger.removeHandler(caplog.handler)
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "loss_service.access"]
+    assert line["duration_ms"] == 12.346
+    assert line["status"] == 200

@@ -242,24 +242,34 @@ class _Writes(io.StringIO):
         return super().write(text)
 
 
+def _eventually(condition: Any, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return bool(condition())
+
+
 def test_access_lines_are_written_a_batch_at_a_time_and_none_is_lost() -> None:
     stream = _Writes()
-    handler = BatchedStderr(stream, flush_after=0.2, batch_bytes=100)
+    handler = BatchedStderr(stream, flush_after=0.2, batch_bytes=122)
+    handler.write_line("only")
+    assert stream.getvalue() == ""  # waiting for the batch to fill or the time to pass
+    assert _eventually(lambda: stream.getvalue() == "only\n")
     for number in range(3):
         handler.write_line(f"line {number}")
-    assert stream.getvalue() == ""  # waiting for the batch to fill or the time to pass
-    deadline = time.monotonic() + 5
-    while not stream.getvalue() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert stream.getvalue() == "line 0\nline 1\nline 2\n"
-    assert stream.writes == 1
-    handler.write_line("x" * 60)
-    handler.write_line("y" * 60)  # 122 bytes waiting: over the batch, written at once
-    assert stream.getvalue().endswith("x" * 60 + "\n" + "y" * 60 + "\n")
-    handler.write_line("last")
-    handler.flush()  # as logging.shutdown does at exit
-    assert stream.getvalue().endswith("y" * 60 + "\nlast\n")
+    assert _eventually(lambda: stream.getvalue().endswith("line 0\nline 1\nline 2\n"))
+    assert stream.writes == 2
+    handler.write_line("x" * 60)  # 61 bytes with its newline
+    assert stream.writes == 2
+    handler.write_line("y" * 60)  # 122 bytes waiting: the batch is full, written at once
     assert stream.writes == 3
+    assert stream.getvalue().endswith("x" * 60 + "\n" + "y" * 60 + "\n")
+    handler.write_line("z" * 120)  # 121 bytes: one short of a batch
+    assert stream.writes == 3
+    handler.flush()  # as logging.shutdown does at exit
+    assert stream.getvalue().endswith("z" * 120 + "\n")
+    assert stream.writes == 4
+    assert (BatchedStderr().flush_after, BatchedStderr().batch_bytes) == (0.1, 64 * 1024)  # as documented
 
 
 def test_requests_write_their_access_line_without_a_log_record_only_when_nothing_else_listens(

@@ -232,6 +232,29 @@ async def test_a_401_says_why_in_its_challenge_and_audits_a_long_path_clipped(
     ]
 
 
+async def test_a_model_in_the_path_out_of_a_keys_reach_is_named_and_audited(
+    api: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    model = "churn-" + "x" * 300
+    refused = await api.get(f"/v1/models/{model}", headers=auth("fraud-team"))
+    assert refused.status_code == 403
+    assert refused.json()["detail"] == f"the API key 'fraud-team' may not use model {model!r}"
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "loss_service.audit"]
+    route = f"/v1/models/{model}"
+    assert line == (
+        f'{{"event":"refused","status":403,"key":"fraud-team","route":"{route[:200]}... (317 characters)",'
+        f'"model":"{model}","reason":"model"}}'
+    )
+
+
+async def test_a_key_after_several_spaces_is_still_the_key(api: httpx.AsyncClient) -> None:
+    """RFC 9110 allows one or more spaces between the scheme and the credentials."""
+    headers = {"authorization": "Bearer   " + KEYS["fraud-team"][0]}
+    assert (await api.post("/v1/loss", json={**LOSS, "model": "fraud-v1"}, headers=headers)).status_code == 200
+    assert 'loss_service_api_key_requests_total{key="fraud-team",status_class="2xx"} 1.0' in await scrape(api)
+
+
 @pytest.mark.slow
 async def test_a_hammered_key_gets_its_requests_per_second_and_no_more(api: httpx.AsyncClient) -> None:
     limited, rate = auth("limited"), 20
