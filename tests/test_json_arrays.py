@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from service.api import body as body_module
-from service.api.json_arrays import loads_with_arrays
+from service.api.json_arrays import SIMDJSON_BYTES, loads_with_arrays, occurrences
 from tests.test_api import problem
 
 KEYS = frozenset({"predictions", "labels", "data"})
@@ -79,6 +79,7 @@ HARD_DECIMALS = [
         json.dumps({"predictions": RNG.random((20, 5)).tolist()}, indent=2).encode(),  # white space everywhere
         ("{" + '"predictions": [' + ", ".join(HARD_DECIMALS) + '], "labels": [[1, 2], [3, 4]]}').encode(),
         b'{"labels": [-9223372036854775808, 9223372036854775807], "options": {"weight": [1, 2.5]}}',
+        b'{"odd [key]": [["[", "]"]], "predictions": [[0.5, 1], [2, 3.5]], "model": "[["}',  # brackets in text
         orjson.dumps(
             {
                 "inputs": [
@@ -90,7 +91,7 @@ HARD_DECIMALS = [
             }
         ),
     ],
-    ids=["rows", "flat-and-ints", "float32-decimals", "indented", "hard-decimals", "int64-range", "oip"],
+    ids=["rows", "flat-and-ints", "float32-decimals", "indented", "hard-decimals", "int64-range", "brackets", "oip"],
 )
 def test_arrays_read_as_numpy_would_read_orjsons_lists(body: bytes) -> None:
     fast = loads_with_arrays(body, KEYS)
@@ -108,6 +109,7 @@ def test_arrays_read_as_numpy_would_read_orjsons_lists(body: bytes) -> None:
         b'{"predictions": [1.0, true]}',
         b'{"predictions": [1.0, null]}',
         b'{"predictions": [[1.0, 2.0], [3.0]]}',  # ragged
+        b'{"predictions": [[1.0, 2.0], [3.0, 4.0, 5.0], [6.0]]}',  # ragged, yet as many numbers as 3 x 2
         b'{"predictions": [[1.0, [2.0]], [3.0, 4.0]]}',  # flattens like a rectangle
         b'{"predictions": [[[1.0], [2.0]], [[3.0], [4.0]]]}',  # three dimensions
         b'{"predictions": [[1.0, 2.0], 3.0]}',
@@ -197,3 +199,23 @@ async def test_a_large_oip_json_request_answers_exactly_as_through_orjson(
     slow = await client.post("/v2/models/scce/infer", content=body)
     assert fast.status_code == slow.status_code == 200
     assert fast.json() == slow.json()
+
+
+@pytest.mark.parametrize("size", [0, 100, SIMDJSON_BYTES - 1, SIMDJSON_BYTES, 3 * SIMDJSON_BYTES + 5, 2_000_001])
+def test_occurrences_counts_every_byte_whatever_the_size(size: int) -> None:
+    text = b"[" + RNG.choice(np.frombuffer(b"[],0.5 ", dtype=np.uint8), size).tobytes()  # from the first byte
+    for char in (b"[", b",", b"x"):
+        assert occurrences(text, char) == text.count(char)
+        assert occurrences(memoryview(text), char) == text.count(char)
+
+
+def test_nesting_is_read_to_64_levels_and_declined_beyond() -> None:
+    """Deeper bodies go to orjson, which has its own limit: the reader's recursion never meets
+    Python's (a body 900 levels deep would otherwise be a RecursionError, a 500)."""
+
+    def nested(levels: int) -> bytes:
+        return b'{"o": ' + b"[" * levels + b"1" + b"]" * levels + b', "predictions": [0.5]}'
+
+    assert loads_with_arrays(nested(63), KEYS) is not None
+    assert loads_with_arrays(nested(64), KEYS) is None
+    assert loads_with_arrays(nested(900), KEYS) is None
