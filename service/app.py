@@ -76,6 +76,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         watcher.cancel()
         app.state.store.close()
         mark_worker_dead(os.getpid())
+        # The requests are drained: their access lines are the last. A worker process under
+        # --workers ends without running atexit, so logging's own flush at exit never comes.
+        for handler in access_log.handlers:
+            handler.flush()
 
 
 def _log_authentication(keys: KeyRing, settings: Settings) -> None:

@@ -73,9 +73,10 @@ access_log = logging.getLogger("loss_service.access")
 
 class BatchedStderr(logging.StreamHandler):  # type: ignore[type-arg]
     """The access log's handler: lines go to stderr a batch at a time, once `batch_bytes` are
-    waiting or `flush_after` seconds after the first of a batch, and at exit (`logging.shutdown`
-    flushes every handler). A write and flush per line cost ~20 us of a ~200 us small request;
-    a crash loses at most the last `flush_after` seconds of lines.
+    waiting or `flush_after` seconds after the first of a batch, and when the app stops (its
+    lifespan flushes the access log's handlers; `logging.shutdown` does too, at exit). A write
+    and flush per line cost ~20 us of a ~200 us small request; a crash loses at most the last
+    `flush_after` seconds of lines.
     """
 
     def __init__(self, stream: Any = None, flush_after: float = 0.1, batch_bytes: int = 64 * 1024) -> None:
