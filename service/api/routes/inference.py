@@ -347,6 +347,8 @@ def _as_datatype(array: np.ndarray[Any, Any], dtype: np.dtype[Any], name: str, d
     MLServer do: clients write FP32 tensors at float32's shortest decimals (0.1, not
     0.10000000149011612). Refused: a finite number that overflows the datatype to infinity, and
     for integer and BOOL datatypes any number that would change (a fraction, out of range)."""
+    if array.dtype == dtype:
+        return array  # FP64 decimals, INT64 integers: nothing to round, nothing that can change
     with np.errstate(over="ignore", invalid="ignore"):
         converted = array.astype(dtype)
     if dtype.kind == "f":
