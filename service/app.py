@@ -174,8 +174,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The routes join the app's own list instead of `include_router`: FastAPI 0.165 keeps an
     # included router as one nested route and walks its routes twice per request (to match, then
     # to dispatch). Routes are tried in order: the computations (POST on a DirectRoute) first.
-    traffic_first = (inference.router, losses.compute_router, losses.router, models.router, health.router)
-    for router in (*traffic_first, metrics.router, pages.router):
+    for router in (
+        inference.router,
+        losses.compute_router,
+        losses.router,
+        models.router,
+        health.router,
+        metrics.router,
+        pages.router,
+    ):
         app.router.routes.extend(router.routes)
     app.router.routes.sort(key=lambda route: not (isinstance(route, DirectRoute) and "POST" in (route.methods or ())))
     pages.mount_assets(app)

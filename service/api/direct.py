@@ -13,7 +13,8 @@ from fastapi.routing import APIRoute
 class DirectRoute(APIRoute):
     """An APIRoute whose endpoint takes the `Request` and string path parameters, and returns a
     `Response`: FastAPI builds its OpenAPI entry as for any route, but each request calls the
-    endpoint directly instead of solving its dependencies (~14 us of a ~210 us small request).
+    endpoint directly instead of solving its dependencies (in-process, a 32 x 10 /v1/loss request
+    took ~177 us solved and ~162 us called directly).
 
     An endpoint that needs anything else (a query parameter, a body model, a dependency) or
     returns anything else is refused when the route is declared, not served wrongly. A
