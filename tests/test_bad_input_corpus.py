@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from service.api import body as body_module
 from service.app import create_app
 from service.config import Settings
 
@@ -471,6 +472,20 @@ async def test_escapes_and_distinct_keys_are_not_mistaken_for_repeats(
     assert "appears more than once" not in response.text
 
 
+def answered_by(monkeypatch: pytest.MonkeyPatch, reader: str) -> list[bool]:
+    """Whether each call of `service.api.body`'s `reader` answered (True) or handed the body over
+    to the ordinary parser (None: False), from now on."""
+    real, answered = getattr(body_module, reader), []
+
+    def spy(*args: Any) -> Any:
+        result = real(*args)
+        answered.append(result is not None)
+        return result
+
+    monkeypatch.setattr(body_module, reader, spy)
+    return answered
+
+
 FIELDWISE_ALSO = [
     body(),
     body(options={"from_logits": False}, model="m-1", dtype="float32", convention="torch"),
@@ -486,7 +501,6 @@ async def test_bodies_decoded_field_by_field_get_the_same_answers(
     limited: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Large bodies take another decoder; every corpus case and a few valid ones must not notice."""
-    from service.api import body as body_module
 
     cases = [(path, content, headers) for _, path, content, headers, _ in CORPUS if headers == {"content-type": JSON}]
     cases += [
@@ -500,16 +514,8 @@ async def test_bodies_decoded_field_by_field_get_the_same_answers(
         ]
 
     ordinary = await answers()
-    decoded: list[bool] = []
-    fieldwise_decode = body_module._fieldwise
-
-    def spy(*args: Any) -> Any:
-        result = fieldwise_decode(*args)
-        decoded.append(result is not None)
-        return result
-
     monkeypatch.setattr(body_module, "FIELDWISE_BYTES", 0)
-    monkeypatch.setattr(body_module, "_fieldwise", spy)
+    decoded = answered_by(monkeypatch, "_fieldwise")
     fieldwise = await answers()
     assert sum(decoded) >= 30, "the field-by-field decoder must itself answer, not only hand over"
     assert len(cases) > 150

@@ -14,6 +14,7 @@ import pytest
 from service.api import body as body_module
 from service.api.json_arrays import SIMDJSON_BYTES, loads_with_arrays, occurrences
 from tests.test_api import problem
+from tests.test_bad_input_corpus import answered_by
 
 KEYS = frozenset({"predictions", "labels", "data"})
 RNG = np.random.default_rng(7)
@@ -151,15 +152,7 @@ async def test_a_large_request_answers_exactly_as_through_orjson(
     request = large_request()
     content = orjson.dumps(request)
     assert len(content) >= body_module.SIMDJSON_BYTES
-    read: list[bool] = []
-    real = body_module.loads_with_arrays
-
-    def spy(*args: Any) -> Any:
-        result = real(*args)
-        read.append(result is not None)
-        return result
-
-    monkeypatch.setattr(body_module, "loads_with_arrays", spy)
+    read = answered_by(monkeypatch, "loads_with_arrays")
     fast = await client.post("/v1/loss", content=content, headers={"content-type": "application/json"})
     assert read == [True]
     monkeypatch.setattr(body_module, "SIMDJSON_BYTES", 1 << 40)
