@@ -21,7 +21,7 @@ from fastapi.openapi.utils import get_openapi
 
 from service import __version__
 from service.api.access import KeyRing
-from service.api.direct import DirectRoute
+from service.api.direct import DirectDispatch, DirectRoute
 from service.api.errors import install_error_handlers
 from service.api.guards import KEY_REFUSALS, ApiKeys, BodyLimit, HeavyRequests
 from service.api.ingest import sweep_forever
@@ -187,6 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.routes.sort(key=lambda route: not (isinstance(route, DirectRoute) and "POST" in (route.methods or ())))
     pages.mount_assets(app)
     # Outermost last: the request monitor sees everything, the guards' refusals included.
+    app.add_middleware(DirectDispatch, router=app.router, exception_handlers=app.exception_handlers)
     app.add_middleware(
         HeavyRequests,
         limit=settings.max_concurrent,

@@ -10,7 +10,7 @@ import pytest
 from fastapi import Depends, FastAPI, Request, Response
 from pydantic import BaseModel
 
-from service.api.direct import DirectRoute
+from service.api.direct import DirectDispatch, DirectRoute
 
 
 class Body(BaseModel):
@@ -67,3 +67,61 @@ async def test_the_endpoint_gets_its_path_parameters_and_the_request() -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://d") as client:
         assert (await client.post("/echo/a/b%20c")).text == "a/b c/POST"
     assert "/echo/{first}/{second}" in app.openapi()["paths"]
+
+
+class RefusedError(Exception):
+    pass
+
+
+class RefusedHereError(RefusedError):
+    pass
+
+
+def dispatched_app() -> FastAPI:
+    """A DirectRoute shadowed in the router by an ordinary route on the same path: the router
+    would answer "router", the dispatcher answers "direct"."""
+
+    async def direct(request: Request) -> Response:
+        kind = request.query_params.get("raise")
+        if kind == "handled":
+            raise RefusedHereError("by the handler of its base class")
+        if kind == "unhandled":
+            raise LookupError("nobody handles this")
+        return Response(f"direct {request.scope['route'].path}")
+
+    async def on_refused(request: Request, exc: Exception) -> Response:
+        return Response(f"handled: {exc}", status_code=409)
+
+    async def on_anything(request: Request, exc: Exception) -> Response:
+        return Response("the app's 500", status_code=500)
+
+    app = FastAPI()
+    app.add_api_route("/work", lambda: Response("router"), methods=["POST", "GET"])
+    app.router.routes.append(DirectRoute("/work", direct, methods=["POST"]))
+    app.add_exception_handler(RefusedError, on_refused)
+    app.add_exception_handler(Exception, on_anything)
+    app.add_middleware(DirectDispatch, router=app.router, exception_handlers=app.exception_handlers)
+    return app
+
+
+@pytest.mark.anyio
+async def test_a_post_a_direct_route_answers_goes_to_it_without_the_router() -> None:
+    transport = httpx.ASGITransport(app=dispatched_app(), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://d") as client:
+        assert (await client.post("/work")).text == "direct /work"
+        assert (await client.get("/work")).text == "router"  # not a POST: the router's
+        assert (await client.post("/elsewhere")).status_code == 404  # no route: the router's 404
+        handled = await client.post("/work", params={"raise": "handled"})
+        assert (handled.status_code, handled.text) == (409, "handled: by the handler of its base class")
+        unhandled = await client.post("/work", params={"raise": "unhandled"})
+        assert (unhandled.status_code, unhandled.text) == (500, "the app's 500")
+
+
+@pytest.mark.anyio
+async def test_an_exception_without_a_handler_of_its_own_goes_on_to_the_outermost_layer() -> None:
+    # As on the router's path: ServerErrorMiddleware answers with the app's 500 handler and
+    # re-raises, so that the server logs it.
+    transport = httpx.ASGITransport(app=dispatched_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://d") as client:
+        with pytest.raises(LookupError, match="nobody handles this"):
+            await client.post("/work", params={"raise": "unhandled"})
