@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from service.api import body as body_module
-from service.api.json_arrays import SIMDJSON_BYTES, loads_with_arrays, occurrences
+from service.api.body import json_decoded_bytes
+from service.api.json_arrays import SIMDJSON_BYTES, loads_with_arrays, occurrences, structure
 from tests.test_api import problem
 from tests.test_bad_input_corpus import answered_by
 
@@ -200,6 +201,35 @@ def test_occurrences_counts_every_byte_whatever_the_size(size: int) -> None:
     for char in (b"[", b",", b"x"):
         assert occurrences(text, char) == text.count(char)
         assert occurrences(memoryview(text), char) == text.count(char)
+
+
+def test_structure_keeps_every_quote_comma_bracket_and_literal() -> None:
+    body = orjson.dumps(
+        {
+            "loss": "s t1rue",
+            "predictions": [[-1.5e-07, 2.0, 3], [+0.25, 1e300, -0.0]],
+            "labels": [0, 12],
+            "flags": [True, False, None],
+            "note": 'a "quoted", [bracketed] word: false',
+        }
+    ).replace(b",", b", ")
+    rest = structure(body)
+    for char in (b'"', b",", b"[", b"]", b"{", b":", b"\\"):
+        assert rest.count(char) == body.count(char)
+    assert (rest.count(b"true"), body.count(b"true")) == (2, 1)  # "t1rue" became a word: counted, never missed
+    assert (rest.count(b"false"), body.count(b"false")) == (2, 2)
+    assert structure(memoryview(body)) == rest
+    assert not set(rest) & set(b"0123456789.+- ")
+
+
+@pytest.mark.parametrize("size", [SIMDJSON_BYTES - 1, SIMDJSON_BYTES])
+def test_the_memory_estimate_counts_commas_and_brackets_on_both_sides_of_the_size(size: int) -> None:
+    rows = b"[" + b",".join(b"[0.5,-1e-3]" for _ in range(size // 12)) + b"]"
+    # Not JSON (more opening brackets than closing ones): the estimate never checks.
+    body = rows + b" [" * ((size - len(rows)) // 2) + b" " * ((size - len(rows)) % 2)
+    assert len(body) == size
+    expected = size + 96 * (body.count(b",") + 1) + 96 * body.count(b"[")
+    assert json_decoded_bytes(body) == expected
 
 
 def test_nesting_is_read_to_64_levels_and_declined_beyond() -> None:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from service.api.arrays import BOOLEANS_PRESENT, MAX_ELEMENTS, NumericArray
 from service.api.errors import validation_problem
 from service.api.headers import byte_count
-from service.api.json_arrays import SIMDJSON_BYTES, loads_with_arrays, occurrences
+from service.api.json_arrays import SIMDJSON_BYTES, loads_with_arrays, occurrences, structure
 from service.api.problems import ProblemError, clipped, shown
 from service.columns import as_array
 
@@ -219,6 +219,15 @@ def _count(body: bytes, token: bytes, candidates: int = 64) -> int:
     return found
 
 
+def _literals(body: bytes) -> int:
+    """At least as many as the `true` and `false` literals in `body` (more only when a string
+    spells one out)."""
+    if len(body) < SIMDJSON_BYTES:
+        rest = structure(body)
+        return rest.count(b"true") + rest.count(b"false")
+    return _count(body, b"true") + _count(body, b"false")
+
+
 def refuse_repeated_keys(body: bytes) -> None:
     """Raise `RepeatedKeyError` naming the first repeated key and where it is; bodies that are not
     JSON pass, for the caller's parser to report."""
@@ -377,8 +386,12 @@ def decoded_bytes(media_type: str, body: Body) -> int:
 
 def json_decoded_bytes(text: Body) -> int:
     """`decoded_bytes` of JSON text."""
-    numbers = occurrences(text, b",") + 1
-    return len(text) + JSON_BYTES_PER_NUMBER * numbers + JSON_BYTES_PER_ARRAY * occurrences(text, b"[")
+    if len(text) < SIMDJSON_BYTES:
+        rest = structure(text)
+        commas, brackets = rest.count(b","), rest.count(b"[")
+    else:
+        commas, brackets = occurrences(text, b","), occurrences(text, b"[")
+    return len(text) + JSON_BYTES_PER_NUMBER * (commas + 1) + JSON_BYTES_PER_ARRAY * brackets
 
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, (fixed fields), name length, extra length
@@ -527,7 +540,7 @@ def _fieldwise(body: bytes, max_elements: int | None) -> dict[str, Any] | None:
         small = {key: _ANY.decode(value) for key, value in raw.items() if key not in ARRAY_FIELDS}
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
-    tokens = _count(body, b"true") + _count(body, b"false")
+    tokens = _literals(body)
     context = {BOOLEANS_PRESENT: tokens > _booleans_outside_arrays(small), MAX_ELEMENTS: max_elements}
     strings = len(raw) + sum(_strings_in(value) for value in small.values())
     data: dict[str, Any] = dict(small)
@@ -572,7 +585,7 @@ def _validate_json(schema: type[BaseModel] | TypeAdapter[Any], body: bytes, max_
             return schema.model_validate(data)
         except ValidationError as exc:
             raise validation_problem(exc) from None
-    tokens = _count(body, b"true") + _count(body, b"false")
+    tokens = _literals(body)
     context: dict[str, Any] = {BOOLEANS_PRESENT: tokens > 0, MAX_ELEMENTS: max_elements}
     try:
         try:

@@ -59,6 +59,20 @@ def loads_with_arrays(body: bytes, array_keys: frozenset[str]) -> Any | None:
 _BLOCK = 64 * 1024
 
 
+# What numbers are written with, and the spaces between them: most of a small body of arrays, and
+# none of the structure that is counted in it (quotes, commas, brackets, the letters of literals).
+_NUMBER_BYTES = b"0123456789.+- "
+
+
+def structure(text: bytes | memoryview) -> bytes:
+    """`text` without the bytes that numbers are written with, for counting in a small body: 32 x 10
+    numbers in 6.5 KB leave 0.5 KB, and deleting them (~2 us) costs less than counting each byte
+    over the whole body (~1.6-3.5 us per count). Quotes, commas and brackets are all kept, so
+    their counts are the body's; a word can only gain occurrences (a string's "t1rue" becomes
+    "true"), never lose any."""
+    return (text if isinstance(text, bytes) else bytes(text)).translate(None, _NUMBER_BYTES)
+
+
 def occurrences(text: bytes | memoryview, char: bytes) -> int:
     """`text.count(char)` for one byte, by NumPy from SIMDJSON_BYTES on: 1.9 ms for 20 MB where
     `bytes.count` takes ~8 (below, NumPy's calls cost more than they save). A block at a time,
