@@ -270,6 +270,11 @@ def test_a_loss_that_overflows_is_refused_not_answered_with_inf() -> None:
     assert (total.value.field, total.value.index) == ("predictions", ())
     assert total.value.reason == "the sum of the losses overflows the dtype; use float64"
     assert compute("mse", [[big], [big], [big], [big]], [[0.0]] * 4, convention="torch").mean == pytest.approx(1e38)
+    # Keras's masked mean weighs each kept sample by count / kept (here 2): a finite sum, an infinite mean.
+    masked = [[1e38, -1e38, 0.0], [0.0, 0.0, 0.0]]  # the first sample's loss: 2e38
+    with pytest.raises(LossInputError) as mean:
+        compute("scce", masked, [1, 2], options={"from_logits": True, "ignore_class": 2}, dtype="float32")
+    assert mean.value.reason == "the sum of the losses overflows the dtype; use float64"
 
 
 def test_torch_refusals_for_a_mean_of_nothing_in_their_words() -> None:

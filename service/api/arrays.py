@@ -100,7 +100,7 @@ def _finite(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     # A NaN or an infinity makes the sum non-finite, so one summation (0.4 ms for 10^6 float64,
     # against 0.75 for isfinite + all) clears the common case; only a non-finite sum, which
     # finite values can also reach by overflowing, pays for the element-wise search.
-    if array.dtype.kind == "f" and not np.isfinite(array.sum()):
+    if array.dtype.kind == "f" and not math.isfinite(array.sum()):
         finite = np.isfinite(array)
         if not finite.all():
             index = [int(i) for i in np.argwhere(~finite)[0]]

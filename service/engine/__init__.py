@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -122,7 +123,7 @@ def _as_class_indices(values: ArrayLike) -> np.ndarray[Any, np.dtype[np.intp]]:
 def _check_finite(array: np.ndarray[Any, Any], field: str, reason: str) -> None:
     # One summation answers for the whole array: a NaN or an infinity makes the sum non-finite.
     # Only then (or when finite values overflow the sum) is the element-wise search paid for.
-    if array.dtype.kind == "f" and not np.isfinite(array.sum()):
+    if array.dtype.kind == "f" and not math.isfinite(array.sum()):
         finite = np.isfinite(array)
         if not finite.all():
             index = tuple(int(i) for i in np.argwhere(~finite)[0])

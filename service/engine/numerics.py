@@ -118,6 +118,14 @@ def nll_of_logits(logits: Array, targets: NDArray[np.intp]) -> Array:
     rows, classes = logits.shape
     if classes * logits.dtype.itemsize <= CLASS_MAJOR_ROW_BYTES and rows >= CLASS_MAJOR_MIN_ROWS:
         return _nll_of_logits_class_major(logits, targets)
+    if rows * classes <= BLOCK_VALUES:
+        # One block: the same operations without the buffers blocks reuse (a 32 x 10 batch: 9 NumPy
+        # calls, not 14), on rows laid out as the blocks' are, so each row sums in the same order.
+        shifted = np.subtract(logits, logits.max(axis=1, keepdims=True), order="C")
+        shifted_target = shifted[np.arange(rows), targets]
+        sums: Array = np.exp(shifted, out=shifted).sum(axis=1)
+        np.subtract(np.log(sums, out=sums), shifted_target, out=sums)
+        return sums
     out = np.empty(rows, dtype=logits.dtype)
     block = min(rows, max(1, BLOCK_VALUES // classes))
     positions = np.arange(block)

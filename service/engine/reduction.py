@@ -13,6 +13,7 @@ This is the only place that weights and averages. A loss returns `LossValues`; i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,7 +151,10 @@ def _batch_mean(values: Array, weight: Array | None) -> tuple[Array, np.floating
 def _check_finite(per_sample: Array, total: np.floating[Any], mean: np.floating[Any]) -> None:
     """The last guard: a 200 never carries inf or NaN, whatever a formula did."""
     # A finite sum means finite elements; only a non-finite one pays for the element-wise search.
-    bad = np.zeros(0, bool) if np.isfinite(total) else ~np.isfinite(per_sample)
+    # (math.isfinite reads a NumPy scalar in ~0.02 us, np.isfinite takes ~0.4.)
+    if math.isfinite(total) and math.isfinite(mean):
+        return
+    bad = ~np.isfinite(per_sample) if not math.isfinite(total) else np.zeros(0, bool)
     if bad.any():
         index = tuple(int(i) for i in np.argwhere(bad)[0])
         raise LossInputError(
@@ -158,5 +162,4 @@ def _check_finite(per_sample: Array, total: np.floating[Any], mean: np.floating[
             f"the loss of this sample is not finite ({per_sample[index].item()!r}); it overflows the dtype",
             index,
         )
-    if not (np.isfinite(total) and np.isfinite(mean)):
-        raise LossInputError("predictions", "the sum of the losses overflows the dtype; use float64")
+    raise LossInputError("predictions", "the sum of the losses overflows the dtype; use float64")
