@@ -631,8 +631,9 @@ async def test_content_type_and_empty_body_refusals_in_their_words(client: httpx
         missing = await client.post("/v1/evaluate", content=b"{}", headers=headers)
         assert "content-type" not in missing.request.headers or not headers["content-type"]
         assert problem(missing, 415)["detail"] == "Content-Type must be application/json, got none"
-    empty = await client.post("/v1/loss", content=b"  ", headers=JSON)
-    assert problem(empty, 400)["detail"] == "the request body is empty"
+    for nothing in (b"", b" \t\r\n"):
+        empty = await client.post("/v1/loss", content=nothing, headers=JSON)
+        assert problem(empty, 400)["detail"] == "the request body is empty"
 
 
 async def drive(app: Any, messages: list[dict[str, Any]], headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
