@@ -200,6 +200,48 @@ class BodyLimit:
         )
 
 
+class Deadline:
+    """`asyncio.timeout` for less: one timer, no async context manager. In-process, a 32 x 10
+    /v1/loss request took ~138 us under it against ~145 us under `asyncio.timeout` (three
+    alternating runs each); anyio's CancelScope cost more still.
+
+    Once `seconds` pass, the current task is cancelled: it sees a CancelledError at its next
+    await. Leaving the block, that CancelledError is swallowed when the deadline alone asked for
+    it; one requested elsewhere too (a server shutting down) goes on. As in `asyncio.timeout`,
+    the task's count of cancellation requests tells them apart. `expired` says whether it passed.
+    """
+
+    __slots__ = ("cancelling", "expired", "handle", "task")
+
+    def __init__(self, seconds: float) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("a Deadline needs a running task")
+        self.task = task
+        self.cancelling = task.cancelling()
+        self.expired = False
+        self.handle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(seconds, self._expire)
+
+    def _expire(self) -> None:
+        self.expired, self.handle = True, None
+        self.task.cancel()
+
+    def stop(self) -> None:
+        """Let the block run to its end whatever the time (a response under way is left to finish)."""
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+    def __enter__(self) -> Deadline:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: Any) -> bool:
+        self.stop()
+        if not self.expired:
+            return False
+        return self.task.uncancel() <= self.cancelling and kind is asyncio.CancelledError
+
+
 HEAVY_SLOT = "heavy_slot"  # scope state key: the request's `Slot`, for work that outlives it
 
 
@@ -310,25 +352,19 @@ class HeavyRequests:
 
         async def sending(message: Message) -> None:
             nonlocal responding
-            if message["type"] == "http.response.start" and not deadline.expired():
+            if message["type"] == "http.response.start" and not deadline.expired:
                 responding = True
-                deadline.reschedule(None)  # a response under way is left to finish
+                deadline.stop()  # a response under way is left to finish
             if responding:  # past the deadline (the loop was busy), the 504 answers instead
                 await send(message)
 
-        # asyncio's own timeout, not anyio's CancelScope: measured in-process, this layer cost
-        # ~40 us of a ~430 us small request with the scope, ~25 us without. uvicorn runs the app
-        # on asyncio (uvloop) in any case.
         try:
-            async with asyncio.timeout(self.timeout) as deadline:
+            with Deadline(self.timeout) as deadline:
                 await self.app(scope, receiving, sending)
-        except TimeoutError:
-            if not deadline.expired():
-                raise  # the app's own TimeoutError, not this deadline
         finally:
             if slot is not None:
                 slot.release()
-        if deadline.expired() and not responding:
+        if deadline.expired and not responding:
             await _refuse(send, self._timed_out(body_received), scope)
 
     def _timed_out(self, body_received: bool) -> ProblemError:
