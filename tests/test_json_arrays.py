@@ -242,3 +242,4 @@ def test_nesting_is_read_to_64_levels_and_declined_beyond() -> None:
     assert loads_with_arrays(nested(63), KEYS) is not None
     assert loads_with_arrays(nested(64), KEYS) is None
     assert loads_with_arrays(nested(900), KEYS) is None
+    assert loads_with_arrays(nested(40_000), KEYS) is None  # beyond simdjson's own depth limit (1,024)

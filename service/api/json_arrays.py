@@ -40,7 +40,7 @@ def loads_with_arrays(body: bytes, array_keys: frozenset[str]) -> Any | None:
     try:
         parser = simdjson.Parser()
         document = parser.parse(body)
-    except ValueError:
+    except (ValueError, RuntimeError):  # not JSON; RuntimeError: nested beyond simdjson's 1,024 levels
         return None
     counts = _Counts()
     try:
