@@ -13,7 +13,7 @@ import pytest
 
 from service.api import body as body_module
 from service.api.body import json_decoded_bytes
-from service.api.json_arrays import SIMDJSON_BYTES, loads_with_arrays, occurrences, structure
+from service.api.json_arrays import SMALL_BODY_BYTES, loads_with_arrays, occurrences, structure
 from tests.test_api import problem
 from tests.test_bad_input_corpus import answered_by
 
@@ -195,7 +195,7 @@ async def test_a_large_oip_json_request_answers_exactly_as_through_orjson(
     assert fast.json() == slow.json()
 
 
-@pytest.mark.parametrize("size", [0, 100, SIMDJSON_BYTES - 1, SIMDJSON_BYTES, 3 * SIMDJSON_BYTES + 5, 2_000_001])
+@pytest.mark.parametrize("size", [0, 100, SMALL_BODY_BYTES - 1, SMALL_BODY_BYTES, 3 * SMALL_BODY_BYTES + 5, 2_000_001])
 def test_occurrences_counts_every_byte_whatever_the_size(size: int) -> None:
     text = b"[" + RNG.choice(np.frombuffer(b"[],0.5 ", dtype=np.uint8), size).tobytes()  # from the first byte
     for char in (b"[", b",", b"x"):
@@ -222,7 +222,7 @@ def test_structure_keeps_every_quote_comma_bracket_and_literal() -> None:
     assert not set(rest) & set(b"0123456789.+- ")
 
 
-@pytest.mark.parametrize("size", [SIMDJSON_BYTES - 1, SIMDJSON_BYTES])
+@pytest.mark.parametrize("size", [SMALL_BODY_BYTES - 1, SMALL_BODY_BYTES])
 def test_the_memory_estimate_counts_commas_and_brackets_on_both_sides_of_the_size(size: int) -> None:
     rows = b"[" + b",".join(b"[0.5,-1e-3]" for _ in range(size // 12)) + b"]"
     # Not JSON (more opening brackets than closing ones): the estimate never checks.

@@ -28,7 +28,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from service.api.arrays import BOOLEANS_PRESENT, MAX_ELEMENTS, NumericArray
 from service.api.errors import validation_problem
 from service.api.headers import byte_count
-from service.api.json_arrays import SIMDJSON_BYTES, loads_with_arrays, occurrences, structure
+from service.api.json_arrays import SIMDJSON_BYTES, SMALL_BODY_BYTES, loads_with_arrays, occurrences, structure
 from service.api.problems import ProblemError, clipped, shown
 from service.columns import as_array
 
@@ -205,8 +205,8 @@ def _count(body: bytes, token: bytes, candidates: int = 64) -> int:
     """`body.count(token)`, found by `find` on the token's first byte, which is memchr: a body is
     megabytes of digits with a handful of quotes and letters, and `find` crosses 20 MB in 0.5 ms
     where `count` takes 6-14 ms. Past `candidates` first bytes, `count` does the work; and on a
-    body under SIMDJSON_BYTES, where it takes a microsecond or two."""
-    if len(body) < SIMDJSON_BYTES:
+    body under SMALL_BODY_BYTES, where it takes a microsecond or two."""
+    if len(body) < SMALL_BODY_BYTES:
         return body.count(token)
     first = token[:1]
     found, seen, at = 0, 0, body.find(first)
@@ -222,7 +222,7 @@ def _count(body: bytes, token: bytes, candidates: int = 64) -> int:
 def _literals(body: bytes) -> int:
     """At least as many as the `true` and `false` literals in `body` (more only when a string
     spells one out)."""
-    if len(body) < SIMDJSON_BYTES:
+    if len(body) < SMALL_BODY_BYTES:
         rest = structure(body)
         return rest.count(b"true") + rest.count(b"false")
     return _count(body, b"true") + _count(body, b"false")
@@ -386,7 +386,7 @@ def decoded_bytes(media_type: str, body: Body) -> int:
 
 def json_decoded_bytes(text: Body) -> int:
     """`decoded_bytes` of JSON text."""
-    if len(text) < SIMDJSON_BYTES:
+    if len(text) < SMALL_BODY_BYTES:
         rest = structure(text)
         commas, brackets = rest.count(b","), rest.count(b"[")
     else:

@@ -1,9 +1,10 @@
-"""Large JSON bodies read by simdjson, with their arrays of numbers going straight to NumPy.
+"""JSON bodies read by simdjson, with their arrays of numbers going straight to NumPy.
 
 orjson builds a Python float and a list slot for every number, and NumPy then copies them out:
-for 10,000 rows of 100 that is ~60 of a request's ~90 ms. simdjson parses the same text into its
-tape in ~18 ms, and `as_buffer` copies an array's numbers out of the tape as doubles (or int64)
-without a Python object per number.
+for 10,000 rows of 100 that is ~60 of a request's ~90 ms, and for 32 rows of 10 about half of
+the body's parse and validation. simdjson parses the same text into its tape (~18 ms for the
+first), and `as_buffer` copies an array's numbers out of the tape as doubles (or int64) without
+a Python object per number.
 
 Only bodies this module can read exactly are read here; for anything else `loads_with_arrays`
 returns None and the caller's ordinary parser reads the body and names what is wrong in it:
@@ -19,9 +20,14 @@ from typing import Any
 import numpy as np
 import simdjson
 
-# Below this many bytes orjson's parse costs a few microseconds, and converting simdjson's
-# objects one by one would cost more than it saves.
-SIMDJSON_BYTES = 64 * 1024
+# From this many bytes on (a dozen rows of ten numbers), simdjson's parse and its copy straight to
+# NumPy cost less than orjson's Python numbers and NumPy's conversion of them: 15 against 16 us
+# at 2.5 KB, 20 against 28 us at 6.5 KB, 45 against 89 us at 26 KB (parse and validation of a
+# /v1/loss body); below, orjson is ahead (12 against 9 us for 200 bytes).
+SIMDJSON_BYTES = 2 * 1024
+# Below this many bytes, counting a byte over the whole body (`bytes.count`) is cheapest; from it
+# on, NumPy (for common bytes) or memchr (for rare ones) count faster.
+SMALL_BODY_BYTES = 64 * 1024
 _MAX_DEPTH = 64
 
 
@@ -74,10 +80,10 @@ def structure(text: bytes | memoryview) -> bytes:
 
 
 def occurrences(text: bytes | memoryview, char: bytes) -> int:
-    """`text.count(char)` for one byte, by NumPy from SIMDJSON_BYTES on: 1.9 ms for 20 MB where
+    """`text.count(char)` for one byte, by NumPy from SMALL_BODY_BYTES on: 1.9 ms for 20 MB where
     `bytes.count` takes ~8 (below, NumPy's calls cost more than they save). A block at a time,
     so the comparison's temporary stays that size whatever the body's."""
-    if len(text) < SIMDJSON_BYTES:
+    if len(text) < SMALL_BODY_BYTES:
         return (text if isinstance(text, bytes) else bytes(text)).count(char)
     view, code = np.frombuffer(text, dtype=np.uint8), ord(char)
     return sum(int(np.count_nonzero(view[start : start + _BLOCK] == code)) for start in range(0, view.size, _BLOCK))
@@ -123,6 +129,7 @@ def _numbers(array: Any) -> np.ndarray[Any, Any] | None:
     if rows == 0:
         return None
     first = array[0]
+    leaf: Any
     if isinstance(first, simdjson.Array):
         width = len(first)
         try:  # `len` of a number raises; of a string or an object, `as_buffer` below refuses it
@@ -130,13 +137,17 @@ def _numbers(array: Any) -> np.ndarray[Any, Any] | None:
                 return None
         except TypeError:
             return None
-        count = rows * width
+        count, leaf = rows * width, first[0]
     elif isinstance(first, (int, float)) and not isinstance(first, bool):
-        width, count = 0, rows
+        width, count, leaf = 0, rows, first
     else:
         return None
     dtype: type[np.generic]
     try:
+        # A float first: not all integers, and asking for them would fail only at the cost of an
+        # exception (~4 us, a third of a 32 x 10 body's read).
+        if isinstance(leaf, float):
+            raise TypeError
         buffer, dtype = array.as_buffer(of_type="i"), np.int64
     except TypeError:  # not all integers
         try:
