@@ -1,0 +1,111 @@
+"""The HTTP protocol's transport passes on a response's head and body as one write."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import uvicorn
+from uvicorn.server import ServerState
+
+from service.protocol import HeaderDeadlineProtocol, OneWritePerTurn
+
+
+class Transport:
+    """What a socket transport does with writes, recorded."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = self.aborted = False
+        self.written_after_close = 0  # a socket transport raises then, in a callback of the loop
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            self.written_after_close += 1
+            return
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 7
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 40000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def a_turn() -> None:
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
+@pytest.mark.anyio
+async def test_writes_in_one_turn_leave_as_one_write_at_its_end() -> None:
+    transport = Transport()
+    one = OneWritePerTurn(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    one.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    one.writelines([b"he", b"llo"])
+    assert transport.writes == []
+    assert one.get_write_buffer_size() == 7 + 24  # the transport's own and what waits here
+    await a_turn()
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\n\r\nhello"]
+    one.write(b"next")
+    await a_turn()
+    assert transport.writes[1:] == [b"next"]  # a later turn, a write of its own
+
+
+@pytest.mark.anyio
+async def test_close_sends_what_was_written_first_and_a_lost_connection_takes_nothing() -> None:
+    loop = asyncio.get_running_loop()
+    closed, aborted, lost = Transport(), Transport(), Transport()
+    closing = OneWritePerTurn(closed, loop)  # type: ignore[arg-type]
+    closing.write(b"last words")
+    closing.close()
+    dropping = OneWritePerTurn(aborted, loop)  # type: ignore[arg-type]
+    dropping.write(b"never sent")
+    dropping.abort()
+    losing = OneWritePerTurn(lost, loop)  # type: ignore[arg-type]
+    losing.write(b"too late")
+    lost.closed = True  # the connection is lost before the turn ends
+    await a_turn()
+    assert closed.writes == [b"last words"]
+    assert closed.closed
+    assert aborted.writes == []
+    assert aborted.aborted
+    assert lost.writes == []
+    assert closed.written_after_close == aborted.written_after_close == lost.written_after_close == 0
+
+
+@pytest.mark.anyio
+async def test_the_servers_protocol_answers_a_request_in_one_write() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    config.load()
+    protocol = HeaderDeadlineProtocol(config=config, server_state=ServerState(), app_state={})
+    transport = Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}")
+    for _ in range(10):
+        await a_turn()
+    protocol.connection_lost(None)
+    assert len(transport.writes) == 1, transport.writes
+    assert transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert transport.writes[0].endswith(b"\r\n\r\nok")
