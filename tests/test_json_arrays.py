@@ -222,6 +222,17 @@ def test_structure_keeps_every_quote_comma_bracket_and_literal() -> None:
     assert not set(rest) & set(b"0123456789.+- ")
 
 
+def test_structure_is_remembered_for_the_last_body_only() -> None:
+    first, second = b'{"a": [1, 2]}', b'{"b": [[3]]}'
+    remembered = structure(first)
+    assert structure(first) is remembered  # asked again about the same body: not deleted again
+    assert structure(second) == b'{"b":[[]]}'
+    assert structure(first) == b'{"a":[,]}'
+    assert occurrences(second, b"[") == 2
+    with pytest.raises(ValueError, match="a byte numbers are written with"):
+        occurrences(first, b"1")
+
+
 @pytest.mark.parametrize("size", [SMALL_BODY_BYTES - 1, SMALL_BODY_BYTES])
 def test_the_memory_estimate_counts_commas_and_brackets_on_both_sides_of_the_size(size: int) -> None:
     rows = b"[" + b",".join(b"[0.5,-1e-3]" for _ in range(size // 12)) + b"]"

@@ -386,12 +386,8 @@ def decoded_bytes(media_type: str, body: Body) -> int:
 
 def json_decoded_bytes(text: Body) -> int:
     """`decoded_bytes` of JSON text."""
-    if len(text) < SMALL_BODY_BYTES:
-        rest = structure(text)
-        commas, brackets = rest.count(b","), rest.count(b"[")
-    else:
-        commas, brackets = occurrences(text, b","), occurrences(text, b"[")
-    return len(text) + JSON_BYTES_PER_NUMBER * (commas + 1) + JSON_BYTES_PER_ARRAY * brackets
+    numbers = occurrences(text, b",") + 1
+    return len(text) + JSON_BYTES_PER_NUMBER * numbers + JSON_BYTES_PER_ARRAY * occurrences(text, b"[")
 
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, (fixed fields), name length, extra length
