@@ -760,6 +760,15 @@ def test_a_size_header_is_plain_ascii_digits_or_nothing() -> None:
         assert byte_count(header) is None, repr(header)
 
 
+def test_a_header_is_read_from_the_scope_first_value_first() -> None:
+    from service.api.headers import request_header
+
+    scope = {"headers": [(b"accept", b"a/b"), (b"x-name", b"caf\xe9"), (b"accept", b"c/d")]}
+    assert request_header(scope, b"accept") == "a/b"
+    assert request_header(scope, b"x-name") == "caf\u00e9"  # latin-1, as Starlette reads it
+    assert request_header(scope, b"content-type") is None
+
+
 async def test_the_access_line_gives_the_duration_in_milliseconds_to_the_microsecond(
     client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from service.api.arrays import BOOLEANS_PRESENT, MAX_ELEMENTS, NumericArray
 from service.api.errors import validation_problem
-from service.api.headers import byte_count
+from service.api.headers import byte_count, request_header
 from service.api.json_arrays import SIMDJSON_BYTES, SMALL_BODY_BYTES, loads_with_arrays, occurrences, structure
 from service.api.problems import ProblemError, clipped, shown
 from service.columns import as_array
@@ -42,7 +42,7 @@ T = TypeVar("T")
 
 
 async def read_body(request: Request, accepted: tuple[str, ...] = (JSON_MEDIA_TYPE,)) -> tuple[str, bytes]:
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    media_type = (request_header(request.scope, b"content-type") or "").split(";")[0].strip().lower()
     if media_type not in accepted:
         shown = media_type or "none"
         raise ProblemError(415, f"Content-Type must be {' or '.join(accepted)}, got {shown}")
@@ -67,7 +67,7 @@ async def read_body_aligned(request: Request, offset: int) -> Body:
     each chunk once, as joining them into bytes does. Without a Content-Length (a chunked body,
     or a gzip one, which BodyLimit inflates), or with `offset` beyond it, the plain body.
     """
-    length = byte_count(request.headers.get("content-length"))
+    length = byte_count(request_header(request.scope, b"content-length"))
     if length is None or not 0 <= offset <= length:
         return await request.body()
     buffer = np.empty(length + TENSOR_ALIGNMENT, dtype=np.uint8)

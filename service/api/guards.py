@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.access import PRINCIPAL, KeyRing, audit, path_model, required_scope, retry_after
 from service.api.errors import refusal_response
-from service.api.headers import byte_count
+from service.api.headers import byte_count, request_header
 from service.api.problems import ProblemError, clipped
 
 # What each guard's refusal means, for the routes' OpenAPI responses.
@@ -37,13 +37,6 @@ REFUSALS = {
 }
 HEAVY_PREFIXES = ("/v1/loss", "/v1/evaluate", "/v1/models/", "/v2/models/")
 PROTECTED_PREFIXES = ("/v1/", "/v2")
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
 
 
 def _refused(status: int, detail: str, headers: dict[str, str] | None = None) -> ProblemError:
@@ -89,7 +82,7 @@ class ApiKeys:
             await self.app(scope, receive, send)
             return
         path, state = scope["path"], scope.setdefault("state", {})
-        header = _header(scope, b"authorization") or ""
+        header = request_header(scope, b"authorization") or ""
         scheme, _, token = header.partition(" ")
         principal = self.keys.match(token.strip()) if scheme.lower() == "bearer" else None
         if principal is None:
@@ -139,11 +132,11 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = byte_count(_header(scope, b"content-length"))
+        length = byte_count(request_header(scope, b"content-length"))
         if length is not None and length > self.max_bytes:
             await _refuse(send, _refused(413, self._too_large(length)), scope)
             return
-        encoding = (_header(scope, b"content-encoding") or "identity").strip().lower()
+        encoding = (request_header(scope, b"content-encoding") or "identity").strip().lower()
         if encoding not in ("identity", "gzip"):
             await _refuse(send, _refused(415, f"Content-Encoding {encoding!r} is not supported; use gzip"), scope)
             return

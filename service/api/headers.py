@@ -1,6 +1,19 @@
-"""Reading request headers that carry a size."""
+"""Reading request headers straight from the ASGI scope, and those that carry a size."""
 
 from __future__ import annotations
+
+from starlette.types import Scope
+
+
+def request_header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header `name` (given in lower case, as servers pass names), or None.
+
+    Starlette's `request.headers` copies the header list to build its mapping, and a header that
+    is absent costs it a KeyError: ~1-2 us of a small request for what one loop finds."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
 def byte_count(value: str | None) -> int | None:

@@ -23,7 +23,7 @@ from service.api.body import Body, RepeatedKeyError, collector_paused, json_deco
 from service.api.direct import DirectRoute
 from service.api.errors import validation_problem
 from service.api.guards import REFUSALS
-from service.api.headers import byte_count
+from service.api.headers import byte_count, request_header
 from service.api.problems import shown
 from service.api.schemas import loss_request_adapter
 from service.engine import LossInputError, UnknownLossError, resolve
@@ -164,7 +164,7 @@ async def model_ready(loss: str, request: Request) -> Response:
     },
 )
 async def infer(loss: str, request: Request) -> Response:
-    header_length = request.headers.get(HEADER_LENGTH)
+    header_length = request_header(request.scope, HEADER_LENGTH.encode())
     split = byte_count(header_length)
     if split is not None:
         body = await read_body_aligned(request, split)  # the tensors start there

@@ -22,6 +22,7 @@ from service.api.body import (
     validate_json,
 )
 from service.api.direct import DirectRoute
+from service.api.headers import request_header
 from service.api.problems import ProblemError
 from service.api.responses import PROBLEM_RESPONSES, json_body, json_response, loss_result
 from service.api.schemas import (
@@ -79,7 +80,7 @@ def _npz(result: dict[str, Any]) -> Response:
 
 
 def _wants_npz(request: Request) -> bool:
-    return NPZ_MEDIA_TYPE in request.headers.get("accept", "")
+    return NPZ_MEDIA_TYPE in (request_header(request.scope, b"accept") or "")
 
 
 def _validate(
@@ -136,7 +137,8 @@ def _compute_many(body: bytes, monitor: Monitor, limit: int, state: dict[str, An
 )
 async def loss(request: Request) -> Response:
     media_type, body = await read_body(request, BATCH_MEDIA_TYPES)
-    monitor, query = request.app.state.monitor, request.query_params
+    monitor = request.app.state.monitor
+    query = request.query_params if media_type != JSON_MEDIA_TYPE else None  # binary bodies' fields
     log = request.scope.setdefault("state", {})
     limit = request.app.state.settings.max_elements
     result = await off_loop(
