@@ -374,3 +374,27 @@ def test_an_evaluate_body_orjson_refuses_is_held_to_the_element_limit() -> None:
     with pytest.raises(ProblemError) as non_finite:
         validate_json(evaluate_request_model(), body, max_elements=4)
     assert non_finite.value.status == 422
+
+
+@pytest.mark.anyio
+async def test_a_body_is_received_whole_once_and_kept_for_whoever_asks_again() -> None:
+    from starlette.requests import ClientDisconnect, Request
+
+    from service.api.body import received_body
+
+    def request_of(messages: list[dict[str, Any]]) -> Request:
+        pending = list(messages)
+
+        async def receive() -> dict[str, Any]:
+            return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+        return Request({"type": "http", "method": "POST", "headers": []}, receive)
+
+    one = b'{"loss": "mse"}'
+    request = request_of([{"type": "http.request", "body": one}])
+    assert await received_body(request) is one  # one chunk: that chunk, not a copy
+    assert await request.body() is one  # asked again: kept, not received again
+    parts = [{"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.request", "more_body": True}]
+    assert await received_body(request_of([*parts, {"type": "http.request", "body": b"c"}])) == b"abc"
+    with pytest.raises(ClientDisconnect):
+        await received_body(request_of(parts))  # the client left before the last chunk

@@ -24,6 +24,7 @@ import orjson
 from fastapi import Request
 from isal.isal_zlib import crc32  # ISA-L's CRC-32: 0.63 against zlib's 2.15 ms per 8 MB
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from starlette.requests import ClientDisconnect
 
 from service.api.arrays import BOOLEANS_PRESENT, MAX_ELEMENTS, NumericArray
 from service.api.errors import validation_problem
@@ -41,12 +42,32 @@ _ARRAY_KEYS = frozenset(ARRAY_FIELDS)
 T = TypeVar("T")
 
 
+async def received_body(request: Request) -> bytes:
+    """`await request.body()`, without Starlette's async generator and its closing context (~7 us
+    of a 32 x 10 /v1/loss request in-process): the same messages read, the same ClientDisconnect
+    when the client leaves first, and a body of one chunk is that chunk, not a copy (Starlette's
+    generator ends with an empty chunk, so its join copied). The body is kept where
+    `request.body()` looks for it, for anything that asks again."""
+    chunks = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+    body = b"".join(chunks)  # one chunk: join returns that very object
+    request._body = body  # Starlette's own cache of the body
+    return body
+
+
 async def read_body(request: Request, accepted: tuple[str, ...] = (JSON_MEDIA_TYPE,)) -> tuple[str, bytes]:
     media_type = (request_header(request.scope, b"content-type") or "").split(";")[0].strip().lower()
     if media_type not in accepted:
         shown = media_type or "none"
         raise ProblemError(415, f"Content-Type must be {' or '.join(accepted)}, got {shown}")
-    body = await request.body()
+    body = await received_body(request)
     if not body or body.isspace():  # strip() would copy the body to say the same
         raise ProblemError(400, "the request body is empty")
     return media_type, body
@@ -69,7 +90,7 @@ async def read_body_aligned(request: Request, offset: int) -> Body:
     """
     length = byte_count(request_header(request.scope, b"content-length"))
     if length is None or not 0 <= offset <= length:
-        return await request.body()
+        return await received_body(request)
     buffer = np.empty(length + TENSOR_ALIGNMENT, dtype=np.uint8)
     start = -(buffer.ctypes.data + offset) % TENSOR_ALIGNMENT
     body = memoryview(buffer.data)[start : start + length]

@@ -19,7 +19,15 @@ from pydantic import ValidationError
 from service import __version__
 from service.api.arrays import MAX_ELEMENTS
 from service.api.batches import off_loop, run_loss
-from service.api.body import Body, RepeatedKeyError, collector_paused, json_decoded_bytes, loads, read_body_aligned
+from service.api.body import (
+    Body,
+    RepeatedKeyError,
+    collector_paused,
+    json_decoded_bytes,
+    loads,
+    read_body_aligned,
+    received_body,
+)
 from service.api.direct import DirectRoute
 from service.api.errors import validation_problem
 from service.api.guards import REFUSALS
@@ -169,7 +177,7 @@ async def infer(loss: str, request: Request) -> Response:
     if split is not None:
         body = await read_body_aligned(request, split)  # the tensors start there
     else:
-        body = await request.body()
+        body = await received_body(request)
     monitor: Monitor = request.app.state.monitor
     try:
         log = request.scope.setdefault("state", {})
