@@ -165,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Served by routes/pages.py from bundled assets: FastAPI's own pages load theirs from a CDN.
         docs_url=None,
         redoc_url=None,
+        telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.lifecycle = "starting"

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
         "reloaded on SIGHUP and when it changes.",
     )
     metrics_auth: bool = Field(default=False, description="Require an API key for /metrics too.")
+    opentelemetry: bool = Field(
+        default=False,
+        description="FastAPI's OpenTelemetry instrumentation of each request (spans, metrics, logs), for an "
+        "OpenTelemetry SDK configured in the process (e.g. by `opentelemetry-instrument`). Off, FastAPI does not "
+        "ask OpenTelemetry on every request whether one is (~6 us of a small request's ~120 in-process).",
+    )
     ssl_certfile: str | None = Field(default=None, description="TLS certificate (PEM) for `loss-service serve`.")
     ssl_keyfile: str | None = Field(default=None, description="TLS private key (PEM) for `loss-service serve`.")
     cors_origins: Annotated[list[str] | None, NoDecode] = Field(

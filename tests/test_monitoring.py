@@ -291,3 +291,23 @@ def test_requests_write_their_access_line_without_a_log_record_only_when_nothing
     monkeypatch.setattr(monitoring.access_log, "handlers", [handler])
     handler.addFilter(lambda record: False)
     assert monitoring._direct_access_handler() is None
+
+
+@pytest.mark.parametrize("opentelemetry", [False, True])
+async def test_fastapi_asks_opentelemetry_about_each_request_only_when_asked_to(
+    opentelemetry: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry import trace
+
+    asked = []
+    get_tracer_provider = trace.get_tracer_provider
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: asked.append(1) or get_tracer_provider())
+    app = create_app(Settings(opentelemetry=opentelemetry))
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://m") as c:
+        asked.clear()
+        for _ in range(3):
+            assert (
+                await c.post("/v1/loss", json={"loss": "mse", "predictions": [[1.0]], "labels": [[0.0]]})
+            ).is_success
+    assert (len(asked) >= 3) is opentelemetry
