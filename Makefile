@@ -51,6 +51,7 @@ bench-peers: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/inprocess.py
 	$(BIN)/python bench/serving.py
 
 bench-dataset: $(VENV)/.dev
