@@ -34,8 +34,9 @@ class OneWritePerTurn:
     write, at the end of that turn.
 
     uvicorn writes a response's status line and headers, then its body: for a small response,
-    two send() calls and two TCP segments where one does. Over loopback, the bare FastAPI app
-    served 10 % more small requests per second with one (14,547 against 13,275 per second).
+    two send() calls and two TCP segments where one does. Over loopback (`bench/serving.py`), the
+    bare FastAPI app serves 6-15 % more small requests per second this way, and loss-service
+    5,263 against 4,625. Several pieces go out as one `writelines` (one writev, nothing copied).
     Everything else is the transport's own.
     """
 
@@ -58,7 +59,7 @@ class OneWritePerTurn:
     def _flush(self) -> None:
         chunks, self._pending = self._pending, []
         if chunks and not self._transport.is_closing():  # a connection already lost takes nothing more
-            self._transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            self._transport.writelines(chunks)
 
     def close(self) -> None:
         self._flush()  # what was written before close is sent, as by the transport itself
