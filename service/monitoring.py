@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -81,11 +82,19 @@ class BatchedStderr(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self, stream: Any = None, flush_after: float = 0.1, batch_bytes: int = 64 * 1024) -> None:
         super().__init__(stream)
+        # Given no stream, lines go to whatever sys.stderr is when they are written, as logging's
+        # last-resort handler does: a process that replaces it (a test runner capturing output,
+        # an application embedding the service) is followed, never written to once it closed it.
+        self.follows_stderr = stream is None
         self.flush_after, self.batch_bytes = flush_after, batch_bytes
         self._lines: list[str] = []
         self._size = 0
         self._due = threading.Event()
         threading.Thread(target=self._flush_when_due, name="access-log", daemon=True).start()
+
+    def setStream(self, stream: Any) -> Any:  # noqa: N802 - logging's name
+        self.follows_stderr = False  # a stream chosen is kept
+        return super().setStream(stream)
 
     def write_line(self, line: str) -> None:
         """Queue one line; no LogRecord is made (what `RequestMonitor` calls when this handler is
@@ -109,6 +118,8 @@ class BatchedStderr(logging.StreamHandler):  # type: ignore[type-arg]
             self._write()
 
     def _write(self) -> None:
+        if self.follows_stderr:
+            self.stream = sys.stderr
         if self._lines:
             self.stream.write("\n".join(self._lines) + "\n")
             self._lines.clear()

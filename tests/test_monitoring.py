@@ -272,6 +272,27 @@ def test_access_lines_are_written_a_batch_at_a_time_and_none_is_lost() -> None:
     assert (BatchedStderr().flush_after, BatchedStderr().batch_bytes) == (0.1, 64 * 1024)  # as documented
 
 
+def test_without_a_stream_the_access_log_follows_stderr_and_a_stream_set_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process may replace sys.stderr and close the old one (a test runner's capture does, run
+    after run): lines go to the stderr of the moment, never to a closed stream."""
+    first, second, chosen = io.StringIO(), io.StringIO(), io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    handler = BatchedStderr(flush_after=60)
+    handler.write_line("one")
+    handler.flush()
+    first.close()
+    monkeypatch.setattr("sys.stderr", second)
+    handler.write_line("two")
+    handler.flush()
+    assert second.getvalue() == "two\n"
+    handler.setStream(chosen)
+    handler.write_line("three")
+    handler.flush()
+    assert (second.getvalue(), chosen.getvalue()) == ("two\n", "three\n")
+
+
 def test_requests_write_their_access_line_without_a_log_record_only_when_nothing_else_listens(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
