@@ -41,6 +41,10 @@ async def typed_path(number: int) -> Response:
     return Response()
 
 
+async def returns_a_number(request: Request) -> int:
+    return 1
+
+
 @pytest.mark.parametrize(
     ("path", "endpoint"),
     [
@@ -50,10 +54,12 @@ async def typed_path(number: int) -> Response:
         ("/r/{name}", returns_a_dict),
         ("/s", not_a_coroutine),
         ("/t/{number}", typed_path),
+        ("/n", returns_a_number),
     ],
 )
 def test_an_endpoint_that_needs_fastapis_solving_is_refused_at_declaration(path: str, endpoint: Any) -> None:
-    with pytest.raises(TypeError, match="a DirectRoute endpoint takes only the Request and str path parameters"):
+    expected = "a DirectRoute endpoint takes only the Request and str path parameters and returns a Response$"
+    with pytest.raises(TypeError, match=expected):
         DirectRoute(path, endpoint, methods=["GET"])
 
 
@@ -125,3 +131,16 @@ async def test_an_exception_without_a_handler_of_its_own_goes_on_to_the_outermos
     async with httpx.AsyncClient(transport=transport, base_url="http://d") as client:
         with pytest.raises(LookupError, match="nobody handles this"):
             await client.post("/work", params={"raise": "unhandled"})
+
+
+@pytest.mark.anyio
+async def test_an_app_without_a_catch_all_handler_is_dispatched_all_the_same() -> None:
+    async def refused(request: Request) -> Response:
+        raise RefusedError("no")
+
+    app = FastAPI()
+    app.router.routes.append(DirectRoute("/work", refused, methods=["POST"]))
+    app.add_middleware(DirectDispatch, router=app.router, exception_handlers={})
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://d") as client:
+        with pytest.raises(RefusedError):
+            await client.post("/work")

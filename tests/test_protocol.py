@@ -112,3 +112,35 @@ async def test_the_servers_protocol_answers_a_request_in_one_write() -> None:
     assert len(transport.writes) == 1, transport.writes
     assert transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert transport.writes[0].endswith(b"\r\n\r\nok")
+
+
+def deadline_protocol(timeout: float) -> tuple[HeaderDeadlineProtocol, Transport]:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    config.load()
+    protocol = HeaderDeadlineProtocol(config=config, server_state=ServerState(), app_state={})
+    protocol.header_timeout = timeout
+    transport = Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return protocol, transport
+
+
+@pytest.mark.anyio
+async def test_headers_late_get_408_and_the_connection_closed_in_time_ones_do_not() -> None:
+    silent, silent_transport = deadline_protocol(0.02)
+    partial, partial_transport = deadline_protocol(0.02)
+    partial.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Le")
+    complete, complete_transport = deadline_protocol(0.02)
+    complete.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+    await asyncio.sleep(0.1)
+    for transport in (silent_transport, partial_transport):
+        assert transport.writes[0].startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+        assert transport.closed
+    assert not complete_transport.closed  # its headers came in time; the connection stays open
+    assert complete_transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    for protocol in (silent, partial, complete):
+        protocol.connection_lost(None)

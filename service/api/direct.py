@@ -74,7 +74,6 @@ class DirectDispatch:
 
     def __init__(self, app: ASGIApp, router: Router, exception_handlers: Mapping[Any, Any]) -> None:
         self.app = app
-        self.router = router
         self.routes = [
             route for route in router.routes if isinstance(route, DirectRoute) and "POST" in (route.methods or ())
         ]
@@ -89,13 +88,12 @@ class DirectDispatch:
                 match, child_scope = route.matches(scope)
                 if match is Match.FULL:
                     scope.update(child_scope)
-                    scope.setdefault("router", self.router)
                     await self._respond(route, scope, receive, send)
                     return
         await self.app(scope, receive, send)
 
     async def _respond(self, route: DirectRoute, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive, send)
+        request = Request(scope, receive)
         try:
             response = await route.call(request)
         except Exception as exc:
