@@ -93,8 +93,9 @@ async def test_close_sends_what_was_written_first_and_a_lost_connection_takes_no
     assert closed.written_after_close == aborted.written_after_close == lost.written_after_close == 0
 
 
-@pytest.mark.anyio
-async def test_the_servers_protocol_answers_a_request_in_one_write() -> None:
+def connected_protocol(header_timeout: float | None = None) -> tuple[HeaderDeadlineProtocol, Transport]:
+    """The server's protocol on a recorded transport, serving an app that answers "ok"."""
+
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
@@ -103,8 +104,16 @@ async def test_the_servers_protocol_answers_a_request_in_one_write() -> None:
     config = uvicorn.Config(app, log_level="warning", lifespan="off")
     config.load()
     protocol = HeaderDeadlineProtocol(config=config, server_state=ServerState(), app_state={})
+    if header_timeout is not None:
+        protocol.header_timeout = header_timeout
     transport = Transport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
+    return protocol, transport
+
+
+@pytest.mark.anyio
+async def test_the_servers_protocol_answers_a_request_in_one_write() -> None:
+    protocol, transport = connected_protocol()
     protocol.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}")
     for _ in range(10):
         await a_turn()
@@ -114,27 +123,12 @@ async def test_the_servers_protocol_answers_a_request_in_one_write() -> None:
     assert transport.writes[0].endswith(b"\r\n\r\nok")
 
 
-def deadline_protocol(timeout: float) -> tuple[HeaderDeadlineProtocol, Transport]:
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await receive()
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
-        await send({"type": "http.response.body", "body": b""})
-
-    config = uvicorn.Config(app, log_level="warning", lifespan="off")
-    config.load()
-    protocol = HeaderDeadlineProtocol(config=config, server_state=ServerState(), app_state={})
-    protocol.header_timeout = timeout
-    transport = Transport()
-    protocol.connection_made(transport)  # type: ignore[arg-type]
-    return protocol, transport
-
-
 @pytest.mark.anyio
 async def test_headers_late_get_408_and_the_connection_closed_in_time_ones_do_not() -> None:
-    silent, silent_transport = deadline_protocol(0.02)
-    partial, partial_transport = deadline_protocol(0.02)
+    silent, silent_transport = connected_protocol(0.02)
+    partial, partial_transport = connected_protocol(0.02)
     partial.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Le")
-    complete, complete_transport = deadline_protocol(0.02)
+    complete, complete_transport = connected_protocol(0.02)
     complete.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
     await asyncio.sleep(0.1)
     for transport in (silent_transport, partial_transport):
