@@ -536,12 +536,12 @@ def test_counting_by_first_byte_equals_bytes_count(text: bytes, token: bytes) ->
     assert _count(text, token) == text.count(token)
 
 
-async def test_a_repeated_key_among_many_is_found_in_linear_time(limited: httpx.AsyncClient) -> None:
-    """64K distinct option keys and one repeat (0.9 MB): the search for the repeat was quadratic
-    (~55 s of CPU, threads running on after their 504s); linear, it is milliseconds of the request."""
+async def test_a_repeated_key_among_many_is_named(limited: httpx.AsyncClient) -> None:
+    """64K distinct option keys and one repeat (0.9 MB) name the repeat; that its cost grows
+    linearly with the keys is tests/test_growth.py's to show (two sizes, not a bound in seconds)."""
     keys = ", ".join(f'"k{i}": 1' for i in range(65_536))
     raw = ('{"loss": "mse", "options": {' + keys + ', "k7": 2}, "predictions": [1.0], "labels": [1.0]}').encode()
-    with anyio.fail_after(5):
+    with anyio.fail_after(60):  # stops a hang only
         response = await limited.post("/v1/loss", content=raw, headers={"content-type": JSON})
     assert response.status_code == 422
     assert response.json()["detail"] == "key 'k7' appears more than once in options"
