@@ -4,10 +4,12 @@ in seconds: the ratio holds on a slow machine as on a fast one.
 
 Each case is a door a client can open with any dict- or list-valued field: unknown option keys,
 a repeated key among many, per-entry errors in class weights, unknown keys in a model's
-configuration, repeated row ids, unknown keys in an Open Inference Protocol request."""
+configuration, repeated row ids, unknown keys, inputs and outputs in an Open Inference Protocol
+request, unexpected arrays in npz and Arrow bodies."""
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pyarrow as pa
 import pytest
 
 from service.api.errors import MAX_REPORTED_ERRORS
@@ -45,14 +49,33 @@ def keys(count: int, value: str = "1") -> str:
     return ", ".join(f'"k{i}": {value}' for i in range(count))
 
 
+def npz_with_members(count: int) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, predictions=np.ones(1), labels=np.ones(1), **{f"x{i}": np.ones(1) for i in range(count)})
+    return buffer.getvalue()
+
+
+def arrow_with_columns(count: int) -> bytes:
+    table = pa.table({"predictions": [1.0], "labels": [1.0], **{f"x{i}": [1.0] for i in range(count)}})
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def oip_tensor(name: str) -> dict[str, object]:
+    return {"name": name, "shape": [1], "datatype": "FP64", "data": [1.0]}
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
     path: str
-    body: Callable[[int], str]
+    body: Callable[[int], str | bytes]
     status: int
     method: str = "POST"
     small: int = SMALL  # large enough that the work measured outweighs a request's fixed cost
+    content_type: str = "application/json"
 
 
 CASES = [
@@ -103,17 +126,50 @@ CASES = [
         ),
         400,
     ),
+    Case(
+        "unexpected arrays in an npz body",
+        "/v1/loss?loss=mse",
+        npz_with_members,
+        422,
+        small=256,
+        content_type="application/x-npz",
+    ),
+    Case(
+        "unexpected columns in an Arrow body",
+        "/v1/loss?loss=mse",
+        arrow_with_columns,
+        422,
+        content_type="application/vnd.apache.arrow.stream",
+    ),
+    Case(
+        "unexpected inputs in an Open Inference Protocol request",
+        "/v2/models/mse/infer",
+        lambda n: json.dumps({"inputs": [oip_tensor(f"x{i}") for i in range(n)]}),
+        400,
+    ),
+    Case(
+        "unknown outputs in an Open Inference Protocol request",
+        "/v2/models/mse/infer",
+        lambda n: json.dumps(
+            {
+                "inputs": [oip_tensor("predictions"), oip_tensor("labels")],
+                "outputs": [{"name": f"o{i}"} for i in range(n)],
+            }
+        ),
+        400,
+    ),
 ]
 
 
 async def cost(api: httpx.AsyncClient, case: Case, size: int, tries: int) -> tuple[float, httpx.Response]:
     """The least process CPU time of `tries` identical requests (the app's worker threads count)."""
-    content = case.body(size).encode()
+    made = case.body(size)
+    content = made.encode() if isinstance(made, str) else made
     best, response = float("inf"), None
     for _ in range(tries):
         start = time.process_time()
         response = await api.request(
-            case.method, case.path, content=content, headers={"content-type": "application/json"}
+            case.method, case.path, content=content, headers={"content-type": case.content_type}
         )
         best = min(best, time.process_time() - start)
     assert response is not None
