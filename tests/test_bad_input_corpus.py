@@ -400,6 +400,22 @@ def corpus() -> Iterator[Case]:
     yield "oip-outputs-not-a-list", "/v2/models/mse/infer", json.dumps(oip_outputs).encode(), j, 400
     superscript = {**j, "inference-header-content-length": b"\xb2"}  # type: ignore[dict-item]  # latin-1 "²"
     yield "oip-superscript-header-length", "/v2/models/mse/infer", json.dumps(oip_long).encode(), superscript, 400
+    # Thousands of errors in one body (422): shaped in linear time, at most 20 of them listed.
+    many_keys = ", ".join(f'"k{i}": 1' for i in range(4096))
+    many_options = '{"loss": "mse", "options": {' + many_keys + '}, "predictions": [1.0], "labels": [1.0]}'
+    yield "options-4096-unknown-keys", "/v1/loss", many_options.encode(), j, 422
+    weights = ", ".join(f'"{i}": -1' for i in range(4096))
+    many_weights = (
+        '{"loss": "scce", "options": {"class_weight": {' + weights + '}}, "predictions": [[0.5, 0.5]], "labels": [1]}'
+    )
+    yield "class-weights-4096-negative", "/v1/loss", many_weights.encode(), j, 422
+    yield (
+        "put-configuration-4096-unknown-keys",
+        "/v1/models/corpus",
+        ('{"losses": [{"loss": "scce"}], ' + many_keys + "}").encode(),
+        j,
+        422,
+    )
     # Routes and methods (404 / 405).
     for i, (path, status) in enumerate([("/v1/nope", 404), ("/v1", 404), ("/v1/losses/../x", 404), ("/v3/x", 404)]):
         yield f"route-{i}", path, b"", {}, status
