@@ -29,10 +29,12 @@ KEY_REFUSALS = {
 REFUSALS = {
     **KEY_REFUSALS,
     408: "The body did not arrive within LOSS_SERVICE_REQUEST_TIMEOUT (the connection is closed)",
-    413: "Body larger than LOSS_SERVICE_MAX_BODY_BYTES (after gzip inflation), an array over "
-    "LOSS_SERVICE_MAX_ELEMENTS numbers, or a request estimated to need more than LOSS_SERVICE_MEMORY_BUDGET",
-    503: "Overloaded: more than LOSS_SERVICE_MAX_CONCURRENT heavy requests, or not enough of "
-    "LOSS_SERVICE_MEMORY_BUDGET free; see Retry-After",
+    413: "Body larger than LOSS_SERVICE_MAX_BODY_BYTES (after gzip inflation) or than half of "
+    "LOSS_SERVICE_MEMORY_BUDGET, an array over LOSS_SERVICE_MAX_ELEMENTS numbers, or a request estimated to need "
+    "more than LOSS_SERVICE_MEMORY_BUDGET",
+    503: "Overloaded: more than LOSS_SERVICE_MAX_CONCURRENT heavy requests, not enough of LOSS_SERVICE_MEMORY_BUDGET "
+    "free (for the body as it arrives, or for the request), too many bodies arriving or connections open; see "
+    "Retry-After",
     504: "The loss was not computed within LOSS_SERVICE_REQUEST_TIMEOUT",
 }
 HEAVY_PREFIXES = ("/v1/loss", "/v1/evaluate", "/v1/models/", "/v2/models/")
