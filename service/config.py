@@ -73,7 +73,7 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         description="Seconds a heavy request may take, body upload included: 408 if the body is still "
-        "arriving, 504 if the loss is still computing.",
+        "arriving, 504 if the loss is still computing. Any other request's body has as long to arrive.",
     )
     api_keys: Annotated[list[str] | None, NoDecode] = Field(
         default=None,

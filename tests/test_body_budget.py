@@ -227,6 +227,23 @@ async def test_a_client_that_leaves_mid_body_gives_its_hold_back(app: FastAPI) -
 
 
 @pytest.mark.anyio
+async def test_a_body_that_stalls_on_a_route_that_is_not_heavy_gets_408_and_gives_its_hold_back() -> None:
+    """A model's configuration (PUT) is no computation, but its body holds the budget as any body
+    does: stalled, it is cut at LOSS_SERVICE_REQUEST_TIMEOUT like a heavy request's."""
+    application = create_app(Settings(memory_budget=BUDGET, request_timeout=0.2))
+    async with application.router.lifespan_context(application):
+        upload = Upload(application, path="/v1/models/stalled")
+        upload.scope["method"] = "PUT"
+        upload.start().chunk(b" " * MIB)
+        await upload.taken()
+        limiter = limiter_of(application)
+        assert limiter.reserved == MIB
+        status, headers, _ = await upload.answer()
+        assert (status, headers["connection"]) == (408, "close")
+        assert (limiter.reserved, limiter.arriving, limiter.bodies) == (0, 0, 0)
+
+
+@pytest.mark.anyio
 async def test_a_whole_body_hands_its_hold_to_the_slot_and_the_parse_replaces_it(
     app: FastAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
