@@ -8,6 +8,10 @@ headers must be complete within `LOSS_SERVICE_HEADER_TIMEOUT` seconds of the con
 or of the request's first byte; otherwise the connection is answered 408 and closed. (The body
 has its own deadline, `LOSS_SERVICE_REQUEST_TIMEOUT`, kept by the app's guards.)
 
+A request's line and headers may take MAX_HEADER_BYTES (64 KiB): the parser keeps them whole
+until they end, so within the header deadline a connection could otherwise pile up as much as it
+can send (67 MB in 10 s over loopback). Beyond it the connection is answered 431 and closed.
+
 Each connection may also hold a few hundred KiB that no memory budget sees (uvicorn's buffers),
 so a worker keeps at most `LOSS_SERVICE_MAX_CONNECTIONS` open (by default derived from
 `LOSS_SERVICE_MEMORY_BUDGET`: `service.api.guards.connection_limit`). A connection opened beyond
@@ -28,6 +32,12 @@ from service.config import Settings
 REQUEST_TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: 43\r\nconnection: close\r\n\r\nthe request headers did not arrive in time\n"
+)
+# Request line and headers may take this many bytes; the parser holds them until they end.
+MAX_HEADER_BYTES = 64 * 1024
+HEADERS_TOO_LARGE_RESPONSE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 49\r\nconnection: close\r\n\r\nthe request line and headers exceed 65,536 bytes\n"
 )
 
 
@@ -110,12 +120,32 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.header_timeout = _header_timeout()
         self.header_deadline: asyncio.TimerHandle | None = None
+        self.header_bytes = 0  # of the request line and headers awaited
+        self.headers_awaited = 0  # counts the times they began to be awaited
         self.beyond_limit = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(OneWritePerTurn(transport, self.loop))  # type: ignore[arg-type]
         self.beyond_limit = len(self.connections) > max_connections()  # this one included
         self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser, and refuse a request line and headers past MAX_HEADER_BYTES.
+
+        A chunk counts when the same request's headers were awaited before it and still are after
+        it: then all of it is header bytes. A chunk in which a request begins is not counted (its
+        start may be the previous request's body), so a connection holds at most MAX_HEADER_BYTES
+        of headers and one socket read more."""
+        awaited, began = self.header_deadline is not None, self.headers_awaited
+        super().data_received(data)
+        if not awaited or began != self.headers_awaited or self.header_deadline is None:
+            return
+        self.header_bytes += len(data)
+        if self.header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+            self._disarm()
+            if self.cycle is None or self.cycle.response_complete:  # no response of ours is under way
+                self.transport.write(HEADERS_TOO_LARGE_RESPONSE)
+            self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -138,6 +168,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def _arm(self) -> None:
         self._disarm()
+        self.header_bytes = 0
+        self.headers_awaited += 1
         self.header_deadline = self.loop.call_later(self.header_timeout, self._expired)
 
     def _disarm(self) -> None:

@@ -343,6 +343,40 @@ async def test_a_connection_beyond_the_limit_gets_503_and_is_closed_the_others_a
         server.connection_lost(None)
 
 
+@pytest.mark.parametrize("start", [b"GET /livez HTTP/1.1\r\nHost: t\r\nX-Big: ", b"GET /livez?"])
+@pytest.mark.anyio
+async def test_a_request_line_or_headers_past_64_kib_get_431_and_the_connection_closed(start: bytes) -> None:
+    """The parser keeps a header (or the request line) whole until it ends: without a bound, one
+    connection piled up 67 MB of one header within the header deadline."""
+    server, transport = connection(ServerState())
+    server.data_received(start)
+    fed = len(start)
+    while not transport.closed and fed < 10 * MIB:
+        server.data_received(b"a" * (8 * KIB))
+        fed += 8 * KIB
+    assert transport.writes[0].startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    assert transport.writes[0].endswith(b"\r\n\r\nthe request line and headers exceed 65,536 bytes\n")
+    assert fed <= protocol.MAX_HEADER_BYTES + 2 * 8 * KIB
+    server.connection_lost(None)
+
+
+@pytest.mark.anyio
+async def test_body_bytes_in_the_same_read_as_headers_do_not_count_as_headers() -> None:
+    """One read holding the end of a request's headers, its 200 KiB body and the start of the next
+    request: the body is not counted as either request's headers, and both are served."""
+    server, transport = connection(ServerState())
+    body = b" " * (200 * KIB)
+    server.data_received(b"POST /x HTTP/1.1\r\nHo")
+    server.data_received(b"st: t\r\nContent-Length: %d\r\n\r\n" % len(body) + body + b"POST /x HTTP/1.1\r\nHo")
+    for piece in (b"st: t\r\nContent-Le", b"ngth: 2\r\n\r\n{}"):
+        server.data_received(piece)
+    for _ in range(20):
+        await a_turn()
+    assert [write[:15] for write in transport.writes] == [b"HTTP/1.1 200 OK"] * 2
+    assert not transport.closed
+    server.connection_lost(None)
+
+
 @pytest.mark.slow  # starts a server
 def test_held_gzip_and_plain_bodies_keep_the_served_worker_within_its_budget() -> None:
     """bench/pressure.py's probes against `loss-service serve` with a 256 MiB budget: 16
