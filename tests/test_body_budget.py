@@ -393,3 +393,32 @@ def test_held_gzip_and_plain_bodies_keep_the_served_worker_within_its_budget() -
             assert probe.answers["503"] >= 1, probe
             assert sum(probe.small.values()) > 0
             assert probe.small == {200: probe.small[200]}, probe.small
+
+
+@pytest.mark.anyio
+async def test_after_a_gzip_body_is_passed_on_whole_receive_is_the_servers_again() -> None:
+    """An app that waits for the client to leave once the body is in (as a streaming response
+    does) gets the server's http.disconnect, not the inflated body's last message again and again."""
+    from service.api.guards import BodyLimit
+
+    seen: list[dict[str, Any]] = []
+
+    async def waits_for_disconnect(scope: Any, receive: Any, send: Any) -> None:
+        while not seen or seen[-1].get("more_body", False):
+            seen.append(await receive())
+        seen.append(await receive())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    messages = [{"type": "http.request", "body": gzip.compress(b" " * (600 * KIB)), "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop() if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/loss", "headers": [(b"content-encoding", b"gzip")]}
+    await asyncio.wait_for(BodyLimit(waits_for_disconnect, 64 * MIB)(scope, receive, send), 60)
+    assert [len(message.get("body", b"")) for message in seen[:-1]] == [256 * KIB, 256 * KIB, 88 * KIB]
+    assert seen[-1] == {"type": "http.disconnect"}

@@ -170,6 +170,8 @@ class BodyLimit:
                     if received > self.max_bytes:
                         raise _refused(413, self._too_large(received, streaming=True))
                 return message
+            if done and not pending and not full:  # the body was passed on whole: as the server's receive
+                return await receive()
             while True:
                 if not pending and not full and not done:
                     message = await receive()
