@@ -48,10 +48,17 @@ class Settings(BaseSettings):
     memory_budget: int = Field(
         default=1024 * 1024 * 1024,
         ge=1,
-        description="Bytes of estimated memory (parsed body, the engine's working arrays, the answer) that one "
-        "worker's heavy requests may hold at once: a request that needs more alone gets 413, one that does not "
-        "fit beside the others 503 with Retry-After. The default leaves half of the 2 GiB the deploy files "
-        "give one worker for the process itself.",
+        description="Bytes of estimated memory (request bodies as they arrive, parsed bodies, the engine's working "
+        "arrays, the answers) that one worker's requests may hold at once: a request that needs more alone gets "
+        "413, one that does not fit beside the others 503 with Retry-After. Bodies still arriving may hold half of "
+        "it together. The default leaves half of the 2 GiB the deploy files give one worker for the process itself.",
+    )
+    max_connections: int = Field(
+        default=0,
+        ge=0,
+        description="Connections one worker keeps open at once; a request on a connection opened beyond them gets "
+        "503 with Retry-After and the connection is closed. 0: one per MiB of LOSS_SERVICE_MEMORY_BUDGET, at least "
+        "64 (1,024 for the default budget), the same bound as on request bodies arriving at once.",
     )
     max_concurrent: int = Field(
         default=8, ge=1, description="Heavy requests computed at once per worker; more get 503 with Retry-After."
@@ -66,7 +73,7 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         description="Seconds a heavy request may take, body upload included: 408 if the body is still "
-        "arriving, 504 if the loss is still computing.",
+        "arriving, 504 if the loss is still computing. Any other request's body has as long to arrive.",
     )
     api_keys: Annotated[list[str] | None, NoDecode] = Field(
         default=None,

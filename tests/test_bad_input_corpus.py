@@ -573,3 +573,41 @@ async def test_a_compressed_npz_is_refused_by_its_declared_size_before_inflating
     assert response.json()["detail"] == (
         "array 'predictions' declares 25,000,000 numbers; the limit is 20,000,000 (LOSS_SERVICE_MAX_ELEMENTS)"
     )
+
+
+# Issue 29, item 1: bodies inside the memory budget. With a 1 MiB budget, bodies arriving may hold
+# 512 KiB: a streamed body, a gzip body inflating past it, or a Content-Length over it gets 413
+# (problem details; OIP's {"error"} on /v2) before it is whole.
+BUDGET_CASES = [
+    ("budget-streamed-plain", "/v1/loss", b" " * (1 << 20), {"content-type": JSON}),
+    ("budget-streamed-gzip", "/v1/loss", gzip.compress(b" " * (8 << 20)), {"content-type": JSON, "content-encoding": "gzip"}),
+    ("budget-declared-length", "/v1/evaluate", b" " * (600 << 10), {"content-type": JSON, "content-length": str(600 << 10)}),
+    ("budget-oip-streamed", "/v2/models/mse/infer", b" " * (1 << 20), {"content-type": JSON}),
+    ("budget-put-config", "/v1/models/corpus", b" " * (1 << 20), {"content-type": JSON}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "path", "content", "headers"), BUDGET_CASES, ids=[c[0] for c in BUDGET_CASES])
+async def test_a_body_over_what_bodies_may_hold_gets_413_before_it_is_whole(
+    name: str, path: str, content: bytes, headers: dict[str, str]
+) -> None:
+    app = create_app(Settings(memory_budget=1 << 20))
+    sent = 0
+
+    async def pieces() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for start in range(0, len(content), 64 << 10):
+            sent += 1
+            yield content[start : start + (64 << 10)]
+
+    method = "PUT" if name == "budget-put-config" else "POST"
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://b") as c:
+        response = await c.request(method, path, content=pieces(), headers=headers)
+    assert response.status_code == 413, f"{name}: {response.status_code} {response.text[:300]}"
+    text = response.json()["error" if path.startswith("/v2/") else "detail"]
+    assert "half of LOSS_SERVICE_MEMORY_BUDGET" in text
+    assert "Traceback" not in response.text
+    assert len(response.content) < 4096
+    if "content-encoding" not in headers:
+        assert sent < len(content) // (64 << 10), f"{name}: all {sent} pieces were read"
