@@ -40,31 +40,32 @@ def input_path(spec: str) -> str:
     return spec.partition(":")[0] if spec.count(":") == 1 and ".npz:" in spec else spec
 
 
-def _identity(path: str | Path) -> tuple[int, int] | None:
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None
-    return status.st_dev, status.st_ino
-
-
 def refuse_overlap(output: str | Path, inputs: Iterable[str | Path], patterns: Iterable[str] = ()) -> None:
     """Raise OutputError when `output` is one of `inputs` or inside one of them (a directory).
 
-    Paths are compared resolved (symbolic links followed) and, for files that exist, by device and
-    inode, so a symbolic or hard link to an input is that input too. `patterns` are globs the
-    inputs were found with: an output they match would be read as input by the next run."""
+    An existing output is compared with each input by device and inode (after symbolic links), so
+    a symbolic or hard link to an input, or the input under another spelling, is that input; an
+    output is inside a directory input when its resolved path is below the directory's. `patterns`
+    are globs the inputs were found with: an output they match would be read by the next run.
+    It costs one stat per input file."""
     resolved = Path(os.path.realpath(output))
-    identity = _identity(resolved)
+    try:
+        found = os.stat(resolved)
+        identity: tuple[int, int] | None = (found.st_dev, found.st_ino)
+    except OSError:
+        identity = None  # a new file: it can be inside an input folder, not an input file
     for given in inputs:
-        place = Path(os.path.realpath(given))
-        same = resolved == place or (identity is not None and identity == _identity(place))
-        if same or (place.is_dir() and resolved.is_relative_to(place)):
-            where = "is" if same else "is inside"
-            raise OutputError(f"{output}: the output {where} the input {given}; write it elsewhere")
+        try:
+            status = os.stat(given)
+        except OSError:
+            continue  # not there: nothing to overwrite (a glob's pattern, an input already refused)
+        if identity == (status.st_dev, status.st_ino):
+            raise OutputError(f"{output}: the output is the input {given}; write it elsewhere")
+        if stat.S_ISDIR(status.st_mode) and resolved.is_relative_to(os.path.realpath(given)):
+            raise OutputError(f"{output}: the output is inside the input {given}; write it elsewhere")
     for pattern in patterns:
         absolute = os.path.abspath(pattern)
-        variants = {absolute, absolute.replace("**" + os.sep, "")}
+        variants = {absolute, absolute.replace("**" + os.sep, "")}  # ** also matches no folder
         for candidate in {os.path.abspath(output), str(resolved)}:
             if any(fnmatch.fnmatchcase(candidate, variant) for variant in variants):
                 raise OutputError(f"{output}: the output matches the input pattern {pattern}; write it elsewhere")
