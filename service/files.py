@@ -215,8 +215,15 @@ def _from_csv(path: Path) -> np.ndarray[Any, Any]:
 
 def _from_parquet(path: Path) -> np.ndarray[Any, Any]:
     import pyarrow.parquet as pq
+    import pyarrow.types as pt
 
     table = pq.read_table(path)
+    for field in table.schema:
+        kind = field.type
+        while pt.is_list(kind) or pt.is_large_list(kind) or pt.is_fixed_size_list(kind):
+            kind = kind.value_type
+        if not (pt.is_integer(kind) or pt.is_floating(kind) or pt.is_boolean(kind)):
+            raise FileFormatError(f"{path}: column {field.name!r} is {field.type}, not numbers or lists of numbers")
     columns = [as_array(column) for column in table.columns]
     return columns[0] if len(columns) == 1 else np.column_stack(columns)
 

@@ -415,3 +415,16 @@ def test_byte_mutated_input_files_exit_0_2_or_3_with_one_line(
     for number, data in enumerate(mutants(buffer.getvalue(), seed=29, count=200)):
         path.write_bytes(data)
         assert_clean_exit(*run(capsys, *args), f"mutant {number}")
+
+
+def test_a_parquet_input_with_a_text_column_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """pyarrow's own message was "Needed to copy 1 chunks with 0 nulls, but zero_copy_only was True"."""
+    pq.write_table(pa.table({"a": [0.5, 1.5], "who": ["x", "y"]}), tmp_path / "p.parquet")
+    code, _, err = run(
+        capsys, "compute", "--loss", "mse", "--predictions", str(tmp_path / "p.parquet"),
+        "--labels", str(tmp_path / "p.parquet"),
+    )  # fmt: skip
+    assert (code, err) == (
+        2,
+        [f"loss-service: {tmp_path / 'p.parquet'}: column 'who' is string, not numbers or lists of numbers"],
+    )
