@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -273,6 +274,14 @@ DATASET_ONLY = ("predictions_column", "labels_column", "weight_column", "group_b
 
 
 def _compute(args: argparse.Namespace) -> int:
+    # The engine refuses non-finite values with its own message; NumPy's RuntimeWarnings on the way
+    # (its finiteness check sums the values: inf - inf, an overflow) would add lines around it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _compute_checked(args)
+
+
+def _compute_checked(args: argparse.Namespace) -> int:
     problem = _numbers_error(args)
     if problem:
         return _usage(problem)

@@ -9,6 +9,7 @@ import json
 import os
 import random
 import stat
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,12 @@ ROWS = 40
 
 
 def table(rows: int = ROWS, **extra: Any) -> pa.Table:
+    rng = np.random.default_rng(29)  # the same table in every test, whichever run before it
     columns = {
-        "logits": pa.FixedSizeListArray.from_arrays(pa.array(RNG.normal(size=rows * 3)), 3),
-        "label": RNG.integers(0, 3, rows),
-        "weight": RNG.uniform(0.5, 1.5, rows),
-        "country": RNG.choice(["de", "fr"], rows),
+        "logits": pa.FixedSizeListArray.from_arrays(pa.array(rng.normal(size=rows * 3)), 3),
+        "label": rng.integers(0, 3, rows),
+        "weight": rng.uniform(0.5, 1.5, rows),
+        "country": rng.choice(["de", "fr"], rows),
     }
     return pa.table({**columns, **extra})
 
@@ -394,6 +396,40 @@ def test_byte_mutated_parquet_datasets_exit_0_2_or_3_with_one_line(
         assert [p.name for p in out.parent.iterdir()] == (["per_sample.parquet"] if code == 0 else [])
         codes.append(code)
     assert codes.count(3) >= 100  # most damage is found, not read as other numbers
+
+
+@pytest.mark.parametrize("compression", ["lz4", "uncompressed"])
+def test_byte_mutated_arrow_datasets_exit_0_2_or_3_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], compression: str
+) -> None:
+    """Arrow IPC is read unchecked: damaged offsets or UTF-8 raised UnicodeDecodeError and
+    SystemError from the segment keys, and read out of bounds (a segfault) without a full check."""
+    import pyarrow.feather as feather
+
+    buffer = io.BytesIO()
+    feather.write_feather(table(), buffer, compression=compression)
+    path = tmp_path / "d.arrow"
+    args = [*DATASET, "--dataset", str(path), "--weight-column", "weight", "--group-by", "country", "--json"]
+    for number, data in enumerate(mutants(buffer.getvalue(), seed=2, count=200)):
+        path.write_bytes(data)
+        assert_clean_exit(*run(capsys, *args), f"mutant {number}")
+
+
+def test_numpy_warnings_do_not_add_lines_to_the_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """inf and -inf in one column: the engine's finiteness check sums them (NumPy warns of an
+    invalid value) before it names the value; the warning is not a second line, nor an error."""
+    logits = np.zeros(ROWS * 3)
+    logits[[4, 7]] = [np.inf, -np.inf]
+    pq.write_table(table(logits=pa.FixedSizeListArray.from_arrays(pa.array(logits), 3)), tmp_path / "d.parquet")
+    np.save(tmp_path / "p.npy", logits.reshape(ROWS, 3))
+    np.save(tmp_path / "y.npy", np.zeros(ROWS, dtype=int))
+    files = ["compute", "--loss", "scce", "--predictions", str(tmp_path / "p.npy"), "--labels", str(tmp_path / "y.npy")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for argv in ([*DATASET, "--dataset", str(tmp_path / "d.parquet")], files):
+            code, _, err = run(capsys, *argv)
+            assert (code, len(err)) == (3, 1), err
+            assert "inf is not a finite number" in err[0]
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".npz", ".parquet"])
