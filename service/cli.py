@@ -243,7 +243,7 @@ def _fail(code: int, message: str) -> int:
     and return the exit code."""
     line = " ".join(message.split())
     if len(line) > MESSAGE_CHARS:
-        line = line[: MESSAGE_CHARS - 1] + "…"
+        line = line[: MESSAGE_CHARS - 3] + "..."
     print(f"loss-service: {line}", file=sys.stderr)
     return code
 
