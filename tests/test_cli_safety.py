@@ -464,3 +464,19 @@ def test_a_parquet_input_with_a_text_column_names_it(tmp_path: Path, capsys: pyt
         2,
         [f"loss-service: {tmp_path / 'p.parquet'}: column 'who' is string, not numbers or lists of numbers"],
     )
+
+
+def test_an_output_that_is_a_symbolic_link_replaces_the_file_it_points_to(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As a plain write would: the link stays, its target gets the new values."""
+    (tmp_path / "runs").mkdir()
+    target = tmp_path / "runs" / "per_sample.parquet"
+    target.write_bytes(b"the previous run's values")
+    link = tmp_path / "latest.parquet"
+    link.symlink_to(target)
+    code, _, err = run(capsys, *DATASET, "--dataset", str(dataset), "--per-sample-out", str(link))
+    assert (code, err) == (0, [])
+    assert link.is_symlink()
+    assert pq.read_table(target).num_rows == 2 * ROWS
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["per_sample.parquet"]
