@@ -83,6 +83,10 @@ def check_destination(destination: str | Path) -> Path:
 
 
 def _umask() -> int:
+    """The process's umask: read from /proc where it can be (setting it to read it, the fallback,
+    changes it for every thread for a moment)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration), open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
