@@ -366,7 +366,12 @@ def _compute_dataset(args: argparse.Namespace) -> int:
             args.max_groups,
         )
         if args.scheduler:
-            result = evaluate_dask(args.dataset, spec, scheduler=args.scheduler, batch_rows=args.batch_rows)
+            try:
+                result = evaluate_dask(args.dataset, spec, scheduler=args.scheduler, batch_rows=args.batch_rows)
+            except ImportError as exc:  # the dask extra is not installed
+                return _usage(str(exc))
+            except OSError as exc:  # files are read in DatasetError's terms: this is the scheduler
+                return _fail(EXIT_UNREACHABLE, f"the Dask scheduler at {args.scheduler}: {exc}")
         else:
             with _progress_bar(args, spec) as advance:
                 result = evaluate_dataset(
@@ -451,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compute",
         help="per-sample losses from files, locally with the engine or through a running service (--url)",
         description="Exit codes: 0 ok, 1 other service error, 2 usage (arguments, unreadable files, outputs "
-        "refused or unwritable), 3 invalid input (data), 4 unreachable service.",
+        "refused or unwritable), 3 invalid input (data), 4 unreachable service or Dask scheduler.",
     )
     compute.add_argument("--loss", required=True, help="catalogue name or alias")
     compute.add_argument("--predictions", metavar="FILE", help=f"one of {', '.join(READABLE)}")

@@ -9,6 +9,7 @@ import json
 import os
 import random
 import stat
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -480,3 +481,17 @@ def test_an_output_that_is_a_symbolic_link_replaces_the_file_it_points_to(
     assert link.is_symlink()
     assert pq.read_table(target).num_rows == 2 * ROWS
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["per_sample.parquet"]
+
+
+def test_an_unreachable_dask_scheduler_exits_4_and_a_missing_dask_2(
+    dataset: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dask
+
+    args = [*DATASET, "--dataset", str(dataset), "--scheduler", "tcp://127.0.0.1:1"]
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        code, _, err = run(capsys, *args)
+    assert (code, len(err)) == (4, 1), err
+    assert err[0].startswith("loss-service: the Dask scheduler at tcp://127.0.0.1:1: Timed out trying to connect")
+    monkeypatch.setitem(sys.modules, "dask.base", None)  # as if the extra were not installed
+    assert run(capsys, *args) == (2, "", ["loss-service: Dask is an optional extra: pip install 'loss-service[dask]'"])
