@@ -270,6 +270,19 @@ def _option_errors(exc: Any) -> str:
     return "; ".join(f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
 
 
+def _service_error(args: argparse.Namespace) -> str | None:
+    """A --url httpx cannot parse, or a key no HTTP header can carry (the key is never echoed)."""
+    import httpx
+
+    try:
+        httpx.URL(args.url)
+    except httpx.InvalidURL as exc:
+        return f"--url {args.url!r}: {exc}"
+    if args.api_key and not (args.api_key.isascii() and args.api_key.isprintable()):
+        return "--api-key (or LOSS_SERVICE_API_KEY): a key is printable ASCII; this one is not"
+    return None
+
+
 DATASET_ONLY = ("predictions_column", "labels_column", "weight_column", "group_by", "per_sample_out", "scheduler")
 
 
@@ -294,6 +307,9 @@ def _compute_checked(args: argparse.Namespace) -> int:
         return _usage(f"--{given[0].replace('_', '-')} needs --dataset")
     if not (args.predictions and args.labels):
         return _usage("compute needs --predictions and --labels, or --dataset")
+    problem = _service_error(args) if args.url else None
+    if problem:
+        return _usage(problem)
     from pydantic import ValidationError
 
     from service.client import InvalidInputError, LossServiceError, NotFoundError, UnreachableError

@@ -495,3 +495,21 @@ def test_an_unreachable_dask_scheduler_exits_4_and_a_missing_dask_2(
     assert err[0].startswith("loss-service: the Dask scheduler at tcp://127.0.0.1:1: Timed out trying to connect")
     monkeypatch.setitem(sys.modules, "dask.base", None)  # as if the extra were not installed
     assert run(capsys, *args) == (2, "", ["loss-service: Dask is an optional extra: pip install 'loss-service[dask]'"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--url", "http://[::1"], "--url 'http://[::1': Invalid port: ':1'"),
+        (["--url", "http://127.0.0.1:1", "--api-key", "ключ-secret"], "--api-key (or LOSS_SERVICE_API_KEY): a key is"),
+    ],
+    ids=["unparsable-url", "non-ascii-key"],
+)
+def test_a_url_or_key_http_cannot_carry_exits_2(
+    arrays: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    files = ["compute", "--loss", "mse", "--predictions", str(arrays / "w.npy"), "--labels", str(arrays / "w.npy")]
+    code, _, err = run(capsys, *files, *extra)
+    assert (code, len(err)) == (2, 1), err
+    assert err[0].startswith(f"loss-service: {message}")
+    assert "secret" not in err[0]
