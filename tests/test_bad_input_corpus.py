@@ -611,3 +611,28 @@ async def test_a_body_over_what_bodies_may_hold_gets_413_before_it_is_whole(
     assert len(response.content) < 4096
     if "content-encoding" not in headers:
         assert sent < len(content) // (64 << 10), f"{name}: all {sent} pieces were read"
+
+
+# -- Issue #29 item 7 (the CLI's helper): Arrow columns are validated before they are read ------
+
+
+async def test_an_arrow_body_whose_list_values_claim_a_negative_length_is_400(limited: httpx.AsyncClient) -> None:
+    """A 576-byte stream whose list column's values declare a length of 6 - 2^62: read unchecked,
+    slicing them failed an assertion inside pyarrow, which aborted the worker (SIGABRT) and with
+    it every request it held. Validated in full first (service/columns.py), it is a 400."""
+    import struct
+
+    table = pa.table({"predictions": pa.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]], pa.list_(pa.float64())),
+                      "labels": [1, 0, 1]})  # fmt: skip
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    nodes = struct.pack("<6q", 3, 0, 6, 0, 3, 0)  # the batch's FieldNodes: (length, null count) each
+    assert sink.getvalue().count(nodes) == 1
+    raw = sink.getvalue().replace(nodes, struct.pack("<6q", 3, 0, 6 - (1 << 62), 0, 3, 0))
+    response = await limited.post(
+        "/v1/loss?loss=scce", content=raw, headers={"content-type": "application/vnd.apache.arrow.stream"}
+    )
+    assert response.status_code == 400
+    assert "malformed Arrow stream" in response.json()["detail"]
+    assert "Array length is negative" in response.json()["detail"]
