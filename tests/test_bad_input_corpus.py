@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -636,3 +637,14 @@ async def test_an_arrow_body_whose_list_values_claim_a_negative_length_is_400(li
     assert response.status_code == 400
     assert "malformed Arrow stream" in response.json()["detail"]
     assert "Array length is negative" in response.json()["detail"]
+
+
+async def test_an_arrow_body_whose_buffer_index_is_out_of_range_is_400(limited: httpx.AsyncClient) -> None:
+    """A byte-mutated Arrow stream whose record batch names a buffer past the message's (pyarrow
+    raises ArrowIOError, an OSError): 400 naming the defect, not a 500."""
+    content = (Path(__file__).parent / "fixtures" / "arrow-buffer-index-out-of-range.arrows").read_bytes()
+    response = await limited.post(
+        "/v1/loss?loss=mse", content=content, headers={"content-type": "application/vnd.apache.arrow.stream"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"].startswith("malformed Arrow stream: ")
