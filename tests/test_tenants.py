@@ -239,12 +239,13 @@ async def test_a_model_in_the_path_out_of_a_keys_reach_is_named_and_audited(
     model = "churn-" + "x" * 300
     refused = await api.get(f"/v1/models/{model}", headers=auth("fraud-team"))
     assert refused.status_code == 403
-    assert refused.json()["detail"] == f"the API key 'fraud-team' may not use model {model!r}"
+    shown = f"{model!r}"[:64] + "... (308 characters)"
+    assert refused.json()["detail"] == f"the API key 'fraud-team' may not use model {shown}"
     (line,) = [r.getMessage() for r in caplog.records if r.name == "loss_service.audit"]
     route = f"/v1/models/{model}"
     assert line == (
         f'{{"event":"refused","status":403,"key":"fraud-team","route":"{route[:200]}... (317 characters)",'
-        f'"model":"{model}","reason":"model"}}'
+        f'"model":"{model[:64]}... (306 characters)","reason":"model"}}'
     )
 
 

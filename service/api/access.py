@@ -30,7 +30,10 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.api.problems import clipped, shown
 
 Scope = Literal["compute", "ingest", "read", "admin", "metrics"]
 SCOPES: tuple[Scope, ...] = ("compute", "ingest", "read", "admin", "metrics")
@@ -264,7 +267,7 @@ def authorize(state: dict[str, Any] | None, model: str | None, values: int = 0) 
     if principal is None:
         return
     if not principal.may_use(model):
-        named = "names no model" if model is None else f"names model {model!r}"
+        named = "names no model" if model is None else f"names model {shown(model)}"
         detail = f"the API key {principal.name!r} may not use this model: the request {named}"
         raise AccessRefusedError(403, detail, "model", model)
     if values and principal.values is not None:
@@ -285,15 +288,21 @@ def visible(state: dict[str, Any] | None, models: Sequence[str]) -> list[str]:
 
 
 def audit(status: int, key: str, route: str, model: str | None, reason: str) -> None:
-    """One line per refusal: who (the key's name, or "unknown"), where, what, why; never a key."""
-    audit_log.warning(
-        '{"event":"refused","status":%d,"key":"%s","route":"%s","model":%s,"reason":"%s"}',
-        status,
-        key,
-        route.replace('"', "%22"),
-        "null" if model is None else '"' + model.replace('"', "%22") + '"',
-        reason,
-    )
+    """One line per refusal: who (the key's name, or "unknown"), where, what, why; never a key.
+
+    The line is a JSON object written by a JSON encoder: the decoded path and the model name
+    come from the client and may hold quotes, backslashes, CR and LF, which it escapes, so a
+    request can neither end a line early nor forge another. The route is clipped to 200
+    characters and the model to 64, as problem details clip what they echo."""
+    line = {
+        "event": "refused",
+        "status": status,
+        "key": key,
+        "route": clipped(route, 200),
+        "model": None if model is None else clipped(model),
+        "reason": reason,
+    }
+    audit_log.warning("%s", orjson.dumps(line).decode())
 
 
 def retry_after(seconds: float) -> str:
