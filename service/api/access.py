@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import logging
 import math
-import os
 import re
 import secrets
 import threading
@@ -127,11 +126,12 @@ class KeyRing:
         self.file = Path(file) if file else None
         self._plain = [(digest(key), Principal(f"key-{n}", FULL_ACCESS, None)) for n, key in enumerate(plain_keys, 1)]
         self._entries: list[tuple[str, Principal]] = list(self._plain)
-        self._signature: tuple[float, int, int] | None = None
+        self._signature: bytes | None = None
         self.reload_failed = False
         if self.file is not None:
-            self._entries = self._plain + self._load(self.file, {})
-            self._signature = _signature(self.file)
+            content = self.file.read_bytes()
+            self._entries = self._plain + self._load(content, {})
+            self._signature = _signature(content)
 
     @property
     def enabled(self) -> bool:
@@ -154,30 +154,37 @@ class KeyRing:
         if self.file is None:
             return False
         try:
-            signature = _signature(self.file)
+            content = self.file.read_bytes()
             previous = {principal.name: principal for _, principal in self._entries}
-            entries = self._plain + self._load(self.file, previous)
+            entries = self._plain + self._load(content, previous)
         except (OSError, KeysFileError) as exc:
             self.reload_failed = True
             logging.getLogger("service.api").error(
                 "keys file %s not reloaded, the previous keys stay: %s", self.file, exc
             )
             return False
-        self._entries, self._signature, self.reload_failed = entries, signature, False
+        self._entries, self._signature, self.reload_failed = entries, _signature(content), False
         return True
 
     def changed_on_disk(self) -> bool:
+        """The file's content differs from what was last loaded (or it cannot be read).
+
+        The content is hashed on every check, not its size and modification time compared: an
+        edit in place that keeps both (or a clock set back) is still seen. A keys file is a few
+        KB, so a check every second costs little."""
         if self.file is None:
             return False
         try:
-            return _signature(self.file) != self._signature
+            return _signature(self.file.read_bytes()) != self._signature
         except OSError:
             return self._signature is not None
 
     @staticmethod
-    def _load(path: Path, previous: dict[str, Principal]) -> list[tuple[str, Principal]]:
+    def _load(content: bytes, previous: dict[str, Principal]) -> list[tuple[str, Principal]]:
         try:
-            parsed = KeysFile.model_validate(tomllib.loads(path.read_text()))
+            parsed = KeysFile.model_validate(tomllib.loads(content.decode()))
+        except UnicodeDecodeError as exc:
+            raise KeysFileError(f"not UTF-8: byte {exc.start}") from None
         except tomllib.TOMLDecodeError as exc:
             raise KeysFileError(f"not TOML: {exc}") from None
         except ValidationError as exc:
@@ -190,8 +197,8 @@ class KeyRing:
             seen: set[str] = set()
             for index, value in enumerate(values):
                 if value in seen:
-                    shown = f" {names[index]!r}" if what == "name" else ""  # a hash is never shown
-                    raise KeysFileError(f"keys.{index}: {what}{shown} appears more than once")
+                    which = f" {names[index]!r}" if what == "name" else ""  # a hash is never shown
+                    raise KeysFileError(f"keys.{index}: {what}{which} appears more than once")
                 seen.add(value)
         entries = []
         for entry, hashed in zip(parsed.keys, hashes, strict=True):
@@ -213,9 +220,9 @@ def _bucket(rate: float | None, old: TokenBucket | None) -> TokenBucket | None:
     return old if old is not None and old.rate == rate else TokenBucket(rate)
 
 
-def _signature(path: Path) -> tuple[float, int, int]:
-    stat = os.stat(path)
-    return (stat.st_mtime, stat.st_size, stat.st_ino)
+def _signature(content: bytes) -> bytes:
+    """What identifies a version of the keys file: the SHA-256 of its bytes."""
+    return hashlib.sha256(content).digest()
 
 
 # -- routes to scopes -----------------------------------------------------------------------------
