@@ -140,6 +140,10 @@ class KeyRing:
     def names(self) -> list[str]:
         return [principal.name for _, principal in self._entries]
 
+    def principal(self, name: str) -> Principal | None:
+        """The key in force named `name`, if any."""
+        return next((principal for _, principal in self._entries if principal.name == name), None)
+
     def match(self, token: str) -> Principal | None:
         wanted = digest(token).encode()
         found = None
