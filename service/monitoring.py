@@ -301,7 +301,8 @@ class Monitor:
         }
         self.overflowed = Counter(
             "loss_service_model_label_overflow_total",
-            f"Batches counted under model={OTHER_MODEL!r}: past the label limit or outside the allow-list.",
+            f"Batches counted under model={OTHER_MODEL!r} or {OTHER_MODEL_OF_KEY!r} + the key's name: past the "
+            "label limit (in all or the key's share) or outside the allow-list.",
             registry=r,
         )
 
