@@ -229,3 +229,17 @@ def test_two_workers_scope_the_merged_metrics(tmp_path: Path) -> None:
     assert value(fraud_only, "loss_service_batches_total", model="fraud-v1", loss="mean_squared_error") == 20
     worker_files = {path.stem.rsplit("_", 1)[-1] for path in (tmp_path / "metrics").glob("counter_*.db")}
     assert len(worker_files) >= 2, "both workers wrote metrics"
+
+
+async def test_rows_logged_in_a_worker_thread_are_charged_to_their_key(tmp_path: Path) -> None:
+    """The store's routes run in a worker thread; the key reaches the label budget there too."""
+    async for api in make_client(tmp_path, max_models=5):  # five keys: one label each
+        for model in ("fraud-a", "fraud-b"):
+            put = await api.put(f"/v1/models/{model}", json={"losses": [{"loss": "mse"}]}, headers=auth("fraud-team"))
+            assert put.status_code == 200
+            rows = {"ids": [1], "predictions": [[0.5]]}
+            logged = await api.post(f"/v1/models/{model}/predictions", json=rows, headers=auth("fraud-team"))
+            assert logged.status_code == 200
+        everything = await scrape(api, "all-metrics")
+        assert value(everything, "loss_service_logged_total", model="fraud-a", kind="predictions") == 1
+        assert value(everything, "loss_service_logged_total", model="other:fraud-team", kind="predictions") == 1
