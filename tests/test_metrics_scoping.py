@@ -4,7 +4,10 @@ tenant's new models cannot push another's into the overflow label."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +246,43 @@ async def test_rows_logged_in_a_worker_thread_are_charged_to_their_key(tmp_path:
         everything = await scrape(api, "all-metrics")
         assert value(everything, "loss_service_logged_total", model="fraud-a", kind="predictions") == 1
         assert value(everything, "loss_service_logged_total", model="other:fraud-team", kind="predictions") == 1
+
+
+def test_a_scoped_scrape_never_gets_a_full_page_rendered_meanwhile() -> None:
+    """Scrapes that arrive while a page renders share it, but only scrapes of the same scope: a
+    restricted key's scrape during a full one renders its own page, never gets the full one."""
+    monitor = Monitor(Settings())
+    for model in ("fraud-1", "churn-1"):
+        monitor.observe_batch(model, "mse", np.array([0.5]), 0.5)
+    rendering = threading.Event()
+    release = threading.Event()
+    calls: list[Any] = []
+    render = monitor.exposition
+
+    def held(visible: Any = None) -> tuple[bytes, str]:
+        calls.append(visible)
+        rendering.set()
+        release.wait(60)
+        return render(visible)
+
+    monitor.exposition = held  # type: ignore[method-assign]
+
+    def fraud(label: str) -> bool:
+        return label.startswith("fraud-")
+
+    scope = ("fraud-metrics", ("fraud-*",))
+    with ThreadPoolExecutor(4) as pool:
+        full = pool.submit(monitor.exposition_shared)
+        assert rendering.wait(60)
+        scoped = [pool.submit(monitor.exposition_shared, fraud, scope) for _ in range(2)]
+        hang = time.monotonic() + 60  # only stops a hang: a scoped scrape waiting on the full page
+        while len(calls) < 2 and time.monotonic() < hang:  # the scoped page is rendered on its own
+            time.sleep(0.01)
+        release.set()
+        pages = [future.result(timeout=60)[0].decode() for future in (full, *scoped)]
+    assert calls[0] is None  # the full rendering
+    assert set(calls[1:]) == {fraud}  # and one or two scoped ones (the second scrape may come after)
+    assert 'model="churn-1"' in pages[0]
+    assert 'model="churn-1"' not in pages[1]
+    assert 'model="fraud-1"' in pages[1]
+    assert pages[1] == pages[2]

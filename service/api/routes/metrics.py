@@ -25,7 +25,8 @@ async def metrics(request: Request) -> Response:
     monitor: Monitor = request.app.state.monitor
     visible, scope = None, None  # every series: no keys, or a key for every model
     if principal is not None and principal.models is not None:
-        visible, scope = model_filter(principal, request.app.state.keys), principal.name
+        # Scrapes share a rendering only with scrapes of the same key and patterns (a reload may change them).
+        visible, scope = model_filter(principal, request.app.state.keys), (principal.name, principal.models)
 
     # Rendered in a worker thread, once for all the scrapes (of one key) that arrive meanwhile: with
     # many models it takes long enough (10 MB, ~1 s) to hold liveness probes past their timeout on
