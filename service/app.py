@@ -197,6 +197,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.state.keys = KeyRing(settings.api_keys or [], settings.api_keys_file)
+    app.state.monitor.set_keys(len(app.state.keys.names()), False)  # their number splits the model labels
     app.add_middleware(ApiKeys, keys=app.state.keys, protect_metrics=settings.metrics_auth, router=app.router)
     if settings.cors_origins:
         app.add_middleware(

@@ -103,6 +103,13 @@ class Settings(BaseSettings):
         description="Distinct `model` label values per worker; past it, a new name takes the label of a model "
         "idle for LOSS_SERVICE_MODEL_LABEL_IDLE, or is counted as 'other'.",
     )
+    max_models_per_key: int | None = Field(
+        default=None,
+        ge=1,
+        description="With API keys, the `model` label values one key's requests may claim per worker; unset: "
+        "LOSS_SERVICE_MAX_MODELS split evenly among the keys in force (at least 1 each). Past it, the key's new "
+        "models count as 'other:<key name>'.",
+    )
     model_label_idle: float = Field(
         default=3600.0,
         ge=0,

@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -648,3 +649,67 @@ async def test_an_arrow_body_whose_buffer_index_is_out_of_range_is_400(limited: 
     )
     assert response.status_code == 400, response.text
     assert response.json()["detail"].startswith("malformed Arrow stream: ")
+
+
+# item 7: audit lines and echoed names
+# A path holding CR LF, a quote and a backslash, and a model name of 60 KB, sent to every route that
+# names a model in its path: each answer is its documented 4xx with the name clipped, never a 5xx.
+# The keyless `limited` service refuses the names (422); a key restricted to other models gets the
+# 403 of the key guard, which echoes the name (tests/test_audit_lines.py checks the audit lines).
+HOSTILE_NAMES = {
+    "crlf": 'corpus\r\n{"event":"refused"}\\"',
+    "60kb": "m" * 60_000,
+    "crlf-60kb": 'corpus\r\nforged\\"' + "m" * 60_000,
+}
+HOSTILE_ROUTES = [
+    ("GET", "/v1/models/{}", None),
+    ("PUT", "/v1/models/{}", {"losses": [{"loss": "mse"}]}),
+    ("DELETE", "/v1/models/{}", None),
+    ("POST", "/v1/models/{}/predictions", {"ids": ["a"], "predictions": [[0.2, 0.8]]}),
+    ("POST", "/v1/models/{}/labels", {"ids": ["a"], "labels": [1]}),
+]
+HOSTILE_CASES = [
+    (f"item7-{name}-{method.lower()}-{i}", method, template.format(quote(text, safe="")), payload)
+    for name, text in HOSTILE_NAMES.items()
+    for i, (method, template, payload) in enumerate(HOSTILE_ROUTES)
+]
+
+
+@pytest.fixture(scope="module")
+async def keyed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[httpx.AsyncClient]:
+    from service.api.access import digest
+
+    folder = tmp_path_factory.mktemp("keyed")
+    keys = folder / "keys.toml"
+    keys.write_text(
+        f'[[keys]]\nname = "fraud-team"\nkey_sha256 = "{digest("fraud-key-0123456789")}"\n'
+        'scopes = ["compute", "ingest", "read", "admin"]\nmodels = ["fraud-*"]\n'
+    )
+    app = create_app(Settings(api_keys_file=str(keys), store_url=f"sqlite:///{folder}/store.sqlite3"))
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://bad") as c:
+        c.headers["authorization"] = "Bearer fraud-key-0123456789"
+        yield c
+
+
+async def answered_within_bounds(client: httpx.AsyncClient, name: str, method: str, path: str, payload: Any) -> int:
+    response = await client.request(method, path, json=payload)
+    assert response.headers["content-type"] == "application/problem+json", name
+    assert response.json()["detail"], name
+    assert "Traceback" not in response.text
+    assert len(response.content) < 4096, f"{name}: {len(response.content)} bytes; echoes must be bounded"
+    return response.status_code
+
+
+@pytest.mark.parametrize(("name", "method", "path", "payload"), HOSTILE_CASES, ids=[c[0] for c in HOSTILE_CASES])
+async def test_hostile_model_names_in_the_path_are_refused_as_invalid(
+    limited: httpx.AsyncClient, name: str, method: str, path: str, payload: Any
+) -> None:
+    assert await answered_within_bounds(limited, name, method, path, payload) == 422
+
+
+@pytest.mark.parametrize(("name", "method", "path", "payload"), HOSTILE_CASES, ids=[c[0] for c in HOSTILE_CASES])
+async def test_hostile_model_names_out_of_a_keys_reach_get_a_403_with_the_name_clipped(
+    keyed: httpx.AsyncClient, name: str, method: str, path: str, payload: Any
+) -> None:
+    assert await answered_within_bounds(keyed, name, method, path, payload) == 403

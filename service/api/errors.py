@@ -153,6 +153,12 @@ def _allowed_methods(request: Request) -> list[str]:
     return allowed
 
 
+def _logged(request: Request) -> str:
+    """The request's decoded path for a log line: quoted, escaped (a CR or LF in it cannot start
+    a line of its own) and clipped to 200 characters."""
+    return shown(request.scope["path"], 200)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProblemError)
@@ -186,18 +192,18 @@ def install_error_handlers(app: FastAPI) -> None:
         state = request.scope.setdefault("state", {})
         if exc.status == 429:
             state["refusal"] = "rate_limited"
-        audit(exc.status, state.get("key", "unknown"), request.url.path, exc.model, exc.reason)
+        audit(exc.status, state.get("key", "unknown"), request.scope["path"], exc.model, exc.reason)
         headers = {"Retry-After": retry_after(exc.retry_after)} if exc.retry_after else None
         return refusal_response(request.url.path, exc.status, exc.detail, headers)
 
     async def on_disconnect(request: Request, _: Exception) -> Response:
         # The client left before its body arrived: nobody reads this answer, and it is no fault
         # of the service (a traceback here would page someone for a closed laptop).
-        log.info("client disconnected before its request body arrived: %s %s", request.method, request.url.path)
+        log.info("client disconnected before its request body arrived: %s %s", request.method, _logged(request))
         return problem_response(400, "the client closed the connection before the request body arrived")
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.exception("unhandled error on %s %s", request.method, _logged(request))
         return problem_response(500, "internal error; the request was logged")
 
     app.add_exception_handler(ProblemError, on_problem)

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.access import PRINCIPAL, KeyRing, audit, path_model, required_scope, retry_after
 from service.api.errors import refusal_response
 from service.api.headers import byte_count, request_header
-from service.api.problems import ProblemError, clipped
+from service.api.problems import ProblemError, shown
 
 # What each guard's refusal means, for the routes' OpenAPI responses.
 KEY_REFUSALS = {
@@ -90,7 +90,7 @@ class ApiKeys:
         if principal is None:
             challenge = 'Bearer realm="loss-service"' + ("" if not header else ', error="invalid_token"')
             detail = "an API key is required: Authorization: Bearer <key>" if not header else "the API key is not valid"
-            audit(401, "unknown", clipped(path, 200), None, "missing_key" if not header else "invalid_key")
+            audit(401, "unknown", path, None, "missing_key" if not header else "invalid_key")
             await _refuse(send, _refused(401, detail, {"WWW-Authenticate": challenge}), scope)
             return
         state["key"] = principal.name
@@ -104,7 +104,7 @@ class ApiKeys:
             refusal = _refused(403, f"the API key {principal.name!r} lacks the scope {needed!r} this route needs")
             reason = "scope"
         elif model is not None and not principal.may_use(model):
-            refusal = _refused(403, f"the API key {principal.name!r} may not use model {model!r}")
+            refusal = _refused(403, f"the API key {principal.name!r} may not use model {shown(model)}")
             reason = "model"
         elif principal.requests is not None and (wait := principal.requests.take(1)):
             rate = f"{principal.requests.rate:g}"
@@ -112,7 +112,7 @@ class ApiKeys:
             refusal.headers = {"Retry-After": retry_after(wait)}
             reason, state["refusal"] = "requests_rate", "rate_limited"
         if refusal is not None:
-            audit(refusal.status, principal.name, clipped(path, 200), model, reason)
+            audit(refusal.status, principal.name, path, model, reason)
             await _refuse(send, refusal, scope)
             return
         state[PRINCIPAL] = principal
