@@ -6,12 +6,23 @@ where their SQL differs. Everything else is the same plain SQL, written with `?`
   the start of every writing transaction, which serialises writers across processes.
 - PostgreSQL (psycopg 3 with its connection pool): replicas on several hosts share one
   database; a writing transaction locks its model's row (`SELECT ... FOR UPDATE`).
+
+A disk that is full or a database that cannot be reached within the store's timeout surfaces as
+`StoreFullError` or `StoreUnavailableError` (see health.py), and each database's `health` says
+whether it can write. On SQLite a full disk also turns on the *full-disk mode* described at
+`SQLiteDatabase`, in which deletions can still free space.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
+import math
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +30,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+
+from service.store.errors import StoreFailureError, StoreFullError
+from service.store.health import StoreHealth, classified
+
+log = logging.getLogger("service.store")
 
 
 @dataclass(frozen=True)
@@ -75,12 +91,16 @@ COPY_TYPES = {"int": "int8", "text": "text", "real": "float8", "small": "int2", 
 class Transaction:
     """One open transaction. SQL is written with `?` placeholders for both databases."""
 
-    def __init__(self, cursor: Any, dialect: Dialect) -> None:
+    def __init__(self, cursor: Any, dialect: Dialect, refuse_rows: StoreFullError | None = None) -> None:
         # A sqlite3 or a psycopg cursor: both take execute/executemany/fetchone/fetchall alike.
         self._cursor = cursor
         self.dialect = dialect
+        # Set in SQLite's full-disk mode: statements that add rows raise it instead of running.
+        self._refuse_rows = refuse_rows
 
     def _sql(self, sql: str) -> str:
+        if self._refuse_rows is not None and sql.lstrip()[:6].upper() == "INSERT":
+            raise StoreFullError(self._refuse_rows.reason)
         return sql if self.dialect.placeholder == "?" else sql.replace("?", self.dialect.placeholder)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
@@ -100,6 +120,7 @@ class Transaction:
         instead, which still never overwrites a row.
         """
         names = ", ".join(name for name, _ in columns)
+        self._sql("INSERT")  # refused in SQLite's full-disk mode
         if self.dialect.name == "sqlite":
             self._sqlite_insert(table, columns, rows)
             return
@@ -154,41 +175,187 @@ class Transaction:
 class Database(Protocol):
     dialect: Dialect
     url: str
+    health: StoreHealth
+    # Seconds an operation may wait for the database before StoreUnavailableError.
+    timeout: float
 
     def transaction(self, *, write: bool = True) -> Any: ...
+
+    def probe(self) -> None:
+        """Check, within `timeout`, whether the database answers (and, while it is failing,
+        whether it can write again), and report the outcome to `health`."""
 
     def close(self) -> None: ...
 
 
+class Reserve:
+    """A file of `size` bytes beside the database, given back to the filesystem when the disk is
+    full so that deletions have room for the journal pages they write."""
+
+    def __init__(self, path: str, size: int) -> None:
+        self.path, self.size = path, size
+
+    def present(self) -> bool:
+        try:
+            return os.path.getsize(self.path) >= self.size
+        except OSError:
+            return False
+
+    def create(self) -> bool:
+        """Allocate the reserve if it is not there; False when the disk has no room for it."""
+        if self.present():
+            return True
+        temporary = f"{self.path}.tmp"
+        try:
+            with open(temporary, "wb") as file:
+                try:
+                    os.posix_fallocate(file.fileno(), 0, self.size)
+                except OSError as exc:  # a filesystem without fallocate: write the bytes
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
+                    file.write(bytes(self.size))
+                    file.flush()
+                    os.fsync(file.fileno())
+            os.replace(temporary, self.path)
+            return True
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            return False
+
+    def release(self) -> bool:
+        """Remove the reserve; False if there was none."""
+        try:
+            os.unlink(self.path)
+            return True
+        except FileNotFoundError:
+            return False
+
+
 class SQLiteDatabase:
-    """A SQLite file shared by the worker processes of one host (WAL mode)."""
+    """A SQLite file shared by the worker processes of one host (WAL mode).
+
+    Full-disk mode. Beside the file lies a reserve (`<file>.reserve`, `reserve_bytes`). The first
+    write that fails for lack of space removes the reserve and turns the mode on: from then on,
+    statements that add rows are refused (StoreFullError) before they run, so that the space the
+    reserve gave back stays free for what removes rows (DELETE of a model, the retention sweep),
+    whose journal pages need room too. The mode ends once the store has room again: the reserve
+    can be allocated anew, or the database file holds free pages worth the reserve (space that
+    deletions freed, which new rows reuse). That is checked after each write in the mode, by
+    `probe`, and before a write at most once a second.
+    """
 
     dialect = SQLITE
 
-    def __init__(self, url: str, path: str) -> None:
+    def __init__(self, url: str, path: str, timeout: float = 5.0, reserve_bytes: int = 0) -> None:
         self.url = url
+        self.timeout = timeout
+        self.health = StoreHealth()
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: transactions are begun and ended here, explicitly. The timeout
         # is how long a writer waits for another process's write lock before giving up.
-        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
         self._connection.execute("PRAGMA journal_mode=WAL")
         # NORMAL: a commit is in the WAL file before it returns, so a killed process loses no
         # answered request; only an operating-system crash or power loss can lose the last ones.
         self._connection.execute("PRAGMA synchronous=NORMAL")
+        # Builds with SECURE_DELETE (Debian's) zero every page a DELETE frees, writing each one to
+        # the WAL: deleting a model would need as much free disk as the model takes. FAST zeroes
+        # deleted content only in pages written anyway (freed pages keep theirs until reused).
+        self._connection.execute("PRAGMA secure_delete=FAST")
         self._lock = threading.Lock()  # one connection, used by one thread at a time
+        self._reserve = Reserve(f"{path}.reserve", reserve_bytes) if path != ":memory:" and reserve_bytes else None
+        self._last_recovery = float("-inf")
+        if self._reserve is not None:
+            # The WAL is copied into the file once it holds SQLite's default 1,000 pages, or a
+            # quarter of a smaller reserve: on a full disk, the reserve then holds the file's
+            # growth by what the WAL holds, and the deletion's own pages beside it.
+            page_size = self._connection.execute("PRAGMA page_size").fetchone()[0]
+            pages = min(1000, max(1, reserve_bytes // 4 // page_size))
+            self._connection.execute(f"PRAGMA wal_autocheckpoint={pages}")
+        if self._reserve is not None and not self._reserve.create():
+            log.warning("no room for the store's %d-byte reserve at %s", reserve_bytes, self._reserve.path)
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Transaction]:
         with self._lock:
-            cursor = self._connection.cursor()
-            cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            if write and self.health.status == "full":
+                self._recover(reserve=time.monotonic() - self._last_recovery >= 1.0)
+            refusal = StoreFullError(self.health.reason) if write and self.health.status == "full" else None
             try:
-                yield Transaction(cursor, self.dialect)
-            except BaseException:
-                cursor.execute("ROLLBACK")
-                raise
-            cursor.execute("COMMIT")
+                cursor = self._connection.cursor()
+                cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield Transaction(cursor, self.dialect, refusal)
+                    cursor.execute("COMMIT")
+                finally:
+                    if self._connection.in_transaction:  # SQLite ends some failed transactions itself
+                        cursor.execute("ROLLBACK")
+            except Exception as exc:
+                failure = classified(exc)
+                if failure is None:
+                    raise
+                self._failed(failure)
+                if failure is exc:
+                    raise
+                raise failure from exc
+            if write and self.health.status == "full":
+                self._recover()  # this write may have freed space
+            else:
+                self.health.succeeded(wrote=write)
+
+    def _failed(self, failure: StoreFailureError) -> None:
+        note = ""
+        if isinstance(failure, StoreFullError) and self._reserve is not None and self._reserve.release():
+            note = f"; released the {self._reserve.size}-byte reserve so that deletions can free space"
+            self._checkpoint()
+        self.health.failed(failure, note)
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL's pages into the database file, so that the next transactions reuse the
+        WAL's space instead of growing it."""
+        with contextlib.suppress(sqlite3.Error):
+            self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _recover(self, reserve: bool = True) -> None:
+        """In full-disk mode (the connection's lock held): end it if the store has room again.
+        `reserve`: try to allocate the reserve anew (at most once a second before writes)."""
+        self._checkpoint()
+        if not reserve:
+            return
+        self._last_recovery = time.monotonic()
+        try:
+            if self._reserve is not None and not self._reserve.create():
+                pages = self._connection.execute("PRAGMA freelist_count").fetchone()[0]
+                page_size = self._connection.execute("PRAGMA page_size").fetchone()[0]
+                if pages * page_size < self._reserve.size:
+                    return
+        except sqlite3.Error:
+            return
+        self.health.succeeded(wrote=True)
+
+    def probe(self) -> None:
+        if not self._lock.acquire(timeout=self.timeout):
+            return  # busy with requests, which report their own outcomes
+        try:
+            if self.health.status == "full":
+                self._recover()
+            elif self.health.status == "unavailable":
+                try:
+                    self._connection.execute("BEGIN IMMEDIATE")
+                    self._connection.execute("ROLLBACK")
+                except Exception as exc:
+                    failure = classified(exc)
+                    if failure is None:
+                        raise
+                    self.health.failed(failure)
+                else:
+                    self.health.succeeded(wrote=True)
+            elif self._reserve is not None:
+                self._reserve.create()  # back once the disk has room, after a recovery without it
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         with self._lock:
@@ -200,31 +367,69 @@ class PostgresDatabase:
 
     dialect = POSTGRES
 
-    def __init__(self, url: str, max_connections: int) -> None:
+    def __init__(self, url: str, max_connections: int, timeout: float = 5.0) -> None:
         from psycopg_pool import ConnectionPool
 
         self.url = url
+        self.timeout = timeout
+        self.health = StoreHealth()
+        # `timeout`: how long a request waits for a connection (PoolTimeout after it); libpq's
+        # connect_timeout (whole seconds, at least 2) bounds each attempt to connect; `check`
+        # hands out only connections that answer, so a restarted server costs no failed request.
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_connections,
+            open=False,
+            timeout=timeout,
+            check=ConnectionPool.check_connection,
+            kwargs={"connect_timeout": max(2, math.ceil(timeout))},
+        )
         # Connection failures surface here, at start-up, not at the first request.
-        self._pool = ConnectionPool(url, min_size=1, max_size=max_connections, open=False)
-        self._pool.open(wait=True, timeout=30.0)
+        self._pool.open(wait=True, timeout=max(30.0, timeout))
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Transaction]:
-        # The pool's context commits when the block ends and rolls back when it raises.
-        with self._pool.connection() as connection, connection.cursor() as cursor:
-            yield Transaction(cursor, self.dialect)
+        try:
+            # The pool's context commits when the block ends and rolls back when it raises.
+            with self._pool.connection() as connection, connection.cursor() as cursor:
+                yield Transaction(cursor, self.dialect)
+        except Exception as exc:
+            failure = classified(exc)
+            if failure is None:
+                raise
+            self.health.failed(failure)
+            if failure is exc:
+                raise
+            raise failure from exc
+        self.health.succeeded(wrote=write)
+
+    def probe(self) -> None:
+        """`SELECT 1` while healthy; while failing, a write that changes nothing."""
+        failing = self.health.status != "ok"
+        try:
+            with self._pool.connection(timeout=self.timeout) as connection:
+                connection.execute("UPDATE loss_schema SET version = version" if failing else "SELECT 1")
+        except Exception as exc:
+            failure = classified(exc)
+            if failure is None:
+                raise
+            self.health.failed(failure)
+        else:
+            self.health.succeeded(wrote=failing)
 
     def close(self) -> None:
         self._pool.close()
 
 
-def connect(url: str, max_connections: int = 10) -> Database:
+def connect(url: str, max_connections: int = 10, timeout: float = 5.0, reserve_bytes: int = 0) -> Database:
     """A database from a URL: `sqlite:///relative/path`, `sqlite:////absolute/path`, or
-    `postgresql://user:password@host:port/database` (also `postgres://`)."""
+    `postgresql://user:password@host:port/database` (also `postgres://`). `timeout`: seconds an
+    operation may wait for the database; `reserve_bytes`: SQLite's full-disk reserve (0: none)."""
     if url.startswith("sqlite:///"):
-        return SQLiteDatabase(url, url.removeprefix("sqlite:///"))
+        return SQLiteDatabase(url, url.removeprefix("sqlite:///"), timeout, reserve_bytes)
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresDatabase(url, max_connections)
+        return PostgresDatabase(url, max_connections, timeout)
     raise ValueError(
         f"unsupported store URL {redacted(url)!r}: use sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DATABASE"
     )

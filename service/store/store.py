@@ -124,8 +124,8 @@ class Store:
         migrate(database)
 
     @classmethod
-    def open(cls, url: str, max_connections: int = 10) -> Store:
-        return cls(connect(url, max_connections))
+    def open(cls, url: str, max_connections: int = 10, timeout: float = 5.0, reserve_bytes: int = 0) -> Store:
+        return cls(connect(url, max_connections, timeout, reserve_bytes))
 
     def close(self) -> None:
         self.database.close()

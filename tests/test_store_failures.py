@@ -1,0 +1,266 @@
+"""Store failures on real databases: a SQLite file on a full filesystem (a 2 MiB tmpfs) and a
+PostgreSQL cluster stopped and started again under load. Full disk: 507, unreachable: 503, both
+with Retry-After and nothing half-written; /readyz and /metrics say so; one log line per episode;
+deletions free space on a full disk; everything recovers without a restart."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import numpy as np
+import pytest
+
+from service.app import create_app
+from service.config import Settings
+from service.store import Pairs, Store, StoreFullError, StoreUnavailableError
+from service.store.health import classified
+from tests.postgres import MISSING, binaries, fresh_database, running_cluster
+
+pytestmark = pytest.mark.anyio
+CONFIG = {"losses": [{"loss": "mse", "options": {}}], "convention": "keras"}
+RESERVE = 768 * 1024  # of a 2 MiB disk: deleting the model that fills the rest needs about half of it
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: a filesystem that really fills up."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs (.ci/run runs as root)")
+    directory = tmp_path / "disk"
+    directory.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(directory)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"needs permission to mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+@pytest.fixture
+async def full_disk_api(small_disk: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Path]]:
+    settings = Settings(
+        store_url=f"sqlite:///{small_disk}/store.sqlite3", store_reserve_bytes=RESERVE, sweep_interval=3600
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://loss-service") as client:
+            yield client, small_disk / "store.sqlite3"
+
+
+def rows_in(path: Path, model: str) -> int:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+        (count,) = connection.execute(
+            "SELECT count(*) FROM loss_predictions p JOIN loss_models m ON m.id = p.model_id WHERE m.name = ?", [model]
+        ).fetchone()
+    return int(count)
+
+
+def metric(text: str, name: str, status: str) -> float:
+    line = next(line for line in text.splitlines() if line.startswith(f'{name}{{status="{status}"}}'))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def store_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "service.store" and r.levelno == logging.WARNING]
+
+
+async def test_a_full_disk_answers_507_and_a_delete_frees_space_without_a_restart(
+    full_disk_api: tuple[httpx.AsyncClient, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    api, path = full_disk_api
+    caplog.set_level(logging.INFO)
+    for model in ("filler", "kept"):
+        assert (await api.put(f"/v1/models/{model}", json=CONFIG)).status_code == 200
+    assert (
+        await api.post("/v1/models/kept/predictions", json={"ids": ["k"], "predictions": [[1.0]]})
+    ).status_code == 200
+    accepted, answer = 0, None
+    with anyio.fail_after(120):
+        for batch in range(10_000):
+            ids = [f"{batch}-{i}" for i in range(20)]
+            body = {"ids": ids, "predictions": np.random.default_rng(batch).random((20, 64)).tolist()}
+            answer = await api.post("/v1/models/filler/predictions", json=body)
+            if answer.status_code != 200:
+                break
+            accepted += answer.json()["accepted"]
+    assert answer is not None
+    assert answer.status_code == 507, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert int(answer.headers["retry-after"]) > 0
+    assert "disk is full" in answer.json()["detail"]
+    assert accepted > 0
+    # Nothing half-written: the rows and the counters hold exactly the accepted requests.
+    status = (await api.get("/v1/models/filler")).json()
+    assert status["pending_predictions"] == accepted == rows_in(path, "filler")
+    # While the disk is full, rows are refused before they are written; reads still work.
+    again = await api.post("/v1/models/kept/predictions", json={"ids": ["k2"], "predictions": [[2.0]]})
+    assert (again.status_code, again.headers["retry-after"]) == (507, answer.headers["retry-after"])
+    assert (await api.put("/v1/models/new", json=CONFIG)).status_code == 507
+    assert (await api.get("/v1/models/kept")).json()["pending_predictions"] == 1
+    ready = await api.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["store"] == "full"
+    assert "disk is full" in ready.json()["reason"]
+    metrics = (await api.get("/metrics")).text
+    assert (
+        metric(metrics, "loss_service_store_status", "full"),
+        metric(metrics, "loss_service_store_status", "ok"),
+    ) == (1, 0)
+
+    # DELETE frees space on the full disk; then writes succeed again, without a restart.
+    assert (await api.delete("/v1/models/filler")).status_code == 204
+    assert rows_in(path, "filler") == 0
+    assert (await api.get("/readyz")).status_code == 200
+    assert (await api.put("/v1/models/filler", json=CONFIG)).status_code == 200
+    joined = await api.post("/v1/models/kept/labels", json={"ids": ["k"], "labels": [[0.0]]})
+    assert joined.status_code == 200
+    assert joined.json()["joined"] == 1
+    for batch in range(5):
+        body = {"ids": [f"again-{batch}-{i}" for i in range(20)], "predictions": np.zeros((20, 64)).tolist()}
+        assert (await api.post("/v1/models/filler/predictions", json=body)).status_code == 200
+    metrics = (await api.get("/metrics")).text
+    assert (
+        metric(metrics, "loss_service_store_status", "full"),
+        metric(metrics, "loss_service_store_status", "ok"),
+    ) == (0, 1)
+    # One line when the episode began, one when it ended; no traceback per request.
+    warnings = store_warnings(caplog)
+    assert len(warnings) == 2, warnings
+    assert "disk is full" in warnings[0]
+    assert "released the 786432-byte reserve" in warnings[0]
+    assert "recovered" in warnings[1]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def keep(_: Any, pairs: Pairs) -> Pairs:
+    return pairs
+
+
+def test_the_retention_sweep_frees_space_on_a_full_disk(small_disk: Path) -> None:
+    store = Store.open(f"sqlite:///{small_disk}/store.sqlite3", reserve_bytes=RESERVE)
+    try:
+        store.configure_model("m", {"dtype": "float64"}, retention_seconds=10.0, now=0.0)
+        rows = np.random.default_rng(0).random((20, 64))
+        options: dict[str, Any] = {"now": 1.0, "max_pending": 10**9, "on_join": keep}
+        stored = 0
+        with pytest.raises(StoreFullError):  # noqa: PT012 - the error ends the filling
+            for batch in range(10_000):
+                store.log("predictions", "m", [f"{batch}-{i}" for i in range(20)], rows, **options)
+                stored += 20
+        model = store.model("m")
+        assert model is not None
+        assert model.pending_predictions == stored > 0
+        swept = store.sweep_expired(now=100.0)
+        assert [(s.model, s.expired_predictions, s.pending_predictions) for s in swept] == [("m", stored, 0)]
+        assert store.database.health.status == "ok"
+        logged = store.log("predictions", "m", ["after"], rows[:1], **{**options, "now": 101.0})
+        assert logged.accepted == 1
+    finally:
+        store.close()
+
+
+def test_driver_errors_are_classified() -> None:
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorname = "SQLITE_FULL"  # type: ignore[attr-defined]
+    locked = sqlite3.OperationalError("database is locked")
+    locked.sqlite_errorname = "SQLITE_BUSY"  # type: ignore[attr-defined]
+    assert isinstance(classified(full), StoreFullError)
+    assert isinstance(classified(OSError(28, "No space left on device")), StoreFullError)
+    assert isinstance(classified(psycopg.errors.DiskFull("could not extend file")), StoreFullError)
+    assert isinstance(classified(locked), StoreUnavailableError)
+    assert isinstance(classified(PoolTimeout("couldn't get a connection after 2.00 sec")), StoreUnavailableError)
+    assert isinstance(classified(psycopg.errors.AdminShutdown("terminating connection")), StoreUnavailableError)
+    assert isinstance(classified(psycopg.OperationalError("connection refused")), StoreUnavailableError)
+    # A bug stays a bug (500): a bad statement, a constraint, a corrupt file.
+    assert classified(sqlite3.OperationalError("no such table: x")) is None
+    assert classified(psycopg.errors.UniqueViolation("duplicate key")) is None
+    assert classified(ValueError("x")) is None
+
+
+@pytest.mark.slow
+async def test_a_stopped_postgresql_answers_503_and_recovers_after_its_restart(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if binaries() is None:
+        pytest.skip(MISSING)
+    caplog.set_level(logging.INFO)
+    # A cluster of its own: stopping it leaves the other tests' cluster alone.
+    with running_cluster() as server:
+        settings = Settings(store_url=fresh_database(server.url), store_timeout=2.0, sweep_interval=3600)
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            pool = app.state.store.database._pool
+            # The pool waits for a connection, and libpq for a connection attempt, only that long.
+            assert (pool.timeout, pool.kwargs["connect_timeout"]) == (2.0, 2)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://loss-service") as api:
+                assert (await api.put("/v1/models/m", json=CONFIG)).status_code == 200
+                answers: dict[str, int] = {}
+                stop = anyio.Event()
+
+                async def load() -> None:
+                    for n in range(100_000):
+                        if stop.is_set():
+                            return
+                        row_id = f"r{n}"
+                        answer = await api.post(
+                            "/v1/models/m/predictions", json={"ids": [row_id], "predictions": [[1.0]]}
+                        )
+                        answers[row_id] = answer.status_code
+                        if answer.status_code == 503:
+                            assert answer.headers["content-type"] == "application/problem+json"
+                            assert int(answer.headers["retry-after"]) > 0
+                            await anyio.sleep(0.05)
+
+                with anyio.fail_after(60):  # only stops a hang: the pool's timeout ends each wait
+                    async with anyio.create_task_group() as group:
+                        group.start_soon(load)
+                        while len(answers) < 20:
+                            await anyio.sleep(0.01)
+                        await anyio.to_thread.run_sync(server.stop)
+                        while 503 not in answers.values():
+                            await anyio.sleep(0.05)
+                        ready = await api.get("/readyz")
+                        assert ready.status_code == 503
+                        assert ready.json()["store"] == "unavailable"
+                        assert "PostgreSQL" in ready.json()["reason"]
+                        metrics = (await api.get("/metrics")).text
+                        assert metric(metrics, "loss_service_store_status", "unavailable") == 1
+                        await anyio.to_thread.run_sync(server.start)
+                        seen = len(answers)
+                        while not [c for r, c in list(answers.items())[seen:] if c == 200]:
+                            await anyio.sleep(0.05)
+                        stop.set()
+                    while (await api.get("/readyz")).status_code != 200:
+                        await anyio.sleep(0.1)
+                assert set(answers.values()) == {200, 503}
+                # Every accepted row is stored, and the counter counts exactly the stored rows.
+                import psycopg
+
+                with psycopg.connect(settings.store_url) as connection:
+                    stored = {row[0] for row in connection.execute("SELECT id FROM loss_predictions")}
+                accepted = {r for r, c in answers.items() if c == 200}
+                assert accepted <= stored <= set(answers)
+                assert (await api.get("/v1/models/m")).json()["pending_predictions"] == len(stored)
+                metrics = (await api.get("/metrics")).text
+                assert metric(metrics, "loss_service_store_status", "ok") == 1
+    warnings = store_warnings(caplog)
+    assert len(warnings) == 2, warnings
+    assert "unavailable" in warnings[0]
+    assert "recovered" in warnings[1]
+    assert not [
+        r for r in caplog.records if r.name.startswith("service") and (r.levelno >= logging.ERROR or r.exc_info)
+    ]
