@@ -20,8 +20,7 @@ import pytest
 
 from service.app import create_app
 from service.config import Settings
-from service.store import Pairs, Store, StoreFullError, StoreUnavailableError
-from service.store.health import classified
+from service.store import Pairs, Store
 from tests.postgres import MISSING, binaries, fresh_database, running_cluster
 
 pytestmark = pytest.mark.anyio
@@ -147,6 +146,8 @@ def keep(_: Any, pairs: Pairs) -> Pairs:
 
 
 def test_the_retention_sweep_frees_space_on_a_full_disk(small_disk: Path) -> None:
+    from service.store import StoreFullError
+
     store = Store.open(f"sqlite:///{small_disk}/store.sqlite3", reserve_bytes=RESERVE)
     try:
         store.configure_model("m", {"dtype": "float64"}, retention_seconds=10.0, now=0.0)
@@ -172,6 +173,9 @@ def test_the_retention_sweep_frees_space_on_a_full_disk(small_disk: Path) -> Non
 def test_driver_errors_are_classified() -> None:
     import psycopg
     from psycopg_pool import PoolTimeout
+
+    from service.store import StoreFullError, StoreUnavailableError
+    from service.store.health import classified
 
     full = sqlite3.OperationalError("database or disk is full")
     full.sqlite_errorname = "SQLITE_FULL"  # type: ignore[attr-defined]
@@ -264,3 +268,62 @@ async def test_a_stopped_postgresql_answers_503_and_recovers_after_its_restart(
     assert not [
         r for r in caplog.records if r.name.startswith("service") and (r.levelno >= logging.ERROR or r.exc_info)
     ]
+
+
+def test_the_client_retries_507_on_log_calls_as_retry_after_says_but_not_on_a_loss(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import service.client
+    from service.client import InsufficientStorageError, LossClient
+
+    slept: list[float] = []
+    monkeypatch.setattr(service.client.time, "sleep", slept.append)
+    seen: list[httpx.Request] = []
+    full = {"type": "about:blank", "title": "Insufficient Storage", "status": 507, "detail": "disk is full"}
+    logged = {"accepted": 1, "duplicates": 0, "duplicate_ids": [], "joined": 0, "joined_ids": [], "results": []}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) <= 2 or request.url.path == "/v1/loss":
+            return httpx.Response(507, json=full, headers={"retry-after": "7"})
+        return httpx.Response(200, json={**logged, "pending_predictions": 1, "pending_labels": 0})
+
+    with LossClient("http://mock", transport=httpx.MockTransport(handle), backoff=0.0) as client:
+        assert client.log_predictions("m", ["a"], [[1.0]]).accepted == 1
+        assert (len(seen), slept) == (3, [7.0, 7.0])  # retried, each after the Retry-After asked for
+        # A loss is not a log: the server may have computed it, so a 507 is not repeated.
+        with pytest.raises(InsufficientStorageError) as refused:
+            client.loss("mse", [[1.0]], [[0.0]])
+    assert (len(seen), refused.value.retry_after) == (4, 7.0)
+
+
+def test_the_logger_waits_as_long_as_the_service_asks_before_sending_again() -> None:
+    import threading
+
+    from service.client import InsufficientStorageError
+    from service.logger import PredictionLogger
+
+    attempts: list[list[Any]] = []
+    second = threading.Event()
+
+    class Full:
+        def log_predictions(self, model: str, ids: Any, predictions: Any, *, timestamps: Any = None) -> Any:
+            attempts.append(list(ids))
+            if len(attempts) > 1:
+                second.set()
+            error = InsufficientStorageError(507, {"title": "Insufficient Storage", "detail": "disk is full"})
+            error.retry_after = 60.0
+            raise error
+
+        def log_labels(self, model: str, ids: Any, labels: Any, *, sample_weight: Any = None) -> Any:
+            raise AssertionError("no labels were logged")
+
+    logger = PredictionLogger(Full(), "m", batch_size=1, retry_interval=0.01, close_timeout=0.1)
+    try:
+        logger.prediction("a", [1.0])
+        # The next attempt waits the 60 s the service asked for, not the 0.01 s retry_interval.
+        assert not second.wait(2.0)
+        assert attempts == [["a"]]
+        assert logger.stats.failed_attempts == 1
+    finally:
+        logger.close()
