@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,12 @@ CONFIG = {"losses": [{"loss": "mse", "options": {}}], "convention": "keras"}
 RESERVE = 768 * 1024  # of a 2 MiB disk: deleting the model that fills the rest needs about half of it
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs: a filesystem that really fills up."""
+@contextmanager
+def tmpfs(directory: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs at `directory`: a filesystem that really fills up."""
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a tmpfs (.ci/run runs as root)")
-    directory = tmp_path / "disk"
-    directory.mkdir()
+    directory.mkdir(exist_ok=True)
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(directory)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"needs permission to mount a tmpfs: {mounted.stderr.decode().strip()}")
@@ -42,6 +42,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield directory
     finally:
         subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "disk") as directory:
+        yield directory
 
 
 @pytest.fixture
@@ -327,3 +333,101 @@ def test_the_logger_waits_as_long_as_the_service_asks_before_sending_again() -> 
         assert logger.stats.failed_attempts == 1
     finally:
         logger.close()
+
+
+async def test_a_sqlite_store_locked_past_the_store_timeout_answers_503_and_recovers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    path = tmp_path / "store.sqlite3"
+    app = create_app(Settings(store_url=f"sqlite:///{path}", store_timeout=0.5, sweep_interval=3600))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://loss-service") as api:
+            assert (await api.put("/v1/models/m", json=CONFIG)).status_code == 200
+            # Another process holds the write lock (a long transaction, a backup, a stuck worker).
+            blocker = sqlite3.connect(path, isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")
+            try:
+                with anyio.fail_after(60):  # only stops a hang: the busy timeout is the store's 0.5 s
+                    answers = [
+                        await api.post("/v1/models/m/predictions", json={"ids": [f"a{n}"], "predictions": [[1.0]]})
+                        for n in range(3)
+                    ]
+                    ready = await api.get("/readyz")
+            finally:
+                blocker.execute("ROLLBACK")
+                blocker.close()
+            assert [a.status_code for a in answers] == [503, 503, 503]
+            assert {a.headers["retry-after"] for a in answers} == {"5"}
+            assert "locked" in answers[0].json()["detail"]
+            assert ready.status_code == 503
+            assert ready.json()["store"] == "unavailable"
+            answer = await api.post("/v1/models/m/predictions", json={"ids": ["a0"], "predictions": [[1.0]]})
+            assert answer.json()["accepted"] == 1  # nothing of the refused requests was stored
+            assert (await api.get("/readyz")).status_code == 200
+    warnings = store_warnings(caplog)
+    assert len(warnings) == 2, warnings
+    assert "locked" in warnings[0]
+    assert "recovered" in warnings[1]
+
+
+@pytest.mark.slow
+async def test_a_full_postgresql_tablespace_answers_507_and_recovers_once_it_has_room(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if binaries() is None:
+        pytest.skip(MISSING)
+    import pwd
+
+    import psycopg
+
+    caplog.set_level(logging.INFO)
+    with running_cluster() as server, tmpfs(server.directory / "small") as small_disk:
+        # The store's tables live in a tablespace on the 2 MiB tmpfs; the WAL and catalogs do not.
+        owner = pwd.getpwnam(server.user) if server.user else None
+        if owner is not None:
+            os.chown(small_disk, owner.pw_uid, owner.pw_gid)
+        url = fresh_database(server.url)
+        with psycopg.connect(server.url, autocommit=True) as connection:
+            connection.execute(f"CREATE TABLESPACE small LOCATION '{small_disk}'")
+            connection.execute(f"ALTER DATABASE {url.rsplit('/', 1)[1]} SET default_tablespace = small")
+        app = create_app(Settings(store_url=url, sweep_interval=3600))
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://loss-service") as api:
+                assert (await api.put("/v1/models/filler", json=CONFIG)).status_code == 200
+                accepted, answer = 0, None
+                with anyio.fail_after(120):
+                    for batch in range(10_000):
+                        ids = [f"{batch}-{i}" for i in range(20)]
+                        body = {"ids": ids, "predictions": np.random.default_rng(batch).random((20, 64)).tolist()}
+                        answer = await api.post("/v1/models/filler/predictions", json=body)
+                        if answer.status_code != 200:
+                            break
+                        accepted += answer.json()["accepted"]
+                assert answer is not None
+                assert answer.status_code == 507, answer.text
+                assert answer.headers["retry-after"] == "30"
+                assert "PostgreSQL" in answer.json()["detail"]
+                with psycopg.connect(url) as connection:
+                    (stored,) = connection.execute("SELECT count(*) FROM loss_predictions").fetchone() or (0,)
+                assert (await api.get("/v1/models/filler")).json()["pending_predictions"] == accepted == stored > 0
+                ready = await api.get("/readyz")
+                assert ready.status_code == 503
+                assert ready.json()["store"] == "full"
+                # A deletion succeeds on the full disk, but proves no room for new rows (PostgreSQL
+                # reuses the space after vacuum, which itself needs room): the store stays full.
+                assert (await api.delete("/v1/models/filler")).status_code == 204
+                assert (await api.get("/readyz")).json()["store"] == "full"
+                # The operator grows the volume: rows are accepted again, without a restart.
+                grown = ["mount", "-o", "remount,size=4m", str(small_disk)]
+                subprocess.run(grown, check=True, capture_output=True)
+                assert (await api.put("/v1/models/filler", json=CONFIG)).status_code == 200
+                body = {"ids": ["after"], "predictions": [[0.0] * 64]}
+                assert (await api.post("/v1/models/filler/predictions", json=body)).status_code == 200
+                assert (await api.get("/readyz")).status_code == 200
+    warnings = store_warnings(caplog)
+    assert len(warnings) == 2, warnings
+    assert "disk is full" in warnings[0]
+    assert "recovered" in warnings[1]

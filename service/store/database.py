@@ -97,10 +97,14 @@ class Transaction:
         self.dialect = dialect
         # Set in SQLite's full-disk mode: statements that add rows raise it instead of running.
         self._refuse_rows = refuse_rows
+        # Whether a statement that adds rows ran: only that proves a full disk has room again.
+        self.added_rows = False
 
     def _sql(self, sql: str) -> str:
-        if self._refuse_rows is not None and sql.lstrip()[:6].upper() == "INSERT":
-            raise StoreFullError(self._refuse_rows.reason)
+        if sql.lstrip()[:6].upper() == "INSERT":
+            if self._refuse_rows is not None:
+                raise StoreFullError(self._refuse_rows.reason)
+            self.added_rows = True
         return sql if self.dialect.placeholder == "?" else sql.replace("?", self.dialect.placeholder)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
@@ -393,7 +397,8 @@ class PostgresDatabase:
         try:
             # The pool's context commits when the block ends and rolls back when it raises.
             with self._pool.connection() as connection, connection.cursor() as cursor:
-                yield Transaction(cursor, self.dialect)
+                tx = Transaction(cursor, self.dialect)
+                yield tx
         except Exception as exc:
             failure = classified(exc)
             if failure is None:
@@ -402,7 +407,8 @@ class PostgresDatabase:
             if failure is exc:
                 raise
             raise failure from exc
-        self.health.succeeded(wrote=write)
+        # A deletion succeeds on a full disk: only added rows end that episode.
+        self.health.succeeded(wrote=write and (tx.added_rows or self.health.status != "full"))
 
     def probe(self) -> None:
         """`SELECT 1` while healthy; while failing, a write that changes nothing."""

@@ -86,6 +86,7 @@ class StoreHealth:
                 self._since = time.monotonic()
                 self.failures = 1
             self.status, self.reason = status, error.reason
+            self.last_probe = time.monotonic()  # this failure was the probe: the next one comes later
         log.warning(
             "%s%s; store operations fail with %d and Retry-After until it recovers (logged once)",
             error.reason,
@@ -95,10 +96,10 @@ class StoreHealth:
         self._tell(status)
 
     def succeeded(self, *, wrote: bool) -> None:
-        """A transaction or probe succeeded: a write ends any episode, a read only an unavailable one
-        (reads succeed on a full disk)."""
+        """A transaction or probe succeeded: a write ends the episode; a read does not (reads
+        succeed on a full disk, and on SQLite while another process holds the write lock)."""
         with self._lock:
-            if self.status == "ok" or (self.status == "full" and not wrote):
+            if self.status == "ok" or not wrote:
                 return
             was, failures, lasted = self.status, self.failures, time.monotonic() - self._since
             self.status, self.reason, self.failures = "ok", "", 0

@@ -14,8 +14,10 @@ from pydantic import BaseModel
 
 router = APIRouter(tags=["health"])
 
-# Seconds between probes of the store from /readyz while it is healthy, and while it is failing.
-PROBE_INTERVAL = {"ok": 5.0, "failing": 1.0}
+# Seconds between probes of the store from /readyz, by the store's status. A full disk is probed
+# as often as its Retry-After: on PostgreSQL the probe is a write that changes nothing, which may
+# succeed while new rows still find no room.
+PROBE_INTERVAL = {"ok": 5.0, "unavailable": 1.0, "full": 30.0}
 # Longest /readyz waits for a probe it started (at most the store's timeout): the probe goes on
 # in its thread, and a later /readyz reports what it found. Under Kubernetes' default 1 s timeout.
 PROBE_WAIT = 0.8
@@ -47,7 +49,7 @@ class StoreProbe:
 
     async def run(self) -> None:
         health = self.database.health
-        interval = PROBE_INTERVAL["ok" if health.status == "ok" else "failing"]
+        interval = PROBE_INTERVAL[health.status]
         if self._done is None and time.monotonic() - health.last_probe >= interval:
             health.last_probe = time.monotonic()
             done, loop = asyncio.Event(), asyncio.get_running_loop()
