@@ -431,3 +431,30 @@ async def test_a_full_postgresql_tablespace_answers_507_and_recovers_once_it_has
     assert len(warnings) == 2, warnings
     assert "disk is full" in warnings[0]
     assert "recovered" in warnings[1]
+
+
+def test_a_worker_that_finds_the_disk_full_stops_the_others_adding_rows_until_a_delete(small_disk: Path) -> None:
+    from service.store import StoreFullError
+
+    url = f"sqlite:///{small_disk}/store.sqlite3"
+    first, second = Store.open(url, reserve_bytes=RESERVE), Store.open(url, reserve_bytes=RESERVE)
+    try:
+        first.configure_model("big", {"dtype": "float64"}, retention_seconds=10.0, now=0.0)
+        first.configure_model("small", {"dtype": "float64"}, retention_seconds=10.0, now=0.0)
+        rows = np.random.default_rng(0).random((20, 64))
+        options: dict[str, Any] = {"now": 1.0, "max_pending": 10**9, "on_join": keep}
+        with pytest.raises(StoreFullError):  # noqa: PT012 - the error ends the filling
+            for batch in range(10_000):
+                first.log("predictions", "big", [f"{batch}-{i}" for i in range(20)], rows, **options)
+        # The other worker (its own connection) has not failed yet, and still adds no row: the
+        # room the reserve gave back stays for deletions.
+        with pytest.raises(StoreFullError, match="another worker"):
+            second.log("predictions", "small", ["s"], rows[:1], **options)
+        assert (second.database.health.status, second.model("small").pending_predictions) == ("full", 0)  # type: ignore[union-attr]
+        assert second.delete_model("big")
+        assert first.log("predictions", "small", ["f"], rows[:1], **options).accepted == 1
+        assert second.log("predictions", "small", ["s"], rows[:1], **options).accepted == 1
+        assert (first.database.health.status, second.database.health.status) == ("ok", "ok")
+    finally:
+        first.close()
+        second.close()

@@ -194,7 +194,13 @@ class Database(Protocol):
 
 class Reserve:
     """A file of `size` bytes beside the database, given back to the filesystem when the disk is
-    full so that deletions have room for the journal pages they write."""
+    full so that deletions have room for the journal pages they write.
+
+    Its absence is the full-disk mode of every process that shares the database: whichever finds
+    the disk full removes it, and the others see that before their next write. A file shorter
+    than `size` (even empty) means the mode is off but the reserve is not whole yet: the disk had
+    no room for it; it is completed once there is.
+    """
 
     def __init__(self, path: str, size: int) -> None:
         self.path, self.size = path, size
@@ -205,11 +211,19 @@ class Reserve:
         except OSError:
             return False
 
+    def released(self) -> bool:
+        return not os.path.exists(self.path)
+
+    def mark(self) -> None:
+        """End the full-disk mode without the reserve's bytes (an empty file, completed later)."""
+        with contextlib.suppress(OSError), open(self.path, "ab"):
+            pass
+
     def create(self) -> bool:
-        """Allocate the reserve if it is not there; False when the disk has no room for it."""
+        """Allocate the reserve if it is not whole; False when the disk has no room for it."""
         if self.present():
             return True
-        temporary = f"{self.path}.tmp"
+        temporary = f"{self.path}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             with open(temporary, "wb") as file:
                 try:
@@ -240,7 +254,8 @@ class SQLiteDatabase:
     """A SQLite file shared by the worker processes of one host (WAL mode).
 
     Full-disk mode. Beside the file lies a reserve (`<file>.reserve`, `reserve_bytes`). The first
-    write that fails for lack of space removes the reserve and turns the mode on: from then on,
+    write that fails for lack of space removes the reserve and turns the mode on, in every process
+    that shares the file (each checks the reserve before a write): from then on,
     statements that add rows are refused (StoreFullError) before they run, so that the space the
     reserve gave back stays free for what removes rows (DELETE of a model, the retention sweep),
     whose journal pages need room too. The mode ends once the store has room again: the reserve
@@ -279,11 +294,16 @@ class SQLiteDatabase:
             pages = min(1000, max(1, reserve_bytes // 4 // page_size))
             self._connection.execute(f"PRAGMA wal_autocheckpoint={pages}")
         if self._reserve is not None and not self._reserve.create():
-            log.warning("no room for the store's %d-byte reserve at %s", reserve_bytes, self._reserve.path)
+            # Not the full-disk mode (an empty file): the reserve is completed once there is room.
+            self._reserve.mark()
+            log.warning("no room for the store's %d-byte reserve at %s yet", reserve_bytes, self._reserve.path)
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Transaction]:
         with self._lock:
+            if write and self.health.status != "full" and self._reserve is not None and self._reserve.released():
+                # Another process found the disk full: keep the room its reserve gave back for deletions.
+                self.health.failed(StoreFullError("the store's disk is full (found by another worker)"))
             if write and self.health.status == "full":
                 self._recover(reserve=time.monotonic() - self._last_recovery >= 1.0)
             refusal = StoreFullError(self.health.reason) if write and self.health.status == "full" else None
@@ -329,14 +349,18 @@ class SQLiteDatabase:
         if not reserve:
             return
         self._last_recovery = time.monotonic()
-        try:
-            if self._reserve is not None and not self._reserve.create():
+        # Room again: another process ended the mode, or the reserve fits again, or deletions
+        # freed pages in the file worth the reserve (new rows reuse them; the reserve follows
+        # once the filesystem has room).
+        if self._reserve is not None and self._reserve.released() and not self._reserve.create():
+            try:
                 pages = self._connection.execute("PRAGMA freelist_count").fetchone()[0]
                 page_size = self._connection.execute("PRAGMA page_size").fetchone()[0]
-                if pages * page_size < self._reserve.size:
-                    return
-        except sqlite3.Error:
-            return
+            except sqlite3.Error:
+                return
+            if pages * page_size < self._reserve.size:
+                return
+            self._reserve.mark()
         self.health.succeeded(wrote=True)
 
     def probe(self) -> None:
@@ -356,8 +380,10 @@ class SQLiteDatabase:
                     self.health.failed(failure)
                 else:
                     self.health.succeeded(wrote=True)
+            elif self._reserve is not None and self._reserve.released():
+                self.health.failed(StoreFullError("the store's disk is full (found by another worker)"))
             elif self._reserve is not None:
-                self._reserve.create()  # back once the disk has room, after a recovery without it
+                self._reserve.create()  # completed once the disk has room
         finally:
             self._lock.release()
 

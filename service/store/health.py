@@ -23,7 +23,7 @@ log = logging.getLogger("service.store")
 Status = Literal["ok", "full", "unavailable"]
 STATUSES: tuple[Status, ...] = ("ok", "full", "unavailable")
 
-# SQLite's result codes for a database it cannot use for now (as opposed to a bad statement
+# SQLite's result codes for a database it cannot use at the moment (as opposed to a bad statement
 # or a corrupt file, which stay errors): busy or locked past the busy timeout, I/O errors,
 # a read-only or unopenable file.
 _SQLITE_UNAVAILABLE = {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN"}
