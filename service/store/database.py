@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from service.store.errors import StoreFailureError, StoreFullError
+from service.store.errors import StoreFailureError, StoreFullError, StoreUnavailableError
 from service.store.health import StoreHealth, classified
 
 log = logging.getLogger("service.store")
@@ -404,15 +404,13 @@ class PostgresDatabase:
         self.timeout = timeout
         self.health = StoreHealth()
         # `timeout`: how long a request waits for a connection (PoolTimeout after it); libpq's
-        # connect_timeout (whole seconds, at least 2) bounds each attempt to connect; `check`
-        # hands out only connections that answer, so a restarted server costs no failed request.
+        # connect_timeout (whole seconds, at least 2) bounds each attempt to connect.
         self._pool = ConnectionPool(
             url,
             min_size=1,
             max_size=max_connections,
             open=False,
             timeout=timeout,
-            check=ConnectionPool.check_connection,
             kwargs={"connect_timeout": max(2, math.ceil(timeout))},
         )
         # Connection failures surface here, at start-up, not at the first request.
@@ -429,6 +427,12 @@ class PostgresDatabase:
             failure = classified(exc)
             if failure is None:
                 raise
+            if isinstance(failure, StoreUnavailableError) and self.health.status != "unavailable":
+                # The server went away: the pool's idle connections are likely broken too. Dropping
+                # them now, once per episode, spares the requests after its return a failure each
+                # (checking every connection as it is handed out would cost a round trip each).
+                with contextlib.suppress(Exception):
+                    self._pool.check()
             self.health.failed(failure)
             if failure is exc:
                 raise
