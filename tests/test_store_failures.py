@@ -448,7 +448,7 @@ def test_a_worker_that_finds_the_disk_full_stops_the_others_adding_rows_until_a_
                 first.log("predictions", "big", [f"{batch}-{i}" for i in range(20)], rows, **options)
         # The other worker (its own connection) has not failed yet, and still adds no row: the
         # room the reserve gave back stays for deletions.
-        with pytest.raises(StoreFullError, match="another worker"):
+        with pytest.raises(StoreFullError, match="by this or another worker"):
             second.log("predictions", "small", ["s"], rows[:1], **options)
         assert (second.database.health.status, second.model("small").pending_predictions) == ("full", 0)  # type: ignore[union-attr]
         assert second.delete_model("big")
@@ -458,3 +458,27 @@ def test_a_worker_that_finds_the_disk_full_stops_the_others_adding_rows_until_a_
     finally:
         first.close()
         second.close()
+
+
+def test_a_store_that_starts_without_room_for_its_reserve_adds_no_rows_until_there_is(small_disk: Path) -> None:
+    from service.store import StoreFullError
+
+    url = f"sqlite:///{small_disk}/store.sqlite3"
+    Store.open(url, reserve_bytes=RESERVE).close()
+    ballast = small_disk / "ballast"
+    with ballast.open("wb") as file:  # another program fills the disk
+        disk = os.statvfs(small_disk)
+        os.posix_fallocate(file.fileno(), 0, disk.f_bavail * disk.f_frsize)
+    (small_disk / "store.sqlite3.reserve").unlink()  # given back before a restart
+    store = Store.open(url, reserve_bytes=RESERVE)
+    try:
+        assert store.database.health.status == "full"
+        assert "no room to allocate it again" in store.database.health.reason
+        with pytest.raises(StoreFullError):
+            store.configure_model("m", {"dtype": "float64"}, retention_seconds=10.0, now=0.0)
+        ballast.unlink()  # the operator frees space: the next write finds room, without a restart
+        store.database.probe()
+        assert store.database.health.status == "ok"
+        assert store.configure_model("m", {"dtype": "float64"}, retention_seconds=10.0, now=0.0).name == "m"
+    finally:
+        store.close()

@@ -197,9 +197,10 @@ class Reserve:
     full so that deletions have room for the journal pages they write.
 
     Its absence is the full-disk mode of every process that shares the database: whichever finds
-    the disk full removes it, and the others see that before their next write. A file shorter
-    than `size` (even empty) means the mode is off but the reserve is not whole yet: the disk had
-    no room for it; it is completed once there is.
+    the disk full removes it, and the others see that before their next write; a store that starts
+    without room for it starts in the mode. A file shorter than `size` (even empty) means the mode
+    is off but the reserve is not whole yet (the mode ended on free pages in the database file,
+    not free disk): it is completed once the disk has room.
     """
 
     def __init__(self, path: str, size: int) -> None:
@@ -294,16 +295,16 @@ class SQLiteDatabase:
             pages = min(1000, max(1, reserve_bytes // 4 // page_size))
             self._connection.execute(f"PRAGMA wal_autocheckpoint={pages}")
         if self._reserve is not None and not self._reserve.create():
-            # Not the full-disk mode (an empty file): the reserve is completed once there is room.
-            self._reserve.mark()
-            log.warning("no room for the store's %d-byte reserve at %s yet", reserve_bytes, self._reserve.path)
+            # Less free space than the reserve, or a reserve released before a restart: the
+            # full-disk mode, until there is room.
+            self.health.failed(self._reserve_missing())
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Transaction]:
         with self._lock:
             if write and self.health.status != "full" and self._reserve is not None and self._reserve.released():
                 # Another process found the disk full: keep the room its reserve gave back for deletions.
-                self.health.failed(StoreFullError("the store's disk is full (found by another worker)"))
+                self.health.failed(self._reserve_missing())
             if write and self.health.status == "full":
                 self._recover(reserve=time.monotonic() - self._last_recovery >= 1.0)
             refusal = StoreFullError(self.health.reason) if write and self.health.status == "full" else None
@@ -328,6 +329,13 @@ class SQLiteDatabase:
                 self._recover()  # this write may have freed space
             else:
                 self.health.succeeded(wrote=write)
+
+    def _reserve_missing(self) -> StoreFullError:
+        assert self._reserve is not None
+        return StoreFullError(
+            f"the store's disk is full: its {self._reserve.size}-byte reserve {self._reserve.path} was given back "
+            "for deletions (by this or another worker) and there is no room to allocate it again"
+        )
 
     def _failed(self, failure: StoreFailureError) -> None:
         note = ""
@@ -381,7 +389,7 @@ class SQLiteDatabase:
                 else:
                     self.health.succeeded(wrote=True)
             elif self._reserve is not None and self._reserve.released():
-                self.health.failed(StoreFullError("the store's disk is full (found by another worker)"))
+                self.health.failed(self._reserve_missing())
             elif self._reserve is not None:
                 self._reserve.create()  # completed once the disk has room
         finally:
