@@ -9,20 +9,16 @@ where their SQL differs. Everything else is the same plain SQL, written with `?`
 
 A disk that is full or a database that cannot be reached within the store's timeout surfaces as
 `StoreFullError` or `StoreUnavailableError` (see health.py), and each database's `health` says
-whether it can write. On SQLite a full disk also turns on the *full-disk mode* described at
-`SQLiteDatabase`, in which deletions can still free space.
+whether it can write. On SQLite a full disk also turns on the full-disk mode (space.py), in
+which deletions can still free space.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import logging
 import math
-import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,10 +27,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from service.store.errors import StoreFailureError, StoreFullError, StoreUnavailableError
+from service.store.errors import StoreFullError, StoreUnavailableError
 from service.store.health import StoreHealth, classified
-
-log = logging.getLogger("service.store")
+from service.store.space import FullDiskMode
 
 
 @dataclass(frozen=True)
@@ -192,78 +187,9 @@ class Database(Protocol):
     def close(self) -> None: ...
 
 
-class Reserve:
-    """A file of `size` bytes beside the database, given back to the filesystem when the disk is
-    full so that deletions have room for the journal pages they write.
-
-    Its absence is the full-disk mode of every process that shares the database: whichever finds
-    the disk full removes it, and the others see that before their next write; a store that starts
-    without room for it starts in the mode. A file shorter than `size` (even empty) means the mode
-    is off but the reserve is not whole yet (the mode ended on free pages in the database file,
-    not free disk): it is completed once the disk has room.
-    """
-
-    def __init__(self, path: str, size: int) -> None:
-        self.path, self.size = path, size
-
-    def present(self) -> bool:
-        try:
-            return os.path.getsize(self.path) >= self.size
-        except OSError:
-            return False
-
-    def released(self) -> bool:
-        return not os.path.exists(self.path)
-
-    def mark(self) -> None:
-        """End the full-disk mode without the reserve's bytes (an empty file, completed later)."""
-        with contextlib.suppress(OSError), open(self.path, "ab"):
-            pass
-
-    def create(self) -> bool:
-        """Allocate the reserve if it is not whole; False when the disk has no room for it."""
-        if self.present():
-            return True
-        temporary = f"{self.path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        try:
-            with open(temporary, "wb") as file:
-                try:
-                    os.posix_fallocate(file.fileno(), 0, self.size)
-                except OSError as exc:  # a filesystem without fallocate: write the bytes
-                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                        raise
-                    file.write(bytes(self.size))
-                    file.flush()
-                    os.fsync(file.fileno())
-            os.replace(temporary, self.path)
-            return True
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            return False
-
-    def release(self) -> bool:
-        """Remove the reserve; False if there was none."""
-        try:
-            os.unlink(self.path)
-            return True
-        except FileNotFoundError:
-            return False
-
-
 class SQLiteDatabase:
-    """A SQLite file shared by the worker processes of one host (WAL mode).
-
-    Full-disk mode. Beside the file lies a reserve (`<file>.reserve`, `reserve_bytes`). The first
-    write that fails for lack of space removes the reserve and turns the mode on, in every process
-    that shares the file (each checks the reserve before a write): from then on,
-    statements that add rows are refused (StoreFullError) before they run, so that the space the
-    reserve gave back stays free for what removes rows (DELETE of a model, the retention sweep),
-    whose journal pages need room too. The mode ends once the store has room again: the reserve
-    can be allocated anew, or the database file holds free pages worth the reserve (space that
-    deletions freed, which new rows reuse). That is checked after each write in the mode, by
-    `probe`, and before a write at most once a second.
-    """
+    """A SQLite file shared by the worker processes of one host (WAL mode). With `reserve_bytes`,
+    deletions can free space on a full disk (space.py)."""
 
     dialect = SQLITE
 
@@ -285,34 +211,22 @@ class SQLiteDatabase:
         # deleted content only in pages written anyway (freed pages keep theirs until reused).
         self._connection.execute("PRAGMA secure_delete=FAST")
         self._lock = threading.Lock()  # one connection, used by one thread at a time
-        self._reserve = Reserve(f"{path}.reserve", reserve_bytes) if path != ":memory:" and reserve_bytes else None
-        self._last_recovery = float("-inf")
-        if self._reserve is not None:
-            # The WAL is copied into the file once it holds SQLite's default 1,000 pages, or a
-            # quarter of a smaller reserve: on a full disk, the reserve then holds the file's
-            # growth by what the WAL holds, and the deletion's own pages beside it.
-            page_size = self._connection.execute("PRAGMA page_size").fetchone()[0]
-            pages = min(1000, max(1, reserve_bytes // 4 // page_size))
-            self._connection.execute(f"PRAGMA wal_autocheckpoint={pages}")
-        if self._reserve is not None and not self._reserve.create():
-            # Less free space than the reserve, or a reserve released before a restart: the
-            # full-disk mode, until there is room.
-            self.health.failed(self._reserve_missing())
+        self._full_disk = (
+            FullDiskMode(self._connection, path, reserve_bytes, self.health)
+            if path != ":memory:" and reserve_bytes
+            else None
+        )
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Transaction]:
         with self._lock:
-            if write and self.health.status != "full" and self._reserve is not None and self._reserve.released():
-                # Another process found the disk full: keep the room its reserve gave back for deletions.
-                self.health.failed(self._reserve_missing())
-            if write and self.health.status == "full":
-                self._recover(reserve=time.monotonic() - self._last_recovery >= 1.0)
-            refusal = StoreFullError(self.health.reason) if write and self.health.status == "full" else None
+            refusal = self._full_disk.before_write() if write and self._full_disk else None
             try:
                 cursor = self._connection.cursor()
                 cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
-                    yield Transaction(cursor, self.dialect, refusal)
+                    tx = Transaction(cursor, self.dialect, refusal)
+                    yield tx
                     cursor.execute("COMMIT")
                 finally:
                     if self._connection.in_transaction:  # SQLite ends some failed transactions itself
@@ -321,63 +235,18 @@ class SQLiteDatabase:
                 failure = classified(exc)
                 if failure is None:
                     raise
-                self._failed(failure)
+                self.health.failed(failure, self._full_disk.failed(failure) if self._full_disk else "")
                 if failure is exc:
                     raise
                 raise failure from exc
-            if write and self.health.status == "full":
-                self._recover()  # this write may have freed space
-            else:
-                self.health.succeeded(wrote=write)
-
-    def _reserve_missing(self) -> StoreFullError:
-        assert self._reserve is not None
-        return StoreFullError(
-            f"the store's disk is full: its {self._reserve.size}-byte reserve {self._reserve.path} was given back "
-            "for deletions (by this or another worker) and there is no room to allocate it again"
-        )
-
-    def _failed(self, failure: StoreFailureError) -> None:
-        note = ""
-        if isinstance(failure, StoreFullError) and self._reserve is not None and self._reserve.release():
-            note = f"; released the {self._reserve.size}-byte reserve so that deletions can free space"
-            self._checkpoint()
-        self.health.failed(failure, note)
-
-    def _checkpoint(self) -> None:
-        """Copy the WAL's pages into the database file, so that the next transactions reuse the
-        WAL's space instead of growing it."""
-        with contextlib.suppress(sqlite3.Error):
-            self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-
-    def _recover(self, reserve: bool = True) -> None:
-        """In full-disk mode (the connection's lock held): end it if the store has room again.
-        `reserve`: try to allocate the reserve anew (at most once a second before writes)."""
-        self._checkpoint()
-        if not reserve:
-            return
-        self._last_recovery = time.monotonic()
-        # Room again: another process ended the mode, or the reserve fits again, or deletions
-        # freed pages in the file worth the reserve (new rows reuse them; the reserve follows
-        # once the filesystem has room).
-        if self._reserve is not None and self._reserve.released() and not self._reserve.create():
-            try:
-                pages = self._connection.execute("PRAGMA freelist_count").fetchone()[0]
-                page_size = self._connection.execute("PRAGMA page_size").fetchone()[0]
-            except sqlite3.Error:
-                return
-            if pages * page_size < self._reserve.size:
-                return
-            self._reserve.mark()
-        self.health.succeeded(wrote=True)
+            if not (write and self._full_disk and self._full_disk.after_write()):
+                self.health.succeeded(wrote=write and (tx.added_rows or self.health.status != "full"))
 
     def probe(self) -> None:
         if not self._lock.acquire(timeout=self.timeout):
             return  # busy with requests, which report their own outcomes
         try:
-            if self.health.status == "full":
-                self._recover()
-            elif self.health.status == "unavailable":
+            if self.health.status == "unavailable":
                 try:
                     self._connection.execute("BEGIN IMMEDIATE")
                     self._connection.execute("ROLLBACK")
@@ -388,10 +257,8 @@ class SQLiteDatabase:
                     self.health.failed(failure)
                 else:
                     self.health.succeeded(wrote=True)
-            elif self._reserve is not None and self._reserve.released():
-                self.health.failed(self._reserve_missing())
-            elif self._reserve is not None:
-                self._reserve.create()  # completed once the disk has room
+            elif self._full_disk is not None:
+                self._full_disk.probe()
         finally:
             self._lock.release()
 
