@@ -482,3 +482,88 @@ def test_a_store_that_starts_without_room_for_its_reserve_adds_no_rows_until_the
         assert store.configure_model("m", {"dtype": "float64"}, retention_seconds=10.0, now=0.0).name == "m"
     finally:
         store.close()
+
+
+def test_a_model_many_times_the_reserve_is_deleted_on_a_full_disk_in_batches(small_disk: Path) -> None:
+    from service.store import StoreFullError
+
+    reserve = 128 * 1024
+    store = Store.open(f"sqlite:///{small_disk}/store.sqlite3", reserve_bytes=reserve)
+    try:
+        store.configure_model("big", {"dtype": "float64"}, retention_seconds=10.0, now=0.0)
+        rows = np.random.default_rng(0).random((20, 64))
+        options: dict[str, Any] = {"now": 1.0, "max_pending": 10**9, "on_join": keep}
+        with pytest.raises(StoreFullError):  # noqa: PT012 - the error ends the filling
+            for batch in range(10_000):
+                store.log("predictions", "big", [f"{batch}-{i}" for i in range(20)], rows, **options)
+        size = (small_disk / "store.sqlite3").stat().st_size
+        assert size > 10 * reserve  # the model takes ten times the room the reserve gives back
+        assert store.delete_model("big", batch_rows=200)
+        assert store.model("big") is None
+        assert store.database.health.status == "ok"
+        store.configure_model("next", {"dtype": "float64"}, retention_seconds=10.0, now=0.0)
+        assert store.log("predictions", "next", ["a"], rows[:1], **options).accepted == 1
+    finally:
+        store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.sqlite3"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def test_a_delete_in_batches_removes_everything_and_a_partial_one_keeps_counts_true(any_url: str) -> None:
+    from service.store import StoreUnavailableError
+
+    store = Store.open(any_url)
+    try:
+        options: dict[str, Any] = {"now": 1.0, "max_pending": 10**9, "on_join": keep}
+        for name in ("gone", "kept"):
+            store.configure_model(name, {"dtype": "float64"}, retention_seconds=10.0, now=0.0)
+            store.log("predictions", name, [f"p{i}" for i in range(7)], np.zeros((7, 2)), **options)
+            store.log("labels", name, [f"p{i}" for i in range(3)] + ["l0", "l1"], np.zeros((5, 2)), **options)
+        # Interrupted after two batches of 3 rows: the model keeps fewer rows, counted exactly.
+        database, calls = store.database, 0
+        real = database.transaction
+
+        def failing(*, write: bool = True) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls > 2:
+                raise StoreUnavailableError("the store is unavailable: the test stopped it")
+            return real(write=write)
+
+        database.transaction = failing  # type: ignore[method-assign]
+        with pytest.raises(StoreUnavailableError):
+            store.delete_model("gone", batch_rows=3)
+        database.transaction = real  # type: ignore[method-assign]
+
+        def rows_of(name: str, pending: bool) -> list[int]:
+            with database.transaction(write=False) as tx:
+                return [
+                    (
+                        tx.one(
+                            f"SELECT count(*) FROM {table} r JOIN loss_models m ON m.id = r.model_id WHERE m.name = ?"
+                            + (" AND r.joined_at IS NULL" if pending else ""),
+                            [name],
+                        )
+                        or (0,)
+                    )[0]
+                    for table in ("loss_predictions", "loss_labels")
+                ]
+
+        model = store.model("gone")
+        assert model is not None
+        assert sum(rows_of("gone", pending=False)) == 12 - 6  # two batches of three rows went
+        assert [model.pending_predictions, model.pending_labels] == rows_of("gone", pending=True)
+        assert store.delete_model("gone", batch_rows=3)
+        assert not store.delete_model("gone")
+        assert store.model("gone") is None
+        kept = store.model("kept")
+        assert kept is not None
+        assert (kept.pending_predictions, kept.pending_labels, kept.joined) == (4, 2, 3)
+        assert rows_of("kept", pending=False) == [7, 5]
+    finally:
+        store.close()
