@@ -60,7 +60,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     _log_authentication(app.state.keys, settings)
     app.state.store = await anyio.to_thread.run_sync(_open_store, settings)
-    app.state.store.database.health.listeners.append(app.state.monitor.set_store_status)
+    health = app.state.store.database.health
+    health.listeners.append(app.state.monitor.set_store_status)
+    app.state.monitor.set_store_status(health.status)  # a store may start full (space.py)
     sweeper = asyncio.create_task(sweep_forever(app.state.store, app.state.monitor, settings.sweep_interval))
     watcher = asyncio.create_task(_watch_keys(app.state.keys, app.state.monitor))
     # Everything alive now (modules, the app, its schemas) lives as long as the worker: moved out

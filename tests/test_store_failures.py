@@ -567,3 +567,26 @@ def test_a_delete_in_batches_removes_everything_and_a_partial_one_keeps_counts_t
         assert rows_of("kept", pending=False) == [7, 5]
     finally:
         store.close()
+
+
+@pytest.mark.slow
+async def test_readyz_notices_a_stopped_postgresql_and_its_return_without_any_request() -> None:
+    if binaries() is None:
+        pytest.skip(MISSING)
+    with running_cluster() as server:
+        app = create_app(Settings(store_url=fresh_database(server.url), store_timeout=2.0, sweep_interval=3600))
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://loss-service") as api:
+                assert (await api.get("/readyz")).status_code == 200
+                await anyio.to_thread.run_sync(server.stop)
+                with anyio.fail_after(60):  # only stops a hang: each /readyz waits at most 0.8 s
+                    while (ready := await api.get("/readyz")).status_code == 200:
+                        await anyio.sleep(0.2)
+                assert ready.status_code == 503
+                assert ready.json()["store"] == "unavailable"
+                await anyio.to_thread.run_sync(server.start)
+                with anyio.fail_after(60):
+                    while (await api.get("/readyz")).status_code != 200:
+                        await anyio.sleep(0.2)
+                assert (await api.get("/v1/models")).status_code == 200

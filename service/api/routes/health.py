@@ -59,7 +59,8 @@ class StoreProbe:
                 try:
                     self.database.probe()
                 finally:
-                    loop.call_soon_threadsafe(self._finished, done)
+                    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (shutdown)
+                        loop.call_soon_threadsafe(self._finished, done)
 
             threading.Thread(target=probe, name="loss-service-store-probe", daemon=True).start()
         if self._done is not None:
