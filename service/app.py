@@ -60,6 +60,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     _log_authentication(app.state.keys, settings)
     app.state.store = await anyio.to_thread.run_sync(_open_store, settings)
+    health = app.state.store.database.health
+    health.listeners.append(app.state.monitor.set_store_status)
+    app.state.monitor.set_store_status(health.status)  # a store may start full (space.py)
     sweeper = asyncio.create_task(sweep_forever(app.state.store, app.state.monitor, settings.sweep_interval))
     watcher = asyncio.create_task(_watch_keys(app.state.keys, app.state.monitor))
     # Everything alive now (modules, the app, its schemas) lives as long as the worker: moved out
@@ -118,7 +121,9 @@ async def _watch_keys(keys: KeyRing, monitor: Monitor, interval: float = 1.0) ->
 
 def _open_store(settings: Settings) -> Store:
     try:
-        return Store.open(settings.store_url, settings.store_connections)
+        return Store.open(
+            settings.store_url, settings.store_connections, settings.store_timeout, settings.store_reserve_bytes
+        )
     except Exception as exc:
         # The URL may hold a password: the log names it without.
         log.error("cannot open the store at %s: %s", redacted(settings.store_url), exc)

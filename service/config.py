@@ -137,6 +137,20 @@ class Settings(BaseSettings):
     store_connections: int = Field(
         default=10, ge=1, description="Most PostgreSQL connections each worker keeps open (its pool's size)."
     )
+    store_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Seconds a store operation may wait for the database (a pooled PostgreSQL connection, a "
+        "connection attempt, SQLite's write lock held by another process); then 503 with Retry-After.",
+    )
+    store_reserve_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="Bytes a SQLite store keeps allocated beside its file (`<file>.reserve`) and gives back when "
+        "the disk is full, so that DELETE of a model and the retention sweep can still free space (a deletion "
+        "writes journal pages: up to about half the deleted rows' size); 0: none.",
+    )
     max_pending: int = Field(
         default=1_000_000,
         ge=1,

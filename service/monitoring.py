@@ -283,7 +283,16 @@ class Monitor:
             registry=r,
             multiprocess_mode="max",
         )
+        self.store_status = Gauge(
+            "loss_service_store_status",
+            "1 for the store's status as this worker last found it (ok; full: its disk is full, answers 507; "
+            "unavailable: the database cannot be reached, answers 503), 0 for the others.",
+            ["status"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         # pragma: no mutate end
+        self.set_store_status("ok")
         self._by_model = {
             id(metric)
             for metric in (
@@ -421,6 +430,10 @@ class Monitor:
         label = self.model_label(model)
         for kind, count in zip(ROW_KINDS, pending, strict=True):
             self._child(self.pending, label, kind).set(count)
+
+    def set_store_status(self, status: str) -> None:
+        for each in ("ok", "full", "unavailable"):
+            self.store_status.labels(each).set(1 if each == status else 0)
 
     def set_keys(self, count: int, reload_failed: bool) -> None:
         """The API keys in force (their number splits the model labels) and whether the last reload failed."""

@@ -21,6 +21,7 @@ from service.api.arrays import NON_FINITE
 from service.api.problems import ProblemError, clipped, shown
 from service.api.schemas import loss_names
 from service.engine import LossInputError, UnknownLossError
+from service.store import StoreFailureError, StoreFullError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("service.api")
@@ -202,6 +203,13 @@ def install_error_handlers(app: FastAPI) -> None:
         log.info("client disconnected before its request body arrived: %s %s", request.method, _logged(request))
         return problem_response(400, "the client closed the connection before the request body arrived")
 
+    async def on_store_failure(request: Request, exc: Exception) -> Response:
+        # Logged by the store once per episode (service.store.health), not once per request.
+        assert isinstance(exc, StoreFailureError)
+        status = 507 if isinstance(exc, StoreFullError) else 503
+        detail = f"{exc.reason}; nothing of this request was stored; retry after {exc.retry_after} s"
+        return refusal_response(request.url.path, status, detail, {"Retry-After": str(exc.retry_after)})
+
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, _logged(request))
         return problem_response(500, "internal error; the request was logged")
@@ -213,4 +221,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_request_validation)
     app.add_exception_handler(ClientDisconnect, on_disconnect)
+    app.add_exception_handler(StoreFailureError, on_store_failure)
     app.add_exception_handler(Exception, on_unexpected)

@@ -30,6 +30,7 @@ from service.store import (
     RowShapeError,
     Side,
     Store,
+    StoreFailureError,
     TooManyPendingError,
     UnknownModelError,
 )
@@ -217,6 +218,8 @@ async def sweep_forever(store: Store, monitor: Monitor, interval: float) -> None
     while True:
         try:
             swept = await anyio.to_thread.run_sync(store.sweep_expired, time.time())
+        except StoreFailureError:
+            pass  # a full disk or an unreachable database: the store logs each episode once
         except Exception:
             log.exception("the retention sweep failed; retrying in %s s", interval)
         else:

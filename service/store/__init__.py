@@ -10,9 +10,13 @@ from service.store.errors import (
     RowShapeError,
     SchemaVersionError,
     StoreError,
+    StoreFailureError,
+    StoreFullError,
+    StoreUnavailableError,
     TooManyPendingError,
     UnknownModelError,
 )
+from service.store.health import StoreHealth
 from service.store.schema import SCHEMA_VERSION
 from service.store.store import DTYPES, Logged, Model, Pairs, Side, Store, Swept
 
@@ -27,6 +31,10 @@ __all__ = [
     "Side",
     "Store",
     "StoreError",
+    "StoreFailureError",
+    "StoreFullError",
+    "StoreHealth",
+    "StoreUnavailableError",
     "Swept",
     "TooManyPendingError",
     "UnknownModelError",

@@ -6,10 +6,17 @@ where their SQL differs. Everything else is the same plain SQL, written with `?`
   the start of every writing transaction, which serialises writers across processes.
 - PostgreSQL (psycopg 3 with its connection pool): replicas on several hosts share one
   database; a writing transaction locks its model's row (`SELECT ... FOR UPDATE`).
+
+A disk that is full or a database that cannot be reached within the store's timeout surfaces as
+`StoreFullError` or `StoreUnavailableError` (see health.py), and each database's `health` says
+whether it can write. On SQLite a full disk also turns on the full-disk mode (space.py), in
+which deletions can still free space.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,6 +26,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+
+from service.store.errors import StoreFullError, StoreUnavailableError
+from service.store.health import StoreHealth, classified
+from service.store.space import FullDiskMode
 
 
 @dataclass(frozen=True)
@@ -75,12 +86,20 @@ COPY_TYPES = {"int": "int8", "text": "text", "real": "float8", "small": "int2", 
 class Transaction:
     """One open transaction. SQL is written with `?` placeholders for both databases."""
 
-    def __init__(self, cursor: Any, dialect: Dialect) -> None:
+    def __init__(self, cursor: Any, dialect: Dialect, refuse_rows: StoreFullError | None = None) -> None:
         # A sqlite3 or a psycopg cursor: both take execute/executemany/fetchone/fetchall alike.
         self._cursor = cursor
         self.dialect = dialect
+        # Set in SQLite's full-disk mode: statements that add rows raise it instead of running.
+        self._refuse_rows = refuse_rows
+        # Whether a statement that adds rows ran: only that proves a full disk has room again.
+        self.added_rows = False
 
     def _sql(self, sql: str) -> str:
+        if sql.lstrip()[:6].upper() == "INSERT":
+            if self._refuse_rows is not None:
+                raise StoreFullError(self._refuse_rows.reason)
+            self.added_rows = True
         return sql if self.dialect.placeholder == "?" else sql.replace("?", self.dialect.placeholder)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
@@ -100,6 +119,7 @@ class Transaction:
         instead, which still never overwrites a row.
         """
         names = ", ".join(name for name, _ in columns)
+        self._sql("INSERT")  # refused in SQLite's full-disk mode
         if self.dialect.name == "sqlite":
             self._sqlite_insert(table, columns, rows)
             return
@@ -154,41 +174,93 @@ class Transaction:
 class Database(Protocol):
     dialect: Dialect
     url: str
+    health: StoreHealth
+    # Seconds an operation may wait for the database before StoreUnavailableError.
+    timeout: float
 
     def transaction(self, *, write: bool = True) -> Any: ...
+
+    def probe(self) -> None:
+        """Check, within `timeout`, whether the database answers (and, while it is failing,
+        whether it can write again), and report the outcome to `health`."""
 
     def close(self) -> None: ...
 
 
 class SQLiteDatabase:
-    """A SQLite file shared by the worker processes of one host (WAL mode)."""
+    """A SQLite file shared by the worker processes of one host (WAL mode). With `reserve_bytes`,
+    deletions can free space on a full disk (space.py)."""
 
     dialect = SQLITE
 
-    def __init__(self, url: str, path: str) -> None:
+    def __init__(self, url: str, path: str, timeout: float = 5.0, reserve_bytes: int = 0) -> None:
         self.url = url
+        self.timeout = timeout
+        self.health = StoreHealth()
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: transactions are begun and ended here, explicitly. The timeout
         # is how long a writer waits for another process's write lock before giving up.
-        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
         self._connection.execute("PRAGMA journal_mode=WAL")
         # NORMAL: a commit is in the WAL file before it returns, so a killed process loses no
         # answered request; only an operating-system crash or power loss can lose the last ones.
         self._connection.execute("PRAGMA synchronous=NORMAL")
+        # Builds with SECURE_DELETE (Debian's) zero every page a DELETE frees, writing each one to
+        # the WAL: deleting a model would need as much free disk as the model takes. FAST zeroes
+        # deleted content only in pages written anyway (freed pages keep theirs until reused).
+        self._connection.execute("PRAGMA secure_delete=FAST")
         self._lock = threading.Lock()  # one connection, used by one thread at a time
+        self._full_disk = (
+            FullDiskMode(self._connection, path, reserve_bytes, self.health)
+            if path != ":memory:" and reserve_bytes
+            else None
+        )
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Transaction]:
         with self._lock:
-            cursor = self._connection.cursor()
-            cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            refusal = self._full_disk.before_write() if write and self._full_disk else None
             try:
-                yield Transaction(cursor, self.dialect)
-            except BaseException:
-                cursor.execute("ROLLBACK")
-                raise
-            cursor.execute("COMMIT")
+                cursor = self._connection.cursor()
+                cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    tx = Transaction(cursor, self.dialect, refusal)
+                    yield tx
+                    cursor.execute("COMMIT")
+                finally:
+                    if self._connection.in_transaction:  # SQLite ends some failed transactions itself
+                        cursor.execute("ROLLBACK")
+            except Exception as exc:
+                failure = classified(exc)
+                if failure is None:
+                    raise
+                self.health.failed(failure, self._full_disk.failed(failure) if self._full_disk else "")
+                if failure is exc:
+                    raise
+                raise failure from exc
+            if not (write and self._full_disk and self._full_disk.after_write()):
+                self.health.succeeded(wrote=write and (tx.added_rows or self.health.status != "full"))
+
+    def probe(self) -> None:
+        if not self._lock.acquire(timeout=self.timeout):
+            return  # busy with requests, which report their own outcomes
+        try:
+            if self.health.status == "unavailable":
+                try:
+                    self._connection.execute("BEGIN IMMEDIATE")
+                    self._connection.execute("ROLLBACK")
+                except Exception as exc:
+                    failure = classified(exc)
+                    if failure is None:
+                        raise
+                    self.health.failed(failure)
+                else:
+                    self.health.succeeded(wrote=True)
+            elif self._full_disk is not None:
+                self._full_disk.probe()
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         with self._lock:
@@ -200,31 +272,75 @@ class PostgresDatabase:
 
     dialect = POSTGRES
 
-    def __init__(self, url: str, max_connections: int) -> None:
+    def __init__(self, url: str, max_connections: int, timeout: float = 5.0) -> None:
         from psycopg_pool import ConnectionPool
 
         self.url = url
+        self.timeout = timeout
+        self.health = StoreHealth()
+        # `timeout`: how long a request waits for a connection (PoolTimeout after it); libpq's
+        # connect_timeout (whole seconds, at least 2) bounds each attempt to connect.
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_connections,
+            open=False,
+            timeout=timeout,
+            kwargs={"connect_timeout": max(2, math.ceil(timeout))},
+        )
         # Connection failures surface here, at start-up, not at the first request.
-        self._pool = ConnectionPool(url, min_size=1, max_size=max_connections, open=False)
-        self._pool.open(wait=True, timeout=30.0)
+        self._pool.open(wait=True, timeout=max(30.0, timeout))
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Transaction]:
-        # The pool's context commits when the block ends and rolls back when it raises.
-        with self._pool.connection() as connection, connection.cursor() as cursor:
-            yield Transaction(cursor, self.dialect)
+        try:
+            # The pool's context commits when the block ends and rolls back when it raises.
+            with self._pool.connection() as connection, connection.cursor() as cursor:
+                tx = Transaction(cursor, self.dialect)
+                yield tx
+        except Exception as exc:
+            failure = classified(exc)
+            if failure is None:
+                raise
+            if isinstance(failure, StoreUnavailableError) and self.health.status != "unavailable":
+                # The server went away: the pool's idle connections are likely broken too. Dropping
+                # them now, once per episode, spares the requests after its return a failure each
+                # (checking every connection as it is handed out would cost a round trip each).
+                with contextlib.suppress(Exception):
+                    self._pool.check()
+            self.health.failed(failure)
+            if failure is exc:
+                raise
+            raise failure from exc
+        # A deletion succeeds on a full disk: only added rows end that episode.
+        self.health.succeeded(wrote=write and (tx.added_rows or self.health.status != "full"))
+
+    def probe(self) -> None:
+        """`SELECT 1` while healthy; while failing, a write that changes nothing."""
+        failing = self.health.status != "ok"
+        try:
+            with self._pool.connection(timeout=self.timeout) as connection:
+                connection.execute("UPDATE loss_schema SET version = version" if failing else "SELECT 1")
+        except Exception as exc:
+            failure = classified(exc)
+            if failure is None:
+                raise
+            self.health.failed(failure)
+        else:
+            self.health.succeeded(wrote=failing)
 
     def close(self) -> None:
         self._pool.close()
 
 
-def connect(url: str, max_connections: int = 10) -> Database:
+def connect(url: str, max_connections: int = 10, timeout: float = 5.0, reserve_bytes: int = 0) -> Database:
     """A database from a URL: `sqlite:///relative/path`, `sqlite:////absolute/path`, or
-    `postgresql://user:password@host:port/database` (also `postgres://`)."""
+    `postgresql://user:password@host:port/database` (also `postgres://`). `timeout`: seconds an
+    operation may wait for the database; `reserve_bytes`: SQLite's full-disk reserve (0: none)."""
     if url.startswith("sqlite:///"):
-        return SQLiteDatabase(url, url.removeprefix("sqlite:///"))
+        return SQLiteDatabase(url, url.removeprefix("sqlite:///"), timeout, reserve_bytes)
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresDatabase(url, max_connections)
+        return PostgresDatabase(url, max_connections, timeout)
     raise ValueError(
         f"unsupported store URL {redacted(url)!r}: use sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DATABASE"
     )

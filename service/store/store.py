@@ -89,6 +89,10 @@ class Swept:
     pending_labels: int
 
 
+# Rows DELETE of a model removes per transaction (`Store.delete_model`).
+DELETE_BATCH_ROWS = 1000
+
+
 def _model(row: tuple[Any, ...]) -> Model:
     return Model(
         name=row[1],
@@ -124,8 +128,8 @@ class Store:
         migrate(database)
 
     @classmethod
-    def open(cls, url: str, max_connections: int = 10) -> Store:
-        return cls(connect(url, max_connections))
+    def open(cls, url: str, max_connections: int = 10, timeout: float = 5.0, reserve_bytes: int = 0) -> Store:
+        return cls(connect(url, max_connections, timeout, reserve_bytes))
 
     def close(self) -> None:
         self.database.close()
@@ -170,16 +174,41 @@ class Store:
         times = [row[0] for row in found if row is not None and row[0] is not None]
         return min(times) if times else None
 
-    def delete_model(self, name: str) -> bool:
-        """Remove the model and every row stored for it; False if there was no such model."""
-        with self.database.transaction() as tx:
-            found = tx.one(f"SELECT id FROM loss_models WHERE name = ?{tx.dialect.lock_row}", [name])
-            if found is None:
-                return False
-            for table in _TABLE.values():
-                tx.execute(f"DELETE FROM {table} WHERE model_id = ?", [found[0]])
-            tx.execute("DELETE FROM loss_models WHERE id = ?", [found[0]])
-        return True
+    def delete_model(self, name: str, batch_rows: int = DELETE_BATCH_ROWS) -> bool:
+        """Remove the model and every row stored for it; False if there was no such model.
+
+        Rows go `batch_rows` per transaction, each taking the unjoined ones it removes off the
+        model's pending counts; the model's row goes with the last. On a full disk each batch's
+        journal pages fit in the room the store keeps for deletions (space.py). A deletion that
+        fails partway leaves the model with fewer rows and counts that match them: repeat it."""
+        found_once = False
+        while True:
+            with self.database.transaction() as tx:
+                found = tx.one(f"SELECT id FROM loss_models WHERE name = ?{tx.dialect.lock_row}", [name])
+                if found is None:
+                    return found_once  # deleted meanwhile, or never there
+                found_once, model_id, left, unjoined = True, found[0], batch_rows, []
+                for table in _TABLE.values():
+                    rows = tx.all(
+                        f"SELECT id, CASE WHEN joined_at IS NULL THEN 1 ELSE 0 END FROM {table} "
+                        "WHERE model_id = ? LIMIT ?",
+                        [model_id, left],
+                    )
+                    if rows:
+                        tx.execute(
+                            f"DELETE FROM {table} WHERE model_id = ? AND id {tx.dialect.in_list}",
+                            [model_id, tx.dialect.list_parameter([row[0] for row in rows])],
+                        )
+                    unjoined.append(sum(int(row[1]) for row in rows))
+                    left -= len(rows)
+                if left > 0:  # fewer rows than a batch were left: the last batch
+                    tx.execute("DELETE FROM loss_models WHERE id = ?", [model_id])
+                    return True
+                tx.execute(
+                    "UPDATE loss_models SET pending_predictions = pending_predictions - ?, "
+                    "pending_labels = pending_labels - ? WHERE id = ?",
+                    [unjoined[0], unjoined[1], model_id],
+                )
 
     # -- rows -----------------------------------------------------------------------------------
 
