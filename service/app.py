@@ -60,7 +60,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     _log_authentication(app.state.keys, settings)
     app.state.store = await anyio.to_thread.run_sync(_open_store, settings)
-    sweeper = asyncio.create_task(sweep_forever(app.state.store, app.state.monitor, settings.sweep_interval))
+    sweeper = asyncio.create_task(
+        sweep_forever(app.state.store, app.state.monitor, settings.sweep_interval, app.state.keys, settings)
+    )
     watcher = asyncio.create_task(_watch_keys(app.state.keys, app.state.monitor))
     # Everything alive now (modules, the app, its schemas) lives as long as the worker: moved out
     # of the collector's generations, a full collection no longer walks ~110,000 of them.

@@ -273,6 +273,14 @@ class Monitor:
             registry=r,
             multiprocess_mode="max",
         )
+        self.quota_usage = Gauge(
+            "loss_service_quota_usage",
+            "What the models an API key's patterns match hold against its quotas, by the key's name (never the key; "
+            "empty without keys) and quota (models, stored_bytes), as the store counted at the last write or sweep.",
+            ["key", "quota"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
         # pragma: no mutate end
         self._by_model = {
             id(metric)
@@ -384,6 +392,11 @@ class Monitor:
         label = self.model_label(model)
         for kind, count in zip(ROW_KINDS, pending, strict=True):
             self._child(self.pending, label, kind).set(count)
+
+    def set_quota_usage(self, key: str, models: int, stored_bytes: int) -> None:
+        """`key`: the API key's name ("" for the service without keys)."""
+        self._child(self.quota_usage, key, "models").set(models)
+        self._child(self.quota_usage, key, "stored_bytes").set(stored_bytes)
 
     def set_keys(self, count: int, reload_failed: bool) -> None:
         self.keys_in_force.set(count)

@@ -7,21 +7,25 @@ the operations the service needs, each one transaction.
 
 from service.store.database import redacted
 from service.store.errors import (
+    QuotaExceededError,
     RowShapeError,
     SchemaVersionError,
     StoreError,
     TooManyPendingError,
     UnknownModelError,
 )
-from service.store.schema import SCHEMA_VERSION
-from service.store.store import DTYPES, Logged, Model, Pairs, Side, Store, Swept
+from service.store.schema import ROW_BYTES, SCHEMA_VERSION
+from service.store.store import DTYPES, Logged, Model, Pairs, Quota, Side, Store, Swept, Usage
 
 __all__ = [
     "DTYPES",
+    "ROW_BYTES",
     "SCHEMA_VERSION",
     "Logged",
     "Model",
     "Pairs",
+    "Quota",
+    "QuotaExceededError",
     "RowShapeError",
     "SchemaVersionError",
     "Side",
@@ -30,5 +34,6 @@ __all__ = [
     "Swept",
     "TooManyPendingError",
     "UnknownModelError",
+    "Usage",
     "redacted",
 ]
