@@ -49,6 +49,9 @@ def unknown_model(name: str) -> ProblemError:
 # -- quotas ---------------------------------------------------------------------------------------
 
 
+WRITING_SCOPES = frozenset({"ingest", "admin"})
+
+
 def principal_of(state: dict[str, Any] | None) -> Principal | None:
     """The request's API key; None on the service without keys."""
     principal: Principal | None = (state or {}).get(PRINCIPAL)
@@ -84,8 +87,11 @@ def quota_problem(exc: QuotaExceededError, setting: str) -> ProblemError:
 
 
 def report_usage(store: Store, monitor: Monitor, keys: KeyRing | None, settings: Settings) -> None:
-    """Every key's usage (or the service's, without keys) into `loss_service_quota_usage`."""
-    principals: list[Principal | None] = list(keys.principals()) if keys is not None and keys.enabled else [None]
+    """The usage of every key that may write (ingest or admin scope), or the service's without
+    keys, into `loss_service_quota_usage`."""
+    principals: list[Principal | None] = [None]
+    if keys is not None and keys.enabled:
+        principals = [p for p in keys.principals() if p.scopes & WRITING_SCOPES]
     quotas = [quota_of(principal, settings) for principal in principals]
     for principal, usage in zip(principals, store.usages(quotas), strict=True):
         monitor.set_quota_usage(principal.name if principal else "", usage.models, usage.stored_bytes)
