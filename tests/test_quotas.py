@@ -45,10 +45,6 @@ def keep(_: Any, pairs: Pairs) -> Pairs:
     return pairs
 
 
-def every(_: str) -> bool:
-    return True
-
-
 def rows_bytes(store: Store) -> dict[str, int]:
     """Each model's rows as the test counts them, read row by row: 64 + id + payload bytes."""
     with store.database.transaction(write=False) as tx:
@@ -128,7 +124,7 @@ def test_a_write_past_max_stored_bytes_stores_nothing_and_one_that_frees_bytes_p
 
     store.configure_model("m", CONFIG, 100.0, 0.0)
     row = ROW_BYTES + 1 + 8 * 100  # one waiting row: 64 + a one-byte id + 100 float64
-    quota = Quota("holder", every, 10, 2 * row)
+    quota = Quota("holder", None, 10, 2 * row)
     store.log("predictions", "m", ["a", "b"], np.ones((2, 100)), now=1.0, max_pending=99, on_join=keep, quota=quota)
     before = (store.model("m"), rows_bytes(store))
     with pytest.raises(QuotaExceededError) as refused:
@@ -155,7 +151,7 @@ def test_a_write_past_max_stored_bytes_stores_nothing_and_one_that_frees_bytes_p
 def test_creating_a_model_past_max_models_is_refused_and_reconfiguring_is_not(store: Store) -> None:
     from service.store import Quota, QuotaExceededError
 
-    quota = Quota("holder", lambda name: name.startswith("t-"), 2, 10**9)
+    quota = Quota("holder", ("t-*",), 2, 10**9)
     store.configure_model("other", CONFIG, 1.0, 0.0, quota)  # not counted: the holder's patterns miss it
     store.configure_model("t-1", CONFIG, 1.0, 0.0, quota)
     store.configure_model("t-2", CONFIG, 1.0, 0.0, quota)
@@ -166,6 +162,40 @@ def test_creating_a_model_past_max_models_is_refused_and_reconfiguring_is_not(st
     assert store.configure_model("t-2", CONFIG, 7.0, 1.0, quota).retention_seconds == 7.0
     store.delete_model("t-1")
     store.configure_model("t-3", CONFIG, 1.0, 0.0, quota)
+
+
+NAMES = ["fraud-1", "fraud-22", "frXud-3", "a_b", "aXb", "a_bc", "x.y", "xzy", "m-v1", "m-v12", "f", "F-1", "-", "a:b"]
+PATTERNS = [
+    ("fraud-*",),
+    ("f?aud-?",),
+    ("*",),
+    ("a_b",),  # `_` is literal, never LIKE's one-character wildcard
+    ("a_b*", "x.y"),
+    ("*-v?",),
+    ("f",),
+    ("f*",),  # case matters: not F-1
+    ("",),
+    ("[af]*",),  # a set: matched by fnmatchcase, not in SQL
+    ("*[!0-9]", "m-v1"),
+    ("a%b", "-"),  # `%` is literal
+]
+
+
+@pytest.mark.parametrize("patterns", PATTERNS, ids=[",".join(p) or "empty" for p in PATTERNS])
+def test_a_keys_usage_counts_exactly_the_models_its_patterns_match(store: Store, patterns: tuple[str, ...]) -> None:
+    """The database sums usage over the models whose names match, as the key's access check
+    (fnmatchcase) reads its patterns: the same models, whatever the pattern."""
+    from fnmatch import fnmatchcase
+
+    from service.store import Quota
+
+    for size, name in enumerate(NAMES):
+        store.configure_model(name, CONFIG, 100.0, 0.0)
+        store.log("predictions", name, ["i"] * 1, np.ones((1, size + 1)), now=1.0, max_pending=9, on_join=keep)
+    kept = kept_bytes(store)
+    matched = [name for name in NAMES if any(fnmatchcase(name, pattern) for pattern in patterns)]
+    usage = store.usage(Quota("k", patterns, 100, 10**9))
+    assert (usage.models, usage.stored_bytes) == (len(matched), sum(kept[name] for name in matched))
 
 
 def test_concurrent_writes_of_one_key_cannot_together_pass_its_quota(url: str) -> None:
@@ -182,7 +212,7 @@ def test_concurrent_writes_of_one_key_cannot_together_pass_its_quota(url: str) -
     base = sum(kept_bytes(setup).values())
     # Each write joins "j" (64 + 1 bytes, less the label's 8) and leaves "big" waiting (64 + 3 + 800).
     adding = ROW_BYTES + 1 - 8 + ROW_BYTES + 3 + 8 * 100
-    quota = Quota("team", lambda name: name.startswith("t-"), 100, base + 3 * adding)
+    quota = Quota("team", ("t-*",), 100, base + 3 * adding)
     stores = [Store.open(url) for _ in models]
     start = threading.Barrier(len(models))
     outcomes: list[str] = []

@@ -62,17 +62,13 @@ def quota_of(principal: Principal | None, settings: Settings) -> Quota:
     """The quota a key's writes are checked against: its limits (or the settings'), over the models
     its patterns match. Without keys, the service's own, over every model."""
     if principal is None:
-        return Quota("the service", _every_model, settings.quota_models, settings.quota_stored_bytes)
+        return Quota("the service", None, settings.quota_models, settings.quota_stored_bytes)
     return Quota(
         f"the API key {principal.name!r}",
-        principal.may_use,
+        principal.models,
         principal.max_models or settings.quota_models,
         principal.max_stored_bytes or settings.quota_stored_bytes,
     )
-
-
-def _every_model(_: str) -> bool:
-    return True
 
 
 def row_values_limit(principal: Principal | None, settings: Settings) -> int:

@@ -16,9 +16,11 @@ Each operation is one transaction. Concurrency rules, where they are enforced:
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from fnmatch import fnmatchcase
 from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
@@ -66,11 +68,12 @@ class Model:
 class Quota:
     """Limits a write is checked against, inside its transaction, and whose usage they bound.
 
-    `holder` names it (in errors, and for the lock that serialises its writes); `counts(model)`
-    says whether a model's usage counts towards it (the models an API key's patterns match)."""
+    `holder` names it (in errors, and for the lock that serialises its writes); the models whose
+    usage counts towards it are those whose names match one of `patterns` (glob patterns, as
+    `fnmatch.fnmatchcase` reads them: an API key's), or every model if `patterns` is None."""
 
     holder: str
-    counts: Callable[[str], bool]
+    patterns: tuple[str, ...] | None
     max_models: int
     max_stored_bytes: int
 
@@ -156,15 +159,35 @@ def _holder_key(holder: str) -> int:
 
 
 def _usage(tx: Transaction, quota: Quota) -> Usage:
-    """The holder's usage as committed, read under its lock: one row per model, no row scan."""
-    return _usage_of(
-        [(str(row[0]), int(row[1])) for row in tx.all("SELECT name, stored_bytes FROM loss_models")], quota
-    )
+    """The holder's usage as committed (read under its lock when writing), summed by the database
+    over the models' rows (never the row tables). Patterns of only `*`, `?` and the characters a
+    model name may hold are matched in SQL, as SQLite's GLOB or PostgreSQL's LIKE, which read them
+    as fnmatchcase does; any other pattern is matched by fnmatchcase over the models' names."""
+    total = "SELECT count(*), coalesce(sum(stored_bytes), 0) FROM loss_models"
+    if quota.patterns is None:
+        row = tx.one(total)
+    elif all(_PLAIN_PATTERN.match(pattern) for pattern in quota.patterns):
+        if tx.dialect.name == "sqlite":
+            where, params = " OR ".join("name GLOB ?" for _ in quota.patterns), list(quota.patterns)
+        else:
+            where = " OR ".join("name LIKE ? ESCAPE '!'" for _ in quota.patterns)
+            params = [_like(pattern) for pattern in quota.patterns]
+        row = tx.one(f"{total} WHERE {where}", params)
+    else:
+        models = tx.all("SELECT name, stored_bytes FROM loss_models")
+        counted = [int(size) for name, size in models if any(fnmatchcase(name, p) for p in quota.patterns)]
+        return Usage(len(counted), sum(counted))
+    assert row is not None
+    return Usage(int(row[0]), int(row[1]))
 
 
-def _usage_of(models: Sequence[tuple[str, int]], quota: Quota) -> Usage:
-    counted = [size for name, size in models if quota.counts(name)]
-    return Usage(len(counted), sum(counted))
+# A glob pattern that SQL can match as fnmatchcase does: wildcards and model-name characters only.
+_PLAIN_PATTERN = re.compile(r"^[A-Za-z0-9_.:*?-]*$")
+
+
+def _like(pattern: str) -> str:
+    """A plain glob pattern as a LIKE pattern with `!` as its escape character."""
+    return pattern.replace("_", "!_").replace("*", "%").replace("?", "_")
 
 
 def _decode(payloads: Sequence[bytes], codes: Sequence[int], shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
@@ -223,10 +246,9 @@ class Store:
         return self.usages([quota])[0]
 
     def usages(self, quotas: Sequence[Quota]) -> list[Usage]:
-        """Each holder's usage as committed, from one read of the models."""
+        """Each holder's usage as committed, in one transaction."""
         with self.database.transaction(write=False) as tx:
-            rows = [(str(row[0]), int(row[1])) for row in tx.all("SELECT name, stored_bytes FROM loss_models")]
-        return [_usage_of(rows, quota) for quota in quotas]
+            return [_usage(tx, quota) for quota in quotas]
 
     def model(self, name: str) -> Model | None:
         with self.database.transaction(write=False) as tx:
