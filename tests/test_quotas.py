@@ -257,6 +257,7 @@ KEYS = {
         {"max_stored_bytes": 2_000, "max_row_values": 3},
     ),
     "ops": ("ops-key-01234567890", ["admin", "ingest", "read", "metrics"], None, {}),
+    "reader": ("reader-key-01234567", ["read"], None, {}),
 }
 # The settings every key without a field of its own gets.
 QUOTA_SETTINGS = {"quota_models": 5, "quota_stored_bytes": 50_000, "quota_row_values": 10}
@@ -513,3 +514,33 @@ def test_the_key_file_fields_reach_the_principal(tmp_path: Path) -> None:
     assert ops is not None
     assert (churn.max_models, churn.max_stored_bytes, churn.max_row_values) == (None, 2_000, 3)
     assert (ops.max_models, ops.max_stored_bytes, ops.max_row_values) == (None, None, None)
+
+
+@pytest.mark.anyio
+async def test_the_retention_sweep_frees_the_usage_and_reports_it(url: str, tmp_path: Path) -> None:
+    """Rows past retention leave `stored_bytes` with them, and the sweep reports every writing
+    key's usage to /metrics (a key that only reads is not reported)."""
+    import anyio
+
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text(keys_toml())
+    settings = Settings(api_keys_file=str(keys_file), store_url=url, sweep_interval=0.05)
+    async for app, api in serve(settings):
+        assert (
+            await api.put("/v1/models/fraud-1", json={**MSE, "retention_seconds": 0.5}, headers=auth("fraud"))
+        ).status_code == 200
+        body = {"ids": ["a", "b"], "labels": [[1.0], [2.0]]}
+        assert (await api.post("/v1/models/fraud-1/labels", json=body, headers=auth("fraud"))).status_code == 200
+        stored = 2 * (ROW_BYTES + 1 + 8)
+        text = (await api.get("/metrics", headers=auth("ops"))).text
+        assert metric(text, "loss_service_quota_usage", key="fraud", quota="stored_bytes") == stored
+        with anyio.fail_after(60):  # stops only a hang: the sweep runs every 0.05 s
+            while metric(text, "loss_service_quota_usage", key="fraud", quota="stored_bytes") != 0:
+                await anyio.sleep(0.05)
+                text = (await api.get("/metrics", headers=auth("ops"))).text
+        assert metric(text, "loss_service_quota_usage", key="ops", quota="stored_bytes") == 0
+        assert metric(text, "loss_service_quota_usage", key="churn", quota="models") == 0
+        assert metric(text, "loss_service_quota_usage", key="reader", quota="models") is None
+        status = (await api.get("/v1/models/fraud-1", headers=auth("fraud"))).json()
+        assert (status["stored_bytes"], status["expired_labels"], status["quota"]["stored_bytes"]["used"]) == (0, 2, 0)
+        assert rows_bytes(app.state.store) == {"fraud-1": 0}
