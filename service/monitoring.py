@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import logging
+import math
 import os
 import random
 import sys
@@ -161,6 +162,8 @@ class Monitor:
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._flight_lock = threading.Lock()
         self._flight: concurrent.futures.Future[tuple[bytes, str]] | None = None
+        self._quota_lock = threading.Lock()
+        self._quota_as_of: dict[str, float] = {}
         r = self.registry
         # Not mutation-tested (make mutation): the declarations' names, types and labels are pinned
         # by the docs' metrics table test and the live dashboard and alert tests; their help texts
@@ -393,10 +396,17 @@ class Monitor:
         for kind, count in zip(ROW_KINDS, pending, strict=True):
             self._child(self.pending, label, kind).set(count)
 
-    def set_quota_usage(self, key: str, models: int, stored_bytes: int) -> None:
-        """`key`: the API key's name ("" for the service without keys)."""
-        self._child(self.quota_usage, key, "models").set(models)
-        self._child(self.quota_usage, key, "stored_bytes").set(stored_bytes)
+    def set_quota_usage(self, key: str, models: int, stored_bytes: int, as_of: float) -> None:
+        """`key`: the API key's name ("" for the service without keys); `as_of`: the `time.monotonic()`
+        at which the usage was read (a report: before its read) or known (a write: after its commit).
+        A usage older than the one shown is dropped, so that a report read before a write committed
+        but set after it does not hide the write (within this process)."""
+        with self._quota_lock:
+            if as_of < self._quota_as_of.get(key, -math.inf):
+                return
+            self._quota_as_of[key] = as_of
+            self._child(self.quota_usage, key, "models").set(models)
+            self._child(self.quota_usage, key, "stored_bytes").set(stored_bytes)
 
     def set_keys(self, count: int, reload_failed: bool) -> None:
         self.keys_in_force.set(count)

@@ -535,6 +535,9 @@ async def test_the_retention_sweep_frees_the_usage_and_reports_it(url: str, tmp_
         text = (await api.get("/metrics", headers=auth("ops"))).text
         assert metric(text, "loss_service_quota_usage", key="fraud", quota="stored_bytes") == stored
         with anyio.fail_after(60):  # stops only a hang: the sweep runs every 0.05 s
+            while (await api.get("/v1/models/fraud-1", headers=auth("fraud"))).json()["expired_labels"] < 2:
+                await anyio.sleep(0.05)
+            # The sweep that expired them reports the usage once it has read it.
             while metric(text, "loss_service_quota_usage", key="fraud", quota="stored_bytes") != 0:
                 await anyio.sleep(0.05)
                 text = (await api.get("/metrics", headers=auth("ops"))).text
@@ -544,3 +547,21 @@ async def test_the_retention_sweep_frees_the_usage_and_reports_it(url: str, tmp_
         status = (await api.get("/v1/models/fraud-1", headers=auth("fraud"))).json()
         assert (status["stored_bytes"], status["expired_labels"], status["quota"]["stored_bytes"]["used"]) == (0, 2, 0)
         assert rows_bytes(app.state.store) == {"fraud-1": 0}
+
+
+def test_a_usage_read_before_a_write_committed_does_not_hide_it() -> None:
+    """A report read before a write committed may be set after the write's own: it is dropped."""
+    from prometheus_client import generate_latest
+
+    from service.monitoring import Monitor
+
+    monitor = Monitor(Settings())
+    monitor.set_quota_usage("team", 1, 500, as_of=2.0)  # a write, committed at 2.0
+    monitor.set_quota_usage("team", 1, 100, as_of=1.0)  # a report, read at 1.0
+    monitor.set_quota_usage("other", 3, 7, as_of=1.5)
+    text = generate_latest(monitor.registry).decode()
+    assert metric(text, "loss_service_quota_usage", key="team", quota="stored_bytes") == 500
+    assert metric(text, "loss_service_quota_usage", key="other", quota="models") == 3
+    monitor.set_quota_usage("team", 0, 0, as_of=3.0)
+    text = generate_latest(monitor.registry).decode()
+    assert metric(text, "loss_service_quota_usage", key="team", quota="stored_bytes") == 0

@@ -89,8 +89,9 @@ def report_usage(store: Store, monitor: Monitor, keys: KeyRing | None, settings:
     if keys is not None and keys.enabled:
         principals = [p for p in keys.principals() if p.scopes & WRITING_SCOPES]
     quotas = [quota_of(principal, settings) for principal in principals]
+    as_of = time.monotonic()  # before the read: every write committed by now is in it
     for principal, usage in zip(principals, store.usages(quotas), strict=True):
-        monitor.set_quota_usage(principal.name if principal else "", usage.models, usage.stored_bytes)
+        monitor.set_quota_usage(principal.name if principal else "", usage.models, usage.stored_bytes, as_of)
 
 
 def configure(store: Store, name: str, body: bytes, now: float, quota: Quota | None = None) -> dict[str, Any]:
@@ -251,9 +252,8 @@ def log_rows(
     pending = (model.pending_predictions, model.pending_labels)
     monitor.observe_log(name, side, logged.accepted, len(logged.duplicate_ids), logged.pairs.delays, pending)
     if logged.usage is not None:
-        monitor.set_quota_usage(
-            "" if principal is None else principal.name, logged.usage.models, logged.usage.stored_bytes
-        )
+        key, usage = "" if principal is None else principal.name, logged.usage
+        monitor.set_quota_usage(key, usage.models, usage.stored_bytes, time.monotonic())  # after the commit
     dtype, convention = model.config["dtype"], model.config["convention"]
     return {
         "accepted": logged.accepted,
