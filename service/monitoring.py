@@ -194,11 +194,11 @@ class Monitor:
         )
         self.rejected = Counter(
             "loss_service_http_requests_rejected_total",
-            "Requests refused, by reason: too_large, invalid, unauthorised, overloaded, rate_limited.",
+            "Requests refused, by reason: too_large, invalid, unauthorised, overloaded, rate_limited, quota.",
             ["reason"],
             registry=r,
         )
-        for reason in ("too_large", "invalid", "unauthorised", "overloaded", "rate_limited"):
+        for reason in ("too_large", "invalid", "unauthorised", "overloaded", "rate_limited", "quota"):
             self.rejected.labels(reason)
         self.sample_loss = Histogram(
             "loss_service_sample_loss",

@@ -4,6 +4,7 @@ past a limit together, and the usage in /metrics and the model status."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import threading
@@ -321,7 +322,7 @@ def metric(text: str, name: str, **labels: str) -> float | None:
 
 @pytest.mark.anyio
 async def test_a_key_past_its_max_models_gets_429_naming_the_quota_and_nothing_is_created(
-    keyed: tuple[Any, httpx.AsyncClient],
+    keyed: tuple[Any, httpx.AsyncClient], caplog: pytest.LogCaptureFixture
 ) -> None:
     _, api = keyed
     for name in ("fraud-1", "fraud-2"):
@@ -332,6 +333,13 @@ async def test_a_key_past_its_max_models_gets_429_naming_the_quota_and_nothing_i
         "limit of 2; nothing of this request was stored (the key file's max_models, default LOSS_SERVICE_QUOTA_MODELS)"
     )
     assert refused.json()["errors"][0]["loc"] == ["quota", "max_models"]
+    text = (await api.get("/metrics", headers=auth("ops"))).text
+    assert metric(text, "loss_service_http_requests_rejected_total", reason="quota") == 1
+    assert metric(text, "loss_service_http_requests_rejected_total", reason="overloaded") == 0
+    assert [json.loads(r.getMessage()) for r in caplog.records if r.name == "loss_service.audit"] == [
+        {"event": "refused", "status": 429, "key": "fraud", "route": "/v1/models/fraud-3", "model": "fraud-3",
+         "reason": "max_models"}
+    ]  # fmt: skip
     listed = (await api.get("/v1/models", headers=auth("ops"))).json()["models"]
     assert [model["model"] for model in listed] == ["fraud-1", "fraud-2"]
     # Reconfiguring a model it has is no new model; another team's models are not its.
@@ -347,7 +355,7 @@ async def test_a_key_past_its_max_models_gets_429_naming_the_quota_and_nothing_i
 
 @pytest.mark.anyio
 async def test_a_key_past_its_max_stored_bytes_gets_429_and_nothing_is_stored(
-    keyed: tuple[Any, httpx.AsyncClient],
+    keyed: tuple[Any, httpx.AsyncClient], caplog: pytest.LogCaptureFixture
 ) -> None:
     app, api = keyed
     assert (await api.put("/v1/models/churn-1", json=MSE, headers=auth("churn"))).status_code == 200
@@ -365,6 +373,7 @@ async def test_a_key_past_its_max_stored_bytes_gets_429_and_nothing_is_stored(
         json={"ids": [f"s-{chr(97 + i)}" for i in range(12)], "predictions": [[0.5, 0.5, 0.5]] * 12},
         headers=auth("churn"),
     )
+    assert "max_stored_bytes" in [r.getMessage() for r in caplog.records if r.name == "loss_service.audit"][-1]
     assert problem(refused, 429) == (
         f"quota max_stored_bytes exceeded: the API key 'churn' holds {12 * row:,} stored bytes and this request "
         f"would add {12 * row:,}, past its limit of 2,000; nothing of this request was stored "

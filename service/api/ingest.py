@@ -17,7 +17,7 @@ from typing import Any
 import anyio.to_thread
 import numpy as np
 
-from service.api.access import PRINCIPAL, KeyRing, Principal, authorize
+from service.api.access import PRINCIPAL, KeyRing, Principal, audit, authorize
 from service.api.body import validate_json
 from service.api.errors import engine_problem
 from service.api.problems import ProblemError, shown
@@ -75,9 +75,12 @@ def row_values_limit(principal: Principal | None, settings: Settings) -> int:
     return (principal.max_row_values if principal else None) or settings.quota_row_values
 
 
-def quota_problem(exc: QuotaExceededError, setting: str) -> ProblemError:
-    """429 naming the quota. No Retry-After: usage falls only when rows expire or a model is
-    deleted, which waiting a few seconds does not bring about."""
+def quota_problem(exc: QuotaExceededError, setting: str, state: dict[str, Any], route: str, model: str) -> ProblemError:
+    """429 naming the quota, counted as a `quota` refusal and audited as the keys' refusals are.
+    No Retry-After: usage falls only when rows expire or a model is deleted, which waiting a few
+    seconds does not bring about."""
+    state["refusal"] = "quota"
+    audit(429, state.get("key", "unknown"), route, model, exc.quota)
     message = f"{exc} (the key file's {exc.quota}, default {setting})"
     return ProblemError(429, message, errors=[{"loc": ["quota", exc.quota], "msg": message}])
 
@@ -94,7 +97,9 @@ def report_usage(store: Store, monitor: Monitor, keys: KeyRing | None, settings:
         monitor.set_quota_usage(principal.name if principal else "", usage.models, usage.stored_bytes, as_of)
 
 
-def configure(store: Store, name: str, body: bytes, now: float, quota: Quota | None = None) -> dict[str, Any]:
+def configure(
+    store: Store, name: str, body: bytes, now: float, quota: Quota | None = None, state: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """PUT /v1/models/{name}: the losses are checked as /v1/evaluate checks them, then stored;
     creating a model is checked against `quota`'s `max_models`."""
     request = validate_json(model_config_request_model(), body)
@@ -111,7 +116,9 @@ def configure(store: Store, name: str, body: bytes, now: float, quota: Quota | N
     try:
         return model_config(store.configure_model(name, config, request.retention_seconds, now, quota))
     except QuotaExceededError as exc:
-        raise quota_problem(exc, "LOSS_SERVICE_QUOTA_MODELS") from None
+        raise quota_problem(
+            exc, "LOSS_SERVICE_QUOTA_MODELS", {} if state is None else state, f"/v1/models/{name}", name
+        ) from None
 
 
 def model_config(model: Model) -> dict[str, Any]:
@@ -238,7 +245,7 @@ def log_rows(
             quota=quota_of(principal, settings),
         )
     except QuotaExceededError as exc:
-        raise quota_problem(exc, "LOSS_SERVICE_QUOTA_STORED_BYTES") from None
+        raise quota_problem(exc, "LOSS_SERVICE_QUOTA_STORED_BYTES", state, f"/v1/models/{name}/{side}", name) from None
     except UnknownModelError:
         raise unknown_model(name) from None
     except RowShapeError as exc:

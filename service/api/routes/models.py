@@ -76,8 +76,9 @@ def _store(request: Request) -> Store:
 async def configure_model(model: ModelName, request: Request) -> Response:
     _, body = await read_body(request)
     store, settings = _store(request), request.app.state.settings
-    quota = ingest.quota_of(ingest.principal_of(request.scope.get("state")), settings)
-    result = await anyio.to_thread.run_sync(lambda: ingest.configure(store, model, body, time.time(), quota))
+    state = request.scope.setdefault("state", {})
+    quota = ingest.quota_of(ingest.principal_of(state), settings)
+    result = await anyio.to_thread.run_sync(lambda: ingest.configure(store, model, body, time.time(), quota, state))
     await _report_usage(request)
     return json_response(result)
 
