@@ -574,3 +574,20 @@ def test_a_usage_read_before_a_write_committed_does_not_hide_it() -> None:
     monitor.set_quota_usage("team", 0, 0, as_of=3.0)
     text = generate_latest(monitor.registry).decode()
     assert metric(text, "loss_service_quota_usage", key="team", quota="stored_bytes") == 0
+
+
+@pytest.mark.anyio
+async def test_a_failed_usage_report_does_not_fail_a_committed_change(
+    keyless: tuple[Any, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Creating or deleting a model is committed before the usage is reported: a store that
+    fails in between leaves the gauge to the next report, and the answer stays 200 / 204."""
+    app, api = keyless
+
+    def unreadable(*_: Any) -> Any:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(app.state.store, "usages", unreadable)
+    assert (await api.put("/v1/models/a", json=MSE)).status_code == 200
+    assert (await api.delete("/v1/models/a")).status_code == 204
+    assert app.state.store.model("a") is None

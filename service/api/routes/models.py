@@ -85,11 +85,15 @@ async def configure_model(model: ModelName, request: Request) -> Response:
 
 async def _report_usage(request: Request) -> None:
     """Every key's quota usage into /metrics after a model is created or deleted (a key's own
-    writes report its usage as they commit; the retention sweep reports every key's)."""
+    writes report its usage as they commit; the retention sweep reports every key's). The change
+    is committed: a store that fails now leaves the gauge to the next report, not the answer."""
     app = request.app
-    await anyio.to_thread.run_sync(
-        ingest.report_usage, _store(request), app.state.monitor, app.state.keys, app.state.settings
-    )
+    try:
+        await anyio.to_thread.run_sync(
+            ingest.report_usage, _store(request), app.state.monitor, app.state.keys, app.state.settings
+        )
+    except Exception as exc:
+        ingest.log.warning("quota usage not reported after a change to the models: %s", exc)
 
 
 @router.get("", summary="The configured models (those the API key may use)", response_model=ModelList)
