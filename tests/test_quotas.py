@@ -246,6 +246,52 @@ def test_concurrent_writes_of_one_key_cannot_together_pass_its_quota(url: str) -
         setup.close()
 
 
+def test_concurrent_creations_of_one_key_cannot_together_pass_max_models(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight creations at once with room for three models, each pausing 0.2 s after reading the
+    key's usage: exactly three models exist after. Without the holder's lock, on PostgreSQL
+    every creation read the same count and all eight were created."""
+    from service.store import Quota, QuotaExceededError
+    from service.store import store as store_module
+
+    read = store_module._usage
+
+    def slow_read(*args: Any) -> Any:
+        usage = read(*args)
+        threading.Event().wait(0.2)
+        return usage
+
+    monkeypatch.setattr(store_module, "_usage", slow_read)
+    setup = Store.open(url)
+    setup.configure_model("other", CONFIG, 1.0, 0.0)  # not the key's
+    quota = Quota("team", ("t-*",), 3, 10**9)
+    stores = [Store.open(url) for _ in range(8)]
+    start = threading.Barrier(len(stores))
+    outcomes: list[str] = []
+
+    def create(store: Store, name: str) -> None:
+        start.wait(timeout=60)
+        try:
+            store.configure_model(name, CONFIG, 1.0, 0.0, quota)
+            outcomes.append("created")
+        except QuotaExceededError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=create, args=(opened, f"t-{i}")) for i, opened in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    for opened in stores:
+        opened.close()
+    try:
+        assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 5
+        assert len(setup.models()) == 4
+    finally:
+        setup.close()
+
+
 # -- over HTTP, with a keys file ------------------------------------------------------------------
 
 KEYS = {
