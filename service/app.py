@@ -63,7 +63,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     health = app.state.store.database.health
     health.listeners.append(app.state.monitor.set_store_status)
     app.state.monitor.set_store_status(health.status)  # a store may start full (space.py)
-    sweeper = asyncio.create_task(sweep_forever(app.state.store, app.state.monitor, settings.sweep_interval))
+    sweeper = asyncio.create_task(
+        sweep_forever(app.state.store, app.state.monitor, settings.sweep_interval, app.state.keys, settings)
+    )
     watcher = asyncio.create_task(_watch_keys(app.state.keys, app.state.monitor))
     # Everything alive now (modules, the app, its schemas) lives as long as the worker: moved out
     # of the collector's generations, a full collection no longer walks ~110,000 of them.

@@ -713,3 +713,32 @@ async def test_hostile_model_names_out_of_a_keys_reach_get_a_403_with_the_name_c
     keyed: httpx.AsyncClient, name: str, method: str, path: str, payload: Any
 ) -> None:
     assert await answered_within_bounds(keyed, name, method, path, payload) == 403
+
+
+# item 4: quotas
+# Rows wider than LOSS_SERVICE_QUOTA_ROW_VALUES (4 here): 422 naming the field and row 0, nothing stored.
+ROW_TOO_WIDE: list[tuple[str, str, dict[str, Any], str]] = [
+    ("predictions", "/v1/models/quota/predictions", {"ids": ["a"], "predictions": [[0.5] * 5]}, "predictions.0"),
+    ("labels", "/v1/models/quota/labels", {"ids": ["a", "b"], "labels": [[[1, 2], [3, 4], [5, 6]]] * 2}, "labels.0"),
+]
+
+
+@pytest.mark.parametrize(("name", "path", "payload", "where"), ROW_TOO_WIDE, ids=[c[0] for c in ROW_TOO_WIDE])
+async def test_a_row_too_wide_for_the_quota_is_refused(
+    name: str,
+    path: str,
+    payload: dict[str, Any],
+    where: str,
+    tmp_path: Any,  # a pathlib.Path
+) -> None:
+    app = create_app(Settings(quota_row_values=4, store_url=f"sqlite:///{tmp_path}/store.sqlite3"))
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://bad") as c:
+        assert (await c.put("/v1/models/quota", json={"losses": [{"loss": "mse"}]})).status_code == 200
+        response = await c.post(path, json=payload)
+        assert response.status_code == 422, f"{name}: {response.status_code} {response.text[:300]}"
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["detail"].startswith(f"{where}: a row holds ")
+        assert "quota max_row_values of 4" in response.json()["detail"]
+        status = (await c.get("/v1/models/quota")).json()
+        assert (status["pending_predictions"], status["pending_labels"], status["stored_bytes"]) == (0, 0, 0)

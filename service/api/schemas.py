@@ -379,6 +379,24 @@ class ModelConfig(BaseModel):
     updated_at: float = Field(description="Unix seconds of the last PUT.")
 
 
+class QuotaUsage(BaseModel):
+    used: int = Field(description="What the models the key's patterns match hold.")
+    limit: int = Field(description="The key's quota: its key-file field, else the LOSS_SERVICE_QUOTA_* setting.")
+
+
+class RowValuesQuota(BaseModel):
+    limit: int = Field(description="Most values in one logged prediction or label row.")
+
+
+class QuotaStatus(BaseModel):
+    key: str | None = Field(description="The API key's name; null on a service without keys.")
+    models: QuotaUsage = Field(description="Models (max_models, LOSS_SERVICE_QUOTA_MODELS).")
+    stored_bytes: QuotaUsage = Field(
+        description="Stored bytes over those models (max_stored_bytes, LOSS_SERVICE_QUOTA_STORED_BYTES)."
+    )
+    row_values: RowValuesQuota = Field(description="max_row_values, LOSS_SERVICE_QUOTA_ROW_VALUES.")
+
+
 class ModelStatus(ModelConfig):
     pending_predictions: int = Field(description="Predictions waiting for their label.")
     pending_labels: int = Field(description="Labels waiting for their prediction.")
@@ -388,6 +406,11 @@ class ModelStatus(ModelConfig):
     oldest_pending_seconds: float | None = Field(description="Age of the oldest row still waiting; null if none.")
     prediction_shape: list[int] | None = Field(description="Per-row shape fixed by the first predictions.")
     label_shape: list[int] | None = Field(description="Per-row shape fixed by the first labels.")
+    stored_bytes: int = Field(
+        description="What the model's rows count towards quotas: per row kept, 64 bytes plus its id's and (while "
+        "it waits) its values' bytes."
+    )
+    quota: QuotaStatus = Field(description="The requesting API key's quotas and its usage of them.")
 
 
 class ModelList(BaseModel):

@@ -7,6 +7,7 @@ the operations the service needs, each one transaction.
 
 from service.store.database import redacted
 from service.store.errors import (
+    QuotaExceededError,
     RowShapeError,
     SchemaVersionError,
     StoreError,
@@ -17,15 +18,18 @@ from service.store.errors import (
     UnknownModelError,
 )
 from service.store.health import StoreHealth
-from service.store.schema import SCHEMA_VERSION
-from service.store.store import DTYPES, Logged, Model, Pairs, Side, Store, Swept
+from service.store.schema import ROW_BYTES, SCHEMA_VERSION
+from service.store.store import DTYPES, Logged, Model, Pairs, Quota, Side, Store, Swept, Usage
 
 __all__ = [
     "DTYPES",
+    "ROW_BYTES",
     "SCHEMA_VERSION",
     "Logged",
     "Model",
     "Pairs",
+    "Quota",
+    "QuotaExceededError",
     "RowShapeError",
     "SchemaVersionError",
     "Side",
@@ -38,5 +42,6 @@ __all__ = [
     "Swept",
     "TooManyPendingError",
     "UnknownModelError",
+    "Usage",
     "redacted",
 ]

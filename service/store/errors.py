@@ -34,6 +34,21 @@ class TooManyPendingError(StoreError):
         self.model, self.pending, self.limit = model, pending, limit
 
 
+class QuotaExceededError(StoreError):
+    """The write would take its quota holder's usage past one of its limits; nothing was stored.
+
+    `quota`: `max_models` or `max_stored_bytes`; `used`: the holder's usage before the write;
+    `adding`: what the write would add; `limit`: the holder's limit."""
+
+    def __init__(self, quota: str, holder: str, used: int, adding: int, limit: int) -> None:
+        what = "models" if quota == "max_models" else "stored bytes"
+        super().__init__(
+            f"quota {quota} exceeded: {holder} holds {used:,} {what} and this request would add {adding:,}, "
+            f"past its limit of {limit:,}; nothing of this request was stored"
+        )
+        self.quota, self.holder, self.used, self.adding, self.limit = quota, holder, used, adding, limit
+
+
 class SchemaVersionError(StoreError):
     """The database was written by a newer loss-service than this one."""
 

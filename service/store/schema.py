@@ -1,15 +1,17 @@
 """The store's tables, created and versioned in the database itself.
 
-`loss_schema.version` records the layout; a process that finds a newer version than
-`SCHEMA_VERSION` refuses to start rather than write rows an older layout does not describe.
+`loss_schema.version` records the layout: the number of `MIGRATIONS` applied, in order, each in
+the transaction that records it. A process that finds a newer version than `SCHEMA_VERSION`
+refuses to start rather than write rows an older layout does not describe.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from service.store.database import Database, Transaction
 from service.store.errors import SchemaVersionError
 
-SCHEMA_VERSION = 1
 # Any fixed number: every process that migrates takes this PostgreSQL advisory lock first.
 _MIGRATION_LOCK = 0x1055_5E41
 
@@ -66,21 +68,56 @@ _TABLES = [
 ]
 
 
-def migrate(database: Database) -> None:
-    """Create the tables in an empty database; refuse a database written by a newer layout."""
-    with database.transaction() as tx:
-        if database.dialect.name == "postgresql":
-            tx.execute("SELECT pg_advisory_xact_lock(?)", [_MIGRATION_LOCK])
-        tx.execute("CREATE TABLE IF NOT EXISTS loss_schema (version INTEGER NOT NULL)")
-        row = tx.one("SELECT max(version) FROM loss_schema")
-        found = None if row is None else row[0]
-        if found is None:
-            _create(tx)
-            tx.execute("INSERT INTO loss_schema (version) VALUES (?)", [SCHEMA_VERSION])
-        elif found > SCHEMA_VERSION:
-            raise SchemaVersionError(found, SCHEMA_VERSION)
+# What a stored row counts towards its model's `stored_bytes` (and so its key's quota), beside
+# the UTF-8 bytes of its id and of its payload: its other columns and its index entries. Joined
+# rows keep no payload but are kept until retention ends, so they count too.
+ROW_BYTES = 64
+
+
+def row_bytes_sql(dialect: str) -> str:
+    """SQL for one row's count towards `stored_bytes`; the same sum the store keeps in Python."""
+    length = "octet_length({})" if dialect == "postgresql" else "length(CAST({} AS BLOB))"
+    return f"({ROW_BYTES} + {length.format('id')} + coalesce({length.format('payload')}, 0))"
 
 
 def _create(tx: Transaction) -> None:
     for statement in _TABLES:
         tx.execute(statement.format(**tx.dialect.types))
+
+
+def _stored_bytes(tx: Transaction) -> None:
+    """Each model's `stored_bytes`: the sum of `row_bytes_sql` over its rows, kept exact by every
+    transaction that inserts, joins or deletes rows, so that quotas never scan the row tables."""
+    tx.execute("ALTER TABLE loss_models ADD COLUMN stored_bytes {int} NOT NULL DEFAULT 0".format(**tx.dialect.types))
+    size = row_bytes_sql(tx.dialect.name)
+    tx.execute(
+        "UPDATE loss_models SET stored_bytes = "
+        f"(SELECT coalesce(sum({size}), 0) FROM loss_predictions WHERE model_id = loss_models.id) + "
+        f"(SELECT coalesce(sum({size}), 0) FROM loss_labels WHERE model_id = loss_models.id)"
+    )
+
+
+# Named, applied in order, never edited once released: a new layout is a new migration at the end.
+MIGRATIONS: list[tuple[str, Callable[[Transaction], None]]] = [
+    ("tables", _create),
+    ("stored bytes per model", _stored_bytes),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(database: Database) -> None:
+    """Bring the database to `SCHEMA_VERSION`, applying the migrations it lacks in one transaction;
+    refuse a database written by a newer layout."""
+    with database.transaction() as tx:
+        if database.dialect.name == "postgresql":
+            tx.execute("SELECT pg_advisory_xact_lock(?)", [_MIGRATION_LOCK])
+        tx.execute("CREATE TABLE IF NOT EXISTS loss_schema (version INTEGER NOT NULL)")
+        row = tx.one("SELECT max(version) FROM loss_schema")
+        found = 0 if row is None or row[0] is None else int(row[0])
+        if found > SCHEMA_VERSION:
+            raise SchemaVersionError(found, SCHEMA_VERSION)
+        for _, step in MIGRATIONS[found:]:
+            step(tx)
+        if found < SCHEMA_VERSION:
+            tx.execute("DELETE FROM loss_schema")
+            tx.execute("INSERT INTO loss_schema (version) VALUES (?)", [SCHEMA_VERSION])
