@@ -7,6 +7,7 @@ the operations the service needs, each one transaction.
 
 from service.store.database import redacted
 from service.store.errors import (
+    RowIdError,
     RowShapeError,
     SchemaVersionError,
     StoreError,
@@ -22,6 +23,7 @@ __all__ = [
     "Logged",
     "Model",
     "Pairs",
+    "RowIdError",
     "RowShapeError",
     "SchemaVersionError",
     "Side",
