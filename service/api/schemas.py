@@ -260,10 +260,22 @@ MAX_RETENTION_SECONDS = 10 * 365 * 24 * 3600
 _REFUSED_IN_IDS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # The same for the OpenAPI document (JSON strings hold no lone surrogates).
 ID_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+# Those of them that are ASCII (C0 and DEL), for `bytes.translate`.
+_ASCII_CONTROLS = bytes(range(0x20)) + b"\x7f"
 
 
 def _id_error(message: str, index: int) -> PydanticCustomError:
     return PydanticCustomError("row_id", message, {"index": [index]})
+
+
+def _holds_refused(text: str) -> bool:
+    """Whether `text` holds a character no id may hold. ASCII text (whose flag CPython keeps, so
+    `isascii` is O(1)) is checked by `bytes.translate`, ~0.5 ns a character; other text by the
+    regex, ~3 ns a character."""
+    if text.isascii():
+        data = text.encode("ascii")
+        return len(data.translate(None, _ASCII_CONTROLS)) != len(data)
+    return _REFUSED_IN_IDS.search(text) is not None
 
 
 def _refused_character(text: str) -> str | None:
@@ -287,8 +299,9 @@ def to_ids(value: Any) -> list[str]:
         raise PydanticCustomError("row_ids", "expected at least one id", {"index": []})
     # The common cases in one pass each: all strings, or all non-negative integers, none repeated.
     if all(type(item) is str and 0 < len(item) <= MAX_ID_LENGTH for item in value):
-        # One search over all of them (1-2 ms per 100,000 ids); the slow path names the index.
-        texts: list[str] = [] if _REFUSED_IN_IDS.search("".join(value)) else value
+        # One pass over all of them (~2 ms for 100,000 ASCII ids of 36 characters); the slow path
+        # names the index of a refused one.
+        texts: list[str] = [] if _holds_refused("".join(value)) else value
     elif all(type(item) is int and item >= 0 for item in value):
         texts = [str(item) for item in value]
     else:

@@ -124,7 +124,10 @@ def _decode(payloads: Sequence[bytes], codes: Sequence[int], shape: tuple[int, .
 def _check_ids(ids: Sequence[str]) -> None:
     """Refuse ids the store cannot keep one row each, exactly: one search over all of them, then
     the index of the first bad one."""
-    if _UNSTORABLE.search("".join(ids)) is None and len(set(ids)) == len(ids):
+    joined = "".join(ids)
+    # U+0000 by memchr; a lone surrogate only where the text is not ASCII (`isascii` is O(1)).
+    unstorable = "\x00" in joined or (not joined.isascii() and _UNSTORABLE.search(joined) is not None)
+    if not unstorable and len(set(ids)) == len(ids):
         return
     seen: set[str] = set()
     for index, row_id in enumerate(ids):
