@@ -10,11 +10,13 @@ compares the counters with COUNT(*) of the rows and the rows with the model.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -227,3 +229,139 @@ def test_counters_equal_the_rows_after_any_sequence_of_operations(store: Store, 
             store.configure_model(name, CONFIG, retention, now=now)
             models.setdefault(name, Expected()).retention = retention
         assert_counters_equal_rows(store, models)
+
+
+# -- the same over HTTP: random requests, including ids the API refuses --------------------------
+
+API_GOOD_IDS: list[Any] = ["a", "b", "c", "d", 7, 8, "é", "a b"]
+API_BAD_IDS = ["\x00", "\x00a", "a\x00x", "b\x1f", "c\x85", "\x7f"]
+api_good_ids = st.lists(st.sampled_from(API_GOOD_IDS), min_size=1, max_size=5, unique=True)
+api_bad_ids = st.tuples(api_good_ids, st.sampled_from(API_BAD_IDS), st.integers(0, 5)).map(
+    lambda t: [*t[0][: t[2]], t[1], *t[0][t[2] :]]
+)
+API_REQUESTS = {
+    "log": st.tuples(
+        st.just("log"),
+        step,
+        model_name,
+        st.sampled_from(SIDES),
+        st.sampled_from(["good"] * 4 + ["bad"]).flatmap({"good": api_good_ids, "bad": api_bad_ids}.__getitem__),
+        st.sampled_from([2, 2, 2, 3]),
+    ),
+    "sweep": st.tuples(st.just("sweep"), step),
+    "delete": st.tuples(st.just("delete"), step, model_name),
+    "configure": st.tuples(st.just("configure"), step, model_name),
+}
+api_request = st.sampled_from(["log"] * 8 + ["sweep", "delete", "configure"]).flatmap(API_REQUESTS.__getitem__)
+
+
+class Clock:
+    """`time` for `service.api.ingest`: the time at which rows arrive is the test's."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+class Client:
+    """Blocking calls to the app in-process, its lifespan and requests run by one event loop."""
+
+    def __init__(self, portal: Any, app: Any) -> None:
+        self.portal, self.app = portal, app
+        transport = httpx.ASGITransport(app=app)  # an exception in the app (a 500) raises here
+        self.client = httpx.AsyncClient(transport=transport, base_url="http://loss-service")
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        response: httpx.Response = self.portal.call(functools.partial(self.client.request, method, url, **kwargs))
+        return response
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def served(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Client, Clock]]:
+    from anyio.from_thread import start_blocking_portal
+
+    from service.api import ingest
+    from service.app import create_app
+    from service.config import Settings
+
+    url = f"sqlite:///{tmp_path}/store.sqlite3"
+    if request.param == "postgresql":
+        url = str(request.getfixturevalue("postgres_url"))
+    clock = Clock()
+    monkeypatch.setattr(ingest, "time", clock)
+    app = create_app(Settings(store_url=url, max_pending=MAX_PENDING, sweep_interval=3600))
+    with start_blocking_portal() as portal, portal.wrap_async_context_manager(app.router.lifespan_context(app)):
+        yield Client(portal, app), clock
+
+
+def rows_of(store: Store, name: str) -> dict[str, dict[str, bool]]:
+    with store.database.transaction(write=False) as tx:
+        return {
+            side: {
+                row_id: bool(joined)
+                for row_id, joined in tx.all(
+                    f"SELECT r.id, r.joined_at IS NOT NULL FROM loss_{side} r "
+                    "JOIN loss_models m ON m.id = r.model_id WHERE m.name = ?",
+                    [name],
+                )
+            }
+            for side in SIDES
+        }
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(requests=st.lists(api_request, min_size=5, max_size=30))
+def test_counters_equal_the_rows_after_any_sequence_of_requests(served: tuple[Any, Clock], requests: list[Any]) -> None:
+    client, clock = served
+    store: Store = client.app.state.store
+    config = {"losses": [{"loss": "mse"}], "retention_seconds": RETENTION}
+    for model in client.request("GET", "/v1/models").json()["models"]:
+        assert client.request("DELETE", f"/v1/models/{model['model']}").status_code == 204
+    for name in MODELS:
+        assert client.request("PUT", f"/v1/models/{name}", json=config).status_code == 200
+    joined = dict.fromkeys(MODELS, 0)
+    for kind, dt, *args in requests:
+        clock.now += dt
+        before = {name: rows_of(store, name) for name in MODELS}
+        if kind == "log":
+            name, side, ids, width = args
+            body = {"ids": ids, side: [[0.0] * width] * len(ids)}
+            answer = client.request("POST", f"/v1/models/{name}/{side}", json=body)
+            refused = any(i in API_BAD_IDS for i in ids)
+            assert answer.status_code in ((422,) if refused else (200, 404, 422, 429)), answer.text
+            if refused:
+                assert answer.json()["errors"][0]["loc"] == ["body", "ids", next(
+                    k for k, i in enumerate(ids) if i in API_BAD_IDS
+                )]  # fmt: skip
+            if answer.status_code == 200:
+                result = answer.json()
+                fresh = [str(i) for i in ids if str(i) not in before[name][side]]
+                assert result["accepted"] == len(fresh)
+                joined[name] += result["joined"]
+                event(f"http log: {(result['joined'] > 0 and 'joined') or 'stored'}")
+            else:
+                event(f"http log: {answer.status_code}")
+                assert rows_of(store, name) == before[name], "a refused request stores nothing"
+        elif kind == "sweep":
+            store.sweep_expired(clock.now)
+        elif kind == "delete":
+            (name,) = args
+            assert client.request("DELETE", f"/v1/models/{name}").status_code in (204, 404)
+            joined[name] = 0
+        else:
+            (name,) = args
+            assert client.request("PUT", f"/v1/models/{name}", json=config).status_code == 200
+        for name in MODELS:
+            status = client.request("GET", f"/v1/models/{name}")
+            if status.status_code == 404:
+                assert rows_of(store, name) == {side: {} for side in SIDES}
+                continue
+            counters = status.json()
+            rows = rows_of(store, name)
+            for side in SIDES:
+                assert counters[f"pending_{side}"] == sum(not j for j in rows[side].values()), (name, side)
+            assert counters["joined"] == joined[name]
