@@ -231,6 +231,29 @@ def test_counters_equal_the_rows_after_any_sequence_of_operations(store: Store, 
         assert_counters_equal_rows(store, models)
 
 
+@pytest.mark.parametrize(
+    ("ids", "index", "reason"),
+    [
+        (["\x00a", "\x00b"], 0, "an id cannot hold U+0000"),
+        (["a", "a\x00x"], 1, "an id cannot hold U+0000"),
+        (["a", "b", "\ud800"], 2, "an id cannot hold U+D800"),
+        (["a", "b", "a"], 2, "the id 'a' is given twice"),
+    ],
+)
+def test_the_store_refuses_ids_it_cannot_keep_exactly(store: Store, ids: list[str], index: int, reason: str) -> None:
+    """Engine-level callers too: SQLite's JSON functions would store "\\u0000a" and "\\u0000b" as
+    one row "" counted twice, PostgreSQL raise a DataError; an id twice would be counted twice."""
+    store.configure_model("m", CONFIG, RETENTION, now=0.0)
+    assert logged(store, "m", "predictions", ["a"], 2, False, 1.0) == "ok"
+    with pytest.raises(RowIdError) as refused:
+        store.log("predictions", "m", ids, np.zeros((len(ids), 2)), now=2.0, max_pending=100, on_join=lambda *_: None)  # type: ignore[arg-type]
+    assert (refused.value.index, refused.value.reason) == (index, reason)
+    model = store.model("m")
+    assert model is not None
+    assert (model.pending_predictions, model.pending_labels) == (1, 0)
+    assert rows_of(store, "m") == {"predictions": {"a": False}, "labels": {}}
+
+
 # -- the same over HTTP: random requests, including ids the API refuses --------------------------
 
 API_GOOD_IDS: list[Any] = ["a", "b", "c", "d", 7, 8, "é", "a b"]
