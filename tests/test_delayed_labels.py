@@ -457,3 +457,21 @@ async def test_a_control_character_among_100k_ids_is_found_at_its_index(
     accepted = await post(api, "predictions", {"ids": ids, "predictions": [0.5] * len(ids)})
     assert accepted["accepted"] == 100_000
     assert (await api.get("/v1/models/fraud")).json()["pending_predictions"] == 100_000
+
+
+def test_the_refused_characters_are_unicodes_controls_and_the_openapi_pattern_agrees() -> None:
+    """Every character of the Basic Multilingual Plane (the refused ones all lie there), and a few
+    beyond: an id holding it is refused exactly when it is a control character (general category
+    Cc) or a surrogate, and the pattern the OpenAPI document publishes refuses the same ones."""
+    import unicodedata
+
+    from service.api.schemas import ID_PATTERN, _holds_refused, _refused_character
+
+    pattern = re.compile(ID_PATTERN)
+    for code in [*range(0x10000), 0x1F600, 0xE0001, 0x10FFFF]:
+        text = f"id-{chr(code)}"
+        surrogate = 0xD800 <= code <= 0xDFFF
+        refused = unicodedata.category(chr(code)) == "Cc" or surrogate
+        assert (_refused_character(text) is not None) == _holds_refused(text) == refused, hex(code)
+        if not surrogate:  # a JSON string cannot hold one
+            assert (pattern.fullmatch(text) is None) == refused, hex(code)

@@ -135,7 +135,7 @@ def _check_ids(ids: Sequence[str]) -> None:
         if found is not None:
             raise RowIdError(index, f"an id cannot hold U+{ord(found.group()):04X}")
         if row_id in seen:
-            raise RowIdError(index, f"the id {row_id!r} is given twice")
+            raise RowIdError(index, f"the id {row_id[:64]!r} is given twice")
         seen.add(row_id)
 
 
