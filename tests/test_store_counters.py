@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import numpy as np
 import pytest
@@ -301,12 +302,17 @@ class Client:
         return response
 
 
+async def no_sweeps(*_: Any) -> None:
+    await anyio.sleep_forever()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def served(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[Client, Clock]]:
     from anyio.from_thread import start_blocking_portal
 
+    from service import app as app_module
     from service.api import ingest
     from service.app import create_app
     from service.config import Settings
@@ -316,6 +322,9 @@ def served(
         url = str(request.getfixturevalue("postgres_url"))
     clock = Clock()
     monkeypatch.setattr(ingest, "time", clock)
+    # The test sweeps at the times it chooses; the app's own sweeper (which sweeps once at start,
+    # in a thread of its own) would race with its requests.
+    monkeypatch.setattr(app_module, "sweep_forever", no_sweeps)
     app = create_app(Settings(store_url=url, max_pending=MAX_PENDING, sweep_interval=3600))
     with start_blocking_portal() as portal, portal.wrap_async_context_manager(app.router.lifespan_context(app)):
         yield Client(portal, app), clock
