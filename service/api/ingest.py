@@ -31,6 +31,7 @@ from service.store import (
     Pairs,
     Quota,
     QuotaExceededError,
+    RowIdError,
     RowShapeError,
     Side,
     Store,
@@ -251,6 +252,8 @@ def log_rows(
         raise unknown_model(name) from None
     except RowShapeError as exc:
         raise _problem(side, str(exc)) from None
+    except RowIdError as exc:  # the schema refuses these first; the store's own check stays a 422
+        raise _problem("ids", exc.reason, [exc.index]) from None
     except TooManyPendingError as exc:
         raise ProblemError(429, str(exc)) from None
     # Committed: from here on the pairs are joined for good, and recorded exactly once.

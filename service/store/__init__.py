@@ -8,6 +8,7 @@ the operations the service needs, each one transaction.
 from service.store.database import redacted
 from service.store.errors import (
     QuotaExceededError,
+    RowIdError,
     RowShapeError,
     SchemaVersionError,
     StoreError,
@@ -30,6 +31,7 @@ __all__ = [
     "Pairs",
     "Quota",
     "QuotaExceededError",
+    "RowIdError",
     "RowShapeError",
     "SchemaVersionError",
     "Side",

@@ -13,6 +13,14 @@ class UnknownModelError(StoreError):
         self.model = model
 
 
+class RowIdError(StoreError):
+    """An id the store cannot keep exactly as given (or one given twice): nothing was stored."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"ids[{index}]: {reason}; nothing was stored")
+        self.index, self.reason = index, reason
+
+
 class RowShapeError(StoreError):
     """Rows of a shape other than the one the model's first rows of that side fixed."""
 

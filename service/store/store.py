@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 
 from service.store.database import Database, Transaction, connect
-from service.store.errors import QuotaExceededError, RowShapeError, TooManyPendingError, UnknownModelError
+from service.store.errors import QuotaExceededError, RowIdError, RowShapeError, TooManyPendingError, UnknownModelError
 from service.store.schema import ROW_BYTES, migrate, row_bytes_sql
 
 Side = Literal["predictions", "labels"]
@@ -36,6 +36,10 @@ T = TypeVar("T")
 DTYPES: dict[int, np.dtype[Any]] = {0: np.dtype(np.float64), 1: np.dtype(np.float32), 2: np.dtype(np.int64)}
 _CODES = {dtype: code for code, dtype in DTYPES.items()}
 _TABLE = {"predictions": "loss_predictions", "labels": "loss_labels"}
+# What no id may hold, as neither database keeps it as given: U+0000 (SQLite's JSON functions,
+# which carry id lists, cut a string there; PostgreSQL refuses it in text) and lone surrogates,
+# which have no UTF-8 encoding.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _MODEL_COLUMNS = (
     "id, name, config, retention_seconds, created_at, updated_at, prediction_shape, label_shape, "
     "pending_predictions, pending_labels, joined, expired_predictions, expired_labels, stored_bytes"
@@ -204,6 +208,24 @@ def _decode(payloads: Sequence[bytes], codes: Sequence[int], shape: tuple[int, .
     return np.stack([np.frombuffer(p, dtype=DTYPES[c]).reshape(shape) for p, c in zip(payloads, codes, strict=True)])
 
 
+def _check_ids(ids: Sequence[str]) -> None:
+    """Refuse ids the store cannot keep one row each, exactly: one search over all of them, then
+    the index of the first bad one."""
+    joined = "".join(ids)
+    # U+0000 by memchr; a lone surrogate only where the text is not ASCII (`isascii` is O(1)).
+    unstorable = "\x00" in joined or (not joined.isascii() and _UNSTORABLE.search(joined) is not None)
+    if not unstorable and len(set(ids)) == len(ids):
+        return
+    seen: set[str] = set()
+    for index, row_id in enumerate(ids):
+        found = _UNSTORABLE.search(row_id)
+        if found is not None:
+            raise RowIdError(index, f"an id cannot hold U+{ord(found.group()):04X}")
+        if row_id in seen:
+            raise RowIdError(index, f"the id {row_id[:64]!r} is given twice")
+        seen.add(row_id)
+
+
 class Store:
     """The operations the service performs on its database, each one transaction."""
 
@@ -333,7 +355,10 @@ class Store:
         on_join: Callable[[Model, Pairs], T],
         quota: Quota | None = None,
     ) -> Logged[T]:
-        """Store one side's rows (ids must be distinct) and join those whose other half is waiting.
+        """Store one side's rows and join those whose other half is waiting.
+
+        `ids`: distinct, none holding U+0000 or a lone surrogate; otherwise `RowIdError`, and
+        nothing is stored (a silently merged or truncated id would leave the counters wrong).
 
         `rows`: one row per id, in a dtype of `DTYPES`. `timestamps` (predictions only): each
         prediction's time, default `now`; `weights` (labels only): each label's sample weight.
@@ -343,6 +368,7 @@ class Store:
         QuotaExceededError before any row is written; one that adds none always passes.
         """
         other: Side = "labels" if side == "predictions" else "predictions"
+        _check_ids(ids)
         usage = None
         with self.database.transaction() as tx:
             _lock_holder(tx, quota)
