@@ -557,3 +557,55 @@ async def test_a_compressed_npz_is_refused_by_its_declared_size_before_inflating
     assert response.json()["detail"] == (
         "array 'predictions' declares 25,000,000 numbers; the limit is 20,000,000 (LOSS_SERVICE_MAX_ELEMENTS)"
     )
+
+
+# item 7: OIP request shape
+# The protocol's request shape (service/api/oip_schema.py) is validated before any tensor is decoded:
+# each of these was a 500 with a traceback (the first six are the issue's), or was silently coerced.
+OIP_PREDICTIONS = {"name": "predictions", "shape": [2], "datatype": "FP64", "data": [0.5, 1.0]}
+OIP_LABELS = {"name": "labels", "shape": [2], "datatype": "FP64", "data": [1.0, 0.0]}
+OIP_SHAPE_CASES = [
+    ("input-parameters-list", {"inputs": [OIP_PREDICTIONS, {**OIP_LABELS, "parameters": [1]}]},
+     "inputs[1].parameters: must be an object, got [1]"),
+    ("input-parameters-string", {"inputs": [{**OIP_PREDICTIONS, "parameters": "x"}, OIP_LABELS]},
+     'inputs[0].parameters: must be an object, got "x"'),
+    ("output-parameters-number", {"inputs": [OIP_PREDICTIONS, OIP_LABELS], "outputs": [{"name": "mean", "parameters": 5}]},
+     "outputs[0].parameters: must be an object, got 5"),
+    ("output-name-list", {"inputs": [OIP_PREDICTIONS, OIP_LABELS], "outputs": [{"name": "mean"}, {"name": ["mean"]}]},
+     'outputs[1].name: must be a string, got ["mean"]'),
+    ("datatype-list", {"inputs": [OIP_PREDICTIONS, {**OIP_LABELS, "datatype": ["FP64"]}]},
+     'inputs[1].datatype: must be a string, got ["FP64"]'),
+    ("shape-booleans", {"inputs": [{**OIP_PREDICTIONS, "shape": [True, True], "data": [0.5]}, OIP_LABELS]},
+     "inputs[0].shape[0]: must be a non-negative integer, got true; "
+     "inputs[0].shape[1]: must be a non-negative integer, got true"),
+    ("binary-data-size-boolean",
+     {"inputs": [OIP_PREDICTIONS, {**OIP_LABELS, "parameters": {"binary_data_size": True}}]},
+     "inputs[1].parameters.binary_data_size: must be a non-negative integer, got true"),
+    ("binary-data-output-string", {"inputs": [OIP_PREDICTIONS, OIP_LABELS], "parameters": {"binary_data_output": "no"}},
+     'parameters.binary_data_output: must be a boolean, got "no"'),
+    ("output-binary-data-string",
+     {"inputs": [OIP_PREDICTIONS, OIP_LABELS], "outputs": [{"name": "mean", "parameters": {"binary_data": "no"}}]},
+     'outputs[0].parameters.binary_data: must be a boolean, got "no"'),
+    ("input-parameter-object", {"inputs": [{**OIP_PREDICTIONS, "parameters": {"x": {"y": 1}}}, OIP_LABELS]},
+     'inputs[0].parameters.x: must be a string, a number or a boolean, got {"y":1}'),
+    ("id-number", {"id": 7, "inputs": [OIP_PREDICTIONS, OIP_LABELS]}, "id: must be a string, got 7"),
+    ("unknown-field", {"inputs": [{**OIP_PREDICTIONS, "contents": [1]}, OIP_LABELS]},
+     "inputs[0].contents: is not a field of the protocol's request"),
+    ("data-number", {"inputs": [OIP_PREDICTIONS, {**OIP_LABELS, "shape": [], "data": 1.0}]},
+     "inputs[1].data: must be an array, got 1.0"),
+    ("shape-too-deep", {"inputs": [{**OIP_PREDICTIONS, "shape": [1] * 65, "data": [1.0]}, OIP_LABELS]},
+     "inputs[0].shape: at most 32 dimensions, got 65"),
+    ("many-errors", {"inputs": [{**OIP_PREDICTIONS, "shape": [-1] * 5}, OIP_LABELS]},
+     "inputs[0].shape[0]: must be a non-negative integer, got -1; inputs[0].shape[1]: must be a non-negative "
+     "integer, got -1; inputs[0].shape[2]: must be a non-negative integer, got -1; and 2 more"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "error"), [c[1:] for c in OIP_SHAPE_CASES], ids=[c[0] for c in OIP_SHAPE_CASES])
+async def test_a_malformed_oip_request_is_a_400_naming_the_field(
+    limited: httpx.AsyncClient, body: dict[str, Any], error: str
+) -> None:
+    response = await limited.post("/v2/models/mse/infer", content=json.dumps(body), headers={"content-type": JSON})
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == JSON
+    assert response.json() == {"error": error}
