@@ -589,6 +589,8 @@ OIP_SHAPE_CASES = [
     ("input-parameter-object", {"inputs": [{**OIP_PREDICTIONS, "parameters": {"x": {"y": 1}}}, OIP_LABELS]},
      'inputs[0].parameters.x: must be a string, a number or a boolean, got {"y":1}'),
     ("id-number", {"id": 7, "inputs": [OIP_PREDICTIONS, OIP_LABELS]}, "id: must be a string, got 7"),
+    ("id-deep", {"id": json.loads("[" * 300 + "]" * 300), "inputs": [OIP_PREDICTIONS, OIP_LABELS]},
+     "id: must be a string, got a deeply nested array"),
     ("unknown-field", {"inputs": [{**OIP_PREDICTIONS, "contents": [1]}, OIP_LABELS]},
      "inputs[0].contents: is not a field of the protocol's request"),
     ("data-number", {"inputs": [OIP_PREDICTIONS, {**OIP_LABELS, "shape": [], "data": 1.0}]},

@@ -238,8 +238,12 @@ def rendered(value: Any, limit: int = 64) -> str:
     """A JSON value as the client wrote it (`true`, `"x"`, `[1]`), clipped."""
     try:
         text = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-    except TypeError:  # nested past orjson's depth limit
-        text = "a JSON " + type(value).__name__
+    except TypeError:  # an integer beyond 64 bits, or nesting past orjson's depth limit
+        text = (
+            str(value)
+            if isinstance(value, int)
+            else f"a deeply nested {'array' if isinstance(value, list) else 'object'}"
+        )
     return clipped(text, limit)
 
 
