@@ -600,6 +600,12 @@ OIP_SHAPE_CASES = [
     ("many-errors", {"inputs": [{**OIP_PREDICTIONS, "shape": [-1] * 5}, OIP_LABELS]},
      "inputs[0].shape[0]: must be a non-negative integer, got -1; inputs[0].shape[1]: must be a non-negative "
      "integer, got -1; inputs[0].shape[2]: must be a non-negative integer, got -1; and 2 more"),
+    ("too-many-inputs", {"inputs": [OIP_PREDICTIONS, OIP_LABELS] * 2}, "inputs: at most 3 items, got 4"),
+    ("many-unknown-fields", {"inputs": [{**OIP_PREDICTIONS, **{f"k{i}": i for i in range(2_000)}}, OIP_LABELS]},
+     "inputs[0].k0: is not a field of the protocol's request (and 1,999 more like it)"),
+    ("many-object-parameters",
+     {"inputs": [OIP_PREDICTIONS, OIP_LABELS], "outputs": [{"name": "mean", "parameters": {f"k{i}": {} for i in range(2_000)}}]},
+     "outputs[0].parameters.k0: must be a string, a number or a boolean, got {} (and 1,999 more like it)"),
 ]  # fmt: skip
 
 

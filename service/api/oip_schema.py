@@ -43,6 +43,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     WithJsonSchema,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -87,6 +88,37 @@ def _tensor_data(value: object) -> Any:
     raise PydanticCustomError("tensor_data", "must be an array")
 
 
+PARAMETER_TYPES = (str, int, float, bool)
+
+
+def _one_error_for_many(kind: str, message: str, bad: list[str], values: dict[str, Any]) -> PydanticCustomError:
+    """One error for every offending key of an object, naming the first: a body of a million
+    wrong keys costs one pass over them, not a million errors."""
+    context: dict[str, Any] = {"key": bad[0], "more": len(bad) - 1}
+    if kind == "parameter_value":
+        context["got"] = rendered(values[bad[0]])
+    return PydanticCustomError(kind, message, context)
+
+
+def _only_fields(model: type[BaseModel], data: Any) -> Any:
+    """Refuse the keys `model` does not have, all in one error (see _one_error_for_many)."""
+    fields = model.__pydantic_fields__  # not `model_fields`, a property that costs more than this check
+    if isinstance(data, dict) and not fields.keys() >= data.keys():
+        bad = [key for key in data if key not in fields]
+        raise _one_error_for_many("unknown_field", "is not a field of the protocol's request", bad, data)
+    return data
+
+
+def _scalar_parameters(model: type[BaseModel], data: Any) -> Any:
+    """Refuse parameters that are not a string, a number or a boolean, all in one error."""
+    fields = model.__pydantic_fields__
+    if isinstance(data, dict):
+        bad = [key for key, value in data.items() if type(value) not in PARAMETER_TYPES and key not in fields]
+        if bad:
+            raise _one_error_for_many("parameter_value", "must be a string, a number or a boolean", bad, data)
+    return data
+
+
 NonNegativeInteger = Annotated[
     int, PlainValidator(_non_negative_integer), WithJsonSchema({"type": "integer", "minimum": 0})
 ]
@@ -129,6 +161,11 @@ class InputParameters(BaseModel):
     )
     __pydantic_extra__: dict[str, ParameterValue]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _scalars(cls, data: Any) -> Any:
+        return _scalar_parameters(cls, data)
+
 
 class OutputParameters(BaseModel):
     """A requested output's `parameters`: `binary_data` asks for it as binary tensor data."""
@@ -137,6 +174,11 @@ class OutputParameters(BaseModel):
 
     binary_data: StrictBool | None = Field(None, description="This output as binary tensor data")
     __pydantic_extra__: dict[str, ParameterValue]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scalars(cls, data: Any) -> Any:
+        return _scalar_parameters(cls, data)
 
 
 class RequestInput(BaseModel):
@@ -150,6 +192,11 @@ class RequestInput(BaseModel):
     parameters: InputParameters | None = None
     data: TensorData | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        return _only_fields(cls, data)
+
 
 class RequestOutput(BaseModel):
     """One output to answer with: `per_sample` or `mean`."""
@@ -158,6 +205,11 @@ class RequestOutput(BaseModel):
 
     name: StrictStr = Field(description="per_sample or mean")
     parameters: OutputParameters | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        return _only_fields(cls, data)
 
 
 class InferenceRequest(BaseModel):
@@ -168,8 +220,13 @@ class InferenceRequest(BaseModel):
 
     id: StrictStr | None = Field(None, description="Returned in the response")
     parameters: RequestParameters | None = None
-    inputs: list[RequestInput] = Field(min_length=1)
-    outputs: list[RequestOutput] | None = Field(None, description="All outputs when absent")
+    inputs: list[RequestInput] = Field(min_length=1, max_length=3)  # predictions, labels, sample_weight
+    outputs: list[RequestOutput] | None = Field(None, description="All outputs when absent", max_length=2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        return _only_fields(cls, data)
 
 
 _TYPE_MESSAGES = {
@@ -183,7 +240,7 @@ _TYPE_MESSAGES = {
 
 
 class InferenceRequestError(ValueError):
-    """The body does not have the protocol's request shape; the message names every field."""
+    """The body does not have the protocol's request shape; the message names the fields."""
 
 
 @cache
@@ -211,14 +268,20 @@ def refusal_message(exc: ValidationError) -> str:
 def _one(error: Any) -> str:
     where = path(error["loc"])
     kind = error["type"]
+    context = error.get("ctx") or {}
+    if "key" in context:  # one error for many keys of an object (_one_error_for_many)
+        where = path((*error["loc"], context["key"]))
+        got = f", got {context['got']}" if "got" in context else ""
+        more = f" (and {context['more']:,} more like it)" if context["more"] else ""
+        return f"{where}: {error['msg']}{got}{more}"
     if kind == "missing":
         return f"{where}: required"
-    if kind == "extra_forbidden":
-        return f"{where}: is not a field of the protocol's request"
     if kind == "too_short":
         return f"{where}: must be a non-empty array"
     if kind == "too_long":
-        return f"{where}: at most {error['ctx']['max_length']} dimensions, got {len(error['input'])}"
+        limit = context["max_length"]
+        what = "dimensions" if error["loc"][-1] == "shape" else "items"
+        return f"{where}: at most {limit} {what}, got {len(error['input'])}"
     reason = _TYPE_MESSAGES.get(kind, error["msg"])
     return f"{where}: {reason}, got {rendered(error['input'])}"
 
