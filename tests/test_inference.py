@@ -546,3 +546,19 @@ def test_an_object_of_many_wrong_keys_is_one_error_whatever_its_size(
         with pytest.raises(oip_schema.InferenceRequestError, match=f"k0: .*and {size - 1:,} more like it"):
             oip_schema.validated_request(request_with({f"k{i}": i for i in range(size)}))
     assert built[0] == built[1] <= 2
+
+
+@pytest.mark.anyio
+async def test_the_losss_own_refusals_show_three_and_count_the_rest(client: httpx.AsyncClient) -> None:
+    """Ten unknown options are ten errors; the answer names three, as the schema's refusals do."""
+    response = await infer(
+        client,
+        "mse",
+        [tensor("predictions", LOGITS, "FP32"), tensor("labels", LOGITS, "FP32")],
+        parameters={f"bogus{i}": 1 for i in range(10)},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json() == {
+        "error": "parameters.bogus0: Extra inputs are not permitted; parameters.bogus1: Extra inputs are not "
+        "permitted; parameters.bogus2: Extra inputs are not permitted; and 7 more"
+    }

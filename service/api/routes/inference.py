@@ -34,6 +34,7 @@ from service.api.guards import REFUSALS
 from service.api.headers import byte_count, request_header
 from service.api.oip_schema import (
     DATATYPE_NAMES,
+    SHOWN_ERRORS,
     InferenceRequestError,
     RequestInput,
     RequestOutput,
@@ -259,9 +260,10 @@ def _infer(
 
 
 def _oip_message(errors: list[dict[str, Any]]) -> str:
-    """Problem details in the protocol's one-string form, with v2's own names for the fields."""
+    """Problem details in the protocol's one-string form, with v2's own names for the fields: the
+    first SHOWN_ERRORS of them, then how many more there are."""
     parts = []
-    for error in errors:
+    for error in errors[:SHOWN_ERRORS]:
         loc = [str(part) for part in error["loc"][1:]]
         if loc and loc[0] == "options":
             loc[0] = "parameters"
@@ -270,6 +272,8 @@ def _oip_message(errors: list[dict[str, Any]]) -> str:
         elif loc and loc[0] in INPUTS:
             loc = [f"input {loc[0]}", *loc[1:]]
         parts.append(f"{'.'.join(loc) or 'request'}: {error['msg']}")
+    if len(errors) > SHOWN_ERRORS:
+        parts.append(f"and {len(errors) - SHOWN_ERRORS} more")
     return "; ".join(parts)
 
 
