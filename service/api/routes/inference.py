@@ -3,6 +3,9 @@
 Inputs `predictions`, `labels` and optionally `sample_weight`, as JSON tensors or with the binary
 tensor data extension; request `parameters` carry the loss's options plus `convention`, `dtype`
 and `model` (validated like v1). Outputs `per_sample` and `mean`. Errors are `{"error": "..."}`.
+
+The request's shape is validated first, against the protocol's request (`oip_schema`); only then
+are the tensors decoded (`_inputs`).
 """
 
 from __future__ import annotations
