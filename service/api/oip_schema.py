@@ -38,6 +38,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    Strict,
     StrictBool,
     StrictStr,
     TypeAdapter,
@@ -65,14 +66,10 @@ DATATYPE_NAMES = (
     "FP32",
     "FP64",
 )
+MAX_INPUTS = 3  # predictions, labels, sample_weight
+MAX_OUTPUTS = 2  # per_sample, mean
 # At most this many refusals are spelled out in one answer; the rest are counted.
 SHOWN_ERRORS = 3
-
-
-def _non_negative_integer(value: object) -> int:
-    if type(value) is int and value >= 0:
-        return value
-    raise PydanticCustomError("non_negative_integer", "must be a non-negative integer")
 
 
 def _parameter_value(value: object) -> str | int | float | bool:
@@ -91,37 +88,47 @@ def _tensor_data(value: object) -> Any:
 PARAMETER_TYPES = (str, int, float, bool)
 
 
-def _one_error_for_many(kind: str, message: str, bad: list[str], values: dict[str, Any]) -> PydanticCustomError:
-    """One error for every offending key of an object, naming the first: a body of a million
-    wrong keys costs one pass over them, not a million errors."""
-    context: dict[str, Any] = {"key": bad[0], "more": len(bad) - 1}
-    if kind == "parameter_value":
-        context["got"] = rendered(values[bad[0]])
-    return PydanticCustomError(kind, message, context)
-
-
-def _only_fields(model: type[BaseModel], data: Any) -> Any:
-    """Refuse the keys `model` does not have, all in one error (see _one_error_for_many)."""
-    fields = model.__pydantic_fields__  # not `model_fields`, a property that costs more than this check
-    if isinstance(data, dict) and not fields.keys() >= data.keys():
+def _only_fields(data: Any, fields: frozenset[str], at: tuple[str | int, ...]) -> None:
+    """Refuse the keys of the object `data` that are not `fields`, in one error."""
+    if type(data) is dict and not data.keys() <= fields:
         bad = [key for key in data if key not in fields]
-        raise _one_error_for_many("unknown_field", "is not a field of the protocol's request", bad, data)
-    return data
+        raise PydanticCustomError(
+            "unknown_field", "is not a field of the protocol's request", {"at": [*at, bad[0]], "more": len(bad) - 1}
+        )
 
 
-def _scalar_parameters(model: type[BaseModel], data: Any) -> Any:
-    """Refuse parameters that are not a string, a number or a boolean, all in one error."""
-    fields = model.__pydantic_fields__
-    if isinstance(data, dict):
+def _scalar_parameters(data: Any, fields: frozenset[str], at: tuple[str | int, ...]) -> None:
+    """Refuse the parameters of the object `data` that are not a string, a number or a boolean
+    (its own `fields` aside), in one error."""
+    if type(data) is dict:
         bad = [key for key, value in data.items() if type(value) not in PARAMETER_TYPES and key not in fields]
         if bad:
-            raise _one_error_for_many("parameter_value", "must be a string, a number or a boolean", bad, data)
+            context = {"at": [*at, bad[0]], "more": len(bad) - 1, "got": rendered(data[bad[0]])}
+            raise PydanticCustomError("parameter_value", "must be a string, a number or a boolean", context)
+
+
+def _one_pass_over_keys(data: Any) -> Any:
+    """Unknown fields and non-scalar parameters, found in one pass over each object's keys and
+    refused in one error naming the first: Pydantic builds an error per wrong key (~2 us each), and
+    a body of a million wrong keys would cost seconds before its 400. Lists longer than the
+    schema allows are left to its length check."""
+    if type(data) is not dict:
+        return data
+    _only_fields(data, REQUEST_FIELDS, ())
+    for name, fields, parameters, limit in (
+        ("inputs", INPUT_FIELDS, INPUT_PARAMETERS, MAX_INPUTS),
+        ("outputs", OUTPUT_FIELDS, OUTPUT_PARAMETERS, MAX_OUTPUTS),
+    ):
+        items = data.get(name)
+        if type(items) is list and len(items) <= limit:
+            for index, item in enumerate(items):
+                if type(item) is dict:
+                    _only_fields(item, fields, (name, index))
+                    _scalar_parameters(item.get("parameters"), parameters, (name, index, "parameters"))
     return data
 
 
-NonNegativeInteger = Annotated[
-    int, PlainValidator(_non_negative_integer), WithJsonSchema({"type": "integer", "minimum": 0})
-]
+NonNegativeInteger = Annotated[int, Strict(), Field(ge=0)]
 ParameterValue = Annotated[
     str | int | float | bool,
     PlainValidator(_parameter_value),
@@ -161,11 +168,6 @@ class InputParameters(BaseModel):
     )
     __pydantic_extra__: dict[str, ParameterValue]
 
-    @model_validator(mode="before")
-    @classmethod
-    def _scalars(cls, data: Any) -> Any:
-        return _scalar_parameters(cls, data)
-
 
 class OutputParameters(BaseModel):
     """A requested output's `parameters`: `binary_data` asks for it as binary tensor data."""
@@ -174,11 +176,6 @@ class OutputParameters(BaseModel):
 
     binary_data: StrictBool | None = Field(None, description="This output as binary tensor data")
     __pydantic_extra__: dict[str, ParameterValue]
-
-    @model_validator(mode="before")
-    @classmethod
-    def _scalars(cls, data: Any) -> Any:
-        return _scalar_parameters(cls, data)
 
 
 class RequestInput(BaseModel):
@@ -192,11 +189,6 @@ class RequestInput(BaseModel):
     parameters: InputParameters | None = None
     data: TensorData | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _known_fields(cls, data: Any) -> Any:
-        return _only_fields(cls, data)
-
 
 class RequestOutput(BaseModel):
     """One output to answer with: `per_sample` or `mean`."""
@@ -205,11 +197,6 @@ class RequestOutput(BaseModel):
 
     name: StrictStr = Field(description="per_sample or mean")
     parameters: OutputParameters | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_fields(cls, data: Any) -> Any:
-        return _only_fields(cls, data)
 
 
 class InferenceRequest(BaseModel):
@@ -220,16 +207,25 @@ class InferenceRequest(BaseModel):
 
     id: StrictStr | None = Field(None, description="Returned in the response")
     parameters: RequestParameters | None = None
-    inputs: list[RequestInput] = Field(min_length=1, max_length=3)  # predictions, labels, sample_weight
-    outputs: list[RequestOutput] | None = Field(None, description="All outputs when absent", max_length=2)
+    inputs: list[RequestInput] = Field(min_length=1, max_length=MAX_INPUTS)
+    outputs: list[RequestOutput] | None = Field(None, description="All outputs when absent", max_length=MAX_OUTPUTS)
 
     @model_validator(mode="before")
     @classmethod
-    def _known_fields(cls, data: Any) -> Any:
-        return _only_fields(cls, data)
+    def _keys(cls, data: Any) -> Any:
+        return _one_pass_over_keys(data)
+
+
+REQUEST_FIELDS = frozenset(InferenceRequest.__pydantic_fields__)
+INPUT_FIELDS = frozenset(RequestInput.__pydantic_fields__)
+OUTPUT_FIELDS = frozenset(RequestOutput.__pydantic_fields__)
+INPUT_PARAMETERS = frozenset(InputParameters.__pydantic_fields__)
+OUTPUT_PARAMETERS = frozenset(OutputParameters.__pydantic_fields__)
 
 
 _TYPE_MESSAGES = {
+    "int_type": "must be a non-negative integer",  # the schema's only integers: dimensions and sizes
+    "greater_than_equal": "must be a non-negative integer",
     "string_type": "must be a string",
     "bool_type": "must be a boolean",
     "list_type": "must be an array",
@@ -269,8 +265,8 @@ def _one(error: Any) -> str:
     where = path(error["loc"])
     kind = error["type"]
     context = error.get("ctx") or {}
-    if "key" in context:  # one error for many keys of an object (_one_error_for_many)
-        where = path((*error["loc"], context["key"]))
+    if "at" in context:  # one error for many keys of an object (_one_pass_over_keys)
+        where = path((*error["loc"], *context["at"]))
         got = f", got {context['got']}" if "got" in context else ""
         more = f" (and {context['more']:,} more like it)" if context["more"] else ""
         return f"{where}: {error['msg']}{got}{more}"
