@@ -862,3 +862,59 @@ async def test_a_malformed_oip_request_is_a_400_naming_the_field(
     assert response.status_code == 400, response.text
     assert response.headers["content-type"] == JSON
     assert response.json() == {"error": error}
+
+
+# issue 34: CRPS and multilabel margin
+# Forecasts and padded targets that have no score: each is a 422 naming the field and the index.
+CRPS_MULTILABEL_CASES = [
+    ("crps-gaussian-negative-std", {"loss": "crps_gaussian", "predictions": [[0.0, 1.0], [1.0, -2.0]], "labels": [0.5, 1.0]},
+     ["predictions", 1, 1], "the standard deviation must be >= 0, got -2.0"),
+    ("crps-gaussian-three-columns", {"loss": "crps_gaussian", "predictions": [[0.0, 1.0, 2.0]], "labels": [0.5]},
+     ["predictions"], "must be (N, 2) = [mean, std] per sample, got shape [1, 3]"),
+    ("crps-gaussian-flat", {"loss": "crps_gaussian", "predictions": [0.0, 1.0], "labels": [0.5]},
+     ["predictions"], "must be (N, 2) = [mean, std] per sample, got shape [2]"),
+    ("crps-gaussian-labels-rows", {"loss": "crps_gaussian", "predictions": [[0.0, 1.0]], "labels": [[0.5]]},
+     ["labels"], "shape [1, 1] should be [1]"),
+    ("crps-ensemble-labels-count", {"loss": "crps_ensemble", "predictions": [[0.0, 1.0]], "labels": [0.5, 1.0]},
+     ["labels"], "shape [2] should be [1]"),
+    ("crps-ensemble-weights-length",
+     {"loss": "crps_ensemble", "predictions": [[0.0, 1.0]], "labels": [0.5], "options": {"weights": [1.0]}},
+     ["options", "weights"], "needs one weight per member (2), got 1"),
+    ("crps-ensemble-weights-zero",
+     {"loss": "crps_ensemble", "predictions": [[0.0, 1.0]], "labels": [0.5], "options": {"weights": [0.0, 0.0]}},
+     ["options", "weights"], "the member weights sum to 0; the forecast has no distribution"),
+    ("crps-ensemble-weight-negative",
+     {"loss": "crps_ensemble", "predictions": [[0.0, 1.0]], "labels": [0.5], "options": {"weights": [1.0, -1.0]}},
+     ["options", "weights", 1], "Input should be greater than or equal to 0"),
+    ("multilabel-target-after-padding",
+     {"loss": "multilabel_margin", "predictions": [[0.0, 1.0, 2.0]], "labels": [[0, -1, 2]]},
+     ["labels", 0, 2], "target 2 follows the -1 padding; -1 may only fill the end of a row"),
+    ("multilabel-target-out-of-range",
+     {"loss": "multilabel_margin", "predictions": [[0.0, 1.0, 2.0]] * 2, "labels": [[0, -1, -1], [1, 3, -1]],
+      "convention": "torch"},
+     ["labels", 1, 1], "target 3 is neither a class in [0, 2] nor the padding -1"),
+    ("multilabel-target-below-padding",
+     {"loss": "multilabel_margin", "predictions": [[0.0, 1.0, 2.0]], "labels": [[-2, -1, -1]]},
+     ["labels", 0, 0], "target -2 is neither a class in [0, 2] nor the padding -1"),
+    ("multilabel-target-fraction",
+     {"loss": "multilabel_margin", "predictions": [[0.0, 1.0, 2.0]], "labels": [[0.5, -1, -1]]},
+     ["labels", 0, 0], "class labels must be integers, got 0.5"),
+    ("multilabel-labels-shape",
+     {"loss": "multilabel_margin", "predictions": [[0.0, 1.0, 2.0]], "labels": [0]},
+     ["labels"], "shape [1] should be [1, 3] (targets padded with -1)"),
+    ("multilabel-predictions-flat",
+     {"loss": "multilabel_margin", "predictions": [0.0, 1.0, 2.0], "labels": [0, -1, -1]},
+     ["predictions"], "must be (N, C) scores, got shape [3]"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "loc", "message"), [c[1:] for c in CRPS_MULTILABEL_CASES],
+                         ids=[c[0] for c in CRPS_MULTILABEL_CASES])  # fmt: skip
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+async def test_a_forecast_or_target_without_a_score_is_a_422_naming_field_and_index(
+    limited: httpx.AsyncClient, body: dict[str, Any], loc: list[Any], message: str
+) -> None:
+    response = await limited.post("/v1/loss", content=json.dumps(body), headers={"content-type": JSON})
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"] == [{"loc": ["body", *loc], "msg": message}]

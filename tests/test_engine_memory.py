@@ -27,6 +27,13 @@ def _inputs(name: str, class_labels: bool, rng: np.random.Generator) -> tuple[np
         return rng.random((N, C, 2)), signs
     if name == "gaussian_nll":
         return rng.random((N, C, 2)) + 0.1, rng.random((N, C))
+    if name == "crps_gaussian":  # forecasts [mean, std]
+        return rng.random((N, 2)), rng.normal(0, 1, N)
+    if name == "crps_ensemble":
+        return rng.normal(0, 1, (N, C)), rng.normal(0, 1, N)
+    if name == "multilabel_margin":  # up to C / 2 targets per row, then the -1 padding
+        targets = np.argsort(rng.random((N, C)), axis=1)
+        return probabilities, np.where(np.arange(C) < rng.integers(0, C // 2, (N, 1)), targets, -1)
     if name in ("brier_score", "log_loss"):
         return probabilities[:, 0], (signs[:, 0] > 0).astype(float)
     if class_labels:

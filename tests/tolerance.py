@@ -33,6 +33,14 @@ PyTorch's float32 result is, plus the limits above, plus gamma x 1.5 ulp for foc
 and, for a mean of N values, log2 N ulp. Checked over 7,200 batches (seeds 0-1799, N = 8, 17, 31,
 48), every case in both dtypes: one beyond, a label-smoothing case that had not declared its sum
 over the classes (fixed); none in the 3,000 batches since.
+
+The CRPS (no framework computes it in float32; the reference is properscoring's float64 formula on
+the same float32 inputs) is a difference of terms, so its float32 unit is the ulp of the larger term,
+not of the score. Gaussian: 4 ulp of |y - mu| + sigma / sqrt(pi) (|y - mu| erf(.) against
+sigma (2 phi - 1/sqrt(pi))); measured at most 3.04 over 120,000 forecasts (seeds 0-299, scales
+1e-3 to 1e3, observations 0.1 to 30 sigma away). Ensemble of M members: 4 + log2(M) ulp of
+E_w|X - y| (the pieces add M rounded squares of the rounded cumulative weights); measured at most
+3.74 unweighted and 6.17 with member weights for M = 40, 5.51 weighted for M = 9, 0.5 for M = 1.
 """
 
 from __future__ import annotations
@@ -46,6 +54,21 @@ FLOAT64_RTOL = 1e-12
 FLOAT64_ATOL = 4 * float(np.finfo(np.float64).eps)
 FLOAT32_ULPS = 2
 FLOAT32_MEAN_ULPS = 4
+
+
+CRPS_GAUSSIAN_FLOAT32_ULPS = 4.0
+
+
+def crps_ensemble_float32_ulps(members: int) -> float:
+    return 4.0 + math.log2(members)
+
+
+def assert_close_in_units(actual: Any, expected: Any, scale: Any, ulps: float, *, what: str = "") -> None:
+    """float32 values within `ulps` float32 ulps of `scale` (the magnitude of the terms that cancel)."""
+    unit = np.spacing(np.abs(np.asarray(scale, dtype=np.float64)).astype(np.float32)).astype(np.float64)
+    distance = np.abs(np.asarray(actual, dtype=np.float64) - np.asarray(expected, dtype=np.float64)) / unit
+    worst = float(distance.max()) if distance.size else 0.0
+    assert worst <= ulps, f"{what}: {worst:.2f} ulp of the terms apart (limit {ulps})"
 
 
 def class_sum_ulps(classes: int) -> float:

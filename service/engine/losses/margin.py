@@ -331,3 +331,61 @@ def soft_margin(predictions: Array, labels: Array, convention: Convention, /) ->
     with np.errstate(over="ignore"):
         values = np.where(z > np.log(np.finfo(z.dtype).max), z, np.log1p(np.exp(z)))
     return LossValues(per_sample_mean(values, convention))
+
+
+def _multilabel_targets(labels: NDArray[np.intp], shape: tuple[int, ...]) -> NDArray[np.bool_]:
+    """PyTorch's target rows: class indices, then -1 padding to the end. Returns which entries count.
+
+    PyTorch stops reading a row at its first -1 and ignores what follows; a class index after the
+    padding is refused here instead of being dropped without a word.
+    """
+    if labels.shape != shape:
+        raise LossInputError("labels", f"shape {list(labels.shape)} should be {list(shape)} (targets padded with -1)")
+    classes = shape[1]
+    bad = (labels < -1) | (labels >= classes)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise LossInputError(
+            "labels", f"target {int(labels[index])} is neither a class in [0, {classes - 1}] nor the padding -1", index
+        )
+    counted = np.cumprod(labels >= 0, axis=1).astype(bool)  # True up to the first -1 of each row
+    after_padding = (labels >= 0) & ~counted
+    if after_padding.any():
+        index = tuple(int(i) for i in np.argwhere(after_padding)[0])
+        raise LossInputError(
+            "labels", f"target {int(labels[index])} follows the -1 padding; -1 may only fill the end of a row", index
+        )
+    return counted
+
+
+@register("multilabel_margin", aliases=("multilabel_margin_loss",), class_labels=True)
+def multilabel_margin(predictions: Array, labels: NDArray[np.intp], convention: Convention, /) -> LossValues:
+    """Multi-label hinge loss: every target class should score 1 above every non-target class.
+
+    Formula:
+        sum_{j in targets} sum_{i not in targets} max(0, 1 - (x_{y_j} - x_i)) / C
+        targets: a row's class indices up to its first -1; a repeated index counts each time (as PyTorch)
+
+    Shapes:
+        predictions: scores (N, C); labels: class indices padded with -1 at the end, (N, C).
+        per_sample: (N,).
+
+    Follows:
+        torch/nn/functional.py multilabel_margin_loss (aten/src/ATen/native/LossMultiLabelMargin.cpp).
+    """
+    if predictions.ndim != 2:
+        raise LossInputError("predictions", f"must be (N, C) scores, got shape {list(predictions.shape)}")
+    rows, classes = predictions.shape
+    counted = _multilabel_targets(labels, predictions.shape)
+    # Padding points at an extra column, dropped after the targets are marked.
+    is_target = np.zeros((rows, classes + 1), dtype=bool)
+    np.put_along_axis(is_target, np.where(counted, labels, classes), True, axis=1)
+    is_target = is_target[:, :classes]
+    targets = np.where(counted, labels, 0)
+    total = np.zeros(rows, dtype=predictions.dtype)
+    zero = predictions.dtype.type(0)
+    for slot in range(int(counted.sum(axis=1).max())):  # ATen adds the targets one after another
+        target_scores = np.take_along_axis(predictions, targets[:, slot : slot + 1], axis=1)
+        hinged = np.where(is_target, zero, np.maximum(1 - target_scores + predictions, zero))
+        total += np.where(counted[:, slot], hinged.sum(axis=1), zero)
+    return LossValues(total / classes)
