@@ -14,11 +14,12 @@ from service.store.errors import (
     UnknownModelError,
 )
 from service.store.schema import SCHEMA_VERSION
-from service.store.store import DTYPES, Logged, Model, Pairs, Side, Store, Swept
+from service.store.store import DTYPES, SWEEP_BATCH_ROWS, Logged, Model, Pairs, Side, Store, Swept
 
 __all__ = [
     "DTYPES",
     "SCHEMA_VERSION",
+    "SWEEP_BATCH_ROWS",
     "Logged",
     "Model",
     "Pairs",

@@ -1,15 +1,23 @@
 """Connections and transactions for the two databases the store runs on, and the few places
 where their SQL differs. Everything else is the same plain SQL, written with `?` placeholders.
 
-- SQLite (stdlib `sqlite3`): one connection per process in WAL mode, so several worker
+- SQLite (stdlib `sqlite3`): one writing connection per process in WAL mode, so several worker
   processes on one host share the file; `BEGIN IMMEDIATE` takes the database's write lock at
-  the start of every writing transaction, which serialises writers across processes.
-- PostgreSQL (psycopg 3 with its connection pool): replicas on several hosts share one
-  database; a writing transaction locks its model's row (`SELECT ... FOR UPDATE`).
+  the start of every writing transaction, which serialises writers across processes. Reads
+  have connections of their own (`readers` of them, query-only): WAL lets them read a
+  committed snapshot while a writer holds the lock, so a read never queues behind a write.
+- PostgreSQL (psycopg 3 with its connection pools): replicas on several hosts share one
+  database; a writing transaction locks its model's row (`SELECT ... FOR UPDATE`). Reads take
+  their connections from a pool of their own (read-only transactions), so writers holding
+  every writing connection never hold up a read.
+
+`readers` and `writers` say how many transactions of each kind can run at once without
+waiting for a connection; the service sizes the threads it gives each kind to match.
 """
 
 from __future__ import annotations
 
+import queue
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -154,6 +162,9 @@ class Transaction:
 class Database(Protocol):
     dialect: Dialect
     url: str
+    # Transactions of each kind that can run at once without waiting for a connection.
+    readers: int
+    writers: int
 
     def transaction(self, *, write: bool = True) -> Any: ...
 
@@ -161,68 +172,144 @@ class Database(Protocol):
 
 
 class SQLiteDatabase:
-    """A SQLite file shared by the worker processes of one host (WAL mode)."""
+    """A SQLite file shared by the worker processes of one host (WAL mode).
+
+    Writes go through one connection, one transaction at a time (`_lock`). Reads go through
+    up to `readers` query-only connections of their own, opened as needed and kept; under WAL
+    a read transaction sees the last commit and never waits for the writer. An in-memory
+    database (`:memory:`) is private to its connection: there, reads share the writer's.
+    """
 
     dialect = SQLITE
 
-    def __init__(self, url: str, path: str) -> None:
+    def __init__(self, url: str, path: str, readers: int = 4) -> None:
         self.url = url
+        self._path = path
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: transactions are begun and ended here, explicitly. The timeout
-        # is how long a writer waits for another process's write lock before giving up.
-        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        self._connection = self._open(path)
         self._connection.execute("PRAGMA journal_mode=WAL")
         # NORMAL: a commit is in the WAL file before it returns, so a killed process loses no
         # answered request; only an operating-system crash or power loss can lose the last ones.
         self._connection.execute("PRAGMA synchronous=NORMAL")
-        self._lock = threading.Lock()  # one connection, used by one thread at a time
+        self._lock = threading.Lock()  # one writing connection, used by one thread at a time
+        self.writers = 1
+        self.readers = 1 if path == ":memory:" else readers
+        # Idle read connections; `_opened` counts those that exist, idle or in use.
+        self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._opened = 0
+        self._opened_lock = threading.Lock()
+        self._closed = False
+
+    @staticmethod
+    def _open(path: str) -> sqlite3.Connection:
+        # isolation_level=None: transactions are begun and ended here, explicitly. The timeout
+        # is how long a writer waits for another process's write lock before giving up.
+        return sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Transaction]:
-        with self._lock:
-            cursor = self._connection.cursor()
-            cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield Transaction(cursor, self.dialect)
-            except BaseException:
-                cursor.execute("ROLLBACK")
-                raise
-            cursor.execute("COMMIT")
+        if write or self._path == ":memory:":
+            with self._lock:
+                yield from self._run(self._connection, "BEGIN IMMEDIATE" if write else "BEGIN")
+            return
+        connection = self._reader()
+        try:
+            yield from self._run(connection, "BEGIN")
+        finally:
+            self._idle.put(connection)
+
+    def _run(self, connection: sqlite3.Connection, begin: str) -> Iterator[Transaction]:
+        cursor = connection.cursor()
+        cursor.execute(begin)
+        try:
+            yield Transaction(cursor, self.dialect)
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        cursor.execute("COMMIT")
+
+    def _reader(self) -> sqlite3.Connection:
+        """An idle read connection, a new one while fewer than `readers` exist, else the next freed."""
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._opened_lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            opening = self._opened < self.readers
+            if opening:
+                self._opened += 1
+        if not opening:
+            return self._idle.get()
+        try:
+            connection = self._open(self._path)
+            # Reads only: a statement that would write fails instead.
+            connection.execute("PRAGMA query_only=ON")
+        except BaseException:
+            with self._opened_lock:
+                self._opened -= 1
+            raise
+        return connection
 
     def close(self) -> None:
+        with self._opened_lock:
+            self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                break
         with self._lock:
             self._connection.close()
 
 
 class PostgresDatabase:
-    """A PostgreSQL database shared by every replica, through a pool of connections."""
+    """A PostgreSQL database shared by every replica, through two pools of up to
+    `max_connections` connections each: one for writing transactions, one for reads (whose
+    transactions are read-only)."""
 
     dialect = POSTGRES
 
     def __init__(self, url: str, max_connections: int) -> None:
+        from psycopg import Connection
         from psycopg_pool import ConnectionPool
 
+        def read_only(connection: Connection[Any]) -> None:
+            connection.read_only = True
+
         self.url = url
+        self.readers = self.writers = max_connections
         # Connection failures surface here, at start-up, not at the first request.
         self._pool = ConnectionPool(url, min_size=1, max_size=max_connections, open=False)
+        self._readers = ConnectionPool(url, min_size=1, max_size=max_connections, open=False, configure=read_only)
         self._pool.open(wait=True, timeout=30.0)
+        try:
+            self._readers.open(wait=True, timeout=30.0)
+        except BaseException:
+            self._pool.close()
+            raise
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Transaction]:
         # The pool's context commits when the block ends and rolls back when it raises.
-        with self._pool.connection() as connection, connection.cursor() as cursor:
+        pool = self._pool if write else self._readers
+        with pool.connection() as connection, connection.cursor() as cursor:
             yield Transaction(cursor, self.dialect)
 
     def close(self) -> None:
+        self._readers.close()
         self._pool.close()
 
 
 def connect(url: str, max_connections: int = 10) -> Database:
     """A database from a URL: `sqlite:///relative/path`, `sqlite:////absolute/path`, or
-    `postgresql://user:password@host:port/database` (also `postgres://`)."""
+    `postgresql://user:password@host:port/database` (also `postgres://`).
+
+    `max_connections`: SQLite's read connections; PostgreSQL's connections in each pool."""
     if url.startswith("sqlite:///"):
-        return SQLiteDatabase(url, url.removeprefix("sqlite:///"))
+        return SQLiteDatabase(url, url.removeprefix("sqlite:///"), max_connections)
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresDatabase(url, max_connections)
     raise ValueError(

@@ -1,7 +1,10 @@
 """The store's tables, created and versioned in the database itself.
 
-`loss_schema.version` records the layout; a process that finds a newer version than
-`SCHEMA_VERSION` refuses to start rather than write rows an older layout does not describe.
+The layout is the list of named migrations `MIGRATIONS`, applied in order; `loss_schema`
+holds one row per version applied, and `SCHEMA_VERSION` is the number of migrations. A process
+that finds an older version applies the migrations it lacks, in one transaction, at start; one
+that finds a newer version refuses to start rather than write rows an older layout does not
+describe. New migrations go at the end of the list, never in between.
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from __future__ import annotations
 from service.store.database import Database, Transaction
 from service.store.errors import SchemaVersionError
 
-SCHEMA_VERSION = 1
 # Any fixed number: every process that migrates takes this PostgreSQL advisory lock first.
 _MIGRATION_LOCK = 0x1055_5E41
 
@@ -65,22 +67,37 @@ _TABLES = [
     "CREATE INDEX loss_labels_by_arrival ON loss_labels (model_id, arrived)",
 ]
 
+# A model's rows still waiting for their other half, in arrival order: the oldest pending row is
+# the first entry of the model's range, however many joined rows the model keeps.
+_PENDING_INDEXES = [
+    "CREATE INDEX loss_predictions_pending ON loss_predictions (model_id, arrived) WHERE joined_at IS NULL",
+    "CREATE INDEX loss_labels_pending ON loss_labels (model_id, arrived) WHERE joined_at IS NULL",
+]
+
+# (name, statements): version n of the layout is the first n migrations.
+MIGRATIONS: list[tuple[str, list[str]]] = [
+    ("tables", _TABLES),
+    ("pending_rows_index", _PENDING_INDEXES),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
 
 def migrate(database: Database) -> None:
-    """Create the tables in an empty database; refuse a database written by a newer layout."""
+    """Bring the database to `SCHEMA_VERSION` (an empty one gets every migration); refuse a
+    database written by a newer layout."""
     with database.transaction() as tx:
         if database.dialect.name == "postgresql":
             tx.execute("SELECT pg_advisory_xact_lock(?)", [_MIGRATION_LOCK])
         tx.execute("CREATE TABLE IF NOT EXISTS loss_schema (version INTEGER NOT NULL)")
         row = tx.one("SELECT max(version) FROM loss_schema")
-        found = None if row is None else row[0]
-        if found is None:
-            _create(tx)
-            tx.execute("INSERT INTO loss_schema (version) VALUES (?)", [SCHEMA_VERSION])
-        elif found > SCHEMA_VERSION:
+        found = 0 if row is None or row[0] is None else int(row[0])
+        if found > SCHEMA_VERSION:
             raise SchemaVersionError(found, SCHEMA_VERSION)
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            _apply(tx, MIGRATIONS[version - 1][1])
+            tx.execute("INSERT INTO loss_schema (version) VALUES (?)", [version])
 
 
-def _create(tx: Transaction) -> None:
-    for statement in _TABLES:
+def _apply(tx: Transaction, statements: list[str]) -> None:
+    for statement in statements:
         tx.execute(statement.format(**tx.dialect.types))

@@ -80,13 +80,29 @@ class Logged(Generic[T]):
 
 @dataclass(frozen=True)
 class Swept:
-    """Rows one retention sweep removed from a model; `expired_*` counts the unjoined ones."""
+    """Rows a retention sweep (or one batch of it) removed from a model; `expired_*` counts the
+    unjoined ones, `removed` all of them. `done`: no row of the model is past its retention."""
 
     model: str
     expired_predictions: int
     expired_labels: int
     pending_predictions: int
     pending_labels: int
+    removed: int = 0
+    done: bool = True
+
+    def then(self, later: Swept) -> Swept:
+        """This batch followed by a later one of the same sweep."""
+        return replace(
+            later,
+            expired_predictions=self.expired_predictions + later.expired_predictions,
+            expired_labels=self.expired_labels + later.expired_labels,
+            removed=self.removed + later.removed,
+        )
+
+
+# Rows one retention sweep removes per transaction: the write lock is never held for long.
+SWEEP_BATCH_ROWS = 1000
 
 
 def _model(row: tuple[Any, ...]) -> Model:
@@ -157,17 +173,22 @@ class Store:
         return [_model(row) for row in rows]
 
     def oldest_pending(self, name: str) -> float | None:
-        """Arrival time of the model's oldest row still waiting for its other half."""
+        """Arrival time of the model's oldest row still waiting for its other half.
+
+        The first entry of the model's range in each side's index of pending rows: its cost does
+        not grow with the joined rows the model keeps."""
         with self.database.transaction(write=False) as tx:
-            found = [
+            found = tx.one("SELECT id FROM loss_models WHERE name = ?", [name])
+            if found is None:
+                return None
+            firsts = [
                 tx.one(
-                    f"SELECT min(r.arrived) FROM {table} r JOIN loss_models m ON m.id = r.model_id "
-                    "WHERE m.name = ? AND r.joined_at IS NULL",
-                    [name],
+                    f"SELECT arrived FROM {table} WHERE model_id = ? AND joined_at IS NULL ORDER BY arrived LIMIT 1",
+                    [found[0]],
                 )
                 for table in _TABLE.values()
             ]
-        times = [row[0] for row in found if row is not None and row[0] is not None]
+        times = [float(row[0]) for row in firsts if row is not None]
         return min(times) if times else None
 
     def delete_model(self, name: str) -> bool:
@@ -345,37 +366,63 @@ class Store:
 
     # -- retention ------------------------------------------------------------------------------
 
-    def sweep_expired(self, now: float) -> list[Swept]:
-        """Delete every row that arrived more than its model's retention ago, one model at a time."""
+    def model_names(self) -> list[str]:
         with self.database.transaction(write=False) as tx:
-            names = [row[0] for row in tx.all("SELECT name FROM loss_models ORDER BY name")]
+            return [row[0] for row in tx.all("SELECT name FROM loss_models ORDER BY name")]
+
+    def sweep_expired(self, now: float, batch_rows: int = SWEEP_BATCH_ROWS) -> list[Swept]:
+        """Delete every row that arrived more than its model's retention ago, one model at a time,
+        `batch_rows` rows per transaction (`sweep_batch`)."""
         swept = []
-        for name in names:
-            with self.database.transaction() as tx:
-                found = tx.one(
-                    "SELECT id, retention_seconds, pending_predictions, pending_labels FROM loss_models "
-                    f"WHERE name = ?{tx.dialect.lock_row}",
-                    [name],
-                )
-                if found is None:
-                    continue  # deleted meanwhile
-                model_id, retention, pending_predictions, pending_labels = found
-                cutoff = now - float(retention)
-                expired = []
-                for table in _TABLE.values():
-                    row = tx.one(
-                        f"SELECT count(*) FROM {table} WHERE model_id = ? AND arrived < ? AND joined_at IS NULL",
-                        [model_id, cutoff],
-                    )
-                    expired.append(int(row[0]) if row else 0)
-                    tx.execute(f"DELETE FROM {table} WHERE model_id = ? AND arrived < ?", [model_id, cutoff])
-                if any(expired):
-                    tx.execute(
-                        "UPDATE loss_models SET pending_predictions = pending_predictions - ?, "
-                        "pending_labels = pending_labels - ?, expired_predictions = expired_predictions + ?, "
-                        "expired_labels = expired_labels + ? WHERE id = ?",
-                        [expired[0], expired[1], expired[0], expired[1], model_id],
-                    )
-            left = (int(pending_predictions) - expired[0], int(pending_labels) - expired[1])
-            swept.append(Swept(name, expired[0], expired[1], *left))
+        for name in self.model_names():
+            total: Swept | None = None
+            while True:
+                batch = self.sweep_batch(name, now, batch_rows)
+                if batch is None:
+                    break  # deleted meanwhile
+                total = batch if total is None else total.then(batch)
+                if batch.done:
+                    break
+            if total is not None:
+                swept.append(total)
         return swept
+
+    def sweep_batch(self, name: str, now: float, limit: int = SWEEP_BATCH_ROWS) -> Swept | None:
+        """One transaction of a retention sweep: delete up to `limit` of the model's rows that
+        arrived before `now` minus its retention, oldest first, predictions before labels.
+
+        Found through the `(model_id, arrived)` index, so a batch costs O(limit log n). `done`
+        says that fewer than `limit` were left; None if there is no such model."""
+        with self.database.transaction() as tx:
+            found = tx.one(
+                "SELECT id, retention_seconds, pending_predictions, pending_labels FROM loss_models "
+                f"WHERE name = ?{tx.dialect.lock_row}",
+                [name],
+            )
+            if found is None:
+                return None
+            model_id, retention, pending_predictions, pending_labels = found
+            cutoff = now - float(retention)
+            expired, left = [], limit
+            for table in _TABLE.values():
+                rows = tx.all(
+                    f"SELECT id, CASE WHEN joined_at IS NULL THEN 1 ELSE 0 END FROM {table} "
+                    "WHERE model_id = ? AND arrived < ? ORDER BY arrived LIMIT ?",
+                    [model_id, cutoff, left],
+                )
+                if rows:
+                    tx.execute(
+                        f"DELETE FROM {table} WHERE model_id = ? AND id {tx.dialect.in_list}",
+                        [model_id, tx.dialect.list_parameter([row[0] for row in rows])],
+                    )
+                expired.append(sum(int(row[1]) for row in rows))
+                left -= len(rows)
+            if any(expired):
+                tx.execute(
+                    "UPDATE loss_models SET pending_predictions = pending_predictions - ?, "
+                    "pending_labels = pending_labels - ?, expired_predictions = expired_predictions + ?, "
+                    "expired_labels = expired_labels + ? WHERE id = ?",
+                    [expired[0], expired[1], expired[0], expired[1], model_id],
+                )
+        pending = (int(pending_predictions) - expired[0], int(pending_labels) - expired[1])
+        return Swept(name, expired[0], expired[1], *pending, removed=limit - left, done=left > 0)
