@@ -8,11 +8,13 @@ stored; the metrics are recorded only after the transaction committed.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import anyio
 import anyio.to_thread
 import numpy as np
 
@@ -25,17 +27,49 @@ from service.api.schemas import LabelsLog, PredictionsLog, model_config_request_
 from service.engine import LossInputError, Reduced, as_working_array, compute, resolve
 from service.monitoring import Monitor
 from service.store import (
+    SWEEP_BATCH_ROWS,
     Model,
     Pairs,
     RowShapeError,
     Side,
     Store,
+    Swept,
     TooManyPendingError,
     UnknownModelError,
 )
 
 log = logging.getLogger("service.api")
 SHOWN_DUPLICATES = 100
+T = TypeVar("T")
+
+
+class StoreThreads:
+    """The worker threads the store's calls run in: reads and writes each get a bounded share
+    of their own (as many as the database has connections for), apart from anyio's default pool.
+
+    Requests waiting on the database therefore never hold the threads that computations, key
+    reloads and everything else run in, and a read never waits for a thread behind writes.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.reads = anyio.CapacityLimiter(store.database.readers)
+        self.writes = anyio.CapacityLimiter(store.database.writers)
+
+    async def read(self, call: Callable[[], T]) -> T:
+        return await anyio.to_thread.run_sync(call, limiter=self.reads)
+
+    async def write(self, call: Callable[[], T]) -> T:
+        return await anyio.to_thread.run_sync(call, limiter=self.writes)
+
+
+def store_threads(state: Any) -> StoreThreads:
+    """The app's `StoreThreads` for its store (`state`: the app's state), made at first use."""
+    threads: StoreThreads | None = getattr(state, "store_threads", None)
+    if threads is None or threads.store is not state.store:
+        # No await in between: on the event loop, one request makes them.
+        threads = state.store_threads = StoreThreads(state.store)
+    return threads
 
 
 def unknown_model(name: str) -> ProblemError:
@@ -211,16 +245,41 @@ def _join_problem(exc: LossInputError, loss: str, pairs: Pairs, side: Side, posi
     return ProblemError(422, f"ids.{position[row_id]}: {message}", errors=[{"loc": loc, "msg": message}])
 
 
-async def sweep_forever(store: Store, monitor: Monitor, interval: float) -> None:
+async def sweep_forever(
+    store: Store, monitor: Monitor, interval: float, threads: StoreThreads, batch_rows: int = SWEEP_BATCH_ROWS
+) -> None:
     """Remove rows past their model's retention every `interval` seconds, first at once (which
     also reports every model's pending rows after a restart). A failed sweep is logged and retried."""
     while True:
         try:
-            swept = await anyio.to_thread.run_sync(store.sweep_expired, time.time())
+            swept = await sweep(store, time.time(), threads, batch_rows)
         except Exception:
             log.exception("the retention sweep failed; retrying in %s s", interval)
         else:
             for result in swept:
                 expired = (result.expired_predictions, result.expired_labels)
                 monitor.observe_expired(result.model, expired, (result.pending_predictions, result.pending_labels))
-        await asyncio.sleep(interval)
+        await anyio.sleep(interval)
+
+
+async def sweep(store: Store, now: float, threads: StoreThreads, batch_rows: int = SWEEP_BATCH_ROWS) -> list[Swept]:
+    """One retention sweep, `batch_rows` rows per transaction (`Store.sweep_batch`), each batch a
+    call of its own in the store's write threads. After each batch the sweep pauses as long as
+    the batch took, so that writers, in this process and in others, take the write lock at
+    least half the time while it runs."""
+    names = await threads.read(store.model_names)
+    swept = []
+    for name in names:
+        total: Swept | None = None
+        while True:
+            started = time.monotonic()
+            batch = await threads.write(functools.partial(store.sweep_batch, name, now, batch_rows))
+            if batch is None:
+                break  # deleted meanwhile
+            total = batch if total is None else total.then(batch)
+            if batch.done:
+                break
+            await anyio.sleep(time.monotonic() - started)
+        if total is not None:
+            swept.append(total)
+    return swept

@@ -1,4 +1,9 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes.
+
+Both answer on the event loop from the app's state: they never wait for a worker thread, neither
+the store's (`ingest.StoreThreads`) nor anyio's default pool, so a worker whose threads all wait
+on the database still answers them at once.
+"""
 
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
 """Delayed labels: configure a model, log its predictions now and its labels when they arrive;
 each pair's losses are computed once, when its second half arrives. Routes parse and hand over
-to `service.api.ingest`; the store's I/O always runs in a worker thread."""
+to `service.api.ingest`; the store's I/O always runs in a worker thread, among the store's own
+(`ingest.StoreThreads`: reads apart from writes, both apart from anyio's default pool)."""
 
 from __future__ import annotations
 
 import time
 from typing import Annotated, Any
 
-import anyio.to_thread
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
@@ -68,12 +68,13 @@ def _store(request: Request) -> Store:
 async def configure_model(model: ModelName, request: Request) -> Response:
     _, body = await read_body(request)
     store = _store(request)
-    return json_response(await anyio.to_thread.run_sync(lambda: ingest.configure(store, model, body, time.time())))
+    threads = ingest.store_threads(request.app.state)
+    return json_response(await threads.write(lambda: ingest.configure(store, model, body, time.time())))
 
 
 @router.get("", summary="The configured models (those the API key may use)", response_model=ModelList)
 async def list_models(request: Request) -> Response:
-    models = await anyio.to_thread.run_sync(_store(request).models)
+    models = await ingest.store_threads(request.app.state).read(_store(request).models)
     allowed = set(visible(request.scope.get("state"), [m.name for m in models]))
     return json_response({"models": [ingest.model_config(m) for m in models if m.name in allowed]})
 
@@ -86,7 +87,8 @@ async def list_models(request: Request) -> Response:
 )
 async def model_status(model: ModelName, request: Request) -> Response:
     store = _store(request)
-    return json_response(await anyio.to_thread.run_sync(lambda: ingest.model_status(store, model, time.time())))
+    threads = ingest.store_threads(request.app.state)
+    return json_response(await threads.read(lambda: ingest.model_status(store, model, time.time())))
 
 
 @router.delete(
@@ -97,7 +99,8 @@ async def model_status(model: ModelName, request: Request) -> Response:
     responses={**PROBLEM_RESPONSES, **NOT_FOUND},
 )
 async def delete_model(model: ModelName, request: Request) -> Response:
-    if not await anyio.to_thread.run_sync(_store(request).delete_model, model):
+    store = _store(request)
+    if not await ingest.store_threads(request.app.state).write(lambda: store.delete_model(model)):
         raise ingest.unknown_model(model)
     request.app.state.monitor.set_pending(model, (0, 0))
     return Response(status_code=204)
@@ -114,6 +117,7 @@ async def _log(request: Request, model: str, side: Side) -> Response:
         lambda: json_decoded_bytes(body),
         lambda: ingest.log_rows(store, monitor, max_pending, model, side, body, state),
         waits_on_io=True,
+        limiter=ingest.store_threads(request.app.state).writes,
     )
     return json_response(result)
 
