@@ -45,15 +45,17 @@ T = TypeVar("T")
 
 class StoreThreads:
     """The worker threads the store's calls run in: reads and writes each get a bounded share
-    of their own (as many as the database has connections for), apart from anyio's default pool.
+    of their own, apart from anyio's default pool. Writes get as many threads as the database
+    has writing connections; reads `read_threads` (LOSS_SERVICE_STORE_READ_THREADS), at most
+    as many as it has reading connections.
 
     Requests waiting on the database therefore never hold the threads that computations, key
     reloads and everything else run in, and a read never waits for a thread behind writes.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, read_threads: int = 2) -> None:
         self.store = store
-        self.reads = anyio.CapacityLimiter(store.database.readers)
+        self.reads = anyio.CapacityLimiter(max(1, min(store.database.readers, read_threads)))
         self.writes = anyio.CapacityLimiter(store.database.writers)
 
     async def read(self, call: Callable[[], T]) -> T:
@@ -68,7 +70,7 @@ def store_threads(state: Any) -> StoreThreads:
     threads: StoreThreads | None = getattr(state, "store_threads", None)
     if threads is None or threads.store is not state.store:
         # No await in between: on the event loop, one request makes them.
-        threads = state.store_threads = StoreThreads(state.store)
+        threads = state.store_threads = StoreThreads(state.store, state.settings.store_read_threads)
     return threads
 
 
