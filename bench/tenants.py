@@ -72,11 +72,14 @@ def bearer(name: str) -> dict[str, str]:
 
 
 def prepare(url: str) -> None:
-    """The three models and their rows, written straight into the tables (minutes saved)."""
+    """The three models and their rows, written straight into the tables (minutes saved): rows
+    that arrived one a second up to now, within the models' retention of 10^9 s, and one pending
+    row of `status`, the newest."""
     store = Store.open(url)
+    now = time.time()
     try:
         for name in ("status", "old", "writes"):
-            store.configure_model(name, CONFIG, 10.0**9, now=time.time())
+            store.configure_model(name, CONFIG, 10.0**9, now=now)
         sqlite = store.database.dialect.name == "sqlite"
         for name, count in (("status", JOINED), ("old", SWEPT)):
             with store.database.transaction() as tx:
@@ -89,10 +92,16 @@ def prepare(url: str) -> None:
                 )
                 tx.execute(
                     "INSERT INTO loss_predictions (model_id, id, arrived, joined_at, dtype) "
-                    f"SELECT ?, 'j' || i, i, i, 0 FROM ({numbers}) AS numbers",
-                    [found[0], count],
+                    f"SELECT ?, 'j' || i, ? - ? + i, ? - ? + i, 0 FROM ({numbers}) AS numbers",
+                    [found[0], now, count, now, count, count],
                 )
                 tx.execute("UPDATE loss_models SET joined = ? WHERE id = ?", [count, found[0]])
+                if name == "status":
+                    tx.execute(
+                        "INSERT INTO loss_predictions (model_id, id, arrived, dtype, payload) VALUES (?, ?, ?, 0, ?)",
+                        [found[0], "pending", now + 1, bytes(8)],
+                    )
+                    tx.execute("UPDATE loss_models SET pending_predictions = 1 WHERE id = ?", [found[0]])
         if not sqlite:
             with store.database.transaction() as tx:
                 tx.execute("ANALYZE")

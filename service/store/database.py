@@ -217,7 +217,7 @@ class SQLiteDatabase:
         try:
             yield from self._run(connection, "BEGIN")
         finally:
-            self._idle.put(connection)
+            self._release(connection)
 
     def _run(self, connection: sqlite3.Connection, begin: str) -> Iterator[Transaction]:
         cursor = connection.cursor()
@@ -252,6 +252,13 @@ class SQLiteDatabase:
                 self._opened -= 1
             raise
         return connection
+
+    def _release(self, connection: sqlite3.Connection) -> None:
+        with self._opened_lock:  # so that `close` either finds it idle or has already begun
+            if not self._closed:
+                self._idle.put(connection)
+                return
+        connection.close()  # the database was closed while this read ran
 
     def close(self) -> None:
         with self._opened_lock:

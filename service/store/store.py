@@ -102,7 +102,7 @@ class Swept:
 
 
 # Rows one retention sweep removes per transaction: the write lock is never held for long.
-SWEEP_BATCH_ROWS = 1000
+SWEEP_BATCH_ROWS = 250
 
 
 def _model(row: tuple[Any, ...]) -> Model:
