@@ -247,6 +247,50 @@ def test_status_and_logging_do_the_same_work_at_a_hundred_times_the_joined_rows(
         store.close()
 
 
+def test_a_store_of_the_first_layout_gains_the_pending_indexes_and_keeps_its_rows(url: str) -> None:
+    from service.store.database import connect
+    from service.store.schema import MIGRATIONS, SCHEMA_VERSION
+
+    database = connect(url)
+    try:  # the store as the first layout left it, with a model and a pending row
+        with database.transaction() as tx:
+            tx.execute("CREATE TABLE loss_schema (version INTEGER NOT NULL)")
+            for statement in MIGRATIONS[0][1]:
+                tx.execute(statement.format(**tx.dialect.types))
+            tx.execute("INSERT INTO loss_schema (version) VALUES (1)")
+            tx.execute(
+                "INSERT INTO loss_models (name, config, retention_seconds, created_at, updated_at, "
+                "pending_predictions) VALUES ('m', ?, 100.0, 0.0, 0.0, 1)",
+                [json.dumps(CONFIG)],
+            )
+            found = tx.one("SELECT id FROM loss_models WHERE name = 'm'")
+            assert found is not None
+            tx.execute(
+                "INSERT INTO loss_predictions (model_id, id, arrived, dtype, payload) VALUES (?, 'a', 7.0, 0, ?)",
+                [found[0], bytes(8)],
+            )
+    finally:
+        database.close()
+    store = Store.open(url)
+    try:
+        names = (
+            "SELECT name FROM sqlite_master WHERE type = 'index'"
+            if url.startswith("sqlite")
+            else "SELECT indexname FROM pg_indexes"
+        )
+        with store.database.transaction(write=False) as tx:
+            indexes = {row[0] for row in tx.all(names)}
+            version = tx.one("SELECT max(version) FROM loss_schema")
+        assert {"loss_predictions_pending", "loss_labels_pending"} <= indexes
+        assert version == (SCHEMA_VERSION,)
+        assert SCHEMA_VERSION == len(MIGRATIONS) >= 2
+        assert store.oldest_pending("m") == 7.0
+    finally:
+        store.close()
+    reopened = Store.open(url)  # a second start finds nothing to do
+    reopened.close()
+
+
 # -- the retention sweep ------------------------------------------------------------------------
 
 
