@@ -294,6 +294,42 @@ def test_a_store_of_the_first_layout_gains_the_pending_indexes_and_keeps_its_row
 # -- the retention sweep ------------------------------------------------------------------------
 
 
+def transactions_of(store: Store, action: Callable[[], Any]) -> tuple[Any, list[tuple[int, tuple[int, int] | None]]]:
+    """What `action()` returns, and after each of its writing transactions: how many rows it
+    removed, and model m's pending counters against its pending rows (None once m is gone)."""
+    opened = store.database.transaction
+    after: list[tuple[int, tuple[int, int] | None]] = []
+
+    def state() -> tuple[int, tuple[int, int] | None]:
+        with opened(write=False) as tx:
+            rows = sum(int(tx.one(f"SELECT count(*) FROM {t}")[0]) for t in ("loss_predictions", "loss_labels"))  # type: ignore[index]
+            model = tx.one("SELECT id, pending_predictions + pending_labels FROM loss_models WHERE name = 'm'")
+            if model is None:
+                return rows, None
+            waiting = sum(
+                int(tx.one(f"SELECT count(*) FROM {t} WHERE model_id = ? AND joined_at IS NULL", [model[0]])[0])  # type: ignore[index]
+                for t in ("loss_predictions", "loss_labels")
+            )
+            return rows, (int(model[1]), waiting)
+
+    @contextlib.contextmanager
+    def counting(*, write: bool = True) -> Iterator[Any]:
+        with opened(write=write) as tx:
+            yield tx
+        if write:
+            after.append(state())
+
+    before = state()[0]
+    store.database.transaction = counting  # type: ignore[method-assign]
+    try:
+        result = action()
+    finally:
+        del store.database.transaction
+    totals = [before, *(rows for rows, _ in after)]
+    pairs = zip(totals[:-1], totals[1:], after, strict=True)
+    return result, [(earlier - later, counters) for earlier, later, (_, counters) in pairs]
+
+
 def test_the_sweep_removes_at_most_a_batch_of_rows_per_transaction(url: str) -> None:
     store = Store.open(url)
     try:
@@ -303,28 +339,12 @@ def test_the_sweep_removes_at_most_a_batch_of_rows_per_transaction(url: str) -> 
         log(store, "predictions", "m", ids, now=1.0)  # all expire at 101
         log(store, "labels", "m", ids[: SWEEP_BATCH_ROWS // 2], now=2.0)  # these join: expired, not pending
         log(store, "labels", "m", ["fresh"], now=500.0)  # stays
-        counts: list[int] = []
-        opened = store.database.transaction
-
-        def rows() -> int:
-            with opened(write=False) as tx:
-                found = [tx.one(f"SELECT count(*) FROM {t}") for t in ("loss_predictions", "loss_labels")]
-            return sum(int(row[0]) for row in found if row is not None)
-
-        @contextlib.contextmanager
-        def counting(*, write: bool = True) -> Iterator[Any]:
-            with opened(write=write) as tx:
-                yield tx
-            if write:
-                counts.append(rows())
-
-        before = rows()
-        store.database.transaction = counting  # type: ignore[method-assign]
-        swept = store.sweep_expired(now=550.0)
-        removed = [earlier - later for earlier, later in zip([before, *counts], counts, strict=False)]
+        swept, transactions = transactions_of(store, lambda: store.sweep_expired(now=550.0))
+        removed = [count for count, _ in transactions]
         assert sum(removed) == expired + SWEEP_BATCH_ROWS // 2
         assert max(removed) <= SWEEP_BATCH_ROWS, removed
         assert len([r for r in removed if r]) >= 3, removed
+        assert all(counters is not None and counters[0] == counters[1] for _, counters in transactions)
         (result,) = swept
         pending = expired - SWEEP_BATCH_ROWS // 2
         assert (result.expired_predictions, result.expired_labels) == (pending, 0)
@@ -332,6 +352,34 @@ def test_the_sweep_removes_at_most_a_batch_of_rows_per_transaction(url: str) -> 
         model = store.model("m")
         assert model is not None
         assert (model.pending_predictions, model.pending_labels, model.expired_predictions) == (0, 1, pending)
+    finally:
+        store.close()
+
+
+def test_deleting_a_model_removes_at_most_a_batch_of_rows_per_transaction(url: str) -> None:
+    store = Store.open(url)
+    try:
+        store.configure_model("m", CONFIG, 100.0, now=0.0)
+        store.configure_model("other", CONFIG, 100.0, now=0.0)
+        count = 2 * SWEEP_BATCH_ROWS + SWEEP_BATCH_ROWS // 2
+        ids = [f"r{i}" for i in range(count)]
+        log(store, "predictions", "m", ids, now=1.0)
+        log(store, "labels", "m", [*ids[:SWEEP_BATCH_ROWS], "lone"], now=2.0)
+        log(store, "labels", "other", ["kept"], now=2.0)
+        deleted, transactions = transactions_of(store, lambda: store.delete_model("m"))
+        assert deleted
+        removed = [count for count, _ in transactions]
+        assert sum(removed) == count + SWEEP_BATCH_ROWS + 1
+        assert max(removed) <= SWEEP_BATCH_ROWS, removed
+        # Until the model goes, its counters stay equal to its rows: an interrupted delete leaves
+        # a consistent model that a second DELETE removes.
+        assert all(counters is None or counters[0] == counters[1] for _, counters in transactions), transactions
+        assert transactions[-1][1] is None
+        assert store.model("m") is None
+        assert not store.delete_model("m")
+        other = store.model("other")
+        assert other is not None
+        assert other.pending_labels == 1
     finally:
         store.close()
 

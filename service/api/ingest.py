@@ -264,6 +264,20 @@ async def sweep_forever(
         await anyio.sleep(interval)
 
 
+async def delete_model(store: Store, name: str, threads: StoreThreads, batch_rows: int = SWEEP_BATCH_ROWS) -> bool:
+    """DELETE /v1/models/{name}: the model's rows go `batch_rows` per transaction
+    (`Store.delete_batch`), pausing after each batch as long as it took, as the sweep does; False
+    if there was no such model."""
+    while True:
+        started = time.monotonic()
+        done = await threads.write(functools.partial(store.delete_batch, name, batch_rows))
+        if done is None:
+            return False
+        if done:
+            return True
+        await anyio.sleep(time.monotonic() - started)
+
+
 async def sweep(store: Store, now: float, threads: StoreThreads, batch_rows: int = SWEEP_BATCH_ROWS) -> list[Swept]:
     """One retention sweep, `batch_rows` rows per transaction (`Store.sweep_batch`), each batch a
     call of its own in the store's write threads. After each batch the sweep pauses as long as

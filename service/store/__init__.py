@@ -1,8 +1,9 @@
 """The delayed-labels store: SQL only, no HTTP and no loss math.
 
 `Store.open(url)` connects to SQLite (`sqlite:///PATH`, the embedded default) or PostgreSQL
-(`postgresql://...`, for replicas on several hosts), creates or checks the schema, and offers
-the operations the service needs, each one transaction.
+(`postgresql://...`, for replicas on several hosts), creates, migrates or checks the schema, and
+offers the operations the service needs, each one transaction (the retention sweep and a model's
+removal: one per batch of rows).
 """
 
 from service.store.database import redacted

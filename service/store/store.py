@@ -1,6 +1,8 @@
 """The delayed-labels store: configured models, their predictions and labels, joined once.
 
-Each operation is one transaction. Concurrency rules, where they are enforced:
+Each operation is one transaction, except the retention sweep and a model's removal, which go
+in batches of at most `SWEEP_BATCH_ROWS` rows per transaction so that no writer waits long
+behind them. Concurrency rules, where they are enforced:
 - `(model_id, id)` is the primary key of each row table and rows are inserted with
   `ON CONFLICT DO NOTHING`: a repeated id never overwrites the first row (first write wins).
 - Every writing transaction first locks its model's row (`_locked_model`): on SQLite by
@@ -133,7 +135,8 @@ def _decode(payloads: Sequence[bytes], codes: Sequence[int], shape: tuple[int, .
 
 
 class Store:
-    """The operations the service performs on its database, each one transaction."""
+    """The operations the service performs on its database, each one transaction (the sweep
+    and a model's removal: one per batch)."""
 
     def __init__(self, database: Database) -> None:
         self.database = database
@@ -191,16 +194,48 @@ class Store:
         times = [float(row[0]) for row in firsts if row is not None]
         return min(times) if times else None
 
-    def delete_model(self, name: str) -> bool:
-        """Remove the model and every row stored for it; False if there was no such model."""
+    def delete_model(self, name: str, batch_rows: int = SWEEP_BATCH_ROWS) -> bool:
+        """Remove the model and every row stored for it, `batch_rows` rows per transaction
+        (`delete_batch`); False if there was no such model."""
+        while True:
+            done = self.delete_batch(name, batch_rows)
+            if done is None:
+                return False
+            if done:
+                return True
+
+    def delete_batch(self, name: str, limit: int = SWEEP_BATCH_ROWS) -> bool | None:
+        """One transaction of removing a model: up to `limit` of its rows, its pending counters
+        kept equal to the rows left; once fewer than `limit` were left, the model itself too.
+
+        True: the model is gone; False: rows are left (call again); None: there was no such model.
+        Rows logged meanwhile are removed by a later batch: the model is gone when this says so."""
         with self.database.transaction() as tx:
             found = tx.one(f"SELECT id FROM loss_models WHERE name = ?{tx.dialect.lock_row}", [name])
             if found is None:
-                return False
+                return None
+            model_id, left, pending = found[0], limit, []
             for table in _TABLE.values():
-                tx.execute(f"DELETE FROM {table} WHERE model_id = ?", [found[0]])
-            tx.execute("DELETE FROM loss_models WHERE id = ?", [found[0]])
-        return True
+                rows = tx.all(
+                    f"SELECT id, CASE WHEN joined_at IS NULL THEN 1 ELSE 0 END FROM {table} WHERE model_id = ? LIMIT ?",
+                    [model_id, left],
+                )
+                if rows:
+                    tx.execute(
+                        f"DELETE FROM {table} WHERE model_id = ? AND id {tx.dialect.in_list}",
+                        [model_id, tx.dialect.list_parameter([row[0] for row in rows])],
+                    )
+                pending.append(sum(int(row[1]) for row in rows))
+                left -= len(rows)
+            if left > 0:
+                tx.execute("DELETE FROM loss_models WHERE id = ?", [model_id])
+                return True
+            tx.execute(
+                "UPDATE loss_models SET pending_predictions = pending_predictions - ?, "
+                "pending_labels = pending_labels - ? WHERE id = ?",
+                [pending[0], pending[1], model_id],
+            )
+        return False
 
     # -- rows -----------------------------------------------------------------------------------
 

@@ -99,8 +99,7 @@ async def model_status(model: ModelName, request: Request) -> Response:
     responses={**PROBLEM_RESPONSES, **NOT_FOUND},
 )
 async def delete_model(model: ModelName, request: Request) -> Response:
-    store = _store(request)
-    if not await ingest.store_threads(request.app.state).write(lambda: store.delete_model(model)):
+    if not await ingest.delete_model(_store(request), model, ingest.store_threads(request.app.state)):
         raise ingest.unknown_model(model)
     request.app.state.monitor.set_pending(model, (0, 0))
     return Response(status_code=204)
