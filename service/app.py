@@ -61,6 +61,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     _log_authentication(app.state.keys, settings)
     app.state.store = await anyio.to_thread.run_sync(_open_store, settings)
+    health = app.state.store.database.health
+    health.listeners.append(app.state.monitor.set_store_status)
+    app.state.monitor.set_store_status(health.status)  # a store may start full (space.py)
     sweeper = asyncio.create_task(
         sweep_forever(app.state.store, app.state.monitor, settings.sweep_interval, store_threads(app.state))
     )
@@ -123,7 +126,9 @@ async def _watch_keys(keys: KeyRing, monitor: Monitor, interval: float = 1.0) ->
 
 def _open_store(settings: Settings) -> Store:
     try:
-        return Store.open(settings.store_url, settings.store_connections)
+        return Store.open(
+            settings.store_url, settings.store_connections, settings.store_timeout, settings.store_reserve_bytes
+        )
     except Exception as exc:
         # The URL may hold a password: the log names it without.
         log.error("cannot open the store at %s: %s", redacted(settings.store_url), exc)
@@ -202,6 +207,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.state.keys = KeyRing(settings.api_keys or [], settings.api_keys_file)
+    app.state.monitor.set_keys(len(app.state.keys.names()), False)  # their number splits the model labels
     app.add_middleware(ApiKeys, keys=app.state.keys, protect_metrics=settings.metrics_auth, router=app.router)
     if settings.cors_origins:
         app.add_middleware(

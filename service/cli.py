@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,17 @@ import orjson
 
 from service import __version__
 from service.config import Settings
-from service.files import READABLE, WRITABLE, FileFormatError, read_array, write_array
+from service.datasets import DEFAULT_MAX_GROUPS
+from service.files import (
+    READABLE,
+    FileFormatError,
+    check_destination,
+    check_writable,
+    input_path,
+    read_array,
+    refuse_overlap,
+    write_array,
+)
 
 # prometheus-client's multiprocess files: counter_<pid>.db, gauge_livesum_<pid>.db, ...
 METRICS_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
@@ -223,9 +234,35 @@ def _report(result: dict[str, Any], head: int) -> str:
     return "\n".join(f"{name:<11} {value}" for name, value in rows)
 
 
+# An error message longer than this is clipped: it is one line on a terminal, not a dump.
+MESSAGE_CHARS = 2_000
+
+
+def _fail(code: int, message: str) -> int:
+    """Print `message` as one line on stderr (pyarrow's and others' messages may span several)
+    and return the exit code."""
+    line = " ".join(message.split())
+    if len(line) > MESSAGE_CHARS:
+        line = line[: MESSAGE_CHARS - 3] + "..."
+    print(f"loss-service: {line}", file=sys.stderr)
+    return code
+
+
+def _usage(message: str) -> int:
+    return _fail(EXIT_USAGE, message)
+
+
 def _invalid(details: str) -> int:
-    print(f"loss-service: invalid input: {details}", file=sys.stderr)
-    return EXIT_INVALID
+    return _fail(EXIT_INVALID, f"invalid input: {details}")
+
+
+def _numbers_error(args: argparse.Namespace) -> str | None:
+    """The first count option out of range: argparse checks only that each is an integer."""
+    bounds = (("--batch-rows", args.batch_rows, 1), ("--chunk-size", args.chunk_size, 1), ("--head", args.head, 0))
+    for option, value, least in (*bounds, ("--max-groups", args.max_groups, 1)):
+        if value < least:
+            return f"{option} must be at least {least}, not {value}"
+    return None
 
 
 def _option_errors(exc: Any) -> str:
@@ -233,30 +270,65 @@ def _option_errors(exc: Any) -> str:
     return "; ".join(f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
 
 
+def _service_error(args: argparse.Namespace) -> str | None:
+    """A --url httpx cannot parse, or a key no HTTP header can carry (the key is never echoed)."""
+    import httpx
+
+    try:
+        httpx.URL(args.url)
+    except httpx.InvalidURL as exc:
+        return f"--url {args.url!r}: {exc}"
+    if args.api_key and not (args.api_key.isascii() and args.api_key.isprintable()):
+        return "--api-key (or LOSS_SERVICE_API_KEY): a key is printable ASCII; this one is not"
+    return None
+
+
+DATASET_ONLY = ("predictions_column", "labels_column", "weight_column", "group_by", "per_sample_out", "scheduler")
+
+
 def _compute(args: argparse.Namespace) -> int:
+    # The engine refuses non-finite values with its own message; NumPy's RuntimeWarnings on the way
+    # (its finiteness check sums the values: inf - inf, an overflow) would add lines around it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _compute_checked(args)
+
+
+def _compute_checked(args: argparse.Namespace) -> int:
+    problem = _numbers_error(args)
+    if problem:
+        return _usage(problem)
     if args.dataset:
+        if args.predictions or args.labels or args.sample_weight:
+            return _usage("--dataset reads columns: give --predictions-column/--labels-column, not files")
         return _compute_dataset(args)
+    given = [name for name in DATASET_ONLY if getattr(args, name)]
+    if given:
+        return _usage(f"--{given[0].replace('_', '-')} needs --dataset")
     if not (args.predictions and args.labels):
-        print("loss-service: compute needs --predictions and --labels, or --dataset", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage("compute needs --predictions and --labels, or --dataset")
+    problem = _service_error(args) if args.url else None
+    if problem:
+        return _usage(problem)
     from pydantic import ValidationError
 
     from service.client import InvalidInputError, LossServiceError, NotFoundError, UnreachableError
     from service.engine import LossInputError, UnknownLossError
 
     try:
+        if args.out:
+            check_writable(Path(args.out))
+            inputs = [input_path(spec) for spec in (args.predictions, args.labels, args.sample_weight) if spec]
+            refuse_overlap(args.out, inputs)
+            check_destination(args.out)
         arrays = {
             "predictions": read_array(args.predictions, "predictions"),
             "labels": read_array(args.labels, "labels"),
             "sample_weight": read_array(args.sample_weight, "sample_weight") if args.sample_weight else None,
         }
         options = _parse_options(args.option)
-        suffix = Path(args.out).suffix.lower() if args.out else None
-        if suffix is not None and suffix not in WRITABLE:
-            raise FileFormatError(f"{args.out}: cannot write {suffix or '(none)'}; use one of {', '.join(WRITABLE)}")
     except FileFormatError as exc:
-        print(f"loss-service: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage(str(exc))
     try:
         result = (_compute_remotely if args.url else _compute_locally)(args, arrays, options)
     except (LossInputError, UnknownLossError) as exc:
@@ -266,17 +338,14 @@ def _compute(args: argparse.Namespace) -> int:
     except (InvalidInputError, NotFoundError) as exc:
         return _invalid("; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors) or str(exc))
     except UnreachableError as exc:
-        print(f"loss-service: {exc.problem['detail']}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return _fail(EXIT_UNREACHABLE, str(exc.problem["detail"]))
     except LossServiceError as exc:
-        print(f"loss-service: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(EXIT_ERROR, str(exc))
     if args.out:
         try:
             write_array(Path(args.out), result["per_sample"])
         except FileFormatError as exc:
-            print(f"loss-service: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            return _usage(str(exc))
     if args.json:
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
     else:
@@ -292,14 +361,13 @@ def _compute_dataset(args: argparse.Namespace) -> int:
     from service.engine import UnknownLossError, resolve
 
     if not (args.predictions_column and args.labels_column):
-        print("loss-service: --dataset needs --predictions-column and --labels-column", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage("--dataset needs --predictions-column and --labels-column")
     if args.url or args.out:
-        print("loss-service: --dataset computes locally; use --per-sample-out, not --url or --out", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage("--dataset computes locally; use --per-sample-out, not --url or --out")
     if args.per_sample_out and not args.per_sample_out.endswith(".parquet"):
-        print("loss-service: --per-sample-out writes Parquet: name a .parquet file", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage("--per-sample-out writes Parquet: name a .parquet file")
+    if args.per_sample_out and args.scheduler:
+        return _usage("--per-sample-out is written by the local scan; it cannot be used with --scheduler")
     try:
         options = options_model(resolve(args.loss)).model_validate(_parse_options(args.option)).model_dump()
         spec = Spec(
@@ -311,15 +379,23 @@ def _compute_dataset(args: argparse.Namespace) -> int:
             args.dtype,
             args.convention,
             tuple(args.group_by),
+            args.max_groups,
         )
         if args.scheduler:
-            result = evaluate_dask(args.dataset, spec, scheduler=args.scheduler)
+            try:
+                result = evaluate_dask(args.dataset, spec, scheduler=args.scheduler, batch_rows=args.batch_rows)
+            except ImportError as exc:  # the dask extra is not installed
+                return _usage(str(exc))
+            except OSError as exc:  # files are read in DatasetError's terms: this is the scheduler
+                return _fail(EXIT_UNREACHABLE, f"the Dask scheduler at {args.scheduler}: {exc}")
         else:
             with _progress_bar(args, spec) as advance:
                 result = evaluate_dataset(
                     args.dataset, spec, per_sample_out=args.per_sample_out, batch_rows=args.batch_rows, progress=advance
                 )
-    except (DatasetError, UnknownLossError, FileFormatError) as exc:
+    except FileFormatError as exc:  # an --option not key=value, an output refused or unwritable
+        return _usage(str(exc))
+    except (DatasetError, UnknownLossError) as exc:
         return _invalid(str(exc))
     except ValidationError as exc:
         return _invalid(_option_errors(exc))
@@ -341,9 +417,13 @@ def _progress_bar(args: argparse.Namespace, spec: Any) -> Any:
     except ImportError:
         yield None
         return
-    from service.datasets import open_dataset
+    from service.datasets import DatasetError, open_dataset
 
-    with tqdm(total=open_dataset(args.dataset, spec).count_rows(), unit="row", unit_scale=True) as bar:
+    try:
+        total = open_dataset(args.dataset, spec).count_rows()
+    except (DatasetError, OSError, ValueError, NotImplementedError):
+        total = None  # the scan reports what is wrong with the dataset
+    with tqdm(total=total, unit="row", unit_scale=True) as bar:
         yield bar.update
 
 
@@ -391,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     compute = commands.add_parser(
         "compute",
         help="per-sample losses from files, locally with the engine or through a running service (--url)",
-        description="Exit codes: 0 ok, 1 other service error, 2 usage, 3 invalid input, 4 unreachable service.",
+        description="Exit codes: 0 ok, 1 other service error, 2 usage (arguments, unreadable files, outputs "
+        "refused or unwritable), 3 invalid input (data), 4 unreachable service or Dask scheduler.",
     )
     compute.add_argument("--loss", required=True, help="catalogue name or alias")
     compute.add_argument("--predictions", metavar="FILE", help=f"one of {', '.join(READABLE)}")
@@ -421,6 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
     dataset.add_argument("--per-sample-out", metavar="FILE.parquet", help="stream per-sample values with row index")
     dataset.add_argument("--scheduler", metavar="ADDRESS", help="compute on this Dask scheduler (loss-service[dask])")
     dataset.add_argument("--batch-rows", type=int, default=65_536, help="rows per record batch (default 65536)")
+    dataset.add_argument(
+        "--max-groups",
+        type=int,
+        default=DEFAULT_MAX_GROUPS,
+        help=f"most segments --group-by may find; more is an error (default {DEFAULT_MAX_GROUPS})",
+    )
     compute.add_argument("--out", metavar="FILE", help="write per-sample losses (.npy, .csv, .jsonl, .json)")
     compute.add_argument("--head", type=int, default=10, help="per-sample values shown in the table")
     compute.set_defaults(run=_compute)

@@ -10,11 +10,13 @@ Arrow stream when every array has one or two axes, as npz otherwise (binary: no 
 either side; bench/serving.py measures Arrow fastest); large ones are split into chunks of
 `chunk_size` samples, sent in order and reassembled; the mean is recombined exactly from each
 chunk's sum and denominator. Requests are retried, with exponential backoff, only when they
-cannot have been processed (connection failures) or when the server asks (503 with Retry-After).
+cannot have been processed (connection failures) or when the server asks (503 with Retry-After;
+507 with Retry-After, its disk full, on logging, configuring and reading calls, which are safe to repeat).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
@@ -29,6 +31,7 @@ import orjson
 
 from service.client_errors import (
     _ERRORS,
+    InsufficientStorageError,
     InvalidInputError,
     LossServiceError,
     NotFoundError,
@@ -42,6 +45,7 @@ from service.logger import PredictionLogger
 
 __all__ = [
     "AsyncLossClient",
+    "InsufficientStorageError",
     "InvalidInputError",
     "LogResult",
     "LossClient",
@@ -58,6 +62,9 @@ __all__ = [
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_CHUNK_SIZE = 100_000
 RETRYABLE_STATUSES = {503}
+# Statuses retried (with their Retry-After) only on calls that are safe to repeat: a logged row
+# sent again is a duplicate, never stored or recorded twice.
+RETRYABLE_WHEN_SAFE = {507}
 JSON = "application/json"
 NPZ = "application/x-npz"
 ARROW = "application/vnd.apache.arrow.stream"
@@ -245,7 +252,10 @@ def _raise_for_status(response: httpx.Response) -> None:
     except ValueError:
         problem = {"title": response.reason_phrase, "detail": response.text[:500]}
     kind = _ERRORS.get(response.status_code, ServerError if response.status_code >= 500 else LossServiceError)
-    raise kind(response.status_code, problem)
+    error = kind(response.status_code, problem)
+    with contextlib.suppress(KeyError, ValueError):
+        error.retry_after = max(0.0, float(response.headers["retry-after"]))
+    raise error
 
 
 def _safe_to_repeat(call: _Call, exc: httpx.TransportError) -> bool:
@@ -257,10 +267,12 @@ def _safe_to_repeat(call: _Call, exc: httpx.TransportError) -> bool:
     return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
-def _retry_delay(attempt: int, backoff: float, response: httpx.Response | None) -> float | None:
-    """Seconds to wait before the next attempt, or None if this outcome must not be retried."""
+def _retry_delay(attempt: int, backoff: float, response: httpx.Response | None, safe: bool = False) -> float | None:
+    """Seconds to wait before the next attempt, or None if this outcome must not be retried.
+    `safe`: the call may be repeated even after the server processed it."""
     if response is not None:
-        if response.status_code not in RETRYABLE_STATUSES or "retry-after" not in response.headers:
+        retryable = RETRYABLE_STATUSES | RETRYABLE_WHEN_SAFE if safe else RETRYABLE_STATUSES
+        if response.status_code not in retryable or "retry-after" not in response.headers:
             return None
         try:
             return max(0.0, float(response.headers["retry-after"]))
@@ -371,7 +383,8 @@ class _Base:
             return None
         if error is not None:
             return _retry_delay(attempt, self.backoff, None) if _safe_to_repeat(call, error) else None  # type: ignore[arg-type]
-        return _retry_delay(attempt, self.backoff, response)
+        safe = call.idempotent or call.method in ("GET", "PUT")
+        return _retry_delay(attempt, self.backoff, response, safe)
 
     def _outcome(self, call: _Call, response: httpx.Response | None, error: Exception | None) -> Any:
         """The final answer of an exchange: its decoded body, or the typed error."""

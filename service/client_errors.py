@@ -13,6 +13,8 @@ class LossServiceError(Exception):
         self.status = status
         self.problem = dict(problem)
         self.errors: list[dict[str, Any]] = list(problem.get("errors") or [])
+        # Seconds the service asked the client to wait (its Retry-After), if it did.
+        self.retry_after: float | None = None
         super().__init__(f"{status} {problem.get('title', '')}: {problem.get('detail', '')}".strip())
 
 
@@ -30,6 +32,10 @@ class NotFoundError(LossServiceError):
 
 class OverloadedError(LossServiceError):
     """429, 503 or 504 after the retries were spent."""
+
+
+class InsufficientStorageError(OverloadedError):
+    """507 after the retries were spent: the service's disk is full; nothing of the request was stored."""
 
 
 class ServerError(LossServiceError):
@@ -54,4 +60,5 @@ _ERRORS: dict[int, type[LossServiceError]] = {
     429: OverloadedError,
     503: OverloadedError,
     504: OverloadedError,
+    507: InsufficientStorageError,
 }

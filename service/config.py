@@ -48,10 +48,17 @@ class Settings(BaseSettings):
     memory_budget: int = Field(
         default=1024 * 1024 * 1024,
         ge=1,
-        description="Bytes of estimated memory (parsed body, the engine's working arrays, the answer) that one "
-        "worker's heavy requests may hold at once: a request that needs more alone gets 413, one that does not "
-        "fit beside the others 503 with Retry-After. The default leaves half of the 2 GiB the deploy files "
-        "give one worker for the process itself.",
+        description="Bytes of estimated memory (request bodies as they arrive, parsed bodies, the engine's working "
+        "arrays, the answers) that one worker's requests may hold at once: a request that needs more alone gets "
+        "413, one that does not fit beside the others 503 with Retry-After. Bodies still arriving may hold half of "
+        "it together. The default leaves half of the 2 GiB the deploy files give one worker for the process itself.",
+    )
+    max_connections: int = Field(
+        default=0,
+        ge=0,
+        description="Connections one worker keeps open at once; a request on a connection opened beyond them gets "
+        "503 with Retry-After and the connection is closed. 0: one per MiB of LOSS_SERVICE_MEMORY_BUDGET, at least "
+        "64 (1,024 for the default budget), the same bound as on request bodies arriving at once.",
     )
     max_concurrent: int = Field(
         default=8, ge=1, description="Heavy requests computed at once per worker; more get 503 with Retry-After."
@@ -66,7 +73,7 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         description="Seconds a heavy request may take, body upload included: 408 if the body is still "
-        "arriving, 504 if the loss is still computing.",
+        "arriving, 504 if the loss is still computing. Any other request's body has as long to arrive.",
     )
     api_keys: Annotated[list[str] | None, NoDecode] = Field(
         default=None,
@@ -95,6 +102,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Distinct `model` label values per worker; past it, a new name takes the label of a model "
         "idle for LOSS_SERVICE_MODEL_LABEL_IDLE, or is counted as 'other'.",
+    )
+    max_models_per_key: int | None = Field(
+        default=None,
+        ge=1,
+        description="With API keys, the `model` label values one key's requests may claim per worker; unset: "
+        "LOSS_SERVICE_MAX_MODELS split evenly among the keys in force (at least 1 each). Past it, the key's new "
+        "models count as 'other:<key name>'.",
     )
     model_label_idle: float = Field(
         default=3600.0,
@@ -132,6 +146,20 @@ class Settings(BaseSettings):
         description="Store reads (a model's status, the list of models) each worker runs at once, in threads of "
         "their own; more wait for one without holding a thread. A read costs well under a millisecond whatever "
         "the model's rows: more threads only contend with the event loop for the interpreter.",
+    )
+    store_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Seconds a store operation may wait for the database (a pooled PostgreSQL connection, a "
+        "connection attempt, SQLite's write lock held by another process); then 503 with Retry-After.",
+    )
+    store_reserve_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="Bytes a SQLite store keeps allocated beside its file (`<file>.reserve`) and gives back when "
+        "the disk is full, so that DELETE of a model and the retention sweep can still free space (a deletion "
+        "writes journal pages: up to about half the deleted rows' size); 0: none.",
     )
     max_pending: int = Field(
         default=1_000_000,

@@ -16,10 +16,10 @@ percentiles of the per-sample values from a log-bucket sketch (relative error at
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from service.engine import Convention, DType, LossInputError, Reduced, compute, resolve
+from service.files import AtomicOutput, OutputError, refuse_overlap
 
 # Percentiles are read from buckets whose bounds grow by GAMMA: any value is within this relative
 # error of its bucket's representative (DDSketch's construction, vectorised).
@@ -37,6 +38,9 @@ _LOG_GAMMA = math.log(_GAMMA)
 _TINY = 1e-300  # magnitudes below count as zero
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 DEFAULT_BATCH_ROWS = 65_536
+# Segments kept at most: each holds its totals and a sketch (up to a few thousand buckets), so a
+# key column with a value per row would otherwise grow with the dataset.
+DEFAULT_MAX_GROUPS = 10_000
 # Record batches decoded ahead of the one computed: pyarrow reads ahead 16 by default, which held
 # ~200 MB of decoded row groups for no speed the engine could use.
 READAHEAD = 2
@@ -135,6 +139,7 @@ class Spec:
     dtype: DType = "float64"
     convention: Convention = "keras"
     group_by: tuple[str, ...] = ()
+    max_groups: int = DEFAULT_MAX_GROUPS
 
     @property
     def columns(self) -> list[str]:
@@ -165,7 +170,7 @@ def dataset_files(path: str | Sequence[str]) -> list[str]:
     """A file, a directory (its Parquet/Arrow files, recursively) or a glob, as a sorted list of files."""
     if not isinstance(path, str):
         return sorted(str(p) for p in path)
-    if any(char in path for char in "*?["):
+    if _is_glob(path):
         found = sorted(glob.glob(path, recursive=True))
     elif os.path.isdir(path):
         found = sorted(
@@ -178,11 +183,16 @@ def dataset_files(path: str | Sequence[str]) -> list[str]:
     return found
 
 
+def _is_glob(path: str) -> bool:
+    return any(char in path for char in "*?[")
+
+
 def _format(files: Sequence[str]) -> str:
     return "parquet" if all(f.endswith(".parquet") for f in files) else "ipc"
 
 
 def open_dataset(path: str | Sequence[str], spec: Spec) -> Any:
+    import pyarrow as pa
     import pyarrow.dataset as ds
 
     files = dataset_files(path)
@@ -193,7 +203,10 @@ def open_dataset(path: str | Sequence[str], spec: Spec) -> Any:
     # Each file is read with its own schema (a dataset's is its first file's, and another file's
     # columns would be cast to it, or scanned as nulls where missing), so check each file's names.
     for fragment in dataset.get_fragments():
-        names = fragment.physical_schema.names
+        try:
+            names = fragment.physical_schema.names
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise DatasetError(f"cannot read {fragment.path}: {exc}") from None
         missing = [name for name in spec.columns if name not in names]
         if missing:
             raise DatasetError(f"{fragment.path}: no column {missing[0]!r}; it has {', '.join(names)}")
@@ -267,16 +280,64 @@ def evaluate_batch(
         raise DatasetError(f"{located}column {column!r}: {exc.reason}") from None
     groups: dict[tuple[Any, ...], Totals] = {}
     if spec.group_by:
-        keys = [batch.column(name).to_pylist() for name in spec.group_by]
+        keys = [_key_values(batch.column(name), name, where) for name in spec.group_by]
         rows_of: dict[tuple[Any, ...], list[int]] = {}
         for row, key in enumerate(zip(*keys, strict=True)):
-            rows_of.setdefault(key, []).append(row)
+            rows = rows_of.get(key)
+            if rows is None:
+                if len(rows_of) == spec.max_groups:
+                    raise _too_many_groups(spec, where(row))
+                rows = rows_of[key] = []
+            rows.append(row)
         for key, rows in rows_of.items():
             index = np.asarray(rows)
             part = {name: values[index] for name, values in arrays.items()}
             totals = groups[key] = Totals()
             totals.add(_compute(spec, part), len(rows), sketch=True)
     return reduced, groups
+
+
+def _key_values(column: Any, name: str, where: Callable[[int], str]) -> list[Any]:
+    """A segment column's values as hashable, JSON-ready keys: numbers, text, booleans, and dates
+    and times as Arrow's text for them ("2026-01-01 00:00:00.000000000"). NaN, like null, is the
+    key None: NaN never equals itself, so each NaN row would otherwise be a segment of its own."""
+    import pyarrow as pa
+    import pyarrow.types as pt
+
+    if pt.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    kind = column.type
+    if pt.is_floating(kind):
+        return [None if value != value else value for value in column.cast(pa.float64()).to_pylist()]
+    if pt.is_integer(kind) or pt.is_boolean(kind) or pt.is_string(kind) or pt.is_large_string(kind):
+        return list(column.to_pylist())
+    if pt.is_null(kind):
+        return [None] * len(column)
+    if pt.is_temporal(kind) and not pt.is_duration(kind) and not pt.is_interval(kind):
+        return list(column.cast(pa.string()).to_pylist())
+    raise DatasetError(
+        f"{where(0)}, column {name!r}: {kind} cannot be a segment key; group by numbers, text, booleans or dates"
+    )
+
+
+def _too_many_groups(spec: Spec, where: str) -> DatasetError:
+    return DatasetError(
+        f"{where}: more segments of {', '.join(spec.group_by)} than the {spec.max_groups:,} allowed "
+        "(--max-groups); group by fewer or coarser columns, or raise the limit"
+    )
+
+
+def _merge_groups(
+    groups: dict[tuple[Any, ...], Totals], parts: Mapping[tuple[Any, ...], Totals], spec: Spec, where: str
+) -> None:
+    """Add `parts` into `groups`, refusing to keep more than `spec.max_groups` segments."""
+    for key, part in parts.items():
+        kept = groups.get(key)
+        if kept is None:
+            if len(groups) >= spec.max_groups:
+                raise _too_many_groups(spec, where)
+            kept = groups[key] = Totals()
+        kept.merge(part)
 
 
 def _scan_options(fragment: Any) -> Any:
@@ -291,25 +352,43 @@ def _scan_options(fragment: Any) -> Any:
 def _batches(dataset: Any, spec: Spec, batch_rows: int) -> Iterator[tuple[Any, Callable[[int], str], int]]:
     """Record batches with, for error messages, where their row i lies (file and row in it)."""
     import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be at least 1, not {batch_rows}")
 
     start = 0
     for fragment in dataset.get_fragments():
         path, first = fragment.path, 0
-        batches = fragment.to_batches(
-            schema=fragment.physical_schema,
-            columns=spec.columns,
-            batch_size=batch_rows,
-            batch_readahead=READAHEAD,
-            fragment_readahead=1,
-            fragment_scan_options=_scan_options(fragment),
-        )
+        # Arrow IPC is read as it lies, unchecked: a damaged file's offsets or UTF-8 reach whoever
+        # reads the values (invalid offsets read out of bounds: a segfault). Its batches are
+        # validated in full before use; Parquet's decoder builds valid arrays itself.
+        check = not isinstance(fragment, ds.ParquetFileFragment)
+        try:
+            batches = fragment.to_batches(
+                schema=fragment.physical_schema,
+                columns=spec.columns,
+                batch_size=batch_rows,
+                batch_readahead=READAHEAD,
+                fragment_readahead=1,
+                fragment_scan_options=_scan_options(fragment),
+            )
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise DatasetError(f"cannot read {path}: {exc}") from None
         while True:
             try:
                 batch = next(batches)
             except StopIteration:
                 break
-            except pa.ArrowException as exc:
+            # A damaged file: pyarrow raises OSError (ArrowIOError) for a corrupt page or codec, and
+            # ArrowInvalid, ArrowNotImplementedError or UnicodeDecodeError for impossible values or names.
+            except (pa.ArrowException, OSError, ValueError) as exc:
                 raise DatasetError(f"{path}: from row {first}: {exc}") from None
+            if check:
+                try:
+                    batch.validate(full=True)
+                except pa.ArrowException as exc:
+                    raise DatasetError(f"{path}: from row {first}: {exc}") from None
 
             def where(row: int, path: str = path, first: int = first) -> str:
                 return f"{path}: row {first + row}"
@@ -332,9 +411,16 @@ def evaluate_dataset(
     `per_sample_out`: a Parquet file that receives `row` (the row's index in scan order: files in
     sorted order, rows in file order) and `per_sample`; written to a temporary file beside it and
     moved into place only when the whole dataset was computed, so a failure leaves no partial file.
-    `progress(rows)` is called after each batch.
+    An output that is, or is inside, the dataset (links followed) raises OutputError before any
+    row is read. `progress(rows)` is called after each batch.
     """
     resolve(spec.loss)  # an unknown loss fails before any file is read
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be at least 1, not {batch_rows}")
+    if per_sample_out:
+        files = dataset_files(path)
+        patterns = [path] if isinstance(path, str) and _is_glob(path) else []
+        refuse_overlap(per_sample_out, [*files, *([path] if isinstance(path, str) else [])], patterns)
     dataset = open_dataset(path, spec)
     totals, groups = Totals(), dict[tuple[Any, ...], Totals]()
     writer = _PerSampleWriter(per_sample_out) if per_sample_out else None
@@ -342,8 +428,7 @@ def evaluate_dataset(
         for batch, where, start in _batches(dataset, spec, batch_rows):
             reduced, batch_groups = evaluate_batch(spec, batch, where)
             totals.add(reduced, batch.num_rows)
-            for key, part in batch_groups.items():
-                groups.setdefault(key, Totals()).merge(part)
+            _merge_groups(groups, batch_groups, spec, where(0))
             if writer is not None:
                 writer.write(start, reduced.per_sample)
             if progress is not None:
@@ -393,7 +478,8 @@ def result_of(spec: Spec, totals: Totals, groups: Mapping[tuple[Any, ...], Total
 
 
 def _sortable(key: tuple[Any, ...]) -> tuple[Any, ...]:
-    # None sorts first; values of different types sort by type name, then value.
+    # None sorts first; values of different types sort by type name, then value. Keys are the
+    # values `_key_values` gives (numbers, text, booleans, None), which compare within a type.
     return tuple((value is not None, type(value).__name__, value) for value in key)
 
 
@@ -401,10 +487,8 @@ class _PerSampleWriter:
     """Per-sample values to Parquet, as they are computed, atomically placed at the end."""
 
     def __init__(self, destination: str) -> None:
-        self.destination = Path(destination)
-        handle, name = tempfile.mkstemp(prefix=f".{self.destination.name}.", dir=self.destination.parent or ".")
-        os.close(handle)
-        self.temporary = Path(name)
+        self.output = AtomicOutput(destination)
+        self.temporary = self.output.path
         self.writer: Any = None
 
     def write(self, start: int, per_sample: np.ndarray[Any, Any]) -> None:
@@ -419,19 +503,27 @@ class _PerSampleWriter:
             width = int(np.prod(values.shape[1:]))
             column = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), width)
         table = pa.table({"row": rows, "per_sample": column})
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.temporary, table.schema)
-        self.writer.write_table(table)
+        try:
+            if self.writer is None:
+                self.writer = pq.ParquetWriter(self.temporary, table.schema)
+            self.writer.write_table(table)
+        except OSError as exc:  # a full disk, a quota
+            raise OutputError(f"{self.output.given}: cannot write: {exc}") from None
 
     def finish(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        os.replace(self.temporary, self.destination)
+        try:
+            if self.writer is not None:
+                self.writer.close()
+        except OSError as exc:
+            self.output.discard()
+            raise OutputError(f"{self.output.given}: cannot write: {exc}") from None
+        self.output.commit()
 
     def abandon(self) -> None:
         if self.writer is not None:
-            self.writer.close()
-        self.temporary.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.writer.close()
+        self.output.discard()
 
 
 # -- Dask ------------------------------------------------------------------------------------------
@@ -445,8 +537,7 @@ def _partition_totals(frame: Any, spec: Spec) -> Any:
     for batch, where, _ in _partition_batches(frame):
         reduced, batch_groups = evaluate_batch(spec, batch, where)
         totals.add(reduced, batch.num_rows)
-        for key, part in batch_groups.items():
-            groups.setdefault(key, Totals()).merge(part)
+        _merge_groups(groups, batch_groups, spec, where(0))
     return pd.DataFrame({"totals": [(totals, groups)]})
 
 
@@ -507,8 +598,7 @@ def _file_totals(path: str, spec: Spec, batch_rows: int) -> tuple[Totals, dict[t
     for batch, where, _ in _batches(open_dataset([path], spec), spec, batch_rows):
         reduced, batch_groups = evaluate_batch(spec, batch, where)
         totals.add(reduced, batch.num_rows)
-        for key, part in batch_groups.items():
-            groups.setdefault(key, Totals()).merge(part)
+        _merge_groups(groups, batch_groups, spec, where(0))
     return totals, groups
 
 
@@ -534,7 +624,7 @@ def evaluate_dask(
         parts: Any = [task(path, spec, batch_rows) for path in dataset_files(data)]
     else:
         frame = _dask_frame(data, spec).map_partitions(_partition_totals, spec, meta={"totals": object})
-        parts = [delayed(_merged)(series) for series in frame["totals"].to_delayed()]
+        parts = [delayed(_merged)(series, spec) for series in frame["totals"].to_delayed()]
     if scheduler is not None:
         from distributed import Client
 
@@ -542,16 +632,15 @@ def evaluate_dask(
             computed = client.gather(client.compute(parts))
     else:
         (computed,) = dask_compute(parts)  # type: ignore[no-untyped-call]
-    totals, groups = _merged(computed)
+    totals, groups = _merged(computed, spec)
     _check_counted(totals, spec)
     return result_of(spec, totals, groups)
 
 
-def _merged(parts: Any) -> tuple[Totals, dict[tuple[Any, ...], Totals]]:
+def _merged(parts: Any, spec: Spec) -> tuple[Totals, dict[tuple[Any, ...], Totals]]:
     """Parts' (totals, groups) combined: sums, denominators, counts and sketches add up."""
     totals, groups = Totals(), dict[tuple[Any, ...], Totals]()
     for part_totals, part_groups in parts:
         totals.merge(part_totals)
-        for key, group in part_groups.items():
-            groups.setdefault(key, Totals()).merge(group)
+        _merge_groups(groups, part_groups, spec, "the partitions combined")
     return totals, groups

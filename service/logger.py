@@ -88,6 +88,7 @@ class PredictionLogger:
         self.client, self.model = client, model
         self.batch_size, self.max_delay, self.max_buffered = batch_size, max_delay, max_buffered
         self.close_timeout, self.retry_interval = close_timeout, retry_interval
+        self._wait = retry_interval  # before the next attempt after a failed one
         self.stats = LoggerStats()
         self._sides = {"predictions": _Side(), "labels": _Side()}
         self._changed = threading.Condition()
@@ -203,8 +204,8 @@ class PredictionLogger:
                 if not any(s.ids for s in self._sides.values()):
                     self._flush_requested = False
                 self._changed.notify_all()
-                if failed:  # the service is unreachable or overloaded: wait, then try again
-                    self._changed.wait(self.retry_interval)
+                if failed:  # the service is unreachable, overloaded or full: wait, then try again
+                    self._changed.wait(self._wait)
 
     def _peek(self, queue: _Side) -> tuple[list[Any], list[Any], list[float | None]]:
         count = min(len(queue.ids), self.batch_size)
@@ -236,6 +237,8 @@ class PredictionLogger:
             with self._changed:
                 self.stats.failed_attempts += 1
                 self.stats.last_error = str(exc)
+                # The service's Retry-After (503, 507) when it asks for longer than retry_interval.
+                self._wait = max(self.retry_interval, exc.retry_after or 0.0)
             return False
         with self._changed:
             if side == "predictions":

@@ -15,7 +15,8 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Metric,
     generate_latest,
     multiprocess,
 )
@@ -35,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.config import Settings
 
 OTHER_MODEL = "other"
+OTHER_MODEL_OF_KEY = "other:"  # + the key's name: the label of a key's models past its share
 UNLABELLED_MODEL = "unlabelled"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BODY_BUCKETS = tuple(float(10**e) for e in range(2, 10))  # 100 B .. 1 GB
@@ -70,6 +73,9 @@ STATUS_CLASSES = [f"{first}xx" for first in range(10)]
 
 
 access_log = logging.getLogger("loss_service.access")
+# The scope state of the request being served (set by RequestMonitor), where the API key guard
+# writes the key's name: the model labels a request claims are charged to its key.
+_request_state: ContextVar[dict[str, Any] | None] = ContextVar("request_state", default=None)
 
 
 class BatchedStderr(logging.StreamHandler):  # type: ignore[type-arg]
@@ -153,14 +159,18 @@ class Monitor:
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._max_models = settings.max_models
+        self._max_models_per_key = settings.max_models_per_key
+        self._keys = 0  # API keys in force (set_keys); 0: no keys, one tenant holds every label
         self._model_idle = settings.model_label_idle
         self._allowlist = frozenset(settings.model_allowlist) if settings.model_allowlist else None
         self._models: dict[str, float] = {}  # label -> when a batch last used it, least recent first
+        self._owners: dict[str, str | None] = {}  # label -> the key whose request claimed it
+        self._owned: dict[str | None, dict[str, float]] = {}  # key -> its labels, as _models
         self._models_lock = threading.Lock()
         self._clock = clock
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._flight_lock = threading.Lock()
-        self._flight: concurrent.futures.Future[tuple[bytes, str]] | None = None
+        self._flights: dict[Hashable, concurrent.futures.Future[tuple[bytes, str]]] = {}
         r = self.registry
         # Not mutation-tested (make mutation): the declarations' names, types and labels are pinned
         # by the docs' metrics table test and the live dashboard and alert tests; their help texts
@@ -273,7 +283,16 @@ class Monitor:
             registry=r,
             multiprocess_mode="max",
         )
+        self.store_status = Gauge(
+            "loss_service_store_status",
+            "1 for the store's status as this worker last found it (ok; full: its disk is full, answers 507; "
+            "unavailable: the database cannot be reached, answers 503), 0 for the others.",
+            ["status"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         # pragma: no mutate end
+        self.set_store_status("ok")
         self._by_model = {
             id(metric)
             for metric in (
@@ -291,42 +310,69 @@ class Monitor:
         }
         self.overflowed = Counter(
             "loss_service_model_label_overflow_total",
-            f"Batches counted under model={OTHER_MODEL!r}: past the label limit or outside the allow-list.",
+            f"Batches counted under model={OTHER_MODEL!r} or {OTHER_MODEL_OF_KEY!r} + the key's name: past the "
+            "label limit (in all or the key's share) or outside the allow-list.",
             registry=r,
         )
 
     def model_label(self, model: str | None) -> str:
         """Bound the `model` label's cardinality: an allow-list if set, else at most `max_models`
-        names, each kept while it is in use.
+        names, each kept while it is in use, and with API keys at most a share of them per key.
 
         Only batches that were computed (or rows that were stored) reach here, so refused requests
-        claim no label. When every label is taken, a new name takes the place of the label unused
-        for longest, if that one has been idle for `model_label_idle` seconds, and that model's
-        series are removed; otherwise the new name counts as 'other'. A burst of junk names thus
-        keeps real models out for at most that long, and never pushes out a model in use.
+        claim no label. A new name is charged to the key of the request that brings it (read from
+        the request's scope state); with keys in force, a caller without one (the retention sweep)
+        only uses the labels there are, and counts a new name as 'other'. Each key may
+        hold `max_models_per_key` labels, by default `max_models` split evenly among the keys, so
+        one tenant cannot take every label. When the key's share, or every label, is taken, the
+        new name takes the place of the label unused for longest (the key's own, or any when all
+        are taken), if that one has been idle for `model_label_idle` seconds, and that model's
+        series are removed; otherwise the new name counts as 'other:<key name>' ('other' without
+        a key). A burst of junk names thus keeps real models out for at most that long, never
+        pushes out a model in use, and never reaches another key's share.
         """
         if model is None:
             return UNLABELLED_MODEL
+        state = _request_state.get()
+        key: str | None = state.get("key") if state is not None else None
         if self._allowlist is not None:
             if model in self._allowlist:
                 return model
             self.overflowed.inc()
-            return OTHER_MODEL
+            return _other(key)
         now = self._clock()
         with self._models_lock:
+            owner = self._owners.get(model, key)
+            owned = self._owned.setdefault(owner, {})
             if model in self._models:
-                del self._models[model]  # re-inserted last: the dict stays ordered by last use
-                self._models[model] = now
+                # Re-inserted last: the dicts stay ordered by last use.
+                del self._models[model], owned[model]
+                self._models[model] = owned[model] = now
                 return model
-            if len(self._models) >= self._max_models:
-                idlest, last_used = next(iter(self._models.items()))
+            if key is None and self._keys:
+                self.overflowed.inc()  # the retention sweep, acting for no key, claims no label of a key's
+                return OTHER_MODEL
+            pool = None
+            if len(owned) >= self._share():
+                pool = owned  # the key's share is taken: only its own idlest label may make room
+            elif len(self._models) >= self._max_models:
+                pool = self._models
+            if pool is not None:
+                idlest, last_used = next(iter(pool.items()))
                 if now - last_used < self._model_idle:
                     self.overflowed.inc()
-                    return OTHER_MODEL
-                del self._models[idlest]
+                    return _other(key)
+                del self._models[idlest], self._owned[self._owners.pop(idlest)][idlest]
                 self._remove_series(idlest)
-            self._models[model] = now
+            self._models[model] = owned[model] = now
+            self._owners[model] = owner
             return model
+
+    def _share(self) -> int:
+        """The labels one key may hold: all of them without keys."""
+        if not self._keys:
+            return self._max_models
+        return self._max_models_per_key or max(1, self._max_models // self._keys)
 
     def _remove_series(self, model: str) -> None:
         """Drop every series labelled with `model` (with several workers, its files keep them in
@@ -385,7 +431,13 @@ class Monitor:
         for kind, count in zip(ROW_KINDS, pending, strict=True):
             self._child(self.pending, label, kind).set(count)
 
+    def set_store_status(self, status: str) -> None:
+        for each in ("ok", "full", "unavailable"):
+            self.store_status.labels(each).set(1 if each == status else 0)
+
     def set_keys(self, count: int, reload_failed: bool) -> None:
+        """The API keys in force (their number splits the model labels) and whether the last reload failed."""
+        self._keys = count
         self.keys_in_force.set(count)
         self.keys_reload_failed.set(1 if reload_failed else 0)
 
@@ -416,20 +468,25 @@ class Monitor:
         for field in fields:
             self.nonfinite.labels(field).inc()
 
-    def exposition_shared(self) -> tuple[bytes, str]:
-        """`exposition()`, rendered once for every scrape that arrives while it renders.
+    def exposition_shared(
+        self, visible: Callable[[str], bool] | None = None, scope: Hashable = None
+    ) -> tuple[bytes, str]:
+        """`exposition(visible)`, rendered once for every scrape of the same `scope` (None: every
+        series; else, e.g., the name of the API key whose models `visible` accepts) that arrives
+        while it renders.
 
         Rendering is Python holding the GIL (~1 s for 10 MB of series); four scrapers rendering at
         once left the event loop a fifth of the interpreter. Scrapes one after another each get a
         fresh rendering, so a scrape never sees values older than the scrapes before it."""
         with self._flight_lock:
-            flight, leader = self._flight, self._flight is None
+            flight = self._flights.get(scope)
+            leader = flight is None
             if flight is None:
-                flight = self._flight = concurrent.futures.Future()
+                flight = self._flights[scope] = concurrent.futures.Future()
         if not leader:
             return flight.result()
         try:
-            rendered = self.exposition()
+            rendered = self.exposition(visible)
             flight.set_result(rendered)
             return rendered
         except BaseException as exc:
@@ -437,14 +494,49 @@ class Monitor:
             raise
         finally:
             with self._flight_lock:
-                self._flight = None
+                del self._flights[scope]
 
-    def exposition(self) -> tuple[bytes, str]:
+    def exposition(self, visible: Callable[[str], bool] | None = None) -> tuple[bytes, str]:
+        """Every series, or with `visible` only those whose `model` label it accepts (and every
+        series without a `model` label). With several workers, the merged values of all."""
+        registry = self.registry
         if multiprocess_dir():
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            return generate_latest(registry), CONTENT_TYPE_LATEST
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if visible is not None:
+            scoped = CollectorRegistry(auto_describe=False)
+            scoped.register(_Scoped(registry, visible))
+            registry = scoped
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def _other(key: str | None) -> str:
+    """The label of the models a key brings past its share: 'other:<key name>', or 'other'."""
+    return OTHER_MODEL if key is None else OTHER_MODEL_OF_KEY + key
+
+
+class _Scoped:
+    """A collector of another registry's metrics, keeping the samples whose `model` label
+    `visible` accepts and every sample without one. `visible` is asked once per label value."""
+
+    def __init__(self, source: CollectorRegistry, visible: Callable[[str], bool]) -> None:
+        self.source, self.visible = source, visible
+
+    def collect(self) -> Iterable[Metric]:
+        answers: dict[str, bool] = {}
+        for family in self.source.collect():
+            if not any("model" in sample.labels for sample in family.samples[:1]):
+                yield family  # a family's samples all have the same label names
+                continue
+            kept = Metric(family.name, family.documentation, family.type, family.unit)
+            for sample in family.samples:
+                label = sample.labels["model"]
+                shown = answers.get(label)
+                if shown is None:
+                    shown = answers[label] = self.visible(label)
+                if shown:
+                    kept.samples.append(sample)
+            yield kept
 
 
 def _observe_many(histogram: Histogram, values: np.ndarray[Any, Any]) -> None:
@@ -507,9 +599,11 @@ class RequestMonitor:
             await send(message)
 
         self.monitor.in_flight.inc()
+        watched = _request_state.set(scope.setdefault("state", {}))
         try:
             await self.app(scope, counting_receive, tagging_send)
         finally:
+            _request_state.reset(watched)
             self.monitor.in_flight.dec()
             seconds = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"

@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol with a deadline for request headers, writing each response in one piece.
+"""uvicorn's httptools protocol with a deadline for request headers and a bound on connections,
+writing each response in one piece.
 
 uvicorn closes a keep-alive connection that stays idle after a response, but not one that opens
 and sends nothing, nor one that sends part of a request line or headers and stops: 4,000 such
@@ -6,6 +7,16 @@ connections stayed open for as long as they liked, a file descriptor each. Here 
 headers must be complete within `LOSS_SERVICE_HEADER_TIMEOUT` seconds of the connection opening
 or of the request's first byte; otherwise the connection is answered 408 and closed. (The body
 has its own deadline, `LOSS_SERVICE_REQUEST_TIMEOUT`, kept by the app's guards.)
+
+A request's line and headers may take MAX_HEADER_BYTES (64 KiB): the parser keeps them whole
+until they end, so within the header deadline a connection could otherwise pile up as much as it
+can send (67 MB in 10 s over loopback). Beyond it the connection is answered 431 and closed.
+
+Each connection may also hold a few hundred KiB that no memory budget sees (uvicorn's buffers),
+so a worker keeps at most `LOSS_SERVICE_MAX_CONNECTIONS` open (by default derived from
+`LOSS_SERVICE_MEMORY_BUDGET`: `service.api.guards.connection_limit`). A connection opened beyond
+them is kept only to answer its first request 503 with Retry-After, then closed: the connections
+already open, and their keep-alive clients, are served as before.
 """
 
 from __future__ import annotations
@@ -22,11 +33,39 @@ REQUEST_TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: 43\r\nconnection: close\r\n\r\nthe request headers did not arrive in time\n"
 )
+# Request line and headers may take this many bytes; the parser holds them until they end.
+MAX_HEADER_BYTES = 64 * 1024
+HEADERS_TOO_LARGE_RESPONSE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 49\r\nconnection: close\r\n\r\nthe request line and headers exceed 65,536 bytes\n"
+)
 
 
 @functools.cache
 def _header_timeout() -> float:
     return Settings().header_timeout
+
+
+@functools.cache
+def max_connections() -> int:
+    """LOSS_SERVICE_MAX_CONNECTIONS, or one per MiB of LOSS_SERVICE_MEMORY_BUDGET (at least 64)."""
+    from service.api.guards import connection_limit  # the app's modules load in the worker, not here
+
+    settings = Settings()
+    return settings.max_connections or connection_limit(settings.memory_budget)
+
+
+async def too_many_connections(scope: Any, receive: Any, send: Any) -> None:
+    """The answer to a request on a connection opened beyond `max_connections()`: 503, in the
+    route's protocol's shape (problem details, or `{"error"}` on /v2), and the connection closed."""
+    from service.api.errors import refusal_response
+
+    detail = (
+        f"this worker already has its most connections open, {max_connections():,} "
+        "(LOSS_SERVICE_MAX_CONNECTIONS); retry shortly"
+    )
+    response = refusal_response(scope["path"], 503, detail, {"Retry-After": "1", "Connection": "close"})
+    await response(scope, receive, send)
 
 
 class OneWritePerTurn:
@@ -74,16 +113,39 @@ class OneWritePerTurn:
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
     """`HttpToolsProtocol` that closes connections whose request headers do not arrive in time,
-    and writes each response in one piece (`OneWritePerTurn`)."""
+    refuses requests on connections opened beyond `max_connections()`, and writes each response
+    in one piece (`OneWritePerTurn`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout = _header_timeout()
         self.header_deadline: asyncio.TimerHandle | None = None
+        self.header_bytes = 0  # of the request line and headers awaited
+        self.headers_awaited = 0  # counts the times they began to be awaited
+        self.beyond_limit = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(OneWritePerTurn(transport, self.loop))  # type: ignore[arg-type]
+        self.beyond_limit = len(self.connections) > max_connections()  # this one included
         self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser, and refuse a request line and headers past MAX_HEADER_BYTES.
+
+        A chunk counts when the same request's headers were awaited before it and still are after
+        it: then all of it is header bytes. A chunk in which a request begins is not counted (its
+        start may be the previous request's body), so a connection holds at most MAX_HEADER_BYTES
+        of headers and one socket read more."""
+        awaited, began = self.header_deadline is not None, self.headers_awaited
+        super().data_received(data)
+        if not awaited or began != self.headers_awaited or self.header_deadline is None:
+            return
+        self.header_bytes += len(data)
+        if self.header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+            self._disarm()
+            if self.cycle is None or self.cycle.response_complete:  # no response of ours is under way
+                self.transport.write(HEADERS_TOO_LARGE_RESPONSE)
+            self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -91,7 +153,14 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
-        super().on_headers_complete()
+        if not self.beyond_limit:
+            super().on_headers_complete()
+            return
+        app, self.app = self.app, too_many_connections  # the app uvicorn starts for this request
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -99,6 +168,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def _arm(self) -> None:
         self._disarm()
+        self.header_bytes = 0
+        self.headers_awaited += 1
         self.header_deadline = self.loop.call_later(self.header_timeout, self._expired)
 
     def _disarm(self) -> None:

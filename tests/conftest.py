@@ -14,6 +14,9 @@ from service.app import create_app
 # never in the checkout's data/; tests of the store itself give each app a file of its own.
 STORE_DIRECTORY = tempfile.mkdtemp(prefix="loss-service-tests-")
 os.environ.setdefault("LOSS_SERVICE_STORE_URL", f"sqlite:///{STORE_DIRECTORY}/shared.sqlite3")
+# Hundreds of stores in a run: none keeps the 64 MiB full-disk reserve (allocated disk, kept with
+# pytest's last temporary directories); tests/test_store_failures.py gives its stores their own.
+os.environ.setdefault("LOSS_SERVICE_STORE_RESERVE_BYTES", "0")
 
 # CI runs the same generated examples every time (a fixed seed per test), so a landing never
 # depends on luck; local runs keep exploring new examples. Hypothesis recommends this split.

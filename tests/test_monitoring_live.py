@@ -169,7 +169,7 @@ def test_prometheus_computes_the_dashboards_mean_loss_per_model(tmp_path: Path) 
             assert means == {"fraud-v3": pytest.approx(7.5, rel=1e-9), "churn-v1": pytest.approx(2.0, rel=1e-9)}
             rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
             in_file = sum(len(g["rules"]) for g in yaml.safe_load(RULES.read_text())["groups"])
-            assert sum(len(g["rules"]) for g in rules) == in_file == 8, "Prometheus loaded every rule of the file"
+            assert sum(len(g["rules"]) for g in rules) == in_file == 10, "Prometheus loaded every rule of the file"
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -214,10 +214,12 @@ def test_one_worker_keeps_its_metrics_in_memory(tmp_path: Path) -> None:
     assert value(scrape, "loss_service_samples_total", model="fraud-v3", loss="mean_squared_error") == 20
 
 
-def test_liveness_answers_within_100_ms_while_a_large_metrics_page_is_scraped_in_a_loop() -> None:
+def test_liveness_is_not_held_up_while_a_large_metrics_page_is_scraped_in_a_loop() -> None:
     """4,500 series of per-sample histograms (~10 MB of exposition, ~1 s to render): four scrapers
-    in a loop for 5 s, and /livez, asked every 50 ms, still answers within 100 ms each time. The
-    page renders in a worker thread, once for all the scrapes that arrive while it renders."""
+    in a loop for 5 s, and /livez, asked every 50 ms, answers each time in a fraction of one
+    scrape's time. The page renders in a worker thread, once for all the scrapes that arrive while
+    it renders; a render on the event loop would hold /livez for as long as a scrape takes. Two
+    durations of the same run are compared, so the test holds on a slow machine as on a fast one."""
     with served(env={"LOSS_SERVICE_MAX_MODELS": "3000"}) as url:
         losses = [{"loss": "mse"}, {"loss": "mae"}, {"loss": "huber"}]
         with httpx.Client(base_url=url, timeout=30) as client:
@@ -226,14 +228,14 @@ def test_liveness_answers_within_100_ms_while_a_large_metrics_page_is_scraped_in
                 assert client.post("/v1/evaluate", json=body).status_code == 200
             assert len(client.get("/metrics").content) > 5_000_000
         stop = time.monotonic() + 5.0
+        scrapes: list[float] = []
 
-        def scrape() -> int:
-            scrapes = 0
+        def scrape() -> None:
             with httpx.Client(base_url=url, timeout=30) as scraper:
                 while time.monotonic() < stop:
+                    started = time.perf_counter()
                     assert scraper.get("/metrics").status_code == 200
-                    scrapes += 1
-            return scrapes
+                    scrapes.append(time.perf_counter() - started)
 
         with ThreadPoolExecutor(4) as pool:
             scrapers = [pool.submit(scrape) for _ in range(4)]
@@ -245,5 +247,10 @@ def test_liveness_answers_within_100_ms_while_a_large_metrics_page_is_scraped_in
                     assert probe.get("/livez").status_code == 200
                     latencies.append(time.perf_counter() - started)
                     time.sleep(0.05)
-            assert sum(scraper.result() for scraper in scrapers) >= 4
-    assert max(latencies) < 0.1, f"slowest /livez {max(latencies) * 1e3:.0f} ms of {len(latencies)}"
+            for scraper in scrapers:
+                scraper.result()
+    assert len(scrapes) >= 4
+    typical_scrape = sorted(scrapes)[len(scrapes) // 2]
+    assert max(latencies) < typical_scrape / 2, (
+        f"slowest /livez {max(latencies) * 1e3:.0f} ms of {len(latencies)}; a scrape {typical_scrape * 1e3:.0f} ms"
+    )

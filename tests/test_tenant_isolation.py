@@ -33,7 +33,7 @@ from service.api import ingest
 from service.api.access import digest
 from service.app import create_app
 from service.config import Settings
-from service.store import SWEEP_BATCH_ROWS, Pairs, Store
+from service.store import DELETE_BATCH_ROWS, SWEEP_BATCH_ROWS, Pairs, Store
 from service.store.database import Transaction
 
 CONFIG = {"losses": [{"loss": "mse", "options": {}}], "convention": "keras", "dtype": "float64"}
@@ -361,16 +361,16 @@ def test_deleting_a_model_removes_at_most_a_batch_of_rows_per_transaction(url: s
     try:
         store.configure_model("m", CONFIG, 100.0, now=0.0)
         store.configure_model("other", CONFIG, 100.0, now=0.0)
-        count = 2 * SWEEP_BATCH_ROWS + SWEEP_BATCH_ROWS // 2
+        count = 2 * DELETE_BATCH_ROWS + DELETE_BATCH_ROWS // 2
         ids = [f"r{i}" for i in range(count)]
         log(store, "predictions", "m", ids, now=1.0)
-        log(store, "labels", "m", [*ids[:SWEEP_BATCH_ROWS], "lone"], now=2.0)
+        log(store, "labels", "m", [*ids[:DELETE_BATCH_ROWS], "lone"], now=2.0)
         log(store, "labels", "other", ["kept"], now=2.0)
         deleted, transactions = transactions_of(store, lambda: store.delete_model("m"))
         assert deleted
         removed = [count for count, _ in transactions]
-        assert sum(removed) == count + SWEEP_BATCH_ROWS + 1
-        assert max(removed) <= SWEEP_BATCH_ROWS, removed
+        assert sum(removed) == count + DELETE_BATCH_ROWS + 1
+        assert max(removed) <= DELETE_BATCH_ROWS, removed
         # Until the model goes, its counters stay equal to its rows: an interrupted delete leaves
         # a consistent model that a second DELETE removes.
         assert all(counters is None or counters[0] == counters[1] for _, counters in transactions), transactions

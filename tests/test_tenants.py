@@ -239,12 +239,13 @@ async def test_a_model_in_the_path_out_of_a_keys_reach_is_named_and_audited(
     model = "churn-" + "x" * 300
     refused = await api.get(f"/v1/models/{model}", headers=auth("fraud-team"))
     assert refused.status_code == 403
-    assert refused.json()["detail"] == f"the API key 'fraud-team' may not use model {model!r}"
+    shown = f"{model!r}"[:64] + "... (308 characters)"
+    assert refused.json()["detail"] == f"the API key 'fraud-team' may not use model {shown}"
     (line,) = [r.getMessage() for r in caplog.records if r.name == "loss_service.audit"]
     route = f"/v1/models/{model}"
     assert line == (
         f'{{"event":"refused","status":403,"key":"fraud-team","route":"{route[:200]}... (317 characters)",'
-        f'"model":"{model}","reason":"model"}}'
+        f'"model":"{model[:64]}... (306 characters)","reason":"model"}}'
     )
 
 
@@ -297,17 +298,39 @@ async def test_the_keys_file_reloads_when_it_changes_and_a_broken_one_keeps_the_
     ).status_code == 401
 
 
-async def test_sighup_reloads_a_file_whose_change_the_watcher_cannot_see(
+def rewrite_in_place(keys_file: Path, text: str) -> None:
+    """Write `text` (of the file's length) into the file's own inode and put its mtime back."""
+    stat = keys_file.stat()
+    assert len(text.encode()) == stat.st_size
+    with keys_file.open("r+") as handle:
+        handle.write(text)
+    os.utime(keys_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    after = keys_file.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+async def test_an_edit_in_place_keeping_size_and_mtime_is_reloaded_without_sighup(
     app_and_client: tuple[Any, httpx.AsyncClient],
+) -> None:
+    """The watcher compares the file's content (its SHA-256), not its size, mtime and inode."""
+    app, api = app_and_client
+    keys_file = Path(app.state.keys.file)
+    swapped = keys_file.read_text().replace(digest(KEYS["reader"][0]), digest("reader-key-876543210"))
+    rewrite_in_place(keys_file, swapped)
+    assert await eventually(
+        lambda: api.get("/v1/models", headers={"authorization": "Bearer reader-key-876543210"}), 200
+    )
+    assert (await api.get("/v1/models", headers=auth("reader"))).status_code == 401
+
+
+async def test_sighup_reloads_even_when_the_watcher_sees_no_change(
+    app_and_client: tuple[Any, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app, api = app_and_client
     keys_file = Path(app.state.keys.file)
-    stat = keys_file.stat()
-    # Same length, same inode, same modification time: only SIGHUP tells the service.
+    monkeypatch.setattr(app.state.keys, "changed_on_disk", lambda: False)  # only SIGHUP tells the service
     swapped = keys_file.read_text().replace(digest(KEYS["reader"][0]), digest("reader-key-876543210"))
-    with keys_file.open("r+") as handle:
-        handle.write(swapped)
-    os.utime(keys_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    rewrite_in_place(keys_file, swapped)
     await asyncio.sleep(1.5)
     assert (await api.get("/v1/models", headers=auth("reader"))).status_code == 200  # not reloaded yet
     os.kill(os.getpid(), signal.SIGHUP)
@@ -315,6 +338,23 @@ async def test_sighup_reloads_a_file_whose_change_the_watcher_cannot_see(
         lambda: api.get("/v1/models", headers={"authorization": "Bearer reader-key-876543210"}), 200
     )
     assert (await api.get("/v1/models", headers=auth("reader"))).status_code == 401
+
+
+async def test_a_keys_file_that_is_not_utf8_keeps_the_keys_and_the_watch_goes_on(
+    app_and_client: tuple[Any, httpx.AsyncClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reload of bytes that are not UTF-8 fails like any broken file (the keys stay, the gauge
+    says so), and the watch keeps running: a good file afterwards is picked up."""
+    app, api = app_and_client
+    keys_file = Path(app.state.keys.file)
+    good = keys_file.read_bytes()
+    keys_file.write_bytes(good + b"\n# \xff\xfe\n")
+    assert await eventually(scrape_reload_failed(api), "1.0")
+    assert "not reloaded, the previous keys stay: not UTF-8" in caplog.text
+    assert (await api.get("/v1/models", headers=auth("reader"))).status_code == 200
+    keys_file.write_text(keys_toml({"reader": KEYS["reader"], "metrics-bot": KEYS["metrics-bot"]}))
+    assert await eventually(scrape_reload_failed(api), "0.0")
+    assert (await api.get("/v1/models", headers=auth("fraud-team"))).status_code == 401
 
 
 def scrape_reload_failed(api: httpx.AsyncClient) -> Any:

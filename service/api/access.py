@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import logging
 import math
-import os
 import re
 import secrets
 import threading
@@ -30,7 +29,10 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.api.problems import clipped, shown
 
 Scope = Literal["compute", "ingest", "read", "admin", "metrics"]
 SCOPES: tuple[Scope, ...] = ("compute", "ingest", "read", "admin", "metrics")
@@ -124,11 +126,12 @@ class KeyRing:
         self.file = Path(file) if file else None
         self._plain = [(digest(key), Principal(f"key-{n}", FULL_ACCESS, None)) for n, key in enumerate(plain_keys, 1)]
         self._entries: list[tuple[str, Principal]] = list(self._plain)
-        self._signature: tuple[float, int, int] | None = None
+        self._signature: bytes | None = None
         self.reload_failed = False
         if self.file is not None:
-            self._entries = self._plain + self._load(self.file, {})
-            self._signature = _signature(self.file)
+            content = self.file.read_bytes()
+            self._entries = self._plain + self._load(content, {})
+            self._signature = _signature(content)
 
     @property
     def enabled(self) -> bool:
@@ -136,6 +139,10 @@ class KeyRing:
 
     def names(self) -> list[str]:
         return [principal.name for _, principal in self._entries]
+
+    def principal(self, name: str) -> Principal | None:
+        """The key in force named `name`, if any."""
+        return next((principal for _, principal in self._entries if principal.name == name), None)
 
     def match(self, token: str) -> Principal | None:
         wanted = digest(token).encode()
@@ -151,30 +158,37 @@ class KeyRing:
         if self.file is None:
             return False
         try:
-            signature = _signature(self.file)
+            content = self.file.read_bytes()
             previous = {principal.name: principal for _, principal in self._entries}
-            entries = self._plain + self._load(self.file, previous)
+            entries = self._plain + self._load(content, previous)
         except (OSError, KeysFileError) as exc:
             self.reload_failed = True
             logging.getLogger("service.api").error(
                 "keys file %s not reloaded, the previous keys stay: %s", self.file, exc
             )
             return False
-        self._entries, self._signature, self.reload_failed = entries, signature, False
+        self._entries, self._signature, self.reload_failed = entries, _signature(content), False
         return True
 
     def changed_on_disk(self) -> bool:
+        """The file's content differs from what was last loaded (or it cannot be read).
+
+        The content is hashed on every check, not its size and modification time compared: an
+        edit in place that keeps both (or a clock set back) is still seen. A keys file is a few
+        KB, so a check every second costs little."""
         if self.file is None:
             return False
         try:
-            return _signature(self.file) != self._signature
+            return _signature(self.file.read_bytes()) != self._signature
         except OSError:
             return self._signature is not None
 
     @staticmethod
-    def _load(path: Path, previous: dict[str, Principal]) -> list[tuple[str, Principal]]:
+    def _load(content: bytes, previous: dict[str, Principal]) -> list[tuple[str, Principal]]:
         try:
-            parsed = KeysFile.model_validate(tomllib.loads(path.read_text()))
+            parsed = KeysFile.model_validate(tomllib.loads(content.decode()))
+        except UnicodeDecodeError as exc:
+            raise KeysFileError(f"not UTF-8: byte {exc.start}") from None
         except tomllib.TOMLDecodeError as exc:
             raise KeysFileError(f"not TOML: {exc}") from None
         except ValidationError as exc:
@@ -187,8 +201,8 @@ class KeyRing:
             seen: set[str] = set()
             for index, value in enumerate(values):
                 if value in seen:
-                    shown = f" {names[index]!r}" if what == "name" else ""  # a hash is never shown
-                    raise KeysFileError(f"keys.{index}: {what}{shown} appears more than once")
+                    which = f" {names[index]!r}" if what == "name" else ""  # a hash is never shown
+                    raise KeysFileError(f"keys.{index}: {what}{which} appears more than once")
                 seen.add(value)
         entries = []
         for entry, hashed in zip(parsed.keys, hashes, strict=True):
@@ -210,9 +224,9 @@ def _bucket(rate: float | None, old: TokenBucket | None) -> TokenBucket | None:
     return old if old is not None and old.rate == rate else TokenBucket(rate)
 
 
-def _signature(path: Path) -> tuple[float, int, int]:
-    stat = os.stat(path)
-    return (stat.st_mtime, stat.st_size, stat.st_ino)
+def _signature(content: bytes) -> bytes:
+    """What identifies a version of the keys file: the SHA-256 of its bytes."""
+    return hashlib.sha256(content).digest()
 
 
 # -- routes to scopes -----------------------------------------------------------------------------
@@ -264,7 +278,7 @@ def authorize(state: dict[str, Any] | None, model: str | None, values: int = 0) 
     if principal is None:
         return
     if not principal.may_use(model):
-        named = "names no model" if model is None else f"names model {model!r}"
+        named = "names no model" if model is None else f"names model {shown(model)}"
         detail = f"the API key {principal.name!r} may not use this model: the request {named}"
         raise AccessRefusedError(403, detail, "model", model)
     if values and principal.values is not None:
@@ -285,15 +299,21 @@ def visible(state: dict[str, Any] | None, models: Sequence[str]) -> list[str]:
 
 
 def audit(status: int, key: str, route: str, model: str | None, reason: str) -> None:
-    """One line per refusal: who (the key's name, or "unknown"), where, what, why; never a key."""
-    audit_log.warning(
-        '{"event":"refused","status":%d,"key":"%s","route":"%s","model":%s,"reason":"%s"}',
-        status,
-        key,
-        route.replace('"', "%22"),
-        "null" if model is None else '"' + model.replace('"', "%22") + '"',
-        reason,
-    )
+    """One line per refusal: who (the key's name, or "unknown"), where, what, why; never a key.
+
+    The line is a JSON object written by a JSON encoder: the decoded path and the model name
+    come from the client and may hold quotes, backslashes, CR and LF, which it escapes, so a
+    request can neither end a line early nor forge another. The route is clipped to 200
+    characters and the model to 64, as problem details clip what they echo."""
+    line = {
+        "event": "refused",
+        "status": status,
+        "key": key,
+        "route": clipped(route, 200),
+        "model": None if model is None else clipped(model),
+        "reason": reason,
+    }
+    audit_log.warning("%s", orjson.dumps(line).decode())
 
 
 def retry_after(seconds: float) -> str:

@@ -470,7 +470,8 @@ def _arrow_arrays(body: bytes) -> dict[str, np.ndarray[Any, Any]]:
         _check_arrow_stream(body)
         table = pa.ipc.open_stream(body).read_all()
         return {name: as_array(table.column(name)) for name in table.column_names}
-    except (pa.ArrowException, ValueError, struct.error, IndexError) as exc:
+    # pyarrow's ArrowIOError (a buffer index out of range in a damaged stream) is an OSError.
+    except (pa.ArrowException, OSError, ValueError, struct.error, IndexError) as exc:
         raise ProblemError(400, f"malformed Arrow stream: {exc}") from None
 
 

@@ -21,6 +21,7 @@ from service.api.arrays import NON_FINITE
 from service.api.problems import ProblemError, clipped, shown
 from service.api.schemas import loss_names
 from service.engine import LossInputError, UnknownLossError
+from service.store import StoreFailureError, StoreFullError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("service.api")
@@ -56,10 +57,12 @@ def refusal_response(
     return problem_response(status, detail, errors, headers)
 
 
-def _summary(errors: list[dict[str, Any]]) -> str:
+def _summary(errors: list[dict[str, Any]], total: int | None = None) -> str:
+    """The first error, and how many more there are of `total` (default: those listed)."""
     first = errors[0]
     where = ".".join(str(part) for part in first["loc"][1:]) or "body"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    total = len(errors) if total is None else total
+    more = f" (and {total - 1} more)" if total > 1 else ""
     return f"{where}: {first['msg']}{more}"
 
 
@@ -70,7 +73,11 @@ _BRANCH = re.compile(r"^(constrained-)?(float|int|str|bool|list|dict)(\[.*\])?$"
 def _union_branches_that_fit(raw: list[Any]) -> list[Any]:
     """Errors of a union's branches, without those saying only that the input is not of that
     branch's type when another branch got further (`{"1": -1.0}` for `list[float] | dict[str, float]`
-    is "must be >= 0", not "should be a valid list")."""
+    is "must be >= 0", not "should be a valid list").
+
+    Linear in the errors: every prefix of where the other errors were found is put in a set, and a
+    wrong-type error is dropped when its place is in it (thousands of unknown option keys make
+    thousands of errors, and comparing each with each took seconds)."""
 
     def branch_of(error: Any) -> tuple[Any, ...]:
         return tuple(part for part in error["loc"] if not (isinstance(part, str) and _BRANCH.match(part)))
@@ -80,36 +87,41 @@ def _union_branches_that_fit(raw: list[Any]) -> list[Any]:
             isinstance(p, str) and _BRANCH.match(p) for p in error["loc"]
         )
 
-    kept = []
-    for error in raw:
-        place = branch_of(error)
-        further = any(
-            other is not error and not wrong_type(other) and branch_of(other)[: len(place)] == place for other in raw
-        )
-        if not (wrong_type(error) and further):
-            kept.append(error)
-    return kept
+    wrong = [wrong_type(error) for error in raw]
+    reached: set[tuple[Any, ...]] = set()
+    for error, is_wrong in zip(raw, wrong, strict=True):
+        if not is_wrong:
+            place = branch_of(error)
+            reached.update(place[:end] for end in range(len(place) + 1))
+    return [error for error, is_wrong in zip(raw, wrong, strict=True) if not (is_wrong and branch_of(error) in reached)]
+
+
+# A problem lists at most this many errors; its detail counts the rest ("(and 4,095 more)").
+MAX_REPORTED_ERRORS = 20
+
+
+def _client_loc(error: Any, tags: frozenset[str]) -> list[Any]:
+    """Where Pydantic found `error`, as the client wrote the body: without the loss name a tagged
+    union adds and the branch names a plain union adds, echoed keys clipped."""
+    loc = list(error["loc"])
+    loc = [part for i, part in enumerate(loc) if not (part in tags and i < len(loc) - 1)]
+    loc = [part for part in loc if not (isinstance(part, str) and _BRANCH.match(part))]
+    return [clipped(part) if isinstance(part, str) else part for part in loc]
 
 
 def validation_problem(exc: ValidationError) -> ProblemError:
-    """Pydantic errors as problem details; malformed JSON is a 400, everything else a 422."""
+    """Pydantic errors as problem details; malformed JSON is a 400, everything else a 422. The
+    first MAX_REPORTED_ERRORS errors are listed, and the detail counts them all."""
     raw = exc.errors(include_url=False, include_input=False)
     if any(e["type"] == "json_invalid" for e in raw):
         detail = next(e["msg"] for e in raw if e["type"] == "json_invalid")
         return ProblemError(400, f"malformed JSON: {detail.removeprefix('Invalid JSON: ')}")
-    tags = loss_names()
+    tags = frozenset(loss_names())
+    kept = _union_branches_that_fit(raw)
     errors = []
-    nonfinite_fields = []
-    for e in _union_branches_that_fit(raw):
-        loc = list(e["loc"])
-        # A tagged union puts the loss name in the location; a client wants the field path.
-        loc = [part for i, part in enumerate(loc) if not (part in tags and i < len(loc) - 1)]
-        # So does a plain union (`float | list[float]`) the name of the branch that was tried.
-        loc = [part for part in loc if not (isinstance(part, str) and _BRANCH.match(part))]
-        loc = [clipped(part) if isinstance(part, str) else part for part in loc]  # unknown keys are echoed
+    for e in kept[:MAX_REPORTED_ERRORS]:
+        loc = _client_loc(e, tags)
         msg = e["msg"]
-        if e["type"] == NON_FINITE:
-            nonfinite_fields.append(str(loc[0]))
         if e["type"] == "union_tag_invalid":
             loc.append("loss")
             msg = f"unknown loss {shown(e['ctx']['tag'])}; valid names: {e['ctx']['expected_tags']}"
@@ -120,8 +132,8 @@ def validation_problem(exc: ValidationError) -> ProblemError:
         if index:
             loc.extend(index)
         errors.append({"loc": ["body", *loc], "msg": msg})
-    problem = ProblemError(422, _summary(errors), errors=errors)
-    problem.nonfinite_fields = nonfinite_fields
+    problem = ProblemError(422, _summary(errors, len(kept)), errors=errors)
+    problem.nonfinite_fields = [str(_client_loc(e, tags)[0]) for e in kept if e["type"] == NON_FINITE]
     return problem
 
 
@@ -140,6 +152,12 @@ def _allowed_methods(request: Request) -> list[str]:
         if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
             allowed.append(method)
     return allowed
+
+
+def _logged(request: Request) -> str:
+    """The request's decoded path for a log line: quoted, escaped (a CR or LF in it cannot start
+    a line of its own) and clipped to 200 characters."""
+    return shown(request.scope["path"], 200)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -175,18 +193,25 @@ def install_error_handlers(app: FastAPI) -> None:
         state = request.scope.setdefault("state", {})
         if exc.status == 429:
             state["refusal"] = "rate_limited"
-        audit(exc.status, state.get("key", "unknown"), request.url.path, exc.model, exc.reason)
+        audit(exc.status, state.get("key", "unknown"), request.scope["path"], exc.model, exc.reason)
         headers = {"Retry-After": retry_after(exc.retry_after)} if exc.retry_after else None
         return refusal_response(request.url.path, exc.status, exc.detail, headers)
 
     async def on_disconnect(request: Request, _: Exception) -> Response:
         # The client left before its body arrived: nobody reads this answer, and it is no fault
         # of the service (a traceback here would page someone for a closed laptop).
-        log.info("client disconnected before its request body arrived: %s %s", request.method, request.url.path)
+        log.info("client disconnected before its request body arrived: %s %s", request.method, _logged(request))
         return problem_response(400, "the client closed the connection before the request body arrived")
 
+    async def on_store_failure(request: Request, exc: Exception) -> Response:
+        # Logged by the store once per episode (service.store.health), not once per request.
+        assert isinstance(exc, StoreFailureError)
+        status = 507 if isinstance(exc, StoreFullError) else 503
+        detail = f"{exc.reason}; nothing of this request was stored; retry after {exc.retry_after} s"
+        return refusal_response(request.url.path, status, detail, {"Retry-After": str(exc.retry_after)})
+
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.exception("unhandled error on %s %s", request.method, _logged(request))
         return problem_response(500, "internal error; the request was logged")
 
     app.add_exception_handler(ProblemError, on_problem)
@@ -196,4 +221,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_request_validation)
     app.add_exception_handler(ClientDisconnect, on_disconnect)
+    app.add_exception_handler(StoreFailureError, on_store_failure)
     app.add_exception_handler(Exception, on_unexpected)

@@ -27,12 +27,14 @@ from service.api.schemas import LabelsLog, PredictionsLog, model_config_request_
 from service.engine import LossInputError, Reduced, as_working_array, compute, resolve
 from service.monitoring import Monitor
 from service.store import (
+    DELETE_BATCH_ROWS,
     SWEEP_BATCH_ROWS,
     Model,
     Pairs,
     RowShapeError,
     Side,
     Store,
+    StoreFailureError,
     Swept,
     TooManyPendingError,
     UnknownModelError,
@@ -255,6 +257,8 @@ async def sweep_forever(
     while True:
         try:
             swept = await sweep(store, time.time(), threads, batch_rows)
+        except StoreFailureError:
+            pass  # a full disk or an unreachable database: the store logs each episode once
         except Exception:
             log.exception("the retention sweep failed; retrying in %s s", interval)
         else:
@@ -264,17 +268,19 @@ async def sweep_forever(
         await anyio.sleep(interval)
 
 
-async def delete_model(store: Store, name: str, threads: StoreThreads, batch_rows: int = SWEEP_BATCH_ROWS) -> bool:
+async def delete_model(store: Store, name: str, threads: StoreThreads, batch_rows: int = DELETE_BATCH_ROWS) -> bool:
     """DELETE /v1/models/{name}: the model's rows go `batch_rows` per transaction
     (`Store.delete_batch`), pausing after each batch as long as it took, as the sweep does; False
     if there was no such model."""
+    found_once = False
     while True:
         started = time.monotonic()
         done = await threads.write(functools.partial(store.delete_batch, name, batch_rows))
         if done is None:
-            return False
+            return found_once  # deleted meanwhile, or never there
         if done:
             return True
+        found_once = True
         await anyio.sleep(time.monotonic() - started)
 
 

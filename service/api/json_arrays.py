@@ -10,7 +10,7 @@ Only bodies this module can read exactly are read here; for anything else `loads
 returns None and the caller's ordinary parser reads the body and names what is wrong in it:
 not JSON (NaN and Infinity literals included), a repeated key, an escape sequence, nesting
 deeper than two levels in an array of numbers, booleans or nulls among numbers, integers out
-of int64's range.
+of int64's range, an object with more than `_MAX_KEYS` keys.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ SIMDJSON_BYTES = 2 * 1024
 # are not written with); from it on, NumPy (for common bytes) or memchr (for rare ones) count faster.
 SMALL_BODY_BYTES = 64 * 1024
 _MAX_DEPTH = 64
+# simdjson finds a key by scanning its object, so reading an object key by key costs its size
+# squared; an object with more keys than this (options with thousands of names) goes to orjson.
+_MAX_KEYS = 128
 
 
 class _UnusualBodyError(Exception):
@@ -115,6 +118,8 @@ def _convert(value: Any, array_keys: frozenset[str], counts: _Counts, depth: int
     if depth > _MAX_DEPTH:
         raise _UnusualBodyError
     if isinstance(value, simdjson.Object):
+        if len(value) > _MAX_KEYS:
+            raise _UnusualBodyError
         converted: dict[str, Any] = {}
         for key in value.keys():  # noqa: SIM118 - a repeated key appears twice here, and only here
             if key in converted:

@@ -11,13 +11,18 @@ from service.store.errors import (
     RowShapeError,
     SchemaVersionError,
     StoreError,
+    StoreFailureError,
+    StoreFullError,
+    StoreUnavailableError,
     TooManyPendingError,
     UnknownModelError,
 )
+from service.store.health import StoreHealth
 from service.store.schema import SCHEMA_VERSION
-from service.store.store import DTYPES, SWEEP_BATCH_ROWS, Logged, Model, Pairs, Side, Store, Swept
+from service.store.store import DELETE_BATCH_ROWS, DTYPES, SWEEP_BATCH_ROWS, Logged, Model, Pairs, Side, Store, Swept
 
 __all__ = [
+    "DELETE_BATCH_ROWS",
     "DTYPES",
     "SCHEMA_VERSION",
     "SWEEP_BATCH_ROWS",
@@ -29,6 +34,10 @@ __all__ = [
     "Side",
     "Store",
     "StoreError",
+    "StoreFailureError",
+    "StoreFullError",
+    "StoreHealth",
+    "StoreUnavailableError",
     "Swept",
     "TooManyPendingError",
     "UnknownModelError",

@@ -13,10 +13,17 @@ where their SQL differs. Everything else is the same plain SQL, written with `?`
 
 `readers` and `writers` say how many transactions of each kind can run at once without
 waiting for a connection; the service sizes the threads it gives each kind to match.
+
+A disk that is full or a database that cannot be reached within the store's timeout surfaces as
+`StoreFullError` or `StoreUnavailableError` (see health.py), and each database's `health` says
+whether it can write. On SQLite a full disk also turns on the full-disk mode (space.py), in
+which deletions can still free space.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import queue
 import sqlite3
 import threading
@@ -27,6 +34,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+
+from service.store.errors import StoreFullError, StoreUnavailableError
+from service.store.health import StoreHealth, classified
+from service.store.space import FullDiskMode
 
 
 @dataclass(frozen=True)
@@ -83,12 +94,20 @@ COPY_TYPES = {"int": "int8", "text": "text", "real": "float8", "small": "int2", 
 class Transaction:
     """One open transaction. SQL is written with `?` placeholders for both databases."""
 
-    def __init__(self, cursor: Any, dialect: Dialect) -> None:
+    def __init__(self, cursor: Any, dialect: Dialect, refuse_rows: StoreFullError | None = None) -> None:
         # A sqlite3 or a psycopg cursor: both take execute/executemany/fetchone/fetchall alike.
         self._cursor = cursor
         self.dialect = dialect
+        # Set in SQLite's full-disk mode: statements that add rows raise it instead of running.
+        self._refuse_rows = refuse_rows
+        # Whether a statement that adds rows ran: only that proves a full disk has room again.
+        self.added_rows = False
 
     def _sql(self, sql: str) -> str:
+        if sql.lstrip()[:6].upper() == "INSERT":
+            if self._refuse_rows is not None:
+                raise StoreFullError(self._refuse_rows.reason)
+            self.added_rows = True
         return sql if self.dialect.placeholder == "?" else sql.replace("?", self.dialect.placeholder)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
@@ -108,6 +127,7 @@ class Transaction:
         instead, which still never overwrites a row.
         """
         names = ", ".join(name for name, _ in columns)
+        self._sql("INSERT")  # refused in SQLite's full-disk mode
         if self.dialect.name == "sqlite":
             self._sqlite_insert(table, columns, rows)
             return
@@ -162,17 +182,25 @@ class Transaction:
 class Database(Protocol):
     dialect: Dialect
     url: str
+    health: StoreHealth
+    # Seconds an operation may wait for the database before StoreUnavailableError.
+    timeout: float
     # Transactions of each kind that can run at once without waiting for a connection.
     readers: int
     writers: int
 
     def transaction(self, *, write: bool = True) -> Any: ...
 
+    def probe(self) -> None:
+        """Check, within `timeout`, whether the database answers (and, while it is failing,
+        whether it can write again), and report the outcome to `health`."""
+
     def close(self) -> None: ...
 
 
 class SQLiteDatabase:
-    """A SQLite file shared by the worker processes of one host (WAL mode).
+    """A SQLite file shared by the worker processes of one host (WAL mode). With `reserve_bytes`,
+    deletions can free space on a full disk (space.py).
 
     Writes go through one connection, one transaction at a time (`_lock`). Reads go through
     up to `readers` query-only connections of their own, opened as needed and kept; under WAL
@@ -182,17 +210,28 @@ class SQLiteDatabase:
 
     dialect = SQLITE
 
-    def __init__(self, url: str, path: str, readers: int = 4) -> None:
+    def __init__(self, url: str, path: str, timeout: float = 5.0, reserve_bytes: int = 0, readers: int = 4) -> None:
         self.url = url
+        self.timeout = timeout
+        self.health = StoreHealth()
         self._path = path
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._connection = self._open(path)
+        self._connection = self._open(path, timeout)
         self._connection.execute("PRAGMA journal_mode=WAL")
         # NORMAL: a commit is in the WAL file before it returns, so a killed process loses no
         # answered request; only an operating-system crash or power loss can lose the last ones.
         self._connection.execute("PRAGMA synchronous=NORMAL")
+        # Builds with SECURE_DELETE (Debian's) zero every page a DELETE frees, writing each one to
+        # the WAL: deleting a model would need as much free disk as the model takes. FAST zeroes
+        # deleted content only in pages written anyway (freed pages keep theirs until reused).
+        self._connection.execute("PRAGMA secure_delete=FAST")
         self._lock = threading.Lock()  # one writing connection, used by one thread at a time
+        self._full_disk = (
+            FullDiskMode(self._connection, path, reserve_bytes, self.health)
+            if path != ":memory:" and reserve_bytes
+            else None
+        )
         self.writers = 1
         self.readers = 1 if path == ":memory:" else readers
         # Idle read connections; `_opened` counts those that exist, idle or in use.
@@ -202,32 +241,63 @@ class SQLiteDatabase:
         self._closed = False
 
     @staticmethod
-    def _open(path: str) -> sqlite3.Connection:
+    def _open(path: str, timeout: float) -> sqlite3.Connection:
         # isolation_level=None: transactions are begun and ended here, explicitly. The timeout
         # is how long a writer waits for another process's write lock before giving up.
-        return sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        return sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Transaction]:
-        if write or self._path == ":memory:":
-            with self._lock:
-                yield from self._run(self._connection, "BEGIN IMMEDIATE" if write else "BEGIN")
+        if not write and self._path != ":memory:":
+            yield from self._read()
             return
-        connection = self._reader()
-        try:
-            yield from self._run(connection, "BEGIN")
-        finally:
-            self._release(connection)
+        with self._lock:
+            refusal = self._full_disk.before_write() if write and self._full_disk else None
+            try:
+                cursor = self._connection.cursor()
+                cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    tx = Transaction(cursor, self.dialect, refusal)
+                    yield tx
+                    cursor.execute("COMMIT")
+                finally:
+                    if self._connection.in_transaction:  # SQLite ends some failed transactions itself
+                        cursor.execute("ROLLBACK")
+            except Exception as exc:
+                failure = classified(exc)
+                if failure is None:
+                    raise
+                self.health.failed(failure, self._full_disk.failed(failure) if self._full_disk else "")
+                if failure is exc:
+                    raise
+                raise failure from exc
+            if not (write and self._full_disk and self._full_disk.after_write()):
+                self.health.succeeded(wrote=write and (tx.added_rows or self.health.status != "full"))
 
-    def _run(self, connection: sqlite3.Connection, begin: str) -> Iterator[Transaction]:
-        cursor = connection.cursor()
-        cursor.execute(begin)
+    def _read(self) -> Iterator[Transaction]:
+        """A read transaction on a read connection; failures are classified as writes' are."""
+        connection = None
         try:
-            yield Transaction(cursor, self.dialect)
-        except BaseException:
-            cursor.execute("ROLLBACK")
-            raise
-        cursor.execute("COMMIT")
+            connection = self._reader()
+            cursor = connection.cursor()
+            cursor.execute("BEGIN")
+            try:
+                yield Transaction(cursor, self.dialect)
+                cursor.execute("COMMIT")
+            finally:
+                if connection.in_transaction:
+                    cursor.execute("ROLLBACK")
+        except Exception as exc:
+            failure = classified(exc)
+            if failure is None:
+                raise
+            self.health.failed(failure)
+            if failure is exc:
+                raise
+            raise failure from exc
+        finally:
+            if connection is not None:
+                self._release(connection)
 
     def _reader(self) -> sqlite3.Connection:
         """An idle read connection, a new one while fewer than `readers` exist, else the next freed."""
@@ -244,7 +314,7 @@ class SQLiteDatabase:
         if not opening:
             return self._idle.get()
         try:
-            connection = self._open(self._path)
+            connection = self._open(self._path, self.timeout)
             # Reads only: a statement that would write fails instead.
             connection.execute("PRAGMA query_only=ON")
         except BaseException:
@@ -259,6 +329,26 @@ class SQLiteDatabase:
                 self._idle.put(connection)
                 return
         connection.close()  # the database was closed while this read ran
+
+    def probe(self) -> None:
+        if not self._lock.acquire(timeout=self.timeout):
+            return  # busy with requests, which report their own outcomes
+        try:
+            if self.health.status == "unavailable":
+                try:
+                    self._connection.execute("BEGIN IMMEDIATE")
+                    self._connection.execute("ROLLBACK")
+                except Exception as exc:
+                    failure = classified(exc)
+                    if failure is None:
+                        raise
+                    self.health.failed(failure)
+                else:
+                    self.health.succeeded(wrote=True)
+            elif self._full_disk is not None:
+                self._full_disk.probe()
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         with self._opened_lock:
@@ -279,7 +369,7 @@ class PostgresDatabase:
 
     dialect = POSTGRES
 
-    def __init__(self, url: str, max_connections: int) -> None:
+    def __init__(self, url: str, max_connections: int, timeout: float = 5.0) -> None:
         from psycopg import Connection
         from psycopg_pool import ConnectionPool
 
@@ -287,38 +377,92 @@ class PostgresDatabase:
             connection.read_only = True
 
         self.url = url
+        self.timeout = timeout
+        self.health = StoreHealth()
         self.readers = self.writers = max_connections
+        # `timeout`: how long a request waits for a connection (PoolTimeout after it); libpq's
+        # connect_timeout (whole seconds, at least 2) bounds each attempt to connect.
+        options: dict[str, Any] = {
+            "min_size": 1,
+            "max_size": max_connections,
+            "open": False,
+            "timeout": timeout,
+            "kwargs": {"connect_timeout": max(2, math.ceil(timeout))},
+        }
+        self._pool = ConnectionPool(url, **options)
+        self._readers = ConnectionPool(url, configure=read_only, **options)
         # Connection failures surface here, at start-up, not at the first request.
-        self._pool = ConnectionPool(url, min_size=1, max_size=max_connections, open=False)
-        self._readers = ConnectionPool(url, min_size=1, max_size=max_connections, open=False, configure=read_only)
-        self._pool.open(wait=True, timeout=30.0)
+        self._pool.open(wait=True, timeout=max(30.0, timeout))
         try:
-            self._readers.open(wait=True, timeout=30.0)
+            self._readers.open(wait=True, timeout=max(30.0, timeout))
         except BaseException:
             self._pool.close()
             raise
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Transaction]:
-        # The pool's context commits when the block ends and rolls back when it raises.
         pool = self._pool if write else self._readers
-        with pool.connection() as connection, connection.cursor() as cursor:
-            yield Transaction(cursor, self.dialect)
+        try:
+            # The pool's context commits when the block ends and rolls back when it raises.
+            with pool.connection() as connection, connection.cursor() as cursor:
+                tx = Transaction(cursor, self.dialect)
+                yield tx
+        except Exception as exc:
+            failure = classified(exc)
+            if failure is None:
+                raise
+            if isinstance(failure, StoreUnavailableError) and self.health.status != "unavailable":
+                # The server went away: the pools' idle connections are likely broken too. Dropping
+                # them now, once per episode, spares the requests after its return a failure each
+                # (checking every connection as it is handed out would cost a round trip each).
+                self._check_pools()
+            self.health.failed(failure)
+            if failure is exc:
+                raise
+            raise failure from exc
+        # A deletion succeeds on a full disk: only added rows end that episode.
+        self.health.succeeded(wrote=write and (tx.added_rows or self.health.status != "full"))
+
+    def probe(self) -> None:
+        """`SELECT 1` while healthy; while failing, a write that changes nothing."""
+        failing = self.health.status != "ok"
+        try:
+            with self._pool.connection(timeout=self.timeout) as connection:
+                connection.execute("UPDATE loss_schema SET version = version" if failing else "SELECT 1")
+        except Exception as exc:
+            failure = classified(exc)
+            if failure is None:
+                raise
+            if isinstance(failure, StoreUnavailableError) and self.health.status != "unavailable":
+                self._check_pools()  # as a failed transaction does
+            self.health.failed(failure)
+        else:
+            if failing:
+                # The read pool's idle connections may predate the episode (a restarted server):
+                # the probe went through the write pool only.
+                self._check_pools()
+            self.health.succeeded(wrote=failing)
+
+    def _check_pools(self) -> None:
+        """Drop the idle connections of both pools that no longer work."""
+        for pool in (self._pool, self._readers):
+            with contextlib.suppress(Exception):
+                pool.check()
 
     def close(self) -> None:
         self._readers.close()
         self._pool.close()
 
 
-def connect(url: str, max_connections: int = 10) -> Database:
+def connect(url: str, max_connections: int = 10, timeout: float = 5.0, reserve_bytes: int = 0) -> Database:
     """A database from a URL: `sqlite:///relative/path`, `sqlite:////absolute/path`, or
-    `postgresql://user:password@host:port/database` (also `postgres://`).
-
-    `max_connections`: SQLite's read connections; PostgreSQL's connections in each pool."""
+    `postgresql://user:password@host:port/database` (also `postgres://`). `timeout`: seconds an
+    operation may wait for the database; `reserve_bytes`: SQLite's full-disk reserve (0: none);
+    `max_connections`: SQLite's read connections, PostgreSQL's connections in each pool."""
     if url.startswith("sqlite:///"):
-        return SQLiteDatabase(url, url.removeprefix("sqlite:///"), max_connections)
+        return SQLiteDatabase(url, url.removeprefix("sqlite:///"), timeout, reserve_bytes, max_connections)
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresDatabase(url, max_connections)
+        return PostgresDatabase(url, max_connections, timeout)
     raise ValueError(
         f"unsupported store URL {redacted(url)!r}: use sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DATABASE"
     )

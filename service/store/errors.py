@@ -43,3 +43,26 @@ class SchemaVersionError(StoreError):
             "upgrade loss-service (downgrading a store is not supported)"
         )
         self.found, self.known = found, known
+
+
+class StoreFailureError(StoreError):
+    """The database could not do its part; nothing of the operation was stored. `retry_after`:
+    seconds after which a retry may succeed (the HTTP layer's `Retry-After`)."""
+
+    retry_after = 5
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class StoreUnavailableError(StoreFailureError):
+    """The database cannot be reached or did not answer within LOSS_SERVICE_STORE_TIMEOUT."""
+
+    retry_after = 5
+
+
+class StoreFullError(StoreFailureError):
+    """The database's disk is full: rows cannot be added until space is freed."""
+
+    retry_after = 30

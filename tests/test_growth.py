@@ -1,0 +1,223 @@
+"""A bad body's cost grows with its size, not faster: 8x the bad keys, ids or entries must cost less
+than 20x the CPU time (a quadratic path costs 64x). Two sizes compared in one test, never a bound
+in seconds: the ratio holds on a slow machine as on a fast one.
+
+Each case is a door a client can open with any dict- or list-valued field: unknown option keys,
+a repeated key among many, per-entry errors in class weights, unknown keys in a model's
+configuration, repeated row ids, unknown keys, inputs and outputs in an Open Inference Protocol
+request, unexpected arrays in npz and Arrow bodies."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from service.api.errors import MAX_REPORTED_ERRORS
+from service.app import create_app
+from service.config import Settings
+
+pytestmark = pytest.mark.anyio
+
+SMALL = 512
+GROWTH = 8
+# Linear work over 8x the input costs ~8x, plus noise and the fixed cost of a request; quadratic
+# work costs ~64x.
+BOUND = 20
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(Settings(store_url=f"sqlite:///{tmp_path}/store.sqlite3"))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://loss-service", timeout=120) as c:
+            response = await c.put("/v1/models/fraud", json={"losses": [{"loss": "mse"}]})
+            assert response.status_code == 200, response.text
+            yield c
+
+
+def keys(count: int, value: str = "1") -> str:
+    return ", ".join(f'"k{i}": {value}' for i in range(count))
+
+
+def npz_with_members(count: int) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, predictions=np.ones(1), labels=np.ones(1), **{f"x{i}": np.ones(1) for i in range(count)})
+    return buffer.getvalue()
+
+
+def arrow_with_columns(count: int) -> bytes:
+    table = pa.table({"predictions": [1.0], "labels": [1.0], **{f"x{i}": [1.0] for i in range(count)}})
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def oip_tensor(name: str) -> dict[str, object]:
+    return {"name": name, "shape": [1], "datatype": "FP64", "data": [1.0]}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    path: str
+    body: Callable[[int], str | bytes]
+    status: int
+    method: str = "POST"
+    small: int = SMALL  # large enough that the work measured outweighs a request's fixed cost
+    content_type: str = "application/json"
+
+
+CASES = [
+    Case(
+        "unknown option keys",
+        "/v1/loss",
+        lambda n: '{"loss": "mse", "options": {' + keys(n) + '}, "predictions": [1.0], "labels": [1.0]}',
+        422,
+    ),
+    Case(
+        "a repeated key among many option keys",
+        "/v1/loss",
+        lambda n: '{"loss": "mse", "options": {' + keys(n) + ', "k7": 2}, "predictions": [1.0], "labels": [1.0]}',
+        422,
+        small=4096,
+    ),
+    Case(
+        "negative class weights by class",
+        "/v1/loss",
+        lambda n: (
+            '{"loss": "scce", "options": {"class_weight": {'
+            + ", ".join(f'"{i}": -1' for i in range(n))
+            + '}}, "predictions": [[0.5, 0.5]], "labels": [1]}'
+        ),
+        422,
+    ),
+    Case(
+        "unknown keys in a model's configuration",
+        "/v1/models/other",
+        lambda n: '{"losses": [{"loss": "mse"}], ' + keys(n) + "}",
+        422,
+        "PUT",
+    ),
+    Case(
+        "a repeated id at the end of many",
+        "/v1/models/fraud/predictions",
+        lambda n: json.dumps({"ids": [*map(str, range(n)), "0"], "predictions": [1.0] * (n + 1)}),
+        422,
+    ),
+    Case(
+        "unknown keys in an Open Inference Protocol request's parameters",
+        "/v2/models/mse/infer",
+        lambda n: (
+            '{"parameters": {'
+            + keys(n, '"x"')
+            + '}, "inputs": [{"name": "predictions", "shape": [1], "datatype": "FP64", "data": [1.0]},'
+            ' {"name": "labels", "shape": [1], "datatype": "FP64", "data": ["one"]}]}'
+        ),
+        400,
+    ),
+    Case(
+        "unexpected arrays in an npz body",
+        "/v1/loss?loss=mse",
+        npz_with_members,
+        422,
+        small=256,
+        content_type="application/x-npz",
+    ),
+    Case(
+        "unexpected columns in an Arrow body",
+        "/v1/loss?loss=mse",
+        arrow_with_columns,
+        422,
+        content_type="application/vnd.apache.arrow.stream",
+    ),
+    Case(
+        "unexpected inputs in an Open Inference Protocol request",
+        "/v2/models/mse/infer",
+        lambda n: json.dumps({"inputs": [oip_tensor(f"x{i}") for i in range(n)]}),
+        400,
+    ),
+    Case(
+        "unknown outputs in an Open Inference Protocol request",
+        "/v2/models/mse/infer",
+        lambda n: json.dumps(
+            {
+                "inputs": [oip_tensor("predictions"), oip_tensor("labels")],
+                "outputs": [{"name": f"o{i}"} for i in range(n)],
+            }
+        ),
+        400,
+    ),
+]
+
+
+async def cost(api: httpx.AsyncClient, case: Case, size: int, tries: int) -> tuple[float, httpx.Response]:
+    """The least process CPU time of `tries` identical requests (the app's worker threads count)."""
+    made = case.body(size)
+    content = made.encode() if isinstance(made, str) else made
+    best, response = float("inf"), None
+    for _ in range(tries):
+        start = time.process_time()
+        response = await api.request(
+            case.method, case.path, content=content, headers={"content-type": case.content_type}
+        )
+        best = min(best, time.process_time() - start)
+    assert response is not None
+    return best, response
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+async def test_a_bad_body_costs_in_proportion_to_its_size(api: httpx.AsyncClient, case: Case) -> None:
+    await cost(api, case, case.small, 1)  # warm-up: imports, caches
+    small, small_answer = await cost(api, case, case.small, 3)
+    large, large_answer = await cost(api, case, case.small * GROWTH, 1)
+    if large >= BOUND * small:  # one noisy run is not a verdict: the least of three is
+        large, large_answer = await cost(api, case, case.small * GROWTH, 3)
+    assert small_answer.status_code == case.status, small_answer.text[:300]
+    assert large_answer.status_code == case.status, large_answer.text[:300]
+    assert large < BOUND * small, f"{GROWTH}x the input cost {large / small:.1f}x the CPU time"
+
+
+async def test_a_problem_lists_the_first_errors_and_counts_the_rest(api: httpx.AsyncClient) -> None:
+    body = '{"loss": "mse", "options": {' + keys(4096) + '}, "predictions": [1.0], "labels": [1.0]}'
+    response = await api.post("/v1/loss", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["detail"] == "options.k0: Extra inputs are not permitted (and 4095 more)"
+    assert len(problem["errors"]) == MAX_REPORTED_ERRORS
+    assert problem["errors"][:2] == [
+        {"loc": ["body", "options", "k0"], "msg": "Extra inputs are not permitted"},
+        {"loc": ["body", "options", "k1"], "msg": "Extra inputs are not permitted"},
+    ]
+
+
+async def test_a_wrong_branch_is_dropped_only_where_another_branch_got_further(api: httpx.AsyncClient) -> None:
+    """`class_weight` is a list or a dict: a dict with a bad weight is reported at its key, without
+    the list branch's "should be a valid list"; a string is reported by both branches."""
+    bad_weight = await api.post(
+        "/v1/loss",
+        json={
+            "loss": "scce",
+            "options": {"class_weight": {"0": 1.0, "1": -1.0}},
+            "predictions": [[0.5, 0.5]],
+            "labels": [1],
+        },
+    )
+    assert bad_weight.status_code == 422
+    assert [error["loc"] for error in bad_weight.json()["errors"]] == [["body", "options", "class_weight", "1"]]
+    not_either = await api.post(
+        "/v1/loss",
+        json={"loss": "scce", "options": {"class_weight": "heavy"}, "predictions": [[0.5, 0.5]], "labels": [1]},
+    )
+    assert not_either.status_code == 422
+    assert len(not_either.json()["errors"]) == 2
