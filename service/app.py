@@ -65,7 +65,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     health.listeners.append(app.state.monitor.set_store_status)
     app.state.monitor.set_store_status(health.status)  # a store may start full (space.py)
     sweeper = asyncio.create_task(
-        sweep_forever(app.state.store, app.state.monitor, settings.sweep_interval, store_threads(app.state))
+        sweep_forever(
+            app.state.store,
+            app.state.monitor,
+            settings.sweep_interval,
+            store_threads(app.state),
+            app.state.keys,
+            settings,
+        )
     )
     watcher = asyncio.create_task(_watch_keys(app.state.keys, app.state.monitor))
     # Everything alive now (modules, the app, its schemas) lives as long as the worker: moved out

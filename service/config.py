@@ -166,6 +166,26 @@ class Settings(BaseSettings):
         ge=1,
         description="Most rows per model waiting for their other half (predictions + labels); more get 429.",
     )
+    quota_models: int = Field(
+        default=100,
+        ge=1,
+        description="Models an API key may hold (those its `models` patterns match; every model for a key without "
+        "patterns and for the service without keys), for a key whose entry sets no `max_models`; creating one more "
+        "gets 429.",
+    )
+    quota_stored_bytes: int = Field(
+        default=1024**3,
+        ge=1,
+        description="Bytes of stored rows (payloads of pending rows, plus each kept row's id and 64 bytes) an API key "
+        "may hold over its models, for a key whose entry sets no `max_stored_bytes`; a write that would pass it gets "
+        "429 and stores nothing.",
+    )
+    quota_row_values: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Values in one logged prediction or label row, for a key whose entry sets no `max_row_values`; "
+        "a wider row gets 422.",
+    )
     sweep_interval: float = Field(
         default=60.0, gt=0, description="Seconds between sweeps that remove rows older than their model's retention."
     )

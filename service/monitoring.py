@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import logging
+import math
 import os
 import random
 import sys
@@ -171,6 +172,8 @@ class Monitor:
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._flight_lock = threading.Lock()
         self._flights: dict[Hashable, concurrent.futures.Future[tuple[bytes, str]]] = {}
+        self._quota_lock = threading.Lock()
+        self._quota_as_of: dict[str, float] = {}
         r = self.registry
         # Not mutation-tested (make mutation): the declarations' names, types and labels are pinned
         # by the docs' metrics table test and the live dashboard and alert tests; their help texts
@@ -201,11 +204,11 @@ class Monitor:
         )
         self.rejected = Counter(
             "loss_service_http_requests_rejected_total",
-            "Requests refused, by reason: too_large, invalid, unauthorised, overloaded, rate_limited.",
+            "Requests refused, by reason: too_large, invalid, unauthorised, overloaded, rate_limited, quota.",
             ["reason"],
             registry=r,
         )
-        for reason in ("too_large", "invalid", "unauthorised", "overloaded", "rate_limited"):
+        for reason in ("too_large", "invalid", "unauthorised", "overloaded", "rate_limited", "quota"):
             self.rejected.labels(reason)
         self.sample_loss = Histogram(
             "loss_service_sample_loss",
@@ -290,6 +293,14 @@ class Monitor:
             ["status"],
             registry=r,
             multiprocess_mode="livemax",
+        )
+        self.quota_usage = Gauge(
+            "loss_service_quota_usage",
+            "What the models an API key's patterns match hold against its quotas, by the key's name (never the key; "
+            "empty without keys) and quota (models, stored_bytes), as the store counted at the last write or sweep.",
+            ["key", "quota"],
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         # pragma: no mutate end
         self.set_store_status("ok")
@@ -434,6 +445,18 @@ class Monitor:
     def set_store_status(self, status: str) -> None:
         for each in ("ok", "full", "unavailable"):
             self.store_status.labels(each).set(1 if each == status else 0)
+
+    def set_quota_usage(self, key: str, models: int, stored_bytes: int, as_of: float) -> None:
+        """`key`: the API key's name ("" for the service without keys); `as_of`: the `time.monotonic()`
+        at which the usage was read (a report: before its read) or known (a write: after its commit).
+        A usage older than the one shown is dropped, so that a report read before a write committed
+        but set after it does not hide the write (within this process)."""
+        with self._quota_lock:
+            if as_of < self._quota_as_of.get(key, -math.inf):
+                return
+            self._quota_as_of[key] = as_of
+            self._child(self.quota_usage, key, "models").set(models)
+            self._child(self.quota_usage, key, "stored_bytes").set(stored_bytes)
 
     def set_keys(self, count: int, reload_failed: bool) -> None:
         """The API keys in force (their number splits the model labels) and whether the last reload failed."""

@@ -713,3 +713,92 @@ async def test_hostile_model_names_out_of_a_keys_reach_get_a_403_with_the_name_c
     keyed: httpx.AsyncClient, name: str, method: str, path: str, payload: Any
 ) -> None:
     assert await answered_within_bounds(keyed, name, method, path, payload) == 403
+
+
+# item 4: quotas
+# Rows wider than LOSS_SERVICE_QUOTA_ROW_VALUES (4 here): 422 naming the field and row 0, nothing stored.
+ROW_TOO_WIDE: list[tuple[str, str, dict[str, Any], str]] = [
+    ("predictions", "/v1/models/quota/predictions", {"ids": ["a"], "predictions": [[0.5] * 5]}, "predictions.0"),
+    ("labels", "/v1/models/quota/labels", {"ids": ["a", "b"], "labels": [[[1, 2], [3, 4], [5, 6]]] * 2}, "labels.0"),
+]
+
+
+@pytest.mark.parametrize(("name", "path", "payload", "where"), ROW_TOO_WIDE, ids=[c[0] for c in ROW_TOO_WIDE])
+async def test_a_row_too_wide_for_the_quota_is_refused(
+    name: str,
+    path: str,
+    payload: dict[str, Any],
+    where: str,
+    tmp_path: Any,  # a pathlib.Path
+) -> None:
+    app = create_app(Settings(quota_row_values=4, store_url=f"sqlite:///{tmp_path}/store.sqlite3"))
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://bad") as c:
+        assert (await c.put("/v1/models/quota", json={"losses": [{"loss": "mse"}]})).status_code == 200
+        response = await c.post(path, json=payload)
+        assert response.status_code == 422, f"{name}: {response.status_code} {response.text[:300]}"
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["detail"].startswith(f"{where}: a row holds ")
+        assert "quota max_row_values of 4" in response.json()["detail"]
+        status = (await c.get("/v1/models/quota")).json()
+        assert (status["pending_predictions"], status["pending_labels"], status["stored_bytes"]) == (0, 0, 0)
+
+
+# item 2: control characters in ids
+# SQLite's JSON functions cut an id at U+0000 (two ids stored as one row "", counters adrift) and
+# PostgreSQL refuses it (a 500): every control character (C0, DEL, C1) in an id is a 422 naming
+# its index; lone surrogates are malformed JSON (400), as both JSON parsers read them.
+ID_LOGS = "/v1/models/corpus/predictions"
+ID_LABELS = "/v1/models/corpus/labels"
+
+
+def _predictions(ids: str, count: int) -> bytes:
+    return b'{"ids": [' + ids.encode() + b'], "predictions": [' + b", ".join([b"[0.2, 0.8]"] * count) + b"]}"
+
+
+CONTROL_IDS: list[tuple[str, str, bytes, int, str]] = [
+    ("nul-two-ids", ID_LOGS, _predictions('"\\u0000a", "\\u0000b"', 2), 422, "ids.0: id contains the control character U+0000"),
+    ("nul-inside", ID_LOGS, _predictions('"a", "a\\u0000x"', 2), 422, "ids.1: id contains the control character U+0000"),
+    ("nul-alone-label", ID_LABELS, b'{"ids": ["\\u0000"], "labels": [1]}', 422, "ids.0: id contains the control character U+0000"),
+    ("nul-after-ints", ID_LABELS, b'{"ids": [1, 2, "3\\u0000"], "labels": [1, 0, 1]}', 422, "ids.2: id contains the control character U+0000"),
+    *[(f"c0-{c:02x}", ID_LOGS, _predictions(f'"x", "y\\u{c:04x}"', 2), 422, f"ids.1: id contains the control character U+{c:04X}")
+      for c in (0x01, 0x09, 0x0A, 0x0D, 0x1B, 0x1F)],
+    *[(f"c1-{c:02x}", ID_LOGS, _predictions(f'"\\u{c:04x}z"', 1), 422, f"ids.0: id contains the control character U+{c:04X}")
+      for c in (0x7F, 0x80, 0x85, 0x9B, 0x9F)],
+    ("c1-raw-utf8", ID_LOGS, b'{"ids": ["a\xc2\x85"], "predictions": [[0.2, 0.8]]}', 422, "ids.0: id contains the control character U+0085"),
+    ("del-raw", ID_LOGS, b'{"ids": ["a\x7f"], "predictions": [[0.2, 0.8]]}', 422, "ids.0: id contains the control character U+007F"),
+    ("c0-raw", ID_LOGS, b'{"ids": ["a\x01"], "predictions": [[0.2, 0.8]]}', 400, "malformed JSON"),
+    ("nul-raw", ID_LOGS, b'{"ids": ["a\x00"], "predictions": [[0.2, 0.8]]}', 400, "malformed JSON"),
+    ("surrogate-high", ID_LOGS, _predictions('"\\ud800"', 1), 400, "malformed JSON"),
+    ("surrogate-low", ID_LOGS, _predictions('"a", "b\\udc00c"', 2), 400, "malformed JSON"),
+    ("surrogate-raw", ID_LOGS, b'{"ids": ["\xed\xa0\x80"], "predictions": [[0.2, 0.8]]}', 400, "malformed JSON"),
+    ("nul-and-repeat", ID_LOGS, _predictions('"a", "a", "\\u0000"', 3), 422, "ids.1: repeats the id"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "status", "detail"), [c[1:] for c in CONTROL_IDS], ids=[c[0] for c in CONTROL_IDS]
+)
+async def test_ids_with_control_characters_are_refused(
+    limited: httpx.AsyncClient, path: str, content: bytes, status: int, detail: str
+) -> None:
+    before = (await limited.get("/v1/models/corpus")).json()
+    response = await limited.post(path, content=content, headers={"content-type": JSON})
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"].startswith(detail), response.text
+    after = (await limited.get("/v1/models/corpus")).json()
+    assert (after["pending_predictions"], after["pending_labels"]) == (
+        before["pending_predictions"],
+        before["pending_labels"],
+    )
+
+
+async def test_ids_with_printable_unicode_are_kept_as_given(limited: httpx.AsyncClient) -> None:
+    """What is not refused: spaces, NBSP, line separators, accents, characters beyond the BMP."""
+    assert (await limited.put("/v1/models/corpus-ids", json={"losses": [{"loss": "mse"}]})).status_code == 200
+    ids = ["a b", "a\u00a0b", "a\u2028b", "é", "\U0001f600", "\u00a0", "\ufeff"]
+    logged = await limited.post("/v1/models/corpus-ids/predictions", json={"ids": ids, "predictions": [0.5] * len(ids)})
+    assert logged.status_code == 200, logged.text
+    joined = await limited.post("/v1/models/corpus-ids/labels", json={"ids": ids[::-1], "labels": [0.5] * len(ids)})
+    assert joined.json()["joined_ids"] == ids[::-1]

@@ -245,6 +245,10 @@ BAD_LOGS: list[tuple[str, str, Any, list[Any]]] = [
     ("predictions", "float id", {"ids": [1.5], "predictions": [[0.0, 1.0]]}, ["body", "ids", 0]),
     ("predictions", "empty id", {"ids": [""], "predictions": [[0.0, 1.0]]}, ["body", "ids", 0]),
     ("predictions", "long id", {"ids": ["x" * 129], "predictions": [[0.0, 1.0]]}, ["body", "ids", 0]),
+    ("predictions", "NUL in an id", {"ids": ["a", "b\x00"], "predictions": [[0.0, 1.0]] * 2}, ["body", "ids", 1]),
+    ("labels", "C0 control in an id", {"ids": ["a", "b", "\x1fc"], "labels": [1, 0, 1]}, ["body", "ids", 2]),
+    ("labels", "DEL in an id", {"ids": ["a\x7f"], "labels": [1]}, ["body", "ids", 0]),
+    ("predictions", "C1 control in an id", {"ids": [7, "x\x85"], "predictions": [[0.0, 1.0]] * 2}, ["body", "ids", 1]),
     ("predictions", "no ids", {"ids": [], "predictions": [[0.0, 1.0]]}, ["body", "ids"]),
     ("predictions", "ids not a list", {"ids": "a", "predictions": [[0.0, 1.0]]}, ["body", "ids"]),
     ("predictions", "fewer rows than ids", {"ids": ["a", "b"], "predictions": [[0.0, 1.0]]}, ["body", "predictions"]),
@@ -374,3 +378,120 @@ async def test_pending_counts_by_kind_and_a_label_before_its_prediction_counts_n
     assert metric(text, "loss_service_pending", model="fraud", kind="labels") == 1
     assert metric(text, "loss_service_label_delay_seconds_count", model="fraud") == 1
     assert metric(text, "loss_service_label_delay_seconds_sum", model="fraud") == 0.0
+
+
+# -- ids with control characters (issue #29, item 2) ---------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def api_on(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The service on SQLite or on PostgreSQL."""
+    url = f"sqlite:///{tmp_path}/store.sqlite3"
+    if request.param == "postgresql":
+        url = str(request.getfixturevalue("postgres_url"))
+    app = create_app(Settings(store_url=url, max_pending=200_000, sweep_interval=3600))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://loss-service") as c:
+            yield c
+
+
+def stored_ids(api: httpx.AsyncClient, table: str) -> list[str]:
+    store = api._transport.app.state.store  # type: ignore[attr-defined]
+    with store.database.transaction(write=False) as tx:
+        return sorted(row[0] for row in tx.all(f"SELECT id FROM {table}"))
+
+
+async def test_ids_with_nul_are_refused_by_index_and_never_stored(api_on: httpx.AsyncClient) -> None:
+    """SQLite's JSON functions cut strings at U+0000: ["\\u0000a", "\\u0000b"] was answered
+    `accepted: 2` with one row "" stored, the pending count drifting for good, and "a\\u0000x"
+    taken for a duplicate of "a"; PostgreSQL answered 500. Each such id is a 422 naming its index."""
+    api = api_on
+    await configure(api)
+    headers = {"content-type": "application/json"}
+    for side, raw, index in [
+        ("predictions", b'{"ids": ["\\u0000a", "\\u0000b"], "predictions": [[0.0, 1.0], [1.0, 0.0]]}', 0),
+        ("labels", b'{"ids": ["\\u0000a", "\\u0000b"], "labels": [1, 0]}', 0),
+        ("predictions", b'{"ids": ["x", 7, "a\\u0000x"], "predictions": [[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]}', 2),
+        ("labels", b'{"ids": ["x", "y\\u0085"], "labels": [1, 0]}', 1),
+    ]:
+        response = await api.post(f"/v1/models/fraud/{side}", content=raw, headers=headers)
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        problem = response.json()
+        assert problem["errors"][0]["loc"] == ["body", "ids", index]
+        code = "U+0085" if b"u0085" in raw else "U+0000"
+        assert problem["detail"].startswith(f"ids.{index}: id contains the control character {code}")
+    await post(api, "predictions", {"ids": ["a"], "predictions": [[0.0, 1.0]]})
+    shadowing = await api.post(
+        "/v1/models/fraud/predictions", content=b'{"ids": ["a\\u0000x"], "predictions": [[0.0, 1.0]]}', headers=headers
+    )
+    assert shadowing.status_code == 422, "not a duplicate of 'a'"
+    joined = await post(api, "labels", {"ids": ["a"], "labels": [1]})
+    assert joined["joined_ids"] == ["a"]
+    status = (await api.get("/v1/models/fraud")).json()
+    assert (status["pending_predictions"], status["pending_labels"], status["joined"]) == (0, 0, 1)
+    assert stored_ids(api, "loss_predictions") == stored_ids(api, "loss_labels") == ["a"]
+
+
+async def test_a_control_character_among_100k_ids_is_found_at_its_index(
+    api_on: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large bodies take other decoders (simdjson for the arrays, field by field from 32 MB): the
+    refusal is the same, at the index of the one bad id; nothing of the request is stored."""
+    from service.api import body as body_module
+
+    api = api_on
+    await configure(api, losses=[{"loss": "mse"}], convention="keras")
+    ids = [f"id-{i}" for i in range(100_000)]
+    ids[99_998] = "late\x00"
+    raw = json.dumps({"ids": ids, "predictions": [0.5] * len(ids)}).encode()
+    for fieldwise_from in (body_module.FIELDWISE_BYTES, 0):
+        monkeypatch.setattr(body_module, "FIELDWISE_BYTES", fieldwise_from)
+        response = await api.post(
+            "/v1/models/fraud/predictions", content=raw, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["loc"] == ["body", "ids", 99_998]
+    ids[99_998] = "late"
+    accepted = await post(api, "predictions", {"ids": ids, "predictions": [0.5] * len(ids)})
+    assert accepted["accepted"] == 100_000
+    assert (await api.get("/v1/models/fraud")).json()["pending_predictions"] == 100_000
+
+
+def test_the_refused_characters_are_unicodes_controls_and_the_openapi_pattern_agrees() -> None:
+    """Every character of the Basic Multilingual Plane (the refused ones all lie there), and a few
+    beyond: an id holding it is refused exactly when it is a control character (general category
+    Cc) or a surrogate, and the pattern the OpenAPI document publishes refuses the same ones."""
+    import unicodedata
+
+    from service.api.schemas import ID_PATTERN, _holds_refused, _refused_character
+
+    pattern = re.compile(ID_PATTERN)
+    for code in [*range(0x10000), 0x1F600, 0xE0001, 0x10FFFF]:
+        text = f"id-{chr(code)}"
+        surrogate = 0xD800 <= code <= 0xDFFF
+        refused = unicodedata.category(chr(code)) == "Cc" or surrogate
+        assert (_refused_character(text) is not None) == _holds_refused(text) == refused, hex(code)
+        if not surrogate:  # a JSON string cannot hold one
+            assert (pattern.fullmatch(text) is None) == refused, hex(code)
+
+
+async def test_an_id_the_store_refuses_is_a_422_naming_its_index(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The schema refuses every id the store would; should the two ever disagree, the store's own
+    refusal is still a 422 at the id's index, not a 500."""
+    from service.store import RowIdError, Store
+
+    await configure(api)
+
+    def refuse(*_: Any, **__: Any) -> None:
+        raise RowIdError(1, "id contains U+0000, which the store cannot keep")
+
+    monkeypatch.setattr(Store, "log", refuse)
+    response = await api.post("/v1/models/fraud/predictions", json={"ids": ["a", "b"], "predictions": [[0.0, 1.0]] * 2})
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"] == [
+        {"loc": ["body", "ids", 1], "msg": "id contains U+0000, which the store cannot keep"}
+    ]

@@ -516,6 +516,7 @@ def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def test_a_delete_in_batches_removes_everything_and_a_partial_one_keeps_counts_true(any_url: str) -> None:
     from service.store import StoreUnavailableError
+    from service.store.schema import row_bytes_sql
 
     store = Store.open(any_url)
     try:
@@ -558,6 +559,19 @@ def test_a_delete_in_batches_removes_everything_and_a_partial_one_keeps_counts_t
         assert model is not None
         assert sum(rows_of("gone", pending=False)) == 12 - 6  # two batches of three rows went
         assert [model.pending_predictions, model.pending_labels] == rows_of("gone", pending=True)
+        with database.transaction(write=False) as tx:
+            kept_bytes = sum(
+                (
+                    tx.one(
+                        f"SELECT coalesce(sum({row_bytes_sql(tx.dialect.name)}), 0) FROM {table} "
+                        "WHERE model_id = (SELECT m.id FROM loss_models m WHERE m.name = ?)",
+                        ["gone"],
+                    )
+                    or (0,)
+                )[0]
+                for table in ("loss_predictions", "loss_labels")
+            )
+        assert model.stored_bytes == kept_bytes > 0  # what the quota counts is what is left
         assert store.delete_model("gone", batch_rows=3)
         assert not store.delete_model("gone")
         assert store.model("gone") is None

@@ -255,8 +255,7 @@ def test_a_store_of_the_first_layout_gains_the_pending_indexes_and_keeps_its_row
     try:  # the store as the first layout left it, with a model and a pending row
         with database.transaction() as tx:
             tx.execute("CREATE TABLE loss_schema (version INTEGER NOT NULL)")
-            for statement in MIGRATIONS[0][1]:
-                tx.execute(statement.format(**tx.dialect.types))
+            MIGRATIONS[0][1](tx)  # the first layout's tables
             tx.execute("INSERT INTO loss_schema (version) VALUES (1)")
             tx.execute(
                 "INSERT INTO loss_models (name, config, retention_seconds, created_at, updated_at, "

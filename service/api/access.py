@@ -7,9 +7,13 @@
     models = ["fraud-*"]                     # glob patterns; omitted = every model
     requests_per_second = 50                 # optional
     values_per_second = 5e6                  # optional: numbers in predictions + labels
+    max_models = 20                          # optional quotas; default LOSS_SERVICE_QUOTA_MODELS,
+    max_stored_bytes = 10_000_000_000        #   LOSS_SERVICE_QUOTA_STORED_BYTES,
+    max_row_values = 100_000                 #   LOSS_SERVICE_QUOTA_ROW_VALUES
 
 Keys from `LOSS_SERVICE_API_KEYS` (a plain list) mean full access. Rate limits are token buckets
-holding one second's worth, kept per worker process.
+holding one second's worth, kept per worker process. Quotas bound what a key's writes may make the
+store hold over the models its patterns match (see `Principal`).
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ class KeyEntry(BaseModel):
     models: list[str] | None = Field(default=None, min_length=1)
     requests_per_second: float | None = Field(default=None, gt=0)
     values_per_second: float | None = Field(default=None, gt=0)
+    max_models: int | None = Field(default=None, ge=1)
+    max_stored_bytes: int | None = Field(default=None, ge=1)
+    max_row_values: int | None = Field(default=None, ge=1)
 
 
 class KeysFile(BaseModel):
@@ -92,13 +99,20 @@ class TokenBucket:
 
 @dataclass
 class Principal:
-    """An authenticated key: its name, what it may do, and its buckets (shared by its requests)."""
+    """An authenticated key: its name, what it may do, and its buckets (shared by its requests).
+
+    Its quotas (None: the LOSS_SERVICE_QUOTA_* setting) bound its own writes: creating a model
+    (`max_models`) and storing rows (`max_stored_bytes`) are refused when the models its
+    patterns match would hold more; `max_row_values` bounds one logged row."""
 
     name: str
     scopes: frozenset[str]
     models: tuple[str, ...] | None
     requests: TokenBucket | None = None
     values: TokenBucket | None = None
+    max_models: int | None = None
+    max_stored_bytes: int | None = None
+    max_row_values: int | None = None
 
     def may_use(self, model: str | None) -> bool:
         """A key restricted to models must name one of them; an unrestricted key may name any or none."""
@@ -143,6 +157,9 @@ class KeyRing:
     def principal(self, name: str) -> Principal | None:
         """The key in force named `name`, if any."""
         return next((principal for _, principal in self._entries if principal.name == name), None)
+
+    def principals(self) -> list[Principal]:
+        return [principal for _, principal in self._entries]
 
     def match(self, token: str) -> Principal | None:
         wanted = digest(token).encode()
@@ -213,6 +230,9 @@ class KeyRing:
                 tuple(entry.models) if entry.models else None,
                 _bucket(entry.requests_per_second, old.requests if old else None),
                 _bucket(entry.values_per_second, old.values if old else None),
+                entry.max_models,
+                entry.max_stored_bytes,
+                entry.max_row_values,
             )
             entries.append((hashed, principal))
         return entries

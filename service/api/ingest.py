@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -18,12 +19,13 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from service.api.access import authorize
+from service.api.access import PRINCIPAL, KeyRing, Principal, audit, authorize
 from service.api.body import validate_json
 from service.api.errors import engine_problem
 from service.api.problems import ProblemError, shown
 from service.api.responses import loss_result
 from service.api.schemas import LabelsLog, PredictionsLog, model_config_request_model
+from service.config import Settings
 from service.engine import LossInputError, Reduced, as_working_array, compute, resolve
 from service.monitoring import Monitor
 from service.store import (
@@ -31,6 +33,9 @@ from service.store import (
     SWEEP_BATCH_ROWS,
     Model,
     Pairs,
+    Quota,
+    QuotaExceededError,
+    RowIdError,
     RowShapeError,
     Side,
     Store,
@@ -80,8 +85,62 @@ def unknown_model(name: str) -> ProblemError:
     return ProblemError(404, f"no model named {shown(name)} is configured; PUT /v1/models/{name} configures it")
 
 
-def configure(store: Store, name: str, body: bytes, now: float) -> dict[str, Any]:
-    """PUT /v1/models/{name}: the losses are checked as /v1/evaluate checks them, then stored."""
+# -- quotas ---------------------------------------------------------------------------------------
+
+
+WRITING_SCOPES = frozenset({"ingest", "admin"})
+
+
+def principal_of(state: dict[str, Any] | None) -> Principal | None:
+    """The request's API key; None on the service without keys."""
+    principal: Principal | None = (state or {}).get(PRINCIPAL)
+    return principal
+
+
+def quota_of(principal: Principal | None, settings: Settings) -> Quota:
+    """The quota a key's writes are checked against: its limits (or the settings'), over the models
+    its patterns match. Without keys, the service's own, over every model."""
+    if principal is None:
+        return Quota("the service", None, settings.quota_models, settings.quota_stored_bytes)
+    return Quota(
+        f"the API key {principal.name!r}",
+        principal.models,
+        principal.max_models or settings.quota_models,
+        principal.max_stored_bytes or settings.quota_stored_bytes,
+    )
+
+
+def row_values_limit(principal: Principal | None, settings: Settings) -> int:
+    return (principal.max_row_values if principal else None) or settings.quota_row_values
+
+
+def quota_problem(exc: QuotaExceededError, setting: str, state: dict[str, Any], route: str, model: str) -> ProblemError:
+    """429 naming the quota, counted as a `quota` refusal and audited as the keys' refusals are.
+    No Retry-After: usage falls only when rows expire or a model is deleted, which waiting a few
+    seconds does not bring about."""
+    state["refusal"] = "quota"
+    audit(429, state.get("key", "unknown"), route, model, exc.quota)
+    message = f"{exc} (the key file's {exc.quota}, default {setting})"
+    return ProblemError(429, message, errors=[{"loc": ["quota", exc.quota], "msg": message}])
+
+
+def report_usage(store: Store, monitor: Monitor, keys: KeyRing | None, settings: Settings) -> None:
+    """The usage of every key that may write (ingest or admin scope), or the service's without
+    keys, into `loss_service_quota_usage`."""
+    principals: list[Principal | None] = [None]
+    if keys is not None and keys.enabled:
+        principals = [p for p in keys.principals() if p.scopes & WRITING_SCOPES]
+    quotas = [quota_of(principal, settings) for principal in principals]
+    as_of = time.monotonic()  # before the read: every write committed by now is in it
+    for principal, usage in zip(principals, store.usages(quotas), strict=True):
+        monitor.set_quota_usage(principal.name if principal else "", usage.models, usage.stored_bytes, as_of)
+
+
+def configure(
+    store: Store, name: str, body: bytes, now: float, quota: Quota | None = None, state: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """PUT /v1/models/{name}: the losses are checked as /v1/evaluate checks them, then stored;
+    creating a model is checked against `quota`'s `max_models`."""
     request = validate_json(model_config_request_model(), body)
     losses = []
     for position, call in enumerate(request.losses):
@@ -93,7 +152,12 @@ def configure(store: Store, name: str, body: bytes, now: float) -> dict[str, Any
             raise engine_problem(LossInputError(f"losses.{position}.{exc.field}", exc.reason, exc.index)) from None
         losses.append({"loss": spec.name, "options": options})
     config = {"losses": losses, "convention": request.convention, "dtype": request.dtype}
-    return model_config(store.configure_model(name, config, request.retention_seconds, now))
+    try:
+        return model_config(store.configure_model(name, config, request.retention_seconds, now, quota))
+    except QuotaExceededError as exc:
+        raise quota_problem(
+            exc, "LOSS_SERVICE_QUOTA_MODELS", {} if state is None else state, f"/v1/models/{name}", name
+        ) from None
 
 
 def model_config(model: Model) -> dict[str, Any]:
@@ -106,11 +170,15 @@ def model_config(model: Model) -> dict[str, Any]:
     }
 
 
-def model_status(store: Store, name: str, now: float) -> dict[str, Any]:
+def model_status(
+    store: Store, name: str, now: float, principal: Principal | None, settings: Settings
+) -> dict[str, Any]:
     model = store.model(name)
     if model is None:
         raise unknown_model(name)
     oldest = store.oldest_pending(name)
+    quota = quota_of(principal, settings)
+    usage = store.usage(quota)
     return {
         **model_config(model),
         "pending_predictions": model.pending_predictions,
@@ -121,6 +189,13 @@ def model_status(store: Store, name: str, now: float) -> dict[str, Any]:
         "oldest_pending_seconds": None if oldest is None else max(0.0, now - oldest),
         "prediction_shape": None if model.prediction_shape is None else list(model.prediction_shape),
         "label_shape": None if model.label_shape is None else list(model.label_shape),
+        "stored_bytes": model.stored_bytes,
+        "quota": {
+            "key": None if principal is None else principal.name,
+            "models": {"used": usage.models, "limit": quota.max_models},
+            "stored_bytes": {"used": usage.stored_bytes, "limit": quota.max_stored_bytes},
+            "row_values": {"limit": row_values_limit(principal, settings)},
+        },
     }
 
 
@@ -155,7 +230,14 @@ def _stored_rows(rows: np.ndarray[Any, Any], field: str, dtype: str) -> np.ndarr
 
 
 def log_rows(
-    store: Store, monitor: Monitor, max_pending: int, name: str, side: Side, body: bytes, state: dict[str, Any]
+    store: Store,
+    monitor: Monitor,
+    max_pending: int,
+    name: str,
+    side: Side,
+    body: bytes,
+    state: dict[str, Any],
+    settings: Settings,
 ) -> dict[str, Any]:
     """POST /v1/models/{name}/predictions or /labels."""
     schema = PredictionsLog if side == "predictions" else LabelsLog
@@ -167,6 +249,17 @@ def log_rows(
     timestamps = _per_row(getattr(request, "timestamps", None), "timestamps", len(ids))
     weights = _per_row(getattr(request, "sample_weight", None), "sample_weight", len(ids))
     state.update(model=name, batch_size=len(ids))
+    principal = principal_of(state)
+    width, limit = math.prod(rows.shape[1:]), row_values_limit(principal, settings)
+    if width > limit:
+        whose = "the service's" if principal is None else f"the API key {principal.name!r}'s"
+        raise _problem(
+            side,
+            f"a row holds {width:,} values, more than {whose} quota max_row_values of {limit:,} "
+            "(the key file's max_row_values, default LOSS_SERVICE_QUOTA_ROW_VALUES); "
+            "nothing of this request was stored",
+            [0],
+        )
     authorize(state, name, rows.size)
     current = store.model(name)
     if current is None:
@@ -188,11 +281,16 @@ def log_rows(
             timestamps=timestamps,
             weights=weights,
             on_join=join,
+            quota=quota_of(principal, settings),
         )
+    except QuotaExceededError as exc:
+        raise quota_problem(exc, "LOSS_SERVICE_QUOTA_STORED_BYTES", state, f"/v1/models/{name}/{side}", name) from None
     except UnknownModelError:
         raise unknown_model(name) from None
     except RowShapeError as exc:
         raise _problem(side, str(exc)) from None
+    except RowIdError as exc:  # the schema refuses these first; the store's own check stays a 422
+        raise _problem("ids", exc.reason, [exc.index]) from None
     except TooManyPendingError as exc:
         raise ProblemError(429, str(exc)) from None
     # Committed: from here on the pairs are joined for good, and recorded exactly once.
@@ -201,6 +299,9 @@ def log_rows(
         monitor.observe_batch(name, loss, reduced.per_sample, reduced.mean)
     pending = (model.pending_predictions, model.pending_labels)
     monitor.observe_log(name, side, logged.accepted, len(logged.duplicate_ids), logged.pairs.delays, pending)
+    if logged.usage is not None:
+        key, usage = "" if principal is None else principal.name, logged.usage
+        monitor.set_quota_usage(key, usage.models, usage.stored_bytes, time.monotonic())  # after the commit
     dtype, convention = model.config["dtype"], model.config["convention"]
     return {
         "accepted": logged.accepted,
@@ -250,10 +351,17 @@ def _join_problem(exc: LossInputError, loss: str, pairs: Pairs, side: Side, posi
 
 
 async def sweep_forever(
-    store: Store, monitor: Monitor, interval: float, threads: StoreThreads, batch_rows: int = SWEEP_BATCH_ROWS
+    store: Store,
+    monitor: Monitor,
+    interval: float,
+    threads: StoreThreads,
+    keys: KeyRing | None = None,
+    settings: Settings | None = None,
+    batch_rows: int = SWEEP_BATCH_ROWS,
 ) -> None:
     """Remove rows past their model's retention every `interval` seconds, first at once (which
-    also reports every model's pending rows after a restart). A failed sweep is logged and retried."""
+    also reports every model's pending rows and, given the keys, every key's quota usage after a
+    restart). A failed sweep is logged and retried."""
     while True:
         try:
             swept = await sweep(store, time.time(), threads, batch_rows)
@@ -265,6 +373,11 @@ async def sweep_forever(
             for result in swept:
                 expired = (result.expired_predictions, result.expired_labels)
                 monitor.observe_expired(result.model, expired, (result.pending_predictions, result.pending_labels))
+            if settings is not None:
+                try:
+                    await threads.read(functools.partial(report_usage, store, monitor, keys, settings))
+                except Exception:
+                    log.exception("reading the quota usage failed; retrying after the next sweep")
         await anyio.sleep(interval)
 
 

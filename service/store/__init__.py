@@ -8,6 +8,8 @@ removal: one per batch of rows).
 
 from service.store.database import redacted
 from service.store.errors import (
+    QuotaExceededError,
+    RowIdError,
     RowShapeError,
     SchemaVersionError,
     StoreError,
@@ -18,17 +20,33 @@ from service.store.errors import (
     UnknownModelError,
 )
 from service.store.health import StoreHealth
-from service.store.schema import SCHEMA_VERSION
-from service.store.store import DELETE_BATCH_ROWS, DTYPES, SWEEP_BATCH_ROWS, Logged, Model, Pairs, Side, Store, Swept
+from service.store.schema import ROW_BYTES, SCHEMA_VERSION
+from service.store.store import (
+    DELETE_BATCH_ROWS,
+    DTYPES,
+    SWEEP_BATCH_ROWS,
+    Logged,
+    Model,
+    Pairs,
+    Quota,
+    Side,
+    Store,
+    Swept,
+    Usage,
+)
 
 __all__ = [
     "DELETE_BATCH_ROWS",
     "DTYPES",
+    "ROW_BYTES",
     "SCHEMA_VERSION",
     "SWEEP_BATCH_ROWS",
     "Logged",
     "Model",
     "Pairs",
+    "Quota",
+    "QuotaExceededError",
+    "RowIdError",
     "RowShapeError",
     "SchemaVersionError",
     "Side",
@@ -41,5 +59,6 @@ __all__ = [
     "Swept",
     "TooManyPendingError",
     "UnknownModelError",
+    "Usage",
     "redacted",
 ]

@@ -13,6 +13,14 @@ class UnknownModelError(StoreError):
         self.model = model
 
 
+class RowIdError(StoreError):
+    """An id the store cannot keep exactly as given (or one given twice): nothing was stored."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"ids[{index}]: {reason}; nothing was stored")
+        self.index, self.reason = index, reason
+
+
 class RowShapeError(StoreError):
     """Rows of a shape other than the one the model's first rows of that side fixed."""
 
@@ -32,6 +40,21 @@ class TooManyPendingError(StoreError):
             "(LOSS_SERVICE_MAX_PENDING); nothing of this request was stored"
         )
         self.model, self.pending, self.limit = model, pending, limit
+
+
+class QuotaExceededError(StoreError):
+    """The write would take its quota holder's usage past one of its limits; nothing was stored.
+
+    `quota`: `max_models` or `max_stored_bytes`; `used`: the holder's usage before the write;
+    `adding`: what the write would add; `limit`: the holder's limit."""
+
+    def __init__(self, quota: str, holder: str, used: int, adding: int, limit: int) -> None:
+        what = "models" if quota == "max_models" else "stored bytes"
+        super().__init__(
+            f"quota {quota} exceeded: {holder} holds {used:,} {what} and this request would add {adding:,}, "
+            f"past its limit of {limit:,}; nothing of this request was stored"
+        )
+        self.quota, self.holder, self.used, self.adding, self.limit = quota, holder, used, adding, limit
 
 
 class SchemaVersionError(StoreError):

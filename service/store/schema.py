@@ -1,13 +1,13 @@
 """The store's tables, created and versioned in the database itself.
 
-The layout is the list of named migrations `MIGRATIONS`, applied in order; `loss_schema`
-holds one row per version applied, and `SCHEMA_VERSION` is the number of migrations. A process
-that finds an older version applies the migrations it lacks, in one transaction, at start; one
-that finds a newer version refuses to start rather than write rows an older layout does not
-describe. New migrations go at the end of the list, never in between.
+`loss_schema.version` records the layout: the number of `MIGRATIONS` applied, in order, each in
+the transaction that records it. A process that finds a newer version than `SCHEMA_VERSION`
+refuses to start rather than write rows an older layout does not describe.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from service.store.database import Database, Transaction
 from service.store.errors import SchemaVersionError
@@ -67,24 +67,56 @@ _TABLES = [
     "CREATE INDEX loss_labels_by_arrival ON loss_labels (model_id, arrived)",
 ]
 
-# A model's rows still waiting for their other half, in arrival order: the oldest pending row is
-# the first entry of the model's range, however many joined rows the model keeps.
-_PENDING_INDEXES = [
-    "CREATE INDEX loss_predictions_pending ON loss_predictions (model_id, arrived) WHERE joined_at IS NULL",
-    "CREATE INDEX loss_labels_pending ON loss_labels (model_id, arrived) WHERE joined_at IS NULL",
-]
 
-# (name, statements): version n of the layout is the first n migrations.
-MIGRATIONS: list[tuple[str, list[str]]] = [
-    ("tables", _TABLES),
-    ("pending_rows_index", _PENDING_INDEXES),
+# What a stored row counts towards its model's `stored_bytes` (and so its key's quota), beside
+# the UTF-8 bytes of its id and of its payload: its other columns and its index entries. Joined
+# rows keep no payload but are kept until retention ends, so they count too.
+ROW_BYTES = 64
+
+
+def row_bytes_sql(dialect: str) -> str:
+    """SQL for one row's count towards `stored_bytes`; the same sum the store keeps in Python."""
+    length = "octet_length({})" if dialect == "postgresql" else "length(CAST({} AS BLOB))"
+    return f"({ROW_BYTES} + {length.format('id')} + coalesce({length.format('payload')}, 0))"
+
+
+def _create(tx: Transaction) -> None:
+    for statement in _TABLES:
+        tx.execute(statement.format(**tx.dialect.types))
+
+
+def _stored_bytes(tx: Transaction) -> None:
+    """Each model's `stored_bytes`: the sum of `row_bytes_sql` over its rows, kept exact by every
+    transaction that inserts, joins or deletes rows, so that quotas never scan the row tables."""
+    tx.execute("ALTER TABLE loss_models ADD COLUMN stored_bytes {int} NOT NULL DEFAULT 0".format(**tx.dialect.types))
+    size = row_bytes_sql(tx.dialect.name)
+    tx.execute(
+        "UPDATE loss_models SET stored_bytes = "
+        f"(SELECT coalesce(sum({size}), 0) FROM loss_predictions WHERE model_id = loss_models.id) + "
+        f"(SELECT coalesce(sum({size}), 0) FROM loss_labels WHERE model_id = loss_models.id)"
+    )
+
+
+def _pending_rows_index(tx: Transaction) -> None:
+    """A model's rows still waiting for their other half, in arrival order: its oldest pending
+    row is the first entry of its range, however many joined rows the model keeps. `IF NOT
+    EXISTS`: a store whose version was set back by hand keeps its indexes and still starts."""
+    for table in ("loss_predictions", "loss_labels"):
+        tx.execute(f"CREATE INDEX IF NOT EXISTS {table}_pending ON {table} (model_id, arrived) WHERE joined_at IS NULL")
+
+
+# Named, applied in order, never edited once released: a new layout is a new migration at the end.
+MIGRATIONS: list[tuple[str, Callable[[Transaction], None]]] = [
+    ("tables", _create),
+    ("stored bytes per model", _stored_bytes),
+    ("pending rows index", _pending_rows_index),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def migrate(database: Database) -> None:
-    """Bring the database to `SCHEMA_VERSION` (an empty one gets every migration); refuse a
-    database written by a newer layout."""
+    """Bring the database to `SCHEMA_VERSION`, applying the migrations it lacks in one transaction;
+    refuse a database written by a newer layout."""
     with database.transaction() as tx:
         if database.dialect.name == "postgresql":
             tx.execute("SELECT pg_advisory_xact_lock(?)", [_MIGRATION_LOCK])
@@ -93,11 +125,8 @@ def migrate(database: Database) -> None:
         found = 0 if row is None or row[0] is None else int(row[0])
         if found > SCHEMA_VERSION:
             raise SchemaVersionError(found, SCHEMA_VERSION)
-        for version in range(found + 1, SCHEMA_VERSION + 1):
-            _apply(tx, MIGRATIONS[version - 1][1])
-            tx.execute("INSERT INTO loss_schema (version) VALUES (?)", [version])
-
-
-def _apply(tx: Transaction, statements: list[str]) -> None:
-    for statement in statements:
-        tx.execute(statement.format(**tx.dialect.types))
+        for _, step in MIGRATIONS[found:]:
+            step(tx)
+        if found < SCHEMA_VERSION:
+            tx.execute("DELETE FROM loss_schema")
+            tx.execute("INSERT INTO loss_schema (version) VALUES (?)", [SCHEMA_VERSION])

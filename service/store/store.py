@@ -10,20 +10,27 @@ behind them. Concurrency rules, where they are enforced:
   same pair from opposite sides therefore run one after the other, and the second sees the
   first's row: each pair is joined by exactly one transaction, whatever the order, retries,
   workers or replicas.
+- A write checked against a `Quota` first takes its holder's lock (SQLite: the database's write
+  lock; PostgreSQL: an advisory lock on the holder's name), then its model's: two writes of
+  one holder check and add to its usage one after the other, so they cannot both fit under
+  its limit. Each model's `stored_bytes` changes in the transaction that changes its rows.
 """
 
 from __future__ import annotations
 
+import re
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from fnmatch import fnmatchcase
 from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 import orjson
 
 from service.store.database import Database, Transaction, connect
-from service.store.errors import RowShapeError, TooManyPendingError, UnknownModelError
-from service.store.schema import migrate
+from service.store.errors import QuotaExceededError, RowIdError, RowShapeError, TooManyPendingError, UnknownModelError
+from service.store.schema import ROW_BYTES, migrate, row_bytes_sql
 
 Side = Literal["predictions", "labels"]
 T = TypeVar("T")
@@ -31,10 +38,16 @@ T = TypeVar("T")
 DTYPES: dict[int, np.dtype[Any]] = {0: np.dtype(np.float64), 1: np.dtype(np.float32), 2: np.dtype(np.int64)}
 _CODES = {dtype: code for code, dtype in DTYPES.items()}
 _TABLE = {"predictions": "loss_predictions", "labels": "loss_labels"}
+# What no id may hold, as neither database keeps it as given: U+0000 (SQLite's JSON functions,
+# which carry id lists, cut a string there; PostgreSQL refuses it in text) and lone surrogates,
+# which have no UTF-8 encoding.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _MODEL_COLUMNS = (
     "id, name, config, retention_seconds, created_at, updated_at, prediction_shape, label_shape, "
-    "pending_predictions, pending_labels, joined, expired_predictions, expired_labels"
+    "pending_predictions, pending_labels, joined, expired_predictions, expired_labels, stored_bytes"
 )
+# Any fixed number: the first half of the PostgreSQL advisory lock a quota holder's writes take.
+_QUOTA_LOCK = 0x1055_0A07
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,30 @@ class Model:
     joined: int
     expired_predictions: int
     expired_labels: int
+    # What its rows count towards quotas: per row, ROW_BYTES + its id's and payload's bytes.
+    stored_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Limits a write is checked against, inside its transaction, and whose usage they bound.
+
+    `holder` names it (in errors, and for the lock that serialises its writes); the models whose
+    usage counts towards it are those whose names match one of `patterns` (glob patterns, as
+    `fnmatch.fnmatchcase` reads them: an API key's), or every model if `patterns` is None."""
+
+    holder: str
+    patterns: tuple[str, ...] | None
+    max_models: int
+    max_stored_bytes: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    """A quota holder's usage: the models that count towards it and their stored bytes."""
+
+    models: int
+    stored_bytes: int
 
 
 @dataclass(frozen=True)
@@ -78,6 +115,8 @@ class Logged(Generic[T]):
     # What the caller's `on_join` returned for the pairs (None when none were completed).
     joined_result: T | None
     model: Model
+    # The quota holder's usage after this write (None without a quota).
+    usage: Usage | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +163,56 @@ def _model(row: tuple[Any, ...]) -> Model:
         joined=int(row[10]),
         expired_predictions=int(row[11]),
         expired_labels=int(row[12]),
+        stored_bytes=int(row[13]),
     )
+
+
+def _id_bytes(row_id: str) -> int:
+    # surrogatepass: the same count for any str the driver stores as text
+    return len(row_id.encode("utf-8", "surrogatepass"))
+
+
+def _lock_holder(tx: Transaction, quota: Quota | None) -> None:
+    """Serialise the quota holder's writes (SQLite's BEGIN IMMEDIATE already serialises all)."""
+    if quota is not None and tx.dialect.name == "postgresql":
+        tx.execute("SELECT pg_advisory_xact_lock(?, ?)", [_QUOTA_LOCK, _holder_key(quota.holder)])
+
+
+def _holder_key(holder: str) -> int:
+    """A signed 32-bit key for the holder's advisory lock (a shared key only serialises more)."""
+    return zlib.crc32(holder.encode("utf-8", "surrogatepass")) - 2**31
+
+
+def _usage(tx: Transaction, quota: Quota) -> Usage:
+    """The holder's usage as committed (read under its lock when writing), summed by the database
+    over the models' rows (never the row tables). Patterns of only `*`, `?` and the characters a
+    model name may hold are matched in SQL, as SQLite's GLOB or PostgreSQL's LIKE, which read them
+    as fnmatchcase does; any other pattern is matched by fnmatchcase over the models' names."""
+    total = "SELECT count(*), coalesce(sum(stored_bytes), 0) FROM loss_models"
+    if quota.patterns is None:
+        row = tx.one(total)
+    elif all(_PLAIN_PATTERN.match(pattern) for pattern in quota.patterns):
+        if tx.dialect.name == "sqlite":
+            where, params = " OR ".join("name GLOB ?" for _ in quota.patterns), list(quota.patterns)
+        else:
+            where = " OR ".join("name LIKE ? ESCAPE '!'" for _ in quota.patterns)
+            params = [_like(pattern) for pattern in quota.patterns]
+        row = tx.one(f"{total} WHERE {where}", params)
+    else:
+        models = tx.all("SELECT name, stored_bytes FROM loss_models")
+        counted = [int(size) for name, size in models if any(fnmatchcase(name, p) for p in quota.patterns)]
+        return Usage(len(counted), sum(counted))
+    assert row is not None
+    return Usage(int(row[0]), int(row[1]))
+
+
+# A glob pattern that SQL can match as fnmatchcase does: wildcards and model-name characters only.
+_PLAIN_PATTERN = re.compile(r"^[A-Za-z0-9_.:*?-]*$")
+
+
+def _like(pattern: str) -> str:
+    """A plain glob pattern as a LIKE pattern with `!` as its escape character."""
+    return pattern.replace("_", "!_").replace("*", "%").replace("?", "_")
 
 
 def _decode(payloads: Sequence[bytes], codes: Sequence[int], shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
@@ -135,6 +223,24 @@ def _decode(payloads: Sequence[bytes], codes: Sequence[int], shape: tuple[int, .
     # Rows stored under different dtypes (the model's dtype was changed in between): NumPy
     # widens them to their common type, exactly.
     return np.stack([np.frombuffer(p, dtype=DTYPES[c]).reshape(shape) for p, c in zip(payloads, codes, strict=True)])
+
+
+def _check_ids(ids: Sequence[str]) -> None:
+    """Refuse ids the store cannot keep one row each, exactly: one search over all of them, then
+    the index of the first bad one."""
+    joined = "".join(ids)
+    # U+0000 by memchr; a lone surrogate only where the text is not ASCII (`isascii` is O(1)).
+    unstorable = "\x00" in joined or (not joined.isascii() and _UNSTORABLE.search(joined) is not None)
+    if not unstorable and len(set(ids)) == len(ids):
+        return
+    seen: set[str] = set()
+    for index, row_id in enumerate(ids):
+        found = _UNSTORABLE.search(row_id)
+        if found is not None:
+            raise RowIdError(index, f"an id cannot hold U+{ord(found.group()):04X}")
+        if row_id in seen:
+            raise RowIdError(index, f"the id {row_id[:64]!r} is given twice")
+        seen.add(row_id)
 
 
 class Store:
@@ -154,9 +260,20 @@ class Store:
 
     # -- models ---------------------------------------------------------------------------------
 
-    def configure_model(self, name: str, config: dict[str, Any], retention_seconds: float, now: float) -> Model:
-        """Create the model, or replace its configuration; its rows and counters stay."""
+    def configure_model(
+        self, name: str, config: dict[str, Any], retention_seconds: float, now: float, quota: Quota | None = None
+    ) -> Model:
+        """Create the model, or replace its configuration; its rows and counters stay. Creating it
+        is refused (QuotaExceededError) when `quota`'s holder already has `max_models` models."""
         with self.database.transaction() as tx:
+            _lock_holder(tx, quota)
+            if (
+                quota is not None
+                and tx.one(f"SELECT id FROM loss_models WHERE name = ?{tx.dialect.lock_row}", [name]) is None
+            ):
+                usage = _usage(tx, quota)
+                if usage.models + 1 > quota.max_models:
+                    raise QuotaExceededError("max_models", quota.holder, usage.models, 1, quota.max_models)
             tx.execute(
                 "INSERT INTO loss_models (name, config, retention_seconds, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
@@ -167,6 +284,15 @@ class Store:
             row = tx.one(f"SELECT {_MODEL_COLUMNS} FROM loss_models WHERE name = ?", [name])
         assert row is not None
         return _model(row)
+
+    def usage(self, quota: Quota) -> Usage:
+        """The holder's usage as committed."""
+        return self.usages([quota])[0]
+
+    def usages(self, quotas: Sequence[Quota]) -> list[Usage]:
+        """Each holder's usage as committed, in one transaction."""
+        with self.database.transaction(write=False) as tx:
+            return [_usage(tx, quota) for quota in quotas]
 
     def model(self, name: str) -> Model | None:
         with self.database.transaction(write=False) as tx:
@@ -201,10 +327,10 @@ class Store:
         """Remove the model and every row stored for it; False if there was no such model.
 
         Rows go `batch_rows` per transaction (`delete_batch`), each taking the unjoined ones it
-        removes off the model's pending counts; the model's row goes with the last. On a full disk
-        each batch's journal pages fit in the room the store keeps for deletions (space.py). A
-        deletion that fails partway leaves the model with fewer rows and counts that match them:
-        repeat it."""
+        removes off the model's pending counts and their bytes off its `stored_bytes`; the model's
+        row goes with the last. On a full disk each batch's journal pages fit in the room the store
+        keeps for deletions (space.py). A deletion that fails partway leaves the model with fewer
+        rows and counts that match them: repeat it."""
         found_once = False
         while True:
             done = self.delete_batch(name, batch_rows)
@@ -215,8 +341,9 @@ class Store:
             found_once = True
 
     def delete_batch(self, name: str, limit: int = DELETE_BATCH_ROWS) -> bool | None:
-        """One transaction of removing a model: up to `limit` of its rows, its pending counts kept
-        equal to the rows left; once fewer than `limit` were left, the model's row too.
+        """One transaction of removing a model: up to `limit` of its rows, its pending counts and
+        `stored_bytes` kept equal to the rows left; once fewer than `limit` were left, the model's
+        row too.
 
         True: the model is gone; False: rows are left (call again); None: there is no such model.
         Rows logged meanwhile are removed by a later batch: the model is gone when this says so."""
@@ -224,10 +351,12 @@ class Store:
             found = tx.one(f"SELECT id FROM loss_models WHERE name = ?{tx.dialect.lock_row}", [name])
             if found is None:
                 return None
-            model_id, left, unjoined = found[0], limit, []
+            model_id, left, unjoined, freed = found[0], limit, [], 0
+            row_bytes = row_bytes_sql(tx.dialect.name)
             for table in _TABLE.values():
                 rows = tx.all(
-                    f"SELECT id, CASE WHEN joined_at IS NULL THEN 1 ELSE 0 END FROM {table} WHERE model_id = ? LIMIT ?",
+                    f"SELECT id, CASE WHEN joined_at IS NULL THEN 1 ELSE 0 END, {row_bytes} FROM {table} "
+                    "WHERE model_id = ? LIMIT ?",
                     [model_id, left],
                 )
                 if rows:
@@ -236,14 +365,15 @@ class Store:
                         [model_id, tx.dialect.list_parameter([row[0] for row in rows])],
                     )
                 unjoined.append(sum(int(row[1]) for row in rows))
+                freed += sum(int(row[2]) for row in rows)
                 left -= len(rows)
             if left > 0:  # fewer rows than a batch were left: the last batch
                 tx.execute("DELETE FROM loss_models WHERE id = ?", [model_id])
                 return True
             tx.execute(
                 "UPDATE loss_models SET pending_predictions = pending_predictions - ?, "
-                "pending_labels = pending_labels - ? WHERE id = ?",
-                [unjoined[0], unjoined[1], model_id],
+                "pending_labels = pending_labels - ?, stored_bytes = stored_bytes - ? WHERE id = ?",
+                [unjoined[0], unjoined[1], freed, model_id],
             )
         return False
 
@@ -261,16 +391,25 @@ class Store:
         timestamps: Sequence[float] | None = None,
         weights: Sequence[float] | None = None,
         on_join: Callable[[Model, Pairs], T],
+        quota: Quota | None = None,
     ) -> Logged[T]:
-        """Store one side's rows (ids must be distinct) and join those whose other half is waiting.
+        """Store one side's rows and join those whose other half is waiting.
+
+        `ids`: distinct, none holding U+0000 or a lone surrogate; otherwise `RowIdError`, and
+        nothing is stored (a silently merged or truncated id would leave the counters wrong).
 
         `rows`: one row per id, in a dtype of `DTYPES`. `timestamps` (predictions only): each
         prediction's time, default `now`; `weights` (labels only): each label's sample weight.
         `on_join(model, pairs)` runs inside the transaction on the pairs this call completed,
         with the model's configuration as it is now; if it raises, nothing is stored.
+        A write that would add stored bytes past `quota.max_stored_bytes` raises
+        QuotaExceededError before any row is written; one that adds none always passes.
         """
         other: Side = "labels" if side == "predictions" else "predictions"
+        _check_ids(ids)
+        usage = None
         with self.database.transaction() as tx:
+            _lock_holder(tx, quota)
             found = tx.one(f"SELECT {_MODEL_COLUMNS} FROM loss_models WHERE name = ?{tx.dialect.lock_row}", [name])
             if found is None:
                 raise UnknownModelError(name)
@@ -286,6 +425,14 @@ class Store:
             fresh = [i for i, row_id in enumerate(ids) if row_id not in existing]
             partners = self._waiting_partners(tx, other, model_id, [ids[i] for i in fresh])
             joined = [i for i in fresh if ids[i] in partners]
+            adding = self._added_bytes(ids, rows, fresh, joined, partners)
+            if quota is not None:
+                usage = _usage(tx, quota)
+                if adding > 0 and usage.stored_bytes + adding > quota.max_stored_bytes:
+                    raise QuotaExceededError(
+                        "max_stored_bytes", quota.holder, usage.stored_bytes, adding, quota.max_stored_bytes
+                    )
+                usage = Usage(usage.models, usage.stored_bytes + adding)
             # Rows that join now are stored joined, so only the other side's rows are updated.
             self._insert(tx, side, model_id, ids, rows, fresh, set(joined), now, timestamps, weights)
             pairs = self._pairs(side, model, ids, rows, joined, partners, now, timestamps, weights)
@@ -295,10 +442,24 @@ class Store:
                     f"WHERE model_id = ? AND id {tx.dialect.in_list}",
                     [now, model_id, tx.dialect.list_parameter(pairs.ids)],
                 )
-            model = self._count(tx, model_id, model, side, len(fresh), len(joined), max_pending)
+            model = self._count(tx, model_id, model, side, len(fresh), len(joined), max_pending, adding)
             joined_result = on_join(model, pairs) if joined else None
         duplicates = [ids[i] for i in range(len(ids)) if ids[i] in existing]
-        return Logged(len(fresh), duplicates, pairs, joined_result, model)
+        return Logged(len(fresh), duplicates, pairs, joined_result, model, usage)
+
+    @staticmethod
+    def _added_bytes(
+        ids: Sequence[str],
+        rows: np.ndarray[Any, Any],
+        fresh: list[int],
+        joined: list[int],
+        partners: dict[str, tuple[Any, ...]],
+    ) -> int:
+        """What storing the rows at `fresh` adds to `stored_bytes`: each row with its id, waiting
+        ones with their payload, less the payloads of the partners that join (dropped)."""
+        size = int(rows[0].nbytes) if len(rows) else 0
+        added = sum(ROW_BYTES + _id_bytes(ids[i]) for i in fresh) + size * (len(fresh) - len(joined))
+        return added - sum(len(partners[ids[i]][2]) for i in joined)
 
     @staticmethod
     def _fix_shape(tx: Transaction, model_id: int, model: Model, side: Side, shape: tuple[int, ...]) -> Model:
@@ -389,7 +550,9 @@ class Store:
         return Pairs(joined_ids, theirs, mine, label_weights, delays)
 
     @staticmethod
-    def _count(tx: Transaction, model_id: int, model: Model, side: Side, stored: int, joined: int, limit: int) -> Model:
+    def _count(
+        tx: Transaction, model_id: int, model: Model, side: Side, stored: int, joined: int, limit: int, added: int
+    ) -> Model:
         pending = {"predictions": model.pending_predictions, "labels": model.pending_labels}
         other: Side = "labels" if side == "predictions" else "predictions"
         before = sum(pending.values())
@@ -399,14 +562,16 @@ class Store:
         if after > limit and after > before:  # a request that only drains pending rows always passes
             raise TooManyPendingError(model.name, after, limit)
         tx.execute(
-            "UPDATE loss_models SET pending_predictions = ?, pending_labels = ?, joined = joined + ? WHERE id = ?",
-            [pending["predictions"], pending["labels"], joined, model_id],
+            "UPDATE loss_models SET pending_predictions = ?, pending_labels = ?, joined = joined + ?, "
+            "stored_bytes = stored_bytes + ? WHERE id = ?",
+            [pending["predictions"], pending["labels"], joined, added, model_id],
         )
         return replace(
             model,
             pending_predictions=pending["predictions"],
             pending_labels=pending["labels"],
             joined=model.joined + joined,
+            stored_bytes=model.stored_bytes + added,
         )
 
     # -- retention ------------------------------------------------------------------------------
@@ -448,10 +613,11 @@ class Store:
                 return None
             model_id, retention, pending_predictions, pending_labels = found
             cutoff = now - float(retention)
-            expired, left = [], limit
+            expired, left, freed = [], limit, 0
+            row_bytes = row_bytes_sql(tx.dialect.name)
             for table in _TABLE.values():
                 rows = tx.all(
-                    f"SELECT id, CASE WHEN joined_at IS NULL THEN 1 ELSE 0 END FROM {table} "
+                    f"SELECT id, CASE WHEN joined_at IS NULL THEN 1 ELSE 0 END, {row_bytes} FROM {table} "
                     "WHERE model_id = ? AND arrived < ? ORDER BY arrived LIMIT ?",
                     [model_id, cutoff, left],
                 )
@@ -461,6 +627,7 @@ class Store:
                         [model_id, tx.dialect.list_parameter([row[0] for row in rows])],
                     )
                 expired.append(sum(int(row[1]) for row in rows))
+                freed += sum(int(row[2]) for row in rows)
                 left -= len(rows)
             if any(expired):
                 tx.execute(
@@ -469,5 +636,7 @@ class Store:
                     "expired_labels = expired_labels + ? WHERE id = ?",
                     [expired[0], expired[1], expired[0], expired[1], model_id],
                 )
+            if freed:
+                tx.execute("UPDATE loss_models SET stored_bytes = stored_bytes - ? WHERE id = ?", [freed, model_id])
         pending = (int(pending_predictions) - expired[0], int(pending_labels) - expired[1])
         return Swept(name, expired[0], expired[1], *pending, removed=limit - left, done=left > 0)

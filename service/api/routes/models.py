@@ -32,7 +32,15 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 TOO_MANY_PENDING: dict[int | str, dict[str, Any]] = {
     429: {
-        "description": "The model already holds LOSS_SERVICE_MAX_PENDING rows waiting for their other half",
+        "description": "The model already holds LOSS_SERVICE_MAX_PENDING rows waiting for their other half, or the "
+        "API key's models would hold more than its quota max_stored_bytes (no Retry-After: waiting frees nothing)",
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+}
+MODEL_QUOTA: dict[int | str, dict[str, Any]] = {
+    429: {
+        "description": "Creating the model would give the API key more models than its quota max_models (no "
+        "Retry-After: waiting frees nothing)",
         "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
     }
 }
@@ -62,14 +70,32 @@ def _store(request: Request) -> Store:
     "/{model}",
     summary="Configure a model: the losses to compute when its pairs join",
     response_model=ModelConfig,
-    responses=PROBLEM_RESPONSES,
+    responses={**PROBLEM_RESPONSES, **MODEL_QUOTA},
     openapi_extra=json_body("ModelConfigRequest", CONFIG_EXAMPLES),
 )
 async def configure_model(model: ModelName, request: Request) -> Response:
     _, body = await read_body(request)
-    store = _store(request)
+    store, settings = _store(request), request.app.state.settings
+    state = request.scope.setdefault("state", {})
+    quota = ingest.quota_of(ingest.principal_of(state), settings)
     threads = ingest.store_threads(request.app.state)
-    return json_response(await threads.write(lambda: ingest.configure(store, model, body, time.time())))
+    result = await threads.write(lambda: ingest.configure(store, model, body, time.time(), quota, state))
+    await _report_usage(request)
+    return json_response(result)
+
+
+async def _report_usage(request: Request) -> None:
+    """Every key's quota usage into /metrics after a model is created or deleted (a key's own
+    writes report its usage as they commit; the retention sweep reports every key's). The change
+    is committed: a store that fails now leaves the gauge to the next report, not the answer."""
+    app = request.app
+    store = _store(request)
+    try:
+        await ingest.store_threads(app.state).read(
+            lambda: ingest.report_usage(store, app.state.monitor, app.state.keys, app.state.settings)
+        )
+    except Exception as exc:
+        ingest.log.warning("quota usage not reported after a change to the models: %s", exc)
 
 
 @router.get("", summary="The configured models (those the API key may use)", response_model=ModelList)
@@ -86,9 +112,12 @@ async def list_models(request: Request) -> Response:
     responses={**PROBLEM_RESPONSES, **NOT_FOUND},
 )
 async def model_status(model: ModelName, request: Request) -> Response:
-    store = _store(request)
+    store, settings = _store(request), request.app.state.settings
+    principal = ingest.principal_of(request.scope.get("state"))
     threads = ingest.store_threads(request.app.state)
-    return json_response(await threads.read(lambda: ingest.model_status(store, model, time.time())))
+    return json_response(
+        await threads.read(lambda: ingest.model_status(store, model, time.time(), principal, settings))
+    )
 
 
 @router.delete(
@@ -102,19 +131,21 @@ async def delete_model(model: ModelName, request: Request) -> Response:
     if not await ingest.delete_model(_store(request), model, ingest.store_threads(request.app.state)):
         raise ingest.unknown_model(model)
     request.app.state.monitor.set_pending(model, (0, 0))
+    await _report_usage(request)
     return Response(status_code=204)
 
 
 async def _log(request: Request, model: str, side: Side) -> Response:
     _, body = await read_body(request)
     store, monitor = _store(request), request.app.state.monitor
-    max_pending = request.app.state.settings.max_pending
+    settings = request.app.state.settings
+    max_pending = settings.max_pending
     state = request.scope.setdefault("state", {})
     result = await off_loop(
         request,
         len(body),
         lambda: json_decoded_bytes(body),
-        lambda: ingest.log_rows(store, monitor, max_pending, model, side, body, state),
+        lambda: ingest.log_rows(store, monitor, max_pending, model, side, body, state, settings),
         waits_on_io=True,
         limiter=ingest.store_threads(request.app.state).writes,
     )
