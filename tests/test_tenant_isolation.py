@@ -15,7 +15,6 @@ Timeouts here (60 s) only stop a hang; every test runs on SQLite and on PostgreS
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import re
 import sqlite3
@@ -383,36 +382,76 @@ def test_deleting_a_model_removes_at_most_a_batch_of_rows_per_transaction(url: s
         store.close()
 
 
+async def another_write_between_batches(store: Store, method: str, run: Callable[[Any], Any]) -> list[str]:
+    """Run `run(threads)` (a sweep or a deletion through the store's threads), which calls
+    `store.<method>` once per batch; while its first batch runs, another write asks for the store's
+    write thread. The order in which the batches and that write ran.
+
+    One write thread, as on SQLite (PostgreSQL has one per connection of its write pool)."""
+    threads = ingest.StoreThreads(store)
+    threads.writes = anyio.CapacityLimiter(1)
+    order: list[str] = []
+    started, proceed = threading.Event(), threading.Event()
+    batch = getattr(store, method)
+
+    def watched(*args: Any) -> Any:
+        order.append("batch")
+        if len(order) == 1:
+            started.set()
+            assert proceed.wait(HANG)
+        return batch(*args)
+
+    setattr(store, method, watched)
+
+    async def other() -> None:
+        await threads.write(lambda: order.append("other write"))
+
+    async with anyio.create_task_group() as tasks:
+        with anyio.fail_after(HANG):
+            tasks.start_soon(run, threads)
+            while not started.is_set():
+                await anyio.sleep(0.001)
+            tasks.start_soon(other)
+            while threads.writes.statistics().tasks_waiting == 0:
+                await anyio.sleep(0.001)
+            proceed.set()
+    return order
+
+
 @pytest.mark.anyio
-async def test_the_sweep_lets_the_event_loop_run_between_its_batches(url: str) -> None:
+async def test_a_write_goes_between_the_sweep_s_batches(url: str) -> None:
     store = Store.open(url)
     try:
         store.configure_model("m", CONFIG, 100.0, now=0.0)
         log(store, "predictions", "m", [f"r{i}" for i in range(350)], now=1.0)
-        ticks = 0
-        seen: list[int] = []
-        batch = store.sweep_batch
+        swept: list[Any] = []
 
-        def watched(*args: Any) -> Any:
-            seen.append(ticks)
-            return batch(*args)
+        async def sweep(threads: ingest.StoreThreads) -> None:
+            swept.extend(await ingest.sweep(store, 550.0, threads, batch_rows=100))
 
-        store.sweep_batch = watched  # type: ignore[method-assign]
+        order = await another_write_between_batches(store, "sweep_batch", sweep)
+        # 350 rows: three batches of 100 and the last of 50; the other write waited for one only.
+        assert order == ["batch", "other write", "batch", "batch", "batch"], order
+        assert swept[0].expired_predictions == 350
+    finally:
+        store.close()
 
-        async def tick() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await anyio.sleep(0)
 
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(tick)
-            with anyio.fail_after(HANG):
-                (swept,) = await ingest.sweep(store, 550.0, ingest.StoreThreads(store), batch_rows=100)
-            tasks.cancel_scope.cancel()
-        assert swept.expired_predictions == 350
-        assert len(seen) == 4, seen  # 350 rows: three batches of 100, and the last of 50
-        assert all(a < b for a, b in itertools.pairwise(seen)), seen
+@pytest.mark.anyio
+async def test_a_write_goes_between_the_batches_of_a_model_s_deletion(url: str) -> None:
+    store = Store.open(url)
+    try:
+        store.configure_model("m", CONFIG, 100.0, now=0.0)
+        log(store, "predictions", "m", [f"r{i}" for i in range(350)], now=1.0)
+        deleted: list[bool] = []
+
+        async def delete(threads: ingest.StoreThreads) -> None:
+            deleted.append(await ingest.delete_model(store, "m", threads, batch_rows=100))
+
+        order = await another_write_between_batches(store, "delete_batch", delete)
+        assert order == ["batch", "other write", "batch", "batch", "batch"], order
+        assert deleted == [True]
+        assert store.model("m") is None
     finally:
         store.close()
 
