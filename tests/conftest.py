@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zlib
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -73,6 +76,14 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
             yield c
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store: a SQLite file, then a PostgreSQL database (skipped where PostgreSQL is absent)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.sqlite3"
+    return str(request.getfixturevalue("postgres_url"))
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """One throwaway PostgreSQL cluster for the session; skips where PostgreSQL is absent."""
@@ -90,3 +101,25 @@ def postgres_url(postgres_server: str) -> str:
     from tests.postgres import fresh_database
 
     return fresh_database(postgres_server)
+
+
+@pytest.fixture
+def inflated(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The bytes each zlib inflation produces, for a test to count what the guard inflated."""
+    produced: list[int] = []
+    make = zlib.decompressobj
+
+    class Counting:
+        def __init__(self, *args: Any) -> None:
+            self.inner = make(*args)
+
+        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+            out = self.inner.decompress(data, max_length)
+            produced.append(len(out))
+            return out
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(zlib, "decompressobj", Counting)
+    return produced

@@ -802,3 +802,63 @@ async def test_ids_with_printable_unicode_are_kept_as_given(limited: httpx.Async
     assert logged.status_code == 200, logged.text
     joined = await limited.post("/v1/models/corpus-ids/labels", json={"ids": ids[::-1], "labels": [0.5] * len(ids)})
     assert joined.json()["joined_ids"] == ids[::-1]
+
+
+# item 7: OIP request shape
+# The protocol's request shape (service/api/oip_schema.py) is validated before any tensor is decoded:
+# each of these was a 500 with a traceback (the first six are the issue's), or was silently coerced.
+OIP_PREDICTIONS = {"name": "predictions", "shape": [2], "datatype": "FP64", "data": [0.5, 1.0]}
+OIP_LABELS = {"name": "labels", "shape": [2], "datatype": "FP64", "data": [1.0, 0.0]}
+OIP_SHAPE_CASES = [
+    ("input-parameters-list", {"inputs": [OIP_PREDICTIONS, {**OIP_LABELS, "parameters": [1]}]},
+     "inputs[1].parameters: must be an object, got [1]"),
+    ("input-parameters-string", {"inputs": [{**OIP_PREDICTIONS, "parameters": "x"}, OIP_LABELS]},
+     'inputs[0].parameters: must be an object, got "x"'),
+    ("output-parameters-number", {"inputs": [OIP_PREDICTIONS, OIP_LABELS], "outputs": [{"name": "mean", "parameters": 5}]},
+     "outputs[0].parameters: must be an object, got 5"),
+    ("output-name-list", {"inputs": [OIP_PREDICTIONS, OIP_LABELS], "outputs": [{"name": "mean"}, {"name": ["mean"]}]},
+     'outputs[1].name: must be a string, got ["mean"]'),
+    ("datatype-list", {"inputs": [OIP_PREDICTIONS, {**OIP_LABELS, "datatype": ["FP64"]}]},
+     'inputs[1].datatype: must be a string, got ["FP64"]'),
+    ("shape-booleans", {"inputs": [{**OIP_PREDICTIONS, "shape": [True, True], "data": [0.5]}, OIP_LABELS]},
+     "inputs[0].shape[0]: must be a non-negative integer, got true; "
+     "inputs[0].shape[1]: must be a non-negative integer, got true"),
+    ("binary-data-size-boolean",
+     {"inputs": [OIP_PREDICTIONS, {**OIP_LABELS, "parameters": {"binary_data_size": True}}]},
+     "inputs[1].parameters.binary_data_size: must be a non-negative integer, got true"),
+    ("binary-data-output-string", {"inputs": [OIP_PREDICTIONS, OIP_LABELS], "parameters": {"binary_data_output": "no"}},
+     'parameters.binary_data_output: must be a boolean, got "no"'),
+    ("output-binary-data-string",
+     {"inputs": [OIP_PREDICTIONS, OIP_LABELS], "outputs": [{"name": "mean", "parameters": {"binary_data": "no"}}]},
+     'outputs[0].parameters.binary_data: must be a boolean, got "no"'),
+    ("input-parameter-object", {"inputs": [{**OIP_PREDICTIONS, "parameters": {"x": {"y": 1}}}, OIP_LABELS]},
+     'inputs[0].parameters.x: must be a string, a number or a boolean, got {"y":1}'),
+    ("id-number", {"id": 7, "inputs": [OIP_PREDICTIONS, OIP_LABELS]}, "id: must be a string, got 7"),
+    ("id-deep", {"id": json.loads("[" * 300 + "]" * 300), "inputs": [OIP_PREDICTIONS, OIP_LABELS]},
+     "id: must be a string, got a deeply nested array"),
+    ("unknown-field", {"inputs": [{**OIP_PREDICTIONS, "contents": [1]}, OIP_LABELS]},
+     "inputs[0].contents: is not a field of the protocol's request"),
+    ("data-number", {"inputs": [OIP_PREDICTIONS, {**OIP_LABELS, "shape": [], "data": 1.0}]},
+     "inputs[1].data: must be an array, got 1.0"),
+    ("shape-too-deep", {"inputs": [{**OIP_PREDICTIONS, "shape": [1] * 65, "data": [1.0]}, OIP_LABELS]},
+     "inputs[0].shape: at most 32 dimensions, got 65"),
+    ("many-errors", {"inputs": [{**OIP_PREDICTIONS, "shape": [-1] * 5}, OIP_LABELS]},
+     "inputs[0].shape[0]: must be a non-negative integer, got -1; inputs[0].shape[1]: must be a non-negative "
+     "integer, got -1; inputs[0].shape[2]: must be a non-negative integer, got -1; and 2 more"),
+    ("too-many-inputs", {"inputs": [OIP_PREDICTIONS, OIP_LABELS] * 2}, "inputs: at most 3 items, got 4"),
+    ("many-unknown-fields", {"inputs": [{**OIP_PREDICTIONS, **{f"k{i}": i for i in range(2_000)}}, OIP_LABELS]},
+     "inputs[0].k0: is not a field of the protocol's request (and 1,999 more like it)"),
+    ("many-object-parameters",
+     {"inputs": [OIP_PREDICTIONS, OIP_LABELS], "outputs": [{"name": "mean", "parameters": {f"k{i}": {} for i in range(2_000)}}]},
+     "outputs[0].parameters.k0: must be a string, a number or a boolean, got {} (and 1,999 more like it)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "error"), [c[1:] for c in OIP_SHAPE_CASES], ids=[c[0] for c in OIP_SHAPE_CASES])
+async def test_a_malformed_oip_request_is_a_400_naming_the_field(
+    limited: httpx.AsyncClient, body: dict[str, Any], error: str
+) -> None:
+    response = await limited.post("/v2/models/mse/infer", content=json.dumps(body), headers={"content-type": JSON})
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == JSON
+    assert response.json() == {"error": error}

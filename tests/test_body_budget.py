@@ -12,7 +12,6 @@ import asyncio
 import gzip
 import json
 import tracemalloc
-import zlib
 from typing import Any
 
 import orjson
@@ -166,28 +165,6 @@ async def test_a_body_larger_than_bodies_may_hold_gets_413_and_one_that_does_not
     await holder.answer()
     limiter = limiter_of(app)
     assert (limiter.reserved, limiter.arriving, limiter.bodies) == (0, 0, 0)
-
-
-@pytest.fixture
-def inflated(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The bytes each zlib inflation produces."""
-    produced: list[int] = []
-    make = zlib.decompressobj
-
-    class Counting:
-        def __init__(self, *args: Any) -> None:
-            self.inner = make(*args)
-
-        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
-            out = self.inner.decompress(data, max_length)
-            produced.append(len(out))
-            return out
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.inner, name)
-
-    monkeypatch.setattr(zlib, "decompressobj", Counting)
-    return produced
 
 
 @pytest.mark.anyio

@@ -90,28 +90,6 @@ async def test_a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_not(limi
     problem(await limited.post("/v1/loss", content=gzip.compress(padded(1001)), headers=headers), 413)
 
 
-@pytest.fixture
-def inflated(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The bytes each zlib inflation produces, for a test to count what the guard inflated."""
-    produced: list[int] = []
-    make = zlib.decompressobj
-
-    class Counting:
-        def __init__(self, *args: Any) -> None:
-            self.inner = make(*args)
-
-        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
-            out = self.inner.decompress(data, max_length)
-            produced.append(len(out))
-            return out
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.inner, name)
-
-    monkeypatch.setattr(zlib, "decompressobj", Counting)
-    return produced
-
-
 async def test_a_gzip_bomb_is_inflated_no_further_than_the_limit(
     limited: httpx.AsyncClient, inflated: list[int]
 ) -> None:
@@ -254,7 +232,7 @@ def computations_held(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threadi
 
 
 async def wait_for_event(event: threading.Event) -> None:
-    with anyio.fail_after(10):
+    with anyio.fail_after(60):  # stops a hang only
         while not event.is_set():
             await anyio.sleep(0.01)
 
@@ -307,7 +285,7 @@ async def test_bodies_still_arriving_hold_no_slot() -> None:
             for _ in range(8):
                 tasks.start_soon(partial(c.post, "/v1/loss", content=one_byte_then_nothing(), headers=JSON))
             await anyio.sleep(0.2)
-            with anyio.fail_after(5):
+            with anyio.fail_after(60):  # stops a hang only
                 assert (await c.post("/v1/loss", json=BODY)).status_code == 200
             tasks.cancel_scope.cancel()
 
@@ -318,7 +296,7 @@ async def test_a_body_still_arriving_at_the_deadline_gets_408_and_frees_its_slot
         await anyio.sleep(60)
 
     async for c in client_for(Settings(request_timeout=0.2, max_concurrent=1)):
-        with anyio.fail_after(10):
+        with anyio.fail_after(60):  # stops a hang only
             response = await c.post("/v1/loss", content=stalled_body(), headers=JSON)
         body = problem(response, 408)
         assert body["detail"] == "the request body did not arrive within 0.2 s (LOSS_SERVICE_REQUEST_TIMEOUT)"
@@ -336,7 +314,7 @@ async def test_an_oip_binary_body_still_arriving_at_the_deadline_gets_408() -> N
         await anyio.sleep(60)
 
     async for c in client_for(Settings(request_timeout=0.2, max_concurrent=1)):
-        with anyio.fail_after(10):
+        with anyio.fail_after(60):  # stops a hang only
             response = await c.post("/v2/models/mse/infer", content=stalled_body(), headers=declared)
         assert refusal(response, 408) == "the request body did not arrive within 0.2 s (LOSS_SERVICE_REQUEST_TIMEOUT)"
         assert response.headers["connection"] == "close"
@@ -354,7 +332,7 @@ async def test_a_computation_past_the_deadline_gets_504_and_its_thread_keeps_the
         )
         # The abandoned thread still holds the only slot: the next request is refused, not queued.
         assert problem(await c.post("/v1/loss", json=BODY), 503)["detail"].startswith("1 requests are already")
-        with anyio.fail_after(30):
+        with anyio.fail_after(60):  # stops a hang only
             while (await c.post("/v1/loss", json=BODY)).status_code == 503:
                 await anyio.sleep(0.02)
         # The thread computed the batch, but its client got a 504: the loss metrics must not count it.
@@ -445,7 +423,7 @@ async def test_the_lifespan_passes_through_every_middleware(settings: Settings) 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message["type"])
 
-    with anyio.fail_after(10):
+    with anyio.fail_after(60):  # stops a hang only
         await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert app.state.lifecycle in ("ready", "draining", "stopped")

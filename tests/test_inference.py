@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -453,3 +454,111 @@ async def test_validation_errors_use_the_protocols_names(
     )
     assert response.status_code == 400, response.text
     assert response.json() == {"error": error}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("outputs", "error"),
+    [
+        ([{"name": "loss"}], "outputs[0]: unknown output 'loss'; outputs are per_sample, mean"),
+        ([{"name": "mean"}, {"name": "mean"}], "outputs[1]: output 'mean' requested twice"),
+        (
+            [{"name": "mean", "parameters": {"binary_data": 1}}],
+            "outputs[0].parameters.binary_data: must be a boolean, got 1",
+        ),
+    ],
+)
+async def test_requested_outputs_are_checked_before_the_loss_is_computed(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, outputs: list[Any], error: str
+) -> None:
+    """A request that will be refused costs no computation, and no batch is recorded for it."""
+    seen = engine_inputs(monkeypatch)
+    response = await infer(
+        client, "mse", [tensor("predictions", LOGITS, "FP32"), tensor("labels", LOGITS, "FP32")], outputs=outputs
+    )
+    assert response.status_code == 400, response.text
+    assert response.json() == {"error": error}
+    assert seen == []
+
+
+@pytest.mark.anyio
+async def test_null_optional_fields_are_absent_ones(client: httpx.AsyncClient) -> None:
+    """Clients that serialise every optional field write null for the ones they do not set."""
+    predictions, _ = tensor("predictions", LOGITS, "FP32")
+    labels, raw = tensor("labels", LABELS, "INT64", binary=True)
+    response = await infer(
+        client,
+        "scce",
+        [({**predictions, "parameters": None}, b""), (labels, raw)],
+        id=None,
+        parameters={"from_logits": True, "binary_data_output": None},
+        outputs=[{"name": "mean", "parameters": None}, {"name": "per_sample", "parameters": {"binary_data": None}}],
+    )
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert "id" not in answer
+    assert [output["name"] for output in answer["outputs"]] == ["mean", "per_sample"]
+    assert all("data" in output for output in answer["outputs"])
+
+
+def test_the_openapi_request_body_is_the_protocols_inference_request() -> None:
+    from service.app import create_app
+
+    operation = create_app().openapi()["paths"]["/v2/models/{loss}/infer"]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["required"] == ["inputs"]
+    assert schema["additionalProperties"] is False
+    request_input = schema["properties"]["inputs"]["items"]
+    assert request_input["required"] == ["name", "shape", "datatype"]
+    assert request_input["properties"]["shape"]["items"] == {"type": "integer", "minimum": 0}
+    assert "$ref" not in json.dumps(schema)  # definitions in place: the route has no components of its own
+    assert "application/octet-stream" in operation["requestBody"]["content"]
+
+
+@pytest.mark.parametrize(
+    "request_with",
+    [
+        lambda keys: {"inputs": [{"name": "labels", "shape": [1], "datatype": "FP64", "data": [1.0], **keys}]},
+        lambda keys: {"inputs": [{"name": "labels", "shape": [1], "datatype": "FP64", "data": [1.0]}], **keys},
+        lambda keys: {
+            "inputs": [{"name": "labels", "shape": [1], "datatype": "FP64", "parameters": {k: [1] for k in keys}}]
+        },
+        lambda keys: {"inputs": [], "outputs": [{"name": "mean", "parameters": dict.fromkeys(keys)}]},
+    ],
+    ids=["input-fields", "request-fields", "input-parameters", "output-parameters"],
+)
+def test_an_object_of_many_wrong_keys_is_one_error_whatever_its_size(
+    monkeypatch: pytest.MonkeyPatch, request_with: Any
+) -> None:
+    """Pydantic builds an error per wrong key (~2 us each: 64 MB of them is seconds of CPU); one
+    pass names the first and counts the rest, so twice the keys is not twice the errors."""
+    from service.api import oip_schema
+
+    built: list[int] = []
+    real = oip_schema.refusal_message
+
+    def counting(exc: Any) -> str:
+        built.append(exc.error_count())
+        return real(exc)
+
+    monkeypatch.setattr(oip_schema, "refusal_message", counting)
+    for size in (1_000, 2_000):
+        with pytest.raises(oip_schema.InferenceRequestError, match=f"k0: .*and {size - 1:,} more like it"):
+            oip_schema.validated_request(request_with({f"k{i}": i for i in range(size)}))
+    assert built[0] == built[1] <= 2
+
+
+@pytest.mark.anyio
+async def test_the_losss_own_refusals_show_three_and_count_the_rest(client: httpx.AsyncClient) -> None:
+    """Ten unknown options are ten errors; the answer names three, as the schema's refusals do."""
+    response = await infer(
+        client,
+        "mse",
+        [tensor("predictions", LOGITS, "FP32"), tensor("labels", LOGITS, "FP32")],
+        parameters={f"bogus{i}": 1 for i in range(10)},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json() == {
+        "error": "parameters.bogus0: Extra inputs are not permitted; parameters.bogus1: Extra inputs are not "
+        "permitted; parameters.bogus2: Extra inputs are not permitted; and 7 more"
+    }

@@ -103,8 +103,8 @@ GOOD = [tensor("predictions", LOGITS, "FP32"), tensor("labels", LABELS, "INT64")
     ("body", "headers", "error"),
     [
         (b"[1, 2]", {}, "the inference request must be a JSON object"),
-        (b'{"inputs": []}', {}, "inputs must be a non-empty list of tensors"),
-        (b'{"inputs": [5]}', {}, "each input must be an object with name, shape, datatype"),
+        (b'{"inputs": []}', {}, "inputs: must be a non-empty array"),
+        (b'{"inputs": [5]}', {}, "inputs[0]: must be an object, got 5"),
         (
             b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}',
             {},
@@ -121,12 +121,12 @@ GOOD = [tensor("predictions", LOGITS, "FP32"), tensor("labels", LABELS, "INT64")
         (
             b'{"inputs": [{"name": "labels", "shape": [1, -1], "datatype": "INT64", "data": [1]}]}',
             {},
-            ("input labels: shape must be a list of non-negative integers, got [1, -1]"),
+            "inputs[0].shape[1]: must be a non-negative integer, got -1",
         ),
         (
             b'{"inputs": [{"name": "labels", "shape": "2", "datatype": "INT64", "data": [1]}]}',
             {},
-            ("input labels: shape must be a list of non-negative integers, got '2'"),
+            'inputs[0].shape: must be an array, got "2"',
         ),
         (
             b'{"inputs": [{"name": "labels", "shape": [2], "datatype": "INT64", "data": [1, 2]},'
@@ -137,7 +137,7 @@ GOOD = [tensor("predictions", LOGITS, "FP32"), tensor("labels", LABELS, "INT64")
         (
             b'{"inputs": [{"name": "labels", "shape": [1], "datatype": "INT64", "data": [1]}], "parameters": 3}',
             {},
-            ("parameters must be an object"),
+            "parameters: must be an object, got 3",
         ),
         (
             b'{"inputs": [{"name": "labels", "shape": [1], "datatype": "INT64", "data": ["a"]}]}',

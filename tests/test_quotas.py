@@ -28,11 +28,9 @@ CONFIG = {"losses": [{"loss": "mse", "options": {}}], "convention": "keras", "dt
 MSE = {"losses": [{"loss": "mse"}]}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/store.sqlite3"
-    return str(request.getfixturevalue("postgres_url"))
+@pytest.fixture
+def url(store_url: str) -> str:
+    return store_url
 
 
 @pytest.fixture

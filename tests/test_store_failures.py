@@ -79,6 +79,21 @@ def store_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "service.store" and r.levelno == logging.WARNING]
 
 
+async def fill(api: httpx.AsyncClient, model: str) -> tuple[int, httpx.Response]:
+    """Predictions of 20 rows of 64 floats logged until an answer is not 200: the rows accepted
+    before it, and that answer."""
+    accepted = 0
+    with anyio.fail_after(120):  # stops a hang only
+        for batch in range(10_000):
+            ids = [f"{batch}-{i}" for i in range(20)]
+            body = {"ids": ids, "predictions": np.random.default_rng(batch).random((20, 64)).tolist()}
+            answer = await api.post(f"/v1/models/{model}/predictions", json=body)
+            if answer.status_code != 200:
+                return accepted, answer
+            accepted += answer.json()["accepted"]
+    raise AssertionError("10,000 logs and the disk is not full")
+
+
 async def test_a_full_disk_answers_507_and_a_delete_frees_space_without_a_restart(
     full_disk_api: tuple[httpx.AsyncClient, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -89,16 +104,7 @@ async def test_a_full_disk_answers_507_and_a_delete_frees_space_without_a_restar
     assert (
         await api.post("/v1/models/kept/predictions", json={"ids": ["k"], "predictions": [[1.0]]})
     ).status_code == 200
-    accepted, answer = 0, None
-    with anyio.fail_after(120):
-        for batch in range(10_000):
-            ids = [f"{batch}-{i}" for i in range(20)]
-            body = {"ids": ids, "predictions": np.random.default_rng(batch).random((20, 64)).tolist()}
-            answer = await api.post("/v1/models/filler/predictions", json=body)
-            if answer.status_code != 200:
-                break
-            accepted += answer.json()["accepted"]
-    assert answer is not None
+    accepted, answer = await fill(api, "filler")
     assert answer.status_code == 507, answer.text
     assert answer.headers["content-type"] == "application/problem+json"
     assert int(answer.headers["retry-after"]) > 0
@@ -397,16 +403,7 @@ async def test_a_full_postgresql_tablespace_answers_507_and_recovers_once_it_has
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://loss-service") as api:
                 assert (await api.put("/v1/models/filler", json=CONFIG)).status_code == 200
-                accepted, answer = 0, None
-                with anyio.fail_after(120):
-                    for batch in range(10_000):
-                        ids = [f"{batch}-{i}" for i in range(20)]
-                        body = {"ids": ids, "predictions": np.random.default_rng(batch).random((20, 64)).tolist()}
-                        answer = await api.post("/v1/models/filler/predictions", json=body)
-                        if answer.status_code != 200:
-                            break
-                        accepted += answer.json()["accepted"]
-                assert answer is not None
+                accepted, answer = await fill(api, "filler")
                 assert answer.status_code == 507, answer.text
                 assert answer.headers["retry-after"] == "30"
                 assert "PostgreSQL" in answer.json()["detail"]

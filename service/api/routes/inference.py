@@ -3,6 +3,9 @@
 Inputs `predictions`, `labels` and optionally `sample_weight`, as JSON tensors or with the binary
 tensor data extension; request `parameters` carry the loss's options plus `convention`, `dtype`
 and `model` (validated like v1). Outputs `per_sample` and `mean`. Errors are `{"error": "..."}`.
+
+The request's shape is validated first, against the protocol's request (`oip_schema`); only then
+are the tensors decoded (`_inputs`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,15 @@ from service.api.direct import DirectRoute
 from service.api.errors import validation_problem
 from service.api.guards import REFUSALS
 from service.api.headers import byte_count, request_header
+from service.api.oip_schema import (
+    DATATYPE_NAMES,
+    SHOWN_ERRORS,
+    InferenceRequestError,
+    RequestInput,
+    RequestOutput,
+    request_schema,
+    validated_request,
+)
 from service.api.problems import shown
 from service.api.schemas import loss_request_adapter
 from service.engine import LossInputError, UnknownLossError, resolve
@@ -41,24 +53,23 @@ router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=D
 
 HEADER_LENGTH = "inference-header-content-length"
 INPUTS = ("predictions", "labels", "sample_weight")
+OUTPUTS = ("per_sample", "mean")
 BATCH_PARAMETERS = ("convention", "dtype", "model")
-DATATYPES: dict[str, np.dtype[Any]] = {
-    name: np.dtype(kind).newbyteorder("<")
-    for name, kind in {
-        "BOOL": np.bool_,
-        "INT8": np.int8,
-        "INT16": np.int16,
-        "INT32": np.int32,
-        "INT64": np.int64,
-        "UINT8": np.uint8,
-        "UINT16": np.uint16,
-        "UINT32": np.uint32,
-        "UINT64": np.uint64,
-        "FP16": np.float16,
-        "FP32": np.float32,
-        "FP64": np.float64,
-    }.items()
+KINDS: dict[str, type[np.generic]] = {
+    "BOOL": np.bool_,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
 }
+DATATYPES: dict[str, np.dtype[Any]] = {name: np.dtype(KINDS[name]).newbyteorder("<") for name in DATATYPE_NAMES}
 
 
 class InferenceError(Exception):
@@ -165,7 +176,7 @@ async def model_ready(loss: str, request: Request) -> Response:
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": {"type": "object"}},
+                "application/json": {"schema": request_schema()},
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             },
         }
@@ -213,16 +224,16 @@ def _infer(
 ) -> Response:
     name = _catalogue_name(loss)
     header, binary = _split(body, header_length)
-    request_parameters = header.get("parameters") or {}
-    if not isinstance(request_parameters, dict):
-        raise InferenceError("parameters must be an object")
-    arrays = _inputs(header.get("inputs"), binary, limit)
+    try:
+        request = validated_request(header)  # the protocol's shape, before any tensor is decoded
+    except InferenceRequestError as exc:
+        raise InferenceError(str(exc)) from None
+    request_parameters = request.parameters.__pydantic_extra__ if request.parameters is not None else {}
+    binary_by_default = request.parameters is not None and request.parameters.binary_data_output is True
+    wanted = _wanted_outputs(request.outputs, binary_by_default)
+    arrays = _inputs(request.inputs, binary, limit)
     fields = {key: request_parameters[key] for key in BATCH_PARAMETERS if key in request_parameters}
-    options = {
-        key: value
-        for key, value in request_parameters.items()
-        if key not in BATCH_PARAMETERS and key != "binary_data_output"
-    }
+    options = {key: value for key, value in request_parameters.items() if key not in BATCH_PARAMETERS}
     try:
         validated = loss_request_adapter().validate_python(
             {"loss": name, **fields, **arrays, "options": options}, context={MAX_ELEMENTS: limit}
@@ -248,13 +259,14 @@ def _infer(
         "convention": validated.convention,
         "dtype": validated.dtype,
     }
-    return _response(computed, header, outputs, extra, bool(request_parameters.get("binary_data_output")))
+    return _response(computed, request.id, outputs, extra, wanted)
 
 
 def _oip_message(errors: list[dict[str, Any]]) -> str:
-    """Problem details in the protocol's one-string form, with v2's own names for the fields."""
+    """Problem details in the protocol's one-string form, with v2's own names for the fields: the
+    first SHOWN_ERRORS of them, then how many more there are."""
     parts = []
-    for error in errors:
+    for error in errors[:SHOWN_ERRORS]:
         loc = [str(part) for part in error["loc"][1:]]
         if loc and loc[0] == "options":
             loc[0] = "parameters"
@@ -263,6 +275,8 @@ def _oip_message(errors: list[dict[str, Any]]) -> str:
         elif loc and loc[0] in INPUTS:
             loc = [f"input {loc[0]}", *loc[1:]]
         parts.append(f"{'.'.join(loc) or 'request'}: {error['msg']}")
+    if len(errors) > SHOWN_ERRORS:
+        parts.append(f"and {len(errors) - SHOWN_ERRORS} more")
     return "; ".join(parts)
 
 
@@ -291,33 +305,26 @@ def _split(body: Body, header_length: str | None) -> tuple[dict[str, Any], memor
     return header, memoryview(body)[size:]
 
 
-def _inputs(specs: Any, binary: memoryview, limit: int) -> dict[str, np.ndarray[Any, Any]]:
-    if not isinstance(specs, list) or not specs:
-        raise InferenceError("inputs must be a non-empty list of tensors")
+def _inputs(specs: list[RequestInput], binary: memoryview, limit: int) -> dict[str, np.ndarray[Any, Any]]:
     arrays: dict[str, np.ndarray[Any, Any]] = {}
     offset = 0
     for spec in specs:
-        if not isinstance(spec, dict):
-            raise InferenceError("each input must be an object with name, shape, datatype")
-        name = spec.get("name")
-        if name not in INPUTS:
-            raise InferenceError(f"unexpected input {shown(name)}; inputs are {', '.join(INPUTS)}")
-        if name in arrays:
-            raise InferenceError(f"input {shown(name)} given twice")
+        if spec.name not in INPUTS:
+            raise InferenceError(f"unexpected input {shown(spec.name)}; inputs are {', '.join(INPUTS)}")
+        if spec.name in arrays:
+            raise InferenceError(f"input {shown(spec.name)} given twice")
         array, offset = _tensor(spec, binary, offset, limit)
         # Class labels and 0/1 targets may come as BOOL; the loss reads them as numbers.
-        arrays[name] = array.astype(np.int64) if array.dtype == np.bool_ else array
+        arrays[spec.name] = array.astype(np.int64) if array.dtype == np.bool_ else array
     if offset != len(binary):
         raise InferenceError(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
     return arrays
 
 
-def _tensor(spec: dict[str, Any], binary: memoryview, offset: int, limit: int) -> tuple[np.ndarray[Any, Any], int]:
-    name, shape, datatype = spec["name"], spec.get("shape"), spec.get("datatype")
+def _tensor(spec: RequestInput, binary: memoryview, offset: int, limit: int) -> tuple[np.ndarray[Any, Any], int]:
+    name, shape, datatype = spec.name, spec.shape, spec.datatype
     if datatype not in DATATYPES:
         raise InferenceError(f"input {name}: unsupported datatype {shown(datatype)}; use one of {', '.join(DATATYPES)}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise InferenceError(f"input {name}: shape must be a list of non-negative integers, got {shown(shape)}")
     dtype = DATATYPES[datatype]
     count = math.prod(shape)
     if count > limit:
@@ -328,7 +335,7 @@ def _tensor(spec: dict[str, Any], binary: memoryview, offset: int, limit: int) -
         raise InferenceError(
             f"input {name}: shape {shown(shape)} has a dimension over {limit:,} (LOSS_SERVICE_MAX_ELEMENTS)", 413
         )
-    size = (spec.get("parameters") or {}).get("binary_data_size")
+    size = spec.parameters.binary_data_size if spec.parameters is not None else None
     if size is not None:
         expected = count * dtype.itemsize
         if size != expected:
@@ -339,10 +346,10 @@ def _tensor(spec: dict[str, Any], binary: memoryview, offset: int, limit: int) -
             raise InferenceError(f"input {name}: the body ends before its {size} bytes of binary data")
         array = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
         return array, offset + size
-    if "data" not in spec:
+    if spec.data is None:
         raise InferenceError(f"input {name}: needs data, or binary_data_size with the binary extension")
     try:
-        array = np.asarray(spec["data"])
+        array = np.asarray(spec.data)
     except ValueError as exc:
         raise InferenceError(f"input {name}: data is not a rectangular array: {exc}") from None
     if array.dtype.kind not in "biuf" or array.size != count:
@@ -374,24 +381,30 @@ def _as_datatype(array: np.ndarray[Any, Any], dtype: np.dtype[Any], name: str, d
     return converted
 
 
+def _wanted_outputs(requested: list[RequestOutput] | None, binary_by_default: bool) -> dict[str, bool]:
+    """The outputs to answer with, each marked True when it goes as binary tensor data."""
+    if requested is None:
+        return dict.fromkeys(OUTPUTS, binary_by_default)
+    wanted: dict[str, bool] = {}
+    for index, output in enumerate(requested):
+        if output.name not in OUTPUTS:
+            raise InferenceError(
+                f"outputs[{index}]: unknown output {shown(output.name)}; outputs are {', '.join(OUTPUTS)}"
+            )
+        if output.name in wanted:
+            raise InferenceError(f"outputs[{index}]: output {shown(output.name)} requested twice")
+        binary = output.parameters.binary_data if output.parameters is not None else None
+        wanted[output.name] = binary_by_default if binary is None else binary
+    return wanted
+
+
 def _response(
     model: str,
-    header: dict[str, Any],
+    request_id: str | None,
     outputs: dict[str, np.ndarray[Any, Any]],
     parameters: dict[str, Any],
-    binary_by_default: bool,
+    wanted: dict[str, bool],
 ) -> Response:
-    requested = header.get("outputs")
-    if requested is not None and not isinstance(requested, list):
-        raise InferenceError(f"outputs must be a list of {{name}} objects, got {shown(requested)}")
-    if requested is None:
-        wanted = dict.fromkeys(outputs, binary_by_default)
-    else:
-        wanted = {}
-        for item in requested:
-            if not isinstance(item, dict) or item.get("name") not in outputs:
-                raise InferenceError(f"unknown output {shown(item)}; outputs are {', '.join(outputs)}")
-            wanted[item["name"]] = bool((item.get("parameters") or {}).get("binary_data", binary_by_default))
     datatype = "FP32" if next(iter(outputs.values())).dtype == np.float32 else "FP64"
     tensors, chunks = [], []
     for name, binary in wanted.items():
@@ -405,8 +418,8 @@ def _response(
             tensor["data"] = array.ravel().tolist()
         tensors.append(tensor)
     result: dict[str, Any] = {"model_name": model, "model_version": "1", "parameters": parameters, "outputs": tensors}
-    if "id" in header:
-        result["id"] = header["id"]
+    if request_id is not None:
+        result["id"] = request_id
     encoded = orjson.dumps(result)
     if not chunks:
         return Response(encoded, media_type="application/json")
