@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from service.api.access import digest  # noqa: E402
 from service.store import Store  # noqa: E402
+from service.store.schema import row_bytes_sql  # noqa: E402
 from tests import postgres  # noqa: E402
 from tests.raw_http import Connection  # noqa: E402
 from tests.servers import free_port, wait_for  # noqa: E402
@@ -102,6 +103,12 @@ def prepare(url: str) -> None:
                         [found[0], "pending", now + 1, bytes(8)],
                     )
                     tx.execute("UPDATE loss_models SET pending_predictions = 1 WHERE id = ?", [found[0]])
+        with store.database.transaction() as tx:  # the quotas' count of the bytes stored, as the store keeps it
+            size = row_bytes_sql(store.database.dialect.name)
+            tx.execute(
+                f"UPDATE loss_models SET stored_bytes = (SELECT coalesce(sum({size}), 0) FROM loss_predictions "
+                "WHERE model_id = loss_models.id)"
+            )
         if not sqlite:
             with store.database.transaction() as tx:
                 tx.execute("ANALYZE")

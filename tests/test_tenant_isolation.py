@@ -34,6 +34,7 @@ from service.app import create_app
 from service.config import Settings
 from service.store import DELETE_BATCH_ROWS, SWEEP_BATCH_ROWS, Pairs, Store
 from service.store.database import Transaction
+from service.store.schema import row_bytes_sql
 
 CONFIG = {"losses": [{"loss": "mse", "options": {}}], "convention": "keras", "dtype": "float64"}
 HANG = 60.0  # seconds: only ever reached when something is stuck
@@ -137,7 +138,13 @@ def add_joined_rows(store: Store, model: str, count: int) -> None:
                     "SELECT ?, 'joined-' || i, i, i, 0 FROM generate_series(1, ?) AS i",
                     [found[0], count],
                 )
-        tx.execute("UPDATE loss_models SET joined = ? WHERE id = ?", [count, found[0]])
+        size = row_bytes_sql(store.database.dialect.name)
+        tx.execute(
+            f"UPDATE loss_models SET joined = ?, stored_bytes = stored_bytes + (SELECT coalesce(sum({size}), 0) "
+            f"FROM loss_predictions WHERE model_id = ? AND joined_at IS NOT NULL) + (SELECT coalesce(sum({size}), 0) "
+            "FROM loss_labels WHERE model_id = ? AND joined_at IS NOT NULL) WHERE id = ?",
+            [count, found[0], found[0], found[0]],
+        )
     if not sqlite:
         with store.database.transaction() as tx:
             tx.execute("ANALYZE")  # what autovacuum does on a table that grew this much
