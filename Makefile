@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint docs screenshots mutation openapi lock bench bench-store bench-dataset bench-peers clean
+.PHONY: serve test lint docs screenshots mutation openapi lock bench bench-store bench-tenants bench-dataset bench-peers clean
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,9 @@ bench-dataset: $(VENV)/.dev
 
 bench-store: $(VENV)/.dev
 	$(BIN)/python bench/store.py
+
+bench-tenants: $(VENV)/.dev
+	$(BIN)/python bench/tenants.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

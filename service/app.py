@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any
 
+import anyio
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -24,7 +25,7 @@ from service.api.access import KeyRing
 from service.api.direct import DirectDispatch, DirectRoute
 from service.api.errors import install_error_handlers
 from service.api.guards import KEY_REFUSALS, ApiKeys, BodyLimit, HeavyRequests
-from service.api.ingest import sweep_forever
+from service.api.ingest import store_threads, sweep_forever
 from service.api.routes import health, inference, losses, metrics, models, pages
 from service.api.routes.inference import HEADER_LENGTH
 from service.api.schemas import (
@@ -64,7 +65,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     health.listeners.append(app.state.monitor.set_store_status)
     app.state.monitor.set_store_status(health.status)  # a store may start full (space.py)
     sweeper = asyncio.create_task(
-        sweep_forever(app.state.store, app.state.monitor, settings.sweep_interval, app.state.keys, settings)
+        sweep_forever(
+            app.state.store,
+            app.state.monitor,
+            settings.sweep_interval,
+            store_threads(app.state),
+            app.state.keys,
+            settings,
+        )
     )
     watcher = asyncio.create_task(_watch_keys(app.state.keys, app.state.monitor))
     # Everything alive now (modules, the app, its schemas) lives as long as the worker: moved out
@@ -100,10 +108,12 @@ async def _watch_keys(keys: KeyRing, monitor: Monitor, interval: float = 1.0) ->
     """Reload the keys file on SIGHUP and whenever it changes on disk (checked every `interval`).
 
     A file that cannot be used keeps the keys in force; `loss_service_api_keys_reload_failed`
-    says so until a reload succeeds.
+    says so until a reload succeeds. The reload reads the file in a thread of its own (a
+    limiter of one), never waiting for a thread behind requests, whatever they wait on.
     """
     if keys.file is None:
         return
+    reloading = anyio.CapacityLimiter(1)
     hangup = asyncio.Event()
     loop = asyncio.get_running_loop()
     if threading.current_thread() is threading.main_thread():
@@ -115,7 +125,7 @@ async def _watch_keys(keys: KeyRing, monitor: Monitor, interval: float = 1.0) ->
                 await asyncio.wait_for(hangup.wait(), interval)
             if hangup.is_set() or keys.changed_on_disk():
                 hangup.clear()
-                await anyio.to_thread.run_sync(keys.reload)
+                await anyio.to_thread.run_sync(keys.reload, limiter=reloading)
     finally:
         if threading.current_thread() is threading.main_thread():
             loop.remove_signal_handler(signal.SIGHUP)

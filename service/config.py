@@ -135,7 +135,17 @@ class Settings(BaseSettings):
         "for replicas on several hosts.",
     )
     store_connections: int = Field(
-        default=10, ge=1, description="Most PostgreSQL connections each worker keeps open (its pool's size)."
+        default=10,
+        ge=1,
+        description="Most PostgreSQL connections each worker keeps open in each of its two pools, one for writes "
+        "and one for reads; on SQLite, the most read connections (writes go through one).",
+    )
+    store_read_threads: int = Field(
+        default=2,
+        ge=1,
+        description="Store reads (a model's status, the list of models) each worker runs at once, in threads of "
+        "their own; more wait for one without holding a thread. A read costs well under a millisecond whatever "
+        "the model's rows: more threads only contend with the event loop for the interpreter.",
     )
     store_timeout: float = Field(
         default=5.0,

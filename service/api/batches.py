@@ -10,6 +10,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
+import anyio
 import anyio.to_thread
 from fastapi import Request
 from pydantic import BaseModel
@@ -96,11 +97,13 @@ async def off_loop(
     *,
     losses: Callable[[], int] | None = None,
     waits_on_io: bool = False,
+    limiter: anyio.CapacityLimiter | None = None,
 ) -> Any:
     """Run `work` (parse a body of `size` bytes, then compute) with the memory that parsing needs,
     `decoded()` bytes, held from the worker's budget; in a worker thread, so the event loop keeps
     serving, when the decoded body times its `losses()` is larger than `offload_bytes`, and
-    whenever the work `waits_on_io` (a database).
+    whenever the work `waits_on_io` (a database). `limiter`: the threads to run it among
+    (default: anyio's default pool).
 
     The decision is by decoded size, not body size: a small compressed npz or a short
     /v1/evaluate body with many losses is heavy work. Bodies larger than `offload_bytes` go to
@@ -126,7 +129,7 @@ async def off_loop(
 
     slot: Slot | None = state.get(HEAVY_SLOT)
     if slot is None:
-        return await anyio.to_thread.run_sync(parsing_reserved)
+        return await anyio.to_thread.run_sync(parsing_reserved, limiter=limiter)
     slot.hold()
     releaser = threading.Lock()  # taken once: by the thread as it starts, or by the request
     abandoned = threading.Event()
@@ -142,7 +145,7 @@ async def off_loop(
             slot.release()
 
     try:
-        return await anyio.to_thread.run_sync(holding_the_slot, abandon_on_cancel=True)
+        return await anyio.to_thread.run_sync(holding_the_slot, abandon_on_cancel=True, limiter=limiter)
     except BaseException:
         abandoned.set()  # cancelled by the deadline
         raise

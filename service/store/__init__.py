@@ -1,8 +1,9 @@
 """The delayed-labels store: SQL only, no HTTP and no loss math.
 
 `Store.open(url)` connects to SQLite (`sqlite:///PATH`, the embedded default) or PostgreSQL
-(`postgresql://...`, for replicas on several hosts), creates or checks the schema, and offers
-the operations the service needs, each one transaction.
+(`postgresql://...`, for replicas on several hosts), creates, migrates or checks the schema, and
+offers the operations the service needs, each one transaction (the retention sweep and a model's
+removal: one per batch of rows).
 """
 
 from service.store.database import redacted
@@ -20,12 +21,26 @@ from service.store.errors import (
 )
 from service.store.health import StoreHealth
 from service.store.schema import ROW_BYTES, SCHEMA_VERSION
-from service.store.store import DTYPES, Logged, Model, Pairs, Quota, Side, Store, Swept, Usage
+from service.store.store import (
+    DELETE_BATCH_ROWS,
+    DTYPES,
+    SWEEP_BATCH_ROWS,
+    Logged,
+    Model,
+    Pairs,
+    Quota,
+    Side,
+    Store,
+    Swept,
+    Usage,
+)
 
 __all__ = [
+    "DELETE_BATCH_ROWS",
     "DTYPES",
     "ROW_BYTES",
     "SCHEMA_VERSION",
+    "SWEEP_BATCH_ROWS",
     "Logged",
     "Model",
     "Pairs",

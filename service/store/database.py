@@ -1,11 +1,18 @@
 """Connections and transactions for the two databases the store runs on, and the few places
 where their SQL differs. Everything else is the same plain SQL, written with `?` placeholders.
 
-- SQLite (stdlib `sqlite3`): one connection per process in WAL mode, so several worker
+- SQLite (stdlib `sqlite3`): one writing connection per process in WAL mode, so several worker
   processes on one host share the file; `BEGIN IMMEDIATE` takes the database's write lock at
-  the start of every writing transaction, which serialises writers across processes.
-- PostgreSQL (psycopg 3 with its connection pool): replicas on several hosts share one
-  database; a writing transaction locks its model's row (`SELECT ... FOR UPDATE`).
+  the start of every writing transaction, which serialises writers across processes. Reads
+  have connections of their own (`readers` of them, query-only): WAL lets them read a
+  committed snapshot while a writer holds the lock, so a read never queues behind a write.
+- PostgreSQL (psycopg 3 with its connection pools): replicas on several hosts share one
+  database; a writing transaction locks its model's row (`SELECT ... FOR UPDATE`). Reads take
+  their connections from a pool of their own (read-only transactions), so writers holding
+  every writing connection never hold up a read.
+
+`readers` and `writers` say how many transactions of each kind can run at once without
+waiting for a connection; the service sizes the threads it gives each kind to match.
 
 A disk that is full or a database that cannot be reached within the store's timeout surfaces as
 `StoreFullError` or `StoreUnavailableError` (see health.py), and each database's `health` says
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import queue
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -177,6 +185,9 @@ class Database(Protocol):
     health: StoreHealth
     # Seconds an operation may wait for the database before StoreUnavailableError.
     timeout: float
+    # Transactions of each kind that can run at once without waiting for a connection.
+    readers: int
+    writers: int
 
     def transaction(self, *, write: bool = True) -> Any: ...
 
@@ -189,19 +200,24 @@ class Database(Protocol):
 
 class SQLiteDatabase:
     """A SQLite file shared by the worker processes of one host (WAL mode). With `reserve_bytes`,
-    deletions can free space on a full disk (space.py)."""
+    deletions can free space on a full disk (space.py).
+
+    Writes go through one connection, one transaction at a time (`_lock`). Reads go through
+    up to `readers` query-only connections of their own, opened as needed and kept; under WAL
+    a read transaction sees the last commit and never waits for the writer. An in-memory
+    database (`:memory:`) is private to its connection: there, reads share the writer's.
+    """
 
     dialect = SQLITE
 
-    def __init__(self, url: str, path: str, timeout: float = 5.0, reserve_bytes: int = 0) -> None:
+    def __init__(self, url: str, path: str, timeout: float = 5.0, reserve_bytes: int = 0, readers: int = 4) -> None:
         self.url = url
         self.timeout = timeout
         self.health = StoreHealth()
+        self._path = path
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: transactions are begun and ended here, explicitly. The timeout
-        # is how long a writer waits for another process's write lock before giving up.
-        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
+        self._connection = self._open(path, timeout)
         self._connection.execute("PRAGMA journal_mode=WAL")
         # NORMAL: a commit is in the WAL file before it returns, so a killed process loses no
         # answered request; only an operating-system crash or power loss can lose the last ones.
@@ -210,15 +226,31 @@ class SQLiteDatabase:
         # the WAL: deleting a model would need as much free disk as the model takes. FAST zeroes
         # deleted content only in pages written anyway (freed pages keep theirs until reused).
         self._connection.execute("PRAGMA secure_delete=FAST")
-        self._lock = threading.Lock()  # one connection, used by one thread at a time
+        self._lock = threading.Lock()  # one writing connection, used by one thread at a time
         self._full_disk = (
             FullDiskMode(self._connection, path, reserve_bytes, self.health)
             if path != ":memory:" and reserve_bytes
             else None
         )
+        self.writers = 1
+        self.readers = 1 if path == ":memory:" else readers
+        # Idle read connections; `_opened` counts those that exist, idle or in use.
+        self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._opened = 0
+        self._opened_lock = threading.Lock()
+        self._closed = False
+
+    @staticmethod
+    def _open(path: str, timeout: float) -> sqlite3.Connection:
+        # isolation_level=None: transactions are begun and ended here, explicitly. The timeout
+        # is how long a writer waits for another process's write lock before giving up.
+        return sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Transaction]:
+        if not write and self._path != ":memory:":
+            yield from self._read()
+            return
         with self._lock:
             refusal = self._full_disk.before_write() if write and self._full_disk else None
             try:
@@ -242,6 +274,62 @@ class SQLiteDatabase:
             if not (write and self._full_disk and self._full_disk.after_write()):
                 self.health.succeeded(wrote=write and (tx.added_rows or self.health.status != "full"))
 
+    def _read(self) -> Iterator[Transaction]:
+        """A read transaction on a read connection; failures are classified as writes' are."""
+        connection = None
+        try:
+            connection = self._reader()
+            cursor = connection.cursor()
+            cursor.execute("BEGIN")
+            try:
+                yield Transaction(cursor, self.dialect)
+                cursor.execute("COMMIT")
+            finally:
+                if connection.in_transaction:
+                    cursor.execute("ROLLBACK")
+        except Exception as exc:
+            failure = classified(exc)
+            if failure is None:
+                raise
+            self.health.failed(failure)
+            if failure is exc:
+                raise
+            raise failure from exc
+        finally:
+            if connection is not None:
+                self._release(connection)
+
+    def _reader(self) -> sqlite3.Connection:
+        """An idle read connection, a new one while fewer than `readers` exist, else the next freed."""
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._opened_lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            opening = self._opened < self.readers
+            if opening:
+                self._opened += 1
+        if not opening:
+            return self._idle.get()
+        try:
+            connection = self._open(self._path, self.timeout)
+            # Reads only: a statement that would write fails instead.
+            connection.execute("PRAGMA query_only=ON")
+        except BaseException:
+            with self._opened_lock:
+                self._opened -= 1
+            raise
+        return connection
+
+    def _release(self, connection: sqlite3.Connection) -> None:
+        with self._opened_lock:  # so that `close` either finds it idle or has already begun
+            if not self._closed:
+                self._idle.put(connection)
+                return
+        connection.close()  # the database was closed while this read ran
+
     def probe(self) -> None:
         if not self._lock.acquire(timeout=self.timeout):
             return  # busy with requests, which report their own outcomes
@@ -263,39 +351,60 @@ class SQLiteDatabase:
             self._lock.release()
 
     def close(self) -> None:
+        with self._opened_lock:
+            self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                break
         with self._lock:
             self._connection.close()
 
 
 class PostgresDatabase:
-    """A PostgreSQL database shared by every replica, through a pool of connections."""
+    """A PostgreSQL database shared by every replica, through two pools of up to
+    `max_connections` connections each: one for writing transactions, one for reads (whose
+    transactions are read-only)."""
 
     dialect = POSTGRES
 
     def __init__(self, url: str, max_connections: int, timeout: float = 5.0) -> None:
+        from psycopg import Connection
         from psycopg_pool import ConnectionPool
+
+        def read_only(connection: Connection[Any]) -> None:
+            connection.read_only = True
 
         self.url = url
         self.timeout = timeout
         self.health = StoreHealth()
+        self.readers = self.writers = max_connections
         # `timeout`: how long a request waits for a connection (PoolTimeout after it); libpq's
         # connect_timeout (whole seconds, at least 2) bounds each attempt to connect.
-        self._pool = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=max_connections,
-            open=False,
-            timeout=timeout,
-            kwargs={"connect_timeout": max(2, math.ceil(timeout))},
-        )
+        options: dict[str, Any] = {
+            "min_size": 1,
+            "max_size": max_connections,
+            "open": False,
+            "timeout": timeout,
+            "kwargs": {"connect_timeout": max(2, math.ceil(timeout))},
+        }
+        self._pool = ConnectionPool(url, **options)
+        self._readers = ConnectionPool(url, configure=read_only, **options)
         # Connection failures surface here, at start-up, not at the first request.
         self._pool.open(wait=True, timeout=max(30.0, timeout))
+        try:
+            self._readers.open(wait=True, timeout=max(30.0, timeout))
+        except BaseException:
+            self._pool.close()
+            raise
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Transaction]:
+        pool = self._pool if write else self._readers
         try:
             # The pool's context commits when the block ends and rolls back when it raises.
-            with self._pool.connection() as connection, connection.cursor() as cursor:
+            with pool.connection() as connection, connection.cursor() as cursor:
                 tx = Transaction(cursor, self.dialect)
                 yield tx
         except Exception as exc:
@@ -303,11 +412,10 @@ class PostgresDatabase:
             if failure is None:
                 raise
             if isinstance(failure, StoreUnavailableError) and self.health.status != "unavailable":
-                # The server went away: the pool's idle connections are likely broken too. Dropping
+                # The server went away: the pools' idle connections are likely broken too. Dropping
                 # them now, once per episode, spares the requests after its return a failure each
                 # (checking every connection as it is handed out would cost a round trip each).
-                with contextlib.suppress(Exception):
-                    self._pool.check()
+                self._check_pools()
             self.health.failed(failure)
             if failure is exc:
                 raise
@@ -325,20 +433,34 @@ class PostgresDatabase:
             failure = classified(exc)
             if failure is None:
                 raise
+            if isinstance(failure, StoreUnavailableError) and self.health.status != "unavailable":
+                self._check_pools()  # as a failed transaction does
             self.health.failed(failure)
         else:
+            if failing:
+                # The read pool's idle connections may predate the episode (a restarted server):
+                # the probe went through the write pool only.
+                self._check_pools()
             self.health.succeeded(wrote=failing)
 
+    def _check_pools(self) -> None:
+        """Drop the idle connections of both pools that no longer work."""
+        for pool in (self._pool, self._readers):
+            with contextlib.suppress(Exception):
+                pool.check()
+
     def close(self) -> None:
+        self._readers.close()
         self._pool.close()
 
 
 def connect(url: str, max_connections: int = 10, timeout: float = 5.0, reserve_bytes: int = 0) -> Database:
     """A database from a URL: `sqlite:///relative/path`, `sqlite:////absolute/path`, or
     `postgresql://user:password@host:port/database` (also `postgres://`). `timeout`: seconds an
-    operation may wait for the database; `reserve_bytes`: SQLite's full-disk reserve (0: none)."""
+    operation may wait for the database; `reserve_bytes`: SQLite's full-disk reserve (0: none);
+    `max_connections`: SQLite's read connections, PostgreSQL's connections in each pool."""
     if url.startswith("sqlite:///"):
-        return SQLiteDatabase(url, url.removeprefix("sqlite:///"), timeout, reserve_bytes)
+        return SQLiteDatabase(url, url.removeprefix("sqlite:///"), timeout, reserve_bytes, max_connections)
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresDatabase(url, max_connections, timeout)
     raise ValueError(

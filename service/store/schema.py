@@ -97,10 +97,19 @@ def _stored_bytes(tx: Transaction) -> None:
     )
 
 
+def _pending_rows_index(tx: Transaction) -> None:
+    """A model's rows still waiting for their other half, in arrival order: its oldest pending
+    row is the first entry of its range, however many joined rows the model keeps. `IF NOT
+    EXISTS`: a store whose version was set back by hand keeps its indexes and still starts."""
+    for table in ("loss_predictions", "loss_labels"):
+        tx.execute(f"CREATE INDEX IF NOT EXISTS {table}_pending ON {table} (model_id, arrived) WHERE joined_at IS NULL")
+
+
 # Named, applied in order, never edited once released: a new layout is a new migration at the end.
 MIGRATIONS: list[tuple[str, Callable[[Transaction], None]]] = [
     ("tables", _create),
     ("stored bytes per model", _stored_bytes),
+    ("pending rows index", _pending_rows_index),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,13 +1,13 @@
 """Delayed labels: configure a model, log its predictions now and its labels when they arrive;
 each pair's losses are computed once, when its second half arrives. Routes parse and hand over
-to `service.api.ingest`; the store's I/O always runs in a worker thread."""
+to `service.api.ingest`; the store's I/O always runs in a worker thread, among the store's own
+(`ingest.StoreThreads`: reads apart from writes, both apart from anyio's default pool)."""
 
 from __future__ import annotations
 
 import time
 from typing import Annotated, Any
 
-import anyio.to_thread
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
@@ -78,7 +78,8 @@ async def configure_model(model: ModelName, request: Request) -> Response:
     store, settings = _store(request), request.app.state.settings
     state = request.scope.setdefault("state", {})
     quota = ingest.quota_of(ingest.principal_of(state), settings)
-    result = await anyio.to_thread.run_sync(lambda: ingest.configure(store, model, body, time.time(), quota, state))
+    threads = ingest.store_threads(request.app.state)
+    result = await threads.write(lambda: ingest.configure(store, model, body, time.time(), quota, state))
     await _report_usage(request)
     return json_response(result)
 
@@ -88,9 +89,10 @@ async def _report_usage(request: Request) -> None:
     writes report its usage as they commit; the retention sweep reports every key's). The change
     is committed: a store that fails now leaves the gauge to the next report, not the answer."""
     app = request.app
+    store = _store(request)
     try:
-        await anyio.to_thread.run_sync(
-            ingest.report_usage, _store(request), app.state.monitor, app.state.keys, app.state.settings
+        await ingest.store_threads(app.state).read(
+            lambda: ingest.report_usage(store, app.state.monitor, app.state.keys, app.state.settings)
         )
     except Exception as exc:
         ingest.log.warning("quota usage not reported after a change to the models: %s", exc)
@@ -98,7 +100,7 @@ async def _report_usage(request: Request) -> None:
 
 @router.get("", summary="The configured models (those the API key may use)", response_model=ModelList)
 async def list_models(request: Request) -> Response:
-    models = await anyio.to_thread.run_sync(_store(request).models)
+    models = await ingest.store_threads(request.app.state).read(_store(request).models)
     allowed = set(visible(request.scope.get("state"), [m.name for m in models]))
     return json_response({"models": [ingest.model_config(m) for m in models if m.name in allowed]})
 
@@ -112,8 +114,9 @@ async def list_models(request: Request) -> Response:
 async def model_status(model: ModelName, request: Request) -> Response:
     store, settings = _store(request), request.app.state.settings
     principal = ingest.principal_of(request.scope.get("state"))
+    threads = ingest.store_threads(request.app.state)
     return json_response(
-        await anyio.to_thread.run_sync(lambda: ingest.model_status(store, model, time.time(), principal, settings))
+        await threads.read(lambda: ingest.model_status(store, model, time.time(), principal, settings))
     )
 
 
@@ -125,7 +128,7 @@ async def model_status(model: ModelName, request: Request) -> Response:
     responses={**PROBLEM_RESPONSES, **NOT_FOUND},
 )
 async def delete_model(model: ModelName, request: Request) -> Response:
-    if not await anyio.to_thread.run_sync(_store(request).delete_model, model):
+    if not await ingest.delete_model(_store(request), model, ingest.store_threads(request.app.state)):
         raise ingest.unknown_model(model)
     request.app.state.monitor.set_pending(model, (0, 0))
     await _report_usage(request)
@@ -144,6 +147,7 @@ async def _log(request: Request, model: str, side: Side) -> Response:
         lambda: json_decoded_bytes(body),
         lambda: ingest.log_rows(store, monitor, max_pending, model, side, body, state, settings),
         waits_on_io=True,
+        limiter=ingest.store_threads(request.app.state).writes,
     )
     return json_response(result)
 
