@@ -27,6 +27,10 @@ def _inputs(name: str, class_labels: bool, rng: np.random.Generator) -> tuple[np
         return rng.random((N, C, 2)), signs
     if name == "gaussian_nll":
         return rng.random((N, C, 2)) + 0.1, rng.random((N, C))
+    if name == "gamma_deviance":
+        return probabilities, probabilities[::-1]
+    if name == "hamming":
+        return (signs > 0).astype(float), (probabilities > 0.3).astype(float)
     if name in ("brier_score", "log_loss"):
         return probabilities[:, 0], (signs[:, 0] > 0).astype(float)
     if class_labels:

@@ -256,3 +256,46 @@ def multilabel_soft_margin(p, y, weight=None):
             total += -w * (t * log_sigmoid + (1 - t) * log_sigmoid_negative)
         per_sample.append(total / len(row))
     return per_sample, _mean(per_sample)
+
+
+# scikit-learn's metrics, from the formulas in its user guide (model_evaluation.rst): each returns
+# (per_sample, weighted mean) for (N, K) inputs, the mean being np.average's sum(w l) / sum(w).
+
+
+def _weighted(per, weights):
+    weights = [1.0] * len(per) if weights is None else weights
+    return per, sum(w * v for w, v in zip(weights, per, strict=True)) / sum(weights)
+
+
+def pinball(p, y, alpha, weights=None):
+    """alpha (y - p) where y >= p, (1 - alpha) (p - y) below; outputs averaged uniformly."""
+    per = [_mean([alpha * (b - a) if b >= a else (1 - alpha) * (a - b) for a, b in zip(pr, yr, strict=True)])
+           for pr, yr in zip(p, y, strict=True)]  # fmt: skip
+    return _weighted(per, weights)
+
+
+def tweedie(p, y, power, weights=None):
+    """The unit deviance of the Tweedie distribution with variance power `power`."""
+
+    def one(mu, t):
+        if power == 0:
+            return (t - mu) ** 2
+        if power == 1:
+            return 2 * ((t * math.log(t / mu) if t > 0 else 0.0) - t + mu)
+        if power == 2:
+            return 2 * (math.log(mu / t) + t / mu - 1)
+        positive = max(t, 0.0)
+        return 2 * (
+            positive ** (2 - power) / ((1 - power) * (2 - power))
+            - t * mu ** (1 - power) / (1 - power)
+            + mu ** (2 - power) / (2 - power)
+        )
+
+    per = [_mean([one(a, b) for a, b in zip(pr, yr, strict=True)]) for pr, yr in zip(p, y, strict=True)]
+    return _weighted(per, weights)
+
+
+def hamming(p, y, weights=None):
+    """The fraction of a sample's labels that differ (one label per sample: 0 or 1)."""
+    per = [sum(a != b for a, b in zip(pr, yr, strict=True)) / len(pr) for pr, yr in zip(p, y, strict=True)]
+    return _weighted(per, weights)

@@ -1,5 +1,5 @@
 """The loss functions, one module per family. Importing this package fills the catalogue."""
 
-from service.engine.losses import crossentropy, distribution, margin, regression, scoring
+from service.engine.losses import crossentropy, deviance, distribution, margin, regression, scoring
 
-__all__ = ["crossentropy", "distribution", "margin", "regression", "scoring"]
+__all__ = ["crossentropy", "deviance", "distribution", "margin", "regression", "scoring"]
