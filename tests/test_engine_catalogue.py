@@ -191,6 +191,11 @@ READ_ONLY_CASES = [
         "brier_score": {"predictions": [[0.2, 0.5, 0.3], [0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], "labels": [1, 0, 2]},
         "log_loss": {"predictions": [[0.2, 0.5, 0.3], [0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], "labels": [2, 0, 1]},
         "poly1_cross_entropy": {"predictions": [[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]], "labels": [[1, 0, 0], [0, 0, 1]]},
+        "pinball": {"predictions": [[2.0, -1.0], [0.1, 3.0]], "labels": [[1.0, 0.5], [0.0, 2.0]]},
+        "tweedie_deviance": {"predictions": [[2.0, -1.0], [0.1, 3.0]], "labels": [[1.0, 0.5], [0.0, 2.0]]},
+        "poisson_deviance": {"predictions": [[2.0, 1.0], [0.1, 3.0]], "labels": [[1.0, 0.0], [0.0, 2.0]]},
+        "gamma_deviance": {"predictions": [[2.0, 1.0], [0.1, 3.0]], "labels": [[1.0, 0.5], [0.2, 2.0]]},
+        "hamming": {"predictions": [[1, 0], [0, 1]], "labels": [[1, 1], [0, 1]], "sample_weight": [2.0, 0.5]},
     }.items()
 ]
 
