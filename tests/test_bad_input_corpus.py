@@ -918,3 +918,59 @@ async def test_a_forecast_or_target_without_a_score_is_a_422_naming_field_and_in
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["errors"] == [{"loc": ["body", *loc], "msg": message}]
+
+
+# issue 34: scikit-learn losses
+# scikit-learn's domain rules (Tweedie powers, non-negative counts, positive gamma targets, alpha in
+# [0, 1], integer class values, 0/1 indicators): each a 422 naming the field and the index.
+SKLEARN_CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("poisson-negative-label", {"loss": "poisson_deviance", "predictions": [1.0, 2.0, 1.0], "labels": [0.0, -1.0, 2.0]},
+     "labels.1: with power 1, labels must be >= 0, got -1.0"),
+    ("poisson-zero-prediction", {"loss": "mean_poisson_deviance", "predictions": [1.0, 0.0], "labels": [0.0, 1.0]},
+     "predictions.1: with power 1, predictions must be > 0, got 0.0"),
+    ("gamma-zero-label", {"loss": "gamma_deviance", "predictions": [1.0, 2.0, 1.0], "labels": [1.0, 2.0, 0.0]},
+     "labels.2: with power 2, labels must be > 0, got 0.0"),
+    ("gamma-negative-prediction-2d",
+     {"loss": "gamma_deviance", "predictions": [[1.0, 2.0], [-1.0, 1.0]], "labels": [[1.0, 2.0], [1.0, 1.0]]},
+     "predictions.1.0: with power 2, predictions must be > 0, got -1.0"),
+    ("tweedie-power-between-0-and-1",
+     {"loss": "tweedie_deviance", "predictions": [1.0], "labels": [1.0], "options": {"power": 0.5}},
+     "options.power: must be <= 0 or >= 1 (no Tweedie distribution between), got 0.5"),
+    ("tweedie-power-3-zero-label",
+     {"loss": "tweedie_deviance", "predictions": [1.0, 1.0], "labels": [1.0, 0.0], "options": {"power": 3}},
+     "labels.1: with power 3, labels must be > 0, got 0.0"),
+    ("tweedie-negative-power-zero-prediction",
+     {"loss": "tweedie_deviance", "predictions": [0.0, 1.0], "labels": [-2.0, 1.0], "options": {"power": -1}},
+     "predictions.0: with power -1, predictions must be > 0, got 0.0"),
+    ("tweedie-compound-negative-label-float32",
+     {"loss": "tweedie_deviance", "predictions": [1.0, 1.0], "labels": [1.0, -0.5], "options": {"power": 1.5},
+      "dtype": "float32", "convention": "torch"},
+     "labels.1: with power 1.5, labels must be >= 0, got -0.5"),
+    ("tweedie-power-string", {"loss": "tweedie_deviance", "predictions": [1.0], "labels": [1.0], "options": {"power": "1"}},
+     "options.power: Input should be a valid number"),
+    ("pinball-alpha-above-1", {"loss": "pinball", "predictions": [1.0], "labels": [1.0], "options": {"alpha": 1.5}},
+     "options.alpha: Input should be less than or equal to 1"),
+    ("pinball-alpha-negative", {"loss": "pinball", "predictions": [1.0], "labels": [1.0], "options": {"alpha": -0.1}},
+     "options.alpha: Input should be greater than or equal to 0"),
+    ("hamming-fractional-label", {"loss": "hamming", "predictions": [1.0, 2.0], "labels": [1.0, 2.5]},
+     "labels.1: class labels must be integers, got 2.5"),
+    ("hamming-indicator-2", {"loss": "hamming_loss", "predictions": [[0, 1], [1, 2]], "labels": [[0, 1], [1, 1]]},
+     "predictions.1.1: multilabel indicators must be one of [0.0, 1.0], got 2.0"),
+    ("hamming-3d", {"loss": "hamming", "predictions": [[[0]]], "labels": [[[0]]]},
+     "predictions: must be (N,) class values or (N, K) indicators, got shape [1, 1, 1]"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("request_body", "detail"), [c[1:] for c in SKLEARN_CASES], ids=[c[0] for c in SKLEARN_CASES])
+async def test_scikit_learn_losses_refuse_outside_their_domain_by_index(
+    limited: httpx.AsyncClient, request_body: dict[str, Any], detail: str
+) -> None:
+    response = await limited.post("/v1/loss", json=request_body)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"] == detail
+    call = {"loss": request_body["loss"], "options": request_body.get("options", {})}
+    batch = {k: v for k, v in request_body.items() if k not in ("loss", "options")}
+    evaluated = await limited.post("/v1/evaluate", json={**batch, "losses": [call]})
+    assert evaluated.status_code == 422, evaluated.text
+    assert detail.split(":")[-1].strip() in evaluated.json()["detail"]

@@ -20,7 +20,7 @@ from service.client import (
     UnauthorizedError,
     UnreachableError,
 )
-from service.engine import compute
+from service.engine import catalogue, compute
 from tests.reference import naive
 from tests.servers import served
 
@@ -180,7 +180,7 @@ def test_evaluate_losses_health_and_progress(url: str) -> None:
         per_sample, mean = naive.scce(LOGITS.tolist(), LABELS.tolist(), "keras", True)
         np.testing.assert_allclose(results[1].per_sample, per_sample, rtol=1e-12)
         assert results[1].mean == pytest.approx(mean, rel=1e-12)
-        assert len(client.losses()) == 32
+        assert len(client.losses()) == len(catalogue())
         assert client.health() == {"live": True, "ready": True, "status": "ready"}
         with pytest.raises(InvalidInputError) as caught:
             client.loss("scce", LOGITS, LABELS + 10, from_logits=True)
@@ -196,7 +196,7 @@ async def test_async_client_matches_the_sync_client(url: str) -> None:
         assert (await client.health())["ready"] is True
         evaluated = await client.evaluate(LOGITS, LABELS, [{"loss": "scce", "options": {"from_logits": True}}])
         assert evaluated[0].count == 50
-        assert len(await client.losses()) == 32
+        assert len(await client.losses()) == len(catalogue())
         with pytest.raises(InvalidInputError, match="unknown loss 'nothing'"):
             await client.loss("nothing", LOGITS, LABELS)
 

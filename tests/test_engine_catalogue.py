@@ -124,7 +124,7 @@ def test_log_loss_and_brier_match_scikit_learn_binary_with_class_values() -> Non
 
 def test_every_loss_documents_formula_shapes_and_source() -> None:
     names = {spec.name for spec in catalogue()}
-    assert len(names) == 35
+    assert len(names) == 40
     for spec in catalogue():
         assert spec.formula, spec.name
         assert spec.shapes, spec.name
@@ -191,6 +191,11 @@ READ_ONLY_CASES = [
         "brier_score": {"predictions": [[0.2, 0.5, 0.3], [0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], "labels": [1, 0, 2]},
         "log_loss": {"predictions": [[0.2, 0.5, 0.3], [0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], "labels": [2, 0, 1]},
         "poly1_cross_entropy": {"predictions": [[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]], "labels": [[1, 0, 0], [0, 0, 1]]},
+        "pinball": {"predictions": [[2.0, -1.0], [0.1, 3.0]], "labels": [[1.0, 0.5], [0.0, 2.0]]},
+        "tweedie_deviance": {"predictions": [[2.0, -1.0], [0.1, 3.0]], "labels": [[1.0, 0.5], [0.0, 2.0]]},
+        "poisson_deviance": {"predictions": [[2.0, 1.0], [0.1, 3.0]], "labels": [[1.0, 0.0], [0.0, 2.0]]},
+        "gamma_deviance": {"predictions": [[2.0, 1.0], [0.1, 3.0]], "labels": [[1.0, 0.5], [0.2, 2.0]]},
+        "hamming": {"predictions": [[1, 0], [0, 1]], "labels": [[1, 1], [0, 1]], "sample_weight": [2.0, 0.5]},
     }.items()
 ]
 

@@ -34,6 +34,10 @@ def _inputs(name: str, class_labels: bool, rng: np.random.Generator) -> tuple[np
     if name == "multilabel_margin":  # up to C / 2 targets per row, then the -1 padding
         targets = np.argsort(rng.random((N, C)), axis=1)
         return probabilities, np.where(np.arange(C) < rng.integers(0, C // 2, (N, 1)), targets, -1)
+    if name == "gamma_deviance":
+        return probabilities, probabilities[::-1]
+    if name == "hamming":
+        return (signs > 0).astype(float), (probabilities > 0.3).astype(float)
     if name in ("brier_score", "log_loss"):
         return probabilities[:, 0], (signs[:, 0] > 0).astype(float)
     if class_labels:

@@ -82,3 +82,24 @@ async def test_multilabel_soft_margin_takes_one_weight_for_every_label(client: h
         client, loss="multilabel_soft_margin", predictions=LOGITS, labels=TARGETS, options={"weight": [1.0, 2.0]}
     )
     assert too_many.status_code == 422
+
+
+async def test_scikit_learn_options_as_its_users_write_them(client: httpx.AsyncClient) -> None:
+    """`power=1` (an integer) is the Poisson deviance, as in mean_tweedie_deviance; alpha takes the
+    ends of scikit-learn's closed interval [0, 1]. Numbers from scikit-learn's docstring examples."""
+    y, p = [2, 0, 1, 4], [0.5, 0.5, 2.0, 2.0]
+    answers = []
+    for call in (
+        {"loss": "tweedie_deviance", "options": {"power": 1}},
+        {"loss": "mean_tweedie_deviance", "options": {"power": 1.0}},
+        {"loss": "poisson_deviance"},
+    ):
+        response = await loss(client, predictions=p, labels=y, **call)
+        assert response.status_code == 200, response.text
+        answers.append(response.json()["per_sample"])
+        assert response.json()["mean"] == pytest.approx(1.4260151319598084, rel=1e-15)
+    assert answers[0] == answers[1] == answers[2]
+    for alpha, expected in ((0, 1 / 3), (1, 0.0)):  # mean_pinball_loss([1, 2, 3], [1, 2, 4], alpha=...)
+        response = await loss(client, loss="pinball", predictions=[1, 2, 4], labels=[1, 2, 3], options={"alpha": alpha})
+        assert response.status_code == 200, response.text
+        assert response.json()["mean"] == pytest.approx(expected, rel=1e-15)

@@ -40,3 +40,16 @@ def test_three_class_tutorial_example_better_model_is_0_6391_not_0_54() -> None:
 def test_keras_binary_crossentropy_docstring_example() -> None:
     result = compute("binary_crossentropy", [[0.6, 0.4], [0.4, 0.6]], [[0, 1], [0, 0]], dtype="float32")
     assert result.per_sample.tolist() == pytest.approx([0.916, 0.714], abs=5e-4)  # keras.losses.binary_crossentropy
+
+
+def test_scikit_learn_docstring_examples() -> None:
+    """The examples in scikit-learn's docstrings (sklearn/metrics/_regression.py, _classification.py)."""
+    y, p = [2, 0, 1, 4], [0.5, 0.5, 2.0, 2.0]
+    assert compute("tweedie_deviance", p, y, options={"power": 1}).mean == pytest.approx(1.4260151319598084, rel=1e-15)
+    assert compute("poisson_deviance", p, y).mean == pytest.approx(1.4260151319598084, rel=1e-15)
+    assert compute("gamma_deviance", p, [2, 0.5, 1, 4]).mean == pytest.approx(1.0568528194400546, rel=1e-15)
+    assert compute("pinball", [0, 2, 3], [1, 2, 3], options={"alpha": 0.1}).mean == pytest.approx(0.1 / 3, rel=1e-15)
+    assert compute("pinball", [1, 2, 4], [1, 2, 3], options={"alpha": 0.1}).mean == pytest.approx(0.3, rel=1e-15)
+    assert compute("pinball", [0, 2, 3], [1, 2, 3], options={"alpha": 0.9}).mean == pytest.approx(0.3, rel=1e-15)
+    assert compute("hamming", [1, 2, 3, 4], [2, 2, 3, 4]).mean == 0.25
+    assert compute("hamming", [[0, 0], [0, 0]], [[0, 1], [1, 1]]).mean == 0.75

@@ -320,3 +320,46 @@ def crps_ensemble(members, observations, weights=None):
         spread = sum(p[i] * p[k] * abs(row[i] - row[k]) for i in range(len(row)) for k in range(len(row)))
         per_sample.append(sum(q * abs(x - y) for q, x in zip(p, row, strict=True)) - 0.5 * spread)
     return per_sample, _mean(per_sample)
+
+
+# scikit-learn's metrics, from the formulas in its user guide (model_evaluation.rst): each returns
+# (per_sample, weighted mean) for (N, K) inputs, the mean being np.average's sum(w l) / sum(w).
+
+
+def _weighted(per, weights):
+    weights = [1.0] * len(per) if weights is None else weights
+    return per, sum(w * v for w, v in zip(weights, per, strict=True)) / sum(weights)
+
+
+def pinball(p, y, alpha, weights=None):
+    """alpha (y - p) where y >= p, (1 - alpha) (p - y) below; outputs averaged uniformly."""
+    per = [_mean([alpha * (b - a) if b >= a else (1 - alpha) * (a - b) for a, b in zip(pr, yr, strict=True)])
+           for pr, yr in zip(p, y, strict=True)]  # fmt: skip
+    return _weighted(per, weights)
+
+
+def tweedie(p, y, power, weights=None):
+    """The unit deviance of the Tweedie distribution with variance power `power`."""
+
+    def one(mu, t):
+        if power == 0:
+            return (t - mu) ** 2
+        if power == 1:
+            return 2 * ((t * math.log(t / mu) if t > 0 else 0.0) - t + mu)
+        if power == 2:
+            return 2 * (math.log(mu / t) + t / mu - 1)
+        positive = max(t, 0.0)
+        return 2 * (
+            positive ** (2 - power) / ((1 - power) * (2 - power))
+            - t * mu ** (1 - power) / (1 - power)
+            + mu ** (2 - power) / (2 - power)
+        )
+
+    per = [_mean([one(a, b) for a, b in zip(pr, yr, strict=True)]) for pr, yr in zip(p, y, strict=True)]
+    return _weighted(per, weights)
+
+
+def hamming(p, y, weights=None):
+    """The fraction of a sample's labels that differ (one label per sample: 0 or 1)."""
+    per = [sum(a != b for a, b in zip(pr, yr, strict=True)) / len(pr) for pr, yr in zip(p, y, strict=True)]
+    return _weighted(per, weights)

@@ -1,6 +1,7 @@
 """Regression losses: element-wise errors between predictions and real-valued targets.
 
-Keras source followed: keras/src/losses/losses.py; PyTorch: torch/nn/functional.py.
+Keras source followed: keras/src/losses/losses.py; PyTorch: torch/nn/functional.py; scikit-learn
+(pinball): sklearn/metrics/_regression.py, whose mean is np.average under either convention.
 Keras averages each sample's errors over the last axis; PyTorch's reduction='none' keeps them.
 """
 
@@ -14,7 +15,7 @@ from service.engine.checks import check_min_rank, check_same_shape
 from service.engine.conventions import KERAS_EPSILON, Convention
 from service.engine.losses._shared import elementwise_loss
 from service.engine.numerics import softplus
-from service.engine.options import Doc, NonNegative, Positive
+from service.engine.options import Doc, NonNegative, Positive, Probability
 from service.engine.reduction import Array, LossValues
 from service.engine.registry import register
 
@@ -221,3 +222,37 @@ def cosine_similarity(predictions: Array, labels: Array, convention: Convention,
         return x / norm
 
     return LossValues(-(unit(predictions) * unit(labels)).sum(axis=-1))
+
+
+@register("pinball", aliases=("mean_pinball_loss", "pinball_loss"))
+def pinball(
+    predictions: Array,
+    labels: Array,
+    convention: Convention,
+    /,
+    *,
+    alpha: Annotated[float, Probability, Doc("the quantile the predictions estimate (scikit-learn's `alpha`)")] = 0.5,
+) -> LossValues:
+    """Pinball (quantile) loss with scikit-learn's conventions; alpha = 0.5 gives half the absolute error.
+
+    Formula:
+        e = y - p; alpha e if e >= 0 else (alpha - 1) e
+        keras: mean_last; torch: per element; mean: sum(w l) / sum(w) (np.average) under both
+
+    Shapes:
+        predictions: (N, ...); labels: the same shape.
+        per_sample: keras (N, ...) without the last axis ((N,) stays (N,)); torch as predictions.
+
+    Follows:
+        sklearn/metrics/_regression.py mean_pinball_loss (outputs averaged uniformly, as its
+        multioutput='uniform_average').
+    """
+    # (alpha - 1) e is -((1 - alpha) e) exactly: scikit-learn's two-term form, one term at a time.
+    negative_slope = -(1.0 - alpha)
+
+    def formula(p: Array, y: Array) -> Array:
+        error = y - p
+        slope = np.where(error >= 0, p.dtype.type(alpha), p.dtype.type(negative_slope))
+        return np.multiply(error, slope, out=error)
+
+    return LossValues(elementwise_loss(predictions, labels, convention, formula), weighted_average=True)

@@ -1,4 +1,5 @@
-"""Probabilistic scoring rules with scikit-learn's conventions (sklearn/metrics/_classification.py).
+"""Probabilistic scoring rules and the Hamming loss, with scikit-learn's conventions
+(sklearn/metrics/_classification.py).
 
 Their mean is scikit-learn's `np.average`: with sample weights, sum(w l) / sum(w) under either
 convention.
@@ -11,7 +12,7 @@ from typing import Annotated
 import numpy as np
 from numpy.typing import NDArray
 
-from service.engine.checks import check_in_range
+from service.engine.checks import check_in_range, check_same_shape, check_values_in
 from service.engine.conventions import Convention
 from service.engine.errors import LossInputError
 from service.engine.numerics import xlogy
@@ -108,3 +109,50 @@ def brier_score(
     values: NDArray[np.floating] = ((one_hot - probabilities) ** 2).sum(axis=1)
     halve = probabilities.shape[1] < 3 if scale_by_half is None else scale_by_half
     return LossValues(values * 0.5 if halve else values, weighted_average=True)
+
+
+def _check_class_values(values: Array, field: str) -> None:
+    """scikit-learn's type_of_target refuses non-integral values ("continuous"); beyond the
+    integers the dtype holds exactly, two different labels could compare equal."""
+    fractional = values != np.floor(values)
+    if fractional.any():
+        index = tuple(int(i) for i in np.argwhere(fractional)[0])
+        raise LossInputError(field, f"class labels must be integers, got {values[index].item()!r}", index)
+    bits = np.finfo(values.dtype).nmant + 1  # 2^bits + 1 rounds to 2^bits: from there on, ambiguous
+    huge = np.abs(values) >= 2.0**bits
+    if huge.any():
+        index = tuple(int(i) for i in np.argwhere(huge)[0])
+        raise LossInputError(
+            field, f"{values[index].item()!r} is beyond the integers {values.dtype} tells apart (below 2^{bits})", index
+        )
+
+
+@register("hamming", aliases=("hamming_loss",))
+def hamming(predictions: Array, labels: Array, convention: Convention, /) -> LossValues:
+    """Hamming loss with scikit-learn's conventions: the fraction of labels predicted wrong.
+
+    Formula:
+        single labels (N,) or (N, 1): [p != y];  0/1 indicator arrays (N, K), K >= 2: mean_k [p_k != y_k]
+        mean: sum(w l) / sum(w) (np.average) under both conventions
+
+    Shapes:
+        predictions: predicted class values (N,) or (N, 1), or 0/1 label indicators (N, K); labels: the same shape.
+        per_sample: (N,).
+
+    Follows:
+        sklearn/metrics/_classification.py hamming_loss (targets typed by _check_targets).
+    """
+    check_same_shape(predictions, labels)
+    if predictions.ndim not in (1, 2):
+        raise LossInputError(
+            "predictions", f"must be (N,) class values or (N, K) indicators, got shape {list(predictions.shape)}"
+        )
+    for field, values in (("labels", labels), ("predictions", predictions)):
+        _check_class_values(values, field)
+        if values.ndim == 2 and values.shape[1] > 1:
+            check_values_in(values, (0.0, 1.0), field, "multilabel indicators")
+    wrong = predictions != labels
+    if wrong.ndim == 1:
+        return LossValues(wrong.astype(predictions.dtype), weighted_average=True)
+    fraction = np.count_nonzero(wrong, axis=1).astype(predictions.dtype) / predictions.dtype.type(wrong.shape[1])
+    return LossValues(fraction, weighted_average=True)
