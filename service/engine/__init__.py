@@ -113,7 +113,9 @@ def _as_class_indices(values: ArrayLike) -> np.ndarray[Any, np.dtype[np.intp]]:
     if fractional.any():
         index = tuple(int(i) for i in np.argwhere(fractional)[0])
         raise LossInputError("labels", f"class labels must be integers, got {array[index].item()!r}", index)
-    huge = np.abs(array) >= 2.0**62  # would not survive the cast to an integer index
+    # Beyond 2^62 a label would not survive the cast to an integer index; no float16 gets there
+    # (and 2^62 itself overflows float16, with a warning).
+    huge = np.abs(array) >= 2.0**62 if float(np.finfo(array.dtype).max) >= 2.0**62 else np.zeros(0, bool)
     if huge.any():
         index = tuple(int(i) for i in np.argwhere(huge)[0])
         raise LossInputError("labels", f"{array[index].item()!r} is too large to be a class index", index)
