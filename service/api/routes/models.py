@@ -78,7 +78,13 @@ async def configure_model(model: ModelName, request: Request) -> Response:
     store, settings = _store(request), request.app.state.settings
     state = request.scope.setdefault("state", {})
     quota = ingest.quota_of(ingest.principal_of(state), settings)
-    result = await anyio.to_thread.run_sync(lambda: ingest.configure(store, model, body, time.time(), quota, state))
+    result = await off_loop(
+        request,
+        len(body),
+        lambda: json_decoded_bytes(body),
+        lambda: ingest.configure(store, model, body, time.time(), quota, state),
+        waits_on_io=True,
+    )
     await _report_usage(request)
     return json_response(result)
 
