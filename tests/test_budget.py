@@ -56,6 +56,17 @@ SHAPES = {
     "flat, short decimals": lambda: _body(
         np.round(RNG.random(10**6), 1).tolist(), np.round(RNG.random(10**6), 1).tolist()
     ),
+    # Objects and keys: a dict and a key each hold more than a number (refused once parsed).
+    "a list of small objects": lambda: orjson.dumps(
+        {"losses": [{"loss": "mse", "options": {}}] * 300000, "predictions": [[1.0]], "labels": [[1.0]]}
+    ),
+    "empty objects in one-element rows": lambda: _body([[{}]] * 500000, [[1.0]]),
+    "an object of many keys": lambda: orjson.dumps(
+        {"loss": "mse", "predictions": [1.0], "labels": [1.0], "options": {f"k{i}": 0.5 for i in range(300000)}}
+    ),
+    "an object of many keys of objects": lambda: orjson.dumps(
+        {"loss": "mse", "predictions": [1.0], "labels": [1.0], "options": {f"k{i}": {} for i in range(300000)}}
+    ),
 }
 # Run in a fresh interpreter: its peak RSS before parsing is where it stands, so the growth of the
 # peak is what parsing held (tracemalloc cannot tell: it counts orjson's reallocations as held).
