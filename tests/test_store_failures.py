@@ -533,6 +533,34 @@ def test_a_model_many_times_the_reserve_is_deleted_on_a_full_disk_in_batches(sma
         store.close()
 
 
+def test_expired_rows_many_times_the_reserve_are_swept_on_a_full_disk_in_batches(small_disk: Path) -> None:
+    """The retention sweep deletes in batches too: one transaction for all of a model's expired
+    rows needs journal pages for about half of them, which the reserve cannot hold."""
+    from service.store import StoreFullError
+
+    reserve = 128 * 1024
+    store = Store.open(f"sqlite:///{small_disk}/store.sqlite3", reserve_bytes=reserve)
+    try:
+        store.configure_model("big", {"dtype": "float64"}, retention_seconds=10.0, now=0.0)
+        rows = np.random.default_rng(0).random((20, 64))
+        options: dict[str, Any] = {"now": 1.0, "max_pending": 10**9, "on_join": keep}
+        stored = 0
+        with pytest.raises(StoreFullError):  # noqa: PT012 - the error ends the filling
+            for batch in range(10_000):
+                store.log("predictions", "big", [f"{batch}-{i}" for i in range(20)], rows, **options)
+                stored += 20
+        assert (small_disk / "store.sqlite3").stat().st_size > 10 * reserve
+        swept = store.sweep_expired(now=100.0, batch_rows=200)
+        assert [(s.model, s.expired_predictions, s.pending_predictions) for s in swept] == [("big", stored, 0)]
+        model = store.model("big")
+        assert model is not None
+        assert (model.pending_predictions, model.expired_predictions, model.stored_bytes) == (0, stored, 0)
+        assert store.database.health.status == "ok"
+        assert store.log("predictions", "big", ["after"], rows[:1], **{**options, "now": 101.0}).accepted == 1
+    finally:
+        store.close()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":

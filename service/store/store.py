@@ -544,46 +544,62 @@ class Store:
 
     # -- retention ------------------------------------------------------------------------------
 
-    def sweep_expired(self, now: float) -> list[Swept]:
-        """Delete every row that arrived more than its model's retention ago, one model at a time."""
+    def sweep_expired(self, now: float, batch_rows: int = DELETE_BATCH_ROWS) -> list[Swept]:
+        """Delete every row that arrived more than its model's retention ago, one model at a time.
+
+        Rows go `batch_rows` per transaction, as in `delete_model`, each taking the unjoined ones
+        it removes off the model's pending counts (onto its expired counts) and their bytes off its
+        `stored_bytes`: on a full disk each batch's journal pages fit in the reserve (space.py),
+        where all of a model's expired rows at once would not. A sweep that fails partway leaves
+        counts that match the rows left; the next one goes on."""
         with self.database.transaction(write=False) as tx:
             names = [row[0] for row in tx.all("SELECT name FROM loss_models ORDER BY name")]
         swept = []
         for name in names:
-            with self.database.transaction() as tx:
-                found = tx.one(
-                    "SELECT id, retention_seconds, pending_predictions, pending_labels FROM loss_models "
-                    f"WHERE name = ?{tx.dialect.lock_row}",
-                    [name],
-                )
-                if found is None:
-                    continue  # deleted meanwhile
-                model_id, retention, pending_predictions, pending_labels = found
-                cutoff = now - float(retention)
-                expired = []
-                freed = 0
-                for table in _TABLE.values():
-                    size = tx.one(
-                        f"SELECT coalesce(sum({row_bytes_sql(tx.dialect.name)}), 0) FROM {table} "
-                        "WHERE model_id = ? AND arrived < ?",
-                        [model_id, cutoff],
+            expired, pending, found_once = [0, 0], (0, 0), False
+            while True:
+                with self.database.transaction() as tx:
+                    found = tx.one(
+                        "SELECT id, retention_seconds, pending_predictions, pending_labels FROM loss_models "
+                        f"WHERE name = ?{tx.dialect.lock_row}",
+                        [name],
                     )
-                    freed += int(size[0]) if size else 0
-                    row = tx.one(
-                        f"SELECT count(*) FROM {table} WHERE model_id = ? AND arrived < ? AND joined_at IS NULL",
-                        [model_id, cutoff],
-                    )
-                    expired.append(int(row[0]) if row else 0)
-                    tx.execute(f"DELETE FROM {table} WHERE model_id = ? AND arrived < ?", [model_id, cutoff])
-                if any(expired):
-                    tx.execute(
-                        "UPDATE loss_models SET pending_predictions = pending_predictions - ?, "
-                        "pending_labels = pending_labels - ?, expired_predictions = expired_predictions + ?, "
-                        "expired_labels = expired_labels + ? WHERE id = ?",
-                        [expired[0], expired[1], expired[0], expired[1], model_id],
-                    )
-                if freed:
-                    tx.execute("UPDATE loss_models SET stored_bytes = stored_bytes - ? WHERE id = ?", [freed, model_id])
-            left = (int(pending_predictions) - expired[0], int(pending_labels) - expired[1])
-            swept.append(Swept(name, expired[0], expired[1], *left))
+                    if found is None:
+                        break  # deleted meanwhile
+                    model_id, retention, pending_predictions, pending_labels = found
+                    cutoff = now - float(retention)
+                    left, batch, freed = batch_rows, [0, 0], 0
+                    row_bytes = row_bytes_sql(tx.dialect.name)
+                    for side, table in enumerate(_TABLE.values()):
+                        rows = tx.all(
+                            f"SELECT id, CASE WHEN joined_at IS NULL THEN 1 ELSE 0 END, {row_bytes} FROM {table} "
+                            "WHERE model_id = ? AND arrived < ? LIMIT ?",
+                            [model_id, cutoff, left],
+                        )
+                        if rows:
+                            tx.execute(
+                                f"DELETE FROM {table} WHERE model_id = ? AND id {tx.dialect.in_list}",
+                                [model_id, tx.dialect.list_parameter([row[0] for row in rows])],
+                            )
+                        batch[side] = sum(int(row[1]) for row in rows)
+                        freed += sum(int(row[2]) for row in rows)
+                        left -= len(rows)
+                    if any(batch):
+                        tx.execute(
+                            "UPDATE loss_models SET pending_predictions = pending_predictions - ?, "
+                            "pending_labels = pending_labels - ?, expired_predictions = expired_predictions + ?, "
+                            "expired_labels = expired_labels + ? WHERE id = ?",
+                            [batch[0], batch[1], batch[0], batch[1], model_id],
+                        )
+                    if freed:
+                        tx.execute(
+                            "UPDATE loss_models SET stored_bytes = stored_bytes - ? WHERE id = ?", [freed, model_id]
+                        )
+                found_once = True
+                expired = [expired[0] + batch[0], expired[1] + batch[1]]
+                pending = (int(pending_predictions) - batch[0], int(pending_labels) - batch[1])
+                if left > 0:  # fewer rows than a batch were left: the model's last batch
+                    break
+            if found_once:
+                swept.append(Swept(name, expired[0], expired[1], *pending))
         return swept
