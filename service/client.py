@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -254,7 +255,9 @@ def _raise_for_status(response: httpx.Response) -> None:
     kind = _ERRORS.get(response.status_code, ServerError if response.status_code >= 500 else LossServiceError)
     error = kind(response.status_code, problem)
     with contextlib.suppress(KeyError, ValueError):
-        error.retry_after = max(0.0, float(response.headers["retry-after"]))
+        seconds = float(response.headers["retry-after"])
+        if math.isfinite(seconds):
+            error.retry_after = max(0.0, seconds)
     raise error
 
 
@@ -275,9 +278,10 @@ def _retry_delay(attempt: int, backoff: float, response: httpx.Response | None, 
         if response.status_code not in retryable or "retry-after" not in response.headers:
             return None
         try:
-            return max(0.0, float(response.headers["retry-after"]))
+            seconds = float(response.headers["retry-after"])
         except ValueError:
             return None
+        return max(0.0, seconds) if math.isfinite(seconds) else None  # `inf` would sleep for ever, or raise
     return backoff * 2.0**attempt
 
 

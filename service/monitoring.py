@@ -538,9 +538,16 @@ def _other(key: str | None) -> str:
     return OTHER_MODEL if key is None else OTHER_MODEL_OF_KEY + key
 
 
+# Families labelled by an API key's name whose values come from the models the key's patterns
+# match: a scoped scrape shows a key's series as it shows the key's overflow label, `other:<key>`.
+_KEY_SCOPED = frozenset({"loss_service_quota_usage"})
+
+
 class _Scoped:
     """A collector of another registry's metrics, keeping the samples whose `model` label
-    `visible` accepts and every sample without one. `visible` is asked once per label value."""
+    `visible` accepts and every sample without one, except that a family of `_KEY_SCOPED` keeps
+    a key's samples only where `visible` accepts `other:<key name>` (every model the key counts
+    is one the scraper may use). `visible` is asked once per label value."""
 
     def __init__(self, source: CollectorRegistry, visible: Callable[[str], bool]) -> None:
         self.source, self.visible = source, visible
@@ -548,12 +555,13 @@ class _Scoped:
     def collect(self) -> Iterable[Metric]:
         answers: dict[str, bool] = {}
         for family in self.source.collect():
-            if not any("model" in sample.labels for sample in family.samples[:1]):
+            by = "key" if family.name in _KEY_SCOPED else "model"
+            if not any(by in sample.labels for sample in family.samples[:1]):
                 yield family  # a family's samples all have the same label names
                 continue
             kept = Metric(family.name, family.documentation, family.type, family.unit)
             for sample in family.samples:
-                label = sample.labels["model"]
+                label = sample.labels[by] if by == "model" else _other(sample.labels[by])
                 shown = answers.get(label)
                 if shown is None:
                     shown = answers[label] = self.visible(label)

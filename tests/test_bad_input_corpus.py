@@ -974,3 +974,30 @@ async def test_scikit_learn_losses_refuse_outside_their_domain_by_index(
     evaluated = await limited.post("/v1/evaluate", json={**batch, "losses": [call]})
     assert evaluated.status_code == 422, evaluated.text
     assert detail.split(":")[-1].strip() in evaluated.json()["detail"]
+
+
+# -- probe: bodies of many bad elements build one error each, not one per element -----------------
+
+MANY_BAD_ELEMENTS = [
+    ("many-negative-weights",
+     {"loss": "multi_margin", "options": {"weight": [-1] * 100_000}, "predictions": [[0.5, 0.5]], "labels": [1]},
+     [{"loc": ["body", "options", "weight", 0], "msg": "Input should be greater than or equal to 0"}]),
+    ("many-negative-class-weights",
+     {"loss": "scce", "options": {"class_weight": {str(i): -1 for i in range(100_000)}},
+      "predictions": [[0.5, 0.5]], "labels": [1]},
+     [{"loc": ["body", "options", "class_weight", "0"], "msg": "Input should be greater than or equal to 0"}]),
+    ("many-unknown-top-keys",
+     {"loss": "mse", "predictions": [1.0], "labels": [1.0], **{f"k{i}": 1 for i in range(100_000)}},
+     [{"loc": ["body"],
+       "msg": "Extra inputs are not permitted: 100,000 keys are not fields of this object, the first 'k0'"}]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "errors"), [c[1:] for c in MANY_BAD_ELEMENTS], ids=[c[0] for c in MANY_BAD_ELEMENTS])
+async def test_a_body_of_many_bad_elements_is_one_error(
+    limited: httpx.AsyncClient, body: dict[str, Any], errors: list[dict[str, Any]]
+) -> None:
+    response = await limited.post("/v1/loss", content=json.dumps(body), headers={"content-type": JSON})
+    assert response.status_code == 422, response.text[:300]
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"] == errors

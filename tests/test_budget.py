@@ -56,6 +56,17 @@ SHAPES = {
     "flat, short decimals": lambda: _body(
         np.round(RNG.random(10**6), 1).tolist(), np.round(RNG.random(10**6), 1).tolist()
     ),
+    # Objects and keys: a dict and a key each hold more than a number (refused once parsed).
+    "a list of small objects": lambda: orjson.dumps(
+        {"losses": [{"loss": "mse", "options": {}}] * 300000, "predictions": [[1.0]], "labels": [[1.0]]}
+    ),
+    "empty objects in one-element rows": lambda: _body([[{}]] * 500000, [[1.0]]),
+    "an object of many keys": lambda: orjson.dumps(
+        {"loss": "mse", "predictions": [1.0], "labels": [1.0], "options": {f"k{i}": 0.5 for i in range(300000)}}
+    ),
+    "an object of many keys of objects": lambda: orjson.dumps(
+        {"loss": "mse", "predictions": [1.0], "labels": [1.0], "options": {f"k{i}": {} for i in range(300000)}}
+    ),
 }
 # Run in a fresh interpreter: its peak RSS before parsing is where it stands, so the growth of the
 # peak is what parsing held (tracemalloc cannot tell: it counts orjson's reallocations as held).
@@ -159,6 +170,20 @@ async def test_a_request_larger_than_the_budget_gets_413_naming_the_estimate() -
         assert "LOSS_SERVICE_MEMORY_BUDGET" in refused["detail"]
         body["losses"] = body["losses"][:2]
         assert (await c.post("/v1/evaluate", json=body)).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_a_model_configuration_is_parsed_inside_the_budget(tmp_path: Path) -> None:
+    """PUT /v1/models/{model} parses its body as /v1/evaluate does: 100,000 losses (2.8 MB) under
+    a 16 MiB budget are refused by their estimate before they are parsed (a 28 MB body of them
+    took a worker from 76 to 724 MiB under a 64 MiB budget, to answer 422 "at most 32 items")."""
+    losses = [{"loss": "mse", "options": {}}] * 100_000
+    settings = Settings(memory_budget=16 * 2**20, store_url=f"sqlite:///{tmp_path}/store.sqlite3")
+    async for c in client_for(settings):
+        refused = problem(await c.put("/v1/models/m", json={"losses": losses}), 413)
+        assert refused["detail"].startswith("parsing this body needs an estimated ")
+        assert (await c.put("/v1/models/m", json={"losses": losses[:2]})).status_code == 200
+        assert [call["loss"] for call in (await c.get("/v1/models/m")).json()["losses"]] == ["mean_squared_error"] * 2
 
 
 @pytest.mark.anyio

@@ -97,6 +97,16 @@ def test_503_without_retry_after_is_not_retried() -> None:
     assert len(seen) == 1
 
 
+@pytest.mark.parametrize("value", ["inf", "1e999", "nan", "-inf"])
+def test_a_retry_after_that_is_no_finite_number_is_not_waited_for(value: str) -> None:
+    """`Retry-After: inf` (from a proxy, say) is refused like one that cannot be read: the client
+    raises the service's error at once, not OverflowError from time.sleep nor a wait for ever."""
+    client, seen = mock(httpx.Response(503, json={"detail": "busy"}, headers={"retry-after": value}))
+    with pytest.raises(OverloadedError):
+        client.loss("mse", [[1.0]], [[0.0]])
+    assert len(seen) == 1
+
+
 def test_retries_are_bounded() -> None:
     busy = httpx.Response(503, json={"detail": "busy"}, headers={"retry-after": "0"})
     client, seen = mock(busy, busy, busy, busy)

@@ -286,3 +286,19 @@ def test_a_scoped_scrape_never_gets_a_full_page_rendered_meanwhile() -> None:
     assert 'model="churn-1"' not in pages[1]
     assert 'model="fraud-1"' in pages[1]
     assert pages[1] == pages[2]
+
+
+async def test_a_restricted_metrics_key_sees_the_quota_usage_of_its_models_keys_only(api: httpx.AsyncClient) -> None:
+    """`loss_service_quota_usage{key}` sums the models a key's patterns match: a `fraud-*` metrics
+    key sees fraud-team's usage, never churn-team's (its models, its stored bytes)."""
+    for team, model in (("fraud-team", "fraud-q"), ("churn-team", "churn-q")):
+        assert (await api.put(f"/v1/models/{model}", json={"losses": [{"loss": "mse"}]}, headers=auth(team))).is_success
+        rows = {"ids": [1, 2], "predictions": [[0.5], [0.25]]}
+        assert (await api.post(f"/v1/models/{model}/predictions", json=rows, headers=auth(team))).is_success
+
+    def usage_keys(scrape: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> set[str]:
+        return {dict(labels)["key"] for name, labels in scrape if name == "loss_service_quota_usage"}
+
+    assert usage_keys(await scrape(api, "all-metrics")) == {"fraud-team", "churn-team"}
+    assert usage_keys(await scrape(api, "fraud-metrics")) == {"fraud-team"}
+    assert usage_keys(await scrape(api, "fraud-and-churn-metrics")) == {"fraud-team", "churn-team"}

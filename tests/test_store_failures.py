@@ -182,6 +182,32 @@ def test_the_retention_sweep_frees_space_on_a_full_disk(small_disk: Path) -> Non
         store.close()
 
 
+def test_an_existing_models_retention_can_be_shortened_on_a_full_disk_so_the_sweep_frees_it(small_disk: Path) -> None:
+    """Reconfiguring a model updates its row in place: on a full disk it runs (it adds no row),
+    so an operator can shorten the retention and let the sweep free the space, keeping the
+    model. Creating a new model is still refused."""
+    from service.store import StoreFullError
+
+    store = Store.open(f"sqlite:///{small_disk}/store.sqlite3", reserve_bytes=RESERVE)
+    try:
+        store.configure_model("m", {"dtype": "float64"}, retention_seconds=3600.0, now=0.0)
+        rows = np.random.default_rng(0).random((20, 64))
+        options: dict[str, Any] = {"now": 1.0, "max_pending": 10**9, "on_join": keep}
+        with pytest.raises(StoreFullError):  # noqa: PT012 - the error ends the filling
+            for batch in range(10_000):
+                store.log("predictions", "m", [f"{batch}-{i}" for i in range(20)], rows, **options)
+        assert store.database.health.status == "full"
+        with pytest.raises(StoreFullError):
+            store.configure_model("new", {"dtype": "float64"}, retention_seconds=10.0, now=2.0)
+        shortened = store.configure_model("m", {"dtype": "float64"}, retention_seconds=10.0, now=2.0)
+        assert (shortened.retention_seconds, shortened.created_at, shortened.updated_at) == (10.0, 0.0, 2.0)
+        assert [s.model for s in store.sweep_expired(now=100.0)] == ["m"]
+        assert store.database.health.status == "ok"
+        assert store.log("predictions", "m", ["after"], rows[:1], **{**options, "now": 101.0}).accepted == 1
+    finally:
+        store.close()
+
+
 def test_driver_errors_are_classified() -> None:
     import psycopg
     from psycopg_pool import PoolTimeout
@@ -500,6 +526,34 @@ def test_a_model_many_times_the_reserve_is_deleted_on_a_full_disk_in_batches(sma
         assert store.database.health.status == "ok"
         store.configure_model("next", {"dtype": "float64"}, retention_seconds=10.0, now=0.0)
         assert store.log("predictions", "next", ["a"], rows[:1], **options).accepted == 1
+    finally:
+        store.close()
+
+
+def test_expired_rows_many_times_the_reserve_are_swept_on_a_full_disk_in_batches(small_disk: Path) -> None:
+    """The retention sweep deletes in batches too: one transaction for all of a model's expired
+    rows needs journal pages for about half of them, which the reserve cannot hold."""
+    from service.store import StoreFullError
+
+    reserve = 128 * 1024
+    store = Store.open(f"sqlite:///{small_disk}/store.sqlite3", reserve_bytes=reserve)
+    try:
+        store.configure_model("big", {"dtype": "float64"}, retention_seconds=10.0, now=0.0)
+        rows = np.random.default_rng(0).random((20, 64))
+        options: dict[str, Any] = {"now": 1.0, "max_pending": 10**9, "on_join": keep}
+        stored = 0
+        with pytest.raises(StoreFullError):  # noqa: PT012 - the error ends the filling
+            for batch in range(10_000):
+                store.log("predictions", "big", [f"{batch}-{i}" for i in range(20)], rows, **options)
+                stored += 20
+        assert (small_disk / "store.sqlite3").stat().st_size > 10 * reserve
+        swept = store.sweep_expired(now=100.0, batch_rows=200)
+        assert [(s.model, s.expired_predictions, s.pending_predictions) for s in swept] == [("big", stored, 0)]
+        model = store.model("big")
+        assert model is not None
+        assert (model.pending_predictions, model.expired_predictions, model.stored_bytes) == (0, stored, 0)
+        assert store.database.health.status == "ok"
+        assert store.log("predictions", "big", ["after"], rows[:1], **{**options, "now": 101.0}).accepted == 1
     finally:
         store.close()
 

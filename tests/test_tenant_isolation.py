@@ -518,6 +518,9 @@ async def test_key_reload_probes_reads_and_losses_go_on_while_every_store_thread
         store_url=url,
         # On PostgreSQL, enough connections that every waiting write holds one and waits on the row lock.
         store_connections=waiting,
+        # A configuration is a heavy request (its parse holds memory): slots for all of them and
+        # the requests sent meanwhile, so that threads, not slots, are what the test holds.
+        max_concurrent=waiting + 8,
         offload_bytes=0,  # /v1/loss computes in a worker thread
     )
     app = create_app(settings)

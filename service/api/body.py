@@ -386,6 +386,10 @@ def _npy_header(header: io.BytesIO) -> tuple[tuple[int, ...], bool, np.dtype[Any
 # tests/test_budget.py over flat bodies, rows, one-element rows, integers and short decimals.
 JSON_BYTES_PER_NUMBER = 96
 JSON_BYTES_PER_ARRAY = 96
+# And per object and per key (counted by its colon): a dict, and a key's string and dict slot
+# (with the dict's growth), measured over lists of small objects and objects of many keys.
+JSON_BYTES_PER_OBJECT = 128
+JSON_BYTES_PER_KEY = 160
 
 
 def decoded_bytes(media_type: str, body: Body) -> int:
@@ -408,7 +412,13 @@ def decoded_bytes(media_type: str, body: Body) -> int:
 def json_decoded_bytes(text: Body) -> int:
     """`decoded_bytes` of JSON text."""
     numbers = occurrences(text, b",") + 1
-    return len(text) + JSON_BYTES_PER_NUMBER * numbers + JSON_BYTES_PER_ARRAY * occurrences(text, b"[")
+    return (
+        len(text)
+        + JSON_BYTES_PER_NUMBER * numbers
+        + JSON_BYTES_PER_ARRAY * occurrences(text, b"[")
+        + JSON_BYTES_PER_OBJECT * occurrences(text, b"{")
+        + JSON_BYTES_PER_KEY * occurrences(text, b":")
+    )
 
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, (fixed fields), name length, extra length

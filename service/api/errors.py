@@ -19,7 +19,7 @@ from starlette.routing import Match
 from service.api.access import AccessRefusedError, audit, retry_after
 from service.api.arrays import NON_FINITE
 from service.api.problems import ProblemError, clipped, shown
-from service.api.schemas import loss_names
+from service.api.schemas import UNKNOWN_KEYS, loss_names
 from service.engine import LossInputError, UnknownLossError
 from service.store import StoreFailureError, StoreFullError
 
@@ -121,6 +121,8 @@ def validation_problem(exc: ValidationError) -> ProblemError:
     errors = []
     for e in kept[:MAX_REPORTED_ERRORS]:
         loc = _client_loc(e, tags)
+        if e["type"] == UNKNOWN_KEYS and e["loc"] and e["loc"][-1] in tags:
+            loc.pop()  # raised by the object a tagged union chose: its tag is no key of the body
         msg = e["msg"]
         if e["type"] == "union_tag_invalid":
             loc.append("loss")

@@ -489,7 +489,10 @@ class HeavyRequests:
         if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
             await self.app(scope, receive, send)
             return
-        heavy = scope["method"] == "POST" and scope["path"].startswith(HEAVY_PREFIXES)
+        # A model's configuration (PUT) is parsed as a loss request is: its parse holds its estimate.
+        heavy = (scope["method"] == "POST" and scope["path"].startswith(HEAVY_PREFIXES)) or (
+            scope["method"] == "PUT" and scope["path"].startswith("/v1/models/")
+        )
         state = scope.setdefault("state", {})
         arrival = Arrival(self, scope)
         slot: Slot | None = None

@@ -8,7 +8,7 @@ import typing
 from functools import cache
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, create_model
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, create_model, model_validator
 from pydantic.functional_validators import PlainValidator
 from pydantic.json_schema import WithJsonSchema
 from pydantic_core import PydanticCustomError
@@ -19,6 +19,46 @@ from service.engine import CONVENTIONS, Convention, DType, LossSpec, OptionSpec,
 
 MODEL_LABEL_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 MAX_LOSSES_PER_EVALUATE = 32
+# Pydantic builds an error for every unknown key of an object, and for every bad element of a list
+# or dict (~1.4 KB each once listed: a 3 MB body of a million negative weights held 1.6 GB before
+# its 422). An object with more unknown keys than this is refused in one error naming the first,
+# and option lists and dicts stop at their first bad element (`fail_fast`).
+MAX_UNKNOWN_KEYS = 20
+UNKNOWN_KEYS = "unknown_keys"  # the error type of such an object
+
+
+@cache
+def _known_keys(model: type[BaseModel]) -> frozenset[str]:
+    """The keys an object of `model` may hold: its fields' names and their aliases."""
+    keys: set[str] = set()
+    for name, info in model.__pydantic_fields__.items():
+        keys.add(name)
+        choices = info.validation_alias.choices if isinstance(info.validation_alias, AliasChoices) else []
+        keys.update(choice for choice in choices if isinstance(choice, str))
+        keys.update(alias for alias in (info.alias, info.validation_alias) if isinstance(alias, str))
+    return frozenset(keys)
+
+
+def _few_unknown_keys(model: type[BaseModel], data: Any) -> Any:
+    """Refuse, in one error, an object with more than MAX_UNKNOWN_KEYS keys that are not fields of
+    `model`; fewer are left to Pydantic, which names each."""
+    if type(data) is dict and len(data) > MAX_UNKNOWN_KEYS:
+        known = _known_keys(model)
+        unknown = [key for key in data if key not in known]
+        if len(unknown) > MAX_UNKNOWN_KEYS:
+            raise PydanticCustomError(
+                UNKNOWN_KEYS,
+                "Extra inputs are not permitted: {count} keys are not fields of this object, the first {first}",
+                {"count": f"{len(unknown):,}", "first": shown(str(unknown[0]))},
+            )
+    return data
+
+
+def _fields_only(cls: type[BaseModel], data: Any) -> Any:
+    return _few_unknown_keys(cls, data)
+
+
+FIELDS_ONLY: dict[str, Any] = {"_fields_only": model_validator(mode="before")(_fields_only)}
 
 
 class Batch(BaseModel):
@@ -26,6 +66,11 @@ class Batch(BaseModel):
 
     # strict: `"chunk": 0` or `"dtype": 1` are refused, not coerced.
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fields_only(cls, data: Any) -> Any:
+        return _few_unknown_keys(cls, data)
 
     predictions: NumericArray = Field(description="Model outputs: probabilities, logits or values, one row per sample.")
     labels: NumericArray = Field(description="Targets: class indices, one-hot/soft vectors or values, per the loss.")
@@ -173,7 +218,18 @@ def _option_field(option: OptionSpec) -> tuple[Any, Any]:
     if option.only_under:
         description += f" (only under convention {option.only_under!r})"
     alias = AliasChoices(option.name, *option.aliases) if option.aliases else None
-    return _bounded(option.type, bounds), Field(default=option.default, description=description, validation_alias=alias)
+    annotation = _fail_fast(_bounded(option.type, bounds))
+    return annotation, Field(default=option.default, description=description, validation_alias=alias)
+
+
+def _fail_fast(annotation: Any) -> Any:
+    """`annotation` with each list and dict in it stopping at its first bad element."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_fail_fast(a) for a in args)]  # noqa: UP007
+    if origin in (list, dict):
+        return Annotated[annotation, Field(fail_fast=True)]
+    return annotation
 
 
 def _camel(name: str) -> str:
@@ -187,6 +243,7 @@ def options_model(spec: LossSpec) -> type[BaseModel]:
         f"{_camel(spec.name)}Options",
         __config__=ConfigDict(extra="forbid", strict=True, populate_by_name=True),
         __doc__=f"Options of {spec.name}.",
+        __validators__=FIELDS_ONLY,
         **fields,
     )
 
@@ -203,6 +260,7 @@ def loss_call_model(spec: LossSpec) -> type[BaseModel]:
     return create_model(
         f"{_camel(spec.name)}Call",
         __config__=ConfigDict(extra="forbid"),
+        __validators__=FIELDS_ONLY,
         loss=_loss_field(spec),
         options=(options, Field(default_factory=options)),
     )
@@ -360,6 +418,11 @@ class PredictionsLog(BaseModel):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, strict=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fields_only(cls, data: Any) -> Any:
+        return _few_unknown_keys(cls, data)
+
     ids: RowIds
     predictions: NumericArray = Field(description="One row per id; the model's first predictions fix the row shape.")
     timestamps: NumericArray | None = Field(
@@ -371,6 +434,11 @@ class LabelsLog(BaseModel):
     """Labels for predictions logged before or after them."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fields_only(cls, data: Any) -> Any:
+        return _few_unknown_keys(cls, data)
 
     ids: RowIds
     labels: NumericArray = Field(description="One label row per id; the model's first labels fix the row shape.")
@@ -386,6 +454,7 @@ def model_config_request_model() -> type[BaseModel]:
     return create_model(
         "ModelConfigRequest",
         __config__=ConfigDict(extra="forbid", strict=True),
+        __validators__=FIELDS_ONLY,
         losses=(
             list[call],
             Field(min_length=1, max_length=MAX_LOSSES_PER_EVALUATE, description="The losses to compute per join."),

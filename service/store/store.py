@@ -264,23 +264,29 @@ class Store:
         self, name: str, config: dict[str, Any], retention_seconds: float, now: float, quota: Quota | None = None
     ) -> Model:
         """Create the model, or replace its configuration; its rows and counters stay. Creating it
-        is refused (QuotaExceededError) when `quota`'s holder already has `max_models` models."""
+        is refused (QuotaExceededError) when `quota`'s holder already has `max_models` models.
+        Replacing it updates its row in place, which adds no row: it runs in SQLite's full-disk
+        mode, so a shorter retention can let the sweep free the disk."""
         with self.database.transaction() as tx:
             _lock_holder(tx, quota)
-            if (
-                quota is not None
-                and tx.one(f"SELECT id FROM loss_models WHERE name = ?{tx.dialect.lock_row}", [name]) is None
-            ):
-                usage = _usage(tx, quota)
-                if usage.models + 1 > quota.max_models:
-                    raise QuotaExceededError("max_models", quota.holder, usage.models, 1, quota.max_models)
-            tx.execute(
-                "INSERT INTO loss_models (name, config, retention_seconds, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                "config = excluded.config, retention_seconds = excluded.retention_seconds, "
-                "updated_at = excluded.updated_at",
-                [name, orjson.dumps(config).decode(), retention_seconds, now, now],
-            )
+            found = tx.one(f"SELECT id FROM loss_models WHERE name = ?{tx.dialect.lock_row}", [name])
+            if found is not None:
+                tx.execute(
+                    "UPDATE loss_models SET config = ?, retention_seconds = ?, updated_at = ? WHERE id = ?",
+                    [orjson.dumps(config).decode(), retention_seconds, now, found[0]],
+                )
+            else:
+                if quota is not None:
+                    usage = _usage(tx, quota)
+                    if usage.models + 1 > quota.max_models:
+                        raise QuotaExceededError("max_models", quota.holder, usage.models, 1, quota.max_models)
+                tx.execute(
+                    "INSERT INTO loss_models (name, config, retention_seconds, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                    "config = excluded.config, retention_seconds = excluded.retention_seconds, "
+                    "updated_at = excluded.updated_at",
+                    [name, orjson.dumps(config).decode(), retention_seconds, now, now],
+                )
             row = tx.one(f"SELECT {_MODEL_COLUMNS} FROM loss_models WHERE name = ?", [name])
         assert row is not None
         return _model(row)

@@ -79,7 +79,14 @@ async def configure_model(model: ModelName, request: Request) -> Response:
     state = request.scope.setdefault("state", {})
     quota = ingest.quota_of(ingest.principal_of(state), settings)
     threads = ingest.store_threads(request.app.state)
-    result = await threads.write(lambda: ingest.configure(store, model, body, time.time(), quota, state))
+    result = await off_loop(
+        request,
+        len(body),
+        lambda: json_decoded_bytes(body),
+        lambda: ingest.configure(store, model, body, time.time(), quota, state),
+        waits_on_io=True,
+        limiter=threads.writes,
+    )
     await _report_usage(request)
     return json_response(result)
 
