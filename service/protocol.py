@@ -16,7 +16,9 @@ Each connection may also hold a few hundred KiB that no memory budget sees (uvic
 so a worker keeps at most `LOSS_SERVICE_MAX_CONNECTIONS` open (by default derived from
 `LOSS_SERVICE_MEMORY_BUDGET`: `service.api.guards.connection_limit`). A connection opened beyond
 them is kept only to answer its first request 503 with Retry-After, then closed: the connections
-already open, and their keep-alive clients, are served as before.
+already open, and their keep-alive clients, are served as before. Health probes (HEALTH_PATHS) are
+answered on any connection: a client holding every connection must not make the orchestrator see a
+dead worker and restart it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ HEADERS_TOO_LARGE_RESPONSE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: 49\r\nconnection: close\r\n\r\nthe request line and headers exceed 65,536 bytes\n"
 )
+
+
+# Liveness and readiness, loss-service's and the Open Inference Protocol's: answered even on a
+# connection beyond the limit (they read no body and hold nothing).
+HEALTH_PATHS = frozenset({b"/livez", b"/healthz", b"/readyz", b"/v2/health/live", b"/v2/health/ready"})
 
 
 @functools.cache
@@ -153,7 +160,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
-        if not self.beyond_limit:
+        if not self.beyond_limit or self.url.partition(b"?")[0] in HEALTH_PATHS:
             super().on_headers_complete()
             return
         app, self.app = self.app, too_many_connections  # the app uvicorn starts for this request

@@ -320,6 +320,30 @@ async def test_a_connection_beyond_the_limit_gets_503_and_is_closed_the_others_a
         server.connection_lost(None)
 
 
+@pytest.mark.parametrize("path", [b"/livez", b"/readyz", b"/healthz?verbose=1", b"/v2/health/ready"])
+@pytest.mark.anyio
+async def test_a_health_probe_is_answered_on_a_connection_beyond_the_limit(
+    monkeypatch: pytest.MonkeyPatch, path: bytes
+) -> None:
+    """A client holding every connection must not fail the orchestrator's probes (and get the
+    worker restarted): a probe is served on a connection beyond the limit, anything else is not."""
+    monkeypatch.setattr(protocol, "max_connections", lambda: 1)
+    state = ServerState()
+    held, _ = connection(state)
+    probe, probe_transport = connection(state)
+    probe.data_received(b"GET " + path + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+    for _ in range(10):
+        await a_turn()
+    assert probe_transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    other, other_transport = connection(state)
+    other.data_received(b"GET /v1/losses HTTP/1.1\r\nHost: t\r\n\r\n")
+    for _ in range(10):
+        await a_turn()
+    assert other_transport.writes[0].startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    for server in (held, probe, other):
+        server.connection_lost(None)
+
+
 @pytest.mark.parametrize("start", [b"GET /livez HTTP/1.1\r\nHost: t\r\nX-Big: ", b"GET /livez?"])
 @pytest.mark.anyio
 async def test_a_request_line_or_headers_past_64_kib_get_431_and_the_connection_closed(start: bytes) -> None:
