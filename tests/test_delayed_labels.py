@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -214,15 +215,26 @@ async def test_label_delay_is_measured_from_the_prediction_time(api: httpx.Async
     assert 7200 < metric(text, "loss_service_label_delay_seconds_sum", model="fraud") < 7300
 
 
-async def test_too_many_pending_rows_get_429_and_nothing_is_stored(api: httpx.AsyncClient) -> None:
+async def test_too_many_pending_rows_get_429_and_nothing_is_stored(
+    api: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A model's MAX_PENDING is a bound on its storage: a 429 audited and counted as the quotas are."""
+    caplog.set_level(logging.INFO, logger="loss_service.audit")
     await configure(api)  # the fixture allows 50 pending rows
     await post(api, "predictions", {"ids": list(range(40)), "predictions": [[0.0, 1.0]] * 40})
     refused = await api.post("/v1/models/fraud/labels", json={"ids": list(range(100, 111)), "labels": [1] * 11})
     assert refused.status_code == 429
     assert refused.headers["content-type"] == "application/problem+json"
     assert "LOSS_SERVICE_MAX_PENDING" in refused.json()["detail"]
+    assert refused.json()["errors"] == [{"loc": ["body", "ids"], "msg": refused.json()["detail"]}]
     status = (await api.get("/v1/models/fraud")).json()
     assert (status["pending_predictions"], status["pending_labels"]) == (40, 0)
+    audited = [json.loads(r.getMessage()) for r in caplog.records if r.name == "loss_service.audit"]
+    assert [(line["status"], line["route"], line["model"], line["reason"]) for line in audited] == [
+        (429, "/v1/models/fraud/labels", "fraud", "max_pending")
+    ]
+    scrape = (await api.get("/metrics")).text
+    assert metric(scrape, "loss_service_http_requests_rejected_total", reason="quota") == 1
 
 
 async def test_a_label_that_does_not_fit_its_prediction_is_refused_with_nothing_stored(api: httpx.AsyncClient) -> None:

@@ -291,8 +291,10 @@ def log_rows(
         raise _problem(side, str(exc)) from None
     except RowIdError as exc:  # the schema refuses these first; the store's own check stays a 422
         raise _problem("ids", exc.reason, [exc.index]) from None
-    except TooManyPendingError as exc:
-        raise ProblemError(429, str(exc)) from None
+    except TooManyPendingError as exc:  # a bound on the model's storage: audited as the quotas are
+        state["refusal"] = "quota"
+        audit(429, state.get("key", "unknown"), f"/v1/models/{name}/{side}", name, "max_pending")
+        raise ProblemError(429, str(exc), errors=[{"loc": ["body", "ids"], "msg": str(exc)}]) from None
     # Committed: from here on the pairs are joined for good, and recorded exactly once.
     model, results = logged.model, logged.joined_result or []
     for loss, reduced in results:
