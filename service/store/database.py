@@ -23,6 +23,7 @@ which deletions can still free space.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import queue
 import sqlite3
@@ -360,6 +361,22 @@ class SQLiteDatabase:
                 break
         with self._lock:
             self._connection.close()
+
+
+class _OutageWarnings(logging.Filter):
+    """Drops psycopg_pool's warnings about connections it could not make or had to discard: while
+    PostgreSQL is down it repeats them about every two seconds per pool, and the store's health
+    (health.py) logs one line for the whole episode instead. Other pool warnings pass."""
+
+    _OUTAGE = ("error connecting", "discarding broken connection", "discarding closed connection")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.WARNING or not str(record.msg).startswith(self._OUTAGE)
+
+
+_POOL_LOG = logging.getLogger("psycopg.pool")
+if not any(isinstance(f, _OutageWarnings) for f in _POOL_LOG.filters):
+    _POOL_LOG.addFilter(_OutageWarnings())
 
 
 class PostgresDatabase:
