@@ -1001,3 +1001,39 @@ async def test_a_body_of_many_bad_elements_is_one_error(
     assert response.status_code == 422, response.text[:300]
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["errors"] == errors
+
+
+# issue 34: dice and tversky ------------------------------------------------------------------------
+
+OVERLAP_CASES = [
+    ("dice-shape-mismatch", {"loss": "dice", "predictions": [[0.5, 0.5]], "labels": [[1.0, 0.0, 1.0]]},
+     "labels: shape [1, 3] does not match predictions shape [1, 2]"),
+    ("dice-prediction-above-1", {"loss": "dice", "predictions": [[0.5, 0.5], [0.2, 1.5]], "labels": [[1.0, 0.0], [0.0, 1.0]]},
+     "predictions.1.1: predictions (soft masks) must lie in [0, 1], got 1.5"),
+    ("dice-negative-label-float32",
+     {"loss": "dice_loss", "predictions": [[0.5, 0.5]], "labels": [[1.0, -0.5]], "dtype": "float32", "convention": "torch"},
+     "labels.0.1: labels (soft masks) must lie in [0, 1], got -0.5"),
+    ("tversky-negative-prediction-3d",
+     {"loss": "tversky", "predictions": [[[0.5], [0.5]], [[0.5], [-0.1]]], "labels": [[[1.0], [0.0]], [[0.0], [1.0]]]},
+     "predictions.1.1.0: predictions (soft masks) must lie in [0, 1], got -0.1"),
+    ("tversky-label-above-1", {"loss": "tversky", "predictions": [0.5, 0.5], "labels": [1.0, 2.0]},
+     "labels.1: labels (soft masks) must lie in [0, 1], got 2.0"),
+    ("tversky-alpha-negative", {"loss": "tversky", "predictions": [0.5], "labels": [1.0], "options": {"alpha": -0.1}},
+     "options.alpha: Input should be greater than or equal to 0"),
+    ("tversky-beta-negative", {"loss": "tversky_loss", "predictions": [0.5], "labels": [1.0], "options": {"beta": -1}},
+     "options.beta: Input should be greater than or equal to 0"),
+    ("tversky-beta-string", {"loss": "tversky", "predictions": [0.5], "labels": [1.0], "options": {"beta": "0.5"}},
+     "options.beta: Input should be a valid number"),
+    ("dice-unknown-option", {"loss": "dice", "predictions": [0.5], "labels": [1.0], "options": {"axis": [1]}},
+     "options.axis: Extra inputs are not permitted"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("request_body", "detail"), [c[1:] for c in OVERLAP_CASES], ids=[c[0] for c in OVERLAP_CASES])
+async def test_dice_and_tversky_refuse_bad_input_by_field_and_index(
+    limited: httpx.AsyncClient, request_body: dict[str, Any], detail: str
+) -> None:
+    response = await limited.post("/v1/loss", json=request_body)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"] == detail

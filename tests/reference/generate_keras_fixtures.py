@@ -8,9 +8,10 @@ Keras is not a dependency of the project; run this in a separate environment:
 Per-sample values are the loss with reduction=None (sample weights applied, as Keras does);
 means are Keras's default reduction, sum_over_batch_size.
 
-Only float32, Keras's default dtype: with dtype="float64", Keras 3.15 on JAX was seen to return
-some last-axis means (MeanAbsoluteError, after a weighted call to another loss) at float32
-precision, so float64 is checked against the naive float64 formulas (tests/reference/naive.py).
+The losses before Dice and Tversky run in float32 only, Keras's default dtype: with
+dtype="float64", Keras 3.15 on JAX was seen to return some last-axis means (MeanAbsoluteError,
+after a weighted call to another loss) at float32 precision, so their float64 is checked against
+the naive float64 formulas (tests/reference/naive.py). Dice and Tversky also run in float64.
 """
 
 from __future__ import annotations
@@ -236,9 +237,60 @@ def main() -> None:
             c,
         ),
     ]
+    # Drawn after every input above, so the earlier cases keep their numbers. Dice and Tversky sum
+    # each sample over every axis but the first: Keras's axis=(1, ..., ndim - 1). Their float64 runs
+    # are checked to 1e-12 (JAX_ENABLE_X64 keeps the sums in float64).
+    masks, soft_masks = rng.integers(0, 2, (n, 4, 3)).astype(float), rng.random((n, 4, 3))
+    mask_p = rng.random((n, 4, 3))
+    mask_p[0] = 0.0
+    masks[0] = 0.0
+    overlap_weights = rng.uniform(0, 2, n)
+    overlap: list[tuple[str, str, dict[str, Any], Any, np.ndarray, np.ndarray, Any, int]] = [
+        (
+            "dice",
+            "2d",
+            {},
+            lambda d: losses.Dice(axis=(1,), dtype=d, reduction=None),
+            mask_p[:, 0],
+            masks[:, 0],
+            None,
+            3,
+        ),
+        (
+            "dice",
+            "3d-soft-weighted",
+            {},
+            lambda d: losses.Dice(axis=(1, 2), dtype=d, reduction=None),
+            mask_p,
+            soft_masks,
+            overlap_weights,
+            12,
+        ),
+        (
+            "tversky",
+            "default-3d",
+            {},
+            lambda d: losses.Tversky(axis=(1, 2), dtype=d, reduction=None),
+            mask_p,
+            masks,
+            None,
+            12,
+        ),
+        (
+            "tversky",
+            "alpha-beta-weighted",
+            {"alpha": 0.3, "beta": 0.7},
+            lambda d: losses.Tversky(alpha=0.3, beta=0.7, axis=(1,), dtype=d, reduction=None),
+            mask_p[:, 1],
+            soft_masks[:, 1],
+            overlap_weights,
+            3,
+        ),
+    ]
     records = []
-    for name, tag, options, factory, predictions, labels, sample_weight, terms in specs:
-        for dtype in ("float32",):
+    runs = [(spec, ("float32",)) for spec in specs] + [(spec, ("float32", "float64")) for spec in overlap]
+    for (name, tag, options, factory, predictions, labels, sample_weight, terms), dtypes in runs:
+        for dtype in dtypes:
             loss = factory(dtype)
             y_pred = predictions.astype(dtype)
             y_true = labels if labels.dtype.kind == "i" else labels.astype(dtype)

@@ -185,6 +185,32 @@ def cosine_keras(p, y):
     return per, _mean(per)
 
 
+def _flat(row):
+    return [v for x in row for v in _flat(x)] if isinstance(row, list) else [row]
+
+
+def dice(p, y):
+    """keras/src/losses/losses.py dice, each sample summed over all its axes."""
+    per = []
+    for prow, yrow in zip(p, y, strict=True):
+        ps, ys = _flat(prow), _flat(yrow)
+        intersection = sum(a * b for a, b in zip(ps, ys, strict=True))
+        per.append(1 - 2 * intersection / (sum(ys) + sum(ps) + EPS))
+    return per, _mean(per)
+
+
+def tversky(p, y, alpha=0.5, beta=0.5):
+    """keras/src/losses/losses.py tversky (its `fp` = sum((1 - p) y), weighted by alpha)."""
+    per = []
+    for prow, yrow in zip(p, y, strict=True):
+        pairs = list(zip(_flat(prow), _flat(yrow), strict=True))
+        t = sum(a * b for a, b in pairs)
+        fp = sum((1 - a) * b for a, b in pairs)
+        fn = sum(a * (1 - b) for a, b in pairs)
+        per.append(1 - t / (t + alpha * fp + beta * fn + EPS))
+    return per, _mean(per)
+
+
 def _signs(y):
     flat = [v for row in y for v in row]
     binary = all(v in (0, 1) for v in flat)
