@@ -1001,3 +1001,36 @@ async def test_a_body_of_many_bad_elements_is_one_error(
     assert response.status_code == 422, response.text[:300]
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["errors"] == errors
+
+
+# issue 34: generalized cross-entropy and circle ---------------------------------------------------
+
+GCE = "categorical_generalized_cross_entropy"
+ISSUE_34_CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("gce-q-zero", {"loss": GCE, "predictions": [[0.5, 0.5]], "labels": [0], "options": {"q": 0.0}},
+     "options.q: Input should be greater than 0"),
+    ("gce-q-one", {"loss": GCE, "predictions": [[0.5, 0.5]], "labels": [0], "options": {"q": 1}},
+     "options.q: Input should be less than 1"),
+    ("gce-prediction-above-1", {"loss": GCE, "predictions": [[0.5, 0.5], [1.5, 0.0]], "labels": [0, 1]},
+     "predictions.1.0: probabilities must lie in [0, 1], got 1.5"),
+    ("gce-negative-prediction", {"loss": GCE, "predictions": [[0.5, 0.5], [0.2, -0.1]], "labels": [0, 1]},
+     "predictions.1.1: probabilities must lie in [0, 1], got -0.1"),
+    ("gce-label-outside-classes", {"loss": GCE, "predictions": [[0.5, 0.5], [0.2, 0.8]], "labels": [0, 2]},
+     "labels.1: class label 2 is outside [0, 1]"),
+    ("gce-labels-with-trailing-axis", {"loss": GCE, "predictions": [[0.5, 0.5], [0.2, 0.8]], "labels": [[0], [1]]},
+     "labels: shape [2, 1] should be the predictions' [2, 2] without the class axis"),
+    ("gce-too-many-labels", {"loss": GCE, "predictions": [[0.5, 0.5], [0.2, 0.8]], "labels": [0, 1, 1]},
+     "labels: shape [3] should be [2] for predictions [2, 2]"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("request_body", "detail"), [c[1:] for c in ISSUE_34_CASES], ids=[c[0] for c in ISSUE_34_CASES]
+)
+async def test_issue_34_losses_name_the_bad_field_and_index(
+    limited: httpx.AsyncClient, request_body: dict[str, Any], detail: str
+) -> None:
+    response = await limited.post("/v1/loss", json=request_body)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"] == detail

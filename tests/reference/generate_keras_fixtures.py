@@ -235,6 +235,8 @@ def main() -> None:
             None,
             c,
         ),
+        # issue 34: generalized cross-entropy and circle (drawn after every case above, so their inputs stay put)
+        *keras_only_issue_34(rng, c),
     ]
     records = []
     for name, tag, options, factory, predictions, labels, sample_weight, terms in specs:
@@ -262,6 +264,53 @@ def main() -> None:
     meta = {"keras": keras.__version__, "backend": keras.backend.backend()}
     FIXTURE.write_text(json.dumps({**meta, "cases": records}, indent=1) + "\n")
     print(f"wrote {len(records)} cases to {FIXTURE} ({meta})")
+
+
+def keras_only_issue_34(
+    rng: np.random.Generator, c: int
+) -> list[tuple[str, str, dict[str, Any], Any, Any, Any, Any, int]]:
+    """Cases of issue 34 (categorical_generalized_cross_entropy), from draws made after all others."""
+    losses = keras.losses
+    n = 12  # tests/test_engine_nd.py lays the 12 rows out as (3, 4) and (2, 3, 2)
+    raw = rng.random((n, c)) + 0.01
+    probabilities = raw / raw.sum(1, keepdims=True)
+    probabilities[0, 0] = 0.0  # a zero probability: 0^q = 0
+    unnormalised = rng.random((n, c))  # taken as given: Keras does not renormalise
+    labels = rng.integers(0, c, n)
+    labels[0] = 0
+    weights = rng.uniform(0, 2, n)
+    return [
+        (
+            "categorical_generalized_cross_entropy",
+            "default",
+            {},
+            lambda d: losses.CategoricalGeneralizedCrossEntropy(dtype=d, reduction=None),
+            probabilities,
+            labels,
+            None,
+            1,
+        ),
+        (
+            "categorical_generalized_cross_entropy",
+            "q-weighted",
+            {"q": 0.2},
+            lambda d: losses.CategoricalGeneralizedCrossEntropy(q=0.2, dtype=d, reduction=None),
+            probabilities,
+            labels,
+            weights,
+            1,
+        ),
+        (
+            "categorical_generalized_cross_entropy",
+            "unnormalised",
+            {"q": 0.9},
+            lambda d: losses.CategoricalGeneralizedCrossEntropy(q=0.9, dtype=d, reduction=None),
+            unnormalised,
+            labels,
+            None,
+            1,
+        ),
+    ]
 
 
 if __name__ == "__main__":

@@ -363,3 +363,9 @@ def hamming(p, y, weights=None):
     """The fraction of a sample's labels that differ (one label per sample: 0 or 1)."""
     per = [sum(a != b for a, b in zip(pr, yr, strict=True)) / len(pr) for pr, yr in zip(p, y, strict=True)]
     return _weighted(per, weights)
+
+
+def generalized_cross_entropy(p, y, q, weights=None):
+    """(1 - p_y^q) / q, p_y the probability given to the sample's class (Zhang & Sabuncu 2018)."""
+    per = [(1.0 - row[label] ** q) / q for row, label in zip(p, y, strict=True)]
+    return _weighted(per, weights)
