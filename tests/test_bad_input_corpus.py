@@ -1021,6 +1021,17 @@ ISSUE_34_CASES: list[tuple[str, dict[str, Any], str]] = [
      "labels: shape [2, 1] should be the predictions' [2, 2] without the class axis"),
     ("gce-too-many-labels", {"loss": GCE, "predictions": [[0.5, 0.5], [0.2, 0.8]], "labels": [0, 1, 1]},
      "labels: shape [3] should be [2] for predictions [2, 2]"),
+    ("circle-3d-embeddings", {"loss": "circle", "predictions": [[[1.0], [0.0]], [[0.0], [1.0]]], "labels": [0, 1]},
+     "predictions: embeddings must be 2-D (N, D), got shape [2, 2, 1]"),
+    ("circle-too-few-labels", {"loss": "circle", "predictions": [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], "labels": [0, 1]},
+     "labels: shape [2] should be [3] or [3, 1], one class per embedding"),
+    ("circle-fractional-label", {"loss": "circle", "predictions": [[1.0, 0.0], [0.0, 1.0]], "labels": [0, 1.5]},
+     "labels.1: class labels must be integers, got 1.5"),
+    ("circle-beyond-the-pair-budget", {"loss": "circle", "predictions": [[1.0]] * 4097, "labels": [0, 1] * 2048 + [0]},
+     "predictions: 4097 embeddings: circle compares every pair, so a batch holds at most 4096"),
+    ("circle-one-class-under-torch",
+     {"loss": "circle", "convention": "torch", "predictions": [[1.0, 0.0], [0.0, 1.0]], "labels": [4, 4]},
+     "labels: no sample has both a positive and a negative in the batch; the mean would be 0/0"),
 ]  # fmt: skip
 
 

@@ -269,7 +269,7 @@ def main() -> None:
 def keras_only_issue_34(
     rng: np.random.Generator, c: int
 ) -> list[tuple[str, str, dict[str, Any], Any, Any, Any, Any, int]]:
-    """Cases of issue 34 (categorical_generalized_cross_entropy), from draws made after all others."""
+    """Cases of issue 34 (categorical_generalized_cross_entropy, circle), from draws made after all others."""
     losses = keras.losses
     n = 12  # tests/test_engine_nd.py lays the 12 rows out as (3, 4) and (2, 3, 2)
     raw = rng.random((n, c)) + 0.01
@@ -309,6 +309,39 @@ def keras_only_issue_34(
             labels,
             None,
             1,
+        ),
+        *circle_cases(rng),
+    ]
+
+
+def circle_cases(rng: np.random.Generator) -> list[tuple[str, str, dict[str, Any], Any, Any, Any, Any, int]]:
+    """Circle loss on 12 L2-normalised embeddings; class 3 has one member (no positive: masked)."""
+    losses = keras.losses
+    embeddings = rng.normal(0, 1, (12, 6))
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    classes = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 3, 0, 1])
+    weights = rng.uniform(0, 2, 12)
+    return [
+        ("circle", "default", {}, lambda d: losses.Circle(dtype=d, reduction=None), embeddings, classes, None, 12),
+        (
+            "circle",
+            "gamma-margin-weighted",
+            {"gamma": 16.0, "margin": 0.25},
+            lambda d: losses.Circle(gamma=16.0, margin=0.25, dtype=d, reduction=None),
+            embeddings,
+            classes,
+            weights,
+            12,
+        ),
+        (
+            "circle",
+            "keep-diagonal",
+            {"remove_diagonal": False},
+            lambda d: losses.Circle(remove_diagonal=False, dtype=d, reduction=None),
+            embeddings,
+            classes,
+            None,
+            12,
         ),
     ]
 

@@ -1,5 +1,14 @@
 """The loss functions, one module per family. Importing this package fills the catalogue."""
 
-from service.engine.losses import crossentropy, crps, deviance, distribution, margin, regression, scoring
+from service.engine.losses import (
+    crossentropy,
+    crps,
+    deviance,
+    distribution,
+    margin,
+    metric_learning,
+    regression,
+    scoring,
+)
 
-__all__ = ["crossentropy", "crps", "deviance", "distribution", "margin", "regression", "scoring"]
+__all__ = ["crossentropy", "crps", "deviance", "distribution", "margin", "metric_learning", "regression", "scoring"]
