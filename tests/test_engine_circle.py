@@ -91,3 +91,12 @@ def test_a_batch_beyond_the_pair_budget_is_refused() -> None:
         compute("circle", embeddings, np.arange(MAX_SAMPLES + 1) % 2)
     assert caught.value.field == "predictions"
     assert str(MAX_SAMPLES) in caught.value.reason
+
+
+def test_embeddings_are_taken_as_given_and_distances_clamped_at_0() -> None:
+    # Keras does not normalise: rows of norm 1.5 have dot products above 1, distances clamp to 0.
+    scaled = EMBEDDINGS * 1.5
+    result = compute("circle", scaled, CLASSES, options={"gamma": 8.0})
+    per_sample, mean = naive.circle(scaled.tolist(), CLASSES, gamma=8.0)
+    np.testing.assert_allclose(result.per_sample, per_sample, rtol=1e-12)
+    assert result.mean == pytest.approx(mean, rel=1e-12)
