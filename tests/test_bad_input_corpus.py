@@ -1037,3 +1037,47 @@ async def test_dice_and_tversky_refuse_bad_input_by_field_and_index(
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["detail"] == detail
+
+
+# issue 34: generalized cross-entropy and circle ---------------------------------------------------
+
+GCE = "categorical_generalized_cross_entropy"
+ISSUE_34_CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("gce-q-zero", {"loss": GCE, "predictions": [[0.5, 0.5]], "labels": [0], "options": {"q": 0.0}},
+     "options.q: Input should be greater than 0"),
+    ("gce-q-one", {"loss": GCE, "predictions": [[0.5, 0.5]], "labels": [0], "options": {"q": 1}},
+     "options.q: Input should be less than 1"),
+    ("gce-prediction-above-1", {"loss": GCE, "predictions": [[0.5, 0.5], [1.5, 0.0]], "labels": [0, 1]},
+     "predictions.1.0: probabilities must lie in [0, 1], got 1.5"),
+    ("gce-negative-prediction", {"loss": GCE, "predictions": [[0.5, 0.5], [0.2, -0.1]], "labels": [0, 1]},
+     "predictions.1.1: probabilities must lie in [0, 1], got -0.1"),
+    ("gce-label-outside-classes", {"loss": GCE, "predictions": [[0.5, 0.5], [0.2, 0.8]], "labels": [0, 2]},
+     "labels.1: class label 2 is outside [0, 1]"),
+    ("gce-labels-with-trailing-axis", {"loss": GCE, "predictions": [[0.5, 0.5], [0.2, 0.8]], "labels": [[0], [1]]},
+     "labels: shape [2, 1] should be the predictions' [2, 2] without the class axis"),
+    ("gce-too-many-labels", {"loss": GCE, "predictions": [[0.5, 0.5], [0.2, 0.8]], "labels": [0, 1, 1]},
+     "labels: shape [3] should be [2] for predictions [2, 2]"),
+    ("circle-3d-embeddings", {"loss": "circle", "predictions": [[[1.0], [0.0]], [[0.0], [1.0]]], "labels": [0, 1]},
+     "predictions: embeddings must be 2-D (N, D), got shape [2, 2, 1]"),
+    ("circle-too-few-labels", {"loss": "circle", "predictions": [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], "labels": [0, 1]},
+     "labels: shape [2] should be [3] or [3, 1], one class per embedding"),
+    ("circle-fractional-label", {"loss": "circle", "predictions": [[1.0, 0.0], [0.0, 1.0]], "labels": [0, 1.5]},
+     "labels.1: class labels must be integers, got 1.5"),
+    ("circle-beyond-the-pair-budget", {"loss": "circle", "predictions": [[1.0]] * 4097, "labels": [0, 1] * 2048 + [0]},
+     "predictions: 4097 embeddings: circle compares every pair, so a batch holds at most 4096"),
+    ("circle-one-class-under-torch",
+     {"loss": "circle", "convention": "torch", "predictions": [[1.0, 0.0], [0.0, 1.0]], "labels": [4, 4]},
+     "labels: no sample has both a positive and a negative in the batch; the mean would be 0/0"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("request_body", "detail"), [c[1:] for c in ISSUE_34_CASES], ids=[c[0] for c in ISSUE_34_CASES]
+)
+async def test_issue_34_losses_name_the_bad_field_and_index(
+    limited: httpx.AsyncClient, request_body: dict[str, Any], detail: str
+) -> None:
+    response = await limited.post("/v1/loss", json=request_body)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"] == detail

@@ -236,6 +236,8 @@ def main() -> None:
             None,
             c,
         ),
+        # issue 34: generalized cross-entropy and circle (drawn after every case above, so their inputs stay put)
+        *keras_only_issue_34(rng, c),
     ]
     # Drawn after every input above, so the earlier cases keep their numbers. Dice and Tversky sum
     # each sample over every axis but the first: Keras's axis=(1, ..., ndim - 1). Their float64 runs
@@ -314,6 +316,86 @@ def main() -> None:
     meta = {"keras": keras.__version__, "backend": keras.backend.backend()}
     FIXTURE.write_text(json.dumps({**meta, "cases": records}, indent=1) + "\n")
     print(f"wrote {len(records)} cases to {FIXTURE} ({meta})")
+
+
+def keras_only_issue_34(
+    rng: np.random.Generator, c: int
+) -> list[tuple[str, str, dict[str, Any], Any, Any, Any, Any, int]]:
+    """Cases of issue 34 (categorical_generalized_cross_entropy, circle), from draws made after all others."""
+    losses = keras.losses
+    n = 12  # tests/test_engine_nd.py lays the 12 rows out as (3, 4) and (2, 3, 2)
+    raw = rng.random((n, c)) + 0.01
+    probabilities = raw / raw.sum(1, keepdims=True)
+    probabilities[0, 0] = 0.0  # a zero probability: 0^q = 0
+    unnormalised = rng.random((n, c))  # taken as given: Keras does not renormalise
+    labels = rng.integers(0, c, n)
+    labels[0] = 0
+    weights = rng.uniform(0, 2, n)
+    return [
+        (
+            "categorical_generalized_cross_entropy",
+            "default",
+            {},
+            lambda d: losses.CategoricalGeneralizedCrossEntropy(dtype=d, reduction=None),
+            probabilities,
+            labels,
+            None,
+            1,
+        ),
+        (
+            "categorical_generalized_cross_entropy",
+            "q-weighted",
+            {"q": 0.2},
+            lambda d: losses.CategoricalGeneralizedCrossEntropy(q=0.2, dtype=d, reduction=None),
+            probabilities,
+            labels,
+            weights,
+            1,
+        ),
+        (
+            "categorical_generalized_cross_entropy",
+            "unnormalised",
+            {"q": 0.9},
+            lambda d: losses.CategoricalGeneralizedCrossEntropy(q=0.9, dtype=d, reduction=None),
+            unnormalised,
+            labels,
+            None,
+            1,
+        ),
+        *circle_cases(rng),
+    ]
+
+
+def circle_cases(rng: np.random.Generator) -> list[tuple[str, str, dict[str, Any], Any, Any, Any, Any, int]]:
+    """Circle loss on 12 L2-normalised embeddings; class 3 has one member (no positive: masked)."""
+    losses = keras.losses
+    embeddings = rng.normal(0, 1, (12, 6))
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    classes = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 3, 0, 1])
+    weights = rng.uniform(0, 2, 12)
+    return [
+        ("circle", "default", {}, lambda d: losses.Circle(dtype=d, reduction=None), embeddings, classes, None, 12),
+        (
+            "circle",
+            "gamma-margin-weighted",
+            {"gamma": 16.0, "margin": 0.25},
+            lambda d: losses.Circle(gamma=16.0, margin=0.25, dtype=d, reduction=None),
+            embeddings,
+            classes,
+            weights,
+            12,
+        ),
+        (
+            "circle",
+            "keep-diagonal",
+            {"remove_diagonal": False},
+            lambda d: losses.Circle(remove_diagonal=False, dtype=d, reduction=None),
+            embeddings,
+            classes,
+            None,
+            12,
+        ),
+    ]
 
 
 if __name__ == "__main__":

@@ -389,3 +389,36 @@ def hamming(p, y, weights=None):
     """The fraction of a sample's labels that differ (one label per sample: 0 or 1)."""
     per = [sum(a != b for a, b in zip(pr, yr, strict=True)) / len(pr) for pr, yr in zip(p, y, strict=True)]
     return _weighted(per, weights)
+
+
+def generalized_cross_entropy(p, y, q, weights=None):
+    """(1 - p_y^q) / q, p_y the probability given to the sample's class (Zhang & Sabuncu 2018)."""
+    per = [(1.0 - row[label] ** q) / q for row, label in zip(p, y, strict=True)]
+    return _weighted(per, weights)
+
+
+def circle(e, y, gamma=80.0, margin=0.4, remove_diagonal=True, weights=None):
+    """Circle loss (Sun et al. 2020) as Keras states it, pair by pair; returns (per_sample, keras mean).
+
+    A sample with no positive or no negative pair scores 0 and Keras's mask (loss > 0) leaves it
+    out of the mean: sum(w l) over the rest / their number."""
+    n = len(e)
+    per = []
+    for i in range(n):
+        pos, neg = [], []
+        for j in range(n):
+            d = max(1.0 - sum(a * b for a, b in zip(e[i], e[j], strict=True)), 0.0)
+            if y[i] == y[j] and not (remove_diagonal and i == j):
+                pos.append(-gamma * max(margin + d, 0.0) * (margin - d))
+            elif y[i] != y[j]:
+                neg.append(gamma * max(1.0 + margin - d, 0.0) * (1.0 - margin - d))
+        if not pos or not neg:
+            per.append(0.0)
+            continue
+        lse = [max(t) + math.log(sum(math.exp(v - max(t)) for v in t)) for t in (pos, neg)]
+        x = lse[0] + lse[1]
+        per.append(max(x, 0.0) + math.log1p(math.exp(-abs(x))))
+    weights = [1.0] * n if weights is None else weights
+    weighted = [w * v for w, v in zip(weights, per, strict=True)]
+    valid = sum(1 for v in per if v > 0)
+    return weighted, (sum(weighted) / valid if valid else 0.0)

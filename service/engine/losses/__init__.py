@@ -1,5 +1,25 @@
 """The loss functions, one module per family. Importing this package fills the catalogue."""
 
-from service.engine.losses import crossentropy, crps, deviance, distribution, margin, overlap, regression, scoring
+from service.engine.losses import (
+    crossentropy,
+    crps,
+    deviance,
+    distribution,
+    margin,
+    metric_learning,
+    overlap,
+    regression,
+    scoring,
+)
 
-__all__ = ["crossentropy", "crps", "deviance", "distribution", "margin", "overlap", "regression", "scoring"]
+__all__ = [
+    "crossentropy",
+    "crps",
+    "deviance",
+    "distribution",
+    "margin",
+    "metric_learning",
+    "overlap",
+    "regression",
+    "scoring",
+]

@@ -33,7 +33,7 @@ from service.engine.numerics import (
     sigmoid,
     torch_clamped_log,
 )
-from service.engine.options import Aliases, Doc, NonNegative, OnlyUnder, Probability
+from service.engine.options import Aliases, Doc, NonNegative, OnlyUnder, Probability, Range
 from service.engine.reduction import Array, LossValues
 from service.engine.registry import register
 
@@ -254,6 +254,47 @@ def sparse_categorical_crossentropy(
         )
         smooth = Smoothing(label_smoothing, -weighted.sum(axis=axis), num_classes)
     return _target_losses(picked, targets, mask, weights, convention, smooth)
+
+
+@register("categorical_generalized_cross_entropy", aliases=("generalized_cross_entropy", "gce"), class_labels=True)
+def categorical_generalized_cross_entropy(
+    predictions: Array,
+    labels: NDArray[np.intp],
+    convention: Convention,
+    /,
+    *,
+    q: Annotated[
+        float,
+        Range(gt=0.0, lt=1.0),
+        Doc("noise parameter: towards 0 the loss approaches cross-entropy, towards 1 mean absolute error"),
+    ] = 0.5,
+) -> LossValues:
+    """Generalized cross-entropy (Zhang & Sabuncu 2018) of class probabilities and integer class labels.
+
+    Formula:
+        (1 - p_y^q) / q, p_y the predicted probability of the sample's class, taken as given
+        (not renormalised or clipped, as Keras takes it)
+
+    Shapes:
+        predictions: probabilities in [0, 1], keras (N, ..., C), torch (N, C, ...); labels: integers,
+        the predictions' shape without the class axis (no trailing axis of 1: Keras broadcasts one).
+        per_sample: the labels' shape.
+
+    Follows:
+        keras/src/losses/losses.py categorical_generalized_cross_entropy and
+        CategoricalGeneralizedCrossEntropy (q in (0, 1), default 0.5); arXiv:1805.07836.
+    """
+    if labels.ndim == predictions.ndim:
+        # Keras one-hot encodes an (N, 1) label array to (N, 1, C) and broadcasts it against every
+        # row of the predictions; one class per sample is the labels' only meaning here.
+        raise LossInputError(
+            "labels",
+            f"shape {list(labels.shape)} should be the predictions' {list(predictions.shape)} without the class axis",
+        )
+    axis, _, targets, _ = _class_targets(predictions, labels, convention, None)
+    check_in_range(predictions, "predictions", 0.0, 1.0, "probabilities")
+    picked = np.take_along_axis(predictions, np.expand_dims(targets, axis), axis=axis).squeeze(axis)
+    return LossValues((1.0 - np.power(picked, q)) / q)
 
 
 @dataclass(frozen=True)
