@@ -62,6 +62,27 @@ def catalogue_name(loss: str) -> str:
         raise InferenceError(f"unknown loss {shown(loss)}; valid names: {', '.join(exc.valid)}", 404) from None
 
 
+EXTENSIONS = ("binary_tensor_data",)
+
+
+def model_metadata(name: str) -> dict[str, Any]:
+    """A catalogue loss's metadata as a model: its inputs and outputs (shapes -1 where any size goes)."""
+    return {
+        "name": name,
+        "versions": ["1"],
+        "platform": "loss-service",
+        "inputs": [
+            {"name": "predictions", "datatype": "FP64", "shape": [-1, -1], "optional": False},
+            {"name": "labels", "datatype": "FP64", "shape": [-1, -1], "optional": False},
+            {"name": "sample_weight", "datatype": "FP64", "shape": [-1], "optional": True},
+        ],
+        "outputs": [
+            {"name": "per_sample", "datatype": "FP64", "shape": [-1]},
+            {"name": "mean", "datatype": "FP64", "shape": [1]},
+        ],
+    }
+
+
 @dataclass
 class Answer:
     """A computed inference: the outputs wanted (True: as binary data) and the request's parameters."""
@@ -136,32 +157,30 @@ def decode_inputs(specs: list[RequestInput], binary: memoryview, limit: int) -> 
     arrays: dict[str, np.ndarray[Any, Any]] = {}
     offset = 0
     for spec in specs:
-        if spec.name not in INPUTS:
-            raise InferenceError(f"unexpected input {shown(spec.name)}; inputs are {', '.join(INPUTS)}")
-        if spec.name in arrays:
-            raise InferenceError(f"input {shown(spec.name)} given twice")
+        check_input_name(spec.name, arrays)
         array, offset = _tensor(spec, binary, offset, limit)
-        # Class labels and 0/1 targets may come as BOOL; the loss reads them as numbers.
-        arrays[spec.name] = array.astype(np.int64) if array.dtype == np.bool_ else array
+        arrays[spec.name] = as_numbers(array)
     if offset != len(binary):
         raise InferenceError(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
     return arrays
 
 
+def check_input_name(name: str, decoded: dict[str, Any]) -> None:
+    """`name` is one of the inputs and not one already decoded."""
+    if name not in INPUTS:
+        raise InferenceError(f"unexpected input {shown(name)}; inputs are {', '.join(INPUTS)}")
+    if name in decoded:
+        raise InferenceError(f"input {shown(name)} given twice")
+
+
+def as_numbers(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Class labels and 0/1 targets may come as BOOL; the loss reads them as numbers."""
+    return array.astype(np.int64) if array.dtype == np.bool_ else array
+
+
 def _tensor(spec: RequestInput, binary: memoryview, offset: int, limit: int) -> tuple[np.ndarray[Any, Any], int]:
     name, shape, datatype = spec.name, spec.shape, spec.datatype
-    if datatype not in DATATYPES:
-        raise InferenceError(f"input {name}: unsupported datatype {shown(datatype)}; use one of {', '.join(DATATYPES)}")
-    dtype = DATATYPES[datatype]
-    count = math.prod(shape)
-    if count > limit:
-        raise InferenceError(
-            f"input {name}: {count:,} numbers; the limit is {limit:,} (LOSS_SERVICE_MAX_ELEMENTS)", 413
-        )
-    if any(d > limit for d in shape):  # [2**40, 2**40, 0] holds no number, but no array has that shape
-        raise InferenceError(
-            f"input {name}: shape {shown(shape)} has a dimension over {limit:,} (LOSS_SERVICE_MAX_ELEMENTS)", 413
-        )
+    dtype, count = checked_tensor(name, shape, datatype, limit)
     size = spec.parameters.binary_data_size if spec.parameters is not None else None
     if size is not None:
         expected = count * dtype.itemsize
@@ -179,9 +198,33 @@ def _tensor(spec: RequestInput, binary: memoryview, offset: int, limit: int) -> 
         array = np.asarray(spec.data)
     except ValueError as exc:
         raise InferenceError(f"input {name}: data is not a rectangular array: {exc}") from None
+    return tensor_from_numbers(array, name, shape, datatype), offset
+
+
+def checked_tensor(name: str, shape: list[int], datatype: str, limit: int) -> tuple[np.dtype[Any], int]:
+    """The datatype's little-endian dtype and the count of numbers, for a tensor within `limit`."""
+    if datatype not in DATATYPES:
+        raise InferenceError(f"input {name}: unsupported datatype {shown(datatype)}; use one of {', '.join(DATATYPES)}")
+    count = math.prod(shape)
+    if count > limit:
+        raise InferenceError(
+            f"input {name}: {count:,} numbers; the limit is {limit:,} (LOSS_SERVICE_MAX_ELEMENTS)", 413
+        )
+    if any(d > limit for d in shape):  # [2**40, 2**40, 0] holds no number, but no array has that shape
+        raise InferenceError(
+            f"input {name}: shape {shown(shape)} has a dimension over {limit:,} (LOSS_SERVICE_MAX_ELEMENTS)", 413
+        )
+    return DATATYPES[datatype], count
+
+
+def tensor_from_numbers(
+    array: np.ndarray[Any, Any], name: str, shape: list[int], datatype: str
+) -> np.ndarray[Any, Any]:
+    """Numbers written out (JSON `data`, gRPC `contents`) as the tensor of `shape` and `datatype`."""
+    count = math.prod(shape)
     if array.dtype.kind not in "biuf" or array.size != count:
         raise InferenceError(f"input {name}: data must hold {count} numbers for shape {shape}")
-    return _as_datatype(array, dtype, name, datatype).reshape(shape), offset
+    return _as_datatype(array, DATATYPES[datatype], name, datatype).reshape(shape)
 
 
 def _as_datatype(array: np.ndarray[Any, Any], dtype: np.dtype[Any], name: str, datatype: str) -> np.ndarray[Any, Any]:

@@ -32,12 +32,14 @@ from service.api.direct import DirectRoute
 from service.api.guards import REFUSALS
 from service.api.headers import byte_count, request_header
 from service.api.oip_codec import (
+    EXTENSIONS,
     InferenceError,
     catalogue_name,
     compute,
     decode_inputs,
     wanted_outputs,
 )
+from service.api.oip_codec import model_metadata as metadata_of
 from service.api.oip_schema import InferenceRequestError, request_schema, validated_request
 from service.monitoring import Monitor
 
@@ -56,7 +58,7 @@ def _json(content: Any, status: int = 200) -> Response:
 
 @router.get("", summary="Server metadata")
 async def server_metadata() -> Response:
-    return _json({"name": "loss-service", "version": __version__, "extensions": ["binary_tensor_data"]})
+    return _json({"name": "loss-service", "version": __version__, "extensions": list(EXTENSIONS)})
 
 
 @router.get("/health/live", summary="Server liveness")
@@ -74,10 +76,6 @@ async def server_ready(request: Request) -> Response:
     return _json({"ready": ready}, 200 if ready else 503)
 
 
-def _tensor_spec(name: str, required: bool) -> dict[str, Any]:
-    return {"name": name, "datatype": "FP64", "shape": [-1, -1], "optional": not required}
-
-
 ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such loss", "content": {"application/json": {"schema": ERROR_SCHEMA}}}
@@ -90,22 +88,7 @@ async def model_metadata(loss: str) -> Response:
         name = catalogue_name(loss)
     except InferenceError as exc:
         return _error(str(exc), exc.status)
-    return _json(
-        {
-            "name": name,
-            "versions": ["1"],
-            "platform": "loss-service",
-            "inputs": [
-                _tensor_spec("predictions", True),
-                _tensor_spec("labels", True),
-                {"name": "sample_weight", "datatype": "FP64", "shape": [-1], "optional": True},
-            ],
-            "outputs": [
-                {"name": "per_sample", "datatype": "FP64", "shape": [-1]},
-                {"name": "mean", "datatype": "FP64", "shape": [1]},
-            ],
-        }
-    )
+    return _json(metadata_of(name))
 
 
 @router.get(
