@@ -105,7 +105,7 @@ def test_image_serves_the_open_inference_protocol_over_grpc_on_8001(container: t
     from service.grpc.proto import grpc_predict_v2_pb2 as pb
     from service.grpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
-    name, url = container
+    name, _ = container
     request = pb.ModelInferRequest(model_name="mse")
     for tensor, values in (("predictions", [1.0, 2.0]), ("labels", [1.0, 4.0])):
         request.inputs.add(name=tensor, datatype="FP64", shape=[2])
