@@ -204,7 +204,9 @@ def grpc_request(logits: np.ndarray, labels: np.ndarray) -> bytes:
     from service.grpc.proto import grpc_predict_v2_pb2 as pb
 
     request = pb.ModelInferRequest(model_name=MODEL)
-    parameters = {**PARAMETERS, "dtype": "float32" if logits.dtype == np.float32 else "float64"}
+    # binary_data_output: the KServe model answers in raw_output_contents, as loss-service always does.
+    dtype = "float32" if logits.dtype == np.float32 else "float64"
+    parameters = {**PARAMETERS, "dtype": dtype, "binary_data_output": True}
     for key, value in parameters.items():
         if isinstance(value, bool):
             request.parameters[key].bool_param = value
@@ -227,6 +229,8 @@ def grpc_per_sample(port: int, body: bytes) -> np.ndarray:
         call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         reply = pb.ModelInferResponse.FromString(call(body, timeout=60))
     index = [output.name for output in reply.outputs].index("per_sample")
+    if not reply.raw_output_contents:
+        return np.asarray(reply.outputs[index].contents.fp32_contents, np.float64)
     return np.frombuffer(reply.raw_output_contents[index], "<f4").astype(np.float64)
 
 
