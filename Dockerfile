@@ -24,7 +24,9 @@ RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin
 VOLUME /var/lib/loss-service
 COPY --from=build /opt/venv /opt/venv
 USER 10001:10001
-EXPOSE 8000
+# 8000: HTTP; 8001: the Open Inference Protocol over gRPC, as Triton serves it.
+ENV LOSS_SERVICE_GRPC_PORT=8001
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status != 200)"]
 CMD ["loss-service", "serve", "--host", "0.0.0.0"]

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint docs screenshots mutation openapi lock bench bench-store bench-tenants bench-dataset bench-peers clean
+.PHONY: serve test lint docs screenshots mutation openapi lock grpc-stubs bench bench-store bench-tenants bench-dataset bench-peers clean
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ openapi: $(VENV)/.runtime
 
 lock: $(VENV)/.dev
 	$(BIN)/python scripts/lock.py
+
+grpc-stubs: $(VENV)/.dev
+	$(BIN)/python scripts/grpc_stubs.py
 
 # Mutation testing of the guards, body readers, OIP route, reduction and monitoring ([tool.mutmut]
 # in pyproject.toml); the score and what survives are in docs/testing.md.

@@ -13,6 +13,12 @@ this machine and measured with the same request bytes:
   10,000 x 100 JSON  median latency of sequential requests on one keep-alive connection
   binary f32 / f64   the same with the binary tensor extension (MLServer has none)
 
+and over gRPC, loss-service (LOSS_SERVICE_GRPC_PORT) against KServe's gRPC server with the same
+custom model, one serialised ModelInferRequest with raw tensors sent to both:
+
+  32 x 10 raw        requests/s and p99 with 8 RPCs in flight on one channel (grpc.aio)
+  10,000 x 100 raw   median and p99 latency of sequential RPCs on one channel (float32)
+
 Defaults everywhere: loss-service with one worker and its access log, KServe with one worker and
 its request logging, MLServer with inference in its main process (parallel_workers=0; its default
 of one separate worker process is slower, and measured too). Ratios are taken within each round.
@@ -82,7 +88,10 @@ class Loss(Model):
 
 
 if __name__ == "__main__":
-    ModelServer(http_port=int(sys.argv[1]), workers=1, enable_grpc=False).start([Loss()])
+    grpc_port = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    ModelServer(http_port=int(sys.argv[1]), grpc_port=grpc_port or 8081, workers=1, enable_grpc=bool(grpc_port)).start(
+        [Loss()]
+    )
 """
 )
 
@@ -168,6 +177,168 @@ def kserve(workdir: Path) -> Callable[[], object]:
     python, port = peer_python("kserve"), free_port()
     (workdir / "kserve_model.py").write_text(KSERVE_MODEL)
     return lambda: running([str(python), str(workdir / "kserve_model.py"), str(port)], port, cwd=workdir)
+
+
+# gRPC: the same custom model behind KServe's gRPC server, loss-service on LOSS_SERVICE_GRPC_PORT.
+GRPC_PORTS: dict[str, int] = {}
+
+
+def loss_service_grpc(workdir: Path) -> Callable[[], object]:
+    port, grpc_port = free_port(), free_port()
+    GRPC_PORTS["loss-service"] = grpc_port
+    env = {"LOSS_SERVICE_STORE_URL": f"sqlite:///{workdir}/store.sqlite3", "LOSS_SERVICE_GRPC_PORT": str(grpc_port)}
+    return lambda: running([str(ROOT / ".venv" / "bin" / "loss-service"), "serve", "--port", str(port)], port, env)
+
+
+def kserve_grpc(workdir: Path) -> Callable[[], object]:
+    python, port, grpc_port = peer_python("kserve"), free_port(), free_port()
+    GRPC_PORTS["KServe"] = grpc_port
+    (workdir / "kserve_model.py").write_text(KSERVE_MODEL)
+    command = [str(python), str(workdir / "kserve_model.py"), str(port), str(grpc_port)]
+    return lambda: running(command, port, cwd=workdir)
+
+
+def grpc_request(logits: np.ndarray, labels: np.ndarray) -> bytes:
+    """A ModelInferRequest with raw tensors, serialised once: both servers get the same bytes."""
+    sys.path.insert(0, str(ROOT))
+    from service.grpc.proto import grpc_predict_v2_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=MODEL)
+    # binary_data_output: the KServe model answers in raw_output_contents, as loss-service always does.
+    dtype = "float32" if logits.dtype == np.float32 else "float64"
+    parameters = {**PARAMETERS, "dtype": dtype, "binary_data_output": True}
+    for key, value in parameters.items():
+        if isinstance(value, bool):
+            request.parameters[key].bool_param = value
+        else:
+            request.parameters[key].string_param = value
+    datatype = "FP32" if logits.dtype == np.float32 else "FP64"
+    request.inputs.add(name="predictions", datatype=datatype, shape=list(logits.shape))
+    request.raw_input_contents.append(logits.tobytes())
+    request.inputs.add(name="labels", datatype="INT64", shape=[labels.size])
+    request.raw_input_contents.append(labels.astype("<i8").tobytes())
+    return request.SerializeToString()
+
+
+def grpc_per_sample(port: int, body: bytes) -> np.ndarray:
+    import grpc
+
+    from service.grpc.proto import grpc_predict_v2_pb2 as pb
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        reply = pb.ModelInferResponse.FromString(call(body, timeout=60))
+    index = [output.name for output in reply.outputs].index("per_sample")
+    if not reply.raw_output_contents:
+        return np.asarray(reply.outputs[index].contents.fp32_contents, np.float64)
+    return np.frombuffer(reply.raw_output_contents[index], "<f4").astype(np.float64)
+
+
+def grpc_load(port: int, body: bytes, seconds: float, concurrency: int) -> tuple[float, float]:
+    """Requests per second and p99 latency (ms) with `concurrency` RPCs in flight on one channel."""
+    import asyncio
+
+    import grpc
+
+    async def run() -> tuple[float, float]:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            for _ in range(20):
+                await call(body, timeout=60)
+            latencies: list[float] = []
+            stop = time.perf_counter() + seconds
+
+            async def loop() -> None:
+                while time.perf_counter() < stop:
+                    started = time.perf_counter()
+                    await call(body, timeout=60)
+                    latencies.append(time.perf_counter() - started)
+
+            began = time.perf_counter()
+            await asyncio.gather(*(loop() for _ in range(concurrency)))
+            elapsed = time.perf_counter() - began
+        return len(latencies) / elapsed, float(np.percentile(latencies, 99)) * 1e3
+
+    return asyncio.run(run())
+
+
+def grpc_rows(workdir: Path, rounds: int, seconds: float, repeats: int) -> None:
+    servers = {"loss-service": loss_service_grpc(workdir), "KServe": kserve_grpc(workdir)}
+    rng = np.random.default_rng(0)
+    small = grpc_request(rng.normal(0, 2, (32, 10)).astype(np.float32), rng.integers(0, 10, 32))
+    large = grpc_request(rng.normal(0, 2, (10_000, 100)).astype(np.float32), rng.integers(0, 100, 10_000))
+    answers = {}
+    for name, start in servers.items():
+        with start():
+            answers[name] = grpc_per_sample(GRPC_PORTS[name], small)
+    np.testing.assert_allclose(answers["KServe"], answers["loss-service"], rtol=2e-6, atol=1e-6)
+    print("# both gRPC servers returned the same per-sample values")
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+    for round_number in range(rounds):
+        for name in list(servers)[round_number % 2 :] + list(servers)[: round_number % 2]:
+            with servers[name]():
+                port = GRPC_PORTS[name]
+                rate, p99 = grpc_load(port, small, seconds, 8)
+                times = []
+                for attempt in range(repeats + 2):
+                    started = time.perf_counter()
+                    _grpc_once(port, large)
+                    if attempt >= 2:  # two warm-up requests
+                        times.append(time.perf_counter() - started)
+                rows[name].append(
+                    {
+                        "small": rate,
+                        "small_p99": p99,
+                        "large": statistics.median(times) * 1e3,
+                        "large_p99": float(np.percentile(times, 99)) * 1e3,
+                    }
+                )
+            print(f"# gRPC round {round_number + 1}: {name} {rows[name][-1]}", file=sys.stderr)
+
+    def median(name: str, key: str) -> float:
+        return statistics.median(row[key] for row in rows[name])
+
+    def ratios(key: str, higher_is_better: bool) -> str:
+        found = [
+            (ours[key] / theirs[key]) if higher_is_better else (theirs[key] / ours[key])
+            for ours, theirs in zip(rows["loss-service"], rows["KServe"], strict=True)
+        ]
+        return f"{min(found):.2f}–{max(found):.2f}x"
+
+    print(f"\n# gRPC, 2 cores, loopback, medians over {rounds} rounds; ratio: loss-service against KServe")
+    print("| workload (OIP gRPC) | loss-service | KServe | ratio (min–max over rounds) |")
+    print("|---|---|---|---|")
+    print(
+        f"| 32 x 10 raw, req/s, 8 in flight | {median('loss-service', 'small'):,.0f} "
+        f"| {median('KServe', 'small'):,.0f} "
+        f"| {ratios('small', True)} |"
+    )
+    print(
+        f"| 32 x 10 raw, p99 ms, 8 in flight | {median('loss-service', 'small_p99'):.2f} "
+        f"| {median('KServe', 'small_p99'):.2f} | {ratios('small_p99', False)} |"
+    )
+    print(
+        f"| 10,000 x 100 raw float32, median ms | {median('loss-service', 'large'):.1f} "
+        f"| {median('KServe', 'large'):.1f} | {ratios('large', False)} |"
+    )
+    print(
+        f"| 10,000 x 100 raw float32, p99 ms | {median('loss-service', 'large_p99'):.1f} "
+        f"| {median('KServe', 'large_p99'):.1f} | {ratios('large_p99', False)} |"
+    )
+
+
+_CHANNELS: dict[int, object] = {}
+
+
+def _grpc_once(port: int, body: bytes) -> None:
+    """One ModelInfer on a kept channel (sequential requests, as the HTTP rows' keep-alive connection)."""
+    import grpc
+
+    if port not in _CHANNELS:
+        _CHANNELS[port] = grpc.insecure_channel(f"127.0.0.1:{port}").unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer"
+        )
+    _CHANNELS[port](body, timeout=60)  # type: ignore[operator]
 
 
 def mlserver(workdir: Path, parallel_workers: int) -> Callable[[], object]:
@@ -284,8 +455,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--grpc-only", action="store_true", help="only the gRPC rows (loss-service and KServe)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="loss-service-peers-"))
+    grpc_rows(workdir, args.rounds, args.seconds, args.repeats)
+    if args.grpc_only:
+        return
     servers = {
         "loss-service": loss_service(workdir),
         "KServe": kserve(workdir),

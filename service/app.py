@@ -38,6 +38,7 @@ from service.api.schemas import (
 )
 from service.config import Settings
 from service.engine import available_cores, set_threads
+from service.grpc.server import GrpcServer, serve_grpc
 from service.monitoring import (
     BatchedStderr,
     Monitor,
@@ -78,13 +79,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Everything alive now (modules, the app, its schemas) lives as long as the worker: moved out
     # of the collector's generations, a full collection no longer walks ~110,000 of them.
     gc.freeze()
+    grpc_server = await serve_grpc(app)  # None unless LOSS_SERVICE_GRPC_PORT
     app.state.lifecycle = "ready"
-    restore_signals = _drain_on_stop_signal(app)
+    restore_signals = _drain_on_stop_signal(app, grpc_server)
     try:
         yield
     finally:
         app.state.lifecycle = "draining"
         restore_signals()
+        if grpc_server is not None:
+            await grpc_server.stopped()  # RPCs under way finish, up to LOSS_SERVICE_SHUTDOWN_TIMEOUT
         sweeper.cancel()
         watcher.cancel()
         app.state.store.close()
@@ -142,8 +146,9 @@ def _open_store(settings: Settings) -> Store:
         raise
 
 
-def _drain_on_stop_signal(app: FastAPI) -> Callable[[], None]:
-    """Turn /readyz to 503 the moment SIGTERM or SIGINT arrives, then let the server shut down.
+def _drain_on_stop_signal(app: FastAPI, grpc_server: GrpcServer | None = None) -> Callable[[], None]:
+    """Turn /readyz to 503 the moment SIGTERM or SIGINT arrives, then let the server shut down;
+    the gRPC server, if any, stops taking RPCs then too and drains those under way.
 
     uvicorn installs its own handlers before the lifespan starts and drains in-flight requests
     (up to LOSS_SERVICE_SHUTDOWN_TIMEOUT) before the lifespan ends; chaining onto its handlers
@@ -155,6 +160,8 @@ def _drain_on_stop_signal(app: FastAPI) -> Callable[[], None]:
 
     def on_stop(sig: int, frame: FrameType | None) -> None:
         app.state.lifecycle = "draining"
+        if grpc_server is not None:
+            grpc_server.stop_soon()
         handler = previous[signal.Signals(sig)]
         if callable(handler):
             handler(sig, frame)

@@ -90,6 +90,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = Settings()
     workers = args.workers or settings.workers
+    # Each worker reads its Settings anew: --workers must reach them (engine threads, gRPC's SO_REUSEPORT).
+    os.environ["LOSS_SERVICE_WORKERS"] = str(workers)
     metrics_dir = _metrics_dir(settings, workers)
     _tune_malloc()
     # uvicorn drains, then re-raises the signal that stopped it; a clean drain should exit 0

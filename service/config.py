@@ -18,6 +18,13 @@ class Settings(BaseSettings):
 
     host: str = Field(default="127.0.0.1", description="Address `loss-service serve` binds to.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port `loss-service serve` listens on.")
+    grpc_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Port for the Open Inference Protocol over gRPC (`inference.GRPCInferenceService`), served by "
+        "every worker beside HTTP on LOSS_SERVICE_HOST; unset: no gRPC. 8001 is Triton's.",
+    )
     workers: int = Field(default=1, ge=1, le=64, description="Worker processes for `loss-service serve`.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="uvicorn's and the service's log level; `info` writes one access line per request."

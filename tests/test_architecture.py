@@ -22,6 +22,10 @@ FORBIDDEN = {
 }
 
 
+# Modules below more than one transport: the Open Inference Protocol's codec serves HTTP and gRPC.
+TRANSPORT_FREE = {"api/oip_codec.py": ("fastapi", "starlette", "grpc", "service.grpc", "service.api.routes")}
+
+
 def imported_modules(path: Path) -> set[str]:
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -39,3 +43,9 @@ def test_a_package_imports_nothing_above_it(package: str) -> None:
     for path in files:
         for name in imported_modules(path):
             assert not name.startswith(FORBIDDEN[package]), f"{path.relative_to(SERVICE)} imports {name}"
+
+
+@pytest.mark.parametrize("module", sorted(TRANSPORT_FREE))
+def test_a_module_below_the_transports_imports_none_of_them(module: str) -> None:
+    for name in imported_modules(SERVICE / module):
+        assert not name.startswith(TRANSPORT_FREE[module]), f"{module} imports {name}"

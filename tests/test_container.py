@@ -62,8 +62,10 @@ def wait_healthy(container: str, timeout: float = 60) -> None:
 @pytest.fixture
 def container(image: str) -> Iterator[tuple[str, str]]:
     name = f"loss-service-test-{uuid.uuid4().hex[:8]}"
-    port = free_port()
-    podman("run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", "-p", f"127.0.0.1:{port}:8000", image)
+    port, grpc_port = free_port(), free_port()
+    GRPC_PORTS[name] = grpc_port
+    published = ("-p", f"127.0.0.1:{port}:8000", "-p", f"127.0.0.1:{grpc_port}:8001")
+    podman("run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", *published, image)
     try:
         wait_healthy(name)
         yield name, f"http://127.0.0.1:{port}"
@@ -91,6 +93,28 @@ def test_image_runs_read_only_as_non_root_and_serves(container: tuple[str, str])
         "/assets/vendor/redoc.standalone.js",
     ):
         assert httpx.get(f"{url}{path}", timeout=10).status_code == 200, path
+
+
+GRPC_PORTS: dict[str, int] = {}  # container name -> the host port of its 8001
+
+
+def test_image_serves_the_open_inference_protocol_over_grpc_on_8001(container: tuple[str, str]) -> None:
+    import grpc
+    import numpy as np
+
+    from service.grpc.proto import grpc_predict_v2_pb2 as pb
+    from service.grpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    name, _ = container
+    request = pb.ModelInferRequest(model_name="mse")
+    for tensor, values in (("predictions", [1.0, 2.0]), ("labels", [1.0, 4.0])):
+        request.inputs.add(name=tensor, datatype="FP64", shape=[2])
+        request.raw_input_contents.append(np.asarray(values, "<f8").tobytes())
+    with grpc.insecure_channel(f"127.0.0.1:{GRPC_PORTS[name]}") as channel:
+        stub = GRPCInferenceServiceStub(channel)
+        assert stub.ServerReady(pb.ServerReadyRequest(), timeout=30).ready
+        reply = stub.ModelInfer(request, timeout=30)
+    assert np.frombuffer(reply.raw_output_contents[1], "<f8").tolist() == [2.0]  # mean of 0 and 4
 
 
 def test_sigterm_lets_the_in_flight_request_finish_then_exits_0(container: tuple[str, str]) -> None:

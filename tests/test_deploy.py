@@ -51,7 +51,8 @@ def test_dockerfile_follows_the_container_contract() -> None:
     assert "--require-hashes" in dockerfile
     assert re.search(r"^USER 10001", dockerfile, re.MULTILINE)
     assert re.search(r'^CMD \["loss-service", "serve", "--host", "0.0.0.0"\]', dockerfile, re.MULTILINE)
-    assert "EXPOSE 8000" in dockerfile
+    assert "EXPOSE 8000 8001" in dockerfile
+    assert "ENV LOSS_SERVICE_GRPC_PORT=8001" in dockerfile  # gRPC where Triton serves it
     assert "HEALTHCHECK" in dockerfile
     assert "curl" not in dockerfile
     assert "PYTHONDONTWRITEBYTECODE=1" in dockerfile
@@ -86,6 +87,7 @@ def test_compose_file_is_valid_against_the_compose_specification() -> None:
     for service in services.values():  # published on the host's loopback only
         assert all(str(port).startswith("127.0.0.1:") for port in service.get("ports", [])), service
     assert "/tmp" in api["tmpfs"]
+    assert "127.0.0.1:${LOSS_SERVICE_GRPC_HOST_PORT:-8001}:8001" in api["ports"]  # OIP over gRPC
     assert api["deploy"]["resources"]["limits"]["memory"]
     grafana = services["grafana"]["environment"]
     assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-}"
@@ -128,7 +130,7 @@ def test_kubernetes_manifests_agree_with_each_other_and_the_service() -> None:
     policy = m["networkpolicy"]["spec"]
     pod_labels = m["deployment"]["spec"]["template"]["metadata"]["labels"]
     assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
-    assert {port["port"] for rule in policy["ingress"] for port in rule["ports"]} == {"http"}
+    assert {port["port"] for rule in policy["ingress"] for port in rule["ports"]} == {"http", "grpc"}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     mounts = {v["name"]: v for v in container["volumeMounts"]}
     assert set(mounts) == {"tmp", "keys"}
@@ -150,6 +152,10 @@ def test_kubernetes_manifests_agree_with_each_other_and_the_service() -> None:
     assert m["hpa"]["spec"]["scaleTargetRef"]["name"] == m["deployment"]["metadata"]["name"]
     port_names = {p["name"] for p in container["ports"]}
     assert {p["targetPort"] for p in m["service"]["spec"]["ports"]} <= port_names
+    # gRPC on 8001 as Triton serves it: the image sets LOSS_SERVICE_GRPC_PORT to it.
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8000, "grpc": 8001}
+    grpc_port = next(p for p in m["service"]["spec"]["ports"] if p["name"] == "grpc")
+    assert (grpc_port["port"], grpc_port["targetPort"], grpc_port["appProtocol"]) == (8001, "grpc", "grpc")
 
 
 def test_service_monitor_scrapes_the_service() -> None:

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from service.api.json_arrays import SIMDJSON_BYTES
-from service.api.routes.inference import DATATYPES
+from service.api.oip_codec import DATATYPES
 from service.app import create_app
 
 Post = Callable[[str, bytes, dict[str, str]], httpx.Response]

@@ -338,3 +338,30 @@ def audit(status: int, key: str, route: str, model: str | None, reason: str) -> 
 
 def retry_after(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
+
+
+# -- one request's key, for a transport without the HTTP guard (gRPC) ----------------------------
+
+
+def bearer_principal(keys: KeyRing, authorization: str) -> Principal | AccessRefusedError:
+    """The key an `Authorization: Bearer <key>` value names, or the 401 that refuses it (and its
+    audit line), in the HTTP guard's words."""
+    scheme, _, token = authorization.partition(" ")
+    principal = keys.match(token.strip()) if scheme.lower() == "bearer" else None
+    if principal is not None:
+        return principal
+    if not authorization:
+        return AccessRefusedError(401, "an API key is required: Authorization: Bearer <key>", "missing_key", None)
+    return AccessRefusedError(401, "the API key is not valid", "invalid_key", None)
+
+
+def permitted(principal: Principal, needed: Scope | None) -> AccessRefusedError | None:
+    """None if the key holds the scope `needed` and its requests-per-second bucket has a token
+    (taken here); else the 403 or 429 that refuses the request."""
+    if needed is not None and needed not in principal.scopes:
+        detail = f"the API key {principal.name!r} lacks the scope {needed!r} this route needs"
+        return AccessRefusedError(403, detail, "scope", None)
+    if principal.requests is not None and (wait := principal.requests.take(1)):
+        detail = f"the API key {principal.name!r} is over its {principal.requests.rate:g} requests per second"
+        return AccessRefusedError(429, detail, "requests_rate", None, wait)
+    return None

@@ -10,18 +10,15 @@ are the tensors decoded (`_inputs`).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import ValidationError
 
 from service import __version__
-from service.api.arrays import MAX_ELEMENTS
-from service.api.batches import off_loop, run_loss
+from service.api.batches import off_loop
 from service.api.body import (
     Body,
     RepeatedKeyError,
@@ -32,52 +29,23 @@ from service.api.body import (
     received_body,
 )
 from service.api.direct import DirectRoute
-from service.api.errors import validation_problem
 from service.api.guards import REFUSALS
 from service.api.headers import byte_count, request_header
-from service.api.oip_schema import (
-    DATATYPE_NAMES,
-    SHOWN_ERRORS,
-    InferenceRequestError,
-    RequestInput,
-    RequestOutput,
-    request_schema,
-    validated_request,
+from service.api.oip_codec import (
+    EXTENSIONS,
+    InferenceError,
+    catalogue_name,
+    compute,
+    decode_inputs,
+    wanted_outputs,
 )
-from service.api.problems import shown
-from service.api.schemas import loss_request_adapter
-from service.engine import LossInputError, UnknownLossError, resolve
+from service.api.oip_codec import model_metadata as metadata_of
+from service.api.oip_schema import InferenceRequestError, request_schema, validated_request
 from service.monitoring import Monitor
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=DirectRoute)
 
 HEADER_LENGTH = "inference-header-content-length"
-INPUTS = ("predictions", "labels", "sample_weight")
-OUTPUTS = ("per_sample", "mean")
-BATCH_PARAMETERS = ("convention", "dtype", "model")
-KINDS: dict[str, type[np.generic]] = {
-    "BOOL": np.bool_,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-}
-DATATYPES: dict[str, np.dtype[Any]] = {name: np.dtype(KINDS[name]).newbyteorder("<") for name in DATATYPE_NAMES}
-
-
-class InferenceError(Exception):
-    """An inference protocol error: answered as {"error": message} with `status`."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _error(message: str, status: int) -> Response:
@@ -88,16 +56,9 @@ def _json(content: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status, media_type="application/json")
 
 
-def _catalogue_name(loss: str) -> str:
-    try:
-        return resolve(loss).name
-    except UnknownLossError as exc:
-        raise InferenceError(f"unknown loss {shown(loss)}; valid names: {', '.join(exc.valid)}", 404) from None
-
-
 @router.get("", summary="Server metadata")
 async def server_metadata() -> Response:
-    return _json({"name": "loss-service", "version": __version__, "extensions": ["binary_tensor_data"]})
+    return _json({"name": "loss-service", "version": __version__, "extensions": list(EXTENSIONS)})
 
 
 @router.get("/health/live", summary="Server liveness")
@@ -115,10 +76,6 @@ async def server_ready(request: Request) -> Response:
     return _json({"ready": ready}, 200 if ready else 503)
 
 
-def _tensor_spec(name: str, required: bool) -> dict[str, Any]:
-    return {"name": name, "datatype": "FP64", "shape": [-1, -1], "optional": not required}
-
-
 ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such loss", "content": {"application/json": {"schema": ERROR_SCHEMA}}}
@@ -128,25 +85,10 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 @router.get("/models/{loss}", summary="Model metadata: a catalogue loss as a model", responses=NOT_FOUND)
 async def model_metadata(loss: str) -> Response:
     try:
-        name = _catalogue_name(loss)
+        name = catalogue_name(loss)
     except InferenceError as exc:
         return _error(str(exc), exc.status)
-    return _json(
-        {
-            "name": name,
-            "versions": ["1"],
-            "platform": "loss-service",
-            "inputs": [
-                _tensor_spec("predictions", True),
-                _tensor_spec("labels", True),
-                {"name": "sample_weight", "datatype": "FP64", "shape": [-1], "optional": True},
-            ],
-            "outputs": [
-                {"name": "per_sample", "datatype": "FP64", "shape": [-1]},
-                {"name": "mean", "datatype": "FP64", "shape": [1]},
-            ],
-        }
-    )
+    return _json(metadata_of(name))
 
 
 @router.get(
@@ -154,7 +96,7 @@ async def model_metadata(loss: str) -> Response:
 )
 async def model_ready(loss: str, request: Request) -> Response:
     try:
-        name = _catalogue_name(loss)
+        name = catalogue_name(loss)
     except InferenceError as exc:
         return _error(str(exc), exc.status)
     ready = request.app.state.lifecycle == "ready"
@@ -222,62 +164,17 @@ def _infer_paused(
 def _infer(
     loss: str, body: Body, header_length: str | None, monitor: Monitor, log: dict[str, Any], limit: int
 ) -> Response:
-    name = _catalogue_name(loss)
+    name = catalogue_name(loss)
     header, binary = _split(body, header_length)
     try:
         request = validated_request(header)  # the protocol's shape, before any tensor is decoded
     except InferenceRequestError as exc:
         raise InferenceError(str(exc)) from None
-    request_parameters = request.parameters.__pydantic_extra__ if request.parameters is not None else {}
     binary_by_default = request.parameters is not None and request.parameters.binary_data_output is True
-    wanted = _wanted_outputs(request.outputs, binary_by_default)
-    arrays = _inputs(request.inputs, binary, limit)
-    fields = {key: request_parameters[key] for key in BATCH_PARAMETERS if key in request_parameters}
-    options = {key: value for key, value in request_parameters.items() if key not in BATCH_PARAMETERS}
-    try:
-        validated = loss_request_adapter().validate_python(
-            {"loss": name, **fields, **arrays, "options": options}, context={MAX_ELEMENTS: limit}
-        )
-        computed, reduced = run_loss(validated, monitor, log)
-    except ValidationError as exc:
-        problem = validation_problem(exc)
-        monitor.record_nonfinite(problem.nonfinite_fields)
-        raise InferenceError(_oip_message(problem.errors or [])) from None
-    except LossInputError as exc:
-        field = exc.field.replace("options.", "parameters.", 1)
-        where = field if field.startswith("parameters.") else f"input {field}"
-        raise InferenceError(f"{where}{''.join(f'[{i}]' for i in exc.index)}: {exc.reason}") from None
-    out_dtype = np.float32 if validated.dtype == "float32" else np.float64
-    outputs = {
-        "per_sample": reduced.per_sample.astype(out_dtype),
-        "mean": np.asarray([reduced.mean], dtype=out_dtype),
-    }
-    extra = {
-        "sum": reduced.sum,
-        "count": reduced.count,
-        "denominator": reduced.denominator,
-        "convention": validated.convention,
-        "dtype": validated.dtype,
-    }
-    return _response(computed, request.id, outputs, extra, wanted)
-
-
-def _oip_message(errors: list[dict[str, Any]]) -> str:
-    """Problem details in the protocol's one-string form, with v2's own names for the fields: the
-    first SHOWN_ERRORS of them, then how many more there are."""
-    parts = []
-    for error in errors[:SHOWN_ERRORS]:
-        loc = [str(part) for part in error["loc"][1:]]
-        if loc and loc[0] == "options":
-            loc[0] = "parameters"
-        elif loc and loc[0] in (*BATCH_PARAMETERS, "loss"):
-            loc.insert(0, "parameters")
-        elif loc and loc[0] in INPUTS:
-            loc = [f"input {loc[0]}", *loc[1:]]
-        parts.append(f"{'.'.join(loc) or 'request'}: {error['msg']}")
-    if len(errors) > SHOWN_ERRORS:
-        parts.append(f"and {len(errors) - SHOWN_ERRORS} more")
-    return "; ".join(parts)
+    wanted = wanted_outputs(request.outputs, binary_by_default)
+    arrays = decode_inputs(request.inputs, binary, limit)
+    answer = compute(name, request, arrays, wanted, monitor, log, limit)
+    return _response(answer.model, answer.request_id, answer.outputs, answer.parameters, answer.wanted)
 
 
 TENSOR_DATA = frozenset({"data"})  # JSON tensors' numbers, read straight into NumPy when large
@@ -303,99 +200,6 @@ def _split(body: Body, header_length: str | None) -> tuple[dict[str, Any], memor
     if not isinstance(header, dict):
         raise InferenceError("the inference request must be a JSON object")
     return header, memoryview(body)[size:]
-
-
-def _inputs(specs: list[RequestInput], binary: memoryview, limit: int) -> dict[str, np.ndarray[Any, Any]]:
-    arrays: dict[str, np.ndarray[Any, Any]] = {}
-    offset = 0
-    for spec in specs:
-        if spec.name not in INPUTS:
-            raise InferenceError(f"unexpected input {shown(spec.name)}; inputs are {', '.join(INPUTS)}")
-        if spec.name in arrays:
-            raise InferenceError(f"input {shown(spec.name)} given twice")
-        array, offset = _tensor(spec, binary, offset, limit)
-        # Class labels and 0/1 targets may come as BOOL; the loss reads them as numbers.
-        arrays[spec.name] = array.astype(np.int64) if array.dtype == np.bool_ else array
-    if offset != len(binary):
-        raise InferenceError(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
-    return arrays
-
-
-def _tensor(spec: RequestInput, binary: memoryview, offset: int, limit: int) -> tuple[np.ndarray[Any, Any], int]:
-    name, shape, datatype = spec.name, spec.shape, spec.datatype
-    if datatype not in DATATYPES:
-        raise InferenceError(f"input {name}: unsupported datatype {shown(datatype)}; use one of {', '.join(DATATYPES)}")
-    dtype = DATATYPES[datatype]
-    count = math.prod(shape)
-    if count > limit:
-        raise InferenceError(
-            f"input {name}: {count:,} numbers; the limit is {limit:,} (LOSS_SERVICE_MAX_ELEMENTS)", 413
-        )
-    if any(d > limit for d in shape):  # [2**40, 2**40, 0] holds no number, but no array has that shape
-        raise InferenceError(
-            f"input {name}: shape {shown(shape)} has a dimension over {limit:,} (LOSS_SERVICE_MAX_ELEMENTS)", 413
-        )
-    size = spec.parameters.binary_data_size if spec.parameters is not None else None
-    if size is not None:
-        expected = count * dtype.itemsize
-        if size != expected:
-            raise InferenceError(
-                f"input {name}: binary_data_size {size} but shape {shape} of {datatype} needs {expected}"
-            )
-        if offset + size > len(binary):
-            raise InferenceError(f"input {name}: the body ends before its {size} bytes of binary data")
-        array = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
-        return array, offset + size
-    if spec.data is None:
-        raise InferenceError(f"input {name}: needs data, or binary_data_size with the binary extension")
-    try:
-        array = np.asarray(spec.data)
-    except ValueError as exc:
-        raise InferenceError(f"input {name}: data is not a rectangular array: {exc}") from None
-    if array.dtype.kind not in "biuf" or array.size != count:
-        raise InferenceError(f"input {name}: data must hold {count} numbers for shape {shape}")
-    return _as_datatype(array, dtype, name, datatype).reshape(shape), offset
-
-
-def _as_datatype(array: np.ndarray[Any, Any], dtype: np.dtype[Any], name: str, datatype: str) -> np.ndarray[Any, Any]:
-    """JSON numbers as the tensor's datatype. Floats are rounded to it, as Triton, KServe and
-    MLServer do: clients write FP32 tensors at float32's shortest decimals (0.1, not
-    0.10000000149011612). Refused: a finite number that overflows the datatype to infinity, and
-    for integer and BOOL datatypes any number that would change (a fraction, out of range)."""
-    if array.dtype == dtype:
-        return array  # FP64 decimals, INT64 integers: nothing to round, nothing that can change
-    with np.errstate(over="ignore", invalid="ignore"):
-        converted = array.astype(dtype)
-    if dtype.kind == "f":
-        changed = np.isfinite(array) & ~np.isfinite(converted) if array.dtype.kind == "f" else ~np.isfinite(converted)
-        reason = f"overflows {datatype} to infinity"
-    else:
-        changed = converted != array
-        reason = f"is not a value of {datatype}"
-        if array.dtype.kind == "f" and dtype.kind in "iu":
-            reason = f"is not an integer or is outside the range of {datatype}"
-    if changed.any():
-        index = tuple(int(i) for i in np.argwhere(changed)[0])
-        where = "".join(f"[{i}]" for i in index)
-        raise InferenceError(f"input {name}{where}: {array[index].item()!r} {reason}")
-    return converted
-
-
-def _wanted_outputs(requested: list[RequestOutput] | None, binary_by_default: bool) -> dict[str, bool]:
-    """The outputs to answer with, each marked True when it goes as binary tensor data."""
-    if requested is None:
-        return dict.fromkeys(OUTPUTS, binary_by_default)
-    wanted: dict[str, bool] = {}
-    for index, output in enumerate(requested):
-        if output.name not in OUTPUTS:
-            raise InferenceError(
-                f"outputs[{index}]: unknown output {shown(output.name)}; outputs are {', '.join(OUTPUTS)}"
-            )
-        if output.name in wanted:
-            raise InferenceError(f"outputs[{index}]: output {shown(output.name)} requested twice")
-        binary = output.parameters.binary_data if output.parameters is not None else None
-        wanted[output.name] = binary_by_default if binary is None else binary
-    return wanted
 
 
 def _response(
