@@ -750,14 +750,14 @@ def test_a_header_is_read_from_the_scope_first_value_first() -> None:
 async def test_the_access_line_gives_the_duration_in_milliseconds_to_the_microsecond(
     client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service import monitoring
+    from service.monitoring import middleware
 
     clock, real = iter([100.0, 100.0123456]), time.perf_counter
 
     def perf_counter() -> float:  # the monitor's two readings; httpx's own timing as it was
-        return next(clock) if sys._getframe(1).f_globals["__name__"] == "service.monitoring" else real()
+        return next(clock) if sys._getframe(1).f_globals["__name__"] == "service.monitoring.middleware" else real()
 
-    monkeypatch.setattr(monitoring.time, "perf_counter", perf_counter)
+    monkeypatch.setattr(middleware.time, "perf_counter", perf_counter)
     logger = logging.getLogger("loss_service.access")
     logger.addHandler(caplog.handler)
     try:

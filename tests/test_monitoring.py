@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.config import DEFAULT_LOSS_BUCKETS, Settings
-from service.monitoring import BatchedStderr, Monitor, _observe_many
+from service.monitoring import BatchedStderr, Monitor
+from service.monitoring.monitor import _observe_many
 
 pytestmark = pytest.mark.anyio
 
@@ -296,7 +297,7 @@ def test_without_a_stream_the_access_log_follows_stderr_and_a_stream_set_is_kept
 def test_requests_write_their_access_line_without_a_log_record_only_when_nothing_else_listens(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from service import monitoring
+    from service.monitoring import accesslog as monitoring
 
     handler = BatchedStderr(io.StringIO())
     monkeypatch.setattr(monitoring.access_log, "handlers", [handler])
