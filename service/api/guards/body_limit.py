@@ -41,27 +41,53 @@ class BodyLimit:
         if encoding not in ("identity", "gzip"):
             await refuse(send, refused(415, f"Content-Encoding {encoding!r} is not supported; use gzip"), scope)
             return
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if encoding == "gzip" else None
-        if inflater is not None:
+        if encoding == "gzip":
             # Downstream sees the inflated body: its length and encoding are no longer those headers.
             scope = {
                 **scope,
                 "headers": [(k, v) for k, v in scope["headers"] if k not in (b"content-length", b"content-encoding")],
             }
-        received = 0
+            limited = self._inflating(receive, zlib.decompressobj(16 + zlib.MAX_WBITS))
+        else:
+            limited = self._counting(receive)
         started = False
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, tracking)
+        except ProblemError as refusal:
+            if started:
+                raise
+            await refuse(send, refusal, scope)
+
+    def _counting(self, receive: Receive) -> Receive:
+        """The body's messages as they come, refused once they pass the limit."""
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise refused(413, self._too_large(received, streaming=True))
+            return message
+
+        return limited
+
+    def _inflating(self, receive: Receive, inflater: Any) -> Receive:
+        """The gzip body's messages inflated, in pieces of at most INFLATED_PIECE bytes, refused once
+        what they inflate to passes the limit."""
+        received = 0
         pending = b""  # compressed bytes not inflated yet (the inflater's unconsumed tail)
         full = done = False  # the last piece filled its size (more may come out); the last message is in
 
         async def limited() -> Message:
             nonlocal received, pending, full, done
-            if inflater is None:
-                message = await receive()
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > self.max_bytes:
-                        raise refused(413, self._too_large(received, streaming=True))
-                return message
             if done and not pending and not full:  # the body was passed on whole: as the server's receive
                 return await receive()
             while True:
@@ -83,17 +109,7 @@ class BodyLimit:
                 if piece or not more:
                     return {"type": "http.request", "body": piece, "more_body": more}
 
-        async def tracking(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited, tracking)
-        except ProblemError as refusal:
-            if started:
-                raise
-            await refuse(send, refusal, scope)
+        return limited
 
     @staticmethod
     def _inflate(inflater: Any, chunk: bytes, most: int) -> bytes:
