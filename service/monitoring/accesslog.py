@@ -17,7 +17,7 @@ class BatchedStderr(logging.StreamHandler):  # type: ignore[type-arg]
     """The access log's handler: lines go to stderr a batch at a time, once `batch_bytes` are
     waiting or `flush_after` seconds after the first of a batch, and when the app stops (its
     lifespan flushes the access log's handlers; `logging.shutdown` does too, at exit). A write
-    and flush per line cost ~20 us of a ~200 us small request; a crash loses at most the last
+    and flush per line would cost more than a tenth of a small request; a crash loses at most the last
     `flush_after` seconds of lines.
     """
 

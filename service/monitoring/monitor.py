@@ -179,7 +179,7 @@ def _observe_many(histogram: Histogram, values: np.ndarray[Any, Any]) -> None:
     equals calling observe() value by value.
     """
     bounds = _bounds(tuple(histogram._upper_bounds))
-    # As Python ints: iterating NumPy's counts built a scalar per bucket (32 values: 11.4 -> 9.4 us).
+    # As Python ints: iterating NumPy's counts would build a NumPy scalar per bucket.
     counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=bounds.size).tolist()
     for bucket, count in zip(histogram._buckets, counts, strict=True):
         if count:

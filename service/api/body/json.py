@@ -68,8 +68,8 @@ def collector_paused(size: int) -> Iterator[None]:
     """Pause Python's cyclic garbage collector while a large JSON body is lists.
 
     Every few hundred lists built start a young-generation collection that walks each list
-    built so far, item by item: for a 20 MB body (10^4 rows of 100) that was ~15 ms of 122, and
-    an occasional full collection added ~45 ms. Parsed JSON holds no reference cycles, so
+    built so far, item by item, and from time to time a full collection walks them all: a tenth of a
+    20 MB body's parse and more (docs/performance.md). Parsed JSON holds no reference cycles, so
     reference counting frees it all the same; the pause must last until the lists are freed, or
     the first collection after it walks them anyway. Concurrent parses share one pause (a count).
     """
@@ -108,8 +108,8 @@ def loads(body: bytes, array_keys: frozenset[str] = frozenset()) -> Any:
             return fast
     data = orjson.loads(body)
     if _count(body, b'"') != 2 * _strings_in(data):
-        # Freed before the exact parse, which builds a tree of its own: holding both doubled the
-        # peak (a 64 MB body with one escaped quote in a key: 1.51 GB instead of 634 MB).
+        # Freed before the exact parse, which builds a tree of its own: holding both would double
+        # the peak.
         del data
         refuse_repeated_keys(body)
         data = orjson.loads(body)
@@ -178,7 +178,7 @@ def refuse_repeated_keys(body: bytes) -> None:
         keys = [key for key, _ in items]
         marked = _RepeatedKeys(items)
         seen: set[str] = set()
-        for key in keys:  # one pass with a set: `key in keys[:index]` took ~55 s of CPU for 64K keys
+        for key in keys:  # one pass with a set: linear in the keys, however many
             if key in seen:
                 marked.repeated = key
                 break
@@ -208,8 +208,8 @@ def refuse_repeated_keys(body: bytes) -> None:
 # From this size on, a body is decoded one top-level field at a time (msgspec, which builds no
 # intermediate document), and each array becomes NumPy before the next is decoded, so Python
 # lists (a float object and a list slot per number, ~3x the text) exist for one field at a time.
-# Measured: a 100 MB body peaks at 3.8x its size instead of 6.6x, but a 20 MB body parses in
-# 141 ms instead of 128, so smaller bodies keep orjson's one-pass parse.
+# That bounds a large body's peak memory, but costs time on smaller bodies, which keep orjson's
+# one-pass parse (docs/performance.md has both figures).
 FIELDWISE_BYTES = 32 * 1024 * 1024
 _TOP_LEVEL = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _ANY = msgspec.json.Decoder()
@@ -257,8 +257,8 @@ def _validate_json(schema: type[BaseModel] | TypeAdapter[Any], body: bytes, max_
     Bodies of FIELDWISE_BYTES and more are first tried field by field (`_fieldwise`), which
     bounds their peak memory; whatever that decoder does not accept comes back here.
 
-    orjson builds a 1e6-number body's lists ~4x faster than pydantic-core's JSON mode builds them
-    for a validator (measured: 93 ms against 478 ms for 20 MB). Bodies orjson refuses are parsed by
+    orjson builds a large body's lists several times faster than pydantic-core's JSON mode builds
+    them for a validator. Bodies orjson refuses are parsed by
     pydantic-core instead: it reports malformed JSON precisely and reads NaN, Infinity and 1e400,
     which the array validator then refuses by field and index instead of a vague 400.
     """

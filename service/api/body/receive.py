@@ -12,10 +12,10 @@ from service.api.problems import ProblemError
 
 
 async def received_body(request: Request) -> bytes:
-    """`await request.body()`, without Starlette's async generator and its closing context (~7 us
-    of a 32 x 10 /v1/loss request in-process): the same messages read, the same ClientDisconnect
+    """`await request.body()`, without Starlette's async generator and its closing context, which
+    cost a small request several microseconds: the same messages read, the same ClientDisconnect
     when the client leaves first, and a body of one chunk is that chunk, not a copy (Starlette's
-    generator ends with an empty chunk, so its join copied). The body is kept where
+    generator ends with an empty chunk, so its join copies). The body is kept where
     `request.body()` looks for it, for anything that asks again."""
     chunks = []
     while True:
@@ -51,9 +51,8 @@ async def read_body_aligned(request: Request, offset: int) -> Body:
     """The body, received into a buffer where byte `offset` starts a 64-byte boundary.
 
     Open Inference Protocol tensors follow a JSON header of any length, so in a plain bytes body
-    they are rarely aligned for their dtype, and NumPy's loops over misaligned data are slower:
-    10,000 x 100 cross-entropy took 4.0-4.2 against 3.5-3.7 ms in float32 (finiteness check and
-    compute), 9.1-9.2 against 8.4-8.5 ms in float64. Receiving into an aligned buffer copies
+    they are rarely aligned for their dtype, and NumPy's loops over misaligned data are slower
+    (docs/performance.md, "Over HTTP"). Receiving into an aligned buffer copies
     each chunk once, as joining them into bytes does. Without a Content-Length (a chunked body,
     or a gzip one, which BodyLimit inflates), or with `offset` beyond it, the plain body.
     """

@@ -63,7 +63,7 @@ class HeavyRequests(Budget):
         async def receiving() -> Message:
             # The slot is claimed when the body's last byte is in, not when its headers are: a
             # client that sends headers and a byte, and then nothing, holds no slot (eight such
-            # connections kept every other request at 503 until their deadline).
+            # connections would keep every other request at 503 until their deadline).
             nonlocal body_received, slot
             message = await receive()
             if message["type"] == "http.request" and not body_received:
