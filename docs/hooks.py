@@ -2,14 +2,19 @@
 
 - losses.md: the catalogue, from the engine's registry (`service.engine.catalogue`).
 - configuration.md: every setting, from `service.config.Settings`.
+- architecture.md: every module of `service/`, from its docstring's first paragraph.
 """
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
 from typing import Any
 
 CATALOGUE_MARKER = "<!-- catalogue -->"
 SETTINGS_MARKER = "<!-- settings -->"
+MODULES_MARKER = "<!-- modules -->"
+SERVICE = Path(__file__).resolve().parent.parent / "service"
 
 
 def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
@@ -17,6 +22,8 @@ def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
         markdown = markdown.replace(CATALOGUE_MARKER, _catalogue())
     if SETTINGS_MARKER in markdown:
         markdown = markdown.replace(SETTINGS_MARKER, _settings())
+    if MODULES_MARKER in markdown:
+        markdown = markdown.replace(MODULES_MARKER, module_table())
     return markdown
 
 
@@ -59,3 +66,23 @@ def _settings() -> str:
         shown = ",".join(str(item) for item in default) if isinstance(default, list) else default
         rows.append(f"| `LOSS_SERVICE_{name.upper()}` | `{_cell(shown)}` | {_cell(field.description or '')} |")
     return "\n".join(rows) + "\n"
+
+
+def module_table(package: Path = SERVICE) -> str:
+    """A row per module of `package`, a package by its folder (its `__init__.py`), in path order:
+    the path from the package's parent and the first paragraph of the module's docstring. A module
+    without a docstring stops the build, naming it."""
+    rows, missing = [], []
+    for path in sorted(package.rglob("*.py")):
+        name = path.relative_to(package.parent).as_posix()
+        if path.name == "__init__.py":
+            name = name.removesuffix("__init__.py")
+        docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+        if not docstring:
+            missing.append(name)
+            continue
+        summary = " ".join(docstring.split("\n\n")[0].split())  # the first paragraph, on one line
+        rows.append(f"| `{name}` | {_cell(summary)} |")
+    if missing:
+        raise ValueError(f"modules without a docstring (docs/architecture.md lists each): {', '.join(missing)}")
+    return "\n".join(["| module | what it does |", "|---|---|", *rows]) + "\n"

@@ -59,14 +59,14 @@ MALLOC_SETTINGS = (
 def _tune_malloc() -> None:
     """Set glibc's malloc for this process (mallopt) and, by environment, for spawned workers.
 
-    - At most 2 arenas: requests computed in worker threads each got an arena (up to 8 per core),
-      and freed memory stayed in them: under the load test, workers grew from 173 to 237 MB and
-      246 to 307 MB in 120 s without levelling off; with 2 they stayed at 172-193 MB.
+    - At most 2 arenas: otherwise requests computed in worker threads each get an arena (up to 8
+      per core) and freed memory stays in them, so workers grow without levelling off under load
+      (docs/security.md has the load test's figures).
     - Buffers up to 32 MiB come from the heap, and up to 64 MiB freed at its top is kept: by
-      default glibc gave a large body's buffers back to the kernel after each request and the next
-      one faulted them in again, 1,961 page faults for a 4 MB body and 3,914 for 8 MB. Without
-      them, a 4 MB float32 OIP request took 8.7 instead of 12.7 ms, an 8 MB float64 one 17.8
-      instead of 25.5 ms. The cost: up to 64 MiB of freed heap stays resident per worker.
+      default glibc gives a large body's buffers back to the kernel after each request and the
+      next one faults them in again, thousands of page faults per request of a few MB
+      (docs/performance.md has the figures). The cost: up to 64 MiB of freed heap stays resident
+      per worker.
 
     A variable the operator set is left alone; on another C library this does nothing.
     """
@@ -122,8 +122,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _metrics_dir(settings: Settings, workers: int) -> Path | None:
     """Where workers share their metrics, or None when one worker keeps them in memory.
 
-    A single worker needs no shared files, and prometheus-client's in-memory values cost less:
-    ~15 us of a ~510 us small request, 1,820 against 1,890 requests/s measured with wrk.
+    A single worker needs no shared files, and prometheus-client's in-memory values cost a small
+    request less than its shared files do.
     Without a configured directory, each server gets its own, so two services on one host never
     wipe or merge each other's metrics; it is removed when the server stops.
     """

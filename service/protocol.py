@@ -80,9 +80,9 @@ class OneWritePerTurn:
     write, at the end of that turn.
 
     uvicorn writes a response's status line and headers, then its body: for a small response,
-    two send() calls and two TCP segments where one does. Over loopback (`bench/serving.py`), the
-    bare FastAPI app serves 6-15 % more small requests per second this way, and loss-service
-    5,263 against 4,625. Several pieces go out as one `writelines` (one writev, nothing copied).
+    two send() calls and two TCP segments where one does (what one write is worth over loopback:
+    docs/performance.md, "Over HTTP"). Several pieces go out as one `writelines` (one writev,
+    nothing copied).
     Everything else is the transport's own.
     """
 

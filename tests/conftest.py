@@ -104,6 +104,16 @@ def postgres_url(postgres_server: str) -> str:
 
 
 @pytest.fixture
+async def limited() -> AsyncIterator[httpx.AsyncClient]:
+    """An app whose body limit is 1,000 bytes (the guard tests')."""
+    from service.config import Settings
+    from tests.guarded import client_for
+
+    async for c in client_for(Settings(max_body_bytes=1000)):
+        yield c
+
+
+@pytest.fixture
 def inflated(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The bytes each zlib inflation produces, for a test to count what the guard inflated."""
     produced: list[int] = []

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from service.api.body import _stored_npz_arrays
+from service.api.body.npz import _stored_npz_arrays
 from tests.test_api import problem
 
 pytestmark = pytest.mark.anyio
@@ -205,14 +205,14 @@ async def test_misaligned_npz_members_reach_the_engine_aligned(
 
 def test_arrow_columns_are_views_of_the_body() -> None:
     """A one-batch Arrow stream's columns are read in place: no copy of a large body's arrays."""
-    from service.api.body import _arrow_arrays
+    from service.api.body.arrow import arrow_arrays
 
     predictions = np.random.default_rng(0).normal(size=(50, 4))
     table = pa.table(
         {"predictions": pa.FixedSizeListArray.from_arrays(pa.array(predictions.ravel()), 4), "labels": np.arange(50)}
     )
     body = arrow(table)
-    arrays = _arrow_arrays(body)
+    arrays = arrow_arrays(body)
     whole = np.frombuffer(body, dtype=np.uint8)
     assert np.shares_memory(arrays["predictions"], whole)
     assert np.shares_memory(arrays["labels"], whole)

@@ -1,13 +1,17 @@
-"""The layers stay apart: the engine knows nothing of HTTP or storage, the store nothing of HTTP or losses."""
+"""The layers stay apart: the engine knows nothing of HTTP or storage, the store nothing of HTTP or
+losses. And the page that draws them, docs/architecture.md, lists every module from its docstring."""
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-SERVICE = Path(__file__).resolve().parent.parent / "service"
+ROOT = Path(__file__).resolve().parent.parent
+SERVICE = ROOT / "service"
 FORBIDDEN = {
     "engine": (
         "fastapi",
@@ -49,3 +53,52 @@ def test_a_package_imports_nothing_above_it(package: str) -> None:
 def test_a_module_below_the_transports_imports_none_of_them(module: str) -> None:
     for name in imported_modules(SERVICE / module):
         assert not name.startswith(TRANSPORT_FREE[module]), f"{module} imports {name}"
+
+
+def docs_hooks() -> ModuleType:
+    """docs/hooks.py, loaded as mkdocs loads it: by its path."""
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def module_name(path: Path) -> str:
+    """How the module table names a file: its path, a package by its folder."""
+    name = path.relative_to(ROOT).as_posix()
+    return name.removesuffix("__init__.py") if path.name == "__init__.py" else name
+
+
+def test_the_architecture_page_lists_every_module_with_its_docstring() -> None:
+    """Every module of service/ has a docstring, and docs/architecture.md as the docs hook writes
+    it has one row per module, which begins with the docstring's first words."""
+    page = docs_hooks().on_page_markdown((ROOT / "docs" / "architecture.md").read_text(), page=None)
+    assert "<!-- modules -->" not in page
+    cells = [line.split(" | ", 1) for line in page.splitlines() if line.startswith("| `service/")]
+    rows = {name.strip("| `"): text for name, text in cells}
+    files = sorted(SERVICE.rglob("*.py"))
+    assert len(rows) == len(cells) == len(files)
+    for path in files:
+        docstring = ast.get_docstring(ast.parse(path.read_text()))
+        assert docstring, f"{path.relative_to(ROOT)} has no docstring for docs/architecture.md"
+        name = module_name(path)
+        assert name in rows, f"{name} is missing from the module table of docs/architecture.md"
+        assert rows[name].startswith(" ".join(docstring.split("\n\n")[0].split()[:4])), name
+
+
+def test_a_module_without_a_docstring_stops_the_docs_build(tmp_path: Path) -> None:
+    package = tmp_path / "service"
+    (package / "api").mkdir(parents=True)
+    (package / "__init__.py").write_text('"""The package."""\n')
+    (package / "api" / "__init__.py").write_text('"""Its HTTP layer."""\n')
+    (package / "api" / "silent.py").write_text("VALUE = 1\n")
+    with pytest.raises(ValueError, match=r"service/api/silent\.py"):
+        docs_hooks().module_table(package)
+    (package / "api" / "silent.py").write_text('"""It speaks.\n\nMore than the table shows."""\n')
+    assert docs_hooks().module_table(package).splitlines()[2:] == [
+        "| `service/` | The package. |",
+        "| `service/api/` | Its HTTP layer. |",
+        "| `service/api/silent.py` | It speaks. |",
+    ]

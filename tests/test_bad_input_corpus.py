@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from service.api import body as body_module
+from service.api.body import json as body_module
 from service.app import create_app
 from service.config import Settings
 
@@ -491,7 +491,7 @@ async def test_escapes_and_distinct_keys_are_not_mistaken_for_repeats(
 
 
 def answered_by(monkeypatch: pytest.MonkeyPatch, reader: str) -> list[bool]:
-    """Whether each call of `service.api.body`'s `reader` answered (True) or handed the body over
+    """Whether each call of `service.api.body.json`'s `reader` answered (True) or handed the body over
     to the ordinary parser (None: False), from now on."""
     real, answered = getattr(body_module, reader), []
 
@@ -549,7 +549,7 @@ async def test_bodies_decoded_field_by_field_get_the_same_answers(
 )  # fmt: skip
 @pytest.mark.parametrize("token", [b"true", b"false", b'"', b"t"])
 def test_counting_by_first_byte_equals_bytes_count(text: bytes, token: bytes) -> None:
-    from service.api.body import _count
+    from service.api.body.json import _count
 
     assert _count(text, token) == text.count(token)
 

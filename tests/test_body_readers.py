@@ -17,13 +17,14 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from service.api import body as body_module
-from service.api.body import _npz_arrays, decoded_bytes, json_decoded_bytes, validate_json
+from service.api.body import decoded_bytes, json_decoded_bytes, validate_json
+from service.api.body import json as body_module
+from service.api.body.npz import npz_arrays
 from service.api.problems import ProblemError
 from service.api.schemas import loss_request_adapter
 from service.config import Settings
+from tests.guarded import client_for
 from tests.test_api import problem
-from tests.test_guards import client_for
 
 pytestmark = pytest.mark.anyio
 NPZ = {"content-type": "application/x-npz"}
@@ -72,7 +73,7 @@ def test_declared_sizes_are_read_from_format_2_headers_too() -> None:
     huge_header = npy(np.zeros(3), version=(2, 0)).replace(b"(3,)", b"(10000000000000,)")
     body = npz_of({"predictions.npy": huge_header, "labels.npy": npy(LABELS)})
     with pytest.raises(ProblemError) as refused:
-        _npz_arrays(body, max_elements=100)
+        npz_arrays(body, max_elements=100)
     assert refused.value.status == 413
     assert refused.value.detail == (
         "array 'predictions' declares 10,000,000,000,000 numbers; the limit is 100 (LOSS_SERVICE_MAX_ELEMENTS)"
@@ -81,9 +82,9 @@ def test_declared_sizes_are_read_from_format_2_headers_too() -> None:
 
 def test_a_member_of_exactly_the_limit_is_read_and_one_more_is_not() -> None:
     body = npz_of({"predictions.npy": npy(np.zeros(6)), "labels.npy": npy(np.zeros(6))})
-    assert _npz_arrays(body, max_elements=6)["predictions"].size == 6
+    assert npz_arrays(body, max_elements=6)["predictions"].size == 6
     with pytest.raises(ProblemError, match="declares 6 numbers; the limit is 5"):
-        _npz_arrays(body, max_elements=5)
+        npz_arrays(body, max_elements=5)
 
 
 def test_members_are_checked_whatever_comes_before_them() -> None:
@@ -93,16 +94,16 @@ def test_members_are_checked_whatever_comes_before_them() -> None:
     for first in (b"not an npy file", other_version):
         body = npz_of({"notes.txt": first, "predictions.npy": huge})
         with pytest.raises(ProblemError, match="array 'predictions' declares 10,000,000,000 numbers"):
-            _npz_arrays(body, max_elements=1000)
+            npz_arrays(body, max_elements=1000)
 
 
 def test_a_stored_npz_is_read_in_place_and_a_compressed_one_is_not() -> None:
     stored = npz_of({"predictions.npy": npy(PREDICTIONS), "labels.npy": npy(LABELS)})
-    arrays = _npz_arrays(stored)
+    arrays = npz_arrays(stored)
     assert all(np.shares_memory(array, np.frombuffer(stored, np.uint8)) for array in arrays.values())
     np.testing.assert_array_equal(arrays["predictions"], PREDICTIONS)
     compressed = npz_of({"predictions.npy": npy(PREDICTIONS), "labels.npy": npy(LABELS)}, zipfile.ZIP_DEFLATED)
-    np.testing.assert_array_equal(_npz_arrays(compressed)["predictions"], PREDICTIONS)
+    np.testing.assert_array_equal(npz_arrays(compressed)["predictions"], PREDICTIONS)
 
 
 def test_a_member_whose_data_is_shorter_than_its_header_says_is_not_a_view() -> None:
@@ -110,7 +111,7 @@ def test_a_member_whose_data_is_shorter_than_its_header_says_is_not_a_view() -> 
     short = npy(np.arange(4.0))[:-8]  # one number missing
     body = npz_of({"predictions.npy": short})
     with pytest.raises(ProblemError) as refused:
-        _npz_arrays(body)
+        npz_arrays(body)
     assert refused.value.status == 400
     assert refused.value.detail.startswith("malformed npz: ")
 
@@ -300,7 +301,7 @@ async def test_an_arrow_body_is_held_to_the_element_limit() -> None:
 
 def test_a_format_2_member_is_read_in_place() -> None:
     stored = npz_of({"predictions.npy": npy(PREDICTIONS, (2, 0)), "labels.npy": npy(LABELS, (2, 0))})
-    arrays = _npz_arrays(stored)
+    arrays = npz_arrays(stored)
     assert all(np.shares_memory(array, np.frombuffer(stored, np.uint8)) for array in arrays.values())
     np.testing.assert_array_equal(arrays["predictions"], PREDICTIONS)
     np.testing.assert_array_equal(arrays["labels"], LABELS)
@@ -335,14 +336,14 @@ def test_a_member_whose_local_header_is_damaged_is_not_read_in_place() -> None:
     assert stored.startswith(b"PK\x03\x04")
     damaged = b"PK\x03\x05" + stored[4:]
     with pytest.raises(ProblemError) as refused:
-        _npz_arrays(damaged)
+        npz_arrays(damaged)
     assert refused.value.detail.startswith("malformed npz: ")
 
 
 def test_an_encrypted_member_is_not_read_as_plain_data() -> None:
     stored = npz_of({"predictions.npy": npy(PREDICTIONS)})
     with pytest.raises(ProblemError) as refused:
-        _npz_arrays(_with_flag(stored, 0, 0x1))
+        npz_arrays(_with_flag(stored, 0, 0x1))
     assert refused.value.detail.startswith("malformed npz: ")
     assert "encrypted" in refused.value.detail
 

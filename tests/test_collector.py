@@ -12,7 +12,7 @@ import numpy as np
 import orjson
 import pytest
 
-from service.api.body import COLLECTOR_PAUSE_BYTES, collector_paused, validate_json
+from service.api.body.json import COLLECTOR_PAUSE_BYTES, collector_paused, validate_json
 from service.api.schemas import loss_request_adapter
 from service.app import create_app
 

@@ -451,7 +451,7 @@ async def test_a_control_character_among_100k_ids_is_found_at_its_index(
 ) -> None:
     """Large bodies take other decoders (simdjson for the arrays, field by field from 32 MB): the
     refusal is the same, at the index of the one bad id; nothing of the request is stored."""
-    from service.api import body as body_module
+    from service.api.body import json as body_module
 
     api = api_on
     await configure(api, losses=[{"loss": "mse"}], convention="keras")

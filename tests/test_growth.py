@@ -280,7 +280,7 @@ async def test_a_body_of_many_bad_elements_builds_a_bounded_number_of_errors(
 ) -> None:
     """Counted, not timed: the errors Pydantic builds for one body stay within what a problem
     lists, whatever the number of bad elements."""
-    from service.api import body as body_module
+    from service.api.body import json as body_module
     from service.api.errors import validation_problem
 
     built: list[int] = []

@@ -18,7 +18,8 @@ import pytest
 from service.api.access import digest
 from service.app import create_app
 from service.config import Settings
-from service.monitoring import Monitor, _request_state
+from service.monitoring import Monitor
+from service.monitoring.labels import request_state
 from tests.servers import served
 from tests.test_monitoring import samples, value
 
@@ -180,12 +181,12 @@ def test_a_keys_idle_label_is_taken_by_its_own_new_model_never_by_another_keys()
     batch = np.array([0.5])
 
     def observe(key: str | None, model: str) -> str:
-        token = _request_state.set({"key": key} if key else {})
+        token = request_state.set({"key": key} if key else {})
         try:
             monitor.observe_batch(model, "mse", batch, 0.5)
             return monitor.model_label(model)
         finally:
-            _request_state.reset(token)
+            request_state.reset(token)
 
     assert [observe("fraud", "fraud-1"), observe("fraud", "fraud-2")] == ["fraud-1", "fraud-2"]
     assert observe("fraud", "fraud-3") == "other:fraud"  # its share is in use

@@ -92,7 +92,7 @@ def test_every_setting_has_a_description_for_the_generated_table() -> None:
 
 def test_the_docs_site_builds_strictly_with_generated_pages(tmp_path: Path) -> None:
     """`mkdocs build --strict`: a broken link, a page missing from the nav or a failing hook fails
-    here. The catalogue and the settings table are generated from the code."""
+    here. The catalogue, the settings table and the module table are generated from the code."""
     from service.config import Settings
     from service.engine import catalogue
 
@@ -113,6 +113,11 @@ def test_the_docs_site_builds_strictly_with_generated_pages(tmp_path: Path) -> N
     for name in Settings.model_fields:
         assert f"LOSS_SERVICE_{name.upper()}" in settings, name
     assert "&lt;!-- catalogue --&gt;" not in losses
+    architecture = (tmp_path / "site" / "architecture" / "index.html").read_text()
+    for path in (ROOT / "service").rglob("*.py"):
+        name = path.relative_to(ROOT).as_posix().removesuffix("__init__.py")
+        assert f"<td><code>{name}</code></td>" in architecture, name
+    assert "&lt;!-- modules --&gt;" not in architecture
 
 
 def test_the_readme_is_a_front_page() -> None:

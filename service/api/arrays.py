@@ -121,8 +121,7 @@ def to_array(value: Any, info: ValidationInfo) -> np.ndarray[Any, Any]:
             raise PydanticCustomError("array_type", f"expected numbers, got an array of {value.dtype}", {"index": []})
         if not value.flags.aligned:
             # A view of the body where an archive put it (npz members): NumPy's loops run slower
-            # over misaligned data, by more than one aligned copy costs (10,000 x 100 float32
-            # cross-entropy: 4.0 misaligned, 3.8 with the copy, 3.5 ms aligned).
+            # over misaligned data, by more than one aligned copy costs (docs/performance.md).
             value = np.require(value, requirements="A")
         return _finite(value)
     if not isinstance(value, list):

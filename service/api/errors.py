@@ -77,7 +77,7 @@ def _union_branches_that_fit(raw: list[Any]) -> list[Any]:
 
     Linear in the errors: every prefix of where the other errors were found is put in a set, and a
     wrong-type error is dropped when its place is in it (thousands of unknown option keys make
-    thousands of errors, and comparing each with each took seconds)."""
+    thousands of errors, and comparing each with each would take seconds)."""
 
     def branch_of(error: Any) -> tuple[Any, ...]:
         return tuple(part for part in error["loc"] if not (isinstance(part, str) and _BRANCH.match(part)))

@@ -1,0 +1,24 @@
+"""Prometheus metrics: service health and model quality. The only package that knows Prometheus.
+
+Single process: metrics live in the app's own registry. Under `loss-service serve`, the CLI points
+PROMETHEUS_MULTIPROC_DIR at a fresh directory before workers start, so every worker writes its
+values there and /metrics merges them (prometheus-client multiprocess mode).
+"""
+
+from service.monitoring.accesslog import BatchedStderr, access_log
+from service.monitoring.labels import OTHER_MODEL, OTHER_MODEL_OF_KEY, UNLABELLED_MODEL
+from service.monitoring.middleware import RequestMonitor
+from service.monitoring.monitor import Monitor
+from service.monitoring.multiprocess import forget_killed_workers, mark_worker_dead
+
+__all__ = [
+    "OTHER_MODEL",
+    "OTHER_MODEL_OF_KEY",
+    "UNLABELLED_MODEL",
+    "BatchedStderr",
+    "Monitor",
+    "RequestMonitor",
+    "access_log",
+    "forget_killed_workers",
+    "mark_worker_dead",
+]
