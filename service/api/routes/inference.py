@@ -46,7 +46,7 @@ from service.api.oip_schema import (
 )
 from service.api.problems import shown
 from service.api.schemas import loss_request_adapter
-from service.engine import LossInputError, UnknownLossError, resolve
+from service.engine import LossInputError, UnknownLossError, libraries, resolve
 from service.monitoring import Monitor
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=DirectRoute)
@@ -89,6 +89,10 @@ def _json(content: Any, status: int = 200) -> Response:
 
 
 def _catalogue_name(loss: str) -> str:
+    """The catalogue name of `loss`, or a library metric's name as given (the `convention`
+    parameter then says whose; the engine refuses it under any other)."""
+    if libraries.is_library_metric(loss):
+        return loss
     try:
         return resolve(loss).name
     except UnknownLossError as exc:
@@ -256,6 +260,7 @@ def _infer(
         "sum": reduced.sum,
         "count": reduced.count,
         "denominator": reduced.denominator,
+        "aggregate": reduced.aggregate,
         "convention": validated.convention,
         "dtype": validated.dtype,
     }

@@ -112,7 +112,7 @@ def _compute_many(body: bytes, monitor: Monitor, limit: int, state: dict[str, An
         try:
             name, reduced = compute_loss(request, call.loss, call.options)
         except LossInputError as exc:
-            if exc.field.startswith("options."):
+            if exc.field.startswith("options.") or exc.field == "loss":
                 raise LossInputError(f"losses.{position}.{exc.field}", exc.reason, exc.index) from None
             raise
         results.append((name, reduced))

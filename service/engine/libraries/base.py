@@ -144,7 +144,7 @@ def lookup(convention: Convention, loss: str) -> tuple[LibraryMetric, dict[str, 
         else:
             others = [lib for lib in LIBRARIES if lib != library and base in _TABLES[lib]]
             if others:
-                hint = f" ({shown(base)} is a {LIBRARY_TITLES[others[0]]} metric: convention {others[0]!r})"
+                hint = f" ({shown(base)} is {LIBRARY_TITLES[others[0]]}'s metric: convention {others[0]!r})"
         raise LossInputError(
             "loss", f"{shown(loss)} is no {title} metric{hint}; convention {library!r} accepts: {accepted(library)}"
         )
