@@ -113,6 +113,11 @@ def test_the_docs_site_builds_strictly_with_generated_pages(tmp_path: Path) -> N
     for name in Settings.model_fields:
         assert f"LOSS_SERVICE_{name.upper()}" in settings, name
     assert "&lt;!-- catalogue --&gt;" not in losses
+    conventions = (tmp_path / "site" / "conventions" / "index.html").read_text()
+    from service.engine import libraries
+
+    for metric in libraries.metrics("xgboost"):  # the library tables, generated from the engine
+        assert f"<strong><code>{metric.name}</code></strong>" in conventions, metric.name
 
 
 def test_the_readme_is_a_front_page() -> None:
