@@ -335,3 +335,32 @@ def test_the_request_union_routes_on_loss_and_convention() -> None:
     assert (
         type(adapter.validate_python({**base, "loss": "mae", "convention": "xgboost"})).__name__ == "MaeXgboostRequest"
     )
+
+
+@pytest.mark.anyio
+async def test_the_convention_endpoint_lists_the_table(api: httpx.AsyncClient) -> None:
+    response = await api.get("/v1/conventions/xgboost")
+    assert response.status_code == 200
+    listed = {m["metric"]: m for m in response.json()["metrics"]}
+    assert set(listed) == {m.name for m in libraries.metrics("xgboost")}
+    assert (listed["rmse"]["aggregate"], listed["rmse"]["loss"]) == ("root_mean", "mean_squared_error")
+    assert listed["tweedie-nloglik"]["parameter"] == "tweedie_variance_power"
+    entry = (await api.get("/v1/losses/binary_crossentropy")).json()
+    assert {"convention": "xgboost", "metric": "logloss"}.items() <= entry["library_metrics"][0].items()
+    assert (await api.get("/v1/conventions/pytorch")).status_code == 422
+
+
+def test_the_cli_computes_a_library_metric_locally(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    case = _first("rmse")
+    for name in ("predictions", "labels", "sample_weight"):
+        np.save(tmp_path / f"{name}.npy", np.asarray(case[name], dtype=np.float32))
+    arguments = ["compute", "--loss", "rmse", "--convention", "xgboost", "--json"]
+    for name in ("predictions", "labels"):
+        arguments += [f"--{name}", str(tmp_path / f"{name}.npy")]
+    assert main([*arguments, "--sample-weight", str(tmp_path / "sample_weight.npy")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["loss"], printed["aggregate"]) == ("rmse", "root_mean")
+    assert printed["mean"] == pytest.approx(case["expected"], rel=TOLERANCE)
+    assert main([*arguments, "--option", "margin=maybe"]) != 0  # the engine checks a library option's type
