@@ -201,6 +201,7 @@ async def loss_entry(name: str) -> LossInfo:
     "/conventions/{convention}",
     summary="A library convention's metrics: names as the library writes them, options, link, precision",
     response_model=LibraryCatalogue,
+    responses={422: {**PROBLEM_RESPONSES[422], "description": "Not a library convention"}},
 )
 async def library_catalogue(convention: Library) -> LibraryCatalogue:
     return LibraryCatalogue(
