@@ -9,6 +9,8 @@ Cross-entropy from logits, float32, per-sample (reduction='none'):
   floor   the fewest NumPy calls that compute it (class-major, one block, no checks): what any
           NumPy engine pays at minimum, so loss / torch cannot pass floor / torch
 MSE, float32, (N, 10): compute() against one read pass over both inputs (np.add.reduce of each).
+XGBoost's logloss (N,) and mlogloss (N, 10) under convention xgboost, float32 rows with float64
+sums (XGBoost's precision) and float64, weighted: compute() against the same read pass.
 All cores: compute() with the engine on every core this process may use (LOSS_SERVICE_ENGINE_THREADS'
 default) against torch at its default thread count, cross-entropy from logits, both dtypes.
 """
@@ -99,6 +101,33 @@ def main() -> None:
         )
         mse_s = median_seconds(lambda: compute("mse", predictions, targets, dtype="float32"), args.repeats)
         print(f"| {n:,} x 10 | {read_s * 1e3:.3f} | {mse_s * 1e3:.3f} | {mse_s / read_s:.2f}x |")
+
+    print("\n| xgboost metric | shape | dtype | read pass ms | compute ms | compute / read pass |")
+    print("|---|---|---|---|---|---|")
+    n = 1_000_000
+    weights = rng.uniform(0.5, 2.0, n)
+    for metric, shape in (("logloss", (n,)), ("mlogloss", (n // 10, 10))):
+        probabilities = rng.uniform(0.01, 0.99, shape).astype(np.float32)
+        if metric == "mlogloss":
+            probabilities /= probabilities.sum(axis=1, keepdims=True)
+            labels = rng.integers(0, 10, shape[0])
+        else:
+            labels = (rng.random(n) > 0.5).astype(np.float32)
+        sample_weight = weights[: shape[0]]
+        read_s = median_seconds(
+            lambda: (np.add.reduce(probabilities, axis=None), np.add.reduce(labels, axis=None)), args.repeats
+        )
+        for dtype in ("float32", "float64"):
+            xgb_s = median_seconds(
+                lambda: compute(
+                    metric, probabilities, labels, sample_weight=sample_weight, convention="xgboost", dtype=dtype
+                ),
+                args.repeats,
+            )
+            print(
+                f"| {metric} | {' x '.join(f'{d:,}' for d in shape)} | {dtype} | {read_s * 1e3:.3f} "
+                f"| {xgb_s * 1e3:.3f} | {xgb_s / read_s:.2f}x |"
+            )
 
     if torch is None:
         return

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 CATALOGUE_MARKER = "<!-- catalogue -->"
+LIBRARIES_MARKER = "<!-- library-metrics -->"
 SETTINGS_MARKER = "<!-- settings -->"
 MODULES_MARKER = "<!-- modules -->"
 SERVICE = Path(__file__).resolve().parent.parent / "service"
@@ -20,6 +21,8 @@ SERVICE = Path(__file__).resolve().parent.parent / "service"
 def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
     if CATALOGUE_MARKER in markdown:
         markdown = markdown.replace(CATALOGUE_MARKER, _catalogue())
+    if LIBRARIES_MARKER in markdown:
+        markdown = markdown.replace(LIBRARIES_MARKER, _library_metrics())
     if SETTINGS_MARKER in markdown:
         markdown = markdown.replace(SETTINGS_MARKER, _settings())
     if MODULES_MARKER in markdown:
@@ -54,6 +57,35 @@ def _catalogue() -> str:
             parts.append("\n".join(rows) + "\n")
         else:
             parts.append("No options.\n")
+    return "\n".join(parts)
+
+
+def _library_metrics() -> str:
+    from service.engine import LIBRARIES, libraries
+
+    parts = []
+    for library in LIBRARIES:
+        table = libraries.metrics(library)
+        if not table:
+            continue
+        parts.append(f'### {libraries.LIBRARY_TITLES[library]} (`"convention": "{library}"`)\n')
+        rows = [
+            "| metric | catalogue loss | mean | margin: link | options | precision |",
+            "|---|---|---|---|---|---|",
+        ]
+        for m in table:
+            name = f"`{m.name}@<{m.parameter}>`" if m.always_suffixed else f"`{m.name}`"
+            if m.parameter and not m.always_suffixed:
+                name += f", `{m.name}@<{m.parameter}>`"
+            options = ", ".join(f"`{o.name}` ({_cell(o.default)})" for o in m.spec.options if o.name != "margin")
+            mean = "sqrt(sum(w l) / sum(w))" if m.aggregate == "root_mean" else "sum(w l) / sum(w)"
+            rows.append(
+                f"| {name} | {f'`{m.loss}`' if m.loss else 'none'} | {mean} | {_cell(m.link)} | "
+                f"{options or '-'} | {_cell(m.precision)} |"
+            )
+        parts.append("\n".join(rows) + "\n")
+        for m in table:
+            parts.append(f"**`{m.name}`**: {m.spec.summary}\n\n```text\n{m.spec.formula}\n```\n")
     return "\n".join(parts)
 
 

@@ -21,6 +21,7 @@ import orjson
 from service import __version__
 from service.config import Settings
 from service.datasets import DEFAULT_MAX_GROUPS
+from service.engine.conventions import CONVENTIONS
 from service.files import (
     READABLE,
     FileFormatError,
@@ -195,18 +196,23 @@ def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
 
 def _compute_locally(args: argparse.Namespace, arrays: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     from service.api.schemas import options_model
-    from service.engine import compute, resolve
+    from service.engine import LIBRARIES, compute, loss_name, resolve
 
-    spec = resolve(args.loss)
-    checked = options_model(spec).model_validate(options).model_dump()
-    reduced = compute(spec.name, **arrays, options=checked, dtype=args.dtype, convention=args.convention)
+    if args.convention in LIBRARIES:  # a library metric: the engine checks its options
+        name, checked, loss = loss_name(args.loss, args.convention, options), options, args.loss
+    else:
+        spec = resolve(args.loss)
+        name, loss = spec.name, spec.name
+        checked = options_model(spec).model_validate(options).model_dump()
+    reduced = compute(loss, **arrays, options=checked, dtype=args.dtype, convention=args.convention)
     return {
-        "loss": spec.name,
+        "loss": name,
         "per_sample": reduced.per_sample.astype(np.float64),
         "mean": reduced.mean,
         "sum": reduced.sum,
         "count": reduced.count,
         "denominator": reduced.denominator,
+        "aggregate": reduced.aggregate,
         "dtype": args.dtype,
         "convention": args.convention,
     }
@@ -360,7 +366,7 @@ def _compute_dataset(args: argparse.Namespace) -> int:
 
     from service.api.schemas import options_model
     from service.datasets import DatasetError, Spec, evaluate_dask, evaluate_dataset
-    from service.engine import UnknownLossError, resolve
+    from service.engine import LIBRARIES, LossInputError, UnknownLossError, resolve
 
     if not (args.predictions_column and args.labels_column):
         return _usage("--dataset needs --predictions-column and --labels-column")
@@ -371,7 +377,9 @@ def _compute_dataset(args: argparse.Namespace) -> int:
     if args.per_sample_out and args.scheduler:
         return _usage("--per-sample-out is written by the local scan; it cannot be used with --scheduler")
     try:
-        options = options_model(resolve(args.loss)).model_validate(_parse_options(args.option)).model_dump()
+        options = _parse_options(args.option)
+        if args.convention not in LIBRARIES:  # a library metric's options are the engine's to check
+            options = options_model(resolve(args.loss)).model_validate(options).model_dump()
         spec = Spec(
             args.loss,
             args.predictions_column,
@@ -397,7 +405,7 @@ def _compute_dataset(args: argparse.Namespace) -> int:
                 )
     except FileFormatError as exc:  # an --option not key=value, an output refused or unwritable
         return _usage(str(exc))
-    except (DatasetError, UnknownLossError) as exc:
+    except (DatasetError, UnknownLossError, LossInputError) as exc:
         return _invalid(str(exc))
     except ValidationError as exc:
         return _invalid(_option_errors(exc))
@@ -482,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     compute.add_argument("--sample-weight", metavar="FILE", help="optional, one weight per sample")
     compute.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a loss option (repeat)")
     compute.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    compute.add_argument("--convention", choices=["keras", "torch"], default="keras")
+    compute.add_argument("--convention", choices=list(CONVENTIONS), default="keras")
     compute.add_argument("--model", help="monitoring label (with --url)")
     compute.add_argument("--url", help="compute through this service instead of locally")
     compute.add_argument(

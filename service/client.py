@@ -85,6 +85,8 @@ class LossResult:
     denominator: float
     dtype: str
     convention: str
+    # "root_mean": mean = sqrt(sum / denominator) (RMSE-type library metrics); chunks combine first.
+    aggregate: str = "mean"
 
 
 @dataclass(frozen=True)
@@ -222,26 +224,30 @@ def _result(payload: Mapping[str, Any]) -> LossResult:
         denominator=float(payload["denominator"]),
         dtype=payload["dtype"],
         convention=payload["convention"],
+        aggregate=payload.get("aggregate", "mean"),
     )
 
 
 def _combine(parts: Sequence[LossResult]) -> LossResult:
-    """Chunks of one batch reassembled in order; the mean from the summed sums and denominators."""
+    """Chunks of one batch reassembled in order; the mean from the summed sums and denominators
+    (its square root for aggregate root_mean)."""
     if len(parts) == 1:
         return parts[0]
     total = sum(p.sum for p in parts)
     denominator = sum(p.denominator for p in parts)
     first = parts[0]
+    mean = total / denominator if denominator else 0.0
     return LossResult(
         loss=first.loss,
         per_sample=np.concatenate([p.per_sample for p in parts]),
         # Keras divides with divide_no_nan; a batch whose every target is ignored has mean 0.
-        mean=total / denominator if denominator else 0.0,
+        mean=math.sqrt(mean) if first.aggregate == "root_mean" else mean,
         sum=total,
         count=sum(p.count for p in parts),
         denominator=denominator,
         dtype=first.dtype,
         convention=first.convention,
+        aggregate=first.aggregate,
     )
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from service.engine import Convention, DType, LossInputError, Reduced, compute, resolve
+from service.engine import FRAMEWORKS, Aggregate, Convention, DType, LossInputError, Reduced, compute, loss_name
 from service.files import AtomicOutput, OutputError, refuse_overlap
 
 # Percentiles are read from buckets whose bounds grow by GAMMA: any value is within this relative
@@ -104,6 +104,7 @@ class Totals:
     count: int = 0
     rows: int = 0
     sketch: Sketch = field(default_factory=Sketch)
+    aggregate: Aggregate = "mean"  # root_mean: the root is taken of the combined sum / denominator
 
     def add(self, reduced: Reduced, rows: int, *, sketch: bool = False) -> None:
         """`sketch`: also keep the per-sample values' percentiles (segments report them; the whole
@@ -112,6 +113,7 @@ class Totals:
         self.denominator += reduced.denominator
         self.count += reduced.count
         self.rows += rows
+        self.aggregate = reduced.aggregate
         if sketch:
             self.sketch.add(reduced.per_sample)
 
@@ -121,10 +123,13 @@ class Totals:
         self.count += other.count
         self.rows += other.rows
         self.sketch.merge(other.sketch)
+        if other.count:
+            self.aggregate = other.aggregate
 
     def mean(self) -> float:
         # Keras divides with divide_no_nan: nothing counted means a mean of 0 (the engine's chunk rule).
-        return self.sum / self.denominator if self.denominator else 0.0
+        mean = self.sum / self.denominator if self.denominator else 0.0
+        return math.sqrt(mean) if self.aggregate == "root_mean" else mean
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,7 @@ class DatasetResult:
     dtype: str
     convention: str
     groups: list[dict[str, Any]] | None = None
+    aggregate: str = "mean"
 
     def as_dict(self) -> dict[str, Any]:
         out = {key: value for key, value in vars(self).items() if key != "groups"}
@@ -248,6 +254,12 @@ def _column(batch: Any, name: str, where: Callable[[int], str]) -> np.ndarray[An
 
 def _first_null(column: Any) -> int:
     return int(np.flatnonzero(np.asarray(column.is_null()))[0])
+
+
+def _name(spec: Spec) -> str:
+    """The loss's name in answers (`loss_name`); an unknown loss, or a library metric's bad
+    options, raise here."""
+    return loss_name(spec.loss, spec.convention, spec.options)
 
 
 def _compute(spec: Spec, arrays: Mapping[str, np.ndarray[Any, Any]]) -> Reduced:
@@ -414,7 +426,7 @@ def evaluate_dataset(
     An output that is, or is inside, the dataset (links followed) raises OutputError before any
     row is read. `progress(rows)` is called after each batch.
     """
-    resolve(spec.loss)  # an unknown loss fails before any file is read
+    _name(spec)  # an unknown loss fails before any file is read
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be at least 1, not {batch_rows}")
     if per_sample_out:
@@ -448,11 +460,13 @@ def _check_counted(totals: Totals, spec: Spec) -> None:
         raise DatasetError("the dataset has no rows")
     if not totals.denominator and spec.convention == "torch":
         raise DatasetError("every target is ignored or weighted 0: PyTorch's mean would be 0/0 (NaN)")
+    if not totals.denominator and spec.convention not in FRAMEWORKS:
+        raise DatasetError("every row is weighted 0: the weighted mean would be 0/0")
 
 
 def result_of(spec: Spec, totals: Totals, groups: Mapping[tuple[Any, ...], Totals]) -> DatasetResult:
     result = DatasetResult(
-        loss=resolve(spec.loss).name,
+        loss=_name(spec),
         mean=totals.mean(),
         sum=totals.sum,
         count=totals.count,
@@ -460,6 +474,7 @@ def result_of(spec: Spec, totals: Totals, groups: Mapping[tuple[Any, ...], Total
         rows=totals.rows,
         dtype=spec.dtype,
         convention=spec.convention,
+        aggregate=totals.aggregate,
     )
     if spec.group_by:
         result.groups = [
@@ -562,7 +577,7 @@ def _dask_frame(data: Any, spec: Spec) -> Any:
         import dask.dataframe as dd
     except ImportError as exc:
         raise ImportError("Dask is an optional extra: pip install 'loss-service[dask]'") from exc
-    resolve(spec.loss)
+    _name(spec)
     if isinstance(data, str | list):
         # Arrow-backed partitions reach the engine without a pandas conversion of the list columns:
         # 2 files of 2e6 rows, 0.24 s against 2.5 s with NumPy-backed (object) columns.
@@ -617,7 +632,7 @@ def evaluate_dask(
         from dask.delayed import delayed
     except ImportError as exc:
         raise ImportError("Dask is an optional extra: pip install 'loss-service[dask]'") from exc
-    resolve(spec.loss)
+    _name(spec)
     if isinstance(data, str | list):
         open_dataset(data, spec)  # every file has the columns, before any task starts
         task = delayed(_file_totals)

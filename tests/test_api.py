@@ -38,6 +38,7 @@ async def test_loss_returns_the_documented_answer(client: httpx.AsyncClient) -> 
         "sum": pytest.approx(2.353878387381596, rel=1e-15),
         "count": 2,
         "denominator": 2.0,
+        "aggregate": "mean",
         "dtype": "float64",
         "convention": "keras",
     }

@@ -242,7 +242,18 @@ def test_the_cli_prints_groups_as_a_table_and_as_json(data: tuple[Path, dict[str
     assert "country=de: rows" in table
     assert cli([*common, "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert set(printed) == {"loss", "mean", "sum", "count", "denominator", "rows", "dtype", "convention", "groups"}
+    assert set(printed) == {
+        "loss",
+        "mean",
+        "sum",
+        "count",
+        "denominator",
+        "rows",
+        "dtype",
+        "convention",
+        "groups",
+        "aggregate",
+    }
     assert [g["key"] for g in printed["groups"]] == [{"country": c} for c in ("de", "fr", "us")]
     assert set(printed["groups"][0]) == {"key", "rows", "count", "sum", "mean", "denominator", "p50", "p90", "p99"}
 

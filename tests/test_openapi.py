@@ -22,6 +22,14 @@ def test_openapi_has_a_schema_per_loss_options_and_examples() -> None:
     assert {"SparseCategoricalCrossentropyOptions", "BinaryCrossentropyOptions", "LossRequest", "Problem"} <= set(
         components
     )
-    assert components["LossRequest"]["discriminator"]["propertyName"] == "loss"
+    # One branch per catalogue loss (its convention keras or torch) and per library metric (its
+    # convention that library): `loss` and `convention` together pick one, so jsonschema's oneOf
+    # holds where an OpenAPI discriminator (one property) cannot say it.
+    branches = [ref["$ref"].rsplit("/", 1)[1] for ref in components["LossRequest"]["oneOf"]]
+    assert {"BinaryCrossentropyRequest", "LoglossXgboostRequest", "TweedieNloglikXgboostRequest"} <= set(branches)
+    logloss = components["LoglossXgboostRequest"]
+    assert logloss["properties"]["convention"]["const"] == "xgboost"
+    assert "margin" in components[logloss["properties"]["options"]["$ref"].rsplit("/", 1)[1]]["properties"]
+    assert components["BinaryCrossentropyRequest"]["properties"]["convention"]["enum"] == ["keras", "torch"]
     body = schema["paths"]["/v1/loss"]["post"]["requestBody"]["content"]["application/json"]
     assert "sparse_categorical_crossentropy" in body["examples"]

@@ -118,6 +118,11 @@ def test_the_docs_site_builds_strictly_with_generated_pages(tmp_path: Path) -> N
         name = path.relative_to(ROOT).as_posix().removesuffix("__init__.py")
         assert f"<td><code>{name}</code></td>" in architecture, name
     assert "&lt;!-- modules --&gt;" not in architecture
+    conventions = (tmp_path / "site" / "conventions" / "index.html").read_text()
+    from service.engine import libraries
+
+    for metric in libraries.metrics("xgboost"):  # the library tables, generated from the engine
+        assert f"<strong><code>{metric.name}</code></strong>" in conventions, metric.name
 
 
 def test_the_readme_is_a_front_page() -> None:

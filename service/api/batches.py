@@ -17,18 +17,23 @@ from pydantic import BaseModel
 
 from service.api.access import authorize
 from service.api.guards import HEAVY_SLOT, Slot
-from service.engine import Reduced, compute, resolve, working_bytes
+from service.engine import LIBRARIES, Reduced, compute, loss_name, resolve, working_bytes
 from service.monitoring import Monitor
 
 
 def compute_loss(batch: Any, loss: str, options: BaseModel) -> tuple[str, Reduced]:
-    """One loss over a validated batch (any `Batch` model): its catalogue name and result."""
-    name = resolve(loss).name
+    """One loss over a validated batch (any `Batch` model): its name (`loss_name`) and result.
+
+    A library metric gets only the options given: its defaults, and those its name sets
+    (`error@0.7`), are the engine's to fill."""
+    library = batch.convention in LIBRARIES
+    given = options.model_dump(exclude_unset=library)
+    name = loss_name(loss, batch.convention, given) if library else resolve(loss).name
     reduced = compute(
-        name,
+        loss if library else name,
         batch.predictions,
         batch.labels,
-        options=options.model_dump(),
+        options=given,
         sample_weight=batch.sample_weight,
         dtype=batch.dtype,
         convention=batch.convention,

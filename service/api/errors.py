@@ -20,7 +20,7 @@ from service.api.access import AccessRefusedError, audit, retry_after
 from service.api.arrays import NON_FINITE
 from service.api.problems import ProblemError, clipped, shown
 from service.api.schemas import UNKNOWN_KEYS, loss_names
-from service.engine import LossInputError, UnknownLossError
+from service.engine import LIBRARIES, LossInputError, UnknownLossError, catalogue, libraries
 from service.store import StoreFailureError, StoreFullError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -109,6 +109,23 @@ def _client_loc(error: Any, tags: frozenset[str]) -> list[Any]:
     return [clipped(part) if isinstance(part, str) else part for part in loc]
 
 
+def _unknown_loss(tag: str) -> str:
+    """Why the loss union found no branch for `tag`: a catalogue name, or "<library>:<metric>"."""
+    library, colon, metric = tag.partition(":")
+    if colon and library in LIBRARIES:
+        try:
+            libraries.lookup(library, metric)
+        except LossInputError as exc:
+            return exc.reason
+    names = ", ".join(repr(name) for spec in catalogue() for name in (spec.name, *spec.aliases))
+    hint = ""
+    if libraries.is_library_metric(tag):
+        found = next(m for m in libraries.metrics() if m.name == tag.partition("@")[0])
+        title = libraries.LIBRARY_TITLES[found.library]
+        hint = f" ({shown(tag)} is {title}'s metric: it takes convention {found.library!r})"
+    return f"unknown loss {shown(tag)}{hint}; valid names: {names}"
+
+
 def validation_problem(exc: ValidationError) -> ProblemError:
     """Pydantic errors as problem details; malformed JSON is a 400, everything else a 422. The
     first MAX_REPORTED_ERRORS errors are listed, and the detail counts them all."""
@@ -126,7 +143,7 @@ def validation_problem(exc: ValidationError) -> ProblemError:
         msg = e["msg"]
         if e["type"] == "union_tag_invalid":
             loc.append("loss")
-            msg = f"unknown loss {shown(e['ctx']['tag'])}; valid names: {e['ctx']['expected_tags']}"
+            msg = _unknown_loss(str(e["ctx"]["tag"]))
         elif e["type"] == "union_tag_not_found":
             loc.append("loss")
             msg = "field required: the loss to compute"

@@ -26,7 +26,7 @@ from service.api.problems import ProblemError, shown
 from service.api.responses import loss_result
 from service.api.schemas import LabelsLog, PredictionsLog, model_config_request_model
 from service.config import Settings
-from service.engine import LossInputError, Reduced, as_working_array, compute, resolve
+from service.engine import LIBRARIES, LossInputError, Reduced, as_working_array, compute, libraries, loss_name, resolve
 from service.monitoring import Monitor
 from service.store import (
     DELETE_BATCH_ROWS,
@@ -144,13 +144,18 @@ def configure(
     request = validate_json(model_config_request_model(), body)
     losses = []
     for position, call in enumerate(request.losses):
-        spec = resolve(call.loss)
         options = call.options.model_dump(exclude_unset=True)
         try:
-            spec.bind(options, request.convention)
+            if request.convention in LIBRARIES:  # kept as written: error@0.7 stays error@0.7
+                libraries.bind(request.convention, call.loss, options)
+                loss = call.loss
+            else:
+                spec = resolve(call.loss)
+                spec.bind(options, request.convention)
+                loss = spec.name
         except LossInputError as exc:
             raise engine_problem(LossInputError(f"losses.{position}.{exc.field}", exc.reason, exc.index)) from None
-        losses.append({"loss": spec.name, "options": options})
+        losses.append({"loss": loss, "options": options})
     config = {"losses": losses, "convention": request.convention, "dtype": request.dtype}
     try:
         return model_config(store.configure_model(name, config, request.retention_seconds, now, quota))
@@ -336,7 +341,7 @@ def _compute_pairs(model: Model, pairs: Pairs, side: Side, position: dict[str, i
             )
         except LossInputError as exc:
             raise _join_problem(exc, call["loss"], pairs, side, position) from None
-        results.append((call["loss"], reduced))
+        results.append((loss_name(call["loss"], config["convention"], call["options"]), reduced))
     return results
 
 

@@ -22,7 +22,7 @@ from service.api.errors import validation_problem
 from service.api.oip_schema import DATATYPE_NAMES, SHOWN_ERRORS, InferenceRequest, RequestInput, RequestOutput
 from service.api.problems import shown
 from service.api.schemas import loss_request_adapter
-from service.engine import LossInputError, UnknownLossError, resolve
+from service.engine import LossInputError, UnknownLossError, libraries, resolve
 from service.monitoring import Monitor
 
 INPUTS = ("predictions", "labels", "sample_weight")
@@ -55,7 +55,10 @@ class InferenceError(Exception):
 
 
 def catalogue_name(loss: str) -> str:
-    """The model's name in the catalogue (a loss by any of its names), or 404."""
+    """The model's name in the catalogue (a loss by any of its names), a library metric's name as
+    given (the `convention` parameter then says whose; the engine refuses it under any other), or 404."""
+    if libraries.is_library_metric(loss):
+        return loss
     try:
         return resolve(loss).name
     except UnknownLossError as exc:
@@ -129,6 +132,7 @@ def compute(
         "sum": reduced.sum,
         "count": reduced.count,
         "denominator": reduced.denominator,
+        "aggregate": reduced.aggregate,
         "convention": validated.convention,
         "dtype": validated.dtype,
     }

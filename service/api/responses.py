@@ -57,7 +57,7 @@ BINARY_QUERY_PARAMETERS = {
     "loss": "With a binary body: the loss (required).",
     "options": 'With a binary body: the options as a JSON object, e.g. {"from_logits": true}.',
     "dtype": "With a binary body: float64 or float32.",
-    "convention": "With a binary body: keras or torch.",
+    "convention": "With a binary body: keras, torch, xgboost, lightgbm or catboost.",
     "model": "With a binary body: the monitoring label.",
     "chunk": "With a binary body: true when the batch is one chunk of a larger one.",
 }
@@ -72,6 +72,7 @@ def loss_result(name: str, reduced: Reduced, dtype: str, convention: str) -> dic
         "sum": reduced.sum,
         "count": reduced.count,
         "denominator": reduced.denominator,
+        "aggregate": reduced.aggregate,
         "dtype": dtype,
         "convention": convention,
     }

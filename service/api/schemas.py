@@ -5,17 +5,31 @@ from __future__ import annotations
 import re
 import types
 import typing
+from collections.abc import Callable
+from contextvars import ContextVar
 from functools import cache
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, create_model, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    create_model,
+    model_validator,
+)
 from pydantic.functional_validators import PlainValidator
 from pydantic.json_schema import WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from service.api.arrays import NumericArray, kind_of
 from service.api.problems import shown
-from service.engine import CONVENTIONS, Convention, DType, LossSpec, OptionSpec, catalogue
+from service.engine import FRAMEWORKS, LIBRARIES, Aggregate, Convention, DType, LossSpec, OptionSpec, catalogue
+from service.engine.conventions import Framework
+from service.engine.libraries import LIBRARY_TITLES, LibraryMetric, metrics
 
 MODEL_LABEL_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 MAX_LOSSES_PER_EVALUATE = 32
@@ -81,7 +95,9 @@ class Batch(BaseModel):
         default="float64", description="Working precision; float32 reproduces the frameworks' float32 numbers."
     )
     convention: Convention = Field(
-        default="keras", description="Whose numerics to reproduce where Keras and PyTorch differ."
+        default="keras",
+        description="Whose numerics to reproduce: keras or torch for the catalogue losses; xgboost, lightgbm or "
+        "catboost for that library's evaluation metrics, named as the library names them.",
     )
     chunk: bool = Field(
         default=False,
@@ -94,16 +110,28 @@ class Batch(BaseModel):
 
 
 class LossResult(BaseModel):
-    loss: str = Field(description="The catalogue name of the loss (aliases are resolved).")
+    loss: str = Field(
+        description="The catalogue name of the loss (aliases are resolved); under a library convention the metric "
+        "as the library names it (XGBoost's error@0.7, the key of evals_result())."
+    )
     per_sample: list[Any] = Field(
         description="The framework's unreduced loss, sample weights applied; nested for multi-axis outputs."
     )
-    mean: float = Field(description="The convention's default reduction: Keras sum_over_batch_size, PyTorch 'mean'.")
+    mean: float = Field(
+        description="The convention's default reduction: Keras sum_over_batch_size, PyTorch 'mean', the libraries' "
+        "sum(w l) / sum(w); with aggregate root_mean its square root."
+    )
     sum: float = Field(description="Sum of per_sample.")
     count: int = Field(description="Number of values in per_sample.")
     denominator: float = Field(
         description="What `mean` divides `sum` by: the number of values, of non-ignored targets, or the summed "
-        "weights (PyTorch). Chunks of one batch combine as sum(sums) / sum(denominators)."
+        "weights (PyTorch, the libraries). Chunks of one batch combine as sum(sums) / sum(denominators), "
+        "its square root with aggregate root_mean."
+    )
+    aggregate: Aggregate = Field(
+        default="mean",
+        description="How mean follows from sum and denominator: mean = sum / denominator, or root_mean: "
+        "mean = sqrt(sum / denominator) (RMSE-type library metrics, whose per_sample are weighted squared errors).",
     )
     dtype: DType
     convention: Convention
@@ -118,6 +146,7 @@ class LossResult(BaseModel):
                     "sum": 2.353878387381596,
                     "count": 2,
                     "denominator": 2.0,
+                    "aggregate": "mean",
                     "dtype": "float64",
                     "convention": "keras",
                 }
@@ -140,6 +169,12 @@ class OptionInfo(BaseModel):
     aliases: list[str] = []
 
 
+class LibraryMetricRef(BaseModel):
+    convention: Convention = Field(description="The library convention.")
+    metric: str = Field(description="The metric as the library names it.")
+    summary: str
+
+
 class LossInfo(BaseModel):
     name: str
     aliases: list[str]
@@ -149,10 +184,33 @@ class LossInfo(BaseModel):
     follows: str
     conventions: list[Convention]
     options: list[OptionInfo]
+    library_metrics: list[LibraryMetricRef] = Field(
+        default=[], description="Library metrics computed by this loss's formula with the library's constants."
+    )
 
 
 class Catalogue(BaseModel):
     losses: list[LossInfo]
+
+
+class LibraryMetricInfo(BaseModel):
+    convention: Convention
+    metric: str = Field(description="The name as the library writes it; `name@value` sets `parameter`.")
+    parameter: str | None = Field(description="The option that name@value sets.")
+    loss: str | None = Field(description="The catalogue loss whose formula it is, with the library's constants.")
+    aggregate: Aggregate
+    link: str = Field(description="What the option margin=true applies to the predictions first.")
+    precision: str = Field(description="The precision the library computes each value and the sums in.")
+    summary: str
+    formula: str
+    shapes: str
+    follows: str
+    options: list[OptionInfo]
+
+
+class LibraryCatalogue(BaseModel):
+    convention: Convention
+    metrics: list[LibraryMetricInfo]
 
 
 class ProblemItem(BaseModel):
@@ -170,6 +228,21 @@ class Problem(BaseModel):
     errors: list[ProblemItem] | None = None
 
 
+def _option_infos(spec: LossSpec) -> list[OptionInfo]:
+    return [
+        OptionInfo(
+            name=o.name,
+            type=o.type_name(),
+            default=o.default,
+            description=o.doc,
+            range=o.range.describe() if o.range else None,
+            only_under=o.only_under,
+            aliases=list(o.aliases),
+        )
+        for o in spec.options
+    ]
+
+
 def loss_info(spec: LossSpec) -> LossInfo:
     return LossInfo(
         name=spec.name,
@@ -178,19 +251,30 @@ def loss_info(spec: LossSpec) -> LossInfo:
         formula=spec.formula,
         shapes=spec.shapes,
         follows=spec.follows,
-        conventions=list(CONVENTIONS),
-        options=[
-            OptionInfo(
-                name=o.name,
-                type=o.type_name(),
-                default=o.default,
-                description=o.doc,
-                range=o.range.describe() if o.range else None,
-                only_under=o.only_under,
-                aliases=list(o.aliases),
-            )
-            for o in spec.options
+        conventions=list(FRAMEWORKS),
+        options=_option_infos(spec),
+        library_metrics=[
+            LibraryMetricRef(convention=m.library, metric=m.name, summary=m.spec.summary)
+            for m in metrics()
+            if m.loss == spec.name
         ],
+    )
+
+
+def library_metric_info(metric: LibraryMetric) -> LibraryMetricInfo:
+    return LibraryMetricInfo(
+        convention=metric.library,
+        metric=metric.name,
+        parameter=metric.parameter,
+        loss=metric.loss,
+        aggregate=metric.aggregate,
+        link=metric.link,
+        precision=metric.precision,
+        summary=metric.spec.summary,
+        formula=metric.spec.formula,
+        shapes=metric.spec.shapes,
+        follows=metric.spec.follows,
+        options=_option_infos(metric.spec),
     )
 
 
@@ -274,25 +358,145 @@ def loss_request_model(spec: LossSpec) -> type[BaseModel]:
         f"{_camel(spec.name)}Request",
         __base__=Batch,
         loss=_loss_field(spec),
+        convention=(
+            Framework,
+            Field(default="keras", description="Whose numerics to reproduce where Keras and PyTorch differ."),
+        ),
         options=(options, Field(default_factory=options)),
     )
 
 
-def _union(models: list[type[BaseModel]]) -> Any:
-    return Annotated[typing.Union[tuple(models)], Field(discriminator="loss")]  # noqa: UP007
+# -- library metrics: one branch per metric, tagged "<convention>:<name>" -------------------------
+
+
+def library_tag(convention: str, loss: str) -> str:
+    return f"{convention}:{loss.partition('@')[0]}"
+
+
+def _metric_title(metric: LibraryMetric) -> str:
+    return "".join(part.capitalize() for part in re.split(r"[-_]", metric.name)) + metric.library.capitalize()
+
+
+def _metric_loss_field(metric: LibraryMetric) -> tuple[Any, Any]:
+    number = r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?"
+    # Optional even where the library requires it: the engine's refusal says how to write it.
+    suffix = "" if metric.parameter is None else f"(@{number})?"
+    pattern = f"^{re.escape(metric.name)}{suffix}$"
+    written = f" or {metric.name}@<{metric.parameter}>" if metric.parameter and not metric.always_suffixed else ""
+    name = f"{metric.name}@<{metric.parameter}>" if metric.always_suffixed else metric.name
+    return str, Field(pattern=pattern, description=f"{metric.spec.summary} Written {name}{written}.")
+
+
+@cache
+def library_options_model(metric: LibraryMetric) -> type[BaseModel]:
+    fields = {o.name: _option_field(o) for o in metric.spec.options}
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        f"{_metric_title(metric)}Options",
+        __config__=ConfigDict(extra="forbid", strict=True, populate_by_name=True),
+        __doc__=f"Options of {LIBRARY_TITLES[metric.library]}'s {metric.name}.",
+        __validators__=FIELDS_ONLY,
+        **fields,
+    )
+
+
+@cache
+def library_call_model(metric: LibraryMetric) -> type[BaseModel]:
+    options = library_options_model(metric)
+    return create_model(
+        f"{_metric_title(metric)}Call",
+        __config__=ConfigDict(extra="forbid"),
+        __validators__=FIELDS_ONLY,
+        loss=_metric_loss_field(metric),
+        options=(options, Field(default_factory=options)),
+    )
+
+
+@cache
+def library_request_model(metric: LibraryMetric) -> type[BaseModel]:
+    options = library_options_model(metric)
+    convention: Any = Literal[metric.library]
+    return create_model(
+        f"{_metric_title(metric)}Request",
+        __base__=Batch,
+        loss=_metric_loss_field(metric),
+        convention=(convention, Field(description=f"{LIBRARY_TITLES[metric.library]}'s numerics.")),
+        options=(options, Field(default_factory=options)),
+    )
+
+
+@cache
+def _catalogue_tags() -> dict[str, str]:
+    return {name: spec.name for spec in catalogue() for name in (spec.name, *spec.aliases)}
+
+
+# The convention of the request whose `losses` are being validated (a call has none of its own).
+_CALL_CONVENTION: ContextVar[Any] = ContextVar("call_convention", default=None)
+
+
+def _tag(loss: Any, convention: Any) -> str | None:
+    if loss is None:
+        return None
+    text = loss if isinstance(loss, str) else repr(loss)
+    if isinstance(convention, str) and convention in LIBRARIES:
+        return library_tag(convention, text)
+    return _catalogue_tags().get(text, text)
+
+
+def _request_tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return _tag(value.get("loss"), value.get("convention"))
+    return _tag(getattr(value, "loss", None), getattr(value, "convention", None))
+
+
+def _call_tag(value: Any) -> str | None:
+    loss = value.get("loss") if isinstance(value, dict) else getattr(value, "loss", None)
+    return _tag(loss, _CALL_CONVENTION.get())
+
+
+def _union(catalogue_models: list[type[BaseModel]], library_models: list[tuple[str, type[BaseModel]]], tag: Any) -> Any:
+    members = [Annotated[m, Tag(s.name)] for m, s in zip(catalogue_models, catalogue(), strict=True)]
+    members += [Annotated[m, Tag(name)] for name, m in library_models]
+    return Annotated[typing.Union[tuple(members)], Discriminator(tag)]  # noqa: UP007
 
 
 @cache
 def loss_request_adapter() -> TypeAdapter[Any]:
-    return TypeAdapter(_union([loss_request_model(s) for s in catalogue()]))
+    return TypeAdapter(
+        _union(
+            [loss_request_model(s) for s in catalogue()],
+            [(library_tag(m.library, m.name), library_request_model(m)) for m in metrics()],
+            _request_tag,
+        )
+    )
+
+
+def _call_union() -> Any:
+    return _union(
+        [loss_call_model(s) for s in catalogue()],
+        [(library_tag(m.library, m.name), library_call_model(m)) for m in metrics()],
+        _call_tag,
+    )
+
+
+def _with_convention(cls: type[BaseModel], data: Any, handler: Callable[[Any], Any]) -> Any:
+    """Validate with the request's convention visible to its calls' discriminator (`_call_tag`)."""
+    token = _CALL_CONVENTION.set(data.get("convention", "keras") if isinstance(data, dict) else None)
+    try:
+        return handler(data)
+    finally:
+        _CALL_CONVENTION.reset(token)
+
+
+CALLS_SEE_CONVENTION: dict[str, Any] = {"_calls_see_convention": model_validator(mode="wrap")(_with_convention)}
 
 
 @cache
 def evaluate_request_model() -> type[BaseModel]:
-    call: Any = _union([loss_call_model(s) for s in catalogue()])
+    call: Any = _call_union()
     return create_model(
         "EvaluateRequest",
         __base__=Batch,
+        __validators__=CALLS_SEE_CONVENTION,
         losses=(
             list[call],
             Field(min_length=1, max_length=MAX_LOSSES_PER_EVALUATE, description="The losses to compute."),
@@ -301,7 +505,9 @@ def evaluate_request_model() -> type[BaseModel]:
 
 
 def loss_names() -> set[str]:
-    return {name for spec in catalogue() for name in (spec.name, *spec.aliases)}
+    """Every tag of the loss unions: catalogue names and aliases, and "<convention>:<metric>"."""
+    names = {name for spec in catalogue() for name in (spec.name, *spec.aliases)}
+    return names | {library_tag(m.library, m.name) for m in metrics()}
 
 
 # -- delayed labels: models, and the predictions and labels logged for them ----------------------
@@ -450,11 +656,11 @@ class LabelsLog(BaseModel):
 @cache
 def model_config_request_model() -> type[BaseModel]:
     """The body of PUT /v1/models/{model}: the losses to compute when pairs join, as /v1/evaluate takes them."""
-    call: Any = _union([loss_call_model(s) for s in catalogue()])
+    call: Any = _call_union()
     return create_model(
         "ModelConfigRequest",
         __config__=ConfigDict(extra="forbid", strict=True),
-        __validators__=FIELDS_ONLY,
+        __validators__={**FIELDS_ONLY, **CALLS_SEE_CONVENTION},
         losses=(
             list[call],
             Field(min_length=1, max_length=MAX_LOSSES_PER_EVALUATE, description="The losses to compute per join."),
@@ -474,7 +680,7 @@ def model_config_request_model() -> type[BaseModel]:
 
 
 class ConfiguredLoss(BaseModel):
-    loss: str = Field(description="The catalogue name.")
+    loss: str = Field(description="The catalogue name; under a library convention the metric as given.")
     options: dict[str, Any] = Field(description="The options given; the others take their defaults.")
 
 

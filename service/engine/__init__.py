@@ -13,17 +13,21 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from service.engine import libraries
 from service.engine import losses as _losses  # noqa: F401  (fills the catalogue)
 from service.engine.checks import check_not_empty
-from service.engine.conventions import CONVENTIONS, DTYPES, Convention, DType
+from service.engine.conventions import CONVENTIONS, DTYPES, FRAMEWORKS, LIBRARIES, Convention, DType
 from service.engine.errors import LossInputError, UnknownLossError
 from service.engine.parallel import available_cores, loss_values, set_threads
-from service.engine.reduction import Array, Reduced, reduce
+from service.engine.reduction import Aggregate, Array, Reduced, reduce, reduce_library
 from service.engine.registry import LossSpec, OptionSpec, catalogue, resolve
 
 __all__ = [
     "CONVENTIONS",
     "DTYPES",
+    "FRAMEWORKS",
+    "LIBRARIES",
+    "Aggregate",
     "Convention",
     "DType",
     "LossInputError",
@@ -35,6 +39,8 @@ __all__ = [
     "available_cores",
     "catalogue",
     "compute",
+    "libraries",
+    "loss_name",
     "resolve",
     "set_threads",
     "working_bytes",
@@ -63,13 +69,56 @@ def compute(
 
     `chunk`: the batch is one part of a larger batch; see `reduction.reduce`.
     """
+    if convention in LIBRARIES:
+        return _compute_library(loss, predictions, labels, options, sample_weight, dtype, convention, chunk)
     spec = resolve(loss)
     if convention not in CONVENTIONS:
         raise LossInputError("convention", f"must be one of {list(CONVENTIONS)}, got {convention!r}")
     if dtype not in DTYPES:
         raise LossInputError("dtype", f"must be one of {list(DTYPES)}, got {dtype!r}")
     bound = spec.bind(options, convention)
-    working = np.dtype(dtype)
+    x, y, weight = _arrays(spec, predictions, labels, sample_weight, np.dtype(dtype))
+    with np.errstate(over="ignore", under="ignore"):
+        values = loss_values(spec, x, y, convention, bound)
+        return reduce(values, weight, convention, chunk=chunk)
+
+
+def _compute_library(
+    loss: str,
+    predictions: ArrayLike,
+    labels: ArrayLike,
+    options: Mapping[str, Any] | None,
+    sample_weight: ArrayLike | None,
+    dtype: DType,
+    convention: Convention,
+    chunk: bool,
+) -> Reduced:
+    """A library metric (`service.engine.libraries`), reduced as the library reduces it."""
+    if dtype not in DTYPES:
+        raise LossInputError("dtype", f"must be one of {list(DTYPES)}, got {dtype!r}")
+    metric, bound = libraries.bind(convention, loss, options)
+    x, y, weight = _arrays(metric.spec, predictions, labels, sample_weight, np.dtype(dtype))
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+        values = loss_values(metric.spec, x, y, convention, bound)
+        return reduce_library(values, weight, metric.aggregate, chunk=chunk)
+
+
+def loss_name(loss: str, convention: Convention, options: Mapping[str, Any] | None = None) -> str:
+    """The name an answer reports: the catalogue name (aliases resolved) under keras and torch; the
+    metric as its library names it (XGBoost's `error@0.7`, the key of `evals_result()`) otherwise."""
+    if convention in LIBRARIES:
+        metric, bound = libraries.bind(convention, loss, options)
+        return metric.display_name(bound)
+    return resolve(loss).name
+
+
+def _arrays(
+    spec: LossSpec,
+    predictions: ArrayLike,
+    labels: ArrayLike,
+    sample_weight: ArrayLike | None,
+    working: np.dtype[Any],
+) -> tuple[Array, Any, Array | None]:
     x = as_working_array(predictions, "predictions", working)
     check_not_empty(x)
     y = _as_class_indices(labels) if spec.class_labels else as_working_array(labels, "labels", working)
@@ -77,9 +126,7 @@ def compute(
     if weight is not None and (weight < 0).any():
         index = tuple(int(i) for i in np.argwhere(weight < 0)[0])
         raise LossInputError("sample_weight", "weights must be >= 0", index)
-    with np.errstate(over="ignore", under="ignore"):
-        values = loss_values(spec, x, y, convention, bound)
-        return reduce(values, weight, convention, chunk=chunk)
+    return x, y, weight
 
 
 def working_bytes(elements: int, dtype: DType = "float64") -> int:

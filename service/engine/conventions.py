@@ -1,11 +1,20 @@
-"""The two numerical conventions the engine reproduces, and the constants they are built on."""
+"""The numerical conventions the engine reproduces, and the constants they are built on.
+
+Two frameworks, whose conventions apply to every catalogue loss (keras, torch), and three
+gradient-boosting libraries, whose conventions apply to their own evaluation metrics
+(`service.engine.libraries`): under a library convention the loss is the library's metric name.
+"""
 
 from __future__ import annotations
 
 from typing import Literal, get_args
 
-Convention = Literal["keras", "torch"]
-CONVENTIONS: tuple[Convention, ...] = get_args(Convention)
+Framework = Literal["keras", "torch"]
+Library = Literal["xgboost", "lightgbm", "catboost"]
+Convention = Literal[Framework, Library]
+FRAMEWORKS: tuple[Framework, ...] = get_args(Framework)
+LIBRARIES: tuple[Library, ...] = get_args(Library)
+CONVENTIONS: tuple[Convention, ...] = (*FRAMEWORKS, *LIBRARIES)
 
 DType = Literal["float64", "float32"]
 DTYPES: tuple[DType, ...] = get_args(DType)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,6 +24,9 @@ from service.engine.conventions import Convention
 from service.engine.errors import LossInputError
 
 Array = NDArray[np.floating]
+# How `mean` follows from `sum` and `denominator`: their quotient, or its square root (RMSE-type
+# metrics of the library conventions, whose per_sample values are weighted squared errors).
+Aggregate = Literal["mean", "root_mean"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class Reduced:
     mean: float
     count: int
     denominator: float  # what the mean divides the sum by: values, valid targets, or summed weights
+    # "root_mean": mean = sqrt(sum / denominator); chunks combine their sums and denominators first.
+    aggregate: Aggregate = "mean"
 
 
 def broadcast_sample_weight(sample_weight: Array, shape: tuple[int, ...]) -> Array:
@@ -85,6 +90,41 @@ def reduce(loss: LossValues, sample_weight: Array | None, convention: Convention
         mean=float(mean),
         count=int(per_sample.size),
         denominator=float(denominator),
+    )
+
+
+def reduce_library(
+    loss: LossValues, sample_weight: Array | None, aggregate: Aggregate, *, chunk: bool = False
+) -> Reduced:
+    """The boosting libraries' weighted mean: sum(w l) / sum(w), each sample's weight counted once
+    per value it has (XGBoost's `Reduce` over samples and targets), or its square root.
+
+    Each weighted value w * l is formed in the working dtype (XGBoost multiplies a float residue
+    by a float weight) and the sums accumulate in float64 (XGBoost's and LightGBM's `double`
+    accumulators), whatever the dtype.
+    """
+    values = loss.values
+    if sample_weight is None:
+        per_sample, divisor = values, float(values.size)
+    else:
+        weight = broadcast_sample_weight(sample_weight, values.shape)
+        per_sample = values * weight
+        divisor = float(np.broadcast_to(weight, values.shape).sum(dtype=np.float64))
+    total = float(per_sample.sum(dtype=np.float64))
+    if divisor == 0:
+        if not chunk:
+            raise LossInputError("sample_weight", "the weights sum to 0; the mean would be 0/0")
+        mean = 0.0
+    else:
+        mean = math.sqrt(total / divisor) if aggregate == "root_mean" else total / divisor
+    _check_finite(per_sample, np.float64(total), np.float64(mean))
+    return Reduced(
+        per_sample=per_sample,
+        sum=total,
+        mean=mean,
+        count=int(per_sample.size),
+        denominator=divisor,
+        aggregate=aggregate,
     )
 
 

@@ -115,22 +115,7 @@ def register(
     """
 
     def decorate(function: Callable[..., LossValues]) -> Callable[..., LossValues]:
-        doc = inspect.cleandoc(function.__doc__ or "")
-        sections = _sections(doc)
-        spec = LossSpec(
-            name=name,
-            aliases=aliases,
-            function=typing.cast(LossFunction, function),
-            summary=doc.splitlines()[0] if doc else name,
-            formula=sections.get("Formula", ""),
-            shapes=sections.get("Shapes", ""),
-            follows=sections.get("Follows", ""),
-            options=_options_of(function),
-            class_labels=class_labels,
-            whole_batch=whole_batch,
-        )
-        if not (spec.formula and spec.shapes and spec.follows):
-            raise TypeError(f"{function.__name__}: docstring needs Formula, Shapes and Follows sections")
+        spec = spec_of(name, function, aliases=aliases, class_labels=class_labels, whole_batch=whole_batch)
         for key in (name, *aliases):
             if key in _LOOKUP:
                 raise ValueError(f"loss name {key!r} registered twice")
@@ -139,6 +124,35 @@ def register(
         return function
 
     return decorate
+
+
+def spec_of(
+    name: str,
+    function: Callable[..., LossValues],
+    *,
+    aliases: tuple[str, ...] = (),
+    class_labels: bool = False,
+    whole_batch: bool = False,
+) -> LossSpec:
+    """The description of a loss function, read from its docstring and keyword-only options
+    (also used for the library metrics of `service.engine.libraries`, which are not catalogued)."""
+    doc = inspect.cleandoc(function.__doc__ or "")
+    sections = _sections(doc)
+    spec = LossSpec(
+        name=name,
+        aliases=aliases,
+        function=typing.cast(LossFunction, function),
+        summary=doc.splitlines()[0] if doc else name,
+        formula=sections.get("Formula", ""),
+        shapes=sections.get("Shapes", ""),
+        follows=sections.get("Follows", ""),
+        options=_options_of(function),
+        class_labels=class_labels,
+        whole_batch=whole_batch,
+    )
+    if not (spec.formula and spec.shapes and spec.follows):
+        raise TypeError(f"{function.__name__}: docstring needs Formula, Shapes and Follows sections")
+    return spec
 
 
 def _sections(doc: str) -> dict[str, str]:

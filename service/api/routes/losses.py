@@ -28,13 +28,16 @@ from service.api.responses import PROBLEM_RESPONSES, json_body, json_response, l
 from service.api.schemas import (
     Catalogue,
     EvaluateResult,
+    LibraryCatalogue,
     LossInfo,
     LossResult,
     evaluate_request_model,
+    library_metric_info,
     loss_info,
     loss_request_adapter,
 )
-from service.engine import LossInputError, catalogue, resolve
+from service.engine import LossInputError, catalogue, libraries, resolve
+from service.engine.conventions import Library
 from service.monitoring import Monitor
 
 router = APIRouter(prefix="/v1", tags=["losses"])
@@ -112,7 +115,7 @@ def _compute_many(body: bytes, monitor: Monitor, limit: int, state: dict[str, An
         try:
             name, reduced = compute_loss(request, call.loss, call.options)
         except LossInputError as exc:
-            if exc.field.startswith("options."):
+            if exc.field.startswith("options.") or exc.field == "loss":
                 raise LossInputError(f"losses.{position}.{exc.field}", exc.reason, exc.index) from None
             raise
         results.append((name, reduced))
@@ -192,3 +195,15 @@ async def losses() -> Catalogue:
 )
 async def loss_entry(name: str) -> LossInfo:
     return loss_info(resolve(name))
+
+
+@router.get(
+    "/conventions/{convention}",
+    summary="A library convention's metrics: names as the library writes them, options, link, precision",
+    response_model=LibraryCatalogue,
+    responses={422: {**PROBLEM_RESPONSES[422], "description": "Not a library convention"}},
+)
+async def library_catalogue(convention: Library) -> LibraryCatalogue:
+    return LibraryCatalogue(
+        convention=convention, metrics=[library_metric_info(m) for m in libraries.metrics(convention)]
+    )

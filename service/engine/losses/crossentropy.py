@@ -53,6 +53,12 @@ ClassWeight = Annotated[
 ]
 
 
+def binary_log_loss(labels: Array, log_p: Array, log_q: Array) -> Array:
+    """-(y log p + (1 - y) log(1 - p)) from the two logs, clipped as each convention clips them:
+    Keras from clip(p, 1e-7, 1 - 1e-7); XGBoost's `logloss` from max(p, 1e-16), max(1 - p, 1e-16)."""
+    return -(labels * log_p + (1.0 - labels) * log_q)
+
+
 def _check_probabilities(predictions: Array, from_logits: bool) -> None:
     if not from_logits:
         check_in_range(predictions, "predictions", 0.0, 1.0, "probabilities (from_logits is false)")
@@ -130,10 +136,10 @@ def binary_crossentropy(
         if label_smoothing:
             y = y * (1.0 - label_smoothing) + 0.5 * label_smoothing
         if from_logits:
-            elementwise = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
+            elementwise: Array = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
         else:
             p = keras_clip(x)
-            elementwise = -(y * np.log(p) + (1.0 - y) * np.log(1.0 - p))
+            elementwise = binary_log_loss(y, np.log(p), np.log(1.0 - p))
         return LossValues(per_sample_mean(elementwise, convention))
 
     if from_logits:

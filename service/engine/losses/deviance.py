@@ -38,7 +38,7 @@ def _check_domain(predictions: Array, labels: Array, power: float) -> None:
         check_positive(predictions, "predictions", f"{meaning} predictions")
 
 
-def _deviance(p: Array, y: Array, power: float) -> Array:
+def unit_deviance(p: Array, y: Array, power: float) -> Array:
     """The unit deviance d(y, p) of a Tweedie distribution of variance power `power`."""
     if power == 0:  # normal: the squared error
         error = y - p
@@ -61,7 +61,7 @@ def _tweedie(predictions: Array, labels: Array, convention: Convention, power: f
     # Inside the domain only overflow (p / y beyond the dtype) makes a value non-finite: the
     # reduction then refuses that sample by its index.
     with np.errstate(divide="ignore", invalid="ignore"):
-        values = elementwise_loss(predictions, labels, convention, lambda p, y: _deviance(p, y, power))
+        values = elementwise_loss(predictions, labels, convention, lambda p, y: unit_deviance(p, y, power))
     return LossValues(values, weighted_average=True)
 
 

@@ -36,7 +36,15 @@ def poisson(predictions: Array, labels: Array, convention: Convention, /) -> Los
         keras/src/losses/losses.py poisson.
     """
     check_positive(predictions, "predictions", "Poisson rates", allow_zero=True)
-    return LossValues(elementwise_loss(predictions, labels, convention, lambda p, y: p - y * np.log(p + KERAS_EPSILON)))
+    return LossValues(
+        elementwise_loss(predictions, labels, convention, lambda p, y: poisson_terms(p, y, np.log(p + KERAS_EPSILON)))
+    )
+
+
+def poisson_terms(p: Array, y: Array, log_p: Array) -> Array:
+    """p - y log p, the Poisson negative log-likelihood without log(y!), from each convention's log p:
+    Keras's log(p + 1e-7); XGBoost's `poisson-nloglik` log(max(p, 1e-16)) (which adds lgamma(y + 1))."""
+    return p - y * log_p
 
 
 @register("poisson_nll", aliases=("poisson_nll_loss",))

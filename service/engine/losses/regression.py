@@ -7,6 +7,7 @@ Keras averages each sample's errors over the last axis; PyTorch's reduction='non
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import numpy as np
@@ -73,10 +74,16 @@ def mean_absolute_percentage_error(predictions: Array, labels: Array, convention
     Follows:
         keras/src/losses/losses.py mean_absolute_percentage_error.
     """
-    values = elementwise_loss(
-        predictions, labels, convention, lambda p, y: np.abs((y - p) / np.maximum(np.abs(y), KERAS_EPSILON))
+    return LossValues(100.0 * absolute_percentage_errors(predictions, labels, convention, KERAS_EPSILON))
+
+
+def absolute_percentage_errors(predictions: Array, labels: Array, convention: Convention, floor: float | None) -> Array:
+    """|y - p| / max(|y|, floor) (Keras, floor 1e-7), or |(y - p) / y| without a floor (XGBoost)."""
+    if floor is None:
+        return elementwise_loss(predictions, labels, convention, lambda p, y: np.abs((y - p) / y))
+    return elementwise_loss(
+        predictions, labels, convention, lambda p, y: np.abs((y - p) / np.maximum(np.abs(y), floor))
     )
-    return LossValues(100.0 * values)
 
 
 @register("mean_squared_logarithmic_error", aliases=("msle",))
@@ -93,12 +100,23 @@ def mean_squared_logarithmic_error(predictions: Array, labels: Array, convention
     Follows:
         keras/src/losses/losses.py mean_squared_logarithmic_error.
     """
+    return LossValues(squared_log_errors(predictions, labels, convention, _keras_log_plus_one))
+
+
+def _keras_log_plus_one(x: Array) -> Array:
+    return np.log(np.maximum(x, KERAS_EPSILON) + 1.0)
+
+
+def squared_log_errors(
+    predictions: Array, labels: Array, convention: Convention, log_plus_one: Callable[[Array], Array]
+) -> Array:
+    """(log(p + 1) - log(y + 1))^2 with each convention's log(x + 1): Keras raises x to 1e-7 and
+    adds 1 before the log; XGBoost's `rmsle` takes log1p as is."""
 
     def formula(p: Array, y: Array) -> Array:
-        log_ratio: Array = np.log(np.maximum(p, KERAS_EPSILON) + 1.0) - np.log(np.maximum(y, KERAS_EPSILON) + 1.0)
-        return np.square(log_ratio)
+        return np.square(log_plus_one(p) - log_plus_one(y))
 
-    return LossValues(elementwise_loss(predictions, labels, convention, formula))
+    return elementwise_loss(predictions, labels, convention, formula)
 
 
 @register("huber", aliases=("huber_loss",))

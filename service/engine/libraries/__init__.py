@@ -1,0 +1,61 @@
+"""The boosting libraries' conventions: each library's evaluation metrics under their own names.
+
+Under `convention` "xgboost", "lightgbm" or "catboost" the loss is the library's metric name as
+the library writes it (`logloss`, `error@0.7`, `tweedie-nloglik@1.5`), its options are named as
+the library names its parameters, and the option `margin` says the predictions are raw scores
+rather than what the library's `predict` returns. `compute` answers the library's weighted mean
+sum(w l) / sum(w) (or its root, `aggregate="root_mean"`, for RMSE-type metrics).
+
+How to add a library's table (LightGBM, CatBoost)
+-------------------------------------------------
+1. Write `service/engine/libraries/<library>.py` (see `xgboost.py`): a module docstring citing
+   the library source followed and saying in which precision the library computes each row and
+   accumulates, then one function per metric declared with
+   `@metric("<library>", "<name as the library writes it>", loss=..., link=..., precision=...)`:
+   - signature `(predictions, labels, convention, /, *, margin: Margin = False, <options>)`,
+     options as `Annotated[type, Range?, Doc("...")]` named as the library names its parameter;
+   - a docstring with a summary line and Formula, Shapes and Follows sections (they are the
+     metric's documentation in the API and the docs);
+   - `loss=`: the catalogue loss whose formula it is, with the library's constants; call that
+     loss's function (with convention "torch": one value per element) or its shared kernel
+     (`binary_log_loss`, `squared_log_errors`, `absolute_percentage_errors`, `poisson_terms`,
+     `unit_deviance`), extending a kernel by a constant rather than copying a formula.
+     `loss=None` only where no catalogue loss is the same function (say so in the Formula);
+   - `aggregate="root_mean"` for RMSE-type metrics (values are squared errors; mean = root);
+   - `parameter=` for a `name@value` form, `class_labels=True` for class-index labels;
+   - return `LossValues(values)`, unweighted, with the library's domain checks raising
+     `LossInputError(field, reason, index)` where its formula would give inf or NaN.
+2. Import the module at the bottom of this file. The API, the OIP route, model configurations,
+   the client, the CLI, `GET /v1/conventions/<library>` and the docs pick the table up from here.
+3. Tests: `tests/test_engine_<library>.py` comparing `compute(...).mean` against the library's
+   own recorded evaluation on models it trains (importorskip), and a committed fixture
+   `tests/fixtures/<library>_reference.json` written by `tests/reference/generate_<library>_fixtures.py`
+   (the format of `xgboost_reference.json`), checked without the library installed.
+"""
+
+from service.engine.libraries.base import (
+    LIBRARY_TITLES,
+    NAME_PATTERN,
+    LibraryMetric,
+    accepted,
+    bind,
+    is_library_metric,
+    lookup,
+    metric,
+    metrics,
+)
+
+__all__ = [
+    "LIBRARY_TITLES",
+    "NAME_PATTERN",
+    "LibraryMetric",
+    "accepted",
+    "bind",
+    "is_library_metric",
+    "lookup",
+    "metric",
+    "metrics",
+]
+
+# The tables: importing a library's module declares its metrics.
+from service.engine.libraries import xgboost  # noqa: F401

@@ -1,0 +1,233 @@
+"""Library metrics: how a boosting library's evaluation metric is declared, named and resolved.
+
+A metric is a function declared with `@metric(library, name, ...)`, written like a catalogue loss
+(`registry.register`): positional `(predictions, labels, convention, /)`, keyword-only options
+with `Annotated[..., Doc(...)]` markers named as the library names its parameters, a docstring
+with Formula, Shapes and Follows sections, and a `LossValues` of unweighted values as result.
+The reduction is the libraries' own (`reduction.reduce_library`): sum(w l) / sum(w), or its
+square root for `aggregate="root_mean"`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from service.engine.conventions import LIBRARIES, Convention, Library
+from service.engine.errors import LossInputError
+from service.engine.reduction import Aggregate, LossValues
+from service.engine.registry import LossSpec, OptionSpec, resolve, spec_of
+
+# What the library's `predict` returns is the default; `margin: true` says the predictions are
+# raw scores, to which the metric applies its objective's link first.
+MARGIN_DOC = "predictions are raw margins (predict(output_margin=True)); the metric applies its objective's link"
+# A metric name as a library writes it, with an optional "@parameter" (XGBoost's error@0.7).
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_\-]{0,63}(@[0-9eE+\-.]{1,32})?$"
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d{1,3})?")
+
+LIBRARY_TITLES: dict[Library, str] = {"xgboost": "XGBoost", "lightgbm": "LightGBM", "catboost": "CatBoost"}
+
+
+@dataclass(frozen=True)
+class LibraryMetric:
+    """One evaluation metric of one library.
+
+    `spec`: the metric function's description (options, Formula, Shapes, Follows), built as a
+    catalogue entry is but not catalogued. `loss`: the catalogue loss whose formula it computes
+    with the library's constants, or None where none is the same function. `parameter`: the
+    option that `name@value` sets (XGBoost's `error@t`, `tweedie-nloglik@rho`); `link`: what
+    `margin: true` applies; `precision`: how the library computes it.
+    """
+
+    library: Library
+    name: str
+    spec: LossSpec
+    loss: str | None
+    aggregate: Aggregate
+    link: str
+    precision: str
+    parameter: str | None = None
+    # The library's name of a configured metric: with "@value" when the parameter is not its default.
+    always_suffixed: bool = False
+
+    def display_name(self, bound: Mapping[str, Any]) -> str:
+        if self.parameter is None:
+            return self.name
+        value = bound[self.parameter]
+        option = next(o for o in self.spec.options if o.name == self.parameter)
+        if value == option.default and not self.always_suffixed:
+            return self.name
+        return f"{self.name}@{value:g}"  # C++ ostream's default format, as XGBoost prints it
+
+
+_TABLES: dict[Library, dict[str, LibraryMetric]] = {library: {} for library in LIBRARIES}
+
+F = typing.TypeVar("F", bound=Callable[..., LossValues])
+
+
+def metric(
+    library: Library,
+    name: str,
+    *,
+    loss: str | None,
+    link: str,
+    precision: str,
+    aggregate: Aggregate = "mean",
+    parameter: str | None = None,
+    always_suffixed: bool = False,
+    class_labels: bool = False,
+) -> Callable[[F], F]:
+    """Add a metric to `library`'s table under the name the library gives it."""
+
+    def decorate(function: F) -> F:
+        spec = spec_of(f"{library}:{name}", function, class_labels=class_labels)
+        names = {option.name for option in spec.options}
+        if "margin" not in names:
+            raise TypeError(f"{function.__name__}: a library metric takes the option `margin`")
+        if parameter is not None and parameter not in names:
+            raise TypeError(f"{function.__name__}: `{name}@...` sets {parameter!r}, which is no option")
+        if loss is not None:
+            resolve(loss)  # the catalogue loss it maps onto exists
+        if name in _TABLES[library]:
+            raise ValueError(f"{library} metric {name!r} declared twice")
+        _TABLES[library][name] = LibraryMetric(
+            library=library,
+            name=name,
+            spec=spec,
+            loss=loss,
+            aggregate=aggregate,
+            link=link,
+            precision=precision,
+            parameter=parameter,
+            always_suffixed=always_suffixed,
+        )
+        return function
+
+    return decorate
+
+
+def metrics(library: Library | None = None) -> tuple[LibraryMetric, ...]:
+    """Every declared metric (of one library), in the order of the library's table."""
+    libraries = LIBRARIES if library is None else (library,)
+    return tuple(m for lib in libraries for m in _TABLES[lib].values())
+
+
+def accepted(library: Library) -> str:
+    """The names a library convention accepts, as a refusal lists them."""
+    names = []
+    for m in _TABLES[library].values():
+        names.append(f"{m.name}@<{m.parameter}>" if m.always_suffixed else m.name)
+        if m.parameter is not None and not m.always_suffixed:
+            names.append(f"{m.name}@<{m.parameter}>")
+    return ", ".join(names) or "none yet"
+
+
+def is_library_metric(name: str) -> bool:
+    base = name.partition("@")[0]
+    return any(base in table for table in _TABLES.values())
+
+
+def lookup(convention: Convention, loss: str) -> tuple[LibraryMetric, dict[str, Any]]:
+    """The metric `loss` names under a library convention, and the option its "@value" sets."""
+    library = typing.cast(Library, convention)
+    title = LIBRARY_TITLES[library]
+    base, at, suffix = loss.partition("@")
+    found = _TABLES[library].get(base)
+    if found is None:
+        hint = ""
+        if _is_catalogue_name(loss):
+            hint = f" ({shown(loss)} is a catalogue loss: it takes convention keras or torch)"
+        else:
+            others = [lib for lib in LIBRARIES if lib != library and base in _TABLES[lib]]
+            if others:
+                hint = f" ({shown(base)} is {LIBRARY_TITLES[others[0]]}'s metric: convention {others[0]!r})"
+        raise LossInputError(
+            "loss", f"{shown(loss)} is no {title} metric{hint}; convention {library!r} accepts: {accepted(library)}"
+        )
+    if not at:
+        return found, {}
+    if found.parameter is None:
+        raise LossInputError("loss", f"{title}'s {found.name} takes no @parameter, got {shown(loss)}")
+    if not _NUMBER.fullmatch(suffix) or not math.isfinite(value := float(suffix)):
+        raise LossInputError("loss", f"{shown(loss)}: the part after @ must be a number ({found.parameter})")
+    return found, {found.parameter: value}
+
+
+def bind(convention: Convention, loss: str, options: Mapping[str, Any] | None) -> tuple[LibraryMetric, dict[str, Any]]:
+    """Resolve `loss` under a library convention and check its options: names, types and ranges
+    (the API passes library options through unchecked; the engine owns their validation)."""
+    found, from_name = lookup(convention, loss)
+    given = dict(options or {})
+    for key in from_name:
+        if key in given:
+            raise LossInputError(f"options.{key}", f"is also set by the name {shown(loss)}; give it once")
+    given.update(from_name)
+    by_name = {o.name: o for o in found.spec.options}
+    for key, value in given.items():
+        option = by_name.get(key)
+        if option is None:
+            valid = ", ".join(by_name)
+            raise LossInputError(
+                f"options.{key}",
+                f"is not an option of {LIBRARY_TITLES[found.library]}'s {found.name}; its options: {valid}",
+            )
+        _check_type(option, value)
+    if found.always_suffixed and found.parameter not in given:
+        raise LossInputError(
+            "loss",
+            f"{LIBRARY_TITLES[found.library]} writes this metric {found.name}@{found.parameter} "
+            f"(e.g. {found.name}@{_default_of(found)}); give the @value or options.{found.parameter}",
+        )
+    return found, found.spec.bind(given, convention)
+
+
+def _default_of(found: LibraryMetric) -> str:
+    option = next(o for o in found.spec.options if o.name == found.parameter)
+    return f"{option.default:g}"
+
+
+def _check_type(option: OptionSpec, value: Any) -> None:
+    accepted_types = _types(option.type)
+    if isinstance(value, bool):
+        ok = bool in accepted_types
+    elif isinstance(value, int | float):
+        ok = float in accepted_types or (int in accepted_types and isinstance(value, int))
+        if ok and not math.isfinite(value):
+            raise LossInputError(f"options.{option.name}", f"must be a finite number, got {value!r}")
+    elif isinstance(value, list):
+        ok = list in accepted_types and bool(value) and all(_is_number(v) for v in value)
+    else:
+        ok = False
+    if not ok:
+        raise LossInputError(f"options.{option.name}", f"must be {option.type_name()}, got {shown(value)}")
+
+
+def _types(annotation: Any) -> set[Any]:
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is list:
+        return {list}
+    if args and typing.get_origin(annotation) is not list:
+        return {t for a in args for t in _types(a)}
+    return {annotation}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_catalogue_name(name: str) -> bool:
+    try:
+        resolve(name)
+    except LookupError:
+        return False
+    return True
+
+
+def shown(value: Any, limit: int = 64) -> str:
+    """A value quoted for a message, clipped."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
