@@ -38,7 +38,7 @@ async def test_the_json_answer_document(client: httpx.AsyncClient) -> None:
     assert body["model_name"] == "sparse_categorical_crossentropy"
     assert body["model_version"] == "1"
     assert body["id"] == "r-7"
-    assert set(body["parameters"]) == {"sum", "count", "denominator", "convention", "dtype"}
+    assert set(body["parameters"]) == {"sum", "count", "denominator", "aggregate", "convention", "dtype"}
     assert body["parameters"]["count"] == 8
     assert body["parameters"]["denominator"] == 8.0
     assert body["parameters"]["convention"] == "torch"
