@@ -333,3 +333,26 @@ def test_float32_is_as_close_to_torch_as_documented_on_long_sequences() -> None:
     per_sample = _torch_ctc(case, "none", zero_infinity=False)
     assert_matches_reference(case, per_sample.tolist(), float(_torch_ctc(case, "mean", False)), convention="torch")
     assert FLOAT32_ULPS + math.log2(t + 1) < 10
+
+
+@pytest.mark.anyio
+async def test_the_http_api_takes_each_frameworks_option_names(client: Any) -> None:
+    """Keras's names (output_length, target_length, mask_index) and PyTorch's reach the same
+    options over HTTP; per-sample lists pass the option schema; the torch sum is the divided one."""
+    batch = _batch(12)
+    body = {"loss": "ctc_loss", "predictions": batch["logits"].tolist(), "labels": batch["labels"].tolist()}
+    lengths = {"input_lengths": batch["inputs"].tolist(), "target_lengths": batch["targets"].tolist()}
+    keras_names = {
+        "output_length": lengths["input_lengths"],
+        "target_length": lengths["target_lengths"],
+        "mask_index": 0,
+    }
+    keras = (await client.post("/v1/loss", json={**body, "options": keras_names})).json()
+    expected = compute("ctc", batch["logits"], batch["labels"], options=lengths)
+    assert keras["loss"] == "ctc"
+    assert keras["per_sample"] == expected.per_sample.tolist()
+    torch_body = {**body, "convention": "torch", "options": {**lengths, "blank": 0, "zero_infinity": True}}
+    answer = (await client.post("/v1/loss", json=torch_body)).json()
+    per_sample = np.asarray(answer["per_sample"])
+    assert answer["sum"] == pytest.approx((per_sample / np.maximum(batch["targets"], 1)).sum(), rel=1e-14)
+    assert answer["mean"] == pytest.approx(answer["sum"] / answer["denominator"], rel=1e-15)

@@ -99,7 +99,10 @@ class LossResult(BaseModel):
         description="The framework's unreduced loss, sample weights applied; nested for multi-axis outputs."
     )
     mean: float = Field(description="The convention's default reduction: Keras sum_over_batch_size, PyTorch 'mean'.")
-    sum: float = Field(description="Sum of per_sample.")
+    sum: float = Field(
+        description="Sum of per_sample; for CTC under torch, of each sample's loss divided by its target length "
+        "(what PyTorch's mean averages)."
+    )
     count: int = Field(description="Number of values in per_sample.")
     denominator: float = Field(
         description="What `mean` divides `sum` by: the number of values, of non-ignored targets, or the summed "
