@@ -102,6 +102,14 @@ def test_torch_mean_divides_each_loss_by_its_target_length() -> None:
     weighted = compute("ctc", log_p, batch["labels"], options=options, sample_weight=weights, convention="torch")
     np.testing.assert_allclose(weighted.per_sample, weights * result.per_sample, rtol=1e-15)
     assert weighted.mean == pytest.approx((weights * quotients).sum() / weights.sum(), rel=1e-14)
+    # A chunk weighted 0 throughout counts nothing; a whole batch so weighted is refused.
+    nothing = np.zeros(6)
+    chunk = compute(
+        "ctc", log_p, batch["labels"], options=options, sample_weight=nothing, convention="torch", chunk=True
+    )
+    assert (chunk.mean, chunk.sum, chunk.denominator) == (0.0, 0.0, 0.0)
+    with pytest.raises(LossInputError, match="weights sum to 0"):
+        compute("ctc", log_p, batch["labels"], options=options, sample_weight=nothing, convention="torch")
     # Keras's mean is the plain one.
     keras = compute("ctc", batch["logits"], batch["labels"], options={"target_lengths": batch["targets"].tolist()})
     assert keras.mean == pytest.approx(keras.per_sample.mean(), rel=1e-14)

@@ -75,7 +75,9 @@ def ctc(
                loss_n / max(L_n, 1) (what the mean averages; per_sample stays loss_n);
                no alignment: refused, or 0 with zero_infinity
         keras: p_t = softmax(predictions); mean_n(loss_n); log 0 is -1e5 as in Keras, so a sample
-               with no alignment costs about 1e5 per impossible step, as Keras reports it
+               with no alignment costs about 1e5 per impossible step, as Keras reports it;
+               Keras 3.15 computes CTC in float32 whatever its loss dtype: float32 gives its
+               number, float64 the exact one
 
     Shapes:
         predictions: (N, T, C), batch first (PyTorch's log_probs are (T, N, C): transpose them);
