@@ -121,7 +121,10 @@ class LossResult(BaseModel):
         description="The convention's default reduction: Keras sum_over_batch_size, PyTorch 'mean', the libraries' "
         "sum(w l) / sum(w); with aggregate root_mean its square root."
     )
-    sum: float = Field(description="Sum of per_sample.")
+    sum: float = Field(
+        description="Sum of per_sample; for CTC under torch, of each sample's loss divided by its target length "
+        "(what PyTorch's mean averages)."
+    )
     count: int = Field(description="Number of values in per_sample.")
     denominator: float = Field(
         description="What `mean` divides `sum` by: the number of values, of non-ignored targets, or the summed "
