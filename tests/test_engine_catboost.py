@@ -133,8 +133,8 @@ def test_mae_subtracts_catboosts_dead_zone() -> None:
     # |e| - 1e-6 beyond the zone, 0 inside, 1e-6 at its edge (CatBoost moves only |e| > delta)
     reduced = compute("MAE", [0.0, 0.0, 0.0, 0.0], [1.0, 5e-7, -2.0, 0.0], convention="catboost")
     np.testing.assert_array_equal(reduced.per_sample, [1.0 - 1e-6, 0.0, 2.0 - 1e-6, 0.0])
-    edge = compute("MAE", np.array([1.0]), np.array([1.0]) + 0, convention="catboost", options={"margin": True})
-    assert edge.mean == 0.0
+    edge = compute("MAE", [-1e-6, 0.0], [0.0, 0.0], convention="catboost")  # e = 1e-6 exactly: not moved
+    np.testing.assert_array_equal(edge.per_sample, [1e-6, 0.0])
     quantile = compute("Quantile:alpha=0.3", [0.0, 0.0], [1.0, -1.0], convention="catboost")
     np.testing.assert_allclose(quantile.per_sample, [0.3 * (1 - 1e-6), 0.7 * (1 - 1e-6)], rtol=1e-15)
     wider = compute("Quantile:alpha=0.3;delta=0.01", [0.0, 0.0], [1.0, 0.005], convention="catboost")
