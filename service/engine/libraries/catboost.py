@@ -25,7 +25,7 @@ What CatBoost does, and this table with it:
   description of the metric, the key of `get_evals_result()` (`Quantile:alpha=0.5` for `Quantile`).
 
 Precision: with `dtype: "float64"` (default) each value is the double CatBoost computes, from the
-same float32 labels and weights: measured at most 3e-16 relative on raw values, 1.3e-12 on
+same float32 labels and weights: measured at most 3.7e-16 relative on raw values, 2.4e-12 on
 probabilities (whose rounding moves the raw value by up to ulp(p) / (p (1 - p))).
 """
 
