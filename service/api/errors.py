@@ -120,7 +120,7 @@ def _unknown_loss(tag: str) -> str:
     names = ", ".join(repr(name) for spec in catalogue() for name in (spec.name, *spec.aliases))
     hint = ""
     if libraries.is_library_metric(tag):
-        found = next(m for m in libraries.metrics() if m.name == tag.partition("@")[0])
+        found = next(m for m in libraries.metrics() if m.name == libraries.base_name(tag))
         title = libraries.LIBRARY_TITLES[found.library]
         hint = f" ({shown(tag)} is {title}'s metric: it takes convention {found.library!r})"
     return f"unknown loss {shown(tag)}{hint}; valid names: {names}"

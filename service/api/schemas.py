@@ -29,7 +29,7 @@ from service.api.arrays import NumericArray, kind_of
 from service.api.problems import shown
 from service.engine import FRAMEWORKS, LIBRARIES, Aggregate, Convention, DType, LossSpec, OptionSpec, catalogue
 from service.engine.conventions import Framework
-from service.engine.libraries import LIBRARY_TITLES, LibraryMetric, metrics
+from service.engine.libraries import LIBRARY_TITLES, SEPARATORS, LibraryMetric, base_name, metrics
 
 MODEL_LABEL_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 MAX_LOSSES_PER_EVALUATE = 32
@@ -373,7 +373,7 @@ def loss_request_model(spec: LossSpec) -> type[BaseModel]:
 
 
 def library_tag(convention: str, loss: str) -> str:
-    return f"{convention}:{loss.partition('@')[0]}"
+    return f"{convention}:{base_name(loss)}"
 
 
 def _metric_title(metric: LibraryMetric) -> str:
@@ -384,10 +384,10 @@ def _metric_loss_field(metric: LibraryMetric) -> tuple[Any, Any]:
     number = r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?"
     # Optional even where the library requires it: the engine's refusal says how to write it.
     suffix = "" if metric.parameter is None else f"(@{number})?"
+    if metric.parameter is not None and SEPARATORS[metric.library] == ":":
+        suffix = "(:.{1,256})?"  # Name:key=value;key=value; the engine's refusal names what is wrong
     pattern = f"^{re.escape(metric.name)}{suffix}$"
-    written = f" or {metric.name}@<{metric.parameter}>" if metric.parameter and not metric.always_suffixed else ""
-    name = f"{metric.name}@<{metric.parameter}>" if metric.always_suffixed else metric.name
-    return str, Field(pattern=pattern, description=f"{metric.spec.summary} Written {name}{written}.")
+    return str, Field(pattern=pattern, description=f"{metric.spec.summary} Written {' or '.join(metric.forms())}.")
 
 
 @cache

@@ -99,6 +99,10 @@ def _compute_library(
         raise LossInputError("dtype", f"must be one of {list(DTYPES)}, got {dtype!r}")
     metric, bound = libraries.bind(convention, loss, options)
     x, y, weight = _arrays(metric.spec, predictions, labels, sample_weight, np.dtype(dtype))
+    if metric.float32_targets:  # the library's float label and weight arrays (refusing overflow)
+        f32 = np.dtype(np.float32)
+        y = y if metric.spec.class_labels else as_working_array(y, "labels", f32).astype(x.dtype)
+        weight = None if weight is None else as_working_array(weight, "sample_weight", f32).astype(x.dtype)
     with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
         values = loss_values(metric.spec, x, y, convention, bound)
         return reduce_library(values, weight, metric.aggregate, chunk=chunk)
