@@ -16,7 +16,8 @@ from fastapi import Request
 from pydantic import BaseModel
 
 from service.api.access import authorize
-from service.api.guards import HEAVY_SLOT, Slot
+from service.api.guards import Slot
+from service.api.policy import RequestContext, context_of
 from service.engine import LIBRARIES, Reduced, compute, loss_name, resolve, working_bytes
 from service.monitoring import Monitor
 
@@ -42,18 +43,17 @@ def compute_loss(batch: Any, loss: str, options: BaseModel) -> tuple[str, Reduce
     return name, reduced
 
 
-def run_loss(request: Any, monitor: Monitor, log: dict[str, Any] | None = None) -> tuple[str, Reduced]:
+def run_loss(request: Any, monitor: Monitor, context: RequestContext) -> tuple[str, Reduced]:
     """Compute a validated loss request (a generated `<Loss>Request` model) and record it.
 
-    `log`: the request's scope state, where the access log finds model, loss and batch size, and
-    where the request's API key is checked for the model and its value budget.
+    `context`: the request's, where the access log finds model, loss and batch size, and whose
+    API key is checked for the model and its value budget.
     """
-    authorize(log, request.model, request_values(request))
-    reserve(log, compute_bytes(request), "this request")
+    authorize(context.principal, request.model, request_values(request))
+    reserve(context, compute_bytes(request), "this request")
     name, reduced = compute_loss(request, request.loss, request.options)
     record_batch(monitor, request.model, name, reduced)
-    if log is not None:
-        log.update(model=request.model, loss=name, batch_size=len(request.predictions))
+    context.model, context.loss, context.batch_size = request.model, name, len(request.predictions)
     return name, reduced
 
 
@@ -69,10 +69,10 @@ def compute_bytes(batch: Any, losses: int = 1) -> int:
     return int(arrays) + working_bytes(elements, batch.dtype) + losses * elements * ANSWER_BYTES_PER_VALUE
 
 
-def reserve(state: dict[str, Any] | None, nbytes: int, purpose: str) -> None:
-    """Hold `nbytes` of the worker's memory budget for the request whose scope state this is
-    (see `Slot.reserve`); requests outside the heavy-request guard hold none."""
-    slot: Slot | None = (state or {}).get(HEAVY_SLOT)
+def reserve(context: RequestContext, nbytes: int, purpose: str) -> None:
+    """Hold `nbytes` of the worker's memory budget for the request whose context this is (see
+    `Slot.reserve`); requests outside the heavy-request guard hold none."""
+    slot = context.slot
     if slot is not None:
         slot.reserve(nbytes, purpose)
 
@@ -120,19 +120,19 @@ async def off_loop(
     abandoned before any thread picked it up never runs (anyio drops it), so then the request
     gives the slot back.
     """
-    state = request.scope.setdefault("state", {})
+    context = context_of(request.scope)
     offload = request.app.state.settings.offload_bytes
     counted = decoded() if size <= offload and not waits_on_io else None
     if counted is not None and counted * (losses() if losses is not None else 1) <= offload:
-        reserve(state, counted, "parsing this body")
+        reserve(context, counted, "parsing this body")
         return work()
 
     def parsing_reserved() -> Any:
         # Counted on the loop already for a small body; a large one is counted here, off the loop.
-        reserve(state, counted if counted is not None else decoded(), "parsing this body")
+        reserve(context, counted if counted is not None else decoded(), "parsing this body")
         return work()
 
-    slot: Slot | None = state.get(HEAVY_SLOT)
+    slot: Slot | None = context.slot
     if slot is None:
         return await anyio.to_thread.run_sync(parsing_reserved, limiter=limiter)
     slot.hold()

@@ -18,6 +18,7 @@ from starlette.routing import Match
 
 from service.api.access import AccessRefusedError, audit, retry_after
 from service.api.arrays import NON_FINITE
+from service.api.policy import Dialect, context_of
 from service.api.problems import ProblemError, clipped, shown
 from service.api.schemas import UNKNOWN_KEYS, loss_names
 from service.engine import LIBRARIES, LossInputError, UnknownLossError, catalogue, libraries
@@ -42,15 +43,16 @@ def problem_response(
 
 
 def refusal_response(
-    path: str,
+    dialect: Dialect,
     status: int,
     detail: str,
     headers: dict[str, str] | None = None,
     errors: list[dict[str, Any]] | None = None,
 ) -> Response:
-    """A refusal in the shape the route's protocol promises: Open Inference Protocol routes (/v2)
-    answer `{"error": "..."}` as the protocol requires, every other route problem details."""
-    if path.startswith("/v2"):
+    """A refusal in the shape the route's protocol promises (its policy's `dialect`): Open
+    Inference Protocol routes answer `{"error": "..."}` as the protocol requires, every other
+    route problem details."""
+    if dialect == "oip":
         return Response(
             orjson.dumps({"error": detail}), status_code=status, media_type="application/json", headers=headers
         )
@@ -173,6 +175,10 @@ def _allowed_methods(request: Request) -> list[str]:
     return allowed
 
 
+def _dialect(request: Request) -> Dialect:
+    return context_of(request.scope).policy.dialect
+
+
 def _logged(request: Request) -> str:
     """The request's decoded path for a log line: quoted, escaped (a CR or LF in it cannot start
     a line of its own) and clipped to 200 characters."""
@@ -182,7 +188,7 @@ def _logged(request: Request) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProblemError)
-        return refusal_response(request.url.path, exc.status, exc.detail, exc.headers, exc.errors)
+        return refusal_response(_dialect(request), exc.status, exc.detail, exc.headers, exc.errors)
 
     async def on_loss_input(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, LossInputError)
@@ -209,12 +215,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_access_refused(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, AccessRefusedError)
-        state = request.scope.setdefault("state", {})
+        context = context_of(request.scope)
         if exc.status == 429:
-            state["refusal"] = "rate_limited"
-        audit(exc.status, state.get("key", "unknown"), request.scope["path"], exc.model, exc.reason)
+            context.refusal = "rate_limited"
+        audit(exc.status, context.key or "unknown", request.scope["path"], exc.model, exc.reason)
         headers = {"Retry-After": retry_after(exc.retry_after)} if exc.retry_after else None
-        return refusal_response(request.url.path, exc.status, exc.detail, headers)
+        return refusal_response(context.policy.dialect, exc.status, exc.detail, headers)
 
     async def on_disconnect(request: Request, _: Exception) -> Response:
         # The client left before its body arrived: nobody reads this answer, and it is no fault
@@ -227,7 +233,7 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StoreFailureError)
         status = 507 if isinstance(exc, StoreFullError) else 503
         detail = f"{exc.reason}; nothing of this request was stored; retry after {exc.retry_after} s"
-        return refusal_response(request.url.path, status, detail, {"Retry-After": str(exc.retry_after)})
+        return refusal_response(_dialect(request), status, detail, {"Retry-After": str(exc.retry_after)})
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, _logged(request))

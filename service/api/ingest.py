@@ -19,9 +19,10 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from service.api.access import PRINCIPAL, KeyRing, Principal, audit, authorize
+from service.api.access import KeyRing, Principal, audit, authorize
 from service.api.body import validate_json
 from service.api.errors import engine_problem
+from service.api.policy import RequestContext
 from service.api.problems import ProblemError, shown
 from service.api.responses import loss_result
 from service.api.schemas import LabelsLog, PredictionsLog, model_config_request_model
@@ -91,12 +92,6 @@ def unknown_model(name: str) -> ProblemError:
 WRITING_SCOPES = frozenset({"ingest", "admin"})
 
 
-def principal_of(state: dict[str, Any] | None) -> Principal | None:
-    """The request's API key; None on the service without keys."""
-    principal: Principal | None = (state or {}).get(PRINCIPAL)
-    return principal
-
-
 def quota_of(principal: Principal | None, settings: Settings) -> Quota:
     """The quota a key's writes are checked against: its limits (or the settings'), over the models
     its patterns match. Without keys, the service's own, over every model."""
@@ -114,12 +109,14 @@ def row_values_limit(principal: Principal | None, settings: Settings) -> int:
     return (principal.max_row_values if principal else None) or settings.quota_row_values
 
 
-def quota_problem(exc: QuotaExceededError, setting: str, state: dict[str, Any], route: str, model: str) -> ProblemError:
+def quota_problem(
+    exc: QuotaExceededError, setting: str, context: RequestContext, route: str, model: str
+) -> ProblemError:
     """429 naming the quota, counted as a `quota` refusal and audited as the keys' refusals are.
     No Retry-After: usage falls only when rows expire or a model is deleted, which waiting a few
     seconds does not bring about."""
-    state["refusal"] = "quota"
-    audit(429, state.get("key", "unknown"), route, model, exc.quota)
+    context.refusal = "quota"
+    audit(429, context.key or "unknown", route, model, exc.quota)
     message = f"{exc} (the key file's {exc.quota}, default {setting})"
     return ProblemError(429, message, errors=[{"loc": ["quota", exc.quota], "msg": message}])
 
@@ -137,7 +134,12 @@ def report_usage(store: Store, monitor: Monitor, keys: KeyRing | None, settings:
 
 
 def configure(
-    store: Store, name: str, body: bytes, now: float, quota: Quota | None = None, state: dict[str, Any] | None = None
+    store: Store,
+    name: str,
+    body: bytes,
+    now: float,
+    quota: Quota | None = None,
+    context: RequestContext | None = None,
 ) -> dict[str, Any]:
     """PUT /v1/models/{name}: the losses are checked as /v1/evaluate checks them, then stored;
     creating a model is checked against `quota`'s `max_models`."""
@@ -161,7 +163,7 @@ def configure(
         return model_config(store.configure_model(name, config, request.retention_seconds, now, quota))
     except QuotaExceededError as exc:
         raise quota_problem(
-            exc, "LOSS_SERVICE_QUOTA_MODELS", {} if state is None else state, f"/v1/models/{name}", name
+            exc, "LOSS_SERVICE_QUOTA_MODELS", context or RequestContext(), f"/v1/models/{name}", name
         ) from None
 
 
@@ -241,7 +243,7 @@ def log_rows(
     name: str,
     side: Side,
     body: bytes,
-    state: dict[str, Any],
+    context: RequestContext,
     settings: Settings,
 ) -> dict[str, Any]:
     """POST /v1/models/{name}/predictions or /labels."""
@@ -253,8 +255,8 @@ def log_rows(
         raise _problem(side, f"has {rows.shape[0]} rows and ids has {len(ids)}: one row per id")
     timestamps = _per_row(getattr(request, "timestamps", None), "timestamps", len(ids))
     weights = _per_row(getattr(request, "sample_weight", None), "sample_weight", len(ids))
-    state.update(model=name, batch_size=len(ids))
-    principal = principal_of(state)
+    context.model, context.batch_size = name, len(ids)
+    principal = context.principal
     width, limit = math.prod(rows.shape[1:]), row_values_limit(principal, settings)
     if width > limit:
         whose = "the service's" if principal is None else f"the API key {principal.name!r}'s"
@@ -265,7 +267,7 @@ def log_rows(
             "nothing of this request was stored",
             [0],
         )
-    authorize(state, name, rows.size)
+    authorize(principal, name, rows.size)
     current = store.model(name)
     if current is None:
         raise unknown_model(name)
@@ -289,7 +291,9 @@ def log_rows(
             quota=quota_of(principal, settings),
         )
     except QuotaExceededError as exc:
-        raise quota_problem(exc, "LOSS_SERVICE_QUOTA_STORED_BYTES", state, f"/v1/models/{name}/{side}", name) from None
+        raise quota_problem(
+            exc, "LOSS_SERVICE_QUOTA_STORED_BYTES", context, f"/v1/models/{name}/{side}", name
+        ) from None
     except UnknownModelError:
         raise unknown_model(name) from None
     except RowShapeError as exc:
@@ -297,8 +301,8 @@ def log_rows(
     except RowIdError as exc:  # the schema refuses these first; the store's own check stays a 422
         raise _problem("ids", exc.reason, [exc.index]) from None
     except TooManyPendingError as exc:  # a bound on the model's storage: audited as the quotas are
-        state["refusal"] = "quota"
-        audit(429, state.get("key", "unknown"), f"/v1/models/{name}/{side}", name, "max_pending")
+        context.refusal = "quota"
+        audit(429, context.key or "unknown", f"/v1/models/{name}/{side}", name, "max_pending")
         raise ProblemError(429, str(exc), errors=[{"loc": ["body", "ids"], "msg": str(exc)}]) from None
     # Committed: from here on the pairs are joined for good, and recorded exactly once.
     model, results = logged.model, logged.joined_result or []
