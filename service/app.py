@@ -24,7 +24,6 @@ from service import __version__
 from service.api.access import KeyRing
 from service.api.errors import install_error_handlers
 from service.api.guards import KEY_REFUSALS, ApiKeys, BodyLimit, HeavyRequests
-from service.api.ingest import store_threads, sweep_forever
 from service.api.policy import RequestContext
 from service.api.routes import health, inference, losses, metrics, models, pages
 from service.api.routes.inference import HEADER_LENGTH
@@ -49,6 +48,7 @@ from service.monitoring import (
     mark_worker_dead,
 )
 from service.store import Store, redacted
+from service.usecases.ingest import store_threads, sweep_forever
 
 log = logging.getLogger("service.app")
 

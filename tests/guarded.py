@@ -41,7 +41,7 @@ def refusal(response: httpx.Response, status: int) -> str:
 def computations_held(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
     """Every loss computation waits, in its worker thread, until `release` is set; `entered` is set
     once one waits. With offload_bytes=0 every request computes in a worker thread."""
-    from service.api import batches
+    from service.usecases import compute as batches
 
     entered, release = threading.Event(), threading.Event()
     real = batches.compute

@@ -281,7 +281,7 @@ api_request = st.sampled_from(["log"] * 8 + ["sweep", "delete", "configure"]).fl
 
 
 class Clock:
-    """`time` for `service.api.ingest`: the time at which rows arrive is the test's."""
+    """`time` for `service.usecases.ingest`: the time at which rows arrive is the test's."""
 
     def __init__(self) -> None:
         self.now = 1_000.0
@@ -317,9 +317,9 @@ def served(
     from anyio.from_thread import start_blocking_portal
 
     from service import app as app_module
-    from service.api import ingest
     from service.app import create_app
     from service.config import Settings
+    from service.usecases import ingest
 
     url = f"sqlite:///{tmp_path}/store.sqlite3"
     if request.param == "postgresql":

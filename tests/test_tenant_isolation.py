@@ -28,13 +28,13 @@ import httpx
 import numpy as np
 import pytest
 
-from service.api import ingest
 from service.api.access import digest
 from service.app import create_app
 from service.config import Settings
 from service.store import DELETE_BATCH_ROWS, SWEEP_BATCH_ROWS, Pairs, Store
 from service.store.database import Transaction
 from service.store.schema import row_bytes_sql
+from service.usecases import ingest
 
 CONFIG = {"losses": [{"loss": "mse", "options": {}}], "convention": "keras", "dtype": "float64"}
 HANG = 60.0  # seconds: only ever reached when something is stuck

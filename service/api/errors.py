@@ -18,11 +18,18 @@ from starlette.routing import Match
 
 from service.api.access import AccessRefusedError, audit, retry_after
 from service.api.arrays import NON_FINITE
-from service.api.policy import Dialect, context_of
+from service.api.policy import Dialect, RequestContext, context_of
 from service.api.problems import ProblemError, clipped, shown
 from service.api.schemas import UNKNOWN_KEYS, loss_names
 from service.engine import LIBRARIES, LossInputError, UnknownLossError, catalogue, libraries
 from service.store import StoreFailureError, StoreFullError
+from service.usecases.errors import (
+    InvalidInputError,
+    NotFoundError,
+    QuotaError,
+    StoreUnavailableError,
+    UseCaseError,
+)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("service.api")
@@ -158,6 +165,31 @@ def validation_problem(exc: ValidationError) -> ProblemError:
     return problem
 
 
+def use_case_response(exc: UseCaseError, context: RequestContext, path: str) -> Response:
+    """A use case's error as HTTP, in the route's dialect: its status, detail and error list."""
+    status, detail, errors, headers = 400, exc.message, None, None
+    if isinstance(exc, InvalidInputError):
+        status, errors = 422, [{"loc": ["body", *_field_path(exc.field), *exc.index], "msg": exc.reason}]
+        detail = exc.detail or _summary(errors)
+    elif isinstance(exc, NotFoundError):
+        status = 404
+    elif isinstance(exc, QuotaError):
+        # Counted as a `quota` refusal and audited as the keys' refusals are. No Retry-After:
+        # usage falls only when rows expire or a model is deleted, which waiting does not bring.
+        status, errors = 429, [{"loc": exc.loc, "msg": exc.message}]
+        context.refusal = "quota"
+        audit(429, context.key or "unknown", path, exc.model, exc.reason)
+    elif isinstance(exc, StoreUnavailableError):
+        status = 507 if exc.full else 503
+        detail = f"{exc.reason}; nothing of this request was stored; retry after {exc.retry_after} s"
+        headers = {"Retry-After": str(exc.retry_after)}
+    return refusal_response(context.policy.dialect, status, detail, headers, errors)
+
+
+def _field_path(field: str) -> list[str | int]:
+    return [int(part) if part.isdigit() else part for part in field.split(".")]
+
+
 def engine_problem(exc: LossInputError) -> ProblemError:
     path = [int(part) if part.isdigit() else part for part in exc.field.split(".")]
     loc = ["body", *path, *exc.index]
@@ -228,12 +260,13 @@ def install_error_handlers(app: FastAPI) -> None:
         log.info("client disconnected before its request body arrived: %s %s", request.method, _logged(request))
         return problem_response(400, "the client closed the connection before the request body arrived")
 
-    async def on_store_failure(request: Request, exc: Exception) -> Response:
-        # Logged by the store once per episode (service.store.health), not once per request.
-        assert isinstance(exc, StoreFailureError)
-        status = 507 if isinstance(exc, StoreFullError) else 503
-        detail = f"{exc.reason}; nothing of this request was stored; retry after {exc.retry_after} s"
-        return refusal_response(_dialect(request), status, detail, {"Retry-After": str(exc.retry_after)})
+    async def on_use_case(request: Request, exc: Exception) -> Response:
+        # A store failure is logged by the store once per episode (service.store.health), not
+        # once per request; one that reaches here outside a use case is rendered as one.
+        if isinstance(exc, StoreFailureError):
+            exc = StoreUnavailableError(exc.reason, exc.retry_after, isinstance(exc, StoreFullError))
+        assert isinstance(exc, UseCaseError)
+        return use_case_response(exc, context_of(request.scope), request.scope["path"])
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, _logged(request))
@@ -246,5 +279,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_request_validation)
     app.add_exception_handler(ClientDisconnect, on_disconnect)
-    app.add_exception_handler(StoreFailureError, on_store_failure)
+    app.add_exception_handler(UseCaseError, on_use_case)
+    app.add_exception_handler(StoreFailureError, on_use_case)
     app.add_exception_handler(Exception, on_unexpected)

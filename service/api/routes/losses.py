@@ -10,7 +10,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from service.api.access import authorize
-from service.api.batches import compute_bytes, compute_loss, off_loop, record_batch, request_values, reserve, run_loss
+from service.api.batches import off_loop, reserve, run_loss
 from service.api.body import (
     BATCH_MEDIA_TYPES,
     JSON_MEDIA_TYPE,
@@ -40,6 +40,7 @@ from service.api.schemas import (
 from service.engine import LossInputError, catalogue, libraries, resolve
 from service.engine.conventions import Library
 from service.monitoring import Monitor
+from service.usecases.compute import compute_bytes, compute_loss, record_batch, request_values
 
 # Any path under /v1 that no route answers: its 404 is for key holders only.
 routes = Routes("/v1", tags=["losses"], unmatched=[("/{rest:path}", RoutePolicy())])

@@ -1,6 +1,6 @@
 """Delayed labels: configure a model, log its predictions now and its labels when they arrive;
 each pair's losses are computed once, when its second half arrives. Routes parse and hand over
-to `service.api.ingest`; the store's I/O always runs in a worker thread, among the store's own
+to the use cases (`service.usecases.ingest`); the store's I/O always runs in a worker thread, among the store's own
 (`ingest.StoreThreads`: reads apart from writes, both apart from anyio's default pool)."""
 
 from __future__ import annotations
@@ -11,15 +11,24 @@ from typing import Annotated, Any
 from fastapi import Path, Request
 from fastapi.responses import Response
 
-from service.api import ingest
-from service.api.access import visible
+from service.api.access import authorize, visible
 from service.api.batches import off_loop
-from service.api.body import json_decoded_bytes, read_body
+from service.api.body import json_decoded_bytes, read_body, validate_json
 from service.api.policy import RoutePolicy, context_of
 from service.api.responses import PROBLEM_RESPONSES, json_body, json_response
 from service.api.routing import Routes
-from service.api.schemas import MODEL_LABEL_PATTERN, LogResult, ModelConfig, ModelList, ModelStatus
+from service.api.schemas import (
+    MODEL_LABEL_PATTERN,
+    LabelsLog,
+    LogResult,
+    ModelConfig,
+    ModelList,
+    ModelStatus,
+    PredictionsLog,
+    model_config_request_model,
+)
 from service.store import Side, Store
+from service.usecases import ingest
 
 routes = Routes("/v1/models", tags=["delayed labels"])
 READ = RoutePolicy(scope="read", model_param="model")
@@ -91,7 +100,7 @@ async def configure_model(model: ModelName, request: Request) -> Response:
         request,
         len(body),
         lambda: json_decoded_bytes(body),
-        lambda: ingest.configure(store, model, body, time.time(), quota, context),
+        lambda: ingest.configure(store, model, validate_json(model_config_request_model(), body), time.time(), quota),
         waits_on_io=True,
         limiter=threads.writes,
     )
@@ -156,13 +165,18 @@ async def _log(request: Request, model: str, side: Side) -> Response:
     _, body = await read_body(request)
     store, monitor = _store(request), request.app.state.monitor
     settings = request.app.state.settings
-    max_pending = settings.max_pending
     context = context_of(request.scope)
+    schema = PredictionsLog if side == "predictions" else LabelsLog
+
+    def log_rows() -> dict[str, Any]:
+        parsed = validate_json(schema, body)
+        return ingest.log_rows(store, monitor, settings, model, side, parsed, context, authorize)
+
     result = await off_loop(
         request,
         len(body),
         lambda: json_decoded_bytes(body),
-        lambda: ingest.log_rows(store, monitor, max_pending, model, side, body, context, settings),
+        log_rows,
         waits_on_io=True,
         limiter=ingest.store_threads(request.app.state).writes,
     )

@@ -1,9 +1,12 @@
-"""What the delayed-labels routes do once a body has arrived: validate it, keep the rows in the
-store, compute the configured losses over the pairs a request completes, and record them.
+"""Delayed labels, once a request is parsed: configure a model, keep logged rows in the store,
+compute the configured losses over the pairs a request completes, and record them; the
+retention sweep and a model's deletion.
 
-The store decides which pairs a request completes (once, in one transaction); the engine
-computes their losses inside that transaction, so a pair the engine refuses leaves nothing
-stored; the metrics are recorded only after the transaction committed.
+The join reads ingest -> store -> engine -> store: the store decides which pairs a request
+completes (once, in one transaction) and, still inside it, calls the plain function this module
+hands it (`_pair_losses`, bound to the model's configuration and the request's ids), which asks
+the engine for their losses; a pair the engine refuses leaves nothing stored. The metrics are
+recorded only after the transaction committed. Errors are `UseCaseError`s, never HTTP.
 """
 
 from __future__ import annotations
@@ -13,25 +16,28 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
 import numpy as np
 
-from service.api.access import KeyRing, Principal, audit, authorize
-from service.api.body import validate_json
-from service.api.errors import engine_problem
-from service.api.policy import RequestContext
-from service.api.problems import ProblemError, shown
-from service.api.responses import loss_result
-from service.api.schemas import LabelsLog, PredictionsLog, model_config_request_model
 from service.config import Settings
-from service.engine import LIBRARIES, LossInputError, Reduced, as_working_array, compute, libraries, loss_name, resolve
+from service.engine import (
+    LIBRARIES,
+    LossInputError,
+    Reduced,
+    as_working_array,
+    compute,
+    libraries,
+    loss_name,
+    resolve,
+)
 from service.monitoring import Monitor
 from service.store import (
     DELETE_BATCH_ROWS,
     SWEEP_BATCH_ROWS,
+    Logged,
     Model,
     Pairs,
     Quota,
@@ -41,14 +47,49 @@ from service.store import (
     Side,
     Store,
     StoreFailureError,
+    StoreFullError,
     Swept,
     TooManyPendingError,
     UnknownModelError,
 )
+from service.usecases.compute import loss_result
+from service.usecases.errors import InvalidInputError, NotFoundError, QuotaError, StoreUnavailableError, shown
 
 log = logging.getLogger("service.api")
 SHOWN_DUPLICATES = 100
 T = TypeVar("T")
+
+
+class Principal(Protocol):
+    """What a use case reads of the request's API key (`service.api.access.Principal`)."""
+
+    name: str
+    models: tuple[str, ...] | None
+    max_models: int | None
+    max_stored_bytes: int | None
+    max_row_values: int | None
+
+
+class Caller(Protocol):
+    """The request a use case serves: its key (None without keys), and what it reports of the
+    request (the model and batch size the access log shows)."""
+
+    principal: Any
+    model: str | None
+    batch_size: int | None
+
+
+class Keys(Protocol):
+    """The keys in force (`service.api.access.KeyRing`), for every writing key's usage."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def principals(self) -> list[Any]: ...
+
+
+# Checks that the caller's key may use a model, and takes that many values from its budget.
+Authorize = Callable[[Any, str, int], None]
 
 
 class StoreThreads:
@@ -82,8 +123,13 @@ def store_threads(state: Any) -> StoreThreads:
     return threads
 
 
-def unknown_model(name: str) -> ProblemError:
-    return ProblemError(404, f"no model named {shown(name)} is configured; PUT /v1/models/{name} configures it")
+def unknown_model(name: str) -> NotFoundError:
+    return NotFoundError(f"no model named {shown(name)} is configured; PUT /v1/models/{name} configures it")
+
+
+def unavailable(exc: StoreFailureError) -> StoreUnavailableError:
+    """A store failure in the use cases' words."""
+    return StoreUnavailableError(exc.reason, exc.retry_after, isinstance(exc, StoreFullError))
 
 
 # -- quotas ---------------------------------------------------------------------------------------
@@ -109,19 +155,13 @@ def row_values_limit(principal: Principal | None, settings: Settings) -> int:
     return (principal.max_row_values if principal else None) or settings.quota_row_values
 
 
-def quota_problem(
-    exc: QuotaExceededError, setting: str, context: RequestContext, route: str, model: str
-) -> ProblemError:
-    """429 naming the quota, counted as a `quota` refusal and audited as the keys' refusals are.
-    No Retry-After: usage falls only when rows expire or a model is deleted, which waiting a few
-    seconds does not bring about."""
-    context.refusal = "quota"
-    audit(429, context.key or "unknown", route, model, exc.quota)
+def quota_error(exc: QuotaExceededError, setting: str, model: str) -> QuotaError:
+    """The quota exceeded, named with the setting that holds its default."""
     message = f"{exc} (the key file's {exc.quota}, default {setting})"
-    return ProblemError(429, message, errors=[{"loc": ["quota", exc.quota], "msg": message}])
+    return QuotaError(message, exc.quota, ["quota", exc.quota], model)
 
 
-def report_usage(store: Store, monitor: Monitor, keys: KeyRing | None, settings: Settings) -> None:
+def report_usage(store: Store, monitor: Monitor, keys: Keys | None, settings: Settings) -> None:
     """The usage of every key that may write (ingest or admin scope), or the service's without
     keys, into `loss_service_quota_usage`."""
     principals: list[Principal | None] = [None]
@@ -133,17 +173,10 @@ def report_usage(store: Store, monitor: Monitor, keys: KeyRing | None, settings:
         monitor.set_quota_usage(principal.name if principal else "", usage.models, usage.stored_bytes, as_of)
 
 
-def configure(
-    store: Store,
-    name: str,
-    body: bytes,
-    now: float,
-    quota: Quota | None = None,
-    context: RequestContext | None = None,
-) -> dict[str, Any]:
-    """PUT /v1/models/{name}: the losses are checked as /v1/evaluate checks them, then stored;
-    creating a model is checked against `quota`'s `max_models`."""
-    request = validate_json(model_config_request_model(), body)
+def configure(store: Store, name: str, request: Any, now: float, quota: Quota | None = None) -> dict[str, Any]:
+    """Configure a model from a validated `ModelConfigRequest`: the losses are checked as
+    /v1/evaluate checks them, then stored; creating a model is checked against `quota`'s
+    `max_models`."""
     losses = []
     for position, call in enumerate(request.losses):
         options = call.options.model_dump(exclude_unset=True)
@@ -156,15 +189,15 @@ def configure(
                 spec.bind(options, request.convention)
                 loss = spec.name
         except LossInputError as exc:
-            raise engine_problem(LossInputError(f"losses.{position}.{exc.field}", exc.reason, exc.index)) from None
+            raise InvalidInputError(f"losses.{position}.{exc.field}", exc.reason, exc.index) from None
         losses.append({"loss": loss, "options": options})
     config = {"losses": losses, "convention": request.convention, "dtype": request.dtype}
     try:
         return model_config(store.configure_model(name, config, request.retention_seconds, now, quota))
     except QuotaExceededError as exc:
-        raise quota_problem(
-            exc, "LOSS_SERVICE_QUOTA_MODELS", context or RequestContext(), f"/v1/models/{name}", name
-        ) from None
+        raise quota_error(exc, "LOSS_SERVICE_QUOTA_MODELS", name) from None
+    except StoreFailureError as exc:
+        raise unavailable(exc) from None
 
 
 def model_config(model: Model) -> dict[str, Any]:
@@ -180,6 +213,7 @@ def model_config(model: Model) -> dict[str, Any]:
 def model_status(
     store: Store, name: str, now: float, principal: Principal | None, settings: Settings
 ) -> dict[str, Any]:
+    """A model's configuration, its counts of rows, and the caller's quota."""
     model = store.model(name)
     if model is None:
         raise unknown_model(name)
@@ -206,8 +240,8 @@ def model_status(
     }
 
 
-def _problem(field: str, message: str, index: list[int] | None = None) -> ProblemError:
-    return engine_problem(LossInputError(field, message, index or ()))
+def _problem(field: str, message: str, index: list[int] | None = None) -> InvalidInputError:
+    return InvalidInputError(field, message, index or ())
 
 
 def _per_row(values: np.ndarray[Any, Any] | None, field: str, count: int) -> list[float] | None:
@@ -233,30 +267,65 @@ def _stored_rows(rows: np.ndarray[Any, Any], field: str, dtype: str) -> np.ndarr
     try:
         return as_working_array(rows, field, np.dtype(dtype))  # the engine's own conversion and overflow check
     except LossInputError as exc:
-        raise engine_problem(exc) from None
+        raise InvalidInputError(exc.field, exc.reason, exc.index) from None
 
 
 def log_rows(
     store: Store,
     monitor: Monitor,
-    max_pending: int,
+    settings: Settings,
     name: str,
     side: Side,
-    body: bytes,
-    context: RequestContext,
-    settings: Settings,
+    request: Any,
+    caller: Caller,
+    authorize: Authorize,
 ) -> dict[str, Any]:
-    """POST /v1/models/{name}/predictions or /labels."""
-    schema = PredictionsLog if side == "predictions" else LabelsLog
-    request = validate_json(schema, body)
+    """Log a validated `PredictionsLog` or `LabelsLog` for model `name`; the pairs it completes
+    are joined and their losses computed and recorded, exactly once."""
     ids: list[str] = request.ids
     rows = request.predictions if side == "predictions" else request.labels
     if rows.shape[0] != len(ids):
         raise _problem(side, f"has {rows.shape[0]} rows and ids has {len(ids)}: one row per id")
     timestamps = _per_row(getattr(request, "timestamps", None), "timestamps", len(ids))
     weights = _per_row(getattr(request, "sample_weight", None), "sample_weight", len(ids))
-    context.model, context.batch_size = name, len(ids)
-    principal = context.principal
+    caller.model, caller.batch_size = name, len(ids)
+    principal = caller.principal
+    _check_width(rows, side, principal, settings)
+    authorize(principal, name, rows.size)
+    current = store.model(name)
+    if current is None:
+        raise unknown_model(name)
+    stored = _stored_rows(rows, side, current.config["dtype"])
+    position = {row_id: index for index, row_id in enumerate(ids)}
+    try:
+        logged = store.log(
+            side,
+            name,
+            ids,
+            stored,
+            now=time.time(),
+            max_pending=settings.max_pending,
+            timestamps=timestamps,
+            weights=weights,
+            on_join=functools.partial(_pair_losses, side=side, position=position),
+            quota=quota_of(principal, settings),
+        )
+    except QuotaExceededError as exc:
+        raise quota_error(exc, "LOSS_SERVICE_QUOTA_STORED_BYTES", name) from None
+    except UnknownModelError:
+        raise unknown_model(name) from None
+    except RowShapeError as exc:
+        raise _problem(side, str(exc)) from None
+    except RowIdError as exc:  # the schema refuses these first; the store's own check stays a 422
+        raise _problem("ids", exc.reason, [exc.index]) from None
+    except TooManyPendingError as exc:  # a bound on the model's storage: audited as the quotas are
+        raise QuotaError(str(exc), "max_pending", ["body", "ids"], name) from None
+    except StoreFailureError as exc:
+        raise unavailable(exc) from None
+    return _recorded(monitor, name, side, logged, principal)
+
+
+def _check_width(rows: np.ndarray[Any, Any], side: Side, principal: Principal | None, settings: Settings) -> None:
     width, limit = math.prod(rows.shape[1:]), row_values_limit(principal, settings)
     if width > limit:
         whose = "the service's" if principal is None else f"the API key {principal.name!r}'s"
@@ -267,44 +336,13 @@ def log_rows(
             "nothing of this request was stored",
             [0],
         )
-    authorize(principal, name, rows.size)
-    current = store.model(name)
-    if current is None:
-        raise unknown_model(name)
-    stored = _stored_rows(rows, side, current.config["dtype"])
-    position = {row_id: index for index, row_id in enumerate(ids)}
 
-    def join(model: Model, pairs: Pairs) -> list[tuple[str, Reduced]]:
-        return _compute_pairs(model, pairs, side, position)
 
-    try:
-        logged = store.log(
-            side,
-            name,
-            ids,
-            stored,
-            now=time.time(),
-            max_pending=max_pending,
-            timestamps=timestamps,
-            weights=weights,
-            on_join=join,
-            quota=quota_of(principal, settings),
-        )
-    except QuotaExceededError as exc:
-        raise quota_problem(
-            exc, "LOSS_SERVICE_QUOTA_STORED_BYTES", context, f"/v1/models/{name}/{side}", name
-        ) from None
-    except UnknownModelError:
-        raise unknown_model(name) from None
-    except RowShapeError as exc:
-        raise _problem(side, str(exc)) from None
-    except RowIdError as exc:  # the schema refuses these first; the store's own check stays a 422
-        raise _problem("ids", exc.reason, [exc.index]) from None
-    except TooManyPendingError as exc:  # a bound on the model's storage: audited as the quotas are
-        context.refusal = "quota"
-        audit(429, context.key or "unknown", f"/v1/models/{name}/{side}", name, "max_pending")
-        raise ProblemError(429, str(exc), errors=[{"loc": ["body", "ids"], "msg": str(exc)}]) from None
-    # Committed: from here on the pairs are joined for good, and recorded exactly once.
+def _recorded(
+    monitor: Monitor, name: str, side: Side, logged: Logged[list[tuple[str, Reduced]]], principal: Principal | None
+) -> dict[str, Any]:
+    """The committed write's answer, its pairs' losses recorded (from here on they are joined for
+    good, and recorded exactly once)."""
     model, results = logged.model, logged.joined_result or []
     for loss, reduced in results:
         monitor.observe_batch(name, loss, reduced.per_sample, reduced.mean)
@@ -326,8 +364,9 @@ def log_rows(
     }
 
 
-def _compute_pairs(model: Model, pairs: Pairs, side: Side, position: dict[str, int]) -> list[tuple[str, Reduced]]:
-    """Each configured loss over the completed pairs, by the engine, one call per loss."""
+def _pair_losses(model: Model, pairs: Pairs, *, side: Side, position: dict[str, int]) -> list[tuple[str, Reduced]]:
+    """Each configured loss over the completed pairs, by the engine, one call per loss; run by the
+    store inside its transaction, so a pair the engine refuses leaves nothing stored."""
     config = model.config
     given = [w for w in pairs.weights if w is not None]
     weights = None if not given else np.array([1.0 if w is None else w for w in pairs.weights])
@@ -344,21 +383,22 @@ def _compute_pairs(model: Model, pairs: Pairs, side: Side, position: dict[str, i
                 convention=config["convention"],
             )
         except LossInputError as exc:
-            raise _join_problem(exc, call["loss"], pairs, side, position) from None
+            raise _join_error(exc, call["loss"], pairs, side, position) from None
         results.append((loss_name(call["loss"], config["convention"], call["options"]), reduced))
     return results
 
 
-def _join_problem(exc: LossInputError, loss: str, pairs: Pairs, side: Side, position: dict[str, int]) -> ProblemError:
+def _join_error(
+    exc: LossInputError, loss: str, pairs: Pairs, side: Side, position: dict[str, int]
+) -> InvalidInputError:
     other = "labels" if side == "predictions" else "predictions"
     where = f"{exc.field}{list(exc.index[1:]) if len(exc.index) > 1 else ''}"
     if not exc.index:
         message = f"the {len(pairs.ids)} pairs this request completes: {where}: {exc.reason} ({loss}); nothing stored"
-        return ProblemError(422, message, errors=[{"loc": ["body", "ids"], "msg": message}])
+        return InvalidInputError("ids", message, detail=message)
     row_id = pairs.ids[exc.index[0]]
     message = f"id {shown(row_id)} does not fit its stored {other}: {where}: {exc.reason} ({loss}); nothing stored"
-    loc: list[str | int] = ["body", "ids", position[row_id]]
-    return ProblemError(422, f"ids.{position[row_id]}: {message}", errors=[{"loc": loc, "msg": message}])
+    return InvalidInputError("ids", message, [position[row_id]])
 
 
 async def sweep_forever(
@@ -366,7 +406,7 @@ async def sweep_forever(
     monitor: Monitor,
     interval: float,
     threads: StoreThreads,
-    keys: KeyRing | None = None,
+    keys: Keys | None = None,
     settings: Settings | None = None,
     batch_rows: int = SWEEP_BATCH_ROWS,
 ) -> None:
