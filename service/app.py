@@ -48,7 +48,7 @@ from service.monitoring import (
     mark_worker_dead,
 )
 from service.store import Store, redacted
-from service.usecases.ingest import store_threads, sweep_forever
+from service.usecases.upkeep import store_threads, sweep_forever
 
 log = logging.getLogger("service.app")
 

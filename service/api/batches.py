@@ -13,7 +13,6 @@ import anyio.to_thread
 from fastapi import Request
 
 from service.api.access import authorize
-from service.api.guards import Slot
 from service.api.policy import RequestContext, context_of
 from service.engine import Reduced
 from service.monitoring import Monitor
@@ -80,7 +79,7 @@ async def off_loop(
         reserve(context, counted if counted is not None else decoded(), "parsing this body")
         return work()
 
-    slot: Slot | None = context.slot
+    slot = context.slot
     if slot is None:
         return await anyio.to_thread.run_sync(parsing_reserved, limiter=limiter)
     slot.hold()

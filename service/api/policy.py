@@ -8,16 +8,13 @@ route the request matched, never the request's path.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from starlette.routing import BaseRoute
 from starlette.types import Scope as AsgiScope
 
 from service.api.access import Principal, Scope
 from service.monitoring import CONTEXT
-
-if TYPE_CHECKING:
-    from service.api.guards.slots import Slot
 
 Dialect = Literal["problem", "oip"]  # RFC 9457 problem details, or the Open Inference Protocol's {"error"}
 KeyNeed = Literal["required", "none", "metrics_auth"]  # "metrics_auth": as LOSS_SERVICE_METRICS_AUTH says
@@ -46,6 +43,16 @@ class RoutePolicy:
 
 OPEN = RoutePolicy(key="none")  # what a path that no route and no group claims gets
 KEYED = RoutePolicy()  # any valid key; what a route declared without a policy gets
+
+
+class Slot(Protocol):
+    """A heavy request's claim on the worker's bounds (`guards.slots.Slot`)."""
+
+    def hold(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def reserve(self, nbytes: int, purpose: str) -> None: ...
 
 
 @dataclass(slots=True)

@@ -1,6 +1,6 @@
 """Liveness and readiness probes.
 
-Neither waits for a thread of the store's (`ingest.StoreThreads`) or of anyio's default pool:
+Neither waits for a thread of the store's (`upkeep.StoreThreads`) or of anyio's default pool:
 /livez answers on the event loop, and /readyz probes the store in a thread of its own, waiting at
 most PROBE_WAIT for it. A worker whose threads all wait on the database still answers both.
 """

@@ -1,7 +1,7 @@
 """Delayed labels: configure a model, log its predictions now and its labels when they arrive;
 each pair's losses are computed once, when its second half arrives. Routes parse and hand over
 to the use cases (`service.usecases.ingest`); the store's I/O always runs in a worker thread, among the store's own
-(`ingest.StoreThreads`: reads apart from writes, both apart from anyio's default pool)."""
+(`upkeep.StoreThreads`: reads apart from writes, both apart from anyio's default pool)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from service.api.schemas import (
     model_config_request_model,
 )
 from service.store import Side, Store
-from service.usecases import ingest
+from service.usecases import ingest, upkeep
 
 routes = Routes("/v1/models", tags=["delayed labels"])
 READ = RoutePolicy(scope="read", model_param="model")
@@ -95,7 +95,7 @@ async def configure_model(model: ModelName, request: Request) -> Response:
     store, settings = _store(request), request.app.state.settings
     context = context_of(request.scope)
     quota = ingest.quota_of(context.principal, settings)
-    threads = ingest.store_threads(request.app.state)
+    threads = upkeep.store_threads(request.app.state)
     result = await off_loop(
         request,
         len(body),
@@ -115,7 +115,7 @@ async def _report_usage(request: Request) -> None:
     app = request.app
     store = _store(request)
     try:
-        await ingest.store_threads(app.state).read(
+        await upkeep.store_threads(app.state).read(
             lambda: ingest.report_usage(store, app.state.monitor, app.state.keys, app.state.settings)
         )
     except Exception as exc:
@@ -124,7 +124,7 @@ async def _report_usage(request: Request) -> None:
 
 @routes.get("", policy=READ, summary="The configured models (those the API key may use)", response_model=ModelList)
 async def list_models(request: Request) -> Response:
-    models = await ingest.store_threads(request.app.state).read(_store(request).models)
+    models = await upkeep.store_threads(request.app.state).read(_store(request).models)
     allowed = set(visible(context_of(request.scope).principal, [m.name for m in models]))
     return json_response({"models": [ingest.model_config(m) for m in models if m.name in allowed]})
 
@@ -139,7 +139,7 @@ async def list_models(request: Request) -> Response:
 async def model_status(model: ModelName, request: Request) -> Response:
     store, settings = _store(request), request.app.state.settings
     principal = context_of(request.scope).principal
-    threads = ingest.store_threads(request.app.state)
+    threads = upkeep.store_threads(request.app.state)
     return json_response(
         await threads.read(lambda: ingest.model_status(store, model, time.time(), principal, settings))
     )
@@ -154,7 +154,7 @@ async def model_status(model: ModelName, request: Request) -> Response:
     responses={**PROBLEM_RESPONSES, **NOT_FOUND},
 )
 async def delete_model(model: ModelName, request: Request) -> Response:
-    if not await ingest.delete_model(_store(request), model, ingest.store_threads(request.app.state)):
+    if not await upkeep.delete_model(_store(request), model, upkeep.store_threads(request.app.state)):
         raise ingest.unknown_model(model)
     request.app.state.monitor.set_pending(model, (0, 0))
     await _report_usage(request)
@@ -178,7 +178,7 @@ async def _log(request: Request, model: str, side: Side) -> Response:
         lambda: json_decoded_bytes(body),
         log_rows,
         waits_on_io=True,
-        limiter=ingest.store_threads(request.app.state).writes,
+        limiter=upkeep.store_threads(request.app.state).writes,
     )
     return json_response(result)
 
