@@ -1,5 +1,6 @@
 """The layers stay apart: the engine knows nothing of HTTP or storage, the store nothing of HTTP or
-losses. And the page that draws them, docs/architecture.md, lists every module from its docstring."""
+losses, the use cases nothing of HTTP or gRPC. And the page that draws them, docs/architecture.md,
+lists every module from its docstring."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ FORBIDDEN = {
         "service.monitoring",
     ),
     "store": ("fastapi", "starlette", "prometheus_client", "service.api", "service.engine", "service.monitoring"),
+    # The use cases sit between the transports and engine, store and monitoring: they import
+    # those below, never an HTTP or gRPC module nor a transport's framework.
+    "usecases": ("fastapi", "starlette", "grpc", "service.api", "service.grpc", "service.app", "service.protocol"),
+    "monitoring": ("fastapi", "service.api", "service.grpc", "service.usecases", "service.app"),
 }
 
 
