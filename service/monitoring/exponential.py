@@ -45,17 +45,24 @@ def bucket_index(magnitude: float, scale: int) -> int:
 
 def bucket_indices(magnitudes: np.ndarray[Any, Any], scale: int) -> np.ndarray[Any, Any]:
     """`bucket_index` of each value of an array of positive values."""
+    if not magnitudes.size:
+        return np.zeros(0, dtype=np.int64)
     mantissas, exponents = np.frexp(magnitudes)
-    exponent = exponents.astype(np.int64) - 1
     power_of_two = mantissas == 0.5
+    exact = power_of_two.any()
+    exponent = exponents.astype(np.int64) - 1
+    subnormal = magnitudes.min() <= _MIN_NORMAL
     if scale <= 0:
         indices = (exponent - power_of_two) >> -scale
-        return np.where(magnitudes < _MIN_NORMAL, _MIN_NORMAL_EXPONENT >> -scale, indices)
+        return np.where(magnitudes < _MIN_NORMAL, _MIN_NORMAL_EXPONENT >> -scale, indices) if subnormal else indices
     with np.errstate(divide="ignore"):
         logs = np.floor(np.log(magnitudes) * math.ldexp(_LOG2_E, scale))
     indices = np.minimum(logs, ((_MAX_NORMAL_EXPONENT + 1) << scale) - 1).astype(np.int64)
-    indices = np.where(power_of_two, (exponent << scale) - 1, indices)
-    return np.where(magnitudes <= _MIN_NORMAL, (_MIN_NORMAL_EXPONENT << scale) - 1, indices)
+    if exact:
+        indices = np.where(power_of_two, (exponent << scale) - 1, indices)
+    if subnormal:
+        indices = np.where(magnitudes <= _MIN_NORMAL, (_MIN_NORMAL_EXPONENT << scale) - 1, indices)
+    return indices  # type: ignore[no-any-return]
 
 
 def _change(low: int, high: int) -> int:
@@ -73,39 +80,45 @@ class Buckets:
 
     def __init__(self) -> None:
         self.offset = 0
-        self.counts: list[int] = []
+        self.counts = np.zeros(0, dtype=np.int64)
 
     def change_for(self, low: int, high: int) -> int:
         """The scale change these buckets need to also hold buckets low..high."""
-        if self.counts:
-            low, high = min(low, self.offset), max(high, self.offset + len(self.counts) - 1)
+        if self.counts.size:
+            low, high = min(low, self.offset), max(high, self.offset + self.counts.size - 1)
         return _change(low, high)
 
     def downscale(self, change: int) -> None:
-        if change and self.counts:
-            merged: dict[int, int] = {}
-            for i, count in enumerate(self.counts, self.offset):
-                merged[i >> change] = merged.get(i >> change, 0) + count
-            self.offset = min(merged)
-            self.counts = [merged.get(i, 0) for i in range(self.offset, max(merged) + 1)]
+        if change and self.counts.size:
+            indices = (self.offset + np.arange(self.counts.size)) >> change
+            self.offset = int(indices[0])
+            merged = np.zeros(int(indices[-1]) - self.offset + 1, dtype=np.int64)
+            np.add.at(merged, indices - self.offset, self.counts)
+            self.counts = merged
 
-    def add(self, low: int, counts: list[int]) -> None:
-        """Add counts[i] to bucket low + i."""
-        if not self.counts:
-            self.offset, self.counts = low, counts
+    def _cover(self, low: int, high: int) -> None:
+        """Grow the buckets to cover low..high."""
+        if not self.counts.size:
+            self.offset, self.counts = low, np.zeros(high - low + 1, dtype=np.int64)
             return
-        if low < self.offset:
-            self.counts[:0] = [0] * (self.offset - low)
-            self.offset = low
-        start = low - self.offset
-        if start + len(counts) > len(self.counts):
-            self.counts.extend([0] * (start + len(counts) - len(self.counts)))
-        for i, count in enumerate(counts, start):
-            if count:
-                self.counts[i] += count
+        end = self.offset + self.counts.size - 1
+        if low < self.offset or high > end:
+            start = min(low, self.offset)
+            grown = np.zeros(max(high, end) - start + 1, dtype=np.int64)
+            grown[self.offset - start : self.offset - start + self.counts.size] = self.counts
+            self.offset, self.counts = start, grown
+
+    def add(self, indices: np.ndarray[Any, Any]) -> None:
+        low, high = int(indices.min()), int(indices.max())
+        self._cover(low, high)
+        self.counts[low - self.offset : high - self.offset + 1] += np.bincount(indices - low)
 
     def bump(self, index: int) -> None:
-        self.add(index, [1])
+        self._cover(index, index)
+        self.counts[index - self.offset] += 1
+
+    def as_list(self) -> list[int]:
+        return self.counts.tolist()
 
 
 class ExponentialHistogram:
@@ -135,7 +148,9 @@ class ExponentialHistogram:
             for value in values.tolist():
                 self.record_one(value)
             return
-        positive, negative = values[values > 0], -values[values < 0]
+        low, high = float(values.min()), float(values.max())
+        positive = values if low > 0 else values[values > 0]
+        negative = -values[values < 0] if low < 0 else values[:0]
         # The scale from the smallest and largest magnitudes (the mapping is monotonic), so that
         # the whole array is mapped once; the second check guards against NumPy's log differing
         # from libm's by an ulp at a bucket boundary.
@@ -166,13 +181,12 @@ class ExponentialHistogram:
             self._rescale(change)
         for side, indices in ((self.positive, up), (self.negative, down)):
             if indices.size:
-                low = int(indices.min())
-                side.add(low, np.bincount(indices - low).tolist())
+                side.add(indices)
         self.count += values.size
         self.zero_count += values.size - positive.size - negative.size
         self.sum += float(values.sum(dtype=np.float64))
-        self.min = min(self.min, float(values.min()))
-        self.max = max(self.max, float(values.max()))
+        self.min = min(self.min, low)
+        self.max = max(self.max, high)
 
     def record_one(self, value: float) -> None:
         self.count += 1
@@ -195,5 +209,5 @@ class ExponentialHistogram:
         other.scale, other.count, other.zero_count = self.scale, self.count, self.zero_count
         other.sum, other.min, other.max = self.sum, self.min, self.max
         for mine, theirs in ((self.positive, other.positive), (self.negative, other.negative)):
-            theirs.offset, theirs.counts = mine.offset, list(mine.counts)
+            theirs.offset, theirs.counts = mine.offset, mine.counts.copy()
         return other

@@ -73,7 +73,7 @@ class Monitor(Metrics):
 
     def _count(self, metric: Any, labels: tuple[str, ...], amount: float = 1) -> None:
         """Count into a counter: Prometheus's, and the OTLP export's where there is one."""
-        self._child(metric, *labels).inc(amount)
+        (self._child(metric, *labels) if labels else metric).inc(amount)
         if self.otlp is not None:
             self.otlp.add(metric, labels, amount)
 

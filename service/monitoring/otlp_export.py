@@ -170,8 +170,8 @@ def _point(
         sum=histogram.sum,
         scale=histogram.scale,
         zero_count=histogram.zero_count,
-        positive=Buckets(histogram.positive.offset, histogram.positive.counts),
-        negative=Buckets(histogram.negative.offset, histogram.negative.counts),
+        positive=Buckets(histogram.positive.offset, histogram.positive.as_list()),
+        negative=Buckets(histogram.negative.offset, histogram.negative.as_list()),
         flags=0,
         min=histogram.min,
         max=histogram.max,
@@ -191,6 +191,7 @@ class EpisodeLogged(MetricExporter):
         self.exports = 0
         self._reasons: list[str] = []
         self._thread: int | None = None
+        self._shut = False
         for name in _SDK_EXPORT_LOGGERS:
             logging.getLogger(name).addFilter(self._hold_back)
 
@@ -201,6 +202,8 @@ class EpisodeLogged(MetricExporter):
         return False
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        if self._shut:  # the reader's last collection, after a shutdown that stopped waiting for it
+            return MetricExportResult.FAILURE
         self._thread, self._reasons = threading.get_ident(), []
         try:
             result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
@@ -230,9 +233,11 @@ class EpisodeLogged(MetricExporter):
         return self.inner.force_flush(timeout_millis)
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self._shut = True
         self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
-        for name in _SDK_EXPORT_LOGGERS:
-            logging.getLogger(name).removeFilter(self._hold_back)
+        if self._thread is None:  # else an export still under way logs its failure, held back too
+            for name in _SDK_EXPORT_LOGGERS:
+                logging.getLogger(name).removeFilter(self._hold_back)
 
 
 def start(metrics: Metrics, tallies: OtlpTallies, endpoint: str) -> OtlpExport:
