@@ -58,4 +58,7 @@ __all__ = [
 ]
 
 # The tables: importing a library's module declares its metrics.
-from service.engine.libraries import xgboost  # noqa: F401
+from service.engine.libraries import (
+    lightgbm,  # noqa: F401
+    xgboost,  # noqa: F401
+)

@@ -4,8 +4,11 @@ A metric is a function declared with `@metric(library, name, ...)`, written like
 (`registry.register`): positional `(predictions, labels, convention, /)`, keyword-only options
 with `Annotated[..., Doc(...)]` markers named as the library names its parameters, a docstring
 with Formula, Shapes and Follows sections, and a `LossValues` of unweighted values as result.
-The reduction is the libraries' own (`reduction.reduce_library`): sum(w l) / sum(w), or its
-square root for `aggregate="root_mean"`.
+The reduction is the libraries' own (`reduction.reduce_library`): sum(w l) / sum(w), its
+square root for `aggregate="root_mean"`, or the weighted sum itself for `aggregate="sum"`.
+A metric may have `aliases` (the other names the library accepts for it; answers carry `name`),
+hold labels and weights in float32 as its library does (`float32_inputs`), and sum its weights
+its library's way (`weight_sum`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 from service.engine.conventions import LIBRARIES, Convention, Library
 from service.engine.errors import LossInputError
@@ -53,6 +59,13 @@ class LibraryMetric:
     parameter: str | None = None
     # The library's name of a configured metric: with "@value" when the parameter is not its default.
     always_suffixed: bool = False
+    # Other names the library accepts for this metric (LightGBM's `mse` for `l2`); answers say `name`.
+    aliases: tuple[str, ...] = ()
+    # The library stores labels and weights as float32 (LightGBM's label_t): they are rounded to
+    # float32 before a metric sees them, whatever the working dtype.
+    float32_inputs: bool = False
+    # How the library sums the weights the mean divides by, when not in float64 (None: float64).
+    weight_sum: Callable[[NDArray[np.floating]], float] | None = None
 
     def display_name(self, bound: Mapping[str, Any]) -> str:
         if self.parameter is None:
@@ -65,6 +78,7 @@ class LibraryMetric:
 
 
 _TABLES: dict[Library, dict[str, LibraryMetric]] = {library: {} for library in LIBRARIES}
+_ALIASES: dict[Library, dict[str, str]] = {library: {} for library in LIBRARIES}
 
 F = typing.TypeVar("F", bound=Callable[..., LossValues])
 
@@ -80,6 +94,9 @@ def metric(
     parameter: str | None = None,
     always_suffixed: bool = False,
     class_labels: bool = False,
+    aliases: tuple[str, ...] = (),
+    float32_inputs: bool = False,
+    weight_sum: Callable[[NDArray[np.floating]], float] | None = None,
 ) -> Callable[[F], F]:
     """Add a metric to `library`'s table under the name the library gives it."""
 
@@ -92,8 +109,10 @@ def metric(
             raise TypeError(f"{function.__name__}: `{name}@...` sets {parameter!r}, which is no option")
         if loss is not None:
             resolve(loss)  # the catalogue loss it maps onto exists
-        if name in _TABLES[library]:
-            raise ValueError(f"{library} metric {name!r} declared twice")
+        for key in (name, *aliases):
+            if key in _TABLES[library] or key in _ALIASES[library]:
+                raise ValueError(f"{library} metric {key!r} declared twice")
+            _ALIASES[library][key] = name
         _TABLES[library][name] = LibraryMetric(
             library=library,
             name=name,
@@ -104,6 +123,9 @@ def metric(
             precision=precision,
             parameter=parameter,
             always_suffixed=always_suffixed,
+            aliases=aliases,
+            float32_inputs=float32_inputs,
+            weight_sum=weight_sum,
         )
         return function
 
@@ -127,8 +149,22 @@ def accepted(library: Library) -> str:
 
 
 def is_library_metric(name: str) -> bool:
+    return find(name) is not None
+
+
+def find(name: str) -> LibraryMetric | None:
+    """The first library's metric that `name` (with or without "@value") names, by name or alias."""
     base = name.partition("@")[0]
-    return any(base in table for table in _TABLES.values())
+    for library in LIBRARIES:
+        if base in _ALIASES[library]:
+            return _TABLES[library][_ALIASES[library][base]]
+    return None
+
+
+def canonical(library: Library, name: str) -> str:
+    """The name the library's table keeps for `name` (an alias resolved), or `name` if none."""
+    base = name.partition("@")[0]
+    return _ALIASES[library].get(base, base)
 
 
 def lookup(convention: Convention, loss: str) -> tuple[LibraryMetric, dict[str, Any]]:
@@ -136,13 +172,14 @@ def lookup(convention: Convention, loss: str) -> tuple[LibraryMetric, dict[str, 
     library = typing.cast(Library, convention)
     title = LIBRARY_TITLES[library]
     base, at, suffix = loss.partition("@")
-    found = _TABLES[library].get(base)
+    key = _ALIASES[library].get(base)
+    found = None if key is None else _TABLES[library][key]
     if found is None:
         hint = ""
         if _is_catalogue_name(loss):
             hint = f" ({shown(loss)} is a catalogue loss: it takes convention keras or torch)"
         else:
-            others = [lib for lib in LIBRARIES if lib != library and base in _TABLES[lib]]
+            others = [lib for lib in LIBRARIES if lib != library and base in _ALIASES[lib]]
             if others:
                 hint = f" ({shown(base)} is {LIBRARY_TITLES[others[0]]}'s metric: convention {others[0]!r})"
         raise LossInputError(
@@ -154,6 +191,11 @@ def lookup(convention: Convention, loss: str) -> tuple[LibraryMetric, dict[str, 
         raise LossInputError("loss", f"{title}'s {found.name} takes no @parameter, got {shown(loss)}")
     if not _NUMBER.fullmatch(suffix) or not math.isfinite(value := float(suffix)):
         raise LossInputError("loss", f"{shown(loss)}: the part after @ must be a number ({found.parameter})")
+    option = next(o for o in found.spec.options if o.name == found.parameter)
+    if option.type is int:
+        if value != int(value):
+            raise LossInputError("loss", f"{shown(loss)}: the part after @ must be an integer ({found.parameter})")
+        return found, {found.parameter: int(value)}
     return found, {found.parameter: value}
 
 
@@ -200,10 +242,16 @@ def _check_type(option: OptionSpec, value: Any) -> None:
             raise LossInputError(f"options.{option.name}", f"must be a finite number, got {value!r}")
     elif isinstance(value, list):
         ok = list in accepted_types and bool(value) and all(_is_number(v) for v in value)
+    elif isinstance(value, str):
+        ok = value in _literals(option.type)
     else:
         ok = False
     if not ok:
         raise LossInputError(f"options.{option.name}", f"must be {option.type_name()}, got {shown(value)}")
+
+
+def _literals(annotation: Any) -> tuple[Any, ...]:
+    return typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else ()
 
 
 def _types(annotation: Any) -> set[Any]:
