@@ -61,7 +61,7 @@ def tweedie_nloglik_terms(log_p: Array, y: Array, rho: float | np.floating[Any])
     without its label-only terms (XGBoost's `tweedie-nloglik`, LightGBM's `tweedie`)."""
     a = y * np.exp((1 - rho) * log_p) / (1 - rho)
     b = np.exp((2 - rho) * log_p) / (2 - rho)
-    return -a + b  # type: ignore[no-any-return]
+    return -a + b
 
 
 @register("poisson_nll", aliases=("poisson_nll_loss",))
