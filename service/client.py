@@ -85,7 +85,8 @@ class LossResult:
     denominator: float
     dtype: str
     convention: str
-    # "root_mean": mean = sqrt(sum / denominator) (RMSE-type library metrics); chunks combine first.
+    # "root_mean": mean = sqrt(sum / denominator) (RMSE-type library metrics); "sum": mean = sum (LightGBM's
+    # gamma_deviance); chunks combine sums and denominators first.
     aggregate: str = "mean"
 
 
