@@ -406,12 +406,23 @@ def float32_pair_sum(weights: Array) -> float:
     return float(np.cumsum(terms, dtype=np.float32)[-1])  # cumsum adds in order, in float32
 
 
+def _complement(labels: Array) -> Array:
+    """`double b = 1.0f - label;`: float minus label_t, the difference rounded to float32."""
+    return (np.float32(1.0) - labels.astype(np.float32)).astype(labels.dtype)
+
+
+def _float32_log_residue(labels: Array) -> Array:
+    """gamma's c = SafeLog(label / psi) - SafeLog(label): a double log less a float32 one."""
+    log_y = np.log(labels)
+    return log_y - log_y.astype(np.float32).astype(log_y.dtype)  # type: ignore[no-any-return]
+
+
 def _cross_entropy(predictions: Array, labels: Array, margin: bool, objective: str, sigmoid: float) -> Array:
     p = _scores(predictions, labels, margin, objective, sigmoid, "cross_entropy")
     check_in_range(labels, "labels", 0.0, 1.0, "cross_entropy labels (LightGBM checks [0, 1])")
     if not margin:
         _probabilities(p)
-    complement = (np.float32(1.0) - labels.astype(np.float32)).astype(p.dtype)  # `1.0f - label`, float32
+    complement = _complement(labels)
     return binary_log_loss(
         labels,
         _clipped_log(p, XENT_EPS, math.log(XENT_EPS)),
@@ -840,9 +851,7 @@ def gamma(
     p = _gamma_means(predictions, labels, margin, objective, sigmoid)
     if not margin:
         check_positive(p, "predictions", "gamma means")
-    log_y = np.log(labels)
-    c = log_y - log_y.astype(np.float32).astype(log_y.dtype)
-    return LossValues(gamma_nloglik_terms(p, labels) - c)
+    return LossValues(gamma_nloglik_terms(p, labels) - _float32_log_residue(labels))
 
 
 @metric(
