@@ -569,3 +569,25 @@ def test_live_models_match_lightgbm() -> None:
     assert {c["metric"] for c in live} == {m.name for m in libraries.metrics("lightgbm")}
     disagreeing = [_case_id(c) for c in [*live, *extra] if not _agrees(c)]
     assert not disagreeing
+
+
+@pytest.mark.anyio
+async def test_oip_metadata_names_the_catalogue_loss_and_infer_the_metric(api: httpx.AsyncClient) -> None:
+    """`mse` is a catalogue alias and LightGBM's alias of l2: the model is the catalogue's, and an
+    inference request under convention lightgbm computes LightGBM's l2."""
+    assert (await api.get("/v2/models/mse")).json()["name"] == "mean_squared_error"
+    assert (await api.get("/v2/models/gamma_deviance")).json()["name"] == "gamma_deviance"
+    case = _first("l2", margin=False)
+    n = len(case["labels"])
+    oip = {
+        "inputs": [
+            {"name": "predictions", "shape": [n], "datatype": "FP64", "data": case["predictions"]},
+            {"name": "labels", "shape": [n], "datatype": "FP64", "data": case["labels"]},
+            {"name": "sample_weight", "shape": [n], "datatype": "FP64", "data": case["sample_weight"]},
+        ],
+        "parameters": {"convention": "lightgbm"},
+    }
+    response = await api.post("/v2/models/mse/infer", json=oip)
+    assert response.status_code == 200, response.text
+    mean = next(o for o in response.json()["outputs"] if o["name"] == "mean")
+    assert mean["data"][0] == pytest.approx(case["expected"], rel=TOLERANCE)
