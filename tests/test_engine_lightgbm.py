@@ -126,7 +126,7 @@ def _mutate(monkeypatch: pytest.MonkeyPatch, names: list[str], **changes: Any) -
 
 def test_float64_labels_and_weights_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """LightGBM's label_t is float: the fixture's float64 labels (and weights) differ in float32."""
-    _mutate(monkeypatch, [m.name for m in libraries.metrics("lightgbm")], float32_inputs=False)
+    _mutate(monkeypatch, [m.name for m in libraries.metrics("lightgbm")], float32_targets=False)
     failing = {c["metric"] for c in CASES if not _agrees(c)}
     # every metric whose labels are not 0/1 or class indices, and every weighted case
     assert {"l2", "rmse", "l1", "mape", "quantile", "huber", "fair", "gamma", "cross_entropy"} <= failing
@@ -134,7 +134,7 @@ def test_float64_labels_and_weights_are_caught(monkeypatch: pytest.MonkeyPatch) 
 
 def test_float32_labels_alone_are_not_enough(monkeypatch: pytest.MonkeyPatch) -> None:
     """The weights are float32 too: binary labels are exact in float32, so only the weights tell."""
-    _mutate(monkeypatch, ["binary_logloss"], float32_inputs=False)
+    _mutate(monkeypatch, ["binary_logloss"], float32_targets=False)
     weighted = [c for c in CASES if c["metric"] == "binary_logloss" and c["sample_weight"] is not None]
     assert not all(_agrees(c) for c in weighted)
 

@@ -29,7 +29,7 @@ from service.api.arrays import NumericArray, kind_of
 from service.api.problems import shown
 from service.engine import FRAMEWORKS, LIBRARIES, Aggregate, Convention, DType, LossSpec, OptionSpec, catalogue
 from service.engine.conventions import Framework
-from service.engine.libraries import LIBRARY_TITLES, LibraryMetric, canonical, metrics
+from service.engine.libraries import LIBRARY_TITLES, SEPARATORS, LibraryMetric, base_name, canonical, metrics
 
 MODEL_LABEL_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 MAX_LOSSES_PER_EVALUATE = 32
@@ -122,7 +122,10 @@ class LossResult(BaseModel):
         "sum(w l) / sum(w); with aggregate root_mean its square root, with aggregate sum the weighted sum "
         "itself (LightGBM's gamma_deviance)."
     )
-    sum: float = Field(description="Sum of per_sample.")
+    sum: float = Field(
+        description="Sum of per_sample; for CTC under torch, of each sample's loss divided by its target length "
+        "(what PyTorch's mean averages)."
+    )
     count: int = Field(description="Number of values in per_sample.")
     denominator: float = Field(
         description="What `mean` divides `sum` by: the number of values, of non-ignored targets, or the summed "
@@ -372,10 +375,11 @@ def loss_request_model(spec: LossSpec) -> type[BaseModel]:
 
 
 def library_tag(convention: str, loss: str) -> str:
-    """The branch of a library metric: "<convention>:<name>", an alias (LightGBM's mse) by its name (l2)."""
+    """The branch of a library metric: "<convention>:<name>" without its parameters, an alias
+    (LightGBM's mse) by its name (l2)."""
     if convention in LIBRARIES:
         return f"{convention}:{canonical(convention, loss)}"
-    return f"{convention}:{loss.partition('@')[0]}"
+    return f"{convention}:{base_name(loss)}"
 
 
 def _metric_title(metric: LibraryMetric) -> str:
@@ -386,12 +390,14 @@ def _metric_loss_field(metric: LibraryMetric) -> tuple[Any, Any]:
     number = r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?"
     # Optional even where the library requires it: the engine's refusal says how to write it.
     suffix = "" if metric.parameter is None else f"(@{number})?"
+    if metric.parameter is not None and SEPARATORS[metric.library] == ":":
+        suffix = "(:.{1,256})?"  # Name:key=value;key=value; the engine's refusal names what is wrong
     names = "|".join(re.escape(n) for n in (metric.name, *metric.aliases))
     pattern = f"^({names}){suffix}$" if metric.aliases else f"^{re.escape(metric.name)}{suffix}$"
-    written = f" or {metric.name}@<{metric.parameter}>" if metric.parameter and not metric.always_suffixed else ""
-    name = f"{metric.name}@<{metric.parameter}>" if metric.always_suffixed else metric.name
     also = f" Also accepted: {', '.join(metric.aliases)}." if metric.aliases else ""
-    return str, Field(pattern=pattern, description=f"{metric.spec.summary} Written {name}{written}.{also}")
+    return str, Field(
+        pattern=pattern, description=f"{metric.spec.summary} Written {' or '.join(metric.forms())}.{also}"
+    )
 
 
 @cache

@@ -51,7 +51,8 @@ __all__ = [
 # converted inputs, temporaries and the per-sample answer. Measured over the catalogue (both
 # conventions, both dtypes, probabilities and logits) by tests/test_engine_memory.py. The worst
 # are the scoring rules over 1-D binary probabilities, which work on two columns per sample (14.3
-# for log loss in float32 from float64 inputs); of the rest, sigmoid focal loss (9.1).
+# for log loss in float32 from float64 inputs); of the rest, CTC over one step of two classes (13.6
+# in float32: its lattice and per-sequence lengths against two numbers a sample), sigmoid focal loss (9.1).
 WORKING_ARRAYS = 16
 
 
@@ -99,7 +100,7 @@ def _compute_library(
         raise LossInputError("dtype", f"must be one of {list(DTYPES)}, got {dtype!r}")
     metric, bound = libraries.bind(convention, loss, options)
     x, y, weight = _arrays(metric.spec, predictions, labels, sample_weight, np.dtype(dtype))
-    if metric.float32_inputs:  # the library holds them as float32 (LightGBM's label_t)
+    if metric.float32_targets:  # the library's float32 label and weight arrays (CatBoost's, LightGBM's label_t)
         if not metric.spec.class_labels:
             y = _as_float32(y, "labels")
         weight = None if weight is None else _as_float32(weight, "sample_weight")

@@ -239,7 +239,7 @@ def _clipped_log(p: Array, eps: float, clipped: float) -> Array:
     link="objective's: binary, 1 / (1 + exp(-sigmoid x))",
     precision=F32_INPUTS,
     aliases=("binary",),
-    float32_inputs=True,
+    float32_targets=True,
 )
 def binary_logloss(
     predictions: Array,
@@ -279,7 +279,7 @@ def binary_logloss(
     loss="hamming",
     link="objective's: binary, 1 / (1 + exp(-sigmoid x))",
     precision="exact: each row is 0 or 1, summed in double",
-    float32_inputs=True,
+    float32_targets=True,
 )
 def binary_error(
     predictions: Array,
@@ -325,7 +325,7 @@ TopK = Annotated[
     precision="float64 rows, float32 weights, summed in double",
     aliases=("multiclass", "softmax", "multiclassova", "multiclass_ova", "ova", "ovr"),
     class_labels=True,
-    float32_inputs=True,
+    float32_targets=True,
 )
 def multi_logloss(
     predictions: Array,
@@ -361,7 +361,7 @@ def multi_logloss(
     precision="exact: each row is 0 or 1, summed in double",
     parameter="multi_error_top_k",
     class_labels=True,
-    float32_inputs=True,
+    float32_targets=True,
 )
 def multi_error(
     predictions: Array,
@@ -438,7 +438,7 @@ def _cross_entropy(predictions: Array, labels: Array, margin: bool, objective: s
     link="objective's: cross_entropy, 1 / (1 + exp(-x))",
     precision="float64 rows from float32 labels, 1 - y in float32; sum(w) in float32 pairs",
     aliases=("xentropy",),
-    float32_inputs=True,
+    float32_targets=True,
     weight_sum=float32_pair_sum,
 )
 def cross_entropy(
@@ -474,7 +474,7 @@ def cross_entropy(
     link="objective's: cross_entropy, 1 / (1 + exp(-x))",
     precision="float64 rows from float32 labels, 1 - y in float32; sum(w) in float32 pairs",
     aliases=("kldiv",),
-    float32_inputs=True,
+    float32_targets=True,
     weight_sum=float32_pair_sum,
 )
 def kullback_leibler(
@@ -538,7 +538,7 @@ TweediePower = Annotated[
     link="objective's: regression_l1, identity",
     precision=F32_INPUTS,
     aliases=("mae", "mean_absolute_error", "regression_l1"),
-    float32_inputs=True,
+    float32_targets=True,
 )
 def l1(
     predictions: Array,
@@ -573,7 +573,7 @@ def l1(
     link="objective's: regression, identity",
     precision=F32_INPUTS,
     aliases=("mse", "mean_squared_error", "regression", "regression_l2"),
-    float32_inputs=True,
+    float32_targets=True,
 )
 def l2(
     predictions: Array,
@@ -609,7 +609,7 @@ def l2(
     precision=F32_INPUTS,
     aggregate="root_mean",
     aliases=("root_mean_squared_error", "l2_root"),
-    float32_inputs=True,
+    float32_targets=True,
 )
 def rmse(
     predictions: Array,
@@ -643,7 +643,7 @@ def rmse(
     loss="pinball",
     link="objective's: quantile, identity",
     precision=F32_INPUTS,
-    float32_inputs=True,
+    float32_targets=True,
 )
 def quantile(
     predictions: Array,
@@ -679,7 +679,7 @@ def quantile(
     link="objective's: mape, identity",
     precision=F32_INPUTS,
     aliases=("mean_absolute_percentage_error",),
-    float32_inputs=True,
+    float32_targets=True,
 )
 def mape(
     predictions: Array,
@@ -713,7 +713,7 @@ def mape(
     loss="huber",
     link="objective's: huber, identity",
     precision=F32_INPUTS,
-    float32_inputs=True,
+    float32_targets=True,
 )
 def huber_metric(
     predictions: Array,
@@ -742,7 +742,7 @@ def huber_metric(
     return LossValues(huber(p, labels, "torch", delta=alpha).values)
 
 
-@metric("lightgbm", "fair", loss=None, link="objective's: fair, identity", precision=F32_INPUTS, float32_inputs=True)
+@metric("lightgbm", "fair", loss=None, link="objective's: fair, identity", precision=F32_INPUTS, float32_targets=True)
 def fair(
     predictions: Array,
     labels: Array,
@@ -781,7 +781,7 @@ def fair(
     loss="poisson",
     link="objective's: poisson, exp",
     precision=F32_INPUTS,
-    float32_inputs=True,
+    float32_targets=True,
 )
 def poisson(
     predictions: Array,
@@ -823,7 +823,7 @@ def _gamma_means(predictions: Array, labels: Array, margin: bool, objective: str
     loss=None,
     link="objective's: gamma, exp",
     precision=F32_INPUTS + "; log y also in float32",
-    float32_inputs=True,
+    float32_targets=True,
 )
 def gamma(
     predictions: Array,
@@ -861,7 +861,7 @@ def gamma(
     link="objective's: gamma, exp",
     precision=F32_INPUTS,
     aggregate="sum",
-    float32_inputs=True,
+    float32_targets=True,
 )
 def gamma_deviance(
     predictions: Array,
@@ -899,7 +899,7 @@ def gamma_deviance(
     loss=None,
     link="objective's: tweedie, exp",
     precision=F32_INPUTS,
-    float32_inputs=True,
+    float32_targets=True,
 )
 def tweedie(
     predictions: Array,

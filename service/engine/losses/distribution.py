@@ -57,8 +57,10 @@ def gamma_nloglik_terms(p: Array, y: Array) -> Array:
 
 
 def tweedie_nloglik_terms(log_p: Array, y: Array, rho: float | np.floating[Any]) -> Array:
-    """-y p^(1-rho) / (1-rho) + p^(2-rho) / (2-rho) from log p: the Tweedie negative log-likelihood
-    without its label-only terms (XGBoost's `tweedie-nloglik`, LightGBM's `tweedie`)."""
+    """-y exp((1 - rho) log p) / (1 - rho) + exp((2 - rho) log p) / (2 - rho): the Tweedie negative
+    log-likelihood without its label-only terms, from the log of the mean (XGBoost's
+    `tweedie-nloglik` and LightGBM's `tweedie` from log p, CatBoost's `Tweedie` from the raw value).
+    `rho` in the array's dtype, or a Python float."""
     a = y * np.exp((1 - rho) * log_p) / (1 - rho)
     b = np.exp((2 - rho) * log_p) / (2 - rho)
     return -a + b
