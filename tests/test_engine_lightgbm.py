@@ -30,6 +30,7 @@ from service.config import Settings
 from service.datasets import Totals
 from service.engine import LossInputError, compute, libraries, loss_name
 from service.engine.libraries import base, lightgbm
+from tests.boosted import assert_refused
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "lightgbm_reference.json").read_text())
 CASES: list[dict[str, Any]] = FIXTURE["cases"]
@@ -327,12 +328,7 @@ def test_cross_entropy_divides_by_the_float32_pair_sum_of_the_weights() -> None:
 def test_refusals_name_field_index_and_reason(
     loss: str, predictions: Any, labels: Any, options: Any, field: str, index: Any, reason: str
 ) -> None:
-    weight = [0.0] if field == "sample_weight" else None
-    with pytest.raises(LossInputError) as caught:
-        compute(loss, predictions, labels, options=options, sample_weight=weight, convention="lightgbm")
-    assert caught.value.field == field
-    assert caught.value.index == index
-    assert reason in caught.value.reason
+    assert_refused("lightgbm", loss, predictions, labels, options, field, index, reason)
 
 
 def test_aliases_answer_under_the_recorded_name() -> None:
