@@ -85,7 +85,8 @@ class LossResult:
     denominator: float
     dtype: str
     convention: str
-    # "root_mean": mean = sqrt(sum / denominator) (RMSE-type library metrics); chunks combine first.
+    # "root_mean": mean = sqrt(sum / denominator) (RMSE-type library metrics); "sum": mean = sum (LightGBM's
+    # gamma_deviance); chunks combine sums and denominators first.
     aggregate: str = "mean"
 
 
@@ -230,7 +231,7 @@ def _result(payload: Mapping[str, Any]) -> LossResult:
 
 def _combine(parts: Sequence[LossResult]) -> LossResult:
     """Chunks of one batch reassembled in order; the mean from the summed sums and denominators
-    (its square root for aggregate root_mean)."""
+    (its square root for aggregate root_mean; the summed sums themselves for aggregate sum)."""
     if len(parts) == 1:
         return parts[0]
     total = sum(p.sum for p in parts)
@@ -241,7 +242,7 @@ def _combine(parts: Sequence[LossResult]) -> LossResult:
         loss=first.loss,
         per_sample=np.concatenate([p.per_sample for p in parts]),
         # Keras divides with divide_no_nan; a batch whose every target is ignored has mean 0.
-        mean=math.sqrt(mean) if first.aggregate == "root_mean" else mean,
+        mean=total if first.aggregate == "sum" else math.sqrt(mean) if first.aggregate == "root_mean" else mean,
         sum=total,
         count=sum(p.count for p in parts),
         denominator=denominator,

@@ -27,7 +27,17 @@ from typing import Any
 
 import numpy as np
 
-from service.engine import FRAMEWORKS, Aggregate, Convention, DType, LossInputError, Reduced, compute, loss_name
+from service.engine import (
+    FRAMEWORKS,
+    Aggregate,
+    Convention,
+    DType,
+    LossInputError,
+    Reduced,
+    aggregate_mean,
+    compute,
+    loss_name,
+)
 from service.files import AtomicOutput, OutputError, refuse_overlap
 
 # Percentiles are read from buckets whose bounds grow by GAMMA: any value is within this relative
@@ -104,7 +114,7 @@ class Totals:
     count: int = 0
     rows: int = 0
     sketch: Sketch = field(default_factory=Sketch)
-    aggregate: Aggregate = "mean"  # root_mean: the root is taken of the combined sum / denominator
+    aggregate: Aggregate = "mean"  # root_mean: the root of the combined sum / denominator; sum: the sum
 
     def add(self, reduced: Reduced, rows: int, *, sketch: bool = False) -> None:
         """`sketch`: also keep the per-sample values' percentiles (segments report them; the whole
@@ -128,8 +138,7 @@ class Totals:
 
     def mean(self) -> float:
         # Keras divides with divide_no_nan: nothing counted means a mean of 0 (the engine's chunk rule).
-        mean = self.sum / self.denominator if self.denominator else 0.0
-        return math.sqrt(mean) if self.aggregate == "root_mean" else mean
+        return aggregate_mean(self.sum, self.denominator, self.aggregate)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from service.engine.checks import check_not_empty
 from service.engine.conventions import CONVENTIONS, DTYPES, FRAMEWORKS, LIBRARIES, Convention, DType
 from service.engine.errors import LossInputError, UnknownLossError
 from service.engine.parallel import available_cores, loss_values, set_threads
-from service.engine.reduction import Aggregate, Array, Reduced, reduce, reduce_library
+from service.engine.reduction import Aggregate, Array, Reduced, aggregate_mean, reduce, reduce_library
 from service.engine.registry import LossSpec, OptionSpec, catalogue, resolve
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "OptionSpec",
     "Reduced",
     "UnknownLossError",
+    "aggregate_mean",
     "as_working_array",
     "available_cores",
     "catalogue",
@@ -99,13 +100,18 @@ def _compute_library(
         raise LossInputError("dtype", f"must be one of {list(DTYPES)}, got {dtype!r}")
     metric, bound = libraries.bind(convention, loss, options)
     x, y, weight = _arrays(metric.spec, predictions, labels, sample_weight, np.dtype(dtype))
-    if metric.float32_targets:  # the library's float label and weight arrays (refusing overflow)
-        f32 = np.dtype(np.float32)
-        y = y if metric.spec.class_labels else as_working_array(y, "labels", f32).astype(x.dtype)
-        weight = None if weight is None else as_working_array(weight, "sample_weight", f32).astype(x.dtype)
+    if metric.float32_targets:  # the library's float32 label and weight arrays (CatBoost's, LightGBM's label_t)
+        if not metric.spec.class_labels:
+            y = _as_float32(y, "labels")
+        weight = None if weight is None else _as_float32(weight, "sample_weight")
     with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
         values = loss_values(metric.spec, x, y, convention, bound)
-        return reduce_library(values, weight, metric.aggregate, chunk=chunk)
+        return reduce_library(values, weight, metric.aggregate, chunk=chunk, weight_sum=metric.weight_sum)
+
+
+def _as_float32(values: Array, field: str) -> Array:
+    """`values` rounded to float32 and held in their working dtype; beyond float32's range refused."""
+    return as_working_array(values, field, np.dtype(np.float32)).astype(values.dtype)
 
 
 def loss_name(loss: str, convention: Convention, options: Mapping[str, Any] | None = None) -> str:

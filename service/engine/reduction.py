@@ -16,6 +16,7 @@ This is the only place that weights and averages. A loss returns `LossValues`; i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,9 +27,19 @@ from service.engine.conventions import Convention
 from service.engine.errors import LossInputError
 
 Array = NDArray[np.floating]
-# How `mean` follows from `sum` and `denominator`: their quotient, or its square root (RMSE-type
-# metrics of the library conventions, whose per_sample values are weighted squared errors).
-Aggregate = Literal["mean", "root_mean"]
+# How `mean` follows from `sum` and `denominator`: their quotient, its square root (RMSE-type
+# metrics of the library conventions, whose per_sample values are weighted squared errors), or
+# `sum` itself (LightGBM's gamma_deviance, a weighted sum: the library divides by nothing).
+Aggregate = Literal["mean", "root_mean", "sum"]
+
+
+def aggregate_mean(total: float, denominator: float, aggregate: Aggregate) -> float:
+    """The answer's `mean` from a sum and a denominator, however many chunks they were summed over.
+    Nothing counted (denominator 0) gives 0, the chunk rule, except for a sum, which is the sum."""
+    if aggregate == "sum":
+        return total
+    mean = total / denominator if denominator else 0.0
+    return math.sqrt(mean) if aggregate == "root_mean" else mean
 
 
 @dataclass(frozen=True)
@@ -63,7 +74,8 @@ class Reduced:
     mean: float
     count: int
     denominator: float  # what the mean divides the sum by: values, valid targets, or summed weights
-    # "root_mean": mean = sqrt(sum / denominator); chunks combine their sums and denominators first.
+    # "root_mean": mean = sqrt(sum / denominator); "sum": mean = sum (denominator reported, unused);
+    # chunks combine their sums and denominators first (`aggregate_mean`).
     aggregate: Aggregate = "mean"
 
 
@@ -100,14 +112,21 @@ def reduce(loss: LossValues, sample_weight: Array | None, convention: Convention
 
 
 def reduce_library(
-    loss: LossValues, sample_weight: Array | None, aggregate: Aggregate, *, chunk: bool = False
+    loss: LossValues,
+    sample_weight: Array | None,
+    aggregate: Aggregate,
+    *,
+    chunk: bool = False,
+    weight_sum: Callable[[Array], float] | None = None,
 ) -> Reduced:
     """The boosting libraries' weighted mean: sum(w l) / sum(w), each sample's weight counted once
-    per value it has (XGBoost's `Reduce` over samples and targets), or its square root.
+    per value it has (XGBoost's `Reduce` over samples and targets), its square root, or (aggregate
+    "sum") the weighted sum itself, with sum(w) still reported as the denominator.
 
     Each weighted value w * l is formed in the working dtype (XGBoost multiplies a float residue
     by a float weight) and the sums accumulate in float64 (XGBoost's and LightGBM's `double`
-    accumulators), whatever the dtype.
+    accumulators), whatever the dtype. `weight_sum`: the library's own sum of the weights, where
+    it is not a float64 sum (LightGBM's cross_entropy sums them in float32).
     """
     values = loss.values
     if sample_weight is None:
@@ -115,14 +134,12 @@ def reduce_library(
     else:
         weight = broadcast_sample_weight(sample_weight, values.shape)
         per_sample = values * weight
-        divisor = float(np.broadcast_to(weight, values.shape).sum(dtype=np.float64))
+        every = np.broadcast_to(weight, values.shape)
+        divisor = weight_sum(every) if weight_sum is not None else float(every.sum(dtype=np.float64))
     total = float(per_sample.sum(dtype=np.float64))
-    if divisor == 0:
-        if not chunk:
-            raise LossInputError("sample_weight", "the weights sum to 0; the mean would be 0/0")
-        mean = 0.0
-    else:
-        mean = math.sqrt(total / divisor) if aggregate == "root_mean" else total / divisor
+    if divisor == 0 and not chunk and aggregate != "sum":
+        raise LossInputError("sample_weight", "the weights sum to 0; the mean would be 0/0")
+    mean = aggregate_mean(total, divisor, aggregate)
     _check_finite(per_sample, np.float64(total), np.float64(mean))
     return Reduced(
         per_sample=per_sample,
