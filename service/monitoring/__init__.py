@@ -9,9 +9,8 @@ values there and /metrics merges them (prometheus-client multiprocess mode).
 from service.monitoring.accesslog import BatchedStderr, access_log
 from service.monitoring.labels import OTHER_MODEL, OTHER_MODEL_OF_KEY, UNLABELLED_MODEL
 from service.monitoring.middleware import CONTEXT, Observation, Observed, RequestMonitor
-from service.monitoring.monitor import Monitor
+from service.monitoring.monitor import Monitor, start_otlp_export
 from service.monitoring.multiprocess import forget_killed_workers, mark_worker_dead
-from service.monitoring.otlp import start_otlp_export
 
 __all__ = [
     "CONTEXT",

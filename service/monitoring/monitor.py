@@ -220,3 +220,13 @@ def _observe_many(histogram: Histogram, values: np.ndarray[Any, Any]) -> None:
 @functools.cache
 def _bounds(upper_bounds: tuple[float, ...]) -> np.ndarray[Any, Any]:
     return np.asarray(upper_bounds)
+
+
+def start_otlp_export(monitor: Monitor) -> Any:
+    """The worker's OTLP export (`otlp_export.OtlpExport`), started; None where no endpoint is set.
+    The SDK is imported here, only then."""
+    if monitor.otlp is None or monitor.otlp_endpoint is None:
+        return None
+    from service.monitoring import otlp_export
+
+    return otlp_export.start(monitor, monitor.otlp, monitor.otlp_endpoint)

@@ -88,13 +88,3 @@ class OtlpTallies:
                 self._histograms = {}
                 self._taken_ns = time.time_ns()
         return start, taken
-
-
-def start_otlp_export(monitor: Any) -> Any:
-    """The worker's OTLP export (`otlp_export.OtlpExport`), started; None where no endpoint is set.
-    The SDK is imported here, only then."""
-    if monitor.otlp is None:
-        return None
-    from service.monitoring import otlp_export
-
-    return otlp_export.start(monitor, monitor.otlp, monitor.otlp_endpoint)
