@@ -20,9 +20,9 @@ import orjson
 
 from service import __version__
 from service.config import Settings
-from service.datasets import DEFAULT_MAX_GROUPS
 from service.engine.conventions import CONVENTIONS
-from service.files import (
+from service.offline.datasets import DEFAULT_MAX_GROUPS
+from service.offline.files import (
     READABLE,
     FileFormatError,
     check_destination,
@@ -365,8 +365,8 @@ def _compute_dataset(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from service.api.schemas import options_model
-    from service.datasets import DatasetError, Spec, evaluate_dask, evaluate_dataset
     from service.engine import LIBRARIES, LossInputError, UnknownLossError, resolve
+    from service.offline.datasets import DatasetError, Spec, evaluate_dask, evaluate_dataset
 
     if not (args.predictions_column and args.labels_column):
         return _usage("--dataset needs --predictions-column and --labels-column")
@@ -427,7 +427,7 @@ def _progress_bar(args: argparse.Namespace, spec: Any) -> Any:
     except ImportError:
         yield None
         return
-    from service.datasets import DatasetError, open_dataset
+    from service.offline.datasets import DatasetError, open_dataset
 
     try:
         total = open_dataset(args.dataset, spec).count_rows()

@@ -25,10 +25,10 @@ import pytest
 
 from service.api.schemas import loss_request_adapter
 from service.app import create_app
-from service.client import LossResult, _combine
+from service.client.http import LossResult, _combine
 from service.config import Settings
-from service.datasets import Totals
 from service.engine import LossInputError, compute, libraries, loss_name
+from service.offline.datasets import Totals
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "xgboost_reference.json").read_text())
 CASES: list[dict[str, Any]] = FIXTURE["cases"]

@@ -1,18 +1,8 @@
-"""Python client for loss-service: NumPy in, NumPy out, typed errors, retries, chunking.
+"""The HTTP clients, sync and async: each operation written once as a plan of HTTP calls.
 
-    >>> from service.client import LossClient
-    >>> with LossClient("http://127.0.0.1:8000") as client:
-    ...     result = client.loss("scce", logits, labels, from_logits=True, model="fraud-v3")
-    ...     result.per_sample, result.mean
-
-`AsyncLossClient` has the same methods as coroutines. Batches of 4,096 values or more go as an
-Arrow stream when every array has one or two axes, as npz otherwise (binary: no JSON parsing on
-either side; bench/serving.py measures Arrow fastest); large ones are split into chunks of
-`chunk_size` samples, sent in order and reassembled; the mean is recombined exactly from each
-chunk's sum and denominator. Requests are retried, with exponential backoff, only when they
-cannot have been processed (connection failures) or when the server asks (503 with Retry-After;
-507 with Retry-After, its disk full, on logging, configuring and reading calls, which are safe to repeat).
-"""
+Bodies are JSON for small batches, an Arrow stream or npz for large ones; large batches go in
+chunks of `chunk_size` samples and come back combined; retries follow the rules in
+`service.client`'s docstring."""
 
 from __future__ import annotations
 
@@ -30,35 +20,14 @@ import httpx
 import numpy as np
 import orjson
 
-from service.client_errors import (
+from service.client.errors import (
     _ERRORS,
-    InsufficientStorageError,
-    InvalidInputError,
     LossServiceError,
-    NotFoundError,
-    OverloadedError,
     ServerError,
-    UnauthorizedError,
     UnreachableError,
 )
-from service.columns import as_array
-from service.logger import PredictionLogger
-
-__all__ = [
-    "AsyncLossClient",
-    "InsufficientStorageError",
-    "InvalidInputError",
-    "LogResult",
-    "LossClient",
-    "LossResult",
-    "LossServiceError",
-    "NotFoundError",
-    "OverloadedError",
-    "PredictionLogger",
-    "ServerError",
-    "UnauthorizedError",
-    "UnreachableError",
-]
+from service.client.logger import PredictionLogger
+from service.values.columns import as_array
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_CHUNK_SIZE = 100_000
