@@ -32,6 +32,7 @@ from service.offline.files import (
     refuse_overlap,
     write_array,
 )
+from service.values.results import LossResult
 
 # prometheus-client's multiprocess files: counter_<pid>.db, gauge_livesum_<pid>.db, ...
 METRICS_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
@@ -194,38 +195,22 @@ def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
-def _compute_locally(args: argparse.Namespace, arrays: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    from service.api.schemas import options_model
-    from service.engine import LIBRARIES, compute, loss_name, resolve
+def _compute_locally(args: argparse.Namespace, arrays: dict[str, Any], options: dict[str, Any]) -> LossResult:
+    from service.engine import compute
+    from service.option_models import checked_options
 
-    if args.convention in LIBRARIES:  # a library metric: the engine checks its options
-        name, checked, loss = loss_name(args.loss, args.convention, options), options, args.loss
-    else:
-        spec = resolve(args.loss)
-        name, loss = spec.name, spec.name
-        checked = options_model(spec).model_validate(options).model_dump()
-    reduced = compute(loss, **arrays, options=checked, dtype=args.dtype, convention=args.convention)
-    return {
-        "loss": name,
-        "per_sample": reduced.per_sample.astype(np.float64),
-        "mean": reduced.mean,
-        "sum": reduced.sum,
-        "count": reduced.count,
-        "denominator": reduced.denominator,
-        "aggregate": reduced.aggregate,
-        "dtype": args.dtype,
-        "convention": args.convention,
-    }
+    checked = checked_options(args.loss, args.convention, options)
+    return compute(args.loss, **arrays, options=checked, dtype=args.dtype, convention=args.convention)
 
 
-def _compute_remotely(args: argparse.Namespace, arrays: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+def _compute_remotely(args: argparse.Namespace, arrays: dict[str, Any], options: dict[str, Any]) -> LossResult:
     from service.client import LossClient
 
     with LossClient(args.url, api_key=args.api_key, chunk_size=args.chunk_size, progress=args.progress) as client:
         result = client.loss(
             args.loss, dtype=args.dtype, convention=args.convention, model=args.model, **arrays, **options
         )
-    return dict(vars(result))
+    return result
 
 
 def _report(result: dict[str, Any], head: int) -> str:
@@ -338,7 +323,7 @@ def _compute_checked(args: argparse.Namespace) -> int:
     except FileFormatError as exc:
         return _usage(str(exc))
     try:
-        result = (_compute_remotely if args.url else _compute_locally)(args, arrays, options)
+        result = (_compute_remotely if args.url else _compute_locally)(args, arrays, options).answer()
     except (LossInputError, UnknownLossError) as exc:
         return _invalid(str(exc))
     except ValidationError as exc:
@@ -364,9 +349,9 @@ def _compute_checked(args: argparse.Namespace) -> int:
 def _compute_dataset(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from service.api.schemas import options_model
-    from service.engine import LIBRARIES, LossInputError, UnknownLossError, resolve
+    from service.engine import LossInputError, UnknownLossError
     from service.offline.datasets import DatasetError, Spec, evaluate_dask, evaluate_dataset
+    from service.option_models import checked_options
 
     if not (args.predictions_column and args.labels_column):
         return _usage("--dataset needs --predictions-column and --labels-column")
@@ -378,8 +363,7 @@ def _compute_dataset(args: argparse.Namespace) -> int:
         return _usage("--per-sample-out is written by the local scan; it cannot be used with --scheduler")
     try:
         options = _parse_options(args.option)
-        if args.convention not in LIBRARIES:  # a library metric's options are the engine's to check
-            options = options_model(resolve(args.loss)).model_validate(options).model_dump()
+        options = checked_options(args.loss, args.convention, options)
         spec = Spec(
             args.loss,
             args.predictions_column,

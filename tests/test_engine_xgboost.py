@@ -25,10 +25,9 @@ import pytest
 
 from service.api.schemas import loss_request_adapter
 from service.app import create_app
-from service.client.http import LossResult, _combine
 from service.config import Settings
 from service.engine import LossInputError, compute, libraries, loss_name
-from service.offline.datasets import Totals
+from service.values.results import Totals, combine
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "xgboost_reference.json").read_text())
 CASES: list[dict[str, Any]] = FIXTURE["cases"]
@@ -100,14 +99,10 @@ def test_rmse_is_the_root_of_the_weighted_mean_and_chunks_recombine_before_the_r
         compute("rmse", p[a:b], y[a:b], sample_weight=w[a:b], convention="xgboost", chunk=True)
         for a, b in ((0, 20), (20, 50))
     ]
-    results = [
-        LossResult("rmse", r.per_sample, r.mean, r.sum, r.count, r.denominator, "float64", "xgboost", r.aggregate)
-        for r in parts
-    ]
-    assert _combine(results).mean == pytest.approx(whole.mean, rel=1e-14)  # the client
+    assert combine(parts).mean == pytest.approx(whole.mean, rel=1e-14)  # the client
     totals = Totals()
     for r in parts:
-        totals.add(r, 1)
+        totals.add(r)
     assert totals.mean() == pytest.approx(whole.mean, rel=1e-14)  # datasets and the CLI
 
 

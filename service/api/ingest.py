@@ -23,7 +23,6 @@ from service.api.access import PRINCIPAL, KeyRing, Principal, audit, authorize
 from service.api.body import validate_json
 from service.api.errors import engine_problem
 from service.api.problems import ProblemError, shown
-from service.api.responses import loss_result
 from service.api.schemas import LabelsLog, PredictionsLog, model_config_request_model
 from service.config import Settings
 from service.engine import LIBRARIES, LossInputError, Reduced, as_working_array, compute, libraries, loss_name, resolve
@@ -309,14 +308,13 @@ def log_rows(
     if logged.usage is not None:
         key, usage = "" if principal is None else principal.name, logged.usage
         monitor.set_quota_usage(key, usage.models, usage.stored_bytes, time.monotonic())  # after the commit
-    dtype, convention = model.config["dtype"], model.config["convention"]
     return {
         "accepted": logged.accepted,
         "duplicates": len(logged.duplicate_ids),
         "duplicate_ids": logged.duplicate_ids[:SHOWN_DUPLICATES],
         "joined": len(logged.pairs.ids),
         "joined_ids": logged.pairs.ids,
-        "results": [loss_result(loss, reduced, dtype, convention) for loss, reduced in results],
+        "results": [reduced.answer() for _, reduced in results],
         "pending_predictions": model.pending_predictions,
         "pending_labels": model.pending_labels,
     }

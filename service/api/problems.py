@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.values.text import clipped as clipped  # the HTTP layer's messages clip as every room's do
+from service.values.text import shown as shown
+
 
 class ProblemError(Exception):
     """An HTTP error with problem details, raised by the HTTP layer."""
@@ -22,13 +25,3 @@ class ProblemError(Exception):
         self.errors = errors
         self.headers = headers
         self.nonfinite_fields: list[str] = []
-
-
-def clipped(text: str, limit: int = 64) -> str:
-    """`text` cut to `limit` characters, so an error never echoes a client's megabyte back."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
-
-
-def shown(value: object, limit: int = 64) -> str:
-    """`repr(value)`, clipped."""
-    return clipped(repr(value), limit)

@@ -1,16 +1,16 @@
-"""Response helpers shared by the v1 routes: loss results as JSON, and their OpenAPI descriptions."""
+"""Response helpers shared by the v1 routes: JSON responses, and their OpenAPI descriptions.
+
+A loss result's JSON fields are its own (`LossResult.answer`, in `service.values.results`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import orjson
 from fastapi.responses import Response
 
 from service.api.body import ARROW_MEDIA_TYPE, NPZ_MEDIA_TYPE
 from service.api.guards import REFUSALS
-from service.engine import Reduced
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {
@@ -61,21 +61,6 @@ BINARY_QUERY_PARAMETERS = {
     "model": "With a binary body: the monitoring label.",
     "chunk": "With a binary body: true when the batch is one chunk of a larger one.",
 }
-
-
-def loss_result(name: str, reduced: Reduced, dtype: str, convention: str) -> dict[str, Any]:
-    # float32 values widen exactly to float64, so clients read the framework's float32 number.
-    return {
-        "loss": name,
-        "per_sample": reduced.per_sample.astype(np.float64, copy=False),
-        "mean": reduced.mean,
-        "sum": reduced.sum,
-        "count": reduced.count,
-        "denominator": reduced.denominator,
-        "aggregate": reduced.aggregate,
-        "dtype": dtype,
-        "convention": convention,
-    }
 
 
 def json_response(content: Any) -> Response:

@@ -24,8 +24,9 @@ from service.client.errors import (
     UnauthorizedError,
     UnreachableError,
 )
-from service.client.http import AsyncLossClient, LogResult, LossClient, LossResult
+from service.client.http import AsyncLossClient, LogResult, LossClient
 from service.client.logger import PredictionLogger
+from service.values.results import LossResult
 
 __all__ = [
     "AsyncLossClient",

@@ -19,8 +19,12 @@ from service.engine.checks import check_not_empty
 from service.engine.conventions import CONVENTIONS, DTYPES, FRAMEWORKS, LIBRARIES, Convention, DType
 from service.engine.errors import LossInputError, UnknownLossError
 from service.engine.parallel import available_cores, loss_values, set_threads
-from service.engine.reduction import Aggregate, Array, Reduced, reduce, reduce_library
+from service.engine.reduction import Array, reduce, reduce_library
 from service.engine.registry import LossSpec, OptionSpec, catalogue, resolve
+from service.values.results import Aggregate, LossResult, Totals, combine, mean_of
+
+# The name the HTTP layer's use cases know the engine's answer by.
+Reduced = LossResult
 
 __all__ = [
     "CONVENTIONS",
@@ -31,16 +35,20 @@ __all__ = [
     "Convention",
     "DType",
     "LossInputError",
+    "LossResult",
     "LossSpec",
     "OptionSpec",
     "Reduced",
+    "Totals",
     "UnknownLossError",
     "as_working_array",
     "available_cores",
     "catalogue",
+    "combine",
     "compute",
     "libraries",
     "loss_name",
+    "mean_of",
     "resolve",
     "set_threads",
     "working_bytes",
@@ -64,7 +72,7 @@ def compute(
     dtype: DType = "float64",
     convention: Convention = "keras",
     chunk: bool = False,
-) -> Reduced:
+) -> LossResult:
     """Per-sample losses and their reductions for one batch, as `convention` computes them in `dtype`.
 
     `chunk`: the batch is one part of a larger batch; see `reduction.reduce`.
@@ -80,7 +88,7 @@ def compute(
     x, y, weight = _arrays(spec, predictions, labels, sample_weight, np.dtype(dtype))
     with np.errstate(over="ignore", under="ignore"):
         values = loss_values(spec, x, y, convention, bound)
-        return reduce(values, weight, convention, chunk=chunk)
+        return reduce(values, weight, convention, spec.name, dtype, chunk=chunk)
 
 
 def _compute_library(
@@ -92,7 +100,7 @@ def _compute_library(
     dtype: DType,
     convention: Convention,
     chunk: bool,
-) -> Reduced:
+) -> LossResult:
     """A library metric (`service.engine.libraries`), reduced as the library reduces it."""
     if dtype not in DTYPES:
         raise LossInputError("dtype", f"must be one of {list(DTYPES)}, got {dtype!r}")
@@ -100,7 +108,8 @@ def _compute_library(
     x, y, weight = _arrays(metric.spec, predictions, labels, sample_weight, np.dtype(dtype))
     with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
         values = loss_values(metric.spec, x, y, convention, bound)
-        return reduce_library(values, weight, metric.aggregate, chunk=chunk)
+        name = metric.display_name(bound)
+        return reduce_library(values, weight, metric.aggregate, name, dtype, convention, chunk=chunk)
 
 
 def loss_name(loss: str, convention: Convention, options: Mapping[str, Any] | None = None) -> str:

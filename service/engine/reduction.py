@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from service.engine.conventions import Convention
+from service.engine.conventions import Convention, DType
 from service.engine.errors import LossInputError
+from service.values.results import Aggregate as Aggregate  # the libraries' metrics declare theirs
+from service.values.results import LossResult, mean_of
 
 Array = NDArray[np.floating]
-# How `mean` follows from `sum` and `denominator`: their quotient, or its square root (RMSE-type
-# metrics of the library conventions, whose per_sample values are weighted squared errors).
-Aggregate = Literal["mean", "root_mean"]
 
 
 @dataclass(frozen=True)
@@ -48,19 +47,6 @@ class LossValues:
     batch_mean: bool = False
 
 
-@dataclass(frozen=True)
-class Reduced:
-    """The answer for one loss over one batch."""
-
-    per_sample: Array
-    sum: float
-    mean: float
-    count: int
-    denominator: float  # what the mean divides the sum by: values, valid targets, or summed weights
-    # "root_mean": mean = sqrt(sum / denominator); chunks combine their sums and denominators first.
-    aggregate: Aggregate = "mean"
-
-
 def broadcast_sample_weight(sample_weight: Array, shape: tuple[int, ...]) -> Array:
     """One weight per sample (N,) applies to every value of that sample; a full-shape weight as is."""
     if sample_weight.shape == shape:
@@ -74,8 +60,18 @@ def broadcast_sample_weight(sample_weight: Array, shape: tuple[int, ...]) -> Arr
     )
 
 
-def reduce(loss: LossValues, sample_weight: Array | None, convention: Convention, *, chunk: bool = False) -> Reduced:
-    """`chunk`: this batch is part of a larger one, so a zero denominator (every target ignored or
+def reduce(
+    loss: LossValues,
+    sample_weight: Array | None,
+    convention: Convention,
+    name: str,
+    dtype: DType,
+    *,
+    chunk: bool = False,
+) -> LossResult:
+    """The result of loss `name` under a framework convention, in `dtype`.
+
+    `chunk`: this batch is part of a larger one, so a zero denominator (every target ignored or
     weighted 0) gives mean 0 and denominator 0 for the caller to combine, not an error."""
     values = loss.values
     weight = None if sample_weight is None else broadcast_sample_weight(sample_weight, values.shape)
@@ -84,18 +80,28 @@ def reduce(loss: LossValues, sample_weight: Array | None, convention: Convention
     else:
         per_sample, total, mean, denominator = _torch_reduce(values, weight, loss, chunk)
     _check_finite(per_sample, total, mean)
-    return Reduced(
+    return LossResult(
+        loss=name,
         per_sample=per_sample,
-        sum=float(total),
         mean=float(mean),
+        sum=float(total),
         count=int(per_sample.size),
         denominator=float(denominator),
+        dtype=dtype,
+        convention=convention,
     )
 
 
 def reduce_library(
-    loss: LossValues, sample_weight: Array | None, aggregate: Aggregate, *, chunk: bool = False
-) -> Reduced:
+    loss: LossValues,
+    sample_weight: Array | None,
+    aggregate: Aggregate,
+    name: str,
+    dtype: DType,
+    convention: Convention,
+    *,
+    chunk: bool = False,
+) -> LossResult:
     """The boosting libraries' weighted mean: sum(w l) / sum(w), each sample's weight counted once
     per value it has (XGBoost's `Reduce` over samples and targets), or its square root.
 
@@ -111,19 +117,19 @@ def reduce_library(
         per_sample = values * weight
         divisor = float(np.broadcast_to(weight, values.shape).sum(dtype=np.float64))
     total = float(per_sample.sum(dtype=np.float64))
-    if divisor == 0:
-        if not chunk:
-            raise LossInputError("sample_weight", "the weights sum to 0; the mean would be 0/0")
-        mean = 0.0
-    else:
-        mean = math.sqrt(total / divisor) if aggregate == "root_mean" else total / divisor
+    if divisor == 0 and not chunk:
+        raise LossInputError("sample_weight", "the weights sum to 0; the mean would be 0/0")
+    mean = mean_of(total, divisor, aggregate)
     _check_finite(per_sample, np.float64(total), np.float64(mean))
-    return Reduced(
+    return LossResult(
+        loss=name,
         per_sample=per_sample,
-        sum=total,
         mean=mean,
+        sum=total,
         count=int(per_sample.size),
         denominator=divisor,
+        dtype=dtype,
+        convention=convention,
         aggregate=aggregate,
     )
 

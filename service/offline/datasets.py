@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from service.engine import FRAMEWORKS, Aggregate, Convention, DType, LossInputError, Reduced, compute, loss_name
+from service.engine import FRAMEWORKS, Convention, DType, LossInputError, LossResult, Totals, compute, loss_name
 from service.offline.files import AtomicOutput, OutputError, refuse_overlap
 
 # Percentiles are read from buckets whose bounds grow by GAMMA: any value is within this relative
@@ -96,40 +96,25 @@ class Sketch:
 
 
 @dataclass
-class Totals:
-    """What combines across batches and partitions: sums, denominators and counts, and the sketch."""
+class Tally(Totals):
+    """A dataset's or a segment's totals (`Totals`: they combine as the client's chunks do), with
+    its rows and, for segments, the sketch of its per-sample values."""
 
-    sum: float = 0.0
-    denominator: float = 0.0
-    count: int = 0
     rows: int = 0
     sketch: Sketch = field(default_factory=Sketch)
-    aggregate: Aggregate = "mean"  # root_mean: the root is taken of the combined sum / denominator
 
-    def add(self, reduced: Reduced, rows: int, *, sketch: bool = False) -> None:
+    def add_batch(self, result: LossResult, rows: int, *, sketch: bool = False) -> None:
         """`sketch`: also keep the per-sample values' percentiles (segments report them; the whole
         dataset does not, and sketching costs a sort of every batch)."""
-        self.sum += reduced.sum
-        self.denominator += reduced.denominator
-        self.count += reduced.count
+        self.add(result)
         self.rows += rows
-        self.aggregate = reduced.aggregate
         if sketch:
-            self.sketch.add(reduced.per_sample)
+            self.sketch.add(result.per_sample)
 
-    def merge(self, other: Totals) -> None:
-        self.sum += other.sum
-        self.denominator += other.denominator
-        self.count += other.count
+    def merge(self, other: Tally) -> None:
+        self.add(other)
         self.rows += other.rows
         self.sketch.merge(other.sketch)
-        if other.count:
-            self.aggregate = other.aggregate
-
-    def mean(self) -> float:
-        # Keras divides with divide_no_nan: nothing counted means a mean of 0 (the engine's chunk rule).
-        mean = self.sum / self.denominator if self.denominator else 0.0
-        return math.sqrt(mean) if self.aggregate == "root_mean" else mean
 
 
 @dataclass(frozen=True)
@@ -262,7 +247,7 @@ def _name(spec: Spec) -> str:
     return loss_name(spec.loss, spec.convention, spec.options)
 
 
-def _compute(spec: Spec, arrays: Mapping[str, np.ndarray[Any, Any]]) -> Reduced:
+def _compute(spec: Spec, arrays: Mapping[str, np.ndarray[Any, Any]]) -> LossResult:
     return compute(
         spec.loss,
         arrays["predictions"],
@@ -277,7 +262,7 @@ def _compute(spec: Spec, arrays: Mapping[str, np.ndarray[Any, Any]]) -> Reduced:
 
 def evaluate_batch(
     spec: Spec, batch: Any, where: Callable[[int], str]
-) -> tuple[Reduced, dict[tuple[Any, ...], Totals]]:
+) -> tuple[LossResult, dict[tuple[Any, ...], Tally]]:
     """One record batch: the engine's result for all its rows, and totals per group."""
     arrays = {"predictions": _column(batch, spec.predictions, where), "labels": _column(batch, spec.labels, where)}
     if spec.weight:
@@ -290,7 +275,7 @@ def evaluate_batch(
         )
         located = f"{where(exc.index[0])}, " if exc.index else ""
         raise DatasetError(f"{located}column {column!r}: {exc.reason}") from None
-    groups: dict[tuple[Any, ...], Totals] = {}
+    groups: dict[tuple[Any, ...], Tally] = {}
     if spec.group_by:
         keys = [_key_values(batch.column(name), name, where) for name in spec.group_by]
         rows_of: dict[tuple[Any, ...], list[int]] = {}
@@ -304,8 +289,8 @@ def evaluate_batch(
         for key, rows in rows_of.items():
             index = np.asarray(rows)
             part = {name: values[index] for name, values in arrays.items()}
-            totals = groups[key] = Totals()
-            totals.add(_compute(spec, part), len(rows), sketch=True)
+            totals = groups[key] = Tally()
+            totals.add_batch(_compute(spec, part), len(rows), sketch=True)
     return reduced, groups
 
 
@@ -340,7 +325,7 @@ def _too_many_groups(spec: Spec, where: str) -> DatasetError:
 
 
 def _merge_groups(
-    groups: dict[tuple[Any, ...], Totals], parts: Mapping[tuple[Any, ...], Totals], spec: Spec, where: str
+    groups: dict[tuple[Any, ...], Tally], parts: Mapping[tuple[Any, ...], Tally], spec: Spec, where: str
 ) -> None:
     """Add `parts` into `groups`, refusing to keep more than `spec.max_groups` segments."""
     for key, part in parts.items():
@@ -348,7 +333,7 @@ def _merge_groups(
         if kept is None:
             if len(groups) >= spec.max_groups:
                 raise _too_many_groups(spec, where)
-            kept = groups[key] = Totals()
+            kept = groups[key] = Tally()
         kept.merge(part)
 
 
@@ -434,12 +419,12 @@ def evaluate_dataset(
         patterns = [path] if isinstance(path, str) and _is_glob(path) else []
         refuse_overlap(per_sample_out, [*files, *([path] if isinstance(path, str) else [])], patterns)
     dataset = open_dataset(path, spec)
-    totals, groups = Totals(), dict[tuple[Any, ...], Totals]()
+    totals, groups = Tally(), dict[tuple[Any, ...], Tally]()
     writer = _PerSampleWriter(per_sample_out) if per_sample_out else None
     try:
         for batch, where, start in _batches(dataset, spec, batch_rows):
             reduced, batch_groups = evaluate_batch(spec, batch, where)
-            totals.add(reduced, batch.num_rows)
+            totals.add_batch(reduced, batch.num_rows)
             _merge_groups(groups, batch_groups, spec, where(0))
             if writer is not None:
                 writer.write(start, reduced.per_sample)
@@ -455,7 +440,7 @@ def evaluate_dataset(
     return result_of(spec, totals, groups)
 
 
-def _check_counted(totals: Totals, spec: Spec) -> None:
+def _check_counted(totals: Tally, spec: Spec) -> None:
     if totals.rows == 0:
         raise DatasetError("the dataset has no rows")
     if not totals.denominator and spec.convention == "torch":
@@ -464,7 +449,7 @@ def _check_counted(totals: Totals, spec: Spec) -> None:
         raise DatasetError("every row is weighted 0: the weighted mean would be 0/0")
 
 
-def result_of(spec: Spec, totals: Totals, groups: Mapping[tuple[Any, ...], Totals]) -> DatasetResult:
+def result_of(spec: Spec, totals: Tally, groups: Mapping[tuple[Any, ...], Tally]) -> DatasetResult:
     result = DatasetResult(
         loss=_name(spec),
         mean=totals.mean(),
@@ -545,13 +530,13 @@ class _PerSampleWriter:
 
 
 def _partition_totals(frame: Any, spec: Spec) -> Any:
-    """One Dask partition (a pandas DataFrame) as one row holding its pickled Totals per group."""
+    """One Dask partition (a pandas DataFrame) as one row holding its pickled Tally per group."""
     import pandas as pd
 
-    totals, groups = Totals(), dict[tuple[Any, ...], Totals]()
+    totals, groups = Tally(), dict[tuple[Any, ...], Tally]()
     for batch, where, _ in _partition_batches(frame):
         reduced, batch_groups = evaluate_batch(spec, batch, where)
-        totals.add(reduced, batch.num_rows)
+        totals.add_batch(reduced, batch.num_rows)
         _merge_groups(groups, batch_groups, spec, where(0))
     return pd.DataFrame({"totals": [(totals, groups)]})
 
@@ -607,12 +592,12 @@ def per_sample_dask(data: Any, spec: Spec) -> Any:
     return _dask_frame(data, spec).map_partitions(_partition_per_sample, spec, meta=("per_sample", "f8"))
 
 
-def _file_totals(path: str, spec: Spec, batch_rows: int) -> tuple[Totals, dict[tuple[Any, ...], Totals]]:
+def _file_totals(path: str, spec: Spec, batch_rows: int) -> tuple[Tally, dict[tuple[Any, ...], Tally]]:
     """One file streamed on a Dask worker, as `evaluate_dataset` streams it."""
-    totals, groups = Totals(), dict[tuple[Any, ...], Totals]()
+    totals, groups = Tally(), dict[tuple[Any, ...], Tally]()
     for batch, where, _ in _batches(open_dataset([path], spec), spec, batch_rows):
         reduced, batch_groups = evaluate_batch(spec, batch, where)
-        totals.add(reduced, batch.num_rows)
+        totals.add_batch(reduced, batch.num_rows)
         _merge_groups(groups, batch_groups, spec, where(0))
     return totals, groups
 
@@ -652,9 +637,9 @@ def evaluate_dask(
     return result_of(spec, totals, groups)
 
 
-def _merged(parts: Any, spec: Spec) -> tuple[Totals, dict[tuple[Any, ...], Totals]]:
+def _merged(parts: Any, spec: Spec) -> tuple[Tally, dict[tuple[Any, ...], Tally]]:
     """Parts' (totals, groups) combined: sums, denominators, counts and sketches add up."""
-    totals, groups = Totals(), dict[tuple[Any, ...], Totals]()
+    totals, groups = Tally(), dict[tuple[Any, ...], Tally]()
     for part_totals, part_groups in parts:
         totals.merge(part_totals)
         _merge_groups(groups, part_groups, spec, "the partitions combined")

@@ -24,7 +24,7 @@ from service.api.body import (
 from service.api.direct import DirectRoute
 from service.api.headers import request_header
 from service.api.problems import ProblemError
-from service.api.responses import PROBLEM_RESPONSES, json_body, json_response, loss_result
+from service.api.responses import PROBLEM_RESPONSES, json_body, json_response
 from service.api.schemas import (
     Catalogue,
     EvaluateResult,
@@ -102,8 +102,8 @@ def _compute_one(
     body: bytes, monitor: Monitor, limit: int, media_type: str, query: Any, log: dict[str, Any]
 ) -> dict[str, Any]:
     request = _validate(loss_request_adapter(), body, monitor, limit, media_type, query)
-    name, reduced = run_loss(request, monitor, log)
-    return loss_result(name, reduced, request.dtype, request.convention)
+    _, reduced = run_loss(request, monitor, log)
+    return reduced.answer()
 
 
 def _compute_many(body: bytes, monitor: Monitor, limit: int, state: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +122,7 @@ def _compute_many(body: bytes, monitor: Monitor, limit: int, state: dict[str, An
     # Observed only once every loss succeeded, so a refused request leaves no partial trace.
     for name, reduced in results:
         record_batch(monitor, request.model, name, reduced)
-    return {"results": [loss_result(name, reduced, request.dtype, request.convention) for name, reduced in results]}
+    return {"results": [reduced.answer() for _, reduced in results]}
 
 
 @compute_router.post(
