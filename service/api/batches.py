@@ -38,6 +38,7 @@ def compute_loss(batch: Any, loss: str, options: BaseModel) -> tuple[str, Reduce
         dtype=batch.dtype,
         convention=batch.convention,
         chunk=batch.chunk,
+        inputs_finite=True,  # the batch's arrays were searched as they were validated (NumericArray)
     )
     return name, reduced
 

@@ -228,7 +228,8 @@ def _stored_rows(rows: np.ndarray[Any, Any], field: str, dtype: str) -> np.ndarr
             raise _problem(field, "integer is too large (beyond 64 bits)", index)
         return rows.astype(np.int64)
     try:
-        return as_working_array(rows, field, np.dtype(dtype))  # the engine's own conversion and overflow check
+        # The engine's own conversion and overflow check; NumericArray searched the rows for NaN already.
+        return as_working_array(rows, field, np.dtype(dtype), finite=True)
     except LossInputError as exc:
         raise engine_problem(exc) from None
 
@@ -336,6 +337,7 @@ def _compute_pairs(model: Model, pairs: Pairs, side: Side, position: dict[str, i
                 sample_weight=weights,
                 dtype=config["dtype"],
                 convention=config["convention"],
+                inputs_finite=True,  # every stored row was searched and converted as it was logged
             )
         except LossInputError as exc:
             raise _join_problem(exc, call["loss"], pairs, side, position) from None
