@@ -11,6 +11,8 @@ Cross-entropy from logits, float32, per-sample (reduction='none'):
 MSE, float32, (N, 10): compute() against one read pass over both inputs (np.add.reduce of each).
 XGBoost's logloss (N,) and mlogloss (N, 10) under convention xgboost, float32 rows with float64
 sums (XGBoost's precision) and float64, weighted: compute() against the same read pass.
+CTC, (N, T, C) log-probabilities, targets of L labels: compute() under torch against
+torch.nn.functional.ctc_loss on one thread (reduction='none'), both dtypes.
 All cores: compute() with the engine on every core this process may use (LOSS_SERVICE_ENGINE_THREADS'
 default) against torch at its default thread count, cross-entropy from logits, both dtypes.
 """
@@ -129,6 +131,7 @@ def main() -> None:
                 f"| {xgb_s * 1e3:.3f} | {xgb_s / read_s:.2f}x |"
             )
 
+    ctc_table(rng, args.repeats, torch)
     if torch is None:
         return
     cores = available_cores()
@@ -151,6 +154,31 @@ def main() -> None:
             torch_s = median_seconds(lambda: F.cross_entropy(tl, ty, reduction="none"), args.repeats)
             ratio = torch_s / compute_s
             print(f"| {n:,} x {c:,} | {dtype} | {torch_s * 1e3:.3f} | {compute_s * 1e3:.3f} | {ratio:.2f}x |")
+
+
+CTC_SIZES = [(32, 100, 30, 20), (16, 500, 50, 100)]  # N, T, C, L
+
+
+def ctc_table(rng: np.random.Generator, repeats: int, torch: Any) -> None:
+    """The CTC recursion: T steps over an (N, 2L + 1) lattice, against PyTorch's C++ loops."""
+    print("\n| CTC N x T x C, L labels | dtype | torch ms | compute ms | compute / torch |")
+    print("|---|---|---|---|---|")
+    for n, t, c, length in CTC_SIZES:
+        for dtype in ("float32", "float64"):
+            logits = rng.normal(0, 2, (n, t, c))
+            log_p = (logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))).astype(dtype)
+            labels = rng.integers(1, c, (n, length))
+            compute_s = median_seconds(lambda: compute("ctc", log_p, labels, dtype=dtype, convention="torch"), repeats)
+            shape = f"{n} x {t} x {c}, {length}"
+            if torch is None:
+                print(f"| {shape} | {dtype} | - | {compute_s * 1e3:.3f} | - |")
+                continue
+            tl, ty = torch.from_numpy(log_p).transpose(0, 1), torch.from_numpy(labels)
+            inputs, targets = [t] * n, [length] * n
+            torch_s = median_seconds(
+                lambda: torch.nn.functional.ctc_loss(tl, ty, inputs, targets, reduction="none"), repeats
+            )
+            print(f"| {shape} | {dtype} | {torch_s * 1e3:.3f} | {compute_s * 1e3:.3f} | {torch_s / compute_s:.2f}x |")
 
 
 if __name__ == "__main__":

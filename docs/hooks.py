@@ -74,9 +74,7 @@ def _library_metrics() -> str:
             "|---|---|---|---|---|---|",
         ]
         for m in table:
-            name = f"`{m.name}@<{m.parameter}>`" if m.always_suffixed else f"`{m.name}`"
-            if m.parameter and not m.always_suffixed:
-                name += f", `{m.name}@<{m.parameter}>`"
+            name = ", ".join(f"`{form}`" for form in m.forms())
             options = ", ".join(f"`{o.name}` ({_cell(o.default)})" for o in m.spec.options if o.name != "margin")
             mean = "sqrt(sum(w l) / sum(w))" if m.aggregate == "root_mean" else "sum(w l) / sum(w)"
             rows.append(

@@ -22,12 +22,12 @@ from fastapi.openapi.utils import get_openapi
 
 from service import __version__
 from service.api.access import KeyRing
-from service.api.direct import DirectDispatch, DirectRoute
 from service.api.errors import install_error_handlers
 from service.api.guards import KEY_REFUSALS, ApiKeys, BodyLimit, HeavyRequests
-from service.api.ingest import store_threads, sweep_forever
+from service.api.policy import RequestContext
 from service.api.routes import health, inference, losses, metrics, models, pages
 from service.api.routes.inference import HEADER_LENGTH
+from service.api.routing import Dispatch, Matching, Route, RouteTable, policy_of, route_once
 from service.api.schemas import (
     LabelsLog,
     PredictionsLog,
@@ -48,6 +48,7 @@ from service.monitoring import (
     mark_worker_dead,
 )
 from service.store import Store, redacted
+from service.usecases.upkeep import store_threads, sweep_forever
 
 log = logging.getLogger("service.app")
 
@@ -198,21 +199,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     # The routes join the app's own list instead of `include_router`: FastAPI 0.165 keeps an
     # included router as one nested route and walks its routes twice per request (to match, then
-    # to dispatch). Routes are tried in order: the computations (POST on a DirectRoute) first.
-    for router in (
-        inference.router,
-        losses.compute_router,
-        losses.router,
-        models.router,
-        health.router,
-        metrics.router,
-        pages.router,
-    ):
-        app.router.routes.extend(router.routes)
-    app.router.routes.sort(key=lambda route: not (isinstance(route, DirectRoute) and "POST" in (route.methods or ())))
+    # to dispatch). Routes are tried in order: the computations (POSTs called directly) first.
+    groups = (inference.routes, losses.routes, models.routes, health.routes, metrics.routes, pages.routes)
+    for group in groups:
+        app.router.routes.extend(group.routes)
+    app.router.routes.sort(key=lambda route: not (_direct(route) and "POST" in getattr(route, "methods", ())))
     pages.mount_assets(app)
+    route_once(app.router)  # the router takes the route `Matching` found
     # Outermost last: the request monitor sees everything, the guards' refusals included.
-    app.add_middleware(DirectDispatch, router=app.router, exception_handlers=app.exception_handlers)
+    app.add_middleware(Dispatch, exception_handlers=app.exception_handlers)
     app.add_middleware(
         HeavyRequests,
         limit=settings.max_concurrent,
@@ -222,7 +217,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.state.keys = KeyRing(settings.api_keys or [], settings.api_keys_file)
     app.state.monitor.set_keys(len(app.state.keys.names()), False)  # their number splits the model labels
-    app.add_middleware(ApiKeys, keys=app.state.keys, protect_metrics=settings.metrics_auth, router=app.router)
+    app.add_middleware(ApiKeys, keys=app.state.keys, protect_metrics=settings.metrics_auth)
+    app.add_middleware(Matching, table=RouteTable(app.router, groups))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -232,10 +228,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Content-Encoding", "X-Request-ID", HEADER_LENGTH],
             expose_headers=["X-Request-ID", "Retry-After", HEADER_LENGTH],
         )
-    app.add_middleware(RequestMonitor, monitor=app.state.monitor)
+    app.add_middleware(RequestMonitor, monitor=app.state.monitor, context=RequestContext)
     _log_to_stderr(settings)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _direct(route: Any) -> bool:
+    return isinstance(route, Route) and route.call is not None
 
 
 def _log_to_stderr(settings: Settings) -> None:
@@ -265,21 +265,27 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     ):
         components.update(body.pop("$defs", {}))
         components[name] = body
-    _document_key_refusals(schema)
+    _document_key_refusals(schema, app.routes)
     app.openapi_schema = schema
     return schema
 
 
-def _document_key_refusals(schema: dict[str, Any]) -> None:
-    """Every route behind API keys may answer 401, 403 and 429 (the ApiKeys guard), in its
-    protocol's shape: problem details on /v1 and /metrics, `{"error"}` on /v2."""
+def _document_key_refusals(schema: dict[str, Any], routes: list[Any]) -> None:
+    """Every route whose policy may need an API key may answer 401, 403 and 429 (the ApiKeys
+    guard), in its policy's dialect: problem details, or `{"error"}` on the OIP routes."""
     problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
     oip_error = {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}
-    for path, operations in schema.get("paths", {}).items():
-        if not (path.startswith(("/v1/", "/v2")) or path == "/metrics") or path.startswith("/v2/health/"):
+    paths = schema.get("paths", {})
+    for route in routes:
+        policy = policy_of(route)
+        operations = paths.get(getattr(route, "path_format", None), {})
+        if not policy.needs_key(protect_metrics=True):
             continue
-        content = oip_error if path.startswith("/v2") else problem
-        for operation in operations.values():
+        content = oip_error if policy.dialect == "oip" else problem
+        for method in sorted(getattr(route, "methods", None) or ()):
+            operation = operations.get(method.lower())
+            if operation is None:
+                continue
             responses = operation.setdefault("responses", {})
             for status, description in KEY_REFUSALS.items():
                 responses.setdefault(str(status), {"description": description, "content": content})

@@ -41,7 +41,7 @@ def refusal(response: httpx.Response, status: int) -> str:
 def computations_held(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
     """Every loss computation waits, in its worker thread, until `release` is set; `entered` is set
     once one waits. With offload_bytes=0 every request computes in a worker thread."""
-    from service.api import batches
+    from service.usecases import compute as batches
 
     entered, release = threading.Event(), threading.Event()
     real = batches.compute
@@ -80,16 +80,31 @@ async def drive(app: Any, messages: list[dict[str, Any]], headers: list[tuple[by
     return sent
 
 
+def heavy_route(app: Any) -> Any:
+    """`app` behind a matcher that finds a heavy route for every request (as `routing.Matching`
+    does for a route whose policy says heavy), for a guard tried alone."""
+    from service.api.policy import RequestContext, RoutePolicy
+    from service.monitoring import CONTEXT
+
+    async def matched(scope: Any, receive: Any, send: Any) -> None:
+        scope[CONTEXT] = RequestContext(matched=True, policy=RoutePolicy(heavy=True))
+        await app(scope, receive, send)
+
+    return matched
+
+
 class Recorder:
     """An app that reads the whole body and answers 200, keeping what it saw."""
 
     def __init__(self) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = b""
-        self.state: dict[str, Any] = {}
+        self.state: Any = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        self.headers, self.state = scope["headers"], scope.get("state", {})
+        from service.monitoring import CONTEXT
+
+        self.headers, self.state = scope["headers"], scope.get(CONTEXT)
         while True:
             message = await receive()
             self.body += message.get("body", b"")

@@ -1,6 +1,7 @@
 """The layers stay apart: the engine knows nothing of HTTP or storage, the store nothing of HTTP or
-losses; the client nothing of the server or the offline code, the offline code nothing but the
-engine, the CLI nothing of the HTTP layer. And the page that draws them, docs/architecture.md,
+losses, the use cases nothing of HTTP or gRPC; the client nothing of the server or the offline code,
+the offline code nothing but the engine, the CLI nothing of the HTTP layer. And the page that draws
+them, docs/architecture.md,
 lists every module from its docstring."""
 
 from __future__ import annotations
@@ -25,11 +26,16 @@ FORBIDDEN = {
         "service.monitoring",
     ),
     "store": ("fastapi", "starlette", "prometheus_client", "service.api", "service.engine", "service.monitoring"),
+    # The use cases sit between the transports and engine, store and monitoring: they import
+    # those below, never an HTTP or gRPC module nor a transport's framework.
+    "usecases": ("fastapi", "starlette", "grpc", "service.api", "service.grpc", "service.app", "service.protocol"),
+    "monitoring": ("fastapi", "service.api", "service.grpc", "service.usecases", "service.app"),
     # Below everything: values any room may hold.
     "values": ("service.", "fastapi", "starlette", "pydantic", "prometheus_client"),
 }
 SERVER = ("service.api", "service.app", "service.store", "service.monitoring", "service.grpc", "service.protocol")
-SERVER += ("service.server", "service.config", "fastapi", "starlette", "uvicorn", "prometheus_client")
+SERVER += ("service.usecases", "service.server", "service.config")
+SERVER += ("fastapi", "starlette", "uvicorn", "prometheus_client")
 # Rooms by audience: what each may not import, function-level imports included.
 ROOMS = {
     "client": (*SERVER, "service.offline", "service.engine", "service.option_models", "service.cli"),

@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from service.api.access import PRINCIPAL, AccessRefusedError, Principal, audit, authorize, digest
+from service.api.access import AccessRefusedError, Principal, audit, authorize, digest
 from service.api.problems import clipped, shown
 from service.api.routes import losses as losses_routes
 from service.app import create_app
@@ -117,7 +117,7 @@ def test_authorize_clips_the_model_it_refuses() -> None:
     whatever it is handed, its refusal echoes at most 64 characters of it."""
     principal = Principal("fraud-team", frozenset({"compute"}), ("fraud-*",))
     with pytest.raises(AccessRefusedError) as refused:
-        authorize({PRINCIPAL: principal}, HOSTILE_MODEL)
+        authorize(principal, HOSTILE_MODEL)
     assert refused.value.detail == (
         f"the API key 'fraud-team' may not use this model: the request names model {shown(HOSTILE_MODEL)}"
     )

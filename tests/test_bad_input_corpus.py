@@ -1068,6 +1068,21 @@ ISSUE_34_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("circle-one-class-under-torch",
      {"loss": "circle", "convention": "torch", "predictions": [[1.0, 0.0], [0.0, 1.0]], "labels": [4, 4]},
      "labels: no sample has both a positive and a negative in the batch; the mean would be 0/0"),
+    ("ctc-2d-predictions", {"loss": "ctc", "predictions": [[0.0, 0.0]], "labels": [[1]]},
+     "predictions: must be (N, T, C): per-step class scores, batch first; got shape [1, 2]"),
+    ("ctc-input-length-past-t",
+     {"loss": "ctc_loss", "predictions": [[[0.0, 0.0]] * 3] * 2, "labels": [[1], [1]], "options": {"input_lengths": [3, 4]}},
+     "options.input_lengths.1: 4 is not a length in [0, T = 3]"),
+    ("ctc-keras-output-length-too-few",
+     {"loss": "ctc", "predictions": [[[0.0, 0.0]] * 3] * 2, "labels": [[1], [1]], "options": {"output_length": [3]}}, "options.input_lengths: needs one value per sample (2), got 1"),
+    ("ctc-label-is-the-blank",
+     {"loss": "ctc", "predictions": [[[0.0, 0.0, 0.0]] * 3] * 2, "labels": [[1, 2], [2, 1]],
+      "options": {"mask_index": 2, "target_length": [1, 2]}}, "labels.1.0: label 2 is the blank; a target is a sequence of non-blank classes"),
+    ("ctc-impossible-under-torch",
+     {"loss": "ctc", "convention": "torch", "predictions": [[[0.0, 0.0]] * 3] * 2, "labels": [[1, 0, 0], [1, 1, 1]]}, "labels.1: no alignment of these 3 labels fits the sample's 3 time steps (PyTorch's loss is inf); "
+     "set zero_infinity to count it as 0"),
+    ("ctc-negative-target-length",
+     {"loss": "ctc", "predictions": [[[0.0, 0.0]] * 3], "labels": [[1]], "options": {"target_lengths": [-1]}}, "options.target_lengths.0: -1 is not a length in [0, S = 1]"),
 ]  # fmt: skip
 
 

@@ -34,6 +34,9 @@ def _inputs(name: str, class_labels: bool, rng: np.random.Generator) -> tuple[np
     if name == "multilabel_margin":  # up to C / 2 targets per row, then the -1 padding
         targets = np.argsort(rng.random((N, C)), axis=1)
         return probabilities, np.where(np.arange(C) < rng.integers(0, C // 2, (N, 1)), targets, -1)
+    if name == "ctc":  # two classes: the lattice is at its widest against the predictions
+        steps = C // 2  # ten repeated labels (1, 1, ...) fit twenty steps with blanks between them
+        return rng.normal(0, 1, (N, steps, 2)), np.tile(np.arange(steps) < steps // 2, (N, 1)).astype(np.intp)
     if name == "gamma_deviance":
         return probabilities, probabilities[::-1]
     if name == "hamming":

@@ -18,7 +18,17 @@ import pytest
 
 from service.app import create_app
 from service.config import Settings
-from tests.guarded import BODY, JSON, Recorder, client_for, computations_held, drive, refusal, wait_for_event
+from tests.guarded import (
+    BODY,
+    JSON,
+    Recorder,
+    client_for,
+    computations_held,
+    drive,
+    heavy_route,
+    refusal,
+    wait_for_event,
+)
 from tests.test_api import problem
 from tests.test_monitoring import samples, value
 
@@ -161,7 +171,7 @@ async def test_a_deadline_passed_while_the_loop_was_busy_still_answers_504() -> 
         await send({"type": "http.response.body", "body": b"late"})
 
     guarded = HeavyRequests(busy_app, limit=1, timeout=0.01)
-    transport = httpx.ASGITransport(app=guarded)
+    transport = httpx.ASGITransport(app=heavy_route(guarded))
     async with httpx.AsyncClient(transport=transport, base_url="http://g") as c:
         response = await c.post("/v1/loss", content=b"{}")
         assert "not computed within 0.01 s" in problem(response, 504)["detail"]
@@ -170,10 +180,10 @@ async def test_a_deadline_passed_while_the_loop_was_busy_still_answers_504() -> 
 
 async def test_the_slot_is_claimed_by_a_last_message_that_leaves_out_more_body() -> None:
     from service.api.guards.heavy import HeavyRequests
-    from service.api.guards.slots import HEAVY_SLOT, Slot
+    from service.api.guards.slots import Slot
 
     recorder = Recorder()
     guarded = HeavyRequests(recorder, limit=1, timeout=5)
-    await drive(guarded, [{"type": "http.request", "body": b"{}"}], [])
-    assert isinstance(recorder.state.get(HEAVY_SLOT), Slot)
+    await drive(heavy_route(guarded), [{"type": "http.request", "body": b"{}"}], [])
+    assert isinstance(recorder.state.slot, Slot)
     assert guarded.busy == 0

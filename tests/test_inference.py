@@ -221,16 +221,16 @@ async def test_binary_framing_errors(client: httpx.AsyncClient) -> None:
 
 def engine_inputs(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray[Any, Any]]:
     """Every `predictions` array the routes hand to the engine, recorded as it passes."""
-    import service.api.batches
+    import service.usecases.compute
 
     seen: list[np.ndarray[Any, Any]] = []
-    real = service.api.batches.compute
+    real = service.usecases.compute.compute
 
     def recording(loss: str, predictions: Any, labels: Any, **kwargs: Any) -> Any:
         seen.append(predictions)
         return real(loss, predictions, labels, **kwargs)
 
-    monkeypatch.setattr(service.api.batches, "compute", recording)
+    monkeypatch.setattr(service.usecases.compute, "compute", recording)
     return seen
 
 

@@ -18,7 +18,7 @@ import pytest
 from service.api.access import digest
 from service.app import create_app
 from service.config import Settings
-from service.monitoring import Monitor
+from service.monitoring import Monitor, Observation
 from service.monitoring.labels import request_state
 from tests.servers import served
 from tests.test_monitoring import samples, value
@@ -181,7 +181,7 @@ def test_a_keys_idle_label_is_taken_by_its_own_new_model_never_by_another_keys()
     batch = np.array([0.5])
 
     def observe(key: str | None, model: str) -> str:
-        token = request_state.set({"key": key} if key else {})
+        token = request_state.set(Observation(key=key))
         try:
             monitor.observe_batch(model, "mse", batch, 0.5)
             return monitor.model_label(model)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,17 @@ from service.cli import main as cli
 from service.client import LossClient, LossResult
 from service.engine import compute
 from service.offline.datasets import Spec, evaluate_dataset
-from service.values.results import Totals, combine, mean_of
+from service.values.results import AGGREGATES, Aggregate, Totals, combine, mean_of
 
 # (loss, convention, options): a mean over values, a weighted mean over non-ignored targets, a
-# root of a weighted mean.
+# root of a weighted mean (XGBoost's, and CatBoost's over float32 targets), a library's weighted
+# mean under a name with parameters.
 CASES = [
     ("mse", "keras", {}),
     ("scce", "torch", {"from_logits": True}),
     ("rmse", "xgboost", {}),
+    ("RMSE", "catboost", {}),
+    ("Quantile:alpha=0.3", "catboost", {}),
 ]
 ROWS, CLASSES = 60, 4
 
@@ -56,6 +60,10 @@ def test_the_mean_of_a_sum_and_a_denominator() -> None:
     assert mean_of(9.0, 4.0) == 2.25
     assert mean_of(9.0, 4.0, "root_mean") == 1.5
     assert mean_of(0.0, 0.0) == mean_of(0.0, 0.0, "root_mean") == 0.0  # nothing counted: divide_no_nan
+
+
+def test_every_aggregate_kind_has_its_mean() -> None:
+    assert set(AGGREGATES) == set(typing.get_args(Aggregate))
 
 
 def test_the_root_is_taken_once_the_chunks_are_summed() -> None:

@@ -28,13 +28,13 @@ import httpx
 import numpy as np
 import pytest
 
-from service.api import ingest
 from service.api.access import digest
 from service.app import create_app
 from service.config import Settings
 from service.store import DELETE_BATCH_ROWS, SWEEP_BATCH_ROWS, Pairs, Store
 from service.store.database import Transaction
 from service.store.schema import row_bytes_sql
+from service.usecases import upkeep
 
 CONFIG = {"losses": [{"loss": "mse", "options": {}}], "convention": "keras", "dtype": "float64"}
 HANG = 60.0  # seconds: only ever reached when something is stuck
@@ -395,7 +395,7 @@ async def another_write_between_batches(store: Store, method: str, run: Callable
     write thread. The order in which the batches and that write ran.
 
     One write thread, as on SQLite (PostgreSQL has one per connection of its write pool)."""
-    threads = ingest.StoreThreads(store)
+    threads = upkeep.StoreThreads(store)
     threads.writes = anyio.CapacityLimiter(1)
     order: list[str] = []
     started, proceed = threading.Event(), threading.Event()
@@ -433,8 +433,8 @@ async def test_a_write_goes_between_the_sweep_s_batches(url: str) -> None:
         log(store, "predictions", "m", [f"r{i}" for i in range(350)], now=1.0)
         swept: list[Any] = []
 
-        async def sweep(threads: ingest.StoreThreads) -> None:
-            swept.extend(await ingest.sweep(store, 550.0, threads, batch_rows=100))
+        async def sweep(threads: upkeep.StoreThreads) -> None:
+            swept.extend(await upkeep.sweep(store, 550.0, threads, batch_rows=100))
 
         order = await another_write_between_batches(store, "sweep_batch", sweep)
         # 350 rows: three batches of 100 and the last of 50; the other write waited for one only.
@@ -452,8 +452,8 @@ async def test_a_write_goes_between_the_batches_of_a_model_s_deletion(url: str) 
         log(store, "predictions", "m", [f"r{i}" for i in range(350)], now=1.0)
         deleted: list[bool] = []
 
-        async def delete(threads: ingest.StoreThreads) -> None:
-            deleted.append(await ingest.delete_model(store, "m", threads, batch_rows=100))
+        async def delete(threads: upkeep.StoreThreads) -> None:
+            deleted.append(await upkeep.delete_model(store, "m", threads, batch_rows=100))
 
         order = await another_write_between_batches(store, "delete_batch", delete)
         assert order == ["batch", "other write", "batch", "batch", "batch"], order

@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import logging
 import math
-import re
 import secrets
 import threading
 import time
@@ -31,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -40,7 +39,6 @@ from service.api.problems import clipped, shown
 
 Scope = Literal["compute", "ingest", "read", "admin", "metrics"]
 SCOPES: tuple[Scope, ...] = ("compute", "ingest", "read", "admin", "metrics")
-PRINCIPAL = "principal"  # scope state key of the request's Principal
 audit_log = logging.getLogger("loss_service.audit")
 log = logging.getLogger("service.api")
 
@@ -249,35 +247,6 @@ def _signature(content: bytes) -> bytes:
     return hashlib.sha256(content).digest()
 
 
-# -- routes to scopes -----------------------------------------------------------------------------
-
-_STORE_ROWS = re.compile(r"^/v1/models/[^/]+/(predictions|labels)$")
-
-
-def required_scope(method: str, path: str) -> Scope | None:
-    """The scope a request needs; None where any valid key will do (the catalogue, OIP metadata)."""
-    if path == "/metrics":
-        return "metrics"
-    if method == "POST" and (
-        path in ("/v1/loss", "/v1/evaluate") or (path.startswith("/v2/") and path.endswith("/infer"))
-    ):
-        return "compute"
-    if path == "/v1/models" or path.startswith("/v1/models/"):
-        if method == "POST" and _STORE_ROWS.match(path):
-            return "ingest"
-        if method in ("PUT", "DELETE"):
-            return "admin"
-        if method in ("GET", "HEAD"):
-            return "read"
-    return None  # any other method: the router answers (405 where a route has no such method)
-
-
-def path_model(path: str) -> str | None:
-    """The model a /v1/models/{model}... path names."""
-    parts = path.split("/")
-    return parts[3] if len(parts) > 3 and parts[:3] == ["", "v1", "models"] and parts[3] else None
-
-
 # -- checks once a body is parsed ------------------------------------------------------------------
 
 
@@ -292,9 +261,9 @@ class AccessRefusedError(Exception):
         self.retry_after = retry_after
 
 
-def authorize(state: dict[str, Any] | None, model: str | None, values: int = 0) -> None:
-    """The request's key may use `model`, and its value budget covers `values` numbers."""
-    principal: Principal | None = (state or {}).get(PRINCIPAL)
+def authorize(principal: Principal | None, model: str | None, values: int = 0) -> None:
+    """The request's key (None: the service has no keys) may use `model`, and its value budget
+    covers `values` numbers."""
     if principal is None:
         return
     if not principal.may_use(model):
@@ -313,8 +282,7 @@ def authorize(state: dict[str, Any] | None, model: str | None, values: int = 0) 
             )
 
 
-def visible(state: dict[str, Any] | None, models: Sequence[str]) -> list[str]:
-    principal: Principal | None = (state or {}).get(PRINCIPAL)
+def visible(principal: Principal | None, models: Sequence[str]) -> list[str]:
     return list(models) if principal is None else [m for m in models if principal.may_use(m)]
 
 

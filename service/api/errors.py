@@ -18,10 +18,18 @@ from starlette.routing import Match
 
 from service.api.access import AccessRefusedError, audit, retry_after
 from service.api.arrays import NON_FINITE
+from service.api.policy import Dialect, RequestContext, context_of
 from service.api.problems import ProblemError, clipped, shown
 from service.api.schemas import UNKNOWN_KEYS, loss_names
 from service.engine import LIBRARIES, LossInputError, UnknownLossError, catalogue, libraries
 from service.store import StoreFailureError, StoreFullError
+from service.usecases.errors import (
+    InvalidInputError,
+    NotFoundError,
+    QuotaError,
+    StoreUnavailableError,
+    UseCaseError,
+)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("service.api")
@@ -42,15 +50,16 @@ def problem_response(
 
 
 def refusal_response(
-    path: str,
+    dialect: Dialect,
     status: int,
     detail: str,
     headers: dict[str, str] | None = None,
     errors: list[dict[str, Any]] | None = None,
 ) -> Response:
-    """A refusal in the shape the route's protocol promises: Open Inference Protocol routes (/v2)
-    answer `{"error": "..."}` as the protocol requires, every other route problem details."""
-    if path.startswith("/v2"):
+    """A refusal in the shape the route's protocol promises (its policy's `dialect`): Open
+    Inference Protocol routes answer `{"error": "..."}` as the protocol requires, every other
+    route problem details."""
+    if dialect == "oip":
         return Response(
             orjson.dumps({"error": detail}), status_code=status, media_type="application/json", headers=headers
         )
@@ -120,7 +129,7 @@ def _unknown_loss(tag: str) -> str:
     names = ", ".join(repr(name) for spec in catalogue() for name in (spec.name, *spec.aliases))
     hint = ""
     if libraries.is_library_metric(tag):
-        found = next(m for m in libraries.metrics() if m.name == tag.partition("@")[0])
+        found = next(m for m in libraries.metrics() if m.name == libraries.base_name(tag))
         title = libraries.LIBRARY_TITLES[found.library]
         hint = f" ({shown(tag)} is {title}'s metric: it takes convention {found.library!r})"
     return f"unknown loss {shown(tag)}{hint}; valid names: {names}"
@@ -156,6 +165,31 @@ def validation_problem(exc: ValidationError) -> ProblemError:
     return problem
 
 
+def use_case_response(exc: UseCaseError, context: RequestContext, path: str) -> Response:
+    """A use case's error as HTTP, in the route's dialect: its status, detail and error list."""
+    status, detail, errors, headers = 400, exc.message, None, None
+    if isinstance(exc, InvalidInputError):
+        status, errors = 422, [{"loc": ["body", *_field_path(exc.field), *exc.index], "msg": exc.reason}]
+        detail = exc.detail or _summary(errors)
+    elif isinstance(exc, NotFoundError):
+        status = 404
+    elif isinstance(exc, QuotaError):
+        # Counted as a `quota` refusal and audited as the keys' refusals are. No Retry-After:
+        # usage falls only when rows expire or a model is deleted, which waiting does not bring.
+        status, errors = 429, [{"loc": exc.loc, "msg": exc.message}]
+        context.refusal = "quota"
+        audit(429, context.key or "unknown", path, exc.model, exc.reason)
+    elif isinstance(exc, StoreUnavailableError):
+        status = 507 if exc.full else 503
+        detail = f"{exc.reason}; nothing of this request was stored; retry after {exc.retry_after} s"
+        headers = {"Retry-After": str(exc.retry_after)}
+    return refusal_response(context.policy.dialect, status, detail, headers, errors)
+
+
+def _field_path(field: str) -> list[str | int]:
+    return [int(part) if part.isdigit() else part for part in field.split(".")]
+
+
 def engine_problem(exc: LossInputError) -> ProblemError:
     path = [int(part) if part.isdigit() else part for part in exc.field.split(".")]
     loc = ["body", *path, *exc.index]
@@ -173,6 +207,10 @@ def _allowed_methods(request: Request) -> list[str]:
     return allowed
 
 
+def _dialect(request: Request) -> Dialect:
+    return context_of(request.scope).policy.dialect
+
+
 def _logged(request: Request) -> str:
     """The request's decoded path for a log line: quoted, escaped (a CR or LF in it cannot start
     a line of its own) and clipped to 200 characters."""
@@ -182,7 +220,7 @@ def _logged(request: Request) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProblemError)
-        return refusal_response(request.url.path, exc.status, exc.detail, exc.headers, exc.errors)
+        return refusal_response(_dialect(request), exc.status, exc.detail, exc.headers, exc.errors)
 
     async def on_loss_input(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, LossInputError)
@@ -209,12 +247,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_access_refused(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, AccessRefusedError)
-        state = request.scope.setdefault("state", {})
+        context = context_of(request.scope)
         if exc.status == 429:
-            state["refusal"] = "rate_limited"
-        audit(exc.status, state.get("key", "unknown"), request.scope["path"], exc.model, exc.reason)
+            context.refusal = "rate_limited"
+        audit(exc.status, context.key or "unknown", request.scope["path"], exc.model, exc.reason)
         headers = {"Retry-After": retry_after(exc.retry_after)} if exc.retry_after else None
-        return refusal_response(request.url.path, exc.status, exc.detail, headers)
+        return refusal_response(context.policy.dialect, exc.status, exc.detail, headers)
 
     async def on_disconnect(request: Request, _: Exception) -> Response:
         # The client left before its body arrived: nobody reads this answer, and it is no fault
@@ -222,12 +260,13 @@ def install_error_handlers(app: FastAPI) -> None:
         log.info("client disconnected before its request body arrived: %s %s", request.method, _logged(request))
         return problem_response(400, "the client closed the connection before the request body arrived")
 
-    async def on_store_failure(request: Request, exc: Exception) -> Response:
-        # Logged by the store once per episode (service.store.health), not once per request.
-        assert isinstance(exc, StoreFailureError)
-        status = 507 if isinstance(exc, StoreFullError) else 503
-        detail = f"{exc.reason}; nothing of this request was stored; retry after {exc.retry_after} s"
-        return refusal_response(request.url.path, status, detail, {"Retry-After": str(exc.retry_after)})
+    async def on_use_case(request: Request, exc: Exception) -> Response:
+        # A store failure is logged by the store once per episode (service.store.health), not
+        # once per request; one that reaches here outside a use case is rendered as one.
+        if isinstance(exc, StoreFailureError):
+            exc = StoreUnavailableError(exc.reason, exc.retry_after, isinstance(exc, StoreFullError))
+        assert isinstance(exc, UseCaseError)
+        return use_case_response(exc, context_of(request.scope), request.scope["path"])
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, _logged(request))
@@ -240,5 +279,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_request_validation)
     app.add_exception_handler(ClientDisconnect, on_disconnect)
-    app.add_exception_handler(StoreFailureError, on_store_failure)
+    app.add_exception_handler(UseCaseError, on_use_case)
+    app.add_exception_handler(StoreFailureError, on_use_case)
     app.add_exception_handler(Exception, on_unexpected)

@@ -20,6 +20,7 @@ from service.api.arrays import MAX_ELEMENTS
 from service.api.batches import run_loss
 from service.api.errors import validation_problem
 from service.api.oip_schema import DATATYPE_NAMES, SHOWN_ERRORS, InferenceRequest, RequestInput, RequestOutput
+from service.api.policy import RequestContext
 from service.api.problems import shown
 from service.api.schemas import loss_request_adapter
 from service.engine import LossInputError, UnknownLossError, libraries, resolve
@@ -103,7 +104,7 @@ def compute(
     arrays: dict[str, np.ndarray[Any, Any]],
     wanted: dict[str, bool],
     monitor: Monitor,
-    log: dict[str, Any],
+    context: RequestContext,
     limit: int,
 ) -> Answer:
     """The loss `name` over the decoded input tensors, with the request's parameters as its options."""
@@ -114,7 +115,7 @@ def compute(
         validated = loss_request_adapter().validate_python(
             {"loss": name, **fields, **arrays, "options": options}, context={MAX_ELEMENTS: limit}
         )
-        computed, reduced = run_loss(validated, monitor, log)
+        computed, reduced = run_loss(validated, monitor, context)
     except ValidationError as exc:
         problem = validation_problem(exc)
         monitor.record_nonfinite(problem.nonfinite_fields)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.values.text import clipped as clipped  # the HTTP layer's messages clip as every room's do
-from service.values.text import shown as shown
+from service.values.text import clipped, shown  # the HTTP layer's messages clip as every room's do
+
+__all__ = ["ProblemError", "clipped", "shown"]
 
 
 class ProblemError(Exception):

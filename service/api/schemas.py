@@ -27,7 +27,7 @@ from service.api.arrays import NumericArray, kind_of
 from service.api.problems import shown
 from service.engine import FRAMEWORKS, LIBRARIES, Aggregate, Convention, DType, LossSpec, catalogue
 from service.engine.conventions import Framework
-from service.engine.libraries import LIBRARY_TITLES, LibraryMetric, metrics
+from service.engine.libraries import LIBRARY_TITLES, SEPARATORS, LibraryMetric, base_name, metrics
 from service.option_models import (
     FIELDS_ONLY,
     few_unknown_keys,
@@ -88,7 +88,10 @@ class LossResult(BaseModel):
         description="The convention's default reduction: Keras sum_over_batch_size, PyTorch 'mean', the libraries' "
         "sum(w l) / sum(w); with aggregate root_mean its square root."
     )
-    sum: float = Field(description="Sum of per_sample.")
+    sum: float = Field(
+        description="Sum of per_sample; for CTC under torch, of each sample's loss divided by its target length "
+        "(what PyTorch's mean averages)."
+    )
     count: int = Field(description="Number of values in per_sample.")
     denominator: float = Field(
         description="What `mean` divides `sum` by: the number of values, of non-ignored targets, or the summed "
@@ -283,17 +286,17 @@ def loss_request_model(spec: LossSpec) -> type[BaseModel]:
 
 
 def library_tag(convention: str, loss: str) -> str:
-    return f"{convention}:{loss.partition('@')[0]}"
+    return f"{convention}:{base_name(loss)}"
 
 
 def _metric_loss_field(metric: LibraryMetric) -> tuple[Any, Any]:
     number = r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?"
     # Optional even where the library requires it: the engine's refusal says how to write it.
     suffix = "" if metric.parameter is None else f"(@{number})?"
+    if metric.parameter is not None and SEPARATORS[metric.library] == ":":
+        suffix = "(:.{1,256})?"  # Name:key=value;key=value; the engine's refusal names what is wrong
     pattern = f"^{re.escape(metric.name)}{suffix}$"
-    written = f" or {metric.name}@<{metric.parameter}>" if metric.parameter and not metric.always_suffixed else ""
-    name = f"{metric.name}@<{metric.parameter}>" if metric.always_suffixed else metric.name
-    return str, Field(pattern=pattern, description=f"{metric.spec.summary} Written {name}{written}.")
+    return str, Field(pattern=pattern, description=f"{metric.spec.summary} Written {' or '.join(metric.forms())}.")
 
 
 @cache

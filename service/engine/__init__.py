@@ -22,9 +22,6 @@ from service.engine.reduction import Array, reduce, reduce_library
 from service.engine.registry import LossSpec, OptionSpec, catalogue, resolve
 from service.values.results import Aggregate, LossResult, Totals, combine, mean_of
 
-# The name the HTTP layer's use cases know the engine's answer by.
-Reduced = LossResult
-
 __all__ = [
     "CONVENTIONS",
     "DTYPES",
@@ -37,7 +34,6 @@ __all__ = [
     "LossResult",
     "LossSpec",
     "OptionSpec",
-    "Reduced",
     "Totals",
     "UnknownLossError",
     "as_working_array",
@@ -58,7 +54,8 @@ __all__ = [
 # converted inputs, temporaries and the per-sample answer. Measured over the catalogue (both
 # conventions, both dtypes, probabilities and logits) by tests/test_engine_memory.py. The worst
 # are the scoring rules over 1-D binary probabilities, which work on two columns per sample (14.3
-# for log loss in float32 from float64 inputs); of the rest, sigmoid focal loss (9.1).
+# for log loss in float32 from float64 inputs); of the rest, CTC over one step of two classes (13.6
+# in float32: its lattice and per-sequence lengths against two numbers a sample), sigmoid focal loss (9.1).
 WORKING_ARRAYS = 16
 
 
@@ -113,6 +110,12 @@ def _compute_library(
         raise LossInputError("dtype", f"must be one of {list(DTYPES)}, got {dtype!r}")
     metric, bound = libraries.bind(convention, loss, options)
     x, y, weight = _arrays(metric.spec, predictions, labels, sample_weight, np.dtype(dtype), inputs_finite)
+    if metric.float32_targets:  # the library's float label and weight arrays (refusing overflow)
+        f32 = np.dtype(np.float32)
+        # `_arrays` (or the caller) searched them for NaN already: only the narrowing is checked here.
+        y = y if metric.spec.class_labels else as_working_array(y, "labels", f32, finite=True).astype(x.dtype)
+        if weight is not None:
+            weight = as_working_array(weight, "sample_weight", f32, finite=True).astype(x.dtype)
     with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
         values = loss_values(metric.spec, x, y, convention, bound)
         name = metric.display_name(bound)

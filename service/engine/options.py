@@ -48,6 +48,12 @@ class OnlyUnder:
 
 
 @dataclass(frozen=True)
+class PerSample:
+    """The option holds one value per sample (a list of N): a batch computed in blocks of samples
+    hands each block its own slice of it."""
+
+
+@dataclass(frozen=True)
 class Aliases:
     """Other names accepted for the option (e.g. Keras's `ignore_class` for `ignore_index`)."""
 

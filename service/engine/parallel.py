@@ -2,7 +2,8 @@
 
 NumPy releases the GIL inside its loops, so threads run the blocks truly in parallel. Every loss
 computes each sample from that sample's rows alone (those that read the whole batch are
-registered `whole_batch` and never split), and the blocks' values are joined in order before one
+registered `whole_batch` and never split; options holding one value per sample are split with
+them), and the blocks' values are joined in order before one
 reduction over all of them: the answer is bit for bit the single-threaded one. A block that
 refuses its input is not trusted to report the batch's first problem: the whole batch is then
 computed on the calling thread, which raises exactly the single-threaded error.
@@ -75,14 +76,23 @@ def loss_values(
     spec: LossSpec, x: Array, y: np.ndarray[Any, Any], convention: Convention, bound: dict[str, Any]
 ) -> LossValues:
     """`spec.function` over the batch, split into up to `threads()` blocks of samples when it is large."""
+    per_sample = {option.name for option in spec.options if option.per_sample}
+    for name in sorted(per_sample):  # before any split: a block's slice of a wrong list can look right
+        value = bound[name]
+        if value is not None and len(value) != x.shape[0]:
+            raise LossInputError(f"options.{name}", f"needs one value per sample ({x.shape[0]}), got {len(value)}")
     blocks = min(_threads, x.shape[0], x.size // MIN_SPLIT_VALUES) if not spec.whole_batch and x.ndim else 1
     if blocks <= 1:
         return spec.function(x, y, convention, **bound)
     edges = np.linspace(0, x.shape[0], blocks + 1).astype(int)
 
     def block(start: int, stop: int) -> LossValues:
+        options = {
+            name: value[start:stop] if name in per_sample and value is not None else value
+            for name, value in bound.items()
+        }
         with np.errstate(over="ignore", under="ignore"):  # error states are per thread
-            return spec.function(x[start:stop], y[start:stop], convention, **bound)
+            return spec.function(x[start:stop], y[start:stop], convention, **options)
 
     futures = [_executor().submit(block, int(a), int(b)) for a, b in itertools.pairwise(edges)]
     try:
@@ -103,6 +113,7 @@ def _joined(parts: list[LossValues]) -> LossValues:
         values=np.concatenate([part.values for part in parts]),
         denominator=joined([part.denominator for part in parts]),
         mask=joined([part.mask for part in parts]),
+        mean_divisor=joined([part.mean_divisor for part in parts]),
         weighted_average=first.weighted_average,
         batch_mean=first.batch_mean,
     )

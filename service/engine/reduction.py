@@ -8,7 +8,9 @@ This is the only place that weights and averages. A loss returns `LossValues`; i
 - torch: reduction='mean' divides by the summed weight of the non-ignored targets
   (`nll_loss`'s `total_weight`) when the loss has class weights, else by the number of values.
   A per-sample weight multiplies both numerator and denominator, `sum(w*l) / sum(w*d)`, which
-  is the weighted mean PyTorch users write by hand from reduction='none'.
+  is the weighted mean PyTorch users write by hand from reduction='none'. CTCLoss divides each
+  sample's loss by its target length before its mean (`mean_divisor`): then `sum` is the sum of
+  those quotients, the one the mean divides, so that chunks still combine as sum / denominator.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class LossValues:
     `weighted_average`: the loss's own library averages as sum(w*l) / sum(w) under either
     convention (scikit-learn's np.average). `batch_mean`: under torch the mean divides the sum by
     the batch size N, however many values each sample has (KLDivLoss reduction='batchmean').
+    `mean_divisor`: under torch the sum and the mean are of `values / mean_divisor`, one divisor per
+    value (CTCLoss's reduction='mean' divides each sample's loss by its target length, at least 1);
+    the values themselves stay as reduction='none' gives them.
     """
 
     values: Array
@@ -45,6 +50,7 @@ class LossValues:
     mask: NDArray[np.bool_] | None = None
     weighted_average: bool = False
     batch_mean: bool = False
+    mean_divisor: Array | None = None
 
 
 def broadcast_sample_weight(sample_weight: Array, shape: tuple[int, ...]) -> Array:
@@ -156,6 +162,8 @@ def _torch_reduce(
 ) -> tuple[Array, np.floating[Any], np.floating[Any], float]:
     if loss.batch_mean:
         return _batch_mean(values, weight)
+    if loss.mean_divisor is not None:
+        return _divided_mean(values, weight, loss.mean_divisor, chunk)
     if loss.denominator is not None:
         denominator = loss.denominator
     elif loss.mask is not None:
@@ -192,6 +200,24 @@ def _batch_mean(values: Array, weight: Array | None) -> tuple[Array, np.floating
     if divisor == 0:
         raise LossInputError("sample_weight", "the weights sum to 0; the mean would be 0/0")
     return values, total, total / divisor, float(divisor)
+
+
+def _divided_mean(
+    values: Array, weight: Array | None, divisor: Array, chunk: bool
+) -> tuple[Array, np.floating[Any], np.floating[Any], float]:
+    """sum(w l / d) / sum(w): each value divided by its divisor, then the (weighted) mean over the
+    values. `sum` is the sum of the quotients and `denominator` the summed weights (the count)."""
+    if weight is not None:
+        values = values * weight
+    total = (values / divisor).sum()
+    if weight is None:
+        return values, total, total / values.size, values.size
+    counted = np.broadcast_to(weight, values.shape).sum()
+    if counted == 0 and chunk:
+        return values, total, values.dtype.type(0), 0.0
+    if counted == 0:
+        raise LossInputError("sample_weight", "the weights sum to 0; the mean would be 0/0")
+    return values, total, total / counted, float(counted)
 
 
 def _check_finite(per_sample: Array, total: np.floating[Any], mean: np.floating[Any]) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from service.engine.conventions import Convention
 from service.engine.errors import LossInputError, UnknownLossError
-from service.engine.options import Aliases, Doc, OnlyUnder, Range
+from service.engine.options import Aliases, Doc, OnlyUnder, PerSample, Range
 from service.engine.reduction import Array, LossValues
 
 
@@ -40,6 +40,7 @@ class OptionSpec:
     range: Range | None = None
     only_under: Convention | None = None
     aliases: tuple[str, ...] = ()
+    per_sample: bool = False
 
     def type_name(self) -> str:
         return _type_name(self.type)
@@ -189,6 +190,7 @@ def _options_of(function: Callable[..., Any]) -> tuple[OptionSpec, ...]:
                 range=_marker(metadata, Range),
                 only_under=getattr(_marker(metadata, OnlyUnder), "convention", None),
                 aliases=getattr(_marker(metadata, Aliases), "names", ()),
+                per_sample=_marker(metadata, PerSample) is not None,
             )
         )
     return tuple(options)

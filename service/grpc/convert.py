@@ -27,6 +27,7 @@ from service.api.oip_codec import (
     wanted_outputs,
 )
 from service.api.oip_schema import InferenceRequestError, validated_request
+from service.api.policy import RequestContext
 from service.grpc.proto import grpc_predict_v2_pb2 as pb
 from service.monitoring import Monitor
 
@@ -140,7 +141,7 @@ def _numbers(name: str, datatype: str, tensor: Any) -> np.ndarray[Any, Any]:
     return np.array(getattr(contents, field), dtype=kind)
 
 
-def infer(name: str, request: Any, monitor: Monitor, log: dict[str, Any], limit: int) -> pb.ModelInferResponse:
+def infer(name: str, request: Any, monitor: Monitor, context: RequestContext, limit: int) -> pb.ModelInferResponse:
     """The ModelInfer RPC's work, as the HTTP route's `_infer`: the envelope, then the outputs
     wanted, then the tensors, then the loss."""
     try:
@@ -149,7 +150,7 @@ def infer(name: str, request: Any, monitor: Monitor, log: dict[str, Any], limit:
         raise InferenceError(str(exc)) from None
     wanted = wanted_outputs(validated.outputs, True)
     arrays = tensors(request, validated.inputs, limit)
-    return response(compute(name, validated, arrays, wanted, monitor, log, limit))
+    return response(compute(name, validated, arrays, wanted, monitor, context, limit))
 
 
 def response(answer: Answer) -> pb.ModelInferResponse:

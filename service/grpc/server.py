@@ -26,15 +26,16 @@ from fastapi import FastAPI, Request
 from google.protobuf.message import DecodeError, Message
 
 from service import __version__
-from service.api.access import PRINCIPAL, AccessRefusedError, audit, bearer_principal, permitted, retry_after
+from service.api.access import AccessRefusedError, audit, bearer_principal, permitted, retry_after
 from service.api.batches import off_loop
-from service.api.guards import HEAVY_SLOT, Deadline, HeavyRequests
+from service.api.guards import Deadline, HeavyRequests
 from service.api.oip_codec import EXTENSIONS, InferenceError, catalogue_name, model_metadata
+from service.api.policy import RequestContext, RoutePolicy
 from service.api.problems import ProblemError
 from service.config import Settings
 from service.grpc import convert
 from service.grpc.proto import grpc_predict_v2_pb2 as pb
-from service.monitoring import Monitor, access_log
+from service.monitoring import CONTEXT, Monitor, access_log
 
 log = logging.getLogger("service.grpc")
 SERVICE = "inference.GRPCInferenceService"
@@ -51,7 +52,11 @@ CODES = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
-OPEN = frozenset({"ServerLive", "ServerReady"})  # as /v2/health/* over HTTP: no key needed
+# Each RPC's policy, as its HTTP route declares it: the probes open, ModelInfer heavy and
+# needing the compute scope, the metadata any valid key.
+HEALTH = RoutePolicy(key="none", dialect="oip")
+METADATA = RoutePolicy(dialect="oip")
+INFER = RoutePolicy(scope="compute", heavy=True, dialect="oip")
 
 
 class Malformed:
@@ -86,14 +91,18 @@ class RefusalError(Exception):
 @dataclass
 class _Call:
     """What the HTTP layer keeps in a request's scope, for one RPC: `off_loop` and the engine's
-    budget read `scope["state"]` and `app.state.settings`."""
+    budget read the request's context and `app.state.settings`."""
 
     app: FastAPI
-    state: dict[str, Any] = field(default_factory=dict)
+    policy: RoutePolicy
+    state: RequestContext = field(default_factory=RequestContext)
+
+    def __post_init__(self) -> None:
+        self.state.policy = self.policy
 
     @property
     def scope(self) -> dict[str, Any]:
-        return {"state": self.state}
+        return {CONTEXT: self.state}
 
 
 class InferenceService:
@@ -106,26 +115,26 @@ class InferenceService:
         self.monitor: Monitor = app.state.monitor
 
     def handler(self) -> grpc.GenericRpcHandler:
-        rpcs: dict[str, tuple[Callable[..., Awaitable[Message]], type[Message], type[Message]]] = {
-            "ServerLive": (self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
-            "ServerReady": (self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
-            "ModelReady": (self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
-            "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
-            "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
-            "ModelInfer": (self.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
+        rpcs: dict[str, tuple[Callable[..., Awaitable[Message]], RoutePolicy, type[Message], type[Message]]] = {
+            "ServerLive": (self.server_live, HEALTH, pb.ServerLiveRequest, pb.ServerLiveResponse),
+            "ServerReady": (self.server_ready, HEALTH, pb.ServerReadyRequest, pb.ServerReadyResponse),
+            "ModelReady": (self.model_ready, METADATA, pb.ModelReadyRequest, pb.ModelReadyResponse),
+            "ServerMetadata": (self.server_metadata, METADATA, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+            "ModelMetadata": (self.model_metadata, METADATA, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+            "ModelInfer": (self.model_infer, INFER, pb.ModelInferRequest, pb.ModelInferResponse),
         }
         handlers = {
             name: grpc.unary_unary_rpc_method_handler(
-                self._rpc(name, method),
+                self._rpc(name, method, policy),
                 request_deserializer=_reader(request_type),
                 response_serializer=response_type.SerializeToString,
             )
-            for name, (method, request_type, response_type) in rpcs.items()
+            for name, (method, policy, request_type, response_type) in rpcs.items()
         }
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
     def _rpc(
-        self, name: str, method: Callable[[Any, int, _Call, Any], Awaitable[Message]]
+        self, name: str, method: Callable[[Any, int, _Call, Any], Awaitable[Message]], policy: RoutePolicy
     ) -> Callable[[tuple[int, Message | Malformed], Any], Awaitable[Message]]:
         route = f"/{SERVICE}/{name}"
 
@@ -137,12 +146,12 @@ class InferenceService:
             request_id = (
                 given if given and len(given) <= 128 and given.isprintable() else f"{random.getrandbits(128):032x}"
             )
-            call = _Call(self.app)
+            call = _Call(self.app, policy)
             status = 500
             self.monitor.in_flight.inc()
             try:
-                if name not in OPEN:
-                    self._authenticate(metadata.get("authorization", ""), name, call.state, route)
+                if policy.needs_key(protect_metrics=False):
+                    self._authenticate(metadata.get("authorization", ""), policy, call.state, route)
                 if isinstance(request, Malformed):
                     raise RefusalError(400, request.message)
                 response = await method(request, size, call, context)
@@ -151,7 +160,7 @@ class InferenceService:
             except RefusalError as refusal:
                 status = refusal.status
                 if refusal.reason is not None:
-                    call.state["refusal"] = refusal.reason
+                    call.state.refusal = refusal.reason
                 trailers = [("x-request-id", request_id)]
                 if refusal.retry is not None:
                     trailers.append(("retry-after", retry_after(refusal.retry)))
@@ -169,9 +178,7 @@ class InferenceService:
                 self.monitor.in_flight.dec()
                 seconds = time.perf_counter() - started
                 state = call.state
-                self.monitor.record_request(
-                    route, "GRPC", status, seconds, size, state.get("key"), state.get("refusal")
-                )
+                self.monitor.record_request(route, "GRPC", status, seconds, size, state.key, state.refusal)
                 if access_log.isEnabledFor(logging.INFO):
                     line = {
                         "request_id": request_id,
@@ -181,17 +188,17 @@ class InferenceService:
                         "grpc_status": "OK" if status == 200 else CODES[status].name,
                         "duration_ms": round(seconds * 1e3, 3),
                         "body_bytes": size,
-                        "model": state.get("model"),
-                        "loss": state.get("loss"),
-                        "batch_size": state.get("batch_size"),
+                        "model": state.model,
+                        "loss": state.loss,
+                        "batch_size": state.batch_size,
                     }
                     access_log.info(orjson.dumps(line).decode())
 
         return rpc
 
-    def _authenticate(self, authorization: str, name: str, state: dict[str, Any], route: str) -> None:
-        """The HTTP guard's checks (ApiKeys) on the `authorization` metadata: ModelInfer needs
-        the compute scope, as POST /v2/models/{model}/infer does; the metadata RPCs any key."""
+    def _authenticate(self, authorization: str, policy: RoutePolicy, state: RequestContext, route: str) -> None:
+        """The HTTP guard's checks (ApiKeys) on the `authorization` metadata, for the scope the
+        RPC's policy names (ModelInfer: compute, as POST /v2/models/{model}/infer)."""
         keys = self.app.state.keys
         if not keys.enabled:
             return
@@ -199,14 +206,14 @@ class InferenceService:
         if isinstance(found, AccessRefusedError):
             audit(401, "unknown", route, None, found.reason)
             raise RefusalError(401, found.detail)
-        state["key"] = found.name
-        refused = permitted(found, "compute" if name == "ModelInfer" else None)
+        state.key = found.name
+        refused = permitted(found, policy.scope)
         if refused is not None:
             audit(refused.status, found.name, route, None, refused.reason)
             raise RefusalError(
                 refused.status, refused.detail, refused.retry_after, "rate_limited" if refused.retry_after else None
             )
-        state[PRINCIPAL] = found
+        state.principal = found
 
     def _ready(self) -> bool:
         return bool(self.app.state.lifecycle == "ready")
@@ -247,7 +254,7 @@ class InferenceService:
         if slot is None:
             detail = f"{self.heavy.limit} requests are already being computed; retry shortly"
             raise RefusalError(503, detail, self.heavy.retry_after)
-        call.state[HEAVY_SLOT] = slot
+        call.state.slot = slot
         remaining = context.time_remaining()
         seconds = self.settings.request_timeout if remaining is None else min(self.settings.request_timeout, remaining)
         limit = self.settings.max_elements
@@ -271,7 +278,7 @@ class InferenceService:
             retry = float(exc.headers["Retry-After"]) if exc.headers and "Retry-After" in exc.headers else None
             raise RefusalError(exc.status, exc.detail, retry) from None
         except AccessRefusedError as exc:  # the key may not use the `model` parameter, or is over its values
-            audit(exc.status, call.state.get("key", "unknown"), f"/{SERVICE}/ModelInfer", exc.model, exc.reason)
+            audit(exc.status, call.state.key or "unknown", f"/{SERVICE}/ModelInfer", exc.model, exc.reason)
             reason = "rate_limited" if exc.status == 429 else None
             raise RefusalError(exc.status, exc.detail, exc.retry_after, reason) from None
         finally:

@@ -7,16 +7,19 @@ values there and /metrics merges them (prometheus-client multiprocess mode).
 
 from service.monitoring.accesslog import BatchedStderr, access_log
 from service.monitoring.labels import OTHER_MODEL, OTHER_MODEL_OF_KEY, UNLABELLED_MODEL
-from service.monitoring.middleware import RequestMonitor
+from service.monitoring.middleware import CONTEXT, Observation, Observed, RequestMonitor
 from service.monitoring.monitor import Monitor
 from service.monitoring.multiprocess import forget_killed_workers, mark_worker_dead
 
 __all__ = [
+    "CONTEXT",
     "OTHER_MODEL",
     "OTHER_MODEL_OF_KEY",
     "UNLABELLED_MODEL",
     "BatchedStderr",
     "Monitor",
+    "Observation",
+    "Observed",
     "RequestMonitor",
     "access_log",
     "forget_killed_workers",

@@ -15,9 +15,9 @@ OTHER_MODEL = "other"
 OTHER_MODEL_OF_KEY = "other:"  # + the key's name: the label of a key's models past its share
 UNLABELLED_MODEL = "unlabelled"
 
-# The scope state of the request being served (set by RequestMonitor), where the API key guard
+# The context of the request being served (set by RequestMonitor), where the API key guard
 # writes the key's name: the model labels a request claims are charged to its key.
-request_state: ContextVar[dict[str, Any] | None] = ContextVar("request_state", default=None)
+request_state: ContextVar[Any] = ContextVar("request_state", default=None)
 
 
 def overflow_label(key: str | None) -> str:
@@ -67,7 +67,7 @@ class ModelLabels:
         if model is None:
             return UNLABELLED_MODEL
         state = request_state.get()
-        key: str | None = state.get("key") if state is not None else None
+        key: str | None = state.key if state is not None else None
         if self._allowlist is not None:
             if model in self._allowlist:
                 return model

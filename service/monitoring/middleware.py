@@ -6,12 +6,38 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.monitoring.accesslog import access_log, write_access_line
 from service.monitoring.labels import request_state
 from service.monitoring.monitor import Monitor
+
+CONTEXT = "loss_service.context"  # the scope key of the request's context
+
+
+class Observed(Protocol):
+    """What the monitor reads of a request's context once it is answered."""
+
+    key: str | None
+    refusal: str | None
+    model: str | None
+    loss: str | None
+    batch_size: int | None
+
+
+@dataclass(slots=True)
+class Observation:
+    """The context of a request served without a richer one (an app that only counts requests)."""
+
+    key: str | None = None
+    refusal: str | None = None
+    model: str | None = None
+    loss: str | None = None
+    batch_size: int | None = None
 
 
 class RequestMonitor:
@@ -20,12 +46,15 @@ class RequestMonitor:
     generated and echoed.
 
     The line holds id, method, route template, status, duration, body size, and the `model`,
-    `loss` and batch size the route recorded in `scope["state"]`; never payload data or credentials.
+    `loss` and batch size the route recorded in the request's context; never payload data or
+    credentials. The context is made here, by `context` (the HTTP layer's `RequestContext`), so that
+    it outlives every layer below, whichever copies the scope.
     """
 
-    def __init__(self, app: ASGIApp, monitor: Monitor) -> None:
+    def __init__(self, app: ASGIApp, monitor: Monitor, context: Callable[[], Observed] = Observation) -> None:
         self.app = app
         self.monitor = monitor
+        self.context = context
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,7 +81,8 @@ class RequestMonitor:
             await send(message)
 
         self.monitor.in_flight.inc()
-        watched = request_state.set(scope.setdefault("state", {}))
+        state = scope[CONTEXT] = self.context()
+        watched = request_state.set(state)
         try:
             await self.app(scope, counting_receive, tagging_send)
         finally:
@@ -60,12 +90,8 @@ class RequestMonitor:
             self.monitor.in_flight.dec()
             seconds = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            state = scope.get("state", {})
-            self.monitor.record_request(
-                route, scope["method"], status, seconds, received, state.get("key"), state.get("refusal")
-            )
+            self.monitor.record_request(route, scope["method"], status, seconds, received, state.key, state.refusal)
             if access_log.isEnabledFor(logging.INFO):  # the line is not built for a level that drops it
-                state = scope.get("state", {})
                 line = {
                     "request_id": request_id,
                     "method": scope["method"],
@@ -73,8 +99,8 @@ class RequestMonitor:
                     "status": status,
                     "duration_ms": round(seconds * 1e3, 3),
                     "body_bytes": received,
-                    "model": state.get("model"),
-                    "loss": state.get("loss"),
-                    "batch_size": state.get("batch_size"),
+                    "model": state.model,
+                    "loss": state.loss,
+                    "batch_size": state.batch_size,
                 }
                 write_access_line(line)

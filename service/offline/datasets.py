@@ -27,7 +27,17 @@ from typing import Any
 
 import numpy as np
 
-from service.engine import FRAMEWORKS, Convention, DType, LossInputError, LossResult, Totals, compute, loss_name
+from service.engine import (
+    FRAMEWORKS,
+    Aggregate,
+    Convention,
+    DType,
+    LossInputError,
+    LossResult,
+    Totals,
+    compute,
+    loss_name,
+)
 from service.offline.files import AtomicOutput, OutputError, refuse_overlap
 
 # Percentiles are read from buckets whose bounds grow by GAMMA: any value is within this relative
@@ -148,7 +158,7 @@ class DatasetResult:
     dtype: str
     convention: str
     groups: list[dict[str, Any]] | None = None
-    aggregate: str = "mean"
+    aggregate: Aggregate = "mean"
 
     def as_dict(self) -> dict[str, Any]:
         out = {key: value for key, value in vars(self).items() if key != "groups"}

@@ -10,7 +10,7 @@ with aggregate root_mean its square root, taken only once they are combined.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,14 +18,26 @@ import numpy as np
 
 # How `mean` follows from `sum` and `denominator`: their quotient, or its square root (RMSE-type
 # metrics of the library conventions, whose per_sample values are weighted squared errors).
+# A new kind is one name here and one entry in AGGREGATES.
 Aggregate = Literal["mean", "root_mean"]
 
 
+def _quotient(total: float, denominator: float) -> float:
+    """`total / denominator`; nothing counted (denominator 0) gives 0, as Keras's divide_no_nan does
+    for a batch whose every target is ignored."""
+    return total / denominator if denominator else 0.0
+
+
+AGGREGATES: dict[Aggregate, Callable[[float, float], float]] = {
+    "mean": _quotient,
+    "root_mean": lambda total, denominator: math.sqrt(_quotient(total, denominator)),
+}
+
+
 def mean_of(total: float, denominator: float, aggregate: Aggregate = "mean") -> float:
-    """`total / denominator`, or its square root for root_mean. Nothing counted (denominator 0)
-    gives 0, as Keras's divide_no_nan does for a batch whose every target is ignored."""
-    mean = total / denominator if denominator else 0.0
-    return math.sqrt(mean) if aggregate == "root_mean" else mean
+    """The mean an `aggregate` makes of a (combined) sum and denominator: `total / denominator`, or
+    its square root for root_mean. Nothing counted (denominator 0) gives 0."""
+    return AGGREGATES[aggregate](total, denominator)
 
 
 @dataclass(frozen=True)

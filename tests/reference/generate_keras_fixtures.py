@@ -12,6 +12,9 @@ The losses before Dice and Tversky run in float32 only, Keras's default dtype: w
 dtype="float64", Keras 3.15 on JAX was seen to return some last-axis means (MeanAbsoluteError,
 after a weighted call to another loss) at float32 precision, so their float64 is checked against
 the naive float64 formulas (tests/reference/naive.py). Dice and Tversky also run in float64.
+CTC runs in float32 only: Keras 3.15 computes it in float32 whatever the loss dtype (its float64
+answer is the float32 one, cast), so its float64 is checked against the naive float64 sum over
+alignments and PyTorch's float64 (tests/test_engine_ctc.py).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import keras
 import numpy as np
+from keras.src.losses.losses import LossFunctionWrapper  # not exported by keras.losses
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "keras_reference.json"
 
@@ -291,6 +295,7 @@ def main() -> None:
     ]
     records = []
     runs = [(spec, ("float32",)) for spec in specs] + [(spec, ("float32", "float64")) for spec in overlap]
+    runs += [(spec, ("float32",)) for spec in ctc_cases(rng)]
     for (name, tag, options, factory, predictions, labels, sample_weight, terms), dtypes in runs:
         for dtype in dtypes:
             loss = factory(dtype)
@@ -395,6 +400,38 @@ def circle_cases(rng: np.random.Generator) -> list[tuple[str, str, dict[str, Any
             None,
             12,
         ),
+    ]
+
+
+def ctc_cases(rng: np.random.Generator) -> list[tuple[str, str, dict[str, Any], Any, Any, Any, Any, int]]:
+    """CTC on 12 sequences of 10 steps over 5 classes, drawn after every other case: keras.losses.CTC
+    (blank 0, lengths from the padding), and keras.ops.ctc_loss with input lengths and blank 2."""
+    losses = keras.losses
+    n, t, c = 12, 10, 5
+    logits = rng.normal(0, 2, (n, t, c))
+    lengths = rng.integers(0, 6, n)
+    lengths[0] = 5
+    labels = np.where(np.arange(6) < lengths[:, None], rng.integers(1, c, (n, 6)), 0)
+    labels[0, :5] = [2, 2, 3, 3, 3]  # repeats: 8 of the 10 steps at least
+    impossible = labels.copy()
+    impossible[1] = [4, 4, 4, 4, 4, 4]  # 11 steps at least: Keras's -1e5 for log 0 gives ~1e5
+    weights = rng.uniform(0, 2, n)
+    inputs = rng.integers(6, t + 1, n)
+    targets = rng.integers(0, 4, n)
+    other = rng.choice([0, 1, 3, 4], (n, 6))  # blank 2; past each target its classes are ignored
+
+    def ops_ctc(d: str) -> Any:
+        def fn(y_true: Any, y_pred: Any) -> Any:
+            return keras.ops.ctc_loss(y_true, y_pred, targets, inputs, mask_index=2)
+
+        return LossFunctionWrapper(fn, dtype=d, reduction=None)
+
+    options = {"blank": 2, "input_lengths": inputs.tolist(), "target_lengths": targets.tolist()}
+    return [
+        ("ctc", "default", {}, lambda d: losses.CTC(dtype=d, reduction=None), logits, labels, None, 1),
+        ("ctc", "weighted", {}, lambda d: losses.CTC(dtype=d, reduction=None), logits, labels, weights, 1),
+        ("ctc", "impossible", {}, lambda d: losses.CTC(dtype=d, reduction=None), logits, impossible, None, 1),
+        ("ctc", "ops-lengths-blank-2", options, ops_ctc, logits, other, None, 1),
     ]
 
 

@@ -7,6 +7,7 @@ Each function returns (per_sample, mean) for 2-D inputs (N, C) / (N, L).
 
 from __future__ import annotations
 
+import itertools
 import math
 
 EPS = 1e-7
@@ -422,3 +423,21 @@ def circle(e, y, gamma=80.0, margin=0.4, remove_diagonal=True, weights=None):
     weighted = [w * v for w, v in zip(weights, per, strict=True)]
     valid = sum(1 for v in per if v > 0)
     return weighted, (sum(weighted) / valid if valid else 0.0)
+
+
+def _collapse(path):
+    """CTC's many-to-one map: merge repeated classes, then drop the blanks (kept as None here)."""
+    merged = [c for i, c in enumerate(path) if i == 0 or c != path[i - 1]]
+    return [c for c in merged if c is not None]
+
+
+def ctc(log_probs, targets, blank=0):
+    """-log sum over every path of len(log_probs) classes that collapses to `targets` of the
+    product of its probabilities, by enumerating all C^T paths (tiny T only). `log_probs` holds
+    one sample's T rows of C log-probabilities; returns inf when no path collapses to the targets."""
+    classes = len(log_probs[0])
+    total = 0.0
+    for path in itertools.product(range(classes), repeat=len(log_probs)):
+        if _collapse([None if c == blank else c for c in path]) == list(targets):
+            total += math.exp(sum(row[c] for row, c in zip(log_probs, path, strict=True)))
+    return -math.log(total) if total > 0 else math.inf

@@ -183,7 +183,43 @@ def cases(seed: int = 20261122, n: int = 16) -> list[Case]:
     # Up to C x C hinge terms, added per target as ATen adds them but grouped by target: measured at
     # most 2.0 float32 ulp from PyTorch over 150 seeds of 40 rows, so the limit of C terms holds.
     add("multilabel_margin", {}, scores, padded, "padded", c)
+    _add_ctc(add, rng, n)
     return out
+
+
+def _add_ctc(add: Any, rng: np.random.Generator, n: int) -> None:
+    """CTC on (N, T, C) log-probabilities, batch first, drawn after every other case. The float32
+    recursion rounds at each of the T steps, as PyTorch's does in the same order: measured at most
+    3 ulp from PyTorch over 400 batches up to T = 200, so one ulp above the usual limit."""
+    t, c = 12, 5
+    logits = rng.normal(0, 2, (n, t, c))
+    log_p = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    inputs = rng.integers(1, t + 1, n)
+    inputs[0] = t
+    # At most (T_n + 1) / 2 labels: enough steps for a blank between any two repeated labels.
+    targets = np.minimum(rng.integers(0, t // 2 + 1, n), (inputs + 1) // 2)
+    targets[1] = 0
+    labels = rng.integers(1, c, (n, t // 2))
+    labels[2, :2] = 3  # a repeated label
+    lengths = {"input_lengths": inputs.tolist(), "target_lengths": targets.tolist()}
+    add("ctc", lengths, log_p, labels, "lengths", extra_ulps=1.0)
+    add("ctc", lengths, logits, labels, "unnormalised", extra_ulps=1.0)  # taken as given, as PyTorch does
+    other_blank = np.where(labels == 2, 0, labels)  # blank 2: the labels are 0, 1, 3, 4
+    short = inputs.copy()
+    short[0], short[2] = 1, 2  # no alignment: zero_infinity counts these as 0
+    targets_short = targets.copy()
+    targets_short[0], targets_short[2] = 3, 2
+    options = {"blank": 2, "zero_infinity": True, "input_lengths": short.tolist()}
+    add(
+        "ctc",
+        {**options, "target_lengths": targets_short.tolist()},
+        log_p,
+        other_blank,
+        "blank-2-impossible",
+        extra_ulps=1.0,
+    )
+    padded = np.where(np.arange(t // 2) < targets[:, None], labels, 0)  # lengths from the blank padding
+    add("ctc", {}, log_p, padded, "blank-padding", extra_ulps=1.0)
 
 
 def _add_nd(add: Any, rng: np.random.Generator, n: int, c: int) -> None:
@@ -391,6 +427,8 @@ def torch_reductions(case: Case) -> tuple[Any, float, float]:
     if loss == "multilabel_margin":
         padded = torch.tensor(case["labels"], dtype=torch.long)
         return both(lambda reduction: F.multilabel_margin_loss(x, padded, reduction=reduction))
+    if loss == "ctc":
+        return _ctc_reductions(x, case, options)
     if loss == "sigmoid_focal":
         # torchvision.ops.sigmoid_focal_loss, written out in torch ops (torchvision does not install beside
         # this torch build); the formula is torchvision's published one.
@@ -403,3 +441,32 @@ def torch_reductions(case: Case) -> tuple[Any, float, float]:
             values = (alpha * y + (1 - alpha) * (1 - y)) * values
         return values.tolist(), float(values.mean()), float(values.sum())
     raise KeyError(loss)
+
+
+def _ctc_reductions(x: Any, case: Case, options: dict[str, Any]) -> tuple[Any, float, float]:
+    """F.ctc_loss on the case's (N, T, C) log-probabilities, transposed to PyTorch's (T, N, C). The
+    sum returned is the one its mean averages, sum(loss_n / max(L_n, 1)), which the engine reports."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    labels = np.asarray(case["labels"])
+    blank = options.get("blank", 0)
+    samples, steps = x.shape[0], x.shape[1]
+    inputs = options.get("input_lengths") or [steps] * samples
+    default_targets = np.logical_and.accumulate(labels != blank, axis=1).sum(axis=1).tolist()
+    targets = options.get("target_lengths") or default_targets
+
+    def loss(reduction: str) -> Any:
+        return F.ctc_loss(
+            x.transpose(0, 1),
+            torch.tensor(labels, dtype=torch.long),
+            inputs,
+            targets,
+            blank=blank,
+            reduction=reduction,
+            zero_infinity=options.get("zero_infinity", False),
+        )
+
+    per_sample = loss("none")
+    divided = per_sample / torch.tensor(targets, dtype=per_sample.dtype).clamp_min(1)
+    return per_sample.tolist(), float(loss("mean")), float(divided.sum())

@@ -1,8 +1,9 @@
 """Request guards, as pure ASGI middleware: API keys, body limits (gzip included) and bounds on
 heavy requests in number, memory and time. (Request ids and access logs are monitoring's.)
 
-Each refuses before the body is read in full: with RFC 9457 problem details, or on the Open
-Inference Protocol's /v2 routes with its `{"error": "..."}` body.
+Each reads the policy of the route the request matched (`policy.RequestContext`), and refuses
+before the body is read in full, in the route's dialect: RFC 9457 problem details, or the Open
+Inference Protocol's `{"error": "..."}` body.
 """
 
 from service.api.guards.body_limit import INFLATED_PIECE, BodyLimit
@@ -11,10 +12,9 @@ from service.api.guards.deadline import Deadline
 from service.api.guards.heavy import HeavyRequests
 from service.api.guards.keys import ApiKeys
 from service.api.guards.refusals import KEY_REFUSALS, REFUSALS
-from service.api.guards.slots import HEAVY_SLOT, Slot
+from service.api.guards.slots import Slot
 
 __all__ = [
-    "HEAVY_SLOT",
     "INFLATED_PIECE",
     "KEY_REFUSALS",
     "REFUSALS",

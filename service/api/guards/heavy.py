@@ -8,17 +8,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.guards.arrival import Arrival
 from service.api.guards.budget import Budget
 from service.api.guards.deadline import Deadline
-from service.api.guards.prefixes import HEAVY_PREFIXES
 from service.api.guards.refusals import refuse, refused
-from service.api.guards.slots import HEAVY_SLOT, Slot
+from service.api.guards.slots import Slot
+from service.api.policy import context_of
 from service.api.problems import ProblemError
 
 BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))  # the requests whose bodies are counted as they arrive
 
 
 class HeavyRequests(Budget):
-    """Bounds heavy requests (loss computations) per worker in number, memory and time, and
-    every request body in memory and time while it arrives.
+    """Bounds heavy requests (those whose route's policy says `heavy`: loss computations) per
+    worker in number, memory and time, and every request body in memory and time while it arrives.
 
     Beyond `limit` at once, counted from when a body has fully arrived, or beyond
     `memory_budget` bytes of estimated memory held at once (`Slot.reserve`): 503 with
@@ -51,11 +51,8 @@ class HeavyRequests(Budget):
         if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
             await self.app(scope, receive, send)
             return
-        # A model's configuration (PUT) is parsed as a loss request is: its parse holds its estimate.
-        heavy = (scope["method"] == "POST" and scope["path"].startswith(HEAVY_PREFIXES)) or (
-            scope["method"] == "PUT" and scope["path"].startswith("/v1/models/")
-        )
-        state = scope.setdefault("state", {})
+        context = context_of(scope)
+        heavy = context.matched and context.policy.heavy  # declared by the route (`RoutePolicy.heavy`)
         arrival = Arrival(self, scope)
         slot: Slot | None = None
         body_received = responding = False
@@ -78,7 +75,7 @@ class HeavyRequests(Budget):
                     if slot is None:
                         detail = f"{self.limit} requests are already being computed; retry shortly"
                         raise refused(503, detail, {"Retry-After": str(self.retry_after)})
-                    state[HEAVY_SLOT] = slot
+                    context.slot = slot
             return message
 
         async def sending(message: Message) -> None:

@@ -2,44 +2,41 @@
 
 from __future__ import annotations
 
-from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.access import PRINCIPAL, KeyRing, audit, path_model, required_scope, retry_after
-from service.api.guards.prefixes import PROTECTED_PREFIXES
+from service.api.access import KeyRing, audit, retry_after
 from service.api.guards.refusals import refuse, refused
 from service.api.headers import request_header
+from service.api.policy import context_of
 from service.api.problems import shown
 
 
 class ApiKeys:
-    """Bearer API keys on /v1 and /v2 (and /metrics if asked); health endpoints stay open.
+    """Bearer API keys on the routes whose policy needs one (and /metrics if asked); open routes
+    (health endpoints, pages) stay open.
 
-    A valid key must hold the scope its route needs and may name only its models in the path;
-    its requests-per-second bucket is taken from here. Models named in a body, and the values a
-    body carries, are checked once the route has parsed it (`access.authorize`).
+    A valid key must hold the scope its route's policy names and may name only its models in the
+    path (the policy's `model_param`); its requests-per-second bucket is taken from here. A
+    request no route answers is refused without a key as its route group says, and otherwise
+    passes on to its 404 or 405. Models named in a body, and the values a body carries, are
+    checked once the route has parsed it (`access.authorize`).
     """
 
-    def __init__(self, app: ASGIApp, keys: KeyRing, protect_metrics: bool, router: Router) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyRing, protect_metrics: bool) -> None:
         self.app = app
         self.keys = keys
         self.protect_metrics = protect_metrics
-        self.router = router
-
-    def _routed(self, scope: Scope) -> bool:
-        """A route answers this method at this path; otherwise the router's 404 or 405 is the answer."""
-        return any(route.matches(scope)[0] == Match.FULL for route in self.router.routes)
-
-    def _protected(self, path: str) -> bool:
-        if path.startswith("/v2/health/"):
-            return False  # probes stay open, as /livez and /readyz do
-        return path.startswith(PROTECTED_PREFIXES) or (self.protect_metrics and path == "/metrics")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys.enabled or not self._protected(scope["path"]):
+        if scope["type"] != "http" or not self.keys.enabled:
             await self.app(scope, receive, send)
             return
-        path, state = scope["path"], scope.setdefault("state", {})
+        context = context_of(scope)
+        policy = context.policy
+        if not policy.needs_key(self.protect_metrics):
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
         header = request_header(scope, b"authorization") or ""
         scheme, _, token = header.partition(" ")
         principal = self.keys.match(token.strip()) if scheme.lower() == "bearer" else None
@@ -49,12 +46,11 @@ class ApiKeys:
             audit(401, "unknown", path, None, "missing_key" if not header else "invalid_key")
             await refuse(send, refused(401, detail, {"WWW-Authenticate": challenge}), scope)
             return
-        state["key"] = principal.name
-        if not self._routed(scope):
+        context.key = principal.name
+        if not context.matched:
             await self.app(scope, receive, send)
             return
-        needed = required_scope(scope["method"], path)
-        model = path_model(path)
+        needed, model = policy.scope, context.path_model()
         refusal = None
         if needed is not None and needed not in principal.scopes:
             refusal = refused(403, f"the API key {principal.name!r} lacks the scope {needed!r} this route needs")
@@ -66,10 +62,10 @@ class ApiKeys:
             rate = f"{principal.requests.rate:g}"
             refusal = refused(429, f"the API key {principal.name!r} is over its {rate} requests per second", None)
             refusal.headers = {"Retry-After": retry_after(wait)}
-            reason, state["refusal"] = "requests_rate", "rate_limited"
+            reason, context.refusal = "requests_rate", "rate_limited"
         if refusal is not None:
             audit(refusal.status, principal.name, path, model, reason)
             await refuse(send, refusal, scope)
             return
-        state[PRINCIPAL] = principal
+        context.principal = principal
         await self.app(scope, receive, send)

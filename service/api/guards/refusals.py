@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.types import Message, Scope, Send
 
 from service.api.errors import refusal_response
+from service.api.policy import context_of
 from service.api.problems import ProblemError
 
 # What each guard's refusal means, for the routes' OpenAPI responses.
@@ -33,7 +34,7 @@ def refused(status: int, detail: str, headers: dict[str, str] | None = None) -> 
 
 
 async def refuse(send: Send, refusal: ProblemError, scope: Scope) -> None:
-    response = refusal_response(scope["path"], refusal.status, refusal.detail, refusal.headers)
+    response = refusal_response(context_of(scope).policy.dialect, refusal.status, refusal.detail, refusal.headers)
     await response(scope, _no_body, send)
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from service.api.guards.budget import Budget
 from service.api.guards.refusals import mib, refused
 
-HEAVY_SLOT = "heavy_slot"  # scope state key: the request's `Slot`, for work that outlives it
-
 
 class Slot:
     """One heavy request's claim on the concurrency bound, shared with any thread it starts.

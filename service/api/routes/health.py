@@ -1,6 +1,6 @@
 """Liveness and readiness probes.
 
-Neither waits for a thread of the store's (`ingest.StoreThreads`) or of anyio's default pool:
+Neither waits for a thread of the store's (`upkeep.StoreThreads`) or of anyio's default pool:
 /livez answers on the event loop, and /readyz probes the store in a thread of its own, waiting at
 most PROBE_WAIT for it. A worker whose threads all wait on the database still answers both.
 """
@@ -13,11 +13,14 @@ import threading
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-router = APIRouter(tags=["health"])
+from service.api.policy import OPEN
+from service.api.routing import Routes
+
+routes = Routes(tags=["health"])
 
 # Seconds between probes of the store from /readyz, by the store's status. A full disk is probed
 # as often as its Retry-After: on PostgreSQL the probe is a write that changes nothing, which may
@@ -38,8 +41,8 @@ class Readiness(BaseModel):
     reason: str | None = None
 
 
-@router.get("/livez", response_model=Health, summary="The process is up")
-@router.get("/healthz", response_model=Health, summary="Alias of /livez")
+@routes.get("/livez", policy=OPEN, response_model=Health, summary="The process is up")
+@routes.get("/healthz", policy=OPEN, response_model=Health, summary="Alias of /livez")
 async def livez() -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
@@ -78,8 +81,9 @@ class StoreProbe:
             self._done = None
 
 
-@router.get(
+@routes.get(
     "/readyz",
+    policy=OPEN,
     response_model=Readiness,
     summary="Ready to serve: 200 once started, 503 while starting, draining, or while the store cannot write",
     responses={

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response
 
 from service import __version__
@@ -28,7 +28,6 @@ from service.api.body import (
     read_body_aligned,
     received_body,
 )
-from service.api.direct import DirectRoute
 from service.api.guards import REFUSALS
 from service.api.headers import byte_count, request_header
 from service.api.oip_codec import (
@@ -41,9 +40,20 @@ from service.api.oip_codec import (
 )
 from service.api.oip_codec import model_metadata as metadata_of
 from service.api.oip_schema import InferenceRequestError, request_schema, validated_request
+from service.api.policy import RequestContext, RoutePolicy, context_of
+from service.api.routing import Routes
 from service.monitoring import Monitor
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=DirectRoute)
+METADATA = RoutePolicy(dialect="oip")  # any valid key
+INFER = RoutePolicy(scope="compute", heavy=True, dialect="oip")
+HEALTH = RoutePolicy(key="none", dialect="oip")  # probes stay open, as /livez and /readyz do
+routes = Routes(
+    "/v2",
+    tags=["open inference protocol"],
+    # Paths no route answers: open under /v2/health/, for key holders elsewhere; their refusals
+    # in this protocol's shape.
+    unmatched=[("/health/{rest:path}", HEALTH), ("{rest:path}", METADATA)],
+)
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -56,18 +66,19 @@ def _json(content: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status, media_type="application/json")
 
 
-@router.get("", summary="Server metadata")
+@routes.get("", policy=METADATA, summary="Server metadata")
 async def server_metadata() -> Response:
     return _json({"name": "loss-service", "version": __version__, "extensions": list(EXTENSIONS)})
 
 
-@router.get("/health/live", summary="Server liveness")
+@routes.get("/health/live", policy=HEALTH, summary="Server liveness")
 async def server_live() -> Response:
     return _json({"live": True})
 
 
-@router.get(
+@routes.get(
     "/health/ready",
+    policy=HEALTH,
     summary="Server readiness: 503 while starting or draining",
     responses={503: {"description": "Not ready"}},
 )
@@ -82,7 +93,9 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/models/{loss}", summary="Model metadata: a catalogue loss as a model", responses=NOT_FOUND)
+@routes.get(
+    "/models/{loss}", policy=METADATA, summary="Model metadata: a catalogue loss as a model", responses=NOT_FOUND
+)
 async def model_metadata(loss: str) -> Response:
     try:
         name = catalogue_name(loss)
@@ -91,8 +104,11 @@ async def model_metadata(loss: str) -> Response:
     return _json(metadata_of(name))
 
 
-@router.get(
-    "/models/{loss}/ready", summary="Model readiness", responses={**NOT_FOUND, 503: {"description": "Not ready"}}
+@routes.get(
+    "/models/{loss}/ready",
+    policy=METADATA,
+    summary="Model readiness",
+    responses={**NOT_FOUND, 503: {"description": "Not ready"}},
 )
 async def model_ready(loss: str, request: Request) -> Response:
     try:
@@ -103,8 +119,9 @@ async def model_ready(loss: str, request: Request) -> Response:
     return _json({"name": name, "ready": ready}, 200 if ready else 503)
 
 
-@router.post(
+@routes.post(
     "/models/{loss}/infer",
+    policy=INFER,
     summary="Per-sample losses and their mean (JSON tensors or the binary tensor data extension)",
     responses={
         **NOT_FOUND,
@@ -133,13 +150,13 @@ async def infer(loss: str, request: Request) -> Response:
         body = await received_body(request)
     monitor: Monitor = request.app.state.monitor
     try:
-        log = request.scope.setdefault("state", {})
+        context = context_of(request.scope)
         limit = request.app.state.settings.max_elements
         return await off_loop(  # type: ignore[no-any-return]
             request,
             len(body),
             lambda: _decoded_bytes(body, split),
-            lambda: _infer_paused(loss, body, header_length, monitor, log, limit),
+            lambda: _infer_paused(loss, body, header_length, monitor, context, limit),
         )
     except InferenceError as exc:
         return _error(str(exc), exc.status)
@@ -154,15 +171,15 @@ def _decoded_bytes(body: Body, split: int | None) -> int:
 
 
 def _infer_paused(
-    loss: str, body: Body, header_length: str | None, monitor: Monitor, log: dict[str, Any], limit: int
+    loss: str, body: Body, header_length: str | None, monitor: Monitor, context: RequestContext, limit: int
 ) -> Response:
     # JSON tensors are lists until the request is validated (see collector_paused).
     with collector_paused(len(body)):
-        return _infer(loss, body, header_length, monitor, log, limit)
+        return _infer(loss, body, header_length, monitor, context, limit)
 
 
 def _infer(
-    loss: str, body: Body, header_length: str | None, monitor: Monitor, log: dict[str, Any], limit: int
+    loss: str, body: Body, header_length: str | None, monitor: Monitor, context: RequestContext, limit: int
 ) -> Response:
     name = catalogue_name(loss)
     header, binary = _split(body, header_length)
@@ -173,7 +190,7 @@ def _infer(
     binary_by_default = request.parameters is not None and request.parameters.binary_data_output is True
     wanted = wanted_outputs(request.outputs, binary_by_default)
     arrays = decode_inputs(request.inputs, binary, limit)
-    answer = compute(name, request, arrays, wanted, monitor, log, limit)
+    answer = compute(name, request, arrays, wanted, monitor, context, limit)
     return _response(answer.model, answer.request_id, answer.outputs, answer.parameters, answer.wanted)
 
 

@@ -1,4 +1,4 @@
-"""The v1 loss endpoints. Routes parse, call the engine, and shape the response."""
+"""The v1 loss endpoints, each with its policy. Routes parse, call the engine, and shape the response."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import io
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response
 
 from service.api.access import authorize
-from service.api.batches import compute_bytes, compute_loss, off_loop, record_batch, request_values, reserve, run_loss
+from service.api.batches import off_loop, reserve, run_loss
 from service.api.body import (
     BATCH_MEDIA_TYPES,
     JSON_MEDIA_TYPE,
@@ -21,10 +21,11 @@ from service.api.body import (
     validate_binary,
     validate_json,
 )
-from service.api.direct import DirectRoute
 from service.api.headers import request_header
+from service.api.policy import RequestContext, RoutePolicy, context_of
 from service.api.problems import ProblemError
 from service.api.responses import PROBLEM_RESPONSES, json_body, json_response
+from service.api.routing import Routes
 from service.api.schemas import (
     Catalogue,
     EvaluateResult,
@@ -39,9 +40,12 @@ from service.api.schemas import (
 from service.engine import LossInputError, catalogue, libraries, resolve
 from service.engine.conventions import Library
 from service.monitoring import Monitor
+from service.usecases.compute import compute_bytes, compute_loss, record_batch, request_values
 
-router = APIRouter(prefix="/v1", tags=["losses"])
-compute_router = APIRouter(prefix="/v1", tags=["losses"], route_class=DirectRoute)  # the traffic
+# Any path under /v1 that no route answers: its 404 is for key holders only.
+routes = Routes("/v1", tags=["losses"], unmatched=[("/{rest:path}", RoutePolicy())])
+COMPUTE = RoutePolicy(scope="compute", heavy=True)
+CATALOGUE = RoutePolicy()  # any valid key
 
 LOSS_EXAMPLES = {
     "sparse_categorical_crossentropy": {
@@ -99,17 +103,17 @@ def _validate(
 
 
 def _compute_one(
-    body: bytes, monitor: Monitor, limit: int, media_type: str, query: Any, log: dict[str, Any]
+    body: bytes, monitor: Monitor, limit: int, media_type: str, query: Any, context: RequestContext
 ) -> dict[str, Any]:
     request = _validate(loss_request_adapter(), body, monitor, limit, media_type, query)
-    _, reduced = run_loss(request, monitor, log)
+    _, reduced = run_loss(request, monitor, context)
     return reduced.answer()
 
 
-def _compute_many(body: bytes, monitor: Monitor, limit: int, state: dict[str, Any]) -> dict[str, Any]:
+def _compute_many(body: bytes, monitor: Monitor, limit: int, context: RequestContext) -> dict[str, Any]:
     request = _validate(evaluate_request_model(), body, monitor, limit)
-    authorize(state, request.model, request_values(request))
-    reserve(state, compute_bytes(request, len(request.losses)), f"this request ({len(request.losses)} losses)")
+    authorize(context.principal, request.model, request_values(request))
+    reserve(context, compute_bytes(request, len(request.losses)), f"this request ({len(request.losses)} losses)")
     results = []
     for position, call in enumerate(request.losses):
         try:
@@ -125,8 +129,9 @@ def _compute_many(body: bytes, monitor: Monitor, limit: int, state: dict[str, An
     return {"results": [reduced.answer() for _, reduced in results]}
 
 
-@compute_router.post(
+@routes.post(
     "/loss",
+    policy=COMPUTE,
     summary="Per-sample losses and their mean for one batch (JSON, npz or Arrow body)",
     response_model=LossResult,
     responses={
@@ -142,19 +147,20 @@ async def loss(request: Request) -> Response:
     media_type, body = await read_body(request, BATCH_MEDIA_TYPES)
     monitor = request.app.state.monitor
     query = request.query_params if media_type != JSON_MEDIA_TYPE else None  # binary bodies' fields
-    log = request.scope.setdefault("state", {})
+    context = context_of(request.scope)
     limit = request.app.state.settings.max_elements
     result = await off_loop(
         request,
         len(body),
         lambda: decoded_bytes(media_type, body),
-        lambda: _compute_one(body, monitor, limit, media_type, query, log),
+        lambda: _compute_one(body, monitor, limit, media_type, query, context),
     )
     return _npz(result) if _wants_npz(request) else json_response(result)
 
 
-@compute_router.post(
+@routes.post(
     "/evaluate",
+    policy=COMPUTE,
     summary="Several losses over one batch",
     response_model=EvaluateResult,
     responses=PROBLEM_RESPONSES,
@@ -164,26 +170,30 @@ async def evaluate(request: Request) -> Response:
     _, body = await read_body(request)
     monitor = request.app.state.monitor
     limit = request.app.state.settings.max_elements
-    state = request.scope.setdefault("state", {})
+    context = context_of(request.scope)
     result = await off_loop(
         request,
         len(body),
         lambda: json_decoded_bytes(body),
-        lambda: _compute_many(body, monitor, limit, state),
+        lambda: _compute_many(body, monitor, limit, context),
         losses=lambda: max(1, body.count(b'"loss"')),  # each loss is an object with this key
     )
     return json_response(result)
 
 
-@router.get(
-    "/losses", summary="The loss catalogue: names, aliases, formulas, shapes and options", response_model=Catalogue
+@routes.get(
+    "/losses",
+    policy=CATALOGUE,
+    summary="The loss catalogue: names, aliases, formulas, shapes and options",
+    response_model=Catalogue,
 )
 async def losses() -> Catalogue:
     return Catalogue(losses=[loss_info(spec) for spec in catalogue()])
 
 
-@router.get(
+@routes.get(
     "/losses/{name}",
+    policy=CATALOGUE,
     summary="One catalogue entry, by name or alias",
     response_model=LossInfo,
     responses={
@@ -197,8 +207,9 @@ async def loss_entry(name: str) -> LossInfo:
     return loss_info(resolve(name))
 
 
-@router.get(
+@routes.get(
     "/conventions/{convention}",
+    policy=CATALOGUE,
     summary="A library convention's metrics: names as the library writes them, options, link, precision",
     response_model=LibraryCatalogue,
     responses={422: {**PROBLEM_RESPONSES[422], "description": "Not a library convention"}},

@@ -5,23 +5,28 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import anyio.to_thread
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response
 
-from service.api.access import PRINCIPAL, KeyRing, Principal
+from service.api.access import KeyRing, Principal
+from service.api.policy import RoutePolicy, context_of
+from service.api.routing import Routes
 from service.monitoring import OTHER_MODEL, OTHER_MODEL_OF_KEY, UNLABELLED_MODEL, Monitor
 
-router = APIRouter(tags=["monitoring"])
+routes = Routes(tags=["monitoring"])
+# A key with the metrics scope when LOSS_SERVICE_METRICS_AUTH is on; open otherwise.
+METRICS = RoutePolicy(scope="metrics", key="metrics_auth")
 
 
-@router.get(
+@routes.get(
     "/metrics",
+    policy=METRICS,
     summary="Prometheus metrics: request health and per-model loss distributions",
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format 0.0.4"}},
 )
 async def metrics(request: Request) -> Response:
-    principal: Principal | None = request.scope.get("state", {}).get(PRINCIPAL)
+    principal = context_of(request.scope).principal
     monitor: Monitor = request.app.state.monitor
     visible, scope = None, None  # every series: no keys, or a key for every model
     if principal is not None and principal.models is not None:

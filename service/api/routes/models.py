@@ -1,25 +1,41 @@
 """Delayed labels: configure a model, log its predictions now and its labels when they arrive;
 each pair's losses are computed once, when its second half arrives. Routes parse and hand over
-to `service.api.ingest`; the store's I/O always runs in a worker thread, among the store's own
-(`ingest.StoreThreads`: reads apart from writes, both apart from anyio's default pool)."""
+to the use cases (`service.usecases.ingest`); the store's I/O always runs in a worker thread, among the store's own
+(`upkeep.StoreThreads`: reads apart from writes, both apart from anyio's default pool)."""
 
 from __future__ import annotations
 
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import Path, Request
 from fastapi.responses import Response
 
-from service.api import ingest
-from service.api.access import visible
+from service.api.access import authorize, visible
 from service.api.batches import off_loop
-from service.api.body import json_decoded_bytes, read_body
+from service.api.body import json_decoded_bytes, read_body, validate_json
+from service.api.policy import RoutePolicy, context_of
 from service.api.responses import PROBLEM_RESPONSES, json_body, json_response
-from service.api.schemas import MODEL_LABEL_PATTERN, LogResult, ModelConfig, ModelList, ModelStatus
+from service.api.routing import Routes
+from service.api.schemas import (
+    MODEL_LABEL_PATTERN,
+    LabelsLog,
+    LogResult,
+    ModelConfig,
+    ModelList,
+    ModelStatus,
+    PredictionsLog,
+    model_config_request_model,
+)
 from service.store import Side, Store
+from service.usecases import ingest, upkeep
 
-router = APIRouter(prefix="/v1/models", tags=["delayed labels"])
+routes = Routes("/v1/models", tags=["delayed labels"])
+READ = RoutePolicy(scope="read", model_param="model")
+# A model's configuration is parsed as a loss request is: its parse holds its estimate.
+CONFIGURE = RoutePolicy(scope="admin", heavy=True, model_param="model")
+DELETE = RoutePolicy(scope="admin", model_param="model")
+INGEST = RoutePolicy(scope="ingest", heavy=True, model_param="model")
 
 ModelName = Annotated[
     str, Path(pattern=MODEL_LABEL_PATTERN, description="The model's name (1-64 of A-Z a-z 0-9 _ . : -).")
@@ -66,8 +82,9 @@ def _store(request: Request) -> Store:
     return store
 
 
-@router.put(
+@routes.put(
     "/{model}",
+    policy=CONFIGURE,
     summary="Configure a model: the losses to compute when its pairs join",
     response_model=ModelConfig,
     responses={**PROBLEM_RESPONSES, **MODEL_QUOTA},
@@ -76,14 +93,14 @@ def _store(request: Request) -> Store:
 async def configure_model(model: ModelName, request: Request) -> Response:
     _, body = await read_body(request)
     store, settings = _store(request), request.app.state.settings
-    state = request.scope.setdefault("state", {})
-    quota = ingest.quota_of(ingest.principal_of(state), settings)
-    threads = ingest.store_threads(request.app.state)
+    context = context_of(request.scope)
+    quota = ingest.quota_of(context.principal, settings)
+    threads = upkeep.store_threads(request.app.state)
     result = await off_loop(
         request,
         len(body),
         lambda: json_decoded_bytes(body),
-        lambda: ingest.configure(store, model, body, time.time(), quota, state),
+        lambda: ingest.configure(store, model, validate_json(model_config_request_model(), body), time.time(), quota),
         waits_on_io=True,
         limiter=threads.writes,
     )
@@ -98,44 +115,46 @@ async def _report_usage(request: Request) -> None:
     app = request.app
     store = _store(request)
     try:
-        await ingest.store_threads(app.state).read(
+        await upkeep.store_threads(app.state).read(
             lambda: ingest.report_usage(store, app.state.monitor, app.state.keys, app.state.settings)
         )
     except Exception as exc:
         ingest.log.warning("quota usage not reported after a change to the models: %s", exc)
 
 
-@router.get("", summary="The configured models (those the API key may use)", response_model=ModelList)
+@routes.get("", policy=READ, summary="The configured models (those the API key may use)", response_model=ModelList)
 async def list_models(request: Request) -> Response:
-    models = await ingest.store_threads(request.app.state).read(_store(request).models)
-    allowed = set(visible(request.scope.get("state"), [m.name for m in models]))
+    models = await upkeep.store_threads(request.app.state).read(_store(request).models)
+    allowed = set(visible(context_of(request.scope).principal, [m.name for m in models]))
     return json_response({"models": [ingest.model_config(m) for m in models if m.name in allowed]})
 
 
-@router.get(
+@routes.get(
     "/{model}",
+    policy=READ,
     summary="A model's configuration and its counts of pending, joined and expired rows",
     response_model=ModelStatus,
     responses={**PROBLEM_RESPONSES, **NOT_FOUND},
 )
 async def model_status(model: ModelName, request: Request) -> Response:
     store, settings = _store(request), request.app.state.settings
-    principal = ingest.principal_of(request.scope.get("state"))
-    threads = ingest.store_threads(request.app.state)
+    principal = context_of(request.scope).principal
+    threads = upkeep.store_threads(request.app.state)
     return json_response(
         await threads.read(lambda: ingest.model_status(store, model, time.time(), principal, settings))
     )
 
 
-@router.delete(
+@routes.delete(
     "/{model}",
+    policy=DELETE,
     summary="Remove a model and everything stored for it",
     status_code=204,
     response_class=Response,
     responses={**PROBLEM_RESPONSES, **NOT_FOUND},
 )
 async def delete_model(model: ModelName, request: Request) -> Response:
-    if not await ingest.delete_model(_store(request), model, ingest.store_threads(request.app.state)):
+    if not await upkeep.delete_model(_store(request), model, upkeep.store_threads(request.app.state)):
         raise ingest.unknown_model(model)
     request.app.state.monitor.set_pending(model, (0, 0))
     await _report_usage(request)
@@ -146,21 +165,27 @@ async def _log(request: Request, model: str, side: Side) -> Response:
     _, body = await read_body(request)
     store, monitor = _store(request), request.app.state.monitor
     settings = request.app.state.settings
-    max_pending = settings.max_pending
-    state = request.scope.setdefault("state", {})
+    context = context_of(request.scope)
+    schema = PredictionsLog if side == "predictions" else LabelsLog
+
+    def log_rows() -> dict[str, Any]:
+        parsed = validate_json(schema, body)
+        return ingest.log_rows(store, monitor, settings, model, side, parsed, context, authorize)
+
     result = await off_loop(
         request,
         len(body),
         lambda: json_decoded_bytes(body),
-        lambda: ingest.log_rows(store, monitor, max_pending, model, side, body, state, settings),
+        log_rows,
         waits_on_io=True,
-        limiter=ingest.store_threads(request.app.state).writes,
+        limiter=upkeep.store_threads(request.app.state).writes,
     )
     return json_response(result)
 
 
-@router.post(
+@routes.post(
     "/{model}/predictions",
+    policy=INGEST,
     summary="Log predictions; those whose labels are waiting join now",
     response_model=LogResult,
     responses={**PROBLEM_RESPONSES, **NOT_FOUND, **TOO_MANY_PENDING},
@@ -170,8 +195,9 @@ async def log_predictions(model: ModelName, request: Request) -> Response:
     return await _log(request, model, "predictions")
 
 
-@router.post(
+@routes.post(
     "/{model}/labels",
+    policy=INGEST,
     summary="Log labels; those whose predictions are waiting join now",
     response_model=LogResult,
     responses={**PROBLEM_RESPONSES, **NOT_FOUND, **TOO_MANY_PENDING},

@@ -9,15 +9,17 @@ import functools
 from importlib.resources import files
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from service import __version__
+from service.api.policy import OPEN
+from service.api.routing import Routes
 
-router = APIRouter(include_in_schema=False)
+routes = Routes(include_in_schema=False)
 ASSETS_PATH = "/assets"
 PAGES = Path(str(files("service.api") / "pages"))
 # Swagger UI's and ReDoc's scripts and styles, as the fastapi-offline wheel ships them.
@@ -64,12 +66,12 @@ def _landing_page() -> str:
     return (PAGES / "index.html").read_text().replace("{{version}}", __version__)
 
 
-@router.get("/")
+@routes.get("/", policy=OPEN)
 async def landing_page() -> Response:
     return _page(HTMLResponse(_landing_page()))
 
 
-@router.get("/docs")
+@routes.get("/docs", policy=OPEN)
 async def swagger_ui(request: Request) -> Response:
     return _page(
         get_swagger_ui_html(
@@ -82,7 +84,7 @@ async def swagger_ui(request: Request) -> Response:
     )
 
 
-@router.get("/redoc")
+@routes.get("/redoc", policy=OPEN)
 async def redoc(request: Request) -> Response:
     page = get_redoc_html(
         openapi_url=str(request.app.openapi_url),

@@ -36,8 +36,10 @@ How to add a library's table (LightGBM, CatBoost)
 from service.engine.libraries.base import (
     LIBRARY_TITLES,
     NAME_PATTERN,
+    SEPARATORS,
     LibraryMetric,
     accepted,
+    base_name,
     bind,
     is_library_metric,
     lookup,
@@ -48,8 +50,10 @@ from service.engine.libraries.base import (
 __all__ = [
     "LIBRARY_TITLES",
     "NAME_PATTERN",
+    "SEPARATORS",
     "LibraryMetric",
     "accepted",
+    "base_name",
     "bind",
     "is_library_metric",
     "lookup",
@@ -58,4 +62,4 @@ __all__ = [
 ]
 
 # The tables: importing a library's module declares its metrics.
-from service.engine.libraries import xgboost  # noqa: F401
+from service.engine.libraries import catboost, xgboost  # noqa: F401

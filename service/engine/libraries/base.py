@@ -25,11 +25,23 @@ from service.engine.registry import LossSpec, OptionSpec, resolve, spec_of
 # What the library's `predict` returns is the default; `margin: true` says the predictions are
 # raw scores, to which the metric applies its objective's link first.
 MARGIN_DOC = "predictions are raw margins (predict(output_margin=True)); the metric applies its objective's link"
-# A metric name as a library writes it, with an optional "@parameter" (XGBoost's error@0.7).
-NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_\-]{0,63}(@[0-9eE+\-.]{1,32})?$"
+# A metric name as a library writes it, with an optional "@parameter" (XGBoost's error@0.7) or
+# ":key=value;key=value" (CatBoost's Quantile:alpha=0.3).
+NAME_PATTERN = (
+    r"^[A-Za-z][A-Za-z0-9_\-]{0,63}(@[0-9eE+\-.]{1,32}|:[A-Za-z_]{1,32}=[^;]{1,32}(;[A-Za-z_]{1,32}=[^;]{1,32}){0,7})?$"
+)
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d{1,3})?")
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 LIBRARY_TITLES: dict[Library, str] = {"xgboost": "XGBoost", "lightgbm": "LightGBM", "catboost": "CatBoost"}
+# How a library writes parameters into a metric's name: XGBoost and LightGBM `name@value` (one
+# parameter), CatBoost `Name:key=value;key=value` (any of the metric's parameters, by name).
+SEPARATORS: dict[Library, str] = {"xgboost": "@", "lightgbm": "@", "catboost": ":"}
+
+
+def base_name(name: str) -> str:
+    """The metric's name without its parameters: `error` of error@0.7, `Quantile` of Quantile:alpha=0.3."""
+    return re.split("[@:]", name, maxsplit=1)[0]
 
 
 @dataclass(frozen=True)
@@ -53,8 +65,24 @@ class LibraryMetric:
     parameter: str | None = None
     # The library's name of a configured metric: with "@value" when the parameter is not its default.
     always_suffixed: bool = False
+    # The library's name of a configured metric where it is not name@value (CatBoost's descriptions).
+    describe: Callable[[Mapping[str, Any]], str] | None = None
+    # The library holds labels and weights as float32 (CatBoost's and LightGBM's `float` arrays):
+    # `compute` rounds them to float32 before the metric sees them.
+    float32_targets: bool = False
+
+    def forms(self) -> list[str]:
+        """How the name may be written: `error`, `error@<threshold>`, `Quantile:alpha=<alpha>`."""
+        if self.parameter is None:
+            return [self.name]
+        separator = SEPARATORS[self.library]
+        value = f"{self.parameter}=<{self.parameter}>" if separator == ":" else f"<{self.parameter}>"
+        suffixed = f"{self.name}{separator}{value}"
+        return [suffixed] if self.always_suffixed else [self.name, suffixed]
 
     def display_name(self, bound: Mapping[str, Any]) -> str:
+        if self.describe is not None:
+            return self.describe(bound)
         if self.parameter is None:
             return self.name
         value = bound[self.parameter]
@@ -80,6 +108,8 @@ def metric(
     parameter: str | None = None,
     always_suffixed: bool = False,
     class_labels: bool = False,
+    describe: Callable[[Mapping[str, Any]], str] | None = None,
+    float32_targets: bool = False,
 ) -> Callable[[F], F]:
     """Add a metric to `library`'s table under the name the library gives it."""
 
@@ -104,6 +134,8 @@ def metric(
             precision=precision,
             parameter=parameter,
             always_suffixed=always_suffixed,
+            describe=describe,
+            float32_targets=float32_targets,
         )
         return function
 
@@ -118,16 +150,11 @@ def metrics(library: Library | None = None) -> tuple[LibraryMetric, ...]:
 
 def accepted(library: Library) -> str:
     """The names a library convention accepts, as a refusal lists them."""
-    names = []
-    for m in _TABLES[library].values():
-        names.append(f"{m.name}@<{m.parameter}>" if m.always_suffixed else m.name)
-        if m.parameter is not None and not m.always_suffixed:
-            names.append(f"{m.name}@<{m.parameter}>")
-    return ", ".join(names) or "none yet"
+    return ", ".join(form for m in _TABLES[library].values() for form in m.forms()) or "none yet"
 
 
 def is_library_metric(name: str) -> bool:
-    base = name.partition("@")[0]
+    base = base_name(name)
     return any(base in table for table in _TABLES.values())
 
 
@@ -135,21 +162,24 @@ def lookup(convention: Convention, loss: str) -> tuple[LibraryMetric, dict[str, 
     """The metric `loss` names under a library convention, and the option its "@value" sets."""
     library = typing.cast(Library, convention)
     title = LIBRARY_TITLES[library]
-    base, at, suffix = loss.partition("@")
+    base, at, suffix = loss.partition(SEPARATORS[library])
     found = _TABLES[library].get(base)
     if found is None:
         hint = ""
         if _is_catalogue_name(loss):
             hint = f" ({shown(loss)} is a catalogue loss: it takes convention keras or torch)"
         else:
-            others = [lib for lib in LIBRARIES if lib != library and base in _TABLES[lib]]
+            bare = base_name(loss)
+            others = [lib for lib in LIBRARIES if lib != library and bare in _TABLES[lib]]
             if others:
-                hint = f" ({shown(base)} is {LIBRARY_TITLES[others[0]]}'s metric: convention {others[0]!r})"
+                hint = f" ({shown(bare)} is {LIBRARY_TITLES[others[0]]}'s metric: convention {others[0]!r})"
         raise LossInputError(
             "loss", f"{shown(loss)} is no {title} metric{hint}; convention {library!r} accepts: {accepted(library)}"
         )
     if not at:
         return found, {}
+    if at == ":":
+        return found, _described_parameters(found, loss, suffix)
     if found.parameter is None:
         raise LossInputError("loss", f"{title}'s {found.name} takes no @parameter, got {shown(loss)}")
     if not _NUMBER.fullmatch(suffix) or not math.isfinite(value := float(suffix)):
@@ -177,12 +207,40 @@ def bind(convention: Convention, loss: str, options: Mapping[str, Any] | None) -
             )
         _check_type(option, value)
     if found.always_suffixed and found.parameter not in given:
+        separator = SEPARATORS[found.library]
+        value = f"{found.parameter}={_default_of(found)}" if separator == ":" else _default_of(found)
         raise LossInputError(
             "loss",
-            f"{LIBRARY_TITLES[found.library]} writes this metric {found.name}@{found.parameter} "
-            f"(e.g. {found.name}@{_default_of(found)}); give the @value or options.{found.parameter}",
+            f"{LIBRARY_TITLES[found.library]} writes this metric {found.forms()[0]} "
+            f"(e.g. {found.name}{separator}{value}); give it in the name or as options.{found.parameter}",
         )
     return found, found.spec.bind(given, convention)
+
+
+def _described_parameters(found: LibraryMetric, loss: str, suffix: str) -> dict[str, float]:
+    """CatBoost's `Name:key=value;key=value`: each key one of the metric's parameters, once, each
+    value a number."""
+    title = LIBRARY_TITLES[found.library]
+    names = [o.name for o in found.spec.options if o.name != "margin"]
+    if not names:
+        raise LossInputError("loss", f"{title}'s {found.name} takes no parameters, got {shown(loss)}")
+    parameters: dict[str, float] = {}
+    for part in suffix.split(";"):
+        key, equals, text = part.partition("=")
+        if not equals or not _KEY.fullmatch(key):
+            raise LossInputError(
+                "loss", f"{shown(loss)}: write the parameters as {found.name}:key=value;key=value, got {shown(part)}"
+            )
+        if key not in names:
+            raise LossInputError(
+                "loss", f"{shown(key)} is no parameter of {title}'s {found.name}; its parameters: {', '.join(names)}"
+            )
+        if key in parameters:
+            raise LossInputError("loss", f"{shown(loss)} sets {key} twice")
+        if not _NUMBER.fullmatch(text) or not math.isfinite(value := float(text)):
+            raise LossInputError("loss", f"{shown(loss)}: {key} must be a number, got {shown(text)}")
+        parameters[key] = value
+    return parameters
 
 
 def _default_of(found: LibraryMetric) -> str:

@@ -52,7 +52,7 @@ from service.engine.errors import LossInputError
 from service.engine.libraries.base import MARGIN_DOC, metric
 from service.engine.losses._shared import elementwise_loss
 from service.engine.losses.crossentropy import binary_log_loss, nll
-from service.engine.losses.deviance import unit_deviance
+from service.engine.losses.deviance import tweedie_nloglik_terms, unit_deviance
 from service.engine.losses.distribution import poisson_terms
 from service.engine.losses.regression import (
     absolute_percentage_errors,
@@ -489,13 +489,7 @@ def tweedie_nloglik(
     check_positive(p, "predictions", "Tweedie means" + (" (exp of the margins)" if margin else ""))
     rho = p.dtype.type(_f32(tweedie_variance_power))
 
-    def formula(p: Array, y: Array) -> Array:
-        log_p = np.log(p)
-        a = y * np.exp((1 - rho) * log_p) / (1 - rho)
-        b = np.exp((2 - rho) * log_p) / (2 - rho)
-        return -a + b
-
-    return LossValues(elementwise_loss(p, labels, "torch", formula))
+    return LossValues(elementwise_loss(p, labels, "torch", lambda p, y: tweedie_nloglik_terms(np.log(p), y, rho)))
 
 
 QuantileAlpha = Annotated[

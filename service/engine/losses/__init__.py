@@ -3,6 +3,7 @@
 from service.engine.losses import (
     crossentropy,
     crps,
+    ctc,
     deviance,
     distribution,
     margin,
@@ -15,6 +16,7 @@ from service.engine.losses import (
 __all__ = [
     "crossentropy",
     "crps",
+    "ctc",
     "deviance",
     "distribution",
     "margin",

@@ -1,0 +1,122 @@
+"""The store's upkeep: the threads its calls run in, the retention sweep, and a model's deletion,
+each done in batches that let other writers in between."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from service.config import Settings
+from service.monitoring import Monitor
+from service.store import DELETE_BATCH_ROWS, SWEEP_BATCH_ROWS, Store, StoreFailureError, Swept
+from service.usecases.ingest import Keys, report_usage
+
+log = logging.getLogger("service.api")
+T = TypeVar("T")
+
+
+class StoreThreads:
+    """The worker threads the store's calls run in: reads and writes each get a bounded share
+    of their own, apart from anyio's default pool. Writes get as many threads as the database
+    has writing connections; reads `read_threads` (LOSS_SERVICE_STORE_READ_THREADS), at most
+    as many as it has reading connections.
+
+    Requests waiting on the database therefore never hold the threads that computations, key
+    reloads and everything else run in, and a read never waits for a thread behind writes.
+    """
+
+    def __init__(self, store: Store, read_threads: int = 2) -> None:
+        self.store = store
+        self.reads = anyio.CapacityLimiter(max(1, min(store.database.readers, read_threads)))
+        self.writes = anyio.CapacityLimiter(store.database.writers)
+
+    async def read(self, call: Callable[[], T]) -> T:
+        return await anyio.to_thread.run_sync(call, limiter=self.reads)
+
+    async def write(self, call: Callable[[], T]) -> T:
+        return await anyio.to_thread.run_sync(call, limiter=self.writes)
+
+
+def store_threads(state: Any) -> StoreThreads:
+    """The app's `StoreThreads` for its store (`state`: the app's state), made at first use."""
+    threads: StoreThreads | None = getattr(state, "store_threads", None)
+    if threads is None or threads.store is not state.store:
+        # No await in between: on the event loop, one request makes them.
+        threads = state.store_threads = StoreThreads(state.store, state.settings.store_read_threads)
+    return threads
+
+
+async def sweep_forever(
+    store: Store,
+    monitor: Monitor,
+    interval: float,
+    threads: StoreThreads,
+    keys: Keys | None = None,
+    settings: Settings | None = None,
+    batch_rows: int = SWEEP_BATCH_ROWS,
+) -> None:
+    """Remove rows past their model's retention every `interval` seconds, first at once (which
+    also reports every model's pending rows and, given the keys, every key's quota usage after a
+    restart). A failed sweep is logged and retried."""
+    while True:
+        try:
+            swept = await sweep(store, time.time(), threads, batch_rows)
+        except StoreFailureError:
+            pass  # a full disk or an unreachable database: the store logs each episode once
+        except Exception:
+            log.exception("the retention sweep failed; retrying in %s s", interval)
+        else:
+            for result in swept:
+                expired = (result.expired_predictions, result.expired_labels)
+                monitor.observe_expired(result.model, expired, (result.pending_predictions, result.pending_labels))
+            if settings is not None:
+                try:
+                    await threads.read(functools.partial(report_usage, store, monitor, keys, settings))
+                except Exception:
+                    log.exception("reading the quota usage failed; retrying after the next sweep")
+        await anyio.sleep(interval)
+
+
+async def delete_model(store: Store, name: str, threads: StoreThreads, batch_rows: int = DELETE_BATCH_ROWS) -> bool:
+    """DELETE /v1/models/{name}: the model's rows go `batch_rows` per transaction
+    (`Store.delete_batch`), pausing after each batch as long as it took, as the sweep does; False
+    if there was no such model."""
+    found_once = False
+    while True:
+        started = time.monotonic()
+        done = await threads.write(functools.partial(store.delete_batch, name, batch_rows))
+        if done is None:
+            return found_once  # deleted meanwhile, or never there
+        if done:
+            return True
+        found_once = True
+        await anyio.sleep(time.monotonic() - started)
+
+
+async def sweep(store: Store, now: float, threads: StoreThreads, batch_rows: int = SWEEP_BATCH_ROWS) -> list[Swept]:
+    """One retention sweep, `batch_rows` rows per transaction (`Store.sweep_batch`), each batch a
+    call of its own in the store's write threads. After each batch the sweep pauses as long as
+    the batch took, so that writers, in this process and in others, take the write lock at
+    least half the time while it runs."""
+    names = await threads.read(store.model_names)
+    swept = []
+    for name in names:
+        total: Swept | None = None
+        while True:
+            started = time.monotonic()
+            batch = await threads.write(functools.partial(store.sweep_batch, name, now, batch_rows))
+            if batch is None:
+                break  # deleted meanwhile
+            total = batch if total is None else total.then(batch)
+            if batch.done:
+                break
+            await anyio.sleep(time.monotonic() - started)
+        if total is not None:
+            swept.append(total)
+    return swept
