@@ -11,6 +11,8 @@ Cross-entropy from logits, float32, per-sample (reduction='none'):
 MSE, float32, (N, 10): compute() against one read pass over both inputs (np.add.reduce of each).
 XGBoost's logloss (N,) and mlogloss (N, 10) under convention xgboost, float32 rows with float64
 sums (XGBoost's precision) and float64, weighted: compute() against the same read pass.
+LightGBM's binary_logloss (N,) on raw scores under convention lightgbm, float64 from float32
+labels and weights (LightGBM's precision): one row, against the same read pass.
 CTC, (N, T, C) log-probabilities, targets of L labels: compute() under torch against
 torch.nn.functional.ctc_loss on one thread (reduction='none'), both dtypes.
 All cores: compute() with the engine on every core this process may use (LOSS_SERVICE_ENGINE_THREADS'
@@ -130,6 +132,20 @@ def main() -> None:
                 f"| {metric} | {' x '.join(f'{d:,}' for d in shape)} | {dtype} | {read_s * 1e3:.3f} "
                 f"| {xgb_s * 1e3:.3f} | {xgb_s / read_s:.2f}x |"
             )
+
+    raw = rng.normal(0.0, 3.0, n)
+    binary = (rng.random(n) > 0.5).astype(np.float64)
+    read_s = median_seconds(lambda: (np.add.reduce(raw), np.add.reduce(binary)), args.repeats)
+    lgb_s = median_seconds(
+        lambda: compute(
+            "binary_logloss", raw, binary, sample_weight=weights, options={"margin": True}, convention="lightgbm"
+        ),
+        args.repeats,
+    )
+    print(
+        f"| lightgbm binary_logloss, margin | {n:,} | float64 | {read_s * 1e3:.3f} | {lgb_s * 1e3:.3f} "
+        f"| {lgb_s / read_s:.2f}x |"
+    )
 
     ctc_table(rng, args.repeats, torch)
     if torch is None:

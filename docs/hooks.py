@@ -75,8 +75,10 @@ def _library_metrics() -> str:
         ]
         for m in table:
             name = ", ".join(f"`{form}`" for form in m.forms())
+            if m.aliases:
+                name += " (also " + ", ".join(f"`{a}`" for a in m.aliases) + ")"
             options = ", ".join(f"`{o.name}` ({_cell(o.default)})" for o in m.spec.options if o.name != "margin")
-            mean = "sqrt(sum(w l) / sum(w))" if m.aggregate == "root_mean" else "sum(w l) / sum(w)"
+            mean = {"root_mean": "sqrt(sum(w l) / sum(w))", "sum": "sum(w l)"}.get(m.aggregate, "sum(w l) / sum(w)")
             rows.append(
                 f"| {name} | {f'`{m.loss}`' if m.loss else 'none'} | {mean} | {_cell(m.link)} | "
                 f"{options or '-'} | {_cell(m.precision)} |"

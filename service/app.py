@@ -46,6 +46,7 @@ from service.monitoring import (
     access_log,
     forget_killed_workers,
     mark_worker_dead,
+    start_otlp_export,
 )
 from service.store import Store, redacted
 from service.usecases.upkeep import store_threads, sweep_forever
@@ -81,6 +82,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # of the collector's generations, a full collection no longer walks ~110,000 of them.
     gc.freeze()
     grpc_server = await serve_grpc(app)  # None unless LOSS_SERVICE_GRPC_PORT
+    app.state.otlp = otlp = await anyio.to_thread.run_sync(start_otlp_export, app.state.monitor)  # None: no endpoint
     app.state.lifecycle = "ready"
     restore_signals = _drain_on_stop_signal(app, grpc_server)
     try:
@@ -93,6 +95,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         sweeper.cancel()
         watcher.cancel()
         app.state.store.close()
+        if otlp is not None:  # the last export, after the last request was counted
+            await anyio.to_thread.run_sync(otlp.shutdown, settings.otlp_shutdown_timeout)
         mark_worker_dead(os.getpid())
         # The requests are drained: their access lines are the last. A worker process under
         # --workers ends without running atexit, so logging's own flush at exit never comes.

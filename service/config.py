@@ -99,6 +99,18 @@ class Settings(BaseSettings):
         "OpenTelemetry SDK configured in the process (e.g. by `opentelemetry-instrument`). Off, FastAPI does not "
         "ask OpenTelemetry on every request whether one is (~6 us of a small request's ~120 in-process).",
     )
+    otlp_metrics: bool = Field(
+        default=True,
+        description="Where OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_METRICS_ENDPOINT) is set, also export "
+        'the counters and loss histograms over OTLP/HTTP (docs/monitoring.md, "Without Prometheus: OTLP"); false: '
+        "never, whatever the OTEL_ variables say.",
+    )
+    otlp_shutdown_timeout: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds a stopping worker waits for its last OTLP export (what it counted since the export "
+        "before) to reach the endpoint.",
+    )
     ssl_certfile: str | None = Field(default=None, description="TLS certificate (PEM) for `loss-service serve`.")
     ssl_keyfile: str | None = Field(default=None, description="TLS private key (PEM) for `loss-service serve`.")
     cors_origins: Annotated[list[str] | None, NoDecode] = Field(

@@ -29,6 +29,7 @@ from service.api.schemas import loss_request_adapter
 from service.app import create_app
 from service.config import Settings
 from service.engine import LossInputError, compute, libraries, loss_name
+from tests.boosted import assert_refused
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "catboost_reference.json").read_text())
 CASES: list[dict[str, Any]] = FIXTURE["cases"]
@@ -233,12 +234,7 @@ def test_extreme_raw_values_stay_finite_or_are_refused() -> None:
 def test_refusals_name_field_index_and_reason(
     loss: str, predictions: Any, labels: Any, options: Any, field: str, index: Any, reason: str
 ) -> None:
-    weight = [0.0] if field == "sample_weight" else None
-    with pytest.raises(LossInputError) as caught:
-        compute(loss, predictions, labels, options=options, sample_weight=weight, convention="catboost")
-    assert caught.value.field == field
-    assert caught.value.index == index
-    assert reason in caught.value.reason
+    assert_refused("catboost", loss, predictions, labels, options, field, index, reason)
 
 
 # -- the HTTP API, OIP and stored model configurations -----------------------------------------------

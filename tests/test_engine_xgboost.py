@@ -28,6 +28,7 @@ from service.app import create_app
 from service.config import Settings
 from service.engine import LossInputError, compute, libraries, loss_name
 from service.values.results import Totals, combine
+from tests.boosted import assert_refused
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "xgboost_reference.json").read_text())
 CASES: list[dict[str, Any]] = FIXTURE["cases"]
@@ -169,12 +170,7 @@ def test_error_threshold_from_the_name_and_from_the_option() -> None:
 def test_refusals_name_field_index_and_reason(
     convention: Any, loss: str, predictions: Any, labels: Any, options: Any, field: str, index: Any, reason: str
 ) -> None:
-    weight = [0.0] if field == "sample_weight" else None
-    with pytest.raises(LossInputError) as caught:
-        compute(loss, predictions, labels, options=options, sample_weight=weight, convention=convention)
-    assert caught.value.field == field
-    assert caught.value.index == index
-    assert reason in caught.value.reason
+    assert_refused(convention, loss, predictions, labels, options, field, index, reason)
 
 
 def test_margins_that_overflow_are_refused_not_answered_inf() -> None:

@@ -25,13 +25,14 @@ from service.values.results import AGGREGATES, Aggregate, Totals, combine, mean_
 
 # (loss, convention, options): a mean over values, a weighted mean over non-ignored targets, a
 # root of a weighted mean (XGBoost's, and CatBoost's over float32 targets), a library's weighted
-# mean under a name with parameters.
+# mean under a name with parameters, a weighted sum (LightGBM's gamma_deviance, aggregate sum).
 CASES = [
     ("mse", "keras", {}),
     ("scce", "torch", {"from_logits": True}),
     ("rmse", "xgboost", {}),
     ("RMSE", "catboost", {}),
     ("Quantile:alpha=0.3", "catboost", {}),
+    ("gamma_deviance", "lightgbm", {}),
 ]
 ROWS, CLASSES = 60, 4
 
@@ -43,6 +44,8 @@ def batch(loss: str, seed: int = 3) -> dict[str, np.ndarray[Any, Any]]:
         labels = rng.integers(0, CLASSES, ROWS)
         labels[:12] = -100  # the first chunk's targets all ignored: it counts 0 / 0
         return {"predictions": rng.normal(0, 2, (ROWS, CLASSES)), "labels": labels, "sample_weight": weight}
+    if loss == "gamma_deviance":  # positive predictions (the mean) and labels
+        return {"predictions": rng.uniform(0.5, 2, ROWS), "labels": rng.uniform(0.5, 2, ROWS), "sample_weight": weight}
     if loss == "mse":
         return {
             "predictions": rng.normal(size=(ROWS, 2)),
@@ -59,7 +62,9 @@ def whole(loss: str, convention: str, options: dict[str, Any]) -> LossResult:
 def test_the_mean_of_a_sum_and_a_denominator() -> None:
     assert mean_of(9.0, 4.0) == 2.25
     assert mean_of(9.0, 4.0, "root_mean") == 1.5
+    assert mean_of(9.0, 4.0, "sum") == 9.0  # the denominator reported, unused
     assert mean_of(0.0, 0.0) == mean_of(0.0, 0.0, "root_mean") == 0.0  # nothing counted: divide_no_nan
+    assert mean_of(9.0, 0.0, "sum") == 9.0  # with nothing counted a sum is still the sum
 
 
 def test_every_aggregate_kind_has_its_mean() -> None:
@@ -76,6 +81,16 @@ def test_the_root_is_taken_once_the_chunks_are_summed() -> None:
     assert combined.mean == math.sqrt(5.0)
     assert (combined.sum, combined.denominator, combined.count, combined.aggregate) == (10.0, 2.0, 2, "root_mean")
     np.testing.assert_array_equal(combined.per_sample, [1.0, 9.0])
+
+
+def test_a_sums_chunks_add_up_and_are_not_divided() -> None:
+    parts = [
+        LossResult("gamma_deviance", np.array([1.0]), 1.0, 1.0, 1, 2.0, "float64", "lightgbm", "sum"),
+        LossResult("gamma_deviance", np.array([3.0]), 3.0, 3.0, 1, 0.0, "float64", "lightgbm", "sum"),
+    ]
+    combined = combine(parts)
+    # 1 + 3, not (1 + 3) / (2 + 0), nor a chunk weighted 0 left out.
+    assert (combined.mean, combined.sum, combined.denominator, combined.aggregate) == (4.0, 4.0, 2.0, "sum")
 
 
 def test_chunks_weigh_by_their_denominators_not_their_counts() -> None:

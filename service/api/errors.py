@@ -128,8 +128,8 @@ def _unknown_loss(tag: str) -> str:
             return exc.reason
     names = ", ".join(repr(name) for spec in catalogue() for name in (spec.name, *spec.aliases))
     hint = ""
-    if libraries.is_library_metric(tag):
-        found = next(m for m in libraries.metrics() if m.name == libraries.base_name(tag))
+    found = libraries.find(tag)
+    if found is not None:
         title = libraries.LIBRARY_TITLES[found.library]
         hint = f" ({shown(tag)} is {title}'s metric: it takes convention {found.library!r})"
     return f"unknown loss {shown(tag)}{hint}; valid names: {names}"

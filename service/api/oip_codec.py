@@ -56,14 +56,22 @@ class InferenceError(Exception):
 
 
 def catalogue_name(loss: str) -> str:
-    """The model's name in the catalogue (a loss by any of its names), a library metric's name as
-    given (the `convention` parameter then says whose; the engine refuses it under any other), or 404."""
-    if libraries.is_library_metric(loss):
-        return loss
+    """The model's name in the catalogue (a loss by any of its names), else a library metric's name
+    as given (the `convention` parameter then says whose; the engine refuses it under any other), or 404."""
     try:
         return resolve(loss).name
     except UnknownLossError as exc:
+        if libraries.is_library_metric(loss):
+            return loss
         raise InferenceError(f"unknown loss {shown(loss)}; valid names: {', '.join(exc.valid)}", 404) from None
+
+
+def inference_name(loss: str) -> str:
+    """The name an inference request computes: a library metric's as given, whatever catalogue loss
+    shares it (LightGBM's `mse`, XGBoost's `mae`: the request's convention decides), else the
+    catalogue's; or 404."""
+    found = catalogue_name(loss)
+    return loss if libraries.is_library_metric(loss) else found
 
 
 EXTENSIONS = ("binary_tensor_data",)

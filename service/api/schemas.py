@@ -27,7 +27,7 @@ from service.api.arrays import NumericArray, kind_of
 from service.api.problems import shown
 from service.engine import FRAMEWORKS, LIBRARIES, Aggregate, Convention, DType, LossSpec, catalogue
 from service.engine.conventions import Framework
-from service.engine.libraries import LIBRARY_TITLES, SEPARATORS, LibraryMetric, base_name, metrics
+from service.engine.libraries import LIBRARY_TITLES, SEPARATORS, LibraryMetric, base_name, canonical, metrics
 from service.option_models import (
     FIELDS_ONLY,
     few_unknown_keys,
@@ -86,7 +86,8 @@ class LossResult(BaseModel):
     )
     mean: float = Field(
         description="The convention's default reduction: Keras sum_over_batch_size, PyTorch 'mean', the libraries' "
-        "sum(w l) / sum(w); with aggregate root_mean its square root."
+        "sum(w l) / sum(w); with aggregate root_mean its square root, with aggregate sum the weighted sum "
+        "itself (LightGBM's gamma_deviance)."
     )
     sum: float = Field(
         description="Sum of per_sample; for CTC under torch, of each sample's loss divided by its target length "
@@ -95,13 +96,14 @@ class LossResult(BaseModel):
     count: int = Field(description="Number of values in per_sample.")
     denominator: float = Field(
         description="What `mean` divides `sum` by: the number of values, of non-ignored targets, or the summed "
-        "weights (PyTorch, the libraries). Chunks of one batch combine as sum(sums) / sum(denominators), "
-        "its square root with aggregate root_mean."
+        "weights (PyTorch, the libraries); reported but unused with aggregate sum. Chunks of one batch combine "
+        "as sum(sums) / sum(denominators), its square root with aggregate root_mean, sum(sums) with aggregate sum."
     )
     aggregate: Aggregate = Field(
         default="mean",
         description="How mean follows from sum and denominator: mean = sum / denominator, or root_mean: "
-        "mean = sqrt(sum / denominator) (RMSE-type library metrics, whose per_sample are weighted squared errors).",
+        "mean = sqrt(sum / denominator) (RMSE-type library metrics, whose per_sample are weighted squared errors), "
+        "or sum: mean = sum (a library metric that is a weighted sum: LightGBM's gamma_deviance).",
     )
     dtype: DType
     convention: Convention
@@ -286,6 +288,10 @@ def loss_request_model(spec: LossSpec) -> type[BaseModel]:
 
 
 def library_tag(convention: str, loss: str) -> str:
+    """The branch of a library metric: "<convention>:<name>" without its parameters, an alias
+    (LightGBM's mse) by its name (l2)."""
+    if convention in LIBRARIES:
+        return f"{convention}:{canonical(convention, loss)}"
     return f"{convention}:{base_name(loss)}"
 
 
@@ -295,8 +301,12 @@ def _metric_loss_field(metric: LibraryMetric) -> tuple[Any, Any]:
     suffix = "" if metric.parameter is None else f"(@{number})?"
     if metric.parameter is not None and SEPARATORS[metric.library] == ":":
         suffix = "(:.{1,256})?"  # Name:key=value;key=value; the engine's refusal names what is wrong
-    pattern = f"^{re.escape(metric.name)}{suffix}$"
-    return str, Field(pattern=pattern, description=f"{metric.spec.summary} Written {' or '.join(metric.forms())}.")
+    names = "|".join(re.escape(n) for n in (metric.name, *metric.aliases))
+    pattern = f"^({names}){suffix}$" if metric.aliases else f"^{re.escape(metric.name)}{suffix}$"
+    also = f" Also accepted: {', '.join(metric.aliases)}." if metric.aliases else ""
+    return str, Field(
+        pattern=pattern, description=f"{metric.spec.summary} Written {' or '.join(metric.forms())}.{also}"
+    )
 
 
 @cache

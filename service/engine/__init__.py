@@ -110,16 +110,22 @@ def _compute_library(
         raise LossInputError("dtype", f"must be one of {list(DTYPES)}, got {dtype!r}")
     metric, bound = libraries.bind(convention, loss, options)
     x, y, weight = _arrays(metric.spec, predictions, labels, sample_weight, np.dtype(dtype), inputs_finite)
-    if metric.float32_targets:  # the library's float label and weight arrays (refusing overflow)
-        f32 = np.dtype(np.float32)
-        # `_arrays` (or the caller) searched them for NaN already: only the narrowing is checked here.
-        y = y if metric.spec.class_labels else as_working_array(y, "labels", f32, finite=True).astype(x.dtype)
-        if weight is not None:
-            weight = as_working_array(weight, "sample_weight", f32, finite=True).astype(x.dtype)
+    if metric.float32_targets:  # the library's float32 label and weight arrays (CatBoost's, LightGBM's label_t)
+        if not metric.spec.class_labels:
+            y = _as_float32(y, "labels")
+        weight = None if weight is None else _as_float32(weight, "sample_weight")
     with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
         values = loss_values(metric.spec, x, y, convention, bound)
         name = metric.display_name(bound)
-        return reduce_library(values, weight, metric.aggregate, name, dtype, convention, chunk=chunk)
+        return reduce_library(
+            values, weight, metric.aggregate, name, dtype, convention, chunk=chunk, weight_sum=metric.weight_sum
+        )
+
+
+def _as_float32(values: Array, field: str) -> Array:
+    """`values` rounded to float32 and held in their working dtype; beyond float32's range refused.
+    `_arrays` (or the caller) searched them for NaN already: only the narrowing is checked here."""
+    return as_working_array(values, field, np.dtype(np.float32), finite=True).astype(values.dtype)
 
 
 def loss_name(loss: str, convention: Convention, options: Mapping[str, Any] | None = None) -> str:

@@ -16,6 +16,7 @@ This is the only place that weights and averages. A loss returns `LossValues`; i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,13 +108,16 @@ def reduce_library(
     convention: Convention,
     *,
     chunk: bool = False,
+    weight_sum: Callable[[Array], float] | None = None,
 ) -> LossResult:
     """The boosting libraries' weighted mean: sum(w l) / sum(w), each sample's weight counted once
-    per value it has (XGBoost's `Reduce` over samples and targets), or its square root.
+    per value it has (XGBoost's `Reduce` over samples and targets), its square root, or (aggregate
+    "sum") the weighted sum itself, with sum(w) still reported as the denominator.
 
     Each weighted value w * l is formed in the working dtype (XGBoost multiplies a float residue
     by a float weight) and the sums accumulate in float64 (XGBoost's and LightGBM's `double`
-    accumulators), whatever the dtype.
+    accumulators), whatever the dtype. `weight_sum`: the library's own sum of the weights, where
+    it is not a float64 sum (LightGBM's cross_entropy sums them in float32).
     """
     values = loss.values
     if sample_weight is None:
@@ -121,9 +125,10 @@ def reduce_library(
     else:
         weight = broadcast_sample_weight(sample_weight, values.shape)
         per_sample = values * weight
-        divisor = float(np.broadcast_to(weight, values.shape).sum(dtype=np.float64))
+        every = np.broadcast_to(weight, values.shape)
+        divisor = weight_sum(every) if weight_sum is not None else float(every.sum(dtype=np.float64))
     total = float(per_sample.sum(dtype=np.float64))
-    if divisor == 0 and not chunk:
+    if divisor == 0 and not chunk and aggregate != "sum":
         raise LossInputError("sample_weight", "the weights sum to 0; the mean would be 0/0")
     mean = mean_of(total, divisor, aggregate)
     _check_finite(per_sample, np.float64(total), np.float64(mean))

@@ -29,7 +29,7 @@ from service import __version__
 from service.api.access import AccessRefusedError, audit, bearer_principal, permitted, retry_after
 from service.api.batches import off_loop
 from service.api.guards import Deadline, HeavyRequests
-from service.api.oip_codec import EXTENSIONS, InferenceError, catalogue_name, model_metadata
+from service.api.oip_codec import EXTENSIONS, InferenceError, catalogue_name, inference_name, model_metadata
 from service.api.policy import RequestContext, RoutePolicy
 from service.api.problems import ProblemError
 from service.config import Settings
@@ -249,7 +249,8 @@ class InferenceService:
         )
 
     async def model_infer(self, request: Any, size: int, call: _Call, context: Any) -> Message:
-        name = _model(request.model_name, request.model_version)
+        _model(request.model_name, request.model_version)
+        name = inference_name(request.model_name)
         slot = self.heavy._claim()
         if slot is None:
             detail = f"{self.heavy.limit} requests are already being computed; retry shortly"

@@ -1,4 +1,5 @@
-"""Prometheus metrics: service health and model quality. The only package that knows Prometheus.
+"""Prometheus metrics: service health and model quality. The only package that knows Prometheus,
+and OpenTelemetry's SDK (otlp_export.py, imported only where an OTLP endpoint is set).
 
 Single process: metrics live in the app's own registry. Under `loss-service serve`, the CLI points
 PROMETHEUS_MULTIPROC_DIR at a fresh directory before workers start, so every worker writes its
@@ -8,7 +9,7 @@ values there and /metrics merges them (prometheus-client multiprocess mode).
 from service.monitoring.accesslog import BatchedStderr, access_log
 from service.monitoring.labels import OTHER_MODEL, OTHER_MODEL_OF_KEY, UNLABELLED_MODEL
 from service.monitoring.middleware import CONTEXT, Observation, Observed, RequestMonitor
-from service.monitoring.monitor import Monitor
+from service.monitoring.monitor import Monitor, start_otlp_export
 from service.monitoring.multiprocess import forget_killed_workers, mark_worker_dead
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "access_log",
     "forget_killed_workers",
     "mark_worker_dead",
+    "start_otlp_export",
 ]

@@ -5,9 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
-
-from prometheus_client import Counter
+from typing import Any, Protocol
 
 from service.config import Settings
 
@@ -25,11 +23,15 @@ def overflow_label(key: str | None) -> str:
     return OTHER_MODEL if key is None else OTHER_MODEL_OF_KEY + key
 
 
+class Counted(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
 class ModelLabels:
     """The bounded set of `model` label values one app has seen, and which key claimed each."""
 
     def __init__(
-        self, settings: Settings, overflowed: Counter, forget: Callable[[str], None], clock: Callable[[], float]
+        self, settings: Settings, overflowed: Counted, forget: Callable[[str], None], clock: Callable[[], float]
     ) -> None:
         self._max_models = settings.max_models
         self._max_models_per_key = settings.max_models_per_key

@@ -16,6 +16,7 @@ from service.config import Settings
 from service.monitoring.exposition import SharedRenderings, render
 from service.monitoring.labels import ModelLabels
 from service.monitoring.metrics import Metrics
+from service.monitoring.otlp import OtlpTallies, otlp_endpoint
 
 ROW_KINDS = ("predictions", "labels")
 REJECTION_REASONS = {
@@ -35,7 +36,11 @@ class Monitor(Metrics):
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(CollectorRegistry(auto_describe=True), settings.loss_buckets)
-        self.model_labels = ModelLabels(settings, self.overflowed, self._remove_series, clock)
+        # Where an OTLP endpoint is set, the counters and loss histograms are also kept for the
+        # OTLP export (otlp_export.py, started by the app's lifespan); None: no export.
+        self.otlp_endpoint = otlp_endpoint(settings)
+        self.otlp = OtlpTallies() if self.otlp_endpoint else None
+        self.model_labels = ModelLabels(settings, _Counted(self, self.overflowed), self._remove_series, clock)
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._renderings = SharedRenderings()
         self._quota_lock = threading.Lock()
@@ -53,6 +58,8 @@ class Monitor(Metrics):
             metric, labels = key
             del self._children[key]
             metric.remove(*labels)  # made by _child, so it is there
+        if self.otlp is not None:
+            self.otlp.forget(model, self._by_model)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, remembered: prometheus-client validates and locks on every
@@ -64,12 +71,24 @@ class Monitor(Metrics):
             child = self._children[key] = metric.labels(*labels)
         return child
 
+    def _count(self, metric: Any, labels: tuple[str, ...], amount: float = 1) -> None:
+        """Count into a counter: Prometheus's, and the OTLP export's where there is one."""
+        (self._child(metric, *labels) if labels else metric).inc(amount)
+        if self.otlp is not None:
+            self.otlp.add(metric, labels, amount)
+
+    def _observe(self, metric: Any, labels: tuple[str, ...], values: np.ndarray[Any, Any]) -> None:
+        """Every value into a histogram: Prometheus's, and the OTLP export's where there is one."""
+        _observe_many(self._child(metric, *labels), values)
+        if self.otlp is not None:
+            self.otlp.record(metric, labels, values)
+
     def observe_batch(self, model: str | None, loss: str, per_sample: np.ndarray[Any, Any], mean: float) -> None:
         label = self.model_label(model)
         values = per_sample.ravel()
-        _observe_many(self._child(self.sample_loss, label, loss), values)
-        self._child(self.samples, label, loss).inc(values.size)
-        self._child(self.batches, label, loss).inc()
+        self._observe(self.sample_loss, (label, loss), values)
+        self._count(self.samples, (label, loss), values.size)
+        self._count(self.batches, (label, loss))
         self._child(self.last_mean, label, loss).set(mean)
 
     def observe_log(
@@ -83,19 +102,19 @@ class Monitor(Metrics):
     ) -> None:
         """One request's rows for the delayed-labels store, after its transaction committed."""
         label = self.model_label(model)
-        self._child(self.logged, label, kind).inc(accepted)
+        self._count(self.logged, (label, kind), accepted)
         if duplicates:
-            self._child(self.duplicates, label, kind).inc(duplicates)
+            self._count(self.duplicates, (label, kind), duplicates)
         if delays.size:
-            self._child(self.joined, label).inc(delays.size)
-            _observe_many(self._child(self.label_delay, label), np.maximum(delays, 0.0))
+            self._count(self.joined, (label,), delays.size)
+            self._observe(self.label_delay, (label,), np.maximum(delays, 0.0))
         self.set_pending(model, pending)
 
     def observe_expired(self, model: str, expired: tuple[int, int], pending: tuple[int, int]) -> None:
         label = self.model_label(model)
         for kind, count in zip(ROW_KINDS, expired, strict=True):
             if count:
-                self._child(self.expired, label, kind).inc(count)
+                self._count(self.expired, (label, kind), count)
         self.set_pending(model, pending)
 
     def set_pending(self, model: str, pending: tuple[int, int]) -> None:
@@ -137,20 +156,20 @@ class Monitor(Metrics):
     ) -> None:
         """`key`: the name of the API key that made the request; `refusal`: a reason the route
         gave for refusing it, which overrides the one read from the status."""
-        self._child(self.requests, route, method, STATUS_CLASSES[status // 100]).inc()
+        self._count(self.requests, (route, method, STATUS_CLASSES[status // 100]))
         if key is not None:
-            self._child(self.key_requests, key, STATUS_CLASSES[status // 100]).inc()
+            self._count(self.key_requests, (key, STATUS_CLASSES[status // 100]))
         self._child(self.latency, route, method).observe(seconds)
         self._child(self.body_size, route).observe(body_bytes)
         reason = refusal or (
             "overloaded" if status in OVERLOAD_STATUSES and route != "/readyz" else REJECTION_REASONS.get(status)
         )
         if reason:
-            self._child(self.rejected, reason).inc()
+            self._count(self.rejected, (reason,))
 
     def record_nonfinite(self, fields: Iterable[str]) -> None:
         for field in fields:
-            self.nonfinite.labels(field).inc()
+            self._count(self.nonfinite, (field,))
 
     def exposition_shared(
         self, visible: Callable[[str], bool] | None = None, scope: Hashable = None
@@ -168,6 +187,17 @@ class Monitor(Metrics):
         """Every series, or with `visible` only those whose `model` label it accepts (and every
         series without a `model` label). With several workers, the merged values of all."""
         return render(self.registry, visible)
+
+
+class _Counted:
+    """A label-less counter as `ModelLabels` counts into it: through `Monitor._count`."""
+
+    def __init__(self, monitor: Monitor, metric: Any) -> None:
+        self._monitor = monitor
+        self._metric = metric
+
+    def inc(self, amount: float = 1) -> None:
+        self._monitor._count(self._metric, (), amount)
 
 
 def _observe_many(histogram: Histogram, values: np.ndarray[Any, Any]) -> None:
@@ -190,3 +220,13 @@ def _observe_many(histogram: Histogram, values: np.ndarray[Any, Any]) -> None:
 @functools.cache
 def _bounds(upper_bounds: tuple[float, ...]) -> np.ndarray[Any, Any]:
     return np.asarray(upper_bounds)
+
+
+def start_otlp_export(monitor: Monitor) -> Any:
+    """The worker's OTLP export (`otlp_export.OtlpExport`), started; None where no endpoint is set.
+    The SDK is imported here, only then."""
+    if monitor.otlp is None or monitor.otlp_endpoint is None:
+        return None
+    from service.monitoring import otlp_export
+
+    return otlp_export.start(monitor, monitor.otlp, monitor.otlp_endpoint)

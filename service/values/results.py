@@ -4,7 +4,8 @@
 as JSON (`answer`), the client reads it back, the CLI prints it. `combine` and `Totals` join the
 answers for chunks of one batch (the client's requests, the datasets' record batches, Dask's
 partitions) into the answer for the whole: the sum of the sums over the sum of the denominators,
-with aggregate root_mean its square root, taken only once they are combined.
+with aggregate root_mean its square root, taken only once they are combined, and with aggregate
+sum the sum of the sums.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-# How `mean` follows from `sum` and `denominator`: their quotient, or its square root (RMSE-type
-# metrics of the library conventions, whose per_sample values are weighted squared errors).
-# A new kind is one name here and one entry in AGGREGATES.
-Aggregate = Literal["mean", "root_mean"]
+# How `mean` follows from `sum` and `denominator`: their quotient, its square root (RMSE-type
+# metrics of the library conventions, whose per_sample values are weighted squared errors), or
+# `sum` itself (LightGBM's gamma_deviance, a weighted sum: the library divides by nothing; the
+# denominator is reported but unused). A new kind is one name here and one entry in AGGREGATES.
+Aggregate = Literal["mean", "root_mean", "sum"]
 
 
 def _quotient(total: float, denominator: float) -> float:
@@ -31,12 +33,15 @@ def _quotient(total: float, denominator: float) -> float:
 AGGREGATES: dict[Aggregate, Callable[[float, float], float]] = {
     "mean": _quotient,
     "root_mean": lambda total, denominator: math.sqrt(_quotient(total, denominator)),
+    # With nothing counted a sum is still the sum.
+    "sum": lambda total, _denominator: total,
 }
 
 
 def mean_of(total: float, denominator: float, aggregate: Aggregate = "mean") -> float:
-    """The mean an `aggregate` makes of a (combined) sum and denominator: `total / denominator`, or
-    its square root for root_mean. Nothing counted (denominator 0) gives 0."""
+    """The mean an `aggregate` makes of a (combined) sum and denominator: `total / denominator`, its
+    square root for root_mean, `total` itself for sum. Nothing counted (denominator 0) gives 0,
+    except for a sum, which is the sum."""
     return AGGREGATES[aggregate](total, denominator)
 
 

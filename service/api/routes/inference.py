@@ -36,6 +36,7 @@ from service.api.oip_codec import (
     catalogue_name,
     compute,
     decode_inputs,
+    inference_name,
     wanted_outputs,
 )
 from service.api.oip_codec import model_metadata as metadata_of
@@ -181,7 +182,7 @@ def _infer_paused(
 def _infer(
     loss: str, body: Body, header_length: str | None, monitor: Monitor, context: RequestContext, limit: int
 ) -> Response:
-    name = catalogue_name(loss)
+    name = inference_name(loss)
     header, binary = _split(body, header_length)
     try:
         request = validated_request(header)  # the protocol's shape, before any tensor is decoded

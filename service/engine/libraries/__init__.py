@@ -4,7 +4,8 @@ Under `convention` "xgboost", "lightgbm" or "catboost" the loss is the library's
 the library writes it (`logloss`, `error@0.7`, `tweedie-nloglik@1.5`), its options are named as
 the library names its parameters, and the option `margin` says the predictions are raw scores
 rather than what the library's `predict` returns. `compute` answers the library's weighted mean
-sum(w l) / sum(w) (or its root, `aggregate="root_mean"`, for RMSE-type metrics).
+sum(w l) / sum(w) (or its root, `aggregate="root_mean"`, for RMSE-type metrics, or the weighted
+sum itself, `aggregate="sum"`).
 
 How to add a library's table (LightGBM, CatBoost)
 -------------------------------------------------
@@ -19,10 +20,16 @@ How to add a library's table (LightGBM, CatBoost)
    - `loss=`: the catalogue loss whose formula it is, with the library's constants; call that
      loss's function (with convention "torch": one value per element) or its shared kernel
      (`binary_log_loss`, `squared_log_errors`, `absolute_percentage_errors`, `poisson_terms`,
-     `unit_deviance`), extending a kernel by a constant rather than copying a formula.
+     `gamma_nloglik_terms`, `tweedie_nloglik_terms`, `unit_deviance`), extending a kernel by a
+     constant rather than copying a formula.
      `loss=None` only where no catalogue loss is the same function (say so in the Formula);
    - `aggregate="root_mean"` for RMSE-type metrics (values are squared errors; mean = root);
-   - `parameter=` for a `name@value` form, `class_labels=True` for class-index labels;
+   - `aggregate="sum"` where the library divides by nothing (LightGBM's gamma_deviance);
+   - `parameter=` for a `name@value` form (CatBoost's `Name:key=value` names any option),
+     `describe=` where the library names a configured metric otherwise, `aliases=` for the other
+     names it accepts, `class_labels=True` for class-index labels;
+   - `float32_targets=True` where the library holds labels and weights as float32 (`compute`
+     rounds them), `weight_sum=` where it sums the weights other than in double;
    - return `LossValues(values)`, unweighted, with the library's domain checks raising
      `LossInputError(field, reason, index)` where its formula would give inf or NaN.
 2. Import the module at the bottom of this file. The API, the OIP route, model configurations,
@@ -41,6 +48,8 @@ from service.engine.libraries.base import (
     accepted,
     base_name,
     bind,
+    canonical,
+    find,
     is_library_metric,
     lookup,
     metric,
@@ -55,6 +64,8 @@ __all__ = [
     "accepted",
     "base_name",
     "bind",
+    "canonical",
+    "find",
     "is_library_metric",
     "lookup",
     "metric",
@@ -62,4 +73,4 @@ __all__ = [
 ]
 
 # The tables: importing a library's module declares its metrics.
-from service.engine.libraries import catboost, xgboost  # noqa: F401
+from service.engine.libraries import catboost, lightgbm, xgboost  # noqa: F401

@@ -4,8 +4,11 @@ A metric is a function declared with `@metric(library, name, ...)`, written like
 (`registry.register`): positional `(predictions, labels, convention, /)`, keyword-only options
 with `Annotated[..., Doc(...)]` markers named as the library names its parameters, a docstring
 with Formula, Shapes and Follows sections, and a `LossValues` of unweighted values as result.
-The reduction is the libraries' own (`reduction.reduce_library`): sum(w l) / sum(w), or its
-square root for `aggregate="root_mean"`.
+The reduction is the libraries' own (`reduction.reduce_library`): sum(w l) / sum(w), its
+square root for `aggregate="root_mean"`, or the weighted sum itself for `aggregate="sum"`.
+A metric may have `aliases` (the other names the library accepts for it; answers carry `name`),
+name itself its library's way (`describe`), hold labels and weights in float32 as its library
+does (`float32_targets`), and sum its weights its library's way (`weight_sum`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 from service.engine.conventions import LIBRARIES, Convention, Library
 from service.engine.errors import LossInputError
@@ -65,11 +71,16 @@ class LibraryMetric:
     parameter: str | None = None
     # The library's name of a configured metric: with "@value" when the parameter is not its default.
     always_suffixed: bool = False
+    # Other names the library accepts for this metric (LightGBM's `mse` for `l2`); answers say `name`.
+    aliases: tuple[str, ...] = ()
     # The library's name of a configured metric where it is not name@value (CatBoost's descriptions).
     describe: Callable[[Mapping[str, Any]], str] | None = None
-    # The library holds labels and weights as float32 (CatBoost's and LightGBM's `float` arrays):
-    # `compute` rounds them to float32 before the metric sees them.
+    # The library holds labels and weights as float32 (CatBoost's `float` arrays, LightGBM's
+    # label_t): `compute` rounds them to float32 before the metric sees them, whatever the working
+    # dtype, and refuses values beyond float32's range.
     float32_targets: bool = False
+    # How the library sums the weights the mean divides by, when not in float64 (None: float64).
+    weight_sum: Callable[[NDArray[np.floating]], float] | None = None
 
     def forms(self) -> list[str]:
         """How the name may be written: `error`, `error@<threshold>`, `Quantile:alpha=<alpha>`."""
@@ -93,6 +104,7 @@ class LibraryMetric:
 
 
 _TABLES: dict[Library, dict[str, LibraryMetric]] = {library: {} for library in LIBRARIES}
+_ALIASES: dict[Library, dict[str, str]] = {library: {} for library in LIBRARIES}
 
 F = typing.TypeVar("F", bound=Callable[..., LossValues])
 
@@ -108,8 +120,10 @@ def metric(
     parameter: str | None = None,
     always_suffixed: bool = False,
     class_labels: bool = False,
+    aliases: tuple[str, ...] = (),
     describe: Callable[[Mapping[str, Any]], str] | None = None,
     float32_targets: bool = False,
+    weight_sum: Callable[[NDArray[np.floating]], float] | None = None,
 ) -> Callable[[F], F]:
     """Add a metric to `library`'s table under the name the library gives it."""
 
@@ -122,8 +136,10 @@ def metric(
             raise TypeError(f"{function.__name__}: `{name}@...` sets {parameter!r}, which is no option")
         if loss is not None:
             resolve(loss)  # the catalogue loss it maps onto exists
-        if name in _TABLES[library]:
-            raise ValueError(f"{library} metric {name!r} declared twice")
+        for key in (name, *aliases):
+            if key in _TABLES[library] or key in _ALIASES[library]:
+                raise ValueError(f"{library} metric {key!r} declared twice")
+            _ALIASES[library][key] = name
         _TABLES[library][name] = LibraryMetric(
             library=library,
             name=name,
@@ -134,8 +150,10 @@ def metric(
             precision=precision,
             parameter=parameter,
             always_suffixed=always_suffixed,
+            aliases=aliases,
             describe=describe,
             float32_targets=float32_targets,
+            weight_sum=weight_sum,
         )
         return function
 
@@ -154,8 +172,22 @@ def accepted(library: Library) -> str:
 
 
 def is_library_metric(name: str) -> bool:
+    return find(name) is not None
+
+
+def find(name: str) -> LibraryMetric | None:
+    """The first library's metric that `name` (with or without its parameters) names, by name or alias."""
     base = base_name(name)
-    return any(base in table for table in _TABLES.values())
+    for library in LIBRARIES:
+        if base in _ALIASES[library]:
+            return _TABLES[library][_ALIASES[library][base]]
+    return None
+
+
+def canonical(library: Library, name: str) -> str:
+    """The name the library's table keeps for `name` (an alias resolved), or `name` if none."""
+    base = base_name(name)
+    return _ALIASES[library].get(base, base)
 
 
 def lookup(convention: Convention, loss: str) -> tuple[LibraryMetric, dict[str, Any]]:
@@ -163,14 +195,15 @@ def lookup(convention: Convention, loss: str) -> tuple[LibraryMetric, dict[str, 
     library = typing.cast(Library, convention)
     title = LIBRARY_TITLES[library]
     base, at, suffix = loss.partition(SEPARATORS[library])
-    found = _TABLES[library].get(base)
+    key = _ALIASES[library].get(base)
+    found = None if key is None else _TABLES[library][key]
     if found is None:
         hint = ""
         if _is_catalogue_name(loss):
             hint = f" ({shown(loss)} is a catalogue loss: it takes convention keras or torch)"
         else:
             bare = base_name(loss)
-            others = [lib for lib in LIBRARIES if lib != library and bare in _TABLES[lib]]
+            others = [lib for lib in LIBRARIES if lib != library and bare in _ALIASES[lib]]
             if others:
                 hint = f" ({shown(bare)} is {LIBRARY_TITLES[others[0]]}'s metric: convention {others[0]!r})"
         raise LossInputError(
@@ -184,6 +217,11 @@ def lookup(convention: Convention, loss: str) -> tuple[LibraryMetric, dict[str, 
         raise LossInputError("loss", f"{title}'s {found.name} takes no @parameter, got {shown(loss)}")
     if not _NUMBER.fullmatch(suffix) or not math.isfinite(value := float(suffix)):
         raise LossInputError("loss", f"{shown(loss)}: the part after @ must be a number ({found.parameter})")
+    option = next(o for o in found.spec.options if o.name == found.parameter)
+    if option.type is int:
+        if value != int(value):
+            raise LossInputError("loss", f"{shown(loss)}: the part after @ must be an integer ({found.parameter})")
+        return found, {found.parameter: int(value)}
     return found, {found.parameter: value}
 
 
@@ -219,9 +257,10 @@ def bind(convention: Convention, loss: str, options: Mapping[str, Any] | None) -
 
 def _described_parameters(found: LibraryMetric, loss: str, suffix: str) -> dict[str, float]:
     """CatBoost's `Name:key=value;key=value`: each key one of the metric's parameters, once, each
-    value a number."""
+    value a number (an integer for an integer parameter)."""
     title = LIBRARY_TITLES[found.library]
-    names = [o.name for o in found.spec.options if o.name != "margin"]
+    types = {o.name: o.type for o in found.spec.options if o.name != "margin"}
+    names = list(types)
     if not names:
         raise LossInputError("loss", f"{title}'s {found.name} takes no parameters, got {shown(loss)}")
     parameters: dict[str, float] = {}
@@ -239,7 +278,12 @@ def _described_parameters(found: LibraryMetric, loss: str, suffix: str) -> dict[
             raise LossInputError("loss", f"{shown(loss)} sets {key} twice")
         if not _NUMBER.fullmatch(text) or not math.isfinite(value := float(text)):
             raise LossInputError("loss", f"{shown(loss)}: {key} must be a number, got {shown(text)}")
-        parameters[key] = value
+        if types[key] is int:
+            if value != int(value):
+                raise LossInputError("loss", f"{shown(loss)}: {key} must be an integer, got {shown(text)}")
+            parameters[key] = int(value)
+        else:
+            parameters[key] = value
     return parameters
 
 
@@ -258,10 +302,16 @@ def _check_type(option: OptionSpec, value: Any) -> None:
             raise LossInputError(f"options.{option.name}", f"must be a finite number, got {value!r}")
     elif isinstance(value, list):
         ok = list in accepted_types and bool(value) and all(_is_number(v) for v in value)
+    elif isinstance(value, str):
+        ok = value in _literals(option.type)
     else:
         ok = False
     if not ok:
         raise LossInputError(f"options.{option.name}", f"must be {option.type_name()}, got {shown(value)}")
+
+
+def _literals(annotation: Any) -> tuple[Any, ...]:
+    return typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else ()
 
 
 def _types(annotation: Any) -> set[Any]:

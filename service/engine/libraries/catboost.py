@@ -43,8 +43,7 @@ from service.engine.errors import LossInputError
 from service.engine.libraries.base import metric
 from service.engine.losses._shared import elementwise_loss
 from service.engine.losses.crossentropy import binary_crossentropy, binary_log_loss, sparse_categorical_crossentropy
-from service.engine.losses.deviance import tweedie_nloglik_terms
-from service.engine.losses.distribution import poisson_nll, poisson_terms
+from service.engine.losses.distribution import poisson_nll, poisson_terms, tweedie_nloglik_terms
 from service.engine.losses.regression import mean_absolute_error, mean_squared_error, pinball
 from service.engine.options import Doc, Probability, Range
 from service.engine.reduction import Array, LossValues

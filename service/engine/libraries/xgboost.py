@@ -52,8 +52,8 @@ from service.engine.errors import LossInputError
 from service.engine.libraries.base import MARGIN_DOC, metric
 from service.engine.losses._shared import elementwise_loss
 from service.engine.losses.crossentropy import binary_log_loss, nll
-from service.engine.losses.deviance import tweedie_nloglik_terms, unit_deviance
-from service.engine.losses.distribution import poisson_terms
+from service.engine.losses.deviance import unit_deviance
+from service.engine.losses.distribution import gamma_nloglik_terms, poisson_terms, tweedie_nloglik_terms
 from service.engine.losses.regression import (
     absolute_percentage_errors,
     mean_absolute_error,
@@ -412,13 +412,8 @@ def gamma_nloglik(
     check_same_shape(predictions, labels)
     check_positive(labels, "labels", "gamma labels")
     p = _exp(predictions, margin, "gamma means")
-
-    def formula(p: Array, y: Array) -> Array:
-        theta = -1 / np.maximum(p, p.dtype.type(GAMMA_FLOOR))
-        b = -np.log(-theta)
-        return -(y * theta - b)
-
-    return LossValues(elementwise_loss(p, labels, "torch", formula))
+    floor = p.dtype.type(GAMMA_FLOOR)
+    return LossValues(elementwise_loss(p, labels, "torch", lambda p, y: gamma_nloglik_terms(np.maximum(p, floor), y)))
 
 
 @metric("xgboost", "gamma-deviance", loss="gamma_deviance", link="exp (reg:gamma)", precision=PER_ROW)
@@ -488,7 +483,6 @@ def tweedie_nloglik(
     p = np.exp(predictions) if margin else predictions
     check_positive(p, "predictions", "Tweedie means" + (" (exp of the margins)" if margin else ""))
     rho = p.dtype.type(_f32(tweedie_variance_power))
-
     return LossValues(elementwise_loss(p, labels, "torch", lambda p, y: tweedie_nloglik_terms(np.log(p), y, rho)))
 
 

@@ -53,10 +53,11 @@ ClassWeight = Annotated[
 ]
 
 
-def binary_log_loss(labels: Array, log_p: Array, log_q: Array) -> Array:
+def binary_log_loss(labels: Array, log_p: Array, log_q: Array, complement: Array | None = None) -> Array:
     """-(y log p + (1 - y) log(1 - p)) from the two logs, clipped as each convention clips them:
-    Keras from clip(p, 1e-7, 1 - 1e-7); XGBoost's `logloss` from max(p, 1e-16), max(1 - p, 1e-16)."""
-    return -(labels * log_p + (1.0 - labels) * log_q)
+    Keras from clip(p, 1e-7, 1 - 1e-7); XGBoost's `logloss` from max(p, 1e-16), max(1 - p, 1e-16).
+    `complement`: 1 - y as the library computes it (LightGBM's cross_entropy: in float32)."""
+    return -(labels * log_p + ((1.0 - labels) if complement is None else complement) * log_q)
 
 
 def _check_probabilities(predictions: Array, from_logits: bool) -> None:

@@ -9,7 +9,7 @@ np.average, sum(w l) / sum(w), under either convention.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 
@@ -63,15 +63,6 @@ def _tweedie(predictions: Array, labels: Array, convention: Convention, power: f
     with np.errstate(divide="ignore", invalid="ignore"):
         values = elementwise_loss(predictions, labels, convention, lambda p, y: unit_deviance(p, y, power))
     return LossValues(values, weighted_average=True)
-
-
-def tweedie_nloglik_terms(log_mu: Array, y: Array, rho: float | np.floating[Any]) -> Array:
-    """-y exp((1 - rho) log mu) / (1 - rho) + exp((2 - rho) log mu) / (2 - rho): the Tweedie negative
-    log-likelihood without its label-only terms, from the log of the mean (XGBoost's
-    `tweedie-nloglik` from log p, CatBoost's `Tweedie` from the raw value). `rho` in the array's dtype."""
-    a = y * np.exp((1 - rho) * log_mu) / (1 - rho)
-    b = np.exp((2 - rho) * log_mu) / (2 - rho)
-    return -a + b
 
 
 @register("tweedie_deviance", aliases=("mean_tweedie_deviance",))

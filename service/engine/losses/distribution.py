@@ -7,7 +7,7 @@ torch/nn/functional.py (poisson_nll_loss, gaussian_nll_loss, kl_div).
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 
@@ -45,6 +45,25 @@ def poisson_terms(p: Array, y: Array, log_p: Array) -> Array:
     """p - y log p, the Poisson negative log-likelihood without log(y!), from each convention's log p:
     Keras's log(p + 1e-7); XGBoost's `poisson-nloglik` log(max(p, 1e-16)) (which adds lgamma(y + 1))."""
     return p - y * log_p
+
+
+def gamma_nloglik_terms(p: Array, y: Array) -> Array:
+    """-(y theta - b) with theta = -1 / p, b = -log(-theta): y / p + log p, the gamma negative
+    log-likelihood with dispersion 1 as the boosting libraries write it (XGBoost's `gamma-nloglik`
+    from max(p, 1e-6); LightGBM's `gamma`, which subtracts its float32 log residue)."""
+    theta = -1 / p
+    b = -np.log(-theta)
+    return -(y * theta - b)
+
+
+def tweedie_nloglik_terms(log_p: Array, y: Array, rho: float | np.floating[Any]) -> Array:
+    """-y exp((1 - rho) log p) / (1 - rho) + exp((2 - rho) log p) / (2 - rho): the Tweedie negative
+    log-likelihood without its label-only terms, from the log of the mean (XGBoost's
+    `tweedie-nloglik` and LightGBM's `tweedie` from log p, CatBoost's `Tweedie` from the raw value).
+    `rho` in the array's dtype, or a Python float."""
+    a = y * np.exp((1 - rho) * log_p) / (1 - rho)
+    b = np.exp((2 - rho) * log_p) / (2 - rho)
+    return -a + b
 
 
 @register("poisson_nll", aliases=("poisson_nll_loss",))
