@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from service.cli import MALLOC_SETTINGS
+from service.server.boot import MALLOC_SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import os
-import shutil
-import signal
 import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,10 +15,9 @@ import numpy as np
 import orjson
 
 from service import __version__
-from service.config import Settings
-from service.datasets import DEFAULT_MAX_GROUPS
 from service.engine.conventions import CONVENTIONS
-from service.files import (
+from service.offline.datasets import DEFAULT_MAX_GROUPS
+from service.offline.files import (
     READABLE,
     FileFormatError,
     check_destination,
@@ -32,123 +27,20 @@ from service.files import (
     refuse_overlap,
     write_array,
 )
-
-# prometheus-client's multiprocess files: counter_<pid>.db, gauge_livesum_<pid>.db, ...
-METRICS_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
-
-
-def _prepare_metrics_dir(directory: Path) -> None:
-    """Every worker writes its metrics here; a fresh start must not inherit a previous run's counts.
-
-    Only prometheus-client's own files are removed, never the directory or anything else in it:
-    LOSS_SERVICE_METRICS_DIR set by mistake to a directory that matters must not cost its contents."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for pattern in METRICS_FILES:
-        for stale in directory.glob(pattern):
-            stale.unlink(missing_ok=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-
-
-# glibc malloc settings for the server: (environment variable, mallopt parameter number, value).
-MALLOC_SETTINGS = (
-    ("MALLOC_ARENA_MAX", -8, 2),
-    ("MALLOC_MMAP_THRESHOLD_", -3, 32 << 20),
-    ("MALLOC_TRIM_THRESHOLD_", -1, 64 << 20),
-)
-
-
-def _tune_malloc() -> None:
-    """Set glibc's malloc for this process (mallopt) and, by environment, for spawned workers.
-
-    - At most 2 arenas: otherwise requests computed in worker threads each get an arena (up to 8
-      per core) and freed memory stays in them, so workers grow without levelling off under load
-      (docs/security.md has the load test's figures).
-    - Buffers up to 32 MiB come from the heap, and up to 64 MiB freed at its top is kept: by
-      default glibc gives a large body's buffers back to the kernel after each request and the
-      next one faults them in again, thousands of page faults per request of a few MB
-      (docs/performance.md has the figures). The cost: up to 64 MiB of freed heap stays resident
-      per worker.
-
-    A variable the operator set is left alone; on another C library this does nothing.
-    """
-    try:
-        libc: Any = ctypes.CDLL("libc.so.6")
-    except OSError:
-        libc = None  # not glibc: its allocator has its own policy
-    for variable, parameter, value in MALLOC_SETTINGS:
-        if variable in os.environ:
-            continue
-        os.environ[variable] = str(value)
-        if libc is not None:
-            with contextlib.suppress(AttributeError):  # a libc without mallopt
-                libc.mallopt(parameter, value)
+from service.values.results import LossResult
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from service.server.boot import serve
 
-    from service.protocol import HeaderDeadlineProtocol
-
-    settings = Settings()
-    workers = args.workers or settings.workers
-    # Each worker reads its Settings anew: --workers must reach them (engine threads, gRPC's SO_REUSEPORT).
-    os.environ["LOSS_SERVICE_WORKERS"] = str(workers)
-    metrics_dir = _metrics_dir(settings, workers)
-    _tune_malloc()
-    # uvicorn drains, then re-raises the signal that stopped it; a clean drain should exit 0
-    # (orchestrators read a signal exit as a crash), so these handlers absorb that re-raise.
-    for stop_signal in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(stop_signal, lambda *_: None)
-    try:
-        uvicorn.run(
-            "service.app:create_app",
-            factory=True,
-            host=args.host or settings.host,
-            port=args.port if args.port is not None else settings.port,
-            workers=workers,
-            log_level=settings.log_level,
-            http=HeaderDeadlineProtocol,
-            loop="uvloop",
-            timeout_graceful_shutdown=int(settings.shutdown_timeout) or None,
-            access_log=False,  # the app logs one JSON line per request instead
-            ssl_certfile=args.ssl_certfile or settings.ssl_certfile,
-            ssl_keyfile=args.ssl_keyfile or settings.ssl_keyfile,
-        )
-    finally:
-        if metrics_dir is not None and settings.metrics_dir is None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-    return 0
-
-
-def _metrics_dir(settings: Settings, workers: int) -> Path | None:
-    """Where workers share their metrics, or None when one worker keeps them in memory.
-
-    A single worker needs no shared files, and prometheus-client's in-memory values cost a small
-    request less than its shared files do.
-    Without a configured directory, each server gets its own, so two services on one host never
-    wipe or merge each other's metrics; it is removed when the server stops.
-    """
-    if workers == 1:
-        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # not inherited from a parent's setup either
-        return None
-    directory = Path(settings.metrics_dir or Path(tempfile.gettempdir()) / f"loss-service-metrics-{os.getpid()}")
-    _prepare_metrics_dir(directory)
-    return directory
+    return serve(args.host, args.port, args.workers, args.ssl_certfile, args.ssl_keyfile)
 
 
 def _new_key(args: argparse.Namespace) -> int:
-    from service.api.access import KeyEntry, digest, new_key
+    from service.server.keys import key_entry
 
-    key = new_key()
-    fields: dict[str, Any] = {
-        "name": args.name,
-        "key_sha256": digest(key),
-        "scopes": [part.strip() for part in args.scopes.split(",") if part.strip()],
-    }
-    if args.models:
-        fields["models"] = [part.strip() for part in args.models.split(",") if part.strip()]
     try:
-        KeyEntry.model_validate(fields)
+        key, fields = key_entry(args.name, args.scopes, args.models)
     except ValueError as exc:
         print(f"loss-service keys new: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -194,38 +86,22 @@ def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
-def _compute_locally(args: argparse.Namespace, arrays: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    from service.api.schemas import options_model
-    from service.engine import LIBRARIES, compute, loss_name, resolve
+def _compute_locally(args: argparse.Namespace, arrays: dict[str, Any], options: dict[str, Any]) -> LossResult:
+    from service.engine import compute
+    from service.option_models import checked_options
 
-    if args.convention in LIBRARIES:  # a library metric: the engine checks its options
-        name, checked, loss = loss_name(args.loss, args.convention, options), options, args.loss
-    else:
-        spec = resolve(args.loss)
-        name, loss = spec.name, spec.name
-        checked = options_model(spec).model_validate(options).model_dump()
-    reduced = compute(loss, **arrays, options=checked, dtype=args.dtype, convention=args.convention)
-    return {
-        "loss": name,
-        "per_sample": reduced.per_sample.astype(np.float64),
-        "mean": reduced.mean,
-        "sum": reduced.sum,
-        "count": reduced.count,
-        "denominator": reduced.denominator,
-        "aggregate": reduced.aggregate,
-        "dtype": args.dtype,
-        "convention": args.convention,
-    }
+    checked = checked_options(args.loss, args.convention, options)
+    return compute(args.loss, **arrays, options=checked, dtype=args.dtype, convention=args.convention)
 
 
-def _compute_remotely(args: argparse.Namespace, arrays: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+def _compute_remotely(args: argparse.Namespace, arrays: dict[str, Any], options: dict[str, Any]) -> LossResult:
     from service.client import LossClient
 
     with LossClient(args.url, api_key=args.api_key, chunk_size=args.chunk_size, progress=args.progress) as client:
         result = client.loss(
             args.loss, dtype=args.dtype, convention=args.convention, model=args.model, **arrays, **options
         )
-    return dict(vars(result))
+    return result
 
 
 def _report(result: dict[str, Any], head: int) -> str:
@@ -338,7 +214,7 @@ def _compute_checked(args: argparse.Namespace) -> int:
     except FileFormatError as exc:
         return _usage(str(exc))
     try:
-        result = (_compute_remotely if args.url else _compute_locally)(args, arrays, options)
+        result = (_compute_remotely if args.url else _compute_locally)(args, arrays, options).answer()
     except (LossInputError, UnknownLossError) as exc:
         return _invalid(str(exc))
     except ValidationError as exc:
@@ -364,9 +240,9 @@ def _compute_checked(args: argparse.Namespace) -> int:
 def _compute_dataset(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from service.api.schemas import options_model
-    from service.datasets import DatasetError, Spec, evaluate_dask, evaluate_dataset
-    from service.engine import LIBRARIES, LossInputError, UnknownLossError, resolve
+    from service.engine import LossInputError, UnknownLossError
+    from service.offline.datasets import DatasetError, Spec, evaluate_dask, evaluate_dataset
+    from service.option_models import checked_options
 
     if not (args.predictions_column and args.labels_column):
         return _usage("--dataset needs --predictions-column and --labels-column")
@@ -378,8 +254,7 @@ def _compute_dataset(args: argparse.Namespace) -> int:
         return _usage("--per-sample-out is written by the local scan; it cannot be used with --scheduler")
     try:
         options = _parse_options(args.option)
-        if args.convention not in LIBRARIES:  # a library metric's options are the engine's to check
-            options = options_model(resolve(args.loss)).model_validate(options).model_dump()
+        options = checked_options(args.loss, args.convention, options)
         spec = Spec(
             args.loss,
             args.predictions_column,
@@ -427,7 +302,7 @@ def _progress_bar(args: argparse.Namespace, spec: Any) -> Any:
     except ImportError:
         yield None
         return
-    from service.datasets import DatasetError, open_dataset
+    from service.offline.datasets import DatasetError, open_dataset
 
     try:
         total = open_dataset(args.dataset, spec).count_rows()

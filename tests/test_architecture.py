@@ -1,5 +1,7 @@
 """The layers stay apart: the engine knows nothing of HTTP or storage, the store nothing of HTTP or
-losses, the use cases nothing of HTTP or gRPC. And the page that draws them, docs/architecture.md,
+losses, the use cases nothing of HTTP or gRPC; the client nothing of the server or the offline code,
+the offline code nothing but the engine, the CLI nothing of the HTTP layer. And the page that draws
+them, docs/architecture.md,
 lists every module from its docstring."""
 
 from __future__ import annotations
@@ -28,6 +30,16 @@ FORBIDDEN = {
     # those below, never an HTTP or gRPC module nor a transport's framework.
     "usecases": ("fastapi", "starlette", "grpc", "service.api", "service.grpc", "service.app", "service.protocol"),
     "monitoring": ("fastapi", "service.api", "service.grpc", "service.usecases", "service.app"),
+    # Below everything: values any room may hold.
+    "values": ("service.", "fastapi", "starlette", "pydantic", "prometheus_client"),
+}
+SERVER = ("service.api", "service.app", "service.store", "service.monitoring", "service.grpc", "service.protocol")
+SERVER += ("service.usecases", "service.server", "service.config")
+SERVER += ("fastapi", "starlette", "uvicorn", "prometheus_client")
+# Rooms by audience: what each may not import, function-level imports included.
+ROOMS = {
+    "client": (*SERVER, "service.offline", "service.engine", "service.option_models", "service.cli"),
+    "offline": (*SERVER, "service.client", "service.cli"),
 }
 
 
@@ -52,6 +64,43 @@ def test_a_package_imports_nothing_above_it(package: str) -> None:
     for path in files:
         for name in imported_modules(path):
             assert not name.startswith(FORBIDDEN[package]), f"{path.relative_to(SERVICE)} imports {name}"
+
+
+def within(name: str, modules: tuple[str, ...]) -> bool:
+    """`name` is one of `modules` or inside one (service.client is not inside service.cli)."""
+    return any(name == module or name.startswith(module + ".") for module in modules)
+
+
+@pytest.mark.parametrize("room", sorted(ROOMS))
+def test_the_client_and_offline_rooms_import_nothing_of_the_server(room: str) -> None:
+    files = sorted((SERVICE / room).rglob("*.py"))
+    assert files
+    for path in files:
+        for name in imported_modules(path):
+            assert not within(name, ROOMS[room]), f"{path.relative_to(SERVICE)} imports {name}"
+
+
+def test_the_cli_imports_nothing_of_the_http_layer() -> None:
+    names = imported_modules(SERVICE / "cli.py")
+    assert "service.server.boot" in names  # seen: imports inside functions count
+    assert not [name for name in names if within(name, ("service.api", "fastapi", "starlette", "uvicorn"))]
+
+
+def test_the_client_loads_without_the_engine_or_the_server() -> None:
+    """Importing the client costs no catalogue and no server: a fresh interpreter shows what it loads."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, service.client; print(' '.join(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout.split()
+    ours = [name for name in loaded if name.startswith("service")]
+    assert not [name for name in ours if within(name, ROOMS["client"])], ours
+    assert not [name for name in loaded if name.split(".")[0] in ("fastapi", "starlette", "pydantic", "uvicorn")]
 
 
 @pytest.mark.parametrize("module", sorted(TRANSPORT_FREE))

@@ -164,7 +164,7 @@ def test_the_key_may_come_from_the_environment_not_the_command_line(
 def test_starting_clears_only_metrics_files_from_the_metrics_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.cli import _prepare_metrics_dir
+    from service.server.boot import prepare_metrics_dir
 
     # It points PROMETHEUS_MULTIPROC_DIR at the directory; later tests' apps must not inherit that.
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "unset by monkeypatch at the end")
@@ -175,6 +175,6 @@ def test_starting_clears_only_metrics_files_from_the_metrics_directory(
     (tmp_path / "sub" / "counter_1.db").write_bytes(b"x")
     for stale in ("counter_12.db", "gauge_livesum_12.db", "histogram_12.db"):
         (tmp_path / stale).write_bytes(b"x")
-    _prepare_metrics_dir(tmp_path)
+    prepare_metrics_dir(tmp_path)
     left = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*"))
     assert left == ["notes.txt", "sub", "sub/counter_1.db"]

@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from service.cli import build_parser, main
-from service.datasets import DEFAULT_MAX_GROUPS, DatasetError, Spec, evaluate_dask, evaluate_dataset
-from service.files import OutputError
+from service.offline.datasets import DEFAULT_MAX_GROUPS, DatasetError, Spec, evaluate_dask, evaluate_dataset
+from service.offline.files import OutputError
 
 RNG = np.random.default_rng(29)
 ROWS = 40
@@ -327,11 +327,11 @@ def test_max_groups_bounds_the_segments_kept(
     pq.write_table(table(rows, id=np.arange(rows)), tmp_path / "d.parquet")
     args = [*DATASET, "--dataset", str(tmp_path / "d.parquet"), "--group-by", "id"]
     # The engine runs once for the batch, not once per segment found before the limit is seen.
-    import service.datasets
+    import service.offline.datasets
 
     calls = []
-    engine = service.datasets.compute
-    monkeypatch.setattr(service.datasets, "compute", lambda *a, **k: calls.append(1) or engine(*a, **k))
+    engine = service.offline.datasets.compute
+    monkeypatch.setattr(service.offline.datasets, "compute", lambda *a, **k: calls.append(1) or engine(*a, **k))
     code, _, err = run(capsys, *args, "--max-groups", "10")
     assert (code, len(err)) == (3, 1), err
     assert "d.parquet: row 10: more segments of id than the 10 allowed (--max-groups)" in err[0]

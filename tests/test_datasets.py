@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from service.cli import main as cli
-from service.datasets import (
+from service.offline.datasets import (
     SKETCH_ACCURACY,
     DatasetError,
     Spec,

@@ -25,11 +25,10 @@ import numpy as np
 import pytest
 
 from service.app import create_app
-from service.client import LossResult, _combine
 from service.config import Settings
-from service.datasets import Totals
 from service.engine import LossInputError, compute, libraries, loss_name
 from service.engine.libraries import base, lightgbm
+from service.values.results import Totals, combine
 from tests.boosted import assert_refused
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "lightgbm_reference.json").read_text())
@@ -215,15 +214,11 @@ def _chunks(loss: str, p: Any, y: Any, w: Any, cuts: tuple[int, ...]) -> list[An
     return [compute(loss, p[a:b], y[a:b], sample_weight=w[a:b], convention="lightgbm", chunk=True) for a, b in bounds]
 
 
-def _recombined(loss: str, parts: list[Any]) -> tuple[float, float]:
-    results = [
-        LossResult(loss, r.per_sample, r.mean, r.sum, r.count, r.denominator, "float64", "lightgbm", r.aggregate)
-        for r in parts
-    ]
+def _recombined(parts: list[Any]) -> tuple[float, float]:
     totals = Totals()
     for r in parts:
-        totals.add(r, 1)
-    return _combine(results).mean, totals.mean()  # the client; datasets and the CLI
+        totals.add(r)
+    return combine(parts).mean, totals.mean()  # the client; datasets and the CLI
 
 
 def test_gamma_deviance_is_a_weighted_sum_and_chunks_add_their_sums() -> None:
@@ -237,7 +232,7 @@ def test_gamma_deviance_is_a_weighted_sum_and_chunks_add_their_sums() -> None:
     assert whole.denominator == pytest.approx(np.sum(w32), rel=1e-15)  # reported, not divided by
     parts = _chunks("gamma_deviance", p, y, w, (25,))
     assert parts[0].mean == parts[0].sum
-    for combined in _recombined("gamma_deviance", parts):
+    for combined in _recombined(parts):
         assert combined == pytest.approx(whole.mean, rel=1e-13)
     zero = compute("gamma_deviance", p[:2], y[:2], sample_weight=[0.0, 0.0], convention="lightgbm")
     assert (zero.mean, zero.denominator) == (0.0, 0.0)  # a sum of nothing, not 0/0
@@ -247,7 +242,7 @@ def test_rmse_chunks_recombine_before_the_root() -> None:
     rng = np.random.default_rng(4)
     p, y, w = rng.normal(size=50), rng.normal(size=50), rng.uniform(0.1, 3.0, 50)
     whole = compute("rmse", p, y, sample_weight=w, convention="lightgbm")
-    for combined in _recombined("rmse", _chunks("rmse", p, y, w, (20,))):
+    for combined in _recombined(_chunks("rmse", p, y, w, (20,))):
         assert combined == pytest.approx(whole.mean, rel=1e-14)
 
 

@@ -25,10 +25,9 @@ import pytest
 
 from service.api.schemas import loss_request_adapter
 from service.app import create_app
-from service.client import LossResult, _combine
 from service.config import Settings
-from service.datasets import Totals
 from service.engine import LossInputError, compute, libraries, loss_name
+from service.values.results import Totals, combine
 from tests.boosted import assert_refused
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "xgboost_reference.json").read_text())
@@ -101,14 +100,10 @@ def test_rmse_is_the_root_of_the_weighted_mean_and_chunks_recombine_before_the_r
         compute("rmse", p[a:b], y[a:b], sample_weight=w[a:b], convention="xgboost", chunk=True)
         for a, b in ((0, 20), (20, 50))
     ]
-    results = [
-        LossResult("rmse", r.per_sample, r.mean, r.sum, r.count, r.denominator, "float64", "xgboost", r.aggregate)
-        for r in parts
-    ]
-    assert _combine(results).mean == pytest.approx(whole.mean, rel=1e-14)  # the client
+    assert combine(parts).mean == pytest.approx(whole.mean, rel=1e-14)  # the client
     totals = Totals()
     for r in parts:
-        totals.add(r, 1)
+        totals.add(r)
     assert totals.mean() == pytest.approx(whole.mean, rel=1e-14)  # datasets and the CLI
 
 

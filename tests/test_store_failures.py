@@ -314,11 +314,11 @@ async def test_a_stopped_postgresql_answers_503_and_recovers_after_its_restart(
 def test_the_client_retries_507_on_log_calls_as_retry_after_says_but_not_on_a_loss(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import service.client
+    import service.client.http
     from service.client import InsufficientStorageError, LossClient
 
     slept: list[float] = []
-    monkeypatch.setattr(service.client.time, "sleep", slept.append)
+    monkeypatch.setattr(service.client.http.time, "sleep", slept.append)
     seen: list[httpx.Request] = []
     full = {"type": "about:blank", "title": "Insufficient Storage", "status": 507, "detail": "disk is full"}
     logged = {"accepted": 1, "duplicates": 0, "duplicate_ids": [], "joined": 0, "joined_ids": [], "results": []}
@@ -342,7 +342,7 @@ def test_the_logger_waits_as_long_as_the_service_asks_before_sending_again() -> 
     import threading
 
     from service.client import InsufficientStorageError
-    from service.logger import PredictionLogger
+    from service.client.logger import PredictionLogger
 
     attempts: list[list[Any]] = []
     second = threading.Event()

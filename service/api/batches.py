@@ -14,12 +14,12 @@ from fastapi import Request
 
 from service.api.access import authorize
 from service.api.policy import RequestContext, context_of
-from service.engine import Reduced
+from service.engine import LossResult
 from service.monitoring import Monitor
 from service.usecases.compute import abandoned_when, compute_bytes, compute_loss, record_batch, request_values
 
 
-def run_loss(request: Any, monitor: Monitor, context: RequestContext) -> tuple[str, Reduced]:
+def run_loss(request: Any, monitor: Monitor, context: RequestContext) -> tuple[str, LossResult]:
     """Compute a validated loss request (a generated `<Loss>Request` model) and record it.
 
     `context`: the request's, where the access log finds model, loss and batch size, and whose

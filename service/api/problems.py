@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.usecases.errors import clipped, shown
+from service.values.text import clipped, shown  # the HTTP layer's messages clip as every room's do
 
 __all__ = ["ProblemError", "clipped", "shown"]
 

@@ -1,4 +1,6 @@
-"""Response helpers shared by the v1 routes: loss results as JSON, and their OpenAPI descriptions."""
+"""Response helpers shared by the v1 routes: JSON responses, and their OpenAPI descriptions.
+
+A loss result's JSON fields are its own (`LossResult.answer`, in `service.values.results`)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,6 @@ from fastapi.responses import Response
 
 from service.api.body import ARROW_MEDIA_TYPE, NPZ_MEDIA_TYPE
 from service.api.guards import REFUSALS
-from service.usecases.compute import loss_result
-
-__all__ = ["BINARY_QUERY_PARAMETERS", "PROBLEM_RESPONSES", "json_body", "json_response", "loss_result"]
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {

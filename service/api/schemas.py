@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import types
 import typing
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -11,7 +10,6 @@ from functools import cache
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AliasChoices,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -27,52 +25,21 @@ from pydantic_core import PydanticCustomError
 
 from service.api.arrays import NumericArray, kind_of
 from service.api.problems import shown
-from service.engine import FRAMEWORKS, LIBRARIES, Aggregate, Convention, DType, LossSpec, OptionSpec, catalogue
+from service.engine import FRAMEWORKS, LIBRARIES, Aggregate, Convention, DType, LossSpec, catalogue
 from service.engine.conventions import Framework
 from service.engine.libraries import LIBRARY_TITLES, SEPARATORS, LibraryMetric, base_name, canonical, metrics
+from service.option_models import (
+    FIELDS_ONLY,
+    few_unknown_keys,
+    library_options_model,
+    metric_title,
+    options_model,
+    title,
+)
+from service.option_models import UNKNOWN_KEYS as UNKNOWN_KEYS  # the error handler names them
 
 MODEL_LABEL_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 MAX_LOSSES_PER_EVALUATE = 32
-# Pydantic builds an error for every unknown key of an object, and for every bad element of a list
-# or dict (~1.4 KB each once listed: a 3 MB body of a million negative weights held 1.6 GB before
-# its 422). An object with more unknown keys than this is refused in one error naming the first,
-# and option lists and dicts stop at their first bad element (`fail_fast`).
-MAX_UNKNOWN_KEYS = 20
-UNKNOWN_KEYS = "unknown_keys"  # the error type of such an object
-
-
-@cache
-def _known_keys(model: type[BaseModel]) -> frozenset[str]:
-    """The keys an object of `model` may hold: its fields' names and their aliases."""
-    keys: set[str] = set()
-    for name, info in model.__pydantic_fields__.items():
-        keys.add(name)
-        choices = info.validation_alias.choices if isinstance(info.validation_alias, AliasChoices) else []
-        keys.update(choice for choice in choices if isinstance(choice, str))
-        keys.update(alias for alias in (info.alias, info.validation_alias) if isinstance(alias, str))
-    return frozenset(keys)
-
-
-def _few_unknown_keys(model: type[BaseModel], data: Any) -> Any:
-    """Refuse, in one error, an object with more than MAX_UNKNOWN_KEYS keys that are not fields of
-    `model`; fewer are left to Pydantic, which names each."""
-    if type(data) is dict and len(data) > MAX_UNKNOWN_KEYS:
-        known = _known_keys(model)
-        unknown = [key for key in data if key not in known]
-        if len(unknown) > MAX_UNKNOWN_KEYS:
-            raise PydanticCustomError(
-                UNKNOWN_KEYS,
-                "Extra inputs are not permitted: {count} keys are not fields of this object, the first {first}",
-                {"count": f"{len(unknown):,}", "first": shown(str(unknown[0]))},
-            )
-    return data
-
-
-def _fields_only(cls: type[BaseModel], data: Any) -> Any:
-    return _few_unknown_keys(cls, data)
-
-
-FIELDS_ONLY: dict[str, Any] = {"_fields_only": model_validator(mode="before")(_fields_only)}
 
 
 class Batch(BaseModel):
@@ -84,7 +51,7 @@ class Batch(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _fields_only(cls, data: Any) -> Any:
-        return _few_unknown_keys(cls, data)
+        return few_unknown_keys(cls, data)
 
     predictions: NumericArray = Field(description="Model outputs: probabilities, logits or values, one row per sample.")
     labels: NumericArray = Field(description="Targets: class indices, one-hot/soft vectors or values, per the loss.")
@@ -283,60 +250,6 @@ def library_metric_info(metric: LibraryMetric) -> LibraryMetricInfo:
     )
 
 
-def _bounded(annotation: Any, bounds: dict[str, float]) -> Any:
-    """Attach numeric bounds to the numbers inside `annotation` (float, list[float], float | None)."""
-    if not bounds:
-        return annotation
-    if annotation in (int, float):
-        return Annotated[annotation, Field(**bounds)]  # type: ignore[call-overload]
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return typing.Union[tuple(_bounded(a, bounds) for a in args)]  # noqa: UP007
-    if origin is list:
-        return list[_bounded(args[0], bounds)]  # type: ignore[misc]
-    if origin is dict:
-        return dict[args[0], _bounded(args[1], bounds)]  # type: ignore[misc,valid-type]
-    return annotation
-
-
-def _option_field(option: OptionSpec) -> tuple[Any, Any]:
-    bounds = {}
-    if option.range is not None:
-        bounds = {k: v for k, v in vars(option.range).items() if v is not None}
-    description = option.doc
-    if option.only_under:
-        description += f" (only under convention {option.only_under!r})"
-    alias = AliasChoices(option.name, *option.aliases) if option.aliases else None
-    annotation = _fail_fast(_bounded(option.type, bounds))
-    return annotation, Field(default=option.default, description=description, validation_alias=alias)
-
-
-def _fail_fast(annotation: Any) -> Any:
-    """`annotation` with each list and dict in it stopping at its first bad element."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return typing.Union[tuple(_fail_fast(a) for a in args)]  # noqa: UP007
-    if origin in (list, dict):
-        return Annotated[annotation, Field(fail_fast=True)]
-    return annotation
-
-
-def _camel(name: str) -> str:
-    return "".join(part.capitalize() for part in name.split("_"))
-
-
-@cache
-def options_model(spec: LossSpec) -> type[BaseModel]:
-    fields = {o.name: _option_field(o) for o in spec.options}
-    return create_model(  # type: ignore[call-overload,no-any-return]
-        f"{_camel(spec.name)}Options",
-        __config__=ConfigDict(extra="forbid", strict=True, populate_by_name=True),
-        __doc__=f"Options of {spec.name}.",
-        __validators__=FIELDS_ONLY,
-        **fields,
-    )
-
-
 def _loss_field(spec: LossSpec) -> tuple[Any, Any]:
     names = (spec.name, *spec.aliases)
     return Literal[names], Field(description=f"{spec.summary} Also accepted: {', '.join(spec.aliases) or 'no alias'}.")
@@ -347,7 +260,7 @@ def loss_call_model(spec: LossSpec) -> type[BaseModel]:
     """`{"loss": ..., "options": {...}}` for one loss: an item of /v1/evaluate's `losses`."""
     options = options_model(spec)
     return create_model(
-        f"{_camel(spec.name)}Call",
+        f"{title(spec.name)}Call",
         __config__=ConfigDict(extra="forbid"),
         __validators__=FIELDS_ONLY,
         loss=_loss_field(spec),
@@ -360,7 +273,7 @@ def loss_request_model(spec: LossSpec) -> type[BaseModel]:
     """The whole /v1/loss body for one loss."""
     options = options_model(spec)
     return create_model(
-        f"{_camel(spec.name)}Request",
+        f"{title(spec.name)}Request",
         __base__=Batch,
         loss=_loss_field(spec),
         convention=(
@@ -382,10 +295,6 @@ def library_tag(convention: str, loss: str) -> str:
     return f"{convention}:{base_name(loss)}"
 
 
-def _metric_title(metric: LibraryMetric) -> str:
-    return "".join(part.capitalize() for part in re.split(r"[-_]", metric.name)) + metric.library.capitalize()
-
-
 def _metric_loss_field(metric: LibraryMetric) -> tuple[Any, Any]:
     number = r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?"
     # Optional even where the library requires it: the engine's refusal says how to write it.
@@ -401,22 +310,10 @@ def _metric_loss_field(metric: LibraryMetric) -> tuple[Any, Any]:
 
 
 @cache
-def library_options_model(metric: LibraryMetric) -> type[BaseModel]:
-    fields = {o.name: _option_field(o) for o in metric.spec.options}
-    return create_model(  # type: ignore[call-overload,no-any-return]
-        f"{_metric_title(metric)}Options",
-        __config__=ConfigDict(extra="forbid", strict=True, populate_by_name=True),
-        __doc__=f"Options of {LIBRARY_TITLES[metric.library]}'s {metric.name}.",
-        __validators__=FIELDS_ONLY,
-        **fields,
-    )
-
-
-@cache
 def library_call_model(metric: LibraryMetric) -> type[BaseModel]:
     options = library_options_model(metric)
     return create_model(
-        f"{_metric_title(metric)}Call",
+        f"{metric_title(metric)}Call",
         __config__=ConfigDict(extra="forbid"),
         __validators__=FIELDS_ONLY,
         loss=_metric_loss_field(metric),
@@ -429,7 +326,7 @@ def library_request_model(metric: LibraryMetric) -> type[BaseModel]:
     options = library_options_model(metric)
     convention: Any = Literal[metric.library]
     return create_model(
-        f"{_metric_title(metric)}Request",
+        f"{metric_title(metric)}Request",
         __base__=Batch,
         loss=_metric_loss_field(metric),
         convention=(convention, Field(description=f"{LIBRARY_TITLES[metric.library]}'s numerics.")),
@@ -640,7 +537,7 @@ class PredictionsLog(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _fields_only(cls, data: Any) -> Any:
-        return _few_unknown_keys(cls, data)
+        return few_unknown_keys(cls, data)
 
     ids: RowIds
     predictions: NumericArray = Field(description="One row per id; the model's first predictions fix the row shape.")
@@ -657,7 +554,7 @@ class LabelsLog(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _fields_only(cls, data: Any) -> Any:
-        return _few_unknown_keys(cls, data)
+        return few_unknown_keys(cls, data)
 
     ids: RowIds
     labels: NumericArray = Field(description="One label row per id; the model's first labels fix the row shape.")

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,12 +14,13 @@ from numpy.typing import ArrayLike
 
 from service.engine import libraries
 from service.engine import losses as _losses  # noqa: F401  (fills the catalogue)
-from service.engine.checks import check_not_empty
+from service.engine.checks import check_not_empty, first_nonfinite
 from service.engine.conventions import CONVENTIONS, DTYPES, FRAMEWORKS, LIBRARIES, Convention, DType
 from service.engine.errors import LossInputError, UnknownLossError
 from service.engine.parallel import available_cores, loss_values, set_threads
-from service.engine.reduction import Aggregate, Array, Reduced, aggregate_mean, reduce, reduce_library
+from service.engine.reduction import Array, reduce, reduce_library
 from service.engine.registry import LossSpec, OptionSpec, catalogue, resolve
+from service.values.results import Aggregate, LossResult, Totals, combine, mean_of
 
 __all__ = [
     "CONVENTIONS",
@@ -31,17 +31,20 @@ __all__ = [
     "Convention",
     "DType",
     "LossInputError",
+    "LossResult",
     "LossSpec",
     "OptionSpec",
-    "Reduced",
+    "Totals",
     "UnknownLossError",
-    "aggregate_mean",
     "as_working_array",
     "available_cores",
     "catalogue",
+    "combine",
     "compute",
+    "first_nonfinite",
     "libraries",
     "loss_name",
+    "mean_of",
     "resolve",
     "set_threads",
     "working_bytes",
@@ -66,23 +69,29 @@ def compute(
     dtype: DType = "float64",
     convention: Convention = "keras",
     chunk: bool = False,
-) -> Reduced:
+    inputs_finite: bool = False,
+) -> LossResult:
     """Per-sample losses and their reductions for one batch, as `convention` computes them in `dtype`.
 
-    `chunk`: the batch is one part of a larger batch; see `reduction.reduce`.
+    `chunk`: the batch is one part of a larger batch; see `reduction.reduce`. `inputs_finite`: the
+    caller searched the arrays for NaN and infinities already (the HTTP layer's array validator
+    does, with `first_nonfinite`), so they are not searched again; narrowing to float32 is still
+    checked, and so is every answer (`reduction`'s last guard).
     """
     if convention in LIBRARIES:
-        return _compute_library(loss, predictions, labels, options, sample_weight, dtype, convention, chunk)
+        return _compute_library(
+            loss, predictions, labels, options, sample_weight, dtype, convention, chunk, inputs_finite
+        )
     spec = resolve(loss)
     if convention not in CONVENTIONS:
         raise LossInputError("convention", f"must be one of {list(CONVENTIONS)}, got {convention!r}")
     if dtype not in DTYPES:
         raise LossInputError("dtype", f"must be one of {list(DTYPES)}, got {dtype!r}")
     bound = spec.bind(options, convention)
-    x, y, weight = _arrays(spec, predictions, labels, sample_weight, np.dtype(dtype))
+    x, y, weight = _arrays(spec, predictions, labels, sample_weight, np.dtype(dtype), inputs_finite)
     with np.errstate(over="ignore", under="ignore"):
         values = loss_values(spec, x, y, convention, bound)
-        return reduce(values, weight, convention, chunk=chunk)
+        return reduce(values, weight, convention, spec.name, dtype, chunk=chunk)
 
 
 def _compute_library(
@@ -94,24 +103,29 @@ def _compute_library(
     dtype: DType,
     convention: Convention,
     chunk: bool,
-) -> Reduced:
+    inputs_finite: bool,
+) -> LossResult:
     """A library metric (`service.engine.libraries`), reduced as the library reduces it."""
     if dtype not in DTYPES:
         raise LossInputError("dtype", f"must be one of {list(DTYPES)}, got {dtype!r}")
     metric, bound = libraries.bind(convention, loss, options)
-    x, y, weight = _arrays(metric.spec, predictions, labels, sample_weight, np.dtype(dtype))
+    x, y, weight = _arrays(metric.spec, predictions, labels, sample_weight, np.dtype(dtype), inputs_finite)
     if metric.float32_targets:  # the library's float32 label and weight arrays (CatBoost's, LightGBM's label_t)
         if not metric.spec.class_labels:
             y = _as_float32(y, "labels")
         weight = None if weight is None else _as_float32(weight, "sample_weight")
     with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
         values = loss_values(metric.spec, x, y, convention, bound)
-        return reduce_library(values, weight, metric.aggregate, chunk=chunk, weight_sum=metric.weight_sum)
+        name = metric.display_name(bound)
+        return reduce_library(
+            values, weight, metric.aggregate, name, dtype, convention, chunk=chunk, weight_sum=metric.weight_sum
+        )
 
 
 def _as_float32(values: Array, field: str) -> Array:
-    """`values` rounded to float32 and held in their working dtype; beyond float32's range refused."""
-    return as_working_array(values, field, np.dtype(np.float32)).astype(values.dtype)
+    """`values` rounded to float32 and held in their working dtype; beyond float32's range refused.
+    `_arrays` (or the caller) searched them for NaN already: only the narrowing is checked here."""
+    return as_working_array(values, field, np.dtype(np.float32), finite=True).astype(values.dtype)
 
 
 def loss_name(loss: str, convention: Convention, options: Mapping[str, Any] | None = None) -> str:
@@ -129,11 +143,16 @@ def _arrays(
     labels: ArrayLike,
     sample_weight: ArrayLike | None,
     working: np.dtype[Any],
+    finite: bool,
 ) -> tuple[Array, Any, Array | None]:
-    x = as_working_array(predictions, "predictions", working)
+    x = as_working_array(predictions, "predictions", working, finite=finite)
     check_not_empty(x)
-    y = _as_class_indices(labels) if spec.class_labels else as_working_array(labels, "labels", working)
-    weight = None if sample_weight is None else as_working_array(sample_weight, "sample_weight", working)
+    y: Any
+    if spec.class_labels:
+        y = _as_class_indices(labels, finite)
+    else:
+        y = as_working_array(labels, "labels", working, finite=finite)
+    weight = None if sample_weight is None else as_working_array(sample_weight, "sample_weight", working, finite=finite)
     if weight is not None and (weight < 0).any():
         index = tuple(int(i) for i in np.argwhere(weight < 0)[0])
         raise LossInputError("sample_weight", "weights must be >= 0", index)
@@ -146,12 +165,16 @@ def working_bytes(elements: int, dtype: DType = "float64") -> int:
     return elements * np.dtype(dtype).itemsize * WORKING_ARRAYS
 
 
-def as_working_array(values: ArrayLike, field: str, dtype: np.dtype[Any]) -> Array:
-    """Convert to the working dtype, refusing values that are or become non-finite."""
+def as_working_array(values: ArrayLike, field: str, dtype: np.dtype[Any], *, finite: bool = False) -> Array:
+    """Convert to the working dtype, refusing values that are or become non-finite.
+
+    `finite`: the values were searched already (`compute`'s `inputs_finite`); only what the
+    conversion itself makes infinite is looked for."""
     array = np.asarray(values)
     if array.dtype.kind not in "fiu":
         raise LossInputError(field, f"must hold numbers, got an array of {array.dtype}")
-    _check_finite(array, field, "is not a finite number")
+    if not finite:
+        _check_finite(array, field, "is not a finite number")
     with np.errstate(over="ignore"):
         converted = array.astype(dtype, copy=False)
     if array.dtype.kind == "f" and array.dtype.itemsize > dtype.itemsize:  # only narrowing overflows
@@ -159,14 +182,15 @@ def as_working_array(values: ArrayLike, field: str, dtype: np.dtype[Any]) -> Arr
     return converted
 
 
-def _as_class_indices(values: ArrayLike) -> np.ndarray[Any, np.dtype[np.intp]]:
+def _as_class_indices(values: ArrayLike, finite: bool) -> np.ndarray[Any, np.dtype[np.intp]]:
     """Integer class labels as np.intp; integral floats (1.0) are accepted, fractions are not."""
     array = np.asarray(values)
     if array.dtype.kind in "iu":
         return array.astype(np.intp, copy=False)
     if array.dtype.kind != "f":
         raise LossInputError("labels", f"must hold integer class indices, got an array of {array.dtype}")
-    _check_finite(array, "labels", "is not a finite number")
+    if not finite:
+        _check_finite(array, "labels", "is not a finite number")
     fractional = array != np.floor(array)
     if fractional.any():
         index = tuple(int(i) for i in np.argwhere(fractional)[0])
@@ -181,10 +205,6 @@ def _as_class_indices(values: ArrayLike) -> np.ndarray[Any, np.dtype[np.intp]]:
 
 
 def _check_finite(array: np.ndarray[Any, Any], field: str, reason: str) -> None:
-    # One summation answers for the whole array: a NaN or an infinity makes the sum non-finite.
-    # Only then (or when finite values overflow the sum) is the element-wise search paid for.
-    if array.dtype.kind == "f" and not math.isfinite(array.sum()):
-        finite = np.isfinite(array)
-        if not finite.all():
-            index = tuple(int(i) for i in np.argwhere(~finite)[0])
-            raise LossInputError(field, f"{array[index].item()!r} {reason}", index)
+    index = first_nonfinite(array)
+    if index is not None:
+        raise LossInputError(field, f"{array[index].item()!r} {reason}", index)

@@ -18,28 +18,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from service.engine.conventions import Convention
+from service.engine.conventions import Convention, DType
 from service.engine.errors import LossInputError
+from service.values.results import Aggregate as Aggregate  # the libraries' metrics declare theirs
+from service.values.results import LossResult, mean_of
 
 Array = NDArray[np.floating]
-# How `mean` follows from `sum` and `denominator`: their quotient, its square root (RMSE-type
-# metrics of the library conventions, whose per_sample values are weighted squared errors), or
-# `sum` itself (LightGBM's gamma_deviance, a weighted sum: the library divides by nothing).
-Aggregate = Literal["mean", "root_mean", "sum"]
-
-
-def aggregate_mean(total: float, denominator: float, aggregate: Aggregate) -> float:
-    """The answer's `mean` from a sum and a denominator, however many chunks they were summed over.
-    Nothing counted (denominator 0) gives 0, the chunk rule, except for a sum, which is the sum."""
-    if aggregate == "sum":
-        return total
-    mean = total / denominator if denominator else 0.0
-    return math.sqrt(mean) if aggregate == "root_mean" else mean
 
 
 @dataclass(frozen=True)
@@ -65,20 +54,6 @@ class LossValues:
     mean_divisor: Array | None = None
 
 
-@dataclass(frozen=True)
-class Reduced:
-    """The answer for one loss over one batch."""
-
-    per_sample: Array
-    sum: float
-    mean: float
-    count: int
-    denominator: float  # what the mean divides the sum by: values, valid targets, or summed weights
-    # "root_mean": mean = sqrt(sum / denominator); "sum": mean = sum (denominator reported, unused);
-    # chunks combine their sums and denominators first (`aggregate_mean`).
-    aggregate: Aggregate = "mean"
-
-
 def broadcast_sample_weight(sample_weight: Array, shape: tuple[int, ...]) -> Array:
     """One weight per sample (N,) applies to every value of that sample; a full-shape weight as is."""
     if sample_weight.shape == shape:
@@ -92,8 +67,18 @@ def broadcast_sample_weight(sample_weight: Array, shape: tuple[int, ...]) -> Arr
     )
 
 
-def reduce(loss: LossValues, sample_weight: Array | None, convention: Convention, *, chunk: bool = False) -> Reduced:
-    """`chunk`: this batch is part of a larger one, so a zero denominator (every target ignored or
+def reduce(
+    loss: LossValues,
+    sample_weight: Array | None,
+    convention: Convention,
+    name: str,
+    dtype: DType,
+    *,
+    chunk: bool = False,
+) -> LossResult:
+    """The result of loss `name` under a framework convention, in `dtype`.
+
+    `chunk`: this batch is part of a larger one, so a zero denominator (every target ignored or
     weighted 0) gives mean 0 and denominator 0 for the caller to combine, not an error."""
     values = loss.values
     weight = None if sample_weight is None else broadcast_sample_weight(sample_weight, values.shape)
@@ -102,12 +87,15 @@ def reduce(loss: LossValues, sample_weight: Array | None, convention: Convention
     else:
         per_sample, total, mean, denominator = _torch_reduce(values, weight, loss, chunk)
     _check_finite(per_sample, total, mean)
-    return Reduced(
+    return LossResult(
+        loss=name,
         per_sample=per_sample,
-        sum=float(total),
         mean=float(mean),
+        sum=float(total),
         count=int(per_sample.size),
         denominator=float(denominator),
+        dtype=dtype,
+        convention=convention,
     )
 
 
@@ -115,10 +103,13 @@ def reduce_library(
     loss: LossValues,
     sample_weight: Array | None,
     aggregate: Aggregate,
+    name: str,
+    dtype: DType,
+    convention: Convention,
     *,
     chunk: bool = False,
     weight_sum: Callable[[Array], float] | None = None,
-) -> Reduced:
+) -> LossResult:
     """The boosting libraries' weighted mean: sum(w l) / sum(w), each sample's weight counted once
     per value it has (XGBoost's `Reduce` over samples and targets), its square root, or (aggregate
     "sum") the weighted sum itself, with sum(w) still reported as the denominator.
@@ -139,14 +130,17 @@ def reduce_library(
     total = float(per_sample.sum(dtype=np.float64))
     if divisor == 0 and not chunk and aggregate != "sum":
         raise LossInputError("sample_weight", "the weights sum to 0; the mean would be 0/0")
-    mean = aggregate_mean(total, divisor, aggregate)
+    mean = mean_of(total, divisor, aggregate)
     _check_finite(per_sample, np.float64(total), np.float64(mean))
-    return Reduced(
+    return LossResult(
+        loss=name,
         per_sample=per_sample,
-        sum=total,
         mean=mean,
+        sum=total,
         count=int(per_sample.size),
         denominator=divisor,
+        dtype=dtype,
+        convention=convention,
         aggregate=aggregate,
     )
 

@@ -1,5 +1,6 @@
 """Computing a validated batch's losses: the engine's call, what it holds of memory and of a key's
-value budget, the result's shape, and the batch recorded in the loss metrics.
+value budget, and the batch recorded in the loss metrics. The result is the engine's `LossResult`
+(`service.values.results`), which writes its own answer (`LossResult.answer`).
 
 Shared by /v1/loss, /v1/evaluate and the Open Inference Protocol (HTTP and gRPC), so they cannot
 drift apart. A batch is any validated request with `predictions`, `labels`, `sample_weight`,
@@ -14,14 +15,13 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel
 
-from service.engine import LIBRARIES, Reduced, compute, loss_name, resolve, working_bytes
+from service.engine import LIBRARIES, LossResult, compute, loss_name, resolve, working_bytes
 from service.monitoring import Monitor
 
 
-def compute_loss(batch: Any, loss: str, options: BaseModel) -> tuple[str, Reduced]:
+def compute_loss(batch: Any, loss: str, options: BaseModel) -> tuple[str, LossResult]:
     """One loss over a validated batch: its name (`loss_name`) and result.
 
     A library metric gets only the options given: its defaults, and those its name sets
@@ -38,6 +38,7 @@ def compute_loss(batch: Any, loss: str, options: BaseModel) -> tuple[str, Reduce
         dtype=batch.dtype,
         convention=batch.convention,
         chunk=batch.chunk,
+        inputs_finite=True,  # the batch's arrays were searched as they were validated (the API's NumericArray)
     )
     return name, reduced
 
@@ -73,25 +74,9 @@ def abandoned_when(event: threading.Event) -> Iterator[None]:
         _abandoned.reset(token)
 
 
-def record_batch(monitor: Monitor, model: str | None, name: str, reduced: Reduced) -> None:
+def record_batch(monitor: Monitor, model: str | None, name: str, reduced: LossResult) -> None:
     """Observe a computed batch in the loss metrics, unless its request already answered 504:
     that client never saw these losses and will likely send the same batch again."""
     abandoned = _abandoned.get()
     if abandoned is None or not abandoned.is_set():
         monitor.observe_batch(model, name, reduced.per_sample, reduced.mean)
-
-
-def loss_result(name: str, reduced: Reduced, dtype: str, convention: str) -> dict[str, Any]:
-    """One loss's result as the API answers it."""
-    # float32 values widen exactly to float64, so clients read the framework's float32 number.
-    return {
-        "loss": name,
-        "per_sample": reduced.per_sample.astype(np.float64, copy=False),
-        "mean": reduced.mean,
-        "sum": reduced.sum,
-        "count": reduced.count,
-        "denominator": reduced.denominator,
-        "aggregate": reduced.aggregate,
-        "dtype": dtype,
-        "convention": convention,
-    }

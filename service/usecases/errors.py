@@ -6,16 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def clipped(text: str, limit: int = 64) -> str:
-    """`text` cut to `limit` characters, so an error never echoes a client's megabyte back."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
-
-
-def shown(value: object, limit: int = 64) -> str:
-    """`repr(value)`, clipped."""
-    return clipped(repr(value), limit)
-
-
 class UseCaseError(Exception):
     """A request the use case refuses; `message` says why, in words a client can act on."""
 

@@ -24,7 +24,7 @@ from service.config import Settings
 from service.engine import (
     LIBRARIES,
     LossInputError,
-    Reduced,
+    LossResult,
     as_working_array,
     compute,
     libraries,
@@ -47,8 +47,8 @@ from service.store import (
     TooManyPendingError,
     UnknownModelError,
 )
-from service.usecases.compute import loss_result
-from service.usecases.errors import InvalidInputError, NotFoundError, QuotaError, StoreUnavailableError, shown
+from service.usecases.errors import InvalidInputError, NotFoundError, QuotaError, StoreUnavailableError
+from service.values.text import shown
 
 log = logging.getLogger("service.api")
 SHOWN_DUPLICATES = 100
@@ -229,7 +229,9 @@ def _stored_rows(rows: np.ndarray[Any, Any], field: str, dtype: str) -> np.ndarr
             raise _problem(field, "integer is too large (beyond 64 bits)", index)
         return rows.astype(np.int64)
     try:
-        return as_working_array(rows, field, np.dtype(dtype))  # the engine's own conversion and overflow check
+        # The engine's own conversion and overflow check; the rows were searched for NaN as the
+        # request was parsed (the API's NumericArray), so not again.
+        return as_working_array(rows, field, np.dtype(dtype), finite=True)
     except LossInputError as exc:
         raise InvalidInputError(exc.field, exc.reason, exc.index) from None
 
@@ -303,7 +305,7 @@ def _check_width(rows: np.ndarray[Any, Any], side: Side, principal: Principal | 
 
 
 def _recorded(
-    monitor: Monitor, name: str, side: Side, logged: Logged[list[tuple[str, Reduced]]], principal: Principal | None
+    monitor: Monitor, name: str, side: Side, logged: Logged[list[tuple[str, LossResult]]], principal: Principal | None
 ) -> dict[str, Any]:
     """The committed write's answer, its pairs' losses recorded (from here on they are joined for
     good, and recorded exactly once)."""
@@ -315,20 +317,19 @@ def _recorded(
     if logged.usage is not None:
         key, usage = "" if principal is None else principal.name, logged.usage
         monitor.set_quota_usage(key, usage.models, usage.stored_bytes, time.monotonic())  # after the commit
-    dtype, convention = model.config["dtype"], model.config["convention"]
     return {
         "accepted": logged.accepted,
         "duplicates": len(logged.duplicate_ids),
         "duplicate_ids": logged.duplicate_ids[:SHOWN_DUPLICATES],
         "joined": len(logged.pairs.ids),
         "joined_ids": logged.pairs.ids,
-        "results": [loss_result(loss, reduced, dtype, convention) for loss, reduced in results],
+        "results": [reduced.answer() for _, reduced in results],
         "pending_predictions": model.pending_predictions,
         "pending_labels": model.pending_labels,
     }
 
 
-def _pair_losses(model: Model, pairs: Pairs, *, side: Side, position: dict[str, int]) -> list[tuple[str, Reduced]]:
+def _pair_losses(model: Model, pairs: Pairs, *, side: Side, position: dict[str, int]) -> list[tuple[str, LossResult]]:
     """Each configured loss over the completed pairs, by the engine, one call per loss; run by the
     store inside its transaction, so a pair the engine refuses leaves nothing stored."""
     config = model.config
@@ -345,6 +346,7 @@ def _pair_losses(model: Model, pairs: Pairs, *, side: Side, position: dict[str, 
                 sample_weight=weights,
                 dtype=config["dtype"],
                 convention=config["convention"],
+                inputs_finite=True,  # every stored row was searched and converted as it was logged
             )
         except LossInputError as exc:
             raise _join_error(exc, call["loss"], pairs, side, position) from None

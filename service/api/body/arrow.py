@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from service.api.problems import ProblemError, clipped, shown
-from service.columns import as_array
+from service.values.columns import as_array
 
 
 def arrow_arrays(body: bytes) -> dict[str, np.ndarray[Any, Any]]:

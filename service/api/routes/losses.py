@@ -24,7 +24,7 @@ from service.api.body import (
 from service.api.headers import request_header
 from service.api.policy import RequestContext, RoutePolicy, context_of
 from service.api.problems import ProblemError
-from service.api.responses import PROBLEM_RESPONSES, json_body, json_response, loss_result
+from service.api.responses import PROBLEM_RESPONSES, json_body, json_response
 from service.api.routing import Routes
 from service.api.schemas import (
     Catalogue,
@@ -106,8 +106,8 @@ def _compute_one(
     body: bytes, monitor: Monitor, limit: int, media_type: str, query: Any, context: RequestContext
 ) -> dict[str, Any]:
     request = _validate(loss_request_adapter(), body, monitor, limit, media_type, query)
-    name, reduced = run_loss(request, monitor, context)
-    return loss_result(name, reduced, request.dtype, request.convention)
+    _, reduced = run_loss(request, monitor, context)
+    return reduced.answer()
 
 
 def _compute_many(body: bytes, monitor: Monitor, limit: int, context: RequestContext) -> dict[str, Any]:
@@ -126,7 +126,7 @@ def _compute_many(body: bytes, monitor: Monitor, limit: int, context: RequestCon
     # Observed only once every loss succeeded, so a refused request leaves no partial trace.
     for name, reduced in results:
         record_batch(monitor, request.model, name, reduced)
-    return {"results": [loss_result(name, reduced, request.dtype, request.convention) for name, reduced in results]}
+    return {"results": [reduced.answer() for _, reduced in results]}
 
 
 @routes.post(

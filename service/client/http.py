@@ -1,18 +1,8 @@
-"""Python client for loss-service: NumPy in, NumPy out, typed errors, retries, chunking.
+"""The HTTP clients, sync and async: each operation written once as a plan of HTTP calls.
 
-    >>> from service.client import LossClient
-    >>> with LossClient("http://127.0.0.1:8000") as client:
-    ...     result = client.loss("scce", logits, labels, from_logits=True, model="fraud-v3")
-    ...     result.per_sample, result.mean
-
-`AsyncLossClient` has the same methods as coroutines. Batches of 4,096 values or more go as an
-Arrow stream when every array has one or two axes, as npz otherwise (binary: no JSON parsing on
-either side; bench/serving.py measures Arrow fastest); large ones are split into chunks of
-`chunk_size` samples, sent in order and reassembled; the mean is recombined exactly from each
-chunk's sum and denominator. Requests are retried, with exponential backoff, only when they
-cannot have been processed (connection failures) or when the server asks (503 with Retry-After;
-507 with Retry-After, its disk full, on logging, configuring and reading calls, which are safe to repeat).
-"""
+Bodies are JSON for small batches, an Arrow stream or npz for large ones; large batches go in
+chunks of `chunk_size` samples and come back combined; retries follow the rules in
+`service.client`'s docstring."""
 
 from __future__ import annotations
 
@@ -30,35 +20,15 @@ import httpx
 import numpy as np
 import orjson
 
-from service.client_errors import (
+from service.client.errors import (
     _ERRORS,
-    InsufficientStorageError,
-    InvalidInputError,
     LossServiceError,
-    NotFoundError,
-    OverloadedError,
     ServerError,
-    UnauthorizedError,
     UnreachableError,
 )
-from service.columns import as_array
-from service.logger import PredictionLogger
-
-__all__ = [
-    "AsyncLossClient",
-    "InsufficientStorageError",
-    "InvalidInputError",
-    "LogResult",
-    "LossClient",
-    "LossResult",
-    "LossServiceError",
-    "NotFoundError",
-    "OverloadedError",
-    "PredictionLogger",
-    "ServerError",
-    "UnauthorizedError",
-    "UnreachableError",
-]
+from service.client.logger import PredictionLogger
+from service.values.columns import as_array
+from service.values.results import LossResult, combine
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_CHUNK_SIZE = 100_000
@@ -73,21 +43,6 @@ BODY_FORMATS = ("auto", "json", "arrow", "npz")
 # From this many prediction values on, "auto" sends a binary body: parsing JSON numbers dominates.
 BINARY_THRESHOLD = 4096
 ARRAY_FIELDS = ("predictions", "labels", "sample_weight")
-
-
-@dataclass(frozen=True)
-class LossResult:
-    loss: str
-    per_sample: np.ndarray[Any, np.dtype[np.float64]]
-    mean: float
-    sum: float
-    count: int
-    denominator: float
-    dtype: str
-    convention: str
-    # "root_mean": mean = sqrt(sum / denominator) (RMSE-type library metrics); "sum": mean = sum (LightGBM's
-    # gamma_deviance); chunks combine sums and denominators first.
-    aggregate: str = "mean"
 
 
 @dataclass(frozen=True)
@@ -120,7 +75,7 @@ def _combined_log(answers: Sequence[Mapping[str, Any]]) -> LogResult:
         duplicates=sum(a["duplicates"] for a in answers),
         duplicate_ids=[row_id for a in answers for row_id in a["duplicate_ids"]],
         joined_ids=[row_id for a in answers for row_id in a["joined_ids"]],
-        results=[_combine([_result(a["results"][i]) for a in joined]) for i in range(losses)],
+        results=[combine([LossResult.read(a["results"][i]) for a in joined]) for i in range(losses)],
         pending_predictions=answers[-1]["pending_predictions"],
         pending_labels=answers[-1]["pending_labels"],
     )
@@ -215,43 +170,6 @@ def _decode(response: httpx.Response) -> Any:
     return response.json()
 
 
-def _result(payload: Mapping[str, Any]) -> LossResult:
-    return LossResult(
-        loss=payload["loss"],
-        per_sample=np.asarray(payload["per_sample"], dtype=np.float64),
-        mean=float(payload["mean"]),
-        sum=float(payload["sum"]),
-        count=int(payload["count"]),
-        denominator=float(payload["denominator"]),
-        dtype=payload["dtype"],
-        convention=payload["convention"],
-        aggregate=payload.get("aggregate", "mean"),
-    )
-
-
-def _combine(parts: Sequence[LossResult]) -> LossResult:
-    """Chunks of one batch reassembled in order; the mean from the summed sums and denominators
-    (its square root for aggregate root_mean; the summed sums themselves for aggregate sum)."""
-    if len(parts) == 1:
-        return parts[0]
-    total = sum(p.sum for p in parts)
-    denominator = sum(p.denominator for p in parts)
-    first = parts[0]
-    mean = total / denominator if denominator else 0.0
-    return LossResult(
-        loss=first.loss,
-        per_sample=np.concatenate([p.per_sample for p in parts]),
-        # Keras divides with divide_no_nan; a batch whose every target is ignored has mean 0.
-        mean=total if first.aggregate == "sum" else math.sqrt(mean) if first.aggregate == "root_mean" else mean,
-        sum=total,
-        count=sum(p.count for p in parts),
-        denominator=denominator,
-        dtype=first.dtype,
-        convention=first.convention,
-        aggregate=first.aggregate,
-    )
-
-
 def _raise_for_status(response: httpx.Response) -> None:
     if response.status_code < 400:
         return
@@ -314,7 +232,7 @@ def _planned(body: dict[str, Any], chunk_size: int, progress: bool) -> Iterator[
 
 def _per_loss(responses: Sequence[Mapping[str, Any]], losses: int) -> list[LossResult]:
     """/v1/evaluate answers for each chunk, regrouped as one combined result per loss."""
-    return [_combine([_result(response["results"][i]) for response in responses]) for i in range(losses)]
+    return [combine([LossResult.read(response["results"][i]) for response in responses]) for i in range(losses)]
 
 
 def _loss_item(item: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -419,8 +337,8 @@ class _Base:
         body_format = self._body_format(body)
         parts = []
         for chunk in _planned(body, self.chunk_size, self.progress):
-            parts.append(_result((yield _Call("POST", "/v1/loss", chunk, body_format))))
-        return _combine(parts)
+            parts.append(LossResult.read((yield _Call("POST", "/v1/loss", chunk, body_format))))
+        return combine(parts)
 
     def _evaluate_plan(
         self,

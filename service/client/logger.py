@@ -24,7 +24,7 @@ from typing import Any, Protocol, Self
 
 import numpy as np
 
-from service.client_errors import InvalidInputError, LossServiceError, NotFoundError
+from service.client.errors import InvalidInputError, LossServiceError, NotFoundError
 
 log = logging.getLogger("loss_service.logger")
 
