@@ -1,9 +1,9 @@
 """JSON bodies read by simdjson, with their arrays of numbers going straight to NumPy.
 
 orjson builds a Python float and a list slot for every number, and NumPy then copies them out:
-for 10,000 rows of 100 that is ~60 of a request's ~90 ms, and for 32 rows of 10 about half of
-the body's parse and validation. simdjson parses the same text into its tape (~18 ms for the
-first), and `as_buffer` copies an array's numbers out of the tape as doubles (or int64) without
+for large bodies that is most of a request's time, and for small ones about half of the body's
+parse and validation (docs/performance.md). simdjson parses the same text into its tape, and
+`as_buffer` copies an array's numbers out of the tape as doubles (or int64) without
 a Python object per number.
 
 Only bodies this module can read exactly are read here; for anything else `loads_with_arrays`
@@ -21,9 +21,8 @@ import numpy as np
 import simdjson
 
 # From this many bytes on (a dozen rows of ten numbers), simdjson's parse and its copy straight to
-# NumPy cost less than orjson's Python numbers and NumPy's conversion of them: 15 against 16 us
-# at 2.5 KB, 20 against 28 us at 6.5 KB, 45 against 89 us at 26 KB (parse and validation of a
-# /v1/loss body); below, orjson is ahead (12 against 9 us for 200 bytes).
+# NumPy cost less than orjson's Python numbers and NumPy's conversion of them; below, orjson is
+# ahead (parse and validation of a /v1/loss body, measured: docs/performance.md).
 SIMDJSON_BYTES = 2 * 1024
 # Below this many bytes, bytes.count counts fast enough (in `structure(body)`, for the bytes numbers
 # are not written with); from it on, NumPy (for common bytes) or memchr (for rare ones) count faster.
@@ -64,7 +63,7 @@ def loads_with_arrays(body: bytes, array_keys: frozenset[str]) -> Any | None:
 
 
 # Under glibc's mmap threshold (128 KiB by default): a larger temporary is mapped and unmapped for
-# every block, and page-faulted in each time (a 200 KB body: 73 instead of 9 us).
+# every block, and page-faulted in each time.
 _BLOCK = 64 * 1024
 
 
@@ -78,8 +77,8 @@ _remembered: tuple[bytes | memoryview, bytes] = (b"", b"")
 
 def structure(text: bytes | memoryview) -> bytes:
     """`text` without the bytes that numbers are written with, for counting in a small body: 32 x 10
-    numbers in 6.5 KB leave 0.5 KB, and deleting them (~2 us) costs less than counting each byte
-    over the whole body (~1.6-3.5 us per count). Quotes, commas and brackets are all kept, so
+    numbers in 6.5 KB leave 0.5 KB, and deleting them once costs less than counting each byte
+    over the whole body for every count (docs/performance.md). Quotes, commas and brackets are all kept, so
     their counts are the body's; a word can only gain occurrences (a string's "t1rue" becomes
     "true"), never lose any.
 
@@ -97,7 +96,7 @@ def structure(text: bytes | memoryview) -> bytes:
 def occurrences(text: bytes | memoryview, char: bytes) -> int:
     """`text.count(char)` for one byte that numbers are not written with (a quote, a comma, a
     bracket, a letter other than e and E): below SMALL_BODY_BYTES counted in `structure(text)`,
-    from it on by NumPy (1.9 ms for 20 MB where `bytes.count` takes ~8). A block at a time, so
+    from it on by NumPy, faster than `bytes.count` on large bodies. A block at a time, so
     the comparison's temporary stays that size whatever the body's."""
     if char in _NUMBER_BYTES:
         raise ValueError(f"{char!r} is a byte numbers are written with; count it with bytes.count")
@@ -165,7 +164,7 @@ def _numbers(array: Any) -> np.ndarray[Any, Any] | None:
     dtype: type[np.generic]
     try:
         # A float first: not all integers, and asking for them would fail only at the cost of an
-        # exception (~4 us, a third of a 32 x 10 body's read).
+        # exception, a large share of a small body's read.
         if isinstance(leaf, float):
             raise TypeError
         buffer, dtype = array.as_buffer(of_type="i"), np.int64

@@ -473,7 +473,7 @@ def to_ids(value: Any) -> list[str]:
         raise PydanticCustomError("row_ids", "expected at least one id", {"index": []})
     # The common cases in one pass each: all strings, or all non-negative integers, none repeated.
     if all(type(item) is str and 0 < len(item) <= MAX_ID_LENGTH for item in value):
-        # One pass over all of them (~2 ms for 100,000 ASCII ids of 36 characters); the slow path
+        # One pass over all of them; the slow path
         # names the index of a refused one.
         texts: list[str] = [] if _holds_refused("".join(value)) else value
     elif all(type(item) is int and item >= 0 for item in value):

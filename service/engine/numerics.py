@@ -74,10 +74,9 @@ def xlogy(x: Array, y: Array) -> Array:
 BLOCK_VALUES = 1 << 17
 # When a row of logits is at most this many bytes (96 classes in float32, 48 in float64), a block
 # is transposed to class-major (C, rows): the max, exp and sum over classes then run down long
-# contiguous rows instead of along short ones. Measured over 10^6 values: 40 classes float32
-# 2.9 against 3.9 ms row-major, 128 classes 3.7 against 2.6 (the same crossover, ~360 bytes, in
-# both dtypes). Below CLASS_MAJOR_MIN_ROWS rows the transposition costs more than it saves
-# (32 x 10: 33 against 25 us; 256 x 10: 43 against 50 us).
+# contiguous rows instead of along short ones; the crossover is the same number of bytes in both
+# dtypes. Below CLASS_MAJOR_MIN_ROWS rows the transposition costs more than it saves (both
+# measured: docs/performance.md).
 CLASS_MAJOR_ROW_BYTES = 384
 CLASS_MAJOR_MIN_ROWS = 128
 
@@ -150,7 +149,7 @@ def _nll_of_logits_class_major(logits: Array, targets: NDArray[np.intp]) -> Arra
     columns = np.empty((classes, block), dtype=logits.dtype)
     peak, total, target_shifted = np.empty((3, block), dtype=logits.dtype)
     # Each target logit is read from the row-major chunk by one flat `take` (row start + class):
-    # 4x cheaper than indexing the class-major block with two index arrays (13,107 x 10: 12 against 49 us).
+    # cheaper than indexing the class-major block with two index arrays (docs/performance.md).
     row_starts = np.arange(0, block * classes, classes)
     flat_index = np.empty(block, dtype=np.intp)
     for start in range(0, rows, block):

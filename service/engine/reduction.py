@@ -228,7 +228,7 @@ def _divided_mean(
 def _check_finite(per_sample: Array, total: np.floating[Any], mean: np.floating[Any]) -> None:
     """The last guard: a 200 never carries inf or NaN, whatever a formula did."""
     # A finite sum means finite elements; only a non-finite sum or mean pays for the element-wise
-    # search. (math.isfinite reads a NumPy scalar in ~0.02 us, np.isfinite takes ~0.4.)
+    # search. (math.isfinite reads a NumPy scalar far faster than np.isfinite does.)
     if math.isfinite(total) and math.isfinite(mean):
         return
     bad = ~np.isfinite(per_sample)

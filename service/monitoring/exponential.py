@@ -1,6 +1,6 @@
 """OpenTelemetry's base-2 exponential histogram, filled a whole array at a time (NumPy; no SDK).
 
-The SDK records one value per Python call (~12 us each: 12 s for a batch of a million losses),
+The SDK records one value per Python call, seconds for a batch of a million losses,
 and its API refuses negative values (Keras's cosine similarity loss is negative), which OTLP's
 data model holds in the negative buckets. This records a batch with a few NumPy passes (a small
 one value by value in Python, cheaper than NumPy's per-call cost). It maps a value to its bucket

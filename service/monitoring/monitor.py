@@ -63,7 +63,7 @@ class Monitor(Metrics):
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, remembered: prometheus-client validates and locks on every
-        call (7 per loss request, ~30 us in all). The label sets are bounded (route templates,
+        call, 7 times per loss request (its cost: docs/performance.md). The label sets are bounded (route templates,
         HTTP methods, statuses, bounded model names), so the cache is too."""
         key = (metric, labels)
         child = self._children.get(key)

@@ -349,8 +349,7 @@ def _merge_groups(
 
 def _scan_options(fragment: Any) -> Any:
     """Parquet without pre-buffering: it fetches whole row groups ahead, which pays on high-latency
-    stores but on a local disk held ~80 MB more and was no faster (2 files of 2e6 rows: pool peak
-    132 -> 57 MB, process peak 374 -> 294 MB)."""
+    stores but on a local disk holds more memory and is no faster (docs/performance.md)."""
     import pyarrow.dataset as ds
 
     return ds.ParquetFragmentScanOptions(pre_buffer=False) if isinstance(fragment, ds.ParquetFileFragment) else None
@@ -574,8 +573,8 @@ def _dask_frame(data: Any, spec: Spec) -> Any:
         raise ImportError("Dask is an optional extra: pip install 'loss-service[dask]'") from exc
     _name(spec)
     if isinstance(data, str | list):
-        # Arrow-backed partitions reach the engine without a pandas conversion of the list columns:
-        # 2 files of 2e6 rows, 0.24 s against 2.5 s with NumPy-backed (object) columns.
+        # Arrow-backed partitions reach the engine without a pandas conversion of the list columns,
+        # many times faster than NumPy-backed (object) columns (docs/performance.md).
         frame = dd.read_parquet(dataset_files(data), columns=spec.columns, dtype_backend="pyarrow")
     else:
         frame = data
@@ -619,7 +618,7 @@ def evaluate_dask(
     or on whatever Dask is configured to use; the parts combine exactly as batches do.
 
     `data`: a dataset path, whose files are streamed one per task on the workers (reading a file
-    into a Dask dataframe first cost 0.5 s per 2e6 rows, ten times the streamed read), or a
+    into a Dask dataframe first costs about ten times the streamed read), or a
     `dask.dataframe`, computed with `map_partitions` (fastest with `dtype_backend="pyarrow"`).
     """
     try:

@@ -123,8 +123,8 @@ class Transaction:
         `rows`: one tuple per row in the order of `columns`, each `(name, kind)` with a kind of
         `COPY_TYPES`. SQLite inserts row by row in-process, with `ON CONFLICT DO NOTHING` as a
         second guard (first write wins). PostgreSQL gets the rows by binary COPY, one round trip
-        (1,000 rows: 3.9 ms, against 9-12 ms as one INSERT over unnest() arrays and 30 ms as a
-        statement per row); COPY has no ON CONFLICT, so a taken key aborts the transaction
+        (faster than one INSERT over unnest() arrays or a statement per row: docs/performance.md);
+        COPY has no ON CONFLICT, so a taken key aborts the transaction
         instead, which still never overwrites a row.
         """
         names = ", ".join(name for name, _ in columns)
@@ -139,7 +139,7 @@ class Transaction:
 
     def _sqlite_insert(self, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]) -> None:
         """One statement over `json_each` when only the text key and an equal-length blob vary
-        from row to row (1,000 rows: 0.4-1.1 ms against 1.8-2.6 for a statement per row); the
+        from row to row (faster than a statement per row: docs/performance.md); the
         other columns are then bound once. Anything else varying (a float, which would not
         survive JSON exactly) takes a statement per row."""
         names = ", ".join(name for name, _ in columns)

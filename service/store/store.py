@@ -143,8 +143,7 @@ class Swept:
 
 
 # Rows one retention sweep, and one DELETE of a model, remove per transaction: the write lock is
-# never held for long (bench/tenants.py: with 1,000, another model's writes had p99 133 ms during
-# a sweep, against 59 ms with 250).
+# never held for long (bench/tenants.py measured batch sizes: docs/performance.md).
 SWEEP_BATCH_ROWS = 250
 DELETE_BATCH_ROWS = SWEEP_BATCH_ROWS
 

@@ -15,10 +15,10 @@ def as_array(values: Any) -> np.ndarray[Any, Any]:
         # Arrow read from IPC (a request body, a file) is not checked: a list whose values claim a
         # negative length or offsets past them is read out of bounds, and pyarrow aborts the
         # process. A full check first: ArrowInvalid (a ValueError) instead; it reads the offsets
-        # once (0.3 ms for 10^5 list rows), no values.
+        # once, no values.
         values.validate(full=True)
     if hasattr(values, "combine_chunks"):  # pyarrow.ChunkedArray
-        # combine_chunks copies even a single chunk (4 MB: 0.13 ms and the pages); one chunk is
+        # combine_chunks copies even a single chunk (time and pages); one chunk is
         # read as it is, so a column of an Arrow request body stays a view of the body.
         values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
     if hasattr(values, "flatten") and hasattr(values, "type") and hasattr(values.type, "list_size"):

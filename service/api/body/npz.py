@@ -78,7 +78,7 @@ _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, (fixed fields), name len
 def _stored_npz_arrays(body: bytes) -> dict[str, np.ndarray[Any, Any]] | None:
     """The arrays of an uncompressed npz (what np.savez writes) as read-only views of `body`.
 
-    np.load copies each member out of the archive (~1 ms for 8 MB, plus page faults); here the
+    np.load copies each member out of the archive (time and page faults); here the
     CRC-32 is checked over the bytes where they lie (by ISA-L) and each array is a view of them.
     Anything else (compression, another .npy version, object arrays, odd names) returns None for
     np.load, which reads or refuses it.
