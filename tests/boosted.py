@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -20,3 +21,19 @@ def assert_refused(
     assert caught.value.field == field
     assert caught.value.index == index
     assert reason in caught.value.reason
+
+
+def first_case(
+    cases: Sequence[dict[str, Any]],
+    name: str,
+    *,
+    weighted: bool = True,
+    margin: bool = False,
+    name_of: Callable[[dict[str, Any]], str] = lambda case: str(case["metric"]),
+) -> dict[str, Any]:
+    """The first fixture case of the metric `name`, weighted or not, on margins or on `predict()`."""
+    return next(
+        case
+        for case in cases
+        if name_of(case) == name and (case["sample_weight"] is not None) == weighted and case["margin"] == margin
+    )

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import settings
 
 from service.app import create_app
+from service.config import Settings
 
 # Every app and served process of the suite keeps its delayed-labels store in a fresh directory,
 # never in the checkout's data/; tests of the store itself give each app a file of its own.
@@ -76,6 +77,16 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
             yield c
 
 
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The service with a delayed-labels store of its own (a test module may define its own `api`)."""
+    app = create_app(Settings(store_url=f"sqlite:///{tmp_path}/store.sqlite3"))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://loss-service") as c:
+            yield c
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty store: a SQLite file, then a PostgreSQL database (skipped where PostgreSQL is absent)."""
@@ -106,7 +117,6 @@ def postgres_url(postgres_server: str) -> str:
 @pytest.fixture
 async def limited() -> AsyncIterator[httpx.AsyncClient]:
     """An app whose body limit is 1,000 bytes (the guard tests')."""
-    from service.config import Settings
     from tests.guarded import client_for
 
     async for c in client_for(Settings(max_body_bytes=1000)):

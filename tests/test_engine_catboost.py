@@ -29,7 +29,7 @@ from service.api.schemas import loss_request_adapter
 from service.app import create_app
 from service.config import Settings
 from service.engine import LossInputError, compute, libraries, loss_name
-from tests.boosted import assert_refused
+from tests.boosted import assert_refused, first_case
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "catboost_reference.json").read_text())
 CASES: list[dict[str, Any]] = FIXTURE["cases"]
@@ -241,18 +241,7 @@ def test_refusals_name_field_index_and_reason(
 
 
 def _first(name: str, *, weighted: bool = True, margin: bool = False) -> dict[str, Any]:
-    return next(
-        c for c in CASES if _name(c) == name and (c["sample_weight"] is not None) == weighted and c["margin"] == margin
-    )
-
-
-@pytest.fixture
-async def api(tmp_path: Path) -> Any:
-    app = create_app(Settings(store_url=f"sqlite:///{tmp_path}/store.sqlite3"))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://loss-service") as client:
-            yield client
+    return first_case(CASES, name, weighted=weighted, margin=margin, name_of=_name)
 
 
 NAMES = [

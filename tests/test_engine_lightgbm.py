@@ -29,7 +29,7 @@ from service.config import Settings
 from service.engine import LossInputError, compute, libraries, loss_name
 from service.engine.libraries import base, lightgbm
 from service.values.results import Totals, combine
-from tests.boosted import assert_refused
+from tests.boosted import assert_refused, first_case
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "lightgbm_reference.json").read_text())
 CASES: list[dict[str, Any]] = FIXTURE["cases"]
@@ -347,21 +347,8 @@ def test_aliases_answer_under_the_recorded_name() -> None:
 # -- the HTTP API, OIP and stored model configurations --------------------------------------------
 
 
-def _first(metric: str, *, weighted: bool = True, margin: bool = True) -> dict[str, Any]:
-    return next(
-        c
-        for c in CASES
-        if c["metric"] == metric and (c["sample_weight"] is not None) == weighted and c["margin"] == margin
-    )
-
-
-@pytest.fixture
-async def api(tmp_path: Path) -> Any:
-    app = create_app(Settings(store_url=f"sqlite:///{tmp_path}/store.sqlite3"))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://loss-service") as client:
-            yield client
+def _first(name: str, *, weighted: bool = True, margin: bool = True) -> dict[str, Any]:
+    return first_case(CASES, name, weighted=weighted, margin=margin)
 
 
 @pytest.mark.anyio
