@@ -432,8 +432,11 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="module")
-async def limited() -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(max_body_bytes=2_000_000))
+async def limited(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[httpx.AsyncClient]:
+    # A store of its own: a second run in the same process (mutmut's stats, then its clean run)
+    # must not find the ids the first one logged.
+    store = tmp_path_factory.mktemp("corpus") / "store.sqlite3"
+    app = create_app(Settings(max_body_bytes=2_000_000, store_url=f"sqlite:///{store}"))
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://bad") as c:
         configured = await c.put("/v1/models/corpus", json={"losses": [{"loss": "scce"}], "dtype": "float32"})
