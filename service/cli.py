@@ -51,7 +51,7 @@ def _new_key(args: argparse.Namespace) -> int:
 
 
 def _openapi(_: argparse.Namespace) -> int:
-    from service.app import create_app
+    from service.server.app import create_app
 
     document = create_app().openapi()
     sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")

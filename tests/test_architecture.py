@@ -21,19 +21,41 @@ FORBIDDEN = {
         "starlette",
         "pydantic",
         "prometheus_client",
-        "service.api",
+        "service.server.api",
         "service.store",
-        "service.monitoring",
+        "service.server.monitoring",
     ),
-    "store": ("fastapi", "starlette", "prometheus_client", "service.api", "service.engine", "service.monitoring"),
+    "store": (
+        "fastapi",
+        "starlette",
+        "prometheus_client",
+        "service.server.api",
+        "service.engine",
+        "service.server.monitoring",
+    ),
     # The use cases sit between the transports and engine, store and monitoring: they import
     # those below, never an HTTP or gRPC module nor a transport's framework.
-    "usecases": ("fastapi", "starlette", "grpc", "service.api", "service.grpc", "service.app", "service.protocol"),
-    "monitoring": ("fastapi", "service.api", "service.grpc", "service.usecases", "service.app"),
+    "usecases": (
+        "fastapi",
+        "starlette",
+        "grpc",
+        "service.server.api",
+        "service.server.grpc",
+        "service.server.app",
+        "service.server.protocol",
+    ),
+    "monitoring": ("fastapi", "service.server.api", "service.server.grpc", "service.usecases", "service.server.app"),
     # Below everything: values any room may hold.
     "values": ("service.", "fastapi", "starlette", "pydantic", "prometheus_client"),
 }
-SERVER = ("service.api", "service.app", "service.store", "service.monitoring", "service.grpc", "service.protocol")
+SERVER = (
+    "service.server.api",
+    "service.server.app",
+    "service.store",
+    "service.server.monitoring",
+    "service.server.grpc",
+    "service.server.protocol",
+)
 SERVER += ("service.usecases", "service.server", "service.config")
 SERVER += ("fastapi", "starlette", "uvicorn", "prometheus_client")
 # Rooms by audience: what each may not import, function-level imports included.
@@ -44,7 +66,9 @@ ROOMS = {
 
 
 # Modules below more than one transport: the Open Inference Protocol's codec serves HTTP and gRPC.
-TRANSPORT_FREE = {"api/oip_codec.py": ("fastapi", "starlette", "grpc", "service.grpc", "service.api.routes")}
+TRANSPORT_FREE = {
+    "api/oip_codec.py": ("fastapi", "starlette", "grpc", "service.server.grpc", "service.server.api.routes")
+}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -83,7 +107,7 @@ def test_the_client_and_offline_rooms_import_nothing_of_the_server(room: str) ->
 def test_the_cli_imports_nothing_of_the_http_layer() -> None:
     names = imported_modules(SERVICE / "cli.py")
     assert "service.server.boot" in names  # seen: imports inside functions count
-    assert not [name for name in names if within(name, ("service.api", "fastapi", "starlette", "uvicorn"))]
+    assert not [name for name in names if within(name, ("service.server.api", "fastapi", "starlette", "uvicorn"))]
 
 
 def test_the_client_loads_without_the_engine_or_the_server() -> None:
@@ -148,11 +172,11 @@ def test_a_module_without_a_docstring_stops_the_docs_build(tmp_path: Path) -> No
     (package / "__init__.py").write_text('"""The package."""\n')
     (package / "api" / "__init__.py").write_text('"""Its HTTP layer."""\n')
     (package / "api" / "silent.py").write_text("VALUE = 1\n")
-    with pytest.raises(ValueError, match=r"service/api/silent\.py"):
+    with pytest.raises(ValueError, match=r"service/server/api/silent\.py"):
         docs_hooks().module_table(package)
     (package / "api" / "silent.py").write_text('"""It speaks.\n\nMore than the table shows."""\n')
     assert docs_hooks().module_table(package).splitlines()[2:] == [
         "| `service/` | The package. |",
-        "| `service/api/` | Its HTTP layer. |",
-        "| `service/api/silent.py` | It speaks. |",
+        "| `service/server/api/` | Its HTTP layer. |",
+        "| `service/server/api/silent.py` | It speaks. |",
     ]

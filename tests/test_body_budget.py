@@ -22,10 +22,10 @@ from uvicorn.server import ServerState
 
 from bench import pressure
 from service import protocol
-from service.api.guards import INFLATED_PIECE, HeavyRequests, Slot, connection_limit
-from service.app import create_app
 from service.config import Settings
-from service.protocol import HeaderDeadlineProtocol
+from service.server.api.guards import INFLATED_PIECE, HeavyRequests, Slot, connection_limit
+from service.server.app import create_app
+from service.server.protocol import HeaderDeadlineProtocol
 from tests.servers import serving
 from tests.test_protocol import Transport, a_turn
 
@@ -400,7 +400,7 @@ def test_held_gzip_and_plain_bodies_keep_the_served_worker_within_its_budget() -
 async def test_after_a_gzip_body_is_passed_on_whole_receive_is_the_servers_again() -> None:
     """An app that waits for the client to leave once the body is in (as a streaming response
     does) gets the server's http.disconnect, not the inflated body's last message again and again."""
-    from service.api.guards import BodyLimit
+    from service.server.api.guards import BodyLimit
 
     seen: list[dict[str, Any]] = []
 

@@ -24,10 +24,10 @@ import httpx
 import numpy as np
 import pytest
 
-from service.app import create_app
 from service.config import Settings
 from service.engine import LossInputError, compute, libraries, loss_name
 from service.engine.libraries import base, lightgbm
+from service.server.app import create_app
 from service.values.results import Totals, combine
 from tests.boosted import assert_refused, first_case
 

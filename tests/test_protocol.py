@@ -9,7 +9,7 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from service.protocol import HeaderDeadlineProtocol, OneWritePerTurn
+from service.server.protocol import HeaderDeadlineProtocol, OneWritePerTurn
 
 
 class Transport:

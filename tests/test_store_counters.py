@@ -317,8 +317,8 @@ def served(
     from anyio.from_thread import start_blocking_portal
 
     from service import app as app_module
-    from service.app import create_app
     from service.config import Settings
+    from service.server.app import create_app
     from service.usecases import ingest, upkeep
 
     url = f"sqlite:///{tmp_path}/store.sqlite3"

@@ -28,9 +28,9 @@ import httpx
 import numpy as np
 import pytest
 
-from service.api.access import digest
-from service.app import create_app
 from service.config import Settings
+from service.server.api.access import digest
+from service.server.app import create_app
 from service.store import DELETE_BATCH_ROWS, SWEEP_BATCH_ROWS, Pairs, Store
 from service.store.database import Transaction
 from service.store.schema import row_bytes_sql

@@ -21,14 +21,16 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from service import __version__
-from service.api.access import KeyRing
-from service.api.errors import install_error_handlers
-from service.api.guards import KEY_REFUSALS, ApiKeys, BodyLimit, HeavyRequests
-from service.api.policy import RequestContext
-from service.api.routes import health, inference, losses, metrics, models, pages
-from service.api.routes.inference import HEADER_LENGTH
-from service.api.routing import Dispatch, Matching, Route, RouteTable, policy_of, route_once
-from service.api.schemas import (
+from service.config import Settings
+from service.engine import available_cores, set_threads
+from service.server.api.access import KeyRing
+from service.server.api.errors import install_error_handlers
+from service.server.api.guards import KEY_REFUSALS, ApiKeys, BodyLimit, HeavyRequests
+from service.server.api.policy import RequestContext
+from service.server.api.routes import health, inference, losses, metrics, models, pages
+from service.server.api.routes.inference import HEADER_LENGTH
+from service.server.api.routing import Dispatch, Matching, Route, RouteTable, policy_of, route_once
+from service.server.api.schemas import (
     LabelsLog,
     PredictionsLog,
     Problem,
@@ -36,10 +38,8 @@ from service.api.schemas import (
     loss_request_adapter,
     model_config_request_model,
 )
-from service.config import Settings
-from service.engine import available_cores, set_threads
-from service.grpc.server import GrpcServer, serve_grpc
-from service.monitoring import (
+from service.server.grpc.server import GrpcServer, serve_grpc
+from service.server.monitoring import (
     BatchedStderr,
     Monitor,
     RequestMonitor,

@@ -1,6 +1,6 @@
 """Starting the server: uvicorn and its workers, glibc's malloc tuned, the workers' metrics directory.
 
-`loss-service serve` calls `serve`; the app itself is built by `service.app.create_app` in each
+`loss-service serve` calls `serve`; the app itself is built by `service.server.app.create_app` in each
 worker.
 """
 
@@ -79,7 +79,7 @@ def serve(
     comes from the `LOSS_SERVICE_*` settings. Returns the exit status: 0 after a clean drain."""
     import uvicorn
 
-    from service.protocol import HeaderDeadlineProtocol
+    from service.server.protocol import HeaderDeadlineProtocol
 
     settings = Settings()
     workers = workers or settings.workers
@@ -93,7 +93,7 @@ def serve(
         signal.signal(stop_signal, lambda *_: None)
     try:
         uvicorn.run(
-            "service.app:create_app",
+            "service.server.app:create_app",
             factory=True,
             host=host or settings.host,
             port=port if port is not None else settings.port,

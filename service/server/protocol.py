@@ -14,7 +14,7 @@ can send (67 MB in 10 s over loopback). Beyond it the connection is answered 431
 
 Each connection may also hold a few hundred KiB that no memory budget sees (uvicorn's buffers),
 so a worker keeps at most `LOSS_SERVICE_MAX_CONNECTIONS` open (by default derived from
-`LOSS_SERVICE_MEMORY_BUDGET`: `service.api.guards.connection_limit`). A connection opened beyond
+`LOSS_SERVICE_MEMORY_BUDGET`: `service.server.api.guards.connection_limit`). A connection opened beyond
 them is kept only to answer its first request 503 with Retry-After, then closed: the connections
 already open, and their keep-alive clients, are served as before. Health probes (HEALTH_PATHS) are
 answered on any connection: a client holding every connection must not make the orchestrator see a
@@ -56,7 +56,7 @@ def _header_timeout() -> float:
 @functools.cache
 def max_connections() -> int:
     """LOSS_SERVICE_MAX_CONNECTIONS, or one per MiB of LOSS_SERVICE_MEMORY_BUDGET (at least 64)."""
-    from service.api.guards import connection_limit  # the app's modules load in the worker, not here
+    from service.server.api.guards import connection_limit  # the app's modules load in the worker, not here
 
     settings = Settings()
     return settings.max_connections or connection_limit(settings.memory_budget)
@@ -65,7 +65,7 @@ def max_connections() -> int:
 async def too_many_connections(scope: Any, receive: Any, send: Any) -> None:
     """The answer to a request on a connection opened beyond `max_connections()`: 503, in the
     route's protocol's shape (problem details, or `{"error"}` on /v2), and the connection closed."""
-    from service.api.errors import refusal_response
+    from service.server.api.errors import refusal_response
 
     detail = (
         f"this worker already has its most connections open, {max_connections():,} "

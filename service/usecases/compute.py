@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from service.engine import LIBRARIES, LossResult, compute, loss_name, resolve, working_bytes
-from service.monitoring import Monitor
+from service.server.monitoring import Monitor
 
 
 def compute_loss(batch: Any, loss: str, options: BaseModel) -> tuple[str, LossResult]:

@@ -31,7 +31,7 @@ from service.engine import (
     loss_name,
     resolve,
 )
-from service.monitoring import Monitor
+from service.server.monitoring import Monitor
 from service.store import (
     Logged,
     Model,
@@ -56,7 +56,7 @@ T = TypeVar("T")
 
 
 class Principal(Protocol):
-    """What a use case reads of the request's API key (`service.api.access.Principal`)."""
+    """What a use case reads of the request's API key (`service.server.api.access.Principal`)."""
 
     name: str
     models: tuple[str, ...] | None
@@ -75,7 +75,7 @@ class Caller(Protocol):
 
 
 class Keys(Protocol):
-    """The keys in force (`service.api.access.KeyRing`), for every writing key's usage."""
+    """The keys in force (`service.server.api.access.KeyRing`), for every writing key's usage."""
 
     @property
     def enabled(self) -> bool: ...

@@ -13,7 +13,7 @@ import anyio
 import anyio.to_thread
 
 from service.config import Settings
-from service.monitoring import Monitor
+from service.server.monitoring import Monitor
 from service.store import DELETE_BATCH_ROWS, SWEEP_BATCH_ROWS, Store, StoreFailureError, Swept
 from service.usecases.ingest import Keys, report_usage
 

@@ -35,7 +35,7 @@ from typing import Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.api.problems import clipped, shown
+from service.server.api.problems import clipped, shown
 
 Scope = Literal["compute", "ingest", "read", "admin", "metrics"]
 SCOPES: tuple[Scope, ...] = ("compute", "ingest", "read", "admin", "metrics")

@@ -16,8 +16,8 @@ from pydantic.functional_validators import PlainValidator
 from pydantic.json_schema import WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from service.api.problems import ProblemError
 from service.engine.checks import first_nonfinite
+from service.server.api.problems import ProblemError
 
 # Set by the body parser when the raw JSON contains `true`/`false` tokens: NumPy would read a
 # boolean beside numbers as 0/1, so those bodies take the exact walk instead.

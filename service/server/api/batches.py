@@ -12,10 +12,10 @@ import anyio
 import anyio.to_thread
 from fastapi import Request
 
-from service.api.access import authorize
-from service.api.policy import RequestContext, context_of
 from service.engine import LossResult
-from service.monitoring import Monitor
+from service.server.api.access import authorize
+from service.server.api.policy import RequestContext, context_of
+from service.server.monitoring import Monitor
 from service.usecases.compute import abandoned_when, compute_bytes, compute_loss, record_batch, request_values
 
 

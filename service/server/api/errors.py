@@ -16,12 +16,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
-from service.api.access import AccessRefusedError, audit, retry_after
-from service.api.arrays import NON_FINITE
-from service.api.policy import Dialect, RequestContext, context_of
-from service.api.problems import ProblemError, clipped, shown
-from service.api.schemas import UNKNOWN_KEYS, loss_names
 from service.engine import LIBRARIES, LossInputError, UnknownLossError, catalogue, libraries
+from service.server.api.access import AccessRefusedError, audit, retry_after
+from service.server.api.arrays import NON_FINITE
+from service.server.api.policy import Dialect, RequestContext, context_of
+from service.server.api.problems import ProblemError, clipped, shown
+from service.server.api.schemas import UNKNOWN_KEYS, loss_names
 from service.store import StoreFailureError, StoreFullError
 from service.usecases.errors import (
     InvalidInputError,

@@ -1,5 +1,5 @@
 """The Open Inference Protocol's tensors, below both transports (HTTP in routes/inference.py,
-gRPC in service/grpc): a catalogue loss as a model, input tensors decoded to NumPy by datatype,
+gRPC in service/server/grpc): a catalogue loss as a model, input tensors decoded to NumPy by datatype,
 the batch validated and computed as /v1/loss's is, and the outputs to answer with.
 
 Each transport reads its own envelope (JSON header and binary tensor data; protobuf and
@@ -16,15 +16,15 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from service.api.arrays import MAX_ELEMENTS
-from service.api.batches import run_loss
-from service.api.errors import validation_problem
-from service.api.oip_schema import DATATYPE_NAMES, SHOWN_ERRORS, InferenceRequest, RequestInput, RequestOutput
-from service.api.policy import RequestContext
-from service.api.problems import shown
-from service.api.schemas import loss_request_adapter
 from service.engine import LossInputError, UnknownLossError, libraries, resolve
-from service.monitoring import Monitor
+from service.server.api.arrays import MAX_ELEMENTS
+from service.server.api.batches import run_loss
+from service.server.api.errors import validation_problem
+from service.server.api.oip_schema import DATATYPE_NAMES, SHOWN_ERRORS, InferenceRequest, RequestInput, RequestOutput
+from service.server.api.policy import RequestContext
+from service.server.api.problems import shown
+from service.server.api.schemas import loss_request_adapter
+from service.server.monitoring import Monitor
 
 INPUTS = ("predictions", "labels", "sample_weight")
 OUTPUTS = ("per_sample", "mean")

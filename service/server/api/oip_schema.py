@@ -48,8 +48,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from service.api.arrays import MAX_DIMENSIONS
-from service.api.problems import clipped
+from service.server.api.arrays import MAX_DIMENSIONS
+from service.server.api.problems import clipped
 
 # The protocol's tensor data types this service reads (not BYTES: a loss takes numbers).
 DATATYPE_NAMES = (

@@ -13,8 +13,8 @@ from typing import Any, Literal, Protocol
 from starlette.routing import BaseRoute
 from starlette.types import Scope as AsgiScope
 
-from service.api.access import Principal, Scope
-from service.monitoring import CONTEXT
+from service.server.api.access import Principal, Scope
+from service.server.monitoring import CONTEXT
 
 Dialect = Literal["problem", "oip"]  # RFC 9457 problem details, or the Open Inference Protocol's {"error"}
 KeyNeed = Literal["required", "none", "metrics_auth"]  # "metrics_auth": as LOSS_SERVICE_METRICS_AUTH says

@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 from fastapi.responses import Response
 
-from service.api.body import ARROW_MEDIA_TYPE, NPZ_MEDIA_TYPE
-from service.api.guards import REFUSALS
+from service.server.api.body import ARROW_MEDIA_TYPE, NPZ_MEDIA_TYPE
+from service.server.api.guards import REFUSALS
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {

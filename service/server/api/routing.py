@@ -23,8 +23,8 @@ from starlette._utils import get_route_path
 from starlette.routing import BaseRoute, Match, Mount, Router, compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.policy import KEYED, OPEN, RequestContext, RoutePolicy, context_of
-from service.monitoring import CONTEXT
+from service.server.api.policy import KEYED, OPEN, RequestContext, RoutePolicy, context_of
+from service.server.monitoring import CONTEXT
 
 Endpoint = Callable[..., Any]
 

@@ -23,8 +23,6 @@ from pydantic.functional_validators import PlainValidator
 from pydantic.json_schema import WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from service.api.arrays import NumericArray, kind_of
-from service.api.problems import shown
 from service.engine import FRAMEWORKS, LIBRARIES, Aggregate, Convention, DType, LossSpec, catalogue
 from service.engine.conventions import Framework
 from service.engine.libraries import LIBRARY_TITLES, SEPARATORS, LibraryMetric, base_name, canonical, metrics
@@ -37,6 +35,8 @@ from service.option_models import (
     title,
 )
 from service.option_models import UNKNOWN_KEYS as UNKNOWN_KEYS  # the error handler names them
+from service.server.api.arrays import NumericArray, kind_of
+from service.server.api.problems import shown
 
 MODEL_LABEL_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 MAX_LOSSES_PER_EVALUATE = 32

@@ -1,5 +1,5 @@
 """A `ModelInferRequest` read into the protocol's request and its tensors, and an answer written
-as a `ModelInferResponse`: the gRPC side of `service.api.oip_codec`.
+as a `ModelInferResponse`: the gRPC side of `service.server.api.oip_codec`.
 
 The request's envelope (id, parameters, input names, shapes and datatypes, requested outputs)
 is validated as the HTTP route validates its JSON header (`oip_schema.validated_request`), so a
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from service.api.oip_codec import (
+from service.server.api.oip_codec import (
     DATATYPES,
     Answer,
     InferenceError,
@@ -26,10 +26,10 @@ from service.api.oip_codec import (
     tensor_from_numbers,
     wanted_outputs,
 )
-from service.api.oip_schema import InferenceRequestError, validated_request
-from service.api.policy import RequestContext
-from service.grpc.proto import grpc_predict_v2_pb2 as pb
-from service.monitoring import Monitor
+from service.server.api.oip_schema import InferenceRequestError, validated_request
+from service.server.api.policy import RequestContext
+from service.server.grpc.proto import grpc_predict_v2_pb2 as pb
+from service.server.monitoring import Monitor
 
 # Each datatype's `contents` field and the NumPy type of its numbers (FP16 has none: raw only).
 CONTENTS: dict[str, tuple[str, type[np.generic]]] = {

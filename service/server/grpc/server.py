@@ -1,7 +1,7 @@
 """The Open Inference Protocol over gRPC: `inference.GRPCInferenceService`, served by each worker
 beside its HTTP server (LOSS_SERVICE_GRPC_PORT), on the same event loop.
 
-Each RPC answers what its HTTP route answers, through the same codec (`service.api.oip_codec`):
+Each RPC answers what its HTTP route answers, through the same codec (`service.server.api.oip_codec`):
 the same models, parameters and numbers, and the same messages for bad input. It goes through the
 same keys (`authorization: Bearer` metadata), the same heavy-request bound and memory budget as
 HTTP requests (the worker's one `HeavyRequests`), the same deadline (LOSS_SERVICE_REQUEST_TIMEOUT,
@@ -26,16 +26,16 @@ from fastapi import FastAPI, Request
 from google.protobuf.message import DecodeError, Message
 
 from service import __version__
-from service.api.access import AccessRefusedError, audit, bearer_principal, permitted, retry_after
-from service.api.batches import off_loop
-from service.api.guards import Deadline, HeavyRequests
-from service.api.oip_codec import EXTENSIONS, InferenceError, catalogue_name, inference_name, model_metadata
-from service.api.policy import RequestContext, RoutePolicy
-from service.api.problems import ProblemError
 from service.config import Settings
-from service.grpc import convert
-from service.grpc.proto import grpc_predict_v2_pb2 as pb
-from service.monitoring import CONTEXT, Monitor, access_log
+from service.server.api.access import AccessRefusedError, audit, bearer_principal, permitted, retry_after
+from service.server.api.batches import off_loop
+from service.server.api.guards import Deadline, HeavyRequests
+from service.server.api.oip_codec import EXTENSIONS, InferenceError, catalogue_name, inference_name, model_metadata
+from service.server.api.policy import RequestContext, RoutePolicy
+from service.server.api.problems import ProblemError
+from service.server.grpc import convert
+from service.server.grpc.proto import grpc_predict_v2_pb2 as pb
+from service.server.monitoring import CONTEXT, Monitor, access_log
 
 log = logging.getLogger("service.grpc")
 SERVICE = "inference.GRPCInferenceService"

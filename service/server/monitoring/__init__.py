@@ -6,11 +6,11 @@ PROMETHEUS_MULTIPROC_DIR at a fresh directory before workers start, so every wor
 values there and /metrics merges them (prometheus-client multiprocess mode).
 """
 
-from service.monitoring.accesslog import BatchedStderr, access_log
-from service.monitoring.labels import OTHER_MODEL, OTHER_MODEL_OF_KEY, UNLABELLED_MODEL
-from service.monitoring.middleware import CONTEXT, Observation, Observed, RequestMonitor
-from service.monitoring.monitor import Monitor, start_otlp_export
-from service.monitoring.multiprocess import forget_killed_workers, mark_worker_dead
+from service.server.monitoring.accesslog import BatchedStderr, access_log
+from service.server.monitoring.labels import OTHER_MODEL, OTHER_MODEL_OF_KEY, UNLABELLED_MODEL
+from service.server.monitoring.middleware import CONTEXT, Observation, Observed, RequestMonitor
+from service.server.monitoring.monitor import Monitor, start_otlp_export
+from service.server.monitoring.multiprocess import forget_killed_workers, mark_worker_dead
 
 __all__ = [
     "CONTEXT",

@@ -9,8 +9,8 @@ from collections.abc import Callable, Hashable, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Metric, generate_latest, multiprocess
 
-from service.monitoring.labels import overflow_label
-from service.monitoring.multiprocess import multiprocess_dir
+from service.server.monitoring.labels import overflow_label
+from service.server.monitoring.multiprocess import multiprocess_dir
 
 
 def render(registry: CollectorRegistry, visible: Callable[[str], bool] | None = None) -> tuple[bytes, str]:

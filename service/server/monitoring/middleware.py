@@ -12,9 +12,9 @@ from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.monitoring.accesslog import access_log, write_access_line
-from service.monitoring.labels import request_state
-from service.monitoring.monitor import Monitor
+from service.server.monitoring.accesslog import access_log, write_access_line
+from service.server.monitoring.labels import request_state
+from service.server.monitoring.monitor import Monitor
 
 CONTEXT = "loss_service.context"  # the scope key of the request's context
 

@@ -13,10 +13,10 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Histogram
 
 from service.config import Settings
-from service.monitoring.exposition import SharedRenderings, render
-from service.monitoring.labels import ModelLabels
-from service.monitoring.metrics import Metrics
-from service.monitoring.otlp import OtlpTallies, otlp_endpoint
+from service.server.monitoring.exposition import SharedRenderings, render
+from service.server.monitoring.labels import ModelLabels
+from service.server.monitoring.metrics import Metrics
+from service.server.monitoring.otlp import OtlpTallies, otlp_endpoint
 
 ROW_KINDS = ("predictions", "labels")
 REJECTION_REASONS = {
@@ -227,6 +227,6 @@ def start_otlp_export(monitor: Monitor) -> Any:
     The SDK is imported here, only then."""
     if monitor.otlp is None or monitor.otlp_endpoint is None:
         return None
-    from service.monitoring import otlp_export
+    from service.server.monitoring import otlp_export
 
     return otlp_export.start(monitor, monitor.otlp, monitor.otlp_endpoint)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from service.config import Settings
-from service.monitoring.exponential import ExponentialHistogram
+from service.server.monitoring.exponential import ExponentialHistogram
 
 log = logging.getLogger("service.monitoring.otlp")
 

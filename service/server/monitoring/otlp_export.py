@@ -38,9 +38,9 @@ from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from service import __version__
-from service.monitoring import exponential
-from service.monitoring.metrics import Metrics
-from service.monitoring.otlp import OtlpTallies
+from service.server.monitoring import exponential
+from service.server.monitoring.metrics import Metrics
+from service.server.monitoring.otlp import OtlpTallies
 
 log = logging.getLogger("service.monitoring.otlp")
 

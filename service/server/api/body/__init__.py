@@ -5,11 +5,11 @@ JSON bodies carry every field. Binary bodies (npz, Arrow IPC stream) carry the a
 parameters, `options` as a JSON object. Both go through the same Pydantic models.
 """
 
-from service.api.body.binary import validate_binary
-from service.api.body.estimate import decoded_bytes, json_decoded_bytes
-from service.api.body.formats import ARROW_MEDIA_TYPE, BATCH_MEDIA_TYPES, JSON_MEDIA_TYPE, NPZ_MEDIA_TYPE
-from service.api.body.json import RepeatedKeyError, collector_paused, loads, validate_json
-from service.api.body.receive import Body, read_body, read_body_aligned, received_body
+from service.server.api.body.binary import validate_binary
+from service.server.api.body.estimate import decoded_bytes, json_decoded_bytes
+from service.server.api.body.formats import ARROW_MEDIA_TYPE, BATCH_MEDIA_TYPES, JSON_MEDIA_TYPE, NPZ_MEDIA_TYPE
+from service.server.api.body.json import RepeatedKeyError, collector_paused, loads, validate_json
+from service.server.api.body.receive import Body, read_body, read_body_aligned, received_body
 
 __all__ = [
     "ARROW_MEDIA_TYPE",

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from service.api.problems import ProblemError, clipped, shown
+from service.server.api.problems import ProblemError, clipped, shown
 from service.values.columns import as_array
 
 

@@ -8,12 +8,12 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from service.api.arrays import MAX_ELEMENTS
-from service.api.body.arrow import arrow_arrays
-from service.api.body.formats import ARRAY_FIELDS, NPZ_MEDIA_TYPE
-from service.api.body.npz import npz_arrays
-from service.api.errors import validation_problem
-from service.api.problems import ProblemError, clipped, shown
+from service.server.api.arrays import MAX_ELEMENTS
+from service.server.api.body.arrow import arrow_arrays
+from service.server.api.body.formats import ARRAY_FIELDS, NPZ_MEDIA_TYPE
+from service.server.api.body.npz import npz_arrays
+from service.server.api.errors import validation_problem
+from service.server.api.problems import ProblemError, clipped, shown
 
 
 def validate_binary(

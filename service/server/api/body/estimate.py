@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from service.api.body.formats import JSON_MEDIA_TYPE, NPZ_MEDIA_TYPE
-from service.api.body.npz import NPZ_ERRORS, declared_members
-from service.api.body.receive import Body
-from service.api.json_arrays import occurrences
+from service.server.api.body.formats import JSON_MEDIA_TYPE, NPZ_MEDIA_TYPE
+from service.server.api.body.npz import NPZ_ERRORS, declared_members
+from service.server.api.body.receive import Body
+from service.server.api.json_arrays import occurrences
 
 # Parsing a JSON body holds, at its peak, up to this much per number and per array in its text
 # (a Python float, its list slot, list objects, the NumPy copies): the upper bounds measured by

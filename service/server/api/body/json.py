@@ -13,11 +13,11 @@ import msgspec
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from service.api.arrays import BOOLEANS_PRESENT, MAX_ELEMENTS, NumericArray
-from service.api.body.formats import ARRAY_FIELDS
-from service.api.errors import validation_problem
-from service.api.json_arrays import SIMDJSON_BYTES, SMALL_BODY_BYTES, loads_with_arrays, structure
-from service.api.problems import ProblemError, clipped, shown
+from service.server.api.arrays import BOOLEANS_PRESENT, MAX_ELEMENTS, NumericArray
+from service.server.api.body.formats import ARRAY_FIELDS
+from service.server.api.errors import validation_problem
+from service.server.api.json_arrays import SIMDJSON_BYTES, SMALL_BODY_BYTES, loads_with_arrays, structure
+from service.server.api.problems import ProblemError, clipped, shown
 
 _ARRAY_KEYS = frozenset(ARRAY_FIELDS)
 

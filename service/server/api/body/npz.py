@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from isal.isal_zlib import crc32  # ISA-L's CRC-32, several times zlib's speed
 
-from service.api.problems import ProblemError, clipped
+from service.server.api.problems import ProblemError, clipped
 
 # What reading a malformed archive raises: zipfile raises RuntimeError for an encrypted member and
 # NotImplementedError for a compression method it lacks.

@@ -6,9 +6,9 @@ import numpy as np
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
-from service.api.body.formats import JSON_MEDIA_TYPE
-from service.api.headers import byte_count, request_header
-from service.api.problems import ProblemError
+from service.server.api.body.formats import JSON_MEDIA_TYPE
+from service.server.api.headers import byte_count, request_header
+from service.server.api.problems import ProblemError
 
 
 async def received_body(request: Request) -> bytes:

@@ -6,13 +6,13 @@ before the body is read in full, in the route's dialect: RFC 9457 problem detail
 Inference Protocol's `{"error": "..."}` body.
 """
 
-from service.api.guards.body_limit import INFLATED_PIECE, BodyLimit
-from service.api.guards.budget import connection_limit
-from service.api.guards.deadline import Deadline
-from service.api.guards.heavy import HeavyRequests
-from service.api.guards.keys import ApiKeys
-from service.api.guards.refusals import KEY_REFUSALS, REFUSALS
-from service.api.guards.slots import Slot
+from service.server.api.guards.body_limit import INFLATED_PIECE, BodyLimit
+from service.server.api.guards.budget import connection_limit
+from service.server.api.guards.deadline import Deadline
+from service.server.api.guards.heavy import HeavyRequests
+from service.server.api.guards.keys import ApiKeys
+from service.server.api.guards.refusals import KEY_REFUSALS, REFUSALS
+from service.server.api.guards.slots import Slot
 
 __all__ = [
     "INFLATED_PIECE",

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from starlette.types import Scope
 
-from service.api.guards.budget import Budget
-from service.api.guards.refusals import mib, refused
-from service.api.headers import byte_count, request_header
-from service.api.problems import ProblemError
+from service.server.api.guards.budget import Budget
+from service.server.api.guards.refusals import mib, refused
+from service.server.api.headers import byte_count, request_header
+from service.server.api.problems import ProblemError
 
 # A body that arrives whole in one message of at most this size is not counted as it arrives: a
 # connection reads this much ahead of the app in any case (uvicorn's high-water mark), and the

@@ -7,9 +7,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.guards.refusals import refuse, refused
-from service.api.headers import byte_count, request_header
-from service.api.problems import ProblemError
+from service.server.api.guards.refusals import refuse, refused
+from service.server.api.headers import byte_count, request_header
+from service.server.api.problems import ProblemError
 
 # The most a gzip body inflates to in one step: one ASGI message of the inflated body.
 INFLATED_PIECE = 256 * 1024

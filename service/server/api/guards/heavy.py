@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.guards.arrival import Arrival
-from service.api.guards.budget import Budget
-from service.api.guards.deadline import Deadline
-from service.api.guards.refusals import refuse, refused
-from service.api.guards.slots import Slot
-from service.api.policy import context_of
-from service.api.problems import ProblemError
+from service.server.api.guards.arrival import Arrival
+from service.server.api.guards.budget import Budget
+from service.server.api.guards.deadline import Deadline
+from service.server.api.guards.refusals import refuse, refused
+from service.server.api.guards.slots import Slot
+from service.server.api.policy import context_of
+from service.server.api.problems import ProblemError
 
 BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))  # the requests whose bodies are counted as they arrive
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.access import KeyRing, audit, retry_after
-from service.api.guards.refusals import refuse, refused
-from service.api.headers import request_header
-from service.api.policy import context_of
-from service.api.problems import shown
+from service.server.api.access import KeyRing, audit, retry_after
+from service.server.api.guards.refusals import refuse, refused
+from service.server.api.headers import request_header
+from service.server.api.policy import context_of
+from service.server.api.problems import shown
 
 
 class ApiKeys:

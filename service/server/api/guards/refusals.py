@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from starlette.types import Message, Scope, Send
 
-from service.api.errors import refusal_response
-from service.api.policy import context_of
-from service.api.problems import ProblemError
+from service.server.api.errors import refusal_response
+from service.server.api.policy import context_of
+from service.server.api.problems import ProblemError
 
 # What each guard's refusal means, for the routes' OpenAPI responses.
 KEY_REFUSALS = {

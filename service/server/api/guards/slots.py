@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from service.api.guards.budget import Budget
-from service.api.guards.refusals import mib, refused
+from service.server.api.guards.budget import Budget
+from service.server.api.guards.refusals import mib, refused
 
 
 class Slot:

@@ -17,8 +17,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from service.api.policy import OPEN
-from service.api.routing import Routes
+from service.server.api.policy import OPEN
+from service.server.api.routing import Routes
 
 routes = Routes(tags=["health"])
 

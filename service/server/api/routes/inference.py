@@ -18,8 +18,8 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from service import __version__
-from service.api.batches import off_loop
-from service.api.body import (
+from service.server.api.batches import off_loop
+from service.server.api.body import (
     Body,
     RepeatedKeyError,
     collector_paused,
@@ -28,9 +28,9 @@ from service.api.body import (
     read_body_aligned,
     received_body,
 )
-from service.api.guards import REFUSALS
-from service.api.headers import byte_count, request_header
-from service.api.oip_codec import (
+from service.server.api.guards import REFUSALS
+from service.server.api.headers import byte_count, request_header
+from service.server.api.oip_codec import (
     EXTENSIONS,
     InferenceError,
     catalogue_name,
@@ -39,11 +39,11 @@ from service.api.oip_codec import (
     inference_name,
     wanted_outputs,
 )
-from service.api.oip_codec import model_metadata as metadata_of
-from service.api.oip_schema import InferenceRequestError, request_schema, validated_request
-from service.api.policy import RequestContext, RoutePolicy, context_of
-from service.api.routing import Routes
-from service.monitoring import Monitor
+from service.server.api.oip_codec import model_metadata as metadata_of
+from service.server.api.oip_schema import InferenceRequestError, request_schema, validated_request
+from service.server.api.policy import RequestContext, RoutePolicy, context_of
+from service.server.api.routing import Routes
+from service.server.monitoring import Monitor
 
 METADATA = RoutePolicy(dialect="oip")  # any valid key
 INFER = RoutePolicy(scope="compute", heavy=True, dialect="oip")

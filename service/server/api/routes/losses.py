@@ -9,9 +9,11 @@ import numpy as np
 from fastapi import Request
 from fastapi.responses import Response
 
-from service.api.access import authorize
-from service.api.batches import off_loop, reserve, run_loss
-from service.api.body import (
+from service.engine import LossInputError, catalogue, libraries, resolve
+from service.engine.conventions import Library
+from service.server.api.access import authorize
+from service.server.api.batches import off_loop, reserve, run_loss
+from service.server.api.body import (
     BATCH_MEDIA_TYPES,
     JSON_MEDIA_TYPE,
     NPZ_MEDIA_TYPE,
@@ -21,12 +23,12 @@ from service.api.body import (
     validate_binary,
     validate_json,
 )
-from service.api.headers import request_header
-from service.api.policy import RequestContext, RoutePolicy, context_of
-from service.api.problems import ProblemError
-from service.api.responses import PROBLEM_RESPONSES, json_body, json_response
-from service.api.routing import Routes
-from service.api.schemas import (
+from service.server.api.headers import request_header
+from service.server.api.policy import RequestContext, RoutePolicy, context_of
+from service.server.api.problems import ProblemError
+from service.server.api.responses import PROBLEM_RESPONSES, json_body, json_response
+from service.server.api.routing import Routes
+from service.server.api.schemas import (
     Catalogue,
     EvaluateResult,
     LibraryCatalogue,
@@ -37,9 +39,7 @@ from service.api.schemas import (
     loss_info,
     loss_request_adapter,
 )
-from service.engine import LossInputError, catalogue, libraries, resolve
-from service.engine.conventions import Library
-from service.monitoring import Monitor
+from service.server.monitoring import Monitor
 from service.usecases.compute import compute_bytes, compute_loss, record_batch, request_values
 
 # Any path under /v1 that no route answers: its 404 is for key holders only.

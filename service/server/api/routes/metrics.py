@@ -8,10 +8,10 @@ import anyio.to_thread
 from fastapi import Request
 from fastapi.responses import Response
 
-from service.api.access import KeyRing, Principal
-from service.api.policy import RoutePolicy, context_of
-from service.api.routing import Routes
-from service.monitoring import OTHER_MODEL, OTHER_MODEL_OF_KEY, UNLABELLED_MODEL, Monitor
+from service.server.api.access import KeyRing, Principal
+from service.server.api.policy import RoutePolicy, context_of
+from service.server.api.routing import Routes
+from service.server.monitoring import OTHER_MODEL, OTHER_MODEL_OF_KEY, UNLABELLED_MODEL, Monitor
 
 routes = Routes(tags=["monitoring"])
 # A key with the metrics scope when LOSS_SERVICE_METRICS_AUTH is on; open otherwise.

@@ -11,13 +11,13 @@ from typing import Annotated, Any
 from fastapi import Path, Request
 from fastapi.responses import Response
 
-from service.api.access import authorize, visible
-from service.api.batches import off_loop
-from service.api.body import json_decoded_bytes, read_body, validate_json
-from service.api.policy import RoutePolicy, context_of
-from service.api.responses import PROBLEM_RESPONSES, json_body, json_response
-from service.api.routing import Routes
-from service.api.schemas import (
+from service.server.api.access import authorize, visible
+from service.server.api.batches import off_loop
+from service.server.api.body import json_decoded_bytes, read_body, validate_json
+from service.server.api.policy import RoutePolicy, context_of
+from service.server.api.responses import PROBLEM_RESPONSES, json_body, json_response
+from service.server.api.routing import Routes
+from service.server.api.schemas import (
     MODEL_LABEL_PATTERN,
     LabelsLog,
     LogResult,

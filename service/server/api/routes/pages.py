@@ -16,12 +16,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from service import __version__
-from service.api.policy import OPEN
-from service.api.routing import Routes
+from service.server.api.policy import OPEN
+from service.server.api.routing import Routes
 
 routes = Routes(include_in_schema=False)
 ASSETS_PATH = "/assets"
-PAGES = Path(str(files("service.api") / "pages"))
+PAGES = Path(str(files("service.server.api") / "pages"))
 # Swagger UI's and ReDoc's scripts and styles, as the fastapi-offline wheel ships them.
 VENDORED = Path(str(files("fastapi_offline") / "static"))
 
