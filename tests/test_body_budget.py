@@ -21,8 +21,8 @@ from fastapi import FastAPI
 from uvicorn.server import ServerState
 
 from bench import pressure
-from service import protocol
 from service.config import Settings
+from service.server import protocol
 from service.server.api.guards import INFLATED_PIECE, HeavyRequests, Slot, connection_limit
 from service.server.app import create_app
 from service.server.protocol import HeaderDeadlineProtocol
