@@ -182,6 +182,8 @@ def _drain_on_stop_signal(app: FastAPI, grpc_server: GrpcServer | None = None) -
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app for `settings`; without them, for the `LOSS_SERVICE_*` environment, read now (uvicorn
+    calls it so in each worker: `service.server.app:create_app` with `factory=True`)."""
     settings = settings or Settings()
     app = FastAPI(
         title="loss-service",
@@ -293,6 +295,3 @@ def _document_key_refusals(schema: dict[str, Any], routes: list[Any]) -> None:
             responses = operation.setdefault("responses", {})
             for status, description in KEY_REFUSALS.items():
                 responses.setdefault(str(status), {"description": description, "content": content})
-
-
-app = create_app()

@@ -14,7 +14,8 @@ can send (67 MB in 10 s over loopback). Beyond it the connection is answered 431
 
 Each connection may also hold a few hundred KiB that no memory budget sees (uvicorn's buffers),
 so a worker keeps at most `LOSS_SERVICE_MAX_CONNECTIONS` open (by default derived from
-`LOSS_SERVICE_MEMORY_BUDGET`: `service.server.api.guards.connection_limit`). A connection opened beyond
+`LOSS_SERVICE_MEMORY_BUDGET`: `service.server.api.guards.connection_limit`; the header deadline
+and this bound reach the protocol from the settings, as `ConnectionLimits`). A connection opened beyond
 them is kept only to answer its first request 503 with Retry-After, then closed: the connections
 already open, and their keep-alive clients, are served as before. Health probes (HEALTH_PATHS) are
 answered on any connection: a client holding every connection must not make the orchestrator see a
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -48,28 +50,34 @@ HEADERS_TOO_LARGE_RESPONSE = (
 HEALTH_PATHS = frozenset({b"/livez", b"/healthz", b"/readyz", b"/v2/health/live", b"/v2/health/ready"})
 
 
-@functools.cache
-def _header_timeout() -> float:
-    return Settings().header_timeout
+@dataclass
+class ConnectionLimits:
+    """How long a request's headers may take, and how many connections a worker keeps open: from
+    the server's settings, handed to the protocol by `service.server.boot`."""
+
+    header_timeout: float
+    configured_connections: int  # LOSS_SERVICE_MAX_CONNECTIONS; 0: derived from the memory budget
+    memory_budget: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionLimits:
+        return cls(settings.header_timeout, settings.max_connections, settings.memory_budget)
+
+    @functools.cached_property
+    def max_connections(self) -> int:
+        """LOSS_SERVICE_MAX_CONNECTIONS, or one per MiB of LOSS_SERVICE_MEMORY_BUDGET (at least 64)."""
+        from service.server.api.guards import connection_limit  # the app's modules load in the worker, not here
+
+        return self.configured_connections or connection_limit(self.memory_budget)
 
 
-@functools.cache
-def max_connections() -> int:
-    """LOSS_SERVICE_MAX_CONNECTIONS, or one per MiB of LOSS_SERVICE_MEMORY_BUDGET (at least 64)."""
-    from service.server.api.guards import connection_limit  # the app's modules load in the worker, not here
-
-    settings = Settings()
-    return settings.max_connections or connection_limit(settings.memory_budget)
-
-
-async def too_many_connections(scope: Any, receive: Any, send: Any) -> None:
-    """The answer to a request on a connection opened beyond `max_connections()`: 503, in the
-    route's protocol's shape (problem details, or `{"error"}` on /v2), and the connection closed."""
+async def too_many_connections(limit: int, scope: Any, receive: Any, send: Any) -> None:
+    """The answer to a request on a connection opened beyond `limit`: 503, in the route's
+    protocol's shape (problem details, or `{"error"}` on /v2), and the connection closed."""
     from service.server.api.errors import refusal_response
 
     detail = (
-        f"this worker already has its most connections open, {max_connections():,} "
-        "(LOSS_SERVICE_MAX_CONNECTIONS); retry shortly"
+        f"this worker already has its most connections open, {limit:,} (LOSS_SERVICE_MAX_CONNECTIONS); retry shortly"
     )
     response = refusal_response(scope["path"], 503, detail, {"Retry-After": "1", "Connection": "close"})
     await response(scope, receive, send)
@@ -120,12 +128,17 @@ class OneWritePerTurn:
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
     """`HttpToolsProtocol` that closes connections whose request headers do not arrive in time,
-    refuses requests on connections opened beyond `max_connections()`, and writes each response
-    in one piece (`OneWritePerTurn`)."""
+    refuses requests on connections opened beyond `limits.max_connections`, and writes each
+    response in one piece (`OneWritePerTurn`).
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    `limits` comes from the server's settings (`service.server.boot` binds it); a protocol named
+    to uvicorn by its import path alone (`--http service.server.protocol:HeaderDeadlineProtocol`)
+    gets the settings' defaults, with no environment read."""
+
+    def __init__(self, *args: Any, limits: ConnectionLimits | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.header_timeout = _header_timeout()
+        self.limits = limits if limits is not None else ConnectionLimits.from_settings(Settings.model_construct())
+        self.header_timeout = self.limits.header_timeout
         self.header_deadline: asyncio.TimerHandle | None = None
         self.header_bytes = 0  # of the request line and headers awaited
         self.headers_awaited = 0  # counts the times they began to be awaited
@@ -133,7 +146,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(OneWritePerTurn(transport, self.loop))  # type: ignore[arg-type]
-        self.beyond_limit = len(self.connections) > max_connections()  # this one included
+        self.beyond_limit = len(self.connections) > self.limits.max_connections  # this one included
         self._arm()
 
     def data_received(self, data: bytes) -> None:
@@ -163,7 +176,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         if not self.beyond_limit or self.url.partition(b"?")[0] in HEALTH_PATHS:
             super().on_headers_complete()
             return
-        app, self.app = self.app, too_many_connections  # the app uvicorn starts for this request
+        # the app uvicorn starts for this request
+        app, self.app = self.app, functools.partial(too_many_connections, self.limits.max_connections)
         try:
             super().on_headers_complete()
         finally:
