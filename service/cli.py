@@ -16,7 +16,6 @@ import orjson
 
 from service import __version__
 from service.engine.conventions import CONVENTIONS
-from service.offline.datasets import DEFAULT_MAX_GROUPS
 from service.offline.files import (
     READABLE,
     FileFormatError,
@@ -27,6 +26,7 @@ from service.offline.files import (
     refuse_overlap,
     write_array,
 )
+from service.offline.spec import DEFAULT_MAX_GROUPS
 from service.values.results import LossResult
 
 
@@ -241,7 +241,9 @@ def _compute_dataset(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from service.engine import LossInputError, UnknownLossError
-    from service.offline.datasets import DatasetError, Spec, evaluate_dask, evaluate_dataset
+    from service.offline.cluster import evaluate_dask
+    from service.offline.datasets import evaluate_dataset
+    from service.offline.spec import DatasetError, Spec
     from service.option_models import checked_options
 
     if not (args.predictions_column and args.labels_column):
@@ -302,7 +304,8 @@ def _progress_bar(args: argparse.Namespace, spec: Any) -> Any:
     except ImportError:
         yield None
         return
-    from service.offline.datasets import DatasetError, open_dataset
+    from service.offline.reading import open_dataset
+    from service.offline.spec import DatasetError
 
     try:
         total = open_dataset(args.dataset, spec).count_rows()
