@@ -254,7 +254,7 @@ def test_status_and_logging_do_the_same_work_at_a_hundred_times_the_joined_rows(
 
 
 def test_a_store_of_the_first_layout_gains_the_pending_indexes_and_keeps_its_rows(url: str) -> None:
-    from service.store.database import connect
+    from service.store.connect import connect
     from service.store.schema import MIGRATIONS, SCHEMA_VERSION
 
     database = connect(url)

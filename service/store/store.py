@@ -28,7 +28,8 @@ from typing import Any, Generic, Literal, TypeVar
 import numpy as np
 import orjson
 
-from service.store.database import Database, Transaction, connect
+from service.store.connect import connect
+from service.store.database import Database, Transaction
 from service.store.errors import QuotaExceededError, RowIdError, RowShapeError, TooManyPendingError, UnknownModelError
 from service.store.schema import ROW_BYTES, migrate, row_bytes_sql
 
