@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from service.server.api.body import validate_json
-from service.server.api.schemas import PredictionsLog, _holds_refused, to_ids
+from service.server.api.model_schemas import PredictionsLog, _holds_refused, to_ids
 from service.store.rows import _check_ids
 
 COUNT = 100_000

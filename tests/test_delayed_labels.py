@@ -477,7 +477,7 @@ def test_the_refused_characters_are_unicodes_controls_and_the_openapi_pattern_ag
     Cc) or a surrogate, and the pattern the OpenAPI document publishes refuses the same ones."""
     import unicodedata
 
-    from service.server.api.schemas import ID_PATTERN, _holds_refused, _refused_character
+    from service.server.api.model_schemas import ID_PATTERN, _holds_refused, _refused_character
 
     pattern = re.compile(ID_PATTERN)
     for code in [*range(0x10000), 0x1F600, 0xE0001, 0x10FFFF]:

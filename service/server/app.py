@@ -26,18 +26,12 @@ from service.engine import available_cores, set_threads
 from service.server.api.access import KeyRing
 from service.server.api.errors import install_error_handlers
 from service.server.api.guards import KEY_REFUSALS, ApiKeys, BodyLimit, HeavyRequests
+from service.server.api.model_schemas import LabelsLog, PredictionsLog, model_config_request_model
 from service.server.api.policy import RequestContext
 from service.server.api.routes import health, inference, losses, metrics, models, pages
 from service.server.api.routes.inference import HEADER_LENGTH
 from service.server.api.routing import Dispatch, Matching, Route, RouteTable, policy_of, route_once
-from service.server.api.schemas import (
-    LabelsLog,
-    PredictionsLog,
-    Problem,
-    evaluate_request_model,
-    loss_request_adapter,
-    model_config_request_model,
-)
+from service.server.api.schemas import Problem, evaluate_request_model, loss_request_adapter
 from service.server.grpc.server import GrpcServer, serve_grpc
 from service.server.monitoring import (
     BatchedStderr,

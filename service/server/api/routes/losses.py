@@ -23,22 +23,13 @@ from service.server.api.body import (
     validate_binary,
     validate_json,
 )
+from service.server.api.catalogue_schemas import Catalogue, LibraryCatalogue, LossInfo, library_metric_info, loss_info
 from service.server.api.headers import request_header
 from service.server.api.policy import RequestContext, RoutePolicy, context_of
 from service.server.api.problems import ProblemError
 from service.server.api.responses import PROBLEM_RESPONSES, json_body, json_response
 from service.server.api.routing import Routes
-from service.server.api.schemas import (
-    Catalogue,
-    EvaluateResult,
-    LibraryCatalogue,
-    LossInfo,
-    LossResult,
-    evaluate_request_model,
-    library_metric_info,
-    loss_info,
-    loss_request_adapter,
-)
+from service.server.api.schemas import EvaluateResult, LossResult, evaluate_request_model, loss_request_adapter
 from service.server.monitoring import Monitor
 from service.usecases.compute import compute_bytes, compute_loss, record_batch, request_values
 

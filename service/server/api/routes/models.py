@@ -14,11 +14,7 @@ from fastapi.responses import Response
 from service.server.api.access import authorize, visible
 from service.server.api.batches import off_loop
 from service.server.api.body import json_decoded_bytes, read_body, validate_json
-from service.server.api.policy import RoutePolicy, context_of
-from service.server.api.responses import PROBLEM_RESPONSES, json_body, json_response
-from service.server.api.routing import Routes
-from service.server.api.schemas import (
-    MODEL_LABEL_PATTERN,
+from service.server.api.model_schemas import (
     LabelsLog,
     LogResult,
     ModelConfig,
@@ -27,6 +23,10 @@ from service.server.api.schemas import (
     PredictionsLog,
     model_config_request_model,
 )
+from service.server.api.policy import RoutePolicy, context_of
+from service.server.api.responses import PROBLEM_RESPONSES, json_body, json_response
+from service.server.api.routing import Routes
+from service.server.api.schemas import MODEL_LABEL_PATTERN
 from service.store import Side, Store
 from service.usecases import ingest, upkeep
 
