@@ -201,7 +201,7 @@ def kserve_grpc(workdir: Path) -> Callable[[], object]:
 def grpc_request(logits: np.ndarray, labels: np.ndarray) -> bytes:
     """A ModelInferRequest with raw tensors, serialised once: both servers get the same bytes."""
     sys.path.insert(0, str(ROOT))
-    from service.grpc.proto import grpc_predict_v2_pb2 as pb
+    from service.server.grpc.proto import grpc_predict_v2_pb2 as pb
 
     request = pb.ModelInferRequest(model_name=MODEL)
     # binary_data_output: the KServe model answers in raw_output_contents, as loss-service always does.
@@ -223,7 +223,7 @@ def grpc_request(logits: np.ndarray, labels: np.ndarray) -> bytes:
 def grpc_per_sample(port: int, body: bytes) -> np.ndarray:
     import grpc
 
-    from service.grpc.proto import grpc_predict_v2_pb2 as pb
+    from service.server.grpc.proto import grpc_predict_v2_pb2 as pb
 
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")

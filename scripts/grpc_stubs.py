@@ -1,4 +1,4 @@
-"""Regenerate the gRPC stubs of service/grpc/proto from its .proto (make grpc-stubs).
+"""Regenerate the gRPC stubs of service/server/grpc/proto from its .proto (make grpc-stubs).
 
     grpc_predict_v2_pb2.py, .pyi   the messages (protoc's Python and type-stub output)
     grpc_predict_v2_pb2_grpc.py    the service's stub and servicer (grpcio-tools' plugin)
@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTO = "service/grpc/proto/grpc_predict_v2.proto"
-MESSAGES = "service/grpc/proto/grpc_predict_v2_pb2.py"
+PROTO = "service/server/grpc/proto/grpc_predict_v2.proto"
+MESSAGES = "service/server/grpc/proto/grpc_predict_v2_pb2.py"
 DEFAULT_POOL = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
 OWN_POOL = "DESCRIPTOR = _descriptor_pool.DescriptorPool().AddSerializedFile("
 

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from hypothesis import settings
 
-from service.app import create_app
 from service.config import Settings
+from service.server.app import create_app
 
 # Every app and served process of the suite keeps its delayed-labels store in a fresh directory,
 # never in the checkout's data/; tests of the store itself give each app a file of its own.

@@ -12,8 +12,8 @@ import anyio
 import httpx
 import pytest
 
-from service.app import create_app
 from service.config import Settings
+from service.server.app import create_app
 from tests.test_api import problem
 
 BODY = {"loss": "mse", "predictions": [[1.0], [2.0]], "labels": [[1.0], [4.0]], "model": "guarded"}
@@ -83,8 +83,8 @@ async def drive(app: Any, messages: list[dict[str, Any]], headers: list[tuple[by
 def heavy_route(app: Any) -> Any:
     """`app` behind a matcher that finds a heavy route for every request (as `routing.Matching`
     does for a route whose policy says heavy), for a guard tried alone."""
-    from service.api.policy import RequestContext, RoutePolicy
-    from service.monitoring import CONTEXT
+    from service.server.api.policy import RequestContext, RoutePolicy
+    from service.server.monitoring import CONTEXT
 
     async def matched(scope: Any, receive: Any, send: Any) -> None:
         scope[CONTEXT] = RequestContext(matched=True, policy=RoutePolicy(heavy=True))
@@ -102,7 +102,7 @@ class Recorder:
         self.state: Any = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        from service.monitoring import CONTEXT
+        from service.server.monitoring import CONTEXT
 
         self.headers, self.state = scope["headers"], scope.get(CONTEXT)
         while True:

@@ -107,7 +107,7 @@ async def test_health_endpoints(client: httpx.AsyncClient) -> None:
 
 
 async def test_readyz_is_503_before_startup() -> None:
-    from service.app import create_app
+    from service.server.app import create_app
 
     transport = httpx.ASGITransport(app=create_app())
     async with httpx.AsyncClient(transport=transport, base_url="http://x") as fresh:

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from service.api.body.npz import _stored_npz_arrays
+from service.server.api.body.npz import _stored_npz_arrays
 from tests.test_api import problem
 
 pytestmark = pytest.mark.anyio
@@ -205,7 +205,7 @@ async def test_misaligned_npz_members_reach_the_engine_aligned(
 
 def test_arrow_columns_are_views_of_the_body() -> None:
     """A one-batch Arrow stream's columns are read in place: no copy of a large body's arrays."""
-    from service.api.body.arrow import arrow_arrays
+    from service.server.api.body.arrow import arrow_arrays
 
     predictions = np.random.default_rng(0).normal(size=(50, 4))
     table = pa.table(

@@ -15,11 +15,11 @@ import httpx
 import orjson
 import pytest
 
-from service.api.access import AccessRefusedError, Principal, audit, authorize, digest
-from service.api.problems import clipped, shown
-from service.api.routes import losses as losses_routes
-from service.app import create_app
 from service.config import Settings
+from service.server.api.access import AccessRefusedError, Principal, audit, authorize, digest
+from service.server.api.problems import clipped, shown
+from service.server.api.routes import losses as losses_routes
+from service.server.app import create_app
 
 pytestmark = pytest.mark.anyio
 FRAUD_KEY = "fraud-key-0123456789"

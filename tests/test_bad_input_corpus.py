@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from service.api.body import json as body_module
-from service.app import create_app
 from service.config import Settings
+from service.server.api.body import json as body_module
+from service.server.app import create_app
 
 pytestmark = pytest.mark.anyio
 JSON = "application/json"
@@ -494,7 +494,7 @@ async def test_escapes_and_distinct_keys_are_not_mistaken_for_repeats(
 
 
 def answered_by(monkeypatch: pytest.MonkeyPatch, reader: str) -> list[bool]:
-    """Whether each call of `service.api.body.json`'s `reader` answered (True) or handed the body over
+    """Whether each call of `service.server.api.body.json`'s `reader` answered (True) or handed the body over
     to the ordinary parser (None: False), from now on."""
     real, answered = getattr(body_module, reader), []
 
@@ -552,7 +552,7 @@ async def test_bodies_decoded_field_by_field_get_the_same_answers(
 )  # fmt: skip
 @pytest.mark.parametrize("token", [b"true", b"false", b'"', b"t"])
 def test_counting_by_first_byte_equals_bytes_count(text: bytes, token: bytes) -> None:
-    from service.api.body.json import _count
+    from service.server.api.body.json import _count
 
     assert _count(text, token) == text.count(token)
 
@@ -680,7 +680,7 @@ HOSTILE_CASES = [
 
 @pytest.fixture(scope="module")
 async def keyed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[httpx.AsyncClient]:
-    from service.api.access import digest
+    from service.server.api.access import digest
 
     folder = tmp_path_factory.mktemp("keyed")
     keys = folder / "keys.toml"
@@ -808,7 +808,7 @@ async def test_ids_with_printable_unicode_are_kept_as_given(limited: httpx.Async
 
 
 # item 7: OIP request shape
-# The protocol's request shape (service/api/oip_schema.py) is validated before any tensor is decoded:
+# The protocol's request shape (service/server/api/oip_schema.py) is validated before any tensor is decoded:
 # each of these was a 500 with a traceback (the first six are the issue's), or was silently coerced.
 OIP_PREDICTIONS = {"name": "predictions", "shape": [2], "datatype": "FP64", "data": [0.5, 1.0]}
 OIP_LABELS = {"name": "labels", "shape": [2], "datatype": "FP64", "data": [1.0, 0.0]}

@@ -21,11 +21,11 @@ from fastapi import FastAPI
 from uvicorn.server import ServerState
 
 from bench import pressure
-from service import protocol
-from service.api.guards import INFLATED_PIECE, HeavyRequests, Slot, connection_limit
-from service.app import create_app
 from service.config import Settings
-from service.protocol import HeaderDeadlineProtocol
+from service.server import protocol
+from service.server.api.guards import INFLATED_PIECE, HeavyRequests, Slot, connection_limit
+from service.server.app import create_app
+from service.server.protocol import ConnectionLimits, HeaderDeadlineProtocol
 from tests.servers import serving
 from tests.test_protocol import Transport, a_turn
 
@@ -274,7 +274,7 @@ async def test_bodies_arriving_at_once_are_bounded_by_the_budget() -> None:
         assert limiter_of(application).bodies == 0
 
 
-def connection(state: ServerState) -> tuple[HeaderDeadlineProtocol, Transport]:
+def connection(state: ServerState, max_connections: int = 0) -> tuple[HeaderDeadlineProtocol, Transport]:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
@@ -282,7 +282,8 @@ def connection(state: ServerState) -> tuple[HeaderDeadlineProtocol, Transport]:
 
     config = uvicorn.Config(app, log_level="warning", lifespan="off")
     config.load()
-    server = HeaderDeadlineProtocol(config=config, server_state=state, app_state={})
+    limits = ConnectionLimits(header_timeout=10.0, configured_connections=max_connections, memory_budget=2**30)
+    server = HeaderDeadlineProtocol(config=config, server_state=state, app_state={}, limits=limits)
     transport = Transport()
     server.connection_made(transport)  # type: ignore[arg-type]
     return server, transport
@@ -292,9 +293,8 @@ def connection(state: ServerState) -> tuple[HeaderDeadlineProtocol, Transport]:
 async def test_a_connection_beyond_the_limit_gets_503_and_is_closed_the_others_are_served(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(protocol, "max_connections", lambda: 2)
     state = ServerState()
-    opened = [connection(state) for _ in range(3)]
+    opened = [connection(state, 2) for _ in range(3)]
     for server, _ in opened:
         server.data_received(b"POST /v1/loss HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}")
     for _ in range(10):
@@ -311,7 +311,7 @@ async def test_a_connection_beyond_the_limit_gets_503_and_is_closed_the_others_a
     assert third.closed
     opened[2][0].connection_lost(None)
     opened[0][0].connection_lost(None)  # one of the two leaves: a new connection is served
-    fourth, fourth_transport = connection(state)
+    fourth, fourth_transport = connection(state, 2)
     fourth.data_received(b"POST /v1/loss HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}")
     for _ in range(10):
         await a_turn()
@@ -327,15 +327,14 @@ async def test_a_health_probe_is_answered_on_a_connection_beyond_the_limit(
 ) -> None:
     """A client holding every connection must not fail the orchestrator's probes (and get the
     worker restarted): a probe is served on a connection beyond the limit, anything else is not."""
-    monkeypatch.setattr(protocol, "max_connections", lambda: 1)
     state = ServerState()
-    held, _ = connection(state)
-    probe, probe_transport = connection(state)
+    held, _ = connection(state, 1)
+    probe, probe_transport = connection(state, 1)
     probe.data_received(b"GET " + path + b" HTTP/1.1\r\nHost: t\r\n\r\n")
     for _ in range(10):
         await a_turn()
     assert probe_transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
-    other, other_transport = connection(state)
+    other, other_transport = connection(state, 1)
     other.data_received(b"GET /v1/losses HTTP/1.1\r\nHost: t\r\n\r\n")
     for _ in range(10):
         await a_turn()
@@ -400,7 +399,7 @@ def test_held_gzip_and_plain_bodies_keep_the_served_worker_within_its_budget() -
 async def test_after_a_gzip_body_is_passed_on_whole_receive_is_the_servers_again() -> None:
     """An app that waits for the client to leave once the body is in (as a streaming response
     does) gets the server's http.disconnect, not the inflated body's last message again and again."""
-    from service.api.guards import BodyLimit
+    from service.server.api.guards import BodyLimit
 
     seen: list[dict[str, Any]] = []
 

@@ -17,12 +17,12 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from service.api.body import decoded_bytes, json_decoded_bytes, validate_json
-from service.api.body import json as body_module
-from service.api.body.npz import npz_arrays
-from service.api.problems import ProblemError
-from service.api.schemas import loss_request_adapter
 from service.config import Settings
+from service.server.api.body import decoded_bytes, json_decoded_bytes, validate_json
+from service.server.api.body import json as body_module
+from service.server.api.body.npz import npz_arrays
+from service.server.api.problems import ProblemError
+from service.server.api.schemas import loss_request_adapter
 from tests.guarded import client_for
 from tests.test_api import problem
 
@@ -366,7 +366,7 @@ async def test_members_zipfile_cannot_read_are_a_400_not_a_500(
 
 
 def test_an_evaluate_body_orjson_refuses_is_held_to_the_element_limit() -> None:
-    from service.api.schemas import evaluate_request_model
+    from service.server.api.schemas import evaluate_request_model
 
     body = b'{"losses": [{"loss": "mse"}], "predictions": [[1, 2, 3, Infinity]], "labels": [[1, 0, 1, 1]]}'
     with pytest.raises(ProblemError) as too_many:
@@ -381,7 +381,7 @@ def test_an_evaluate_body_orjson_refuses_is_held_to_the_element_limit() -> None:
 async def test_a_body_is_received_whole_once_and_kept_for_whoever_asks_again() -> None:
     from starlette.requests import ClientDisconnect, Request
 
-    from service.api.body import received_body
+    from service.server.api.body import received_body
 
     def request_of(messages: list[dict[str, Any]]) -> Request:
         pending = list(messages)

@@ -1,4 +1,4 @@
-"""Receiving a body (service/api/body/receive.py): a client that leaves mid-body, and the refusals
+"""Receiving a body (service/server/api/body/receive.py): a client that leaves mid-body, and the refusals
 of a wrong content type or an empty body, in their words."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.app import create_app
 from service.config import Settings
+from service.server.app import create_app
 from tests.guarded import JSON
 from tests.test_api import problem
 

@@ -21,10 +21,10 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from service.api.body import decoded_bytes, json_decoded_bytes
-from service.api.guards import HeavyRequests, Slot
-from service.api.problems import ProblemError
 from service.config import Settings
+from service.server.api.body import decoded_bytes, json_decoded_bytes
+from service.server.api.guards import HeavyRequests, Slot
+from service.server.api.problems import ProblemError
 from tests.guarded import client_for, computations_held, wait_for_event
 from tests.servers import serving
 from tests.test_api import problem
@@ -73,8 +73,8 @@ SHAPES = {
 MEASURE_PARSING = """
 import sys
 from pathlib import Path
-from service.api.body import validate_json
-from service.api.schemas import loss_request_adapter
+from service.server.api.body import validate_json
+from service.server.api.schemas import loss_request_adapter
 
 def peak():
     status = Path("/proc/self/status").read_text().splitlines()

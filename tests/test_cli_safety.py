@@ -20,8 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from service.cli import build_parser, main
-from service.offline.datasets import DEFAULT_MAX_GROUPS, DatasetError, Spec, evaluate_dask, evaluate_dataset
+from service.offline.cluster import evaluate_dask
+from service.offline.datasets import evaluate_dataset
 from service.offline.files import OutputError
+from service.offline.spec import DEFAULT_MAX_GROUPS, DatasetError, Spec
 
 RNG = np.random.default_rng(29)
 ROWS = 40

@@ -12,9 +12,9 @@ import numpy as np
 import orjson
 import pytest
 
-from service.api.body.json import COLLECTOR_PAUSE_BYTES, collector_paused, validate_json
-from service.api.schemas import loss_request_adapter
-from service.app import create_app
+from service.server.api.body.json import COLLECTOR_PAUSE_BYTES, collector_paused, validate_json
+from service.server.api.schemas import loss_request_adapter
+from service.server.app import create_app
 
 pytestmark = pytest.mark.anyio
 

@@ -102,8 +102,8 @@ def test_image_serves_the_open_inference_protocol_over_grpc_on_8001(container: t
     import grpc
     import numpy as np
 
-    from service.grpc.proto import grpc_predict_v2_pb2 as pb
-    from service.grpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+    from service.server.grpc.proto import grpc_predict_v2_pb2 as pb
+    from service.server.grpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
     name, _ = container
     request = pb.ModelInferRequest(model_name="mse")

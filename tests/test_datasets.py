@@ -16,14 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from service.cli import main as cli
-from service.offline.datasets import (
-    SKETCH_ACCURACY,
-    DatasetError,
-    Spec,
-    evaluate_dask,
-    evaluate_dataset,
-    per_sample_dask,
-)
+from service.offline.cluster import evaluate_dask, per_sample_dask
+from service.offline.datasets import evaluate_dataset
+from service.offline.sketch import SKETCH_ACCURACY
+from service.offline.spec import DatasetError, Spec
 from tests.servers import served
 from tests.tolerance import FLOAT32_MEAN_ULPS, assert_close
 

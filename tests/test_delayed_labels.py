@@ -14,8 +14,8 @@ import httpx
 import numpy as np
 import pytest
 
-from service.app import create_app
 from service.config import Settings
+from service.server.app import create_app
 
 pytestmark = pytest.mark.anyio
 SCCE_TORCH = {
@@ -451,7 +451,7 @@ async def test_a_control_character_among_100k_ids_is_found_at_its_index(
 ) -> None:
     """Large bodies take other decoders (simdjson for the arrays, field by field from 32 MB): the
     refusal is the same, at the index of the one bad id; nothing of the request is stored."""
-    from service.api.body import json as body_module
+    from service.server.api.body import json as body_module
 
     api = api_on
     await configure(api, losses=[{"loss": "mse"}], convention="keras")
@@ -477,7 +477,7 @@ def test_the_refused_characters_are_unicodes_controls_and_the_openapi_pattern_ag
     Cc) or a surrogate, and the pattern the OpenAPI document publishes refuses the same ones."""
     import unicodedata
 
-    from service.api.schemas import ID_PATTERN, _holds_refused, _refused_character
+    from service.server.api.model_schemas import ID_PATTERN, _holds_refused, _refused_character
 
     pattern = re.compile(ID_PATTERN)
     for code in [*range(0x10000), 0x1F600, 0xE0001, 0x10FFFF]:

@@ -18,7 +18,7 @@ import yaml
 from packaging.requirements import Requirement
 
 from scripts.lock import LOCK, STAMP, dependencies_digest
-from service.app import create_app
+from service.server.app import create_app
 from tests.servers import loss_service_executable, served
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,10 +24,11 @@ import httpx
 import numpy as np
 import pytest
 
-from service.app import create_app
 from service.config import Settings
 from service.engine import LossInputError, compute, libraries, loss_name
-from service.engine.libraries import base, lightgbm
+from service.engine.libraries import base
+from service.engine.libraries.lightgbm import classification, cross_entropy, deviance, objectives, regression
+from service.server.app import create_app
 from service.values.results import Totals, combine
 from tests.boosted import assert_refused, first_case
 
@@ -99,6 +100,10 @@ def test_the_engine_reproduces_the_recorded_evaluation(case: dict[str, Any]) -> 
 # -- mistakes a table author could make: each makes some fixture case disagree ---------------------
 
 
+# The LightGBM table's modules: a constant imported from `objectives` is a name in each that uses it.
+TABLE_MODULES = (objectives, classification, cross_entropy, regression, deviance)
+
+
 def _some_case_disagrees() -> bool:
     return not all(_agrees(c) for c in CASES)
 
@@ -114,7 +119,10 @@ def _some_case_disagrees() -> bool:
     ],
 )
 def test_a_wrong_constant_is_caught(constant: str, value: float, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lightgbm, constant, value)
+    holders = [module for module in TABLE_MODULES if hasattr(module, constant)]  # each import binds its own name
+    assert holders
+    for module in holders:
+        monkeypatch.setattr(module, constant, value)
     assert _some_case_disagrees()
 
 
@@ -160,8 +168,8 @@ def test_gamma_deviance_as_a_mean_is_caught(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_no_link_on_raw_scores_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lightgbm, "_link", lambda x, objective, sigmoid: x)
-    monkeypatch.setattr(lightgbm, "_softmax", lambda x: x)
+    monkeypatch.setattr(objectives, "_link", lambda x, objective, sigmoid: x)
+    monkeypatch.setattr(objectives, "_softmax", lambda x: x)
     for metric in ("binary_logloss", "multi_logloss", "cross_entropy", "poisson", "gamma", "tweedie"):
         margins = [
             c for c in CASES if c["metric"] == metric and c["margin"] and c["options"]["objective"] != "quantile"
@@ -170,8 +178,8 @@ def test_no_link_on_raw_scores_is_caught(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_sigmoid_ignored_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    link = lightgbm._link
-    monkeypatch.setattr(lightgbm, "_link", lambda x, objective, sigmoid: link(x, objective, 1.0))
+    link = objectives._link
+    monkeypatch.setattr(objectives, "_link", lambda x, objective, sigmoid: link(x, objective, 1.0))
     scaled = [c for c in CASES if c["options"].get("sigmoid", 1.0) != 1.0 and c["margin"]]
     assert scaled
     assert not all(_agrees(c) for c in scaled)
@@ -180,10 +188,10 @@ def test_sigmoid_ignored_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_float32_details_are_each_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """`1.0f - label` in cross_entropy and gamma's SafeLog<float>(label): both float32."""
     with monkeypatch.context() as m:
-        m.setattr(lightgbm, "_complement", lambda labels: 1.0 - labels)
+        m.setattr(cross_entropy, "_complement", lambda labels: 1.0 - labels)
         assert not all(_agrees(c) for c in CASES if c["metric"] == "cross_entropy")
     with monkeypatch.context() as m:
-        m.setattr(lightgbm, "_float32_log_residue", lambda labels: np.zeros_like(labels))
+        m.setattr(deviance, "_float32_log_residue", lambda labels: np.zeros_like(labels))
         assert not all(_agrees(c) for c in CASES if c["metric"] == "gamma")
 
 
@@ -254,7 +262,7 @@ def test_cross_entropy_divides_by_the_float32_pair_sum_of_the_weights() -> None:
         expected = np.float32(f[0]) if n % 2 else f[0] + f[1]
         for i in range(2 if n % 2 else 3, n, 2):
             expected = np.float32(expected + np.float32(f[i - 1] + f[i]))
-        assert lightgbm.float32_pair_sum(w) == float(expected)
+        assert cross_entropy.float32_pair_sum(w) == float(expected)
         reduced = compute("cross_entropy", np.full(n, 0.3), np.full(n, 0.5), sample_weight=w, convention="lightgbm")
         assert reduced.denominator == float(expected)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.app import create_app
 from service.config import Settings
 from service.engine import LossInputError, catalogue, compute, parallel
+from service.server.app import create_app
 from tests.test_engine_memory import _inputs
 
 
@@ -109,7 +109,7 @@ def test_cores_follow_the_cgroup_quota(
 def test_the_setting_and_its_default_divided_among_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     before = parallel.threads()
     try:
-        monkeypatch.setattr("service.app.available_cores", lambda: 8)
+        monkeypatch.setattr("service.server.app.available_cores", lambda: 8)
         create_app(Settings(engine_threads=3))
         assert parallel.threads() == 3
         create_app(Settings(workers=2))

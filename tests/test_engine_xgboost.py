@@ -23,10 +23,10 @@ import httpx
 import numpy as np
 import pytest
 
-from service.api.schemas import loss_request_adapter
-from service.app import create_app
 from service.config import Settings
 from service.engine import LossInputError, compute, libraries, loss_name
+from service.server.api.schemas import loss_request_adapter
+from service.server.app import create_app
 from service.values.results import Totals, combine
 from tests.boosted import assert_refused, first_case
 

@@ -11,8 +11,8 @@ import httpx
 import numpy as np
 import pytest
 
-import service.api.arrays
 import service.engine
+import service.server.api.arrays
 from service.engine import LossInputError, compute
 
 pytestmark = pytest.mark.anyio
@@ -35,7 +35,7 @@ def searched(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
         shapes.append(array.shape)
         return search(array)
 
-    monkeypatch.setattr(service.api.arrays, "first_nonfinite", counted)
+    monkeypatch.setattr(service.server.api.arrays, "first_nonfinite", counted)
     monkeypatch.setattr(service.engine, "first_nonfinite", counted)
     return shapes
 

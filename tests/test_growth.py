@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from service.api.errors import MAX_REPORTED_ERRORS
-from service.app import create_app
 from service.config import Settings
+from service.server.api.errors import MAX_REPORTED_ERRORS
+from service.server.app import create_app
 
 pytestmark = pytest.mark.anyio
 
@@ -280,8 +280,8 @@ async def test_a_body_of_many_bad_elements_builds_a_bounded_number_of_errors(
 ) -> None:
     """Counted, not timed: the errors Pydantic builds for one body stay within what a problem
     lists, whatever the number of bad elements."""
-    from service.api.body import json as body_module
-    from service.api.errors import validation_problem
+    from service.server.api.body import json as body_module
+    from service.server.api.errors import validation_problem
 
     built: list[int] = []
 

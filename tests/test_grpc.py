@@ -21,11 +21,11 @@ import httpx
 import numpy as np
 import pytest
 
-from service.app import create_app
 from service.config import Settings
-from service.grpc import convert
-from service.grpc.proto import grpc_predict_v2_pb2 as pb
-from service.grpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+from service.server.app import create_app
+from service.server.grpc import convert
+from service.server.grpc.proto import grpc_predict_v2_pb2 as pb
+from service.server.grpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 from tests.servers import free_port, serving
 from tests.test_bad_input_corpus import CORPUS, OIP_SHAPE_CASES
 
@@ -492,7 +492,7 @@ def test_the_stubs_are_what_grpcio_tools_makes_of_the_proto(tmp_path: Path) -> N
         sys.path.remove(str(ROOT / "scripts"))
     generate(tmp_path)
     for name in ("grpc_predict_v2_pb2.py", "grpc_predict_v2_pb2.pyi", "grpc_predict_v2_pb2_grpc.py"):
-        committed, made = ROOT / "service/grpc/proto" / name, tmp_path / "service/grpc/proto" / name
+        committed, made = ROOT / "service/server/grpc/proto" / name, tmp_path / "service/server/grpc/proto" / name
         assert filecmp.cmp(committed, made, shallow=False), f"{name} differs: run make grpc-stubs"
 
 

@@ -1,4 +1,4 @@
-"""The body size guard (service/api/guards/body_limit.py): bodies over the limit refused, gzip
+"""The body size guard (service/server/api/guards/body_limit.py): bodies over the limit refused, gzip
 bodies inflated no further than it, in the v1 and the Open Inference Protocol shapes."""
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ async def test_a_gzip_body_streamed_in_chunks_is_inflated_whole(limited: httpx.A
 
 
 async def test_downstream_sees_the_inflated_body_and_not_the_compressed_bodys_headers() -> None:
-    from service.api.guards.body_limit import BodyLimit
+    from service.server.api.guards.body_limit import BodyLimit
 
     raw = json.dumps(BODY).encode()
     zipped = gzip.compress(raw)
@@ -155,7 +155,7 @@ async def test_downstream_sees_the_inflated_body_and_not_the_compressed_bodys_he
 
 
 async def test_a_truncated_gzip_body_in_one_message_is_refused() -> None:
-    from service.api.guards.body_limit import BodyLimit
+    from service.server.api.guards.body_limit import BodyLimit
 
     truncated = gzip.compress(json.dumps(BODY).encode())[:-10]
     sent = await drive(
@@ -175,8 +175,8 @@ async def test_a_zlib_body_is_not_gzip(limited: httpx.AsyncClient) -> None:
 async def test_a_refusal_after_the_response_started_is_raised_not_sent() -> None:
     """A second response cannot follow a first: the error goes to the server, which closes the
     connection, instead of a 413 sent after a 200's headers."""
-    from service.api.guards.body_limit import BodyLimit
-    from service.api.problems import ProblemError
+    from service.server.api.guards.body_limit import BodyLimit
+    from service.server.api.problems import ProblemError
 
     async def answers_first(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})

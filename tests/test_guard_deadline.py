@@ -1,4 +1,4 @@
-"""The deadline (service/api/guards/deadline.py): it cancels its block once it passes, and swallows
+"""The deadline (service/server/api/guards/deadline.py): it cancels its block once it passes, and swallows
 only its own cancellation."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from service.api.guards.deadline import Deadline
+from service.server.api.guards.deadline import Deadline
 
 pytestmark = pytest.mark.anyio
 

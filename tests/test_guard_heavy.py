@@ -1,4 +1,4 @@
-"""The heavy requests guard and its slots (service/api/guards/heavy.py, slots.py): the concurrency
+"""The heavy requests guard and its slots (service/server/api/guards/heavy.py, slots.py): the concurrency
 bound, the deadlines (408 for a body, 504 for a computation) and who holds a slot when."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
-from service.app import create_app
 from service.config import Settings
+from service.server.app import create_app
 from tests.guarded import (
     BODY,
     JSON,
@@ -160,7 +160,7 @@ async def test_work_abandoned_before_a_thread_took_it_gives_its_slot_back() -> N
 async def test_a_deadline_passed_while_the_loop_was_busy_still_answers_504() -> None:
     """Synchronous work blocks the loop past the deadline; the timer fires at the app's next await,
     and the client gets the whole 504, nothing of the late response, and the slot back."""
-    from service.api.guards.heavy import HeavyRequests
+    from service.server.api.guards.heavy import HeavyRequests
 
     async def busy_app(scope: Any, receive: Any, send: Any) -> None:
         while (await receive()).get("more_body"):
@@ -179,8 +179,8 @@ async def test_a_deadline_passed_while_the_loop_was_busy_still_answers_504() -> 
 
 
 async def test_the_slot_is_claimed_by_a_last_message_that_leaves_out_more_body() -> None:
-    from service.api.guards.heavy import HeavyRequests
-    from service.api.guards.slots import Slot
+    from service.server.api.guards.heavy import HeavyRequests
+    from service.server.api.guards.slots import Slot
 
     recorder = Recorder()
     guarded = HeavyRequests(recorder, limit=1, timeout=5)

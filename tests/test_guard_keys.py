@@ -1,4 +1,4 @@
-"""The API key guard (service/api/guards/keys.py): which routes need a key, which keys are read,
+"""The API key guard (service/server/api/guards/keys.py): which routes need a key, which keys are read,
 what the start says, and keys sent across origins."""
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ import httpx
 import numpy as np
 import pytest
 
-from service.app import create_app
 from service.config import Settings
+from service.server.app import create_app
 from tests.guarded import BODY, client_for
 from tests.test_api import problem
 

@@ -285,7 +285,7 @@ async def call_asgi(app: Any, path: str, headers: dict[str, str], chunks: list[b
 
 @pytest.mark.anyio
 async def test_a_body_that_disagrees_with_its_content_length_is_refused() -> None:
-    from service.app import create_app
+    from service.server.app import create_app
 
     app = create_app()
     spec, raw = tensor("predictions", LOGITS, "FP32", binary=True)
@@ -416,7 +416,7 @@ async def test_metadata_and_readiness_answers_as_the_protocol_describes(client: 
 
 @pytest.mark.anyio
 async def test_readiness_is_503_while_the_service_is_not_ready() -> None:
-    from service.app import create_app
+    from service.server.app import create_app
 
     app = create_app()
     async with app.router.lifespan_context(app):
@@ -502,7 +502,7 @@ async def test_null_optional_fields_are_absent_ones(client: httpx.AsyncClient) -
 
 
 def test_the_openapi_request_body_is_the_protocols_inference_request() -> None:
-    from service.app import create_app
+    from service.server.app import create_app
 
     operation = create_app().openapi()["paths"]["/v2/models/{loss}/infer"]["post"]
     schema = operation["requestBody"]["content"]["application/json"]["schema"]
@@ -532,7 +532,7 @@ def test_an_object_of_many_wrong_keys_is_one_error_whatever_its_size(
 ) -> None:
     """Pydantic builds an error per wrong key (~2 us each: 64 MB of them is seconds of CPU); one
     pass names the first and counts the rest, so twice the keys is not twice the errors."""
-    from service.api import oip_schema
+    from service.server.api import oip_schema
 
     built: list[int] = []
     real = oip_schema.refusal_message

@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 import pytest
 
-from service.api.routes.inference import _decoded_bytes
+from service.server.api.routes.inference import _decoded_bytes
 from tests.reference import naive
 from tests.test_inference import LABELS, LOGITS, infer, tensor
 
@@ -172,8 +172,8 @@ async def test_engine_refusals_name_parameters_and_inputs(client: httpx.AsyncCli
 
 
 async def test_limits_on_declared_shapes_are_met_exactly(client: httpx.AsyncClient) -> None:
-    from service.app import create_app
     from service.config import Settings
+    from service.server.app import create_app
 
     app = create_app(Settings(max_elements=8))
     async with app.router.lifespan_context(app):

@@ -11,9 +11,9 @@ import numpy as np
 import orjson
 import pytest
 
-from service.api.body import json as body_module
-from service.api.body import json_decoded_bytes
-from service.api.json_arrays import SMALL_BODY_BYTES, loads_with_arrays, occurrences, structure
+from service.server.api.body import json as body_module
+from service.server.api.body import json_decoded_bytes
+from service.server.api.json_arrays import SMALL_BODY_BYTES, loads_with_arrays, occurrences, structure
 from tests.test_api import problem
 from tests.test_bad_input_corpus import answered_by
 

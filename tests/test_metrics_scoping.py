@@ -15,11 +15,11 @@ import httpx
 import numpy as np
 import pytest
 
-from service.api.access import digest
-from service.app import create_app
 from service.config import Settings
-from service.monitoring import Monitor, Observation
-from service.monitoring.labels import request_state
+from service.server.api.access import digest
+from service.server.app import create_app
+from service.server.monitoring import Monitor, Observation
+from service.server.monitoring.labels import request_state
 from tests.servers import served
 from tests.test_monitoring import samples, value
 

@@ -12,10 +12,10 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import create_app
 from service.config import DEFAULT_LOSS_BUCKETS, Settings
-from service.monitoring import Monitor
-from service.monitoring.monitor import _observe_many
+from service.server.app import create_app
+from service.server.monitoring import Monitor
+from service.server.monitoring.monitor import _observe_many
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,4 @@
-"""The access log (service/monitoring/accesslog.py): lines written a batch at a time, none lost,
+"""The access log (service/server/monitoring/accesslog.py): lines written a batch at a time, none lost,
 to stderr as it stands, and without a log record when nothing else listens."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from service.monitoring import BatchedStderr
+from service.server.monitoring import BatchedStderr
 
 
 class _Writes(io.StringIO):
@@ -79,7 +79,7 @@ def test_without_a_stream_the_access_log_follows_stderr_and_a_stream_set_is_kept
 def test_requests_write_their_access_line_without_a_log_record_only_when_nothing_else_listens(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from service.monitoring import accesslog as monitoring
+    from service.server.monitoring import accesslog as monitoring
 
     handler = BatchedStderr(io.StringIO())
     monkeypatch.setattr(monitoring.access_log, "handlers", [handler])

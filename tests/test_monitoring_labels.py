@@ -1,4 +1,4 @@
-"""The `model` label's cardinality (service/monitoring/labels.py): a bound, an idle time before a
+"""The `model` label's cardinality (service/server/monitoring/labels.py): a bound, an idle time before a
 label is taken over, no label for a refused batch, an allow-list."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from service.config import Settings
-from service.monitoring import Monitor
+from service.server.monitoring import Monitor
 from tests.test_monitoring import MSE, make_client, samples, value
 
 pytestmark = pytest.mark.anyio

@@ -1,4 +1,4 @@
-"""The request middleware (service/monitoring/middleware.py): a request id per request and one JSON
+"""The request middleware (service/server/monitoring/middleware.py): a request id per request and one JSON
 access line, its duration to the microsecond."""
 
 from __future__ import annotations
@@ -64,12 +64,14 @@ async def test_a_request_id_is_kept_only_if_short_and_printable(
 async def test_the_access_line_gives_the_duration_in_milliseconds_to_the_microsecond(
     client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.monitoring import middleware
+    from service.server.monitoring import middleware
 
     clock, real = iter([100.0, 100.0123456]), time.perf_counter
 
     def perf_counter() -> float:  # the monitor's two readings; httpx's own timing as it was
-        return next(clock) if sys._getframe(1).f_globals["__name__"] == "service.monitoring.middleware" else real()
+        return (
+            next(clock) if sys._getframe(1).f_globals["__name__"] == "service.server.monitoring.middleware" else real()
+        )
 
     monkeypatch.setattr(middleware.time, "perf_counter", perf_counter)
     logger = logging.getLogger("loss_service.access")

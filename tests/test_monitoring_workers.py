@@ -1,4 +1,4 @@
-"""Several workers (service/monitoring/multiprocess.py): a killed worker's live gauges are forgotten."""
+"""Several workers (service/server/monitoring/multiprocess.py): a killed worker's live gauges are forgotten."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 def test_a_killed_workers_live_gauges_are_forgotten_by_its_replacement(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.monitoring import forget_killed_workers
+    from service.server.monitoring import forget_killed_workers
 
     child = subprocess.Popen(["true"])
     child.wait()  # reaped: its pid no longer names a process

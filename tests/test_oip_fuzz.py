@@ -29,9 +29,9 @@ from anyio.from_thread import start_blocking_portal
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from service.api.json_arrays import SIMDJSON_BYTES
-from service.api.oip_codec import DATATYPES
-from service.app import create_app
+from service.server.api.json_arrays import SIMDJSON_BYTES
+from service.server.api.oip_codec import DATATYPES
+from service.server.app import create_app
 
 Post = Callable[[str, bytes, dict[str, str]], httpx.Response]
 MISSING = object()

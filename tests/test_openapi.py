@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from service.app import create_app
+from service.server.app import create_app
 
 COMMITTED = Path(__file__).resolve().parent.parent / "openapi.json"
 

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
-from service.app import create_app
 from service.config import Settings
-from service.monitoring.exponential import ExponentialHistogram
+from service.server.app import create_app
+from service.server.monitoring.exponential import ExponentialHistogram
 from tests.servers import served
 
 pytestmark = pytest.mark.anyio
@@ -209,7 +209,7 @@ def test_off_when_no_endpoint_is_set(tmp_path: Path) -> None:
     env = {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
     script = f"""
 import asyncio, sys, httpx
-from service.app import create_app
+from service.server.app import create_app
 from service.config import Settings
 async def main():
     app = create_app(Settings(store_url="sqlite:///{tmp_path}/s.sqlite3"))

@@ -1,15 +1,20 @@
-"""The HTTP protocol's transport passes on a response's head and body as one write."""
+"""The HTTP protocol's transport passes on a response's head and body as one write; its limits
+come from the settings `loss-service serve` hands it."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import pickle
 from typing import Any
 
 import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from service.protocol import HeaderDeadlineProtocol, OneWritePerTurn
+from service.config import Settings
+from service.server import boot
+from service.server.protocol import ConnectionLimits, HeaderDeadlineProtocol, OneWritePerTurn
 
 
 class Transport:
@@ -103,9 +108,8 @@ def connected_protocol(header_timeout: float | None = None) -> tuple[HeaderDeadl
 
     config = uvicorn.Config(app, log_level="warning", lifespan="off")
     config.load()
-    protocol = HeaderDeadlineProtocol(config=config, server_state=ServerState(), app_state={})
-    if header_timeout is not None:
-        protocol.header_timeout = header_timeout
+    limits = ConnectionLimits(header_timeout if header_timeout is not None else 10.0, 0, 2**30)
+    protocol = HeaderDeadlineProtocol(config=config, server_state=ServerState(), app_state={}, limits=limits)
     transport = Transport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
     return protocol, transport
@@ -138,3 +142,40 @@ async def test_headers_late_get_408_and_the_connection_closed_in_time_ones_do_no
     assert complete_transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
     for protocol in (silent, partial, complete):
         protocol.connection_lost(None)
+
+
+def test_the_connection_bound_is_the_setting_or_one_per_mib_of_the_memory_budget() -> None:
+    mib = 2**20
+    assert ConnectionLimits.from_settings(Settings(max_connections=7, memory_budget=500 * mib)).max_connections == 7
+    assert ConnectionLimits.from_settings(Settings(max_connections=0, memory_budget=500 * mib)).max_connections == 500
+    assert ConnectionLimits.from_settings(Settings(max_connections=0, memory_budget=10 * mib)).max_connections == 64
+
+
+@pytest.mark.anyio
+async def test_serve_hands_the_protocol_the_limits_of_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`loss-service serve` reads the settings once and binds the protocol's limits to them; the
+    binding survives the pickling that hands it to spawned workers."""
+    given: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: given.update(options, app=app))
+    monkeypatch.setattr(boot, "tune_malloc", lambda: None)  # not this test process's allocator
+    monkeypatch.setattr(boot.signal, "signal", lambda *_: None)  # nor its signal handlers
+    monkeypatch.setenv("LOSS_SERVICE_HEADER_TIMEOUT", "0.5")
+    monkeypatch.setenv("LOSS_SERVICE_MAX_CONNECTIONS", "7")
+    assert boot.serve(workers=1) == 0
+    assert (given["app"], given["factory"]) == ("service.server.app:create_app", True)
+    http = pickle.loads(pickle.dumps(given["http"]))
+    assert isinstance(http, functools.partial)
+    config = uvicorn.Config(given["app"], factory=True, lifespan="off")
+    protocol = http(config=config, server_state=ServerState(), app_state={})
+    assert isinstance(protocol, HeaderDeadlineProtocol)
+    assert (protocol.header_timeout, protocol.limits.max_connections) == (0.5, 7)
+
+
+@pytest.mark.anyio
+async def test_a_protocol_named_by_its_path_alone_takes_the_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Named to uvicorn as `--http service.server.protocol:HeaderDeadlineProtocol`, the protocol gets
+    no settings: it takes their defaults and reads no environment."""
+    monkeypatch.setenv("LOSS_SERVICE_HEADER_TIMEOUT", "0.5")
+    config = uvicorn.Config("service.server.app:create_app", factory=True, lifespan="off")
+    protocol = HeaderDeadlineProtocol(config=config, server_state=ServerState(), app_state={})
+    assert protocol.header_timeout == Settings.model_fields["header_timeout"].default == 10.0

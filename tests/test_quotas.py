@@ -16,9 +16,9 @@ import httpx
 import numpy as np
 import pytest
 
-from service.api.access import KeyRing, KeysFileError, digest
-from service.app import create_app
 from service.config import Settings
+from service.server.api.access import KeyRing, KeysFileError, digest
+from service.server.app import create_app
 from service.store import SCHEMA_VERSION, Pairs, Store
 
 # What each stored row counts beside its id and payload (docs/security.md#quotas).
@@ -606,7 +606,7 @@ def test_a_usage_read_before_a_write_committed_does_not_hide_it() -> None:
     """A report read before a write committed may be set after the write's own: it is dropped."""
     from prometheus_client import generate_latest
 
-    from service.monitoring import Monitor
+    from service.server.monitoring import Monitor
 
     monitor = Monitor(Settings())
     monitor.set_quota_usage("team", 1, 500, as_of=2.0)  # a write, committed at 2.0

@@ -20,7 +20,8 @@ import pytest
 from service.cli import main as cli
 from service.client import LossClient, LossResult
 from service.engine import compute
-from service.offline.datasets import Spec, evaluate_dataset
+from service.offline.datasets import evaluate_dataset
+from service.offline.spec import Spec
 from service.values.results import AGGREGATES, Aggregate, Totals, combine, mean_of
 
 # (loss, convention, options): a mean over values, a weighted mean over non-ignored targets, a

@@ -13,12 +13,12 @@ import pytest
 from fastapi import Depends, FastAPI, Request, Response
 from pydantic import BaseModel
 
-from service.api.access import digest
-from service.api.policy import RequestContext, RoutePolicy, context_of
-from service.api.routing import Dispatch, Matching, Route, Routes, RouteTable, route_once
-from service.app import create_app
 from service.config import Settings
-from service.monitoring import CONTEXT
+from service.server.api.access import digest
+from service.server.api.policy import RequestContext, RoutePolicy, context_of
+from service.server.api.routing import Dispatch, Matching, Route, Routes, RouteTable, route_once
+from service.server.app import create_app
+from service.server.monitoring import CONTEXT
 
 pytestmark = pytest.mark.anyio
 

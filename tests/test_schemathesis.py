@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, settings
 from schemathesis import checks
 from schemathesis.core.failures import AcceptedNegativeData, FailureGroup
 
-from service.api.access import digest
-from service.app import create_app
 from service.config import Settings
+from service.server.api.access import digest
+from service.server.app import create_app
 from service.store import Store
 
 

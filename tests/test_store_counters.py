@@ -316,9 +316,9 @@ def served(
 ) -> Iterator[tuple[Client, Clock]]:
     from anyio.from_thread import start_blocking_portal
 
-    from service import app as app_module
-    from service.app import create_app
     from service.config import Settings
+    from service.server import app as app_module
+    from service.server.app import create_app
     from service.usecases import ingest, upkeep
 
     url = f"sqlite:///{tmp_path}/store.sqlite3"

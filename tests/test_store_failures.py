@@ -19,8 +19,8 @@ import httpx
 import numpy as np
 import pytest
 
-from service.app import create_app
 from service.config import Settings
+from service.server.app import create_app
 from service.store import Pairs, Store
 from tests.postgres import MISSING, binaries, fresh_database, running_cluster
 

@@ -28,9 +28,9 @@ import httpx
 import numpy as np
 import pytest
 
-from service.api.access import digest
-from service.app import create_app
 from service.config import Settings
+from service.server.api.access import digest
+from service.server.app import create_app
 from service.store import DELETE_BATCH_ROWS, SWEEP_BATCH_ROWS, Pairs, Store
 from service.store.database import Transaction
 from service.store.schema import row_bytes_sql
@@ -254,7 +254,7 @@ def test_status_and_logging_do_the_same_work_at_a_hundred_times_the_joined_rows(
 
 
 def test_a_store_of_the_first_layout_gains_the_pending_indexes_and_keeps_its_rows(url: str) -> None:
-    from service.store.database import connect
+    from service.store.connect import connect
     from service.store.schema import MIGRATIONS, SCHEMA_VERSION
 
     database = connect(url)

@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from service.api.access import digest
-from service.app import create_app
 from service.cli import main as cli
 from service.config import Settings
+from service.server.api.access import digest
+from service.server.app import create_app
 
 pytestmark = pytest.mark.anyio
 KEYS = {

@@ -20,20 +20,10 @@ from service.store.errors import (
     UnknownModelError,
 )
 from service.store.health import StoreHealth
+from service.store.records import Logged, Model, Pairs, Quota, Side, Swept, Usage
+from service.store.rows import DTYPES
 from service.store.schema import ROW_BYTES, SCHEMA_VERSION
-from service.store.store import (
-    DELETE_BATCH_ROWS,
-    DTYPES,
-    SWEEP_BATCH_ROWS,
-    Logged,
-    Model,
-    Pairs,
-    Quota,
-    Side,
-    Store,
-    Swept,
-    Usage,
-)
+from service.store.store import DELETE_BATCH_ROWS, SWEEP_BATCH_ROWS, Store
 
 __all__ = [
     "DELETE_BATCH_ROWS",

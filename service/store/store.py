@@ -18,228 +18,34 @@ behind them. Concurrency rules, where they are enforced:
 
 from __future__ import annotations
 
-import re
-import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from fnmatch import fnmatchcase
-from typing import Any, Generic, Literal, TypeVar
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import orjson
 
-from service.store.database import Database, Transaction, connect
-from service.store.errors import QuotaExceededError, RowIdError, RowShapeError, TooManyPendingError, UnknownModelError
-from service.store.schema import ROW_BYTES, migrate, row_bytes_sql
-
-Side = Literal["predictions", "labels"]
-T = TypeVar("T")
-# The dtype of a stored row's payload, by the small integer kept beside it.
-DTYPES: dict[int, np.dtype[Any]] = {0: np.dtype(np.float64), 1: np.dtype(np.float32), 2: np.dtype(np.int64)}
-_CODES = {dtype: code for code, dtype in DTYPES.items()}
-_TABLE = {"predictions": "loss_predictions", "labels": "loss_labels"}
-# What no id may hold, as neither database keeps it as given: U+0000 (SQLite's JSON functions,
-# which carry id lists, cut a string there; PostgreSQL refuses it in text) and lone surrogates,
-# which have no UTF-8 encoding.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-_MODEL_COLUMNS = (
-    "id, name, config, retention_seconds, created_at, updated_at, prediction_shape, label_shape, "
-    "pending_predictions, pending_labels, joined, expired_predictions, expired_labels, stored_bytes"
+from service.store.connect import connect
+from service.store.database import Database, Transaction
+from service.store.errors import QuotaExceededError, RowShapeError, TooManyPendingError, UnknownModelError
+from service.store.records import Logged, Model, Pairs, Quota, Side, Swept, T, Usage
+from service.store.rows import (
+    _CODES,
+    _MODEL_COLUMNS,
+    _TABLE,
+    _check_ids,
+    _decode,
+    _id_bytes,
+    _lock_holder,
+    _model,
+    _usage,
 )
-# Any fixed number: the first half of the PostgreSQL advisory lock a quota holder's writes take.
-_QUOTA_LOCK = 0x1055_0A07
-
-
-@dataclass(frozen=True)
-class Model:
-    """A configured model: its configuration (opaque to the store), retention and counters."""
-
-    name: str
-    config: dict[str, Any]
-    retention_seconds: float
-    created_at: float
-    updated_at: float
-    prediction_shape: tuple[int, ...] | None
-    label_shape: tuple[int, ...] | None
-    pending_predictions: int
-    pending_labels: int
-    joined: int
-    expired_predictions: int
-    expired_labels: int
-    # What its rows count towards quotas: per row, ROW_BYTES + its id's and payload's bytes.
-    stored_bytes: int = 0
-
-
-@dataclass(frozen=True)
-class Quota:
-    """Limits a write is checked against, inside its transaction, and whose usage they bound.
-
-    `holder` names it (in errors, and for the lock that serialises its writes); the models whose
-    usage counts towards it are those whose names match one of `patterns` (glob patterns, as
-    `fnmatch.fnmatchcase` reads them: an API key's), or every model if `patterns` is None."""
-
-    holder: str
-    patterns: tuple[str, ...] | None
-    max_models: int
-    max_stored_bytes: int
-
-
-@dataclass(frozen=True)
-class Usage:
-    """A quota holder's usage: the models that count towards it and their stored bytes."""
-
-    models: int
-    stored_bytes: int
-
-
-@dataclass(frozen=True)
-class Pairs:
-    """The pairs one request completed, in the order of its ids."""
-
-    ids: list[str]
-    predictions: np.ndarray[Any, Any]
-    labels: np.ndarray[Any, Any]
-    # One per pair; None where the label was logged without a weight.
-    weights: list[float | None]
-    # Label arrival minus prediction time, in seconds.
-    delays: np.ndarray[Any, np.dtype[np.float64]]
-
-
-@dataclass(frozen=True)
-class Logged(Generic[T]):
-    """What logging one side's rows did."""
-
-    accepted: int
-    duplicate_ids: list[str]
-    pairs: Pairs
-    # What the caller's `on_join` returned for the pairs (None when none were completed).
-    joined_result: T | None
-    model: Model
-    # The quota holder's usage after this write (None without a quota).
-    usage: Usage | None = None
-
-
-@dataclass(frozen=True)
-class Swept:
-    """Rows a retention sweep (or one batch of it) removed from a model; `expired_*` counts the
-    unjoined ones, `removed` all of them. `done`: no row of the model is past its retention."""
-
-    model: str
-    expired_predictions: int
-    expired_labels: int
-    pending_predictions: int
-    pending_labels: int
-    removed: int = 0
-    done: bool = True
-
-    def then(self, later: Swept) -> Swept:
-        """This batch followed by a later one of the same sweep."""
-        return replace(
-            later,
-            expired_predictions=self.expired_predictions + later.expired_predictions,
-            expired_labels=self.expired_labels + later.expired_labels,
-            removed=self.removed + later.removed,
-        )
-
+from service.store.schema import ROW_BYTES, migrate, row_bytes_sql
 
 # Rows one retention sweep, and one DELETE of a model, remove per transaction: the write lock is
 # never held for long (bench/tenants.py measured batch sizes: docs/performance.md).
 SWEEP_BATCH_ROWS = 250
 DELETE_BATCH_ROWS = SWEEP_BATCH_ROWS
-
-
-def _model(row: tuple[Any, ...]) -> Model:
-    return Model(
-        name=row[1],
-        config=orjson.loads(row[2]),
-        retention_seconds=float(row[3]),
-        created_at=float(row[4]),
-        updated_at=float(row[5]),
-        prediction_shape=None if row[6] is None else tuple(orjson.loads(row[6])),
-        label_shape=None if row[7] is None else tuple(orjson.loads(row[7])),
-        pending_predictions=int(row[8]),
-        pending_labels=int(row[9]),
-        joined=int(row[10]),
-        expired_predictions=int(row[11]),
-        expired_labels=int(row[12]),
-        stored_bytes=int(row[13]),
-    )
-
-
-def _id_bytes(row_id: str) -> int:
-    # surrogatepass: the same count for any str the driver stores as text
-    return len(row_id.encode("utf-8", "surrogatepass"))
-
-
-def _lock_holder(tx: Transaction, quota: Quota | None) -> None:
-    """Serialise the quota holder's writes (SQLite's BEGIN IMMEDIATE already serialises all)."""
-    if quota is not None and tx.dialect.name == "postgresql":
-        tx.execute("SELECT pg_advisory_xact_lock(?, ?)", [_QUOTA_LOCK, _holder_key(quota.holder)])
-
-
-def _holder_key(holder: str) -> int:
-    """A signed 32-bit key for the holder's advisory lock (a shared key only serialises more)."""
-    return zlib.crc32(holder.encode("utf-8", "surrogatepass")) - 2**31
-
-
-def _usage(tx: Transaction, quota: Quota) -> Usage:
-    """The holder's usage as committed (read under its lock when writing), summed by the database
-    over the models' rows (never the row tables). Patterns of only `*`, `?` and the characters a
-    model name may hold are matched in SQL, as SQLite's GLOB or PostgreSQL's LIKE, which read them
-    as fnmatchcase does; any other pattern is matched by fnmatchcase over the models' names."""
-    total = "SELECT count(*), coalesce(sum(stored_bytes), 0) FROM loss_models"
-    if quota.patterns is None:
-        row = tx.one(total)
-    elif all(_PLAIN_PATTERN.match(pattern) for pattern in quota.patterns):
-        if tx.dialect.name == "sqlite":
-            where, params = " OR ".join("name GLOB ?" for _ in quota.patterns), list(quota.patterns)
-        else:
-            where = " OR ".join("name LIKE ? ESCAPE '!'" for _ in quota.patterns)
-            params = [_like(pattern) for pattern in quota.patterns]
-        row = tx.one(f"{total} WHERE {where}", params)
-    else:
-        models = tx.all("SELECT name, stored_bytes FROM loss_models")
-        counted = [int(size) for name, size in models if any(fnmatchcase(name, p) for p in quota.patterns)]
-        return Usage(len(counted), sum(counted))
-    assert row is not None
-    return Usage(int(row[0]), int(row[1]))
-
-
-# A glob pattern that SQL can match as fnmatchcase does: wildcards and model-name characters only.
-_PLAIN_PATTERN = re.compile(r"^[A-Za-z0-9_.:*?-]*$")
-
-
-def _like(pattern: str) -> str:
-    """A plain glob pattern as a LIKE pattern with `!` as its escape character."""
-    return pattern.replace("_", "!_").replace("*", "%").replace("?", "_")
-
-
-def _decode(payloads: Sequence[bytes], codes: Sequence[int], shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
-    """Stored rows back as one array of shape (len(payloads), *shape)."""
-    if len(set(codes)) <= 1:
-        dtype = DTYPES[codes[0]] if codes else np.dtype(np.float64)
-        return np.frombuffer(b"".join(payloads), dtype=dtype).reshape((len(payloads), *shape))
-    # Rows stored under different dtypes (the model's dtype was changed in between): NumPy
-    # widens them to their common type, exactly.
-    return np.stack([np.frombuffer(p, dtype=DTYPES[c]).reshape(shape) for p, c in zip(payloads, codes, strict=True)])
-
-
-def _check_ids(ids: Sequence[str]) -> None:
-    """Refuse ids the store cannot keep one row each, exactly: one search over all of them, then
-    the index of the first bad one."""
-    joined = "".join(ids)
-    # U+0000 by memchr; a lone surrogate only where the text is not ASCII (`isascii` is O(1)).
-    unstorable = "\x00" in joined or (not joined.isascii() and _UNSTORABLE.search(joined) is not None)
-    if not unstorable and len(set(ids)) == len(ids):
-        return
-    seen: set[str] = set()
-    for index, row_id in enumerate(ids):
-        found = _UNSTORABLE.search(row_id)
-        if found is not None:
-            raise RowIdError(index, f"an id cannot hold U+{ord(found.group()):04X}")
-        if row_id in seen:
-            raise RowIdError(index, f"the id {row_id[:64]!r} is given twice")
-        seen.add(row_id)
 
 
 class Store:

@@ -31,7 +31,6 @@ from service.engine import (
     loss_name,
     resolve,
 )
-from service.monitoring import Monitor
 from service.store import (
     Logged,
     Model,
@@ -48,6 +47,7 @@ from service.store import (
     UnknownModelError,
 )
 from service.usecases.errors import InvalidInputError, NotFoundError, QuotaError, StoreUnavailableError
+from service.usecases.recorder import Recorder
 from service.values.text import shown
 
 log = logging.getLogger("service.api")
@@ -56,7 +56,7 @@ T = TypeVar("T")
 
 
 class Principal(Protocol):
-    """What a use case reads of the request's API key (`service.api.access.Principal`)."""
+    """What a use case reads of the request's API key (`service.server.api.access.Principal`)."""
 
     name: str
     models: tuple[str, ...] | None
@@ -75,7 +75,7 @@ class Caller(Protocol):
 
 
 class Keys(Protocol):
-    """The keys in force (`service.api.access.KeyRing`), for every writing key's usage."""
+    """The keys in force (`service.server.api.access.KeyRing`), for every writing key's usage."""
 
     @property
     def enabled(self) -> bool: ...
@@ -125,7 +125,7 @@ def quota_error(exc: QuotaExceededError, setting: str, model: str) -> QuotaError
     return QuotaError(message, exc.quota, ["quota", exc.quota], model)
 
 
-def report_usage(store: Store, monitor: Monitor, keys: Keys | None, settings: Settings) -> None:
+def report_usage(store: Store, monitor: Recorder, keys: Keys | None, settings: Settings) -> None:
     """The usage of every key that may write (ingest or admin scope), or the service's without
     keys, into `loss_service_quota_usage`."""
     principals: list[Principal | None] = [None]
@@ -238,7 +238,7 @@ def _stored_rows(rows: np.ndarray[Any, Any], field: str, dtype: str) -> np.ndarr
 
 def log_rows(
     store: Store,
-    monitor: Monitor,
+    monitor: Recorder,
     settings: Settings,
     name: str,
     side: Side,
@@ -305,7 +305,7 @@ def _check_width(rows: np.ndarray[Any, Any], side: Side, principal: Principal | 
 
 
 def _recorded(
-    monitor: Monitor, name: str, side: Side, logged: Logged[list[tuple[str, LossResult]]], principal: Principal | None
+    monitor: Recorder, name: str, side: Side, logged: Logged[list[tuple[str, LossResult]]], principal: Principal | None
 ) -> dict[str, Any]:
     """The committed write's answer, its pairs' losses recorded (from here on they are joined for
     good, and recorded exactly once)."""

@@ -13,9 +13,9 @@ import anyio
 import anyio.to_thread
 
 from service.config import Settings
-from service.monitoring import Monitor
 from service.store import DELETE_BATCH_ROWS, SWEEP_BATCH_ROWS, Store, StoreFailureError, Swept
 from service.usecases.ingest import Keys, report_usage
+from service.usecases.recorder import Recorder
 
 log = logging.getLogger("service.api")
 T = TypeVar("T")
@@ -54,7 +54,7 @@ def store_threads(state: Any) -> StoreThreads:
 
 async def sweep_forever(
     store: Store,
-    monitor: Monitor,
+    monitor: Recorder,
     interval: float,
     threads: StoreThreads,
     keys: Keys | None = None,
