@@ -19,7 +19,7 @@ from service.config import Settings
 STORE_DIRECTORY = tempfile.mkdtemp(prefix="loss-service-tests-")
 os.environ.setdefault("LOSS_SERVICE_STORE_URL", f"sqlite:///{STORE_DIRECTORY}/shared.sqlite3")
 # Hundreds of stores in a run: none keeps the 64 MiB full-disk reserve (allocated disk, kept with
-# pytest's last temporary directories); tests/test_store_failures.py gives its stores their own.
+# pytest's last temporary directories); tests/store/test_store_failures.py gives its stores their own.
 os.environ.setdefault("LOSS_SERVICE_STORE_RESERVE_BYTES", "0")
 
 # CI runs the same generated examples every time (a fixed seed per test), so a landing never

@@ -14,7 +14,7 @@ import pytest
 
 from service.app import create_app
 from service.config import Settings
-from tests.test_api import problem
+from tests.api.test_api import problem
 
 BODY = {"loss": "mse", "predictions": [[1.0], [2.0]], "labels": [[1.0], [4.0]], "model": "guarded"}
 JSON = {"content-type": "application/json"}

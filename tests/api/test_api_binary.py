@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from service.api.body.npz import _stored_npz_arrays
-from tests.test_api import problem
+from tests.api.test_api import problem
 
 pytestmark = pytest.mark.anyio
 PREDICTIONS = np.array([[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]])
@@ -188,7 +188,7 @@ async def test_misaligned_npz_members_reach_the_engine_aligned(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An npz member lies wherever the archive put it; a misaligned one is copied once, aligned."""
-    from tests.test_inference import engine_inputs
+    from tests.api.test_inference import engine_inputs
 
     seen = engine_inputs(monkeypatch)
     predictions = np.random.default_rng(0).normal(size=(64, 7))

@@ -556,7 +556,7 @@ def test_counting_by_first_byte_equals_bytes_count(text: bytes, token: bytes) ->
 
 async def test_a_repeated_key_among_many_is_named(limited: httpx.AsyncClient) -> None:
     """64K distinct option keys and one repeat (0.9 MB) name the repeat; that its cost grows
-    linearly with the keys is tests/test_growth.py's to show (two sizes, not a bound in seconds)."""
+    linearly with the keys is tests/api/test_growth.py's to show (two sizes, not a bound in seconds)."""
     keys = ", ".join(f'"k{i}": 1' for i in range(65_536))
     raw = ('{"loss": "mse", "options": {' + keys + ', "k7": 2}, "predictions": [1.0], "labels": [1.0]}').encode()
     with anyio.fail_after(60):  # stops a hang only
@@ -643,7 +643,7 @@ async def test_an_arrow_body_whose_list_values_claim_a_negative_length_is_400(li
 async def test_an_arrow_body_whose_buffer_index_is_out_of_range_is_400(limited: httpx.AsyncClient) -> None:
     """A byte-mutated Arrow stream whose record batch names a buffer past the message's (pyarrow
     raises ArrowIOError, an OSError): 400 naming the defect, not a 500."""
-    content = (Path(__file__).parent / "fixtures" / "arrow-buffer-index-out-of-range.arrows").read_bytes()
+    content = (Path(__file__).parent.parent / "fixtures" / "arrow-buffer-index-out-of-range.arrows").read_bytes()
     response = await limited.post(
         "/v1/loss?loss=mse", content=content, headers={"content-type": "application/vnd.apache.arrow.stream"}
     )
@@ -655,7 +655,7 @@ async def test_an_arrow_body_whose_buffer_index_is_out_of_range_is_400(limited: 
 # A path holding CR LF, a quote and a backslash, and a model name of 60 KB, sent to every route that
 # names a model in its path: each answer is its documented 4xx with the name clipped, never a 5xx.
 # The keyless `limited` service refuses the names (422); a key restricted to other models gets the
-# 403 of the key guard, which echoes the name (tests/test_audit_lines.py checks the audit lines).
+# 403 of the key guard, which echoes the name (tests/api/test_audit_lines.py checks the audit lines).
 HOSTILE_NAMES = {
     "crlf": 'corpus\r\n{"event":"refused"}\\"',
     "60kb": "m" * 60_000,

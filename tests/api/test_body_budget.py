@@ -26,8 +26,8 @@ from service.api.guards import INFLATED_PIECE, HeavyRequests, Slot, connection_l
 from service.app import create_app
 from service.config import Settings
 from service.protocol import HeaderDeadlineProtocol
+from tests.api.test_protocol import Transport, a_turn
 from tests.servers import serving
-from tests.test_protocol import Transport, a_turn
 
 KIB, MIB = 2**10, 2**20
 BUDGET = 8 * MIB  # bodies arriving may hold half: 4 MiB

@@ -23,8 +23,8 @@ from service.api.body.npz import npz_arrays
 from service.api.problems import ProblemError
 from service.api.schemas import loss_request_adapter
 from service.config import Settings
+from tests.api.test_api import problem
 from tests.guarded import client_for
-from tests.test_api import problem
 
 pytestmark = pytest.mark.anyio
 NPZ = {"content-type": "application/x-npz"}

@@ -25,9 +25,9 @@ from service.api.body import decoded_bytes, json_decoded_bytes
 from service.api.guards import HeavyRequests, Slot
 from service.api.problems import ProblemError
 from service.config import Settings
+from tests.api.test_api import problem
 from tests.guarded import client_for, computations_held, wait_for_event
 from tests.servers import serving
-from tests.test_api import problem
 
 RNG = np.random.default_rng(11)
 

@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from service.config import Settings
+from tests.api.test_api import problem
 from tests.guarded import BODY, JSON, Recorder, client_for, drive, padded, refusal
-from tests.test_api import problem
-from tests.test_monitoring import samples, value
+from tests.monitoring.test_monitoring import samples, value
 
 pytestmark = pytest.mark.anyio
 

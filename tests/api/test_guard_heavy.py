@@ -18,6 +18,7 @@ import pytest
 
 from service.app import create_app
 from service.config import Settings
+from tests.api.test_api import problem
 from tests.guarded import (
     BODY,
     JSON,
@@ -29,8 +30,7 @@ from tests.guarded import (
     refusal,
     wait_for_event,
 )
-from tests.test_api import problem
-from tests.test_monitoring import samples, value
+from tests.monitoring.test_monitoring import samples, value
 
 pytestmark = pytest.mark.anyio
 

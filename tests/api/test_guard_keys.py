@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from service.config import Settings
+from tests.api.test_api import problem
 from tests.guarded import BODY, client_for, refusal
-from tests.test_api import problem
 
 pytestmark = pytest.mark.anyio
 

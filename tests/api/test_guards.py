@@ -13,8 +13,8 @@ import pytest
 
 from service.app import create_app
 from service.config import Settings
+from tests.api.test_api import problem
 from tests.guarded import BODY, client_for
-from tests.test_api import problem
 
 pytestmark = pytest.mark.anyio
 

@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from service.api.routes.inference import _decoded_bytes
+from tests.api.test_inference import LABELS, LOGITS, infer, tensor
 from tests.reference import naive
-from tests.test_inference import LABELS, LOGITS, infer, tensor
 
 pytestmark = pytest.mark.anyio
 PER_SAMPLE, MEAN = naive.scce(LOGITS.astype(np.float64).tolist(), LABELS.tolist(), "torch", from_logits=True)

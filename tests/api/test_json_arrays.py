@@ -14,8 +14,8 @@ import pytest
 from service.api.body import json as body_module
 from service.api.body import json_decoded_bytes
 from service.api.json_arrays import SMALL_BODY_BYTES, loads_with_arrays, occurrences, structure
-from tests.test_api import problem
-from tests.test_bad_input_corpus import answered_by
+from tests.api.test_api import problem
+from tests.api.test_bad_input_corpus import answered_by
 
 KEYS = frozenset({"predictions", "labels", "data"})
 RNG = np.random.default_rng(7)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from service.app import create_app
 
-COMMITTED = Path(__file__).resolve().parent.parent / "openapi.json"
+COMMITTED = Path(__file__).resolve().parents[2] / "openapi.json"
 
 
 def test_committed_openapi_matches_the_app() -> None:

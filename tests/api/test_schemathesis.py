@@ -80,7 +80,7 @@ def validate(case: schemathesis.Case, response: object) -> None:
             raise FailureGroup(remaining, group.message) from None
 
 
-# schemathesis cannot generate npz or Arrow bodies; tests/test_api_binary.py covers them.
+# schemathesis cannot generate npz or Arrow bodies; tests/api/test_api_binary.py covers them.
 @pytest.mark.filterwarnings("ignore:Skipped test cases with unsupported payload media types")
 @schema.parametrize()
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))

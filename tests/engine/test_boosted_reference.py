@@ -29,7 +29,7 @@ import pytest
 
 from tests.reference import naive_boosted
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 EXACT_RTOL = 1e-13
 PROBABILITY_RTOL = 1e-9
 

@@ -182,7 +182,7 @@ def test_multi_margin_crammer_singer_takes_the_largest_violation() -> None:
 READ_ONLY_CASES = [
     (case, convention)
     for fixture, convention in (("torch_reference.json", "torch"), ("keras_reference.json", "keras"))
-    for case in json.loads((Path(__file__).parent / "fixtures" / fixture).read_text())["cases"]
+    for case in json.loads((Path(__file__).parent.parent / "fixtures" / fixture).read_text())["cases"]
 ] + [
     # The losses the framework fixtures do not cover (scikit-learn's and Optax's forms).
     ({"id": f"{loss}-{dtype}", "loss": loss, "options": {}, "dtype": dtype, **inputs}, "keras")

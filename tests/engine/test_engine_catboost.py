@@ -31,7 +31,7 @@ from service.config import Settings
 from service.engine import LossInputError, compute, libraries, loss_name
 from tests.boosted import assert_refused, first_case
 
-FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "catboost_reference.json").read_text())
+FIXTURE = json.loads((Path(__file__).parent.parent / "fixtures" / "catboost_reference.json").read_text())
 CASES: list[dict[str, Any]] = FIXTURE["cases"]
 RAW_TOLERANCE = 1e-14
 PROBABILITY_TOLERANCE = 1e-9

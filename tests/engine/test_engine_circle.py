@@ -1,5 +1,5 @@
 """circle (Keras 3 only) against the naive float64 reference under both conventions; the Keras
-fixture (tests/test_engine_keras.py) checks it against Keras itself."""
+fixture (tests/engine/test_engine_keras.py) checks it against Keras itself."""
 
 from __future__ import annotations
 

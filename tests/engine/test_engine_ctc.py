@@ -1,7 +1,7 @@
 """ctc against a brute-force sum over every alignment (float64), against PyTorch live on random
 alignments when torch is installed, and its refusals. Committed numbers: PyTorch's in
-tests/fixtures/torch_reference.json (tests/test_engine_torch.py), Keras's in
-tests/fixtures/keras_reference.json (tests/test_engine_keras.py)."""
+tests/fixtures/torch_reference.json (tests/engine/test_engine_torch.py), Keras's in
+tests/fixtures/keras_reference.json (tests/engine/test_engine_keras.py)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.tolerance import assert_matches_reference
 
-FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "keras_reference.json").read_text())
+FIXTURE = json.loads((Path(__file__).parent.parent / "fixtures" / "keras_reference.json").read_text())
 
 
 @pytest.mark.parametrize("case", FIXTURE["cases"], ids=lambda c: c["id"])

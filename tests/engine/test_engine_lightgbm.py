@@ -31,7 +31,7 @@ from service.engine.libraries import base, lightgbm
 from service.values.results import Totals, combine
 from tests.boosted import assert_refused, first_case
 
-FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "lightgbm_reference.json").read_text())
+FIXTURE = json.loads((Path(__file__).parent.parent / "fixtures" / "lightgbm_reference.json").read_text())
 CASES: list[dict[str, Any]] = FIXTURE["cases"]
 TOLERANCE = 1e-13
 EXACT = {"binary_error", "multi_error"}

@@ -2,7 +2,7 @@
 
 PyTorch's side (1-, 3- and 4-axis cases of every loss PyTorch takes them for, reduction 'none',
 'mean'/'batchmean' and 'sum') lives in the committed fixture and the live comparison
-(tests/test_engine_torch.py). Here: Keras's side, sample weights of each accepted shape, and the
+(tests/engine/test_engine_torch.py). Here: Keras's side, sample weights of each accepted shape, and the
 shapes PyTorch refuses, refused alike.
 """
 
@@ -17,10 +17,10 @@ import pytest
 
 from service.engine import LossInputError, compute
 from service.engine.registry import resolve
-from tests.test_engine_naive import CASES as NAIVE_CASES
+from tests.engine.test_engine_naive import CASES as NAIVE_CASES
 from tests.tolerance import assert_close, assert_matches_reference
 
-KERAS = json.loads((Path(__file__).parent / "fixtures" / "keras_reference.json").read_text())["cases"]
+KERAS = json.loads((Path(__file__).parent.parent / "fixtures" / "keras_reference.json").read_text())["cases"]
 # Dice and Tversky sum a sample over every axis but the first, not the last axis alone: their
 # fixture cases already run Keras with axis=(1, 2) on 3-axis inputs. A whole-batch loss (circle:
 # (N, D) embeddings compared with each other) has no row-wise N-D layout, nor has CTC (its

@@ -1,6 +1,6 @@
 """Dice and Tversky (keras/src/losses/losses.py) against the naive float64 formulas, Keras's own
 documented example, and the convention rules for a loss that exists only in Keras. The numbers
-from Keras 3 itself are in tests/fixtures/keras_reference.json (tests/test_engine_keras.py)."""
+from Keras 3 itself are in tests/fixtures/keras_reference.json (tests/engine/test_engine_keras.py)."""
 
 from __future__ import annotations
 

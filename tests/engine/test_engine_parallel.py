@@ -12,7 +12,7 @@ import pytest
 from service.app import create_app
 from service.config import Settings
 from service.engine import LossInputError, catalogue, compute, parallel
-from tests.test_engine_memory import _inputs
+from tests.engine.test_engine_memory import _inputs
 
 
 @pytest.fixture

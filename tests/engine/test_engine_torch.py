@@ -19,7 +19,7 @@ from tests.tolerance import (
     assert_matches_reference,
 )
 
-FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "torch_reference.json").read_text())
+FIXTURE = json.loads((Path(__file__).parent.parent / "fixtures" / "torch_reference.json").read_text())
 
 
 @pytest.mark.parametrize("case", FIXTURE["cases"], ids=lambda c: c["id"])

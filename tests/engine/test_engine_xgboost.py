@@ -30,7 +30,7 @@ from service.engine import LossInputError, compute, libraries, loss_name
 from service.values.results import Totals, combine
 from tests.boosted import assert_refused, first_case
 
-FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "xgboost_reference.json").read_text())
+FIXTURE = json.loads((Path(__file__).parent.parent / "fixtures" / "xgboost_reference.json").read_text())
 CASES: list[dict[str, Any]] = FIXTURE["cases"]
 ARITHMETIC = {"error", "error@0.7", "merror", "rmse", "mae", "mape", "mphe", "quantile"}
 TOLERANCE = 1e-7

@@ -20,8 +20,8 @@ from service.app import create_app
 from service.config import Settings
 from service.monitoring import Monitor, Observation
 from service.monitoring.labels import request_state
+from tests.monitoring.test_monitoring import samples, value
 from tests.servers import served
-from tests.test_monitoring import samples, value
 
 pytestmark = pytest.mark.anyio
 # name: (scopes, model patterns)

@@ -135,7 +135,7 @@ def test_the_docs_metrics_table_is_what_the_registry_exposes() -> None:
 
     from prometheus_client.metrics import MetricWrapperBase
 
-    table = (Path(__file__).resolve().parent.parent / "docs" / "monitoring.md").read_text()
+    table = (Path(__file__).resolve().parents[2] / "docs" / "monitoring.md").read_text()
     rows = re.findall(r"^\| `(loss_service_\w+)` \| (\w+) \|([^|]*)\|", table, re.MULTILINE)
     documented = {name.removesuffix("_total"): (kind, re.findall(r"`(\w+)`", labels)) for name, kind, labels in rows}
     monitor = Monitor(Settings())

@@ -9,7 +9,7 @@ from prometheus_client import generate_latest
 
 from service.config import Settings
 from service.monitoring import Monitor
-from tests.test_monitoring import MSE, make_client, samples, value
+from tests.monitoring.test_monitoring import MSE, make_client, samples, value
 
 pytestmark = pytest.mark.anyio
 

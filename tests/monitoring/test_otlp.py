@@ -30,7 +30,7 @@ from service.monitoring.exponential import ExponentialHistogram
 from tests.servers import served
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HANG_GUARD = 60.0  # seconds: a wait that should take milliseconds fails after this, never hangs
 
 

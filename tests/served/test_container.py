@@ -25,7 +25,7 @@ pytestmark = [
         shutil.which("podman") is None, reason="podman is not installed; run ../shared/container/setup-podman"
     ),
 ]
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BUILD_FLAGS = ROOT.parent / "shared" / "container" / "build-flags"
 IMAGE = "localhost/loss-service:test"
 

@@ -21,7 +21,7 @@ from scripts.lock import LOCK, STAMP, dependencies_digest
 from service.app import create_app
 from tests.servers import loss_service_executable, served
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 BIN = Path(sys.executable).parent
 

@@ -26,11 +26,11 @@ from service.config import Settings
 from service.grpc import convert
 from service.grpc.proto import grpc_predict_v2_pb2 as pb
 from service.grpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+from tests.api.test_bad_input_corpus import CORPUS, OIP_SHAPE_CASES
 from tests.servers import free_port, serving
-from tests.test_bad_input_corpus import CORPUS, OIP_SHAPE_CASES
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(33)
 LOGITS = RNG.normal(0, 2, (16, 5)).astype(np.float32)
 LABELS = RNG.integers(0, 5, 16)

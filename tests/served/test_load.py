@@ -25,10 +25,10 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.api.test_bad_input_corpus import CORPUS
 from tests.raw_http import Connection
 from tests.reference import naive
 from tests.servers import descendants, rss_bytes, serving
-from tests.test_bad_input_corpus import CORPUS
 
 pytestmark = pytest.mark.slow
 JSON = {"Content-Type": "application/json"}

@@ -17,11 +17,11 @@ import httpx
 import pytest
 import yaml
 
+from tests.monitoring.test_monitoring import samples, value
 from tests.servers import free_port, served, serving, wait_for
-from tests.test_monitoring import samples, value
 
 pytestmark = pytest.mark.slow
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "loss-service.json"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 RULES = DEPLOY / "prometheus" / "rules" / "loss-service.yml"

@@ -19,7 +19,7 @@ from tests.servers import served
 from tests.tolerance import FLOAT32_MEAN_ULPS
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = ROOT / "tests" / "artifacts"
 # The seeds' example: Keras sparse categorical cross-entropy of these rows, float32.
