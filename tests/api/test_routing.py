@@ -1,6 +1,7 @@
 """Routes declare their policy beside their path, and that policy alone decides a request's key,
 scope, model, heaviness and error dialect; one route class serves endpoints directly where
-FastAPI's dependency solving would change nothing, and through FastAPI where it would."""
+FastAPI's dependency solving would change nothing, and through FastAPI where it would. A path with a
+trailing slash is a 404, never a redirect to the host the client named."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from service.api.routing import Dispatch, Matching, Route, Routes, RouteTable, r
 from service.app import create_app
 from service.config import Settings
 from service.monitoring import CONTEXT
+from tests.guarded import BODY
 
 pytestmark = pytest.mark.anyio
 
@@ -222,3 +224,9 @@ async def test_the_context_lives_in_the_scope_the_monitor_made() -> None:
     assert isinstance(seen[0], RequestContext)
     assert seen[0].matched
     assert seen[0].policy.key == "none"
+
+
+async def test_a_trailing_slash_is_not_redirected_to_the_host_the_client_named(limited: httpx.AsyncClient) -> None:
+    response = await limited.post("/v1/loss/", json=BODY, headers={"host": "evil.example"}, follow_redirects=False)
+    assert response.status_code == 404
+    assert "location" not in response.headers
