@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -20,6 +20,7 @@ from service.api.problems import clipped, shown
 from service.api.routes import losses as losses_routes
 from service.app import create_app
 from service.config import Settings
+from tests.apps import MakeApp
 
 pytestmark = pytest.mark.anyio
 FRAUD_KEY = "fraud-key-0123456789"
@@ -41,15 +42,11 @@ def url(path: str) -> str:
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+async def api(make_app: MakeApp, tmp_path: Path) -> httpx.AsyncClient:
     keys_file = tmp_path / "keys.toml"
     keys_file.write_text(KEYS_TOML)
     settings = Settings(api_keys_file=str(keys_file), store_url=f"sqlite:///{tmp_path}/store.sqlite3")
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://loss-service") as client:
-            yield client
+    return await make_app(settings, raise_app_exceptions=False)
 
 
 @pytest.fixture

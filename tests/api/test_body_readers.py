@@ -24,7 +24,7 @@ from service.api.problems import ProblemError
 from service.api.schemas import loss_request_adapter
 from service.config import Settings
 from tests.api.test_api import problem
-from tests.guarded import client_for
+from tests.apps import app_client
 
 pytestmark = pytest.mark.anyio
 NPZ = {"content-type": "application/x-npz"}
@@ -292,10 +292,10 @@ async def test_an_unexpected_array_is_named_with_the_ones_expected(client: httpx
 
 async def test_an_arrow_body_is_held_to_the_element_limit() -> None:
     body = _arrow(pa.table({"predictions": pa.array([0.5] * 4), "labels": pa.array([1.0] * 4)}))
-    async for c in client_for(Settings(max_elements=3)):
+    async with app_client(Settings(max_elements=3)) as c:
         answer = problem(await c.post("/v1/loss", params={"loss": "mse"}, content=body, headers=ARROW), 413)
         assert answer["detail"] == "an array holds 4 numbers; the limit is 3 (LOSS_SERVICE_MAX_ELEMENTS)"
-    async for c in client_for(Settings(max_elements=4)):
+    async with app_client(Settings(max_elements=4)) as c:
         assert (await c.post("/v1/loss", params={"loss": "mse"}, content=body, headers=ARROW)).status_code == 200
 
 

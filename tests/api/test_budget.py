@@ -26,7 +26,8 @@ from service.api.guards import HeavyRequests, Slot
 from service.api.problems import ProblemError
 from service.config import Settings
 from tests.api.test_api import problem
-from tests.guarded import client_for, computations_held, wait_for_event
+from tests.apps import app_client
+from tests.guarded import computations_held, wait_for_event
 from tests.servers import serving
 
 RNG = np.random.default_rng(11)
@@ -164,7 +165,7 @@ async def test_a_request_larger_than_the_budget_gets_413_naming_the_estimate() -
         "convention": "torch",
         "losses": [{"loss": "log_cosh"}] * 32,
     }
-    async for c in client_for(Settings(memory_budget=100 * 2**20)):
+    async with app_client(Settings(memory_budget=100 * 2**20)) as c:
         refused = problem(await c.post("/v1/evaluate", json=body), 413)
         assert refused["detail"].startswith("this request (32 losses) needs an estimated ")
         assert "LOSS_SERVICE_MEMORY_BUDGET" in refused["detail"]
@@ -179,7 +180,7 @@ async def test_a_model_configuration_is_parsed_inside_the_budget(tmp_path: Path)
     took a worker from 76 to 724 MiB under a 64 MiB budget, to answer 422 "at most 32 items")."""
     losses = [{"loss": "mse", "options": {}}] * 100_000
     settings = Settings(memory_budget=16 * 2**20, store_url=f"sqlite:///{tmp_path}/store.sqlite3")
-    async for c in client_for(settings):
+    async with app_client(settings) as c:
         refused = problem(await c.put("/v1/models/m", json={"losses": losses}), 413)
         assert refused["detail"].startswith("parsing this body needs an estimated ")
         assert (await c.put("/v1/models/m", json={"losses": losses[:2]})).status_code == 200
@@ -197,7 +198,7 @@ async def test_requests_that_do_not_fit_beside_each_other_get_503(monkeypatch: p
         answers["first"] = await c.post("/v1/loss", json=body)
 
     with computations_held(monkeypatch) as (entered, release):
-        async for c in client_for(Settings(memory_budget=24 * 2**20, offload_bytes=0, max_concurrent=8)):
+        async with app_client(Settings(memory_budget=24 * 2**20, offload_bytes=0, max_concurrent=8)) as c:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(first, c)
                 await wait_for_event(entered)
@@ -227,7 +228,7 @@ async def test_a_compressed_arrow_stream_is_refused_before_it_is_decoded(compres
     zeros = pa.array(np.zeros(10**6))
     body = _arrow(pa.table({"predictions": zeros, "labels": zeros}), compression)
     assert len(body) < 200_000  # 16 MB of numbers
-    async for c in client_for(Settings()):
+    async with app_client(Settings()) as c:
         refused = problem(await c.post("/v1/loss?loss=mse", content=body, headers=ARROW), 415)
         assert refused["detail"].startswith("Arrow buffer compression (LZ4, ZSTD) is not accepted")
         plain = _arrow(pa.table({"predictions": zeros[:10], "labels": zeros[:10]}))
@@ -239,7 +240,7 @@ async def test_an_arrow_column_of_nulls_is_refused_before_it_is_decoded() -> Non
     """A null column declares any length with no data: 10^8 of them became an 800 MB object array."""
     body = _arrow(pa.table({"predictions": pa.nulls(10**8), "labels": pa.nulls(10**8)}))
     assert len(body) < 10_000
-    async for c in client_for(Settings()):
+    async with app_client(Settings()) as c:
         refused = problem(await c.post("/v1/loss?loss=mse", content=body, headers=ARROW), 422)
         assert refused["errors"][0]["loc"] == ["body", "predictions"]
         assert "has type null" in refused["detail"]
@@ -268,7 +269,7 @@ async def test_the_event_loop_is_left_by_decoded_size_not_body_size(monkeypatch:
     small = {"loss": "mse", "predictions": [[0.5]], "labels": [[1.0]]}
     values = RNG.random((300, 10)).tolist()
     many = {"predictions": values, "labels": values, "losses": [{"loss": "mse"}] * 32}
-    async for c in client_for(Settings()):  # offload_bytes: its default
+    async with app_client(Settings()) as c:  # offload_bytes: its default
         assert (await c.post("/v1/loss", json=small)).status_code == 200
         assert threads == []
         npz = await c.post(

@@ -16,6 +16,7 @@ import pytest
 
 from service.app import create_app
 from service.config import Settings
+from tests.apps import MakeApp
 
 pytestmark = pytest.mark.anyio
 SCCE_TORCH = {
@@ -28,12 +29,8 @@ SCCE_TORCH = {
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(store_url=f"sqlite:///{tmp_path}/store.sqlite3", max_pending=50, sweep_interval=0.05))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://loss-service") as c:
-            yield c
+async def api(make_app: MakeApp, tmp_path: Path) -> httpx.AsyncClient:
+    return await make_app(store_url=f"sqlite:///{tmp_path}/store.sqlite3", max_pending=50, sweep_interval=0.05)
 
 
 async def configure(api: httpx.AsyncClient, model: str = "fraud", **config: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,7 @@ import pyarrow as pa
 import pytest
 
 from service.api.errors import MAX_REPORTED_ERRORS
-from service.app import create_app
-from service.config import Settings
+from tests.apps import MakeApp
 
 pytestmark = pytest.mark.anyio
 
@@ -36,14 +35,11 @@ BOUND = 20
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(store_url=f"sqlite:///{tmp_path}/store.sqlite3"))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://loss-service", timeout=120) as c:
-            response = await c.put("/v1/models/fraud", json={"losses": [{"loss": "mse"}]})
-            assert response.status_code == 200, response.text
-            yield c
+async def api(make_app: MakeApp, tmp_path: Path) -> httpx.AsyncClient:
+    c = await make_app(store_url=f"sqlite:///{tmp_path}/store.sqlite3")
+    response = await c.put("/v1/models/fraud", json={"losses": [{"loss": "mse"}]})
+    assert response.status_code == 200, response.text
+    return c
 
 
 def keys(count: int, value: str = "1") -> str:

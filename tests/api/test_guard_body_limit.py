@@ -14,7 +14,8 @@ import pytest
 
 from service.config import Settings
 from tests.api.test_api import problem
-from tests.guarded import BODY, JSON, Recorder, client_for, drive, padded, refusal
+from tests.apps import app_client
+from tests.guarded import BODY, JSON, Recorder, drive, padded, refusal
 from tests.monitoring.test_monitoring import samples, value
 
 pytestmark = pytest.mark.anyio
@@ -110,7 +111,7 @@ async def test_truncated_gzip_and_unknown_encodings(limited: httpx.AsyncClient) 
 
 async def test_oip_routes_refuse_in_the_protocols_error_shape() -> None:
     infer = "/v2/models/mse/infer"
-    async for c in client_for(Settings(max_body_bytes=1000)):
+    async with app_client(Settings(max_body_bytes=1000)) as c:
         assert "limit is 1,000" in refusal(await c.post(infer, content=b"x" * 1001), 413)
 
         async def oversize_stream() -> AsyncIterator[bytes]:

@@ -10,7 +10,7 @@ import pytest
 
 from service.config import Settings
 from tests.api.test_api import problem
-from tests.guarded import client_for
+from tests.apps import app_client
 
 pytestmark = pytest.mark.anyio
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.anyio
 async def test_arrays_over_max_elements_get_413_before_numpy_allocates() -> None:
     import io
 
-    async for c in client_for(Settings(max_elements=10)):
+    async with app_client(Settings(max_elements=10)) as c:
         big = {"loss": "mse", "predictions": [[0.0] * 11], "labels": [[0.0] * 11]}
         body = problem(await c.post("/v1/loss", json=big), 413)
         assert body["detail"] == "an array holds 11 numbers; the limit is 10 (LOSS_SERVICE_MAX_ELEMENTS)"

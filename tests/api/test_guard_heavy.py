@@ -16,14 +16,13 @@ import httpx
 import numpy as np
 import pytest
 
-from service.app import create_app
 from service.config import Settings
 from tests.api.test_api import problem
+from tests.apps import app_client
 from tests.guarded import (
     BODY,
     JSON,
     Recorder,
-    client_for,
     computations_held,
     drive,
     heavy_route,
@@ -42,7 +41,7 @@ async def test_heavy_requests_beyond_the_limit_get_503_with_retry_after(monkeypa
         results["first"] = await c.post("/v1/loss", json=BODY)
 
     with computations_held(monkeypatch) as (entered, release):
-        async for c in client_for(Settings(max_concurrent=1, offload_bytes=0)):
+        async with app_client(Settings(max_concurrent=1, offload_bytes=0)) as c:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(first, c)
                 await wait_for_event(entered)  # the first request holds the only slot, computing
@@ -60,10 +59,8 @@ async def test_heavy_requests_beyond_the_limit_get_503_with_retry_after(monkeypa
 
 
 async def test_a_draining_readiness_probe_is_not_counted_as_overload() -> None:
-    app = create_app(Settings())
-    transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://g") as c:
-        app.state.lifecycle = "draining"
+    async with app_client(Settings()) as c:
+        c.app.state.lifecycle = "draining"
         assert (await c.get("/readyz")).status_code == 503
         scrape = samples((await c.get("/metrics")).text)
         assert value(scrape, "loss_service_http_requests_rejected_total", reason="overloaded") == 0
@@ -78,14 +75,13 @@ async def test_bodies_still_arriving_hold_no_slot() -> None:
         yield b"{"
         await stalled.wait()
 
-    async for c in client_for(Settings(max_concurrent=2, request_timeout=30)):
-        async with anyio.create_task_group() as tasks:
-            for _ in range(8):
-                tasks.start_soon(partial(c.post, "/v1/loss", content=one_byte_then_nothing(), headers=JSON))
-            await anyio.sleep(0.2)
-            with anyio.fail_after(60):  # stops a hang only
-                assert (await c.post("/v1/loss", json=BODY)).status_code == 200
-            tasks.cancel_scope.cancel()
+    async with app_client(Settings(max_concurrent=2, request_timeout=30)) as c, anyio.create_task_group() as tasks:
+        for _ in range(8):
+            tasks.start_soon(partial(c.post, "/v1/loss", content=one_byte_then_nothing(), headers=JSON))
+        await anyio.sleep(0.2)
+        with anyio.fail_after(60):  # stops a hang only
+            assert (await c.post("/v1/loss", json=BODY)).status_code == 200
+        tasks.cancel_scope.cancel()
 
 
 async def test_a_body_still_arriving_at_the_deadline_gets_408_and_frees_its_slot() -> None:
@@ -93,7 +89,7 @@ async def test_a_body_still_arriving_at_the_deadline_gets_408_and_frees_its_slot
         yield json.dumps(BODY).encode()[:10]
         await anyio.sleep(60)
 
-    async for c in client_for(Settings(request_timeout=0.2, max_concurrent=1)):
+    async with app_client(Settings(request_timeout=0.2, max_concurrent=1)) as c:
         with anyio.fail_after(60):  # stops a hang only
             response = await c.post("/v1/loss", content=stalled_body(), headers=JSON)
         body = problem(response, 408)
@@ -111,7 +107,7 @@ async def test_an_oip_binary_body_still_arriving_at_the_deadline_gets_408() -> N
         yield header + b"\0" * 100
         await anyio.sleep(60)
 
-    async for c in client_for(Settings(request_timeout=0.2, max_concurrent=1)):
+    async with app_client(Settings(request_timeout=0.2, max_concurrent=1)) as c:
         with anyio.fail_after(60):  # stops a hang only
             response = await c.post("/v2/models/mse/infer", content=stalled_body(), headers=declared)
         assert refusal(response, 408) == "the request body did not arrive within 0.2 s (LOSS_SERVICE_REQUEST_TIMEOUT)"
@@ -122,7 +118,7 @@ async def test_a_computation_past_the_deadline_gets_504_and_its_thread_keeps_the
     # 2e6 numbers, 20 MB: parsing alone takes ~100 ms, well past the 50 ms deadline, in a worker thread.
     values = np.random.default_rng(0).random((100_000, 10)).round(6).tolist()
     heavy = json.dumps({"loss": "mse", "predictions": values, "labels": values, "model": "late"}).encode()
-    async for c in client_for(Settings(request_timeout=0.05, max_concurrent=1)):
+    async with app_client(Settings(request_timeout=0.05, max_concurrent=1)) as c:
         body = problem(await c.post("/v1/loss", content=heavy, headers=JSON), 504)
         assert (
             body["detail"]
@@ -145,7 +141,7 @@ async def test_work_abandoned_before_a_thread_took_it_gives_its_slot_back() -> N
     total, limiter.total_tokens = limiter.total_tokens, 1
     unblock = threading.Event()
     try:
-        async for c in client_for(Settings(request_timeout=0.1, max_concurrent=1, offload_bytes=0)):
+        async with app_client(Settings(request_timeout=0.1, max_concurrent=1, offload_bytes=0)) as c:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(anyio.to_thread.run_sync, unblock.wait)
                 await anyio.sleep(0.05)

@@ -4,7 +4,6 @@ what the start says, and keys sent across origins."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -12,7 +11,8 @@ import pytest
 
 from service.config import Settings
 from tests.api.test_api import problem
-from tests.guarded import BODY, client_for, refusal
+from tests.apps import MakeApp, app_client
+from tests.guarded import BODY, refusal
 
 pytestmark = pytest.mark.anyio
 
@@ -29,11 +29,10 @@ PROTECTED = [
 
 
 @pytest.fixture
-async def keyed(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+async def keyed(make_app: MakeApp, tmp_path: Path) -> httpx.AsyncClient:
     key_file = tmp_path / "keys"
     key_file.write_text("first-key\nsecond-key\n")
-    async for c in client_for(Settings(api_keys=str(key_file))):  # type: ignore[arg-type]
-        yield c
+    return await make_app(api_keys=str(key_file))
 
 
 @pytest.mark.parametrize(("method", "path"), PROTECTED)
@@ -60,7 +59,7 @@ async def test_protected_routes_need_a_valid_key(keyed: httpx.AsyncClient, metho
 async def test_health_and_metrics_stay_open_unless_metrics_auth(keyed: httpx.AsyncClient) -> None:
     for path in ("/livez", "/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"):
         assert (await keyed.get(path)).status_code == 200, path
-    async for strict in client_for(Settings(api_keys=["k"], metrics_auth=True)):
+    async with app_client(Settings(api_keys=["k"], metrics_auth=True)) as strict:
         problem(await strict.get("/metrics"), 401)
         assert (await strict.get("/metrics", headers={"authorization": "Bearer k"})).status_code == 200
 
@@ -77,7 +76,7 @@ async def test_comment_lines_in_a_key_file_are_not_keys(tmp_path: Path, caplog: 
     key_file = tmp_path / "keys"
     key_file.write_text("# the fraud team\nfirst-key\n\n   # rotated on 2026-11-01\n")
     caplog.set_level(logging.WARNING)
-    async for c in client_for(Settings(api_keys=str(key_file))):  # type: ignore[arg-type]
+    async with app_client(Settings(api_keys=str(key_file))) as c:  # type: ignore[arg-type]
         for comment in ("# the fraud team", "#"):
             refusal(await c.post("/v1/loss", json=BODY, headers={"authorization": f"Bearer {comment}"}), 401)
         assert (await c.post("/v1/loss", json=BODY, headers={"authorization": "Bearer first-key"})).status_code == 200
@@ -89,13 +88,13 @@ async def test_comment_lines_in_a_key_file_are_not_keys(tmp_path: Path, caplog: 
 
 async def test_the_start_says_when_authentication_is_off(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
-    async for _ in client_for(Settings()):
+    async with app_client(Settings()):
         pass
     assert "authentication is off: anyone who reaches this service may call /v1 and /v2" in caplog.text
 
 
 async def test_a_browser_may_send_a_key_across_origins() -> None:
-    async for c in client_for(Settings(cors_origins=["https://app.example"], api_keys=["k"])):  # type: ignore[arg-type]
+    async with app_client(Settings(cors_origins=["https://app.example"], api_keys=["k"])) as c:  # type: ignore[arg-type]
         preflight = await c.options(
             "/v1/loss",
             headers={

@@ -11,7 +11,7 @@ import pytest
 
 from service.app import create_app
 from service.config import Settings
-from tests.guarded import client_for
+from tests.apps import app_client
 
 pytestmark = pytest.mark.anyio
 
@@ -45,6 +45,6 @@ async def test_the_lifespan_passes_through_every_middleware(settings: Settings) 
 async def test_cors_is_off_by_default_and_configurable(client: httpx.AsyncClient) -> None:
     preflight = {"origin": "https://dash.example", "access-control-request-method": "POST"}
     assert "access-control-allow-origin" not in (await client.options("/v1/loss", headers=preflight)).headers
-    async for c in client_for(Settings(cors_origins=["https://dash.example"])):
+    async with app_client(Settings(cors_origins=["https://dash.example"])) as c:
         response = await c.options("/v1/loss", headers=preflight)
         assert response.headers["access-control-allow-origin"] == "https://dash.example"

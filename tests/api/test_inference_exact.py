@@ -13,6 +13,7 @@ import pytest
 
 from service.api.routes.inference import _decoded_bytes
 from tests.api.test_inference import LABELS, LOGITS, infer, tensor
+from tests.apps import app_client
 from tests.reference import naive
 
 pytestmark = pytest.mark.anyio
@@ -172,30 +173,26 @@ async def test_engine_refusals_name_parameters_and_inputs(client: httpx.AsyncCli
 
 
 async def test_limits_on_declared_shapes_are_met_exactly(client: httpx.AsyncClient) -> None:
-    from service.app import create_app
     from service.config import Settings
 
-    app = create_app(Settings(max_elements=8))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://o") as small:
-            exact = await infer(
-                small, "mse", [tensor("predictions", np.ones(8), "FP64"), tensor("labels", np.ones(8), "FP64")]
-            )
-            assert exact.status_code == 200, exact.text
-            over = await infer(
-                small, "mse", [tensor("predictions", np.ones(9), "FP64"), tensor("labels", np.ones(9), "FP64")]
-            )
-            assert over.status_code == 413
-            assert over.json() == {"error": "input predictions: 9 numbers; the limit is 8 (LOSS_SERVICE_MAX_ELEMENTS)"}
-            empty = b'{"inputs": [{"name": "predictions", "shape": [8, 9, 0], "datatype": "FP64", "data": []}]}'
-            answer = await small.post("/v2/models/mse/infer", content=empty)
-            assert answer.status_code == 413
-            assert answer.json() == {
-                "error": "input predictions: shape [8, 9, 0] has a dimension over 8 (LOSS_SERVICE_MAX_ELEMENTS)"
-            }
-            at_limit = b'{"inputs": [{"name": "predictions", "shape": [8, 0], "datatype": "FP64", "data": []}]}'
-            assert (await small.post("/v2/models/mse/infer", content=at_limit)).status_code == 400  # empty, not over
+    async with app_client(Settings(max_elements=8)) as small:
+        exact = await infer(
+            small, "mse", [tensor("predictions", np.ones(8), "FP64"), tensor("labels", np.ones(8), "FP64")]
+        )
+        assert exact.status_code == 200, exact.text
+        over = await infer(
+            small, "mse", [tensor("predictions", np.ones(9), "FP64"), tensor("labels", np.ones(9), "FP64")]
+        )
+        assert over.status_code == 413
+        assert over.json() == {"error": "input predictions: 9 numbers; the limit is 8 (LOSS_SERVICE_MAX_ELEMENTS)"}
+        empty = b'{"inputs": [{"name": "predictions", "shape": [8, 9, 0], "datatype": "FP64", "data": []}]}'
+        answer = await small.post("/v2/models/mse/infer", content=empty)
+        assert answer.status_code == 413
+        assert answer.json() == {
+            "error": "input predictions: shape [8, 9, 0] has a dimension over 8 (LOSS_SERVICE_MAX_ELEMENTS)"
+        }
+        at_limit = b'{"inputs": [{"name": "predictions", "shape": [8, 0], "datatype": "FP64", "data": []}]}'
+        assert (await small.post("/v2/models/mse/infer", content=at_limit)).status_code == 400  # empty, not over
 
 
 async def test_a_header_as_long_as_the_body_is_all_json(client: httpx.AsyncClient) -> None:

@@ -5,7 +5,6 @@ trailing slash is a 404, never a redirect to the host the client named."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from service.api.routing import Dispatch, Matching, Route, Routes, RouteTable, r
 from service.app import create_app
 from service.config import Settings
 from service.monitoring import CONTEXT
+from tests.apps import MakeApp
 from tests.guarded import BODY
 
 pytestmark = pytest.mark.anyio
@@ -132,7 +132,7 @@ KEYS = {
 
 
 @pytest.fixture
-async def keyed_app(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+async def keyed_app(make_app: MakeApp, tmp_path: Path) -> tuple[FastAPI, httpx.AsyncClient]:
     tables = []
     for name, (key, scopes, models) in KEYS.items():
         lines = [
@@ -148,10 +148,8 @@ async def keyed_app(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, httpx.AsyncC
     settings = Settings(
         api_keys_file=str(tmp_path / "keys.toml"), store_url=f"sqlite:///{tmp_path}/s.sqlite3", max_concurrent=1
     )
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://k") as client:
-        yield app, client
+    client = await make_app(settings)
+    return client.app, client
 
 
 def auth(name: str) -> dict[str, str]:

@@ -9,7 +9,6 @@ import os
 import signal
 import time
 import tomllib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from service.api.access import digest
 from service.app import create_app
 from service.cli import main as cli
 from service.config import Settings
+from tests.apps import MakeApp
 
 pytestmark = pytest.mark.anyio
 KEYS = {
@@ -53,17 +53,14 @@ def auth(name: str) -> dict[str, str]:
 
 
 @pytest.fixture
-async def app_and_client(tmp_path: Path) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+async def app_and_client(make_app: MakeApp, tmp_path: Path) -> tuple[Any, httpx.AsyncClient]:
     keys_file = tmp_path / "keys.toml"
     keys_file.write_text(keys_toml(KEYS))
     settings = Settings(
         api_keys_file=str(keys_file), metrics_auth=True, store_url=f"sqlite:///{tmp_path}/store.sqlite3"
     )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://loss-service") as client:
-            yield app, client
+    client = await make_app(settings)
+    return client.app, client
 
 
 @pytest.fixture

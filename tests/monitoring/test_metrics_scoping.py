@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,10 @@ import numpy as np
 import pytest
 
 from service.api.access import digest
-from service.app import create_app
 from service.config import Settings
 from service.monitoring import Monitor, Observation
 from service.monitoring.labels import request_state
+from tests.apps import MakeApp, app_client
 from tests.monitoring.test_monitoring import samples, value
 from tests.servers import served
 
@@ -53,26 +52,20 @@ def auth(name: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key(name)}"}
 
 
-async def make_client(tmp_path: Path, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+def keyed_settings(tmp_path: Path, **settings: Any) -> Settings:
     keys_file = tmp_path / "keys.toml"
     keys_file.write_text(keys_toml())
-    app = create_app(
-        Settings(
-            api_keys_file=str(keys_file),
-            metrics_auth=True,
-            store_url=f"sqlite:///{tmp_path}/store.sqlite3",
-            **settings,
-        )
+    return Settings(
+        api_keys_file=str(keys_file),
+        metrics_auth=True,
+        store_url=f"sqlite:///{tmp_path}/store.sqlite3",
+        **settings,
     )
-    transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://m") as client:
-        yield client
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    async for client in make_client(tmp_path):
-        yield client
+async def api(make_app: MakeApp, tmp_path: Path) -> httpx.AsyncClient:
+    return await make_app(keyed_settings(tmp_path))
 
 
 async def compute(api: httpx.AsyncClient, team: str, model: str) -> None:
@@ -129,7 +122,7 @@ async def test_other_and_unlabelled_are_hidden_from_a_restricted_key_and_a_keys_
     tmp_path: Path,
 ) -> None:
     # Five keys, four labels: one label per key.
-    async for api in make_client(tmp_path, max_models=5):
+    async with app_client(keyed_settings(tmp_path, max_models=5)) as api:
         await compute(api, "fraud-team", "fraud-a")
         await compute(api, "fraud-team", "fraud-b")  # past fraud-team's share
         await compute(api, "churn-team", "churn-a")
@@ -146,7 +139,7 @@ async def test_other_and_unlabelled_are_hidden_from_a_restricted_key_and_a_keys_
 async def test_one_keys_new_models_cannot_take_another_keys_labels(tmp_path: Path) -> None:
     """Five keys and LOSS_SERVICE_MAX_MODELS=10: two labels each. churn-team brings eight models;
     fraud-team's two still get labels of their own."""
-    async for api in make_client(tmp_path, max_models=10):
+    async with app_client(keyed_settings(tmp_path, max_models=10)) as api:
         for i in range(8):
             await compute(api, "churn-team", f"churn-{i}")
         await compute(api, "fraud-team", "fraud-a")
@@ -162,7 +155,7 @@ async def test_one_keys_new_models_cannot_take_another_keys_labels(tmp_path: Pat
 
 
 async def test_a_per_key_share_can_be_set(tmp_path: Path) -> None:
-    async for api in make_client(tmp_path, max_models=100, max_models_per_key=3):
+    async with app_client(keyed_settings(tmp_path, max_models=100, max_models_per_key=3)) as api:
         for i in range(5):
             await compute(api, "churn-team", f"churn-{i}")
         everything = await scrape(api, "all-metrics")
@@ -237,7 +230,7 @@ def test_two_workers_scope_the_merged_metrics(tmp_path: Path) -> None:
 
 async def test_rows_logged_in_a_worker_thread_are_charged_to_their_key(tmp_path: Path) -> None:
     """The store's routes run in a worker thread; the key reaches the label budget there too."""
-    async for api in make_client(tmp_path, max_models=5):  # five keys: one label each
+    async with app_client(keyed_settings(tmp_path, max_models=5)) as api:  # five keys: one label each
         for model in ("fraud-a", "fraud-b"):
             put = await api.put(f"/v1/models/{model}", json={"losses": [{"loss": "mse"}]}, headers=auth("fraud-team"))
             assert put.status_code == 200

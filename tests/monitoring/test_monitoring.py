@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +30,6 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def value(scrape: dict[Any, float], name: str, **labels: str) -> float:
     return scrape[(name, tuple(sorted(labels.items())))]
-
-
-async def make_client(settings: Settings | None = None) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://m") as client:
-        yield client
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async for c in make_client():
-        yield c
 
 
 MSE = {"loss": "mse", "predictions": [[0.0], [0.0], [0.0], [0.0]], "labels": [[1.0], [2.0], [3.0], [4.0]]}

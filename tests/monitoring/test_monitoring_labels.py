@@ -9,13 +9,14 @@ from prometheus_client import generate_latest
 
 from service.config import Settings
 from service.monitoring import Monitor
-from tests.monitoring.test_monitoring import MSE, make_client, samples, value
+from tests.apps import app_client
+from tests.monitoring.test_monitoring import MSE, samples, value
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_model_label_cardinality_is_bounded() -> None:
-    async for client in make_client(Settings(max_models=2)):
+    async with app_client(Settings(max_models=2)) as client:
         for model in ("a", "b", "c", "d", "a"):
             await client.post("/v1/loss", json={**MSE, "model": model})
         scrape = samples((await client.get("/metrics")).text)
@@ -55,7 +56,7 @@ def test_a_burst_of_names_keeps_real_models_out_only_until_it_goes_idle() -> Non
 
 
 async def test_refused_batches_claim_no_model_label() -> None:
-    async for client in make_client(Settings(max_models=1)):
+    async with app_client(Settings(max_models=1)) as client:
         refused = await client.post("/v1/loss", json={**MSE, "model": "junk", "labels": [[1.0]]})
         assert refused.status_code == 422
         await client.post("/v1/loss", json={**MSE, "model": "real"})
@@ -64,7 +65,7 @@ async def test_refused_batches_claim_no_model_label() -> None:
 
 
 async def test_model_allowlist() -> None:
-    async for client in make_client(Settings(model_allowlist=["kept"])):
+    async with app_client(Settings(model_allowlist=["kept"])) as client:
         await client.post("/v1/loss", json={**MSE, "model": "kept"})
         await client.post("/v1/loss", json={**MSE, "model": "dropped"})
         await client.post("/v1/loss", json=MSE)

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
-from service.app import create_app
 from service.config import Settings
 from service.monitoring.exponential import ExponentialHistogram
+from tests import apps
 from tests.servers import served
 
 pytestmark = pytest.mark.anyio
@@ -92,11 +92,8 @@ def otel_env(monkeypatch: pytest.MonkeyPatch, endpoint: str, **variables: str) -
 
 @asynccontextmanager
 async def app_client(tmp_path: Path, **settings: Any) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
-    app = create_app(Settings(store_url=f"sqlite:///{tmp_path}/store.sqlite3", **settings))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://loss-service") as client:
-            yield app, client
+    async with apps.app_client(Settings(store_url=f"sqlite:///{tmp_path}/store.sqlite3", **settings)) as client:
+        yield client.app, client
 
 
 def attributes(pairs: Any) -> dict[str, str]:

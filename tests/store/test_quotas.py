@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from service.api.access import KeyRing, KeysFileError, digest
-from service.app import create_app
 from service.config import Settings
 from service.store import SCHEMA_VERSION, Pairs, Store
+from tests.apps import app_client
 
 # What each stored row counts beside its id and payload (docs/security.md#quotas).
 ROW_BYTES = 64
@@ -324,11 +324,8 @@ def auth(name: str) -> dict[str, str]:
 
 
 async def serve(settings: Settings) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://loss-service") as client:
-            yield app, client
+    async with app_client(settings) as client:
+        yield client.app, client
 
 
 @pytest.fixture

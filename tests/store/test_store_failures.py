@@ -9,7 +9,7 @@ import logging
 import os
 import sqlite3
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import pytest
 from service.app import create_app
 from service.config import Settings
 from service.store import Pairs, Store
+from tests.apps import MakeApp
 from tests.postgres import MISSING, binaries, fresh_database, running_cluster
 
 pytestmark = pytest.mark.anyio
@@ -51,15 +52,11 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-async def full_disk_api(small_disk: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Path]]:
+async def full_disk_api(make_app: MakeApp, small_disk: Path) -> tuple[httpx.AsyncClient, Path]:
     settings = Settings(
         store_url=f"sqlite:///{small_disk}/store.sqlite3", store_reserve_bytes=RESERVE, sweep_interval=3600
     )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://loss-service") as client:
-            yield client, small_disk / "store.sqlite3"
+    return await make_app(settings), small_disk / "store.sqlite3"
 
 
 def rows_in(path: Path, model: str) -> int:
