@@ -39,7 +39,7 @@ def computations_held(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threadi
 
     def held(*args: Any, **kwargs: Any) -> Any:
         entered.set()
-        release.wait(30)
+        release.wait(60)  # stops a hang only
         return real(*args, **kwargs)
 
     monkeypatch.setattr(batches, "compute", held)

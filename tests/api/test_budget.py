@@ -28,7 +28,7 @@ from service.config import Settings
 from tests.api.test_api import problem
 from tests.apps import app_client
 from tests.guarded import computations_held, wait_for_event
-from tests.servers import serving
+from tests.servers import HANG, serving
 
 RNG = np.random.default_rng(11)
 
@@ -298,7 +298,7 @@ def test_the_served_probe_is_refused_without_the_memory_it_would_take() -> None:
         {"predictions": values, "labels": values, "convention": "torch", "losses": [{"loss": "log_cosh"}] * 32}
     )
     with serving(env={"LOSS_SERVICE_MEMORY_BUDGET": str(256 * 2**20)}) as (url, process):
-        httpx.post(f"{url}/v1/loss", json={"loss": "mse", "predictions": [[1.0]], "labels": [[1.0]]})
+        httpx.post(f"{url}/v1/loss", json={"loss": "mse", "predictions": [[1.0]], "labels": [[1.0]]}, timeout=HANG)
         before = _peak_rss(process.pid)
         answer = httpx.post(
             f"{url}/v1/evaluate", content=body, headers={"content-type": "application/json"}, timeout=60

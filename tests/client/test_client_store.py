@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from service.client import InvalidInputError, LossClient, NotFoundError
-from tests.servers import free_port, served
+from tests.servers import HANG, free_port, served
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +77,7 @@ def test_a_log_whose_answer_was_lost_is_retried_and_recorded_once(url: str) -> N
         retried = client.log_labels("retried", ["a", "b"], [[1.5], [2.0]])
     # The first attempt joined both pairs; the retry finds them as duplicates.
     assert (retried.accepted, retried.duplicates, retried.joined_ids) == (0, 2, [])
-    text = httpx.get(f"{url}/metrics").text
+    text = httpx.get(f"{url}/metrics", timeout=HANG).text
     assert 'loss_service_joined_total{model="retried"} 2.0' in text
     assert 'loss_service_samples_total{loss="mean_squared_error",model="retried"} 2.0' in text
 
@@ -85,7 +85,7 @@ def test_a_log_whose_answer_was_lost_is_retried_and_recorded_once(url: str) -> N
 def test_the_logger_batches_by_size_and_age_and_flushes_on_close(url: str) -> None:
     with LossClient(url) as client:
         client.configure_model("logged", [{"loss": "scce", "options": {"from_logits": True}}])
-        with client.logger("logged", batch_size=100, max_delay=0.2) as log:
+        with client.logger("logged", batch_size=100, max_delay=0.2, close_timeout=HANG) as log:
             for i in range(250):
                 assert log.prediction(f"p{i}", [0.0, float(i % 3), 1.0])
             deadline = time.monotonic() + 10
@@ -116,11 +116,11 @@ def test_the_logger_bounds_memory_and_counts_what_it_dropped() -> None:
 def test_the_logger_counts_batches_the_service_refuses(url: str) -> None:
     with LossClient(url) as client:
         client.configure_model("refusing", ["mse"])
-        with client.logger("refusing", batch_size=2, max_delay=0.05) as log:
+        with client.logger("refusing", batch_size=2, max_delay=0.05, close_timeout=HANG) as log:
             log.prediction("ok", [1.0])
             log.prediction("nan", [float("nan")])
             log.prediction("fine", [2.0])
         assert (log.stats.rejected, log.stats.sent_predictions) == (2, 1)
-        with client.logger("no-such-model", max_delay=0.05) as log:
+        with client.logger("no-such-model", max_delay=0.05, close_timeout=HANG) as log:
             log.label("a", 1)
         assert log.stats.rejected == 1

@@ -20,7 +20,7 @@ from service.monitoring import Monitor, Observation
 from service.monitoring.labels import request_state
 from tests.apps import MakeApp, app_client
 from tests.monitoring.test_monitoring import samples, value
-from tests.servers import served
+from tests.servers import HANG, served
 
 pytestmark = pytest.mark.anyio
 # name: (scopes, model patterns)
@@ -213,9 +213,9 @@ def test_two_workers_scope_the_merged_metrics(tmp_path: Path) -> None:
         "LOSS_SERVICE_METRICS_DIR": str(tmp_path / "metrics"),
         "LOSS_SERVICE_STORE_URL": f"sqlite:///{tmp_path}/store.sqlite3",
     }
-    with served("--workers", "2", env=env) as url, httpx.Client(base_url=url, timeout=30) as client:
+    with served("--workers", "2", env=env) as url, httpx.Client(base_url=url, timeout=HANG) as client:
         for _ in range(20):  # new connections: both workers get some
-            with httpx.Client(base_url=url, timeout=30) as one:
+            with httpx.Client(base_url=url, timeout=HANG) as one:
                 for team, model in (("fraud-team", "fraud-v1"), ("churn-team", "churn-v1")):
                     response = one.post("/v1/loss", json={**MSE, "model": model}, headers=auth(team))
                     assert response.status_code == 200

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from service.monitoring import BatchedStderr
+from tests.servers import HANG
 
 
 class _Writes(io.StringIO):
@@ -25,7 +26,7 @@ class _Writes(io.StringIO):
         return super().write(text)
 
 
-def _eventually(condition: Any, seconds: float = 5.0) -> bool:
+def _eventually(condition: Any, seconds: float = HANG) -> bool:
     deadline = time.monotonic() + seconds
     while not condition() and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -376,9 +376,9 @@ def test_each_worker_exports_its_own_stream(receiver: Receiver) -> None:
     env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_METRIC_EXPORT_INTERVAL": "3600000"}
     env["PYTHONPATH"] = str(ROOT)
     sent = 0
-    with served("--workers", "2", env=env) as url, httpx.Client(base_url=url) as client:
+    with served("--workers", "2", env=env) as url, httpx.Client(base_url=url, timeout=HANG_GUARD) as client:
         for _ in range(40):
-            with httpx.Client(base_url=url) as fresh:  # new connections spread over the workers
+            with httpx.Client(base_url=url, timeout=HANG_GUARD) as fresh:  # new connections spread over the workers
                 answer = fresh.post("/v1/loss", json={"loss": "mse", "predictions": [[1.0]] * 3, "labels": [[0.0]] * 3})
                 assert answer.status_code == 200
                 sent += 3

@@ -9,14 +9,14 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from tests.servers import serving
+from tests.servers import HANG, serving
 
 BODY = {"loss": "mse", "predictions": [[1.0]], "labels": [[2.0]]}
 
 
 def _connect(url: str) -> socket.socket:
     parts = urlsplit(url)
-    return socket.create_connection((parts.hostname, parts.port), timeout=10)
+    return socket.create_connection((parts.hostname, parts.port), timeout=HANG)
 
 
 RESET = b"(reset)"
@@ -60,7 +60,7 @@ def test_unfinished_headers_get_408_and_their_connections_close() -> None:
         thread = threading.Thread(target=trickle)
         thread.start()
         try:
-            with httpx.Client(base_url=url) as client:
+            with httpx.Client(base_url=url, timeout=HANG) as client:
                 for _ in range(5):  # served meanwhile, on connections of their own
                     assert client.post("/v1/loss", json=BODY).status_code == 200
             answers = [_answer(sock) for sock in [*silent, *partial]]

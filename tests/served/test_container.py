@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import free_port
+from tests.servers import HANG, free_port
 
 pytestmark = [
     pytest.mark.slow,
@@ -79,10 +79,10 @@ def test_image_runs_read_only_as_non_root_and_serves(container: tuple[str, str])
     inspected = podman("inspect", name, "--format", "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}").stdout.split()
     assert inspected == ["10001:10001", "true"]
     body = {"loss": "scce", "predictions": [[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]], "labels": [1, 2], "model": "c1"}
-    response = httpx.post(f"{url}/v1/loss", json=body, timeout=10)
+    response = httpx.post(f"{url}/v1/loss", json=body, timeout=HANG)
     assert response.status_code == 200
     assert response.json()["mean"] == pytest.approx(1.176939193690798, rel=1e-15)
-    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    metrics = httpx.get(f"{url}/metrics", timeout=HANG).text
     assert 'loss_service_samples_total{loss="sparse_categorical_crossentropy",model="c1"} 2.0' in metrics
     # The pages and their bundled assets are in the image (package data, the pinned wheel).
     for path in (
@@ -92,7 +92,7 @@ def test_image_runs_read_only_as_non_root_and_serves(container: tuple[str, str])
         "/assets/vendor/swagger-ui-bundle.js",
         "/assets/vendor/redoc.standalone.js",
     ):
-        assert httpx.get(f"{url}{path}", timeout=10).status_code == 200, path
+        assert httpx.get(f"{url}{path}", timeout=HANG).status_code == 200, path
 
 
 GRPC_PORTS: dict[str, int] = {}  # container name -> the host port of its 8001
@@ -112,8 +112,8 @@ def test_image_serves_the_open_inference_protocol_over_grpc_on_8001(container: t
         request.raw_input_contents.append(np.asarray(values, "<f8").tobytes())
     with grpc.insecure_channel(f"127.0.0.1:{GRPC_PORTS[name]}") as channel:
         stub = GRPCInferenceServiceStub(channel)
-        assert stub.ServerReady(pb.ServerReadyRequest(), timeout=30).ready
-        reply = stub.ModelInfer(request, timeout=30)
+        assert stub.ServerReady(pb.ServerReadyRequest(), timeout=HANG).ready
+        reply = stub.ModelInfer(request, timeout=HANG)
     assert np.frombuffer(reply.raw_output_contents[1], "<f8").tolist() == [2.0]  # mean of 0 and 4
 
 
@@ -131,7 +131,7 @@ def test_sigterm_lets_the_in_flight_request_finish_then_exits_0(container: tuple
     def send() -> None:
         try:
             response = httpx.post(
-                f"{url}/v1/loss", content=slow_body(), headers={"content-type": "application/json"}, timeout=30
+                f"{url}/v1/loss", content=slow_body(), headers={"content-type": "application/json"}, timeout=HANG
             )
             outcome["status"], outcome["body"] = response.status_code, response.json()
         except httpx.HTTPError as exc:
@@ -139,10 +139,10 @@ def test_sigterm_lets_the_in_flight_request_finish_then_exits_0(container: tuple
 
     client = threading.Thread(target=send)
     client.start()
-    assert started.wait(10)
+    assert started.wait(HANG)
     time.sleep(0.5)
     podman("kill", "--signal", "TERM", name)
-    client.join(30)
+    client.join(HANG)
     assert outcome.get("status") == 200, outcome
     assert outcome["body"]["mean"] == 2.0  # type: ignore[index]
     assert podman("wait", name, timeout=60).stdout.strip() == "0"
@@ -165,14 +165,16 @@ def test_compose_brings_up_the_api(image: str) -> None:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=HANG).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             assert time.monotonic() < deadline, "the compose api never became ready"
             time.sleep(0.5)
         response = httpx.post(
-            f"http://127.0.0.1:{port}/v1/loss", json={"loss": "mae", "predictions": [[1.0]], "labels": [[4.0]]}
+            f"http://127.0.0.1:{port}/v1/loss",
+            json={"loss": "mae", "predictions": [[1.0]], "labels": [[4.0]]},
+            timeout=HANG,
         )
         assert response.json()["mean"] == 3.0
     finally:

@@ -19,7 +19,7 @@ from packaging.requirements import Requirement
 
 from scripts.lock import LOCK, STAMP, dependencies_digest
 from service.app import create_app
-from tests.servers import loss_service_executable, served
+from tests.servers import HANG, loss_service_executable, served
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -213,9 +213,9 @@ def test_the_deployments_settings_serve_metrics_only_to_the_scrapers_key(tmp_pat
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     env["LOSS_SERVICE_API_KEYS_FILE"] = str(keys_file)  # where the Secret is mounted, here
     with served(env=env) as url:
-        assert httpx.get(f"{url}/metrics").status_code == 401
-        assert httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {team}"}).status_code == 403
-        scrape = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {scraper}"})
+        assert httpx.get(f"{url}/metrics", timeout=HANG).status_code == 401
+        assert httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {team}"}, timeout=HANG).status_code == 403
+        scrape = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {scraper}"}, timeout=HANG)
         assert scrape.status_code == 200
         assert "loss_service_http_requests_total" in scrape.text
-        assert httpx.get(f"{url}/livez").status_code == 200  # probes need no key
+        assert httpx.get(f"{url}/livez", timeout=HANG).status_code == 200  # probes need no key

@@ -28,7 +28,7 @@ import pytest
 from tests.api.test_bad_input_corpus import CORPUS
 from tests.raw_http import Connection
 from tests.reference import naive
-from tests.servers import descendants, rss_bytes, serving
+from tests.servers import HANG, descendants, rss_bytes, serving
 
 pytestmark = pytest.mark.slow
 JSON = {"Content-Type": "application/json"}
@@ -447,7 +447,7 @@ def test_a_worker_killed_with_sigkill_is_replaced_and_the_service_keeps_answerin
 
         asyncio.run(scenario())
         after = workers_of(process)
-        metrics = httpx.get(f"{url}/metrics").text
+        metrics = httpx.get(f"{url}/metrics", timeout=HANG).text
     with capsys.disabled():
         print(
             f"\nsigkill: worker {killed} replaced in {replaced_at[0] if replaced_at else 'never'} s; "

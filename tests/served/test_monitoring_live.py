@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.monitoring.test_monitoring import samples, value
-from tests.servers import free_port, served, serving, wait_for
+from tests.servers import HANG, free_port, served, serving, wait_for
 
 pytestmark = pytest.mark.slow
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -38,7 +38,7 @@ CHURN = {"loss": "mae", "model": "churn-v1", "predictions": [[0.0]] * 2, "labels
 
 def send(url: str, body: dict[str, Any], times: int) -> None:
     def one(_: int) -> int:
-        return httpx.post(f"{url}/v1/loss", json=body, timeout=10).status_code
+        return httpx.post(f"{url}/v1/loss", json=body, timeout=HANG).status_code
 
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(one, range(times))) == {200}
@@ -55,7 +55,7 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 def test_two_workers_report_exactly_the_samples_sent(two_workers: tuple[str, Path]) -> None:
     url, metrics_dir = two_workers
     send(url, {**FRAUD, "model": "count-check"}, 200)
-    scrape = samples(httpx.get(f"{url}/metrics").text)
+    scrape = samples(httpx.get(f"{url}/metrics", timeout=HANG).text)
     labels = {"model": "count-check", "loss": "mean_squared_error"}
     assert value(scrape, "loss_service_samples_total", **labels) == 800
     assert value(scrape, "loss_service_batches_total", **labels) == 200
@@ -72,11 +72,16 @@ def dashboard_expressions() -> list[str]:
 def use_the_delayed_labels_store(url: str) -> None:
     """Joins, a label delay, pending rows and an expired one, so that their series exist."""
     config = {"losses": [{"loss": "mse"}], "retention_seconds": 0.5}
-    httpx.put(f"{url}/v1/models/delayed", json=config).raise_for_status()
-    httpx.post(f"{url}/v1/models/delayed/predictions", json={"ids": [1, 2], "predictions": [[0.0], [1.0]]})
-    httpx.post(f"{url}/v1/models/delayed/labels", json={"ids": [1], "labels": [[1.0]]}).raise_for_status()
-    deadline = time.monotonic() + 10
-    while "loss_service_expired_total{" not in httpx.get(f"{url}/metrics").text and time.monotonic() < deadline:
+    httpx.put(f"{url}/v1/models/delayed", json=config, timeout=HANG).raise_for_status()
+    httpx.post(
+        f"{url}/v1/models/delayed/predictions", json={"ids": [1, 2], "predictions": [[0.0], [1.0]]}, timeout=HANG
+    )
+    httpx.post(f"{url}/v1/models/delayed/labels", json={"ids": [1], "labels": [[1.0]]}, timeout=HANG).raise_for_status()
+    deadline = time.monotonic() + HANG
+    while (
+        "loss_service_expired_total{" not in httpx.get(f"{url}/metrics", timeout=HANG).text
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.1)
 
 
@@ -84,7 +89,7 @@ def test_every_metric_the_dashboard_and_alerts_use_is_exported(two_workers: tupl
     url, _ = two_workers
     send(url, FRAUD, 1)
     use_the_delayed_labels_store(url)
-    exported = {name for name, _ in samples(httpx.get(f"{url}/metrics").text)}
+    exported = {name for name, _ in samples(httpx.get(f"{url}/metrics", timeout=HANG).text)}
     rules = yaml.safe_load(RULES.read_text())
     rule_expressions = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
     used = {m for expr in dashboard_expressions() + rule_expressions for m in METRIC.findall(expr)}
@@ -118,7 +123,7 @@ def test_promtool_accepts_config_and_rules_and_the_rule_unit_tests_pass(promtool
 
 
 def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
-    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10).json()
+    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=HANG).json()
     assert response["status"] == "success", response
     return list(response["data"]["result"])
 
@@ -167,12 +172,12 @@ def test_prometheus_computes_the_dashboards_mean_loss_per_model(tmp_path: Path) 
             expr = mean_panel.replace("$model", "fraud-v3|churn-v1").replace("$__rate_interval", "5m")
             means = {r["metric"]["model"]: float(r["value"][1]) for r in query(prometheus, expr)}
             assert means == {"fraud-v3": pytest.approx(7.5, rel=1e-9), "churn-v1": pytest.approx(2.0, rel=1e-9)}
-            rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
+            rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=HANG).json()["data"]["groups"]
             in_file = sum(len(g["rules"]) for g in yaml.safe_load(RULES.read_text())["groups"])
             assert sum(len(g["rules"]) for g in rules) == in_file == 10, "Prometheus loaded every rule of the file"
         finally:
             process.terminate()
-            process.wait(timeout=30)
+            process.wait(timeout=HANG)
 
 
 def test_two_servers_on_one_host_keep_their_own_metrics() -> None:
@@ -185,11 +190,11 @@ def test_two_servers_on_one_host_keep_their_own_metrics() -> None:
         send(first, {**FRAUD, "model": "host-a"}, 3)
         with serving("--workers", "2") as (second, second_process):
             send(second, {**FRAUD, "model": "host-b"}, 1)
-            scrape_second = samples(httpx.get(f"{second}/metrics").text)
+            scrape_second = samples(httpx.get(f"{second}/metrics", timeout=HANG).text)
             # Only these two servers' directories are looked at: others on the machine are not ours.
             directories = {own_directory(first_process), own_directory(second_process)}
             assert all(directory.is_dir() for directory in directories)
-        scrape_first = samples(httpx.get(f"{first}/metrics").text)
+        scrape_first = samples(httpx.get(f"{first}/metrics", timeout=HANG).text)
         labels = {"loss": "mean_squared_error"}
         assert value(scrape_first, "loss_service_batches_total", model="host-a", **labels) == 3
         assert ("loss_service_batches_total", (("loss", "mean_squared_error"), ("model", "host-b"))) not in scrape_first
@@ -206,7 +211,7 @@ def test_one_worker_keeps_its_metrics_in_memory(tmp_path: Path) -> None:
     env = {"LOSS_SERVICE_METRICS_DIR": str(configured), "PROMETHEUS_MULTIPROC_DIR": str(inherited)}
     with served(env=env) as url:
         send(url, FRAUD, 5)
-        scrape = samples(httpx.get(f"{url}/metrics").text)
+        scrape = samples(httpx.get(f"{url}/metrics", timeout=HANG).text)
         assert not configured.exists()
         assert not any(inherited.iterdir())
         assert set(Path(tempfile.gettempdir()).glob("loss-service-metrics-*")) == before
@@ -222,7 +227,7 @@ def test_liveness_is_not_held_up_while_a_large_metrics_page_is_scraped_in_a_loop
     durations of the same run are compared, so the test holds on a slow machine as on a fast one."""
     with served(env={"LOSS_SERVICE_MAX_MODELS": "3000"}) as url:
         losses = [{"loss": "mse"}, {"loss": "mae"}, {"loss": "huber"}]
-        with httpx.Client(base_url=url, timeout=30) as client:
+        with httpx.Client(base_url=url, timeout=HANG) as client:
             for number in range(1500):
                 body = {"predictions": [[0.5]], "labels": [[1.0]], "losses": losses, "model": f"m{number}"}
                 assert client.post("/v1/evaluate", json=body).status_code == 200
@@ -231,7 +236,7 @@ def test_liveness_is_not_held_up_while_a_large_metrics_page_is_scraped_in_a_loop
         scrapes: list[float] = []
 
         def scrape() -> None:
-            with httpx.Client(base_url=url, timeout=30) as scraper:
+            with httpx.Client(base_url=url, timeout=HANG) as scraper:
                 while time.monotonic() < stop:
                     started = time.perf_counter()
                     assert scraper.get("/metrics").status_code == 200
@@ -241,7 +246,7 @@ def test_liveness_is_not_held_up_while_a_large_metrics_page_is_scraped_in_a_loop
             scrapers = [pool.submit(scrape) for _ in range(4)]
             time.sleep(0.5)  # the scrapers are under way
             latencies = []
-            with httpx.Client(base_url=url, timeout=30) as probe:
+            with httpx.Client(base_url=url, timeout=HANG) as probe:
                 while time.monotonic() < stop - 0.5:
                     started = time.perf_counter()
                     assert probe.get("/livez").status_code == 200

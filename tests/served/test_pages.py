@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.servers import served
+from tests.servers import HANG, served
 from tests.tolerance import FLOAT32_MEAN_ULPS
 
 pytestmark = pytest.mark.slow
@@ -81,7 +81,7 @@ def screenshot(page: object, name: str, full_page: bool = False) -> None:
 
 
 def test_swagger_ui_lists_every_operation_and_try_it_out_computes(service_url: str, page: object) -> None:
-    schema = httpx.get(f"{service_url}/openapi.json").json()
+    schema = httpx.get(f"{service_url}/openapi.json", timeout=HANG).json()
     operations = sum(len(methods) for methods in schema["paths"].values())
     page.goto(f"{service_url}/docs")  # type: ignore[attr-defined]
     page.wait_for_selector(".opblock", timeout=20_000)  # type: ignore[attr-defined]

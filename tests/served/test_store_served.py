@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.servers import free_port, loss_service_executable, serving, wait_for
+from tests.servers import HANG, free_port, loss_service_executable, serving, wait_for
 
 pytestmark = pytest.mark.slow
 CONFIG = {"losses": [{"loss": "scce", "options": {"from_logits": True}}], "convention": "torch"}
@@ -24,7 +24,7 @@ def joined_in_metrics(urls: list[str]) -> tuple[float, float]:
     """Pairs joined and per-sample losses recorded, summed over every server's /metrics."""
     joined = samples = 0.0
     for url in urls:
-        text = httpx.get(f"{url}/metrics").text
+        text = httpx.get(f"{url}/metrics", timeout=HANG).text
         joined += sum(float(v) for v in re.findall(r'^loss_service_joined_total\{model="race"\} (\S+)$', text, re.M))
         samples += sum(
             float(v) for v in re.findall(r'^loss_service_samples_total\{[^}]*model="race"[^}]*\} (\S+)$', text, re.M)
@@ -35,15 +35,17 @@ def joined_in_metrics(urls: list[str]) -> tuple[float, float]:
 def race(urls: list[str]) -> None:
     """8 clients post the same labels, in different orders and batches, to every server at once."""
     ids = list(range(N))
-    httpx.put(f"{urls[0]}/v1/models/race", json=CONFIG).raise_for_status()
+    httpx.put(f"{urls[0]}/v1/models/race", json=CONFIG, timeout=HANG).raise_for_status()
     logits = np.random.default_rng(0).normal(size=(N, 3)).tolist()
-    httpx.post(f"{urls[0]}/v1/models/race/predictions", json={"ids": ids, "predictions": logits}).raise_for_status()
+    httpx.post(
+        f"{urls[0]}/v1/models/race/predictions", json={"ids": ids, "predictions": logits}, timeout=HANG
+    ).raise_for_status()
 
     def client(seed: int) -> int:
         rng = np.random.default_rng(seed)
         order = rng.permutation(N).tolist()
         joined = 0
-        with httpx.Client(timeout=30) as http:
+        with httpx.Client(timeout=HANG) as http:
             for start in range(0, N, 25):
                 batch = order[start : start + 25]
                 url = urls[(seed + start) % len(urls)]
@@ -58,7 +60,7 @@ def race(urls: list[str]) -> None:
         answered = sum(pool.map(client, range(8)))
     assert answered == N, "each pair joined by exactly one answer"
     assert joined_in_metrics(urls) == (N, N), "each pair recorded exactly once in /metrics"
-    status = httpx.get(f"{urls[0]}/v1/models/race").json()
+    status = httpx.get(f"{urls[0]}/v1/models/race", timeout=HANG).json()
     assert (status["joined"], status["pending_predictions"], status["pending_labels"]) == (N, 0, 0)
 
 
@@ -88,19 +90,23 @@ def test_a_server_killed_right_after_answering_loses_nothing(
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for(f"{base}/readyz", process)
-        httpx.put(f"{base}/v1/models/m", json=CONFIG).raise_for_status()
+        httpx.put(f"{base}/v1/models/m", json=CONFIG, timeout=HANG).raise_for_status()
         answer = httpx.post(
-            f"{base}/v1/models/m/predictions", json={"ids": ["a", "b"], "predictions": [[1.0, 2.0, 3.0]] * 2}
+            f"{base}/v1/models/m/predictions",
+            json={"ids": ["a", "b"], "predictions": [[1.0, 2.0, 3.0]] * 2},
+            timeout=HANG,
         )
         answer.raise_for_status()
-        answer = httpx.post(f"{base}/v1/models/m/labels", json={"ids": ["a"], "labels": [2]})
+        answer = httpx.post(f"{base}/v1/models/m/labels", json={"ids": ["a"], "labels": [2]}, timeout=HANG)
         assert answer.json()["joined"] == 1
         process.send_signal(signal.SIGKILL)  # no shutdown, no chance to flush anything
     finally:
         process.kill()
         process.wait()
     with serving(env=env) as (base, _):
-        status = httpx.get(f"{base}/v1/models/m").json()
+        status = httpx.get(f"{base}/v1/models/m", timeout=HANG).json()
         assert (status["pending_predictions"], status["joined"]) == (1, 1)
-        answer = httpx.post(f"{base}/v1/models/m/labels", json={"ids": ["a", "b"], "labels": [2, 0]}).json()
+        answer = httpx.post(
+            f"{base}/v1/models/m/labels", json={"ids": ["a", "b"], "labels": [2, 0]}, timeout=HANG
+        ).json()
         assert (answer["duplicate_ids"], answer["joined_ids"]) == (["a"], ["b"])
