@@ -5,7 +5,7 @@
 
 They are committed, made by the grpcio-tools version pinned in pyproject's dev extras (their
 headers say which: "Protobuf Python Version", GRPC_GENERATED_VERSION), so that installing the
-service needs no code generator; tests/test_grpc.py regenerates them into a temporary directory
+service needs no code generator; tests/served/test_grpc.py regenerates them into a temporary directory
 and compares.
 
 One line is changed after protoc: the messages are added to a descriptor pool of their own

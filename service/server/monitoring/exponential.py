@@ -6,7 +6,7 @@ data model holds in the negative buckets. This records a batch with a few NumPy 
 one value by value in Python, cheaper than NumPy's per-call cost). It maps a value to its bucket
 as the SDK's `LogarithmMapping` (scale > 0) and `ExponentMapping` (scale <= 0) do, starts at the
 SDK's largest scale (20) and lowers the scale, as the SDK does, until each side (positive and
-negative values) fits in 160 buckets, the SDK's default `max_size`. tests/test_otlp.py checks it
+negative values) fits in 160 buckets, the SDK's default `max_size`. tests/monitoring/test_otlp.py checks it
 bucket for bucket against the SDK's own aggregation.
 """
 

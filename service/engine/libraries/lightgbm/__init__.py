@@ -30,7 +30,7 @@ What LightGBM does, and this table with it:
   (34.538776397705078); cross_entropy's 1e-12 (double) and its `1.0f - label` in float32;
   1e-10f (Poisson, Tweedie floor); gamma_deviance's 1e-9; gamma's `SafeLog<float>(label)`.
 - Without one thread LightGBM sums with OpenMP in another order (a few ulp); with one thread and
-  float64 this table agrees with LightGBM 4.7.0 to ~1e-15 relative (tests/test_engine_lightgbm.py).
+  float64 this table agrees with LightGBM 4.7.0 to ~1e-15 relative (tests/engine/test_engine_lightgbm.py).
 
 Not modelled: `reg_sqrt` (predict's sign(x) x^2; give predict()'s output), cross_entropy_lambda
 (`xentlambda`) and the ranking and AUC metrics.

@@ -9,7 +9,7 @@ from service.server.api.json_arrays import occurrences
 
 # Parsing a JSON body holds, at its peak, up to this much per number and per array in its text
 # (a Python float, its list slot, list objects, the NumPy copies): the upper bounds measured by
-# tests/test_budget.py over flat bodies, rows, one-element rows, integers and short decimals.
+# tests/api/test_budget.py over flat bodies, rows, one-element rows, integers and short decimals.
 JSON_BYTES_PER_NUMBER = 96
 JSON_BYTES_PER_ARRAY = 96
 # And per object and per key (counted by its colon): a dict, and a key's string and dict slot
