@@ -329,6 +329,13 @@ async def test_grpc_only_mistakes_are_named() -> None:
             assert await _refusal(s.stub.ModelInfer(request)) == (grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+async def test_a_method_the_service_has_not_is_unimplemented() -> None:
+    async with served() as s:
+        call = s.channel.unary_unary("/inference.GRPCInferenceService/ModelStreamInfer")
+        assert (await _refusal(call(b"", timeout=60)))[0] == grpc.StatusCode.UNIMPLEMENTED
+        assert (await s.stub.ServerLive(pb.ServerLiveRequest(), timeout=60)).live
+
+
 async def test_malformed_protobuf_is_invalid_argument() -> None:
     async with served() as s:
         call = s.channel.unary_unary(INFER, request_serializer=None, response_deserializer=None)
@@ -442,6 +449,28 @@ async def test_the_deadline_is_deadline_exceeded(monkeypatch: pytest.MonkeyPatch
         release.set()
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert message == "the loss was not computed within 0.2 s (LOSS_SERVICE_REQUEST_TIMEOUT); try a smaller batch"
+
+
+async def test_model_infer_holds_one_of_the_slots_http_requests_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ModelInfer's policy says heavy: it holds one of the worker's slots (LOSS_SERVICE_MAX_CONCURRENT,
+    shared with HTTP) while it computes, and gives it back; the metadata RPCs need none."""
+    request = raw_request("mse", {"predictions": np.ones(2), "labels": np.zeros(2)}, {})
+    async with blocked(monkeypatch) as (entered, release), served(offload_bytes=0, max_concurrent=1) as s:
+        under_way = asyncio.ensure_future(s.stub.ModelInfer(request, timeout=120))
+        await asyncio.to_thread(entered.wait, 60)
+        second = s.stub.ModelInfer(request, timeout=60)
+        assert await _refusal(second) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "1 requests are already being computed; retry shortly",
+        )
+        assert ("retry-after", "1") in tuple(await second.trailing_metadata())
+        binary, headers = http_binary({"predictions": np.ones(2), "labels": np.zeros(2)}, {})
+        assert (await s.http.post("/v2/models/mse/infer", content=binary, headers=headers)).status_code == 503
+        assert (await s.stub.ModelMetadata(pb.ModelMetadataRequest(name="mse"), timeout=60)).name
+        release.set()
+        assert len((await under_way).outputs) == 2
+        assert len((await s.stub.ModelInfer(request, timeout=60)).outputs) == 2  # the slot came back
+        assert len((await s.stub.ModelInfer(request, timeout=60)).outputs) == 2
 
 
 async def test_stopping_drains_rpcs_under_way_and_takes_no_new_ones(monkeypatch: pytest.MonkeyPatch) -> None:

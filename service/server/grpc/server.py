@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import grpc
-import orjson
 from fastapi import FastAPI, Request
 from google.protobuf.message import DecodeError, Message
 
@@ -29,15 +28,16 @@ from service import __version__
 from service.config import Settings
 from service.server.api.access import AccessRefusedError, audit, bearer_principal, permitted, retry_after
 from service.server.api.batches import off_loop
-from service.server.api.guards import Deadline, HeavyRequests
+from service.server.api.guards import Deadline, HeavyRequests, Slot
 from service.server.api.oip_codec import EXTENSIONS, InferenceError, catalogue_name, inference_name, model_metadata
 from service.server.api.policy import RequestContext, RoutePolicy
 from service.server.api.problems import ProblemError
 from service.server.grpc import convert
 from service.server.grpc.proto import grpc_predict_v2_pb2 as pb
 from service.server.monitoring import CONTEXT, Monitor, access_log
+from service.server.monitoring.accesslog import write_access_line
 
-log = logging.getLogger("service.grpc")
+log = logging.getLogger("service.server.grpc")
 SERVICE = "inference.GRPCInferenceService"
 # A refusal's HTTP status and the gRPC code it is answered with.
 CODES = {
@@ -52,8 +52,9 @@ CODES = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
-# Each RPC's policy, as its HTTP route declares it: the probes open, ModelInfer heavy and
-# needing the compute scope, the metadata any valid key.
+# Each RPC's policy, as its HTTP route declares it: the probes open, ModelInfer heavy (`_rpc`
+# claims its slot, as `HeavyRequests` does for a heavy route) and needing the compute scope, the
+# metadata any valid key.
 HEALTH = RoutePolicy(key="none", dialect="oip")
 METADATA = RoutePolicy(dialect="oip")
 INFER = RoutePolicy(scope="compute", heavy=True, dialect="oip")
@@ -114,7 +115,9 @@ class InferenceService:
         self.settings: Settings = app.state.settings
         self.monitor: Monitor = app.state.monitor
 
-    def handler(self) -> grpc.GenericRpcHandler:
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """Each RPC's handler by method name, for `add_registered_method_handlers` (grpcio looks a
+        registered method's handler up in a dict, where a generic handler is a Python call per RPC)."""
         rpcs: dict[str, tuple[Callable[..., Awaitable[Message]], RoutePolicy, type[Message], type[Message]]] = {
             "ServerLive": (self.server_live, HEALTH, pb.ServerLiveRequest, pb.ServerLiveResponse),
             "ServerReady": (self.server_ready, HEALTH, pb.ServerReadyRequest, pb.ServerReadyResponse),
@@ -123,7 +126,7 @@ class InferenceService:
             "ModelMetadata": (self.model_metadata, METADATA, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
             "ModelInfer": (self.model_infer, INFER, pb.ModelInferRequest, pb.ModelInferResponse),
         }
-        handlers = {
+        return {
             name: grpc.unary_unary_rpc_method_handler(
                 self._rpc(name, method, policy),
                 request_deserializer=_reader(request_type),
@@ -131,7 +134,6 @@ class InferenceService:
             )
             for name, (method, policy, request_type, response_type) in rpcs.items()
         }
-        return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
     def _rpc(
         self, name: str, method: Callable[[Any, int, _Call, Any], Awaitable[Message]], policy: RoutePolicy
@@ -148,10 +150,13 @@ class InferenceService:
             )
             call = _Call(self.app, policy)
             status = 500
+            slot: Slot | None = None
             self.monitor.in_flight.inc()
             try:
                 if policy.needs_key(protect_metrics=False):
                     self._authenticate(metadata.get("authorization", ""), policy, call.state, route)
+                if policy.heavy:  # the message is in: its slot, as HeavyRequests claims a heavy route's
+                    slot = call.state.slot = self._claim()
                 if isinstance(request, Malformed):
                     raise RefusalError(400, request.message)
                 response = await method(request, size, call, context)
@@ -175,6 +180,8 @@ class InferenceService:
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
                 raise
             finally:
+                if slot is not None:
+                    slot.release()
                 self.monitor.in_flight.dec()
                 seconds = time.perf_counter() - started
                 state = call.state
@@ -192,9 +199,17 @@ class InferenceService:
                         "loss": state.loss,
                         "batch_size": state.batch_size,
                     }
-                    access_log.info(orjson.dumps(line).decode())
+                    write_access_line(line)
 
         return rpc
+
+    def _claim(self) -> Slot:
+        """One of the worker's heavy-request slots (shared with HTTP), or 503 with Retry-After."""
+        slot = self.heavy._claim()
+        if slot is None:
+            detail = f"{self.heavy.limit} requests are already being computed; retry shortly"
+            raise RefusalError(503, detail, self.heavy.retry_after)
+        return slot
 
     def _authenticate(self, authorization: str, policy: RoutePolicy, state: RequestContext, route: str) -> None:
         """The HTTP guard's checks (ApiKeys) on the `authorization` metadata, for the scope the
@@ -251,11 +266,6 @@ class InferenceService:
     async def model_infer(self, request: Any, size: int, call: _Call, context: Any) -> Message:
         _model(request.model_name, request.model_version)
         name = inference_name(request.model_name)
-        slot = self.heavy._claim()
-        if slot is None:
-            detail = f"{self.heavy.limit} requests are already being computed; retry shortly"
-            raise RefusalError(503, detail, self.heavy.retry_after)
-        call.state.slot = slot
         remaining = context.time_remaining()
         seconds = self.settings.request_timeout if remaining is None else min(self.settings.request_timeout, remaining)
         limit = self.settings.max_elements
@@ -282,8 +292,6 @@ class InferenceService:
             audit(exc.status, call.state.key or "unknown", f"/{SERVICE}/ModelInfer", exc.model, exc.reason)
             reason = "rate_limited" if exc.status == 429 else None
             raise RefusalError(exc.status, exc.detail, exc.retry_after, reason) from None
-        finally:
-            slot.release()
 
 
 def _model(name: str, version: str) -> str:
@@ -324,7 +332,7 @@ class GrpcServer:
             ("grpc.max_send_message_length", -1),
         ]
         self.server = grpc.aio.server(options=options)
-        self.server.add_generic_rpc_handlers((InferenceService(app, heavy_requests(app)).handler(),))
+        self.server.add_registered_method_handlers(SERVICE, InferenceService(app, heavy_requests(app)).handlers())
         address = f"{settings.host}:{settings.grpc_port}"
         if settings.ssl_certfile and settings.ssl_keyfile:
             with open(settings.ssl_keyfile, "rb") as key, open(settings.ssl_certfile, "rb") as certificate:
