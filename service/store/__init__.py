@@ -17,14 +17,18 @@ from service.store.errors import (
     StoreFullError,
     StoreUnavailableError,
     TooManyPendingError,
+    TooManyPendingEventsError,
     UnknownModelError,
 )
+from service.store.events import REQUEST, RESPONSE, EventBounds, EventCounts
 from service.store.health import StoreHealth
 from service.store.schema import ROW_BYTES, SCHEMA_VERSION
 from service.store.store import (
     DELETE_BATCH_ROWS,
     DTYPES,
     SWEEP_BATCH_ROWS,
+    EventLogged,
+    EventRows,
     Logged,
     Model,
     Pairs,
@@ -38,9 +42,15 @@ from service.store.store import (
 __all__ = [
     "DELETE_BATCH_ROWS",
     "DTYPES",
+    "REQUEST",
+    "RESPONSE",
     "ROW_BYTES",
     "SCHEMA_VERSION",
     "SWEEP_BATCH_ROWS",
+    "EventBounds",
+    "EventCounts",
+    "EventLogged",
+    "EventRows",
     "Logged",
     "Model",
     "Pairs",
@@ -58,6 +68,7 @@ __all__ = [
     "StoreUnavailableError",
     "Swept",
     "TooManyPendingError",
+    "TooManyPendingEventsError",
     "UnknownModelError",
     "Usage",
     "redacted",
