@@ -466,3 +466,51 @@ async def test_bad_events_configurations_are_refused(
     response = await api.put("/v1/models/m", json={"losses": [{"loss": "mse"}], "events": events})
     assert response.status_code == 422, response.text
     assert response.json()["errors"][0]["loc"] == loc
+
+
+async def test_posting_events_needs_the_ingest_scope_for_the_model(tmp_path: Path) -> None:
+    from tests.test_tenants import KEYS, auth, keys_toml
+
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text(keys_toml(KEYS))
+    app = create_app(Settings(api_keys_file=str(keys_file), store_url=f"sqlite:///{tmp_path}/s.sqlite3"))
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://x") as api:
+        body = {"losses": [{"loss": "mse"}], "events": {"prediction": "predictions"}}
+        assert (await api.put("/v1/models/churn-a", json=body, headers=auth("churn-admin"))).status_code == 200
+        content, headers = logger_event("response", "e", {"predictions": [0.5]})
+        statuses = [
+            (await api.post("/v1/models/churn-a/events", content=content, headers={**headers, **extra})).status_code
+            for extra in ({}, auth("reader"), auth("fraud-team"), auth("churn-admin"))
+        ]
+        assert statuses == [401, 403, 403, 200]  # no key; no ingest scope; another team's model; its own
+
+
+def test_a_store_of_the_previous_layout_gains_the_events_table_and_keeps_its_rows(store_url: str) -> None:
+    from service.store import EventCounts, Store
+    from service.store.database import connect
+    from service.store.schema import MIGRATIONS, SCHEMA_VERSION
+
+    database = connect(store_url)
+    try:
+        with database.transaction() as tx:
+            tx.execute("CREATE TABLE loss_schema (version INTEGER NOT NULL)")
+            for _, step in MIGRATIONS[:-1]:
+                step(tx)
+            tx.execute("INSERT INTO loss_schema (version) VALUES (?)", [len(MIGRATIONS) - 1])
+            tx.execute(
+                "INSERT INTO loss_models (name, config, retention_seconds, created_at, updated_at) "
+                "VALUES ('m', ?, 100.0, 0.0, 0.0)",
+                [json.dumps({"losses": [{"loss": "mse", "options": {}}], "convention": "keras", "dtype": "float64"})],
+            )
+    finally:
+        database.close()
+    store = Store.open(store_url)
+    try:
+        assert store.event_counts("m") is not None
+        assert store.event_counts("m") == EventCounts(0, 0, 0)
+        with store.database.transaction(write=False) as tx:
+            assert tx.one("SELECT max(version) FROM loss_schema") == (SCHEMA_VERSION,)
+            assert tx.all("SELECT count(*) FROM loss_events") == [(0,)]
+    finally:
+        store.close()
