@@ -514,3 +514,21 @@ def test_a_store_of_the_previous_layout_gains_the_events_table_and_keeps_its_row
             assert tx.all("SELECT count(*) FROM loss_events") == [(0,)]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("2026-03-01T12:00:00.123456789Z", 1772366400.123456),  # Go's RFC3339Nano: nanoseconds, cut to microseconds
+        ("2026-03-01T14:00:00+02:00", 1772366400.0),
+        ("2026-03-01T12:00:00Z", 1772366400.0),
+    ],
+)
+async def test_ce_time_as_the_go_sdk_writes_it_is_the_predictions_time(
+    api: httpx.AsyncClient, header: str, seconds: float
+) -> None:
+    await api.put("/v1/models/v1", json={"losses": [{"loss": "mse"}], "events": {"prediction": "predictions"}})
+    content, headers = logger_event("response", "t", {"predictions": [1.0]})
+    response = await api.post("/v1/models/v1/events", content=content, headers={**headers, "ce-time": header})
+    assert response.status_code == 200, response.text
+    assert table(api, "SELECT at FROM loss_predictions") == [(pytest.approx(seconds, abs=1e-6),)]
