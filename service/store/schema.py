@@ -116,7 +116,7 @@ def _inference_events(tx: Transaction) -> None:
     types = tx.dialect.types
     tx.execute(
         """
-        CREATE TABLE loss_events (
+        CREATE TABLE IF NOT EXISTS loss_events (
             model_id {int} NOT NULL,
             id TEXT NOT NULL,
             half {small} NOT NULL,
@@ -134,7 +134,16 @@ def _inference_events(tx: Transaction) -> None:
         "CREATE INDEX IF NOT EXISTS loss_events_pending ON loss_events (model_id, arrived) WHERE done_at IS NULL"
     )
     for column in ("pending_events", "pending_event_bytes", "expired_events"):
-        tx.execute(f"ALTER TABLE loss_models ADD COLUMN {column} {types['int']} NOT NULL DEFAULT 0")
+        if column not in _columns(tx, "loss_models"):
+            tx.execute(f"ALTER TABLE loss_models ADD COLUMN {column} {types['int']} NOT NULL DEFAULT 0")
+
+
+def _columns(tx: Transaction, table: str) -> set[str]:
+    """The table's columns (a step applied again, on a store whose version was set back, adds none twice)."""
+    if tx.dialect.name == "sqlite":
+        return {row[0] for row in tx.all("SELECT name FROM pragma_table_info(?)", [table])}
+    sql = "SELECT column_name FROM information_schema.columns WHERE table_name = ? AND table_schema = current_schema()"
+    return {row[0] for row in tx.all(sql, [table])}
 
 
 # Named, applied in order, never edited once released: a new layout is a new migration at the end.
