@@ -3,10 +3,13 @@ usage, the pairs a write completed, what a write logged, and what a sweep remove
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
+
+from service.store.events import EventCounts
 
 Side = Literal["predictions", "labels"]
 T = TypeVar("T")
@@ -79,6 +82,31 @@ class Logged(Generic[T]):
     model: Model
     # The quota holder's usage after this write (None without a quota).
     usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class EventRows(Generic[T]):
+    """What a completed inference event logs: its prediction rows under their ids, their
+    timestamps, and what to run on the pairs they complete (as `Store.log`'s `on_join`)."""
+
+    ids: Sequence[str]
+    rows: np.ndarray[Any, Any]
+    timestamps: Sequence[float] | None
+    on_join: Callable[[Model, Pairs], T]
+    # Segment key -> one value per row, for the predictions' segments (POST .../predictions's).
+    segments: dict[str, list[str | None]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EventLogged(Generic[T]):
+    """What one half of an inference event did: `pending` (it waits for the other half),
+    `duplicate` (that half waits already, or the event completed before) or `completed` (both
+    halves in: `logged` is the predictions' log)."""
+
+    outcome: Literal["pending", "duplicate", "completed"]
+    model: Model
+    events: EventCounts
+    logged: Logged[T] | None = None
 
 
 @dataclass(frozen=True)

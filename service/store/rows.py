@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 
 from service.store.database import Transaction
-from service.store.errors import RowIdError
+from service.store.errors import RowIdError, UnknownModelError
 from service.store.records import Model, Quota, Usage
 
 # The dtype of a stored row's payload, by the small integer kept beside it.
@@ -63,6 +63,14 @@ def _model(row: tuple[Any, ...]) -> Model:
 def _id_bytes(row_id: str) -> int:
     # surrogatepass: the same count for any str the driver stores as text
     return len(row_id.encode("utf-8", "surrogatepass"))
+
+
+def _locked_model(tx: Transaction, name: str) -> tuple[int, Model]:
+    """The model's row id and its model, its row locked for the transaction (UnknownModelError)."""
+    found = tx.one(f"SELECT {_MODEL_COLUMNS} FROM loss_models WHERE name = ?{tx.dialect.lock_row}", [name])
+    if found is None:
+        raise UnknownModelError(name)
+    return found[0], _model(found)
 
 
 def _lock_holder(tx: Transaction, quota: Quota | None) -> None:

@@ -25,10 +25,12 @@ from typing import Any
 import numpy as np
 import orjson
 
+from service.store import events
 from service.store.connect import connect
 from service.store.database import Database, Transaction
-from service.store.errors import QuotaExceededError, RowShapeError, TooManyPendingError, UnknownModelError
-from service.store.records import Logged, Model, Pairs, Quota, Side, Swept, T, Usage
+from service.store.errors import QuotaExceededError, RowShapeError, TooManyPendingError
+from service.store.events import EventBounds, EventCounts
+from service.store.records import EventLogged, EventRows, Logged, Model, Pairs, Quota, Side, Swept, T, Usage
 from service.store.rows import (
     _CODES,
     _MODEL_COLUMNS,
@@ -37,6 +39,7 @@ from service.store.rows import (
     _decode,
     _id_bytes,
     _lock_holder,
+    _locked_model,
     _model,
     _usage,
 )
@@ -178,6 +181,7 @@ class Store:
                 unjoined.append(sum(int(row[1]) for row in rows))
                 freed += sum(int(row[2]) for row in rows)
                 left -= len(rows)
+            left -= events.delete_some(tx, model_id, left)
             if left > 0:  # fewer rows than a batch were left: the last batch
                 tx.execute("DELETE FROM loss_models WHERE id = ?", [model_id])
                 return True
@@ -216,47 +220,133 @@ class Store:
         A write that would add stored bytes past `quota.max_stored_bytes` raises
         QuotaExceededError before any row is written; one that adds none always passes.
         """
-        other: Side = "labels" if side == "predictions" else "predictions"
         _check_ids(ids)
-        usage = None
         with self.database.transaction() as tx:
             _lock_holder(tx, quota)
-            found = tx.one(f"SELECT {_MODEL_COLUMNS} FROM loss_models WHERE name = ?{tx.dialect.lock_row}", [name])
-            if found is None:
-                raise UnknownModelError(name)
-            model_id, model = found[0], _model(found)
-            model = self._fix_shape(tx, model_id, model, side, tuple(rows.shape[1:]))
-            existing = {
-                row[0]
-                for row in tx.all(
-                    f"SELECT id FROM {_TABLE[side]} WHERE model_id = ? AND id {tx.dialect.in_list}",
-                    [model_id, tx.dialect.list_parameter(ids)],
+            model_id, model = _locked_model(tx, name)
+            return self._log(
+                tx, model_id, model, side, ids, rows, now, max_pending, timestamps, weights, on_join, quota
+            )
+
+    def _log(
+        self,
+        tx: Transaction,
+        model_id: int,
+        model: Model,
+        side: Side,
+        ids: Sequence[str],
+        rows: np.ndarray[Any, Any],
+        now: float,
+        max_pending: int,
+        timestamps: Sequence[float] | None,
+        weights: Sequence[float] | None,
+        on_join: Callable[[Model, Pairs], T],
+        quota: Quota | None,
+    ) -> Logged[T]:
+        """`log`'s work inside a transaction that holds the model's lock (and the quota holder's)."""
+        other: Side = "labels" if side == "predictions" else "predictions"
+        usage = None
+        model = self._fix_shape(tx, model_id, model, side, tuple(rows.shape[1:]))
+        existing = {
+            row[0]
+            for row in tx.all(
+                f"SELECT id FROM {_TABLE[side]} WHERE model_id = ? AND id {tx.dialect.in_list}",
+                [model_id, tx.dialect.list_parameter(ids)],
+            )
+        }
+        fresh = [i for i, row_id in enumerate(ids) if row_id not in existing]
+        partners = self._waiting_partners(tx, other, model_id, [ids[i] for i in fresh])
+        joined = [i for i in fresh if ids[i] in partners]
+        adding = self._added_bytes(ids, rows, fresh, joined, partners)
+        if quota is not None:
+            usage = _usage(tx, quota)
+            if adding > 0 and usage.stored_bytes + adding > quota.max_stored_bytes:
+                raise QuotaExceededError(
+                    "max_stored_bytes", quota.holder, usage.stored_bytes, adding, quota.max_stored_bytes
                 )
-            }
-            fresh = [i for i, row_id in enumerate(ids) if row_id not in existing]
-            partners = self._waiting_partners(tx, other, model_id, [ids[i] for i in fresh])
-            joined = [i for i in fresh if ids[i] in partners]
-            adding = self._added_bytes(ids, rows, fresh, joined, partners)
-            if quota is not None:
-                usage = _usage(tx, quota)
-                if adding > 0 and usage.stored_bytes + adding > quota.max_stored_bytes:
-                    raise QuotaExceededError(
-                        "max_stored_bytes", quota.holder, usage.stored_bytes, adding, quota.max_stored_bytes
-                    )
-                usage = Usage(usage.models, usage.stored_bytes + adding)
-            # Rows that join now are stored joined, so only the other side's rows are updated.
-            self._insert(tx, side, model_id, ids, rows, fresh, set(joined), now, timestamps, weights)
-            pairs = self._pairs(side, model, ids, rows, joined, partners, now, timestamps, weights)
-            if joined:
-                tx.execute(
-                    f"UPDATE {_TABLE[other]} SET joined_at = ?, payload = NULL "
-                    f"WHERE model_id = ? AND id {tx.dialect.in_list}",
-                    [now, model_id, tx.dialect.list_parameter(pairs.ids)],
-                )
-            model = self._count(tx, model_id, model, side, len(fresh), len(joined), max_pending, adding)
-            joined_result = on_join(model, pairs) if joined else None
+            usage = Usage(usage.models, usage.stored_bytes + adding)
+        # Rows that join now are stored joined, so only the other side's rows are updated.
+        self._insert(tx, side, model_id, ids, rows, fresh, set(joined), now, timestamps, weights)
+        pairs = self._pairs(side, model, ids, rows, joined, partners, now, timestamps, weights)
+        if joined:
+            tx.execute(
+                f"UPDATE {_TABLE[other]} SET joined_at = ?, payload = NULL "
+                f"WHERE model_id = ? AND id {tx.dialect.in_list}",
+                [now, model_id, tx.dialect.list_parameter(pairs.ids)],
+            )
+        model = self._count(tx, model_id, model, side, len(fresh), len(joined), max_pending, adding)
+        joined_result = on_join(model, pairs) if joined else None
         duplicates = [ids[i] for i in range(len(ids)) if ids[i] in existing]
         return Logged(len(fresh), duplicates, pairs, joined_result, model, usage)
+
+    # -- inference events -----------------------------------------------------------------------
+
+    def log_event(
+        self,
+        name: str,
+        event_id: str,
+        half: int,
+        meta: str,
+        payload: bytes | None,
+        *,
+        now: float,
+        bounds: EventBounds,
+        max_pending: int,
+        complete: Callable[[Model, int, str, bytes | None], EventRows[T]],
+        quota: Quota | None = None,
+    ) -> EventLogged[T]:
+        """One half of an inference event (`half`: events.REQUEST or events.RESPONSE, `meta` and
+        `payload` encoded by the caller), in one transaction under the model's lock.
+
+        - No half of `event_id` waits (or the one waiting is older than `bounds.ttl_seconds`,
+          which then expires): this half waits, within `bounds` (TooManyPendingEventsError).
+        - The same half waits, or the event completed before: a duplicate; nothing changes.
+        - The other half waits: `complete(model, its half, its meta, its payload)` makes the
+          prediction rows of both, which are logged as `log` logs predictions, in this very
+          transaction; the event is marked done, its halves dropped. If `complete` or the log
+          raises, nothing of either half changes.
+        """
+        with self.database.transaction() as tx:
+            _lock_holder(tx, quota)
+            model_id, model = _locked_model(tx, name)
+            found = events.waiting(tx, model_id, event_id)
+            if found is not None and found.done_at is None and found.arrived < now - bounds.ttl_seconds:
+                events.expire(tx, model_id, [found])
+                found = None
+            if found is None:
+                events.keep(tx, model_id, name, event_id, half, meta, payload, now, bounds)
+                return EventLogged("pending", model, events.counts(tx, model_id))
+            if found.done_at is not None or found.half == half:
+                return EventLogged("duplicate", model, events.counts(tx, model_id))
+            made = complete(model, found.half, found.meta or "", found.payload)
+            _check_ids(made.ids)
+            logged = self._log(
+                tx, model_id, model, "predictions", made.ids, made.rows, now, max_pending, made.timestamps, None,
+                made.on_join, quota,
+            )  # fmt: skip
+            events.done(tx, model_id, found, now)
+            return EventLogged("completed", logged.model, events.counts(tx, model_id), logged)
+
+    def event_counts(self, name: str) -> EventCounts | None:
+        """The model's waiting event halves, their bytes and the halves expired; None: no model."""
+        with self.database.transaction(write=False) as tx:
+            found = tx.one("SELECT id FROM loss_models WHERE name = ?", [name])
+            return None if found is None else events.counts(tx, found[0])
+
+    def sweep_events(self, name: str, now: float, ttl_seconds: float, limit: int = SWEEP_BATCH_ROWS) -> bool | None:
+        """One transaction of the events' sweep: up to `limit` halves waiting longer than
+        `ttl_seconds` (or the model's retention) expire, then up to `limit` markers of completed
+        events past the model's retention go. True: nothing is left to sweep; None: no model."""
+        with self.database.transaction() as tx:
+            found = tx.one(f"SELECT id, retention_seconds FROM loss_models WHERE name = ?{tx.dialect.lock_row}", [name])
+            if found is None:
+                return None
+            model_id, retention = found[0], float(found[1])
+            cutoff = now - min(ttl_seconds, retention)
+            expired = events.stale(tx, model_id, cutoff, limit)
+            events.expire(tx, model_id, expired)
+            removed = events.forget_done(tx, model_id, now - retention, limit)
+        return len(expired) < limit and removed < limit
 
     @staticmethod
     def _added_bytes(

@@ -15,7 +15,8 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -44,6 +45,7 @@ from service.store import (
     StoreFailureError,
     StoreFullError,
     TooManyPendingError,
+    TooManyPendingEventsError,
     UnknownModelError,
 )
 from service.usecases.errors import InvalidInputError, NotFoundError, QuotaError, StoreUnavailableError
@@ -155,7 +157,9 @@ def configure(store: Store, name: str, request: Any, now: float, quota: Quota | 
         except LossInputError as exc:
             raise InvalidInputError(f"losses.{position}.{exc.field}", exc.reason, exc.index) from None
         losses.append({"loss": loss, "options": options})
-    config = {"losses": losses, "convention": request.convention, "dtype": request.dtype}
+    config: dict[str, Any] = {"losses": losses, "convention": request.convention, "dtype": request.dtype}
+    if getattr(request, "events", None) is not None:
+        config["events"] = request.events.model_dump()
     try:
         return model_config(store.configure_model(name, config, request.retention_seconds, now, quota))
     except QuotaExceededError as exc:
@@ -262,8 +266,7 @@ def log_rows(
     if current is None:
         raise unknown_model(name)
     stored = _stored_rows(rows, side, current.config["dtype"])
-    position = {row_id: index for index, row_id in enumerate(ids)}
-    try:
+    with store_errors(name, side):
         logged = store.log(
             side,
             name,
@@ -273,9 +276,39 @@ def log_rows(
             max_pending=settings.max_pending,
             timestamps=timestamps,
             weights=weights,
-            on_join=functools.partial(_pair_losses, side=side, position=position),
+            on_join=pair_losses(side, ids),
             quota=quota_of(principal, settings),
         )
+    return recorded(monitor, name, side, logged, principal)
+
+
+def checked_rows(
+    rows: np.ndarray[Any, Any],
+    side: Side,
+    model: Model,
+    principal: Principal | None,
+    settings: Settings,
+    authorize: Authorize,
+) -> np.ndarray[Any, Any]:
+    """Rows about to be logged for `model`: within the key's row width and value budget, in the
+    precision the store keeps them in."""
+    _check_width(rows, side, principal, settings)
+    authorize(principal, model.name, rows.size)
+    return _stored_rows(rows, side, model.config["dtype"])
+
+
+def pair_losses(side: Side, ids: list[str]) -> Callable[[Model, Pairs], list[tuple[str, LossResult]]]:
+    """The store's `on_join` for a request logging `ids` on `side`: each configured loss over the
+    pairs it completes, a refusal naming the id's index in `ids`."""
+    position = {row_id: index for index, row_id in enumerate(ids)}
+    return functools.partial(_pair_losses, side=side, position=position)
+
+
+@contextmanager
+def store_errors(name: str, side: Side) -> Iterator[None]:
+    """The store's refusals of a log, in the use cases' words."""
+    try:
+        yield
     except QuotaExceededError as exc:
         raise quota_error(exc, "LOSS_SERVICE_QUOTA_STORED_BYTES", name) from None
     except UnknownModelError:
@@ -286,9 +319,10 @@ def log_rows(
         raise _problem("ids", exc.reason, [exc.index]) from None
     except TooManyPendingError as exc:  # a bound on the model's storage: audited as the quotas are
         raise QuotaError(str(exc), "max_pending", ["body", "ids"], name) from None
+    except TooManyPendingEventsError as exc:
+        raise QuotaError(str(exc), exc.setting.removeprefix("LOSS_SERVICE_").lower(), ["body"], name) from None
     except StoreFailureError as exc:
         raise unavailable(exc) from None
-    return _recorded(monitor, name, side, logged, principal)
 
 
 def _check_width(rows: np.ndarray[Any, Any], side: Side, principal: Principal | None, settings: Settings) -> None:
@@ -304,7 +338,7 @@ def _check_width(rows: np.ndarray[Any, Any], side: Side, principal: Principal | 
         )
 
 
-def _recorded(
+def recorded(
     monitor: Recorder, name: str, side: Side, logged: Logged[list[tuple[str, LossResult]]], principal: Principal | None
 ) -> dict[str, Any]:
     """The committed write's answer, its pairs' losses recorded (from here on they are joined for

@@ -392,6 +392,41 @@ def corpus() -> Iterator[Case]:
         yield f"put-bad-config-{i}", "/v1/models/corpus-new", json.dumps(config).encode(), j, 422
     yield "put-malformed", "/v1/models/corpus-new", b"{", j, 400
     yield "route-unknown-model", "/v1/models/nope", b"", {}, 404
+    # KServe's inference-logger events (the fixture configures "corpus-events": output "probs", ids by input "user").
+    events = "/v1/models/corpus-events/events"
+    response = {"ce-id": "e-1", "ce-type": "org.kubeflow.serving.inference.response", "ce-source": "http://x/",
+                "ce-specversion": "1.0", "content-type": JSON}  # fmt: skip
+    request = {**response, "ce-type": "org.kubeflow.serving.inference.request"}
+    probs = {"outputs": [{"name": "probs", "shape": [1, 2], "datatype": "FP32", "data": [0.2, 0.8]}]}
+    bad_events: list[tuple[str, bytes, dict[str, str], int]] = [
+        ("unknown-type", json.dumps(probs).encode(), {**response, "ce-type": "com.example.other"}, 422),
+        ("no-ce-id", json.dumps(probs).encode(), {k: v for k, v in response.items() if k != "ce-id"}, 422),
+        ("no-specversion", json.dumps(probs).encode(), {k: v for k, v in response.items() if k != "ce-specversion"}, 422),
+        ("bad-time", json.dumps(probs).encode(), {**response, "ce-time": "noon"}, 422),
+        ("malformed", b'{"outputs": [', response, 400),
+        ("empty", b"", response, 400),
+        ("text-plain", json.dumps(probs).encode(), {**response, "content-type": "text/plain"}, 415),
+        ("batch-mode", b"[]", {"content-type": "application/cloudevents-batch+json"}, 415),
+        ("missing-output", json.dumps({"outputs": [{**probs["outputs"][0], "name": "x"}]}).encode(), response, 422),
+        ("outputs-not-a-list", b'{"outputs": {}}', response, 422),
+        ("output-ragged", json.dumps({"outputs": [{**probs["outputs"][0], "data": [[0.2], [0.8, 1.0]]}]}).encode(), response, 422),
+        ("output-shape", json.dumps({"outputs": [{**probs["outputs"][0], "shape": [1, -2]}]}).encode(), response, 422),
+        ("output-bool", json.dumps({"outputs": [{**probs["outputs"][0], "data": [True, 0.8]}]}).encode(), response, 422),
+        ("output-huge", json.dumps({"outputs": [{**probs["outputs"][0], "shape": [2**40, 2**40]}]}).encode(), response, 413),
+        ("v1-missing", b'{"predictions": [[0.2, 0.8]]}', response, 422),
+        ("request-no-user", b'{"inputs": []}', request, 422),
+        ("request-bad-id", json.dumps({"inputs": [{"name": "user", "shape": [1], "datatype": "BYTES", "data": [""]}]}).encode(), request, 422),
+        ("request-v1-not-objects", b'{"instances": [[1.0]]}', request, 422),
+        ("structured-no-data", b'{"id": "e", "type": "org.kubeflow.serving.inference.response", "source": "s", "specversion": "1.0"}',
+         {"content-type": "application/cloudevents+json"}, 422),
+        ("structured-bad-base64", b'{"id": "e", "type": "org.kubeflow.serving.inference.response", "source": "s", "specversion": "1.0", "data_base64": "%%"}',
+         {"content-type": "application/cloudevents+json"}, 422),
+        ("structured-not-object", b"[1]", {"content-type": "application/cloudevents+json"}, 422),
+    ]  # fmt: skip
+    for name, raw, headers, status in bad_events:
+        yield f"event-{name}", events, raw, headers, status
+    yield "event-unknown-model", "/v1/models/nope/events", json.dumps(probs).encode(), response, 404
+    yield "event-model-without-events", "/v1/models/corpus/events", json.dumps(probs).encode(), response, 422
     # Inputs that once reached a 500 (MemoryError, ValueError, TypeError in the OIP route).
     yield "npz-declares-1e13", "/v1/loss?loss=mse", npz_declaring((10**13,)), n, 413
     yield "npz-compressed-zeros", "/v1/loss?loss=mse", compressed_zeros(25_000_000), n, 413
@@ -442,6 +477,9 @@ async def limited(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[htt
         configured = await c.put("/v1/models/corpus", json={"losses": [{"loss": "scce"}], "dtype": "float32"})
         assert configured.status_code == 200, configured.text
         await c.post("/v1/models/corpus/predictions", json={"ids": ["first"], "predictions": [[0.2, 0.8]]})
+        events = {"prediction": "probs", "id": "user"}
+        configured = await c.put("/v1/models/corpus-events", json={"losses": [{"loss": "scce"}], "events": events})
+        assert configured.status_code == 200, configured.text
         yield c
 
 

@@ -19,7 +19,7 @@ README = (ROOT / "README.md").read_text()
 PAGES = {"README.md": README} | {f"docs/{page.name}": page.read_text() for page in sorted((ROOT / "docs").glob("*.md"))}
 EXAMPLE = re.compile(
     r"^\$ curl -s (?:-X (?P<method>POST|PUT) )?localhost:8000(?P<path>\S+)"
-    r"(?: -H '[^']*')?(?: -d '(?P<body>[^']*)')?\n(?P<output>\{.*\})$",
+    r"(?: -H '(?P<header>[^']*)')?(?: -d '(?P<body>[^']*)')?\n(?P<output>\{.*\})$",
     re.MULTILINE,
 )
 EXAMPLES = [{**m.groupdict(), "page": page} for page, text in PAGES.items() for m in EXAMPLE.finditer(text)]
@@ -36,8 +36,9 @@ async def test_readme_example_output_is_what_the_service_answers(
     client: httpx.AsyncClient, example: dict[str, str]
 ) -> None:
     if example["method"] in ("POST", "PUT"):
+        name, _, value = (example["header"] or "content-type: application/json").partition(":")
         response = await client.request(
-            example["method"], example["path"], content=example["body"], headers={"content-type": "application/json"}
+            example["method"], example["path"], content=example["body"], headers={name.strip(): value.strip()}
         )
     else:
         response = await client.get(example["path"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from functools import cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -177,6 +177,47 @@ class LabelsLog(BaseModel):
     )
 
 
+# Segment keys, as a model's configuration declares them (`segments`).
+SEGMENT_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+MAX_SEGMENT_KEYS = 8
+# A tensor's (v2) or an instance field's (v1) name, as `events` names it.
+TensorName = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class EventsConfig(BaseModel):
+    """Where KServe's inference logger puts what the model logs (`POST /v1/models/{model}/events`)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [{"prediction": "probabilities", "id": "ce-id", "segments": {"country": "country"}}]
+        },
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fields_only(cls, data: Any) -> Any:
+        return few_unknown_keys(cls, data)
+
+    prediction: TensorName = Field(
+        description="The response's prediction: the name of a v2 output (`outputs[].name`), or of the v1 response's "
+        'field (`"predictions"`). Its first axis is the batch: row r of it is prediction r.'
+    )
+    id: TensorName = Field(
+        default="ce-id",
+        description='`"ce-id"`: row r of an inference is the prediction `<Ce-Id>:<r>`. Otherwise the name of a v2 '
+        "request input (one id per row; BYTES or integers), of a v2 request parameter (`<value>:<r>`), or of a "
+        "field of each v1 instance (one id per row).",
+    )
+    segments: dict[Annotated[str, Field(pattern=SEGMENT_KEY_PATTERN)], TensorName] = Field(
+        default_factory=dict,
+        max_length=MAX_SEGMENT_KEYS,
+        description="Segment key -> the v2 request input (or v1 instance field) that holds its value, one per row: a "
+        "string, an integer (as its decimal text) or null.",
+    )
+
+
 @cache
 def model_config_request_model() -> type[BaseModel]:
     """The body of PUT /v1/models/{model}: the losses to compute when pairs join, as /v1/evaluate takes them."""
@@ -200,6 +241,10 @@ def model_config_request_model() -> type[BaseModel]:
                 description="How long a row waits for its other half (and a joined id is remembered).",
             ),
         ),
+        events=(
+            EventsConfig | None,
+            Field(default=None, description="Where KServe's inference logger events hold the predictions."),
+        ),
     )
 
 
@@ -216,6 +261,7 @@ class ModelConfig(BaseModel):
     retention_seconds: float
     created_at: float = Field(description="Unix seconds.")
     updated_at: float = Field(description="Unix seconds of the last PUT.")
+    events: EventsConfig | None = Field(default=None, description="Present when configured.")
 
 
 class QuotaUsage(BaseModel):
@@ -265,3 +311,23 @@ class LogResult(BaseModel):
     results: list[LossResult] = Field(description="Each configured loss over the pairs completed; empty if none.")
     pending_predictions: int
     pending_labels: int
+
+
+class EventCountsStatus(BaseModel):
+    pending: int = Field(description="Event halves waiting for their other half.")
+    pending_bytes: int = Field(description="What they count towards LOSS_SERVICE_EVENT_MAX_PENDING_BYTES.")
+    expired: int = Field(description="Halves that waited longer than LOSS_SERVICE_EVENT_TTL and were dropped.")
+
+
+class EventResult(BaseModel):
+    """What one CloudEvent of KServe's inference logger did."""
+
+    id: str = Field(description="The event's Ce-Id, which its request and its response share.")
+    type: Literal["request", "response"] = Field(description="Which half of the inference it carried.")
+    outcome: Literal["pending", "logged", "duplicate", "not_needed"] = Field(
+        description="`pending`: kept until the other half arrives; `logged`: the inference's rows went to the "
+        "predictions log (`log`, as POST .../predictions answers); `duplicate`: this half was in already, nothing "
+        "changed; `not_needed`: a request event where the response alone gives the predictions."
+    )
+    log: LogResult | None = Field(description="The predictions log's answer when `outcome` is `logged`.")
+    events: EventCountsStatus = Field(description="The model's event halves after this event.")

@@ -14,7 +14,9 @@ from fastapi.responses import Response
 from service.server.api.access import authorize, visible
 from service.server.api.batches import off_loop
 from service.server.api.body import json_decoded_bytes, read_body, validate_json
+from service.server.api.inference_logs import EVENT_MEDIA_TYPES, read_event
 from service.server.api.model_schemas import (
+    EventResult,
     LabelsLog,
     LogResult,
     ModelConfig,
@@ -28,7 +30,7 @@ from service.server.api.responses import PROBLEM_RESPONSES, json_body, json_resp
 from service.server.api.routing import Routes
 from service.server.api.schemas import MODEL_LABEL_PATTERN
 from service.store import Side, Store
-from service.usecases import ingest, upkeep
+from service.usecases import events, ingest, upkeep
 
 routes = Routes("/v1/models", tags=["delayed labels"])
 READ = RoutePolicy(scope="read", model_param="model")
@@ -205,3 +207,68 @@ async def log_predictions(model: ModelName, request: Request) -> Response:
 )
 async def log_labels(model: ModelName, request: Request) -> Response:
     return await _log(request, model, "labels")
+
+
+EVENT_EXAMPLE = {
+    "model_name": "churn-v2",
+    "id": "b3c1e5a2-4f0e-4f7b-9a57-0d0c3b6f1e2a",
+    "outputs": [{"name": "logits", "shape": [2, 1], "datatype": "FP32", "data": [1.2, -0.4]}],
+}
+EVENT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "description": "Binary content mode: the inference's request or response (v1 or v2 protocol JSON) "
+                    "as the model received or answered it; the event's attributes are the Ce-* headers (Ce-Id, "
+                    "Ce-Type org.kubeflow.serving.inference.request or .response, Ce-Source, Ce-Specversion 1.0, "
+                    "Ce-Time).",
+                },
+                "examples": {"v2 response": {"value": EVENT_EXAMPLE}},
+            },
+            "application/cloudevents+json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["id", "type", "source", "specversion"],
+                    "description": "Structured content mode: the attributes and `data` (or `data_base64`) in one "
+                    "object.",
+                },
+            },
+        },
+    }
+}
+
+
+@routes.post(
+    "/{model}/events",
+    policy=INGEST,
+    summary="KServe's inference logger: each inference's request and response, as CloudEvents",
+    description="Point an InferenceService's `logger` here (`mode: all`). The rows of each inference become "
+    "predictions once the halves the model's `events` configuration needs are in: ids `<Ce-Id>:<row>` (or the "
+    "configured id input), the prediction the configured output's row. Either half may come first; a repeated "
+    "half is a duplicate.",
+    response_model=EventResult,
+    responses={**PROBLEM_RESPONSES, **NOT_FOUND, **TOO_MANY_PENDING},
+    openapi_extra=EVENT_BODY,
+)
+async def log_event(model: ModelName, request: Request) -> Response:
+    media_type, body = await read_body(request, EVENT_MEDIA_TYPES)
+    store, monitor = _store(request), request.app.state.monitor
+    settings = request.app.state.settings
+    context = context_of(request.scope)
+
+    def log() -> dict[str, Any]:
+        event, read_half = read_event(request.scope, media_type, body, settings.max_elements)
+        return events.log_event(store, monitor, settings, model, event, read_half, context, authorize)
+
+    result = await off_loop(
+        request,
+        len(body),
+        lambda: json_decoded_bytes(body),
+        log,
+        waits_on_io=True,
+        limiter=upkeep.store_threads(request.app.state).writes,
+    )
+    return json_response(result)
