@@ -108,7 +108,9 @@ def test_redoc_renders_the_operations(service_url: str, page: object) -> None:
 
 def test_the_landing_page_computes_the_example(service_url: str, page: object) -> None:
     page.goto(f"{service_url}/")  # type: ignore[attr-defined]
-    page.wait_for_function("document.querySelectorAll('#loss option').length > 30")  # type: ignore[attr-defined]
+    # A selector, not `wait_for_function`: Playwright polls a string predicate with `new Function`,
+    # which the page's Content-Security-Policy (no 'unsafe-eval') refuses.
+    page.locator("#loss option").nth(30).wait_for(state="attached", timeout=60_000)  # type: ignore[attr-defined]
     assert page.locator("#loss").input_value() == "sparse_categorical_crossentropy"  # type: ignore[attr-defined]
     page.get_by_role("button", name="Compute").click()  # type: ignore[attr-defined]
     result = page.locator("#result")  # type: ignore[attr-defined]
@@ -125,7 +127,9 @@ def test_the_landing_page_computes_the_example(service_url: str, page: object) -
 
 def test_the_landing_page_shows_a_problem_precisely(service_url: str, page: object) -> None:
     page.goto(f"{service_url}/")  # type: ignore[attr-defined]
-    page.wait_for_function("document.querySelectorAll('#loss option').length > 30")  # type: ignore[attr-defined]
+    # A selector, not `wait_for_function`: Playwright polls a string predicate with `new Function`,
+    # which the page's Content-Security-Policy (no 'unsafe-eval') refuses.
+    page.locator("#loss option").nth(30).wait_for(state="attached", timeout=60_000)  # type: ignore[attr-defined]
     page.fill("#labels", "[1, 3]")  # type: ignore[attr-defined]
     page.get_by_role("button", name="Compute").click()  # type: ignore[attr-defined]
     result = page.locator("#result.error")  # type: ignore[attr-defined]
