@@ -4,6 +4,7 @@ Every number is checked against scikit-learn or a naive float64 reference on the
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -12,7 +13,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import brier_score_loss, log_loss
 
-from service.client import AsyncLossClient, InvalidInputError
+from service.client import AsyncLossClient, InvalidInputError, LossClient, WholeBatchError
+from service.engine import catalogue
+from service.server.api.catalogue_schemas import loss_info
 from tests.apps import AppClient, MakeApp
 from tests.reference import naive
 
@@ -146,3 +149,22 @@ async def test_per_sample_options_are_cut_with_their_chunk(make_app: MakeApp) ->
         (evaluated,) = await client.evaluate(log_p, labels, [item], convention="torch")
         assert transport.posts == 3
         np.testing.assert_allclose(evaluated.per_sample, expected, rtol=1e-12)
+
+
+def test_the_sync_client_names_the_loss_when_its_whole_batch_is_too_large() -> None:
+    """The blocking client reads the same catalogue and turns the same 413 into the same error."""
+    posted: list[int] = []
+
+    def service(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/losses":
+            return httpx.Response(200, json={"losses": [loss_info(spec).model_dump() for spec in catalogue()]})
+        posted.append(len(json.loads(request.content)["labels"]))
+        problem = {"title": "Content Too Large", "status": 413, "detail": "40 numbers; the limit is 20"}
+        return httpx.Response(413, json=problem, headers={"retry-after": "7"})
+
+    probabilities, labels = binary_batch()
+    client = LossClient("http://mock", chunk_size=10, transport=httpx.MockTransport(service), retries=0)
+    with client, pytest.raises(WholeBatchError, match=r"brier_score .*options\.classes.*the limit is 20") as refused:
+        client.loss("brier_score_loss", probabilities, labels)
+    assert posted == [40]
+    assert refused.value.retry_after == 7.0
