@@ -24,6 +24,7 @@ from service.client.errors import (
     ServerError,
     UnauthorizedError,
     UnreachableError,
+    WholeBatchError,
 )
 from service.client.http import AsyncLossClient, LossClient
 from service.client.logger import PredictionLogger
@@ -43,4 +44,5 @@ __all__ = [
     "ServerError",
     "UnauthorizedError",
     "UnreachableError",
+    "WholeBatchError",
 ]

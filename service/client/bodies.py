@@ -4,7 +4,7 @@ the answers for its chunks combined into one."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,15 +92,20 @@ def _batch(
     return body
 
 
-def _chunks(body: dict[str, Any], chunk_size: int) -> Iterator[dict[str, Any]]:
-    """The batch split along its first axis; everything else is shared."""
+def _chunks(
+    body: dict[str, Any], chunk_size: int, sliced: Callable[[int, int], dict[str, Any]] | None = None
+) -> Iterator[dict[str, Any]]:
+    """The batch split along its first axis; `sliced(start, stop)` gives the rest of a chunk's body
+    that is cut with it (options holding one value per sample); everything else is shared."""
     samples = len(body["predictions"])
     arrays = [key for key in ("predictions", "labels", "sample_weight") if key in body]
     if samples <= chunk_size:
         yield body
         return
     for start in range(0, samples, chunk_size):
-        yield {**body, "chunk": True, **{key: body[key][start : start + chunk_size] for key in arrays}}
+        stop = start + chunk_size
+        cut = sliced(start, stop) if sliced is not None else {}
+        yield {**body, "chunk": True, **{key: body[key][start:stop] for key in arrays}, **cut}
 
 
 def _encode(body: Mapping[str, Any], body_format: str) -> tuple[bytes, dict[str, str], dict[str, str]]:
@@ -146,7 +151,12 @@ def _arrow(arrays: Mapping[str, np.ndarray[Any, Any]]) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
-def _planned(body: dict[str, Any], chunk_size: int, progress: bool) -> Iterator[dict[str, Any]]:
+def _planned(
+    body: dict[str, Any],
+    chunk_size: int,
+    progress: bool,
+    sliced: Callable[[int, int], dict[str, Any]] | None = None,
+) -> Iterator[dict[str, Any]]:
     """The chunks to send, in order, advancing an optional tqdm bar as each one is done."""
     total = len(body["predictions"])
     bar = None
@@ -157,7 +167,7 @@ def _planned(body: dict[str, Any], chunk_size: int, progress: bool) -> Iterator[
             raise ImportError("progress=True needs tqdm: pip install tqdm") from exc
         bar = tqdm(total=total, unit="sample")
     try:
-        for chunk in _chunks(body, chunk_size):
+        for chunk in _chunks(body, chunk_size, sliced):
             yield chunk
             if bar is not None:
                 bar.update(len(chunk["predictions"]))

@@ -22,6 +22,12 @@ class InvalidInputError(LossServiceError):
     """400, 413, 415 or 422: the request itself is wrong; `errors` names each field and index."""
 
 
+class WholeBatchError(InvalidInputError):
+    """413 for a batch larger than a chunk that the client sent whole, because a loss of it reads
+    every sample of the batch (see `service.client.splitting`): the message names the loss and
+    the option, if any, that lets the batch split."""
+
+
 class UnauthorizedError(LossServiceError):
     """401 or 403."""
 

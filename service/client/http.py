@@ -20,6 +20,7 @@ from service.client.bodies import (
     _encode,
 )
 from service.client.calls import Plan, T, _Call
+from service.client.errors import LossServiceError
 from service.client.logger import PredictionLogger
 from service.client.plans import _Base
 from service.values.results import LossResult
@@ -82,7 +83,12 @@ class LossClient(_Base):
         try:
             call = next(plan)
             while True:
-                call = plan.send(self._exchange(call))
+                try:
+                    answer = self._exchange(call)
+                except LossServiceError as exc:  # the plan may read the error, and raise its own
+                    call = plan.throw(exc)
+                else:
+                    call = plan.send(answer)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
@@ -219,7 +225,12 @@ class AsyncLossClient(_Base):
         try:
             call = next(plan)
             while True:
-                call = plan.send(await self._exchange(call))
+                try:
+                    answer = await self._exchange(call)
+                except LossServiceError as exc:  # the plan may read the error, and raise its own
+                    call = plan.throw(exc)
+                else:
+                    call = plan.send(answer)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 

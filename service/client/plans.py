@@ -23,9 +23,8 @@ from service.client.bodies import (
     _row_ids,
 )
 from service.client.calls import Plan, _Call, _decode, _raise_for_status, _retry_delay, _safe_to_repeat
-from service.client.errors import (
-    UnreachableError,
-)
+from service.client.errors import InvalidInputError, UnreachableError, WholeBatchError
+from service.client.splitting import Catalogue, Splitting, by_name, splitting
 from service.values.columns import as_array
 from service.values.results import LossResult, combine
 
@@ -60,6 +59,7 @@ class _Base:
         self.progress = progress
         self.body_format = body_format
         self._headers = {"accept": "application/json"}
+        self._catalogue: Catalogue | None = None
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
 
@@ -97,6 +97,44 @@ class _Base:
             _raise_for_status(response)
         return _decode(response)
 
+    def _catalogue_plan(self) -> Plan[Catalogue]:
+        """The service's catalogue by name and alias, asked once per client, and only when a batch
+        is larger than a chunk: it says which losses need the whole batch and which options are
+        cut with a chunk (`service.client.splitting`)."""
+        if self._catalogue is None:
+            self._catalogue = by_name((yield _Call("GET", "/v1/losses"))["losses"])
+        return self._catalogue
+
+    def _splittings(
+        self, body: Mapping[str, Any], items: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> Plan[list[Splitting]]:
+        """How the batch of each (loss, options) item splits; nothing is asked for a batch that
+        fits in one chunk."""
+        samples = len(body["predictions"])
+        if samples <= self.chunk_size:
+            return [Splitting(None, frozenset()) for _ in items]
+        catalogue = yield from self._catalogue_plan()
+        splits = [splitting(catalogue, loss, body["convention"], options) for loss, options in items]
+        for split, (_, options) in zip(splits, items, strict=True):
+            split.check(options, samples)
+        return splits
+
+    def _sent(self, call: _Call, splits: Sequence[Splitting], samples: int) -> Plan[Any]:
+        """The answer to `call`; a 413 for a batch sent whole because a loss needs it whole says so."""
+        try:
+            return (yield call)
+        except InvalidInputError as exc:
+            reasons = [split.whole for split in splits if split.whole is not None]
+            if exc.status != 413 or not reasons or samples <= self.chunk_size:
+                raise
+            detail = (
+                f"the batch of {samples} samples is sent whole, not split into chunks of {self.chunk_size}: "
+                f"{'; '.join(reasons)}. The service refused it whole: {exc.problem.get('detail', '')}"
+            )
+            error = WholeBatchError(exc.status, {**exc.problem, "detail": detail})
+            error.retry_after = exc.retry_after
+            raise error from exc
+
     def _loss_plan(
         self,
         loss: str,
@@ -107,10 +145,18 @@ class _Base:
         options: dict[str, Any],
     ) -> Plan[LossResult]:
         body = {**_batch(*arrays, dtype, convention, model), "loss": loss, "options": options}
+        samples = len(body["predictions"])
+        (split,) = yield from self._splittings(body, [(loss, options)])
         body_format = self._body_format(body)
+        size = samples if split.whole is not None else self.chunk_size
+
+        def sliced(start: int, stop: int) -> dict[str, Any]:
+            return {"options": split.cut(options, start, stop)}
+
         parts = []
-        for chunk in _planned(body, self.chunk_size, self.progress):
-            parts.append(LossResult.read((yield _Call("POST", "/v1/loss", chunk, body_format))))
+        for chunk in _planned(body, size, self.progress, sliced):
+            call = _Call("POST", "/v1/loss", chunk, body_format)
+            parts.append(LossResult.read((yield from self._sent(call, [split], samples))))
         return combine(parts)
 
     def _evaluate_plan(
@@ -121,10 +167,24 @@ class _Base:
         convention: str,
         model: str | None,
     ) -> Plan[list[LossResult]]:
+        """One request per chunk for all the losses; the batch goes whole when one of them needs it."""
         body = {**_batch(*arrays, dtype, convention, model), "losses": [_loss_item(item) for item in losses]}
+        samples = len(body["predictions"])
+        items = [(item["loss"], item["options"]) for item in body["losses"]]
+        splits = yield from self._splittings(body, items)
+        size = samples if any(split.whole is not None for split in splits) else self.chunk_size
+
+        def sliced(start: int, stop: int) -> dict[str, Any]:
+            return {
+                "losses": [
+                    {**item, "options": split.cut(item["options"], start, stop)}
+                    for item, split in zip(body["losses"], splits, strict=True)
+                ]
+            }
+
         responses = []
-        for chunk in _planned(body, self.chunk_size, self.progress):
-            responses.append((yield _Call("POST", "/v1/evaluate", chunk)))
+        for chunk in _planned(body, size, self.progress, sliced):
+            responses.append((yield from self._sent(_Call("POST", "/v1/evaluate", chunk), splits, samples)))
         return _per_loss(responses, len(body["losses"]))
 
     def _configure_plan(

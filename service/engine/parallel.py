@@ -2,9 +2,9 @@
 
 NumPy releases the GIL inside its loops, so threads run the blocks truly in parallel. Every loss
 computes each sample from that sample's rows alone (those that read the whole batch are
-registered `whole_batch` and never split; options holding one value per sample are split with
-them), and the blocks' values are joined in order before one
-reduction over all of them: the answer is bit for bit the single-threaded one. A block that
+registered `whole_batch` and never split, unless an option given makes them separable; options
+holding one value per sample are split with them), and the blocks' values are joined in order
+before one reduction over all of them: the answer is bit for bit the single-threaded one. A block that
 refuses its input is not trusted to report the batch's first problem: the whole batch is then
 computed on the calling thread, which raises exactly the single-threaded error.
 """
@@ -81,7 +81,8 @@ def loss_values(
         value = bound[name]
         if value is not None and len(value) != x.shape[0]:
             raise LossInputError(f"options.{name}", f"needs one value per sample ({x.shape[0]}), got {len(value)}")
-    blocks = min(_threads, x.shape[0], x.size // MIN_SPLIT_VALUES) if not spec.whole_batch and x.ndim else 1
+    whole = spec.reads_whole_batch(bound) or not x.ndim
+    blocks = 1 if whole else min(_threads, x.shape[0], x.size // MIN_SPLIT_VALUES)
     if blocks <= 1:
         return spec.function(x, y, convention, **bound)
     edges = np.linspace(0, x.shape[0], blocks + 1).astype(int)

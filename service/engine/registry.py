@@ -7,6 +7,7 @@ is written down twice.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import types
 import typing
@@ -58,6 +59,12 @@ class LossSpec:
     options: tuple[OptionSpec, ...]
     class_labels: bool = False
     whole_batch: bool = False
+    separable_with: tuple[str, ...] = ()
+
+    def reads_whole_batch(self, bound: Mapping[str, Any]) -> bool:
+        """Whether a sample's loss depends on the rest of the batch under these bound options: a
+        `whole_batch` loss unless one of its `separable_with` options is given (not None)."""
+        return self.whole_batch and all(bound.get(name) is None for name in self.separable_with)
 
     def bind(self, options: Mapping[str, Any] | None, convention: Convention) -> dict[str, Any]:
         """Check option names, ranges and conventions; return every option with its value."""
@@ -106,17 +113,28 @@ _LOOKUP: dict[str, str] = {}
 
 
 def register(
-    name: str, *, aliases: tuple[str, ...] = (), class_labels: bool = False, whole_batch: bool = False
+    name: str,
+    *,
+    aliases: tuple[str, ...] = (),
+    class_labels: bool = False,
+    whole_batch: bool = False,
+    separable_with: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., LossValues]], Callable[..., LossValues]]:
     """Add a loss function to the catalogue under `name` and its `aliases`.
 
     `class_labels`: the labels are integer class indices, passed to the function as `np.intp`.
     `whole_batch`: a sample's loss depends on the rest of the batch (classes read from all its
-    labels), so the batch is never split across threads.
+    labels, pairs with every other sample), so the batch is never split: not across threads, not
+    into a client's chunks, not into a dataset's record batches. `separable_with`: options that,
+    once given, make each sample's loss depend on its own rows alone, so that the batch splits exactly.
     """
 
     def decorate(function: Callable[..., LossValues]) -> Callable[..., LossValues]:
         spec = spec_of(name, function, aliases=aliases, class_labels=class_labels, whole_batch=whole_batch)
+        unknown = set(separable_with) - {option.name for option in spec.options}
+        if unknown:
+            raise TypeError(f"{name}: separable_with names no option of it: {sorted(unknown)}")
+        spec = dataclasses.replace(spec, separable_with=separable_with)
         for key in (name, *aliases):
             if key in _LOOKUP:
                 raise ValueError(f"loss name {key!r} registered twice")

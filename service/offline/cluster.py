@@ -1,14 +1,29 @@
 """Datasets on a Dask cluster (`pip install 'loss-service[dask]'`): each partition computed by the
-engine in its worker, exactly as a record batch is, and the partitions' sums combined the same way."""
+engine in its worker, exactly as a record batch is, and the partitions' sums combined the same way.
+
+A loss whose samples read the rest of the batch gets what makes its partitions exact: log_loss
+and brier_score the dataset's classes (found first, as `evaluate_dataset` finds them); any other
+(circle) is refused, since a partition is computed on its own."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from service.offline.datasets import DEFAULT_BATCH_ROWS, _check_counted, _merge_groups, evaluate_batch, result_of
+from service.offline.datasets import (
+    DEFAULT_BATCH_ROWS,
+    DatasetClasses,
+    _check_counted,
+    _merge_groups,
+    add_classes,
+    evaluate_batch,
+    reads_whole_batch,
+    result_of,
+    whole_dataset,
+)
 from service.offline.reading import _batches, _name, dataset_files, open_dataset
 from service.offline.sketch import Tally
 from service.offline.spec import DatasetError, DatasetResult, Spec
@@ -40,6 +55,26 @@ def _partition_batches(frame: Any) -> Iterator[tuple[Any, Callable[[int], str], 
 
         yield batch, where, start
         start += batch.num_rows
+
+
+def _separable(data: Any, spec: Spec, batch_rows: int) -> Spec:
+    """The spec whose loss computes each partition exactly: with the dataset's classes found
+    first when it reads them from the whole batch; a loss no option makes separable is refused."""
+    entry = reads_whole_batch(spec)
+    if entry is None:
+        return spec
+    if "classes" not in entry.separable_with:
+        raise DatasetError(
+            f"{entry.name} computes each row's loss from every other row of the batch, and Dask computes each "
+            "partition on its own; evaluate it with evaluate_dataset (without --scheduler), as one batch"
+        )
+    if isinstance(data, str | list):
+        spec, _ = whole_dataset(spec, open_dataset(data, spec), batch_rows)
+        return spec
+    found: set[float] = set()
+    labels = data[spec.labels].dropna().drop_duplicates().compute()
+    add_classes(found, np.asarray(labels.to_numpy()), spec, "the data")
+    return replace(spec, options={**spec.options, "classes": DatasetClasses(sorted(found))})
 
 
 def _dask_frame(data: Any, spec: Spec) -> Any:
@@ -74,6 +109,7 @@ def _partition_per_sample(frame: Any, spec: Spec) -> Any:
 
 def per_sample_dask(data: Any, spec: Spec) -> Any:
     """Each row's per-sample value as a lazy Dask Series (losses with one value per row)."""
+    spec = _separable(data, spec, DEFAULT_BATCH_ROWS)
     return _dask_frame(data, spec).map_partitions(_partition_per_sample, spec, meta=("per_sample", "f8"))
 
 
@@ -103,6 +139,7 @@ def evaluate_dask(
     except ImportError as exc:
         raise ImportError("Dask is an optional extra: pip install 'loss-service[dask]'") from exc
     _name(spec)
+    spec = _separable(data, spec, batch_rows)
     if isinstance(data, str | list):
         open_dataset(data, spec)  # every file has the columns, before any task starts
         task = delayed(_file_totals)

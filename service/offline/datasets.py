@@ -5,10 +5,14 @@
     >>> result.mean, result.groups[0]
 
 Each record batch is computed by the engine on its own, exactly as `/v1/loss` computes those rows,
-and the batches combine exactly: mean = sum of sums / sum of denominators. Memory stays bounded by
-the batch size whatever the dataset's size. `group_by` gives the same numbers per segment, with
-percentiles of the per-sample values from a log-bucket sketch (relative error at most
-`SKETCH_ACCURACY`), which merges across batches and across Dask partitions alike.
+and the batches combine exactly: mean = sum of sums / sum of denominators. A loss whose samples
+read the rest of the batch (the engine's `whole_batch`) is computed over the whole dataset
+instead (`whole_dataset`): log_loss and brier_score with the dataset's classes, read from its
+labels in a first pass; any other (circle) as one batch when the dataset fits in one, else
+refused. Memory stays bounded by the batch size whatever the dataset's size. `group_by` gives the
+same numbers per segment, with percentiles of the per-sample values from a log-bucket sketch
+(relative error at most `SKETCH_ACCURACY`), which merges across batches and across Dask
+partitions alike.
 
 `evaluate_dask` (`service.offline.cluster`) runs the same per-partition computation on a Dask
 cluster (`pip install 'loss-service[dask]'`) and combines the partitions' sums the same way.
@@ -16,8 +20,10 @@ cluster (`pip install 'loss-service[dask]'`) and combines the partitions' sums t
 
 from __future__ import annotations
 
+import bisect
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -26,10 +32,12 @@ from service.engine import (
     FRAMEWORKS,
     LossInputError,
     LossResult,
+    LossSpec,
     compute,
+    resolve,
 )
 from service.offline.files import AtomicOutput, OutputError, refuse_overlap
-from service.offline.reading import _batches, _column, _is_glob, _name, dataset_files, open_dataset
+from service.offline.reading import Batch, _batches, _column, _is_glob, _name, dataset_files, open_dataset
 from service.offline.sketch import QUANTILES, Tally
 from service.offline.spec import DatasetError, DatasetResult, Spec
 
@@ -62,8 +70,11 @@ def evaluate_batch(
         column = {"predictions": spec.predictions, "labels": spec.labels, "sample_weight": spec.weight}.get(
             exc.field, exc.field
         )
+        reason = exc.reason
+        if exc.field == "options.classes" and isinstance(spec.options.get("classes"), DatasetClasses):
+            column, reason = spec.labels, f"across the dataset, {reason}"
         located = f"{where(exc.index[0])}, " if exc.index else ""
-        raise DatasetError(f"{located}column {column!r}: {exc.reason}") from None
+        raise DatasetError(f"{located}column {column!r}: {reason}") from None
     groups: dict[tuple[Any, ...], Tally] = {}
     if spec.group_by:
         keys = [_key_values(batch.column(name), name, where) for name in spec.group_by]
@@ -150,10 +161,11 @@ def evaluate_dataset(
         patterns = [path] if isinstance(path, str) and _is_glob(path) else []
         refuse_overlap(per_sample_out, [*files, *([path] if isinstance(path, str) else [])], patterns)
     dataset = open_dataset(path, spec)
+    spec, batches = whole_dataset(spec, dataset, batch_rows)
     totals, groups = Tally(), dict[tuple[Any, ...], Tally]()
     writer = _PerSampleWriter(per_sample_out) if per_sample_out else None
     try:
-        for batch, where, start in _batches(dataset, spec, batch_rows):
+        for batch, where, start in batches:
             reduced, batch_groups = evaluate_batch(spec, batch, where)
             totals.add_batch(reduced, batch.num_rows)
             _merge_groups(groups, batch_groups, spec, where(0))
@@ -169,6 +181,89 @@ def evaluate_dataset(
     if writer is not None:
         writer.finish()
     return result_of(spec, totals, groups)
+
+
+class DatasetClasses(list[Any]):
+    """The `classes` option read from a dataset's labels in a first pass (not given by the caller)."""
+
+
+# Distinct labels a first pass keeps at most: a probability column per class would be needed anyway.
+MAX_CLASSES = 1 << 16
+
+
+def reads_whole_batch(spec: Spec) -> LossSpec | None:
+    """The engine's entry for the loss when its samples read the rest of the batch under these
+    options (`LossSpec.reads_whole_batch`), else None; library metrics never do."""
+    if spec.convention not in FRAMEWORKS:
+        return None
+    entry = resolve(spec.loss)
+    try:
+        bound = entry.bind(spec.options, spec.convention)
+    except LossInputError as exc:
+        raise DatasetError(f"{exc.field}: {exc.reason}") from None
+    return entry if entry.reads_whole_batch(bound) else None
+
+
+def whole_dataset(spec: Spec, dataset: Any, batch_rows: int) -> tuple[Spec, Iterator[Batch]]:
+    """The spec and record batches that compute the loss over the whole dataset exactly.
+
+    A loss separable with `classes` (log_loss, brier_score) gets the dataset's classes, read from
+    its labels column in a first pass; any other whole-batch loss (circle) is computed as one
+    batch of the whole dataset when it holds at most `batch_rows` rows, and refused otherwise."""
+    entry = reads_whole_batch(spec)
+    if entry is None:
+        return spec, _batches(dataset, spec, batch_rows)
+    if "classes" in entry.separable_with:
+        labels_only = replace(spec, predictions=spec.labels, weight=None, group_by=())  # its columns: the labels
+        classes = dataset_classes(_batches(dataset, labels_only, batch_rows), spec)
+        return replace(spec, options={**spec.options, "classes": classes}), _batches(dataset, spec, batch_rows)
+    rows = dataset.count_rows()
+    if rows > batch_rows:
+        raise DatasetError(
+            f"{entry.name} computes each row's loss from every other row of the batch, so the dataset cannot "
+            f"be read in record batches: its {rows:,} rows are more than one batch of {batch_rows:,} rows "
+            "(--batch-rows); compute it over at most that many rows, or raise the batch size"
+        )
+    return spec, _one_batch(_batches(dataset, spec, batch_rows))
+
+
+def dataset_classes(batches: Iterator[Batch], spec: Spec) -> DatasetClasses:
+    """The distinct labels of every batch, as the engine reads them (in the working dtype)."""
+    found: set[float] = set()
+    for batch, where, _ in batches:
+        add_classes(found, _column(batch, spec.labels, where), spec, where(0))
+    return DatasetClasses(sorted(found))
+
+
+def add_classes(found: set[float], labels: np.ndarray[Any, Any], spec: Spec, where: str) -> None:
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = np.unique(labels.astype(spec.dtype))
+    found.update(value for value in values.tolist() if value == value)  # a NaN is refused later, by row
+    if len(found) > MAX_CLASSES:
+        raise DatasetError(
+            f"{where}, column {spec.labels!r}: more than {MAX_CLASSES:,} distinct labels; {spec.loss} reads them "
+            "as classes"
+        )
+
+
+def _one_batch(batches: Iterator[Batch]) -> Iterator[Batch]:
+    """The dataset's record batches joined into one, each row still located in its own file."""
+    import pyarrow as pa
+
+    parts = list(batches)
+    if len(parts) <= 1:
+        yield from parts
+        return
+    table = pa.concat_tables(
+        [pa.Table.from_batches([batch]) for batch, _, _ in parts], promote_options="permissive"
+    ).combine_chunks()
+    firsts = [start for _, _, start in parts]
+
+    def where(row: int) -> str:
+        part = bisect.bisect_right(firsts, row) - 1
+        return parts[part][1](row - firsts[part])
+
+    yield from ((batch, where, 0) for batch in table.to_batches()[:1])
 
 
 def _check_counted(totals: Tally, spec: Spec) -> None:

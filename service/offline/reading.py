@@ -119,7 +119,12 @@ def _scan_options(fragment: Any) -> Any:
     return ds.ParquetFragmentScanOptions(pre_buffer=False) if isinstance(fragment, ds.ParquetFileFragment) else None
 
 
-def _batches(dataset: Any, spec: Spec, batch_rows: int) -> Iterator[tuple[Any, Callable[[int], str], int]]:
+# A record batch, where its row i lies (file and row in it, for error messages), and its first
+# row's index in scan order.
+Batch = tuple[Any, Callable[[int], str], int]
+
+
+def _batches(dataset: Any, spec: Spec, batch_rows: int) -> Iterator[Batch]:
     """Record batches with, for error messages, where their row i lies (file and row in it)."""
     import pyarrow as pa
     import pyarrow.dataset as ds

@@ -100,6 +100,17 @@ async def test_catalogue_lists_every_loss_with_formula_shapes_and_options(client
     assert (await client.get("/v1/losses/bce")).json()["name"] == "binary_crossentropy"
 
 
+async def test_catalogue_says_which_batches_split_and_which_options_go_with_a_chunk(client: httpx.AsyncClient) -> None:
+    """What a client needs to cut a batch into chunks without changing its numbers."""
+    by_name = {entry["name"]: entry for entry in (await client.get("/v1/losses")).json()["losses"]}
+    whole = {name: (entry["whole_batch"], entry["separable_with"]) for name, entry in by_name.items()}
+    assert whole["log_loss"] == whole["brier_score"] == (True, ["classes"])
+    assert whole["circle"] == (True, [])
+    assert whole["mean_squared_error"] == (False, [])
+    per_sample = {(name, o["name"]) for name, entry in by_name.items() for o in entry["options"] if o["per_sample"]}
+    assert per_sample == {("ctc", "input_lengths"), ("ctc", "target_lengths")}
+
+
 async def test_health_endpoints(client: httpx.AsyncClient) -> None:
     assert (await client.get("/livez")).json() == {"status": "ok"}
     assert (await client.get("/healthz")).json() == {"status": "ok"}

@@ -81,6 +81,31 @@ def test_the_batch_is_really_split(split_small: None, monkeypatch: pytest.Monkey
     assert blocks == []
 
 
+@pytest.mark.parametrize("loss", ["log_loss", "brier_score"])
+def test_given_classes_let_a_whole_batch_loss_split_bit_for_bit(
+    loss: str, split_small: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `classes` given, no sample of log_loss or brier_score reads another: blocks are exact."""
+    blocks: list[int] = []
+    real = parallel._joined
+
+    def recording(parts: list[parallel.LossValues]) -> parallel.LossValues:
+        blocks.extend(part.values.shape[0] for part in parts)
+        return real(parts)
+
+    monkeypatch.setattr(parallel, "_joined", recording)
+    rng = np.random.default_rng(8)
+    probabilities, labels = rng.dirichlet(np.ones(3), 1001), rng.integers(0, 3, 1001)
+    labels[:400] = 2  # the first block holds one class: inferred per block, its classes would be wrong
+    answers = []
+    for threads in (1, 3):
+        parallel.set_threads(threads)
+        answers.append(compute(loss, probabilities, labels, options={"classes": [0, 1, 2]}))
+    assert blocks == [333, 334, 334]
+    assert answers[0].per_sample.tobytes() == answers[1].per_sample.tobytes()
+    assert answers[0].mean == answers[1].mean
+
+
 def test_a_problem_in_a_later_block_is_reported_as_one_thread_reports_it(split_small: None) -> None:
     rng = np.random.default_rng(6)
     probabilities = rng.random((1001, 4))

@@ -19,9 +19,10 @@ import pytest
 
 from service.cli import main as cli
 from service.client import LossClient, LossResult
-from service.engine import compute
+from service.engine import catalogue, compute
 from service.offline.datasets import evaluate_dataset
 from service.offline.spec import Spec
+from service.server.api.catalogue_schemas import loss_info
 from service.values.results import AGGREGATES, Aggregate, Totals, combine, mean_of
 
 # (loss, convention, options): a mean over values, a weighted mean over non-ignored targets, a
@@ -123,7 +124,10 @@ def test_engine_chunks_combine_to_the_whole_batch(loss: str, convention: str, op
 
 
 def engine_behind(request: httpx.Request) -> httpx.Response:
-    """A /v1/loss that answers from the engine: the client's chunks, computed as the service computes them."""
+    """A /v1/loss that answers from the engine: the client's chunks, computed as the service computes
+    them; and the catalogue the client reads to know how a batch splits."""
+    if request.url.path == "/v1/losses":
+        return httpx.Response(200, json={"losses": [loss_info(spec).model_dump() for spec in catalogue()]})
     body = json.loads(request.content)
     result = compute(
         body["loss"],

@@ -59,7 +59,7 @@ def _one_hot(predictions: Array, labels: Array, classes: list[float] | None) -> 
     return one_hot, probabilities
 
 
-@register("log_loss", aliases=("logistic_loss",), whole_batch=True)
+@register("log_loss", aliases=("logistic_loss",), whole_batch=True, separable_with=("classes",))
 def log_loss(
     predictions: Array, labels: Array, convention: Convention, /, *, classes: ClassValues = None
 ) -> LossValues:
@@ -81,7 +81,7 @@ def log_loss(
     return LossValues(-xlogy(one_hot, clipped).sum(axis=1), weighted_average=True)
 
 
-@register("brier_score", aliases=("brier_score_loss", "brier"), whole_batch=True)
+@register("brier_score", aliases=("brier_score_loss", "brier"), whole_batch=True, separable_with=("classes",))
 def brier_score(
     predictions: Array,
     labels: Array,

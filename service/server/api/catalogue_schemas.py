@@ -23,6 +23,10 @@ class OptionInfo(BaseModel):
     range: str | None = None
     only_under: Convention | None = None
     aliases: list[str] = []
+    per_sample: bool = Field(
+        default=False,
+        description="The option holds one value per sample (a list of N): a chunk of the batch takes its own slice.",
+    )
 
 
 class LibraryMetricRef(BaseModel):
@@ -42,6 +46,17 @@ class LossInfo(BaseModel):
     options: list[OptionInfo]
     library_metrics: list[LibraryMetricRef] = Field(
         default=[], description="Library metrics computed by this loss's formula with the library's constants."
+    )
+    whole_batch: bool = Field(
+        default=False,
+        description="A sample's loss depends on the rest of the batch (classes read from all its labels, pairs "
+        "with every other sample): the batch's chunks would not combine to its answer, so it is sent whole, "
+        "unless one of `separable_with` is given.",
+    )
+    separable_with: list[str] = Field(
+        default=[],
+        description="Options of a whole-batch loss that, once given (not null), make each sample's loss depend on "
+        "its own rows alone: the batch then splits into chunks exactly.",
     )
 
 
@@ -79,6 +94,7 @@ def _option_infos(spec: LossSpec) -> list[OptionInfo]:
             range=o.range.describe() if o.range else None,
             only_under=o.only_under,
             aliases=list(o.aliases),
+            per_sample=o.per_sample,
         )
         for o in spec.options
     ]
@@ -99,6 +115,8 @@ def loss_info(spec: LossSpec) -> LossInfo:
             for m in metrics()
             if m.loss == spec.name
         ],
+        whole_batch=spec.whole_batch,
+        separable_with=list(spec.separable_with),
     )
 
 
