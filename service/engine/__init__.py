@@ -70,17 +70,19 @@ def compute(
     convention: Convention = "keras",
     chunk: bool = False,
     inputs_finite: bool = False,
+    shares: bool = False,
 ) -> LossResult:
     """Per-sample losses and their reductions for one batch, as `convention` computes them in `dtype`.
 
     `chunk`: the batch is one part of a larger batch; see `reduction.reduce`. `inputs_finite`: the
     caller searched the arrays for NaN and infinities already (the HTTP layer's array validator
     does, with `first_nonfinite`), so they are not searched again; narrowing to float32 is still
-    checked, and so is every answer (`reduction`'s last guard).
+    checked, and so is every answer (`reduction`'s last guard). `shares`: the result also holds
+    each sample's share of `sum` and `denominator` (`LossResult.sample_sums`, `sample_denominators`).
     """
     if convention in LIBRARIES:
         return _compute_library(
-            loss, predictions, labels, options, sample_weight, dtype, convention, chunk, inputs_finite
+            loss, predictions, labels, options, sample_weight, dtype, convention, chunk, inputs_finite, shares
         )
     spec = resolve(loss)
     if convention not in CONVENTIONS:
@@ -91,7 +93,7 @@ def compute(
     x, y, weight = _arrays(spec, predictions, labels, sample_weight, np.dtype(dtype), inputs_finite)
     with np.errstate(over="ignore", under="ignore"):
         values = loss_values(spec, x, y, convention, bound)
-        return reduce(values, weight, convention, spec.name, dtype, chunk=chunk)
+        return reduce(values, weight, convention, spec.name, dtype, chunk=chunk, shares=shares)
 
 
 def _compute_library(
@@ -104,6 +106,7 @@ def _compute_library(
     convention: Convention,
     chunk: bool,
     inputs_finite: bool,
+    shares: bool = False,
 ) -> LossResult:
     """A library metric (`service.engine.libraries`), reduced as the library reduces it."""
     if dtype not in DTYPES:
@@ -118,7 +121,15 @@ def _compute_library(
         values = loss_values(metric.spec, x, y, convention, bound)
         name = metric.display_name(bound)
         return reduce_library(
-            values, weight, metric.aggregate, name, dtype, convention, chunk=chunk, weight_sum=metric.weight_sum
+            values,
+            weight,
+            metric.aggregate,
+            name,
+            dtype,
+            convention,
+            chunk=chunk,
+            weight_sum=metric.weight_sum,
+            shares=shares,
         )
 
 
