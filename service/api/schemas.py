@@ -10,10 +10,12 @@ from functools import cache
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
+    StringConstraints,
     Tag,
     TypeAdapter,
     create_model,
@@ -37,6 +39,7 @@ from service.option_models import (
     title,
 )
 from service.option_models import UNKNOWN_KEYS as UNKNOWN_KEYS  # the error handler names them
+from service.usecases.ingest import MAX_SEGMENT_KEYS, SEGMENT_KEY_PATTERN
 
 MODEL_LABEL_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 MAX_LOSSES_PER_EVALUATE = 32
@@ -544,6 +547,12 @@ class PredictionsLog(BaseModel):
     timestamps: NumericArray | None = Field(
         default=None, description="When each prediction was made (Unix seconds); default: its arrival."
     )
+    segments: dict[str, list[str | None]] | None = Field(
+        default=None,
+        description="Per segment key the model declares, one value per row: a string of 1-64 printable "
+        "characters, or null. A declared key left out is null for every row.",
+        examples=[{"country": ["BR", None]}],
+    )
 
 
 class LabelsLog(BaseModel):
@@ -586,7 +595,34 @@ def model_config_request_model() -> type[BaseModel]:
                 description="How long a row waits for its other half (and a joined id is remembered).",
             ),
         ),
+        segments=(SegmentKeys, Field(default=[], description=SEGMENTS_DESCRIPTION)),
+        keep_pairs=(bool, Field(default=False, description=KEEP_PAIRS_DESCRIPTION)),
     )
+
+
+SEGMENTS_DESCRIPTION = (
+    "Segment keys the predictions may carry values of (at most 8, distinct, each [A-Za-z_][A-Za-z0-9_]{0,63}); "
+    "history is kept per value of each. A re-PUT may add keys, never remove one."
+)
+KEEP_PAIRS_DESCRIPTION = "Keep the prediction and label rows of joined pairs (not only their losses) until retention."
+
+
+def _distinct_keys(keys: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    for index, key in enumerate(keys):
+        if key in seen:
+            raise PydanticCustomError(
+                "segment_keys", "repeats the segment key at segments[{first}]", {"first": seen[key], "index": [index]}
+            )
+        seen[key] = index
+    return keys
+
+
+SegmentKeys = Annotated[
+    list[Annotated[str, StringConstraints(pattern=SEGMENT_KEY_PATTERN)]],
+    Field(max_length=MAX_SEGMENT_KEYS),
+    AfterValidator(_distinct_keys),
+]
 
 
 class ConfiguredLoss(BaseModel):
@@ -600,6 +636,8 @@ class ModelConfig(BaseModel):
     convention: Convention
     dtype: DType
     retention_seconds: float
+    segments: list[str] = Field(description=SEGMENTS_DESCRIPTION)
+    keep_pairs: bool = Field(description=KEEP_PAIRS_DESCRIPTION)
     created_at: float = Field(description="Unix seconds.")
     updated_at: float = Field(description="Unix seconds of the last PUT.")
 

@@ -142,8 +142,8 @@ def reduce_library(
     _check_finite(per_sample, np.float64(total), np.float64(mean))
     sums, denominators = (None, None)
     if shares:
-        weight = None if sample_weight is None else broadcast_sample_weight(sample_weight, values.shape)
-        sums, denominators = _per_sample(per_sample), _per_sample(_counted(weight, values.shape), values.shape)
+        spread = None if sample_weight is None else broadcast_sample_weight(sample_weight, values.shape)
+        sums, denominators = _per_sample(per_sample), _per_sample(_counted(spread, values.shape), values.shape)
     return LossResult(
         loss=name,
         per_sample=per_sample,
@@ -199,7 +199,8 @@ def _per_sample(terms: np.ndarray[Any, Any] | None, shape: tuple[int, ...] = ())
     """`terms` summed over each sample's values in float64; None: 1 per value of `shape`."""
     if terms is None:
         return np.full(shape[0], float(math.prod(shape[1:])))
-    return terms.reshape(terms.shape[0], -1).sum(axis=1, dtype=np.float64)
+    summed: NDArray[np.float64] = terms.reshape(terms.shape[0], -1).sum(axis=1, dtype=np.float64)
+    return summed
 
 
 def _keras_reduce(

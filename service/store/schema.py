@@ -74,10 +74,28 @@ _TABLES = [
 ROW_BYTES = 64
 
 
-def row_bytes_sql(dialect: str) -> str:
-    """SQL for one row's count towards `stored_bytes`; the same sum the store keeps in Python."""
+def _octets(dialect: str, column: str) -> str:
     length = "octet_length({})" if dialect == "postgresql" else "length(CAST({} AS BLOB))"
-    return f"({ROW_BYTES} + {length.format('id')} + coalesce({length.format('payload')}, 0))"
+    return length.format(column)
+
+
+def row_bytes_sql(dialect: str) -> str:
+    """SQL for one row's count towards `stored_bytes`; the same sum the store keeps in Python.
+    A prediction row adds `history_bytes_sql`."""
+    return f"({ROW_BYTES} + {_octets(dialect, 'id')} + coalesce({_octets(dialect, 'payload')}, 0))"
+
+
+def history_bytes_sql(dialect: str) -> str:
+    """SQL for what a prediction row's history adds to its count: the UTF-8 bytes of its segments
+    (JSON) and the bytes of its losses (`HISTORY_LOSS`, one entry per configured loss)."""
+    return f"(coalesce({_octets(dialect, 'segments')}, 0) + coalesce({_octets(dialect, 'losses')}, 0))"
+
+
+def table_bytes_sql(dialect: str, table: str) -> str:
+    """One row's count towards `stored_bytes` in `table` (loss_predictions or loss_labels)."""
+    if table == "loss_predictions":
+        return f"({row_bytes_sql(dialect)} + {history_bytes_sql(dialect)})"
+    return row_bytes_sql(dialect)
 
 
 def _create(tx: Transaction) -> None:
@@ -105,11 +123,61 @@ def _pending_rows_index(tx: Transaction) -> None:
         tx.execute(f"CREATE INDEX IF NOT EXISTS {table}_pending ON {table} (model_id, arrived) WHERE joined_at IS NULL")
 
 
+def _columns(tx: Transaction, table: str) -> set[str]:
+    if tx.dialect.name == "sqlite":
+        return {row[1] for row in tx.all(f"PRAGMA table_info({table})")}
+    found = tx.all("SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table])
+    return {row[0] for row in found}
+
+
+def _history(tx: Transaction) -> None:
+    """Loss history (docs/delayed-labels.md, "How history is kept").
+
+    A prediction row gains its `segments` (a JSON object of its non-null segment values, sorted
+    by key; NULL without any), `losses` (written when it joins: per configured loss one
+    `HISTORY_LOSS` entry, its share of the loss's sum and denominator), `label_arrived` (its
+    label's arrival), and `rolled_up` (1: it is counted in its model's rollups; rows logged before
+    this layout are not). `loss_rollups` holds, per model, level (bucket width in seconds), segment
+    key ('' for all rows), bucket start (by prediction time) and segment value ('' for null),
+    the predictions logged, joined and expired and a sketch of the label delays (service.values.
+    sketch); `loss_rollup_losses` per such cell and configured loss (`variant`, a hash of the
+    loss's configuration) its sum, denominator, count of values and a sketch of each pair's loss.
+    `ends` (start + level) is what the retention sweep reads: a cell goes once it ends more than
+    the model's retention ago."""
+    types = tx.dialect.types
+    present = _columns(tx, "loss_predictions")
+    added = {"segments": "TEXT", "losses": types["blob"], "label_arrived": types["real"], "rolled_up": types["small"]}
+    for column, kind in added.items():
+        if column not in present:  # a store whose version was set back by hand still starts
+            tx.execute(f"ALTER TABLE loss_predictions ADD COLUMN {column} {kind}")
+    cell = "model_id {int} NOT NULL, level {int} NOT NULL, segment_key TEXT NOT NULL, start {real} NOT NULL, "
+    cell += "segment_value TEXT NOT NULL"
+    tx.execute(
+        f"CREATE TABLE IF NOT EXISTS loss_rollups ({cell}, ends {{real}} NOT NULL, "
+        "predictions {int} NOT NULL DEFAULT 0, joined {int} NOT NULL DEFAULT 0, "
+        "expired {int} NOT NULL DEFAULT 0, delays {blob}, "
+        "PRIMARY KEY (model_id, level, segment_key, start, segment_value)) {rows_table_options}".format(**types)
+    )
+    tx.execute(
+        f"CREATE TABLE IF NOT EXISTS loss_rollup_losses ({cell}, variant {{int}} NOT NULL, loss TEXT NOT NULL, "
+        "sum {real} NOT NULL, denominator {real} NOT NULL, count {int} NOT NULL, sketch {blob}, "
+        "PRIMARY KEY (model_id, level, segment_key, start, segment_value, variant)) {rows_table_options}".format(
+            **types
+        )
+    )
+    tx.execute("CREATE INDEX IF NOT EXISTS loss_rollups_by_end ON loss_rollups (model_id, ends)")
+    # The rows of a window of prediction times: the history's scan, and the pairs' export.
+    tx.execute(
+        "CREATE INDEX IF NOT EXISTS loss_predictions_by_time ON loss_predictions (model_id, (coalesce(at, arrived)))"
+    )
+
+
 # Named, applied in order, never edited once released: a new layout is a new migration at the end.
 MIGRATIONS: list[tuple[str, Callable[[Transaction], None]]] = [
     ("tables", _create),
     ("stored bytes per model", _stored_bytes),
     ("pending rows index", _pending_rows_index),
+    ("loss history", _history),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
