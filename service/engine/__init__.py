@@ -36,6 +36,7 @@ __all__ = [
     "OptionSpec",
     "Totals",
     "UnknownLossError",
+    "aggregate_of",
     "as_working_array",
     "available_cores",
     "catalogue",
@@ -45,6 +46,7 @@ __all__ = [
     "libraries",
     "loss_name",
     "mean_of",
+    "recombines",
     "resolve",
     "set_threads",
     "working_bytes",
@@ -137,6 +139,31 @@ def _as_float32(values: Array, field: str) -> Array:
     """`values` rounded to float32 and held in their working dtype; beyond float32's range refused.
     `_arrays` (or the caller) searched them for NaN already: only the narrowing is checked here."""
     return as_working_array(values, field, np.dtype(np.float32), finite=True).astype(values.dtype)
+
+
+def aggregate_of(loss: str, convention: Convention, options: Mapping[str, Any] | None = None) -> Aggregate:
+    """How the loss's `mean` follows from its `sum` and `denominator` (`results.AGGREGATES`):
+    a library metric's own aggregate, "mean" for every catalogue loss."""
+    if convention in LIBRARIES:
+        return libraries.bind(convention, loss, options)[0].aggregate
+    return "mean"
+
+
+def recombines(loss: str, convention: Convention, options: Mapping[str, Any] | None = None) -> bool:
+    """Whether the loss's mean over any subset of a batch is the sum of the subset's
+    `sample_sums` over the sum of its `sample_denominators`, as `compute` gives it for the subset
+    alone (float64). Not for a loss whose samples read the rest of their batch (`whole_batch`:
+    circle; log loss and the Brier score read their classes from the batch unless
+    `options.classes` names them), nor for LightGBM's cross_entropy metrics, which sum their
+    weights in float32."""
+    if convention in LIBRARIES:
+        metric, _ = libraries.bind(convention, loss, options)
+        return not metric.spec.whole_batch and metric.weight_sum is None
+    spec = resolve(loss)
+    if not spec.whole_batch:
+        return True
+    bound = spec.bind(options, convention)
+    return bound.get("classes") is not None
 
 
 def loss_name(loss: str, convention: Convention, options: Mapping[str, Any] | None = None) -> str:

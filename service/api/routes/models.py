@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import Path, Request
+from fastapi import Path, Query, Request
 from fastapi.responses import Response
 
 from service.api.access import authorize, visible
@@ -19,6 +19,7 @@ from service.api.responses import PROBLEM_RESPONSES, json_body, json_response
 from service.api.routing import Routes
 from service.api.schemas import (
     MODEL_LABEL_PATTERN,
+    History,
     LabelsLog,
     LogResult,
     ModelConfig,
@@ -28,7 +29,7 @@ from service.api.schemas import (
     model_config_request_model,
 )
 from service.store import Side, Store
-from service.usecases import ingest, upkeep
+from service.usecases import history, ingest, upkeep
 
 routes = Routes("/v1/models", tags=["delayed labels"])
 READ = RoutePolicy(scope="read", model_param="model")
@@ -205,3 +206,33 @@ async def log_predictions(model: ModelName, request: Request) -> Response:
 )
 async def log_labels(model: ModelName, request: Request) -> Response:
     return await _log(request, model, "labels")
+
+
+TIME = "Unix seconds or an RFC 3339 date-time with its offset (2026-01-31T12:00:00Z)."
+
+
+@routes.get(
+    "/{model}/history",
+    policy=READ,
+    summary="A model's losses, label coverage and label delays by prediction time (and segment)",
+    response_model=History,
+    response_model_exclude_unset=True,
+    responses={**PROBLEM_RESPONSES, **NOT_FOUND},
+)
+async def model_history(
+    model: ModelName,
+    request: Request,
+    start: Annotated[
+        str | None, Query(description=f"{TIME} Default: 24 h before end, floored to a multiple of step.")
+    ] = None,
+    end: Annotated[str | None, Query(description=f"{TIME} Default: now.")] = None,
+    step: Annotated[
+        str | None, Query(description="Bucket width in seconds, at least 1 (default 3600); at most 10,000 buckets.")
+    ] = None,
+    by: Annotated[str | None, Query(description="A declared segment key: one entry per value in each bucket.")] = None,
+) -> Response:
+    store = _store(request)
+    threads = upkeep.store_threads(request.app.state)
+    return json_response(
+        await threads.read(lambda: history.history(store, model, start=start, end=end, step=step, by=by))
+    )
