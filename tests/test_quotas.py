@@ -50,7 +50,7 @@ def rows_bytes(store: Store) -> dict[str, int]:
     with store.database.transaction(write=False) as tx:
         names = dict(tx.all("SELECT id, name FROM loss_models"))
         counted = dict.fromkeys(names.values(), 0)
-        for table, extra in (("loss_predictions", "segments, losses"), ("loss_labels", "NULL, NULL")):
+        for table, extra in (("loss_predictions", "segments, losses"), ("loss_labels", "NULL, losses")):
             for model_id, row_id, payload, segments, losses in tx.all(
                 f"SELECT model_id, id, payload, {extra} FROM {table}"
             ):

@@ -671,7 +671,8 @@ class ModelStatus(ModelConfig):
     label_shape: list[int] | None = Field(description="Per-row shape fixed by the first labels.")
     stored_bytes: int = Field(
         description="What the model's rows count towards quotas: per row kept, 64 bytes plus its id's and (while "
-        "it waits) its values' bytes."
+        "it waits, or with keep_pairs) its values' bytes; a prediction row also its segments' and its losses' "
+        "bytes (32 per configured loss once joined)."
     )
     quota: QuotaStatus = Field(description="The requesting API key's quotas and its usage of them.")
 

@@ -2,10 +2,11 @@
 them by prediction time and segment, kept by the transactions that log, join and sweep rows.
 
 How it is kept (docs/delayed-labels.md, "How history is kept"):
-- A prediction row holds its segments (JSON of its non-null values) and, once joined, `losses`:
-  per configured loss one `HISTORY_LOSS` entry, the pair's share of that loss's sum and
-  denominator (so that any set of pairs gives the mean /v1/loss gives for it), and the number of
-  values it adds to `count`; also `label_arrived`.
+- A prediction row holds its segments (JSON of its non-null values) and, once joined, its
+  label's arrival. The row whose arrival completes the pair (the label, or the prediction where
+  the label came first) holds `losses`: per configured loss one `HISTORY_LOSS` entry, the pair's
+  share of that loss's sum and denominator (so that any set of pairs gives the mean /v1/loss
+  gives for it), and the number of values it adds to `count`.
 - A *cell* is (level, segment key, bucket start, segment value): `LEVELS` are the bucket widths,
   buckets start at multiples of their width (Unix seconds, by prediction time), segment key ''
   counts every row and segment value '' counts the rows whose value is null. Each row logged
@@ -431,7 +432,8 @@ def read_rows(
     if joined_only:
         conditions.append("p.joined_at IS NOT NULL")
     rows = tx.all(
-        f"SELECT p.id, {made}, p.arrived, p.joined_at, p.label_arrived, p.segments, p.losses, l.weight, p.dtype, "
+        f"SELECT p.id, {made}, p.arrived, p.joined_at, p.label_arrived, p.segments, coalesce(p.losses, l.losses), "
+        "l.weight, p.dtype, "
         "p.payload, l.dtype, l.payload FROM loss_predictions AS p "
         "LEFT JOIN loss_labels AS l ON l.model_id = p.model_id AND l.id = p.id AND p.joined_at IS NOT NULL "
         f"WHERE {' AND '.join(conditions)} ORDER BY {made}, p.id LIMIT ?",

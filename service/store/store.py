@@ -509,7 +509,7 @@ class Store:
             # Rows that join now are stored joined, so only the other side's rows are updated.
             self._insert(tx, side, model_id, ids, rows, fresh, written, timestamps, weights)
             if joined:
-                self._join_partners(tx, other, model_id, pairs.ids, losses, now, keep)
+                self._join_partners(tx, other, model_id, pairs.ids, now, keep)
             self._roll_up(tx, model_id, model, side, fresh, pairs, kept, now, timestamps, segments)
         duplicates = [ids[i] for i in range(len(ids)) if ids[i] in existing]
         return Logged(len(fresh), duplicates, pairs, joined_result, model, usage)
@@ -618,10 +618,10 @@ class Store:
                 return (at, texts[i], 1, joining[i], written.partners[ids[i]][0])
 
         else:
-            columns += [("weight", "real")]
+            columns += [("weight", "real"), ("losses", "blob")]
 
             def extra(i: int) -> tuple[Any, ...]:
-                return (None if weights is None else weights[i],)
+                return (None if weights is None else weights[i], joining.get(i))
 
         # Joining rows and waiting ones differ in joined_at and payload: one insert for each group.
         groups: dict[bool, list[tuple[Any, ...]]] = {True: [], False: []}
@@ -640,34 +640,18 @@ class Store:
         other: Side,
         model_id: int,
         ids: list[str],
-        losses: list[bytes | None],
         now: float,
         keep: bool,
     ) -> None:
-        """Mark the other side's rows joined: their payloads dropped (unless `keep`), and
-        prediction rows given their losses and their label's arrival."""
+        """Mark the other side's rows joined: their payloads dropped (unless `keep`), prediction
+        rows given their label's arrival. One statement: the pairs' losses are on the rows this
+        request inserts, so no row is updated with a value of its own."""
         dropped = "" if keep else ", payload = NULL"
-        if other == "labels" or losses[0] is None:
-            arrival = ", label_arrived = ?" if other == "predictions" else ""
-            tx.execute(
-                f"UPDATE {_TABLE[other]} SET joined_at = ?{arrival}{dropped} "
-                f"WHERE model_id = ? AND id {tx.dialect.in_list}",
-                [now, *([now] if arrival else []), model_id, tx.dialect.list_parameter(ids)],
-            )
-            return
-        if tx.dialect.name == "sqlite":
-            size = len(losses[0])
-            tx.execute(
-                f"UPDATE loss_predictions SET joined_at = ?, label_arrived = ?{dropped}, "
-                f"losses = substr(?, j.key * {size} + 1, {size}) FROM json_each(?) AS j "
-                "WHERE loss_predictions.model_id = ? AND loss_predictions.id = j.value",
-                [now, now, b"".join(blob or b"" for blob in losses), orjson.dumps(ids).decode(), model_id],
-            )
-            return
+        arrival = ", label_arrived = ?" if other == "predictions" else ""
         tx.execute(
-            f"UPDATE loss_predictions AS p SET joined_at = ?, label_arrived = ?{dropped}, losses = v.losses "
-            "FROM unnest(?::text[], ?::bytea[]) AS v(id, losses) WHERE p.model_id = ? AND p.id = v.id",
-            [now, now, ids, losses, model_id],
+            f"UPDATE {_TABLE[other]} SET joined_at = ?{arrival}{dropped} "
+            f"WHERE model_id = ? AND id {tx.dialect.in_list}",
+            [now, *([now] if arrival else []), model_id, tx.dialect.list_parameter(ids)],
         )
 
     @staticmethod

@@ -183,11 +183,12 @@ def configure(store: Store, name: str, request: Any, now: float, quota: Quota | 
 
 
 def model_config(model: Model) -> dict[str, Any]:
+    # Models configured before segments and keep_pairs existed have neither: their defaults.
+    config = {**model.config, "segments": model.config.get("segments", [])}
+    config["keep_pairs"] = model.config.get("keep_pairs", False)
     return {
         "model": model.name,
-        "segments": [],
-        "keep_pairs": False,
-        **model.config,
+        **config,
         "retention_seconds": model.retention_seconds,
         "created_at": model.created_at,
         "updated_at": model.updated_at,
