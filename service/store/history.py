@@ -123,7 +123,10 @@ def cells_of(
     columns = []
     for level in LEVELS:
         starts = np.floor(times / level) * level
-        unique_starts, start_index = np.unique(starts, return_inverse=True)
+        if rows and starts.min() == starts.max():  # the common case: one bucket of this level
+            unique_starts, start_index = starts[:1], np.zeros(rows, np.int64)
+        else:
+            unique_starts, start_index = np.unique(starts, return_inverse=True)
         for key in ("", *keys):
             names: list[str] = [""]
             if key:
@@ -135,7 +138,10 @@ def cells_of(
             else:
                 value_index = np.zeros(rows, np.int64)
             combined = start_index.reshape(-1).astype(np.int64) * len(names) + value_index
-            found, inverse = np.unique(combined, return_inverse=True)
+            if key:
+                found, inverse = np.unique(combined, return_inverse=True)
+            else:  # one cell per bucket start
+                found, inverse = np.arange(len(unique_starts), dtype=np.int64), combined
             column = np.full(rows, -1, np.int64)
             kept = np.full(len(found), -1, np.int64)
             for position, code in enumerate(found.tolist()):

@@ -537,7 +537,9 @@ class Store:
             logged = history.cells_of(times, values, keys, oldest_end)
         counted = np.flatnonzero(pairs.rolled_up) if pairs.ids else np.zeros(0, np.int64)
         joined = None
-        if counted.size:
+        if counted.size == len(pairs.ids) and counted.size:
+            joined = history.cells_of(pairs.times, pairs.segments, keys, oldest_end)
+        elif counted.size:  # some pairs' predictions were logged before history was kept
             values = [pairs.segments[i] for i in counted]
             joined = history.cells_of(pairs.times[counted], values, keys, oldest_end)
             kept = [
@@ -604,31 +606,31 @@ class Store:
         rows = np.ascontiguousarray(rows)
         code, raw, size = _CODES[rows.dtype], rows.tobytes(), rows[0].nbytes
         payloads = [raw[i * size : (i + 1) * size] for i in fresh]
-        now, joining = written.now, written.losses
+        now, joining, keep = written.now, written.losses, written.keep
         columns = [("model_id", "int"), ("id", "text"), ("arrived", "real")]
+        # Joining rows and waiting ones differ in joined_at and payload: one insert for each group.
+        groups: dict[bool, list[tuple[Any, ...]]] = {True: [], False: []}
+        waiting, joined = groups[False], groups[True]
         if side == "predictions":
             columns += [("at", "real"), ("segments", "text"), ("rolled_up", "small")]
             columns += [("losses", "blob"), ("label_arrived", "real")]
             texts = written.texts or [None] * len(ids)
-
-            def extra(i: int) -> tuple[Any, ...]:
-                at = None if timestamps is None else timestamps[i]
-                if i not in joining:
-                    return (at, texts[i], 1, None, None)
-                return (at, texts[i], 1, joining[i], written.partners[ids[i]][0])
-
+            ats = [None] * len(ids) if timestamps is None else timestamps
+            for i, p in zip(fresh, payloads, strict=True):
+                if i in joining:
+                    arrival = written.partners[ids[i]][0]
+                    stored = p if keep else None
+                    joined.append((model_id, ids[i], now, ats[i], texts[i], 1, joining[i], arrival, now, code, stored))
+                else:
+                    waiting.append((model_id, ids[i], now, ats[i], texts[i], 1, None, None, None, code, p))
         else:
             columns += [("weight", "real"), ("losses", "blob")]
-
-            def extra(i: int) -> tuple[Any, ...]:
-                return (None if weights is None else weights[i], joining.get(i))
-
-        # Joining rows and waiting ones differ in joined_at and payload: one insert for each group.
-        groups: dict[bool, list[tuple[Any, ...]]] = {True: [], False: []}
-        for i, p in zip(fresh, payloads, strict=True):
-            joins = i in joining
-            stored = None if joins and not written.keep else p
-            groups[joins].append((model_id, ids[i], now, *extra(i), now if joins else None, code, stored))
+            given = [None] * len(ids) if weights is None else weights
+            for i, p in zip(fresh, payloads, strict=True):
+                if i in joining:
+                    joined.append((model_id, ids[i], now, given[i], joining[i], now, code, p if keep else None))
+                else:
+                    waiting.append((model_id, ids[i], now, given[i], None, None, code, p))
         all_columns = [*columns, ("joined_at", "real"), ("dtype", "small"), ("payload", "blob")]
         for group in groups.values():
             if group:
