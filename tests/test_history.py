@@ -495,3 +495,27 @@ async def test_history_needs_read_access_to_the_model(tmp_path: Path) -> None:
         assert (await c.get("/v1/models/churn-1/history", headers=fraud)).status_code == 403
         assert (await c.get("/v1/models/fraud-1/history", headers=writer)).status_code == 403
         assert (await c.get("/v1/models/fraud-1/history")).status_code == 401
+
+
+def test_deleting_a_model_removes_its_rollups(served: Client) -> None:
+    n = 30
+    config, predictions, labels, weights = family("mse-keras", n, np.random.default_rng(6))
+    log_cohort(served, "gone", n, config, predictions, labels, weights)
+    log_cohort(served, "kept", n, config, predictions, labels, weights)
+
+    def cells() -> dict[str, int]:
+        with served.store.database.transaction(write=False) as tx:
+            rows = tx.all(
+                "SELECT m.name, count(*) FROM loss_rollups r JOIN loss_models m ON m.id = r.model_id GROUP BY m.name"
+            )
+            losses = tx.one("SELECT count(*) FROM loss_rollup_losses")
+        assert losses is not None
+        return {**dict(rows), "losses": int(losses[0])}
+
+    before = cells()
+    assert before["gone"] == before["kept"] > 0
+    assert served.store.delete_model("gone", batch_rows=7)
+    after = cells()
+    assert "gone" not in after
+    assert after["kept"] == before["kept"]
+    assert after["losses"] * 2 == before["losses"]

@@ -304,8 +304,6 @@ def log_rows(
         raise quota_error(exc, "LOSS_SERVICE_QUOTA_STORED_BYTES", name) from None
     except UnknownModelError:
         raise unknown_model(name) from None
-    except SegmentKeysRemovedError:  # never raised by a log; listed so that no store error is a 500
-        raise
     except RowShapeError as exc:
         raise _problem(side, str(exc)) from None
     except RowIdError as exc:  # the schema refuses these first; the store's own check stays a 422

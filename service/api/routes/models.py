@@ -61,6 +61,12 @@ MODEL_QUOTA: dict[int | str, dict[str, Any]] = {
         "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
     }
 }
+SEGMENTS_KEPT: dict[int | str, dict[str, Any]] = {
+    409: {
+        "description": "The configuration would remove a segment key the model's history is kept by",
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+}
 CONFIG_EXAMPLES = {
     "fraud": {
         "losses": [
@@ -88,7 +94,7 @@ def _store(request: Request) -> Store:
     policy=CONFIGURE,
     summary="Configure a model: the losses to compute when its pairs join",
     response_model=ModelConfig,
-    responses={**PROBLEM_RESPONSES, **MODEL_QUOTA},
+    responses={**PROBLEM_RESPONSES, **MODEL_QUOTA, **SEGMENTS_KEPT},
     openapi_extra=json_body("ModelConfigRequest", CONFIG_EXAMPLES),
 )
 async def configure_model(model: ModelName, request: Request) -> Response:
