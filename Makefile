@@ -31,7 +31,7 @@ docs: $(VENV)/.dev
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 screenshots: $(VENV)/.dev
-	LOSS_SERVICE_SCREENSHOTS=docs/images $(BIN)/pytest -q tests/test_pages.py
+	LOSS_SERVICE_SCREENSHOTS=docs/images $(BIN)/pytest -q tests/served/test_pages.py
 
 openapi: $(VENV)/.runtime
 	$(BIN)/loss-service openapi > openapi.json

@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from service.api.body import validate_json
-from service.api.schemas import PredictionsLog, _holds_refused, to_ids
-from service.store.store import _check_ids
+from service.server.api.body import validate_json
+from service.server.api.model_schemas import PredictionsLog, _holds_refused, to_ids
+from service.store.rows import _check_ids
 
 COUNT = 100_000
 KINDS: dict[str, list[Any]] = {

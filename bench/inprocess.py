@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ["LOSS_SERVICE_LOG_LEVEL"] = "info"  # the default: one access line per request
 
 from bench import bare_app, minimal_app
-from service.app import create_app
 from service.config import Settings
-from service.monitoring import BatchedStderr, access_log
+from service.server.app import create_app
+from service.server.monitoring import BatchedStderr, access_log
 
 ROUNDS, PER_ROUND = 9, 1000
 Call = Callable[[], Coroutine[Any, Any, None]]

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ["LOSS_SERVICE_LOG_LEVEL"] = "info"
 
 from bench.inprocess import caller, per_request_us
-from service.app import create_app
 from service.config import Settings
-from service.monitoring import BatchedStderr, access_log
+from service.server.app import create_app
+from service.server.monitoring import BatchedStderr, access_log
 
 
 class Accept(BaseHTTPRequestHandler):

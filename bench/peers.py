@@ -16,8 +16,20 @@ this machine and measured with the same request bytes:
 and over gRPC, loss-service (LOSS_SERVICE_GRPC_PORT) against KServe's gRPC server with the same
 custom model, one serialised ModelInferRequest with raw tensors sent to both:
 
-  32 x 10 raw        requests/s and p99 with 8 RPCs in flight on one channel (grpc.aio)
+  32 x 10 raw        requests/s and p99 with 8 RPCs in flight on one channel (grpc.aio), and the
+                     server process's CPU time per request (user + system, from /proc): the client
+                     shares the cores, so this is the steadier of the two on a busy machine
   10,000 x 100 raw   median and p99 latency of sequential RPCs on one channel (float32)
+
+--grpc-ceiling adds two reference servers on grpcio's asyncio server and uvloop, measured the
+same way: one that parses each request and answers a fixed reply (grpcio's own cost per RPC,
+which every Python gRPC server pays), and one that also runs the work loss-service's ModelInfer
+shares with its HTTP route (`oip_codec.compute`: the loss request's validation, the engine, the
+loss metrics) on tensors decoded once. The second is the most any gRPC layer in front of that
+shared work can reach.
+
+Both gRPC servers run in one process: loss-service with one worker, KServe with workers=1
+(its gRPC server in its REST server's process and event loop).
 
 Defaults everywhere: loss-service with one worker and its access log, KServe with one worker and
 its request logging, MLServer with inference in its main process (parallel_workers=0; its default
@@ -135,6 +147,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+SERVER_PIDS: dict[str, int] = {}  # a running server's process by its URL
+
+
 @contextmanager
 def running(command: list[str], port: int, env: dict[str, str] | None = None, cwd: Path | None = None) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
@@ -158,8 +173,10 @@ def running(command: list[str], port: int, env: dict[str, str] | None = None, cw
             time.sleep(0.2)
         else:
             raise RuntimeError(f"{command} did not become ready")
+        SERVER_PIDS[url] = process.pid
         yield url
     finally:
+        SERVER_PIDS.pop(url, None)
         process.terminate()
         try:
             process.wait(timeout=20)
@@ -201,7 +218,7 @@ def kserve_grpc(workdir: Path) -> Callable[[], object]:
 def grpc_request(logits: np.ndarray, labels: np.ndarray) -> bytes:
     """A ModelInferRequest with raw tensors, serialised once: both servers get the same bytes."""
     sys.path.insert(0, str(ROOT))
-    from service.grpc.proto import grpc_predict_v2_pb2 as pb
+    from service.server.grpc.proto import grpc_predict_v2_pb2 as pb
 
     request = pb.ModelInferRequest(model_name=MODEL)
     # binary_data_output: the KServe model answers in raw_output_contents, as loss-service always does.
@@ -223,7 +240,7 @@ def grpc_request(logits: np.ndarray, labels: np.ndarray) -> bytes:
 def grpc_per_sample(port: int, body: bytes) -> np.ndarray:
     import grpc
 
-    from service.grpc.proto import grpc_predict_v2_pb2 as pb
+    from service.server.grpc.proto import grpc_predict_v2_pb2 as pb
 
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
@@ -234,13 +251,23 @@ def grpc_per_sample(port: int, body: bytes) -> np.ndarray:
     return np.frombuffer(reply.raw_output_contents[index], "<f4").astype(np.float64)
 
 
-def grpc_load(port: int, body: bytes, seconds: float, concurrency: int) -> tuple[float, float]:
-    """Requests per second and p99 latency (ms) with `concurrency` RPCs in flight on one channel."""
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process `pid` (all its threads), which must have no children."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    if children:
+        raise RuntimeError(f"server {pid} has child processes {children}: their CPU time is not counted")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def grpc_load(port: int, body: bytes, seconds: float, concurrency: int, pid: int) -> tuple[float, float, float]:
+    """Requests per second, p99 latency (ms) and the server's CPU ms per request, with
+    `concurrency` RPCs in flight on one channel."""
     import asyncio
 
     import grpc
 
-    async def run() -> tuple[float, float]:
+    async def run() -> tuple[float, float, float]:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
             for _ in range(20):
@@ -254,15 +281,82 @@ def grpc_load(port: int, body: bytes, seconds: float, concurrency: int) -> tuple
                     await call(body, timeout=60)
                     latencies.append(time.perf_counter() - started)
 
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), cpu_seconds(pid)
             await asyncio.gather(*(loop() for _ in range(concurrency)))
-            elapsed = time.perf_counter() - began
-        return len(latencies) / elapsed, float(np.percentile(latencies, 99)) * 1e3
+            elapsed, cpu = time.perf_counter() - began, cpu_seconds(pid) - cpu
+        return len(latencies) / elapsed, float(np.percentile(latencies, 99)) * 1e3, cpu / len(latencies) * 1e3
 
     return asyncio.run(run())
 
 
-def grpc_rows(workdir: Path, rounds: int, seconds: float, repeats: int) -> None:
+CEILING = """
+import sys
+
+import grpc
+import numpy as np
+import uvloop
+
+from service.server.api.oip_codec import compute, inference_name, wanted_outputs
+from service.server.api.oip_schema import validated_request
+from service.server.api.policy import RequestContext
+from service.server.app import create_app
+from service.server.grpc import convert
+from service.server.grpc.proto import grpc_predict_v2_pb2 as pb
+
+port, body, shared = int(sys.argv[1]), bytes.fromhex(sys.argv[2]), sys.argv[3] == "shared"
+app = create_app()
+monitor, limit = app.state.monitor, app.state.settings.max_elements
+request = pb.ModelInferRequest.FromString(body)
+name, validated = inference_name(request.model_name), validated_request(convert.header(request))
+arrays, wanted = convert.tensors(request, validated.inputs, limit), wanted_outputs(validated.outputs, True)
+reply = convert.response(compute(name, validated, arrays, wanted, monitor, RequestContext(), limit))
+
+
+async def model_infer(received, context):
+    if shared:
+        compute(name, validated, arrays, wanted, monitor, RequestContext(), limit)
+    return reply
+
+
+async def main():
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(
+        model_infer,
+        request_deserializer=pb.ModelInferRequest.FromString,
+        response_serializer=pb.ModelInferResponse.SerializeToString,
+    )
+    server.add_registered_method_handlers("inference.GRPCInferenceService", {"ModelInfer": handler})
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print("ready", flush=True)
+    await server.wait_for_termination()
+
+
+uvloop.run(main())
+"""
+
+
+@contextmanager
+def ceiling_server(workdir: Path, body: bytes, shared: bool) -> Iterator[tuple[int, int]]:
+    """A reference gRPC server (CEILING) on a free port: its port and process id."""
+    port = free_port()
+    (workdir / "ceiling.py").write_text(CEILING)
+    command = [str(ROOT / ".venv" / "bin" / "python"), str(workdir / "ceiling.py"), str(port), body.hex()]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LOSS_SERVICE_STORE_URL": f"sqlite:///{workdir}/ceiling.sqlite3"}
+    process = subprocess.Popen(
+        [*command, "shared" if shared else "floor"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"the reference server exited with {process.wait()}")
+        yield port, process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def grpc_rows(workdir: Path, rounds: int, seconds: float, repeats: int, ceiling: bool = False) -> None:
     servers = {"loss-service": loss_service_grpc(workdir), "KServe": kserve_grpc(workdir)}
     rng = np.random.default_rng(0)
     small = grpc_request(rng.normal(0, 2, (32, 10)).astype(np.float32), rng.integers(0, 10, 32))
@@ -274,11 +368,17 @@ def grpc_rows(workdir: Path, rounds: int, seconds: float, repeats: int) -> None:
     np.testing.assert_allclose(answers["KServe"], answers["loss-service"], rtol=2e-6, atol=1e-6)
     print("# both gRPC servers returned the same per-sample values")
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+    references: dict[str, list[tuple[float, float, float]]] = {"floor": [], "shared": []}
     for round_number in range(rounds):
+        if ceiling:
+            for kind in references:
+                with ceiling_server(workdir, small, kind == "shared") as (port, pid):
+                    references[kind].append(grpc_load(port, small, seconds, 8, pid))
+                print(f"# gRPC round {round_number + 1}: reference {kind} {references[kind][-1]}", file=sys.stderr)
         for name in list(servers)[round_number % 2 :] + list(servers)[: round_number % 2]:
-            with servers[name]():
+            with servers[name]() as url:
                 port = GRPC_PORTS[name]
-                rate, p99 = grpc_load(port, small, seconds, 8)
+                rate, p99, cpu = grpc_load(port, small, seconds, 8, SERVER_PIDS[url])
                 times = []
                 for attempt in range(repeats + 2):
                     started = time.perf_counter()
@@ -289,6 +389,7 @@ def grpc_rows(workdir: Path, rounds: int, seconds: float, repeats: int) -> None:
                     {
                         "small": rate,
                         "small_p99": p99,
+                        "small_cpu": cpu,
                         "large": statistics.median(times) * 1e3,
                         "large_p99": float(np.percentile(times, 99)) * 1e3,
                     }
@@ -305,7 +406,10 @@ def grpc_rows(workdir: Path, rounds: int, seconds: float, repeats: int) -> None:
         ]
         return f"{min(found):.2f}–{max(found):.2f}x"
 
-    print(f"\n# gRPC, 2 cores, loopback, medians over {rounds} rounds; ratio: loss-service against KServe")
+    print(
+        f"\n# gRPC, {os.cpu_count()} cores, loopback, one server process each, medians over {rounds} rounds; "
+        "ratio: loss-service against KServe"
+    )
     print("| workload (OIP gRPC) | loss-service | KServe | ratio (min–max over rounds) |")
     print("|---|---|---|---|")
     print(
@@ -318,6 +422,10 @@ def grpc_rows(workdir: Path, rounds: int, seconds: float, repeats: int) -> None:
         f"| {median('KServe', 'small_p99'):.2f} | {ratios('small_p99', False)} |"
     )
     print(
+        f"| 32 x 10 raw, server CPU ms per request | {median('loss-service', 'small_cpu'):.3f} "
+        f"| {median('KServe', 'small_cpu'):.3f} | {ratios('small_cpu', False)} |"
+    )
+    print(
         f"| 10,000 x 100 raw float32, median ms | {median('loss-service', 'large'):.1f} "
         f"| {median('KServe', 'large'):.1f} | {ratios('large', False)} |"
     )
@@ -325,6 +433,14 @@ def grpc_rows(workdir: Path, rounds: int, seconds: float, repeats: int) -> None:
         f"| 10,000 x 100 raw float32, p99 ms | {median('loss-service', 'large_p99'):.1f} "
         f"| {median('KServe', 'large_p99'):.1f} | {ratios('large_p99', False)} |"
     )
+    if ceiling:
+        kserve_cpu = statistics.median(row["small_cpu"] for row in rows["KServe"])
+        print("\n# 32 x 10 raw, 8 in flight: reference servers (grpc.aio + uvloop), medians; KServe / reference CPU")
+        print("| server | req/s | p99 ms | server CPU ms per request | KServe's CPU / its CPU |")
+        print("|---|---|---|---|---|")
+        for kind, label in (("floor", "parse, fixed reply"), ("shared", "parse, shared work, fixed reply")):
+            rate, p99, cpu = (statistics.median(values) for values in zip(*references[kind], strict=True))
+            print(f"| {label} | {rate:,.0f} | {p99:.2f} | {cpu:.3f} | {kserve_cpu / cpu:.2f}x |")
 
 
 _CHANNELS: dict[int, object] = {}
@@ -456,9 +572,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--grpc-only", action="store_true", help="only the gRPC rows (loss-service and KServe)")
+    parser.add_argument("--grpc-ceiling", action="store_true", help="also the gRPC reference servers (see above)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="loss-service-peers-"))
-    grpc_rows(workdir, args.rounds, args.seconds, args.repeats)
+    grpc_rows(workdir, args.rounds, args.seconds, args.repeats, args.grpc_ceiling)
     if args.grpc_only:
         return
     servers = {

@@ -11,7 +11,7 @@ Two probes, each while a client keeps sending small /v1/loss requests on its own
 
 Printed: the worker's peak RSS (VmHWM) against LOSS_SERVICE_MEMORY_BUDGET, what each held
 connection was answered (a refusal, or nothing while it holds), and the small requests' answers
-meanwhile. tests/test_body_budget.py runs the same probes and asserts peak RSS <= budget + 64 MiB
+meanwhile. tests/api/test_body_budget.py runs the same probes and asserts peak RSS <= budget + 64 MiB
 and that every small request was answered 200.
 """
 

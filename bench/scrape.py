@@ -30,7 +30,7 @@ def main() -> None:
     import numpy as np
 
     from service.config import Settings
-    from service.monitoring import Monitor
+    from service.server.monitoring import Monitor
 
     monitor = Monitor(Settings(max_models=200))
     batch = np.array([0.1, 0.5, 2.0])

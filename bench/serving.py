@@ -86,7 +86,7 @@ BARE_MALLOC = {variable: str(value) for variable, _, value in MALLOC_SETTINGS}
 
 
 def bare_app(module: str = "bench.bare_app", http: str = "httptools") -> list[str]:
-    """`http`: uvicorn's protocol, or loss-service's (`service.protocol:HeaderDeadlineProtocol`)."""
+    """`http`: uvicorn's protocol, or loss-service's (`service.server.protocol:HeaderDeadlineProtocol`)."""
     return [
         str(BIN / "uvicorn"),
         f"{module}:app",
@@ -245,7 +245,7 @@ def main() -> None:
             "bare FastAPI": stack.enter_context(server(bare_app(), env=BARE_MALLOC))[0],
             # loss-service's protocol writes each response in one piece: what that alone is worth.
             "bare FastAPI, loss-service's HTTP protocol": stack.enter_context(
-                server(bare_app(http="service.protocol:HeaderDeadlineProtocol"), env=BARE_MALLOC)
+                server(bare_app(http="service.server.protocol:HeaderDeadlineProtocol"), env=BARE_MALLOC)
             )[0],
             "unvalidated NumPy endpoint": stack.enter_context(server(bare_app("bench.minimal_app"), env=BARE_MALLOC))[
                 0

@@ -41,7 +41,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.api.access import digest  # noqa: E402
+from service.server.api.access import digest  # noqa: E402
 from service.store import Store  # noqa: E402
 from service.store.schema import row_bytes_sql  # noqa: E402
 from tests import postgres  # noqa: E402

@@ -1,11 +1,11 @@
-"""Regenerate the gRPC stubs of service/grpc/proto from its .proto (make grpc-stubs).
+"""Regenerate the gRPC stubs of service/server/grpc/proto from its .proto (make grpc-stubs).
 
     grpc_predict_v2_pb2.py, .pyi   the messages (protoc's Python and type-stub output)
     grpc_predict_v2_pb2_grpc.py    the service's stub and servicer (grpcio-tools' plugin)
 
 They are committed, made by the grpcio-tools version pinned in pyproject's dev extras (their
 headers say which: "Protobuf Python Version", GRPC_GENERATED_VERSION), so that installing the
-service needs no code generator; tests/test_grpc.py regenerates them into a temporary directory
+service needs no code generator; tests/served/test_grpc.py regenerates them into a temporary directory
 and compares.
 
 One line is changed after protoc: the messages are added to a descriptor pool of their own
@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTO = "service/grpc/proto/grpc_predict_v2.proto"
-MESSAGES = "service/grpc/proto/grpc_predict_v2_pb2.py"
+PROTO = "service/server/grpc/proto/grpc_predict_v2.proto"
+MESSAGES = "service/server/grpc/proto/grpc_predict_v2_pb2.py"
 DEFAULT_POOL = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
 OWN_POOL = "DESCRIPTOR = _descriptor_pool.DescriptorPool().AddSerializedFile("
 

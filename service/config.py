@@ -185,6 +185,24 @@ class Settings(BaseSettings):
         ge=1,
         description="Most rows per model waiting for their other half (predictions + labels); more get 429.",
     )
+    event_max_pending: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most halves of KServe inference-logger events (a request or a response) per model waiting for "
+        "their other half; one more gets 429 and is not kept.",
+    )
+    event_max_pending_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="Most bytes of waiting event halves per model (what each keeps of its event: ids, segments or "
+        "prediction rows, plus its id and 64 bytes); one more past it gets 429 and is not kept.",
+    )
+    event_ttl: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds an event half waits for its other half; then it expires unmatched (counted in the "
+        "model's `expired_events`) and a late other half waits in its turn.",
+    )
     quota_models: int = Field(
         default=100,
         ge=1,

@@ -4,22 +4,22 @@ import os
 import tempfile
 import zlib
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from hypothesis import settings
 
-from service.app import create_app
 from service.config import Settings
+from tests.apps import AppClient, MakeApp, app_client
 
 # Every app and served process of the suite keeps its delayed-labels store in a fresh directory,
 # never in the checkout's data/; tests of the store itself give each app a file of its own.
 STORE_DIRECTORY = tempfile.mkdtemp(prefix="loss-service-tests-")
 os.environ.setdefault("LOSS_SERVICE_STORE_URL", f"sqlite:///{STORE_DIRECTORY}/shared.sqlite3")
 # Hundreds of stores in a run: none keeps the 64 MiB full-disk reserve (allocated disk, kept with
-# pytest's last temporary directories); tests/test_store_failures.py gives its stores their own.
+# pytest's last temporary directories); tests/store/test_store_failures.py gives its stores their own.
 os.environ.setdefault("LOSS_SERVICE_STORE_RESERVE_BYTES", "0")
 
 # CI runs the same generated examples every time (a fixed seed per test), so a landing never
@@ -69,22 +69,34 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app()
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://loss-service") as c:
-            yield c
+async def make_app() -> AsyncIterator[MakeApp]:
+    """Starts an app and returns a client bound to it: `make_app(max_elements=10)` (the defaults
+    with these settings), `make_app(settings)` (these settings), `make_app()` (the defaults), and
+    `raise_app_exceptions=False` for a client that gets the 500 of an unhandled error instead of the
+    error. Every app it made stops at teardown, the last made first."""
+    async with AsyncExitStack() as stack:
+
+        async def make(
+            settings: Settings | None = None, /, *, raise_app_exceptions: bool = True, **overrides: Any
+        ) -> AppClient:
+            if overrides:
+                if settings is not None:
+                    raise TypeError("make_app takes settings or overrides of the defaults, not both")
+                settings = Settings(**overrides)
+            return await stack.enter_async_context(app_client(settings, raise_app_exceptions=raise_app_exceptions))
+
+        yield make
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+async def client(make_app: MakeApp) -> AppClient:
+    return await make_app()
+
+
+@pytest.fixture
+async def api(make_app: MakeApp, tmp_path: Path) -> AppClient:
     """The service with a delayed-labels store of its own (a test module may define its own `api`)."""
-    app = create_app(Settings(store_url=f"sqlite:///{tmp_path}/store.sqlite3"))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://loss-service") as c:
-            yield c
+    return await make_app(store_url=f"sqlite:///{tmp_path}/store.sqlite3")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -115,12 +127,9 @@ def postgres_url(postgres_server: str) -> str:
 
 
 @pytest.fixture
-async def limited() -> AsyncIterator[httpx.AsyncClient]:
+async def limited(make_app: MakeApp) -> AppClient:
     """An app whose body limit is 1,000 bytes (the guard tests')."""
-    from tests.guarded import client_for
-
-    async for c in client_for(Settings(max_body_bytes=1000)):
-        yield c
+    return await make_app(max_body_bytes=1000)
 
 
 @pytest.fixture

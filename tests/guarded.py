@@ -1,10 +1,10 @@
-"""What the guard tests share: an app client per settings, held computations, raw ASGI calls."""
+"""What the guard tests share: a body, held computations, raw ASGI calls."""
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -12,19 +12,10 @@ import anyio
 import httpx
 import pytest
 
-from service.app import create_app
-from service.config import Settings
-from tests.test_api import problem
+from tests.api.test_api import problem
 
 BODY = {"loss": "mse", "predictions": [[1.0], [2.0]], "labels": [[1.0], [4.0]], "model": "guarded"}
 JSON = {"content-type": "application/json"}
-
-
-async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://g") as c:
-        yield c
 
 
 def refusal(response: httpx.Response, status: int) -> str:
@@ -48,7 +39,7 @@ def computations_held(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threadi
 
     def held(*args: Any, **kwargs: Any) -> Any:
         entered.set()
-        release.wait(30)
+        release.wait(60)  # stops a hang only
         return real(*args, **kwargs)
 
     monkeypatch.setattr(batches, "compute", held)
@@ -83,8 +74,8 @@ async def drive(app: Any, messages: list[dict[str, Any]], headers: list[tuple[by
 def heavy_route(app: Any) -> Any:
     """`app` behind a matcher that finds a heavy route for every request (as `routing.Matching`
     does for a route whose policy says heavy), for a guard tried alone."""
-    from service.api.policy import RequestContext, RoutePolicy
-    from service.monitoring import CONTEXT
+    from service.server.api.policy import RequestContext, RoutePolicy
+    from service.server.monitoring import CONTEXT
 
     async def matched(scope: Any, receive: Any, send: Any) -> None:
         scope[CONTEXT] = RequestContext(matched=True, policy=RoutePolicy(heavy=True))
@@ -102,7 +93,7 @@ class Recorder:
         self.state: Any = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        from service.monitoring import CONTEXT
+        from service.server.monitoring import CONTEXT
 
         self.headers, self.state = scope["headers"], scope.get(CONTEXT)
         while True:

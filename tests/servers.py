@@ -16,6 +16,10 @@ from typing import IO
 
 import httpx
 
+# Seconds after which a wait that should take milliseconds fails instead of hanging. Only ever
+# reached when something is stuck: never a bound on how fast anything is.
+HANG = 60.0
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -23,13 +27,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def wait_for(url: str, process: subprocess.Popen[bytes], timeout: float = HANG) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
         try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
+            if httpx.get(url, timeout=HANG).status_code == 200:
                 return
         except httpx.TransportError:
             pass

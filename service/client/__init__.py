@@ -14,6 +14,7 @@ cannot have been processed (connection failures) or when the server asks (503 wi
 507 with Retry-After, its disk full, on logging, configuring and reading calls, which are safe to repeat).
 """
 
+from service.client.bodies import LogResult
 from service.client.errors import (
     InsufficientStorageError,
     InvalidInputError,
@@ -24,7 +25,7 @@ from service.client.errors import (
     UnauthorizedError,
     UnreachableError,
 )
-from service.client.http import AsyncLossClient, LogResult, LossClient
+from service.client.http import AsyncLossClient, LossClient
 from service.client.logger import PredictionLogger
 from service.values.results import LossResult
 

@@ -54,7 +54,7 @@ __all__ = [
 
 # Arrays the size of the predictions that one loss holds at once at most, in the working dtype:
 # converted inputs, temporaries and the per-sample answer. Measured over the catalogue (both
-# conventions, both dtypes, probabilities and logits) by tests/test_engine_memory.py. The worst
+# conventions, both dtypes, probabilities and logits) by tests/engine/test_engine_memory.py. The worst
 # are the scoring rules over 1-D binary probabilities, which work on two columns per sample (14.3
 # for log loss in float32 from float64 inputs); of the rest, CTC over one step of two classes (13.6
 # in float32: its lattice and per-sequence lengths against two numbers a sample), sigmoid focal loss (9.1).

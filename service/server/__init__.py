@@ -1,5 +1,3 @@
-"""The server's side of the command line: starting uvicorn and its workers, and API keys for them.
-
-The app factory (`service.app`), the HTTP protocol, monitoring and the HTTP layer stay where they
-are for now; the CLI reaches the server through this package and `service.app` only.
-"""
+"""The server: the app factory (`app`), the HTTP protocol, the HTTP layer (`api`), gRPC (`grpc`),
+monitoring, and starting uvicorn and its workers (`boot`). It calls the use cases, the engine and
+the store below it; nothing below it imports it."""

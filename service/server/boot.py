@@ -1,6 +1,6 @@
 """Starting the server: uvicorn and its workers, glibc's malloc tuned, the workers' metrics directory.
 
-`loss-service serve` calls `serve`; the app itself is built by `service.app.create_app` in each
+`loss-service serve` calls `serve`; the app itself is built by `service.server.app.create_app` in each
 worker.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import shutil
 import signal
@@ -79,7 +80,7 @@ def serve(
     comes from the `LOSS_SERVICE_*` settings. Returns the exit status: 0 after a clean drain."""
     import uvicorn
 
-    from service.protocol import HeaderDeadlineProtocol
+    from service.server.protocol import ConnectionLimits, HeaderDeadlineProtocol
 
     settings = Settings()
     workers = workers or settings.workers
@@ -93,13 +94,15 @@ def serve(
         signal.signal(stop_signal, lambda *_: None)
     try:
         uvicorn.run(
-            "service.app:create_app",
+            "service.server.app:create_app",
             factory=True,
             host=host or settings.host,
             port=port if port is not None else settings.port,
             workers=workers,
             log_level=settings.log_level,
-            http=HeaderDeadlineProtocol,
+            # The protocol gets its limits from these settings; the app reads its own in each worker.
+            # uvicorn only calls what it is given, so a partial serves where its types say a class.
+            http=functools.partial(HeaderDeadlineProtocol, limits=ConnectionLimits.from_settings(settings)),  # type: ignore[arg-type]
             loop="uvloop",
             timeout_graceful_shutdown=int(settings.shutdown_timeout) or None,
             access_log=False,  # the app logs one JSON line per request instead

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.api.access import KeyEntry, digest, new_key
+from service.server.api.access import KeyEntry, digest, new_key
 
 
 def key_entry(name: str, scopes: str, models: str | None) -> tuple[str, dict[str, Any]]:

@@ -18,30 +18,28 @@ from service.store.errors import (
     StoreFullError,
     StoreUnavailableError,
     TooManyPendingError,
+    TooManyPendingEventsError,
     UnknownModelError,
 )
+from service.store.events import REQUEST, RESPONSE, EventBounds, EventCounts
 from service.store.health import StoreHealth
+from service.store.records import EventLogged, EventRows, Logged, Model, Pairs, Quota, Side, Swept, Usage
+from service.store.rows import DTYPES
 from service.store.schema import ROW_BYTES, SCHEMA_VERSION
-from service.store.store import (
-    DELETE_BATCH_ROWS,
-    DTYPES,
-    SWEEP_BATCH_ROWS,
-    Logged,
-    Model,
-    Pairs,
-    Quota,
-    Side,
-    Store,
-    Swept,
-    Usage,
-)
+from service.store.store import DELETE_BATCH_ROWS, SWEEP_BATCH_ROWS, Store
 
 __all__ = [
     "DELETE_BATCH_ROWS",
     "DTYPES",
+    "REQUEST",
+    "RESPONSE",
     "ROW_BYTES",
     "SCHEMA_VERSION",
     "SWEEP_BATCH_ROWS",
+    "EventBounds",
+    "EventCounts",
+    "EventLogged",
+    "EventRows",
     "Logged",
     "Model",
     "Pairs",
@@ -60,6 +58,7 @@ __all__ = [
     "StoreUnavailableError",
     "Swept",
     "TooManyPendingError",
+    "TooManyPendingEventsError",
     "UnknownModelError",
     "Usage",
     "redacted",

@@ -50,6 +50,18 @@ class SegmentKeysRemovedError(StoreError):
         self.model, self.removed = model, removed
 
 
+class TooManyPendingEventsError(StoreError):
+    """Keeping one more event half would leave the model with more waiting halves, or more bytes
+    of them, than allowed (`setting` names the bound)."""
+
+    def __init__(self, model: str, what: str, value: int, limit: int, setting: str) -> None:
+        super().__init__(
+            f"model {model!r} would hold {value:,} {what} of inference events waiting for their other half; the "
+            f"limit is {limit:,} ({setting}); nothing of this event was stored"
+        )
+        self.model, self.value, self.limit, self.setting = model, value, limit, setting
+
+
 class QuotaExceededError(StoreError):
     """The write would take its quota holder's usage past one of its limits; nothing was stored.
 

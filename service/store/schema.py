@@ -125,11 +125,45 @@ def _pending_rows_index(tx: Transaction) -> None:
         tx.execute(f"CREATE INDEX IF NOT EXISTS {table}_pending ON {table} (model_id, arrived) WHERE joined_at IS NULL")
 
 
+def _inference_events(tx: Transaction) -> None:
+    """Halves of KServe inference-logger events (service/usecases/events.py) waiting for their
+    other half: one row per event id (`half` 0: the request, 1: the response), its `meta` and
+    `payload` as the use case encoded them, `size` what it counts towards the bound on waiting
+    halves (ROW_BYTES, the id's bytes, the meta's and the payload's). Once the event completes,
+    `done_at` is set and both are dropped; the row is kept for the model's retention, so that a
+    repeated half is a duplicate. The model's row counts the waiting halves and their bytes (the
+    bound on them is checked without a scan) and the halves that expired unmatched."""
+    types = tx.dialect.types
+    tx.execute(
+        """
+        CREATE TABLE IF NOT EXISTS loss_events (
+            model_id {int} NOT NULL,
+            id TEXT NOT NULL,
+            half {small} NOT NULL,
+            arrived {real} NOT NULL,
+            done_at {real},
+            size {int} NOT NULL,
+            meta TEXT,
+            payload {blob},
+            PRIMARY KEY (model_id, id)
+        ) {rows_table_options}
+        """.format(**types)
+    )
+    tx.execute("CREATE INDEX IF NOT EXISTS loss_events_by_arrival ON loss_events (model_id, arrived)")
+    tx.execute(
+        "CREATE INDEX IF NOT EXISTS loss_events_pending ON loss_events (model_id, arrived) WHERE done_at IS NULL"
+    )
+    for column in ("pending_events", "pending_event_bytes", "expired_events"):
+        if column not in _columns(tx, "loss_models"):
+            tx.execute(f"ALTER TABLE loss_models ADD COLUMN {column} {types['int']} NOT NULL DEFAULT 0")
+
+
 def _columns(tx: Transaction, table: str) -> set[str]:
+    """The table's columns (a step applied again, on a store whose version was set back, adds none twice)."""
     if tx.dialect.name == "sqlite":
-        return {row[1] for row in tx.all(f"PRAGMA table_info({table})")}
-    found = tx.all("SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table])
-    return {row[0] for row in found}
+        return {row[0] for row in tx.all("SELECT name FROM pragma_table_info(?)", [table])}
+    sql = "SELECT column_name FROM information_schema.columns WHERE table_name = ? AND table_schema = current_schema()"
+    return {row[0] for row in tx.all(sql, [table])}
 
 
 def _history(tx: Transaction) -> None:
@@ -182,6 +216,7 @@ MIGRATIONS: list[tuple[str, Callable[[Transaction], None]]] = [
     ("tables", _create),
     ("stored bytes per model", _stored_bytes),
     ("pending rows index", _pending_rows_index),
+    ("inference events", _inference_events),
     ("loss history", _history),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

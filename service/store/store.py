@@ -18,272 +18,41 @@ behind them. Concurrency rules, where they are enforced:
 
 from __future__ import annotations
 
-import re
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from fnmatch import fnmatchcase
-from typing import Any, Generic, Literal, TypeVar
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import orjson
 
-from service.store import history
-from service.store.database import Database, Transaction, connect
-from service.store.errors import (
-    QuotaExceededError,
-    RowIdError,
-    RowShapeError,
-    SegmentKeysRemovedError,
-    TooManyPendingError,
-    UnknownModelError,
-)
+from service.store import events, history
+from service.store.connect import connect
+from service.store.database import Database, Transaction
+from service.store.errors import QuotaExceededError, RowShapeError, SegmentKeysRemovedError, TooManyPendingError
+from service.store.events import EventBounds, EventCounts
 from service.store.history import HISTORY_LOSS, PairLosses, PredictionRow, RollupCell, RollupLoss
-from service.store.schema import ROW_BYTES, migrate, table_bytes_sql
-
-Side = Literal["predictions", "labels"]
-T = TypeVar("T")
-# The dtype of a stored row's payload, by the small integer kept beside it.
-DTYPES: dict[int, np.dtype[Any]] = {0: np.dtype(np.float64), 1: np.dtype(np.float32), 2: np.dtype(np.int64)}
-_CODES = {dtype: code for code, dtype in DTYPES.items()}
-_TABLE = {"predictions": "loss_predictions", "labels": "loss_labels"}
-# What no id may hold, as neither database keeps it as given: U+0000 (SQLite's JSON functions,
-# which carry id lists, cut a string there; PostgreSQL refuses it in text) and lone surrogates,
-# which have no UTF-8 encoding.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-_MODEL_COLUMNS = (
-    "id, name, config, retention_seconds, created_at, updated_at, prediction_shape, label_shape, "
-    "pending_predictions, pending_labels, joined, expired_predictions, expired_labels, stored_bytes"
+from service.store.records import EventLogged, EventRows, Logged, Model, Pairs, Quota, Side, Swept, T, Usage, _Written
+from service.store.rows import (
+    _CODES,
+    _MODEL_COLUMNS,
+    _TABLE,
+    _check_ids,
+    _decode,
+    _id_bytes,
+    _lock_holder,
+    _locked_model,
+    _model,
+    _segment_rows,
+    _segment_texts,
+    _text_bytes,
+    _usage,
 )
-# Any fixed number: the first half of the PostgreSQL advisory lock a quota holder's writes take.
-_QUOTA_LOCK = 0x1055_0A07
-
-
-@dataclass(frozen=True)
-class Model:
-    """A configured model: its configuration, retention and counters.
-
-    Of the configuration the store reads three fields: `losses` (how many `HISTORY_LOSS` entries
-    each joined pair keeps), `segments` (the keys its rollups are kept by) and `keep_pairs`
-    (joined rows keep their payloads)."""
-
-    name: str
-    config: dict[str, Any]
-    retention_seconds: float
-    created_at: float
-    updated_at: float
-    prediction_shape: tuple[int, ...] | None
-    label_shape: tuple[int, ...] | None
-    pending_predictions: int
-    pending_labels: int
-    joined: int
-    expired_predictions: int
-    expired_labels: int
-    # What its rows count towards quotas: per row, ROW_BYTES + its id's and payload's bytes.
-    stored_bytes: int = 0
-
-
-@dataclass(frozen=True)
-class Quota:
-    """Limits a write is checked against, inside its transaction, and whose usage they bound.
-
-    `holder` names it (in errors, and for the lock that serialises its writes); the models whose
-    usage counts towards it are those whose names match one of `patterns` (glob patterns, as
-    `fnmatch.fnmatchcase` reads them: an API key's), or every model if `patterns` is None."""
-
-    holder: str
-    patterns: tuple[str, ...] | None
-    max_models: int
-    max_stored_bytes: int
-
-
-@dataclass(frozen=True)
-class Usage:
-    """A quota holder's usage: the models that count towards it and their stored bytes."""
-
-    models: int
-    stored_bytes: int
-
-
-@dataclass(frozen=True)
-class Pairs:
-    """The pairs one request completed, in the order of its ids."""
-
-    ids: list[str]
-    predictions: np.ndarray[Any, Any]
-    labels: np.ndarray[Any, Any]
-    # One per pair; None where the label was logged without a weight.
-    weights: list[float | None]
-    # Label arrival minus prediction time, in seconds.
-    delays: np.ndarray[Any, np.dtype[np.float64]]
-    # Each prediction's time, its segment values (non-null ones), and whether its row is counted
-    # in the model's rollups (rows logged before history was kept are not).
-    times: np.ndarray[Any, np.dtype[np.float64]] = field(default_factory=lambda: np.zeros(0))
-    segments: list[dict[str, str]] = field(default_factory=list)
-    rolled_up: list[bool] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Logged(Generic[T]):
-    """What logging one side's rows did."""
-
-    accepted: int
-    duplicate_ids: list[str]
-    pairs: Pairs
-    # What the caller's `on_join` returned for the pairs (None when none were completed).
-    joined_result: T | None
-    model: Model
-    # The quota holder's usage after this write (None without a quota).
-    usage: Usage | None = None
-
-
-@dataclass(frozen=True)
-class Swept:
-    """Rows a retention sweep (or one batch of it) removed from a model; `expired_*` counts the
-    unjoined ones, `removed` all of them. `done`: no row of the model is past its retention."""
-
-    model: str
-    expired_predictions: int
-    expired_labels: int
-    pending_predictions: int
-    pending_labels: int
-    removed: int = 0
-    done: bool = True
-
-    def then(self, later: Swept) -> Swept:
-        """This batch followed by a later one of the same sweep."""
-        return replace(
-            later,
-            expired_predictions=self.expired_predictions + later.expired_predictions,
-            expired_labels=self.expired_labels + later.expired_labels,
-            removed=self.removed + later.removed,
-        )
-
+from service.store.schema import ROW_BYTES, migrate, table_bytes_sql
 
 # Rows one retention sweep, and one DELETE of a model, remove per transaction: the write lock is
 # never held for long (bench/tenants.py measured batch sizes: docs/performance.md).
 SWEEP_BATCH_ROWS = 250
 DELETE_BATCH_ROWS = SWEEP_BATCH_ROWS
-
-
-def _model(row: tuple[Any, ...]) -> Model:
-    return Model(
-        name=row[1],
-        config=orjson.loads(row[2]),
-        retention_seconds=float(row[3]),
-        created_at=float(row[4]),
-        updated_at=float(row[5]),
-        prediction_shape=None if row[6] is None else tuple(orjson.loads(row[6])),
-        label_shape=None if row[7] is None else tuple(orjson.loads(row[7])),
-        pending_predictions=int(row[8]),
-        pending_labels=int(row[9]),
-        joined=int(row[10]),
-        expired_predictions=int(row[11]),
-        expired_labels=int(row[12]),
-        stored_bytes=int(row[13]),
-    )
-
-
-@dataclass(frozen=True)
-class _Written:
-    """What one log writes beside the rows: its time, whether joined rows keep their payloads,
-    each prediction's segments as stored, each joining row's losses (by its position in the
-    request) and the partners it joins."""
-
-    now: float
-    keep: bool
-    texts: list[str | None] | None
-    losses: dict[int, bytes | None]
-    partners: dict[str, tuple[Any, ...]]
-
-
-def _segment_texts(segments: Sequence[Mapping[str, str]] | None, count: int) -> list[str | None] | None:
-    """Each row's non-null segment values as the JSON text the row keeps (None without any)."""
-    if segments is None:
-        return None
-    if len(segments) != count:
-        raise ValueError(f"{len(segments)} segment rows for {count} ids")
-    return [orjson.dumps(dict(values), option=orjson.OPT_SORT_KEYS).decode() if values else None for values in segments]
-
-
-def _text_bytes(text: str | None) -> int:
-    return 0 if text is None else len(text.encode("utf-8"))
-
-
-def _id_bytes(row_id: str) -> int:
-    # surrogatepass: the same count for any str the driver stores as text
-    return len(row_id.encode("utf-8", "surrogatepass"))
-
-
-def _lock_holder(tx: Transaction, quota: Quota | None) -> None:
-    """Serialise the quota holder's writes (SQLite's BEGIN IMMEDIATE already serialises all)."""
-    if quota is not None and tx.dialect.name == "postgresql":
-        tx.execute("SELECT pg_advisory_xact_lock(?, ?)", [_QUOTA_LOCK, _holder_key(quota.holder)])
-
-
-def _holder_key(holder: str) -> int:
-    """A signed 32-bit key for the holder's advisory lock (a shared key only serialises more)."""
-    return zlib.crc32(holder.encode("utf-8", "surrogatepass")) - 2**31
-
-
-def _usage(tx: Transaction, quota: Quota) -> Usage:
-    """The holder's usage as committed (read under its lock when writing), summed by the database
-    over the models' rows (never the row tables). Patterns of only `*`, `?` and the characters a
-    model name may hold are matched in SQL, as SQLite's GLOB or PostgreSQL's LIKE, which read them
-    as fnmatchcase does; any other pattern is matched by fnmatchcase over the models' names."""
-    total = "SELECT count(*), coalesce(sum(stored_bytes), 0) FROM loss_models"
-    if quota.patterns is None:
-        row = tx.one(total)
-    elif all(_PLAIN_PATTERN.match(pattern) for pattern in quota.patterns):
-        if tx.dialect.name == "sqlite":
-            where, params = " OR ".join("name GLOB ?" for _ in quota.patterns), list(quota.patterns)
-        else:
-            where = " OR ".join("name LIKE ? ESCAPE '!'" for _ in quota.patterns)
-            params = [_like(pattern) for pattern in quota.patterns]
-        row = tx.one(f"{total} WHERE {where}", params)
-    else:
-        models = tx.all("SELECT name, stored_bytes FROM loss_models")
-        counted = [int(size) for name, size in models if any(fnmatchcase(name, p) for p in quota.patterns)]
-        return Usage(len(counted), sum(counted))
-    assert row is not None
-    return Usage(int(row[0]), int(row[1]))
-
-
-# A glob pattern that SQL can match as fnmatchcase does: wildcards and model-name characters only.
-_PLAIN_PATTERN = re.compile(r"^[A-Za-z0-9_.:*?-]*$")
-
-
-def _like(pattern: str) -> str:
-    """A plain glob pattern as a LIKE pattern with `!` as its escape character."""
-    return pattern.replace("_", "!_").replace("*", "%").replace("?", "_")
-
-
-def _decode(payloads: Sequence[bytes], codes: Sequence[int], shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
-    """Stored rows back as one array of shape (len(payloads), *shape)."""
-    if len(set(codes)) <= 1:
-        dtype = DTYPES[codes[0]] if codes else np.dtype(np.float64)
-        return np.frombuffer(b"".join(payloads), dtype=dtype).reshape((len(payloads), *shape))
-    # Rows stored under different dtypes (the model's dtype was changed in between): NumPy
-    # widens them to their common type, exactly.
-    return np.stack([np.frombuffer(p, dtype=DTYPES[c]).reshape(shape) for p, c in zip(payloads, codes, strict=True)])
-
-
-def _check_ids(ids: Sequence[str]) -> None:
-    """Refuse ids the store cannot keep one row each, exactly: one search over all of them, then
-    the index of the first bad one."""
-    joined = "".join(ids)
-    # U+0000 by memchr; a lone surrogate only where the text is not ASCII (`isascii` is O(1)).
-    unstorable = "\x00" in joined or (not joined.isascii() and _UNSTORABLE.search(joined) is not None)
-    if not unstorable and len(set(ids)) == len(ids):
-        return
-    seen: set[str] = set()
-    for index, row_id in enumerate(ids):
-        found = _UNSTORABLE.search(row_id)
-        if found is not None:
-            raise RowIdError(index, f"an id cannot hold U+{ord(found.group()):04X}")
-        if row_id in seen:
-            raise RowIdError(index, f"the id {row_id[:64]!r} is given twice")
-        seen.add(row_id)
 
 
 class Store:
@@ -423,6 +192,7 @@ class Store:
                 unjoined.append(sum(int(row[1]) for row in rows))
                 freed += sum(int(row[2]) for row in rows)
                 left -= len(rows)
+            left -= events.delete_some(tx, model_id, left)
             left -= history.sweep_cells(tx, model_id, None, left)
             if left > 0:  # fewer rows than a batch were left: the last batch
                 tx.execute("DELETE FROM loss_models WHERE id = ?", [model_id])
@@ -467,50 +237,70 @@ class Store:
         A write that would add stored bytes past `quota.max_stored_bytes` raises
         QuotaExceededError before any row is written; one that adds none always passes.
         """
-        other: Side = "labels" if side == "predictions" else "predictions"
         _check_ids(ids)
-        usage = None
-        texts = _segment_texts(segments, len(ids)) if side == "predictions" else None
         with self.database.transaction() as tx:
             _lock_holder(tx, quota)
-            found = tx.one(f"SELECT {_MODEL_COLUMNS} FROM loss_models WHERE name = ?{tx.dialect.lock_row}", [name])
-            if found is None:
-                raise UnknownModelError(name)
-            model_id, model = found[0], _model(found)
-            model = self._fix_shape(tx, model_id, model, side, tuple(rows.shape[1:]))
-            existing = {
-                row[0]
-                for row in tx.all(
-                    f"SELECT id FROM {_TABLE[side]} WHERE model_id = ? AND id {tx.dialect.in_list}",
-                    [model_id, tx.dialect.list_parameter(ids)],
+            model_id, model = _locked_model(tx, name)
+            return self._log(
+                tx, model_id, model, side, ids, rows, now, max_pending, timestamps, weights, on_join, quota,
+                segments, history_of,
+            )  # fmt: skip
+
+    def _log(
+        self,
+        tx: Transaction,
+        model_id: int,
+        model: Model,
+        side: Side,
+        ids: Sequence[str],
+        rows: np.ndarray[Any, Any],
+        now: float,
+        max_pending: int,
+        timestamps: Sequence[float] | None,
+        weights: Sequence[float] | None,
+        on_join: Callable[[Model, Pairs], T],
+        quota: Quota | None,
+        segments: Sequence[Mapping[str, str]] | None,
+        history_of: Callable[[T], Sequence[PairLosses]] | None,
+    ) -> Logged[T]:
+        """`log`'s work inside a transaction that holds the model's lock (and the quota holder's)."""
+        other: Side = "labels" if side == "predictions" else "predictions"
+        usage = None
+        texts = _segment_texts(segments, len(ids)) if side == "predictions" else None
+        model = self._fix_shape(tx, model_id, model, side, tuple(rows.shape[1:]))
+        existing = {
+            row[0]
+            for row in tx.all(
+                f"SELECT id FROM {_TABLE[side]} WHERE model_id = ? AND id {tx.dialect.in_list}",
+                [model_id, tx.dialect.list_parameter(ids)],
+            )
+        }
+        fresh = [i for i, row_id in enumerate(ids) if row_id not in existing]
+        partners = self._waiting_partners(tx, other, model_id, [ids[i] for i in fresh])
+        joined = [i for i in fresh if ids[i] in partners]
+        keep = bool(model.config.get("keep_pairs", False))
+        entry_bytes = HISTORY_LOSS.itemsize * len(model.config.get("losses", ())) if history_of else 0
+        adding = self._added_bytes(ids, rows, fresh, joined, partners, keep, entry_bytes, texts)
+        if quota is not None:
+            usage = _usage(tx, quota)
+            if adding > 0 and usage.stored_bytes + adding > quota.max_stored_bytes:
+                raise QuotaExceededError(
+                    "max_stored_bytes", quota.holder, usage.stored_bytes, adding, quota.max_stored_bytes
                 )
-            }
-            fresh = [i for i, row_id in enumerate(ids) if row_id not in existing]
-            partners = self._waiting_partners(tx, other, model_id, [ids[i] for i in fresh])
-            joined = [i for i in fresh if ids[i] in partners]
-            keep = bool(model.config.get("keep_pairs", False))
-            entry_bytes = HISTORY_LOSS.itemsize * len(model.config.get("losses", ())) if history_of else 0
-            adding = self._added_bytes(ids, rows, fresh, joined, partners, keep, entry_bytes, texts)
-            if quota is not None:
-                usage = _usage(tx, quota)
-                if adding > 0 and usage.stored_bytes + adding > quota.max_stored_bytes:
-                    raise QuotaExceededError(
-                        "max_stored_bytes", quota.holder, usage.stored_bytes, adding, quota.max_stored_bytes
-                    )
-                usage = Usage(usage.models, usage.stored_bytes + adding)
-            model = self._count(tx, model_id, model, side, len(fresh), len(joined), max_pending, adding)
-            pairs = self._pairs(side, model, ids, rows, joined, partners, now, timestamps, weights, segments)
-            joined_result = on_join(model, pairs) if joined else None
-            kept = list(history_of(joined_result)) if history_of is not None and joined_result is not None else []
-            if len(kept) * HISTORY_LOSS.itemsize != (entry_bytes if joined else 0):
-                raise ValueError(f"history_of gave {len(kept)} losses for a model configured with other losses")
-            losses = history.encode_losses(kept, len(pairs.ids))
-            written = _Written(now, keep, texts, dict(zip(joined, losses, strict=True)), partners)
-            # Rows that join now are stored joined, so only the other side's rows are updated.
-            self._insert(tx, side, model_id, ids, rows, fresh, written, timestamps, weights)
-            if joined:
-                self._join_partners(tx, other, model_id, pairs.ids, now, keep)
-            self._roll_up(tx, model_id, model, side, fresh, pairs, kept, now, timestamps, segments)
+            usage = Usage(usage.models, usage.stored_bytes + adding)
+        model = self._count(tx, model_id, model, side, len(fresh), len(joined), max_pending, adding)
+        pairs = self._pairs(side, model, ids, rows, joined, partners, now, timestamps, weights, segments)
+        joined_result = on_join(model, pairs) if joined else None
+        kept = list(history_of(joined_result)) if history_of is not None and joined_result is not None else []
+        if len(kept) * HISTORY_LOSS.itemsize != (entry_bytes if joined else 0):
+            raise ValueError(f"history_of gave {len(kept)} losses for a model configured with other losses")
+        losses = history.encode_losses(kept, len(pairs.ids))
+        written = _Written(now, keep, texts, dict(zip(joined, losses, strict=True)), partners)
+        # Rows that join now are stored joined, so only the other side's rows are updated.
+        self._insert(tx, side, model_id, ids, rows, fresh, written, timestamps, weights)
+        if joined:
+            self._join_partners(tx, other, model_id, pairs.ids, now, keep)
+        self._roll_up(tx, model_id, model, side, fresh, pairs, kept, now, timestamps, segments)
         duplicates = [ids[i] for i in range(len(ids)) if ids[i] in existing]
         return Logged(len(fresh), duplicates, pairs, joined_result, model, usage)
 
@@ -552,6 +342,76 @@ class Store:
                 for loss in kept
             ]
         history.roll_up(tx, model_id, logged, joined, pairs.delays[counted], kept)
+
+    # -- inference events -----------------------------------------------------------------------
+
+    def log_event(
+        self,
+        name: str,
+        event_id: str,
+        half: int,
+        meta: str,
+        payload: bytes | None,
+        *,
+        now: float,
+        bounds: EventBounds,
+        max_pending: int,
+        complete: Callable[[Model, int, str, bytes | None], EventRows[T]],
+        quota: Quota | None = None,
+    ) -> EventLogged[T]:
+        """One half of an inference event (`half`: events.REQUEST or events.RESPONSE, `meta` and
+        `payload` encoded by the caller), in one transaction under the model's lock.
+
+        - No half of `event_id` waits (or the one waiting is older than `bounds.ttl_seconds`,
+          which then expires): this half waits, within `bounds` (TooManyPendingEventsError).
+        - The same half waits, or the event completed before: a duplicate; nothing changes.
+        - The other half waits: `complete(model, its half, its meta, its payload)` makes the
+          prediction rows of both, which are logged as `log` logs predictions, in this very
+          transaction; the event is marked done, its halves dropped. If `complete` or the log
+          raises, nothing of either half changes.
+        """
+        with self.database.transaction() as tx:
+            _lock_holder(tx, quota)
+            model_id, model = _locked_model(tx, name)
+            found = events.waiting(tx, model_id, event_id)
+            if found is not None and found.done_at is None and found.arrived < now - bounds.ttl_seconds:
+                events.expire(tx, model_id, [found])
+                found = None
+            if found is None:
+                events.keep(tx, model_id, name, event_id, half, meta, payload, now, bounds)
+                return EventLogged("pending", model, events.counts(tx, model_id))
+            if found.done_at is not None or found.half == half:
+                return EventLogged("duplicate", model, events.counts(tx, model_id))
+            made = complete(model, found.half, found.meta or "", found.payload)
+            _check_ids(made.ids)
+            segments = _segment_rows(made.segments, len(made.ids))
+            logged = self._log(
+                tx, model_id, model, "predictions", made.ids, made.rows, now, max_pending, made.timestamps, None,
+                made.on_join, quota, segments, made.history_of,
+            )  # fmt: skip
+            events.done(tx, model_id, found, now)
+            return EventLogged("completed", logged.model, events.counts(tx, model_id), logged)
+
+    def event_counts(self, name: str) -> EventCounts | None:
+        """The model's waiting event halves, their bytes and the halves expired; None: no model."""
+        with self.database.transaction(write=False) as tx:
+            found = tx.one("SELECT id FROM loss_models WHERE name = ?", [name])
+            return None if found is None else events.counts(tx, found[0])
+
+    def sweep_events(self, name: str, now: float, ttl_seconds: float, limit: int = SWEEP_BATCH_ROWS) -> bool | None:
+        """One transaction of the events' sweep: up to `limit` halves waiting longer than
+        `ttl_seconds` (or the model's retention) expire, then up to `limit` markers of completed
+        events past the model's retention go. True: nothing is left to sweep; None: no model."""
+        with self.database.transaction() as tx:
+            found = tx.one(f"SELECT id, retention_seconds FROM loss_models WHERE name = ?{tx.dialect.lock_row}", [name])
+            if found is None:
+                return None
+            model_id, retention = found[0], float(found[1])
+            cutoff = now - min(ttl_seconds, retention)
+            expired = events.stale(tx, model_id, cutoff, limit)
+            events.expire(tx, model_id, expired)
+            removed = events.forget_done(tx, model_id, now - retention, limit)
+        return len(expired) < limit and removed < limit
 
     @staticmethod
     def _added_bytes(

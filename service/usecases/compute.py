@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from service.engine import LIBRARIES, LossResult, compute, loss_name, resolve, working_bytes
-from service.monitoring import Monitor
+from service.usecases.recorder import Recorder
 
 
 def compute_loss(batch: Any, loss: str, options: BaseModel) -> tuple[str, LossResult]:
@@ -74,7 +74,7 @@ def abandoned_when(event: threading.Event) -> Iterator[None]:
         _abandoned.reset(token)
 
 
-def record_batch(monitor: Monitor, model: str | None, name: str, reduced: LossResult) -> None:
+def record_batch(monitor: Recorder, model: str | None, name: str, reduced: LossResult) -> None:
     """Observe a computed batch in the loss metrics, unless its request already answered 504:
     that client never saw these losses and will likely send the same batch again."""
     abandoned = _abandoned.get()

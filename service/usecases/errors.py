@@ -1,5 +1,5 @@
 """The use cases' errors: one hierarchy, each kind saying what went wrong in the domain's words;
-the transports decide the status and the shape (`service.api.errors` renders them)."""
+the transports decide the status and the shape (`service.server.api.errors` renders them)."""
 
 from __future__ import annotations
 

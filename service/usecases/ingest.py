@@ -15,7 +15,8 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
@@ -31,7 +32,6 @@ from service.engine import (
     loss_name,
     resolve,
 )
-from service.monitoring import Monitor
 from service.store import (
     Logged,
     Model,
@@ -46,24 +46,22 @@ from service.store import (
     StoreFailureError,
     StoreFullError,
     TooManyPendingError,
+    TooManyPendingEventsError,
     UnknownModelError,
 )
 from service.store.history import PairLosses, loss_variant
 from service.usecases.errors import ConflictError, InvalidInputError, NotFoundError, QuotaError, StoreUnavailableError
+from service.usecases.recorder import Recorder
+from service.values.segments import segment_value
 from service.values.text import shown
 
 log = logging.getLogger("service.api")
 SHOWN_DUPLICATES = 100
-# Segments: at most this many keys per model, each matching the pattern; values of 1-64 printable
-# characters.
-MAX_SEGMENT_KEYS = 8
-SEGMENT_KEY_PATTERN = "^[A-Za-z_][A-Za-z0-9_]{0,63}$"
-MAX_SEGMENT_VALUE_LENGTH = 64
 T = TypeVar("T")
 
 
 class Principal(Protocol):
-    """What a use case reads of the request's API key (`service.api.access.Principal`)."""
+    """What a use case reads of the request's API key (`service.server.api.access.Principal`)."""
 
     name: str
     models: tuple[str, ...] | None
@@ -82,7 +80,7 @@ class Caller(Protocol):
 
 
 class Keys(Protocol):
-    """The keys in force (`service.api.access.KeyRing`), for every writing key's usage."""
+    """The keys in force (`service.server.api.access.KeyRing`), for every writing key's usage."""
 
     @property
     def enabled(self) -> bool: ...
@@ -132,7 +130,7 @@ def quota_error(exc: QuotaExceededError, setting: str, model: str) -> QuotaError
     return QuotaError(message, exc.quota, ["quota", exc.quota], model)
 
 
-def report_usage(store: Store, monitor: Monitor, keys: Keys | None, settings: Settings) -> None:
+def report_usage(store: Store, monitor: Recorder, keys: Keys | None, settings: Settings) -> None:
     """The usage of every key that may write (ingest or admin scope), or the service's without
     keys, into `loss_service_quota_usage`."""
     principals: list[Principal | None] = [None]
@@ -162,13 +160,22 @@ def configure(store: Store, name: str, request: Any, now: float, quota: Quota | 
         except LossInputError as exc:
             raise InvalidInputError(f"losses.{position}.{exc.field}", exc.reason, exc.index) from None
         losses.append({"loss": loss, "options": options})
-    config = {
+    config: dict[str, Any] = {
         "losses": losses,
         "convention": request.convention,
         "dtype": request.dtype,
         "segments": list(request.segments),
         "keep_pairs": request.keep_pairs,
     }
+    if getattr(request, "events", None) is not None:
+        config["events"] = request.events.model_dump()
+        undeclared = [key for key in config["events"]["segments"] if key not in config["segments"]]
+        if undeclared:
+            declared = ", ".join(config["segments"]) or "none"
+            raise InvalidInputError(
+                f"events.segments.{undeclared[0]}",
+                f"is not a segment key of this model (its `segments`: {declared}); declare it in `segments`",
+            )
     try:
         return model_config(store.configure_model(name, config, request.retention_seconds, now, quota))
     except QuotaExceededError as exc:
@@ -259,7 +266,7 @@ def _stored_rows(rows: np.ndarray[Any, Any], field: str, dtype: str) -> np.ndarr
 
 def log_rows(
     store: Store,
-    monitor: Monitor,
+    monitor: Recorder,
     settings: Settings,
     name: str,
     side: Side,
@@ -284,8 +291,7 @@ def log_rows(
         raise unknown_model(name)
     segments = _segments(getattr(request, "segments", None), current.config.get("segments", []), len(ids))
     stored = _stored_rows(rows, side, current.config["dtype"])
-    position = {row_id: index for index, row_id in enumerate(ids)}
-    try:
+    with store_errors(name, side):
         logged = store.log(
             side,
             name,
@@ -295,11 +301,41 @@ def log_rows(
             max_pending=settings.max_pending,
             timestamps=timestamps,
             weights=weights,
-            on_join=functools.partial(_pair_losses, side=side, position=position),
+            on_join=pair_losses(side, ids),
             quota=quota_of(principal, settings),
             segments=segments,
-            history_of=_history_of,
+            history_of=history_of,
         )
+    return recorded(monitor, name, side, logged, principal)
+
+
+def checked_rows(
+    rows: np.ndarray[Any, Any],
+    side: Side,
+    model: Model,
+    principal: Principal | None,
+    settings: Settings,
+    authorize: Authorize,
+) -> np.ndarray[Any, Any]:
+    """Rows about to be logged for `model`: within the key's row width and value budget, in the
+    precision the store keeps them in."""
+    _check_width(rows, side, principal, settings)
+    authorize(principal, model.name, rows.size)
+    return _stored_rows(rows, side, model.config["dtype"])
+
+
+def pair_losses(side: Side, ids: list[str]) -> Callable[[Model, Pairs], list[JoinedLoss]]:
+    """The store's `on_join` for a request logging `ids` on `side`: each configured loss over the
+    pairs it completes, a refusal naming the id's index in `ids`."""
+    position = {row_id: index for index, row_id in enumerate(ids)}
+    return functools.partial(_pair_losses, side=side, position=position)
+
+
+@contextmanager
+def store_errors(name: str, side: Side) -> Iterator[None]:
+    """The store's refusals of a log, in the use cases' words."""
+    try:
+        yield
     except QuotaExceededError as exc:
         raise quota_error(exc, "LOSS_SERVICE_QUOTA_STORED_BYTES", name) from None
     except UnknownModelError:
@@ -310,14 +346,16 @@ def log_rows(
         raise _problem("ids", exc.reason, [exc.index]) from None
     except TooManyPendingError as exc:  # a bound on the model's storage: audited as the quotas are
         raise QuotaError(str(exc), "max_pending", ["body", "ids"], name) from None
+    except TooManyPendingEventsError as exc:
+        raise QuotaError(str(exc), exc.setting.removeprefix("LOSS_SERVICE_").lower(), ["body"], name) from None
     except StoreFailureError as exc:
         raise unavailable(exc) from None
-    return _recorded(monitor, name, side, logged, principal)
 
 
 def _segments(given: dict[str, list[Any]] | None, declared: list[str], count: int) -> list[dict[str, str]] | None:
     """Each row's non-null segment values, checked against the model's declared keys: a value is
-    a string of 1-64 printable characters or null; a declared key left out is null for every row."""
+    a string of 1-64 printable characters or null (`segment_value`); a declared key left out is
+    null for every row."""
     if not given:
         return None
     rows: list[dict[str, str]] = [{} for _ in range(count)]
@@ -328,15 +366,13 @@ def _segments(given: dict[str, list[Any]] | None, declared: list[str], count: in
             raise _problem(field, f"is not a segment key of this model (its keys: {shown_keys}; PUT adds keys)")
         if len(values) != count:
             raise _problem(field, f"has {len(values)} values and ids has {count}: one value (or null) per row")
-        for index, value in enumerate(values):
-            if value is None:
-                continue
-            if not 1 <= len(value) <= MAX_SEGMENT_VALUE_LENGTH:
-                reason = f"a segment value has 1 to {MAX_SEGMENT_VALUE_LENGTH} characters, this one {len(value):,}"
-                raise _problem(field, reason, [index])
-            if not value.isprintable():
-                raise _problem(field, f"a segment value holds printable characters only, got {shown(value)}", [index])
-            rows[index][key] = value
+        for index, given_value in enumerate(values):
+            try:
+                value = segment_value(given_value)
+            except ValueError as exc:
+                raise _problem(field, str(exc), [index]) from None
+            if value is not None:
+                rows[index][key] = value
     return rows
 
 
@@ -349,7 +385,7 @@ class JoinedLoss(NamedTuple):
     variant: int
 
 
-def _history_of(results: list[JoinedLoss]) -> list[PairLosses]:
+def history_of(results: list[JoinedLoss]) -> list[PairLosses]:
     """What each joined pair keeps of its losses (the store's history): per configured loss, in
     order, its share of the loss's sum and denominator and its number of values."""
     kept = []
@@ -377,8 +413,8 @@ def _check_width(rows: np.ndarray[Any, Any], side: Side, principal: Principal | 
         )
 
 
-def _recorded(
-    monitor: Monitor, name: str, side: Side, logged: Logged[list[JoinedLoss]], principal: Principal | None
+def recorded(
+    monitor: Recorder, name: str, side: Side, logged: Logged[list[JoinedLoss]], principal: Principal | None
 ) -> dict[str, Any]:
     """The committed write's answer, its pairs' losses recorded (from here on they are joined for
     good, and recorded exactly once)."""

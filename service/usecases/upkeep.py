@@ -13,9 +13,9 @@ import anyio
 import anyio.to_thread
 
 from service.config import Settings
-from service.monitoring import Monitor
 from service.store import DELETE_BATCH_ROWS, SWEEP_BATCH_ROWS, Store, StoreFailureError, Swept
 from service.usecases.ingest import Keys, report_usage
+from service.usecases.recorder import Recorder
 
 log = logging.getLogger("service.api")
 T = TypeVar("T")
@@ -54,7 +54,7 @@ def store_threads(state: Any) -> StoreThreads:
 
 async def sweep_forever(
     store: Store,
-    monitor: Monitor,
+    monitor: Recorder,
     interval: float,
     threads: StoreThreads,
     keys: Keys | None = None,
@@ -66,7 +66,8 @@ async def sweep_forever(
     restart). A failed sweep is logged and retried."""
     while True:
         try:
-            swept = await sweep(store, time.time(), threads, batch_rows)
+            event_ttl = settings.event_ttl if settings is not None else Settings.model_fields["event_ttl"].default
+            swept = await sweep(store, time.time(), threads, batch_rows, event_ttl)
         except StoreFailureError:
             pass  # a full disk or an unreachable database: the store logs each episode once
         except Exception:
@@ -99,11 +100,19 @@ async def delete_model(store: Store, name: str, threads: StoreThreads, batch_row
         await anyio.sleep(time.monotonic() - started)
 
 
-async def sweep(store: Store, now: float, threads: StoreThreads, batch_rows: int = SWEEP_BATCH_ROWS) -> list[Swept]:
+async def sweep(
+    store: Store,
+    now: float,
+    threads: StoreThreads,
+    batch_rows: int = SWEEP_BATCH_ROWS,
+    event_ttl: float | None = None,
+) -> list[Swept]:
     """One retention sweep, `batch_rows` rows per transaction (`Store.sweep_batch`), each batch a
     call of its own in the store's write threads. After each batch the sweep pauses as long as
     the batch took, so that writers, in this process and in others, take the write lock at
-    least half the time while it runs."""
+    least half the time while it runs. Given `event_ttl`, each model's inference-event halves
+    waiting longer expire, and markers of completed events past retention go, in batches too
+    (`Store.sweep_events`)."""
     names = await threads.read(store.model_names)
     swept = []
     for name in names:
@@ -119,4 +128,17 @@ async def sweep(store: Store, now: float, threads: StoreThreads, batch_rows: int
             await anyio.sleep(time.monotonic() - started)
         if total is not None:
             swept.append(total)
+        if event_ttl is not None:
+            await _sweep_events(store, name, now, threads, batch_rows, event_ttl)
     return swept
+
+
+async def _sweep_events(
+    store: Store, name: str, now: float, threads: StoreThreads, batch_rows: int, event_ttl: float
+) -> None:
+    while True:
+        started = time.monotonic()
+        done = await threads.write(functools.partial(store.sweep_events, name, now, event_ttl, batch_rows))
+        if done is None or done:
+            return
+        await anyio.sleep(time.monotonic() - started)

@@ -14,7 +14,7 @@ after a weighted call to another loss) at float32 precision, so their float64 is
 the naive float64 formulas (tests/reference/naive.py). Dice and Tversky also run in float64.
 CTC runs in float32 only: Keras 3.15 computes it in float32 whatever the loss dtype (its float64
 answer is the float32 one, cast), so its float64 is checked against the naive float64 sum over
-alignments and PyTorch's float64 (tests/test_engine_ctc.py).
+alignments and PyTorch's float64 (tests/engine/test_engine_ctc.py).
 """
 
 from __future__ import annotations
@@ -328,7 +328,7 @@ def keras_only_issue_34(
 ) -> list[tuple[str, str, dict[str, Any], Any, Any, Any, Any, int]]:
     """Cases of issue 34 (categorical_generalized_cross_entropy, circle), from draws made after all others."""
     losses = keras.losses
-    n = 12  # tests/test_engine_nd.py lays the 12 rows out as (3, 4) and (2, 3, 2)
+    n = 12  # tests/engine/test_engine_nd.py lays the 12 rows out as (3, 4) and (2, 3, 2)
     raw = rng.random((n, c)) + 0.01
     probabilities = raw / raw.sum(1, keepdims=True)
     probabilities[0, 0] = 0.0  # a zero probability: 0^q = 0

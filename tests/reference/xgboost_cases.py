@@ -3,7 +3,7 @@
 Each case trains on data the function makes, evaluates on a held-out set (weighted or not) with
 `evals_result()`, and keeps the held-out predictions as `predict` returns them (or the raw
 margins, `predict(output_margin=True)`) with the value XGBoost recorded for the last iteration.
-Used live by tests/test_engine_xgboost.py and, for machines without xgboost, written to
+Used live by tests/engine/test_engine_xgboost.py and, for machines without xgboost, written to
 tests/fixtures/xgboost_reference.json by tests/reference/generate_xgboost_fixtures.py.
 """
 

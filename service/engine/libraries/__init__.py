@@ -34,7 +34,7 @@ How to add a library's table (LightGBM, CatBoost)
      `LossInputError(field, reason, index)` where its formula would give inf or NaN.
 2. Import the module at the bottom of this file. The API, the OIP route, model configurations,
    the client, the CLI, `GET /v1/conventions/<library>` and the docs pick the table up from here.
-3. Tests: `tests/test_engine_<library>.py` comparing `compute(...).mean` against the library's
+3. Tests: `tests/engine/test_engine_<library>.py` comparing `compute(...).mean` against the library's
    own recorded evaluation on models it trains (importorskip), and a committed fixture
    `tests/fixtures/<library>_reference.json` written by `tests/reference/generate_<library>_fixtures.py`
    (the format of `xgboost_reference.json`), checked without the library installed.

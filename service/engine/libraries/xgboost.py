@@ -24,7 +24,7 @@ What XGBoost does, and this table with it:
 
 Precision: with `dtype: "float64"` each row is computed in float64 from the same inputs, which
 differs from XGBoost's float rows by float32 rounding (measured: at most ~1e-8 relative on the
-mean; tests/test_engine_xgboost.py allows 1e-6). With `dtype: "float32"` each row is computed in
+mean; tests/engine/test_engine_xgboost.py allows 1e-6). With `dtype: "float32"` each row is computed in
 float32 and the sums in float64, as XGBoost does: the metrics made of + - * / and abs (rmse,
 mae, mape, error, merror, quantile, mphe with sqrt) then equal XGBoost's to 1e-12; those with
 log, exp or lgamma differ by NumPy's float32 log/exp against the C library's logf/expf (an ulp

@@ -92,25 +92,7 @@ def ctc(
         ctc_loss_impl); keras/src/losses/losses.py CTC and ctc with keras/src/backend/numpy/nn.py
         ctc_loss (keras.ops.ctc_loss for input lengths and a blank other than 0).
     """
-    if predictions.ndim != 3:
-        raise LossInputError(
-            "predictions", f"must be (N, T, C): per-step class scores, batch first; got shape {list(predictions.shape)}"
-        )
-    samples, steps, classes = predictions.shape
-    if labels.ndim != 2 or labels.shape[0] != samples:
-        raise LossInputError(
-            "labels", f"must be (N, S) = ({samples}, S) integer targets padded at the end, got {list(labels.shape)}"
-        )
-    if steps > MAX_TIME_STEPS:
-        raise LossInputError("predictions", f"has {steps:,} time steps; at most {MAX_TIME_STEPS:,} are computed")
-    if labels.shape[1] > steps:
-        raise LossInputError(
-            "labels",
-            f"has S = {labels.shape[1]} columns for T = {steps} time steps; a target longer than T has no "
-            "alignment: trim the padding to at most T columns",
-        )
-    if not 0 <= blank < classes:
-        raise LossInputError("options.blank", f"must be a class index in [0, {classes - 1}], got {blank}")
+    samples, steps, classes = _check_batch(predictions, labels, blank)
     inputs = _input_lengths(input_lengths, samples, steps)
     targets = _target_lengths(target_lengths, labels, blank)
     _check_targets(labels, targets, classes, blank)
@@ -136,6 +118,30 @@ def ctc(
         )
     values = np.where(impossible, values.dtype.type(0), values)
     return LossValues(values, mean_divisor=np.maximum(targets, 1).astype(values.dtype))
+
+
+def _check_batch(predictions: Array, labels: Labels, blank: int) -> tuple[int, int, int]:
+    """N, T and C, once the predictions, labels and blank fit CTC and its bounds."""
+    if predictions.ndim != 3:
+        raise LossInputError(
+            "predictions", f"must be (N, T, C): per-step class scores, batch first; got shape {list(predictions.shape)}"
+        )
+    samples, steps, classes = predictions.shape
+    if labels.ndim != 2 or labels.shape[0] != samples:
+        raise LossInputError(
+            "labels", f"must be (N, S) = ({samples}, S) integer targets padded at the end, got {list(labels.shape)}"
+        )
+    if steps > MAX_TIME_STEPS:
+        raise LossInputError("predictions", f"has {steps:,} time steps; at most {MAX_TIME_STEPS:,} are computed")
+    if labels.shape[1] > steps:
+        raise LossInputError(
+            "labels",
+            f"has S = {labels.shape[1]} columns for T = {steps} time steps; a target longer than T has no "
+            "alignment: trim the padding to at most T columns",
+        )
+    if not 0 <= blank < classes:
+        raise LossInputError("options.blank", f"must be a class index in [0, {classes - 1}], got {blank}")
+    return samples, steps, classes
 
 
 def _input_lengths(given: list[int] | None, samples: int, steps: int) -> Lengths:

@@ -1,0 +1,419 @@
+"""The delayed-labels routes' bodies and answers: row ids checked in one pass, the predictions and
+labels logs, a model's configuration, its status and quota, what a log request answers, and a
+model's history (`History`)."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    create_model,
+    model_validator,
+)
+from pydantic.functional_validators import PlainValidator
+from pydantic.json_schema import WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+from service.engine import Convention, DType
+from service.option_models import (
+    FIELDS_ONLY,
+    few_unknown_keys,
+)
+from service.option_models import UNKNOWN_KEYS as UNKNOWN_KEYS  # the error handler names them
+from service.server.api.arrays import NumericArray, kind_of
+from service.server.api.problems import shown
+from service.server.api.schemas import CALLS_SEE_CONVENTION, MAX_LOSSES_PER_EVALUATE, LossResult, _call_union
+
+MAX_ID_LENGTH = 128
+
+
+DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
+
+
+MAX_RETENTION_SECONDS = 10 * 365 * 24 * 3600
+
+
+# Characters no id may hold: Unicode's control characters (general category Cc: C0 U+0000-U+001F,
+# DEL U+007F, C1 U+0080-U+009F), which SQLite's JSON functions cut strings at (U+0000), PostgreSQL
+# refuses in text (U+0000), and logs and terminals act upon; and lone surrogates (U+D800-U+DFFF),
+# which are no characters and cannot be encoded (both JSON parsers already refuse them as malformed).
+_REFUSED_IN_IDS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+# The same for the OpenAPI document (JSON strings hold no lone surrogates).
+ID_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+
+
+# Those of them that are ASCII (C0 and DEL), for `bytes.translate`.
+_ASCII_CONTROLS = bytes(range(0x20)) + b"\x7f"
+
+
+def _id_error(message: str, index: int) -> PydanticCustomError:
+    return PydanticCustomError("row_id", message, {"index": [index]})
+
+
+def _holds_refused(text: str) -> bool:
+    """Whether `text` holds a character no id may hold. ASCII text (whose flag CPython keeps, so
+    `isascii` is O(1)) is checked by `bytes.translate`, ~0.5 ns a character; other text by the
+    regex, ~3 ns a character."""
+    if text.isascii():
+        data = text.encode("ascii")
+        return len(data.translate(None, _ASCII_CONTROLS)) != len(data)
+    return _REFUSED_IN_IDS.search(text) is not None
+
+
+def _refused_character(text: str) -> str | None:
+    """Why `text` cannot be an id because of a character it holds, or None."""
+    found = _REFUSED_IN_IDS.search(text)
+    if found is None:
+        return None
+    code = ord(found.group())
+    if 0xD800 <= code <= 0xDFFF:
+        return f"id contains the lone surrogate U+{code:04X}, which is no character"
+    return f"id contains the control character U+{code:04X} (no id holds U+0000-U+001F or U+007F-U+009F)"
+
+
+def to_ids(value: Any) -> list[str]:
+    """Row ids as strings: a string of 1-128 characters, or a non-negative integer (7 is the id "7").
+    An id repeated within one request is refused at its second occurrence, and so is a string
+    holding a control character or a lone surrogate (`_REFUSED_IN_IDS`), at its index."""
+    if not isinstance(value, list):
+        raise PydanticCustomError("row_ids", "expected an array of ids, got {kind}", {"kind": kind_of(value)})
+    if not value:
+        raise PydanticCustomError("row_ids", "expected at least one id", {"index": []})
+    # The common cases in one pass each: all strings, or all non-negative integers, none repeated.
+    if all(type(item) is str and 0 < len(item) <= MAX_ID_LENGTH for item in value):
+        # One pass over all of them; the slow path
+        # names the index of a refused one.
+        texts: list[str] = [] if _holds_refused("".join(value)) else value
+    elif all(type(item) is int and item >= 0 for item in value):
+        texts = [str(item) for item in value]
+    else:
+        texts = []
+    if texts and len(set(texts)) == len(texts) and all(len(text) <= MAX_ID_LENGTH for text in texts):
+        return texts
+    ids: list[str] = []
+    seen: dict[str, int] = {}
+    for index, item in enumerate(value):
+        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+            text = str(item)
+        elif isinstance(item, str):
+            text = item
+        else:
+            raise _id_error(
+                f"an id is a string of 1-{MAX_ID_LENGTH} characters or a non-negative integer, got "
+                + (shown(item) if isinstance(item, int | float) and not isinstance(item, bool) else kind_of(item)),
+                index,
+            )
+        if not 1 <= len(text) <= MAX_ID_LENGTH:
+            raise _id_error(f"an id has 1 to {MAX_ID_LENGTH} characters, this one {len(text):,}", index)
+        refused = _refused_character(text)
+        if refused is not None:
+            raise _id_error(refused, index)
+        if text in seen:
+            raise _id_error(f"repeats the id at ids[{seen[text]}] ({shown(text)}); each id once per request", index)
+        seen[text] = index
+        ids.append(text)
+    return ids
+
+
+RowIds = Annotated[
+    list[str],
+    PlainValidator(to_ids),
+    WithJsonSchema(
+        {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "anyOf": [
+                    {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": ID_PATTERN},
+                    {"type": "integer", "minimum": 0},
+                ]
+            },
+            "description": "One id per row, each once: a string of 1-128 characters or a non-negative integer "
+            '(the integer 7 is the id "7"). A string id holds no control characters (U+0000-U+001F, '
+            "U+007F-U+009F).",
+        },
+        mode="validation",
+    ),
+]
+
+
+class PredictionsLog(BaseModel):
+    """Predictions to keep until their labels arrive."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fields_only(cls, data: Any) -> Any:
+        return few_unknown_keys(cls, data)
+
+    ids: RowIds
+    predictions: NumericArray = Field(description="One row per id; the model's first predictions fix the row shape.")
+    timestamps: NumericArray | None = Field(
+        default=None, description="When each prediction was made (Unix seconds); default: its arrival."
+    )
+    segments: dict[str, list[str | None]] | None = Field(
+        default=None,
+        description="Per segment key the model declares, one value per row: a string of 1-64 printable "
+        "characters, or null. A declared key left out is null for every row.",
+        examples=[{"country": ["BR", None]}],
+    )
+
+
+class LabelsLog(BaseModel):
+    """Labels for predictions logged before or after them."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fields_only(cls, data: Any) -> Any:
+        return few_unknown_keys(cls, data)
+
+    ids: RowIds
+    labels: NumericArray = Field(description="One label row per id; the model's first labels fix the row shape.")
+    sample_weight: NumericArray | None = Field(
+        default=None, description="One weight >= 0 per label; a label without one counts with weight 1."
+    )
+
+
+# Segment keys, as a model's configuration declares them (`segments`).
+SEGMENT_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+MAX_SEGMENT_KEYS = 8
+# A tensor's (v2) or an instance field's (v1) name, as `events` names it.
+TensorName = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class EventsConfig(BaseModel):
+    """Where KServe's inference logger puts what the model logs (`POST /v1/models/{model}/events`)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [{"prediction": "probabilities", "id": "ce-id", "segments": {"country": "country"}}]
+        },
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fields_only(cls, data: Any) -> Any:
+        return few_unknown_keys(cls, data)
+
+    prediction: TensorName = Field(
+        description="The response's prediction: the name of a v2 output (`outputs[].name`), or of the v1 response's "
+        'field (`"predictions"`). Its first axis is the batch: row r of it is prediction r.'
+    )
+    id: TensorName = Field(
+        default="ce-id",
+        description='`"ce-id"`: row r of an inference is the prediction `<Ce-Id>:<r>`. Otherwise the name of a v2 '
+        "request input (one id per row; BYTES or integers), of a v2 request parameter (`<value>:<r>`), or of a "
+        "field of each v1 instance (one id per row).",
+    )
+    segments: dict[Annotated[str, Field(pattern=SEGMENT_KEY_PATTERN)], TensorName] = Field(
+        default_factory=dict,
+        max_length=MAX_SEGMENT_KEYS,
+        description="Segment key -> the v2 request input (or v1 instance field) that holds its value, one per row: a "
+        "string, an integer (as its decimal text) or null.",
+    )
+
+
+@cache
+def model_config_request_model() -> type[BaseModel]:
+    """The body of PUT /v1/models/{model}: the losses to compute when pairs join, as /v1/evaluate takes them."""
+    call: Any = _call_union()
+    return create_model(
+        "ModelConfigRequest",
+        __config__=ConfigDict(extra="forbid", strict=True),
+        __validators__={**FIELDS_ONLY, **CALLS_SEE_CONVENTION},
+        losses=(
+            list[call],
+            Field(min_length=1, max_length=MAX_LOSSES_PER_EVALUATE, description="The losses to compute per join."),
+        ),
+        convention=(Convention, Field(default="keras", description="Whose numerics to reproduce.")),
+        dtype=(DType, Field(default="float64", description="Working precision; also the precision rows are kept in.")),
+        retention_seconds=(
+            float,
+            Field(
+                default=DEFAULT_RETENTION_SECONDS,
+                gt=0,
+                le=MAX_RETENTION_SECONDS,
+                description="How long a row waits for its other half (and a joined id is remembered).",
+            ),
+        ),
+        segments=(SegmentKeys, Field(default=[], description=SEGMENTS_DESCRIPTION)),
+        keep_pairs=(bool, Field(default=False, description=KEEP_PAIRS_DESCRIPTION)),
+        events=(
+            EventsConfig | None,
+            Field(default=None, description="Where KServe's inference logger events hold the predictions."),
+        ),
+    )
+
+
+SEGMENTS_DESCRIPTION = (
+    "Segment keys the predictions may carry values of (at most 8, distinct, each [A-Za-z_][A-Za-z0-9_]{0,63}); "
+    "history is kept per value of each. A re-PUT may add keys, never remove one."
+)
+KEEP_PAIRS_DESCRIPTION = "Keep the prediction and label rows of joined pairs (not only their losses) until retention."
+
+
+def _distinct_keys(keys: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    for index, key in enumerate(keys):
+        if key in seen:
+            raise PydanticCustomError(
+                "segment_keys", "repeats the segment key at segments[{first}]", {"first": seen[key], "index": [index]}
+            )
+        seen[key] = index
+    return keys
+
+
+SegmentKeys = Annotated[
+    list[Annotated[str, StringConstraints(pattern=SEGMENT_KEY_PATTERN)]],
+    Field(max_length=MAX_SEGMENT_KEYS),
+    AfterValidator(_distinct_keys),
+]
+
+
+class ConfiguredLoss(BaseModel):
+    loss: str = Field(description="The catalogue name; under a library convention the metric as given.")
+    options: dict[str, Any] = Field(description="The options given; the others take their defaults.")
+
+
+class ModelConfig(BaseModel):
+    model: str
+    losses: list[ConfiguredLoss]
+    convention: Convention
+    dtype: DType
+    retention_seconds: float
+    segments: list[str] = Field(description=SEGMENTS_DESCRIPTION)
+    keep_pairs: bool = Field(description=KEEP_PAIRS_DESCRIPTION)
+    created_at: float = Field(description="Unix seconds.")
+    updated_at: float = Field(description="Unix seconds of the last PUT.")
+    events: EventsConfig | None = Field(default=None, description="Present when configured.")
+
+
+class QuotaUsage(BaseModel):
+    used: int = Field(description="What the models the key's patterns match hold.")
+    limit: int = Field(description="The key's quota: its key-file field, else the LOSS_SERVICE_QUOTA_* setting.")
+
+
+class RowValuesQuota(BaseModel):
+    limit: int = Field(description="Most values in one logged prediction or label row.")
+
+
+class QuotaStatus(BaseModel):
+    key: str | None = Field(description="The API key's name; null on a service without keys.")
+    models: QuotaUsage = Field(description="Models (max_models, LOSS_SERVICE_QUOTA_MODELS).")
+    stored_bytes: QuotaUsage = Field(
+        description="Stored bytes over those models (max_stored_bytes, LOSS_SERVICE_QUOTA_STORED_BYTES)."
+    )
+    row_values: RowValuesQuota = Field(description="max_row_values, LOSS_SERVICE_QUOTA_ROW_VALUES.")
+
+
+class ModelStatus(ModelConfig):
+    pending_predictions: int = Field(description="Predictions waiting for their label.")
+    pending_labels: int = Field(description="Labels waiting for their prediction.")
+    joined: int = Field(description="Pairs joined and recorded.")
+    expired_predictions: int = Field(description="Predictions removed by retention before a label came.")
+    expired_labels: int = Field(description="Labels removed by retention before their prediction came.")
+    oldest_pending_seconds: float | None = Field(description="Age of the oldest row still waiting; null if none.")
+    prediction_shape: list[int] | None = Field(description="Per-row shape fixed by the first predictions.")
+    label_shape: list[int] | None = Field(description="Per-row shape fixed by the first labels.")
+    stored_bytes: int = Field(
+        description="What the model's rows count towards quotas: per row kept, 64 bytes plus its id's and (while "
+        "it waits, or with keep_pairs) its values' bytes; a prediction row also its segments' and its losses' "
+        "bytes (32 per configured loss once joined)."
+    )
+    quota: QuotaStatus = Field(description="The requesting API key's quotas and its usage of them.")
+
+
+class ModelList(BaseModel):
+    models: list[ModelConfig]
+
+
+class LogResult(BaseModel):
+    accepted: int = Field(description="Rows stored by this request.")
+    duplicates: int = Field(description="Rows whose id this side already had: counted, never stored again.")
+    duplicate_ids: list[str] = Field(description="The first 100 of them.")
+    joined: int = Field(description="Pairs this request completed.")
+    joined_ids: list[str] = Field(description="Their ids, in request order; `per_sample` follows this order.")
+    results: list[LossResult] = Field(description="Each configured loss over the pairs completed; empty if none.")
+    pending_predictions: int
+    pending_labels: int
+
+
+class EventCountsStatus(BaseModel):
+    pending: int = Field(description="Event halves waiting for their other half.")
+    pending_bytes: int = Field(description="What they count towards LOSS_SERVICE_EVENT_MAX_PENDING_BYTES.")
+    expired: int = Field(description="Halves that waited longer than LOSS_SERVICE_EVENT_TTL and were dropped.")
+
+
+class EventResult(BaseModel):
+    """What one CloudEvent of KServe's inference logger did."""
+
+    id: str = Field(description="The event's Ce-Id, which its request and its response share.")
+    type: Literal["request", "response"] = Field(description="Which half of the inference it carried.")
+    outcome: Literal["pending", "logged", "duplicate", "not_needed"] = Field(
+        description="`pending`: kept until the other half arrives; `logged`: the inference's rows went to the "
+        "predictions log (`log`, as POST .../predictions answers); `duplicate`: this half was in already, nothing "
+        "changed; `not_needed`: a request event where the response alone gives the predictions."
+    )
+    log: LogResult | None = Field(description="The predictions log's answer when `outcome` is `logged`.")
+    events: EventCountsStatus = Field(description="The model's event halves after this event.")
+
+
+class LabelDelay(BaseModel):
+    p50: float | None = Field(description="Median seconds from prediction to label, over the joined pairs (1 %).")
+    p90: float | None = Field(description="90th percentile of the same (1 % relative error).")
+
+
+class HistoryLoss(BaseModel):
+    mean: float | None = Field(
+        description="What /v1/loss returns for the bucket's joined pairs under the model's configuration; null "
+        "where none counts (no joined pair, or every target ignored or weighted 0)."
+    )
+    sum: float = Field(description="The sum of the pairs' shares of the loss's sum.")
+    denominator: float = Field(description="The sum of the pairs' shares of the denominator the mean divides by.")
+    count: int = Field(description="Values the pairs' per_sample holds, as /v1/loss counts them.")
+    p50: float | None = Field(description="Median of each joined pair's own loss (1 % relative error).")
+    p90: float | None = Field(description="90th percentile of each joined pair's own loss.")
+    p99: float | None = Field(description="99th percentile of each joined pair's own loss.")
+
+
+class HistoryBucket(BaseModel):
+    start: float = Field(description="Unix seconds: the bucket holds predictions made in [start, start + step).")
+    segment: str | None = Field(
+        default=None, description="With `by`: the segment value (null: predictions without one). Absent otherwise."
+    )
+    predictions: int = Field(description="Predictions made in the bucket.")
+    joined: int = Field(description="Of them, joined with their label.")
+    pending: int = Field(description="Still waiting for their label.")
+    expired: int = Field(description="Removed by retention before their label came.")
+    coverage: float = Field(description="joined / predictions.")
+    label_delay: LabelDelay
+    losses: list[HistoryLoss] = Field(description="One per configured loss, in the order of `losses`.")
+
+
+class History(BaseModel):
+    model: str
+    start: float = Field(description="Unix seconds.")
+    end: float = Field(description="Unix seconds; the last bucket may reach past it (buckets are whole steps).")
+    step: float = Field(description="Bucket width in seconds.")
+    by: str | None = Field(description="The segment key the buckets are split by, or null.")
+    losses: list[str] = Field(description="The configured losses, by the names their results carry.")
+    exact: list[bool] = Field(
+        description="Per loss: whether a bucket's mean is exactly what /v1/loss returns for its pairs (false for "
+        "losses whose samples read their batch: circle, log loss and Brier score without options.classes; and "
+        "LightGBM's cross_entropy metrics, whose weights LightGBM sums in float32)."
+    )
+    buckets: list[HistoryBucket] = Field(description="Time buckets (and segment values) holding predictions.")

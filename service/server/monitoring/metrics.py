@@ -1,0 +1,185 @@
+"""The metric declarations: every family's name, help text, type, labels and buckets."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from service.server.monitoring.labels import OTHER_MODEL, OTHER_MODEL_OF_KEY
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BODY_BUCKETS = tuple(float(10**e) for e in range(2, 10))  # 100 B .. 1 GB
+# Label delay: a second to 90 days (clicks arrive in minutes, fraud verdicts in weeks).
+_HOUR, _DAY = 3600.0, 86400.0
+DELAY_BUCKETS = (
+    1.0,
+    10.0,
+    60.0,
+    300.0,
+    900.0,
+    _HOUR,
+    4 * _HOUR,
+    12 * _HOUR,
+    _DAY,
+    3 * _DAY,
+    7 * _DAY,
+    14 * _DAY,
+    30 * _DAY,
+    90 * _DAY,
+)
+
+
+class Metrics:
+    """The metric families of one registry, declared; `Monitor` records into them."""
+
+    def __init__(self, registry: CollectorRegistry, loss_buckets: list[float]) -> None:
+        self.registry = registry
+        r = self.registry
+        # Not mutation-tested (make mutation): the declarations' names, types and labels are pinned
+        # by the docs' metrics table test and the live dashboard and alert tests; their help texts
+        # and bucket bounds are documentation and configuration.
+        # pragma: no mutate start
+        self.requests = Counter(
+            "loss_service_http_requests_total",
+            "HTTP requests by route template, method and status class.",
+            ["route", "method", "status_class"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "loss_service_http_request_duration_seconds",
+            "Time from request start to the last response byte.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.body_size = Histogram(
+            "loss_service_http_request_body_bytes",
+            "Size of request bodies as received.",
+            ["route"],
+            buckets=BODY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "loss_service_http_requests_in_flight", "Requests being served.", registry=r, multiprocess_mode="livesum"
+        )
+        self.rejected = Counter(
+            "loss_service_http_requests_rejected_total",
+            "Requests refused, by reason: too_large, invalid, unauthorised, overloaded, rate_limited, quota.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("too_large", "invalid", "unauthorised", "overloaded", "rate_limited", "quota"):
+            self.rejected.labels(reason)
+        self.sample_loss = Histogram(
+            "loss_service_sample_loss",
+            "Per-sample loss values by model and loss; _sum / _count is the mean over any window.",
+            ["model", "loss"],
+            buckets=tuple(loss_buckets),
+            registry=r,
+        )
+        self.samples = Counter(
+            "loss_service_samples_total", "Per-sample loss values computed.", ["model", "loss"], registry=r
+        )
+        self.batches = Counter("loss_service_batches_total", "Batches computed.", ["model", "loss"], registry=r)
+        self.last_mean = Gauge(
+            "loss_service_last_batch_mean_loss",
+            "The mean loss of the most recent batch.",
+            ["model", "loss"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.nonfinite = Counter(
+            "loss_service_nonfinite_inputs_total",
+            "Requests refused because an input held NaN or an infinity, by field.",
+            ["field"],
+            registry=r,
+        )
+        for field in ("predictions", "labels", "sample_weight"):
+            self.nonfinite.labels(field)
+        self.logged = Counter(
+            "loss_service_logged_total",
+            "Rows stored to wait for their other half, by model and kind (predictions, labels).",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "loss_service_duplicates_total",
+            "Rows not stored because their id was already stored on the same side, by model and kind.",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.joined = Counter(
+            "loss_service_joined_total", "Prediction-label pairs joined and recorded, by model.", ["model"], registry=r
+        )
+        self.label_delay = Histogram(
+            "loss_service_label_delay_seconds",
+            "Per joined pair: label arrival minus prediction time (0 when the label came first).",
+            ["model"],
+            buckets=DELAY_BUCKETS,
+            registry=r,
+        )
+        self.pending = Gauge(
+            "loss_service_pending",
+            "Rows waiting for their other half, by model and kind, as the store counted at its last write or sweep.",
+            ["model", "kind"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.expired = Counter(
+            "loss_service_expired_total",
+            "Rows removed by retention before their other half came, by model and kind.",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.key_requests = Counter(
+            "loss_service_api_key_requests_total",
+            "Requests by the name of the API key that made them (never the key), and status class.",
+            ["key", "status_class"],
+            registry=r,
+        )
+        self.keys_in_force = Gauge(
+            "loss_service_api_keys", "API keys in force.", registry=r, multiprocess_mode="mostrecent"
+        )
+        self.keys_reload_failed = Gauge(
+            "loss_service_api_keys_reload_failed",
+            "1 while the keys file could not be reloaded (the previous keys stay in force), else 0.",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.store_status = Gauge(
+            "loss_service_store_status",
+            "1 for the store's status as this worker last found it (ok; full: its disk is full, answers 507; "
+            "unavailable: the database cannot be reached, answers 503), 0 for the others.",
+            ["status"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.quota_usage = Gauge(
+            "loss_service_quota_usage",
+            "What the models an API key's patterns match hold against its quotas, by the key's name (never the key; "
+            "empty without keys) and quota (models, stored_bytes), as the store counted at the last write or sweep.",
+            ["key", "quota"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        # pragma: no mutate end
+        self._by_model = {
+            id(metric)
+            for metric in (
+                self.sample_loss,
+                self.samples,
+                self.batches,
+                self.last_mean,
+                self.logged,
+                self.duplicates,
+                self.joined,
+                self.label_delay,
+                self.pending,
+                self.expired,
+            )
+        }
+        self.overflowed = Counter(
+            "loss_service_model_label_overflow_total",
+            f"Batches counted under model={OTHER_MODEL!r} or {OTHER_MODEL_OF_KEY!r} + the key's name: past the "
+            "label limit (in all or the key's share) or outside the allow-list.",
+            registry=r,
+        )

@@ -1,0 +1,33 @@
+"""What the use cases record as they work (losses, logged rows, expired rows, a key's usage),
+declared here so that they import nothing of the server: its `Monitor` is the recorder it hands
+them, and turns each call into metrics."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Recorder(Protocol):
+    """The calls the use cases make on the recorder they are given, after the work they record."""
+
+    def observe_batch(self, model: str | None, loss: str, per_sample: np.ndarray[Any, Any], mean: float) -> None:
+        """One loss computed over a batch: its per-sample values and mean."""
+
+    def observe_log(
+        self,
+        model: str,
+        kind: str,
+        accepted: int,
+        duplicates: int,
+        delays: np.ndarray[Any, Any],
+        pending: tuple[int, int],
+    ) -> None:
+        """One request's rows kept for the delayed-labels store, after its transaction committed."""
+
+    def observe_expired(self, model: str, expired: tuple[int, int], pending: tuple[int, int]) -> None:
+        """Rows the retention sweep removed from a model, and the rows it still holds unpaired."""
+
+    def set_quota_usage(self, key: str, models: int, stored_bytes: int, as_of: float) -> None:
+        """A key's models and stored bytes, as of a `time.monotonic()` reading."""

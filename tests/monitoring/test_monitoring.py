@@ -1,0 +1,155 @@
+"""/metrics through the ASGI app: request health, per-model loss distributions, the metric declarations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.config import DEFAULT_LOSS_BUCKETS, Settings
+from service.server.app import create_app
+from service.server.monitoring import Monitor
+from service.server.monitoring.monitor import _observe_many
+
+pytestmark = pytest.mark.anyio
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """{(sample name, sorted labels): value} from a Prometheus text exposition."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(scrape: dict[Any, float], name: str, **labels: str) -> float:
+    return scrape[(name, tuple(sorted(labels.items())))]
+
+
+MSE = {"loss": "mse", "predictions": [[0.0], [0.0], [0.0], [0.0]], "labels": [[1.0], [2.0], [3.0], [4.0]]}
+
+
+async def test_batches_show_up_per_model_and_loss(client: httpx.AsyncClient) -> None:
+    for _ in range(3):
+        assert (await client.post("/v1/loss", json={**MSE, "model": "fraud-v3"})).status_code == 200
+    await client.post("/v1/loss", json={"loss": "mae", "predictions": [[0.0]], "labels": [[0.5]], "model": "churn"})
+    response = await client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    scrape = samples(response.text)
+    labels = {"model": "fraud-v3", "loss": "mean_squared_error"}
+    assert value(scrape, "loss_service_samples_total", **labels) == 12
+    assert value(scrape, "loss_service_batches_total", **labels) == 3
+    assert value(scrape, "loss_service_sample_loss_count", **labels) == 12
+    assert value(scrape, "loss_service_sample_loss_sum", **labels) == 3 * (1 + 4 + 9 + 16)
+    assert value(scrape, "loss_service_last_batch_mean_loss", **labels) == 7.5
+    # losses 1, 4, 9, 16 fall at or under the bounds 1, 5, 10, 25
+    assert value(scrape, "loss_service_sample_loss_bucket", le="1.0", **labels) == 3
+    assert value(scrape, "loss_service_sample_loss_bucket", le="5.0", **labels) == 6
+    assert value(scrape, "loss_service_sample_loss_bucket", le="10.0", **labels) == 9
+    assert value(scrape, "loss_service_sample_loss_bucket", le="25.0", **labels) == 12
+    assert value(scrape, "loss_service_sample_loss_sum", model="churn", loss="mean_absolute_error") == 0.5
+
+
+async def test_requests_are_labelled_by_route_template_and_status_class(client: httpx.AsyncClient) -> None:
+    await client.get("/v1/losses/mse")
+    await client.get("/v1/losses/bce")
+    await client.get("/no/such/path")
+    await client.post("/v1/loss", json={"loss": "nope"})
+    scrape = samples((await client.get("/metrics")).text)
+    assert (
+        value(scrape, "loss_service_http_requests_total", route="/v1/losses/{name}", method="GET", status_class="2xx")
+        == 2
+    )
+    assert value(scrape, "loss_service_http_requests_total", route="unmatched", method="GET", status_class="4xx") == 1
+    assert value(scrape, "loss_service_http_requests_total", route="/v1/loss", method="POST", status_class="4xx") == 1
+    assert value(scrape, "loss_service_http_request_duration_seconds_count", route="/v1/loss", method="POST") == 1
+    assert value(scrape, "loss_service_http_request_body_bytes_sum", route="/v1/loss") == len(b'{"loss":"nope"}')
+    assert value(scrape, "loss_service_http_requests_rejected_total", reason="invalid") == 1
+    assert value(scrape, "loss_service_http_requests_rejected_total", reason="overloaded") == 0
+
+
+async def test_non_finite_inputs_are_counted_by_field(client: httpx.AsyncClient) -> None:
+    raw = b'{"loss": "mse", "predictions": [[NaN]], "labels": [[Infinity]]}'
+    response = await client.post("/v1/loss", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    scrape = samples((await client.get("/metrics")).text)
+    assert value(scrape, "loss_service_nonfinite_inputs_total", field="predictions") == 1
+    assert value(scrape, "loss_service_nonfinite_inputs_total", field="labels") == 1
+
+
+def test_bulk_observe_equals_observe_one_by_one() -> None:
+    rng = np.random.default_rng(3)
+    values = np.concatenate([10 ** rng.uniform(-6, 3, 5000), np.array(DEFAULT_LOSS_BUCKETS), [0.0, 1e9]])
+    one, bulk = CollectorRegistry(), CollectorRegistry()
+    by_one = Histogram("h", "h", buckets=DEFAULT_LOSS_BUCKETS, registry=one)
+    by_bulk = Histogram("h", "h", buckets=DEFAULT_LOSS_BUCKETS, registry=bulk)
+    for v in values:
+        by_one.observe(float(v))
+    _observe_many(by_bulk, values)
+    expected = {
+        s.name + str(s.labels): s.value for s in next(iter(one.collect())).samples if not s.name.endswith("_created")
+    }
+    actual = {
+        s.name + str(s.labels): s.value for s in next(iter(bulk.collect())).samples if not s.name.endswith("_created")
+    }
+    assert actual.keys() == expected.keys()
+    for key, v in expected.items():
+        assert actual[key] == pytest.approx(v, rel=1e-12), key
+
+
+def test_settings_read_comma_separated_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOSS_SERVICE_LOSS_BUCKETS", "0.1, 1, 10")
+    monkeypatch.setenv("LOSS_SERVICE_MODEL_ALLOWLIST", "fraud-v3,churn")
+    settings = Settings()
+    assert settings.loss_buckets == [0.1, 1.0, 10.0]
+    assert settings.model_allowlist == ["fraud-v3", "churn"]
+    monkeypatch.setenv("LOSS_SERVICE_LOSS_BUCKETS", "1, 0.5")
+    with pytest.raises(ValueError, match="strictly increasing"):
+        Settings()
+
+
+def test_the_docs_metrics_table_is_what_the_registry_exposes() -> None:
+    """Name, type and labels of every metric, as docs/monitoring.md lists them (the dashboard and
+    alerts are written against those names; a renamed metric or label fails here)."""
+    import re
+
+    from prometheus_client.metrics import MetricWrapperBase
+
+    table = (Path(__file__).resolve().parents[2] / "docs" / "monitoring.md").read_text()
+    rows = re.findall(r"^\| `(loss_service_\w+)` \| (\w+) \|([^|]*)\|", table, re.MULTILINE)
+    documented = {name.removesuffix("_total"): (kind, re.findall(r"`(\w+)`", labels)) for name, kind, labels in rows}
+    monitor = Monitor(Settings())
+    metrics = [value for value in vars(monitor).values() if isinstance(value, MetricWrapperBase)]
+    exposed = {metric._name: (metric._type, list(metric._labelnames)) for metric in metrics}
+    assert len(exposed) == len(rows) >= 20
+    for name, (kind, labels) in documented.items():
+        assert exposed.get(name) is not None, f"{name} is documented but not exposed"
+        assert exposed[name][0] == kind, name
+        # The table also names label values (reason: too_large, ...): the label names come first.
+        assert labels[: len(exposed[name][1])] == exposed[name][1], name
+
+
+@pytest.mark.parametrize("opentelemetry", [False, True])
+async def test_fastapi_asks_opentelemetry_about_each_request_only_when_asked_to(
+    opentelemetry: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry import trace
+
+    asked = []
+    get_tracer_provider = trace.get_tracer_provider
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: asked.append(1) or get_tracer_provider())
+    app = create_app(Settings(opentelemetry=opentelemetry))
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://m") as c:
+        asked.clear()
+        for _ in range(3):
+            assert (
+                await c.post("/v1/loss", json={"loss": "mse", "predictions": [[1.0]], "labels": [[0.0]]})
+            ).is_success
+    assert (len(asked) >= 3) is opentelemetry

@@ -1,0 +1,75 @@
+"""The `model` label's cardinality (service/server/monitoring/labels.py): a bound, an idle time before a
+label is taken over, no label for a refused batch, an allow-list."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from prometheus_client import generate_latest
+
+from service.config import Settings
+from service.server.monitoring import Monitor
+from tests.apps import app_client
+from tests.monitoring.test_monitoring import MSE, samples, value
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_model_label_cardinality_is_bounded() -> None:
+    async with app_client(Settings(max_models=2)) as client:
+        for model in ("a", "b", "c", "d", "a"):
+            await client.post("/v1/loss", json={**MSE, "model": model})
+        scrape = samples((await client.get("/metrics")).text)
+        assert value(scrape, "loss_service_batches_total", model="a", loss="mean_squared_error") == 2
+        assert value(scrape, "loss_service_batches_total", model="other", loss="mean_squared_error") == 2
+        assert value(scrape, "loss_service_model_label_overflow_total") == 2
+        assert ("loss_service_batches_total", (("loss", "mean_squared_error"), ("model", "c"))) not in scrape
+
+
+def test_a_burst_of_names_keeps_real_models_out_only_until_it_goes_idle() -> None:
+    now = [0.0]
+    monitor = Monitor(Settings(max_models=3, model_label_idle=600), clock=lambda: now[0])
+    batch = np.array([0.5, 1.5])
+
+    def observe(model: str) -> None:
+        monitor.observe_batch(model, "mean_squared_error", batch, 1.0)
+
+    observe("real-1")
+    for junk in ("junk-1", "junk-2", "junk-3", "junk-4"):
+        observe(junk)
+    observe("real-2")  # every label is taken and none is idle yet
+    assert monitor.model_label("real-2") == "other"
+    now[0] = 300.0
+    observe("real-1")  # in use: it must never be pushed out
+    now[0] = 600.0
+    observe("real-2")  # junk-1 has been idle for exactly 600 s: real-2 takes its label
+    observe("junk-5")  # junk-2 likewise
+    now[0] = 700.0
+    for junk in ("junk-6", "junk-7", "junk-8"):
+        observe(junk)  # the idlest label, real-1's, was used 400 s ago: all three are 'other'
+    scrape = samples(generate_latest(monitor.registry).decode())
+    labelled = {dict(labels)["model"] for name, labels in scrape if name == "loss_service_batches_total"}
+    assert labelled == {"real-1", "real-2", "junk-5", "other"}
+    assert value(scrape, "loss_service_batches_total", model="real-1", loss="mean_squared_error") == 2
+    assert value(scrape, "loss_service_samples_total", model="real-2", loss="mean_squared_error") == 2
+    assert value(scrape, "loss_service_batches_total", model="other", loss="mean_squared_error") == 6
+
+
+async def test_refused_batches_claim_no_model_label() -> None:
+    async with app_client(Settings(max_models=1)) as client:
+        refused = await client.post("/v1/loss", json={**MSE, "model": "junk", "labels": [[1.0]]})
+        assert refused.status_code == 422
+        await client.post("/v1/loss", json={**MSE, "model": "real"})
+        scrape = samples((await client.get("/metrics")).text)
+        assert value(scrape, "loss_service_batches_total", model="real", loss="mean_squared_error") == 1
+
+
+async def test_model_allowlist() -> None:
+    async with app_client(Settings(model_allowlist=["kept"])) as client:
+        await client.post("/v1/loss", json={**MSE, "model": "kept"})
+        await client.post("/v1/loss", json={**MSE, "model": "dropped"})
+        await client.post("/v1/loss", json=MSE)
+        scrape = samples((await client.get("/metrics")).text)
+        assert value(scrape, "loss_service_batches_total", model="kept", loss="mean_squared_error") == 1
+        assert value(scrape, "loss_service_batches_total", model="other", loss="mean_squared_error") == 1
+        assert value(scrape, "loss_service_batches_total", model="unlabelled", loss="mean_squared_error") == 1

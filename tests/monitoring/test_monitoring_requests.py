@@ -1,0 +1,87 @@
+"""The request middleware (service/server/monitoring/middleware.py): a request id per request and one JSON
+access line, its duration to the microsecond."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.guarded import BODY
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_request_ids_and_one_json_log_line_per_request(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = logging.getLogger("loss_service.access")
+    logger.addHandler(caplog.handler)
+    try:
+        started = time.perf_counter()
+        echoed = await client.post(
+            "/v1/loss", json=BODY, headers={"x-request-id": "abc-123", "authorization": "Bearer secret"}
+        )
+        observed_ms = (time.perf_counter() - started) * 1000  # the whole request, as the test saw it
+        generated = await client.get("/livez")
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert echoed.headers["x-request-id"] == "abc-123"
+    assert len(generated.headers["x-request-id"]) == 32
+    lines = [json.loads(record.getMessage()) for record in caplog.records if record.name == "loss_service.access"]
+    assert lines[0] == {
+        "request_id": "abc-123",
+        "method": "POST",
+        "route": "/v1/loss",
+        "status": 200,
+        "duration_ms": lines[0]["duration_ms"],
+        "body_bytes": lines[0]["body_bytes"],
+        "model": "guarded",
+        "loss": "mean_squared_error",
+        "batch_size": 2,
+    }
+    assert lines[0]["body_bytes"] == len(json.dumps(BODY, separators=(",", ":")).encode())
+    assert 0 < lines[0]["duration_ms"] <= observed_ms  # in milliseconds: in seconds or µs it would not fit
+    assert round(lines[0]["duration_ms"], 3) == lines[0]["duration_ms"]  # microseconds, no finer
+    assert "secret" not in caplog.text
+    assert "predictions" not in caplog.text
+    assert lines[1]["route"] == "/livez"
+
+
+@pytest.mark.parametrize(("given", "kept"), [("a" * 128, True), ("a" * 129, False), ("bad\tid", False)])
+async def test_a_request_id_is_kept_only_if_short_and_printable(
+    client: httpx.AsyncClient, given: str, kept: bool
+) -> None:
+    echoed = (await client.get("/livez", headers={"x-request-id": given})).headers["x-request-id"]
+    assert (echoed == given) is kept
+    if not kept:
+        assert re.fullmatch(r"[0-9a-f]{32}", echoed)
+
+
+async def test_the_access_line_gives_the_duration_in_milliseconds_to_the_microsecond(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.server.monitoring import middleware
+
+    clock, real = iter([100.0, 100.0123456]), time.perf_counter
+
+    def perf_counter() -> float:  # the monitor's two readings; httpx's own timing as it was
+        return (
+            next(clock) if sys._getframe(1).f_globals["__name__"] == "service.server.monitoring.middleware" else real()
+        )
+
+    monkeypatch.setattr(middleware.time, "perf_counter", perf_counter)
+    logger = logging.getLogger("loss_service.access")
+    logger.addHandler(caplog.handler)
+    try:
+        await client.get("/livez")
+    finally:
+        logger.removeHandler(caplog.handler)
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "loss_service.access"]
+    assert line["duration_ms"] == 12.346
+    assert line["status"] == 200
