@@ -366,8 +366,9 @@ class Store:
           which then expires): this half waits, within `bounds` (TooManyPendingEventsError).
         - The same half waits, or the event completed before: a duplicate; nothing changes.
         - The other half waits: `complete(model, its half, its meta, its payload)` makes the
-          prediction rows of both, which are logged as `log` logs predictions, in this very
-          transaction; the event is marked done, its halves dropped. If `complete` or the log
+          prediction rows of both, which are logged as `log` logs predictions (with the rows'
+          segments and the pairs' `history_of`), in this very transaction; the event is marked
+          done, its halves dropped. If `complete` or the log
           raises, nothing of either half changes.
         """
         with self.database.transaction() as tx:

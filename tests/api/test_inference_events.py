@@ -252,7 +252,9 @@ async def test_a_half_waits_at_most_the_ttl_and_the_bounds_hold(
     """Six halves fit (the fixture's LOSS_SERVICE_EVENT_MAX_PENDING); the seventh gets 429 and keeps
     nothing; once the TTL (600 s) has passed, the stale halves expire and make room, and a late
     other half waits in its turn instead of joining the expired one."""
-    clock = Clock(1_000_000.0)
+    # From the real time: the app's first retention sweep, which may run at any moment of the test
+    # (it starts with the app) and reads the real clock, finds no half past its TTL.
+    clock = Clock(datetime.now(UTC).timestamp())
     monkeypatch.setattr(events_module, "time", types.SimpleNamespace(time=clock.time))
     await configure(api, "churn", {"prediction": "logits", "id": "user"})
     for e in range(6):
