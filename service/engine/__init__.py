@@ -36,6 +36,7 @@ __all__ = [
     "OptionSpec",
     "Totals",
     "UnknownLossError",
+    "aggregate_of",
     "as_working_array",
     "available_cores",
     "catalogue",
@@ -45,6 +46,7 @@ __all__ = [
     "libraries",
     "loss_name",
     "mean_of",
+    "recombines",
     "resolve",
     "set_threads",
     "working_bytes",
@@ -70,17 +72,19 @@ def compute(
     convention: Convention = "keras",
     chunk: bool = False,
     inputs_finite: bool = False,
+    shares: bool = False,
 ) -> LossResult:
     """Per-sample losses and their reductions for one batch, as `convention` computes them in `dtype`.
 
     `chunk`: the batch is one part of a larger batch; see `reduction.reduce`. `inputs_finite`: the
     caller searched the arrays for NaN and infinities already (the HTTP layer's array validator
     does, with `first_nonfinite`), so they are not searched again; narrowing to float32 is still
-    checked, and so is every answer (`reduction`'s last guard).
+    checked, and so is every answer (`reduction`'s last guard). `shares`: the result also holds
+    each sample's share of `sum` and `denominator` (`LossResult.sample_sums`, `sample_denominators`).
     """
     if convention in LIBRARIES:
         return _compute_library(
-            loss, predictions, labels, options, sample_weight, dtype, convention, chunk, inputs_finite
+            loss, predictions, labels, options, sample_weight, dtype, convention, chunk, inputs_finite, shares
         )
     spec = resolve(loss)
     if convention not in CONVENTIONS:
@@ -91,7 +95,7 @@ def compute(
     x, y, weight = _arrays(spec, predictions, labels, sample_weight, np.dtype(dtype), inputs_finite)
     with np.errstate(over="ignore", under="ignore"):
         values = loss_values(spec, x, y, convention, bound)
-        return reduce(values, weight, convention, spec.name, dtype, chunk=chunk)
+        return reduce(values, weight, convention, spec.name, dtype, chunk=chunk, shares=shares)
 
 
 def _compute_library(
@@ -104,6 +108,7 @@ def _compute_library(
     convention: Convention,
     chunk: bool,
     inputs_finite: bool,
+    shares: bool = False,
 ) -> LossResult:
     """A library metric (`service.engine.libraries`), reduced as the library reduces it."""
     if dtype not in DTYPES:
@@ -118,7 +123,15 @@ def _compute_library(
         values = loss_values(metric.spec, x, y, convention, bound)
         name = metric.display_name(bound)
         return reduce_library(
-            values, weight, metric.aggregate, name, dtype, convention, chunk=chunk, weight_sum=metric.weight_sum
+            values,
+            weight,
+            metric.aggregate,
+            name,
+            dtype,
+            convention,
+            chunk=chunk,
+            weight_sum=metric.weight_sum,
+            shares=shares,
         )
 
 
@@ -126,6 +139,31 @@ def _as_float32(values: Array, field: str) -> Array:
     """`values` rounded to float32 and held in their working dtype; beyond float32's range refused.
     `_arrays` (or the caller) searched them for NaN already: only the narrowing is checked here."""
     return as_working_array(values, field, np.dtype(np.float32), finite=True).astype(values.dtype)
+
+
+def aggregate_of(loss: str, convention: Convention, options: Mapping[str, Any] | None = None) -> Aggregate:
+    """How the loss's `mean` follows from its `sum` and `denominator` (`results.AGGREGATES`):
+    a library metric's own aggregate, "mean" for every catalogue loss."""
+    if convention in LIBRARIES:
+        return libraries.bind(convention, loss, options)[0].aggregate
+    return "mean"
+
+
+def recombines(loss: str, convention: Convention, options: Mapping[str, Any] | None = None) -> bool:
+    """Whether the loss's mean over any subset of a batch is the sum of the subset's
+    `sample_sums` over the sum of its `sample_denominators`, as `compute` gives it for the subset
+    alone (float64). Not for a loss whose samples read the rest of their batch (`whole_batch`:
+    circle; log loss and the Brier score read their classes from the batch unless
+    `options.classes` names them), nor for LightGBM's cross_entropy metrics, which sum their
+    weights in float32."""
+    if convention in LIBRARIES:
+        metric, _ = libraries.bind(convention, loss, options)
+        return not metric.spec.whole_batch and metric.weight_sum is None
+    spec = resolve(loss)
+    if not spec.whole_batch:
+        return True
+    bound = spec.bind(options, convention)
+    return bound.get("classes") is not None
 
 
 def loss_name(loss: str, convention: Convention, options: Mapping[str, Any] | None = None) -> str:

@@ -75,11 +75,13 @@ def reduce(
     dtype: DType,
     *,
     chunk: bool = False,
+    shares: bool = False,
 ) -> LossResult:
     """The result of loss `name` under a framework convention, in `dtype`.
 
     `chunk`: this batch is part of a larger one, so a zero denominator (every target ignored or
-    weighted 0) gives mean 0 and denominator 0 for the caller to combine, not an error."""
+    weighted 0) gives mean 0 and denominator 0 for the caller to combine, not an error.
+    `shares`: also each sample's share of `sum` and `denominator` (`sample_shares`)."""
     values = loss.values
     weight = None if sample_weight is None else broadcast_sample_weight(sample_weight, values.shape)
     if convention == "keras" and not loss.weighted_average:
@@ -87,6 +89,7 @@ def reduce(
     else:
         per_sample, total, mean, denominator = _torch_reduce(values, weight, loss, chunk)
     _check_finite(per_sample, total, mean)
+    sums, denominators = sample_shares(loss, weight, convention) if shares else (None, None)
     return LossResult(
         loss=name,
         per_sample=per_sample,
@@ -96,6 +99,8 @@ def reduce(
         denominator=float(denominator),
         dtype=dtype,
         convention=convention,
+        sample_sums=sums,
+        sample_denominators=denominators,
     )
 
 
@@ -109,6 +114,7 @@ def reduce_library(
     *,
     chunk: bool = False,
     weight_sum: Callable[[Array], float] | None = None,
+    shares: bool = False,
 ) -> LossResult:
     """The boosting libraries' weighted mean: sum(w l) / sum(w), each sample's weight counted once
     per value it has (XGBoost's `Reduce` over samples and targets), its square root, or (aggregate
@@ -117,7 +123,9 @@ def reduce_library(
     Each weighted value w * l is formed in the working dtype (XGBoost multiplies a float residue
     by a float weight) and the sums accumulate in float64 (XGBoost's and LightGBM's `double`
     accumulators), whatever the dtype. `weight_sum`: the library's own sum of the weights, where
-    it is not a float64 sum (LightGBM's cross_entropy sums them in float32).
+    it is not a float64 sum (LightGBM's cross_entropy sums them in float32). `shares`: also each
+    sample's share of `sum` and `denominator` (its weighted values, its weight per value); their
+    float64 sums equal `sum` and, but for a `weight_sum` of another precision, `denominator`.
     """
     values = loss.values
     if sample_weight is None:
@@ -132,6 +140,10 @@ def reduce_library(
         raise LossInputError("sample_weight", "the weights sum to 0; the mean would be 0/0")
     mean = mean_of(total, divisor, aggregate)
     _check_finite(per_sample, np.float64(total), np.float64(mean))
+    sums, denominators = (None, None)
+    if shares:
+        spread = None if sample_weight is None else broadcast_sample_weight(sample_weight, values.shape)
+        sums, denominators = _per_sample(per_sample), _per_sample(_counted(spread, values.shape), values.shape)
     return LossResult(
         loss=name,
         per_sample=per_sample,
@@ -142,7 +154,53 @@ def reduce_library(
         dtype=dtype,
         convention=convention,
         aggregate=aggregate,
+        sample_sums=sums,
+        sample_denominators=denominators,
     )
+
+
+def sample_shares(
+    loss: LossValues, weight: Array | None, convention: Convention
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Each sample's share of a framework convention's `sum` and `denominator`, in float64: the
+    terms `reduce` adds up, summed over the sample's values (axis 0 is the batch).
+
+    keras sum_over_batch_size: the weighted values over 1 per value (1 per valid value where a
+    mask ignores targets). torch: the weighted values (each over its `mean_divisor` for CTC) over
+    the weighted per-value denominators (class weights, the mask, or 1); 'batchmean' counts each
+    sample once, with its weight. A whole batch's shares add up to `reduce`'s sum and denominator
+    (in float64, where `reduce` sums in the working dtype); a subset's to the subset's own."""
+    values = loss.values
+    if convention == "keras" and not loss.weighted_average:
+        weighted = values if weight is None else values * weight
+        if loss.mask is None:
+            return _per_sample(weighted), _per_sample(None, values.shape)
+        zero = values.dtype.type(0)
+        return _per_sample(np.where(loss.mask, weighted, zero)), _per_sample(loss.mask)
+    weighted = values if weight is None else values * weight
+    if loss.batch_mean:
+        counted = _per_sample(_counted(weight, values.shape), values.shape)
+        return _per_sample(weighted), counted / (values.size // values.shape[0])
+    if loss.mean_divisor is not None:
+        return _per_sample(weighted / loss.mean_divisor), _per_sample(_counted(weight, values.shape), values.shape)
+    denominator = loss.denominator if loss.denominator is not None else loss.mask
+    if denominator is None:
+        return _per_sample(weighted), _per_sample(_counted(weight, values.shape), values.shape)
+    denominator = denominator.astype(values.dtype)
+    return _per_sample(weighted), _per_sample(denominator if weight is None else denominator * weight)
+
+
+def _counted(weight: Array | None, shape: tuple[int, ...]) -> Array | None:
+    """Each value's weight (None: each value counts once)."""
+    return None if weight is None else np.broadcast_to(weight, shape)
+
+
+def _per_sample(terms: np.ndarray[Any, Any] | None, shape: tuple[int, ...] = ()) -> NDArray[np.float64]:
+    """`terms` summed over each sample's values in float64; None: 1 per value of `shape`."""
+    if terms is None:
+        return np.full(shape[0], float(math.prod(shape[1:])))
+    summed: NDArray[np.float64] = terms.reshape(terms.shape[0], -1).sum(axis=1, dtype=np.float64)
+    return summed
 
 
 def _keras_reduce(

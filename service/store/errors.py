@@ -42,6 +42,14 @@ class TooManyPendingError(StoreError):
         self.model, self.pending, self.limit = model, pending, limit
 
 
+class SegmentKeysRemovedError(StoreError):
+    """A re-configuration would drop segment keys the model's history is kept by."""
+
+    def __init__(self, model: str, removed: list[str]) -> None:
+        super().__init__(f"model {model!r} keeps history by segment keys {removed}, which cannot be removed")
+        self.model, self.removed = model, removed
+
+
 class TooManyPendingEventsError(StoreError):
     """Keeping one more event half would leave the model with more waiting halves, or more bytes
     of them, than allowed (`setting` names the bound)."""

@@ -10,6 +10,7 @@ from typing import Any, Generic, Literal, TypeVar
 import numpy as np
 
 from service.store.events import EventCounts
+from service.store.history import PairLosses
 
 Side = Literal["predictions", "labels"]
 T = TypeVar("T")
@@ -17,7 +18,11 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Model:
-    """A configured model: its configuration (opaque to the store), retention and counters."""
+    """A configured model: its configuration, retention and counters.
+
+    Of the configuration the store reads three fields: `losses` (how many `HISTORY_LOSS` entries
+    each joined pair keeps), `segments` (the keys its rollups are kept by) and `keep_pairs`
+    (joined rows keep their payloads)."""
 
     name: str
     config: dict[str, Any]
@@ -68,6 +73,11 @@ class Pairs:
     weights: list[float | None]
     # Label arrival minus prediction time, in seconds.
     delays: np.ndarray[Any, np.dtype[np.float64]]
+    # Each prediction's time, its segment values (non-null ones), and whether its row is counted
+    # in the model's rollups (rows logged before history was kept are not).
+    times: np.ndarray[Any, np.dtype[np.float64]] = field(default_factory=lambda: np.zeros(0))
+    segments: list[dict[str, str]] = field(default_factory=list)
+    rolled_up: list[bool] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -87,7 +97,8 @@ class Logged(Generic[T]):
 @dataclass(frozen=True)
 class EventRows(Generic[T]):
     """What a completed inference event logs: its prediction rows under their ids, their
-    timestamps, and what to run on the pairs they complete (as `Store.log`'s `on_join`)."""
+    timestamps, what to run on the pairs they complete and what those pairs keep of it (as
+    `Store.log`'s `on_join` and `history_of`), and the rows' segments."""
 
     ids: Sequence[str]
     rows: np.ndarray[Any, Any]
@@ -95,6 +106,20 @@ class EventRows(Generic[T]):
     on_join: Callable[[Model, Pairs], T]
     # Segment key -> one value per row, for the predictions' segments (POST .../predictions's).
     segments: dict[str, list[str | None]] = field(default_factory=dict)
+    history_of: Callable[[T], Sequence[PairLosses]] | None = None
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What one log writes beside the rows: its time, whether joined rows keep their payloads,
+    each prediction's segments as stored, each joining row's losses (by its position in the
+    request) and the partners it joins."""
+
+    now: float
+    keep: bool
+    texts: list[str | None] | None
+    losses: dict[int, bytes | None]
+    partners: dict[str, tuple[Any, ...]]
 
 
 @dataclass(frozen=True)

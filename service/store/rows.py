@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -58,6 +58,34 @@ def _model(row: tuple[Any, ...]) -> Model:
         expired_labels=int(row[12]),
         stored_bytes=int(row[13]),
     )
+
+
+def _segment_texts(segments: Sequence[Mapping[str, str]] | None, count: int) -> list[str | None] | None:
+    """Each row's non-null segment values as the JSON text the row keeps (None without any)."""
+    if segments is None:
+        return None
+    if len(segments) != count:
+        raise ValueError(f"{len(segments)} segment rows for {count} ids")
+    return [orjson.dumps(dict(values), option=orjson.OPT_SORT_KEYS).decode() if values else None for values in segments]
+
+
+def _segment_rows(columns: Mapping[str, Sequence[str | None]], count: int) -> list[dict[str, str]] | None:
+    """Segments given by key (one value or None per row) as each row's non-null values; None
+    without any key."""
+    if not columns:
+        return None
+    rows: list[dict[str, str]] = [{} for _ in range(count)]
+    for key, values in columns.items():
+        if len(values) != count:
+            raise ValueError(f"segment {key!r} has {len(values)} values for {count} rows")
+        for row, value in zip(rows, values, strict=True):
+            if value is not None:
+                row[key] = value
+    return rows
+
+
+def _text_bytes(text: str | None) -> int:
+    return 0 if text is None else len(text.encode("utf-8"))
 
 
 def _id_bytes(row_id: str) -> int:

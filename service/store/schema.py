@@ -74,10 +74,30 @@ _TABLES = [
 ROW_BYTES = 64
 
 
-def row_bytes_sql(dialect: str) -> str:
-    """SQL for one row's count towards `stored_bytes`; the same sum the store keeps in Python."""
+def _octets(dialect: str, column: str) -> str:
     length = "octet_length({})" if dialect == "postgresql" else "length(CAST({} AS BLOB))"
-    return f"({ROW_BYTES} + {length.format('id')} + coalesce({length.format('payload')}, 0))"
+    return length.format(column)
+
+
+def row_bytes_sql(dialect: str) -> str:
+    """SQL for one row's count towards `stored_bytes`; the same sum the store keeps in Python.
+    A prediction row adds `history_bytes_sql`."""
+    return f"({ROW_BYTES} + {_octets(dialect, 'id')} + coalesce({_octets(dialect, 'payload')}, 0))"
+
+
+def history_bytes_sql(dialect: str, table: str = "loss_predictions") -> str:
+    """SQL for what a row's history adds to its count: the bytes of its losses (`HISTORY_LOSS`,
+    one entry per configured loss, on the row whose arrival completed the pair) and, for a
+    prediction, the UTF-8 bytes of its segments (JSON)."""
+    losses = f"coalesce({_octets(dialect, 'losses')}, 0)"
+    if table == "loss_predictions":
+        return f"(coalesce({_octets(dialect, 'segments')}, 0) + {losses})"
+    return f"({losses})"
+
+
+def table_bytes_sql(dialect: str, table: str) -> str:
+    """One row's count towards `stored_bytes` in `table` (loss_predictions or loss_labels)."""
+    return f"({row_bytes_sql(dialect)} + {history_bytes_sql(dialect, table)})"
 
 
 def _create(tx: Transaction) -> None:
@@ -146,12 +166,58 @@ def _columns(tx: Transaction, table: str) -> set[str]:
     return {row[0] for row in tx.all(sql, [table])}
 
 
+def _history(tx: Transaction) -> None:
+    """Loss history (docs/delayed-labels.md, "How history is kept").
+
+    A prediction row gains its `segments` (a JSON object of its non-null segment values, sorted
+    by key; NULL without any), `label_arrived` (its label's arrival, once joined), and `rolled_up`
+    (1: it is counted in its model's rollups; rows logged before this layout are not). Both row
+    tables gain `losses`, written on the row whose arrival completes a pair (so that a join
+    inserts it, never updates it row by row): per configured loss one `HISTORY_LOSS` entry, the
+    pair's share of the loss's sum and denominator. `loss_rollups` holds, per model, level
+    (bucket width in seconds), segment key ('' for all rows), bucket start (by prediction time)
+    and segment value ('' for null), the predictions logged, joined and expired and a sketch of
+    the label delays (service.values.sketch); `loss_rollup_losses` per such cell and configured
+    loss (`variant`, a hash of the loss's configuration) its sum, denominator, count of values and
+    a sketch of each pair's loss. `ends` (start + level) is what the retention sweep reads: a cell
+    goes once it ends more than the model's retention ago."""
+    types = tx.dialect.types
+    present = _columns(tx, "loss_predictions")
+    added = {"segments": "TEXT", "losses": types["blob"], "label_arrived": types["real"], "rolled_up": types["small"]}
+    for column, kind in added.items():
+        if column not in present:  # a store whose version was set back by hand still starts
+            tx.execute(f"ALTER TABLE loss_predictions ADD COLUMN {column} {kind}")
+    if "losses" not in _columns(tx, "loss_labels"):
+        tx.execute(f"ALTER TABLE loss_labels ADD COLUMN losses {types['blob']}")
+    cell = "model_id {int} NOT NULL, level {int} NOT NULL, segment_key TEXT NOT NULL, start {real} NOT NULL, "
+    cell += "segment_value TEXT NOT NULL"
+    tx.execute(
+        f"CREATE TABLE IF NOT EXISTS loss_rollups ({cell}, ends {{real}} NOT NULL, "
+        "predictions {int} NOT NULL DEFAULT 0, joined {int} NOT NULL DEFAULT 0, "
+        "expired {int} NOT NULL DEFAULT 0, delays {blob}, "
+        "PRIMARY KEY (model_id, level, segment_key, start, segment_value)) {rows_table_options}".format(**types)
+    )
+    tx.execute(
+        f"CREATE TABLE IF NOT EXISTS loss_rollup_losses ({cell}, variant {{int}} NOT NULL, loss TEXT NOT NULL, "
+        "sum {real} NOT NULL, denominator {real} NOT NULL, count {int} NOT NULL, sketch {blob}, "
+        "PRIMARY KEY (model_id, level, segment_key, start, segment_value, variant)) {rows_table_options}".format(
+            **types
+        )
+    )
+    tx.execute("CREATE INDEX IF NOT EXISTS loss_rollups_by_end ON loss_rollups (model_id, ends)")
+    # The rows of a window of prediction times: the history's scan, and the pairs' export.
+    tx.execute(
+        "CREATE INDEX IF NOT EXISTS loss_predictions_by_time ON loss_predictions (model_id, (coalesce(at, arrived)))"
+    )
+
+
 # Named, applied in order, never edited once released: a new layout is a new migration at the end.
 MIGRATIONS: list[tuple[str, Callable[[Transaction], None]]] = [
     ("tables", _create),
     ("stored bytes per model", _stored_bytes),
     ("pending rows index", _pending_rows_index),
     ("inference events", _inference_events),
+    ("loss history", _history),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -18,19 +18,20 @@ behind them. Concurrency rules, where they are enforced:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import orjson
 
-from service.store import events
+from service.store import events, history
 from service.store.connect import connect
 from service.store.database import Database, Transaction
-from service.store.errors import QuotaExceededError, RowShapeError, TooManyPendingError
+from service.store.errors import QuotaExceededError, RowShapeError, SegmentKeysRemovedError, TooManyPendingError
 from service.store.events import EventBounds, EventCounts
-from service.store.records import EventLogged, EventRows, Logged, Model, Pairs, Quota, Side, Swept, T, Usage
+from service.store.history import HISTORY_LOSS, PairLosses, PredictionRow, RollupCell, RollupLoss
+from service.store.records import EventLogged, EventRows, Logged, Model, Pairs, Quota, Side, Swept, T, Usage, _Written
 from service.store.rows import (
     _CODES,
     _MODEL_COLUMNS,
@@ -41,9 +42,12 @@ from service.store.rows import (
     _lock_holder,
     _locked_model,
     _model,
+    _segment_rows,
+    _segment_texts,
+    _text_bytes,
     _usage,
 )
-from service.store.schema import ROW_BYTES, migrate, row_bytes_sql
+from service.store.schema import ROW_BYTES, migrate, table_bytes_sql
 
 # Rows one retention sweep, and one DELETE of a model, remove per transaction: the write lock is
 # never held for long (bench/tenants.py measured batch sizes: docs/performance.md).
@@ -74,11 +78,19 @@ class Store:
         """Create the model, or replace its configuration; its rows and counters stay. Creating it
         is refused (QuotaExceededError) when `quota`'s holder already has `max_models` models.
         Replacing it updates its row in place, which adds no row: it runs in SQLite's full-disk
-        mode, so a shorter retention can let the sweep free the disk."""
+        mode, so a shorter retention can let the sweep free the disk. Segment keys (`segments`)
+        may be added, each rollup of the model's rows copied as that key's null value, never
+        removed (SegmentKeysRemovedError)."""
         with self.database.transaction() as tx:
             _lock_holder(tx, quota)
-            found = tx.one(f"SELECT id FROM loss_models WHERE name = ?{tx.dialect.lock_row}", [name])
+            found = tx.one(f"SELECT id, config FROM loss_models WHERE name = ?{tx.dialect.lock_row}", [name])
             if found is not None:
+                before = list(orjson.loads(found[1]).get("segments", []))
+                after = list(config.get("segments", []))
+                removed = [key for key in before if key not in after]
+                if removed:
+                    raise SegmentKeysRemovedError(name, removed)
+                history.add_keys(tx, found[0], [key for key in after if key not in before])
                 tx.execute(
                     "UPDATE loss_models SET config = ?, retention_seconds = ?, updated_at = ? WHERE id = ?",
                     [orjson.dumps(config).decode(), retention_seconds, now, found[0]],
@@ -166,11 +178,10 @@ class Store:
             if found is None:
                 return None
             model_id, left, unjoined, freed = found[0], limit, [], 0
-            row_bytes = row_bytes_sql(tx.dialect.name)
             for table in _TABLE.values():
                 rows = tx.all(
-                    f"SELECT id, CASE WHEN joined_at IS NULL THEN 1 ELSE 0 END, {row_bytes} FROM {table} "
-                    "WHERE model_id = ? LIMIT ?",
+                    "SELECT id, CASE WHEN joined_at IS NULL THEN 1 ELSE 0 END, "
+                    f"{table_bytes_sql(tx.dialect.name, table)} FROM {table} WHERE model_id = ? LIMIT ?",
                     [model_id, left],
                 )
                 if rows:
@@ -182,6 +193,7 @@ class Store:
                 freed += sum(int(row[2]) for row in rows)
                 left -= len(rows)
             left -= events.delete_some(tx, model_id, left)
+            left -= history.sweep_cells(tx, model_id, None, left)
             if left > 0:  # fewer rows than a batch were left: the last batch
                 tx.execute("DELETE FROM loss_models WHERE id = ?", [model_id])
                 return True
@@ -207,6 +219,8 @@ class Store:
         weights: Sequence[float] | None = None,
         on_join: Callable[[Model, Pairs], T],
         quota: Quota | None = None,
+        segments: Sequence[Mapping[str, str]] | None = None,
+        history_of: Callable[[T], Sequence[PairLosses]] | None = None,
     ) -> Logged[T]:
         """Store one side's rows and join those whose other half is waiting.
 
@@ -214,9 +228,12 @@ class Store:
         nothing is stored (a silently merged or truncated id would leave the counters wrong).
 
         `rows`: one row per id, in a dtype of `DTYPES`. `timestamps` (predictions only): each
-        prediction's time, default `now`; `weights` (labels only): each label's sample weight.
+        prediction's time, default `now`; `weights` (labels only): each label's sample weight;
+        `segments` (predictions only): each prediction's non-null segment values.
         `on_join(model, pairs)` runs inside the transaction on the pairs this call completed,
         with the model's configuration as it is now; if it raises, nothing is stored.
+        `history_of(result)`: what the pairs keep of `on_join`'s result, one `PairLosses` per
+        configured loss, in order (history.py); without it joined rows keep no losses.
         A write that would add stored bytes past `quota.max_stored_bytes` raises
         QuotaExceededError before any row is written; one that adds none always passes.
         """
@@ -225,8 +242,9 @@ class Store:
             _lock_holder(tx, quota)
             model_id, model = _locked_model(tx, name)
             return self._log(
-                tx, model_id, model, side, ids, rows, now, max_pending, timestamps, weights, on_join, quota
-            )
+                tx, model_id, model, side, ids, rows, now, max_pending, timestamps, weights, on_join, quota,
+                segments, history_of,
+            )  # fmt: skip
 
     def _log(
         self,
@@ -242,10 +260,13 @@ class Store:
         weights: Sequence[float] | None,
         on_join: Callable[[Model, Pairs], T],
         quota: Quota | None,
+        segments: Sequence[Mapping[str, str]] | None,
+        history_of: Callable[[T], Sequence[PairLosses]] | None,
     ) -> Logged[T]:
         """`log`'s work inside a transaction that holds the model's lock (and the quota holder's)."""
         other: Side = "labels" if side == "predictions" else "predictions"
         usage = None
+        texts = _segment_texts(segments, len(ids)) if side == "predictions" else None
         model = self._fix_shape(tx, model_id, model, side, tuple(rows.shape[1:]))
         existing = {
             row[0]
@@ -257,7 +278,9 @@ class Store:
         fresh = [i for i, row_id in enumerate(ids) if row_id not in existing]
         partners = self._waiting_partners(tx, other, model_id, [ids[i] for i in fresh])
         joined = [i for i in fresh if ids[i] in partners]
-        adding = self._added_bytes(ids, rows, fresh, joined, partners)
+        keep = bool(model.config.get("keep_pairs", False))
+        entry_bytes = HISTORY_LOSS.itemsize * len(model.config.get("losses", ())) if history_of else 0
+        adding = self._added_bytes(ids, rows, fresh, joined, partners, keep, entry_bytes, texts)
         if quota is not None:
             usage = _usage(tx, quota)
             if adding > 0 and usage.stored_bytes + adding > quota.max_stored_bytes:
@@ -265,19 +288,60 @@ class Store:
                     "max_stored_bytes", quota.holder, usage.stored_bytes, adding, quota.max_stored_bytes
                 )
             usage = Usage(usage.models, usage.stored_bytes + adding)
-        # Rows that join now are stored joined, so only the other side's rows are updated.
-        self._insert(tx, side, model_id, ids, rows, fresh, set(joined), now, timestamps, weights)
-        pairs = self._pairs(side, model, ids, rows, joined, partners, now, timestamps, weights)
-        if joined:
-            tx.execute(
-                f"UPDATE {_TABLE[other]} SET joined_at = ?, payload = NULL "
-                f"WHERE model_id = ? AND id {tx.dialect.in_list}",
-                [now, model_id, tx.dialect.list_parameter(pairs.ids)],
-            )
         model = self._count(tx, model_id, model, side, len(fresh), len(joined), max_pending, adding)
+        pairs = self._pairs(side, model, ids, rows, joined, partners, now, timestamps, weights, segments)
         joined_result = on_join(model, pairs) if joined else None
+        kept = list(history_of(joined_result)) if history_of is not None and joined_result is not None else []
+        if len(kept) * HISTORY_LOSS.itemsize != (entry_bytes if joined else 0):
+            raise ValueError(f"history_of gave {len(kept)} losses for a model configured with other losses")
+        losses = history.encode_losses(kept, len(pairs.ids))
+        written = _Written(now, keep, texts, dict(zip(joined, losses, strict=True)), partners)
+        # Rows that join now are stored joined, so only the other side's rows are updated.
+        self._insert(tx, side, model_id, ids, rows, fresh, written, timestamps, weights)
+        if joined:
+            self._join_partners(tx, other, model_id, pairs.ids, now, keep)
+        self._roll_up(tx, model_id, model, side, fresh, pairs, kept, now, timestamps, segments)
         duplicates = [ids[i] for i in range(len(ids)) if ids[i] in existing]
         return Logged(len(fresh), duplicates, pairs, joined_result, model, usage)
+
+    @staticmethod
+    def _roll_up(
+        tx: Transaction,
+        model_id: int,
+        model: Model,
+        side: Side,
+        fresh: list[int],
+        pairs: Pairs,
+        kept: list[PairLosses],
+        now: float,
+        timestamps: Sequence[float] | None,
+        segments: Sequence[Mapping[str, str]] | None,
+    ) -> None:
+        """Count the predictions logged and the pairs joined into the model's rollups."""
+        keys = list(model.config.get("segments", ()))
+        oldest_end = now - model.retention_seconds
+        logged = None
+        if side == "predictions" and fresh:
+            times = np.array([now if timestamps is None else timestamps[i] for i in fresh], dtype=np.float64)
+            values = [{} if segments is None else segments[i] for i in fresh]
+            logged = history.cells_of(times, values, keys, oldest_end)
+        counted = np.flatnonzero(pairs.rolled_up) if pairs.ids else np.zeros(0, np.int64)
+        joined = None
+        if counted.size == len(pairs.ids) and counted.size:
+            joined = history.cells_of(pairs.times, pairs.segments, keys, oldest_end)
+        elif counted.size:  # some pairs' predictions were logged before history was kept
+            values = [pairs.segments[i] for i in counted]
+            joined = history.cells_of(pairs.times[counted], values, keys, oldest_end)
+            kept = [
+                replace(
+                    loss,
+                    sums=loss.sums[counted],
+                    denominators=loss.denominators[counted],
+                    counts=loss.counts[counted],
+                )
+                for loss in kept
+            ]
+        history.roll_up(tx, model_id, logged, joined, pairs.delays[counted], kept)
 
     # -- inference events -----------------------------------------------------------------------
 
@@ -302,8 +366,9 @@ class Store:
           which then expires): this half waits, within `bounds` (TooManyPendingEventsError).
         - The same half waits, or the event completed before: a duplicate; nothing changes.
         - The other half waits: `complete(model, its half, its meta, its payload)` makes the
-          prediction rows of both, which are logged as `log` logs predictions, in this very
-          transaction; the event is marked done, its halves dropped. If `complete` or the log
+          prediction rows of both, which are logged as `log` logs predictions (with the rows'
+          segments and the pairs' `history_of`), in this very transaction; the event is marked
+          done, its halves dropped. If `complete` or the log
           raises, nothing of either half changes.
         """
         with self.database.transaction() as tx:
@@ -320,9 +385,10 @@ class Store:
                 return EventLogged("duplicate", model, events.counts(tx, model_id))
             made = complete(model, found.half, found.meta or "", found.payload)
             _check_ids(made.ids)
+            segments = _segment_rows(made.segments, len(made.ids))
             logged = self._log(
                 tx, model_id, model, "predictions", made.ids, made.rows, now, max_pending, made.timestamps, None,
-                made.on_join, quota,
+                made.on_join, quota, segments, made.history_of,
             )  # fmt: skip
             events.done(tx, model_id, found, now)
             return EventLogged("completed", logged.model, events.counts(tx, model_id), logged)
@@ -355,12 +421,19 @@ class Store:
         fresh: list[int],
         joined: list[int],
         partners: dict[str, tuple[Any, ...]],
+        keep: bool,
+        entry_bytes: int,
+        texts: list[str | None] | None,
     ) -> int:
-        """What storing the rows at `fresh` adds to `stored_bytes`: each row with its id, waiting
-        ones with their payload, less the payloads of the partners that join (dropped)."""
+        """What storing the rows at `fresh` adds to `stored_bytes`: each row with its id and
+        segments, waiting ones with their payload (joining ones too with `keep`), less the payloads
+        of the partners that join (dropped unless `keep`), and each joined pair's losses."""
         size = int(rows[0].nbytes) if len(rows) else 0
-        added = sum(ROW_BYTES + _id_bytes(ids[i]) for i in fresh) + size * (len(fresh) - len(joined))
-        return added - sum(len(partners[ids[i]][2]) for i in joined)
+        added = sum(ROW_BYTES + _id_bytes(ids[i]) for i in fresh) + size * (len(fresh) - (0 if keep else len(joined)))
+        if texts is not None:
+            added += sum(_text_bytes(texts[i]) for i in fresh)
+        dropped = 0 if keep else sum(len(partners[ids[i]][2]) for i in joined)
+        return added - dropped + entry_bytes * len(joined)
 
     @staticmethod
     def _fix_shape(tx: Transaction, model_id: int, model: Model, side: Side, shape: tuple[int, ...]) -> Model:
@@ -384,42 +457,78 @@ class Store:
         ids: Sequence[str],
         rows: np.ndarray[Any, Any],
         fresh: list[int],
-        joining: set[int],
-        now: float,
+        written: _Written,
         timestamps: Sequence[float] | None,
         weights: Sequence[float] | None,
     ) -> None:
-        """Store the rows at `fresh`; those at `joining` already joined, without their payload."""
+        """Store the rows at `fresh`; those that join now (`written.losses`) already joined."""
         if not fresh:
             return
         rows = np.ascontiguousarray(rows)
         code, raw, size = _CODES[rows.dtype], rows.tobytes(), rows[0].nbytes
         payloads = [raw[i * size : (i + 1) * size] for i in fresh]
-        if side == "predictions":
-            ats = [None if timestamps is None else timestamps[i] for i in fresh]
-            columns = [("model_id", "int"), ("id", "text"), ("arrived", "real"), ("at", "real")]
-            extra = ats
-        else:
-            columns = [("model_id", "int"), ("id", "text"), ("arrived", "real"), ("weight", "real")]
-            extra = [None if weights is None else weights[i] for i in fresh]
+        now, joining, keep = written.now, written.losses, written.keep
+        columns = [("model_id", "int"), ("id", "text"), ("arrived", "real")]
         # Joining rows and waiting ones differ in joined_at and payload: one insert for each group.
         groups: dict[bool, list[tuple[Any, ...]]] = {True: [], False: []}
-        for i, e, p in zip(fresh, extra, payloads, strict=True):
-            joins = i in joining
-            groups[joins].append((model_id, ids[i], now, e, now if joins else None, code, None if joins else p))
+        waiting, joined = groups[False], groups[True]
+        if side == "predictions":
+            columns += [("at", "real"), ("segments", "text"), ("rolled_up", "small")]
+            columns += [("losses", "blob"), ("label_arrived", "real")]
+            texts = written.texts or [None] * len(ids)
+            ats = [None] * len(ids) if timestamps is None else timestamps
+            for i, p in zip(fresh, payloads, strict=True):
+                if i in joining:
+                    arrival = written.partners[ids[i]][0]
+                    stored = p if keep else None
+                    joined.append((model_id, ids[i], now, ats[i], texts[i], 1, joining[i], arrival, now, code, stored))
+                else:
+                    waiting.append((model_id, ids[i], now, ats[i], texts[i], 1, None, None, None, code, p))
+        else:
+            columns += [("weight", "real"), ("losses", "blob")]
+            given = [None] * len(ids) if weights is None else weights
+            for i, p in zip(fresh, payloads, strict=True):
+                if i in joining:
+                    joined.append((model_id, ids[i], now, given[i], joining[i], now, code, p if keep else None))
+                else:
+                    waiting.append((model_id, ids[i], now, given[i], None, None, code, p))
         all_columns = [*columns, ("joined_at", "real"), ("dtype", "small"), ("payload", "blob")]
         for group in groups.values():
             if group:
                 tx.insert_new(_TABLE[side], all_columns, group)
 
     @staticmethod
+    def _join_partners(
+        tx: Transaction,
+        other: Side,
+        model_id: int,
+        ids: list[str],
+        now: float,
+        keep: bool,
+    ) -> None:
+        """Mark the other side's rows joined: their payloads dropped (unless `keep`), prediction
+        rows given their label's arrival. One statement: the pairs' losses are on the rows this
+        request inserts, so no row is updated with a value of its own."""
+        dropped = "" if keep else ", payload = NULL"
+        arrival = ", label_arrived = ?" if other == "predictions" else ""
+        tx.execute(
+            f"UPDATE {_TABLE[other]} SET joined_at = ?{arrival}{dropped} "
+            f"WHERE model_id = ? AND id {tx.dialect.in_list}",
+            [now, *([now] if arrival else []), model_id, tx.dialect.list_parameter(ids)],
+        )
+
+    @staticmethod
     def _waiting_partners(tx: Transaction, other: Side, model_id: int, ids: list[str]) -> dict[str, tuple[Any, ...]]:
-        """The other side's unjoined rows with these ids: id -> (time, dtype code, payload, weight)."""
+        """The other side's unjoined rows with these ids: id -> (time, dtype code, payload, weight,
+        segments, rolled_up); a label's time is its arrival, a prediction's its own time."""
         if not ids:
             return {}
-        time, weight = ("coalesce(at, arrived)", "NULL") if other == "predictions" else ("arrived", "weight")
+        if other == "predictions":
+            columns = "coalesce(at, arrived), dtype, payload, NULL, segments, rolled_up"
+        else:
+            columns = "arrived, dtype, payload, weight, NULL, NULL"
         rows = tx.all(
-            f"SELECT id, {time}, dtype, payload, {weight} FROM {_TABLE[other]} "
+            f"SELECT id, {columns} FROM {_TABLE[other]} "
             f"WHERE model_id = ? AND joined_at IS NULL AND id {tx.dialect.in_list}",
             [model_id, tx.dialect.list_parameter(ids)],
         )
@@ -436,6 +545,7 @@ class Store:
         now: float,
         timestamps: Sequence[float] | None,
         weights: Sequence[float] | None,
+        segments: Sequence[Mapping[str, str]] | None,
     ) -> Pairs:
         joined_ids = [ids[i] for i in joined]
         mine = rows[joined]
@@ -443,12 +553,15 @@ class Store:
         other_shape = model.label_shape if side == "predictions" else model.prediction_shape
         theirs = _decode([f[2] for f in found], [f[1] for f in found], other_shape or ())
         if side == "predictions":
-            times = [now if timestamps is None else timestamps[i] for i in joined]
-            delays = np.array([f[0] for f in found], dtype=np.float64) - np.array(times, dtype=np.float64)
-            return Pairs(joined_ids, mine, theirs, [f[3] for f in found], delays)
+            times = np.array([now if timestamps is None else timestamps[i] for i in joined], dtype=np.float64)
+            delays = np.array([f[0] for f in found], dtype=np.float64) - times
+            values = [dict(segments[i]) if segments is not None else {} for i in joined]
+            return Pairs(joined_ids, mine, theirs, [f[3] for f in found], delays, times, values, [True] * len(joined))
         label_weights = [None if weights is None else float(weights[i]) for i in joined]
-        delays = now - np.array([f[0] for f in found], dtype=np.float64)
-        return Pairs(joined_ids, theirs, mine, label_weights, delays)
+        times = np.array([f[0] for f in found], dtype=np.float64)
+        values = [{} if f[4] is None else orjson.loads(f[4]) for f in found]
+        rolled = [f[5] is not None and int(f[5]) == 1 for f in found]
+        return Pairs(joined_ids, theirs, mine, label_weights, now - times, times, values, rolled)
 
     @staticmethod
     def _count(
@@ -500,25 +613,29 @@ class Store:
 
     def sweep_batch(self, name: str, now: float, limit: int = SWEEP_BATCH_ROWS) -> Swept | None:
         """One transaction of a retention sweep: delete up to `limit` of the model's rows that
-        arrived before `now` minus its retention, oldest first, predictions before labels.
+        arrived before `now` minus its retention, oldest first, predictions before labels, and
+        with what is left of `limit`, its rollup cells that ended before then (history.py). An
+        unjoined prediction counts as expired in the cells that still hold it.
 
-        Found through the `(model_id, arrived)` index, so a batch costs O(limit log n). `done`
-        says that fewer than `limit` were left; None if there is no such model."""
+        Found through the `(model_id, arrived)` and `(model_id, ends)` indexes, so a batch costs
+        O(limit log n). `done` says that fewer than `limit` rows and cells were left; `removed`
+        counts the rows; None if there is no such model."""
         with self.database.transaction() as tx:
             found = tx.one(
-                "SELECT id, retention_seconds, pending_predictions, pending_labels FROM loss_models "
+                "SELECT id, retention_seconds, pending_predictions, pending_labels, config FROM loss_models "
                 f"WHERE name = ?{tx.dialect.lock_row}",
                 [name],
             )
             if found is None:
                 return None
-            model_id, retention, pending_predictions, pending_labels = found
+            model_id, retention, pending_predictions, pending_labels, config = found
             cutoff = now - float(retention)
             expired, left, freed = [], limit, 0
-            row_bytes = row_bytes_sql(tx.dialect.name)
             for table in _TABLE.values():
+                made = ", coalesce(at, arrived), segments, rolled_up" if table == "loss_predictions" else ""
                 rows = tx.all(
-                    f"SELECT id, CASE WHEN joined_at IS NULL THEN 1 ELSE 0 END, {row_bytes} FROM {table} "
+                    "SELECT id, CASE WHEN joined_at IS NULL THEN 1 ELSE 0 END, "
+                    f"{table_bytes_sql(tx.dialect.name, table)}{made} FROM {table} "
                     "WHERE model_id = ? AND arrived < ? ORDER BY arrived LIMIT ?",
                     [model_id, cutoff, left],
                 )
@@ -527,9 +644,18 @@ class Store:
                         f"DELETE FROM {table} WHERE model_id = ? AND id {tx.dialect.in_list}",
                         [model_id, tx.dialect.list_parameter([row[0] for row in rows])],
                     )
+                if made:
+                    counted = [row for row in rows if row[1] and row[5] == 1]
+                    if counted:
+                        keys = list(orjson.loads(config).get("segments", ()))
+                        times = np.array([row[3] for row in counted], dtype=np.float64)
+                        values = [{} if row[4] is None else orjson.loads(row[4]) for row in counted]
+                        history.expire(tx, model_id, history.cells_of(times, values, keys, cutoff))
                 expired.append(sum(int(row[1]) for row in rows))
                 freed += sum(int(row[2]) for row in rows)
                 left -= len(rows)
+            removed = limit - left
+            left -= history.sweep_cells(tx, model_id, cutoff, left)
             if any(expired):
                 tx.execute(
                     "UPDATE loss_models SET pending_predictions = pending_predictions - ?, "
@@ -540,4 +666,54 @@ class Store:
             if freed:
                 tx.execute("UPDATE loss_models SET stored_bytes = stored_bytes - ? WHERE id = ?", [freed, model_id])
         pending = (int(pending_predictions) - expired[0], int(pending_labels) - expired[1])
-        return Swept(name, expired[0], expired[1], *pending, removed=limit - left, done=left > 0)
+        return Swept(name, expired[0], expired[1], *pending, removed=removed, done=left > 0)
+
+    # -- history --------------------------------------------------------------------------------
+
+    def history_cells(
+        self, name: str, level: int, key: str, start: float, end: float
+    ) -> tuple[Model, list[RollupCell], list[RollupLoss]] | None:
+        """The model and its rollup cells of `level` and segment key `key` ('' for all rows)
+        whose buckets start in [start, end), with their losses, read in one transaction; None if
+        there is no such model. Cost: the cells read, however many rows they count."""
+        with self.database.transaction(write=False) as tx:
+            found = tx.one(f"SELECT {_MODEL_COLUMNS} FROM loss_models WHERE name = ?", [name])
+            if found is None:
+                return None
+            cells, losses = history.read_cells(tx, found[0], level, key, start, end)
+        return _model(found), cells, losses
+
+    def prediction_rows(
+        self,
+        name: str,
+        start: float,
+        end: float,
+        *,
+        after: tuple[float, str] | None = None,
+        limit: int = 10_000,
+        joined_only: bool = False,
+    ) -> list[PredictionRow] | None:
+        """Up to `limit` of the model's prediction rows made in [start, end) (by prediction time,
+        then id), after the row `after` names ((time, id) of the last row of a previous batch),
+        each with its label's weight and payloads; None if there is no such model."""
+        with self.database.transaction(write=False) as tx:
+            found = tx.one("SELECT id FROM loss_models WHERE name = ?", [name])
+            if found is None:
+                return None
+            return history.read_rows(tx, found[0], start, end, after, limit, joined_only)
+
+    def prediction_batches(
+        self, name: str, start: float, end: float, *, batch_rows: int = 10_000, joined_only: bool = False
+    ) -> Iterator[list[PredictionRow]]:
+        """The model's prediction rows made in [start, end), in batches of at most `batch_rows`,
+        each batch one read transaction (rows joined or swept between batches are read as they
+        are then). Memory holds one batch; nothing if there is no such model."""
+        after: tuple[float, str] | None = None
+        while True:
+            batch = self.prediction_rows(name, start, end, after=after, limit=batch_rows, joined_only=joined_only)
+            if not batch:
+                return
+            yield batch
+            if len(batch) < batch_rows:
+                return
+            after = (batch[-1].made, batch[-1].id)

@@ -16,11 +16,18 @@ class UseCaseError(Exception):
 
 class InvalidInputError(UseCaseError):
     """Bad input at `field` (dotted, as the client wrote the body) and `index`, for `reason`.
-    `detail`: the one-line summary, when it is not "<field>.<index>: <reason>"."""
+    `detail`: the one-line summary, when it is not "<field>.<index>: <reason>". `part`: where the
+    field is, "body" or "query" (a query parameter)."""
 
-    def __init__(self, field: str, reason: str, index: Sequence[int] = (), detail: str | None = None) -> None:
+    def __init__(
+        self, field: str, reason: str, index: Sequence[int] = (), detail: str | None = None, part: str = "body"
+    ) -> None:
         super().__init__(reason)
-        self.field, self.reason, self.index, self.detail = field, reason, tuple(index), detail
+        self.field, self.reason, self.index, self.detail, self.part = field, reason, tuple(index), detail, part
+
+
+class ConflictError(UseCaseError):
+    """The request contradicts what the store keeps (a segment key that history is kept by)."""
 
 
 class NotFoundError(UseCaseError):

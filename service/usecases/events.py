@@ -132,7 +132,7 @@ def log_event(
         caller.batch_size = len(rows.ids)
         stored = ingest.checked_rows(rows.predictions, "predictions", model, principal, settings, authorize)
         on_join = ingest.pair_losses("predictions", rows.ids)
-        return EventRows(rows.ids, stored, rows.timestamps.tolist(), on_join, rows.segments)
+        return EventRows(rows.ids, stored, rows.timestamps.tolist(), on_join, rows.segments, ingest.history_of)
 
     meta, payload = _encoded(half)
     bounds = EventBounds(settings.event_max_pending, settings.event_max_pending_bytes, settings.event_ttl)

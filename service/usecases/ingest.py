@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from service.store import (
     QuotaExceededError,
     RowIdError,
     RowShapeError,
+    SegmentKeysRemovedError,
     Side,
     Store,
     StoreFailureError,
@@ -48,8 +49,10 @@ from service.store import (
     TooManyPendingEventsError,
     UnknownModelError,
 )
-from service.usecases.errors import InvalidInputError, NotFoundError, QuotaError, StoreUnavailableError
+from service.store.history import PairLosses, loss_variant
+from service.usecases.errors import ConflictError, InvalidInputError, NotFoundError, QuotaError, StoreUnavailableError
 from service.usecases.recorder import Recorder
+from service.values.segments import segment_value
 from service.values.text import shown
 
 log = logging.getLogger("service.api")
@@ -157,21 +160,42 @@ def configure(store: Store, name: str, request: Any, now: float, quota: Quota | 
         except LossInputError as exc:
             raise InvalidInputError(f"losses.{position}.{exc.field}", exc.reason, exc.index) from None
         losses.append({"loss": loss, "options": options})
-    config: dict[str, Any] = {"losses": losses, "convention": request.convention, "dtype": request.dtype}
+    config: dict[str, Any] = {
+        "losses": losses,
+        "convention": request.convention,
+        "dtype": request.dtype,
+        "segments": list(request.segments),
+        "keep_pairs": request.keep_pairs,
+    }
     if getattr(request, "events", None) is not None:
         config["events"] = request.events.model_dump()
+        undeclared = [key for key in config["events"]["segments"] if key not in config["segments"]]
+        if undeclared:
+            declared = ", ".join(config["segments"]) or "none"
+            raise InvalidInputError(
+                f"events.segments.{undeclared[0]}",
+                f"is not a segment key of this model (its `segments`: {declared}); declare it in `segments`",
+            )
     try:
         return model_config(store.configure_model(name, config, request.retention_seconds, now, quota))
     except QuotaExceededError as exc:
         raise quota_error(exc, "LOSS_SERVICE_QUOTA_MODELS", name) from None
+    except SegmentKeysRemovedError as exc:
+        raise ConflictError(
+            f"model {name} keeps its history by segment keys {exc.removed}: a re-PUT may add segment keys, "
+            "never remove one (DELETE the model to start over)"
+        ) from None
     except StoreFailureError as exc:
         raise unavailable(exc) from None
 
 
 def model_config(model: Model) -> dict[str, Any]:
+    # Models configured before segments and keep_pairs existed have neither: their defaults.
+    config = {**model.config, "segments": model.config.get("segments", [])}
+    config["keep_pairs"] = model.config.get("keep_pairs", False)
     return {
         "model": model.name,
-        **model.config,
+        **config,
         "retention_seconds": model.retention_seconds,
         "created_at": model.created_at,
         "updated_at": model.updated_at,
@@ -265,6 +289,7 @@ def log_rows(
     current = store.model(name)
     if current is None:
         raise unknown_model(name)
+    segments = _segments(getattr(request, "segments", None), current.config.get("segments", []), len(ids))
     stored = _stored_rows(rows, side, current.config["dtype"])
     with store_errors(name, side):
         logged = store.log(
@@ -278,6 +303,8 @@ def log_rows(
             weights=weights,
             on_join=pair_losses(side, ids),
             quota=quota_of(principal, settings),
+            segments=segments,
+            history_of=history_of,
         )
     return recorded(monitor, name, side, logged, principal)
 
@@ -297,7 +324,7 @@ def checked_rows(
     return _stored_rows(rows, side, model.config["dtype"])
 
 
-def pair_losses(side: Side, ids: list[str]) -> Callable[[Model, Pairs], list[tuple[str, LossResult]]]:
+def pair_losses(side: Side, ids: list[str]) -> Callable[[Model, Pairs], list[JoinedLoss]]:
     """The store's `on_join` for a request logging `ids` on `side`: each configured loss over the
     pairs it completes, a refusal naming the id's index in `ids`."""
     position = {row_id: index for index, row_id in enumerate(ids)}
@@ -325,6 +352,54 @@ def store_errors(name: str, side: Side) -> Iterator[None]:
         raise unavailable(exc) from None
 
 
+def _segments(given: dict[str, list[Any]] | None, declared: list[str], count: int) -> list[dict[str, str]] | None:
+    """Each row's non-null segment values, checked against the model's declared keys: a value is
+    a string of 1-64 printable characters or null (`segment_value`); a declared key left out is
+    null for every row."""
+    if not given:
+        return None
+    rows: list[dict[str, str]] = [{} for _ in range(count)]
+    for key, values in given.items():
+        field = f"segments.{key}"
+        if key not in declared:
+            shown_keys = ", ".join(declared) or "none"
+            raise _problem(field, f"is not a segment key of this model (its keys: {shown_keys}; PUT adds keys)")
+        if len(values) != count:
+            raise _problem(field, f"has {len(values)} values and ids has {count}: one value (or null) per row")
+        for index, given_value in enumerate(values):
+            try:
+                value = segment_value(given_value)
+            except ValueError as exc:
+                raise _problem(field, str(exc), [index]) from None
+            if value is not None:
+                rows[index][key] = value
+    return rows
+
+
+class JoinedLoss(NamedTuple):
+    """One configured loss over the pairs a request completes: its name, the engine's result,
+    and the variant its history is kept under (`loss_variant` of its configuration)."""
+
+    name: str
+    result: LossResult
+    variant: int
+
+
+def history_of(results: list[JoinedLoss]) -> list[PairLosses]:
+    """What each joined pair keeps of its losses (the store's history): per configured loss, in
+    order, its share of the loss's sum and denominator and its number of values."""
+    kept = []
+    for name, reduced, variant in results:
+        if reduced.sample_sums is None or reduced.sample_denominators is None:
+            raise ValueError(f"{name}: the engine gave no shares")
+        pairs = len(reduced.sample_sums)
+        counts = np.full(pairs, reduced.count // pairs if pairs else 0, dtype=np.int64)
+        kept.append(
+            PairLosses(variant, name, reduced.aggregate, reduced.sample_sums, reduced.sample_denominators, counts)
+        )
+    return kept
+
+
 def _check_width(rows: np.ndarray[Any, Any], side: Side, principal: Principal | None, settings: Settings) -> None:
     width, limit = math.prod(rows.shape[1:]), row_values_limit(principal, settings)
     if width > limit:
@@ -339,12 +414,12 @@ def _check_width(rows: np.ndarray[Any, Any], side: Side, principal: Principal | 
 
 
 def recorded(
-    monitor: Recorder, name: str, side: Side, logged: Logged[list[tuple[str, LossResult]]], principal: Principal | None
+    monitor: Recorder, name: str, side: Side, logged: Logged[list[JoinedLoss]], principal: Principal | None
 ) -> dict[str, Any]:
     """The committed write's answer, its pairs' losses recorded (from here on they are joined for
     good, and recorded exactly once)."""
     model, results = logged.model, logged.joined_result or []
-    for loss, reduced in results:
+    for loss, reduced, _ in results:
         monitor.observe_batch(name, loss, reduced.per_sample, reduced.mean)
     pending = (model.pending_predictions, model.pending_labels)
     monitor.observe_log(name, side, logged.accepted, len(logged.duplicate_ids), logged.pairs.delays, pending)
@@ -357,13 +432,13 @@ def recorded(
         "duplicate_ids": logged.duplicate_ids[:SHOWN_DUPLICATES],
         "joined": len(logged.pairs.ids),
         "joined_ids": logged.pairs.ids,
-        "results": [reduced.answer() for _, reduced in results],
+        "results": [joined.result.answer() for joined in results],
         "pending_predictions": model.pending_predictions,
         "pending_labels": model.pending_labels,
     }
 
 
-def _pair_losses(model: Model, pairs: Pairs, *, side: Side, position: dict[str, int]) -> list[tuple[str, LossResult]]:
+def _pair_losses(model: Model, pairs: Pairs, *, side: Side, position: dict[str, int]) -> list[JoinedLoss]:
     """Each configured loss over the completed pairs, by the engine, one call per loss; run by the
     store inside its transaction, so a pair the engine refuses leaves nothing stored."""
     config = model.config
@@ -381,10 +456,12 @@ def _pair_losses(model: Model, pairs: Pairs, *, side: Side, position: dict[str, 
                 dtype=config["dtype"],
                 convention=config["convention"],
                 inputs_finite=True,  # every stored row was searched and converted as it was logged
+                shares=True,  # each pair's share of the sum and denominator: its history
             )
         except LossInputError as exc:
             raise _join_error(exc, call["loss"], pairs, side, position) from None
-        results.append((loss_name(call["loss"], config["convention"], call["options"]), reduced))
+        variant = loss_variant(call["loss"], call["options"], config["convention"], config["dtype"])
+        results.append(JoinedLoss(loss_name(call["loss"], config["convention"], call["options"]), reduced, variant))
     return results
 
 

@@ -64,6 +64,12 @@ class LossResult:
     dtype: str
     convention: str
     aggregate: Aggregate = "mean"
+    # Each sample's share of `sum` and of `denominator` (float64, one per sample along the first
+    # axis), when the engine is asked for them (`compute(..., shares=True)`): over any subset of
+    # the samples they add up to the `sum` and `denominator` of that subset alone, so a part's
+    # mean is `mean_of` their sums. None otherwise; never part of the answer.
+    sample_sums: np.ndarray[Any, np.dtype[np.float64]] | None = None
+    sample_denominators: np.ndarray[Any, np.dtype[np.float64]] | None = None
 
     def answer(self) -> dict[str, Any]:
         """The fields of the JSON answer, in its order; float32 values widen exactly to float64,

@@ -383,6 +383,32 @@ def corpus() -> Iterator[Case]:
             j,
             422,
         )
+    # Segments (the fixture declares the key "country"): a wrong length, an undeclared key, bad values.
+    bad_segments: list[Any] = [
+        {"country": []},
+        {"country": ["BR", "US"]},
+        {"device": ["ios"]},
+        {"country": [""]},
+        {"country": ["x" * 65]},
+        {"country": ["a\tb"]},
+        {"country": [7]},
+        {"country": "BR"},
+        ["BR"],
+    ]
+    for i, segments in enumerate(bad_segments):
+        yield f"log-bad-segments-{i}", logs, json.dumps({**good_log, "segments": segments}).encode(), j, 422
+    configs_with_keys: list[Any] = [["country", "country"], ["1x"], ["k"] * 9, ["a" * 65], "country", [None]]
+    for i, keys in enumerate(configs_with_keys):
+        config = {"losses": [{"loss": "mse"}], "segments": keys}
+        yield f"put-bad-segment-keys-{i}", "/v1/models/corpus-new", json.dumps(config).encode(), j, 422
+    # History: times that are no times, an end before its start, a step that makes 10^9 buckets.
+    history = "/v1/models/corpus/history?"
+    bad_queries = ["start=10&end=5", "start=10&end=10", "start=0&end=1000000000&step=1", "step=0", "step=-3600",
+                   "step=abc", "step=inf", "start=noon", "end=1e400", "start=2026-01-31T12:00:00", "by=device",
+                   "by=", "end=NaN"]  # fmt: skip
+    for i, query in enumerate(bad_queries):
+        yield f"route-history-{i}", history + query, b"", {}, 422
+    yield "route-history-unknown-model", "/v1/models/nope/history", b"", {}, 404
     yield "log-unknown-model", "/v1/models/nope/predictions", json.dumps(good_log).encode(), j, 404
     yield "log-bad-model-name", "/v1/models/a%20b/predictions", json.dumps(good_log).encode(), j, 422
     yield "log-unknown-field", logs, json.dumps({**good_log, "model": "x"}).encode(), j, 422
@@ -474,7 +500,8 @@ async def limited(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[htt
     app = create_app(Settings(max_body_bytes=2_000_000, store_url=f"sqlite:///{store}"))
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://bad") as c:
-        configured = await c.put("/v1/models/corpus", json={"losses": [{"loss": "scce"}], "dtype": "float32"})
+        config = {"losses": [{"loss": "scce"}], "dtype": "float32", "segments": ["country"]}
+        configured = await c.put("/v1/models/corpus", json=config)
         assert configured.status_code == 200, configured.text
         await c.post("/v1/models/corpus/predictions", json={"ids": ["first"], "predictions": [[0.2, 0.8]]})
         events = {"prediction": "probs", "id": "user"}
@@ -708,6 +735,7 @@ HOSTILE_ROUTES = [
     ("DELETE", "/v1/models/{}", None),
     ("POST", "/v1/models/{}/predictions", {"ids": ["a"], "predictions": [[0.2, 0.8]]}),
     ("POST", "/v1/models/{}/labels", {"ids": ["a"], "labels": [1]}),
+    ("GET", "/v1/models/{}/history", None),
 ]
 HOSTILE_CASES = [
     (f"item7-{name}-{method.lower()}-{i}", method, template.format(quote(text, safe="")), payload)

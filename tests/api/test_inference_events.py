@@ -252,7 +252,9 @@ async def test_a_half_waits_at_most_the_ttl_and_the_bounds_hold(
     """Six halves fit (the fixture's LOSS_SERVICE_EVENT_MAX_PENDING); the seventh gets 429 and keeps
     nothing; once the TTL (600 s) has passed, the stale halves expire and make room, and a late
     other half waits in its turn instead of joining the expired one."""
-    clock = Clock(1_000_000.0)
+    # From the real time: the app's first retention sweep, which may run at any moment of the test
+    # (it starts with the app) and reads the real clock, finds no half past its TTL.
+    clock = Clock(datetime.now(UTC).timestamp())
     monkeypatch.setattr(events_module, "time", types.SimpleNamespace(time=clock.time))
     await configure(api, "churn", {"prediction": "logits", "id": "user"})
     for e in range(6):
@@ -325,7 +327,7 @@ async def test_an_id_parameter_names_the_rows_and_segments_reach_the_predictions
     api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     events = {"prediction": "logits", "id": "request_id", "segments": {"country": "country"}}
-    await configure(api, "churn", events)
+    await configure(api, "churn", events, segments=["country"])
     store = api._transport.app.state.store  # type: ignore[attr-defined]
     made: list[Any] = []
     real = store.log_event
@@ -344,6 +346,72 @@ async def test_an_id_parameter_names_the_rows_and_segments_reach_the_predictions
     assert logged["log"]["accepted"] == 3
     assert list(made[0].ids) == ["req-9:0", "req-9:1", "req-9:2"]
     assert made[0].segments == {"country": ["BR", None, "7"]}
+
+
+async def test_an_events_segments_reach_the_history_by_segment(api: httpx.AsyncClient) -> None:
+    """The rows of a completed event keep their segments as POST .../predictions rows do, and a
+    pair the event completes keeps its losses as one a label completes: the history by `country`
+    has one entry per value (the integer 7 as "7", null as null), each mean that of /v1/loss over
+    its own row."""
+    await configure(
+        api, "churn", {"prediction": "logits", "id": "user", "segments": {"country": "country"}}, segments=["country"]
+    )
+    logits = np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0], [-1.0, 1.0, 0.0]])
+    labels = [0, 2, 1]
+    # c's label comes first: the event's completion joins it; a's and b's join as their labels come.
+    early = await api.post("/v1/models/churn/labels", json={"ids": ["c"], "labels": labels[2:]})
+    assert early.json()["pending_labels"] == 1
+    await send(api, "churn", logger_event("request", "e", v2_request(["a", "b", "c"], ["BR", None, 7])))
+    completed = await send(api, "churn", logger_event("response", "e", v2_response(logits)))
+    assert completed["log"]["joined_ids"] == ["c"]
+    joined = await api.post("/v1/models/churn/labels", json={"ids": ["a", "b"], "labels": labels[:2]})
+    assert joined.json()["joined"] == 2
+    response = await api.get("/v1/models/churn/history", params={"by": "country", "step": 86400 * 2})
+    assert response.status_code == 200, response.text
+    found: dict[Any, list[Any]] = {}
+    for bucket in response.json()["buckets"]:
+        found.setdefault(bucket["segment"], []).append(bucket)
+    assert sorted(found, key=str) == sorted(["BR", None, "7"], key=str)
+    for row, segment in enumerate(["BR", None, "7"]):
+        (bucket,) = found[segment]
+        assert (bucket["predictions"], bucket["joined"], bucket["pending"]) == (1, 1, 0)
+        reference = await api.post(
+            "/v1/loss",
+            json={
+                **SCCE,
+                "predictions": logits[row : row + 1].tolist(),
+                "labels": labels[row : row + 1],
+                "convention": "torch",
+            },
+        )
+        assert bucket["losses"][0]["mean"] == pytest.approx(reference.json()["mean"], rel=1e-12)
+
+
+async def test_events_segments_must_be_declared_in_the_models_segments(api: httpx.AsyncClient) -> None:
+    events = {"prediction": "logits", "segments": {"country": "country", "device": "device"}}
+    body = {"losses": [SCCE], "convention": "torch", "events": events, "segments": ["device"]}
+    response = await api.put("/v1/models/churn", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["loc"] == ["body", "events", "segments", "country"]
+    assert (await api.put("/v1/models/churn", json={**body, "segments": ["device", "country"]})).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [("", "1 to 64 characters"), ("x" * 65, "1 to 64 characters"), ("a\nb", "printable"), (True, "a boolean")],
+)
+async def test_a_bad_segment_value_in_a_request_is_refused_at_its_row(
+    api: httpx.AsyncClient, value: Any, reason: str
+) -> None:
+    await configure(
+        api, "churn", {"prediction": "logits", "id": "user", "segments": {"country": "country"}}, segments=["country"]
+    )
+    message = logger_event("request", "e", v2_request(["a", "b"], ["BR", value]))
+    response = await api.post("/v1/models/churn/events", content=message[0], headers=message[1])
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["errors"]
+    assert error["loc"][-2:] == ["data", 1]
+    assert reason in error["msg"]
 
 
 def test_segments_and_ids_read_from_v1_instances() -> None:
@@ -495,9 +563,10 @@ def test_a_store_of_the_previous_layout_gains_the_events_table_and_keeps_its_row
     try:
         with database.transaction() as tx:
             tx.execute("CREATE TABLE loss_schema (version INTEGER NOT NULL)")
-            for _, step in MIGRATIONS[:-1]:
+            events = [name for name, _ in MIGRATIONS].index("inference events")
+            for _, step in MIGRATIONS[:events]:
                 step(tx)
-            tx.execute("INSERT INTO loss_schema (version) VALUES (?)", [len(MIGRATIONS) - 1])
+            tx.execute("INSERT INTO loss_schema (version) VALUES (?)", [events])
             tx.execute(
                 "INSERT INTO loss_models (name, config, retention_seconds, created_at, updated_at) "
                 "VALUES ('m', ?, 100.0, 0.0, 0.0)",

@@ -45,13 +45,17 @@ def keep(_: Any, pairs: Pairs) -> Pairs:
 
 
 def rows_bytes(store: Store) -> dict[str, int]:
-    """Each model's rows as the test counts them, read row by row: 64 + id + payload bytes."""
+    """Each model's rows as the test counts them, read row by row: 64 + id + payload bytes, and a
+    prediction's segments (UTF-8 JSON) and losses (its history)."""
     with store.database.transaction(write=False) as tx:
         names = dict(tx.all("SELECT id, name FROM loss_models"))
         counted = dict.fromkeys(names.values(), 0)
-        for table in ("loss_predictions", "loss_labels"):
-            for model_id, row_id, payload in tx.all(f"SELECT model_id, id, payload FROM {table}"):
-                size = 0 if payload is None else len(bytes(payload))
+        for table, extra in (("loss_predictions", "segments, losses"), ("loss_labels", "NULL, losses")):
+            for model_id, row_id, payload, segments, losses in tx.all(
+                f"SELECT model_id, id, payload, {extra} FROM {table}"
+            ):
+                size = sum(0 if blob is None else len(bytes(blob)) for blob in (payload, losses))
+                size += 0 if segments is None else len(segments.encode())
                 counted[names[model_id]] += ROW_BYTES + len(row_id.encode()) + size
     return counted
 

@@ -24,6 +24,7 @@ from service.server.api.problems import ProblemError, clipped, shown
 from service.server.api.schemas import UNKNOWN_KEYS, loss_names
 from service.store import StoreFailureError, StoreFullError
 from service.usecases.errors import (
+    ConflictError,
     InvalidInputError,
     NotFoundError,
     QuotaError,
@@ -169,10 +170,12 @@ def use_case_response(exc: UseCaseError, context: RequestContext, path: str) -> 
     """A use case's error as HTTP, in the route's dialect: its status, detail and error list."""
     status, detail, errors, headers = 400, exc.message, None, None
     if isinstance(exc, InvalidInputError):
-        status, errors = 422, [{"loc": ["body", *_field_path(exc.field), *exc.index], "msg": exc.reason}]
+        status, errors = 422, [{"loc": [exc.part, *_field_path(exc.field), *exc.index], "msg": exc.reason}]
         detail = exc.detail or _summary(errors)
     elif isinstance(exc, NotFoundError):
         status = 404
+    elif isinstance(exc, ConflictError):
+        status = 409
     elif isinstance(exc, QuotaError):
         # Counted as a `quota` refusal and audited as the keys' refusals are. No Retry-After:
         # usage falls only when rows expire or a model is deleted, which waiting does not bring.

@@ -45,13 +45,13 @@ from service.usecases.events import (
     Segments,
     needs_request,
 )
+from service.values.segments import segment_value
 
 EVENT_MEDIA_TYPE = "application/cloudevents+json"
 # Binary mode carries the inference's own Content-Type, which the Go SDK leaves out when empty.
 EVENT_MEDIA_TYPES = (JSON_MEDIA_TYPE, EVENT_MEDIA_TYPE, "")
 KINDS = {REQUEST_TYPE: "request", RESPONSE_TYPE: "response"}
 REQUIRED = ("id", "source", "specversion", "type")
-MAX_SEGMENT_VALUE = 64
 Loc = list[str | int]
 _ARRAY: TypeAdapter[np.ndarray[Any, Any]] = TypeAdapter(NumericArray)
 
@@ -350,15 +350,8 @@ class _Columns:
 
 
 def _segment_value(value: Any, loc: Loc, key: str) -> str | None:
-    """A segment's value: a string of 1-64 printable characters, an integer (as its decimal text) or null."""
-    if value is None:
-        return None
-    if type(value) is int:
-        value = str(value)
-    if type(value) is not str:
-        raise problem(loc, f"segment {shown(key)}: expected a string, an integer or null, got {kind_of(value)}")
-    if not 1 <= len(value) <= MAX_SEGMENT_VALUE or not value.isprintable():
-        raise problem(
-            loc, f"segment {shown(key)}: a value is 1-{MAX_SEGMENT_VALUE} printable characters, got {shown(value)}"
-        )
-    return value
+    """A segment's value by the rule POST .../predictions keeps too (`segment_value`)."""
+    try:
+        return segment_value(value)
+    except ValueError as exc:
+        raise problem(loc, f"segment {shown(key)}: {exc}") from None

@@ -1,5 +1,6 @@
 """The delayed-labels routes' bodies and answers: row ids checked in one pass, the predictions and
-labels logs, a model's configuration, its status and quota, and what a log request answers."""
+labels logs, a model's configuration, its status and quota, what a log request answers, and a
+model's history (`History`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from functools import cache
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     create_model,
     model_validator,
 )
@@ -158,6 +161,12 @@ class PredictionsLog(BaseModel):
     timestamps: NumericArray | None = Field(
         default=None, description="When each prediction was made (Unix seconds); default: its arrival."
     )
+    segments: dict[str, list[str | None]] | None = Field(
+        default=None,
+        description="Per segment key the model declares, one value per row: a string of 1-64 printable "
+        "characters, or null. A declared key left out is null for every row.",
+        examples=[{"country": ["BR", None]}],
+    )
 
 
 class LabelsLog(BaseModel):
@@ -241,11 +250,38 @@ def model_config_request_model() -> type[BaseModel]:
                 description="How long a row waits for its other half (and a joined id is remembered).",
             ),
         ),
+        segments=(SegmentKeys, Field(default=[], description=SEGMENTS_DESCRIPTION)),
+        keep_pairs=(bool, Field(default=False, description=KEEP_PAIRS_DESCRIPTION)),
         events=(
             EventsConfig | None,
             Field(default=None, description="Where KServe's inference logger events hold the predictions."),
         ),
     )
+
+
+SEGMENTS_DESCRIPTION = (
+    "Segment keys the predictions may carry values of (at most 8, distinct, each [A-Za-z_][A-Za-z0-9_]{0,63}); "
+    "history is kept per value of each. A re-PUT may add keys, never remove one."
+)
+KEEP_PAIRS_DESCRIPTION = "Keep the prediction and label rows of joined pairs (not only their losses) until retention."
+
+
+def _distinct_keys(keys: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    for index, key in enumerate(keys):
+        if key in seen:
+            raise PydanticCustomError(
+                "segment_keys", "repeats the segment key at segments[{first}]", {"first": seen[key], "index": [index]}
+            )
+        seen[key] = index
+    return keys
+
+
+SegmentKeys = Annotated[
+    list[Annotated[str, StringConstraints(pattern=SEGMENT_KEY_PATTERN)]],
+    Field(max_length=MAX_SEGMENT_KEYS),
+    AfterValidator(_distinct_keys),
+]
 
 
 class ConfiguredLoss(BaseModel):
@@ -259,6 +295,8 @@ class ModelConfig(BaseModel):
     convention: Convention
     dtype: DType
     retention_seconds: float
+    segments: list[str] = Field(description=SEGMENTS_DESCRIPTION)
+    keep_pairs: bool = Field(description=KEEP_PAIRS_DESCRIPTION)
     created_at: float = Field(description="Unix seconds.")
     updated_at: float = Field(description="Unix seconds of the last PUT.")
     events: EventsConfig | None = Field(default=None, description="Present when configured.")
@@ -293,7 +331,8 @@ class ModelStatus(ModelConfig):
     label_shape: list[int] | None = Field(description="Per-row shape fixed by the first labels.")
     stored_bytes: int = Field(
         description="What the model's rows count towards quotas: per row kept, 64 bytes plus its id's and (while "
-        "it waits) its values' bytes."
+        "it waits, or with keep_pairs) its values' bytes; a prediction row also its segments' and its losses' "
+        "bytes (32 per configured loss once joined)."
     )
     quota: QuotaStatus = Field(description="The requesting API key's quotas and its usage of them.")
 
@@ -331,3 +370,50 @@ class EventResult(BaseModel):
     )
     log: LogResult | None = Field(description="The predictions log's answer when `outcome` is `logged`.")
     events: EventCountsStatus = Field(description="The model's event halves after this event.")
+
+
+class LabelDelay(BaseModel):
+    p50: float | None = Field(description="Median seconds from prediction to label, over the joined pairs (1 %).")
+    p90: float | None = Field(description="90th percentile of the same (1 % relative error).")
+
+
+class HistoryLoss(BaseModel):
+    mean: float | None = Field(
+        description="What /v1/loss returns for the bucket's joined pairs under the model's configuration; null "
+        "where none counts (no joined pair, or every target ignored or weighted 0)."
+    )
+    sum: float = Field(description="The sum of the pairs' shares of the loss's sum.")
+    denominator: float = Field(description="The sum of the pairs' shares of the denominator the mean divides by.")
+    count: int = Field(description="Values the pairs' per_sample holds, as /v1/loss counts them.")
+    p50: float | None = Field(description="Median of each joined pair's own loss (1 % relative error).")
+    p90: float | None = Field(description="90th percentile of each joined pair's own loss.")
+    p99: float | None = Field(description="99th percentile of each joined pair's own loss.")
+
+
+class HistoryBucket(BaseModel):
+    start: float = Field(description="Unix seconds: the bucket holds predictions made in [start, start + step).")
+    segment: str | None = Field(
+        default=None, description="With `by`: the segment value (null: predictions without one). Absent otherwise."
+    )
+    predictions: int = Field(description="Predictions made in the bucket.")
+    joined: int = Field(description="Of them, joined with their label.")
+    pending: int = Field(description="Still waiting for their label.")
+    expired: int = Field(description="Removed by retention before their label came.")
+    coverage: float = Field(description="joined / predictions.")
+    label_delay: LabelDelay
+    losses: list[HistoryLoss] = Field(description="One per configured loss, in the order of `losses`.")
+
+
+class History(BaseModel):
+    model: str
+    start: float = Field(description="Unix seconds.")
+    end: float = Field(description="Unix seconds; the last bucket may reach past it (buckets are whole steps).")
+    step: float = Field(description="Bucket width in seconds.")
+    by: str | None = Field(description="The segment key the buckets are split by, or null.")
+    losses: list[str] = Field(description="The configured losses, by the names their results carry.")
+    exact: list[bool] = Field(
+        description="Per loss: whether a bucket's mean is exactly what /v1/loss returns for its pairs (false for "
+        "losses whose samples read their batch: circle, log loss and Brier score without options.classes; and "
+        "LightGBM's cross_entropy metrics, whose weights LightGBM sums in float32)."
+    )
+    buckets: list[HistoryBucket] = Field(description="Time buckets (and segment values) holding predictions.")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import Path, Request
+from fastapi import Path, Query, Request
 from fastapi.responses import Response
 
 from service.server.api.access import authorize, visible
@@ -17,6 +17,7 @@ from service.server.api.body import json_decoded_bytes, read_body, validate_json
 from service.server.api.inference_logs import EVENT_MEDIA_TYPES, read_event
 from service.server.api.model_schemas import (
     EventResult,
+    History,
     LabelsLog,
     LogResult,
     ModelConfig,
@@ -30,7 +31,7 @@ from service.server.api.responses import PROBLEM_RESPONSES, json_body, json_resp
 from service.server.api.routing import Routes
 from service.server.api.schemas import MODEL_LABEL_PATTERN
 from service.store import Side, Store
-from service.usecases import events, ingest, upkeep
+from service.usecases import events, history, ingest, upkeep
 
 routes = Routes("/v1/models", tags=["delayed labels"])
 READ = RoutePolicy(scope="read", model_param="model")
@@ -62,6 +63,12 @@ MODEL_QUOTA: dict[int | str, dict[str, Any]] = {
         "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
     }
 }
+SEGMENTS_KEPT: dict[int | str, dict[str, Any]] = {
+    409: {
+        "description": "The configuration would remove a segment key the model's history is kept by",
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+}
 CONFIG_EXAMPLES = {
     "fraud": {
         "losses": [
@@ -89,7 +96,7 @@ def _store(request: Request) -> Store:
     policy=CONFIGURE,
     summary="Configure a model: the losses to compute when its pairs join",
     response_model=ModelConfig,
-    responses={**PROBLEM_RESPONSES, **MODEL_QUOTA},
+    responses={**PROBLEM_RESPONSES, **MODEL_QUOTA, **SEGMENTS_KEPT},
     openapi_extra=json_body("ModelConfigRequest", CONFIG_EXAMPLES),
 )
 async def configure_model(model: ModelName, request: Request) -> Response:
@@ -272,3 +279,33 @@ async def log_event(model: ModelName, request: Request) -> Response:
         limiter=upkeep.store_threads(request.app.state).writes,
     )
     return json_response(result)
+
+
+TIME = "Unix seconds or an RFC 3339 date-time with its offset (2026-01-31T12:00:00Z)."
+
+
+@routes.get(
+    "/{model}/history",
+    policy=READ,
+    summary="A model's losses, label coverage and label delays by prediction time (and segment)",
+    response_model=History,
+    response_model_exclude_unset=True,
+    responses={**PROBLEM_RESPONSES, **NOT_FOUND},
+)
+async def model_history(
+    model: ModelName,
+    request: Request,
+    start: Annotated[
+        str | None, Query(description=f"{TIME} Default: 24 h before end, floored to a multiple of step.")
+    ] = None,
+    end: Annotated[str | None, Query(description=f"{TIME} Default: now.")] = None,
+    step: Annotated[
+        str | None, Query(description="Bucket width in seconds, at least 1 (default 3600); at most 10,000 buckets.")
+    ] = None,
+    by: Annotated[str | None, Query(description="A declared segment key: one entry per value in each bucket.")] = None,
+) -> Response:
+    store = _store(request)
+    threads = upkeep.store_threads(request.app.state)
+    return json_response(
+        await threads.read(lambda: history.history(store, model, start=start, end=end, step=step, by=by))
+    )

@@ -1,0 +1,464 @@
+"""Loss history in the store: each joined pair's losses on its prediction row, and rollups of
+them by prediction time and segment, kept by the transactions that log, join and sweep rows.
+
+How it is kept (docs/delayed-labels.md, "How history is kept"):
+- A prediction row holds its segments (JSON of its non-null values) and, once joined, its
+  label's arrival. The row whose arrival completes the pair (the label, or the prediction where
+  the label came first) holds `losses`: per configured loss one `HISTORY_LOSS` entry, the pair's
+  share of that loss's sum and denominator (so that any set of pairs gives the mean /v1/loss
+  gives for it), and the number of values it adds to `count`.
+- A *cell* is (level, segment key, bucket start, segment value): `LEVELS` are the bucket widths,
+  buckets start at multiples of their width (Unix seconds, by prediction time), segment key ''
+  counts every row and segment value '' counts the rows whose value is null. Each row logged
+  counts in one cell per level and per key ('' and each declared key).
+- `loss_rollups` keeps a cell's predictions, joined and expired counts and a sketch of its
+  label delays; `loss_rollup_losses` per cell and loss (`variant`: a hash of the loss's
+  configuration, `loss_variant`) its sum, denominator, count and a sketch of each pair's loss.
+- A cell is written only while it ends within the model's retention (`ends >= now - retention`)
+  and removed by the retention sweep once it ends before; so whatever a join or an expiry adds to
+  a cell, the cell counted the prediction when it was logged.
+
+Every function here runs inside a transaction the store opened and holds its model's lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+
+from service.store.database import Transaction
+from service.values import sketch
+
+# Bucket widths in seconds that rollups are kept at: a query whose start and step are multiples of
+# one reads the cells of the coarsest such level; any other query reads the prediction rows.
+LEVELS = (60, 3600, 86400)
+# One configured loss of one joined pair, on its prediction row.
+HISTORY_LOSS = np.dtype([("variant", "<i8"), ("sum", "<f8"), ("denominator", "<f8"), ("count", "<i8")])
+# A cell: (level, segment key, bucket start, segment value).
+Cell = tuple[int, str, float, str]
+_CELL_COLUMNS = "level, segment_key, start, segment_value"
+
+
+def loss_variant(loss: str, options: Mapping[str, Any], convention: str, dtype: str) -> int:
+    """A signed 64-bit hash of one configured loss: the same loss configured the same way keeps
+    its history across a re-PUT; any change to it starts a history of its own."""
+    canonical = orjson.dumps(
+        {"loss": loss, "options": options, "convention": convention, "dtype": dtype}, option=orjson.OPT_SORT_KEYS
+    )
+    return int.from_bytes(hashlib.blake2b(canonical, digest_size=8).digest(), "little", signed=True)
+
+
+@dataclass(frozen=True)
+class PairLosses:
+    """One configured loss over the pairs one transaction joins, pair by pair (float64)."""
+
+    variant: int
+    loss: str
+    aggregate: str
+    sums: NDArray[np.float64]
+    denominators: NDArray[np.float64]
+    counts: NDArray[np.int64]
+
+
+def encode_losses(losses: Sequence[PairLosses], pairs: int) -> list[bytes | None]:
+    """Each pair's `losses` column: one HISTORY_LOSS entry per loss, in configured order."""
+    if not losses:
+        return [None] * pairs
+    table = np.empty((pairs, len(losses)), dtype=HISTORY_LOSS)
+    for column, loss in enumerate(losses):
+        table["variant"][:, column] = loss.variant
+        table["sum"][:, column] = loss.sums
+        table["denominator"][:, column] = loss.denominators
+        table["count"][:, column] = loss.counts
+    raw, size = table.tobytes(), HISTORY_LOSS.itemsize * len(losses)
+    return [raw[i * size : (i + 1) * size] for i in range(pairs)]
+
+
+def decode_losses(blob: bytes | None) -> NDArray[Any]:
+    """A row's `losses` back as HISTORY_LOSS entries (none before it joined)."""
+    return np.frombuffer(blob or b"", dtype=HISTORY_LOSS)
+
+
+def pair_value(sums: NDArray[np.float64], denominators: NDArray[np.float64], aggregate: str) -> NDArray[np.float64]:
+    """Each pair's own loss, as /v1/loss would give it for that pair alone (its sum over its
+    denominator, the root of that for root_mean, the sum itself for sum); NaN where a pair counts
+    nothing (every target ignored, or weight 0), which the sketches leave out."""
+    if aggregate == "sum":
+        return sums.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(denominators != 0, sums / np.where(denominators != 0, denominators, 1.0), np.nan)
+    return np.sqrt(mean) if aggregate == "root_mean" else mean
+
+
+# -- cells ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cells:
+    """The cells some rows count in: `cells` once each, `of_row[i, g]` the index in `cells` of
+    row i's cell in group g (a level and a key), -1 where that cell is past retention."""
+
+    cells: list[Cell]
+    of_row: NDArray[np.int64]
+
+    def flat(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """(row, cell) for every cell a row counts in."""
+        rows, groups = np.nonzero(self.of_row >= 0)
+        return rows, self.of_row[rows, groups]
+
+
+def cells_of(
+    times: NDArray[np.float64], segments: Sequence[Mapping[str, str]], keys: Sequence[str], oldest_end: float
+) -> Cells:
+    """The cells of rows made at `times` with these segment values, keeping those that end at or
+    after `oldest_end` (now minus the model's retention)."""
+    rows = len(times)
+    cells: list[Cell] = []
+    columns = []
+    for level in LEVELS:
+        starts = np.floor(times / level) * level
+        if rows and starts.min() == starts.max():  # the common case: one bucket of this level
+            unique_starts, start_index = starts[:1], np.zeros(rows, np.int64)
+        else:
+            unique_starts, start_index = np.unique(starts, return_inverse=True)
+        for key in ("", *keys):
+            names: list[str] = [""]
+            if key:
+                index: dict[str, int] = {"": 0}
+                value_index = np.fromiter(
+                    (index.setdefault(values.get(key, ""), len(index)) for values in segments), np.int64, rows
+                )
+                names = list(index)
+            else:
+                value_index = np.zeros(rows, np.int64)
+            combined = start_index.reshape(-1).astype(np.int64) * len(names) + value_index
+            if key:
+                found, inverse = np.unique(combined, return_inverse=True)
+            else:  # one cell per bucket start
+                found, inverse = np.arange(len(unique_starts), dtype=np.int64), combined
+            column = np.full(rows, -1, np.int64)
+            kept = np.full(len(found), -1, np.int64)
+            for position, code in enumerate(found.tolist()):
+                start = float(unique_starts[code // len(names)])
+                if start + level >= oldest_end:
+                    kept[position] = len(cells)
+                    cells.append((level, key, start, names[code % len(names)]))
+            column[:] = kept[inverse.reshape(-1)]
+            columns.append(column)
+    of_row = np.stack(columns, axis=1) if columns else np.zeros((rows, 0), np.int64)
+    return Cells(cells, of_row)
+
+
+def _matching(tx: Transaction, cells: Sequence[Cell]) -> tuple[str, list[Any]]:
+    """`(level, segment_key, start, segment_value) IN (these cells)`, one parameter per column."""
+    if tx.dialect.name == "sqlite":
+        listed = orjson.dumps([list(cell) for cell in cells]).decode()
+        return (
+            f"({_CELL_COLUMNS}) IN (SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3 "
+            "FROM json_each(?) AS j)",
+            [listed],
+        )
+    columns = [list(column) for column in zip(*cells, strict=True)]
+    return (
+        f"({_CELL_COLUMNS}) IN (SELECT * FROM unnest(?::bigint[], ?::text[], ?::float8[], ?::text[]))",
+        columns,
+    )
+
+
+# -- writing: logs, joins, expiries ---------------------------------------------------------------
+
+
+def roll_up(
+    tx: Transaction,
+    model_id: int,
+    logged: Cells | None,
+    joined: Cells | None,
+    delays: NDArray[np.float64],
+    losses: Sequence[PairLosses],
+) -> None:
+    """Count rows logged (`logged`: their cells) and pairs joined (`joined`: their cells, each
+    pair's label delay and losses) into their cells: one read and one upsert per table."""
+    predictions: dict[Cell, int] = {}
+    if logged is not None:
+        rows, at = logged.flat()
+        for index, count in zip(*np.unique(at, return_counts=True), strict=True):
+            predictions[logged.cells[index]] = int(count)
+    pairs: dict[Cell, int] = {}
+    new_delays: dict[Cell, bytes] = {}
+    new_losses: dict[tuple[Cell, int], tuple[str, float, float, int, bytes]] = {}
+    if joined is not None and joined.cells:
+        rows, at = joined.flat()
+        size = len(joined.cells)
+        counted = np.bincount(at, minlength=size)
+        for index, cell in enumerate(joined.cells):
+            pairs[cell] = int(counted[index])
+        for cell, blob in zip(joined.cells, sketch.grouped(delays[rows], at, size), strict=True):
+            new_delays[cell] = blob
+        for loss in losses:
+            sums = np.bincount(at, weights=loss.sums[rows], minlength=size)
+            denominators = np.bincount(at, weights=loss.denominators[rows], minlength=size)
+            counts = np.bincount(at, weights=loss.counts[rows], minlength=size).astype(np.int64)
+            values = pair_value(loss.sums, loss.denominators, loss.aggregate)[rows]
+            keep = ~np.isnan(values)
+            sketches = sketch.grouped(values[keep], at[keep], size)
+            for index, cell in enumerate(joined.cells):
+                new_losses[(cell, loss.variant)] = (
+                    loss.loss,
+                    float(sums[index]),
+                    float(denominators[index]),
+                    int(counts[index]),
+                    sketches[index],
+                )
+    touched = sorted(set(predictions) | set(pairs))
+    if not touched:
+        return
+    where, params = _matching(tx, touched)
+    existing = {
+        tuple(row[:4]): row[4:]
+        for row in tx.all(
+            f"SELECT {_CELL_COLUMNS}, predictions, joined, delays FROM loss_rollups WHERE model_id = ? AND {where}",
+            [model_id, *params],
+        )
+    }
+    merged = _merged([existing.get(cell, (0, 0, None))[2] for cell in touched], [new_delays.get(c) for c in touched])
+    written = []
+    for cell, delays_sketch in zip(touched, merged, strict=True):
+        before = existing.get(cell, (0, 0, None))
+        written.append(
+            (
+                model_id,
+                *cell,
+                cell[2] + cell[0],
+                int(before[0]) + predictions.get(cell, 0),
+                int(before[1]) + pairs.get(cell, 0),
+                delays_sketch or None,
+            )
+        )
+    tx.many(
+        f"INSERT INTO loss_rollups (model_id, {_CELL_COLUMNS}, ends, predictions, joined, delays) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model_id, level, segment_key, start, segment_value) "
+        "DO UPDATE SET predictions = excluded.predictions, joined = excluded.joined, delays = excluded.delays",
+        written,
+    )
+    if new_losses:
+        _roll_up_losses(tx, model_id, sorted(pairs), new_losses)
+
+
+def _roll_up_losses(
+    tx: Transaction,
+    model_id: int,
+    cells: list[Cell],
+    new: dict[tuple[Cell, int], tuple[str, float, float, int, bytes]],
+) -> None:
+    where, params = _matching(tx, cells)
+    existing = {
+        (tuple(row[:4]), int(row[4])): row[5:]
+        for row in tx.all(
+            f"SELECT {_CELL_COLUMNS}, variant, sum, denominator, count, sketch FROM loss_rollup_losses "
+            f"WHERE model_id = ? AND {where}",
+            [model_id, *params],
+        )
+    }
+    keys = sorted(new)
+    merged = _merged([existing.get(key, (0.0, 0.0, 0, None))[3] for key in keys], [new[key][4] for key in keys])
+    written = []
+    for key, loss_sketch in zip(keys, merged, strict=True):
+        (cell, variant), (name, total, denominator, count, _) = key, new[key]
+        before = existing.get(key, (0.0, 0.0, 0, None))
+        written.append(
+            (
+                model_id,
+                *cell,
+                variant,
+                name,
+                float(before[0]) + total,
+                float(before[1]) + denominator,
+                int(before[2]) + count,
+                loss_sketch or None,
+            )
+        )
+    tx.many(
+        f"INSERT INTO loss_rollup_losses (model_id, {_CELL_COLUMNS}, variant, loss, sum, denominator, count, sketch) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (model_id, level, segment_key, start, segment_value, variant) DO UPDATE SET "
+        "sum = excluded.sum, denominator = excluded.denominator, count = excluded.count, sketch = excluded.sketch",
+        written,
+    )
+
+
+def _merged(old: list[bytes | None], new: list[bytes | None]) -> list[bytes]:
+    """Each old sketch merged with its new one, all in one pass."""
+    size = len(old)
+    return sketch.merge([*old, *new], np.concatenate([np.arange(size), np.arange(size)]), size)
+
+
+def expire(tx: Transaction, model_id: int, cells: Cells) -> None:
+    """Count expired predictions into the cells that still hold them (never creating one)."""
+    _, at = cells.flat()
+    counts = np.bincount(at, minlength=len(cells.cells))
+    tx.many(
+        "UPDATE loss_rollups SET expired = expired + ? WHERE model_id = ? AND level = ? AND segment_key = ? "
+        "AND start = ? AND segment_value = ?",
+        [(int(counts[i]), model_id, *cell) for i, cell in enumerate(cells.cells) if counts[i]],
+    )
+
+
+def sweep_cells(tx: Transaction, model_id: int, oldest_end: float | None, limit: int) -> int:
+    """Remove up to `limit` of the model's cells that end before `oldest_end` (None: any cell),
+    earliest first, with their losses; how many were removed."""
+    if limit <= 0:
+        return 0
+    before = "" if oldest_end is None else " AND ends < ?"
+    found = tx.all(
+        f"SELECT {_CELL_COLUMNS} FROM loss_rollups WHERE model_id = ?{before} ORDER BY ends LIMIT ?",
+        [model_id, *([] if oldest_end is None else [oldest_end]), limit],
+    )
+    if not found:
+        return 0
+    cells: list[Cell] = [(int(r[0]), r[1], float(r[2]), r[3]) for r in found]
+    where, params = _matching(tx, cells)
+    for table in ("loss_rollup_losses", "loss_rollups"):
+        tx.execute(f"DELETE FROM {table} WHERE model_id = ? AND {where}", [model_id, *params])
+    return len(found)
+
+
+def add_keys(tx: Transaction, model_id: int, keys: Sequence[str]) -> None:
+    """Segment keys declared anew: every row counted so far has null for them, so each cell of
+    key '' is copied as the cell of (key, null)."""
+    for key in keys:
+        tx.execute(
+            f"INSERT INTO loss_rollups (model_id, {_CELL_COLUMNS}, ends, predictions, joined, expired, delays) "
+            "SELECT model_id, level, ?, start, '', ends, predictions, joined, expired, delays FROM loss_rollups "
+            "WHERE model_id = ? AND segment_key = ''",
+            [key, model_id],
+        )
+        tx.execute(
+            f"INSERT INTO loss_rollup_losses (model_id, {_CELL_COLUMNS}, variant, loss, sum, denominator, count, "
+            "sketch) SELECT model_id, level, ?, start, '', variant, loss, sum, denominator, count, sketch "
+            "FROM loss_rollup_losses WHERE model_id = ? AND segment_key = ''",
+            [key, model_id],
+        )
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RollupCell:
+    """One cell as stored."""
+
+    start: float
+    segment: str | None
+    predictions: int
+    joined: int
+    expired: int
+    delays: bytes | None
+
+
+@dataclass(frozen=True)
+class RollupLoss:
+    """One loss of one cell as stored."""
+
+    start: float
+    segment: str | None
+    variant: int
+    sum: float
+    denominator: float
+    count: int
+    sketch: bytes | None
+
+
+def read_cells(
+    tx: Transaction, model_id: int, level: int, key: str, start: float, end: float
+) -> tuple[list[RollupCell], list[RollupLoss]]:
+    """The cells of `level` and segment key `key` ('' for all rows) whose buckets start in
+    [start, end), and their losses: two range reads on the tables' primary keys."""
+    params = [model_id, level, key, start, end]
+    where = "WHERE model_id = ? AND level = ? AND segment_key = ? AND start >= ? AND start < ?"
+    cells = [
+        RollupCell(float(r[0]), r[1] or None, int(r[2]), int(r[3]), int(r[4]), r[5])
+        for r in tx.all(
+            f"SELECT start, segment_value, predictions, joined, expired, delays FROM loss_rollups {where}", params
+        )
+    ]
+    losses = [
+        RollupLoss(float(r[0]), r[1] or None, int(r[2]), float(r[3]), float(r[4]), int(r[5]), r[6])
+        for r in tx.all(
+            f"SELECT start, segment_value, variant, sum, denominator, count, sketch FROM loss_rollup_losses {where}",
+            params,
+        )
+    ]
+    return cells, losses
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    """One prediction row of a window, with what its label row holds where it has joined.
+
+    `payload`s are the stored values (the model's dtype code beside each): kept after the join
+    only for a model configured with "keep_pairs"."""
+
+    id: str
+    made: float
+    arrived: float
+    joined_at: float | None
+    label_arrived: float | None
+    segments: dict[str, str]
+    losses: NDArray[Any]
+    weight: float | None
+    prediction_dtype: int
+    prediction: bytes | None
+    label_dtype: int | None
+    label: bytes | None
+
+
+def read_rows(
+    tx: Transaction,
+    model_id: int,
+    start: float,
+    end: float,
+    after: tuple[float, str] | None,
+    limit: int,
+    joined_only: bool,
+) -> list[PredictionRow]:
+    """Up to `limit` prediction rows made in [start, end), in (time, id) order after `after`
+    (the last row of the previous batch), each with its label's weight and payload."""
+    made = "coalesce(p.at, p.arrived)"
+    conditions = ["p.model_id = ?", f"{made} >= ?", f"{made} < ?"]
+    params: list[Any] = [model_id, start, end]
+    if after is not None:
+        conditions.append(f"({made}, p.id) > (?, ?)")
+        params.extend(after)
+    if joined_only:
+        conditions.append("p.joined_at IS NOT NULL")
+    rows = tx.all(
+        f"SELECT p.id, {made}, p.arrived, p.joined_at, p.label_arrived, p.segments, coalesce(p.losses, l.losses), "
+        "l.weight, p.dtype, "
+        "p.payload, l.dtype, l.payload FROM loss_predictions AS p "
+        "LEFT JOIN loss_labels AS l ON l.model_id = p.model_id AND l.id = p.id AND p.joined_at IS NOT NULL "
+        f"WHERE {' AND '.join(conditions)} ORDER BY {made}, p.id LIMIT ?",
+        [*params, limit],
+    )
+    return [
+        PredictionRow(
+            id=r[0],
+            made=float(r[1]),
+            arrived=float(r[2]),
+            joined_at=None if r[3] is None else float(r[3]),
+            label_arrived=None if r[4] is None else float(r[4]),
+            segments={} if r[5] is None else orjson.loads(r[5]),
+            losses=decode_losses(None if r[6] is None else bytes(r[6])),
+            weight=None if r[7] is None else float(r[7]),
+            prediction_dtype=int(r[8]),
+            prediction=None if r[9] is None else bytes(r[9]),
+            label_dtype=None if r[10] is None else int(r[10]),
+            label=None if r[11] is None else bytes(r[11]),
+        )
+        for r in rows
+    ]

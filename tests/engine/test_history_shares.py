@@ -1,0 +1,143 @@
+"""Each sample's share of a loss's sum and denominator (`compute(..., shares=True)`): over any
+subset of a batch they add up to what the engine gives for that subset alone, for every case of
+every reference file (each framework's and library's own numbers), with and without weights.
+
+This is what makes a history bucket's mean (`sum` of shares over `denominator` of shares) equal
+to /v1/loss over the bucket's pairs, whichever join batches the pairs came in.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.engine import LossInputError, compute, libraries, resolve
+from service.engine.conventions import LIBRARIES
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FILES = ("keras", "torch", "xgboost", "lightgbm", "catboost")
+
+
+def as_request(name: str, case: dict[str, Any]) -> dict[str, Any]:
+    """A reference case as compute's loss and options (as each library's own test passes them)."""
+    if name == "lightgbm":
+        from tests.engine.test_engine_lightgbm import request
+
+        wanted = request(case)
+        return {**case, "loss": wanted["loss"], "options": wanted["options"]}
+    if name == "catboost":
+        from tests.engine.test_engine_catboost import _options
+
+        return {**case, "loss": case["metric"], "options": _options(case)}
+    if name == "xgboost":
+        return {**case, "loss": case["metric"], "predictions": np.asarray(case["predictions"], np.float32).tolist()}
+    return case
+
+
+def cases() -> list[tuple[str, dict[str, Any], str]]:
+    found = []
+    for name in FILES:
+        data = json.loads((FIXTURES / f"{name}_reference.json").read_text())
+        for index, case in enumerate(data["cases"]):
+            request = as_request(name, case)
+            convention = case.get("convention", name)
+            found.append((f"{name}-{index}-{case.get('id', request['loss'])}", request, convention))
+    return found
+
+
+CASES = cases()
+
+
+def whole_batch(loss: str, convention: str, options: dict[str, Any]) -> bool:
+    spec = libraries.bind(convention, loss, options)[0].spec if convention in LIBRARIES else resolve(loss)
+    return spec.whole_batch
+
+
+def float32_weight_sum(loss: str, convention: str, options: dict[str, Any]) -> bool:
+    """LightGBM's cross_entropy metrics sum their weights in float32: shares sum them in float64."""
+    return convention in LIBRARIES and libraries.bind(convention, loss, options)[0].weight_sum is not None
+
+
+def per_sample_options(case: dict[str, Any]) -> bool:
+    return any(isinstance(value, list) and key.endswith("lengths") for key, value in case["options"].items())
+
+
+def run(case: dict[str, Any], convention: str, rows: Any, weight: Any, shares: bool = False) -> Any:
+    predictions, labels = np.asarray(case["predictions"]), np.asarray(case["labels"])
+    return compute(
+        case["loss"],
+        predictions[rows],
+        labels[rows],
+        options=case["options"],
+        sample_weight=None if weight is None else weight[rows],
+        dtype=case.get("dtype", "float64"),
+        convention=convention,  # type: ignore[arg-type]
+        chunk=True,
+        shares=shares,
+    )
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize(("name", "case", "convention"), CASES, ids=[c[0] for c in CASES])
+def test_shares_of_a_subset_add_up_to_the_subsets_own_sum_and_denominator(
+    name: str, case: dict[str, Any], convention: str, weighted: bool
+) -> None:
+    samples = len(case["predictions"])
+    if samples < 2 or whole_batch(case["loss"], convention, case["options"]) or per_sample_options(case):
+        pytest.skip("a single sample, a loss that reads the whole batch, or options given per sample")
+    given = case.get("sample_weight")
+    weight = np.asarray(given, dtype=np.float64) if given is not None else None
+    if weighted and weight is None:
+        weight = np.random.default_rng(samples).uniform(0.1, 3.0, samples)
+    if not weighted:
+        weight = None
+    everything = slice(None)
+    try:
+        whole = run(case, convention, everything, weight, shares=True)
+    except LossInputError as exc:
+        pytest.skip(f"the engine refuses this case with these weights: {exc}")
+    assert whole.sample_sums is not None
+    assert whole.sample_denominators is not None
+    assert whole.sample_sums.shape == whole.sample_denominators.shape == (samples,)
+    float32 = case.get("dtype") == "float32"
+    rel = 2e-6 if float32 else 1e-12
+    for rows in (everything, np.arange(0, samples, 2), np.arange(samples // 2, samples)):
+        try:
+            part = run(case, convention, rows, weight)
+        except LossInputError:
+            continue  # e.g. the subset lacks a class the loss reads from the batch
+        sums, denominators = whole.sample_sums[rows].sum(), whole.sample_denominators[rows].sum()
+        scale = np.abs(whole.sample_sums[rows]).sum() or 1.0
+        assert abs(sums - part.sum) <= rel * scale, (name, sums, part.sum)
+        if weight is None or not float32_weight_sum(case["loss"], convention, case["options"]):
+            assert denominators == pytest.approx(part.denominator, rel=rel, abs=1e-300)
+
+
+def test_an_ignored_target_has_no_share_of_the_denominator() -> None:
+    """PyTorch's ignore_index: the pair counts 0 in the denominator, and 0 in the sum."""
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    result = compute(
+        "scce", logits, np.array([0, -100, 1]), options={"from_logits": True}, convention="torch", shares=True
+    )
+    assert result.sample_denominators is not None
+    assert result.sample_sums is not None
+    np.testing.assert_array_equal(result.sample_denominators, [1.0, 0.0, 1.0])
+    assert result.sample_sums[1] == 0.0
+    assert result.sample_sums.sum() / result.sample_denominators.sum() == pytest.approx(result.mean, rel=1e-15)
+
+
+def test_weights_are_each_samples_share_of_a_weighted_mean() -> None:
+    """torch: sum(w l) / sum(w), so a sample's share of the denominator is its weight."""
+    predictions, labels = np.array([[1.0], [2.0], [4.0]]), np.array([[0.0], [0.0], [0.0]])
+    weight = np.array([0.5, 2.0, 0.0])
+    result = compute("mse", predictions, labels, sample_weight=weight, convention="torch", shares=True)
+    assert result.sample_sums is not None
+    np.testing.assert_array_equal(result.sample_denominators, weight)
+    np.testing.assert_array_equal(result.sample_sums, [0.5, 8.0, 0.0])
+    # keras sum_over_batch_size divides by the number of values, whatever the weights
+    keras = compute("mse", predictions, labels, sample_weight=weight, convention="keras", shares=True)
+    np.testing.assert_array_equal(keras.sample_denominators, [1.0, 1.0, 1.0])
