@@ -109,14 +109,16 @@ def expected(answer: dict[str, Any], value: Any, quantile: str | None = None) ->
     }
 
 
-def shown(page: Any, service_url: str, by: str) -> dict[str, Any]:
-    """Waits for the charts of `by` ('' for none), then the API's answer for the URL the page fetched."""
-    charts = page.locator(f'#charts[data-by="{by}"]')
+def shown(page: Any, service_url: str, by: str, step: int = HOUR) -> dict[str, Any]:
+    """Waits for the charts of `by` ('' for none) and `step`, then the API's answer for the URL
+    the page fetched (24 hours of whole steps up to the step now in progress)."""
+    charts = page.locator(f'#charts[data-by="{by}"][data-url*="step={step}"]')
     charts.wait_for(state="attached", timeout=20_000)
     url = charts.get_attribute("data-url")
     query = parse_qs(urlsplit(url).query)
-    start, end, step = (float(query[name][0]) for name in ("start", "end", "step"))
-    assert (step, end - start, start % HOUR) == (HOUR, 24 * HOUR, 0), url
+    start, end, asked = (float(query[name][0]) for name in ("start", "end", "step"))
+    assert (asked, end - start, start % step) == (step, 24 * HOUR, 0), url
+    assert end - step <= time.time() < end
     assert query.get("by", [""])[0] == by
     answer = httpx.get(f"{service_url}{url}", headers={"authorization": f"Bearer {READER}"}).json()
     return dict(answer)
@@ -179,6 +181,12 @@ def test_the_model_page_plots_the_history_apis_numbers_by_segment(service: tuple
     by_device = shown(page, url, "device")
     assert_plots_the_api(page, by_device)
     assert {point[0] for point in plotted(page, "coverage")} == {"ios", "web"}
+
+    page.select_option("#step", "21600")  # six-hour buckets over the 24 hours up to the one in progress
+    by_device = shown(page, url, "device", step=6 * HOUR)
+    assert_plots_the_api(page, by_device)
+    in_window = (logged.times >= by_device["start"]) & (logged.times < by_device["end"])
+    assert sum(b["predictions"] for b in by_device["buckets"]) == in_window.sum() > 0
     assert errors == []  # among them, any Content-Security-Policy refusal
 
 
