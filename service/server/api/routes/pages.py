@@ -1,15 +1,19 @@
 """Pages for people: a landing page that computes a loss from a form, and the API reference
 (Swagger UI at /docs, ReDoc at /redoc) with their scripts served from here, never a CDN, so they
 work where the service cannot reach the internet. The assets come from the pinned
-`fastapi-offline` package; the landing page is plain HTML and one script, no build step."""
+`fastapi-offline` package; the landing page is plain HTML and one script, no build step.
+A model's page (/models/{model}) is plain HTML too: its script reads the history API and draws
+SVG charts itself (chart.js), so it needs no chart library and no inline script or style."""
 
 from __future__ import annotations
 
 import functools
 from importlib.resources import files
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import FastAPI, Request
+from fastapi import Path as PathParam
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
@@ -18,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 from service import __version__
 from service.server.api.policy import OPEN
 from service.server.api.routing import Routes
+from service.server.api.schemas import MODEL_LABEL_PATTERN
 
 routes = Routes(include_in_schema=False)
 ASSETS_PATH = "/assets"
@@ -52,11 +57,16 @@ CONTENT_SECURITY_POLICY = (
     "script-src 'self' 'unsafe-inline'; worker-src 'self' blob:; connect-src 'self'; "
     "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
+# A model's page runs only its own files: no inline script or style, no eval, nothing elsewhere.
+MODEL_PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
 HIDE_VENDOR_LOGO = '<style>a[href*="redocly.com"], a[href*="redoc.ly"] { display: none; }</style>'
 
 
-def _page(response: Response) -> Response:
-    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+def _page(response: Response, policy: str = CONTENT_SECURITY_POLICY) -> Response:
+    response.headers["Content-Security-Policy"] = policy
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
 
@@ -69,6 +79,18 @@ def _landing_page() -> str:
 @routes.get("/", policy=OPEN)
 async def landing_page() -> Response:
     return _page(HTMLResponse(_landing_page()))
+
+
+@functools.cache
+def _model_page() -> str:
+    return (PAGES / "model.html").read_text().replace("{{version}}", __version__)
+
+
+# Open, as the landing page is: the HTML holds nothing of the model (not even whether it exists);
+# its script asks the history API, whose own policy needs the key's read scope on the model.
+@routes.get("/models/{model}", policy=OPEN)
+async def model_page(model: Annotated[str, PathParam(pattern=MODEL_LABEL_PATTERN)]) -> Response:
+    return _page(HTMLResponse(_model_page()), MODEL_PAGE_POLICY)
 
 
 @routes.get("/docs", policy=OPEN)

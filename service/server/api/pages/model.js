@@ -1,0 +1,192 @@
+// A model's page: its configuration from GET /v1/models/{model}, then its history from
+// GET /v1/models/{model}/history for the window and step chosen, drawn by chart.js: each loss's
+// mean, the label coverage and the label delay's p50 and p90, one line per segment value.
+"use strict";
+
+const KEY_ITEM = "loss-service-key"; // the tab's API key, shared with the landing page
+const model = decodeURIComponent(location.pathname.slice("/models/".length));
+const modelPath = "/v1/models/" + encodeURIComponent(model);
+const controls = document.getElementById("controls");
+const bySelect = document.getElementById("by");
+const rangeSelect = document.getElementById("range");
+const stepSelect = document.getElementById("step");
+const keyInput = document.getElementById("key");
+const statusLine = document.getElementById("status");
+const source = document.getElementById("source");
+const charts = document.getElementById("charts");
+let configured = null;
+
+function headers() {
+  return keyInput.value ? { Authorization: "Bearer " + keyInput.value } : {};
+}
+
+function show(text, failed) {
+  statusLine.textContent = text;
+  statusLine.classList.toggle("error", Boolean(failed));
+}
+
+async function getJSON(url) {
+  const response = await fetch(url, { headers: headers() });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const hint = response.status === 401 ? " Enter an API key above." : "";
+    throw new Error(`${response.status} ${body.title || ""}: ${body.detail || "no detail"}${hint}`);
+  }
+  return body;
+}
+
+function choose(select, value) {
+  if (value !== null && [...select.options].some((option) => option.value === value)) select.value = value;
+}
+
+function seconds(value) {
+  const shown = (amount, unit) => String(+amount.toPrecision(3)) + " " + unit;
+  if (value < 120) return shown(value, "s");
+  if (value < 7200) return shown(value / 60, "min");
+  if (value < 172800) return shown(value / 3600, "h");
+  return shown(value / 86400, "d");
+}
+
+function number(value) {
+  return Math.abs(value) >= 1e4 || (value !== 0 && Math.abs(value) < 1e-3) ? value.toExponential(2) : String(+value.toPrecision(4));
+}
+
+function percent(value) {
+  return (value * 100).toFixed(0) + " %";
+}
+
+function describe(config) {
+  const losses = config.losses.map((call) => call.loss + (Object.keys(call.options || {}).length ? " " + JSON.stringify(call.options) : ""));
+  const segments = config.segments.length ? "segments " + config.segments.join(", ") : "no segments";
+  return `${losses.join(" · ")} — ${config.convention}, ${config.dtype}; ${segments}; ` +
+    `retention ${seconds(config.retention_seconds)}`;
+}
+
+async function loadModel() {
+  document.title = model + " · loss-service";
+  document.getElementById("model-name").textContent = model;
+  try {
+    configured = await getJSON(modelPath);
+  } catch (error) {
+    show("The model did not load: " + error.message, true);
+    charts.dataset.error = "model";
+    return;
+  }
+  document.getElementById("model-config").textContent = describe(configured);
+  bySelect.replaceChildren(bySelect.options[0], ...configured.segments.map((key) => new Option(key, key)));
+  const asked = new URLSearchParams(location.search);
+  choose(bySelect, asked.get("by"));
+  choose(rangeSelect, asked.get("range") || "86400");
+  choose(stepSelect, asked.get("step") || "3600");
+  await loadHistory();
+}
+
+// One series per segment value (sorted, null last), or the model's total.
+function seriesOf(answer) {
+  const groups = new Map();
+  for (const bucket of answer.buckets) {
+    const key = answer.by ? JSON.stringify(bucket.segment) : "total";
+    if (!groups.has(key)) groups.set(key, []);
+    groups.get(key).push(bucket);
+  }
+  const keys = [...groups.keys()].sort((a, b) => (a === "null") - (b === "null") || (a < b ? -1 : a > b ? 1 : 0));
+  return keys.map((key, index) => ({
+    label: answer.by ? (key === "null" ? `${answer.by} not set` : `${answer.by} = ${JSON.parse(key)}`) : "all predictions",
+    color: seriesColor(index),
+    attributes: answer.by ? { "data-segment": key } : {},
+    buckets: groups.get(key),
+  }));
+}
+
+function plotted(groups, value, describeOne) {
+  return groups.map((group) => ({
+    ...group,
+    points: group.buckets.map((bucket) => {
+      const v = value(bucket);
+      const when = new Date(bucket.start * 1000).toISOString().slice(0, 16).replace("T", " ");
+      return { t: bucket.start, v, title: `${group.label}, ${when} UTC: ${v === null ? "—" : describeOne(v, bucket)}` };
+    }),
+  }));
+}
+
+function render(answer, end) {
+  const groups = seriesOf(answer);
+  const frame = { start: answer.start, end, step: answer.step };
+  const figures = answer.losses.map((name, index) => lineChart({
+    ...frame,
+    name: "loss-" + index,
+    title: `${name}: mean loss${answer.exact[index] ? "" : " (approximate: its samples read their batch)"}`,
+    format: number,
+    series: plotted(groups, (b) => b.losses[index].mean, (v, b) => `mean ${v} over ${b.joined} joined pairs`),
+  }));
+  figures.push(lineChart({
+    ...frame,
+    name: "coverage",
+    title: "Label coverage: joined / predictions",
+    format: percent,
+    yMin: 0,
+    yMax: 1,
+    series: plotted(groups, (b) => b.coverage, (v, b) => `${b.joined} of ${b.predictions} joined, ${b.pending} pending, ${b.expired} expired`),
+  }));
+  const delays = ["p50", "p90"].flatMap((quantile) => plotted(
+    groups.map((group) => ({
+      ...group,
+      label: `${group.label}, ${quantile}`,
+      dashed: quantile === "p90",
+      attributes: { ...group.attributes, "data-quantile": quantile },
+    })),
+    (b) => b.label_delay[quantile],
+    (v) => `${quantile} ${seconds(v)}`,
+  ));
+  figures.push(lineChart({
+    ...frame,
+    name: "label-delay",
+    title: "Label delay: label arrival minus prediction time (p50 solid, p90 dashed)",
+    format: seconds,
+    durations: true,
+    series: delays,
+  }));
+  charts.replaceChildren(...figures);
+  const total = (field) => answer.buckets.reduce((sum, bucket) => sum + bucket[field], 0);
+  const predictions = total("predictions");
+  show(`${predictions} predictions in this window: ${total("joined")} joined, ${total("pending")} pending, ` +
+    `${total("expired")} expired.`);
+}
+
+async function loadHistory() {
+  if (configured === null) return;
+  const step = Number(stepSelect.value);
+  const end = Math.ceil(Date.now() / 1000 / step) * step;
+  const start = end - Math.ceil(Number(rangeSelect.value) / step) * step;
+  const asked = new URLSearchParams({ start: String(start), end: String(end), step: String(step) });
+  if (bySelect.value) asked.set("by", bySelect.value);
+  const url = `${modelPath}/history?${asked}`;
+  const shown = new URLSearchParams({ range: rangeSelect.value, step: stepSelect.value });
+  if (bySelect.value) shown.set("by", bySelect.value);
+  history.replaceState(null, "", "?" + shown);
+  source.href = url;
+  delete charts.dataset.by;
+  delete charts.dataset.error;
+  show("Loading…");
+  let answer;
+  try {
+    answer = await getJSON(url);
+  } catch (error) {
+    show("The history did not load: " + error.message, true);
+    charts.replaceChildren();
+    charts.dataset.error = "history";
+    return;
+  }
+  render(answer, end);
+  charts.dataset.url = url;
+  charts.dataset.by = answer.by || "";
+}
+
+controls.addEventListener("submit", (event) => event.preventDefault());
+for (const select of [bySelect, rangeSelect, stepSelect]) select.addEventListener("change", loadHistory);
+keyInput.value = sessionStorage.getItem(KEY_ITEM) || "";
+keyInput.addEventListener("change", () => {
+  sessionStorage.setItem(KEY_ITEM, keyInput.value);
+  loadModel();
+});
+loadModel();
