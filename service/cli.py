@@ -330,6 +330,63 @@ def _dataset_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _history(args: argparse.Namespace) -> int:
+    """A model's history through a running service, as a table (or --json)."""
+    args.api_key = args.api_key or None
+    problem = _service_error(args)
+    if problem:
+        return _usage(problem)
+    from service.client import InvalidInputError, LossClient, LossServiceError, NotFoundError, UnreachableError
+
+    try:
+        with LossClient(args.url, api_key=args.api_key) as client:
+            answer = client.history(args.model, start=args.start, end=args.end, step=args.step, by=args.by)
+    except (InvalidInputError, NotFoundError) as exc:
+        return _invalid("; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors) or str(exc))
+    except UnreachableError as exc:
+        return _fail(EXIT_UNREACHABLE, str(exc.problem["detail"]))
+    except LossServiceError as exc:
+        return _fail(EXIT_ERROR, str(exc))
+    if args.json:
+        sys.stdout.write(orjson.dumps(answer).decode() + "\n")
+    else:
+        print(_history_table(answer))
+    return EXIT_OK
+
+
+def _history_table(answer: dict[str, Any]) -> str:
+    """One line per bucket (and segment value): its start in UTC, counts, coverage, label delay
+    and each loss's mean."""
+    from datetime import UTC, datetime
+
+    def number(value: float | None, spec: str = ".6g") -> str:
+        return "-" if value is None else format(value, spec)
+
+    by = answer["by"]
+    header = ["start (UTC)", *([by] if by else []), "predictions", "joined", "coverage", "delay p50 s"]
+    header += [f"{name} mean" for name in answer["losses"]]
+    lines = [header]
+    for bucket in answer["buckets"]:
+        started = datetime.fromtimestamp(bucket["start"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        segment = [] if not by else ["(null)" if bucket["segment"] is None else bucket["segment"]]
+        lines.append(
+            [
+                started,
+                *segment,
+                f"{bucket['predictions']:,}",
+                f"{bucket['joined']:,}",
+                f"{bucket['coverage']:.1%}",
+                number(bucket["label_delay"]["p50"], ".4g"),
+                *(number(loss["mean"]) for loss in bucket["losses"]),
+            ]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    title = f"{answer['model']}: {len(answer['buckets'])} buckets of {answer['step']:g} s"
+    return "\n".join(
+        [title, *("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)]
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loss-service", description=__doc__)
     parser.add_argument("--version", action="version", version=f"loss-service {__version__}")
@@ -396,6 +453,31 @@ def build_parser() -> argparse.ArgumentParser:
     compute.add_argument("--out", metavar="FILE", help="write per-sample losses (.npy, .csv, .jsonl, .json)")
     compute.add_argument("--head", type=int, default=10, help="per-sample values shown in the table")
     compute.set_defaults(run=_compute)
+
+    history = commands.add_parser(
+        "history",
+        help="a model's losses and label coverage by prediction time, from a running service",
+        description="Exit codes: 0 ok, 1 other service error, 2 usage, 3 invalid query or unknown model, "
+        "4 unreachable service.",
+    )
+    history.add_argument("model", help="the model's name")
+    history.add_argument("--start", help="Unix seconds or RFC 3339 (default 24 h before --end)")
+    history.add_argument("--end", help="Unix seconds or RFC 3339 (default now)")
+    history.add_argument("--step", help="bucket width in seconds (default 3600)")
+    history.add_argument("--by", metavar="KEY", help="one entry per value of this segment key in each bucket")
+    history.add_argument(
+        "--url",
+        default=os.environ.get("LOSS_SERVICE_URL", "http://127.0.0.1:8000"),
+        help="the service (default LOSS_SERVICE_URL or http://127.0.0.1:8000)",
+    )
+    history.add_argument(
+        "--api-key",
+        "--key",
+        default=os.environ.get("LOSS_SERVICE_API_KEY"),
+        help="bearer token (default LOSS_SERVICE_API_KEY, which keeps it out of the process list)",
+    )
+    history.add_argument("--json", action="store_true", help="print the answer as JSON")
+    history.set_defaults(run=_history)
 
     commands.add_parser("openapi", help="print the OpenAPI document as JSON").set_defaults(run=_openapi)
     commands.add_parser("losses", help="list the loss catalogue and options").set_defaults(run=_losses)

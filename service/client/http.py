@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -158,9 +159,35 @@ def _arrow(arrays: Mapping[str, np.ndarray[Any, Any]]) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
+def _request_parts(call: _Call) -> tuple[bytes | None, dict[str, str] | None, Mapping[str, str] | None]:
+    """A call's content, headers and query: its body encoded, or its own query and Accept."""
+    if call.body is not None:
+        return _encode(call.body, call.body_format)
+    return None, {"accept": call.accept} if call.accept else None, call.params
+
+
+def _query(**values: Any) -> dict[str, str]:
+    """Query parameters given, as text (None: left out; a datetime in RFC 3339)."""
+    return {
+        key: value.isoformat() if isinstance(value, datetime) else str(value)
+        for key, value in values.items()
+        if value is not None
+    }
+
+
+def _table(content: bytes, as_: str) -> Any:
+    """An Arrow stream as a pyarrow Table, or ("pandas") a DataFrame."""
+    import pyarrow as pa
+
+    table = pa.ipc.open_stream(content).read_all()
+    return table.to_pandas() if as_ == "pandas" else table
+
+
 def _decode(response: httpx.Response) -> Any:
     if response.status_code == 204:
         return None
+    if response.headers.get("content-type", "").startswith(ARROW):
+        return response.content
     if response.headers.get("content-type", "").startswith(NPZ):
         with np.load(io.BytesIO(response.content), allow_pickle=False) as archive:
             # Indexing the archive reads and parses the member every time: once each halves the
@@ -251,6 +278,8 @@ class _Call:
     body_format: str = "json"
     raw: bool = False
     idempotent: bool = False
+    params: Mapping[str, str] | None = None  # the query of a call without a body
+    accept: str | None = None  # a media type other than JSON (the body comes back as bytes)
 
 
 T = TypeVar("T")
@@ -393,6 +422,17 @@ class _Base:
     def _single(self, method: str, path: str) -> Plan[Any]:
         return (yield _Call(method, path))
 
+    def _history_plan(self, model: str, start: Any, end: Any, step: Any, by: str | None) -> Plan[dict[str, Any]]:
+        params = _query(start=start, end=end, step=step, by=by)
+        return dict((yield _Call("GET", f"/v1/models/{model}/history", params=params)))
+
+    def _pairs_plan(self, model: str, start: Any, end: Any, as_: str) -> Plan[Any]:
+        if as_ not in ("arrow", "pandas"):
+            raise ValueError(f"as_ must be 'arrow' or 'pandas', not {as_!r}")
+        params = _query(start=start, end=end)
+        content = yield _Call("GET", f"/v1/models/{model}/pairs", params=params, accept=ARROW)
+        return _table(content, as_)
+
     def _health_plan(self) -> Plan[dict[str, Any]]:
         live = yield _Call("GET", "/livez")
         ready = yield _Call("GET", "/readyz", raw=True)  # 503 while starting or draining is an answer
@@ -440,7 +480,7 @@ class LossClient(_Base):
         self._http.close()
 
     def _exchange(self, call: _Call) -> Any:
-        content, headers, params = _encode(call.body, call.body_format) if call.body is not None else (None, None, None)
+        content, headers, params = _request_parts(call)
         for attempt in range(self.retries + 1):
             response, error = None, None
             try:
@@ -531,6 +571,19 @@ class LossClient(_Base):
         """Store labels; those whose predictions wait join now, and their losses come back."""
         return self._run(self._log_plan(model, "labels", ids, labels, {"sample_weight": sample_weight}))
 
+    def history(
+        self, model: str, start: Any = None, end: Any = None, step: float | None = None, by: str | None = None
+    ) -> dict[str, Any]:
+        """The model's losses, label coverage and label delays by prediction time (and, with `by`,
+        segment): the JSON of GET /v1/models/{model}/history. `start`/`end`: Unix seconds or RFC
+        3339 text (default the last 24 h); `step`: bucket width in seconds (default 3600)."""
+        return self._run(self._history_plan(model, start, end, step, by))
+
+    def pairs(self, model: str, start: Any = None, end: Any = None, as_: str = "arrow") -> Any:
+        """The model's joined pairs made in [start, end) (GET /v1/models/{model}/pairs, read as an
+        Arrow stream): a pyarrow Table, or with `as_="pandas"` a DataFrame (needs pandas)."""
+        return self._run(self._pairs_plan(model, start, end, as_))
+
     def logger(self, model: str, **settings: Any) -> PredictionLogger:
         """A buffered logger for services that see one prediction at a time; see `PredictionLogger`."""
         return PredictionLogger(self, model, **settings)
@@ -575,7 +628,7 @@ class AsyncLossClient(_Base):
         await self._http.aclose()
 
     async def _exchange(self, call: _Call) -> Any:
-        content, headers, params = _encode(call.body, call.body_format) if call.body is not None else (None, None, None)
+        content, headers, params = _request_parts(call)
         for attempt in range(self.retries + 1):
             response, error = None, None
             try:
@@ -660,3 +713,11 @@ class AsyncLossClient(_Base):
 
     async def log_labels(self, model: str, ids: Any, labels: Any, *, sample_weight: Any = None) -> LogResult:
         return await self._run(self._log_plan(model, "labels", ids, labels, {"sample_weight": sample_weight}))
+
+    async def history(
+        self, model: str, start: Any = None, end: Any = None, step: float | None = None, by: str | None = None
+    ) -> dict[str, Any]:
+        return await self._run(self._history_plan(model, start, end, step, by))
+
+    async def pairs(self, model: str, start: Any = None, end: Any = None, as_: str = "arrow") -> Any:
+        return await self._run(self._pairs_plan(model, start, end, as_))
