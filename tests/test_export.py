@@ -8,6 +8,7 @@ history; a Parquet file of the export is checked through `loss-service compute -
 
 from __future__ import annotations
 
+import functools
 import io
 import tracemalloc
 from pathlib import Path
@@ -249,3 +250,127 @@ def test_an_export_holds_one_batch_in_memory_whatever_the_window_holds(
         assert (sum(made), max(made)) == (total, 500), made
         assert sent > total * 16 * 8  # the payloads were all sent
     assert peaks[20_000] < 1.5 * peaks[2_000], peaks
+
+
+@pytest.mark.anyio
+async def test_pairs_need_read_access_to_the_model(tmp_path: Path) -> None:
+    """The refusals the history route gives: another key's model, a key without read, no key."""
+    from service.api.access import digest
+    from service.app import create_app
+    from service.config import Settings
+
+    keys = tmp_path / "keys.toml"
+    keys.write_text(
+        f'[[keys]]\nname = "fraud"\nkey_sha256 = "{digest("fraud-key-0123456789")}"\n'
+        'scopes = ["ingest", "read", "admin"]\nmodels = ["fraud-*"]\n'
+        f'[[keys]]\nname = "writer"\nkey_sha256 = "{digest("write-key-0123456789")}"\n'
+        'scopes = ["ingest"]\nmodels = ["fraud-*"]\n'
+    )
+    app = create_app(Settings(api_keys_file=str(keys), store_url=f"sqlite:///{tmp_path}/store.sqlite3"))
+    fraud = {"authorization": "Bearer fraud-key-0123456789"}
+    writer = {"authorization": "Bearer write-key-0123456789"}
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://h") as c:
+        assert (await c.put("/v1/models/fraud-1", json={"losses": [{"loss": "mse"}]}, headers=fraud)).status_code == 200
+        assert (await c.put("/v1/models/fraud-2", json={"losses": [{"loss": "mse"}]}, headers=fraud)).status_code == 200
+        for path in ("/v1/models/fraud-1/pairs", "/v1/models/fraud-1/history"):
+            assert (await c.get(path, headers=fraud)).status_code == 200
+            for headers, status in ((writer, 403), ({}, 401)):
+                refused = await c.get(path, headers=headers)
+                assert refused.status_code == status, path
+                assert refused.headers["content-type"] == "application/problem+json"
+        other = [await c.get(f"/v1/models/churn-1/{route}", headers=fraud) for route in ("pairs", "history")]
+        assert [r.status_code for r in other] == [403, 403]
+        assert other[0].json()["detail"] == other[1].json()["detail"]
+
+
+class PortalTransport(httpx.BaseTransport):
+    """The blocking client's requests, sent to the app in-process through the test's portal."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.inner = httpx.ASGITransport(app=client.app)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        async def send() -> tuple[int, httpx.Headers, bytes]:
+            await request.aread()
+            response = await self.inner.handle_async_request(request)
+            return response.status_code, response.headers, await response.aread()
+
+        status, headers, content = self.client.portal.call(send)
+        return httpx.Response(status, headers=headers, content=content, request=request)
+
+
+def test_the_clients_history_and_pairs(served: Client) -> None:  # noqa: F811
+    from service.client import AsyncLossClient, LossClient, NotFoundError
+
+    n = 45
+    config, predictions, labels, weights = family("mse-keras", n, np.random.default_rng(9))
+    log_cohort(served, "m", n, keep_pairs(config), predictions, labels, weights)
+    expected = served.ok("GET", f"/v1/models/m/history?{WINDOW}&by=country")
+    table = arrow_table(served, "m")
+    with LossClient("http://loss-service", transport=PortalTransport(served)) as client:
+        assert client.history("m", start=T0, end=T0 + 3 * HOUR, by="country") == expected
+        got = client.pairs("m", start=T0, end=T0 + 3 * HOUR)
+        assert got.equals(table)
+        frame = client.pairs("m", start="2027-01-15T00:00:00Z", end=T0 + 3 * HOUR, as_="pandas")
+        assert frame["id"].tolist() == table.column("id").to_pylist()
+        assert frame["loss_0_sum"].to_numpy().tolist() == table.column("loss_0_sum").to_pylist()
+        with pytest.raises(NotFoundError):
+            client.pairs("nope")
+        with pytest.raises(ValueError, match="as_"):
+            client.pairs("m", as_="polars")
+
+    async def asynchronous() -> tuple[dict[str, Any], pa.Table]:
+        transport = httpx.ASGITransport(app=served.app)
+        async with AsyncLossClient("http://loss-service", transport=transport) as client:
+            answer = await client.history("m", start=T0, end=T0 + 3 * HOUR, by="country")
+            return answer, await client.pairs("m", start=T0, end=T0 + 3 * HOUR)
+
+    answer, pairs = served.portal.call(asynchronous)
+    assert answer == expected
+    assert pairs.equals(table)
+
+
+def test_the_history_command_prints_the_buckets(
+    served: Client,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import service.client
+
+    n = 45
+    config, predictions, labels, weights = family("mse-keras", n, np.random.default_rng(2))
+    log_cohort(served, "m", n, config, predictions, labels, weights)
+    blocking = service.client.LossClient
+    monkeypatch.setattr(service.client, "LossClient", functools.partial(blocking, transport=PortalTransport(served)))
+    expected = served.ok("GET", f"/v1/models/m/history?{WINDOW}&by=country")
+    window = ["--start", f"{T0:.0f}", "--end", f"{T0 + 3 * HOUR:.0f}", "--url", "http://loss-service"]
+    code, out = run_cli(["history", "m", "--by", "country", *window, "--json"], capsys)
+    assert code == 0
+    assert orjson.loads(out) == expected
+    code, out = run_cli(["history", "m", "--by", "country", *window], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "m: 9 buckets of 3600 s"
+    assert lines[1].split() == ["start", "(UTC)", "country", "predictions", "joined", "coverage", "delay", "p50", "s",
+                                "mean_squared_error", "mean"]  # fmt: skip
+    rows = [line.split() for line in lines[2:]]
+    assert len(rows) == len(expected["buckets"]) == 9
+    for row, bucket in zip(rows, expected["buckets"], strict=True):
+        assert row[:3] == [
+            "2027-01-15",
+            f"{int((bucket['start'] - T0) // HOUR):02d}:00:00",
+            bucket["segment"] or "(null)",
+        ]
+        assert int(row[3]) == bucket["predictions"]
+        assert int(row[4]) == bucket["joined"]
+        assert float(row[-1]) == pytest.approx(bucket["losses"][0]["mean"], rel=1e-5)
+    from service.cli import main
+
+    assert main(["history", "m", "--by", "device", *window]) == 3
+    assert "by: is not a segment key of model m" in capsys.readouterr().err
+    assert main(["history", "nope", *window]) == 3
+    assert "nope" in capsys.readouterr().err
+    assert main(["history", "m", "--start", "noon", "--url", "http://loss-service"]) == 3
+    assert "start: expected Unix seconds or an RFC 3339 date-time" in capsys.readouterr().err
