@@ -376,12 +376,12 @@ def _history_table(answer: dict[str, Any]) -> str:
                 f"{bucket['predictions']:,}",
                 f"{bucket['joined']:,}",
                 f"{bucket['coverage']:.1%}",
-                number(bucket["label_delay"]["p50"], ".4g"),
+                number(bucket["label_delay"]["p50"], ",.0f"),
                 *(number(loss["mean"]) for loss in bucket["losses"]),
             ]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    title = f"{answer['model']}: {len(answer['buckets'])} buckets of {answer['step']:g} s"
+    title = f"{answer['model']}: buckets of {answer['step']:g} s by prediction time" + (f", by {by}" if by else "")
     return "\n".join(
         [title, *("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)]
     )

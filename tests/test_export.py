@@ -352,7 +352,7 @@ def test_the_history_command_prints_the_buckets(
     code, out = run_cli(["history", "m", "--by", "country", *window], capsys)
     assert code == 0
     lines = out.splitlines()
-    assert lines[0] == "m: 9 buckets of 3600 s"
+    assert lines[0] == "m: buckets of 3600 s by prediction time, by country"
     assert lines[1].split() == ["start", "(UTC)", "country", "predictions", "joined", "coverage", "delay", "p50", "s",
                                 "mean_squared_error", "mean"]  # fmt: skip
     rows = [line.split() for line in lines[2:]]
