@@ -12,6 +12,7 @@ import orjson
 
 from service import __version__
 from service.cli.compute import EXIT_OK, EXIT_USAGE, _compute
+from service.cli.history import _history
 from service.engine.conventions import CONVENTIONS
 from service.offline.files import READABLE
 from service.offline.spec import DEFAULT_MAX_GROUPS
@@ -122,6 +123,31 @@ def build_parser() -> argparse.ArgumentParser:
     compute.add_argument("--out", metavar="FILE", help="write per-sample losses (.npy, .csv, .jsonl, .json)")
     compute.add_argument("--head", type=int, default=10, help="per-sample values shown in the table")
     compute.set_defaults(run=_compute)
+
+    history = commands.add_parser(
+        "history",
+        help="a model's losses and label coverage by prediction time, from a running service",
+        description="Exit codes: 0 ok, 1 other service error, 2 usage, 3 invalid query or unknown model, "
+        "4 unreachable service.",
+    )
+    history.add_argument("model", help="the model's name")
+    history.add_argument("--start", help="Unix seconds or RFC 3339 (default 24 h before --end)")
+    history.add_argument("--end", help="Unix seconds or RFC 3339 (default now)")
+    history.add_argument("--step", help="bucket width in seconds (default 3600)")
+    history.add_argument("--by", metavar="KEY", help="one entry per value of this segment key in each bucket")
+    history.add_argument(
+        "--url",
+        default=os.environ.get("LOSS_SERVICE_URL", "http://127.0.0.1:8000"),
+        help="the service (default LOSS_SERVICE_URL or http://127.0.0.1:8000)",
+    )
+    history.add_argument(
+        "--api-key",
+        "--key",
+        default=os.environ.get("LOSS_SERVICE_API_KEY"),
+        help="bearer token (default LOSS_SERVICE_API_KEY, which keeps it out of the process list)",
+    )
+    history.add_argument("--json", action="store_true", help="print the answer as JSON")
+    history.set_defaults(run=_history)
 
     commands.add_parser("openapi", help="print the OpenAPI document as JSON").set_defaults(run=_openapi)
     commands.add_parser("losses", help="list the loss catalogue and options").set_defaults(run=_losses)

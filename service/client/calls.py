@@ -6,14 +6,15 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 import httpx
 import numpy as np
 
-from service.client.bodies import NPZ
+from service.client.bodies import ARROW, NPZ, _encode
 from service.client.errors import (
     _ERRORS,
     LossServiceError,
@@ -31,6 +32,8 @@ RETRYABLE_WHEN_SAFE = {507}
 def _decode(response: httpx.Response) -> Any:
     if response.status_code == 204:
         return None
+    if response.headers.get("content-type", "").startswith(ARROW):
+        return response.content
     if response.headers.get("content-type", "").startswith(NPZ):
         with np.load(io.BytesIO(response.content), allow_pickle=False) as archive:
             # Indexing the archive reads and parses the member every time: once each halves the
@@ -90,9 +93,35 @@ class _Call:
     body_format: str = "json"
     raw: bool = False
     idempotent: bool = False
+    params: Mapping[str, str] | None = None  # the query of a call without a body
+    accept: str | None = None  # a media type other than JSON (the body comes back as bytes)
 
 
 T = TypeVar("T")
 
 
 Plan = Generator[_Call, Any, T]
+
+
+def _request_parts(call: _Call) -> tuple[bytes | None, dict[str, str] | None, Mapping[str, str] | None]:
+    """A call's content, headers and query: its body encoded, or its own query and Accept."""
+    if call.body is not None:
+        return _encode(call.body, call.body_format)
+    return None, {"accept": call.accept} if call.accept else None, call.params
+
+
+def _query(**values: Any) -> dict[str, str]:
+    """Query parameters given, as text (None: left out; a datetime in RFC 3339)."""
+    return {
+        key: value.isoformat() if isinstance(value, datetime) else str(value)
+        for key, value in values.items()
+        if value is not None
+    }
+
+
+def _table(content: bytes, as_: str) -> Any:
+    """An Arrow stream as a pyarrow Table, or ("pandas") a DataFrame."""
+    import pyarrow as pa
+
+    table = pa.ipc.open_stream(content).read_all()
+    return table.to_pandas() if as_ == "pandas" else table

@@ -15,11 +15,8 @@ from typing import Any, Self
 import anyio
 import httpx
 
-from service.client.bodies import (
-    LogResult,
-    _encode,
-)
-from service.client.calls import Plan, T, _Call
+from service.client.bodies import LogResult
+from service.client.calls import Plan, T, _Call, _request_parts
 from service.client.errors import LossServiceError
 from service.client.logger import PredictionLogger
 from service.client.plans import _Base
@@ -66,7 +63,7 @@ class LossClient(_Base):
         self._http.close()
 
     def _exchange(self, call: _Call) -> Any:
-        content, headers, params = _encode(call.body, call.body_format) if call.body is not None else (None, None, None)
+        content, headers, params = _request_parts(call)
         for attempt in range(self.retries + 1):
             response, error = None, None
             try:
@@ -162,6 +159,19 @@ class LossClient(_Base):
         """Store labels; those whose predictions wait join now, and their losses come back."""
         return self._run(self._log_plan(model, "labels", ids, labels, {"sample_weight": sample_weight}))
 
+    def history(
+        self, model: str, start: Any = None, end: Any = None, step: float | None = None, by: str | None = None
+    ) -> dict[str, Any]:
+        """The model's losses, label coverage and label delays by prediction time (and, with `by`,
+        segment): the JSON of GET /v1/models/{model}/history. `start`/`end`: Unix seconds or RFC
+        3339 text (default the last 24 h); `step`: bucket width in seconds (default 3600)."""
+        return self._run(self._history_plan(model, start, end, step, by))
+
+    def pairs(self, model: str, start: Any = None, end: Any = None, as_: str = "arrow") -> Any:
+        """The model's joined pairs made in [start, end) (GET /v1/models/{model}/pairs, read as an
+        Arrow stream): a pyarrow Table, or with `as_="pandas"` a DataFrame (needs pandas)."""
+        return self._run(self._pairs_plan(model, start, end, as_))
+
     def logger(self, model: str, **settings: Any) -> PredictionLogger:
         """A buffered logger for services that see one prediction at a time; see `PredictionLogger`."""
         return PredictionLogger(self, model, **settings)
@@ -206,7 +216,7 @@ class AsyncLossClient(_Base):
         await self._http.aclose()
 
     async def _exchange(self, call: _Call) -> Any:
-        content, headers, params = _encode(call.body, call.body_format) if call.body is not None else (None, None, None)
+        content, headers, params = _request_parts(call)
         for attempt in range(self.retries + 1):
             response, error = None, None
             try:
@@ -296,3 +306,11 @@ class AsyncLossClient(_Base):
 
     async def log_labels(self, model: str, ids: Any, labels: Any, *, sample_weight: Any = None) -> LogResult:
         return await self._run(self._log_plan(model, "labels", ids, labels, {"sample_weight": sample_weight}))
+
+    async def history(
+        self, model: str, start: Any = None, end: Any = None, step: float | None = None, by: str | None = None
+    ) -> dict[str, Any]:
+        return await self._run(self._history_plan(model, start, end, step, by))
+
+    async def pairs(self, model: str, start: Any = None, end: Any = None, as_: str = "arrow") -> Any:
+        return await self._run(self._pairs_plan(model, start, end, as_))

@@ -10,6 +10,7 @@ import httpx
 
 from service.client.bodies import (
     ARRAY_FIELDS,
+    ARROW,
     BINARY_THRESHOLD,
     BODY_FORMATS,
     LogResult,
@@ -22,7 +23,16 @@ from service.client.bodies import (
     _planned,
     _row_ids,
 )
-from service.client.calls import Plan, _Call, _decode, _raise_for_status, _retry_delay, _safe_to_repeat
+from service.client.calls import (
+    Plan,
+    _Call,
+    _decode,
+    _query,
+    _raise_for_status,
+    _retry_delay,
+    _safe_to_repeat,
+    _table,
+)
 from service.client.errors import InvalidInputError, UnreachableError, WholeBatchError
 from service.client.splitting import Catalogue, Splitting, by_name, splitting
 from service.values.columns import as_array
@@ -225,6 +235,17 @@ class _Base:
 
     def _single(self, method: str, path: str) -> Plan[Any]:
         return (yield _Call(method, path))
+
+    def _history_plan(self, model: str, start: Any, end: Any, step: Any, by: str | None) -> Plan[dict[str, Any]]:
+        params = _query(start=start, end=end, step=step, by=by)
+        return dict((yield _Call("GET", f"/v1/models/{model}/history", params=params)))
+
+    def _pairs_plan(self, model: str, start: Any, end: Any, as_: str) -> Plan[Any]:
+        if as_ not in ("arrow", "pandas"):
+            raise ValueError(f"as_ must be 'arrow' or 'pandas', not {as_!r}")
+        params = _query(start=start, end=end)
+        content = yield _Call("GET", f"/v1/models/{model}/pairs", params=params, accept=ARROW)
+        return _table(content, as_)
 
     def _health_plan(self) -> Plan[dict[str, Any]]:
         live = yield _Call("GET", "/livez")

@@ -409,6 +409,15 @@ def corpus() -> Iterator[Case]:
     for i, query in enumerate(bad_queries):
         yield f"route-history-{i}", history + query, b"", {}, 422
     yield "route-history-unknown-model", "/v1/models/nope/history", b"", {}, 404
+    # Export: the history's times, and an Accept naming no media type the export answers in.
+    pairs = "/v1/models/corpus/pairs?"
+    bad_windows = ["start=10&end=5", "start=10&end=10", "start=noon", "end=1e400", "end=NaN",
+                   "start=2026-01-31T12:00:00", "end=tomorrow", "start=1e14"]  # fmt: skip
+    for i, query in enumerate(bad_windows):
+        yield f"route-pairs-{i}", pairs + query, b"", {}, 422
+    for i, accept in enumerate(["image/png", "application/json", "text/html, application/xml;q=0.9", "text/csv;q=0"]):
+        yield f"route-pairs-accept-{i}", pairs, b"", {"accept": accept}, 406
+    yield "route-pairs-unknown-model", "/v1/models/nope/pairs", b"", {}, 404
     yield "log-unknown-model", "/v1/models/nope/predictions", json.dumps(good_log).encode(), j, 404
     yield "log-bad-model-name", "/v1/models/a%20b/predictions", json.dumps(good_log).encode(), j, 422
     yield "log-unknown-field", logs, json.dumps({**good_log, "model": "x"}).encode(), j, 422
@@ -736,6 +745,7 @@ HOSTILE_ROUTES = [
     ("POST", "/v1/models/{}/predictions", {"ids": ["a"], "predictions": [[0.2, 0.8]]}),
     ("POST", "/v1/models/{}/labels", {"ids": ["a"], "labels": [1]}),
     ("GET", "/v1/models/{}/history", None),
+    ("GET", "/v1/models/{}/pairs", None),
 ]
 HOSTILE_CASES = [
     (f"item7-{name}-{method.lower()}-{i}", method, template.format(quote(text, safe="")), payload)

@@ -6,14 +6,17 @@ to the use cases (`service.usecases.ingest`); the store's I/O always runs in a w
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Generator
 from typing import Annotated, Any
 
 from fastapi import Path, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
+from service.server.api.accept import negotiated
 from service.server.api.access import authorize, visible
 from service.server.api.batches import off_loop
 from service.server.api.body import json_decoded_bytes, read_body, validate_json
+from service.server.api.headers import request_header
 from service.server.api.inference_logs import EVENT_MEDIA_TYPES, read_event
 from service.server.api.model_schemas import (
     EventResult,
@@ -31,7 +34,7 @@ from service.server.api.responses import PROBLEM_RESPONSES, json_body, json_resp
 from service.server.api.routing import Routes
 from service.server.api.schemas import MODEL_LABEL_PATTERN
 from service.store import Side, Store
-from service.usecases import events, history, ingest, upkeep
+from service.usecases import events, export, history, ingest, upkeep
 
 routes = Routes("/v1/models", tags=["delayed labels"])
 READ = RoutePolicy(scope="read", model_param="model")
@@ -309,3 +312,49 @@ async def model_history(
     return json_response(
         await threads.read(lambda: history.history(store, model, start=start, end=end, step=step, by=by))
     )
+
+
+EXPORTED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The joined pairs, one row each, streamed in record batches (columns: docs/delayed-labels.md, "
+        "'Exporting the pairs'). A store failure after the first batch ends the response without its last chunk.",
+        "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in export.MEDIA_TYPES.values()},
+    },
+    406: {
+        "description": "Accept names none of application/vnd.apache.arrow.stream, text/csv, application/x-ndjson",
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    },
+}
+
+
+@routes.get(
+    "/{model}/pairs",
+    policy=READ,
+    summary="A model's joined pairs (ids, times, weights, segments, losses, and kept payloads) as Arrow, CSV or NDJSON",
+    response_class=StreamingResponse,
+    responses={**PROBLEM_RESPONSES, **NOT_FOUND, **EXPORTED},
+)
+async def model_pairs(
+    model: ModelName,
+    request: Request,
+    start: Annotated[str | None, Query(description=f"{TIME} Default: 24 h before end.")] = None,
+    end: Annotated[str | None, Query(description=f"{TIME} Default: now.")] = None,
+) -> Response:
+    form = negotiated(request_header(request.scope, b"accept"), export.MEDIA_TYPES, "ndjson")
+    store = _store(request)
+    threads = upkeep.store_threads(request.app.state)
+    found = await threads.read(lambda: export.pairs(store, model, start=start, end=end, form=form))
+    return StreamingResponse(_streamed(threads, found.chunks), media_type=found.media_type)
+
+
+async def _streamed(threads: upkeep.StoreThreads, chunks: Generator[bytes, None, None]) -> AsyncIterator[bytes]:
+    """Each chunk read on a store thread, one batch at a time: the event loop never waits on the
+    store, and memory holds the batch being sent."""
+    try:
+        while True:
+            chunk = await threads.read(lambda: next(chunks, None))
+            if chunk is None:
+                return
+            yield chunk
+    finally:
+        chunks.close()  # no thread runs it now: a read in flight is waited for, never abandoned
