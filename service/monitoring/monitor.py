@@ -6,7 +6,7 @@ import functools
 import math
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from service.monitoring.exposition import SharedRenderings, render
 from service.monitoring.labels import ModelLabels
 from service.monitoring.metrics import Metrics
 from service.monitoring.otlp import OtlpTallies, otlp_endpoint
+from service.monitoring.segments import SegmentValues
 
 ROW_KINDS = ("predictions", "labels")
 REJECTION_REASONS = {
@@ -41,6 +42,7 @@ class Monitor(Metrics):
         self.otlp_endpoint = otlp_endpoint(settings)
         self.otlp = OtlpTallies() if self.otlp_endpoint else None
         self.model_labels = ModelLabels(settings, _Counted(self, self.overflowed), self._remove_series, clock)
+        self.segment_values = SegmentValues(settings.max_segment_values)
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._renderings = SharedRenderings()
         self._quota_lock = threading.Lock()
@@ -58,6 +60,7 @@ class Monitor(Metrics):
             metric, labels = key
             del self._children[key]
             metric.remove(*labels)  # made by _child, so it is there
+        self.segment_values.forget(model)
         if self.otlp is not None:
             self.otlp.forget(model, self._by_model)
 
@@ -90,6 +93,31 @@ class Monitor(Metrics):
         self._count(self.samples, (label, loss), values.size)
         self._count(self.batches, (label, loss))
         self._child(self.last_mean, label, loss).set(mean)
+
+    def observe_segments(
+        self,
+        model: str,
+        keys: Sequence[str],
+        segments: Sequence[Mapping[str, str]],
+        losses: Sequence[tuple[str, np.ndarray[Any, Any]]],
+    ) -> None:
+        """The per-sample losses of joined pairs by each declared segment key's value (`segments`:
+        each pair's non-null values; `losses`: each configured loss's name and per-sample values,
+        a row per pair), after their transaction committed. Prometheus only: the OTLP export
+        carries the model-level series."""
+        if not keys or not segments:
+            return
+        label = self.model_label(model)
+        for key in keys:
+            named, overflowed = self.segment_values.labels(label, key, [values.get(key) for values in segments])
+            index: dict[str, int] = {}
+            rows = np.fromiter((index.setdefault(name, len(index)) for name in named), np.int64, len(named))
+            for name, position in index.items():
+                chosen = rows == position
+                for loss, per_sample in losses:
+                    _observe_many(self._child(self.segment_loss, label, loss, key, name), per_sample[chosen].ravel())
+            if overflowed:
+                self._child(self.segment_overflow, label, key).inc(overflowed)
 
     def observe_log(
         self,
