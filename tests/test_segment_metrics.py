@@ -254,3 +254,82 @@ def test_two_workers_segment_series_merge_to_every_pair_sent(tmp_path: Path) -> 
     assert len(pids) >= 2, f"one worker recorded every request: {pids}"
     for key in ("country", "device"):
         assert_matches(segment_series(scraped, "shop", key), naive(sent, key))
+
+
+# -- the dashboard's segment row, evaluated by promtool on known series ------------------------------
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "dashboards" / "loss-service.json"
+
+
+def segment_panels() -> list[dict[str, Any]]:
+    import json
+
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [p for p in panels if any("segment_" in t["expr"] for t in p.get("targets", []))]
+
+
+def test_the_segment_row_has_a_panel_per_key_and_variables_of_the_exported_labels() -> None:
+    import json
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["segment_key"]["definition"].startswith("label_values(loss_service_segment_loss_count{")
+    assert variables["segment_key"]["definition"].endswith(", segment_key)")
+    assert 'segment_key=~"$segment_key"' in variables["segment_value"]["definition"]
+    panels = segment_panels()
+    assert [p["repeat"] for p in panels if "repeat" in p] == ["segment_key"]  # one mean-loss panel per key
+    for panel in panels:
+        for target in panel["targets"]:
+            assert 'model=~"$model"' in target["expr"]
+            assert 'segment_key=~"$segment_key"' in target["expr"]
+
+
+def test_promtool_computes_the_segment_panels_from_known_series(tmp_path: Path) -> None:
+    """The row's mean-loss and ratio panels, variables substituted as Grafana does, over series whose
+    means the test chose: BR 0.5, US 0.1, null 0.25 (by rates per minute of sums and counts)."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (apt-get install prometheus); .ci/run installs it")
+    per_minute = {"BR": (10, 5.0), "US": (30, 3.0), "null": (8, 2.0)}  # count, sum
+    series = []
+    for name, (count, total) in per_minute.items():
+        labels = f'model="shop", loss="mse", segment_key="country", segment_value="{name}"'
+        series.append({"series": f"loss_service_segment_loss_count{{{labels}}}", "values": f"0+{count}x180"})
+        series.append({"series": f"loss_service_segment_loss_sum{{{labels}}}", "values": f"0+{total}x180"})
+    variables = {"$model": ".*", "$segment_key": "country", "$segment_value": ".*", "$__rate_interval": "5m"}
+    mean_panel, ratio_panel = (p["targets"][0]["expr"] for p in segment_panels()[:2])
+    for name, substituted in variables.items():
+        mean_panel, ratio_panel = mean_panel.replace(name, substituted), ratio_panel.replace(name, substituted)
+    key_mean = sum(t for _, t in per_minute.values()) / sum(c for c, _ in per_minute.values())
+    cases = []
+    for expr, is_ratio in ((mean_panel, False), (ratio_panel, True)):
+        cases.append(
+            {
+                "expr": f"round(1e6 * ({expr}))",  # in millionths: `sum` may add in any order
+                "eval_time": "150m",
+                "exp_samples": [
+                    {
+                        "labels": f'{{model="shop", loss="mse", segment_key="country", segment_value="{name}"}}',
+                        "value": round(1e6 * (total / count / (key_mean if is_ratio else 1.0))),
+                    }
+                    for name, (count, total) in per_minute.items()
+                ],
+            }
+        )
+    test_file = tmp_path / "panels.test.yml"
+    test_file.write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": [],
+                "evaluation_interval": "1m",
+                "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": cases}],
+            }
+        )
+    )
+    result = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
