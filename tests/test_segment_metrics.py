@@ -333,3 +333,34 @@ def test_promtool_computes_the_segment_panels_from_known_series(tmp_path: Path) 
     )
     result = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_segment_histograms_count_each_value_as_prometheus_observe_does() -> None:
+    """observe_segments fills the buckets and sums in one pass for every value: the same as
+    prometheus-client's own observe(), value by value, into a histogram per value."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    settings = Settings()
+    monitor = Monitor(settings)
+    rng = np.random.default_rng(3)
+    per_sample = np.exp(rng.normal(-2, 3, size=(400, 3)))  # across every bucket, +Inf included
+    per_sample[::7] = settings.loss_buckets[3]  # on a bound: the bucket whose bound equals it
+    countries = [{"country": str(c)} if c != "none" else {} for c in rng.choice(["A", "B", "C", "none"], 400)]
+    monitor.observe_segments("m", ["country"], countries, [("mse", per_sample)])
+    scraped = samples(monitor.exposition()[0].decode())
+    registry = CollectorRegistry()
+    reference = Histogram("ref", "", ["segment_value"], buckets=settings.loss_buckets, registry=registry)
+    for row, values in zip(per_sample, countries, strict=True):
+        for number in row:
+            reference.labels(values.get("country", "null")).observe(float(number))
+    from prometheus_client import generate_latest
+
+    expected = samples(generate_latest(registry).decode())
+    compared = 0
+    for (name, labels), number in expected.items():
+        if name.startswith("ref_") and not name.endswith("_created"):
+            ours = dict(labels) | {"model": "m", "loss": "mse", "segment_key": "country"}
+            got = scraped[(name.replace("ref_", "loss_service_segment_loss_"), tuple(sorted(ours.items())))]
+            assert got == pytest.approx(number, rel=1e-12), (name, labels)
+            compared += 1
+    assert compared == 4 * (len(settings.loss_buckets) + 1 + 2)

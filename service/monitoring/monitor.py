@@ -108,14 +108,19 @@ class Monitor(Metrics):
         if not keys or not segments:
             return
         label = self.model_label(model)
+        bounds = _bounds(tuple(self.segment_loss._upper_bounds))  # with +Inf, as each child's
+        # Each loss's values, a row per pair, and the bucket of each value: found once for every key.
+        found = []
+        for loss, per_sample in losses:
+            values = per_sample.reshape(len(segments), -1)
+            found.append((loss, values, np.searchsorted(bounds, values, side="left")))
         for key in keys:
             named, overflowed = self.segment_values.labels(label, key, [values.get(key) for values in segments])
             index: dict[str, int] = {}
             rows = np.fromiter((index.setdefault(name, len(index)) for name in named), np.int64, len(named))
-            for name, position in index.items():
-                chosen = rows == position
-                for loss, per_sample in losses:
-                    _observe_many(self._child(self.segment_loss, label, loss, key, name), per_sample[chosen].ravel())
+            for loss, values, buckets in found:
+                children = [self._child(self.segment_loss, label, loss, key, name) for name in index]
+                _observe_grouped(children, rows, values, buckets, bounds.size)
             if overflowed:
                 self._child(self.segment_overflow, label, key).inc(overflowed)
 
@@ -243,6 +248,27 @@ def _observe_many(histogram: Histogram, values: np.ndarray[Any, Any]) -> None:
         if count:
             bucket.inc(count)
     histogram._sum.inc(float(values.sum(dtype=np.float64)))
+
+
+def _observe_grouped(
+    histograms: list[Histogram],
+    rows: np.ndarray[Any, Any],
+    values: np.ndarray[Any, Any],
+    buckets: np.ndarray[Any, Any],
+    size: int,
+) -> None:
+    """`_observe_many(histograms[g], values[rows == g])` for every group g, in one pass: `values` has
+    a row per pair, `rows` each pair's group, `buckets` each value's bucket (as `_observe_many` finds
+    it) among `size`."""
+    groups = len(histograms)
+    of_value = np.repeat(rows, values.shape[1])
+    counts = np.bincount(of_value * size + buckets.ravel(), minlength=groups * size).reshape(groups, size).tolist()
+    sums = np.bincount(of_value, weights=values.ravel().astype(np.float64), minlength=groups).tolist()
+    for histogram, group_counts, total in zip(histograms, counts, sums, strict=True):
+        for bucket, count in zip(histogram._buckets, group_counts, strict=True):
+            if count:
+                bucket.inc(count)
+        histogram._sum.inc(total)
 
 
 @functools.cache
