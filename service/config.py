@@ -135,6 +135,13 @@ class Settings(BaseSettings):
         description="Seconds a model may go without a batch before, with all LOSS_SERVICE_MAX_MODELS labels taken, "
         "a new model name takes its label (and its series are removed).",
     )
+    max_segment_values: int = Field(
+        default=20,
+        ge=1,
+        description="Distinct values of each declared segment key, per model label and worker, that "
+        "`loss_service_segment_loss` labels; a model's later values are counted as 'other' (and in "
+        "`loss_service_segment_value_overflow_total`).",
+    )
     model_allowlist: Annotated[list[str] | None, NoDecode] = Field(
         default=None, description="Comma-separated model names; when set, any other model is counted as 'other'."
     )

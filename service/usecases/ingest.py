@@ -421,6 +421,9 @@ def recorded(
     model, results = logged.model, logged.joined_result or []
     for loss, reduced, _ in results:
         monitor.observe_batch(name, loss, reduced.per_sample, reduced.mean)
+    if results:
+        per_sample = [(loss, reduced.per_sample) for loss, reduced, _ in results]
+        monitor.observe_segments(name, model.config.get("segments", []), logged.pairs.segments, per_sample)
     pending = (model.pending_predictions, model.pending_labels)
     monitor.observe_log(name, side, logged.accepted, len(logged.duplicate_ids), logged.pairs.delays, pending)
     if logged.usage is not None:

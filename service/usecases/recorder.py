@@ -4,6 +4,7 @@ them, and turns each call into metrics."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,6 +26,16 @@ class Recorder(Protocol):
         pending: tuple[int, int],
     ) -> None:
         """One request's rows kept for the delayed-labels store, after its transaction committed."""
+
+    def observe_segments(
+        self,
+        model: str,
+        keys: Sequence[str],
+        segments: Sequence[Mapping[str, str]],
+        losses: Sequence[tuple[str, np.ndarray[Any, Any]]],
+    ) -> None:
+        """Joined pairs' per-sample losses by the value of each declared segment key (`segments`:
+        each pair's non-null values), after the join committed."""
 
     def observe_expired(self, model: str, expired: tuple[int, int], pending: tuple[int, int]) -> None:
         """Rows the retention sweep removed from a model, and the rows it still holds unpaired."""

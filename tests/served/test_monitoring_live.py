@@ -47,7 +47,11 @@ def send(url: str, body: dict[str, Any], times: int) -> None:
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     metrics_dir = tmp_path_factory.mktemp("metrics")
-    env = {"LOSS_SERVICE_METRICS_DIR": str(metrics_dir), "LOSS_SERVICE_SWEEP_INTERVAL": "0.2"}
+    env = {
+        "LOSS_SERVICE_METRICS_DIR": str(metrics_dir),
+        "LOSS_SERVICE_SWEEP_INTERVAL": "0.2",
+        "LOSS_SERVICE_MAX_SEGMENT_VALUES": "1",
+    }
     with served("--workers", "2", env=env) as url:
         yield url, metrics_dir
 
@@ -66,17 +70,18 @@ def test_two_workers_report_exactly_the_samples_sent(two_workers: tuple[str, Pat
 
 def dashboard_expressions() -> list[str]:
     dashboard = json.loads(DASHBOARD.read_text())
-    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
 
 
 def use_the_delayed_labels_store(url: str) -> None:
     """Joins, a label delay, pending rows and an expired one, so that their series exist."""
-    config = {"losses": [{"loss": "mse"}], "retention_seconds": 0.5}
+    config = {"losses": [{"loss": "mse"}], "retention_seconds": 0.5, "segments": ["country"]}
     httpx.put(f"{url}/v1/models/delayed", json=config, timeout=HANG).raise_for_status()
-    httpx.post(
-        f"{url}/v1/models/delayed/predictions", json={"ids": [1, 2], "predictions": [[0.0], [1.0]]}, timeout=HANG
-    )
-    httpx.post(f"{url}/v1/models/delayed/labels", json={"ids": [1], "labels": [[1.0]]}, timeout=HANG).raise_for_status()
+    # One segment value per model (LOSS_SERVICE_MAX_SEGMENT_VALUES=1): US is counted as other.
+    predictions = {"ids": [1, 2, 3], "predictions": [[0.0], [1.0], [2.0]], "segments": {"country": ["BR", "US", None]}}
+    httpx.post(f"{url}/v1/models/delayed/predictions", json=predictions, timeout=HANG)
+    labels = {"ids": [1, 2], "labels": [[1.0], [1.0]]}
+    httpx.post(f"{url}/v1/models/delayed/labels", json=labels, timeout=HANG).raise_for_status()
     deadline = time.monotonic() + HANG
     while (
         "loss_service_expired_total{" not in httpx.get(f"{url}/metrics", timeout=HANG).text
@@ -174,7 +179,7 @@ def test_prometheus_computes_the_dashboards_mean_loss_per_model(tmp_path: Path) 
             assert means == {"fraud-v3": pytest.approx(7.5, rel=1e-9), "churn-v1": pytest.approx(2.0, rel=1e-9)}
             rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=HANG).json()["data"]["groups"]
             in_file = sum(len(g["rules"]) for g in yaml.safe_load(RULES.read_text())["groups"])
-            assert sum(len(g["rules"]) for g in rules) == in_file == 10, "Prometheus loaded every rule of the file"
+            assert sum(len(g["rules"]) for g in rules) == in_file == 15, "Prometheus loaded every rule of the file"
         finally:
             process.terminate()
             process.wait(timeout=HANG)

@@ -161,6 +161,20 @@ class Metrics:
             registry=r,
             multiprocess_mode="mostrecent",
         )
+        self.segment_loss = Histogram(
+            "loss_service_segment_loss",
+            "Per-sample loss values of joined pairs by model, loss, declared segment key and the pair's value of it "
+            "('null': none; 'other': past the model's first LOSS_SERVICE_MAX_SEGMENT_VALUES values).",
+            ["model", "loss", "segment_key", "segment_value"],
+            buckets=tuple(loss_buckets),
+            registry=r,
+        )
+        self.segment_overflow = Counter(
+            "loss_service_segment_value_overflow",
+            "Joined pairs whose value of a segment key was counted as segment_value='other', by model and key.",
+            ["model", "segment_key"],
+            registry=r,
+        )
         # pragma: no mutate end
         self._by_model = {
             id(metric)
@@ -175,6 +189,8 @@ class Metrics:
                 self.label_delay,
                 self.pending,
                 self.expired,
+                self.segment_loss,
+                self.segment_overflow,
             )
         }
         self.overflowed = Counter(

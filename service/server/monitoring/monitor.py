@@ -6,7 +6,7 @@ import functools
 import math
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from service.server.monitoring.exposition import SharedRenderings, render
 from service.server.monitoring.labels import ModelLabels
 from service.server.monitoring.metrics import Metrics
 from service.server.monitoring.otlp import OtlpTallies, otlp_endpoint
+from service.server.monitoring.segments import SegmentValues
 
 ROW_KINDS = ("predictions", "labels")
 REJECTION_REASONS = {
@@ -41,6 +42,7 @@ class Monitor(Metrics):
         self.otlp_endpoint = otlp_endpoint(settings)
         self.otlp = OtlpTallies() if self.otlp_endpoint else None
         self.model_labels = ModelLabels(settings, _Counted(self, self.overflowed), self._remove_series, clock)
+        self.segment_values = SegmentValues(settings.max_segment_values)
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._renderings = SharedRenderings()
         self._quota_lock = threading.Lock()
@@ -58,6 +60,7 @@ class Monitor(Metrics):
             metric, labels = key
             del self._children[key]
             metric.remove(*labels)  # made by _child, so it is there
+        self.segment_values.forget(model)
         if self.otlp is not None:
             self.otlp.forget(model, self._by_model)
 
@@ -90,6 +93,36 @@ class Monitor(Metrics):
         self._count(self.samples, (label, loss), values.size)
         self._count(self.batches, (label, loss))
         self._child(self.last_mean, label, loss).set(mean)
+
+    def observe_segments(
+        self,
+        model: str,
+        keys: Sequence[str],
+        segments: Sequence[Mapping[str, str]],
+        losses: Sequence[tuple[str, np.ndarray[Any, Any]]],
+    ) -> None:
+        """The per-sample losses of joined pairs by each declared segment key's value (`segments`:
+        each pair's non-null values; `losses`: each configured loss's name and per-sample values,
+        a row per pair), after their transaction committed. Prometheus only: the OTLP export
+        carries the model-level series."""
+        if not keys or not segments:
+            return
+        label = self.model_label(model)
+        bounds = _bounds(tuple(self.segment_loss._upper_bounds))  # with +Inf, as each child's
+        # Each loss's values, a row per pair, and the bucket of each value: found once for every key.
+        found = []
+        for loss, per_sample in losses:
+            values = per_sample.reshape(len(segments), -1)
+            found.append((loss, values, np.searchsorted(bounds, values, side="left")))
+        for key in keys:
+            named, overflowed = self.segment_values.labels(label, key, [values.get(key) for values in segments])
+            index: dict[str, int] = {}
+            rows = np.fromiter((index.setdefault(name, len(index)) for name in named), np.int64, len(named))
+            for loss, values, buckets in found:
+                children = [self._child(self.segment_loss, label, loss, key, name) for name in index]
+                _observe_grouped(children, rows, values, buckets, bounds.size)
+            if overflowed:
+                self._child(self.segment_overflow, label, key).inc(overflowed)
 
     def observe_log(
         self,
@@ -215,6 +248,27 @@ def _observe_many(histogram: Histogram, values: np.ndarray[Any, Any]) -> None:
         if count:
             bucket.inc(count)
     histogram._sum.inc(float(values.sum(dtype=np.float64)))
+
+
+def _observe_grouped(
+    histograms: list[Histogram],
+    rows: np.ndarray[Any, Any],
+    values: np.ndarray[Any, Any],
+    buckets: np.ndarray[Any, Any],
+    size: int,
+) -> None:
+    """`_observe_many(histograms[g], values[rows == g])` for every group g, in one pass: `values` has
+    a row per pair, `rows` each pair's group, `buckets` each value's bucket (as `_observe_many` finds
+    it) among `size`."""
+    groups = len(histograms)
+    of_value = np.repeat(rows, values.shape[1])
+    counts = np.bincount(of_value * size + buckets.ravel(), minlength=groups * size).reshape(groups, size).tolist()
+    sums = np.bincount(of_value, weights=values.ravel().astype(np.float64), minlength=groups).tolist()
+    for histogram, group_counts, total in zip(histograms, counts, sums, strict=True):
+        for bucket, count in zip(histogram._buckets, group_counts, strict=True):
+            if count:
+                bucket.inc(count)
+        histogram._sum.inc(total)
 
 
 @functools.cache
