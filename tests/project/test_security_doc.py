@@ -35,3 +35,25 @@ def test_the_attack_table_names_tests_that_exist() -> None:
         or not re.search(rf"^(async )?def {name}\(", (ROOT / "tests" / file).read_text(), re.MULTILINE)
     ]
     assert not missing, missing
+
+
+def scope_table() -> dict[str, set[str]]:
+    """docs/security.md's scope table: scope -> the routes it lists (`METHOD /path`)."""
+    text = (ROOT / "docs" / "security.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| (.+) \|$", text, re.MULTILINE)
+    return {scope: set(re.findall(r"`([A-Z]+ /[^`]*)`", routes)) for scope, routes in rows}
+
+
+def test_the_scope_table_lists_every_route_under_the_scope_its_policy_declares() -> None:
+    from service.config import Settings
+    from service.server.api.routing import policy_of
+    from service.server.app import create_app
+
+    declared: dict[str, set[str]] = {}
+    for route in create_app(Settings()).routes:
+        scope = policy_of(route).scope
+        methods = getattr(route, "methods", None) or set()
+        if scope is not None and scope != "metrics":
+            declared.setdefault(scope, set()).update(f"{m} {route.path}" for m in methods if m != "HEAD")
+    table = scope_table()
+    assert {scope: table.get(scope, set()) for scope in declared} == declared
