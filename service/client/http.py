@@ -134,10 +134,16 @@ class LossClient(_Base):
         convention: str = "keras",
         dtype: str = "float64",
         retention_seconds: float | None = None,
+        segments: Sequence[str] | None = None,
+        keep_pairs: bool | None = None,
     ) -> dict[str, Any]:
         """Create or replace a model's configuration: the losses computed when its pairs join
-        (names, or {"loss": name, "options": {...}} items). Retention defaults to 7 days."""
-        return self._run(self._configure_plan(model, losses, convention, dtype, retention_seconds))
+        (names, or {"loss": name, "options": {...}} items). Retention defaults to 7 days;
+        `segments`: the segment keys its predictions may carry; `keep_pairs`: keep each joined
+        pair's rows for the export."""
+        return self._run(
+            self._configure_plan(model, losses, convention, dtype, retention_seconds, segments, keep_pairs)
+        )
 
     def model_status(self, model: str) -> dict[str, Any]:
         """The model's configuration and its pending, joined and expired counts."""
@@ -150,10 +156,20 @@ class LossClient(_Base):
         """Remove the model and everything stored for it."""
         self._run(self._single("DELETE", f"/v1/models/{model}"))
 
-    def log_predictions(self, model: str, ids: Any, predictions: Any, *, timestamps: Any = None) -> LogResult:
+    def log_predictions(
+        self,
+        model: str,
+        ids: Any,
+        predictions: Any,
+        *,
+        timestamps: Any = None,
+        segments: Mapping[str, Sequence[str | None]] | None = None,
+    ) -> LogResult:
         """Store predictions until their labels arrive; those whose labels wait already join now.
-        `timestamps`: when each prediction was made (Unix seconds), default its arrival."""
-        return self._run(self._log_plan(model, "predictions", ids, predictions, {"timestamps": timestamps}))
+        `timestamps`: when each prediction was made (Unix seconds), default its arrival;
+        `segments`: for each declared segment key, one value (or None) per prediction."""
+        plan = self._log_plan(model, "predictions", ids, predictions, {"timestamps": timestamps}, segments)
+        return self._run(plan)
 
     def log_labels(self, model: str, ids: Any, labels: Any, *, sample_weight: Any = None) -> LogResult:
         """Store labels; those whose predictions wait join now, and their losses come back."""
@@ -289,8 +305,12 @@ class AsyncLossClient(_Base):
         convention: str = "keras",
         dtype: str = "float64",
         retention_seconds: float | None = None,
+        segments: Sequence[str] | None = None,
+        keep_pairs: bool | None = None,
     ) -> dict[str, Any]:
-        return await self._run(self._configure_plan(model, losses, convention, dtype, retention_seconds))
+        return await self._run(
+            self._configure_plan(model, losses, convention, dtype, retention_seconds, segments, keep_pairs)
+        )
 
     async def model_status(self, model: str) -> dict[str, Any]:
         return await self._run(self._single("GET", f"/v1/models/{model}"))
@@ -301,8 +321,17 @@ class AsyncLossClient(_Base):
     async def delete_model(self, model: str) -> None:
         await self._run(self._single("DELETE", f"/v1/models/{model}"))
 
-    async def log_predictions(self, model: str, ids: Any, predictions: Any, *, timestamps: Any = None) -> LogResult:
-        return await self._run(self._log_plan(model, "predictions", ids, predictions, {"timestamps": timestamps}))
+    async def log_predictions(
+        self,
+        model: str,
+        ids: Any,
+        predictions: Any,
+        *,
+        timestamps: Any = None,
+        segments: Mapping[str, Sequence[str | None]] | None = None,
+    ) -> LogResult:
+        plan = self._log_plan(model, "predictions", ids, predictions, {"timestamps": timestamps}, segments)
+        return await self._run(plan)
 
     async def log_labels(self, model: str, ids: Any, labels: Any, *, sample_weight: Any = None) -> LogResult:
         return await self._run(self._log_plan(model, "labels", ids, labels, {"sample_weight": sample_weight}))

@@ -204,6 +204,8 @@ class _Base:
         convention: str,
         dtype: str,
         retention_seconds: float | None,
+        segments: Sequence[str] | None = None,
+        keep_pairs: bool | None = None,
     ) -> Plan[dict[str, Any]]:
         body: dict[str, Any] = {
             "losses": [_loss_item(item) for item in losses],
@@ -212,21 +214,40 @@ class _Base:
         }
         if retention_seconds is not None:
             body["retention_seconds"] = retention_seconds
+        if segments is not None:
+            body["segments"] = list(segments)
+        if keep_pairs is not None:
+            body["keep_pairs"] = keep_pairs
         return dict((yield _Call("PUT", f"/v1/models/{model}", body)))
 
-    def _log_plan(self, model: str, side: str, ids: Any, rows: Any, extra: Mapping[str, Any]) -> Plan[LogResult]:
-        """Rows sent in chunks of `chunk_size`; each chunk may be retried, since a row sent
-        again is a duplicate: never stored, joined or recorded twice."""
+    def _log_plan(
+        self,
+        model: str,
+        side: str,
+        ids: Any,
+        rows: Any,
+        extra: Mapping[str, Any],
+        segments: Mapping[str, Sequence[str | None]] | None = None,
+    ) -> Plan[LogResult]:
+        """Rows sent in chunks of `chunk_size`, each with its slice of every segment key's values;
+        each chunk may be retried, since a row sent again is a duplicate: never stored, joined or
+        recorded twice."""
         row_ids = _row_ids(ids)
         arrays = {side: _check_numbers(as_array(rows), side)}
         arrays.update({key: _check_numbers(as_array(v), key) for key, v in extra.items() if v is not None})
         for key, array in arrays.items():
             if array.ndim == 0 or len(array) != len(row_ids):
                 raise ValueError(f"{key} must have one row per id ({len(row_ids)}), got shape {list(array.shape)}")
+        values = {key: list(column) for key, column in (segments or {}).items()}
+        for key, column in values.items():
+            if len(column) != len(row_ids):
+                raise ValueError(f"segments[{key!r}] must have one value per id ({len(row_ids)}), got {len(column)}")
         answers = []
         for start in range(0, len(row_ids), self.chunk_size):
             part = slice(start, start + self.chunk_size)
             body = {"ids": row_ids[part], **{key: array[part] for key, array in arrays.items()}}
+            if values:
+                body["segments"] = {key: column[part] for key, column in values.items()}
             answers.append((yield _Call("POST", f"/v1/models/{model}/{side}", body, idempotent=True)))
         return _combined_log(answers)
 

@@ -124,3 +124,25 @@ def test_the_logger_counts_batches_the_service_refuses(url: str) -> None:
         with client.logger("no-such-model", max_delay=0.05, close_timeout=HANG) as log:
             log.label("a", 1)
         assert log.stats.rejected == 1
+
+
+def test_segments_go_with_their_rows_in_chunks_and_the_history_reads_them_back(url: str) -> None:
+    """Segment values cut with their chunk: each country's history mean is the naive float64 mean
+    of its own rows' squared errors (a chunk that shifted its values would mix countries)."""
+    rng = np.random.default_rng(11)
+    predictions, labels = rng.normal(size=23), rng.normal(size=23)
+    countries = [["BR", "US", None][i % 3] for i in range(23)]
+    now = time.time()
+    with LossClient(url, chunk_size=5) as client:
+        config = client.configure_model("segmented", ["mse"], segments=["country"], keep_pairs=True)
+        assert (config["segments"], config["keep_pairs"]) == (["country"], True)
+        client.log_predictions("segmented", np.arange(23), predictions[:, None], segments={"country": countries})
+        client.log_labels("segmented", np.arange(23), labels[:, None])
+        history = client.history("segmented", start=now - 3600, end=now + 3600, step=7200, by="country")
+        with pytest.raises(ValueError, match="one value per id"):
+            client.log_predictions("segmented", [1, 2], [[0.0], [0.0]], segments={"country": ["BR"]})
+    means = {bucket["segment"]: bucket["losses"][0]["mean"] for bucket in history["buckets"]}
+    errors = (predictions - labels) ** 2
+    expected = {c: float(np.mean([e for e, k in zip(errors, countries, strict=True) if k == c])) for c in means}
+    assert set(means) == {"BR", "US", None}
+    assert means == pytest.approx(expected, rel=1e-12)
