@@ -24,9 +24,10 @@ from service.store.errors import (
 from service.store.events import REQUEST, RESPONSE, EventBounds, EventCounts
 from service.store.health import StoreHealth
 from service.store.records import EventLogged, EventRows, Logged, Model, Pairs, Quota, Side, Swept, Usage
+from service.store.retention import DELETE_BATCH_ROWS, SWEEP_BATCH_ROWS
 from service.store.rows import DTYPES
 from service.store.schema import ROW_BYTES, SCHEMA_VERSION
-from service.store.store import DELETE_BATCH_ROWS, SWEEP_BATCH_ROWS, Store
+from service.store.store import Store
 
 __all__ = [
     "DELETE_BATCH_ROWS",

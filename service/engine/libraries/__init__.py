@@ -9,9 +9,10 @@ sum itself, `aggregate="sum"`).
 
 How to add a library's table (LightGBM, CatBoost)
 -------------------------------------------------
-1. Write `service/engine/libraries/<library>.py` (see `xgboost.py`): a module docstring citing
-   the library source followed and saying in which precision the library computes each row and
-   accumulates, then one function per metric declared with
+1. Write the package `service/engine/libraries/<library>/` (see `xgboost/`): an `__init__.py`
+   whose docstring cites the library source followed and says in which precision the library
+   computes each row and accumulates, and which imports its family modules in the library's table
+   order; in those modules, one function per metric declared with
    `@metric("<library>", "<name as the library writes it>", loss=..., link=..., precision=...)`:
    - signature `(predictions, labels, convention, /, *, margin: Margin = False, <options>)`,
      options as `Annotated[type, Range?, Doc("...")]` named as the library names its parameter;
@@ -32,7 +33,7 @@ How to add a library's table (LightGBM, CatBoost)
      rounds them), `weight_sum=` where it sums the weights other than in double;
    - return `LossValues(values)`, unweighted, with the library's domain checks raising
      `LossInputError(field, reason, index)` where its formula would give inf or NaN.
-2. Import the module at the bottom of this file. The API, the OIP route, model configurations,
+2. Import the package at the bottom of this file. The API, the OIP route, model configurations,
    the client, the CLI, `GET /v1/conventions/<library>` and the docs pick the table up from here.
 3. Tests: `tests/engine/test_engine_<library>.py` comparing `compute(...).mean` against the library's
    own recorded evaluation on models it trains (importorskip), and a committed fixture

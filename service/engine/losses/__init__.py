@@ -1,7 +1,11 @@
 """The loss functions, one module per family. Importing this package fills the catalogue."""
 
+# The catalogue lists the losses in the order they are declared: the focal family follows the
+# cross-entropy family it grew from, before the others in alphabetical order.
+# isort: off
+from service.engine.losses import crossentropy
+from service.engine.losses import focal
 from service.engine.losses import (
-    crossentropy,
     crps,
     ctc,
     deviance,
@@ -12,6 +16,7 @@ from service.engine.losses import (
     regression,
     scoring,
 )
+# isort: on
 
 __all__ = [
     "crossentropy",
@@ -19,6 +24,7 @@ __all__ = [
     "ctc",
     "deviance",
     "distribution",
+    "focal",
     "margin",
     "metric_learning",
     "overlap",

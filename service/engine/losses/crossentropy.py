@@ -16,7 +16,6 @@ from numpy.typing import NDArray
 
 from service.engine.checks import (
     check_class_indices,
-    check_class_vector,
     check_in_range,
     check_min_rank,
     check_same_shape,
@@ -30,7 +29,6 @@ from service.engine.numerics import (
     log_sigmoid,
     log_softmax,
     nll_of_logits,
-    sigmoid,
     torch_clamped_log,
 )
 from service.engine.options import Aliases, Doc, NonNegative, OnlyUnder, Probability, Range
@@ -400,155 +398,3 @@ def nll(
     weights = class_weights(weight, num_classes, "weight", predictions)
     picked = -np.take_along_axis(predictions, np.expand_dims(targets, axis), axis=axis).squeeze(axis)
     return _target_losses(picked, targets, mask, weights, convention)
-
-
-Gamma = Annotated[float, NonNegative, Doc("focusing parameter: 0 gives the plain cross-entropy")]
-
-
-@register("binary_focal_crossentropy", aliases=("binary_focal",))
-def binary_focal_crossentropy(
-    predictions: Array,
-    labels: Array,
-    convention: Convention,
-    /,
-    *,
-    gamma: Gamma = 2.0,
-    alpha: Annotated[float, Probability, Doc("weight of class 1 when apply_class_balancing")] = 0.25,
-    apply_class_balancing: Annotated[bool, Doc("weight targets by alpha (class 1) and 1 - alpha (class 0)")] = False,
-    from_logits: FromLogits = False,
-    label_smoothing: Annotated[float, Probability, Doc("squeeze targets towards 0.5: y(1 - ls) + ls/2")] = 0.0,
-) -> LossValues:
-    """Binary focal cross-entropy (Lin et al. 2017) in Keras's form.
-
-    Formula:
-        y <- y (1 - ls) + ls / 2; p = sigmoid(x) if from_logits
-        bce = -(y log p' + (1 - y) log(1 - p')), p' = clip(p, 1e-7, 1 - 1e-7)
-        p_t = y p + (1 - y)(1 - p); loss = mean_last((1 - p_t)^gamma bce [* (y alpha + (1 - y)(1 - alpha))])
-
-    Shapes:
-        predictions: (N,) or (N, ..., L); labels: the same shape.
-        per_sample: keras (N, ...) without the last axis ((N,) stays (N,)); torch as predictions.
-
-    Follows:
-        keras/src/losses/losses.py binary_focal_crossentropy.
-    """
-    check_same_shape(predictions, labels)
-    check_in_range(labels, "labels", 0.0, 1.0, "binary targets")
-    _check_probabilities(predictions, from_logits)
-    y = labels * (1.0 - label_smoothing) + 0.5 * label_smoothing if label_smoothing else labels
-    p = sigmoid(predictions) if from_logits else predictions
-    clipped = keras_clip(p)
-    bce = -(y * np.log(clipped) + (1.0 - y) * np.log(1.0 - clipped))
-    p_t = y * p + (1 - y) * (1 - p)
-    focal = np.power(1.0 - p_t, gamma) * bce
-    if apply_class_balancing:
-        focal = (y * alpha + (1 - y) * (1 - alpha)) * focal
-    return LossValues(per_sample_mean(focal, convention))
-
-
-@register("categorical_focal_crossentropy", aliases=("categorical_focal",))
-def categorical_focal_crossentropy(
-    predictions: Array,
-    labels: Array,
-    convention: Convention,
-    /,
-    *,
-    alpha: Annotated[float | list[float], NonNegative, Doc("balancing weight: one number, or one per class")] = 0.25,
-    gamma: Gamma = 2.0,
-    from_logits: FromLogits = False,
-    label_smoothing: LabelSmoothing = 0.0,
-) -> LossValues:
-    """Categorical focal cross-entropy (Keras) for one-hot or soft targets.
-
-    Formula:
-        y <- y (1 - ls) + ls / C; p = softmax(x) if from_logits; p' = clip(p / sum(p), 1e-7, 1 - 1e-7)
-        sum_c alpha_c (1 - p'_c)^gamma (-y_c log p'_c)
-
-    Shapes:
-        predictions: keras (N, ..., C), torch (N, C, ...); labels: the same shape.
-        per_sample: the predictions' shape without the class axis.
-
-    Follows:
-        keras/src/losses/losses.py categorical_focal_crossentropy.
-    """
-    check_same_shape(predictions, labels)
-    check_min_rank(predictions, 2, "predictions", "a batch axis and a class axis")
-    check_in_range(labels, "labels", 0.0, 1.0, "target probabilities")
-    _check_probabilities(predictions, from_logits)
-    axis = class_axis(convention)
-    num_classes = predictions.shape[axis]
-    y = labels * (1.0 - label_smoothing) + label_smoothing / num_classes if label_smoothing else labels
-    p = np.exp(log_softmax(predictions, axis)) if from_logits else predictions
-    output = keras_clip(p / p.sum(axis=axis, keepdims=True))
-    if isinstance(alpha, list):
-        check_class_vector(alpha, num_classes, "alpha")
-        weight: Array | float = along_axis(np.asarray(alpha, dtype=predictions.dtype), axis, predictions.ndim)
-    else:
-        weight = alpha
-    focal = np.power(1.0 - output, gamma) * weight * (-y * np.log(output))
-    return LossValues(focal.sum(axis=axis))
-
-
-@register("sigmoid_focal", aliases=("sigmoid_focal_loss",))
-def sigmoid_focal(
-    predictions: Array,
-    labels: Array,
-    convention: Convention,
-    /,
-    *,
-    alpha: Annotated[float | None, Probability, Doc("weight of positives; null disables balancing")] = 0.25,
-    gamma: Gamma = 2.0,
-) -> LossValues:
-    """Sigmoid focal loss on logits (RetinaNet), as torchvision.ops.sigmoid_focal_loss and Optax.
-
-    Formula:
-        p = sigmoid(x); ce = BCEWithLogits(x, y); p_t = p y + (1 - p)(1 - y)
-        ce (1 - p_t)^gamma [* (alpha y + (1 - alpha)(1 - y))]
-
-    Shapes:
-        predictions: logits (N, ...); labels: targets in [0, 1], the same shape.
-        per_sample: keras (N, ...) without the last axis; torch as predictions.
-
-    Follows:
-        torchvision/ops/focal_loss.py sigmoid_focal_loss; optax/losses/_classification.py sigmoid_focal_loss.
-    """
-    check_same_shape(predictions, labels)
-    check_in_range(labels, "labels", 0.0, 1.0, "binary targets")
-    p = sigmoid(predictions)
-    ce = (1.0 - labels) * predictions - log_sigmoid(predictions)
-    p_t = p * labels + (1 - p) * (1 - labels)
-    loss = ce * (1 - p_t) ** gamma
-    if alpha is not None:
-        loss = (alpha * labels + (1 - alpha) * (1 - labels)) * loss
-    return LossValues(per_sample_mean(loss, convention))
-
-
-@register("poly1_cross_entropy", aliases=("poly1",))
-def poly1_cross_entropy(
-    predictions: Array,
-    labels: Array,
-    convention: Convention,
-    /,
-    *,
-    epsilon: Annotated[float, Doc("coefficient of the first polynomial term (1 - p_t)")] = 2.0,
-) -> LossValues:
-    """Poly-1 cross-entropy (Leng et al. 2022) on logits with one-hot or soft targets.
-
-    Formula:
-        -sum_c y_c log_softmax(x)_c + epsilon sum_c y_c (1 - softmax(x)_c)
-
-    Shapes:
-        predictions: logits, keras (N, ..., C), torch (N, C, ...); labels: the same shape.
-        per_sample: the predictions' shape without the class axis.
-
-    Follows:
-        optax/losses/_classification.py poly_loss_cross_entropy; arXiv:2204.12511.
-    """
-    check_same_shape(predictions, labels)
-    check_min_rank(predictions, 2, "predictions", "a batch axis and a class axis")
-    check_in_range(labels, "labels", 0.0, 1.0, "target probabilities")
-    axis = class_axis(convention)
-    log_p = log_softmax(predictions, axis)
-    cross_entropy = -(labels * log_p).sum(axis=axis)
-    one_minus_pt = (labels * (1.0 - np.exp(log_p))).sum(axis=axis)
-    return LossValues(cross_entropy + epsilon * one_minus_pt)

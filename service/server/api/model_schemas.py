@@ -1,6 +1,6 @@
 """The delayed-labels routes' bodies and answers: row ids checked in one pass, the predictions and
-labels logs, a model's configuration, its status and quota, what a log request answers, and a
-model's history (`History`)."""
+labels logs, a model's configuration, its status and quota, and what a log request answers (a
+model's history: history_schemas.py)."""
 
 from __future__ import annotations
 
@@ -370,50 +370,3 @@ class EventResult(BaseModel):
     )
     log: LogResult | None = Field(description="The predictions log's answer when `outcome` is `logged`.")
     events: EventCountsStatus = Field(description="The model's event halves after this event.")
-
-
-class LabelDelay(BaseModel):
-    p50: float | None = Field(description="Median seconds from prediction to label, over the joined pairs (1 %).")
-    p90: float | None = Field(description="90th percentile of the same (1 % relative error).")
-
-
-class HistoryLoss(BaseModel):
-    mean: float | None = Field(
-        description="What /v1/loss returns for the bucket's joined pairs under the model's configuration; null "
-        "where none counts (no joined pair, or every target ignored or weighted 0)."
-    )
-    sum: float = Field(description="The sum of the pairs' shares of the loss's sum.")
-    denominator: float = Field(description="The sum of the pairs' shares of the denominator the mean divides by.")
-    count: int = Field(description="Values the pairs' per_sample holds, as /v1/loss counts them.")
-    p50: float | None = Field(description="Median of each joined pair's own loss (1 % relative error).")
-    p90: float | None = Field(description="90th percentile of each joined pair's own loss.")
-    p99: float | None = Field(description="99th percentile of each joined pair's own loss.")
-
-
-class HistoryBucket(BaseModel):
-    start: float = Field(description="Unix seconds: the bucket holds predictions made in [start, start + step).")
-    segment: str | None = Field(
-        default=None, description="With `by`: the segment value (null: predictions without one). Absent otherwise."
-    )
-    predictions: int = Field(description="Predictions made in the bucket.")
-    joined: int = Field(description="Of them, joined with their label.")
-    pending: int = Field(description="Still waiting for their label.")
-    expired: int = Field(description="Removed by retention before their label came.")
-    coverage: float = Field(description="joined / predictions.")
-    label_delay: LabelDelay
-    losses: list[HistoryLoss] = Field(description="One per configured loss, in the order of `losses`.")
-
-
-class History(BaseModel):
-    model: str
-    start: float = Field(description="Unix seconds.")
-    end: float = Field(description="Unix seconds; the last bucket may reach past it (buckets are whole steps).")
-    step: float = Field(description="Bucket width in seconds.")
-    by: str | None = Field(description="The segment key the buckets are split by, or null.")
-    losses: list[str] = Field(description="The configured losses, by the names their results carry.")
-    exact: list[bool] = Field(
-        description="Per loss: whether a bucket's mean is exactly what /v1/loss returns for its pairs (false for "
-        "losses whose samples read their batch: circle, log loss and Brier score without options.classes; and "
-        "LightGBM's cross_entropy metrics, whose weights LightGBM sums in float32)."
-    )
-    buckets: list[HistoryBucket] = Field(description="Time buckets (and segment values) holding predictions.")

@@ -17,10 +17,10 @@ from service.server.api.access import authorize, visible
 from service.server.api.batches import off_loop
 from service.server.api.body import json_decoded_bytes, read_body, validate_json
 from service.server.api.headers import request_header
+from service.server.api.history_schemas import History
 from service.server.api.inference_logs import EVENT_MEDIA_TYPES, read_event
 from service.server.api.model_schemas import (
     EventResult,
-    History,
     LabelsLog,
     LogResult,
     ModelConfig,
