@@ -24,7 +24,7 @@ def first_nonfinite(array: np.ndarray[Any, Any]) -> tuple[int, ...] | None:
     One summation answers for the whole array: a NaN or an infinity makes the sum non-finite (and
     it costs about half of isfinite + all). Only then, or when finite
     values overflow the sum, is the element-wise search paid for."""
-    if array.dtype.kind != "f" or math.isfinite(array.sum()):
+    if array.dtype.kind != "f" or math.isfinite(np.add.reduce(array, axis=None)):
         return None
     finite = np.isfinite(array)
     return None if finite.all() else _first(~finite)
@@ -69,7 +69,9 @@ def check_class_indices(labels: NDArray[np.intp], num_classes: int, ignore_index
     """Integer class labels in [0, num_classes), or equal to `ignore_index`."""
     # Viewed as unsigned, a negative label is huge, so one comparison finds both bounds.
     out_of_range = labels.view(np.uintp) >= num_classes
-    if out_of_range.any() and ignore_index is not None:
+    if not out_of_range.any():
+        return labels
+    if ignore_index is not None:
         out_of_range &= labels != ignore_index
     if out_of_range.any():
         index = _first(out_of_range)

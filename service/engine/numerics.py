@@ -120,9 +120,10 @@ def nll_of_logits(logits: Array, targets: NDArray[np.intp]) -> Array:
     if rows * classes <= BLOCK_VALUES:
         # One block: the same operations without the buffers blocks reuse (a 32 x 10 batch: 9 NumPy
         # calls, not 14), on rows laid out as the blocks' are, so each row sums in the same order.
-        shifted = np.subtract(logits, logits.max(axis=1, keepdims=True), order="C")
+        # The ufuncs' own reductions, which `max` and `sum` call, without their Python wrappers.
+        shifted = np.subtract(logits, np.maximum.reduce(logits, axis=1, keepdims=True), order="C")
         shifted_target = shifted[np.arange(rows), targets]
-        sums: Array = np.exp(shifted, out=shifted).sum(axis=1)
+        sums: Array = np.add.reduce(np.exp(shifted, out=shifted), axis=1)
         np.subtract(np.log(sums, out=sums), shifted_target, out=sums)
         return sums
     out = np.empty(rows, dtype=logits.dtype)

@@ -76,8 +76,8 @@ def loss_values(
     spec: LossSpec, x: Array, y: np.ndarray[Any, Any], convention: Convention, bound: dict[str, Any]
 ) -> LossValues:
     """`spec.function` over the batch, split into up to `threads()` blocks of samples when it is large."""
-    per_sample = {option.name for option in spec.options if option.per_sample}
-    for name in sorted(per_sample):  # before any split: a block's slice of a wrong list can look right
+    per_sample = spec.per_sample_options
+    for name in per_sample:  # before any split: a block's slice of a wrong list can look right
         value = bound[name]
         if value is not None and len(value) != x.shape[0]:
             raise LossInputError(f"options.{name}", f"needs one value per sample ({x.shape[0]}), got {len(value)}")

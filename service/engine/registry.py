@@ -12,7 +12,7 @@ import inspect
 import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -60,6 +60,15 @@ class LossSpec:
     class_labels: bool = False
     whole_batch: bool = False
     separable_with: tuple[str, ...] = ()
+    # From `options`, once: their names, those that have aliases, and the per-sample ones (sorted).
+    option_names: frozenset[str] = field(init=False, repr=False, compare=False)
+    aliased: tuple[OptionSpec, ...] = field(init=False, repr=False, compare=False)
+    per_sample_options: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "option_names", frozenset(o.name for o in self.options))
+        object.__setattr__(self, "aliased", tuple(o for o in self.options if o.aliases))
+        object.__setattr__(self, "per_sample_options", tuple(sorted(o.name for o in self.options if o.per_sample)))
 
     def reads_whole_batch(self, bound: Mapping[str, Any]) -> bool:
         """Whether a sample's loss depends on the rest of the batch under these bound options: a
@@ -69,16 +78,15 @@ class LossSpec:
     def bind(self, options: Mapping[str, Any] | None, convention: Convention) -> dict[str, Any]:
         """Check option names, ranges and conventions; return every option with its value."""
         given = dict(options or {})
-        by_name = {o.name: o for o in self.options}
-        for option in self.options:
+        for option in self.aliased:
             for alias in option.aliases:
                 if alias in given:
                     if option.name in given:
                         raise LossInputError(f"options.{alias}", f"is an alias of {option.name!r}; give only one")
                     given[option.name] = given.pop(alias)
-        unknown = sorted(set(given) - set(by_name))
-        if unknown:
-            valid = ", ".join(by_name) or "none"
+        if not self.option_names.issuperset(given):
+            unknown = sorted(set(given) - self.option_names)
+            valid = ", ".join(o.name for o in self.options) or "none"
             raise LossInputError(f"options.{unknown[0]}", f"is not an option of {self.name}; its options: {valid}")
         bound = {}
         for option in self.options:

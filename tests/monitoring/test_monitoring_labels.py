@@ -55,6 +55,21 @@ def test_a_burst_of_names_keeps_real_models_out_only_until_it_goes_idle() -> Non
     assert value(scrape, "loss_service_batches_total", model="other", loss="mean_squared_error") == 6
 
 
+def test_a_model_whose_label_was_taken_over_comes_back_with_fresh_series() -> None:
+    now = [0.0]
+    monitor = Monitor(Settings(max_models=1, model_label_idle=600), clock=lambda: now[0])
+    batch = np.array([0.5, 1.5])
+    for at, model in ((0.0, "a"), (0.0, "a"), (600.0, "b"), (1200.0, "a")):
+        now[0] = at
+        monitor.observe_batch(model, "mean_squared_error", batch, 1.0)
+    scrape = samples(generate_latest(monitor.registry).decode())
+    labelled = {dict(labels)["model"] for name, labels in scrape if name == "loss_service_batches_total"}
+    assert labelled == {"a"}
+    assert value(scrape, "loss_service_batches_total", model="a", loss="mean_squared_error") == 1
+    assert value(scrape, "loss_service_samples_total", model="a", loss="mean_squared_error") == 2
+    assert value(scrape, "loss_service_last_batch_mean_loss", model="a", loss="mean_squared_error") == 1.0
+
+
 async def test_refused_batches_claim_no_model_label() -> None:
     async with app_client(Settings(max_models=1)) as client:
         refused = await client.post("/v1/loss", json={**MSE, "model": "junk", "labels": [[1.0]]})

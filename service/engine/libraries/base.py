@@ -45,9 +45,12 @@ LIBRARY_TITLES: dict[Library, str] = {"xgboost": "XGBoost", "lightgbm": "LightGB
 SEPARATORS: dict[Library, str] = {"xgboost": "@", "lightgbm": "@", "catboost": ":"}
 
 
+_PARAMETERS = re.compile("[@:]")
+
+
 def base_name(name: str) -> str:
     """The metric's name without its parameters: `error` of error@0.7, `Quantile` of Quantile:alpha=0.3."""
-    return re.split("[@:]", name, maxsplit=1)[0]
+    return _PARAMETERS.split(name, maxsplit=1)[0]
 
 
 @dataclass(frozen=True)

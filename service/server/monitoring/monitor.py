@@ -44,6 +44,8 @@ class Monitor(Metrics):
         self.model_labels = ModelLabels(settings, _Counted(self, self.overflowed), self._remove_series, clock)
         self.segment_values = SegmentValues(settings.max_segment_values)
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        # Each (model label, loss)'s loss series, found once: a batch is recorded into all four.
+        self._batch_series: dict[tuple[str, str], _BatchSeries] = {}
         self._renderings = SharedRenderings()
         self._quota_lock = threading.Lock()
         self._quota_as_of: dict[str, float] = {}
@@ -61,6 +63,8 @@ class Monitor(Metrics):
             del self._children[key]
             metric.remove(*labels)  # made by _child, so it is there
         self.segment_values.forget(model)
+        for labels in [labels for labels in self._batch_series if labels[0] == model]:
+            del self._batch_series[labels]
         if self.otlp is not None:
             self.otlp.forget(model, self._by_model)
 
@@ -87,12 +91,20 @@ class Monitor(Metrics):
             self.otlp.record(metric, labels, values)
 
     def observe_batch(self, model: str | None, loss: str, per_sample: np.ndarray[Any, Any], mean: float) -> None:
-        label = self.model_label(model)
+        labels = (self.model_label(model), loss)
+        series = self._batch_series.get(labels)
+        if series is None:
+            series = self._batch_series[labels] = _BatchSeries(*(self._child(m, *labels) for m in self._batch_metrics))
         values = per_sample.ravel()
-        self._observe(self.sample_loss, (label, loss), values)
-        self._count(self.samples, (label, loss), values.size)
-        self._count(self.batches, (label, loss))
-        self._child(self.last_mean, label, loss).set(mean)
+        series.observe(values, mean)
+        if self.otlp is not None:
+            self.otlp.record(self.sample_loss, labels, values)
+            self.otlp.add(self.samples, labels, values.size)
+            self.otlp.add(self.batches, labels, 1)
+
+    @property
+    def _batch_metrics(self) -> tuple[Any, ...]:
+        return self.sample_loss, self.samples, self.batches, self.last_mean
 
     def observe_segments(
         self,
@@ -233,21 +245,41 @@ class _Counted:
         self._monitor._count(self._metric, (), amount)
 
 
-def _observe_many(histogram: Histogram, values: np.ndarray[Any, Any]) -> None:
-    """Histogram.observe for a whole array at once.
+class _BatchSeries:
+    """The four series one batch is recorded into, for one (model label, loss)."""
+
+    __slots__ = ("batches", "bounds", "histogram", "last_mean", "samples")
+
+    def __init__(self, histogram: Histogram, samples: Any, batches: Any, last_mean: Any) -> None:
+        self.histogram, self.samples, self.batches, self.last_mean = histogram, samples, batches, last_mean
+        self.bounds = _bounds(tuple(histogram._upper_bounds))
+
+    def observe(self, values: np.ndarray[Any, Any], mean: float) -> None:
+        _observe_many(self.histogram, values, self.bounds)
+        self.samples.inc(values.size)
+        self.batches.inc()
+        self.last_mean.set(mean)
+
+
+def _observe_many(
+    histogram: Histogram, values: np.ndarray[Any, Any], bounds: np.ndarray[Any, Any] | None = None
+) -> None:
+    """Histogram.observe for a whole array at once; `bounds`: the histogram's upper bounds as an
+    array, where the caller keeps them.
 
     prometheus-client has no batch observe, and a Python call per value costs ~1 s per million
     samples. Its per-bucket counters (`_buckets`, non-cumulative: observe() bumps the first bucket
     whose bound >= value) and `_sum` are incremented here directly; test_monitoring checks this
     equals calling observe() value by value.
     """
-    bounds = _bounds(tuple(histogram._upper_bounds))
+    if bounds is None:
+        bounds = _bounds(tuple(histogram._upper_bounds))
     # As Python ints: iterating NumPy's counts would build a NumPy scalar per bucket.
-    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=bounds.size).tolist()
+    counts = np.bincount(bounds.searchsorted(values, side="left"), minlength=bounds.size).tolist()
     for bucket, count in zip(histogram._buckets, counts, strict=True):
         if count:
             bucket.inc(count)
-    histogram._sum.inc(float(values.sum(dtype=np.float64)))
+    histogram._sum.inc(float(np.add.reduce(values, dtype=np.float64)))
 
 
 def _observe_grouped(
