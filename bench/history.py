@@ -79,7 +79,7 @@ def timed_post(http: httpx.Client, url: str, body: bytes) -> float:
     return elapsed
 
 
-def measure_join(url: str, rounds: int) -> dict[str, list[float]]:
+def measure_join(url: str, store_url: str, aged: int, rounds: int) -> dict[str, list[float]]:
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(ROWS, CLASSES)).astype(np.float32)
     labels = rng.integers(0, CLASSES, ROWS)
@@ -88,10 +88,15 @@ def measure_join(url: str, rounds: int) -> dict[str, list[float]]:
         {"loss": "scce", "predictions": logits, "labels": labels, "options": {"from_logits": True}, "dtype": "float32"},
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
-    times: dict[str, list[float]] = {"loss": [], "join": [], "join, 1 segment key": []}
+    times: dict[str, list[float]] = {key: [] for key in ("loss", "join", "join, 1 segment key", "aged")}
     with httpx.Client(timeout=60) as http:
         http.put(f"{url}/v1/models/plain", json=JOIN_CONFIG).raise_for_status()
         http.put(f"{url}/v1/models/segmented", json={**JOIN_CONFIG, "segments": ["country"]}).raise_for_status()
+        config = {**JOIN_CONFIG, "segments": ["country"], "retention_seconds": 100 * DAY}
+        http.put(f"{url}/v1/models/aged", json=config).raise_for_status()
+        store = Store.open(store_url)
+        populate(store, "aged", aged, time.time(), seed=1)
+        store.close()
         for round_ in range(rounds + 2):  # two rounds of warm-up
             ids = [f"r{round_}-{i}" for i in range(ROWS)]
             answers = orjson.dumps({"ids": ids, "labels": labels}, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -105,6 +110,8 @@ def measure_join(url: str, rounds: int) -> dict[str, list[float]]:
             sample["join"] = timed_post(http, f"{url}/v1/models/plain/labels", answers)
             timed_post(http, f"{url}/v1/models/segmented/predictions", segmented)
             sample["join, 1 segment key"] = timed_post(http, f"{url}/v1/models/segmented/labels", answers)
+            timed_post(http, f"{url}/v1/models/aged/predictions", segmented)
+            sample["aged"] = timed_post(http, f"{url}/v1/models/aged/labels", answers)
             if round_ >= 2:
                 for key, value in sample.items():
                     times[key].append(value)
@@ -147,14 +154,15 @@ class InProcess:
         return response
 
 
-def populate(app: InProcess, name: str, pairs: int, now: float, seed: int) -> None:
-    """`pairs` joined pairs made over the 30 days before `now`, written as joins write them."""
-    app.request("PUT", f"/v1/models/{name}", json={**HISTORY_CONFIG, "retention_seconds": 100 * DAY})
-    store = app.store
+def populate(store: Store, name: str, pairs: int, now: float, seed: int) -> None:
+    """`pairs` joined pairs made over the 30 days before `now`, written as joins write them, into
+    model `name` (configured with HISTORY_CONFIG or another single loss and key `country`)."""
     model = store.model(name)
     assert model is not None
     call = model.config["losses"][0]
-    variant = store_history.loss_variant(call["loss"], call["options"], model.config["convention"], "float64")
+    variant = store_history.loss_variant(
+        call["loss"], call["options"], model.config["convention"], model.config["dtype"]
+    )
     rng = np.random.default_rng(seed)
     sqlite = store.database.dialect.name == "sqlite"
     first = now - DAYS * DAY
@@ -286,6 +294,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=1_000_000, help="joined pairs of the history and export model")
     parser.add_argument("--large", type=int, default=10_000_000, help="joined pairs of the larger history model")
+    parser.add_argument("--aged", type=int, default=200_000, help="pairs already held by the aged join model")
     parser.add_argument("--stores", default="sqlite,postgresql")
     parser.add_argument("--rounds", type=int, default=30, help="rounds of the join measurement")
     parser.add_argument("--seconds", type=float, default=20.0, help="writes during the sweep")
@@ -312,17 +321,21 @@ def main() -> None:
         print(f"# one worker per server; {os.cpu_count()} cores")
         if "join" not in skip:
             print(f"\n## Join: {ROWS:,} x {CLASSES} float32 per request, median of {args.rounds} rounds, loopback")
-            print("| store | /v1/loss | join | ratio | join, 1 segment key of 20 values | ratio |")
-            print("|---|---|---|---|---|---|")
+            print(f"(aged: the model already holds {args.aged:,} pairs of the 30 days before, and their rollups)")
+            print(
+                "| store | /v1/loss | join | ratio | join, 1 segment key of 20 values | ratio | the same, aged "
+                "| ratio |"
+            )
+            print("|---|---|---|---|---|---|---|---|")
             for name, url in stores("join").items():
                 with plain_server(url) as served:
-                    measured = measure_join(served, args.rounds)
-                loss, join, segmented = (
-                    statistics.median(measured[k]) * 1e3 for k in ("loss", "join", "join, 1 segment key")
+                    measured = measure_join(served, url, args.aged, args.rounds)
+                loss, join, segmented, aged = (
+                    statistics.median(measured[k]) * 1e3 for k in ("loss", "join", "join, 1 segment key", "aged")
                 )
                 print(
                     f"| {name} | {loss:.2f} ms | {join:.2f} ms | {join / loss:.2f}x "
-                    f"| {segmented:.2f} ms | {segmented / loss:.2f}x |",
+                    f"| {segmented:.2f} ms | {segmented / loss:.2f}x | {aged:.2f} ms | {aged / loss:.2f}x |",
                     flush=True,
                 )
         if skip >= {"history", "export", "retention"}:
@@ -334,7 +347,9 @@ def main() -> None:
                 sizes = [args.pairs] + ([] if "history" in skip else [args.large])
                 for pairs in sizes:
                     started = time.perf_counter()
-                    populate(app, f"pairs-{pairs}", pairs, now, seed=pairs)
+                    config = {**HISTORY_CONFIG, "retention_seconds": 100 * DAY}
+                    app.request("PUT", f"/v1/models/pairs-{pairs}", json=config)
+                    populate(app.store, f"pairs-{pairs}", pairs, now, seed=pairs)
                     result[f"built {pairs}"] = time.perf_counter() - started
                     print(f"# {name}: {pairs:,} pairs written in {result[f'built {pairs}']:.0f} s", flush=True)
                 if "history" not in skip:
