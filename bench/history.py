@@ -45,6 +45,8 @@ import pyarrow as pa
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("LOSS_SERVICE_LOG_LEVEL", "warning")
+# The servers started here run this checkout's code, whatever the interpreter has installed.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(ROOT))
 
 from bench import tenants  # noqa: E402
@@ -79,7 +81,19 @@ def timed_post(http: httpx.Client, url: str, body: bytes) -> float:
     return elapsed
 
 
-def measure_join(url: str, store_url: str, aged: int, rounds: int) -> dict[str, list[float]]:
+def configure_join(url: str, store_url: str, aged: int) -> None:
+    """The three models the join is measured on; `aged` holds `aged` pairs of 30 days."""
+    with httpx.Client(timeout=60) as http:
+        http.put(f"{url}/v1/models/plain", json=JOIN_CONFIG).raise_for_status()
+        http.put(f"{url}/v1/models/segmented", json={**JOIN_CONFIG, "segments": ["country"]}).raise_for_status()
+        config = {**JOIN_CONFIG, "segments": ["country"], "retention_seconds": 100 * DAY}
+        http.put(f"{url}/v1/models/aged", json=config).raise_for_status()
+    store = Store.open(store_url)
+    populate(store, "aged", aged, time.time(), seed=1)
+    store.close()
+
+
+def measure_join(url: str, rounds: int) -> dict[str, list[float]]:
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(ROWS, CLASSES)).astype(np.float32)
     labels = rng.integers(0, CLASSES, ROWS)
@@ -90,13 +104,6 @@ def measure_join(url: str, store_url: str, aged: int, rounds: int) -> dict[str, 
     )
     times: dict[str, list[float]] = {key: [] for key in ("loss", "join", "join, 1 segment key", "aged")}
     with httpx.Client(timeout=60) as http:
-        http.put(f"{url}/v1/models/plain", json=JOIN_CONFIG).raise_for_status()
-        http.put(f"{url}/v1/models/segmented", json={**JOIN_CONFIG, "segments": ["country"]}).raise_for_status()
-        config = {**JOIN_CONFIG, "segments": ["country"], "retention_seconds": 100 * DAY}
-        http.put(f"{url}/v1/models/aged", json=config).raise_for_status()
-        store = Store.open(store_url)
-        populate(store, "aged", aged, time.time(), seed=1)
-        store.close()
         for round_ in range(rounds + 2):  # two rounds of warm-up
             ids = [f"r{round_}-{i}" for i in range(ROWS)]
             answers = orjson.dumps({"ids": ids, "labels": labels}, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -134,7 +141,7 @@ class InProcess:
         from service.config import Settings
         from service.server.app import create_app
 
-        self.app = create_app(Settings(store_url=self.url, sweep_interval=10**6))
+        self.app = create_app(Settings(store_url=self.url, **({} if os.environ.get("SWEEPS") else {"sweep_interval": 10**6})))
         self.portal = self.stack.enter_context(start_blocking_portal())
         self.stack.enter_context(self.portal.wrap_async_context_manager(self.app.router.lifespan_context(self.app)))
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://loss-service")
@@ -329,7 +336,9 @@ def main() -> None:
             print("|---|---|---|---|---|---|---|---|")
             for name, url in stores("join").items():
                 with plain_server(url) as served:
-                    measured = measure_join(served, url, args.aged, args.rounds)
+                    configure_join(served, url, args.aged)
+                with plain_server(url) as served:
+                    measured = measure_join(served, args.rounds)
                 loss, join, segmented, aged = (
                     statistics.median(measured[k]) * 1e3 for k in ("loss", "join", "join, 1 segment key", "aged")
                 )
