@@ -141,7 +141,7 @@ class InProcess:
         from service.config import Settings
         from service.server.app import create_app
 
-        self.app = create_app(Settings(store_url=self.url, **({} if os.environ.get("SWEEPS") else {"sweep_interval": 10**6})))
+        self.app = create_app(Settings(store_url=self.url, sweep_interval=10**6))
         self.portal = self.stack.enter_context(start_blocking_portal())
         self.stack.enter_context(self.portal.wrap_async_context_manager(self.app.router.lifespan_context(self.app)))
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://loss-service")
