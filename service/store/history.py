@@ -431,7 +431,9 @@ def read_rows(
     (the last row of the previous batch), each with its label's weight and payload."""
     made = "coalesce(p.at, p.arrived)"
     conditions = ["p.model_id = ?", f"{made} >= ?", f"{made} < ?"]
-    params: list[Any] = [model_id, start, end]
+    # The rows after `after` start at its time: that bound, not `start`, begins the index range
+    # (the row comparison below only settles ties), so a batch costs O(limit log n), not O(n).
+    params: list[Any] = [model_id, start if after is None else max(start, after[0]), end]
     if after is not None:
         conditions.append(f"({made}, p.id) > (?, ?)")
         params.extend(after)
