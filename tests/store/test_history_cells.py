@@ -70,3 +70,39 @@ def test_joins_and_sweeps_find_each_rollup_cell_on_its_whole_primary_key(tmp_pat
     assert all(step.startswith("SEARCH") and step.endswith(FULL_KEY) for step in by_cell), steps
     assert len(by_end) == 1, steps
     assert by_end[0].startswith("SEARCH"), steps
+
+
+def test_an_export_batch_late_in_the_window_does_the_work_of_one_early_in_it(tmp_path: Path) -> None:
+    """Work counted in SQLite's virtual-machine steps (its progress handler): a batch of the rows
+    after the 3,800th costs what one after the 100th does (not nine times as much, as when the
+    index range began at the window's start)."""
+    store = Store.open(f"sqlite:///{tmp_path}/store.sqlite3")
+    store.configure_model("m", {**CONFIG, "segments": []}, 10.0**6, now=0.0)
+    n, limit = 4_000, 100
+    ids = [f"id{i:05d}" for i in range(n)]
+    times = [1_000.0 + i for i in range(n)]
+    rows = np.zeros((n, 1))
+    store.log("predictions", "m", ids, rows, now=1.0, max_pending=n, timestamps=times, on_join=lambda *_: None)
+    store.log("labels", "m", ids, rows, now=2.0, max_pending=n, on_join=lambda *_: None)
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    def work(after: int) -> tuple[int, list[str]]:
+        with store.database.transaction() as tx:
+            model_id = tx.one("SELECT id FROM loss_models WHERE name = ?", ["m"])[0]
+            connection = store.database._connection  # type: ignore[attr-defined]
+            steps[0] = 0
+            connection.set_progress_handler(count, 1)
+            found = history.read_rows(tx, model_id, 0.0, 10.0**9, (times[after], ids[after]), limit, True)
+            connection.set_progress_handler(None, 1)
+        return steps[0], [row.id for row in found]
+
+    early, early_ids = work(100)
+    late, late_ids = work(3_800)
+    store.close()
+    assert early_ids == ids[101 : 101 + limit]
+    assert late_ids == ids[3_801 : 3_801 + limit]
+    assert late < 2 * early, (early, late)
