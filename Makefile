@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint docs screenshots mutation openapi lock grpc-stubs bench bench-store bench-tenants bench-dataset bench-peers clean
+.PHONY: serve test lint docs screenshots mutation openapi lock grpc-stubs bench bench-store bench-tenants bench-history bench-dataset bench-peers clean
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,11 @@ bench-store: $(VENV)/.dev
 
 bench-tenants: $(VENV)/.dev
 	$(BIN)/python bench/tenants.py
+
+# Loss history: the join's cost, history queries at 10^6 and 10^7 pairs, the Arrow export, the
+# retention sweep under writes; smaller sizes: ARGS="--pairs 1000000 --large 2000000".
+bench-history: $(VENV)/.dev
+	$(BIN)/python bench/history.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -155,19 +155,26 @@ def cells_of(
     return Cells(cells, of_row)
 
 
-def _matching(tx: Transaction, cells: Sequence[Cell]) -> tuple[str, list[Any]]:
-    """`(level, segment_key, start, segment_value) IN (these cells)`, one parameter per column."""
+def _stored(tx: Transaction, table: str, columns: str, model_id: int, cells: Sequence[Cell]) -> list[tuple[Any, ...]]:
+    """The rows of `table` (`loss_rollups` or `loss_rollup_losses`) of these cells: each cell's
+    columns, then `columns`. The cells drive the read, each found on the table's primary key,
+    so that it costs O(cells log n) however many cells the model keeps."""
+    selected = ", ".join(f"r.{name.strip()}" for name in f"{_CELL_COLUMNS}, {columns}".split(","))
+    matched = "r.level = j.level AND r.segment_key = j.segment_key AND r.start = j.start AND r.segment_value = j.value"
     if tx.dialect.name == "sqlite":
         listed = orjson.dumps([list(cell) for cell in cells]).decode()
-        return (
-            f"({_CELL_COLUMNS}) IN (SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3 "
-            "FROM json_each(?) AS j)",
-            [listed],
+        cell = "SELECT value ->> 0 AS level, value ->> 1 AS segment_key, value ->> 2 AS start, value ->> 3 AS value"
+        # CROSS JOIN: SQLite keeps the listed cells as the outer loop.
+        return tx.all(
+            f"SELECT {selected} FROM ({cell} FROM json_each(?)) AS j CROSS JOIN {table} AS r "
+            f"WHERE r.model_id = ? AND {matched}",
+            [listed, model_id],
         )
-    columns = [list(column) for column in zip(*cells, strict=True)]
-    return (
-        f"({_CELL_COLUMNS}) IN (SELECT * FROM unnest(?::bigint[], ?::text[], ?::float8[], ?::text[]))",
-        columns,
+    params = [list(column) for column in zip(*cells, strict=True)]
+    return tx.all(
+        f"SELECT {selected} FROM unnest(?::bigint[], ?::text[], ?::float8[], ?::text[]) "
+        f"AS j(level, segment_key, start, value) JOIN {table} AS r ON r.model_id = ? AND {matched}",
+        [*params, model_id],
     )
 
 
@@ -218,13 +225,8 @@ def roll_up(
     touched = sorted(set(predictions) | set(pairs))
     if not touched:
         return
-    where, params = _matching(tx, touched)
     existing = {
-        tuple(row[:4]): row[4:]
-        for row in tx.all(
-            f"SELECT {_CELL_COLUMNS}, predictions, joined, delays FROM loss_rollups WHERE model_id = ? AND {where}",
-            [model_id, *params],
-        )
+        tuple(row[:4]): row[4:] for row in _stored(tx, "loss_rollups", "predictions, joined, delays", model_id, touched)
     }
     merged = _merged([existing.get(cell, (0, 0, None))[2] for cell in touched], [new_delays.get(c) for c in touched])
     written = []
@@ -256,14 +258,9 @@ def _roll_up_losses(
     cells: list[Cell],
     new: dict[tuple[Cell, int], tuple[str, float, float, int, bytes]],
 ) -> None:
-    where, params = _matching(tx, cells)
     existing = {
         (tuple(row[:4]), int(row[4])): row[5:]
-        for row in tx.all(
-            f"SELECT {_CELL_COLUMNS}, variant, sum, denominator, count, sketch FROM loss_rollup_losses "
-            f"WHERE model_id = ? AND {where}",
-            [model_id, *params],
-        )
+        for row in _stored(tx, "loss_rollup_losses", "variant, sum, denominator, count, sketch", model_id, cells)
     }
     keys = sorted(new)
     merged = _merged([existing.get(key, (0.0, 0.0, 0, None))[3] for key in keys], [new[key][4] for key in keys])
@@ -321,10 +318,13 @@ def sweep_cells(tx: Transaction, model_id: int, oldest_end: float | None, limit:
     )
     if not found:
         return 0
-    cells: list[Cell] = [(int(r[0]), r[1], float(r[2]), r[3]) for r in found]
-    where, params = _matching(tx, cells)
-    for table in ("loss_rollup_losses", "loss_rollups"):
-        tx.execute(f"DELETE FROM {table} WHERE model_id = ? AND {where}", [model_id, *params])
+    keys = [(model_id, int(r[0]), r[1], float(r[2]), r[3]) for r in found]
+    for table in ("loss_rollup_losses", "loss_rollups"):  # each cell found on the primary key
+        tx.many(
+            f"DELETE FROM {table} WHERE model_id = ? AND level = ? AND segment_key = ? AND start = ? "
+            "AND segment_value = ?",
+            keys,
+        )
     return len(found)
 
 
@@ -431,7 +431,9 @@ def read_rows(
     (the last row of the previous batch), each with its label's weight and payload."""
     made = "coalesce(p.at, p.arrived)"
     conditions = ["p.model_id = ?", f"{made} >= ?", f"{made} < ?"]
-    params: list[Any] = [model_id, start, end]
+    # The rows after `after` start at its time: that bound, not `start`, begins the index range
+    # (the row comparison below only settles ties), so a batch costs O(limit log n), not O(n).
+    params: list[Any] = [model_id, start if after is None else max(start, after[0]), end]
     if after is not None:
         conditions.append(f"({made}, p.id) > (?, ?)")
         params.extend(after)
