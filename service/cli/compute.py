@@ -110,6 +110,18 @@ def _option_errors(exc: Any) -> str:
     return "; ".join(f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
 
 
+def _service_failure(exc: Exception) -> int:
+    """The exit status and line for a running service's refusal (3), its absence (4) or any other
+    failure (1), as the client raised it."""
+    from service.client import InvalidInputError, NotFoundError, UnreachableError
+
+    if isinstance(exc, InvalidInputError | NotFoundError):
+        return _invalid("; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors) or str(exc))
+    if isinstance(exc, UnreachableError):
+        return _fail(EXIT_UNREACHABLE, str(exc.problem["detail"]))
+    return _fail(EXIT_ERROR, str(exc))
+
+
 def _service_error(args: argparse.Namespace) -> str | None:
     """A --url httpx cannot parse, or a key no HTTP header can carry (the key is never echoed)."""
     import httpx
@@ -152,7 +164,7 @@ def _compute_checked(args: argparse.Namespace) -> int:
         return _usage(problem)
     from pydantic import ValidationError
 
-    from service.client import InvalidInputError, LossServiceError, NotFoundError, UnreachableError
+    from service.client import LossServiceError
     from service.engine import LossInputError, UnknownLossError
 
     try:
@@ -175,12 +187,8 @@ def _compute_checked(args: argparse.Namespace) -> int:
         return _invalid(str(exc))
     except ValidationError as exc:
         return _invalid(_option_errors(exc))
-    except (InvalidInputError, NotFoundError) as exc:
-        return _invalid("; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors) or str(exc))
-    except UnreachableError as exc:
-        return _fail(EXIT_UNREACHABLE, str(exc.problem["detail"]))
     except LossServiceError as exc:
-        return _fail(EXIT_ERROR, str(exc))
+        return _service_failure(exc)
     if args.out:
         try:
             write_array(Path(args.out), result["per_sample"])

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from service.cli.compute import EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE, _fail, _invalid, _service_error, _usage
+from service.cli.compute import EXIT_OK, _service_error, _service_failure, _usage
 
 
 def _history(args: argparse.Namespace) -> int:
@@ -18,17 +18,13 @@ def _history(args: argparse.Namespace) -> int:
     problem = _service_error(args)
     if problem:
         return _usage(problem)
-    from service.client import InvalidInputError, LossClient, LossServiceError, NotFoundError, UnreachableError
+    from service.client import LossClient, LossServiceError
 
     try:
         with LossClient(args.url, api_key=args.api_key) as client:
             answer = client.history(args.model, start=args.start, end=args.end, step=args.step, by=args.by)
-    except (InvalidInputError, NotFoundError) as exc:
-        return _invalid("; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors) or str(exc))
-    except UnreachableError as exc:
-        return _fail(EXIT_UNREACHABLE, str(exc.problem["detail"]))
     except LossServiceError as exc:
-        return _fail(EXIT_ERROR, str(exc))
+        return _service_failure(exc)
     if args.json:
         sys.stdout.write(orjson.dumps(answer).decode() + "\n")
     else:
