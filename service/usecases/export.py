@@ -39,7 +39,7 @@ import pyarrow.csv as pa_csv
 from service.store import DTYPES, Model, Store, StoreFailureError
 from service.store.history import HISTORY_LOSS, PredictionRow, pair_value
 from service.usecases.errors import InvalidInputError
-from service.usecases.history import DEFAULT_WINDOW_SECONDS, _aggregate, _variants, parse_time
+from service.usecases.history import DEFAULT_WINDOW_SECONDS, loss_aggregate, loss_variants, parse_time
 from service.usecases.ingest import model_config, unavailable, unknown_model
 
 Format = Literal["arrow", "csv", "ndjson"]
@@ -104,8 +104,8 @@ def columns_of(model: Model) -> Columns:
     keep = bool(config["keep_pairs"])
     return Columns(
         keys=list(config["segments"]),
-        variants=_variants(model),
-        aggregates=[_aggregate(model, i) for i in range(len(config["losses"]))],
+        variants=loss_variants(model),
+        aggregates=[loss_aggregate(model, i) for i in range(len(config["losses"]))],
         names=[loss_name(call["loss"], config["convention"], call["options"]) for call in config["losses"]],
         prediction_width=_width(model.prediction_shape) if keep else None,
         label_width=_width(model.label_shape) if keep else None,

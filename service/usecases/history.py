@@ -178,7 +178,8 @@ def _check_by(model: Model, by: str | None) -> None:
         raise _query_problem("by", f"is not a segment key of model {model.name} (its keys: {shown})")
 
 
-def _variants(model: Model) -> list[int]:
+def loss_variants(model: Model) -> list[int]:
+    """Each configured loss's variant: the hash its stored shares and rollups are kept under."""
     config = model.config
     return [
         loss_variant(call["loss"], call["options"], config["convention"], config["dtype"]) for call in config["losses"]
@@ -195,7 +196,7 @@ def _from_cells(model: Model, asked: Window, cells: Sequence[Any], losses: Seque
         counts[2] += cell.expired
         buckets.delay_sketches.append(cell.delays)
         buckets.delay_groups.append(index)
-    position = {variant: i for i, variant in enumerate(_variants(model))}
+    position = {variant: i for i, variant in enumerate(loss_variants(model))}
     for loss in losses:
         which = position.get(loss.variant)
         key = (int((loss.start - asked.start) // asked.step), loss.segment if by else None)
@@ -213,8 +214,8 @@ def _from_cells(model: Model, asked: Window, cells: Sequence[Any], losses: Seque
 
 def _add_rows(model: Model, asked: Window, rows: list[PredictionRow], by: str | None, buckets: _Buckets) -> None:
     """Prediction rows into their buckets, as their rollup cells would count them."""
-    variants = _variants(model)
-    aggregates = [_aggregate(model, which) for which in range(len(variants))]
+    variants = loss_variants(model)
+    aggregates = [loss_aggregate(model, which) for which in range(len(variants))]
     delays: list[float] = []
     delay_groups: list[int] = []
     shares: list[list[tuple[int, float, float, int]]] = [[] for _ in variants]
@@ -252,7 +253,8 @@ def _add_rows(model: Model, asked: Window, rows: list[PredictionRow], by: str | 
         buckets.loss_groups[which].extend(range(len(buckets.counts)))
 
 
-def _aggregate(model: Model, which: int) -> Aggregate:
+def loss_aggregate(model: Model, which: int) -> Aggregate:
+    """How the `which`-th configured loss's mean is made from its sums (mean, root or sum)."""
     call = model.config["losses"][which]
     return aggregate_of(call["loss"], model.config["convention"], call["options"])
 
@@ -265,7 +267,7 @@ def _answer(model: Model, asked: Window, by: str | None, buckets: _Buckets) -> d
         sketch.quantiles(buckets.loss_sketches[which], buckets.loss_groups[which], size, LOSS_QUANTILES)
         for which in range(buckets.losses)
     ]
-    aggregates = [_aggregate(model, which) for which in range(buckets.losses)]
+    aggregates = [loss_aggregate(model, which) for which in range(buckets.losses)]
     entries = []
     for (bucket, segment), index in sorted(buckets.entries.items(), key=lambda item: (item[0][0], item[0][1] or "")):
         predictions, joined, expired = buckets.counts[index]
