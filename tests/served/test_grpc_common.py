@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from service.config import Settings
-from service.server.api.oip_codec import DATATYPES, InferenceError
+from service.server.api.oip_codec import DATATYPES, InferenceError, inference_name
 from service.server.api.policy import RequestContext
 from service.server.app import create_app
 from service.server.grpc import convert
@@ -237,7 +237,7 @@ def monitor() -> Any:
 def outcome(request: pb.ModelInferRequest, monitor: Any) -> tuple[str, Any]:
     """What ModelInfer's work answers: the reply, or the refusal's status and message."""
     try:
-        reply = convert.infer(grpc_server.inference_name(request.model_name), request, monitor, RequestContext(), LIMIT)
+        reply = convert.infer(inference_name(request.model_name), request, monitor, RequestContext(), LIMIT)
     except InferenceError as exc:
         return "refused", (exc.status, str(exc))
     return "answered", reply
@@ -327,7 +327,7 @@ async def test_model_infer_keeps_at_most_names_kept_model_names(monkeypatch: pyt
         reply = await service.model_infer(
             request, request.ByteSize(), grpc_server._Call(app, grpc_server.INFER), Context()
         )
-        assert [output.name for output in reply.outputs] == ["per_sample", "mean"]
+        assert [output.name for output in reply.outputs] == ["per_sample", "mean"]  # type: ignore[attr-defined]
     assert list(service._names) == names[:3]
     versioned = request_of(names[0], arrays, {"convention": "xgboost"})
     versioned.model_version = "2"
