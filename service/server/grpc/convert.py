@@ -16,7 +16,6 @@ read by the generic path, so answers and messages are the generic path's.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,15 +175,20 @@ def common_request(request: Any, limit: int) -> Common | None:
     for tensor, data in zip(inputs, raw, strict=True):
         if tensor.parameters and not _only_binary_data_size(tensor.parameters):
             return None
-        name, dtype, shape = tensor.name, DATATYPES.get(tensor.datatype), list(tensor.shape)
-        if name not in INPUTS or name in arrays or dtype is None or tensor.HasField("contents"):
+        name, dtype, shape = tensor.name, DATATYPES.get(tensor.datatype), tuple(tensor.shape)
+        if name not in INPUTS or name in arrays or dtype is None or len(shape) > MAX_DIMENSIONS:
             return None
-        if len(shape) > MAX_DIMENSIONS or any(d < 0 or d > limit for d in shape):
+        if tensor.HasField("contents"):
             return None
-        count = math.prod(shape)
+        count = 1
+        for dimension in shape:
+            if dimension < 0 or dimension > limit:
+                return None
+            count *= dimension
         if count > limit or len(data) != count * dtype.itemsize:
             return None
-        arrays[name] = as_numbers(np.frombuffer(data, dtype=dtype).reshape(shape))
+        array = np.frombuffer(data, dtype=dtype).reshape(shape)
+        arrays[name] = as_numbers(array) if dtype.kind == "b" else array
     parameters: dict[str, Any] = {}
     for key, value in request.parameters.items():
         choice = value.WhichOneof("parameter_choice")
@@ -234,8 +238,9 @@ def infer(name: str, request: Any, monitor: Monitor, context: RequestContext, li
 
 def response(answer: Answer) -> pb.ModelInferResponse:
     reply = pb.ModelInferResponse(model_name=answer.model, model_version="1", id=answer.request_id or "")
+    parameters, outputs, raw = reply.parameters, reply.outputs, reply.raw_output_contents
     for key, value in answer.parameters.items():
-        parameter = reply.parameters[key]
+        parameter = parameters[key]
         if isinstance(value, bool):
             parameter.bool_param = value
         elif isinstance(value, int):
@@ -247,6 +252,6 @@ def response(answer: Answer) -> pb.ModelInferResponse:
     for output in answer.wanted:
         array = answer.outputs[output]
         datatype = "FP32" if array.dtype == np.float32 else "FP64"
-        reply.outputs.add(name=output, datatype=datatype, shape=list(array.shape))
-        reply.raw_output_contents.append(array.astype(DATATYPES[datatype], copy=False).tobytes())
+        outputs.add(name=output, datatype=datatype, shape=array.shape)
+        raw.append(array.astype(DATATYPES[datatype], copy=False).tobytes())
     return reply
