@@ -117,6 +117,21 @@ def compute(
 ) -> Answer:
     """The loss `name` over the decoded input tensors, with the request's parameters as its options."""
     request_parameters = request.parameters.__pydantic_extra__ if request.parameters is not None else {}
+    return compute_batch(name, request.id, request_parameters, arrays, wanted, monitor, context, limit)
+
+
+def compute_batch(
+    name: str,
+    request_id: str | None,
+    request_parameters: dict[str, Any],
+    arrays: dict[str, np.ndarray[Any, Any]],
+    wanted: dict[str, bool],
+    monitor: Monitor,
+    context: RequestContext,
+    limit: int,
+) -> Answer:
+    """`compute` for a request read without its Pydantic model: its id, and its parameters but
+    `binary_data_output` (what `RequestParameters` keeps as extra), in the request's order."""
     fields = {key: request_parameters[key] for key in BATCH_PARAMETERS if key in request_parameters}
     options = {key: value for key, value in request_parameters.items() if key not in BATCH_PARAMETERS}
     try:
@@ -145,7 +160,7 @@ def compute(
         "convention": validated.convention,
         "dtype": validated.dtype,
     }
-    return Answer(computed, request.id, outputs, extra, wanted)
+    return Answer(computed, request_id, outputs, extra, wanted)
 
 
 def oip_message(errors: list[dict[str, Any]]) -> str:

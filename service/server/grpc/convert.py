@@ -7,26 +7,36 @@ wrong field gets the same message. A tensor's numbers come from `raw_input_conte
 per input, in order, little-endian, viewed in place) or from its `contents` field for its
 datatype, checked as JSON `data` is; an input's `binary_data_size` parameter (which KServe's
 client sets) is ignored. Outputs are always answered in `raw_output_contents`.
+
+Most requests are one shape: raw tensors that fit, scalar parameters, outputs named without
+parameters. `common_request` reads those in one pass over the message, without the JSON
+header's dict and Pydantic model; whatever it does not take whole (any mistake included) is
+read by the generic path, so answers and messages are the generic path's.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from service.server.api.arrays import MAX_DIMENSIONS
 from service.server.api.oip_codec import (
     DATATYPES,
+    INPUTS,
+    OUTPUTS,
     Answer,
     InferenceError,
     as_numbers,
     check_input_name,
     checked_tensor,
     compute,
+    compute_batch,
     tensor_from_numbers,
     wanted_outputs,
 )
-from service.server.api.oip_schema import InferenceRequestError, validated_request
+from service.server.api.oip_schema import MAX_INPUTS, MAX_OUTPUTS, InferenceRequestError, validated_request
 from service.server.api.policy import RequestContext
 from service.server.grpc.proto import grpc_predict_v2_pb2 as pb
 from service.server.monitoring import Monitor
@@ -141,9 +151,82 @@ def _numbers(name: str, datatype: str, tensor: Any) -> np.ndarray[Any, Any]:
     return np.array(getattr(contents, field), dtype=kind)
 
 
+@dataclass(slots=True)
+class Common:
+    """A request read by `common_request`: what the generic path would have read from it."""
+
+    request_id: str | None
+    parameters: dict[str, Any]  # the request's, but binary_data_output (RequestParameters' extra)
+    arrays: dict[str, np.ndarray[Any, Any]]
+    wanted: dict[str, bool]
+
+
+def common_request(request: Any, limit: int) -> Common | None:
+    """The request's id, parameters, tensors and outputs wanted, where every one of them is in the
+    common shape: one to MAX_INPUTS inputs, each with its raw_input_contents entry of the right
+    size, no contents, a supported datatype, a shape within the limits, and no parameter but a
+    set `binary_data_size`; request parameters each set, `binary_data_output` a boolean; at most
+    MAX_OUTPUTS outputs, known, distinct and without parameters. Else None, and the generic path
+    reads it (and names what is wrong, if anything is)."""
+    inputs, raw = request.inputs, request.raw_input_contents
+    if not 0 < len(inputs) <= MAX_INPUTS or len(raw) != len(inputs):
+        return None
+    arrays: dict[str, np.ndarray[Any, Any]] = {}
+    for tensor, data in zip(inputs, raw, strict=True):
+        if tensor.parameters and not _only_binary_data_size(tensor.parameters):
+            return None
+        name, dtype, shape = tensor.name, DATATYPES.get(tensor.datatype), tuple(tensor.shape)
+        if name not in INPUTS or name in arrays or dtype is None or len(shape) > MAX_DIMENSIONS:
+            return None
+        if tensor.HasField("contents"):
+            return None
+        count = 1
+        for dimension in shape:
+            if dimension < 0 or dimension > limit:
+                return None
+            count *= dimension
+        if count > limit or len(data) != count * dtype.itemsize:
+            return None
+        array = np.frombuffer(data, dtype=dtype).reshape(shape)
+        arrays[name] = as_numbers(array) if dtype.kind == "b" else array
+    parameters: dict[str, Any] = {}
+    for key, value in request.parameters.items():
+        choice = value.WhichOneof("parameter_choice")
+        if choice is None:
+            return None
+        parameters[key] = getattr(value, choice)
+    if "binary_data_output" in parameters and type(parameters.pop("binary_data_output")) is not bool:
+        return None
+    outputs = request.outputs
+    if not outputs:
+        wanted = dict.fromkeys(OUTPUTS, True)
+    else:
+        wanted = {output.name: True for output in outputs}
+        if len(outputs) > MAX_OUTPUTS or len(wanted) != len(outputs) or not wanted.keys() <= set(OUTPUTS):
+            return None
+        if any(output.parameters for output in outputs):
+            return None
+    return Common(request.id or None, parameters, arrays, wanted)
+
+
+def _only_binary_data_size(entries: Any) -> bool:
+    # `in` first: reading a missing key of a protobuf map would add it.
+    return (
+        len(entries) == 1
+        and "binary_data_size" in entries
+        and entries["binary_data_size"].WhichOneof("parameter_choice") is not None
+    )
+
+
 def infer(name: str, request: Any, monitor: Monitor, context: RequestContext, limit: int) -> pb.ModelInferResponse:
     """The ModelInfer RPC's work, as the HTTP route's `_infer`: the envelope, then the outputs
-    wanted, then the tensors, then the loss."""
+    wanted, then the tensors, then the loss; a request in the common shape read in one pass."""
+    common = common_request(request, limit)
+    if common is not None:
+        answer = compute_batch(
+            name, common.request_id, common.parameters, common.arrays, common.wanted, monitor, context, limit
+        )
+        return response(answer)
     try:
         validated = validated_request(header(request))
     except InferenceRequestError as exc:
@@ -155,8 +238,9 @@ def infer(name: str, request: Any, monitor: Monitor, context: RequestContext, li
 
 def response(answer: Answer) -> pb.ModelInferResponse:
     reply = pb.ModelInferResponse(model_name=answer.model, model_version="1", id=answer.request_id or "")
+    parameters, outputs, raw = reply.parameters, reply.outputs, reply.raw_output_contents
     for key, value in answer.parameters.items():
-        parameter = reply.parameters[key]
+        parameter = parameters[key]
         if isinstance(value, bool):
             parameter.bool_param = value
         elif isinstance(value, int):
@@ -168,6 +252,6 @@ def response(answer: Answer) -> pb.ModelInferResponse:
     for output in answer.wanted:
         array = answer.outputs[output]
         datatype = "FP32" if array.dtype == np.float32 else "FP64"
-        reply.outputs.add(name=output, datatype=datatype, shape=list(array.shape))
-        reply.raw_output_contents.append(array.astype(DATATYPES[datatype], copy=False).tobytes())
+        outputs.add(name=output, datatype=datatype, shape=array.shape)
+        raw.append(array.astype(DATATYPES[datatype], copy=False).tobytes())
     return reply

@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError, Message
 from service import __version__
 from service.config import Settings
 from service.server.api.access import AccessRefusedError, audit, bearer_principal, permitted, retry_after
-from service.server.api.batches import off_loop
+from service.server.api.batches import off_loop, reserve
 from service.server.api.guards import Deadline, HeavyRequests, Slot
 from service.server.api.oip_codec import EXTENSIONS, InferenceError, catalogue_name, inference_name, model_metadata
 from service.server.api.policy import RequestContext, RoutePolicy
@@ -58,6 +58,7 @@ CODES = {
 HEALTH = RoutePolicy(key="none", dialect="oip")
 METADATA = RoutePolicy(dialect="oip")
 INFER = RoutePolicy(scope="compute", heavy=True, dialect="oip")
+NAMES_KEPT = 1024
 
 
 class Malformed:
@@ -114,6 +115,9 @@ class InferenceService:
         self.heavy = heavy
         self.settings: Settings = app.state.settings
         self.monitor: Monitor = app.state.monitor
+        # The first NAMES_KEPT model names ModelInfer found, and the name each computes (a
+        # library metric's parameters, `error@0.7`, make the names it finds unbounded).
+        self._names: dict[str, str] = {}
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         """Each RPC's handler by method name, for `add_registered_method_handlers` (grpcio looks a
@@ -264,23 +268,32 @@ class InferenceService:
         )
 
     async def model_infer(self, request: Any, size: int, call: _Call, context: Any) -> Message:
-        _model(request.model_name, request.model_version)
-        name = inference_name(request.model_name)
-        remaining = context.time_remaining()
-        seconds = self.settings.request_timeout if remaining is None else min(self.settings.request_timeout, remaining)
+        name = self._names.get(request.model_name) if request.model_version in ("", "1") else None
+        if name is None:
+            _model(request.model_name, request.model_version)
+            name = inference_name(request.model_name)
+            if len(self._names) < NAMES_KEPT:
+                self._names[request.model_name] = name
         limit = self.settings.max_elements
+        decoded = convert.decoded_bytes(size)
         try:
+            if size <= self.settings.offload_bytes and decoded <= self.settings.offload_bytes:
+                # What `off_loop` runs on the event loop: no deadline can stop it (the loop
+                # does not run until it is done), so none is set.
+                reserve(call.state, decoded, "parsing this body")
+                return convert.infer(name, request, self.monitor, call.state, limit)
+            remaining = context.time_remaining()
+            timeout = self.settings.request_timeout
+            seconds = timeout if remaining is None else min(timeout, remaining)
             with Deadline(seconds) as deadline:
                 answer = await off_loop(
                     cast(Request, call),
                     size,
-                    lambda: convert.decoded_bytes(size),
+                    lambda: decoded,
                     lambda: convert.infer(name, request, self.monitor, call.state, limit),
                 )
             if deadline.expired:
-                within = f"{seconds:g} s" + (
-                    " (LOSS_SERVICE_REQUEST_TIMEOUT)" if seconds == self.settings.request_timeout else ""
-                )
+                within = f"{seconds:g} s" + (" (LOSS_SERVICE_REQUEST_TIMEOUT)" if seconds == timeout else "")
                 raise RefusalError(504, f"the loss was not computed within {within}; try a smaller batch")
             return cast(Message, answer)
         except InferenceError as exc:
