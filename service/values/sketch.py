@@ -86,8 +86,12 @@ def quantiles(
     sketches: Sequence[bytes | None], groups: Sequence[int] | NDArray[np.int64], size: int, qs: Sequence[float]
 ) -> NDArray[np.float64]:
     """For each group 0..size-1, the quantiles `qs` of the merge of its sketches, shape (size,
-    len(qs)); NaN where a group holds no value (the caller reports null)."""
-    group, code, count = _bins(sketches, groups)
+    len(qs)); NaN where a group holds no value (the caller reports null).
+
+    One pass over all the sketches' bins: they are concatenated in group order and, only where a
+    group holds more than one sketch, sorted by code within it (a bin's rank needs no merge of
+    equal codes); the cost follows the bins, and one bin's work is a few NumPy element steps."""
+    group, code, count = _ordered(sketches, np.asarray(groups, dtype=np.int64))
     answer = np.full((size, len(qs)), np.nan)
     if not len(group):
         return answer
@@ -96,11 +100,10 @@ def quantiles(
     cumulative = np.cumsum(count)
     before = np.concatenate([[0], cumulative])[first]  # the values in earlier groups
     present = np.flatnonzero(totals)
-    for column, q in enumerate(qs):
-        rank = np.floor(q * (totals[present] - 1)).astype(np.int64)
-        # the first bin of the group whose running count passes the rank
-        at = np.searchsorted(cumulative, before[present] + rank, side="right")
-        answer[present, column] = value(code[at])
+    ranks = np.floor(np.multiply.outer(totals[present] - 1, np.asarray(qs, dtype=np.float64))).astype(np.int64)
+    # the first bin of the group whose running count passes the rank
+    at = np.searchsorted(cumulative, before[present, None] + ranks, side="right")
+    answer[present] = value(code[at])
     return answer
 
 
@@ -110,6 +113,25 @@ def value(code: Codes) -> NDArray[np.float64]:
     index = np.abs(code) - OFFSET
     magnitude = 2.0 * np.exp(index * _LOG_GAMMA) / (GAMMA + 1.0)
     return np.where(code == 0, 0.0, np.sign(code) * magnitude)
+
+
+def _ordered(
+    sketches: Sequence[bytes | None], groups: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], Codes, NDArray[np.int64]]:
+    """Every bin of the sketches with its sketch's group, sorted by group then code (equal codes
+    of one group's sketches stay apart)."""
+    if len(groups) and np.any(groups[1:] < groups[:-1]):
+        order = np.argsort(groups, kind="stable")
+        sketches, groups = [sketches[i] for i in order.tolist()], groups[order]
+    blobs = [b"" if sketch is None else sketch for sketch in sketches]
+    bins = np.frombuffer(b"".join(blobs), dtype=BIN)
+    lengths = np.fromiter((len(blob) for blob in blobs), dtype=np.int64, count=len(blobs)) // BIN.itemsize
+    group = np.repeat(groups, lengths)
+    code, count = bins["code"].astype(np.int64), bins["count"].astype(np.int64)
+    if len(groups) > 1 and not np.all(groups[1:] > groups[:-1]):  # a group of several sketches
+        order = np.argsort((group << _GROUP_SHIFT) + (code + _CODE_BIAS), kind="stable")
+        group, code, count = group[order], code[order], count[order]
+    return group, code, count
 
 
 def _bins(
