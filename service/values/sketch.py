@@ -45,6 +45,8 @@ OFFSET = 1 << 16
 BIN = np.dtype([("code", "<i4"), ("count", "<i8")])
 _MAGIC, _VERSION, _HEADER = 0x44, 1, 8
 _HEAD = struct.Struct("<BBBBi")  # 'D', code width, count width, version, first code
+# The widths a sketch's codes and running counts are stored in: the first whose limit is above them.
+_WIDTHS, _WIDTH_LIMITS = np.array([1, 2, 4, 8]), np.array([1 << 8, 1 << 16, 1 << 32])
 # Halvings that narrow a binary search over any sketch's bins to one: codes span under 2^18.
 _SEARCH_STEPS = 18
 # Codes of the groups a merge keeps apart are shifted past every code: (group << 18) + code + 2^17.
@@ -100,9 +102,8 @@ def split(group: NDArray[np.int64], code: Codes, count: NDArray[np.int64], size:
     relative = code - code[firsts][own]
     running = np.cumsum(count, dtype=np.int64)
     running -= np.concatenate([[0], running[lasts[:-1]]])[own]
-    widths = np.array([1, 2, 4, 8])
-    code_width = widths[np.searchsorted(np.array([1 << 8, 1 << 16, 1 << 32]), relative[lasts], side="right")]
-    count_width = widths[np.searchsorted(np.array([1 << 8, 1 << 16, 1 << 32]), running[lasts], side="right")]
+    code_width = _WIDTHS[np.searchsorted(_WIDTH_LIMITS, relative[lasts], side="right")]
+    count_width = _WIDTHS[np.searchsorted(_WIDTH_LIMITS, running[lasts], side="right")]
     as_bytes = {
         (kind, width): (relative if kind == "code" else running).astype(f"<u{width}").tobytes()
         for kind, widths_of in (("code", code_width), ("count", count_width))
@@ -193,7 +194,7 @@ class _Layout:
         blobs = [b"" if sketch is None else sketch for sketch in sketches]
         lengths = np.fromiter((len(blob) for blob in blobs), dtype=np.int64, count=len(blobs))
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(blobs) else lengths
-        return cls(np.frombuffer(b"".join(blobs) + bytes(8), dtype=np.uint8), offsets, lengths)
+        return cls(np.frombuffer(b"".join([*blobs, bytes(8)]), dtype=np.uint8), offsets, lengths)
 
     def subset(self, which: NDArray[np.int64]) -> _Layout:
         layout = object.__new__(_Layout)
