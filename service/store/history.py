@@ -350,51 +350,79 @@ def add_keys(tx: Transaction, model_id: int, keys: Sequence[str]) -> None:
 
 
 @dataclass(frozen=True)
-class RollupCell:
-    """One cell as stored."""
+class RollupCells:
+    """Cells as stored, column by column: cell i is (start[i], segment[i]) ('' for null)."""
 
-    start: float
-    segment: str | None
-    predictions: int
-    joined: int
-    expired: int
-    delays: bytes | None
+    start: NDArray[np.float64]
+    segment: list[str]
+    predictions: NDArray[np.int64]
+    joined: NDArray[np.int64]
+    expired: NDArray[np.int64]
+    delays: list[bytes | None]
+
+    def __len__(self) -> int:
+        return len(self.segment)
 
 
 @dataclass(frozen=True)
-class RollupLoss:
-    """One loss of one cell as stored."""
+class RollupLosses:
+    """The losses of cells as stored, column by column: one entry per cell and loss variant."""
 
-    start: float
-    segment: str | None
-    variant: int
-    sum: float
-    denominator: float
-    count: int
-    sketch: bytes | None
+    start: NDArray[np.float64]
+    segment: list[str]
+    variant: NDArray[np.int64]
+    sum: NDArray[np.float64]
+    denominator: NDArray[np.float64]
+    count: NDArray[np.int64]
+    sketch: list[bytes | None]
+
+    def __len__(self) -> int:
+        return len(self.segment)
 
 
 def read_cells(
     tx: Transaction, model_id: int, level: int, key: str, start: float, end: float
-) -> tuple[list[RollupCell], list[RollupLoss]]:
+) -> tuple[RollupCells, RollupLosses]:
     """The cells of `level` and segment key `key` ('' for all rows) whose buckets start in
-    [start, end), and their losses: two range reads on the tables' primary keys."""
+    [start, end), and their losses: two range reads on the tables' primary keys, each answered
+    as columns (no object per cell)."""
     params = [model_id, level, key, start, end]
     where = "WHERE model_id = ? AND level = ? AND segment_key = ? AND start >= ? AND start < ?"
-    cells = [
-        RollupCell(float(r[0]), r[1] or None, int(r[2]), int(r[3]), int(r[4]), r[5])
-        for r in tx.all(
-            f"SELECT start, segment_value, predictions, joined, expired, delays FROM loss_rollups {where}", params
-        )
-    ]
-    losses = [
-        RollupLoss(float(r[0]), r[1] or None, int(r[2]), float(r[3]), float(r[4]), int(r[5]), r[6])
-        for r in tx.all(
+    cells = _columns(
+        tx.all(f"SELECT start, segment_value, predictions, joined, expired, delays FROM loss_rollups {where}", params),
+        6,
+    )
+    losses = _columns(
+        tx.all(
             f"SELECT start, segment_value, variant, sum, denominator, count, sketch FROM loss_rollup_losses {where}",
             params,
-        )
-    ]
-    return cells, losses
+        ),
+        7,
+    )
+    return (
+        RollupCells(
+            np.array(cells[0], np.float64),
+            list(cells[1]),
+            np.array(cells[2], np.int64),
+            np.array(cells[3], np.int64),
+            np.array(cells[4], np.int64),
+            list(cells[5]),
+        ),
+        RollupLosses(
+            np.array(losses[0], np.float64),
+            list(losses[1]),
+            np.array(losses[2], np.int64),
+            np.array(losses[3], np.float64),
+            np.array(losses[4], np.float64),
+            np.array(losses[5], np.int64),
+            list(losses[6]),
+        ),
+    )
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[tuple[Any, ...]]:
+    """The rows' columns (`width` empty ones for no rows)."""
+    return list(zip(*rows, strict=True)) if rows else [()] * width
 
 
 @dataclass(frozen=True)

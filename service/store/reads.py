@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from service.store import history
 from service.store.database import Database
-from service.store.history import PredictionRow, RollupCell, RollupLoss
+from service.store.history import PredictionRow, RollupCells, RollupLosses
 from service.store.records import Model
 from service.store.rows import _MODEL_COLUMNS, _model
 
@@ -19,7 +19,7 @@ class _Reads:
 
     def history_cells(
         self, name: str, level: int, key: str, start: float, end: float
-    ) -> tuple[Model, list[RollupCell], list[RollupLoss]] | None:
+    ) -> tuple[Model, RollupCells, RollupLosses] | None:
         """The model and its rollup cells of `level` and segment key `key` ('' for all rows)
         whose buckets start in [start, end), with their losses, read in one transaction; None if
         there is no such model. Cost: the cells read, however many rows they count."""

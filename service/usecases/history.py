@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from service.engine import Aggregate, aggregate_of, loss_name, mean_of, recombines
 from service.store import Model, Store, StoreFailureError
-from service.store.history import LEVELS, PredictionRow, loss_variant, pair_value
+from service.store.history import LEVELS, PredictionRow, RollupCells, RollupLosses, loss_variant, pair_value
 from service.usecases.errors import InvalidInputError
 from service.usecases.ingest import model_config, unavailable, unknown_model
 from service.values import sketch
@@ -157,7 +157,7 @@ def history(
                 raise unknown_model(name)
             model = read[0]
             _check_by(model, by)
-            buckets = _from_cells(model, asked, read[1], read[2], by)
+            table = _from_cells(model, asked, read[1], read[2])
         else:
             found = store.model(name)
             if found is None:
@@ -166,9 +166,10 @@ def history(
             model, buckets = found, _Buckets(len(found.config["losses"]))
             for batch in store.prediction_batches(name, asked.start, stop, batch_rows=SCAN_BATCH_ROWS):
                 _add_rows(model, asked, batch, by, buckets)
+            table = _from_rows(buckets)
     except StoreFailureError as exc:
         raise unavailable(exc) from None
-    return _answer(model, asked, by, buckets)
+    return _answer(model, asked, by, table)
 
 
 def _check_by(model: Model, by: str | None) -> None:
@@ -186,30 +187,74 @@ def loss_variants(model: Model) -> list[int]:
     ]
 
 
-def _from_cells(model: Model, asked: Window, cells: Sequence[Any], losses: Sequence[Any], by: str | None) -> _Buckets:
-    buckets = _Buckets(len(model.config["losses"]))
-    for cell in cells:
-        index = buckets.entry(int((cell.start - asked.start) // asked.step), cell.segment if by else None)
-        counts = buckets.counts[index]
-        counts[0] += cell.predictions
-        counts[1] += cell.joined
-        counts[2] += cell.expired
-        buckets.delay_sketches.append(cell.delays)
-        buckets.delay_groups.append(index)
-    position = {variant: i for i, variant in enumerate(loss_variants(model))}
-    for loss in losses:
-        which = position.get(loss.variant)
-        key = (int((loss.start - asked.start) // asked.step), loss.segment if by else None)
-        if which is None or key not in buckets.entries:
-            continue  # a loss configured otherwise before, or a cell swept meanwhile
-        index = buckets.entries[key]
-        totals = buckets.sums[index][which]
-        totals[0] += loss.sum
-        totals[1] += loss.denominator
-        totals[2] += loss.count
-        buckets.loss_sketches[which].append(loss.sketch)
-        buckets.loss_groups[which].append(index)
-    return buckets
+@dataclass(frozen=True)
+class _Table:
+    """The answer's entries as columns, sorted by bucket then segment value: entry i is bucket
+    `bucket[i]` and segment value `segment[i]` (None: null, or no `by`); per loss (first axis)
+    its sums, and its quantiles (last axis: LOSS_QUANTILES)."""
+
+    bucket: NDArray[np.int64]
+    segment: list[str | None]
+    predictions: NDArray[np.int64]
+    joined: NDArray[np.int64]
+    expired: NDArray[np.int64]
+    delays: NDArray[np.float64]  # (entries, DELAY_QUANTILES)
+    sums: NDArray[np.float64]  # (losses, entries)
+    denominators: NDArray[np.float64]
+    counts: NDArray[np.int64]
+    quantiles: NDArray[np.float64]  # (losses, entries, LOSS_QUANTILES)
+
+
+def _from_cells(model: Model, asked: Window, cells: RollupCells, losses: RollupLosses) -> _Table:
+    """The cells added up per entry, all of them at once: each cell's entry is found by NumPy,
+    its counts and sums added by `bincount` (in the cells' order, as one by one) and its
+    sketches merged and answered by `sketch.quantiles` in one pass per column of sketches."""
+    values = sorted(set(cells.segment))  # '' (null) first, as the answer orders them
+    index = {value: i for i, value in enumerate(values)}
+    cell_keys = _keys(cells.start, cells.segment, index, asked)
+    keys, of_cell = np.unique(cell_keys, return_inverse=True)
+    of_cell = of_cell.reshape(-1)
+    size = len(keys)
+    variants = loss_variants(model)
+    loss_keys = _keys(losses.start, losses.segment, index, asked)
+    at = np.minimum(np.searchsorted(keys, loss_keys), max(size - 1, 0))
+    # a loss of a cell not read (swept meanwhile) or configured otherwise before counts nowhere
+    found = (keys[at] == loss_keys) if size else np.zeros(len(loss_keys), bool)
+    picked = [np.flatnonzero(found & (losses.variant == variant)) for variant in variants]
+
+    def per_loss(column: NDArray[Any]) -> NDArray[np.float64]:
+        return np.array([_added(at[rows], column[rows], size) for rows in picked]).reshape(len(picked), size)
+
+    return _Table(
+        bucket=keys // max(len(values), 1),
+        segment=[values[i] or None for i in (keys % max(len(values), 1)).tolist()],
+        predictions=_added(of_cell, cells.predictions, size).astype(np.int64),
+        joined=_added(of_cell, cells.joined, size).astype(np.int64),
+        expired=_added(of_cell, cells.expired, size).astype(np.int64),
+        delays=sketch.quantiles(cells.delays, of_cell, size, DELAY_QUANTILES),
+        sums=per_loss(losses.sum),
+        denominators=per_loss(losses.denominator),
+        counts=per_loss(losses.count).astype(np.int64),
+        quantiles=np.array(
+            [
+                sketch.quantiles([losses.sketch[i] for i in rows.tolist()], at[rows], size, LOSS_QUANTILES)
+                for rows in picked
+            ]
+        ).reshape(len(picked), size, len(LOSS_QUANTILES)),
+    )
+
+
+def _keys(starts: NDArray[np.float64], segments: list[str], index: dict[str, int], asked: Window) -> NDArray[np.int64]:
+    """Each cell's entry as one number: its bucket times the segment values, plus its value's
+    place among them (-1 for a value no cell holds)."""
+    buckets = ((starts - asked.start) // asked.step).astype(np.int64)
+    places = np.fromiter((index.get(segment, -1) for segment in segments), np.int64, len(segments))
+    return np.where(places < 0, -1, buckets * max(len(index), 1) + places)
+
+
+def _added(groups: NDArray[np.int64], values: NDArray[Any], size: int) -> NDArray[np.float64]:
+    """The values added up per group 0..size-1, each group's in the order they come."""
+    return np.bincount(groups, weights=values, minlength=size).astype(np.float64) if len(groups) else np.zeros(size)
 
 
 def _add_rows(model: Model, asked: Window, rows: list[PredictionRow], by: str | None, buckets: _Buckets) -> None:
@@ -259,36 +304,83 @@ def loss_aggregate(model: Model, which: int) -> Aggregate:
     return aggregate_of(call["loss"], model.config["convention"], call["options"])
 
 
-def _answer(model: Model, asked: Window, by: str | None, buckets: _Buckets) -> dict[str, Any]:
-    config = model.config
+def _from_rows(buckets: _Buckets) -> _Table:
+    """The entries the scan added up, as the answer's columns."""
+    keyed = sorted(buckets.entries.items(), key=lambda item: (item[0][0], item[0][1] or ""))
+    order = np.array([index for _, index in keyed], np.int64)
     size = len(buckets.counts)
-    delays = sketch.quantiles(buckets.delay_sketches, buckets.delay_groups, size, DELAY_QUANTILES)
-    losses = [
-        sketch.quantiles(buckets.loss_sketches[which], buckets.loss_groups[which], size, LOSS_QUANTILES)
-        for which in range(buckets.losses)
-    ]
-    aggregates = [loss_aggregate(model, which) for which in range(buckets.losses)]
-    entries = []
-    for (bucket, segment), index in sorted(buckets.entries.items(), key=lambda item: (item[0][0], item[0][1] or "")):
-        predictions, joined, expired = buckets.counts[index]
-        if predictions <= 0:
-            continue
-        entry: dict[str, Any] = {"start": asked.start + bucket * asked.step}
-        if by is not None:
-            entry["segment"] = segment
-        entry.update(
-            predictions=predictions,
-            joined=joined,
-            pending=max(0, predictions - joined - expired),
-            expired=expired,
-            coverage=joined / predictions,
-            label_delay={"p50": _number(delays[index, 0]), "p90": _number(delays[index, 1])},
-            losses=[
-                _loss_entry(buckets.sums[index][which], losses[which][index], aggregates[which])
+    counts = np.array(buckets.counts, np.int64).reshape(-1, 3)[order]
+    sums = np.array(buckets.sums, np.float64).reshape(size, buckets.losses, 3)[order]
+    return _Table(
+        bucket=np.array([bucket for (bucket, _), _ in keyed], np.int64),
+        segment=[segment for (_, segment), _ in keyed],
+        predictions=counts[:, 0],
+        joined=counts[:, 1],
+        expired=counts[:, 2],
+        delays=sketch.quantiles(buckets.delay_sketches, buckets.delay_groups, size, DELAY_QUANTILES)[order],
+        sums=sums[:, :, 0].T,
+        denominators=sums[:, :, 1].T,
+        counts=sums[:, :, 2].T.astype(np.int64),
+        quantiles=np.array(
+            [
+                sketch.quantiles(buckets.loss_sketches[which], buckets.loss_groups[which], size, LOSS_QUANTILES)[order]
                 for which in range(buckets.losses)
-            ],
-        )
-        entries.append(entry)
+            ]
+        ).reshape(buckets.losses, size, len(LOSS_QUANTILES)),
+    )
+
+
+def _answer(model: Model, asked: Window, by: str | None, table: _Table) -> dict[str, Any]:
+    """The answer's JSON fields: each entry with predictions, built from the table's columns
+    turned into Python values once, column by column (a bucket costs one dict of each kind)."""
+    config = model.config
+    kept = np.flatnonzero(table.predictions > 0)
+    predictions, joined, expired = table.predictions[kept], table.joined[kept], table.expired[kept]
+    starts = (asked.start + table.bucket[kept] * asked.step).tolist()
+    delays = [
+        {"p50": p50, "p90": p90}
+        for p50, p90 in zip(_numbers(table.delays[kept, 0]), _numbers(table.delays[kept, 1]), strict=True)
+    ]
+    losses = [_loss_entries(table, which, kept, loss_aggregate(model, which)) for which in range(len(table.sums))]
+    columns = (
+        predictions.tolist(),
+        joined.tolist(),
+        np.maximum(0, predictions - joined - expired).tolist(),
+        expired.tolist(),
+        (joined / np.where(predictions > 0, predictions, 1)).tolist(),
+        delays,
+        [list(entry) for entry in zip(*losses, strict=True)] if losses else [[] for _ in kept.tolist()],
+    )
+    if by is None:
+        entries = [
+            {
+                "start": start,
+                "predictions": p,
+                "joined": j,
+                "pending": pending,
+                "expired": e,
+                "coverage": coverage,
+                "label_delay": delay,
+                "losses": loss,
+            }
+            for start, p, j, pending, e, coverage, delay, loss in zip(starts, *columns, strict=True)
+        ]
+    else:
+        segments = [table.segment[i] for i in kept.tolist()]
+        entries = [
+            {
+                "start": start,
+                "segment": segment,
+                "predictions": p,
+                "joined": j,
+                "pending": pending,
+                "expired": e,
+                "coverage": coverage,
+                "label_delay": delay,
+                "losses": loss,
+            }
+            for start, segment, p, j, pending, e, coverage, delay, loss in zip(starts, segments, *columns, strict=True)
+        ]
     names = [loss_name(call["loss"], config["convention"], call["options"]) for call in config["losses"]]
     return {
         "model": model.name,
@@ -302,24 +394,34 @@ def _answer(model: Model, asked: Window, by: str | None, buckets: _Buckets) -> d
     }
 
 
-def _loss_entry(totals: list[float], quantiles: Any, aggregate: Aggregate) -> dict[str, Any]:
-    total, denominator, count = totals
-    counted = aggregate == "sum" or denominator != 0
-    mean = mean_of(total, denominator, aggregate) if count and counted else None
-    return {
-        "mean": _number(mean),
-        "sum": _number(total) if count else 0.0,
-        "denominator": _number(denominator) if count else 0.0,
-        "count": int(count),
-        "p50": _number(quantiles[0]),
-        "p90": _number(quantiles[1]),
-        "p99": _number(quantiles[2]),
-    }
+def _loss_entries(table: _Table, which: int, kept: NDArray[np.int64], aggregate: Aggregate) -> list[dict[str, Any]]:
+    """The `which`-th loss of each kept entry: its mean (null where nothing counts), sums, count
+    and quantiles."""
+    sums, denominators = table.sums[which, kept], table.denominators[which, kept]
+    counts = table.counts[which, kept]
+    counted = (counts != 0) & ((denominators != 0) | (aggregate == "sum"))
+    means = [
+        mean_of(total, denominator, aggregate) if counting else None
+        for total, denominator, counting in zip(sums.tolist(), denominators.tolist(), counted.tolist(), strict=True)
+    ]
+    quantiles = table.quantiles[which, kept]
+    return [
+        {"mean": mean, "sum": total, "denominator": denominator, "count": count, "p50": p50, "p90": p90, "p99": p99}
+        for mean, total, denominator, count, p50, p90, p99 in zip(
+            _numbers(np.array([np.nan if mean is None else mean for mean in means], np.float64)),
+            _numbers(np.where(counts != 0, sums, 0.0)),
+            _numbers(np.where(counts != 0, denominators, 0.0)),
+            counts.tolist(),
+            _numbers(quantiles[:, 0]),
+            _numbers(quantiles[:, 1]),
+            _numbers(quantiles[:, 2]),
+            strict=True,
+        )
+    ]
 
 
-def _number(value: float | None) -> float | None:
-    """A finite float, or null (no value, or none that JSON can hold)."""
-    if value is None:
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
+def _numbers(values: NDArray[np.float64]) -> list[float | None]:
+    """Finite floats, and null for each value JSON cannot hold (no value: NaN)."""
+    found: NDArray[Any] = np.asarray(values, np.float64).astype(object)
+    found[~np.isfinite(np.asarray(values, np.float64))] = None
+    return list(found.tolist())

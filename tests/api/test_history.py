@@ -9,6 +9,7 @@ statistics of naively computed per-pair losses; label delays against the times t
 from __future__ import annotations
 
 import functools
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -345,6 +346,110 @@ def test_a_query_reads_as_many_cells_for_ten_times_the_pairs(served: Client, mon
         log_cohort(served, model, n, config, predictions, labels, weights)
         served.ok("GET", f"/v1/models/{model}/history?start={T0:.0f}&end={T0 + DAY:.0f}&step=3600&by=country")
     assert read[0] == read[1] > 0
+
+
+def test_a_query_does_as_much_sketch_work_for_ten_times_the_pairs(
+    served: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each bucket's quantiles are searched in its cell's sketch, not read through it: the numbers
+    read from the sketches' bytes are as many for ten times the pairs (and no bin is decoded)."""
+    from service.values import sketch
+
+    reads: list[int] = []
+    decoded: list[int] = []
+    read, decode = sketch._read, sketch._Layout.decoded
+
+    def counting(raw: Any, at: Any, width: int) -> Any:
+        reads.append(len(at))
+        return read(raw, at, width)
+
+    def decoding(layout: Any) -> Any:
+        found = decode(layout)
+        decoded.append(len(found[0]))
+        return found
+
+    counted = []
+    for model, n in (("small", 300), ("large", 3000)):
+        config, predictions, labels, weights = family("mse-keras", n, np.random.default_rng(n))
+        log_cohort(served, model, n, config, predictions, labels, weights)
+        with monkeypatch.context() as patched:
+            patched.setattr(sketch, "_read", counting)
+            patched.setattr(sketch._Layout, "decoded", decoding)
+            reads.clear()
+            served.ok("GET", f"/v1/models/{model}/history?start={T0:.0f}&end={T0 + DAY:.0f}&step=3600&by=country")
+        counted.append(sum(reads))
+    assert counted[0] == counted[1] > 0
+    assert decoded == []
+
+
+def layout_0(blob: bytes) -> bytes:
+    """A sketch of the running-count layout (docs/delayed-labels.md) rewritten in layout 0,
+    byte by byte: each bin a little-endian int32 code and int64 count."""
+    assert blob[0] == ord("D")
+    assert blob[3] == 1
+    code_width, count_width = blob[1], blob[2]
+    (first,) = struct.unpack("<i", blob[4:8])
+    n = (len(blob) - 8) // (code_width + count_width)
+    at, before, bins = 8 + n * code_width, 0, []
+    for i in range(n):
+        code = first + int.from_bytes(blob[8 + i * code_width : 8 + (i + 1) * code_width], "little")
+        running = int.from_bytes(blob[at + i * count_width : at + (i + 1) * count_width], "little")
+        bins.append(struct.pack("<iq", code, running - before))
+        before = running
+    return b"".join(bins)
+
+
+def test_rollups_of_sketch_layout_0_answer_and_merge_as_the_running_count_layout(served: Client) -> None:
+    """A store whose rollups hold sketches of layout 0 (12 bytes a bin) answers the
+    same history, and joins merge new pairs into those sketches."""
+    n = 300
+    rng = np.random.default_rng(12)
+    predictions, labels = rng.normal(size=(n, 2)) * rng.lognormal(0, 2, (n, 1)), rng.normal(size=(n, 2))
+    served.ok("PUT", "/v1/models/m", json={"losses": [{"loss": "mse"}], "segments": ["country"]})
+    ids = [str(i) for i in range(n)]
+    times = T0 + np.arange(n) * 30.0  # 2.5 hours
+    countries = np.array([["BR", "US", None][i % 3] for i in range(n)], dtype=object)
+    served.ok(
+        "POST",
+        "/v1/models/m/predictions",
+        json={"ids": ids, "predictions": predictions.tolist(), "timestamps": times.tolist(),
+              "segments": {"country": countries.tolist()}},
+    )  # fmt: skip
+    half = rng.permutation(n)
+    first, second = half[: n // 2], half[n // 2 :]
+    served.clock.now = T0 + 3 * HOUR
+    served.ok("POST", "/v1/models/m/labels", json={"ids": [ids[i] for i in first], "labels": labels[first].tolist()})
+    query = f"/v1/models/m/history?start={T0:.0f}&end={T0 + 3 * HOUR:.0f}&step=3600&by=country"
+    answer = served.ok("GET", query)
+    rewritten = 0
+    with served.store.database.transaction() as tx:
+        for table, column in (("loss_rollups", "delays"), ("loss_rollup_losses", "sketch")):
+            for level, key, start, value, blob in tx.all(
+                f"SELECT level, segment_key, start, segment_value, {column} FROM {table} WHERE {column} IS NOT NULL"
+            ):
+                tx.execute(
+                    f"UPDATE {table} SET {column} = ? WHERE level = ? AND segment_key = ? AND start = ? "
+                    "AND segment_value = ?",
+                    [layout_0(bytes(blob)), level, key, start, value],
+                )
+                rewritten += 1
+    assert rewritten > 0
+    assert served.ok("GET", query) == answer
+    served.clock.now = T0 + 4 * HOUR
+    served.ok("POST", "/v1/models/m/labels", json={"ids": [ids[i] for i in second], "labels": labels[second].tolist()})
+    arrival = np.where(np.isin(np.arange(n), first), T0 + 3 * HOUR, T0 + 4 * HOUR)
+    mse = ((predictions - labels) ** 2).mean(axis=1)  # naive float64 per-pair losses
+    buckets = served.ok("GET", query)["buckets"]
+    assert len(buckets) == 9
+    for bucket in buckets:
+        here = (times >= bucket["start"]) & (times < bucket["start"] + HOUR) & (countries == bucket["segment"])
+        assert bucket["joined"] == int(here.sum())
+        for q, key in ((0.5, "p50"), (0.9, "p90"), (0.99, "p99")):
+            expected = np.quantile(mse[here], q, method="lower")
+            assert abs(bucket["losses"][0][key] - expected) <= 0.01 * expected, (key, bucket)
+        for q, key in ((0.5, "p50"), (0.9, "p90")):
+            expected = np.quantile((arrival - times)[here], q, method="lower")
+            assert abs(bucket["label_delay"][key] - expected) <= 0.01 * expected, (key, bucket)
 
 
 def test_segments_are_checked_against_the_declared_keys(served: Client) -> None:
