@@ -1,4 +1,4 @@
-"""The notes on LightGBM's and CatBoost's metrics (notes/lightgbm-catboost-metrics.md), checked.
+"""The notes on LightGBM's and CatBoost's metrics (docs/boosted-metrics.md), checked.
 
 A naive float64 reading of the notes (tests/reference/naive_boosted.py) must reproduce every value
 the libraries recorded (tests/fixtures/{lightgbm,catboost}_reference.json, made by

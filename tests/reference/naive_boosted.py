@@ -1,6 +1,6 @@
 """Deliberately naive float64 reimplementations of LightGBM's and CatBoost's evaluation metrics.
 
-Written from notes/lightgbm-catboost-metrics.md (itself from the libraries' C++ source), one plain
+Written from docs/boosted-metrics.md (itself from the libraries' C++ source), one plain
 loop per metric, so that tests/engine/test_boosted_reference.py can check the notes against what the
 libraries record. Nothing here is used by the service.
 
