@@ -171,6 +171,16 @@ class Transaction:
         self._cursor.execute(self._sql(sql), params)
         return [tuple(row) for row in self._cursor.fetchall()]
 
+    def columns(self, sql: str, params: Sequence[Any], width: int) -> list[tuple[Any, ...]]:
+        """The `width` columns of a SELECT's rows, one tuple each (empty where there are no rows).
+        PostgreSQL sends them in its binary format: numbers and bytes come without text to parse."""
+        if self.dialect.name == "sqlite":
+            self._cursor.execute(self._sql(sql), params)
+        else:
+            self._cursor.execute(self._sql(sql), params, binary=True)
+        rows = self._cursor.fetchall()
+        return list(zip(*rows, strict=True)) if rows else [()] * width
+
 
 class Database(Protocol):
     dialect: Dialect
