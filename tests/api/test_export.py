@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import io
+import sys
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +252,70 @@ def test_an_export_holds_one_batch_in_memory_whatever_the_window_holds(
         assert (sum(made), max(made)) == (total, 500), made
         assert sent > total * 16 * 8  # the payloads were all sent
     assert peaks[20_000] < 1.5 * peaks[2_000], peaks
+
+
+def whole_arrow_export(client: Client, model: str) -> bytes:
+    """The Arrow export of `model`'s first day from T0, through the use case, all its chunks read."""
+    from service.usecases import export
+
+    return b"".join(export.pairs(client.store, model, start=str(T0), end=str(T0 + DAY), form="arrow").chunks)
+
+
+def python_calls(run: Callable[[], Any], under: str) -> tuple[int, Any]:
+    """`run()`'s result and the calls it makes from code under `under`: of Python functions
+    defined there, and of functions written in C (NumPy's, pyarrow's, builtins) called there."""
+    calls = 0
+
+    def counting(frame: Any, event: str, _: Any) -> None:
+        nonlocal calls
+        if event in ("call", "c_call") and frame.f_code.co_filename.startswith(under):
+            calls += 1
+
+    sys.setprofile(counting)
+    try:
+        result = run()
+    finally:
+        sys.setprofile(None)
+    return calls, result
+
+
+def test_a_batch_of_ten_times_the_pairs_costs_the_export_no_more_python_calls(
+    served: Client,  # noqa: F811
+) -> None:
+    """Each batch is read and built column by column: an Arrow export of 600 pairs in one batch
+    makes as many calls from the service's code as one of 60 (segments, two losses, kept
+    payloads of two label dtypes), none per row. Counted with a profile hook, not timed."""
+    from service.usecases import export
+
+    config = {"losses": [{"loss": "mse"}, {"loss": "mae"}], "keep_pairs": True, "segments": ["country", "device"]}
+    service = str(Path(export.__file__).parents[1])
+    calls: dict[int, int] = {}
+    rng = np.random.default_rng(6)
+    for total in (60, 600):
+        model = f"m{total}"
+        served.ok("PUT", f"/v1/models/{model}", json=config)
+        ids = [f"r{i:04d}" for i in range(total)]
+        countries = [["BR", None, "Zürich"][i % 3] for i in range(total)]
+        served.ok(
+            "POST",
+            f"/v1/models/{model}/predictions",
+            json={
+                "ids": ids,
+                "predictions": rng.normal(size=(total, 4)).tolist(),
+                "timestamps": (T0 + np.arange(total) * 0.1).tolist(),
+                "segments": {"country": countries, "device": [["ios", None][i % 2] for i in range(total)]},
+            },
+        )
+        half = total // 2  # integer labels, then float ones
+        labels = [rng.integers(0, 3, size=(half, 4)).tolist(), rng.normal(size=(total - half, 4)).tolist()]
+        for part, values in zip((ids[:half], ids[half:]), labels, strict=True):
+            served.ok("POST", f"/v1/models/{model}/labels", json={"ids": part, "labels": values})
+        calls[total], body = python_calls(functools.partial(whole_arrow_export, served, model), service)
+        table = pa.ipc.open_stream(body).read_all()
+        assert table.num_rows == total
+        assert table.column("segment_country").to_pylist() == countries
+        assert table.column("labels").null_count == 0
+    assert calls[600] == calls[60], calls
 
 
 @pytest.mark.anyio
