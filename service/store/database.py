@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Protocol
 
 import orjson
@@ -179,7 +180,8 @@ class Transaction:
         else:
             self._cursor.execute(self._sql(sql), params, binary=True)
         rows = self._cursor.fetchall()
-        return list(zip(*rows, strict=True)) if rows else [()] * width
+        # One column at a time: zip(*rows) would make an iterator per row for the collector to chase.
+        return [tuple(map(itemgetter(column), rows)) for column in range(width)]
 
 
 class Database(Protocol):
