@@ -469,7 +469,8 @@ def read_rows(
 @dataclass(frozen=True)
 class PairColumns:
     """One batch of joined prediction rows as columns, in (time, id) order, for the export:
-    each column as the cursor hands it over or one NumPy array over it, never an object per row.
+    each column the cursor's values in one sequence, or one NumPy array over them; nothing of the
+    service's is made per row.
 
     `losses` holds every row's `HISTORY_LOSS` entries, one view over their bytes, and `owners`
     each entry's row. `segments` holds one column per key asked for (None where the row has no
