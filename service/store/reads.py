@@ -3,11 +3,11 @@ transaction per answer or per batch (`Store`'s history methods)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from service.store import history
 from service.store.database import Database
-from service.store.history import PredictionRow, RollupCells, RollupLosses
+from service.store.history import PairColumns, PredictionRow, RollupCells, RollupLosses
 from service.store.records import Model
 from service.store.rows import _MODEL_COLUMNS, _model
 
@@ -64,3 +64,32 @@ class _Reads:
             if len(batch) < batch_rows:
                 return
             after = (batch[-1].made, batch[-1].id)
+
+    def pair_batches(
+        self,
+        name: str,
+        start: float,
+        end: float,
+        *,
+        keys: Sequence[str] = (),
+        payloads: bool = False,
+        batch_rows: int = 10_000,
+    ) -> Iterator[PairColumns]:
+        """The model's joined prediction rows made in [start, end), in (time, id) order, as
+        columns (`history.read_pairs`: segment values of `keys`, and the stored payloads if
+        `payloads`), in batches of at most `batch_rows`, each batch one read transaction (rows
+        swept between batches are read as they are then). Memory holds one batch; nothing if
+        there is no such model."""
+        after: tuple[float, str] | None = None
+        while True:
+            with self.database.transaction(write=False) as tx:
+                found = tx.one("SELECT id FROM loss_models WHERE name = ?", [name])
+                if found is None:
+                    return
+                batch = history.read_pairs(tx, found[0], start, end, after, batch_rows, keys, payloads)
+            if not len(batch):
+                return
+            yield batch
+            if len(batch) < batch_rows:
+                return
+            after = (float(batch.made[-1]), batch.ids[-1])

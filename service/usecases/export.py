@@ -25,6 +25,7 @@ Memory holds one batch of `EXPORT_BATCH_ROWS` pairs, whatever the window holds.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import time
 from collections.abc import Generator, Iterator, Sequence
@@ -35,9 +36,10 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.csv as pa_csv
+from numpy.typing import NDArray
 
 from service.store import DTYPES, Model, Store, StoreFailureError
-from service.store.history import HISTORY_LOSS, PredictionRow, pair_value
+from service.store.history import PairColumns, pair_value
 from service.usecases.errors import InvalidInputError
 from service.usecases.history import DEFAULT_WINDOW_SECONDS, loss_aggregate, loss_variants, parse_time
 from service.usecases.ingest import model_config, unavailable, unknown_model
@@ -118,19 +120,18 @@ def _width(shape: tuple[int, ...] | None) -> int:
     return 0 if not shape else math.prod(shape)
 
 
-def record_batch(columns: Columns, rows: Sequence[PredictionRow]) -> pa.RecordBatch:
-    """One batch of joined prediction rows as a record batch of `columns.schema()`."""
+def record_batch(columns: Columns, rows: PairColumns) -> pa.RecordBatch:
+    """One batch of joined prediction rows, read as columns, as a record batch of
+    `columns.schema()`: each column built from the store's whole column at once."""
     count = len(rows)
     data: list[Any] = [
-        pa.array([row.id for row in rows], pa.string()),
-        pa.array(np.fromiter((row.made for row in rows), np.float64, count)),
-        pa.array([row.label_arrived for row in rows], pa.float64()),
-        pa.array(np.fromiter((1.0 if row.weight is None else row.weight for row in rows), np.float64, count)),
-        *(pa.array([row.segments.get(key) for row in rows], pa.string()) for key in columns.keys),
+        pa.array(rows.ids, pa.string()),
+        pa.array(rows.made),
+        pa.array(rows.label_arrived, pa.float64()),
+        pa.array(rows.weights),
+        *(pa.array(values, pa.string()) for values in rows.segments),
     ]
-    lengths = np.fromiter((len(row.losses) for row in rows), np.int64, count)
-    table = np.concatenate([row.losses for row in rows]) if lengths.any() else np.zeros(0, HISTORY_LOSS)
-    owner = np.repeat(np.arange(count), lengths)
+    table, owner = rows.losses, rows.owners
     for variant, aggregate in zip(columns.variants, columns.aggregates, strict=True):
         sums, denominators = np.zeros(count), np.zeros(count)
         counts, found = np.zeros(count, np.int64), np.zeros(count, bool)
@@ -146,23 +147,23 @@ def record_batch(columns: Columns, rows: Sequence[PredictionRow]) -> pa.RecordBa
             pa.array(denominators, mask=missing),
             pa.array(counts, mask=missing),
         ]
-    if columns.prediction_width is not None:
-        data.append(_payloads([(r.prediction_dtype, r.prediction) for r in rows], columns.prediction_width))
-    if columns.label_width is not None:
-        data.append(_payloads([(r.label_dtype, r.label) for r in rows], columns.label_width))
+    widths = [width for width in (columns.prediction_width, columns.label_width) if width is not None]
+    for width, (payloads, codes) in zip(widths, rows.payloads, strict=True):
+        data.append(_payloads(payloads, codes, width))
     return pa.RecordBatch.from_arrays(data, schema=columns.schema())
 
 
-def _payloads(payloads: Sequence[tuple[int | None, bytes | None]], width: int) -> pa.Array:
-    """Stored rows as float64 values: one per row (`width` 0) or fixed-size lists of `width`."""
+def _payloads(payloads: Sequence[bytes], codes: NDArray[np.int64], width: int) -> pa.Array:
+    """Stored rows as float64 values: one per row (`width` 0) or fixed-size lists of `width`;
+    null where a row has no payload (b"") or no dtype (-1). The rows of each dtype are joined
+    and viewed at once."""
     size = max(width, 1)
     values = np.zeros((len(payloads), size))
-    missing = np.zeros(len(payloads), bool)
-    for position, (code, payload) in enumerate(payloads):
-        if payload is None or code is None:
-            missing[position] = True
-            continue
-        values[position] = np.frombuffer(payload, dtype=DTYPES[code]).astype(np.float64)
+    missing = (np.fromiter(map(len, payloads), np.int64, len(payloads)) == 0) | (codes < 0)
+    for code in np.unique(codes[~missing]).tolist():
+        rows = ~missing & (codes == code)
+        joined = b"".join(itertools.compress(payloads, rows.tolist()))
+        values[rows] = np.frombuffer(joined, dtype=DTYPES[code]).reshape(-1, size)
     if width == 0:
         return pa.array(values[:, 0], mask=missing)
     return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), width, mask=pa.array(missing))
@@ -256,7 +257,14 @@ def pairs(
         stream = encoded(
             (
                 record_batch(columns, rows)
-                for rows in store.prediction_batches(name, first, last, batch_rows=batch_rows, joined_only=True)
+                for rows in store.pair_batches(
+                    name,
+                    first,
+                    last,
+                    keys=columns.keys,
+                    payloads=columns.prediction_width is not None,
+                    batch_rows=batch_rows,
+                )
             ),
             columns.schema(),
             form,

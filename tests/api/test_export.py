@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import io
+import sys
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +252,114 @@ def test_an_export_holds_one_batch_in_memory_whatever_the_window_holds(
         assert (sum(made), max(made)) == (total, 500), made
         assert sent > total * 16 * 8  # the payloads were all sent
     assert peaks[20_000] < 1.5 * peaks[2_000], peaks
+
+
+def whole_arrow_export(client: Client, model: str) -> bytes:
+    """The Arrow export of `model`'s first day from T0, through the use case, all its chunks read."""
+    from service.usecases import export
+
+    return b"".join(export.pairs(client.store, model, start=str(T0), end=str(T0 + DAY), form="arrow").chunks)
+
+
+def python_calls(run: Callable[[], Any], under: str) -> tuple[int, Any]:
+    """`run()`'s result and the calls it makes from code under `under`: of Python functions
+    defined there, and of functions written in C (NumPy's, pyarrow's, builtins) called there."""
+    calls = 0
+
+    def counting(frame: Any, event: str, _: Any) -> None:
+        nonlocal calls
+        if event in ("call", "c_call") and frame.f_code.co_filename.startswith(under):
+            calls += 1
+
+    sys.setprofile(counting)
+    try:
+        result = run()
+    finally:
+        sys.setprofile(None)
+    return calls, result
+
+
+def test_a_batch_of_ten_times_the_pairs_costs_the_export_no_more_python_calls(
+    served: Client,  # noqa: F811
+) -> None:
+    """Each batch is read and built column by column: an Arrow export of 600 pairs in one batch
+    makes as many calls from the service's code as one of 60 (segments, two losses, kept
+    payloads of two label dtypes), none per row. Counted with a profile hook, not timed."""
+    from service.usecases import export
+
+    config = {"losses": [{"loss": "mse"}, {"loss": "mae"}], "keep_pairs": True, "segments": ["country", "device"]}
+    service = str(Path(export.__file__).parents[1])
+    calls: dict[int, int] = {}
+    rng = np.random.default_rng(6)
+    for total in (60, 600):
+        model = f"m{total}"
+        served.ok("PUT", f"/v1/models/{model}", json=config)
+        ids = [f"r{i:04d}" for i in range(total)]
+        countries = [["BR", None, "Zürich"][i % 3] for i in range(total)]
+        served.ok(
+            "POST",
+            f"/v1/models/{model}/predictions",
+            json={
+                "ids": ids,
+                "predictions": rng.normal(size=(total, 4)).tolist(),
+                "timestamps": (T0 + np.arange(total) * 0.1).tolist(),
+                "segments": {"country": countries, "device": [["ios", None][i % 2] for i in range(total)]},
+            },
+        )
+        half = total // 2  # integer labels, then float ones
+        labels = [rng.integers(0, 3, size=(half, 4)).tolist(), rng.normal(size=(total - half, 4)).tolist()]
+        for part, values in zip((ids[:half], ids[half:]), labels, strict=True):
+            served.ok("POST", f"/v1/models/{model}/labels", json={"ids": part, "labels": values})
+        calls[total], body = python_calls(functools.partial(whole_arrow_export, served, model), service)
+        table = pa.ipc.open_stream(body).read_all()
+        assert table.num_rows == total
+        assert table.column("segment_country").to_pylist() == countries
+        assert table.column("labels").null_count == 0
+    assert calls[600] == calls[60], calls
+
+
+def test_a_store_failure_before_the_first_batch_is_a_503_and_after_it_ends_the_stream(
+    served: Client,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store fails at its `failing_from`-th batch read: at the first, the request is a 503
+    with Retry-After; at the second, the first batch has been handed over and the stream ends
+    with the store's error, with no end-of-stream marker."""
+    from service.store import StoreUnavailableError
+    from service.store import history as store_history
+    from service.usecases import export
+
+    served.ok("PUT", "/v1/models/m", json={"losses": [{"loss": "mse"}]})
+    ids = [f"r{i:02d}" for i in range(12)]
+    values = np.arange(12.0).reshape(12, 1).tolist()
+    served.ok("POST", "/v1/models/m/predictions", json={"ids": ids, "predictions": values, "timestamps": [T0] * 12})
+    served.ok("POST", "/v1/models/m/labels", json={"ids": ids, "labels": values})
+    read, reads = store_history.read_pairs, [0]
+    failing_from = {"batch": 1}
+
+    def failing(*args: Any) -> Any:
+        reads[0] += 1
+        if reads[0] >= failing_from["batch"]:
+            raise StoreUnavailableError("the store is unavailable: a test's")
+        return read(*args)
+
+    monkeypatch.setattr(store_history, "read_pairs", failing)
+    response = served.request("GET", f"/v1/models/m/pairs?{WINDOW}", headers={"accept": ARROW})
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "5"
+    assert reads == [1]
+    reads[0], failing_from["batch"] = 0, 2
+    found = export.pairs(served.store, "m", start=str(T0), end=str(T0 + DAY), form="arrow", batch_rows=5)
+    head = next(found.chunks)
+    with pytest.raises(StoreUnavailableError):
+        next(found.chunks)
+    assert reads == [2]
+    sent = pa.ipc.open_stream(head)
+    assert sent.read_next_batch().column("id").to_pylist() == ids[:5]
+    monkeypatch.setattr(store_history, "read_pairs", read)
+    assert not head.endswith(b"\xff\xff\xff\xff\x00\x00\x00\x00")  # Arrow's end-of-stream marker
+    whole = b"".join(export.pairs(served.store, "m", start=str(T0), end=str(T0 + DAY), form="arrow").chunks)
+    assert whole.endswith(b"\xff\xff\xff\xff\x00\x00\x00\x00")
 
 
 @pytest.mark.anyio
