@@ -70,14 +70,22 @@ def encode_losses(losses: Sequence[PairLosses], pairs: int) -> list[bytes | None
     """Each pair's `losses` column: one HISTORY_LOSS entry per loss, in configured order."""
     if not losses:
         return [None] * pairs
+    raw, size = packed_losses(losses, pairs), HISTORY_LOSS.itemsize * len(losses)
+    return [raw[i * size : (i + 1) * size] for i in range(pairs)]
+
+
+def packed_losses(losses: Sequence[PairLosses], pairs: int) -> bytes:
+    """Every pair's `losses` column end to end (`encode_losses`'s, joined): one HISTORY_LOSS entry
+    per loss and pair, the pairs in order."""
+    if not losses:
+        return b""
     table = np.empty((pairs, len(losses)), dtype=HISTORY_LOSS)
     for column, loss in enumerate(losses):
         table["variant"][:, column] = loss.variant
         table["sum"][:, column] = loss.sums
         table["denominator"][:, column] = loss.denominators
         table["count"][:, column] = loss.counts
-    raw, size = table.tobytes(), HISTORY_LOSS.itemsize * len(losses)
-    return [raw[i * size : (i + 1) * size] for i in range(pairs)]
+    return table.tobytes()
 
 
 def decode_losses(blob: bytes | None) -> NDArray[Any]:
