@@ -129,6 +129,12 @@ def cells_of(
     rows = len(times)
     cells: list[Cell] = []
     columns = []
+    # Each key's values as indexes into its names ('' first), found once for every level.
+    named: dict[str, tuple[list[str], NDArray[np.int64]]] = {"": ([""], np.zeros(rows, np.int64))}
+    for key in keys:
+        index: dict[str, int] = {"": 0}
+        positions = [index.setdefault(values.get(key, ""), len(index)) for values in segments]
+        named[key] = (list(index), np.array(positions, dtype=np.int64).reshape(rows))
     for level in LEVELS:
         starts = np.floor(times / level) * level
         if rows and starts.min() == starts.max():  # the common case: one bucket of this level
@@ -136,15 +142,7 @@ def cells_of(
         else:
             unique_starts, start_index = np.unique(starts, return_inverse=True)
         for key in ("", *keys):
-            names: list[str] = [""]
-            if key:
-                index: dict[str, int] = {"": 0}
-                value_index = np.fromiter(
-                    (index.setdefault(values.get(key, ""), len(index)) for values in segments), np.int64, rows
-                )
-                names = list(index)
-            else:
-                value_index = np.zeros(rows, np.int64)
+            names, value_index = named[key]
             combined = start_index.reshape(-1).astype(np.int64) * len(names) + value_index
             if key:
                 found, inverse = np.unique(combined, return_inverse=True)

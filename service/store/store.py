@@ -388,8 +388,9 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
             return Pairs(joined_ids, mine, theirs, list(partners.weights), delays, times, values, [True] * len(joined))
         label_weights: list[float | None] = [None if weights is None else float(weights[i]) for i in joined]
         times = np.array(partners.times, dtype=np.float64)
-        values = [{} if text is None else orjson.loads(text) for text in partners.segments]
-        rolled = [flag is not None and int(flag) == 1 for flag in partners.rolled_up]
+        parsed = {text: orjson.loads(text) for text in set(partners.segments) if text is not None}
+        values = [{} if text is None else dict(parsed[text]) for text in partners.segments]
+        rolled = [flag == 1 for flag in partners.rolled_up]
         return Pairs(joined_ids, theirs, mine, label_weights, now - times, times, values, rolled)
 
     @staticmethod
