@@ -155,7 +155,7 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
         losses = history.packed_losses(kept, len(joined))
         # Rows that join now are stored joined, so only the other side's rows are updated.
         self._insert(tx, side, model_id, ids, rows, fresh, partners, losses, now, keep, texts, timestamps, weights)
-        with tx.batched():  # the rest in three round trips on PostgreSQL (no COPY among them)
+        with tx.batched():  # the rest in at most three round trips on PostgreSQL (no COPY among them)
             if joined:
                 self._join_partners(tx, other, model_id, pairs.ids, partners, now, keep)
             _save_counts(tx, model_id, before, model)
@@ -326,9 +326,11 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
         """Where the request's ids are: the positions of those already stored on `side`
         (duplicates), and the other side's waiting rows of the others (`_Partners`). One
         statement that walks the ids and finds each on the primary keys, so that it costs
-        O(ids log n) whatever the model holds and whatever the database's statistics say (on
-        PostgreSQL each lookup is a LATERAL subquery the planner cannot turn into a scan of the
-        model's rows)."""
+        O(ids log n) whatever the model holds and whatever the database's statistics say. On
+        PostgreSQL each lookup is a LATERAL subquery with LIMIT 1, which the planner keeps as a
+        lookup per id (never a join over the model's rows), and whose only fitting index is the
+        primary key: `joined_at` is checked outside it, so the partial index of pending rows
+        (which holds no id) does not match it."""
         mine, other = _TABLE[side], _TABLE["labels" if side == "predictions" else "predictions"]
         if side == "labels":
             read, shown = "at, arrived, dtype, payload, segments, rolled_up", "coalesce(p.at, p.arrived), p.dtype"
