@@ -28,6 +28,8 @@ import numpy as np
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
+# The servers started here run this checkout's code, whatever the interpreter has installed.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(ROOT))
 
 from tests import postgres  # noqa: E402

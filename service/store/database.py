@@ -23,7 +23,9 @@ which deletions can still free space.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Protocol
@@ -85,6 +87,35 @@ POSTGRES = Dialect(
 COPY_TYPES = {"int": "int8", "text": "text", "real": "float8", "small": "int2", "blob": "bytea"}
 
 
+@dataclass(frozen=True)
+class Each:
+    """A column's values to insert, one per row."""
+
+    values: Sequence[Any]
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A blob column's values to insert, each `size` bytes, end to end in `raw`."""
+
+    raw: bytes
+    size: int
+
+
+def _rows(columns: Sequence[tuple[str, str, Any]], count: int) -> Iterator[tuple[Any, ...]]:
+    """The rows of `insert_columns`'s columns, one tuple each."""
+    listed: list[Iterable[Any]] = []
+    for _, _, values in columns:
+        if isinstance(values, Each):
+            listed.append(values.values)
+        elif isinstance(values, Packed):
+            size = values.size
+            listed.append([values.raw[i * size : (i + 1) * size] for i in range(count)])
+        else:
+            listed.append(itertools.repeat(values, count))
+    return zip(*listed, strict=True)
+
+
 class Transaction:
     """One open transaction. SQL is written with `?` placeholders for both databases."""
 
@@ -111,56 +142,78 @@ class Transaction:
         self._cursor.executemany(self._sql(sql), rows)
 
     def insert_new(self, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]) -> None:
-        """Insert rows whose keys the caller found free while holding its model's lock.
+        """Insert rows given one tuple each, in the order of `columns`: `insert_columns` with the
+        columns that hold one value in every row given as that value."""
+        given: list[tuple[str, str, Any]] = []
+        for k, (name, kind) in enumerate(columns):
+            values = [row[k] for row in rows]
+            sizes = {len(value) for value in values} if kind == "blob" and None not in values else set()
+            if values and all(value == values[0] and type(value) is type(values[0]) for value in values):
+                given.append((name, kind, values[0]))
+            elif len(sizes) == 1:
+                given.append((name, kind, Packed(b"".join(values), sizes.pop())))
+            else:
+                given.append((name, kind, Each(values)))
+        self.insert_columns(table, given, len(rows))
 
-        `rows`: one tuple per row in the order of `columns`, each `(name, kind)` with a kind of
-        `COPY_TYPES`. SQLite inserts row by row in-process, with `ON CONFLICT DO NOTHING` as a
-        second guard (first write wins). PostgreSQL gets the rows by binary COPY, one round trip
-        (faster than one INSERT over unnest() arrays or a statement per row: docs/performance.md);
-        COPY has no ON CONFLICT, so a taken key aborts the transaction
-        instead, which still never overwrites a row.
+    def insert_columns(self, table: str, columns: Sequence[tuple[str, str, Any]], count: int) -> None:
+        """Insert `count` rows whose keys the caller found free while holding its model's lock.
+
+        `columns`: `(name, kind, values)` with a kind of `COPY_TYPES`; `values` is `Each` (one per
+        row), `Packed` (blobs of one size, end to end) or any other value, which every row holds.
+        SQLite inserts in-process, with `ON CONFLICT DO NOTHING` as a second guard (first write
+        wins). PostgreSQL gets the rows by binary COPY, one round trip (faster than one INSERT
+        over unnest() arrays or a statement per row: docs/performance.md); COPY has no ON
+        CONFLICT, so a taken key aborts the transaction instead, which still never overwrites a row.
         """
-        names = ", ".join(name for name, _ in columns)
         self._sql("INSERT")  # refused in SQLite's full-disk mode
+        for name, _, values in columns:
+            if (isinstance(values, Each) and len(values.values) != count) or (
+                isinstance(values, Packed) and len(values.raw) != values.size * count
+            ):
+                raise ValueError(f"column {name} does not hold {count} values")
+        if count == 0:
+            return
+        names = ", ".join(name for name, _, _ in columns)
         if self.dialect.name == "sqlite":
-            self._sqlite_insert(table, columns, rows)
+            self._sqlite_insert(table, names, columns, count)
             return
         with self._cursor.copy(f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types([COPY_TYPES[kind] for _, kind in columns])
-            for row in rows:
+            copy.set_types([COPY_TYPES[kind] for _, kind, _ in columns])
+            for row in _rows(columns, count):
                 copy.write_row(row)
 
-    def _sqlite_insert(self, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]) -> None:
-        """One statement over `json_each` when only the text key and an equal-length blob vary
-        from row to row (faster than a statement per row: docs/performance.md); the
-        other columns are then bound once. Anything else varying (a float, which would not
-        survive JSON exactly) takes a statement per row."""
-        names = ", ".join(name for name, _ in columns)
-        varying = [k for k in range(len(columns)) if len({row[k] for row in rows}) > 1]
-        kinds = {columns[k][1] for k in varying}
-        blobs = [k for k in varying if columns[k][1] == "blob"]
-        sizes = {None if row[blobs[0]] is None else len(row[blobs[0]]) for row in rows} if blobs else set()
-        if len(rows) < 2 or not kinds <= {"text", "blob"} or None in sizes or len(sizes) > 1 or len(blobs) > 1:
+    def _sqlite_insert(self, table: str, names: str, columns: Sequence[tuple[str, str, Any]], count: int) -> None:
+        """One statement over `json_each` when only text columns and packed blobs vary from row
+        to row (faster than a statement per row: docs/performance.md): the texts are read from
+        one JSON array, each blob cut from one bound blob, the other columns bound once. Anything
+        else varying (a float, which would not survive JSON exactly) takes a statement per row."""
+        texts = [k for k, (_, kind, values) in enumerate(columns) if isinstance(values, Each) and kind == "text"]
+        others = [values for _, kind, values in columns if isinstance(values, Each) and kind != "text"]
+        if count < 2 or others:
             marks = ", ".join("?" for _ in columns)
-            self.many(f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING", rows)
+            self.many(f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING", _rows(columns, count))
             return
-        texts = [k for k in varying if columns[k][1] == "text"]
-        size = next(iter(sizes), 0)
         selected, params = [], []
-        for k in range(len(columns)):
+        for k, (_, _, values) in enumerate(columns):
             if k in texts:
-                selected.append(f"j.value ->> {texts.index(k)}")
-            elif k in blobs:
-                selected.append(f"substr(?, j.key * {size} + 1, {size})")
-                params.append(b"".join(row[k] for row in rows))
+                selected.append("j.value" if len(texts) == 1 else f"j.value ->> {texts.index(k)}")
+            elif isinstance(values, Packed):
+                selected.append(f"substr(?, j.key * {values.size} + 1, {values.size})")
+                params.append(values.raw)
             else:
                 selected.append("?")
-                params.append(rows[0][k])
-        keys = orjson.dumps([[row[k] for k in texts] for row in rows]).decode()
+                params.append(values)
+        if len(texts) == 1:
+            listed = columns[texts[0]][2].values
+        elif texts:
+            listed = list(zip(*(columns[k][2].values for k in texts), strict=True))
+        else:
+            listed = [None] * count
         self.execute(
             f"INSERT INTO {table} ({names}) SELECT {', '.join(selected)} FROM json_each(?) AS j "
             "WHERE true ON CONFLICT DO NOTHING",  # `WHERE true`: SQLite's parser needs it before ON CONFLICT
-            [*params, keys],
+            [*params, orjson.dumps(listed).decode()],
         )
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
@@ -168,8 +221,13 @@ class Transaction:
         row = self._cursor.fetchone()
         return None if row is None else tuple(row)
 
-    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        self._cursor.execute(self._sql(sql), params)
+    def all(self, sql: str, params: Sequence[Any] = (), *, binary: bool = False) -> list[tuple[Any, ...]]:
+        """The statement's rows. `binary`: PostgreSQL sends them in its binary format, which
+        neither side spells out as text (bytea as hex, floats as decimals); the values are the same."""
+        if binary and self.dialect.name != "sqlite":
+            self._cursor.execute(self._sql(sql), params, binary=True)
+        else:
+            self._cursor.execute(self._sql(sql), params)
         return [tuple(row) for row in self._cursor.fetchall()]
 
     def columns(self, sql: str, params: Sequence[Any], width: int) -> list[tuple[Any, ...]]:
@@ -182,6 +240,17 @@ class Transaction:
         rows = self._cursor.fetchall()
         # One column at a time: zip(*rows) would make an iterator per row for the collector to chase.
         return [tuple(map(itemgetter(column), rows)) for column in range(width)]
+
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """Statements that go to PostgreSQL together (its pipeline mode): those that return no
+        rows are sent with the next that does, or at the end of the block, in one round trip;
+        an error in any of them surfaces there. SQLite runs each as it comes."""
+        if self.dialect.name == "sqlite":
+            yield
+            return
+        with self._cursor.connection.pipeline():
+            yield
 
 
 class Database(Protocol):

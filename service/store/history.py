@@ -70,14 +70,22 @@ def encode_losses(losses: Sequence[PairLosses], pairs: int) -> list[bytes | None
     """Each pair's `losses` column: one HISTORY_LOSS entry per loss, in configured order."""
     if not losses:
         return [None] * pairs
+    raw, size = packed_losses(losses, pairs), HISTORY_LOSS.itemsize * len(losses)
+    return [raw[i * size : (i + 1) * size] for i in range(pairs)]
+
+
+def packed_losses(losses: Sequence[PairLosses], pairs: int) -> bytes:
+    """Every pair's `losses` column end to end (`encode_losses`'s, joined): one HISTORY_LOSS entry
+    per loss and pair, the pairs in order."""
+    if not losses:
+        return b""
     table = np.empty((pairs, len(losses)), dtype=HISTORY_LOSS)
     for column, loss in enumerate(losses):
         table["variant"][:, column] = loss.variant
         table["sum"][:, column] = loss.sums
         table["denominator"][:, column] = loss.denominators
         table["count"][:, column] = loss.counts
-    raw, size = table.tobytes(), HISTORY_LOSS.itemsize * len(losses)
-    return [raw[i * size : (i + 1) * size] for i in range(pairs)]
+    return table.tobytes()
 
 
 def decode_losses(blob: bytes | None) -> NDArray[Any]:
@@ -121,6 +129,12 @@ def cells_of(
     rows = len(times)
     cells: list[Cell] = []
     columns = []
+    # Each key's values as indexes into its names ('' first), found once for every level.
+    named: dict[str, tuple[list[str], NDArray[np.int64]]] = {"": ([""], np.zeros(rows, np.int64))}
+    for key in keys:
+        index: dict[str, int] = {"": 0}
+        positions = [index.setdefault(values.get(key, ""), len(index)) for values in segments]
+        named[key] = (list(index), np.array(positions, dtype=np.int64).reshape(rows))
     for level in LEVELS:
         starts = np.floor(times / level) * level
         if rows and starts.min() == starts.max():  # the common case: one bucket of this level
@@ -128,15 +142,7 @@ def cells_of(
         else:
             unique_starts, start_index = np.unique(starts, return_inverse=True)
         for key in ("", *keys):
-            names: list[str] = [""]
-            if key:
-                index: dict[str, int] = {"": 0}
-                value_index = np.fromiter(
-                    (index.setdefault(values.get(key, ""), len(index)) for values in segments), np.int64, rows
-                )
-                names = list(index)
-            else:
-                value_index = np.zeros(rows, np.int64)
+            names, value_index = named[key]
             combined = start_index.reshape(-1).astype(np.int64) * len(names) + value_index
             if key:
                 found, inverse = np.unique(combined, return_inverse=True)
@@ -205,15 +211,13 @@ def roll_up(
         counted = np.bincount(at, minlength=size)
         for index, cell in enumerate(joined.cells):
             pairs[cell] = int(counted[index])
-        for cell, blob in zip(joined.cells, sketch.grouped(delays[rows], at, size), strict=True):
+        for cell, blob in zip(joined.cells, _sketches(delays, joined), strict=True):
             new_delays[cell] = blob
         for loss in losses:
             sums = np.bincount(at, weights=loss.sums[rows], minlength=size)
             denominators = np.bincount(at, weights=loss.denominators[rows], minlength=size)
             counts = np.bincount(at, weights=loss.counts[rows], minlength=size).astype(np.int64)
-            values = pair_value(loss.sums, loss.denominators, loss.aggregate)[rows]
-            keep = ~np.isnan(values)
-            sketches = sketch.grouped(values[keep], at[keep], size)
+            sketches = _sketches(pair_value(loss.sums, loss.denominators, loss.aggregate), joined)
             for index, cell in enumerate(joined.cells):
                 new_losses[(cell, loss.variant)] = (
                     loss.loss,
@@ -228,6 +232,9 @@ def roll_up(
     existing = {
         tuple(row[:4]): row[4:] for row in _stored(tx, "loss_rollups", "predictions, joined, delays", model_id, touched)
     }
+    # Both tables are read before either is written: on PostgreSQL, in a batch (Transaction.batched),
+    # the writes then go together at its end.
+    losses_written = _rolled_up_losses(tx, model_id, sorted(pairs), new_losses) if new_losses else []
     merged = _merged([existing.get(cell, (0, 0, None))[2] for cell in touched], [new_delays.get(c) for c in touched])
     written = []
     for cell, delays_sketch in zip(touched, merged, strict=True):
@@ -248,16 +255,46 @@ def roll_up(
         "DO UPDATE SET predictions = excluded.predictions, joined = excluded.joined, delays = excluded.delays",
         written,
     )
-    if new_losses:
-        _roll_up_losses(tx, model_id, sorted(pairs), new_losses)
+    if losses_written:
+        tx.many(
+            f"INSERT INTO loss_rollup_losses (model_id, {_CELL_COLUMNS}, variant, loss, sum, denominator, count, "
+            "sketch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (model_id, level, segment_key, start, segment_value, variant) DO UPDATE SET "
+            "sum = excluded.sum, denominator = excluded.denominator, count = excluded.count, sketch = excluded.sketch",
+            losses_written,
+        )
 
 
-def _roll_up_losses(
+def _sketches(values: NDArray[np.float64], cells: Cells) -> list[bytes]:
+    """The sketch of each cell's values (row i's value is `values[i]`; NaN counts in none). A
+    group's cells are numbered one after the other, so groups that split the rows alike (every
+    level, while all rows fall in one bucket of each) have equal cells up to an offset: those are
+    sketched once."""
+    found = [b""] * len(cells.cells)
+    counted = ~np.isnan(values)
+    done: dict[bytes, list[bytes]] = {}
+    for column in cells.of_row.T:
+        present = column >= 0
+        if not present.any():
+            continue
+        first = int(column[present].min())
+        relative = np.where(present, column - first, -1)
+        signature = relative.tobytes()
+        if signature not in done:
+            kept = present & counted
+            done[signature] = sketch.grouped(values[kept], relative[kept], int(relative.max()) + 1)
+        for offset, blob in enumerate(done[signature]):
+            found[first + offset] = blob
+    return found
+
+
+def _rolled_up_losses(
     tx: Transaction,
     model_id: int,
     cells: list[Cell],
     new: dict[tuple[Cell, int], tuple[str, float, float, int, bytes]],
-) -> None:
+) -> list[tuple[Any, ...]]:
+    """The rows of `loss_rollup_losses` once `new` is added to the cells' losses as stored."""
     existing = {
         (tuple(row[:4]), int(row[4])): row[5:]
         for row in _stored(tx, "loss_rollup_losses", "variant, sum, denominator, count, sketch", model_id, cells)
@@ -280,13 +317,7 @@ def _roll_up_losses(
                 loss_sketch or None,
             )
         )
-    tx.many(
-        f"INSERT INTO loss_rollup_losses (model_id, {_CELL_COLUMNS}, variant, loss, sum, denominator, count, sketch) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (model_id, level, segment_key, start, segment_value, variant) DO UPDATE SET "
-        "sum = excluded.sum, denominator = excluded.denominator, count = excluded.count, sketch = excluded.sketch",
-        written,
-    )
+    return written
 
 
 def _merged(old: list[bytes | None], new: list[bytes | None]) -> list[bytes]:

@@ -110,16 +110,20 @@ class EventRows(Generic[T]):
 
 
 @dataclass(frozen=True)
-class _Written:
-    """What one log writes beside the rows: its time, whether joined rows keep their payloads,
-    each prediction's segments as stored, each joining row's losses (by its position in the
-    request) and the partners it joins."""
+class _Partners:
+    """The other side's waiting rows that one log joins, in the order of the request: each one's
+    position in the request, its row (PostgreSQL: its ctid, read under the model's lock), its time
+    (a label's arrival, a prediction's own time), dtype code, payload, weight (labels), segments
+    (predictions: as stored) and whether it is counted in the rollups (predictions)."""
 
-    now: float
-    keep: bool
-    texts: list[str | None] | None
-    losses: dict[int, bytes | None]
-    partners: dict[str, tuple[Any, ...]]
+    at: Sequence[int]
+    rows: Sequence[str | None]
+    times: Sequence[float]
+    codes: Sequence[int]
+    payloads: Sequence[bytes]
+    weights: Sequence[float | None]
+    segments: Sequence[str | None]
+    rolled_up: Sequence[int | None]
 
 
 @dataclass(frozen=True)

@@ -20,20 +20,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from operator import itemgetter
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
 
 from service.store import history
 from service.store.connect import connect
-from service.store.database import Database, Transaction
+from service.store.database import Database, Each, Packed, Transaction
 from service.store.errors import QuotaExceededError, RowShapeError, TooManyPendingError
 from service.store.history import HISTORY_LOSS, PairLosses
 from service.store.inference_events import _InferenceEvents
 from service.store.models import _Models
 from service.store.reads import _Reads
-from service.store.records import Logged, Model, Pairs, Quota, Side, T, Usage, _Written
+from service.store.records import Logged, Model, Pairs, Quota, Side, T, Usage, _Partners
 from service.store.retention import _Retention
 from service.store.rows import (
     _CODES,
@@ -48,6 +49,9 @@ from service.store.rows import (
     _usage,
 )
 from service.store.schema import ROW_BYTES, migrate
+
+V = TypeVar("V")
+_first = itemgetter(0)
 
 
 class Store(_Models, _Retention, _InferenceEvents, _Reads):
@@ -129,19 +133,12 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
         usage = None
         texts = _segment_texts(segments, len(ids)) if side == "predictions" else None
         model = self._fix_shape(tx, model_id, model, side, tuple(rows.shape[1:]))
-        existing = {
-            row[0]
-            for row in tx.all(
-                f"SELECT id FROM {_TABLE[side]} WHERE model_id = ? AND id {tx.dialect.in_list}",
-                [model_id, tx.dialect.list_parameter(ids)],
-            )
-        }
-        fresh = [i for i, row_id in enumerate(ids) if row_id not in existing]
-        partners = self._waiting_partners(tx, other, model_id, [ids[i] for i in fresh])
-        joined = [i for i in fresh if ids[i] in partners]
+        existing, partners = self._look_up(tx, side, model_id, ids)
+        fresh = _positions(len(ids), existing)
+        joined = list(partners.at)
         keep = bool(model.config.get("keep_pairs", False))
         entry_bytes = HISTORY_LOSS.itemsize * len(model.config.get("losses", ())) if history_of else 0
-        adding = self._added_bytes(ids, rows, fresh, joined, partners, keep, entry_bytes, texts)
+        adding = self._added_bytes(ids, rows, fresh, partners, keep, entry_bytes, texts)
         if quota is not None:
             usage = _usage(tx, quota)
             if adding > 0 and usage.stored_bytes + adding > quota.max_stored_bytes:
@@ -149,21 +146,21 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
                     "max_stored_bytes", quota.holder, usage.stored_bytes, adding, quota.max_stored_bytes
                 )
             usage = Usage(usage.models, usage.stored_bytes + adding)
-        model = self._count(tx, model_id, model, side, len(fresh), len(joined), max_pending, adding)
-        pairs = self._pairs(side, model, ids, rows, joined, partners, now, timestamps, weights, segments)
+        before, model = model, self._count(model, side, len(fresh), len(joined), max_pending, adding)
+        pairs = self._pairs(side, model, ids, rows, partners, now, timestamps, weights, segments)
         joined_result = on_join(model, pairs) if joined else None
         kept = list(history_of(joined_result)) if history_of is not None and joined_result is not None else []
         if len(kept) * HISTORY_LOSS.itemsize != (entry_bytes if joined else 0):
             raise ValueError(f"history_of gave {len(kept)} losses for a model configured with other losses")
-        losses = history.encode_losses(kept, len(pairs.ids))
-        written = _Written(now, keep, texts, dict(zip(joined, losses, strict=True)), partners)
+        losses = history.packed_losses(kept, len(joined))
         # Rows that join now are stored joined, so only the other side's rows are updated.
-        self._insert(tx, side, model_id, ids, rows, fresh, written, timestamps, weights)
-        if joined:
-            self._join_partners(tx, other, model_id, pairs.ids, now, keep)
-        self._roll_up(tx, model_id, model, side, fresh, pairs, kept, now, timestamps, segments)
-        duplicates = [ids[i] for i in range(len(ids)) if ids[i] in existing]
-        return Logged(len(fresh), duplicates, pairs, joined_result, model, usage)
+        self._insert(tx, side, model_id, ids, rows, fresh, partners, losses, now, keep, texts, timestamps, weights)
+        with tx.batched():  # the rest in at most three round trips on PostgreSQL (no COPY among them)
+            if joined:
+                self._join_partners(tx, other, model_id, pairs.ids, partners, now, keep)
+            _save_counts(tx, model_id, before, model)
+            self._roll_up(tx, model_id, model, side, fresh, pairs, kept, now, timestamps, segments)
+        return Logged(len(fresh), [ids[i] for i in existing], pairs, joined_result, model, usage)
 
     @staticmethod
     def _roll_up(
@@ -208,22 +205,24 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
     def _added_bytes(
         ids: Sequence[str],
         rows: np.ndarray[Any, Any],
-        fresh: list[int],
-        joined: list[int],
-        partners: dict[str, tuple[Any, ...]],
+        fresh: Sequence[int],
+        partners: _Partners,
         keep: bool,
         entry_bytes: int,
         texts: list[str | None] | None,
     ) -> int:
         """What storing the rows at `fresh` adds to `stored_bytes`: each row with its id and
         segments, waiting ones with their payload (joining ones too with `keep`), less the payloads
-        of the partners that join (dropped unless `keep`), and each joined pair's losses."""
-        size = int(rows[0].nbytes) if len(rows) else 0
-        added = sum(ROW_BYTES + _id_bytes(ids[i]) for i in fresh) + size * (len(fresh) - (0 if keep else len(joined)))
+        of the partners that join (dropped unless `keep`), and each joined pair's losses. The
+        UTF-8 bytes of the ids (and of the segments) are counted in one encoding of them all."""
+        size = rows.nbytes // len(rows) if len(rows) else 0
+        joined = len(partners.at)
+        stored = _picked(ids, fresh)
+        added = ROW_BYTES * len(fresh) + _id_bytes("".join(stored)) + size * (len(fresh) - (0 if keep else joined))
         if texts is not None:
-            added += sum(_text_bytes(texts[i]) for i in fresh)
-        dropped = 0 if keep else sum(len(partners[ids[i]][2]) for i in joined)
-        return added - dropped + entry_bytes * len(joined)
+            added += _text_bytes("".join(filter(None, _picked(texts, fresh))))
+        dropped = 0 if keep else sum(map(len, partners.payloads))
+        return added - dropped + entry_bytes * joined
 
     @staticmethod
     def _fix_shape(tx: Transaction, model_id: int, model: Model, side: Side, shape: tuple[int, ...]) -> Model:
@@ -247,45 +246,50 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
         ids: Sequence[str],
         rows: np.ndarray[Any, Any],
         fresh: list[int],
-        written: _Written,
+        partners: _Partners,
+        losses: bytes,
+        now: float,
+        keep: bool,
+        texts: list[str | None] | None,
         timestamps: Sequence[float] | None,
         weights: Sequence[float] | None,
     ) -> None:
-        """Store the rows at `fresh`; those that join now (`written.losses`) already joined."""
+        """Store the rows at `fresh`; those that join now (`partners.at`) already joined, with
+        their `losses` (packed, in the order of `partners.at`). Joining rows and waiting ones
+        differ in joined_at and payload: one insert for each group, column by column."""
         if not fresh:
             return
         rows = np.ascontiguousarray(rows)
-        code, raw, size = _CODES[rows.dtype], rows.tobytes(), rows[0].nbytes
-        payloads = [raw[i * size : (i + 1) * size] for i in fresh]
-        now, joining, keep = written.now, written.losses, written.keep
-        columns = [("model_id", "int"), ("id", "text"), ("arrived", "real")]
-        # Joining rows and waiting ones differ in joined_at and payload: one insert for each group.
-        groups: dict[bool, list[tuple[Any, ...]]] = {True: [], False: []}
-        waiting, joined = groups[False], groups[True]
-        if side == "predictions":
-            columns += [("at", "real"), ("segments", "text"), ("rolled_up", "small")]
-            columns += [("losses", "blob"), ("label_arrived", "real")]
-            texts = written.texts or [None] * len(ids)
-            ats = [None] * len(ids) if timestamps is None else timestamps
-            for i, p in zip(fresh, payloads, strict=True):
-                if i in joining:
-                    arrival = written.partners[ids[i]][0]
-                    stored = p if keep else None
-                    joined.append((model_id, ids[i], now, ats[i], texts[i], 1, joining[i], arrival, now, code, stored))
-                else:
-                    waiting.append((model_id, ids[i], now, ats[i], texts[i], 1, None, None, None, code, p))
-        else:
-            columns += [("weight", "real"), ("losses", "blob")]
-            given = [None] * len(ids) if weights is None else weights
-            for i, p in zip(fresh, payloads, strict=True):
-                if i in joining:
-                    joined.append((model_id, ids[i], now, given[i], joining[i], now, code, p if keep else None))
-                else:
-                    waiting.append((model_id, ids[i], now, given[i], None, None, code, p))
-        all_columns = [*columns, ("joined_at", "real"), ("dtype", "small"), ("payload", "blob")]
-        for group in groups.values():
-            if group:
-                tx.insert_new(_TABLE[side], all_columns, group)
+        code, size = _CODES[rows.dtype], rows.nbytes // len(rows)
+        joining = list(partners.at)
+        waiting = _positions(len(ids), joining) if len(fresh) == len(ids) else _without(fresh, joining)
+        for group in (joining, waiting):
+            if not group:
+                continue
+            joins = group is joining
+            payload = Packed(rows[group].tobytes(), size) if keep or not joins else None
+            columns: list[tuple[str, str, Any]] = [
+                ("model_id", "int", model_id),
+                ("id", "text", Each(_picked(ids, group))),
+                ("arrived", "real", now),
+            ]
+            if side == "predictions":
+                columns += [
+                    ("at", "real", None if timestamps is None else Each(_picked(timestamps, group))),
+                    ("segments", "text", None if texts is None else Each(_picked(texts, group))),
+                    ("rolled_up", "small", 1),
+                    ("label_arrived", "real", Each(partners.times) if joins else None),
+                ]
+            else:
+                columns.append(("weight", "real", None if weights is None else Each(_picked(weights, group))))
+            entry = len(losses) // len(joining) if joining else 0
+            columns += [
+                ("losses", "blob", Packed(losses, entry) if joins and entry else None),
+                ("joined_at", "real", now if joins else None),
+                ("dtype", "small", code),
+                ("payload", "blob", payload),
+            ]
+            tx.insert_columns(_TABLE[side], columns, len(group))
 
     @staticmethod
     def _join_partners(
@@ -293,36 +297,73 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
         other: Side,
         model_id: int,
         ids: list[str],
+        partners: _Partners,
         now: float,
         keep: bool,
     ) -> None:
         """Mark the other side's rows joined: their payloads dropped (unless `keep`), prediction
         rows given their label's arrival. One statement: the pairs' losses are on the rows this
-        request inserts, so no row is updated with a value of its own."""
+        request inserts, so no row is updated with a value of its own. SQLite finds each row on
+        the primary key; PostgreSQL by the ctid `_look_up` read under the model's lock (a TID
+        scan, whichever plan its statistics would favour for a list of ids)."""
         dropped = "" if keep else ", payload = NULL"
         arrival = ", label_arrived = ?" if other == "predictions" else ""
+        if tx.dialect.name == "sqlite":
+            found = f"model_id = ? AND id {tx.dialect.in_list}"
+            params = [model_id, tx.dialect.list_parameter(ids)]
+        else:
+            # A TID scan is the only plan left once sequential scans are off; for the rest of the
+            # transaction too, whose statements all find their rows by key.
+            tx.execute("SET LOCAL enable_seqscan = off")
+            found, params = "ctid = ANY(?::tid[])", [list(partners.rows)]
         tx.execute(
-            f"UPDATE {_TABLE[other]} SET joined_at = ?{arrival}{dropped} "
-            f"WHERE model_id = ? AND id {tx.dialect.in_list}",
-            [now, *([now] if arrival else []), model_id, tx.dialect.list_parameter(ids)],
+            f"UPDATE {_TABLE[other]} SET joined_at = ?{arrival}{dropped} WHERE {found}",
+            [now, *([now] if arrival else []), *params],
         )
 
     @staticmethod
-    def _waiting_partners(tx: Transaction, other: Side, model_id: int, ids: list[str]) -> dict[str, tuple[Any, ...]]:
-        """The other side's unjoined rows with these ids: id -> (time, dtype code, payload, weight,
-        segments, rolled_up); a label's time is its arrival, a prediction's its own time."""
-        if not ids:
-            return {}
-        if other == "predictions":
-            columns = "coalesce(at, arrived), dtype, payload, NULL, segments, rolled_up"
+    def _look_up(tx: Transaction, side: Side, model_id: int, ids: Sequence[str]) -> tuple[list[int], _Partners]:
+        """Where the request's ids are: the positions of those already stored on `side`
+        (duplicates), and the other side's waiting rows of the others (`_Partners`). One
+        statement that walks the ids and finds each on the primary keys, so that it costs
+        O(ids log n) whatever the model holds and whatever the database's statistics say. On
+        PostgreSQL each lookup is a LATERAL subquery with LIMIT 1, which the planner keeps as a
+        lookup per id (never a join over the model's rows), and whose only fitting index is the
+        primary key: `joined_at` is checked outside it, so the partial index of pending rows
+        (which holds no id) does not match it."""
+        mine, other = _TABLE[side], _TABLE["labels" if side == "predictions" else "predictions"]
+        if side == "labels":
+            read, shown = "at, arrived, dtype, payload, segments, rolled_up", "coalesce(p.at, p.arrived), p.dtype"
+            shown += ", p.payload, NULL, p.segments, p.rolled_up"
         else:
-            columns = "arrived, dtype, payload, weight, NULL, NULL"
-        rows = tx.all(
-            f"SELECT id, {columns} FROM {_TABLE[other]} "
-            f"WHERE model_id = ? AND joined_at IS NULL AND id {tx.dialect.in_list}",
-            [model_id, tx.dialect.list_parameter(ids)],
-        )
-        return {row[0]: row[1:] for row in rows}
+            read, shown = "arrived, dtype, payload, weight", "p.arrived, p.dtype, p.payload, p.weight, NULL, NULL"
+        if tx.dialect.name == "sqlite":
+            found = tx.all(
+                f"SELECT j.key, mine.id IS NOT NULL, NULL, {shown} FROM json_each(?) AS j "
+                f"LEFT JOIN {mine} AS mine ON mine.model_id = ? AND mine.id = j.value "
+                f"LEFT JOIN {other} AS p ON mine.id IS NULL AND p.model_id = ? AND p.id = j.value "
+                "AND p.joined_at IS NULL WHERE mine.id IS NOT NULL OR p.id IS NOT NULL",
+                [tx.dialect.list_parameter(ids), model_id, model_id],
+            )
+        else:
+            found = tx.all(  # binary: the payloads as they are, not as hex
+                f"SELECT j.n - 1, mine.stored IS NOT NULL, p.ctid::text, {shown} "
+                "FROM unnest(?::text[]) WITH ORDINALITY AS j(id, n) "
+                f"LEFT JOIN LATERAL (SELECT true AS stored FROM {mine} WHERE model_id = ? AND id = j.id LIMIT 1) "
+                "AS mine ON true "
+                f"LEFT JOIN LATERAL (SELECT ctid, joined_at, {read} FROM {other} WHERE mine.stored IS NULL "
+                "AND model_id = ? AND id = j.id LIMIT 1) AS p ON p.joined_at IS NULL "
+                "WHERE mine.stored IS NOT NULL OR p.ctid IS NOT NULL",
+                [list(ids), model_id, model_id],
+                binary=True,
+            )
+        found.sort(key=_first)  # in the order of the request (already so, as a rule: a linear pass)
+        existing = [row[0] for row in found if row[1]]
+        waiting = [row for row in found if not row[1]] if existing else found
+        if not waiting:
+            return existing, _Partners([], [], [], [], [], [], [], [])
+        at, _, rows, times, codes, payloads, weights, texts, rolled_up = zip(*waiting, strict=True)
+        return existing, _Partners(at, rows, times, codes, payloads, weights, texts, rolled_up)
 
     @staticmethod
     def _pairs(
@@ -330,33 +371,34 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
         model: Model,
         ids: Sequence[str],
         rows: np.ndarray[Any, Any],
-        joined: list[int],
-        partners: dict[str, tuple[Any, ...]],
+        partners: _Partners,
         now: float,
         timestamps: Sequence[float] | None,
         weights: Sequence[float] | None,
         segments: Sequence[Mapping[str, str]] | None,
     ) -> Pairs:
-        joined_ids = [ids[i] for i in joined]
+        joined = list(partners.at)
+        joined_ids = list(_picked(ids, joined))
         mine = rows[joined]
-        found = [partners[row_id] for row_id in joined_ids]
         other_shape = model.label_shape if side == "predictions" else model.prediction_shape
-        theirs = _decode([f[2] for f in found], [f[1] for f in found], other_shape or ())
+        theirs = _decode(partners.payloads, partners.codes, other_shape or ())
         if side == "predictions":
-            times = np.array([now if timestamps is None else timestamps[i] for i in joined], dtype=np.float64)
-            delays = np.array([f[0] for f in found], dtype=np.float64) - times
-            values = [dict(segments[i]) if segments is not None else {} for i in joined]
-            return Pairs(joined_ids, mine, theirs, [f[3] for f in found], delays, times, values, [True] * len(joined))
-        label_weights = [None if weights is None else float(weights[i]) for i in joined]
-        times = np.array([f[0] for f in found], dtype=np.float64)
-        values = [{} if f[4] is None else orjson.loads(f[4]) for f in found]
-        rolled = [f[5] is not None and int(f[5]) == 1 for f in found]
+            made = np.full(len(joined), now) if timestamps is None else _picked(timestamps, joined)
+            times = np.array(made, dtype=np.float64)
+            delays = np.array(partners.times, dtype=np.float64) - times
+            values = [dict(segments[i]) for i in joined] if segments is not None else [{} for _ in joined]
+            return Pairs(joined_ids, mine, theirs, list(partners.weights), delays, times, values, [True] * len(joined))
+        label_weights: list[float | None] = [None if weights is None else float(weights[i]) for i in joined]
+        times = np.array(partners.times, dtype=np.float64)
+        parsed = {text: orjson.loads(text) for text in set(partners.segments) if text is not None}
+        values = [{} if text is None else dict(parsed[text]) for text in partners.segments]
+        rolled = [flag == 1 for flag in partners.rolled_up]
         return Pairs(joined_ids, theirs, mine, label_weights, now - times, times, values, rolled)
 
     @staticmethod
-    def _count(
-        tx: Transaction, model_id: int, model: Model, side: Side, stored: int, joined: int, limit: int, added: int
-    ) -> Model:
+    def _count(model: Model, side: Side, stored: int, joined: int, limit: int, added: int) -> Model:
+        """The model's counters once `stored` rows are stored and `joined` of them join
+        (TooManyPendingError past `limit`); `_save_counts` writes them."""
         pending = {"predictions": model.pending_predictions, "labels": model.pending_labels}
         other: Side = "labels" if side == "predictions" else "predictions"
         before = sum(pending.values())
@@ -365,11 +407,6 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
         after = sum(pending.values())
         if after > limit and after > before:  # a request that only drains pending rows always passes
             raise TooManyPendingError(model.name, after, limit)
-        tx.execute(
-            "UPDATE loss_models SET pending_predictions = ?, pending_labels = ?, joined = joined + ?, "
-            "stored_bytes = stored_bytes + ? WHERE id = ?",
-            [pending["predictions"], pending["labels"], joined, added, model_id],
-        )
         return replace(
             model,
             pending_predictions=pending["predictions"],
@@ -377,3 +414,35 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
             joined=model.joined + joined,
             stored_bytes=model.stored_bytes + added,
         )
+
+
+def _save_counts(tx: Transaction, model_id: int, before: Model, after: Model) -> None:
+    tx.execute(
+        "UPDATE loss_models SET pending_predictions = ?, pending_labels = ?, joined = joined + ?, "
+        "stored_bytes = stored_bytes + ? WHERE id = ?",
+        [
+            after.pending_predictions,
+            after.pending_labels,
+            after.joined - before.joined,
+            after.stored_bytes - before.stored_bytes,
+            model_id,
+        ],
+    )
+
+
+def _positions(count: int, excluded: Sequence[int]) -> list[int]:
+    """The positions 0..count-1 but the `excluded` ones."""
+    if not excluded:
+        return list(range(count))
+    left = set(excluded)
+    return [i for i in range(count) if i not in left]
+
+
+def _without(positions: Sequence[int], excluded: Sequence[int]) -> list[int]:
+    left = set(excluded)
+    return [i for i in positions if i not in left]
+
+
+def _picked(values: Sequence[V], positions: Sequence[int]) -> Sequence[V]:
+    """`values` at `positions` (distinct, ascending): `values` itself when that is all of them."""
+    return values if len(positions) == len(values) else [values[i] for i in positions]

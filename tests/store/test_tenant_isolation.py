@@ -160,9 +160,9 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, list[A
         statements.append((sql, list(params)))
         return original_one(self, sql, params)
 
-    def all_(self: Transaction, sql: str, params: Any = ()) -> Any:
+    def all_(self: Transaction, sql: str, params: Any = (), **options: Any) -> Any:
         statements.append((sql, list(params)))
-        return original_all(self, sql, params)
+        return original_all(self, sql, params, **options)
 
     with monkeypatch.context() as patch:
         patch.setattr(Transaction, "one", one)

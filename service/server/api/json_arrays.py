@@ -106,6 +106,9 @@ def occurrences(text: bytes | memoryview, char: bytes) -> int:
     return sum(int(np.count_nonzero(view[start : start + _BLOCK] == code)) for start in range(0, view.size, _BLOCK))
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 class _Counts:
     __slots__ = ("brackets",)
 
@@ -136,6 +139,12 @@ def _convert(value: Any, array_keys: frozenset[str], counts: _Counts, depth: int
         return converted
     if isinstance(value, simdjson.Array):
         counts.brackets += 1
+        if depth < _MAX_DEPTH and len(value) and not isinstance(value[0], (simdjson.Array, simdjson.Object)):
+            # Most likely a flat array of strings or numbers (row ids): converted in one call.
+            items = value.as_list()
+            if all(type(item) in _SCALARS for item in items):
+                counts.brackets += "".join([item for item in items if type(item) is str]).count("[")
+                return items
         return [_convert(item, array_keys, counts, depth + 1) for item in value]
     if isinstance(value, str):
         counts.brackets += value.count("[")
