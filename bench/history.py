@@ -12,7 +12,7 @@ Per database (SQLite always, PostgreSQL from Debian's postgresql package):
 2. History: models holding `--pairs` and `--large` joined pairs made over 30 days (one segment
    key of 20 values, labels 0-2 h after their predictions), written straight into the store in
    batches through the store's own functions: the prediction and label rows as a join leaves
-   them, and the rollups by `history.roll_up` (what each join calls). Then GET .../history over
+   them, and the rollups by `rollups.roll_up` (what each join calls). Then GET .../history over
    the 30 days hourly `by` the segment, in-process (the ASGI app called directly); the median
    of the rounds, and the ratio of the large model's time to the small one's.
 3. Export: GET .../pairs of the `--pairs` model as an Arrow stream, in-process, against pyarrow
@@ -52,8 +52,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench import tenants  # noqa: E402
 from bench.store import server as plain_server  # noqa: E402
-from service.store import SWEEP_BATCH_ROWS, Store  # noqa: E402
+from service.store import (  # noqa: E402
+    SWEEP_BATCH_ROWS,
+    Store,
+    rollups,
+)
 from service.store import history as store_history  # noqa: E402
+from service.store import pairs as store_pairs  # noqa: E402
 from service.store.schema import row_bytes_sql  # noqa: E402
 from service.usecases.export import EXPORT_BATCH_ROWS  # noqa: E402
 from tests import postgres  # noqa: E402
@@ -209,8 +214,8 @@ def populate(store: Store, name: str, pairs: int, now: float, seed: int) -> None
                  ("joined_at", "real"), ("dtype", "small")],
                 [(model_id, ids[i], float(arrived[i]), blobs[i], float(arrived[i]), 0) for i in range(count)],
             )  # fmt: skip
-            cells = store_history.cells_of(made, segments, ["country"], now - 100 * DAY)
-            store_history.roll_up(tx, model_id, cells, cells, delays, losses)
+            cells = rollups.cells_of(made, segments, ["country"], now - 100 * DAY)
+            rollups.roll_up(tx, model_id, cells, cells, delays, losses)
             tx.execute("UPDATE loss_models SET joined = joined + ? WHERE id = ?", [count, model_id])
     with store.database.transaction() as tx:  # the quotas' count of the bytes stored, as the store keeps it
         size = row_bytes_sql(tx.dialect.name)
@@ -267,14 +272,14 @@ def export(app: InProcess, name: str, now: float, rounds: int) -> tuple[float, f
 
 
 def fetched(store: Store, name: str, start: float, end: float) -> int:
-    """The export's SELECTs (`history.pairs_query`), batch by batch in a read transaction each,
+    """The export's SELECTs (`pairs.pairs_query`), batch by batch in a read transaction each,
     as the cursor fetches them (PostgreSQL's in its binary format, as the store reads them), and
     nothing else: what the database alone takes to hand the rows over. Returns the rows."""
     database, batch, after, rows = store.database, EXPORT_BATCH_ROWS, None, 0
     while True:
         with database.transaction(write=False) as tx:
             model_id = tx.one("SELECT id FROM loss_models WHERE name = ?", [name])[0]  # type: ignore[index]
-            sql, params = store_history.pairs_query(
+            sql, params = store_pairs.pairs_query(
                 database.dialect.name, model_id, start, end, after, batch, ["country"], False
             )
             cursor = tx._cursor  # the driver's own fetch, without the store's conversion

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from service.store import events, history
+from service.store import events, rollups
 from service.store.database import Database
 from service.store.errors import QuotaExceededError, SegmentKeysRemovedError
 from service.store.records import Model, Quota, Usage
@@ -41,7 +41,7 @@ class _Models:
                 removed = [key for key in before if key not in after]
                 if removed:
                     raise SegmentKeysRemovedError(name, removed)
-                history.add_keys(tx, found[0], [key for key in after if key not in before])
+                rollups.add_keys(tx, found[0], [key for key in after if key not in before])
                 tx.execute(
                     "UPDATE loss_models SET config = ?, retention_seconds = ?, updated_at = ? WHERE id = ?",
                     [orjson.dumps(config).decode(), retention_seconds, now, found[0]],
@@ -144,7 +144,7 @@ class _Models:
                 freed += sum(int(row[2]) for row in rows)
                 left -= len(rows)
             left -= events.delete_some(tx, model_id, left)
-            left -= history.sweep_cells(tx, model_id, None, left)
+            left -= rollups.sweep_cells(tx, model_id, None, left)
             if left > 0:  # fewer rows than a batch were left: the last batch
                 tx.execute("DELETE FROM loss_models WHERE id = ?", [model_id])
                 return True

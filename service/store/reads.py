@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from service.store import history
+from service.store import pairs, rollups
 from service.store.database import Database
-from service.store.history import PairColumns, PredictionRow, RollupCells, RollupLosses
+from service.store.pairs import PairColumns, PredictionRow
 from service.store.records import Model
+from service.store.rollups import RollupCells, RollupLosses
 from service.store.rows import _MODEL_COLUMNS, _model
 
 
@@ -27,7 +28,7 @@ class _Reads:
             found = tx.one(f"SELECT {_MODEL_COLUMNS} FROM loss_models WHERE name = ?", [name])
             if found is None:
                 return None
-            cells, losses = history.read_cells(tx, found[0], level, key, start, end)
+            cells, losses = rollups.read_cells(tx, found[0], level, key, start, end)
         return _model(found), cells, losses
 
     def prediction_rows(
@@ -47,7 +48,7 @@ class _Reads:
             found = tx.one("SELECT id FROM loss_models WHERE name = ?", [name])
             if found is None:
                 return None
-            return history.read_rows(tx, found[0], start, end, after, limit, joined_only)
+            return pairs.read_rows(tx, found[0], start, end, after, limit, joined_only)
 
     def prediction_batches(
         self, name: str, start: float, end: float, *, batch_rows: int = 10_000, joined_only: bool = False
@@ -86,7 +87,7 @@ class _Reads:
                 found = tx.one("SELECT id FROM loss_models WHERE name = ?", [name])
                 if found is None:
                     return
-                batch = history.read_pairs(tx, found[0], start, end, after, batch_rows, keys, payloads)
+                batch = pairs.read_pairs(tx, found[0], start, end, after, batch_rows, keys, payloads)
             if not len(batch):
                 return
             yield batch

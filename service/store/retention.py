@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from service.store import history
+from service.store import rollups
 from service.store.database import Database
 from service.store.records import Swept
 from service.store.rows import _TABLE
@@ -47,7 +47,7 @@ class _Retention:
     def sweep_batch(self, name: str, now: float, limit: int = SWEEP_BATCH_ROWS) -> Swept | None:
         """One transaction of a retention sweep: delete up to `limit` of the model's rows that
         arrived before `now` minus its retention, oldest first, predictions before labels, and
-        with what is left of `limit`, its rollup cells that ended before then (history.py). An
+        with what is left of `limit`, its rollup cells that ended before then (rollups.py). An
         unjoined prediction counts as expired in the cells that still hold it.
 
         Found through the `(model_id, arrived)` and `(model_id, ends)` indexes, so a batch costs
@@ -83,12 +83,12 @@ class _Retention:
                         keys = list(orjson.loads(config).get("segments", ()))
                         times = np.array([row[3] for row in counted], dtype=np.float64)
                         values = [{} if row[4] is None else orjson.loads(row[4]) for row in counted]
-                        history.expire(tx, model_id, history.cells_of(times, values, keys, cutoff))
+                        rollups.expire(tx, model_id, rollups.cells_of(times, values, keys, cutoff))
                 expired.append(sum(int(row[1]) for row in rows))
                 freed += sum(int(row[2]) for row in rows)
                 left -= len(rows)
             removed = limit - left
-            left -= history.sweep_cells(tx, model_id, cutoff, left)
+            left -= rollups.sweep_cells(tx, model_id, cutoff, left)
             if any(expired):
                 tx.execute(
                     "UPDATE loss_models SET pending_predictions = pending_predictions - ?, "

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 
-from service.store import history
+from service.store import history, rollups
 from service.store.connect import connect
 from service.store.database import Database, Each, Packed, Transaction
 from service.store.errors import QuotaExceededError, RowShapeError, TooManyPendingError
@@ -182,14 +182,14 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
         if side == "predictions" and fresh:
             times = np.array([now if timestamps is None else timestamps[i] for i in fresh], dtype=np.float64)
             values = [{} if segments is None else segments[i] for i in fresh]
-            logged = history.cells_of(times, values, keys, oldest_end)
+            logged = rollups.cells_of(times, values, keys, oldest_end)
         counted = np.flatnonzero(pairs.rolled_up) if pairs.ids else np.zeros(0, np.int64)
         joined = None
         if counted.size == len(pairs.ids) and counted.size:
-            joined = history.cells_of(pairs.times, pairs.segments, keys, oldest_end)
+            joined = rollups.cells_of(pairs.times, pairs.segments, keys, oldest_end)
         elif counted.size:  # some pairs' predictions were logged before history was kept
             values = [pairs.segments[i] for i in counted]
-            joined = history.cells_of(pairs.times[counted], values, keys, oldest_end)
+            joined = rollups.cells_of(pairs.times[counted], values, keys, oldest_end)
             kept = [
                 replace(
                     loss,
@@ -199,7 +199,7 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
                 )
                 for loss in kept
             ]
-        history.roll_up(tx, model_id, logged, joined, pairs.delays[counted], kept)
+        rollups.roll_up(tx, model_id, logged, joined, pairs.delays[counted], kept)
 
     @staticmethod
     def _added_bytes(

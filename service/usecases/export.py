@@ -39,7 +39,8 @@ import pyarrow.csv as pa_csv
 from numpy.typing import NDArray
 
 from service.store import DTYPES, Model, Store, StoreFailureError
-from service.store.history import PairColumns, pair_value
+from service.store.history import pair_value
+from service.store.pairs import PairColumns
 from service.usecases.errors import InvalidInputError
 from service.usecases.history import DEFAULT_WINDOW_SECONDS, loss_aggregate, loss_variants, parse_time
 from service.usecases.ingest import model_config, unavailable, unknown_model

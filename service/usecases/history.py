@@ -22,7 +22,9 @@ from numpy.typing import NDArray
 
 from service.engine import Aggregate, aggregate_of, loss_name, mean_of, recombines
 from service.store import Model, Store, StoreFailureError
-from service.store.history import LEVELS, PredictionRow, RollupCells, RollupLosses, loss_variant, pair_value
+from service.store.history import loss_variant, pair_value
+from service.store.pairs import PredictionRow
+from service.store.rollups import LEVELS, RollupCells, RollupLosses
 from service.usecases.errors import InvalidInputError
 from service.usecases.ingest import model_config, unavailable, unknown_model
 from service.values import sketch

@@ -325,8 +325,7 @@ def test_a_store_failure_before_the_first_batch_is_a_503_and_after_it_ends_the_s
     """The store fails at its `failing_from`-th batch read: at the first, the request is a 503
     with Retry-After; at the second, the first batch has been handed over and the stream ends
     with the store's error, with no end-of-stream marker."""
-    from service.store import StoreUnavailableError
-    from service.store import history as store_history
+    from service.store import StoreUnavailableError, pairs
     from service.usecases import export
 
     served.ok("PUT", "/v1/models/m", json={"losses": [{"loss": "mse"}]})
@@ -334,7 +333,7 @@ def test_a_store_failure_before_the_first_batch_is_a_503_and_after_it_ends_the_s
     values = np.arange(12.0).reshape(12, 1).tolist()
     served.ok("POST", "/v1/models/m/predictions", json={"ids": ids, "predictions": values, "timestamps": [T0] * 12})
     served.ok("POST", "/v1/models/m/labels", json={"ids": ids, "labels": values})
-    read, reads = store_history.read_pairs, [0]
+    read, reads = pairs.read_pairs, [0]
     failing_from = {"batch": 1}
 
     def failing(*args: Any) -> Any:
@@ -343,7 +342,7 @@ def test_a_store_failure_before_the_first_batch_is_a_503_and_after_it_ends_the_s
             raise StoreUnavailableError("the store is unavailable: a test's")
         return read(*args)
 
-    monkeypatch.setattr(store_history, "read_pairs", failing)
+    monkeypatch.setattr(pairs, "read_pairs", failing)
     response = served.request("GET", f"/v1/models/m/pairs?{WINDOW}", headers={"accept": ARROW})
     assert response.status_code == 503, response.text
     assert response.headers["retry-after"] == "5"
@@ -356,7 +355,7 @@ def test_a_store_failure_before_the_first_batch_is_a_503_and_after_it_ends_the_s
     assert reads == [2]
     sent = pa.ipc.open_stream(head)
     assert sent.read_next_batch().column("id").to_pylist() == ids[:5]
-    monkeypatch.setattr(store_history, "read_pairs", read)
+    monkeypatch.setattr(pairs, "read_pairs", read)
     assert not head.endswith(b"\xff\xff\xff\xff\x00\x00\x00\x00")  # Arrow's end-of-stream marker
     whole = b"".join(export.pairs(served.store, "m", start=str(T0), end=str(T0 + DAY), form="arrow").chunks)
     assert whole.endswith(b"\xff\xff\xff\xff\x00\x00\x00\x00")

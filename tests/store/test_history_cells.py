@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from service.store import Store, history
+from service.store import Store, history, pairs, rollups
 
 CONFIG = {"losses": [{"loss": "mse", "options": {}}], "convention": "keras", "dtype": "float64", "segments": ["k"]}
 FULL_KEY = "PRIMARY KEY (model_id=? AND level=? AND segment_key=? AND start=? AND segment_value=?)"
@@ -57,10 +57,10 @@ def test_joins_and_sweeps_find_each_rollup_cell_on_its_whole_primary_key(tmp_pat
     with store.database.transaction() as tx:
         model_id = tx.one("SELECT id FROM loss_models WHERE name = ?", ["m"])[0]
         recording = Recording(tx)
-        cells = history.cells_of(times, segments, ["k"], now - 10.0**6)
-        history.roll_up(recording, model_id, cells, None, np.zeros(0), [])  # type: ignore[arg-type]
-        history.roll_up(recording, model_id, None, cells, np.ones(n), losses)  # type: ignore[arg-type]
-        assert history.sweep_cells(recording, model_id, now + 10.0**6, 40) == 40  # type: ignore[arg-type]
+        cells = rollups.cells_of(times, segments, ["k"], now - 10.0**6)
+        rollups.roll_up(recording, model_id, cells, None, np.zeros(0), [])  # type: ignore[arg-type]
+        rollups.roll_up(recording, model_id, None, cells, np.ones(n), losses)  # type: ignore[arg-type]
+        assert rollups.sweep_cells(recording, model_id, now + 10.0**6, 40) == 40  # type: ignore[arg-type]
         steps = plans(tx, recording.statements)
     store.close()
     by_end = [step for step in steps if "loss_rollups_by_end" in step]
@@ -96,7 +96,7 @@ def test_an_export_batch_late_in_the_window_does_the_work_of_one_early_in_it(tmp
             connection = store.database._connection  # type: ignore[attr-defined]
             steps[0] = 0
             connection.set_progress_handler(count, 1)
-            found = history.read_rows(tx, model_id, 0.0, 10.0**9, (times[after], ids[after]), limit, True)
+            found = pairs.read_rows(tx, model_id, 0.0, 10.0**9, (times[after], ids[after]), limit, True)
             connection.set_progress_handler(None, 1)
         return steps[0], [row.id for row in found]
 

@@ -1,0 +1,390 @@
+"""Rollups of the loss history by prediction time and segment, kept by the transactions that
+log, join and sweep rows (docs/delayed-labels.md, "How history is kept").
+
+- A prediction row holds its segments (JSON of its non-null values) and, once joined, its
+  label's arrival.
+- A *cell* is (level, segment key, bucket start, segment value): `LEVELS` are the bucket widths,
+  buckets start at multiples of their width (Unix seconds, by prediction time), segment key ''
+  counts every row and segment value '' counts the rows whose value is null. Each row logged
+  counts in one cell per level and per key ('' and each declared key).
+- `loss_rollups` keeps a cell's predictions, joined and expired counts and a sketch of its
+  label delays; `loss_rollup_losses` per cell and loss (`variant`: a hash of the loss's
+  configuration, history.loss_variant) its sum, denominator, count and a sketch of each pair's loss.
+- A cell is written only while it ends within the model's retention (`ends >= now - retention`)
+  and removed by the retention sweep once it ends before; so whatever a join or an expiry adds to
+  a cell, the cell counted the prediction when it was logged.
+
+Every function here runs inside a transaction the store opened and holds its model's lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+
+from service.store.database import Transaction
+from service.store.history import PairLosses, pair_value
+from service.values import sketch
+
+# Bucket widths in seconds that rollups are kept at: a query whose start and step are multiples of
+# one reads the cells of the coarsest such level; any other query reads the prediction rows.
+LEVELS = (60, 3600, 86400)
+# A cell: (level, segment key, bucket start, segment value).
+Cell = tuple[int, str, float, str]
+_CELL_COLUMNS = "level, segment_key, start, segment_value"
+
+# -- cells ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cells:
+    """The cells some rows count in: `cells` once each, `of_row[i, g]` the index in `cells` of
+    row i's cell in group g (a level and a key), -1 where that cell is past retention."""
+
+    cells: list[Cell]
+    of_row: NDArray[np.int64]
+
+    def flat(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """(row, cell) for every cell a row counts in."""
+        rows, groups = np.nonzero(self.of_row >= 0)
+        return rows, self.of_row[rows, groups]
+
+
+def cells_of(
+    times: NDArray[np.float64], segments: Sequence[Mapping[str, str]], keys: Sequence[str], oldest_end: float
+) -> Cells:
+    """The cells of rows made at `times` with these segment values, keeping those that end at or
+    after `oldest_end` (now minus the model's retention)."""
+    rows = len(times)
+    cells: list[Cell] = []
+    columns = []
+    # Each key's values as indexes into its names ('' first), found once for every level.
+    named: dict[str, tuple[list[str], NDArray[np.int64]]] = {"": ([""], np.zeros(rows, np.int64))}
+    for key in keys:
+        index: dict[str, int] = {"": 0}
+        positions = [index.setdefault(values.get(key, ""), len(index)) for values in segments]
+        named[key] = (list(index), np.array(positions, dtype=np.int64).reshape(rows))
+    for level in LEVELS:
+        starts = np.floor(times / level) * level
+        if rows and starts.min() == starts.max():  # the common case: one bucket of this level
+            unique_starts, start_index = starts[:1], np.zeros(rows, np.int64)
+        else:
+            unique_starts, start_index = np.unique(starts, return_inverse=True)
+        for key in ("", *keys):
+            names, value_index = named[key]
+            combined = start_index.reshape(-1).astype(np.int64) * len(names) + value_index
+            if key:
+                found, inverse = np.unique(combined, return_inverse=True)
+            else:  # one cell per bucket start
+                found, inverse = np.arange(len(unique_starts), dtype=np.int64), combined
+            column = np.full(rows, -1, np.int64)
+            kept = np.full(len(found), -1, np.int64)
+            for position, code in enumerate(found.tolist()):
+                start = float(unique_starts[code // len(names)])
+                if start + level >= oldest_end:
+                    kept[position] = len(cells)
+                    cells.append((level, key, start, names[code % len(names)]))
+            column[:] = kept[inverse.reshape(-1)]
+            columns.append(column)
+    of_row = np.stack(columns, axis=1) if columns else np.zeros((rows, 0), np.int64)
+    return Cells(cells, of_row)
+
+
+def _stored(tx: Transaction, table: str, columns: str, model_id: int, cells: Sequence[Cell]) -> list[tuple[Any, ...]]:
+    """The rows of `table` (`loss_rollups` or `loss_rollup_losses`) of these cells: each cell's
+    columns, then `columns`. The cells drive the read, each found on the table's primary key,
+    so that it costs O(cells log n) however many cells the model keeps."""
+    selected = ", ".join(f"r.{name.strip()}" for name in f"{_CELL_COLUMNS}, {columns}".split(","))
+    matched = "r.level = j.level AND r.segment_key = j.segment_key AND r.start = j.start AND r.segment_value = j.value"
+    if tx.dialect.name == "sqlite":
+        listed = orjson.dumps([list(cell) for cell in cells]).decode()
+        cell = "SELECT value ->> 0 AS level, value ->> 1 AS segment_key, value ->> 2 AS start, value ->> 3 AS value"
+        # CROSS JOIN: SQLite keeps the listed cells as the outer loop.
+        return tx.all(
+            f"SELECT {selected} FROM ({cell} FROM json_each(?)) AS j CROSS JOIN {table} AS r "
+            f"WHERE r.model_id = ? AND {matched}",
+            [listed, model_id],
+        )
+    params = [list(column) for column in zip(*cells, strict=True)]
+    return tx.all(
+        f"SELECT {selected} FROM unnest(?::bigint[], ?::text[], ?::float8[], ?::text[]) "
+        f"AS j(level, segment_key, start, value) JOIN {table} AS r ON r.model_id = ? AND {matched}",
+        [*params, model_id],
+    )
+
+
+# -- writing: logs, joins, expiries ---------------------------------------------------------------
+
+
+def roll_up(
+    tx: Transaction,
+    model_id: int,
+    logged: Cells | None,
+    joined: Cells | None,
+    delays: NDArray[np.float64],
+    losses: Sequence[PairLosses],
+) -> None:
+    """Count rows logged (`logged`: their cells) and pairs joined (`joined`: their cells, each
+    pair's label delay and losses) into their cells: one read and one upsert per table."""
+    predictions: dict[Cell, int] = {}
+    if logged is not None:
+        rows, at = logged.flat()
+        for index, count in zip(*np.unique(at, return_counts=True), strict=True):
+            predictions[logged.cells[index]] = int(count)
+    pairs: dict[Cell, int] = {}
+    new_delays: dict[Cell, bytes] = {}
+    new_losses: dict[tuple[Cell, int], tuple[str, float, float, int, bytes]] = {}
+    if joined is not None and joined.cells:
+        rows, at = joined.flat()
+        size = len(joined.cells)
+        counted = np.bincount(at, minlength=size)
+        for index, cell in enumerate(joined.cells):
+            pairs[cell] = int(counted[index])
+        for cell, blob in zip(joined.cells, _sketches(delays, joined), strict=True):
+            new_delays[cell] = blob
+        for loss in losses:
+            sums = np.bincount(at, weights=loss.sums[rows], minlength=size)
+            denominators = np.bincount(at, weights=loss.denominators[rows], minlength=size)
+            counts = np.bincount(at, weights=loss.counts[rows], minlength=size).astype(np.int64)
+            sketches = _sketches(pair_value(loss.sums, loss.denominators, loss.aggregate), joined)
+            for index, cell in enumerate(joined.cells):
+                new_losses[(cell, loss.variant)] = (
+                    loss.loss,
+                    float(sums[index]),
+                    float(denominators[index]),
+                    int(counts[index]),
+                    sketches[index],
+                )
+    touched = sorted(set(predictions) | set(pairs))
+    if not touched:
+        return
+    existing = {
+        tuple(row[:4]): row[4:] for row in _stored(tx, "loss_rollups", "predictions, joined, delays", model_id, touched)
+    }
+    # Both tables are read before either is written: on PostgreSQL, in a batch (Transaction.batched),
+    # the writes then go together at its end.
+    losses_written = _rolled_up_losses(tx, model_id, sorted(pairs), new_losses) if new_losses else []
+    merged = _merged([existing.get(cell, (0, 0, None))[2] for cell in touched], [new_delays.get(c) for c in touched])
+    written = []
+    for cell, delays_sketch in zip(touched, merged, strict=True):
+        before = existing.get(cell, (0, 0, None))
+        written.append(
+            (
+                model_id,
+                *cell,
+                cell[2] + cell[0],
+                int(before[0]) + predictions.get(cell, 0),
+                int(before[1]) + pairs.get(cell, 0),
+                delays_sketch or None,
+            )
+        )
+    tx.many(
+        f"INSERT INTO loss_rollups (model_id, {_CELL_COLUMNS}, ends, predictions, joined, delays) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model_id, level, segment_key, start, segment_value) "
+        "DO UPDATE SET predictions = excluded.predictions, joined = excluded.joined, delays = excluded.delays",
+        written,
+    )
+    if losses_written:
+        tx.many(
+            f"INSERT INTO loss_rollup_losses (model_id, {_CELL_COLUMNS}, variant, loss, sum, denominator, count, "
+            "sketch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (model_id, level, segment_key, start, segment_value, variant) DO UPDATE SET "
+            "sum = excluded.sum, denominator = excluded.denominator, count = excluded.count, sketch = excluded.sketch",
+            losses_written,
+        )
+
+
+def _sketches(values: NDArray[np.float64], cells: Cells) -> list[bytes]:
+    """The sketch of each cell's values (row i's value is `values[i]`; NaN counts in none). A
+    group's cells are numbered one after the other, so groups that split the rows alike (every
+    level, while all rows fall in one bucket of each) have equal cells up to an offset: those are
+    sketched once."""
+    found = [b""] * len(cells.cells)
+    counted = ~np.isnan(values)
+    done: dict[bytes, list[bytes]] = {}
+    for column in cells.of_row.T:
+        present = column >= 0
+        if not present.any():
+            continue
+        first = int(column[present].min())
+        relative = np.where(present, column - first, -1)
+        signature = relative.tobytes()
+        if signature not in done:
+            kept = present & counted
+            done[signature] = sketch.grouped(values[kept], relative[kept], int(relative.max()) + 1)
+        for offset, blob in enumerate(done[signature]):
+            found[first + offset] = blob
+    return found
+
+
+def _rolled_up_losses(
+    tx: Transaction,
+    model_id: int,
+    cells: list[Cell],
+    new: dict[tuple[Cell, int], tuple[str, float, float, int, bytes]],
+) -> list[tuple[Any, ...]]:
+    """The rows of `loss_rollup_losses` once `new` is added to the cells' losses as stored."""
+    existing = {
+        (tuple(row[:4]), int(row[4])): row[5:]
+        for row in _stored(tx, "loss_rollup_losses", "variant, sum, denominator, count, sketch", model_id, cells)
+    }
+    keys = sorted(new)
+    merged = _merged([existing.get(key, (0.0, 0.0, 0, None))[3] for key in keys], [new[key][4] for key in keys])
+    written = []
+    for key, loss_sketch in zip(keys, merged, strict=True):
+        (cell, variant), (name, total, denominator, count, _) = key, new[key]
+        before = existing.get(key, (0.0, 0.0, 0, None))
+        written.append(
+            (
+                model_id,
+                *cell,
+                variant,
+                name,
+                float(before[0]) + total,
+                float(before[1]) + denominator,
+                int(before[2]) + count,
+                loss_sketch or None,
+            )
+        )
+    return written
+
+
+def _merged(old: list[bytes | None], new: list[bytes | None]) -> list[bytes]:
+    """Each old sketch merged with its new one, all in one pass."""
+    size = len(old)
+    return sketch.merge([*old, *new], np.concatenate([np.arange(size), np.arange(size)]), size)
+
+
+def expire(tx: Transaction, model_id: int, cells: Cells) -> None:
+    """Count expired predictions into the cells that still hold them (never creating one)."""
+    _, at = cells.flat()
+    counts = np.bincount(at, minlength=len(cells.cells))
+    tx.many(
+        "UPDATE loss_rollups SET expired = expired + ? WHERE model_id = ? AND level = ? AND segment_key = ? "
+        "AND start = ? AND segment_value = ?",
+        [(int(counts[i]), model_id, *cell) for i, cell in enumerate(cells.cells) if counts[i]],
+    )
+
+
+def sweep_cells(tx: Transaction, model_id: int, oldest_end: float | None, limit: int) -> int:
+    """Remove up to `limit` of the model's cells that end before `oldest_end` (None: any cell),
+    earliest first, with their losses; how many were removed."""
+    if limit <= 0:
+        return 0
+    before = "" if oldest_end is None else " AND ends < ?"
+    found = tx.all(
+        f"SELECT {_CELL_COLUMNS} FROM loss_rollups WHERE model_id = ?{before} ORDER BY ends LIMIT ?",
+        [model_id, *([] if oldest_end is None else [oldest_end]), limit],
+    )
+    if not found:
+        return 0
+    keys = [(model_id, int(r[0]), r[1], float(r[2]), r[3]) for r in found]
+    for table in ("loss_rollup_losses", "loss_rollups"):  # each cell found on the primary key
+        tx.many(
+            f"DELETE FROM {table} WHERE model_id = ? AND level = ? AND segment_key = ? AND start = ? "
+            "AND segment_value = ?",
+            keys,
+        )
+    return len(found)
+
+
+def add_keys(tx: Transaction, model_id: int, keys: Sequence[str]) -> None:
+    """Segment keys declared anew: every row counted so far has null for them, so each cell of
+    key '' is copied as the cell of (key, null)."""
+    for key in keys:
+        tx.execute(
+            f"INSERT INTO loss_rollups (model_id, {_CELL_COLUMNS}, ends, predictions, joined, expired, delays) "
+            "SELECT model_id, level, ?, start, '', ends, predictions, joined, expired, delays FROM loss_rollups "
+            "WHERE model_id = ? AND segment_key = ''",
+            [key, model_id],
+        )
+        tx.execute(
+            f"INSERT INTO loss_rollup_losses (model_id, {_CELL_COLUMNS}, variant, loss, sum, denominator, count, "
+            "sketch) SELECT model_id, level, ?, start, '', variant, loss, sum, denominator, count, sketch "
+            "FROM loss_rollup_losses WHERE model_id = ? AND segment_key = ''",
+            [key, model_id],
+        )
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RollupCells:
+    """Cells as stored, column by column: cell i is (start[i], segment[i]) ('' for null)."""
+
+    start: NDArray[np.float64]
+    segment: list[str]
+    predictions: NDArray[np.int64]
+    joined: NDArray[np.int64]
+    expired: NDArray[np.int64]
+    delays: list[bytes | None]
+
+    def __len__(self) -> int:
+        return len(self.segment)
+
+
+@dataclass(frozen=True)
+class RollupLosses:
+    """The losses of cells as stored, column by column: one entry per cell and loss variant."""
+
+    start: NDArray[np.float64]
+    segment: list[str]
+    variant: NDArray[np.int64]
+    sum: NDArray[np.float64]
+    denominator: NDArray[np.float64]
+    count: NDArray[np.int64]
+    sketch: list[bytes | None]
+
+    def __len__(self) -> int:
+        return len(self.segment)
+
+
+def read_cells(
+    tx: Transaction, model_id: int, level: int, key: str, start: float, end: float
+) -> tuple[RollupCells, RollupLosses]:
+    """The cells of `level` and segment key `key` ('' for all rows) whose buckets start in
+    [start, end), and their losses: two range reads on the tables' primary keys, each answered
+    as columns (no object per cell)."""
+    params = [model_id, level, key, start, end]
+    where = "WHERE model_id = ? AND level = ? AND segment_key = ? AND start >= ? AND start < ?"
+    cells = _columns(
+        tx.all(f"SELECT start, segment_value, predictions, joined, expired, delays FROM loss_rollups {where}", params),
+        6,
+    )
+    losses = _columns(
+        tx.all(
+            f"SELECT start, segment_value, variant, sum, denominator, count, sketch FROM loss_rollup_losses {where}",
+            params,
+        ),
+        7,
+    )
+    return (
+        RollupCells(
+            np.array(cells[0], np.float64),
+            list(cells[1]),
+            np.array(cells[2], np.int64),
+            np.array(cells[3], np.int64),
+            np.array(cells[4], np.int64),
+            list(cells[5]),
+        ),
+        RollupLosses(
+            np.array(losses[0], np.float64),
+            list(losses[1]),
+            np.array(losses[2], np.int64),
+            np.array(losses[3], np.float64),
+            np.array(losses[4], np.float64),
+            np.array(losses[5], np.int64),
+            list(losses[6]),
+        ),
+    )
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[tuple[Any, ...]]:
+    """The rows' columns (`width` empty ones for no rows)."""
+    return list(zip(*rows, strict=True)) if rows else [()] * width
