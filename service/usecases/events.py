@@ -24,7 +24,7 @@ import orjson
 
 from service.config import Settings
 from service.store import DTYPES, REQUEST, RESPONSE, EventBounds, EventCounts, EventRows, Model, Store
-from service.usecases import ingest
+from service.usecases import ingest, models
 from service.usecases.errors import InvalidInputError
 from service.usecases.recorder import Recorder
 from service.values.text import shown
@@ -101,7 +101,7 @@ def log_event(
     """One CloudEvent of KServe's inference logger for model `name` (see the module's docstring)."""
     model = store.model(name)
     if model is None:
-        raise ingest.unknown_model(name)
+        raise models.unknown_model(name)
     caller.model = name
     config = model.config.get("events")
     if config is None:
@@ -147,7 +147,7 @@ def log_event(
             bounds=bounds,
             max_pending=settings.max_pending,
             complete=complete,
-            quota=ingest.quota_of(principal, settings),
+            quota=models.quota_of(principal, settings),
         )
     if logged.outcome != "completed":
         return _answer(event, logged.outcome, None, logged.events)
@@ -224,7 +224,7 @@ def _decoded(half: int, meta: str, payload: bytes | None) -> Half:
 def _counts(store: Store, name: str) -> EventCounts:
     counts = store.event_counts(name)
     if counts is None:
-        raise ingest.unknown_model(name)
+        raise models.unknown_model(name)
     return counts
 
 

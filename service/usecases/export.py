@@ -43,7 +43,7 @@ from service.store.history import pair_value
 from service.store.pairs import PairColumns
 from service.usecases.errors import InvalidInputError
 from service.usecases.history import DEFAULT_WINDOW_SECONDS, loss_aggregate, loss_variants, parse_time
-from service.usecases.ingest import model_config, unavailable, unknown_model
+from service.usecases.models import model_config, unavailable, unknown_model
 
 Format = Literal["arrow", "csv", "ndjson"]
 MEDIA_TYPES: dict[Format, str] = {

@@ -26,7 +26,7 @@ from service.store.history import loss_variant, pair_value
 from service.store.pairs import PredictionRow
 from service.store.rollups import LEVELS, RollupCells, RollupLosses
 from service.usecases.errors import InvalidInputError
-from service.usecases.ingest import model_config, unavailable, unknown_model
+from service.usecases.models import model_config, unavailable, unknown_model
 from service.values import sketch
 
 DEFAULT_WINDOW_SECONDS = 86400.0

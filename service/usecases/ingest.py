@@ -1,6 +1,6 @@
-"""Delayed labels, once a request is parsed: configure a model, keep logged rows in the store,
-compute the configured losses over the pairs a request completes, and record them; the
-retention sweep and a model's deletion.
+"""Delayed labels, once a request is parsed: keep logged rows in the store, compute the
+configured losses over the pairs a request completes, and record them (models.py configures
+the model and checks the key's quota).
 
 The join reads ingest -> store -> engine -> store: the store decides which pairs a request
 completes (once, in one transaction) and, still inside it, calls the plain function this module
@@ -23,34 +23,29 @@ import numpy as np
 
 from service.config import Settings
 from service.engine import (
-    LIBRARIES,
     LossInputError,
     LossResult,
     as_working_array,
     compute,
-    libraries,
     loss_name,
-    resolve,
 )
 from service.store import (
     Logged,
     Model,
     Pairs,
-    Quota,
     QuotaExceededError,
     RowIdError,
     RowShapeError,
-    SegmentKeysRemovedError,
     Side,
     Store,
     StoreFailureError,
-    StoreFullError,
     TooManyPendingError,
     TooManyPendingEventsError,
     UnknownModelError,
 )
 from service.store.history import PairLosses, loss_variant
-from service.usecases.errors import ConflictError, InvalidInputError, NotFoundError, QuotaError, StoreUnavailableError
+from service.usecases.errors import InvalidInputError, QuotaError
+from service.usecases.models import Principal, quota_error, quota_of, row_values_limit, unavailable, unknown_model
 from service.usecases.recorder import Recorder
 from service.values.segments import segment_value
 from service.values.text import shown
@@ -58,16 +53,6 @@ from service.values.text import shown
 log = logging.getLogger("service.api")
 SHOWN_DUPLICATES = 100
 T = TypeVar("T")
-
-
-class Principal(Protocol):
-    """What a use case reads of the request's API key (`service.server.api.access.Principal`)."""
-
-    name: str
-    models: tuple[str, ...] | None
-    max_models: int | None
-    max_stored_bytes: int | None
-    max_row_values: int | None
 
 
 class Caller(Protocol):
@@ -79,157 +64,8 @@ class Caller(Protocol):
     batch_size: int | None
 
 
-class Keys(Protocol):
-    """The keys in force (`service.server.api.access.KeyRing`), for every writing key's usage."""
-
-    @property
-    def enabled(self) -> bool: ...
-
-    def principals(self) -> list[Any]: ...
-
-
 # Checks that the caller's key may use a model, and takes that many values from its budget.
 Authorize = Callable[[Any, str, int], None]
-
-
-def unknown_model(name: str) -> NotFoundError:
-    return NotFoundError(f"no model named {shown(name)} is configured; PUT /v1/models/{name} configures it")
-
-
-def unavailable(exc: StoreFailureError) -> StoreUnavailableError:
-    """A store failure in the use cases' words."""
-    return StoreUnavailableError(exc.reason, exc.retry_after, isinstance(exc, StoreFullError))
-
-
-# -- quotas ---------------------------------------------------------------------------------------
-
-
-WRITING_SCOPES = frozenset({"ingest", "admin"})
-
-
-def quota_of(principal: Principal | None, settings: Settings) -> Quota:
-    """The quota a key's writes are checked against: its limits (or the settings'), over the models
-    its patterns match. Without keys, the service's own, over every model."""
-    if principal is None:
-        return Quota("the service", None, settings.quota_models, settings.quota_stored_bytes)
-    return Quota(
-        f"the API key {principal.name!r}",
-        principal.models,
-        principal.max_models or settings.quota_models,
-        principal.max_stored_bytes or settings.quota_stored_bytes,
-    )
-
-
-def row_values_limit(principal: Principal | None, settings: Settings) -> int:
-    return (principal.max_row_values if principal else None) or settings.quota_row_values
-
-
-def quota_error(exc: QuotaExceededError, setting: str, model: str) -> QuotaError:
-    """The quota exceeded, named with the setting that holds its default."""
-    message = f"{exc} (the key file's {exc.quota}, default {setting})"
-    return QuotaError(message, exc.quota, ["quota", exc.quota], model)
-
-
-def report_usage(store: Store, monitor: Recorder, keys: Keys | None, settings: Settings) -> None:
-    """The usage of every key that may write (ingest or admin scope), or the service's without
-    keys, into `loss_service_quota_usage`."""
-    principals: list[Principal | None] = [None]
-    if keys is not None and keys.enabled:
-        principals = [p for p in keys.principals() if p.scopes & WRITING_SCOPES]
-    quotas = [quota_of(principal, settings) for principal in principals]
-    as_of = time.monotonic()  # before the read: every write committed by now is in it
-    for principal, usage in zip(principals, store.usages(quotas), strict=True):
-        monitor.set_quota_usage(principal.name if principal else "", usage.models, usage.stored_bytes, as_of)
-
-
-def configure(store: Store, name: str, request: Any, now: float, quota: Quota | None = None) -> dict[str, Any]:
-    """Configure a model from a validated `ModelConfigRequest`: the losses are checked as
-    /v1/evaluate checks them, then stored; creating a model is checked against `quota`'s
-    `max_models`."""
-    losses = []
-    for position, call in enumerate(request.losses):
-        options = call.options.model_dump(exclude_unset=True)
-        try:
-            if request.convention in LIBRARIES:  # kept as written: error@0.7 stays error@0.7
-                libraries.bind(request.convention, call.loss, options)
-                loss = call.loss
-            else:
-                spec = resolve(call.loss)
-                spec.bind(options, request.convention)
-                loss = spec.name
-        except LossInputError as exc:
-            raise InvalidInputError(f"losses.{position}.{exc.field}", exc.reason, exc.index) from None
-        losses.append({"loss": loss, "options": options})
-    config: dict[str, Any] = {
-        "losses": losses,
-        "convention": request.convention,
-        "dtype": request.dtype,
-        "segments": list(request.segments),
-        "keep_pairs": request.keep_pairs,
-    }
-    if getattr(request, "events", None) is not None:
-        config["events"] = request.events.model_dump()
-        undeclared = [key for key in config["events"]["segments"] if key not in config["segments"]]
-        if undeclared:
-            declared = ", ".join(config["segments"]) or "none"
-            raise InvalidInputError(
-                f"events.segments.{undeclared[0]}",
-                f"is not a segment key of this model (its `segments`: {declared}); declare it in `segments`",
-            )
-    try:
-        return model_config(store.configure_model(name, config, request.retention_seconds, now, quota))
-    except QuotaExceededError as exc:
-        raise quota_error(exc, "LOSS_SERVICE_QUOTA_MODELS", name) from None
-    except SegmentKeysRemovedError as exc:
-        raise ConflictError(
-            f"model {name} keeps its history by segment keys {exc.removed}: a re-PUT may add segment keys, "
-            "never remove one (DELETE the model to start over)"
-        ) from None
-    except StoreFailureError as exc:
-        raise unavailable(exc) from None
-
-
-def model_config(model: Model) -> dict[str, Any]:
-    # Models configured before segments and keep_pairs existed have neither: their defaults.
-    config = {**model.config, "segments": model.config.get("segments", [])}
-    config["keep_pairs"] = model.config.get("keep_pairs", False)
-    return {
-        "model": model.name,
-        **config,
-        "retention_seconds": model.retention_seconds,
-        "created_at": model.created_at,
-        "updated_at": model.updated_at,
-    }
-
-
-def model_status(
-    store: Store, name: str, now: float, principal: Principal | None, settings: Settings
-) -> dict[str, Any]:
-    """A model's configuration, its counts of rows, and the caller's quota."""
-    model = store.model(name)
-    if model is None:
-        raise unknown_model(name)
-    oldest = store.oldest_pending(name)
-    quota = quota_of(principal, settings)
-    usage = store.usage(quota)
-    return {
-        **model_config(model),
-        "pending_predictions": model.pending_predictions,
-        "pending_labels": model.pending_labels,
-        "joined": model.joined,
-        "expired_predictions": model.expired_predictions,
-        "expired_labels": model.expired_labels,
-        "oldest_pending_seconds": None if oldest is None else max(0.0, now - oldest),
-        "prediction_shape": None if model.prediction_shape is None else list(model.prediction_shape),
-        "label_shape": None if model.label_shape is None else list(model.label_shape),
-        "stored_bytes": model.stored_bytes,
-        "quota": {
-            "key": None if principal is None else principal.name,
-            "models": {"used": usage.models, "limit": quota.max_models},
-            "stored_bytes": {"used": usage.stored_bytes, "limit": quota.max_stored_bytes},
-            "row_values": {"limit": row_values_limit(principal, settings)},
-        },
-    }
 
 
 def _problem(field: str, message: str, index: list[int] | None = None) -> InvalidInputError:

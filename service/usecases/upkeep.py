@@ -14,7 +14,7 @@ import anyio.to_thread
 
 from service.config import Settings
 from service.store import DELETE_BATCH_ROWS, SWEEP_BATCH_ROWS, Store, StoreFailureError, Swept
-from service.usecases.ingest import Keys, report_usage
+from service.usecases.models import Keys, report_usage
 from service.usecases.recorder import Recorder
 
 log = logging.getLogger("service.api")

@@ -281,7 +281,7 @@ api_request = st.sampled_from(["log"] * 8 + ["sweep", "delete", "configure"]).fl
 
 
 class Clock:
-    """`time` for `service.usecases.ingest` and `upkeep`: the time at which rows arrive is the test's."""
+    """`time` for `service.usecases.ingest`, `models` and `upkeep`: the time at which rows arrive is the test's."""
 
     def __init__(self) -> None:
         self.now = 1_000.0
@@ -319,13 +319,14 @@ def served(
     from service.config import Settings
     from service.server import app as app_module
     from service.server.app import create_app
-    from service.usecases import ingest, upkeep
+    from service.usecases import ingest, models, upkeep
 
     url = f"sqlite:///{tmp_path}/store.sqlite3"
     if request.param == "postgresql":
         url = str(request.getfixturevalue("postgres_url"))
     clock = Clock()
     monkeypatch.setattr(ingest, "time", clock)
+    monkeypatch.setattr(models, "time", clock)
     monkeypatch.setattr(upkeep, "time", clock)
     # The test sweeps at the times it chooses; the app's own sweeper (which sweeps once at start,
     # in a thread of its own) would race with its requests.

@@ -1,7 +1,8 @@
 """Delayed labels: configure a model, log its predictions now and its labels when they arrive;
 each pair's losses are computed once, when its second half arrives. Routes parse and hand over
-to the use cases (`service.usecases.ingest`); the store's I/O always runs in a worker thread, among the store's own
-(`upkeep.StoreThreads`: reads apart from writes, both apart from anyio's default pool)."""
+to the use cases (`service.usecases.models` and `ingest`); the store's I/O always runs in a
+worker thread, among the store's own (`upkeep.StoreThreads`: reads apart from writes, both apart
+from anyio's default pool)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from service.server.api.routing import Routes
 from service.server.api.schemas import MODEL_LABEL_PATTERN
 from service.store import Side, Store
 from service.usecases import events, export, history, ingest, upkeep
+from service.usecases import models as model_cases
 
 routes = Routes("/v1/models", tags=["delayed labels"])
 READ = RoutePolicy(scope="read", model_param="model")
@@ -106,13 +108,15 @@ async def configure_model(model: ModelName, request: Request) -> Response:
     _, body = await read_body(request)
     store, settings = _store(request), request.app.state.settings
     context = context_of(request.scope)
-    quota = ingest.quota_of(context.principal, settings)
+    quota = model_cases.quota_of(context.principal, settings)
     threads = upkeep.store_threads(request.app.state)
     result = await off_loop(
         request,
         len(body),
         lambda: json_decoded_bytes(body),
-        lambda: ingest.configure(store, model, validate_json(model_config_request_model(), body), time.time(), quota),
+        lambda: model_cases.configure(
+            store, model, validate_json(model_config_request_model(), body), time.time(), quota
+        ),
         waits_on_io=True,
         limiter=threads.writes,
     )
@@ -128,7 +132,7 @@ async def _report_usage(request: Request) -> None:
     store = _store(request)
     try:
         await upkeep.store_threads(app.state).read(
-            lambda: ingest.report_usage(store, app.state.monitor, app.state.keys, app.state.settings)
+            lambda: model_cases.report_usage(store, app.state.monitor, app.state.keys, app.state.settings)
         )
     except Exception as exc:
         ingest.log.warning("quota usage not reported after a change to the models: %s", exc)
@@ -138,7 +142,7 @@ async def _report_usage(request: Request) -> None:
 async def list_models(request: Request) -> Response:
     models = await upkeep.store_threads(request.app.state).read(_store(request).models)
     allowed = set(visible(context_of(request.scope).principal, [m.name for m in models]))
-    return json_response({"models": [ingest.model_config(m) for m in models if m.name in allowed]})
+    return json_response({"models": [model_cases.model_config(m) for m in models if m.name in allowed]})
 
 
 @routes.get(
@@ -153,7 +157,7 @@ async def model_status(model: ModelName, request: Request) -> Response:
     principal = context_of(request.scope).principal
     threads = upkeep.store_threads(request.app.state)
     return json_response(
-        await threads.read(lambda: ingest.model_status(store, model, time.time(), principal, settings))
+        await threads.read(lambda: model_cases.model_status(store, model, time.time(), principal, settings))
     )
 
 
@@ -167,7 +171,7 @@ async def model_status(model: ModelName, request: Request) -> Response:
 )
 async def delete_model(model: ModelName, request: Request) -> Response:
     if not await upkeep.delete_model(_store(request), model, upkeep.store_threads(request.app.state)):
-        raise ingest.unknown_model(model)
+        raise model_cases.unknown_model(model)
     request.app.state.monitor.set_pending(model, (0, 0))
     await _report_usage(request)
     return Response(status_code=204)
