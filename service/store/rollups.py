@@ -350,18 +350,16 @@ def read_cells(
 ) -> tuple[RollupCells, RollupLosses]:
     """The cells of `level` and segment key `key` ('' for all rows) whose buckets start in
     [start, end), and their losses: two range reads on the tables' primary keys, each answered
-    as columns (no object per cell)."""
+    as columns (no object per cell; PostgreSQL's in its binary format: sketches arrive as bytes,
+    not hex to decode)."""
     params = [model_id, level, key, start, end]
     where = "WHERE model_id = ? AND level = ? AND segment_key = ? AND start >= ? AND start < ?"
-    cells = _columns(
-        tx.all(f"SELECT start, segment_value, predictions, joined, expired, delays FROM loss_rollups {where}", params),
-        6,
+    cells = tx.columns(
+        f"SELECT start, segment_value, predictions, joined, expired, delays FROM loss_rollups {where}", params, 6
     )
-    losses = _columns(
-        tx.all(
-            f"SELECT start, segment_value, variant, sum, denominator, count, sketch FROM loss_rollup_losses {where}",
-            params,
-        ),
+    losses = tx.columns(
+        f"SELECT start, segment_value, variant, sum, denominator, count, sketch FROM loss_rollup_losses {where}",
+        params,
         7,
     )
     return (
@@ -383,8 +381,3 @@ def read_cells(
             list(losses[6]),
         ),
     )
-
-
-def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[tuple[Any, ...]]:
-    """The rows' columns (`width` empty ones for no rows)."""
-    return list(zip(*rows, strict=True)) if rows else [()] * width
