@@ -65,12 +65,17 @@ def check_positive(array: Array, field: str, meaning: str, *, allow_zero: bool =
         raise LossInputError(field, f"{meaning} must be {bound}, got {array[index].item()!r}", index)
 
 
+def class_indices_in_range(labels: NDArray[np.intp], num_classes: int) -> bool:
+    """Whether every integer class label lies in [0, num_classes)."""
+    # Viewed as unsigned, a negative label is huge, so one comparison finds both bounds.
+    return not np.count_nonzero(labels.view(np.uintp) >= num_classes)
+
+
 def check_class_indices(labels: NDArray[np.intp], num_classes: int, ignore_index: int | None) -> NDArray[np.intp]:
     """Integer class labels in [0, num_classes), or equal to `ignore_index`."""
-    # Viewed as unsigned, a negative label is huge, so one comparison finds both bounds.
-    out_of_range = labels.view(np.uintp) >= num_classes
-    if not out_of_range.any():
+    if class_indices_in_range(labels, num_classes):
         return labels
+    out_of_range = labels.view(np.uintp) >= num_classes
     if ignore_index is not None:
         out_of_range &= labels != ignore_index
     if out_of_range.any():
