@@ -51,8 +51,9 @@ def compute_bytes(batch: Any, losses: int = 1) -> int:
     """What computing `losses` losses over a validated batch holds at most: its arrays, the
     engine's working arrays (one loss at a time) and every loss's per-sample answer."""
     elements = int(batch.predictions.size)
-    arrays = sum(array.nbytes for array in (batch.predictions, batch.labels, batch.sample_weight) if array is not None)
-    return int(arrays) + working_bytes(elements, batch.dtype) + losses * elements * ANSWER_BYTES_PER_VALUE
+    weight = batch.sample_weight
+    arrays = int(batch.predictions.nbytes + batch.labels.nbytes + (0 if weight is None else weight.nbytes))
+    return arrays + working_bytes(elements, batch.dtype) + losses * elements * ANSWER_BYTES_PER_VALUE
 
 
 def request_values(batch: Any) -> int:

@@ -24,6 +24,8 @@ def per_sample_mean(elementwise: Array, convention: Convention) -> Array:
     """
     if convention == "torch" or elementwise.ndim == 1:
         return elementwise
+    if elementwise.shape[-1] == 1:
+        return elementwise.reshape(elementwise.shape[:-1])  # the mean of one value is that value
     mean: Array = elementwise.mean(axis=-1)
     return mean
 

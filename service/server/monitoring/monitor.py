@@ -246,18 +246,23 @@ class _Counted:
 
 
 class _BatchSeries:
-    """The four series one batch is recorded into, for one (model label, loss)."""
+    """The four series one batch is recorded into, for one (model label, loss).
+
+    The two counters are counted into through their values (`_value`, locked on each change, as
+    `Counter.inc` changes it), without `inc`'s checks, which a labelled child counted up by a
+    batch's size always passes."""
 
     __slots__ = ("batches", "bounds", "histogram", "last_mean", "samples")
 
     def __init__(self, histogram: Histogram, samples: Any, batches: Any, last_mean: Any) -> None:
-        self.histogram, self.samples, self.batches, self.last_mean = histogram, samples, batches, last_mean
+        self.histogram, self.last_mean = histogram, last_mean
+        self.samples, self.batches = samples._value, batches._value
         self.bounds = _bounds(tuple(histogram._upper_bounds))
 
     def observe(self, values: np.ndarray[Any, Any], mean: float) -> None:
         _observe_many(self.histogram, values, self.bounds)
         self.samples.inc(values.size)
-        self.batches.inc()
+        self.batches.inc(1)
         self.last_mean.set(mean)
 
 
