@@ -27,7 +27,9 @@ def compute_loss(batch: Any, loss: str, options: BaseModel) -> tuple[str, LossRe
     A library metric gets only the options given: its defaults, and those its name sets
     (`error@0.7`), are the engine's to fill."""
     library = batch.convention in LIBRARIES
-    given = options.model_dump(exclude_unset=library)
+    # A catalogue loss's options model holds every option, each a plain value (number, string,
+    # list or dict of numbers, no model), so its fields are what `model_dump()` would copy out.
+    given = options.model_dump(exclude_unset=True) if library else dict(options.__dict__)
     name = loss_name(loss, batch.convention, given) if library else resolve(loss).name
     reduced = compute(
         loss if library else name,
