@@ -320,7 +320,8 @@ def _class_targets(
     axis = class_axis(convention)
     if convention == "keras" and labels.ndim == predictions.ndim and labels.shape[-1] == 1:
         labels = labels[..., 0]
-    expected = tuple(d for i, d in enumerate(predictions.shape) if i != axis % predictions.ndim)
+    position = axis % predictions.ndim
+    expected = predictions.shape[:position] + predictions.shape[position + 1 :]
     if labels.shape != expected:
         raise LossInputError(
             "labels", f"shape {list(labels.shape)} should be {list(expected)} for predictions {list(predictions.shape)}"

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from service.config import Settings
 from service.server.monitoring.exposition import SharedRenderings, render
-from service.server.monitoring.labels import ModelLabels
+from service.server.monitoring.labels import UNLABELLED_MODEL, ModelLabels
 from service.server.monitoring.metrics import Metrics
 from service.server.monitoring.otlp import OtlpTallies, otlp_endpoint
 from service.server.monitoring.segments import SegmentValues
@@ -91,7 +91,7 @@ class Monitor(Metrics):
             self.otlp.record(metric, labels, values)
 
     def observe_batch(self, model: str | None, loss: str, per_sample: np.ndarray[Any, Any], mean: float) -> None:
-        labels = (self.model_label(model), loss)
+        labels = (UNLABELLED_MODEL if model is None else self.model_label(model), loss)
         series = self._batch_series.get(labels)
         if series is None:
             series = self._batch_series[labels] = _BatchSeries(*(self._child(m, *labels) for m in self._batch_metrics))
