@@ -213,10 +213,11 @@ def as_working_array(values: ArrayLike, field: str, dtype: np.dtype[Any], *, fin
         raise LossInputError(field, f"must hold numbers, got an array of {array.dtype}")
     if not finite:
         _check_finite(array, field, "is not a finite number")
+    if array.dtype.kind != "f" or array.dtype.itemsize <= dtype.itemsize:  # only narrowing overflows
+        return array.astype(dtype, copy=False)
     with np.errstate(over="ignore"):
-        converted = array.astype(dtype, copy=False)
-    if array.dtype.kind == "f" and array.dtype.itemsize > dtype.itemsize:  # only narrowing overflows
-        _check_finite(converted, field, f"overflows {dtype} (magnitude above {np.finfo(dtype).max:.4g})")
+        converted = array.astype(dtype)
+    _check_finite(converted, field, f"overflows {dtype} (magnitude above {np.finfo(dtype).max:.4g})")
     return converted
 
 

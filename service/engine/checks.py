@@ -51,6 +51,10 @@ def check_min_rank(array: Array, rank: int, field: str, meaning: str) -> None:
 
 
 def check_in_range(array: Array, field: str, low: float, high: float, meaning: str) -> None:
+    # The smallest and the largest answer for the whole array (two C calls); only a value out of
+    # range (or a NaN) pays for the element-wise search.
+    if array.size and low <= np.minimum.reduce(array, axis=None) and np.maximum.reduce(array, axis=None) <= high:
+        return
     bad = (array < low) | (array > high)
     if bad.any():
         index = _first(bad)
@@ -65,12 +69,17 @@ def check_positive(array: Array, field: str, meaning: str, *, allow_zero: bool =
         raise LossInputError(field, f"{meaning} must be {bound}, got {array[index].item()!r}", index)
 
 
+def class_indices_in_range(labels: NDArray[np.intp], num_classes: int) -> bool:
+    """Whether every integer class label lies in [0, num_classes)."""
+    # Viewed as unsigned, a negative label is huge, so the largest finds both bounds (one C call).
+    return labels.size == 0 or bool(np.maximum.reduce(labels.view(np.uintp), axis=None) < num_classes)
+
+
 def check_class_indices(labels: NDArray[np.intp], num_classes: int, ignore_index: int | None) -> NDArray[np.intp]:
     """Integer class labels in [0, num_classes), or equal to `ignore_index`."""
-    # Viewed as unsigned, a negative label is huge, so one comparison finds both bounds.
-    out_of_range = labels.view(np.uintp) >= num_classes
-    if not out_of_range.any():
+    if class_indices_in_range(labels, num_classes):
         return labels
+    out_of_range = labels.view(np.uintp) >= num_classes
     if ignore_index is not None:
         out_of_range &= labels != ignore_index
     if out_of_range.any():

@@ -121,8 +121,9 @@ def nll_of_logits(logits: Array, targets: NDArray[np.intp]) -> Array:
         # One block: the same operations without the buffers blocks reuse (a 32 x 10 batch: 9 NumPy
         # calls, not 14), on rows laid out as the blocks' are, so each row sums in the same order.
         # The ufuncs' own reductions, which `max` and `sum` call, without their Python wrappers.
+        # Each target read by one flat `take` (row start + class), cheaper than two index arrays.
         shifted = np.subtract(logits, np.maximum.reduce(logits, axis=1, keepdims=True), order="C")
-        shifted_target = shifted[np.arange(rows), targets]
+        shifted_target = shifted.ravel().take(np.arange(0, rows * classes, classes) + targets)
         sums: Array = np.add.reduce(np.exp(shifted, out=shifted), axis=1)
         np.subtract(np.log(sums, out=sums), shifted_target, out=sums)
         return sums

@@ -81,6 +81,8 @@ def loss_values(
         value = bound[name]
         if value is not None and len(value) != x.shape[0]:
             raise LossInputError(f"options.{name}", f"needs one value per sample ({x.shape[0]}), got {len(value)}")
+    if x.size < 2 * MIN_SPLIT_VALUES:  # one block whatever the loss
+        return spec.function(x, y, convention, **bound)
     whole = spec.reads_whole_batch(bound) or not x.ndim
     blocks = 1 if whole else min(_threads, x.shape[0], x.size // MIN_SPLIT_VALUES)
     if blocks <= 1:

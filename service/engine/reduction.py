@@ -209,7 +209,7 @@ def _keras_reduce(
     count = values.size
     per_sample = values if weight is None else values * weight
     if mask is None:
-        total = per_sample.sum()
+        total = np.add.reduce(per_sample, axis=None)  # `sum()` without its Python wrapper
         return per_sample, total, total / count, count
     valid = np.count_nonzero(mask)
     # keras apply_mask: valid entries weigh total/valid (divide_no_nan), ignored ones 0.
@@ -237,7 +237,7 @@ def _torch_reduce(
         values = values * weight
         # A per-sample weight (N, 1, ...) counts once for every value of its sample.
         denominator = np.broadcast_to(weight, values.shape) if denominator is None else denominator * weight
-    total = values.sum()
+    total = np.add.reduce(values, axis=None)  # `sum()` without its Python wrapper
     if denominator is None:
         return values, total, total / values.size, values.size
     divisor = denominator.sum()

@@ -96,15 +96,16 @@ class LossSpec:
                     f"options.{option.name}",
                     f"exists only under convention {option.only_under!r}; this request uses {convention!r}",
                 )
-            _check_range(option, value)
+            if option.range is not None and value is not None:
+                _check_range(option, value)
             bound[option.name] = value
         return bound
 
 
 def _check_range(option: OptionSpec, value: Any) -> None:
-    if option.range is None or value is None:
-        return
     r = option.range
+    if r is None or value is None:
+        return
     values = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
     for v in values:
         if (

@@ -27,7 +27,9 @@ def compute_loss(batch: Any, loss: str, options: BaseModel) -> tuple[str, LossRe
     A library metric gets only the options given: its defaults, and those its name sets
     (`error@0.7`), are the engine's to fill."""
     library = batch.convention in LIBRARIES
-    given = options.model_dump(exclude_unset=library)
+    # A catalogue loss's options model holds every option, each a plain value (number, string,
+    # list or dict of numbers, no model), so its fields are what `model_dump()` would copy out.
+    given = options.model_dump(exclude_unset=True) if library else dict(options.__dict__)
     name = loss_name(loss, batch.convention, given) if library else resolve(loss).name
     reduced = compute(
         loss if library else name,
@@ -51,8 +53,9 @@ def compute_bytes(batch: Any, losses: int = 1) -> int:
     """What computing `losses` losses over a validated batch holds at most: its arrays, the
     engine's working arrays (one loss at a time) and every loss's per-sample answer."""
     elements = int(batch.predictions.size)
-    arrays = sum(array.nbytes for array in (batch.predictions, batch.labels, batch.sample_weight) if array is not None)
-    return int(arrays) + working_bytes(elements, batch.dtype) + losses * elements * ANSWER_BYTES_PER_VALUE
+    weight = batch.sample_weight
+    arrays = int(batch.predictions.nbytes + batch.labels.nbytes + (0 if weight is None else weight.nbytes))
+    return arrays + working_bytes(elements, batch.dtype) + losses * elements * ANSWER_BYTES_PER_VALUE
 
 
 def request_values(batch: Any) -> int:

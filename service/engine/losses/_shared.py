@@ -24,6 +24,8 @@ def per_sample_mean(elementwise: Array, convention: Convention) -> Array:
     """
     if convention == "torch" or elementwise.ndim == 1:
         return elementwise
+    if elementwise.shape[-1] == 1:
+        return elementwise.reshape(elementwise.shape[:-1])  # the mean of one value is that value
     mean: Array = elementwise.mean(axis=-1)
     return mean
 
@@ -73,6 +75,8 @@ def class_weights(
 
     A mapping {class: weight} is read as Keras's fit() reads `class_weight`: classes left out
     weigh 1; a key that is not a class index of this batch is refused."""
+    if values is None:
+        return None
     if isinstance(values, Mapping):
         vector = [1.0] * num_classes
         for key, weight in values.items():
@@ -84,7 +88,7 @@ def class_weights(
             vector[index] = weight
         values = vector
     check_class_vector(values, num_classes, option)
-    return None if values is None else np.asarray(values, dtype=like.dtype)
+    return np.asarray(values, dtype=like.dtype)
 
 
 def along_axis(vector: Array, axis: int, ndim: int) -> Array:

@@ -19,6 +19,7 @@ from service.engine.checks import (
     check_in_range,
     check_min_rank,
     check_same_shape,
+    class_indices_in_range,
 )
 from service.engine.conventions import TORCH_IGNORE_INDEX, TORCH_LOG_CLAMP, Convention, class_axis
 from service.engine.errors import LossInputError
@@ -319,14 +320,20 @@ def _class_targets(
     axis = class_axis(convention)
     if convention == "keras" and labels.ndim == predictions.ndim and labels.shape[-1] == 1:
         labels = labels[..., 0]
-    expected = tuple(d for i, d in enumerate(predictions.shape) if i != axis % predictions.ndim)
+    position = axis % predictions.ndim
+    expected = predictions.shape[:position] + predictions.shape[position + 1 :]
     if labels.shape != expected:
         raise LossInputError(
             "labels", f"shape {list(labels.shape)} should be {list(expected)} for predictions {list(predictions.shape)}"
         )
     num_classes = predictions.shape[axis]
     ignore = ignore_index if ignore_index is not None or convention == "keras" else TORCH_IGNORE_INDEX
-    targets = check_class_indices(labels, num_classes, ignore)
+    if class_indices_in_range(labels, num_classes):
+        if ignore is None or not 0 <= ignore < num_classes:
+            return axis, num_classes, labels, None  # no label can be the ignore index
+        targets = labels
+    else:
+        targets = check_class_indices(labels, num_classes, ignore)
     if ignore is None:
         return axis, num_classes, targets, None
     mask = targets != ignore

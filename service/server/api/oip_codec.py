@@ -149,7 +149,7 @@ def compute_batch(
         raise InferenceError(f"{where}{''.join(f'[{i}]' for i in exc.index)}: {exc.reason}") from None
     out_dtype = np.float32 if validated.dtype == "float32" else np.float64
     outputs = {
-        "per_sample": reduced.per_sample.astype(out_dtype),
+        "per_sample": reduced.per_sample.astype(out_dtype, copy=False),
         "mean": np.asarray([reduced.mean], dtype=out_dtype),
     }
     extra = {

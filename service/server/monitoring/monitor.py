@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from service.config import Settings
 from service.server.monitoring.exposition import SharedRenderings, render
-from service.server.monitoring.labels import ModelLabels
+from service.server.monitoring.labels import UNLABELLED_MODEL, ModelLabels
 from service.server.monitoring.metrics import Metrics
 from service.server.monitoring.otlp import OtlpTallies, otlp_endpoint
 from service.server.monitoring.segments import SegmentValues
@@ -91,7 +91,7 @@ class Monitor(Metrics):
             self.otlp.record(metric, labels, values)
 
     def observe_batch(self, model: str | None, loss: str, per_sample: np.ndarray[Any, Any], mean: float) -> None:
-        labels = (self.model_label(model), loss)
+        labels = (UNLABELLED_MODEL if model is None else self.model_label(model), loss)
         series = self._batch_series.get(labels)
         if series is None:
             series = self._batch_series[labels] = _BatchSeries(*(self._child(m, *labels) for m in self._batch_metrics))
@@ -246,18 +246,23 @@ class _Counted:
 
 
 class _BatchSeries:
-    """The four series one batch is recorded into, for one (model label, loss)."""
+    """The four series one batch is recorded into, for one (model label, loss).
+
+    The two counters are counted into through their values (`_value`, locked on each change, as
+    `Counter.inc` changes it), without `inc`'s checks, which a labelled child counted up by a
+    batch's size always passes."""
 
     __slots__ = ("batches", "bounds", "histogram", "last_mean", "samples")
 
     def __init__(self, histogram: Histogram, samples: Any, batches: Any, last_mean: Any) -> None:
-        self.histogram, self.samples, self.batches, self.last_mean = histogram, samples, batches, last_mean
+        self.histogram, self.last_mean = histogram, last_mean
+        self.samples, self.batches = samples._value, batches._value
         self.bounds = _bounds(tuple(histogram._upper_bounds))
 
     def observe(self, values: np.ndarray[Any, Any], mean: float) -> None:
         _observe_many(self.histogram, values, self.bounds)
         self.samples.inc(values.size)
-        self.batches.inc()
+        self.batches.inc(1)
         self.last_mean.set(mean)
 
 
