@@ -13,7 +13,7 @@ from service.store.database import Database
 from service.store.errors import QuotaExceededError, SegmentKeysRemovedError
 from service.store.records import Model, Quota, Usage
 from service.store.retention import DELETE_BATCH_ROWS
-from service.store.rows import _MODEL_COLUMNS, _TABLE, _lock_holder, _model, _usage
+from service.store.rows import _MODEL_COLUMNS, _TABLE, _delete_found, _found_key, _lock_holder, _model, _usage
 from service.store.schema import table_bytes_sql
 
 
@@ -132,14 +132,11 @@ class _Models:
             for table in _TABLE.values():
                 rows = tx.all(
                     "SELECT id, CASE WHEN joined_at IS NULL THEN 1 ELSE 0 END, "
-                    f"{table_bytes_sql(tx.dialect.name, table)} FROM {table} WHERE model_id = ? LIMIT ?",
+                    f"{table_bytes_sql(tx.dialect.name, table)}{_found_key(tx)} FROM {table} "
+                    "WHERE model_id = ? LIMIT ?",
                     [model_id, left],
                 )
-                if rows:
-                    tx.execute(
-                        f"DELETE FROM {table} WHERE model_id = ? AND id {tx.dialect.in_list}",
-                        [model_id, tx.dialect.list_parameter([row[0] for row in rows])],
-                    )
+                _delete_found(tx, table, model_id, rows)
                 unjoined.append(sum(int(row[1]) for row in rows))
                 freed += sum(int(row[2]) for row in rows)
                 left -= len(rows)

@@ -9,7 +9,7 @@ import orjson
 from service.store import rollups
 from service.store.database import Database
 from service.store.records import Swept
-from service.store.rows import _TABLE
+from service.store.rows import _TABLE, _delete_found, _found_key
 from service.store.schema import table_bytes_sql
 
 # Rows one retention sweep, and one DELETE of a model, remove per transaction: the write lock is
@@ -68,15 +68,11 @@ class _Retention:
                 made = ", coalesce(at, arrived), segments, rolled_up" if table == "loss_predictions" else ""
                 rows = tx.all(
                     "SELECT id, CASE WHEN joined_at IS NULL THEN 1 ELSE 0 END, "
-                    f"{table_bytes_sql(tx.dialect.name, table)}{made} FROM {table} "
+                    f"{table_bytes_sql(tx.dialect.name, table)}{made}{_found_key(tx)} FROM {table} "
                     "WHERE model_id = ? AND arrived < ? ORDER BY arrived LIMIT ?",
                     [model_id, cutoff, left],
                 )
-                if rows:
-                    tx.execute(
-                        f"DELETE FROM {table} WHERE model_id = ? AND id {tx.dialect.in_list}",
-                        [model_id, tx.dialect.list_parameter([row[0] for row in rows])],
-                    )
+                _delete_found(tx, table, model_id, rows)
                 if made:
                     counted = [row for row in rows if row[1] and row[5] == 1]
                     if counted:

@@ -170,3 +170,28 @@ def _check_ids(ids: Sequence[str]) -> None:
         if row_id in seen:
             raise RowIdError(index, f"the id {row_id[:64]!r} is given twice")
         seen.add(row_id)
+
+
+def _found_key(tx: Transaction) -> str:
+    """The column a SELECT adds last so that `_delete_found` can remove the rows it found:
+    none on SQLite (the id is enough), the row's ctid on PostgreSQL."""
+    return "" if tx.dialect.name == "sqlite" else ", ctid::text"
+
+
+def _delete_found(tx: Transaction, table: str, model_id: int, rows: Sequence[Sequence[Any]]) -> None:
+    """Delete the rows of `table` a SELECT of this transaction found, under the model's lock
+    (their id first and `_found_key` last). SQLite finds each on the primary key; PostgreSQL by
+    its ctid, a TID scan whatever its statistics say (on a list of ids they may favour reading
+    all of a model's rows and filtering them, at a cost that grows with the model)."""
+    if not rows:
+        return
+    if tx.dialect.name == "sqlite":
+        ids = [row[0] for row in rows]
+        tx.execute(
+            f"DELETE FROM {table} WHERE model_id = ? AND id {tx.dialect.in_list}",
+            [model_id, tx.dialect.list_parameter(ids)],
+        )
+        return
+    # The TID scan is the plan left; every other statement of these transactions seeks a key.
+    tx.execute("SET LOCAL enable_seqscan = off")
+    tx.execute(f"DELETE FROM {table} WHERE ctid = ANY(?::tid[])", [[row[-1] for row in rows]])

@@ -22,8 +22,8 @@ from service.store import Pairs, Store
 from service.store.database import Transaction
 
 CONFIG = {"losses": [{"loss": "mse", "options": {}}], "convention": "keras", "dtype": "float64"}
-# A statement that reads or updates a row table.
-ROW_TABLES = re.compile(r"^\s*(SELECT|UPDATE)\b.*\bloss_(predictions|labels)\b", re.DOTALL | re.IGNORECASE)
+# A statement that reads, updates or deletes rows of a row table.
+ROW_TABLES = re.compile(r"^\s*(SELECT|UPDATE|DELETE)\b.*\bloss_(predictions|labels)\b", re.DOTALL | re.IGNORECASE)
 
 
 @pytest.fixture
