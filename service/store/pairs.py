@@ -14,6 +14,9 @@ from numpy.typing import NDArray
 from service.store.database import Transaction
 from service.store.history import HISTORY_LOSS, decode_losses
 
+# A prediction row's time, as the `loss_predictions_by_time` index holds it.
+MADE = "coalesce(p.at, p.arrived)"
+
 
 @dataclass(frozen=True)
 class PredictionRow:
@@ -47,22 +50,15 @@ def read_rows(
 ) -> list[PredictionRow]:
     """Up to `limit` prediction rows made in [start, end), in (time, id) order after `after`
     (the last row of the previous batch), each with its label's weight and payload."""
-    made = "coalesce(p.at, p.arrived)"
-    conditions = ["p.model_id = ?", f"{made} >= ?", f"{made} < ?"]
-    # The rows after `after` start at its time: that bound, not `start`, begins the index range
-    # (the row comparison below only settles ties), so a batch costs O(limit log n), not O(n).
-    params: list[Any] = [model_id, start if after is None else max(start, after[0]), end]
-    if after is not None:
-        conditions.append(f"({made}, p.id) > (?, ?)")
-        params.extend(after)
+    conditions, params = _window(model_id, start, end, after)
     if joined_only:
         conditions.append("p.joined_at IS NOT NULL")
     rows = tx.all(
-        f"SELECT p.id, {made}, p.arrived, p.joined_at, p.label_arrived, p.segments, coalesce(p.losses, l.losses), "
+        f"SELECT p.id, {MADE}, p.arrived, p.joined_at, p.label_arrived, p.segments, coalesce(p.losses, l.losses), "
         "l.weight, p.dtype, "
         "p.payload, l.dtype, l.payload FROM loss_predictions AS p "
         "LEFT JOIN loss_labels AS l ON l.model_id = p.model_id AND l.id = p.id AND p.joined_at IS NOT NULL "
-        f"WHERE {' AND '.join(conditions)} ORDER BY {made}, p.id LIMIT ?",
+        f"WHERE {' AND '.join(conditions)} ORDER BY {MADE}, p.id LIMIT ?",
         [*params, limit],
     )
     return [
@@ -152,19 +148,14 @@ def pairs_query(
 ) -> tuple[str, list[Any]]:
     """`read_pairs`' SELECT and its parameters. Its columns: id, time, label arrival, weight, one
     per key, losses, then with `payloads` the prediction's payload and dtype, the label's."""
-    made = "coalesce(p.at, p.arrived)"
-    conditions = ["p.model_id = ?", f"{made} >= ?", f"{made} < ?", "p.joined_at IS NOT NULL"]
-    # As in read_rows: the previous batch's last time begins the index range.
-    params: list[Any] = [model_id, start if after is None else max(start, after[0]), end]
-    if after is not None:
-        conditions.append(f"({made}, p.id) > (?, ?)")
-        params.extend(after)
+    conditions, params = _window(model_id, start, end, after)
+    conditions.append("p.joined_at IS NOT NULL")
     sqlite = dialect == "sqlite"
     segment = "p.segments ->> ?" if sqlite else "(p.segments::json) ->> ?"
     # b"" stands for a row's missing blob, so that each column's bytes join and measure in C.
     selected = [
         "p.id",
-        made,
+        MADE,
         "p.label_arrived",
         "coalesce(l.weight, 1.0)",
         *(segment for _ in keys),
@@ -177,6 +168,19 @@ def pairs_query(
     sql = (
         f"SELECT {', '.join(selected)} FROM loss_predictions AS p "
         "LEFT JOIN loss_labels AS l ON l.model_id = p.model_id AND l.id = p.id "
-        f"WHERE {' AND '.join(conditions)} ORDER BY {made}, p.id LIMIT ?"
+        f"WHERE {' AND '.join(conditions)} ORDER BY {MADE}, p.id LIMIT ?"
     )
     return sql, [*selected_params, *params, limit]
+
+
+def _window(model_id: int, start: float, end: float, after: tuple[float, str] | None) -> tuple[list[str], list[Any]]:
+    """The conditions and parameters of a model's prediction rows made in [start, end), after
+    `after` (the last row of the previous batch) in (time, id) order. The rows after `after`
+    start at its time: that bound, not `start`, begins the index range (the row comparison only
+    settles ties), so a batch costs O(limit log n), not O(n)."""
+    conditions = ["p.model_id = ?", f"{MADE} >= ?", f"{MADE} < ?"]
+    params: list[Any] = [model_id, start if after is None else max(start, after[0]), end]
+    if after is not None:
+        conditions.append(f"({MADE}, p.id) > (?, ?)")
+        params.extend(after)
+    return conditions, params
