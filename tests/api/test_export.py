@@ -363,7 +363,7 @@ def test_a_store_failure_before_the_first_batch_is_a_503_and_after_it_ends_the_s
 
 @pytest.mark.anyio
 async def test_pairs_need_read_access_to_the_model(tmp_path: Path) -> None:
-    """The refusals the history route gives: another key's model, a key without read, no key."""
+    """Pairs and history refuse alike: another key's model, a key without read, no key."""
     from service.config import Settings
     from service.server.api.access import digest
     from service.server.app import create_app
@@ -384,6 +384,8 @@ async def test_pairs_need_read_access_to_the_model(tmp_path: Path) -> None:
         assert (await c.put("/v1/models/fraud-2", json={"losses": [{"loss": "mse"}]}, headers=fraud)).status_code == 200
         for path in ("/v1/models/fraud-1/pairs", "/v1/models/fraud-1/history"):
             assert (await c.get(path, headers=fraud)).status_code == 200
+            other = path.replace("fraud-1", "churn-1")  # another key's model
+            assert (await c.get(other, headers=fraud)).status_code == 403, other
             for headers, status in ((writer, 403), ({}, 401)):
                 refused = await c.get(path, headers=headers)
                 assert refused.status_code == status, path

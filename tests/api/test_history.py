@@ -576,32 +576,6 @@ def test_the_export_reads_joined_rows_in_batches_in_time_order(served: Client) -
     assert list(served.store.prediction_batches("nope", 0, 1)) == []
 
 
-@pytest.mark.anyio
-async def test_history_needs_read_access_to_the_model(tmp_path: Path) -> None:
-    """A key sees the history of its own models only; a key without the read scope none."""
-    from service.config import Settings
-    from service.server.api.access import digest
-    from service.server.app import create_app
-
-    keys = tmp_path / "keys.toml"
-    keys.write_text(
-        f'[[keys]]\nname = "fraud"\nkey_sha256 = "{digest("fraud-key-0123456789")}"\n'
-        'scopes = ["ingest", "read", "admin"]\nmodels = ["fraud-*"]\n'
-        f'[[keys]]\nname = "writer"\nkey_sha256 = "{digest("write-key-0123456789")}"\n'
-        'scopes = ["ingest"]\nmodels = ["fraud-*"]\n'
-    )
-    app = create_app(Settings(api_keys_file=str(keys), store_url=f"sqlite:///{tmp_path}/store.sqlite3"))
-    fraud = {"authorization": "Bearer fraud-key-0123456789"}
-    writer = {"authorization": "Bearer write-key-0123456789"}
-    transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://h") as c:
-        assert (await c.put("/v1/models/fraud-1", json={"losses": [{"loss": "mse"}]}, headers=fraud)).status_code == 200
-        assert (await c.get("/v1/models/fraud-1/history", headers=fraud)).status_code == 200
-        assert (await c.get("/v1/models/churn-1/history", headers=fraud)).status_code == 403
-        assert (await c.get("/v1/models/fraud-1/history", headers=writer)).status_code == 403
-        assert (await c.get("/v1/models/fraud-1/history")).status_code == 401
-
-
 def test_deleting_a_model_removes_its_rollups(served: Client) -> None:
     n = 30
     config, predictions, labels, weights = family("mse-keras", n, np.random.default_rng(6))
