@@ -178,20 +178,22 @@ def _found_key(tx: Transaction) -> str:
     return "" if tx.dialect.name == "sqlite" else ", ctid::text"
 
 
-def _delete_found(tx: Transaction, table: str, model_id: int, rows: Sequence[Sequence[Any]]) -> None:
-    """Delete the rows of `table` a SELECT of this transaction found, under the model's lock
-    (their id first and `_found_key` last). SQLite finds each on the primary key; PostgreSQL by
-    its ctid, a TID scan whatever its statistics say (on a list of ids they may favour reading
-    all of a model's rows and filtering them, at a cost that grows with the model)."""
-    if not rows:
-        return
+def _found(tx: Transaction, model_id: int, ids: Sequence[str], ctids: Sequence[str | None]) -> tuple[str, list[Any]]:
+    """The condition (and its parameters) that picks rows a SELECT of this transaction found
+    under the model's lock: SQLite finds each id on the primary key; PostgreSQL each row by its
+    ctid (`_found_key`), a TID scan whatever its statistics say (on a list of ids they may favour
+    reading all of a model's rows and filtering them, at a cost that grows with the model)."""
     if tx.dialect.name == "sqlite":
-        ids = [row[0] for row in rows]
-        tx.execute(
-            f"DELETE FROM {table} WHERE model_id = ? AND id {tx.dialect.in_list}",
-            [model_id, tx.dialect.list_parameter(ids)],
-        )
-        return
+        return f"model_id = ? AND id {tx.dialect.in_list}", [model_id, tx.dialect.list_parameter(ids)]
     # The TID scan is the plan left; every other statement of these transactions seeks a key.
     tx.execute("SET LOCAL enable_seqscan = off")
-    tx.execute(f"DELETE FROM {table} WHERE ctid = ANY(?::tid[])", [[row[-1] for row in rows]])
+    return "ctid = ANY(?::tid[])", [list(ctids)]
+
+
+def _delete_found(tx: Transaction, table: str, model_id: int, rows: Sequence[Sequence[Any]]) -> None:
+    """Delete the rows of `table` a SELECT of this transaction found, under the model's lock
+    (their id first and `_found_key` last)."""
+    if not rows:
+        return
+    where, params = _found(tx, model_id, [row[0] for row in rows], [row[-1] for row in rows])
+    tx.execute(f"DELETE FROM {table} WHERE {where}", params)

@@ -41,6 +41,7 @@ from service.store.rows import (
     _TABLE,
     _check_ids,
     _decode,
+    _found,
     _id_bytes,
     _lock_holder,
     _locked_model,
@@ -303,19 +304,11 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
     ) -> None:
         """Mark the other side's rows joined: their payloads dropped (unless `keep`), prediction
         rows given their label's arrival. One statement: the pairs' losses are on the rows this
-        request inserts, so no row is updated with a value of its own. SQLite finds each row on
-        the primary key; PostgreSQL by the ctid `_look_up` read under the model's lock (a TID
-        scan, whichever plan its statistics would favour for a list of ids)."""
+        request inserts, so no row is updated with a value of its own. The rows are those `_look_up`
+        found (`_found`: on PostgreSQL by the ctids it read)."""
         dropped = "" if keep else ", payload = NULL"
         arrival = ", label_arrived = ?" if other == "predictions" else ""
-        if tx.dialect.name == "sqlite":
-            found = f"model_id = ? AND id {tx.dialect.in_list}"
-            params = [model_id, tx.dialect.list_parameter(ids)]
-        else:
-            # A TID scan is the only plan left once sequential scans are off; for the rest of the
-            # transaction too, whose statements all find their rows by key.
-            tx.execute("SET LOCAL enable_seqscan = off")
-            found, params = "ctid = ANY(?::tid[])", [list(partners.rows)]
+        found, params = _found(tx, model_id, ids, partners.rows)
         tx.execute(
             f"UPDATE {_TABLE[other]} SET joined_at = ?{arrival}{dropped} WHERE {found}",
             [now, *([now] if arrival else []), *params],
