@@ -59,6 +59,7 @@ from service.store import (  # noqa: E402
 )
 from service.store import history as store_history  # noqa: E402
 from service.store import pairs as store_pairs  # noqa: E402
+from service.store.database import Each, Packed  # noqa: E402
 from service.store.schema import row_bytes_sql  # noqa: E402
 from service.usecases.export import EXPORT_BATCH_ROWS  # noqa: E402
 from tests import postgres  # noqa: E402
@@ -197,22 +198,25 @@ def populate(store: Store, name: str, pairs: int, now: float, seed: int) -> None
                 variant, "mean_squared_error", "mean", sums, np.ones(count), np.ones(count, np.int64)
             )
         ]
-        blobs = store_history.encode_losses(losses, count)
         ids = [f"p{begin + i}" for i in range(count)]
+        times, arrivals = made.tolist(), arrived.tolist()
         with store.database.transaction() as tx:
             model_id = tx.one("SELECT id FROM loss_models WHERE name = ?", [name])[0]  # type: ignore[index]
-            tx.insert_new(
+            tx.insert_columns(
                 "loss_predictions",
-                [("model_id", "int"), ("id", "text"), ("arrived", "real"), ("at", "real"), ("segments", "text"),
-                 ("rolled_up", "small"), ("label_arrived", "real"), ("joined_at", "real"), ("dtype", "small")],
-                [(model_id, ids[i], float(made[i]), None, texts[i], 1, float(arrived[i]), float(arrived[i]), 0)
-                 for i in range(count)],
+                [("model_id", "int", model_id), ("id", "text", Each(ids)), ("arrived", "real", Each(times)),
+                 ("at", "real", None), ("segments", "text", Each(texts)), ("rolled_up", "small", 1),
+                 ("label_arrived", "real", Each(arrivals)), ("joined_at", "real", Each(arrivals)),
+                 ("dtype", "small", 0)],
+                count,
             )  # fmt: skip
-            tx.insert_new(
+            losses_size = len(losses) * store_history.HISTORY_LOSS.itemsize
+            tx.insert_columns(
                 "loss_labels",
-                [("model_id", "int"), ("id", "text"), ("arrived", "real"), ("losses", "blob"),
-                 ("joined_at", "real"), ("dtype", "small")],
-                [(model_id, ids[i], float(arrived[i]), blobs[i], float(arrived[i]), 0) for i in range(count)],
+                [("model_id", "int", model_id), ("id", "text", Each(ids)), ("arrived", "real", Each(arrivals)),
+                 ("losses", "blob", Packed(store_history.packed_losses(losses, count), losses_size)),
+                 ("joined_at", "real", Each(arrivals)), ("dtype", "small", 0)],
+                count,
             )  # fmt: skip
             cells = rollups.cells_of(made, segments, ["country"], now - 100 * DAY)
             rollups.roll_up(tx, model_id, cells, cells, delays, losses)

@@ -141,21 +141,6 @@ class Transaction:
     def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self._cursor.executemany(self._sql(sql), rows)
 
-    def insert_new(self, table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]) -> None:
-        """Insert rows given one tuple each, in the order of `columns`: `insert_columns` with the
-        columns that hold one value in every row given as that value."""
-        given: list[tuple[str, str, Any]] = []
-        for k, (name, kind) in enumerate(columns):
-            values = [row[k] for row in rows]
-            sizes = {len(value) for value in values} if kind == "blob" and None not in values else set()
-            if values and all(value == values[0] and type(value) is type(values[0]) for value in values):
-                given.append((name, kind, values[0]))
-            elif len(sizes) == 1:
-                given.append((name, kind, Packed(b"".join(values), sizes.pop())))
-            else:
-                given.append((name, kind, Each(values)))
-        self.insert_columns(table, given, len(rows))
-
     def insert_columns(self, table: str, columns: Sequence[tuple[str, str, Any]], count: int) -> None:
         """Insert `count` rows whose keys the caller found free while holding its model's lock.
 

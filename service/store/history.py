@@ -44,17 +44,9 @@ class PairLosses:
     counts: NDArray[np.int64]
 
 
-def encode_losses(losses: Sequence[PairLosses], pairs: int) -> list[bytes | None]:
-    """Each pair's `losses` column: one HISTORY_LOSS entry per loss, in configured order."""
-    if not losses:
-        return [None] * pairs
-    raw, size = packed_losses(losses, pairs), HISTORY_LOSS.itemsize * len(losses)
-    return [raw[i * size : (i + 1) * size] for i in range(pairs)]
-
-
 def packed_losses(losses: Sequence[PairLosses], pairs: int) -> bytes:
-    """Every pair's `losses` column end to end (`encode_losses`'s, joined): one HISTORY_LOSS entry
-    per loss and pair, the pairs in order."""
+    """Every pair's `losses` column end to end: one HISTORY_LOSS entry per loss and pair, the
+    pairs in order (a pair's column is its `len(losses)` entries)."""
     if not losses:
         return b""
     table = np.empty((pairs, len(losses)), dtype=HISTORY_LOSS)

@@ -1,4 +1,4 @@
-"""`Transaction.insert_columns` and `insert_new` store exactly the values they are given, on both
+"""`Transaction.insert_columns` stores exactly the values they are given, on both
 databases and on each of SQLite's two paths (one INSERT over json_each when only texts and packed
 blobs vary, a statement per row otherwise), and refuse a column of the wrong length before
 writing anything."""
@@ -56,7 +56,7 @@ def test_columns_go_in_as_given(database: Database, x: Any) -> None:
     assert stored(database) == expected
 
 
-def test_rows_given_one_tuple_each_go_in_as_given(database: Database) -> None:
+def test_rows_with_a_null_blob_or_packed_blobs_go_in_as_given(database: Database) -> None:
     rows = [
         ("r1", 1, 0.5, "u", b"xyz", 2),
         ("r2", 1, 0.5, "u", None, 2),  # a blob column with a null: a statement per row
@@ -64,9 +64,12 @@ def test_rows_given_one_tuple_each_go_in_as_given(database: Database) -> None:
     ]
     same_sized = [("q1", 3, 1.5, None, b"12", 1), ("q2", 3, 1.5, None, b"34", 1)]  # packed, one INSERT
     with database.transaction() as tx:
-        tx.insert_new("t", COLUMNS, rows)
-        tx.insert_new("t", COLUMNS, same_sized)
-        tx.insert_new("t", COLUMNS, [])
+        varying = [("k", "text", Each([row[0] for row in rows])), ("n", "int", 1), ("x", "real", 0.5)]
+        varying += [("t", "text", Each([row[3] for row in rows])), ("b", "blob", Each([row[4] for row in rows]))]
+        tx.insert_columns("t", [*varying, ("s", "small", 2)], 3)
+        packed = [("k", "text", Each(["q1", "q2"])), ("n", "int", 3), ("x", "real", 1.5), ("t", "text", None)]
+        tx.insert_columns("t", [*packed, ("b", "blob", Packed(b"1234", 2)), ("s", "small", 1)], 2)
+        tx.insert_columns("t", [("k", "text", Each([]))], 0)  # no rows: nothing to do
     assert stored(database) == sorted(same_sized + rows)
 
 
