@@ -209,22 +209,22 @@ class Transaction:
     def all(self, sql: str, params: Sequence[Any] = (), *, binary: bool = False) -> list[tuple[Any, ...]]:
         """The statement's rows. `binary`: PostgreSQL sends them in its binary format, which
         neither side spells out as text (bytea as hex, floats as decimals); the values are the same."""
-        if binary and self.dialect.name != "sqlite":
-            self._cursor.execute(self._sql(sql), params, binary=True)
-        else:
-            self._cursor.execute(self._sql(sql), params)
-        return [tuple(row) for row in self._cursor.fetchall()]
+        return [tuple(row) for row in self._fetched(sql, params, binary)]
 
     def columns(self, sql: str, params: Sequence[Any], width: int) -> list[tuple[Any, ...]]:
         """The `width` columns of a SELECT's rows, one tuple each (empty where there are no rows).
         PostgreSQL sends them in its binary format: numbers and bytes come without text to parse."""
-        if self.dialect.name == "sqlite":
-            self._cursor.execute(self._sql(sql), params)
-        else:
-            self._cursor.execute(self._sql(sql), params, binary=True)
-        rows = self._cursor.fetchall()
+        rows = self._fetched(sql, params, binary=True)
         # One column at a time: zip(*rows) would make an iterator per row for the collector to chase.
         return [tuple(map(itemgetter(column), rows)) for column in range(width)]
+
+    def _fetched(self, sql: str, params: Sequence[Any], binary: bool) -> list[Any]:
+        if binary and self.dialect.name != "sqlite":
+            self._cursor.execute(self._sql(sql), params, binary=True)
+        else:
+            self._cursor.execute(self._sql(sql), params)
+        rows: list[Any] = self._cursor.fetchall()
+        return rows
 
     @contextmanager
     def batched(self) -> Iterator[None]:
