@@ -8,6 +8,8 @@ removal: one per batch of rows).
 
 from service.store.database import redacted
 from service.store.errors import (
+    FollowedModelError,
+    LabelSourceError,
     QuotaExceededError,
     RowIdError,
     RowShapeError,
@@ -41,6 +43,8 @@ __all__ = [
     "EventCounts",
     "EventLogged",
     "EventRows",
+    "FollowedModelError",
+    "LabelSourceError",
     "Logged",
     "Model",
     "Pairs",

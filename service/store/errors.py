@@ -22,13 +22,15 @@ class RowIdError(StoreError):
 
 
 class RowShapeError(StoreError):
-    """Rows of a shape other than the one the model's first rows of that side fixed."""
+    """Rows of a shape other than the one the model's first rows of that side fixed (`follower`:
+    the model that takes its labels from the one logged to, whose rows they are)."""
 
-    def __init__(self, side: str, expected: tuple[int, ...], got: tuple[int, ...]) -> None:
+    def __init__(self, side: str, expected: tuple[int, ...], got: tuple[int, ...], follower: str | None = None) -> None:
+        whose = "the model's" if follower is None else f"model {follower!r}'s (it takes these labels: labels_from)"
         super().__init__(
-            f"each row of {side} must have shape {list(expected)}, as the model's first {side} had; got {list(got)}"
+            f"each row of {side} must have shape {list(expected)}, as {whose} first {side} had; got {list(got)}"
         )
-        self.side, self.expected, self.got = side, expected, got
+        self.side, self.expected, self.got, self.follower = side, expected, got, follower
 
 
 class TooManyPendingError(StoreError):
@@ -48,6 +50,22 @@ class SegmentKeysRemovedError(StoreError):
     def __init__(self, model: str, removed: list[str]) -> None:
         super().__init__(f"model {model!r} keeps history by segment keys {removed}, which cannot be removed")
         self.model, self.removed = model, removed
+
+
+class LabelSourceError(StoreError):
+    """A configuration whose `labels_from` the store cannot follow: `reason` says why."""
+
+    def __init__(self, model: str, source: str, reason: str) -> None:
+        super().__init__(f"model {model!r} cannot take its labels from {source!r}: {reason}")
+        self.model, self.source, self.reason = model, source, reason
+
+
+class FollowedModelError(StoreError):
+    """A model others take their labels from cannot be removed while they do."""
+
+    def __init__(self, model: str, followers: list[str]) -> None:
+        super().__init__(f"models {followers} take their labels from model {model!r} (labels_from)")
+        self.model, self.followers = model, followers
 
 
 class TooManyPendingEventsError(StoreError):

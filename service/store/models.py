@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 
 from service.store import events, rollups
-from service.store.database import Database
-from service.store.errors import QuotaExceededError, SegmentKeysRemovedError
+from service.store.database import Database, Transaction
+from service.store.errors import FollowedModelError, LabelSourceError, QuotaExceededError, SegmentKeysRemovedError
 from service.store.records import Model, Quota, Usage
 from service.store.retention import DELETE_BATCH_ROWS
 from service.store.rows import _MODEL_COLUMNS, _TABLE, _delete_found, _found_key, _lock_holder, _model, _usage
@@ -31,9 +31,14 @@ class _Models:
         Replacing it updates its row in place, which adds no row: it runs in SQLite's full-disk
         mode, so a shorter retention can let the sweep free the disk. Segment keys (`segments`)
         may be added, each rollup of the model's rows copied as that key's null value, never
-        removed (SegmentKeysRemovedError)."""
+        removed (SegmentKeysRemovedError). A `labels_from` source must be another configured model
+        that follows none, and a model others follow cannot follow one (LabelSourceError); the
+        source's row is locked first, as a label log locks it before its followers'."""
+        source = config.get("labels_from")
         with self.database.transaction() as tx:
             _lock_holder(tx, quota)
+            if source is not None:
+                _check_source(tx, name, source)
             found = tx.one(f"SELECT id, config FROM loss_models WHERE name = ?{tx.dialect.lock_row}", [name])
             if found is not None:
                 before = list(orjson.loads(found[1]).get("segments", []))
@@ -43,8 +48,9 @@ class _Models:
                     raise SegmentKeysRemovedError(name, removed)
                 rollups.add_keys(tx, found[0], [key for key in after if key not in before])
                 tx.execute(
-                    "UPDATE loss_models SET config = ?, retention_seconds = ?, updated_at = ? WHERE id = ?",
-                    [orjson.dumps(config).decode(), retention_seconds, now, found[0]],
+                    "UPDATE loss_models SET config = ?, retention_seconds = ?, updated_at = ?, labels_from = ? "
+                    "WHERE id = ?",
+                    [orjson.dumps(config).decode(), retention_seconds, now, source, found[0]],
                 )
             else:
                 if quota is not None:
@@ -52,11 +58,11 @@ class _Models:
                     if usage.models + 1 > quota.max_models:
                         raise QuotaExceededError("max_models", quota.holder, usage.models, 1, quota.max_models)
                 tx.execute(
-                    "INSERT INTO loss_models (name, config, retention_seconds, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                    "INSERT INTO loss_models (name, config, retention_seconds, created_at, updated_at, labels_from) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
                     "config = excluded.config, retention_seconds = excluded.retention_seconds, "
-                    "updated_at = excluded.updated_at",
-                    [name, orjson.dumps(config).decode(), retention_seconds, now, now],
+                    "updated_at = excluded.updated_at, labels_from = excluded.labels_from",
+                    [name, orjson.dumps(config).decode(), retention_seconds, now, now, source],
                 )
             row = tx.one(f"SELECT {_MODEL_COLUMNS} FROM loss_models WHERE name = ?", [name])
         assert row is not None
@@ -123,11 +129,15 @@ class _Models:
         row too.
 
         True: the model is gone; False: rows are left (call again); None: there is no such model.
-        Rows logged meanwhile are removed by a later batch: the model is gone when this says so."""
+        Rows logged meanwhile are removed by a later batch: the model is gone when this says so.
+        A model others take their labels from is refused (FollowedModelError), nothing removed."""
         with self.database.transaction() as tx:
             found = tx.one(f"SELECT id FROM loss_models WHERE name = ?{tx.dialect.lock_row}", [name])
             if found is None:
                 return None
+            followers = _followers(tx, name)
+            if followers:
+                raise FollowedModelError(name, followers)
             model_id, left, unjoined, freed = found[0], limit, [], 0
             for table in _TABLE.values():
                 rows = tx.all(
@@ -151,3 +161,28 @@ class _Models:
                 [unjoined[0], unjoined[1], freed, model_id],
             )
         return False
+
+
+def _followers(tx: Transaction, name: str) -> list[str]:
+    """The models that take their labels from model `name`, in the order they were created."""
+    return [row[0] for row in tx.all("SELECT name FROM loss_models WHERE labels_from = ? ORDER BY id", [name])]
+
+
+def _check_source(tx: Transaction, name: str, source: str) -> None:
+    """Model `name` may take its labels from `source`: another configured model that takes its
+    own from none (a chain would copy a label twice over, a loop forever), while no model takes
+    its labels from `name`. The source's row is locked: its deletion waits for this check."""
+    if source == name:
+        raise LabelSourceError(name, source, "a model cannot take its labels from itself (a loop)")
+    row = tx.one(f"SELECT labels_from FROM loss_models WHERE name = ?{tx.dialect.lock_row}", [source])
+    if row is None:
+        raise LabelSourceError(name, source, f"no model named {source!r} is configured")
+    if row[0] == name:
+        raise LabelSourceError(name, source, f"{source!r} takes its labels from {name!r}: that would be a loop")
+    if row[0] is not None:
+        reason = f"{source!r} takes its own labels from {row[0]!r}; name {row[0]!r}, the model labels are logged for"
+        raise LabelSourceError(name, source, reason)
+    followers = _followers(tx, name)
+    if followers:
+        reason = f"models {followers} take their labels from {name!r}, which therefore cannot follow another"
+        raise LabelSourceError(name, source, reason)

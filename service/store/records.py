@@ -92,6 +92,8 @@ class Logged(Generic[T]):
     model: Model
     # The quota holder's usage after this write (None without a quota).
     usage: Usage | None = None
+    # A labels log: what the same labels did for each model that takes its labels from this one.
+    followers: tuple[Logged[T], ...] = ()
 
 
 @dataclass(frozen=True)

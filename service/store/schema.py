@@ -211,6 +211,15 @@ def _history(tx: Transaction) -> None:
     )
 
 
+def _shared_labels(tx: Transaction) -> None:
+    """Shared labels (docs/comparisons.md): a model's `labels_from`, the model whose logged labels
+    are copied to it, as a column of its row too, so that a label log finds the models that follow
+    its model on an index, not by reading every configuration."""
+    if "labels_from" not in _columns(tx, "loss_models"):
+        tx.execute("ALTER TABLE loss_models ADD COLUMN labels_from TEXT")
+    tx.execute("CREATE INDEX IF NOT EXISTS loss_models_by_source ON loss_models (labels_from)")
+
+
 # Named, applied in order, never edited once released: a new layout is a new migration at the end.
 MIGRATIONS: list[tuple[str, Callable[[Transaction], None]]] = [
     ("tables", _create),
@@ -218,6 +227,7 @@ MIGRATIONS: list[tuple[str, Callable[[Transaction], None]]] = [
     ("pending rows index", _pending_rows_index),
     ("inference events", _inference_events),
     ("loss history", _history),
+    ("shared labels", _shared_labels),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

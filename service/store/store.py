@@ -32,7 +32,7 @@ from service.store.database import Database, Each, Packed, Transaction
 from service.store.errors import QuotaExceededError, RowShapeError, TooManyPendingError
 from service.store.history import HISTORY_LOSS, PairLosses
 from service.store.inference_events import _InferenceEvents
-from service.store.models import _Models
+from service.store.models import _followers, _Models
 from service.store.reads import _Reads
 from service.store.records import Logged, Model, Pairs, Quota, Side, T, Usage, _Partners
 from service.store.retention import _Retention
@@ -87,6 +87,7 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
         quota: Quota | None = None,
         segments: Sequence[Mapping[str, str]] | None = None,
         history_of: Callable[[T], Sequence[PairLosses]] | None = None,
+        rows_for: Callable[[Model], np.ndarray[Any, Any]] | None = None,
     ) -> Logged[T]:
         """Store one side's rows and join those whose other half is waiting.
 
@@ -102,15 +103,35 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
         configured loss, in order (history.py); without it joined rows keep no losses.
         A write that would add stored bytes past `quota.max_stored_bytes` raises
         QuotaExceededError before any row is written; one that adds none always passes.
+
+        Labels are logged, in the same transaction, for each model that takes its labels from
+        this one (`labels_from`), after it and in the order those were created, each under its
+        own lock, limits and configuration: `rows_for(follower)` gives the rows as that model
+        keeps them (default `rows`). Whatever one of them refuses, nothing is stored.
         """
         _check_ids(ids)
         with self.database.transaction() as tx:
             _lock_holder(tx, quota)
             model_id, model = _locked_model(tx, name)
-            return self._log(
+            logged = self._log(
                 tx, model_id, model, side, ids, rows, now, max_pending, timestamps, weights, on_join, quota,
                 segments, history_of,
             )  # fmt: skip
+            if side != "labels":
+                return logged
+            followed = []
+            for follower in _followers(tx, name):
+                follower_id, theirs = _locked_model(tx, follower)
+                given = rows if rows_for is None else rows_for(theirs)
+                try:
+                    logs = self._log(
+                        tx, follower_id, theirs, side, ids, given, now, max_pending, None, weights, on_join, quota,
+                        None, history_of,
+                    )  # fmt: skip
+                except RowShapeError as exc:
+                    raise RowShapeError(exc.side, exc.expected, exc.got, follower) from None
+                followed.append(logs)
+            return replace(logged, followers=tuple(followed))
 
     def _log(
         self,

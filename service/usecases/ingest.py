@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
@@ -44,7 +45,7 @@ from service.store import (
     UnknownModelError,
 )
 from service.store.history import PairLosses, loss_variant
-from service.usecases.errors import InvalidInputError, QuotaError
+from service.usecases.errors import ConflictError, InvalidInputError, QuotaError
 from service.usecases.models import Principal, quota_error, quota_of, row_values_limit, unavailable, unknown_model
 from service.usecases.recorder import Recorder
 from service.values.segments import segment_value
@@ -125,6 +126,12 @@ def log_rows(
     current = store.model(name)
     if current is None:
         raise unknown_model(name)
+    source = current.config.get("labels_from")
+    if side == "labels" and source is not None:
+        raise ConflictError(
+            f"model {name} takes its labels from model {source} (labels_from): log them for {source}, once, "
+            "and they serve both; nothing was stored"
+        )
     segments = _segments(getattr(request, "segments", None), current.config.get("segments", []), len(ids))
     stored = _stored_rows(rows, side, current.config["dtype"])
     with store_errors(name, side):
@@ -137,10 +144,11 @@ def log_rows(
             max_pending=settings.max_pending,
             timestamps=timestamps,
             weights=weights,
-            on_join=pair_losses(side, ids),
+            on_join=pair_losses(side, ids, name),
             quota=quota_of(principal, settings),
             segments=segments,
             history_of=history_of,
+            rows_for=lambda follower: _stored_rows(rows, side, follower.config["dtype"]),
         )
     return recorded(monitor, name, side, logged, principal)
 
@@ -160,11 +168,12 @@ def checked_rows(
     return _stored_rows(rows, side, model.config["dtype"])
 
 
-def pair_losses(side: Side, ids: list[str]) -> Callable[[Model, Pairs], list[JoinedLoss]]:
-    """The store's `on_join` for a request logging `ids` on `side`: each configured loss over the
-    pairs it completes, a refusal naming the id's index in `ids`."""
+def pair_losses(side: Side, ids: list[str], name: str | None = None) -> Callable[[Model, Pairs], list[JoinedLoss]]:
+    """The store's `on_join` for a request logging `ids` on `side` for model `name`: each
+    configured loss over the pairs it completes, a refusal naming the id's index in `ids` (and
+    the model, where the pairs are a follower's: labels_from)."""
     position = {row_id: index for index, row_id in enumerate(ids)}
-    return functools.partial(_pair_losses, side=side, position=position)
+    return functools.partial(_pair_losses, side=side, position=position, logged_for=name)
 
 
 @contextmanager
@@ -253,7 +262,23 @@ def recorded(
     monitor: Recorder, name: str, side: Side, logged: Logged[list[JoinedLoss]], principal: Principal | None
 ) -> dict[str, Any]:
     """The committed write's answer, its pairs' losses recorded (from here on they are joined for
-    good, and recorded exactly once)."""
+    good, and recorded exactly once); a labels log's followers' (labels_from) too, in `followers`."""
+    followers = logged.followers
+    if followers:  # the holder's usage once the last follower's rows are in: the write's
+        logged = replace(logged, usage=followers[-1].usage)
+    answer = _recorded(monitor, name, side, logged, principal)
+    if followers:
+        shown_fields = ("accepted", "duplicates", "joined", "pending_predictions", "pending_labels")
+        answer["followers"] = []
+        for follower in followers:
+            theirs = _recorded(monitor, follower.model.name, side, replace(follower, usage=None), principal)
+            answer["followers"].append({"model": follower.model.name, **{f: theirs[f] for f in shown_fields}})
+    return answer
+
+
+def _recorded(
+    monitor: Recorder, name: str, side: Side, logged: Logged[list[JoinedLoss]], principal: Principal | None
+) -> dict[str, Any]:
     model, results = logged.model, logged.joined_result or []
     for loss, reduced, _ in results:
         monitor.observe_batch(name, loss, reduced.per_sample, reduced.mean)
@@ -277,7 +302,9 @@ def recorded(
     }
 
 
-def _pair_losses(model: Model, pairs: Pairs, *, side: Side, position: dict[str, int]) -> list[JoinedLoss]:
+def _pair_losses(
+    model: Model, pairs: Pairs, *, side: Side, position: dict[str, int], logged_for: str | None = None
+) -> list[JoinedLoss]:
     """Each configured loss over the completed pairs, by the engine, one call per loss; run by the
     store inside its transaction, so a pair the engine refuses leaves nothing stored."""
     config = model.config
@@ -298,7 +325,8 @@ def _pair_losses(model: Model, pairs: Pairs, *, side: Side, position: dict[str, 
                 shares=True,  # each pair's share of the sum and denominator: its history
             )
         except LossInputError as exc:
-            raise _join_error(exc, call["loss"], pairs, side, position) from None
+            whose = "" if logged_for in (None, model.name) else f" of model {model.name} (labels_from)"
+            raise _join_error(exc, call["loss"] + whose, pairs, side, position) from None
         variant = loss_variant(call["loss"], call["options"], config["convention"], config["dtype"])
         results.append(JoinedLoss(loss_name(call["loss"], config["convention"], call["options"]), reduced, variant))
     return results

@@ -13,7 +13,8 @@ import anyio
 import anyio.to_thread
 
 from service.config import Settings
-from service.store import DELETE_BATCH_ROWS, SWEEP_BATCH_ROWS, Store, StoreFailureError, Swept
+from service.store import DELETE_BATCH_ROWS, SWEEP_BATCH_ROWS, FollowedModelError, Store, StoreFailureError, Swept
+from service.usecases.errors import ConflictError
 from service.usecases.models import Keys, report_usage
 from service.usecases.recorder import Recorder
 
@@ -87,11 +88,17 @@ async def sweep_forever(
 async def delete_model(store: Store, name: str, threads: StoreThreads, batch_rows: int = DELETE_BATCH_ROWS) -> bool:
     """DELETE /v1/models/{name}: the model's rows go `batch_rows` per transaction
     (`Store.delete_batch`), pausing after each batch as long as it took, as the sweep does; False
-    if there was no such model."""
+    if there was no such model. A model others take their labels from is refused (ConflictError)."""
     found_once = False
     while True:
         started = time.monotonic()
-        done = await threads.write(functools.partial(store.delete_batch, name, batch_rows))
+        try:
+            done = await threads.write(functools.partial(store.delete_batch, name, batch_rows))
+        except FollowedModelError as exc:
+            raise ConflictError(
+                f"models {exc.followers} take their labels from model {name} (labels_from): reconfigure or delete "
+                "them first; nothing was removed"
+            ) from None
         if done is None:
             return found_once  # deleted meanwhile, or never there
         if done:
