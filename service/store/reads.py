@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from service.store import pairs, rollups
+from service.store import comparisons, pairs, rollups
+from service.store.comparisons import CommonPairs
 from service.store.database import Database
 from service.store.pairs import PairColumns, PredictionRow
 from service.store.records import Model
@@ -88,6 +89,33 @@ class _Reads:
                 if found is None:
                     return
                 batch = pairs.read_pairs(tx, found[0], start, end, after, batch_rows, keys, payloads)
+            if not len(batch):
+                return
+            yield batch
+            if len(batch) < batch_rows:
+                return
+            after = (float(batch.made[-1]), batch.ids[-1])
+
+    def common_batches(
+        self,
+        challenger: str,
+        champion: str,
+        start: float,
+        end: float,
+        *,
+        key: str | None = None,
+        batch_rows: int = 10_000,
+    ) -> Iterator[CommonPairs]:
+        """The ids both models joined whose challenger prediction was made in [start, end), in its
+        (time, id) order (`comparisons.read_common`), in batches of at most `batch_rows`, each one
+        read transaction. Memory holds one batch; nothing if either model is missing."""
+        after: tuple[float, str] | None = None
+        while True:
+            with self.database.transaction(write=False) as tx:
+                found = [tx.one("SELECT id FROM loss_models WHERE name = ?", [name]) for name in (challenger, champion)]
+                if found[0] is None or found[1] is None:
+                    return
+                batch = comparisons.read_common(tx, found[0][0], found[1][0], start, end, after, batch_rows, key)
             if not len(batch):
                 return
             yield batch

@@ -41,8 +41,9 @@ from numpy.typing import NDArray
 from service.store import DTYPES, Model, Store, StoreFailureError
 from service.store.history import pair_value
 from service.store.pairs import PairColumns
+from service.usecases.configured import loss_aggregate, loss_variants
 from service.usecases.errors import InvalidInputError
-from service.usecases.history import DEFAULT_WINDOW_SECONDS, loss_aggregate, loss_variants, parse_time
+from service.usecases.history import DEFAULT_WINDOW_SECONDS, parse_time
 from service.usecases.models import model_config, unavailable, unknown_model
 
 Format = Literal["arrow", "csv", "ndjson"]

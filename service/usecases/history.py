@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from service.engine import Aggregate, aggregate_of, loss_name, mean_of, recombines
+from service.engine import Aggregate, loss_name, mean_of, recombines
 from service.store import Model, Store, StoreFailureError
-from service.store.history import loss_variant, pair_value
+from service.store.history import pair_value
 from service.store.pairs import PredictionRow
 from service.store.rollups import LEVELS, RollupCells, RollupLosses
+from service.usecases.configured import loss_aggregate, loss_variants
 from service.usecases.errors import InvalidInputError
 from service.usecases.models import model_config, unavailable, unknown_model
 from service.values import sketch
@@ -158,13 +159,13 @@ def history(
             if read is None:
                 raise unknown_model(name)
             model = read[0]
-            _check_by(model, by)
+            check_by(model, by)
             table = _from_cells(model, asked, read[1], read[2])
         else:
             found = store.model(name)
             if found is None:
                 raise unknown_model(name)
-            _check_by(found, by)
+            check_by(found, by)
             model, buckets = found, _Buckets(len(found.config["losses"]))
             for batch in store.prediction_batches(name, asked.start, stop, batch_rows=SCAN_BATCH_ROWS):
                 _add_rows(model, asked, batch, by, buckets)
@@ -174,19 +175,11 @@ def history(
     return _answer(model, asked, by, table)
 
 
-def _check_by(model: Model, by: str | None) -> None:
+def check_by(model: Model, by: str | None) -> None:
     declared = model_config(model)["segments"]
     if by is not None and by not in declared:
         shown = ", ".join(declared) or "none"
         raise _query_problem("by", f"is not a segment key of model {model.name} (its keys: {shown})")
-
-
-def loss_variants(model: Model) -> list[int]:
-    """Each configured loss's variant: the hash its stored shares and rollups are kept under."""
-    config = model.config
-    return [
-        loss_variant(call["loss"], call["options"], config["convention"], config["dtype"]) for call in config["losses"]
-    ]
 
 
 @dataclass(frozen=True)
@@ -298,12 +291,6 @@ def _add_rows(model: Model, asked: Window, rows: list[PredictionRow], by: str | 
         keep = ~np.isnan(values)
         buckets.loss_sketches[which].extend(sketch.grouped(values[keep], groups[keep], len(buckets.counts)))
         buckets.loss_groups[which].extend(range(len(buckets.counts)))
-
-
-def loss_aggregate(model: Model, which: int) -> Aggregate:
-    """How the `which`-th configured loss's mean is made from its sums (mean, root or sum)."""
-    call = model.config["losses"][which]
-    return aggregate_of(call["loss"], model.config["convention"], call["options"])
 
 
 def _from_rows(buckets: _Buckets) -> _Table:

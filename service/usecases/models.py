@@ -6,6 +6,7 @@ model, the store failure in the use cases' words). Errors are `UseCaseError`s, n
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from service.config import Settings
@@ -16,6 +17,7 @@ from service.engine import (
     resolve,
 )
 from service.store import (
+    LabelSourceError,
     Model,
     Quota,
     QuotaExceededError,
@@ -24,6 +26,7 @@ from service.store import (
     StoreFailureError,
     StoreFullError,
 )
+from service.usecases.configured import comparable_losses
 from service.usecases.errors import ConflictError, InvalidInputError, NotFoundError, QuotaError, StoreUnavailableError
 from service.usecases.recorder import Recorder
 from service.values.text import shown
@@ -98,10 +101,18 @@ def report_usage(store: Store, monitor: Recorder, keys: Keys | None, settings: S
         monitor.set_quota_usage(principal.name if principal else "", usage.models, usage.stored_bytes, as_of)
 
 
-def configure(store: Store, name: str, request: Any, now: float, quota: Quota | None = None) -> dict[str, Any]:
+def configure(
+    store: Store,
+    name: str,
+    request: Any,
+    now: float,
+    quota: Quota | None = None,
+    authorize: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Configure a model from a validated `ModelConfigRequest`: the losses are checked as
     /v1/evaluate checks them, then stored; creating a model is checked against `quota`'s
-    `max_models`."""
+    `max_models`. `authorize(model)` refuses a model the caller's key may not use: the source
+    of `labels_from` and each model of `compare_to` are read on the caller's behalf."""
     losses = []
     for position, call in enumerate(request.losses):
         options = call.options.model_dump(exclude_unset=True)
@@ -132,8 +143,21 @@ def configure(store: Store, name: str, request: Any, now: float, quota: Quota | 
                 f"events.segments.{undeclared[0]}",
                 f"is not a segment key of this model (its `segments`: {declared}); declare it in `segments`",
             )
+    for field, models in (
+        ("labels_from", [request.labels_from] if request.labels_from else []),
+        ("compare_to", request.compare_to),
+    ):
+        for model in models:
+            if authorize is not None:
+                authorize(model)
+        if models:
+            config[field] = models if field == "compare_to" else models[0]
+    if request.compare_to:
+        _check_champions(store, name, config, request.compare_to)
     try:
         return model_config(store.configure_model(name, config, request.retention_seconds, now, quota))
+    except LabelSourceError as exc:
+        raise InvalidInputError("labels_from", exc.reason) from None
     except QuotaExceededError as exc:
         raise quota_error(exc, "LOSS_SERVICE_QUOTA_MODELS", name) from None
     except SegmentKeysRemovedError as exc:
@@ -145,10 +169,26 @@ def configure(store: Store, name: str, request: Any, now: float, quota: Quota | 
         raise unavailable(exc) from None
 
 
+def _check_champions(store: Store, name: str, config: dict[str, Any], champions: list[str]) -> None:
+    """Each model of `compare_to` is another configured model with a loss configured as one of
+    this configuration's (comparisons.py reads which)."""
+    challenger = Model(name, config, 0.0, 0.0, 0.0, None, None, 0, 0, 0, 0, 0)
+    for index, champion in enumerate(champions):
+        found = store.model(champion) if champion != name else None
+        if found is None:
+            reason = "is this model itself" if champion == name else f"names no configured model ({shown(champion)})"
+            raise InvalidInputError("compare_to", reason, [index])
+        if not comparable_losses(challenger, found):
+            reason = f"model {champion} configures none of these losses identically (loss, options, convention, dtype)"
+            raise InvalidInputError("compare_to", reason, [index])
+
+
 def model_config(model: Model) -> dict[str, Any]:
     # Models configured before segments and keep_pairs existed have neither: their defaults.
     config = {**model.config, "segments": model.config.get("segments", [])}
     config["keep_pairs"] = model.config.get("keep_pairs", False)
+    config["labels_from"] = model.config.get("labels_from")
+    config["compare_to"] = model.config.get("compare_to", [])
     return {
         "model": model.name,
         **config,

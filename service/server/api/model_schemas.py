@@ -256,7 +256,20 @@ def model_config_request_model() -> type[BaseModel]:
             EventsConfig | None,
             Field(default=None, description="Where KServe's inference logger events hold the predictions."),
         ),
+        labels_from=(ModelNameField | None, Field(default=None, description=LABELS_FROM_DESCRIPTION)),
+        compare_to=(CompareTo, Field(default=[], description=COMPARE_TO_DESCRIPTION)),
     )
+
+
+LABELS_FROM_DESCRIPTION = (
+    "Another model whose logged labels serve this one too (same ids): each label logged for it is copied to this "
+    "model in the same transaction, and joins here exactly once. Labels are then logged for that model only; it "
+    "cannot itself take its labels from another, nor be deleted while this one follows it."
+)
+COMPARE_TO_DESCRIPTION = (
+    "Champions this model (the challenger) is compared with in /metrics (loss_service_comparison_*), over the "
+    "last 24 h of ids both joined, on each loss both configure identically (at most 8 models, distinct)."
+)
 
 
 SEGMENTS_DESCRIPTION = (
@@ -275,6 +288,23 @@ def _distinct_keys(keys: list[str]) -> list[str]:
             )
         seen[key] = index
     return keys
+
+
+ModelNameField = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+
+
+def _distinct_models(models: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    for index, model in enumerate(models):
+        if model in seen:
+            raise PydanticCustomError(
+                "compare_to", "repeats the model at compare_to[{first}]", {"first": seen[model], "index": [index]}
+            )
+        seen[model] = index
+    return models
+
+
+CompareTo = Annotated[list[ModelNameField], Field(max_length=8), AfterValidator(_distinct_models)]
 
 
 SegmentKeys = Annotated[
@@ -300,6 +330,8 @@ class ModelConfig(BaseModel):
     created_at: float = Field(description="Unix seconds.")
     updated_at: float = Field(description="Unix seconds of the last PUT.")
     events: EventsConfig | None = Field(default=None, description="Present when configured.")
+    labels_from: str | None = Field(default=None, description=LABELS_FROM_DESCRIPTION)
+    compare_to: list[str] = Field(default=[], description=COMPARE_TO_DESCRIPTION)
 
 
 class QuotaUsage(BaseModel):
@@ -341,6 +373,15 @@ class ModelList(BaseModel):
     models: list[ModelConfig]
 
 
+class FollowerResult(BaseModel):
+    model: str
+    accepted: int = Field(description="Labels stored for it.")
+    duplicates: int = Field(description="Labels whose id it already had.")
+    joined: int = Field(description="Its pairs the labels completed.")
+    pending_predictions: int
+    pending_labels: int
+
+
 class LogResult(BaseModel):
     accepted: int = Field(description="Rows stored by this request.")
     duplicates: int = Field(description="Rows whose id this side already had: counted, never stored again.")
@@ -350,6 +391,11 @@ class LogResult(BaseModel):
     results: list[LossResult] = Field(description="Each configured loss over the pairs completed; empty if none.")
     pending_predictions: int
     pending_labels: int
+    followers: list[FollowerResult] | None = Field(
+        default=None,
+        description="Labels only, where other models take their labels from this one (labels_from): what the same "
+        "labels did for each, in the order they were configured. Absent otherwise.",
+    )
 
 
 class EventCountsStatus(BaseModel):

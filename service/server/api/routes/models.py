@@ -17,6 +17,7 @@ from service.server.api.accept import negotiated
 from service.server.api.access import authorize, visible
 from service.server.api.batches import off_loop
 from service.server.api.body import json_decoded_bytes, read_body, validate_json
+from service.server.api.comparison_schemas import Comparison
 from service.server.api.headers import request_header
 from service.server.api.history_schemas import History
 from service.server.api.inference_logs import EVENT_MEDIA_TYPES, read_event
@@ -35,7 +36,7 @@ from service.server.api.responses import PROBLEM_RESPONSES, json_body, json_resp
 from service.server.api.routing import Routes
 from service.server.api.schemas import MODEL_LABEL_PATTERN
 from service.store import Side, Store
-from service.usecases import events, export, history, ingest, upkeep
+from service.usecases import comparisons, events, export, history, ingest, upkeep
 from service.usecases import models as model_cases
 
 routes = Routes("/v1/models", tags=["delayed labels"])
@@ -47,6 +48,9 @@ INGEST = RoutePolicy(scope="ingest", heavy=True, model_param="model")
 
 ModelName = Annotated[
     str, Path(pattern=MODEL_LABEL_PATTERN, description="The model's name (1-64 of A-Z a-z 0-9 _ . : -).")
+]
+ChampionName = Annotated[
+    str, Path(pattern=MODEL_LABEL_PATTERN, description="The model compared with (1-64 of A-Z a-z 0-9 _ . : -).")
 ]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {
@@ -71,6 +75,18 @@ MODEL_QUOTA: dict[int | str, dict[str, Any]] = {
 SEGMENTS_KEPT: dict[int | str, dict[str, Any]] = {
     409: {
         "description": "The configuration would remove a segment key the model's history is kept by",
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+}
+FOLLOWED: dict[int | str, dict[str, Any]] = {
+    409: {
+        "description": "Other models take their labels from this one (labels_from): the problem names them",
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+}
+FOLLOWS: dict[int | str, dict[str, Any]] = {
+    409: {
+        "description": "The model takes its labels from another (labels_from): log them for that one",
         "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
     }
 }
@@ -115,7 +131,12 @@ async def configure_model(model: ModelName, request: Request) -> Response:
         len(body),
         lambda: json_decoded_bytes(body),
         lambda: model_cases.configure(
-            store, model, validate_json(model_config_request_model(), body), time.time(), quota
+            store,
+            model,
+            validate_json(model_config_request_model(), body),
+            time.time(),
+            quota,
+            lambda other: authorize(context.principal, other),
         ),
         waits_on_io=True,
         limiter=threads.writes,
@@ -167,7 +188,7 @@ async def model_status(model: ModelName, request: Request) -> Response:
     summary="Remove a model and everything stored for it",
     status_code=204,
     response_class=Response,
-    responses={**PROBLEM_RESPONSES, **NOT_FOUND},
+    responses={**PROBLEM_RESPONSES, **NOT_FOUND, **FOLLOWED},
 )
 async def delete_model(model: ModelName, request: Request) -> Response:
     if not await upkeep.delete_model(_store(request), model, upkeep.store_threads(request.app.state)):
@@ -215,8 +236,10 @@ async def log_predictions(model: ModelName, request: Request) -> Response:
     "/{model}/labels",
     policy=INGEST,
     summary="Log labels; those whose predictions are waiting join now",
+    description="The labels serve every model that takes its labels from this one (labels_from) too, in the same "
+    "transaction: `followers` says what they did for each.",
     response_model=LogResult,
-    responses={**PROBLEM_RESPONSES, **NOT_FOUND, **TOO_MANY_PENDING},
+    responses={**PROBLEM_RESPONSES, **NOT_FOUND, **TOO_MANY_PENDING, **FOLLOWS},
     openapi_extra=json_body("LabelsLog", LABEL_EXAMPLES),
 )
 async def log_labels(model: ModelName, request: Request) -> Response:
@@ -315,6 +338,50 @@ async def model_history(
     threads = upkeep.store_threads(request.app.state)
     return json_response(
         await threads.read(lambda: history.history(store, model, start=start, end=end, step=step, by=by))
+    )
+
+
+@routes.get(
+    "/{model}/compare/{champion}",
+    policy=READ,
+    summary="Champion and challenger: the paired difference of one loss over the ids both joined",
+    description="Ids whose challenger prediction was made in [start, end) and that both models joined; each model's "
+    "mean as /v1/loss gives it over them, and the mean difference (challenger minus champion) with a 1 - alpha "
+    "anytime-valid confidence sequence: read it after every batch, its verdict is false at most alpha of the time "
+    "(docs/comparisons.md). The key needs the read scope on both models.",
+    response_model=Comparison,
+    response_model_exclude_unset=True,
+    responses={**PROBLEM_RESPONSES, **NOT_FOUND},
+)
+async def compare_models(
+    model: ModelName,
+    champion: ChampionName,
+    request: Request,
+    start: Annotated[str | None, Query(description=f"{TIME} Default: 24 h before end.")] = None,
+    end: Annotated[str | None, Query(description=f"{TIME} Default: now.")] = None,
+    loss: Annotated[
+        str | None,
+        Query(
+            description="The challenger's loss, by index or name, which the champion configures identically "
+            "(default: the first such)."
+        ),
+    ] = None,
+    by: Annotated[str | None, Query(description="A segment key of the challenger: one comparison per value.")] = None,
+    alpha: Annotated[str | None, Query(description="Strictly between 0 and 1 (default 0.05).")] = None,
+    step: Annotated[
+        str | None,
+        Query(description="Seconds, at least 1: adds `sequence`, the comparison as it stood at each step's end."),
+    ] = None,
+) -> Response:
+    authorize(context_of(request.scope).principal, champion)
+    store = _store(request)
+    threads = upkeep.store_threads(request.app.state)
+    return json_response(
+        await threads.read(
+            lambda: comparisons.compare(
+                store, model, champion, start=start, end=end, loss=loss, by=by, alpha=alpha, step=step
+            )
+        )
     )
 
 
