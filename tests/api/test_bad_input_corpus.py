@@ -427,6 +427,37 @@ def corpus() -> Iterator[Case]:
         yield f"put-bad-config-{i}", "/v1/models/corpus-new", json.dumps(config).encode(), j, 422
     yield "put-malformed", "/v1/models/corpus-new", b"{", j, 400
     yield "route-unknown-model", "/v1/models/nope", b"", {}, 404
+    # Champion and challenger (the fixture configures "corpus-follower", which takes its labels from
+    # "corpus" and configures its loss identically, and "corpus-mse", which configures another loss).
+    compare = "/v1/models/corpus-follower/compare/corpus?"
+    bad_comparisons = ["alpha=0", "alpha=1", "alpha=x", "alpha=nan", "loss=7", "loss=mse", "by=device", "step=0",
+                       "step=1&start=0&end=1000000000", "start=10&end=5", "end=NaN", "start=noon"]  # fmt: skip
+    for i, query in enumerate(bad_comparisons):
+        yield f"route-compare-{i}", compare + query, b"", {}, 422
+    yield "route-compare-unknown-champion", "/v1/models/corpus/compare/nope", b"", {}, 404
+    yield "route-compare-unknown-challenger", "/v1/models/nope/compare/corpus", b"", {}, 404
+    yield "route-compare-itself", "/v1/models/corpus/compare/corpus", b"", {}, 422
+    yield "route-compare-bad-champion-name", "/v1/models/corpus/compare/a%20b", b"", {}, 422
+    yield "route-compare-different-losses", "/v1/models/corpus-mse/compare/corpus", b"", {}, 422
+    scce = {"losses": [{"loss": "scce"}], "dtype": "float32"}
+    bad_sharing: dict[str, tuple[str, dict[str, Any]]] = {
+        "labels-from-unknown": ("corpus-new", {**scce, "labels_from": "nope"}),
+        "labels-from-itself": ("corpus-new", {**scce, "labels_from": "corpus-new"}),
+        "labels-from-a-loop": ("corpus", {**scce, "labels_from": "corpus-follower"}),
+        "labels-from-a-chain": ("corpus-new", {**scce, "labels_from": "corpus-follower"}),
+        "labels-from-bad-name": ("corpus-new", {**scce, "labels_from": "a b"}),
+        "labels-from-not-a-string": ("corpus-new", {**scce, "labels_from": ["corpus"]}),
+        "compare-to-unknown": ("corpus-new", {**scce, "compare_to": ["nope"]}),
+        "compare-to-itself": ("corpus-new", {**scce, "compare_to": ["corpus-new"]}),
+        "compare-to-other-losses": ("corpus-new", {**scce, "dtype": "float64", "compare_to": ["corpus"]}),
+        "compare-to-repeated": ("corpus-new", {**scce, "compare_to": ["corpus", "corpus"]}),
+        "compare-to-too-many": ("corpus-new", {**scce, "compare_to": [f"m{i}" for i in range(9)]}),
+        "compare-to-a-string": ("corpus-new", {**scce, "compare_to": "corpus"}),
+    }
+    for name, (model, config) in bad_sharing.items():
+        yield f"put-{name}", f"/v1/models/{model}", json.dumps(config).encode(), j, 422
+    follower_labels = {"ids": ["x"], "labels": [1]}
+    yield "log-labels-to-a-follower", "/v1/models/corpus-follower/labels", json.dumps(follower_labels).encode(), j, 409
     # KServe's inference-logger events (the fixture configures "corpus-events": output "probs", ids by input "user").
     events = "/v1/models/corpus-events/events"
     response = {"ce-id": "e-1", "ce-type": "org.kubeflow.serving.inference.response", "ce-source": "http://x/",
@@ -516,6 +547,10 @@ async def limited(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[htt
         events = {"prediction": "probs", "id": "user"}
         configured = await c.put("/v1/models/corpus-events", json={"losses": [{"loss": "scce"}], "events": events})
         assert configured.status_code == 200, configured.text
+        follower = {"losses": [{"loss": "scce"}], "dtype": "float32", "labels_from": "corpus"}
+        for model, config in (("corpus-follower", follower), ("corpus-mse", {"losses": [{"loss": "mse"}]})):
+            configured = await c.put(f"/v1/models/{model}", json=config)
+            assert configured.status_code == 200, configured.text
         yield c
 
 

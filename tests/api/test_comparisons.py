@@ -1,0 +1,290 @@
+"""Champion and challenger over HTTP, on SQLite and PostgreSQL: labels logged once for the
+champion serve the challenger (labels_from), and GET .../compare/... pairs the two models' losses
+over the ids both joined.
+
+Each model's mean is checked against /v1/loss over the common ids (one request per model, the
+engine's reduction of that batch); the difference against those two means; `by` and `step`
+against answers over the matching subsets computed again from scratch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.api.test_history import HOUR, T0, Client, family, served  # noqa: F401
+
+N = 90
+COMPARED = {  # families whose loss is a mean over pairs, and whose mean therefore compares
+    "mse-keras": 1e-12,
+    "mse-torch-float32": 1e-5,  # /v1/loss sums float32 values in float32, the history float64 shares
+    "scce-torch-ignored-class-weights": 1e-12,
+    "kl-torch-batchmean": 1e-12,
+    "catboost-logloss": 1e-12,
+}
+
+
+def logged_pair(client: Client, name: str, seed: int = 11) -> dict[str, Any]:
+    """A champion and a challenger that takes its labels from it: the champion predicts ids
+    p0..p89, the challenger p5..p89; labels (with weights) come for the first 60 ids of a shuffled
+    order, to the champion only. Returns what the test needs to compute the answers again."""
+    config, champion_rows, labels, weights = family(name, N, np.random.default_rng(seed))
+    challenger_rows = family(name, N, np.random.default_rng(seed + 1))[1]
+    times = T0 + np.arange(N) * (3 * HOUR / N)
+    countries = [["BR", "US", None][i % 3] for i in range(N)]
+    ids = [f"p{i}" for i in range(N)]
+    client.ok("PUT", "/v1/models/champion", json=config)
+    challenger = {**config, "labels_from": "champion", "compare_to": ["champion"], "segments": ["country"]}
+    client.ok("PUT", "/v1/models/challenger", json=challenger)
+    client.ok(
+        "POST",
+        "/v1/models/champion/predictions",
+        json={"ids": ids, "predictions": np.asarray(champion_rows).tolist(), "timestamps": times.tolist()},
+    )
+    labelled = np.random.default_rng(5).permutation(N)[:60]
+    client.ok(
+        "POST",
+        "/v1/models/champion/labels",
+        json={
+            "ids": [ids[i] for i in labelled],
+            "labels": np.asarray(labels)[labelled].tolist(),
+            "sample_weight": np.asarray(weights)[labelled].tolist(),
+        },
+    )
+    late = np.arange(5, N)  # the challenger predicts after the labels came: they join at once
+    logged = client.ok(
+        "POST",
+        "/v1/models/challenger/predictions",
+        json={
+            "ids": [ids[i] for i in late],
+            "predictions": np.asarray(challenger_rows)[late].tolist(),
+            "timestamps": times[late].tolist(),
+            "segments": {"country": [countries[i] for i in late]},
+        },
+    )
+    common = np.zeros(N, bool)
+    common[labelled] = True
+    common[:5] = False
+    assert logged["joined"] == int(common.sum())
+    return {
+        "config": config, "champion": champion_rows, "challenger": challenger_rows, "labels": labels,
+        "weights": weights, "times": times, "countries": countries, "common": common,
+    }  # fmt: skip
+
+
+def v1_mean(client: Client, logged: dict[str, Any], model: str, pairs: Any) -> float:
+    config = logged["config"]
+    call = config["losses"][0]
+    answer = client.ok(
+        "POST",
+        "/v1/loss",
+        json={
+            "loss": call["loss"],
+            "options": call.get("options", {}),
+            "predictions": np.asarray(logged[model])[pairs].tolist(),
+            "labels": np.asarray(logged["labels"])[pairs].tolist(),
+            "sample_weight": np.asarray(logged["weights"])[pairs].tolist(),
+            "convention": config["convention"],
+            "dtype": config.get("dtype", "float64"),
+        },
+    )
+    return float(answer["mean"])
+
+
+WINDOW = f"start={T0:.0f}&end={T0 + 3 * HOUR:.0f}"
+
+
+@pytest.mark.parametrize("name", list(COMPARED))
+def test_each_models_mean_is_what_v1_loss_gives_over_the_common_ids(served: Client, name: str) -> None:  # noqa: F811
+    logged = logged_pair(served, name)
+    answer = served.ok("GET", f"/v1/models/challenger/compare/champion?{WINDOW}")
+    common, rel = logged["common"], COMPARED[name]
+    counted = common & (
+        np.asarray(logged["labels"]).reshape(N, -1)[:, 0] != -100
+    )  # scce's ignored targets count nothing
+    assert answer["n"] == int(counted.sum())
+    challenger, champion = (v1_mean(served, logged, model, common) for model in ("challenger", "champion"))
+    assert answer["challenger"] == {"model": "challenger", "mean": pytest.approx(challenger, rel=rel)}
+    assert answer["champion"] == {"model": "champion", "mean": pytest.approx(champion, rel=rel)}
+    difference = answer["difference"]
+    assert difference["mean"] == pytest.approx(challenger - champion, rel=max(rel, 1e-9), abs=1e-12)
+    assert difference["low"] <= difference["mean"] <= difference["high"]
+    verdict = "better" if difference["high"] < 0 else "worse" if difference["low"] > 0 else "undecided"
+    assert answer["verdict"] == verdict and answer["alpha"] == 0.05 and "Waudby-Smith" in answer["method"]
+
+
+def test_by_a_segment_compares_each_value_on_its_own_ids(served: Client) -> None:  # noqa: F811
+    logged = logged_pair(served, "mse-keras")
+    answer = served.ok("GET", f"/v1/models/challenger/compare/champion?{WINDOW}&by=country&alpha=0.1")
+    assert answer["by"] == "country" and [s["segment"] for s in answer["segments"]] == [None, "BR", "US"]
+    for entry in answer["segments"]:
+        pairs = logged["common"] & np.array([c == entry["segment"] for c in logged["countries"]])
+        assert entry["n"] == int(pairs.sum())
+        assert entry["challenger"]["mean"] == pytest.approx(v1_mean(served, logged, "challenger", pairs), rel=1e-12)
+        assert entry["champion"]["mean"] == pytest.approx(v1_mean(served, logged, "champion", pairs), rel=1e-12)
+        alone = served.ok("GET", f"/v1/models/challenger/compare/champion?{WINDOW}&alpha=0.1")
+        assert alone["n"] == answer["n"]
+    assert sum(s["n"] for s in answer["segments"]) == answer["n"]
+
+
+def test_the_sequence_is_what_the_route_answered_at_each_steps_end(served: Client) -> None:  # noqa: F811
+    logged_pair(served, "mse-keras")
+    answer = served.ok("GET", f"/v1/models/challenger/compare/champion?{WINDOW}&step=1800")
+    points = answer["sequence"]
+    assert [p["end"] for p in points] == [T0 + k * 1800 for k in range(1, 7)]
+    for point in points:
+        then = served.ok("GET", f"/v1/models/challenger/compare/champion?start={T0:.0f}&end={point['end']:.0f}")
+        assert point["n"] == then["n"] and point["verdict"] == then["verdict"]
+        for bound in ("mean", "low", "high"):
+            assert point[bound] == pytest.approx(then["difference"][bound], rel=1e-9, abs=1e-15)
+    assert points[-1]["n"] == answer["n"]
+
+
+def test_models_that_predict_the_same_have_no_difference_and_no_verdict(served: Client) -> None:  # noqa: F811
+    config = {"losses": [{"loss": "binary_crossentropy"}]}
+    served.ok("PUT", "/v1/models/champion", json=config)
+    served.ok("PUT", "/v1/models/challenger", json={**config, "labels_from": "champion"})
+    rng = np.random.default_rng(0)
+    ids, rows = [f"i{k}" for k in range(400)], rng.uniform(0.05, 0.95, (400, 1)).tolist()
+    for model in ("champion", "challenger"):
+        served.ok(
+            "POST", f"/v1/models/{model}/predictions", json={"ids": ids, "predictions": rows, "timestamps": [T0] * 400}
+        )
+    served.ok("POST", "/v1/models/champion/labels", json={"ids": ids, "labels": rng.integers(0, 2, (400, 1)).tolist()})
+    answer = served.ok("GET", f"/v1/models/challenger/compare/champion?{WINDOW}")
+    assert answer["n"] == 400 and answer["verdict"] == "undecided"
+    assert answer["difference"] == {"mean": 0.0, "low": 0.0, "high": 0.0}
+
+
+def problem(client: Client, method: str, url: str, status: int, **kwargs: Any) -> str:
+    response = client.request(method, url, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    return str(response.json()["detail"])
+
+
+def test_comparisons_refuse_what_they_cannot_answer(served: Client) -> None:  # noqa: F811
+    logged_pair(served, "mse-keras")
+    compare = "/v1/models/challenger/compare/champion"
+    assert "nope" in problem(served, "GET", "/v1/models/challenger/compare/nope", 404)
+    assert "nope" in problem(served, "GET", "/v1/models/nope/compare/champion", 404)
+    assert "itself" in problem(served, "GET", "/v1/models/champion/compare/champion", 422)
+    assert "0: mean_squared_error" in problem(served, "GET", f"{compare}?loss=3", 422)
+    assert "got 'mae'" in problem(served, "GET", f"{compare}?loss=mae", 422)
+    for alpha in ("0", "1", "x", "nan", "-0.1"):
+        assert problem(served, "GET", f"{compare}?alpha={alpha}", 422).startswith("alpha:")
+    assert "country" in problem(served, "GET", f"{compare}?by=device", 422)
+    assert problem(served, "GET", f"{compare}?step=0", 422).startswith("step:")
+    # the same loss configured otherwise: a loss of its own, never compared
+    served.ok("PUT", "/v1/models/other", json={"losses": [{"loss": "mse"}], "convention": "torch"})
+    assert "identically" in problem(served, "GET", "/v1/models/challenger/compare/other", 422)
+    # a root-mean library metric: its mean is no mean over pairs
+    rmse = {"losses": [{"loss": "rmse"}], "convention": "xgboost"}
+    served.ok("PUT", "/v1/models/x1", json=rmse)
+    served.ok("PUT", "/v1/models/x2", json=rmse)
+    assert "root_mean" in problem(served, "GET", "/v1/models/x1/compare/x2?loss=0", 422)
+
+
+def test_configurations_refuse_sources_and_champions_they_cannot_follow(served: Client) -> None:  # noqa: F811
+    logged_pair(served, "mse-keras")
+    mse = {"losses": [{"loss": "mse"}]}
+    cases = {
+        "unknown": ({"labels_from": "nope"}, "no model named 'nope'"),
+        "self": ({"labels_from": "self"}, "itself"),
+        "chain": ({"labels_from": "challenger"}, "takes its own labels from 'champion'"),
+    }
+    for model, (extra, reason) in cases.items():
+        assert reason in problem(served, "PUT", f"/v1/models/{model}", 422, json={**mse, **extra})
+    assert "loop" in problem(served, "PUT", "/v1/models/champion", 422, json={**mse, "labels_from": "challenger"})
+    for champions, reason in (
+        (["nope"], "no configured model"),
+        (["m"], "itself"),
+        (["champion", "champion"], "repeats"),
+    ):
+        assert reason in problem(served, "PUT", "/v1/models/m", 422, json={**mse, "compare_to": champions})
+    served.ok("PUT", "/v1/models/bce", json={"losses": [{"loss": "binary_crossentropy"}]})
+    assert "identically" in problem(served, "PUT", "/v1/models/m", 422, json={**mse, "compare_to": ["bce"]})
+    for model in ("unknown", "self", "chain", "m"):
+        assert served.request("GET", f"/v1/models/{model}").status_code == 404, "nothing configured"
+
+
+def test_labels_go_to_the_source_and_a_followed_source_stays(served: Client) -> None:  # noqa: F811
+    logged_pair(served, "mse-keras")
+    reason = problem(served, "POST", "/v1/models/challenger/labels", 409, json={"ids": ["p0"], "labels": [[0.0, 0.0]]})
+    assert "log them for champion" in reason
+    assert "['challenger']" in problem(served, "DELETE", "/v1/models/champion", 409)
+    assert served.request("GET", "/v1/models/champion").status_code == 200
+    config = served.ok("GET", "/v1/models/challenger")
+    assert (config["labels_from"], config["compare_to"]) == ("champion", ["champion"])
+    served.ok("PUT", "/v1/models/challenger", json={"losses": [{"loss": "mse"}], "segments": ["country"]})
+    assert served.request("DELETE", "/v1/models/champion").status_code == 204
+
+
+def test_keys_reach_only_sources_and_champions_they_may_use(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Labels logged for a source need only its ingest scope, and serve its followers; a key names
+    another team's model as a source or a champion, or compares with it, only if it may use it."""
+    import httpx
+    from anyio.from_thread import start_blocking_portal
+
+    from service.config import Settings
+    from service.server.app import create_app
+    from tests.api.test_tenants import keys_toml
+
+    keys = {
+        "admin": ("admin-key-0123456789", ["read", "ingest", "admin"], ["churn-*"], {}),
+        "labeller": ("labeller-key-0123456", ["ingest"], ["churn-src"], {}),
+        "fraud": ("fraud-key-0123456789", ["read", "ingest", "admin"], ["fraud-*"], {}),
+    }
+    (tmp_path / "keys.toml").write_text(keys_toml(keys))
+    app = create_app(Settings(api_keys_file=str(tmp_path / "keys.toml"), store_url=f"sqlite:///{tmp_path}/s.db"))
+
+    def call(portal: Any, key: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        headers = {"authorization": f"Bearer {keys[key][0]}"}
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://loss-service")
+        response: httpx.Response = portal.call(lambda: client.request(method, url, headers=headers, **kwargs))
+        return response
+
+    mse = {"losses": [{"loss": "mse"}]}
+    with start_blocking_portal() as portal, portal.wrap_async_context_manager(app.router.lifespan_context(app)):
+        assert call(portal, "fraud", "PUT", "/v1/models/fraud-a", json=mse).status_code == 200
+        assert call(portal, "admin", "PUT", "/v1/models/churn-src", json=mse).status_code == 200
+        follower = {**mse, "labels_from": "churn-src", "compare_to": ["churn-src"]}
+        assert call(portal, "admin", "PUT", "/v1/models/churn-f", json=follower).status_code == 200
+        body = {"ids": ["a"], "predictions": [[1.0]]}
+        assert call(portal, "admin", "POST", "/v1/models/churn-f/predictions", json=body).status_code == 200
+        logged = call(portal, "labeller", "POST", "/v1/models/churn-src/labels", json={"ids": ["a"], "labels": [[3.0]]})
+        assert logged.status_code == 200 and logged.json()["followers"][0] == {
+            "model": "churn-f", "accepted": 1, "duplicates": 0, "joined": 1, "pending_predictions": 0,
+            "pending_labels": 0,
+        }  # fmt: skip
+        refused = [
+            call(portal, "admin", "PUT", "/v1/models/churn-x", json={**mse, "labels_from": "fraud-a"}),
+            call(portal, "admin", "PUT", "/v1/models/churn-x", json={**mse, "compare_to": ["fraud-a"]}),
+            call(portal, "admin", "GET", "/v1/models/churn-f/compare/fraud-a"),
+            call(portal, "fraud", "GET", "/v1/models/fraud-a/compare/churn-src"),
+        ]
+        assert [r.status_code for r in refused] == [403] * 4, [r.text for r in refused]
+        assert call(portal, "admin", "GET", "/v1/models/churn-x").status_code == 404
+
+
+def test_pairs_joined_before_a_model_configured_the_loss_are_left_out(served: Client) -> None:  # noqa: F811
+    served.ok("PUT", "/v1/models/champion", json={"losses": [{"loss": "mae"}]})
+    served.ok("PUT", "/v1/models/challenger", json={"losses": [{"loss": "mse"}], "labels_from": "champion"})
+    early, late = ["a", "b"], ["c", "d", "e"]
+    for model, rows in (("champion", [[1.0], [2.0]]), ("challenger", [[0.0], [0.0]])):
+        served.ok(
+            "POST", f"/v1/models/{model}/predictions", json={"ids": early, "predictions": rows, "timestamps": [T0] * 2}
+        )
+    served.ok("POST", "/v1/models/champion/labels", json={"ids": early, "labels": [[0.0], [0.0]]})
+    served.ok("PUT", "/v1/models/champion", json={"losses": [{"loss": "mae"}, {"loss": "mse"}]})  # from here on
+    for model, rows in (("champion", [[1.0], [2.0], [3.0]]), ("challenger", [[0.0], [1.0], [1.0]])):
+        served.ok(
+            "POST", f"/v1/models/{model}/predictions", json={"ids": late, "predictions": rows, "timestamps": [T0] * 3}
+        )
+    served.ok("POST", "/v1/models/champion/labels", json={"ids": late, "labels": [[0.0], [0.0], [0.0]]})
+    answer = served.ok("GET", f"/v1/models/challenger/compare/champion?{WINDOW}")
+    assert answer["loss"] == "mean_squared_error" and answer["n"] == 3
+    assert answer["champion"]["mean"] == pytest.approx((1 + 4 + 9) / 3, rel=1e-15)
+    assert answer["challenger"]["mean"] == pytest.approx(2 / 3, rel=1e-15)
