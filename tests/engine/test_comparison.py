@@ -6,6 +6,7 @@ t-interval does not), and a challenger with a 2 % lower loss is found better."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,3 +176,14 @@ def test_a_challenger_with_two_percent_lower_loss_is_found_better() -> None:
     print(f"2 % lower: better in {decided.mean():.0%}, median {np.median(found.pairs_to_better):,.0f} pairs")
     assert decided.mean() >= 0.8
     assert found.worse == 0
+
+
+def test_the_docs_give_the_sequences_width_and_tuning() -> None:
+    """docs/comparisons.md's price of anytime validity: the sequence's width over a fixed-sample
+    normal interval's (1.959964 σ / √n) at the sizes it names, and the tuning it names."""
+    page = " ".join((Path(__file__).resolve().parents[2] / "docs" / "comparisons.md").read_text().split())
+    ratio = margin(np.array([100.0, 1_000.0, 10_000.0, 100_000.0]), ALPHA) * np.sqrt([100, 1_000, 10_000, 100_000])
+    ratio /= 1.959964
+    texts = [f"{ratio[2]:.2f} times at 10,000", f"{ratio[1]:.2f} times at 1,000", f"{ratio[3]:.2f} times at 100,000"]
+    for text in [*texts, f"{ratio[0]:.1f} times at 100 pairs", f"/ {TUNED_FOR:,}"]:
+        assert text in page, text
