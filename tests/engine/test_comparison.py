@@ -187,3 +187,10 @@ def test_the_docs_give_the_sequences_width_and_tuning() -> None:
     texts = [f"{ratio[2]:.2f} times at 10,000", f"{ratio[1]:.2f} times at 1,000", f"{ratio[3]:.2f} times at 100,000"]
     for text in [*texts, f"{ratio[0]:.1f} times at 100 pairs", f"/ {TUNED_FOR:,}"]:
         assert text in page, text
+
+
+def test_the_arrays_are_one_per_pair() -> None:
+    with pytest.raises(ValueError, match="one length"):
+        paired_difference(np.ones(3), np.ones(2), np.ones(3), ALPHA)
+    with pytest.raises(ValueError, match="one length"):
+        paired_difference(np.ones((3, 1)), np.ones((3, 1)), np.ones((3, 1)), ALPHA)
