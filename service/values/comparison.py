@@ -122,14 +122,8 @@ def verdicts(low: Floats, high: Floats) -> NDArray[np.int8]:
 
 def moments(x: Floats, den: Floats) -> Moments:
     """The sums over all the pairs given."""
-    return Moments(
-        count=np.float64(len(x)) * np.ones(()),
-        den=np.sum(den) * np.ones(()),
-        x=np.sum(x) * np.ones(()),
-        x_sq=np.dot(x, x) * np.ones(()),
-        x_den=np.dot(x, den) * np.ones(()),
-        den_sq=np.dot(den, den) * np.ones(()),
-    )
+    sums = (len(x), np.sum(den), np.sum(x), np.dot(x, x), np.dot(x, den), np.dot(den, den))
+    return Moments(*(np.asarray(total, np.float64) for total in sums))
 
 
 def running_moments(x: Floats, den: Floats, every: int) -> Moments:
@@ -149,6 +143,8 @@ def paired_difference(challenger_sums: Floats, champion_sums: Floats, denominato
     """The comparison over the pairs given (one entry per common id); pairs whose denominator is 0
     count nothing and are left out."""
     check_alpha(alpha)
+    if not np.shape(challenger_sums) == np.shape(champion_sums) == np.shape(denominators) == (len(denominators),):
+        raise ValueError("the challenger's sums, the champion's and the denominators are arrays of one length")
     kept = denominators != 0
     challenger, champion, den = (
         np.asarray(a, np.float64)[kept] for a in (challenger_sums, champion_sums, denominators)
