@@ -112,13 +112,16 @@ def test_each_models_mean_is_what_v1_loss_gives_over_the_common_ids(served: Clie
     assert difference["mean"] == pytest.approx(challenger - champion, rel=max(rel, 1e-9), abs=1e-12)
     assert difference["low"] <= difference["mean"] <= difference["high"]
     verdict = "better" if difference["high"] < 0 else "worse" if difference["low"] > 0 else "undecided"
-    assert answer["verdict"] == verdict and answer["alpha"] == 0.05 and "Waudby-Smith" in answer["method"]
+    assert answer["verdict"] == verdict
+    assert answer["alpha"] == 0.05
+    assert "Waudby-Smith" in answer["method"]
 
 
 def test_by_a_segment_compares_each_value_on_its_own_ids(served: Client) -> None:  # noqa: F811
     logged = logged_pair(served, "mse-keras")
     answer = served.ok("GET", f"/v1/models/challenger/compare/champion?{WINDOW}&by=country&alpha=0.1")
-    assert answer["by"] == "country" and [s["segment"] for s in answer["segments"]] == [None, "BR", "US"]
+    assert answer["by"] == "country"
+    assert [s["segment"] for s in answer["segments"]] == [None, "BR", "US"]
     for entry in answer["segments"]:
         pairs = logged["common"] & np.array([c == entry["segment"] for c in logged["countries"]])
         assert entry["n"] == int(pairs.sum())
@@ -136,7 +139,8 @@ def test_the_sequence_is_what_the_route_answered_at_each_steps_end(served: Clien
     assert [p["end"] for p in points] == [T0 + k * 1800 for k in range(1, 7)]
     for point in points:
         then = served.ok("GET", f"/v1/models/challenger/compare/champion?start={T0:.0f}&end={point['end']:.0f}")
-        assert point["n"] == then["n"] and point["verdict"] == then["verdict"]
+        assert point["n"] == then["n"]
+        assert point["verdict"] == then["verdict"]
         for bound in ("mean", "low", "high"):
             assert point[bound] == pytest.approx(then["difference"][bound], rel=1e-9, abs=1e-15)
     assert points[-1]["n"] == answer["n"]
@@ -154,7 +158,8 @@ def test_models_that_predict_the_same_have_no_difference_and_no_verdict(served: 
         )
     served.ok("POST", "/v1/models/champion/labels", json={"ids": ids, "labels": rng.integers(0, 2, (400, 1)).tolist()})
     answer = served.ok("GET", f"/v1/models/challenger/compare/champion?{WINDOW}")
-    assert answer["n"] == 400 and answer["verdict"] == "undecided"
+    assert answer["n"] == 400
+    assert answer["verdict"] == "undecided"
     assert answer["difference"] == {"mean": 0.0, "low": 0.0, "high": 0.0}
 
 
@@ -255,10 +260,15 @@ def test_keys_reach_only_sources_and_champions_they_may_use(tmp_path: Any, monke
         body = {"ids": ["a"], "predictions": [[1.0]]}
         assert call(portal, "admin", "POST", "/v1/models/churn-f/predictions", json=body).status_code == 200
         logged = call(portal, "labeller", "POST", "/v1/models/churn-src/labels", json={"ids": ["a"], "labels": [[3.0]]})
-        assert logged.status_code == 200 and logged.json()["followers"][0] == {
-            "model": "churn-f", "accepted": 1, "duplicates": 0, "joined": 1, "pending_predictions": 0,
+        assert logged.status_code == 200
+        assert logged.json()["followers"][0] == {
+            "model": "churn-f",
+            "accepted": 1,
+            "duplicates": 0,
+            "joined": 1,
+            "pending_predictions": 0,
             "pending_labels": 0,
-        }  # fmt: skip
+        }
         refused = [
             call(portal, "admin", "PUT", "/v1/models/churn-x", json={**mse, "labels_from": "fraud-a"}),
             call(portal, "admin", "PUT", "/v1/models/churn-x", json={**mse, "compare_to": ["fraud-a"]}),
@@ -285,6 +295,7 @@ def test_pairs_joined_before_a_model_configured_the_loss_are_left_out(served: Cl
         )
     served.ok("POST", "/v1/models/champion/labels", json={"ids": late, "labels": [[0.0], [0.0], [0.0]]})
     answer = served.ok("GET", f"/v1/models/challenger/compare/champion?{WINDOW}")
-    assert answer["loss"] == "mean_squared_error" and answer["n"] == 3
+    assert answer["loss"] == "mean_squared_error"
+    assert answer["n"] == 3
     assert answer["champion"]["mean"] == pytest.approx((1 + 4 + 9) / 3, rel=1e-15)
     assert answer["challenger"]["mean"] == pytest.approx(2 / 3, rel=1e-15)

@@ -55,17 +55,23 @@ def counts(store: Store, model: str) -> tuple[int, int, int]:
 def test_a_source_label_joins_each_follower_once_whichever_side_came_first(store: Store) -> None:
     log(store, "predictions", "f", ["a"], [[1.0]])
     logged = log(store, "labels", "src", ["a", "b"], [[3.0], [4.0]])
-    assert logged.pairs.ids == [] and len(logged.followers) == 1
+    assert logged.pairs.ids == []
+    assert len(logged.followers) == 1
     (theirs,) = logged.followers
-    assert theirs.model.name == "f" and theirs.pairs.ids == ["a"]
-    assert theirs.pairs.predictions.tolist() == [[1.0]] and theirs.pairs.labels.tolist() == [[3.0]]
+    assert theirs.model.name == "f"
+    assert theirs.pairs.ids == ["a"]
+    assert theirs.pairs.predictions.tolist() == [[1.0]]
+    assert theirs.pairs.labels.tolist() == [[3.0]]
     # the follower's prediction for b comes after b's label already joined the source: it joins at once
     log(store, "predictions", "src", ["b"], [[0.0]])
     late = log(store, "predictions", "f", ["b"], [[2.0]])
-    assert late.pairs.ids == ["b"] and late.pairs.labels.tolist() == [[4.0]]
-    assert counts(store, "src") == (1, 0, 1) and counts(store, "f") == (2, 0, 0)
+    assert late.pairs.ids == ["b"]
+    assert late.pairs.labels.tolist() == [[4.0]]
+    assert counts(store, "src") == (1, 0, 1)
+    assert counts(store, "f") == (2, 0, 0)
     again = log(store, "labels", "src", ["a"], [[9.0]])  # a repeated label is a duplicate for every model
-    assert again.duplicate_ids == ["a"] and again.followers[0].duplicate_ids == ["a"]
+    assert again.duplicate_ids == ["a"]
+    assert again.followers[0].duplicate_ids == ["a"]
     assert counts(store, "f") == (2, 0, 0)
 
 
@@ -83,7 +89,8 @@ def test_what_a_follower_refuses_leaves_nothing_stored_for_any_model(store: Stor
         log(store, "labels", "src", ["c", "d", "e"], [[1.0], [2.0], [3.0]], rows_for=lambda m: wide)
     assert {m: counts(store, m) for m in ("src", "f")} == before
     done = log(store, "labels", "src", ["c", "d", "e"], [[1.0], [2.0], [3.0]])
-    assert done.pairs.ids == ["c", "d", "e"] and counts(store, "f") == (0, 0, 4)
+    assert done.pairs.ids == ["c", "d", "e"]
+    assert counts(store, "f") == (0, 0, 4)
 
 
 def test_sources_are_checked_under_the_source_lock(store: Store) -> None:
@@ -100,7 +107,8 @@ def test_sources_are_checked_under_the_source_lock(store: Store) -> None:
         store.delete_model("src")
     assert store.model("src") is not None
     store.configure_model("f", CONFIG, 1000.0, now=0.0)  # f stops following: src may go, and f keeps its rows
-    assert store.delete_model("src") and store.model("f") is not None
+    assert store.delete_model("src")
+    assert store.model("f") is not None
 
 
 def test_racing_writers_join_each_models_pair_exactly_once(store_url: str) -> None:
