@@ -28,7 +28,7 @@ from service.server.api.errors import install_error_handlers
 from service.server.api.guards import KEY_REFUSALS, ApiKeys, BodyLimit, HeavyRequests
 from service.server.api.model_schemas import LabelsLog, PredictionsLog, model_config_request_model
 from service.server.api.policy import RequestContext
-from service.server.api.routes import health, inference, losses, metrics, models, pages
+from service.server.api.routes import comparisons, health, inference, losses, metrics, models, pages
 from service.server.api.routes.inference import HEADER_LENGTH
 from service.server.api.routing import Dispatch, Matching, Route, RouteTable, policy_of, route_once
 from service.server.api.schemas import Problem, evaluate_request_model, loss_request_adapter
@@ -200,7 +200,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The routes join the app's own list instead of `include_router`: FastAPI 0.165 keeps an
     # included router as one nested route and walks its routes twice per request (to match, then
     # to dispatch). Routes are tried in order: the computations (POSTs called directly) first.
-    groups = (inference.routes, losses.routes, models.routes, health.routes, metrics.routes, pages.routes)
+    groups = (
+        inference.routes,
+        losses.routes,
+        models.routes,
+        comparisons.routes,
+        health.routes,
+        metrics.routes,
+        pages.routes,
+    )
     for group in groups:
         app.router.routes.extend(group.routes)
     app.router.routes.sort(key=lambda route: not (_direct(route) and "POST" in getattr(route, "methods", ())))

@@ -17,7 +17,6 @@ from service.server.api.accept import negotiated
 from service.server.api.access import authorize, visible
 from service.server.api.batches import off_loop
 from service.server.api.body import json_decoded_bytes, read_body, validate_json
-from service.server.api.comparison_schemas import Comparison
 from service.server.api.headers import request_header
 from service.server.api.history_schemas import History
 from service.server.api.inference_logs import EVENT_MEDIA_TYPES, read_event
@@ -36,7 +35,7 @@ from service.server.api.responses import PROBLEM_RESPONSES, json_body, json_resp
 from service.server.api.routing import Routes
 from service.server.api.schemas import MODEL_LABEL_PATTERN
 from service.store import Side, Store
-from service.usecases import comparisons, events, export, history, ingest, upkeep
+from service.usecases import events, export, history, ingest, upkeep
 from service.usecases import models as model_cases
 
 routes = Routes("/v1/models", tags=["delayed labels"])
@@ -48,9 +47,6 @@ INGEST = RoutePolicy(scope="ingest", heavy=True, model_param="model")
 
 ModelName = Annotated[
     str, Path(pattern=MODEL_LABEL_PATTERN, description="The model's name (1-64 of A-Z a-z 0-9 _ . : -).")
-]
-ChampionName = Annotated[
-    str, Path(pattern=MODEL_LABEL_PATTERN, description="The model compared with (1-64 of A-Z a-z 0-9 _ . : -).")
 ]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {
@@ -107,7 +103,7 @@ PREDICTION_EXAMPLES = {
 LABEL_EXAMPLES = {"two": {"ids": ["tx-1", 2], "labels": [0, 1]}}
 
 
-def _store(request: Request) -> Store:
+def store_of(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
 
@@ -122,7 +118,7 @@ def _store(request: Request) -> Store:
 )
 async def configure_model(model: ModelName, request: Request) -> Response:
     _, body = await read_body(request)
-    store, settings = _store(request), request.app.state.settings
+    store, settings = store_of(request), request.app.state.settings
     context = context_of(request.scope)
     quota = model_cases.quota_of(context.principal, settings)
     threads = upkeep.store_threads(request.app.state)
@@ -150,7 +146,7 @@ async def _report_usage(request: Request) -> None:
     writes report its usage as they commit; the retention sweep reports every key's). The change
     is committed: a store that fails now leaves the gauge to the next report, not the answer."""
     app = request.app
-    store = _store(request)
+    store = store_of(request)
     try:
         await upkeep.store_threads(app.state).read(
             lambda: model_cases.report_usage(store, app.state.monitor, app.state.keys, app.state.settings)
@@ -161,7 +157,7 @@ async def _report_usage(request: Request) -> None:
 
 @routes.get("", policy=READ, summary="The configured models (those the API key may use)", response_model=ModelList)
 async def list_models(request: Request) -> Response:
-    models = await upkeep.store_threads(request.app.state).read(_store(request).models)
+    models = await upkeep.store_threads(request.app.state).read(store_of(request).models)
     allowed = set(visible(context_of(request.scope).principal, [m.name for m in models]))
     return json_response({"models": [model_cases.model_config(m) for m in models if m.name in allowed]})
 
@@ -174,7 +170,7 @@ async def list_models(request: Request) -> Response:
     responses={**PROBLEM_RESPONSES, **NOT_FOUND},
 )
 async def model_status(model: ModelName, request: Request) -> Response:
-    store, settings = _store(request), request.app.state.settings
+    store, settings = store_of(request), request.app.state.settings
     principal = context_of(request.scope).principal
     threads = upkeep.store_threads(request.app.state)
     return json_response(
@@ -191,7 +187,7 @@ async def model_status(model: ModelName, request: Request) -> Response:
     responses={**PROBLEM_RESPONSES, **NOT_FOUND, **FOLLOWED},
 )
 async def delete_model(model: ModelName, request: Request) -> Response:
-    if not await upkeep.delete_model(_store(request), model, upkeep.store_threads(request.app.state)):
+    if not await upkeep.delete_model(store_of(request), model, upkeep.store_threads(request.app.state)):
         raise model_cases.unknown_model(model)
     request.app.state.monitor.set_pending(model, (0, 0))
     await _report_usage(request)
@@ -200,7 +196,7 @@ async def delete_model(model: ModelName, request: Request) -> Response:
 
 async def _log(request: Request, model: str, side: Side) -> Response:
     _, body = await read_body(request)
-    store, monitor = _store(request), request.app.state.monitor
+    store, monitor = store_of(request), request.app.state.monitor
     settings = request.app.state.settings
     context = context_of(request.scope)
     schema = PredictionsLog if side == "predictions" else LabelsLog
@@ -292,7 +288,7 @@ EVENT_BODY: dict[str, Any] = {
 )
 async def log_event(model: ModelName, request: Request) -> Response:
     media_type, body = await read_body(request, EVENT_MEDIA_TYPES)
-    store, monitor = _store(request), request.app.state.monitor
+    store, monitor = store_of(request), request.app.state.monitor
     settings = request.app.state.settings
     context = context_of(request.scope)
 
@@ -334,54 +330,10 @@ async def model_history(
     ] = None,
     by: Annotated[str | None, Query(description="A declared segment key: one entry per value in each bucket.")] = None,
 ) -> Response:
-    store = _store(request)
+    store = store_of(request)
     threads = upkeep.store_threads(request.app.state)
     return json_response(
         await threads.read(lambda: history.history(store, model, start=start, end=end, step=step, by=by))
-    )
-
-
-@routes.get(
-    "/{model}/compare/{champion}",
-    policy=READ,
-    summary="Champion and challenger: the paired difference of one loss over the ids both joined",
-    description="Ids whose challenger prediction was made in [start, end) and that both models joined; each model's "
-    "mean as /v1/loss gives it over them, and the mean difference (challenger minus champion) with a 1 - alpha "
-    "anytime-valid confidence sequence: read it after every batch, its verdict is false at most alpha of the time "
-    "(docs/comparisons.md). The key needs the read scope on both models.",
-    response_model=Comparison,
-    response_model_exclude_unset=True,
-    responses={**PROBLEM_RESPONSES, **NOT_FOUND},
-)
-async def compare_models(
-    model: ModelName,
-    champion: ChampionName,
-    request: Request,
-    start: Annotated[str | None, Query(description=f"{TIME} Default: 24 h before end.")] = None,
-    end: Annotated[str | None, Query(description=f"{TIME} Default: now.")] = None,
-    loss: Annotated[
-        str | None,
-        Query(
-            description="The challenger's loss, by index or name, which the champion configures identically "
-            "(default: the first such)."
-        ),
-    ] = None,
-    by: Annotated[str | None, Query(description="A segment key of the challenger: one comparison per value.")] = None,
-    alpha: Annotated[str | None, Query(description="Strictly between 0 and 1 (default 0.05).")] = None,
-    step: Annotated[
-        str | None,
-        Query(description="Seconds, at least 1: adds `sequence`, the comparison as it stood at each step's end."),
-    ] = None,
-) -> Response:
-    authorize(context_of(request.scope).principal, champion)
-    store = _store(request)
-    threads = upkeep.store_threads(request.app.state)
-    return json_response(
-        await threads.read(
-            lambda: comparisons.compare(
-                store, model, champion, start=start, end=end, loss=loss, by=by, alpha=alpha, step=step
-            )
-        )
     )
 
 
@@ -412,7 +364,7 @@ async def model_pairs(
     end: Annotated[str | None, Query(description=f"{TIME} Default: now.")] = None,
 ) -> Response:
     form = negotiated(request_header(request.scope, b"accept"), export.MEDIA_TYPES, "ndjson")
-    store = _store(request)
+    store = store_of(request)
     threads = upkeep.store_threads(request.app.state)
     found = await threads.read(lambda: export.pairs(store, model, start=start, end=end, form=form))
     return StreamingResponse(_streamed(threads, found.chunks), media_type=found.media_type)
