@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,9 @@ class LogResult:
     results: list[LossResult]
     pending_predictions: int
     pending_labels: int
+    # Labels logged for a model others take their labels from (labels_from): what they did for
+    # each follower, its counts summed over the chunks and its pending rows after the last.
+    followers: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _row_ids(ids: Any) -> list[Any]:
@@ -66,7 +69,24 @@ def _combined_log(answers: Sequence[Mapping[str, Any]]) -> LogResult:
         results=[combine([LossResult.read(a["results"][i]) for a in joined]) for i in range(losses)],
         pending_predictions=answers[-1]["pending_predictions"],
         pending_labels=answers[-1]["pending_labels"],
+        followers=_combined_followers(answers),
     )
+
+
+def _combined_followers(answers: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    followers: dict[str, dict[str, Any]] = {}
+    for answer in answers:
+        for theirs in answer.get("followers", ()):
+            kept = followers.setdefault(
+                theirs["model"], {"model": theirs["model"], "accepted": 0, "duplicates": 0, "joined": 0}
+            )
+            for count in ("accepted", "duplicates", "joined"):
+                kept[count] += theirs[count]
+            kept["pending_predictions"], kept["pending_labels"] = (
+                theirs["pending_predictions"],
+                theirs["pending_labels"],
+            )
+    return list(followers.values())
 
 
 def _check_numbers(array: np.ndarray[Any, Any], field: str) -> np.ndarray[Any, Any]:

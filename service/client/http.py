@@ -136,13 +136,18 @@ class LossClient(_Base):
         retention_seconds: float | None = None,
         segments: Sequence[str] | None = None,
         keep_pairs: bool | None = None,
+        labels_from: str | None = None,
+        compare_to: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """Create or replace a model's configuration: the losses computed when its pairs join
         (names, or {"loss": name, "options": {...}} items). Retention defaults to 7 days;
         `segments`: the segment keys its predictions may carry; `keep_pairs`: keep each joined
-        pair's rows for the export."""
+        pair's rows for the export; `labels_from`: the model whose logged labels serve this one too;
+        `compare_to`: the champions /metrics compares this model with."""
         return self._run(
-            self._configure_plan(model, losses, convention, dtype, retention_seconds, segments, keep_pairs)
+            self._configure_plan(
+                model, losses, convention, dtype, retention_seconds, segments, keep_pairs, labels_from, compare_to
+            )
         )
 
     def model_status(self, model: str) -> dict[str, Any]:
@@ -182,6 +187,24 @@ class LossClient(_Base):
         segment): the JSON of GET /v1/models/{model}/history. `start`/`end`: Unix seconds or RFC
         3339 text (default the last 24 h); `step`: bucket width in seconds (default 3600)."""
         return self._run(self._history_plan(model, start, end, step, by))
+
+    def compare(
+        self,
+        challenger: str,
+        champion: str,
+        start: Any = None,
+        end: Any = None,
+        *,
+        loss: int | str | None = None,
+        by: str | None = None,
+        alpha: float | None = None,
+        step: float | None = None,
+    ) -> dict[str, Any]:
+        """The challenger's loss against the champion's over the ids both joined, with the paired
+        difference's anytime-valid confidence sequence and its verdict: the JSON of GET
+        /v1/models/{challenger}/compare/{champion} (docs/comparisons.md)."""
+        plan = self._compare_plan(challenger, champion, start=start, end=end, loss=loss, by=by, alpha=alpha, step=step)
+        return self._run(plan)
 
     def pairs(self, model: str, start: Any = None, end: Any = None, as_: str = "arrow") -> Any:
         """The model's joined pairs made in [start, end) (GET /v1/models/{model}/pairs, read as an
@@ -307,9 +330,13 @@ class AsyncLossClient(_Base):
         retention_seconds: float | None = None,
         segments: Sequence[str] | None = None,
         keep_pairs: bool | None = None,
+        labels_from: str | None = None,
+        compare_to: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         return await self._run(
-            self._configure_plan(model, losses, convention, dtype, retention_seconds, segments, keep_pairs)
+            self._configure_plan(
+                model, losses, convention, dtype, retention_seconds, segments, keep_pairs, labels_from, compare_to
+            )
         )
 
     async def model_status(self, model: str) -> dict[str, Any]:
@@ -340,6 +367,21 @@ class AsyncLossClient(_Base):
         self, model: str, start: Any = None, end: Any = None, step: float | None = None, by: str | None = None
     ) -> dict[str, Any]:
         return await self._run(self._history_plan(model, start, end, step, by))
+
+    async def compare(
+        self,
+        challenger: str,
+        champion: str,
+        start: Any = None,
+        end: Any = None,
+        *,
+        loss: int | str | None = None,
+        by: str | None = None,
+        alpha: float | None = None,
+        step: float | None = None,
+    ) -> dict[str, Any]:
+        plan = self._compare_plan(challenger, champion, start=start, end=end, loss=loss, by=by, alpha=alpha, step=step)
+        return await self._run(plan)
 
     async def pairs(self, model: str, start: Any = None, end: Any = None, as_: str = "arrow") -> Any:
         return await self._run(self._pairs_plan(model, start, end, as_))

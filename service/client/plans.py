@@ -206,6 +206,8 @@ class _Base:
         retention_seconds: float | None,
         segments: Sequence[str] | None = None,
         keep_pairs: bool | None = None,
+        labels_from: str | None = None,
+        compare_to: Sequence[str] | None = None,
     ) -> Plan[dict[str, Any]]:
         body: dict[str, Any] = {
             "losses": [_loss_item(item) for item in losses],
@@ -218,6 +220,10 @@ class _Base:
             body["segments"] = list(segments)
         if keep_pairs is not None:
             body["keep_pairs"] = keep_pairs
+        if labels_from is not None:
+            body["labels_from"] = labels_from
+        if compare_to is not None:
+            body["compare_to"] = list(compare_to)
         return dict((yield _Call("PUT", f"/v1/models/{model}", body)))
 
     def _log_plan(
@@ -260,6 +266,10 @@ class _Base:
     def _history_plan(self, model: str, start: Any, end: Any, step: Any, by: str | None) -> Plan[dict[str, Any]]:
         params = _query(start=start, end=end, step=step, by=by)
         return dict((yield _Call("GET", f"/v1/models/{model}/history", params=params)))
+
+    def _compare_plan(self, challenger: str, champion: str, **query: Any) -> Plan[dict[str, Any]]:
+        params = _query(**query)
+        return dict((yield _Call("GET", f"/v1/models/{challenger}/compare/{champion}", params=params)))
 
     def _pairs_plan(self, model: str, start: Any, end: Any, as_: str) -> Plan[Any]:
         if as_ not in ("arrow", "pandas"):

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from service.engine import LIBRARIES, UnknownLossError, resolve
 from service.store import Model, Store, StoreFailureError
 from service.store.comparisons import CommonPairs
 from service.usecases.configured import Comparable, comparable_losses, loss_aggregate, loss_name_of
@@ -47,7 +48,7 @@ def chosen_loss(challenger: Model, champion: Model, loss: str | None) -> Compara
                 "loss", f"{pair} configure no loss identically (the same loss, options, convention and dtype)"
             )
         return comparable[0]
-    at = int(loss) if loss.isdigit() else (names.index(loss) if loss in names else None)
+    at = int(loss) if loss.isdigit() else _named(challenger, names, loss)
     if at is None or at >= len(names):
         shown = ", ".join(f"{i}: {name}" for i, name in enumerate(names))
         raise _query_problem("loss", f"names none of model {challenger.name}'s losses ({shown}), got {loss[:64]!r}")
@@ -63,6 +64,17 @@ def chosen_loss(challenger: Model, champion: Model, loss: str | None) -> Compara
         f"{challenger.config['convention']} and dtype {challenger.config['dtype']}); comparable: "
         + (", ".join(c.name for c in comparable) or "none"),
     )
+
+
+def _named(model: Model, names: list[str], loss: str) -> int | None:
+    """The first configured loss of that name, or of the name an alias stands for (mse:
+    mean_squared_error, under the catalogue's conventions)."""
+    if loss not in names and model.config["convention"] not in LIBRARIES:
+        try:
+            loss = resolve(loss).name
+        except UnknownLossError:
+            return None
+    return names.index(loss) if loss in names else None
 
 
 def _alpha(text: str | None) -> float:

@@ -146,3 +146,35 @@ def test_segments_go_with_their_rows_in_chunks_and_the_history_reads_them_back(u
     expected = {c: float(np.mean([e for e, k in zip(errors, countries, strict=True) if k == c])) for c in means}
     assert set(means) == {"BR", "US", None}
     assert means == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_challenger_compared_through_the_client_gets_the_champions_labels(url: str) -> None:
+    """Labels logged once for the champion join the challenger; the comparison's means are the
+    naive float64 means of each model's squared errors over the ids both joined."""
+    rng = np.random.default_rng(3)
+    labels, champion, challenger = rng.normal(size=(3, 40))
+    now = time.time()
+    with LossClient(url, chunk_size=15) as client:
+        client.configure_model("champion-c", ["mse"])
+        config = client.configure_model("challenger-c", ["mse"], labels_from="champion-c", compare_to=["champion-c"])
+        assert (config["labels_from"], config["compare_to"]) == ("champion-c", ["champion-c"])
+        client.log_predictions("champion-c", np.arange(40), champion[:, None])
+        client.log_predictions("challenger-c", np.arange(30), challenger[:30, None])
+        logged = client.log_labels("champion-c", np.arange(40), labels[:, None])
+        answer = client.compare("challenger-c", "champion-c", start=now - 60, end=now + 60, loss="mse", step=30)
+    assert len(logged.joined_ids) == 40
+    assert logged.followers == [
+        {
+            "model": "challenger-c",
+            "accepted": 40,
+            "duplicates": 0,
+            "joined": 30,
+            "pending_predictions": 0,
+            "pending_labels": 10,
+        }
+    ]
+    assert answer["n"] == 30
+    mine, theirs = (challenger[:30] - labels[:30]) ** 2, (champion[:30] - labels[:30]) ** 2
+    assert answer["challenger"]["mean"] == pytest.approx(float(np.mean(mine)), rel=1e-12)
+    assert answer["champion"]["mean"] == pytest.approx(float(np.mean(theirs)), rel=1e-12)
+    assert answer["sequence"][-1]["n"] == 30
