@@ -5,9 +5,27 @@ them, and turns each call into metrics."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Compared:
+    """One compared pair's comparison over the default window (GET .../compare/{champion}):
+    `model` the challenger, `n` the ids both joined that count, `mean` the paired mean difference
+    (challenger minus champion), `low` and `high` its anytime-valid band (None while undefined),
+    `verdict` -1 (better), 0 (undecided) or 1 (worse)."""
+
+    model: str
+    champion: str
+    loss: str
+    n: int
+    mean: float | None
+    low: float | None
+    high: float | None
+    verdict: int
 
 
 class Recorder(Protocol):
@@ -42,3 +60,7 @@ class Recorder(Protocol):
 
     def set_quota_usage(self, key: str, models: int, stored_bytes: int, as_of: float) -> None:
         """A key's models and stored bytes, as of a `time.monotonic()` reading."""
+
+    def set_comparisons(self, compared: Sequence[Compared]) -> None:
+        """Every configured pair's comparison as one run found them: the pairs not among them are
+        no longer compared."""
