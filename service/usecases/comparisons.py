@@ -24,7 +24,7 @@ from service.usecases.configured import Comparable, comparable_losses, loss_aggr
 from service.usecases.errors import InvalidInputError, NotFoundError
 from service.usecases.history import DEFAULT_WINDOW_SECONDS, Window, check_by, parse_time, window
 from service.usecases.models import unavailable, unknown_model
-from service.usecases.recorder import Compared
+from service.values.compared import Compared
 from service.values.comparison import METHOD, VERDICTS, Difference, Moments, bounds, paired_difference, verdicts
 
 DEFAULT_ALPHA = 0.05

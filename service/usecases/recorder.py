@@ -5,27 +5,11 @@ them, and turns each call into metrics."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Compared:
-    """One compared pair's comparison over the default window (GET .../compare/{champion}):
-    `model` the challenger, `n` the ids both joined that count, `mean` the paired mean difference
-    (challenger minus champion), `low` and `high` its anytime-valid band (None while undefined),
-    `verdict` -1 (better), 0 (undecided) or 1 (worse)."""
-
-    model: str
-    champion: str
-    loss: str
-    n: int
-    mean: float | None
-    low: float | None
-    high: float | None
-    verdict: int
+from service.values.compared import Compared
 
 
 class Recorder(Protocol):

@@ -17,7 +17,8 @@ from service.store import DELETE_BATCH_ROWS, SWEEP_BATCH_ROWS, FollowedModelErro
 from service.usecases import comparisons
 from service.usecases.errors import ConflictError, StoreUnavailableError
 from service.usecases.models import Keys, report_usage
-from service.usecases.recorder import Compared, Recorder
+from service.usecases.recorder import Recorder
+from service.values.compared import Compared
 
 log = logging.getLogger("service.api")
 T = TypeVar("T")

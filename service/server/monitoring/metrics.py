@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from service.server.monitoring.labels import OTHER_MODEL, OTHER_MODEL_OF_KEY
-from service.usecases.recorder import Compared
+from service.values.compared import Compared
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BODY_BUCKETS = tuple(float(10**e) for e in range(2, 10))  # 100 B .. 1 GB

@@ -18,7 +18,7 @@ from service.server.monitoring.labels import UNLABELLED_MODEL, ModelLabels
 from service.server.monitoring.metrics import Metrics
 from service.server.monitoring.otlp import OtlpTallies, otlp_endpoint
 from service.server.monitoring.segments import SegmentValues
-from service.usecases.recorder import Compared
+from service.values.compared import Compared
 
 ROW_KINDS = ("predictions", "labels")
 REJECTION_REASONS = {
