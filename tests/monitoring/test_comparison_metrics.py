@@ -232,15 +232,3 @@ def test_with_several_workers_each_shows_its_own_last_run(tmp_path: Any, monkeyp
     assert scraped(monitor.exposition()[0].decode())["loss_service_comparison_pairs"] == {("b", "a", "mse"): 5}
     monitor.set_comparisons([])
     assert scraped(monitor.exposition()[0].decode()) == {}
-
-
-def test_a_comparison_claims_no_model_label_and_counts_no_overflow() -> None:
-    """Labels are claimed by the models' own traffic: a model without one is compared as 'other',
-    and the comparisons (every minute) neither take a free label nor count as overflowed batches."""
-    monitor = Monitor(Settings(max_models=2))
-    monitor.observe_log("a", "predictions", 3, 0, np.zeros(0), (3, 0))
-    monitor.set_comparisons([Compared("b", "a", "mse", 5, 0.1, -0.2, 0.4, 0)])
-    found = scraped(monitor.exposition()[0].decode())
-    assert found["loss_service_comparison_pairs"] == {("other", "a", "mse"): 5}
-    assert monitor.overflowed._value.get() == 0
-    assert monitor.model_label("c") == "c"  # the second label was still free

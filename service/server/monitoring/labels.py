@@ -103,15 +103,6 @@ class ModelLabels:
             self._owners[model] = owner
             return model
 
-    def held(self, model: str) -> str:
-        """The label `model` holds now, claiming none and counting nothing: its name where it
-        has a label (or is allowed), else 'other'. For what is reported about models rather than
-        done by them (the comparisons), which must neither keep a label in use nor take one."""
-        if self._allowlist is not None:
-            return model if model in self._allowlist else OTHER_MODEL
-        with self._models_lock:
-            return model if model in self._models else OTHER_MODEL
-
     def _share(self) -> int:
         """The labels one key may hold: all of them without keys."""
         if not self._keys:

@@ -170,14 +170,13 @@ class Monitor(Metrics):
             self._child(self.pending, label, kind).set(count)
 
     def set_comparisons(self, compared: Sequence[Compared]) -> None:
-        """The pairs of one comparison run, replacing the last run's, under the labels the models
-        hold (`ModelLabels.held`: a comparison claims none). Pairs that share their labels (models
-        counted as 'other', two losses of one name) show the one with the worst verdict, the most
-        pairs breaking ties: an alert on `worse` misses none."""
+        """The pairs of one comparison run, replacing the last run's, under the models' labels.
+        Pairs that share their labels (models counted as 'other', two losses of one name) show
+        the one with the worst verdict, the most pairs breaking ties: an alert on `worse` misses
+        none."""
         rows: dict[tuple[str, str, str], Compared] = {}
-        held = self.model_labels.held
         for row in compared:
-            labels = (held(row.model), held(row.champion), row.loss)
+            labels = (self.model_label(row.model), self.model_label(row.champion), row.loss)
             shown = rows.get(labels)
             if shown is None or (row.verdict, row.n) > (shown.verdict, shown.n):
                 rows[labels] = row
