@@ -233,6 +233,12 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(
         default=60.0, gt=0, description="Seconds between sweeps that remove rows older than their model's retention."
     )
+    compare_interval: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds between the comparisons /metrics reports: each model's losses against those of every "
+        "model its `compare_to` names, over the last 24 h (docs/monitoring.md, 'Champion and challenger').",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -43,7 +43,7 @@ from service.server.monitoring import (
     start_otlp_export,
 )
 from service.store import Store, redacted
-from service.usecases.upkeep import store_threads, sweep_forever
+from service.usecases.upkeep import compare_forever, store_threads, sweep_forever
 
 log = logging.getLogger("service.app")
 
@@ -71,6 +71,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings,
         )
     )
+    comparer = asyncio.create_task(
+        compare_forever(app.state.store, app.state.monitor, settings.compare_interval, store_threads(app.state))
+    )
     watcher = asyncio.create_task(_watch_keys(app.state.keys, app.state.monitor))
     # Everything alive now (modules, the app, its schemas) lives as long as the worker: moved out
     # of the collector's generations, a full collection no longer walks ~110,000 of them.
@@ -87,6 +90,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if grpc_server is not None:
             await grpc_server.stopped()  # RPCs under way finish, up to LOSS_SERVICE_SHUTDOWN_TIMEOUT
         sweeper.cancel()
+        comparer.cancel()
         watcher.cancel()
         app.state.store.close()
         if otlp is not None:  # the last export, after the last request was counted

@@ -22,9 +22,10 @@ from service.engine import LIBRARIES, UnknownLossError, resolve
 from service.store import Model, Store, StoreFailureError
 from service.store.comparisons import CommonPairs
 from service.usecases.configured import Comparable, comparable_losses, loss_aggregate, loss_name_of
-from service.usecases.errors import InvalidInputError
+from service.usecases.errors import InvalidInputError, NotFoundError
 from service.usecases.history import DEFAULT_WINDOW_SECONDS, Window, check_by, parse_time, window
 from service.usecases.models import unavailable, unknown_model
+from service.values.compared import Compared
 from service.values.comparison import METHOD, VERDICTS, Difference, Moments, bounds, paired_difference, verdicts
 
 DEFAULT_ALPHA = 0.05
@@ -245,3 +246,46 @@ def _mean(shares: NDArray[np.float64]) -> float | None:
         return None
     mean = float(shares[0].sum()) / denominator
     return mean if math.isfinite(mean) else None
+
+
+# -- the comparisons /metrics reports -------------------------------------------------------------
+
+VERDICT_VALUES = {verdict: value for value, verdict in VERDICTS.items()}
+
+
+def configured_pairs(store: Store) -> list[tuple[str, str, Comparable]]:
+    """Every (challenger, champion, loss) to compare: each model's `compare_to` champions that
+    are still configured, and each loss both configure identically."""
+    try:
+        models = {model.name: model for model in store.models()}
+    except StoreFailureError as exc:
+        raise unavailable(exc) from None
+    pairs: list[tuple[str, str, Comparable]] = []
+    for model in models.values():
+        for champion in model.config.get("compare_to") or []:
+            theirs = models.get(champion)
+            if theirs is not None and champion != model.name:
+                pairs.extend((model.name, champion, loss) for loss in comparable_losses(model, theirs))
+    return pairs
+
+
+def compared(store: Store, challenger: str, champion: str, loss: Comparable, now: float) -> Compared | None:
+    """`compare` over the default window (the 24 h before `now`), as /metrics shows it; None where
+    either model was deleted or reconfigured since the pair was found."""
+    try:
+        answer = compare(store, challenger, champion, loss=str(loss.challenger), now=now)
+    except (NotFoundError, InvalidInputError):
+        return None
+    if answer["loss"] != loss.name:
+        return None  # the challenger's losses changed in between: the next run finds the pair again
+    difference = answer["difference"]
+    return Compared(
+        model=challenger,
+        champion=champion,
+        loss=answer["loss"],
+        n=answer["n"],
+        mean=difference["mean"],
+        low=difference["low"],
+        high=difference["high"],
+        verdict=VERDICT_VALUES[answer["verdict"]],
+    )

@@ -9,6 +9,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from service.values.compared import Compared
+
 
 class Recorder(Protocol):
     """The calls the use cases make on the recorder they are given, after the work they record."""
@@ -42,3 +44,7 @@ class Recorder(Protocol):
 
     def set_quota_usage(self, key: str, models: int, stored_bytes: int, as_of: float) -> None:
         """A key's models and stored bytes, as of a `time.monotonic()` reading."""
+
+    def set_comparisons(self, compared: Sequence[Compared]) -> None:
+        """Every configured pair's comparison as one run found them: the pairs not among them are
+        no longer compared."""

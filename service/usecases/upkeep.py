@@ -1,5 +1,5 @@
 """The store's upkeep: the threads its calls run in, the retention sweep, and a model's deletion,
-each done in batches that let other writers in between."""
+each done in batches that let other writers in between; and the comparisons /metrics reports."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import anyio.to_thread
 
 from service.config import Settings
 from service.store import DELETE_BATCH_ROWS, SWEEP_BATCH_ROWS, FollowedModelError, Store, StoreFailureError, Swept
-from service.usecases.errors import ConflictError
+from service.usecases import comparisons
+from service.usecases.errors import ConflictError, StoreUnavailableError
 from service.usecases.models import Keys, report_usage
 from service.usecases.recorder import Recorder
+from service.values.compared import Compared
 
 log = logging.getLogger("service.api")
 T = TypeVar("T")
@@ -83,6 +85,41 @@ async def sweep_forever(
                 except Exception:
                     log.exception("reading the quota usage failed; retrying after the next sweep")
         await anyio.sleep(interval)
+
+
+async def compare_forever(store: Store, monitor: Recorder, interval: float, threads: StoreThreads) -> None:
+    """Every `interval` seconds, first at once, compare every pair the models' `compare_to`
+    declare, over the last 24 h, and hand the monitor the run's pairs (`compare_configured`). A
+    failed run keeps the last run's values, is logged once until a run succeeds again, and is
+    retried."""
+    failing = False
+    while True:
+        try:
+            found = await compare_configured(store, threads, time.time())
+        except (StoreFailureError, StoreUnavailableError) as exc:
+            if not failing:
+                log.warning("comparing the models for /metrics failed: %s; retrying every %s s", exc, interval)
+            failing = True
+        except Exception:
+            if not failing:
+                log.exception("comparing the models for /metrics failed; retrying every %s s", interval)
+            failing = True
+        else:
+            failing = False
+            monitor.set_comparisons(found)
+        await anyio.sleep(interval)
+
+
+async def compare_configured(store: Store, threads: StoreThreads, now: float) -> list[Compared]:
+    """Every configured pair's comparison over the 24 h before `now`, each pair a call of its own
+    in the store's read threads."""
+    pairs = await threads.read(functools.partial(comparisons.configured_pairs, store))
+    found = []
+    for challenger, champion, loss in pairs:
+        one = await threads.read(functools.partial(comparisons.compared, store, challenger, champion, loss, now))
+        if one is not None:
+            found.append(one)
+    return found
 
 
 async def delete_model(store: Store, name: str, threads: StoreThreads, batch_rows: int = DELETE_BATCH_ROWS) -> bool:

@@ -50,6 +50,7 @@ class Logged:
         wrong = (country == 1) & (age <= 6) & (rng.uniform(0, 1, n) < 0.5)
         self.labels[wrong] = 1 - self.labels[wrong]
         self.labelled = rng.uniform(0, 1, n) < 0.4 + age / 23
+        self.challenger = (self.predictions + rng.normal(0, 1, n)).round(6)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Log
         }
         for model in ("fraud-1", "churn-1"):
             assert httpx.put(f"{url}/v1/models/{model}", json=config, headers=admin).status_code == 200
+        # fraud-2, fraud-1's challenger, takes its labels and has its own logits (noisier: worse).
+        challenger = config | {"labels_from": "fraud-1", "compare_to": ["fraud-1"]}
+        assert httpx.put(f"{url}/v1/models/fraud-2", json=challenger, headers=admin).status_code == 200
         logged = Logged(2000, time.time(), np.random.default_rng(30))
         ids = [f"p-{i}" for i in range(2000)]
         predictions = {
@@ -82,6 +86,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Log
             "segments": {"country": logged.country, "device": logged.device},
         }
         answer = httpx.post(f"{url}/v1/models/fraud-1/predictions", json=predictions, headers=admin)
+        assert answer.status_code == 200, answer.text
+        predictions["predictions"] = logged.challenger.tolist()
+        answer = httpx.post(f"{url}/v1/models/fraud-2/predictions", json=predictions, headers=admin)
         assert answer.status_code == 200, answer.text
         sent = np.flatnonzero(logged.labelled)
         labels = {"ids": [ids[i] for i in sent], "labels": logged.labels[sent].tolist()}
@@ -140,8 +147,8 @@ def test_the_landing_page_lists_the_models_the_key_may_read(service: tuple[str, 
     page.fill("#key", READER)
     page.locator("#key").dispatch_event("change")
     page.locator("#models li").first.wait_for(timeout=10_000)
-    assert page.locator("#models li a").all_inner_texts() == ["fraud-1"]  # not churn-1: another team's
-    assert page.locator("#models li a").get_attribute("href") == "/models/fraud-1"
+    assert page.locator("#models li a").all_inner_texts() == ["fraud-1", "fraud-2"]  # not churn-1: another team's
+    assert page.locator("#models li a").first.get_attribute("href") == "/models/fraud-1"
 
 
 def test_the_model_page_plots_the_history_apis_numbers_by_segment(service: tuple[str, Logged], page: Any) -> None:
@@ -160,6 +167,7 @@ def test_the_model_page_plots_the_history_apis_numbers_by_segment(service: tuple
     assert_plots_the_api(page, total)
     assert len(total["buckets"]) == 23
     assert page.locator('figure[data-chart="loss-0"] circle[data-segment]').count() == 0
+    assert page.locator("section.comparison").count() == 0  # fraud-1 compares itself with no model
     # The MSE points are also NumPy's float64 mean of the hour's labelled pairs.
     points = sorted(plotted(page, "loss-0"), key=lambda point: point[2])
     for _, _, t, v in points:
@@ -203,3 +211,57 @@ def test_the_model_page_says_why_it_shows_nothing(service: tuple[str, Logged], p
     assert "churn-1" not in response.text  # the HTML tells nothing of the model
     assert "script-src 'self';" in response.headers["content-security-policy"]
     assert "unsafe" not in response.headers["content-security-policy"]
+
+
+def test_a_challengers_page_plots_both_curves_and_the_difference_with_its_band(
+    service: tuple[str, Logged], page: Any
+) -> None:
+    url, logged = service
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.goto(f"{url}/models/fraud-2")
+    page.locator("#charts[data-error='model']").wait_for(state="attached", timeout=10_000)
+    errors.clear()  # the first request had no key: its 401
+    page.fill("#key", READER)
+    page.locator("#key").dispatch_event("change")
+    own = shown(page, url, "")
+    section = page.locator('section.comparison[data-champion="fraud-1"][data-url]')
+    section.wait_for(state="attached", timeout=20_000)
+    compare_url = section.get_attribute("data-url")
+    reader = {"authorization": f"Bearer {READER}"}
+    compared = httpx.get(f"{url}{compare_url}", headers=reader).json()
+    query = parse_qs(urlsplit(compare_url).query)
+    assert {name: float(query[name][0]) for name in ("start", "end", "step")} == {
+        "start": own["start"],
+        "end": own["end"],
+        "step": HOUR,
+    }
+    assert compared["loss"] == own["losses"][0] == "mean_squared_error"  # the first loss both configure
+    champion = httpx.get(f"{url}/v1/models/fraud-1/history", params=query, headers=reader).json()
+
+    def means(answer: dict[str, Any]) -> set[tuple[float, float]]:
+        return {(b["start"], b["losses"][0]["mean"]) for b in answer["buckets"] if b["losses"][0]["mean"] is not None}
+
+    curves = page.locator('figure[data-chart="compare-fraud-1-means"] circle.point')
+    found = curves.evaluate_all("cs => cs.map(c => [c.dataset.model, Number(c.dataset.t), Number(c.dataset.v)])")
+    assert {(t, v) for m, t, v in found if m == "fraud-2"} == means(own)
+    assert {(t, v) for m, t, v in found if m == "fraud-1"} == means(champion)
+    assert means(own) != means(champion)
+    band = page.locator('figure[data-chart="compare-fraud-1-difference"] circle.point')
+    drawn = band.evaluate_all("cs => cs.map(c => [c.dataset.bound, Number(c.dataset.t), Number(c.dataset.v)])")
+    assert len(compared["sequence"]) > 10
+    for field in ("mean", "low", "high"):
+        expected_points = {(p["end"], p[field]) for p in compared["sequence"] if p[field] is not None}
+        assert {(t, v) for b, t, v in drawn if b == field} == expected_points, field
+    # The last point is the window's comparison: NumPy's float64 mean of the per-pair differences.
+    pairs = logged.labelled & (logged.times >= own["start"]) & (logged.times < own["end"])
+    y = logged.labels[pairs]
+    naive = np.mean((logged.challenger[pairs] - y) ** 2 - (logged.predictions[pairs] - y) ** 2)
+    assert compared["sequence"][-1]["mean"] == pytest.approx(naive, rel=1e-9)
+    assert compared["difference"]["mean"] == pytest.approx(naive, rel=1e-9)
+    assert compared["n"] == pairs.sum()
+    verdict = page.locator("section.comparison p.verdict")
+    assert verdict.get_attribute("data-verdict") == compared["verdict"] == "worse"
+    assert f"over {compared['n']} ids both joined" in verdict.inner_text()
+    screenshot(page, "model-page-comparison", full_page=True)
+    assert errors == []

@@ -179,7 +179,7 @@ def test_prometheus_computes_the_dashboards_mean_loss_per_model(tmp_path: Path) 
             assert means == {"fraud-v3": pytest.approx(7.5, rel=1e-9), "churn-v1": pytest.approx(2.0, rel=1e-9)}
             rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=HANG).json()["data"]["groups"]
             in_file = sum(len(g["rules"]) for g in yaml.safe_load(RULES.read_text())["groups"])
-            assert sum(len(g["rules"]) for g in rules) == in_file == 15, "Prometheus loaded every rule of the file"
+            assert sum(len(g["rules"]) for g in rules) == in_file == 16, "Prometheus loaded every rule of the file"
         finally:
             process.terminate()
             process.wait(timeout=HANG)

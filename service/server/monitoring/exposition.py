@@ -8,17 +8,23 @@ import threading
 from collections.abc import Callable, Hashable, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Metric, generate_latest, multiprocess
+from prometheus_client.registry import Collector
 
 from service.server.monitoring.labels import overflow_label
 from service.server.monitoring.multiprocess import multiprocess_dir
 
 
-def render(registry: CollectorRegistry, visible: Callable[[str], bool] | None = None) -> tuple[bytes, str]:
+def render(
+    registry: CollectorRegistry, visible: Callable[[str], bool] | None = None, own: Iterable[Collector] = ()
+) -> tuple[bytes, str]:
     """`registry`'s series, or with `visible` only those whose `model` label it accepts (and every
-    series without a `model` label). With several workers, the merged values of all."""
+    series without a `model` label). With several workers, the merged values of all, and those of
+    the collectors `own` (registered in `registry`) as this worker has them."""
     if multiprocess_dir():
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        for collector in own:
+            registry.register(collector)
     if visible is not None:
         scoped = CollectorRegistry(auto_describe=False)
         scoped.register(_Scoped(registry, visible))
@@ -63,7 +69,8 @@ class _Scoped:
     """A collector of another registry's metrics, keeping the samples whose `model` label
     `visible` accepts and every sample without one, except that a family of `_KEY_SCOPED` keeps
     a key's samples only where `visible` accepts `other:<key name>` (every model the key counts
-    is one the scraper may use). `visible` is asked once per label value."""
+    is one the scraper may use), and a comparison's only where it accepts the `champion` label
+    too. `visible` is asked once per label value."""
 
     def __init__(self, source: CollectorRegistry, visible: Callable[[str], bool]) -> None:
         self.source, self.visible = source, visible
@@ -78,9 +85,15 @@ class _Scoped:
             kept = Metric(family.name, family.documentation, family.type, family.unit)
             for sample in family.samples:
                 label = sample.labels[by] if by == "model" else overflow_label(sample.labels[by])
-                shown = answers.get(label)
-                if shown is None:
-                    shown = answers[label] = self.visible(label)
+                shown = self._visible(label, answers)
+                if shown and "champion" in sample.labels:  # a comparison shows to who may read both models
+                    shown = self._visible(sample.labels["champion"], answers)
                 if shown:
                     kept.samples.append(sample)
             yield kept
+
+    def _visible(self, label: str, answers: dict[str, bool]) -> bool:
+        shown = answers.get(label)
+        if shown is None:
+            shown = answers[label] = self.visible(label)
+        return shown

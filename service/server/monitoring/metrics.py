@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 from service.server.monitoring.labels import OTHER_MODEL, OTHER_MODEL_OF_KEY
+from service.values.compared import Compared
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BODY_BUCKETS = tuple(float(10**e) for e in range(2, 10))  # 100 B .. 1 GB
@@ -175,6 +180,8 @@ class Metrics:
             ["model", "segment_key"],
             registry=r,
         )
+        self.comparisons = ComparisonGauges()
+        r.register(self.comparisons)
         # pragma: no mutate end
         self._by_model = {
             id(metric)
@@ -199,3 +206,64 @@ class Metrics:
             "label limit (in all or the key's share) or outside the allow-list.",
             registry=r,
         )
+
+
+COMPARISON_LABELS = ("model", "champion", "loss")
+# Each family's name, help text and the field of `Compared` it shows.
+COMPARISON_FAMILIES = (
+    (
+        "loss_service_comparison_difference",
+        "The challenger's (model) mean loss minus the champion's over the ids both joined in the last 24 h, paired "
+        "id by id.",
+        "mean",
+    ),
+    (
+        "loss_service_comparison_low",
+        "Lower bound of the difference's 95% anytime-valid confidence sequence; absent while undefined.",
+        "low",
+    ),
+    ("loss_service_comparison_high", "Upper bound of the same; absent while undefined.", "high"),
+    (
+        "loss_service_comparison_verdict",
+        "-1: the challenger's loss is lower (better), 1: higher (worse), 0: undecided.",
+        "verdict",
+    ),
+    ("loss_service_comparison_pairs", "Ids both models joined in the last 24 h that count.", "n"),
+)
+
+
+class ComparisonGauges:
+    """The comparison gauges: every pair of the last comparison run (`set`), keyed by its
+    (model, champion, loss) labels.
+
+    A collector of this worker's own run rather than gauges in the multiprocess files: every worker
+    runs the same comparisons over the same store, so whichever worker answers a scrape shows
+    them, and a pair no longer compared leaves /metrics at the next run, which values written to
+    the multiprocess files (prometheus-client cannot remove them) would not. The rows are
+    replaced whole, so a scrape sees one run's."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, str, str], Compared] = {}
+
+    def set(self, rows: dict[tuple[str, str, str], Compared]) -> None:
+        self._rows = dict(rows)
+
+    def forget(self, label: str) -> None:
+        """Drop the pairs of a model label given to another model."""
+        self._rows = {labels: row for labels, row in self._rows.items() if label not in labels[:2]}
+
+    def rows(self) -> dict[tuple[str, str, str], Compared]:
+        return self._rows
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(name, text, labels=COMPARISON_LABELS) for name, text, _ in COMPARISON_FAMILIES]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        rows = self._rows
+        for name, text, field in COMPARISON_FAMILIES:
+            family = GaugeMetricFamily(name, text, labels=COMPARISON_LABELS)
+            for labels, row in rows.items():
+                value = getattr(row, field)
+                if value is not None and math.isfinite(value):  # an undefined band is left unset, never NaN
+                    family.add_metric(list(labels), float(value))
+            yield family

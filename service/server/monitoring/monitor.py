@@ -18,6 +18,7 @@ from service.server.monitoring.labels import UNLABELLED_MODEL, ModelLabels
 from service.server.monitoring.metrics import Metrics
 from service.server.monitoring.otlp import OtlpTallies, otlp_endpoint
 from service.server.monitoring.segments import SegmentValues
+from service.values.compared import Compared
 
 ROW_KINDS = ("predictions", "labels")
 REJECTION_REASONS = {
@@ -63,6 +64,7 @@ class Monitor(Metrics):
             del self._children[key]
             metric.remove(*labels)  # made by _child, so it is there
         self.segment_values.forget(model)
+        self.comparisons.forget(model)
         for labels in [labels for labels in self._batch_series if labels[0] == model]:
             del self._batch_series[labels]
         if self.otlp is not None:
@@ -167,6 +169,19 @@ class Monitor(Metrics):
         for kind, count in zip(ROW_KINDS, pending, strict=True):
             self._child(self.pending, label, kind).set(count)
 
+    def set_comparisons(self, compared: Sequence[Compared]) -> None:
+        """The pairs of one comparison run, replacing the last run's, under the models' labels.
+        Pairs that share their labels (models counted as 'other', two losses of one name) show
+        the one with the worst verdict, the most pairs breaking ties: an alert on `worse` misses
+        none."""
+        rows: dict[tuple[str, str, str], Compared] = {}
+        for row in compared:
+            labels = (self.model_label(row.model), self.model_label(row.champion), row.loss)
+            shown = rows.get(labels)
+            if shown is None or (row.verdict, row.n) > (shown.verdict, shown.n):
+                rows[labels] = row
+        self.comparisons.set(rows)
+
     def set_store_status(self, status: str) -> None:
         for each in ("ok", "full", "unavailable"):
             self.store_status.labels(each).set(1 if each == status else 0)
@@ -231,7 +246,7 @@ class Monitor(Metrics):
     def exposition(self, visible: Callable[[str], bool] | None = None) -> tuple[bytes, str]:
         """Every series, or with `visible` only those whose `model` label it accepts (and every
         series without a `model` label). With several workers, the merged values of all."""
-        return render(self.registry, visible)
+        return render(self.registry, visible, own=(self.comparisons,))
 
 
 class _Counted:

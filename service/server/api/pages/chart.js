@@ -36,9 +36,10 @@ function utc(seconds, withDay) {
   return withDay ? text.slice(5, 10) + " " + text.slice(11, 16) : text.slice(11, 16);
 }
 
-// A figure holding one chart, `durations` true for a y axis of seconds. `series`: [{label, color, dashed, attributes, points: [{t, v, title}]}],
+// A figure holding one chart, `durations` true for a y axis of seconds, `zero` true for an axis that
+// holds 0 and draws it (a difference). `series`: [{label, color, dashed, attributes, points: [{t, v, title}]}],
 // v null for a bucket with nothing to plot; a line breaks there and where buckets are missing.
-function lineChart({ title, series, start, end, step, format, yMin, yMax, name, durations }) {
+function lineChart({ title, series, start, end, step, format, yMin, yMax, name, durations, zero }) {
   const figure = document.createElement("figure");
   figure.className = "chart";
   figure.dataset.chart = name;
@@ -55,6 +56,7 @@ function lineChart({ title, series, start, end, step, format, yMin, yMax, name, 
   }
   let low = yMin ?? Math.min(0, ...values);
   let high = yMax ?? Math.max(...values);
+  if (zero) high = Math.max(high, 0);
   if (!(high > low)) high = low + (Math.abs(low) || 1);
   if (yMax === undefined) high += (high - low) * 0.05;
   const plotWidth = WIDTH - LEFT - RIGHT, plotHeight = HEIGHT - TOP - BOTTOM;
@@ -77,6 +79,7 @@ function lineChart({ title, series, start, end, step, format, yMin, yMax, name, 
   }
   svg.append(svgElement("line", { class: "axis", x1: LEFT, x2: WIDTH - RIGHT, y1: TOP + plotHeight, y2: TOP + plotHeight }));
   svg.append(svgElement("line", { class: "axis", x1: LEFT, x2: LEFT, y1: TOP, y2: TOP + plotHeight }));
+  if (zero) svg.append(svgElement("line", { class: "zero", x1: LEFT, x2: WIDTH - RIGHT, y1: y(0), y2: y(0) }));
 
   for (const one of series) {
     let path = "", previous = null;

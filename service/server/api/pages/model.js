@@ -1,6 +1,9 @@
 // A model's page: its configuration from GET /v1/models/{model}, then its history from
 // GET /v1/models/{model}/history for the window and step chosen, drawn by chart.js: each loss's
-// mean, the label coverage and the label delay's p50 and p90, one line per segment value.
+// mean, the label coverage and the label delay's p50 and p90, one line per segment value. For a
+// model whose `compare_to` names champions, a section per champion: both models' mean of the
+// compared loss (each one's history) and the paired difference with its anytime-valid band as it
+// stood at each step's end (GET /v1/models/{model}/compare/{champion} with `step`), and the verdict.
 "use strict";
 
 const KEY_ITEM = "loss-service-key"; // the tab's API key, shared with the landing page
@@ -14,6 +17,7 @@ const keyInput = document.getElementById("key");
 const statusLine = document.getElementById("status");
 const source = document.getElementById("source");
 const charts = document.getElementById("charts");
+const comparisons = document.getElementById("comparisons");
 let configured = null;
 
 function headers() {
@@ -174,12 +178,109 @@ async function loadHistory() {
   } catch (error) {
     show("The history did not load: " + error.message, true);
     charts.replaceChildren();
+    comparisons.replaceChildren();
     charts.dataset.error = "history";
     return;
   }
   render(answer, end);
   charts.dataset.url = url;
   charts.dataset.by = answer.by || "";
+  const frame = { start, end, step };
+  const sections = (configured.compare_to || []).map((champion) => comparison(champion, answer.by ? null : answer, frame));
+  comparisons.replaceChildren(...(await Promise.all(sections)));
+}
+
+const VERDICTS = {
+  better: "better: its loss is lower than the champion's",
+  worse: "worse: its loss is higher than the champion's",
+  undecided: "undecided: the band still holds 0",
+};
+
+// The section comparing this model with `champion` over the frame: `own` is this model's history
+// over it without segments, where already loaded.
+async function comparison(champion, own, { start, end, step }) {
+  const section = document.createElement("section");
+  section.className = "comparison";
+  section.dataset.champion = champion;
+  const heading = document.createElement("h2");
+  heading.textContent = `Challenger of ${champion}`;
+  const verdict = document.createElement("p");
+  verdict.className = "verdict";
+  section.append(heading, verdict);
+  const query = new URLSearchParams({ start: String(start), end: String(end), step: String(step) });
+  const urls = {
+    compare: `${modelPath}/compare/${encodeURIComponent(champion)}?${query}`,
+    challenger: `${modelPath}/history?${query}`,
+    champion: `/v1/models/${encodeURIComponent(champion)}/history?${query}`,
+  };
+  let compared, mine, theirs;
+  try {
+    [compared, mine, theirs] = await Promise.all([
+      getJSON(urls.compare), own || getJSON(urls.challenger), getJSON(urls.champion),
+    ]);
+  } catch (error) {
+    verdict.textContent = `The comparison with ${champion} did not load: ${error.message}`;
+    verdict.classList.add("error");
+    section.dataset.error = "comparison";
+    return section;
+  }
+  const frame = { start, end, step };
+  // Each model's mean of the compared loss per bucket, found by its name among the model's losses.
+  const curve = (answer, name, index) => {
+    const at = answer.losses.indexOf(compared.loss);
+    const points = at < 0 ? [] : answer.buckets.map((bucket) => {
+      const v = bucket.losses[at].mean;
+      const when = new Date(bucket.start * 1000).toISOString().slice(0, 16).replace("T", " ");
+      return { t: bucket.start, v, title: `${name}, ${when} UTC: ${v === null ? "—" : `mean ${v} over ${bucket.joined} joined pairs`}` };
+    });
+    return { label: name, color: seriesColor(index), attributes: { "data-model": name }, points };
+  };
+  // The difference, or a bound of its band, at the end of each step.
+  const bound = (field, label, dashed) => ({
+    label,
+    color: seriesColor(0),
+    dashed,
+    attributes: { "data-bound": field },
+    points: compared.sequence.map((point) => {
+      const when = new Date(point.end * 1000).toISOString().slice(0, 16).replace("T", " ");
+      return {
+        t: point.end,
+        v: point[field],
+        title: `by ${when} UTC, ${point.n} pairs: difference ${point.mean ?? "—"}, ` +
+          `band [${point.low ?? "—"}, ${point.high ?? "—"}], ${point.verdict}`,
+      };
+    }),
+  });
+  const level = +(100 * (1 - compared.alpha)).toPrecision(3);
+  section.append(
+    lineChart({
+      ...frame,
+      name: `compare-${champion}-means`,
+      title: `${compared.loss}: mean loss of ${model} and of ${champion} (each over its own joined pairs)`,
+      format: number,
+      series: [curve(mine, model, 0), curve(theirs, champion, 1)],
+    }),
+    lineChart({
+      ...frame,
+      name: `compare-${champion}-difference`,
+      title: `${compared.loss}: ${model} minus ${champion} over the ids both joined, as it stood at each step's end, ` +
+        `with its ${level} % anytime-valid band (dashed)`,
+      format: number,
+      zero: true,
+      series: [
+        bound("mean", "difference", false),
+        bound("low", "band, low", true),
+        bound("high", "band, high", true),
+      ],
+    }),
+  );
+  const d = compared.difference;
+  const band = d.low === null ? "no band yet" : `band [${number(d.low)}, ${number(d.high)}]`;
+  verdict.textContent = `${model} is ${VERDICTS[compared.verdict]} over ${compared.n} ids both joined in this window ` +
+    `(difference ${d.mean === null ? "—" : number(d.mean)}, ${band}).`;
+  verdict.dataset.verdict = compared.verdict;
+  section.dataset.url = urls.compare;
+  return section;
 }
 
 controls.addEventListener("submit", (event) => event.preventDefault());
