@@ -50,6 +50,7 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     env = {
         "LOSS_SERVICE_METRICS_DIR": str(metrics_dir),
         "LOSS_SERVICE_SWEEP_INTERVAL": "0.2",
+        "LOSS_SERVICE_COMPARE_INTERVAL": "0.2",
         "LOSS_SERVICE_MAX_SEGMENT_VALUES": "1",
     }
     with served("--workers", "2", env=env) as url:
@@ -74,9 +75,12 @@ def dashboard_expressions() -> list[str]:
 
 
 def use_the_delayed_labels_store(url: str) -> None:
-    """Joins, a label delay, pending rows and an expired one, so that their series exist."""
+    """Joins, a label delay, pending rows and an expired one, and a challenger compared with the
+    model, so that their series exist."""
     config = {"losses": [{"loss": "mse"}], "retention_seconds": 0.5, "segments": ["country"]}
     httpx.put(f"{url}/v1/models/delayed", json=config, timeout=HANG).raise_for_status()
+    challenger = {"losses": [{"loss": "mse"}], "labels_from": "delayed", "compare_to": ["delayed"]}
+    httpx.put(f"{url}/v1/models/delayed-b", json=challenger, timeout=HANG).raise_for_status()
     # One segment value per model (LOSS_SERVICE_MAX_SEGMENT_VALUES=1): US is counted as other.
     predictions = {"ids": [1, 2, 3], "predictions": [[0.0], [1.0], [2.0]], "segments": {"country": ["BR", "US", None]}}
     httpx.post(f"{url}/v1/models/delayed/predictions", json=predictions, timeout=HANG)
@@ -84,10 +88,14 @@ def use_the_delayed_labels_store(url: str) -> None:
     httpx.post(f"{url}/v1/models/delayed/labels", json=labels, timeout=HANG).raise_for_status()
     deadline = time.monotonic() + HANG
     while (
-        "loss_service_expired_total{" not in httpx.get(f"{url}/metrics", timeout=HANG).text
+        any(series not in httpx.get(f"{url}/metrics", timeout=HANG).text for series in SERIES_AWAITED)
         and time.monotonic() < deadline
     ):
         time.sleep(0.1)
+
+
+# Series that appear after a sweep or a comparison run (every 0.2 s here), not with a request.
+SERIES_AWAITED = ("loss_service_expired_total{", "loss_service_comparison_verdict{")
 
 
 def test_every_metric_the_dashboard_and_alerts_use_is_exported(two_workers: tuple[str, Path]) -> None:
