@@ -3,15 +3,34 @@ transaction per answer or per batch (`Store`'s history methods)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
 
 from service.store import comparisons, pairs, rollups
 from service.store.comparisons import CommonPairs
-from service.store.database import Database
+from service.store.database import Database, Transaction
 from service.store.pairs import PairColumns, PredictionRow
 from service.store.records import Model
 from service.store.rollups import RollupCells, RollupLosses
 from service.store.rows import _MODEL_COLUMNS, _model
+
+
+class _Batch(Protocol):
+    """A batch of rows in (time, id) order: its times and ids, the last of which resumes the next."""
+
+    @property
+    def made(self) -> NDArray[np.float64]: ...
+
+    @property
+    def ids(self) -> Sequence[str]: ...
+
+    def __len__(self) -> int: ...
+
+
+B = TypeVar("B", bound=_Batch)
 
 
 class _Reads:
@@ -82,19 +101,11 @@ class _Reads:
         `payloads`), in batches of at most `batch_rows`, each batch one read transaction (rows
         swept between batches are read as they are then). Memory holds one batch; nothing if
         there is no such model."""
-        after: tuple[float, str] | None = None
-        while True:
-            with self.database.transaction(write=False) as tx:
-                found = tx.one("SELECT id FROM loss_models WHERE name = ?", [name])
-                if found is None:
-                    return
-                batch = pairs.read_pairs(tx, found[0], start, end, after, batch_rows, keys, payloads)
-            if not len(batch):
-                return
-            yield batch
-            if len(batch) < batch_rows:
-                return
-            after = (float(batch.made[-1]), batch.ids[-1])
+
+        def read(tx: Transaction, ids: list[int], after: tuple[float, str] | None) -> PairColumns:
+            return pairs.read_pairs(tx, ids[0], start, end, after, batch_rows, keys, payloads)
+
+        return self._keyset_batches([name], read, batch_rows)
 
     def common_batches(
         self,
@@ -109,13 +120,28 @@ class _Reads:
         """The ids both models joined whose challenger prediction was made in [start, end), in its
         (time, id) order (`comparisons.read_common`), in batches of at most `batch_rows`, each one
         read transaction. Memory holds one batch; nothing if either model is missing."""
+
+        def read(tx: Transaction, ids: list[int], after: tuple[float, str] | None) -> CommonPairs:
+            return comparisons.read_common(tx, ids[0], ids[1], start, end, after, batch_rows, key)
+
+        return self._keyset_batches([challenger, champion], read, batch_rows)
+
+    def _keyset_batches(
+        self,
+        names: list[str],
+        read: Callable[[Transaction, list[int], tuple[float, str] | None], B],
+        batch_rows: int,
+    ) -> Iterator[B]:
+        """Batches `read` gives for the models' row ids, each in a read transaction of its own,
+        each after the last row of the one before (its (time, id)); none once a model is missing,
+        or after a batch shorter than `batch_rows`."""
         after: tuple[float, str] | None = None
         while True:
             with self.database.transaction(write=False) as tx:
-                found = [tx.one("SELECT id FROM loss_models WHERE name = ?", [name]) for name in (challenger, champion)]
-                if found[0] is None or found[1] is None:
+                found = [tx.one("SELECT id FROM loss_models WHERE name = ?", [name]) for name in names]
+                if any(row is None for row in found):
                     return
-                batch = comparisons.read_common(tx, found[0][0], found[1][0], start, end, after, batch_rows, key)
+                batch = read(tx, [row[0] for row in found if row is not None], after)
             if not len(batch):
                 return
             yield batch

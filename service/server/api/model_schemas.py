@@ -5,6 +5,7 @@ model's history: history_schemas.py)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import cache
 from typing import Annotated, Any, Literal
 
@@ -279,38 +280,33 @@ SEGMENTS_DESCRIPTION = (
 KEEP_PAIRS_DESCRIPTION = "Keep the prediction and label rows of joined pairs (not only their losses) until retention."
 
 
-def _distinct_keys(keys: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    for index, key in enumerate(keys):
-        if key in seen:
-            raise PydanticCustomError(
-                "segment_keys", "repeats the segment key at segments[{first}]", {"first": seen[key], "index": [index]}
-            )
-        seen[key] = index
-    return keys
+def _distinct(kind: str, what: str, field: str) -> Callable[[list[str]], list[str]]:
+    """A validator refusing a list that repeats an item, naming where it first came."""
+
+    def check(items: list[str]) -> list[str]:
+        seen: dict[str, int] = {}
+        for index, item in enumerate(items):
+            if item in seen:
+                message = f"repeats the {what} at {field}[{{first}}]"
+                raise PydanticCustomError(kind, message, {"first": seen[item], "index": [index]})
+            seen[item] = index
+        return items
+
+    return check
 
 
 ModelNameField = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 
 
-def _distinct_models(models: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    for index, model in enumerate(models):
-        if model in seen:
-            raise PydanticCustomError(
-                "compare_to", "repeats the model at compare_to[{first}]", {"first": seen[model], "index": [index]}
-            )
-        seen[model] = index
-    return models
-
-
-CompareTo = Annotated[list[ModelNameField], Field(max_length=8), AfterValidator(_distinct_models)]
+CompareTo = Annotated[
+    list[ModelNameField], Field(max_length=8), AfterValidator(_distinct("compare_to", "model", "compare_to"))
+]
 
 
 SegmentKeys = Annotated[
     list[Annotated[str, StringConstraints(pattern=SEGMENT_KEY_PATTERN)]],
     Field(max_length=MAX_SEGMENT_KEYS),
-    AfterValidator(_distinct_keys),
+    AfterValidator(_distinct("segment_keys", "segment key", "segments")),
 ]
 
 
