@@ -291,6 +291,16 @@ def _numbers(result: Any) -> list[float]:
     return [result.ece, result.mce, *bins, brier.score, brier.miscalibration, brier.discrimination, brier.uncertainty]
 
 
+def test_tied_maxima_take_the_first_class_as_numpy_and_pytorch_do() -> None:
+    """Rows [0.4, 0.4, 0.2] with label 0 are right (class 0 is the first maximum), with label 1 wrong."""
+    rows = [[0.4, 0.4, 0.2]] * 4
+    result = calibration(rows, [0, 0, 0, 1], bins=5)
+    assert [(b.confidence, b.accuracy, b.count) for b in result.bins] == [(0.4, 0.75, 4)]
+    assert result.ece == pytest.approx(0.35, abs=1e-15, rel=0)
+    if torch is not None:
+        assert torch.tensor(rows).max(dim=1).indices.tolist() == [0, 0, 0, 0]
+
+
 def test_memory_stays_within_the_bound_the_route_reserves() -> None:
     rng = np.random.default_rng(2)
     for rows, classes, logits in ((40_000, 1, True), (40_000, 1, False), (8_000, 10, True), (1_000, 60, True)):
@@ -345,6 +355,9 @@ def test_rows_within_the_documented_tolerance_are_taken() -> None:
     probabilities = (np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)).astype(np.float32).astype(np.float64)
     assert np.abs(probabilities.sum(axis=1) - 1).max() > 0
     calibration(probabilities, rng.integers(0, 50, 500))
+    near = probabilities.copy()
+    near[3, 0] += 20 * 1e-6  # beyond 1e-6, within the 50 classes' 5e-5
+    calibration(near, rng.integers(0, 50, 500))
     off = probabilities.copy()
     off[3, 0] += 2 * 50 * 1e-6  # past the tolerance for 50 classes
     with pytest.raises(LossInputError, match="must sum to 1") as refused:
