@@ -24,11 +24,12 @@ from service import __version__
 from service.config import Settings
 from service.engine import available_cores, set_threads
 from service.server.api.access import KeyRing
+from service.server.api.calibration_schemas import CalibrationRequest
 from service.server.api.errors import install_error_handlers
 from service.server.api.guards import KEY_REFUSALS, ApiKeys, BodyLimit, HeavyRequests
 from service.server.api.model_schemas import LabelsLog, PredictionsLog, model_config_request_model
 from service.server.api.policy import RequestContext
-from service.server.api.routes import comparisons, health, inference, losses, metrics, models, pages
+from service.server.api.routes import calibration, comparisons, health, inference, losses, metrics, models, pages
 from service.server.api.routes.inference import HEADER_LENGTH
 from service.server.api.routing import Dispatch, Matching, Route, RouteTable, policy_of, route_once
 from service.server.api.schemas import Problem, evaluate_request_model, loss_request_adapter
@@ -207,6 +208,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     groups = (
         inference.routes,
         losses.routes,
+        calibration.routes,
         models.routes,
         comparisons.routes,
         health.routes,
@@ -270,6 +272,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     for name, body in (
         ("LossRequest", loss_request_adapter().json_schema(ref_template=template)),
         ("EvaluateRequest", evaluate_request_model().model_json_schema(ref_template=template)),
+        ("CalibrationRequest", CalibrationRequest.model_json_schema(ref_template=template)),
         ("ModelConfigRequest", model_config_request_model().model_json_schema(ref_template=template)),
         ("PredictionsLog", PredictionsLog.model_json_schema(ref_template=template)),
         ("LabelsLog", LabelsLog.model_json_schema(ref_template=template)),

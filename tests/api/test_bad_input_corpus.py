@@ -219,6 +219,24 @@ def corpus() -> Iterator[Case]:
             j,
             422,
         )
+    # /v1/calibration (422): probabilities outside [0, 1], rows off 1, labels, bins, strategy.
+    calibration = {"predictions": [0.2, 0.7], "labels": [0, 1]}
+    for i, change in enumerate([
+        {"predictions": [0.2, 1.7]}, {"predictions": [-0.2, 0.7]}, {"predictions": [[0.2, 0.7], [0.5, 0.5]]},
+        {"labels": [0, 2]}, {"labels": [0.5, 1]}, {"labels": [0, 1, 1]},
+        {"predictions": [[0.3, 0.7], [0.5, 0.5]], "labels": [0, 2]}, {"predictions": [[[0.3]]], "labels": [0]},
+        {"predictions": [], "labels": []}, {"bins": 0}, {"bins": 1001}, {"bins": 2.5}, {"bins": "15"},
+        {"strategy": "equal"}, {"strategy": None}, {"from_logits": "yes"}, {"bogus": 1}, {"predictions": [0.2, None]},
+    ]):  # fmt: skip
+        yield f"calibration-{i}", "/v1/calibration", json.dumps({**calibration, **change}).encode(), j, 422
+    yield "calibration-nan", "/v1/calibration", b'{"predictions": [0.2, NaN], "labels": [0, 1]}', j, 422
+    yield (
+        "calibration-npz",
+        "/v1/calibration",
+        npz(predictions=np.ones(2), labels=np.ones(2)),
+        {"content-type": "application/x-npz"},
+        415,
+    )
     # Binary bodies (400 / 422).
     n = {"content-type": "application/x-npz"}
     a = {"content-type": "application/vnd.apache.arrow.stream"}
