@@ -196,6 +196,7 @@ READ_ONLY_CASES = [
         "poisson_deviance": {"predictions": [[2.0, 1.0], [0.1, 3.0]], "labels": [[1.0, 0.0], [0.0, 2.0]]},
         "gamma_deviance": {"predictions": [[2.0, 1.0], [0.1, 3.0]], "labels": [[1.0, 0.5], [0.2, 2.0]]},
         "hamming": {"predictions": [[1, 0], [0, 1]], "labels": [[1, 1], [0, 1]], "sample_weight": [2.0, 0.5]},
+        "zero_one": {"predictions": [[0.2, 0.5, 0.3], [0.7, 0.2, 0.1]], "labels": [1, 2], "sample_weight": [2.0, 0.5]},
     }.items()
 ]
 
