@@ -34,9 +34,10 @@ from service.engine.reduction import Array, LossValues, sample_shares
 Float64 = NDArray[np.float64]
 
 # How the label "class c" is written for a loss: 0/1 targets shaped as the predictions ("binary"),
-# one-hot rows ("one_hot"), integer class indices ("index"), or class values ("value": the loss's
-# `classes` option in sorted order, else the column index).
-LabelForm = Literal["binary", "one_hot", "index", "value"]
+# one-hot rows ("one_hot"), integer class indices of (N, C) scores ("index"), or of scores that may
+# also be one binary column ("decision"), or class values ("value": the loss's `classes` option in
+# sorted order, else the column index; one binary column too).
+LabelForm = Literal["binary", "one_hot", "index", "decision", "value"]
 # What the predictions are, for the prediction's own distribution: as the loss's `from_logits`
 # option says, always logits, always log-probabilities, or always probabilities.
 Link = Literal["from_logits", "logits", "log_probabilities", "probabilities"]
@@ -115,6 +116,17 @@ class LossFunction(Protocol):
     def __call__(self, predictions: Array, labels: Any, convention: Convention, /, **options: Any) -> LossValues: ...
 
 
+class Table(Protocol):
+    """A loss's values for every class at once: (values (N, C), PyTorch's per-value denominators
+    (N, C) or None), each column what the loss gives with that class as every label, in the working
+    dtype; None where the options ask for more than the table computes (the classes are then
+    evaluated one by one). The loss itself has checked the predictions first."""
+
+    def __call__(
+        self, predictions: Array, options: Mapping[str, Any], convention: Convention, /
+    ) -> tuple[Array, Array | None] | None: ...
+
+
 class ExpectedFunction(Protocol):
     """`expected(predictions, options, convention, q=None, sample_weight=None)`: the moments of
     the loss's per-sample shares under the belief q (default: the prediction's own distribution).
@@ -143,39 +155,53 @@ def over_classes(
     convention: Convention,
     q: Any = None,
     sample_weight: Array | None = None,
+    table: Table | None = None,
 ) -> ExpectedLoss:
     """The moments of `loss`'s shares under q: the loss evaluated once per class c with every
     label set to c (the first evaluation, class 0, checks the predictions with their own indices),
-    weighted by q_c. Predictions: one binary column (N,) or (N, 1), or (N, C) classes."""
+    weighted by q_c. Predictions: one binary column (N,) or (N, 1), or (N, C) classes.
+
+    `table`: the loss's values for every class at once, (N, C), from the same log-probabilities
+    the loss computes (`Table`), used after the first evaluation when it covers the options."""
     classes = _class_count(form, predictions)
     options = dict(options)
     if form == "value":
         given = options.get("classes")
         values = sorted(set(given)) if given is not None else list(range(classes))
         options["classes"] = values
-    sums, denominators = [], []
     with np.errstate(over="ignore", under="ignore"):
-        for c in range(classes):
-            labels = _labels(form, predictions, c, values if form == "value" else None)
-            result = loss(predictions, labels, convention, **options)
-            s, d = sample_shares(result, _weights(sample_weight, result.values.shape), convention)
-            _check_finite(s, c)
-            sums.append(s)
-            denominators.append(d)
+        first = loss(predictions, _labels(form, predictions, 0, options.get("classes")), convention, **options)
+        fast = None if table is None else table(predictions, options, convention)
+        if fast is not None:
+            s_c, d_c = _table_shares(fast, first.weighted_average, sample_weight, convention)
+        else:
+            sums, denominators = [], []
+            for c in range(classes):
+                labels = _labels(form, predictions, c, options.get("classes"))
+                result = first if c == 0 else loss(predictions, labels, convention, **options)
+                s, d = sample_shares(result, _weights(sample_weight, result.values.shape), convention)
+                sums.append(s)
+                denominators.append(d)
+            s_c = np.stack(sums, axis=1)  # (N, C): the share of each sample for each class
+            d_c = np.stack(denominators, axis=1)
+    _check_finite(s_c)
     belief = _own_belief(predictions, options, link, classes) if q is None else _checked_belief(q, predictions, classes)
-    s_c = np.stack(sums, axis=1)  # (N, C): the share of each sample for each class
-    d_c = np.stack(denominators, axis=1)
-    mean = (belief * s_c).sum(axis=1)
-    # Around class 0's share, so that a share the label cannot change (1, or the sample weight) is exact.
-    denominator = d_c[:, 0] + (belief * (d_c - d_c[:, :1])).sum(axis=1)
+    mean = np.einsum("ij,ij->i", belief, s_c)
     ds = s_c - mean[:, None]
+    variance = np.einsum("ij,ij->i", belief, ds * ds)
+    if (d_c == d_c[:, :1]).all():  # no label changes a denominator share (1, or the sample weight)
+        zero = np.zeros_like(mean)
+        return ExpectedLoss(mean, variance, d_c[:, 0].copy(), zero, zero.copy())
+    # A share the label cannot change is itself, not a sum that rounds.
+    fixed = (d_c == d_c[:, :1]).all(axis=1)
+    denominator = np.where(fixed, d_c[:, 0], np.einsum("ij,ij->i", belief, d_c))
     dd = d_c - denominator[:, None]
     return ExpectedLoss(
         mean=mean,
-        variance=(belief * ds * ds).sum(axis=1),
+        variance=variance,
         denominator=denominator,
-        denominator_variance=(belief * dd * dd).sum(axis=1),
-        covariance=(belief * ds * dd).sum(axis=1),
+        denominator_variance=np.einsum("ij,ij->i", belief, dd * dd),
+        covariance=np.einsum("ij,ij->i", belief, ds * dd),
     )
 
 
@@ -191,16 +217,17 @@ def _class_count(form: LabelForm, predictions: Array) -> int:
                 f"the expected loss takes one binary column, (N,) or (N, 1); got shape {list(predictions.shape)}",
             )
         return 2
-    if form in ("index", "value") and binary_column(predictions):
+    if form in ("decision", "value") and binary_column(predictions):
         return 2
-    if predictions.ndim != 2:
+    if predictions.ndim != 2 or predictions.shape[1] < 2:
         raise LossInputError(
-            "predictions", f"the expected loss takes (N, C) class scores; got shape {list(predictions.shape)}"
+            "predictions",
+            f"the expected loss takes (N, C) scores of C >= 2 classes; got shape {list(predictions.shape)}",
         )
     return int(predictions.shape[1])
 
 
-def _labels(form: LabelForm, predictions: Array, c: int, values: list[float] | None) -> Any:
+def _labels(form: LabelForm, predictions: Array, c: int, values: Any) -> Any:
     n = predictions.shape[0]
     if form == "binary":
         return np.full(predictions.shape, c, dtype=predictions.dtype)
@@ -208,9 +235,8 @@ def _labels(form: LabelForm, predictions: Array, c: int, values: list[float] | N
         one_hot = np.zeros(predictions.shape, dtype=predictions.dtype)
         one_hot[:, c] = 1
         return one_hot
-    if form == "index":
+    if form in ("index", "decision"):
         return np.full(n, c, dtype=np.intp)
-    assert values is not None
     return np.full(n, values[c] if c < len(values) else c, dtype=predictions.dtype)
 
 
@@ -220,13 +246,30 @@ def _weights(sample_weight: Array | None, shape: tuple[int, ...]) -> Array | Non
     return sample_weight.reshape(sample_weight.shape + (1,) * (len(shape) - 1))
 
 
-def _check_finite(shares: Float64, c: int) -> None:
+def _table_shares(
+    fast: tuple[Array, Array | None], weighted_average: bool, sample_weight: Array | None, convention: Convention
+) -> tuple[Float64, Float64]:
+    """The shares of a loss's (N, C) table of values (and of PyTorch's per-value denominators)."""
+    values, denominator = fast
+    n, classes = values.shape
+    flat = LossValues(
+        values.reshape(-1),
+        None if denominator is None else denominator.reshape(-1),
+        weighted_average=weighted_average,
+    )
+    weight = None if sample_weight is None else np.repeat(sample_weight, classes)
+    s, d = sample_shares(flat, weight, convention)
+    return s.reshape(n, classes), d.reshape(n, classes)
+
+
+def _check_finite(shares: Float64) -> None:
     index = first_nonfinite(shares)
     if index is not None:
         raise LossInputError(
             "predictions",
-            f"the loss of this sample for class {c} is not finite ({shares[index].item()!r}); it overflows the dtype",
-            index,
+            f"the loss of this sample for class {index[1]} is not finite ({shares[index].item()!r}); "
+            "it overflows the dtype",
+            index[:1],
         )
 
 

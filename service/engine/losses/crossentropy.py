@@ -24,7 +24,7 @@ from service.engine.checks import (
 )
 from service.engine.conventions import TORCH_IGNORE_INDEX, TORCH_LOG_CLAMP, Convention, class_axis
 from service.engine.errors import LossInputError
-from service.engine.expectation import ExpectedLoss, over_classes
+from service.engine.expectation import ExpectedLoss, Table, over_classes
 from service.engine.losses._shared import along_axis, class_weights, per_sample_mean
 from service.engine.numerics import (
     keras_class_log_probabilities,
@@ -234,8 +234,43 @@ def categorical_crossentropy_expected(
         of the (clipped) prediction; q defaults to p over its row sum, or softmax(x) with from_logits
     """
     return over_classes(
-        categorical_crossentropy, "one_hot", "from_logits", predictions, options, convention, q, sample_weight
+        categorical_crossentropy,
+        "one_hot",
+        "from_logits",
+        predictions,
+        options,
+        convention,
+        q,
+        sample_weight,
+        _cross_entropy_table(sparse=False),
     )
+
+
+def _cross_entropy_table(*, sparse: bool) -> Table:
+    """-log p'_c for every class c at once, weighted as each convention weighs the label's class
+    (the per-class values the losses give); not with label smoothing or an ignored class."""
+
+    def table(predictions: Array, options: Mapping[str, Any], convention: Convention, /) -> Any:
+        num_classes = predictions.shape[1]
+        if options.get("label_smoothing") or (sparse and _ignores_a_class(options, convention, num_classes)):
+            return None
+        weights = class_weights(options.get("class_weight"), num_classes, "class_weight", predictions)
+        log_p = _class_log_probabilities(predictions, bool(options.get("from_logits")), convention, 1)
+        if weights is None:
+            return -log_p, None
+        if convention == "keras":
+            return -log_p * weights, None
+        if sparse:  # CrossEntropyLoss divides by the summed weight of the labels' classes
+            return weights * -log_p, np.broadcast_to(weights, log_p.shape)
+        return -(log_p * weights), None
+
+    return table
+
+
+def _ignores_a_class(options: Mapping[str, Any], convention: Convention, num_classes: int) -> bool:
+    ignore = options.get("ignore_index")
+    ignore = TORCH_IGNORE_INDEX if ignore is None and convention == "torch" else ignore
+    return ignore is not None and 0 <= ignore < num_classes
 
 
 @register(
@@ -310,7 +345,15 @@ def sparse_categorical_crossentropy_expected(
         q defaults to p over its row sum, or softmax(x) with from_logits
     """
     return over_classes(
-        sparse_categorical_crossentropy, "index", "from_logits", predictions, options, convention, q, sample_weight
+        sparse_categorical_crossentropy,
+        "index",
+        "from_logits",
+        predictions,
+        options,
+        convention,
+        q,
+        sample_weight,
+        _cross_entropy_table(sparse=True),
     )
 
 
@@ -491,4 +534,19 @@ def nll_expected(
         s_c = -w_c x_c, d_c = w_c under torch with weights (1 otherwise; 0 for the ignore index)
         E[s] = sum_c q_c s_c, Var[s] = sum_c q_c (s_c - E[s])^2, and likewise E[d], Var[d], Cov(s, d)
     """
-    return over_classes(nll, "index", "log_probabilities", predictions, options, convention, q, sample_weight)
+    return over_classes(
+        nll, "index", "log_probabilities", predictions, options, convention, q, sample_weight, _nll_table
+    )
+
+
+def _nll_table(predictions: Array, options: Mapping[str, Any], convention: Convention, /) -> Any:
+    """-w_c x_c for every class c at once (not with an ignored class)."""
+    num_classes = predictions.shape[1]
+    if _ignores_a_class(options, convention, num_classes):
+        return None
+    weights = class_weights(options.get("weight"), num_classes, "weight", predictions)
+    if weights is None:
+        return -predictions, None
+    if convention == "keras":
+        return -predictions * weights, None
+    return weights * -predictions, np.broadcast_to(weights, predictions.shape)

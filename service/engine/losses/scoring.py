@@ -95,7 +95,18 @@ def log_loss_expected(
         (with q = p: the entropy of the clipped prediction); the classes are the columns, in the
         order of options.classes
     """
-    return over_classes(log_loss, "value", "probabilities", predictions, options, convention, q, sample_weight)
+    return over_classes(
+        log_loss, "value", "probabilities", predictions, options, convention, q, sample_weight, _log_loss_table
+    )
+
+
+def _log_loss_table(predictions: Array, options: Mapping[str, Any], convention: Convention, /) -> Any:
+    """-log(clip(p_c, eps, 1 - eps)) for every class (column) c at once."""
+    probabilities = predictions.reshape(-1, 1) if predictions.ndim == 1 else predictions
+    if probabilities.shape[1] == 1:
+        probabilities = np.concatenate([1 - probabilities, probabilities], axis=1)
+    eps = np.finfo(probabilities.dtype).eps
+    return -np.log(np.clip(probabilities, eps, 1 - eps)), None
 
 
 @register("brier_score", aliases=("brier_score_loss", "brier"), whole_batch=True, separable_with=("classes",))
@@ -189,7 +200,19 @@ def zero_one_expected(
         k = the predicted class (argmax, or the threshold for one column); L(p, c) = 1 - [k = c]
         E = 1 - q_k, Var = q_k (1 - q_k); q defaults to p (each row over its sum), softmax or sigmoid of logits
     """
-    return over_classes(zero_one, "index", "from_logits", predictions, options, convention, q, sample_weight)
+    return over_classes(
+        zero_one, "decision", "from_logits", predictions, options, convention, q, sample_weight, _zero_one_table
+    )
+
+
+def _zero_one_table(predictions: Array, options: Mapping[str, Any], convention: Convention, /) -> Any:
+    """1 - [k = c] for every class c at once, k the predicted class."""
+    if binary_column(predictions):
+        k = (predictions.reshape(-1) >= (0.0 if options.get("from_logits") else 0.5)).astype(np.intp)
+        classes = 2
+    else:
+        k, classes = predictions.argmax(axis=1), predictions.shape[1]
+    return (k[:, None] != np.arange(classes)[None, :]).astype(predictions.dtype), None
 
 
 def _check_class_values(values: Array, field: str) -> None:
