@@ -45,6 +45,8 @@ def _catalogue() -> str:
         parts.append(f"```text\n{spec.formula}\n```\n")
         parts.append(f"**Shapes.** {spec.shapes}\n".replace("\n", "  \n", spec.shapes.count("\n")))
         parts.append(f"**Follows.** {spec.follows}\n")
+        if spec.expected is not None:
+            parts.append(f"**Expected loss** (`expected_loss`):\n\n```text\n{spec.expected_formula}\n```\n")
         if spec.options:
             rows = ["| option | type | default | range | applies | meaning |", "|---|---|---|---|---|---|"]
             for option in spec.options:

@@ -1,4 +1,5 @@
-"""The loss engine: pure NumPy, no HTTP. `compute` is its one entry point.
+"""The loss engine: pure NumPy, no HTTP. `compute` is its entry point; `expected_loss` gives a
+loss's expected value and variance per sample before the labels arrive.
 
 >>> compute("mse", [[1.0, 2.0]], [[1.0, 4.0]]).mean
 2.0
@@ -17,6 +18,7 @@ from service.engine import losses as _losses  # noqa: F401  (fills the catalogue
 from service.engine.checks import check_not_empty, first_nonfinite
 from service.engine.conventions import CONVENTIONS, DTYPES, FRAMEWORKS, LIBRARIES, Convention, DType
 from service.engine.errors import LossInputError, UnknownLossError
+from service.engine.expectation import ExpectedLoss, ExpectedTotals
 from service.engine.parallel import available_cores, loss_values, set_threads
 from service.engine.reduction import Array, reduce, reduce_library
 from service.engine.registry import LossSpec, OptionSpec, catalogue, resolve
@@ -30,6 +32,8 @@ __all__ = [
     "Aggregate",
     "Convention",
     "DType",
+    "ExpectedLoss",
+    "ExpectedTotals",
     "LossInputError",
     "LossResult",
     "LossSpec",
@@ -42,6 +46,7 @@ __all__ = [
     "catalogue",
     "combine",
     "compute",
+    "expected_loss",
     "first_nonfinite",
     "libraries",
     "loss_name",
@@ -96,6 +101,53 @@ def compute(
     with np.errstate(over="ignore", under="ignore"):
         values = loss_values(spec, x, y, convention, bound)
         return reduce(values, weight, convention, spec.name, dtype, chunk=chunk, shares=shares)
+
+
+def expected_loss(
+    loss: str,
+    predictions: ArrayLike,
+    *,
+    options: Mapping[str, Any] | None = None,
+    convention: Convention = "keras",
+    dtype: DType = "float64",
+    q: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
+) -> ExpectedLoss:
+    """Each sample's expected loss and its variance before its label is known (`expectation`).
+
+    The label is taken to be class c with probability q_c: q is the calibrated belief, (N,) P(class 1)
+    for one binary column or (N, C); by default the prediction's own distribution. The loss scored
+    is the one `compute` gives for these predictions, options, convention and dtype; the moments
+    are of each sample's share of its `sum` and `denominator` (`compute(..., shares=True)`).
+    Only the losses whose catalogue entry has an `expected` function have one; the others
+    (regression, margin, distribution losses) are refused by name.
+    """
+    spec = resolve(loss)
+    if convention not in FRAMEWORKS:
+        raise LossInputError(
+            "convention", f"must be one of {list(FRAMEWORKS)} for an expected loss, got {convention!r}"
+        )
+    if dtype not in DTYPES:
+        raise LossInputError("dtype", f"must be one of {list(DTYPES)}, got {dtype!r}")
+    if spec.expected is None:
+        having = ", ".join(s.name for s in catalogue() if s.expected is not None)
+        raise LossInputError(
+            "loss", f"{spec.name} has no expected loss (it does not score a predicted class); losses with one: {having}"
+        )
+    bound = spec.bind(options, convention)
+    working = np.dtype(dtype)
+    x = as_working_array(predictions, "predictions", working)
+    check_not_empty(x)
+    weight = None
+    if sample_weight is not None:
+        weight = as_working_array(sample_weight, "sample_weight", working)
+        if weight.shape != x.shape[:1]:
+            raise LossInputError(
+                "sample_weight", f"shape {list(weight.shape)} should be [{x.shape[0]}], one per sample"
+            )
+        if (weight < 0).any():
+            raise LossInputError("sample_weight", "weights must be >= 0", (int(np.argwhere(weight < 0)[0][0]),))
+    return spec.expected(x, bound, convention, q=q, sample_weight=weight)
 
 
 def _compute_library(

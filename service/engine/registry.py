@@ -19,6 +19,7 @@ import numpy as np
 
 from service.engine.conventions import Convention
 from service.engine.errors import LossInputError, UnknownLossError
+from service.engine.expectation import ExpectedFunction
 from service.engine.options import Aliases, Doc, OnlyUnder, PerSample, Range
 from service.engine.reduction import Array, LossValues
 
@@ -60,6 +61,9 @@ class LossSpec:
     class_labels: bool = False
     whole_batch: bool = False
     separable_with: tuple[str, ...] = ()
+    # The loss's expected value under a belief about the label (`expectation`), and its formula.
+    expected: ExpectedFunction | None = None
+    expected_formula: str = ""
     # From `options`, once: their names, those that have aliases, and the per-sample ones (sorted).
     option_names: frozenset[str] = field(init=False, repr=False, compare=False)
     aliased: tuple[OptionSpec, ...] = field(init=False, repr=False, compare=False)
@@ -149,6 +153,23 @@ def register(
                 raise ValueError(f"loss name {key!r} registered twice")
             _LOOKUP[key] = name
         _REGISTRY[name] = spec
+        return function
+
+    return decorate
+
+
+def expectation(name: str) -> Callable[[ExpectedFunction], ExpectedFunction]:
+    """Attach `function` to the registered loss `name` as its expected loss (`expectation.ExpectedFunction`);
+    the Formula section of its docstring is the catalogue's `expected_formula`."""
+
+    def decorate(function: ExpectedFunction) -> ExpectedFunction:
+        formula = _sections(inspect.cleandoc(function.__doc__ or "")).get("Formula", "")
+        if not formula:
+            raise TypeError(f"{function.__name__}: docstring needs a Formula section")
+        spec = _REGISTRY[name]
+        if spec.expected is not None:
+            raise ValueError(f"{name} has an expected loss already")
+        _REGISTRY[name] = dataclasses.replace(spec, expected=function, expected_formula=formula)
         return function
 
     return decorate

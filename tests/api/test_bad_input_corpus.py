@@ -1090,6 +1090,14 @@ SKLEARN_CASES: list[tuple[str, dict[str, Any], str]] = [
      "predictions.1.1: multilabel indicators must be one of [0.0, 1.0], got 2.0"),
     ("hamming-3d", {"loss": "hamming", "predictions": [[[0]]], "labels": [[[0]]]},
      "predictions: must be (N,) class values or (N, K) indicators, got shape [1, 1, 1]"),
+    ("zero-one-label-outside-classes", {"loss": "zero_one", "predictions": [[0.2, 0.8], [0.6, 0.4]], "labels": [1, 2]},
+     "labels.1: class label 2 is outside [0, 1]"),
+    ("zero-one-binary-column-label-2", {"loss": "zero_one_loss", "predictions": [0.2, 0.7], "labels": [0, 2]},
+     "labels.1: class label 2 is outside [0, 1]"),
+    ("zero-one-probability-above-1", {"loss": "zero_one", "predictions": [0.2, 1.5], "labels": [0, 1]},
+     "predictions.1: probabilities (from_logits is false) must lie in [0, 1], got 1.5"),
+    ("zero-one-3d", {"loss": "zero_one", "predictions": [[[0.5]]], "labels": [0]},
+     "predictions: must be (N,), (N, 1) or (N, C) class scores, got shape [1, 1, 1]"),
 ]  # fmt: skip
 
 

@@ -124,7 +124,7 @@ def test_log_loss_and_brier_match_scikit_learn_binary_with_class_values() -> Non
 
 def test_every_loss_documents_formula_shapes_and_source() -> None:
     names = {spec.name for spec in catalogue()}
-    assert len(names) == 45
+    assert len(names) == 46
     for spec in catalogue():
         assert spec.formula, spec.name
         assert spec.shapes, spec.name
@@ -196,6 +196,7 @@ READ_ONLY_CASES = [
         "poisson_deviance": {"predictions": [[2.0, 1.0], [0.1, 3.0]], "labels": [[1.0, 0.0], [0.0, 2.0]]},
         "gamma_deviance": {"predictions": [[2.0, 1.0], [0.1, 3.0]], "labels": [[1.0, 0.5], [0.2, 2.0]]},
         "hamming": {"predictions": [[1, 0], [0, 1]], "labels": [[1, 1], [0, 1]], "sample_weight": [2.0, 0.5]},
+        "zero_one": {"predictions": [[0.2, 0.5, 0.3], [0.7, 0.2, 0.1]], "labels": [1, 2], "sample_weight": [2.0, 0.5]},
     }.items()
 ]
 

@@ -8,8 +8,9 @@ and aten/src/ATen/native/Loss.cpp, LossNLL.cpp.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,6 +24,7 @@ from service.engine.checks import (
 )
 from service.engine.conventions import TORCH_IGNORE_INDEX, TORCH_LOG_CLAMP, Convention, class_axis
 from service.engine.errors import LossInputError
+from service.engine.expectation import ExpectedLoss, Table, over_classes
 from service.engine.losses._shared import along_axis, class_weights, per_sample_mean
 from service.engine.numerics import (
     keras_class_log_probabilities,
@@ -34,7 +36,7 @@ from service.engine.numerics import (
 )
 from service.engine.options import Aliases, Doc, NonNegative, OnlyUnder, Probability, Range
 from service.engine.reduction import Array, LossValues
-from service.engine.registry import register
+from service.engine.registry import expectation, register
 
 FromLogits = Annotated[bool, Doc("predictions are unnormalised logits rather than probabilities")]
 LabelSmoothing = Annotated[float, Probability, Doc("mix the targets with the uniform distribution")]
@@ -155,6 +157,22 @@ def binary_crossentropy(
     return LossValues(elementwise)
 
 
+@expectation("binary_crossentropy")
+def binary_crossentropy_expected(
+    predictions: Array, options: Mapping[str, Any], convention: Convention, /, q: Any = None, sample_weight: Any = None
+) -> ExpectedLoss:
+    """Expected binary cross-entropy of one binary column under a belief q = P(y = 1).
+
+    Formula:
+        L(p, c): the loss above with the target y = c (smoothing, clipping or clamping, weights as configured)
+        E = q L(p, 1) + (1 - q) L(p, 0), Var = q (1 - q) (L(p, 1) - L(p, 0))^2
+        q defaults to p, or sigmoid(x) with from_logits
+    """
+    return over_classes(
+        binary_crossentropy, "binary", "from_logits", predictions, options, convention, q, sample_weight
+    )
+
+
 @register("categorical_crossentropy", aliases=("cce", "categorical_cross_entropy"))
 def categorical_crossentropy(
     predictions: Array,
@@ -202,6 +220,57 @@ def categorical_crossentropy(
     if weights is not None:
         return LossValues(-(log_p * targets * along_axis(weights, axis, log_p.ndim)).sum(axis=axis))
     return LossValues(-(log_p * targets).sum(axis=axis))
+
+
+@expectation("categorical_crossentropy")
+def categorical_crossentropy_expected(
+    predictions: Array, options: Mapping[str, Any], convention: Convention, /, q: Any = None, sample_weight: Any = None
+) -> ExpectedLoss:
+    """Expected categorical cross-entropy under a belief q over the classes, the label one-hot.
+
+    Formula:
+        L(p, c): the loss above with the one-hot target e_c (smoothing, class weights as configured)
+        E = sum_c q_c L(p, c), Var = sum_c q_c (L(p, c) - E)^2; with q = p and no options, E is the entropy
+        of the (clipped) prediction; q defaults to p over its row sum, or softmax(x) with from_logits
+    """
+    return over_classes(
+        categorical_crossentropy,
+        "one_hot",
+        "from_logits",
+        predictions,
+        options,
+        convention,
+        q,
+        sample_weight,
+        _cross_entropy_table(sparse=False),
+    )
+
+
+def _cross_entropy_table(*, sparse: bool) -> Table:
+    """-log p'_c for every class c at once, weighted as each convention weighs the label's class
+    (the per-class values the losses give); not with label smoothing or an ignored class."""
+
+    def table(predictions: Array, options: Mapping[str, Any], convention: Convention, /) -> Any:
+        num_classes = predictions.shape[1]
+        if options.get("label_smoothing") or (sparse and _ignores_a_class(options, convention, num_classes)):
+            return None
+        weights = class_weights(options.get("class_weight"), num_classes, "class_weight", predictions)
+        log_p = _class_log_probabilities(predictions, bool(options.get("from_logits")), convention, 1)
+        if weights is None:
+            return -log_p, None
+        if convention == "keras":
+            return -log_p * weights, None
+        if sparse:  # CrossEntropyLoss divides by the summed weight of the labels' classes
+            return weights * -log_p, np.broadcast_to(weights, log_p.shape)
+        return -(log_p * weights), None
+
+    return table
+
+
+def _ignores_a_class(options: Mapping[str, Any], convention: Convention, num_classes: int) -> bool:
+    ignore = options.get("ignore_index")
+    ignore = TORCH_IGNORE_INDEX if ignore is None and convention == "torch" else ignore
+    return ignore is not None and 0 <= ignore < num_classes
 
 
 @register(
@@ -262,6 +331,32 @@ def sparse_categorical_crossentropy(
     return _target_losses(picked, targets, mask, weights, convention, smooth)
 
 
+@expectation("sparse_categorical_crossentropy")
+def sparse_categorical_crossentropy_expected(
+    predictions: Array, options: Mapping[str, Any], convention: Convention, /, q: Any = None, sample_weight: Any = None
+) -> ExpectedLoss:
+    """Expected sparse categorical cross-entropy under a belief q over the classes.
+
+    Formula:
+        s_c, d_c: the sample's share of the sum and of the denominator with the label c (torch with
+        class weights: s_c = w_c nll_c (smoothed), d_c = w_c; otherwise d_c = 1); a class equal to
+        ignore_index gives s_c = d_c = 0
+        E[s] = sum_c q_c s_c, Var[s] = sum_c q_c (s_c - E[s])^2, and likewise E[d], Var[d], Cov(s, d)
+        q defaults to p over its row sum, or softmax(x) with from_logits
+    """
+    return over_classes(
+        sparse_categorical_crossentropy,
+        "index",
+        "from_logits",
+        predictions,
+        options,
+        convention,
+        q,
+        sample_weight,
+        _cross_entropy_table(sparse=True),
+    )
+
+
 @register("categorical_generalized_cross_entropy", aliases=("generalized_cross_entropy", "gce"), class_labels=True)
 def categorical_generalized_cross_entropy(
     predictions: Array,
@@ -301,6 +396,28 @@ def categorical_generalized_cross_entropy(
     check_in_range(predictions, "predictions", 0.0, 1.0, "probabilities")
     picked = np.take_along_axis(predictions, np.expand_dims(targets, axis), axis=axis).squeeze(axis)
     return LossValues((1.0 - np.power(picked, q)) / q)
+
+
+@expectation("categorical_generalized_cross_entropy")
+def categorical_generalized_cross_entropy_expected(
+    predictions: Array, options: Mapping[str, Any], convention: Convention, /, q: Any = None, sample_weight: Any = None
+) -> ExpectedLoss:
+    """Expected generalized cross-entropy under a belief q over the classes (default: p over its row sum).
+
+    Formula:
+        L(p, c) = (1 - p_c^q) / q (q the option); E = sum_c b_c L(p, c), Var = sum_c b_c (L(p, c) - E)^2,
+        b the belief
+    """
+    return over_classes(
+        categorical_generalized_cross_entropy,
+        "index",
+        "probabilities",
+        predictions,
+        options,
+        convention,
+        q,
+        sample_weight,
+    )
 
 
 @dataclass(frozen=True)
@@ -405,3 +522,31 @@ def nll(
     weights = class_weights(weight, num_classes, "weight", predictions)
     picked = -np.take_along_axis(predictions, np.expand_dims(targets, axis), axis=axis).squeeze(axis)
     return _target_losses(picked, targets, mask, weights, convention)
+
+
+@expectation("nll")
+def nll_expected(
+    predictions: Array, options: Mapping[str, Any], convention: Convention, /, q: Any = None, sample_weight: Any = None
+) -> ExpectedLoss:
+    """Expected negative log-likelihood under a belief q over the classes (default: softmax of the log-probabilities).
+
+    Formula:
+        s_c = -w_c x_c, d_c = w_c under torch with weights (1 otherwise; 0 for the ignore index)
+        E[s] = sum_c q_c s_c, Var[s] = sum_c q_c (s_c - E[s])^2, and likewise E[d], Var[d], Cov(s, d)
+    """
+    return over_classes(
+        nll, "index", "log_probabilities", predictions, options, convention, q, sample_weight, _nll_table
+    )
+
+
+def _nll_table(predictions: Array, options: Mapping[str, Any], convention: Convention, /) -> Any:
+    """-w_c x_c for every class c at once (not with an ignored class)."""
+    num_classes = predictions.shape[1]
+    if _ignores_a_class(options, convention, num_classes):
+        return None
+    weights = class_weights(options.get("weight"), num_classes, "weight", predictions)
+    if weights is None:
+        return -predictions, None
+    if convention == "keras":
+        return -predictions * weights, None
+    return weights * -predictions, np.broadcast_to(weights, predictions.shape)

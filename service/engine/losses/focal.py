@@ -7,18 +7,20 @@ optax/losses/_classification.py (sigmoid_focal_loss, poly_loss_cross_entropy).
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 import numpy as np
 
 from service.engine.checks import check_class_vector, check_in_range, check_min_rank, check_same_shape
 from service.engine.conventions import Convention, class_axis
+from service.engine.expectation import ExpectedLoss, over_classes
 from service.engine.losses._shared import along_axis, per_sample_mean
 from service.engine.losses.crossentropy import FromLogits, LabelSmoothing, _check_probabilities
 from service.engine.numerics import keras_clip, log_sigmoid, log_softmax, sigmoid
 from service.engine.options import Doc, NonNegative, Probability
 from service.engine.reduction import Array, LossValues
-from service.engine.registry import register
+from service.engine.registry import expectation, register
 
 Gamma = Annotated[float, NonNegative, Doc("focusing parameter: 0 gives the plain cross-entropy")]
 
@@ -64,6 +66,21 @@ def binary_focal_crossentropy(
     return LossValues(per_sample_mean(focal, convention))
 
 
+@expectation("binary_focal_crossentropy")
+def binary_focal_crossentropy_expected(
+    predictions: Array, options: Mapping[str, Any], convention: Convention, /, q: Any = None, sample_weight: Any = None
+) -> ExpectedLoss:
+    """Expected binary focal cross-entropy of one binary column under a belief q = P(y = 1).
+
+    Formula:
+        L(p, c): the loss above with the target y = c; E = q L(p, 1) + (1 - q) L(p, 0),
+        Var = q (1 - q) (L(p, 1) - L(p, 0))^2; q defaults to p, or sigmoid(x) with from_logits
+    """
+    return over_classes(
+        binary_focal_crossentropy, "binary", "from_logits", predictions, options, convention, q, sample_weight
+    )
+
+
 @register("categorical_focal_crossentropy", aliases=("categorical_focal",))
 def categorical_focal_crossentropy(
     predictions: Array,
@@ -107,6 +124,21 @@ def categorical_focal_crossentropy(
     return LossValues(focal.sum(axis=axis))
 
 
+@expectation("categorical_focal_crossentropy")
+def categorical_focal_crossentropy_expected(
+    predictions: Array, options: Mapping[str, Any], convention: Convention, /, q: Any = None, sample_weight: Any = None
+) -> ExpectedLoss:
+    """Expected categorical focal cross-entropy under a belief q over the classes, the label one-hot.
+
+    Formula:
+        L(p, c): the loss above with the target e_c; E = sum_c q_c L(p, c), Var = sum_c q_c (L(p, c) - E)^2;
+        q defaults to p over its row sum, or softmax(x) with from_logits
+    """
+    return over_classes(
+        categorical_focal_crossentropy, "one_hot", "from_logits", predictions, options, convention, q, sample_weight
+    )
+
+
 @register("sigmoid_focal", aliases=("sigmoid_focal_loss",))
 def sigmoid_focal(
     predictions: Array,
@@ -141,6 +173,19 @@ def sigmoid_focal(
     return LossValues(per_sample_mean(loss, convention))
 
 
+@expectation("sigmoid_focal")
+def sigmoid_focal_expected(
+    predictions: Array, options: Mapping[str, Any], convention: Convention, /, q: Any = None, sample_weight: Any = None
+) -> ExpectedLoss:
+    """Expected sigmoid focal loss of one binary column of logits under a belief q = P(y = 1).
+
+    Formula:
+        L(x, c): the loss above with the target y = c; E = q L(x, 1) + (1 - q) L(x, 0),
+        Var = q (1 - q) (L(x, 1) - L(x, 0))^2; q defaults to sigmoid(x)
+    """
+    return over_classes(sigmoid_focal, "binary", "logits", predictions, options, convention, q, sample_weight)
+
+
 @register("poly1_cross_entropy", aliases=("poly1",))
 def poly1_cross_entropy(
     predictions: Array,
@@ -170,3 +215,16 @@ def poly1_cross_entropy(
     cross_entropy = -(labels * log_p).sum(axis=axis)
     one_minus_pt = (labels * (1.0 - np.exp(log_p))).sum(axis=axis)
     return LossValues(cross_entropy + epsilon * one_minus_pt)
+
+
+@expectation("poly1_cross_entropy")
+def poly1_cross_entropy_expected(
+    predictions: Array, options: Mapping[str, Any], convention: Convention, /, q: Any = None, sample_weight: Any = None
+) -> ExpectedLoss:
+    """Expected Poly-1 cross-entropy under a belief q over the classes, the label one-hot.
+
+    Formula:
+        L(x, c) = -log_softmax(x)_c + epsilon (1 - softmax(x)_c); E = sum_c q_c L(x, c),
+        Var = sum_c q_c (L(x, c) - E)^2; q defaults to softmax(x)
+    """
+    return over_classes(poly1_cross_entropy, "one_hot", "logits", predictions, options, convention, q, sample_weight)

@@ -1,4 +1,4 @@
-"""Probabilistic scoring rules and the Hamming loss, with scikit-learn's conventions
+"""Probabilistic scoring rules, the zero-one and the Hamming loss, with scikit-learn's conventions
 (sklearn/metrics/_classification.py).
 
 Their mean is scikit-learn's `np.average`: with sample weights, sum(w l) / sum(w) under either
@@ -7,18 +7,21 @@ convention.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from service.engine.checks import check_in_range, check_same_shape, check_values_in
+from service.engine.checks import check_class_indices, check_in_range, check_same_shape, check_values_in
 from service.engine.conventions import Convention
 from service.engine.errors import LossInputError
+from service.engine.expectation import ExpectedLoss, binary_column, over_classes
+from service.engine.losses.crossentropy import FromLogits, _check_probabilities
 from service.engine.numerics import xlogy
 from service.engine.options import Aliases, Doc
 from service.engine.reduction import Array, LossValues
-from service.engine.registry import register
+from service.engine.registry import expectation, register
 
 ClassValues = Annotated[
     list[float] | None,
@@ -81,6 +84,31 @@ def log_loss(
     return LossValues(-xlogy(one_hot, clipped).sum(axis=1), weighted_average=True)
 
 
+@expectation("log_loss")
+def log_loss_expected(
+    predictions: Array, options: Mapping[str, Any], convention: Convention, /, q: Any = None, sample_weight: Any = None
+) -> ExpectedLoss:
+    """Expected log loss under a belief q over the classes (default: the probabilities, each row over its sum).
+
+    Formula:
+        L(p, c) = -log(clip(p_c, eps, 1 - eps)); E = sum_c q_c L(p, c), Var = sum_c q_c (L(p, c) - E)^2
+        (with q = p: the entropy of the clipped prediction); the classes are the columns, in the
+        order of options.classes
+    """
+    return over_classes(
+        log_loss, "value", "probabilities", predictions, options, convention, q, sample_weight, _log_loss_table
+    )
+
+
+def _log_loss_table(predictions: Array, options: Mapping[str, Any], convention: Convention, /) -> Any:
+    """-log(clip(p_c, eps, 1 - eps)) for every class (column) c at once."""
+    probabilities = predictions.reshape(-1, 1) if predictions.ndim == 1 else predictions
+    if probabilities.shape[1] == 1:
+        probabilities = np.concatenate([1 - probabilities, probabilities], axis=1)
+    eps = np.finfo(probabilities.dtype).eps
+    return -np.log(np.clip(probabilities, eps, 1 - eps)), None
+
+
 @register("brier_score", aliases=("brier_score_loss", "brier"), whole_batch=True, separable_with=("classes",))
 def brier_score(
     predictions: Array,
@@ -109,6 +137,82 @@ def brier_score(
     values: NDArray[np.floating] = ((one_hot - probabilities) ** 2).sum(axis=1)
     halve = probabilities.shape[1] < 3 if scale_by_half is None else scale_by_half
     return LossValues(values * 0.5 if halve else values, weighted_average=True)
+
+
+@expectation("brier_score")
+def brier_score_expected(
+    predictions: Array, options: Mapping[str, Any], convention: Convention, /, q: Any = None, sample_weight: Any = None
+) -> ExpectedLoss:
+    """Expected Brier score under a belief q over the classes (default: the probabilities, each row over its sum).
+
+    Formula:
+        L(p, c) = h (sum_k p_k^2 - 2 p_c + 1), h = 1/2 when halved; E = sum_c q_c L(p, c),
+        Var = sum_c q_c (L(p, c) - E)^2 = 4 h^2 (sum_c q_c p_c^2 - (sum_c q_c p_c)^2)
+    """
+    return over_classes(brier_score, "value", "probabilities", predictions, options, convention, q, sample_weight)
+
+
+@register("zero_one", aliases=("zero_one_loss",), class_labels=True)
+def zero_one(
+    predictions: Array, labels: NDArray[np.intp], convention: Convention, /, *, from_logits: FromLogits = False
+) -> LossValues:
+    """Zero-one loss: 1 where the predicted class is not the label, else 0; 1 - mean is the accuracy.
+
+    Formula:
+        1 - [argmax_c p_c = y] over (N, C) scores (the first of equal maxima); one binary column:
+        1 - [(p >= 0.5, or x >= 0 with from_logits) = y]
+        mean: sum(w l) / sum(w) (np.average) under both conventions
+
+    Shapes:
+        predictions: probabilities (logits with from_logits), (N,) or (N, 1) for one binary column, or (N, C);
+        labels: class indices (N,) (0 or 1 for one column; (N, 1) also).
+        per_sample: (N,).
+
+    Follows:
+        sklearn/metrics/_classification.py zero_one_loss (normalize=True) of the predicted classes.
+    """
+    if predictions.ndim not in (1, 2):
+        raise LossInputError(
+            "predictions", f"must be (N,), (N, 1) or (N, C) class scores, got shape {list(predictions.shape)}"
+        )
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.shape != predictions.shape[:1]:
+        raise LossInputError("labels", f"shape {list(labels.shape)} should be [{predictions.shape[0]}]")
+    _check_probabilities(predictions, from_logits)
+    column = binary_column(predictions)
+    check_class_indices(labels, 2 if column else predictions.shape[1], None)
+    if column:
+        scores = predictions.reshape(-1)
+        predicted = (scores >= (0.0 if from_logits else 0.5)).astype(np.intp)
+    else:
+        predicted = predictions.argmax(axis=1)
+    return LossValues((predicted != labels).astype(predictions.dtype), weighted_average=True)
+
+
+@expectation("zero_one")
+def zero_one_expected(
+    predictions: Array, options: Mapping[str, Any], convention: Convention, /, q: Any = None, sample_weight: Any = None
+) -> ExpectedLoss:
+    """Expected zero-one loss: the probability, under a belief q, that the predicted class is wrong.
+
+    Formula:
+        k = the predicted class (argmax, or the threshold for one column); L(p, c) = 1 - [k = c]
+        E = 1 - q_k, Var = q_k (1 - q_k); q defaults to p (each row over its sum), softmax or sigmoid of logits
+    """
+    return over_classes(
+        zero_one, "decision", "from_logits", predictions, options, convention, q, sample_weight, _zero_one_table
+    )
+
+
+def _zero_one_table(predictions: Array, options: Mapping[str, Any], convention: Convention, /) -> Any:
+    """1 - [k = c] for every class c at once, k the predicted class."""
+    if binary_column(predictions):
+        k = (predictions.reshape(-1) >= (0.0 if options.get("from_logits") else 0.5)).astype(np.intp)
+        classes = 2
+    else:
+        k, classes = predictions.argmax(axis=1), predictions.shape[1]
+    return (k[:, None] != np.arange(classes)[None, :]).astype(predictions.dtype), None
 
 
 def _check_class_values(values: Array, field: str) -> None:

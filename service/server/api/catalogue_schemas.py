@@ -58,6 +58,12 @@ class LossInfo(BaseModel):
         description="Options of a whole-batch loss that, once given (not null), make each sample's loss depend on "
         "its own rows alone: the batch then splits into chunks exactly.",
     )
+    expected: str | None = Field(
+        default=None,
+        description="The formula of the loss's expected value and variance per sample under a belief about the "
+        "label (the prediction's own distribution, or a calibrated one); null: the loss has none (it does not score "
+        "a predicted class), and an estimate configured for it is refused.",
+    )
 
 
 class Catalogue(BaseModel):
@@ -117,6 +123,7 @@ def loss_info(spec: LossSpec) -> LossInfo:
         ],
         whole_batch=spec.whole_batch,
         separable_with=list(spec.separable_with),
+        expected=spec.expected_formula or None,
     )
 
 
