@@ -6,20 +6,23 @@ The data set is NannyML's US Census employment data for Massachusetts (`employme
 from the installed `nannyml` package's own files, never from the network): rows of the American
 Community Survey's person records, the label whether the person is employed, one `year` per row
 (the reference period 2015, the analysis period 2016-2018), and the predicted probability and
-predicted class of a classifier NannyML trained on earlier years. The analysis period's labels ship
-in a separate file, as labels that arrive later would. NannyML sorts the rows by year; the chunks are
+predicted class of a classifier NannyML trained. The analysis period's labels ship
+in a separate file, as labels that arrive later would. The rows are in year order; the chunks are
 consecutive runs of `--chunk-size` rows (the last one shorter), as NannyML's size-based chunker cuts
 them, so a chunk is a stretch of time.
 
-Per chunk of the analysis period, from the predicted probabilities alone:
-- the estimated log loss (`expected_loss("log_loss")`, under the prediction's own distribution: no
-  recalibration) with its ±3σ band, and the realized log loss once the labels are in (`compute`);
+Per chunk of the analysis period, from the predicted probabilities p alone, each twice: under the
+prediction's own distribution (q = p, nothing fitted) and under q recalibrated on the reference
+period (the engine's `isotonic_fit`, read at a new p as scikit-learn's IsotonicRegression reads it):
+- the estimated log loss (`expected_loss("log_loss", p, q=q)`) with its ±3σ band, and the realized
+  log loss once the labels are in (`compute`);
 - the estimated accuracy, 1 − E[`zero_one`], with its ±3σ band, and the realized accuracy;
-- NannyML CBPE's estimated accuracy for the same chunks (fitted on the reference period, as its
-  documentation does: it recalibrates the probabilities there by isotonic regression).
+and NannyML CBPE's estimated accuracy for the same chunks (fitted on the reference period, as its
+documentation does: it recalibrates the probabilities there by isotonic regression too).
 
 Then the mean absolute error of each accuracy estimate, and the share of chunks whose realized
-value lies inside our band. tests/offline/test_estimate_real_data.py runs the same functions.
+value lies inside the band. docs/losses.md shows the table and says what the estimate assumes;
+tests/offline/test_estimate_real_data.py runs the same functions.
 """
 
 from __future__ import annotations
