@@ -166,6 +166,29 @@ def test_the_temperature_is_scipys_and_pytorchs_minimiser_of_the_log_loss(
     assert best <= nll(fit.temperature * (1 - 1e-5), z, y, w)
 
 
+def test_the_temperature_is_the_root_of_the_log_losss_slope_to_float64s_last_digits() -> None:
+    """The root of NLL'(1/T) found by mpmath at 40 digits (findroot from the fit): the fit is that
+    temperature to 1e-12 relative, for logits of 4 classes and for one binary column."""
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 40
+    for classes in (4, 1):
+        x, y, weights = temperature_case(classes, True, True, 1.4, seed=12, n=200)
+        fit = fit_temperature(x, y, from_logits=True, convention="torch", sample_weight=weights)
+        rows = [[mp.mpf(float(v)) for v in row] for row in reference_logits(x, True, "torch")]
+        assert weights is not None
+        w = [mp.mpf(float(v)) for v in weights]
+
+        def slope(b: Any, rows: list[list[Any]] = rows, w: list[Any] = w, y: np.ndarray = y) -> Any:
+            total = mp.mpf(0)
+            for i, row in enumerate(rows):
+                e = [mp.exp(b * v) for v in row]
+                total += w[i] * (mp.fsum(a * v for a, v in zip(e, row, strict=True)) / mp.fsum(e) - row[y[i]])
+            return total
+
+        root = mp.findroot(slope, mp.mpf(1.0 / fit.temperature))
+        assert abs(float(1 / root) / fit.temperature - 1) < 1e-12
+
+
 def test_labels_drawn_at_temperature_two_give_a_fit_of_two() -> None:
     """200,000 rows of 5 classes, labels from softmax(z / 2): the fitted 1/T lies within 4 standard
     errors of 1/2, the error being 1 / sqrt(sum_i Var_{q_i}[z_i]), the Fisher information of 1/T."""
@@ -306,6 +329,8 @@ def test_a_fit_round_trips_through_json() -> None:
         fit_isotonic(p, y),
         fit_temperature(p, y, from_logits=False, convention="keras"),
         fit_temperature(np.c_[p, 1 - p], y.astype(int), from_logits=False, convention="torch"),
+        Temperature(T_MAX, at_bound=True),
+        Isotonic((0.1, 0.5), (0.2, 0.7), thinned=True),
     ):
         again = recalibration_from_dict(json.loads(json.dumps(fit.as_dict())))
         assert again == fit
