@@ -13,7 +13,7 @@ them, so a chunk is a stretch of time.
 
 Per chunk of the analysis period, from the predicted probabilities p alone, each twice: under the
 prediction's own distribution (q = p, nothing fitted) and under q recalibrated on the reference
-period (the engine's `isotonic_fit`, read at a new p as scikit-learn's IsotonicRegression reads it):
+period (the engine's `fit_isotonic`, read at a new p as scikit-learn's IsotonicRegression reads it):
 - the estimated log loss (`expected_loss("log_loss", p, q=q)`) with its ±3σ band, and the realized
   log loss once the labels are in (`compute`);
 - the estimated accuracy, 1 − E[`zero_one`], with its ±3σ band, and the realized accuracy;
@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from service.engine import compute, expected_loss  # noqa: E402
-from service.engine.calibration import isotonic_fit  # noqa: E402
+from service.engine.recalibration import fit_isotonic  # noqa: E402
 
 Floats = np.ndarray[Any, np.dtype[np.float64]]
 
@@ -142,16 +142,11 @@ def bounds(n: int, size: int) -> list[tuple[int, int]]:
 
 
 def recalibration(reference: Period) -> Callable[[Floats], Floats]:
-    """P(y = 1 | p) fitted on the reference period by isotonic regression (the engine's
-    `isotonic_fit`, pool-adjacent-violators) and read at new p by linear interpolation between the
-    fitted points, constant beyond the first and last: scikit-learn's IsotonicRegression with
-    out_of_bounds='clip', which CBPE fits on the reference period too."""
-    order = np.argsort(reference.probability, kind="stable")
-    x = reference.probability[order]
-    fitted = isotonic_fit(x, reference.label[order].astype(np.float64))
-    points, first = np.unique(x, return_index=True)
-    values = fitted[first]
-    return lambda p: np.interp(p, points, values)
+    """P(y = 1 | p) fitted on the reference period by the engine's isotonic recalibration
+    (`fit_isotonic`: scikit-learn's IsotonicRegression with out_of_bounds='clip', which CBPE fits on
+    the reference period too) and read at new p."""
+    fitted = fit_isotonic(reference.probability, reference.label.astype(np.float64))
+    return lambda p: fitted.apply(p)
 
 
 def estimate_chunk(period: Period, start: int, end: int, recalibrate: Callable[[Floats], Floats]) -> Chunk:

@@ -208,23 +208,31 @@ def isotonic_fit(x: Floats, y: Floats) -> Floats:
     """The non-decreasing least-squares fit of y on sorted x, one value per sample.
 
     Equal x are pooled first (their mean y, weighted by their number), as scikit-learn's
-    IsotonicRegression does; adjacent groups of equal mean are pooled too, which changes
-    nothing (the optimum is constant across them, by the convexity of the square) and leaves
-    pool-adjacent-violators only the runs to merge: for 0/1 outcomes, the changes of outcome.
-    PAV then keeps a stack of blocks (sum, weight) and merges the top while its mean is at least
-    the next one's, which is linear in the blocks (Ayer, Brunk, Ewing, Reid and Silverman 1955;
-    Best and Chakravarti 1990)."""
+    IsotonicRegression does, then `pool_adjacent_violators` fits the groups' means."""
     starts = np.flatnonzero(np.r_[True, x[1:] != x[:-1]])
-    sums = np.add.reduceat(y, starts)
-    weights = np.diff(np.r_[starts, x.size]).astype(np.float64)
-    means = sums / weights
-    runs = np.flatnonzero(np.r_[True, means[1:] != means[:-1]])
-    sums, weights = np.add.reduceat(sums, runs), np.add.reduceat(weights, runs)
+    counts = np.diff(np.r_[starts, x.size])
+    weights = counts.astype(np.float64)
+    fitted = pool_adjacent_violators(np.add.reduceat(y, starts) / weights, weights)
+    return np.repeat(fitted, counts)
+
+
+def pool_adjacent_violators(values: Floats, weights: Floats) -> Floats:
+    """The non-decreasing weighted least-squares fit of `values` in their order (weights > 0):
+    argmin_f sum_i w_i (f_i - v_i)^2 over f_1 <= ... <= f_n, one fitted value per value.
+
+    Adjacent values that are equal are pooled first, which changes nothing (the optimum is
+    constant across them, by the convexity of the square) and leaves pool-adjacent-violators only
+    the runs to merge: for 0/1 outcomes, the changes of outcome. PAV then keeps a stack of blocks
+    (weighted sum, weight) and merges the top while its mean is at least the next one's, which is
+    linear in the blocks (Ayer, Brunk, Ewing, Reid and Silverman 1955; Best and Chakravarti 1990).
+    A block's value is its weighted mean, sum_i w_i v_i / sum_i w_i."""
+    runs = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    sums, totals = np.add.reduceat(weights * values, runs), np.add.reduceat(weights, runs)
     block_sums: list[float] = []
     block_weights: list[float] = []
     block_groups: list[int] = []
-    groups = np.diff(np.r_[runs, means.size])
-    for total, weight, size in zip(sums.tolist(), weights.tolist(), groups.tolist(), strict=True):
+    groups = np.diff(np.r_[runs, values.size])
+    for total, weight, size in zip(sums.tolist(), totals.tolist(), groups.tolist(), strict=True):
         while block_sums and block_sums[-1] * weight >= total * block_weights[-1]:  # previous mean >= this one
             total += block_sums.pop()
             weight += block_weights.pop()
@@ -232,9 +240,8 @@ def isotonic_fit(x: Floats, y: Floats) -> Floats:
         block_sums.append(total)
         block_weights.append(weight)
         block_groups.append(size)
-    fitted = np.asarray(block_sums) / np.asarray(block_weights)
-    per_group = np.repeat(fitted, block_groups)
-    return np.repeat(per_group, np.diff(np.r_[starts, x.size]))
+    fitted: Floats = np.repeat(np.asarray(block_sums) / np.asarray(block_weights), block_groups)
+    return fitted
 
 
 def _one_vs_rest(probabilities: Floats, label: NDArray[np.intp]) -> BrierDecomposition:
