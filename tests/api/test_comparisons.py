@@ -114,6 +114,12 @@ def test_each_models_mean_is_what_v1_loss_gives_over_the_common_ids(served: Clie
     verdict = "better" if difference["high"] < 0 else "worse" if difference["low"] > 0 else "undecided"
     assert answer["verdict"] == verdict
     assert answer["alpha"] == 0.05
+    # the sequence's last point is the answer itself, weights and ignored targets included
+    (last,) = served.ok("GET", f"/v1/models/challenger/compare/champion?{WINDOW}&step=10800")["sequence"]
+    assert last["n"] == answer["n"]
+    assert last["verdict"] == answer["verdict"]
+    for bound in ("mean", "low", "high"):
+        assert last[bound] == pytest.approx(difference[bound], rel=1e-9, abs=1e-15)
     assert "Waudby-Smith" in answer["method"]
 
 
@@ -134,9 +140,10 @@ def test_by_a_segment_compares_each_value_on_its_own_ids(served: Client) -> None
 
 def test_the_sequence_is_what_the_route_answered_at_each_steps_end(served: Client) -> None:  # noqa: F811
     logged_pair(served, "mse-keras")
-    answer = served.ok("GET", f"/v1/models/challenger/compare/champion?{WINDOW}&step=1800")
+    early = f"start={T0 - 3600:.0f}&end={T0 + 3 * HOUR:.0f}"  # an hour before the first prediction
+    answer = served.ok("GET", f"/v1/models/challenger/compare/champion?{early}&step=1800")
     points = answer["sequence"]
-    assert [p["end"] for p in points] == [T0 + k * 1800 for k in range(1, 7)]
+    assert [p["end"] for p in points] == [T0 + k * 1800 for k in range(1, 7)], "steps without pairs are left out"
     for point in points:
         then = served.ok("GET", f"/v1/models/challenger/compare/champion?start={T0:.0f}&end={point['end']:.0f}")
         assert point["n"] == then["n"]
@@ -180,6 +187,7 @@ def test_comparisons_refuse_what_they_cannot_answer(served: Client) -> None:  # 
     assert "got 'mae'" in problem(served, "GET", f"{compare}?loss=mae", 422)
     for alpha in ("0", "1", "x", "nan", "-0.1"):
         assert problem(served, "GET", f"{compare}?alpha={alpha}", 422).startswith("alpha:")
+    assert served.request("GET", f"{compare}?alpha=2").json()["errors"][0]["loc"] == ["query", "alpha"]
     assert "country" in problem(served, "GET", f"{compare}?by=device", 422)
     assert problem(served, "GET", f"{compare}?step=0", 422).startswith("step:")
     # the same loss configured otherwise: a loss of its own, never compared
