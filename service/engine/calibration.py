@@ -53,7 +53,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from service.engine.checks import check_in_range, check_not_empty, check_values_in, first_nonfinite
+from service.engine.checks import check_in_range, check_not_empty, check_values_in, finite_floats
 from service.engine.errors import LossInputError
 from service.engine.numerics import sigmoid
 
@@ -136,7 +136,7 @@ def calibration(
     [0.225, 0.1, 0.125, 0.25]
     """
     _check_settings(bins, strategy)
-    x = _floats(predictions, "predictions")
+    x = finite_floats(predictions, "predictions")
     check_not_empty(x)
     if x.ndim > 2:
         raise LossInputError(
@@ -261,17 +261,6 @@ def _check_settings(bins: int, strategy: str) -> None:
         raise LossInputError("strategy", f"must be one of {list(STRATEGIES)}, got {strategy!r}")
 
 
-def _floats(values: Any, field: str) -> Floats:
-    array = np.asarray(values)
-    if array.dtype.kind not in "fiu":
-        raise LossInputError(field, f"must hold numbers, got an array of {array.dtype}")
-    array = array.astype(np.float64, copy=False)
-    index = first_nonfinite(array)
-    if index is not None:
-        raise LossInputError(field, f"is not a finite number: {array[index].item()!r}", index)
-    return array
-
-
 def _binary_probabilities(x: Floats, from_logits: bool) -> Floats:
     if from_logits:
         probability: Floats = sigmoid(x).astype(np.float64, copy=False)
@@ -281,7 +270,7 @@ def _binary_probabilities(x: Floats, from_logits: bool) -> Floats:
 
 
 def _binary_labels(labels: Any, n: int) -> Floats:
-    y = _floats(labels, "labels")
+    y = finite_floats(labels, "labels")
     if y.shape not in ((n,), (n, 1)):
         raise LossInputError("labels", f"must be 0/1 of shape [{n}] or [{n}, 1], got shape {list(y.shape)}")
     y = y.reshape(-1)
@@ -309,7 +298,7 @@ def _class_probabilities(x: Floats, from_logits: bool) -> Floats:
 
 
 def _class_labels(labels: Any, n: int, classes: int) -> NDArray[np.intp]:
-    y = _floats(labels, "labels")
+    y = finite_floats(labels, "labels")
     if y.shape != (n,):
         raise LossInputError("labels", f"must be class indices of shape [{n}], got shape {list(y.shape)}")
     fractional = y != np.floor(y)

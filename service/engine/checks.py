@@ -30,6 +30,19 @@ def first_nonfinite(array: np.ndarray[Any, Any]) -> tuple[int, ...] | None:
     return None if finite.all() else _first(~finite)
 
 
+def finite_floats(values: Any, field: str, kinds: str = "fiu") -> NDArray[np.float64]:
+    """`values` as a float64 array, refused (naming `field`, and the index of the first bad value)
+    unless it holds numbers of `kinds` (NumPy dtype kinds), all finite."""
+    array = np.asarray(values)
+    if array.dtype.kind not in kinds:
+        raise LossInputError(field, f"must hold numbers, got an array of {array.dtype}")
+    array = array.astype(np.float64, copy=False)
+    index = first_nonfinite(array)
+    if index is not None:
+        raise LossInputError(field, f"is not a finite number: {array[index].item()!r}", index)
+    return array
+
+
 def check_not_empty(predictions: Array) -> None:
     if predictions.ndim == 0:
         raise LossInputError("predictions", "must be an array with a batch axis, got a scalar")

@@ -65,7 +65,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.engine.calibration import pool_adjacent_violators
-from service.engine.checks import first_nonfinite
+from service.engine.checks import finite_floats
 from service.engine.conventions import FRAMEWORKS, KERAS_EPSILON, TORCH_LOG_CLAMP, Framework
 from service.engine.errors import LossInputError
 from service.engine.numerics import log_softmax, sigmoid
@@ -96,7 +96,7 @@ class Temperature:
         ((N,) or (N, 1) predictions), (N, C) rows summing to 1 otherwise. Probabilities become
         logits as the convention's crossentropy takes their log (see the module)."""
         _check_convention(convention)
-        z, binary = _logits(_floats(predictions, "predictions"), from_logits, convention)
+        z, binary = _logits(finite_floats(predictions, "predictions", "fiub"), from_logits, convention)
         q = np.exp(log_softmax(z / self.temperature, 1))
         return q[:, 1].copy() if binary else q
 
@@ -114,7 +114,7 @@ class Isotonic:
 
     def apply(self, predictions: Any, *, from_logits: bool = False) -> Floats:
         """The calibrated belief, (N,) P(class 1), of one binary column of probabilities (logits)."""
-        p = _binary_probabilities(_floats(predictions, "predictions"), from_logits)
+        p = _binary_probabilities(finite_floats(predictions, "predictions", "fiub"), from_logits)
         x, y = np.asarray(self.x), np.asarray(self.y)
         if x.size == 1:
             return np.full(p.shape, y[0])
@@ -138,8 +138,8 @@ def recalibration_from_dict(parameters: Mapping[str, Any]) -> Recalibration:
             raise LossInputError("temperature", f"must be a number in [{T_MIN:g}, {T_MAX:g}], got {t!r}")
         return Temperature(float(t), bool(parameters.get("at_bound", False)))
     if method == "isotonic":
-        x = _floats(parameters.get("x", []), "x")
-        y = _floats(parameters.get("y", []), "y")
+        x = finite_floats(parameters.get("x", []), "x", "fiub")
+        y = finite_floats(parameters.get("y", []), "y", "fiub")
         if x.ndim != 1 or y.shape != x.shape or not 1 <= x.size <= MAX_THRESHOLDS:
             raise LossInputError(
                 "x", f"x and y must be lists of the same length in [1, {MAX_THRESHOLDS}], got {x.size} and {y.size}"
@@ -176,7 +176,7 @@ def fit_temperature(
     2.8853900818
     """
     _check_convention(convention)
-    x = _floats(predictions, "predictions")
+    x = finite_floats(predictions, "predictions", "fiub")
     _check_batch(x)
     z, binary = _logits(x, from_logits, convention)
     label = _binary_labels(labels, x.shape[0]).astype(np.intp) if binary else _class_labels(labels, z.shape)
@@ -228,7 +228,7 @@ def fit_isotonic(probabilities: Any, labels: Any, *, from_logits: bool = False, 
     >>> fit.apply([0.0, 0.2, 0.75, 1.0]).round(6).tolist()
     [0.0, 0.166667, 0.666667, 1.0]
     """
-    x = _floats(probabilities, "predictions")
+    x = finite_floats(probabilities, "predictions", "fiub")
     _check_batch(x)
     p = _binary_probabilities(x, from_logits)
     y = _binary_labels(labels, x.shape[0])
@@ -270,17 +270,6 @@ def _tie_groups(p: Floats) -> NDArray[np.intp]:
 def _check_convention(convention: str) -> None:
     if convention not in FRAMEWORKS:
         raise LossInputError("convention", f"must be one of {list(FRAMEWORKS)} for a recalibration, got {convention!r}")
-
-
-def _floats(values: Any, field: str) -> Floats:
-    array = np.asarray(values)
-    if array.dtype.kind not in "fiub":
-        raise LossInputError(field, f"must hold numbers, got an array of {array.dtype}")
-    array = array.astype(np.float64, copy=False)
-    index = first_nonfinite(array)
-    if index is not None:
-        raise LossInputError(field, f"is not a finite number: {array[index].item()!r}", index)
-    return array
 
 
 def _check_batch(x: Floats) -> None:
@@ -348,7 +337,7 @@ def _binary_probabilities(x: Floats, from_logits: bool) -> Floats:
 
 
 def _binary_labels(labels: Any, n: int) -> Floats:
-    y = _floats(labels, "labels")
+    y = finite_floats(labels, "labels", "fiub")
     if y.shape not in ((n,), (n, 1)):
         raise LossInputError("labels", f"must be 0/1 of shape [{n}] or [{n}, 1], got shape {list(y.shape)}")
     y = y.reshape(-1)
@@ -361,7 +350,7 @@ def _binary_labels(labels: Any, n: int) -> Floats:
 
 def _class_labels(labels: Any, shape: tuple[int, ...]) -> NDArray[np.intp]:
     n, classes = shape
-    y = _floats(labels, "labels")
+    y = finite_floats(labels, "labels", "fiub")
     if y.shape == (n, classes):
         bad_values = (y != 0) & (y != 1)
         bad_rows = y.sum(axis=1) != 1
@@ -388,7 +377,7 @@ def _class_labels(labels: Any, shape: tuple[int, ...]) -> NDArray[np.intp]:
 def _weights(sample_weight: Any, n: int) -> Floats:
     if sample_weight is None:
         return np.ones(n)
-    w = _floats(sample_weight, "sample_weight")
+    w = finite_floats(sample_weight, "sample_weight", "fiub")
     if w.shape != (n,):
         raise LossInputError("sample_weight", f"shape {list(w.shape)} should be [{n}], one per pair")
     negative = w < 0
