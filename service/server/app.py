@@ -25,9 +25,10 @@ from service.config import Settings
 from service.engine import available_cores, set_threads
 from service.server.api.access import KeyRing
 from service.server.api.calibration_schemas import CalibrationRequest
+from service.server.api.config_schemas import model_config_request_model
 from service.server.api.errors import install_error_handlers
 from service.server.api.guards import KEY_REFUSALS, ApiKeys, BodyLimit, HeavyRequests
-from service.server.api.model_schemas import LabelsLog, PredictionsLog, model_config_request_model
+from service.server.api.model_schemas import LabelsLog, PredictionsLog
 from service.server.api.policy import RequestContext
 from service.server.api.routes import calibration, comparisons, health, inference, losses, metrics, models, pages
 from service.server.api.routes.inference import HEADER_LENGTH

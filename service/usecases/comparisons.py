@@ -23,18 +23,15 @@ from service.store import Model, Store, StoreFailureError
 from service.store.comparisons import CommonPairs
 from service.usecases.configured import Comparable, comparable_losses, loss_aggregate, loss_name_of
 from service.usecases.errors import InvalidInputError, NotFoundError
-from service.usecases.history import DEFAULT_WINDOW_SECONDS, Window, check_by, parse_time, window
+from service.usecases.history import check_by
 from service.usecases.models import unavailable, unknown_model
+from service.usecases.windows import DEFAULT_WINDOW_SECONDS, Window, parse_time, query_problem, window
 from service.values.compared import Compared
 from service.values.comparison import METHOD, VERDICTS, Difference, Moments, bounds, paired_difference, verdicts
 
 DEFAULT_ALPHA = 0.05
 # Common ids one read transaction holds.
 BATCH_ROWS = 10_000
-
-
-def _query_problem(field: str, reason: str) -> InvalidInputError:
-    return InvalidInputError(field, reason, part="query")
 
 
 def chosen_loss(challenger: Model, champion: Model, loss: str | None) -> Comparable:
@@ -45,21 +42,21 @@ def chosen_loss(challenger: Model, champion: Model, loss: str | None) -> Compara
     pair = f"models {challenger.name} and {champion.name}"
     if loss is None:
         if not comparable:
-            raise _query_problem(
+            raise query_problem(
                 "loss", f"{pair} configure no loss identically (the same loss, options, convention and dtype)"
             )
         return comparable[0]
     at = int(loss) if loss.isdigit() else _named(challenger, names, loss)
     if at is None or at >= len(names):
         shown = ", ".join(f"{i}: {name}" for i, name in enumerate(names))
-        raise _query_problem("loss", f"names none of model {challenger.name}'s losses ({shown}), got {loss[:64]!r}")
+        raise query_problem("loss", f"names none of model {challenger.name}'s losses ({shown}), got {loss[:64]!r}")
     for candidate in comparable:
         if candidate.challenger == at:
             return candidate
     if loss_aggregate(challenger, at) != "mean":
         reason = f"{names[at]}'s mean is not a mean over pairs ({loss_aggregate(challenger, at)}): no paired difference"
-        raise _query_problem("loss", reason)
-    raise _query_problem(
+        raise query_problem("loss", reason)
+    raise query_problem(
         "loss",
         f"model {champion.name} does not configure {names[at]} identically (the same options, convention "
         f"{challenger.config['convention']} and dtype {challenger.config['dtype']}); comparable: "
@@ -86,7 +83,7 @@ def _alpha(text: str | None) -> float:
     except ValueError:
         alpha = math.nan
     if not 0 < alpha < 1:
-        raise _query_problem("alpha", f"expected a number strictly between 0 and 1, got {text[:64]!r}")
+        raise query_problem("alpha", f"expected a number strictly between 0 and 1, got {text[:64]!r}")
     return alpha
 
 
@@ -94,7 +91,7 @@ def _span(start: str | None, end: str | None, now: float) -> tuple[float, float]
     last = now if end is None else parse_time(end, "end")
     first = last - DEFAULT_WINDOW_SECONDS if start is None else parse_time(start, "start")
     if last <= first:
-        raise _query_problem("end", f"must be after start ({first:g}), got {last:g}")
+        raise query_problem("end", f"must be after start ({first:g}), got {last:g}")
     return first, last
 
 
@@ -152,7 +149,7 @@ def compare(
         if theirs is None:
             raise unknown_model(champion)
         if challenger == champion:
-            raise _query_problem("champion", f"compare model {challenger} with another model, not with itself")
+            raise query_problem("champion", f"compare model {challenger} with another model, not with itself")
         check_by(mine, by)
         compared = chosen_loss(mine, theirs, loss)
         paired = _Paired([], [], [], [])

@@ -43,8 +43,8 @@ from service.store.history import pair_value
 from service.store.pairs import PairColumns
 from service.usecases.configured import loss_aggregate, loss_variants
 from service.usecases.errors import InvalidInputError
-from service.usecases.history import DEFAULT_WINDOW_SECONDS, parse_time
 from service.usecases.models import model_config, unavailable, unknown_model
+from service.usecases.windows import DEFAULT_WINDOW_SECONDS, parse_time
 
 Format = Literal["arrow", "csv", "ndjson"]
 MEDIA_TYPES: dict[Format, str] = {

@@ -1,7 +1,7 @@
 """The loss routes' request and response models (`/v1/loss`, `/v1/evaluate`, the OIP route's
 batch) and problem details. Each loss's options model is generated from its engine signature;
 the catalogue's answers are in `catalogue_schemas.py`, the delayed-labels routes' in
-`model_schemas.py`."""
+`model_schemas.py` and `config_schemas.py`."""
 
 from __future__ import annotations
 

@@ -17,19 +17,11 @@ from service.server.api.accept import negotiated
 from service.server.api.access import authorize, visible
 from service.server.api.batches import off_loop
 from service.server.api.body import json_decoded_bytes, read_body, validate_json
+from service.server.api.config_schemas import ModelConfig, ModelList, ModelStatus, model_config_request_model
 from service.server.api.headers import request_header
 from service.server.api.history_schemas import History
 from service.server.api.inference_logs import EVENT_MEDIA_TYPES, read_event
-from service.server.api.model_schemas import (
-    EventResult,
-    LabelsLog,
-    LogResult,
-    ModelConfig,
-    ModelList,
-    ModelStatus,
-    PredictionsLog,
-    model_config_request_model,
-)
+from service.server.api.model_schemas import EventResult, LabelsLog, LogResult, PredictionsLog
 from service.server.api.policy import RoutePolicy, context_of
 from service.server.api.responses import PROBLEM_RESPONSES, json_body, json_response
 from service.server.api.routing import Routes
