@@ -20,8 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from operator import itemgetter
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import orjson
@@ -32,6 +31,7 @@ from service.store.database import Database, Each, Packed, Transaction
 from service.store.errors import QuotaExceededError, RowShapeError, TooManyPendingError
 from service.store.history import HISTORY_LOSS, PairLosses
 from service.store.inference_events import _InferenceEvents
+from service.store.joins import completed_pairs, join_partners, look_up, picked
 from service.store.models import _followers, _Models
 from service.store.reads import _Reads
 from service.store.records import Logged, Model, Pairs, Quota, Side, T, Usage, _Partners
@@ -40,8 +40,6 @@ from service.store.rows import (
     _CODES,
     _TABLE,
     _check_ids,
-    _decode,
-    _found,
     _id_bytes,
     _lock_holder,
     _locked_model,
@@ -50,9 +48,6 @@ from service.store.rows import (
     _usage,
 )
 from service.store.schema import ROW_BYTES, migrate
-
-V = TypeVar("V")
-_first = itemgetter(0)
 
 
 class Store(_Models, _Retention, _InferenceEvents, _Reads):
@@ -155,7 +150,7 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
         usage = None
         texts = _segment_texts(segments, len(ids)) if side == "predictions" else None
         model = self._fix_shape(tx, model_id, model, side, tuple(rows.shape[1:]))
-        existing, partners = self._look_up(tx, side, model_id, ids)
+        existing, partners = look_up(tx, side, model_id, ids)
         fresh = _positions(len(ids), existing)
         joined = list(partners.at)
         keep = bool(model.config.get("keep_pairs", False))
@@ -169,7 +164,7 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
                 )
             usage = Usage(usage.models, usage.stored_bytes + adding)
         before, model = model, self._count(model, side, len(fresh), len(joined), max_pending, adding)
-        pairs = self._pairs(side, model, ids, rows, partners, now, timestamps, weights, segments)
+        pairs = completed_pairs(side, model, ids, rows, partners, now, timestamps, weights, segments)
         joined_result = on_join(model, pairs) if joined else None
         kept = list(history_of(joined_result)) if history_of is not None and joined_result is not None else []
         if len(kept) * HISTORY_LOSS.itemsize != (entry_bytes if joined else 0):
@@ -179,7 +174,7 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
         self._insert(tx, side, model_id, ids, rows, fresh, partners, losses, now, keep, texts, timestamps, weights)
         with tx.batched():  # the rest in at most three round trips on PostgreSQL (no COPY among them)
             if joined:
-                self._join_partners(tx, other, model_id, pairs.ids, partners, now, keep)
+                join_partners(tx, other, model_id, pairs.ids, partners, now, keep)
             _save_counts(tx, model_id, before, model)
             self._roll_up(tx, model_id, model, side, fresh, pairs, kept, now, timestamps, segments)
         return Logged(len(fresh), [ids[i] for i in existing], pairs, joined_result, model, usage)
@@ -239,10 +234,10 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
         UTF-8 bytes of the ids (and of the segments) are counted in one encoding of them all."""
         size = rows.nbytes // len(rows) if len(rows) else 0
         joined = len(partners.at)
-        stored = _picked(ids, fresh)
+        stored = picked(ids, fresh)
         added = ROW_BYTES * len(fresh) + _id_bytes("".join(stored)) + size * (len(fresh) - (0 if keep else joined))
         if texts is not None:
-            added += _text_bytes("".join(filter(None, _picked(texts, fresh))))
+            added += _text_bytes("".join(filter(None, picked(texts, fresh))))
         dropped = 0 if keep else sum(map(len, partners.payloads))
         return added - dropped + entry_bytes * joined
 
@@ -292,18 +287,18 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
             payload = Packed(rows[group].tobytes(), size) if keep or not joins else None
             columns: list[tuple[str, str, Any]] = [
                 ("model_id", "int", model_id),
-                ("id", "text", Each(_picked(ids, group))),
+                ("id", "text", Each(picked(ids, group))),
                 ("arrived", "real", now),
             ]
             if side == "predictions":
                 columns += [
-                    ("at", "real", None if timestamps is None else Each(_picked(timestamps, group))),
-                    ("segments", "text", None if texts is None else Each(_picked(texts, group))),
+                    ("at", "real", None if timestamps is None else Each(picked(timestamps, group))),
+                    ("segments", "text", None if texts is None else Each(picked(texts, group))),
                     ("rolled_up", "small", 1),
                     ("label_arrived", "real", Each(partners.times) if joins else None),
                 ]
             else:
-                columns.append(("weight", "real", None if weights is None else Each(_picked(weights, group))))
+                columns.append(("weight", "real", None if weights is None else Each(picked(weights, group))))
             entry = len(losses) // len(joining) if joining else 0
             columns += [
                 ("losses", "blob", Packed(losses, entry) if joins and entry else None),
@@ -312,102 +307,6 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
                 ("payload", "blob", payload),
             ]
             tx.insert_columns(_TABLE[side], columns, len(group))
-
-    @staticmethod
-    def _join_partners(
-        tx: Transaction,
-        other: Side,
-        model_id: int,
-        ids: list[str],
-        partners: _Partners,
-        now: float,
-        keep: bool,
-    ) -> None:
-        """Mark the other side's rows joined: their payloads dropped (unless `keep`), prediction
-        rows given their label's arrival. One statement: the pairs' losses are on the rows this
-        request inserts, so no row is updated with a value of its own. The rows are those `_look_up`
-        found (`_found`: on PostgreSQL by the ctids it read)."""
-        dropped = "" if keep else ", payload = NULL"
-        arrival = ", label_arrived = ?" if other == "predictions" else ""
-        found, params = _found(tx, model_id, ids, partners.rows)
-        tx.execute(
-            f"UPDATE {_TABLE[other]} SET joined_at = ?{arrival}{dropped} WHERE {found}",
-            [now, *([now] if arrival else []), *params],
-        )
-
-    @staticmethod
-    def _look_up(tx: Transaction, side: Side, model_id: int, ids: Sequence[str]) -> tuple[list[int], _Partners]:
-        """Where the request's ids are: the positions of those already stored on `side`
-        (duplicates), and the other side's waiting rows of the others (`_Partners`). One
-        statement that walks the ids and finds each on the primary keys, so that it costs
-        O(ids log n) whatever the model holds and whatever the database's statistics say. On
-        PostgreSQL each lookup is a LATERAL subquery with LIMIT 1, which the planner keeps as a
-        lookup per id (never a join over the model's rows), and whose only fitting index is the
-        primary key: `joined_at` is checked outside it, so the partial index of pending rows
-        (which holds no id) does not match it."""
-        mine, other = _TABLE[side], _TABLE["labels" if side == "predictions" else "predictions"]
-        if side == "labels":
-            read, shown = "at, arrived, dtype, payload, segments, rolled_up", "coalesce(p.at, p.arrived), p.dtype"
-            shown += ", p.payload, NULL, p.segments, p.rolled_up"
-        else:
-            read, shown = "arrived, dtype, payload, weight", "p.arrived, p.dtype, p.payload, p.weight, NULL, NULL"
-        if tx.dialect.name == "sqlite":
-            found = tx.all(
-                f"SELECT j.key, mine.id IS NOT NULL, NULL, {shown} FROM json_each(?) AS j "
-                f"LEFT JOIN {mine} AS mine ON mine.model_id = ? AND mine.id = j.value "
-                f"LEFT JOIN {other} AS p ON mine.id IS NULL AND p.model_id = ? AND p.id = j.value "
-                "AND p.joined_at IS NULL WHERE mine.id IS NOT NULL OR p.id IS NOT NULL",
-                [tx.dialect.list_parameter(ids), model_id, model_id],
-            )
-        else:
-            found = tx.all(  # binary: the payloads as they are, not as hex
-                f"SELECT j.n - 1, mine.stored IS NOT NULL, p.ctid::text, {shown} "
-                "FROM unnest(?::text[]) WITH ORDINALITY AS j(id, n) "
-                f"LEFT JOIN LATERAL (SELECT true AS stored FROM {mine} WHERE model_id = ? AND id = j.id LIMIT 1) "
-                "AS mine ON true "
-                f"LEFT JOIN LATERAL (SELECT ctid, joined_at, {read} FROM {other} WHERE mine.stored IS NULL "
-                "AND model_id = ? AND id = j.id LIMIT 1) AS p ON p.joined_at IS NULL "
-                "WHERE mine.stored IS NOT NULL OR p.ctid IS NOT NULL",
-                [list(ids), model_id, model_id],
-                binary=True,
-            )
-        found.sort(key=_first)  # in the order of the request (already so, as a rule: a linear pass)
-        existing = [row[0] for row in found if row[1]]
-        waiting = [row for row in found if not row[1]] if existing else found
-        if not waiting:
-            return existing, _Partners([], [], [], [], [], [], [], [])
-        at, _, rows, times, codes, payloads, weights, texts, rolled_up = zip(*waiting, strict=True)
-        return existing, _Partners(at, rows, times, codes, payloads, weights, texts, rolled_up)
-
-    @staticmethod
-    def _pairs(
-        side: Side,
-        model: Model,
-        ids: Sequence[str],
-        rows: np.ndarray[Any, Any],
-        partners: _Partners,
-        now: float,
-        timestamps: Sequence[float] | None,
-        weights: Sequence[float] | None,
-        segments: Sequence[Mapping[str, str]] | None,
-    ) -> Pairs:
-        joined = list(partners.at)
-        joined_ids = list(_picked(ids, joined))
-        mine = rows[joined]
-        other_shape = model.label_shape if side == "predictions" else model.prediction_shape
-        theirs = _decode(partners.payloads, partners.codes, other_shape or ())
-        if side == "predictions":
-            made = np.full(len(joined), now) if timestamps is None else _picked(timestamps, joined)
-            times = np.array(made, dtype=np.float64)
-            delays = np.array(partners.times, dtype=np.float64) - times
-            values = [dict(segments[i]) for i in joined] if segments is not None else [{} for _ in joined]
-            return Pairs(joined_ids, mine, theirs, list(partners.weights), delays, times, values, [True] * len(joined))
-        label_weights: list[float | None] = [None if weights is None else float(weights[i]) for i in joined]
-        times = np.array(partners.times, dtype=np.float64)
-        parsed = {text: orjson.loads(text) for text in set(partners.segments) if text is not None}
-        values = [{} if text is None else dict(parsed[text]) for text in partners.segments]
-        rolled = [flag == 1 for flag in partners.rolled_up]
-        return Pairs(joined_ids, theirs, mine, label_weights, now - times, times, values, rolled)
 
     @staticmethod
     def _count(model: Model, side: Side, stored: int, joined: int, limit: int, added: int) -> Model:
@@ -455,8 +354,3 @@ def _positions(count: int, excluded: Sequence[int]) -> list[int]:
 def _without(positions: Sequence[int], excluded: Sequence[int]) -> list[int]:
     left = set(excluded)
     return [i for i in positions if i not in left]
-
-
-def _picked(values: Sequence[V], positions: Sequence[int]) -> Sequence[V]:
-    """`values` at `positions` (distinct, ascending): `values` itself when that is all of them."""
-    return values if len(positions) == len(values) else [values[i] for i in positions]
