@@ -53,7 +53,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from service.engine.checks import check_in_range, check_not_empty, check_values_in, finite_floats
+from service.engine.checks import check_in_range, check_not_empty, check_values_in, class_indices, finite_floats
 from service.engine.errors import LossInputError
 from service.engine.numerics import sigmoid
 
@@ -301,12 +301,4 @@ def _class_labels(labels: Any, n: int, classes: int) -> NDArray[np.intp]:
     y = finite_floats(labels, "labels")
     if y.shape != (n,):
         raise LossInputError("labels", f"must be class indices of shape [{n}], got shape {list(y.shape)}")
-    fractional = y != np.floor(y)
-    if fractional.any():
-        index = int(np.flatnonzero(fractional)[0])
-        raise LossInputError("labels", f"class labels must be integers, got {y[index].item()!r}", (index,))
-    outside = (y < 0) | (y >= classes)
-    if outside.any():
-        index = int(np.flatnonzero(outside)[0])
-        raise LossInputError("labels", f"class label {y[index].item()!r} is outside [0, {classes - 1}]", (index,))
-    return y.astype(np.intp)
+    return class_indices(y, classes)

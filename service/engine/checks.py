@@ -43,6 +43,20 @@ def finite_floats(values: Any, field: str, kinds: str = "fiu") -> NDArray[np.flo
     return array
 
 
+def class_indices(y: NDArray[np.float64], classes: int, field: str = "labels") -> NDArray[np.intp]:
+    """Labels given as numbers that must be class indices in [0, classes): refused at the first
+    fractional or out-of-range one."""
+    fractional = y != np.floor(y)
+    if fractional.any():
+        index = int(np.flatnonzero(fractional)[0])
+        raise LossInputError(field, f"class labels must be integers, got {y[index].item()!r}", (index,))
+    outside = (y < 0) | (y >= classes)
+    if outside.any():
+        index = int(np.flatnonzero(outside)[0])
+        raise LossInputError(field, f"class label {y[index].item()!r} is outside [0, {classes - 1}]", (index,))
+    return y.astype(np.intp)
+
+
 def check_not_empty(predictions: Array) -> None:
     if predictions.ndim == 0:
         raise LossInputError("predictions", "must be an array with a batch axis, got a scalar")

@@ -65,7 +65,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.engine.calibration import pool_adjacent_violators
-from service.engine.checks import finite_floats
+from service.engine.checks import class_indices, finite_floats
 from service.engine.conventions import FRAMEWORKS, KERAS_EPSILON, TORCH_LOG_CLAMP, Framework
 from service.engine.errors import LossInputError
 from service.engine.numerics import log_softmax, sigmoid
@@ -363,15 +363,7 @@ def _class_labels(labels: Any, shape: tuple[int, ...]) -> NDArray[np.intp]:
         raise LossInputError(
             "labels", f"must be class indices of shape [{n}] or one-hot rows [{n}, {classes}], got {list(y.shape)}"
         )
-    fractional = y != np.floor(y)
-    if fractional.any():
-        index = int(np.flatnonzero(fractional)[0])
-        raise LossInputError("labels", f"class labels must be integers, got {y[index].item()!r}", (index,))
-    outside = (y < 0) | (y >= classes)
-    if outside.any():
-        index = int(np.flatnonzero(outside)[0])
-        raise LossInputError("labels", f"class label {y[index].item()!r} is outside [0, {classes - 1}]", (index,))
-    return y.astype(np.intp)
+    return class_indices(y, classes)
 
 
 def _weights(sample_weight: Any, n: int) -> Floats:
