@@ -4,7 +4,9 @@ value of one segment key), each bucket's label coverage, label delays and config
 A query whose start and step are multiples of a rollup level's width (60 s, 1 h, 1 d) reads the
 cells of the coarsest such level: its cost grows with the buckets and segment values, not with
 the pairs. Any other query reads the model's prediction rows in the window (exact, its cost
-grows with the rows; the rows do not know which predictions expired, so it reports 0 expired).
+grows with the rows; the rows do not know which predictions expired, so it reports 0 expired),
+and so does every query for the entries' calibration (`bucket_calibration`), which reads the
+pairs' stored values.
 Both merge the same sketches, so both give the same quantiles for the same pairs
 (docs/delayed-labels.md, "How history is kept").
 """
