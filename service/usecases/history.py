@@ -4,7 +4,9 @@ value of one segment key), each bucket's label coverage, label delays and config
 A query whose start and step are multiples of a rollup level's width (60 s, 1 h, 1 d) reads the
 cells of the coarsest such level: its cost grows with the buckets and segment values, not with
 the pairs. Any other query reads the model's prediction rows in the window (exact, its cost
-grows with the rows; the rows do not know which predictions expired, so it reports 0 expired).
+grows with the rows; the rows do not know which predictions expired, so it reports 0 expired),
+and so does every query for the entries' calibration (`bucket_calibration`), which reads the
+pairs' stored values.
 Both merge the same sketches, so both give the same quantiles for the same pairs
 (docs/delayed-labels.md, "How history is kept").
 """
@@ -23,6 +25,7 @@ from service.store import Model, Store, StoreFailureError
 from service.store.history import pair_value
 from service.store.pairs import PredictionRow
 from service.store.rollups import LEVELS, RollupCells, RollupLosses
+from service.usecases.bucket_calibration import BucketCalibration, asked_calibration
 from service.usecases.configured import loss_aggregate, loss_variants
 from service.usecases.models import model_config, unavailable, unknown_model
 from service.usecases.windows import Window, query_problem, window
@@ -76,11 +79,17 @@ def history(
     step: str | None,
     by: str | None,
     now: float | None = None,
+    calibration: str | None = None,
+    bins: str | None = None,
+    strategy: str | None = None,
+    from_logits: str | None = None,
 ) -> dict[str, Any]:
     """The history of model `name` (see the module's docstring): its answer as JSON fields.
-    `now` (default the clock) is the default `end`."""
+    `now` (default the clock) is the default `end`. With `calibration` true each entry gains
+    the calibration of its pairs (`bucket_calibration`), and the rows are read whatever the window."""
     asked = window(start, end, step, time.time() if now is None else now)
-    level = level_for(asked.start, asked.step)
+    calibrating = asked_calibration(calibration, bins, strategy, from_logits)
+    level = None if calibrating else level_for(asked.start, asked.step)
     stop = asked.start + asked.count * asked.step
     try:
         if level is not None:
@@ -96,9 +105,12 @@ def history(
                 raise unknown_model(name)
             check_by(found, by)
             model, buckets = found, _Buckets(len(found.config["losses"]))
+            calibrated = None if calibrating is None else BucketCalibration(model, calibrating)
             for batch in store.prediction_batches(name, asked.start, stop, batch_rows=SCAN_BATCH_ROWS):
-                _add_rows(model, asked, batch, by, buckets)
-            table = _from_rows(buckets)
+                entries = _add_rows(model, asked, batch, by, buckets)
+                if calibrated is not None:
+                    calibrated.add(batch, entries)
+            table = _from_rows(buckets, asked, calibrated)
     except StoreFailureError as exc:
         raise unavailable(exc) from None
     return _answer(model, asked, by, table)
@@ -127,6 +139,7 @@ class _Table:
     denominators: NDArray[np.float64]
     counts: NDArray[np.int64]
     quantiles: NDArray[np.float64]  # (losses, entries, LOSS_QUANTILES)
+    calibrations: list[dict[str, Any] | None] | None = None  # per entry, with calibration=true
 
 
 def _from_cells(model: Model, asked: Window, cells: RollupCells, losses: RollupLosses) -> _Table:
@@ -181,15 +194,17 @@ def _added(groups: NDArray[np.int64], values: NDArray[Any], size: int) -> NDArra
     return np.bincount(groups, weights=values, minlength=size).astype(np.float64) if len(groups) else np.zeros(size)
 
 
-def _add_rows(model: Model, asked: Window, rows: list[PredictionRow], by: str | None, buckets: _Buckets) -> None:
-    """Prediction rows into their buckets, as their rollup cells would count them."""
+def _add_rows(model: Model, asked: Window, rows: list[PredictionRow], by: str | None, buckets: _Buckets) -> list[int]:
+    """Prediction rows into their buckets, as their rollup cells would count them; each row's entry."""
     variants = loss_variants(model)
     aggregates = [loss_aggregate(model, which) for which in range(len(variants))]
     delays: list[float] = []
     delay_groups: list[int] = []
     shares: list[list[tuple[int, float, float, int]]] = [[] for _ in variants]
+    entries: list[int] = []
     for row in rows:
         index = buckets.entry(int((row.made - asked.start) // asked.step), row.segments.get(by) if by else None)
+        entries.append(index)
         counts = buckets.counts[index]
         counts[0] += 1
         if row.joined_at is None:
@@ -220,12 +235,17 @@ def _add_rows(model: Model, asked: Window, rows: list[PredictionRow], by: str | 
         keep = ~np.isnan(values)
         buckets.loss_sketches[which].extend(sketch.grouped(values[keep], groups[keep], len(buckets.counts)))
         buckets.loss_groups[which].extend(range(len(buckets.counts)))
+    return entries
 
 
-def _from_rows(buckets: _Buckets) -> _Table:
-    """The entries the scan added up, as the answer's columns."""
+def _from_rows(buckets: _Buckets, asked: Window, calibrated: BucketCalibration | None) -> _Table:
+    """The entries the scan added up, as the answer's columns (with each one's calibration, one
+    entry after the other, where `calibrated` holds their pairs)."""
     keyed = sorted(buckets.entries.items(), key=lambda item: (item[0][0], item[0][1] or ""))
     order = np.array([index for _, index in keyed], np.int64)
+    calibrations = None
+    if calibrated is not None:
+        calibrations = [calibrated.answer(index, _where(asked, bucket, segment)) for (bucket, segment), index in keyed]
     size = len(buckets.counts)
     counts = np.array(buckets.counts, np.int64).reshape(-1, 3)[order]
     sums = np.array(buckets.sums, np.float64).reshape(size, buckets.losses, 3)[order]
@@ -245,7 +265,13 @@ def _from_rows(buckets: _Buckets) -> _Table:
                 for which in range(buckets.losses)
             ]
         ).reshape(buckets.losses, size, len(LOSS_QUANTILES)),
+        calibrations=calibrations,
     )
+
+
+def _where(asked: Window, bucket: int, segment: str | None) -> str:
+    start = f"starting at {asked.start + bucket * asked.step!r}"
+    return start if segment is None else f"{start}, segment {segment!r}"
 
 
 def _answer(model: Model, asked: Window, by: str | None, table: _Table) -> dict[str, Any]:
@@ -299,6 +325,9 @@ def _answer(model: Model, asked: Window, by: str | None, table: _Table) -> dict[
             }
             for start, segment, p, j, pending, e, coverage, delay, loss in zip(starts, segments, *columns, strict=True)
         ]
+    if table.calibrations is not None:
+        for entry, index in zip(entries, kept.tolist(), strict=True):
+            entry["calibration"] = table.calibrations[index]
     names = [loss_name(call["loss"], config["convention"], call["options"]) for call in config["losses"]]
     return {
         "model": model.name,

@@ -423,7 +423,10 @@ def corpus() -> Iterator[Case]:
     history = "/v1/models/corpus/history?"
     bad_queries = ["start=10&end=5", "start=10&end=10", "start=0&end=1000000000&step=1", "step=0", "step=-3600",
                    "step=abc", "step=inf", "start=noon", "end=1e400", "start=2026-01-31T12:00:00", "by=device",
-                   "by=", "end=NaN"]  # fmt: skip
+                   "by=", "end=NaN", "calibration=yes", "calibration=true&bins=0", "calibration=true&bins=1001",
+                   "calibration=true&bins=x", "calibration=true&bins=1e3", "calibration=true&strategy=isotonic",
+                   "calibration=true&strategy=", "calibration=true&from_logits=2", "bins=15", "strategy=uniform",
+                   "calibration=false&from_logits=true"]  # fmt: skip
     for i, query in enumerate(bad_queries):
         yield f"route-history-{i}", history + query, b"", {}, 422
     yield "route-history-unknown-model", "/v1/models/nope/history", b"", {}, 404

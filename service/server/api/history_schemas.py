@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from service.server.api.calibration_schemas import CalibrationResult
+
 
 class LabelDelay(BaseModel):
     p50: float | None = Field(description="Median seconds from prediction to label, over the joined pairs (1 %).")
@@ -24,6 +26,13 @@ class HistoryLoss(BaseModel):
     p99: float | None = Field(description="99th percentile of each joined pair's own loss.")
 
 
+class BucketCalibration(CalibrationResult):
+    pairs: int = Field(
+        description="The joined pairs calibrated: those with their stored prediction and label. joined - pairs "
+        'were joined before the model was configured with "keep_pairs": true and are left out.'
+    )
+
+
 class HistoryBucket(BaseModel):
     start: float = Field(description="Unix seconds: the bucket holds predictions made in [start, start + step).")
     segment: str | None = Field(
@@ -36,6 +45,11 @@ class HistoryBucket(BaseModel):
     coverage: float = Field(description="joined / predictions.")
     label_delay: LabelDelay
     losses: list[HistoryLoss] = Field(description="One per configured loss, in the order of `losses`.")
+    calibration: BucketCalibration | None = Field(
+        default=None,
+        description="With calibration=true: what POST /v1/calibration answers for the bucket's joined pairs with "
+        "their stored payloads, and how many they are; null where there is none. Absent otherwise.",
+    )
 
 
 class History(BaseModel):

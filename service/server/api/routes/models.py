@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
+from service.engine.calibration import MAX_BINS
 from service.server.api.accept import negotiated
 from service.server.api.access import authorize, visible
 from service.server.api.batches import off_loop
@@ -321,11 +322,40 @@ async def model_history(
         str | None, Query(description="Bucket width in seconds, at least 1 (default 3600); at most 10,000 buckets.")
     ] = None,
     by: Annotated[str | None, Query(description="A declared segment key: one entry per value in each bucket.")] = None,
+    calibration: Annotated[
+        str | None,
+        Query(
+            description="true: each bucket gains the calibration of its joined pairs, as POST /v1/calibration answers "
+            'it (a model configured with "keep_pairs": true; the rows are read whatever the window). Default false.'
+        ),
+    ] = None,
+    bins: Annotated[str | None, Query(description=f"With calibration: bins, 1 to {MAX_BINS} (default 15).")] = None,
+    strategy: Annotated[str | None, Query(description="With calibration: uniform (default) or quantile bins.")] = None,
+    from_logits: Annotated[
+        str | None,
+        Query(
+            description="With calibration: true if the stored predictions are logits. Default: the first configured "
+            "loss's from_logits option (false where it has none)."
+        ),
+    ] = None,
 ) -> Response:
     store = store_of(request)
     threads = upkeep.store_threads(request.app.state)
     return json_response(
-        await threads.read(lambda: history.history(store, model, start=start, end=end, step=step, by=by))
+        await threads.read(
+            lambda: history.history(
+                store,
+                model,
+                start=start,
+                end=end,
+                step=step,
+                by=by,
+                calibration=calibration,
+                bins=bins,
+                strategy=strategy,
+                from_logits=from_logits,
+            )
+        )
     )
 
 
