@@ -307,3 +307,66 @@ def test_pairs_joined_before_a_model_configured_the_loss_are_left_out(served: Cl
     assert answer["n"] == 3
     assert answer["champion"]["mean"] == pytest.approx((1 + 4 + 9) / 3, rel=1e-15)
     assert answer["challenger"]["mean"] == pytest.approx(2 / 3, rel=1e-15)
+
+
+def test_the_window_and_the_loss_asked_for_are_the_ones_compared(served: Client) -> None:  # noqa: F811
+    """Two losses both configure: the index, the name and the alias pick the second; only ids
+    predicted inside [start, end) count; a clearly worse challenger is `worse`; an empty window
+    has no means, no band and no sequence."""
+    config = {"losses": [{"loss": "mse"}, {"loss": "mae"}]}
+    served.ok("PUT", "/v1/models/champion", json=config)
+    served.ok("PUT", "/v1/models/challenger", json={**config, "labels_from": "champion"})
+    rng = np.random.default_rng(7)
+    n = 200
+    labels = rng.normal(size=n)
+    rows = {"champion": labels + rng.normal(0, 0.1, n), "challenger": labels + rng.normal(0, 1.0, n)}
+    times = np.where(np.arange(n) < 50, T0, T0 + 2 * HOUR)  # the first 50 an hour before the window
+    ids = [f"i{k}" for k in range(n)]
+    for model, values in rows.items():
+        body = {"ids": ids, "predictions": values[:, None].tolist(), "timestamps": times.tolist()}
+        served.ok("POST", f"/v1/models/{model}/predictions", json=body)
+    served.ok("POST", "/v1/models/champion/labels", json={"ids": ids, "labels": labels[:, None].tolist()})
+    window = f"start={T0 + HOUR:.0f}&end={T0 + 3 * HOUR:.0f}"
+    inside = slice(50, None)
+    naive = {model: float(np.mean(np.abs(values[inside] - labels[inside]))) for model, values in rows.items()}
+    for loss in ("1", "mae", "mean_absolute_error"):
+        answer = served.ok("GET", f"/v1/models/challenger/compare/champion?{window}&loss={loss}")
+        assert (answer["loss"], answer["n"]) == ("mean_absolute_error", 150)
+        assert (answer["start"], answer["end"]) == (T0 + HOUR, T0 + 3 * HOUR)
+        assert answer["challenger"]["mean"] == pytest.approx(naive["challenger"], rel=1e-12)
+        assert answer["champion"]["mean"] == pytest.approx(naive["champion"], rel=1e-12)
+        assert answer["difference"]["low"] > 0
+        assert answer["verdict"] == "worse"
+    first = served.ok("GET", f"/v1/models/challenger/compare/champion?{window}")
+    assert first["loss"] == "mean_squared_error"
+    reason = problem(served, "GET", f"/v1/models/challenger/compare/champion?{window}&loss=2", 422)
+    assert "1: mean_absolute_error" in reason
+    empty = f"start={T0 + 4 * HOUR:.0f}&end={T0 + 5 * HOUR:.0f}&step=600"
+    nothing = served.ok("GET", f"/v1/models/challenger/compare/champion?{empty}")
+    assert nothing["n"] == 0
+    assert nothing["challenger"] == {"model": "challenger", "mean": None}
+    assert nothing["champion"] == {"model": "champion", "mean": None}
+    assert nothing["difference"] == {"mean": None, "low": None, "high": None}
+    assert (nothing["verdict"], nothing["sequence"], nothing["step"]) == ("undecided", [], 600.0)
+
+
+def test_each_refusal_names_its_query_parameter(served: Client) -> None:  # noqa: F811
+    logged_pair(served, "mse-keras")
+    compare = "/v1/models/challenger/compare/champion"
+    cases = {
+        f"{compare}?start={T0 + HOUR:.0f}&end={T0:.0f}": "end",
+        f"{compare}?start={T0:.0f}&end={T0:.0f}": "end",
+        f"{compare}?start=noon": "start",
+        f"{compare}?end=noon": "end",
+        f"{compare}?loss=9": "loss",
+        f"{compare}?loss=nope": "loss",
+        f"{compare}?alpha=1.5": "alpha",
+        f"{compare}?by=device": "by",
+        "/v1/models/champion/compare/champion": "champion",
+    }
+    for url, field in cases.items():
+        response = served.request("GET", url)
+        assert response.status_code == 422, url
+        assert response.json()["errors"][0]["loc"] == ["query", field], url
+    segments = served.ok("GET", f"{compare}?{WINDOW}&by=country")["segments"]
+    assert {(s["challenger"]["model"], s["champion"]["model"]) for s in segments} == {("challenger", "champion")}
