@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.store.database import Transaction
-from service.store.history import HISTORY_LOSS
+from service.store.history import entries_of
 from service.store.pairs import MADE, _window
 
 
@@ -64,8 +64,8 @@ def read_common(
     )
     columns = tx.columns(sql, [*selected, b"", b"", champion_id, *params, limit], 5)
     count = len(columns[0])
-    challenger, challenger_rows = _entries(columns[3], count)
-    champion, champion_rows = _entries(columns[4], count)
+    challenger, challenger_rows = entries_of(columns[3], count)
+    champion, champion_rows = entries_of(columns[4], count)
     return CommonPairs(
         ids=columns[0],
         made=np.fromiter(columns[1], np.float64, count),
@@ -75,11 +75,3 @@ def read_common(
         champion=champion,
         champion_rows=champion_rows,
     )
-
-
-def _entries(blobs: Sequence[bytes], count: int) -> tuple[NDArray[Any], NDArray[np.intp]]:
-    """The rows' `HISTORY_LOSS` entries, one view over their bytes, and each entry's row."""
-    if not count:
-        return np.zeros(0, HISTORY_LOSS), np.zeros(0, np.intp)
-    sizes = np.fromiter(map(len, blobs), np.int64, count) // HISTORY_LOSS.itemsize
-    return np.frombuffer(b"".join(map(bytes, blobs)), dtype=HISTORY_LOSS), np.repeat(np.arange(count), sizes)

@@ -63,6 +63,27 @@ def decode_losses(blob: bytes | None) -> NDArray[Any]:
     return np.frombuffer(blob or b"", dtype=HISTORY_LOSS)
 
 
+def entries_of(blobs: Sequence[bytes], count: int) -> tuple[NDArray[Any], NDArray[np.intp]]:
+    """The `losses` columns of `count` rows (b"" where a row has none) as one view of HISTORY_LOSS
+    entries over their joined bytes, and the row each entry belongs to."""
+    sizes = np.fromiter(map(len, blobs), np.int64, count) // HISTORY_LOSS.itemsize
+    return np.frombuffer(b"".join(blobs), dtype=HISTORY_LOSS), np.repeat(np.arange(count), sizes)
+
+
+def shares_of(
+    entries: NDArray[Any], owners: NDArray[np.intp], variant: int, count: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int64], NDArray[np.bool_]]:
+    """Each of `count` rows' share of the loss `variant` (its sum, denominator and count of
+    values) from `entries_of`'s entries, and whether the row keeps one (0 where it does not)."""
+    sums, denominators = np.zeros(count), np.zeros(count)
+    counts, found = np.zeros(count, np.int64), np.zeros(count, bool)
+    hit = entries["variant"] == variant
+    at = owners[hit]
+    sums[at], denominators[at] = entries["sum"][hit], entries["denominator"][hit]
+    counts[at], found[at] = entries["count"][hit], True
+    return sums, denominators, counts, found
+
+
 def pair_value(sums: NDArray[np.float64], denominators: NDArray[np.float64], aggregate: str) -> NDArray[np.float64]:
     """Each pair's own loss, as /v1/loss would give it for that pair alone (its sum over its
     denominator, the root of that for root_mean, the sum itself for sum); NaN where a pair counts

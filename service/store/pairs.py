@@ -12,7 +12,7 @@ import orjson
 from numpy.typing import NDArray
 
 from service.store.database import Transaction
-from service.store.history import HISTORY_LOSS, decode_losses
+from service.store.history import decode_losses, entries_of
 
 # A prediction row's time, as the `loss_predictions_by_time` index holds it.
 MADE = "coalesce(p.at, p.arrived)"
@@ -121,8 +121,7 @@ def read_pairs(
     width = 5 + len(keys) + (4 if payloads else 0)
     columns = tx.columns(sql, params, width)
     count = len(columns[0])
-    blobs = columns[4 + len(keys)]
-    entries = np.fromiter(map(len, blobs), np.int64, count) // HISTORY_LOSS.itemsize
+    losses, owners = entries_of(columns[4 + len(keys)], count)
     stored = [(columns[at], np.fromiter(columns[at + 1], np.int64, count)) for at in range(5 + len(keys), width, 2)]
     return PairColumns(
         ids=columns[0],
@@ -130,8 +129,8 @@ def read_pairs(
         label_arrived=columns[2],
         weights=np.fromiter(columns[3], np.float64, count),
         segments=columns[4 : 4 + len(keys)],
-        losses=np.frombuffer(b"".join(blobs), dtype=HISTORY_LOSS),
-        owners=np.repeat(np.arange(count), entries),
+        losses=losses,
+        owners=owners,
         payloads=stored,
     )
 

@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 from service.engine import LIBRARIES, UnknownLossError, resolve
 from service.store import Model, Store, StoreFailureError
 from service.store.comparisons import CommonPairs
+from service.store.history import shares_of
 from service.usecases.configured import Comparable, comparable_losses, loss_aggregate, loss_name_of
 from service.usecases.errors import InvalidInputError, NotFoundError
 from service.usecases.history import check_by
@@ -116,11 +117,8 @@ class _Paired:
 
 def _shares(entries: NDArray[Any], rows: NDArray[np.intp], variant: int, count: int) -> NDArray[np.float64]:
     """Each row's sum and denominator of the loss `variant` (NaN where the row keeps none)."""
-    shares = np.full((2, count), np.nan)
-    mask = entries["variant"] == variant
-    shares[0, rows[mask]] = entries["sum"][mask]
-    shares[1, rows[mask]] = entries["denominator"][mask]
-    return shares
+    sums, denominators, _, found = shares_of(entries, rows, variant, count)
+    return np.where(found, np.array([sums, denominators]), np.nan)
 
 
 def compare(

@@ -39,7 +39,7 @@ import pyarrow.csv as pa_csv
 from numpy.typing import NDArray
 
 from service.store import DTYPES, Model, Store, StoreFailureError
-from service.store.history import pair_value
+from service.store.history import pair_value, shares_of
 from service.store.pairs import PairColumns
 from service.usecases.configured import loss_aggregate, loss_variants
 from service.usecases.errors import InvalidInputError
@@ -135,12 +135,7 @@ def record_batch(columns: Columns, rows: PairColumns) -> pa.RecordBatch:
     ]
     table, owner = rows.losses, rows.owners
     for variant, aggregate in zip(columns.variants, columns.aggregates, strict=True):
-        sums, denominators = np.zeros(count), np.zeros(count)
-        counts, found = np.zeros(count, np.int64), np.zeros(count, bool)
-        hit = table["variant"] == variant
-        at = owner[hit]
-        sums[at], denominators[at] = table["sum"][hit], table["denominator"][hit]
-        counts[at], found[at] = table["count"][hit], True
+        sums, denominators, counts, found = shares_of(table, owner, variant, count)
         values = pair_value(sums, denominators, aggregate)
         missing = ~found
         data += [
