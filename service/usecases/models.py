@@ -143,16 +143,13 @@ def configure(
                 f"events.segments.{undeclared[0]}",
                 f"is not a segment key of this model (its `segments`: {declared}); declare it in `segments`",
             )
-    for field, models in (
-        ("labels_from", [request.labels_from] if request.labels_from else []),
-        ("compare_to", request.compare_to),
-    ):
-        for model in models:
-            if authorize is not None:
-                authorize(model)
-        if models:
-            config[field] = models if field == "compare_to" else models[0]
+    if authorize is not None:
+        for other in ([request.labels_from] if request.labels_from else []) + list(request.compare_to):
+            authorize(other)
+    if request.labels_from:
+        config["labels_from"] = request.labels_from
     if request.compare_to:
+        config["compare_to"] = list(request.compare_to)
         _check_champions(store, name, config, request.compare_to)
     try:
         return model_config(store.configure_model(name, config, request.retention_seconds, now, quota))
