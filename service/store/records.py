@@ -38,6 +38,8 @@ class Model:
     expired_labels: int
     # What its rows count towards quotas: per row, ROW_BYTES + its id's and payload's bytes.
     stored_bytes: int = 0
+    # The calibration fit its estimates use (usecases/estimates.py), as that module wrote it.
+    estimate_fit: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

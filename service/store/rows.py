@@ -34,7 +34,8 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 _MODEL_COLUMNS = (
     "id, name, config, retention_seconds, created_at, updated_at, prediction_shape, label_shape, "
-    "pending_predictions, pending_labels, joined, expired_predictions, expired_labels, stored_bytes"
+    "pending_predictions, pending_labels, joined, expired_predictions, expired_labels, stored_bytes, "
+    "estimate_fit"
 )
 
 
@@ -57,6 +58,7 @@ def _model(row: tuple[Any, ...]) -> Model:
         expired_predictions=int(row[11]),
         expired_labels=int(row[12]),
         stored_bytes=int(row[13]),
+        estimate_fit=None if row[14] is None else orjson.loads(row[14]),
     )
 
 

@@ -88,8 +88,9 @@ def row_bytes_sql(dialect: str) -> str:
 def history_bytes_sql(dialect: str, table: str = "loss_predictions") -> str:
     """SQL for what a row's history adds to its count: the bytes of its losses (`HISTORY_LOSS`,
     one entry per configured loss, on the row whose arrival completed the pair) and, for a
-    prediction, the UTF-8 bytes of its segments (JSON)."""
-    losses = f"coalesce({_octets(dialect, 'losses')}, 0)"
+    prediction, the UTF-8 bytes of its segments (JSON); and the bytes of its expected losses
+    (`EXPECTED_LOSS`, one entry per estimated loss, beside the losses)."""
+    losses = f"coalesce({_octets(dialect, 'losses')}, 0) + coalesce({_octets(dialect, 'expected')}, 0)"
     if table == "loss_predictions":
         return f"(coalesce({_octets(dialect, 'segments')}, 0) + {losses})"
     return f"({losses})"
@@ -220,6 +221,20 @@ def _shared_labels(tx: Transaction) -> None:
     tx.execute("CREATE INDEX IF NOT EXISTS loss_models_by_source ON loss_models (labels_from)")
 
 
+def _expected_losses(tx: Transaction) -> None:
+    """The expected loss (docs/estimates.md): both row tables gain `expected`, written beside
+    `losses` on the row whose arrival completes a pair: per estimated loss one `EXPECTED_LOSS`
+    entry, the moments of the pair's shares under the belief its model held when the pair joined.
+    `loss_rollup_losses` gains `expected`, those moments summed over the cell's joined pairs (five
+    float64), and `loss_models` gains `estimate_fit`, the model's calibration fit (JSON)."""
+    types = tx.dialect.types
+    for table in ("loss_predictions", "loss_labels", "loss_rollup_losses"):
+        if "expected" not in _columns(tx, table):
+            tx.execute(f"ALTER TABLE {table} ADD COLUMN expected {types['blob']}")
+    if "estimate_fit" not in _columns(tx, "loss_models"):
+        tx.execute("ALTER TABLE loss_models ADD COLUMN estimate_fit TEXT")
+
+
 # Named, applied in order, never edited once released: a new layout is a new migration at the end.
 MIGRATIONS: list[tuple[str, Callable[[Transaction], None]]] = [
     ("tables", _create),
@@ -228,6 +243,7 @@ MIGRATIONS: list[tuple[str, Callable[[Transaction], None]]] = [
     ("inference events", _inference_events),
     ("loss history", _history),
     ("shared labels", _shared_labels),
+    ("expected losses", _expected_losses),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

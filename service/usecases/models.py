@@ -28,6 +28,7 @@ from service.store import (
 )
 from service.usecases.configured import comparable_losses
 from service.usecases.errors import ConflictError, InvalidInputError, NotFoundError, QuotaError, StoreUnavailableError
+from service.usecases.estimates import checked_estimate
 from service.usecases.recorder import Recorder
 from service.values.text import shown
 
@@ -148,6 +149,9 @@ def configure(
             authorize(other)
     if request.labels_from:
         config["labels_from"] = request.labels_from
+    estimate = checked_estimate(getattr(request, "estimate", None), config)
+    if estimate is not None:
+        config["estimate"] = estimate
     if request.compare_to:
         config["compare_to"] = list(request.compare_to)
         _check_champions(store, name, config, request.compare_to)
@@ -186,6 +190,7 @@ def model_config(model: Model) -> dict[str, Any]:
     config["keep_pairs"] = model.config.get("keep_pairs", False)
     config["labels_from"] = model.config.get("labels_from")
     config["compare_to"] = model.config.get("compare_to", [])
+    config["estimate"] = model.config.get("estimate")
     return {
         "model": model.name,
         **config,
@@ -216,6 +221,7 @@ def model_status(
         "prediction_shape": None if model.prediction_shape is None else list(model.prediction_shape),
         "label_shape": None if model.label_shape is None else list(model.label_shape),
         "stored_bytes": model.stored_bytes,
+        "estimate_fit": model.estimate_fit,
         "quota": {
             "key": None if principal is None else principal.name,
             "models": {"used": usage.models, "limit": quota.max_models},

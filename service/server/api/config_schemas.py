@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -73,6 +73,45 @@ class EventsConfig(BaseModel):
     )
 
 
+DEFAULT_ESTIMATE_WINDOW = 10_000
+MIN_ESTIMATE_WINDOW = 10
+MAX_ESTIMATE_WINDOW = 1_000_000
+
+
+class EstimateConfig(BaseModel):
+    """How the model's losses are estimated before their labels arrive (docs/estimates.md)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"calibration": "temperature", "window": 10000}]},
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fields_only(cls, data: Any) -> Any:
+        return few_unknown_keys(cls, data)
+
+    calibration: Literal["none", "temperature", "isotonic"] = Field(
+        default="none",
+        description="The belief about each label: the prediction's own distribution (`none`), or it recalibrated "
+        "on the model's most recent `window` joined pairs by temperature scaling (logits or several classes) or "
+        "isotonic regression (one binary column). A fit needs `keep_pairs`.",
+    )
+    window: int = Field(
+        default=DEFAULT_ESTIMATE_WINDOW,
+        ge=MIN_ESTIMATE_WINDOW,
+        le=MAX_ESTIMATE_WINDOW,
+        description="The joined pairs a calibration is fitted on: the model's most recent ones.",
+    )
+    losses: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None,
+        max_length=MAX_LOSSES_PER_EVALUATE,
+        description="Positions in `losses` of the losses to estimate; default every configured loss. Each must have "
+        "an expected loss (the catalogue's `expected`).",
+    )
+
+
 @cache
 def model_config_request_model() -> type[BaseModel]:
     """The body of PUT /v1/models/{model}: the losses to compute when pairs join, as /v1/evaluate takes them."""
@@ -104,7 +143,14 @@ def model_config_request_model() -> type[BaseModel]:
         ),
         labels_from=(ModelNameField | None, Field(default=None, description=LABELS_FROM_DESCRIPTION)),
         compare_to=(CompareTo, Field(default=[], description=COMPARE_TO_DESCRIPTION)),
+        estimate=(EstimateConfig | None, Field(default=None, description=ESTIMATE_DESCRIPTION)),
     )
+
+
+ESTIMATE_DESCRIPTION = (
+    "Estimate the losses before their labels arrive: each bucket of the history gains `estimated` (the mean "
+    "expected loss of its predictions, a 3-sigma band, and the mean over those still pending)."
+)
 
 
 LABELS_FROM_DESCRIPTION = (
@@ -173,6 +219,7 @@ class ModelConfig(BaseModel):
     events: EventsConfig | None = Field(default=None, description="Present when configured.")
     labels_from: str | None = Field(default=None, description=LABELS_FROM_DESCRIPTION)
     compare_to: list[str] = Field(default=[], description=COMPARE_TO_DESCRIPTION)
+    estimate: EstimateConfig | None = Field(default=None, description=ESTIMATE_DESCRIPTION)
 
 
 class QuotaUsage(BaseModel):
@@ -206,6 +253,11 @@ class ModelStatus(ModelConfig):
         description="What the model's rows count towards quotas: per row kept, 64 bytes plus its id's and (while "
         "it waits, or with keep_pairs) its values' bytes; a prediction row also its segments' and its losses' "
         "bytes (32 per configured loss once joined)."
+    )
+    estimate_fit: dict[str, Any] | None = Field(
+        default=None,
+        description="The calibration the estimates use (with `estimate` and a calibration other than none): its "
+        "parameters, the pairs it was fitted on and when; null before the first fit.",
     )
     quota: QuotaStatus = Field(description="The requesting API key's quotas and its usage of them.")
 
