@@ -21,6 +21,13 @@ from numpy.typing import NDArray
 
 # One configured loss of one joined pair, on its prediction row.
 HISTORY_LOSS = np.dtype([("variant", "<i8"), ("sum", "<f8"), ("denominator", "<f8"), ("count", "<i8")])
+# One estimated loss of one joined pair, beside its losses: the moments of the pair's shares of the
+# loss's sum and denominator under the belief its model held when it joined (MOMENTS, in order;
+# NaN where the engine could not estimate it).
+MOMENTS = ("mean", "variance", "denominator", "denominator_variance", "covariance")
+EXPECTED_LOSS = np.dtype([("variant", "<i8"), ("moments", "<f8", (len(MOMENTS),))])
+# A rollup cell's expected losses, per loss: the pairs estimated, then their MOMENTS summed.
+EXPECTED_TOTALS = 1 + len(MOMENTS)
 
 
 def loss_variant(loss: str, options: Mapping[str, Any], convention: str, dtype: str) -> int:
@@ -42,6 +49,8 @@ class PairLosses:
     sums: NDArray[np.float64]
     denominators: NDArray[np.float64]
     counts: NDArray[np.int64]
+    # The estimated loss's moments per pair, (pairs, len(MOMENTS)); None for a loss not estimated.
+    expected: NDArray[np.float64] | None = None
 
 
 def packed_losses(losses: Sequence[PairLosses], pairs: int) -> bytes:
@@ -56,6 +65,31 @@ def packed_losses(losses: Sequence[PairLosses], pairs: int) -> bytes:
         table["denominator"][:, column] = loss.denominators
         table["count"][:, column] = loss.counts
     return table.tobytes()
+
+
+def packed_expected(losses: Sequence[PairLosses], pairs: int) -> bytes:
+    """Every pair's `expected` column end to end: one EXPECTED_LOSS entry per estimated loss and
+    pair, the pairs in order."""
+    estimated = [loss for loss in losses if loss.expected is not None]
+    if not estimated:
+        return b""
+    table = np.empty((pairs, len(estimated)), dtype=EXPECTED_LOSS)
+    for column, loss in enumerate(estimated):
+        table["variant"][:, column] = loss.variant
+        table["moments"][:, column] = loss.expected
+    return table.tobytes()
+
+
+def decode_expected(blob: bytes | None) -> NDArray[Any]:
+    """A row's `expected` back as EXPECTED_LOSS entries (none where nothing is estimated)."""
+    return np.frombuffer(blob or b"", dtype=EXPECTED_LOSS)
+
+
+def expected_totals(moments: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Pairs' moments (pairs, len(MOMENTS)) as rollup totals: how many are estimated (not NaN),
+    then their moments summed."""
+    counted = ~np.isnan(moments).any(axis=1)
+    return np.concatenate([[float(counted.sum())], moments[counted].sum(axis=0)])
 
 
 def decode_losses(blob: bytes | None) -> NDArray[Any]:

@@ -12,7 +12,7 @@ import orjson
 from numpy.typing import NDArray
 
 from service.store.database import Transaction
-from service.store.history import decode_losses, entries_of
+from service.store.history import decode_expected, decode_losses, entries_of
 
 # A prediction row's time, as the `loss_predictions_by_time` index holds it.
 MADE = "coalesce(p.at, p.arrived)"
@@ -32,6 +32,7 @@ class PredictionRow:
     label_arrived: float | None
     segments: dict[str, str]
     losses: NDArray[Any]
+    expected: NDArray[Any]  # EXPECTED_LOSS entries, where its pair was estimated
     weight: float | None
     prediction_dtype: int
     prediction: bytes | None
@@ -47,16 +48,19 @@ def read_rows(
     after: tuple[float, str] | None,
     limit: int,
     joined_only: bool,
+    pending_only: bool = False,
 ) -> list[PredictionRow]:
     """Up to `limit` prediction rows made in [start, end), in (time, id) order after `after`
-    (the last row of the previous batch), each with its label's weight and payload."""
+    (the last row of the previous batch), each with its label's weight and payload; only the
+    joined ones with `joined_only`, only those still waiting for their label with `pending_only`."""
     conditions, params = _window(model_id, start, end, after)
     if joined_only:
         conditions.append("p.joined_at IS NOT NULL")
+    if pending_only:
+        conditions.append("p.joined_at IS NULL")
     rows = tx.all(
         f"SELECT p.id, {MADE}, p.arrived, p.joined_at, p.label_arrived, p.segments, coalesce(p.losses, l.losses), "
-        "l.weight, p.dtype, "
-        "p.payload, l.dtype, l.payload FROM loss_predictions AS p "
+        "l.weight, p.dtype, p.payload, l.dtype, l.payload, coalesce(p.expected, l.expected) FROM loss_predictions AS p "
         "LEFT JOIN loss_labels AS l ON l.model_id = p.model_id AND l.id = p.id AND p.joined_at IS NOT NULL "
         f"WHERE {' AND '.join(conditions)} ORDER BY {MADE}, p.id LIMIT ?",
         [*params, limit],
@@ -70,6 +74,7 @@ def read_rows(
             label_arrived=None if r[4] is None else float(r[4]),
             segments={} if r[5] is None else orjson.loads(r[5]),
             losses=decode_losses(None if r[6] is None else bytes(r[6])),
+            expected=decode_expected(None if r[12] is None else bytes(r[12])),
             weight=None if r[7] is None else float(r[7]),
             prediction_dtype=int(r[8]),
             prediction=None if r[9] is None else bytes(r[9]),

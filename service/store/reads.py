@@ -60,6 +60,7 @@ class _Reads:
         after: tuple[float, str] | None = None,
         limit: int = 10_000,
         joined_only: bool = False,
+        pending_only: bool = False,
     ) -> list[PredictionRow] | None:
         """Up to `limit` of the model's prediction rows made in [start, end) (by prediction time,
         then id), after the row `after` names ((time, id) of the last row of a previous batch),
@@ -68,17 +69,26 @@ class _Reads:
             found = tx.one("SELECT id FROM loss_models WHERE name = ?", [name])
             if found is None:
                 return None
-            return pairs.read_rows(tx, found[0], start, end, after, limit, joined_only)
+            return pairs.read_rows(tx, found[0], start, end, after, limit, joined_only, pending_only)
 
     def prediction_batches(
-        self, name: str, start: float, end: float, *, batch_rows: int = 10_000, joined_only: bool = False
+        self,
+        name: str,
+        start: float,
+        end: float,
+        *,
+        batch_rows: int = 10_000,
+        joined_only: bool = False,
+        pending_only: bool = False,
     ) -> Iterator[list[PredictionRow]]:
         """The model's prediction rows made in [start, end), in batches of at most `batch_rows`,
         each batch one read transaction (rows joined or swept between batches are read as they
         are then). Memory holds one batch; nothing if there is no such model."""
         after: tuple[float, str] | None = None
         while True:
-            batch = self.prediction_rows(name, start, end, after=after, limit=batch_rows, joined_only=joined_only)
+            batch = self.prediction_rows(
+                name, start, end, after=after, limit=batch_rows, joined_only=joined_only, pending_only=pending_only
+            )
             if not batch:
                 return
             yield batch

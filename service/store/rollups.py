@@ -28,7 +28,7 @@ import orjson
 from numpy.typing import NDArray
 
 from service.store.database import Transaction
-from service.store.history import PairLosses, pair_value
+from service.store.history import EXPECTED_TOTALS, PairLosses, pair_value
 from service.values import sketch
 
 # Bucket widths in seconds that rollups are kept at: a query whose start and step are multiples of
@@ -138,7 +138,7 @@ def roll_up(
             predictions[logged.cells[index]] = int(count)
     pairs: dict[Cell, int] = {}
     new_delays: dict[Cell, bytes] = {}
-    new_losses: dict[tuple[Cell, int], tuple[str, float, float, int, bytes]] = {}
+    new_losses: dict[tuple[Cell, int], tuple[str, float, float, int, bytes, NDArray[np.float64] | None]] = {}
     if joined is not None and joined.cells:
         rows, at = joined.flat()
         size = len(joined.cells)
@@ -152,6 +152,7 @@ def roll_up(
             denominators = np.bincount(at, weights=loss.denominators[rows], minlength=size)
             counts = np.bincount(at, weights=loss.counts[rows], minlength=size).astype(np.int64)
             sketches = _sketches(pair_value(loss.sums, loss.denominators, loss.aggregate), joined)
+            expected = None if loss.expected is None else _expected_per_cell(loss.expected[rows], at, size)
             for index, cell in enumerate(joined.cells):
                 new_losses[(cell, loss.variant)] = (
                     loss.loss,
@@ -159,6 +160,7 @@ def roll_up(
                     float(denominators[index]),
                     int(counts[index]),
                     sketches[index],
+                    None if expected is None else expected[index],
                 )
     touched = sorted(set(predictions) | set(pairs))
     if not touched:
@@ -192,11 +194,22 @@ def roll_up(
     if losses_written:
         tx.many(
             f"INSERT INTO loss_rollup_losses (model_id, {_CELL_COLUMNS}, variant, loss, sum, denominator, count, "
-            "sketch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "sketch, expected) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (model_id, level, segment_key, start, segment_value, variant) DO UPDATE SET "
-            "sum = excluded.sum, denominator = excluded.denominator, count = excluded.count, sketch = excluded.sketch",
+            "sum = excluded.sum, denominator = excluded.denominator, count = excluded.count, "
+            "sketch = excluded.sketch, expected = excluded.expected",
             losses_written,
         )
+
+
+def _expected_per_cell(moments: NDArray[np.float64], at: NDArray[np.int64], size: int) -> NDArray[np.float64]:
+    """The rollup totals (history.expected_totals) of each of `size` cells, pair i in cell at[i]."""
+    counted = ~np.isnan(moments).any(axis=1)
+    totals = np.zeros((size, EXPECTED_TOTALS))
+    totals[:, 0] = np.bincount(at, weights=counted.astype(np.float64), minlength=size)
+    for column in range(EXPECTED_TOTALS - 1):
+        totals[:, 1 + column] = np.bincount(at, weights=np.where(counted, moments[:, column], 0.0), minlength=size)
+    return totals
 
 
 def _sketches(values: NDArray[np.float64], cells: Cells) -> list[bytes]:
@@ -226,19 +239,20 @@ def _rolled_up_losses(
     tx: Transaction,
     model_id: int,
     cells: list[Cell],
-    new: dict[tuple[Cell, int], tuple[str, float, float, int, bytes]],
+    new: dict[tuple[Cell, int], tuple[str, float, float, int, bytes, NDArray[np.float64] | None]],
 ) -> list[tuple[Any, ...]]:
     """The rows of `loss_rollup_losses` once `new` is added to the cells' losses as stored."""
+    columns = "variant, sum, denominator, count, sketch, expected"
     existing = {
-        (tuple(row[:4]), int(row[4])): row[5:]
-        for row in _stored(tx, "loss_rollup_losses", "variant, sum, denominator, count, sketch", model_id, cells)
+        (tuple(row[:4]), int(row[4])): row[5:] for row in _stored(tx, "loss_rollup_losses", columns, model_id, cells)
     }
     keys = sorted(new)
-    merged = _merged([existing.get(key, (0.0, 0.0, 0, None))[3] for key in keys], [new[key][4] for key in keys])
+    empty = (0.0, 0.0, 0, None, None)
+    merged = _merged([existing.get(key, empty)[3] for key in keys], [new[key][4] for key in keys])
     written = []
     for key, loss_sketch in zip(keys, merged, strict=True):
-        (cell, variant), (name, total, denominator, count, _) = key, new[key]
-        before = existing.get(key, (0.0, 0.0, 0, None))
+        (cell, variant), (name, total, denominator, count, _, expected) = key, new[key]
+        before = existing.get(key, empty)
         written.append(
             (
                 model_id,
@@ -249,9 +263,18 @@ def _rolled_up_losses(
                 float(before[1]) + denominator,
                 int(before[2]) + count,
                 loss_sketch or None,
+                _added_totals(before[4], expected),
             )
         )
     return written
+
+
+def _added_totals(stored: bytes | None, added: NDArray[np.float64] | None) -> bytes | None:
+    """A cell's expected totals (EXPECTED_TOTALS float64, or none) once `added` is added."""
+    if added is None:
+        return stored
+    before = np.frombuffer(stored, np.float64) if stored else np.zeros(EXPECTED_TOTALS)
+    return (before + added).tobytes()
 
 
 def _merged(old: list[bytes | None], new: list[bytes | None]) -> list[bytes]:
@@ -305,8 +328,8 @@ def add_keys(tx: Transaction, model_id: int, keys: Sequence[str]) -> None:
         )
         tx.execute(
             f"INSERT INTO loss_rollup_losses (model_id, {_CELL_COLUMNS}, variant, loss, sum, denominator, count, "
-            "sketch) SELECT model_id, level, ?, start, '', variant, loss, sum, denominator, count, sketch "
-            "FROM loss_rollup_losses WHERE model_id = ? AND segment_key = ''",
+            "sketch, expected) SELECT model_id, level, ?, start, '', variant, loss, sum, denominator, count, sketch, "
+            "expected FROM loss_rollup_losses WHERE model_id = ? AND segment_key = ''",
             [key, model_id],
         )
 
@@ -340,6 +363,7 @@ class RollupLosses:
     denominator: NDArray[np.float64]
     count: NDArray[np.int64]
     sketch: list[bytes | None]
+    expected: NDArray[np.float64]  # (entries, EXPECTED_TOTALS): zeros where none is kept
 
     def __len__(self) -> int:
         return len(self.segment)
@@ -358,9 +382,10 @@ def read_cells(
         f"SELECT start, segment_value, predictions, joined, expired, delays FROM loss_rollups {where}", params, 6
     )
     losses = tx.columns(
-        f"SELECT start, segment_value, variant, sum, denominator, count, sketch FROM loss_rollup_losses {where}",
+        f"SELECT start, segment_value, variant, sum, denominator, count, sketch, expected FROM loss_rollup_losses "
+        f"{where}",
         params,
-        7,
+        8,
     )
     return (
         RollupCells(
@@ -379,5 +404,15 @@ def read_cells(
             np.array(losses[4], np.float64),
             np.array(losses[5], np.int64),
             list(losses[6]),
+            _totals_of(losses[7]),
         ),
     )
+
+
+def _totals_of(blobs: Sequence[Any]) -> NDArray[np.float64]:
+    """Cells' expected totals as one (cells, EXPECTED_TOTALS) array, zeros where a cell has none."""
+    found = np.zeros((len(blobs), EXPECTED_TOTALS))
+    for index, blob in enumerate(blobs):
+        if blob:
+            found[index] = np.frombuffer(blob, np.float64)
+    return found

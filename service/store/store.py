@@ -29,7 +29,7 @@ from service.store import history, rollups
 from service.store.connect import connect
 from service.store.database import Database, Each, Packed, Transaction
 from service.store.errors import QuotaExceededError, RowShapeError, TooManyPendingError
-from service.store.history import HISTORY_LOSS, PairLosses
+from service.store.history import EXPECTED_LOSS, HISTORY_LOSS, PairLosses
 from service.store.inference_events import _InferenceEvents
 from service.store.joins import completed_pairs, join_partners, look_up, picked
 from service.store.models import _followers, _Models
@@ -154,7 +154,7 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
         fresh = _positions(len(ids), existing)
         joined = list(partners.at)
         keep = bool(model.config.get("keep_pairs", False))
-        entry_bytes = HISTORY_LOSS.itemsize * len(model.config.get("losses", ())) if history_of else 0
+        entry_bytes = _entry_bytes(model) if history_of else 0
         adding = self._added_bytes(ids, rows, fresh, partners, keep, entry_bytes, texts)
         if quota is not None:
             usage = _usage(tx, quota)
@@ -167,11 +167,14 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
         pairs = completed_pairs(side, model, ids, rows, partners, now, timestamps, weights, segments)
         joined_result = on_join(model, pairs) if joined else None
         kept = list(history_of(joined_result)) if history_of is not None and joined_result is not None else []
-        if len(kept) * HISTORY_LOSS.itemsize != (entry_bytes if joined else 0):
-            raise ValueError(f"history_of gave {len(kept)} losses for a model configured with other losses")
         losses = history.packed_losses(kept, len(joined))
+        expected = history.packed_expected(kept, len(joined))
+        if len(losses) + len(expected) != (entry_bytes * len(joined) if joined else 0):
+            raise ValueError(f"history_of gave {len(kept)} losses for a model configured with other losses")
         # Rows that join now are stored joined, so only the other side's rows are updated.
-        self._insert(tx, side, model_id, ids, rows, fresh, partners, losses, now, keep, texts, timestamps, weights)
+        self._insert(
+            tx, side, model_id, ids, rows, fresh, partners, (losses, expected), now, keep, texts, timestamps, weights
+        )
         with tx.batched():  # the rest in at most three round trips on PostgreSQL (no COPY among them)
             if joined:
                 join_partners(tx, other, model_id, pairs.ids, partners, now, keep)
@@ -213,6 +216,7 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
                     sums=loss.sums[counted],
                     denominators=loss.denominators[counted],
                     counts=loss.counts[counted],
+                    expected=None if loss.expected is None else loss.expected[counted],
                 )
                 for loss in kept
             ]
@@ -264,7 +268,7 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
         rows: np.ndarray[Any, Any],
         fresh: list[int],
         partners: _Partners,
-        losses: bytes,
+        history_blobs: tuple[bytes, bytes],
         now: float,
         keep: bool,
         texts: list[str | None] | None,
@@ -272,8 +276,9 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
         weights: Sequence[float] | None,
     ) -> None:
         """Store the rows at `fresh`; those that join now (`partners.at`) already joined, with
-        their `losses` (packed, in the order of `partners.at`). Joining rows and waiting ones
-        differ in joined_at and payload: one insert for each group, column by column."""
+        their losses and expected losses (`history_blobs`, each packed in the order of
+        `partners.at`). Joining rows and waiting ones differ in joined_at and payload: one insert
+        for each group, column by column."""
         if not fresh:
             return
         rows = np.ascontiguousarray(rows)
@@ -299,9 +304,10 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
                 ]
             else:
                 columns.append(("weight", "real", None if weights is None else Each(picked(weights, group))))
-            entry = len(losses) // len(joining) if joining else 0
+            for column, blob in zip(("losses", "expected"), history_blobs, strict=True):
+                entry = len(blob) // len(joining) if joining else 0
+                columns.append((column, "blob", Packed(blob, entry) if joins and entry else None))
             columns += [
-                ("losses", "blob", Packed(losses, entry) if joins and entry else None),
                 ("joined_at", "real", now if joins else None),
                 ("dtype", "small", code),
                 ("payload", "blob", payload),
@@ -327,6 +333,14 @@ class Store(_Models, _Retention, _InferenceEvents, _Reads):
             joined=model.joined + joined,
             stored_bytes=model.stored_bytes + added,
         )
+
+
+def _entry_bytes(model: Model) -> int:
+    """What each joined pair of `model` keeps of its losses: one HISTORY_LOSS entry per configured
+    loss and one EXPECTED_LOSS entry per estimated one."""
+    estimate = model.config.get("estimate")
+    estimated = 0 if estimate is None else len(estimate["losses"])
+    return HISTORY_LOSS.itemsize * len(model.config.get("losses", ())) + EXPECTED_LOSS.itemsize * estimated
 
 
 def _save_counts(tx: Transaction, model_id: int, before: Model, after: Model) -> None:

@@ -10,6 +10,7 @@ computes both (`service.engine.expected_loss`).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,10 @@ import numpy as np
 from service.engine import FRAMEWORKS, ExpectedLoss, LossInputError, expected_loss, resolve
 from service.engine.recalibration import Isotonic, recalibration_from_dict
 from service.store import Model
+from service.store.history import MOMENTS
 from service.usecases.errors import InvalidInputError
+
+_log = logging.getLogger(__name__)
 
 
 def checked_estimate(request: Any, config: dict[str, Any]) -> dict[str, Any] | None:
@@ -132,3 +136,19 @@ def moments(expected: ExpectedLoss) -> np.ndarray[Any, Any]:
         ],
         axis=1,
     ).astype(np.float64)
+
+
+def pair_moments(
+    model: Model, predictions: np.ndarray[Any, Any], weights: np.ndarray[Any, Any] | None
+) -> dict[int, np.ndarray[Any, Any]]:
+    """The moments each joining pair keeps, per estimated loss (by position): its predictions'
+    expected loss under the model's belief as it stands before their labels count, with the
+    labels' sample weights. Where the engine cannot estimate a batch (a loss not finite for a
+    class the belief gives weight to), its pairs keep NaN, which no total counts, and the join
+    goes on: the losses themselves are exact."""
+    try:
+        found = expected_losses(model, predictions, weights)
+    except LossInputError as exc:
+        _log.warning("model %s: no expected loss for %d joining pairs: %s", model.name, len(predictions), exc)
+        return {position: np.full((len(predictions), len(MOMENTS)), np.nan) for position in estimated(model)}
+    return {position: moments(expected) for position, expected in found.items()}

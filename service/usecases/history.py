@@ -22,11 +22,13 @@ from numpy.typing import NDArray
 
 from service.engine import Aggregate, loss_name, mean_of, recombines
 from service.store import Model, Store, StoreFailureError
-from service.store.history import pair_value
+from service.store.history import EXPECTED_TOTALS, pair_value
 from service.store.pairs import PredictionRow
 from service.store.rollups import LEVELS, RollupCells, RollupLosses
 from service.usecases.bucket_calibration import BucketCalibration, asked_calibration
+from service.usecases.bucket_estimates import add_joined, add_pending, estimated_entries, grown_totals, no_totals
 from service.usecases.configured import loss_aggregate, loss_variants
+from service.usecases.estimates import estimated
 from service.usecases.models import model_config, unavailable, unknown_model
 from service.usecases.windows import Window, query_problem, window
 from service.values import sketch
@@ -55,10 +57,21 @@ class _Buckets:
     sums: list[list[list[float]]] = field(default_factory=list)  # entry -> loss -> sum, denominator, count
     loss_sketches: list[list[bytes | None]] = field(default_factory=list)
     loss_groups: list[list[int]] = field(default_factory=list)
+    # Per loss, entry: the expected totals of the joined pairs, and of the pending predictions.
+    joined_totals: NDArray[np.float64] = field(default_factory=lambda: no_totals(0, 0))
+    pending_totals: NDArray[np.float64] = field(default_factory=lambda: no_totals(0, 0))
 
     def __post_init__(self) -> None:
         self.loss_sketches = [[] for _ in range(self.losses)]
         self.loss_groups = [[] for _ in range(self.losses)]
+
+    def totals(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """The expected totals, grown to cover every entry so far."""
+        grow = len(self.counts) - self.joined_totals.shape[1]
+        if grow > 0 or self.joined_totals.shape[0] != self.losses:
+            self.joined_totals = grown_totals(self.joined_totals, self.losses, len(self.counts))
+            self.pending_totals = grown_totals(self.pending_totals, self.losses, len(self.counts))
+        return self.joined_totals, self.pending_totals
 
     def entry(self, bucket: int, segment: str | None) -> int:
         key = (bucket, segment)
@@ -99,6 +112,8 @@ def history(
             model = read[0]
             check_by(model, by)
             table = _from_cells(model, asked, read[1], read[2])
+            if estimated(model):
+                _add_pending(store, model, asked, by, stop, table)
         else:
             found = store.model(name)
             if found is None:
@@ -139,6 +154,9 @@ class _Table:
     denominators: NDArray[np.float64]
     counts: NDArray[np.int64]
     quantiles: NDArray[np.float64]  # (losses, entries, LOSS_QUANTILES)
+    # (losses, entries, EXPECTED_TOTALS): the joined pairs' and the pending predictions' estimates
+    expected_joined: NDArray[np.float64]
+    expected_pending: NDArray[np.float64]
     calibrations: list[dict[str, Any] | None] | None = None  # per entry, with calibration=true
 
 
@@ -178,7 +196,29 @@ def _from_cells(model: Model, asked: Window, cells: RollupCells, losses: RollupL
                 for rows in picked
             ]
         ).reshape(len(picked), size, len(LOSS_QUANTILES)),
+        expected_joined=np.array(
+            [[_added(at[rows], losses.expected[rows, k], size) for k in range(EXPECTED_TOTALS)] for rows in picked]
+        )
+        .reshape(len(picked), EXPECTED_TOTALS, size)
+        .transpose(0, 2, 1)
+        .copy(),
+        expected_pending=no_totals(len(picked), size),
     )
+
+
+def _add_pending(store: Store, model: Model, asked: Window, by: str | None, stop: float, table: _Table) -> None:
+    """The pending predictions of the window estimated into the entries of `table` read from the
+    rollups (a prediction whose cell is gone counts in none), one batch of the scan at a time."""
+    index = {
+        (int(bucket), segment): i
+        for i, (bucket, segment) in enumerate(zip(table.bucket.tolist(), table.segment, strict=True))
+    }
+    for batch in store.prediction_batches(model.name, asked.start, stop, batch_rows=SCAN_BATCH_ROWS, pending_only=True):
+        entries = [
+            index.get((int((row.made - asked.start) // asked.step), row.segments.get(by) if by else None), -1)
+            for row in batch
+        ]
+        add_pending(model, batch, entries, table.expected_pending)
 
 
 def _keys(starts: NDArray[np.float64], segments: list[str], index: dict[str, int], asked: Window) -> NDArray[np.int64]:
@@ -210,6 +250,8 @@ def _add_rows(model: Model, asked: Window, rows: list[PredictionRow], by: str | 
         if row.joined_at is None:
             continue
         counts[1] += 1
+        if len(row.expected):
+            add_joined(row, index, variants, buckets.totals()[0])
         if row.label_arrived is not None:
             delays.append(row.label_arrived - row.made)
             delay_groups.append(index)
@@ -235,6 +277,9 @@ def _add_rows(model: Model, asked: Window, rows: list[PredictionRow], by: str | 
         keep = ~np.isnan(values)
         buckets.loss_sketches[which].extend(sketch.grouped(values[keep], groups[keep], len(buckets.counts)))
         buckets.loss_groups[which].extend(range(len(buckets.counts)))
+    if estimated(model):
+        waiting = [index if row.joined_at is None else -1 for row, index in zip(rows, entries, strict=True)]
+        add_pending(model, rows, waiting, buckets.totals()[1])
     return entries
 
 
@@ -249,6 +294,7 @@ def _from_rows(buckets: _Buckets, asked: Window, calibrated: BucketCalibration |
     size = len(buckets.counts)
     counts = np.array(buckets.counts, np.int64).reshape(-1, 3)[order]
     sums = np.array(buckets.sums, np.float64).reshape(size, buckets.losses, 3)[order]
+    joined_totals, pending_totals = buckets.totals()
     return _Table(
         bucket=np.array([bucket for (bucket, _), _ in keyed], np.int64),
         segment=[segment for (_, segment), _ in keyed],
@@ -265,6 +311,8 @@ def _from_rows(buckets: _Buckets, asked: Window, calibrated: BucketCalibration |
                 for which in range(buckets.losses)
             ]
         ).reshape(buckets.losses, size, len(LOSS_QUANTILES)),
+        expected_joined=joined_totals[:, order],
+        expected_pending=pending_totals[:, order],
         calibrations=calibrations,
     )
 
@@ -286,6 +334,13 @@ def _answer(model: Model, asked: Window, by: str | None, table: _Table) -> dict[
         for p50, p90 in zip(_numbers(table.delays[kept, 0]), _numbers(table.delays[kept, 1]), strict=True)
     ]
     losses = [_loss_entries(table, which, kept, loss_aggregate(model, which)) for which in range(len(table.sums))]
+    if "estimate" in config and config["estimate"] is not None:
+        for which, entries_of_loss in enumerate(losses):
+            estimates = estimated_entries(
+                model, which, table.expected_joined[which, kept], table.expected_pending[which, kept]
+            )
+            for entry, estimate in zip(entries_of_loss, estimates, strict=True):
+                entry["estimated"] = estimate
     columns = (
         predictions.tolist(),
         joined.tolist(),

@@ -46,6 +46,7 @@ from service.store import (
 )
 from service.store.history import PairLosses, loss_variant
 from service.usecases.errors import ConflictError, InvalidInputError, QuotaError
+from service.usecases.estimates import pair_moments
 from service.usecases.models import Principal, quota_error, quota_of, row_values_limit, unavailable, unknown_model
 from service.usecases.recorder import Recorder
 from service.values.segments import segment_value
@@ -228,19 +229,23 @@ class JoinedLoss(NamedTuple):
     name: str
     result: LossResult
     variant: int
+    # Each pair's expected moments (estimates.moments) for an estimated loss, else None.
+    expected: np.ndarray[Any, Any] | None = None
 
 
 def history_of(results: list[JoinedLoss]) -> list[PairLosses]:
     """What each joined pair keeps of its losses (the store's history): per configured loss, in
     order, its share of the loss's sum and denominator and its number of values."""
     kept = []
-    for name, reduced, variant in results:
+    for name, reduced, variant, expected in results:
         if reduced.sample_sums is None or reduced.sample_denominators is None:
             raise ValueError(f"{name}: the engine gave no shares")
         pairs = len(reduced.sample_sums)
         counts = np.full(pairs, reduced.count // pairs if pairs else 0, dtype=np.int64)
         kept.append(
-            PairLosses(variant, name, reduced.aggregate, reduced.sample_sums, reduced.sample_denominators, counts)
+            PairLosses(
+                variant, name, reduced.aggregate, reduced.sample_sums, reduced.sample_denominators, counts, expected
+            )
         )
     return kept
 
@@ -280,10 +285,10 @@ def _recorded(
     monitor: Recorder, name: str, side: Side, logged: Logged[list[JoinedLoss]], principal: Principal | None
 ) -> dict[str, Any]:
     model, results = logged.model, logged.joined_result or []
-    for loss, reduced, _ in results:
+    for loss, reduced, *_ in results:
         monitor.observe_batch(name, loss, reduced.per_sample, reduced.mean)
     if results:
-        per_sample = [(loss, reduced.per_sample) for loss, reduced, _ in results]
+        per_sample = [(loss, reduced.per_sample) for loss, reduced, *_ in results]
         monitor.observe_segments(name, model.config.get("segments", []), logged.pairs.segments, per_sample)
     pending = (model.pending_predictions, model.pending_labels)
     monitor.observe_log(name, side, logged.accepted, len(logged.duplicate_ids), logged.pairs.delays, pending)
@@ -310,8 +315,9 @@ def _pair_losses(
     config = model.config
     given = [w for w in pairs.weights if w is not None]
     weights = None if not given else np.array([1.0 if w is None else w for w in pairs.weights])
+    expected = pair_moments(model, pairs.predictions, weights)
     results = []
-    for call in config["losses"]:
+    for at, call in enumerate(config["losses"]):
         try:
             reduced = compute(
                 call["loss"],
@@ -328,7 +334,8 @@ def _pair_losses(
             whose = "" if logged_for in (None, model.name) else f" of model {model.name} (labels_from)"
             raise _join_error(exc, call["loss"] + whose, pairs, side, position) from None
         variant = loss_variant(call["loss"], call["options"], config["convention"], config["dtype"])
-        results.append(JoinedLoss(loss_name(call["loss"], config["convention"], call["options"]), reduced, variant))
+        name = loss_name(call["loss"], config["convention"], call["options"])
+        results.append(JoinedLoss(name, reduced, variant, expected.get(at)))
     return results
 
 

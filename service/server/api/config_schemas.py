@@ -252,7 +252,7 @@ class ModelStatus(ModelConfig):
     stored_bytes: int = Field(
         description="What the model's rows count towards quotas: per row kept, 64 bytes plus its id's and (while "
         "it waits, or with keep_pairs) its values' bytes; a prediction row also its segments' and its losses' "
-        "bytes (32 per configured loss once joined)."
+        "bytes (32 per configured loss once joined, and 48 per estimated loss)."
     )
     estimate_fit: dict[str, Any] | None = Field(
         default=None,

@@ -13,6 +13,21 @@ class LabelDelay(BaseModel):
     p90: float | None = Field(description="90th percentile of the same (1 % relative error).")
 
 
+class EstimatedLoss(BaseModel):
+    mean: float | None = Field(
+        description="The mean expected loss of the bucket's predictions (joined pairs as estimated when they "
+        "joined, pending ones under the model's current calibration); the realized `mean` beside it is that of "
+        "the joined pairs."
+    )
+    low: float | None = Field(description="mean - 3 sigma, sigma from the predictions' summed variances.")
+    high: float | None = Field(description="mean + 3 sigma.")
+    pending_mean: float | None = Field(
+        description="The mean expected loss of the predictions still pending; null if none."
+    )
+    predictions: int = Field(description="The predictions estimated (pairs joined before `estimate` was set are not).")
+    pending: int = Field(description="Of them, still pending.")
+
+
 class HistoryLoss(BaseModel):
     mean: float | None = Field(
         description="What /v1/loss returns for the bucket's joined pairs under the model's configuration; null "
@@ -24,6 +39,11 @@ class HistoryLoss(BaseModel):
     p50: float | None = Field(description="Median of each joined pair's own loss (1 % relative error).")
     p90: float | None = Field(description="90th percentile of each joined pair's own loss.")
     p99: float | None = Field(description="99th percentile of each joined pair's own loss.")
+    estimated: EstimatedLoss | None = Field(
+        default=None,
+        description="With the model's `estimate`: the loss expected before the labels (docs/estimates.md); null for "
+        "a loss not estimated or a bucket with no prediction estimated. Absent otherwise.",
+    )
 
 
 class BucketCalibration(CalibrationResult):

@@ -1,0 +1,193 @@
+"""The history's `estimated` fields (a model configured with `estimate`), on SQLite and PostgreSQL.
+
+Each bucket's estimate is checked against a deliberately naive float64 reference written here:
+per prediction, the loss it would incur for each class written out by hand, weighted by the
+belief (the prediction's own probabilities, or those recalibrated by a temperature the test
+sets), then the bucket's shares summed as /v1/loss sums them. Joined pairs count with their
+labels' sample weights; pending ones with weight 1. Both ways of reading the history (rollup
+cells for aligned windows, the rows otherwise) must agree with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from tests.api.test_history import DAY, HOUR, T0, Client, joined_mask, log_cohort, served
+
+__all__ = ["served"]
+
+EPSILON = 1e-7  # Keras's clipping of probabilities
+
+
+def bce_table(p: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Keras binary cross-entropy of probability p for label 0 and label 1, (n, 2)."""
+    clipped = np.clip(p, EPSILON, 1 - EPSILON)
+    return np.stack([-np.log(1 - clipped), -np.log(clipped)], axis=1)
+
+
+def scce_table(z: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """PyTorch cross-entropy of logits z for each class, (n, C), by a plain log-sum-exp."""
+    out = np.empty_like(z)
+    for i, row in enumerate(z):
+        top = max(row)
+        total = sum(np.exp(v - top) for v in row)
+        for c in range(len(row)):
+            out[i, c] = -(row[c] - top - np.log(total))
+    return out
+
+
+def softmax(z: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+CASES: dict[str, dict[str, Any]] = {
+    "bce-keras-probabilities": {"losses": [{"loss": "binary_crossentropy"}, {"loss": "mse"}], "convention": "keras"},
+    "scce-torch-logits": {
+        "losses": [{"loss": "sparse_categorical_crossentropy", "options": {"from_logits": True}}],
+        "convention": "torch",
+    },
+}
+
+
+def data(name: str, n: int, rng: np.random.Generator) -> tuple[Any, Any, Any, Any, Any]:
+    """(predictions, labels, weights, loss table (n, C), own belief (n, C))."""
+    weights = rng.uniform(0.2, 3.0, n)
+    if name == "bce-keras-probabilities":
+        p = rng.uniform(0.02, 0.98, n)
+        belief = np.stack([1 - p, p], axis=1)
+        return p, (rng.uniform(size=n) < p).astype(float), weights, bce_table(p), belief
+    z = rng.normal(size=(n, 3)) * 2
+    belief = softmax(z)
+    labels = np.array([rng.choice(3, p=row) for row in belief])
+    return z, labels, weights, scce_table(z), belief
+
+
+def reference(table: Any, belief: Any, weights: Any, rows: Any, convention: str = "torch") -> dict[str, Any]:
+    """The estimate over `rows` (a mask) with each row's sample weight `weights` (the label's
+    where joined, 1 where pending): mean = sum w E / D, sigma = sqrt(sum w^2 Var) / D, where D is
+    sum w under PyTorch's weighted mean and the number of rows under Keras's (sum over batch size)."""
+    total, variance, denominator = 0.0, 0.0, 0.0
+    for i in np.flatnonzero(rows):
+        e = sum(float(belief[i, c]) * float(table[i, c]) for c in range(table.shape[1]))
+        v = sum(float(belief[i, c]) * (float(table[i, c]) - e) ** 2 for c in range(table.shape[1]))
+        total += weights[i] * e
+        variance += weights[i] ** 2 * v
+        denominator += weights[i] if convention == "torch" else 1.0
+    mean, sigma = total / denominator, variance**0.5 / denominator
+    return {"mean": mean, "low": mean - 3 * sigma, "high": mean + 3 * sigma}
+
+
+def check_buckets(
+    answer: dict[str, Any], times: Any, joined: Any, table: Any, belief: Any, weights: Any, convention: str
+) -> int:
+    """Every bucket's estimate against the reference; how many were checked."""
+    shares = np.where(joined, weights, 1.0)
+    checked = 0
+    for bucket in answer["buckets"]:
+        inside = (times >= bucket["start"]) & (times < bucket["start"] + answer["step"])
+        if "segment" in bucket:
+            inside &= np.array([bucket["segment"] == value for value in answer["_countries"]])
+        estimated = bucket["losses"][0]["estimated"]
+        expected = reference(table, belief, shares, inside, convention)
+        for key in ("mean", "low", "high"):
+            assert estimated[key] == pytest.approx(expected[key], rel=1e-9, abs=1e-12), (bucket["start"], key)
+        pending = inside & ~joined
+        assert estimated["predictions"] == int(inside.sum())
+        assert estimated["pending"] == int(pending.sum())
+        if pending.any():
+            waiting = reference(table, belief, np.ones(len(times)), pending, convention)["mean"]
+            assert estimated["pending_mean"] == pytest.approx(waiting, rel=1e-9)
+        else:
+            assert estimated["pending_mean"] is None
+        if len(bucket["losses"]) > 1:
+            assert bucket["losses"][1]["estimated"] is None  # mse: not estimated
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_buckets_estimate_is_the_naive_sum_over_its_predictions(served: Client, name: str) -> None:
+    n = 90
+    predictions, labels, weights, table, belief = data(name, n, np.random.default_rng(3))
+    config = {**CASES[name], "estimate": {"losses": [0]}}
+    times = log_cohort(served, "m", n, config, predictions, labels, weights)
+    joined = joined_mask(served, "m", n)
+    assert 0 < joined.sum() < n
+    countries = [["BR", "US", None][i % 3] for i in range(n)]
+    for query in (
+        f"start={T0:.0f}&end={T0 + 3 * HOUR:.0f}&step=3600",  # rollup cells
+        f"start={T0 + 1:.0f}&end={T0 + 3 * HOUR:.0f}&step=3600",  # the rows
+        f"start={T0:.0f}&end={T0 + 3 * HOUR:.0f}&step=3600&by=country",
+        f"start={T0 + 7:.0f}&end={T0 + 3 * HOUR:.0f}&step=1800&by=country",
+    ):
+        answer = served.ok("GET", f"/v1/models/m/history?{query}")
+        answer["_countries"] = countries
+        assert check_buckets(answer, times, joined, table, belief, weights, config["convention"]) >= 3, query
+
+
+def test_pending_predictions_are_estimated_under_the_current_fit_and_joined_ones_under_the_fit_they_joined_with(
+    served: Client,
+) -> None:
+    n = 60
+    rng = np.random.default_rng(8)
+    z = rng.normal(size=(n, 3)) * 2
+    labels = rng.integers(0, 3, n)
+    config = {
+        "losses": [{"loss": "sparse_categorical_crossentropy", "options": {"from_logits": True}}],
+        "convention": "torch",
+        "keep_pairs": True,
+        "estimate": {"calibration": "temperature", "window": 1000},
+        "segments": [],
+        "retention_seconds": 5 * DAY,
+    }
+    served.ok("PUT", "/v1/models/m", json=config)
+    times = T0 + np.arange(n) * 60.0
+    ids = [f"p{i}" for i in range(n)]
+    served.ok(
+        "POST", "/v1/models/m/predictions", json={"ids": ids, "predictions": z.tolist(), "timestamps": times.tolist()}
+    )
+
+    def set_temperature(t: float) -> None:
+        fit = {"calibration": "temperature", "parameters": {"method": "temperature", "temperature": t}}
+        with served.store.database.transaction() as tx:
+            tx.execute("UPDATE loss_models SET estimate_fit = ? WHERE name = ?", [orjson.dumps(fit).decode(), "m"])
+
+    set_temperature(2.0)
+    served.clock.now = T0 + DAY
+    first = np.arange(n) < n // 2
+    served.ok("POST", "/v1/models/m/labels", json={"ids": ids[: n // 2], "labels": labels[: n // 2].tolist()})
+    set_temperature(0.5)  # after those pairs joined: only the pending ones see it
+    answer = served.ok("GET", f"/v1/models/m/history?start={T0:.0f}&end={T0 + HOUR:.0f}&step=3600")
+    (bucket,) = answer["buckets"]
+    table = scce_table(z)
+    belief = np.where(first[:, None], softmax(z / 2.0), softmax(z / 0.5))
+    expected = reference(table, belief, np.ones(n), np.ones(n, bool))
+    estimated = bucket["losses"][0]["estimated"]
+    for key in ("mean", "low", "high"):
+        assert estimated[key] == pytest.approx(expected[key], rel=1e-9)
+    assert estimated["pending_mean"] == pytest.approx(reference(table, softmax(z / 0.5), np.ones(n), ~first)["mean"])
+    # the logged predictions are what is scored, whatever the belief: the realized mean is /v1/loss's
+    realized = served.ok(
+        "POST",
+        "/v1/loss",
+        json={
+            "loss": "sparse_categorical_crossentropy",
+            "options": {"from_logits": True},
+            "convention": "torch",
+            "predictions": z[first].tolist(),
+            "labels": labels[first].tolist(),
+        },
+    )
+    assert bucket["losses"][0]["mean"] == pytest.approx(realized["mean"], rel=1e-12)
+
+
+def test_a_model_without_estimate_answers_no_estimated_field(served: Client) -> None:
+    served.ok("PUT", "/v1/models/m", json={"losses": [{"loss": "binary_crossentropy"}]})
+    served.ok("POST", "/v1/models/m/predictions", json={"ids": ["a"], "predictions": [0.3], "timestamps": [T0]})
+    answer = served.ok("GET", f"/v1/models/m/history?start={T0:.0f}&end={T0 + HOUR:.0f}&step=3600")
+    assert "estimated" not in answer["buckets"][0]["losses"][0]
