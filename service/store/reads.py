@@ -9,12 +9,12 @@ from typing import Protocol, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from service.store import comparisons, pairs, rollups
+from service.store import comparisons, pairs, rollup_reads
 from service.store.comparisons import CommonPairs
 from service.store.database import Database, Transaction
 from service.store.pairs import PairColumns, PredictionRow
 from service.store.records import Model
-from service.store.rollups import RollupCells, RollupLosses
+from service.store.rollup_reads import RollupCells, RollupLosses
 from service.store.rows import _MODEL_COLUMNS, _model
 
 
@@ -48,7 +48,7 @@ class _Reads:
             found = tx.one(f"SELECT {_MODEL_COLUMNS} FROM loss_models WHERE name = ?", [name])
             if found is None:
                 return None
-            cells, losses = rollups.read_cells(tx, found[0], level, key, start, end)
+            cells, losses = rollup_reads.read_cells(tx, found[0], level, key, start, end)
         return _model(found), cells, losses
 
     def prediction_rows(

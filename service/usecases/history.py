@@ -24,7 +24,8 @@ from service.engine import Aggregate, loss_name, mean_of, recombines
 from service.store import Model, Store, StoreFailureError
 from service.store.history import EXPECTED_TOTALS, pair_value
 from service.store.pairs import PredictionRow
-from service.store.rollups import LEVELS, RollupCells, RollupLosses
+from service.store.rollup_reads import RollupCells, RollupLosses
+from service.store.rollups import LEVELS
 from service.usecases.bucket_calibration import BucketCalibration, asked_calibration
 from service.usecases.bucket_estimates import add_joined, add_pending, estimated_entries, grown_totals, no_totals
 from service.usecases.configured import loss_aggregate, loss_variants

@@ -330,17 +330,17 @@ def test_the_rollups_and_the_scan_of_rows_give_the_same_answer(served: Client) -
 
 def test_a_query_reads_as_many_cells_for_ten_times_the_pairs(served: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     """The history's cost grows with its buckets, not its pairs: counted in rows read."""
-    from service.store import rollups
+    from service.store import rollup_reads
 
     read: list[int] = []
-    original = rollups.read_cells
+    original = rollup_reads.read_cells
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         cells, losses = original(*args, **kwargs)
         read.append(len(cells) + len(losses))
         return cells, losses
 
-    monkeypatch.setattr(rollups, "read_cells", counting)
+    monkeypatch.setattr(rollup_reads, "read_cells", counting)
     for model, n in (("small", 300), ("large", 3000)):
         config, predictions, labels, weights = family("mse-keras", n, np.random.default_rng(n))
         log_cohort(served, model, n, config, predictions, labels, weights)

@@ -191,3 +191,36 @@ def test_a_model_without_estimate_answers_no_estimated_field(served: Client) -> 
     served.ok("POST", "/v1/models/m/predictions", json={"ids": ["a"], "predictions": [0.3], "timestamps": [T0]})
     answer = served.ok("GET", f"/v1/models/m/history?start={T0:.0f}&end={T0 + HOUR:.0f}&step=3600")
     assert "estimated" not in answer["buckets"][0]["losses"][0]
+
+
+def test_stored_bytes_count_the_expected_losses_kept_and_their_removal(served: Client) -> None:
+    from service.store.schema import table_bytes_sql
+
+    config = {**CASES["scce-torch-logits"], "estimate": {}, "retention_seconds": 2 * DAY}
+    served.ok("PUT", "/v1/models/m", json=config)
+    z = np.random.default_rng(2).normal(size=(20, 3))
+    ids = [f"p{i}" for i in range(20)]
+    served.ok("POST", "/v1/models/m/predictions", json={"ids": ids, "predictions": z.tolist()})
+    served.ok("POST", "/v1/models/m/labels", json={"ids": ids[:12], "labels": [1] * 12})  # joined on the labels
+    served.ok("POST", "/v1/models/m/labels", json={"ids": ["q0", "q1"], "labels": [0, 2]})
+    served.ok("POST", "/v1/models/m/predictions", json={"ids": ["q0", "q1"], "predictions": z[:2].tolist()})
+
+    def recounted() -> tuple[int, int, int]:
+        with served.store.database.transaction(write=False) as tx:
+            name = tx.dialect.name
+            counts = [
+                int(tx.one(f"SELECT coalesce(sum({table_bytes_sql(name, table)}), 0) FROM {table}")[0])
+                for table in ("loss_predictions", "loss_labels")
+            ]
+            kept = tx.one(
+                "SELECT count(*) FROM loss_predictions p LEFT JOIN loss_labels l ON l.id = p.id "
+                "WHERE coalesce(p.expected, l.expected) IS NOT NULL"
+            )[0]
+        return counts[0] + counts[1], int(kept), served.ok("GET", "/v1/models/m")["stored_bytes"]
+
+    total, kept, stored = recounted()
+    assert kept == 14  # each joined pair keeps one EXPECTED_LOSS entry, on its completing row
+    assert stored == total
+    served.clock.now += 3 * DAY
+    served.store.sweep_expired(served.clock.now)
+    assert recounted() == (0, 0, 0)
