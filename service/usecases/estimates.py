@@ -88,9 +88,12 @@ def from_logits(config: dict[str, Any], position: int) -> bool:
 
 def belief(model: Model, predictions: np.ndarray[Any, Any]) -> np.ndarray[Any, Any] | None:
     """The belief about the labels of `predictions` under the model's fit: None (their own
-    distribution) without a fit, or while `calibration` is "none"."""
+    distribution) while `calibration` is "none", before the first fit of the configured
+    calibration (a re-PUT that changes it leaves the other's fit unused), or where a fit failed."""
     estimate, fit = model.config.get("estimate"), model.estimate_fit
     if estimate is None or estimate["calibration"] == "none" or fit is None or fit.get("parameters") is None:
+        return None
+    if fit.get("calibration") != estimate["calibration"]:
         return None
     recalibration = recalibration_from_dict(fit["parameters"])
     logits = from_logits(model.config, estimate["losses"][0])

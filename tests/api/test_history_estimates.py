@@ -224,3 +224,32 @@ def test_stored_bytes_count_the_expected_losses_kept_and_their_removal(served: C
     served.clock.now += 3 * DAY
     served.store.sweep_expired(served.clock.now)
     assert recounted() == (0, 0, 0)
+
+
+def test_a_fit_of_another_calibration_than_the_configured_one_is_not_used(served: Client) -> None:
+    z = np.random.default_rng(4).normal(size=(30, 1)) * 2
+    config = {
+        "losses": [{"loss": "binary_crossentropy", "options": {"from_logits": True}}],
+        "convention": "torch",
+        "keep_pairs": True,
+        "estimate": {"calibration": "temperature"},
+        "retention_seconds": 5 * DAY,
+    }
+    served.ok("PUT", "/v1/models/m", json=config)
+    ids = [f"p{i}" for i in range(30)]
+    served.ok("POST", "/v1/models/m/predictions", json={"ids": ids, "predictions": z.tolist(), "timestamps": [T0] * 30})
+    fit = {"calibration": "temperature", "parameters": {"method": "temperature", "temperature": 3.0}}
+    with served.store.database.transaction() as tx:
+        tx.execute("UPDATE loss_models SET estimate_fit = ? WHERE name = 'm'", [orjson.dumps(fit).decode()])
+    query = f"/v1/models/m/history?start={T0:.0f}&end={T0 + HOUR:.0f}&step=3600"
+    p = 1 / (1 + np.exp(-z[:, 0]))
+    table = np.stack([-np.log(1 - p), -np.log(p)], axis=1)
+
+    def estimate_under(q1: np.ndarray[Any, Any]) -> float:
+        return reference(table, np.stack([1 - q1, q1], axis=1), np.ones(30), np.ones(30, bool))["mean"]
+
+    got = served.ok("GET", query)["buckets"][0]["losses"][0]["estimated"]["mean"]
+    assert got == pytest.approx(estimate_under(1 / (1 + np.exp(-z[:, 0] / 3.0))), rel=1e-9)
+    served.ok("PUT", "/v1/models/m", json={**config, "estimate": {"calibration": "isotonic"}})
+    got = served.ok("GET", query)["buckets"][0]["losses"][0]["estimated"]["mean"]
+    assert got == pytest.approx(estimate_under(p), rel=1e-9)  # the temperature fit is not an isotonic one
