@@ -474,7 +474,21 @@ def corpus() -> Iterator[Case]:
         "compare-to-repeated": ("corpus-new", {**scce, "compare_to": ["corpus", "corpus"]}),
         "compare-to-too-many": ("corpus-new", {**scce, "compare_to": [f"m{i}" for i in range(9)]}),
         "compare-to-a-string": ("corpus-new", {**scce, "compare_to": "corpus"}),
-    }
+        "estimate-a-regression-loss": ("corpus-new", {"losses": [{"loss": "mse"}], "estimate": {}}),
+        "estimate-named-regression-loss": ("corpus-new", {"losses": [{"loss": "scce"}, {"loss": "mae"}], "estimate": {"losses": [1]}}),
+        "estimate-no-such-loss": ("corpus-new", {**scce, "estimate": {"losses": [3]}}),
+        "estimate-repeated-loss": ("corpus-new", {**scce, "estimate": {"losses": [0, 0]}}),
+        "estimate-negative-position": ("corpus-new", {**scce, "estimate": {"losses": [-1]}}),
+        "estimate-unknown-calibration": ("corpus-new", {**scce, "estimate": {"calibration": "platt"}}),
+        "estimate-fit-without-keep-pairs": ("corpus-new", {**scce, "estimate": {"calibration": "temperature"}}),
+        "estimate-window-too-small": ("corpus-new", {**scce, "estimate": {"window": 9}}),
+        "estimate-window-too-large": ("corpus-new", {**scce, "estimate": {"window": 1_000_001}}),
+        "estimate-window-a-string": ("corpus-new", {**scce, "estimate": {"window": "100"}}),
+        "estimate-unknown-field": ("corpus-new", {**scce, "estimate": {"calibrate": "none"}}),
+        "estimate-library-convention": ("corpus-new", {"losses": [{"loss": "binary_logloss"}], "convention": "lightgbm", "estimate": {}}),
+        "estimate-differing-logits": ("corpus-new", {"losses": [{"loss": "scce", "options": {"from_logits": True}}, {"loss": "scce"}],
+                                                     "keep_pairs": True, "estimate": {"calibration": "temperature"}}),
+    }  # fmt: skip
     for name, (model, config) in bad_sharing.items():
         yield f"put-{name}", f"/v1/models/{model}", json.dumps(config).encode(), j, 422
     follower_labels = {"ids": ["x"], "labels": [1]}
