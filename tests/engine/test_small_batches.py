@@ -10,7 +10,7 @@ import pytest
 
 from service.engine import LossInputError, as_working_array, compute
 from service.engine.checks import check_in_range, class_indices_in_range
-from service.engine.losses import crossentropy
+from service.engine.losses import _targets
 from service.engine.losses._shared import per_sample_mean
 
 
@@ -57,13 +57,13 @@ def test_class_labels_in_range_are_checked_once_and_ignored_targets_still_masked
     monkeypatch: pytest.MonkeyPatch, ignore_index: int | None, labels: list[int], element_wise_checks: int
 ) -> None:
     calls = []
-    full_check = crossentropy.check_class_indices
+    full_check = _targets.check_class_indices
 
     def check(*args: Any) -> Any:
         calls.append(args)
         return full_check(*args)
 
-    monkeypatch.setattr(crossentropy, "check_class_indices", check)
+    monkeypatch.setattr(_targets, "check_class_indices", check)
     logits = np.random.default_rng(5).normal(0, 3, (5, 4))
     targets = np.asarray(labels)
     options = {"from_logits": True, "ignore_index": ignore_index}

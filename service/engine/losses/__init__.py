@@ -1,9 +1,11 @@
 """The loss functions, one module per family. Importing this package fills the catalogue."""
 
-# The catalogue lists the losses in the order they are declared: the focal family follows the
-# cross-entropy family it grew from, before the others in alphabetical order.
+# The catalogue lists the losses in the order they are declared: the losses of class targets
+# (cross-entropy, then generalized cross-entropy and nll), the focal family that grew from them,
+# then the others in alphabetical order.
 # isort: off
 from service.engine.losses import crossentropy
+from service.engine.losses import class_targets
 from service.engine.losses import focal
 from service.engine.losses import (
     crps,
@@ -19,6 +21,7 @@ from service.engine.losses import (
 # isort: on
 
 __all__ = [
+    "class_targets",
     "crossentropy",
     "crps",
     "ctc",

@@ -9,49 +9,40 @@ and aten/src/ATen/native/Loss.cpp, LossNLL.cpp.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from service.engine.checks import (
-    check_class_indices,
     check_in_range,
     check_min_rank,
     check_same_shape,
-    class_indices_in_range,
 )
-from service.engine.conventions import TORCH_IGNORE_INDEX, TORCH_LOG_CLAMP, Convention, class_axis
+from service.engine.conventions import TORCH_LOG_CLAMP, Convention, class_axis
 from service.engine.errors import LossInputError
 from service.engine.expectation import ExpectedLoss, Table, over_classes
 from service.engine.losses._shared import along_axis, class_weights, per_sample_mean
+from service.engine.losses._targets import (
+    ClassWeight,
+    FromLogits,
+    IgnoreIndex,
+    LabelSmoothing,
+    Smoothing,
+    _check_probabilities,
+    _class_log_probabilities,
+    _class_targets,
+    _ignores_a_class,
+    _target_losses,
+)
 from service.engine.numerics import (
-    keras_class_log_probabilities,
     keras_clip,
     log_sigmoid,
-    log_softmax,
     nll_of_logits,
-    torch_clamped_log,
 )
-from service.engine.options import Aliases, Doc, NonNegative, OnlyUnder, Probability, Range
+from service.engine.options import Aliases, Doc, NonNegative, OnlyUnder, Probability
 from service.engine.reduction import Array, LossValues
 from service.engine.registry import expectation, register
-
-FromLogits = Annotated[bool, Doc("predictions are unnormalised logits rather than probabilities")]
-LabelSmoothing = Annotated[float, Probability, Doc("mix the targets with the uniform distribution")]
-IgnoreIndex = Annotated[
-    int | None,
-    Doc("targets equal to this class are left out of the loss and the mean; default none (keras), -100 (torch)"),
-]
-ClassWeight = Annotated[
-    list[float] | dict[str, float] | None,
-    NonNegative,
-    Doc(
-        "one weight per class: PyTorch's `weight`, or Keras's `class_weight` of fit() under keras; "
-        'also {"class": weight} as fit() takes it, classes left out weighing 1'
-    ),
-]
 
 
 def binary_log_loss(labels: Array, log_p: Array, log_q: Array, complement: Array | None = None) -> Array:
@@ -59,23 +50,6 @@ def binary_log_loss(labels: Array, log_p: Array, log_q: Array, complement: Array
     Keras from clip(p, 1e-7, 1 - 1e-7); XGBoost's `logloss` from max(p, 1e-16), max(1 - p, 1e-16).
     `complement`: 1 - y as the library computes it (LightGBM's cross_entropy: in float32)."""
     return -(labels * log_p + ((1.0 - labels) if complement is None else complement) * log_q)
-
-
-def _check_probabilities(predictions: Array, from_logits: bool) -> None:
-    if not from_logits:
-        check_in_range(predictions, "predictions", 0.0, 1.0, "probabilities (from_logits is false)")
-
-
-def _class_log_probabilities(predictions: Array, from_logits: bool, convention: Convention, axis: int) -> Array:
-    if from_logits:
-        return log_softmax(predictions, axis)
-    if convention == "torch":
-        return torch_clamped_log(predictions)
-    row_sums = predictions.sum(axis=axis)
-    if (row_sums == 0).any():
-        index = tuple(int(i) for i in np.argwhere(row_sums == 0)[0])
-        raise LossInputError("predictions", "the class probabilities of this sample sum to 0", index)
-    return keras_class_log_probabilities(predictions, axis)
 
 
 @register("binary_crossentropy", aliases=("bce", "binary_cross_entropy"))
@@ -267,12 +241,6 @@ def _cross_entropy_table(*, sparse: bool) -> Table:
     return table
 
 
-def _ignores_a_class(options: Mapping[str, Any], convention: Convention, num_classes: int) -> bool:
-    ignore = options.get("ignore_index")
-    ignore = TORCH_IGNORE_INDEX if ignore is None and convention == "torch" else ignore
-    return ignore is not None and 0 <= ignore < num_classes
-
-
 @register(
     "sparse_categorical_crossentropy",
     aliases=("scce", "sparse_categorical_cross_entropy", "cross_entropy"),
@@ -355,198 +323,3 @@ def sparse_categorical_crossentropy_expected(
         sample_weight,
         _cross_entropy_table(sparse=True),
     )
-
-
-@register("categorical_generalized_cross_entropy", aliases=("generalized_cross_entropy", "gce"), class_labels=True)
-def categorical_generalized_cross_entropy(
-    predictions: Array,
-    labels: NDArray[np.intp],
-    convention: Convention,
-    /,
-    *,
-    q: Annotated[
-        float,
-        Range(gt=0.0, lt=1.0),
-        Doc("noise parameter: towards 0 the loss approaches cross-entropy, towards 1 mean absolute error"),
-    ] = 0.5,
-) -> LossValues:
-    """Generalized cross-entropy (Zhang & Sabuncu 2018) of class probabilities and integer class labels.
-
-    Formula:
-        (1 - p_y^q) / q, p_y the predicted probability of the sample's class, taken as given
-        (not renormalised or clipped, as Keras takes it)
-
-    Shapes:
-        predictions: probabilities in [0, 1], keras (N, ..., C), torch (N, C, ...); labels: integers,
-        the predictions' shape without the class axis (no trailing axis of 1: Keras broadcasts one).
-        per_sample: the labels' shape.
-
-    Follows:
-        keras/src/losses/losses.py categorical_generalized_cross_entropy and
-        CategoricalGeneralizedCrossEntropy (q in (0, 1), default 0.5); arXiv:1805.07836.
-    """
-    if labels.ndim == predictions.ndim:
-        # Keras one-hot encodes an (N, 1) label array to (N, 1, C) and broadcasts it against every
-        # row of the predictions; one class per sample is the labels' only meaning here.
-        raise LossInputError(
-            "labels",
-            f"shape {list(labels.shape)} should be the predictions' {list(predictions.shape)} without the class axis",
-        )
-    axis, _, targets, _ = _class_targets(predictions, labels, convention, None)
-    check_in_range(predictions, "predictions", 0.0, 1.0, "probabilities")
-    picked = np.take_along_axis(predictions, np.expand_dims(targets, axis), axis=axis).squeeze(axis)
-    return LossValues((1.0 - np.power(picked, q)) / q)
-
-
-@expectation("categorical_generalized_cross_entropy")
-def categorical_generalized_cross_entropy_expected(
-    predictions: Array, options: Mapping[str, Any], convention: Convention, /, q: Any = None, sample_weight: Any = None
-) -> ExpectedLoss:
-    """Expected generalized cross-entropy under a belief q over the classes (default: p over its row sum).
-
-    Formula:
-        L(p, c) = (1 - p_c^q) / q (q the option); E = sum_c b_c L(p, c), Var = sum_c b_c (L(p, c) - E)^2,
-        b the belief
-    """
-    return over_classes(
-        categorical_generalized_cross_entropy,
-        "index",
-        "probabilities",
-        predictions,
-        options,
-        convention,
-        q,
-        sample_weight,
-    )
-
-
-@dataclass(frozen=True)
-class Smoothing:
-    """Label smoothing's uniform term: `factor` of the loss goes to sum_c -log p_c / classes."""
-
-    factor: float
-    class_sum: Array
-    classes: int
-
-
-def _class_targets(
-    predictions: Array, labels: NDArray[np.intp], convention: Convention, ignore_index: int | None
-) -> tuple[int, int, NDArray[np.intp], NDArray[np.bool_] | None]:
-    """Class axis, class count, targets (ignored ones set to 0) and the not-ignored mask."""
-    check_min_rank(predictions, 2, "predictions", "a batch axis and a class axis")
-    axis = class_axis(convention)
-    if convention == "keras" and labels.ndim == predictions.ndim and labels.shape[-1] == 1:
-        labels = labels[..., 0]
-    position = axis % predictions.ndim
-    expected = predictions.shape[:position] + predictions.shape[position + 1 :]
-    if labels.shape != expected:
-        raise LossInputError(
-            "labels", f"shape {list(labels.shape)} should be {list(expected)} for predictions {list(predictions.shape)}"
-        )
-    num_classes = predictions.shape[axis]
-    ignore = ignore_index if ignore_index is not None or convention == "keras" else TORCH_IGNORE_INDEX
-    if class_indices_in_range(labels, num_classes):
-        if ignore is None or not 0 <= ignore < num_classes:
-            return axis, num_classes, labels, None  # no label can be the ignore index
-        targets = labels
-    else:
-        targets = check_class_indices(labels, num_classes, ignore)
-    if ignore is None:
-        return axis, num_classes, targets, None
-    mask = targets != ignore
-    if mask.all():
-        # PyTorch always has an ignore index (-100); a batch without it needs no masking later.
-        return axis, num_classes, targets, None
-    return axis, num_classes, np.where(mask, targets, 0), mask
-
-
-def _target_losses(
-    picked: Array,
-    targets: NDArray[np.intp],
-    mask: NDArray[np.bool_] | None,
-    weights: Array | None,
-    convention: Convention,
-    smoothing: Smoothing | None = None,
-) -> LossValues:
-    """Per-target losses from each target's -log p: class weights, smoothing, the ignore mask and
-    PyTorch's weighted-mean denominator, shared by the cross-entropy and NLL losses."""
-    zero = picked.dtype.type(0)
-    if convention == "keras":
-        values = picked
-        if smoothing is not None:
-            values = (1.0 - smoothing.factor) * picked + (smoothing.factor / smoothing.classes) * smoothing.class_sum
-        if weights is not None:
-            values = values * weights[targets]
-        if mask is not None:
-            values = np.where(mask, values, zero)
-        return LossValues(values, mask=mask)
-
-    target_weight = weights[targets] if weights is not None else None
-    nll = picked if target_weight is None else target_weight * picked
-    values = nll
-    if smoothing is not None:
-        values = (1.0 - smoothing.factor) * nll + smoothing.class_sum * (smoothing.factor / smoothing.classes)
-    if mask is not None:
-        values = np.where(mask, values, zero)
-    denominator = None
-    if target_weight is not None:
-        denominator = target_weight if mask is None else np.where(mask, target_weight, zero)
-    return LossValues(values, denominator=denominator, mask=mask)
-
-
-@register("nll", aliases=("nll_loss", "negative_log_likelihood"), class_labels=True)
-def nll(
-    predictions: Array,
-    labels: NDArray[np.intp],
-    convention: Convention,
-    /,
-    *,
-    weight: ClassWeight = None,
-    ignore_index: IgnoreIndex = None,
-) -> LossValues:
-    """Negative log-likelihood of log-probability inputs (PyTorch NLLLoss).
-
-    Formula:
-        -w_y x_y, where x holds log-probabilities (e.g. log_softmax outputs); ignored targets give 0
-        mean: torch divides by the summed w_y of non-ignored targets; keras masks ignored targets
-
-    Shapes:
-        predictions: log-probabilities, keras (N, ..., C), torch (N, C, ...); labels: integers,
-        the predictions' shape without the class axis.
-        per_sample: the labels' shape.
-
-    Follows:
-        torch/nn/functional.py nll_loss (aten/src/ATen/native/LossNLL.cpp).
-    """
-    axis, num_classes, targets, mask = _class_targets(predictions, labels, convention, ignore_index)
-    weights = class_weights(weight, num_classes, "weight", predictions)
-    picked = -np.take_along_axis(predictions, np.expand_dims(targets, axis), axis=axis).squeeze(axis)
-    return _target_losses(picked, targets, mask, weights, convention)
-
-
-@expectation("nll")
-def nll_expected(
-    predictions: Array, options: Mapping[str, Any], convention: Convention, /, q: Any = None, sample_weight: Any = None
-) -> ExpectedLoss:
-    """Expected negative log-likelihood under a belief q over the classes (default: softmax of the log-probabilities).
-
-    Formula:
-        s_c = -w_c x_c, d_c = w_c under torch with weights (1 otherwise; 0 for the ignore index)
-        E[s] = sum_c q_c s_c, Var[s] = sum_c q_c (s_c - E[s])^2, and likewise E[d], Var[d], Cov(s, d)
-    """
-    return over_classes(
-        nll, "index", "log_probabilities", predictions, options, convention, q, sample_weight, _nll_table
-    )
-
-
-def _nll_table(predictions: Array, options: Mapping[str, Any], convention: Convention, /) -> Any:
-    """-w_c x_c for every class c at once (not with an ignored class)."""
-    num_classes = predictions.shape[1]
-    if _ignores_a_class(options, convention, num_classes):
-        return None
-    weights = class_weights(options.get("weight"), num_classes, "weight", predictions)
-    if weights is None:
-        return -predictions, None
-    if convention == "keras":
-        return -predictions * weights, None
-    return weights * -predictions, np.broadcast_to(weights, predictions.shape)

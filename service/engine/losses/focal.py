@@ -16,7 +16,7 @@ from service.engine.checks import check_class_vector, check_in_range, check_min_
 from service.engine.conventions import Convention, class_axis
 from service.engine.expectation import ExpectedLoss, over_classes
 from service.engine.losses._shared import along_axis, per_sample_mean
-from service.engine.losses.crossentropy import FromLogits, LabelSmoothing, _check_probabilities
+from service.engine.losses._targets import FromLogits, LabelSmoothing, _check_probabilities
 from service.engine.numerics import keras_clip, log_sigmoid, log_softmax, sigmoid
 from service.engine.options import Doc, NonNegative, Probability
 from service.engine.reduction import Array, LossValues

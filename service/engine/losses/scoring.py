@@ -17,7 +17,7 @@ from service.engine.checks import check_class_indices, check_in_range, check_sam
 from service.engine.conventions import Convention
 from service.engine.errors import LossInputError
 from service.engine.expectation import ExpectedLoss, binary_column, over_classes
-from service.engine.losses.crossentropy import FromLogits, _check_probabilities
+from service.engine.losses._targets import FromLogits, _check_probabilities
 from service.engine.numerics import xlogy
 from service.engine.options import Aliases, Doc
 from service.engine.reduction import Array, LossValues

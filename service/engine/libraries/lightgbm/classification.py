@@ -23,7 +23,8 @@ from service.engine.libraries.lightgbm.objectives import (
     _probabilities,
     _scores,
 )
-from service.engine.losses.crossentropy import binary_log_loss, nll
+from service.engine.losses.class_targets import nll
+from service.engine.losses.crossentropy import binary_log_loss
 from service.engine.losses.scoring import hamming
 from service.engine.options import Doc, Range
 from service.engine.reduction import Array, LossValues

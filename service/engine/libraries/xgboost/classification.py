@@ -20,7 +20,8 @@ from service.engine.libraries.xgboost.links import (
     _f32,
     _probabilities,
 )
-from service.engine.losses.crossentropy import binary_log_loss, nll
+from service.engine.losses.class_targets import nll
+from service.engine.losses.crossentropy import binary_log_loss
 from service.engine.losses.scoring import hamming
 from service.engine.options import Doc, Probability
 from service.engine.reduction import Array, LossValues
