@@ -13,7 +13,8 @@ W its `estimate.window` and `joined` the pairs it has joined in all:
 
 The fit reads at most W pairs, the most recent by prediction time among those that kept their
 payloads (keep_pairs), and the predictions as the estimated losses read them (their
-`from_logits`). A fit the engine refuses (isotonic on several classes, soft labels, weights
+`from_logits`); pairs whose class index the first estimated loss ignores (its `ignore_index`)
+are left out, as that loss scores none of them. A fit the engine refuses (isotonic on several classes, soft labels, weights
 summing to 0, an empty window) is kept with `parameters` null and the engine's reason in
 `error`: the estimates then use the predictions' own distribution, and the next refit tries
 again. Nothing of it fails the request that triggered it: a store failure is logged as a
@@ -25,7 +26,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from service.engine import LossInputError
+import numpy as np
+from numpy.typing import NDArray
+
+from service.engine import LossInputError, resolve
+from service.engine.conventions import TORCH_IGNORE_INDEX
 from service.engine.recalibration import fit_isotonic, fit_temperature
 from service.store import Logged, Model, Store, StoreFailureError, UnknownModelError
 from service.store.fits import RecentPairs
@@ -78,15 +83,16 @@ def fitted(pairs: RecentPairs, now: float) -> dict[str, Any]:
     estimate = model.config["estimate"]
     calibration = estimate["calibration"]
     parameters, error = None, None
+    predictions, labels, weights = _counted(model, pairs)
     try:
-        parameters = _fit(calibration, model, pairs).as_dict()
+        parameters = _fit(calibration, model, predictions, labels, weights).as_dict()
     except (LossInputError, ValueError, ArithmeticError) as exc:  # every refusal of the engine
         error = str(exc)
     return {
         "calibration": calibration,
         "parameters": parameters,
         "error": error,
-        "pairs": len(pairs),
+        "pairs": len(weights),
         "window": {"from": pairs.first, "to": pairs.last},
         "fitted_at": now,
         "joined": model.joined,
@@ -94,21 +100,45 @@ def fitted(pairs: RecentPairs, now: float) -> dict[str, Any]:
     }
 
 
-def _fit(calibration: str, model: Model, pairs: RecentPairs) -> Any:
+Floats = NDArray[np.float64]
+
+
+def _counted(model: Model, pairs: RecentPairs) -> tuple[Floats, Floats, Floats]:
+    """The pairs' predictions, labels and weights, less the pairs whose class index the first
+    estimated loss ignores (`ignore_index`, PyTorch's -100 by default): it scores none of them."""
+    predictions, labels, weights = pairs.predictions, pairs.labels, pairs.weights
+    if predictions.ndim == 2 and predictions.shape[1] > 1 and labels.shape == (len(pairs), 1):
+        labels = labels.reshape(-1)  # class indices kept as one column
+    ignored = _ignored_class(model.config, model.config["estimate"]["losses"][0])
+    if ignored is None or labels.ndim != 1 or predictions.ndim != 2 or predictions.shape[1] < 2:
+        return predictions, labels, weights
+    kept = labels != ignored
+    return predictions[kept], labels[kept], weights[kept]
+
+
+def _ignored_class(config: dict[str, Any], position: int) -> int | None:
+    """The class index the loss at `position` ignores, where it takes one (`ignore_index`)."""
+    call = config["losses"][position]
+    try:
+        bound = resolve(call["loss"]).bind(call["options"], config["convention"])
+    except LossInputError:  # stored configurations were bound when they were stored
+        return None
+    if "ignore_index" not in bound:
+        return None
+    ignored = bound["ignore_index"]
+    return TORCH_IGNORE_INDEX if ignored is None and config["convention"] == "torch" else ignored
+
+
+def _fit(calibration: str, model: Model, predictions: Floats, labels: Floats, weights: Floats) -> Any:
     """The engine's fit of `calibration` on the pairs (LossInputError where it refuses them)."""
     config = model.config
     logits = estimates.from_logits(config, config["estimate"]["losses"][0])
-    predictions, labels = pairs.predictions, pairs.labels
-    if not len(pairs):
+    if not len(weights):
         raise LossInputError("predictions", "no joined pair kept its payloads (keep_pairs): the window is empty")
     if calibration == "isotonic":
-        return fit_isotonic(predictions, labels, from_logits=logits, sample_weight=pairs.weights)
-    several = predictions.ndim == 2 and predictions.shape[1] > 1
-    if several and labels.shape == (len(pairs), 1):  # class indices kept as one column
-        labels = labels.reshape(-1)
-    return fit_temperature(
-        predictions, labels, from_logits=logits, convention=config["convention"], sample_weight=pairs.weights
-    )
+        return fit_isotonic(predictions, labels, from_logits=logits, sample_weight=weights)
+    convention = config["convention"]
+    return fit_temperature(predictions, labels, from_logits=logits, convention=convention, sample_weight=weights)
 
 
 def after_log(store: Store, logged: Logged[Any], now: float) -> None:

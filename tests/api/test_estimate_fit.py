@@ -151,6 +151,36 @@ def test_isotonic_is_scikit_learns_on_the_most_recent_window(served: Client) -> 
 
 
 @pytest.mark.parametrize(
+    ("convention", "options", "ignored"),
+    [("torch", {"from_logits": True}, -100), ("keras", {"from_logits": True, "ignore_class": 7}, 7)],
+)
+def test_the_labels_a_loss_ignores_are_left_out_of_the_fit(
+    served: Client, convention: str, options: dict[str, Any], ignored: int
+) -> None:
+    rng = np.random.default_rng(13)
+    logits, labels, weights, times = miscalibrated_logits(30, rng)
+    labels[::4] = ignored
+    config = {
+        "losses": [{"loss": "scce", "options": options}],
+        "convention": convention,
+        "estimate": {"calibration": "temperature", "window": 20},
+    }
+    put(served, "ignoring", config)
+    log_predictions(served, "ignoring", logits, times)
+    log_labels(served, "ignoring", range(30), labels, weights)
+    fit = fit_of(served, "ignoring")
+    assert fit is not None
+    assert fit["error"] is None
+    window = latest(times, range(30), 20)
+    window = window[labels[window] != ignored]
+    assert fit["pairs"] == len(window) < 20
+    reference = fit_temperature(
+        logits[window], labels[window], from_logits=True, convention=convention, sample_weight=weights[window]
+    )
+    assert fit["parameters"]["temperature"] == pytest.approx(reference.temperature, rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize(
     ("calibration", "reason"),
     [("isotonic", "isotonic recalibration takes one binary column"), ("temperature", "one-hot row")],
 )
