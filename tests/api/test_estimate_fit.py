@@ -167,7 +167,8 @@ def test_the_labels_a_loss_ignores_are_left_out_of_the_fit(
     }
     put(served, "ignoring", config)
     log_predictions(served, "ignoring", logits, times)
-    log_labels(served, "ignoring", range(30), labels, weights)
+    # Keras's class indices logged as one column, (n, 1)
+    log_labels(served, "ignoring", range(30), labels[:, None] if convention == "keras" else labels, weights)
     fit = fit_of(served, "ignoring")
     assert fit is not None
     assert fit["error"] is None
