@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from sklearn.isotonic import IsotonicRegression
@@ -19,8 +20,9 @@ from sklearn.isotonic import IsotonicRegression
 from service.engine.recalibration import Isotonic, fit_temperature, recalibration_from_dict
 from service.store import StoreFailureError
 from tests.api.test_history import T0, Client, served
+from tests.api.test_inference_events import api, configure, logger_event, send, v2_request, v2_response
 
-__all__ = ["served"]
+__all__ = ["api", "served"]
 
 
 def put(client: Client, model: str, config: dict[str, Any]) -> None:
@@ -258,3 +260,27 @@ def test_a_store_failure_while_fitting_never_fails_the_log(
     assert fit is not None
     assert fit["pairs"] == 10
     assert fit["joined"] == 11
+
+
+@pytest.mark.anyio
+async def test_an_inference_event_that_joins_pairs_fits_them(api: httpx.AsyncClient) -> None:
+    """KServe's logger: the event whose second half completes the predictions joins the waiting
+    labels, and the fit follows (all rows share the event's time: the window's ties go by id)."""
+    config = {**TEMPERATURE, "keep_pairs": True, "estimate": {"calibration": "temperature", "window": 10}}
+    await configure(api, "churn", {"prediction": "logits", "id": "user"}, **config)
+    rng = np.random.default_rng(17)
+    logits, labels, weights, _ = miscalibrated_logits(12, rng)
+    users = [f"u{i}" for i in range(12)]
+    body = {"ids": users, "labels": labels.tolist(), "sample_weight": weights.tolist()}
+    assert (await api.post("/v1/models/churn/labels", json=body)).status_code == 200
+    await send(api, "churn", logger_event("request", "e", v2_request(users)))
+    logged = await send(api, "churn", logger_event("response", "e", v2_response(logits)))
+    assert logged["log"]["joined"] == 12
+    fit = (await api.get("/v1/models/churn")).json()["estimate_fit"]
+    assert fit is not None
+    assert fit["pairs"] == 10
+    window = [users.index(user) for user in sorted(users, reverse=True)[:10]]
+    reference = fit_temperature(
+        logits[window], labels[window], from_logits=True, convention="torch", sample_weight=weights[window]
+    )
+    assert fit["parameters"]["temperature"] == pytest.approx(reference.temperature, rel=1e-12, abs=0)
