@@ -14,10 +14,10 @@ W its `estimate.window` and `joined` the pairs it has joined in all:
 The fit reads at most W pairs, the most recent by prediction time among those that kept their
 payloads (keep_pairs), and the predictions as the estimated losses read them (their
 `from_logits`); pairs whose class index the first estimated loss ignores (its `ignore_index`)
-are left out, as that loss scores none of them. A fit the engine refuses (isotonic on several classes, soft labels, weights
-summing to 0, an empty window) is kept with `parameters` null and the engine's reason in
-`error`: the estimates then use the predictions' own distribution, and the next refit tries
-again. Nothing of it fails the request that triggered it: a store failure is logged as a
+are left out, as that loss scores none of them. A fit the engine refuses (isotonic on several
+classes, soft labels, weights summing to 0, an empty window) is kept with `parameters` null
+and the engine's reason in `error`: the estimates then use the predictions' own distribution,
+and the next refit tries again. Nothing of it fails the request that triggered it: a store failure is logged as a
 warning and the fit is tried again at the next log.
 """
 
