@@ -29,6 +29,7 @@ from service.store import history, rollups
 from service.store.connect import connect
 from service.store.database import Database, Each, Packed, Transaction
 from service.store.errors import QuotaExceededError, RowShapeError, TooManyPendingError
+from service.store.fits import _Fits
 from service.store.history import EXPECTED_LOSS, HISTORY_LOSS, PairLosses
 from service.store.inference_events import _InferenceEvents
 from service.store.joins import completed_pairs, join_partners, look_up, picked
@@ -50,7 +51,7 @@ from service.store.rows import (
 from service.store.schema import ROW_BYTES, migrate
 
 
-class Store(_Models, _Retention, _InferenceEvents, _Reads):
+class Store(_Models, _Retention, _InferenceEvents, _Reads, _Fits):
     """The operations the service performs on its database, each one transaction (the sweep
     and a model's removal: one per batch)."""
 

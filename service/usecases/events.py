@@ -24,7 +24,7 @@ import orjson
 
 from service.config import Settings
 from service.store import DTYPES, REQUEST, RESPONSE, EventBounds, EventCounts, EventRows, Model, Store
-from service.usecases import ingest, models
+from service.usecases import estimate_fit, ingest, models
 from service.usecases.errors import InvalidInputError
 from service.usecases.recorder import Recorder
 from service.values.text import shown
@@ -152,6 +152,7 @@ def log_event(
     if logged.outcome != "completed":
         return _answer(event, logged.outcome, None, logged.events)
     assert logged.logged is not None
+    estimate_fit.after_log(store, logged.logged, now)
     answer = ingest.recorded(monitor, name, "predictions", logged.logged, principal)
     return _answer(event, "logged", answer, logged.events)
 

@@ -45,6 +45,7 @@ from service.store import (
     UnknownModelError,
 )
 from service.store.history import PairLosses, loss_variant
+from service.usecases import estimate_fit
 from service.usecases.errors import ConflictError, InvalidInputError, QuotaError
 from service.usecases.estimates import pair_moments
 from service.usecases.models import Principal, quota_error, quota_of, row_values_limit, unavailable, unknown_model
@@ -135,13 +136,14 @@ def log_rows(
         )
     segments = _segments(getattr(request, "segments", None), current.config.get("segments", []), len(ids))
     stored = _stored_rows(rows, side, current.config["dtype"])
+    now = time.time()
     with store_errors(name, side):
         logged = store.log(
             side,
             name,
             ids,
             stored,
-            now=time.time(),
+            now=now,
             max_pending=settings.max_pending,
             timestamps=timestamps,
             weights=weights,
@@ -151,6 +153,7 @@ def log_rows(
             history_of=history_of,
             rows_for=lambda follower: _stored_rows(rows, side, follower.config["dtype"]),
         )
+    estimate_fit.after_log(store, logged, now)
     return recorded(monitor, name, side, logged, principal)
 
 

@@ -240,6 +240,42 @@ class QuotaStatus(BaseModel):
     row_values: RowValuesQuota = Field(description="max_row_values, LOSS_SERVICE_QUOTA_ROW_VALUES.")
 
 
+class TemperatureFit(BaseModel):
+    method: Literal["temperature"]
+    temperature: float = Field(description="T: the belief is softmax(z / T), sigmoid(z / T) for one binary column.")
+    at_bound: bool = Field(description="The optimum lies beyond [0.01, 100]; T is that bound.")
+
+
+class IsotonicFit(BaseModel):
+    method: Literal["isotonic"]
+    x: list[float] = Field(description="The thresholds of P(class 1), strictly rising.")
+    y: list[float] = Field(description="The belief at each threshold, non-decreasing in [0, 1]; linear between.")
+    thinned: bool = Field(description="More thresholds were fitted than are kept (1000): evenly spaced ones kept.")
+
+
+class FitWindow(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: float | None = Field(alias="from", description="The earliest prediction time among the pairs (Unix s).")
+    to: float | None = Field(description="The latest prediction time among the pairs (Unix s).")
+
+
+class EstimateFit(BaseModel):
+    calibration: Literal["temperature", "isotonic"] = Field(description="The calibration fitted.")
+    parameters: Annotated[TemperatureFit | IsotonicFit, Field(discriminator="method")] | None = Field(
+        description="The fit; null where the pairs could not be fitted (`error` says why): the estimates then "
+        "use the predictions' own distribution."
+    )
+    error: str | None = Field(description="Why the pairs could not be fitted (the field and index, and the reason).")
+    pairs: int = Field(description="The joined pairs fitted on: the most recent ones, at most `estimate.window`.")
+    window: FitWindow = Field(description="Their prediction times.")
+    fitted_at: float = Field(description="Unix seconds of the fit.")
+    joined: int = Field(
+        description="The model's `joined` when the pairs were read; a refit follows 10 % of the window later."
+    )
+    configured_at: float = Field(description="The `updated_at` of the configuration fitted under.")
+
+
 class ModelStatus(ModelConfig):
     pending_predictions: int = Field(description="Predictions waiting for their label.")
     pending_labels: int = Field(description="Labels waiting for their prediction.")
@@ -254,10 +290,10 @@ class ModelStatus(ModelConfig):
         "it waits, or with keep_pairs) its values' bytes; a prediction row also its segments' and its losses' "
         "bytes (32 per configured loss once joined, and 48 per estimated loss)."
     )
-    estimate_fit: dict[str, Any] | None = Field(
+    estimate_fit: EstimateFit | None = Field(
         default=None,
         description="The calibration the estimates use (with `estimate` and a calibration other than none): its "
-        "parameters, the pairs it was fitted on and when; null before the first fit.",
+        "parameters, the pairs it was fitted on and when; null before the first fit (docs/estimates.md).",
     )
     quota: QuotaStatus = Field(description="The requesting API key's quotas and its usage of them.")
 
