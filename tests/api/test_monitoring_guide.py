@@ -1,6 +1,7 @@
-"""docs/monitoring-over-time.md replayed in order, on SQLite and PostgreSQL, under the clock its
-comments set (`<!-- clock: 2026-03-02T10:00:00Z -->` holds for the examples after it): a week of
-delayed labels happens in a moment, and each printed answer must be what the service answers.
+"""docs/monitoring-over-time.md and docs/estimates.md replayed in order, on SQLite and PostgreSQL,
+under the clock their comments set (`<!-- clock: 2026-03-02T10:00:00Z -->` holds for the examples
+after it): a week of delayed labels happens in a moment, and each printed answer must be what the
+service answers.
 (tests/project/test_readme.py replays the other pages' examples at the real time of day.)"""
 
 from __future__ import annotations
@@ -10,10 +11,14 @@ import re
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
 from tests.api import test_history
 from tests.project.test_readme import FLOAT64_RTOL, assert_same_answer
 
-GUIDE = Path(__file__).resolve().parents[2] / "docs" / "monitoring-over-time.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+GUIDE = DOCS / "monitoring-over-time.md"
+GUIDES = [GUIDE, DOCS / "estimates.md"]
 # test_readme's examples, with the URL in quotes where its query has an `&` the shell would take.
 EXAMPLE = re.compile(
     r"^\$ curl -s (?:-X (?P<method>POST|PUT) )?(?P<quote>'?)localhost:8000(?P<path>[^\s']+)(?P=quote)"
@@ -43,8 +48,11 @@ def test_the_guide_has_a_week_of_examples() -> None:
     assert any("/history?" in example["path"] and "by=" in example["path"] for _, example in found)
 
 
-def test_the_guides_examples_answer_what_it_prints(served: test_history.Client) -> None:
-    for clock, example in steps(GUIDE.read_text()):
+@pytest.mark.parametrize("guide", GUIDES, ids=lambda path: path.name)
+def test_the_guides_examples_answer_what_it_prints(served: test_history.Client, guide: Path) -> None:
+    examples = steps(guide.read_text())
+    assert len(examples) >= 4
+    for clock, example in examples:
         served.clock.now = clock
         method = example["method"] or "GET"
         body = {"content": example["body"], "headers": {"content-type": "application/json"}} if example["body"] else {}

@@ -23,7 +23,7 @@ EXAMPLE = re.compile(
     re.MULTILINE,
 )
 # Replayed under the clock its comments set, by tests/api/test_monitoring_guide.py.
-CLOCKED = {"docs/monitoring-over-time.md"}
+CLOCKED = {"docs/monitoring-over-time.md", "docs/estimates.md"}
 EXAMPLES = [
     {**m.groupdict(), "page": page}
     for page, text in PAGES.items()
