@@ -253,3 +253,51 @@ def test_a_fit_of_another_calibration_than_the_configured_one_is_not_used(served
     served.ok("PUT", "/v1/models/m", json={**config, "estimate": {"calibration": "isotonic"}})
     got = served.ok("GET", query)["buckets"][0]["losses"][0]["estimated"]["mean"]
     assert got == pytest.approx(estimate_under(p), rel=1e-9)  # the temperature fit is not an isotonic one
+
+
+def test_a_sharpened_model_misses_its_band_without_recalibration_and_holds_it_with_a_fitted_temperature(
+    served: Client,
+) -> None:
+    """Logits sharpened by a temperature of 0.5 (doubled), labels drawn from the true softmax: a
+    cohort of 1,000 pairs joined after 2,000 earlier ones realizes a mean cross-entropy outside
+    the band of the predictions' own belief, and inside the band under the temperature the
+    service fitted on the earlier pairs."""
+    rng = np.random.default_rng(12)
+    n_window, n_cohort = 2000, 1000
+    z = rng.normal(0.0, 1.0, (n_window + n_cohort, 4))
+    truth = softmax(z)
+    labels = (rng.random((len(z), 1)) > truth.cumsum(axis=1)).sum(axis=1).clip(0, 3)
+    logged = 2.0 * z
+    base = {
+        "losses": [{"loss": "sparse_categorical_crossentropy", "options": {"from_logits": True}}],
+        "convention": "torch",
+        "keep_pairs": True,
+        "retention_seconds": 5 * DAY,
+    }
+    found = {}
+    for model, calibration in (("own", "none"), ("fitted", "temperature")):
+        served.ok(
+            "PUT", f"/v1/models/{model}", json={**base, "estimate": {"calibration": calibration, "window": n_window}}
+        )
+        for part, (first, last, at) in enumerate(((0, n_window, T0 - DAY), (n_window, len(z), T0))):
+            ids = [f"p{i}" for i in range(first, last)]
+            times = (at + np.arange(last - first) * 3.0).tolist()
+            served.ok(
+                "POST", f"/v1/models/{model}/predictions",
+                json={"ids": ids, "predictions": logged[first:last].tolist(), "timestamps": times},
+            )  # fmt: skip
+            served.ok("POST", f"/v1/models/{model}/labels", json={"ids": ids, "labels": labels[first:last].tolist()})
+            if part == 0 and calibration == "temperature":
+                fit = served.ok("GET", f"/v1/models/{model}")["estimate_fit"]
+                assert fit["pairs"] == n_window
+                assert 1.6 < fit["parameters"]["temperature"] < 2.4, fit
+        answer = served.ok("GET", f"/v1/models/{model}/history?start={T0:.0f}&end={T0 + HOUR:.0f}&step=3600")
+        (bucket,) = answer["buckets"]
+        assert bucket["joined"] == n_cohort
+        found[model] = (bucket["losses"][0]["mean"], bucket["losses"][0]["estimated"])
+    realized, own = found["own"]
+    assert found["fitted"][0] == realized  # the same pairs, the same loss: only the belief differs
+    assert not own["low"] <= realized <= own["high"], own  # over-confident: expected to do better
+    fitted = found["fitted"][1]
+    print(f"realized {realized:.4f}; own belief {own}; fitted {fitted}")
+    assert fitted["low"] <= realized <= fitted["high"], (realized, fitted)
