@@ -13,9 +13,7 @@ from typing import Annotated, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from service.engine.checks import (
-    check_in_range,
-)
+from service.engine.checks import check_in_range
 from service.engine.conventions import Convention
 from service.engine.errors import LossInputError
 from service.engine.expectation import ExpectedLoss, over_classes
