@@ -239,6 +239,19 @@ class Settings(BaseSettings):
         description="Seconds between the comparisons /metrics reports: each model's losses against those of every "
         "model its `compare_to` names, over the last 24 h (docs/monitoring.md, 'Champion and challenger').",
     )
+    estimate_interval: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds between the estimates /metrics reports for each model configured with `estimate`: the "
+        "expected loss of the last hour's predictions, and the realized and expected loss of the cohort's joined "
+        "pairs (docs/monitoring.md, 'Estimated loss').",
+    )
+    estimate_cohort: float = Field(
+        default=86400.0,
+        ge=60,
+        description="Seconds of predictions (from the start of a minute) whose joined pairs /metrics compares with "
+        "their estimate, for the calibration-drift alert (docs/monitoring.md, 'Estimated loss').",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

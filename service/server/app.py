@@ -45,7 +45,7 @@ from service.server.monitoring import (
     start_otlp_export,
 )
 from service.store import Store, redacted
-from service.usecases.upkeep import compare_forever, store_threads, sweep_forever
+from service.usecases.upkeep import compare_forever, estimate_forever, store_threads, sweep_forever
 
 log = logging.getLogger("service.app")
 
@@ -76,6 +76,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     comparer = asyncio.create_task(
         compare_forever(app.state.store, app.state.monitor, settings.compare_interval, store_threads(app.state))
     )
+    estimator = asyncio.create_task(
+        estimate_forever(
+            app.state.store,
+            app.state.monitor,
+            settings.estimate_interval,
+            store_threads(app.state),
+            settings.estimate_cohort,
+        )
+    )
     watcher = asyncio.create_task(_watch_keys(app.state.keys, app.state.monitor))
     # Everything alive now (modules, the app, its schemas) lives as long as the worker: moved out
     # of the collector's generations, a full collection no longer walks ~110,000 of them.
@@ -93,6 +102,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await grpc_server.stopped()  # RPCs under way finish, up to LOSS_SERVICE_SHUTDOWN_TIMEOUT
         sweeper.cancel()
         comparer.cancel()
+        estimator.cancel()
         watcher.cancel()
         app.state.store.close()
         if otlp is not None:  # the last export, after the last request was counted

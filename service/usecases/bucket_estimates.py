@@ -111,7 +111,15 @@ def estimated_entries(
     return found
 
 
-def _estimate(totals: list[float], aggregate: Aggregate) -> tuple[float, float]:
+def band(totals: Sequence[float], aggregate: Aggregate) -> tuple[float, float, float]:
+    """(expected value, low, high) of the loss over the predictions of `totals` (EXPECTED_TOTALS
+    numbers), the band BAND_SIGMAS standard deviations either side, as the history's `estimated`
+    gives them (its fields not finite where the history's are null)."""
+    mean, sigma = _estimate(totals, aggregate)
+    return mean, mean - BAND_SIGMAS * sigma, mean + BAND_SIGMAS * sigma
+
+
+def _estimate(totals: Sequence[float], aggregate: Aggregate) -> tuple[float, float]:
     """(expected value, its standard deviation) of the loss over the predictions of `totals`:
     the summed share itself for a sum, the ratio of the sums otherwise (ExpectedTotals)."""
     summed = ExpectedTotals(*totals[1:])

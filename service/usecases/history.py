@@ -13,6 +13,7 @@ Both merge the same sketches, so both give the same quantiles for the same pairs
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,6 +131,56 @@ def history(
     except StoreFailureError as exc:
         raise unavailable(exc) from None
     return _answer(model, asked, by, table)
+
+
+@dataclass(frozen=True)
+class SpanTotals:
+    """A model's predictions made in one span, added up (`totals`): how many, how many joined, and
+    per configured loss (first axis) its sums, denominators and counts over the joined pairs, and
+    the expected totals (EXPECTED_TOTALS) of the joined pairs and of the pending predictions."""
+
+    model: Model
+    predictions: int
+    joined: int
+    sums: NDArray[np.float64]
+    denominators: NDArray[np.float64]
+    counts: NDArray[np.int64]
+    expected_joined: NDArray[np.float64]  # (losses, EXPECTED_TOTALS)
+    expected_pending: NDArray[np.float64]
+
+
+def totals(store: Store, name: str, start: float, end: float, *, pending: bool) -> SpanTotals | None:
+    """What the history's one bucket from `start` to `end` adds up, without the JSON: `start` a
+    multiple of the finest rollup level's width (60 s), the bucket a whole number of them reaching
+    `end` or past it, read from the rollup cells (its cost grows with the cells, not the pairs);
+    with `pending`, the pending predictions estimated too (the history's `pending_mean`). None
+    where there is no such model."""
+    width = LEVELS[0]
+    step = max(1, math.ceil((end - start) / width)) * width
+    asked = Window(start, start + step, step, 1)
+    level = level_for(asked.start, asked.step)
+    if level is None:
+        raise ValueError(f"start {start!r} is not a multiple of {width} s")
+    try:
+        read = store.history_cells(name, level, "", asked.start, asked.start + asked.step)
+        if read is None:
+            return None
+        model = read[0]
+        table = _from_cells(model, asked, read[1], read[2])
+        if pending and estimated(model):
+            _add_pending(store, model, asked, None, asked.start + asked.step, table)
+    except StoreFailureError as exc:
+        raise unavailable(exc) from None
+    return SpanTotals(
+        model=model,
+        predictions=int(table.predictions.sum()),
+        joined=int(table.joined.sum()),
+        sums=table.sums.sum(axis=1),
+        denominators=table.denominators.sum(axis=1),
+        counts=table.counts.sum(axis=1),
+        expected_joined=table.expected_joined.sum(axis=1),
+        expected_pending=table.expected_pending.sum(axis=1),
+    )
 
 
 def check_by(model: Model, by: str | None) -> None:

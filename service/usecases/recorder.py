@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from service.values.compared import Compared
+from service.values.watched import Watched
 
 
 class Recorder(Protocol):
@@ -48,3 +49,7 @@ class Recorder(Protocol):
     def set_comparisons(self, compared: Sequence[Compared]) -> None:
         """Every configured pair's comparison as one run found them: the pairs not among them are
         no longer compared."""
+
+    def set_estimates(self, watched: Sequence[Watched]) -> None:
+        """Every estimated loss of every model configured with `estimate`, as one run found them:
+        the losses not among them are no longer estimated."""

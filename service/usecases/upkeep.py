@@ -1,5 +1,6 @@
 """The store's upkeep: the threads its calls run in, the retention sweep, and a model's deletion,
-each done in batches that let other writers in between; and the comparisons /metrics reports."""
+each done in batches that let other writers in between; and the comparisons and estimates
+/metrics reports."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ import anyio.to_thread
 
 from service.config import Settings
 from service.store import DELETE_BATCH_ROWS, SWEEP_BATCH_ROWS, FollowedModelError, Store, StoreFailureError, Swept
-from service.usecases import comparisons
+from service.usecases import comparisons, estimate_watch
 from service.usecases.errors import ConflictError, StoreUnavailableError
 from service.usecases.models import Keys, report_usage
 from service.usecases.recorder import Recorder
 from service.values.compared import Compared
+from service.values.watched import Watched
 
 log = logging.getLogger("service.api")
 T = TypeVar("T")
@@ -108,6 +110,41 @@ async def compare_forever(store: Store, monitor: Recorder, interval: float, thre
             failing = False
             monitor.set_comparisons(found)
         await anyio.sleep(interval)
+
+
+async def estimate_forever(
+    store: Store, monitor: Recorder, interval: float, threads: StoreThreads, cohort: float
+) -> None:
+    """Every `interval` seconds, first at once, estimate every model configured with `estimate`
+    (`estimate_watch.watched`, the cohort the last `cohort` seconds of predictions) and hand the
+    monitor the run's losses. A failed run keeps the last run's values, is logged once until a run
+    succeeds again, and is retried."""
+    failing = False
+    while True:
+        try:
+            found = await estimate_configured(store, threads, time.time(), cohort)
+        except (StoreFailureError, StoreUnavailableError) as exc:
+            if not failing:
+                log.warning("estimating the models for /metrics failed: %s; retrying every %s s", exc, interval)
+            failing = True
+        except Exception:
+            if not failing:
+                log.exception("estimating the models for /metrics failed; retrying every %s s", interval)
+            failing = True
+        else:
+            failing = False
+            monitor.set_estimates(found)
+        await anyio.sleep(interval)
+
+
+async def estimate_configured(store: Store, threads: StoreThreads, now: float, cohort: float) -> list[Watched]:
+    """Every estimated loss of every model configured with `estimate`, each model a call of its
+    own in the store's read threads."""
+    names = await threads.read(functools.partial(estimate_watch.estimated_models, store))
+    found: list[Watched] = []
+    for name in names:
+        found.extend(await threads.read(functools.partial(estimate_watch.watched, store, name, now, cohort)))
+    return found
 
 
 async def compare_configured(store: Store, threads: StoreThreads, now: float) -> list[Compared]:

@@ -127,8 +127,9 @@ def test_the_docs_metrics_table_is_what_the_registry_exposes() -> None:
     monitor = Monitor(Settings())
     metrics = [value for value in vars(monitor).values() if isinstance(value, MetricWrapperBase)]
     exposed = {metric._name: (metric._type, list(metric._labelnames)) for metric in metrics}
-    # The comparisons are a collector of the worker's own run (ComparisonGauges), not wrapped metrics.
-    for family in monitor.comparisons.describe():
+    # The comparisons and estimates are collectors of the worker's own run (ComparisonGauges,
+    # EstimateGauges), not wrapped metrics.
+    for family in [*monitor.comparisons.describe(), *monitor.estimates.describe()]:
         exposed[family.name] = (family.type, list(family._labelnames))
     assert len(exposed) == len(rows) >= 20
     for name, (kind, labels) in documented.items():

@@ -1,8 +1,10 @@
 """A model's page (/models/{model}) in headless Chromium, with API keys on: the landing page lists
-the models the key may read; the model page, opened from it, plots what the history API answers.
+the models the key may read; the model page, opened from it, plots what the history API answers,
+the estimate of an estimated loss among it.
 
 The pairs are logged over the last 23 hours (their `timestamps`), labels for most of them now.
-Each chart's points carry their numbers (`data-t`, `data-v`, `data-segment`, `data-quantile`);
+Each chart's points carry their numbers (`data-t`, `data-v`, `data-segment`, `data-quantile`,
+`data-kind` on the estimate's chart);
 they must be exactly the API's numbers for the URL the page fetched, and the model-wide MSE points
 also what NumPy computes, in float64, from the rows the test logged."""
 
@@ -72,8 +74,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Log
             "dtype": "float64",
             "segments": ["country", "device"],
         }
-        for model in ("fraud-1", "churn-1"):
-            assert httpx.put(f"{url}/v1/models/{model}", json=config, headers=admin).status_code == 200
+        # fraud-1 estimates its BCE before the labels come (under its own probabilities).
+        estimated = config | {"estimate": {"losses": [1]}}
+        for model, body in (("fraud-1", estimated), ("churn-1", config)):
+            assert httpx.put(f"{url}/v1/models/{model}", json=body, headers=admin).status_code == 200
         # fraud-2, fraud-1's challenger, takes its labels and has its own logits (noisier: worse).
         challenger = config | {"labels_from": "fraud-1", "compare_to": ["fraud-1"]}
         assert httpx.put(f"{url}/v1/models/fraud-2", json=challenger, headers=admin).status_code == 200
@@ -138,6 +142,37 @@ def assert_plots_the_api(page: Any, answer: dict[str, Any]) -> None:
     delays = expected(answer, lambda b: b["label_delay"]["p50"], "p50")
     delays |= expected(answer, lambda b: b["label_delay"]["p90"], "p90")
     assert plotted(page, "label-delay") == delays
+    for index, _ in enumerate(answer["losses"]):
+        drawn = estimate_points(page, index)
+        if not any(b["losses"][index].get("estimated") for b in answer["buckets"]):
+            assert drawn == {}, index  # a loss not estimated has no estimate chart
+            continue
+        assert drawn["realized"] == estimate_expected(answer, index, lambda loss: loss["mean"])
+        for kind, field in (("estimated", "mean"), ("low", "low"), ("high", "high")):
+            found = estimate_expected(answer, index, lambda loss, f=field: (loss["estimated"] or {}).get(f))
+            assert drawn[kind] == found, kind
+
+
+def estimate_points(page: Any, index: int) -> dict[str, set[tuple[Any, ...]]]:
+    """The points of loss `index`'s estimate chart by their kind (realized, estimated, low, high),
+    each (segment, t, v)."""
+    points = page.locator(f'figure[data-chart="estimate-{index}"] circle.point')
+    found = points.evaluate_all(
+        "circles => circles.map(c => [c.dataset.kind, c.dataset.segment ?? null, c.dataset.t, c.dataset.v])"
+    )
+    kinds: dict[str, set[tuple[Any, ...]]] = {}
+    for kind, segment, t, v in found:
+        kinds.setdefault(kind, set()).add((None if segment is None else json.loads(segment), float(t), float(v)))
+    return kinds
+
+
+def estimate_expected(answer: dict[str, Any], index: int, value: Any) -> set[tuple[Any, ...]]:
+    by = answer["by"]
+    return {
+        (b["segment"] if by else None, b["start"], value(b["losses"][index]))
+        for b in answer["buckets"]
+        if value(b["losses"][index]) is not None
+    }
 
 
 def test_the_landing_page_lists_the_models_the_key_may_read(service: tuple[str, Logged], page: Any) -> None:
@@ -174,6 +209,20 @@ def test_the_model_page_plots_the_history_apis_numbers_by_segment(service: tuple
         pairs = logged.labelled & (logged.times >= t) & (logged.times < t + HOUR)
         naive = np.mean((logged.predictions[pairs] - logged.labels[pairs]) ** 2)
         assert v == pytest.approx(naive, rel=1e-12)
+
+    # The estimate: per hour, NumPy's float64 mean binary entropy of the hour's predictions (the
+    # expected BCE under their own probabilities), and the realized BCE of those labelled.
+    estimate = estimate_points(page, 1)
+    assert len(estimate["estimated"]) == len(estimate["realized"]) == 23
+    assert {(t, v) for _, t, v in estimate["realized"]} == {(t, v) for _, _, t, v in plotted(page, "loss-1")}
+    for _, t, v in estimate["estimated"]:
+        inside = (logged.times >= t) & (logged.times < t + HOUR)
+        p = 1 / (1 + np.exp(-logged.predictions[inside]))
+        assert v == pytest.approx(np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p))), rel=1e-9)
+    lows, highs = ({t: v for _, t, v in estimate[kind]} for kind in ("low", "high"))
+    assert all(lows[t] < v < highs[t] for _, t, v in estimate["estimated"])
+    assert page.locator('figure[data-chart="estimate-1"] ul.legend li').count() == 4
+    assert page.locator('figure[data-chart="estimate-0"]').count() == 0  # mse: not estimated
 
     page.select_option("#by", "country")
     by_country = shown(page, url, "country")

@@ -51,6 +51,7 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         "LOSS_SERVICE_METRICS_DIR": str(metrics_dir),
         "LOSS_SERVICE_SWEEP_INTERVAL": "0.2",
         "LOSS_SERVICE_COMPARE_INTERVAL": "0.2",
+        "LOSS_SERVICE_ESTIMATE_INTERVAL": "0.2",
         "LOSS_SERVICE_MAX_SEGMENT_VALUES": "1",
     }
     with served("--workers", "2", env=env) as url:
@@ -75,8 +76,8 @@ def dashboard_expressions() -> list[str]:
 
 
 def use_the_delayed_labels_store(url: str) -> None:
-    """Joins, a label delay, pending rows and an expired one, and a challenger compared with the
-    model, so that their series exist."""
+    """Joins, a label delay, pending rows and an expired one, a challenger compared with the
+    model, and a model whose losses are estimated, so that their series exist."""
     config = {"losses": [{"loss": "mse"}], "retention_seconds": 0.5, "segments": ["country"]}
     httpx.put(f"{url}/v1/models/delayed", json=config, timeout=HANG).raise_for_status()
     challenger = {"losses": [{"loss": "mse"}], "labels_from": "delayed", "compare_to": ["delayed"]}
@@ -86,6 +87,12 @@ def use_the_delayed_labels_store(url: str) -> None:
     httpx.post(f"{url}/v1/models/delayed/predictions", json=predictions, timeout=HANG)
     labels = {"ids": [1, 2], "labels": [[1.0], [1.0]]}
     httpx.post(f"{url}/v1/models/delayed/labels", json=labels, timeout=HANG).raise_for_status()
+    estimated = {"losses": [{"loss": "binary_crossentropy"}], "estimate": {}}
+    httpx.put(f"{url}/v1/models/estimated", json=estimated, timeout=HANG).raise_for_status()
+    predictions = {"ids": [1, 2], "predictions": [[0.2], [0.7]]}
+    httpx.post(f"{url}/v1/models/estimated/predictions", json=predictions, timeout=HANG).raise_for_status()
+    labels = {"ids": [1], "labels": [[0.0]]}
+    httpx.post(f"{url}/v1/models/estimated/labels", json=labels, timeout=HANG).raise_for_status()
     deadline = time.monotonic() + HANG
     while (
         any(series not in httpx.get(f"{url}/metrics", timeout=HANG).text for series in SERIES_AWAITED)
@@ -94,8 +101,13 @@ def use_the_delayed_labels_store(url: str) -> None:
         time.sleep(0.1)
 
 
-# Series that appear after a sweep or a comparison run (every 0.2 s here), not with a request.
-SERIES_AWAITED = ("loss_service_expired_total{", "loss_service_comparison_verdict{")
+# Series that appear after a sweep, a comparison or an estimate run (every 0.2 s here), not with a request.
+SERIES_AWAITED = (
+    "loss_service_expired_total{",
+    "loss_service_comparison_verdict{",
+    "loss_service_estimate_cohort_realized{",
+    "loss_service_expected_loss{",
+)
 
 
 def test_every_metric_the_dashboard_and_alerts_use_is_exported(two_workers: tuple[str, Path]) -> None:
@@ -187,7 +199,7 @@ def test_prometheus_computes_the_dashboards_mean_loss_per_model(tmp_path: Path) 
             assert means == {"fraud-v3": pytest.approx(7.5, rel=1e-9), "churn-v1": pytest.approx(2.0, rel=1e-9)}
             rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=HANG).json()["data"]["groups"]
             in_file = sum(len(g["rules"]) for g in yaml.safe_load(RULES.read_text())["groups"])
-            assert sum(len(g["rules"]) for g in rules) == in_file == 16, "Prometheus loaded every rule of the file"
+            assert sum(len(g["rules"]) for g in rules) == in_file == 18, "Prometheus loaded every rule of the file"
         finally:
             process.terminate()
             process.wait(timeout=HANG)

@@ -10,6 +10,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from service.server.monitoring.labels import OTHER_MODEL, OTHER_MODEL_OF_KEY
 from service.values.compared import Compared
+from service.values.watched import Watched
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BODY_BUCKETS = tuple(float(10**e) for e in range(2, 10))  # 100 B .. 1 GB
@@ -182,6 +183,8 @@ class Metrics:
         )
         self.comparisons = ComparisonGauges()
         r.register(self.comparisons)
+        self.estimates = EstimateGauges()
+        r.register(self.estimates)
         # pragma: no mutate end
         self._by_model = {
             id(metric)
@@ -265,5 +268,63 @@ class ComparisonGauges:
             for labels, row in rows.items():
                 value = getattr(row, field)
                 if value is not None and math.isfinite(value):  # an undefined band is left unset, never NaN
+                    family.add_metric(list(labels), float(value))
+            yield family
+
+
+ESTIMATE_LABELS = ("model", "loss")
+# Each family's name, help text and the field of `Watched` it shows.
+ESTIMATE_FAMILIES = (
+    (
+        "loss_service_expected_loss",
+        "The expected loss of the model's predictions of the last hour, joined and pending, under its belief "
+        "(estimate in its configuration).",
+        "expected",
+    ),
+    ("loss_service_expected_loss_low", "Lower bound of the same's 3-sigma band.", "low"),
+    ("loss_service_expected_loss_high", "Upper bound of the same's 3-sigma band.", "high"),
+    ("loss_service_expected_loss_predictions", "The predictions of the last hour estimated.", "predictions"),
+    (
+        "loss_service_estimate_cohort_realized",
+        "The realized mean loss of the cohort's joined pairs (predictions of the last LOSS_SERVICE_ESTIMATE_COHORT "
+        "seconds); absent unless every one of them has an estimate.",
+        "realized",
+    ),
+    (
+        "loss_service_estimate_cohort_expected",
+        "The expected loss of the same joined pairs, each under the belief its model held when it joined.",
+        "joined_expected",
+    ),
+    ("loss_service_estimate_cohort_low", "Lower bound of the same's 3-sigma band.", "joined_low"),
+    ("loss_service_estimate_cohort_high", "Upper bound of the same's 3-sigma band.", "joined_high"),
+    ("loss_service_estimate_cohort_pairs", "The cohort's joined pairs with an estimate.", "pairs"),
+)
+
+
+class EstimateGauges:
+    """The estimate gauges: every estimated loss of the last estimate run (`set`), keyed by its
+    (model, loss) labels; a collector of this worker's own run, as `ComparisonGauges` is, for the
+    same reasons. An undefined value is left unset, never NaN."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, str], Watched] = {}
+
+    def set(self, rows: dict[tuple[str, str], Watched]) -> None:
+        self._rows = dict(rows)
+
+    def forget(self, label: str) -> None:
+        """Drop the losses of a model label given to another model."""
+        self._rows = {labels: row for labels, row in self._rows.items() if labels[0] != label}
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(name, text, labels=ESTIMATE_LABELS) for name, text, _ in ESTIMATE_FAMILIES]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        rows = self._rows
+        for name, text, field in ESTIMATE_FAMILIES:
+            family = GaugeMetricFamily(name, text, labels=ESTIMATE_LABELS)
+            for labels, row in rows.items():
+                value = getattr(row, field)
+                if value is not None and math.isfinite(value):
                     family.add_metric(list(labels), float(value))
             yield family

@@ -19,6 +19,7 @@ from service.server.monitoring.metrics import Metrics
 from service.server.monitoring.otlp import OtlpTallies, otlp_endpoint
 from service.server.monitoring.segments import SegmentValues
 from service.values.compared import Compared
+from service.values.watched import Watched
 
 ROW_KINDS = ("predictions", "labels")
 REJECTION_REASONS = {
@@ -65,6 +66,7 @@ class Monitor(Metrics):
             metric.remove(*labels)  # made by _child, so it is there
         self.segment_values.forget(model)
         self.comparisons.forget(model)
+        self.estimates.forget(model)
         for labels in [labels for labels in self._batch_series if labels[0] == model]:
             del self._batch_series[labels]
         if self.otlp is not None:
@@ -182,6 +184,19 @@ class Monitor(Metrics):
                 rows[labels] = row
         self.comparisons.set(rows)
 
+    def set_estimates(self, watched: Sequence[Watched]) -> None:
+        """The estimated losses of one estimate run, replacing the last run's, under the models'
+        labels. Losses that share their labels (models counted as 'other', two losses of one name)
+        show one whose realized mean lies outside its band if any, the most pairs breaking ties:
+        the drift alert misses none."""
+        rows: dict[tuple[str, str], Watched] = {}
+        for row in watched:
+            labels = (self.model_label(row.model), row.loss)
+            shown = rows.get(labels)
+            if shown is None or (row.drifting, row.pairs) > (shown.drifting, shown.pairs):
+                rows[labels] = row
+        self.estimates.set(rows)
+
     def set_store_status(self, status: str) -> None:
         for each in ("ok", "full", "unavailable"):
             self.store_status.labels(each).set(1 if each == status else 0)
@@ -246,7 +261,7 @@ class Monitor(Metrics):
     def exposition(self, visible: Callable[[str], bool] | None = None) -> tuple[bytes, str]:
         """Every series, or with `visible` only those whose `model` label it accepts (and every
         series without a `model` label). With several workers, the merged values of all."""
-        return render(self.registry, visible, own=(self.comparisons,))
+        return render(self.registry, visible, own=(self.comparisons, self.estimates))
 
 
 class _Counted:

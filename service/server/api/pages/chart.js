@@ -37,7 +37,8 @@ function utc(seconds, withDay) {
 }
 
 // A figure holding one chart, `durations` true for a y axis of seconds, `zero` true for an axis that
-// holds 0 and draws it (a difference). `series`: [{label, color, dashed, attributes, points: [{t, v, title}]}],
+// holds 0 and draws it (a difference). `series`: [{label, color, dashed (true, or a dasharray), attributes,
+// points: [{t, v, title}]}],
 // v null for a bucket with nothing to plot; a line breaks there and where buckets are missing.
 function lineChart({ title, series, start, end, step, format, yMin, yMax, name, durations, zero }) {
   const figure = document.createElement("figure");
@@ -90,7 +91,7 @@ function lineChart({ title, series, start, end, step, format, yMin, yMax, name, 
       previous = point.t;
     }
     const line = svgElement("path", { class: "line", d: path, stroke: one.color });
-    if (one.dashed) line.setAttribute("stroke-dasharray", "6 4");
+    if (one.dashed) line.setAttribute("stroke-dasharray", dashes(one.dashed));
     svg.append(line);
     for (const point of one.points) {
       if (point.v === null) continue;
@@ -115,12 +116,17 @@ function legend(series) {
     const item = document.createElement("li");
     const swatch = svgElement("svg", { width: 24, height: 10, "aria-hidden": "true" });
     const line = svgElement("line", { x1: 0, x2: 24, y1: 5, y2: 5, stroke: one.color, "stroke-width": 3 });
-    if (one.dashed) line.setAttribute("stroke-dasharray", "6 4");
+    if (one.dashed) line.setAttribute("stroke-dasharray", dashes(one.dashed));
     swatch.append(line);
     item.append(swatch, document.createTextNode(one.label));
     list.append(item);
   }
   return list;
+}
+
+// A series' `dashed`: true for dashes, or an SVG stroke-dasharray of its own ("2 3": dots).
+function dashes(dashed) {
+  return typeof dashed === "string" ? dashed : "6 4";
 }
 
 function seriesColor(index) {

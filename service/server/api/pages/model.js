@@ -1,6 +1,7 @@
 // A model's page: its configuration from GET /v1/models/{model}, then its history from
 // GET /v1/models/{model}/history for the window and step chosen, drawn by chart.js: each loss's
-// mean, the label coverage and the label delay's p50 and p90, one line per segment value. For a
+// mean, the label coverage and the label delay's p50 and p90, one line per segment value; for an
+// estimated loss (`estimate` in the configuration), its expected loss, band and realized mean. For a
 // model whose `compare_to` names champions, a section per champion: both models' mean of the
 // compared loss (each one's history) and the paired difference with its anytime-valid band as it
 // stood at each step's end (GET /v1/models/{model}/compare/{champion} with `step`), and the verdict.
@@ -113,16 +114,56 @@ function plotted(groups, value, describeOne) {
   }));
 }
 
+// The estimate chart's lines per group: the realized mean (solid), the expected loss (dashed) and
+// its band (dotted); without segments each kind its own color, with them each value's color.
+const ESTIMATE_LINES = [
+  { kind: "realized", label: "realized mean", dashed: false, value: (loss) => loss.mean,
+    describe: (v, b) => `realized mean ${v} over ${b.joined} joined pairs` },
+  { kind: "estimated", label: "expected loss", dashed: true, value: (loss) => loss.estimated?.mean ?? null,
+    describe: (v, b, loss) => `expected loss ${v} over ${loss.estimated.predictions} predictions, ` +
+      `${loss.estimated.pending} pending (their expected loss ${loss.estimated.pending_mean ?? "—"})` },
+  { kind: "low", label: "band, low", dashed: "2 3", value: (loss) => loss.estimated?.low ?? null,
+    describe: (v, b, loss) => `band [${v}, ${loss.estimated.high ?? "—"}]` },
+  { kind: "high", label: "band, high", dashed: "2 3", value: (loss) => loss.estimated?.high ?? null,
+    describe: (v, b, loss) => `band [${loss.estimated.low ?? "—"}, ${v}]` },
+];
+
+function estimateChart(answer, groups, frame, name, index) {
+  const series = ESTIMATE_LINES.flatMap((line, kind) => plotted(
+    groups.map((group) => ({
+      ...group,
+      label: answer.by ? `${group.label}, ${line.label}` : line.label,
+      color: answer.by ? group.color : seriesColor(kind === 0 ? 0 : 1),
+      dashed: line.dashed,
+      attributes: { ...group.attributes, "data-kind": line.kind },
+    })),
+    (b) => line.value(b.losses[index]),
+    (v, b) => line.describe(v, b, b.losses[index]),
+  ));
+  return lineChart({
+    ...frame,
+    name: "estimate-" + index,
+    title: `${name}: expected loss of each bucket's predictions before their labels (dashed), its 3σ band ` +
+      "(dotted), and the realized mean of those joined (solid)",
+    format: number,
+    series,
+  });
+}
+
 function render(answer, end) {
   const groups = seriesOf(answer);
   const frame = { start: answer.start, end, step: answer.step };
-  const figures = answer.losses.map((name, index) => lineChart({
-    ...frame,
-    name: "loss-" + index,
-    title: `${name}: mean loss${answer.exact[index] ? "" : " (approximate: its samples read their batch)"}`,
-    format: number,
-    series: plotted(groups, (b) => b.losses[index].mean, (v, b) => `mean ${v} over ${b.joined} joined pairs`),
-  }));
+  const figures = answer.losses.flatMap((name, index) => {
+    const mean = lineChart({
+      ...frame,
+      name: "loss-" + index,
+      title: `${name}: mean loss${answer.exact[index] ? "" : " (approximate: its samples read their batch)"}`,
+      format: number,
+      series: plotted(groups, (b) => b.losses[index].mean, (v, b) => `mean ${v} over ${b.joined} joined pairs`),
+    });
+    const estimated = answer.buckets.some((b) => b.losses[index].estimated);
+    return estimated ? [mean, estimateChart(answer, groups, frame, name, index)] : [mean];
+  });
   figures.push(lineChart({
     ...frame,
     name: "coverage",
