@@ -21,22 +21,20 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from service.engine import Aggregate, loss_name, mean_of, recombines
 from service.store import Model, Store, StoreFailureError
 from service.store.history import EXPECTED_TOTALS, pair_value
 from service.store.pairs import PredictionRow
 from service.store.rollup_reads import RollupCells, RollupLosses
 from service.store.rollups import LEVELS
 from service.usecases.bucket_calibration import BucketCalibration, asked_calibration
-from service.usecases.bucket_estimates import add_joined, add_pending, estimated_entries, grown_totals, no_totals
+from service.usecases.bucket_estimates import add_joined, add_pending, grown_totals, no_totals
 from service.usecases.configured import loss_aggregate, loss_variants
 from service.usecases.estimates import estimated
+from service.usecases.history_answer import DELAY_QUANTILES, LOSS_QUANTILES, Table, answer
 from service.usecases.models import model_config, unavailable, unknown_model
 from service.usecases.windows import Window, query_problem, window
 from service.values import sketch
 
-LOSS_QUANTILES = (0.5, 0.9, 0.99)
-DELAY_QUANTILES = (0.5, 0.9)
 # Prediction rows one read transaction of the scan holds.
 SCAN_BATCH_ROWS = 10_000
 
@@ -130,7 +128,7 @@ def history(
             table = _from_rows(buckets, asked, calibrated)
     except StoreFailureError as exc:
         raise unavailable(exc) from None
-    return _answer(model, asked, by, table)
+    return answer(model, asked, by, table)
 
 
 @dataclass(frozen=True)
@@ -190,29 +188,7 @@ def check_by(model: Model, by: str | None) -> None:
         raise query_problem("by", f"is not a segment key of model {model.name} (its keys: {shown})")
 
 
-@dataclass(frozen=True)
-class _Table:
-    """The answer's entries as columns, sorted by bucket then segment value: entry i is bucket
-    `bucket[i]` and segment value `segment[i]` (None: null, or no `by`); per loss (first axis)
-    its sums, and its quantiles (last axis: LOSS_QUANTILES)."""
-
-    bucket: NDArray[np.int64]
-    segment: list[str | None]
-    predictions: NDArray[np.int64]
-    joined: NDArray[np.int64]
-    expired: NDArray[np.int64]
-    delays: NDArray[np.float64]  # (entries, DELAY_QUANTILES)
-    sums: NDArray[np.float64]  # (losses, entries)
-    denominators: NDArray[np.float64]
-    counts: NDArray[np.int64]
-    quantiles: NDArray[np.float64]  # (losses, entries, LOSS_QUANTILES)
-    # (losses, entries, EXPECTED_TOTALS): the joined pairs' and the pending predictions' estimates
-    expected_joined: NDArray[np.float64]
-    expected_pending: NDArray[np.float64]
-    calibrations: list[dict[str, Any] | None] | None = None  # per entry, with calibration=true
-
-
-def _from_cells(model: Model, asked: Window, cells: RollupCells, losses: RollupLosses) -> _Table:
+def _from_cells(model: Model, asked: Window, cells: RollupCells, losses: RollupLosses) -> Table:
     """The cells added up per entry, all of them at once: each cell's entry is found by NumPy,
     its counts and sums added by `bincount` (in the cells' order, as one by one) and its
     sketches merged and answered by `sketch.quantiles` in one pass per column of sketches."""
@@ -232,7 +208,7 @@ def _from_cells(model: Model, asked: Window, cells: RollupCells, losses: RollupL
     def per_loss(column: NDArray[Any]) -> NDArray[np.float64]:
         return np.array([_added(at[rows], column[rows], size) for rows in picked]).reshape(len(picked), size)
 
-    return _Table(
+    return Table(
         bucket=keys // max(len(values), 1),
         segment=[values[i] or None for i in (keys % max(len(values), 1)).tolist()],
         predictions=_added(of_cell, cells.predictions, size).astype(np.int64),
@@ -258,7 +234,7 @@ def _from_cells(model: Model, asked: Window, cells: RollupCells, losses: RollupL
     )
 
 
-def _add_pending(store: Store, model: Model, asked: Window, by: str | None, stop: float, table: _Table) -> None:
+def _add_pending(store: Store, model: Model, asked: Window, by: str | None, stop: float, table: Table) -> None:
     """The pending predictions of the window estimated into the entries of `table` read from the
     rollups (a prediction whose cell is gone counts in none), one batch of the scan at a time."""
     index = {
@@ -335,7 +311,7 @@ def _add_rows(model: Model, asked: Window, rows: list[PredictionRow], by: str | 
     return entries
 
 
-def _from_rows(buckets: _Buckets, asked: Window, calibrated: BucketCalibration | None) -> _Table:
+def _from_rows(buckets: _Buckets, asked: Window, calibrated: BucketCalibration | None) -> Table:
     """The entries the scan added up, as the answer's columns (with each one's calibration, one
     entry after the other, where `calibrated` holds their pairs)."""
     keyed = sorted(buckets.entries.items(), key=lambda item: (item[0][0], item[0][1] or ""))
@@ -347,7 +323,7 @@ def _from_rows(buckets: _Buckets, asked: Window, calibrated: BucketCalibration |
     counts = np.array(buckets.counts, np.int64).reshape(-1, 3)[order]
     sums = np.array(buckets.sums, np.float64).reshape(size, buckets.losses, 3)[order]
     joined_totals, pending_totals = buckets.totals()
-    return _Table(
+    return Table(
         bucket=np.array([bucket for (bucket, _), _ in keyed], np.int64),
         segment=[segment for (_, segment), _ in keyed],
         predictions=counts[:, 0],
@@ -372,110 +348,3 @@ def _from_rows(buckets: _Buckets, asked: Window, calibrated: BucketCalibration |
 def _where(asked: Window, bucket: int, segment: str | None) -> str:
     start = f"starting at {asked.start + bucket * asked.step!r}"
     return start if segment is None else f"{start}, segment {segment!r}"
-
-
-def _answer(model: Model, asked: Window, by: str | None, table: _Table) -> dict[str, Any]:
-    """The answer's JSON fields: each entry with predictions, built from the table's columns
-    turned into Python values once, column by column (a bucket costs one dict of each kind)."""
-    config = model.config
-    kept = np.flatnonzero(table.predictions > 0)
-    predictions, joined, expired = table.predictions[kept], table.joined[kept], table.expired[kept]
-    starts = (asked.start + table.bucket[kept] * asked.step).tolist()
-    delays = [
-        {"p50": p50, "p90": p90}
-        for p50, p90 in zip(_numbers(table.delays[kept, 0]), _numbers(table.delays[kept, 1]), strict=True)
-    ]
-    losses = [_loss_entries(table, which, kept, loss_aggregate(model, which)) for which in range(len(table.sums))]
-    if "estimate" in config and config["estimate"] is not None:
-        for which, entries_of_loss in enumerate(losses):
-            estimates = estimated_entries(
-                model, which, table.expected_joined[which, kept], table.expected_pending[which, kept]
-            )
-            for entry, estimate in zip(entries_of_loss, estimates, strict=True):
-                entry["estimated"] = estimate
-    columns = (
-        predictions.tolist(),
-        joined.tolist(),
-        np.maximum(0, predictions - joined - expired).tolist(),
-        expired.tolist(),
-        (joined / np.where(predictions > 0, predictions, 1)).tolist(),
-        delays,
-        [list(entry) for entry in zip(*losses, strict=True)] if losses else [[] for _ in kept.tolist()],
-    )
-    if by is None:
-        entries = [
-            {
-                "start": start,
-                "predictions": p,
-                "joined": j,
-                "pending": pending,
-                "expired": e,
-                "coverage": coverage,
-                "label_delay": delay,
-                "losses": loss,
-            }
-            for start, p, j, pending, e, coverage, delay, loss in zip(starts, *columns, strict=True)
-        ]
-    else:
-        segments = [table.segment[i] for i in kept.tolist()]
-        entries = [
-            {
-                "start": start,
-                "segment": segment,
-                "predictions": p,
-                "joined": j,
-                "pending": pending,
-                "expired": e,
-                "coverage": coverage,
-                "label_delay": delay,
-                "losses": loss,
-            }
-            for start, segment, p, j, pending, e, coverage, delay, loss in zip(starts, segments, *columns, strict=True)
-        ]
-    if table.calibrations is not None:
-        for entry, index in zip(entries, kept.tolist(), strict=True):
-            entry["calibration"] = table.calibrations[index]
-    names = [loss_name(call["loss"], config["convention"], call["options"]) for call in config["losses"]]
-    return {
-        "model": model.name,
-        "start": asked.start,
-        "end": asked.end,
-        "step": asked.step,
-        "by": by,
-        "losses": names,
-        "exact": [recombines(call["loss"], config["convention"], call["options"]) for call in config["losses"]],
-        "buckets": entries,
-    }
-
-
-def _loss_entries(table: _Table, which: int, kept: NDArray[np.int64], aggregate: Aggregate) -> list[dict[str, Any]]:
-    """The `which`-th loss of each kept entry: its mean (null where nothing counts), sums, count
-    and quantiles."""
-    sums, denominators = table.sums[which, kept], table.denominators[which, kept]
-    counts = table.counts[which, kept]
-    counted = (counts != 0) & ((denominators != 0) | (aggregate == "sum"))
-    means = [
-        mean_of(total, denominator, aggregate) if counting else None
-        for total, denominator, counting in zip(sums.tolist(), denominators.tolist(), counted.tolist(), strict=True)
-    ]
-    quantiles = table.quantiles[which, kept]
-    return [
-        {"mean": mean, "sum": total, "denominator": denominator, "count": count, "p50": p50, "p90": p90, "p99": p99}
-        for mean, total, denominator, count, p50, p90, p99 in zip(
-            _numbers(np.array([np.nan if mean is None else mean for mean in means], np.float64)),
-            _numbers(np.where(counts != 0, sums, 0.0)),
-            _numbers(np.where(counts != 0, denominators, 0.0)),
-            counts.tolist(),
-            _numbers(quantiles[:, 0]),
-            _numbers(quantiles[:, 1]),
-            _numbers(quantiles[:, 2]),
-            strict=True,
-        )
-    ]
-
-
-def _numbers(values: NDArray[np.float64]) -> list[float | None]:
-    """Finite floats, and null for each value JSON cannot hold (no value: NaN)."""
-    found: NDArray[Any] = np.asarray(values, np.float64).astype(object)
-    found[~np.isfinite(np.asarray(values, np.float64))] = None
-    return list(found.tolist())
