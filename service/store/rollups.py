@@ -133,35 +133,10 @@ def roll_up(
     pair's label delay and losses) into their cells: one read and one upsert per table."""
     predictions: dict[Cell, int] = {}
     if logged is not None:
-        rows, at = logged.flat()
+        _, at = logged.flat()
         for index, count in zip(*np.unique(at, return_counts=True), strict=True):
             predictions[logged.cells[index]] = int(count)
-    pairs: dict[Cell, int] = {}
-    new_delays: dict[Cell, bytes] = {}
-    new_losses: dict[tuple[Cell, int], tuple[str, float, float, int, bytes, NDArray[np.float64] | None]] = {}
-    if joined is not None and joined.cells:
-        rows, at = joined.flat()
-        size = len(joined.cells)
-        counted = np.bincount(at, minlength=size)
-        for index, cell in enumerate(joined.cells):
-            pairs[cell] = int(counted[index])
-        for cell, blob in zip(joined.cells, _sketches(delays, joined), strict=True):
-            new_delays[cell] = blob
-        for loss in losses:
-            sums = np.bincount(at, weights=loss.sums[rows], minlength=size)
-            denominators = np.bincount(at, weights=loss.denominators[rows], minlength=size)
-            counts = np.bincount(at, weights=loss.counts[rows], minlength=size).astype(np.int64)
-            sketches = _sketches(pair_value(loss.sums, loss.denominators, loss.aggregate), joined)
-            expected = None if loss.expected is None else _expected_per_cell(loss.expected[rows], at, size)
-            for index, cell in enumerate(joined.cells):
-                new_losses[(cell, loss.variant)] = (
-                    loss.loss,
-                    float(sums[index]),
-                    float(denominators[index]),
-                    int(counts[index]),
-                    sketches[index],
-                    None if expected is None else expected[index],
-                )
+    pairs, new_delays, new_losses = _joined_parts(joined, delays, losses)
     touched = sorted(set(predictions) | set(pairs))
     if not touched:
         return
@@ -202,6 +177,45 @@ def roll_up(
         )
 
 
+# A cell's loss as one join adds it: (name, sum, denominator, count, sketch, expected totals or None).
+_CellLoss = tuple[str, float, float, int, bytes, NDArray[np.float64] | None]
+
+
+def _joined_parts(
+    joined: Cells | None, delays: NDArray[np.float64], losses: Sequence[PairLosses]
+) -> tuple[dict[Cell, int], dict[Cell, bytes], dict[tuple[Cell, int], _CellLoss]]:
+    """What the pairs joined add to each of their cells: the pairs, a sketch of their label
+    delays, and per loss its sums, a sketch of each pair's loss and the expected totals."""
+    pairs: dict[Cell, int] = {}
+    new_delays: dict[Cell, bytes] = {}
+    new_losses: dict[tuple[Cell, int], _CellLoss] = {}
+    if joined is None or not joined.cells:
+        return pairs, new_delays, new_losses
+    rows, at = joined.flat()
+    size = len(joined.cells)
+    counted = np.bincount(at, minlength=size)
+    for index, cell in enumerate(joined.cells):
+        pairs[cell] = int(counted[index])
+    for cell, blob in zip(joined.cells, _sketches(delays, joined), strict=True):
+        new_delays[cell] = blob
+    for loss in losses:
+        sums = np.bincount(at, weights=loss.sums[rows], minlength=size)
+        denominators = np.bincount(at, weights=loss.denominators[rows], minlength=size)
+        counts = np.bincount(at, weights=loss.counts[rows], minlength=size).astype(np.int64)
+        sketches = _sketches(pair_value(loss.sums, loss.denominators, loss.aggregate), joined)
+        expected = None if loss.expected is None else _expected_per_cell(loss.expected[rows], at, size)
+        for index, cell in enumerate(joined.cells):
+            new_losses[(cell, loss.variant)] = (
+                loss.loss,
+                float(sums[index]),
+                float(denominators[index]),
+                int(counts[index]),
+                sketches[index],
+                None if expected is None else expected[index],
+            )
+    return pairs, new_delays, new_losses
+
+
 def _expected_per_cell(moments: NDArray[np.float64], at: NDArray[np.int64], size: int) -> NDArray[np.float64]:
     """The rollup totals (history.expected_totals) of each of `size` cells, pair i in cell at[i]."""
     counted = ~np.isnan(moments).any(axis=1)
@@ -239,7 +253,7 @@ def _rolled_up_losses(
     tx: Transaction,
     model_id: int,
     cells: list[Cell],
-    new: dict[tuple[Cell, int], tuple[str, float, float, int, bytes, NDArray[np.float64] | None]],
+    new: dict[tuple[Cell, int], _CellLoss],
 ) -> list[tuple[Any, ...]]:
     """The rows of `loss_rollup_losses` once `new` is added to the cells' losses as stored."""
     columns = "variant, sum, denominator, count, sketch, expected"

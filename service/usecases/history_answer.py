@@ -48,20 +48,14 @@ def answer(model: Model, asked: Window, by: str | None, table: Table) -> dict[st
     config = model.config
     kept = np.flatnonzero(table.predictions > 0)
     predictions, joined, expired = table.predictions[kept], table.joined[kept], table.expired[kept]
-    starts = (asked.start + table.bucket[kept] * asked.step).tolist()
     delays = [
         {"p50": p50, "p90": p90}
         for p50, p90 in zip(_numbers(table.delays[kept, 0]), _numbers(table.delays[kept, 1]), strict=True)
     ]
-    losses = [_loss_entries(table, which, kept, loss_aggregate(model, which)) for which in range(len(table.sums))]
-    if "estimate" in config and config["estimate"] is not None:
-        for which, entries_of_loss in enumerate(losses):
-            estimates = estimated_entries(
-                model, which, table.expected_joined[which, kept], table.expected_pending[which, kept]
-            )
-            for entry, estimate in zip(entries_of_loss, estimates, strict=True):
-                entry["estimated"] = estimate
-    columns = (
+    losses = _losses(model, table, kept)
+    columns = [
+        (asked.start + table.bucket[kept] * asked.step).tolist(),
+        [table.segment[i] for i in kept.tolist()] if by is not None else None,
         predictions.tolist(),
         joined.tolist(),
         np.maximum(0, predictions - joined - expired).tolist(),
@@ -69,37 +63,10 @@ def answer(model: Model, asked: Window, by: str | None, table: Table) -> dict[st
         (joined / np.where(predictions > 0, predictions, 1)).tolist(),
         delays,
         [list(entry) for entry in zip(*losses, strict=True)] if losses else [[] for _ in kept.tolist()],
-    )
-    if by is None:
-        entries = [
-            {
-                "start": start,
-                "predictions": p,
-                "joined": j,
-                "pending": pending,
-                "expired": e,
-                "coverage": coverage,
-                "label_delay": delay,
-                "losses": loss,
-            }
-            for start, p, j, pending, e, coverage, delay, loss in zip(starts, *columns, strict=True)
-        ]
-    else:
-        segments = [table.segment[i] for i in kept.tolist()]
-        entries = [
-            {
-                "start": start,
-                "segment": segment,
-                "predictions": p,
-                "joined": j,
-                "pending": pending,
-                "expired": e,
-                "coverage": coverage,
-                "label_delay": delay,
-                "losses": loss,
-            }
-            for start, segment, p, j, pending, e, coverage, delay, loss in zip(starts, segments, *columns, strict=True)
-        ]
+    ]
+    fields = [field for field, column in zip(ENTRY_FIELDS, columns, strict=True) if column is not None]
+    present = [column for column in columns if column is not None]
+    entries = [dict(zip(fields, values, strict=True)) for values in zip(*present, strict=True)]
     if table.calibrations is not None:
         for entry, index in zip(entries, kept.tolist(), strict=True):
             entry["calibration"] = table.calibrations[index]
@@ -114,6 +81,24 @@ def answer(model: Model, asked: Window, by: str | None, table: Table) -> dict[st
         "exact": [recombines(call["loss"], config["convention"], call["options"]) for call in config["losses"]],
         "buckets": entries,
     }
+
+
+# An entry's fields in the answer's order ("segment" only with `by`).
+ENTRY_FIELDS = ("start", "segment", "predictions", "joined", "pending", "expired", "coverage", "label_delay", "losses")
+
+
+def _losses(model: Model, table: Table, kept: NDArray[np.int64]) -> list[list[dict[str, Any]]]:
+    """Per configured loss, its entry in each kept bucket, with `estimated` where the model has
+    an `estimate`."""
+    losses = [_loss_entries(table, which, kept, loss_aggregate(model, which)) for which in range(len(table.sums))]
+    if model.config.get("estimate") is not None:
+        for which, entries in enumerate(losses):
+            estimates = estimated_entries(
+                model, which, table.expected_joined[which, kept], table.expected_pending[which, kept]
+            )
+            for entry, estimate in zip(entries, estimates, strict=True):
+                entry["estimated"] = estimate
+    return losses
 
 
 def _loss_entries(table: Table, which: int, kept: NDArray[np.int64], aggregate: Aggregate) -> list[dict[str, Any]]:
