@@ -13,24 +13,21 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from service.engine import Aggregate, ExpectedLoss, ExpectedTotals, LossInputError
+from service.engine import Aggregate, ExpectedTotals, LossInputError
 from service.store import DTYPES, Model
 from service.store.history import EXPECTED_TOTALS
 from service.store.pairs import PredictionRow
 from service.usecases.configured import loss_aggregate
-from service.usecases.estimates import estimated, expected_losses, moments
+from service.usecases.estimates import estimable_parts, estimated, moments
 
 # The band's half-width in standard deviations.
 BAND_SIGMAS = 3.0
-# A batch of pending predictions is searched for the rows the engine refuses until this many are
-# found; then each part still refused counts in no estimate (its good rows with it).
-REFUSED_ROWS = 16
 
 _log = logging.getLogger(__name__)
 
@@ -64,7 +61,7 @@ def add_pending(
         predictions = np.frombuffer(payload, DTYPES[code]).reshape(len(members), *model.prediction_shape)
         at = np.array([entries[i] for i in members], np.int64)
         refused: list[LossInputError] = []
-        for part, found in _estimable_parts(model, predictions, np.arange(len(members)), refused):
+        for part, found in estimable_parts(model, predictions, np.arange(len(members)), refused):
             for position, expected in found.items():
                 values = moments(expected)
                 counted = ~np.isnan(values).any(axis=1)
@@ -72,25 +69,6 @@ def add_pending(
                 np.add.at(totals[position, :, 1:], at[part][counted], values[counted])
         if refused:
             _log.warning("model %s: pending predictions not estimated, the first: %s", model.name, refused[0])
-
-
-def _estimable_parts(
-    model: Model, predictions: NDArray[Any], part: NDArray[np.intp], refused: list[LossInputError]
-) -> Iterator[tuple[NDArray[np.intp], dict[int, ExpectedLoss]]]:
-    """The rows `part` of `predictions` estimated, in parts: a part the engine refuses is halved
-    until the rows it refuses stand alone (each into `refused`), so a prediction it cannot
-    estimate (a probability outside [0, 1], a row summing to 0) leaves the others estimated.
-    Past REFUSED_ROWS refused rows a refused part is left out whole: k such rows cost at most
-    O(min(k, REFUSED_ROWS) log n) more evaluations, however many the batch holds."""
-    try:
-        yield part, expected_losses(model, predictions[part])
-    except LossInputError as exc:
-        if len(part) == 1 or len(refused) >= REFUSED_ROWS:
-            refused.append(exc)
-            return
-        half = len(part) // 2
-        yield from _estimable_parts(model, predictions, part[:half], refused)
-        yield from _estimable_parts(model, predictions, part[half:], refused)
 
 
 def add_joined(row: PredictionRow, entry: int, variants: Sequence[int], totals: NDArray[np.float64]) -> None:

@@ -330,16 +330,16 @@ def test_a_pending_prediction_the_loss_refuses_leaves_the_others_of_its_batch_es
 def test_refused_pending_predictions_cost_a_bounded_number_of_evaluations(
     served: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.usecases import bucket_estimates
+    from service.usecases import estimates
 
     calls = []
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         calls.append(len(args[1]))
-        return bucket_estimates_expected(*args, **kwargs)
+        return expected_losses(*args, **kwargs)
 
-    bucket_estimates_expected = bucket_estimates.expected_losses
-    monkeypatch.setattr(bucket_estimates, "expected_losses", counted)
+    expected_losses = estimates.expected_losses
+    monkeypatch.setattr(estimates, "expected_losses", counted)
     served.ok("PUT", "/v1/models/m", json={"losses": [{"loss": "categorical_crossentropy"}], "estimate": {}})
     n = 2048  # every row refused: searching each out alone would take 2n - 1 evaluations
     rows = [[-0.5, 0.5, 1.0]] * n
@@ -347,4 +347,29 @@ def test_refused_pending_predictions_cost_a_bounded_number_of_evaluations(
     served.ok("POST", "/v1/models/m/predictions", json={"ids": ids, "predictions": rows, "timestamps": [T0 + 10] * n})
     answer = served.ok("GET", f"/v1/models/m/history?start={T0 + 1:.0f}&end={T0 + HOUR:.0f}&step=3600")
     assert answer["buckets"][0]["losses"][0]["estimated"] is None
-    assert 0 < len(calls) <= 2 * bucket_estimates.REFUSED_ROWS * (np.log2(n) + 1)
+    assert 0 < len(calls) <= 2 * estimates.REFUSED_ROWS * (np.log2(n) + 1)
+
+
+def test_a_joining_pair_with_no_expected_loss_leaves_the_others_of_its_batch_their_moments(served: Client) -> None:
+    # Labelled 0, [1e308, -1e308, 0] has a finite loss; as class 1 its loss overflows, so it has
+    # no expected loss. The other pairs of the labels log keep theirs.
+    config = {"losses": [{"loss": "sparse_categorical_crossentropy", "options": {"from_logits": True}}], "estimate": {}}
+    served.ok("PUT", "/v1/models/m", json=config)
+    z = np.random.default_rng(6).normal(size=(20, 3))
+    rows = z.tolist()
+    rows[3] = [1e308, -1e308, 0.0]
+    ids = [f"p{i}" for i in range(20)]
+    times = (T0 + 10 + np.arange(20)).tolist()
+    served.ok("POST", "/v1/models/m/predictions", json={"ids": ids, "predictions": rows, "timestamps": times})
+    weights = np.random.default_rng(7).uniform(0.5, 2.0, 20)
+    labels = {"ids": ids, "labels": [0] * 20, "sample_weight": weights.tolist()}
+    assert served.ok("POST", "/v1/models/m/labels", json=labels)["joined"] == 20
+    good = np.arange(20) != 3
+    expected = reference(scce_table(z), softmax(z), weights, good, "keras")
+    for start in (T0, T0 + 1):  # rollup cells, then the rows
+        answer = served.ok("GET", f"/v1/models/m/history?start={start:.0f}&end={T0 + HOUR:.0f}&step=3600")
+        estimated = answer["buckets"][0]["losses"][0]["estimated"]
+        assert estimated is not None, start
+        assert (estimated["predictions"], estimated["pending"]) == (19, 0)
+        for key in ("mean", "low", "high"):
+            assert estimated[key] == pytest.approx(expected[key], rel=1e-9), (start, key)
