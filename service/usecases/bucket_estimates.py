@@ -24,7 +24,7 @@ from service.store import DTYPES, Model
 from service.store.history import EXPECTED_TOTALS
 from service.store.pairs import PredictionRow
 from service.usecases.configured import loss_aggregate
-from service.usecases.estimates import estimated, expected_losses, moments
+from service.usecases.estimates import estimable_parts, estimated, moments
 
 # The band's half-width in standard deviations.
 BAND_SIGMAS = 3.0
@@ -59,17 +59,16 @@ def add_pending(
     for code, members in by_dtype.items():
         payload = b"".join(rows[i].prediction or b"" for i in members)
         predictions = np.frombuffer(payload, DTYPES[code]).reshape(len(members), *model.prediction_shape)
-        try:
-            found = expected_losses(model, predictions)
-        except LossInputError as exc:
-            _log.warning("model %s: %d pending predictions not estimated: %s", model.name, len(members), exc)
-            continue
         at = np.array([entries[i] for i in members], np.int64)
-        for position, expected in found.items():
-            values = moments(expected)
-            counted = ~np.isnan(values).any(axis=1)
-            np.add.at(totals[position, :, 0], at[counted], 1.0)
-            np.add.at(totals[position, :, 1:], at[counted], values[counted])
+        refused: list[LossInputError] = []
+        for part, found in estimable_parts(model, predictions, np.arange(len(members)), refused):
+            for position, expected in found.items():
+                values = moments(expected)
+                counted = ~np.isnan(values).any(axis=1)
+                np.add.at(totals[position, :, 0], at[part][counted], 1.0)
+                np.add.at(totals[position, :, 1:], at[part][counted], values[counted])
+        if refused:
+            _log.warning("model %s: pending predictions not estimated, the first: %s", model.name, refused[0])
 
 
 def add_joined(row: PredictionRow, entry: int, variants: Sequence[int], totals: NDArray[np.float64]) -> None:

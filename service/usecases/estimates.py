@@ -11,6 +11,7 @@ computes both (`service.engine.expected_loss`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,10 @@ from service.store.history import MOMENTS
 from service.usecases.errors import InvalidInputError
 
 _log = logging.getLogger(__name__)
+
+# A batch is searched for the predictions the engine refuses until this many are found; then each
+# part still refused is left out whole (its good rows with it).
+REFUSED_ROWS = 16
 
 
 def checked_estimate(request: Any, config: dict[str, Any]) -> dict[str, Any] | None:
@@ -141,17 +146,44 @@ def moments(expected: ExpectedLoss) -> np.ndarray[Any, Any]:
     ).astype(np.float64)
 
 
+def estimable_parts(
+    model: Model,
+    predictions: np.ndarray[Any, Any],
+    part: np.ndarray[Any, Any],
+    refused: list[LossInputError],
+    weights: np.ndarray[Any, Any] | None = None,
+) -> Iterator[tuple[np.ndarray[Any, Any], dict[int, ExpectedLoss]]]:
+    """The rows `part` of `predictions` (with their `weights`) estimated, in parts: a part the
+    engine refuses is halved until the rows it refuses stand alone (each into `refused`), so a
+    prediction it cannot estimate (a probability outside [0, 1], a loss not finite for a class
+    the label is not) leaves the others estimated. Past REFUSED_ROWS refused rows a refused part
+    is left out whole: k such rows cost at most O(min(k, REFUSED_ROWS) log n) more evaluations."""
+    try:
+        yield part, expected_losses(model, predictions[part], None if weights is None else weights[part])
+    except LossInputError as exc:
+        if len(part) == 1 or len(refused) >= REFUSED_ROWS:
+            refused.append(exc)
+            return
+        half = len(part) // 2
+        yield from estimable_parts(model, predictions, part[:half], refused, weights)
+        yield from estimable_parts(model, predictions, part[half:], refused, weights)
+
+
 def pair_moments(
     model: Model, predictions: np.ndarray[Any, Any], weights: np.ndarray[Any, Any] | None
 ) -> dict[int, np.ndarray[Any, Any]]:
     """The moments each joining pair keeps, per estimated loss (by position): its predictions'
     expected loss under the model's belief as it stands before their labels count, with the
-    labels' sample weights. Where the engine cannot estimate a batch (a loss not finite for a
-    class the belief gives weight to), its pairs keep NaN, which no total counts, and the join
-    goes on: the losses themselves are exact."""
-    try:
-        found = expected_losses(model, predictions, weights)
-    except LossInputError as exc:
-        _log.warning("model %s: no expected loss for %d joining pairs: %s", model.name, len(predictions), exc)
-        return {position: np.full((len(predictions), len(MOMENTS)), np.nan) for position in estimated(model)}
-    return {position: moments(expected) for position, expected in found.items()}
+    labels' sample weights. A pair the engine cannot estimate (a loss not finite for a class the
+    belief gives weight to) keeps NaN, which no total counts, and the join goes on: the losses
+    themselves are exact, and the other pairs of the batch keep theirs (`estimable_parts`)."""
+    kept = {position: np.full((len(predictions), len(MOMENTS)), np.nan) for position in estimated(model)}
+    if not kept or not len(predictions):
+        return {}
+    refused: list[LossInputError] = []
+    for part, found in estimable_parts(model, predictions, np.arange(len(predictions)), refused, weights):
+        for position, expected in found.items():
+            kept[position][part] = moments(expected)
+    if refused:
+        _log.warning("model %s: joining pairs with no expected loss, the first: %s", model.name, refused[0])
+    return kept

@@ -301,3 +301,75 @@ def test_a_sharpened_model_misses_its_band_without_recalibration_and_holds_it_wi
     fitted = found["fitted"][1]
     print(f"realized {realized:.4f}; own belief {own}; fitted {fitted}")
     assert fitted["low"] <= realized <= fitted["high"], (realized, fitted)
+
+
+def test_a_pending_prediction_the_loss_refuses_leaves_the_others_of_its_batch_estimated(served: Client) -> None:
+    # One row of probabilities summing to 0 and one outside [0, 1], accepted while pending (no label
+    # to check them against yet), must not take the estimate of every other pending row with them.
+    served.ok("PUT", "/v1/models/m", json={"losses": [{"loss": "categorical_crossentropy"}], "estimate": {}})
+    p = np.random.default_rng(4).dirichlet(np.ones(3), 40)
+    rows = p.tolist()
+    rows[7], rows[30] = [0.0, 0.0, 0.0], [-0.5, 0.5, 1.0]
+    ids = [f"p{i}" for i in range(40)]
+    times = (T0 + 10 + np.arange(40)).tolist()
+    served.ok("POST", "/v1/models/m/predictions", json={"ids": ids, "predictions": rows, "timestamps": times})
+    good = np.ones(40, bool)
+    good[[7, 30]] = False
+    table = -np.log(np.clip(p / p.sum(axis=1, keepdims=True), EPSILON, 1 - EPSILON))  # Keras CCE of class c
+    expected = reference(table, p, np.ones(40), good, "keras")
+    for start in (T0, T0 + 1):  # rollup cells, then the rows
+        answer = served.ok("GET", f"/v1/models/m/history?start={start:.0f}&end={T0 + HOUR:.0f}&step=3600")
+        estimated = answer["buckets"][0]["losses"][0]["estimated"]
+        assert estimated is not None, start
+        assert (estimated["predictions"], estimated["pending"]) == (38, 38)
+        for key in ("mean", "low", "high"):
+            assert estimated[key] == pytest.approx(expected[key], rel=1e-9), (start, key)
+        assert estimated["pending_mean"] == pytest.approx(expected["mean"], rel=1e-9)
+
+
+def test_refused_pending_predictions_cost_a_bounded_number_of_evaluations(
+    served: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.usecases import estimates
+
+    calls = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(args[1]))
+        return expected_losses(*args, **kwargs)
+
+    expected_losses = estimates.expected_losses
+    monkeypatch.setattr(estimates, "expected_losses", counted)
+    served.ok("PUT", "/v1/models/m", json={"losses": [{"loss": "categorical_crossentropy"}], "estimate": {}})
+    n = 2048  # every row refused: searching each out alone would take 2n - 1 evaluations
+    rows = [[-0.5, 0.5, 1.0]] * n
+    ids = [f"p{i}" for i in range(n)]
+    served.ok("POST", "/v1/models/m/predictions", json={"ids": ids, "predictions": rows, "timestamps": [T0 + 10] * n})
+    answer = served.ok("GET", f"/v1/models/m/history?start={T0 + 1:.0f}&end={T0 + HOUR:.0f}&step=3600")
+    assert answer["buckets"][0]["losses"][0]["estimated"] is None
+    assert 0 < len(calls) <= 2 * estimates.REFUSED_ROWS * (np.log2(n) + 1)
+
+
+def test_a_joining_pair_with_no_expected_loss_leaves_the_others_of_its_batch_their_moments(served: Client) -> None:
+    # Labelled 0, [1e308, -1e308, 0] has a finite loss; as class 1 its loss overflows, so it has
+    # no expected loss. The other pairs of the labels log keep theirs.
+    config = {"losses": [{"loss": "sparse_categorical_crossentropy", "options": {"from_logits": True}}], "estimate": {}}
+    served.ok("PUT", "/v1/models/m", json=config)
+    z = np.random.default_rng(6).normal(size=(20, 3))
+    rows = z.tolist()
+    rows[3] = [1e308, -1e308, 0.0]
+    ids = [f"p{i}" for i in range(20)]
+    times = (T0 + 10 + np.arange(20)).tolist()
+    served.ok("POST", "/v1/models/m/predictions", json={"ids": ids, "predictions": rows, "timestamps": times})
+    weights = np.random.default_rng(7).uniform(0.5, 2.0, 20)
+    labels = {"ids": ids, "labels": [0] * 20, "sample_weight": weights.tolist()}
+    assert served.ok("POST", "/v1/models/m/labels", json=labels)["joined"] == 20
+    good = np.arange(20) != 3
+    expected = reference(scce_table(z), softmax(z), weights, good, "keras")
+    for start in (T0, T0 + 1):  # rollup cells, then the rows
+        answer = served.ok("GET", f"/v1/models/m/history?start={start:.0f}&end={T0 + HOUR:.0f}&step=3600")
+        estimated = answer["buckets"][0]["losses"][0]["estimated"]
+        assert estimated is not None, start
+        assert (estimated["predictions"], estimated["pending"]) == (19, 0)
+        for key in ("mean", "low", "high"):
+            assert estimated[key] == pytest.approx(expected[key], rel=1e-9), (start, key)
