@@ -103,6 +103,53 @@ def test_bulk_observe_equals_observe_one_by_one() -> None:
         assert actual[key] == pytest.approx(v, rel=1e-12), key
 
 
+def test_recorded_requests_are_what_prometheus_clients_own_calls_count() -> None:
+    """Monitor.record_request counts into its series' values directly; the same requests counted
+    with prometheus-client's `inc` and `observe` give the same samples."""
+    from service.server.monitoring.metrics import LATENCY_BUCKETS, Metrics
+
+    grpc = "/inference.GRPCInferenceService/ModelInfer"
+    # (route, method, status, seconds, body bytes, key, refusal, the rejection reason counted)
+    requests = [
+        ("/v1/loss", "POST", 200, 0.0004, 120, None, None, None),
+        ("/v1/loss", "POST", 200, LATENCY_BUCKETS[0], 100, None, None, None),  # on a bound: that bucket
+        ("/v1/loss", "POST", 200, 0.0, 0, "alice", None, None),
+        ("/v1/loss", "POST", 422, 0.003, 10**9, None, None, "invalid"),
+        ("/v1/loss", "POST", 429, 0.002, 7, "alice", "rate_limited", "rate_limited"),
+        ("/v1/loss", "POST", 503, 60.0, 10**10, None, None, "overloaded"),  # past every bound: +Inf
+        ("/readyz", "GET", 503, 0.0001, 0, None, None, None),
+        (grpc, "GRPC", 200, LATENCY_BUCKETS[3], 1708, None, None, None),
+        (grpc, "GRPC", 200, 0.0011, 1708, None, None, None),
+        (grpc, "GRPC", 401, 0.0002, 1708, None, None, "unauthorised"),
+        (grpc, "GRPC", 413, 0.0002, 10**8, "bob", None, "too_large"),
+    ]
+    monitor = Monitor(Settings())
+    expected = Metrics(CollectorRegistry(), DEFAULT_LOSS_BUCKETS)
+    for _ in range(2):  # the second time through, every series is found again
+        for route, method, status, seconds, size, key, refusal, reason in requests:
+            monitor.record_request(route, method, status, seconds, size, key, refusal)
+            status_class = f"{status // 100}xx"
+            expected.requests.labels(route, method, status_class).inc()
+            expected.latency.labels(route, method).observe(seconds)
+            expected.body_size.labels(route).observe(size)
+            if key is not None:
+                expected.key_requests.labels(key, status_class).inc()
+            if reason is not None:
+                expected.rejected.labels(reason).inc()
+
+    def counted(metrics: Metrics) -> dict[str, float]:
+        families = (metrics.requests, metrics.latency, metrics.body_size, metrics.key_requests, metrics.rejected)
+        return {
+            s.name + str(sorted(s.labels.items())): s.value
+            for family in families
+            for metric in family.collect()
+            for s in metric.samples
+            if not s.name.endswith("_created")
+        }
+
+    assert counted(monitor) == counted(expected)
+
+
 def test_settings_read_comma_separated_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOSS_SERVICE_LOSS_BUCKETS", "0.1, 1, 10")
     monkeypatch.setenv("LOSS_SERVICE_MODEL_ALLOWLIST", "fraud-v3,churn")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 import threading
@@ -46,6 +47,8 @@ class Monitor(Metrics):
         self.model_labels = ModelLabels(settings, _Counted(self, self.overflowed), self._remove_series, clock)
         self.segment_values = SegmentValues(settings.max_segment_values)
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        # Each (route, method, status)'s request series, found once: a request is recorded into all.
+        self._request_series: dict[tuple[str, str, int], _RequestSeries] = {}
         # Each (model label, loss)'s loss series, found once: a batch is recorded into all four.
         self._batch_series: dict[tuple[str, str], _BatchSeries] = {}
         self._renderings = SharedRenderings()
@@ -230,15 +233,45 @@ class Monitor(Metrics):
         refusal: str | None = None,
     ) -> None:
         """`key`: the name of the API key that made the request; `refusal`: a reason the route
-        gave for refusing it, which overrides the one read from the status."""
+        gave for refusing it, which overrides the one read from the status.
+
+        Counted into the (route, method, status)'s series, found once (`_RequestSeries`); where the
+        OTLP export counts too, through `_count`."""
+        if self.otlp is not None:  # the OTLP export counts the requests too, through `_count`
+            self._record_request_counted(route, method, status, seconds, body_bytes, key, refusal)
+            return
+        series = self._request_series.get((route, method, status))
+        if series is None:
+            series = self._request_series[route, method, status] = _RequestSeries(
+                self._child(self.requests, route, method, STATUS_CLASSES[status // 100]),
+                self._child(self.latency, route, method),
+                self._child(self.body_size, route),
+                self._child(self.rejected, reason) if (reason := _status_reason(route, status)) else None,
+            )
+        series.record(seconds, body_bytes)
+        if key is not None:
+            self._count(self.key_requests, (key, STATUS_CLASSES[status // 100]))
+        if refusal:
+            self._count(self.rejected, (refusal,))
+        elif series.rejected is not None:
+            series.rejected.inc(1)
+
+    def _record_request_counted(
+        self,
+        route: str,
+        method: str,
+        status: int,
+        seconds: float,
+        body_bytes: int,
+        key: str | None,
+        refusal: str | None,
+    ) -> None:
         self._count(self.requests, (route, method, STATUS_CLASSES[status // 100]))
         if key is not None:
             self._count(self.key_requests, (key, STATUS_CLASSES[status // 100]))
         self._child(self.latency, route, method).observe(seconds)
         self._child(self.body_size, route).observe(body_bytes)
-        reason = refusal or (
-            "overloaded" if status in OVERLOAD_STATUSES and route != "/readyz" else REJECTION_REASONS.get(status)
-        )
+        reason = refusal or _status_reason(route, status)
         if reason:
             self._count(self.rejected, (reason,))
 
@@ -273,6 +306,38 @@ class _Counted:
 
     def inc(self, amount: float = 1) -> None:
         self._monitor._count(self._metric, (), amount)
+
+
+def _status_reason(route: str, status: int) -> str | None:
+    """The rejection a refused request's status names (None: not a refusal)."""
+    return "overloaded" if status in OVERLOAD_STATUSES and route != "/readyz" else REJECTION_REASONS.get(status)
+
+
+class _RequestSeries:
+    """The series one request is recorded into, for one (route, method, status): its counter, its
+    latency and body size histograms, and the rejection its status names (None: none).
+
+    Counted into through their values (`_value`, each histogram's `_buckets` and `_sum`), as
+    `Counter.inc` and `Histogram.observe` change them, without their checks, which a labelled
+    child always passes. A histogram's bucket is found by bisection: the first bound >= the value,
+    the one `observe` finds by scanning (the values, a duration and a size, are never NaN)."""
+
+    __slots__ = ("body_size", "latency", "rejected", "requests")
+
+    def __init__(self, requests: Any, latency: Histogram, body_size: Histogram, rejected: Any) -> None:
+        self.requests = requests._value
+        self.latency = (tuple(latency._upper_bounds), latency._buckets, latency._sum)
+        self.body_size = (tuple(body_size._upper_bounds), body_size._buckets, body_size._sum)
+        self.rejected = None if rejected is None else rejected._value
+
+    def record(self, seconds: float, body_bytes: int) -> None:
+        self.requests.inc(1)
+        bounds, buckets, total = self.latency
+        buckets[bisect.bisect_left(bounds, seconds)].inc(1)
+        total.inc(seconds)
+        bounds, buckets, total = self.body_size
+        buckets[bisect.bisect_left(bounds, body_bytes)].inc(1)
+        total.inc(body_bytes)
 
 
 class _BatchSeries:
