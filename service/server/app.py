@@ -86,6 +86,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     )
     watcher = asyncio.create_task(_watch_keys(app.state.keys, app.state.monitor))
+    # The loss requests' validator (a union of every loss's model, ~0.1 s of CPU to build) is built
+    # before the worker is ready, not by its first /v1/loss or inference request.
+    await anyio.to_thread.run_sync(loss_request_adapter)
     # Everything alive now (modules, the app, its schemas) lives as long as the worker: moved out
     # of the collector's generations, a full collection no longer walks ~110,000 of them.
     gc.freeze()
