@@ -80,7 +80,9 @@ def of_values(values: NDArray[Any]) -> bytes:
 
 def grouped(values: NDArray[Any], groups: NDArray[np.int64], size: int) -> list[bytes]:
     """The sketch of the values of each group 0..size-1 (b"" for a group without values)."""
-    return split(*_summed(groups.astype(np.int64), codes(values), np.ones(len(values), np.int64)), size)
+    keys = (groups.astype(np.int64) << _GROUP_SHIFT) + (codes(values) + _CODE_BIAS)
+    unique, counts = np.unique(keys, return_counts=True)  # each value counts once: no sums to make
+    return split(unique >> _GROUP_SHIFT, (unique & ((1 << _GROUP_SHIFT) - 1)) - _CODE_BIAS, counts, size)
 
 
 def merge(sketches: Sequence[bytes | None], groups: Sequence[int] | NDArray[np.int64], size: int) -> list[bytes]:
