@@ -86,7 +86,7 @@ def completed_pairs(
         delays = np.array(partners.times, dtype=np.float64) - times
         values = [dict(segments[i]) for i in joined] if segments is not None else [{} for _ in joined]
         return Pairs(joined_ids, mine, theirs, list(partners.weights), delays, times, values, [True] * len(joined))
-    label_weights: list[float | None] = [None if weights is None else float(weights[i]) for i in joined]
+    label_weights: list[float | None] = [None] * len(joined) if weights is None else [float(weights[i]) for i in joined]
     times = np.array(partners.times, dtype=np.float64)
     parsed = {text: orjson.loads(text) for text in set(partners.segments) if text is not None}
     values = [{} if text is None else dict(parsed[text]) for text in partners.segments]

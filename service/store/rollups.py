@@ -130,7 +130,8 @@ def roll_up(
     losses: Sequence[PairLosses],
 ) -> None:
     """Count rows logged (`logged`: their cells) and pairs joined (`joined`: their cells, each
-    pair's label delay and losses) into their cells: one read and one upsert per table."""
+    pair's label delay and losses) into their cells: one read and one upsert per table, and one
+    merge of the stored sketches with the new ones for both tables."""
     predictions: dict[Cell, int] = {}
     if logged is not None:
         _, at = logged.flat()
@@ -145,11 +146,16 @@ def roll_up(
     }
     # Both tables are read before either is written: on PostgreSQL, in a batch (Transaction.batched),
     # the writes then go together at its end.
-    losses_written = _rolled_up_losses(tx, model_id, sorted(pairs), new_losses) if new_losses else []
-    merged = _merged([existing.get(cell, (0, 0, None))[2] for cell in touched], [new_delays.get(c) for c in touched])
+    keys = sorted(new_losses)
+    stored_losses = _stored_losses(tx, model_id, sorted(pairs)) if keys else {}
+    empty = (0, 0, None)
+    merged = _merged(
+        [existing.get(cell, empty)[2] for cell in touched] + [stored_losses.get(k, _NO_LOSS)[3] for k in keys],
+        [new_delays.get(cell) for cell in touched] + [new_losses[key][4] for key in keys],
+    )
     written = []
-    for cell, delays_sketch in zip(touched, merged, strict=True):
-        before = existing.get(cell, (0, 0, None))
+    for cell, delays_sketch in zip(touched, merged, strict=False):
+        before = existing.get(cell, empty)
         written.append(
             (
                 model_id,
@@ -166,19 +172,21 @@ def roll_up(
         "DO UPDATE SET predictions = excluded.predictions, joined = excluded.joined, delays = excluded.delays",
         written,
     )
-    if losses_written:
+    if keys:
         tx.many(
             f"INSERT INTO loss_rollup_losses (model_id, {_CELL_COLUMNS}, variant, loss, sum, denominator, count, "
             "sketch, expected) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (model_id, level, segment_key, start, segment_value, variant) DO UPDATE SET "
             "sum = excluded.sum, denominator = excluded.denominator, count = excluded.count, "
             "sketch = excluded.sketch, expected = excluded.expected",
-            losses_written,
+            _rolled_up_losses(model_id, keys, stored_losses, new_losses, merged[len(touched) :]),
         )
 
 
 # A cell's loss as one join adds it: (name, sum, denominator, count, sketch, expected totals or None).
 _CellLoss = tuple[str, float, float, int, bytes, NDArray[np.float64] | None]
+# A cell's loss before any pair counted in it: (sum, denominator, count, sketch, expected totals).
+_NO_LOSS: tuple[Any, ...] = (0.0, 0.0, 0, None, None)
 
 
 def _joined_parts(
@@ -194,22 +202,22 @@ def _joined_parts(
     rows, at = joined.flat()
     size = len(joined.cells)
     counted = np.bincount(at, minlength=size)
+    values = [delays, *(pair_value(loss.sums, loss.denominators, loss.aggregate) for loss in losses)]
+    delay_sketches, *loss_sketches = _sketches(values, joined)
     for index, cell in enumerate(joined.cells):
         pairs[cell] = int(counted[index])
-    for cell, blob in zip(joined.cells, _sketches(delays, joined), strict=True):
-        new_delays[cell] = blob
-    for loss in losses:
-        sums = np.bincount(at, weights=loss.sums[rows], minlength=size)
-        denominators = np.bincount(at, weights=loss.denominators[rows], minlength=size)
-        counts = np.bincount(at, weights=loss.counts[rows], minlength=size).astype(np.int64)
-        sketches = _sketches(pair_value(loss.sums, loss.denominators, loss.aggregate), joined)
+        new_delays[cell] = delay_sketches[index]
+    for loss, sketches in zip(losses, loss_sketches, strict=True):
+        sums = np.bincount(at, weights=loss.sums[rows], minlength=size).tolist()
+        denominators = np.bincount(at, weights=loss.denominators[rows], minlength=size).tolist()
+        counts = np.bincount(at, weights=loss.counts[rows], minlength=size).astype(np.int64).tolist()
         expected = None if loss.expected is None else _expected_per_cell(loss.expected[rows], at, size)
         for index, cell in enumerate(joined.cells):
             new_losses[(cell, loss.variant)] = (
                 loss.loss,
-                float(sums[index]),
-                float(denominators[index]),
-                int(counts[index]),
+                sums[index],
+                denominators[index],
+                counts[index],
                 sketches[index],
                 None if expected is None else expected[index],
             )
@@ -226,14 +234,13 @@ def _expected_per_cell(moments: NDArray[np.float64], at: NDArray[np.int64], size
     return totals
 
 
-def _sketches(values: NDArray[np.float64], cells: Cells) -> list[bytes]:
-    """The sketch of each cell's values (row i's value is `values[i]`; NaN counts in none). A
-    group's cells are numbered one after the other, so groups that split the rows alike (every
-    level, while all rows fall in one bucket of each) have equal cells up to an offset: those are
-    sketched once."""
-    found = [b""] * len(cells.cells)
-    counted = ~np.isnan(values)
-    done: dict[bytes, list[bytes]] = {}
+def _sketches(series: Sequence[NDArray[np.float64]], cells: Cells) -> list[list[bytes]]:
+    """For each of `series` (row i's value is `values[i]`; NaN counts in none), the sketch of
+    each cell's values, all made in one pass. A group's cells are numbered one after the other, so
+    groups that split the rows alike (every level, while all rows fall in one bucket of each) have
+    equal cells up to an offset: those are sketched once."""
+    found = [[b""] * len(cells.cells) for _ in series]
+    groupings: dict[bytes, tuple[NDArray[np.int64], NDArray[np.bool_], int, list[int]]] = {}
     for column in cells.of_row.T:
         present = column >= 0
         if not present.any():
@@ -241,32 +248,48 @@ def _sketches(values: NDArray[np.float64], cells: Cells) -> list[bytes]:
         first = int(column[present].min())
         relative = np.where(present, column - first, -1)
         signature = relative.tobytes()
-        if signature not in done:
-            kept = present & counted
-            done[signature] = sketch.grouped(values[kept], relative[kept], int(relative.max()) + 1)
-        for offset, blob in enumerate(done[signature]):
-            found[first + offset] = blob
+        if signature not in groupings:
+            groupings[signature] = (relative, present, int(relative.max()) + 1, [])
+        groupings[signature][3].append(first)
+    values, groups, size = [], [], 0
+    for relative, present, width, _ in groupings.values():
+        for series_values in series:
+            kept = present & ~np.isnan(series_values)
+            values.append(series_values[kept])
+            groups.append(relative[kept] + size)
+            size += width
+    if not size:
+        return found
+    made = sketch.grouped(np.concatenate(values), np.concatenate(groups), size)
+    at = 0
+    for _, _, width, firsts in groupings.values():
+        for which in range(len(series)):
+            for first in firsts:
+                found[which][first : first + width] = made[at : at + width]
+            at += width
     return found
 
 
-def _rolled_up_losses(
-    tx: Transaction,
-    model_id: int,
-    cells: list[Cell],
-    new: dict[tuple[Cell, int], _CellLoss],
-) -> list[tuple[Any, ...]]:
-    """The rows of `loss_rollup_losses` once `new` is added to the cells' losses as stored."""
+def _stored_losses(tx: Transaction, model_id: int, cells: list[Cell]) -> dict[tuple[Cell, int], tuple[Any, ...]]:
+    """The cells' losses as stored, by (cell, variant): sum, denominator, count, sketch, expected."""
     columns = "variant, sum, denominator, count, sketch, expected"
-    existing = {
-        (tuple(row[:4]), int(row[4])): row[5:] for row in _stored(tx, "loss_rollup_losses", columns, model_id, cells)
-    }
-    keys = sorted(new)
-    empty = (0.0, 0.0, 0, None, None)
-    merged = _merged([existing.get(key, empty)[3] for key in keys], [new[key][4] for key in keys])
+    rows = _stored(tx, "loss_rollup_losses", columns, model_id, cells)
+    return {(tuple(row[:4]), int(row[4])): row[5:] for row in rows}
+
+
+def _rolled_up_losses(
+    model_id: int,
+    keys: list[tuple[Cell, int]],
+    stored: dict[tuple[Cell, int], tuple[Any, ...]],
+    new: dict[tuple[Cell, int], _CellLoss],
+    sketches: list[bytes],
+) -> list[tuple[Any, ...]]:
+    """The rows of `loss_rollup_losses` once `new` is added to the cells' losses as `stored`
+    (`sketches`: the merged sketch of each of `keys`)."""
     written = []
-    for key, loss_sketch in zip(keys, merged, strict=True):
+    for key, loss_sketch in zip(keys, sketches, strict=True):
         (cell, variant), (name, total, denominator, count, _, expected) = key, new[key]
-        before = existing.get(key, empty)
+        before = stored.get(key, _NO_LOSS)
         written.append(
             (
                 model_id,
@@ -292,9 +315,17 @@ def _added_totals(stored: bytes | None, added: NDArray[np.float64] | None) -> by
 
 
 def _merged(old: list[bytes | None], new: list[bytes | None]) -> list[bytes]:
-    """Each old sketch merged with its new one, all in one pass."""
-    size = len(old)
-    return sketch.merge([*old, *new], np.concatenate([np.arange(size), np.arange(size)]), size)
+    """Each old sketch merged with its new one, all in one pass; a new sketch without an old one
+    is the merge as it is (a merge re-encodes the same bins into the same bytes)."""
+    merged = [b"" if sketch is None else sketch for sketch in new]
+    both = [at for at, stored in enumerate(old) if stored is not None]
+    if both:
+        found = sketch.merge(
+            [*(old[at] for at in both), *(new[at] for at in both)], [*range(len(both)), *range(len(both))], len(both)
+        )
+        for at, blob in zip(both, found, strict=True):
+            merged[at] = blob
+    return merged
 
 
 def expire(tx: Transaction, model_id: int, cells: Cells) -> None:

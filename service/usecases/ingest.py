@@ -176,8 +176,7 @@ def pair_losses(side: Side, ids: list[str], name: str | None = None) -> Callable
     """The store's `on_join` for a request logging `ids` on `side` for model `name`: each
     configured loss over the pairs it completes, a refusal naming the id's index in `ids` (and
     the model, where the pairs are a follower's: labels_from)."""
-    position = {row_id: index for index, row_id in enumerate(ids)}
-    return functools.partial(_pair_losses, side=side, position=position, logged_for=name)
+    return functools.partial(_pair_losses, side=side, ids=ids, logged_for=name)
 
 
 @contextmanager
@@ -311,7 +310,7 @@ def _recorded(
 
 
 def _pair_losses(
-    model: Model, pairs: Pairs, *, side: Side, position: dict[str, int], logged_for: str | None = None
+    model: Model, pairs: Pairs, *, side: Side, ids: list[str], logged_for: str | None = None
 ) -> list[JoinedLoss]:
     """Each configured loss over the completed pairs, by the engine, one call per loss; run by the
     store inside its transaction, so a pair the engine refuses leaves nothing stored."""
@@ -335,16 +334,14 @@ def _pair_losses(
             )
         except LossInputError as exc:
             whose = "" if logged_for in (None, model.name) else f" of model {model.name} (labels_from)"
-            raise _join_error(exc, call["loss"] + whose, pairs, side, position) from None
+            raise _join_error(exc, call["loss"] + whose, pairs, side, ids) from None
         variant = loss_variant(call["loss"], call["options"], config["convention"], config["dtype"])
         name = loss_name(call["loss"], config["convention"], call["options"])
         results.append(JoinedLoss(name, reduced, variant, expected.get(at)))
     return results
 
 
-def _join_error(
-    exc: LossInputError, loss: str, pairs: Pairs, side: Side, position: dict[str, int]
-) -> InvalidInputError:
+def _join_error(exc: LossInputError, loss: str, pairs: Pairs, side: Side, ids: list[str]) -> InvalidInputError:
     other = "labels" if side == "predictions" else "predictions"
     where = f"{exc.field}{list(exc.index[1:]) if len(exc.index) > 1 else ''}"
     if not exc.index:
@@ -352,4 +349,4 @@ def _join_error(
         return InvalidInputError("ids", message, detail=message)
     row_id = pairs.ids[exc.index[0]]
     message = f"id {shown(row_id)} does not fit its stored {other}: {where}: {exc.reason} ({loss}); nothing stored"
-    return InvalidInputError("ids", message, [position[row_id]])
+    return InvalidInputError("ids", message, [ids.index(row_id)])  # searched once, when refused

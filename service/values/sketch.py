@@ -80,7 +80,9 @@ def of_values(values: NDArray[Any]) -> bytes:
 
 def grouped(values: NDArray[Any], groups: NDArray[np.int64], size: int) -> list[bytes]:
     """The sketch of the values of each group 0..size-1 (b"" for a group without values)."""
-    return split(*_summed(groups.astype(np.int64), codes(values), np.ones(len(values), np.int64)), size)
+    keys = (groups.astype(np.int64) << _GROUP_SHIFT) + (codes(values) + _CODE_BIAS)
+    unique, counts = np.unique(keys, return_counts=True)  # each value counts once: no sums to make
+    return split(unique >> _GROUP_SHIFT, (unique & ((1 << _GROUP_SHIFT) - 1)) - _CODE_BIAS, counts, size)
 
 
 def merge(sketches: Sequence[bytes | None], groups: Sequence[int] | NDArray[np.int64], size: int) -> list[bytes]:
@@ -299,6 +301,12 @@ def _summed(
     group: NDArray[np.int64], code: Codes, count: NDArray[np.int64]
 ) -> tuple[NDArray[np.int64], Codes, NDArray[np.int64]]:
     keys = (group << _GROUP_SHIFT) + (code + _CODE_BIAS)
-    unique, inverse = np.unique(keys, return_inverse=True)
-    summed = np.bincount(inverse.reshape(-1), weights=count, minlength=len(unique)).astype(np.int64)
+    if not len(keys):
+        return keys, keys, np.zeros(0, np.int64)
+    # The bins come as runs already in order (each sketch's, by code): a stable sort merges the runs.
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+    unique = ordered[starts]
+    summed = np.add.reduceat(np.asarray(count, np.int64)[order], starts)
     return unique >> _GROUP_SHIFT, (unique & ((1 << _GROUP_SHIFT) - 1)) - _CODE_BIAS, summed
