@@ -103,37 +103,14 @@ def log_event(
     if model is None:
         raise models.unknown_model(name)
     caller.model = name
-    config = model.config.get("events")
-    if config is None:
-        message = (
-            f"model {shown(name)} has no `events` configuration, which says where its predictions are in an "
-            f"inference; PUT /v1/models/{name} with one"
-        )
-        raise InvalidInputError("events", message, detail=message)
+    config = _events_config(model, name)
     half = read_half(config)
     now = time.time()
     if not needs_request(config):
-        if isinstance(half, RequestHalf):
-            return _answer(event, "not_needed", None, _counts(store, name))
-        rows = _rows(event, None, _timed(half, event, now))
-        caller.batch_size = len(rows.ids)
-        answer = ingest.log_rows(store, monitor, settings, name, "predictions", rows, caller, authorize)
-        return _answer(event, "logged", answer, _counts(store, name))
+        return _log_response_alone(store, monitor, settings, name, event, half, now, caller, authorize)
     if isinstance(half, ResponseHalf):
         half = _timed(half, event, now)
     principal = caller.principal
-
-    def complete(model: Model, other: int, meta: str, payload: bytes | None) -> EventRows[Any]:
-        waiting = _decoded(other, meta, payload)
-        request, response = (half, waiting) if isinstance(half, RequestHalf) else (waiting, half)
-        assert isinstance(request, RequestHalf)
-        assert isinstance(response, ResponseHalf)
-        rows = _rows(event, request, response)
-        caller.batch_size = len(rows.ids)
-        stored = ingest.checked_rows(rows.predictions, "predictions", model, principal, settings, authorize)
-        on_join = ingest.pair_losses("predictions", rows.ids)
-        return EventRows(rows.ids, stored, rows.timestamps.tolist(), on_join, rows.segments, ingest.history_of)
-
     meta, payload = _encoded(half)
     bounds = EventBounds(settings.event_max_pending, settings.event_max_pending_bytes, settings.event_ttl)
     with ingest.store_errors(name, "predictions"):
@@ -146,7 +123,7 @@ def log_event(
             now=now,
             bounds=bounds,
             max_pending=settings.max_pending,
-            complete=complete,
+            complete=_completion(event, half, settings, caller, principal, authorize),
             quota=models.quota_of(principal, settings),
         )
     if logged.outcome != "completed":
@@ -155,6 +132,65 @@ def log_event(
     estimate_fit.after_log(store, logged.logged, now)
     answer = ingest.recorded(monitor, name, "predictions", logged.logged, principal)
     return _answer(event, "logged", answer, logged.events)
+
+
+def _events_config(model: Model, name: str) -> dict[str, Any]:
+    """The model's `events` configuration: without it, nothing says where an inference's
+    predictions are, so the error names the PUT that adds one."""
+    config: dict[str, Any] | None = model.config.get("events")
+    if config is None:
+        message = (
+            f"model {shown(name)} has no `events` configuration, which says where its predictions are in an "
+            f"inference; PUT /v1/models/{name} with one"
+        )
+        raise InvalidInputError("events", message, detail=message)
+    return config
+
+
+def _log_response_alone(
+    store: Store,
+    monitor: Recorder,
+    settings: Settings,
+    name: str,
+    event: Event,
+    half: Half,
+    now: float,
+    caller: ingest.Caller,
+    authorize: ingest.Authorize,
+) -> dict[str, Any]:
+    """An event whose response gives every row's id: a response logged at once, as POST
+    .../predictions logs rows, and a request kept nowhere, since no row needs it."""
+    if isinstance(half, RequestHalf):
+        return _answer(event, "not_needed", None, _counts(store, name))
+    rows = _rows(event, None, _timed(half, event, now))
+    caller.batch_size = len(rows.ids)
+    answer = ingest.log_rows(store, monitor, settings, name, "predictions", rows, caller, authorize)
+    return _answer(event, "logged", answer, _counts(store, name))
+
+
+def _completion(
+    event: Event,
+    half: Half,
+    settings: Settings,
+    caller: ingest.Caller,
+    principal: models.Principal | None,
+    authorize: ingest.Authorize,
+) -> Callable[[Model, int, str, bytes | None], EventRows[Any]]:
+    """What the store calls when `half` meets its waiting other half: both halves' rows, checked
+    as POST .../predictions checks them, inside the transaction that drops the waiting half."""
+
+    def complete(model: Model, other: int, meta: str, payload: bytes | None) -> EventRows[Any]:
+        waiting = _decoded(other, meta, payload)
+        request, response = (half, waiting) if isinstance(half, RequestHalf) else (waiting, half)
+        assert isinstance(request, RequestHalf)
+        assert isinstance(response, ResponseHalf)
+        rows = _rows(event, request, response)
+        caller.batch_size = len(rows.ids)
+        stored = ingest.checked_rows(rows.predictions, "predictions", model, principal, settings, authorize)
+        on_join = ingest.pair_losses("predictions", rows.ids)
+        return EventRows(rows.ids, stored, rows.timestamps.tolist(), on_join, rows.segments, ingest.history_of)
+
+    return complete
 
 
 def _timed(half: Half, event: Event, now: float) -> ResponseHalf:

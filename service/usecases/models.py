@@ -114,6 +114,32 @@ def configure(
     /v1/evaluate checks them, then stored; creating a model is checked against `quota`'s
     `max_models`. `authorize(model)` refuses a model the caller's key may not use: the source
     of `labels_from` and each model of `compare_to` are read on the caller's behalf."""
+    config: dict[str, Any] = {
+        "losses": _checked_losses(request),
+        "convention": request.convention,
+        "dtype": request.dtype,
+        "segments": list(request.segments),
+        "keep_pairs": request.keep_pairs,
+    }
+    if getattr(request, "events", None) is not None:
+        config["events"] = _checked_events(request.events.model_dump(), config["segments"])
+    if authorize is not None:
+        for other in ([request.labels_from] if request.labels_from else []) + list(request.compare_to):
+            authorize(other)
+    if request.labels_from:
+        config["labels_from"] = request.labels_from
+    estimate = checked_estimate(getattr(request, "estimate", None), config)
+    if estimate is not None:
+        config["estimate"] = estimate
+    if request.compare_to:
+        config["compare_to"] = list(request.compare_to)
+        _check_champions(store, name, config, request.compare_to)
+    return _stored(store, name, config, request.retention_seconds, now, quota)
+
+
+def _checked_losses(request: Any) -> list[dict[str, Any]]:
+    """The request's losses as stored, each bound as /v1/evaluate binds it: a model never keeps a
+    loss its evaluations would refuse."""
     losses = []
     for position, call in enumerate(request.losses):
         options = call.options.model_dump(exclude_unset=True)
@@ -128,35 +154,29 @@ def configure(
         except LossInputError as exc:
             raise InvalidInputError(f"losses.{position}.{exc.field}", exc.reason, exc.index) from None
         losses.append({"loss": loss, "options": options})
-    config: dict[str, Any] = {
-        "losses": losses,
-        "convention": request.convention,
-        "dtype": request.dtype,
-        "segments": list(request.segments),
-        "keep_pairs": request.keep_pairs,
-    }
-    if getattr(request, "events", None) is not None:
-        config["events"] = request.events.model_dump()
-        undeclared = [key for key in config["events"]["segments"] if key not in config["segments"]]
-        if undeclared:
-            declared = ", ".join(config["segments"]) or "none"
-            raise InvalidInputError(
-                f"events.segments.{undeclared[0]}",
-                f"is not a segment key of this model (its `segments`: {declared}); declare it in `segments`",
-            )
-    if authorize is not None:
-        for other in ([request.labels_from] if request.labels_from else []) + list(request.compare_to):
-            authorize(other)
-    if request.labels_from:
-        config["labels_from"] = request.labels_from
-    estimate = checked_estimate(getattr(request, "estimate", None), config)
-    if estimate is not None:
-        config["estimate"] = estimate
-    if request.compare_to:
-        config["compare_to"] = list(request.compare_to)
-        _check_champions(store, name, config, request.compare_to)
+    return losses
+
+
+def _checked_events(events: dict[str, Any], segments: list[str]) -> dict[str, Any]:
+    """The `events` configuration, each of its segment keys one of the model's `segments`: an
+    event's segments are stored under the model's declared keys."""
+    undeclared = [key for key in events["segments"] if key not in segments]
+    if undeclared:
+        declared = ", ".join(segments) or "none"
+        raise InvalidInputError(
+            f"events.segments.{undeclared[0]}",
+            f"is not a segment key of this model (its `segments`: {declared}); declare it in `segments`",
+        )
+    return events
+
+
+def _stored(
+    store: Store, name: str, config: dict[str, Any], retention_seconds: float, now: float, quota: Quota | None
+) -> dict[str, Any]:
+    """The checked configuration stored, as GET answers it; the store's refusals in the use
+    cases' words, so the HTTP layer renders them as every other use case's."""
     try:
-        return model_config(store.configure_model(name, config, request.retention_seconds, now, quota))
+        return model_config(store.configure_model(name, config, retention_seconds, now, quota))
     except LabelSourceError as exc:
         raise InvalidInputError("labels_from", exc.reason) from None
     except QuotaExceededError as exc:

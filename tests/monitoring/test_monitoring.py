@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.config import DEFAULT_LOSS_BUCKETS, Settings
 from service.server.app import create_app
 from service.server.monitoring import Monitor
-from service.server.monitoring.monitor import _observe_many
+from service.server.monitoring.series import observe_many
 
 pytestmark = pytest.mark.anyio
 
@@ -91,7 +91,7 @@ def test_bulk_observe_equals_observe_one_by_one() -> None:
     by_bulk = Histogram("h", "h", buckets=DEFAULT_LOSS_BUCKETS, registry=bulk)
     for v in values:
         by_one.observe(float(v))
-    _observe_many(by_bulk, values)
+    observe_many(by_bulk, values)
     expected = {
         s.name + str(s.labels): s.value for s in next(iter(one.collect())).samples if not s.name.endswith("_created")
     }

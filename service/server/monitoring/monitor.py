@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
-import functools
 import math
 import threading
 import time
@@ -11,7 +9,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 
 from service.config import Settings
 from service.server.monitoring.exposition import SharedRenderings, render
@@ -19,6 +17,7 @@ from service.server.monitoring.labels import UNLABELLED_MODEL, ModelLabels
 from service.server.monitoring.metrics import Metrics
 from service.server.monitoring.otlp import OtlpTallies, otlp_endpoint
 from service.server.monitoring.segments import SegmentValues
+from service.server.monitoring.series import BatchSeries, RequestSeries, bounds_array, observe_grouped, observe_many
 from service.values.compared import Compared
 from service.values.watched import Watched
 
@@ -48,9 +47,9 @@ class Monitor(Metrics):
         self.segment_values = SegmentValues(settings.max_segment_values)
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         # Each (route, method, status)'s request series, found once: a request is recorded into all.
-        self._request_series: dict[tuple[str, str, int], _RequestSeries] = {}
+        self._request_series: dict[tuple[str, str, int], RequestSeries] = {}
         # Each (model label, loss)'s loss series, found once: a batch is recorded into all four.
-        self._batch_series: dict[tuple[str, str], _BatchSeries] = {}
+        self._batch_series: dict[tuple[str, str], BatchSeries] = {}
         self._renderings = SharedRenderings()
         self._quota_lock = threading.Lock()
         self._quota_as_of: dict[str, float] = {}
@@ -93,7 +92,7 @@ class Monitor(Metrics):
 
     def _observe(self, metric: Any, labels: tuple[str, ...], values: np.ndarray[Any, Any]) -> None:
         """Every value into a histogram: Prometheus's, and the OTLP export's where there is one."""
-        _observe_many(self._child(metric, *labels), values)
+        observe_many(self._child(metric, *labels), values)
         if self.otlp is not None:
             self.otlp.record(metric, labels, values)
 
@@ -101,7 +100,7 @@ class Monitor(Metrics):
         labels = (UNLABELLED_MODEL if model is None else self.model_label(model), loss)
         series = self._batch_series.get(labels)
         if series is None:
-            series = self._batch_series[labels] = _BatchSeries(*(self._child(m, *labels) for m in self._batch_metrics))
+            series = self._batch_series[labels] = BatchSeries(*(self._child(m, *labels) for m in self._batch_metrics))
         values = per_sample.ravel()
         series.observe(values, mean)
         if self.otlp is not None:
@@ -127,7 +126,7 @@ class Monitor(Metrics):
         if not keys or not segments:
             return
         label = self.model_label(model)
-        bounds = _bounds(tuple(self.segment_loss._upper_bounds))  # with +Inf, as each child's
+        bounds = bounds_array(tuple(self.segment_loss._upper_bounds))  # with +Inf, as each child's
         # Each loss's values, a row per pair, and the bucket of each value: found once for every key.
         found = []
         for loss, per_sample in losses:
@@ -139,7 +138,7 @@ class Monitor(Metrics):
             rows = np.fromiter((index.setdefault(name, len(index)) for name in named), np.int64, len(named))
             for loss, values, buckets in found:
                 children = [self._child(self.segment_loss, label, loss, key, name) for name in index]
-                _observe_grouped(children, rows, values, buckets, bounds.size)
+                observe_grouped(children, rows, values, buckets, bounds.size)
             if overflowed:
                 self._child(self.segment_overflow, label, key).inc(overflowed)
 
@@ -235,14 +234,14 @@ class Monitor(Metrics):
         """`key`: the name of the API key that made the request; `refusal`: a reason the route
         gave for refusing it, which overrides the one read from the status.
 
-        Counted into the (route, method, status)'s series, found once (`_RequestSeries`); where the
+        Counted into the (route, method, status)'s series, found once (`RequestSeries`); where the
         OTLP export counts too, through `_count`."""
         if self.otlp is not None:  # the OTLP export counts the requests too, through `_count`
             self._record_request_counted(route, method, status, seconds, body_bytes, key, refusal)
             return
         series = self._request_series.get((route, method, status))
         if series is None:
-            series = self._request_series[route, method, status] = _RequestSeries(
+            series = self._request_series[route, method, status] = RequestSeries(
                 self._child(self.requests, route, method, STATUS_CLASSES[status // 100]),
                 self._child(self.latency, route, method),
                 self._child(self.body_size, route),
@@ -311,101 +310,6 @@ class _Counted:
 def _status_reason(route: str, status: int) -> str | None:
     """The rejection a refused request's status names (None: not a refusal)."""
     return "overloaded" if status in OVERLOAD_STATUSES and route != "/readyz" else REJECTION_REASONS.get(status)
-
-
-class _RequestSeries:
-    """The series one request is recorded into, for one (route, method, status): its counter, its
-    latency and body size histograms, and the rejection its status names (None: none).
-
-    Counted into through their values (`_value`, each histogram's `_buckets` and `_sum`), as
-    `Counter.inc` and `Histogram.observe` change them, without their checks, which a labelled
-    child always passes. A histogram's bucket is found by bisection: the first bound >= the value,
-    the one `observe` finds by scanning (the values, a duration and a size, are never NaN)."""
-
-    __slots__ = ("body_size", "latency", "rejected", "requests")
-
-    def __init__(self, requests: Any, latency: Histogram, body_size: Histogram, rejected: Any) -> None:
-        self.requests = requests._value
-        self.latency = (tuple(latency._upper_bounds), latency._buckets, latency._sum)
-        self.body_size = (tuple(body_size._upper_bounds), body_size._buckets, body_size._sum)
-        self.rejected = None if rejected is None else rejected._value
-
-    def record(self, seconds: float, body_bytes: int) -> None:
-        self.requests.inc(1)
-        bounds, buckets, total = self.latency
-        buckets[bisect.bisect_left(bounds, seconds)].inc(1)
-        total.inc(seconds)
-        bounds, buckets, total = self.body_size
-        buckets[bisect.bisect_left(bounds, body_bytes)].inc(1)
-        total.inc(body_bytes)
-
-
-class _BatchSeries:
-    """The four series one batch is recorded into, for one (model label, loss).
-
-    The two counters are counted into through their values (`_value`, locked on each change, as
-    `Counter.inc` changes it), without `inc`'s checks, which a labelled child counted up by a
-    batch's size always passes."""
-
-    __slots__ = ("batches", "bounds", "histogram", "last_mean", "samples")
-
-    def __init__(self, histogram: Histogram, samples: Any, batches: Any, last_mean: Any) -> None:
-        self.histogram, self.last_mean = histogram, last_mean
-        self.samples, self.batches = samples._value, batches._value
-        self.bounds = _bounds(tuple(histogram._upper_bounds))
-
-    def observe(self, values: np.ndarray[Any, Any], mean: float) -> None:
-        _observe_many(self.histogram, values, self.bounds)
-        self.samples.inc(values.size)
-        self.batches.inc(1)
-        self.last_mean.set(mean)
-
-
-def _observe_many(
-    histogram: Histogram, values: np.ndarray[Any, Any], bounds: np.ndarray[Any, Any] | None = None
-) -> None:
-    """Histogram.observe for a whole array at once; `bounds`: the histogram's upper bounds as an
-    array, where the caller keeps them.
-
-    prometheus-client has no batch observe, and a Python call per value costs ~1 s per million
-    samples. Its per-bucket counters (`_buckets`, non-cumulative: observe() bumps the first bucket
-    whose bound >= value) and `_sum` are incremented here directly; test_monitoring checks this
-    equals calling observe() value by value.
-    """
-    if bounds is None:
-        bounds = _bounds(tuple(histogram._upper_bounds))
-    # As Python ints: iterating NumPy's counts would build a NumPy scalar per bucket.
-    counts = np.bincount(bounds.searchsorted(values, side="left"), minlength=bounds.size).tolist()
-    for bucket, count in zip(histogram._buckets, counts, strict=True):
-        if count:
-            bucket.inc(count)
-    histogram._sum.inc(float(np.add.reduce(values, dtype=np.float64)))
-
-
-def _observe_grouped(
-    histograms: list[Histogram],
-    rows: np.ndarray[Any, Any],
-    values: np.ndarray[Any, Any],
-    buckets: np.ndarray[Any, Any],
-    size: int,
-) -> None:
-    """`_observe_many(histograms[g], values[rows == g])` for every group g, in one pass: `values` has
-    a row per pair, `rows` each pair's group, `buckets` each value's bucket (as `_observe_many` finds
-    it) among `size`."""
-    groups = len(histograms)
-    of_value = np.repeat(rows, values.shape[1])
-    counts = np.bincount(of_value * size + buckets.ravel(), minlength=groups * size).reshape(groups, size).tolist()
-    sums = np.bincount(of_value, weights=values.ravel().astype(np.float64), minlength=groups).tolist()
-    for histogram, group_counts, total in zip(histograms, counts, sums, strict=True):
-        for bucket, count in zip(histogram._buckets, group_counts, strict=True):
-            if count:
-                bucket.inc(count)
-        histogram._sum.inc(total)
-
-
-@functools.cache
-def _bounds(upper_bounds: tuple[float, ...]) -> np.ndarray[Any, Any]:
-    return np.asarray(upper_bounds)
 
 
 def start_otlp_export(monitor: Monitor) -> Any:
