@@ -30,7 +30,18 @@ from service.server.api.errors import install_error_handlers
 from service.server.api.guards import KEY_REFUSALS, ApiKeys, BodyLimit, HeavyRequests
 from service.server.api.model_schemas import LabelsLog, PredictionsLog
 from service.server.api.policy import RequestContext
-from service.server.api.routes import calibration, comparisons, health, inference, losses, metrics, models, pages
+from service.server.api.routes import (
+    calibration,
+    comparisons,
+    health,
+    inference,
+    losses,
+    metrics,
+    model_logs,
+    model_reads,
+    models,
+    pages,
+)
 from service.server.api.routes.inference import HEADER_LENGTH
 from service.server.api.routing import Dispatch, Matching, Route, RouteTable, policy_of, route_once
 from service.server.api.schemas import Problem, evaluate_request_model, loss_request_adapter
@@ -224,6 +235,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         losses.routes,
         calibration.routes,
         models.routes,
+        model_logs.routes,
+        model_reads.routes,
         comparisons.routes,
         health.routes,
         metrics.routes,
