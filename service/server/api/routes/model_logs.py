@@ -1,6 +1,6 @@
 """Delayed labels, logging: a model's predictions, its labels, and KServe's inference logger's
-CloudEvents, each parsed off the event loop and handed to `service.usecases.ingest` or `events`,
-whose writes run among the store's write threads."""
+CloudEvents, each parsed and stored by `service.usecases.ingest` or `events` in one of the store's
+write threads, off the event loop."""
 
 from __future__ import annotations
 
