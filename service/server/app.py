@@ -30,9 +30,20 @@ from service.server.api.errors import install_error_handlers
 from service.server.api.guards import KEY_REFUSALS, ApiKeys, BodyLimit, HeavyRequests
 from service.server.api.model_schemas import LabelsLog, PredictionsLog
 from service.server.api.policy import RequestContext
-from service.server.api.routes import calibration, comparisons, health, inference, losses, metrics, models, pages
+from service.server.api.routes import (
+    calibration,
+    comparisons,
+    health,
+    inference,
+    losses,
+    metrics,
+    model_logs,
+    model_reads,
+    models,
+    pages,
+)
 from service.server.api.routes.inference import HEADER_LENGTH
-from service.server.api.routing import Dispatch, Matching, Route, RouteTable, policy_of, route_once
+from service.server.api.routing import Dispatch, Matching, Route, Routes, RouteTable, policy_of, route_once
 from service.server.api.schemas import Problem, evaluate_request_model, loss_request_adapter
 from service.server.grpc.server import GrpcServer, serve_grpc
 from service.server.monitoring import (
@@ -63,34 +74,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     health = app.state.store.database.health
     health.listeners.append(app.state.monitor.set_store_status)
     app.state.monitor.set_store_status(health.status)  # a store may start full (space.py)
-    sweeper = asyncio.create_task(
-        sweep_forever(
-            app.state.store,
-            app.state.monitor,
-            settings.sweep_interval,
-            store_threads(app.state),
-            app.state.keys,
-            settings,
-        )
-    )
-    comparer = asyncio.create_task(
-        compare_forever(app.state.store, app.state.monitor, settings.compare_interval, store_threads(app.state))
-    )
-    estimator = asyncio.create_task(
-        estimate_forever(
-            app.state.store,
-            app.state.monitor,
-            settings.estimate_interval,
-            store_threads(app.state),
-            settings.estimate_cohort,
-        )
-    )
-    watcher = asyncio.create_task(_watch_keys(app.state.keys, app.state.monitor))
+    background = _start_background_tasks(app, settings)
     # The loss requests' validator (a union of every loss's model, ~0.1 s of CPU to build) is built
     # before the worker is ready, not by its first /v1/loss or inference request.
     await anyio.to_thread.run_sync(loss_request_adapter)
-    # Everything alive now (modules, the app, its schemas) lives as long as the worker: moved out
-    # of the collector's generations, a full collection no longer walks ~110,000 of them.
+    # Everything alive at this point (modules, the app, its schemas) lives as long as the worker:
+    # frozen out of the collector's generations, its ~110,000 objects are never walked by a full collection.
     gc.freeze()
     grpc_server = await serve_grpc(app)  # None unless LOSS_SERVICE_GRPC_PORT
     app.state.otlp = otlp = await anyio.to_thread.run_sync(start_otlp_export, app.state.monitor)  # None: no endpoint
@@ -103,18 +92,42 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         restore_signals()
         if grpc_server is not None:
             await grpc_server.stopped()  # RPCs under way finish, up to LOSS_SERVICE_SHUTDOWN_TIMEOUT
-        sweeper.cancel()
-        comparer.cancel()
-        estimator.cancel()
-        watcher.cancel()
+        for task in background:
+            task.cancel()
         app.state.store.close()
         if otlp is not None:  # the last export, after the last request was counted
             await anyio.to_thread.run_sync(otlp.shutdown, settings.otlp_shutdown_timeout)
         mark_worker_dead(os.getpid())
-        # The requests are drained: their access lines are the last. A worker process under
-        # --workers ends without running atexit, so logging's own flush at exit never comes.
-        for handler in access_log.handlers:
-            handler.flush()
+        _flush_access_log()  # the requests are drained: their access lines are the last
+
+
+def _start_background_tasks(app: FastAPI, settings: Settings) -> list[asyncio.Task[None]]:
+    """The worker's upkeep on its event loop (sweeping expired rows, comparing, estimating,
+    watching the keys file), started in that order; the lifespan cancels them when it ends."""
+    state = app.state
+    return [
+        asyncio.create_task(
+            sweep_forever(
+                state.store, state.monitor, settings.sweep_interval, store_threads(state), state.keys, settings
+            )
+        ),
+        asyncio.create_task(
+            compare_forever(state.store, state.monitor, settings.compare_interval, store_threads(state))
+        ),
+        asyncio.create_task(
+            estimate_forever(
+                state.store, state.monitor, settings.estimate_interval, store_threads(state), settings.estimate_cohort
+            )
+        ),
+        asyncio.create_task(_watch_keys(state.keys, state.monitor)),
+    ]
+
+
+def _flush_access_log() -> None:
+    """Write out the batched access lines: a worker under --workers exits without running atexit,
+    so logging's own flush at exit never comes."""
+    for handler in access_log.handlers:
+        handler.flush()
 
 
 def _log_authentication(keys: KeyRing, settings: Settings) -> None:
@@ -216,6 +229,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.monitor = Monitor(settings)
     set_threads(settings.engine_threads or max(1, available_cores() // settings.workers))
     install_error_handlers(app)
+    groups = _add_routes(app)
+    _add_guards(app, settings, groups)
+    _log_to_stderr(settings)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _add_routes(app: FastAPI) -> tuple[Routes, ...]:
+    """Every group's routes into the app's own list, in the order they are tried; the groups, whose
+    unmatched paths `Matching` needs."""
     # The routes join the app's own list instead of `include_router`: FastAPI 0.165 keeps an
     # included router as one nested route and walks its routes twice per request (to match, then
     # to dispatch). Routes are tried in order: the computations (POSTs called directly) first.
@@ -224,6 +247,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         losses.routes,
         calibration.routes,
         models.routes,
+        model_logs.routes,
+        model_reads.routes,
         comparisons.routes,
         health.routes,
         metrics.routes,
@@ -234,6 +259,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.routes.sort(key=lambda route: not (_direct(route) and "POST" in getattr(route, "methods", ())))
     pages.mount_assets(app)
     route_once(app.router)  # the router takes the route `Matching` found
+    return groups
+
+
+def _add_guards(app: FastAPI, settings: Settings, groups: tuple[Routes, ...]) -> None:
+    """The middleware around the routes, innermost first, and the API keys the key guard reads:
+    each request is matched once, checked by the guards, and counted by the request monitor."""
     # Outermost last: the request monitor sees everything, the guards' refusals included.
     app.add_middleware(Dispatch, exception_handlers=app.exception_handlers)
     app.add_middleware(
@@ -257,9 +288,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Request-ID", "Retry-After", HEADER_LENGTH],
         )
     app.add_middleware(RequestMonitor, monitor=app.state.monitor, context=RequestContext)
-    _log_to_stderr(settings)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    return app
 
 
 def _direct(route: Any) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -220,68 +221,94 @@ def _logged(request: Request) -> str:
     return shown(request.scope["path"], 200)
 
 
+async def _on_problem(request: Request, exc: Exception) -> Response:
+    """A refusal the HTTP layer raised, answered in the route's dialect (OIP routes promise `{"error"}`)."""
+    assert isinstance(exc, ProblemError)
+    return refusal_response(_dialect(request), exc.status, exc.detail, exc.headers, exc.errors)
+
+
+async def _on_loss_input(_: Request, exc: Exception) -> Response:
+    """The engine's refusal of an input, as a 422 naming the field and index the client wrote."""
+    assert isinstance(exc, LossInputError)
+    problem = engine_problem(exc)
+    return problem_response(problem.status, problem.detail, problem.errors)
+
+
+async def _on_unknown_loss(_: Request, exc: Exception) -> Response:
+    """A loss the catalogue does not hold, as a 404 listing the names it does, so a typo is easy to fix."""
+    assert isinstance(exc, UnknownLossError)
+    return problem_response(404, f"no loss named {shown(exc.name)}; valid names: {', '.join(exc.valid)}")
+
+
+async def _on_http(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404s and 405s as problem details, a 405's Allow naming every method of the path."""
+    assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette names only the first route that matched the path; several routes share
+        # /v1/models/{model} (GET, PUT, DELETE), and Allow must list them all.
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return problem_response(exc.status_code, str(exc.detail), headers=headers)
+
+
+async def _on_request_validation(_: Request, exc: Exception) -> Response:
+    """FastAPI's checks of query and path parameters, as a 422 listing each, like a body's errors."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+    return problem_response(422, _summary(errors) if errors else "invalid request", errors)
+
+
+async def _on_access_refused(request: Request, exc: Exception) -> Response:
+    """A key refused by a route (its model or its rate), audited and counted as the guard's refusals are."""
+    assert isinstance(exc, AccessRefusedError)
+    context = context_of(request.scope)
+    if exc.status == 429:
+        context.refusal = "rate_limited"
+    audit(exc.status, context.key or "unknown", request.scope["path"], exc.model, exc.reason)
+    headers = {"Retry-After": retry_after(exc.retry_after)} if exc.retry_after else None
+    return refusal_response(context.policy.dialect, exc.status, exc.detail, headers)
+
+
+async def _on_disconnect(request: Request, _: Exception) -> Response:
+    """A client gone before its body arrived: a 400 that nobody reads, logged as info, not as a fault."""
+    # No fault of the service: a traceback here would page someone for a closed laptop.
+    log.info("client disconnected before its request body arrived: %s %s", request.method, _logged(request))
+    return problem_response(400, "the client closed the connection before the request body arrived")
+
+
+async def _on_use_case(request: Request, exc: Exception) -> Response:
+    """A use case's error, or a store failure outside one, as the HTTP status it stands for."""
+    # A store failure is logged by the store once per episode (service.store.health), not
+    # once per request; one that reaches here outside a use case is rendered as one.
+    if isinstance(exc, StoreFailureError):
+        exc = StoreUnavailableError(exc.reason, exc.retry_after, isinstance(exc, StoreFullError))
+    assert isinstance(exc, UseCaseError)
+    return use_case_response(exc, context_of(request.scope), request.scope["path"])
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    """Anything else: its traceback into the log, a 500 without it to the client."""
+    log.exception("unhandled error on %s %s", request.method, _logged(request))
+    return problem_response(500, "internal error; the request was logged")
+
+
+# Each exception class and its handler, in the order the app registers them; an exception is
+# handled by the handler of the nearest class in its MRO.
+HANDLERS: tuple[tuple[type[Exception], Callable[[Request, Exception], Awaitable[Response]]], ...] = (
+    (ProblemError, _on_problem),
+    (AccessRefusedError, _on_access_refused),
+    (LossInputError, _on_loss_input),
+    (UnknownLossError, _on_unknown_loss),
+    (StarletteHTTPException, _on_http),
+    (RequestValidationError, _on_request_validation),
+    (ClientDisconnect, _on_disconnect),
+    (UseCaseError, _on_use_case),
+    (StoreFailureError, _on_use_case),
+    (Exception, _on_unexpected),
+)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    async def on_problem(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ProblemError)
-        return refusal_response(_dialect(request), exc.status, exc.detail, exc.headers, exc.errors)
-
-    async def on_loss_input(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, LossInputError)
-        problem = engine_problem(exc)
-        return problem_response(problem.status, problem.detail, problem.errors)
-
-    async def on_unknown_loss(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, UnknownLossError)
-        return problem_response(404, f"no loss named {shown(exc.name)}; valid names: {', '.join(exc.valid)}")
-
-    async def on_http(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        headers = dict(exc.headers or {})
-        if exc.status_code == 405:
-            # Starlette names only the first route that matched the path; several routes share
-            # /v1/models/{model} (GET, PUT, DELETE), and Allow must list them all.
-            headers["Allow"] = ", ".join(_allowed_methods(request))
-        return problem_response(exc.status_code, str(exc.detail), headers=headers)
-
-    async def on_request_validation(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
-        return problem_response(422, _summary(errors) if errors else "invalid request", errors)
-
-    async def on_access_refused(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, AccessRefusedError)
-        context = context_of(request.scope)
-        if exc.status == 429:
-            context.refusal = "rate_limited"
-        audit(exc.status, context.key or "unknown", request.scope["path"], exc.model, exc.reason)
-        headers = {"Retry-After": retry_after(exc.retry_after)} if exc.retry_after else None
-        return refusal_response(context.policy.dialect, exc.status, exc.detail, headers)
-
-    async def on_disconnect(request: Request, _: Exception) -> Response:
-        # The client left before its body arrived: nobody reads this answer, and it is no fault
-        # of the service (a traceback here would page someone for a closed laptop).
-        log.info("client disconnected before its request body arrived: %s %s", request.method, _logged(request))
-        return problem_response(400, "the client closed the connection before the request body arrived")
-
-    async def on_use_case(request: Request, exc: Exception) -> Response:
-        # A store failure is logged by the store once per episode (service.store.health), not
-        # once per request; one that reaches here outside a use case is rendered as one.
-        if isinstance(exc, StoreFailureError):
-            exc = StoreUnavailableError(exc.reason, exc.retry_after, isinstance(exc, StoreFullError))
-        assert isinstance(exc, UseCaseError)
-        return use_case_response(exc, context_of(request.scope), request.scope["path"])
-
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, _logged(request))
-        return problem_response(500, "internal error; the request was logged")
-
-    app.add_exception_handler(ProblemError, on_problem)
-    app.add_exception_handler(AccessRefusedError, on_access_refused)
-    app.add_exception_handler(LossInputError, on_loss_input)
-    app.add_exception_handler(UnknownLossError, on_unknown_loss)
-    app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(RequestValidationError, on_request_validation)
-    app.add_exception_handler(ClientDisconnect, on_disconnect)
-    app.add_exception_handler(UseCaseError, on_use_case)
-    app.add_exception_handler(StoreFailureError, on_use_case)
-    app.add_exception_handler(Exception, on_unexpected)
+    """Register `HANDLERS` with the app: every failure is answered as problem details (or OIP's `{"error"}`)."""
+    for exception, handler in HANDLERS:
+        app.add_exception_handler(exception, handler)

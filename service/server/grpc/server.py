@@ -148,10 +148,7 @@ class InferenceService:
             size, request = received
             started = time.perf_counter()
             metadata = dict(context.invocation_metadata() or ())
-            given = metadata.get("x-request-id", "")
-            request_id = (
-                given if given and len(given) <= 128 and given.isprintable() else f"{random.getrandbits(128):032x}"
-            )
+            request_id = _request_id(metadata.get("x-request-id", ""))
             call = _Call(self.app, policy)
             status = 500
             slot: Slot | None = None
@@ -168,13 +165,7 @@ class InferenceService:
                 return response
             except RefusalError as refusal:
                 status = refusal.status
-                if refusal.reason is not None:
-                    call.state.refusal = refusal.reason
-                trailers = [("x-request-id", request_id)]
-                if refusal.retry is not None:
-                    trailers.append(("retry-after", retry_after(refusal.retry)))
-                context.set_trailing_metadata(tuple(trailers))
-                await context.abort(CODES[refusal.status], refusal.message)
+                await _refuse(context, refusal, call.state, request_id)
                 raise  # abort raises; this line is never reached
             except asyncio.CancelledError:
                 status = 499  # the client cancelled, or its deadline passed first
@@ -187,25 +178,30 @@ class InferenceService:
                 if slot is not None:
                     slot.release()
                 self.monitor.in_flight.dec()
-                seconds = time.perf_counter() - started
-                state = call.state
-                self.monitor.record_request(route, "GRPC", status, seconds, size, state.key, state.refusal)
-                if access_log.isEnabledFor(logging.INFO):
-                    line = {
-                        "request_id": request_id,
-                        "method": "GRPC",
-                        "route": route,
-                        "status": status,
-                        "grpc_status": "OK" if status == 200 else CODES[status].name,
-                        "duration_ms": round(seconds * 1e3, 3),
-                        "body_bytes": size,
-                        "model": state.model,
-                        "loss": state.loss,
-                        "batch_size": state.batch_size,
-                    }
-                    write_access_line(line)
+                self._record(route, status, time.perf_counter() - started, size, call.state, request_id)
 
         return rpc
+
+    def _record(
+        self, route: str, status: int, seconds: float, size: int, state: RequestContext, request_id: str
+    ) -> None:
+        """An RPC into the request metrics and the access log, as HTTP's request monitor records a
+        request, so that both transports read the same."""
+        self.monitor.record_request(route, "GRPC", status, seconds, size, state.key, state.refusal)
+        if access_log.isEnabledFor(logging.INFO):
+            line = {
+                "request_id": request_id,
+                "method": "GRPC",
+                "route": route,
+                "status": status,
+                "grpc_status": "OK" if status == 200 else CODES[status].name,
+                "duration_ms": round(seconds * 1e3, 3),
+                "body_bytes": size,
+                "model": state.model,
+                "loss": state.loss,
+                "batch_size": state.batch_size,
+            }
+            write_access_line(line)
 
     def _claim(self) -> Slot:
         """One of the worker's heavy-request slots (shared with HTTP), or 503 with Retry-After."""
@@ -315,6 +311,23 @@ def _model(name: str, version: str) -> str:
     if version not in ("", "1"):
         raise RefusalError(404, f"model {found} has no version {version!r}; its one version is 1")
     return found
+
+
+def _request_id(given: str) -> str:
+    """The client's x-request-id where it is short and printable (it goes into the log), else a random one."""
+    return given if given and len(given) <= 128 and given.isprintable() else f"{random.getrandbits(128):032x}"
+
+
+async def _refuse(context: Any, refusal: RefusalError, state: RequestContext, request_id: str) -> None:
+    """Abort the RPC with the refusal's gRPC code and message, its request id and any Retry-After
+    in the trailers (where a gRPC client reads what HTTP sends as headers)."""
+    if refusal.reason is not None:
+        state.refusal = refusal.reason
+    trailers = [("x-request-id", request_id)]
+    if refusal.retry is not None:
+        trailers.append(("retry-after", retry_after(refusal.retry)))
+    context.set_trailing_metadata(tuple(trailers))
+    await context.abort(CODES[refusal.status], refusal.message)
 
 
 def heavy_requests(app: FastAPI) -> HeavyRequests:
