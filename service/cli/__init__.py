@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import orjson
 
@@ -57,11 +58,25 @@ def _losses(_: argparse.Namespace) -> int:
     return 0
 
 
+# What add_subparsers returns, which each command's _add_* function adds its parser to.
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loss-service", description=__doc__)
     parser.add_argument("--version", action="version", version=f"loss-service {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_serve(commands)
+    _add_keys(commands)
+    _add_compute(commands)
+    _add_history(commands)
+    commands.add_parser("openapi", help="print the OpenAPI document as JSON").set_defaults(run=_openapi)
+    commands.add_parser("losses", help="list the loss catalogue and options").set_defaults(run=_losses)
+    return parser
 
+
+def _add_serve(commands: Commands) -> None:
+    """`serve`: the bind address, port, workers and TLS files (each defaulting to its setting)."""
     serve = commands.add_parser("serve", help="run the HTTP service with uvicorn (httptools + uvloop)")
     serve.add_argument("--host", help="bind address (default LOSS_SERVICE_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default LOSS_SERVICE_PORT or 8000)")
@@ -72,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ssl-keyfile", help="its PEM private key (default LOSS_SERVICE_SSL_KEYFILE)")
     serve.set_defaults(run=_serve)
 
+
+def _add_keys(commands: Commands) -> None:
+    """`keys new`: a fresh key and its entry for the keys file."""
     keys = commands.add_parser("keys", help="API keys for the keys file (LOSS_SERVICE_API_KEYS_FILE)")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     new = key_commands.add_parser("new", help="print a fresh random key once, and the entry to paste into the file")
@@ -80,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--models", help="comma-separated glob patterns (default: every model)")
     new.set_defaults(run=_new_key)
 
+
+def _add_compute(commands: Commands) -> None:
+    """`compute`: losses from files or a dataset, locally, on Dask or through a service."""
     compute = commands.add_parser(
         "compute",
         help="per-sample losses from files, locally with the engine or through a running service (--url)",
@@ -124,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     compute.add_argument("--head", type=int, default=10, help="per-sample values shown in the table")
     compute.set_defaults(run=_compute)
 
+
+def _add_history(commands: Commands) -> None:
+    """`history`: a model's history from a running service, as a table or JSON."""
     history = commands.add_parser(
         "history",
         help="a model's losses and label coverage by prediction time, from a running service",
@@ -148,10 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     history.add_argument("--json", action="store_true", help="print the answer as JSON")
     history.set_defaults(run=_history)
-
-    commands.add_parser("openapi", help="print the OpenAPI document as JSON").set_defaults(run=_openapi)
-    commands.add_parser("losses", help="list the loss catalogue and options").set_defaults(run=_losses)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
