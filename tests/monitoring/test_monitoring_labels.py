@@ -3,6 +3,8 @@ label is taken over, no label for a refused batch, an allow-list."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from prometheus_client import generate_latest
@@ -15,8 +17,15 @@ from tests.monitoring.test_monitoring import MSE, samples, value
 pytestmark = pytest.mark.anyio
 
 
-async def test_model_label_cardinality_is_bounded() -> None:
-    async with app_client(Settings(max_models=2)) as client:
+def own_store(tmp_path: Path) -> str:
+    """A store of the test's own. The run's shared store holds other tests' models, and the jobs an
+    app starts (the estimate and comparison runs, the sweep) claim their labels too, as they should:
+    against a bound of one or two labels, which of those runs first before a request decides it."""
+    return f"sqlite:///{tmp_path}/store.sqlite3"
+
+
+async def test_model_label_cardinality_is_bounded(tmp_path: Path) -> None:
+    async with app_client(Settings(max_models=2, store_url=own_store(tmp_path))) as client:
         for model in ("a", "b", "c", "d", "a"):
             await client.post("/v1/loss", json={**MSE, "model": model})
         scrape = samples((await client.get("/metrics")).text)
@@ -70,8 +79,8 @@ def test_a_model_whose_label_was_taken_over_comes_back_with_fresh_series() -> No
     assert value(scrape, "loss_service_last_batch_mean_loss", model="a", loss="mean_squared_error") == 1.0
 
 
-async def test_refused_batches_claim_no_model_label() -> None:
-    async with app_client(Settings(max_models=1)) as client:
+async def test_refused_batches_claim_no_model_label(tmp_path: Path) -> None:
+    async with app_client(Settings(max_models=1, store_url=own_store(tmp_path))) as client:
         refused = await client.post("/v1/loss", json={**MSE, "model": "junk", "labels": [[1.0]]})
         assert refused.status_code == 422
         await client.post("/v1/loss", json={**MSE, "model": "real"})
@@ -79,8 +88,8 @@ async def test_refused_batches_claim_no_model_label() -> None:
         assert value(scrape, "loss_service_batches_total", model="real", loss="mean_squared_error") == 1
 
 
-async def test_model_allowlist() -> None:
-    async with app_client(Settings(model_allowlist=["kept"])) as client:
+async def test_model_allowlist(tmp_path: Path) -> None:
+    async with app_client(Settings(model_allowlist=["kept"], store_url=own_store(tmp_path))) as client:
         await client.post("/v1/loss", json={**MSE, "model": "kept"})
         await client.post("/v1/loss", json={**MSE, "model": "dropped"})
         await client.post("/v1/loss", json=MSE)
