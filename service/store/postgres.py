@@ -71,13 +71,14 @@ class PostgresDatabase:
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Transaction]:
         pool = self._pool if write else self._readers
+        connection: Any = None  # psycopg.Connection, once the pool hands one over
         try:
             # The pool's context commits when the block ends and rolls back when it raises.
             with pool.connection() as connection, connection.cursor() as cursor:
                 tx = Transaction(cursor, self.dialect)
                 yield tx
         except Exception as exc:
-            failure = classified(exc)
+            failure = classified(exc) or _lost(connection, exc)
             if failure is None:
                 raise
             if isinstance(failure, StoreUnavailableError) and self.health.status != "unavailable":
@@ -121,3 +122,12 @@ class PostgresDatabase:
     def close(self) -> None:
         self._readers.close()
         self._pool.close()
+
+
+def _lost(connection: Any, exc: Exception) -> StoreUnavailableError | None:
+    """The error of a statement whose connection the server closed under it. Mid-pipeline, psycopg
+    may report the loss as a result out of step (a `ProgrammingError` fetching rows from an
+    UPDATE's result) rather than as an `OperationalError`; the connection says what happened."""
+    if connection is None or not connection.closed:
+        return None
+    return StoreUnavailableError(f"the store is unavailable: PostgreSQL closed the connection ({type(exc).__name__})")

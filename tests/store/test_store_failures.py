@@ -5,6 +5,7 @@ deletions free space on a full disk; everything recovers without a restart."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -227,6 +228,38 @@ def test_driver_errors_are_classified() -> None:
     assert classified(sqlite3.OperationalError("no such table: x")) is None
     assert classified(psycopg.errors.UniqueViolation("duplicate key")) is None
     assert classified(ValueError("x")) is None
+
+
+def test_an_error_on_a_connection_the_server_closed_is_an_outage(postgres_url: str) -> None:
+    """Mid-pipeline, psycopg may report a lost connection as a result out of step (a
+    ProgrammingError fetching rows from an UPDATE's result, seen when PostgreSQL stopped under
+    load): the connection being closed makes it a 503, while the same error on a working
+    connection stays a bug (a 500)."""
+    import psycopg
+
+    from service.store import StoreUnavailableError
+    from service.store.postgres import PostgresDatabase
+
+    def out_of_step(database: PostgresDatabase, *, terminated: bool) -> None:
+        with database.transaction() as tx:
+            (pid,) = tx.one("SELECT pg_backend_pid()") or (None,)
+            if terminated:
+                with psycopg.connect(postgres_url, autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+                with contextlib.suppress(psycopg.OperationalError):
+                    tx.one("SELECT 1")  # finds the connection gone
+            raise psycopg.ProgrammingError("the last operation didn't produce records (command status: UPDATE 1)")
+
+    database = PostgresDatabase(postgres_url, max_connections=2)
+    try:
+        with pytest.raises(psycopg.ProgrammingError):
+            out_of_step(database, terminated=False)
+        assert database.health.status == "ok"
+        with pytest.raises(StoreUnavailableError, match="PostgreSQL closed the connection"):
+            out_of_step(database, terminated=True)
+        assert database.health.status == "unavailable"
+    finally:
+        database.close()
 
 
 @pytest.mark.slow
