@@ -43,7 +43,16 @@ from service.server.api.routes import (
     pages,
 )
 from service.server.api.routes.inference import HEADER_LENGTH
-from service.server.api.routing import Dispatch, Matching, Route, Routes, RouteTable, policy_of, route_once
+from service.server.api.routing import (
+    ROUTES_STATE,
+    Dispatch,
+    Matching,
+    Route,
+    Routes,
+    RouteTable,
+    policy_of,
+    route_once,
+)
 from service.server.api.schemas import Problem, evaluate_request_model, loss_request_adapter
 from service.server.grpc.server import GrpcServer, serve_grpc
 from service.server.monitoring import (
@@ -66,7 +75,7 @@ Errors are RFC 9457 problem details naming the field, index and reason."""
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     forget_killed_workers()
     settings: Settings = app.state.settings
     _log_authentication(app.state.keys, settings)
@@ -86,7 +95,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.lifecycle = "ready"
     restore_signals = _drain_on_stop_signal(app, grpc_server)
     try:
-        yield
+        # Lifespan state, which uvicorn hands its connections' protocol too (protocol.py).
+        yield {ROUTES_STATE: app.state.routes}
     finally:
         app.state.lifecycle = "draining"
         restore_signals()
@@ -277,7 +287,8 @@ def _add_guards(app: FastAPI, settings: Settings, groups: tuple[Routes, ...]) ->
     app.state.keys = KeyRing(settings.api_keys or [], settings.api_keys_file)
     app.state.monitor.set_keys(len(app.state.keys.names()), False)  # their number splits the model labels
     app.add_middleware(ApiKeys, keys=app.state.keys, protect_metrics=settings.metrics_auth)
-    app.add_middleware(Matching, table=RouteTable(app.router, groups))
+    app.state.routes = RouteTable(app.router, groups)
+    app.add_middleware(Matching, table=app.state.routes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

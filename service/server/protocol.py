@@ -27,11 +27,15 @@ from __future__ import annotations
 import asyncio
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.config import Settings
+
+if TYPE_CHECKING:
+    from service.server.api.policy import Dialect
+    from service.server.api.routing import RouteTable
 
 REQUEST_TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
@@ -72,14 +76,18 @@ class ConnectionLimits:
 
 
 async def too_many_connections(limit: int, scope: Any, receive: Any, send: Any) -> None:
-    """The answer to a request on a connection opened beyond `limit`: 503, in the route's
-    protocol's shape (problem details, or `{"error"}` on /v2), and the connection closed."""
+    """The answer to a request on a connection opened beyond `limit`: 503, in the dialect of the
+    route it asks for (problem details, or `{"error"}` on the Open Inference Protocol's routes;
+    the app hands its route table over in its lifespan state), and the connection closed."""
     from service.server.api.errors import refusal_response
+    from service.server.api.routing import ROUTES_STATE
 
+    routes: RouteTable | None = scope.get("state", {}).get(ROUTES_STATE)
+    dialect: Dialect = "problem" if routes is None else routes.dialect_of(scope)
     detail = (
         f"this worker already has its most connections open, {limit:,} (LOSS_SERVICE_MAX_CONNECTIONS); retry shortly"
     )
-    response = refusal_response(scope["path"], 503, detail, {"Retry-After": "1", "Connection": "close"})
+    response = refusal_response(dialect, 503, detail, {"Retry-After": "1", "Connection": "close"})
     await response(scope, receive, send)
 
 

@@ -179,3 +179,45 @@ async def test_a_protocol_named_by_its_path_alone_takes_the_settings_defaults(mo
     config = uvicorn.Config("service.server.app:create_app", factory=True, lifespan="off")
     protocol = HeaderDeadlineProtocol(config=config, server_state=ServerState(), app_state={})
     assert protocol.header_timeout == Settings.model_fields["header_timeout"].default == 10.0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("path", "state", "content_type"),
+    [
+        ("/v1/loss", True, "application/problem+json"),
+        ("/v2/models/mse/infer", True, "application/json"),
+        ("/v2/models/mse/infer", False, "application/problem+json"),  # no route table: problem details
+    ],
+)
+async def test_too_many_connections_answers_in_the_dialect_of_the_route_asked_for(
+    path: str, state: bool, content_type: str
+) -> None:
+    import json
+
+    from service.server.api.routing import ROUTES_STATE
+    from service.server.app import create_app
+    from service.server.protocol import too_many_connections
+
+    app = create_app(Settings())
+    scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "headers": [], "query_string": b""}
+    if state:
+        scope["state"] = {ROUTES_STATE: app.state.routes}
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    await too_many_connections(1234, scope, receive, send)
+    start, body = sent
+    headers = {name.decode(): value.decode() for name, value in start["headers"]}
+    assert start["status"] == 503
+    assert (headers["retry-after"], headers["connection"], headers["content-type"]) == ("1", "close", content_type)
+    detail = "this worker already has its most connections open, 1,234 (LOSS_SERVICE_MAX_CONNECTIONS); retry shortly"
+    answer = json.loads(body["body"])
+    assert (answer if content_type == "application/json" else answer["detail"]) == (
+        {"error": detail} if content_type == "application/json" else detail
+    )

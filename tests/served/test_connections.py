@@ -92,3 +92,26 @@ def test_headers_in_time_and_a_slower_body_are_not_cut_off() -> None:
         answer = _answer(sock)
         sock.close()
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:200]
+
+
+def test_a_connection_beyond_the_limit_is_refused_in_its_routes_dialect() -> None:
+    """With the worker's one connection held, a request on another gets 503 with Retry-After and
+    `Connection: close`: problem details on /v1, `{"error"}` on the Open Inference Protocol's
+    routes, as the route asked for answers its other refusals."""
+    with serving(env={"LOSS_SERVICE_MAX_CONNECTIONS": "1"}) as (url, _):
+        held = _connect(url)
+        held.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert held.recv(4096).startswith(b"HTTP/1.1 200 OK\r\n")  # open, and counted
+        answers = {}
+        for path in ("/v1/loss", "/v2/models/mse/infer"):
+            with httpx.Client(base_url=url, timeout=HANG) as client:
+                answers[path] = client.post(path, json=BODY)
+        held.close()
+    for answer in answers.values():
+        assert answer.status_code == 503
+        assert (answer.headers["retry-after"], answer.headers["connection"]) == ("1", "close")
+    detail = "this worker already has its most connections open, 1 (LOSS_SERVICE_MAX_CONNECTIONS); retry shortly"
+    assert answers["/v1/loss"].headers["content-type"] == "application/problem+json"
+    assert answers["/v1/loss"].json()["detail"] == detail
+    assert answers["/v2/models/mse/infer"].headers["content-type"] == "application/json"
+    assert answers["/v2/models/mse/infer"].json() == {"error": detail}

@@ -23,7 +23,7 @@ from starlette._utils import get_route_path
 from starlette.routing import BaseRoute, Match, Mount, Router, compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.server.api.policy import KEYED, OPEN, RequestContext, RoutePolicy, context_of
+from service.server.api.policy import KEYED, OPEN, Dialect, RequestContext, RoutePolicy, context_of
 from service.server.monitoring import CONTEXT
 
 Endpoint = Callable[..., Any]
@@ -117,6 +117,11 @@ def policy_of(route: BaseRoute) -> RoutePolicy:
     return policy
 
 
+# The lifespan state key under which the app hands its RouteTable to the server's protocol, which
+# answers requests on connections beyond its limit before the app sees them (protocol.py).
+ROUTES_STATE = "loss_service.routes"
+
+
 class RouteTable:
     """The app's routes in the order they are tried, and the policies of the paths none answers."""
 
@@ -143,6 +148,12 @@ class RouteTable:
             return
         path = get_route_path(scope)
         context.policy = next((policy for pattern, policy in self.unmatched if pattern.match(path)), OPEN)
+
+    def dialect_of(self, scope: Scope) -> Dialect:
+        """The error dialect of the route a request's scope matches (as `match` finds it)."""
+        context = RequestContext()
+        self.match(scope, context)
+        return context.policy.dialect
 
 
 class Matching:
