@@ -370,3 +370,39 @@ def test_each_refusal_names_its_query_parameter(served: Client) -> None:  # noqa
         assert response.json()["errors"][0]["loc"] == ["query", field], url
     segments = served.ok("GET", f"{compare}?{WINDOW}&by=country")["segments"]
     assert {(s["challenger"]["model"], s["champion"]["model"]) for s in segments} == {("challenger", "champion")}
+
+
+def test_the_comparison_metrics_show_is_the_routes_answer_over_the_last_day(served: Client) -> None:  # noqa: F811
+    """What the /metrics comparison job hands the monitor for each configured pair (`compared`)
+    is the route's answer over the 24 h before the run, field by field; None once either model
+    is gone or no longer configures the loss the pair was found for."""
+    from service.usecases import comparisons
+
+    logged = logged_pair(served, "scce-torch-ignored-class-weights")
+    (pair,) = comparisons.configured_pairs(served.store)
+    challenger, champion, loss = pair
+    assert (challenger, champion, loss.name) == ("challenger", "champion", "sparse_categorical_crossentropy")
+    now = T0 + 20 * HOUR  # the last pair 17 h before: inside the day; a later day holds none
+    shown = comparisons.compared(served.store, challenger, champion, loss, now)
+    answer = served.ok("GET", f"/v1/models/{challenger}/compare/{champion}?start={now - 24 * HOUR}&end={now}")
+    assert shown is not None
+    assert (shown.model, shown.champion, shown.loss, shown.n) == (challenger, champion, answer["loss"], answer["n"])
+    assert answer["n"] > 0
+    assert (shown.mean, shown.low, shown.high) == tuple(answer["difference"][f] for f in ("mean", "low", "high"))
+    assert shown.verdict == {"better": -1, "undecided": 0, "worse": 1}[answer["verdict"]]
+    later = comparisons.compared(served.store, challenger, champion, loss, T0 + 28 * HOUR)
+    assert later is not None
+    assert (later.n, later.mean) == (0, None)
+    # Both put another loss first: the pair's loss position now names mean squared error.
+    both = {**logged["config"], "losses": [{"loss": "mse"}, *logged["config"]["losses"]]}
+    served.ok("PUT", "/v1/models/champion", json=both)
+    served.ok(
+        "PUT",
+        "/v1/models/challenger",
+        json={**both, "labels_from": "champion", "compare_to": ["champion"], "segments": ["country"]},
+    )
+    assert comparisons.compared(served.store, challenger, champion, loss, now) is None
+    (moved,) = (found for _, _, found in comparisons.configured_pairs(served.store) if found.name == loss.name)
+    assert comparisons.compared(served.store, challenger, champion, moved, now) == shown
+    assert served.request("DELETE", "/v1/models/challenger").status_code == 204
+    assert comparisons.compared(served.store, challenger, champion, moved, now) is None
