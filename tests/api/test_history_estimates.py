@@ -373,3 +373,27 @@ def test_a_joining_pair_with_no_expected_loss_leaves_the_others_of_its_batch_the
         assert (estimated["predictions"], estimated["pending"]) == (19, 0)
         for key in ("mean", "low", "high"):
             assert estimated[key] == pytest.approx(expected[key], rel=1e-9), (start, key)
+
+
+@pytest.mark.parametrize(
+    ("totals", "aggregate", "expected"),
+    [
+        # n, E[S], Var S, E[D], Var D, Cov(S, D): a fixed denominator, a mean: S/D ± 3 sqrt(Var S)/D
+        ((4, 2.0, 0.36, 4.0, 0.0, 0.0), "mean", (0.5, 0.5 - 3 * 0.15, 0.5 + 3 * 0.15)),
+        ((4, 2.0, 0.36, 4.0, 0.0, 0.0), "root_mean", (0.5, 0.5 - 3 * 0.15, 0.5 + 3 * 0.15)),
+        # a sum: E[S] ± 3 sqrt(Var S)
+        ((4, 2.0, 0.36, 4.0, 0.0, 0.0), "sum", (2.0, 2.0 - 3 * 0.6, 2.0 + 3 * 0.6)),
+        # a varying denominator: R = 1.5, Var = 0.5 - 2 (1.5) (0.2) + 1.5² (0.1) = 0.125, sigma = sqrt(0.125) / 2
+        ((3, 3.0, 0.5, 2.0, 0.1, 0.2), "mean", (1.5, 1.5 - 3 * 0.125**0.5 / 2, 1.5 + 3 * 0.125**0.5 / 2)),
+        # rounding below zero: no band, never a NaN
+        ((2, 1.0, 0.0, 1.0, 0.0, 1.0), "mean", (1.0, 1.0, 1.0)),
+        ((2, 1.0, -1e-18, 1.0, 0.0, 0.0), "sum", (1.0, 1.0, 1.0)),
+    ],
+)
+def test_the_band_the_metrics_show_is_three_sigma_either_side(
+    totals: tuple[float, ...], aggregate: Any, expected: tuple[float, float, float]
+) -> None:
+    """`band` (what the /metrics estimate job shows of a cohort), against the moments worked by hand."""
+    from service.usecases.bucket_estimates import band
+
+    assert band(totals, aggregate) == pytest.approx(expected, rel=1e-12, abs=1e-15)
