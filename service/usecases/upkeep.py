@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
@@ -91,25 +91,13 @@ async def sweep_forever(
 
 async def compare_forever(store: Store, monitor: Recorder, interval: float, threads: StoreThreads) -> None:
     """Every `interval` seconds, first at once, compare every pair the models' `compare_to`
-    declare, over the last 24 h, and hand the monitor the run's pairs (`compare_configured`). A
-    failed run keeps the last run's values, is logged once until a run succeeds again, and is
-    retried."""
-    failing = False
-    while True:
-        try:
-            found = await compare_configured(store, threads, time.time())
-        except (StoreFailureError, StoreUnavailableError) as exc:
-            if not failing:
-                log.warning("comparing the models for /metrics failed: %s; retrying every %s s", exc, interval)
-            failing = True
-        except Exception:
-            if not failing:
-                log.exception("comparing the models for /metrics failed; retrying every %s s", interval)
-            failing = True
-        else:
-            failing = False
-            monitor.set_comparisons(found)
-        await anyio.sleep(interval)
+    declare, over the last 24 h, and hand the monitor the run's pairs (`compare_configured`)."""
+    await _report_forever(
+        "comparing the models",
+        lambda: compare_configured(store, threads, time.time()),
+        monitor.set_comparisons,
+        interval,
+    )
 
 
 async def estimate_forever(
@@ -117,23 +105,35 @@ async def estimate_forever(
 ) -> None:
     """Every `interval` seconds, first at once, estimate every model configured with `estimate`
     (`estimate_watch.watched`, the cohort the last `cohort` seconds of predictions) and hand the
-    monitor the run's losses. A failed run keeps the last run's values, is logged once until a run
-    succeeds again, and is retried."""
+    monitor the run's losses."""
+    await _report_forever(
+        "estimating the models",
+        lambda: estimate_configured(store, threads, time.time(), cohort),
+        monitor.set_estimates,
+        interval,
+    )
+
+
+async def _report_forever(
+    what: str, run: Callable[[], Awaitable[T]], report: Callable[[T], None], interval: float
+) -> None:
+    """`report(await run())` every `interval` seconds, first at once. A failed run keeps the last
+    run's report, is logged once (`what` failed) until a run succeeds again, and is retried."""
     failing = False
     while True:
         try:
-            found = await estimate_configured(store, threads, time.time(), cohort)
+            found = await run()
         except (StoreFailureError, StoreUnavailableError) as exc:
             if not failing:
-                log.warning("estimating the models for /metrics failed: %s; retrying every %s s", exc, interval)
+                log.warning("%s for /metrics failed: %s; retrying every %s s", what, exc, interval)
             failing = True
         except Exception:
             if not failing:
-                log.exception("estimating the models for /metrics failed; retrying every %s s", interval)
+                log.exception("%s for /metrics failed; retrying every %s s", what, interval)
             failing = True
         else:
             failing = False
-            monitor.set_estimates(found)
+            report(found)
         await anyio.sleep(interval)
 
 
