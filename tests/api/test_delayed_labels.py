@@ -246,6 +246,45 @@ async def test_a_label_that_does_not_fit_its_prediction_is_refused_with_nothing_
     assert (status["pending_predictions"], status["pending_labels"], status["joined"]) == (2, 0, 0)
 
 
+async def test_a_pair_the_loss_refuses_is_named_by_its_id_its_side_and_the_losss_words(api: httpx.AsyncClient) -> None:
+    """The refusal of a join says which id, which stored side it does not fit, where in the row
+    and why, in the loss's words; a refusal of the whole batch (no row to name) counts the pairs.
+    Nothing of the refused request is stored."""
+    bce = {"losses": [{"loss": "binary_crossentropy"}], "convention": "keras"}
+    assert (await api.put("/v1/models/b", json=bce)).status_code == 200
+    await post(api, "predictions", {"ids": ["a", "b"], "predictions": [[0.2, 0.3], [0.4, 0.5]]}, model="b")
+    await post(api, "labels", {"ids": ["c"], "labels": [[0, 2]]}, model="b")
+    mse = {"losses": [{"loss": "mse"}]}
+    assert (await api.put("/v1/models/m", json=mse)).status_code == 200
+    await post(api, "predictions", {"ids": ["a", "b"], "predictions": [[0.2, 0.3], [0.4, 0.5]]}, model="m")
+    refusals = [
+        (
+            "b", "labels", {"ids": ["z", "b"], "labels": [[0, 1], [1, 2]]}, ["body", "ids", 1],
+            "id 'b' does not fit its stored predictions: labels[1]: binary targets must lie in [0, 1], got 2.0 "
+            "(binary_crossentropy); nothing stored",
+        ),
+        (
+            "b", "predictions", {"ids": ["c"], "predictions": [[0.1, 0.2]]}, ["body", "ids", 0],
+            "id 'c' does not fit its stored labels: labels[1]: binary targets must lie in [0, 1], got 2.0 "
+            "(binary_crossentropy); nothing stored",
+        ),
+        (
+            "m", "labels", {"ids": ["a", "b"], "labels": [[0.0], [1.0]]}, ["body", "ids"],
+            "the 2 pairs this request completes: labels: shape [2, 1] does not match predictions shape [2, 2] "
+            "(mean_squared_error); nothing stored",
+        ),
+    ]  # fmt: skip
+    for model, side, body, loc, message in refusals:
+        refused = await api.post(f"/v1/models/{model}/{side}", json=body)
+        assert refused.status_code == 422
+        assert refused.json()["errors"] == [{"loc": loc, "msg": message}]
+        # The detail leads with the id's index where there is one; a whole batch's refusal reads as it is.
+        assert refused.json()["detail"] == (f"ids.{loc[2]}: {message}" if len(loc) > 2 else message)
+    for model, pending in (("b", (2, 1, 0)), ("m", (2, 0, 0))):
+        status = (await api.get(f"/v1/models/{model}")).json()
+        assert (status["pending_predictions"], status["pending_labels"], status["joined"]) == pending
+
+
 BAD_LOGS: list[tuple[str, str, Any, list[Any]]] = [
     ("predictions", "repeated id", {"ids": ["a", "b", "a"], "predictions": [[0.0, 1.0]] * 3}, ["body", "ids", 2]),
     ("predictions", "int equal to a string id", {"ids": ["7", 7], "predictions": [[0.0, 1.0]] * 2}, ["body", "ids", 1]),
