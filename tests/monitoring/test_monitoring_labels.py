@@ -97,3 +97,42 @@ async def test_model_allowlist(tmp_path: Path) -> None:
         assert value(scrape, "loss_service_batches_total", model="kept", loss="mean_squared_error") == 1
         assert value(scrape, "loss_service_batches_total", model="other", loss="mean_squared_error") == 1
         assert value(scrape, "loss_service_batches_total", model="unlabelled", loss="mean_squared_error") == 1
+
+
+def test_a_label_taken_over_takes_the_models_comparisons_and_estimates_with_it() -> None:
+    """When another model takes an idle model's label, the idle model's comparison pairs (as
+    challenger or as champion) and its estimates leave /metrics with its other series; the
+    other models' stay."""
+    from service.values.compared import Compared
+    from service.values.watched import Watched
+
+    now = [0.0]
+    monitor = Monitor(Settings(max_models=3, model_label_idle=600), clock=lambda: now[0])
+    batch = np.array([0.5, 1.5])
+    for model in ("a", "b", "c"):
+        monitor.observe_batch(model, "mean_squared_error", batch, 1.0)
+    monitor.set_comparisons(
+        [
+            Compared("a", "b", "mean_squared_error", 10, 0.1, 0.0, 0.2, 0),
+            Compared("b", "a", "mean_squared_error", 10, -0.1, -0.2, 0.0, 0),
+            Compared("c", "b", "mean_squared_error", 10, 0.3, 0.1, 0.5, 1),
+        ]
+    )
+    monitor.set_estimates(
+        [Watched(m, "mean_squared_error", 5, 0.5, 0.4, 0.6, 5, 0.5, 0.5, 0.4, 0.6) for m in ("a", "b", "c")]
+    )
+    now[0] = 600.0
+    for model in ("b", "c"):
+        monitor.observe_batch(model, "mean_squared_error", batch, 1.0)  # in use: a is the idlest
+    monitor.observe_batch("d", "mean_squared_error", batch, 1.0)  # takes a's label
+    scrape = samples(generate_latest(monitor.registry).decode())
+    compared = {
+        (dict(labels)["model"], dict(labels)["champion"])
+        for name, labels in scrape
+        if name == "loss_service_comparison_pairs"
+    }
+    estimated = {dict(labels)["model"] for name, labels in scrape if name == "loss_service_expected_loss"}
+    batches = {dict(labels)["model"] for name, labels in scrape if name == "loss_service_batches_total"}
+    assert compared == {("c", "b")}  # a's pairs, as challenger and as champion, are gone
+    assert estimated == {"b", "c"}
+    assert batches == {"b", "c", "d"}
