@@ -562,3 +562,26 @@ async def test_the_losss_own_refusals_show_three_and_count_the_rest(client: http
         "error": "parameters.bogus0: Extra inputs are not permitted; parameters.bogus1: Extra inputs are not "
         "permitted; parameters.bogus2: Extra inputs are not permitted; and 7 more"
     }
+
+
+@pytest.mark.parametrize(
+    ("locs", "message"),
+    [
+        ([["body", "options", "gamma"]], "parameters.gamma: bad"),
+        ([["body", "loss"]], "parameters.loss: bad"),
+        ([["body", "dtype"]], "parameters.dtype: bad"),
+        ([["body", "model"]], "parameters.model: bad"),
+        ([["body", "predictions", 2, 0]], "input predictions.2.0: bad"),
+        ([["body", "sample_weight"]], "input sample_weight: bad"),
+        ([["body"]], "request: bad"),
+        ([["body", "other"]], "other: bad"),
+        ([["body", "labels"]] * 3, "; ".join(["input labels: bad"] * 3)),
+        ([["body", "labels"]] * 5, "; ".join(["input labels: bad"] * 3) + "; and 2 more"),
+    ],
+)
+def test_a_refusals_fields_take_the_protocols_names(locs: list[list[Any]], message: str) -> None:
+    """The one-string error of the Open Inference Protocol names options as parameters, the batch's
+    settings as parameters too, and the tensors as inputs; three errors at most, then a count."""
+    from service.server.api.oip_codec import oip_message
+
+    assert oip_message([{"loc": loc, "msg": "bad"} for loc in locs]) == message
