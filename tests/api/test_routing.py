@@ -228,3 +228,32 @@ async def test_a_trailing_slash_is_not_redirected_to_the_host_the_client_named(l
     response = await limited.post("/v1/loss/", json=BODY, headers={"host": "evil.example"}, follow_redirects=False)
     assert response.status_code == 404
     assert "location" not in response.headers
+
+
+def test_each_declaration_makes_one_route_of_its_method_with_its_policy_and_options() -> None:
+    """`Routes.get/post/put/delete` each add one `Route` for its own method under the prefix, with
+    the policy and FastAPI's options given beside it (declared here, at test time, so every
+    step of the declaration runs under the test)."""
+    methods = ["GET", "POST", "PUT", "DELETE"]
+    policies = {method: RoutePolicy(scope=scope) for method, scope in zip(methods, SCOPES, strict=True)}
+    routes = Routes("/v9", tags=["tagged"], unmatched=[("/{rest:path}", RoutePolicy())])
+    for method, policy in policies.items():
+        declare = getattr(routes, method.lower())
+
+        @declare(f"/{method.lower()}/{{name}}", policy=policy, summary=f"the {method} route", status_code=202)
+        async def endpoint(name: str, request: Request) -> Response:
+            return Response(name)
+
+    assert [(r.path, r.methods, r.policy, r.summary, r.status_code, r.tags) for r in routes.routes] == [
+        (f"/v9/{m.lower()}/{{name}}", {m}, policies[m], f"the {m} route", 202, ["tagged"]) for m in policies
+    ]
+    assert all(isinstance(r, Route) and r.call is not None for r in routes.routes)  # served directly
+    ((pattern, policy),) = routes.unmatched
+    assert (pattern.match("/v9/anything/else") is not None, pattern.match("/v8/x"), policy) == (
+        True,
+        None,
+        RoutePolicy(),
+    )
+
+
+SCOPES = ("read", "compute", "ingest", "admin")
