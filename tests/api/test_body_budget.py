@@ -361,6 +361,21 @@ async def test_a_request_line_or_headers_past_64_kib_get_431_and_the_connection_
 
 
 @pytest.mark.anyio
+async def test_headers_of_exactly_64_kib_after_the_first_read_pass_and_one_byte_more_does_not() -> None:
+    """The bound counts the reads after the one a request begins in: 65,536 bytes of them are
+    allowed, the 65,537th closes the connection with 431."""
+    server, transport = connection(ServerState())
+    server.data_received(b"GET /livez HTTP/1.1\r\nHost: t\r\nX-Big: ")  # where the request begins: not counted
+    for _ in range(protocol.MAX_HEADER_BYTES // (8 * KIB)):
+        server.data_received(b"a" * (8 * KIB))
+    assert (server.header_bytes, transport.closed, transport.writes) == (protocol.MAX_HEADER_BYTES, False, [])
+    server.data_received(b"a")
+    assert transport.closed
+    assert transport.writes[0].startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    server.connection_lost(None)
+
+
+@pytest.mark.anyio
 async def test_body_bytes_in_the_same_read_as_headers_do_not_count_as_headers() -> None:
     """One read holding the end of a request's headers, its 200 KiB body and the start of the next
     request: the body is not counted as either request's headers, and both are served."""

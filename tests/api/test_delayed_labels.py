@@ -285,6 +285,23 @@ async def test_a_pair_the_loss_refuses_is_named_by_its_id_its_side_and_the_losss
         assert (status["pending_predictions"], status["pending_labels"], status["joined"]) == pending
 
 
+@pytest.mark.parametrize(
+    ("segments", "undeclared", "declared"),
+    [([], "country", "none"), (["country"], "device", "country"), (["country", "os"], "device", "country, os")],
+)
+async def test_an_events_segment_must_be_a_declared_segment_key(
+    api: httpx.AsyncClient, segments: list[str], undeclared: str, declared: str
+) -> None:
+    """Where KServe's events carry a segment, the model must keep its history by that key: the first
+    key it does not declare is refused, naming the keys it does."""
+    events = {"prediction": "probs", "segments": {key: f"input_{key}" for key in ["country", "device"]}}
+    refused = await api.put("/v1/models/e", json={"losses": [{"loss": "scce"}], "segments": segments, "events": events})
+    assert refused.status_code == 422
+    message = f"is not a segment key of this model (its `segments`: {declared}); declare it in `segments`"
+    assert refused.json()["errors"] == [{"loc": ["body", "events", "segments", undeclared], "msg": message}]
+    assert (await api.get("/v1/models/e")).status_code == 404
+
+
 BAD_LOGS: list[tuple[str, str, Any, list[Any]]] = [
     ("predictions", "repeated id", {"ids": ["a", "b", "a"], "predictions": [[0.0, 1.0]] * 3}, ["body", "ids", 2]),
     ("predictions", "int equal to a string id", {"ids": ["7", 7], "predictions": [[0.0, 1.0]] * 2}, ["body", "ids", 1]),

@@ -174,3 +174,38 @@ def test_the_datasets_and_the_clis_batches_combine_to_the_whole(
     arguments += [f"--option={name}={json.dumps(value)}" for name, value in options.items()]
     assert cli(arguments) == 0
     assert json.loads(capsys.readouterr().out)["mean"] == pytest.approx(expected.mean, rel=1e-13)
+
+
+def test_an_answer_reads_back_into_the_result_it_came_from() -> None:
+    """`LossResult.read` of `answer()` (and of an npz answer's arrays) is the same result, its
+    per-sample values float64 whatever the answer held; an answer from before `aggregate` was
+    sent reads as a mean."""
+    made = LossResult(
+        loss="poisson_nll", per_sample=np.array([0.5, 1.25], np.float32), mean=0.875, sum=1.75, count=2,
+        denominator=2.0, dtype="float32", convention="torch", aggregate="sum",
+    )  # fmt: skip
+    answer = made.answer()
+    read = LossResult.read(answer)
+    assert (read.loss, read.mean, read.sum, read.count, read.denominator) == ("poisson_nll", 0.875, 1.75, 2, 2.0)
+    assert (read.dtype, read.convention, read.aggregate) == ("float32", "torch", "sum")
+    assert read.per_sample.dtype == np.float64
+    assert read.per_sample.tolist() == [0.5, 1.25]
+    del answer["aggregate"]
+    assert LossResult.read(answer).aggregate == "mean"
+
+
+def test_one_part_is_its_own_combination_and_parts_keep_their_losss_names() -> None:
+    part = LossResult(
+        loss="huber", per_sample=np.array([1.0, 3.0]), mean=2.0, sum=4.0, count=2, denominator=2.0,
+        dtype="float32", convention="keras", aggregate="mean",
+    )  # fmt: skip
+    assert combine([part]) is part
+    other = LossResult(
+        loss="huber", per_sample=np.array([5.0]), mean=5.0, sum=5.0, count=1, denominator=1.0,
+        dtype="float32", convention="keras", aggregate="mean",
+    )  # fmt: skip
+    whole = combine([part, other])
+    assert (whole.loss, whole.dtype, whole.convention, whole.aggregate) == ("huber", "float32", "keras", "mean")
+    assert (whole.per_sample.tolist(), whole.sum, whole.count, whole.denominator, whole.mean) == (
+        [1.0, 3.0, 5.0], 9.0, 3, 3.0, 3.0,
+    )  # fmt: skip
