@@ -143,8 +143,14 @@ async def test_binary_outputs_on_request(client: httpx.AsyncClient) -> None:
     assert header["id"] == "r-1"
     per_sample_bytes = header["outputs"][0]["parameters"]["binary_data_size"]
     per_sample = np.frombuffer(response.content[size : size + per_sample_bytes], dtype="<f8")
-    expected, _ = naive.scce(LOGITS.astype(np.float64).tolist(), LABELS.tolist(), "keras", from_logits=True)
+    expected, expected_mean = naive.scce(LOGITS.astype(np.float64).tolist(), LABELS.tolist(), "keras", from_logits=True)
     np.testing.assert_allclose(per_sample, expected, rtol=1e-12)
+    # Both outputs follow the header back to back, the body ending with the last.
+    assert [output["name"] for output in header["outputs"]] == ["per_sample", "mean"]
+    mean_bytes = header["outputs"][1]["parameters"]["binary_data_size"]
+    assert len(response.content) == size + per_sample_bytes + mean_bytes
+    (mean,) = np.frombuffer(response.content[size + per_sample_bytes :], dtype="<f8")
+    assert mean == pytest.approx(expected_mean, rel=1e-12)
 
 
 @pytest.mark.anyio
