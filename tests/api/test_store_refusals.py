@@ -37,3 +37,11 @@ async def test_a_configuration_the_store_refuses_gets_its_status_and_retry_after
     assert answer.json()["detail"] == f"{failure}; nothing of this request was stored; retry after {retry_after} s"
     monkeypatch.undo()
     assert (await api.get("/v1/models/m")).status_code == 404
+
+
+def test_a_use_cases_store_error_reads_as_its_reason() -> None:
+    """What the log prints of it (str) is the reason the client is told, with its retry and kind."""
+    from service.usecases.errors import StoreUnavailableError as UseCaseStoreError
+
+    error = UseCaseStoreError("the store's disk is full", 30, True)
+    assert (str(error), error.reason, error.retry_after, error.full) == ("the store's disk is full",) * 2 + (30, True)

@@ -99,5 +99,9 @@ class HeavyRequests(Budget):
     def _timed_out(self, body_received: bool) -> ProblemError:
         limit = f"{self.timeout:g} s (LOSS_SERVICE_REQUEST_TIMEOUT)"
         if not body_received:
-            return refused(408, f"the request body did not arrive within {limit}", {"Connection": "close"})
+            return refused(
+                408,
+                f"the request body did not arrive within {limit}",
+                {"Connection": "close"},  # pragma: no mutate (Starlette lowercases header names)
+            )
         return refused(504, f"the loss was not computed within {limit}; try a smaller batch")
