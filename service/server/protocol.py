@@ -87,8 +87,8 @@ async def too_many_connections(limit: int, scope: Any, receive: Any, send: Any) 
     detail = (
         f"this worker already has its most connections open, {limit:,} (LOSS_SERVICE_MAX_CONNECTIONS); retry shortly"
     )
-    response = refusal_response(dialect, 503, detail, {"Retry-After": "1", "Connection": "close"})
-    await response(scope, receive, send)
+    headers = {"Retry-After": "1", "Connection": "close"}  # pragma: no mutate (Starlette lowercases header names)
+    await refusal_response(dialect, 503, detail, headers)(scope, receive, send)
 
 
 class OneWritePerTurn:
