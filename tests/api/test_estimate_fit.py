@@ -10,6 +10,7 @@ so neither the ids' nor the arrivals' order gives the same window.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -56,12 +57,12 @@ def latest(times: Any, joined: Any, n: int) -> Any:
     return joined[np.argsort(-np.asarray(times)[joined], kind="stable")[:n]]
 
 
-def miscalibrated_logits(n: int, rng: np.random.Generator) -> tuple[Any, Any, Any, Any]:
+def miscalibrated_logits(n: int, rng: np.random.Generator, classes: int = 3) -> tuple[Any, Any, Any, Any]:
     """(logits, class labels, weights, times): labels drawn from softmax(logits / 3), times a
     permutation of the ids."""
-    logits = rng.normal(size=(n, 3)) * 3
+    logits = rng.normal(size=(n, classes)) * 3
     q = np.exp(logits / 3) / np.exp(logits / 3).sum(axis=1, keepdims=True)
-    labels = np.array([rng.choice(3, p=row) for row in q])
+    labels = np.array([rng.choice(classes, p=row) for row in q])
     return logits, labels, rng.uniform(0.2, 3.0, n), T0 + rng.permutation(n) * 60.0
 
 
@@ -124,19 +125,24 @@ def test_the_temperature_is_fitted_at_the_threshold_and_again_after_a_tenth_of_t
     assert third["parameters"]["temperature"] == pytest.approx(expected(latest(times, range(56), 20)), rel=1e-12)
 
 
-def test_isotonic_is_scikit_learns_on_the_most_recent_window(served: Client) -> None:
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_isotonic_is_scikit_learns_on_the_most_recent_window(served: Client, from_logits: bool) -> None:
+    """From logits, the fit is of the probabilities they stand for (a plain 1 / (1 + e^-z) here)."""
     rng = np.random.default_rng(7)
     n = 130
     p = rng.uniform(0.01, 0.99, n)
     labels = (rng.uniform(size=n) < p**2).astype(float)
     weights, times = rng.uniform(0.2, 3.0, n), T0 + rng.permutation(n) * 60.0
     config = {
-        "losses": [{"loss": "binary_crossentropy"}],
+        "losses": [{"loss": "binary_crossentropy", "options": {"from_logits": from_logits}}],
         "convention": "keras",
         "estimate": {"calibration": "isotonic", "window": 100},
     }
     put(served, "iso", config)
-    log_predictions(served, "iso", p, times)
+    z = np.log(p) - np.log1p(-p)
+    log_predictions(served, "iso", z if from_logits else p, times)
+    if from_logits:
+        p = 1 / (1 + np.exp(-z))
     log_labels(served, "iso", range(n), labels, weights)
     fit = fit_of(served, "iso")
     assert fit is not None
@@ -147,20 +153,26 @@ def test_isotonic_is_scikit_learns_on_the_most_recent_window(served: Client) -> 
     assert isinstance(isotonic, Isotonic)
     reference = IsotonicRegression(out_of_bounds="clip").fit(p[window], labels[window], sample_weight=weights[window])
     grid = np.r_[p, np.linspace(0, 1, 101)]
-    assert np.abs(isotonic.apply(grid) - reference.predict(grid)).max() <= 1e-12
+    assert np.abs(isotonic.apply(grid) - reference.predict(grid)).max() <= (1e-9 if from_logits else 1e-12)
     everything = IsotonicRegression(out_of_bounds="clip").fit(p, labels, sample_weight=weights)
     assert np.abs(isotonic.apply(grid) - everything.predict(grid)).max() > 1e-3  # the older 30 pairs are left out
 
 
 @pytest.mark.parametrize(
-    ("convention", "options", "ignored"),
-    [("torch", {"from_logits": True}, -100), ("keras", {"from_logits": True, "ignore_class": 7}, 7)],
+    ("convention", "options", "ignored", "classes"),
+    [
+        ("torch", {"from_logits": True}, -100, 3),
+        ("keras", {"from_logits": True, "ignore_class": 7}, 7, 3),
+        # two classes, the fewest a class index is read for; torch's own index instead of -100
+        ("torch", {"from_logits": True, "ignore_index": 5}, 5, 2),
+        ("keras", {"from_logits": True, "ignore_class": 7}, 7, 2),
+    ],
 )
 def test_the_labels_a_loss_ignores_are_left_out_of_the_fit(
-    served: Client, convention: str, options: dict[str, Any], ignored: int
+    served: Client, convention: str, options: dict[str, Any], ignored: int, classes: int
 ) -> None:
     rng = np.random.default_rng(13)
-    logits, labels, weights, times = miscalibrated_logits(30, rng)
+    logits, labels, weights, times = miscalibrated_logits(30, rng, classes)
     labels[::4] = ignored
     config = {
         "losses": [{"loss": "scce", "options": options}],
@@ -284,3 +296,66 @@ async def test_an_inference_event_that_joins_pairs_fits_them(api: httpx.AsyncCli
         logits[window], labels[window], from_logits=True, convention="torch", sample_weight=weights[window]
     )
     assert fit["parameters"]["temperature"] == pytest.approx(reference.temperature, rel=1e-12, abs=0)
+
+
+def test_a_window_whose_every_label_is_ignored_is_kept_as_an_empty_one(served: Client) -> None:
+    """The ten pairs made last are all ignored; the one scored was made before them."""
+    logits, _, weights, _ = miscalibrated_logits(11, np.random.default_rng(19))
+    put(served, "ignored", {**TEMPERATURE, "estimate": {"calibration": "temperature", "window": 10}})
+    log_predictions(served, "ignored", logits, T0 + np.arange(11) * 60.0)
+    log_labels(served, "ignored", range(11), np.r_[1, np.full(10, -100)], weights)
+    fit = fit_of(served, "ignored")
+    assert fit is not None
+    assert (fit["parameters"], fit["pairs"], fit["joined"]) == (None, 0, 11)
+    assert fit["error"] == "predictions: no joined pair kept its payloads (keep_pairs): the window is empty"
+
+
+def test_refit_answers_the_fit_it_kept_and_none_where_it_kept_none(
+    served: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`refit` as a log's aftermath calls it, with the model read before a concurrent change: none
+    where the model is gone (never there, or removed before its pairs are read), was fitted
+    meanwhile at as many joined pairs (not due any more), or at more (the slower fit is not kept)."""
+    from service.usecases import estimate_fit
+
+    store = served.store
+    assert estimate_fit.refit(store, "nope", served.clock.now) is None
+    logits, labels, weights, times = miscalibrated_logits(10, np.random.default_rng(23))
+    put(served, "r", {**TEMPERATURE, "estimate": {"calibration": "temperature", "window": 10}})
+    log_predictions(served, "r", logits, times)
+    with monkeypatch.context() as held:  # joined, the log's own fit held off
+        held.setattr(estimate_fit, "after_log", lambda *_: None)
+        log_labels(served, "r", range(10), labels, weights)
+    assert fit_of(served, "r") is None
+    due = store.model("r")
+    assert due is not None
+
+    kept = estimate_fit.refit(store, "r", served.clock.now)
+    assert kept is not None
+    assert kept["joined"] == 10
+    assert kept == fit_of(served, "r")
+
+    read = store.recent_pairs
+    served.clock.now += 1
+    with monkeypatch.context() as stale:  # the model read before that fit was kept
+        stale.setattr(store, "model", lambda _: due)
+        assert estimate_fit.refit(store, "r", served.clock.now) is None  # its pairs' model is fitted
+    assert fit_of(served, "r") == kept
+
+    later = {**kept, "joined": 11, "fitted_at": 0.0}
+    save_fit = store.save_fit
+
+    def overtaken(name: str, fit: dict[str, Any]) -> bool:
+        assert save_fit(name, later)  # a fit read at more joined pairs, kept first
+        return save_fit(name, fit)
+
+    with monkeypatch.context() as racing:  # the pairs read before that fit was kept too
+        racing.setattr(store, "model", lambda _: due)
+        racing.setattr(store, "recent_pairs", lambda name, n: replace(read(name, n), model=due))
+        racing.setattr(store, "save_fit", overtaken)
+        assert estimate_fit.refit(store, "r", served.clock.now) is None
+    assert fit_of(served, "r") == later
+
+    assert served.request("DELETE", "/v1/models/r").status_code == 204
+    monkeypatch.setattr(store, "model", lambda _: due)
+    assert estimate_fit.refit(store, "r", served.clock.now) is None  # gone once its pairs are read

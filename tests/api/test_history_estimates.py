@@ -10,6 +10,7 @@ cells for aligned windows, the rows otherwise) must agree with it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,8 @@ from tests.api.test_history import DAY, HOUR, T0, Client, joined_mask, log_cohor
 __all__ = ["served"]
 
 EPSILON = 1e-7  # Keras's clipping of probabilities
+# The engine's refusal of a row of probabilities summing to 0 (its index: within the part refused alone)
+ZERO_SUM_REFUSAL = "predictions[0]: the class probabilities of this sample sum to 0"
 
 
 def bce_table(p: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -303,11 +306,16 @@ def test_a_sharpened_model_misses_its_band_without_recalibration_and_holds_it_wi
     assert fitted["low"] <= realized <= fitted["high"], (realized, fitted)
 
 
-def test_a_pending_prediction_the_loss_refuses_leaves_the_others_of_its_batch_estimated(served: Client) -> None:
+@pytest.mark.parametrize(("dtype", "rel"), [("float64", 1e-9), ("float32", 1e-5)])
+def test_a_pending_prediction_the_loss_refuses_leaves_the_others_of_its_batch_estimated(
+    served: Client, caplog: pytest.LogCaptureFixture, dtype: str, rel: float
+) -> None:
     # One row of probabilities summing to 0 and one outside [0, 1], accepted while pending (no label
     # to check them against yet), must not take the estimate of every other pending row with them.
-    served.ok("PUT", "/v1/models/m", json={"losses": [{"loss": "categorical_crossentropy"}], "estimate": {}})
-    p = np.random.default_rng(4).dirichlet(np.ones(3), 40)
+    # The stored rows are read back in the model's dtype (float32: each value rounded once).
+    config = {"losses": [{"loss": "categorical_crossentropy"}], "estimate": {}, "dtype": dtype}
+    served.ok("PUT", "/v1/models/m", json=config)
+    p = np.random.default_rng(4).dirichlet(np.ones(3), 40).astype(dtype).astype(np.float64)
     rows = p.tolist()
     rows[7], rows[30] = [0.0, 0.0, 0.0], [-0.5, 0.5, 1.0]
     ids = [f"p{i}" for i in range(40)]
@@ -318,13 +326,18 @@ def test_a_pending_prediction_the_loss_refuses_leaves_the_others_of_its_batch_es
     table = -np.log(np.clip(p / p.sum(axis=1, keepdims=True), EPSILON, 1 - EPSILON))  # Keras CCE of class c
     expected = reference(table, p, np.ones(40), good, "keras")
     for start in (T0, T0 + 1):  # rollup cells, then the rows
-        answer = served.ok("GET", f"/v1/models/m/history?start={start:.0f}&end={T0 + HOUR:.0f}&step=3600")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, "service.usecases.bucket_estimates"):
+            answer = served.ok("GET", f"/v1/models/m/history?start={start:.0f}&end={T0 + HOUR:.0f}&step=3600")
         estimated = answer["buckets"][0]["losses"][0]["estimated"]
         assert estimated is not None, start
         assert (estimated["predictions"], estimated["pending"]) == (38, 38)
         for key in ("mean", "low", "high"):
-            assert estimated[key] == pytest.approx(expected[key], rel=1e-9), (start, key)
-        assert estimated["pending_mean"] == pytest.approx(expected["mean"], rel=1e-9)
+            assert estimated[key] == pytest.approx(expected[key], rel=rel), (start, key)
+        assert estimated["pending_mean"] == pytest.approx(expected["mean"], rel=rel)
+        # The operator is told which model and why, naming the first refused row's reason (row 7's).
+        warned = [r.getMessage() for r in caplog.records if r.name == "service.usecases.bucket_estimates"]
+        assert warned == [f"model m: pending predictions not estimated, the first: {ZERO_SUM_REFUSAL}"], start
 
 
 def test_refused_pending_predictions_cost_a_bounded_number_of_evaluations(
@@ -397,3 +410,41 @@ def test_the_band_the_metrics_show_is_three_sigma_either_side(
     from service.usecases.bucket_estimates import band
 
     assert band(totals, aggregate) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning")  # the 0 * inf
+def test_predictions_with_no_expected_loss_or_a_zero_one_leave_every_bucket_its_own_estimate(served: Client) -> None:
+    """Three hours, pending rows and joined ones kept with their payloads (keep_pairs), read from the
+    rollup cells and from the rows: hour 0 holds only [1e200, 0, 0], whose expected loss has a
+    variance of 0 * inf (no moments: it counts in no estimate, so its bucket's is null); hour 1
+    twelve ordinary rows, six of them joined; hour 2 four rows certain of class 0 at a loss of
+    exactly 0 (an estimate of 0 with no band, not null)."""
+    config = {
+        "losses": [{"loss": "sparse_categorical_crossentropy", "options": {"from_logits": True}}],
+        "convention": "torch",
+        "keep_pairs": True,
+        "estimate": {},
+        "retention_seconds": 5 * DAY,
+    }
+    served.ok("PUT", "/v1/models/m", json=config)
+    z = np.random.default_rng(9).normal(size=(12, 3)) * 2
+    rows = [[1e200, 0.0, 0.0], *z.tolist(), *[[0.0, -1000.0, -1000.0]] * 4]
+    times = [T0 + 10, *(T0 + HOUR + 10 + 60 * np.arange(12)).tolist(), *(T0 + 2 * HOUR + 10 + np.arange(4)).tolist()]
+    ids = [f"p{i}" for i in range(len(rows))]
+    served.ok("POST", "/v1/models/m/predictions", json={"ids": ids, "predictions": rows, "timestamps": times})
+    served.ok("POST", "/v1/models/m/labels", json={"ids": ids[1:7], "labels": [0, 1, 2, 0, 1, 2]})
+    table, belief = scce_table(z), softmax(z)
+    everything = reference(table, belief, np.ones(12), np.ones(12, bool))
+    waiting = reference(table, belief, np.ones(12), np.arange(12) >= 6)["mean"]
+    for start in (T0, T0 + 1):  # rollup cells, then the rows
+        answer = served.ok("GET", f"/v1/models/m/history?start={start:.0f}&end={T0 + 3 * HOUR:.0f}&step=3600")
+        first, second, third = (bucket["losses"][0]["estimated"] for bucket in answer["buckets"])
+        assert [bucket["predictions"] for bucket in answer["buckets"]] == [1, 12, 4], start
+        assert first is None, start
+        assert second is not None, start
+        assert (second["predictions"], second["pending"]) == (12, 6), start
+        for key in ("mean", "low", "high"):
+            assert second[key] == pytest.approx(everything[key], rel=1e-9), (start, key)
+        assert second["pending_mean"] == pytest.approx(waiting, rel=1e-9), start
+        zero = {"mean": 0.0, "low": 0.0, "high": 0.0, "pending_mean": 0.0, "predictions": 4, "pending": 4}
+        assert third == zero, start

@@ -4,6 +4,7 @@ the dtype each row was stored in; and a fit kept unless one read at more joined 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -93,5 +94,47 @@ def test_a_fit_is_kept_unless_one_read_at_more_joined_pairs_is(store: Store) -> 
     model = store.model("m")
     assert model is not None
     assert model.estimate_fit == {"joined": 30, "parameters": {"c": 3}}
-    with pytest.raises(UnknownModelError):
+    with pytest.raises(UnknownModelError, match="nope"):
         store.save_fit("nope", {"joined": 1})
+
+
+def test_a_kept_fit_without_a_joined_count_is_replaced_even_by_one_read_at_none(store: Store) -> None:
+    store.configure_model("m", CONFIG, 1e9, now=0.0)
+    with store.database.transaction() as tx:  # as an earlier version kept it
+        tx.execute("UPDATE loss_models SET estimate_fit = ? WHERE name = ?", ['{"parameters": null}', "m"])
+    assert store.save_fit("m", {"joined": 0, "parameters": {"a": 1}})
+    model = store.model("m")
+    assert model is not None
+    assert model.estimate_fit == {"joined": 0, "parameters": {"a": 1}}
+
+
+def test_the_fits_read_never_waits_for_a_writer_and_sees_only_what_was_committed(store: Store) -> None:
+    """A write transaction held open by another thread (a log of labels underway): the read of the
+    pairs answers meanwhile, from the last commit. The writer waits for it (60 s at most, so that a
+    read that waits for the writer fails instead of hanging)."""
+    store.configure_model("m", {**CONFIG, "keep_pairs": True}, 1e9, now=0.0)
+    log(store, "predictions", ["a", "b"], np.array([[1.0, 2.0], [3.0, 4.0]]), timestamps=[10.0, 20.0])
+    log(store, "labels", ["a"], np.array([[5.0]]))
+    writing, read = threading.Event(), threading.Event()
+    waited_out: list[bool] = []
+
+    def writer() -> None:
+        with store.database.transaction() as tx:
+            tx.execute("UPDATE loss_models SET estimate_fit = ? WHERE name = ?", ['{"joined": 99}', "m"])
+            writing.set()
+            waited_out.append(not read.wait(60))
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert writing.wait(60)
+        got = store.recent_pairs("m", 10)
+        read.set()
+    finally:
+        read.set()
+        thread.join(60)
+    assert waited_out == [False]
+    assert got is not None
+    assert got.model.estimate_fit is None  # the writer's change was not committed yet
+    assert np.array_equal(got.predictions, [[1.0, 2.0]])
+    assert np.array_equal(got.labels, [[5.0]])
