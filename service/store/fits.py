@@ -78,7 +78,8 @@ class _Fits:
             if found is None:
                 raise UnknownModelError(name)
             kept = None if found[1] is None else orjson.loads(found[1])
-            if isinstance(kept, dict) and kept.get("joined", -1) > fit["joined"]:
+            # A kept fit without its pair count (`joined`) is always replaced.
+            if isinstance(kept, dict) and "joined" in kept and kept["joined"] > fit["joined"]:
                 return False
             tx.execute("UPDATE loss_models SET estimate_fit = ? WHERE id = ?", [orjson.dumps(fit).decode(), found[0]])
         return True
