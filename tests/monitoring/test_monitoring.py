@@ -187,6 +187,17 @@ def test_recorded_requests_are_what_prometheus_clients_own_calls_count(
         }
 
 
+def test_a_sweeps_expired_rows_are_counted_by_kind_and_its_pending_rows_set() -> None:
+    monitor = Monitor(Settings())
+    monitor.observe_expired("fraud", (3, 0), (2, 5))
+    monitor.observe_expired("fraud", (1, 4), (0, 1))
+    scrape = samples(monitor.exposition()[0].decode())
+    assert value(scrape, "loss_service_expired_total", model="fraud", kind="predictions") == 4
+    assert value(scrape, "loss_service_expired_total", model="fraud", kind="labels") == 4
+    assert value(scrape, "loss_service_pending", model="fraud", kind="predictions") == 0  # the last sweep's
+    assert value(scrape, "loss_service_pending", model="fraud", kind="labels") == 1
+
+
 def test_settings_read_comma_separated_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOSS_SERVICE_LOSS_BUCKETS", "0.1, 1, 10")
     monkeypatch.setenv("LOSS_SERVICE_MODEL_ALLOWLIST", "fraud-v3,churn")
