@@ -10,13 +10,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import numpy as np
 import pytest
 
 from service.config import Settings
 from service.server.app import create_app
-from tests.apps import MakeApp
+from service.usecases import upkeep
+from tests.apps import AppClient, MakeApp
+from tests.servers import HANG
 
 pytestmark = pytest.mark.anyio
 SCCE_TORCH = {
@@ -560,3 +563,88 @@ async def test_an_id_the_store_refuses_is_a_422_naming_its_index(
     assert response.json()["errors"] == [
         {"loc": ["body", "ids", 1], "msg": "id contains U+0000, which the store cannot keep"}
     ]
+
+
+def count(store: Any, sql: str) -> int:
+    with store.database.transaction(write=False) as tx:
+        return int(tx.one(sql)[0])
+
+
+async def test_a_models_deletion_goes_a_batch_at_a_time_and_one_finished_meanwhile_counts_as_found(
+    api: AppClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`batch_rows` rows per transaction: 5 predictions and their 3 rollup cells (minute, hour,
+    day) in batches of 2 leave 6, 4, 2, then none; the model's row goes with the batch that finds
+    fewer than 2. A deletion another request finishes between two batches still deleted a model
+    that was there (the route's 204, not 404)."""
+    store, threads = api.app.state.store, upkeep.store_threads(api.app.state)
+    real = store.delete_batch
+    left: list[int] = []
+
+    def counted(name: str, limit: int = 10**9) -> bool | None:
+        done = real(name, limit)
+        left.append(sum(count(store, f"SELECT count(*) FROM {t}") for t in ("loss_predictions", "loss_rollups")))
+        return done
+
+    monkeypatch.setattr(store, "delete_batch", counted)
+    await configure(api)
+    await post(api, "predictions", {"ids": list("abcde"), "predictions": [[0.0, 1.0]] * 5})
+    with anyio.fail_after(HANG):
+        assert await upkeep.delete_model(store, "fraud", threads, batch_rows=2) is True
+    assert left == [6, 4, 2, 0, 0]
+    assert (await api.get("/v1/models/fraud")).status_code == 404
+
+    def finished_meanwhile(name: str, limit: int = 10**9) -> bool | None:
+        if calls:
+            assert real(name, 10**9) is True  # another deletion takes the rest
+        calls.append(limit)
+        return real(name, limit)
+
+    calls: list[int] = []
+    monkeypatch.setattr(store, "delete_batch", finished_meanwhile)
+    await configure(api)
+    await post(api, "predictions", {"ids": list("abcde"), "predictions": [[0.0, 1.0]] * 5})
+    with anyio.fail_after(HANG):
+        assert await upkeep.delete_model(store, "fraud", threads, batch_rows=2) is True
+    assert calls == [2, 2]
+
+
+async def test_a_model_others_take_their_labels_from_is_not_deleted(api: AppClient) -> None:
+    await configure(api)
+    await configure(api, "fraud-shadow", labels_from="fraud")
+    refused = await api.delete("/v1/models/fraud")
+    assert refused.status_code == 409
+    assert refused.json()["detail"].endswith("reconfigure or delete them first; nothing was removed")
+    assert (await api.get("/v1/models/fraud")).status_code == 200
+
+
+async def test_the_sweep_expires_inference_event_halves_past_their_ttl_a_batch_at_a_time(
+    make_app: MakeApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Halves waiting for their other half expire once they waited longer than the event TTL
+    (not before), `batch_rows` per transaction: 5 halves in batches of 2 leave 3, 1, then none."""
+    from tests.api.test_inference_events import logger_event, v2_request
+
+    api = await make_app(store_url=f"sqlite:///{tmp_path}/store.sqlite3", sweep_interval=3600)
+    await configure(api, "churn", events={"prediction": "logits", "id": "user"})
+    for e in range(5):
+        message = logger_event("request", f"r{e}", v2_request([f"u{e}"]))
+        assert (await api.post("/v1/models/churn/events", content=message[0], headers=message[1])).is_success
+    store, threads = api.app.state.store, upkeep.store_threads(api.app.state)
+    real = store.sweep_events
+    waiting: list[int] = []
+
+    def counted(name: str, now: float, ttl_seconds: float, limit: int = 10**9) -> bool | None:
+        done = real(name, now, ttl_seconds, limit)
+        waiting.append(store.event_counts("churn").pending)
+        return done
+
+    monkeypatch.setattr(store, "sweep_events", counted)
+    arrived = count(store, "SELECT max(arrived) FROM loss_events")
+    with anyio.fail_after(HANG):
+        await upkeep.sweep(store, arrived + 300, threads, batch_rows=2, event_ttl=600.0)
+    assert waiting == [5]  # 300 s of a 600 s TTL: none expires
+    with anyio.fail_after(HANG):
+        await upkeep.sweep(store, arrived + 601, threads, batch_rows=2, event_ttl=600.0)
+    assert waiting == [5, 3, 1, 0]
+    assert store.event_counts("churn").expired == 5

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 
 from service.config import Settings
 from service.server.api.access import digest
@@ -296,3 +297,43 @@ async def test_a_restricted_metrics_key_sees_the_quota_usage_of_its_models_keys_
     assert usage_keys(await scrape(api, "all-metrics")) == {"fraud-team", "churn-team"}
     assert usage_keys(await scrape(api, "fraud-metrics")) == {"fraud-team"}
     assert usage_keys(await scrape(api, "fraud-and-churn-metrics")) == {"fraud-team", "churn-team"}
+
+
+def test_a_model_back_in_a_share_freed_by_a_keys_reload_counts_into_fresh_series() -> None:
+    """A model whose label was taken over comes back without taking anyone's when a keys reload
+    leaves its key a larger share: its batches count from one again, into series /metrics shows."""
+    now = [0.0]
+    monitor = Monitor(Settings(max_models=2, model_label_idle=600), clock=lambda: now[0])
+    monitor.set_keys(2, False)  # one label a key
+    batch = np.array([0.5])
+    token = request_state.set(Observation(key="fraud"))
+    try:
+        monitor.observe_batch("fraud-1", "mse", batch, 0.5)
+        now[0] = 600.0
+        monitor.observe_batch("fraud-2", "mse", batch, 0.5)  # takes the idle fraud-1's label
+        monitor.set_keys(1, False)  # the other key is gone: fraud may hold both labels
+        monitor.observe_batch("fraud-1", "mse", batch, 0.5)
+    finally:
+        request_state.reset(token)
+    scrape = samples(generate_latest(monitor.registry).decode())
+    assert value(scrape, "loss_service_batches_total", model="fraud-1", loss="mse") == 1
+    assert value(scrape, "loss_service_batches_total", model="fraud-2", loss="mse") == 1
+
+
+def test_a_keys_quota_usage_shows_where_its_overflow_label_does_not_where_its_name_would() -> None:
+    """A scoped scrape asks about a key's usage under the key's overflow label, `other:<key>`, never
+    under its bare name (a model may be named like a key)."""
+    monitor = Monitor(Settings())
+    monitor.set_quota_usage("team-a", 2, 100, 0.0)
+    monitor.set_quota_usage("team-b", 1, 50, 0.0)
+    asked: list[str] = []
+
+    def visible(label: str) -> bool:
+        asked.append(label)
+        return label in ("other:team-a", "team-b")  # team-b: a model's name, not its key's label
+
+    scrape = samples(monitor.exposition(visible)[0].decode())
+    shown = {dict(labels)["key"] for name, labels in scrape if name == "loss_service_quota_usage"}
+    assert shown == {"team-a"}
+    assert value(scrape, "loss_service_quota_usage", key="team-a", quota="stored_bytes") == 100
+    assert sorted(asked) == ["other:team-a", "other:team-b"]

@@ -103,10 +103,28 @@ def test_bulk_observe_equals_observe_one_by_one() -> None:
         assert actual[key] == pytest.approx(v, rel=1e-12), key
 
 
-def test_recorded_requests_are_what_prometheus_clients_own_calls_count() -> None:
+def only_otel_endpoint(monkeypatch: pytest.MonkeyPatch, endpoint: str | None) -> None:
+    """The OTLP export configured by `endpoint` alone (None: off), whatever the environment holds."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+    if endpoint is not None:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+
+
+@pytest.mark.parametrize("exported", [False, True], ids=["prometheus", "otlp-too"])
+def test_recorded_requests_are_what_prometheus_clients_own_calls_count(
+    monkeypatch: pytest.MonkeyPatch, exported: bool
+) -> None:
     """Monitor.record_request counts into its series' values directly; the same requests counted
-    with prometheus-client's `inc` and `observe` give the same samples."""
+    with prometheus-client's `inc` and `observe` give the same samples. Where the OTLP export is
+    configured, requests take another path (counted through `_count`, for the export too): the
+    samples are the same, and the export's counters hold the same counts."""
     from service.server.monitoring.metrics import LATENCY_BUCKETS, Metrics
+
+    only_otel_endpoint(monkeypatch, "http://127.0.0.1:9" if exported else None)  # never exported to here
 
     grpc = "/inference.GRPCInferenceService/ModelInfer"
     # (route, method, status, seconds, body bytes, key, refusal, the rejection reason counted)
@@ -124,6 +142,7 @@ def test_recorded_requests_are_what_prometheus_clients_own_calls_count() -> None
         (grpc, "GRPC", 413, 0.0002, 10**8, "bob", None, "too_large"),
     ]
     monitor = Monitor(Settings())
+    assert (monitor.otlp is not None) is exported
     expected = Metrics(CollectorRegistry(), DEFAULT_LOSS_BUCKETS)
     for _ in range(2):  # the second time through, every series is found again
         for route, method, status, seconds, size, key, refusal, reason in requests:
@@ -148,6 +167,35 @@ def test_recorded_requests_are_what_prometheus_clients_own_calls_count() -> None
         }
 
     assert counted(monitor) == counted(expected)
+    if monitor.otlp is not None:  # worked out by hand from the list above, each request twice
+        assert dict(monitor.otlp.counts(monitor.requests)) == {
+            ("/v1/loss", "POST", "2xx"): 6,
+            ("/v1/loss", "POST", "4xx"): 4,
+            ("/v1/loss", "POST", "5xx"): 2,
+            ("/readyz", "GET", "5xx"): 2,
+            (grpc, "GRPC", "2xx"): 4,
+            (grpc, "GRPC", "4xx"): 4,
+        }
+        per_key = {("alice", "2xx"): 2, ("alice", "4xx"): 2, ("bob", "4xx"): 2}
+        assert dict(monitor.otlp.counts(monitor.key_requests)) == per_key
+        assert dict(monitor.otlp.counts(monitor.rejected)) == {
+            ("invalid",): 2,
+            ("rate_limited",): 2,
+            ("overloaded",): 2,
+            ("unauthorised",): 2,
+            ("too_large",): 2,
+        }
+
+
+def test_a_sweeps_expired_rows_are_counted_by_kind_and_its_pending_rows_set() -> None:
+    monitor = Monitor(Settings())
+    monitor.observe_expired("fraud", (3, 0), (2, 5))
+    monitor.observe_expired("fraud", (1, 4), (0, 1))
+    scrape = samples(monitor.exposition()[0].decode())
+    assert value(scrape, "loss_service_expired_total", model="fraud", kind="predictions") == 4
+    assert value(scrape, "loss_service_expired_total", model="fraud", kind="labels") == 4
+    assert value(scrape, "loss_service_pending", model="fraud", kind="predictions") == 0  # the last sweep's
+    assert value(scrape, "loss_service_pending", model="fraud", kind="labels") == 1
 
 
 def test_settings_read_comma_separated_lists(monkeypatch: pytest.MonkeyPatch) -> None:

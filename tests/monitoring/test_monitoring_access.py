@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from service.server.monitoring import BatchedStderr
 from tests.servers import HANG
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Writes(io.StringIO):
@@ -54,6 +60,33 @@ def test_access_lines_are_written_a_batch_at_a_time_and_none_is_lost() -> None:
     assert stream.getvalue().endswith("z" * 120 + "\n")
     assert stream.writes == 4
     assert (BatchedStderr().flush_after, BatchedStderr().batch_bytes) == (0.1, 64 * 1024)  # as documented
+
+
+def test_a_new_handlers_first_batch_is_written_once_it_holds_batch_bytes_not_a_byte_sooner() -> None:
+    stream = _Writes()
+    handler = BatchedStderr(stream, flush_after=HANG, batch_bytes=10)  # the timer never fires in the test
+    handler.write_line("abcd")  # 5 bytes with its newline
+    handler.write_line("abc")  # 9 bytes: one short of a batch
+    assert stream.writes == 0
+    handler.write_line("")  # 10 bytes: the batch is full
+    assert (stream.writes, stream.getvalue()) == (1, "abcd\nabc\n\n")
+
+
+def test_a_process_with_an_access_log_handler_exits_when_its_main_thread_ends() -> None:
+    """The handler's flushing thread never keeps the process alive (uvicorn's workers would hang
+    at shutdown); `logging.shutdown` at exit writes the lines still waiting."""
+    script = (
+        "from service.server.monitoring import BatchedStderr\n"
+        "handler = BatchedStderr(flush_after=3600)\n"
+        "handler.write_line('last words')\n"
+        "import logging; logging.getLogger('loss_service.access').addHandler(handler)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=HANG)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the process did not exit within {HANG} s")
+    assert (out.returncode, out.stderr) == (0, "last words\n")
 
 
 def test_without_a_stream_the_access_log_follows_stderr_and_a_stream_set_is_kept(

@@ -12,7 +12,7 @@ from prometheus_client import generate_latest
 from service.config import Settings
 from service.server.monitoring import Monitor
 from tests.apps import app_client
-from tests.monitoring.test_monitoring import MSE, samples, value
+from tests.monitoring.test_monitoring import MSE, only_otel_endpoint, samples, value
 
 pytestmark = pytest.mark.anyio
 
@@ -135,4 +135,51 @@ def test_a_label_taken_over_takes_the_models_comparisons_and_estimates_with_it()
     batches = {dict(labels)["model"] for name, labels in scrape if name == "loss_service_batches_total"}
     assert compared == {("c", "b")}  # a's pairs, as challenger and as champion, are gone
     assert estimated == {"b", "c"}
+    assert batches == {"b", "c", "d"}
+
+
+def test_a_label_taken_over_leaves_the_otlp_export_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an OTLP export configured, the export's counters and histograms of a model whose label
+    another model took go with its Prometheus series; the batches refused a label count as
+    overflow in both."""
+    only_otel_endpoint(monkeypatch, "http://127.0.0.1:9")  # never exported to here
+    now = [0.0]
+    monitor = Monitor(Settings(max_models=1, model_label_idle=600), clock=lambda: now[0])
+    assert monitor.otlp is not None
+    batch = np.array([0.5, 1.5])
+    for at, model in ((0.0, "a"), (0.0, "a"), (600.0, "b"), (700.0, "c")):
+        now[0] = at
+        monitor.observe_batch(model, "mean_squared_error", batch, 1.0)  # b takes a's label; c is 'other'
+    assert dict(monitor.otlp.counts(monitor.batches)) == {
+        ("b", "mean_squared_error"): 1,
+        ("other", "mean_squared_error"): 1,
+    }
+    assert dict(monitor.otlp.counts(monitor.samples)) == {
+        ("b", "mean_squared_error"): 2,
+        ("other", "mean_squared_error"): 2,
+    }
+    _, histograms = monitor.otlp.take_histograms(delta=False)
+    assert {labels for _, labels, _ in histograms} == {("b", "mean_squared_error"), ("other", "mean_squared_error")}
+    assert monitor.otlp.counts(monitor.overflowed) == [((), 1)]
+    scrape = samples(generate_latest(monitor.registry).decode())
+    assert value(scrape, "loss_service_model_label_overflow_total") == 1
+
+
+def test_a_label_taken_over_keeps_the_pairs_of_a_loss_named_like_the_model() -> None:
+    """Only a pair's model and champion labels name models: a pair whose loss has the name of the
+    model whose label was taken stays."""
+    from service.values.compared import Compared
+
+    now = [0.0]
+    monitor = Monitor(Settings(max_models=3, model_label_idle=600), clock=lambda: now[0])
+    batch = np.array([0.5, 1.5])
+    for model in ("huber", "b", "c"):
+        monitor.observe_batch(model, "mean_squared_error", batch, 1.0)
+    monitor.set_comparisons([Compared("b", "c", "huber", 10, 0.1, 0.0, 0.2, 0)])
+    now[0] = 600.0
+    for model in ("b", "c", "d"):
+        monitor.observe_batch(model, "mean_squared_error", batch, 1.0)  # d takes the idle huber's label
+    scrape = samples(generate_latest(monitor.registry).decode())
+    assert value(scrape, "loss_service_comparison_pairs", model="b", champion="c", loss="huber") == 10
+    batches = {dict(labels)["model"] for name, labels in scrape if name == "loss_service_batches_total"}
     assert batches == {"b", "c", "d"}
