@@ -223,6 +223,50 @@ def test_configurations_refuse_sources_and_champions_they_cannot_follow(served: 
         assert served.request("GET", f"/v1/models/{model}").status_code == 404, "nothing configured"
 
 
+COMPARE_TO_REFUSALS = [  # (what, compare_to, msg): the champion at index 1 is the one refused
+    ("unknown", ["champion", "nope"], "names no configured model ('nope')"),
+    ("itself", ["champion", "m"], "is this model itself"),
+    (
+        "no loss in common",
+        ["champion", "bce"],
+        "model bce configures none of these losses identically (loss, options, convention, dtype)",
+    ),
+    (
+        "the loss under another convention",
+        ["champion", "torch"],
+        "model torch configures none of these losses identically (loss, options, convention, dtype)",
+    ),
+    ("repeated", ["champion", "champion"], "repeats the model at compare_to[0]"),
+]
+
+
+@pytest.mark.parametrize(("what", "champions", "msg"), COMPARE_TO_REFUSALS, ids=[c[0] for c in COMPARE_TO_REFUSALS])
+def test_each_champion_refused_is_named_by_its_index_and_why(
+    served: Client,  # noqa: F811
+    what: str,
+    champions: list[str],
+    msg: str,
+) -> None:
+    """A champion that cannot be compared is refused where it stands in `compare_to`, on the first
+    PUT and on a re-PUT alike (a model that exists is still no champion of its own), and the
+    configuration stays as it was."""
+    mse = {"losses": [{"loss": "mse"}]}
+    served.ok("PUT", "/v1/models/champion", json=mse)
+    served.ok("PUT", "/v1/models/bce", json={"losses": [{"loss": "binary_crossentropy"}]})
+    served.ok("PUT", "/v1/models/torch", json={**mse, "convention": "torch"})
+    errors = [{"loc": ["body", "compare_to", 1], "msg": msg}]
+    for existing in (False, True):
+        if existing:
+            served.ok("PUT", "/v1/models/m", json=mse)
+        refused = served.request("PUT", "/v1/models/m", json={**mse, "compare_to": champions})
+        assert refused.status_code == 422, (existing, refused.text)
+        assert refused.json()["detail"] == f"compare_to.1: {msg}"
+        assert refused.json()["errors"] == errors
+        kept = served.request("GET", "/v1/models/m")
+        assert kept.status_code == (200 if existing else 404)
+        assert not existing or kept.json()["compare_to"] == [], "nothing of a refused PUT is stored"
+
+
 def test_labels_go_to_the_source_and_a_followed_source_stays(served: Client) -> None:  # noqa: F811
     logged_pair(served, "mse-keras")
     reason = problem(served, "POST", "/v1/models/challenger/labels", 409, json={"ids": ["p0"], "labels": [[0.0, 0.0]]})

@@ -373,7 +373,7 @@ async def test_unknown_models_and_bad_names(api: httpx.AsyncClient) -> None:
         body = {"ids": ["a"], "labels": [1]} if method == "POST" else None
         response = await api.request(method, path, json=body)
         assert response.status_code == 404, path
-        assert "PUT /v1/models/nope" in response.json()["detail"]
+        assert response.json()["detail"] == "no model named 'nope' is configured; PUT /v1/models/nope configures it"
     for name in ("a b", "x" * 65, "é"):
         response = await api.put(f"/v1/models/{name}", json=SCCE_TORCH)
         assert response.status_code == 422, name

@@ -45,3 +45,13 @@ def test_a_use_cases_store_error_reads_as_its_reason() -> None:
 
     error = UseCaseStoreError("the store's disk is full", 30, True)
     assert (str(error), error.reason, error.retry_after, error.full) == ("the store's disk is full",) * 2 + (30, True)
+
+
+def test_an_invalid_input_reads_as_its_reason() -> None:
+    """As every use case error, what a log prints of it (str) and its `message` are its reason; the
+    field and the index stay apart, for the error list."""
+    from service.usecases.errors import InvalidInputError
+
+    error = InvalidInputError("compare_to", "is this model itself", [1])
+    assert (str(error), error.message, error.reason) == ("is this model itself",) * 3
+    assert (error.field, error.index, error.detail, error.part) == ("compare_to", (1,), None, "body")
