@@ -5,13 +5,27 @@ configure identically (what a comparison can pair)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from service.engine import Aggregate, aggregate_of, loss_name
-from service.store import Model
 from service.store.history import loss_variant
 
 
-def loss_variants(model: Model) -> list[int]:
+class Configured(Protocol):
+    """What these functions read of a model: its configuration (a stored `Model`, or one about to be)."""
+
+    @property
+    def config(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Proposed:
+    """A configuration not stored yet, read as its model's would be."""
+
+    config: dict[str, Any]
+
+
+def loss_variants(model: Configured) -> list[int]:
     """Each configured loss's variant: the hash its stored shares and rollups are kept under."""
     config = model.config
     return [
@@ -19,7 +33,7 @@ def loss_variants(model: Model) -> list[int]:
     ]
 
 
-def loss_aggregate(model: Model, which: int) -> Aggregate:
+def loss_aggregate(model: Configured, which: int) -> Aggregate:
     """How the `which`-th configured loss's mean is made from its sums (mean, root or sum)."""
     call = model.config["losses"][which]
     return aggregate_of(call["loss"], model.config["convention"], call["options"])
@@ -35,7 +49,7 @@ class Comparable:
     variant: int
 
 
-def comparable_losses(challenger: Model, champion: Model) -> list[Comparable]:
+def comparable_losses(challenger: Configured, champion: Configured) -> list[Comparable]:
     """The challenger's losses that the champion configures identically, whose mean is a mean
     over pairs, in the challenger's order."""
     theirs = {variant: at for at, variant in enumerate(loss_variants(champion))}
@@ -46,6 +60,6 @@ def comparable_losses(challenger: Model, champion: Model) -> list[Comparable]:
     return found
 
 
-def loss_name_of(model: Model, at: int) -> str:
+def loss_name_of(model: Configured, at: int) -> str:
     call = model.config["losses"][at]
     return loss_name(call["loss"], model.config["convention"], call["options"])

@@ -26,7 +26,7 @@ from service.store import (
     StoreFailureError,
     StoreFullError,
 )
-from service.usecases.configured import comparable_losses
+from service.usecases.configured import Proposed, comparable_losses
 from service.usecases.errors import ConflictError, InvalidInputError, NotFoundError, QuotaError, StoreUnavailableError
 from service.usecases.estimates import checked_estimate
 from service.usecases.recorder import Recorder
@@ -193,7 +193,7 @@ def _stored(
 def _check_champions(store: Store, name: str, config: dict[str, Any], champions: list[str]) -> None:
     """Each model of `compare_to` is another configured model with a loss configured as one of
     this configuration's (comparisons.py reads which)."""
-    challenger = Model(name, config, 0.0, 0.0, 0.0, None, None, 0, 0, 0, 0, 0)
+    challenger = Proposed(config)
     for index, champion in enumerate(champions):
         found = store.model(champion) if champion != name else None
         if found is None:
