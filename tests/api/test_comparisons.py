@@ -9,6 +9,7 @@ against answers over the matching subsets computed again from scratch.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -450,3 +451,64 @@ def test_the_comparison_metrics_show_is_the_routes_answer_over_the_last_day(serv
     assert comparisons.compared(served.store, challenger, champion, moved, now) == shown
     assert served.request("DELETE", "/v1/models/challenger").status_code == 204
     assert comparisons.compared(served.store, challenger, champion, moved, now) is None
+
+
+def test_the_common_ids_read_in_small_batches_are_each_read_once_in_time_and_id_order(served: Client) -> None:  # noqa: F811
+    """`common_batches` with batches of 3 over ids logged four to a timestamp (a batch ends inside
+    a tie), in an order other than their ids': each id both models joined in [start, end) once, in
+    (time, id) order, the ones at `start` in and those at `end` out, with its country and each
+    model's own loss; a pair joined before the history kept losses (its row's losses NULL, as the
+    migration left them) is read with none."""
+    mse = {"losses": [{"loss": "mse"}], "convention": "keras"}
+    served.ok("PUT", "/v1/models/champion", json=mse)
+    served.ok("PUT", "/v1/models/challenger", json={**mse, "labels_from": "champion", "segments": ["country"]})
+    n = 40
+    rng = np.random.default_rng(21)
+    ids = [f"i{(7 * k) % n:02d}" for k in range(n)]
+    times = T0 + (np.arange(n) // 4) * 60.0
+    countries = [["BR", "US", None][k % 3] for k in range(n)]
+    rows = {"champion": rng.normal(size=n), "challenger": rng.normal(size=n)}
+    labels = rng.normal(size=n)
+    served.ok(
+        "POST", "/v1/models/champion/predictions",
+        json={"ids": ids, "predictions": rows["champion"].tolist(), "timestamps": times.tolist()},
+    )  # fmt: skip
+    labelled = [k for k in range(n) if k % 5 != 3]
+    body = {"ids": [ids[k] for k in labelled], "labels": labels[labelled].tolist()}
+    served.ok("POST", "/v1/models/champion/labels", json=body)
+    predicted = [k for k in range(n) if k % 9 != 0]
+    served.ok(
+        "POST", "/v1/models/challenger/predictions",
+        json={
+            "ids": [ids[k] for k in predicted], "predictions": rows["challenger"][predicted].tolist(),
+            "timestamps": times[predicted].tolist(), "segments": {"country": [countries[k] for k in predicted]},
+        },
+    )  # fmt: skip
+    legacy = {ids[6], ids[21]}  # both models' rows of two common ids inside the window
+    with served.store.database.transaction() as tx:
+        for table in ("loss_predictions", "loss_labels"):
+            tx.execute(f"UPDATE {table} SET losses = NULL WHERE id IN (?, ?)", sorted(legacy))
+    start, end = T0 + 60, T0 + 8 * 60  # ids 4-7 made at start, ids 32-35 at end
+    common = [k for k in set(labelled) & set(predicted) if start <= times[k] < end]
+    expected = sorted(common, key=lambda k: (times[k], ids[k]))
+    assert {times[k] for k in expected} >= {start, end - 60}
+    assert legacy <= {ids[k] for k in expected}
+
+    read: list[tuple[str, float, str | None, dict[str, list[float]]]] = []
+    batches = served.store.common_batches("challenger", "champion", start, end, key="country", batch_rows=3)
+    for batch in itertools.islice(batches, 2 * n):  # a batch read again and again ends here, not in a hang
+        assert len(batch) <= 3
+        for row in range(len(batch)):
+            losses = {
+                model: (entries["sum"][owners == row] / entries["denominator"][owners == row]).tolist()
+                for model, entries, owners in (
+                    ("challenger", batch.challenger, batch.challenger_rows),
+                    ("champion", batch.champion, batch.champion_rows),
+                )
+            }
+            read.append((batch.ids[row], float(batch.made[row]), batch.segments[row], losses))
+    assert [(i, made, country) for i, made, country, _ in read] == [(ids[k], times[k], countries[k]) for k in expected]
+    for (i, _, _, losses), k in zip(read, expected, strict=True):
+        for model in ("challenger", "champion"):
+            want = [] if i in legacy else [pytest.approx((rows[model][k] - labels[k]) ** 2, rel=1e-12)]
+            assert losses[model] == want, (i, model)

@@ -448,3 +448,87 @@ def test_predictions_with_no_expected_loss_or_a_zero_one_leave_every_bucket_its_
         assert second["pending_mean"] == pytest.approx(waiting, rel=1e-9), start
         zero = {"mean": 0.0, "low": 0.0, "high": 0.0, "pending_mean": 0.0, "predictions": 4, "pending": 4}
         assert third == zero, start
+
+
+ISOTONIC = {"method": "isotonic", "x": [0.2, 0.5, 0.8], "y": [0.1, 0.4, 0.9], "thinned": False}
+
+
+@pytest.mark.parametrize("name", ["bce-torch-logits-pos-weight", "brier-keras-probabilities"])
+def test_a_fitted_isotonic_map_recalibrates_the_predictions_as_the_estimated_loss_reads_them(
+    served: Client, name: str
+) -> None:
+    """An isotonic fit (set by hand) is the belief about each pending prediction's label: q =
+    interp(clip(p, 0.2, 0.8)) of its P(class 1), p the sigmoid of the logits for a loss bound with
+    from_logits under the model's convention (pos_weight is an option of torch's alone), the
+    probability itself for a loss without from_logits (brier_score)."""
+    n = 30
+    rng = np.random.default_rng(13)
+    if name == "bce-torch-logits-pos-weight":
+        z = rng.normal(size=n) * 2
+        p, logged = 1 / (1 + np.exp(-z)), z
+        options = {"from_logits": True, "pos_weight": 2.0}
+        config = {"losses": [{"loss": "binary_crossentropy", "options": options}], "convention": "torch"}
+        table = np.stack([-np.log(1 - p), -2.0 * np.log(p)], axis=1)  # class 1's term weighed by pos_weight
+    else:
+        p = rng.uniform(0.02, 0.98, n)
+        logged = p
+        config = {"losses": [{"loss": "brier_score"}], "convention": "keras"}
+        table = np.stack([p**2, (1 - p) ** 2], axis=1)  # scikit-learn's, halved for two classes: (c - p)^2
+    model = {**config, "keep_pairs": True, "estimate": {"calibration": "isotonic"}, "retention_seconds": 5 * DAY}
+    served.ok("PUT", "/v1/models/m", json=model)
+    ids = [f"p{i}" for i in range(n)]
+    times = (T0 + 10 + np.arange(n)).tolist()
+    body = {"ids": ids, "predictions": logged.tolist(), "timestamps": times}
+    served.ok("POST", "/v1/models/m/predictions", json=body)
+    fit = {"calibration": "isotonic", "parameters": ISOTONIC}
+    with served.store.database.transaction() as tx:
+        tx.execute("UPDATE loss_models SET estimate_fit = ? WHERE name = 'm'", [orjson.dumps(fit).decode()])
+    q = np.interp(np.clip(p, 0.2, 0.8), ISOTONIC["x"], ISOTONIC["y"])
+    expected = reference(table, np.stack([1 - q, q], axis=1), np.ones(n), np.ones(n, bool), config["convention"])
+    for start in (T0, T0 + 1):  # rollup cells, then the rows
+        answer = served.ok("GET", f"/v1/models/m/history?start={start:.0f}&end={T0 + HOUR:.0f}&step=3600")
+        estimated = answer["buckets"][0]["losses"][0]["estimated"]
+        assert estimated is not None, start
+        assert estimated["predictions"] == n
+        for key in ("mean", "low", "high"):
+            assert estimated[key] == pytest.approx(expected[key], rel=1e-9), (start, key)
+
+
+def test_a_float32_models_estimate_is_of_its_loss_in_float32(served: Client) -> None:
+    """Keras clips probabilities to [1e-7, 1 - 1e-7] in the working dtype: in float32 1 - 1e-7 rounds
+    to 1 - 2**-23, so a certain prediction (0 or 1: its own belief is certain of that class) expects
+    -log(1 - 2**-23) ~ 2**-23, not float64's -log(1 - 1e-7) ~ 1.00000005e-7, and no spread."""
+    config = {"losses": [{"loss": "binary_crossentropy"}], "convention": "keras", "dtype": "float32", "estimate": {}}
+    served.ok("PUT", "/v1/models/m", json=config)
+    ids = [f"p{i}" for i in range(10)]
+    rows = [0.0, 1.0] * 5
+    served.ok("POST", "/v1/models/m/predictions", json={"ids": ids, "predictions": rows, "timestamps": [T0 + 10] * 10})
+    for start in (T0, T0 + 1):  # rollup cells, then the rows
+        answer = served.ok("GET", f"/v1/models/m/history?start={start:.0f}&end={T0 + HOUR:.0f}&step=3600")
+        estimated = answer["buckets"][0]["losses"][0]["estimated"]
+        assert estimated["mean"] == pytest.approx(2**-23, rel=1e-6), start
+        assert estimated["low"] == estimated["high"] == estimated["mean"], start
+
+
+def test_past_the_refused_rows_searched_for_a_refused_part_is_left_out_whole(served: Client) -> None:
+    """4k pending rows, k = REFUSED_ROWS, halved as the search halves them: [0, 2k) good, estimated
+    at once; [2k, 3k) refused, each searched out alone (k rows found); [3k, 4k) refused for its
+    first row only, but found once k rows were: left out whole, its good rows with it."""
+    from service.usecases.estimates import REFUSED_ROWS
+
+    k = REFUSED_ROWS
+    served.ok("PUT", "/v1/models/m", json={"losses": [{"loss": "categorical_crossentropy"}], "estimate": {}})
+    p = np.random.default_rng(5).dirichlet(np.ones(3), 4 * k)
+    rows = p.tolist()
+    for i in range(2 * k, 3 * k + 1):
+        rows[i] = [-0.5, 0.5, 1.0]  # outside [0, 1]: accepted while pending, refused by the engine
+    ids = [f"p{i:03d}" for i in range(4 * k)]
+    times = (T0 + 10 + np.arange(4 * k)).tolist()
+    served.ok("POST", "/v1/models/m/predictions", json={"ids": ids, "predictions": rows, "timestamps": times})
+    table = -np.log(np.clip(p, EPSILON, 1 - EPSILON))  # Keras CCE of class c
+    expected = reference(table, p, np.ones(4 * k), np.arange(4 * k) < 2 * k, "keras")
+    for start in (T0, T0 + 1):  # rollup cells, then the rows
+        answer = served.ok("GET", f"/v1/models/m/history?start={start:.0f}&end={T0 + HOUR:.0f}&step=3600")
+        estimated = answer["buckets"][0]["losses"][0]["estimated"]
+        assert (estimated["predictions"], estimated["pending"]) == (2 * k, 2 * k), start
+        assert estimated["mean"] == pytest.approx(expected["mean"], rel=1e-9), start

@@ -190,6 +190,8 @@ def test_an_answer_reads_back_into_the_result_it_came_from() -> None:
     assert (read.dtype, read.convention, read.aggregate) == ("float32", "torch", "sum")
     assert read.per_sample.dtype == np.float64
     assert read.per_sample.tolist() == [0.5, 1.25]
+    for held in (np.array([0.5, 1.25], np.float32), [1, 2]):  # an npz answer's float32, a JSON list of ints
+        assert LossResult.read({**answer, "per_sample": held}).per_sample.dtype == np.float64
     del answer["aggregate"]
     assert LossResult.read(answer).aggregate == "mean"
 

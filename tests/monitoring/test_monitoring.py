@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.config import DEFAULT_LOSS_BUCKETS, Settings
 from service.server.app import create_app
 from service.server.monitoring import Monitor
-from service.server.monitoring.series import observe_many
+from service.server.monitoring.series import bounds_array, observe_grouped, observe_many
 
 pytestmark = pytest.mark.anyio
 
@@ -101,6 +101,51 @@ def test_bulk_observe_equals_observe_one_by_one() -> None:
     assert actual.keys() == expected.keys()
     for key, v in expected.items():
         assert actual[key] == pytest.approx(v, rel=1e-12), key
+
+
+def exposed(registry: CollectorRegistry) -> dict[str, float]:
+    return {
+        s.name + str(sorted(s.labels.items())): s.value
+        for s in next(iter(registry.collect())).samples
+        if not s.name.endswith("_created")
+    }
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_grouped_observe_equals_observe_one_by_one_per_group(dtype: str) -> None:
+    """`observe_grouped` against Histogram.observe value by value into each pair's group: three
+    values a pair, some exactly on a bucket bound, and a last group no pair falls in (its series
+    still exposed, all zero)."""
+    rng = np.random.default_rng(4)
+    bounds = np.array(DEFAULT_LOSS_BUCKETS)
+    values = np.concatenate([[0.0, 1e9], bounds, bounds, 10 ** rng.uniform(-6, 3, 62)]).reshape(-1, 3).astype(dtype)
+    rows = rng.integers(0, 3, len(values))  # groups 0-2 of 4
+    one, grouped = CollectorRegistry(), CollectorRegistry()
+    by_one = Histogram("h", "h", ["g"], buckets=DEFAULT_LOSS_BUCKETS, registry=one)
+    by_group = Histogram("h", "h", ["g"], buckets=DEFAULT_LOSS_BUCKETS, registry=grouped)
+    children = [by_group.labels(str(g)) for g in range(4)]
+    by_one.labels("3")
+    for row, g in zip(values, rows, strict=True):
+        for v in row:
+            by_one.labels(str(g)).observe(float(v))
+    limits = bounds_array(tuple(children[0]._upper_bounds))
+    observe_grouped(children, rows, values, np.searchsorted(limits, values, side="left"), limits.size)
+    expected, actual = exposed(one), exposed(grouped)
+    assert actual.keys() == expected.keys()
+    for key, v in expected.items():
+        assert actual[key] == pytest.approx(v, rel=1e-12), key
+
+
+def test_grouped_observe_refuses_a_bucket_count_that_is_not_the_histograms() -> None:
+    """A `size` one short (the bounds without +Inf) would fold group 0's +Inf bucket into group
+    1's first: refused, not miscounted."""
+    registry = CollectorRegistry()
+    histogram = Histogram("h", "h", ["g"], buckets=(1.0, 2.0), registry=registry)
+    children = [histogram.labels("a"), histogram.labels("b")]
+    values = np.array([[1e9], [0.5]])
+    buckets = np.searchsorted(bounds_array((1.0, 2.0, float("inf"))), values, side="left")
+    with pytest.raises(ValueError, match="zip"):
+        observe_grouped(children, np.array([0, 1]), values, buckets, 2)
 
 
 def only_otel_endpoint(monkeypatch: pytest.MonkeyPatch, endpoint: str | None) -> None:
