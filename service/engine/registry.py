@@ -61,6 +61,7 @@ class LossSpec:
     class_labels: bool = False
     whole_batch: bool = False
     separable_with: tuple[str, ...] = ()
+    reads_logits: bool = False
     # The loss's expected value under a belief about the label (`expectation`), and its formula.
     expected: ExpectedFunction | None = None
     expected_formula: str = ""
@@ -132,6 +133,7 @@ def register(
     class_labels: bool = False,
     whole_batch: bool = False,
     separable_with: tuple[str, ...] = (),
+    reads_logits: bool = False,
 ) -> Callable[[Callable[..., LossValues]], Callable[..., LossValues]]:
     """Add a loss function to the catalogue under `name` and its `aliases`.
 
@@ -140,6 +142,8 @@ def register(
     labels, pairs with every other sample), so the batch is never split: not across threads, not
     into a client's chunks, not into a dataset's record batches. `separable_with`: options that,
     once given, make each sample's loss depend on its own rows alone, so that the batch splits exactly.
+    `reads_logits`: the predictions are logits (or log-probabilities) whatever the options say, as
+    a calibration fit and an estimate's belief must read them.
     """
 
     def decorate(function: Callable[..., LossValues]) -> Callable[..., LossValues]:
@@ -147,7 +151,7 @@ def register(
         unknown = set(separable_with) - {option.name for option in spec.options}
         if unknown:
             raise TypeError(f"{name}: separable_with names no option of it: {sorted(unknown)}")
-        spec = dataclasses.replace(spec, separable_with=separable_with)
+        spec = dataclasses.replace(spec, separable_with=separable_with, reads_logits=reads_logits)
         for key in (name, *aliases):
             if key in _LOOKUP:
                 raise ValueError(f"loss name {key!r} registered twice")

@@ -81,9 +81,12 @@ def estimated(model: Model) -> list[int]:
 
 
 def from_logits(config: dict[str, Any], position: int) -> bool:
-    """Whether the loss at `position` reads the predictions as logits (its bound option)."""
+    """Whether the loss at `position` reads the predictions as logits: always for a loss that takes
+    nothing else (log-probabilities are logits to a softmax), else as its bound option says."""
     call = config["losses"][position]
     spec = resolve(call["loss"])
+    if spec.reads_logits:
+        return True
     try:
         bound = spec.bind(call["options"], config["convention"])
     except LossInputError:  # stored configurations were bound when they were stored

@@ -359,3 +359,26 @@ def test_refit_answers_the_fit_it_kept_and_none_where_it_kept_none(
     assert served.request("DELETE", "/v1/models/r").status_code == 204
     monkeypatch.setattr(store, "model", lambda _: due)
     assert estimate_fit.refit(store, "r", served.clock.now) is None  # gone once its pairs are read
+
+
+@pytest.mark.parametrize("loss", ["sigmoid_focal", "nll"])
+def test_a_loss_that_reads_logits_whatever_its_options_is_fitted_on_its_logits(served: Client, loss: str) -> None:
+    """sigmoid_focal takes logits and nll log-probabilities (logits to a softmax), with no
+    from_logits option to say so: the temperature is fitted on them as such, not refused as
+    probabilities outside [0, 1]."""
+    rng = np.random.default_rng(43)
+    logits, labels, weights, times = miscalibrated_logits(50, rng, classes=2 if loss == "sigmoid_focal" else 3)
+    if loss == "sigmoid_focal":  # one binary column: the logit of class 1 against class 0
+        predictions, targets = (logits[:, 1] - logits[:, 0])[:, None], labels[:, None].astype(float)
+    else:
+        predictions, targets = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True)), labels
+    estimate = {"calibration": "temperature", "window": 50}
+    put(served, "m", {"losses": [{"loss": loss}], "convention": "torch", "estimate": estimate})
+    log_predictions(served, "m", predictions, times)
+    log_labels(served, "m", range(50), targets, weights)
+    fit = fit_of(served, "m")
+    assert fit is not None
+    assert fit["error"] is None
+    reference = fit_temperature(predictions, targets, from_logits=True, convention="torch", sample_weight=weights)
+    assert fit["parameters"]["temperature"] == pytest.approx(reference.temperature, rel=1e-12, abs=0)
+    assert 1.5 < fit["parameters"]["temperature"] < 6  # the labels' own temperature, 3

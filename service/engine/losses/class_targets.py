@@ -87,7 +87,7 @@ def categorical_generalized_cross_entropy_expected(
     )
 
 
-@register("nll", aliases=("nll_loss", "negative_log_likelihood"), class_labels=True)
+@register("nll", aliases=("nll_loss", "negative_log_likelihood"), class_labels=True, reads_logits=True)
 def nll(
     predictions: Array,
     labels: NDArray[np.intp],

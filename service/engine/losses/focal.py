@@ -139,7 +139,7 @@ def categorical_focal_crossentropy_expected(
     )
 
 
-@register("sigmoid_focal", aliases=("sigmoid_focal_loss",))
+@register("sigmoid_focal", aliases=("sigmoid_focal_loss",), reads_logits=True)
 def sigmoid_focal(
     predictions: Array,
     labels: Array,
@@ -186,7 +186,7 @@ def sigmoid_focal_expected(
     return over_classes(sigmoid_focal, "binary", "logits", predictions, options, convention, q, sample_weight)
 
 
-@register("poly1_cross_entropy", aliases=("poly1",))
+@register("poly1_cross_entropy", aliases=("poly1",), reads_logits=True)
 def poly1_cross_entropy(
     predictions: Array,
     labels: Array,
