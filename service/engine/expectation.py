@@ -187,21 +187,25 @@ def over_classes(
     _check_finite(s_c)
     belief = _own_belief(predictions, options, link, classes) if q is None else _checked_belief(q, predictions, classes)
     mean = np.einsum("ij,ij->i", belief, s_c)
-    ds = s_c - mean[:, None]
-    variance = np.einsum("ij,ij->i", belief, ds * ds)
+    # Each term q_c x_c y_c as (sqrt(q_c) x_c)(sqrt(q_c) y_c): a class the belief gives 0 (or a
+    # probability that underflows) adds 0 where its deviation squared would overflow, and q_c x_c^2
+    # = 0 * inf would make the variance NaN (logits [1e200, 0, 0]: E = 0, Var = 0).
+    root = np.sqrt(belief)
+    ds = root * (s_c - mean[:, None])
+    variance = np.einsum("ij,ij->i", ds, ds)
     if (d_c == d_c[:, :1]).all():  # no label changes a denominator share (1, or the sample weight)
         zero = np.zeros_like(mean)
         return ExpectedLoss(mean, variance, d_c[:, 0].copy(), zero, zero.copy())
     # A share the label cannot change is itself, not a sum that rounds.
     fixed = (d_c == d_c[:, :1]).all(axis=1)
     denominator = np.where(fixed, d_c[:, 0], np.einsum("ij,ij->i", belief, d_c))
-    dd = d_c - denominator[:, None]
+    dd = root * (d_c - denominator[:, None])
     return ExpectedLoss(
         mean=mean,
         variance=variance,
         denominator=denominator,
-        denominator_variance=np.einsum("ij,ij->i", belief, dd * dd),
-        covariance=np.einsum("ij,ij->i", belief, ds * dd),
+        denominator_variance=np.einsum("ij,ij->i", dd, dd),
+        covariance=np.einsum("ij,ij->i", ds, dd),
     )
 
 

@@ -85,7 +85,7 @@ def fitted(pairs: RecentPairs, now: float) -> dict[str, Any]:
     parameters, error = None, None
     predictions, labels, weights = _counted(model, pairs)
     try:
-        parameters = _fit(calibration, model, predictions, labels, weights).as_dict()
+        parameters = _fit(calibration, model, predictions, labels, weights, len(pairs)).as_dict()
     except (LossInputError, ValueError, ArithmeticError) as exc:  # every refusal of the engine
         error = str(exc)
     return {
@@ -129,10 +129,16 @@ def _ignored_class(config: dict[str, Any], position: int) -> int | None:
     return TORCH_IGNORE_INDEX if ignored is None and config["convention"] == "torch" else ignored
 
 
-def _fit(calibration: str, model: Model, predictions: Floats, labels: Floats, weights: Floats) -> Any:
-    """The engine's fit of `calibration` on the pairs (LossInputError where it refuses them)."""
+def _fit(calibration: str, model: Model, predictions: Floats, labels: Floats, weights: Floats, read: int) -> Any:
+    """The engine's fit of `calibration` on the pairs counted of the `read` in the window
+    (LossInputError where it refuses them, or there are none)."""
     config = model.config
     logits = estimates.from_logits(config, config["estimate"]["losses"][0])
+    if not len(weights) and read:
+        ignored = _ignored_class(config, config["estimate"]["losses"][0])
+        raise LossInputError(
+            "labels", f"every label of the window's {read} pairs is the class ignored ({ignored}): the window is empty"
+        )
     if not len(weights):
         raise LossInputError("predictions", "no joined pair kept its payloads (keep_pairs): the window is empty")
     if calibration == "isotonic":

@@ -307,7 +307,9 @@ def test_a_window_whose_every_label_is_ignored_is_kept_as_an_empty_one(served: C
     fit = fit_of(served, "ignored")
     assert fit is not None
     assert (fit["parameters"], fit["pairs"], fit["joined"]) == (None, 0, 11)
-    assert fit["error"] == "predictions: no joined pair kept its payloads (keep_pairs): the window is empty"
+    assert (
+        fit["error"] == "labels: every label of the window's 10 pairs is the class ignored (-100): the window is empty"
+    )
 
 
 def test_refit_answers_the_fit_it_kept_and_none_where_it_kept_none(

@@ -412,13 +412,12 @@ def test_the_band_the_metrics_show_is_three_sigma_either_side(
     assert band(totals, aggregate) == pytest.approx(expected, rel=1e-12, abs=1e-15)
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning")  # the 0 * inf
-def test_predictions_with_no_expected_loss_or_a_zero_one_leave_every_bucket_its_own_estimate(served: Client) -> None:
+def test_predictions_certain_of_their_class_or_a_zero_loss_leave_every_bucket_its_own_estimate(served: Client) -> None:
     """Three hours, pending rows and joined ones kept with their payloads (keep_pairs), read from the
-    rollup cells and from the rows: hour 0 holds only [1e200, 0, 0], whose expected loss has a
-    variance of 0 * inf (no moments: it counts in no estimate, so its bucket's is null); hour 1
-    twelve ordinary rows, six of them joined; hour 2 four rows certain of class 0 at a loss of
-    exactly 0 (an estimate of 0 with no band, not null)."""
+    rollup cells and from the rows: hour 0 holds only [1e200, 0, 0], certain of class 0 (the other
+    classes' probabilities underflow to 0 beside losses of 1e200, whose squares overflow: the
+    variance is 0, not 0 * inf), so an estimate of 0 with no band; hour 1 twelve ordinary rows,
+    six of them joined; hour 2 four rows certain of class 0 at a loss of exactly 0."""
     config = {
         "losses": [{"loss": "sparse_categorical_crossentropy", "options": {"from_logits": True}}],
         "convention": "torch",
@@ -440,7 +439,8 @@ def test_predictions_with_no_expected_loss_or_a_zero_one_leave_every_bucket_its_
         answer = served.ok("GET", f"/v1/models/m/history?start={start:.0f}&end={T0 + 3 * HOUR:.0f}&step=3600")
         first, second, third = (bucket["losses"][0]["estimated"] for bucket in answer["buckets"])
         assert [bucket["predictions"] for bucket in answer["buckets"]] == [1, 12, 4], start
-        assert first is None, start
+        certain = {"mean": 0.0, "low": 0.0, "high": 0.0, "pending_mean": 0.0, "predictions": 1, "pending": 1}
+        assert first == certain, start
         assert second is not None, start
         assert (second["predictions"], second["pending"]) == (12, 6), start
         for key in ("mean", "low", "high"):

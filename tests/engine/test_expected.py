@@ -689,3 +689,49 @@ def test_the_all_classes_tables_equal_the_loss_evaluated_class_by_class(
                 rtol=1e-13 if dtype == "float64" else 2e-6,
                 atol=1e-12,
             )
+
+
+# ---------------------------------------------------------------- extreme logits
+
+
+def decimal_moments(logits: list[float], q: list[float] | None) -> tuple[float, float]:
+    """E and Var of sparse cross-entropy from logits under q (default the row's own softmax), in
+    60-digit decimal arithmetic: probabilities that underflow float64 are tiny here, not 0, and
+    squares that overflow it are finite."""
+    from decimal import Decimal, localcontext
+
+    with localcontext() as context:
+        context.prec = 60
+        x = [Decimal(v) for v in logits]
+        m = max(x)
+        total = sum((v - m).exp() for v in x)
+        losses = [total.ln() - (v - m) for v in x]
+        belief = [(v - m).exp() / total for v in x] if q is None else [Decimal(v) for v in q]
+        mean = sum(qc * lc for qc, lc in zip(belief, losses, strict=True))
+        variance = sum(qc * (lc - mean) ** 2 for qc, lc in zip(belief, losses, strict=True))
+        return float(mean), float(variance)
+
+
+@pytest.mark.parametrize(
+    ("logits", "q"),
+    [
+        ([1e200, 0.0, 0.0], None),  # certain of class 0: E = 0, Var = 0
+        ([1e160, -1e160, 0.0], None),
+        ([1e160, 0.0, 0.0], [1 - 2e-300, 1e-300, 1e-300]),  # q_c (1e160)^2 = 1e20, its square alone overflows
+        ([5.0, 0.0, -2.0], None),
+    ],
+)
+def test_moments_at_extreme_logits_equal_a_high_precision_sum(logits: list[float], q: list[float] | None) -> None:
+    """Where a class's q_c is 0 (or tiny) beside a loss whose square overflows float64, its term
+    q_c (L_c - E)^2 is 0 (or its finite value), not 0 * inf = NaN or inf: the moments equal a
+    60-digit reference."""
+    got = expected_loss(
+        "sparse_categorical_crossentropy",
+        np.array([logits]),
+        options={"from_logits": True},
+        convention="torch",
+        q=None if q is None else np.array([q]),
+    )
+    mean, variance = decimal_moments(logits, q)
+    assert got.mean[0] == pytest.approx(mean, rel=1e-12)
+    assert got.variance[0] == pytest.approx(variance, rel=1e-9)
