@@ -16,7 +16,8 @@ this machine and measured with the same request bytes:
 and over gRPC, loss-service (LOSS_SERVICE_GRPC_PORT) against KServe's gRPC server with the same
 custom model, one serialised ModelInferRequest with raw tensors sent to both:
 
-  32 x 10 raw        requests/s and p99 with 8 RPCs in flight on one channel (grpc.aio), and the
+  32 x 10 raw        requests/s and p99 with 8 RPCs in flight on one HTTP/2 connection, from h2load
+                     (nghttp2's load generator, as wrk for HTTP; Debian's nghttp2-client), and the
                      server process's CPU time per request (user + system, from /proc): the client
                      shares the cores, so this is the steadier of the two on a busy machine
   10,000 x 100 raw   median and p99 latency of sequential RPCs on one channel (float32)
@@ -29,7 +30,9 @@ loss metrics) on tensors decoded once. The second is the most any gRPC layer in 
 shared work can reach.
 
 Both gRPC servers run in one process: loss-service with one worker, KServe with workers=1
-(its gRPC server in its REST server's process and event loop).
+(its gRPC server in its REST server's process and event loop). `loss-service serve` sets gRPC
+core's experiments (service.server.boot.GRPC_EXPERIMENTS); KServe runs with grpcio's defaults.
+--grpc-defaults adds loss-service under grpcio's defaults too (GRPC_EXPERIMENTS set empty).
 
 Defaults everywhere: loss-service with one worker and its access log, KServe with one worker and
 its request logging, MLServer with inference in its main process (parallel_workers=0; its default
@@ -41,6 +44,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -200,10 +205,16 @@ def kserve(workdir: Path) -> Callable[[], object]:
 GRPC_PORTS: dict[str, int] = {}
 
 
-def loss_service_grpc(workdir: Path) -> Callable[[], object]:
+def loss_service_grpc(
+    workdir: Path, name: str = "loss-service", experiments: str | None = None
+) -> Callable[[], object]:
+    """loss-service with its gRPC port; `experiments`: GRPC_EXPERIMENTS for it ("" for grpcio's
+    defaults; None: what `loss-service serve` sets)."""
     port, grpc_port = free_port(), free_port()
-    GRPC_PORTS["loss-service"] = grpc_port
+    GRPC_PORTS[name] = grpc_port
     env = {"LOSS_SERVICE_STORE_URL": f"sqlite:///{workdir}/store.sqlite3", "LOSS_SERVICE_GRPC_PORT": str(grpc_port)}
+    if experiments is not None:
+        env["GRPC_EXPERIMENTS"] = experiments
     return lambda: running([str(ROOT / ".venv" / "bin" / "loss-service"), "serve", "--port", str(port)], port, env)
 
 
@@ -262,31 +273,35 @@ def cpu_seconds(pid: int) -> float:
 
 def grpc_load(port: int, body: bytes, seconds: float, concurrency: int, pid: int) -> tuple[float, float, float]:
     """Requests per second, p99 latency (ms) and the server's CPU ms per request, with
-    `concurrency` RPCs in flight on one channel."""
-    import asyncio
-
+    `concurrency` RPCs in flight on one HTTP/2 connection, sent by h2load (nghttp2's load
+    generator, in C, as wrk for the HTTP rows): each RPC is one POST of the serialised request in
+    gRPC's framing. h2load reads no gRPC status (an error is an HTTP 200 too), so every RPC must
+    have answered the reply's bytes: the DATA it received is counted against one reply each."""
+    if shutil.which("h2load") is None:
+        raise SystemExit("h2load is not installed: apt-get install nghttp2-client")
     import grpc
 
-    async def run() -> tuple[float, float, float]:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
-            for _ in range(20):
-                await call(body, timeout=60)
-            latencies: list[float] = []
-            stop = time.perf_counter() + seconds
-
-            async def loop() -> None:
-                while time.perf_counter() < stop:
-                    started = time.perf_counter()
-                    await call(body, timeout=60)
-                    latencies.append(time.perf_counter() - started)
-
-            began, cpu = time.perf_counter(), cpu_seconds(pid)
-            await asyncio.gather(*(loop() for _ in range(concurrency)))
-            elapsed, cpu = time.perf_counter() - began, cpu_seconds(pid) - cpu
-        return len(latencies) / elapsed, float(np.percentile(latencies, 99)) * 1e3, cpu / len(latencies) * 1e3
-
-    return asyncio.run(run())
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(body, timeout=60)
+    with tempfile.TemporaryDirectory() as scratch:
+        framed, log = Path(scratch) / "request", Path(scratch) / "log"
+        framed.write_bytes(b"\0" + len(body).to_bytes(4, "big") + body)
+        command = [
+            "h2load", "-c1", f"-m{concurrency}", "-d", str(framed), "-H", "content-type: application/grpc",
+            "-H", "te: trailers", f"http://127.0.0.1:{port}/inference.GRPCInferenceService/ModelInfer",
+        ]  # fmt: skip
+        subprocess.run([*command, "-n", "200"], check=True, capture_output=True)  # warm-up
+        cpu = cpu_seconds(pid)
+        timed = [*command, f"-D{seconds:g}", f"--log-file={log}"]
+        run = subprocess.run(timed, check=True, capture_output=True, text=True)
+        cpu = cpu_seconds(pid) - cpu
+        latencies = [int(line.split("\t")[2]) for line in log.read_text().splitlines()]
+    done = int(re.search(r"(\d+) succeeded", run.stdout).group(1))  # type: ignore[union-attr]
+    data = int(re.search(r"\((\d+)\) data", run.stdout).group(1))  # type: ignore[union-attr]
+    if done != len(latencies) or data != done * (5 + len(reply)):
+        raise RuntimeError(f"port {port}: {done} RPCs, {len(latencies)} logged, {data} bytes of replies")
+    elapsed = float(re.search(r"finished in ([\d.]+)s", run.stdout).group(1))  # type: ignore[union-attr]
+    return done / elapsed, float(np.percentile(latencies, 99)) / 1e3, cpu / done * 1e3
 
 
 CEILING = """
@@ -356,8 +371,15 @@ def ceiling_server(workdir: Path, body: bytes, shared: bool) -> Iterator[tuple[i
         process.wait(timeout=20)
 
 
-def grpc_rows(workdir: Path, rounds: int, seconds: float, repeats: int, ceiling: bool = False) -> None:
+DEFAULTS = "loss-service, grpcio's defaults"
+
+
+def grpc_rows(
+    workdir: Path, rounds: int, seconds: float, repeats: int, ceiling: bool = False, defaults: bool = False
+) -> None:
     servers = {"loss-service": loss_service_grpc(workdir), "KServe": kserve_grpc(workdir)}
+    if defaults:
+        servers[DEFAULTS] = loss_service_grpc(workdir, DEFAULTS, experiments="")
     rng = np.random.default_rng(0)
     small = grpc_request(rng.normal(0, 2, (32, 10)).astype(np.float32), rng.integers(0, 10, 32))
     large = grpc_request(rng.normal(0, 2, (10_000, 100)).astype(np.float32), rng.integers(0, 100, 10_000))
@@ -365,7 +387,8 @@ def grpc_rows(workdir: Path, rounds: int, seconds: float, repeats: int, ceiling:
     for name, start in servers.items():
         with start():
             answers[name] = grpc_per_sample(GRPC_PORTS[name], small)
-    np.testing.assert_allclose(answers["KServe"], answers["loss-service"], rtol=2e-6, atol=1e-6)
+    for name in servers:
+        np.testing.assert_allclose(answers[name], answers["loss-service"], rtol=2e-6, atol=1e-6, err_msg=name)
     print("# both gRPC servers returned the same per-sample values")
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
     references: dict[str, list[tuple[float, float, float]]] = {"floor": [], "shared": []}
@@ -375,7 +398,7 @@ def grpc_rows(workdir: Path, rounds: int, seconds: float, repeats: int, ceiling:
                 with ceiling_server(workdir, small, kind == "shared") as (port, pid):
                     references[kind].append(grpc_load(port, small, seconds, 8, pid))
                 print(f"# gRPC round {round_number + 1}: reference {kind} {references[kind][-1]}", file=sys.stderr)
-        for name in list(servers)[round_number % 2 :] + list(servers)[: round_number % 2]:
+        for name in list(servers)[round_number % len(servers) :] + list(servers)[: round_number % len(servers)]:
             with servers[name]() as url:
                 port = GRPC_PORTS[name]
                 rate, p99, cpu = grpc_load(port, small, seconds, 8, SERVER_PIDS[url])
@@ -433,6 +456,17 @@ def grpc_rows(workdir: Path, rounds: int, seconds: float, repeats: int, ceiling:
         f"| 10,000 x 100 raw float32, p99 ms | {median('loss-service', 'large_p99'):.1f} "
         f"| {median('KServe', 'large_p99'):.1f} | {ratios('large_p99', False)} |"
     )
+    if defaults:
+        kserve_cpu = statistics.median(row["small_cpu"] for row in rows["KServe"])
+        print("\n# 32 x 10 raw, 8 in flight: loss-service as `serve` tunes gRPC core, and under grpcio's defaults")
+        print("| server | req/s | p99 ms | server CPU ms per request | KServe's CPU / its CPU |")
+        print("|---|---|---|---|---|")
+        for name in ("loss-service", DEFAULTS):
+            cpu = median(name, "small_cpu")
+            print(
+                f"| {name} | {median(name, 'small'):,.0f} | {median(name, 'small_p99'):.2f} | {cpu:.3f} "
+                f"| {kserve_cpu / cpu:.2f}x |"
+            )
     if ceiling:
         kserve_cpu = statistics.median(row["small_cpu"] for row in rows["KServe"])
         print("\n# 32 x 10 raw, 8 in flight: reference servers (grpc.aio + uvloop), medians; KServe / reference CPU")
@@ -573,9 +607,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--grpc-only", action="store_true", help="only the gRPC rows (loss-service and KServe)")
     parser.add_argument("--grpc-ceiling", action="store_true", help="also the gRPC reference servers (see above)")
+    parser.add_argument(
+        "--grpc-defaults", action="store_true", help="also loss-service under grpcio's default experiments"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="loss-service-peers-"))
-    grpc_rows(workdir, args.rounds, args.seconds, args.repeats, args.grpc_ceiling)
+    grpc_rows(workdir, args.rounds, args.seconds, args.repeats, args.grpc_ceiling, args.grpc_defaults)
     if args.grpc_only:
         return
     servers = {

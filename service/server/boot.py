@@ -1,4 +1,5 @@
-"""Starting the server: uvicorn and its workers, glibc's malloc tuned, the workers' metrics directory.
+"""Starting the server: uvicorn and its workers, glibc's malloc and gRPC core tuned, the workers'
+metrics directory.
 
 `loss-service serve` calls `serve`; the app itself is built by `service.server.app.create_app` in each
 worker.
@@ -9,15 +10,18 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from service.config import Settings
 
+log = logging.getLogger("service.server")
 # prometheus-client's multiprocess files: counter_<pid>.db, gauge_livesum_<pid>.db, ...
 METRICS_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
 
@@ -69,6 +73,21 @@ def tune_malloc() -> None:
                 libc.mallopt(parameter, value)
 
 
+# gRPC core's experiments for the server, in GRPC_EXPERIMENTS: its EventEngine listener, on by
+# default in grpcio, passes each RPC between more threads than the listener it replaces, which
+# doubles the context switches of a small RPC and costs CPU (docs/performance.md, "Over gRPC").
+GRPC_EXPERIMENTS = "-event_engine_listener"
+
+
+def tune_grpc() -> None:
+    """Set gRPC core's experiments (GRPC_EXPERIMENTS) for this process and the workers it spawns,
+    unless the environment sets them. grpcio reads them once, when it is imported: a process that
+    imported it already keeps what it read, and a warning says so."""
+    os.environ.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
+    if "grpc" in sys.modules:
+        log.warning("grpcio was imported before the server started: this process keeps its GRPC_EXPERIMENTS")
+
+
 def serve(
     host: str | None = None,
     port: int | None = None,
@@ -88,6 +107,7 @@ def serve(
     os.environ["LOSS_SERVICE_WORKERS"] = str(workers)
     metrics_dir = _metrics_dir(settings, workers)
     tune_malloc()
+    tune_grpc()
     # uvicorn drains, then re-raises the signal that stopped it; a clean drain should exit 0
     # (orchestrators read a signal exit as a crash), so these handlers absorb that re-raise.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):

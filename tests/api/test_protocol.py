@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import pickle
 from typing import Any
 
@@ -158,6 +159,7 @@ async def test_serve_hands_the_protocol_the_limits_of_its_settings(monkeypatch: 
     given: dict[str, Any] = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: given.update(options, app=app))
     monkeypatch.setattr(boot, "tune_malloc", lambda: None)  # not this test process's allocator
+    monkeypatch.setattr(boot, "tune_grpc", lambda: None)  # nor its environment
     monkeypatch.setattr(boot.signal, "signal", lambda *_: None)  # nor its signal handlers
     monkeypatch.setenv("LOSS_SERVICE_HEADER_TIMEOUT", "0.5")
     monkeypatch.setenv("LOSS_SERVICE_MAX_CONNECTIONS", "7")
@@ -221,3 +223,20 @@ async def test_too_many_connections_answers_in_the_dialect_of_the_route_asked_fo
     assert (answer if content_type == "application/json" else answer["detail"]) == (
         {"error": detail} if content_type == "application/json" else detail
     )
+
+
+def test_grpc_core_is_tuned_unless_the_environment_sets_its_experiments(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`tune_grpc` sets GRPC_EXPERIMENTS where it is unset, keeps what the environment set (even
+    empty: grpcio's defaults), and warns when grpcio was imported first (it read them then)."""
+    import grpc  # noqa: F401 - this test process has grpcio imported, as the warning needs
+
+    monkeypatch.delenv("GRPC_EXPERIMENTS", raising=False)
+    boot.tune_grpc()
+    assert os.environ["GRPC_EXPERIMENTS"] == "-event_engine_listener"
+    assert "this process keeps its GRPC_EXPERIMENTS" in caplog.text
+    for given in ("", "-event_engine_client"):
+        monkeypatch.setenv("GRPC_EXPERIMENTS", given)
+        boot.tune_grpc()
+        assert os.environ["GRPC_EXPERIMENTS"] == given

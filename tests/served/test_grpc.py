@@ -600,3 +600,41 @@ def test_served_workers_answer_tritonclient_and_kserve_and_drain_on_sigterm() ->
         assert bytes.fromhex(kserve.stdout.strip()) == http_raw["per_sample"]
         client.close()
     # serving() sent SIGTERM and asserted exit 0: both servers drained.
+
+
+def _voluntary_switches(pid: int) -> int:
+    """The times the threads of process `pid` have waited, from /proc."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        status = (task / "status").read_text()
+        line = next(line for line in status.splitlines() if line.startswith("voluntary_ctxt_switches"))
+        total += int(line.split()[1])
+    return total
+
+
+def _switches_per_rpc(env: dict[str, str], calls: int = 300) -> float:
+    port = free_port()
+    request = raw_request("scce", {"predictions": LOGITS, "labels": LABELS.astype(np.int64)}, {"from_logits": True})
+    body = request.SerializeToString()
+    with (
+        serving(env={"LOSS_SERVICE_GRPC_PORT": str(port), **env}) as (_url, process),
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        call = channel.unary_unary(INFER)
+        for _ in range(50):
+            call(body, timeout=60)
+        before = _voluntary_switches(process.pid)
+        for _ in range(calls):
+            call(body, timeout=60)
+        return (_voluntary_switches(process.pid) - before) / calls
+
+
+@pytest.mark.slow
+def test_serve_sets_grpc_core_to_hand_an_rpc_between_fewer_threads() -> None:
+    """`loss-service serve` turns off gRPC core's EventEngine listener (GRPC_EXPERIMENTS, read when
+    grpcio is imported, so only if it is set before), unless the environment sets the experiments:
+    counted in the threads' waits, a small RPC passes between threads a third less often than under
+    grpcio's defaults (about 6 waits against 9)."""
+    tuned = _switches_per_rpc({})
+    defaults = _switches_per_rpc({"GRPC_EXPERIMENTS": ""})
+    assert tuned < 0.8 * defaults, (tuned, defaults)
