@@ -146,6 +146,27 @@ def test_an_ignored_target_has_no_share_of_the_denominator() -> None:
     assert result.sample_sums.sum() / result.sample_denominators.sum() == pytest.approx(result.mean, rel=1e-15)
 
 
+def test_a_keras_ignored_class_has_no_share_of_the_sum_nor_of_the_denominator() -> None:
+    """Keras's ignore_class masks the pair out of the sum and counts it 0; the others count 1
+    each, whatever their weight (sum_over_batch_size)."""
+    logits = np.array([[2.0, 0.0, 1.0], [0.0, 1.0, 3.0], [1.0, 1.5, 1.0]])
+    weight = np.array([2.0, 5.0, 0.5])
+    result = compute(
+        "scce",
+        logits,
+        np.array([0, 2, 1]),
+        options={"from_logits": True, "ignore_class": 2},
+        sample_weight=weight,
+        convention="keras",
+        shares=True,
+    )
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(
+        result.sample_sums, [-2.0 * log_softmax[0, 0], 0.0, -0.5 * log_softmax[2, 1]], rtol=1e-15, atol=0.0
+    )
+    np.testing.assert_array_equal(result.sample_denominators, [1.0, 0.0, 1.0])
+
+
 def test_weights_are_each_samples_share_of_a_weighted_mean() -> None:
     """torch: sum(w l) / sum(w), so a sample's share of the denominator is its weight."""
     predictions, labels = np.array([[1.0], [2.0], [4.0]]), np.array([[0.0], [0.0], [0.0]])
