@@ -83,9 +83,12 @@ async def test_non_finite_inputs_are_counted_by_field(client: httpx.AsyncClient)
     assert value(scrape, "loss_service_nonfinite_inputs_total", field="labels") == 1
 
 
-def test_bulk_observe_equals_observe_one_by_one() -> None:
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_bulk_observe_equals_observe_one_by_one(dtype: str) -> None:
+    """float32 values (a float32 request's per_sample) are summed as observe sums them, in float64."""
     rng = np.random.default_rng(3)
     values = np.concatenate([10 ** rng.uniform(-6, 3, 5000), np.array(DEFAULT_LOSS_BUCKETS), [0.0, 1e9]])
+    values = values.astype(dtype)
     one, bulk = CollectorRegistry(), CollectorRegistry()
     by_one = Histogram("h", "h", buckets=DEFAULT_LOSS_BUCKETS, registry=one)
     by_bulk = Histogram("h", "h", buckets=DEFAULT_LOSS_BUCKETS, registry=bulk)
@@ -101,6 +104,16 @@ def test_bulk_observe_equals_observe_one_by_one() -> None:
     assert actual.keys() == expected.keys()
     for key, v in expected.items():
         assert actual[key] == pytest.approx(v, rel=1e-12), key
+
+
+def test_bulk_observe_refuses_bounds_that_are_not_the_histograms() -> None:
+    """The bounds a caller keeps (`BatchSeries.bounds`) must be its histogram's: another's, with
+    more buckets, would drop the values past the histogram's count of buckets. Refused, not miscounted."""
+    registry = CollectorRegistry()
+    histogram = Histogram("h", "h", buckets=(1.0, 2.0), registry=registry)
+    other = bounds_array((1.0, 2.0, 5.0, 10.0, float("inf")))
+    with pytest.raises(ValueError, match="zip"):
+        observe_many(histogram, np.array([0.5, 3.0, 7.0]), other)
 
 
 def exposed(registry: CollectorRegistry) -> dict[str, float]:
