@@ -182,6 +182,16 @@ async def test_a_protocol_named_by_its_path_alone_takes_the_settings_defaults(mo
 
 
 @pytest.mark.anyio
+async def test_the_protocol_takes_uvicorns_arguments_by_position_too() -> None:
+    """HttpToolsProtocol(config, server_state, app_state): the subclass passes them on as given."""
+    config = uvicorn.Config("service.server.app:create_app", factory=True, lifespan="off")
+    state, app_state = ServerState(), {"a": 1}
+    protocol = HeaderDeadlineProtocol(config, state, app_state, limits=ConnectionLimits(3.0, 5, 2**30))
+    assert (protocol.config, protocol.server_state, protocol.app_state) == (config, state, app_state)
+    assert (protocol.header_timeout, protocol.limits.max_connections) == (3.0, 5)
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize(
     ("path", "state", "content_type"),
     [
