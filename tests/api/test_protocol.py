@@ -149,6 +149,8 @@ def test_the_connection_bound_is_the_setting_or_one_per_mib_of_the_memory_budget
     assert ConnectionLimits.from_settings(Settings(max_connections=7, memory_budget=500 * mib)).max_connections == 7
     assert ConnectionLimits.from_settings(Settings(max_connections=0, memory_budget=500 * mib)).max_connections == 500
     assert ConnectionLimits.from_settings(Settings(max_connections=0, memory_budget=10 * mib)).max_connections == 64
+    odd = ConnectionLimits.from_settings(Settings(max_connections=0, memory_budget=500 * mib + mib // 2))
+    assert (odd.max_connections, type(odd.max_connections)) == (500, int)  # whole connections: "500" in a 503
 
 
 @pytest.mark.anyio

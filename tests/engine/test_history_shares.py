@@ -179,6 +179,9 @@ def test_weights_are_each_samples_share_of_a_weighted_mean() -> None:
     # keras sum_over_batch_size divides by the number of values, whatever the weights
     keras = compute("mse", predictions, labels, sample_weight=weight, convention="keras", shares=True)
     np.testing.assert_array_equal(keras.sample_denominators, [1.0, 1.0, 1.0])
+    # Not asked for, they are not made.
+    unasked = compute("mse", predictions, labels, sample_weight=weight, convention="torch")
+    assert (unasked.sample_sums, unasked.sample_denominators) == (None, None)
 
 
 def test_kl_divergence_batchmean_counts_each_sample_once_with_its_weight() -> None:
