@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 
+from tests.apps import MakeApp
 from tests.guarded import BODY
 
 pytestmark = pytest.mark.anyio
@@ -61,6 +62,34 @@ async def test_a_request_id_is_kept_only_if_short_and_printable(
     assert (echoed == given) is kept
     if not kept:
         assert re.fullmatch(r"[0-9a-f]{32}", echoed)
+
+
+async def test_generated_request_ids_are_32_hex_digits_and_distinct(client: httpx.AsyncClient) -> None:
+    """128 random bits each; 64 of them, so that an id of another length would show."""
+    ids = [(await client.get("/livez")).headers["x-request-id"] for _ in range(64)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", given) for given in ids)
+    assert len(set(ids)) == len(ids)
+
+
+async def test_a_request_that_fails_unexpectedly_is_logged_as_the_500_it_is_answered(
+    make_app: MakeApp, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The route raised before any response began: the access line and the request metrics say 500."""
+    from service.server.api.routes import losses as losses_routes
+
+    def broken(name: str) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(losses_routes, "resolve", broken)
+    api = await make_app(raise_app_exceptions=False)
+    logger = logging.getLogger("loss_service.access")
+    logger.addHandler(caplog.handler)
+    try:
+        assert (await api.get("/v1/losses/mse")).status_code == 500
+    finally:
+        logger.removeHandler(caplog.handler)
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "loss_service.access"]
+    assert (line["route"], line["status"]) == ("/v1/losses/{name}", 500)
 
 
 async def test_the_access_line_gives_the_duration_in_milliseconds_to_the_microsecond(
