@@ -58,3 +58,24 @@ def test_the_exposition_merges_every_workers_values_and_scopes_the_merge(
 
     assert batches() == {"a": 7.0, "b": 5.0}
     assert batches(lambda model: model == "b") == {"b": 5.0}
+
+
+def test_finding_killed_workers_only_asks_whether_their_pids_live(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signal 0 checks that a process exists and delivers nothing: a live worker is left alone."""
+    from service.server.monitoring import forget_killed_workers, multiprocess
+
+    sent: list[tuple[int, int]] = []
+
+    def kill(pid: int, signal: int) -> None:
+        sent.append((pid, signal))
+        if pid == 4242:
+            raise ProcessLookupError
+
+    monkeypatch.setattr(multiprocess.os, "kill", kill)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    for pid in (4242, 4343):
+        (tmp_path / f"gauge_livesum_{pid}.db").write_bytes(b"")
+    assert forget_killed_workers() == [4242]
+    assert sorted(sent) == [(4242, 0), (4343, 0)]
