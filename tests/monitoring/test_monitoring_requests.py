@@ -8,6 +8,7 @@ import logging
 import re
 import sys
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -69,6 +70,28 @@ async def test_generated_request_ids_are_32_hex_digits_and_distinct(client: http
     ids = [(await client.get("/livez")).headers["x-request-id"] for _ in range(64)]
     assert all(re.fullmatch(r"[0-9a-f]{32}", given) for given in ids)
     assert len(set(ids)) == len(ids)
+
+
+async def test_a_response_started_without_headers_gets_its_request_id() -> None:
+    """ASGI makes a response start's headers optional: an app that sends none is tagged all the same."""
+    from service.config import Settings
+    from service.server.monitoring import Monitor, RequestMonitor
+
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204})
+        await send({"type": "http.response.body", "body": b""})
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [(b"x-request-id", b"bare-1")]}
+    await RequestMonitor(bare, Monitor(Settings()))(scope, receive, send)
+    assert sent[0]["headers"] == [(b"x-request-id", b"bare-1")]
 
 
 async def test_a_request_that_fails_unexpectedly_is_logged_as_the_500_it_is_answered(
