@@ -318,6 +318,8 @@ def test_the_memory_estimate_of_binary_bodies_is_its_formula() -> None:
     assert decoded_bytes("application/vnd.apache.arrow.stream", arrow) == 2 * len(arrow)
     assert json_decoded_bytes(b"[[1,2],[3,4]]") == 13 + 96 * 4 + 96 * 3
     assert json_decoded_bytes(memoryview(b"[1]")) == 3 + 96 + 96
+    # 3 numbers (2 commas), 1 array, 2 objects (128 bytes each), 3 keys (160 bytes each)
+    assert json_decoded_bytes(b'{"a":[1,2],"b":{"c":3}}') == 23 + 96 * 3 + 96 + 128 * 2 + 160 * 3
 
 
 def _with_flag(body: bytes, offset: int, flag: int) -> bytes:

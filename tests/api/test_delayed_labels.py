@@ -6,6 +6,9 @@ import asyncio
 import json
 import logging
 import re
+import threading
+import time
+import types
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -607,6 +610,91 @@ async def test_a_models_deletion_goes_a_batch_at_a_time_and_one_finished_meanwhi
     with anyio.fail_after(HANG):
         assert await upkeep.delete_model(store, "fraud", threads, batch_rows=2) is True
     assert calls == [2, 2]
+
+
+async def test_writes_wait_for_the_write_threads_and_reads_do_not(api: AppClient) -> None:
+    """SQLite has one writing connection, so one write thread: a second write waits for the first
+    to return; a read, in threads of its own, does not."""
+    store = api.app.state.store
+    threads = upkeep.StoreThreads(store)
+    assert store.database.writers == 1
+    started, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def first() -> None:
+        started.set()
+        release.wait(HANG)
+        order.append("first")
+
+    with anyio.fail_after(HANG):
+        async with anyio.create_task_group() as group:
+            group.start_soon(threads.write, first)
+            while not started.is_set():
+                await anyio.sleep(0.005)
+            try:
+                group.start_soon(threads.write, lambda: order.append("second"))
+                while not order and threads.writes.statistics().tasks_waiting == 0:
+                    await anyio.sleep(0.005)
+                assert order == []  # the second write waits for the only write thread
+                assert await threads.read(lambda: "read") == "read"
+            finally:
+                release.set()
+    assert order == ["first", "second"]
+
+
+async def test_the_sweep_loop_expires_event_halves_after_the_settings_ttl_or_by_default_the_defaults(
+    make_app: MakeApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sweep_forever` sweeps at once with the settings' event TTL (here 60 s), or without settings
+    with the settings' default (600 s); `now` is pinned past each TTL, short of the other."""
+    from tests.api.test_inference_events import logger_event, v2_request
+
+    api = await make_app(store_url=f"sqlite:///{tmp_path}/store.sqlite3", sweep_interval=3600)
+    await configure(api, "churn", events={"prediction": "logits", "id": "user"})
+    state = api.app.state
+    store, monitor, threads = state.store, state.monitor, upkeep.store_threads(state)
+    swept = anyio.Event()
+    observe_expired = monitor.observe_expired
+
+    def observed(model: str, expired: Any, pending: Any) -> None:
+        observe_expired(model, expired, pending)
+        if model == "churn":
+            swept.set()
+
+    monkeypatch.setattr(monitor, "observe_expired", observed)
+
+    class Failed:
+        """A failed sweep is logged and retried an interval later: here it fails the test at once."""
+
+        def exception(self, message: str, *args: Any) -> None:
+            raise AssertionError(message % args)
+
+    monkeypatch.setattr(upkeep, "log", Failed())
+
+    async def log_halves(first: int) -> float:
+        for e in range(first, first + 2):
+            message = logger_event("request", f"r{e}", v2_request([f"u{e}"]))
+            assert (await api.post("/v1/models/churn/events", content=message[0], headers=message[1])).is_success
+        return float(count(store, "SELECT max(arrived) FROM loss_events"))
+
+    async def one_sweep(now: float, settings: Settings | None) -> None:
+        nonlocal swept
+        swept = anyio.Event()
+        monkeypatch.setattr(upkeep, "time", types.SimpleNamespace(time=lambda: now, monotonic=time.monotonic))
+        with anyio.fail_after(HANG):
+            async with anyio.create_task_group() as group:
+                group.start_soon(upkeep.sweep_forever, store, monitor, 3600, threads, None, settings)
+                await swept.wait()
+                group.cancel_scope.cancel()
+
+    arrived = await log_halves(0)
+    await one_sweep(arrived + 61, state.settings.model_copy(update={"event_ttl": 60.0}))
+    assert store.event_counts("churn").expired == 2
+    arrived = await log_halves(2)
+    await one_sweep(arrived + 599, None)
+    assert (store.event_counts("churn").expired, store.event_counts("churn").pending) == (2, 2)
+    await one_sweep(arrived + 601, None)
+    assert (store.event_counts("churn").expired, store.event_counts("churn").pending) == (4, 0)
 
 
 async def test_a_model_others_take_their_labels_from_is_not_deleted(api: AppClient) -> None:

@@ -252,5 +252,37 @@ def test_nesting_is_read_to_64_levels_and_declined_beyond() -> None:
 
     assert loads_with_arrays(nested(63), KEYS) is not None
     assert loads_with_arrays(nested(64), KEYS) is None
+    # The 64th level itself is read: an empty object or array there has nothing deeper.
+    for innermost in (b"{}", b"[]"):
+        deepest = b'{"o": ' + b"[" * 63 + innermost + b"]" * 63 + b', "predictions": [0.5]}'
+        assert_same(loads_with_arrays(deepest, KEYS), ordinary(deepest))
     assert loads_with_arrays(nested(900), KEYS) is None
     assert loads_with_arrays(nested(40_000), KEYS) is None  # beyond simdjson's own depth limit (1,024)
+
+
+def test_objects_are_read_to_128_keys_and_declined_beyond() -> None:
+    """simdjson finds a key by scanning its object: a larger one (options with thousands of names)
+    goes to orjson."""
+
+    def options(keys: int) -> bytes:
+        return orjson.dumps({"predictions": [0.5], "options": {f"k{i}": i for i in range(keys)}})
+
+    assert_same(loads_with_arrays(options(128), KEYS), ordinary(options(128)))
+    assert loads_with_arrays(options(129), KEYS) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"ids": [1, [2, 3]], "predictions": [0.5]}',  # a scalar first, then an array
+        b'{"ids": ["a", {"predictions": [1.5, 2.5], "b": null}], "predictions": [0.5]}',  # then an object
+    ],
+    ids=["array", "object"],
+)
+def test_a_list_that_begins_with_a_scalar_has_what_follows_read_too(body: bytes) -> None:
+    """Its nested arrays are counted, and the arrays of numbers in its objects are NumPy arrays."""
+    assert_same(loads_with_arrays(body, KEYS), ordinary(body))
+
+
+def test_a_repeated_key_in_an_object_after_a_scalar_is_left_to_the_ordinary_parser() -> None:
+    assert loads_with_arrays(b'{"ids": ["a", {"k": 1, "k": 2}], "predictions": [0.5]}', KEYS) is None

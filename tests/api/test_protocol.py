@@ -150,6 +150,8 @@ def test_the_connection_bound_is_the_setting_or_one_per_mib_of_the_memory_budget
     assert ConnectionLimits.from_settings(Settings(max_connections=7, memory_budget=500 * mib)).max_connections == 7
     assert ConnectionLimits.from_settings(Settings(max_connections=0, memory_budget=500 * mib)).max_connections == 500
     assert ConnectionLimits.from_settings(Settings(max_connections=0, memory_budget=10 * mib)).max_connections == 64
+    odd = ConnectionLimits.from_settings(Settings(max_connections=0, memory_budget=500 * mib + mib // 2))
+    assert (odd.max_connections, type(odd.max_connections)) == (500, int)  # whole connections: "500" in a 503
 
 
 @pytest.mark.anyio
@@ -181,6 +183,16 @@ async def test_a_protocol_named_by_its_path_alone_takes_the_settings_defaults(mo
     config = uvicorn.Config("service.server.app:create_app", factory=True, lifespan="off")
     protocol = HeaderDeadlineProtocol(config=config, server_state=ServerState(), app_state={})
     assert protocol.header_timeout == Settings.model_fields["header_timeout"].default == 10.0
+
+
+@pytest.mark.anyio
+async def test_the_protocol_takes_uvicorns_arguments_by_position_too() -> None:
+    """HttpToolsProtocol(config, server_state, app_state): the subclass passes them on as given."""
+    config = uvicorn.Config("service.server.app:create_app", factory=True, lifespan="off")
+    state, app_state = ServerState(), {"a": 1}
+    protocol = HeaderDeadlineProtocol(config, state, app_state, limits=ConnectionLimits(3.0, 5, 2**30))
+    assert (protocol.config, protocol.server_state, protocol.app_state) == (config, state, app_state)
+    assert (protocol.header_timeout, protocol.limits.max_connections) == (3.0, 5)
 
 
 @pytest.mark.anyio

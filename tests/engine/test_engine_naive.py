@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -128,7 +129,9 @@ def test_keras_sample_weight_divides_by_batch_size_and_torch_by_weight_sum() -> 
 
 def test_keras_all_ignored_batch_means_zero_and_torch_refuses() -> None:
     labels = [2] * N
-    keras = compute("scce", LOGITS, labels, options={"from_logits": True, "ignore_class": 2})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Keras's divide_no_nan: no division by zero on the way
+        keras = compute("scce", LOGITS, labels, options={"from_logits": True, "ignore_class": 2})
     assert keras.mean == 0.0
     assert not keras.per_sample.any()
     with pytest.raises(LossInputError, match="every target equals the ignore index"):
@@ -176,6 +179,11 @@ def test_one_element_batch_and_one_class() -> None:
             {"loss": "mse", "predictions": [[1.0]], "labels": [[1.0]], "sample_weight": [1.0, 2.0]},
             "sample_weight",
             "fits",
+        ),
+        (
+            {"loss": "mse", "predictions": [[1.0], [2.0]], "labels": [[1.0], [1.0]], "sample_weight": [1.0] * 3},
+            "sample_weight",
+            "shape [3] fits neither the batch (2 samples) nor the per-sample loss shape [2]",
         ),
         ({"loss": "cce", "predictions": [0.5, 0.5], "labels": [1.0, 0.0]}, "predictions", "at least 2 dimensions"),
         (
@@ -237,6 +245,18 @@ def test_a_chunk_with_nothing_to_count_reports_denominator_zero() -> None:
     assert (chunk.mean, chunk.sum, chunk.denominator) == (0.0, 0.0, 0.0)
     with pytest.raises(LossInputError, match="every target equals the ignore index"):
         compute("scce", LOGITS, all_ignored, options={"from_logits": True}, convention="torch")
+
+
+def test_torch_float32_mean_over_the_targets_not_ignored_is_a_float32_quotient() -> None:
+    """nll_loss in float32 divides its float32 sum by its float32 count of counted targets."""
+    logits = [[2.0, 0.5, -1.0], [0.1, 1.2, 0.3], [1.0, 1.0, 1.0], [0.3, -0.2, 0.9]]
+    labels = [0, -100, 2, 1]
+    per_sample, _ = naive.scce(logits, labels, "torch", True)
+    result = compute("scce", logits, labels, options={"from_logits": True}, dtype="float32", convention="torch")
+    assert_close(result.sum, sum(per_sample), "float32", what="sum")
+    assert result.denominator == 3.0
+    assert result.mean == float(np.float32(result.sum) / np.float32(3.0))
+    assert result.mean != result.sum / 3.0  # the float64 quotient: not what PyTorch gives
 
 
 def test_kl_divergence_under_torch_is_batchmean_weighted_or_not() -> None:

@@ -119,6 +119,15 @@ def test_weights_divide_by_their_sum_not_the_count() -> None:
     assert reduced.denominator == 4.0
 
 
+def test_a_float32_metric_says_so_and_weights_summing_to_zero_are_refused_in_words() -> None:
+    reduced = compute("mae", [0.0, 0.0], [1.0, 3.0], sample_weight=[3.0, 1.0], dtype="float32", convention="xgboost")
+    assert (reduced.dtype, reduced.per_sample.dtype) == ("float32", np.float32)
+    assert reduced.answer()["dtype"] == "float32"
+    with pytest.raises(LossInputError) as caught:
+        compute("mae", [0.0, 0.0], [1.0, 3.0], sample_weight=[0.0, 0.0], convention="xgboost")
+    assert (caught.value.field, caught.value.reason) == ("sample_weight", "the weights sum to 0; the mean would be 0/0")
+
+
 def test_error_threshold_from_the_name_and_from_the_option() -> None:
     p, y = [0.6, 0.75, 0.2], [1.0, 1.0, 0.0]
     assert compute("error", p, y, convention="xgboost").mean == 0.0

@@ -9,6 +9,7 @@ to /v1/loss over the bucket's pairs, whichever join batches the pairs came in.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,27 @@ def test_an_ignored_target_has_no_share_of_the_denominator() -> None:
     assert result.sample_sums.sum() / result.sample_denominators.sum() == pytest.approx(result.mean, rel=1e-15)
 
 
+def test_a_keras_ignored_class_has_no_share_of_the_sum_nor_of_the_denominator() -> None:
+    """Keras's ignore_class masks the pair out of the sum and counts it 0; the others count 1
+    each, whatever their weight (sum_over_batch_size)."""
+    logits = np.array([[2.0, 0.0, 1.0], [0.0, 1.0, 3.0], [1.0, 1.5, 1.0]])
+    weight = np.array([2.0, 5.0, 0.5])
+    result = compute(
+        "scce",
+        logits,
+        np.array([0, 2, 1]),
+        options={"from_logits": True, "ignore_class": 2},
+        sample_weight=weight,
+        convention="keras",
+        shares=True,
+    )
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(
+        result.sample_sums, [-2.0 * log_softmax[0, 0], 0.0, -0.5 * log_softmax[2, 1]], rtol=1e-15, atol=0.0
+    )
+    np.testing.assert_array_equal(result.sample_denominators, [1.0, 0.0, 1.0])
+
+
 def test_weights_are_each_samples_share_of_a_weighted_mean() -> None:
     """torch: sum(w l) / sum(w), so a sample's share of the denominator is its weight."""
     predictions, labels = np.array([[1.0], [2.0], [4.0]]), np.array([[0.0], [0.0], [0.0]])
@@ -157,3 +179,81 @@ def test_weights_are_each_samples_share_of_a_weighted_mean() -> None:
     # keras sum_over_batch_size divides by the number of values, whatever the weights
     keras = compute("mse", predictions, labels, sample_weight=weight, convention="keras", shares=True)
     np.testing.assert_array_equal(keras.sample_denominators, [1.0, 1.0, 1.0])
+    # Not asked for, they are not made.
+    unasked = compute("mse", predictions, labels, sample_weight=weight, convention="torch")
+    assert (unasked.sample_sums, unasked.sample_denominators) == (None, None)
+
+
+def test_kl_divergence_batchmean_counts_each_sample_once_with_its_weight() -> None:
+    """KLDivLoss(reduction='batchmean'): a sample's share of the denominator is 1 (its weight),
+    however many values it has; its share of the sum, its values' sum."""
+    p = [[0.2, 0.5, 0.3], [0.6, 0.3, 0.1]]
+    y = [[0.1, 0.6, 0.3], [0.5, 0.25, 0.25]]
+    terms = [
+        sum(t * (math.log(t) - math.log(q)) for q, t in zip(rp, ry, strict=True)) for rp, ry in zip(p, y, strict=True)
+    ]
+    plain = compute("kl_divergence", p, y, convention="torch", shares=True)
+    np.testing.assert_array_equal(plain.sample_denominators, [1.0, 1.0])
+    np.testing.assert_allclose(plain.sample_sums, terms, rtol=1e-13)
+    weighted = compute("kl_divergence", p, y, convention="torch", sample_weight=[3.0, 0.5], shares=True)
+    np.testing.assert_array_equal(weighted.sample_denominators, [3.0, 0.5])
+    np.testing.assert_allclose(weighted.sample_sums, [3.0 * terms[0], 0.5 * terms[1]], rtol=1e-13)
+    # Two rows of values a sample: still one count a sample.
+    rows = compute("kl_divergence", [p, p[::-1]], [y, y[::-1]], convention="torch", shares=True)
+    assert rows.per_sample.shape == (2, 2)
+    np.testing.assert_array_equal(rows.sample_denominators, [1.0, 1.0])
+
+
+def test_ctc_shares_are_each_loss_over_its_target_length_and_the_weight() -> None:
+    """CTCLoss(reduction='mean'): a sample's share of the sum is w l / max(L, 1), of the denominator w."""
+    from tests.engine.test_engine_ctc import _batch, _log_softmax
+
+    batch = _batch(5)
+    log_p = _log_softmax(batch["logits"])
+    options = {"target_lengths": batch["targets"].tolist(), "zero_infinity": True}
+    lengths = np.maximum(batch["targets"], 1)
+    plain = compute("ctc", log_p, batch["labels"], options=options, convention="torch", shares=True)
+    np.testing.assert_allclose(plain.sample_sums, plain.per_sample / lengths, rtol=1e-15)
+    np.testing.assert_array_equal(plain.sample_denominators, np.ones(6))
+    weights = np.array([0.5, 2.0, 1.0, 0.0, 1.5, 1.0])
+    weighted = compute(
+        "ctc", log_p, batch["labels"], options=options, sample_weight=weights, convention="torch", shares=True
+    )
+    np.testing.assert_allclose(weighted.sample_sums, weights * plain.per_sample / lengths, rtol=1e-15)
+    np.testing.assert_array_equal(weighted.sample_denominators, weights)
+
+
+def test_torch_shares_count_every_value_and_add_float32_values_in_float64() -> None:
+    """BCELoss(reduction='mean') counts each of a sample's values once; the shares of a float32
+    batch are float64 sums of its float32 values."""
+    p = [[0.1, 0.7, 0.35], [0.9, 0.2, 0.6]]
+    y = [[0.0, 1.0, 1.0], [1.0, 0.0, 1.0]]
+    result = compute("bce", p, y, convention="torch", dtype="float32", shares=True)
+    assert result.sample_sums is not None
+    assert result.sample_sums.dtype == np.float64
+    np.testing.assert_array_equal(result.sample_denominators, [3.0, 3.0])
+    expected = [sum(float(v) for v in row) for row in result.per_sample]  # float64, value by value
+    np.testing.assert_allclose(result.sample_sums, expected, rtol=1e-15)
+    assert not np.allclose(expected, result.per_sample.sum(axis=1), rtol=1e-15, atol=0)  # float32 sums differ
+
+
+def test_float32_shares_of_class_weights_are_their_float32_products_with_the_sample_weights() -> None:
+    """nll_loss weighs each target by weight[y] * w in the working dtype: a float32 batch's share of
+    the denominator is that float32 product."""
+    class_weight, labels, weight = [0.1, 0.7, 0.3], [0, 2, 1], [0.3, 0.7, 1.1]
+    logits = [[2.0, 0.5, -1.0], [0.1, 1.2, 0.3], [1.0, 1.0, 1.0]]
+    result = compute(
+        "scce",
+        logits,
+        labels,
+        options={"from_logits": True, "class_weight": class_weight},
+        sample_weight=weight,
+        convention="torch",
+        dtype="float32",
+        shares=True,
+    )
+    products = [float(np.float32(class_weight[c]) * np.float32(w)) for c, w in zip(labels, weight, strict=True)]
+    np.testing.assert_array_equal(result.sample_denominators, products)
+    assert products != [
+        float(np.float32(class_weight[c])) * float(np.float32(w)) for c, w in zip(labels, weight, strict=True)
+    ]

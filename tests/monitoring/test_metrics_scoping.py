@@ -168,6 +168,55 @@ async def test_a_per_key_share_can_be_set(tmp_path: Path) -> None:
         }
 
 
+def observed_by(monitor: Monitor, key: str | None, model: str) -> str:
+    """The label of `model` after a batch of it that `key`'s request computed."""
+    token = request_state.set(Observation(key=key))
+    try:
+        monitor.observe_batch(model, "mse", np.array([0.5]), 0.5)
+        return monitor.model_label(model)
+    finally:
+        request_state.reset(token)
+
+
+def test_a_share_split_unevenly_is_rounded_down() -> None:
+    """LOSS_SERVICE_MAX_MODELS=3 and two keys: one label a key, not one and a half."""
+    monitor = Monitor(Settings(max_models=3, model_label_idle=600), clock=lambda: 0.0)
+    monitor.set_keys(2, False)
+    assert observed_by(monitor, "fraud", "fraud-1") == "fraud-1"
+    assert observed_by(monitor, "fraud", "fraud-2") == "other:fraud"
+    assert observed_by(monitor, "churn", "churn-1") == "churn-1"
+
+
+def test_every_label_taken_before_a_keys_share_is_lets_it_take_only_the_idlest_of_all() -> None:
+    """A per-key share (2) above the keys' split of LOSS_SERVICE_MAX_MODELS (2): every label can be
+    taken while a key still has share left. Then its new model takes the label unused for longest,
+    whoever's, once idle for LOSS_SERVICE_MODEL_LABEL_IDLE; until then it counts as 'other:<key>'."""
+    now = [0.0]
+    monitor = Monitor(Settings(max_models=2, max_models_per_key=2, model_label_idle=600), clock=lambda: now[0])
+    monitor.set_keys(2, False)
+    assert observed_by(monitor, "fraud", "fraud-1") == "fraud-1"
+    now[0] = 100.0
+    assert observed_by(monitor, "churn", "churn-1") == "churn-1"
+    assert observed_by(monitor, "fraud", "fraud-2") == "other:fraud"  # every label taken, none idle
+    now[0] = 650.0
+    assert observed_by(monitor, "fraud", "fraud-2") == "fraud-2"  # fraud-1 was idle 650 s
+    assert observed_by(monitor, "churn", "churn-2") == "other:churn"  # churn-1, the idlest, only 550 s
+    labelled = {
+        dict(labels)["model"]
+        for name, labels in samples(generate_latest(monitor.registry).decode())
+        if name == "loss_service_batches_total"
+    }
+    assert labelled == {"fraud-2", "churn-1", "other:fraud", "other:churn"}
+
+
+def test_a_model_outside_the_allowlist_counts_under_its_keys_other_label() -> None:
+    monitor = Monitor(Settings(model_allowlist=["fraud-1"]))
+    monitor.set_keys(2, False)
+    assert observed_by(monitor, "fraud", "fraud-1") == "fraud-1"
+    assert observed_by(monitor, "fraud", "fraud-2") == "other:fraud"
+    assert observed_by(monitor, None, "swept") == "other"
+
+
 def test_a_keys_idle_label_is_taken_by_its_own_new_model_never_by_another_keys() -> None:
     now = [0.0]
     monitor = Monitor(Settings(max_models=4, model_label_idle=600), clock=lambda: now[0])

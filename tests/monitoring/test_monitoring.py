@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import DEFAULT_LOSS_BUCKETS, Settings
 from service.server.app import create_app
-from service.server.monitoring import Monitor
+from service.server.monitoring import Monitor, exposition
 from service.server.monitoring.series import bounds_array, observe_grouped, observe_many
+from tests.servers import HANG
 
 pytestmark = pytest.mark.anyio
 
@@ -83,9 +86,12 @@ async def test_non_finite_inputs_are_counted_by_field(client: httpx.AsyncClient)
     assert value(scrape, "loss_service_nonfinite_inputs_total", field="labels") == 1
 
 
-def test_bulk_observe_equals_observe_one_by_one() -> None:
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_bulk_observe_equals_observe_one_by_one(dtype: str) -> None:
+    """float32 values (a float32 request's per_sample) are summed as observe sums them, in float64."""
     rng = np.random.default_rng(3)
     values = np.concatenate([10 ** rng.uniform(-6, 3, 5000), np.array(DEFAULT_LOSS_BUCKETS), [0.0, 1e9]])
+    values = values.astype(dtype)
     one, bulk = CollectorRegistry(), CollectorRegistry()
     by_one = Histogram("h", "h", buckets=DEFAULT_LOSS_BUCKETS, registry=one)
     by_bulk = Histogram("h", "h", buckets=DEFAULT_LOSS_BUCKETS, registry=bulk)
@@ -101,6 +107,65 @@ def test_bulk_observe_equals_observe_one_by_one() -> None:
     assert actual.keys() == expected.keys()
     for key, v in expected.items():
         assert actual[key] == pytest.approx(v, rel=1e-12), key
+
+
+def test_bulk_observe_refuses_bounds_that_are_not_the_histograms() -> None:
+    """The bounds a caller keeps (`BatchSeries.bounds`) must be its histogram's: another's, with
+    more buckets, would drop the values past the histogram's count of buckets. Refused, not miscounted."""
+    registry = CollectorRegistry()
+    histogram = Histogram("h", "h", buckets=(1.0, 2.0), registry=registry)
+    other = bounds_array((1.0, 2.0, 5.0, 10.0, float("inf")))
+    with pytest.raises(ValueError, match="zip"):
+        observe_many(histogram, np.array([0.5, 3.0, 7.0]), other)
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["renders", "fails"])
+def test_a_scrape_arriving_while_one_renders_shares_its_rendering_or_its_failure(
+    fails: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scrape that arrives while another of its scope renders waits for that rendering and
+    gets it, or the exception it raised; the next scrape renders afresh."""
+    rendering, joined = threading.Event(), threading.Event()
+
+    class Flight(concurrent.futures.Future):  # type: ignore[type-arg]
+        def result(self, timeout: float | None = None) -> Any:
+            joined.set()  # the follower waits for the leader's rendering
+            return super().result(timeout)
+
+    monkeypatch.setattr(exposition.concurrent.futures, "Future", Flight)
+    renderings = exposition.SharedRenderings()
+    followed: list[Any] = []
+
+    def follower_render() -> tuple[bytes, str]:
+        raise AssertionError("a scrape that arrives during a rendering does not render")
+
+    def follower() -> None:
+        rendering.wait(HANG)
+        try:
+            followed.append(renderings.shared("key", follower_render))
+        except RuntimeError as exc:
+            followed.append(str(exc))
+
+    def leader_render() -> tuple[bytes, str]:
+        rendering.set()
+        joined.wait(HANG)
+        if fails:
+            raise RuntimeError("the rendering failed")
+        return b"leader's", "text/plain"
+
+    thread = threading.Thread(target=follower)
+    thread.start()
+    try:
+        if fails:
+            with pytest.raises(RuntimeError, match="the rendering failed"):
+                renderings.shared("key", leader_render)
+        else:
+            assert renderings.shared("key", leader_render) == (b"leader's", "text/plain")
+    finally:
+        rendering.set()
+        thread.join(HANG)
+    assert followed == (["the rendering failed"] if fails else [(b"leader's", "text/plain")])
+    assert renderings.shared("key", lambda: (b"fresh", "text/plain")) == (b"fresh", "text/plain")
 
 
 def exposed(registry: CollectorRegistry) -> dict[str, float]:

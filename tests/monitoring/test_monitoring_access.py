@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,25 @@ def test_a_process_with_an_access_log_handler_exits_when_its_main_thread_ends() 
     except subprocess.TimeoutExpired:
         pytest.fail(f"the process did not exit within {HANG} s")
     assert (out.returncode, out.stderr) == (0, "last words\n")
+
+
+def test_the_handlers_flushing_thread_is_a_daemon(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process, what the test above sees from outside: the one thread a handler starts never
+    keeps the process alive."""
+    before = set(threading.enumerate())
+    handler = BatchedStderr(io.StringIO(), flush_after=0)
+    started = set(threading.enumerate()) - before
+
+    def stop() -> None:
+        raise SystemExit  # ends the flushing thread, daemon or not
+
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # that end is no error
+    handler.flush = stop  # type: ignore[method-assign]
+    handler.write_line("wakes the thread")
+    for thread in started:
+        thread.join(HANG)
+    del handler.flush  # logging.shutdown flushes it at exit
+    assert [thread.daemon for thread in started] == [True]
 
 
 def test_without_a_stream_the_access_log_follows_stderr_and_a_stream_set_is_kept(

@@ -8,10 +8,12 @@ import logging
 import re
 import sys
 import time
+from typing import Any
 
 import httpx
 import pytest
 
+from tests.apps import MakeApp
 from tests.guarded import BODY
 
 pytestmark = pytest.mark.anyio
@@ -61,6 +63,56 @@ async def test_a_request_id_is_kept_only_if_short_and_printable(
     assert (echoed == given) is kept
     if not kept:
         assert re.fullmatch(r"[0-9a-f]{32}", echoed)
+
+
+async def test_generated_request_ids_are_32_hex_digits_and_distinct(client: httpx.AsyncClient) -> None:
+    """128 random bits each; 64 of them, so that an id of another length would show."""
+    ids = [(await client.get("/livez")).headers["x-request-id"] for _ in range(64)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", given) for given in ids)
+    assert len(set(ids)) == len(ids)
+
+
+async def test_a_response_started_without_headers_gets_its_request_id() -> None:
+    """ASGI makes a response start's headers optional: an app that sends none is tagged all the same."""
+    from service.config import Settings
+    from service.server.monitoring import Monitor, RequestMonitor
+
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204})
+        await send({"type": "http.response.body", "body": b""})
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [(b"x-request-id", b"bare-1")]}
+    await RequestMonitor(bare, Monitor(Settings()))(scope, receive, send)
+    assert sent[0]["headers"] == [(b"x-request-id", b"bare-1")]
+
+
+async def test_a_request_that_fails_unexpectedly_is_logged_as_the_500_it_is_answered(
+    make_app: MakeApp, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The route raised before any response began: the access line and the request metrics say 500."""
+    from service.server.api.routes import losses as losses_routes
+
+    def broken(name: str) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(losses_routes, "resolve", broken)
+    api = await make_app(raise_app_exceptions=False)
+    logger = logging.getLogger("loss_service.access")
+    logger.addHandler(caplog.handler)
+    try:
+        assert (await api.get("/v1/losses/mse")).status_code == 500
+    finally:
+        logger.removeHandler(caplog.handler)
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "loss_service.access"]
+    assert (line["route"], line["status"]) == ("/v1/losses/{name}", 500)
 
 
 async def test_the_access_line_gives_the_duration_in_milliseconds_to_the_microsecond(

@@ -149,6 +149,28 @@ async def test_values_past_the_limit_are_other_and_counted_per_model_and_key(tmp
     assert overflowed == {"m1": 5, "m2": 1}  # C, D, C, E, and the literal "other", past the limit too
 
 
+def test_each_segment_key_has_its_own_values_up_to_the_limit() -> None:
+    """LOSS_SERVICE_MAX_SEGMENT_VALUES bounds each key's values on its own: one value of country
+    leaves device its one value too; none counts as 'other'."""
+    monitor = Monitor(Settings(max_segment_values=1))
+    losses = [("mean_squared_error", np.array([[1.0, 2.0], [3.0, 4.0]]))]
+    pairs = [{"country": "BR", "device": "ios"}, {"country": "BR", "device": "ios"}]
+    monitor.observe_segments("m", ["country", "device"], pairs, losses)
+    scraped = samples(monitor.exposition()[0].decode())
+    for key, label in (("country", "BR"), ("device", "ios")):
+        labels = {"model": "m", "loss": "mean_squared_error", "segment_key": key, "segment_value": label}
+        assert value(scraped, "loss_service_segment_loss_sum", **labels) == 1 + 2 + 3 + 4
+        assert value(scraped, "loss_service_segment_loss_count", **labels) == 4
+    assert not [name for name, _ in scraped if name == "loss_service_segment_value_overflow_total"]
+
+
+def test_a_write_that_joined_no_pairs_records_no_segment() -> None:
+    monitor = Monitor(Settings())
+    monitor.observe_segments("m", ["country"], [], [("mean_squared_error", np.empty((0, 2)))])
+    scraped = samples(monitor.exposition()[0].decode())
+    assert not [name for name, _ in scraped if name.startswith("loss_service_segment")]
+
+
 def test_a_models_segment_series_and_values_go_with_its_label() -> None:
     monitor = Monitor(Settings(max_models=1, model_label_idle=0, max_segment_values=1))
     losses = [("mean_squared_error", np.array([[1.0, 2.0], [3.0, 4.0]]))]
