@@ -362,3 +362,23 @@ async def test_fastapi_asks_opentelemetry_about_each_request_only_when_asked_to(
                 await c.post("/v1/loss", json={"loss": "mse", "predictions": [[1.0]], "labels": [[0.0]]})
             ).is_success
     assert (len(asked) >= 3) is opentelemetry
+
+
+def test_the_store_status_gauge_is_1_for_the_status_last_found_and_0_for_the_others() -> None:
+    """`loss_service_store_status`: a new worker's store is ok until it finds otherwise; each status
+    set is the one series at 1, whatever came before."""
+
+    def shown(monitor: Monitor) -> dict[str, float]:
+        families = text_string_to_metric_families(monitor.exposition()[0].decode())
+        return {
+            sample.labels["status"]: sample.value
+            for family in families
+            if family.name == "loss_service_store_status"
+            for sample in family.samples
+        }
+
+    monitor = Monitor(Settings())
+    assert shown(monitor) == {"ok": 1.0, "full": 0.0, "unavailable": 0.0}
+    for status in ("full", "unavailable", "ok", "unavailable"):
+        monitor.set_store_status(status)
+        assert shown(monitor) == {each: float(each == status) for each in ("ok", "full", "unavailable")}
