@@ -369,13 +369,9 @@ def test_the_store_status_gauge_is_1_for_the_status_last_found_and_0_for_the_oth
     set is the one series at 1, whatever came before."""
 
     def shown(monitor: Monitor) -> dict[str, float]:
-        families = text_string_to_metric_families(monitor.exposition()[0].decode())
-        return {
-            sample.labels["status"]: sample.value
-            for family in families
-            if family.name == "loss_service_store_status"
-            for sample in family.samples
-        }
+        scrape = samples(monitor.exposition()[0].decode())
+        status = "loss_service_store_status"
+        return {dict(labels)["status"]: v for (name, labels), v in scrape.items() if name == status}
 
     monitor = Monitor(Settings())
     assert shown(monitor) == {"ok": 1.0, "full": 0.0, "unavailable": 0.0}
