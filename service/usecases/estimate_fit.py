@@ -134,12 +134,11 @@ def _fit(calibration: str, model: Model, predictions: Floats, labels: Floats, we
     (LossInputError where it refuses them, or there are none)."""
     config = model.config
     logits = estimates.from_logits(config, config["estimate"]["losses"][0])
-    if not len(weights) and read:
-        ignored = _ignored_class(config, config["estimate"]["losses"][0])
-        raise LossInputError(
-            "labels", f"every label of the window's {read} pairs is the class ignored ({ignored}): the window is empty"
-        )
     if not len(weights):
+        if read:  # every pair read was dropped by `_counted`: its label is the class ignored
+            ignored = _ignored_class(config, config["estimate"]["losses"][0])
+            reason = f"every label of the window's {read} pairs is the class ignored ({ignored}): the window is empty"
+            raise LossInputError("labels", reason)
         raise LossInputError("predictions", "no joined pair kept its payloads (keep_pairs): the window is empty")
     if calibration == "isotonic":
         return fit_isotonic(predictions, labels, from_logits=logits, sample_weight=weights)
